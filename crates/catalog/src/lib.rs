@@ -1,0 +1,456 @@
+//! The site catalog: every piece of control-plane state (site settings,
+//! volumes, events; later partners, groups, PITs, plans) in one SQLite file,
+//! `catalog.db`, in the site's data directory.
+//!
+//! Durability: SQLite in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives power loss. Every state transition is committed
+//! before it is reported to a client.
+//!
+//! Schema versioning: `PRAGMA user_version` holds the schema version; opening
+//! applies the missing migrations of [`MIGRATIONS`] in one transaction each,
+//! and refuses a catalog written by a newer offsite. Migrations are written
+//! by hand rather than with a migration crate because the whole mechanism is
+//! a dozen lines over `user_version` and keeps us on one rusqlite version.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema migrations, in order; entry `i` moves the schema from version `i`
+/// to `i + 1`. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // v1: site settings, volumes, events.
+    "CREATE TABLE site (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );
+     CREATE TABLE volumes (
+         id            INTEGER PRIMARY KEY,
+         name          TEXT NOT NULL UNIQUE,
+         size_bytes    INTEGER NOT NULL CHECK (size_bytes > 0),
+         block_size    INTEGER NOT NULL CHECK (block_size > 0),
+         role          TEXT NOT NULL,
+         state         TEXT NOT NULL,
+         created_at    TEXT NOT NULL,
+         import_source TEXT
+     );
+     CREATE TABLE events (
+         id      INTEGER PRIMARY KEY,
+         at      TEXT NOT NULL,
+         kind    TEXT NOT NULL,
+         subject TEXT,
+         message TEXT NOT NULL
+     );",
+];
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Catalog errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database could not be opened or a statement failed.
+    #[error("catalog {}: {context}", path.display())]
+    Sqlite {
+        /// The catalog file.
+        path: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The catalog was written by a newer offsite.
+    #[error(
+        "catalog {} has schema version {found}, newer than this offsite understands ({supported}); run a newer offsite",
+        path.display()
+    )]
+    TooNew {
+        /// The catalog file.
+        path: PathBuf,
+        /// Version found on disk.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// A volume name is taken.
+    #[error("a volume named {0:?} already exists; pick another name or delete it first")]
+    VolumeExists(String),
+    /// No such volume.
+    #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
+    NoSuchVolume(String),
+}
+
+/// A volume's catalog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRow {
+    /// Stable id; names the volume's files.
+    pub id: i64,
+    /// Unique name, also the NBD export name.
+    pub name: String,
+    /// Size in bytes, a multiple of `block_size`.
+    pub size_bytes: u64,
+    /// Tracking granularity in bytes.
+    pub block_size: u32,
+    /// `primary`, `replica`, `test-clone` or `promoted`.
+    pub role: String,
+    /// `importing` while an import copies data in, then `ready`.
+    pub state: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Path the volume was imported from, if it was.
+    pub import_source: Option<String>,
+}
+
+/// A new volume, before it has an id.
+#[derive(Debug, Clone)]
+pub struct NewVolume<'a> {
+    /// Unique name.
+    pub name: &'a str,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Role.
+    pub role: &'a str,
+    /// Initial state.
+    pub state: &'a str,
+    /// Import source, if any.
+    pub import_source: Option<&'a str>,
+}
+
+/// One event of the site's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Sequence number.
+    pub id: i64,
+    /// RFC 3339 time.
+    pub at: String,
+    /// Machine-readable kind (`volume.created`, ...).
+    pub kind: String,
+    /// What it is about (a volume name, ...).
+    pub subject: Option<String>,
+    /// Human-readable text.
+    pub message: String,
+}
+
+/// An open catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Current time in RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Catalog {
+    /// Creates a new catalog file (refuses an existing one) at the newest schema.
+    pub fn create(path: &Path) -> Result<Catalog, CatalogError> {
+        if path.exists() {
+            return Err(CatalogError::Sqlite {
+                path: path.to_path_buf(),
+                context: "create",
+                source: rusqlite::Error::InvalidPath(path.to_path_buf()),
+            });
+        }
+        Self::open(path)
+    }
+
+    /// Opens a catalog, applying pending migrations.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let err = |context: &'static str| {
+            move |source| CatalogError::Sqlite {
+                path: path.to_path_buf(),
+                context,
+                source,
+            }
+        };
+        let mut conn = Connection::open(path).map_err(err("open"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err("configure"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("configure"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err("configure"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err("configure"))?;
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err("read schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(CatalogError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction().map_err(err("migrate"))?;
+            tx.execute_batch(sql).map_err(err("migrate"))?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)
+                .map_err(err("migrate"))?;
+            tx.commit().map_err(err("migrate"))?;
+            tracing::info!(catalog = %path.display(), version = i + 1, "catalog schema migrated");
+        }
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, context: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError + '_ {
+        move |source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            context,
+            source,
+        }
+    }
+
+    /// Schema version on disk.
+    pub fn schema_version(&self) -> Result<u32, CatalogError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err("read schema version"))
+    }
+
+    /// Reads a site setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row("SELECT value FROM site WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err("read setting"))
+    }
+
+    /// Writes a site setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO site (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(self.err("write setting"))
+    }
+
+    /// Inserts a volume; a duplicate name is [`CatalogError::VolumeExists`].
+    pub fn insert_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
+        let created_at = now_rfc3339();
+        let r = self.conn.execute(
+            "INSERT INTO volumes (name, size_bytes, block_size, role, state, created_at, import_source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                v.name,
+                v.size_bytes as i64,
+                v.block_size,
+                v.role,
+                v.state,
+                created_at,
+                v.import_source
+            ],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(CatalogError::VolumeExists(v.name.to_string()));
+            }
+            Err(e) => return Err(self.err("insert volume")(e)),
+        }
+        self.volume(v.name)
+    }
+
+    fn row_to_volume(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {
+        Ok(VolumeRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            size_bytes: r.get::<_, i64>(2)? as u64,
+            block_size: r.get(3)?,
+            role: r.get(4)?,
+            state: r.get(5)?,
+            created_at: r.get(6)?,
+            import_source: r.get(7)?,
+        })
+    }
+
+    /// The volume called `name`.
+    pub fn volume(&self, name: &str) -> Result<VolumeRow, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source
+                 FROM volumes WHERE name = ?1",
+                [name],
+                Self::row_to_volume,
+            )
+            .optional()
+            .map_err(self.err("read volume"))?
+            .ok_or_else(|| CatalogError::NoSuchVolume(name.to_string()))
+    }
+
+    /// Every volume, by name.
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source
+                 FROM volumes ORDER BY name",
+            )
+            .map_err(self.err("list volumes"))?;
+        let rows = stmt
+            .query_map([], Self::row_to_volume)
+            .map_err(self.err("list volumes"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list volumes"))
+    }
+
+    /// Sets a volume's state.
+    pub fn set_volume_state(&self, name: &str, state: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE volumes SET state = ?2 WHERE name = ?1",
+                params![name, state],
+            )
+            .map_err(self.err("update volume"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchVolume(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Deletes a volume row.
+    pub fn delete_volume(&self, name: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM volumes WHERE name = ?1", [name])
+            .map_err(self.err("delete volume"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchVolume(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Appends an event.
+    pub fn add_event(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+        message: &str,
+    ) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO events (at, kind, subject, message) VALUES (?1, ?2, ?3, ?4)",
+                params![now_rfc3339(), kind, subject, message],
+            )
+            .map(drop)
+            .map_err(self.err("append event"))
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub fn events(&self, limit: u32) -> Result<Vec<EventRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, at, kind, subject, message FROM
+                   (SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )
+            .map_err(self.err("read events"))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    subject: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            })
+            .map_err(self.err("read events"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("read events"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_volume(name: &str) -> NewVolume<'_> {
+        NewVolume {
+            name,
+            size_bytes: 1 << 20,
+            block_size: 4096,
+            role: "primary",
+            state: "ready",
+            import_source: None,
+        }
+    }
+
+    #[test]
+    fn volumes_round_trip_and_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let c = Catalog::create(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
+        let v = c.insert_volume(&new_volume("a")).unwrap();
+        assert_eq!(v.name, "a");
+        assert_eq!(v.size_bytes, 1 << 20);
+        assert!(matches!(
+            c.insert_volume(&new_volume("a")),
+            Err(CatalogError::VolumeExists(_))
+        ));
+        c.insert_volume(&new_volume("b")).unwrap();
+        drop(c);
+        let c = Catalog::open(&path).unwrap();
+        let names: Vec<_> = c.volumes().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        c.delete_volume("a").unwrap();
+        assert!(matches!(c.volume("a"), Err(CatalogError::NoSuchVolume(_))));
+        assert!(matches!(
+            c.delete_volume("a"),
+            Err(CatalogError::NoSuchVolume(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_newer_schema_and_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let c = Catalog::create(&path).unwrap();
+        c.conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(c);
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(CatalogError::TooNew { .. })
+        ));
+        assert!(Catalog::create(&path).is_err());
+    }
+
+    #[test]
+    fn settings_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::create(&dir.path().join("c.db")).unwrap();
+        assert_eq!(c.setting("x").unwrap(), None);
+        c.set_setting("x", "1").unwrap();
+        c.set_setting("x", "2").unwrap();
+        assert_eq!(c.setting("x").unwrap().as_deref(), Some("2"));
+        for i in 0..5 {
+            c.add_event("k", Some("s"), &format!("m{i}")).unwrap();
+        }
+        let ev = c.events(2).unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["m3", "m4"]
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Volume data files: the bytes a volume holds, kept as one sparse raw file
+//! per volume in the site's data directory.
+//!
+//! The store owns only data placement: reads, writes, holes and durability of
+//! the data file. Which blocks changed is the `offsite-cbt` crate's job; the
+//! engine joins the two. Later issues add the replica store (base image plus
+//! PIT segments) here.
+//!
+//! Format: a raw image, byte `i` of the volume at byte `i` of the file, holes
+//! reading as zeroes. It carries no header so that a volume file is usable by
+//! any tool (`qemu-img`, `losetup`) and an imported raw image needs no
+//! conversion; the volume's geometry and identity live in the catalog.
+//! Durability: `write_at`/`punch_hole` only reach the page cache;
+//! [`VolumeFile::sync`] (`fdatasync`) is the durability point.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FallocateFlags;
+
+/// Errors of the volume store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data file already exists where a new volume would go.
+    #[error("volume file {} already exists; remove it or pick another name", path.display())]
+    Exists {
+        /// Path of the existing file.
+        path: PathBuf,
+    },
+    /// An I/O call on a data file failed.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done ("create", "open", "read", ...).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The OS error underneath, if any (callers tell ENOSPC from EIO by it).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            StoreError::Io { source, .. } => Some(source),
+            StoreError::Exists { .. } => None,
+        }
+    }
+}
+
+/// One volume's data file.
+#[derive(Debug)]
+pub struct VolumeFile {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl VolumeFile {
+    /// Creates a sparse file of `size` bytes and makes its existence durable.
+    pub fn create(path: &Path, size: u64) -> Result<VolumeFile, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    StoreError::Exists {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    StoreError::Io {
+                        op: "create",
+                        path: path.to_path_buf(),
+                        source: e,
+                    }
+                }
+            })?;
+        file.set_len(size).map_err(StoreError::io("size", path))?;
+        file.sync_all().map_err(StoreError::io("sync", path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(StoreError::io("sync directory of", path))?;
+        }
+        Ok(VolumeFile {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    /// Opens an existing data file; its length must be `size`.
+    pub fn open(path: &Path, size: u64) -> Result<VolumeFile, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StoreError::io("open", path))?;
+        let len = file
+            .metadata()
+            .map_err(StoreError::io("stat", path))?
+            .len();
+        if len != size {
+            return Err(StoreError::Io {
+                op: "check size of",
+                path: path.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("file holds {len} bytes but the catalog says {size}"),
+                ),
+            });
+        }
+        Ok(VolumeFile {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Path of the data file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes all of `buf` at `offset` (page cache; see [`VolumeFile::sync`]).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Deallocates a range so it reads back as zeroes.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let r = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        );
+        match r {
+            Ok(()) => Ok(()),
+            // Filesystems without hole punching (tmpfs on old kernels, some FUSE):
+            // write zeroes instead, the observable result is the same.
+            Err(rustix::io::Errno::OPNOTSUPP) => self.write_zeroes_slow(offset, len),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_zeroes_slow(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let zeroes = vec![0u8; CHUNK];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(CHUNK as u64) as usize;
+            self.file.write_all_at(&zeroes[..n], offset)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable (`fdatasync`).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Removes a data file (missing is fine) and syncs its directory.
+    pub fn remove(path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` durably: a `*.partial` sibling is written and
+/// fsynced, renamed over `path`, and the directory fsynced.
+pub fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Size of a regular file or block device at `path`.
+pub fn source_size(path: &Path) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::End(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_write_read_punch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.img");
+        let v = VolumeFile::create(&p, 1 << 20).unwrap();
+        v.write_at(&[7u8; 8192], 4096).unwrap();
+        let mut buf = [0u8; 8192];
+        v.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        v.punch_hole(4096, 4096).unwrap();
+        v.read_at(&mut buf, 4096).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0));
+        assert!(buf[4096..].iter().all(|&b| b == 7));
+        v.sync().unwrap();
+        assert!(matches!(
+            VolumeFile::create(&p, 1 << 20),
+            Err(StoreError::Exists { .. })
+        ));
+        drop(v);
+        assert!(VolumeFile::open(&p, 1 << 20).is_ok());
+        assert!(VolumeFile::open(&p, 2 << 20).is_err());
+    }
+
+    #[test]
+    fn durable_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        write_durably(&p, b"one", 0o600).unwrap();
+        write_durably(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert!(!dir.path().join("x.partial").exists());
+    }
+}
