@@ -1,1 +1,269 @@
-//! placeholder
+//! The site's REST API: thin axum handlers over [`offsite_engine::Site`].
+//!
+//! Every route under `/api/v1` needs `Authorization: Bearer TOKEN` (the token
+//! in the data directory's `api.token`). `/api/openapi.json` and `/metrics`
+//! are open: the first is documentation, the second is for Prometheus
+//! scrapers, and neither exposes data. The API listens on loopback by
+//! default; put it behind TLS before exposing it.
+//!
+//! Handlers only parse, call the engine on the blocking pool (the engine
+//! does SQLite and file I/O), and map [`offsite_engine::EngineError`] to a
+//! status code plus an [`ApiError`] body whose message says what to do.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use offsite_api_types::{ApiError, CreateVolume, Event, SiteInfo, VolumeInfo, VolumeUrl};
+use offsite_engine::{EngineError, ErrorKind, Site};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+mod metrics;
+
+pub use metrics::{MetricsSource, family as metrics_family};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    site: Arc<Site>,
+    token: Arc<str>,
+    metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("site", &self.site).finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// State for a site whose API token is `token`; `metrics` add their
+    /// families to `/metrics` (the NBD server's counters, ...).
+    pub fn new(site: Arc<Site>, token: &str, metrics: Vec<Arc<dyn MetricsSource>>) -> ApiState {
+        ApiState {
+            site,
+            token: token.trim().into(),
+            metrics: Arc::new(metrics),
+        }
+    }
+}
+
+/// The OpenAPI document of this API.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "offsite site API", description = "Control plane of one offsite site."),
+    paths(site_show, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The router: `/api/v1/...`, `/api/openapi.json`, `/metrics`.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/site", get(site_show))
+        .route("/volumes", get(volume_list).post(volume_create))
+        .route("/volumes/{name}", get(volume_show).delete(volume_delete))
+        .route("/volumes/{name}/url", get(volume_url))
+        .route(
+            "/volumes/{name}/clear-dirty",
+            axum::routing::post(volume_clear_dirty),
+        )
+        .route("/events", get(event_list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest(offsite_api_types::API_PREFIX, v1)
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route; see /api/openapi.json".into(),
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
+        Some(_) => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API token was refused; use the token in the site's api.token file".into(),
+        ),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer TOKEN`; the token is in the site's api.token file".into(),
+        ),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(ApiError {
+            code: code.into(),
+            message,
+        }),
+    )
+        .into_response()
+}
+
+/// An engine error as an HTTP response.
+struct Failure(EngineError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (status, code) = match self.0.kind() {
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+            ErrorKind::Busy => (StatusCode::CONFLICT, "busy"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.0, "API request failed");
+        }
+        error(status, code, self.0.to_string())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, Failure>;
+
+/// Runs blocking engine work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map(Json).map_err(Failure),
+        Err(e) => Err(Failure(EngineError::Invalid(format!(
+            "internal error: request handler failed ({e}); see the daemon log"
+        )))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/site", responses((status = 200, body = SiteInfo)))]
+async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
+    Json(s.site.info())
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes", responses((status = 200, body = [VolumeInfo])))]
+async fn volume_list(State(s): State<ApiState>) -> ApiResult<Vec<VolumeInfo>> {
+    blocking(move || s.site.list_volumes()).await
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes", request_body = CreateVolume,
+    responses((status = 200, body = VolumeInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn volume_create(
+    State(s): State<ApiState>,
+    body: Result<Json<CreateVolume>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<VolumeInfo>, Response> {
+    let Json(req) = body.map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("malformed request body: {e}"),
+        )
+    })?;
+    blocking(move || s.site.create_volume(&req))
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError)))]
+async fn volume_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeInfo> {
+    blocking(move || s.site.volume_info(&name)).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn volume_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeUrl> {
+    blocking(move || {
+        let url = s.site.volume_url(&name);
+        s.site.delete_volume(&name).map(|()| VolumeUrl { name, url })
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/url", params(("name" = String, Path)),
+    responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError)))]
+async fn volume_url(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeUrl> {
+    blocking(move || {
+        s.site.volume_info(&name).map(|v| VolumeUrl {
+            name: v.name,
+            url: v.url,
+        })
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/clear-dirty", params(("name" = String, Path)),
+    responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError)))]
+async fn volume_clear_dirty(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<VolumeInfo> {
+    blocking(move || s.site.clear_dirty(&name)).await
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/events", params(("limit" = Option<u32>, Query)),
+    responses((status = 200, body = [Event])))]
+async fn event_list(State(s): State<ApiState>, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
+    blocking(move || s.site.events(q.limit.unwrap_or(100).min(10_000))).await
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}

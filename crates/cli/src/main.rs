@@ -1,1 +1,164 @@
-fn main() {}
+//! `offsite`: the site daemon (`offsite serve`) and its command-line client.
+//!
+//! Exit codes: 0 success; 1 the command failed (the one-line error on
+//! stderr says what to do); 2 the command line was malformed (clap's usage
+//! error). Output to a closed pipe ends the program quietly with 0.
+
+mod args;
+mod output;
+mod units;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use offsite_api_types::{CreateVolume, VolumeInfo};
+use offsite_client::Client;
+
+use crate::args::{Cli, Command, SiteCommand, VolumeCommand};
+use crate::output::Printer;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OFFSITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn client(cli: &args::Global) -> anyhow::Result<Client> {
+    let c = match (&cli.url, &cli.dir) {
+        (Some(url), _) => {
+            let token = cli
+                .token_file
+                .as_deref()
+                .context("--url needs --token-file FILE (the site's api.token)")?;
+            Client::new(url, token)?
+        }
+        (None, Some(dir)) => Client::for_dir(dir)?,
+        (None, None) => return Err(offsite_client::ClientError::NoSite.into()),
+    };
+    Ok(c)
+}
+
+fn need_dir(dir: &Option<PathBuf>, cmd: &str) -> anyhow::Result<PathBuf> {
+    dir.clone()
+        .with_context(|| format!("`offsite {cmd}` needs --dir DIR (the site's data directory)"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let p = Printer::new(cli.global.json);
+    match cli.command {
+        Command::Serve => {
+            init_tracing("info");
+            let dir = need_dir(&cli.global.dir, "serve")?;
+            offsite_daemon::run(&dir)
+        }
+        Command::Site(SiteCommand::Init(a)) => {
+            init_tracing("warn");
+            let dir = need_dir(&cli.global.dir, "site init")?;
+            let report = offsite_engine::init::init_site(
+                &dir,
+                &offsite_engine::init::InitOptions {
+                    name: a.name,
+                    listen: a.listen,
+                    api: a.api,
+                    nbd: a.nbd,
+                },
+            )?;
+            p.site_init(&dir, &report)
+        }
+        Command::Site(SiteCommand::Show) => p.site(&client(&cli.global)?.site()?),
+        Command::Volume(cmd) => {
+            let c = client(&cli.global)?;
+            match cmd {
+                VolumeCommand::Create(a) => {
+                    let import = a
+                        .import
+                        .as_deref()
+                        .map(|path| absolute(path).map(|p| p.display().to_string()))
+                        .transpose()?;
+                    let v = c.create_volume(&CreateVolume {
+                        name: a.name,
+                        size_bytes: a.size.map(|s| s.0),
+                        block_size: a.block_size.map(|b| b.0 as u32),
+                        import_path: import,
+                    })?;
+                    let v = if v.state == "importing" && !a.no_wait {
+                        wait_import(&c, v, &p)?
+                    } else {
+                        v
+                    };
+                    p.volume(&v)
+                }
+                VolumeCommand::List => p.volumes(&c.volumes()?),
+                VolumeCommand::Show { name } => p.volume(&c.volume(&name)?),
+                VolumeCommand::Delete { name } => {
+                    c.delete_volume(&name)?;
+                    p.done(&format!("volume {name} deleted"), serde_json::json!({ "name": name, "deleted": true }))
+                }
+                VolumeCommand::Url { name } => p.url(&c.volume_url(&name)?),
+                VolumeCommand::ClearDirty { name } => p.volume(&c.clear_dirty(&name)?),
+            }
+        }
+        Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Polls an import until it ends, with a progress bar on a terminal.
+fn wait_import(c: &Client, mut v: VolumeInfo, p: &Printer) -> anyhow::Result<VolumeInfo> {
+    let bar = (!p.json() && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(v.size_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importing {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(v.name.clone());
+        bar
+    });
+    while v.state == "importing" {
+        std::thread::sleep(Duration::from_millis(200));
+        v = c.volume(&v.name)?;
+        if let (Some(bar), Some(imp)) = (&bar, &v.import) {
+            bar.set_position(imp.copied_bytes);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if v.state != "ready" {
+        let why = v
+            .import
+            .as_ref()
+            .and_then(|i| i.error.clone())
+            .unwrap_or_else(|| format!("volume is {}", v.state));
+        anyhow::bail!("{why}");
+    }
+    Ok(v)
+}

@@ -1,1 +1,262 @@
-//! placeholder
+//! Client of a site's REST API, used by the CLI.
+//!
+//! A site is reached either through its data directory (`--dir DIR`: the
+//! API address comes from `DIR/run/daemon.json`, written by the running
+//! daemon with the ports it actually bound, and the token from
+//! `DIR/api.token`) or through an explicit URL and token file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use offsite_api_types::{
+    API_PREFIX, ApiError, CreateVolume, Event, SiteInfo, VolumeInfo, VolumeUrl,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Client errors; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon runs for this directory.
+    #[error("no running site at {}: start it with `offsite serve --dir {}`", dir.display(), dir.display())]
+    NotRunning {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The directory is not a site.
+    #[error("{} is not an offsite data directory; create one with `offsite site init --dir {} --name NAME`", dir.display(), dir.display())]
+    NotASite {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Neither `--dir` nor `--url` was given.
+    #[error("which site? pass --dir DIR (or set OFFSITE_DIR), or --url URL --token-file FILE")]
+    NoSite,
+    /// Reading a local file failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The site could not be reached.
+    #[error("cannot reach the site API at {url}: {reason}; is `offsite serve` running?")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The site answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message from the site.
+        message: String,
+    },
+    /// The site's answer could not be parsed.
+    #[error("unexpected answer from the site API ({0}); are the CLI and daemon the same version?")]
+    Protocol(String),
+}
+
+/// A connection to one site's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+/// What `run/daemon.json` holds.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct DaemonInfo {
+    /// Daemon pid.
+    pub pid: u32,
+    /// Bound API address.
+    pub api: String,
+    /// Bound NBD address.
+    pub nbd: String,
+    /// Bound replication address.
+    pub listen: String,
+}
+
+impl Client {
+    /// A client for the site whose data directory is `dir`.
+    pub fn for_dir(dir: &Path) -> Result<Client, ClientError> {
+        if !dir.join("config.toml").exists() {
+            return Err(ClientError::NotASite {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let info_path = dir.join("run").join("daemon.json");
+        let text = match std::fs::read_to_string(&info_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NotRunning {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Read {
+                    path: info_path,
+                    source,
+                });
+            }
+        };
+        let info: DaemonInfo = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", info_path.display())))?;
+        let token_path = dir.join("api.token");
+        let client = Client::new(&format!("http://{}", info.api), &token_path)?;
+        // A daemon killed with -9 leaves daemon.json behind: tell the user
+        // the site is down, not that the network failed.
+        match client.site() {
+            Err(ClientError::Unreachable { .. }) => Err(ClientError::NotRunning {
+                dir: dir.to_path_buf(),
+            }),
+            _ => Ok(client),
+        }
+    }
+
+    /// A client for the API at `url` with the token in `token_file`.
+    pub fn new(url: &str, token_file: &Path) -> Result<Client, ClientError> {
+        let token = std::fs::read_to_string(token_file).map_err(|source| ClientError::Read {
+            path: token_file.to_path_buf(),
+            source,
+        })?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .new_agent();
+        Ok(Client {
+            base: url.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            agent,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut resp = r.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if (200..300).contains(&status) {
+            serde_json::from_str(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        } else {
+            match serde_json::from_str::<ApiError>(&body) {
+                Ok(e) => Err(ClientError::Api {
+                    status,
+                    code: e.code,
+                    message: e.message,
+                }),
+                Err(_) => Err(ClientError::Api {
+                    status,
+                    code: "http".into(),
+                    message: format!("the site answered HTTP {status}: {body}"),
+                }),
+            }
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let r = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.finish(&url, r)
+    }
+
+    fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let r = self
+            .agent
+            .delete(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.finish(&url, r)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let r = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(&url, r)
+    }
+
+    /// `GET /site`.
+    pub fn site(&self) -> Result<SiteInfo, ClientError> {
+        self.get("/site")
+    }
+
+    /// `GET /volumes`.
+    pub fn volumes(&self) -> Result<Vec<VolumeInfo>, ClientError> {
+        self.get("/volumes")
+    }
+
+    /// `GET /volumes/{name}`.
+    pub fn volume(&self, name: &str) -> Result<VolumeInfo, ClientError> {
+        self.get(&format!("/volumes/{}", encode(name)))
+    }
+
+    /// `POST /volumes`.
+    pub fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, ClientError> {
+        self.post("/volumes", req)
+    }
+
+    /// `DELETE /volumes/{name}`.
+    pub fn delete_volume(&self, name: &str) -> Result<VolumeUrl, ClientError> {
+        self.delete(&format!("/volumes/{}", encode(name)))
+    }
+
+    /// `GET /volumes/{name}/url`.
+    pub fn volume_url(&self, name: &str) -> Result<VolumeUrl, ClientError> {
+        self.get(&format!("/volumes/{}/url", encode(name)))
+    }
+
+    /// `POST /volumes/{name}/clear-dirty`.
+    pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, ClientError> {
+        self.post(&format!("/volumes/{}/clear-dirty", encode(name)), &())
+    }
+
+    /// `GET /events`.
+    pub fn events(&self, limit: u32) -> Result<Vec<Event>, ClientError> {
+        self.get(&format!("/events?limit={limit}"))
+    }
+}
+
+/// Percent-encodes a path segment (names are restricted, but a user may
+/// type anything and deserves a "no such volume", not a routing error).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

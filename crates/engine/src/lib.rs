@@ -1,1 +1,26 @@
-//! placeholder
+//! The site engine: everything a site *is*, independent of how it is
+//! reached. It owns the data-directory layout ([`layout`]), site creation
+//! ([`init`]), the site configuration file ([`config`]), and the live
+//! [`Site`]: the catalog, the volumes and their change trackers.
+//!
+//! The REST API (`offsite-api`) and the NBD server (`offsite-nbd`) are thin
+//! front ends over a [`Site`]; the daemon (`offsite-daemon`) wires them up.
+
+pub mod config;
+mod error;
+pub mod names;
+pub mod init;
+pub mod layout;
+mod site;
+mod volume;
+
+pub use error::{EngineError, ErrorKind};
+pub use site::{BoundAddresses, Site};
+pub use volume::Volume;
+
+/// Default tracking block size: 4 KiB.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
+/// Smallest block size accepted.
+pub const MIN_BLOCK_SIZE: u32 = 512;
+/// Largest block size accepted.
+pub const MAX_BLOCK_SIZE: u32 = 1 << 20;

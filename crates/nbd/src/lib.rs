@@ -1,1 +1,30 @@
-//! placeholder
+//! `offsite-nbd`: the NBD server through which hosts read and write offsite
+//! volumes.
+//!
+//! This crate owns the network side of the data path: the NBD wire format
+//! ([`codec`]), the listener and per-connection protocol handling
+//! ([`server`]), and the [`BlockDevice`]/[`ExportRegistry`] traits the engine
+//! implements to put volumes behind it ([`device`]). It knows nothing about
+//! replication, change tracking or storage layout; those live behind
+//! [`BlockDevice`].
+//!
+//! We implement the protocol by hand (following the NBD project's
+//! `doc/proto.md`) because no well-kept Rust crate provides an NBD *server*
+//! with what we need: fixed-newstyle negotiation with `NBD_OPT_GO`/
+//! `NBD_OPT_INFO` (so clients get real errors instead of a dropped socket),
+//! block-size advertisement, and `NBD_FLAG_CAN_MULTI_CONN` over a shared
+//! device. The existing crates are client-side, kernel-`ioctl` glue, or
+//! oldstyle-only demos. The subset we speak is small (simple replies, 32-bit
+//! requests, no TLS), and owning it lets us fuzz the decoder and test the
+//! error mapping against `qemu-io` and `nbdinfo`.
+//!
+//! What is deliberately not supported: structured replies, block status and
+//! metadata contexts, extended headers, TLS. Each is refused during
+//! negotiation with `NBD_REP_ERR_UNSUP`, which every client handles.
+
+pub mod codec;
+pub mod device;
+pub mod server;
+
+pub use device::{BlockDevice, Export, ExportRegistry};
+pub use server::{ConfigError, NbdServer, ServerConfig, ServerStats, StatsSnapshot};

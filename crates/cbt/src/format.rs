@@ -1,0 +1,241 @@
+//! Byte-level encoding of the two state files (see the crate docs for the
+//! layout tables). Decoders never panic on arbitrary input: they return a
+//! human-readable reason, which the tracker turns into a
+//! [`crate::OpenReport::Reset`].
+
+use roaring::RoaringBitmap;
+
+/// First 8 bytes of a bitmap file.
+pub(crate) const BITMAP_MAGIC: [u8; 8] = *b"OFSCBTBM";
+/// First 8 bytes of every activity-log slot.
+pub(crate) const AL_MAGIC: [u8; 8] = *b"OFSCBTAL";
+/// Format version of both files. `0` is never valid.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Bitmap header: magic, version, block_size, nblocks, payload_len.
+pub(crate) const BITMAP_HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
+/// Activity-log slot header: magic, version, block_size, extent_blocks,
+/// capacity, sequence, count.
+pub(crate) const AL_HEADER_LEN: usize = 8 + 4 + 4 + 4 + 4 + 8 + 4;
+/// Slots are padded to a multiple of this.
+pub(crate) const AL_SLOT_ALIGN: usize = 4096;
+/// Largest activity-log file we are willing to read (2 slots).
+pub(crate) const AL_MAX_FILE_LEN: u64 = 64 << 20;
+
+/// Size of one activity-log slot holding up to `capacity` extent ids.
+pub(crate) fn al_slot_size(capacity: u32) -> usize {
+    let need = AL_HEADER_LEN + 4 * capacity as usize + 4;
+    need.div_ceil(AL_SLOT_ALIGN) * AL_SLOT_ALIGN
+}
+
+/// Encodes a bitmap file for a volume of `nblocks` blocks of `block_size`.
+pub(crate) fn encode_bitmap(bitmap: &RoaringBitmap, block_size: u32, nblocks: u64) -> Vec<u8> {
+    let payload_len = bitmap.serialized_size();
+    let mut out = Vec::with_capacity(BITMAP_HEADER_LEN + payload_len + 4);
+    out.extend_from_slice(&BITMAP_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&block_size.to_le_bytes());
+    out.extend_from_slice(&nblocks.to_le_bytes());
+    out.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    bitmap
+        .serialize_into(&mut out)
+        .expect("serializing into a Vec cannot fail");
+    debug_assert_eq!(out.len(), BITMAP_HEADER_LEN + payload_len);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a bitmap file, checking CRC, magic, version, geometry and that
+/// every block lies inside the volume.
+pub(crate) fn decode_bitmap(
+    bytes: &[u8],
+    block_size: u32,
+    nblocks: u64,
+) -> Result<RoaringBitmap, String> {
+    if bytes.len() < BITMAP_HEADER_LEN + 4 {
+        return Err(format!("bitmap file is truncated ({} bytes)", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let actual = crc32c::crc32c(body);
+    if stored != actual {
+        return Err(format!(
+            "bitmap file checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ));
+    }
+    if body[0..8] != BITMAP_MAGIC {
+        return Err("bitmap file has a bad magic number".to_string());
+    }
+    let version = le_u32(body, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "bitmap file has format version {version}, this build reads version {FORMAT_VERSION}"
+        ));
+    }
+    let file_block_size = le_u32(body, 12);
+    let file_nblocks = le_u64(body, 16);
+    if file_block_size != block_size || file_nblocks != nblocks {
+        return Err(format!(
+            "geometry mismatch: bitmap file tracks {file_nblocks} blocks of {file_block_size} bytes, \
+             the volume has {nblocks} blocks of {block_size} bytes"
+        ));
+    }
+    let payload_len = le_u64(body, 24);
+    if payload_len != (body.len() - BITMAP_HEADER_LEN) as u64 {
+        return Err(format!(
+            "bitmap file length mismatch (payload {payload_len} bytes, file holds {})",
+            body.len() - BITMAP_HEADER_LEN
+        ));
+    }
+    let bitmap = RoaringBitmap::deserialize_from(&body[BITMAP_HEADER_LEN..])
+        .map_err(|e| format!("bitmap file holds an invalid roaring bitmap: {e}"))?;
+    if let Some(max) = bitmap.max()
+        && u64::from(max) >= nblocks
+    {
+        return Err(format!(
+            "bitmap file marks block {max}, past the end of the volume ({nblocks} blocks)"
+        ));
+    }
+    Ok(bitmap)
+}
+
+/// One decoded activity-log record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AlRecord {
+    pub(crate) block_size: u32,
+    pub(crate) extent_blocks: u32,
+    pub(crate) capacity: u32,
+    pub(crate) seq: u64,
+    pub(crate) extents: Vec<u32>,
+}
+
+/// Which slot a record with sequence `seq` lives in.
+pub(crate) fn al_slot_index(seq: u64) -> usize {
+    (seq & 1) as usize
+}
+
+/// Encodes one activity-log slot of `slot_size` bytes (zero-padded).
+pub(crate) fn encode_al_slot(rec: &AlRecord, slot_size: usize) -> Vec<u8> {
+    assert!(rec.extents.len() <= rec.capacity as usize);
+    assert!(al_slot_size(rec.capacity) <= slot_size);
+    let mut out = Vec::with_capacity(slot_size);
+    out.extend_from_slice(&AL_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&rec.block_size.to_le_bytes());
+    out.extend_from_slice(&rec.extent_blocks.to_le_bytes());
+    out.extend_from_slice(&rec.capacity.to_le_bytes());
+    out.extend_from_slice(&rec.seq.to_le_bytes());
+    out.extend_from_slice(&(rec.extents.len() as u32).to_le_bytes());
+    for e in &rec.extents {
+        out.extend_from_slice(&e.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.resize(slot_size, 0);
+    out
+}
+
+/// Decodes the slot at `index` (0 = A, 1 = B).
+pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, String> {
+    if buf.len() < AL_HEADER_LEN + 4 {
+        return Err("slot is truncated".to_string());
+    }
+    if buf[0..8].iter().all(|&b| b == 0) {
+        return Err("slot is empty".to_string());
+    }
+    let count = le_u32(buf, 32) as usize;
+    let end = AL_HEADER_LEN
+        .checked_add(count.saturating_mul(4))
+        .filter(|&end| end + 4 <= buf.len())
+        .ok_or_else(|| format!("slot claims {count} extents, more than it can hold"))?;
+    let stored = le_u32(buf, end);
+    let actual = crc32c::crc32c(&buf[..end]);
+    if stored != actual {
+        return Err(format!(
+            "slot checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ));
+    }
+    if buf[0..8] != AL_MAGIC {
+        return Err("slot has a bad magic number".to_string());
+    }
+    let version = le_u32(buf, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "slot has format version {version}, this build reads version {FORMAT_VERSION}"
+        ));
+    }
+    let rec = AlRecord {
+        block_size: le_u32(buf, 12),
+        extent_blocks: le_u32(buf, 16),
+        capacity: le_u32(buf, 20),
+        seq: le_u64(buf, 24),
+        extents: (0..count)
+            .map(|i| le_u32(buf, AL_HEADER_LEN + 4 * i))
+            .collect(),
+    };
+    if rec.seq == 0 || al_slot_index(rec.seq) != index {
+        return Err(format!(
+            "slot holds sequence {} which does not belong in it",
+            rec.seq
+        ));
+    }
+    if rec.extent_blocks == 0 || !rec.extent_blocks.is_power_of_two() {
+        return Err(format!(
+            "slot has an invalid extent size of {} blocks",
+            rec.extent_blocks
+        ));
+    }
+    if count > rec.capacity as usize {
+        return Err(format!(
+            "slot holds {count} extents, more than its capacity {}",
+            rec.capacity
+        ));
+    }
+    Ok(rec)
+}
+
+/// Decodes a whole activity-log file (two equal slots) and returns the valid
+/// record with the highest sequence number, plus the slot size.
+pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), String> {
+    let len = bytes.len();
+    if len == 0 || len % (2 * AL_SLOT_ALIGN) != 0 {
+        return Err(format!(
+            "activity log is truncated or padded ({len} bytes, expected two {AL_SLOT_ALIGN}-byte aligned slots)"
+        ));
+    }
+    let slot_size = len / 2;
+    let a = decode_al_slot(&bytes[..slot_size], 0);
+    let b = decode_al_slot(&bytes[slot_size..], 1);
+    let rec = match (a, b) {
+        (Ok(a), Ok(b)) => {
+            if a.seq > b.seq {
+                a
+            } else {
+                b
+            }
+        }
+        (Ok(a), Err(_)) => a,
+        (Err(_), Ok(b)) => b,
+        (Err(ea), Err(eb)) => {
+            return Err(format!(
+                "activity log has no valid slot (slot A: {ea}; slot B: {eb})"
+            ));
+        }
+    };
+    if al_slot_size(rec.capacity) > slot_size {
+        return Err(format!(
+            "activity log is truncated: its {slot_size}-byte slots are too small for capacity {}",
+            rec.capacity
+        ));
+    }
+    Ok((rec, slot_size))
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}

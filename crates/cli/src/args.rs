@@ -1,0 +1,111 @@
+//! The command line, as clap parses it. Value parsing (sizes) is done here,
+//! without I/O; `main` resolves the site and does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::units::Size;
+
+/// Disaster-recovery replication for virtual-machine disks.
+#[derive(Debug, Parser)]
+#[command(name = "offsite", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The site's data directory (its running daemon is reached through it).
+    #[arg(long, global = true, env = "OFFSITE_DIR")]
+    pub dir: Option<PathBuf>,
+    /// API URL of a site (instead of --dir), e.g. http://127.0.0.1:7801.
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// File holding the API token (with --url).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the site daemon (REST API, NBD, replication) until SIGTERM/SIGINT.
+    Serve,
+    /// Create or show the site.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Show the site's event log.
+    Events {
+        /// How many of the newest events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Create a site's data directory (catalog, TLS identity, API token, config).
+    Init(InitArgs),
+    /// Show the running site: name, certificate fingerprint, addresses, version.
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Site name (letters, digits, '.', '_', '-').
+    #[arg(long)]
+    pub name: String,
+    /// Replication listener, HOST:PORT (port 0: chosen at start).
+    #[arg(long, default_value = offsite_engine::config::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// REST API listener, HOST:PORT.
+    #[arg(long, default_value = offsite_engine::config::DEFAULT_API)]
+    pub api: String,
+    /// NBD listener, HOST:PORT.
+    #[arg(long, default_value = offsite_engine::config::DEFAULT_NBD)]
+    pub nbd: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty volume (--size) or copy a raw image or block device in (--import).
+    Create(CreateArgs),
+    /// List volumes.
+    List,
+    /// Show one volume.
+    Show { name: String },
+    /// Delete a volume and its data (refused while NBD clients are connected).
+    Delete { name: String },
+    /// Print the volume's NBD URL.
+    Url { name: String },
+    /// Forget the changes tracked so far (dirty_bytes becomes 0).
+    ClearDirty { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Volume name; also its NBD export name.
+    pub name: String,
+    /// Size, e.g. 10G (K/M/G/T suffixes are powers of 1024).
+    #[arg(long, conflicts_with = "import", required_unless_present = "import")]
+    pub size: Option<Size>,
+    /// Tracking block size, a power of two from 512 to 1M.
+    #[arg(long)]
+    pub block_size: Option<Size>,
+    /// Raw image or block device to copy in (read by the site's daemon).
+    #[arg(long)]
+    pub import: Option<PathBuf>,
+    /// Return at once instead of waiting for an import to finish.
+    #[arg(long)]
+    pub no_wait: bool,
+}

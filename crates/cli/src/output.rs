@@ -1,0 +1,207 @@
+//! What the CLI prints: aligned tables for people, JSON for scripts
+//! (`--json`; field names per DESIGN.md §4 are stable).
+
+use std::io::Write;
+use std::path::Path;
+
+use offsite_api_types::{Event, SiteInfo, VolumeInfo, VolumeUrl};
+use serde::Serialize;
+
+use crate::units::human;
+
+/// Prints results in the chosen format.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    json: bool,
+}
+
+/// Whether an error is a write to a closed pipe (`offsite ... | head`).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(&format!("{c:<w$}", w = widths[i]));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn fields(pairs: &[(&str, String)]) -> String {
+    let w = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{:<w$}  {v}\n", format!("{k}:")))
+        .collect()
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Printer {
+        Printer { json }
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    fn print_json<T: Serialize + ?Sized>(&self, v: &T) -> anyhow::Result<()> {
+        emit(&format!("{}\n", serde_json::to_string_pretty(v)?))
+    }
+
+    pub fn done(&self, text: &str, json: serde_json::Value) -> anyhow::Result<()> {
+        if self.json {
+            self.print_json(&json)
+        } else {
+            emit(&format!("{text}\n"))
+        }
+    }
+
+    pub fn site_init(&self, dir: &Path, r: &offsite_engine::init::InitReport) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::json!({
+                "name": r.config.name,
+                "fingerprint": r.fingerprint,
+                "dir": dir.display().to_string(),
+                "listen": r.config.listen,
+                "api": r.config.api,
+                "nbd": r.config.nbd,
+            }));
+        }
+        emit(&format!(
+            "created site {} in {}\n{}start it with: offsite serve --dir {}\n",
+            r.config.name,
+            dir.display(),
+            fields(&[
+                ("fingerprint", r.fingerprint.clone()),
+                ("listen", r.config.listen.clone()),
+                ("api", r.config.api.clone()),
+                ("nbd", r.config.nbd.clone()),
+            ]),
+            dir.display()
+        ))
+    }
+
+    pub fn site(&self, s: &SiteInfo) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(s);
+        }
+        emit(&fields(&[
+            ("name", s.name.clone()),
+            ("fingerprint", s.fingerprint.clone()),
+            ("listen", s.listen.clone()),
+            ("api", s.api.clone()),
+            ("nbd", s.nbd.clone()),
+            ("version", s.version.clone()),
+            ("data dir", s.data_dir.clone()),
+        ]))
+    }
+
+    pub fn volume(&self, v: &VolumeInfo) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(v);
+        }
+        let mut f = vec![
+            ("name", v.name.clone()),
+            ("size", format!("{} ({} bytes)", human(v.size_bytes), v.size_bytes)),
+            ("block size", human(u64::from(v.block_size))),
+            ("dirty", format!("{} ({} bytes)", human(v.dirty_bytes), v.dirty_bytes)),
+            ("role", v.role.clone()),
+            ("state", v.state.clone()),
+            ("created", v.created_at.clone()),
+            ("connections", v.connections.to_string()),
+            ("url", v.url.clone()),
+        ];
+        if let Some(imp) = &v.import {
+            f.push((
+                "import",
+                format!("{} of {}", human(imp.copied_bytes), human(imp.total_bytes)),
+            ));
+            if let Some(e) = &imp.error {
+                f.push(("import error", e.clone()));
+            }
+        }
+        emit(&fields(&f))
+    }
+
+    pub fn volumes(&self, vs: &[VolumeInfo]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(vs);
+        }
+        if vs.is_empty() {
+            return emit("no volumes; create one with `offsite volume create NAME --size 10G`\n");
+        }
+        let rows: Vec<Vec<String>> = vs
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    human(v.size_bytes),
+                    human(v.dirty_bytes),
+                    v.role.clone(),
+                    v.state.clone(),
+                    v.connections.to_string(),
+                    v.url.clone(),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &["NAME", "SIZE", "DIRTY", "ROLE", "STATE", "CONN", "URL"],
+            &rows,
+        ))
+    }
+
+    pub fn url(&self, u: &VolumeUrl) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(u);
+        }
+        emit(&format!("{}\n", u.url))
+    }
+
+    pub fn events(&self, es: &[Event]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(es);
+        }
+        let rows: Vec<Vec<String>> = es
+            .iter()
+            .map(|e| {
+                vec![
+                    e.at.clone(),
+                    e.kind.clone(),
+                    e.subject.clone().unwrap_or_default(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        emit(&table(&["TIME", "KIND", "SUBJECT", "MESSAGE"], &rows))
+    }
+}

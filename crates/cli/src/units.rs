@@ -1,0 +1,89 @@
+//! Sizes on the command line: `4096`, `4K`, `10G`, `1.5T`, `512KiB`;
+//! suffixes are powers of 1024.
+
+use std::str::FromStr;
+
+/// A byte count parsed from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let shift = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(format!("{s:?} is not a size; use e.g. 4096, 4K, 10G or 1T")),
+        };
+        let bad = || format!("{s:?} is not a size; use e.g. 4096, 4K, 10G or 1T");
+        if num.is_empty() {
+            return Err(bad());
+        }
+        let bytes = if num.contains('.') {
+            let f: f64 = num.parse().map_err(|_| bad())?;
+            let v = f * (1u64 << shift) as f64;
+            if v.fract() != 0.0 || v > u64::MAX as f64 {
+                return Err(format!("{s:?} is not a whole number of bytes"));
+            }
+            v as u64
+        } else {
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            n.checked_mul(1u64 << shift)
+                .ok_or_else(|| format!("{s:?} is too large"))?
+        };
+        Ok(Size(bytes))
+    }
+}
+
+/// Bytes for people: `10 GiB`, `4 KiB`, `1.5 MiB`, `123 B`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else if v.fract() == 0.0 {
+        format!("{v} {}", UNITS[i])
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("4096".parse(), Ok(Size(4096)));
+        assert_eq!("4K".parse(), Ok(Size(4096)));
+        assert_eq!("4k".parse(), Ok(Size(4096)));
+        assert_eq!("10G".parse(), Ok(Size(10 << 30)));
+        assert_eq!("1.5M".parse(), Ok(Size(3 << 19)));
+        assert_eq!("2TiB".parse(), Ok(Size(2 << 40)));
+        for bad in ["", "G", "10X", "-1", "1.0000001K", "99999999999T"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(123), "123 B");
+        assert_eq!(human(4096), "4 KiB");
+        assert_eq!(human(10 << 30), "10 GiB");
+        assert_eq!(human(3 << 19), "1.5 MiB");
+    }
+}

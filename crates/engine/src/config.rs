@@ -1,0 +1,104 @@
+//! `config.toml`: the site's name and listener addresses.
+//!
+//! Format: TOML with a `format_version` key (currently 1); unknown versions
+//! are refused. Written once by `site init` (durably: temp file, fsync,
+//! rename, fsync directory); edited by hand or by later `site set` commands.
+//! TOML has no checksum: it is small, human-edited, and a parse error names
+//! the line.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// Current `format_version` of `config.toml`.
+pub const CONFIG_FORMAT_VERSION: u32 = 1;
+/// Default replication listener (TLS, mutually authenticated).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7800";
+/// Default REST API address: loopback only.
+pub const DEFAULT_API: &str = "127.0.0.1:7801";
+/// Default NBD address: loopback only, NBD has no authentication.
+pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
+
+/// Contents of `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Format version of this file.
+    pub format_version: u32,
+    /// Site name.
+    pub name: String,
+    /// Replication listener (HOST:PORT; port 0 picks one).
+    pub listen: String,
+    /// REST API listener.
+    pub api: String,
+    /// NBD listener.
+    pub nbd: String,
+}
+
+impl SiteConfig {
+    /// Reads and validates `config.toml`.
+    pub fn load(path: &Path) -> Result<SiteConfig, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                EngineError::NotASite {
+                    dir: path.parent().unwrap_or(path).to_path_buf(),
+                }
+            } else {
+                EngineError::io("read", path, e)
+            }
+        })?;
+        let config: SiteConfig = toml::from_str(&text).map_err(|e| EngineError::BadConfig {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if config.format_version != CONFIG_FORMAT_VERSION {
+            return Err(EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "format_version {} is not supported (this offsite reads {CONFIG_FORMAT_VERSION})",
+                    config.format_version
+                ),
+            });
+        }
+        for (what, addr) in [
+            ("listen", &config.listen),
+            ("api", &config.api),
+            ("nbd", &config.nbd),
+        ] {
+            parse_addr(addr).map_err(|reason| EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason: format!("{what}: {reason}"),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// Writes `config.toml` durably.
+    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        let text = toml::to_string_pretty(self).map_err(|e| EngineError::BadConfig {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let text = format!(
+            "# offsite site configuration. Ports set to 0 are chosen at `offsite serve`;\n\
+             # the bound addresses are in run/daemon.json and `offsite site show`.\n{text}"
+        );
+        offsite_store::write_durably(path, text.as_bytes(), 0o644)
+            .map_err(|e| EngineError::io("write", path, e))
+    }
+}
+
+/// Parses HOST:PORT (IP literal or `localhost`).
+pub fn parse_addr(addr: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let mut it = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
+    it.next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}

@@ -1,0 +1,115 @@
+//! Errors of the site engine. Each variant's message says what failed and
+//! what to do; [`EngineError::kind`] classifies them for the API's status codes.
+
+use std::path::{Path, PathBuf};
+
+/// Coarse classes of engine errors, mapped to HTTP status codes by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Something named does not exist (404).
+    NotFound,
+    /// A name is taken or the object is in the wrong state (409).
+    Conflict,
+    /// The request is malformed or out of range (400).
+    Invalid,
+    /// The object is in use (409).
+    Busy,
+    /// The site failed internally (500).
+    Internal,
+}
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The directory is not a site's data directory.
+    #[error("{} is not an offsite data directory (no config.toml); create one with `offsite site init --dir {} --name NAME`", dir.display(), dir.display())]
+    NotASite {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// `site init` on a directory that already holds a site or other files.
+    #[error("{} already holds {what}; pick an empty or new directory", dir.display())]
+    DirNotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// What was found.
+        what: String,
+    },
+    /// `config.toml` is malformed.
+    #[error("bad configuration {}: {reason}; fix the file", path.display())]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Bad input from a user.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such volume.
+    #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
+    NoSuchVolume(String),
+    /// Duplicate volume name.
+    #[error("a volume named {0:?} already exists; pick another name or delete it first")]
+    VolumeExists(String),
+    /// The volume is in use.
+    #[error("volume {name:?} is in use ({why}); {what_to_do}")]
+    Busy {
+        /// Volume name.
+        name: String,
+        /// Why it is busy.
+        why: String,
+        /// What the user should do.
+        what_to_do: &'static str,
+    },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] offsite_catalog::CatalogError),
+    /// The volume store failed.
+    #[error(transparent)]
+    Store(#[from] offsite_store::StoreError),
+    /// Changed-block tracking failed.
+    #[error(transparent)]
+    Cbt(#[from] offsite_cbt::CbtError),
+    /// Generating the site's TLS identity failed.
+    #[error("generating the site's TLS certificate: {0}")]
+    Tls(String),
+    /// Another file operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> EngineError {
+        EngineError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use offsite_catalog::CatalogError as C;
+        match self {
+            EngineError::NoSuchVolume(_) | EngineError::Catalog(C::NoSuchVolume(_)) => {
+                ErrorKind::NotFound
+            }
+            EngineError::VolumeExists(_)
+            | EngineError::Catalog(C::VolumeExists(_))
+            | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
+            EngineError::Invalid(_) | EngineError::NotASite { .. } => ErrorKind::Invalid,
+            EngineError::Busy { .. } => ErrorKind::Busy,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+

@@ -1,0 +1,182 @@
+//! `offsite site init`: creates a data directory.
+//!
+//! Order matters for a crash in the middle: everything is written first and
+//! `config.toml` last, so a directory without `config.toml` is never taken
+//! for a site, and `init` can be re-run on it once the user removes it.
+
+use std::path::Path;
+
+use rand::RngCore;
+use sha2::Digest;
+
+use crate::config::{CONFIG_FORMAT_VERSION, SiteConfig};
+use crate::layout::Layout;
+use crate::{EngineError, names};
+
+/// What `site init` needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Site name.
+    pub name: String,
+    /// Replication listener.
+    pub listen: String,
+    /// REST API listener.
+    pub api: String,
+    /// NBD listener.
+    pub nbd: String,
+}
+
+/// What `site init` created.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The configuration written.
+    pub config: SiteConfig,
+    /// `SHA256:` + hex of the certificate.
+    pub fingerprint: String,
+}
+
+/// `SHA256:` + lowercase hex of DER bytes.
+pub fn fingerprint_of_der(der: &[u8]) -> String {
+    format!("SHA256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+/// Creates a site in `dir` (which may exist but must be empty).
+pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineError> {
+    names::validate("site", &opts.name)?;
+    for (what, addr) in [
+        ("--listen", &opts.listen),
+        ("--api", &opts.api),
+        ("--nbd", &opts.nbd),
+    ] {
+        crate::config::parse_addr(addr)
+            .map_err(|reason| EngineError::Invalid(format!("{what}: {reason}")))?;
+    }
+    let layout = Layout::new(dir);
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if layout.config().exists() {
+                return Err(EngineError::DirNotEmpty {
+                    dir: dir.to_path_buf(),
+                    what: "a site (config.toml)".into(),
+                });
+            }
+            if let Some(Ok(entry)) = entries.next() {
+                return Err(EngineError::DirNotEmpty {
+                    dir: dir.to_path_buf(),
+                    what: format!("other files ({:?})", entry.file_name()),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create", dir, e))?;
+        }
+        Err(e) => return Err(EngineError::io("read", dir, e)),
+    }
+    for d in [layout.tls_dir(), layout.volumes_dir(), layout.run_dir()] {
+        std::fs::create_dir(&d).map_err(|e| EngineError::io("create", &d, e))?;
+    }
+
+    let key = rcgen::KeyPair::generate().map_err(|e| EngineError::Tls(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![opts.name.clone()])
+        .map_err(|e| EngineError::Tls(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, opts.name.clone());
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "offsite site");
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| EngineError::Tls(e.to_string()))?;
+    let fingerprint = fingerprint_of_der(cert.der());
+    write(&layout.key(), key.serialize_pem().as_bytes(), 0o600)?;
+    write(&layout.cert(), cert.pem().as_bytes(), 0o644)?;
+
+    let mut token = [0u8; 32];
+    rand::rng().fill_bytes(&mut token);
+    write(
+        &layout.token(),
+        format!("{}\n", hex::encode(token)).as_bytes(),
+        0o600,
+    )?;
+
+    let catalog = offsite_catalog::Catalog::create(&layout.catalog())?;
+    catalog.set_setting("name", &opts.name)?;
+    catalog.set_setting("fingerprint", &fingerprint)?;
+    catalog.add_event(
+        "site.created",
+        Some(&opts.name),
+        &format!("site {} created with certificate {fingerprint}", opts.name),
+    )?;
+    drop(catalog);
+
+    let config = SiteConfig {
+        format_version: CONFIG_FORMAT_VERSION,
+        name: opts.name.clone(),
+        listen: opts.listen.clone(),
+        api: opts.api.clone(),
+        nbd: opts.nbd.clone(),
+    };
+    config.save(&layout.config())?;
+    Ok(InitReport {
+        config,
+        fingerprint,
+    })
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), EngineError> {
+    offsite_store::write_durably(path, bytes, mode).map_err(|e| EngineError::io("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn opts() -> InitOptions {
+        InitOptions {
+            name: "site-a".into(),
+            listen: "127.0.0.1:0".into(),
+            api: "127.0.0.1:0".into(),
+            nbd: "127.0.0.1:0".into(),
+        }
+    }
+
+    #[test]
+    fn init_creates_everything_and_refuses_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a");
+        let report = init_site(&dir, &opts()).unwrap();
+        assert!(report.fingerprint.starts_with("SHA256:"));
+        assert_eq!(report.fingerprint.len(), 7 + 64);
+        let layout = Layout::new(&dir);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&layout.token()), 0o600);
+        assert_eq!(mode(&layout.key()), 0o600);
+        assert_eq!(SiteConfig::load(&layout.config()).unwrap(), report.config);
+        let err = init_site(&dir, &opts()).unwrap_err();
+        assert!(err.to_string().contains("already holds a site"), "{err}");
+    }
+
+    #[test]
+    fn init_refuses_non_empty_dir_and_bad_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("x"), b"").unwrap();
+        assert!(matches!(
+            init_site(tmp.path(), &opts()),
+            Err(EngineError::DirNotEmpty { .. })
+        ));
+        let mut o = opts();
+        o.name = "bad name".into();
+        assert!(matches!(
+            init_site(&tmp.path().join("b"), &o),
+            Err(EngineError::Invalid(_))
+        ));
+        let mut o = opts();
+        o.api = "nowhere".into();
+        assert!(matches!(
+            init_site(&tmp.path().join("c"), &o),
+            Err(EngineError::Invalid(_))
+        ));
+    }
+}

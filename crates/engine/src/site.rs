@@ -1,0 +1,534 @@
+//! The live site: catalog, volumes and imports, shared by the REST API and
+//! the NBD server.
+//!
+//! Locking: the catalog sits behind one mutex (SQLite connections are not
+//! `Sync`); the volume map behind an `RwLock` that the NBD data path never
+//! takes (a connection holds its `Arc<Volume>` from `OPT_GO` on). Catalog
+//! changes are committed before the in-memory map changes, so what a client
+//! is told has always been persisted first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use offsite_api_types::{CreateVolume, Event, ImportProgress, SiteInfo, VolumeInfo};
+use offsite_catalog::{Catalog, NewVolume, VolumeRow};
+use offsite_cbt::OpenReport;
+
+use crate::config::SiteConfig;
+use crate::layout::Layout;
+use crate::{DEFAULT_BLOCK_SIZE, EngineError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Volume, names};
+
+/// Addresses the daemon actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddresses {
+    /// Replication listener.
+    pub listen: Option<SocketAddr>,
+    /// REST API.
+    pub api: Option<SocketAddr>,
+    /// NBD.
+    pub nbd: Option<SocketAddr>,
+}
+
+type ConnectionCounter = Box<dyn Fn(&str) -> usize + Send + Sync>;
+
+#[derive(Debug, Default)]
+struct ImportState {
+    copied: AtomicU64,
+    total: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+/// A running site.
+pub struct Site {
+    layout: Layout,
+    config: SiteConfig,
+    fingerprint: String,
+    catalog: Mutex<Catalog>,
+    volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
+    imports: Mutex<HashMap<String, Arc<ImportState>>>,
+    bound: RwLock<BoundAddresses>,
+    connections: RwLock<Option<ConnectionCounter>>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("dir", &self.layout.root())
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Site {
+    /// Opens the site in `dir`: configuration, catalog (migrated), and every
+    /// volume with its change tracker (recovering tracking state after a crash).
+    pub fn open(dir: &Path) -> Result<Arc<Site>, EngineError> {
+        let layout = Layout::new(dir);
+        let config = SiteConfig::load(&layout.config())?;
+        let catalog = Catalog::open(&layout.catalog())?;
+        let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
+        let mut volumes = BTreeMap::new();
+        for row in catalog.volumes()? {
+            if row.state == "importing" {
+                // The copy thread died with the previous daemon; its volume
+                // holds a partial image. Say so rather than serve it.
+                catalog.set_volume_state(&row.name, "failed")?;
+                catalog.add_event(
+                    "volume.import-failed",
+                    Some(&row.name),
+                    "import interrupted by a daemon stop; delete the volume and import again",
+                )?;
+                tracing::warn!(volume = %row.name, "import was interrupted by a daemon stop; volume marked failed");
+            }
+            let name = row.name.clone();
+            let (volume, report) = Volume::open(&layout, row)?;
+            match report {
+                OpenReport::Clean => {}
+                OpenReport::RecoveredAfterCrash { active_extents } => {
+                    let msg = format!(
+                        "daemon stopped uncleanly; {active_extents} active extent(s) of the activity log counted dirty"
+                    );
+                    tracing::warn!(volume = %name, "{msg}");
+                    catalog.add_event("volume.cbt-recovered", Some(&name), &msg)?;
+                }
+                OpenReport::Reset { reason } => {
+                    let msg = format!("change tracking state lost ({reason}); whole volume counted dirty");
+                    tracing::warn!(volume = %name, "{msg}");
+                    catalog.add_event("volume.cbt-reset", Some(&name), &msg)?;
+                }
+            }
+            volumes.insert(name, Arc::new(volume));
+        }
+        let mut failed_imports = HashMap::new();
+        for v in catalog.volumes()? {
+            if v.state == "failed" {
+                let st = ImportState::default();
+                *st.error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some("import interrupted by a daemon stop".into());
+                failed_imports.insert(v.name, Arc::new(st));
+            }
+        }
+        Ok(Arc::new(Site {
+            layout,
+            config,
+            fingerprint,
+            catalog: Mutex::new(catalog),
+            volumes: RwLock::new(volumes),
+            imports: Mutex::new(failed_imports),
+            bound: RwLock::new(BoundAddresses::default()),
+            connections: RwLock::new(None),
+        }))
+    }
+
+    /// The data directory layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The configuration as loaded.
+    pub fn config(&self) -> &SiteConfig {
+        &self.config
+    }
+
+    /// Records the addresses the daemon bound.
+    pub fn set_bound(&self, bound: BoundAddresses) {
+        *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
+    /// Installs the function that counts open NBD connections of an export.
+    pub fn set_connection_counter(&self, f: impl Fn(&str) -> usize + Send + Sync + 'static) {
+        *self.connections.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `site show`.
+    pub fn info(&self) -> SiteInfo {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let show = |b: Option<SocketAddr>, configured: &str| {
+            b.map(|a| a.to_string())
+                .unwrap_or_else(|| configured.to_string())
+        };
+        SiteInfo {
+            name: self.config.name.clone(),
+            fingerprint: self.fingerprint.clone(),
+            listen: show(bound.listen, &self.config.listen),
+            api: show(bound.api, &self.config.api),
+            nbd: show(bound.nbd, &self.config.nbd),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.layout.root().display().to_string(),
+        }
+    }
+
+    /// `nbd://HOST:PORT/NAME` for a volume.
+    pub fn volume_url(&self, name: &str) -> String {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).nbd;
+        let addr = bound
+            .or_else(|| crate::config::parse_addr(&self.config.nbd).ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10809)));
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("nbd://{host}:{}/{name}", addr.port())
+    }
+
+    fn connection_count(&self, name: &str) -> u64 {
+        self.connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |f| f(name) as u64)
+    }
+
+    fn describe(&self, row: &VolumeRow, volume: Option<&Volume>) -> VolumeInfo {
+        let import = self
+            .imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&row.name)
+            .map(|s| ImportProgress {
+                copied_bytes: s.copied.load(Ordering::Relaxed),
+                total_bytes: s.total.load(Ordering::Relaxed),
+                error: s.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            });
+        VolumeInfo {
+            name: row.name.clone(),
+            size_bytes: row.size_bytes,
+            block_size: row.block_size,
+            dirty_bytes: volume.map_or(0, |v| v.tracker().dirty_bytes()),
+            role: row.role.clone(),
+            state: row.state.clone(),
+            created_at: row.created_at.clone(),
+            url: self.volume_url(&row.name),
+            connections: self.connection_count(&row.name),
+            import,
+        }
+    }
+
+    fn live(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// `volume show`.
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo, EngineError> {
+        let row = self.catalog().volume(name)?;
+        Ok(self.describe(&row, self.live(name).as_deref()))
+    }
+
+    /// `volume list`.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>, EngineError> {
+        let rows = self.catalog().volumes()?;
+        Ok(rows
+            .iter()
+            .map(|r| self.describe(r, self.live(&r.name).as_deref()))
+            .collect())
+    }
+
+    /// The live volume called `name`.
+    pub fn volume(&self, name: &str) -> Result<Arc<Volume>, EngineError> {
+        self.live(name)
+            .ok_or_else(|| EngineError::NoSuchVolume(name.to_string()))
+    }
+
+    /// `volume create`: an empty volume of `size_bytes`, or a copy of the
+    /// raw image or block device at `import_path` (copied in the background;
+    /// `state` is `importing` until it is done).
+    pub fn create_volume(self: &Arc<Self>, req: &CreateVolume) -> Result<VolumeInfo, EngineError> {
+        names::validate("volume", &req.name)?;
+        let block_size = req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(EngineError::Invalid(format!(
+                "block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} bytes; use e.g. --block-size 4K"
+            )));
+        }
+        let (size_bytes, import) = match (&req.size_bytes, &req.import_path) {
+            (Some(_), Some(_)) => {
+                return Err(EngineError::Invalid(
+                    "give either --size or --import, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(EngineError::Invalid(
+                    "give --size SIZE for an empty volume or --import PATH to copy an image".into(),
+                ));
+            }
+            (Some(size), None) => (*size, None),
+            (None, Some(path)) => {
+                let path = PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(EngineError::Invalid(format!(
+                        "import path {} is relative; the site resolves it on its own machine, so give an absolute path",
+                        path.display()
+                    )));
+                }
+                let size = offsite_store::source_size(&path).map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "cannot read import source {}: {e}; check the path and permissions of the site's user",
+                        path.display()
+                    ))
+                })?;
+                (size, Some(path))
+            }
+        };
+        if size_bytes == 0 {
+            return Err(EngineError::Invalid(match &import {
+                Some(p) => format!("import source {} is empty; nothing to import", p.display()),
+                None => "size must be greater than 0; use e.g. --size 10G".into(),
+            }));
+        }
+        if size_bytes % u64::from(block_size) != 0 {
+            return Err(EngineError::Invalid(format!(
+                "size {size_bytes} is not a multiple of the block size {block_size}; round it to a multiple{}",
+                if import.is_some() { " or pass a smaller --block-size (e.g. 512)" } else { "" }
+            )));
+        }
+        if size_bytes / u64::from(block_size) > u64::from(u32::MAX) {
+            return Err(EngineError::Invalid(format!(
+                "size {size_bytes} is more than 2^32 blocks of {block_size} bytes; use a larger --block-size"
+            )));
+        }
+        let import_source = import.as_ref().map(|p| p.display().to_string());
+        let row = self.catalog().insert_volume(&NewVolume {
+            name: &req.name,
+            size_bytes,
+            block_size,
+            role: "primary",
+            state: if import.is_some() { "importing" } else { "ready" },
+            import_source: import_source.as_deref(),
+        })?;
+        let volume = match Volume::create(&self.layout, row.clone()) {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                let _ = self.catalog().delete_volume(&row.name);
+                return Err(e);
+            }
+        };
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(row.name.clone(), volume.clone());
+        let msg = match &import {
+            Some(p) => format!("volume created ({size_bytes} bytes), importing {}", p.display()),
+            None => format!("volume created ({size_bytes} bytes, block size {block_size})"),
+        };
+        self.event("volume.created", Some(&row.name), &msg);
+        if let Some(path) = import {
+            let state = Arc::new(ImportState::default());
+            state.total.store(size_bytes, Ordering::Relaxed);
+            self.imports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(row.name.clone(), state.clone());
+            let site = self.clone();
+            let name = row.name.clone();
+            std::thread::Builder::new()
+                .name(format!("import-{name}"))
+                .spawn(move || site.run_import(&name, &path, &volume, &state))
+                .map_err(|e| EngineError::io("start import of", self.layout.root(), e))?;
+        }
+        self.volume_info(&row.name)
+    }
+
+    fn run_import(&self, name: &str, path: &Path, volume: &Volume, state: &ImportState) {
+        let result = copy_image(path, volume, &state.copied);
+        let (new_state, kind, msg) = match result {
+            Ok(()) => ("ready", "volume.imported", format!("import of {} complete", path.display())),
+            Err(e) => {
+                let msg = format!("import of {} failed: {e}; delete the volume and try again", path.display());
+                *state.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+                ("failed", "volume.import-failed", msg)
+            }
+        };
+        let catalog = self.catalog();
+        if let Err(e) = catalog.set_volume_state(name, new_state) {
+            tracing::error!(volume = name, error = %e, "recording the end of an import");
+        }
+        drop(catalog);
+        self.event(kind, Some(name), &msg);
+        if new_state == "ready" {
+            volume.set_ready();
+            self.imports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+        }
+    }
+
+    /// `volume delete`: refused while NBD clients are connected.
+    pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
+        let row = self.catalog().volume(name)?;
+        if self
+            .imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|s| s.error.lock().unwrap_or_else(|e| e.into_inner()).is_none())
+        {
+            return Err(EngineError::Busy {
+                name: name.to_string(),
+                why: "an import is still copying".into(),
+                what_to_do: "wait for it to finish, then delete",
+            });
+        }
+        let removed = self
+            .volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(volume) = removed {
+            // Only the map held it if no NBD connection has it open.
+            match Arc::try_unwrap(volume) {
+                Ok(v) => drop(v),
+                Err(shared) => {
+                    let n = Arc::strong_count(&shared) - 1;
+                    self.volumes
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_string(), shared);
+                    return Err(EngineError::Busy {
+                        name: name.to_string(),
+                        why: format!("{n} open NBD connection(s)"),
+                        what_to_do: "disconnect its clients (stop the VM) first",
+                    });
+                }
+            }
+        }
+        self.catalog().delete_volume(name)?;
+        self.imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Volume::remove_files(&self.layout, row.id)?;
+        self.event("volume.deleted", Some(name), "volume deleted");
+        Ok(())
+    }
+
+    /// `volume clear-dirty`: forgets the changes tracked so far.
+    pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, EngineError> {
+        let volume = self.volume(name)?;
+        let before = volume.tracker().dirty_bytes();
+        volume.tracker().clear()?;
+        self.event(
+            "volume.dirty-cleared",
+            Some(name),
+            &format!("{before} dirty bytes cleared"),
+        );
+        self.volume_info(name)
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub fn events(&self, limit: u32) -> Result<Vec<Event>, EngineError> {
+        Ok(self
+            .catalog()
+            .events(limit)?
+            .into_iter()
+            .map(|e| Event {
+                id: e.id,
+                at: e.at,
+                kind: e.kind,
+                subject: e.subject,
+                message: e.message,
+            })
+            .collect())
+    }
+
+    fn event(&self, kind: &str, subject: Option<&str>, message: &str) {
+        tracing::info!(kind, subject, "{message}");
+        if let Err(e) = self.catalog().add_event(kind, subject, message) {
+            tracing::error!(error = %e, "could not record event {kind}");
+        }
+    }
+
+    /// Clean shutdown: every volume's data synced and its tracker closed, so
+    /// the next start preserves dirty sets exactly. Call after the NBD server
+    /// has stopped; a volume still referenced elsewhere is only checkpointed
+    /// (its next open then counts its active extents dirty: safe, not exact).
+    pub fn close(&self) -> Result<(), EngineError> {
+        let volumes = std::mem::take(&mut *self.volumes.write().unwrap_or_else(|e| e.into_inner()));
+        let mut first_error = None;
+        for (name, volume) in volumes {
+            let r = match Arc::try_unwrap(volume) {
+                Ok(v) => v.close(),
+                Err(shared) => {
+                    tracing::warn!(volume = %name, "volume still in use at shutdown; checkpointing only");
+                    shared.tracker().checkpoint().map_err(EngineError::from)
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(volume = %name, error = %e, "closing volume");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Copies a raw image into a volume, skipping all-zero blocks so that the
+/// volume stays sparse and they are not counted as changed.
+fn copy_image(path: &Path, volume: &Volume, copied: &AtomicU64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let src = std::fs::File::open(path)?;
+    let size = volume.row().size_bytes;
+    let block = volume.row().block_size as usize;
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = (size - offset).min(CHUNK as u64) as usize;
+        src.read_exact_at(&mut buf[..n], offset)?;
+        for (i, chunk) in buf[..n].chunks(block).enumerate() {
+            if chunk.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let at = offset + (i * block) as u64;
+            volume.tracker().mark(at, chunk.len() as u64).map_err(std::io::Error::other)?;
+            volume.file().write_at(chunk, at)?;
+        }
+        offset += n as u64;
+        copied.store(offset, Ordering::Relaxed);
+    }
+    volume.file().sync()?;
+    volume.tracker().checkpoint().map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Export lookup for the NBD server: ready volumes, by name.
+impl offsite_nbd::ExportRegistry for Site {
+    fn lookup(&self, name: &str) -> Option<offsite_nbd::Export> {
+        let volume = self.live(name)?;
+        if !volume.is_ready() {
+            return None;
+        }
+        Some(offsite_nbd::Export {
+            name: name.to_string(),
+            description: format!("offsite volume {name} ({} bytes)", volume.row().size_bytes),
+            device: volume,
+        })
+    }
+
+    fn list(&self) -> Vec<(String, String)> {
+        let names: Vec<String> = self
+            .volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.lookup(&n).map(|e| (e.name, e.description)))
+            .collect()
+    }
+}

@@ -1,0 +1,171 @@
+//! One client connection from socket setup to close: wires the handshake to
+//! the transmission loop, owns the tracing span (peer, export) and decides how
+//! loudly each way of ending is logged.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::{debug, info, info_span, warn};
+
+use super::handshake::{Negotiated, Negotiator};
+use super::transmission::Transmission;
+use super::{ConnectionSlot, Shared};
+use crate::codec::{DecodeError, OptionError};
+
+/// Read buffer size: large enough to hold many pipelined request headers
+/// (and small writes) per `read()` syscall.
+const READ_BUFFER: usize = 128 << 10;
+/// Reply buffer size: replies accumulate here until the reader runs dry.
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// Why a connection ended other than by the client's choice.
+#[derive(Debug, Error)]
+pub(crate) enum ConnectionError {
+    /// Reading from or writing to the socket failed.
+    #[error("socket I/O failed")]
+    Io(#[from] io::Error),
+    /// The client sent a frame with a bad magic number.
+    #[error("malformed frame from client")]
+    Frame(#[from] DecodeError),
+    /// The client set flags we did not advertise (proto.md: MUST drop).
+    #[error("client sent unsupported handshake flags {0:#x}")]
+    ClientFlags(u32),
+    /// An option declared more data than we are willing to buffer.
+    #[error("option {option} declares {length} bytes of data (limit {limit})")]
+    OptionTooLong {
+        /// Option code.
+        option: u32,
+        /// Declared data length.
+        length: u32,
+        /// Our bound.
+        limit: u32,
+    },
+    /// Negotiation did not finish in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// `NBD_OPT_EXPORT_NAME` cannot report errors, so proto.md requires
+    /// closing the connection on an unknown name.
+    #[error("NBD_OPT_EXPORT_NAME asked for unknown export {0:?}")]
+    UnknownExport(String),
+    /// `NBD_OPT_EXPORT_NAME` data was not a valid name.
+    #[error("NBD_OPT_EXPORT_NAME carried an invalid name")]
+    BadExportName(#[source] OptionError),
+    /// A write's payload is too large to read or skip safely.
+    #[error("write of {length} bytes exceeds the {limit}-byte payload limit")]
+    OversizedWrite {
+        /// Declared payload length.
+        length: u32,
+        /// Largest payload we read or skip.
+        limit: u32,
+    },
+}
+
+impl ConnectionError {
+    /// Protocol violations are worth a warning; a socket going away is not.
+    fn is_protocol_violation(&self) -> bool {
+        !matches!(self, Self::Io(_))
+    }
+}
+
+/// Serves one accepted connection until it ends. Never panics on client
+/// input; every failure is logged once, here.
+pub(super) fn run(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, slot: ConnectionSlot) {
+    let span = info_span!("nbd_conn", %peer, id = slot.id, export = tracing::field::Empty);
+    let _entered = span.enter();
+    debug!("NBD connection accepted");
+    let result = serve(stream, shared, &slot, &span);
+    match result {
+        Ok(()) => debug!("NBD connection closed"),
+        Err(err) if err.is_protocol_violation() => {
+            warn!(%peer, error = %chain(&err), "closing NBD connection after protocol violation");
+        }
+        Err(ConnectionError::Io(err)) if is_disconnect(&err) => {
+            debug!(error = %err, "NBD client went away");
+        }
+        Err(err) => {
+            info!(%peer, error = %chain(&err), "NBD connection ended");
+        }
+    }
+    drop(slot);
+}
+
+fn serve(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    slot: &ConnectionSlot,
+    span: &tracing::Span,
+) -> Result<(), ConnectionError> {
+    let config = &shared.config;
+    // proto.md asks both sides to disable Nagle: replies are small and a
+    // delayed ACK would otherwise add up to 40 ms per request.
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(config.write_timeout)?;
+    stream.set_read_timeout(Some(config.handshake_timeout))?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, stream);
+
+    let negotiator = Negotiator {
+        registry: shared.registry.as_ref(),
+        config,
+        shutting_down: &shared.shutting_down,
+        deadline: Instant::now() + config.handshake_timeout,
+    };
+    let bound = match negotiator.negotiate(&mut reader, &mut writer) {
+        Ok(Negotiated::Transmission(bound)) => bound,
+        Ok(Negotiated::Aborted) => return Ok(()),
+        Err(ConnectionError::Io(err))
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ConnectionError::HandshakeTimeout(config.handshake_timeout));
+        }
+        Err(err) => return Err(err),
+    };
+
+    // Transmission clients may legitimately sit idle for hours.
+    writer.get_ref().set_read_timeout(None)?;
+    span.record("export", bound.export.name.as_str());
+    shared.bind_export(slot.id, &bound.export.name);
+    info!(
+        size = bound.size,
+        read_only = bound.read_only,
+        "NBD client entered transmission"
+    );
+
+    let mut transmission = Transmission::new(&bound, shared);
+    let result = transmission.serve(&mut reader, &mut writer);
+    // Whatever ended the loop, try to deliver replies already produced; if
+    // the loop failed on the socket this fails too and changes nothing.
+    let flushed = writer.flush();
+    result?;
+    flushed?;
+    Ok(())
+}
+
+fn is_disconnect(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// `err` and its sources joined with `: `, for one-line logs.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

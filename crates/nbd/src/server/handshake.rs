@@ -1,0 +1,299 @@
+//! Fixed-newstyle negotiation: greeting, client flags, then option haggling
+//! until the client picks an export (`NBD_OPT_GO` or `NBD_OPT_EXPORT_NAME`)
+//! or leaves.
+//!
+//! ```text
+//! S: greeting (FIXED_NEWSTYLE | NO_ZEROES)
+//! C: client flags ──── unknown bits ──► close (proto.md: MUST drop)
+//! loop:
+//!   C: option ──── bad magic / data > 64 KiB / past deadline ──► close
+//!     LIST         → REP_SERVER × n, ACK
+//!     INFO, GO     → REP_INFO (EXPORT, NAME, DESCRIPTION, BLOCK_SIZE), ACK
+//!                    or ERR_UNKNOWN; GO + ACK ──► transmission
+//!     EXPORT_NAME  → size + flags [+ 124 zeroes] ──► transmission
+//!                    (unknown export ──► close: this option cannot fail)
+//!     ABORT        → ACK ──► close
+//!     anything else (STRUCTURED_REPLY, STARTTLS, META_CONTEXT, …) → ERR_UNSUP
+//! ```
+//!
+//! Every reply to one option is flushed before the next option is read: the
+//! client must wait for it (proto.md), so holding it back would deadlock.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tracing::debug;
+
+use super::ServerConfig;
+use super::connection::ConnectionError;
+use crate::codec::{
+    self, ClientOption, InfoRequest, MAX_STRING_LEN, OPTION_HEADER_LEN, OptionReply, RepError,
+    client_flags, option_codes, transmission_flags,
+};
+use crate::device::{Export, ExportRegistry};
+
+/// Most option data we buffer. The largest legitimate option is an
+/// `NBD_OPT_GO` with a 4 KiB name and a few info requests; anything far
+/// bigger is treated as a denial-of-service attempt, which proto.md lets a
+/// server answer with a hard disconnect.
+pub(crate) const MAX_OPTION_DATA: u32 = 64 << 10;
+
+/// What negotiation produced.
+pub(super) enum Negotiated {
+    /// The client chose an export and transmission starts.
+    Transmission(Bound),
+    /// The client aborted (or must be let go without an export).
+    Aborted,
+}
+
+/// An export as fixed for the life of one connection.
+pub(super) struct Bound {
+    /// The export itself.
+    pub export: Export,
+    /// Size, read once: the device promises it is constant per connection.
+    pub size: u64,
+    /// Whether writes get `NBD_EPERM`.
+    pub read_only: bool,
+    /// Transmission flags sent to the client.
+    pub flags: u16,
+}
+
+impl Bound {
+    fn new(export: Export) -> Self {
+        let size = export.device.size();
+        let read_only = export.device.read_only();
+        Self {
+            export,
+            size,
+            read_only,
+            flags: transmission_flags(read_only),
+        }
+    }
+}
+
+/// Transmission flags for an export.
+///
+/// `CAN_MULTI_CONN` is sound because every connection to an export shares
+/// one [`crate::BlockDevice`], whose `flush` covers writes completed on any
+/// connection. Read-only exports do not advertise trim or write-zeroes
+/// (clients then never send them; if one does anyway it gets `NBD_EPERM`).
+pub(super) fn transmission_flags(read_only: bool) -> u16 {
+    use transmission_flags as f;
+    let mut flags = f::HAS_FLAGS | f::SEND_FLUSH | f::SEND_FUA | f::CAN_MULTI_CONN;
+    if read_only {
+        flags |= f::READ_ONLY;
+    } else {
+        flags |= f::SEND_TRIM | f::SEND_WRITE_ZEROES;
+    }
+    flags
+}
+
+/// Whether option haggling goes on after an option.
+enum Step {
+    Continue,
+    Done(Negotiated),
+}
+
+/// Runs the handshake for one connection.
+pub(super) struct Negotiator<'a> {
+    pub registry: &'a dyn ExportRegistry,
+    pub config: &'a ServerConfig,
+    pub shutting_down: &'a AtomicBool,
+    /// Negotiation must be over by then; checked before each option so a
+    /// client trickling options cannot hold the slot indefinitely (each
+    /// single read is bounded by the socket's read timeout).
+    pub deadline: Instant,
+}
+
+impl Negotiator<'_> {
+    /// Greets the client and haggles until transmission or close.
+    pub fn negotiate<R: Read, W: Write>(
+        &self,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<Negotiated, ConnectionError> {
+        writer.write_all(&codec::greeting())?;
+        writer.flush()?;
+
+        let flags = codec::decode_client_flags(&read_array::<4, _>(reader)?)?;
+        if flags & !client_flags::ALL != 0 {
+            return Err(ConnectionError::ClientFlags(flags));
+        }
+        // A client without C_FIXED_NEWSTYLE only ever sends EXPORT_NAME,
+        // which we handle identically; proto.md allows honouring fixed
+        // newstyle for it anyway.
+        let no_zeroes = flags & client_flags::NO_ZEROES != 0;
+
+        let mut out = Vec::new();
+        loop {
+            if Instant::now() >= self.deadline {
+                return Err(ConnectionError::HandshakeTimeout(
+                    self.config.handshake_timeout,
+                ));
+            }
+            let header =
+                codec::decode_option_header(&read_array::<OPTION_HEADER_LEN, _>(reader)?)?;
+            if header.length > MAX_OPTION_DATA {
+                return Err(ConnectionError::OptionTooLong {
+                    option: header.option,
+                    length: header.length,
+                    limit: MAX_OPTION_DATA,
+                });
+            }
+            // Bounded by MAX_OPTION_DATA just above.
+            let mut data = vec![0u8; header.length as usize];
+            reader.read_exact(&mut data)?;
+
+            out.clear();
+            let step = self.handle_option(header.option, &data, no_zeroes, &mut out)?;
+            writer.write_all(&out)?;
+            writer.flush()?;
+            if let Step::Done(negotiated) = step {
+                return Ok(negotiated);
+            }
+        }
+    }
+
+    fn handle_option(
+        &self,
+        code: u32,
+        data: &[u8],
+        no_zeroes: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Step, ConnectionError> {
+        let option = match codec::decode_option(code, data) {
+            Ok(option) => option,
+            Err(err) if code == option_codes::EXPORT_NAME => {
+                return Err(ConnectionError::BadExportName(err));
+            }
+            Err(err) => {
+                debug!(option = code, error = %err, "invalid NBD option");
+                let message = err.to_string();
+                reply(out, code, OptionReply::Error(RepError::Invalid, &message));
+                return Ok(Step::Continue);
+            }
+        };
+
+        if self.shutting_down.load(Ordering::SeqCst) {
+            match option {
+                ClientOption::Abort => {}
+                // Cannot carry an error; just let the client go.
+                ClientOption::ExportName(_) => return Ok(Step::Done(Negotiated::Aborted)),
+                _ => {
+                    reply(
+                        out,
+                        code,
+                        OptionReply::Error(RepError::Shutdown, "server is shutting down"),
+                    );
+                    return Ok(Step::Continue);
+                }
+            }
+        }
+
+        match option {
+            ClientOption::ExportName(name) => {
+                let Some(export) = self.registry.lookup(&name) else {
+                    return Err(ConnectionError::UnknownExport(name));
+                };
+                let bound = Bound::new(export);
+                codec::encode_export_name_reply(out, bound.size, bound.flags, no_zeroes);
+                Ok(Step::Done(Negotiated::Transmission(bound)))
+            }
+            ClientOption::Abort => {
+                reply(out, code, OptionReply::Ack);
+                Ok(Step::Done(Negotiated::Aborted))
+            }
+            ClientOption::List => {
+                for (name, description) in self.registry.list() {
+                    // A longer name could never be requested (proto.md's
+                    // string limit), so listing it would only mislead.
+                    if name.len() <= MAX_STRING_LEN {
+                        reply(
+                            out,
+                            code,
+                            OptionReply::Server {
+                                name: &name,
+                                description: &description,
+                            },
+                        );
+                    }
+                }
+                reply(out, code, OptionReply::Ack);
+                Ok(Step::Continue)
+            }
+            ClientOption::Info(request) => {
+                self.describe(code, &request, out);
+                Ok(Step::Continue)
+            }
+            ClientOption::Go(request) => Ok(match self.describe(code, &request, out) {
+                Some(bound) => Step::Done(Negotiated::Transmission(bound)),
+                None => Step::Continue,
+            }),
+            ClientOption::Unsupported(_) => {
+                debug!(option = code, "unsupported NBD option");
+                reply(
+                    out,
+                    code,
+                    OptionReply::Error(RepError::Unsup, "option not supported"),
+                );
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Answers `NBD_OPT_INFO`/`NBD_OPT_GO`; returns the export on success.
+    ///
+    /// All four info items are sent whether or not they were requested
+    /// (proto.md allows unrequested items; clients ignore what they do not
+    /// use). `NBD_INFO_BLOCK_SIZE` in particular must reach clients because
+    /// our maximum request size is smaller than the protocol default.
+    fn describe(&self, code: u32, request: &InfoRequest, out: &mut Vec<u8>) -> Option<Bound> {
+        let Some(export) = self.registry.lookup(&request.name) else {
+            debug!(export = %request.name, "NBD client asked for unknown export");
+            let message = format!("export {:?} not found", request.name);
+            reply(out, code, OptionReply::Error(RepError::Unknown, &message));
+            return None;
+        };
+        let bound = Bound::new(export);
+        reply(
+            out,
+            code,
+            OptionReply::InfoExport {
+                size: bound.size,
+                flags: bound.flags,
+            },
+        );
+        reply(out, code, OptionReply::InfoName(&bound.export.name));
+        if !bound.export.description.is_empty() {
+            reply(
+                out,
+                code,
+                OptionReply::InfoDescription(&bound.export.description),
+            );
+        }
+        reply(
+            out,
+            code,
+            OptionReply::InfoBlockSize {
+                // We accept any alignment: devices take byte offsets.
+                minimum: 1,
+                preferred: self.config.preferred_block_size,
+                maximum: self.config.max_request_bytes,
+            },
+        );
+        reply(out, code, OptionReply::Ack);
+        Some(bound)
+    }
+}
+
+fn reply(out: &mut Vec<u8>, option: u32, reply: OptionReply<'_>) {
+    codec::encode_option_reply(out, option, &reply);
+}
+
+/// Reads exactly `N` bytes.
+pub(super) fn read_array<const N: usize, R: Read>(reader: &mut R) -> std::io::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    reader.read_exact(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,354 @@
+//! The transmission phase of one connection: read a request, validate it,
+//! run it against the device, queue a simple reply; repeat in order.
+//!
+//! Validation follows proto.md ("Error values", "Block size constraints"),
+//! first match wins:
+//!
+//! | check                                        | reply         |
+//! |----------------------------------------------|---------------|
+//! | unknown command (CACHE, BLOCK_STATUS, …)     | `NBD_EINVAL`  |
+//! | command flag not valid for the command       | `NBD_EINVAL`  |
+//! | WRITE/TRIM/WRITE_ZEROES on a read-only export | `NBD_EPERM`   |
+//! | READ/WRITE/WRITE_ZEROES length > max request | `NBD_EINVAL`  |
+//! | READ or TRIM past the end                    | `NBD_EINVAL`  |
+//! | WRITE or WRITE_ZEROES past the end           | `NBD_ENOSPC`  |
+//! | length 0 (in range)                          | success, device not called |
+//! | device `io::Error`                           | by kind, see [`NbdErrno::from_io_error`] |
+//!
+//! A rejected WRITE still has its payload read and discarded, so the stream
+//! stays in sync and the connection lives on. The exception is a WRITE whose
+//! length exceeds both the configured maximum and 32 MiB: proto.md says
+//! lengths below 2^25 SHOULD NOT be treated as denial of service, and above
+//! that we will not spend the bandwidth skipping up to 4 GiB of untrusted
+//! payload, so we reply `NBD_EINVAL` and close the connection.
+//!
+//! `NBD_CMD_FLUSH` ignores its offset and length (proto.md reserves them as
+//! zero; the reference server ignores them too, and failing a flush over it
+//! would only hurt the client). `NBD_CMD_FLAG_NO_HOLE` needs no action:
+//! [`crate::BlockDevice::write_zeroes`] must make the range read as zeroes,
+//! and whether it allocates is the device's business.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::{debug, warn};
+
+use super::connection::ConnectionError;
+use super::handshake::{Bound, read_array};
+use super::{ServerConfig, ServerStats, Shared};
+use crate::codec::{self, Command, NbdErrno, REQUEST_HEADER_LEN, Request, command_flags};
+use crate::device::BlockDevice;
+
+/// proto.md: a payload shorter than 2^25 bytes SHOULD NOT be considered a
+/// denial-of-service attack, so an over-limit write up to this size has its
+/// payload skipped rather than the connection dropped.
+const PORTABLE_PAYLOAD_LIMIT: u32 = 1 << 25;
+/// Data buffers up to this size are kept for reuse by the connection; larger
+/// ones are allocated per request so an idle connection does not pin
+/// `max_request_bytes` of memory.
+const RETAINED_BUFFER: usize = 1 << 20;
+
+/// A request that passed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+}
+
+impl Op {
+    fn modifies(self) -> bool {
+        matches!(self, Op::Write | Op::Trim | Op::WriteZeroes)
+    }
+}
+
+/// Whether the connection goes on after a request.
+enum Flow {
+    Continue,
+    Disconnect,
+}
+
+/// Per-connection transmission state.
+pub(super) struct Transmission<'a> {
+    bound: &'a Bound,
+    device: &'a dyn BlockDevice,
+    config: &'a ServerConfig,
+    stats: &'a ServerStats,
+    shutting_down: &'a AtomicBool,
+    /// Reused data buffer for requests up to [`RETAINED_BUFFER`].
+    buf: Vec<u8>,
+    /// Only the first device error per connection is logged as a warning;
+    /// a failing disk under QD32 would otherwise flood the log.
+    device_error_logged: bool,
+}
+
+impl<'a> Transmission<'a> {
+    pub fn new(bound: &'a Bound, shared: &'a Shared) -> Self {
+        Self {
+            bound,
+            device: bound.export.device.as_ref(),
+            config: &shared.config,
+            stats: &shared.stats,
+            shutting_down: &shared.shutting_down,
+            buf: Vec::new(),
+            device_error_logged: false,
+        }
+    }
+
+    /// Serves requests until the client disconnects, the server shuts down
+    /// or the stream becomes unusable.
+    pub fn serve<R: Read, W: Write>(
+        &mut self,
+        reader: &mut BufReader<R>,
+        writer: &mut W,
+    ) -> Result<(), ConnectionError> {
+        loop {
+            // Checked between requests: one already started is finished and
+            // answered, but no new one is started once shutdown begins.
+            if self.shutting_down.load(Ordering::SeqCst) {
+                debug!("server shutting down; closing NBD connection");
+                return Ok(());
+            }
+            // EOF on a request boundary: the client hung up without
+            // NBD_CMD_DISC, or shutdown() closed our read side.
+            if reader.fill_buf()?.is_empty() {
+                debug!("NBD client closed the connection");
+                return Ok(());
+            }
+            let header = read_array::<REQUEST_HEADER_LEN, _>(reader)?;
+            let request = codec::decode_request(&header)?;
+            if let Flow::Disconnect = self.handle(&request, reader, writer)? {
+                debug!("NBD client sent NBD_CMD_DISC");
+                return Ok(());
+            }
+            // Flush only when no complete request is waiting: pipelined
+            // requests then share one send, and we never block in read()
+            // while holding replies the client is waiting for.
+            if reader.buffer().len() < REQUEST_HEADER_LEN {
+                writer.flush()?;
+            }
+        }
+    }
+
+    fn handle<R: BufRead, W: Write>(
+        &mut self,
+        request: &Request,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<Flow, ConnectionError> {
+        if request.command == Command::Disc {
+            // proto.md: no reply; offset, length and flags are irrelevant.
+            return Ok(Flow::Disconnect);
+        }
+        let verdict = self.check(request);
+        if request.command == Command::Write {
+            self.write(request, verdict, reader, writer)?;
+            return Ok(Flow::Continue);
+        }
+        let op = match verdict {
+            Ok(op) => op,
+            Err(errno) => {
+                self.reply_error(writer, request, errno)?;
+                return Ok(Flow::Continue);
+            }
+        };
+        let fua = request.flags & command_flags::FUA != 0;
+        let offset = request.offset;
+        let length = u64::from(request.length);
+        let (result, counter) = match op {
+            Op::Read => {
+                self.read(request, writer)?;
+                return Ok(Flow::Continue);
+            }
+            Op::Flush => (self.device.flush(), &self.stats.flushes),
+            Op::Trim => (
+                skip_empty(length, || self.device.trim(offset, length, fua)),
+                &self.stats.trims,
+            ),
+            Op::WriteZeroes => (
+                skip_empty(length, || self.device.write_zeroes(offset, length, fua)),
+                &self.stats.write_zeroes,
+            ),
+            // Handled above; kept exhaustive so a new Op cannot be forgotten.
+            Op::Write => return Ok(Flow::Continue),
+        };
+        match result {
+            Ok(()) => {
+                ServerStats::bump(counter, 1);
+                self.reply_ok(writer, request)?;
+            }
+            Err(err) => {
+                let errno = self.device_failed(request, &err);
+                self.reply_error(writer, request, errno)?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Validates a request against the export; see the module table.
+    fn check(&self, request: &Request) -> Result<Op, NbdErrno> {
+        use command_flags as cf;
+        let (op, allowed_flags) = match request.command {
+            Command::Read => (Op::Read, cf::FUA),
+            Command::Write => (Op::Write, cf::FUA),
+            Command::Flush => (Op::Flush, cf::FUA),
+            Command::Trim => (Op::Trim, cf::FUA),
+            Command::WriteZeroes => (Op::WriteZeroes, cf::FUA | cf::NO_HOLE),
+            // CACHE and RESIZE are not advertised; BLOCK_STATUS needs
+            // structured replies, which we never negotiate.
+            _ => return Err(NbdErrno::Inval),
+        };
+        if request.flags & !allowed_flags != 0 {
+            return Err(NbdErrno::Inval);
+        }
+        if op.modifies() && self.bound.read_only {
+            return Err(NbdErrno::Perm);
+        }
+        // proto.md applies the maximum block size to READ, WRITE and
+        // WRITE_ZEROES; TRIM may cover any in-range length.
+        if matches!(op, Op::Read | Op::Write | Op::WriteZeroes)
+            && request.length > self.config.max_request_bytes
+        {
+            return Err(NbdErrno::Inval);
+        }
+        if op != Op::Flush {
+            let end = request.offset.checked_add(u64::from(request.length));
+            if end.is_none_or(|end| end > self.bound.size) {
+                return Err(match op {
+                    Op::Write | Op::WriteZeroes => NbdErrno::NoSpc,
+                    _ => NbdErrno::Inval,
+                });
+            }
+        }
+        Ok(op)
+    }
+
+    fn read<W: Write>(&mut self, request: &Request, writer: &mut W) -> Result<(), ConnectionError> {
+        let len = request.length as usize;
+        let mut scratch = Vec::new();
+        let buf = data_buffer(&mut self.buf, &mut scratch, len);
+        let result = skip_empty(len as u64, || self.device.read_at(buf, request.offset));
+        match result {
+            Ok(()) => {
+                // The data is complete before the header goes out, so a
+                // device error can never follow a success header (which
+                // proto.md would force us to answer with a hard disconnect).
+                writer.write_all(&codec::encode_simple_reply(0, request.handle))?;
+                writer.write_all(buf)?;
+                ServerStats::bump(&self.stats.reads, 1);
+                ServerStats::bump(&self.stats.bytes_read, len as u64);
+            }
+            Err(err) => {
+                let errno = self.device_failed(request, &err);
+                self.reply_error(writer, request, errno)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write<R: BufRead, W: Write>(
+        &mut self,
+        request: &Request,
+        verdict: Result<Op, NbdErrno>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<(), ConnectionError> {
+        let limit = self.config.max_request_bytes.max(PORTABLE_PAYLOAD_LIMIT);
+        if request.length > limit {
+            self.reply_error(writer, request, NbdErrno::Inval)?;
+            writer.flush()?;
+            return Err(ConnectionError::OversizedWrite {
+                length: request.length,
+                limit,
+            });
+        }
+        if let Err(errno) = verdict {
+            skip_payload(reader, request.length)?;
+            return self.reply_error(writer, request, errno);
+        }
+        let len = request.length as usize;
+        let mut scratch = Vec::new();
+        let buf = data_buffer(&mut self.buf, &mut scratch, len);
+        reader.read_exact(buf)?;
+        let fua = request.flags & command_flags::FUA != 0;
+        let result = skip_empty(len as u64, || {
+            self.device.write_at(buf, request.offset, fua)
+        });
+        match result {
+            Ok(()) => {
+                ServerStats::bump(&self.stats.writes, 1);
+                ServerStats::bump(&self.stats.bytes_written, len as u64);
+                self.reply_ok(writer, request)
+            }
+            Err(err) => {
+                let errno = self.device_failed(request, &err);
+                self.reply_error(writer, request, errno)
+            }
+        }
+    }
+
+    fn device_failed(&mut self, request: &Request, err: &io::Error) -> NbdErrno {
+        let errno = NbdErrno::from_io_error(err);
+        if self.device_error_logged {
+            debug!(command = ?request.command, offset = request.offset, length = request.length,
+                   error = %err, ?errno, "NBD device error");
+        } else {
+            self.device_error_logged = true;
+            warn!(command = ?request.command, offset = request.offset, length = request.length,
+                  error = %err, ?errno,
+                  "NBD device error (further ones on this connection are logged at debug level)");
+        }
+        errno
+    }
+
+    fn reply_ok<W: Write>(&self, writer: &mut W, request: &Request) -> Result<(), ConnectionError> {
+        writer.write_all(&codec::encode_simple_reply(0, request.handle))?;
+        Ok(())
+    }
+
+    fn reply_error<W: Write>(
+        &self,
+        writer: &mut W,
+        request: &Request,
+        errno: NbdErrno,
+    ) -> Result<(), ConnectionError> {
+        debug!(command = ?request.command, offset = request.offset, length = request.length,
+               flags = request.flags, ?errno, "NBD request failed");
+        ServerStats::bump(&self.stats.errors, 1);
+        writer.write_all(&codec::encode_simple_reply(errno.code(), request.handle))?;
+        Ok(())
+    }
+}
+
+/// Zero-length requests succeed without touching the device: proto.md
+/// leaves their behaviour unspecified apart from "SHOULD NOT disconnect",
+/// and devices need not handle empty ranges.
+fn skip_empty(length: u64, op: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    if length == 0 { Ok(()) } else { op() }
+}
+
+/// A `len`-byte buffer: the connection's retained one when small enough,
+/// otherwise a fresh allocation in `scratch` that is freed after the request.
+fn data_buffer<'b>(retained: &'b mut Vec<u8>, scratch: &'b mut Vec<u8>, len: usize) -> &'b mut [u8] {
+    if len <= RETAINED_BUFFER {
+        if retained.len() < len {
+            retained.resize(len, 0);
+        }
+        &mut retained[..len]
+    } else {
+        *scratch = vec![0u8; len];
+        &mut scratch[..]
+    }
+}
+
+/// Reads and drops a rejected write's payload so the next request header is
+/// found where the client put it.
+fn skip_payload<R: Read>(reader: &mut R, length: u32) -> io::Result<()> {
+    let skipped = io::copy(&mut reader.by_ref().take(u64::from(length)), &mut io::sink())?;
+    if skipped < u64::from(length) {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! Test fixtures: an in-memory [`BlockDevice`], a registry of them, a server
+//! on 127.0.0.1:0, and a minimal hand-written NBD client that speaks the
+//! wire format through `offsite_nbd::codec` (so tests also exercise the
+//! client-side decoders).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use offsite_nbd::codec::{
+    self, Command, OptionReplyHeader, Request, SimpleReply, client_flags, info_types, option_codes,
+    reply_types,
+};
+use offsite_nbd::{BlockDevice, Export, ExportRegistry, NbdServer, ServerConfig};
+
+/// Client sockets time out so a server bug fails a test instead of hanging it.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A RAM-backed device with call counters and error injection.
+#[derive(Debug, Default)]
+pub struct MemDevice {
+    pub data: Mutex<Vec<u8>>,
+    pub read_only: bool,
+    /// When set, every data operation fails with this kind.
+    pub fail_with: Mutex<Option<io::ErrorKind>>,
+    /// Each write sleeps this long first (to hold a request in flight).
+    pub write_delay: Mutex<Duration>,
+    pub calls: AtomicU64,
+    pub flushes: AtomicU64,
+    pub fua_writes: AtomicU64,
+}
+
+impl MemDevice {
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            data: Mutex::new(vec![0; size]),
+            ..Self::default()
+        })
+    }
+
+    pub fn read_only(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            data: Mutex::new(vec![0; size]),
+            read_only: true,
+            ..Self::default()
+        })
+    }
+
+    pub fn fail(&self, kind: Option<io::ErrorKind>) {
+        *self.fail_with.lock().unwrap() = kind;
+    }
+
+    fn enter(&self) -> io::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match *self.fail_with.lock().unwrap() {
+            Some(kind) => Err(io::Error::new(kind, "injected failure")),
+            None => Ok(()),
+        }
+    }
+
+    fn range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let start = usize::try_from(offset).unwrap();
+        let end = start + usize::try_from(len).unwrap();
+        assert!(
+            end <= self.data.lock().unwrap().len(),
+            "server sent an out-of-range request to the device"
+        );
+        assert!(len > 0, "server sent an empty request to the device");
+        start..end
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.enter()?;
+        let range = self.range(offset, buf.len() as u64);
+        buf.copy_from_slice(&self.data.lock().unwrap()[range]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        let delay = *self.write_delay.lock().unwrap();
+        std::thread::sleep(delay);
+        self.enter()?;
+        assert!(!self.read_only, "write reached a read-only device");
+        if fua {
+            self.fua_writes.fetch_add(1, Ordering::SeqCst);
+        }
+        let range = self.range(offset, buf.len() as u64);
+        self.data.lock().unwrap()[range].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
+        self.enter()?;
+        let range = self.range(offset, len);
+        self.data.lock().unwrap()[range].fill(0);
+        Ok(())
+    }
+
+    fn trim(&self, offset: u64, len: u64, _fua: bool) -> io::Result<()> {
+        self.enter()?;
+        let range = self.range(offset, len);
+        self.data.lock().unwrap()[range].fill(0);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.enter()?;
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Exports by name.
+#[derive(Default)]
+pub struct MemRegistry {
+    exports: Mutex<HashMap<String, Export>>,
+}
+
+impl MemRegistry {
+    pub fn add(&self, name: &str, description: &str, device: Arc<MemDevice>) {
+        self.exports.lock().unwrap().insert(
+            name.to_owned(),
+            Export {
+                name: name.to_owned(),
+                description: description.to_owned(),
+                device,
+            },
+        );
+    }
+}
+
+impl ExportRegistry for MemRegistry {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        self.exports.lock().unwrap().get(name).cloned()
+    }
+
+    fn list(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self
+            .exports
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| (e.name.clone(), e.description.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A server with one 1 MiB writable export `vol` and a read-only `ro`.
+pub struct Fixture {
+    pub server: NbdServer,
+    pub registry: Arc<MemRegistry>,
+    pub vol: Arc<MemDevice>,
+    pub ro: Arc<MemDevice>,
+}
+
+pub const VOL_SIZE: usize = 1 << 20;
+
+pub fn start_server(config: ServerConfig) -> Fixture {
+    let registry = Arc::new(MemRegistry::default());
+    let vol = MemDevice::new(VOL_SIZE);
+    let ro = MemDevice::read_only(64 << 10);
+    registry.add("vol", "test volume", Arc::clone(&vol));
+    registry.add("ro", "", Arc::clone(&ro));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = NbdServer::start(
+        listener,
+        Arc::clone(&registry) as Arc<dyn ExportRegistry>,
+        config,
+    )
+    .expect("start server");
+    Fixture {
+        server,
+        registry,
+        vol,
+        ro,
+    }
+}
+
+/// What a successful `NBD_OPT_GO`/`NBD_OPT_INFO` told us.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub size: u64,
+    pub flags: u16,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub block_size: Option<(u32, u32, u32)>,
+}
+
+/// A blocking NBD client good enough to drive the server byte by byte.
+pub struct Client {
+    pub stream: TcpStream,
+    next_handle: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            next_handle: 1,
+        }
+    }
+
+    /// Connects, reads the greeting and sends FIXED_NEWSTYLE | NO_ZEROES.
+    pub fn negotiated(addr: SocketAddr) -> Self {
+        let mut client = Self::connect(addr);
+        client.handshake(client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES);
+        client
+    }
+
+    /// Connects and enters transmission on `export`.
+    pub fn open(addr: SocketAddr, export: &str) -> (Self, ExportInfo) {
+        let mut client = Self::negotiated(addr);
+        let info = client
+            .go(export)
+            .unwrap_or_else(|e| panic!("GO {export} failed with {e:#x}"));
+        (client, info)
+    }
+
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).expect("read from server");
+        buf
+    }
+
+    pub fn handshake(&mut self, flags: u32) {
+        let greeting = self.read_exact(codec::GREETING_LEN);
+        assert_eq!(greeting, codec::greeting());
+        self.stream.write_all(&flags.to_be_bytes()).unwrap();
+    }
+
+    pub fn send_option(&mut self, option: u32, data: &[u8]) {
+        let mut out = Vec::new();
+        codec::encode_option(&mut out, option, data);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn read_option_reply(&mut self) -> (OptionReplyHeader, Vec<u8>) {
+        let raw = self.read_exact(codec::OPTION_REPLY_HEADER_LEN);
+        let header = codec::decode_option_reply_header(&raw).expect("option reply magic");
+        let data = self.read_exact(header.length as usize);
+        (header, data)
+    }
+
+    /// Sends INFO or GO and collects replies up to the final one.
+    pub fn info_or_go(&mut self, option: u32, export: &str) -> Result<ExportInfo, u32> {
+        self.send_option(
+            option,
+            &codec::encode_info_request(export, &[info_types::BLOCK_SIZE]),
+        );
+        let mut info = ExportInfo::default();
+        loop {
+            let (header, data) = self.read_option_reply();
+            assert_eq!(header.option, option);
+            match header.reply_type {
+                reply_types::INFO => {
+                    let kind = u16::from_be_bytes([data[0], data[1]]);
+                    let body = &data[2..];
+                    match kind {
+                        info_types::EXPORT => {
+                            assert_eq!(data.len(), 12);
+                            info.size = u64::from_be_bytes(body[..8].try_into().unwrap());
+                            info.flags = u16::from_be_bytes(body[8..10].try_into().unwrap());
+                        }
+                        info_types::NAME => {
+                            info.name = Some(String::from_utf8(body.to_vec()).unwrap());
+                        }
+                        info_types::DESCRIPTION => {
+                            info.description = Some(String::from_utf8(body.to_vec()).unwrap());
+                        }
+                        info_types::BLOCK_SIZE => {
+                            assert_eq!(data.len(), 14);
+                            let word = |i: usize| {
+                                u32::from_be_bytes(body[i * 4..i * 4 + 4].try_into().unwrap())
+                            };
+                            info.block_size = Some((word(0), word(1), word(2)));
+                        }
+                        other => panic!("unexpected info type {other}"),
+                    }
+                }
+                reply_types::ACK => return Ok(info),
+                err if err & reply_types::ERROR_BIT != 0 => return Err(err),
+                other => panic!("unexpected reply type {other:#x}"),
+            }
+        }
+    }
+
+    pub fn go(&mut self, export: &str) -> Result<ExportInfo, u32> {
+        self.info_or_go(option_codes::GO, export)
+    }
+
+    pub fn send_request(&mut self, command: Command, flags: u16, offset: u64, length: u32) -> u64 {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let req = Request {
+            flags,
+            command,
+            handle,
+            offset,
+            length,
+        };
+        self.stream.write_all(&req.encode()).unwrap();
+        handle
+    }
+
+    pub fn read_reply(&mut self) -> SimpleReply {
+        let raw = self.read_exact(codec::SIMPLE_REPLY_HEADER_LEN);
+        codec::decode_simple_reply(&raw).expect("simple reply magic")
+    }
+
+    /// Sends a request without payload and returns its error code.
+    pub fn command(&mut self, command: Command, flags: u16, offset: u64, length: u32) -> u32 {
+        let handle = self.send_request(command, flags, offset, length);
+        let reply = self.read_reply();
+        assert_eq!(reply.handle, handle);
+        reply.error
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8], flags: u16) -> u32 {
+        let handle = self.send_request(
+            Command::Write,
+            flags,
+            offset,
+            u32::try_from(data.len()).unwrap(),
+        );
+        self.stream.write_all(data).unwrap();
+        let reply = self.read_reply();
+        assert_eq!(reply.handle, handle);
+        reply.error
+    }
+
+    pub fn read(&mut self, offset: u64, length: u32) -> Result<Vec<u8>, u32> {
+        let handle = self.send_request(Command::Read, 0, offset, length);
+        let reply = self.read_reply();
+        assert_eq!(reply.handle, handle);
+        if reply.error != 0 {
+            return Err(reply.error);
+        }
+        Ok(self.read_exact(length as usize))
+    }
+
+    /// True if the server closed the connection (EOF or reset) within the
+    /// client timeout, with no further bytes sent.
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+        }
+    }
+}
