@@ -38,7 +38,9 @@ pub struct ApiState {
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState").field("site", &self.site).finish_non_exhaustive()
+        f.debug_struct("ApiState")
+            .field("site", &self.site)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,7 +137,8 @@ async fn require_token(State(state): State<ApiState>, req: Request, next: Next) 
         None => error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing `Authorization: Bearer TOKEN`; the token is in the site's api.token file".into(),
+            "missing `Authorization: Bearer TOKEN`; the token is in the site's api.token file"
+                .into(),
         ),
     }
 }
@@ -220,10 +223,15 @@ async fn volume_show(State(s): State<ApiState>, Path(name): Path<String>) -> Api
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn volume_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeUrl> {
+async fn volume_delete(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<VolumeUrl> {
     blocking(move || {
         let url = s.site.volume_url(&name);
-        s.site.delete_volume(&name).map(|()| VolumeUrl { name, url })
+        s.site
+            .delete_volume(&name)
+            .map(|()| VolumeUrl { name, url })
     })
     .await
 }
@@ -256,7 +264,10 @@ struct EventQuery {
 
 #[utoipa::path(get, path = "/api/v1/events", params(("limit" = Option<u32>, Query)),
     responses((status = 200, body = [Event])))]
-async fn event_list(State(s): State<ApiState>, Query(q): Query<EventQuery>) -> ApiResult<Vec<Event>> {
+async fn event_list(
+    State(s): State<ApiState>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Vec<Event>> {
     blocking(move || s.site.events(q.limit.unwrap_or(100).min(10_000))).await
 }
 

@@ -32,7 +32,9 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub(crate) async fn render(State(s): State<ApiState>) -> Response {
@@ -45,10 +47,34 @@ pub(crate) async fn render(State(s): State<ApiState>) -> Response {
                 .map(|v| (format!("volume=\"{}\"", label(&v.name)), f(v)))
                 .collect()
         };
-        family(&mut out, "offsite_volumes", "gauge", "Volumes on this site.", &[(String::new(), volumes.len() as u64)]);
-        family(&mut out, "offsite_volume_size_bytes", "gauge", "Volume size in bytes.", &per(&|v| v.size_bytes));
-        family(&mut out, "offsite_volume_dirty_bytes", "gauge", "Changed bytes not yet replicated.", &per(&|v| v.dirty_bytes));
-        family(&mut out, "offsite_volume_nbd_connections", "gauge", "Open NBD connections per volume.", &per(&|v| v.connections));
+        family(
+            &mut out,
+            "offsite_volumes",
+            "gauge",
+            "Volumes on this site.",
+            &[(String::new(), volumes.len() as u64)],
+        );
+        family(
+            &mut out,
+            "offsite_volume_size_bytes",
+            "gauge",
+            "Volume size in bytes.",
+            &per(&|v| v.size_bytes),
+        );
+        family(
+            &mut out,
+            "offsite_volume_dirty_bytes",
+            "gauge",
+            "Changed bytes not yet replicated.",
+            &per(&|v| v.dirty_bytes),
+        );
+        family(
+            &mut out,
+            "offsite_volume_nbd_connections",
+            "gauge",
+            "Open NBD connections per volume.",
+            &per(&|v| v.connections),
+        );
         for source in s.metrics.iter() {
             source.render(&mut out);
         }
@@ -56,9 +82,5 @@ pub(crate) async fn render(State(s): State<ApiState>) -> Response {
     })
     .await
     .unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -199,7 +199,7 @@ pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, Strin
 /// record with the highest sequence number, plus the slot size.
 pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), String> {
     let len = bytes.len();
-    if len == 0 || len % (2 * AL_SLOT_ALIGN) != 0 {
+    if len == 0 || !len.is_multiple_of(2 * AL_SLOT_ALIGN) {
         return Err(format!(
             "activity log is truncated or padded ({len} bytes, expected two {AL_SLOT_ALIGN}-byte aligned slots)"
         ));

@@ -185,7 +185,7 @@ pub struct Geometry {
 impl Geometry {
     /// The geometry of a volume of `size_bytes` (a multiple of `block_size`).
     pub fn for_volume(size_bytes: u64, block_size: u32) -> Result<Geometry, CbtError> {
-        if block_size == 0 || size_bytes % u64::from(block_size) != 0 {
+        if block_size == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
             return Err(CbtError::InvalidGeometry {
                 reason: format!(
                     "volume size {size_bytes} is not a multiple of the block size {block_size}"
@@ -253,7 +253,10 @@ impl Tuning {
     fn validate(&self) -> Result<(), CbtError> {
         if self.extent_blocks == 0 || !self.extent_blocks.is_power_of_two() {
             return Err(CbtError::InvalidTuning {
-                reason: format!("extent of {} blocks is not a power of two", self.extent_blocks),
+                reason: format!(
+                    "extent of {} blocks is not a power of two",
+                    self.extent_blocks
+                ),
             });
         }
         if !(2..=MAX_AL_CAPACITY).contains(&self.al_capacity) {
@@ -439,7 +442,12 @@ impl ChangeTracker {
     /// Creates the state files `dir/{stem}.cbt` and `dir/{stem}.al` for a
     /// fresh volume (all blocks clean), durably. Refuses existing files.
     pub fn create(dir: &Path, stem: &str, geometry: Geometry) -> Result<ChangeTracker, CbtError> {
-        Self::create_tuned(dir, stem, geometry, Tuning::for_block_size(geometry.block_size))
+        Self::create_tuned(
+            dir,
+            stem,
+            geometry,
+            Tuning::for_block_size(geometry.block_size),
+        )
     }
 
     /// [`create`](Self::create) with explicit tuning (tests, benchmarks).
@@ -481,7 +489,15 @@ impl ChangeTracker {
         lock_file(&al, &al_path)?;
         tracing::debug!(path = %al_path.display(), ?geometry, "created change tracker");
         Ok(Self::assemble(
-            dir, bitmap_path, al_path, geometry, tuning, al, slot_size, 1, empty,
+            dir,
+            bitmap_path,
+            al_path,
+            geometry,
+            tuning,
+            al,
+            slot_size,
+            1,
+            empty,
         ))
     }
 
@@ -496,7 +512,12 @@ impl ChangeTracker {
         stem: &str,
         geometry: Geometry,
     ) -> Result<(ChangeTracker, OpenReport), CbtError> {
-        Self::open_tuned(dir, stem, geometry, Tuning::for_block_size(geometry.block_size))
+        Self::open_tuned(
+            dir,
+            stem,
+            geometry,
+            Tuning::for_block_size(geometry.block_size),
+        )
     }
 
     /// [`open`](Self::open) with explicit tuning (tests, benchmarks).
@@ -541,8 +562,8 @@ impl ChangeTracker {
                                 active_extents: rec.extents.len(),
                             }
                         };
-                        let reusable = (slot_size == al_slot_size(tuning.al_capacity))
-                            .then_some(rec.seq);
+                        let reusable =
+                            (slot_size == al_slot_size(tuning.al_capacity)).then_some(rec.seq);
                         (dirty, report, reusable)
                     }
                     Err(reason) => (all_blocks(nblocks), OpenReport::Reset { reason }, None),
@@ -650,8 +671,17 @@ impl ChangeTracker {
                 }
             }
         };
-        let tracker =
-            Self::assemble(dir, bitmap_path, al_path, geometry, tuning, al, slot_size, seq, dirty);
+        let tracker = Self::assemble(
+            dir,
+            bitmap_path,
+            al_path,
+            geometry,
+            tuning,
+            al,
+            slot_size,
+            seq,
+            dirty,
+        );
         Ok((tracker, report))
     }
 
@@ -765,7 +795,8 @@ impl ChangeTracker {
             others.truncate((half - needed) as usize);
             let mut record: Vec<u32> = others.iter().map(|&(_, e)| e).collect();
             let before = st.active.len();
-            st.active.retain(|e, _| record.contains(e) || (e0..=e1).contains(e));
+            st.active
+                .retain(|e, _| record.contains(e) || (e0..=e1).contains(e));
             tracing::debug!(
                 path = %self.al_path.display(),
                 evicted = before - st.active.len(),
@@ -945,7 +976,10 @@ impl ChangeTracker {
         self.state.lock().unwrap_or_else(|poisoned| {
             let mut st = poisoned.into_inner();
             st.failed.get_or_insert_with(|| {
-                ("a thread panicked while updating the change tracker".to_string(), None)
+                (
+                    "a thread panicked while updating the change tracker".to_string(),
+                    None,
+                )
             });
             st
         })
@@ -956,7 +990,10 @@ impl ChangeTracker {
             // A panic in the middle of a write sequence: the files are still
             // safe (each step is), but stop, as for an I/O error.
             self.lock_state().failed.get_or_insert_with(|| {
-                ("a thread panicked while writing change-tracking files".to_string(), None)
+                (
+                    "a thread panicked while writing change-tracking files".to_string(),
+                    None,
+                )
             });
             poisoned.into_inner()
         })

@@ -44,7 +44,10 @@ fn bitmap_roundtrip_and_rejections() {
         assert!(decode_bitmap(&b, 4096, 10_000).is_err(), "flip at {i}");
     }
     for n in 0..bytes.len() {
-        assert!(decode_bitmap(&bytes[..n], 4096, 10_000).is_err(), "truncated to {n}");
+        assert!(
+            decode_bitmap(&bytes[..n], 4096, 10_000).is_err(),
+            "truncated to {n}"
+        );
     }
     let err = decode_bitmap(&bytes, 4096, 10_001).unwrap_err();
     assert!(err.contains("geometry mismatch"), "{err}");
@@ -134,7 +137,10 @@ fn sticky_failure_refuses_marks_until_reopen() {
     assert!(matches!(t.close(), Err(CbtError::Poisoned { .. })));
     // Reopen recovers a superset of what was acknowledged.
     let (t, report) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
-    assert_eq!(report, OpenReport::RecoveredAfterCrash { active_extents: 1 });
+    assert_eq!(
+        report,
+        OpenReport::RecoveredAfterCrash { active_extents: 1 }
+    );
     let snap = t.snapshot();
     assert!(snap.contains(0) && snap.contains(1));
     assert!(!snap.contains(80));
@@ -168,7 +174,10 @@ fn al_in_different_shape_is_read_and_rewritten() {
         al_capacity: 2000,
     };
     let (t, report) = ChangeTracker::open_tuned(dir.path(), "v", G, big).unwrap();
-    assert_eq!(report, OpenReport::RecoveredAfterCrash { active_extents: 1 });
+    assert_eq!(
+        report,
+        OpenReport::RecoveredAfterCrash { active_extents: 1 }
+    );
     assert_eq!(t.snapshot(), RoaringBitmap::from_iter(24u32..32));
     t.close().unwrap();
     let len = fs::metadata(dir.path().join("v.al")).unwrap().len();
@@ -197,4 +206,11 @@ fn hasher_spreads_sequential_ids() {
     low.sort_unstable();
     low.dedup();
     assert_eq!(low.len(), 1024);
+}
+
+#[test]
+fn tracker_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ChangeTracker>();
+    assert_send_sync::<CbtError>();
 }

@@ -125,16 +125,14 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Checkpoint => t.checkpoint().unwrap(),
             Op::CloseReopen => {
                 t.close().unwrap();
-                let (t2, report) =
-                    ChangeTracker::open_tuned(dir.path(), "vol", g, tuning).unwrap();
+                let (t2, report) = ChangeTracker::open_tuned(dir.path(), "vol", g, tuning).unwrap();
                 prop_assert_eq!(report, OpenReport::Clean);
                 t = t2;
                 possible = oracle.clone();
             }
             Op::CrashReopen => {
                 t.crash();
-                let (t2, report) =
-                    ChangeTracker::open_tuned(dir.path(), "vol", g, tuning).unwrap();
+                let (t2, report) = ChangeTracker::open_tuned(dir.path(), "vol", g, tuning).unwrap();
                 prop_assert!(
                     matches!(
                         report,

@@ -108,7 +108,10 @@ fn crash_recovers_bitmap_plus_active_extents_and_persists_it() {
     t.crash();
 
     let (t, report) = ChangeTracker::open(dir.path(), "v", G).unwrap();
-    assert_eq!(report, OpenReport::RecoveredAfterCrash { active_extents: 2 });
+    assert_eq!(
+        report,
+        OpenReport::RecoveredAfterCrash { active_extents: 2 }
+    );
     let snap = t.snapshot();
     assert!(snap.is_superset(&marked));
     let mut expected = RoaringBitmap::new();
@@ -242,7 +245,10 @@ fn clear_is_durable() {
     t.mark(4096, 1).unwrap();
     t.crash();
     let (t, report) = ChangeTracker::open(dir.path(), "v", G).unwrap();
-    assert_eq!(report, OpenReport::RecoveredAfterCrash { active_extents: 1 });
+    assert_eq!(
+        report,
+        OpenReport::RecoveredAfterCrash { active_extents: 1 }
+    );
     assert_eq!(t.dirty_blocks(), 1024);
 }
 
@@ -310,10 +316,7 @@ fn bad_arguments_are_refused() {
 
     let t = ChangeTracker::create(dir.path(), "v", G).unwrap();
     let size = G.volume_bytes();
-    assert!(matches!(
-        t.mark(size, 1),
-        Err(CbtError::OutOfRange { .. })
-    ));
+    assert!(matches!(t.mark(size, 1), Err(CbtError::OutOfRange { .. })));
     assert!(matches!(
         t.mark(u64::MAX, 2),
         Err(CbtError::OutOfRange { .. })
@@ -336,7 +339,10 @@ fn largest_volume_works() {
     assert_eq!(t.dirty_blocks(), g.nblocks);
     t.crash();
     let (t, report) = ChangeTracker::open(dir.path(), "big", g).unwrap();
-    assert_eq!(report, OpenReport::RecoveredAfterCrash { active_extents: 1 });
+    assert_eq!(
+        report,
+        OpenReport::RecoveredAfterCrash { active_extents: 1 }
+    );
     assert_eq!(t.dirty_blocks(), g.nblocks);
     // Run containers keep a full bitmap file tiny.
     t.close().unwrap();

@@ -114,7 +114,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 VolumeCommand::Show { name } => p.volume(&c.volume(&name)?),
                 VolumeCommand::Delete { name } => {
                     c.delete_volume(&name)?;
-                    p.done(&format!("volume {name} deleted"), serde_json::json!({ "name": name, "deleted": true }))
+                    p.done(
+                        &format!("volume {name} deleted"),
+                        serde_json::json!({ "name": name, "deleted": true }),
+                    )
                 }
                 VolumeCommand::Url { name } => p.url(&c.volume_url(&name)?),
                 VolumeCommand::ClearDirty { name } => p.volume(&c.clear_dirty(&name)?),

@@ -86,7 +86,11 @@ impl Printer {
         }
     }
 
-    pub fn site_init(&self, dir: &Path, r: &offsite_engine::init::InitReport) -> anyhow::Result<()> {
+    pub fn site_init(
+        &self,
+        dir: &Path,
+        r: &offsite_engine::init::InitReport,
+    ) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(&serde_json::json!({
                 "name": r.config.name,
@@ -132,9 +136,15 @@ impl Printer {
         }
         let mut f = vec![
             ("name", v.name.clone()),
-            ("size", format!("{} ({} bytes)", human(v.size_bytes), v.size_bytes)),
+            (
+                "size",
+                format!("{} ({} bytes)", human(v.size_bytes), v.size_bytes),
+            ),
             ("block size", human(u64::from(v.block_size))),
-            ("dirty", format!("{} ({} bytes)", human(v.dirty_bytes), v.dirty_bytes)),
+            (
+                "dirty",
+                format!("{} ({} bytes)", human(v.dirty_bytes), v.dirty_bytes),
+            ),
             ("role", v.role.clone()),
             ("state", v.state.clone()),
             ("created", v.created_at.clone()),

@@ -30,8 +30,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let config = site.config().clone();
 
     let nbd_addr = parse_addr(&config.nbd).map_err(anyhow::Error::msg)?;
-    let nbd_listener = TcpListener::bind(nbd_addr)
-        .with_context(|| format!("binding the NBD listener to {nbd_addr} (config.toml `nbd`); is the port in use?"))?;
+    let nbd_listener = TcpListener::bind(nbd_addr).with_context(|| {
+        format!("binding the NBD listener to {nbd_addr} (config.toml `nbd`); is the port in use?")
+    })?;
     let nbd = NbdServer::start(nbd_listener, site.clone(), ServerConfig::default())
         .context("starting the NBD server")?;
     let nbd_bound = nbd.local_addr();
@@ -98,8 +99,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
@@ -144,16 +147,82 @@ impl MetricsSource for NbdMetrics {
         let s = self.0.snapshot();
         let one = |v: u64| [(String::new(), v)];
         use offsite_api::metrics_family as f;
-        f(out, "offsite_nbd_connections_active", "gauge", "Open NBD connections.", &one(s.connections_active));
-        f(out, "offsite_nbd_connections_total", "counter", "NBD connections accepted.", &one(s.connections_total));
-        f(out, "offsite_nbd_connections_refused_total", "counter", "NBD connections refused over the limit.", &one(s.refused_connections));
-        f(out, "offsite_nbd_reads_total", "counter", "NBD read requests.", &one(s.reads));
-        f(out, "offsite_nbd_writes_total", "counter", "NBD write requests.", &one(s.writes));
-        f(out, "offsite_nbd_flushes_total", "counter", "NBD flush requests.", &one(s.flushes));
-        f(out, "offsite_nbd_trims_total", "counter", "NBD trim requests.", &one(s.trims));
-        f(out, "offsite_nbd_write_zeroes_total", "counter", "NBD write-zeroes requests.", &one(s.write_zeroes));
-        f(out, "offsite_nbd_read_bytes_total", "counter", "Bytes read over NBD.", &one(s.bytes_read));
-        f(out, "offsite_nbd_written_bytes_total", "counter", "Bytes written over NBD.", &one(s.bytes_written));
-        f(out, "offsite_nbd_errors_total", "counter", "NBD requests answered with an error.", &one(s.errors));
+        f(
+            out,
+            "offsite_nbd_connections_active",
+            "gauge",
+            "Open NBD connections.",
+            &one(s.connections_active),
+        );
+        f(
+            out,
+            "offsite_nbd_connections_total",
+            "counter",
+            "NBD connections accepted.",
+            &one(s.connections_total),
+        );
+        f(
+            out,
+            "offsite_nbd_connections_refused_total",
+            "counter",
+            "NBD connections refused over the limit.",
+            &one(s.refused_connections),
+        );
+        f(
+            out,
+            "offsite_nbd_reads_total",
+            "counter",
+            "NBD read requests.",
+            &one(s.reads),
+        );
+        f(
+            out,
+            "offsite_nbd_writes_total",
+            "counter",
+            "NBD write requests.",
+            &one(s.writes),
+        );
+        f(
+            out,
+            "offsite_nbd_flushes_total",
+            "counter",
+            "NBD flush requests.",
+            &one(s.flushes),
+        );
+        f(
+            out,
+            "offsite_nbd_trims_total",
+            "counter",
+            "NBD trim requests.",
+            &one(s.trims),
+        );
+        f(
+            out,
+            "offsite_nbd_write_zeroes_total",
+            "counter",
+            "NBD write-zeroes requests.",
+            &one(s.write_zeroes),
+        );
+        f(
+            out,
+            "offsite_nbd_read_bytes_total",
+            "counter",
+            "Bytes read over NBD.",
+            &one(s.bytes_read),
+        );
+        f(
+            out,
+            "offsite_nbd_written_bytes_total",
+            "counter",
+            "Bytes written over NBD.",
+            &one(s.bytes_written),
+        );
+        f(
+            out,
+            "offsite_nbd_errors_total",
+            "counter",
+            "NBD requests answered with an error.",
+            &one(s.errors),
+        );
     }
 }

@@ -8,9 +8,9 @@
 
 pub mod config;
 mod error;
-pub mod names;
 pub mod init;
 pub mod layout;
+pub mod names;
 mod site;
 mod volume;
 

@@ -95,7 +95,9 @@ impl Site {
                     catalog.add_event("volume.cbt-recovered", Some(&name), &msg)?;
                 }
                 OpenReport::Reset { reason } => {
-                    let msg = format!("change tracking state lost ({reason}); whole volume counted dirty");
+                    let msg = format!(
+                        "change tracking state lost ({reason}); whole volume counted dirty"
+                    );
                     tracing::warn!(volume = %name, "{msg}");
                     catalog.add_event("volume.cbt-reset", Some(&name), &msg)?;
                 }
@@ -291,7 +293,11 @@ impl Site {
         if size_bytes % u64::from(block_size) != 0 {
             return Err(EngineError::Invalid(format!(
                 "size {size_bytes} is not a multiple of the block size {block_size}; round it to a multiple{}",
-                if import.is_some() { " or pass a smaller --block-size (e.g. 512)" } else { "" }
+                if import.is_some() {
+                    " or pass a smaller --block-size (e.g. 512)"
+                } else {
+                    ""
+                }
             )));
         }
         if size_bytes / u64::from(block_size) > u64::from(u32::MAX) {
@@ -305,7 +311,11 @@ impl Site {
             size_bytes,
             block_size,
             role: "primary",
-            state: if import.is_some() { "importing" } else { "ready" },
+            state: if import.is_some() {
+                "importing"
+            } else {
+                "ready"
+            },
             import_source: import_source.as_deref(),
         })?;
         let volume = match Volume::create(&self.layout, row.clone()) {
@@ -320,7 +330,10 @@ impl Site {
             .unwrap_or_else(|e| e.into_inner())
             .insert(row.name.clone(), volume.clone());
         let msg = match &import {
-            Some(p) => format!("volume created ({size_bytes} bytes), importing {}", p.display()),
+            Some(p) => format!(
+                "volume created ({size_bytes} bytes), importing {}",
+                p.display()
+            ),
             None => format!("volume created ({size_bytes} bytes, block size {block_size})"),
         };
         self.event("volume.created", Some(&row.name), &msg);
@@ -344,9 +357,16 @@ impl Site {
     fn run_import(&self, name: &str, path: &Path, volume: &Volume, state: &ImportState) {
         let result = copy_image(path, volume, &state.copied);
         let (new_state, kind, msg) = match result {
-            Ok(()) => ("ready", "volume.imported", format!("import of {} complete", path.display())),
+            Ok(()) => (
+                "ready",
+                "volume.imported",
+                format!("import of {} complete", path.display()),
+            ),
             Err(e) => {
-                let msg = format!("import of {} failed: {e}; delete the volume and try again", path.display());
+                let msg = format!(
+                    "import of {} failed: {e}; delete the volume and try again",
+                    path.display()
+                );
                 *state.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
                 ("failed", "volume.import-failed", msg)
             }
@@ -493,14 +513,20 @@ fn copy_image(path: &Path, volume: &Volume, copied: &AtomicU64) -> std::io::Resu
                 continue;
             }
             let at = offset + (i * block) as u64;
-            volume.tracker().mark(at, chunk.len() as u64).map_err(std::io::Error::other)?;
+            volume
+                .tracker()
+                .mark(at, chunk.len() as u64)
+                .map_err(std::io::Error::other)?;
             volume.file().write_at(chunk, at)?;
         }
         offset += n as u64;
         copied.store(offset, Ordering::Relaxed);
     }
     volume.file().sync()?;
-    volume.tracker().checkpoint().map_err(std::io::Error::other)?;
+    volume
+        .tracker()
+        .checkpoint()
+        .map_err(std::io::Error::other)?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! reaches the file, so no acknowledged write can escape the dirty set.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use offsite_catalog::VolumeRow;
 use offsite_cbt::{ChangeTracker, Geometry, OpenReport};

@@ -108,10 +108,7 @@ impl VolumeFile {
             .write(true)
             .open(path)
             .map_err(StoreError::io("open", path))?;
-        let len = file
-            .metadata()
-            .map_err(StoreError::io("stat", path))?
-            .len();
+        let len = file.metadata().map_err(StoreError::io("stat", path))?.len();
         if len != size {
             return Err(StoreError::Io {
                 op: "check size of",

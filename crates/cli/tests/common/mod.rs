@@ -1,0 +1,257 @@
+//! Helpers shared by the CLI integration tests (each test binary includes
+//! this module with `mod common;` and uses what it needs).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use offsite_testkit::TestSite;
+
+/// The Python interpreter with the distribution's `nbd` module
+/// (python3-libnbd); a pyenv `python3` on PATH would not have it.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The `offsite` binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_offsite"))
+}
+
+/// A started site named `name`.
+pub fn site(name: &str) -> TestSite {
+    TestSite::started(bin(), name)
+}
+
+/// Whether every tool is installed (fails under CI when one is missing).
+pub fn have_tools(tools: &[&str]) -> bool {
+    tools.iter().all(|t| offsite_testkit::have_tool(t))
+}
+
+/// Whether `/usr/bin/python3` can `import nbd`. Under CI a missing module
+/// is a failure, elsewhere the caller skips.
+pub fn have_python_nbd() -> bool {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import nbd"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{PYTHON} with the nbd module (python3-libnbd) is required under CI"
+        );
+        eprintln!("skipping: {PYTHON} cannot import nbd (install python3-libnbd)");
+    }
+    ok
+}
+
+/// Runs a Python script (`python3 -c SCRIPT ARGS...`) that must succeed;
+/// returns its stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python script failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a Python script whose last stdout line is JSON; returns it.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = python(script, args);
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("python output is not JSON ({e}): {out}"))
+}
+
+/// Runs a command, killing it if it has not exited within `limit` (a
+/// liveness bound against hangs, not a timing assertion).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{cmd:?} did not exit within {limit:?}:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after
+/// `limit` (a liveness bound, not a timing assertion).
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child still owned")
+    }
+
+    /// Takes the child out (it is then no longer killed on drop).
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("child still owned")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `site show --json` field `key` (e.g. "api", "nbd").
+pub fn site_addr(site: &TestSite, key: &str) -> String {
+    site.json(&["site", "show"])[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("site show has no {key}"))
+        .to_string()
+}
+
+/// A plain HTTP/1.0 GET to `addr` (HOST:PORT); returns status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to API {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read HTTP answer to GET {path}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed HTTP answer to GET {path}: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in HTTP answer to GET {path}: {head:?}"));
+    (status, body.to_string())
+}
+
+/// Writes a raw image of `size` bytes: zeroes except `fills`, each
+/// `(offset, len, byte)`.
+pub fn write_image(path: &Path, size: u64, fills: &[(u64, usize, u8)]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).expect("create image");
+    f.set_len(size).expect("size image");
+    for &(off, len, byte) in fills {
+        f.write_all_at(&vec![byte; len], off).expect("write image");
+    }
+    f.sync_all().expect("sync image");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `qemu-img compare -f raw -F raw A B`; returns (exit code, stdout+stderr).
+pub fn qemu_img_compare(a: &str, b: &str) -> (i32, String) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", a, b])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qemu-img compare");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The value of one sample line (`NAME{LABELS} VALUE` or `NAME VALUE`).
+pub fn metric(body: &str, sample: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `/metrics` of a running site.
+pub fn metrics(site: &TestSite) -> String {
+    let (status, body) = http_get(&site_addr(site, "api"), "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body
+}
+
+/// `offsite events --json` kinds and messages for subject `subject`.
+pub fn events_about(site: &TestSite, subject: &str) -> Vec<(String, String)> {
+    let ev = site.json(&["events", "--limit", "1000"]);
+    ev.as_array()
+        .expect("events --json is an array")
+        .iter()
+        .filter(|e| e["subject"].as_str() == Some(subject))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A path in the site's scratch directory.
+pub fn scratch_file(site: &TestSite, name: &str) -> PathBuf {
+    site.scratch().join(name)
+}
+
+/// The set of `bs`-byte blocks touched by byte range `[off, off+len)`.
+pub fn blocks_of(off: u64, len: u64, bs: u64) -> std::ops::Range<u64> {
+    off / bs..(off + len).div_ceil(bs)
+}

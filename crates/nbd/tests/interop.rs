@@ -1,0 +1,163 @@
+//! Interoperability with real NBD clients: libnbd's `nbdinfo` and QEMU's
+//! `qemu-io`. Each test skips (with a printed reason) when its tool is not
+//! installed, except under CI (`CI` set), where a missing tool is a failure:
+//! CI must prove interop, not silently skip it.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{VOL_SIZE, start_server};
+use offsite_nbd::ServerConfig;
+
+/// A client tool that hangs must fail the test, not stall the suite.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Finds `tool` on PATH; `None` means skip (outside CI only).
+fn require(tool: &str) -> Option<()> {
+    let found = Command::new("which")
+        .arg(tool)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{tool} is required under CI (install qemu-utils and libnbd-bin)");
+    }
+    eprintln!("skipping: {tool} not installed (apt install qemu-utils libnbd-bin)");
+    None
+}
+
+/// Runs a command to completion within [`TOOL_TIMEOUT`], killing it if not.
+fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tool");
+    // Drain pipes on threads so a chatty tool cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let out_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tool") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().expect("stdout reader"),
+        stderr: err_thread.join().expect("stderr reader"),
+    }
+}
+
+fn assert_success(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn nbdinfo_describes_the_export() {
+    let Some(()) = require("nbdinfo") else {
+        return;
+    };
+    let f = start_server(ServerConfig::default());
+    let uri = format!("nbd://{}/vol", f.server.local_addr());
+    let output = run(Command::new("nbdinfo").arg("--json").arg(&uri));
+    assert_success("nbdinfo", &output);
+    let json = String::from_utf8_lossy(&output.stdout);
+    // Plain substring checks keep serde out of this crate's dev-deps.
+    let compact: String = json.split_whitespace().collect();
+    for expected in [
+        format!("\"export-size\":{VOL_SIZE}"),
+        "\"export-name\":\"vol\"".to_owned(),
+        "\"description\":\"testvolume\"".to_owned(),
+        "\"can_multi_conn\":true".to_owned(),
+        "\"can_flush\":true".to_owned(),
+        "\"can_fua\":true".to_owned(),
+        "\"can_trim\":true".to_owned(),
+        "\"can_zero\":true".to_owned(),
+        "\"is_read_only\":false".to_owned(),
+        "\"block_size_maximum\":33554432".to_owned(),
+    ] {
+        assert!(compact.contains(&expected), "missing {expected} in {json}");
+    }
+
+    let output = run(Command::new("nbdinfo")
+        .arg("--list")
+        .arg("--json")
+        .arg(format!("nbd://{}", f.server.local_addr())));
+    assert_success("nbdinfo --list", &output);
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(json.contains("\"vol\"") && json.contains("\"ro\""), "{json}");
+}
+
+#[test]
+fn qemu_io_writes_and_reads_back() {
+    let Some(()) = require("qemu-io") else {
+        return;
+    };
+    let f = start_server(ServerConfig::default());
+    let uri = format!("nbd://{}/vol", f.server.local_addr());
+    let output = run(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args(["-c", "write -P 0xab 0 64k"])
+        .args(["-c", "read -P 0xab 0 64k"])
+        .args(["-c", "write -z 64k 64k"])
+        .args(["-c", "read -P 0 64k 64k"])
+        .args(["-c", "discard 128k 4k"])
+        .args(["-c", "flush"])
+        .arg(&uri));
+    assert_success("qemu-io", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // qemu-io reports pattern mismatches on stdout but still exits 0.
+    assert!(!stdout.contains("Pattern verification failed"), "{stdout}");
+    assert!(f.vol.data.lock().unwrap()[..64 << 10].iter().all(|&b| b == 0xab));
+    let stats = f.server.stats().snapshot();
+    assert!(stats.writes >= 1 && stats.reads >= 2, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+}
+
+#[test]
+fn qemu_io_sees_read_only_export() {
+    let Some(()) = require("qemu-io") else {
+        return;
+    };
+    let f = start_server(ServerConfig::default());
+    let uri = format!("nbd://{}/ro", f.server.local_addr());
+    let output = run(Command::new("qemu-io")
+        .args(["-f", "raw", "-r"])
+        .args(["-c", "read -P 0 0 64k"])
+        .arg(&uri));
+    assert_success("qemu-io -r", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("Pattern verification failed"), "{stdout}");
+}
