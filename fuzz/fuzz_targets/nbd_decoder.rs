@@ -6,9 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use offsite_nbd::codec::{
-    self, ClientOption, OPTION_HEADER_LEN, REQUEST_HEADER_LEN, option_codes,
-};
+use offsite_nbd::codec::{self, ClientOption, OPTION_HEADER_LEN, REQUEST_HEADER_LEN, option_codes};
 
 fuzz_target!(|data: &[u8]| {
     let _ = codec::decode_client_flags(data);

@@ -41,6 +41,22 @@ const MIGRATIONS: &[&str] = &[
          subject TEXT,
          message TEXT NOT NULL
      );",
+    // v2: partners (pinned peers) and authorization entries.
+    "CREATE TABLE partners (
+         name              TEXT PRIMARY KEY,
+         address           TEXT NOT NULL,
+         fingerprint       TEXT NOT NULL UNIQUE,
+         created_at        TEXT NOT NULL,
+         last_handshake_at TEXT,
+         last_rtt_micros   INTEGER,
+         last_error        TEXT
+     );
+     CREATE TABLE authz_entries (
+         pattern          TEXT PRIMARY KEY,
+         storage_location TEXT NOT NULL,
+         security_tag     TEXT,
+         created_at       TEXT NOT NULL
+     );",
 ];
 
 /// Schema version this build writes.
@@ -79,6 +95,50 @@ pub enum CatalogError {
     /// No such volume.
     #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
     NoSuchVolume(String),
+    /// A partner name or fingerprint is taken.
+    #[error("{0}")]
+    PartnerExists(String),
+    /// No such partner.
+    #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
+    NoSuchPartner(String),
+    /// An authorization entry for this pattern exists.
+    #[error("an authorization entry for {0:?} already exists; remove it first with `offsite authz remove {0}`")]
+    AuthzExists(String),
+    /// No such authorization entry.
+    #[error("no authorization entry for {0:?}; `offsite authz list` shows them")]
+    NoSuchAuthz(String),
+}
+
+/// A partner's catalog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerRow {
+    /// The partner site's name (as it presents itself in the hello).
+    pub name: String,
+    /// HOST:PORT of its replication listener.
+    pub address: String,
+    /// Pinned `SHA256:` certificate fingerprint.
+    pub fingerprint: String,
+    /// RFC 3339 time of pairing.
+    pub created_at: String,
+    /// RFC 3339 time of the last successful handshake.
+    pub last_handshake_at: Option<String>,
+    /// Round-trip time measured then, in microseconds.
+    pub last_rtt_micros: Option<u64>,
+    /// The last connection error, cleared by a successful handshake.
+    pub last_error: Option<String>,
+}
+
+/// An authorization entry's catalog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthzRow {
+    /// Exact site name or `*.suffix` wildcard (or `*`).
+    pub pattern: String,
+    /// Directory where replicas of matching primaries are stored.
+    pub storage_location: String,
+    /// Tag the primary's group must present, if any.
+    pub security_tag: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
 }
 
 /// A volume's catalog row.
@@ -338,6 +398,171 @@ impl Catalog {
         Ok(())
     }
 
+    /// Pins a partner; name and fingerprint must both be new.
+    pub fn insert_partner(
+        &self,
+        name: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<PartnerRow, CatalogError> {
+        if let Some(other) = self
+            .partners()?
+            .into_iter()
+            .find(|p| p.name == name || p.fingerprint == fingerprint)
+        {
+            return Err(CatalogError::PartnerExists(if other.name == name {
+                format!("a partner named {name:?} already exists; remove it first with `offsite partner remove {name}`")
+            } else {
+                format!(
+                    "fingerprint {fingerprint} is already pinned for partner {:?}; one certificate identifies one site",
+                    other.name
+                )
+            }));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO partners (name, address, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, address, fingerprint, now_rfc3339()],
+            )
+            .map_err(self.err("insert partner"))?;
+        self.partner(name)
+    }
+
+    fn row_to_partner(r: &rusqlite::Row<'_>) -> rusqlite::Result<PartnerRow> {
+        Ok(PartnerRow {
+            name: r.get(0)?,
+            address: r.get(1)?,
+            fingerprint: r.get(2)?,
+            created_at: r.get(3)?,
+            last_handshake_at: r.get(4)?,
+            last_rtt_micros: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            last_error: r.get(6)?,
+        })
+    }
+
+    /// The partner called `name`.
+    pub fn partner(&self, name: &str) -> Result<PartnerRow, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT name, address, fingerprint, created_at, last_handshake_at, last_rtt_micros, last_error
+                 FROM partners WHERE name = ?1",
+                [name],
+                Self::row_to_partner,
+            )
+            .optional()
+            .map_err(self.err("read partner"))?
+            .ok_or_else(|| CatalogError::NoSuchPartner(name.to_string()))
+    }
+
+    /// Every partner, by name.
+    pub fn partners(&self) -> Result<Vec<PartnerRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, address, fingerprint, created_at, last_handshake_at, last_rtt_micros, last_error
+                 FROM partners ORDER BY name",
+            )
+            .map_err(self.err("list partners"))?;
+        let rows = stmt
+            .query_map([], Self::row_to_partner)
+            .map_err(self.err("list partners"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list partners"))
+    }
+
+    /// Records the outcome of a connection attempt to a partner.
+    pub fn record_partner_contact(
+        &self,
+        name: &str,
+        result: Result<u64, &str>,
+    ) -> Result<(), CatalogError> {
+        match result {
+            Ok(rtt_micros) => self.conn.execute(
+                "UPDATE partners SET last_handshake_at = ?2, last_rtt_micros = ?3, last_error = NULL WHERE name = ?1",
+                params![name, now_rfc3339(), rtt_micros as i64],
+            ),
+            Err(e) => self.conn.execute(
+                "UPDATE partners SET last_error = ?2 WHERE name = ?1",
+                params![name, e],
+            ),
+        }
+        .map(drop)
+        .map_err(self.err("update partner"))
+    }
+
+    /// Unpins a partner.
+    pub fn delete_partner(&self, name: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM partners WHERE name = ?1", [name])
+            .map_err(self.err("delete partner"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchPartner(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Adds an authorization entry.
+    pub fn insert_authz(
+        &self,
+        pattern: &str,
+        storage_location: &str,
+        security_tag: Option<&str>,
+    ) -> Result<AuthzRow, CatalogError> {
+        let r = self.conn.execute(
+            "INSERT INTO authz_entries (pattern, storage_location, security_tag, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![pattern, storage_location, security_tag, now_rfc3339()],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(CatalogError::AuthzExists(pattern.to_string()));
+            }
+            Err(e) => return Err(self.err("insert authorization entry")(e)),
+        }
+        Ok(self
+            .authz_entries()?
+            .into_iter()
+            .find(|a| a.pattern == pattern)
+            .ok_or_else(|| CatalogError::NoSuchAuthz(pattern.to_string()))?)
+    }
+
+    /// Every authorization entry, by pattern.
+    pub fn authz_entries(&self) -> Result<Vec<AuthzRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT pattern, storage_location, security_tag, created_at FROM authz_entries ORDER BY pattern",
+            )
+            .map_err(self.err("list authorization entries"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AuthzRow {
+                    pattern: r.get(0)?,
+                    storage_location: r.get(1)?,
+                    security_tag: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })
+            .map_err(self.err("list authorization entries"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list authorization entries"))
+    }
+
+    /// Removes an authorization entry.
+    pub fn delete_authz(&self, pattern: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM authz_entries WHERE pattern = ?1", [pattern])
+            .map_err(self.err("delete authorization entry"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchAuthz(pattern.to_string()));
+        }
+        Ok(())
+    }
+
     /// Appends an event.
     pub fn add_event(
         &self,
@@ -434,6 +659,37 @@ mod tests {
             Err(CatalogError::TooNew { .. })
         ));
         assert!(Catalog::create(&path).is_err());
+    }
+
+    #[test]
+    fn partners_and_authz() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::create(&dir.path().join("c.db")).unwrap();
+        c.insert_partner("b", "127.0.0.1:1", "SHA256:aa").unwrap();
+        let e = c.insert_partner("b", "127.0.0.1:2", "SHA256:bb").unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        let e = c.insert_partner("c", "127.0.0.1:2", "SHA256:aa").unwrap_err();
+        assert!(e.to_string().contains("already pinned"), "{e}");
+        c.record_partner_contact("b", Ok(250)).unwrap();
+        let p = c.partner("b").unwrap();
+        assert_eq!(p.last_rtt_micros, Some(250));
+        assert!(p.last_handshake_at.is_some());
+        c.record_partner_contact("b", Err("refused")).unwrap();
+        assert_eq!(c.partner("b").unwrap().last_error.as_deref(), Some("refused"));
+        c.delete_partner("b").unwrap();
+        assert!(matches!(c.partner("b"), Err(CatalogError::NoSuchPartner(_))));
+
+        c.insert_authz("*.example.com", "/srv/r", Some("gold")).unwrap();
+        assert!(matches!(
+            c.insert_authz("*.example.com", "/x", None),
+            Err(CatalogError::AuthzExists(_))
+        ));
+        assert_eq!(c.authz_entries().unwrap().len(), 1);
+        c.delete_authz("*.example.com").unwrap();
+        assert!(matches!(
+            c.delete_authz("*.example.com"),
+            Err(CatalogError::NoSuchAuthz(_))
+        ));
     }
 
     #[test]

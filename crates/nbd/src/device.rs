@@ -1,6 +1,7 @@
 //! What the NBD server serves: a [`BlockDevice`] per export, found by name in
 //! an [`ExportRegistry`]. The server checks bounds before it calls a device,
-//! so implementations may assume `offset + len <= size()`.
+//! so implementations may assume `offset + len <= size()` and `len > 0`
+//! (zero-length requests are answered without calling the device).
 
 use std::io;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 ///
 /// Errors map onto NBD error codes by [`io::ErrorKind`]:
 /// `PermissionDenied`/`ReadOnlyFilesystem` → `NBD_EPERM`,
-/// `StorageFull`/`QuotaExceeded` → `NBD_ENOSPC`, `InvalidInput` →
+/// `StorageFull`/`QuotaExceeded`/`FileTooLarge` → `NBD_ENOSPC`, `InvalidInput` →
 /// `NBD_EINVAL`, anything else → `NBD_EIO`.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes; constant for the life of a connection.

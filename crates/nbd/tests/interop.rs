@@ -117,7 +117,10 @@ fn nbdinfo_describes_the_export() {
         .arg(format!("nbd://{}", f.server.local_addr())));
     assert_success("nbdinfo --list", &output);
     let json = String::from_utf8_lossy(&output.stdout);
-    assert!(json.contains("\"vol\"") && json.contains("\"ro\""), "{json}");
+    assert!(
+        json.contains("\"vol\"") && json.contains("\"ro\""),
+        "{json}"
+    );
 }
 
 #[test]
@@ -140,7 +143,11 @@ fn qemu_io_writes_and_reads_back() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     // qemu-io reports pattern mismatches on stdout but still exits 0.
     assert!(!stdout.contains("Pattern verification failed"), "{stdout}");
-    assert!(f.vol.data.lock().unwrap()[..64 << 10].iter().all(|&b| b == 0xab));
+    assert!(
+        f.vol.data.lock().unwrap()[..64 << 10]
+            .iter()
+            .all(|&b| b == 0xab)
+    );
     let stats = f.server.stats().snapshot();
     assert!(stats.writes >= 1 && stats.reads >= 2, "{stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");

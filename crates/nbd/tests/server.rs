@@ -96,7 +96,11 @@ fn out_of_range_requests_follow_proto_md() {
     let end = VOL_SIZE as u64;
     assert_eq!(c.read(end - 10, 11), Err(EINVAL));
     assert_eq!(c.read(end, 1), Err(EINVAL));
-    assert_eq!(c.read(u64::MAX, 1), Err(EINVAL), "offset + length overflows");
+    assert_eq!(
+        c.read(u64::MAX, 1),
+        Err(EINVAL),
+        "offset + length overflows"
+    );
     assert_eq!(c.write(end - 1, &[1, 2], 0), ENOSPC);
     assert_eq!(c.command(Command::Trim, 0, end, 512), EINVAL);
     assert_eq!(c.command(Command::WriteZeroes, 0, end - 1, 2), ENOSPC);
@@ -128,7 +132,10 @@ fn over_limit_lengths_are_einval_and_connection_survives() {
     let (mut c, info) = Client::open(f.server.local_addr(), "vol");
     assert_eq!(info.block_size, Some((1, 4096, 64 << 10)));
     assert_eq!(c.read(0, (64 << 10) + 1), Err(EINVAL));
-    assert_eq!(c.command(Command::WriteZeroes, 0, 0, (64 << 10) + 1), EINVAL);
+    assert_eq!(
+        c.command(Command::WriteZeroes, 0, 0, (64 << 10) + 1),
+        EINVAL
+    );
     // TRIM is not bound by the maximum block size.
     assert_eq!(c.command(Command::Trim, 0, 0, 128 << 10), 0);
     // An over-limit write below 32 MiB: payload skipped, stream stays in sync.
@@ -189,14 +196,18 @@ fn bad_magic_closes_only_that_connection() {
     let f = fixture();
     let (mut good, _) = Client::open(f.server.local_addr(), "vol");
     let (mut bad, _) = Client::open(f.server.local_addr(), "vol");
-    bad.stream.write_all(&[0xde; codec::REQUEST_HEADER_LEN]).unwrap();
+    bad.stream
+        .write_all(&[0xde; codec::REQUEST_HEADER_LEN])
+        .unwrap();
     assert!(bad.is_closed());
     assert_eq!(good.write(0, b"ok", 0), 0);
     assert_eq!(good.read(0, 2).unwrap(), b"ok");
 
     // Bad magic during option haggling closes too.
     let mut bad = Client::negotiated(f.server.local_addr());
-    bad.stream.write_all(&[0u8; codec::OPTION_HEADER_LEN]).unwrap();
+    bad.stream
+        .write_all(&[0u8; codec::OPTION_HEADER_LEN])
+        .unwrap();
     assert!(bad.is_closed());
     assert_eq!(good.read(0, 2).unwrap(), b"ok");
 }
@@ -210,7 +221,10 @@ fn invalid_commands_and_flags_are_einval() {
     assert_eq!(c.command(Command::Cache, 0, 0, 512), EINVAL);
     assert_eq!(c.command(Command::Read, cf::DF, 0, 512), EINVAL);
     assert_eq!(c.command(Command::Trim, cf::NO_HOLE, 0, 512), EINVAL);
-    assert_eq!(c.command(Command::WriteZeroes, cf::FAST_ZERO, 0, 512), EINVAL);
+    assert_eq!(
+        c.command(Command::WriteZeroes, cf::FAST_ZERO, 0, 512),
+        EINVAL
+    );
     assert_eq!(c.command(Command::Flush, 0x8000, 0, 0), EINVAL);
     // A write with bad flags still has its payload skipped.
     let handle = c.send_request(Command::Write, cf::NO_HOLE, 0, 3);
@@ -357,14 +371,20 @@ fn export_name_enters_transmission_with_or_without_zeroes() {
     let f = fixture();
     for (flags, expected_len) in [
         (client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES, 10),
-        (client_flags::FIXED_NEWSTYLE, 10 + codec::EXPORT_NAME_PADDING),
+        (
+            client_flags::FIXED_NEWSTYLE,
+            10 + codec::EXPORT_NAME_PADDING,
+        ),
         (0, 10 + codec::EXPORT_NAME_PADDING),
     ] {
         let mut c = Client::connect(f.server.local_addr());
         c.handshake(flags);
         c.send_option(option_codes::EXPORT_NAME, b"vol");
         let reply = c.read_exact(expected_len);
-        assert_eq!(u64::from_be_bytes(reply[..8].try_into().unwrap()), VOL_SIZE as u64);
+        assert_eq!(
+            u64::from_be_bytes(reply[..8].try_into().unwrap()),
+            VOL_SIZE as u64
+        );
         assert!(reply[10..].iter().all(|&b| b == 0));
         assert_eq!(c.write(0, b"old style", 0), 0);
         assert_eq!(c.read(0, 9).unwrap(), b"old style");
@@ -415,7 +435,10 @@ fn connection_limit_closes_excess_connections() {
     let (mut a, _) = Client::open(addr, "vol");
     let (_b, _) = Client::open(addr, "vol");
     let mut refused = Client::connect(addr);
-    assert!(refused.is_closed(), "third connection must be closed without a greeting");
+    assert!(
+        refused.is_closed(),
+        "third connection must be closed without a greeting"
+    );
     let stats = f.server.stats().snapshot();
     assert_eq!(stats.refused_connections, 1);
     assert_eq!(stats.connections_active, 2);
@@ -502,4 +525,23 @@ fn wait_until(mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not reached in 5 s");
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn handshake_timeout_closes_silent_clients() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let f = start_server(config);
+    let addr = f.server.local_addr();
+    let started = Instant::now();
+    let mut silent = Client::connect(addr);
+    let _greeting = silent.read_exact(codec::GREETING_LEN);
+    assert!(silent.is_closed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once in transmission the timeout no longer applies.
+    let (mut c, _) = Client::open(addr, "vol");
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(c.read(0, 1).unwrap(), vec![0]);
 }

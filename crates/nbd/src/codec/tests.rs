@@ -113,7 +113,11 @@ fn io_error_kinds_map_as_documented() {
         (K::UnexpectedEof, NbdErrno::Io),
     ];
     for (kind, errno) in cases {
-        assert_eq!(NbdErrno::from_io_error(&io::Error::from(kind)), errno, "{kind:?}");
+        assert_eq!(
+            NbdErrno::from_io_error(&io::Error::from(kind)),
+            errno,
+            "{kind:?}"
+        );
     }
 }
 
@@ -240,7 +244,10 @@ fn list_with_data_is_invalid_and_abort_ignores_data() {
         decode_option(option_codes::LIST, b"x"),
         Err(OptionError::UnexpectedData { len: 1 })
     );
-    assert_eq!(decode_option(option_codes::LIST, b""), Ok(ClientOption::List));
+    assert_eq!(
+        decode_option(option_codes::LIST, b""),
+        Ok(ClientOption::List)
+    );
     assert_eq!(
         decode_option(option_codes::ABORT, b"junk"),
         Ok(ClientOption::Abort)
@@ -264,7 +271,10 @@ fn long_strings_are_clamped_on_encode() {
 #[test]
 fn simple_reply_round_trips() {
     let raw = encode_simple_reply(NbdErrno::Inval.code(), 42);
-    assert_eq!(raw.as_slice(), hex("67446698 00000016 000000000000002a").as_slice());
+    assert_eq!(
+        raw.as_slice(),
+        hex("67446698 00000016 000000000000002a").as_slice()
+    );
     assert_eq!(
         decode_simple_reply(&raw),
         Ok(SimpleReply {

@@ -17,9 +17,9 @@ use crate::codec::{DecodeError, OptionError};
 
 /// Read buffer size: large enough to hold many pipelined request headers
 /// (and small writes) per `read()` syscall.
-const READ_BUFFER: usize = 128 << 10;
+const READ_BUFFER: usize = 64 << 10;
 /// Reply buffer size: replies accumulate here until the reader runs dry.
-const WRITE_BUFFER: usize = 256 << 10;
+const WRITE_BUFFER: usize = 128 << 10;
 
 /// Why a connection ended other than by the client's choice.
 #[derive(Debug, Error)]
@@ -112,6 +112,7 @@ fn serve(
         config,
         shutting_down: &shared.shutting_down,
         deadline: Instant::now() + config.handshake_timeout,
+        on_bind: &|name| shared.bind_export(slot.id, name),
     };
     let bound = match negotiator.negotiate(&mut reader, &mut writer) {
         Ok(Negotiated::Transmission(bound)) => bound,
@@ -130,7 +131,6 @@ fn serve(
     // Transmission clients may legitimately sit idle for hours.
     writer.get_ref().set_read_timeout(None)?;
     span.record("export", bound.export.name.as_str());
-    shared.bind_export(slot.id, &bound.export.name);
     info!(
         size = bound.size,
         read_only = bound.read_only,

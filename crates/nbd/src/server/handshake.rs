@@ -104,6 +104,10 @@ pub(super) struct Negotiator<'a> {
     /// client trickling options cannot hold the slot indefinitely (each
     /// single read is bounded by the socket's read timeout).
     pub deadline: Instant,
+    /// Called with the export name just before the reply that enters
+    /// transmission is sent, so the connection is counted against the
+    /// export by the time the client can use it.
+    pub on_bind: &'a dyn Fn(&str),
 }
 
 impl Negotiator<'_> {
@@ -132,8 +136,7 @@ impl Negotiator<'_> {
                     self.config.handshake_timeout,
                 ));
             }
-            let header =
-                codec::decode_option_header(&read_array::<OPTION_HEADER_LEN, _>(reader)?)?;
+            let header = codec::decode_option_header(&read_array::<OPTION_HEADER_LEN, _>(reader)?)?;
             if header.length > MAX_OPTION_DATA {
                 return Err(ConnectionError::OptionTooLong {
                     option: header.option,
@@ -147,6 +150,9 @@ impl Negotiator<'_> {
 
             out.clear();
             let step = self.handle_option(header.option, &data, no_zeroes, &mut out)?;
+            if let Step::Done(Negotiated::Transmission(bound)) = &step {
+                (self.on_bind)(&bound.export.name);
+            }
             writer.write_all(&out)?;
             writer.flush()?;
             if let Step::Done(negotiated) = step {

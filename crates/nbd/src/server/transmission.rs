@@ -142,49 +142,53 @@ impl<'a> Transmission<'a> {
             // proto.md: no reply; offset, length and flags are irrelevant.
             return Ok(Flow::Disconnect);
         }
-        let verdict = self.check(request);
-        if request.command == Command::Write {
-            self.write(request, verdict, reader, writer)?;
-            return Ok(Flow::Continue);
-        }
-        let op = match verdict {
-            Ok(op) => op,
-            Err(errno) => {
-                self.reply_error(writer, request, errno)?;
-                return Ok(Flow::Continue);
+        // Every arm below sends exactly one reply (or fails the connection).
+        match self.check(request) {
+            Ok(Op::Read) => self.read(request, writer)?,
+            Ok(Op::Write) => self.write(request, Ok(()), reader, writer)?,
+            Err(errno) if request.command == Command::Write => {
+                self.write(request, Err(errno), reader, writer)?;
             }
-        };
+            Err(errno) => self.reply_error(writer, request, errno)?,
+            Ok(op @ (Op::Flush | Op::Trim | Op::WriteZeroes)) => {
+                self.payloadless(op, request, writer)?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Runs a validated FLUSH, TRIM or WRITE_ZEROES and replies.
+    fn payloadless<W: Write>(
+        &mut self,
+        op: Op,
+        request: &Request,
+        writer: &mut W,
+    ) -> Result<(), ConnectionError> {
         let fua = request.flags & command_flags::FUA != 0;
         let offset = request.offset;
         let length = u64::from(request.length);
+        let device = self.device;
         let (result, counter) = match op {
-            Op::Read => {
-                self.read(request, writer)?;
-                return Ok(Flow::Continue);
-            }
-            Op::Flush => (self.device.flush(), &self.stats.flushes),
+            Op::Flush => (device.flush(), &self.stats.flushes),
             Op::Trim => (
-                skip_empty(length, || self.device.trim(offset, length, fua)),
+                skip_empty(length, || device.trim(offset, length, fua)),
                 &self.stats.trims,
             ),
-            Op::WriteZeroes => (
-                skip_empty(length, || self.device.write_zeroes(offset, length, fua)),
+            _ => (
+                skip_empty(length, || device.write_zeroes(offset, length, fua)),
                 &self.stats.write_zeroes,
             ),
-            // Handled above; kept exhaustive so a new Op cannot be forgotten.
-            Op::Write => return Ok(Flow::Continue),
         };
         match result {
             Ok(()) => {
                 ServerStats::bump(counter, 1);
-                self.reply_ok(writer, request)?;
+                self.reply_ok(writer, request)
             }
             Err(err) => {
                 let errno = self.device_failed(request, &err);
-                self.reply_error(writer, request, errno)?;
+                self.reply_error(writer, request, errno)
             }
         }
-        Ok(Flow::Continue)
     }
 
     /// Validates a request against the export; see the module table.
@@ -225,6 +229,7 @@ impl<'a> Transmission<'a> {
         Ok(op)
     }
 
+    /// Runs a validated READ and replies with its data.
     fn read<W: Write>(&mut self, request: &Request, writer: &mut W) -> Result<(), ConnectionError> {
         let len = request.length as usize;
         let mut scratch = Vec::new();
@@ -248,10 +253,12 @@ impl<'a> Transmission<'a> {
         Ok(())
     }
 
+    /// Reads a WRITE's payload (or skips it if `verdict` rejected the
+    /// request), runs it and replies.
     fn write<R: BufRead, W: Write>(
         &mut self,
         request: &Request,
-        verdict: Result<Op, NbdErrno>,
+        verdict: Result<(), NbdErrno>,
         reader: &mut R,
         writer: &mut W,
     ) -> Result<(), ConnectionError> {
@@ -331,7 +338,11 @@ fn skip_empty(length: u64, op: impl FnOnce() -> io::Result<()>) -> io::Result<()
 
 /// A `len`-byte buffer: the connection's retained one when small enough,
 /// otherwise a fresh allocation in `scratch` that is freed after the request.
-fn data_buffer<'b>(retained: &'b mut Vec<u8>, scratch: &'b mut Vec<u8>, len: usize) -> &'b mut [u8] {
+fn data_buffer<'b>(
+    retained: &'b mut Vec<u8>,
+    scratch: &'b mut Vec<u8>,
+    len: usize,
+) -> &'b mut [u8] {
     if len <= RETAINED_BUFFER {
         if retained.len() < len {
             retained.resize(len, 0);
@@ -346,7 +357,10 @@ fn data_buffer<'b>(retained: &'b mut Vec<u8>, scratch: &'b mut Vec<u8>, len: usi
 /// Reads and drops a rejected write's payload so the next request header is
 /// found where the client put it.
 fn skip_payload<R: Read>(reader: &mut R, length: u32) -> io::Result<()> {
-    let skipped = io::copy(&mut reader.by_ref().take(u64::from(length)), &mut io::sink())?;
+    let skipped = io::copy(
+        &mut reader.by_ref().take(u64::from(length)),
+        &mut io::sink(),
+    )?;
     if skipped < u64::from(length) {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }

@@ -1,0 +1,462 @@
+//! Decoder and encoder tests: every error path by construction, round trips
+//! and no-panic properties.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+
+use crate::*;
+
+fn frame_bytes(message: &Message, compression: Compression) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode(message, compression, &mut buf).expect("encodes");
+    buf
+}
+
+fn decode_one(mut buf: BytesMut) -> Result<Option<Message>, ProtocolError> {
+    let message = FrameDecoder::new().decode(&mut buf)?;
+    if message.is_some() {
+        assert!(buf.is_empty(), "decoder left {} bytes", buf.len());
+    }
+    Ok(message)
+}
+
+/// A frame with arbitrary fields and a correct CRC, to reach the checks
+/// behind the CRC.
+fn raw_frame(tag: u16, frame_flags: u16, header: &[u8], payload: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_u32_le((FIXED_HEADER_LEN + header.len() + payload.len() + TRAILER_LEN) as u32);
+    buf.put_u16_le(tag);
+    buf.put_u16_le(frame_flags);
+    buf.put_u32_le(header.len() as u32);
+    buf.put_slice(header);
+    buf.put_slice(payload);
+    let crc = crc32c::crc32c(&buf[LENGTH_PREFIX_LEN..]);
+    buf.put_u32_le(crc);
+    buf
+}
+
+fn bulk_header(hash: &[u8; 32], seq: u64) -> Vec<u8> {
+    let mut header = hash.to_vec();
+    header.extend_from_slice(&seq.to_le_bytes());
+    header
+}
+
+#[test]
+fn every_proper_prefix_needs_more_bytes_and_is_truncated_at_eof() {
+    let frame = frame_bytes(
+        &Message::BulkData {
+            seq: 7,
+            payload: Bytes::from_static(b"some block bytes"),
+        },
+        Compression::None,
+    );
+    for cut in 0..frame.len() {
+        let mut buf = BytesMut::from(&frame[..cut]);
+        assert!(FrameDecoder::new().decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.len(), cut, "a partial frame is left in place");
+        let eof = FrameDecoder::new().decode_eof(&mut buf);
+        if cut == 0 {
+            assert!(eof.unwrap().is_none());
+        } else {
+            assert!(
+                matches!(eof, Err(ProtocolError::Truncated { have, .. }) if have == cut),
+                "cut at {cut}: {eof:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn oversized_length_prefix_fails_before_the_frame_arrives() {
+    let mut buf = BytesMut::from(&(MAX_FRAME_LEN + 1).to_le_bytes()[..]);
+    let err = FrameDecoder::new().decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { len, max } if len == u64::from(MAX_FRAME_LEN) + 1 && max == MAX_FRAME_LEN),
+        "{err:?}"
+    );
+    let mut buf = BytesMut::from(&[0xff; 4][..]);
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut buf),
+        Err(ProtocolError::FrameTooLarge { .. })
+    ));
+    let mut buf = BytesMut::from(&3u32.to_le_bytes()[..]);
+    assert!(matches!(
+        FrameDecoder::new().decode(&mut buf),
+        Err(ProtocolError::FrameTooShort { len: 3, .. })
+    ));
+}
+
+#[test]
+fn oversized_payload_is_refused_on_encode() {
+    let message = Message::BulkData {
+        seq: 0,
+        payload: Bytes::from(vec![0u8; MAX_PAYLOAD_LEN + 1]),
+    };
+    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+        assert!(matches!(
+            encode_frame(&message, compression),
+            Err(ProtocolError::PayloadTooLarge { .. })
+        ));
+    }
+    let largest = Message::BulkData {
+        seq: 0,
+        payload: Bytes::from(vec![7u8; MAX_PAYLOAD_LEN]),
+    };
+    let frame = frame_bytes(&largest, Compression::None);
+    assert_eq!(decode_one(frame).unwrap(), Some(largest));
+}
+
+#[test]
+fn any_corrupted_byte_after_the_length_fails_the_crc() {
+    let frame = frame_bytes(
+        &Message::Request {
+            id: 3,
+            kind: 1,
+            body: Bytes::from_static(br#"{"volume":"db"}"#),
+        },
+        Compression::None,
+    );
+    for at in LENGTH_PREFIX_LEN..frame.len() {
+        for flip in [0x01, 0x80, 0xff] {
+            let mut bad = frame.clone();
+            bad[at] ^= flip;
+            let err = decode_one(bad).unwrap_err();
+            assert!(
+                matches!(err, ProtocolError::Checksum(ChecksumKind::FrameCrc32c)),
+                "byte {at}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_and_zero_tags_are_refused() {
+    for tag in [0u16, 12, 99, u16::MAX] {
+        let err = decode_one(raw_frame(tag, 0, &[], &[])).unwrap_err();
+        assert!(matches!(err, ProtocolError::UnknownTag(t) if t == tag), "{err:?}");
+    }
+}
+
+#[test]
+fn a_payload_that_does_not_match_its_hash_fails_blake3() {
+    let payload = b"the block as it was sent";
+    let mut hash = *blake3::hash(payload).as_bytes();
+    hash[0] ^= 1;
+    let err = decode_one(raw_frame(8, 0, &bulk_header(&hash, 1), payload)).unwrap_err();
+    assert!(matches!(err, ProtocolError::Checksum(ChecksumKind::PayloadBlake3)), "{err:?}");
+
+    // Same after decompression: the hash covers the uncompressed bytes.
+    let data = vec![0x5a; 4096];
+    let packed = zstd::bulk::compress(&data, 1).unwrap();
+    let good = *blake3::hash(&data).as_bytes();
+    let frame = raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&good, 1), &packed);
+    assert!(matches!(decode_one(frame), Ok(Some(Message::BulkData { .. }))));
+    let mut wrong = good;
+    wrong[31] ^= 0x40;
+    let frame = raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&wrong, 1), &packed);
+    assert!(matches!(
+        decode_one(frame),
+        Err(ProtocolError::Checksum(ChecksumKind::PayloadBlake3))
+    ));
+}
+
+#[test]
+fn compressed_payloads_round_trip_and_shrink() {
+    let message = Message::BulkData {
+        seq: 42,
+        payload: Bytes::from(b"offsite ".repeat(128 << 10)),
+    };
+    let frame = frame_bytes(&message, Compression::Zstd { level: 1 });
+    assert!(frame.len() < 64 << 10, "1 MiB of text became {} bytes", frame.len());
+    assert_eq!(u16::from_le_bytes([frame[6], frame[7]]), flags::PAYLOAD_ZSTD);
+    assert_eq!(decode_one(frame).unwrap(), Some(message));
+
+    // Incompressible (and tiny) payloads go out as they are.
+    let mut noise = vec![0u8; 64 << 10];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    for payload in [noise, b"tiny".to_vec()] {
+        let message = Message::BulkData {
+            seq: 1,
+            payload: Bytes::from(payload),
+        };
+        let frame = frame_bytes(&message, Compression::Zstd { level: 1 });
+        assert_eq!(u16::from_le_bytes([frame[6], frame[7]]), 0);
+        assert_eq!(decode_one(frame).unwrap(), Some(message));
+    }
+}
+
+#[test]
+fn a_compressed_payload_may_not_expand_past_the_maximum() {
+    let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
+    let packed = zstd::bulk::compress(&big, 1).unwrap();
+    let hash = *blake3::hash(&big).as_bytes();
+    let err =
+        decode_one(raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&hash, 0), &packed)).unwrap_err();
+    assert!(matches!(err, ProtocolError::PayloadTooLarge { .. }), "{err:?}");
+
+    let err = decode_one(raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&hash, 0), b"not zstd"))
+        .unwrap_err();
+    assert!(matches!(err, ProtocolError::Zstd(_)), "{err:?}");
+}
+
+#[test]
+fn structural_errors_behind_a_good_crc() {
+    let ping = [0u8; 16];
+    assert!(matches!(
+        decode_one(raw_frame(4, 0x0002, &ping, &[])),
+        Err(ProtocolError::UnknownFlags(0x0002))
+    ));
+    assert!(matches!(
+        decode_one(raw_frame(4, 0, &ping, b"x")),
+        Err(ProtocolError::UnexpectedPayload(MessageTag::Ping))
+    ));
+    assert!(matches!(
+        decode_one(raw_frame(4, flags::PAYLOAD_ZSTD, &ping, &[])),
+        Err(ProtocolError::UnexpectedPayload(MessageTag::Ping))
+    ));
+    assert!(matches!(
+        decode_one(raw_frame(4, 0, &ping[..15], &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Ping, .. })
+    ));
+    assert!(matches!(
+        decode_one(raw_frame(4, 0, &[0u8; 17], &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Ping, .. })
+    ));
+    // Header length pointing past the frame.
+    let mut frame = raw_frame(4, 0, &ping, &[]);
+    frame[8..12].copy_from_slice(&100u32.to_le_bytes());
+    let crc_at = frame.len() - 4;
+    let crc = crc32c::crc32c(&frame[4..crc_at]);
+    frame[crc_at..].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(decode_one(frame), Err(ProtocolError::HeaderTooLarge { .. })));
+    // Zero codes and kinds, bad status, empty version range, bad UTF-8.
+    let mut refuse = vec![0, 0, 2, 0];
+    refuse.extend_from_slice(b"no");
+    assert!(matches!(
+        decode_one(raw_frame(3, 0, &refuse, &[])),
+        Err(ProtocolError::Malformed { .. })
+    ));
+    let empty_hash = *blake3::hash(b"").as_bytes();
+    let mut request = empty_hash.to_vec();
+    request.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(matches!(
+        decode_one(raw_frame(10, 0, &request, &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Request, .. })
+    ));
+    let mut response = empty_hash.to_vec();
+    response.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 3]);
+    assert!(matches!(
+        decode_one(raw_frame(11, 0, &response, &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Response, .. })
+    ));
+    let hello = [2, 0, 1, 0, 0, 0, 0, 0, 1, 0, b'a'];
+    assert!(matches!(
+        decode_one(raw_frame(1, 0, &hello, &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Hello, .. })
+    ));
+    let hello = [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0xff];
+    assert!(matches!(
+        decode_one(raw_frame(1, 0, &hello, &[])),
+        Err(ProtocolError::Malformed { message: MessageTag::Hello, .. })
+    ));
+    let mut long_name = vec![1, 0, 1, 0, 0, 0, 0, 0, 0, 1];
+    long_name.extend_from_slice(&[b'a'; 256]);
+    assert!(matches!(
+        decode_one(raw_frame(1, 0, &long_name, &[])),
+        Err(ProtocolError::FieldTooLong { field: "site_name", len: 256, .. })
+    ));
+}
+
+#[test]
+fn invalid_fields_are_refused_on_encode() {
+    let bad = [
+        Message::Hello {
+            versions: 0..=1,
+            site_name: "a".into(),
+            features: Features::NONE,
+        },
+        Message::Hello {
+            versions: 3..=2,
+            site_name: "a".into(),
+            features: Features::NONE,
+        },
+        Message::Hello {
+            versions: 1..=1,
+            site_name: "a".repeat(MAX_NAME_LEN + 1),
+            features: Features::NONE,
+        },
+        Message::Request {
+            id: 1,
+            kind: 0,
+            body: Bytes::new(),
+        },
+        Message::HelloRefuse {
+            code: RefuseCode::Other(0),
+            message: String::new(),
+        },
+        Message::Error {
+            code: ErrorCode::Internal,
+            message: "x".repeat(MAX_TEXT_LEN + 1),
+        },
+    ];
+    for message in bad {
+        assert!(encode_frame(&message, Compression::None).is_err(), "{message:?}");
+    }
+}
+
+#[test]
+fn frames_back_to_back_decode_in_order() {
+    let messages = [
+        Message::Ping {
+            nonce: 1,
+            sent_at_micros: 2,
+        },
+        Message::Bye,
+        Message::BulkAck { seq: 3, bytes: 4 },
+    ];
+    let mut buf = BytesMut::new();
+    for m in &messages {
+        encode(m, Compression::None, &mut buf).unwrap();
+    }
+    buf.put_slice(&[9, 0]); // start of a next frame
+    let mut decoder = FrameDecoder::new();
+    for m in &messages {
+        assert_eq!(decoder.decode(&mut buf).unwrap().as_ref(), Some(m));
+    }
+    assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+    assert_eq!(&buf[..], &[9, 0]);
+}
+
+#[tokio::test]
+async fn framed_reader_reads_a_stream_and_reports_truncation() {
+    let (mut client, server) = tokio::io::duplex(1024);
+    let big = Message::BulkData {
+        seq: 9,
+        payload: Bytes::from(vec![1u8; 300_000]),
+    };
+    let sent = big.clone();
+    let writer = tokio::spawn(async move {
+        write_message(&mut client, &sent, Compression::None).await.unwrap();
+        write_message(&mut client, &Message::Bye, Compression::None).await.unwrap();
+        let half = frame_bytes(&Message::BulkAck { seq: 1, bytes: 2 }, Compression::None);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&half[..10]).await.unwrap();
+    });
+    let mut reader = FramedReader::new(server);
+    assert_eq!(reader.read_message().await.unwrap(), Some(big));
+    assert_eq!(reader.read_message().await.unwrap(), Some(Message::Bye));
+    writer.await.unwrap();
+    let err = reader.read_message().await.unwrap_err();
+    assert!(
+        matches!(err, StreamError::Protocol(ProtocolError::Truncated { have: 10, need: 32 })),
+        "{err:?}"
+    );
+}
+
+fn text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any::<char>(), 0..40).prop_map(move |chars| {
+        let mut s = String::new();
+        for c in chars {
+            if s.len() + c.len_utf8() > max {
+                break;
+            }
+            s.push(c);
+        }
+        s
+    })
+}
+
+fn payload() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..3000).prop_map(Bytes::from),
+        (0usize..20_000, any::<u8>()).prop_map(|(n, b)| Bytes::from(vec![b; n])),
+    ]
+}
+
+fn versions() -> impl Strategy<Value = std::ops::RangeInclusive<u16>> {
+    (1u16..=u16::MAX, 0u16..=u16::MAX).prop_map(|(a, span)| a..=a.saturating_add(span))
+}
+
+fn refuse_code() -> impl Strategy<Value = RefuseCode> {
+    (1u16..=u16::MAX).prop_map(|v| RefuseCode::from_u16(v).unwrap())
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    (1u16..=u16::MAX).prop_map(|v| ErrorCode::from_u16(v).unwrap())
+}
+
+/// Every [`Message`] variant with arbitrary valid fields.
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (versions(), text(MAX_NAME_LEN), any::<u32>()).prop_map(|(versions, site_name, f)| {
+            Message::Hello {
+                versions,
+                site_name,
+                features: Features::from_bits(f),
+            }
+        }),
+        (1u16..=u16::MAX, text(MAX_NAME_LEN), any::<u32>()).prop_map(
+            |(version, site_name, f)| Message::HelloAccept {
+                version,
+                site_name,
+                features: Features::from_bits(f),
+            }
+        ),
+        (refuse_code(), text(MAX_TEXT_LEN))
+            .prop_map(|(code, message)| Message::HelloRefuse { code, message }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Message::Ping {
+            nonce,
+            sent_at_micros
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Message::Pong {
+            nonce,
+            sent_at_micros
+        }),
+        (error_code(), text(MAX_TEXT_LEN))
+            .prop_map(|(code, message)| Message::Error { code, message }),
+        Just(Message::Bye),
+        (any::<u64>(), payload()).prop_map(|(seq, payload)| Message::BulkData { seq, payload }),
+        (any::<u64>(), any::<u64>()).prop_map(|(seq, bytes)| Message::BulkAck { seq, bytes }),
+        (any::<u64>(), 1u16..=u16::MAX, payload())
+            .prop_map(|(id, kind, body)| Message::Request { id, kind, body }),
+        (any::<u64>(), any::<bool>(), payload())
+            .prop_map(|(id, ok, body)| Message::Response { id, ok, body }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(message in message(), zstd in any::<bool>()) {
+        let compression = if zstd { Compression::Zstd { level: 1 } } else { Compression::None };
+        let frame = frame_bytes(&message, compression);
+        prop_assert_eq!(frame_len_hint(&frame), Some(frame.len()));
+        prop_assert_eq!(decode_one(frame).unwrap(), Some(message));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut decoder = FrameDecoder::new();
+        while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+        let _ = decoder.decode_eof(&mut buf);
+    }
+
+    #[test]
+    fn corrupted_valid_frames_never_panic(
+        message in message(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let mut frame = frame_bytes(&message, Compression::Zstd { level: 1 });
+        for (at, byte) in edits {
+            let i = at.index(frame.len());
+            frame[i] = byte;
+        }
+        let _ = FrameDecoder::new().decode_eof(&mut frame);
+    }
+}
