@@ -109,3 +109,130 @@ pub struct ApiError {
     /// One line saying what failed and what to do.
     pub message: String,
 }
+
+/// A paired site, as `partner list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PartnerInfo {
+    /// The partner's site name.
+    pub name: String,
+    /// HOST:PORT of its replication listener.
+    pub address: String,
+    /// Pinned certificate fingerprint (`SHA256:` + hex).
+    pub fingerprint: String,
+    /// RFC 3339 time of pairing.
+    pub created_at: String,
+    /// RFC 3339 time of the last successful handshake, if any.
+    pub last_handshake_at: Option<String>,
+    /// Round-trip time of the last handshake or keepalive, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The last connection error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Whether the last contact succeeded.
+    pub reachable: bool,
+}
+
+/// `POST /api/v1/partners`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AddPartner {
+    /// The partner's site name (as shown by `site show` there).
+    pub name: String,
+    /// HOST:PORT of its replication listener.
+    pub address: String,
+    /// Its certificate fingerprint (as shown by `site show` there).
+    pub fingerprint: String,
+}
+
+/// An authorization entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuthzEntry {
+    /// Exact site name, `*.suffix` or `*`.
+    pub allowed_primary: String,
+    /// Where replicas of matching primaries are stored.
+    pub storage_location: String,
+    /// Tag a primary's group must present, if any.
+    pub security_tag: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// `POST /api/v1/authz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AddAuthz {
+    /// Exact site name, `*.suffix` or `*`.
+    pub allowed_primary: String,
+    /// Directory for the replicas (absolute; created if missing).
+    pub storage_location: String,
+    /// Required security tag.
+    pub security_tag: Option<String>,
+}
+
+/// Site-wide replication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SiteSettings {
+    /// Accept replicas from any paired site that matches no entry.
+    pub allow_any_partner: bool,
+    /// Storage location used under `allow_any_partner`.
+    pub default_storage_location: String,
+    /// Default bandwidth limit for bulk replication traffic, bytes/s (none: unlimited).
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// `PATCH /api/v1/site/settings`: the fields to change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UpdateSiteSettings {
+    /// New value of `allow_any_partner`.
+    pub allow_any_partner: Option<bool>,
+    /// New default storage location.
+    pub default_storage_location: Option<String>,
+    /// New default bandwidth limit in bytes/s; 0 removes the limit.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// Result of `partner test`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PartnerTestResult {
+    /// Partner name.
+    pub partner: String,
+    /// Protocol version negotiated.
+    pub protocol_version: u16,
+    /// Whether zstd compression was on for the test.
+    pub compression: bool,
+    /// Handshake (TCP + TLS + hello) time in milliseconds.
+    pub handshake_ms: f64,
+    /// Round-trip time of a ping in milliseconds.
+    pub rtt_ms: f64,
+    /// Bytes sent in the bulk test.
+    pub bytes: u64,
+    /// Duration of the bulk test in seconds.
+    pub seconds: f64,
+    /// Throughput in MB/s (10^6 bytes per second).
+    pub mb_per_s: f64,
+}
+
+/// `POST /api/v1/partners/{name}/test`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PartnerTestRequest {
+    /// Bytes to send (default 256 MiB).
+    pub bytes: Option<u64>,
+    /// Compress the bulk data with zstd.
+    pub compress: bool,
+}
+
+/// `POST /api/v1/partners/{name}/authz-check`: would the partner accept
+/// replicas from this site with this tag?
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuthzCheckRequest {
+    /// Security tag the group would present.
+    pub security_tag: Option<String>,
+}
+
+/// The partner's answer to an authorization check.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuthzCheckResult {
+    /// Partner asked.
+    pub partner: String,
+    /// Storage location the partner would use.
+    pub storage_location: String,
+    /// The rule that matched on the partner.
+    pub rule: String,
+}

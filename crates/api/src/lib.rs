@@ -19,7 +19,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use offsite_api_types::{ApiError, CreateVolume, Event, SiteInfo, VolumeInfo, VolumeUrl};
+use offsite_api_types::{
+    AddAuthz, AddPartner, ApiError, AuthzEntry, CreateVolume, Event, PartnerInfo, SiteInfo,
+    SiteSettings, UpdateSiteSettings, VolumeInfo, VolumeUrl,
+};
 use offsite_engine::{EngineError, ErrorKind, Site};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -60,8 +63,9 @@ impl ApiState {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
-    paths(site_show, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+    paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove,
+        authz_list, authz_add, authz_remove, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -84,6 +88,11 @@ impl utoipa::Modify for BearerAuth {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/site", get(site_show))
+        .route("/site/settings", get(settings_show).patch(settings_update))
+        .route("/partners", get(partner_list).post(partner_add))
+        .route("/partners/{name}", get(partner_show).delete(partner_remove))
+        .route("/authz", get(authz_list).post(authz_add))
+        .route("/authz/{pattern}", axum::routing::delete(authz_remove))
         .route("/volumes", get(volume_list).post(volume_create))
         .route("/volumes/{name}", get(volume_show).delete(volume_delete))
         .route("/volumes/{name}/url", get(volume_url))
@@ -190,6 +199,112 @@ async fn blocking<T: Send + 'static>(
 #[utoipa::path(get, path = "/api/v1/site", responses((status = 200, body = SiteInfo)))]
 async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
     Json(s.site.info())
+}
+
+/// Parses a JSON body, turning axum's rejection into our error shape.
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Response> {
+    b.map(|Json(v)| v).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("malformed request body: {e}"),
+        )
+    })
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+#[utoipa::path(get, path = "/api/v1/site/settings", responses((status = 200, body = SiteSettings)))]
+async fn settings_show(State(s): State<ApiState>) -> ApiResult<SiteSettings> {
+    blocking(move || s.site.settings()).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/site/settings", request_body = UpdateSiteSettings,
+    responses((status = 200, body = SiteSettings), (status = 400, body = ApiError)))]
+async fn settings_update(
+    State(s): State<ApiState>,
+    b: JsonBody<UpdateSiteSettings>,
+) -> Result<Json<SiteSettings>, Response> {
+    let req = body(b)?;
+    blocking(move || s.site.update_settings(&req))
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+#[utoipa::path(get, path = "/api/v1/partners", responses((status = 200, body = [PartnerInfo])))]
+async fn partner_list(State(s): State<ApiState>) -> ApiResult<Vec<PartnerInfo>> {
+    blocking(move || s.site.partners()).await
+}
+
+#[utoipa::path(post, path = "/api/v1/partners", request_body = AddPartner,
+    responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn partner_add(
+    State(s): State<ApiState>,
+    b: JsonBody<AddPartner>,
+) -> Result<Json<PartnerInfo>, Response> {
+    let req = body(b)?;
+    blocking(move || s.site.add_partner(&req))
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+#[utoipa::path(get, path = "/api/v1/partners/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = PartnerInfo), (status = 404, body = ApiError)))]
+async fn partner_show(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<PartnerInfo> {
+    blocking(move || s.site.partner(&name)).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/partners/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = PartnerInfo), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn partner_remove(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<PartnerInfo> {
+    blocking(move || {
+        let p = s.site.partner(&name)?;
+        s.site.remove_partner(&name).map(|()| p)
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/authz", responses((status = 200, body = [AuthzEntry])))]
+async fn authz_list(State(s): State<ApiState>) -> ApiResult<Vec<AuthzEntry>> {
+    blocking(move || s.site.authz_entries()).await
+}
+
+#[utoipa::path(post, path = "/api/v1/authz", request_body = AddAuthz,
+    responses((status = 200, body = AuthzEntry), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn authz_add(
+    State(s): State<ApiState>,
+    b: JsonBody<AddAuthz>,
+) -> Result<Json<AuthzEntry>, Response> {
+    let req = body(b)?;
+    blocking(move || s.site.add_authz(&req))
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+#[utoipa::path(delete, path = "/api/v1/authz/{pattern}", params(("pattern" = String, Path)),
+    responses((status = 200, body = AuthzEntry), (status = 404, body = ApiError)))]
+async fn authz_remove(
+    State(s): State<ApiState>,
+    Path(pattern): Path<String>,
+) -> ApiResult<AuthzEntry> {
+    blocking(move || {
+        let entry = s
+            .site
+            .authz_entries()?
+            .into_iter()
+            .find(|e| e.allowed_primary == pattern);
+        s.site.remove_authz(&pattern)?;
+        entry.ok_or_else(|| {
+            EngineError::Invalid(format!("authorization entry {pattern:?} vanished"))
+        })
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes", responses((status = 200, body = [VolumeInfo])))]

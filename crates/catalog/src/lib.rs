@@ -102,7 +102,9 @@ pub enum CatalogError {
     #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
     NoSuchPartner(String),
     /// An authorization entry for this pattern exists.
-    #[error("an authorization entry for {0:?} already exists; remove it first with `offsite authz remove {0}`")]
+    #[error(
+        "an authorization entry for {0:?} already exists; remove it first with `offsite authz remove {0}`"
+    )]
     AuthzExists(String),
     /// No such authorization entry.
     #[error("no authorization entry for {0:?}; `offsite authz list` shows them")]
@@ -411,7 +413,9 @@ impl Catalog {
             .find(|p| p.name == name || p.fingerprint == fingerprint)
         {
             return Err(CatalogError::PartnerExists(if other.name == name {
-                format!("a partner named {name:?} already exists; remove it first with `offsite partner remove {name}`")
+                format!(
+                    "a partner named {name:?} already exists; remove it first with `offsite partner remove {name}`"
+                )
             } else {
                 format!(
                     "fingerprint {fingerprint} is already pinned for partner {:?}; one certificate identifies one site",
@@ -666,20 +670,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::create(&dir.path().join("c.db")).unwrap();
         c.insert_partner("b", "127.0.0.1:1", "SHA256:aa").unwrap();
-        let e = c.insert_partner("b", "127.0.0.1:2", "SHA256:bb").unwrap_err();
+        let e = c
+            .insert_partner("b", "127.0.0.1:2", "SHA256:bb")
+            .unwrap_err();
         assert!(e.to_string().contains("already exists"), "{e}");
-        let e = c.insert_partner("c", "127.0.0.1:2", "SHA256:aa").unwrap_err();
+        let e = c
+            .insert_partner("c", "127.0.0.1:2", "SHA256:aa")
+            .unwrap_err();
         assert!(e.to_string().contains("already pinned"), "{e}");
         c.record_partner_contact("b", Ok(250)).unwrap();
         let p = c.partner("b").unwrap();
         assert_eq!(p.last_rtt_micros, Some(250));
         assert!(p.last_handshake_at.is_some());
         c.record_partner_contact("b", Err("refused")).unwrap();
-        assert_eq!(c.partner("b").unwrap().last_error.as_deref(), Some("refused"));
+        assert_eq!(
+            c.partner("b").unwrap().last_error.as_deref(),
+            Some("refused")
+        );
         c.delete_partner("b").unwrap();
-        assert!(matches!(c.partner("b"), Err(CatalogError::NoSuchPartner(_))));
+        assert!(matches!(
+            c.partner("b"),
+            Err(CatalogError::NoSuchPartner(_))
+        ));
 
-        c.insert_authz("*.example.com", "/srv/r", Some("gold")).unwrap();
+        c.insert_authz("*.example.com", "/srv/r", Some("gold"))
+            .unwrap();
         assert!(matches!(
             c.insert_authz("*.example.com", "/x", None),
             Err(CatalogError::AuthzExists(_))

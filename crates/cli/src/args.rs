@@ -44,6 +44,12 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Pair with other sites (pinned certificate fingerprints).
+    #[command(subcommand)]
+    Partner(PartnerCommand),
+    /// Authorization entries: which primaries may replicate to this site.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
     /// Show the site's event log.
     Events {
         /// How many of the newest events.
@@ -58,6 +64,60 @@ pub enum SiteCommand {
     Init(InitArgs),
     /// Show the running site: name, certificate fingerprint, addresses, version.
     Show,
+    /// Change site-wide replication settings (no flag: show them).
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Accept replicas from any paired site that matches no authorization entry.
+    #[arg(long)]
+    pub allow_any_partner: Option<bool>,
+    /// Storage location used for such replicas.
+    #[arg(long)]
+    pub default_storage_location: Option<PathBuf>,
+    /// Default bandwidth limit for bulk replication traffic per second, e.g. 100M (0: unlimited).
+    #[arg(long)]
+    pub bandwidth: Option<Size>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartnerCommand {
+    /// Pin a partner site: run on both sites, each naming the other.
+    Add {
+        /// The partner's site name (its `site show` name).
+        name: String,
+        /// HOST:PORT of the partner's replication listener.
+        #[arg(long)]
+        address: String,
+        /// The partner's certificate fingerprint (its `site show` fingerprint).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// List partners with their reachability.
+    List,
+    /// Unpin a partner: its next connection is refused.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthzCommand {
+    /// Allow primaries matching a pattern to replicate here.
+    Add {
+        /// Exact site name, `*.suffix` (e.g. *.example.com) or `*`.
+        #[arg(long)]
+        allowed_primary: String,
+        /// Directory for their replicas.
+        #[arg(long)]
+        storage_location: PathBuf,
+        /// Tag the primary's replication group must present.
+        #[arg(long)]
+        security_tag: Option<String>,
+    },
+    /// List authorization entries.
+    List,
+    /// Remove the entry for a pattern.
+    Remove { pattern: String },
 }
 
 #[derive(Debug, Args)]

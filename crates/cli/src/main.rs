@@ -18,7 +18,7 @@ use clap::Parser;
 use offsite_api_types::{CreateVolume, VolumeInfo};
 use offsite_client::Client;
 
-use crate::args::{Cli, Command, SiteCommand, VolumeCommand};
+use crate::args::{AuthzCommand, Cli, Command, PartnerCommand, SiteCommand, VolumeCommand};
 use crate::output::Printer;
 
 fn main() -> ExitCode {
@@ -121,6 +121,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 VolumeCommand::Url { name } => p.url(&c.volume_url(&name)?),
                 VolumeCommand::ClearDirty { name } => p.volume(&c.clear_dirty(&name)?),
+            }
+        }
+        Command::Site(SiteCommand::Set(a)) => {
+            let c = client(&cli.global)?;
+            let update = offsite_api_types::UpdateSiteSettings {
+                allow_any_partner: a.allow_any_partner,
+                default_storage_location: a
+                    .default_storage_location
+                    .as_deref()
+                    .map(|p| absolute(p).map(|p| p.display().to_string()))
+                    .transpose()?,
+                bandwidth_bytes_per_sec: a.bandwidth.map(|b| b.0),
+            };
+            let settings = if update == offsite_api_types::UpdateSiteSettings::default() {
+                c.settings()?
+            } else {
+                c.update_settings(&update)?
+            };
+            p.settings(&settings)
+        }
+        Command::Partner(cmd) => {
+            let c = client(&cli.global)?;
+            match cmd {
+                PartnerCommand::Add {
+                    name,
+                    address,
+                    fingerprint,
+                } => p.partner(&c.add_partner(&offsite_api_types::AddPartner {
+                    name,
+                    address,
+                    fingerprint,
+                })?),
+                PartnerCommand::List => p.partners(&c.partners()?),
+                PartnerCommand::Remove { name } => {
+                    let removed = c.remove_partner(&name)?;
+                    p.done(
+                        &format!("partner {name} removed; its connections are refused from now on"),
+                        serde_json::to_value(removed)?,
+                    )
+                }
+            }
+        }
+        Command::Authz(cmd) => {
+            let c = client(&cli.global)?;
+            match cmd {
+                AuthzCommand::Add {
+                    allowed_primary,
+                    storage_location,
+                    security_tag,
+                } => p.authz(
+                    &[c.add_authz(&offsite_api_types::AddAuthz {
+                        allowed_primary,
+                        storage_location: absolute(&storage_location)?.display().to_string(),
+                        security_tag,
+                    })?],
+                    true,
+                ),
+                AuthzCommand::List => p.authz(&c.authz_entries()?, false),
+                AuthzCommand::Remove { pattern } => {
+                    let removed = c.remove_authz(&pattern)?;
+                    p.done(
+                        &format!("authorization entry {pattern} removed"),
+                        serde_json::to_value(removed)?,
+                    )
+                }
             }
         }
         Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use offsite_api_types::{Event, SiteInfo, VolumeInfo, VolumeUrl};
+use offsite_api_types::{
+    AuthzEntry, Event, PartnerInfo, SiteInfo, SiteSettings, VolumeInfo, VolumeUrl,
+};
 use serde::Serialize;
 
 use crate::units::human;
@@ -195,6 +197,104 @@ impl Printer {
             return self.print_json(u);
         }
         emit(&format!("{}\n", u.url))
+    }
+
+    pub fn settings(&self, s: &SiteSettings) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(s);
+        }
+        emit(&fields(&[
+            ("allow any partner", s.allow_any_partner.to_string()),
+            (
+                "default storage location",
+                s.default_storage_location.clone(),
+            ),
+            (
+                "bandwidth",
+                s.bandwidth_bytes_per_sec
+                    .map_or("unlimited".into(), |b| format!("{}/s", human(b))),
+            ),
+        ]))
+    }
+
+    pub fn partner(&self, pi: &PartnerInfo) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(pi);
+        }
+        emit(&format!(
+            "partner {} pinned at {} ({}); run `offsite partner add` on {} too, naming this site\n",
+            pi.name, pi.address, pi.fingerprint, pi.name
+        ))
+    }
+
+    pub fn partners(&self, ps: &[PartnerInfo]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(ps);
+        }
+        if ps.is_empty() {
+            return emit(
+                "no partners; pair with `offsite partner add NAME --address HOST:PORT --fingerprint FP`\n",
+            );
+        }
+        let rows: Vec<Vec<String>> = ps
+            .iter()
+            .map(|pi| {
+                vec![
+                    pi.name.clone(),
+                    pi.address.clone(),
+                    if pi.reachable {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    pi.last_handshake_at
+                        .clone()
+                        .unwrap_or_else(|| "never".into()),
+                    pi.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms")),
+                    pi.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &[
+                "NAME",
+                "ADDRESS",
+                "REACHABLE",
+                "LAST HANDSHAKE",
+                "RTT",
+                "LAST ERROR",
+            ],
+            &rows,
+        ))
+    }
+
+    pub fn authz(&self, es: &[AuthzEntry], single: bool) -> anyhow::Result<()> {
+        if self.json {
+            return if single {
+                self.print_json(&es[0])
+            } else {
+                self.print_json(es)
+            };
+        }
+        if es.is_empty() {
+            return emit(
+                "no authorization entries; add one with `offsite authz add --allowed-primary NAME --storage-location DIR`\n",
+            );
+        }
+        let rows: Vec<Vec<String>> = es
+            .iter()
+            .map(|e| {
+                vec![
+                    e.allowed_primary.clone(),
+                    e.storage_location.clone(),
+                    e.security_tag.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &["ALLOWED PRIMARY", "STORAGE LOCATION", "SECURITY TAG"],
+            &rows,
+        ))
     }
 
     pub fn events(&self, es: &[Event]) -> anyhow::Result<()> {

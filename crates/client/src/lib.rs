@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use offsite_api_types::{
-    API_PREFIX, ApiError, CreateVolume, Event, SiteInfo, VolumeInfo, VolumeUrl,
+    API_PREFIX, AddAuthz, AddPartner, ApiError, AuthzEntry, CreateVolume, Event, PartnerInfo,
+    SiteInfo, SiteSettings, UpdateSiteSettings, VolumeInfo, VolumeUrl,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -210,6 +211,25 @@ impl Client {
         self.finish(&url, r)
     }
 
+    fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .body(json)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let r = self.agent.run(req);
+        self.finish(&url, r)
+    }
+
     /// `GET /site`.
     pub fn site(&self) -> Result<SiteInfo, ClientError> {
         self.get("/site")
@@ -243,6 +263,46 @@ impl Client {
     /// `POST /volumes/{name}/clear-dirty`.
     pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, ClientError> {
         self.post(&format!("/volumes/{}/clear-dirty", encode(name)), &())
+    }
+
+    /// `GET /site/settings`.
+    pub fn settings(&self) -> Result<SiteSettings, ClientError> {
+        self.get("/site/settings")
+    }
+
+    /// `PATCH /site/settings`.
+    pub fn update_settings(&self, req: &UpdateSiteSettings) -> Result<SiteSettings, ClientError> {
+        self.send("PATCH", "/site/settings", req)
+    }
+
+    /// `GET /partners`.
+    pub fn partners(&self) -> Result<Vec<PartnerInfo>, ClientError> {
+        self.get("/partners")
+    }
+
+    /// `POST /partners`.
+    pub fn add_partner(&self, req: &AddPartner) -> Result<PartnerInfo, ClientError> {
+        self.post("/partners", req)
+    }
+
+    /// `DELETE /partners/{name}`.
+    pub fn remove_partner(&self, name: &str) -> Result<PartnerInfo, ClientError> {
+        self.delete(&format!("/partners/{}", encode(name)))
+    }
+
+    /// `GET /authz`.
+    pub fn authz_entries(&self) -> Result<Vec<AuthzEntry>, ClientError> {
+        self.get("/authz")
+    }
+
+    /// `POST /authz`.
+    pub fn add_authz(&self, req: &AddAuthz) -> Result<AuthzEntry, ClientError> {
+        self.post("/authz", req)
+    }
+
+    /// `DELETE /authz/{pattern}`.
+    pub fn remove_authz(&self, pattern: &str) -> Result<AuthzEntry, ClientError> {
+        self.delete(&format!("/authz/{}", encode(pattern)))
     }
 
     /// `GET /events`.

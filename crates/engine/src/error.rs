@@ -100,11 +100,12 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         use offsite_catalog::CatalogError as C;
         match self {
-            EngineError::NoSuchVolume(_) | EngineError::Catalog(C::NoSuchVolume(_)) => {
+            EngineError::NoSuchVolume(_)
+            | EngineError::Catalog(C::NoSuchVolume(_) | C::NoSuchPartner(_) | C::NoSuchAuthz(_)) => {
                 ErrorKind::NotFound
             }
             EngineError::VolumeExists(_)
-            | EngineError::Catalog(C::VolumeExists(_))
+            | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
             EngineError::Invalid(_) | EngineError::NotASite { .. } => ErrorKind::Invalid,
             EngineError::Busy { .. } => ErrorKind::Busy,

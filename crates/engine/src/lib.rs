@@ -6,15 +6,18 @@
 //! The REST API (`offsite-api`) and the NBD server (`offsite-nbd`) are thin
 //! front ends over a [`Site`]; the daemon (`offsite-daemon`) wires them up.
 
+pub mod authz;
 pub mod config;
 mod error;
 pub mod init;
 pub mod layout;
 pub mod names;
+mod partners;
 mod site;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};
+pub use partners::normalize_fingerprint;
 pub use site::{BoundAddresses, Site};
 pub use volume::Volume;
 

@@ -43,9 +43,9 @@ struct ImportState {
 
 /// A running site.
 pub struct Site {
-    layout: Layout,
-    config: SiteConfig,
-    fingerprint: String,
+    pub(crate) layout: Layout,
+    pub(crate) config: SiteConfig,
+    pub(crate) fingerprint: String,
     catalog: Mutex<Catalog>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     imports: Mutex<HashMap<String, Arc<ImportState>>>,
@@ -145,7 +145,7 @@ impl Site {
         *self.connections.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
     }
 
-    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+    pub(crate) fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -464,7 +464,7 @@ impl Site {
             .collect())
     }
 
-    fn event(&self, kind: &str, subject: Option<&str>, message: &str) {
+    pub(crate) fn event(&self, kind: &str, subject: Option<&str>, message: &str) {
         tracing::info!(kind, subject, "{message}");
         if let Err(e) = self.catalog().add_event(kind, subject, message) {
             tracing::error!(error = %e, "could not record event {kind}");
