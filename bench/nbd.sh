@@ -88,6 +88,9 @@ stop_pid() {  # SIGTERM, wait up to 10 s, then SIGKILL
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
 }
 
 cleanup() {

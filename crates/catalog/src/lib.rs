@@ -526,11 +526,10 @@ impl Catalog {
             }
             Err(e) => return Err(self.err("insert authorization entry")(e)),
         }
-        Ok(self
-            .authz_entries()?
+        self.authz_entries()?
             .into_iter()
             .find(|a| a.pattern == pattern)
-            .ok_or_else(|| CatalogError::NoSuchAuthz(pattern.to_string()))?)
+            .ok_or_else(|| CatalogError::NoSuchAuthz(pattern.to_string()))
     }
 
     /// Every authorization entry, by pattern.

@@ -139,6 +139,12 @@ fn volume_create_list_show_url_delete_round_trip() {
         "volume list table: {text}"
     );
 
+    let vols = site.dir().join("volumes");
+    assert_eq!(
+        std::fs::metadata(vols.join("1.img")).map(|m| m.len()).ok(),
+        Some(64 << 20),
+        "v (the first volume) should live in volumes/1.img"
+    );
     let d = site.json(&["volume", "delete", "v"]);
     assert_eq!(
         d,
@@ -392,6 +398,32 @@ fn import_raw_image_copies_data_and_counts_nonzero_blocks() {
     assert!(
         ev.iter().any(|(k, _)| k == "volume.imported"),
         "no import event: {ev:?}"
+    );
+}
+
+#[test]
+fn import_resolves_a_relative_path_against_the_cli_cwd() {
+    let site = site("a");
+    let scratch = site.scratch();
+    write_image(&scratch.join("rel.raw"), 1 << 20, &[(4096, 4096, 0x10)]);
+    let out = Command::new(bin())
+        .current_dir(&scratch)
+        .args([
+            "volume", "create", "rel", "--import", "rel.raw", "--json", "--dir",
+        ])
+        .arg(site.dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "relative --import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = site.json(&["volume", "show", "rel"]);
+    assert_eq!(
+        (v["state"].as_str(), v["dirty_bytes"].as_u64()),
+        (Some("ready"), Some(4096)),
+        "{v}"
     );
 }
 

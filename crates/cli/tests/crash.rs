@@ -29,7 +29,10 @@ fn spread_writes() -> Vec<(u64, u64, u8)> {
 }
 
 fn blocks(writes: &[(u64, u64, u8)]) -> BTreeSet<u64> {
-    writes.iter().flat_map(|&(o, l, _)| blocks_of(o, l, BS)).collect()
+    writes
+        .iter()
+        .flat_map(|&(o, l, _)| blocks_of(o, l, BS))
+        .collect()
 }
 
 fn extents(blocks: &BTreeSet<u64>) -> BTreeSet<u64> {
@@ -37,17 +40,26 @@ fn extents(blocks: &BTreeSet<u64>) -> BTreeSet<u64> {
 }
 
 fn write_all(url: &str, writes: &[(u64, u64, u8)]) {
-    let cmds: Vec<String> = writes.iter().map(|(o, l, p)| format!("write -P {p} {o} {l}")).collect();
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|(o, l, p)| format!("write -P {p} {o} {l}"))
+        .collect();
     qemu_io(url, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 fn verify_all(url: &str, writes: &[(u64, u64, u8)]) {
-    let cmds: Vec<String> = writes.iter().map(|(o, l, p)| format!("read -P {p} {o} {l}")).collect();
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|(o, l, p)| format!("read -P {p} {o} {l}"))
+        .collect();
     qemu_io(url, &cmds.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 fn event_kinds(site: &TestSite, subject: &str) -> Vec<String> {
-    events_about(site, subject).into_iter().map(|(k, _)| k).collect()
+    events_about(site, subject)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[test]
@@ -62,7 +74,11 @@ fn kill9_keeps_acknowledged_writes_and_their_dirty_blocks() {
     let written = blocks(&writes);
     let touched = extents(&written);
     assert_eq!(touched.len(), 64, "the writes should touch every extent");
-    assert_eq!(site.dirty_bytes("v"), written.len() as u64 * BS, "dirty before the crash is exact");
+    assert_eq!(
+        site.dirty_bytes("v"),
+        written.len() as u64 * BS,
+        "dirty before the crash is exact"
+    );
 
     site.kill9();
     site.start();
@@ -83,13 +99,21 @@ fn kill9_keeps_acknowledged_writes_and_their_dirty_blocks() {
         "no volume.cbt-recovered event: {:?}",
         events_about(&site, "v")
     );
-    assert!(site.log().contains("stopped uncleanly"), "the log should report the recovery:\n{}", site.log());
+    assert!(
+        site.log().contains("stopped uncleanly"),
+        "the log should report the recovery:\n{}",
+        site.log()
+    );
 
     // A second crash right after recovery loses nothing: recovery made its
     // result durable, so the next open is exact.
     site.kill9();
     site.start();
-    assert_eq!(site.dirty_bytes("v"), dirty, "dirty_bytes changed across a second kill -9 after recovery");
+    assert_eq!(
+        site.dirty_bytes("v"),
+        dirty,
+        "dirty_bytes changed across a second kill -9 after recovery"
+    );
     verify_all(&site.url("v"), &writes);
 }
 
@@ -107,10 +131,16 @@ fn clean_stop_preserves_dirty_bytes_exactly() {
 
     assert_eq!(site.stop(), Some(0), "clean stop:\n{}", site.log());
     site.start();
-    assert_eq!(site.dirty_bytes("v"), before, "a clean restart must preserve dirty_bytes exactly");
+    assert_eq!(
+        site.dirty_bytes("v"),
+        before,
+        "a clean restart must preserve dirty_bytes exactly"
+    );
     let kinds = event_kinds(&site, "v");
     assert!(
-        !kinds.iter().any(|k| k == "volume.cbt-recovered" || k == "volume.cbt-reset"),
+        !kinds
+            .iter()
+            .any(|k| k == "volume.cbt-recovered" || k == "volume.cbt-reset"),
         "a clean restart reported a recovery: {kinds:?}"
     );
     verify_all(&site.url("v"), &writes);
@@ -119,7 +149,81 @@ fn clean_stop_preserves_dirty_bytes_exactly() {
     site.ok(&["volume", "clear-dirty", "v"]);
     assert_eq!(site.stop(), Some(0));
     site.start();
-    assert_eq!(site.dirty_bytes("v"), 0, "clear-dirty did not survive a clean restart");
+    assert_eq!(
+        site.dirty_bytes("v"),
+        0,
+        "clear-dirty did not survive a clean restart"
+    );
+}
+
+/// Holds an NBD connection (after one write) until stdin closes.
+const HOLD_CONNECTION: &str = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+h.pwrite(b"\x5c" * 8192, 40 << 20)
+print("connected", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn sigterm_with_a_connected_client_still_preserves_dirty_bytes_exactly() {
+    if !have_tools(&["qemu-io"]) || !have_python_nbd() {
+        return;
+    }
+    let mut site = site("a");
+    let url = site.create_volume("v", "64M");
+    qemu_io(&url, &["write -P 0x12 0 64k", "write -P 0x13 20M 4k"]);
+    let mut holder = KillOnDrop(Some(
+        Command::new(PYTHON)
+            .args(["-c", HOLD_CONNECTION, &url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python"),
+    ));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.child().stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "connected",
+        "the python NBD client did not connect"
+    );
+    let before = site.dirty_bytes("v");
+    assert_eq!(before, 65536 + 4096 + 8192);
+
+    assert_eq!(
+        site.stop(),
+        Some(0),
+        "SIGTERM with a connected client should still exit 0:\n{}",
+        site.log()
+    );
+    drop(holder);
+    site.start();
+    assert_eq!(
+        site.dirty_bytes("v"),
+        before,
+        "dirty_bytes changed across a clean stop with a connected client"
+    );
+    let kinds = event_kinds(&site, "v");
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "volume.cbt-recovered" || k == "volume.cbt-reset"),
+        "a clean stop with a connected client was treated as a crash: {kinds:?}"
+    );
+    qemu_io(
+        &site.url("v"),
+        &[
+            "read -P 0x12 0 64k",
+            "read -P 0x13 20M 4k",
+            "read -P 0x5c 40M 8k",
+        ],
+    );
 }
 
 /// Writes block after block, each with a value naming its pass and
@@ -219,16 +323,25 @@ fn kill9_during_write_load_recovers() {
             .expect("spawn python writer"),
     ));
     // Kill once both clients are demonstrably writing.
-    wait_until("fio to write and the acked writer to ack 200 writes", Duration::from_secs(30), || {
-        count_lines(&ackfile) >= 200 && site.dirty_bytes("load") >= 1 << 20
-    });
+    wait_until(
+        "fio to write and the acked writer to ack 200 writes",
+        Duration::from_secs(30),
+        || count_lines(&ackfile) >= 200 && site.dirty_bytes("load") >= 1 << 20,
+    );
     site.kill9();
 
     // Both clients end on the lost connection (fio is stopped here if it
     // keeps waiting for its runtime; its exit status is not the subject).
     let w = writer.take().wait_with_output().unwrap();
-    let w_out = format!("{}{}", String::from_utf8_lossy(&w.stdout), String::from_utf8_lossy(&w.stderr));
-    assert!(w.status.success() && w_out.contains("stopped:"), "the acked writer should stop on the lost connection: {w_out}");
+    let w_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(
+        w.status.success() && w_out.contains("stopped:"),
+        "the acked writer should stop on the lost connection: {w_out}"
+    );
     let fio_child = fio.child();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while fio_child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
@@ -238,25 +351,50 @@ fn kill9_during_write_load_recovers() {
 
     site.start();
     let load = site.json(&["volume", "show", "load"]);
-    assert_eq!(load["state"], "ready", "volume show after the crash: {load}");
-    assert!(load["dirty_bytes"].as_u64().unwrap() > 0, "the written volume lost its dirty set: {load}");
-    assert!(site.log().contains("stopped uncleanly"), "the log should report the recovery:\n{}", site.log());
+    assert_eq!(
+        load["state"], "ready",
+        "volume show after the crash: {load}"
+    );
+    assert!(
+        load["dirty_bytes"].as_u64().unwrap() > 0,
+        "the written volume lost its dirty set: {load}"
+    );
+    assert!(
+        site.log().contains("stopped uncleanly"),
+        "the log should report the recovery:\n{}",
+        site.log()
+    );
     assert!(
         event_kinds(&site, "load").contains(&"volume.cbt-recovered".to_string()),
         "no recovery event for load: {:?}",
         events_about(&site, "load")
     );
 
-    let r = python_json(ACKED_VERIFIER, &[&site.url("acked"), ackfile.to_str().unwrap()]);
+    let r = python_json(
+        ACKED_VERIFIER,
+        &[&site.url("acked"), ackfile.to_str().unwrap()],
+    );
     let acked = r["acked_blocks"].as_u64().unwrap();
     let dirty = site.dirty_bytes("acked");
-    eprintln!("kill -9 under load: {acked} acknowledged blocks, acked volume dirty {dirty}, load volume {load}");
-    assert!(dirty >= acked * BS, "{acked} acknowledged 4K blocks but only {dirty} dirty bytes after kill -9");
+    eprintln!(
+        "kill -9 under load: {acked} acknowledged blocks, acked volume dirty {dirty}, load volume {load}"
+    );
+    assert!(
+        dirty >= acked * BS,
+        "{acked} acknowledged 4K blocks but only {dirty} dirty bytes after kill -9"
+    );
     assert!(acked >= 200, "{r}");
-    assert_eq!(r["bad"], serde_json::json!([]), "acknowledged writes lost or torn by kill -9: {r}");
+    assert_eq!(
+        r["bad"],
+        serde_json::json!([]),
+        "acknowledged writes lost or torn by kill -9: {r}"
+    );
 
     // The restarted daemon serves both volumes normally.
-    qemu_io(&site.url("load"), &["write -P 0x77 0 64k", "read -P 0x77 0 64k"]);
+    qemu_io(
+        &site.url("load"),
+        &["write -P 0x77 0 64k", "read -P 0x77 0 64k"],
+    );
 }
 
 /// Creates v (16M, id 1) and w (8M, id 2), writes to both, stops cleanly,
@@ -276,30 +414,68 @@ fn lost_tracking_state(damage: impl FnOnce(&std::path::Path)) {
     assert_eq!(site.stop(), Some(0));
 
     let vols = site.dir().join("volumes");
-    let size = |p: &str| std::fs::metadata(vols.join(p)).map(|m| m.len()).unwrap_or(0);
-    assert_eq!(size("1.img"), 16 << 20, "expected v's data file at volumes/1.img");
-    assert_eq!(size("2.img"), 8 << 20, "expected w's data file at volumes/2.img");
-    assert!(vols.join("1.cbt").exists() && vols.join("1.al").exists(), "v's tracking files are missing before the damage");
+    let size = |p: &str| {
+        std::fs::metadata(vols.join(p))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        size("1.img"),
+        16 << 20,
+        "expected v's data file at volumes/1.img"
+    );
+    assert_eq!(
+        size("2.img"),
+        8 << 20,
+        "expected w's data file at volumes/2.img"
+    );
+    assert!(
+        vols.join("1.cbt").exists() && vols.join("1.al").exists(),
+        "v's tracking files are missing before the damage"
+    );
     damage(&vols);
 
     site.start();
     let sv = site.json(&["volume", "show", "v"]);
-    assert_eq!(sv["dirty_bytes"], sv["size_bytes"], "lost tracking state must make the whole volume dirty: {sv}");
-    assert_eq!(site.dirty_bytes("w"), w_dirty, "the undamaged volume's dirty set changed");
+    assert_eq!(
+        sv["dirty_bytes"], sv["size_bytes"],
+        "lost tracking state must make the whole volume dirty: {sv}"
+    );
+    assert_eq!(
+        site.dirty_bytes("w"),
+        w_dirty,
+        "the undamaged volume's dirty set changed"
+    );
     let ev = events_about(&site, "v");
     assert!(
-        ev.iter().any(|(k, m)| k == "volume.cbt-reset" && m.contains("whole volume")),
+        ev.iter()
+            .any(|(k, m)| k == "volume.cbt-reset" && m.contains("whole volume")),
         "events should say v's tracking state was lost: {ev:?}"
     );
-    assert!(site.log().contains("whole volume"), "the log should say v is wholly dirty:\n{}", site.log());
+    assert!(
+        site.log().contains("whole volume"),
+        "the log should say v is wholly dirty:\n{}",
+        site.log()
+    );
     // Data is unaffected and the volume keeps working.
-    qemu_io(&site.url("v"), &["read -P 0x61 0 64k", "read -P 0x62 9M 4k", "write -P 0x64 12M 4k"]);
+    qemu_io(
+        &site.url("v"),
+        &[
+            "read -P 0x61 0 64k",
+            "read -P 0x62 9M 4k",
+            "write -P 0x64 12M 4k",
+        ],
+    );
     assert_eq!(site.dirty_bytes("v"), 16 << 20);
 
     // The reset is durable: a clean restart keeps the whole volume dirty.
     assert_eq!(site.stop(), Some(0));
     site.start();
-    assert_eq!(site.dirty_bytes("v"), 16 << 20, "the whole-volume reset did not survive a clean restart");
+    assert_eq!(
+        site.dirty_bytes("v"),
+        16 << 20,
+        "the whole-volume reset did not survive a clean restart"
+    );
 }
 
 #[test]
@@ -326,7 +502,10 @@ fn missing_activity_log_makes_whole_volume_dirty() {
 #[test]
 fn truncated_activity_log_makes_whole_volume_dirty() {
     lost_tracking_state(|vols| {
-        let f = std::fs::OpenOptions::new().write(true).open(vols.join("1.al")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(vols.join("1.al"))
+            .unwrap();
         f.set_len(100).unwrap();
     });
 }

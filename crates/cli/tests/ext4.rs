@@ -87,7 +87,16 @@ fn environment_ready() -> bool {
     if sh("id", &["-u"]).trim() != "0" {
         return skip("losetup and mount need root");
     }
-    have_tools(&["nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount", "blockdev"])
+    have_tools(&[
+        "nbdfuse",
+        "fusermount3",
+        "losetup",
+        "mkfs.ext4",
+        "e2fsck",
+        "mount",
+        "umount",
+        "blockdev",
+    ])
 }
 
 #[test]
@@ -119,15 +128,25 @@ fn ext4_on_a_volume_via_nbdfuse_and_loop() {
     cleanup.fuse_mount = Some(fuse_dir.clone());
     // nbdfuse writes the pid file once the mount is ready.
     let image = fuse_dir.join("nbd");
-    wait_until("nbdfuse to mount the export", Duration::from_secs(30), || {
-        if let Some(status) = cleanup.nbdfuse.as_mut().unwrap().try_wait().unwrap() {
-            panic!("nbdfuse exited early: {status}");
-        }
-        pidfile.exists() && image.exists()
-    });
-    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20, "the FUSE file has the volume's size");
+    wait_until(
+        "nbdfuse to mount the export",
+        Duration::from_secs(30),
+        || {
+            if let Some(status) = cleanup.nbdfuse.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nbdfuse exited early: {status}");
+            }
+            pidfile.exists() && image.exists()
+        },
+    );
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().len(),
+        64 << 20,
+        "the FUSE file has the volume's size"
+    );
 
-    let dev = sh("losetup", &["-f", "--show", image.to_str().unwrap()]).trim().to_string();
+    let dev = sh("losetup", &["-f", "--show", image.to_str().unwrap()])
+        .trim()
+        .to_string();
     assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
     cleanup.loop_dev = Some(dev.clone());
 
@@ -139,13 +158,20 @@ fn ext4_on_a_volume_via_nbdfuse_and_loop() {
     std::fs::write(mnt.join("hello.txt"), "hello from offsite\n").unwrap();
     std::fs::create_dir(mnt.join("dir")).unwrap();
     for i in 0..20 {
-        std::fs::write(mnt.join("dir").join(format!("f{i}")), format!("file {i}\n").repeat(100 * i + 1)).unwrap();
+        std::fs::write(
+            mnt.join("dir").join(format!("f{i}")),
+            format!("file {i}\n").repeat(100 * i + 1),
+        )
+        .unwrap();
     }
     std::fs::write(mnt.join("big.bin"), &big).unwrap();
     sh("sync", &[]);
     cleanup.umount_fs();
 
-    let out = Command::new("e2fsck").args(["-fn", &dev]).output().expect("run e2fsck");
+    let out = Command::new("e2fsck")
+        .args(["-fn", &dev])
+        .output()
+        .expect("run e2fsck");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -159,17 +185,30 @@ fn ext4_on_a_volume_via_nbdfuse_and_loop() {
     sh("blockdev", &["--flushbufs", &dev]);
     sh("mount", &["-o", "ro", &dev, mnt.to_str().unwrap()]);
     cleanup.mounted = Some(mnt.clone());
-    assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).unwrap(), "hello from offsite\n");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello from offsite\n"
+    );
     for i in 0..20 {
         let got = std::fs::read_to_string(mnt.join("dir").join(format!("f{i}"))).unwrap();
-        assert_eq!(got, format!("file {i}\n").repeat(100 * i + 1), "dir/f{i} differs");
+        assert_eq!(
+            got,
+            format!("file {i}\n").repeat(100 * i + 1),
+            "dir/f{i} differs"
+        );
     }
-    assert!(std::fs::read(mnt.join("big.bin")).unwrap() == big, "big.bin differs after remount");
+    assert!(
+        std::fs::read(mnt.join("big.bin")).unwrap() == big,
+        "big.bin differs after remount"
+    );
     cleanup.umount_fs();
     cleanup.detach_loop();
     cleanup.unmount_fuse();
 
     let dirty = site.dirty_bytes("fs");
-    assert!(dirty >= 5 << 20, "the filesystem's writes should be tracked: dirty_bytes {dirty}");
+    assert!(
+        dirty >= 5 << 20,
+        "the filesystem's writes should be tracked: dirty_bytes {dirty}"
+    );
     assert_eq!(site.json(&["volume", "show", "fs"])["state"], "ready");
 }

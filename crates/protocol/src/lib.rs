@@ -94,6 +94,8 @@ mod version;
 #[cfg(test)]
 mod tests;
 
+/// The `bytes` crate, re-exported: payloads are [`bytes::Bytes`].
+pub use bytes;
 pub use error::{ChecksumKind, ProtocolError, StreamError};
 pub use frame::{
     Compression, EncodedFrame, FIXED_HEADER_LEN, FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_LEN,

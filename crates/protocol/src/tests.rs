@@ -460,3 +460,4 @@ proptest! {
         let _ = FrameDecoder::new().decode_eof(&mut frame);
     }
 }
+
