@@ -174,12 +174,12 @@ impl Site {
     /// `authz add`.
     pub fn add_authz(&self, req: &AddAuthz) -> Result<AuthzEntry, EngineError> {
         authz::validate_pattern(&req.allowed_primary)?;
-        if let Some(tag) = &req.security_tag {
-            if tag.is_empty() || tag.len() > 256 {
-                return Err(EngineError::Invalid(
-                    "a security tag is 1-256 characters".into(),
-                ));
-            }
+        if let Some(tag) = &req.security_tag
+            && (tag.is_empty() || tag.len() > 256)
+        {
+            return Err(EngineError::Invalid(
+                "a security tag is 1-256 characters".into(),
+            ));
         }
         check_storage_location(&req.storage_location)?;
         let row = self.catalog().insert_authz(
