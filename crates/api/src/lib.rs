@@ -163,12 +163,21 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
-/// An engine error as an HTTP response.
-struct Failure(EngineError);
+/// A failed request as an HTTP response.
+enum Failure {
+    /// The engine refused or failed.
+    Engine(EngineError),
+    /// The request body did not parse.
+    BadBody(String),
+}
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let (status, code) = match self.0.kind() {
+        let e = match self {
+            Failure::Engine(e) => e,
+            Failure::BadBody(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
+        };
+        let (status, code) = match e.kind() {
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
@@ -176,9 +185,9 @@ impl IntoResponse for Failure {
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self.0, "API request failed");
+            tracing::error!(error = %e, "API request failed");
         }
-        error(status, code, self.0.to_string())
+        error(status, code, e.to_string())
     }
 }
 
@@ -189,8 +198,8 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map(Json).map_err(Failure),
-        Err(e) => Err(Failure(EngineError::Invalid(format!(
+        Ok(r) => r.map(Json).map_err(Failure::Engine),
+        Err(e) => Err(Failure::Engine(EngineError::Invalid(format!(
             "internal error: request handler failed ({e}); see the daemon log"
         )))),
     }
@@ -202,14 +211,9 @@ async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
 }
 
 /// Parses a JSON body, turning axum's rejection into our error shape.
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Response> {
-    b.map(|Json(v)| v).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("malformed request body: {e}"),
-        )
-    })
+fn body<T>(b: JsonBody<T>) -> Result<T, Failure> {
+    b.map(|Json(v)| v)
+        .map_err(|e| Failure::BadBody(format!("malformed request body: {e}")))
 }
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -224,11 +228,9 @@ async fn settings_show(State(s): State<ApiState>) -> ApiResult<SiteSettings> {
 async fn settings_update(
     State(s): State<ApiState>,
     b: JsonBody<UpdateSiteSettings>,
-) -> Result<Json<SiteSettings>, Response> {
+) -> ApiResult<SiteSettings> {
     let req = body(b)?;
-    blocking(move || s.site.update_settings(&req))
-        .await
-        .map_err(IntoResponse::into_response)
+    blocking(move || s.site.update_settings(&req)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/partners", responses((status = 200, body = [PartnerInfo])))]
@@ -238,14 +240,9 @@ async fn partner_list(State(s): State<ApiState>) -> ApiResult<Vec<PartnerInfo>> 
 
 #[utoipa::path(post, path = "/api/v1/partners", request_body = AddPartner,
     responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
-async fn partner_add(
-    State(s): State<ApiState>,
-    b: JsonBody<AddPartner>,
-) -> Result<Json<PartnerInfo>, Response> {
+async fn partner_add(State(s): State<ApiState>, b: JsonBody<AddPartner>) -> ApiResult<PartnerInfo> {
     let req = body(b)?;
-    blocking(move || s.site.add_partner(&req))
-        .await
-        .map_err(IntoResponse::into_response)
+    blocking(move || s.site.add_partner(&req)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/partners/{name}", params(("name" = String, Path)),
@@ -277,14 +274,9 @@ async fn authz_list(State(s): State<ApiState>) -> ApiResult<Vec<AuthzEntry>> {
 
 #[utoipa::path(post, path = "/api/v1/authz", request_body = AddAuthz,
     responses((status = 200, body = AuthzEntry), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
-async fn authz_add(
-    State(s): State<ApiState>,
-    b: JsonBody<AddAuthz>,
-) -> Result<Json<AuthzEntry>, Response> {
+async fn authz_add(State(s): State<ApiState>, b: JsonBody<AddAuthz>) -> ApiResult<AuthzEntry> {
     let req = body(b)?;
-    blocking(move || s.site.add_authz(&req))
-        .await
-        .map_err(IntoResponse::into_response)
+    blocking(move || s.site.add_authz(&req)).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/authz/{pattern}", params(("pattern" = String, Path)),
@@ -316,18 +308,10 @@ async fn volume_list(State(s): State<ApiState>) -> ApiResult<Vec<VolumeInfo>> {
     responses((status = 200, body = VolumeInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn volume_create(
     State(s): State<ApiState>,
-    body: Result<Json<CreateVolume>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<VolumeInfo>, Response> {
-    let Json(req) = body.map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("malformed request body: {e}"),
-        )
-    })?;
-    blocking(move || s.site.create_volume(&req))
-        .await
-        .map_err(IntoResponse::into_response)
+    b: JsonBody<CreateVolume>,
+) -> ApiResult<VolumeInfo> {
+    let req = body(b)?;
+    blocking(move || s.site.create_volume(&req)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
