@@ -66,7 +66,9 @@ impl Site {
     /// Opens the site in `dir`: configuration, catalog (migrated), and every
     /// volume with its change tracker (recovering tracking state after a crash).
     pub fn open(dir: &Path) -> Result<Arc<Site>, EngineError> {
-        let layout = Layout::new(dir);
+        // Absolute, so that paths reported to clients mean the same to them.
+        let dir = std::path::absolute(dir).map_err(|e| EngineError::io("resolve", dir, e))?;
+        let layout = Layout::new(&dir);
         let config = SiteConfig::load(&layout.config())?;
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
