@@ -20,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use offsite_api_types::{
-    AddAuthz, AddPartner, ApiError, AuthzEntry, CreateVolume, Event, PartnerInfo, SiteInfo,
-    SiteSettings, UpdateSiteSettings, VolumeInfo, VolumeUrl,
+    AddAuthz, AddPartner, ApiError, AuthzCheckRequest, AuthzCheckResult, AuthzEntry, CreateVolume,
+    Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SiteInfo, SiteSettings,
+    UpdateSiteSettings, VolumeInfo, VolumeUrl,
 };
 use offsite_engine::{EngineError, ErrorKind, Site};
+use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
@@ -35,6 +37,7 @@ pub use metrics::{MetricsSource, family as metrics_family};
 #[derive(Clone)]
 pub struct ApiState {
     site: Arc<Site>,
+    repl: Arc<Replication>,
     token: Arc<str>,
     metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
 }
@@ -50,9 +53,15 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     /// State for a site whose API token is `token`; `metrics` add their
     /// families to `/metrics` (the NBD server's counters, ...).
-    pub fn new(site: Arc<Site>, token: &str, metrics: Vec<Arc<dyn MetricsSource>>) -> ApiState {
+    pub fn new(
+        site: Arc<Site>,
+        repl: Arc<Replication>,
+        token: &str,
+        metrics: Vec<Arc<dyn MetricsSource>>,
+    ) -> ApiState {
         ApiState {
             site,
+            repl,
             token: token.trim().into(),
             metrics: Arc::new(metrics),
         }
@@ -63,9 +72,9 @@ impl ApiState {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
-    paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove,
+    paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+    components(schemas(PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -91,6 +100,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/site/settings", get(settings_show).patch(settings_update))
         .route("/partners", get(partner_list).post(partner_add))
         .route("/partners/{name}", get(partner_show).delete(partner_remove))
+        .route("/partners/{name}/test", axum::routing::post(partner_test))
+        .route(
+            "/partners/{name}/authz-check",
+            axum::routing::post(partner_authz_check),
+        )
         .route("/authz", get(authz_list).post(authz_add))
         .route("/authz/{pattern}", axum::routing::delete(authz_remove))
         .route("/volumes", get(volume_list).post(volume_create))
@@ -169,6 +183,8 @@ enum Failure {
     Engine(EngineError),
     /// The request body did not parse.
     BadBody(String),
+    /// Talking to a partner failed or was refused.
+    Repl(ReplError),
 }
 
 impl IntoResponse for Failure {
@@ -176,6 +192,16 @@ impl IntoResponse for Failure {
         let e = match self {
             Failure::Engine(e) => e,
             Failure::BadBody(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
+            Failure::Repl(ReplError::Engine(e)) => e,
+            Failure::Repl(e) => {
+                let (status, code) = match &e {
+                    ReplError::NoSuchPartner(_) => (StatusCode::NOT_FOUND, "not_found"),
+                    ReplError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+                    e if e.is_unreachable() => (StatusCode::BAD_GATEWAY, "unreachable"),
+                    _ => (StatusCode::BAD_GATEWAY, "partner_error"),
+                };
+                return error(status, code, e.to_string());
+            }
         };
         let (status, code) = match e.kind() {
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -265,6 +291,38 @@ async fn partner_remove(
         s.site.remove_partner(&name).map(|()| p)
     })
     .await
+}
+
+#[utoipa::path(post, path = "/api/v1/partners/{name}/test", params(("name" = String, Path)),
+    request_body = PartnerTestRequest,
+    responses((status = 200, body = PartnerTestResult), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
+async fn partner_test(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<PartnerTestRequest>,
+) -> ApiResult<PartnerTestResult> {
+    let req = body(b)?;
+    s.repl
+        .partner_test(&name, &req)
+        .await
+        .map(Json)
+        .map_err(Failure::Repl)
+}
+
+#[utoipa::path(post, path = "/api/v1/partners/{name}/authz-check", params(("name" = String, Path)),
+    request_body = AuthzCheckRequest,
+    responses((status = 200, body = AuthzCheckResult), (status = 403, body = ApiError), (status = 502, body = ApiError)))]
+async fn partner_authz_check(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<AuthzCheckRequest>,
+) -> ApiResult<AuthzCheckResult> {
+    let req = body(b)?;
+    s.repl
+        .authz_check(&name, req.security_tag)
+        .await
+        .map(Json)
+        .map_err(Failure::Repl)
 }
 
 #[utoipa::path(get, path = "/api/v1/authz", responses((status = 200, body = [AuthzEntry])))]

@@ -98,6 +98,24 @@ pub enum PartnerCommand {
     List,
     /// Unpin a partner: its next connection is refused.
     Remove { name: String },
+    /// Handshake with a partner and measure RTT and bulk throughput.
+    Test {
+        name: String,
+        /// Bytes to send, e.g. 1G.
+        #[arg(long, default_value = "256M")]
+        bytes: Size,
+        /// Compress the bulk data with zstd (default: off, to measure the link).
+        #[arg(long)]
+        compress: bool,
+    },
+    /// Ask a partner whether it would accept replicas from this site (the
+    /// check `group create` makes); a refusal names the partner's rule.
+    Check {
+        name: String,
+        /// Security tag the replication group would present.
+        #[arg(long)]
+        security_tag: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -154,6 +154,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     fingerprint,
                 })?),
                 PartnerCommand::List => p.partners(&c.partners()?),
+                PartnerCommand::Test {
+                    name,
+                    bytes,
+                    compress,
+                } => p.partner_test(&c.partner_test(
+                    &name,
+                    &offsite_api_types::PartnerTestRequest {
+                        bytes: Some(bytes.0),
+                        compress,
+                    },
+                )?),
+                PartnerCommand::Check { name, security_tag } => p.authz_check(&c.authz_check(
+                    &name,
+                    &offsite_api_types::AuthzCheckRequest { security_tag },
+                )?),
                 PartnerCommand::Remove { name } => {
                     let removed = c.remove_partner(&name)?;
                     p.done(

@@ -268,6 +268,38 @@ impl Printer {
         ))
     }
 
+    pub fn partner_test(&self, r: &offsite_api_types::PartnerTestResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        emit(&fields(&[
+            ("partner", r.partner.clone()),
+            ("protocol", format!("v{}", r.protocol_version)),
+            (
+                "compression",
+                if r.compression {
+                    "zstd".into()
+                } else {
+                    "off".into()
+                },
+            ),
+            ("handshake", format!("{:.2} ms", r.handshake_ms)),
+            ("rtt", format!("{:.3} ms", r.rtt_ms)),
+            ("sent", format!("{} in {:.2} s", human(r.bytes), r.seconds)),
+            ("throughput", format!("{:.1} MB/s", r.mb_per_s)),
+        ]))
+    }
+
+    pub fn authz_check(&self, r: &offsite_api_types::AuthzCheckResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        emit(&format!(
+            "{} accepts replicas from this site: {} stores them in {}\n",
+            r.partner, r.rule, r.storage_location
+        ))
+    }
+
     pub fn authz(&self, es: &[AuthzEntry], single: bool) -> anyhow::Result<()> {
         if self.json {
             return if single {

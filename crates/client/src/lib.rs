@@ -290,6 +290,24 @@ impl Client {
         self.delete(&format!("/partners/{}", encode(name)))
     }
 
+    /// `POST /partners/{name}/test`.
+    pub fn partner_test(
+        &self,
+        name: &str,
+        req: &offsite_api_types::PartnerTestRequest,
+    ) -> Result<offsite_api_types::PartnerTestResult, ClientError> {
+        self.post(&format!("/partners/{}/test", encode(name)), req)
+    }
+
+    /// `POST /partners/{name}/authz-check`.
+    pub fn authz_check(
+        &self,
+        name: &str,
+        req: &offsite_api_types::AuthzCheckRequest,
+    ) -> Result<offsite_api_types::AuthzCheckResult, ClientError> {
+        self.post(&format!("/partners/{}/authz-check", encode(name)), req)
+    }
+
     /// `GET /authz`.
     pub fn authz_entries(&self) -> Result<Vec<AuthzEntry>, ClientError> {
         self.get("/authz")

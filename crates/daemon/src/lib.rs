@@ -21,6 +21,8 @@ use anyhow::{Context, bail};
 use offsite_api::{ApiState, MetricsSource};
 use offsite_engine::{BoundAddresses, Site, config::parse_addr, layout::Layout};
 use offsite_nbd::{NbdServer, ServerConfig, ServerStats};
+use offsite_repl::Replication;
+use std::time::Duration;
 
 /// Runs the daemon for the site in `dir` until a termination signal.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
@@ -54,20 +56,44 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        let r = &config.replication;
+        let mut options = offsite_transport::SessionOptions::default();
+        options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
+        options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
+        options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
+        let repl = Replication::new(site.clone(), options).context("starting the replication service")?;
+        let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
+        let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
+            format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
+        })?;
+        let listen_bound = repl_listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
+        let monitor_task = tokio::spawn(
+            repl.clone()
+                .monitor(Duration::from_secs_f64(r.probe_secs), stopped(stop_rx.clone())),
+        );
+
         let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
         let api_listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .with_context(|| format!("binding the API listener to {api_addr} (config.toml `api`); is the port in use?"))?;
         let api_bound = api_listener.local_addr()?;
         site.set_bound(BoundAddresses {
-            listen: None,
+            listen: Some(listen_bound),
             api: Some(api_bound),
             nbd: Some(nbd_bound),
         });
         let token = std::fs::read_to_string(layout.token())
             .with_context(|| format!("reading the API token {}", layout.token().display()))?;
-        let metrics: Vec<Arc<dyn MetricsSource>> = vec![Arc::new(NbdMetrics(nbd_stats))];
-        let state = ApiState::new(site.clone(), &token, metrics);
+        let metrics: Vec<Arc<dyn MetricsSource>> = vec![
+            Arc::new(NbdMetrics(nbd_stats)),
+            Arc::new(ReplMetrics(repl.clone())),
+        ];
+        let state = ApiState::new(site.clone(), repl.clone(), &token, metrics);
 
         let info = serde_json::json!({
             "pid": std::process::id(),
@@ -77,11 +103,21 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         });
         offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), 0o644)
             .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
-        tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, "site is serving");
+        tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
 
-        offsite_api::serve(api_listener, state, shutdown_signal())
+        let served = offsite_api::serve(api_listener, state, shutdown_signal())
             .await
-            .context("serving the API")
+            .context("serving the API");
+        let _ = stop_tx.send(true);
+        for task in [repl_task] {
+            match task.await {
+                Ok(Err(e)) => tracing::error!("replication listener: {e}"),
+                Err(e) => tracing::error!("replication listener task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        let _ = monitor_task.await;
+        served
     });
 
     tracing::info!("shutting down: draining NBD connections");
@@ -138,6 +174,46 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
+}
+
+struct ReplMetrics(Arc<Replication>);
+
+impl MetricsSource for ReplMetrics {
+    fn render(&self, out: &mut String) {
+        let Some(s) = self.0.listener_stats() else {
+            return;
+        };
+        let one = |v: u64| [(String::new(), v)];
+        use offsite_api::metrics_family as f;
+        f(
+            out,
+            "offsite_repl_connections_total",
+            "counter",
+            "Connections accepted by the replication listener.",
+            &one(s.connections()),
+        );
+        f(
+            out,
+            "offsite_repl_tls_refused_total",
+            "counter",
+            "Replication connections refused during TLS (certificate not pinned).",
+            &one(s.tls_refused()),
+        );
+        f(
+            out,
+            "offsite_repl_hello_failed_total",
+            "counter",
+            "Replication connections refused at the hello (version or name).",
+            &one(s.hello_failed()),
+        );
+        f(
+            out,
+            "offsite_repl_sessions_total",
+            "counter",
+            "Replication sessions established.",
+            &one(s.sessions()),
+        );
+    }
 }
 
 struct NbdMetrics(Arc<ServerStats>);

@@ -22,7 +22,7 @@ pub const DEFAULT_API: &str = "127.0.0.1:7801";
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
 
 /// Contents of `config.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Format version of this file.
@@ -35,6 +35,35 @@ pub struct SiteConfig {
     pub api: String,
     /// NBD listener.
     pub nbd: String,
+    /// Replication session tuning.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// `[replication]` in `config.toml`: timers of the replication channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Seconds between keepalive pings on a session.
+    pub keepalive_secs: f64,
+    /// A partner silent for this many seconds is declared dead and the
+    /// session is re-established with backoff.
+    pub dead_after_secs: f64,
+    /// Seconds between reachability probes of each partner.
+    pub probe_secs: f64,
+    /// Seconds a TCP connect to a partner may take.
+    pub connect_timeout_secs: f64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            keepalive_secs: 5.0,
+            dead_after_secs: 30.0,
+            probe_secs: 10.0,
+            connect_timeout_secs: 10.0,
+        }
+    }
 }
 
 impl SiteConfig {
@@ -60,6 +89,26 @@ impl SiteConfig {
                     "format_version {} is not supported (this offsite reads {CONFIG_FORMAT_VERSION})",
                     config.format_version
                 ),
+            });
+        }
+        let r = &config.replication;
+        for (what, v) in [
+            ("replication.keepalive_secs", r.keepalive_secs),
+            ("replication.dead_after_secs", r.dead_after_secs),
+            ("replication.probe_secs", r.probe_secs),
+            ("replication.connect_timeout_secs", r.connect_timeout_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(EngineError::BadConfig {
+                    path: path.to_path_buf(),
+                    reason: format!("{what} = {v} must be between 0 and 86400 seconds"),
+                });
+            }
+        }
+        if r.dead_after_secs < 2.0 * r.keepalive_secs {
+            return Err(EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason: "replication.dead_after_secs must be at least twice keepalive_secs".into(),
             });
         }
         for (what, addr) in [

@@ -116,6 +116,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         listen: opts.listen.clone(),
         api: opts.api.clone(),
         nbd: opts.nbd.clone(),
+        replication: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {

@@ -283,21 +283,18 @@ impl Site {
     /// Decides, as a replica site, whether `primary` presenting `tag` may
     /// replicate here. The error names the rule and what to change.
     pub fn authorize_primary(&self, primary: &str, tag: Option<&str>) -> Result<Grant, String> {
-        let (entries, settings) = match (self.catalog().authz_entries(), self.settings()) {
-            (Ok(e), Ok(s)) => (e, s),
-            (Err(e), _) => {
-                return Err(format!(
-                    "site {} cannot read its authorization entries: {e}",
-                    self.config.name
-                ));
-            }
-            (_, Err(e)) => {
-                return Err(format!(
-                    "site {} cannot read its settings: {e}",
-                    self.config.name
-                ));
-            }
-        };
+        // Two statements: the catalog guard of the first must be released
+        // before `settings()` takes the catalog again.
+        let entries = self.catalog().authz_entries();
+        let entries = entries.map_err(|e| {
+            format!(
+                "site {} cannot read its authorization entries: {e}",
+                self.config.name
+            )
+        })?;
+        let settings = self
+            .settings()
+            .map_err(|e| format!("site {} cannot read its settings: {e}", self.config.name))?;
         let grant = authz::authorize(
             &self.config.name,
             &entries,

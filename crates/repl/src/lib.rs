@@ -1,0 +1,553 @@
+//! The replication service of a site: the replication listener (partners
+//! dial in over mutual TLS), outgoing sessions to partners, and what runs on
+//! them. Today that is the partner monitor (reachability, RTT), the
+//! authorization check a primary asks of its replica before creating a
+//! group, and `partner test`'s bulk throughput test; replication groups
+//! (issue 4) add their cycles here.
+//!
+//! Trust comes from the catalog on every connection: the listener's
+//! [`PinnedPeers`] looks the offered certificate up in the partner table, so
+//! `partner add`/`remove` apply to the next connection, and an established
+//! session whose partner is removed is closed within [`REVALIDATE_EVERY`].
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant P as primary (site A)
+//!     participant R as replica (site B)
+//!     P->>R: TCP + TLS 1.3, client cert (A's key)
+//!     R-->>P: server cert (B's key); each side checks the pinned fingerprint
+//!     P->>R: Hello{versions, "A", features}
+//!     R-->>P: HelloAccept{version, "B", features} (or HelloRefuse{code, why})
+//!     P->>R: Request{id, AUTHZ_CHECK, {"security_tag": ..}}
+//!     R-->>P: Response{id, ok, {"storage_location", "rule"} | {"error"}}
+//!     P->>R: BulkData{seq, payload} ... (partner test)
+//!     R-->>P: BulkAck{seq, bytes}
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use offsite_api_types::{AuthzCheckResult, PartnerTestRequest, PartnerTestResult};
+use offsite_engine::Site;
+use offsite_protocol::{ErrorCode, Message};
+use offsite_transport::{
+    Fingerprint, Identity, ListenerConfig, ListenerStats, Partner, PeerName, PinnedPeers, Session,
+    SessionOptions, TokenBucket, TransportError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+/// Request kinds carried in [`Message::Request`]. Numbers are wire format:
+/// never reuse one.
+pub mod kinds {
+    /// "Would you accept replicas from me with this security tag?" Body:
+    /// [`super::AuthzCheckBody`]; answer: `AuthzCheckResult` or an error.
+    pub const AUTHZ_CHECK: u16 = 1;
+}
+
+/// How often an accepted session checks that its partner is still pinned.
+pub const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
+
+/// Bytes sent by `partner test` when the request does not say.
+pub const DEFAULT_TEST_BYTES: u64 = 256 << 20;
+
+/// Body of an [`kinds::AUTHZ_CHECK`] request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthzCheckBody {
+    /// Security tag the primary's group presents.
+    pub security_tag: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// Errors of the replication service, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    /// The site's TLS identity could not be loaded.
+    #[error("loading the site's TLS identity: {0}")]
+    Identity(String),
+    /// No such partner.
+    #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
+    NoSuchPartner(String),
+    /// The partner could not be reached or refused the session.
+    #[error("partner {partner}: {source}")]
+    Transport {
+        /// Partner name.
+        partner: String,
+        /// What happened.
+        #[source]
+        source: TransportError,
+    },
+    /// The partner answered a request with a refusal.
+    #[error("{0}")]
+    Refused(String),
+    /// The partner's answer made no sense.
+    #[error(
+        "partner {partner} sent an unexpected answer: {why}; are both sites the same offsite version?"
+    )]
+    Protocol {
+        /// Partner name.
+        partner: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] offsite_engine::EngineError),
+}
+
+impl ReplError {
+    /// Whether the partner could not be reached at all (as opposed to
+    /// reached and refusing).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ReplError::Transport {
+                source: TransportError::Unreachable { .. }
+                    | TransportError::ConnectTimeout { .. }
+                    | TransportError::HandshakeTimeout { .. }
+                    | TransportError::PeerDead { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// The partners pinned in the catalog, as the TLS layer asks for them.
+struct CatalogPeers(Arc<Site>);
+
+impl PinnedPeers for CatalogPeers {
+    fn lookup(&self, fingerprint: &Fingerprint) -> Option<PeerName> {
+        let p = self.0.partner_by_fingerprint(fingerprint.as_str())?;
+        PeerName::new(p.name).ok()
+    }
+}
+
+/// A site's replication service.
+pub struct Replication {
+    site: Arc<Site>,
+    identity: Identity,
+    options: SessionOptions,
+    /// Sessions the partner monitor keeps open, by partner name.
+    monitored: Mutex<HashMap<String, Session>>,
+    /// The site-wide default bandwidth limit (`site set --bandwidth`),
+    /// shared by every outgoing session so that together they respect it.
+    site_bucket: Arc<TokenBucket>,
+    stats: std::sync::Mutex<Option<Arc<ListenerStats>>>,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("site", &self.site)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replication {
+    /// The service for `site`, with its identity from `tls/` in the data
+    /// directory and `options` for every session.
+    pub fn new(site: Arc<Site>, options: SessionOptions) -> Result<Arc<Replication>, ReplError> {
+        let layout = site.layout();
+        let identity = Identity::load(&layout.key(), &layout.cert())
+            .map_err(|e| ReplError::Identity(e.to_string()))?;
+        if identity.fingerprint().as_str() != site.fingerprint() {
+            return Err(ReplError::Identity(format!(
+                "certificate {} has fingerprint {}, but the catalog records {}; restore the site's tls/ directory",
+                layout.cert().display(),
+                identity.fingerprint().as_str(),
+                site.fingerprint()
+            )));
+        }
+        Ok(Arc::new(Replication {
+            site,
+            identity,
+            options,
+            monitored: Mutex::new(HashMap::new()),
+            site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
+            stats: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Counters of the replication listener, once it runs.
+    pub fn listener_stats(&self) -> Option<Arc<ListenerStats>> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Serves the replication listener until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future,
+    ) -> Result<(), ReplError> {
+        let mut config = ListenerConfig::new(
+            self.site.config().name.clone(),
+            self.identity.clone(),
+            Arc::new(CatalogPeers(self.site.clone())),
+        );
+        config.session = self.options.clone();
+        let l =
+            offsite_transport::Listener::new(config).map_err(|source| ReplError::Transport {
+                partner: "-".into(),
+                source,
+            })?;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.stats());
+        let me = self.clone();
+        l.run(
+            listener,
+            move |session| {
+                let me = me.clone();
+                async move { me.handle(session).await }
+            },
+            shutdown,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Serves one accepted session until the peer ends it, it fails, or the
+    /// peer is unpinned.
+    async fn handle(self: Arc<Self>, mut session: Session) {
+        let peer = session.info().peer_name.to_string();
+        let fingerprint = session.info().peer_fingerprint.as_str().to_string();
+        let mut received = 0u64;
+        let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
+        revalidate.tick().await;
+        loop {
+            let msg = tokio::select! {
+                m = session.recv() => m,
+                _ = revalidate.tick() => {
+                    let site = self.site.clone();
+                    let fp = fingerprint.clone();
+                    let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
+                        .await
+                        .ok()
+                        .flatten();
+                    if pinned.is_none_or(|p| p.name != peer) {
+                        tracing::warn!(partner = %peer, "partner was removed; closing its session");
+                        let _ = session
+                            .send(Message::error(
+                                ErrorCode::Internal,
+                                format!("site {} no longer pairs with {peer}", self.site.config().name),
+                            ))
+                            .await;
+                        session.close().await;
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let reply = match msg {
+                Ok(Some(Message::BulkData { seq, payload })) => {
+                    received += payload.len() as u64;
+                    Message::BulkAck {
+                        seq,
+                        bytes: received,
+                    }
+                }
+                Ok(Some(Message::Request { id, kind, body })) => {
+                    let (ok, body) = self.answer(&peer, kind, &body).await;
+                    Message::Response { id, ok, body }
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!(partner = %peer, got = %other.tag(), "unexpected message; closing the session");
+                    let _ = session
+                        .send(Message::error(
+                            ErrorCode::UnexpectedMessage,
+                            format!("unexpected {}", other.tag()),
+                        ))
+                        .await;
+                    session.close().await;
+                    return;
+                }
+                Ok(None) => {
+                    session.close().await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(partner = %peer, "replication session ended: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = session.send(reply).await {
+                tracing::warn!(partner = %peer, "replication session ended: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Answers a control request from partner `peer`.
+    async fn answer(&self, peer: &str, kind: u16, body: &Bytes) -> (bool, Bytes) {
+        let fail = |error: String| {
+            (
+                false,
+                Bytes::from(serde_json::to_vec(&ErrorBody { error }).unwrap_or_default()),
+            )
+        };
+        match kind {
+            kinds::AUTHZ_CHECK => {
+                let req: AuthzCheckBody = match serde_json::from_slice(body) {
+                    Ok(r) => r,
+                    Err(e) => return fail(format!("malformed authorization check: {e}")),
+                };
+                let site = self.site.clone();
+                let primary = peer.to_string();
+                let grant = tokio::task::spawn_blocking(move || {
+                    site.authorize_primary(&primary, req.security_tag.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+                match grant {
+                    Ok(g) => {
+                        let result = AuthzCheckResult {
+                            partner: self.site.config().name.clone(),
+                            storage_location: g.storage_location,
+                            rule: g.rule,
+                        };
+                        (
+                            true,
+                            Bytes::from(serde_json::to_vec(&result).unwrap_or_default()),
+                        )
+                    }
+                    Err(reason) => fail(reason),
+                }
+            }
+            other => fail(format!(
+                "request kind {other} is not supported by site {} (version {}); upgrade it",
+                self.site.config().name,
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
+    fn partner(site: &Site, name: &str) -> Result<Partner, ReplError> {
+        let p = site
+            .partner(name)
+            .map_err(|_| ReplError::NoSuchPartner(name.to_string()))?;
+        Ok(Partner {
+            name: PeerName::new(p.name.clone())
+                .map_err(|e| ReplError::Identity(format!("partner name {:?}: {e:?}", p.name)))?,
+            address: p.address,
+            fingerprint: p
+                .fingerprint
+                .parse::<Fingerprint>()
+                .map_err(|e| ReplError::Identity(format!("pinned fingerprint of {name}: {e:?}")))?,
+        })
+    }
+
+    /// Opens a session to partner `name`.
+    pub async fn connect(
+        &self,
+        name: &str,
+        options: &SessionOptions,
+    ) -> Result<Session, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let (partner, bandwidth) = tokio::task::spawn_blocking(move || {
+            Self::partner(&site, &n).map(|p| {
+                let bw = site.settings().ok().and_then(|s| s.bandwidth_bytes_per_sec);
+                (p, bw)
+            })
+        })
+        .await
+        .map_err(|e| ReplError::Identity(format!("looking up partner {name}: {e}")))??;
+        let mut options = options.clone();
+        if options.bandwidth.is_none()
+            && let Some(rate) = bandwidth
+        {
+            if self.site_bucket.rate() != rate {
+                self.site_bucket.set_rate(rate, (rate / 10).max(256 << 10));
+            }
+            options.bandwidth = Some(self.site_bucket.clone());
+        }
+        offsite_transport::connect(&partner, &self.identity, &self.site.config().name, &options)
+            .await
+            .map_err(|source| ReplError::Transport {
+                partner: name.to_string(),
+                source,
+            })
+    }
+
+    /// Sends one request on `session` and waits for its answer.
+    async fn request(
+        session: &mut Session,
+        partner: &str,
+        kind: u16,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ReplError> {
+        let id = 1;
+        let transport = |source| ReplError::Transport {
+            partner: partner.to_string(),
+            source,
+        };
+        session
+            .send(Message::Request {
+                id,
+                kind,
+                body: Bytes::from(body),
+            })
+            .await
+            .map_err(transport)?;
+        loop {
+            match session.recv().await.map_err(transport)? {
+                Some(Message::Response { id: rid, ok, body }) if rid == id => {
+                    if ok {
+                        return Ok(body);
+                    }
+                    let why = serde_json::from_slice::<ErrorBody>(&body)
+                        .map(|e| e.error)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                    return Err(ReplError::Refused(why));
+                }
+                Some(other) => {
+                    return Err(ReplError::Protocol {
+                        partner: partner.to_string(),
+                        why: format!("got {} instead of a response", other.tag()),
+                    });
+                }
+                None => {
+                    return Err(ReplError::Protocol {
+                        partner: partner.to_string(),
+                        why: "the session closed before the answer".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Asks partner `name` whether it would accept replicas from this site
+    /// presenting `security_tag`; its refusal names the rule.
+    pub async fn authz_check(
+        &self,
+        name: &str,
+        security_tag: Option<String>,
+    ) -> Result<AuthzCheckResult, ReplError> {
+        let mut session = self.connect(name, &self.options).await?;
+        let body = serde_json::to_vec(&AuthzCheckBody { security_tag }).unwrap_or_default();
+        let answer = Self::request(&mut session, name, kinds::AUTHZ_CHECK, body).await;
+        session.close().await;
+        serde_json::from_slice(&answer?).map_err(|e| ReplError::Protocol {
+            partner: name.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    /// `partner test`: a fresh session (handshake timed), a ping, and a
+    /// bulk transfer of `bytes`.
+    pub async fn partner_test(
+        &self,
+        name: &str,
+        req: &PartnerTestRequest,
+    ) -> Result<PartnerTestResult, ReplError> {
+        let mut options = self.options.clone();
+        options.compression = req.compress;
+        let started = Instant::now();
+        let mut session = self.connect(name, &options).await?;
+        let handshake = started.elapsed();
+        let compression = session
+            .info()
+            .features
+            .contains(offsite_protocol::Features::ZSTD);
+        let version = session.info().version;
+        let bytes = req.bytes.unwrap_or(DEFAULT_TEST_BYTES).max(1);
+        let report = offsite_transport::throughput_test(&mut session, bytes, 1 << 20)
+            .await
+            .map_err(|source| ReplError::Transport {
+                partner: name.to_string(),
+                source,
+            })?;
+        session.close().await;
+        let rtt_micros = report.rtt.as_micros() as u64;
+        let site = self.site.clone();
+        let n = name.to_string();
+        let _ =
+            tokio::task::spawn_blocking(move || site.record_partner_contact(&n, Ok(rtt_micros)))
+                .await;
+        Ok(PartnerTestResult {
+            partner: name.to_string(),
+            protocol_version: version.as_u16(),
+            compression,
+            handshake_ms: handshake.as_secs_f64() * 1000.0,
+            rtt_ms: report.rtt.as_secs_f64() * 1000.0,
+            bytes: report.bytes,
+            seconds: report.elapsed.as_secs_f64(),
+            mb_per_s: report.mb_per_sec(),
+        })
+    }
+
+    /// Keeps a session open to every partner and records reachability and
+    /// RTT in the catalog every `interval`, until `shutdown` completes.
+    pub async fn monitor(self: Arc<Self>, interval: Duration, shutdown: impl std::future::Future) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => self.probe_all().await,
+            }
+        }
+        for (_, s) in self.monitored.lock().await.drain() {
+            s.close().await;
+        }
+    }
+
+    async fn probe_all(&self) {
+        let site = self.site.clone();
+        let partners = match tokio::task::spawn_blocking(move || site.partners()).await {
+            Ok(Ok(p)) => p,
+            _ => return,
+        };
+        let mut monitored = self.monitored.lock().await;
+        monitored.retain(|name, _| partners.iter().any(|p| &p.name == name));
+        for p in partners {
+            let result =
+                match monitored.remove(&p.name) {
+                    Some(session) => match session.measure_rtt().await {
+                        Ok(rtt) => {
+                            monitored.insert(p.name.clone(), session);
+                            Ok(rtt)
+                        }
+                        Err(e) => Err(ReplError::Transport {
+                            partner: p.name.clone(),
+                            source: e,
+                        }),
+                    },
+                    None => match self.connect(&p.name, &self.options).await {
+                        Ok(session) => {
+                            let rtt = session.measure_rtt().await.map_err(|source| {
+                                ReplError::Transport {
+                                    partner: p.name.clone(),
+                                    source,
+                                }
+                            });
+                            if rtt.is_ok() {
+                                monitored.insert(p.name.clone(), session);
+                            }
+                            rtt
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+            let site = self.site.clone();
+            let name = p.name.clone();
+            let record = match result {
+                Ok(rtt) => Ok(rtt.as_micros() as u64),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                site.record_partner_contact(
+                    &name,
+                    record.as_ref().map(|v| *v).map_err(String::as_str),
+                )
+            })
+            .await;
+        }
+    }
+}
