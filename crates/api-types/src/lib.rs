@@ -236,3 +236,35 @@ pub struct AuthzCheckResult {
     /// The rule that matched on the partner.
     pub rule: String,
 }
+
+/// A VM: ordered volumes plus power hooks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct VmInfo {
+    /// VM name.
+    pub name: String,
+    /// Volume names, disk 0 first.
+    pub volumes: Vec<String>,
+    /// Command that starts the VM (run by failover with the volumes' NBD URLs in its environment).
+    pub start: Option<String>,
+    /// Command that stops the VM.
+    pub stop: Option<String>,
+    /// Command that exits 0 while the VM runs.
+    pub status: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// `POST /api/v1/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CreateVm {
+    /// VM name.
+    pub name: String,
+    /// Existing volume names, disk 0 first.
+    pub volumes: Vec<String>,
+    /// Start hook.
+    pub start: Option<String>,
+    /// Stop hook.
+    pub stop: Option<String>,
+    /// Status hook.
+    pub status: Option<String>,
+}

@@ -20,9 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use offsite_api_types::{
-    AddAuthz, AddPartner, ApiError, AuthzCheckRequest, AuthzCheckResult, AuthzEntry, CreateVolume,
-    Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SiteInfo, SiteSettings,
-    UpdateSiteSettings, VolumeInfo, VolumeUrl,
+    AddAuthz, AddPartner, ApiError, AuthzCheckRequest, AuthzCheckResult, AuthzEntry, CreateVm,
+    CreateVolume, Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SiteInfo,
+    SiteSettings, UpdateSiteSettings, VmInfo, VolumeInfo, VolumeUrl,
 };
 use offsite_engine::{EngineError, ErrorKind, Site};
 use offsite_repl::{ReplError, Replication};
@@ -73,8 +73,8 @@ impl ApiState {
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
-        authz_list, authz_add, authz_remove, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+        authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -114,6 +114,8 @@ pub fn router(state: ApiState) -> Router {
             "/volumes/{name}/clear-dirty",
             axum::routing::post(volume_clear_dirty),
         )
+        .route("/vms", get(vm_list).post(vm_create))
+        .route("/vms/{name}", get(vm_show).delete(vm_delete))
         .route("/events", get(event_list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -323,6 +325,30 @@ async fn partner_authz_check(
         .await
         .map(Json)
         .map_err(Failure::Repl)
+}
+
+#[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [VmInfo])))]
+async fn vm_list(State(s): State<ApiState>) -> ApiResult<Vec<VmInfo>> {
+    blocking(move || s.site.vms()).await
+}
+
+#[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVm,
+    responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn vm_create(State(s): State<ApiState>, b: JsonBody<CreateVm>) -> ApiResult<VmInfo> {
+    let req = body(b)?;
+    blocking(move || s.site.create_vm(&req)).await
+}
+
+#[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
+async fn vm_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
+    blocking(move || s.site.vm(&name)).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
+async fn vm_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
+    blocking(move || s.site.delete_vm(&name)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/authz", responses((status = 200, body = [AuthzEntry])))]

@@ -57,6 +57,20 @@ const MIGRATIONS: &[&str] = &[
          security_tag     TEXT,
          created_at       TEXT NOT NULL
      );",
+    // v3: virtual machines (ordered volumes + hooks).
+    "CREATE TABLE vms (
+         name       TEXT PRIMARY KEY,
+         start_cmd  TEXT,
+         stop_cmd   TEXT,
+         status_cmd TEXT,
+         created_at TEXT NOT NULL
+     );
+     CREATE TABLE vm_volumes (
+         vm       TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+         position INTEGER NOT NULL,
+         volume   TEXT NOT NULL,
+         PRIMARY KEY (vm, position)
+     );",
 ];
 
 /// Schema version this build writes.
@@ -95,6 +109,12 @@ pub enum CatalogError {
     /// No such volume.
     #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
     NoSuchVolume(String),
+    /// A VM name is taken.
+    #[error("a VM named {0:?} already exists; pick another name or delete it first")]
+    VmExists(String),
+    /// No such VM.
+    #[error("no VM named {0:?}; `offsite vm list` shows the VMs")]
+    NoSuchVm(String),
     /// A partner name or fingerprint is taken.
     #[error("{0}")]
     PartnerExists(String),
@@ -109,6 +129,23 @@ pub enum CatalogError {
     /// No such authorization entry.
     #[error("no authorization entry for {0:?}; `offsite authz list` shows them")]
     NoSuchAuthz(String),
+}
+
+/// A VM's catalog row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    /// VM name.
+    pub name: String,
+    /// Volume names, in order (disk 0 first).
+    pub volumes: Vec<String>,
+    /// Hook that starts the VM.
+    pub start_cmd: Option<String>,
+    /// Hook that stops the VM.
+    pub stop_cmd: Option<String>,
+    /// Hook that reports whether the VM runs.
+    pub status_cmd: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
 }
 
 /// A partner's catalog row.
@@ -566,6 +603,101 @@ impl Catalog {
         Ok(())
     }
 
+    /// Inserts a VM with its ordered volumes, in one transaction.
+    pub fn insert_vm(&mut self, vm: &VmRow) -> Result<VmRow, CatalogError> {
+        let path = self.path.clone();
+        let err = |context: &'static str| {
+            let path = path.clone();
+            move |source| CatalogError::Sqlite {
+                path,
+                context,
+                source,
+            }
+        };
+        let tx = self.conn.transaction().map_err(err("insert VM"))?;
+        let r = tx.execute(
+            "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339()],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(CatalogError::VmExists(vm.name.clone()));
+            }
+            Err(e) => return Err(err("insert VM")(e)),
+        }
+        for (i, v) in vm.volumes.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO vm_volumes (vm, position, volume) VALUES (?1, ?2, ?3)",
+                params![vm.name, i as i64, v],
+            )
+            .map_err(err("insert VM"))?;
+        }
+        tx.commit().map_err(err("insert VM"))?;
+        self.vm(&vm.name)
+    }
+
+    /// The VM called `name`.
+    pub fn vm(&self, name: &str) -> Result<VmRow, CatalogError> {
+        self.vms()?
+            .into_iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| CatalogError::NoSuchVm(name.to_string()))
+    }
+
+    /// Every VM, by name.
+    pub fn vms(&self) -> Result<Vec<VmRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, start_cmd, stop_cmd, status_cmd, created_at FROM vms ORDER BY name",
+            )
+            .map_err(self.err("list VMs"))?;
+        let mut vms = stmt
+            .query_map([], |r| {
+                Ok(VmRow {
+                    name: r.get(0)?,
+                    volumes: Vec::new(),
+                    start_cmd: r.get(1)?,
+                    stop_cmd: r.get(2)?,
+                    status_cmd: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })
+            .map_err(self.err("list VMs"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list VMs"))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT vm, volume FROM vm_volumes ORDER BY vm, position")
+            .map_err(self.err("list VMs"))?;
+        let pairs = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.err("list VMs"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list VMs"))?;
+        for (vm, volume) in pairs {
+            if let Some(v) = vms.iter_mut().find(|v| v.name == vm) {
+                v.volumes.push(volume);
+            }
+        }
+        Ok(vms)
+    }
+
+    /// Deletes a VM (its volumes stay).
+    pub fn delete_vm(&self, name: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM vms WHERE name = ?1", [name])
+            .map_err(self.err("delete VM"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchVm(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Appends an event.
     pub fn add_event(
         &self,
@@ -704,6 +836,26 @@ mod tests {
             c.delete_authz("*.example.com"),
             Err(CatalogError::NoSuchAuthz(_))
         ));
+    }
+
+    #[test]
+    fn vms_keep_volume_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::create(&dir.path().join("c.db")).unwrap();
+        let vm = VmRow {
+            name: "web".into(),
+            volumes: vec!["z-boot".into(), "a-data".into()],
+            start_cmd: Some("true".into()),
+            stop_cmd: None,
+            status_cmd: None,
+            created_at: String::new(),
+        };
+        let got = c.insert_vm(&vm).unwrap();
+        assert_eq!(got.volumes, ["z-boot", "a-data"]);
+        assert!(matches!(c.insert_vm(&vm), Err(CatalogError::VmExists(_))));
+        c.delete_vm("web").unwrap();
+        assert!(matches!(c.vm("web"), Err(CatalogError::NoSuchVm(_))));
+        assert!(c.vms().unwrap().is_empty());
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// VMs: ordered volumes plus start/stop/status hooks.
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Pair with other sites (pinned certificate fingerprints).
     #[command(subcommand)]
     Partner(PartnerCommand),
@@ -79,6 +82,32 @@ pub struct SetArgs {
     /// Default bandwidth limit for bulk replication traffic per second, e.g. 100M (0: unlimited).
     #[arg(long)]
     pub bandwidth: Option<Size>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM from existing volumes.
+    Create {
+        name: String,
+        /// A volume of the VM; repeat for more disks, disk 0 first.
+        #[arg(long = "volume", required = true)]
+        volumes: Vec<String>,
+        /// Command that starts the VM (failover runs it with OFFSITE_VOLUME_<n>_URL set).
+        #[arg(long)]
+        start: Option<String>,
+        /// Command that stops the VM.
+        #[arg(long)]
+        stop: Option<String>,
+        /// Command that exits 0 while the VM runs.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// List VMs.
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Delete a VM definition (its volumes are kept).
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,7 +18,9 @@ use clap::Parser;
 use offsite_api_types::{CreateVolume, VolumeInfo};
 use offsite_client::Client;
 
-use crate::args::{AuthzCommand, Cli, Command, PartnerCommand, SiteCommand, VolumeCommand};
+use crate::args::{
+    AuthzCommand, Cli, Command, PartnerCommand, SiteCommand, VmCommand, VolumeCommand,
+};
 use crate::output::Printer;
 
 fn main() -> ExitCode {
@@ -140,6 +142,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.update_settings(&update)?
             };
             p.settings(&settings)
+        }
+        Command::Vm(cmd) => {
+            let c = client(&cli.global)?;
+            match cmd {
+                VmCommand::Create {
+                    name,
+                    volumes,
+                    start,
+                    stop,
+                    status,
+                } => p.vm(&c.create_vm(&offsite_api_types::CreateVm {
+                    name,
+                    volumes,
+                    start,
+                    stop,
+                    status,
+                })?),
+                VmCommand::List => p.vms(&c.vms()?),
+                VmCommand::Show { name } => p.vm(&c.vm(&name)?),
+                VmCommand::Delete { name } => {
+                    let vm = c.delete_vm(&name)?;
+                    p.done(
+                        &format!("VM {name} deleted; its volumes are kept"),
+                        serde_json::to_value(vm)?,
+                    )
+                }
+            }
         }
         Command::Partner(cmd) => {
             let c = client(&cli.global)?;

@@ -268,6 +268,45 @@ impl Printer {
         ))
     }
 
+    pub fn vm(&self, v: &offsite_api_types::VmInfo) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(v);
+        }
+        let none = || "-".to_string();
+        emit(&fields(&[
+            ("name", v.name.clone()),
+            ("volumes", v.volumes.join(", ")),
+            ("start", v.start.clone().unwrap_or_else(none)),
+            ("stop", v.stop.clone().unwrap_or_else(none)),
+            ("status", v.status.clone().unwrap_or_else(none)),
+            ("created", v.created_at.clone()),
+        ]))
+    }
+
+    pub fn vms(&self, vs: &[offsite_api_types::VmInfo]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(vs);
+        }
+        if vs.is_empty() {
+            return emit("no VMs; define one with `offsite vm create NAME --volume V`\n");
+        }
+        let rows: Vec<Vec<String>> = vs
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.volumes.join(","),
+                    if v.start.is_some() {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                ]
+            })
+            .collect();
+        emit(&table(&["NAME", "VOLUMES", "HOOKS"], &rows))
+    }
+
     pub fn partner_test(&self, r: &offsite_api_types::PartnerTestResult) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(r);

@@ -323,6 +323,29 @@ impl Client {
         self.delete(&format!("/authz/{}", encode(pattern)))
     }
 
+    /// `GET /vms`.
+    pub fn vms(&self) -> Result<Vec<offsite_api_types::VmInfo>, ClientError> {
+        self.get("/vms")
+    }
+
+    /// `GET /vms/{name}`.
+    pub fn vm(&self, name: &str) -> Result<offsite_api_types::VmInfo, ClientError> {
+        self.get(&format!("/vms/{}", encode(name)))
+    }
+
+    /// `POST /vms`.
+    pub fn create_vm(
+        &self,
+        req: &offsite_api_types::CreateVm,
+    ) -> Result<offsite_api_types::VmInfo, ClientError> {
+        self.post("/vms", req)
+    }
+
+    /// `DELETE /vms/{name}`.
+    pub fn delete_vm(&self, name: &str) -> Result<offsite_api_types::VmInfo, ClientError> {
+        self.delete(&format!("/vms/{}", encode(name)))
+    }
+
     /// `GET /events`.
     pub fn events(&self, limit: u32) -> Result<Vec<Event>, ClientError> {
         self.get(&format!("/events?limit={limit}"))

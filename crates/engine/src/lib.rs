@@ -14,6 +14,7 @@ pub mod layout;
 pub mod names;
 mod partners;
 mod site;
+mod vms;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};

@@ -391,6 +391,14 @@ impl Site {
     /// `volume delete`: refused while NBD clients are connected.
     pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
         let row = self.catalog().volume(name)?;
+        let users = self.vms_using(name)?;
+        if !users.is_empty() {
+            return Err(EngineError::Busy {
+                name: name.to_string(),
+                why: format!("it is a disk of VM {}", users.join(", ")),
+                what_to_do: "delete the VM first with `offsite vm delete`",
+            });
+        }
         if self
             .imports
             .lock()
