@@ -321,6 +321,10 @@ type ExtentMap = HashMap<u32, u64, BuildHasherDefault<ExtentHasher>>;
 
 struct State {
     dirty: RoaringBitmap,
+    /// Blocks of a replication cut not yet committed by the replica
+    /// ([`ChangeTracker::begin_cut`]). Persisted with `dirty` (as their
+    /// union) so that they survive a crash until [`ChangeTracker::finish_cut`].
+    inflight: RoaringBitmap,
     /// Active extents (a subset of the durable AL) → last-use tick.
     active: ExtentMap,
     tick: u64,
@@ -715,6 +719,7 @@ impl ChangeTracker {
             }),
             state: Mutex::new(State {
                 dirty,
+                inflight: RoaringBitmap::new(),
                 active: ExtentMap::default(),
                 tick: 0,
                 failed: None,
@@ -825,9 +830,14 @@ impl ChangeTracker {
         Ok(())
     }
 
-    /// Number of dirty blocks.
+    /// Number of dirty blocks (including those of an unfinished cut).
     pub fn dirty_blocks(&self) -> u64 {
-        self.lock_state().dirty.len()
+        let st = self.lock_state();
+        if st.inflight.is_empty() {
+            st.dirty.len()
+        } else {
+            st.dirty.union_len(&st.inflight)
+        }
     }
 
     /// Number of dirty bytes (`dirty_blocks × block_size`).
@@ -835,9 +845,33 @@ impl ChangeTracker {
         self.dirty_blocks() * u64::from(self.geometry.block_size)
     }
 
-    /// A copy of the dirty set (block indices).
+    /// A copy of the dirty set (block indices, including an unfinished cut).
     pub fn snapshot(&self) -> RoaringBitmap {
-        self.lock_state().dirty.clone()
+        let st = self.lock_state();
+        &st.dirty | &st.inflight
+    }
+
+    /// Starts a replication cut: every dirty block moves to the in-flight
+    /// set, which is returned (with the blocks of an earlier cut that never
+    /// finished), and new writes start a fresh dirty set. No I/O.
+    ///
+    /// Durability: in-flight blocks are written with the dirty ones at
+    /// every bitmap write and stay covered by the activity log, so after a
+    /// crash they are dirty again (shipped again: a superset, never a loss)
+    /// until [`finish_cut`](Self::finish_cut).
+    pub fn begin_cut(&self) -> Result<RoaringBitmap, CbtError> {
+        let mut st = self.lock_state();
+        self.check(&st)?;
+        let dirty = std::mem::take(&mut st.dirty);
+        st.inflight |= dirty;
+        Ok(st.inflight.clone())
+    }
+
+    /// The replica committed the cut: its blocks are clean (unless written
+    /// again since the cut). No I/O: the next bitmap write drops them; a
+    /// crash before that only reships them.
+    pub fn finish_cut(&self) {
+        self.lock_state().inflight.clear();
     }
 
     /// Marks every block clean, durably (empty bitmap, then empty AL).
@@ -847,6 +881,7 @@ impl ChangeTracker {
             let mut st = self.lock_state();
             self.check(&st)?;
             st.dirty.clear();
+            st.inflight.clear();
             // Unpublish all extents: marks after this re-activate durably.
             st.active.clear();
             self.encode_dirty(&mut st)
@@ -1027,7 +1062,13 @@ impl ChangeTracker {
 
     fn encode_dirty(&self, st: &mut State) -> Vec<u8> {
         st.dirty.optimize();
-        format::encode_bitmap(&st.dirty, self.geometry.block_size, self.geometry.nblocks)
+        if st.inflight.is_empty() {
+            format::encode_bitmap(&st.dirty, self.geometry.block_size, self.geometry.nblocks)
+        } else {
+            let mut both = &st.dirty | &st.inflight;
+            both.optimize();
+            format::encode_bitmap(&both, self.geometry.block_size, self.geometry.nblocks)
+        }
     }
 
     fn persist_bitmap(&self, io: &mut Io, bytes: &[u8]) -> Result<(), CbtError> {

@@ -214,3 +214,40 @@ fn tracker_is_shareable_across_threads() {
     assert_send_sync::<ChangeTracker>();
     assert_send_sync::<CbtError>();
 }
+
+#[test]
+fn cut_blocks_stay_dirty_until_finished_across_crash_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ChangeTracker::create_tuned(dir.path(), "v", G, tuning()).unwrap();
+    t.mark(0, 4096 * 3).unwrap();
+    let cut = t.begin_cut().unwrap();
+    assert_eq!(cut.iter().collect::<Vec<_>>(), [0, 1, 2]);
+    // Still counted dirty while in flight; new writes go to the fresh set.
+    assert_eq!(t.dirty_blocks(), 3);
+    t.mark(4096 * 100, 4096).unwrap();
+    assert_eq!(t.dirty_blocks(), 4);
+    // A bitmap write while in flight must keep the cut's blocks.
+    t.checkpoint().unwrap();
+    t.crash();
+    let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
+    let after: Vec<u32> = t.snapshot().iter().collect();
+    for b in [0, 1, 2, 100] {
+        assert!(after.contains(&b), "block {b} lost: {after:?}");
+    }
+    // A cut that never finished is shipped again by the next one.
+    let first = t.begin_cut().unwrap();
+    t.mark(4096 * 200, 4096).unwrap();
+    let second = t.begin_cut().unwrap();
+    assert!(second.is_superset(&first) && second.contains(200));
+    t.finish_cut();
+    assert_eq!(t.dirty_blocks(), 0);
+    t.close().unwrap();
+    let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
+    assert_eq!(t.dirty_blocks(), 0, "a finished cut is clean after a clean restart");
+    // An unfinished cut survives a clean close as dirty.
+    t.mark(0, 4096).unwrap();
+    t.begin_cut().unwrap();
+    t.close().unwrap();
+    let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
+    assert_eq!(t.snapshot().iter().collect::<Vec<_>>(), [0]);
+}
