@@ -445,6 +445,30 @@ impl Site {
         Ok(())
     }
 
+    /// Takes one consistent cut across `volumes` (a replication group):
+    /// every volume's write barrier is held at once, so no write is in
+    /// flight anywhere in the group while the dirty sets are swapped, and
+    /// write order across the group is preserved in the cut. Writes stall
+    /// only for the swap, not for the shipping. Returns each volume's
+    /// blocks to ship, in `volumes` order.
+    pub fn cut(volumes: &[Arc<Volume>]) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        let mut sets = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            match v.begin_cut_locked() {
+                Ok(s) => sets.push(s),
+                Err(e) => {
+                    for v in volumes {
+                        v.end_cut(false);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        drop(guards);
+        Ok(sets)
+    }
+
     /// `volume clear-dirty`: forgets the changes tracked so far.
     pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, EngineError> {
         let volume = self.volume(name)?;
