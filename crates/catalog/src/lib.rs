@@ -71,6 +71,49 @@ const MIGRATIONS: &[&str] = &[
          volume   TEXT NOT NULL,
          PRIMARY KEY (vm, position)
      );",
+    // v4: replication groups, their volumes, PITs and cycles.
+    "CREATE TABLE groups (
+         name             TEXT PRIMARY KEY,
+         role             TEXT NOT NULL,
+         partner          TEXT NOT NULL,
+         mode             TEXT NOT NULL,
+         rpo_secs         INTEGER NOT NULL,
+         keep             INTEGER NOT NULL,
+         bandwidth        INTEGER,
+         compress         INTEGER NOT NULL,
+         security_tag     TEXT,
+         state            TEXT NOT NULL,
+         store_dir        TEXT,
+         created_at       TEXT NOT NULL,
+         state_changed_at TEXT NOT NULL,
+         last_error       TEXT
+     );
+     CREATE TABLE group_volumes (
+         group_name         TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         position           INTEGER NOT NULL,
+         volume             TEXT NOT NULL,
+         size_bytes         INTEGER NOT NULL,
+         block_size         INTEGER NOT NULL,
+         initial_done_bytes INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (group_name, position)
+     );
+     CREATE TABLE pits (
+         group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         id         INTEGER NOT NULL,
+         name       TEXT,
+         created_at TEXT NOT NULL,
+         bytes      INTEGER NOT NULL,
+         PRIMARY KEY (group_name, id)
+     );
+     CREATE TABLE cycles (
+         id          INTEGER PRIMARY KEY,
+         group_name  TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         started_at  TEXT NOT NULL,
+         finished_at TEXT,
+         bytes       INTEGER NOT NULL DEFAULT 0,
+         pit         INTEGER,
+         error       TEXT
+     );",
 ];
 
 /// Schema version this build writes.
@@ -115,6 +158,12 @@ pub enum CatalogError {
     /// No such VM.
     #[error("no VM named {0:?}; `offsite vm list` shows the VMs")]
     NoSuchVm(String),
+    /// A group name is taken.
+    #[error("a replication group named {0:?} already exists on this site; pick another name")]
+    GroupExists(String),
+    /// No such group.
+    #[error("no replication group named {0:?}; `offsite group list` shows the groups")]
+    NoSuchGroup(String),
     /// A partner name or fingerprint is taken.
     #[error("{0}")]
     PartnerExists(String),
@@ -146,6 +195,82 @@ pub struct VmRow {
     pub status_cmd: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
+}
+
+/// A replication group's catalog row (on either site).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    /// Group name (the same on both sites).
+    pub name: String,
+    /// `primary` or `replica`.
+    pub role: String,
+    /// The other site.
+    pub partner: String,
+    /// `async` or `sync`.
+    pub mode: String,
+    /// RPO in seconds.
+    pub rpo_secs: u64,
+    /// PITs kept.
+    pub keep: u32,
+    /// Bandwidth limit in bytes/s.
+    pub bandwidth: Option<u64>,
+    /// zstd on the wire.
+    pub compress: bool,
+    /// Security tag presented to the replica.
+    pub security_tag: Option<String>,
+    /// Replication state (DESIGN.md §1).
+    pub state: String,
+    /// Replica side: directory of the replica store.
+    pub store_dir: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last state change.
+    pub state_changed_at: String,
+    /// The last error, if the last cycle failed.
+    pub last_error: Option<String>,
+    /// Volumes, in order.
+    pub volumes: Vec<GroupVolumeRow>,
+}
+
+/// One volume of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupVolumeRow {
+    /// Volume name (at the primary).
+    pub volume: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Bytes of the initial replication already durable on the replica.
+    pub initial_done_bytes: u64,
+}
+
+/// A PIT as recorded in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PitRow {
+    /// PIT id (increasing per group).
+    pub id: u64,
+    /// Name, if the PIT was named.
+    pub name: Option<String>,
+    /// RFC 3339 time of the cut.
+    pub created_at: String,
+    /// Bytes shipped for it.
+    pub bytes: u64,
+}
+
+/// One replication cycle (for `group measure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleRow {
+    /// RFC 3339 start.
+    pub started_at: String,
+    /// RFC 3339 end, if it ended.
+    pub finished_at: Option<String>,
+    /// Bytes shipped.
+    pub bytes: u64,
+    /// PIT committed, if it succeeded.
+    pub pit: Option<u64>,
+    /// Error, if it failed.
+    pub error: Option<String>,
 }
 
 /// A partner's catalog row.
@@ -698,6 +823,281 @@ impl Catalog {
         Ok(())
     }
 
+    /// Inserts a group with its volumes, in one transaction.
+    pub fn insert_group(&mut self, g: &GroupRow) -> Result<GroupRow, CatalogError> {
+        let path = self.path.clone();
+        let err = |context: &'static str| {
+            let path = path.clone();
+            move |source| CatalogError::Sqlite {
+                path,
+                context,
+                source,
+            }
+        };
+        let tx = self.conn.transaction().map_err(err("insert group"))?;
+        let now = now_rfc3339();
+        let r = tx.execute(
+            "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
+                                 state, store_dir, created_at, state_changed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+            params![
+                g.name,
+                g.role,
+                g.partner,
+                g.mode,
+                g.rpo_secs as i64,
+                g.keep,
+                g.bandwidth.map(|b| b as i64),
+                g.compress,
+                g.security_tag,
+                g.state,
+                g.store_dir,
+                now
+            ],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(CatalogError::GroupExists(g.name.clone()));
+            }
+            Err(e) => return Err(err("insert group")(e)),
+        }
+        for (i, v) in g.volumes.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO group_volumes (group_name, position, volume, size_bytes, block_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    g.name,
+                    i as i64,
+                    v.volume,
+                    v.size_bytes as i64,
+                    v.block_size
+                ],
+            )
+            .map_err(err("insert group"))?;
+        }
+        tx.commit().map_err(err("insert group"))?;
+        self.group(&g.name)
+    }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Result<GroupRow, CatalogError> {
+        self.groups()?
+            .into_iter()
+            .find(|g| g.name == name)
+            .ok_or_else(|| CatalogError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Every group, by name.
+    pub fn groups(&self) -> Result<Vec<GroupRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
+                        state, store_dir, created_at, state_changed_at, last_error
+                 FROM groups ORDER BY name",
+            )
+            .map_err(self.err("list groups"))?;
+        let mut groups = stmt
+            .query_map([], |r| {
+                Ok(GroupRow {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    partner: r.get(2)?,
+                    mode: r.get(3)?,
+                    rpo_secs: r.get::<_, i64>(4)? as u64,
+                    keep: r.get(5)?,
+                    bandwidth: r.get::<_, Option<i64>>(6)?.map(|b| b as u64),
+                    compress: r.get(7)?,
+                    security_tag: r.get(8)?,
+                    state: r.get(9)?,
+                    store_dir: r.get(10)?,
+                    created_at: r.get(11)?,
+                    state_changed_at: r.get(12)?,
+                    last_error: r.get(13)?,
+                    volumes: Vec::new(),
+                })
+            })
+            .map_err(self.err("list groups"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list groups"))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT group_name, volume, size_bytes, block_size, initial_done_bytes
+                 FROM group_volumes ORDER BY group_name, position",
+            )
+            .map_err(self.err("list groups"))?;
+        let vols = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    GroupVolumeRow {
+                        volume: r.get(1)?,
+                        size_bytes: r.get::<_, i64>(2)? as u64,
+                        block_size: r.get(3)?,
+                        initial_done_bytes: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })
+            .map_err(self.err("list groups"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list groups"))?;
+        for (g, v) in vols {
+            if let Some(group) = groups.iter_mut().find(|x| x.name == g) {
+                group.volumes.push(v);
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Sets a group's state (and its last error), recording when.
+    pub fn set_group_state(
+        &self,
+        name: &str,
+        state: &str,
+        last_error: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE groups SET state = ?2, last_error = ?3,
+                        state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
+                 WHERE name = ?1",
+                params![name, state, last_error, now_rfc3339()],
+            )
+            .map_err(self.err("update group"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchGroup(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Records how much of a volume's initial replication is durable on the replica.
+    pub fn set_initial_progress(
+        &self,
+        group: &str,
+        volume: &str,
+        done_bytes: u64,
+    ) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE group_volumes SET initial_done_bytes = ?3 WHERE group_name = ?1 AND volume = ?2",
+                params![group, volume, done_bytes as i64],
+            )
+            .map(drop)
+            .map_err(self.err("update group"))
+    }
+
+    /// Deletes a group (its PITs and cycles with it).
+    pub fn delete_group(&self, name: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM groups WHERE name = ?1", [name])
+            .map_err(self.err("delete group"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchGroup(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Records a committed PIT (both sites keep the list).
+    pub fn insert_pit(&self, group: &str, pit: &PitRow) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO pits (group_name, id, name, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![group, pit.id as i64, pit.name, pit.created_at, pit.bytes as i64],
+            )
+            .map(drop)
+            .map_err(self.err("record PIT"))
+    }
+
+    /// Forgets a PIT (removed by retention or released).
+    pub fn delete_pit(&self, group: &str, id: u64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "DELETE FROM pits WHERE group_name = ?1 AND id = ?2",
+                params![group, id as i64],
+            )
+            .map(drop)
+            .map_err(self.err("delete PIT"))
+    }
+
+    /// A group's PITs, oldest first.
+    pub fn pits(&self, group: &str) -> Result<Vec<PitRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, created_at, bytes FROM pits WHERE group_name = ?1 ORDER BY id",
+            )
+            .map_err(self.err("list PITs"))?;
+        let rows = stmt
+            .query_map([group], |r| {
+                Ok(PitRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    bytes: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(self.err("list PITs"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list PITs"))
+    }
+
+    /// Records the start of a cycle; returns its id.
+    pub fn begin_cycle(&self, group: &str) -> Result<i64, CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO cycles (group_name, started_at) VALUES (?1, ?2)",
+                params![group, now_rfc3339()],
+            )
+            .map_err(self.err("record cycle"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the end of a cycle.
+    pub fn end_cycle(
+        &self,
+        id: i64,
+        bytes: u64,
+        pit: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "UPDATE cycles SET finished_at = ?2, bytes = ?3, pit = ?4, error = ?5 WHERE id = ?1",
+                params![id, now_rfc3339(), bytes as i64, pit.map(|p| p as i64), error],
+            )
+            .map(drop)
+            .map_err(self.err("record cycle"))
+    }
+
+    /// A group's cycles, oldest first.
+    pub fn cycles(&self, group: &str) -> Result<Vec<CycleRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT started_at, finished_at, bytes, pit, error FROM cycles WHERE group_name = ?1 ORDER BY id",
+            )
+            .map_err(self.err("list cycles"))?;
+        let rows = stmt
+            .query_map([group], |r| {
+                Ok(CycleRow {
+                    started_at: r.get(0)?,
+                    finished_at: r.get(1)?,
+                    bytes: r.get::<_, i64>(2)? as u64,
+                    pit: r.get::<_, Option<i64>>(3)?.map(|p| p as u64),
+                    error: r.get(4)?,
+                })
+            })
+            .map_err(self.err("list cycles"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list cycles"))
+    }
+
     /// Appends an event.
     pub fn add_event(
         &self,
@@ -856,6 +1256,73 @@ mod tests {
         c.delete_vm("web").unwrap();
         assert!(matches!(c.vm("web"), Err(CatalogError::NoSuchVm(_))));
         assert!(c.vms().unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_pits_and_cycles() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::create(&dir.path().join("c.db")).unwrap();
+        let g = GroupRow {
+            name: "g".into(),
+            role: "primary".into(),
+            partner: "b".into(),
+            mode: "async".into(),
+            rpo_secs: 300,
+            keep: 24,
+            bandwidth: None,
+            compress: true,
+            security_tag: Some("t".into()),
+            state: "ready-for-initial-replication".into(),
+            store_dir: None,
+            created_at: String::new(),
+            state_changed_at: String::new(),
+            last_error: None,
+            volumes: vec![GroupVolumeRow {
+                volume: "v".into(),
+                size_bytes: 4096,
+                block_size: 4096,
+                initial_done_bytes: 0,
+            }],
+        };
+        let got = c.insert_group(&g).unwrap();
+        assert_eq!(got.volumes, g.volumes);
+        assert!(matches!(
+            c.insert_group(&g),
+            Err(CatalogError::GroupExists(_))
+        ));
+        c.set_group_state("g", "replicating", None).unwrap();
+        c.set_initial_progress("g", "v", 4096).unwrap();
+        let got = c.group("g").unwrap();
+        assert_eq!(got.state, "replicating");
+        assert_eq!(got.volumes[0].initial_done_bytes, 4096);
+        c.insert_pit(
+            "g",
+            &PitRow {
+                id: 1,
+                name: None,
+                created_at: "t".into(),
+                bytes: 1,
+            },
+        )
+        .unwrap();
+        c.insert_pit(
+            "g",
+            &PitRow {
+                id: 2,
+                name: Some("x".into()),
+                created_at: "t".into(),
+                bytes: 2,
+            },
+        )
+        .unwrap();
+        c.delete_pit("g", 1).unwrap();
+        assert_eq!(c.pits("g").unwrap().len(), 1);
+        let id = c.begin_cycle("g").unwrap();
+        c.end_cycle(id, 10, Some(2), None).unwrap();
+        assert_eq!(c.cycles("g").unwrap()[0].bytes, 10);
+        c.delete_group("g").unwrap();
+        assert!(c.pits("g").unwrap().is_empty());
+        assert!(matches!(c.group("g"), Err(CatalogError::NoSuchGroup(_))));
     }
 
     #[test]
