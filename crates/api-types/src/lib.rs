@@ -268,3 +268,171 @@ pub struct CreateVm {
     /// Status hook.
     pub status: Option<String>,
 }
+
+/// `POST /api/v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CreateGroup {
+    /// Group name (the same on both sites).
+    pub name: String,
+    /// Replica site (a partner).
+    pub partner: String,
+    /// VMs whose volumes form the group (in order).
+    #[serde(default)]
+    pub vms: Vec<String>,
+    /// Volumes of the group (after the VMs' volumes).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `async` (or `sync`, once available).
+    pub mode: String,
+    /// RPO in seconds (30 s to 24 h).
+    pub rpo_secs: u64,
+    /// PITs to keep (besides named ones).
+    pub keep: u32,
+    /// Bandwidth limit of the group's bulk traffic, bytes/s.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// zstd on the wire (default true).
+    pub compress: Option<bool>,
+    /// Security tag presented to the replica's authorization entry.
+    pub security_tag: Option<String>,
+}
+
+/// A PIT reference in `group status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitRef {
+    /// PIT id.
+    pub id: u64,
+    /// Name, if named.
+    pub name: Option<String>,
+    /// RFC 3339 time of the cut.
+    pub created_at: String,
+}
+
+/// A PIT in `pit list` (oldest first).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitEntry {
+    /// PIT id.
+    pub id: u64,
+    /// Name, if named.
+    pub name: Option<String>,
+    /// RFC 3339 time of the cut.
+    pub created_at: String,
+    /// Bytes shipped for it.
+    pub bytes: u64,
+}
+
+/// `group status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// `async` or `sync`.
+    pub mode: String,
+    /// `primary` or `replica` (this site's role).
+    pub role: String,
+    /// Replication state.
+    pub state: String,
+    /// `normal`, `warning` or `critical`.
+    pub health: String,
+    /// Why the health is not normal.
+    pub health_reason: Option<String>,
+    /// The other site.
+    pub partner: String,
+    /// The newest PIT, or null.
+    pub last_pit: Option<PitRef>,
+    /// Age of the newest PIT in seconds (since group creation if none).
+    pub lag_seconds: u64,
+    /// Changed bytes not yet on the replica (primary; 0 on the replica).
+    pub pending_bytes: u64,
+    /// RPO in seconds.
+    pub rpo_seconds: u64,
+    /// PITs kept.
+    pub keep: u32,
+    /// Volumes, in order.
+    pub volumes: Vec<String>,
+    /// Initial replication progress, 0–100, while it runs.
+    pub initial_progress_percent: Option<f64>,
+    /// Estimated seconds to finish the running transfer, if known.
+    pub eta_seconds: Option<u64>,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Replica side: where the replica store lives.
+    pub store_dir: Option<String>,
+}
+
+/// `group start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct StartGroup {
+    /// Seed image directory on the replica (initial replication from a seed).
+    pub seed: Option<String>,
+}
+
+/// `sync`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SyncGroup {
+    /// Name the PIT (kept until `pit release`).
+    pub pit_name: Option<String>,
+    /// Return once the cycle started instead of waiting for the PIT.
+    pub no_wait: bool,
+}
+
+/// Result of `sync`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SyncResult {
+    /// Group name.
+    pub group: String,
+    /// The PIT committed (null with --no-wait).
+    pub pit: Option<PitEntry>,
+}
+
+/// Result of `verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct VerifyResult {
+    /// Group name.
+    pub group: String,
+    /// PIT compared (taken for the verification).
+    pub pit: u64,
+    /// Blocks compared.
+    pub blocks_compared: u64,
+    /// Blocks whose BLAKE3 differs (0 expected).
+    pub differing_blocks: u64,
+    /// Per volume: name and differing blocks.
+    pub volumes: Vec<VerifyVolume>,
+}
+
+/// One volume of a `verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct VerifyVolume {
+    /// Volume name.
+    pub name: String,
+    /// Blocks compared.
+    pub blocks_compared: u64,
+    /// Blocks that differ.
+    pub differing_blocks: u64,
+}
+
+/// `group measure` (Measure-VMReplication's figures).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct GroupMeasure {
+    /// Group name.
+    pub name: String,
+    /// Cycles attempted.
+    pub cycles: u64,
+    /// Bytes of the last successful cycle.
+    pub last_cycle_bytes: u64,
+    /// Average bytes per successful cycle.
+    pub avg_cycle_bytes: u64,
+    /// Largest successful cycle.
+    pub max_cycle_bytes: u64,
+    /// RPO in seconds.
+    pub rpo_seconds: u64,
+    /// Share of successful cycles that started within the RPO of the previous PIT.
+    pub rpo_compliance_percent: f64,
+    /// Bytes shipped by all cycles.
+    pub bytes_total: u64,
+    /// Failed cycles.
+    pub errors: u64,
+    /// Age of the newest PIT in seconds.
+    pub lag_seconds: u64,
+    /// Changed bytes not yet on the replica.
+    pub pending_bytes: u64,
+}

@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod config;
 mod error;
+mod groups;
 pub mod init;
 pub mod layout;
 pub mod names;

@@ -452,10 +452,26 @@ impl Site {
     /// only for the swap, not for the shipping. Returns each volume's
     /// blocks to ship, in `volumes` order.
     pub fn cut(volumes: &[Arc<Volume>]) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        Self::cut_inner(volumes, false)
+    }
+
+    /// A cut whose whole image stays readable until it ends (every block
+    /// overwritten meanwhile is preserved), for verification against the
+    /// replica. Costs memory for what is overwritten while it lasts.
+    pub fn cut_full(
+        volumes: &[Arc<Volume>],
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        Self::cut_inner(volumes, true)
+    }
+
+    fn cut_inner(
+        volumes: &[Arc<Volume>],
+        all: bool,
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
         let mut sets = Vec::with_capacity(volumes.len());
         for v in volumes {
-            match v.begin_cut_locked() {
+            match v.begin_cut_locked(all) {
                 Ok(s) => sets.push(s),
                 Err(e) => {
                     for v in volumes {

@@ -46,6 +46,9 @@ pub struct Volume {
 /// `cut` lock) before overwriting it unless it was already shipped.
 #[derive(Debug, Default)]
 struct Cut {
+    /// Preserve every block, shipped or not, so the whole image at the cut
+    /// can be read back (verification).
+    all: bool,
     blocks: RoaringBitmap,
     shipped: RoaringBitmap,
     /// Cut-time contents of blocks overwritten before they were shipped.
@@ -186,7 +189,12 @@ impl Volume {
         let first = (offset / bs) as u32;
         let last = ((offset + len - 1) / bs) as u32;
         for b in first..=last {
-            if cut.blocks.contains(b) && !cut.shipped.contains(b) && !cut.saved.contains_key(&b) {
+            let needed = if cut.all {
+                true
+            } else {
+                cut.blocks.contains(b) && !cut.shipped.contains(b)
+            };
+            if needed && !cut.saved.contains_key(&b) {
                 let mut data = vec![0u8; bs as usize].into_boxed_slice();
                 self.file.read_at(&mut data, u64::from(b) * bs)?;
                 cut.saved.insert(b, data);
@@ -197,9 +205,10 @@ impl Volume {
 
     /// Takes a cut of this volume alone (see [`crate::Site::cut`] for a
     /// group): returns the blocks to ship.
-    pub(crate) fn begin_cut_locked(&self) -> Result<RoaringBitmap, EngineError> {
+    pub(crate) fn begin_cut_locked(&self, all: bool) -> Result<RoaringBitmap, EngineError> {
         let blocks = self.tracker.begin_cut()?;
         *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cut {
+            all,
             blocks: blocks.clone(),
             ..Cut::default()
         });
@@ -212,13 +221,23 @@ impl Volume {
         self.barrier.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads block `b` as it was at the cut into `buf` (one block long).
+    /// Reads block `b` as it was at the cut into `buf` (one block long): a
+    /// block of the cut's set, or any block of a full cut
+    /// ([`crate::Site::cut_full`]).
     pub fn read_cut_block(&self, b: u32, buf: &mut [u8]) -> io::Result<()> {
         let mut guard = self.cut.lock().unwrap_or_else(|e| e.into_inner());
         let Some(cut) = guard.as_mut() else {
-            return Err(io::Error::other("no replication cut is in progress on this volume"));
+            return Err(io::Error::other(
+                "no replication cut is in progress on this volume",
+            ));
         };
-        if let Some(saved) = cut.saved.remove(&b) {
+        if cut.all {
+            if let Some(saved) = cut.saved.get(&b) {
+                buf.copy_from_slice(saved);
+            } else {
+                self.file.read_at(buf, u64::from(b) * self.block_size())?;
+            }
+        } else if let Some(saved) = cut.saved.remove(&b) {
             buf.copy_from_slice(&saved);
         } else {
             // Under the lock, so no writer can overwrite the block between

@@ -61,7 +61,11 @@ fn cut_ships_cut_time_data_and_keeps_later_writes_dirty() {
 
     let mut buf = vec![0u8; BS];
     a.read_cut_block(0, &mut buf).unwrap();
-    assert_eq!(buf, block(1), "shipped data must be the cut's, not the overwrite");
+    assert_eq!(
+        buf,
+        block(1),
+        "shipped data must be the cut's, not the overwrite"
+    );
     b.read_cut_block(5, &mut buf).unwrap();
     assert_eq!(buf, block(2));
     // After shipping, a write no longer needs preserving and the live data is new.
@@ -85,7 +89,10 @@ fn failed_cut_keeps_its_blocks_dirty() {
     Site::cut(std::slice::from_ref(&a)).unwrap();
     a.end_cut(false);
     let next = Site::cut(std::slice::from_ref(&a)).unwrap();
-    assert!(next[0].contains(0), "an unshipped cut is shipped by the next one");
+    assert!(
+        next[0].contains(0),
+        "an unshipped cut is shipped by the next one"
+    );
     a.end_cut(true);
     assert_eq!(a.tracker().dirty_blocks(), 0);
 }
@@ -98,7 +105,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..2usize, 0..32u32, 1..255u8).prop_map(|(vol, block, value)| Op::Write { vol, block, value }),
+        (0..2usize, 0..32u32, 1..255u8).prop_map(|(vol, block, value)| Op::Write {
+            vol,
+            block,
+            value
+        }),
         (0..2usize, any::<u32>()).prop_map(|(vol, pick)| Op::Ship { vol, pick }),
     ]
 }
@@ -149,4 +160,30 @@ proptest! {
             vols[vol].end_cut(true);
         }
     }
+}
+
+#[test]
+fn full_cut_reads_the_whole_image_at_the_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = site(&tmp.path().join("s"));
+    let a = volume(&site, "a", 16);
+    a.write_at(&block(1), 0, false).unwrap();
+    a.write_at(&block(2), BS as u64, false).unwrap();
+    a.end_cut(true);
+    let sets = Site::cut(std::slice::from_ref(&a)).unwrap();
+    a.end_cut(true);
+    assert_eq!(sets[0].len(), 2);
+    a.write_at(&block(3), 2 * BS as u64, false).unwrap();
+    let sets = Site::cut_full(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(sets[0].iter().collect::<Vec<_>>(), [2]);
+    let mut buf = vec![0u8; BS];
+    // Ship block 2, then overwrite it and a block outside the cut's set.
+    a.read_cut_block(2, &mut buf).unwrap();
+    a.write_at(&block(9), 2 * BS as u64, false).unwrap();
+    a.write_at(&block(9), 0, false).unwrap();
+    for (b, want) in [(0u32, 1u8), (1, 2), (2, 3), (3, 0)] {
+        a.read_cut_block(b, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == want), "block {b}");
+    }
+    a.end_cut(true);
 }
