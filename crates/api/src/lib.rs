@@ -24,6 +24,10 @@ use offsite_api_types::{
     CreateVolume, Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SiteInfo,
     SiteSettings, UpdateSiteSettings, VmInfo, VolumeInfo, VolumeUrl,
 };
+use offsite_api_types::{
+    CreateGroup, GroupMeasure, GroupStatus, PitEntry, StartGroup, SyncGroup, SyncResult,
+    VerifyResult,
+};
 use offsite_engine::{EngineError, ErrorKind, Site};
 use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
@@ -73,8 +77,11 @@ impl ApiState {
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
-        authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+        authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
+        group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
+        group_verify, group_measure, pit_list, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -114,6 +121,15 @@ pub fn router(state: ApiState) -> Router {
             "/volumes/{name}/clear-dirty",
             axum::routing::post(volume_clear_dirty),
         )
+        .route("/groups", get(group_list).post(group_create))
+        .route("/groups/{name}", get(group_status))
+        .route("/groups/{name}/start", axum::routing::post(group_start))
+        .route("/groups/{name}/pause", axum::routing::post(group_pause))
+        .route("/groups/{name}/resume", axum::routing::post(group_resume))
+        .route("/groups/{name}/sync", axum::routing::post(group_sync))
+        .route("/groups/{name}/verify", axum::routing::post(group_verify))
+        .route("/groups/{name}/measure", get(group_measure))
+        .route("/groups/{name}/pits", get(pit_list))
         .route("/vms", get(vm_list).post(vm_create))
         .route("/vms/{name}", get(vm_show).delete(vm_delete))
         .route("/events", get(event_list))
@@ -325,6 +341,98 @@ async fn partner_authz_check(
         .await
         .map(Json)
         .map_err(Failure::Repl)
+}
+
+fn repl<T>(r: Result<T, ReplError>) -> ApiResult<T> {
+    r.map(Json).map_err(Failure::Repl)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups", responses((status = 200, body = [GroupStatus])))]
+async fn group_list(State(s): State<ApiState>) -> ApiResult<Vec<GroupStatus>> {
+    repl(s.repl.group_list().await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups", request_body = CreateGroup,
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 502, body = ApiError)))]
+async fn group_create(
+    State(s): State<ApiState>,
+    b: JsonBody<CreateGroup>,
+) -> ApiResult<GroupStatus> {
+    let req = body(b)?;
+    repl(s.repl.create_group(req).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = GroupStatus), (status = 404, body = ApiError)))]
+async fn group_status(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GroupStatus> {
+    repl(s.repl.group_status(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/start", params(("name" = String, Path)), request_body = StartGroup,
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
+async fn group_start(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<StartGroup>,
+) -> ApiResult<GroupStatus> {
+    let req = body(b)?;
+    repl(s.repl.start_group(&name, req.seed).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/pause", params(("name" = String, Path)),
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
+async fn group_pause(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GroupStatus> {
+    repl(s.repl.pause_group(&name, true).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/resume", params(("name" = String, Path)),
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
+async fn group_resume(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GroupStatus> {
+    repl(s.repl.pause_group(&name, false).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/sync", params(("name" = String, Path)), request_body = SyncGroup,
+    responses((status = 200, body = SyncResult), (status = 400, body = ApiError), (status = 502, body = ApiError)))]
+async fn group_sync(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<SyncGroup>,
+) -> ApiResult<SyncResult> {
+    let req = body(b)?;
+    repl(s.repl.sync_group(&name, req.pit_name, !req.no_wait).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/verify", params(("name" = String, Path)),
+    responses((status = 200, body = VerifyResult), (status = 400, body = ApiError), (status = 502, body = ApiError)))]
+async fn group_verify(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<VerifyResult> {
+    repl(s.repl.verify_group(&name).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}/measure", params(("name" = String, Path)),
+    responses((status = 200, body = GroupMeasure), (status = 404, body = ApiError)))]
+async fn group_measure(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GroupMeasure> {
+    repl(s.repl.group_measure(&name).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}/pits", params(("name" = String, Path)),
+    responses((status = 200, body = [PitEntry]), (status = 404, body = ApiError)))]
+async fn pit_list(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<Vec<PitEntry>> {
+    repl(s.repl.pit_list(&name).await)
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [VmInfo])))]

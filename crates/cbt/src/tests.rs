@@ -243,7 +243,11 @@ fn cut_blocks_stay_dirty_until_finished_across_crash_and_close() {
     assert_eq!(t.dirty_blocks(), 0);
     t.close().unwrap();
     let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
-    assert_eq!(t.dirty_blocks(), 0, "a finished cut is clean after a clean restart");
+    assert_eq!(
+        t.dirty_blocks(),
+        0,
+        "a finished cut is clean after a clean restart"
+    );
     // An unfinished cut survives a clean close as dirty.
     t.mark(0, 4096).unwrap();
     t.begin_cut().unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::units::Size;
+use crate::units::{Secs, Size};
 
 /// Disaster-recovery replication for virtual-machine disks.
 #[derive(Debug, Parser)]
@@ -53,6 +53,24 @@ pub enum Command {
     /// Authorization entries: which primaries may replicate to this site.
     #[command(subcommand)]
     Authz(AuthzCommand),
+    /// Replication groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Run a replication cycle now (at the primary, or forwarded by the replica).
+    Sync {
+        group: String,
+        /// Name the PIT; named PITs are kept until released.
+        #[arg(long)]
+        pit_name: Option<String>,
+        /// Return once the cycle started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Points-in-time of a group.
+    #[command(subcommand)]
+    Pit(PitCommand),
+    /// Compare the primary's volumes at a fresh cut with the replica, block by block.
+    Verify { group: String },
     /// Show the site's event log.
     Events {
         /// How many of the newest events.
@@ -82,6 +100,70 @@ pub struct SetArgs {
     /// Default bandwidth limit for bulk replication traffic per second, e.g. 100M (0: unlimited).
     #[arg(long)]
     pub bandwidth: Option<Size>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a replication group (checked by the replica at once).
+    Create(GroupCreateArgs),
+    /// Start initial replication.
+    Start {
+        name: String,
+        /// Seed image directory on the replica.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Return at once instead of showing progress.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List groups.
+    List,
+    /// State, health, last PIT, lag.
+    Status { name: String },
+    /// Cycle statistics (Measure-VMReplication).
+    Measure { name: String },
+    /// Stop cycles (writes keep being tracked).
+    Pause { name: String },
+    /// Resume cycles.
+    Resume { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct GroupCreateArgs {
+    pub name: String,
+    /// The replica site (a partner).
+    #[arg(long)]
+    pub partner: String,
+    /// A VM whose volumes join the group (repeat).
+    #[arg(long = "vm")]
+    pub vms: Vec<String>,
+    /// A volume of the group (repeat).
+    #[arg(long = "volume")]
+    pub volumes: Vec<String>,
+    /// async (delta cycles on the RPO) or sync.
+    #[arg(long, default_value = "async")]
+    pub mode: String,
+    /// Recovery point objective: 30s to 24h.
+    #[arg(long, default_value = "5m")]
+    pub rpo: Secs,
+    /// PITs kept (besides named ones).
+    #[arg(long, default_value_t = 24)]
+    pub keep: u32,
+    /// Bandwidth limit of the group's transfers per second, e.g. 100M.
+    #[arg(long)]
+    pub bandwidth: Option<Size>,
+    /// Compression on the wire: zstd or none.
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "none"])]
+    pub compress: String,
+    /// Security tag the replica's authorization entry requires.
+    #[arg(long)]
+    pub security_tag: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PitCommand {
+    /// PITs of a group, oldest first.
+    List { group: String },
 }
 
 #[derive(Debug, Subcommand)]

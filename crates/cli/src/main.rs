@@ -19,7 +19,8 @@ use offsite_api_types::{CreateVolume, VolumeInfo};
 use offsite_client::Client;
 
 use crate::args::{
-    AuthzCommand, Cli, Command, PartnerCommand, SiteCommand, VmCommand, VolumeCommand,
+    AuthzCommand, Cli, Command, GroupCommand, PartnerCommand, PitCommand, SiteCommand, VmCommand,
+    VolumeCommand,
 };
 use crate::output::Printer;
 
@@ -129,11 +130,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let c = client(&cli.global)?;
             let update = offsite_api_types::UpdateSiteSettings {
                 allow_any_partner: a.allow_any_partner,
+                // Passed as given: the path is on the site's machine, which
+                // refuses a relative one (it cannot know our directory).
                 default_storage_location: a
                     .default_storage_location
                     .as_deref()
-                    .map(|p| absolute(p).map(|p| p.display().to_string()))
-                    .transpose()?,
+                    .map(|p| p.display().to_string()),
                 bandwidth_bytes_per_sec: a.bandwidth.map(|b| b.0),
             };
             let settings = if update == offsite_api_types::UpdateSiteSettings::default() {
@@ -217,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } => p.authz(
                     &[c.add_authz(&offsite_api_types::AddAuthz {
                         allowed_primary,
-                        storage_location: absolute(&storage_location)?.display().to_string(),
+                        storage_location: storage_location.display().to_string(),
                         security_tag,
                     })?],
                     true,
@@ -232,12 +234,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Group(cmd) => {
+            let c = client(&cli.global)?;
+            match cmd {
+                GroupCommand::Create(a) => {
+                    p.group(&c.create_group(&offsite_api_types::CreateGroup {
+                        name: a.name,
+                        partner: a.partner,
+                        vms: a.vms,
+                        volumes: a.volumes,
+                        mode: a.mode,
+                        rpo_secs: a.rpo.0,
+                        keep: a.keep,
+                        bandwidth_bytes_per_sec: a.bandwidth.map(|b| b.0),
+                        compress: Some(a.compress == "zstd"),
+                        security_tag: a.security_tag,
+                    })?)
+                }
+                GroupCommand::Start {
+                    name,
+                    seed,
+                    no_wait,
+                } => {
+                    let mut st: offsite_api_types::GroupStatus =
+                        c.group_action(&name, "start", &offsite_api_types::StartGroup { seed })?;
+                    if !no_wait {
+                        st = wait_initial(&c, st, &p)?;
+                    }
+                    p.group(&st)
+                }
+                GroupCommand::List => p.groups(&c.groups()?),
+                GroupCommand::Status { name } => p.group(&c.group(&name)?),
+                GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
+                GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
+                GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
+            }
+        }
+        Command::Sync {
+            group,
+            pit_name,
+            no_wait,
+        } => {
+            let c = client(&cli.global)?;
+            let r: offsite_api_types::SyncResult = c.group_action(
+                &group,
+                "sync",
+                &offsite_api_types::SyncGroup { pit_name, no_wait },
+            )?;
+            p.sync(&r)
+        }
+        Command::Pit(PitCommand::List { group }) => p.pits(&client(&cli.global)?.pits(&group)?),
+        Command::Verify { group } => {
+            let c = client(&cli.global)?;
+            let r: offsite_api_types::VerifyResult = c.group_action(&group, "verify", &())?;
+            p.verify(&r)?;
+            if r.differing_blocks > 0 {
+                anyhow::bail!(
+                    "{} block(s) differ between the primary and PIT {} of the replica",
+                    r.differing_blocks,
+                    r.pit
+                );
+            }
+            Ok(())
+        }
         Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
     }
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Polls initial replication until it ends, with a progress bar on a terminal.
+fn wait_initial(
+    c: &Client,
+    mut st: offsite_api_types::GroupStatus,
+    p: &Printer,
+) -> anyhow::Result<offsite_api_types::GroupStatus> {
+    let bar = (!p.json() && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "initial replication {msg} [{bar:40}] {pos}% eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(st.name.clone());
+        bar
+    });
+    while st.state == "initial-replication" || (st.state == "replicating" && st.last_pit.is_none())
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        st = c.group(&st.name)?;
+        if let (Some(bar), Some(pct)) = (&bar, st.initial_progress_percent) {
+            bar.set_position(pct as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(st)
 }
 
 /// Polls an import until it ends, with a progress bar on a terminal.

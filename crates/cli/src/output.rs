@@ -268,6 +268,168 @@ impl Printer {
         ))
     }
 
+    pub fn group(&self, g: &offsite_api_types::GroupStatus) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(g);
+        }
+        let mut f = vec![
+            ("name", g.name.clone()),
+            ("role", format!("{} (partner {})", g.role, g.partner)),
+            (
+                "mode",
+                format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
+            ),
+            ("state", g.state.clone()),
+            (
+                "health",
+                match &g.health_reason {
+                    Some(r) => format!("{} ({r})", g.health),
+                    None => g.health.clone(),
+                },
+            ),
+            ("volumes", g.volumes.join(", ")),
+            (
+                "last PIT",
+                g.last_pit.as_ref().map_or("none".into(), |p| {
+                    format!(
+                        "{}{} at {}",
+                        p.id,
+                        p.name.as_ref().map_or(String::new(), |n| format!(" ({n})")),
+                        p.created_at
+                    )
+                }),
+            ),
+            ("lag", format!("{}s", g.lag_seconds)),
+            ("pending", human(g.pending_bytes)),
+        ];
+        if let Some(pct) = g.initial_progress_percent {
+            f.push((
+                "initial replication",
+                format!(
+                    "{pct:.1}%{}",
+                    g.eta_seconds
+                        .map_or(String::new(), |e| format!(", eta {e}s"))
+                ),
+            ));
+        }
+        if let Some(e) = &g.last_error {
+            f.push(("last error", e.clone()));
+        }
+        if let Some(d) = &g.store_dir {
+            f.push(("replica store", d.clone()));
+        }
+        emit(&fields(&f))
+    }
+
+    pub fn groups(&self, gs: &[offsite_api_types::GroupStatus]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(gs);
+        }
+        if gs.is_empty() {
+            return emit(
+                "no replication groups; create one with `offsite group create NAME --partner SITE --vm VM`\n",
+            );
+        }
+        let rows: Vec<Vec<String>> = gs
+            .iter()
+            .map(|g| {
+                vec![
+                    g.name.clone(),
+                    g.role.clone(),
+                    g.partner.clone(),
+                    g.mode.clone(),
+                    g.state.clone(),
+                    g.health.clone(),
+                    g.last_pit.as_ref().map_or("-".into(), |p| p.id.to_string()),
+                    format!("{}s", g.lag_seconds),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &[
+                "NAME", "ROLE", "PARTNER", "MODE", "STATE", "HEALTH", "LAST PIT", "LAG",
+            ],
+            &rows,
+        ))
+    }
+
+    pub fn measure(&self, m: &offsite_api_types::GroupMeasure) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(m);
+        }
+        emit(&fields(&[
+            ("name", m.name.clone()),
+            ("cycles", format!("{} ({} failed)", m.cycles, m.errors)),
+            ("last cycle", human(m.last_cycle_bytes)),
+            ("average cycle", human(m.avg_cycle_bytes)),
+            ("largest cycle", human(m.max_cycle_bytes)),
+            ("total", human(m.bytes_total)),
+            (
+                "RPO",
+                format!(
+                    "{}s, {:.1}% compliant",
+                    m.rpo_seconds, m.rpo_compliance_percent
+                ),
+            ),
+            ("lag", format!("{}s", m.lag_seconds)),
+            ("pending", human(m.pending_bytes)),
+        ]))
+    }
+
+    pub fn pits(&self, ps: &[offsite_api_types::PitEntry]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(ps);
+        }
+        if ps.is_empty() {
+            return emit("no PITs yet\n");
+        }
+        let rows: Vec<Vec<String>> = ps
+            .iter()
+            .map(|p| {
+                vec![
+                    p.id.to_string(),
+                    p.name.clone().unwrap_or_else(|| "-".into()),
+                    p.created_at.clone(),
+                    human(p.bytes),
+                ]
+            })
+            .collect();
+        emit(&table(&["ID", "NAME", "CREATED", "BYTES"], &rows))
+    }
+
+    pub fn sync(&self, r: &offsite_api_types::SyncResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        emit(&match &r.pit {
+            Some(p) => format!(
+                "group {}: PIT {}{} committed ({} shipped)\n",
+                r.group,
+                p.id,
+                p.name.as_ref().map_or(String::new(), |n| format!(" ({n})")),
+                human(p.bytes)
+            ),
+            None => format!("group {}: cycle started\n", r.group),
+        })
+    }
+
+    pub fn verify(&self, r: &offsite_api_types::VerifyResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = format!(
+            "group {}: PIT {}: {} blocks compared, {} differ\n",
+            r.group, r.pit, r.blocks_compared, r.differing_blocks
+        );
+        for v in &r.volumes {
+            out.push_str(&format!(
+                "  {}: {} of {} differ\n",
+                v.name, v.differing_blocks, v.blocks_compared
+            ));
+        }
+        emit(&out)
+    }
+
     pub fn vm(&self, v: &offsite_api_types::VmInfo) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(v);

@@ -44,6 +44,30 @@ impl FromStr for Size {
     }
 }
 
+/// A duration from the command line: `30s`, `5m`, `1h`, `90` (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub u64);
+
+impl FromStr for Secs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Secs, String> {
+        let t = s.trim();
+        let bad = || format!("{s:?} is not a duration; use e.g. 30s, 5m or 1h");
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(Secs).ok_or_else(bad)
+    }
+}
+
 /// Bytes for people: `10 GiB`, `4 KiB`, `1.5 MiB`, `123 B`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -76,6 +100,17 @@ mod tests {
         assert_eq!("2TiB".parse(), Ok(Size(2 << 40)));
         for bad in ["", "G", "10X", "-1", "1.0000001K", "99999999999T"] {
             assert!(bad.parse::<Size>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("30s".parse(), Ok(Secs(30)));
+        assert_eq!("5m".parse(), Ok(Secs(300)));
+        assert_eq!("2h".parse(), Ok(Secs(7200)));
+        assert_eq!("45".parse(), Ok(Secs(45)));
+        for bad in ["", "m", "5x", "-1s", "1.5m"] {
+            assert!(bad.parse::<Secs>().is_err(), "{bad}");
         }
     }
 

@@ -346,6 +346,47 @@ impl Client {
         self.delete(&format!("/vms/{}", encode(name)))
     }
 
+    /// `GET /groups`.
+    pub fn groups(&self) -> Result<Vec<offsite_api_types::GroupStatus>, ClientError> {
+        self.get("/groups")
+    }
+
+    /// `POST /groups`.
+    pub fn create_group(
+        &self,
+        req: &offsite_api_types::CreateGroup,
+    ) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        self.post("/groups", req)
+    }
+
+    /// `GET /groups/{name}`.
+    pub fn group(&self, name: &str) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        self.get(&format!("/groups/{}", encode(name)))
+    }
+
+    /// `POST /groups/{name}/ACTION` with `body`.
+    pub fn group_action<B: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        action: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.post(&format!("/groups/{}/{action}", encode(name)), body)
+    }
+
+    /// `GET /groups/{name}/measure`.
+    pub fn group_measure(
+        &self,
+        name: &str,
+    ) -> Result<offsite_api_types::GroupMeasure, ClientError> {
+        self.get(&format!("/groups/{}/measure", encode(name)))
+    }
+
+    /// `GET /groups/{name}/pits`.
+    pub fn pits(&self, name: &str) -> Result<Vec<offsite_api_types::PitEntry>, ClientError> {
+        self.get(&format!("/groups/{}/pits", encode(name)))
+    }
+
     /// `GET /events`.
     pub fn events(&self, limit: u32) -> Result<Vec<Event>, ClientError> {
         self.get(&format!("/events?limit={limit}"))

@@ -71,6 +71,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        repl.start_runners().await.context("starting replication groups")?;
         let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
         let monitor_task = tokio::spawn(
             repl.clone()

@@ -19,6 +19,7 @@ mod vms;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};
+pub use offsite_cbt::RoaringBitmap;
 pub use partners::normalize_fingerprint;
 pub use site::{BoundAddresses, Site};
 pub use volume::Volume;

@@ -141,9 +141,21 @@ impl Site {
     }
 
     /// `partner remove`: the fingerprint is unpinned, so the partner's next
-    /// connection is refused. (Refused while a replication group uses the
-    /// partner, once groups exist.)
+    /// connection is refused. Refused while a replication group uses the
+    /// partner.
     pub fn remove_partner(&self, name: &str) -> Result<(), EngineError> {
+        let groups: Vec<String> = self
+            .group_rows()?
+            .into_iter()
+            .filter(|g| g.partner == name)
+            .map(|g| g.name)
+            .collect();
+        if !groups.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "partner {name} is used by replication group(s) {}; tear them down before removing the partner",
+                groups.join(", ")
+            )));
+        }
         self.catalog().delete_partner(name)?;
         self.event(
             "partner.removed",

@@ -391,6 +391,13 @@ impl Site {
     /// `volume delete`: refused while NBD clients are connected.
     pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
         let row = self.catalog().volume(name)?;
+        if let Some(group) = self.group_of_volume(name)? {
+            return Err(EngineError::Busy {
+                name: name.to_string(),
+                why: format!("it is replicated by group {group}"),
+                what_to_do: "tear the group down first",
+            });
+        }
         let users = self.vms_using(name)?;
         if !users.is_empty() {
             return Err(EngineError::Busy {

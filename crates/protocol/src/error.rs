@@ -54,6 +54,14 @@ pub enum ProtocolError {
         /// Bytes the frame needs (4 if even its length prefix is missing).
         need: usize,
     },
+    /// A buffer given as one frame is not as long as its length prefix says.
+    #[error("frame buffer of {len} bytes, but its length prefix says {prefix_says}")]
+    LengthMismatch {
+        /// The buffer's length.
+        len: usize,
+        /// The length the prefix implies.
+        prefix_says: usize,
+    },
     /// A checksum does not match: the bytes were corrupted somewhere.
     #[error("{0} mismatch")]
     Checksum(ChecksumKind),
@@ -115,6 +123,7 @@ impl ProtocolError {
             Self::FrameTooLarge { .. } => "frame-too-large",
             Self::FrameTooShort { .. } => "frame-too-short",
             Self::Truncated { .. } => "truncated",
+            Self::LengthMismatch { .. } => "length-mismatch",
             Self::Checksum(_) => "checksum",
             Self::UnknownTag(_) => "unknown-tag",
             Self::UnknownFlags(_) => "unknown-flags",

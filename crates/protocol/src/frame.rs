@@ -36,6 +36,10 @@ pub mod flags {
     pub const ALL: u16 = PAYLOAD_ZSTD;
 }
 
+/// Whether the decoder rejects bad checksums: always, except in fuzzing
+/// builds, where random input would almost never get past the CRC.
+const VERIFY_CHECKSUMS: bool = !cfg!(fuzzing);
+
 /// Payloads shorter than this are never compressed.
 pub const MIN_COMPRESS_LEN: usize = 512;
 
@@ -61,7 +65,7 @@ pub struct EncodedFrame {
     pub head: Bytes,
     /// The payload as sent (compressed or not); empty for most messages.
     pub payload: Bytes,
-    /// CRC32C of everything after the length prefix, little-endian.
+    /// CRC32C of the fixed fields and header (and a compressed payload), little-endian.
     pub trailer: [u8; TRAILER_LEN],
 }
 
@@ -141,12 +145,25 @@ pub fn encode_frame(
     head.put_u16_le(frame_flags);
     head.put_u32_le(header.len() as u32);
     head.put_slice(&header);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[LENGTH_PREFIX_LEN..]), &payload);
+    let crc = frame_crc(&head[LENGTH_PREFIX_LEN..], &payload, frame_flags);
     Ok(EncodedFrame {
         head: head.freeze(),
         payload,
         trailer: crc.to_le_bytes(),
     })
+}
+
+/// The CRC32C trailer: over tag, flags, header length and header, plus the
+/// payload if it is compressed. An uncompressed payload is covered by the
+/// BLAKE3 hash in the header instead, so bulk data is not checksummed twice;
+/// everything the decoder parses or decompresses is CRC-checked first.
+fn frame_crc(fixed_and_header: &[u8], payload: &[u8], frame_flags: u16) -> u32 {
+    let crc = crc32c::crc32c(fixed_and_header);
+    if frame_flags & flags::PAYLOAD_ZSTD != 0 {
+        crc32c::crc32c_append(crc, payload)
+    } else {
+        crc
+    }
 }
 
 /// Encodes `message` and appends the frame to `dst`.
@@ -232,7 +249,10 @@ fn malformed(message: MessageTag, detail: &'static str) -> ProtocolError {
 
 fn check_versions(tag: MessageTag, versions: &RangeInclusive<u16>) -> Result<(), ProtocolError> {
     if *versions.start() == 0 || versions.start() > versions.end() {
-        return Err(malformed(tag, "version range must be min..=max with 1 <= min <= max"));
+        return Err(malformed(
+            tag,
+            "version range must be min..=max with 1 <= min <= max",
+        ));
     }
     Ok(())
 }
@@ -275,6 +295,28 @@ pub fn frame_len_hint(src: &[u8]) -> Option<usize> {
         .then(|| LENGTH_PREFIX_LEN + len as usize)
 }
 
+/// The total size of the frame at the start of `src` (prefix included),
+/// `None` until the 4-byte prefix is there; an out-of-bounds prefix fails.
+fn frame_total(src: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let Some(prefix) = src.first_chunk::<LENGTH_PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(*prefix);
+    if len > MAX_FRAME_LEN {
+        return Err(ProtocolError::FrameTooLarge {
+            len: len.into(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len < MIN_FRAME_LEN {
+        return Err(ProtocolError::FrameTooShort {
+            len,
+            min: MIN_FRAME_LEN,
+        });
+    }
+    Ok(Some(LENGTH_PREFIX_LEN + len as usize))
+}
+
 /// Decodes frames from a growing buffer. Keeps a zstd context between
 /// frames; otherwise stateless, so one bad frame does not poison it (the
 /// caller closes the connection anyway).
@@ -304,28 +346,14 @@ impl FrameDecoder {
     /// `src` holds less than a frame, read more. An oversized or undersized
     /// length prefix fails as soon as its 4 bytes are there.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
-        let Some(prefix) = src.get(..LENGTH_PREFIX_LEN) else {
+        let Some(total) = frame_total(src)? else {
             return Ok(None);
         };
-        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes"));
-        if len > MAX_FRAME_LEN {
-            return Err(ProtocolError::FrameTooLarge {
-                len: len.into(),
-                max: MAX_FRAME_LEN,
-            });
-        }
-        if len < MIN_FRAME_LEN {
-            return Err(ProtocolError::FrameTooShort {
-                len,
-                min: MIN_FRAME_LEN,
-            });
-        }
-        let total = LENGTH_PREFIX_LEN + len as usize;
         if src.len() < total {
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
-        self.decode_frame(frame).map(Some)
+        self.decode_checked_frame(frame).map(Some)
     }
 
     /// Like [`FrameDecoder::decode`] at the end of the stream: leftover
@@ -341,21 +369,33 @@ impl FrameDecoder {
         }
     }
 
+    /// Decodes one whole frame, length prefix included (for readers that
+    /// frame the bytes themselves, e.g. into a buffer of their own). The
+    /// length prefix must match `frame.len()`.
+    pub fn decode_frame(&mut self, frame: Bytes) -> Result<Message, ProtocolError> {
+        match frame_total(&frame)? {
+            Some(total) if total == frame.len() => self.decode_checked_frame(frame),
+            Some(total) => Err(ProtocolError::LengthMismatch {
+                len: frame.len(),
+                prefix_says: total,
+            }),
+            None => Err(ProtocolError::Truncated {
+                have: frame.len(),
+                need: LENGTH_PREFIX_LEN,
+            }),
+        }
+    }
+
     /// Decodes one whole frame (length prefix included, length already checked).
-    fn decode_frame(&mut self, frame: Bytes) -> Result<Message, ProtocolError> {
+    fn decode_checked_frame(&mut self, frame: Bytes) -> Result<Message, ProtocolError> {
         let crc_at = frame.len() - TRAILER_LEN;
         let stored = u32::from_le_bytes(frame[crc_at..].try_into().expect("4 bytes"));
-        if crc32c::crc32c(&frame[LENGTH_PREFIX_LEN..crc_at]) != stored {
-            return Err(ProtocolError::Checksum(ChecksumKind::FrameCrc32c));
-        }
         let mut fixed = &frame[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + FIXED_HEADER_LEN];
         let raw_tag = fixed.get_u16_le();
         let frame_flags = fixed.get_u16_le();
         let header_len = fixed.get_u32_le();
-        let tag = MessageTag::from_u16(raw_tag).ok_or(ProtocolError::UnknownTag(raw_tag))?;
-        if frame_flags & !flags::ALL != 0 {
-            return Err(ProtocolError::UnknownFlags(frame_flags & !flags::ALL));
-        }
+        // The header length locates what the CRC covers, so it is
+        // range-checked before the CRC can be.
         let header_at = LENGTH_PREFIX_LEN + FIXED_HEADER_LEN;
         let room = crc_at - header_at;
         if header_len as usize > room.min(MAX_HEADER_LEN) {
@@ -365,6 +405,18 @@ impl FrameDecoder {
             });
         }
         let payload_at = header_at + header_len as usize;
+        let computed = frame_crc(
+            &frame[LENGTH_PREFIX_LEN..payload_at],
+            &frame[payload_at..crc_at],
+            frame_flags,
+        );
+        if computed != stored && VERIFY_CHECKSUMS {
+            return Err(ProtocolError::Checksum(ChecksumKind::FrameCrc32c));
+        }
+        let tag = MessageTag::from_u16(raw_tag).ok_or(ProtocolError::UnknownTag(raw_tag))?;
+        if frame_flags & !flags::ALL != 0 {
+            return Err(ProtocolError::UnknownFlags(frame_flags & !flags::ALL));
+        }
         let header = &frame[header_at..payload_at];
         let wire_payload = frame.slice(payload_at..crc_at);
         let compressed = frame_flags & flags::PAYLOAD_ZSTD != 0;
@@ -387,7 +439,7 @@ impl FrameDecoder {
                 wire_payload
             };
             // Constant-time comparison is not needed: the hash is not a secret.
-            if blake3::hash(&payload).as_bytes() != &hash {
+            if blake3::hash(&payload).as_bytes() != &hash && VERIFY_CHECKSUMS {
                 return Err(ProtocolError::Checksum(ChecksumKind::PayloadBlake3));
             }
             read_payload_message(&mut r, payload)?
@@ -505,7 +557,12 @@ fn read_payload_message(r: &mut FieldReader<'_>, payload: Bytes) -> Result<Messa
             ok: match r.u8()? {
                 RESPONSE_OK => true,
                 RESPONSE_FAILED => false,
-                _ => return Err(malformed(tag, "response status must be 1 (ok) or 2 (failed)")),
+                _ => {
+                    return Err(malformed(
+                        tag,
+                        "response status must be 1 (ok) or 2 (failed)",
+                    ));
+                }
             },
             body: payload,
         },

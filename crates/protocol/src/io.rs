@@ -1,23 +1,99 @@
 //! Frames over tokio byte streams: [`FramedReader`] and [`write_frame`].
 //! No policy (timeouts, keepalive, retries) lives here; the transport adds it.
 
-use bytes::BytesMut;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::StreamError;
+use crate::error::{ProtocolError, StreamError};
 use crate::frame::{Compression, EncodedFrame, FrameDecoder, encode_frame, frame_len_hint};
 use crate::message::Message;
 
 /// Bytes asked of the stream per read while no frame size is known.
 const READ_CHUNK: usize = 64 << 10;
+/// Frames at least this large are read into a buffer of their own, taken
+/// from a pool (see [`FramedReader`]).
+const POOLED_FRAME_MIN: usize = 128 << 10;
+/// Frame buffers kept for reuse per reader: enough for the frames a
+/// session typically holds in flight (its inbound queue), bounded in bytes.
+const POOLED_BUFFERS: usize = 32;
+/// Most bytes of frame buffers kept for reuse per reader.
+const POOLED_BYTES: usize = 64 << 20;
 
 /// Reads [`Message`]s from a byte stream. Payloads are slices of the read
 /// buffer (no copy after the read itself).
+///
+/// Large frames (bulk data) are read straight into a buffer of their own
+/// that returns to a small per-reader pool when the last slice of it is
+/// dropped, so a steady stream of 1 MiB blocks reuses warm memory instead of
+/// faulting in fresh pages for every frame (measured: ~1 page fault per
+/// 17 KB received without the pool).
 #[derive(Debug)]
 pub struct FramedReader<R> {
     inner: R,
     buf: BytesMut,
     decoder: FrameDecoder,
+    pool: BufferPool,
+}
+
+/// Frame buffers waiting for reuse.
+#[derive(Debug, Clone, Default)]
+struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// An empty buffer of at least `capacity` bytes: the smallest pooled
+    /// one that fits, or a new one. When none fits, the smallest pooled
+    /// buffer is dropped, so the pool follows the frame size in use.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= capacity)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let mut buf = free.swap_remove(i);
+            buf.clear();
+            return buf;
+        }
+        let smallest = free
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = smallest {
+            free.swap_remove(i);
+        }
+        Vec::with_capacity(capacity)
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let pooled: usize = free.iter().map(Vec::capacity).sum();
+        if free.len() < POOLED_BUFFERS && pooled + buf.capacity() <= POOLED_BYTES {
+            free.push(buf);
+        }
+    }
+}
+
+/// A frame's buffer, returned to its pool when the last `Bytes` of it drops.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
 }
 
 impl<R: AsyncRead + Unpin> FramedReader<R> {
@@ -33,6 +109,7 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
             inner,
             buf,
             decoder: FrameDecoder::new(),
+            pool: BufferPool::default(),
         }
     }
 
@@ -44,7 +121,11 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
             if let Some(message) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(message));
             }
-            let want = frame_len_hint(&self.buf).map_or(READ_CHUNK, |total| {
+            let total = frame_len_hint(&self.buf);
+            if let Some(total) = total.filter(|&t| t >= POOLED_FRAME_MIN) {
+                return self.read_large_frame(total).await;
+            }
+            let want = total.map_or(READ_CHUNK, |total| {
                 total.saturating_sub(self.buf.len()).max(READ_CHUNK)
             });
             self.buf.reserve(want);
@@ -55,6 +136,30 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
                 };
             }
         }
+    }
+
+    /// Reads the frame of `total` bytes that starts in `self.buf` into a
+    /// pooled buffer of its own, and decodes it.
+    async fn read_large_frame(&mut self, total: usize) -> Result<Option<Message>, StreamError> {
+        let mut frame = self.pool.take(total);
+        let have = self.buf.len().min(total);
+        frame.extend_from_slice(&self.buf[..have]);
+        let _ = self.buf.split_to(have);
+        while frame.len() < total {
+            let want = total - frame.len();
+            if self.inner.read_buf(&mut (&mut frame).limit(want)).await? == 0 {
+                return Err(ProtocolError::Truncated {
+                    have: frame.len(),
+                    need: total,
+                }
+                .into());
+            }
+        }
+        let frame = Bytes::from_owner(Pooled {
+            buf: frame,
+            pool: self.pool.clone(),
+        });
+        Ok(Some(self.decoder.decode_frame(frame)?))
     }
 
     /// The stream.

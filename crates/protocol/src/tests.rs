@@ -29,8 +29,11 @@ fn raw_frame(tag: u16, frame_flags: u16, header: &[u8], payload: &[u8]) -> Bytes
     buf.put_u16_le(frame_flags);
     buf.put_u32_le(header.len() as u32);
     buf.put_slice(header);
+    let mut crc = crc32c::crc32c(&buf[LENGTH_PREFIX_LEN..]);
+    if frame_flags & flags::PAYLOAD_ZSTD != 0 {
+        crc = crc32c::crc32c_append(crc, payload);
+    }
     buf.put_slice(payload);
-    let crc = crc32c::crc32c(&buf[LENGTH_PREFIX_LEN..]);
     buf.put_u32_le(crc);
     buf
 }
@@ -106,26 +109,68 @@ fn oversized_payload_is_refused_on_encode() {
     assert_eq!(decode_one(frame).unwrap(), Some(largest));
 }
 
-#[test]
-fn any_corrupted_byte_after_the_length_fails_the_crc() {
-    let frame = frame_bytes(
-        &Message::Request {
-            id: 3,
-            kind: 1,
-            body: Bytes::from_static(br#"{"volume":"db"}"#),
-        },
-        Compression::None,
-    );
+/// Corrupts every byte after the length prefix, one at a time, three ways,
+/// and returns the errors by position.
+fn corrupt_each_byte(frame: &BytesMut) -> Vec<(usize, ProtocolError)> {
+    let mut errors = Vec::new();
     for at in LENGTH_PREFIX_LEN..frame.len() {
         for flip in [0x01, 0x80, 0xff] {
             let mut bad = frame.clone();
             bad[at] ^= flip;
-            let err = decode_one(bad).unwrap_err();
-            assert!(
-                matches!(err, ProtocolError::Checksum(ChecksumKind::FrameCrc32c)),
-                "byte {at}: {err:?}"
-            );
+            errors.push((at, decode_one(bad).expect_err("corruption is detected")));
         }
+    }
+    errors
+}
+
+#[test]
+fn any_corrupted_byte_fails_a_checksum() {
+    let body = Bytes::from_static(br#"{"volume":"db","blocks":[1,2,3]}"#);
+    let message = Message::Request {
+        id: 3,
+        kind: 1,
+        body: body.clone(),
+    };
+    let frame = frame_bytes(&message, Compression::None);
+    let payload_at = frame.len() - TRAILER_LEN - body.len();
+    for (at, err) in corrupt_each_byte(&frame) {
+        let ok = match at {
+            // The header length locates the CRC's range: a wild one is caught
+            // by its range check, a plausible one by the CRC.
+            8..12 => matches!(
+                err,
+                ProtocolError::HeaderTooLarge { .. }
+                    | ProtocolError::Checksum(ChecksumKind::FrameCrc32c)
+            ),
+            // An uncompressed payload is covered by its BLAKE3 hash.
+            at if (payload_at..frame.len() - TRAILER_LEN).contains(&at) => {
+                matches!(err, ProtocolError::Checksum(ChecksumKind::PayloadBlake3))
+            }
+            _ => matches!(err, ProtocolError::Checksum(ChecksumKind::FrameCrc32c)),
+        };
+        assert!(ok, "byte {at}: {err:?}");
+    }
+
+    // A compressed payload is CRC-checked before zstd sees it.
+    let message = Message::BulkData {
+        seq: 1,
+        payload: Bytes::from(b"block ".repeat(1000)),
+    };
+    let frame = frame_bytes(&message, Compression::Zstd { level: 1 });
+    assert_eq!(
+        u16::from_le_bytes([frame[6], frame[7]]),
+        flags::PAYLOAD_ZSTD
+    );
+    for (at, err) in corrupt_each_byte(&frame) {
+        let ok = match at {
+            8..12 => matches!(
+                err,
+                ProtocolError::HeaderTooLarge { .. }
+                    | ProtocolError::Checksum(ChecksumKind::FrameCrc32c)
+            ),
+            _ => matches!(err, ProtocolError::Checksum(ChecksumKind::FrameCrc32c)),
+        };
+        assert!(ok, "byte {at}: {err:?}");
     }
 }
 
@@ -133,7 +178,10 @@ fn any_corrupted_byte_after_the_length_fails_the_crc() {
 fn unknown_and_zero_tags_are_refused() {
     for tag in [0u16, 12, 99, u16::MAX] {
         let err = decode_one(raw_frame(tag, 0, &[], &[])).unwrap_err();
-        assert!(matches!(err, ProtocolError::UnknownTag(t) if t == tag), "{err:?}");
+        assert!(
+            matches!(err, ProtocolError::UnknownTag(t) if t == tag),
+            "{err:?}"
+        );
     }
 }
 
@@ -143,14 +191,20 @@ fn a_payload_that_does_not_match_its_hash_fails_blake3() {
     let mut hash = *blake3::hash(payload).as_bytes();
     hash[0] ^= 1;
     let err = decode_one(raw_frame(8, 0, &bulk_header(&hash, 1), payload)).unwrap_err();
-    assert!(matches!(err, ProtocolError::Checksum(ChecksumKind::PayloadBlake3)), "{err:?}");
+    assert!(
+        matches!(err, ProtocolError::Checksum(ChecksumKind::PayloadBlake3)),
+        "{err:?}"
+    );
 
     // Same after decompression: the hash covers the uncompressed bytes.
     let data = vec![0x5a; 4096];
     let packed = zstd::bulk::compress(&data, 1).unwrap();
     let good = *blake3::hash(&data).as_bytes();
     let frame = raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&good, 1), &packed);
-    assert!(matches!(decode_one(frame), Ok(Some(Message::BulkData { .. }))));
+    assert!(matches!(
+        decode_one(frame),
+        Ok(Some(Message::BulkData { .. }))
+    ));
     let mut wrong = good;
     wrong[31] ^= 0x40;
     let frame = raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&wrong, 1), &packed);
@@ -167,8 +221,15 @@ fn compressed_payloads_round_trip_and_shrink() {
         payload: Bytes::from(b"offsite ".repeat(128 << 10)),
     };
     let frame = frame_bytes(&message, Compression::Zstd { level: 1 });
-    assert!(frame.len() < 64 << 10, "1 MiB of text became {} bytes", frame.len());
-    assert_eq!(u16::from_le_bytes([frame[6], frame[7]]), flags::PAYLOAD_ZSTD);
+    assert!(
+        frame.len() < 64 << 10,
+        "1 MiB of text became {} bytes",
+        frame.len()
+    );
+    assert_eq!(
+        u16::from_le_bytes([frame[6], frame[7]]),
+        flags::PAYLOAD_ZSTD
+    );
     assert_eq!(decode_one(frame).unwrap(), Some(message));
 
     // Incompressible (and tiny) payloads go out as they are.
@@ -196,12 +257,25 @@ fn a_compressed_payload_may_not_expand_past_the_maximum() {
     let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
     let packed = zstd::bulk::compress(&big, 1).unwrap();
     let hash = *blake3::hash(&big).as_bytes();
-    let err =
-        decode_one(raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&hash, 0), &packed)).unwrap_err();
-    assert!(matches!(err, ProtocolError::PayloadTooLarge { .. }), "{err:?}");
+    let err = decode_one(raw_frame(
+        8,
+        flags::PAYLOAD_ZSTD,
+        &bulk_header(&hash, 0),
+        &packed,
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::PayloadTooLarge { .. }),
+        "{err:?}"
+    );
 
-    let err = decode_one(raw_frame(8, flags::PAYLOAD_ZSTD, &bulk_header(&hash, 0), b"not zstd"))
-        .unwrap_err();
+    let err = decode_one(raw_frame(
+        8,
+        flags::PAYLOAD_ZSTD,
+        &bulk_header(&hash, 0),
+        b"not zstd",
+    ))
+    .unwrap_err();
     assert!(matches!(err, ProtocolError::Zstd(_)), "{err:?}");
 }
 
@@ -222,19 +296,25 @@ fn structural_errors_behind_a_good_crc() {
     ));
     assert!(matches!(
         decode_one(raw_frame(4, 0, &ping[..15], &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Ping, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Ping,
+            ..
+        })
     ));
     assert!(matches!(
         decode_one(raw_frame(4, 0, &[0u8; 17], &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Ping, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Ping,
+            ..
+        })
     ));
     // Header length pointing past the frame.
     let mut frame = raw_frame(4, 0, &ping, &[]);
     frame[8..12].copy_from_slice(&100u32.to_le_bytes());
-    let crc_at = frame.len() - 4;
-    let crc = crc32c::crc32c(&frame[4..crc_at]);
-    frame[crc_at..].copy_from_slice(&crc.to_le_bytes());
-    assert!(matches!(decode_one(frame), Err(ProtocolError::HeaderTooLarge { .. })));
+    assert!(matches!(
+        decode_one(frame),
+        Err(ProtocolError::HeaderTooLarge { .. })
+    ));
     // Zero codes and kinds, bad status, empty version range, bad UTF-8.
     let mut refuse = vec![0, 0, 2, 0];
     refuse.extend_from_slice(b"no");
@@ -247,29 +327,45 @@ fn structural_errors_behind_a_good_crc() {
     request.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert!(matches!(
         decode_one(raw_frame(10, 0, &request, &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Request, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Request,
+            ..
+        })
     ));
     let mut response = empty_hash.to_vec();
     response.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 3]);
     assert!(matches!(
         decode_one(raw_frame(11, 0, &response, &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Response, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Response,
+            ..
+        })
     ));
     let hello = [2, 0, 1, 0, 0, 0, 0, 0, 1, 0, b'a'];
     assert!(matches!(
         decode_one(raw_frame(1, 0, &hello, &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Hello, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Hello,
+            ..
+        })
     ));
     let hello = [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0xff];
     assert!(matches!(
         decode_one(raw_frame(1, 0, &hello, &[])),
-        Err(ProtocolError::Malformed { message: MessageTag::Hello, .. })
+        Err(ProtocolError::Malformed {
+            message: MessageTag::Hello,
+            ..
+        })
     ));
     let mut long_name = vec![1, 0, 1, 0, 0, 0, 0, 0, 0, 1];
     long_name.extend_from_slice(&[b'a'; 256]);
     assert!(matches!(
         decode_one(raw_frame(1, 0, &long_name, &[])),
-        Err(ProtocolError::FieldTooLong { field: "site_name", len: 256, .. })
+        Err(ProtocolError::FieldTooLong {
+            field: "site_name",
+            len: 256,
+            ..
+        })
     ));
 }
 
@@ -282,7 +378,7 @@ fn invalid_fields_are_refused_on_encode() {
             features: Features::NONE,
         },
         Message::Hello {
-            versions: 3..=2,
+            versions: std::ops::RangeInclusive::new(3, 2),
             site_name: "a".into(),
             features: Features::NONE,
         },
@@ -306,7 +402,10 @@ fn invalid_fields_are_refused_on_encode() {
         },
     ];
     for message in bad {
-        assert!(encode_frame(&message, Compression::None).is_err(), "{message:?}");
+        assert!(
+            encode_frame(&message, Compression::None).is_err(),
+            "{message:?}"
+        );
     }
 }
 
@@ -342,8 +441,12 @@ async fn framed_reader_reads_a_stream_and_reports_truncation() {
     };
     let sent = big.clone();
     let writer = tokio::spawn(async move {
-        write_message(&mut client, &sent, Compression::None).await.unwrap();
-        write_message(&mut client, &Message::Bye, Compression::None).await.unwrap();
+        write_message(&mut client, &sent, Compression::None)
+            .await
+            .unwrap();
+        write_message(&mut client, &Message::Bye, Compression::None)
+            .await
+            .unwrap();
         let half = frame_bytes(&Message::BulkAck { seq: 1, bytes: 2 }, Compression::None);
         use tokio::io::AsyncWriteExt;
         client.write_all(&half[..10]).await.unwrap();
@@ -354,7 +457,10 @@ async fn framed_reader_reads_a_stream_and_reports_truncation() {
     writer.await.unwrap();
     let err = reader.read_message().await.unwrap_err();
     assert!(
-        matches!(err, StreamError::Protocol(ProtocolError::Truncated { have: 10, need: 32 })),
+        matches!(
+            err,
+            StreamError::Protocol(ProtocolError::Truncated { have: 10, need: 32 })
+        ),
         "{err:?}"
     );
 }
@@ -401,13 +507,13 @@ fn message() -> impl Strategy<Value = Message> {
                 features: Features::from_bits(f),
             }
         }),
-        (1u16..=u16::MAX, text(MAX_NAME_LEN), any::<u32>()).prop_map(
-            |(version, site_name, f)| Message::HelloAccept {
+        (1u16..=u16::MAX, text(MAX_NAME_LEN), any::<u32>()).prop_map(|(version, site_name, f)| {
+            Message::HelloAccept {
                 version,
                 site_name,
                 features: Features::from_bits(f),
             }
-        ),
+        }),
         (refuse_code(), text(MAX_TEXT_LEN))
             .prop_map(|(code, message)| Message::HelloRefuse { code, message }),
         (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Message::Ping {
@@ -423,10 +529,16 @@ fn message() -> impl Strategy<Value = Message> {
         Just(Message::Bye),
         (any::<u64>(), payload()).prop_map(|(seq, payload)| Message::BulkData { seq, payload }),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, bytes)| Message::BulkAck { seq, bytes }),
-        (any::<u64>(), 1u16..=u16::MAX, payload())
-            .prop_map(|(id, kind, body)| Message::Request { id, kind, body }),
-        (any::<u64>(), any::<bool>(), payload())
-            .prop_map(|(id, ok, body)| Message::Response { id, ok, body }),
+        (any::<u64>(), 1u16..=u16::MAX, payload()).prop_map(|(id, kind, body)| Message::Request {
+            id,
+            kind,
+            body
+        }),
+        (any::<u64>(), any::<bool>(), payload()).prop_map(|(id, ok, body)| Message::Response {
+            id,
+            ok,
+            body
+        }),
     ]
 }
 
@@ -461,3 +573,59 @@ proptest! {
     }
 }
 
+#[tokio::test]
+async fn framed_reader_reuses_large_frame_buffers_and_reports_their_truncation() {
+    let (mut client, server) = tokio::io::duplex(64 << 10);
+    let block = |seq| Message::BulkData {
+        seq,
+        payload: Bytes::from(vec![seq as u8; 1 << 20]),
+    };
+    let writer = tokio::spawn(async move {
+        for seq in 0..3 {
+            write_message(&mut client, &block(seq), Compression::None)
+                .await
+                .unwrap();
+        }
+        let big = frame_bytes(&block(3), Compression::None);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&big[..200_000]).await.unwrap();
+    });
+    let mut reader = FramedReader::new(server);
+    let payload_ptr = |m: Option<Message>| match m {
+        Some(Message::BulkData { payload, .. }) => payload.as_ptr() as usize,
+        other => panic!("expected a block, got {other:?}"),
+    };
+    let first = payload_ptr(reader.read_message().await.unwrap());
+    // The first block is dropped, so its buffer is reused for the next.
+    let second = payload_ptr(reader.read_message().await.unwrap());
+    assert_eq!(first, second);
+    assert_eq!(reader.read_message().await.unwrap(), Some(block(2)));
+    let err = reader.read_message().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StreamError::Protocol(ProtocolError::Truncated { have: 200_000, .. })
+        ),
+        "{err:?}"
+    );
+    writer.await.unwrap();
+}
+
+#[test]
+fn decode_frame_takes_exactly_one_frame() {
+    let frame = frame_bytes(&Message::Bye, Compression::None).freeze();
+    let mut decoder = FrameDecoder::new();
+    assert_eq!(decoder.decode_frame(frame.clone()).unwrap(), Message::Bye);
+    assert!(matches!(
+        decoder.decode_frame(frame.slice(..frame.len() - 1)),
+        Err(ProtocolError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        decoder.decode_frame(frame.slice(..2)),
+        Err(ProtocolError::Truncated { have: 2, need: 4 })
+    ));
+    assert!(matches!(
+        decoder.decode_frame(Bytes::from_static(&[0xff; 8])),
+        Err(ProtocolError::FrameTooLarge { .. })
+    ));
+}

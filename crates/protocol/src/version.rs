@@ -99,14 +99,17 @@ mod tests {
             "no common protocol version: this site speaks 1..=1, the peer speaks 2..=3; \
              upgrade the older site"
         );
-        assert!(negotiate(3..=1, 1..=3).is_err());
+        assert!(negotiate(RangeInclusive::new(3, 1), 1..=3).is_err());
         assert!(negotiate(0..=0, 0..=0).is_err());
     }
 
     #[test]
     fn supported_versions_are_known() {
         for v in SUPPORTED_VERSIONS {
-            assert_eq!(MessageVersion::from_u16(v).map(MessageVersion::as_u16), Some(v));
+            assert_eq!(
+                MessageVersion::from_u16(v).map(MessageVersion::as_u16),
+                Some(v)
+            );
         }
         assert_eq!(MessageVersion::CURRENT.as_u16(), *SUPPORTED_VERSIONS.end());
         assert_eq!(MessageVersion::from_u16(0), None);

@@ -24,6 +24,10 @@
 //!     R-->>P: BulkAck{seq, bytes}
 //! ```
 
+mod primary;
+mod replica;
+pub mod wire;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +68,17 @@ pub struct AuthzCheckBody {
 #[derive(Debug, Serialize, Deserialize)]
 struct ErrorBody {
     error: String,
+}
+
+fn error_body(error: String) -> Bytes {
+    Bytes::from(serde_json::to_vec(&ErrorBody { error }).unwrap_or_default())
+}
+
+/// The text of an error answer.
+pub(crate) fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Errors of the replication service, phrased for the operator.
@@ -136,6 +151,10 @@ pub struct Replication {
     options: SessionOptions,
     /// Sessions the partner monitor keeps open, by partner name.
     monitored: Mutex<HashMap<String, Session>>,
+    /// Open replica stores of the groups this site is replica of.
+    stores: Mutex<HashMap<String, Arc<offsite_replica::ReplicaStore>>>,
+    /// Runners of the groups this site is primary of.
+    runners: std::sync::Mutex<HashMap<String, primary::Runner>>,
     /// The site-wide default bandwidth limit (`site set --bandwidth`),
     /// shared by every outgoing session so that together they respect it.
     site_bucket: Arc<TokenBucket>,
@@ -170,6 +189,8 @@ impl Replication {
             identity,
             options,
             monitored: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
+            runners: std::sync::Mutex::new(HashMap::new()),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
         }))
@@ -217,6 +238,7 @@ impl Replication {
         let peer = session.info().peer_name.to_string();
         let fingerprint = session.info().peer_fingerprint.as_str().to_string();
         let mut received = 0u64;
+        let mut transfer = replica::Transfer::Idle;
         let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
         revalidate.tick().await;
         loop {
@@ -246,13 +268,39 @@ impl Replication {
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
+                    if !matches!(transfer, replica::Transfer::Idle)
+                        && let Err(e) = self.apply_batch(&payload, &mut transfer)
+                    {
+                        tracing::warn!(partner = %peer, "refusing a block batch: {e}");
+                        if let replica::Transfer::Pit { writer, .. } =
+                            std::mem::replace(&mut transfer, replica::Transfer::Idle)
+                        {
+                            writer.abort();
+                        }
+                        let _ = session.send(Message::error(ErrorCode::Internal, e)).await;
+                        session.close().await;
+                        return;
+                    }
                     Message::BulkAck {
                         seq,
                         bytes: received,
                     }
                 }
                 Ok(Some(Message::Request { id, kind, body })) => {
-                    let (ok, body) = self.answer(&peer, kind, &body).await;
+                    let (ok, body) = match kind {
+                        kinds::AUTHZ_CHECK => self.answer(&peer, kind, &body).await,
+                        wire::kinds::SYNC => match self.answer_sync(&peer, &body).await {
+                            Ok(b) => (true, b),
+                            Err(e) => (false, error_body(e)),
+                        },
+                        _ => match self.answer_replica(&peer, kind, &body, &mut transfer).await {
+                            Ok(b) => (true, b),
+                            Err(e) => {
+                                tracing::warn!(partner = %peer, kind, "refused: {e}");
+                                (false, error_body(e))
+                            }
+                        },
+                    };
                     Message::Response { id, ok, body }
                 }
                 Ok(Some(other)) => {

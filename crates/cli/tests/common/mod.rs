@@ -255,3 +255,149 @@ pub fn scratch_file(site: &TestSite, name: &str) -> PathBuf {
 pub fn blocks_of(off: u64, len: u64, bs: u64) -> std::ops::Range<u64> {
     off / bs..(off + len).div_ceil(bs)
 }
+
+// ---- Replication (pairing, authorization, channel faults) ----
+
+/// Fast replication timers for tests: keepalive 0.5 s, dead after 2 s,
+/// probe every 0.5 s, connect timeout 2 s.
+pub const FAST_REPLICATION: &str =
+    "keepalive_secs = 0.5\ndead_after_secs = 2.0\nprobe_secs = 0.5\nconnect_timeout_secs = 2.0\n";
+
+/// Replaces the `[replication]` section of a (stopped) site's config.toml
+/// with `body` (`site init` writes one with the defaults; TOML refuses a
+/// second).
+pub fn set_replication_config(site: &TestSite, body: &str) {
+    let path = site.dir().join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("read config.toml");
+    let head = match text.find("[replication]") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    let mut new = head.trim_end().to_string();
+    new.push_str("\n\n[replication]\n");
+    new.push_str(body);
+    std::fs::write(&path, new).expect("write config.toml");
+}
+
+/// A started site with [`FAST_REPLICATION`] timers.
+pub fn fast_site(name: &str) -> TestSite {
+    let mut s = TestSite::init(bin(), name);
+    set_replication_config(&s, FAST_REPLICATION);
+    s.start();
+    s
+}
+
+/// The site's certificate fingerprint (`site show`).
+pub fn fingerprint_of(site: &TestSite) -> String {
+    site_addr(site, "fingerprint")
+}
+
+/// `partner add` on `site` for `other`, dialled at `address`.
+pub fn pin_at(site: &TestSite, other: &TestSite, address: &str) {
+    let fp = fingerprint_of(other);
+    site.ok(&[
+        "partner",
+        "add",
+        other.name(),
+        "--address",
+        address,
+        "--fingerprint",
+        &fp,
+    ]);
+}
+
+/// `partner add` on `site` for `other` at its replication listener.
+pub fn pin(site: &TestSite, other: &TestSite) {
+    pin_at(site, other, &site_addr(other, "listen"));
+}
+
+/// Pairs two sites both ways at their listeners.
+pub fn pair(a: &TestSite, b: &TestSite) {
+    pin(a, b);
+    pin(b, a);
+}
+
+/// `partner list --json` entry for `name`, if any.
+pub fn partner_entry(site: &TestSite, name: &str) -> Option<serde_json::Value> {
+    site.json(&["partner", "list"])
+        .as_array()
+        .expect("partner list --json is an array")
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .cloned()
+}
+
+/// Waits until `site`'s partner list shows `name` with `reachable ==
+/// want`; returns the entry.
+pub fn wait_reachable(
+    site: &TestSite,
+    name: &str,
+    want: bool,
+    limit: Duration,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(p) = partner_entry(site, name) {
+            if p["reachable"].as_bool() == Some(want) {
+                return p;
+            }
+            last = p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: partner {name} not reachable={want} within {limit:?}; last entry: {last}\nlog:\n{}",
+            site.name(),
+            tail(&site.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `partner test NAME --bytes BYTES [extra] --json`, which must succeed.
+pub fn partner_test(site: &TestSite, name: &str, bytes: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["partner", "test", name, "--bytes", bytes];
+    args.extend_from_slice(extra);
+    site.json(&args)
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A replication listener metric of a running site (0 when absent).
+pub fn repl_metric(site: &TestSite, name: &str) -> u64 {
+    metric(&metrics(site), name).unwrap_or(0)
+}
+
+/// An authenticated HTTP/1.0 request to a running site's API (`/api/v1`
+/// + `path`) with an optional JSON body; returns status and body.
+pub fn api_request(site: &TestSite, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let addr = site_addr(site, "api");
+    let token = std::fs::read_to_string(site.dir().join("api.token")).expect("read api.token");
+    let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect to API {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} /api/v1{path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read HTTP answer to {method} {path}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed HTTP answer to {method} {path}: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in HTTP answer to {method} {path}: {head:?}"));
+    (status, body.to_string())
+}

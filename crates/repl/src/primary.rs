@@ -1,0 +1,1178 @@
+//! The primary side of a replication group: creation (checked by the
+//! replica at once), initial replication over the network (resumable),
+//! delta cycles on the RPO schedule (consistent cut, ship, commit on the
+//! replica as a PIT), `sync`, pause/resume, status, measure and verify.
+//!
+//! One runner task per group owns its cycles, so cycles of a group never
+//! overlap; commands (`sync`, `pause`, ...) reach it over a channel.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> ready_for_initial_replication: group create
+//!     ready_for_initial_replication --> initial_replication: group start
+//!     initial_replication --> replicating: base copied, first PIT committed
+//!     replicating --> paused: group pause
+//!     paused --> replicating: group resume
+//!     replicating --> replicating: cycle (every RPO/2, or sync)
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use offsite_api_types::{
+    CreateGroup, GroupMeasure, GroupStatus, PitEntry, PitRef, SyncResult, VerifyResult,
+    VerifyVolume,
+};
+use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
+use offsite_engine::{Site, Volume};
+use offsite_protocol::Message;
+use offsite_transport::{Session, TokenBucket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::wire::{
+    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VolumeDesc,
+};
+use crate::{ReplError, Replication};
+
+/// Bulk frames in flight before the sender waits for acknowledgements.
+const WINDOW: u64 = 32;
+/// Blocks per batch frame at most (1 MiB of 4 KiB blocks).
+const MAX_BATCH_BYTES: u64 = 1 << 20;
+/// Initial replication makes the replica's base durable, and records
+/// progress, every this many bytes of each volume.
+const BASE_CHECKPOINT: u64 = 64 << 20;
+/// Smallest and largest RPO.
+pub const RPO_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+
+/// Commands a group's runner obeys.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Run a cycle now; reply with its PIT.
+    Sync {
+        pit_name: Option<String>,
+        reply: oneshot::Sender<Result<PitDesc, String>>,
+    },
+    /// Re-read the state from the catalog (after start/pause/resume).
+    Wake,
+}
+
+/// In-memory progress of a running transfer, for status.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) done: AtomicU64,
+    pub(crate) total: AtomicU64,
+    pub(crate) started: std::sync::Mutex<Option<Instant>>,
+}
+
+/// A runner's handle.
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    tx: mpsc::Sender<Command>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// A session with request ids and bulk flow control.
+struct Channel {
+    session: Session,
+    partner: String,
+    next_id: u64,
+    next_seq: u64,
+    unacked: u64,
+    bucket: Option<Arc<TokenBucket>>,
+}
+
+impl Channel {
+    fn transport(&self) -> impl Fn(offsite_transport::TransportError) -> ReplError + '_ {
+        |source| ReplError::Transport {
+            partner: self.partner.clone(),
+            source,
+        }
+    }
+
+    /// Waits for one bulk acknowledgement.
+    async fn take_ack(&mut self) -> Result<(), ReplError> {
+        match self.session.recv().await.map_err(self.transport())? {
+            Some(Message::BulkAck { .. }) => {
+                self.unacked -= 1;
+                Ok(())
+            }
+            Some(Message::Error { message, .. }) => Err(ReplError::Refused(message)),
+            Some(other) => Err(ReplError::Protocol {
+                partner: self.partner.clone(),
+                why: format!(
+                    "got {} while waiting for a bulk acknowledgement",
+                    other.tag()
+                ),
+            }),
+            None => Err(ReplError::Protocol {
+                partner: self.partner.clone(),
+                why: "the session closed during a transfer".into(),
+            }),
+        }
+    }
+
+    async fn send_batch(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.session
+            .sender()
+            .send_limited(
+                Message::BulkData {
+                    seq,
+                    payload: Bytes::from(payload),
+                },
+                self.bucket.as_deref(),
+            )
+            .await
+            .map_err(self.transport())?;
+        self.unacked += 1;
+        while self.unacked > WINDOW {
+            self.take_ack().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a request (after every outstanding batch is acknowledged) and
+    /// returns the answer's body.
+    async fn request(&mut self, kind: u16, body: Vec<u8>) -> Result<Bytes, ReplError> {
+        while self.unacked > 0 {
+            self.take_ack().await?;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.session
+            .send(Message::Request {
+                id,
+                kind,
+                body: Bytes::from(body),
+            })
+            .await
+            .map_err(self.transport())?;
+        match self.session.recv().await.map_err(self.transport())? {
+            Some(Message::Response { id: rid, ok, body }) if rid == id => {
+                if ok {
+                    Ok(body)
+                } else {
+                    Err(ReplError::Refused(crate::error_text(&body)))
+                }
+            }
+            Some(Message::Error { message, .. }) => Err(ReplError::Refused(message)),
+            Some(other) => Err(ReplError::Protocol {
+                partner: self.partner.clone(),
+                why: format!("got {} instead of a response", other.tag()),
+            }),
+            None => Err(ReplError::Protocol {
+                partner: self.partner.clone(),
+                why: "the session closed before the answer".into(),
+            }),
+        }
+    }
+
+    async fn request_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        kind: u16,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ReplError> {
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        let answer = self.request(kind, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| ReplError::Protocol {
+            partner: self.partner.clone(),
+            why: e.to_string(),
+        })
+    }
+}
+
+fn now_rfc3339() -> String {
+    offsite_catalog::now_rfc3339()
+}
+
+fn age_seconds(rfc3339: &str) -> u64 {
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    else {
+        return 0;
+    };
+    (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64
+}
+
+fn invalid(msg: String) -> ReplError {
+    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, offsite_engine::EngineError> + Send + 'static,
+) -> Result<T, ReplError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| invalid(format!("internal error: {e}")))?
+        .map_err(ReplError::Engine)
+}
+
+impl Replication {
+    /// `group create` at the primary: validates locally, has the replica
+    /// validate and create its side (authorization, storage, space, name),
+    /// then records the group.
+    pub async fn create_group(&self, req: CreateGroup) -> Result<GroupStatus, ReplError> {
+        offsite_engine::names::validate("group", &req.name)?;
+        match req.mode.as_str() {
+            "async" => {}
+            "sync" => {
+                return Err(invalid(
+                    "sync mode is not available in this version; use --mode async".into(),
+                ));
+            }
+            m => return Err(invalid(format!("mode {m:?} is neither async nor sync"))),
+        }
+        if !RPO_RANGE.contains(&req.rpo_secs) {
+            return Err(invalid(format!(
+                "RPO {}s is outside 30s..24h; use e.g. --rpo 5m",
+                req.rpo_secs
+            )));
+        }
+        if req.keep == 0 {
+            return Err(invalid("--keep must be at least 1".into()));
+        }
+        let site = self.site.clone();
+        let r = req.clone();
+        let volumes = blocking(move || {
+            site.partner(&r.partner)?;
+            if let Ok(g) = site.group_row(&r.name) {
+                return Err(offsite_engine::EngineError::Invalid(format!(
+                    "a replication group named {:?} already exists here ({} with {})",
+                    g.name, g.role, g.partner
+                )));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for vm in &r.vms {
+                names.extend(site.vm(vm)?.volumes);
+            }
+            names.extend(r.volumes.iter().cloned());
+            if names.is_empty() {
+                return Err(offsite_engine::EngineError::Invalid(
+                    "a group needs volumes: pass --vm VM or --volume V".into(),
+                ));
+            }
+            let mut out = Vec::new();
+            for n in names {
+                if out.iter().any(|v: &VolumeDesc| v.name == n) {
+                    continue;
+                }
+                let v = site.volume_info(&n)?;
+                if v.state != "ready" {
+                    return Err(offsite_engine::EngineError::Invalid(format!(
+                        "volume {n} is {}; only ready volumes can be replicated",
+                        v.state
+                    )));
+                }
+                if let Some(g) = site.group_of_volume(&n)? {
+                    return Err(offsite_engine::EngineError::Invalid(format!(
+                        "volume {n} already belongs to group {g}; a volume is in at most one group"
+                    )));
+                }
+                out.push(VolumeDesc {
+                    name: n,
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        if volumes.len() > usize::from(u16::MAX) {
+            return Err(invalid("a group holds at most 65535 volumes".into()));
+        }
+
+        let mut ch = self.channel(&req.partner, None).await?;
+        let created: GroupCreated = ch
+            .request_json(
+                wire::kinds::GROUP_CREATE,
+                &GroupCreate {
+                    group: req.name.clone(),
+                    mode: req.mode.clone(),
+                    rpo_secs: req.rpo_secs,
+                    keep: req.keep,
+                    security_tag: req.security_tag.clone(),
+                    volumes: volumes.clone(),
+                },
+            )
+            .await?;
+        ch.session.close().await;
+        let site = self.site.clone();
+        let row = GroupRow {
+            name: req.name.clone(),
+            role: "primary".into(),
+            partner: req.partner.clone(),
+            mode: req.mode.clone(),
+            rpo_secs: req.rpo_secs,
+            keep: req.keep,
+            bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+            compress: req.compress.unwrap_or(true),
+            security_tag: req.security_tag.clone(),
+            state: "ready-for-initial-replication".into(),
+            store_dir: None,
+            created_at: String::new(),
+            state_changed_at: String::new(),
+            last_error: None,
+            volumes: volumes
+                .iter()
+                .map(|v| GroupVolumeRow {
+                    volume: v.name.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                    initial_done_bytes: 0,
+                })
+                .collect(),
+        };
+        let name = req.name.clone();
+        blocking(move || site.insert_group_row(&row)).await?;
+        tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
+        self.group_status(&name).await
+    }
+
+    /// Opens a channel to `partner` for group `bandwidth` (if any).
+    async fn channel(&self, partner: &str, group: Option<&GroupRow>) -> Result<Channel, ReplError> {
+        let mut options = self.options.clone();
+        if let Some(g) = group {
+            options.compression = g.compress;
+        }
+        let session = self.connect(partner, &options).await?;
+        let bucket = group
+            .and_then(|g| g.bandwidth)
+            .map(|b| Arc::new(TokenBucket::with_rate(b)));
+        Ok(Channel {
+            session,
+            partner: partner.to_string(),
+            next_id: 0,
+            next_seq: 0,
+            unacked: 0,
+            bucket,
+        })
+    }
+
+    fn runner(&self, group: &str) -> Option<Runner> {
+        self.runners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// Starts the runner of every primary group (daemon start-up).
+    pub async fn start_runners(self: &Arc<Self>) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let groups = blocking(move || site.group_rows()).await?;
+        for g in groups.into_iter().filter(|g| g.role == "primary") {
+            self.ensure_runner(&g.name);
+        }
+        Ok(())
+    }
+
+    fn ensure_runner(self: &Arc<Self>, group: &str) -> Runner {
+        let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = runners.get(group) {
+            return r.clone();
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let runner = Runner {
+            tx,
+            progress: Arc::new(Progress::default()),
+        };
+        runners.insert(group.to_string(), runner.clone());
+        let me = self.clone();
+        let name = group.to_string();
+        let progress = runner.progress.clone();
+        tokio::spawn(async move { me.run_group(name, rx, progress).await });
+        runner
+    }
+
+    /// `group start`: begins initial replication.
+    pub async fn start_group(
+        self: &Arc<Self>,
+        name: &str,
+        seed: Option<String>,
+    ) -> Result<GroupStatus, ReplError> {
+        if seed.is_some() {
+            return Err(invalid(
+                "initial replication from a seed is not available in this version; run `group start` without --seed".into(),
+            ));
+        }
+        let site = self.site.clone();
+        let n = name.to_string();
+        blocking(move || {
+            let g = site.group_row(&n)?;
+            if g.role != "primary" {
+                return Err(offsite_engine::EngineError::Invalid(format!(
+                    "group {n} is a replica here; run `group start` at the primary site {}",
+                    g.partner
+                )));
+            }
+            if g.state != "ready-for-initial-replication" {
+                return Err(offsite_engine::EngineError::Invalid(format!(
+                    "group {n} is {}; `group start` applies to a group ready for initial replication",
+                    g.state
+                )));
+            }
+            // Everything is copied now: what changed before is irrelevant,
+            // what changes from here on is tracked and shipped by the first
+            // cycle, which makes the first PIT consistent.
+            for v in &g.volumes {
+                site.volume(&v.volume)?.tracker().clear()?;
+            }
+            site.set_group_state(&n, "initial-replication", None)
+        })
+        .await?;
+        let runner = self.ensure_runner(name);
+        let _ = runner.tx.send(Command::Wake).await;
+        self.group_status(name).await
+    }
+
+    /// `group pause` / `group resume`.
+    pub async fn pause_group(
+        self: &Arc<Self>,
+        name: &str,
+        pause: bool,
+    ) -> Result<GroupStatus, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        blocking(move || {
+            let g = site.group_row(&n)?;
+            if g.role != "primary" {
+                return Err(offsite_engine::EngineError::Invalid(format!(
+                    "group {n} is a replica here; pause or resume it at the primary site {}",
+                    g.partner
+                )));
+            }
+            match (pause, g.state.as_str()) {
+                (true, "replicating") => site.set_group_state(&n, "paused", None),
+                (false, "paused") => site.set_group_state(&n, "replicating", None),
+                (true, "paused") | (false, "replicating") => Ok(()),
+                (_, s) => Err(offsite_engine::EngineError::Invalid(format!(
+                    "group {n} is {s}; only a replicating group can be paused and only a paused one resumed"
+                ))),
+            }
+        })
+        .await?;
+        if let Some(r) = self.runner(name) {
+            let _ = r.tx.send(Command::Wake).await;
+        }
+        self.group_status(name).await
+    }
+
+    /// `sync`: a cycle now, at the primary; at the replica the request is
+    /// forwarded to the primary.
+    pub async fn sync_group(
+        self: &Arc<Self>,
+        name: &str,
+        pit_name: Option<String>,
+        wait: bool,
+    ) -> Result<SyncResult, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let g = blocking(move || site.group_row(&n)).await?;
+        if let Some(label) = &pit_name {
+            offsite_engine::names::validate("PIT", label)?;
+        }
+        if g.role == "replica" {
+            let mut ch = self.channel(&g.partner, None).await?;
+            let done: wire::SyncDone = ch
+                .request_json(
+                    wire::kinds::SYNC,
+                    &wire::SyncRequest {
+                        group: name.to_string(),
+                        pit_name,
+                        wait,
+                    },
+                )
+                .await?;
+            ch.session.close().await;
+            return Ok(SyncResult {
+                group: name.to_string(),
+                pit: done.pit.map(entry),
+            });
+        }
+        if g.state != "replicating" {
+            return Err(invalid(format!(
+                "group {name} is {}; sync needs a replicating group{}",
+                g.state,
+                match g.state.as_str() {
+                    "ready-for-initial-replication" => " (run `offsite group start` first)",
+                    "paused" => " (run `offsite group resume` first)",
+                    _ => "",
+                }
+            )));
+        }
+        let runner = self.ensure_runner(name);
+        let (reply, rx) = oneshot::channel();
+        runner
+            .tx
+            .send(Command::Sync { pit_name, reply })
+            .await
+            .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
+        if !wait {
+            tokio::spawn(async move {
+                let _ = rx.await;
+            });
+            return Ok(SyncResult {
+                group: name.to_string(),
+                pit: None,
+            });
+        }
+        let pit = rx
+            .await
+            .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
+            .map_err(ReplError::Refused)?;
+        Ok(SyncResult {
+            group: name.to_string(),
+            pit: Some(entry(pit)),
+        })
+    }
+
+    /// Answers a SYNC asked by the replica.
+    pub(crate) async fn answer_sync(
+        self: &Arc<Self>,
+        peer: &str,
+        body: &[u8],
+    ) -> Result<Bytes, String> {
+        let req: wire::SyncRequest =
+            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        let site = self.site.clone();
+        let g = req.group.clone();
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if row.role != "primary" || row.partner != peer {
+            return Err(format!(
+                "site {} is not the primary of group {} for {peer}",
+                self.site.config().name,
+                req.group
+            ));
+        }
+        let r = self
+            .sync_group(&req.group, req.pit_name, req.wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = wire::SyncDone {
+            pit: r.pit.map(|p| PitDesc {
+                id: p.id,
+                name: p.name,
+                created_at: p.created_at,
+                bytes: p.bytes,
+            }),
+        };
+        Ok(Bytes::from(serde_json::to_vec(&done).unwrap_or_default()))
+    }
+
+    /// The runner of one primary group.
+    async fn run_group(
+        self: Arc<Self>,
+        name: String,
+        mut rx: mpsc::Receiver<Command>,
+        progress: Arc<Progress>,
+    ) {
+        let mut backoff = Duration::from_secs(2);
+        let mut last_cycle = Instant::now();
+        loop {
+            let site = self.site.clone();
+            let n = name.clone();
+            let row = match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
+                Ok(Ok(r)) => r,
+                _ => return, // deleted
+            };
+            let interval = Duration::from_secs((row.rpo_secs / 2).max(15));
+            match row.state.as_str() {
+                "initial-replication" => match self.initial_replication(&row, &progress).await {
+                    Ok(()) => {
+                        backoff = Duration::from_secs(2);
+                        let r = self.cycle(&row, None, false).await;
+                        last_cycle = Instant::now();
+                        if let Err(e) = r {
+                            tracing::warn!(group = %name, "first cycle failed: {e}");
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.record_error(&name, &format!("initial replication: {e}"))
+                            .await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            c = rx.recv() => match c {
+                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                Some(Command::Wake) => {}
+                                None => return,
+                            },
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                },
+                "replicating" => {
+                    let due = (last_cycle + interval).saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        _ = tokio::time::sleep(due) => {
+                            let _ = self.cycle(&row, None, false).await;
+                            last_cycle = Instant::now();
+                        }
+                        c = rx.recv() => match c {
+                            Some(Command::Sync { pit_name, reply }) => {
+                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(|e| e.to_string());
+                                last_cycle = Instant::now();
+                                let _ = reply.send(r);
+                            }
+                            Some(Command::Wake) => {}
+                            None => return,
+                        },
+                    }
+                }
+                state => {
+                    // Paused or not started: only commands move it.
+                    match rx.recv().await {
+                        Some(Command::Sync { reply, .. }) => {
+                            let _ = reply.send(Err(format!("group {name} is {state}")));
+                        }
+                        Some(Command::Wake) => {}
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record_error(&self, group: &str, error: &str) {
+        tracing::warn!(group, "{error}");
+        let site = self.site.clone();
+        let (g, e) = (group.to_string(), error.to_string());
+        let _ = tokio::task::spawn_blocking(move || site.set_group_error(&g, Some(&e))).await;
+    }
+
+    async fn live_volumes(&self, row: &GroupRow) -> Result<Vec<Arc<Volume>>, ReplError> {
+        let site = self.site.clone();
+        let names: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
+        blocking(move || names.iter().map(|n| site.volume(n)).collect()).await
+    }
+
+    /// Copies every non-zero block of every volume into the replica's base
+    /// images, resuming where the last attempt's durable checkpoint left off.
+    async fn initial_replication(
+        &self,
+        row: &GroupRow,
+        progress: &Progress,
+    ) -> Result<(), ReplError> {
+        let volumes = self.live_volumes(row).await?;
+        let total: u64 = row.volumes.iter().map(|v| v.size_bytes).sum();
+        let done: u64 = row.volumes.iter().map(|v| v.initial_done_bytes).sum();
+        progress.total.store(total, Ordering::Relaxed);
+        progress.done.store(done, Ordering::Relaxed);
+        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let mut ch = self.channel(&row.partner, Some(row)).await?;
+        ch.request(
+            wire::kinds::BASE_BEGIN,
+            serde_json::to_vec(&GroupRef {
+                group: row.name.clone(),
+            })
+            .unwrap_or_default(),
+        )
+        .await?;
+        for (idx, (vol, desc)) in volumes.iter().zip(&row.volumes).enumerate() {
+            let bs = u64::from(desc.block_size);
+            let mut offset = desc.initial_done_bytes;
+            while offset < desc.size_bytes {
+                let len = (desc.size_bytes - offset).min(MAX_BATCH_BYTES);
+                let v = vol.clone();
+                let buf = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    v.file().read_at(&mut buf, offset).map(|()| buf)
+                })
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
+                // Non-zero runs only: the replica's base starts sparse.
+                let blocks = buf.chunks(bs as usize);
+                let mut run: Option<(u64, usize)> = None;
+                let first_block = offset / bs;
+                let mut runs = Vec::new();
+                for (i, b) in blocks.enumerate() {
+                    let zero = b.iter().all(|&x| x == 0);
+                    match (&mut run, zero) {
+                        (Some((_, n)), false) => *n += 1,
+                        (None, false) => run = Some((i as u64, 1)),
+                        (Some(_), true) => runs.push(run.take().unwrap_or_default()),
+                        (None, true) => {}
+                    }
+                }
+                runs.extend(run);
+                for (start, n) in runs {
+                    let data = &buf[(start * bs) as usize..((start + n as u64) * bs) as usize];
+                    let payload =
+                        wire::encode_batch(idx as u16, first_block + start, n as u32, Some(data));
+                    ch.send_batch(payload).await?;
+                }
+                offset += len;
+                progress.done.fetch_add(len, Ordering::Relaxed);
+                if offset % BASE_CHECKPOINT == 0 || offset >= desc.size_bytes {
+                    ch.request(
+                        wire::kinds::BASE_SYNC,
+                        serde_json::to_vec(&GroupRef {
+                            group: row.name.clone(),
+                        })
+                        .unwrap_or_default(),
+                    )
+                    .await?;
+                    let site = self.site.clone();
+                    let (g, vname) = (row.name.clone(), desc.volume.clone());
+                    blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
+                }
+            }
+        }
+        ch.session.close().await;
+        let site = self.site.clone();
+        let g = row.name.clone();
+        blocking(move || site.set_group_state(&g, "replicating", None)).await?;
+        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// One delta cycle: cut, ship, commit. With `keep_cut` the (full) cut
+    /// stays open for verification and is returned with its volumes.
+    async fn cycle(
+        &self,
+        row: &GroupRow,
+        pit_name: Option<String>,
+        keep_cut: bool,
+    ) -> Result<(PitDesc, Vec<Arc<Volume>>), ReplError> {
+        let volumes = self.live_volumes(row).await?;
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let cycle_id = blocking(move || site.begin_cycle(&g)).await?;
+        let sets = if keep_cut {
+            Site::cut_full(&volumes)?
+        } else {
+            Site::cut(&volumes)?
+        };
+        let created_at = now_rfc3339();
+        let mut bytes = 0u64;
+        let result = self
+            .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
+            .await;
+        let site = self.site.clone();
+        match result {
+            Ok(committed) => {
+                if !keep_cut {
+                    for v in &volumes {
+                        v.end_cut(true);
+                    }
+                }
+                let pit = committed.pit.clone();
+                let g = row.name.clone();
+                let pits: Vec<PitRow> = committed
+                    .pits
+                    .iter()
+                    .map(|p| PitRow {
+                        id: p.id,
+                        name: p.name.clone(),
+                        created_at: p.created_at.clone(),
+                        bytes: p.bytes,
+                    })
+                    .collect();
+                let id = pit.id;
+                blocking(move || {
+                    site.replace_pits(&g, &pits)?;
+                    site.end_cycle(cycle_id, bytes, Some(id), None)?;
+                    site.set_group_error(&g, None)
+                })
+                .await?;
+                tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
+                Ok((pit, volumes))
+            }
+            Err(e) => {
+                for v in &volumes {
+                    v.end_cut(false);
+                }
+                let msg = e.to_string();
+                let g = row.name.clone();
+                let m = msg.clone();
+                let _ = blocking(move || {
+                    site.end_cycle(cycle_id, bytes, None, Some(&m))?;
+                    site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
+                })
+                .await;
+                tracing::warn!(group = %row.name, "cycle failed: {msg}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn ship(
+        &self,
+        row: &GroupRow,
+        volumes: &[Arc<Volume>],
+        sets: &[offsite_engine::RoaringBitmap],
+        pit_name: Option<String>,
+        created_at: String,
+        bytes: &mut u64,
+    ) -> Result<PitCommitted, ReplError> {
+        let mut ch = self.channel(&row.partner, Some(row)).await?;
+        ch.request(
+            wire::kinds::PIT_BEGIN,
+            serde_json::to_vec(&GroupRef {
+                group: row.name.clone(),
+            })
+            .unwrap_or_default(),
+        )
+        .await?;
+        let mut blocks_sent = 0u64;
+        for (idx, (vol, set)) in volumes.iter().zip(sets).enumerate() {
+            let bs = u64::from(vol.row().block_size);
+            let max_run = (MAX_BATCH_BYTES / bs).max(1) as u32;
+            let mut runs: Vec<(u32, u32)> = Vec::new();
+            for b in set.iter() {
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == b && *n < max_run => *n += 1,
+                    _ => runs.push((b, 1)),
+                }
+            }
+            for (start, n) in runs {
+                let v = vol.clone();
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; (u64::from(n) * bs) as usize];
+                    for i in 0..n {
+                        let at = (u64::from(i) * bs) as usize;
+                        v.read_cut_block(start + i, &mut buf[at..at + bs as usize])?;
+                    }
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(|e| invalid(format!("reading volume {} at the cut: {e}", vol.name())))?;
+                let payload = if data.iter().all(|&x| x == 0) {
+                    wire::encode_batch(idx as u16, u64::from(start), n, None)
+                } else {
+                    *bytes += data.len() as u64;
+                    wire::encode_batch(idx as u16, u64::from(start), n, Some(&data))
+                };
+                ch.send_batch(payload).await?;
+                blocks_sent += u64::from(n);
+            }
+        }
+        let committed: PitCommitted = ch
+            .request_json(
+                wire::kinds::PIT_COMMIT,
+                &PitCommit {
+                    group: row.name.clone(),
+                    name: pit_name,
+                    created_at,
+                    blocks: blocks_sent,
+                },
+            )
+            .await?;
+        ch.session.close().await;
+        Ok(committed)
+    }
+
+    /// `verify`: a full cut, shipped as a PIT, then every block of every
+    /// volume at that cut compared by BLAKE3 with the replica's PIT.
+    pub async fn verify_group(&self, name: &str) -> Result<VerifyResult, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let row = blocking(move || site.group_row(&n)).await?;
+        if row.role != "primary" || row.state != "replicating" {
+            return Err(invalid(format!(
+                "verify runs at the primary of a replicating group; group {name} is {} here ({})",
+                row.role, row.state
+            )));
+        }
+        // The runner is not involved: take the same lock of volumes via a
+        // cycle of our own (a cycle of the runner may overlap; both cut and
+        // ship consistently, and the replica serializes PIT commits).
+        let (pit, volumes) = self.cycle(&row, None, true).await?;
+        let result = self.compare(&row, pit.id, &volumes).await;
+        for v in &volumes {
+            v.end_cut(true);
+        }
+        let per = result?;
+        Ok(VerifyResult {
+            group: name.to_string(),
+            pit: pit.id,
+            blocks_compared: per.iter().map(|v| v.blocks_compared).sum(),
+            differing_blocks: per.iter().map(|v| v.differing_blocks).sum(),
+            volumes: per,
+        })
+    }
+
+    async fn compare(
+        &self,
+        row: &GroupRow,
+        pit: u64,
+        volumes: &[Arc<Volume>],
+    ) -> Result<Vec<VerifyVolume>, ReplError> {
+        const STEP: u64 = 16_384;
+        let mut ch = self.channel(&row.partner, None).await?;
+        let mut out = Vec::new();
+        for (idx, v) in volumes.iter().enumerate() {
+            let bs = u64::from(v.row().block_size);
+            let nblocks = v.row().size_bytes / bs;
+            let mut differing = 0u64;
+            let mut first = 0u64;
+            while first < nblocks {
+                let count = (nblocks - first).min(STEP);
+                let theirs = ch
+                    .request(
+                        wire::kinds::HASHES,
+                        serde_json::to_vec(&Hashes {
+                            group: row.name.clone(),
+                            pit: Some(pit),
+                            volume: idx as u16,
+                            first,
+                            count,
+                        })
+                        .unwrap_or_default(),
+                    )
+                    .await?;
+                if theirs.len() as u64 != count * 32 {
+                    return Err(ReplError::Protocol {
+                        partner: row.partner.clone(),
+                        why: format!("{} hash bytes for {count} blocks", theirs.len()),
+                    });
+                }
+                let vol = v.clone();
+                let ours = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; bs as usize];
+                    let mut hashes = Vec::with_capacity((count * 32) as usize);
+                    for b in first..first + count {
+                        vol.read_cut_block(b as u32, &mut buf)?;
+                        hashes.extend_from_slice(blake3::hash(&buf).as_bytes());
+                    }
+                    Ok::<_, std::io::Error>(hashes)
+                })
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(|e| invalid(format!("reading volume {} at the cut: {e}", v.name())))?;
+                differing += ours
+                    .chunks(32)
+                    .zip(theirs.chunks(32))
+                    .filter(|(a, b)| a != b)
+                    .count() as u64;
+                first += count;
+            }
+            out.push(VerifyVolume {
+                name: v.name().to_string(),
+                blocks_compared: nblocks,
+                differing_blocks: differing,
+            });
+        }
+        ch.session.close().await;
+        Ok(out)
+    }
+
+    /// `group status`, on either site.
+    pub async fn group_status(&self, name: &str) -> Result<GroupStatus, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let (row, pits, partner) = blocking(move || {
+            let row = site.group_row(&n)?;
+            let pits = site.pit_rows(&n)?;
+            let partner = site.partner(&row.partner).ok();
+            Ok((row, pits, partner))
+        })
+        .await?;
+        let pending: u64 = if row.role == "primary" {
+            let site = self.site.clone();
+            let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
+            blocking(move || {
+                Ok(vols
+                    .iter()
+                    .filter_map(|v| site.volume(v).ok())
+                    .map(|v| v.tracker().dirty_bytes())
+                    .sum())
+            })
+            .await?
+        } else {
+            0
+        };
+        let last = pits.last();
+        let lag = last.map_or_else(
+            || age_seconds(&row.created_at),
+            |p| age_seconds(&p.created_at),
+        );
+        let (health, reason) = health(&row, last.is_some(), lag, partner.as_ref());
+        let (progress, eta) = match self.runner(name) {
+            Some(r) if row.state == "initial-replication" => {
+                let total = r.progress.total.load(Ordering::Relaxed).max(1);
+                let done = r.progress.done.load(Ordering::Relaxed);
+                let eta = r
+                    .progress
+                    .started
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(|t| t.elapsed().as_secs_f64())
+                    .filter(|_| done > 0)
+                    .map(|secs| (secs / done as f64 * total.saturating_sub(done) as f64) as u64);
+                (Some(done as f64 * 100.0 / total as f64), eta)
+            }
+            _ => (None, None),
+        };
+        Ok(GroupStatus {
+            name: row.name.clone(),
+            mode: row.mode.clone(),
+            role: row.role.clone(),
+            state: row.state.clone(),
+            health,
+            health_reason: reason,
+            partner: row.partner.clone(),
+            last_pit: last.map(|p| PitRef {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+            }),
+            lag_seconds: lag,
+            pending_bytes: pending,
+            rpo_seconds: row.rpo_secs,
+            keep: row.keep,
+            volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
+            initial_progress_percent: progress,
+            eta_seconds: eta,
+            last_error: row.last_error.clone(),
+            store_dir: row.store_dir.clone(),
+        })
+    }
+
+    /// `group list`.
+    pub async fn group_list(&self) -> Result<Vec<GroupStatus>, ReplError> {
+        let site = self.site.clone();
+        let names: Vec<String> =
+            blocking(move || Ok(site.group_rows()?.into_iter().map(|g| g.name).collect())).await?;
+        let mut out = Vec::new();
+        for n in names {
+            out.push(self.group_status(&n).await?);
+        }
+        Ok(out)
+    }
+
+    /// `group measure`.
+    pub async fn group_measure(&self, name: &str) -> Result<GroupMeasure, ReplError> {
+        let status = self.group_status(name).await?;
+        let site = self.site.clone();
+        let n = name.to_string();
+        let (cycles, pits) =
+            blocking(move || Ok((site.cycle_rows(&n)?, site.pit_rows(&n)?))).await?;
+        let ok: Vec<_> = cycles.iter().filter(|c| c.pit.is_some()).collect();
+        let errors = cycles.iter().filter(|c| c.error.is_some()).count() as u64;
+        let bytes_total: u64 = cycles.iter().map(|c| c.bytes).sum();
+        // A cycle complies when its PIT followed the previous one within the RPO.
+        let mut compliant = 0u64;
+        let mut prev: Option<&str> = None;
+        for c in &ok {
+            let at = c.finished_at.as_deref().unwrap_or(&c.started_at);
+            match prev {
+                Some(p) if age_seconds(p).saturating_sub(age_seconds(at)) <= status.rpo_seconds => {
+                    compliant += 1
+                }
+                None => compliant += 1,
+                _ => {}
+            }
+            prev = Some(at);
+        }
+        let _ = pits;
+        Ok(GroupMeasure {
+            name: name.to_string(),
+            cycles: cycles.len() as u64,
+            last_cycle_bytes: ok.last().map_or(0, |c| c.bytes),
+            avg_cycle_bytes: if ok.is_empty() {
+                0
+            } else {
+                ok.iter().map(|c| c.bytes).sum::<u64>() / ok.len() as u64
+            },
+            max_cycle_bytes: ok.iter().map(|c| c.bytes).max().unwrap_or(0),
+            rpo_seconds: status.rpo_seconds,
+            rpo_compliance_percent: if ok.is_empty() {
+                0.0
+            } else {
+                compliant as f64 * 100.0 / ok.len() as f64
+            },
+            bytes_total,
+            errors,
+            lag_seconds: status.lag_seconds,
+            pending_bytes: status.pending_bytes,
+        })
+    }
+
+    /// `pit list`.
+    pub async fn pit_list(&self, name: &str) -> Result<Vec<PitEntry>, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let pits = blocking(move || {
+            site.group_row(&n)?;
+            site.pit_rows(&n)
+        })
+        .await?;
+        Ok(pits
+            .into_iter()
+            .map(|p| PitEntry {
+                id: p.id,
+                name: p.name,
+                created_at: p.created_at,
+                bytes: p.bytes,
+            })
+            .collect())
+    }
+}
+
+fn entry(p: PitDesc) -> PitEntry {
+    PitEntry {
+        id: p.id,
+        name: p.name,
+        created_at: p.created_at,
+        bytes: p.bytes,
+    }
+}
+
+/// Health per DESIGN.md §1: `warning` when the newest PIT is older than the
+/// RPO or the partner's last contact failed; `critical` at twice the RPO.
+fn health(
+    row: &GroupRow,
+    has_pit: bool,
+    lag: u64,
+    partner: Option<&offsite_api_types::PartnerInfo>,
+) -> (String, Option<String>) {
+    let replicating = matches!(row.state.as_str(), "replicating" | "initial-replication");
+    if !replicating {
+        return ("normal".into(), None);
+    }
+    if has_pit && lag > 2 * row.rpo_secs {
+        return (
+            "critical".into(),
+            Some(format!(
+                "newest PIT is {lag}s old, over twice the RPO of {}s",
+                row.rpo_secs
+            )),
+        );
+    }
+    if let Some(p) = partner
+        && !p.reachable
+        && p.last_error.is_some()
+    {
+        return (
+            "warning".into(),
+            Some(format!(
+                "partner {} unreachable: {}",
+                p.name,
+                p.last_error.clone().unwrap_or_default()
+            )),
+        );
+    }
+    if has_pit && lag > row.rpo_secs {
+        return (
+            "warning".into(),
+            Some(format!(
+                "newest PIT is {lag}s old, over the RPO of {}s",
+                row.rpo_secs
+            )),
+        );
+    }
+    if let Some(e) = &row.last_error {
+        return ("warning".into(), Some(e.clone()));
+    }
+    ("normal".into(), None)
+}

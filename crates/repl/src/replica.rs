@@ -1,0 +1,462 @@
+//! The replica side of a replication group: requests from the primary are
+//! answered here, block batches land in the group's replica store (base
+//! images during initial replication, a staged PIT during a cycle), and a
+//! PIT is committed (durable across all volumes before it is visible) when
+//! the primary asks. Retention runs right after each commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
+use offsite_replica::{PitWriter, ReplicaStore, VolumeSpec};
+
+use crate::Replication;
+use crate::wire::{
+    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc,
+};
+
+/// What block batches on a session are for.
+pub(crate) enum Transfer {
+    /// No transfer: a batch is a protocol error (unless it is a bulk test).
+    Idle,
+    /// Initial replication into the base images.
+    Base {
+        group: String,
+        store: Arc<ReplicaStore>,
+    },
+    /// A PIT being received.
+    Pit {
+        group: String,
+        store: Arc<ReplicaStore>,
+        writer: Box<PitWriter>,
+        blocks: u64,
+    },
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transfer::Idle => f.write_str("Idle"),
+            Transfer::Base { group, .. } => write!(f, "Base({group})"),
+            Transfer::Pit { group, blocks, .. } => write!(f, "Pit({group}, {blocks} blocks)"),
+        }
+    }
+}
+
+pub(crate) fn pit_desc(p: &offsite_replica::PitInfo) -> PitDesc {
+    PitDesc {
+        id: p.id.get(),
+        name: p.name.clone(),
+        created_at: p.created_at.clone(),
+        bytes: p.bytes,
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+impl Replication {
+    /// Opens (once) the replica store of `group`.
+    pub(crate) async fn store(&self, group: &str) -> Result<(GroupRow, Arc<ReplicaStore>), String> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if row.role != "replica" {
+            return Err(format!(
+                "group {group} is a {} group on site {}, not a replica",
+                row.role,
+                self.site.config().name
+            ));
+        }
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(group) {
+            return Ok((row, s.clone()));
+        }
+        let dir = PathBuf::from(row.store_dir.clone().unwrap_or_default());
+        let store = tokio::task::spawn_blocking(move || ReplicaStore::open(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("opening the replica store of group {group}: {e}"))?;
+        let store = Arc::new(store);
+        stores.insert(group.to_string(), store.clone());
+        Ok((row, store))
+    }
+
+    /// Answers a replication request from primary `peer`; block batches
+    /// that follow are routed by `transfer`.
+    pub(crate) async fn answer_replica(
+        &self,
+        peer: &str,
+        kind: u16,
+        body: &[u8],
+        transfer: &mut Transfer,
+    ) -> Result<Bytes, String> {
+        match kind {
+            wire::kinds::GROUP_CREATE => {
+                let req: GroupCreate = parse(body)?;
+                let created = self.create_replica_group(peer, req).await?;
+                Ok(json(&created))
+            }
+            wire::kinds::BASE_BEGIN => {
+                let req: GroupRef = parse(body)?;
+                let (row, store) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                if store.newest().is_some() {
+                    return Err(format!(
+                        "group {} already has PITs on site {}; initial replication is over",
+                        req.group,
+                        self.site.config().name
+                    ));
+                }
+                self.set_state(&req.group, "initial-replication", None)
+                    .await;
+                *transfer = Transfer::Base {
+                    group: req.group,
+                    store,
+                };
+                Ok(Bytes::new())
+            }
+            wire::kinds::BASE_SYNC => {
+                let Transfer::Base { store, .. } = transfer else {
+                    return Err("BASE_SYNC outside an initial replication".into());
+                };
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.sync_base())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("making the base durable: {e}"))?;
+                Ok(Bytes::new())
+            }
+            wire::kinds::PIT_BEGIN => {
+                let req: GroupRef = parse(body)?;
+                let (row, store) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                let writer = store
+                    .begin_pit()
+                    .map_err(|e| format!("starting a PIT of group {}: {e}", req.group))?;
+                *transfer = Transfer::Pit {
+                    group: req.group,
+                    store,
+                    writer: Box::new(writer),
+                    blocks: 0,
+                };
+                Ok(Bytes::new())
+            }
+            wire::kinds::PIT_COMMIT => {
+                let req: PitCommit = parse(body)?;
+                let Transfer::Pit {
+                    group,
+                    store,
+                    writer,
+                    blocks,
+                } = std::mem::replace(transfer, Transfer::Idle)
+                else {
+                    return Err("PIT_COMMIT without PIT_BEGIN".into());
+                };
+                if group != req.group || blocks != req.blocks {
+                    writer.abort();
+                    return Err(format!(
+                        "PIT of group {group} incomplete: received {blocks} blocks, the primary sent {}; it was discarded and the next cycle resends them",
+                        req.blocks
+                    ));
+                }
+                let committed = self.commit_pit(&group, store, *writer, req).await?;
+                Ok(json(&committed))
+            }
+            wire::kinds::HASHES => {
+                let req: Hashes = parse(body)?;
+                let (row, store) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                let volume = row
+                    .volumes
+                    .get(usize::from(req.volume))
+                    .ok_or_else(|| format!("group {} has no volume #{}", req.group, req.volume))?
+                    .volume
+                    .clone();
+                let pit = match req.pit {
+                    Some(p) => offsite_replica::PitId::new(p)
+                        .ok_or_else(|| format!("PIT {p} is not a valid id"))?,
+                    None => {
+                        store
+                            .newest()
+                            .ok_or_else(|| format!("group {} has no PIT yet", req.group))?
+                            .id
+                    }
+                };
+                let hashes = tokio::task::spawn_blocking(move || {
+                    store.block_hashes(Some(pit), &volume, req.first..req.first + req.count)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("hashing PIT {pit}: {e}"))?;
+                Ok(Bytes::from(hashes.concat()))
+            }
+            wire::kinds::GROUP_DELETE => {
+                let req: GroupRef = parse(body)?;
+                let (row, _) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                self.stores.lock().await.remove(&req.group);
+                let site = self.site.clone();
+                let g = req.group.clone();
+                tokio::task::spawn_blocking(move || site.delete_group_row(&g))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                if let Some(dir) = row.store_dir {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                }
+                Ok(Bytes::new())
+            }
+            other => Err(format!(
+                "request kind {other} is not supported by site {} (version {}); upgrade it",
+                self.site.config().name,
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
+    fn check_peer(&self, row: &GroupRow, peer: &str) -> Result<(), String> {
+        if row.partner != peer {
+            return Err(format!(
+                "group {} on site {} replicates from {}, not from {peer}",
+                row.name,
+                self.site.config().name,
+                row.partner
+            ));
+        }
+        Ok(())
+    }
+
+    async fn set_state(&self, group: &str, state: &str, error: Option<String>) {
+        let site = self.site.clone();
+        let (g, s) = (group.to_string(), state.to_string());
+        let _ = tokio::task::spawn_blocking(move || site.set_group_state(&g, &s, error.as_deref()))
+            .await;
+    }
+
+    /// Applies one block batch of the current transfer.
+    pub(crate) fn apply_batch(
+        &self,
+        payload: &[u8],
+        transfer: &mut Transfer,
+    ) -> Result<(), String> {
+        let batch = wire::decode_batch(payload)?;
+        let (store, writer, blocks) = match transfer {
+            Transfer::Idle => return Err("block batch outside a transfer".into()),
+            Transfer::Base { store, .. } => (store.clone(), None, None),
+            Transfer::Pit {
+                store,
+                writer,
+                blocks,
+                ..
+            } => (store.clone(), Some(writer), Some(blocks)),
+        };
+        let spec = store
+            .volumes()
+            .get(usize::from(batch.volume))
+            .cloned()
+            .ok_or_else(|| format!("block batch for unknown volume #{}", batch.volume))?;
+        let bs = u64::from(spec.block_size);
+        let end = batch.first + u64::from(batch.count);
+        if end * bs > spec.size_bytes {
+            return Err(format!(
+                "block batch {}..{end} is past the end of volume {}",
+                batch.first, spec.name
+            ));
+        }
+        if let Some(d) = batch.data
+            && d.len() as u64 != u64::from(batch.count) * bs
+        {
+            return Err(format!(
+                "block batch carries {} bytes for {} blocks of {bs}",
+                d.len(),
+                batch.count
+            ));
+        }
+        let zero = vec![0u8; bs as usize];
+        match writer {
+            None => {
+                let data = batch
+                    .data
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_else(|| vec![0u8; (u64::from(batch.count) * bs) as usize]);
+                store
+                    .write_base(&spec.name, batch.first * bs, &data)
+                    .map_err(|e| format!("writing the base of {}: {e}", spec.name))?;
+            }
+            Some(writer) => {
+                for i in 0..u64::from(batch.count) {
+                    let block = match batch.data {
+                        Some(d) => &d[(i * bs) as usize..((i + 1) * bs) as usize],
+                        None => &zero[..],
+                    };
+                    writer
+                        .write_block(&spec.name, batch.first + i, block)
+                        .map_err(|e| format!("staging block of {}: {e}", spec.name))?;
+                }
+                if let Some(b) = blocks {
+                    *b += u64::from(batch.count);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_replica_group(
+        &self,
+        peer: &str,
+        req: GroupCreate,
+    ) -> Result<GroupCreated, String> {
+        let site = self.site.clone();
+        let peer = peer.to_string();
+        let site_name = self.site.config().name.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(existing) = site.group_row(&req.group) {
+                return Err(format!(
+                    "site {site_name} already has a replication group named {:?} ({} of {}); pick another group name",
+                    req.group, existing.role, existing.partner
+                ));
+            }
+            let grant = site.authorize_primary(&peer, req.security_tag.as_deref())?;
+            let dir = Path::new(&grant.storage_location).join(&peer).join(&req.group);
+            if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(format!(
+                    "storage location {} on site {site_name} already holds data; remove it or pick another group name",
+                    dir.display()
+                ));
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("site {site_name} cannot create {}: {e}; check the storage location of {}", dir.display(), grant.rule)
+            })?;
+            let needed: u64 = req.volumes.iter().map(|v| v.size_bytes).sum();
+            if let Some(free) = free_bytes(&dir)
+                && free < needed
+            {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(format!(
+                    "site {site_name} has {free} bytes free at {} but the group's volumes need {needed}; free space or use another storage location",
+                    dir.display()
+                ));
+            }
+            let specs: Vec<VolumeSpec> = req
+                .volumes
+                .iter()
+                .map(|v| VolumeSpec {
+                    name: v.name.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                })
+                .collect();
+            ReplicaStore::create(&dir, &specs)
+                .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
+            site.insert_group_row(&GroupRow {
+                name: req.group.clone(),
+                role: "replica".into(),
+                partner: peer.clone(),
+                mode: req.mode.clone(),
+                rpo_secs: req.rpo_secs,
+                keep: req.keep,
+                bandwidth: None,
+                compress: false,
+                security_tag: req.security_tag.clone(),
+                state: "ready-for-initial-replication".into(),
+                store_dir: Some(dir.display().to_string()),
+                created_at: String::new(),
+                state_changed_at: String::new(),
+                last_error: None,
+                volumes: req
+                    .volumes
+                    .iter()
+                    .map(|v| GroupVolumeRow {
+                        volume: v.name.clone(),
+                        size_bytes: v.size_bytes,
+                        block_size: v.block_size,
+                        initial_done_bytes: 0,
+                    })
+                    .collect(),
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(GroupCreated {
+                store_dir: dir.display().to_string(),
+                rule: grant.rule,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn commit_pit(
+        &self,
+        group: &str,
+        store: Arc<ReplicaStore>,
+        writer: PitWriter,
+        req: PitCommit,
+    ) -> Result<PitCommitted, String> {
+        let site = self.site.clone();
+        let group = group.to_string();
+        tokio::task::spawn_blocking(move || {
+            let info = writer
+                .commit(req.name.clone(), req.created_at.clone())
+                .map_err(|e| format!("committing the PIT of group {group}: {e}"))?;
+            let row = site.group_row(&group).map_err(|e| e.to_string())?;
+            // Retention: keep the newest `keep` unnamed PITs; named ones stay
+            // until released; the newest PIT (the common base) always stays.
+            let mut pits = store.pits();
+            let newest = info.id;
+            loop {
+                let unnamed: Vec<_> = pits
+                    .iter()
+                    .filter(|p| p.name.is_none() && p.id != newest)
+                    .collect();
+                if unnamed.len() + usize::from(info.name.is_none()) <= row.keep as usize {
+                    break;
+                }
+                let Some(oldest) = unnamed.first().map(|p| p.id) else {
+                    break;
+                };
+                store
+                    .remove_pit(oldest)
+                    .map_err(|e| format!("retention of group {group}: {e}"))?;
+                pits = store.pits();
+            }
+            let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
+            site.replace_pits(
+                &group,
+                &descs
+                    .iter()
+                    .map(|p| PitRow {
+                        id: p.id,
+                        name: p.name.clone(),
+                        created_at: p.created_at.clone(),
+                        bytes: p.bytes,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| e.to_string())?;
+            if row.state != "replicating" && row.state != "paused" {
+                let _ = site.set_group_state(&group, "replicating", None);
+            }
+            Ok(PitCommitted {
+                pit: pit_desc(&info),
+                pits: descs,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}

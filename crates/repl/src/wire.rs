@@ -1,0 +1,250 @@
+//! What replication puts inside `offsite-protocol` frames: the numbered
+//! control requests (JSON bodies in [`Message::Request`]) and the binary
+//! layout of block batches carried in [`Message::BulkData`] payloads.
+//!
+//! A block batch payload (the frame already carries a BLAKE3 of its
+//! payload, checked before the batch is applied):
+//!
+//! ```text
+//! u8  version (1)      u8  flags (bit 0: the blocks are all zeroes; no data follows)
+//! u16 volume index     u32 block count      u64 first block
+//! count × block_size bytes of data (absent when flag 0 is set)
+//! ```
+//! All integers little-endian; version 0 is invalid.
+//!
+//! [`Message::Request`]: offsite_protocol::Message::Request
+//! [`Message::BulkData`]: offsite_protocol::Message::BulkData
+
+use serde::{Deserialize, Serialize};
+
+/// Request kinds (u16 on the wire; never reuse a number).
+pub mod kinds {
+    pub use crate::kinds::AUTHZ_CHECK;
+    /// Primary → replica: create the replica side of a group.
+    pub const GROUP_CREATE: u16 = 2;
+    /// Primary → replica: block batches that follow go to the base images.
+    pub const BASE_BEGIN: u16 = 3;
+    /// Primary → replica: make the base images durable (initial replication checkpoint).
+    pub const BASE_SYNC: u16 = 4;
+    /// Primary → replica: block batches that follow form a new PIT.
+    pub const PIT_BEGIN: u16 = 5;
+    /// Primary → replica: commit the PIT being received.
+    pub const PIT_COMMIT: u16 = 6;
+    /// Primary → replica: BLAKE3 of blocks of a PIT (verify).
+    pub const HASHES: u16 = 7;
+    /// Replica → primary: run a cycle now (a sync asked at the replica).
+    pub const SYNC: u16 = 8;
+    /// Primary → replica: delete the replica side of a group.
+    pub const GROUP_DELETE: u16 = 9;
+}
+
+/// Volume of a group as the replica records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeDesc {
+    /// Name at the primary.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+}
+
+/// [`kinds::GROUP_CREATE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupCreate {
+    /// Group name.
+    pub group: String,
+    /// `async` or `sync`.
+    pub mode: String,
+    /// RPO in seconds.
+    pub rpo_secs: u64,
+    /// PITs kept.
+    pub keep: u32,
+    /// Security tag the group presents.
+    pub security_tag: Option<String>,
+    /// Volumes in order.
+    pub volumes: Vec<VolumeDesc>,
+}
+
+/// Answer to [`kinds::GROUP_CREATE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupCreated {
+    /// Where the replica keeps the group.
+    pub store_dir: String,
+    /// The authorization rule that admitted it.
+    pub rule: String,
+}
+
+/// Body naming a group (BASE_BEGIN, BASE_SYNC, PIT_BEGIN, GROUP_DELETE).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// Group name.
+    pub group: String,
+}
+
+/// [`kinds::PIT_COMMIT`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PitCommit {
+    /// Group name.
+    pub group: String,
+    /// Name of the PIT, if named (`sync --pit-name`).
+    pub name: Option<String>,
+    /// RFC 3339 time of the cut.
+    pub created_at: String,
+    /// Blocks the primary sent (the replica checks it received them all).
+    pub blocks: u64,
+}
+
+/// A PIT on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PitDesc {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: Option<String>,
+    /// RFC 3339 time of the cut.
+    pub created_at: String,
+    /// Bytes of data in its segments.
+    pub bytes: u64,
+}
+
+/// Answer to [`kinds::PIT_COMMIT`]: the new PIT and every PIT the replica
+/// now holds (after retention), oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PitCommitted {
+    /// The PIT just committed.
+    pub pit: PitDesc,
+    /// All PITs held.
+    pub pits: Vec<PitDesc>,
+}
+
+/// [`kinds::HASHES`]: answer is `count` × 32 raw bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hashes {
+    /// Group name.
+    pub group: String,
+    /// PIT to hash (`None`: newest).
+    pub pit: Option<u64>,
+    /// Volume index.
+    pub volume: u16,
+    /// First block.
+    pub first: u64,
+    /// Number of blocks.
+    pub count: u64,
+}
+
+/// [`kinds::SYNC`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Group name.
+    pub group: String,
+    /// PIT name.
+    pub pit_name: Option<String>,
+    /// Wait for the PIT (else answer once the cycle started).
+    pub wait: bool,
+}
+
+/// Answer to [`kinds::SYNC`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncDone {
+    /// The PIT committed, if waited for.
+    pub pit: Option<PitDesc>,
+}
+
+/// A decoded block batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<'a> {
+    /// Volume index in the group.
+    pub volume: u16,
+    /// First block.
+    pub first: u64,
+    /// Number of blocks.
+    pub count: u32,
+    /// Data (`None`: all zero).
+    pub data: Option<&'a [u8]>,
+}
+
+const BATCH_VERSION: u8 = 1;
+const HEADER: usize = 16;
+
+/// Encodes a batch header followed by `data` (empty for a zero batch).
+pub fn encode_batch(volume: u16, first: u64, count: u32, data: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + data.map_or(0, <[u8]>::len));
+    out.push(BATCH_VERSION);
+    out.push(u8::from(data.is_none()));
+    out.extend_from_slice(&volume.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&first.to_le_bytes());
+    if let Some(d) = data {
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// Decodes a batch; `block_size` of the volume is checked by the caller
+/// through [`Batch::data`]'s length.
+pub fn decode_batch(payload: &[u8]) -> Result<Batch<'_>, String> {
+    if payload.len() < HEADER {
+        return Err(format!(
+            "block batch of {} bytes is shorter than its header",
+            payload.len()
+        ));
+    }
+    if payload[0] != BATCH_VERSION {
+        return Err(format!(
+            "block batch version {} is not supported",
+            payload[0]
+        ));
+    }
+    let flags = payload[1];
+    if flags & !1 != 0 {
+        return Err(format!("block batch has unknown flags {flags:#x}"));
+    }
+    let volume = u16::from_le_bytes([payload[2], payload[3]]);
+    let count = u32::from_le_bytes(payload[4..8].try_into().unwrap_or_default());
+    let first = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
+    if count == 0 {
+        return Err("block batch with no blocks".into());
+    }
+    let rest = &payload[HEADER..];
+    let data = if flags & 1 == 1 {
+        if !rest.is_empty() {
+            return Err("zero block batch carries data".into());
+        }
+        None
+    } else {
+        Some(rest)
+    };
+    Ok(Batch {
+        volume,
+        first,
+        count,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn golden_header() {
+        let b = encode_batch(2, 0x0102, 3, None);
+        assert_eq!(b, [1, 1, 2, 0, 3, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(volume: u16, first: u64, count in 1u32..64, data in prop::option::of(prop::collection::vec(any::<u8>(), 0..256))) {
+            let bytes = encode_batch(volume, first, count, data.as_deref());
+            let b = decode_batch(&bytes).unwrap();
+            prop_assert_eq!(b, Batch { volume, first, count, data: data.as_deref() });
+        }
+
+        #[test]
+        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_batch(&bytes);
+        }
+    }
+}
