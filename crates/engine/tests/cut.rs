@@ -134,7 +134,7 @@ proptest! {
         let sets = Site::cut(&vols).unwrap();
         let mut pending: [Vec<u32>; 2] = [sets[0].iter().collect(), sets[1].iter().collect()];
         let mut buf = vec![0u8; BS];
-        let mut check = |vol: usize, b: u32, buf: &mut Vec<u8>| {
+        let check = |vol: usize, b: u32, buf: &mut Vec<u8>| {
             vols[vol].read_cut_block(b, buf).unwrap();
             let want = image[vol].get(&b).copied().unwrap_or(0);
             assert!(buf.iter().all(|&x| x == want), "vol {vol} block {b}: want {want}, got {}", buf[0]);

@@ -422,53 +422,6 @@ impl Replication {
             })
     }
 
-    /// Sends one request on `session` and waits for its answer.
-    async fn request(
-        session: &mut Session,
-        partner: &str,
-        kind: u16,
-        body: Vec<u8>,
-    ) -> Result<Bytes, ReplError> {
-        let id = 1;
-        let transport = |source| ReplError::Transport {
-            partner: partner.to_string(),
-            source,
-        };
-        session
-            .send(Message::Request {
-                id,
-                kind,
-                body: Bytes::from(body),
-            })
-            .await
-            .map_err(transport)?;
-        loop {
-            match session.recv().await.map_err(transport)? {
-                Some(Message::Response { id: rid, ok, body }) if rid == id => {
-                    if ok {
-                        return Ok(body);
-                    }
-                    let why = serde_json::from_slice::<ErrorBody>(&body)
-                        .map(|e| e.error)
-                        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                    return Err(ReplError::Refused(why));
-                }
-                Some(other) => {
-                    return Err(ReplError::Protocol {
-                        partner: partner.to_string(),
-                        why: format!("got {} instead of a response", other.tag()),
-                    });
-                }
-                None => {
-                    return Err(ReplError::Protocol {
-                        partner: partner.to_string(),
-                        why: "the session closed before the answer".into(),
-                    });
-                }
-            }
-        }
-    }
-
     /// Asks partner `name` whether it would accept replicas from this site
     /// presenting `security_tag`; its refusal names the rule.
     pub async fn authz_check(
@@ -476,14 +429,12 @@ impl Replication {
         name: &str,
         security_tag: Option<String>,
     ) -> Result<AuthzCheckResult, ReplError> {
-        let mut session = self.connect(name, &self.options).await?;
-        let body = serde_json::to_vec(&AuthzCheckBody { security_tag }).unwrap_or_default();
-        let answer = Self::request(&mut session, name, kinds::AUTHZ_CHECK, body).await;
-        session.close().await;
-        serde_json::from_slice(&answer?).map_err(|e| ReplError::Protocol {
-            partner: name.to_string(),
-            why: e.to_string(),
-        })
+        let mut ch = self.channel(name, None).await?;
+        let answer: Result<AuthzCheckResult, ReplError> = ch
+            .request_json(kinds::AUTHZ_CHECK, &AuthzCheckBody { security_tag })
+            .await;
+        ch.close().await;
+        answer
     }
 
     /// `partner test`: a fresh session (handshake timed), a ping, and a

@@ -74,7 +74,7 @@ pub(crate) struct Runner {
 }
 
 /// A session with request ids and bulk flow control.
-struct Channel {
+pub(crate) struct Channel {
     session: Session,
     partner: String,
     next_id: u64,
@@ -84,6 +84,10 @@ struct Channel {
 }
 
 impl Channel {
+    pub(crate) async fn close(self) {
+        self.session.close().await;
+    }
+
     fn transport(&self) -> impl Fn(offsite_transport::TransportError) -> ReplError + '_ {
         |source| ReplError::Transport {
             partner: self.partner.clone(),
@@ -170,7 +174,7 @@ impl Channel {
         }
     }
 
-    async fn request_json<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn request_json<T: serde::de::DeserializeOwned>(
         &mut self,
         kind: u16,
         body: &impl serde::Serialize,
@@ -331,8 +335,12 @@ impl Replication {
         self.group_status(&name).await
     }
 
-    /// Opens a channel to `partner` for group `bandwidth` (if any).
-    async fn channel(&self, partner: &str, group: Option<&GroupRow>) -> Result<Channel, ReplError> {
+    /// Opens a channel to `partner` with `group`'s compression and bandwidth (if any).
+    pub(crate) async fn channel(
+        &self,
+        partner: &str,
+        group: Option<&GroupRow>,
+    ) -> Result<Channel, ReplError> {
         let mut options = self.options.clone();
         if let Some(g) = group {
             options.compression = g.compress;
