@@ -436,3 +436,25 @@ pub struct GroupMeasure {
     /// Changed bytes not yet on the replica.
     pub pending_bytes: u64,
 }
+
+/// One volume of a PIT served over NBD.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ExportedVolume {
+    /// The volume's name at the primary.
+    pub name: String,
+    /// NBD export name.
+    pub export: String,
+    /// NBD URL to use now.
+    pub url: String,
+}
+
+/// Result of `pit export`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitExport {
+    /// Group name.
+    pub group: String,
+    /// PIT id.
+    pub pit: u64,
+    /// The PIT's volumes, read-only.
+    pub volumes: Vec<ExportedVolume>,
+}

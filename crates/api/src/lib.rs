@@ -79,8 +79,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
-        group_verify, group_measure, pit_list, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_measure, pit_list, pit_export, pit_release, group_teardown, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -122,7 +122,15 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(volume_clear_dirty),
         )
         .route("/groups", get(group_list).post(group_create))
-        .route("/groups/{name}", get(group_status))
+        .route("/groups/{name}", get(group_status).delete(group_teardown))
+        .route(
+            "/groups/{name}/pits/{pit}/export",
+            axum::routing::post(pit_export),
+        )
+        .route(
+            "/groups/{name}/pits/{pit}/release",
+            axum::routing::post(pit_release),
+        )
         .route("/groups/{name}/start", axum::routing::post(group_start))
         .route("/groups/{name}/pause", axum::routing::post(group_pause))
         .route("/groups/{name}/resume", axum::routing::post(group_resume))
@@ -433,6 +441,40 @@ async fn group_measure(
     responses((status = 200, body = [PitEntry]), (status = 404, body = ApiError)))]
 async fn pit_list(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<Vec<PitEntry>> {
     repl(s.repl.pit_list(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/pits/{pit}/export",
+    params(("name" = String, Path), ("pit" = String, Path, description = "PIT id or name")),
+    responses((status = 200, body = offsite_api_types::PitExport), (status = 400, body = ApiError)))]
+async fn pit_export(
+    State(s): State<ApiState>,
+    Path((name, pit)): Path<(String, String)>,
+) -> ApiResult<offsite_api_types::PitExport> {
+    repl(s.repl.pit_export(&name, &pit).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/pits/{pit}/release",
+    params(("name" = String, Path), ("pit" = String, Path, description = "PIT id or name")),
+    responses((status = 200, body = [PitEntry]), (status = 400, body = ApiError)))]
+async fn pit_release(
+    State(s): State<ApiState>,
+    Path((name, pit)): Path<(String, String)>,
+) -> ApiResult<Vec<PitEntry>> {
+    if let Err(e) = s.repl.pit_release(&name, &pit).await {
+        return Err(Failure::Repl(e));
+    }
+    repl(s.repl.pit_list(&name).await)
+}
+
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = GroupStatus), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
+async fn group_teardown(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<GroupStatus> {
+    let status = s.repl.group_status(&name).await.map_err(Failure::Repl)?;
+    s.repl.teardown(&name).await.map_err(Failure::Repl)?;
+    Ok(Json(status))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [VmInfo])))]

@@ -126,6 +126,8 @@ pub enum GroupCommand {
     Pause { name: String },
     /// Resume cycles.
     Resume { name: String },
+    /// Delete the group (at the primary: the replica's PITs too; volumes stay).
+    Teardown { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +166,18 @@ pub struct GroupCreateArgs {
 pub enum PitCommand {
     /// PITs of a group, oldest first.
     List { group: String },
+    /// Serve a PIT's volumes read-only over NBD (at the replica).
+    Export {
+        group: String,
+        /// PIT id or name.
+        pit: String,
+    },
+    /// Forget a PIT's name so retention may remove it.
+    Release {
+        group: String,
+        /// PIT id or name.
+        pit: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

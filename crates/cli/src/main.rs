@@ -268,6 +268,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
                 GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
                 GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
+                GroupCommand::Teardown { name } => {
+                    let st = c.teardown(&name)?;
+                    p.done(
+                        &format!("group {name} torn down"),
+                        serde_json::to_value(st)?,
+                    )
+                }
             }
         }
         Command::Sync {
@@ -284,6 +291,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             p.sync(&r)
         }
         Command::Pit(PitCommand::List { group }) => p.pits(&client(&cli.global)?.pits(&group)?),
+        Command::Pit(PitCommand::Export { group, pit }) => {
+            p.pit_export(&client(&cli.global)?.pit_export(&group, &pit)?)
+        }
+        Command::Pit(PitCommand::Release { group, pit }) => {
+            p.pits(&client(&cli.global)?.pit_release(&group, &pit)?)
+        }
         Command::Verify { group } => {
             let c = client(&cli.global)?;
             let r: offsite_api_types::VerifyResult = c.group_action(&group, "verify", &())?;

@@ -397,6 +397,23 @@ impl Printer {
         emit(&table(&["ID", "NAME", "CREATED", "BYTES"], &rows))
     }
 
+    pub fn pit_export(&self, e: &offsite_api_types::PitExport) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(e);
+        }
+        let rows: Vec<Vec<String>> = e
+            .volumes
+            .iter()
+            .map(|v| vec![v.name.clone(), v.url.clone()])
+            .collect();
+        emit(&format!(
+            "PIT {} of group {} exported read-only:\n{}",
+            e.pit,
+            e.group,
+            table(&["VOLUME", "URL"], &rows)
+        ))
+    }
+
     pub fn sync(&self, r: &offsite_api_types::SyncResult) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(r);

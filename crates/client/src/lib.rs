@@ -382,6 +382,35 @@ impl Client {
         self.get(&format!("/groups/{}/measure", encode(name)))
     }
 
+    /// `DELETE /groups/{name}` (teardown).
+    pub fn teardown(&self, name: &str) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        self.delete(&format!("/groups/{}", encode(name)))
+    }
+
+    /// `POST /groups/{name}/pits/{pit}/export`.
+    pub fn pit_export(
+        &self,
+        name: &str,
+        pit: &str,
+    ) -> Result<offsite_api_types::PitExport, ClientError> {
+        self.post(
+            &format!("/groups/{}/pits/{}/export", encode(name), encode(pit)),
+            &(),
+        )
+    }
+
+    /// `POST /groups/{name}/pits/{pit}/release`.
+    pub fn pit_release(
+        &self,
+        name: &str,
+        pit: &str,
+    ) -> Result<Vec<offsite_api_types::PitEntry>, ClientError> {
+        self.post(
+            &format!("/groups/{}/pits/{}/release", encode(name), encode(pit)),
+            &(),
+        )
+    }
+
     /// `GET /groups/{name}/pits`.
     pub fn pits(&self, name: &str) -> Result<Vec<offsite_api_types::PitEntry>, ClientError> {
         self.get(&format!("/groups/{}/pits", encode(name)))

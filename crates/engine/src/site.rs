@@ -51,6 +51,8 @@ pub struct Site {
     imports: Mutex<HashMap<String, Arc<ImportState>>>,
     bound: RwLock<BoundAddresses>,
     connections: RwLock<Option<ConnectionCounter>>,
+    /// Exports that are not volumes (read-only PIT views), by export name.
+    extra_exports: RwLock<BTreeMap<String, offsite_nbd::Export>>,
 }
 
 impl std::fmt::Debug for Site {
@@ -124,6 +126,7 @@ impl Site {
             imports: Mutex::new(failed_imports),
             bound: RwLock::new(BoundAddresses::default()),
             connections: RwLock::new(None),
+            extra_exports: RwLock::new(BTreeMap::new()),
         }))
     }
 
@@ -587,10 +590,50 @@ fn copy_image(path: &Path, volume: &Volume, copied: &AtomicU64) -> std::io::Resu
     Ok(())
 }
 
-/// Export lookup for the NBD server: ready volumes, by name.
+impl Site {
+    /// Serves `export` over NBD under its name until the daemon stops (or
+    /// [`Site::remove_export`]); returns its NBD URL.
+    pub fn add_export(&self, export: offsite_nbd::Export) -> String {
+        let url = self.volume_url(&export.name);
+        self.extra_exports
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(export.name.clone(), export);
+        url
+    }
+
+    /// Stops serving an extra export to new connections.
+    pub fn remove_export(&self, name: &str) -> bool {
+        self.extra_exports
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    /// Names of the extra exports.
+    pub fn extra_export_names(&self) -> Vec<String> {
+        self.extra_exports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Export lookup for the NBD server: ready volumes, by name, then the
+/// extra exports (PIT views).
 impl offsite_nbd::ExportRegistry for Site {
     fn lookup(&self, name: &str) -> Option<offsite_nbd::Export> {
-        let volume = self.live(name)?;
+        let Some(volume) = self.live(name) else {
+            return self
+                .extra_exports
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
+        };
         if !volume.is_ready() {
             return None;
         }
@@ -602,13 +645,14 @@ impl offsite_nbd::ExportRegistry for Site {
     }
 
     fn list(&self) -> Vec<(String, String)> {
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .volumes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .cloned()
             .collect();
+        names.extend(self.extra_export_names());
         names
             .into_iter()
             .filter_map(|n| self.lookup(&n).map(|e| (e.name, e.description)))

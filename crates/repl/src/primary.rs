@@ -140,7 +140,7 @@ impl Channel {
 
     /// Sends a request (after every outstanding batch is acknowledged) and
     /// returns the answer's body.
-    async fn request(&mut self, kind: u16, body: Vec<u8>) -> Result<Bytes, ReplError> {
+    pub(crate) async fn request(&mut self, kind: u16, body: Vec<u8>) -> Result<Bytes, ReplError> {
         while self.unacked > 0 {
             self.take_ack().await?;
         }

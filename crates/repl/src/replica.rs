@@ -206,6 +206,13 @@ impl Replication {
                 .map_err(|e| format!("hashing PIT {pit}: {e}"))?;
                 Ok(Bytes::from(hashes.concat()))
             }
+            wire::kinds::PIT_RELEASE => {
+                let req: wire::PitRelease = parse(body)?;
+                let (row, _) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                self.release_local(&req.group, &req.pit).await?;
+                Ok(Bytes::new())
+            }
             wire::kinds::GROUP_DELETE => {
                 let req: GroupRef = parse(body)?;
                 let (row, _) = self.store(&req.group).await?;

@@ -36,6 +36,17 @@ pub mod kinds {
     pub const SYNC: u16 = 8;
     /// Primary → replica: delete the replica side of a group.
     pub const GROUP_DELETE: u16 = 9;
+    /// Primary → replica: forget a PIT's name.
+    pub const PIT_RELEASE: u16 = 10;
+}
+
+/// [`kinds::PIT_RELEASE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PitRelease {
+    /// Group name.
+    pub group: String,
+    /// PIT id or name.
+    pub pit: String,
 }
 
 /// Volume of a group as the replica records it.

@@ -1,0 +1,221 @@
+//! PIT operations beyond commit: `pit export` (a PIT served read-only over
+//! NBD, for inspection and backup), `pit release` (a named PIT becomes
+//! subject to retention again) and `group teardown`.
+
+use std::io;
+use std::sync::Arc;
+
+use offsite_api_types::{ExportedVolume, PitExport};
+use offsite_replica::{PitId, ReplicaStore};
+
+use crate::wire::{self, GroupRef};
+use crate::{ReplError, Replication};
+
+/// One volume of a PIT as a read-only block device.
+struct PitView {
+    store: Arc<ReplicaStore>,
+    pit: PitId,
+    volume: String,
+    size: u64,
+}
+
+impl offsite_nbd::BlockDevice for PitView {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.store
+            .read(Some(self.pit), &self.volume, offset, buf)
+            .map_err(|e| {
+                io::Error::other(format!("reading PIT {} of {}: {e}", self.pit, self.volume))
+            })
+    }
+
+    fn write_at(&self, _: &[u8], _: u64, _: bool) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "PIT exports are read-only",
+        ))
+    }
+
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "PIT exports are read-only",
+        ))
+    }
+
+    fn trim(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "PIT exports are read-only",
+        ))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn invalid(msg: String) -> ReplError {
+    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
+}
+
+/// Resolves a PIT given as an id or a name.
+fn resolve(store: &ReplicaStore, group: &str, pit: &str) -> Result<PitId, ReplError> {
+    let pits = store.pits();
+    let found = match pit.parse::<u64>() {
+        Ok(id) => pits.iter().find(|p| p.id.get() == id),
+        Err(_) => pits.iter().rev().find(|p| p.name.as_deref() == Some(pit)),
+    };
+    found.map(|p| p.id).ok_or_else(|| {
+        invalid(format!(
+            "group {group} has no PIT {pit:?}; `offsite pit list {group}` shows them"
+        ))
+    })
+}
+
+impl Replication {
+    async fn replica_store(&self, group: &str) -> Result<Arc<ReplicaStore>, ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+            .await
+            .map_err(|e| invalid(e.to_string()))??;
+        if row.role != "replica" {
+            return Err(invalid(format!(
+                "group {group}'s PITs live on its replica site {}; run this there",
+                row.partner
+            )));
+        }
+        self.store(group)
+            .await
+            .map(|(_, s)| s)
+            .map_err(ReplError::Refused)
+    }
+
+    /// `pit export`: serves every volume of PIT `pit` (id or name) of
+    /// `group` read-only over NBD on this (replica) site.
+    pub async fn pit_export(&self, group: &str, pit: &str) -> Result<PitExport, ReplError> {
+        let store = self.replica_store(group).await?;
+        let id = resolve(&store, group, pit)?;
+        let mut volumes = Vec::new();
+        for spec in store.volumes() {
+            let export = format!("{}@{group}.pit{id}", spec.name);
+            let device = Arc::new(PitView {
+                store: store.clone(),
+                pit: id,
+                volume: spec.name.clone(),
+                size: spec.size_bytes,
+            });
+            let url = self.site.add_export(offsite_nbd::Export {
+                name: export.clone(),
+                description: format!(
+                    "PIT {id} of group {group}, volume {} (read-only)",
+                    spec.name
+                ),
+                device,
+            });
+            volumes.push(ExportedVolume {
+                name: spec.name.clone(),
+                export,
+                url,
+            });
+        }
+        tracing::info!(group, pit = %id, "PIT exported read-only over NBD");
+        Ok(PitExport {
+            group: group.to_string(),
+            pit: id.get(),
+            volumes,
+        })
+    }
+
+    /// `pit release`: forgets a PIT's name so retention may remove it.
+    pub async fn pit_release(&self, group: &str, pit: &str) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+            .await
+            .map_err(|e| invalid(e.to_string()))??;
+        if row.role == "primary" {
+            let mut ch = self.channel(&row.partner, None).await?;
+            let body = serde_json::to_vec(&wire::PitRelease {
+                group: group.to_string(),
+                pit: pit.to_string(),
+            })
+            .unwrap_or_default();
+            let r = ch.request(wire::kinds::PIT_RELEASE, body).await;
+            ch.close().await;
+            r?;
+            // The primary's list follows at the next commit.
+            return Ok(());
+        }
+        self.release_local(group, pit)
+            .await
+            .map_err(ReplError::Refused)
+    }
+
+    pub(crate) async fn release_local(&self, group: &str, pit: &str) -> Result<(), String> {
+        let store = self.replica_store(group).await.map_err(|e| e.to_string())?;
+        let id = resolve(&store, group, pit).map_err(|e| e.to_string())?;
+        let site = self.site.clone();
+        let g = group.to_string();
+        tokio::task::spawn_blocking(move || {
+            store.set_pit_name(id, None).map_err(|e| e.to_string())?;
+            let pits: Vec<offsite_catalog::PitRow> = store
+                .pits()
+                .iter()
+                .map(|p| offsite_catalog::PitRow {
+                    id: p.id.get(),
+                    name: p.name.clone(),
+                    created_at: p.created_at.clone(),
+                    bytes: p.bytes,
+                })
+                .collect();
+            site.replace_pits(&g, &pits).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// `group teardown`: at the primary, the replica's side is deleted too
+    /// (its PITs with it) and the group's volumes stay, their changes still
+    /// tracked; at the replica, only the replica's side is deleted.
+    pub async fn teardown(&self, group: &str) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+            .await
+            .map_err(|e| invalid(e.to_string()))??;
+        if row.role == "primary" {
+            let mut ch = self.channel(&row.partner, None).await?;
+            let body = serde_json::to_vec(&GroupRef {
+                group: group.to_string(),
+            })
+            .unwrap_or_default();
+            let r = ch.request(wire::kinds::GROUP_DELETE, body).await;
+            ch.close().await;
+            r?;
+        } else {
+            self.stores.lock().await.remove(group);
+            if let Some(dir) = &row.store_dir {
+                let _ = tokio::fs::remove_dir_all(dir).await;
+            }
+        }
+        self.runners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+        let site = self.site.clone();
+        let g = group.to_string();
+        tokio::task::spawn_blocking(move || site.delete_group_row(&g))
+            .await
+            .map_err(|e| invalid(e.to_string()))??;
+        Ok(())
+    }
+}
