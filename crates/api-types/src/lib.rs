@@ -458,3 +458,23 @@ pub struct PitExport {
     /// The PIT's volumes, read-only.
     pub volumes: Vec<ExportedVolume>,
 }
+
+/// `group export-seed` request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ExportSeed {
+    /// Directory on the primary's machine to write the seed into.
+    pub to: String,
+}
+
+/// Result of `group export-seed`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SeedExport {
+    /// Group name.
+    pub group: String,
+    /// Where the seed was written.
+    pub dir: String,
+    /// Non-zero bytes written.
+    pub bytes: u64,
+    /// Image files (plus `seed.json`).
+    pub files: Vec<String>,
+}

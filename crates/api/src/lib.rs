@@ -79,8 +79,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
-        group_verify, group_measure, pit_list, pit_export, pit_release, group_teardown, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_measure, pit_list, pit_export, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -136,6 +136,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{name}/resume", axum::routing::post(group_resume))
         .route("/groups/{name}/sync", axum::routing::post(group_sync))
         .route("/groups/{name}/verify", axum::routing::post(group_verify))
+        .route(
+            "/groups/{name}/export-seed",
+            axum::routing::post(group_export_seed),
+        )
         .route("/groups/{name}/measure", get(group_measure))
         .route("/groups/{name}/pits", get(pit_list))
         .route("/vms", get(vm_list).post(vm_create))
@@ -464,6 +468,18 @@ async fn pit_release(
         return Err(Failure::Repl(e));
     }
     repl(s.repl.pit_list(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/export-seed", params(("name" = String, Path)),
+    request_body = offsite_api_types::ExportSeed,
+    responses((status = 200, body = offsite_api_types::SeedExport), (status = 400, body = ApiError)))]
+async fn group_export_seed(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::ExportSeed>,
+) -> ApiResult<offsite_api_types::SeedExport> {
+    let req = body(b)?;
+    repl(s.repl.export_seed(&name, &req.to).await)
 }
 
 #[utoipa::path(delete, path = "/api/v1/groups/{name}", params(("name" = String, Path)),

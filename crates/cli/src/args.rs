@@ -126,6 +126,13 @@ pub enum GroupCommand {
     Pause { name: String },
     /// Resume cycles.
     Resume { name: String },
+    /// Write a seed of the group's volumes for initial replication from media.
+    ExportSeed {
+        name: String,
+        /// Directory on the primary's machine.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
     /// Delete the group (at the primary: the replica's PITs too; volumes stay).
     Teardown { name: String },
 }

@@ -268,6 +268,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
                 GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
                 GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
+                GroupCommand::ExportSeed { name, to } => {
+                    let r: offsite_api_types::SeedExport = c.group_action(
+                        &name,
+                        "export-seed",
+                        &offsite_api_types::ExportSeed {
+                            to: absolute(&to)?.display().to_string(),
+                        },
+                    )?;
+                    p.done(
+                        &format!(
+                            "seed of group {} written to {} ({} of data); carry it to the replica site and run `offsite group start {} --seed DIR`",
+                            r.group,
+                            r.dir,
+                            units::human(r.bytes),
+                            r.group
+                        ),
+                        serde_json::to_value(&r)?,
+                    )
+                }
                 GroupCommand::Teardown { name } => {
                     let st = c.teardown(&name)?;
                     p.done(

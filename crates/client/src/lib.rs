@@ -131,7 +131,7 @@ impl Client {
         })?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .new_agent();
         Ok(Client {

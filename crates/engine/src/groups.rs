@@ -129,6 +129,22 @@ impl Site {
         Ok(self.catalog().cycles(group)?)
     }
 
+    /// Records the seed directory (on the replica) of a group's initial
+    /// replication, or clears it.
+    pub fn set_group_seed(&self, group: &str, seed: Option<&str>) -> Result<(), EngineError> {
+        Ok(self
+            .catalog()
+            .set_setting(&format!("seed:{group}"), seed.unwrap_or(""))?)
+    }
+
+    /// The seed directory of a group's initial replication, if any.
+    pub fn group_seed(&self, group: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .catalog()
+            .setting(&format!("seed:{group}"))?
+            .filter(|s| !s.is_empty()))
+    }
+
     /// The group a volume belongs to, if any.
     pub fn group_of_volume(&self, volume: &str) -> Result<Option<String>, EngineError> {
         Ok(self

@@ -219,3 +219,91 @@ impl Replication {
         Ok(())
     }
 }
+
+impl Replication {
+    /// `group export-seed`: writes each volume's current image (sparse) and
+    /// `seed.json` into `to`, for initial replication from media. The copy
+    /// need not be consistent: the seeded start compares every block.
+    pub async fn export_seed(
+        &self,
+        group: &str,
+        to: &str,
+    ) -> Result<offsite_api_types::SeedExport, ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let to = std::path::PathBuf::from(to);
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let row = site.group_row(&g)?;
+            if row.role != "primary" {
+                return Err(invalid(format!(
+                    "export the seed at the primary site {} of group {g}",
+                    row.partner
+                )));
+            }
+            if !to.is_absolute() {
+                return Err(invalid(format!(
+                    "seed directory {} is relative; give an absolute path on the primary's machine",
+                    to.display()
+                )));
+            }
+            std::fs::create_dir_all(&to)
+                .map_err(|e| invalid(format!("cannot create {}: {e}", to.display())))?;
+            let mut volumes = Vec::new();
+            let mut bytes = 0u64;
+            for v in &row.volumes {
+                let vol = site.volume(&v.volume)?;
+                let file = format!("{}.img", v.volume);
+                let path = to.join(&file);
+                let out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
+                    .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+                const CHUNK: u64 = 1 << 20;
+                let mut buf = vec![0u8; CHUNK as usize];
+                let mut offset = 0;
+                while offset < v.size_bytes {
+                    let n = (v.size_bytes - offset).min(CHUNK) as usize;
+                    vol.file()
+                        .read_at(&mut buf[..n], offset)
+                        .map_err(|e| invalid(format!("reading volume {}: {e}", v.volume)))?;
+                    if buf[..n].iter().any(|&b| b != 0) {
+                        out.write_all_at(&buf[..n], offset)
+                            .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
+                        bytes += n as u64;
+                    }
+                    offset += n as u64;
+                }
+                out.sync_all()
+                    .map_err(|e| invalid(format!("syncing {}: {e}", path.display())))?;
+                volumes.push(wire::SeedVolume {
+                    name: v.volume.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                    file,
+                });
+            }
+            let manifest = wire::SeedManifest {
+                format_version: 1,
+                group: g.clone(),
+                primary: site.config().name.clone(),
+                created_at: offsite_catalog::now_rfc3339(),
+                volumes,
+            };
+            let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            offsite_store::write_durably(&to.join("seed.json"), &text, 0o644)
+                .map_err(|e| invalid(format!("writing {}: {e}", to.join("seed.json").display())))?;
+            Ok(offsite_api_types::SeedExport {
+                group: g,
+                dir: to.display().to_string(),
+                bytes,
+                files: manifest.volumes.iter().map(|v| v.file.clone()).collect(),
+            })
+        })
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+    }
+}

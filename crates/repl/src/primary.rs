@@ -401,11 +401,6 @@ impl Replication {
         name: &str,
         seed: Option<String>,
     ) -> Result<GroupStatus, ReplError> {
-        if seed.is_some() {
-            return Err(invalid(
-                "initial replication from a seed is not available in this version; run `group start` without --seed".into(),
-            ));
-        }
         let site = self.site.clone();
         let n = name.to_string();
         blocking(move || {
@@ -428,6 +423,7 @@ impl Replication {
             for v in &g.volumes {
                 site.volume(&v.volume)?.tracker().clear()?;
             }
+            site.set_group_seed(&n, seed.as_deref())?;
             site.set_group_state(&n, "initial-replication", None)
         })
         .await?;
@@ -683,6 +679,125 @@ impl Replication {
             .unwrap_or_default(),
         )
         .await?;
+        let site = self.site.clone();
+        let g = row.name.clone();
+        if let Some(seed) = blocking(move || site.group_seed(&g)).await? {
+            if done == 0 {
+                ch.request(
+                    wire::kinds::SEED_LOAD,
+                    serde_json::to_vec(&wire::SeedLoad {
+                        group: row.name.clone(),
+                        path: seed,
+                    })
+                    .unwrap_or_default(),
+                )
+                .await?;
+            }
+            self.seeded_copy(row, &volumes, &mut ch, progress).await?;
+        } else {
+            self.full_copy(row, &volumes, &mut ch, progress).await?;
+        }
+        ch.session.close().await;
+        let site = self.site.clone();
+        let g = row.name.clone();
+        blocking(move || site.set_group_state(&g, "replicating", None)).await?;
+        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Seeded initial replication: both sides hash their blocks (BLAKE3) and
+    /// only the blocks that differ move.
+    async fn seeded_copy(
+        &self,
+        row: &GroupRow,
+        volumes: &[Arc<Volume>],
+        ch: &mut Channel,
+        progress: &Progress,
+    ) -> Result<(), ReplError> {
+        for (idx, (vol, desc)) in volumes.iter().zip(&row.volumes).enumerate() {
+            let bs = u64::from(desc.block_size);
+            let step = (BASE_CHECKPOINT / bs).max(1);
+            let nblocks = desc.size_bytes / bs;
+            let mut first = desc.initial_done_bytes / bs;
+            while first < nblocks {
+                let count = (nblocks - first).min(step);
+                let theirs = ch
+                    .request(
+                        wire::kinds::HASHES,
+                        serde_json::to_vec(&Hashes {
+                            group: row.name.clone(),
+                            pit: None,
+                            volume: idx as u16,
+                            first,
+                            count,
+                            base: true,
+                        })
+                        .unwrap_or_default(),
+                    )
+                    .await?;
+                if theirs.len() as u64 != count * 32 {
+                    return Err(ReplError::Protocol {
+                        partner: row.partner.clone(),
+                        why: format!("{} hash bytes for {count} blocks", theirs.len()),
+                    });
+                }
+                let v = vol.clone();
+                let data = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; (count * bs) as usize];
+                    v.file().read_at(&mut buf, first * bs).map(|()| buf)
+                })
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for (i, (ours, theirs)) in
+                    data.chunks(bs as usize).zip(theirs.chunks(32)).enumerate()
+                {
+                    if blake3::hash(ours).as_bytes() != theirs {
+                        let b = i as u64;
+                        match runs.last_mut() {
+                            Some((s, n)) if *s + *n == b && *n * bs < MAX_BATCH_BYTES => *n += 1,
+                            _ => runs.push((b, 1)),
+                        }
+                    }
+                }
+                for (s, n) in runs {
+                    let chunk = &data[(s * bs) as usize..((s + n) * bs) as usize];
+                    let zero = chunk.iter().all(|&x| x == 0);
+                    let payload = wire::encode_batch(
+                        idx as u16,
+                        first + s,
+                        n as u32,
+                        (!zero).then_some(chunk),
+                    );
+                    ch.send_batch(payload).await?;
+                }
+                first += count;
+                progress.done.fetch_add(count * bs, Ordering::Relaxed);
+                ch.request(
+                    wire::kinds::BASE_SYNC,
+                    serde_json::to_vec(&GroupRef {
+                        group: row.name.clone(),
+                    })
+                    .unwrap_or_default(),
+                )
+                .await?;
+                let site = self.site.clone();
+                let (g, vname, at) = (row.name.clone(), desc.volume.clone(), first * bs);
+                blocking(move || site.set_initial_progress(&g, &vname, at)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Initial replication over the network: every non-zero block moves.
+    async fn full_copy(
+        &self,
+        row: &GroupRow,
+        volumes: &[Arc<Volume>],
+        ch: &mut Channel,
+        progress: &Progress,
+    ) -> Result<(), ReplError> {
         for (idx, (vol, desc)) in volumes.iter().zip(&row.volumes).enumerate() {
             let bs = u64::from(desc.block_size);
             let mut offset = desc.initial_done_bytes;
@@ -734,11 +849,6 @@ impl Replication {
                 }
             }
         }
-        ch.session.close().await;
-        let site = self.site.clone();
-        let g = row.name.clone();
-        blocking(move || site.set_group_state(&g, "replicating", None)).await?;
-        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
@@ -934,6 +1044,7 @@ impl Replication {
                             volume: idx as u16,
                             first,
                             count,
+                            base: false,
                         })
                         .unwrap_or_default(),
                     )

@@ -61,6 +61,79 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
 }
 
+/// Copies a seed's images into the base images (non-zero chunks only: the
+/// block comparison that follows corrects anything else).
+fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let dir = Path::new(&req.path);
+    let manifest_path = dir.join("seed.json");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        format!(
+            "site {site} cannot read the seed manifest {}: {e}; copy the output of `offsite group export-seed` there",
+            manifest_path.display()
+        )
+    })?;
+    let manifest: wire::SeedManifest = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "seed manifest {} is malformed: {e}",
+            manifest_path.display()
+        )
+    })?;
+    if manifest.format_version != 1 {
+        return Err(format!(
+            "seed format {} is not supported",
+            manifest.format_version
+        ));
+    }
+    if manifest.group != req.group {
+        return Err(format!(
+            "the seed at {} is of group {}, not {}",
+            dir.display(),
+            manifest.group,
+            req.group
+        ));
+    }
+    for spec in store.volumes() {
+        let Some(v) = manifest.volumes.iter().find(|v| v.name == spec.name) else {
+            return Err(format!(
+                "the seed at {} has no volume {}",
+                dir.display(),
+                spec.name
+            ));
+        };
+        if v.size_bytes != spec.size_bytes || v.block_size != spec.block_size {
+            return Err(format!(
+                "seed volume {} is {} bytes in blocks of {}, the group's is {} in blocks of {}",
+                v.name, v.size_bytes, v.block_size, spec.size_bytes, spec.block_size
+            ));
+        }
+        let file_path = dir.join(&v.file);
+        let file = std::fs::File::open(&file_path).map_err(|e| {
+            format!(
+                "site {site} cannot open seed image {}: {e}",
+                file_path.display()
+            )
+        })?;
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut offset = 0;
+        while offset < spec.size_bytes {
+            let n = (spec.size_bytes - offset).min(CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| format!("reading seed image {}: {e}", file_path.display()))?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                store
+                    .write_base(&spec.name, offset, &buf[..n])
+                    .map_err(|e| format!("writing the base of {}: {e}", spec.name))?;
+            }
+            offset += n as u64;
+        }
+    }
+    store
+        .sync_base()
+        .map_err(|e| format!("making the seeded base durable: {e}"))
+}
+
 /// Free bytes for an unprivileged writer on the filesystem holding `dir`.
 fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
@@ -188,23 +261,42 @@ impl Replication {
                     .ok_or_else(|| format!("group {} has no volume #{}", req.group, req.volume))?
                     .volume
                     .clone();
-                let pit = match req.pit {
-                    Some(p) => offsite_replica::PitId::new(p)
-                        .ok_or_else(|| format!("PIT {p} is not a valid id"))?,
-                    None => {
+                let pit = match (req.base, req.pit) {
+                    (true, _) => None,
+                    (false, Some(p)) => Some(
+                        offsite_replica::PitId::new(p)
+                            .ok_or_else(|| format!("PIT {p} is not a valid id"))?,
+                    ),
+                    (false, None) => Some(
                         store
                             .newest()
                             .ok_or_else(|| format!("group {} has no PIT yet", req.group))?
-                            .id
-                    }
+                            .id,
+                    ),
                 };
                 let hashes = tokio::task::spawn_blocking(move || {
-                    store.block_hashes(Some(pit), &volume, req.first..req.first + req.count)
+                    store.block_hashes(pit, &volume, req.first..req.first + req.count)
                 })
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("hashing PIT {pit}: {e}"))?;
+                .map_err(|e| format!("hashing the replica's blocks: {e}"))?;
                 Ok(Bytes::from(hashes.concat()))
+            }
+            wire::kinds::SEED_LOAD => {
+                let req: wire::SeedLoad = parse(body)?;
+                let (row, store) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                if store.newest().is_some() {
+                    return Err(format!(
+                        "group {} already has PITs; a seed only starts a new replica",
+                        req.group
+                    ));
+                }
+                let site_name = self.site.config().name.clone();
+                tokio::task::spawn_blocking(move || load_seed(&site_name, &req, &store))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(Bytes::new())
             }
             wire::kinds::PIT_RELEASE => {
                 let req: wire::PitRelease = parse(body)?;

@@ -38,6 +38,50 @@ pub mod kinds {
     pub const GROUP_DELETE: u16 = 9;
     /// Primary → replica: forget a PIT's name.
     pub const PIT_RELEASE: u16 = 10;
+    /// Primary → replica: load a seed (carried there by hand) into the base images.
+    pub const SEED_LOAD: u16 = 11;
+}
+
+/// [`kinds::SEED_LOAD`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedLoad {
+    /// Group name.
+    pub group: String,
+    /// Seed directory on the replica (written by `group export-seed`).
+    pub path: String,
+}
+
+/// `seed.json`, written by `group export-seed` beside the volume images.
+///
+/// Format version 1. The images are raw and sparse; the replica checks
+/// names and geometry against the group, and the seeded initial
+/// replication compares every block by BLAKE3 anyway, so a stale or damaged
+/// seed costs transfer, never correctness.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedManifest {
+    /// Format version (1).
+    pub format_version: u32,
+    /// Group name.
+    pub group: String,
+    /// Primary site.
+    pub primary: String,
+    /// RFC 3339 time of the export.
+    pub created_at: String,
+    /// Volumes with their image file names (relative to the manifest).
+    pub volumes: Vec<SeedVolume>,
+}
+
+/// A volume of a seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedVolume {
+    /// Volume name.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Image file name.
+    pub file: String,
 }
 
 /// [`kinds::PIT_RELEASE`].
@@ -142,6 +186,9 @@ pub struct Hashes {
     pub first: u64,
     /// Number of blocks.
     pub count: u64,
+    /// Hash the base images instead of a PIT (seeded initial replication).
+    #[serde(default)]
+    pub base: bool,
 }
 
 /// [`kinds::SYNC`].
