@@ -1248,7 +1248,9 @@ fn entry(p: PitDesc) -> PitEntry {
 }
 
 /// Health per DESIGN.md §1: `warning` when the newest PIT is older than the
-/// RPO or the partner's last contact failed; `critical` at twice the RPO.
+/// RPO, the last cycle failed or the partner just became unreachable;
+/// `critical` at twice the RPO or when the partner has been unreachable for
+/// longer than the RPO.
 fn health(
     row: &GroupRow,
     has_pit: bool,
@@ -1272,8 +1274,16 @@ fn health(
         && !p.reachable
         && p.last_error.is_some()
     {
+        // Unreachable for longer than the RPO (or never reached): the
+        // replica is falling behind for sure.
+        let down_for = p.last_handshake_at.as_deref().map(age_seconds);
+        let level = if down_for.is_none_or(|d| d > row.rpo_secs) {
+            "critical"
+        } else {
+            "warning"
+        };
         return (
-            "warning".into(),
+            level.into(),
             Some(format!(
                 "partner {} unreachable: {}",
                 p.name,

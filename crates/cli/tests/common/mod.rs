@@ -401,3 +401,177 @@ pub fn api_request(site: &TestSite, method: &str, path: &str, body: Option<&str>
         .unwrap_or_else(|| panic!("no status in HTTP answer to {method} {path}: {head:?}"));
     (status, body.to_string())
 }
+
+// ---- Replication groups (issue 4) ----
+
+/// Replication timers for group tests: fast reconnects, but sessions that
+/// tolerate a throttled link (a ping may queue behind seconds of bulk data).
+pub const GROUP_REPLICATION: &str =
+    "keepalive_secs = 1.0\ndead_after_secs = 20.0\nprobe_secs = 1.0\nconnect_timeout_secs = 3.0\n";
+
+/// A started site with [`GROUP_REPLICATION`] timers whose replication
+/// listener keeps its port across restarts (so partners need no update).
+pub fn group_site(name: &str) -> TestSite {
+    let mut s = TestSite::init(bin(), name);
+    set_replication_config(&s, GROUP_REPLICATION);
+    s.start();
+    keep_listen_port(&s);
+    s
+}
+
+/// Rewrites config.toml's `listen` to the port the running site bound, so
+/// that a restart (after `kill9` or `stop`) listens at the same address.
+pub fn keep_listen_port(site: &TestSite) {
+    let listen = site_addr(site, "listen");
+    let path = site.dir().join("config.toml");
+    let text = std::fs::read_to_string(&path).expect("read config.toml");
+    let new: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen = ") {
+                format!("listen = \"{listen}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, new.join("\n") + "\n").expect("write config.toml");
+}
+
+/// `authz add --allowed-primary PRIMARY --storage-location DIR [--security-tag T]`
+/// on `replica`; returns DIR (in the replica's scratch directory).
+pub fn authorize_primary(replica: &TestSite, primary: &str, tag: Option<&str>) -> PathBuf {
+    let dir = replica.scratch().join(format!("replicas-of-{primary}"));
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "authz",
+        "add",
+        "--allowed-primary",
+        primary,
+        "--storage-location",
+        &d,
+    ];
+    if let Some(t) = tag {
+        args.extend(["--security-tag", t]);
+    }
+    replica.json(&args);
+    dir
+}
+
+/// Sites `site-a` (primary) and `site-b` (replica) from [`group_site`],
+/// paired both ways; B authorizes A (no security tag).
+pub fn group_pair() -> (TestSite, TestSite) {
+    let a = group_site("site-a");
+    let b = group_site("site-b");
+    pair(&a, &b);
+    authorize_primary(&b, a.name(), None);
+    (a, b)
+}
+
+/// `group create NAME --partner PARTNER` with `members` (`--vm`/`--volume`
+/// flags), `extra` flags, and `--mode async --rpo 30s --keep 3` for those
+/// of the three that `extra` does not set.
+pub fn create_group(
+    primary: &TestSite,
+    name: &str,
+    partner: &str,
+    members: &[&str],
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["group", "create", name, "--partner", partner];
+    args.extend_from_slice(members);
+    args.extend_from_slice(extra);
+    args.extend(group_defaults(extra));
+    primary.json(&args)
+}
+
+/// `--mode async --rpo 30s --keep 3`, less the flags `extra` sets.
+pub fn group_defaults(extra: &[&str]) -> Vec<&'static str> {
+    [("--mode", "async"), ("--rpo", "30s"), ("--keep", "3")]
+        .into_iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [flag, value])
+        .collect()
+}
+
+/// `group status NAME --json`.
+pub fn group_status(site: &TestSite, name: &str) -> serde_json::Value {
+    site.json(&["group", "status", name])
+}
+
+/// Polls `group status` until `cond` holds; returns that status.
+pub fn wait_group(
+    site: &TestSite,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = group_status(site, name);
+        if cond(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: group {name}: timed out after {limit:?} waiting for: {what}; last status: {st}\nlog:\n{}",
+            site.name(),
+            tail(&site.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `pit list NAME --json`.
+pub fn pit_list(site: &TestSite, group: &str) -> Vec<serde_json::Value> {
+    site.json(&["pit", "list", group])
+        .as_array()
+        .expect("pit list --json is an array")
+        .clone()
+}
+
+/// `(id, name)` of every PIT of `group` on `site`, oldest first.
+pub fn pit_ids(site: &TestSite, group: &str) -> Vec<(u64, Option<String>)> {
+    pit_list(site, group)
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap_or_else(|| panic!("PIT id: {p}")),
+                p["name"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// `sync NAME [extra] --json` on `site`, which must succeed; returns the PIT.
+pub fn sync_pit(site: &TestSite, group: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["sync", group];
+    args.extend_from_slice(extra);
+    let r = site.json(&args);
+    assert_eq!(r["group"].as_str(), Some(group), "{r}");
+    let pit = r["pit"].clone();
+    assert!(
+        pit["id"].as_u64().is_some(),
+        "sync should return its PIT: {r}"
+    );
+    pit
+}
+
+/// `verify NAME --json` at the primary, which must find no difference;
+/// returns its JSON.
+pub fn verify_clean(primary: &TestSite, group: &str) -> serde_json::Value {
+    let out = primary.run(&["verify", group, "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "verify {group} failed ({}): {}{stdout}\nprimary log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        tail(&primary.log(), 30)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("verify --json is not JSON ({e}): {stdout}"));
+    assert_eq!(v["differing_blocks"].as_u64(), Some(0), "{v}");
+    v
+}
