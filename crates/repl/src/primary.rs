@@ -174,6 +174,28 @@ impl Channel {
         }
     }
 
+    /// A request whose body only names `group`.
+    async fn group_request(&mut self, kind: u16, group: &str) -> Result<Bytes, ReplError> {
+        let body = serde_json::to_vec(&GroupRef {
+            group: group.to_string(),
+        })
+        .unwrap_or_default();
+        self.request(kind, body).await
+    }
+
+    /// BLAKE3 of `req.count` blocks at the replica, 32 bytes each.
+    async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        let answer = self.request(wire::kinds::HASHES, body).await?;
+        if answer.len() as u64 != req.count * 32 {
+            return Err(ReplError::Protocol {
+                partner: self.partner.clone(),
+                why: format!("{} hash bytes for {} blocks", answer.len(), req.count),
+            });
+        }
+        Ok(answer)
+    }
+
     pub(crate) async fn request_json<T: serde::de::DeserializeOwned>(
         &mut self,
         kind: u16,
@@ -671,14 +693,7 @@ impl Replication {
         progress.done.store(done, Ordering::Relaxed);
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.request(
-            wire::kinds::BASE_BEGIN,
-            serde_json::to_vec(&GroupRef {
-                group: row.name.clone(),
-            })
-            .unwrap_or_default(),
-        )
-        .await?;
+        ch.group_request(wire::kinds::BASE_BEGIN, &row.name).await?;
         let site = self.site.clone();
         let g = row.name.clone();
         if let Some(seed) = blocking(move || site.group_seed(&g)).await? {
@@ -722,25 +737,15 @@ impl Replication {
             while first < nblocks {
                 let count = (nblocks - first).min(step);
                 let theirs = ch
-                    .request(
-                        wire::kinds::HASHES,
-                        serde_json::to_vec(&Hashes {
-                            group: row.name.clone(),
-                            pit: None,
-                            volume: idx as u16,
-                            first,
-                            count,
-                            base: true,
-                        })
-                        .unwrap_or_default(),
-                    )
+                    .hashes(&Hashes {
+                        group: row.name.clone(),
+                        pit: None,
+                        volume: idx as u16,
+                        first,
+                        count,
+                        base: true,
+                    })
                     .await?;
-                if theirs.len() as u64 != count * 32 {
-                    return Err(ReplError::Protocol {
-                        partner: row.partner.clone(),
-                        why: format!("{} hash bytes for {count} blocks", theirs.len()),
-                    });
-                }
                 let v = vol.clone();
                 let data = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; (count * bs) as usize];
@@ -774,14 +779,7 @@ impl Replication {
                 }
                 first += count;
                 progress.done.fetch_add(count * bs, Ordering::Relaxed);
-                ch.request(
-                    wire::kinds::BASE_SYNC,
-                    serde_json::to_vec(&GroupRef {
-                        group: row.name.clone(),
-                    })
-                    .unwrap_or_default(),
-                )
-                .await?;
+                ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
                 let site = self.site.clone();
                 let (g, vname, at) = (row.name.clone(), desc.volume.clone(), first * bs);
                 blocking(move || site.set_initial_progress(&g, &vname, at)).await?;
@@ -835,14 +833,7 @@ impl Replication {
                 offset += len;
                 progress.done.fetch_add(len, Ordering::Relaxed);
                 if offset % BASE_CHECKPOINT == 0 || offset >= desc.size_bytes {
-                    ch.request(
-                        wire::kinds::BASE_SYNC,
-                        serde_json::to_vec(&GroupRef {
-                            group: row.name.clone(),
-                        })
-                        .unwrap_or_default(),
-                    )
-                    .await?;
+                    ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
                     let site = self.site.clone();
                     let (g, vname) = (row.name.clone(), desc.volume.clone());
                     blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
@@ -932,14 +923,7 @@ impl Replication {
         bytes: &mut u64,
     ) -> Result<PitCommitted, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.request(
-            wire::kinds::PIT_BEGIN,
-            serde_json::to_vec(&GroupRef {
-                group: row.name.clone(),
-            })
-            .unwrap_or_default(),
-        )
-        .await?;
+        ch.group_request(wire::kinds::PIT_BEGIN, &row.name).await?;
         let mut blocks_sent = 0u64;
         for (idx, (vol, set)) in volumes.iter().zip(sets).enumerate() {
             let bs = u64::from(vol.row().block_size);
@@ -1036,25 +1020,15 @@ impl Replication {
             while first < nblocks {
                 let count = (nblocks - first).min(STEP);
                 let theirs = ch
-                    .request(
-                        wire::kinds::HASHES,
-                        serde_json::to_vec(&Hashes {
-                            group: row.name.clone(),
-                            pit: Some(pit),
-                            volume: idx as u16,
-                            first,
-                            count,
-                            base: false,
-                        })
-                        .unwrap_or_default(),
-                    )
+                    .hashes(&Hashes {
+                        group: row.name.clone(),
+                        pit: Some(pit),
+                        volume: idx as u16,
+                        first,
+                        count,
+                        base: false,
+                    })
                     .await?;
-                if theirs.len() as u64 != count * 32 {
-                    return Err(ReplError::Protocol {
-                        partner: row.partner.clone(),
-                        why: format!("{} hash bytes for {count} blocks", theirs.len()),
-                    });
-                }
                 let vol = v.clone();
                 let ours = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; bs as usize];
