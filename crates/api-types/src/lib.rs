@@ -5,6 +5,24 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Prometheus text exposition helpers shared by the daemon's metric sources.
+pub mod metrics {
+    use std::fmt::Write;
+
+    /// Writes one family with samples `(labels, value)`.
+    pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
+}
+
 /// Version prefix of every API route.
 pub const API_PREFIX: &str = "/api/v1";
 
@@ -351,6 +369,8 @@ pub struct GroupStatus {
     pub volumes: Vec<String>,
     /// Initial replication progress, 0–100, while it runs.
     pub initial_progress_percent: Option<f64>,
+    /// Block data bytes sent by initial replication since the daemon started.
+    pub initial_bytes_sent: u64,
     /// Estimated seconds to finish the running transfer, if known.
     pub eta_seconds: Option<u64>,
     /// The last error, if the last attempt failed.

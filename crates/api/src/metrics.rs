@@ -4,8 +4,6 @@
 //! atomics at scrape time, which the format makes a `format!` per line;
 //! a metrics registry crate would add global state for no gain.
 
-use std::fmt::Write;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -18,18 +16,7 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn render(&self, out: &mut String);
 }
 
-/// Writes one family with samples `(labels, value)`.
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
-}
+pub use offsite_api_types::metrics::family;
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

@@ -214,6 +214,7 @@ impl MetricsSource for ReplMetrics {
             "Replication sessions established.",
             &one(s.sessions()),
         );
+        self.0.render_metrics(out);
     }
 }
 

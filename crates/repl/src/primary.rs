@@ -61,6 +61,8 @@ pub(crate) enum Command {
 /// In-memory progress of a running transfer, for status.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
+    /// Payload bytes of block data sent by initial replication (this daemon's lifetime).
+    pub(crate) sent: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) total: AtomicU64,
     pub(crate) started: std::sync::Mutex<Option<Instant>>,
@@ -81,6 +83,8 @@ pub(crate) struct Channel {
     next_seq: u64,
     unacked: u64,
     bucket: Option<Arc<TokenBucket>>,
+    /// Bulk payload bytes sent on this channel.
+    sent: u64,
 }
 
 impl Channel {
@@ -118,6 +122,7 @@ impl Channel {
     }
 
     async fn send_batch(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
+        self.sent += payload.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.session
@@ -378,6 +383,7 @@ impl Replication {
             next_seq: 0,
             unacked: 0,
             bucket,
+            sent: 0,
         })
     }
 
@@ -712,6 +718,7 @@ impl Replication {
         } else {
             self.full_copy(row, &volumes, &mut ch, progress).await?;
         }
+        progress.sent.fetch_add(ch.sent, Ordering::Relaxed);
         ch.session.close().await;
         let site = self.site.clone();
         let g = row.name.clone();
@@ -1125,10 +1132,119 @@ impl Replication {
             keep: row.keep,
             volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
             initial_progress_percent: progress,
+            initial_bytes_sent: self
+                .runner(name)
+                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             eta_seconds: eta,
             last_error: row.last_error.clone(),
             store_dir: row.store_dir.clone(),
         })
+    }
+
+    /// Appends the per-group metric families (blocking: reads the catalog).
+    pub fn render_metrics(&self, out: &mut String) {
+        let Ok(groups) = self.site.group_rows() else {
+            return;
+        };
+        let mut lag = Vec::new();
+        let mut pending = Vec::new();
+        let mut cycles = Vec::new();
+        let mut errors = Vec::new();
+        let mut last_bytes = Vec::new();
+        let mut last_ms = Vec::new();
+        let mut sent = Vec::new();
+        let mut pits = Vec::new();
+        for g in &groups {
+            let label = format!("group=\"{}\",role=\"{}\"", g.name, g.role);
+            let rows = self.site.pit_rows(&g.name).unwrap_or_default();
+            let age = rows.last().map_or_else(
+                || age_seconds(&g.created_at),
+                |p| age_seconds(&p.created_at),
+            );
+            lag.push((label.clone(), age));
+            pits.push((label.clone(), rows.len() as u64));
+            let p: u64 = if g.role == "primary" {
+                g.volumes
+                    .iter()
+                    .filter_map(|v| self.site.volume(&v.volume).ok())
+                    .map(|v| v.tracker().dirty_bytes())
+                    .sum()
+            } else {
+                0
+            };
+            pending.push((label.clone(), p));
+            let cs = self.site.cycle_rows(&g.name).unwrap_or_default();
+            cycles.push((label.clone(), cs.len() as u64));
+            errors.push((
+                label.clone(),
+                cs.iter().filter(|c| c.error.is_some()).count() as u64,
+            ));
+            let last = cs.iter().rev().find(|c| c.pit.is_some());
+            last_bytes.push((label.clone(), last.map_or(0, |c| c.bytes)));
+            last_ms.push((
+                label.clone(),
+                last.and_then(|c| {
+                    let end = c.finished_at.as_deref()?;
+                    Some(age_seconds(&c.started_at).saturating_sub(age_seconds(end)) * 1000)
+                })
+                .unwrap_or(0),
+            ));
+            let initial = self
+                .runner(&g.name)
+                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed));
+            sent.push((label, cs.iter().map(|c| c.bytes).sum::<u64>() + initial));
+        }
+        use offsite_api_types::metrics::family as f;
+        f(
+            out,
+            "offsite_group_lag_seconds",
+            "gauge",
+            "Age of the group's newest PIT.",
+            &lag,
+        );
+        f(
+            out,
+            "offsite_group_pending_bytes",
+            "gauge",
+            "Changed bytes not yet in a PIT (primary).",
+            &pending,
+        );
+        f(out, "offsite_group_pits", "gauge", "PITs held.", &pits);
+        f(
+            out,
+            "offsite_group_cycles_total",
+            "counter",
+            "Replication cycles attempted.",
+            &cycles,
+        );
+        f(
+            out,
+            "offsite_group_cycle_errors_total",
+            "counter",
+            "Replication cycles that failed.",
+            &errors,
+        );
+        f(
+            out,
+            "offsite_group_last_cycle_bytes",
+            "gauge",
+            "Data bytes shipped by the last successful cycle.",
+            &last_bytes,
+        );
+        f(
+            out,
+            "offsite_group_last_cycle_duration_ms",
+            "gauge",
+            "Duration of the last successful cycle (second resolution).",
+            &last_ms,
+        );
+        f(
+            out,
+            "offsite_group_sent_bytes_total",
+            "counter",
+            "Data bytes sent by cycles and this daemon's initial replication.",
+            &sent,
+        );
     }
 
     /// `group list`.
