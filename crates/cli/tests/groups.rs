@@ -417,6 +417,10 @@ fn pause_keeps_tracking_and_resume_catches_up() {
     // Pause and resume are the primary's.
     let err = b.fails(&["group", "pause", "g"]);
     assert_names(&err, &["site-a", "primary"]);
+    let err = b.fails(&["group", "start", "g"]);
+    assert_names(&err, &["site-a", "primary"]);
+    let err = b.fails(&["verify", "g"]);
+    assert_names(&err, &["primary"]);
     assert_eq!(pit_ids(&a, "g"), before, "no PIT while paused");
 
     let st = a.json(&["group", "resume", "g"]);
@@ -532,7 +536,6 @@ fn bandwidth_limit_paces_a_cycle() {
 }
 
 #[test]
-#[ignore = "bug: verify_group (crates/repl/src/primary.rs) takes a cut outside the group runner; overlapping cuts share one Cut slot per volume (crates/engine/src/volume.rs begin_cut_locked/end_cut) and finish_cut clears the other cut's in-flight blocks: verify fails or reports false differences, and writes are lost for replication"]
 fn verify_while_a_cycle_is_shipping() {
     if !have_tools(&["qemu-io"]) {
         return;
@@ -563,7 +566,6 @@ fn verify_while_a_cycle_is_shipping() {
 }
 
 #[test]
-#[ignore = "bug: verify_group (crates/repl/src/primary.rs) takes a cut outside the group runner; overlapping cuts share one Cut slot per volume (crates/engine/src/volume.rs begin_cut_locked/end_cut) and finish_cut clears the other cut's in-flight blocks: verify fails or reports false differences, and writes are lost for replication"]
 fn a_cycle_started_during_verify_loses_no_write() {
     if !have_tools(&["qemu-io"]) {
         return;
@@ -616,5 +618,59 @@ fn a_cycle_started_during_verify_loses_no_write() {
     assert!(
         overlapping_ok,
         "verify with a cycle started during it: {overlapping_err}{overlapping}"
+    );
+}
+
+#[test]
+fn racing_creates_put_a_volume_in_one_group_only() {
+    let (a, b) = group_pair();
+    a.create_volume("v1", "4M");
+    let creates: Vec<KillOnDrop> = (0..4)
+        .map(|i| {
+            let name = format!("g{i}");
+            let mut args = vec![
+                "group",
+                "create",
+                &name,
+                "--partner",
+                "site-b",
+                "--volume",
+                "v1",
+            ];
+            args.extend(group_defaults(&[]));
+            KillOnDrop(Some(
+                Command::new(bin())
+                    .args(&args)
+                    .arg("--dir")
+                    .arg(a.dir())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn group create"),
+            ))
+        })
+        .collect();
+    let mut ok = 0;
+    for mut c in creates {
+        let o = c.take().wait_with_output().expect("wait for group create");
+        if o.status.success() {
+            ok += 1;
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_names(&err, &["already belongs"]);
+        }
+    }
+    assert_eq!(
+        ok,
+        1,
+        "exactly one of 4 racing creates may take v1: A has {:?}",
+        group_names(&a)
+    );
+    assert_eq!(group_names(&a).len(), 1, "{:?}", group_names(&a));
+    assert_eq!(
+        group_names(&b),
+        group_names(&a),
+        "no orphan group on the replica"
     );
 }

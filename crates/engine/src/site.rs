@@ -480,11 +480,13 @@ impl Site {
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
         let mut sets = Vec::with_capacity(volumes.len());
-        for v in volumes {
+        for (i, v) in volumes.iter().enumerate() {
             match v.begin_cut_locked(all) {
                 Ok(s) => sets.push(s),
                 Err(e) => {
-                    for v in volumes {
+                    // Undo only the cuts this call began: another cut of a
+                    // volume must not be ended by our failure.
+                    for v in &volumes[..i] {
                         v.end_cut(false);
                     }
                     return Err(e);

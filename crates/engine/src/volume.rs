@@ -206,6 +206,13 @@ impl Volume {
     /// Takes a cut of this volume alone (see [`crate::Site::cut`] for a
     /// group): returns the blocks to ship.
     pub(crate) fn begin_cut_locked(&self, all: bool) -> Result<RoaringBitmap, EngineError> {
+        if self.cut_active.load(Ordering::Acquire) {
+            return Err(EngineError::Busy {
+                name: self.row.name.clone(),
+                why: "a replication cut of it is already being shipped".into(),
+                what_to_do: "wait for the running cycle to end and retry",
+            });
+        }
         let blocks = self.tracker.begin_cut()?;
         *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cut {
             all,

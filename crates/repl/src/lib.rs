@@ -154,6 +154,9 @@ pub struct Replication {
     monitored: Mutex<HashMap<String, Session>>,
     /// Open replica stores of the groups this site is replica of.
     stores: Mutex<HashMap<String, Arc<offsite_replica::ReplicaStore>>>,
+    /// Serializes `group create`, so that the one-group-per-volume check
+    /// and the insert are not interleaved by concurrent creates.
+    create_lock: Mutex<()>,
     /// Runners of the groups this site is primary of.
     runners: std::sync::Mutex<HashMap<String, primary::Runner>>,
     /// The site-wide default bandwidth limit (`site set --bandwidth`),
@@ -191,6 +194,7 @@ impl Replication {
             options,
             monitored: Mutex::new(HashMap::new()),
             stores: Mutex::new(HashMap::new()),
+            create_lock: Mutex::new(()),
             runners: std::sync::Mutex::new(HashMap::new()),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),

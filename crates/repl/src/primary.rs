@@ -54,6 +54,10 @@ pub(crate) enum Command {
         pit_name: Option<String>,
         reply: oneshot::Sender<Result<PitDesc, String>>,
     },
+    /// Verify the replica against a fresh full cut; reply with the result.
+    Verify {
+        reply: oneshot::Sender<Result<VerifyResult, String>>,
+    },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
 }
@@ -265,6 +269,7 @@ impl Replication {
         if req.keep == 0 {
             return Err(invalid("--keep must be at least 1".into()));
         }
+        let _serial = self.create_lock.lock().await;
         let site = self.site.clone();
         let r = req.clone();
         let volumes = blocking(move || {
@@ -357,7 +362,14 @@ impl Replication {
                 .collect(),
         };
         let name = req.name.clone();
-        blocking(move || site.insert_group_row(&row)).await?;
+        if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
+            // Undo the replica's side, or the name stays taken there.
+            if let Ok(mut ch) = self.channel(&req.partner, None).await {
+                let _ = ch.group_request(wire::kinds::GROUP_DELETE, &name).await;
+                ch.close().await;
+            }
+            return Err(e);
+        }
         tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
         self.group_status(&name).await
     }
@@ -632,6 +644,7 @@ impl Replication {
                             _ = tokio::time::sleep(backoff) => {}
                             c = rx.recv() => match c {
                                 Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
                                 Some(Command::Wake) => {}
                                 None => return,
                             },
@@ -653,6 +666,11 @@ impl Replication {
                                 last_cycle = Instant::now();
                                 let _ = reply.send(r);
                             }
+                            Some(Command::Verify { reply }) => {
+                                let r = self.verify_now(&row).await.map_err(|e| e.to_string());
+                                last_cycle = Instant::now();
+                                let _ = reply.send(r);
+                            }
                             Some(Command::Wake) => {}
                             None => return,
                         },
@@ -662,6 +680,9 @@ impl Replication {
                     // Paused or not started: only commands move it.
                     match rx.recv().await {
                         Some(Command::Sync { reply, .. }) => {
+                            let _ = reply.send(Err(format!("group {name} is {state}")));
+                        }
+                        Some(Command::Verify { reply }) => {
                             let _ = reply.send(Err(format!("group {name} is {state}")));
                         }
                         Some(Command::Wake) => {}
@@ -982,7 +1003,7 @@ impl Replication {
 
     /// `verify`: a full cut, shipped as a PIT, then every block of every
     /// volume at that cut compared by BLAKE3 with the replica's PIT.
-    pub async fn verify_group(&self, name: &str) -> Result<VerifyResult, ReplError> {
+    pub async fn verify_group(self: &Arc<Self>, name: &str) -> Result<VerifyResult, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
         let row = blocking(move || site.group_row(&n)).await?;
@@ -992,11 +1013,25 @@ impl Replication {
                 row.role, row.state
             )));
         }
-        // The runner is not involved: take the same lock of volumes via a
-        // cycle of our own (a cycle of the runner may overlap; both cut and
-        // ship consistently, and the replica serializes PIT commits).
-        let (pit, volumes) = self.cycle(&row, None, true).await?;
-        let result = self.compare(&row, pit.id, &volumes).await;
+        // The group's runner does it, between its cycles: a cut of the same
+        // volumes must never overlap another.
+        let runner = self.ensure_runner(name);
+        let (reply, rx) = oneshot::channel();
+        runner
+            .tx
+            .send(Command::Verify { reply })
+            .await
+            .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
+        rx.await
+            .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
+            .map_err(ReplError::Refused)
+    }
+
+    /// Verification proper; only the group's runner calls it.
+    async fn verify_now(&self, row: &GroupRow) -> Result<VerifyResult, ReplError> {
+        let name = &row.name;
+        let (pit, volumes) = self.cycle(row, None, true).await?;
+        let result = self.compare(row, pit.id, &volumes).await;
         for v in &volumes {
             v.end_cut(true);
         }
