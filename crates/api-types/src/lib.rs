@@ -498,3 +498,10 @@ pub struct SeedExport {
     /// Image files (plus `seed.json`).
     pub files: Vec<String>,
 }
+
+/// `PATCH /api/v1/partners/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UpdatePartner {
+    /// New HOST:PORT of the partner's replication listener.
+    pub address: String,
+}

@@ -76,11 +76,11 @@ impl ApiState {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
-    paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_test, partner_authz_check,
+    paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
         group_verify, group_measure, pit_list, pit_export, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -106,7 +106,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/site", get(site_show))
         .route("/site/settings", get(settings_show).patch(settings_update))
         .route("/partners", get(partner_list).post(partner_add))
-        .route("/partners/{name}", get(partner_show).delete(partner_remove))
+        .route(
+            "/partners/{name}",
+            get(partner_show)
+                .delete(partner_remove)
+                .patch(partner_update),
+        )
         .route("/partners/{name}/test", axum::routing::post(partner_test))
         .route(
             "/partners/{name}/authz-check",
@@ -515,6 +520,18 @@ async fn vm_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResu
     responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
 async fn vm_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
     blocking(move || s.site.delete_vm(&name)).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/partners/{name}", params(("name" = String, Path)),
+    request_body = offsite_api_types::UpdatePartner,
+    responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn partner_update(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::UpdatePartner>,
+) -> ApiResult<PartnerInfo> {
+    let req = body(b)?;
+    blocking(move || s.site.set_partner_address(&name, &req.address)).await
 }
 
 #[utoipa::path(get, path = "/api/v1/authz", responses((status = 200, body = [AuthzEntry])))]

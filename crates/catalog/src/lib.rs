@@ -656,6 +656,21 @@ impl Catalog {
         .map_err(self.err("update partner"))
     }
 
+    /// Changes a partner's address.
+    pub fn set_partner_address(&self, name: &str, address: &str) -> Result<(), CatalogError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE partners SET address = ?2 WHERE name = ?1",
+                params![name, address],
+            )
+            .map_err(self.err("update partner"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchPartner(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Unpins a partner.
     pub fn delete_partner(&self, name: &str) -> Result<(), CatalogError> {
         let n = self

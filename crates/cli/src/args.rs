@@ -228,6 +228,13 @@ pub enum PartnerCommand {
     },
     /// List partners with their reachability.
     List,
+    /// Change a partner's address (its pinned identity stays).
+    Set {
+        name: String,
+        /// New HOST:PORT of the partner's replication listener.
+        #[arg(long)]
+        address: String,
+    },
     /// Unpin a partner: its next connection is refused.
     Remove { name: String },
     /// Handshake with a partner and measure RTT and bulk throughput.

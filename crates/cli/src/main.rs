@@ -185,6 +185,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     fingerprint,
                 })?),
                 PartnerCommand::List => p.partners(&c.partners()?),
+                PartnerCommand::Set { name, address } => {
+                    let pi = c.update_partner(&name, &address)?;
+                    p.done(
+                        &format!("partner {name} now at {}", pi.address),
+                        serde_json::to_value(&pi)?,
+                    )
+                }
                 PartnerCommand::Test {
                     name,
                     bytes,

@@ -379,3 +379,26 @@ fn site_bandwidth_limit_caps_partner_test() {
     let text = a.ok(&["site", "set"]);
     assert!(text.contains("unlimited"), "{text}");
 }
+
+#[test]
+fn partner_address_can_be_changed_without_repairing() {
+    let a = site("site-a");
+    let b = site("site-b");
+    pair(&a, &b);
+    let real = site_addr(&b, "listen");
+    // A wrong address: the partner is unreachable, its identity still pinned.
+    a.ok(&["partner", "set", "site-b", "--address", "127.0.0.1:9"]);
+    assert_eq!(
+        partner_entry(&a, "site-b").expect("partner")["address"],
+        "127.0.0.1:9"
+    );
+    let err = a.fails(&["partner", "test", "site-b", "--bytes", "1M"]);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    // Back to the real address: works again without a new `partner add`.
+    a.ok(&["partner", "set", "site-b", "--address", &real]);
+    partner_test(&a, "site-b", "1M", &[]);
+    let err = a.fails(&["partner", "set", "site-b", "--address", "nowhere"]);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    let err = a.fails(&["partner", "set", "site-x", "--address", &real]);
+    assert!(err.contains("no partner named"), "{err}");
+}

@@ -285,6 +285,17 @@ impl Client {
         self.post("/partners", req)
     }
 
+    /// `PATCH /partners/{name}`.
+    pub fn update_partner(&self, name: &str, address: &str) -> Result<PartnerInfo, ClientError> {
+        self.send(
+            "PATCH",
+            &format!("/partners/{}", encode(name)),
+            &offsite_api_types::UpdatePartner {
+                address: address.to_string(),
+            },
+        )
+    }
+
     /// `DELETE /partners/{name}`.
     pub fn remove_partner(&self, name: &str) -> Result<PartnerInfo, ClientError> {
         self.delete(&format!("/partners/{}", encode(name)))

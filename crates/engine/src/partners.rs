@@ -125,6 +125,23 @@ impl Site {
         Ok(partner_info(row))
     }
 
+    /// `partner set --address`: the partner moved (or restarted on another
+    /// port); its pinned identity stays.
+    pub fn set_partner_address(
+        &self,
+        name: &str,
+        address: &str,
+    ) -> Result<PartnerInfo, EngineError> {
+        validate_address(address)?;
+        self.catalog().set_partner_address(name, address)?;
+        self.event(
+            "partner.address",
+            Some(name),
+            &format!("partner {name} now at {address}"),
+        );
+        self.partner(name)
+    }
+
     /// `partner list`.
     pub fn partners(&self) -> Result<Vec<PartnerInfo>, EngineError> {
         Ok(self
