@@ -365,6 +365,12 @@ pub struct Catalog {
     path: PathBuf,
 }
 
+/// Whether an insert failed on a UNIQUE or PRIMARY KEY constraint (a name
+/// already taken).
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
 /// Current time in RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc()
@@ -480,14 +486,12 @@ impl Catalog {
                 v.import_source
             ],
         );
-        match r {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(CatalogError::VolumeExists(v.name.to_string()));
-            }
-            Err(e) => return Err(self.err("insert volume")(e)),
+        if let Err(e) = r {
+            return Err(if is_unique_violation(&e) {
+                CatalogError::VolumeExists(v.name.to_string())
+            } else {
+                self.err("insert volume")(e)
+            });
         }
         self.volume(v.name)
     }
@@ -694,14 +698,12 @@ impl Catalog {
             "INSERT INTO authz_entries (pattern, storage_location, security_tag, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![pattern, storage_location, security_tag, now_rfc3339()],
         );
-        match r {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(CatalogError::AuthzExists(pattern.to_string()));
-            }
-            Err(e) => return Err(self.err("insert authorization entry")(e)),
+        if let Err(e) = r {
+            return Err(if is_unique_violation(&e) {
+                CatalogError::AuthzExists(pattern.to_string())
+            } else {
+                self.err("insert authorization entry")(e)
+            });
         }
         self.authz_entries()?
             .into_iter()
@@ -759,14 +761,12 @@ impl Catalog {
             "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339()],
         );
-        match r {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(CatalogError::VmExists(vm.name.clone()));
-            }
-            Err(e) => return Err(err("insert VM")(e)),
+        if let Err(e) = r {
+            return Err(if is_unique_violation(&e) {
+                CatalogError::VmExists(vm.name.clone())
+            } else {
+                err("insert VM")(e)
+            });
         }
         for (i, v) in vm.volumes.iter().enumerate() {
             tx.execute(
@@ -870,14 +870,12 @@ impl Catalog {
                 now
             ],
         );
-        match r {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(CatalogError::GroupExists(g.name.clone()));
-            }
-            Err(e) => return Err(err("insert group")(e)),
+        if let Err(e) = r {
+            return Err(if is_unique_violation(&e) {
+                CatalogError::GroupExists(g.name.clone())
+            } else {
+                err("insert group")(e)
+            });
         }
         for (i, v) in g.volumes.iter().enumerate() {
             tx.execute(
