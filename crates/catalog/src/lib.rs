@@ -443,6 +443,20 @@ impl Catalog {
         }
     }
 
+    /// Runs an UPDATE or DELETE that must touch the named row; `missing`
+    /// is the error when no row matched.
+    fn change_row(
+        &self,
+        context: &'static str,
+        missing: impl FnOnce() -> CatalogError,
+        run: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
+    ) -> Result<(), CatalogError> {
+        match run(&self.conn).map_err(self.err(context))? {
+            0 => Err(missing()),
+            _ => Ok(()),
+        }
+    }
+
     /// Schema version on disk.
     pub fn schema_version(&self) -> Result<u32, CatalogError> {
         self.conn
@@ -541,29 +555,25 @@ impl Catalog {
 
     /// Sets a volume's state.
     pub fn set_volume_state(&self, name: &str, state: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE volumes SET state = ?2 WHERE name = ?1",
-                params![name, state],
-            )
-            .map_err(self.err("update volume"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchVolume(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "update volume",
+            || CatalogError::NoSuchVolume(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE volumes SET state = ?2 WHERE name = ?1",
+                    params![name, state],
+                )
+            },
+        )
     }
 
     /// Deletes a volume row.
     pub fn delete_volume(&self, name: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM volumes WHERE name = ?1", [name])
-            .map_err(self.err("delete volume"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchVolume(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "delete volume",
+            || CatalogError::NoSuchVolume(name.to_string()),
+            |c| c.execute("DELETE FROM volumes WHERE name = ?1", [name]),
+        )
     }
 
     /// Pins a partner; name and fingerprint must both be new.
@@ -662,29 +672,25 @@ impl Catalog {
 
     /// Changes a partner's address.
     pub fn set_partner_address(&self, name: &str, address: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE partners SET address = ?2 WHERE name = ?1",
-                params![name, address],
-            )
-            .map_err(self.err("update partner"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchPartner(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "update partner",
+            || CatalogError::NoSuchPartner(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE partners SET address = ?2 WHERE name = ?1",
+                    params![name, address],
+                )
+            },
+        )
     }
 
     /// Unpins a partner.
     pub fn delete_partner(&self, name: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM partners WHERE name = ?1", [name])
-            .map_err(self.err("delete partner"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchPartner(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "delete partner",
+            || CatalogError::NoSuchPartner(name.to_string()),
+            |c| c.execute("DELETE FROM partners WHERE name = ?1", [name]),
+        )
     }
 
     /// Adds an authorization entry.
@@ -735,14 +741,11 @@ impl Catalog {
 
     /// Removes an authorization entry.
     pub fn delete_authz(&self, pattern: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM authz_entries WHERE pattern = ?1", [pattern])
-            .map_err(self.err("delete authorization entry"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchAuthz(pattern.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "delete authorization entry",
+            || CatalogError::NoSuchAuthz(pattern.to_string()),
+            |c| c.execute("DELETE FROM authz_entries WHERE pattern = ?1", [pattern]),
+        )
     }
 
     /// Inserts a VM with its ordered volumes, in one transaction.
@@ -828,14 +831,11 @@ impl Catalog {
 
     /// Deletes a VM (its volumes stay).
     pub fn delete_vm(&self, name: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM vms WHERE name = ?1", [name])
-            .map_err(self.err("delete VM"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchVm(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "delete VM",
+            || CatalogError::NoSuchVm(name.to_string()),
+            |c| c.execute("DELETE FROM vms WHERE name = ?1", [name]),
+        )
     }
 
     /// Inserts a group with its volumes, in one transaction.
@@ -973,19 +973,18 @@ impl Catalog {
         state: &str,
         last_error: Option<&str>,
     ) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE groups SET state = ?2, last_error = ?3,
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET state = ?2, last_error = ?3,
                         state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
                  WHERE name = ?1",
-                params![name, state, last_error, now_rfc3339()],
-            )
-            .map_err(self.err("update group"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchGroup(name.to_string()));
-        }
-        Ok(())
+                    params![name, state, last_error, now_rfc3339()],
+                )
+            },
+        )
     }
 
     /// Records how much of a volume's initial replication is durable on the replica.
@@ -1006,14 +1005,11 @@ impl Catalog {
 
     /// Deletes a group (its PITs and cycles with it).
     pub fn delete_group(&self, name: &str) -> Result<(), CatalogError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM groups WHERE name = ?1", [name])
-            .map_err(self.err("delete group"))?;
-        if n == 0 {
-            return Err(CatalogError::NoSuchGroup(name.to_string()));
-        }
-        Ok(())
+        self.change_row(
+            "delete group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| c.execute("DELETE FROM groups WHERE name = ?1", [name]),
+        )
     }
 
     /// Records a committed PIT (both sites keep the list).
