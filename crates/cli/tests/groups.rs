@@ -290,11 +290,25 @@ fn create_time_refusals_name_their_rule() {
     assert_names(&err, &["storage location", "cannot create"]);
     std::fs::remove_file(&loc).unwrap();
     std::fs::create_dir(&loc).unwrap();
-    // Free space: a sparse 8 TiB volume does not fit in B's storage.
-    a.create_volume("huge", "8T");
-    let err = create("g", "site-b", &["--volume", "huge"], &[]);
-    assert_names(&err, &["free"]);
-    a.ok(&["volume", "delete", "huge"]);
+    // Free space counts the data a thin volume holds, not its size: B's
+    // storage location becomes a 4 MiB filesystem and A's volume holds
+    // 8 MiB of data.
+    a.create_volume("full", "64M");
+    qemu_io(&a.url("full"), &["write -P 7 0 8M"]);
+    let mounted = offsite_testkit::have_tool("mount")
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&loc)
+            .status()
+            .is_ok_and(|s| s.success());
+    if mounted {
+        let err = create("g", "site-b", &["--volume", "full"], &[]);
+        let _ = Command::new("umount").arg(&loc).status();
+        assert_names(&err, &["free", "bytes of data"]);
+    } else {
+        eprintln!("free-space refusal not checked: mounting a tmpfs needs root");
+    }
+    a.ok(&["volume", "delete", "full"]);
     // Nothing refused left a group behind on either site.
     assert_eq!(group_names(&a), vec!["tagged".to_string()]);
     let mut on_b = group_names(&b);

@@ -307,10 +307,12 @@ impl Replication {
                         "volume {n} already belongs to group {g}; a volume is in at most one group"
                     )));
                 }
+                let allocated = site.volume(&n)?.file().allocated_bytes().ok();
                 out.push(VolumeDesc {
                     name: n,
                     size_bytes: v.size_bytes,
                     block_size: v.block_size,
+                    allocated_bytes: allocated.map(|a| a.min(v.size_bytes)),
                 });
             }
             Ok(out)
@@ -830,13 +832,38 @@ impl Replication {
             while offset < desc.size_bytes {
                 let len = (desc.size_bytes - offset).min(MAX_BATCH_BYTES);
                 let v = vol.clone();
-                let buf = tokio::task::spawn_blocking(move || {
+                let read = tokio::task::spawn_blocking(move || {
+                    // Holes of a thin volume are zeroes the replica's sparse
+                    // base already reads: jump over them without reading.
+                    match v.file().next_data(offset)? {
+                        None => return Ok(Err(v.file().size())),
+                        Some(at) if at >= offset + len => {
+                            return Ok(Err(at - at % MAX_BATCH_BYTES));
+                        }
+                        Some(_) => {}
+                    }
                     let mut buf = vec![0u8; len as usize];
-                    v.file().read_at(&mut buf, offset).map(|()| buf)
+                    v.file().read_at(&mut buf, offset).map(|()| Ok(buf))
                 })
                 .await
                 .map_err(|e| invalid(e.to_string()))?
                 .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
+                let buf = match read {
+                    Ok(buf) => buf,
+                    Err(next) => {
+                        let next = next.clamp(offset + len, desc.size_bytes);
+                        progress.done.fetch_add(next - offset, Ordering::Relaxed);
+                        let crossed = next / BASE_CHECKPOINT != offset / BASE_CHECKPOINT;
+                        offset = next;
+                        if crossed || offset >= desc.size_bytes {
+                            ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
+                            let site = self.site.clone();
+                            let (g, vname) = (row.name.clone(), desc.volume.clone());
+                            blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
+                        }
+                        continue;
+                    }
+                };
                 // Non-zero runs only: the replica's base starts sparse.
                 let blocks = buf.chunks(bs as usize);
                 let mut run: Option<(u64, usize)> = None;

@@ -442,13 +442,20 @@ impl Replication {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!("site {site_name} cannot create {}: {e}; check the storage location of {}", dir.display(), grant.rule)
             })?;
-            let needed: u64 = req.volumes.iter().map(|v| v.size_bytes).sum();
+            // Replicas are as thin as their primaries: the base receives the
+            // allocated blocks only, so that is what must fit now. Growth
+            // later is watched by the storage-full events of the cycles.
+            let needed: u64 = req
+                .volumes
+                .iter()
+                .map(|v| v.allocated_bytes.unwrap_or(v.size_bytes))
+                .sum();
             if let Some(free) = free_bytes(&dir)
                 && free < needed
             {
                 let _ = std::fs::remove_dir(&dir);
                 return Err(format!(
-                    "site {site_name} has {free} bytes free at {} but the group's volumes need {needed}; free space or use another storage location",
+                    "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
                     dir.display()
                 ));
             }

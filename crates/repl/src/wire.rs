@@ -102,6 +102,10 @@ pub struct VolumeDesc {
     pub size_bytes: u64,
     /// Block size in bytes.
     pub block_size: u32,
+    /// Bytes the primary's data file occupies (a thin volume's footprint);
+    /// absent from older primaries, which means "the whole size".
+    #[serde(default)]
+    pub allocated_bytes: Option<u64>,
 }
 
 /// [`kinds::GROUP_CREATE`].

@@ -178,6 +178,29 @@ impl VolumeFile {
         Ok(())
     }
 
+    /// Start of the first byte at or after `offset` that the file has
+    /// allocated (`SEEK_DATA`), or `None` when only holes follow. Lets a
+    /// reader of a thin volume skip its holes instead of reading zeroes.
+    /// Filesystems without hole reporting say "data" everywhere, which is
+    /// correct, only slower.
+    pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        if offset >= self.size {
+            return Ok(None);
+        }
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => Ok((at < self.size).then_some(at)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(rustix::io::Errno::INVAL) => Ok(Some(offset)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Bytes the file occupies on disk (a thin volume's real footprint).
+    pub fn allocated_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
     /// Makes every completed write durable (`fdatasync`).
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -255,6 +278,23 @@ mod tests {
         drop(v);
         assert!(VolumeFile::open(&p, 1 << 20).is_ok());
         assert!(VolumeFile::open(&p, 2 << 20).is_err());
+    }
+
+    #[test]
+    fn next_data_skips_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VolumeFile::create(&dir.path().join("v.img"), 64 << 20).unwrap();
+        assert_eq!(v.next_data(0).unwrap(), None);
+        assert_eq!(v.allocated_bytes().unwrap(), 0);
+        v.write_at(&[1u8; 4096], 40 << 20).unwrap();
+        // Filesystems report data at their own granularity: never after the
+        // written byte, never before the previous hole ends.
+        let at = v.next_data(0).unwrap().unwrap();
+        assert!(at <= 40 << 20, "{at}");
+        assert!(v.next_data(at).unwrap().is_some());
+        assert_eq!(v.next_data((40 << 20) + (1 << 20)).unwrap(), None);
+        assert_eq!(v.next_data(64 << 20).unwrap(), None);
+        assert!(v.allocated_bytes().unwrap() >= 4096);
     }
 
     #[test]
