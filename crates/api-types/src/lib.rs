@@ -371,6 +371,10 @@ pub struct GroupStatus {
     pub initial_progress_percent: Option<f64>,
     /// Block data bytes sent by initial replication since the daemon started.
     pub initial_bytes_sent: u64,
+    /// Bytes of the volumes durable on the replica while initial replication
+    /// runs: where it resumes after a crash or a dropped link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_durable_bytes: Option<u64>,
     /// Estimated seconds to finish the running transfer, if known.
     pub eta_seconds: Option<u64>,
     /// The last error, if the last attempt failed.
@@ -477,6 +481,31 @@ pub struct PitExport {
     pub pit: u64,
     /// The PIT's volumes, read-only.
     pub volumes: Vec<ExportedVolume>,
+}
+
+/// Result of `pit check`: every PIT's own blocks read back and compared
+/// with the BLAKE3 hashes recorded when it was committed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitCheck {
+    /// Group name.
+    pub group: String,
+    /// One entry per PIT, oldest first.
+    pub pits: Vec<PitCheckEntry>,
+    /// PITs whose data does not match their checksums.
+    pub damaged: u64,
+}
+
+/// One PIT of a [`PitCheck`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitCheckEntry {
+    /// PIT id.
+    pub id: u64,
+    /// PIT name, if named.
+    pub name: Option<String>,
+    /// The PIT's blocks match their recorded checksums.
+    pub ok: bool,
+    /// What did not match, when not ok.
+    pub error: Option<String>,
 }
 
 /// `group export-seed` request.

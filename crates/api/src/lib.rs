@@ -79,8 +79,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
-        group_verify, group_measure, pit_list, pit_export, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -132,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
             "/groups/{name}/pits/{pit}/export",
             axum::routing::post(pit_export),
         )
+        .route("/groups/{name}/pits/check", axum::routing::post(pit_check))
         .route(
             "/groups/{name}/pits/{pit}/release",
             axum::routing::post(pit_release),
@@ -460,6 +461,15 @@ async fn pit_export(
     Path((name, pit)): Path<(String, String)>,
 ) -> ApiResult<offsite_api_types::PitExport> {
     repl(s.repl.pit_export(&name, &pit).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/pits/check", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PitCheck), (status = 400, body = ApiError)))]
+async fn pit_check(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::PitCheck> {
+    repl(s.repl.pit_check(&name).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/pits/{pit}/release",

@@ -179,6 +179,8 @@ pub enum PitCommand {
         /// PIT id or name.
         pit: String,
     },
+    /// Read every PIT back and compare it with its recorded checksums (at the replica).
+    Check { group: String },
     /// Forget a PIT's name so retention may remove it.
     Release {
         group: String,

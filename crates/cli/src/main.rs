@@ -320,6 +320,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pit(PitCommand::Export { group, pit }) => {
             p.pit_export(&client(&cli.global)?.pit_export(&group, &pit)?)
         }
+        Command::Pit(PitCommand::Check { group }) => {
+            let r = client(&cli.global)?.pit_check(&group)?;
+            p.pit_check(&r)?;
+            if r.damaged > 0 {
+                anyhow::bail!(
+                    "{} PIT(s) of group {group} do not match their checksums; fail over from an intact PIT and restore the damaged storage",
+                    r.damaged
+                );
+            }
+            Ok(())
+        }
         Command::Pit(PitCommand::Release { group, pit }) => {
             p.pits(&client(&cli.global)?.pit_release(&group, &pit)?)
         }

@@ -306,7 +306,9 @@ impl Printer {
             f.push((
                 "initial replication",
                 format!(
-                    "{pct:.1}%{}",
+                    "{pct:.1}%{}{}",
+                    g.initial_durable_bytes
+                        .map_or(String::new(), |d| format!(", {} durable", human(d))),
                     g.eta_seconds
                         .map_or(String::new(), |e| format!(", eta {e}s"))
                 ),
@@ -411,6 +413,30 @@ impl Printer {
             e.pit,
             e.group,
             table(&["VOLUME", "URL"], &rows)
+        ))
+    }
+
+    pub fn pit_check(&self, r: &offsite_api_types::PitCheck) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let rows: Vec<Vec<String>> = r
+            .pits
+            .iter()
+            .map(|p| {
+                vec![
+                    p.id.to_string(),
+                    p.name.clone().unwrap_or_default(),
+                    p.error.clone().unwrap_or_else(|| "ok".into()),
+                ]
+            })
+            .collect();
+        emit(&format!(
+            "group {}: {} PIT(s) checked, {} damaged\n{}",
+            r.group,
+            r.pits.len(),
+            r.damaged,
+            table(&["ID", "NAME", "CHECK"], &rows)
         ))
     }
 

@@ -410,6 +410,11 @@ impl Client {
         )
     }
 
+    /// `POST /groups/{name}/pits/check`.
+    pub fn pit_check(&self, name: &str) -> Result<offsite_api_types::PitCheck, ClientError> {
+        self.post(&format!("/groups/{}/pits/check", encode(name)), &())
+    }
+
     /// `POST /groups/{name}/pits/{pit}/release`.
     pub fn pit_release(
         &self,

@@ -1,11 +1,12 @@
 //! PIT operations beyond commit: `pit export` (a PIT served read-only over
-//! NBD, for inspection and backup), `pit release` (a named PIT becomes
-//! subject to retention again) and `group teardown`.
+//! NBD, for inspection and backup), `pit check` (scrub against the recorded
+//! checksums), `pit release` (a named PIT becomes subject to retention
+//! again) and `group teardown`.
 
 use std::io;
 use std::sync::Arc;
 
-use offsite_api_types::{ExportedVolume, PitExport};
+use offsite_api_types::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
 use offsite_replica::{PitId, ReplicaStore};
 
 use crate::wire::{self, GroupRef};
@@ -133,6 +134,40 @@ impl Replication {
             pit: id.get(),
             volumes,
         })
+    }
+
+    /// `pit check`: reads every block of every PIT's own segments on this
+    /// (replica) site and compares it with the hash recorded at commit (a
+    /// scrub: it finds bit rot and damage, never changes anything).
+    pub async fn pit_check(&self, group: &str) -> Result<PitCheck, ReplError> {
+        let store = self.replica_store(group).await?;
+        let group = group.to_string();
+        tokio::task::spawn_blocking(move || {
+            let pits: Vec<PitCheckEntry> = store
+                .pits()
+                .into_iter()
+                .map(|p| {
+                    let r = store.verify_pit(p.id);
+                    PitCheckEntry {
+                        id: p.id.get(),
+                        name: p.name,
+                        ok: r.is_ok(),
+                        error: r.err().map(|e| e.to_string()),
+                    }
+                })
+                .collect();
+            let damaged = pits.iter().filter(|p| !p.ok).count() as u64;
+            if damaged > 0 {
+                tracing::error!(group, damaged, "PITs fail their checksums");
+            }
+            PitCheck {
+                group,
+                pits,
+                damaged,
+            }
+        })
+        .await
+        .map_err(|e| invalid(e.to_string()))
     }
 
     /// `pit release`: forgets a PIT's name so retention may remove it.

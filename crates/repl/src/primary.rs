@@ -69,7 +69,9 @@ pub(crate) struct Progress {
     pub(crate) sent: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) total: AtomicU64,
-    pub(crate) started: std::sync::Mutex<Option<Instant>>,
+    /// When this attempt started and how far the volumes were then (the
+    /// ETA is from this attempt's rate, not from resumed progress).
+    pub(crate) started: std::sync::Mutex<Option<(Instant, u64)>>,
 }
 
 /// A runner's handle.
@@ -720,7 +722,7 @@ impl Replication {
         let done: u64 = row.volumes.iter().map(|v| v.initial_done_bytes).sum();
         progress.total.store(total, Ordering::Relaxed);
         progress.done.store(done, Ordering::Relaxed);
-        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), done));
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.group_request(wire::kinds::BASE_BEGIN, &row.name).await?;
         let site = self.site.clone();
@@ -1168,9 +1170,11 @@ impl Replication {
                     .started
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .map(|t| t.elapsed().as_secs_f64())
-                    .filter(|_| done > 0)
-                    .map(|secs| (secs / done as f64 * total.saturating_sub(done) as f64) as u64);
+                    .filter(|(_, from)| done > *from)
+                    .map(|(t, from)| {
+                        let rate = (done - from) as f64 / t.elapsed().as_secs_f64().max(1e-3);
+                        (total.saturating_sub(done) as f64 / rate) as u64
+                    });
                 (Some(done as f64 * 100.0 / total as f64), eta)
             }
             _ => (None, None),
@@ -1197,6 +1201,8 @@ impl Replication {
             initial_bytes_sent: self
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
+            initial_durable_bytes: (row.role == "primary" && row.state == "initial-replication")
+                .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,
             last_error: row.last_error.clone(),
             store_dir: row.store_dir.clone(),

@@ -575,3 +575,52 @@ pub fn verify_clean(primary: &TestSite, group: &str) -> serde_json::Value {
     assert_eq!(v["differing_blocks"].as_u64(), Some(0), "{v}");
     v
 }
+
+/// Liveness bound for anything replication does in the group tests.
+pub const GROUP_LIMIT: Duration = Duration::from_secs(90);
+
+/// A seed from the clock, printed so that a failing run can be replayed
+/// with `OFFSITE_TEST_SEED`.
+pub fn seed() -> u64 {
+    let s = std::env::var("OFFSITE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("OFFSITE_TEST_SEED={s}");
+    s
+}
+
+/// `sync NAME --json` at `site`, retried while a just-restarted partner
+/// comes back; returns the PIT.
+pub fn sync_eventually(site: &TestSite, group: &str) -> serde_json::Value {
+    let deadline = Instant::now() + GROUP_LIMIT;
+    loop {
+        let out = site.run(&["sync", group, "--json"]);
+        if out.status.success() {
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sync --json");
+            assert!(r["pit"]["id"].as_u64().is_some(), "{r}");
+            return r["pit"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sync {group} kept failing: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&site.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Next value of a xorshift64 sequence (tests draw delays and faults from
+/// [`seed`] so a failing run replays).
+pub fn next_rand(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
