@@ -78,7 +78,7 @@ fn primary_killed_20_times_under_write_load_verifies_clean() {
         );
         std::thread::sleep(Duration::from_millis(200 + next_rand(&mut rng) % 1000));
         // Every other round the kill lands while a cycle cuts and ships.
-        if next_rand(&mut rng) % 2 == 0 {
+        if next_rand(&mut rng).is_multiple_of(2) {
             a.json(&["sync", "g", "--no-wait"]);
             std::thread::sleep(Duration::from_millis(next_rand(&mut rng) % 300));
             mid_cycle += 1;
