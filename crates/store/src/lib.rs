@@ -4,7 +4,8 @@
 //! The store owns only data placement: reads, writes, holes and durability of
 //! the data file. Which blocks changed is the `offsite-cbt` crate's job; the
 //! engine joins the two. Later issues add the replica store (base image plus
-//! PIT segments) here.
+//! PIT segments) here. [`layered`] stacks a private writable top layer over a
+//! read-only lower image (test-failover clones, promoted replicas).
 //!
 //! Format: a raw image, byte `i` of the volume at byte `i` of the file, holes
 //! reading as zeroes. It carries no header so that a volume file is usable by
@@ -19,6 +20,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FallocateFlags;
+
+pub mod layered;
+
+pub use layered::{LayerError, Layered, Lower};
 
 /// Errors of the volume store.
 #[derive(Debug, thiserror::Error)]
