@@ -375,6 +375,9 @@ pub struct GroupStatus {
     /// runs: where it resumes after a crash or a dropped link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_durable_bytes: Option<u64>,
+    /// Replica: the PIT a running test failover was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_failover_pit: Option<u64>,
     /// Estimated seconds to finish the running transfer, if known.
     pub eta_seconds: Option<u64>,
     /// The last error, if the last attempt failed.
@@ -470,6 +473,50 @@ pub struct ExportedVolume {
     pub export: String,
     /// NBD URL to use now.
     pub url: String,
+}
+
+/// `failover run` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct FailoverRun {
+    /// PIT id or name (default: the newest).
+    #[serde(default)]
+    pub pit: Option<String>,
+    /// Test failover: writable clones, replication untouched.
+    #[serde(default)]
+    pub test: bool,
+    /// Fail over although the primary is reachable and not prepared.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One hook run during a failover.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct HookReport {
+    /// VM name.
+    pub vm: String,
+    /// `start`, `stop` or `status`.
+    pub action: String,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Result of `failover run` and `failover stop-test`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct FailoverResult {
+    /// Group name.
+    pub group: String,
+    /// `test`, `stop-test`, `planned` or `unplanned`.
+    pub mode: String,
+    /// The PIT the volumes were made from.
+    pub pit: u64,
+    /// The volumes as served now (clones in test mode).
+    pub volumes: Vec<ExportedVolume>,
+    /// Hooks run, in order.
+    pub vms: Vec<HookReport>,
+    /// Wall time of the operation in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Result of `pit export`.

@@ -79,8 +79,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
-        group_verify, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_failover, group_stop_test, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -142,6 +142,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{name}/resume", axum::routing::post(group_resume))
         .route("/groups/{name}/sync", axum::routing::post(group_sync))
         .route("/groups/{name}/verify", axum::routing::post(group_verify))
+        .route(
+            "/groups/{name}/failover",
+            axum::routing::post(group_failover),
+        )
+        .route(
+            "/groups/{name}/failover/stop-test",
+            axum::routing::post(group_stop_test),
+        )
         .route(
             "/groups/{name}/export-seed",
             axum::routing::post(group_export_seed),
@@ -436,6 +444,27 @@ async fn group_verify(
     Path(name): Path<String>,
 ) -> ApiResult<VerifyResult> {
     repl(s.repl.verify_group(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/failover", params(("name" = String, Path)),
+    request_body = offsite_api_types::FailoverRun,
+    responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
+async fn group_failover(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::FailoverRun>,
+) -> ApiResult<offsite_api_types::FailoverResult> {
+    let req = body(b)?;
+    repl(s.repl.failover_run(&name, &req).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/failover/stop-test", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
+async fn group_stop_test(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::FailoverResult> {
+    repl(s.repl.stop_test(&name).await)
 }
 
 #[utoipa::path(get, path = "/api/v1/groups/{name}/measure", params(("name" = String, Path)),

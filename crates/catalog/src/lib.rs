@@ -114,6 +114,26 @@ const MIGRATIONS: &[&str] = &[
          pit         INTEGER,
          error       TEXT
      );",
+    // v5: the VMs of a group (both sites keep them, so the replica can start
+    // them at failover) and running failovers (tests and promotions, which
+    // pin their PIT against retention).
+    "CREATE TABLE group_vms (
+         group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         position   INTEGER NOT NULL,
+         name       TEXT NOT NULL,
+         volumes    TEXT NOT NULL,
+         start_cmd  TEXT,
+         stop_cmd   TEXT,
+         status_cmd TEXT,
+         PRIMARY KEY (group_name, position)
+     );
+     CREATE TABLE failovers (
+         group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         kind       TEXT NOT NULL CHECK (kind IN ('test', 'promoted')),
+         pit_id     INTEGER NOT NULL,
+         started_at TEXT NOT NULL,
+         PRIMARY KEY (group_name, kind)
+     );",
 ];
 
 /// Schema version this build writes.
@@ -164,6 +184,9 @@ pub enum CatalogError {
     /// No such group.
     #[error("no replication group named {0:?}; `offsite group list` shows the groups")]
     NoSuchGroup(String),
+    /// A failover of that kind already runs for the group.
+    #[error("group {0} already has a {1} failover running; stop it first")]
+    FailoverExists(String, String),
     /// A partner name or fingerprint is taken.
     #[error("{0}")]
     PartnerExists(String),
@@ -230,6 +253,22 @@ pub struct GroupRow {
     pub last_error: Option<String>,
     /// Volumes, in order.
     pub volumes: Vec<GroupVolumeRow>,
+    /// VMs whose volumes the group holds, in start order.
+    pub vms: Vec<VmRow>,
+}
+
+/// A failover in progress on the replica: a test (clones of a PIT) or a
+/// promotion. Its PIT is pinned: retention keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRow {
+    /// Group name.
+    pub group: String,
+    /// `test` or `promoted`.
+    pub kind: String,
+    /// The PIT the volumes were made from.
+    pub pit_id: u64,
+    /// RFC 3339 start time.
+    pub started_at: String,
 }
 
 /// One volume of a group.
@@ -891,6 +930,23 @@ impl Catalog {
             )
             .map_err(err("insert group"))?;
         }
+        for (i, vm) in g.vms.iter().enumerate() {
+            // Names never hold a newline (names::validate), so it separates.
+            tx.execute(
+                "INSERT INTO group_vms (group_name, position, name, volumes, start_cmd, stop_cmd, status_cmd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    g.name,
+                    i as i64,
+                    vm.name,
+                    vm.volumes.join("\n"),
+                    vm.start_cmd,
+                    vm.stop_cmd,
+                    vm.status_cmd
+                ],
+            )
+            .map_err(err("insert group"))?;
+        }
         tx.commit().map_err(err("insert group"))?;
         self.group(&g.name)
     }
@@ -931,6 +987,7 @@ impl Catalog {
                     state_changed_at: r.get(12)?,
                     last_error: r.get(13)?,
                     volumes: Vec::new(),
+                    vms: Vec::new(),
                 })
             })
             .map_err(self.err("list groups"))?
@@ -961,6 +1018,40 @@ impl Catalog {
         for (g, v) in vols {
             if let Some(group) = groups.iter_mut().find(|x| x.name == g) {
                 group.volumes.push(v);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd
+                 FROM group_vms ORDER BY group_name, position",
+            )
+            .map_err(self.err("list groups"))?;
+        let vms = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    VmRow {
+                        name: r.get(1)?,
+                        volumes: r
+                            .get::<_, String>(2)?
+                            .split('\n')
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                        start_cmd: r.get(3)?,
+                        stop_cmd: r.get(4)?,
+                        status_cmd: r.get(5)?,
+                        created_at: String::new(),
+                    },
+                ))
+            })
+            .map_err(self.err("list groups"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("list groups"))?;
+        for (g, v) in vms {
+            if let Some(group) = groups.iter_mut().find(|x| x.name == g) {
+                group.vms.push(v);
             }
         }
         Ok(groups)
@@ -1010,6 +1101,55 @@ impl Catalog {
             || CatalogError::NoSuchGroup(name.to_string()),
             |c| c.execute("DELETE FROM groups WHERE name = ?1", [name]),
         )
+    }
+
+    /// Records a failover in progress (one of each kind per group).
+    pub fn insert_failover(&self, f: &FailoverRow) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO failovers (group_name, kind, pit_id, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![f.group, f.kind, f.pit_id as i64, f.started_at],
+            )
+            .map(drop)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    CatalogError::FailoverExists(f.group.clone(), f.kind.clone())
+                } else {
+                    self.err("record failover")(e)
+                }
+            })
+    }
+
+    /// Forgets a failover (stopped, committed or reverted).
+    pub fn delete_failover(&self, group: &str, kind: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "DELETE FROM failovers WHERE group_name = ?1 AND kind = ?2",
+                params![group, kind],
+            )
+            .map(drop)
+            .map_err(self.err("delete failover"))
+    }
+
+    /// Failovers in progress, of every group.
+    pub fn failovers(&self) -> Result<Vec<FailoverRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT group_name, kind, pit_id, started_at FROM failovers ORDER BY group_name, kind",
+            )
+            .map_err(self.err("list failovers"))?;
+        stmt.query_map([], |r| {
+            Ok(FailoverRow {
+                group: r.get(0)?,
+                kind: r.get(1)?,
+                pit_id: r.get::<_, i64>(2)? as u64,
+                started_at: r.get(3)?,
+            })
+        })
+        .map_err(self.err("list failovers"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(self.err("list failovers"))
     }
 
     /// Records a committed PIT (both sites keep the list).
@@ -1292,9 +1432,32 @@ mod tests {
                 block_size: 4096,
                 initial_done_bytes: 0,
             }],
+            vms: vec![VmRow {
+                name: "vm1".into(),
+                volumes: vec!["v".into(), "w".into()],
+                start_cmd: Some("start it".into()),
+                stop_cmd: None,
+                status_cmd: None,
+                created_at: String::new(),
+            }],
         };
         let got = c.insert_group(&g).unwrap();
         assert_eq!(got.volumes, g.volumes);
+        assert_eq!(got.vms, g.vms);
+        let f = FailoverRow {
+            group: "g".into(),
+            kind: "test".into(),
+            pit_id: 7,
+            started_at: "t".into(),
+        };
+        c.insert_failover(&f).unwrap();
+        assert!(matches!(
+            c.insert_failover(&f),
+            Err(CatalogError::FailoverExists(..))
+        ));
+        assert_eq!(c.failovers().unwrap(), vec![f]);
+        c.delete_failover("g", "test").unwrap();
+        assert!(c.failovers().unwrap().is_empty());
         assert!(matches!(
             c.insert_group(&g),
             Err(CatalogError::GroupExists(_))

@@ -71,6 +71,9 @@ pub enum Command {
     Pit(PitCommand),
     /// Compare the primary's volumes at a fresh cut with the replica, block by block.
     Verify { group: String },
+    /// Failover at the replica: test failover (writable clones of a PIT).
+    #[command(subcommand)]
+    Failover(FailoverCommand),
     /// Show the site's event log.
     Events {
         /// How many of the newest events.
@@ -167,6 +170,23 @@ pub struct GroupCreateArgs {
     /// Security tag the replica's authorization entry requires.
     #[arg(long)]
     pub security_tag: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailoverCommand {
+    /// Bring the group's volumes up at this (replica) site from a PIT.
+    Run {
+        group: String,
+        /// PIT id or name (default: the newest).
+        #[arg(long)]
+        pit: Option<String>,
+        /// Test failover: writable clones under distinct names, VMs started
+        /// with OFFSITE_MODE=test, replication keeps running.
+        #[arg(long, required = true)]
+        test: bool,
+    },
+    /// Stop a test failover: stop its VMs, discard the clones and their writes.
+    StopTest { group: String },
 }
 
 #[derive(Debug, Subcommand)]

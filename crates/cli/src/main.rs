@@ -19,8 +19,8 @@ use offsite_api_types::{CreateVolume, VolumeInfo};
 use offsite_client::Client;
 
 use crate::args::{
-    AuthzCommand, Cli, Command, GroupCommand, PartnerCommand, PitCommand, SiteCommand, VmCommand,
-    VolumeCommand,
+    AuthzCommand, Cli, Command, FailoverCommand, GroupCommand, PartnerCommand, PitCommand,
+    SiteCommand, VmCommand, VolumeCommand,
 };
 use crate::output::Printer;
 
@@ -346,6 +346,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Failover(FailoverCommand::Run { group, pit, test }) => {
+            let r: offsite_api_types::FailoverResult = client(&cli.global)?.group_action(
+                &group,
+                "failover",
+                &offsite_api_types::FailoverRun {
+                    pit,
+                    test,
+                    force: false,
+                },
+            )?;
+            p.failover(&r)
+        }
+        Command::Failover(FailoverCommand::StopTest { group }) => {
+            let r: offsite_api_types::FailoverResult =
+                client(&cli.global)?.group_action(&group, "failover/stop-test", &())?;
+            p.failover(&r)
         }
         Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
     }

@@ -416,6 +416,40 @@ impl Printer {
         ))
     }
 
+    pub fn failover(&self, r: &offsite_api_types::FailoverResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = match r.mode.as_str() {
+            "stop-test" => format!(
+                "group {}: test failover of PIT {} stopped, clones discarded ({} ms)\n",
+                r.group, r.pit, r.duration_ms
+            ),
+            m => format!(
+                "group {}: {m} failover from PIT {} ({} ms)\n",
+                r.group, r.pit, r.duration_ms
+            ),
+        };
+        if r.mode != "stop-test" {
+            let rows: Vec<Vec<String>> = r
+                .volumes
+                .iter()
+                .map(|v| vec![v.name.clone(), v.url.clone()])
+                .collect();
+            out.push_str(&table(&["VOLUME", "URL"], &rows));
+        }
+        for h in &r.vms {
+            out.push_str(&format!(
+                "VM {}: {} hook exited {} in {} ms\n",
+                h.vm,
+                h.action,
+                h.exit_code.map_or("?".into(), |c| c.to_string()),
+                h.duration_ms
+            ));
+        }
+        emit(out.trim_end())
+    }
+
     pub fn pit_check(&self, r: &offsite_api_types::PitCheck) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(r);

@@ -72,6 +72,9 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             let _ = rx.wait_for(|v| *v).await;
         };
         repl.start_runners().await.context("starting replication groups")?;
+        repl.restore_failovers()
+            .await
+            .context("exporting the clones of running test failovers")?;
         let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
         let monitor_task = tokio::spawn(
             repl.clone()

@@ -3,7 +3,7 @@
 //! this module keeps the rows consistent (one group per volume, states
 //! persisted before they are reported).
 
-use offsite_catalog::{CycleRow, GroupRow, PitRow};
+use offsite_catalog::{CycleRow, FailoverRow, GroupRow, PitRow};
 
 use crate::{EngineError, Site};
 
@@ -152,5 +152,41 @@ impl Site {
             .into_iter()
             .find(|g| g.role == "primary" && g.volumes.iter().any(|v| v.volume == volume))
             .map(|g| g.name))
+    }
+
+    /// Records a failover in progress (its PIT is pinned against retention).
+    pub fn catalog_insert_failover(&self, f: &FailoverRow) -> Result<(), EngineError> {
+        let mut f = f.clone();
+        if f.started_at.is_empty() {
+            f.started_at = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+        }
+        self.catalog().insert_failover(&f)?;
+        self.event(
+            "failover.started",
+            Some(&f.group),
+            &format!(
+                "{} failover of group {} from PIT {}",
+                f.kind, f.group, f.pit_id
+            ),
+        );
+        Ok(())
+    }
+
+    /// Forgets a failover (stopped, committed or reverted).
+    pub fn catalog_delete_failover(&self, group: &str, kind: &str) -> Result<(), EngineError> {
+        self.catalog().delete_failover(group, kind)?;
+        self.event(
+            "failover.ended",
+            Some(group),
+            &format!("{kind} failover of group {group} ended"),
+        );
+        Ok(())
+    }
+
+    /// Failovers in progress on this site.
+    pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
+        Ok(self.catalog().failovers()?)
     }
 }

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod config;
 mod error;
 mod groups;
+pub mod hooks;
 pub mod init;
 pub mod layout;
 pub mod names;

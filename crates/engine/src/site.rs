@@ -540,6 +540,21 @@ impl Site {
     pub fn close(&self) -> Result<(), EngineError> {
         let volumes = std::mem::take(&mut *self.volumes.write().unwrap_or_else(|e| e.into_inner()));
         let mut first_error = None;
+        // Extra exports with writable layers (test clones) keep their
+        // writes across a clean restart, as a client's FLUSH would.
+        let extras: Vec<offsite_nbd::Export> = std::mem::take(
+            &mut *self
+                .extra_exports
+                .write()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+        .into_values()
+        .collect();
+        for export in extras {
+            if let Err(e) = export.device.flush() {
+                tracing::error!(export = %export.name, error = %e, "flushing export");
+            }
+        }
         for (name, volume) in volumes {
             let r = match Arc::try_unwrap(volume) {
                 Ok(v) => v.close(),

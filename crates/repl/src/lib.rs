@@ -24,6 +24,7 @@
 //!     R-->>P: BulkAck{seq, bytes}
 //! ```
 
+mod failover;
 mod pits;
 mod primary;
 mod replica;

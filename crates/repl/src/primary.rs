@@ -32,7 +32,8 @@ use offsite_transport::{Session, TokenBucket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wire::{
-    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VolumeDesc,
+    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc,
+    VolumeDesc,
 };
 use crate::{ReplError, Replication};
 
@@ -274,7 +275,7 @@ impl Replication {
         let _serial = self.create_lock.lock().await;
         let site = self.site.clone();
         let r = req.clone();
-        let volumes = blocking(move || {
+        let (volumes, vms) = blocking(move || {
             site.partner(&r.partner)?;
             if let Ok(g) = site.group_row(&r.name) {
                 return Err(offsite_engine::EngineError::Invalid(format!(
@@ -283,8 +284,19 @@ impl Replication {
                 )));
             }
             let mut names: Vec<String> = Vec::new();
+            let mut vms: Vec<VmDesc> = Vec::new();
             for vm in &r.vms {
-                names.extend(site.vm(vm)?.volumes);
+                let vm = site.vm(vm)?;
+                names.extend(vm.volumes.iter().cloned());
+                if !vms.iter().any(|v| v.name == vm.name) {
+                    vms.push(VmDesc {
+                        name: vm.name,
+                        volumes: vm.volumes,
+                        start: vm.start,
+                        stop: vm.stop,
+                        status: vm.status,
+                    });
+                }
             }
             names.extend(r.volumes.iter().cloned());
             if names.is_empty() {
@@ -317,7 +329,7 @@ impl Replication {
                     allocated_bytes: allocated.map(|a| a.min(v.size_bytes)),
                 });
             }
-            Ok(out)
+            Ok((out, vms))
         })
         .await?;
         if volumes.len() > usize::from(u16::MAX) {
@@ -335,6 +347,7 @@ impl Replication {
                     keep: req.keep,
                     security_tag: req.security_tag.clone(),
                     volumes: volumes.clone(),
+                    vms: vms.clone(),
                 },
             )
             .await?;
@@ -364,6 +377,7 @@ impl Replication {
                     initial_done_bytes: 0,
                 })
                 .collect(),
+            vms: vms.iter().map(VmDesc::to_row).collect(),
         };
         let name = req.name.clone();
         if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
@@ -1201,6 +1215,15 @@ impl Replication {
             initial_bytes_sent: self
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
+            test_failover_pit: {
+                let site = self.site.clone();
+                let g = row.name.clone();
+                blocking(move || site.failovers())
+                    .await?
+                    .into_iter()
+                    .find(|f| f.group == g && f.kind == "test")
+                    .map(|f| f.pit_id)
+            },
             initial_durable_bytes: (row.role == "primary" && row.state == "initial-replication")
                 .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,

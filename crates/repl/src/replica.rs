@@ -495,6 +495,7 @@ impl Replication {
                         initial_done_bytes: 0,
                     })
                     .collect(),
+                vms: req.vms.iter().map(wire::VmDesc::to_row).collect(),
             })
             .map_err(|e| e.to_string())?;
             Ok(GroupCreated {
@@ -521,13 +522,21 @@ impl Replication {
                 .map_err(|e| format!("committing the PIT of group {group}: {e}"))?;
             let row = site.group_row(&group).map_err(|e| e.to_string())?;
             // Retention: keep the newest `keep` unnamed PITs; named ones stay
-            // until released; the newest PIT (the common base) always stays.
+            // until released; the newest PIT (the common base) always stays;
+            // so do PITs a test or a promotion is made from.
+            let pinned: Vec<u64> = site
+                .failovers()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|f| f.group == group)
+                .map(|f| f.pit_id)
+                .collect();
             let mut pits = store.pits();
             let newest = info.id;
             loop {
                 let unnamed: Vec<_> = pits
                     .iter()
-                    .filter(|p| p.name.is_none() && p.id != newest)
+                    .filter(|p| p.name.is_none() && p.id != newest && !pinned.contains(&p.id.get()))
                     .collect();
                 if unnamed.len() + usize::from(info.name.is_none()) <= row.keep as usize {
                     break;
@@ -554,7 +563,10 @@ impl Replication {
                     .collect::<Vec<_>>(),
             )
             .map_err(|e| e.to_string())?;
-            if row.state != "replicating" && row.state != "paused" {
+            if !matches!(
+                row.state.as_str(),
+                "replicating" | "paused" | "test-failover"
+            ) {
                 let _ = site.set_group_state(&group, "replicating", None);
             }
             Ok(PitCommitted {

@@ -123,6 +123,40 @@ pub struct GroupCreate {
     pub security_tag: Option<String>,
     /// Volumes in order.
     pub volumes: Vec<VolumeDesc>,
+    /// VMs of the group, in start order (hooks run at failover on the
+    /// replica); absent from older primaries.
+    #[serde(default)]
+    pub vms: Vec<VmDesc>,
+}
+
+/// A VM of a group: its volumes (names at the primary, disk 0 first) and
+/// hook commands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmDesc {
+    /// VM name.
+    pub name: String,
+    /// Volume names, disk 0 first.
+    pub volumes: Vec<String>,
+    /// Start hook.
+    pub start: Option<String>,
+    /// Stop hook.
+    pub stop: Option<String>,
+    /// Status hook.
+    pub status: Option<String>,
+}
+
+impl VmDesc {
+    /// The catalog row kept with the group on either site.
+    pub fn to_row(&self) -> offsite_catalog::VmRow {
+        offsite_catalog::VmRow {
+            name: self.name.clone(),
+            volumes: self.volumes.clone(),
+            start_cmd: self.start.clone(),
+            stop_cmd: self.stop.clone(),
+            status_cmd: self.status.clone(),
+            created_at: String::new(),
+        }
+    }
 }
 
 /// Answer to [`kinds::GROUP_CREATE`].

@@ -284,7 +284,17 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 /// `qemu-io` commands against an NBD URL (raw format); panics on failure or
 /// a pattern mismatch (qemu-io prints "Pattern verification failed").
 pub fn qemu_io(url: &str, cmds: &[&str]) -> String {
-    let mut args = vec!["-f", "raw"];
+    qemu_io_args(&["-f", "raw"], url, cmds)
+}
+
+/// [`qemu_io`] opening the export read-only (`-r`), as read-only exports
+/// (PIT exports) require.
+pub fn qemu_io_ro(url: &str, cmds: &[&str]) -> String {
+    qemu_io_args(&["-r", "-f", "raw"], url, cmds)
+}
+
+fn qemu_io_args(base: &[&str], url: &str, cmds: &[&str]) -> String {
+    let mut args = base.to_vec();
     for c in cmds {
         args.push("-c");
         args.push(c);

@@ -1,0 +1,310 @@
+//! VM hooks: the `--start`/`--stop`/`--status` commands of a VM, run by
+//! failover and test failover to power VMs at a site.
+//!
+//! A hook runs as `sh -c CMD` in its own process group, with stdin closed
+//! and this environment: `OFFSITE_VM`, `OFFSITE_SITE`, `OFFSITE_MODE`
+//! (`test`, `planned` or `unplanned`), `OFFSITE_GROUP`, and
+//! `OFFSITE_VOLUME_<n>_URL` for every disk (n from 0, in the VM's order),
+//! the NBD URL the VM must use at this site now. Its stdout and stderr
+//! (the last 64 KiB) go to the group's event log. A hook that exits
+//! non-zero or outlives its timeout (the whole process group is then
+//! killed) is an error the caller reports; nothing ignores it.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{EngineError, Site};
+
+/// Output kept per hook run.
+const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Output quoted in an event or an error.
+const QUOTE_LIMIT: usize = 2048;
+
+/// Which hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAction {
+    /// `--start`.
+    Start,
+    /// `--stop`.
+    Stop,
+    /// `--status`.
+    Status,
+}
+
+impl HookAction {
+    /// `start`, `stop` or `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookAction::Start => "start",
+            HookAction::Stop => "stop",
+            HookAction::Status => "status",
+        }
+    }
+}
+
+/// What one hook run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    /// VM name.
+    pub vm: String,
+    /// The hook.
+    pub action: HookAction,
+    /// Exit code (None when killed by a signal or the timeout).
+    pub exit_code: Option<i32>,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+    /// Combined stdout and stderr (the last 64 KiB).
+    pub output: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl HookRun {
+    /// Exit 0 within the timeout.
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && self.exit_code == Some(0)
+    }
+
+    fn outcome(&self) -> String {
+        if self.timed_out {
+            "timed out and was killed".to_string()
+        } else {
+            match self.exit_code {
+                Some(c) => format!("exited with {c}"),
+                None => "was killed by a signal".to_string(),
+            }
+        }
+    }
+}
+
+/// The last `limit` bytes of `text`, on a character boundary.
+fn tail(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut start = text.len() - limit;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+impl Site {
+    /// Runs one hook of `vm` (for `group`) with `env` added to the
+    /// environment described in the module doc; records the run in the
+    /// event log; a non-zero exit or a timeout is an error quoting the
+    /// output.
+    pub fn run_hook(
+        &self,
+        group: &str,
+        vm: &str,
+        action: HookAction,
+        cmd: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<HookRun, EngineError> {
+        let started = Instant::now();
+        let (mut reader, writer) = std::io::pipe()
+            .map_err(|e| EngineError::Invalid(format!("cannot run hooks: pipe: {e}")))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| EngineError::Invalid(format!("cannot run hooks: pipe: {e}")))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2)
+            .env("OFFSITE_VM", vm)
+            .env("OFFSITE_GROUP", group)
+            .env("OFFSITE_SITE", &self.config().name)
+            .process_group(0);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            EngineError::Invalid(format!(
+                "cannot run the {} hook of VM {vm}: {e}; check that sh exists",
+                action.as_str()
+            ))
+        })?;
+        // The command holds the pipe's write ends; dropping ours lets the
+        // reader see EOF when the hook (and its children) exit.
+        drop(command);
+        let collector = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        if out.len() > 2 * OUTPUT_LIMIT {
+                            out.drain(..out.len() - OUTPUT_LIMIT);
+                        }
+                    }
+                }
+            }
+            out
+        });
+        let deadline = started + timeout;
+        let mut timed_out = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    timed_out = true;
+                    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                        let _ =
+                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                    }
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        // A hook that left a background child holding the pipe must not
+        // hang us: kill what remains of its process group.
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let raw = collector.join().unwrap_or_default();
+        let output = String::from_utf8_lossy(tail_bytes(&raw, OUTPUT_LIMIT)).into_owned();
+        let run = HookRun {
+            vm: vm.to_string(),
+            action,
+            exit_code: status.and_then(|s| s.code()),
+            timed_out,
+            output,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        let mode = env
+            .iter()
+            .find(|(k, _)| k == "OFFSITE_MODE")
+            .map_or("", |(_, v)| v.as_str());
+        let quoted = tail(run.output.trim_end(), QUOTE_LIMIT);
+        self.event(
+            if run.succeeded() {
+                "vm.hook"
+            } else {
+                "vm.hook.failed"
+            },
+            Some(group),
+            &format!(
+                "VM {vm} {} hook ({mode}) {} after {} ms{}{}",
+                action.as_str(),
+                run.outcome(),
+                run.duration_ms,
+                if quoted.is_empty() { "" } else { ": " },
+                quoted
+            ),
+        );
+        if run.succeeded() {
+            Ok(run)
+        } else {
+            Err(EngineError::Invalid(format!(
+                "the {} hook of VM {vm} {} after {} ms{}{}; fix the hook (`offsite events` has its output)",
+                action.as_str(),
+                run.outcome(),
+                run.duration_ms,
+                if quoted.is_empty() { "" } else { ": " },
+                tail(quoted, 400)
+            )))
+        }
+    }
+}
+
+fn tail_bytes(b: &[u8], limit: usize) -> &[u8] {
+    &b[b.len().saturating_sub(limit)..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> (tempfile::TempDir, std::sync::Arc<Site>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        crate::init::init_site(
+            &d,
+            &crate::init::InitOptions {
+                name: "hooksite".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+            },
+        )
+        .unwrap();
+        let site = Site::open(&d).unwrap();
+        (dir, site)
+    }
+
+    #[test]
+    fn hook_gets_its_environment_and_output_is_kept() {
+        let (_d, site) = site();
+        let env = vec![
+            ("OFFSITE_MODE".to_string(), "test".to_string()),
+            ("OFFSITE_VOLUME_0_URL".to_string(), "nbd://x/y".to_string()),
+        ];
+        let r = site
+            .run_hook(
+                "g",
+                "vm1",
+                HookAction::Start,
+                "echo $OFFSITE_VM $OFFSITE_SITE $OFFSITE_MODE $OFFSITE_GROUP $OFFSITE_VOLUME_0_URL; echo err >&2",
+                &env,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert!(r.succeeded());
+        assert!(r.output.contains("vm1 hooksite test g nbd://x/y"), "{r:?}");
+        assert!(r.output.contains("err"), "{r:?}");
+        let ev = site.events(10).unwrap();
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == "vm.hook" && e.message.contains("nbd://x/y")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn failing_and_hanging_hooks_are_errors() {
+        let (_d, site) = site();
+        let e = site
+            .run_hook(
+                "g",
+                "vm1",
+                HookAction::Stop,
+                "echo broken; exit 3",
+                &[],
+                Duration::from_secs(10),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exited with 3") && e.contains("broken"), "{e}");
+        let t = Instant::now();
+        let e = site
+            .run_hook(
+                "g",
+                "vm1",
+                HookAction::Start,
+                "sleep 30 & sleep 30",
+                &[],
+                Duration::from_millis(300),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the process group was killed"
+        );
+        let ev = site.events(10).unwrap();
+        assert_eq!(ev.iter().filter(|e| e.kind == "vm.hook.failed").count(), 2);
+    }
+}
