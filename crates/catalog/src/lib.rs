@@ -134,6 +134,11 @@ const MIGRATIONS: &[&str] = &[
          started_at TEXT NOT NULL,
          PRIMARY KEY (group_name, kind)
      );",
+    // v6: a promoted volume reads the blocks it has not written (or copied
+    // yet) from a PIT of a replica store: its lower layer.
+    "ALTER TABLE volumes ADD COLUMN lower_store TEXT;
+     ALTER TABLE volumes ADD COLUMN lower_volume TEXT;
+     ALTER TABLE volumes ADD COLUMN lower_pit INTEGER;",
 ];
 
 /// Schema version this build writes.
@@ -363,6 +368,20 @@ pub struct VolumeRow {
     pub created_at: String,
     /// Path the volume was imported from, if it was.
     pub import_source: Option<String>,
+    /// A promoted volume's lower layer, until it is flattened.
+    pub lower: Option<LowerRef>,
+}
+
+/// Where a layered volume reads the blocks its top layer lacks: PIT `pit`
+/// of volume `volume` of the replica store in `store_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowerRef {
+    /// Directory of the replica store.
+    pub store_dir: String,
+    /// The volume's name in the store.
+    pub volume: String,
+    /// PIT id.
+    pub pit: u64,
 }
 
 /// A new volume, before it has an id.
@@ -380,6 +399,8 @@ pub struct NewVolume<'a> {
     pub state: &'a str,
     /// Import source, if any.
     pub import_source: Option<&'a str>,
+    /// Lower layer (promoted volumes).
+    pub lower: Option<&'a LowerRef>,
 }
 
 /// One event of the site's event log.
@@ -527,8 +548,9 @@ impl Catalog {
     pub fn insert_volume(&self, v: &NewVolume<'_>) -> Result<VolumeRow, CatalogError> {
         let created_at = now_rfc3339();
         let r = self.conn.execute(
-            "INSERT INTO volumes (name, size_bytes, block_size, role, state, created_at, import_source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO volumes (name, size_bytes, block_size, role, state, created_at, import_source,
+                                  lower_store, lower_volume, lower_pit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 v.name,
                 v.size_bytes as i64,
@@ -536,7 +558,10 @@ impl Catalog {
                 v.role,
                 v.state,
                 created_at,
-                v.import_source
+                v.import_source,
+                v.lower.map(|l| l.store_dir.as_str()),
+                v.lower.map(|l| l.volume.as_str()),
+                v.lower.map(|l| l.pit as i64)
             ],
         );
         if let Err(e) = r {
@@ -559,6 +584,18 @@ impl Catalog {
             state: r.get(5)?,
             created_at: r.get(6)?,
             import_source: r.get(7)?,
+            lower: match (
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<i64>>(10)?,
+            ) {
+                (Some(store_dir), Some(volume), Some(pit)) => Some(LowerRef {
+                    store_dir,
+                    volume,
+                    pit: pit as u64,
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -566,7 +603,8 @@ impl Catalog {
     pub fn volume(&self, name: &str) -> Result<VolumeRow, CatalogError> {
         self.conn
             .query_row(
-                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source
+                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
+                        lower_store, lower_volume, lower_pit
                  FROM volumes WHERE name = ?1",
                 [name],
                 Self::row_to_volume,
@@ -581,7 +619,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source
+                "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
+                        lower_store, lower_volume, lower_pit
                  FROM volumes ORDER BY name",
             )
             .map_err(self.err("list volumes"))?;
@@ -590,6 +629,32 @@ impl Catalog {
             .map_err(self.err("list volumes"))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(self.err("list volumes"))
+    }
+
+    /// Sets a volume's role and lower layer (promotion, flattening done).
+    pub fn set_volume_layering(
+        &self,
+        name: &str,
+        role: &str,
+        lower: Option<&LowerRef>,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update volume",
+            || CatalogError::NoSuchVolume(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE volumes SET role = ?2, lower_store = ?3, lower_volume = ?4, lower_pit = ?5
+                     WHERE name = ?1",
+                    params![
+                        name,
+                        role,
+                        lower.map(|l| l.store_dir.as_str()),
+                        lower.map(|l| l.volume.as_str()),
+                        lower.map(|l| l.pit as i64)
+                    ],
+                )
+            },
+        )
     }
 
     /// Sets a volume's state.
@@ -1300,6 +1365,7 @@ mod tests {
             role: "primary",
             state: "ready",
             import_source: None,
+            lower: None,
         }
     }
 

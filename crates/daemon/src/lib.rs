@@ -72,6 +72,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             let _ = rx.wait_for(|v| *v).await;
         };
         repl.start_runners().await.context("starting replication groups")?;
+        site.start_flattener();
         repl.restore_failovers()
             .await
             .context("exporting the clones of running test failovers")?;

@@ -15,6 +15,7 @@ pub mod init;
 pub mod layout;
 pub mod names;
 mod partners;
+mod promote;
 mod site;
 mod vms;
 mod volume;
@@ -23,7 +24,7 @@ pub use error::{EngineError, ErrorKind};
 pub use offsite_cbt::RoaringBitmap;
 pub use partners::normalize_fingerprint;
 pub use site::{BoundAddresses, Site};
-pub use volume::Volume;
+pub use volume::{PitLower, Volume, VolumeData};
 
 /// Default tracking block size: 4 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;

@@ -53,6 +53,10 @@ pub struct Site {
     connections: RwLock<Option<ConnectionCounter>>,
     /// Exports that are not volumes (read-only PIT views), by export name.
     extra_exports: RwLock<BTreeMap<String, offsite_nbd::Export>>,
+    /// Open replica stores by directory: one instance per store (it holds
+    /// the store's lock), shared by replication and by promoted volumes
+    /// reading their PIT.
+    pub(crate) stores: Mutex<HashMap<PathBuf, Arc<offsite_replica::ReplicaStore>>>,
 }
 
 impl std::fmt::Debug for Site {
@@ -75,6 +79,7 @@ impl Site {
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
         let mut volumes = BTreeMap::new();
+        let mut stores = HashMap::new();
         for row in catalog.volumes()? {
             if row.state == "importing" {
                 // The copy thread died with the previous daemon; its volume
@@ -88,7 +93,8 @@ impl Site {
                 tracing::warn!(volume = %row.name, "import was interrupted by a daemon stop; volume marked failed");
             }
             let name = row.name.clone();
-            let (volume, report) = Volume::open(&layout, row)?;
+            let (volume, report) =
+                crate::promote::open_volume(&layout, &catalog, &mut stores, row)?;
             match report {
                 OpenReport::Clean => {}
                 OpenReport::RecoveredAfterCrash { active_extents } => {
@@ -127,6 +133,7 @@ impl Site {
             bound: RwLock::new(BoundAddresses::default()),
             connections: RwLock::new(None),
             extra_exports: RwLock::new(BTreeMap::new()),
+            stores: Mutex::new(stores),
         }))
     }
 
@@ -322,6 +329,7 @@ impl Site {
                 "ready"
             },
             import_source: import_source.as_deref(),
+            lower: None,
         })?;
         let volume = match Volume::create(&self.layout, row.clone()) {
             Ok(v) => Arc::new(v),
@@ -524,6 +532,24 @@ impl Site {
                 message: e.message,
             })
             .collect())
+    }
+
+    /// Inserts a volume opened or created elsewhere in the engine.
+    pub(crate) fn insert_live(&self, volume: Arc<Volume>) {
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(volume.name().to_string(), volume);
+    }
+
+    /// The live volumes.
+    pub(crate) fn live_volumes(&self) -> Vec<Arc<Volume>> {
+        self.volumes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn event(&self, kind: &str, subject: Option<&str>, message: &str) {

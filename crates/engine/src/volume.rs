@@ -7,6 +7,16 @@
 //! writes pass a barrier that a group cut closes for the instant of the
 //! swap, and a write into a not-yet-shipped block of the cut first saves
 //! that block's cut-time contents (copy-on-write).
+//!
+//! A volume's bytes are a plain raw file, or — for a replica promoted by
+//! failover — a layered volume ([`offsite_store::Layered`]): a PIT of the
+//! replica store as read-only lower layer plus a private top layer, so
+//! promotion takes no copy; a background flattener fills the top, and a
+//! flat layered volume becomes a plain file at the next start. Either way
+//! the change tracker starts with the volume, so after a promotion it
+//! holds exactly the blocks written since (what reverse replication
+//! sends). A volume can be fenced (writes refused) while a planned
+//! failover hands its group to the other site.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,18 +24,132 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use std::sync::Arc;
+
 use offsite_catalog::VolumeRow;
 use offsite_cbt::{ChangeTracker, Geometry, OpenReport, RoaringBitmap};
-use offsite_store::VolumeFile;
+use offsite_replica::{PitId, ReplicaStore};
+use offsite_store::{Layered, Lower, VolumeFile};
 
 use crate::EngineError;
 use crate::layout::Layout;
+
+/// Where a volume's bytes live.
+#[derive(Debug)]
+pub enum VolumeData {
+    /// A raw sparse file.
+    Plain(VolumeFile),
+    /// A promoted replica: a PIT below, the writes (and flattened blocks)
+    /// in a private top layer.
+    Layered(Layered),
+}
+
+impl VolumeData {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            VolumeData::Plain(f) => f.size(),
+            VolumeData::Layered(l) => l.size(),
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            VolumeData::Plain(f) => f.read_at(buf, offset),
+            VolumeData::Layered(l) => l.read_at(buf, offset),
+        }
+    }
+
+    /// Writes all of `buf` at `offset` (durable at [`VolumeData::sync`]).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            VolumeData::Plain(f) => f.write_at(buf, offset),
+            VolumeData::Layered(l) => l.write_at(buf, offset, false),
+        }
+    }
+
+    /// Makes a range read back as zeroes.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            VolumeData::Plain(f) => f.punch_hole(offset, len),
+            VolumeData::Layered(l) => l.write_zeroes(offset, len, false),
+        }
+    }
+
+    /// Makes every completed write durable.
+    pub fn sync(&self) -> io::Result<()> {
+        match self {
+            VolumeData::Plain(f) => f.sync(),
+            VolumeData::Layered(l) => l.flush(),
+        }
+    }
+
+    /// The first byte at or after `offset` that may hold data (holes of a
+    /// plain file are skipped; a layered volume says "data" everywhere).
+    pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match self {
+            VolumeData::Plain(f) => f.next_data(offset),
+            VolumeData::Layered(l) => Ok((offset < l.size()).then_some(offset)),
+        }
+    }
+
+    /// Bytes on disk (a layered volume counts as fully allocated: its
+    /// lower layer is another group's data).
+    pub fn allocated_bytes(&self) -> io::Result<u64> {
+        match self {
+            VolumeData::Plain(f) => f.allocated_bytes(),
+            VolumeData::Layered(l) => Ok(l.size()),
+        }
+    }
+
+    /// Path of a plain volume's data file; `None` for a layered volume,
+    /// whose holes are not the volume's (its lower layer fills them).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            VolumeData::Plain(f) => Some(f.path()),
+            VolumeData::Layered(_) => None,
+        }
+    }
+
+    /// The layered volume, if this is one.
+    pub fn layered(&self) -> Option<&Layered> {
+        match self {
+            VolumeData::Plain(_) => None,
+            VolumeData::Layered(l) => Some(l),
+        }
+    }
+}
+
+/// PIT `pit` of `volume` in a replica store, as the lower layer of a
+/// promoted volume or a test clone.
+#[derive(Debug)]
+pub struct PitLower {
+    /// The store.
+    pub store: Arc<ReplicaStore>,
+    /// The PIT.
+    pub pit: PitId,
+    /// The volume's name in the store.
+    pub volume: String,
+}
+
+impl Lower for PitLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.store
+            .read(Some(self.pit), &self.volume, offset, buf)
+            .map_err(|e| {
+                io::Error::other(format!("reading PIT {} of {}: {e}", self.pit, self.volume))
+            })
+    }
+}
 
 /// A volume with its data and tracking state.
 #[derive(Debug)]
 pub struct Volume {
     row: VolumeRow,
-    file: VolumeFile,
+    file: VolumeData,
+    /// Writes are refused (a planned failover is handing the group over).
+    fenced: AtomicBool,
     tracker: ChangeTracker,
     /// Served over NBD only once its content is complete (not while importing).
     ready: AtomicBool,
@@ -68,7 +192,31 @@ impl Volume {
     /// Creates the files of a new volume described by `row`.
     pub(crate) fn create(layout: &Layout, row: VolumeRow) -> Result<Volume, EngineError> {
         let data = layout.volume_data(row.id);
-        let file = VolumeFile::create(&data, row.size_bytes)?;
+        let file = VolumeData::Plain(VolumeFile::create(&data, row.size_bytes)?);
+        Self::with_new_tracker(layout, row, file, &data)
+    }
+
+    /// Creates a layered volume over `lower` (a promotion): no data is
+    /// copied; the tracker starts empty.
+    pub(crate) fn create_layered(
+        layout: &Layout,
+        row: VolumeRow,
+        lower: Arc<dyn Lower>,
+    ) -> Result<Volume, EngineError> {
+        let dir = layout.volumes_dir();
+        let stem = Layout::volume_stem(row.id);
+        let layer = Layered::create(&dir, &stem, row.size_bytes, row.block_size, lower)
+            .map_err(|e| EngineError::Invalid(format!("creating volume {}: {e}", row.name)))?;
+        let top = dir.join(format!("{stem}.top"));
+        Self::with_new_tracker(layout, row, VolumeData::Layered(layer), &top)
+    }
+
+    fn with_new_tracker(
+        layout: &Layout,
+        row: VolumeRow,
+        file: VolumeData,
+        data: &Path,
+    ) -> Result<Volume, EngineError> {
         let tracker = match ChangeTracker::create(
             &layout.volumes_dir(),
             &Layout::volume_stem(row.id),
@@ -76,7 +224,8 @@ impl Volume {
         ) {
             Ok(t) => t,
             Err(e) => {
-                let _ = VolumeFile::remove(&data);
+                let _ = VolumeFile::remove(data);
+                let _ = Layered::remove(&layout.volumes_dir(), &Layout::volume_stem(row.id));
                 return Err(e.into());
             }
         };
@@ -84,6 +233,7 @@ impl Volume {
         Ok(Volume {
             row,
             file,
+            fenced: AtomicBool::new(false),
             tracker,
             ready,
             barrier: RwLock::new(()),
@@ -92,12 +242,29 @@ impl Volume {
         })
     }
 
-    /// Opens an existing volume; says how its tracking state was recovered.
+    /// Opens an existing volume (a layered one over `lower`); says how its
+    /// tracking state was recovered.
     pub(crate) fn open(
         layout: &Layout,
         row: VolumeRow,
+        lower: Option<Arc<dyn Lower>>,
     ) -> Result<(Volume, OpenReport), EngineError> {
-        let file = VolumeFile::open(&layout.volume_data(row.id), row.size_bytes)?;
+        let file = match lower {
+            None => VolumeData::Plain(VolumeFile::open(
+                &layout.volume_data(row.id),
+                row.size_bytes,
+            )?),
+            Some(lower) => VolumeData::Layered(
+                Layered::open(
+                    &layout.volumes_dir(),
+                    &Layout::volume_stem(row.id),
+                    row.size_bytes,
+                    row.block_size,
+                    lower,
+                )
+                .map_err(|e| EngineError::Invalid(format!("opening volume {}: {e}", row.name)))?,
+            ),
+        };
         let (tracker, report) = ChangeTracker::open(
             &layout.volumes_dir(),
             &Layout::volume_stem(row.id),
@@ -108,6 +275,7 @@ impl Volume {
             Volume {
                 row,
                 file,
+                fenced: AtomicBool::new(false),
                 tracker,
                 ready,
                 barrier: RwLock::new(()),
@@ -123,6 +291,8 @@ impl Volume {
         let data = layout.volume_data(id);
         VolumeFile::remove(&data).map_err(|e| EngineError::io("remove", &data, e))?;
         let dir = layout.volumes_dir();
+        Layered::remove(&dir, &Layout::volume_stem(id))
+            .map_err(|e| EngineError::io("remove layer files in", &dir, e))?;
         ChangeTracker::remove_files(&dir, &Layout::volume_stem(id))
             .map_err(|e| EngineError::io("remove tracking files in", &dir, e))
     }
@@ -151,14 +321,32 @@ impl Volume {
         &self.tracker
     }
 
-    /// The data file.
-    pub fn file(&self) -> &VolumeFile {
+    /// The volume's bytes.
+    pub fn file(&self) -> &VolumeData {
         &self.file
     }
 
-    /// Path of the data file.
-    pub fn data_path(&self) -> &Path {
-        self.file.path()
+    /// Refuses (`true`) or allows writes.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::Release);
+    }
+
+    /// Whether writes are refused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    fn check_fence(&self) -> io::Result<()> {
+        if self.is_fenced() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "volume {} refuses writes: its group is prepared for failover",
+                    self.row.name
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Makes data and tracking state durable and closes the tracker cleanly,
@@ -166,7 +354,7 @@ impl Volume {
     pub(crate) fn close(self) -> Result<(), EngineError> {
         self.file
             .sync()
-            .map_err(|e| EngineError::io("sync", self.file.path(), e))?;
+            .map_err(|e| EngineError::Invalid(format!("syncing volume {}: {e}", self.row.name)))?;
         self.tracker.close()?;
         Ok(())
     }
@@ -279,7 +467,7 @@ impl offsite_nbd::BlockDevice for Volume {
     }
 
     fn read_only(&self) -> bool {
-        false
+        self.is_fenced()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -288,6 +476,7 @@ impl offsite_nbd::BlockDevice for Volume {
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.check_fence()?;
         self.mark(offset, buf.len() as u64)?;
         self.preserve(offset, buf.len() as u64)?;
         self.file.write_at(buf, offset)?;
@@ -299,6 +488,7 @@ impl offsite_nbd::BlockDevice for Volume {
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.check_fence()?;
         self.mark(offset, len)?;
         self.preserve(offset, len)?;
         self.file.punch_hole(offset, len)?;

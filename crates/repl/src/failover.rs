@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use offsite_api_types::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
 use offsite_catalog::{FailoverRow, GroupRow};
+use offsite_engine::PitLower;
 use offsite_engine::hooks::{HookAction, HookRun};
 use offsite_replica::{PitId, ReplicaStore};
-use offsite_store::layered::{Layered, Lower};
+use offsite_store::layered::Layered;
 
 use crate::{ReplError, Replication};
 
@@ -38,23 +39,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| invalid(e.to_string()))?
-}
-
-/// A PIT of one volume as the lower layer of a clone.
-struct PitLower {
-    store: Arc<ReplicaStore>,
-    pit: PitId,
-    volume: String,
-}
-
-impl Lower for PitLower {
-    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.store
-            .read(Some(self.pit), &self.volume, offset, buf)
-            .map_err(|e| {
-                io::Error::other(format!("reading PIT {} of {}: {e}", self.pit, self.volume))
-            })
-    }
 }
 
 /// A layered volume served over NBD.

@@ -153,8 +153,6 @@ pub struct Replication {
     options: SessionOptions,
     /// Sessions the partner monitor keeps open, by partner name.
     monitored: Mutex<HashMap<String, Session>>,
-    /// Open replica stores of the groups this site is replica of.
-    stores: Mutex<HashMap<String, Arc<offsite_replica::ReplicaStore>>>,
     /// Serializes `group create`, so that the one-group-per-volume check
     /// and the insert are not interleaved by concurrent creates.
     create_lock: Mutex<()>,
@@ -194,7 +192,6 @@ impl Replication {
             identity,
             options,
             monitored: Mutex::new(HashMap::new()),
-            stores: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
             runners: std::sync::Mutex::new(HashMap::new()),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),

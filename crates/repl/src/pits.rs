@@ -4,6 +4,7 @@
 //! again) and `group teardown`.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
 use offsite_api_types::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
@@ -237,8 +238,8 @@ impl Replication {
             ch.close().await;
             r?;
         } else {
-            self.stores.lock().await.remove(group);
             if let Some(dir) = &row.store_dir {
+                self.site.forget_replica_store(Path::new(dir));
                 let _ = tokio::fs::remove_dir_all(dir).await;
             }
         }

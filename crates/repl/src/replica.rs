@@ -156,17 +156,12 @@ impl Replication {
                 self.site.config().name
             ));
         }
-        let mut stores = self.stores.lock().await;
-        if let Some(s) = stores.get(group) {
-            return Ok((row, s.clone()));
-        }
         let dir = PathBuf::from(row.store_dir.clone().unwrap_or_default());
-        let store = tokio::task::spawn_blocking(move || ReplicaStore::open(&dir))
+        let site = self.site.clone();
+        let store = tokio::task::spawn_blocking(move || site.replica_store(&dir))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("opening the replica store of group {group}: {e}"))?;
-        let store = Arc::new(store);
-        stores.insert(group.to_string(), store.clone());
+            .map_err(|e| format!("group {group}: {e}"))?;
         Ok((row, store))
     }
 
@@ -309,7 +304,9 @@ impl Replication {
                 let req: GroupRef = parse(body)?;
                 let (row, _) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
-                self.stores.lock().await.remove(&req.group);
+                if let Some(dir) = &row.store_dir {
+                    self.site.forget_replica_store(Path::new(dir));
+                }
                 let site = self.site.clone();
                 let g = req.group.clone();
                 tokio::task::spawn_blocking(move || site.delete_group_row(&g))

@@ -1,0 +1,216 @@
+//! Promoted volumes: a replica's PIT turned into a writable volume of this
+//! site in well under a second, whatever its size. The volume is layered
+//! (the PIT as lower layer, writes in a private top layer, see
+//! `offsite_store::layered`), tracked by its own change tracker from the
+//! first write on, and flattened in the background: a thread copies the
+//! PIT's blocks into the top until it holds everything; the next start
+//! then renames the top into a plain data file and forgets the lower.
+//!
+//! This module also owns the site's open replica stores (one instance per
+//! store directory, as a store holds its directory's lock), since promoted
+//! volumes read from them as replication does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use offsite_catalog::{Catalog, LowerRef, NewVolume, VolumeRow};
+use offsite_cbt::OpenReport;
+use offsite_replica::{PitId, ReplicaStore};
+use offsite_store::{Layered, Lower};
+
+use crate::layout::Layout;
+use crate::volume::PitLower;
+use crate::{EngineError, Site, Volume, names};
+
+/// Blocks the flattener copies between pauses.
+const FLATTEN_STEP_BLOCKS: u64 = 256;
+
+fn open_store(
+    stores: &mut HashMap<PathBuf, Arc<ReplicaStore>>,
+    dir: &Path,
+) -> Result<Arc<ReplicaStore>, EngineError> {
+    if let Some(s) = stores.get(dir) {
+        return Ok(s.clone());
+    }
+    let store = Arc::new(ReplicaStore::open(dir).map_err(|e| {
+        EngineError::Invalid(format!("opening the replica store {}: {e}", dir.display()))
+    })?);
+    stores.insert(dir.to_path_buf(), store.clone());
+    Ok(store)
+}
+
+fn pit_lower(store: Arc<ReplicaStore>, lower: &LowerRef) -> Result<Arc<dyn Lower>, EngineError> {
+    let pit = PitId::new(lower.pit)
+        .ok_or_else(|| EngineError::Invalid(format!("PIT 0 of {}", lower.store_dir)))?;
+    Ok(Arc::new(PitLower {
+        store,
+        pit,
+        volume: lower.volume.clone(),
+    }))
+}
+
+/// Opens volume `row` at start-up: a layered one over its PIT, converted
+/// to a plain file first if it was flattened.
+pub(crate) fn open_volume(
+    layout: &Layout,
+    catalog: &Catalog,
+    stores: &mut HashMap<PathBuf, Arc<ReplicaStore>>,
+    row: VolumeRow,
+) -> Result<(Volume, OpenReport), EngineError> {
+    let Some(lower) = row.lower.clone() else {
+        return Volume::open(layout, row, None);
+    };
+    let store = open_store(stores, Path::new(&lower.store_dir))?;
+    let opened = Volume::open(layout, row.clone(), Some(pit_lower(store, &lower)?))?;
+    let flat = opened.0.file().layered().is_some_and(Layered::is_flat);
+    if !flat {
+        return Ok(opened);
+    }
+    // Every block is in the top: it is the whole image. Make it the data
+    // file (rename is atomic; the catalog forgets the lower only after).
+    let (volume, _) = opened;
+    volume
+        .file()
+        .sync()
+        .map_err(|e| EngineError::Invalid(format!("syncing flattened volume {}: {e}", row.name)))?;
+    volume.close()?;
+    let dir = layout.volumes_dir();
+    let stem = Layout::volume_stem(row.id);
+    let top = dir.join(format!("{stem}.top"));
+    let data = layout.volume_data(row.id);
+    std::fs::rename(&top, &data).map_err(|e| EngineError::io("rename", &top, e))?;
+    offsite_store::sync_dir(&dir).map_err(|e| EngineError::io("sync", &dir, e))?;
+    catalog.set_volume_layering(&row.name, "primary", None)?;
+    Layered::remove(&dir, &stem).map_err(|e| EngineError::io("remove layer map in", &dir, e))?;
+    catalog.add_event(
+        "volume.flattened",
+        Some(&row.name),
+        &format!(
+            "volume {} no longer reads PIT {} of {}: it is a plain volume",
+            row.name, lower.pit, lower.store_dir
+        ),
+    )?;
+    let mut row = row;
+    row.lower = None;
+    row.role = "primary".into();
+    Volume::open(layout, row, None)
+}
+
+impl Site {
+    /// The replica store in `dir`, opened once per site.
+    pub fn replica_store(&self, dir: &Path) -> Result<Arc<ReplicaStore>, EngineError> {
+        open_store(
+            &mut self.stores.lock().unwrap_or_else(|e| e.into_inner()),
+            dir,
+        )
+    }
+
+    /// Closes the store in `dir` (teardown deletes it); promoted volumes
+    /// reading it keep their own reference.
+    pub fn forget_replica_store(&self, dir: &Path) {
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir);
+    }
+
+    /// Makes volume `name` of this site from PIT `lower.pit` of volume
+    /// `lower.volume` of the replica store at `lower.store_dir`: writable
+    /// at once, no data copied, changes tracked from now on.
+    pub fn promote_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+        lower: &LowerRef,
+    ) -> Result<Arc<Volume>, EngineError> {
+        names::validate("volume", name)?;
+        let store = self.replica_store(Path::new(&lower.store_dir))?;
+        let row = self.catalog().insert_volume(&NewVolume {
+            name,
+            size_bytes,
+            block_size,
+            role: "promoted",
+            state: "ready",
+            import_source: None,
+            lower: Some(lower),
+        })?;
+        let volume =
+            match Volume::create_layered(&self.layout, row.clone(), pit_lower(store, lower)?) {
+                Ok(v) => Arc::new(v),
+                Err(e) => {
+                    let _ = self.catalog().delete_volume(&row.name);
+                    return Err(e);
+                }
+            };
+        self.insert_live(volume.clone());
+        self.event(
+            "volume.promoted",
+            Some(name),
+            &format!(
+                "volume {name} promoted from PIT {} of the replica in {}",
+                lower.pit, lower.store_dir
+            ),
+        );
+        Ok(volume)
+    }
+
+    /// Starts the background flattener of layered volumes (one thread for
+    /// the site; it idles when nothing is layered).
+    pub fn start_flattener(self: &Arc<Self>) {
+        let site = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("flatten".into())
+            .spawn(move || {
+                while let Some(site) = site.upgrade() {
+                    let worked = site.flatten_once();
+                    drop(site);
+                    std::thread::sleep(if worked {
+                        Duration::from_millis(1)
+                    } else {
+                        Duration::from_secs(1)
+                    });
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the flattener; promoted volumes stay layered");
+        }
+    }
+
+    /// One step of flattening over every layered volume; whether it copied.
+    fn flatten_once(&self) -> bool {
+        let mut worked = false;
+        for volume in self.live_volumes() {
+            let Some(layer) = volume.file().layered() else {
+                continue;
+            };
+            if layer.is_flat() {
+                continue;
+            }
+            match layer.flatten_step(FLATTEN_STEP_BLOCKS) {
+                Ok(0) => {}
+                Ok(_) => {
+                    worked = true;
+                    if layer.is_flat() {
+                        match layer.flush() {
+                            Ok(()) => self.event(
+                                "volume.flat",
+                                Some(volume.name()),
+                                "every block copied from the PIT; the volume becomes a plain file at the next start",
+                            ),
+                            Err(e) => {
+                                tracing::error!(volume = %volume.name(), error = %e, "flushing a flattened volume")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %volume.name(), error = %e, "flattening step failed; retrying later");
+                }
+            }
+        }
+        worked
+    }
+}
