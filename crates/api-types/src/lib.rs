@@ -517,6 +517,30 @@ pub struct FailoverResult {
     pub vms: Vec<HookReport>,
     /// Wall time of the operation in milliseconds.
     pub duration_ms: u64,
+    /// What failed without stopping the operation (a VM hook after the
+    /// volumes were promoted, say); the CLI exits non-zero when not empty.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Result of `reverse`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReverseResult {
+    /// Group name.
+    pub group: String,
+    /// The first PIT committed in the new direction.
+    pub pit: u64,
+    /// The group's volumes as served here, the new primary.
+    pub volumes: Vec<ExportedVolume>,
+    /// Block bytes sent to the new replica to make it equal (all-zero
+    /// blocks travel as ranges and are not counted).
+    pub bytes_transferred: u64,
+    /// Bytes the old primary had changed that never reached a committed
+    /// PIT, now overwritten with this site's data (after a crash of the old
+    /// primary, its activity log makes this a superset).
+    pub rolled_back_bytes: u64,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Result of `pit export`.

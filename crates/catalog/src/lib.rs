@@ -1143,6 +1143,28 @@ impl Catalog {
         )
     }
 
+    /// Turns a group around (reverse): its role, store directory and state.
+    pub fn set_group_role(
+        &self,
+        name: &str,
+        role: &str,
+        store_dir: Option<&str>,
+        state: &str,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET role = ?2, store_dir = ?3, state = ?4, last_error = NULL,
+                        state_changed_at = ?5
+                     WHERE name = ?1",
+                    params![name, role, store_dir, state, now_rfc3339()],
+                )
+            },
+        )
+    }
+
     /// Records how much of a volume's initial replication is durable on the replica.
     pub fn set_initial_progress(
         &self,

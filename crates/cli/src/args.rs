@@ -71,9 +71,12 @@ pub enum Command {
     Pit(PitCommand),
     /// Compare the primary's volumes at a fresh cut with the replica, block by block.
     Verify { group: String },
-    /// Failover at the replica: test failover (writable clones of a PIT).
+    /// Failover: prepare (primary), run / test (replica), stop-test.
     #[command(subcommand)]
     Failover(FailoverCommand),
+    /// After a failover, at the new primary: replicate back to the old one,
+    /// sending only what changed (reprotect).
+    Reverse { group: String },
     /// Show the site's event log.
     Events {
         /// How many of the newest events.
@@ -174,6 +177,9 @@ pub struct GroupCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FailoverCommand {
+    /// Planned failover, at the primary: stop the VMs, refuse writes, ship
+    /// a final PIT named planned-failover.
+    Prepare { group: String },
     /// Bring the group's volumes up at this (replica) site from a PIT.
     Run {
         group: String,
@@ -182,8 +188,12 @@ pub enum FailoverCommand {
         pit: Option<String>,
         /// Test failover: writable clones under distinct names, VMs started
         /// with OFFSITE_MODE=test, replication keeps running.
-        #[arg(long, required = true)]
+        #[arg(long)]
         test: bool,
+        /// Fail over although the primary is not prepared or unreachable
+        /// (unplanned: disaster recovery).
+        #[arg(long, conflicts_with = "test")]
+        force: bool,
     },
     /// Stop a test failover: stop its VMs, discard the clones and their writes.
     StopTest { group: String },

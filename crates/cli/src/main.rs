@@ -347,17 +347,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Failover(FailoverCommand::Run { group, pit, test }) => {
+        Command::Failover(FailoverCommand::Run {
+            group,
+            pit,
+            test,
+            force,
+        }) => {
             let r: offsite_api_types::FailoverResult = client(&cli.global)?.group_action(
                 &group,
                 "failover",
-                &offsite_api_types::FailoverRun {
-                    pit,
-                    test,
-                    force: false,
-                },
+                &offsite_api_types::FailoverRun { pit, test, force },
             )?;
+            p.failover(&r)?;
+            failover_errors(&r)
+        }
+        Command::Failover(FailoverCommand::Prepare { group }) => {
+            let r: offsite_api_types::FailoverResult =
+                client(&cli.global)?.group_action(&group, "failover/prepare", &())?;
             p.failover(&r)
+        }
+        Command::Reverse { group } => {
+            let r: offsite_api_types::ReverseResult =
+                client(&cli.global)?.group_action(&group, "reverse", &())?;
+            p.reverse(&r)
         }
         Command::Failover(FailoverCommand::StopTest { group }) => {
             let r: offsite_api_types::FailoverResult =
@@ -366,6 +378,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
     }
+}
+
+/// A failover that completed with errors (a VM hook failed) exits 1.
+fn failover_errors(r: &offsite_api_types::FailoverResult) -> anyhow::Result<()> {
+    if r.errors.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "group {} failed over with {} error(s): {}",
+        r.group,
+        r.errors.len(),
+        r.errors.join("; ")
+    )
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

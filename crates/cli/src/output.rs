@@ -421,6 +421,10 @@ impl Printer {
             return self.print_json(r);
         }
         let mut out = match r.mode.as_str() {
+            "prepare" => format!(
+                "group {}: prepared for failover, final PIT {} ({} ms); run `offsite failover run {}` at the replica\n",
+                r.group, r.pit, r.duration_ms, r.group
+            ),
             "stop-test" => format!(
                 "group {}: test failover of PIT {} stopped, clones discarded ({} ms)\n",
                 r.group, r.pit, r.duration_ms
@@ -448,6 +452,26 @@ impl Printer {
             ));
         }
         emit(out.trim_end())
+    }
+
+    pub fn reverse(&self, r: &offsite_api_types::ReverseResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let rows: Vec<Vec<String>> = r
+            .volumes
+            .iter()
+            .map(|v| vec![v.name.clone(), v.url.clone()])
+            .collect();
+        emit(&format!(
+            "group {} replicates from this site now: PIT {} sent {} ({} of the other site's unreplicated changes rolled back) in {} ms\n{}",
+            r.group,
+            r.pit,
+            human(r.bytes_transferred),
+            human(r.rolled_back_bytes),
+            r.duration_ms,
+            table(&["VOLUME", "URL"], &rows)
+        ))
     }
 
     pub fn pit_check(&self, r: &offsite_api_types::PitCheck) -> anyhow::Result<()> {

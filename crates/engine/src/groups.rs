@@ -5,6 +5,8 @@
 
 use offsite_catalog::{CycleRow, FailoverRow, GroupRow, PitRow};
 
+use std::sync::Arc;
+
 use crate::{EngineError, Site};
 
 impl Site {
@@ -188,5 +190,87 @@ impl Site {
     /// Failovers in progress on this site.
     pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
         Ok(self.catalog().failovers()?)
+    }
+
+    /// Turns a group around (reverse): role, store directory and state.
+    pub fn set_group_role(
+        &self,
+        name: &str,
+        role: &str,
+        store_dir: Option<&str>,
+        state: &str,
+    ) -> Result<(), EngineError> {
+        self.catalog()
+            .set_group_role(name, role, store_dir, state)?;
+        self.event(
+            "group.role",
+            Some(name),
+            &format!("group {name} is now {role} here ({state})"),
+        );
+        Ok(())
+    }
+
+    /// The file holding volume `name`'s whole image: its data file, or the
+    /// top of a flattened layered volume.
+    pub fn volume_image_path(&self, name: &str) -> Result<std::path::PathBuf, EngineError> {
+        let v = self.volume(name)?;
+        match v.file().layered() {
+            None => Ok(self.layout.volume_data(v.row().id)),
+            Some(l) if l.is_flat() => Ok(self.layout.volumes_dir().join(format!(
+                "{}.top",
+                crate::layout::Layout::volume_stem(v.row().id)
+            ))),
+            Some(_) => Err(EngineError::Invalid(format!(
+                "volume {name} still reads blocks from its PIT; it has no complete image file yet"
+            ))),
+        }
+    }
+
+    /// Defines the VMs of a group on this site (after a failover made the
+    /// group's volumes live here); VMs already defined are left alone.
+    pub fn define_group_vms(&self, group: &str) -> Result<Vec<String>, EngineError> {
+        let row = self.group_row(group)?;
+        let mut defined = Vec::new();
+        for vm in &row.vms {
+            if self.catalog().vm(&vm.name).is_ok() {
+                continue;
+            }
+            let mut catalog = self.catalog();
+            if vm.volumes.iter().any(|v| catalog.volume(v).is_err()) {
+                continue;
+            }
+            catalog.insert_vm(vm)?;
+            defined.push(vm.name.clone());
+        }
+        Ok(defined)
+    }
+
+    /// Takes a group's volume off this site when the group reverses and this
+    /// site becomes its replica: writes are fenced, NBD stops serving it, its
+    /// row, tracking files and data-file name go, and so do VMs using it
+    /// (the group keeps their definitions). The data itself lives on under
+    /// the replica store's base image (a hard link the caller made first).
+    pub fn retire_volume(&self, name: &str) -> Result<(), EngineError> {
+        let row = self.catalog().volume(name)?;
+        if let Some(v) = self.live(name) {
+            v.set_fenced(true);
+        }
+        for vm in self.vms_using(name)? {
+            self.catalog().delete_vm(&vm)?;
+        }
+        let removed = self.forget_live(name);
+        self.catalog().delete_volume(name)?;
+        if let Some(v) = removed
+            && let Ok(v) = Arc::try_unwrap(v)
+        {
+            let _ = v.close();
+        }
+        crate::Volume::remove_files(&self.layout, row.id)?;
+        self.event(
+            "volume.retired",
+            Some(name),
+            "the volume's group now replicates into this site; its data is the replica's base",
+        );
+        Ok(())
     }
 }

@@ -226,7 +226,7 @@ impl Site {
         }
     }
 
-    fn live(&self, name: &str) -> Option<Arc<Volume>> {
+    pub(crate) fn live(&self, name: &str) -> Option<Arc<Volume>> {
         self.volumes
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -532,6 +532,15 @@ impl Site {
                 message: e.message,
             })
             .collect())
+    }
+
+    /// Removes a volume from the live map (NBD stops serving it to new
+    /// connections); returns it.
+    pub(crate) fn forget_live(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
     }
 
     /// Inserts a volume opened or created elsewhere in the engine.

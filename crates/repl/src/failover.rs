@@ -1,4 +1,5 @@
-//! Failover at the replica site. So far: **test failover** — writable
+//! Test failover at the replica site (planned and unplanned failover and
+//! reverse are in `switch.rs`): writable
 //! clones of a PIT (a layered volume: the PIT as the read-only lower layer,
 //! a private sparse top layer for the writes) exported over NBD under
 //! distinct names, the group's VMs started on them with
@@ -92,7 +93,11 @@ fn report(r: &HookRun) -> HookReport {
 }
 
 /// Resolves a PIT given as an id or a name, or the newest.
-fn resolve(store: &ReplicaStore, group: &str, pit: Option<&str>) -> Result<PitId, ReplError> {
+pub(crate) fn resolve(
+    store: &ReplicaStore,
+    group: &str,
+    pit: Option<&str>,
+) -> Result<PitId, ReplError> {
     let pits = store.pits();
     let found = match pit {
         None => pits.last(),
@@ -116,12 +121,11 @@ impl Replication {
         group: &str,
         req: &FailoverRun,
     ) -> Result<FailoverResult, ReplError> {
-        if !req.test {
-            return Err(invalid(format!(
-                "this build runs test failovers only: use `offsite failover run {group} --test`; promotion of the replica is not available yet"
-            )));
+        if req.test {
+            self.test_failover(group, req.pit.as_deref()).await
+        } else {
+            self.promote(group, req.pit.as_deref(), req.force).await
         }
-        self.test_failover(group, req.pit.as_deref()).await
     }
 
     async fn test_failover(
@@ -177,6 +181,7 @@ impl Replication {
                     volumes,
                     vms: hooks,
                     duration_ms: started.elapsed().as_millis() as u64,
+                    errors: Vec::new(),
                 })
             }
             Err(e) => {
@@ -261,7 +266,7 @@ impl Replication {
     /// Runs `action` of every VM of the group with a hook for it (start in
     /// the group's order, stop in reverse), with the VM's disks as served in
     /// `volumes`.
-    async fn run_vm_hooks(
+    pub(crate) async fn run_vm_hooks(
         &self,
         row: &GroupRow,
         action: HookAction,
@@ -344,12 +349,14 @@ impl Replication {
             volumes,
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
         })
     }
 
     /// At start-up: exports the clones of every test failover that was
     /// running when the daemon stopped.
     pub async fn restore_failovers(&self) -> Result<(), ReplError> {
+        self.restore_fences().await?;
         let site = self.site.clone();
         let tests = blocking(move || Ok(site.failovers()?)).await?;
         for t in tests.into_iter().filter(|t| t.kind == "test") {

@@ -28,6 +28,7 @@ mod failover;
 mod pits;
 mod primary;
 mod replica;
+mod switch;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -296,6 +297,19 @@ impl Replication {
                             Ok(b) => (true, b),
                             Err(e) => (false, error_body(e)),
                         },
+                        wire::kinds::GROUP_QUERY => match self.answer_query(&peer, &body).await {
+                            Ok(b) => (true, b),
+                            Err(e) => (false, error_body(e)),
+                        },
+                        wire::kinds::REVERSE_BEGIN => {
+                            match self.answer_reverse(&peer, &body).await {
+                                Ok(b) => (true, b),
+                                Err(e) => {
+                                    tracing::warn!(partner = %peer, "reverse refused: {e}");
+                                    (false, error_body(e))
+                                }
+                            }
+                        }
                         _ => match self.answer_replica(&peer, kind, &body, &mut transfer).await {
                             Ok(b) => (true, b),
                             Err(e) => {

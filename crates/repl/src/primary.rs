@@ -435,7 +435,7 @@ impl Replication {
         Ok(())
     }
 
-    fn ensure_runner(self: &Arc<Self>, group: &str) -> Runner {
+    pub(crate) fn ensure_runner(self: &Arc<Self>, group: &str) -> Runner {
         let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = runners.get(group) {
             return r.clone();
@@ -535,6 +535,24 @@ impl Replication {
         let g = blocking(move || site.group_row(&n)).await?;
         if let Some(label) = &pit_name {
             offsite_engine::names::validate("PIT", label)?;
+        }
+        if g.state == "prepared-for-failover" {
+            // Writes are fenced and the final PIT is on the replica: nothing
+            // more will come, so a sync (from either site) returns at once.
+            let site = self.site.clone();
+            let n = name.to_string();
+            let last = blocking(move || site.pit_rows(&n)).await?.pop();
+            return Ok(SyncResult {
+                group: name.to_string(),
+                pit: last.map(|p| {
+                    entry(PitDesc {
+                        id: p.id,
+                        name: p.name,
+                        created_at: p.created_at,
+                        bytes: p.bytes,
+                    })
+                }),
+            });
         }
         if g.role == "replica" {
             let mut ch = self.channel(&g.partner, None).await?;
@@ -643,6 +661,9 @@ impl Replication {
                 Ok(Ok(r)) => r,
                 _ => return, // deleted
             };
+            if row.role != "primary" {
+                return; // reversed: this site is the replica now
+            }
             let interval = Duration::from_secs((row.rpo_secs / 2).max(15));
             match row.state.as_str() {
                 "initial-replication" => match self.initial_replication(&row, &progress).await {
@@ -718,7 +739,7 @@ impl Replication {
         let _ = tokio::task::spawn_blocking(move || site.set_group_error(&g, Some(&e))).await;
     }
 
-    async fn live_volumes(&self, row: &GroupRow) -> Result<Vec<Arc<Volume>>, ReplError> {
+    pub(crate) async fn live_volumes(&self, row: &GroupRow) -> Result<Vec<Arc<Volume>>, ReplError> {
         let site = self.site.clone();
         let names: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
         blocking(move || names.iter().map(|n| site.volume(n)).collect()).await

@@ -184,6 +184,7 @@ impl Replication {
                 let req: GroupRef = parse(body)?;
                 let (row, store) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
+                self.check_accepting(&row)?;
                 if store.newest().is_some() {
                     return Err(format!(
                         "group {} already has PITs on site {}; initial replication is over",
@@ -214,6 +215,7 @@ impl Replication {
                 let req: GroupRef = parse(body)?;
                 let (row, store) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
+                self.check_accepting(&row)?;
                 let writer = store
                     .begin_pit()
                     .map_err(|e| format!("starting a PIT of group {}: {e}", req.group))?;
@@ -281,6 +283,7 @@ impl Replication {
                 let req: wire::SeedLoad = parse(body)?;
                 let (row, store) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
+                self.check_accepting(&row)?;
                 if store.newest().is_some() {
                     return Err(format!(
                         "group {} already has PITs; a seed only starts a new replica",
@@ -291,6 +294,19 @@ impl Replication {
                 tokio::task::spawn_blocking(move || load_seed(&site_name, &req, &store))
                     .await
                     .map_err(|e| e.to_string())??;
+                Ok(Bytes::new())
+            }
+            wire::kinds::GROUP_PREPARED => {
+                let req: wire::GroupPrepared = parse(body)?;
+                let (row, _) = self.store(&req.group).await?;
+                self.check_peer(&row, peer)?;
+                if matches!(
+                    row.state.as_str(),
+                    "replicating" | "paused" | "test-failover"
+                ) {
+                    self.set_state(&req.group, "prepared-for-failover", None)
+                        .await;
+                }
                 Ok(Bytes::new())
             }
             wire::kinds::PIT_RELEASE => {
@@ -324,6 +340,21 @@ impl Replication {
                 env!("CARGO_PKG_VERSION")
             )),
         }
+    }
+
+    /// New data may not enter a replica whose PIT was promoted: the
+    /// promoted volumes read the store.
+    fn check_accepting(&self, row: &GroupRow) -> Result<(), String> {
+        if row.state == "failed-over" {
+            return Err(format!(
+                "group {} was failed over to site {}; run `offsite reverse {}` there to replicate the other way, or `offsite failover revert {}` there",
+                row.name,
+                self.site.config().name,
+                row.name,
+                row.name
+            ));
+        }
+        Ok(())
     }
 
     fn check_peer(&self, row: &GroupRow, peer: &str) -> Result<(), String> {

@@ -40,6 +40,52 @@ pub mod kinds {
     pub const PIT_RELEASE: u16 = 10;
     /// Primary → replica: load a seed (carried there by hand) into the base images.
     pub const SEED_LOAD: u16 = 11;
+    /// Either way: how is the group on your side ([`GroupView`])?
+    pub const GROUP_QUERY: u16 = 12;
+    /// Primary → replica: the group is prepared for failover ([`GroupPrepared`]).
+    pub const GROUP_PREPARED: u16 = 13;
+    /// New primary → old primary: become the group's replica
+    /// ([`ReverseBegin`] → [`ReverseReady`]).
+    pub const REVERSE_BEGIN: u16 = 14;
+}
+
+/// Answer to [`kinds::GROUP_QUERY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    /// `primary` or `replica`.
+    pub role: String,
+    /// Replication state.
+    pub state: String,
+    /// The partner this site replicates the group with.
+    pub partner: String,
+}
+
+/// [`kinds::GROUP_PREPARED`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupPrepared {
+    /// Group name.
+    pub group: String,
+    /// The final PIT (`planned-failover`).
+    pub pit: u64,
+}
+
+/// [`kinds::REVERSE_BEGIN`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReverseBegin {
+    /// Group name.
+    pub group: String,
+    /// The PIT the new primary was promoted from.
+    pub pit: u64,
+}
+
+/// Answer to [`kinds::REVERSE_BEGIN`]: the old primary is the replica now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReverseReady {
+    /// Per volume (group order): the blocks the old primary changed that
+    /// never reached a committed PIT, which the new primary must overwrite.
+    pub unreplicated: Vec<Vec<u32>>,
+    /// Where the old primary keeps the replica store now.
+    pub store_dir: String,
 }
 
 /// [`kinds::SEED_LOAD`].

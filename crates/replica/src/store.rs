@@ -453,6 +453,24 @@ impl ReplicaStore {
         crate::merge::remove_pit(&self.inner, id)
     }
 
+    /// Blocks of `volume` that PITs newer than `pit` changed: where the
+    /// newest PIT differs from PIT `pit` (the blocks a promotion of `pit`
+    /// rolls back, which reverse replication must send to the old primary).
+    pub fn blocks_after(&self, pit: PitId, volume: &str) -> Result<Vec<u64>, ReplicaError> {
+        let inner = &*self.inner;
+        let v = inner.vol_index(volume)?;
+        let st = inner.read_state();
+        let pos = st.position(pit)?;
+        let mut out = Vec::new();
+        for p in &st.chain[pos + 1..] {
+            let seg = &p.segs[v];
+            out.extend((0..seg.len()).map(|i| seg.block(i)));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Sets or clears the name of PIT `id` (durable manifest rewrite).
     pub fn set_pit_name(&self, id: PitId, name: Option<String>) -> Result<(), ReplicaError> {
         let inner = &*self.inner;

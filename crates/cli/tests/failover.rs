@@ -1,0 +1,322 @@
+//! Planned failover, reverse and failback (issue 5), and an unplanned
+//! failover after the primary was killed: two real sites, qemu-io data
+//! checks at every stage, VM hooks that record their environment, and the
+//! bytes reverse replication moves compared with what changed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use offsite_testkit::{TestSite, qemu_io};
+use serde_json::Value;
+
+const MIB: u64 = 1024 * 1024;
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
+}
+
+/// Hooks appending `SITE ACTION MODE VM URL0` lines to `log` (a file
+/// outside both sites, as a hypervisor would keep its own state).
+fn hooks(log: &Path) -> (String, String) {
+    let l = log.display();
+    (
+        format!("echo $OFFSITE_SITE start $OFFSITE_MODE $OFFSITE_VM $OFFSITE_VOLUME_0_URL >> {l}"),
+        format!("echo $OFFSITE_SITE stop $OFFSITE_MODE $OFFSITE_VM $OFFSITE_VOLUME_0_URL >> {l}"),
+    )
+}
+
+fn hook_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn write_fails(url: &str) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x99 0 4k", url])
+        .output()
+        .expect("run qemu-io");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    !out.status.success() || text.contains("failed")
+}
+
+fn volume_names(site: &TestSite) -> Vec<String> {
+    site.json(&["volume", "list"])
+        .as_array()
+        .expect("volume list")
+        .iter()
+        .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A (primary) and B (replica) authorize each other, so the group can
+/// replicate either way.
+fn two_way_pair() -> (TestSite, TestSite) {
+    let (a, b) = group_pair();
+    authorize_primary(&a, "site-b", None);
+    (a, b)
+}
+
+fn url_of(r: &Value, volume: &str) -> String {
+    r["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["url"].as_str())
+        .unwrap_or_else(|| panic!("no volume {volume}: {r}"))
+        .to_string()
+}
+
+#[test]
+fn planned_failover_reverse_and_failback_lose_nothing_and_move_only_changes() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = two_way_pair();
+    let log = a.scratch().join("hooks.log");
+    let (start, stop) = hooks(&log);
+    a.create_volume("d0", "16M");
+    a.create_volume("d1", "8M");
+    a.json(&[
+        "vm", "create", "vm1", "--volume", "d0", "--volume", "d1", "--start", &start, "--stop",
+        &stop,
+    ]);
+    create_group(&a, "g", "site-b", &["--vm", "vm1"], &["--keep", "3"]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 4M"]);
+    qemu_io(&a.url("d1"), &["write -P 0x12 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    // Written after the last sync: the final PIT of prepare must carry it.
+    qemu_io(&a.url("d0"), &["write -P 0x13 8M 1M"]);
+
+    // Planned failover A -> B.
+    let p = a.json(&["failover", "prepare", "g"]);
+    assert_eq!(p["mode"], "prepare", "{p}");
+    let final_pit = u(&p, "pit");
+    assert_eq!(
+        pit_ids(&b, "g").last().cloned(),
+        Some((final_pit, Some("planned-failover".to_string())))
+    );
+    assert!(
+        write_fails(&a.url("d0")),
+        "a prepared primary refuses writes"
+    );
+    assert_eq!(group_status(&a, "g")["state"], "prepared-for-failover");
+    assert_eq!(group_status(&b, "g")["state"], "prepared-for-failover");
+    // A sync from the replica returns at once with the final PIT.
+    let s = b.json(&["sync", "g"]);
+    assert_eq!(u(&s["pit"], "id"), final_pit, "{s}");
+    assert_eq!(
+        hook_lines(&log),
+        vec![format!("site-a stop planned vm1 {}", a.url("d0"))]
+    );
+
+    let r = b.json(&["failover", "run", "g"]);
+    assert_eq!(r["mode"], "planned", "{r}");
+    assert_eq!(u(&r, "pit"), final_pit, "{r}");
+    let b0 = url_of(&r, "d0");
+    let b1 = url_of(&r, "d1");
+    assert_eq!(b0, b.url("d0"));
+    assert_eq!(
+        hook_lines(&log).last().cloned(),
+        Some(format!("site-b start planned vm1 {b0}"))
+    );
+    qemu_io(
+        &b0,
+        &["read -P 0x11 0 4M", "read -P 0 4M 4M", "read -P 0x13 8M 1M"],
+    );
+    qemu_io(&b1, &["read -P 0x12 0 1M"]);
+    assert_eq!(group_status(&b, "g")["state"], "failed-over");
+    let vol = b.json(&["volume", "show", "d0"]);
+    assert_eq!(vol["role"], "promoted", "{vol}");
+    // The VMs write at B.
+    qemu_io(&b0, &["write -P 0x21 12M 1M"]);
+    qemu_io(&b1, &["write -P 0x22 4M 64k"]);
+
+    // Reverse: A becomes the replica; only B's writes move.
+    let rv = b.json(&["reverse", "g"]);
+    let moved = u(&rv, "bytes_transferred");
+    eprintln!(
+        "reverse A<-B moved {moved} bytes for {} changed",
+        MIB + 64 * 1024
+    );
+    assert!(
+        (MIB + 64 * 1024..=MIB + 64 * 1024 + 64 * 1024).contains(&moved),
+        "reverse moves B's writes only, not the 24 MiB of volumes: {rv}"
+    );
+    let sa = group_status(&a, "g");
+    let sb = group_status(&b, "g");
+    assert_eq!(
+        (sa["role"].as_str(), sa["state"].as_str()),
+        (Some("replica"), Some("replicating")),
+        "{sa}"
+    );
+    assert_eq!(
+        (sb["role"].as_str(), sb["state"].as_str()),
+        (Some("primary"), Some("replicating")),
+        "{sb}"
+    );
+    assert_eq!(sb["rpo_seconds"], 30, "settings kept: {sb}");
+    assert_eq!(sb["keep"], 3, "settings kept: {sb}");
+    assert!(
+        !volume_names(&a).contains(&"d0".to_string()),
+        "A serves no copy of d0 any more"
+    );
+    assert!(
+        b.json(&["vm", "list"]).to_string().contains("vm1"),
+        "the VM is defined where it runs"
+    );
+    verify_clean(&b, "g");
+
+    // Replication B -> A carries on.
+    qemu_io(&b0, &["write -P 0x23 0 64k"]);
+    sync_pit(&b, "g", &[]);
+    verify_clean(&b, "g");
+
+    // Failback: the same three commands from the other side.
+    let p = b.json(&["failover", "prepare", "g"]);
+    assert_eq!(p["mode"], "prepare", "{p}");
+    assert!(write_fails(&b0), "a prepared primary refuses writes");
+    let r = a.json(&["failover", "run", "g"]);
+    assert_eq!(r["mode"], "planned", "{r}");
+    let a0 = url_of(&r, "d0");
+    let a1 = url_of(&r, "d1");
+    qemu_io(
+        &a0,
+        &[
+            "read -P 0x23 0 64k",
+            "read -P 0x11 64k 3968k",
+            "read -P 0x13 8M 1M",
+            "read -P 0x21 12M 1M",
+        ],
+    );
+    qemu_io(&a1, &["read -P 0x12 0 1M", "read -P 0x22 4M 64k"]);
+    let lines = hook_lines(&log);
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [
+            format!("site-b stop planned vm1 {b0}"),
+            format!("site-a start planned vm1 {a0}"),
+        ]
+    );
+    qemu_io(&a0, &["write -P 0x31 2M 64k"]);
+    let rv = a.json(&["reverse", "g"]);
+    let moved = u(&rv, "bytes_transferred");
+    eprintln!("reverse A->B moved {moved} bytes for 65536 changed");
+    assert!(moved <= 128 * 1024, "{rv}");
+
+    // As before the first failover: A primary, B replica, same settings.
+    let sa = group_status(&a, "g");
+    let sb = group_status(&b, "g");
+    assert_eq!(
+        (sa["role"].as_str(), sa["state"].as_str()),
+        (Some("primary"), Some("replicating")),
+        "{sa}"
+    );
+    assert_eq!(
+        (sb["role"].as_str(), sb["state"].as_str()),
+        (Some("replica"), Some("replicating")),
+        "{sb}"
+    );
+    assert!(!volume_names(&b).contains(&"d0".to_string()));
+    qemu_io(&a.url("d0"), &["write -P 0x41 5M 1M"]);
+    sync_pit(&a, "g", &[]);
+    verify_clean(&a, "g");
+    qemu_io(
+        &a.url("d0"),
+        &[
+            "read -P 0x31 2M 64k",
+            "read -P 0x41 5M 1M",
+            "read -P 0x21 12M 1M",
+        ],
+    );
+}
+
+#[test]
+fn unplanned_failover_then_reverse_rolls_back_the_lost_primary_s_unreplicated_writes() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (mut a, b) = two_way_pair();
+    a.create_volume("d0", "32M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--compress", "none"],
+    );
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 8M"]);
+    let replicated = u(&sync_pit(&a, "g", &[]), "id");
+
+    // While the primary is up and not prepared, failover needs --force.
+    let err = b.fails(&["failover", "run", "g"]);
+    assert!(
+        err.contains("failover prepare") && err.contains("--force"),
+        "{err}"
+    );
+
+    // Writes that never reach the replica, then the primary dies.
+    qemu_io(&a.url("d0"), &["write -P 0x12 16M 4M"]);
+    a.kill9();
+    let err = b.fails(&["failover", "run", "g"]);
+    assert!(
+        err.contains("cannot be reached") && err.contains("--force"),
+        "{err}"
+    );
+    let r = b.json(&["failover", "run", "g", "--force"]);
+    assert_eq!(r["mode"], "unplanned", "{r}");
+    assert_eq!(u(&r, "pit"), replicated, "{r}");
+    let b0 = url_of(&r, "d0");
+    qemu_io(&b0, &["read -P 0x11 0 8M", "read -P 0 16M 4M"]);
+    qemu_io(&b0, &["write -P 0x21 24M 1M"]);
+
+    // The old primary comes back; the replica refuses its cycles.
+    a.start();
+    let st = wait_group(&a, "g", "A's cycles refused", GROUP_LIMIT, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed over"))
+    });
+    eprintln!("A after restart: {st}");
+    qemu_io(&a.url("d0"), &["read -P 0x12 16M 4M"]);
+
+    // Reverse: A's unreplicated 4 MiB are rolled back, B's 1 MiB sent.
+    // After kill -9, A's tracked set is a superset (its activity log's
+    // extents count dirty): what moves is bounded by that set plus B's
+    // writes, never the volume; the rolled-back zeroes travel as ranges.
+    let a_pending = u(&st, "pending_bytes");
+    let rv = b.json(&["reverse", "g"]);
+    let moved = u(&rv, "bytes_transferred");
+    let rolled_back = u(&rv, "rolled_back_bytes");
+    eprintln!(
+        "reverse moved {moved} bytes, rolled back {rolled_back} (A had {a_pending} pending); 5 MiB changed on the two sides, the volume is 32 MiB"
+    );
+    assert_eq!(rolled_back, a_pending, "{rv}");
+    assert!(rolled_back >= 4 * MIB, "{rv}");
+    assert!(moved >= MIB && moved <= a_pending + MIB, "{rv}");
+    assert!(moved < 16 * MIB, "{rv}");
+    verify_clean(&b, "g");
+    let newest = pit_ids(&a, "g").last().expect("a PIT at A").0;
+    let e = a.json(&["pit", "export", "g", &newest.to_string()]);
+    let pit_url = e["volumes"][0]["url"].as_str().unwrap().to_string();
+    offsite_testkit::qemu_io_ro(
+        &pit_url,
+        &[
+            "read -P 0x11 0 8M",
+            "read -P 0 16M 4M",
+            "read -P 0x21 24M 1M",
+        ],
+    );
+    assert!(!volume_names(&a).contains(&"d0".to_string()));
+}

@@ -1,0 +1,542 @@
+//! Planned and unplanned failover, and reverse replication: the commands
+//! that move a group's volumes from one site to the other and back.
+//!
+//! - `failover prepare` (primary): stop the VMs (hooks), fence the volumes
+//!   (writes refused), ship a final PIT named `planned-failover`, state
+//!   `prepared-for-failover` on both sites (a `sync` then returns at once).
+//! - `failover run` (replica): promote a PIT (default the newest) of every
+//!   volume to a writable volume of this site under the volume's own name
+//!   (a layered volume: no copy, see `offsite_engine` promote), start the
+//!   VMs, state `failed-over`. Without `--force` the primary must be
+//!   reachable and prepared; with it, anything goes (the primary is lost).
+//!   The replica then refuses new PITs from the old primary.
+//! - `reverse` (the new primary): the old primary becomes the replica. It
+//!   fences and retires its volumes, makes their data files the base images
+//!   of a new replica store (hard links: no copy) and reports the blocks it
+//!   changed that never reached a committed PIT. The new primary marks
+//!   those dirty, together with the blocks of PITs newer than the promoted
+//!   one, on top of what it wrote since promotion (its change trackers
+//!   started empty at promotion), and the first cycle in the new direction
+//!   ships exactly that set. Failback is the same three commands from the
+//!   other side.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use offsite_api_types::{ExportedVolume, FailoverResult, ReverseResult};
+use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
+use offsite_engine::RoaringBitmap;
+use offsite_engine::hooks::HookAction;
+use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
+
+use crate::wire::{self, GroupRef, GroupView, ReverseBegin, ReverseReady};
+use crate::{ReplError, Replication};
+
+/// Name of the final PIT of a planned failover.
+pub const PLANNED_PIT: &str = "planned-failover";
+
+fn invalid(msg: String) -> ReplError {
+    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplError> + Send + 'static,
+) -> Result<T, ReplError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+}
+
+impl Replication {
+    async fn group_row_of(&self, group: &str) -> Result<GroupRow, ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        blocking(move || Ok(site.group_row(&g)?)).await
+    }
+
+    /// The group's volumes as this site serves them (own names).
+    fn served(&self, row: &GroupRow) -> Vec<ExportedVolume> {
+        row.volumes
+            .iter()
+            .map(|v| ExportedVolume {
+                name: v.volume.clone(),
+                export: v.volume.clone(),
+                url: self.site.volume_url(&v.volume),
+            })
+            .collect()
+    }
+
+    /// `failover prepare NAME` at the primary.
+    pub async fn failover_prepare(
+        self: &Arc<Self>,
+        group: &str,
+    ) -> Result<FailoverResult, ReplError> {
+        let started = Instant::now();
+        let row = self.group_row_of(group).await?;
+        if row.role != "primary" {
+            return Err(invalid(format!(
+                "group {group} is replicated into this site; run `offsite failover prepare {group}` at its primary {}",
+                row.partner
+            )));
+        }
+        let volumes = self.served(&row);
+        if row.state == "prepared-for-failover" {
+            let pit = self.sync_group(group, None, true).await?.pit;
+            return Ok(FailoverResult {
+                group: group.to_string(),
+                mode: "prepare".into(),
+                pit: pit.map_or(0, |p| p.id),
+                volumes,
+                vms: Vec::new(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                errors: Vec::new(),
+            });
+        }
+        if row.state != "replicating" {
+            return Err(invalid(format!(
+                "group {group} is {}; failover prepare needs a replicating group",
+                row.state
+            )));
+        }
+        let hooks = self
+            .run_vm_hooks(&row, HookAction::Stop, "planned", &volumes)
+            .await?;
+        let live = self.live_volumes(&row).await?;
+        for v in &live {
+            v.set_fenced(true);
+        }
+        let unfence = |why: ReplError| {
+            for v in &live {
+                v.set_fenced(false);
+            }
+            why
+        };
+        let pit = match self.sync_group(group, Some(PLANNED_PIT.into()), true).await {
+            Ok(r) => r.pit,
+            Err(e) => {
+                return Err(unfence(invalid(format!(
+                    "the final cycle of group {group} failed ({e}); writes are allowed again, the VMs stay stopped: fix the link and retry"
+                ))));
+            }
+        };
+        let pending: u64 = live.iter().map(|v| v.tracker().dirty_bytes()).sum();
+        if pending > 0 {
+            return Err(unfence(invalid(format!(
+                "{pending} bytes of group {group} are still not on the replica after the final cycle; retry"
+            ))));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        blocking(move || Ok(site.set_group_state(&g, "prepared-for-failover", None)?)).await?;
+        let pit = pit.map_or(0, |p| p.id);
+        // The replica learns it now so that its `sync` returns at once; if
+        // it cannot, `failover run` asks the primary itself.
+        if let Ok(mut ch) = self.channel(&row.partner, None).await {
+            let body = serde_json::to_vec(&wire::GroupPrepared {
+                group: group.to_string(),
+                pit,
+            })
+            .unwrap_or_default();
+            if let Err(e) = ch.request(wire::kinds::GROUP_PREPARED, body).await {
+                tracing::warn!(group, "telling the replica the group is prepared: {e}");
+            }
+            ch.close().await;
+        }
+        tracing::info!(group, pit, "prepared for failover");
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: "prepare".into(),
+            pit,
+            volumes,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
+        })
+    }
+
+    /// Re-applies fencing after a restart: a prepared group's volumes keep
+    /// refusing writes.
+    pub(crate) async fn restore_fences(&self) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let rows = blocking(move || Ok(site.group_rows()?)).await?;
+        for row in rows
+            .iter()
+            .filter(|r| r.role == "primary" && r.state == "prepared-for-failover")
+        {
+            for v in self.live_volumes(row).await? {
+                v.set_fenced(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// The partner's view of a group (`None` when it cannot be reached).
+    async fn partner_view(&self, row: &GroupRow) -> Result<GroupView, ReplError> {
+        let mut ch = self.channel(&row.partner, None).await?;
+        let body = serde_json::to_vec(&GroupRef {
+            group: row.name.clone(),
+        })
+        .unwrap_or_default();
+        let r = ch.request(wire::kinds::GROUP_QUERY, body).await;
+        ch.close().await;
+        serde_json::from_slice(&r?).map_err(|e| invalid(format!("malformed answer: {e}")))
+    }
+
+    /// Answers [`wire::kinds::GROUP_QUERY`].
+    pub(crate) async fn answer_query(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let req: GroupRef = parse(body)?;
+        let row = self
+            .group_row_of(&req.group)
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.partner != peer {
+            return Err(format!(
+                "group {} on site {} is replicated with {}, not {peer}",
+                req.group,
+                self.site.config().name,
+                row.partner
+            ));
+        }
+        let view = GroupView {
+            role: row.role,
+            state: row.state,
+            partner: row.partner,
+        };
+        Ok(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()))
+    }
+
+    /// `failover run NAME [--pit P] [--force]` (not a test) at the replica.
+    pub(crate) async fn promote(
+        &self,
+        group: &str,
+        pit: Option<&str>,
+        force: bool,
+    ) -> Result<FailoverResult, ReplError> {
+        let started = Instant::now();
+        let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
+        match row.state.as_str() {
+            "replicating" | "paused" | "prepared-for-failover" => {}
+            "test-failover" => {
+                return Err(invalid(format!(
+                    "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
+                )));
+            }
+            s => {
+                return Err(invalid(format!(
+                    "group {group} is {s}; failover needs a replica with a committed PIT"
+                )));
+            }
+        }
+        let mode = match self.partner_view(&row).await {
+            Ok(v) if v.state == "prepared-for-failover" => "planned",
+            Ok(v) if !force => {
+                return Err(invalid(format!(
+                    "the primary {} is reachable and group {group} is {} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
+                    row.partner, v.state, row.partner
+                )));
+            }
+            Err(e) if !force => {
+                return Err(invalid(format!(
+                    "the primary {} cannot be reached ({e}); for an unplanned failover from the newest PIT add --force",
+                    row.partner
+                )));
+            }
+            _ => "unplanned",
+        };
+        let id = crate::failover::resolve(&store, group, pit)?;
+        let site = self.site.clone();
+        let r = row.clone();
+        let store_dir = row.store_dir.clone().unwrap_or_default();
+        let volumes = blocking(move || {
+            for v in &r.volumes {
+                if site.volume_info(&v.volume).is_ok() {
+                    return Err(invalid(format!(
+                        "site {} already has a volume named {}; rename or delete it before failing group {} over",
+                        site.config().name,
+                        v.volume,
+                        r.name
+                    )));
+                }
+            }
+            site.catalog_insert_failover(&FailoverRow {
+                group: r.name.clone(),
+                kind: "promoted".into(),
+                pit_id: id.get(),
+                started_at: String::new(),
+            })?;
+            let mut done: Vec<String> = Vec::new();
+            for v in &r.volumes {
+                let lower = LowerRef {
+                    store_dir: store_dir.clone(),
+                    volume: v.volume.clone(),
+                    pit: id.get(),
+                };
+                if let Err(e) = site.promote_volume(&v.volume, v.size_bytes, v.block_size, &lower) {
+                    for d in &done {
+                        let _ = site.retire_volume(d);
+                    }
+                    let _ = site.catalog_delete_failover(&r.name, "promoted");
+                    return Err(e.into());
+                }
+                done.push(v.volume.clone());
+            }
+            site.define_group_vms(&r.name)?;
+            site.set_group_state(&r.name, "failed-over", None)?;
+            Ok(())
+        })
+        .await;
+        volumes?;
+        let served = self.served(&row);
+        // The volumes are up: a failing VM hook is reported, not undone.
+        let mut errors = Vec::new();
+        let hooks = match self
+            .run_vm_hooks(&row, HookAction::Start, mode, &served)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        };
+        tracing::info!(group, pit = %id, mode, "failed over");
+        drop(store);
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: mode.into(),
+            pit: id.get(),
+            volumes: served,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors,
+        })
+    }
+
+    /// `reverse NAME` at the site that failed over: the other site becomes
+    /// the replica and the group replicates from here.
+    pub async fn reverse(self: &Arc<Self>, group: &str) -> Result<ReverseResult, ReplError> {
+        let started = Instant::now();
+        let row = self.group_row_of(group).await?;
+        if row.role != "replica" || row.state != "failed-over" {
+            return Err(invalid(format!(
+                "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
+                row.role, row.state
+            )));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let promoted = blocking(move || Ok(site.failovers()?))
+            .await?
+            .into_iter()
+            .find(|f| f.group == g && f.kind == "promoted")
+            .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
+        let pit = PitId::new(promoted.pit_id)
+            .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
+        let mut ch = self.channel(&row.partner, None).await.map_err(|e| {
+            invalid(format!(
+                "reverse needs the old primary {}, which becomes the replica, but it cannot be reached ({e}); bring it back and retry — nothing was changed",
+                row.partner
+            ))
+        })?;
+        let ready: ReverseReady = ch
+            .request_json(
+                wire::kinds::REVERSE_BEGIN,
+                &ReverseBegin {
+                    group: group.to_string(),
+                    pit: pit.get(),
+                },
+            )
+            .await?;
+        ch.close().await;
+        if ready.unreplicated.len() != row.volumes.len() {
+            return Err(invalid(format!(
+                "the old primary reported {} volumes for group {group}, this site has {}",
+                ready.unreplicated.len(),
+                row.volumes.len()
+            )));
+        }
+        // What the new replica must be sent beyond our writes since the
+        // promotion: its own unreplicated writes (rolled back) and what the
+        // PITs after the promoted one changed there.
+        let rolled_back_bytes: u64 = row
+            .volumes
+            .iter()
+            .zip(&ready.unreplicated)
+            .map(|(v, blocks)| blocks.len() as u64 * u64::from(v.block_size))
+            .sum();
+        let site = self.site.clone();
+        let r = row.clone();
+        let old_store = row.store_dir.clone();
+        blocking(move || {
+            let store: Option<Arc<ReplicaStore>> = old_store
+                .as_deref()
+                .map(|d| site.replica_store(Path::new(d)))
+                .transpose()?;
+            for (v, theirs) in r.volumes.iter().zip(&ready.unreplicated) {
+                let mut set: RoaringBitmap = theirs.iter().copied().collect();
+                if let Some(store) = &store {
+                    let after = store.blocks_after(pit, &v.volume).map_err(|e| {
+                        invalid(format!("reading the promoted PIT's successors: {e}"))
+                    })?;
+                    set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()));
+                }
+                let vol = site.volume(&v.volume)?;
+                vol.tracker()
+                    .merge(&set)
+                    .map_err(offsite_engine::EngineError::from)?;
+            }
+            site.set_group_role(&r.name, "primary", r.store_dir.as_deref(), "replicating")?;
+            site.catalog_delete_failover(&r.name, "promoted")?;
+            site.replace_pits(&r.name, &[])?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
+        self.ensure_runner(group);
+        let done = self.sync_group(group, None, true).await?;
+        let pit = done.pit.ok_or_else(|| {
+            invalid(format!(
+                "the first cycle of reversed group {group} returned no PIT"
+            ))
+        })?;
+        Ok(ReverseResult {
+            group: group.to_string(),
+            pit: pit.id,
+            volumes: self.served(&row),
+            bytes_transferred: pit.bytes,
+            rolled_back_bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
+    /// the group's replica, keeping the volumes' data as the new store's
+    /// base.
+    pub(crate) async fn answer_reverse(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let req: ReverseBegin = parse(body)?;
+        let row = self
+            .group_row_of(&req.group)
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.partner != peer || row.role != "primary" {
+            return Err(format!(
+                "site {} is not the primary of group {} for {peer} (it is {} with {})",
+                self.site.config().name,
+                req.group,
+                row.role,
+                row.partner
+            ));
+        }
+        let site_name = self.site.config().name.clone();
+        let grant = self
+            .site
+            .authorize_primary(peer, row.security_tag.as_deref())
+            .map_err(|e| {
+                format!(
+                    "{e}; reverse makes {site_name} the replica of {peer}: run `offsite authz add --allowed-primary {peer} --storage-location DIR` at {site_name}"
+                )
+            })?;
+        // Stop the runner: its loop ends once the role changes, and a cycle
+        // in flight fails at the replica, which refuses it.
+        self.runners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.group);
+        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        for v in &live {
+            v.set_fenced(true);
+        }
+        let site = self.site.clone();
+        let dir = PathBuf::from(&grant.storage_location)
+            .join(peer)
+            .join(&req.group);
+        let r = row.clone();
+        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
+            let mut unreplicated = Vec::new();
+            let mut images = Vec::new();
+            for v in &live {
+                unreplicated.push(v.tracker().snapshot().iter().collect::<Vec<u32>>());
+                // A promoted volume still reading its PIT is completed first:
+                // its top layer must hold the whole image to become a base.
+                if let Some(layer) = v.file().layered() {
+                    while layer
+                        .flatten_step(4096)
+                        .map_err(|e| format!("completing volume {}: {e}", v.name()))?
+                        > 0
+                    {}
+                }
+                v.file()
+                    .sync()
+                    .map_err(|e| format!("syncing volume {}: {e}", v.name()))?;
+                images.push(site.volume_image_path(v.name()).map_err(|e| e.to_string())?);
+            }
+            // Link the images aside first: the old store (from the other
+            // direction) may live at the very directory the new one takes.
+            let staging = dir.with_extension("reverse-staging");
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging)
+                .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+            for (v, img) in live.iter().zip(&images) {
+                std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
+                    format!(
+                        "linking {} into {} (the storage location must be on the data directory's filesystem): {e}",
+                        img.display(),
+                        staging.display()
+                    )
+                })?;
+            }
+            offsite_store::sync_dir(&staging).map_err(|e| e.to_string())?;
+            drop(live);
+            for v in &r.volumes {
+                site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+            }
+            if let Some(old) = &r.store_dir {
+                site.forget_replica_store(Path::new(old));
+                let _ = std::fs::remove_dir_all(old);
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let specs: Vec<VolumeSpec> = r
+                .volumes
+                .iter()
+                .map(|v| VolumeSpec {
+                    name: v.volume.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                })
+                .collect();
+            drop(
+                ReplicaStore::create(&dir, &specs)
+                    .map_err(|e| format!("creating the replica store: {e}"))?,
+            );
+            let base = dir.join("base");
+            for v in &r.volumes {
+                let target = base.join(format!("{}.img", v.volume));
+                std::fs::rename(staging.join(&v.volume), &target)
+                    .map_err(|e| format!("installing the base image of {}: {e}", v.volume))?;
+            }
+            offsite_store::sync_dir(&base).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir(&staging);
+            let store_dir = dir.display().to_string();
+            site.set_group_role(&r.name, "replica", Some(&store_dir), "replicating")
+                .map_err(|e| e.to_string())?;
+            site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
+            Ok(ReverseReady {
+                unreplicated,
+                store_dir,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
+        Ok(Bytes::from(serde_json::to_vec(&ready).unwrap_or_default()))
+    }
+}
