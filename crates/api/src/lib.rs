@@ -79,7 +79,7 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
-        group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+        group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
@@ -155,6 +155,14 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(group_failover_prepare),
         )
         .route("/groups/{name}/reverse", axum::routing::post(group_reverse))
+        .route(
+            "/groups/{name}/failover/commit",
+            axum::routing::post(group_failover_commit),
+        )
+        .route(
+            "/groups/{name}/failover/revert",
+            axum::routing::post(group_failover_revert),
+        )
         .route(
             "/groups/{name}/export-seed",
             axum::routing::post(group_export_seed),
@@ -470,6 +478,24 @@ async fn group_failover_prepare(
     Path(name): Path<String>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     repl(s.repl.failover_prepare(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/failover/commit", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
+async fn group_failover_commit(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::FailoverResult> {
+    repl(s.repl.failover_commit(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/failover/revert", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
+async fn group_failover_revert(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::FailoverResult> {
+    repl(s.repl.failover_revert(&name).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/reverse", params(("name" = String, Path)),

@@ -139,6 +139,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE volumes ADD COLUMN lower_store TEXT;
      ALTER TABLE volumes ADD COLUMN lower_volume TEXT;
      ALTER TABLE volumes ADD COLUMN lower_pit INTEGER;",
+    // v7: a committed failover can no longer be reverted or moved to
+    // another PIT.
+    "ALTER TABLE failovers ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Schema version this build writes.
@@ -274,6 +277,8 @@ pub struct FailoverRow {
     pub pit_id: u64,
     /// RFC 3339 start time.
     pub started_at: String,
+    /// `failover commit` ran (no revert, no other PIT).
+    pub committed: bool,
 }
 
 /// One volume of a group.
@@ -1207,6 +1212,20 @@ impl Catalog {
             })
     }
 
+    /// Marks a failover committed.
+    pub fn commit_failover(&self, group: &str, kind: &str) -> Result<(), CatalogError> {
+        self.change_row(
+            "commit failover",
+            || CatalogError::NoSuchGroup(group.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE failovers SET committed = 1 WHERE group_name = ?1 AND kind = ?2",
+                    params![group, kind],
+                )
+            },
+        )
+    }
+
     /// Forgets a failover (stopped, committed or reverted).
     pub fn delete_failover(&self, group: &str, kind: &str) -> Result<(), CatalogError> {
         self.conn
@@ -1223,7 +1242,7 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT group_name, kind, pit_id, started_at FROM failovers ORDER BY group_name, kind",
+                "SELECT group_name, kind, pit_id, started_at, committed FROM failovers ORDER BY group_name, kind",
             )
             .map_err(self.err("list failovers"))?;
         stmt.query_map([], |r| {
@@ -1232,6 +1251,7 @@ impl Catalog {
                 kind: r.get(1)?,
                 pit_id: r.get::<_, i64>(2)? as u64,
                 started_at: r.get(3)?,
+                committed: r.get(4)?,
             })
         })
         .map_err(self.err("list failovers"))?
@@ -1537,13 +1557,16 @@ mod tests {
             kind: "test".into(),
             pit_id: 7,
             started_at: "t".into(),
+            committed: false,
         };
         c.insert_failover(&f).unwrap();
         assert!(matches!(
             c.insert_failover(&f),
             Err(CatalogError::FailoverExists(..))
         ));
-        assert_eq!(c.failovers().unwrap(), vec![f]);
+        assert_eq!(c.failovers().unwrap(), vec![f.clone()]);
+        c.commit_failover("g", "test").unwrap();
+        assert!(c.failovers().unwrap()[0].committed);
         c.delete_failover("g", "test").unwrap();
         assert!(c.failovers().unwrap().is_empty());
         assert!(matches!(

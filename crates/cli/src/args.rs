@@ -197,6 +197,12 @@ pub enum FailoverCommand {
     },
     /// Stop a test failover: stop its VMs, discard the clones and their writes.
     StopTest { group: String },
+    /// Keep the failover: no revert or other PIT afterwards (reverse commits too).
+    Commit { group: String },
+    /// Undo `failover prepare` (at the primary) or an uncommitted
+    /// `failover run` (at the replica: the promoted volumes and their
+    /// writes are discarded, replication resumes).
+    Revert { group: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -361,6 +361,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             p.failover(&r)?;
             failover_errors(&r)
         }
+        Command::Failover(FailoverCommand::Commit { group }) => {
+            let r: offsite_api_types::FailoverResult =
+                client(&cli.global)?.group_action(&group, "failover/commit", &())?;
+            p.failover(&r)
+        }
+        Command::Failover(FailoverCommand::Revert { group }) => {
+            let r: offsite_api_types::FailoverResult =
+                client(&cli.global)?.group_action(&group, "failover/revert", &())?;
+            p.failover(&r)
+        }
         Command::Failover(FailoverCommand::Prepare { group }) => {
             let r: offsite_api_types::FailoverResult =
                 client(&cli.global)?.group_action(&group, "failover/prepare", &())?;

@@ -425,6 +425,11 @@ impl Printer {
                 "group {}: prepared for failover, final PIT {} ({} ms); run `offsite failover run {}` at the replica\n",
                 r.group, r.pit, r.duration_ms, r.group
             ),
+            "commit" => format!("group {}: failover from PIT {} committed\n", r.group, r.pit),
+            "revert" => format!(
+                "group {}: failover reverted ({} ms)\n",
+                r.group, r.duration_ms
+            ),
             "stop-test" => format!(
                 "group {}: test failover of PIT {} stopped, clones discarded ({} ms)\n",
                 r.group, r.pit, r.duration_ms
@@ -434,7 +439,7 @@ impl Printer {
                 r.group, r.pit, r.duration_ms
             ),
         };
-        if r.mode != "stop-test" {
+        if !matches!(r.mode.as_str(), "stop-test" | "commit" | "revert") {
             let rows: Vec<Vec<String>> = r
                 .volumes
                 .iter()

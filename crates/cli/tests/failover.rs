@@ -320,3 +320,64 @@ fn unplanned_failover_then_reverse_rolls_back_the_lost_primary_s_unreplicated_wr
     );
     assert!(!volume_names(&a).contains(&"d0".to_string()));
 }
+
+#[test]
+fn revert_and_other_pits_until_commit() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = two_way_pair();
+    a.create_volume("d0", "16M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &["--keep", "5"]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &["--pit-name", "one"]);
+    qemu_io(&a.url("d0"), &["write -P 0x12 0 1M"]);
+    sync_pit(&a, "g", &[]);
+
+    // A prepared primary can change its mind.
+    a.json(&["failover", "prepare", "g"]);
+    let r = a.json(&["failover", "revert", "g"]);
+    assert_eq!(r["mode"], "revert", "{r}");
+    assert_eq!(group_status(&a, "g")["state"], "replicating");
+    assert_eq!(group_status(&b, "g")["state"], "replicating");
+    qemu_io(&a.url("d0"), &["write -P 0x13 1M 1M"]);
+    sync_pit(&a, "g", &[]);
+
+    a.json(&["failover", "prepare", "g"]);
+    let r = b.json(&["failover", "run", "g"]);
+    let b0 = url_of(&r, "d0");
+    qemu_io(&b0, &["read -P 0x12 0 1M", "read -P 0x13 1M 1M"]);
+    qemu_io(&b0, &["write -P 0x21 4M 64k"]);
+    // Another PIT replaces the promoted volume (and its writes).
+    let r = b.json(&["failover", "run", "g", "--pit", "one"]);
+    let one = pit_ids(&b, "g")
+        .into_iter()
+        .find(|p| p.1.as_deref() == Some("one"))
+        .expect("PIT one")
+        .0;
+    assert_eq!(u(&r, "pit"), one, "{r}");
+    qemu_io(
+        &url_of(&r, "d0"),
+        &["read -P 0x11 0 1M", "read -P 0 1M 1M", "read -P 0 4M 64k"],
+    );
+    // Revert: B is the replica again, A still prepared until it reverts too.
+    b.json(&["failover", "revert", "g"]);
+    assert!(!volume_names(&b).contains(&"d0".to_string()));
+    assert_eq!(group_status(&b, "g")["state"], "prepared-for-failover");
+    a.json(&["failover", "revert", "g"]);
+    assert_eq!(group_status(&b, "g")["state"], "replicating");
+    qemu_io(&a.url("d0"), &["write -P 0x14 2M 64k"]);
+    sync_pit(&a, "g", &[]);
+    verify_clean(&a, "g");
+
+    // After commit, neither revert nor another PIT.
+    a.json(&["failover", "prepare", "g"]);
+    b.json(&["failover", "run", "g"]);
+    b.json(&["failover", "commit", "g"]);
+    let err = b.fails(&["failover", "revert", "g"]);
+    assert!(err.contains("committed"), "{err}");
+    let err = b.fails(&["failover", "run", "g", "--pit", "one"]);
+    assert!(err.contains("committed"), "{err}");
+    qemu_io(&b.url("d0"), &["read -P 0x14 2M 64k"]);
+}

@@ -187,6 +187,17 @@ impl Site {
         Ok(())
     }
 
+    /// `failover commit`: the promotion stays (no revert, no other PIT).
+    pub fn commit_failover(&self, group: &str) -> Result<(), EngineError> {
+        self.catalog().commit_failover(group, "promoted")?;
+        self.event(
+            "failover.committed",
+            Some(group),
+            &format!("failover of group {group} committed"),
+        );
+        Ok(())
+    }
+
     /// Failovers in progress on this site.
     pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
         Ok(self.catalog().failovers()?)

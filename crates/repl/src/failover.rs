@@ -154,6 +154,7 @@ impl Replication {
                 kind: "test".into(),
                 pit_id: id.get(),
                 started_at: String::new(),
+                committed: false,
             })?)
         })
         .await?;

@@ -300,7 +300,12 @@ impl Replication {
                 let req: wire::GroupPrepared = parse(body)?;
                 let (row, _) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
-                if matches!(
+                // PIT 0: the primary cancelled the preparation.
+                if req.pit == 0 {
+                    if row.state == "prepared-for-failover" {
+                        self.set_state(&req.group, "replicating", None).await;
+                    }
+                } else if matches!(
                     row.state.as_str(),
                     "replicating" | "paused" | "test-failover"
                 ) {

@@ -220,8 +220,12 @@ impl Replication {
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
+        let replacing = row.state == "failed-over";
         match row.state.as_str() {
             "replicating" | "paused" | "prepared-for-failover" => {}
+            // Another PIT, before `failover commit`: the promoted volumes
+            // and their writes are replaced.
+            "failed-over" => self.unpromote(&row, false).await?,
             "test-failover" => {
                 return Err(invalid(format!(
                     "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
@@ -235,6 +239,7 @@ impl Replication {
         }
         let mode = match self.partner_view(&row).await {
             Ok(v) if v.state == "prepared-for-failover" => "planned",
+            _ if replacing => "unplanned",
             Ok(v) if !force => {
                 return Err(invalid(format!(
                     "the primary {} is reachable and group {group} is {} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
@@ -269,6 +274,7 @@ impl Replication {
                 kind: "promoted".into(),
                 pit_id: id.get(),
                 started_at: String::new(),
+                committed: false,
             })?;
             let mut done: Vec<String> = Vec::new();
             for v in &r.volumes {
@@ -315,6 +321,127 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors,
+        })
+    }
+
+    /// Undoes a promotion that was not committed: stops the VMs, discards
+    /// the promoted volumes and their writes, unpins the PIT. The replica
+    /// store is untouched (it accepted no PIT meanwhile).
+    async fn unpromote(&self, row: &GroupRow, restore_state: bool) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let promoted = blocking(move || Ok(site.failovers()?))
+            .await?
+            .into_iter()
+            .find(|f| f.group == g && f.kind == "promoted");
+        if promoted.as_ref().is_some_and(|p| p.committed) {
+            return Err(invalid(format!(
+                "the failover of group {} was committed; it can only be reversed (`offsite reverse {}`)",
+                row.name, row.name
+            )));
+        }
+        let served = self.served(row);
+        self.run_vm_hooks(row, HookAction::Stop, "planned", &served)
+            .await?;
+        let state = if restore_state {
+            match self.partner_view(row).await {
+                Ok(v) if v.state == "prepared-for-failover" => "prepared-for-failover",
+                _ => "replicating",
+            }
+        } else {
+            "failed-over"
+        };
+        let site = self.site.clone();
+        let r = row.clone();
+        blocking(move || {
+            for v in &r.volumes {
+                if site.volume_info(&v.volume).is_ok() {
+                    site.retire_volume(&v.volume)?;
+                }
+            }
+            site.catalog_delete_failover(&r.name, "promoted")?;
+            site.set_group_state(&r.name, state, None)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `failover commit NAME` at the replica that failed over.
+    pub async fn failover_commit(&self, group: &str) -> Result<FailoverResult, ReplError> {
+        let started = Instant::now();
+        let row = self.group_row_of(group).await?;
+        if row.state != "failed-over" {
+            return Err(invalid(format!(
+                "group {group} is {} here; commit follows `offsite failover run {group}` at the replica",
+                row.state
+            )));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let pit = blocking(move || {
+            site.commit_failover(&g)?;
+            Ok(site
+                .failovers()?
+                .into_iter()
+                .find(|f| f.group == g && f.kind == "promoted")
+                .map_or(0, |f| f.pit_id))
+        })
+        .await?;
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: "commit".into(),
+            pit,
+            volumes: self.served(&row),
+            vms: Vec::new(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
+        })
+    }
+
+    /// `failover revert NAME`: at a prepared primary, cancels the
+    /// preparation (writes allowed, VMs started again); at a replica that
+    /// failed over without committing, goes back to being the replica.
+    pub async fn failover_revert(&self, group: &str) -> Result<FailoverResult, ReplError> {
+        let started = Instant::now();
+        let row = self.group_row_of(group).await?;
+        let mut hooks = Vec::new();
+        match (row.role.as_str(), row.state.as_str()) {
+            ("primary", "prepared-for-failover") => {
+                for v in self.live_volumes(&row).await? {
+                    v.set_fenced(false);
+                }
+                let site = self.site.clone();
+                let g = group.to_string();
+                blocking(move || Ok(site.set_group_state(&g, "replicating", None)?)).await?;
+                if let Ok(mut ch) = self.channel(&row.partner, None).await {
+                    let body = serde_json::to_vec(&wire::GroupPrepared {
+                        group: group.to_string(),
+                        pit: 0,
+                    })
+                    .unwrap_or_default();
+                    let _ = ch.request(wire::kinds::GROUP_PREPARED, body).await;
+                    ch.close().await;
+                }
+                hooks = self
+                    .run_vm_hooks(&row, HookAction::Start, "planned", &self.served(&row))
+                    .await?;
+            }
+            ("replica", "failed-over") => self.unpromote(&row, true).await?,
+            (role, state) => {
+                return Err(invalid(format!(
+                    "group {group} is {role} {state} here; revert undoes `failover prepare` at the primary or an uncommitted `failover run` at the replica"
+                )));
+            }
+        }
+        tracing::info!(group, "failover reverted");
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: "revert".into(),
+            pit: 0,
+            volumes: self.served(&row),
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
         })
     }
 

@@ -65,7 +65,8 @@ pub struct GroupView {
 pub struct GroupPrepared {
     /// Group name.
     pub group: String,
-    /// The final PIT (`planned-failover`).
+    /// The final PIT (`planned-failover`); 0 when the primary cancelled
+    /// the preparation (`failover revert`).
     pub pit: u64,
 }
 
