@@ -788,7 +788,10 @@ impl Replication {
     }
 
     /// Seeded initial replication: both sides hash their blocks (BLAKE3) and
-    /// only the blocks that differ move.
+    /// only the blocks that differ move. Each step of [`BASE_CHECKPOINT`]
+    /// bytes is read and hashed here ([`Self::read_and_hash`]) ahead of
+    /// time: while the replica hashes its copy of it, and while the step
+    /// before is shipped and checkpointed.
     async fn seeded_copy(
         &self,
         row: &GroupRow,
@@ -796,12 +799,33 @@ impl Replication {
         ch: &mut Channel,
         progress: &Progress,
     ) -> Result<(), ReplError> {
+        // Two step buffers, used in turn: one being shipped, one being read.
+        let mut spare = Vec::new();
         for (idx, (vol, desc)) in volumes.iter().zip(&row.volumes).enumerate() {
             let bs = u64::from(desc.block_size);
             let step = (BASE_CHECKPOINT / bs).max(1);
             let nblocks = desc.size_bytes / bs;
             let mut first = desc.initial_done_bytes / bs;
-            while first < nblocks {
+            // A descriptor of the data file of our own, for SEEK_HOLE.
+            let file = Arc::new(
+                std::fs::File::open(vol.file().path().ok_or_else(|| {
+                    invalid(format!(
+                        "volume {} is a promoted volume still reading its PIT; seeded replication needs it flattened (wait for the volume.flat event and restart)",
+                        desc.volume
+                    ))
+                })?)
+                    .map_err(|e| invalid(format!("opening volume {}: {e}", desc.volume)))?,
+            );
+            let zero_hash = *blake3::hash(&vec![0u8; bs as usize]).as_bytes();
+            let read_ahead = |first: u64, buf: Vec<u8>| {
+                let f = file.clone();
+                let count = (nblocks - first).min(step);
+                tokio::task::spawn_blocking(move || {
+                    Self::read_and_hash(&f, buf, first * bs, count * bs, bs, &zero_hash)
+                })
+            };
+            let mut next = (first < nblocks).then(|| read_ahead(first, std::mem::take(&mut spare)));
+            while let Some(ours) = next.take() {
                 let count = (nblocks - first).min(step);
                 let theirs = ch
                     .hashes(&Hashes {
@@ -812,20 +836,18 @@ impl Replication {
                         count,
                         base: true,
                     })
-                    .await?;
-                let v = vol.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; (count * bs) as usize];
-                    v.file().read_at(&mut buf, first * bs).map(|()| buf)
-                })
-                .await
-                .map_err(|e| invalid(e.to_string()))?
-                .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
+                    .await;
+                let (data, hashes) = ours
+                    .await
+                    .map_err(|e| invalid(e.to_string()))?
+                    .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
+                let theirs = theirs?;
+                if first + count < nblocks {
+                    next = Some(read_ahead(first + count, std::mem::take(&mut spare)));
+                }
                 let mut runs: Vec<(u64, u64)> = Vec::new();
-                for (i, (ours, theirs)) in
-                    data.chunks(bs as usize).zip(theirs.chunks(32)).enumerate()
-                {
-                    if blake3::hash(ours).as_bytes() != theirs {
+                for (i, (ours, theirs)) in hashes.iter().zip(theirs.chunks(32)).enumerate() {
+                    if ours != theirs {
                         let b = i as u64;
                         match runs.last_mut() {
                             Some((s, n)) if *s + *n == b && *n * bs < MAX_BATCH_BYTES => *n += 1,
@@ -844,6 +866,7 @@ impl Replication {
                     );
                     ch.send_batch(payload).await?;
                 }
+                spare = data;
                 first += count;
                 progress.done.fetch_add(count * bs, Ordering::Relaxed);
                 ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
@@ -853,6 +876,76 @@ impl Replication {
             }
         }
         Ok(())
+    }
+
+    /// Reads `len` bytes of `file` at `offset` into `buf` (reused between
+    /// steps) and hashes each `bs`-byte block. Holes (`SEEK_DATA` /
+    /// `SEEK_HOLE`) are zero-filled in `buf` instead of read; all-zero
+    /// blocks take `zero_hash`; the rest are hashed on up to as many
+    /// threads as there are CPUs.
+    fn read_and_hash(
+        file: &std::fs::File,
+        mut buf: Vec<u8>,
+        offset: u64,
+        len: u64,
+        bs: u64,
+        zero_hash: &[u8; 32],
+    ) -> std::io::Result<(Vec<u8>, Vec<[u8; 32]>)> {
+        use rustix::fs::{SeekFrom, seek};
+        use rustix::io::Errno;
+        use std::os::unix::fs::FileExt;
+        buf.resize(len as usize, 0);
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            // The next data extent, rounded out to whole blocks.
+            let data = match seek(file, SeekFrom::Data(at)) {
+                Ok(d) => d.clamp(at, end) / bs * bs,
+                Err(Errno::NXIO) => end,
+                Err(Errno::INVAL) => at,
+                Err(e) => return Err(e.into()),
+            };
+            buf[(at - offset) as usize..(data - offset) as usize].fill(0);
+            if data >= end {
+                break;
+            }
+            let hole = match seek(file, SeekFrom::Hole(data)) {
+                Ok(h) => h.div_ceil(bs).saturating_mul(bs).clamp(data + bs, end),
+                Err(Errno::NXIO | Errno::INVAL) => end,
+                Err(e) => return Err(e.into()),
+            };
+            file.read_exact_at(
+                &mut buf[(data - offset) as usize..(hole - offset) as usize],
+                data,
+            )?;
+            at = hole;
+        }
+        // The zero test ORs 64 bytes at a time, which vectorizes.
+        let hash = |b: &[u8]| {
+            if b.chunks(64).all(|c| c.iter().fold(0, |a, &x| a | x) == 0) {
+                *zero_hash
+            } else {
+                *blake3::hash(b).as_bytes()
+            }
+        };
+        let bs = bs as usize;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let hashes = if threads < 2 || buf.len() < (2 << 20) {
+            buf.chunks(bs).map(hash).collect()
+        } else {
+            let per = (buf.len() / bs).div_ceil(threads) * bs;
+            std::thread::scope(|s| {
+                let parts: Vec<_> = buf
+                    .chunks(per)
+                    .map(|part| s.spawn(move || part.chunks(bs).map(hash).collect::<Vec<_>>()))
+                    .collect();
+                parts
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            })
+        };
+        Ok((buf, hashes))
     }
 
     /// Initial replication over the network: every non-zero block moves.
