@@ -575,14 +575,25 @@ async fn group_export_seed(
     repl(s.repl.export_seed(&name, &req.to).await)
 }
 
-#[utoipa::path(delete, path = "/api/v1/groups/{name}", params(("name" = String, Path)),
+#[derive(Debug, serde::Deserialize)]
+struct TeardownQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/groups/{name}",
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "tear down this side although the partner cannot be reached")),
     responses((status = 200, body = GroupStatus), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_teardown(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    Query(q): Query<TeardownQuery>,
 ) -> ApiResult<GroupStatus> {
     let status = s.repl.group_status(&name).await.map_err(Failure::Repl)?;
-    s.repl.teardown(&name).await.map_err(Failure::Repl)?;
+    s.repl
+        .teardown(&name, q.force)
+        .await
+        .map_err(Failure::Repl)?;
     Ok(Json(status))
 }
 

@@ -140,7 +140,12 @@ pub enum GroupCommand {
         to: std::path::PathBuf,
     },
     /// Delete the group (at the primary: the replica's PITs too; volumes stay).
-    Teardown { name: String },
+    Teardown {
+        name: String,
+        /// Tear down this side although the partner cannot be reached.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

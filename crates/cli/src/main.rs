@@ -294,8 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         serde_json::to_value(&r)?,
                     )
                 }
-                GroupCommand::Teardown { name } => {
-                    let st = c.teardown(&name)?;
+                GroupCommand::Teardown { name, force } => {
+                    let st = c.teardown(&name, force)?;
                     p.done(
                         &format!("group {name} torn down"),
                         serde_json::to_value(st)?,

@@ -381,3 +381,63 @@ fn revert_and_other_pits_until_commit() {
     assert!(err.contains("committed"), "{err}");
     qemu_io(&b.url("d0"), &["read -P 0x14 2M 64k"]);
 }
+
+fn group_names(site: &TestSite) -> Vec<String> {
+    site.json(&["group", "list"])
+        .as_array()
+        .expect("group list")
+        .iter()
+        .map(|g| g["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn teardown_from_either_site_keeps_the_data() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, mut b) = two_way_pair();
+    a.create_volume("d0", "8M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    let store = group_status(&b, "g")["store_dir"]
+        .as_str()
+        .expect("store_dir")
+        .to_string();
+
+    // From the replica: both sides forget; A keeps its volume, B its PITs.
+    b.json(&["group", "teardown", "g"]);
+    assert!(group_names(&a).is_empty() && group_names(&b).is_empty());
+    qemu_io(&a.url("d0"), &["read -P 0x11 0 1M"]);
+    let parent = Path::new(&store).parent().unwrap();
+    let kept: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("g.torn-down-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the replica's PITs are kept aside: {kept:?}");
+    assert!(
+        events_about(&b, "g")
+            .iter()
+            .any(|(k, m)| k == "group.store-kept" && m.contains("torn-down")),
+        "{:?}",
+        events_about(&b, "g")
+    );
+
+    // The name is free again; with the partner down, only --force helps.
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    a.json(&["group", "start", "g"]);
+    b.stop();
+    let err = a.fails(&["group", "teardown", "g"]);
+    assert!(err.contains("--force"), "{err}");
+    a.json(&["group", "teardown", "g", "--force"]);
+    assert!(group_names(&a).is_empty());
+    b.start();
+    let err = b.fails(&["group", "teardown", "g"]);
+    assert!(err.contains("--force"), "{err}");
+    b.json(&["group", "teardown", "g", "--force"]);
+    assert!(group_names(&b).is_empty());
+}

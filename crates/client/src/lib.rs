@@ -394,8 +394,16 @@ impl Client {
     }
 
     /// `DELETE /groups/{name}` (teardown).
-    pub fn teardown(&self, name: &str) -> Result<offsite_api_types::GroupStatus, ClientError> {
-        self.delete(&format!("/groups/{}", encode(name)))
+    pub fn teardown(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        self.delete(&format!(
+            "/groups/{}{}",
+            encode(name),
+            if force { "?force=true" } else { "" }
+        ))
     }
 
     /// `POST /groups/{name}/pits/{pit}/export`.

@@ -198,6 +198,16 @@ impl Site {
         Ok(())
     }
 
+    /// Every volume's catalog row.
+    pub fn volume_rows(&self) -> Result<Vec<offsite_catalog::VolumeRow>, EngineError> {
+        Ok(self.catalog().volumes()?)
+    }
+
+    /// Records an event about `subject`.
+    pub fn note(&self, kind: &str, subject: &str, message: &str) {
+        self.event(kind, Some(subject), message);
+    }
+
     /// Failovers in progress on this site.
     pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
         Ok(self.catalog().failovers()?)

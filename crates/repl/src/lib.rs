@@ -297,6 +297,10 @@ impl Replication {
                             Ok(b) => (true, b),
                             Err(e) => (false, error_body(e)),
                         },
+                        wire::kinds::GROUP_FORGET => match self.answer_forget(&peer, &body).await {
+                            Ok(b) => (true, b),
+                            Err(e) => (false, error_body(e)),
+                        },
                         wire::kinds::GROUP_QUERY => match self.answer_query(&peer, &body).await {
                             Ok(b) => (true, b),
                             Err(e) => (false, error_body(e)),

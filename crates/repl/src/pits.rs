@@ -10,6 +10,8 @@ use std::sync::Arc;
 use offsite_api_types::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
 use offsite_replica::{PitId, ReplicaStore};
 
+use offsite_catalog::GroupRow;
+
 use crate::wire::{self, GroupRef};
 use crate::{ReplError, Replication};
 
@@ -219,40 +221,117 @@ impl Replication {
         .map_err(|e| e.to_string())?
     }
 
-    /// `group teardown`: at the primary, the replica's side is deleted too
-    /// (its PITs with it) and the group's volumes stay, their changes still
-    /// tracked; at the replica, only the replica's side is deleted.
-    pub async fn teardown(&self, group: &str) -> Result<(), ReplError> {
+    /// `group teardown [--force]` on either site: both sides forget the
+    /// group (only this one with `force` when the partner cannot be
+    /// reached). Volumes stay; a replica's PITs are kept on disk (moved
+    /// aside, see [`Replication::retire_store`]).
+    pub async fn teardown(&self, group: &str, force: bool) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
-        if row.role == "primary" {
+        let kind = if row.role == "primary" {
+            wire::kinds::GROUP_DELETE
+        } else {
+            wire::kinds::GROUP_FORGET
+        };
+        let told = async {
             let mut ch = self.channel(&row.partner, None).await?;
             let body = serde_json::to_vec(&GroupRef {
                 group: group.to_string(),
             })
             .unwrap_or_default();
-            let r = ch.request(wire::kinds::GROUP_DELETE, body).await;
+            let r = ch.request(kind, body).await;
             ch.close().await;
-            r?;
-        } else {
-            if let Some(dir) = &row.store_dir {
-                self.site.forget_replica_store(Path::new(dir));
-                let _ = tokio::fs::remove_dir_all(dir).await;
-            }
+            r.map(drop)
         }
+        .await;
+        if let Err(e) = told {
+            if !force {
+                return Err(invalid(format!(
+                    "the partner {} did not tear down its side of group {group} ({e}); retry when it is reachable, or add --force to tear down this side only",
+                    row.partner
+                )));
+            }
+            tracing::warn!(group, partner = %row.partner, "tearing down this side only: {e}");
+        }
+        self.forget_group(&row).await.map_err(ReplError::Refused)
+    }
+
+    /// Removes the group from this site: runner, failovers, row; a
+    /// replica's store is retired (kept aside).
+    pub(crate) async fn forget_group(&self, row: &GroupRow) -> Result<(), String> {
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(group);
+            .remove(&row.name);
+        if row.role == "replica" {
+            self.retire_store(row).await?;
+        }
         let site = self.site.clone();
-        let g = group.to_string();
+        let g = row.name.clone();
         tokio::task::spawn_blocking(move || site.delete_group_row(&g))
             .await
-            .map_err(|e| invalid(e.to_string()))??;
-        Ok(())
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// A torn-down replica's store: removed when it holds no PIT (nothing
+    /// was replicated yet), left in place while promoted volumes read it,
+    /// else renamed to `DIR.torn-down-TIME` so its PITs stay readable by
+    /// hand and the name is free for a new group.
+    async fn retire_store(&self, row: &GroupRow) -> Result<(), String> {
+        let Some(dir) = row.store_dir.clone() else {
+            return Ok(());
+        };
+        let site = self.site.clone();
+        let group = row.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let path = Path::new(&dir);
+            if !path.exists() {
+                return Ok(());
+            }
+            let used = site
+                .volume_rows()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .any(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir));
+            if used {
+                site.note(
+                    "group.store-kept",
+                    &group,
+                    &format!("replica store {dir} stays: promoted volumes still read it"),
+                );
+                return Ok(());
+            }
+            let empty = site
+                .replica_store(path)
+                .map(|s| s.pits().is_empty())
+                .unwrap_or(false);
+            site.forget_replica_store(path);
+            if empty {
+                return std::fs::remove_dir_all(path)
+                    .map_err(|e| format!("removing {dir}: {e}"));
+            }
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let aside = (0..)
+                .map(|n| match n {
+                    0 => format!("{dir}.torn-down-{stamp}"),
+                    n => format!("{dir}.torn-down-{stamp}-{n}"),
+                })
+                .find(|p| !Path::new(p).exists())
+                .unwrap_or_default();
+            std::fs::rename(path, &aside).map_err(|e| format!("moving {dir} aside: {e}"))?;
+            site.note(
+                "group.store-kept",
+                &group,
+                &format!("the replica's PITs of group {group} are kept in {aside}; delete it when no longer needed"),
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 }
 

@@ -325,18 +325,7 @@ impl Replication {
                 let req: GroupRef = parse(body)?;
                 let (row, _) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
-                if let Some(dir) = &row.store_dir {
-                    self.site.forget_replica_store(Path::new(dir));
-                }
-                let site = self.site.clone();
-                let g = req.group.clone();
-                tokio::task::spawn_blocking(move || site.delete_group_row(&g))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                if let Some(dir) = row.store_dir {
-                    let _ = tokio::fs::remove_dir_all(&dir).await;
-                }
+                self.forget_group(&row).await?;
                 Ok(Bytes::new())
             }
             other => Err(format!(

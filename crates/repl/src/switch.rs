@@ -211,6 +211,25 @@ impl Replication {
         Ok(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()))
     }
 
+    /// Answers [`wire::kinds::GROUP_FORGET`]: the replica tore the group
+    /// down; the primary forgets it too (its volumes stay).
+    pub(crate) async fn answer_forget(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let req: GroupRef = parse(body)?;
+        let row = self
+            .group_row_of(&req.group)
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.partner != peer || row.role != "primary" {
+            return Err(format!(
+                "site {} is not the primary of group {} for {peer}",
+                self.site.config().name,
+                req.group
+            ));
+        }
+        self.forget_group(&row).await?;
+        Ok(Bytes::new())
+    }
+
     /// `failover run NAME [--pit P] [--force]` (not a test) at the replica.
     pub(crate) async fn promote(
         &self,

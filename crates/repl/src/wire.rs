@@ -47,6 +47,9 @@ pub mod kinds {
     /// New primary → old primary: become the group's replica
     /// ([`ReverseBegin`] → [`ReverseReady`]).
     pub const REVERSE_BEGIN: u16 = 14;
+    /// Replica → primary: the group is torn down ([`GroupRef`]); the
+    /// primary forgets it and keeps its volumes.
+    pub const GROUP_FORGET: u16 = 15;
 }
 
 /// Answer to [`kinds::GROUP_QUERY`].
