@@ -38,6 +38,26 @@ pub struct SiteConfig {
     /// Replication session tuning.
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// Failover tuning.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// `[failover]` in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Seconds a VM hook may run before its process group is killed and
+    /// the hook reported as failed.
+    pub hook_timeout_secs: f64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            hook_timeout_secs: 300.0,
+        }
+    }
 }
 
 /// `[replication]` in `config.toml`: timers of the replication channel.
@@ -97,6 +117,10 @@ impl SiteConfig {
             ("replication.dead_after_secs", r.dead_after_secs),
             ("replication.probe_secs", r.probe_secs),
             ("replication.connect_timeout_secs", r.connect_timeout_secs),
+            (
+                "failover.hook_timeout_secs",
+                config.failover.hook_timeout_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(EngineError::BadConfig {

@@ -117,6 +117,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         api: opts.api.clone(),
         nbd: opts.nbd.clone(),
         replication: Default::default(),
+        failover: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {

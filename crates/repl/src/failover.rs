@@ -27,9 +27,6 @@ use offsite_store::layered::Layered;
 
 use crate::{ReplError, Replication};
 
-/// Longest a VM hook may run.
-const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
-
 fn invalid(msg: String) -> ReplError {
     ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
 }
@@ -294,10 +291,10 @@ impl Replication {
             }
             let site = self.site.clone();
             let group = row.name.clone();
-            let run = blocking(move || {
-                Ok(site.run_hook(&group, &vm.name, action, &cmd, &env, HOOK_TIMEOUT)?)
-            })
-            .await?;
+            let timeout = Duration::from_secs_f64(site.config().failover.hook_timeout_secs);
+            let run =
+                blocking(move || Ok(site.run_hook(&group, &vm.name, action, &cmd, &env, timeout)?))
+                    .await?;
             reports.push(report(&run));
         }
         Ok(reports)
