@@ -375,6 +375,11 @@ pub struct GroupStatus {
     /// runs: where it resumes after a crash or a dropped link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_durable_bytes: Option<u64>,
+    /// Primary: bytes written since replication last failed (or the daemon
+    /// started) and no cycle has committed since: writes the replica may
+    /// never see if it takes over. 0 while replication works.
+    #[serde(default)]
+    pub isolated_bytes: u64,
     /// Replica: the PIT a running test failover was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_failover_pit: Option<u64>,
@@ -523,6 +528,40 @@ pub struct FailoverResult {
     pub errors: Vec<String>,
 }
 
+/// What each site of a group wrote since they diverged.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SplitBrain {
+    /// One entry per site.
+    pub sites: Vec<SplitBrainSide>,
+    /// The site whose changes are (or would be) discarded, if chosen.
+    pub discarded_on: Option<String>,
+    /// The named PIT that keeps the loser's state, once resolved.
+    pub kept_as_pit: Option<String>,
+}
+
+/// One site of a [`SplitBrain`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SplitBrainSide {
+    /// Site name.
+    pub site: String,
+    /// Its data generation: the PIT its data descends from, and how.
+    pub generation: String,
+    /// Bytes it wrote since the divergence; what choosing it as the loser
+    /// throws away (kept as a named PIT on it).
+    pub written_bytes: u64,
+}
+
+/// `reverse` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReverseRequest {
+    /// Resolve a split brain: the site whose changes are discarded.
+    #[serde(default)]
+    pub discard_changes_on: Option<String>,
+    /// Only report what each choice would discard.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// Result of `reverse`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ReverseResult {
@@ -539,6 +578,10 @@ pub struct ReverseResult {
     /// PIT, now overwritten with this site's data (after a crash of the old
     /// primary, its activity log makes this a superset).
     pub rolled_back_bytes: u64,
+    /// Both sites' changes since they diverged (always with `--dry-run`;
+    /// after a split-brain resolution, what was chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<SplitBrain>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }

@@ -80,7 +80,7 @@ impl ApiState {
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
         group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -499,12 +499,15 @@ async fn group_failover_revert(
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/reverse", params(("name" = String, Path)),
+    request_body = offsite_api_types::ReverseRequest,
     responses((status = 200, body = offsite_api_types::ReverseResult), (status = 400, body = ApiError)))]
 async fn group_reverse(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::ReverseRequest>,
 ) -> ApiResult<offsite_api_types::ReverseResult> {
-    repl(s.repl.reverse(&name).await)
+    let req = body(b)?;
+    repl(s.repl.reverse(&name, &req).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/failover/stop-test", params(("name" = String, Path)),

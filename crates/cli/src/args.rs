@@ -76,7 +76,16 @@ pub enum Command {
     Failover(FailoverCommand),
     /// After a failover, at the new primary: replicate back to the old one,
     /// sending only what changed (reprotect).
-    Reverse { group: String },
+    Reverse {
+        group: String,
+        /// Split brain: the site whose changes are discarded (kept there as
+        /// a PIT named split-brain-TIME).
+        #[arg(long, value_name = "SITE")]
+        discard_changes_on: Option<String>,
+        /// Only show what each site wrote since the divergence.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the site's event log.
     Events {
         /// How many of the newest events.

@@ -376,9 +376,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client(&cli.global)?.group_action(&group, "failover/prepare", &())?;
             p.failover(&r)
         }
-        Command::Reverse { group } => {
-            let r: offsite_api_types::ReverseResult =
-                client(&cli.global)?.group_action(&group, "reverse", &())?;
+        Command::Reverse {
+            group,
+            discard_changes_on,
+            dry_run,
+        } => {
+            let r: offsite_api_types::ReverseResult = client(&cli.global)?.group_action(
+                &group,
+                "reverse",
+                &offsite_api_types::ReverseRequest {
+                    discard_changes_on,
+                    dry_run,
+                },
+            )?;
             p.reverse(&r)
         }
         Command::Failover(FailoverCommand::StopTest { group }) => {

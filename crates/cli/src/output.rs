@@ -463,6 +463,31 @@ impl Printer {
         if self.json {
             return self.print_json(r);
         }
+        if let Some(sb) = &r.split_brain {
+            let rows: Vec<Vec<String>> = sb
+                .sites
+                .iter()
+                .map(|s| vec![s.site.clone(), s.generation.clone(), human(s.written_bytes)])
+                .collect();
+            let mut out = format!(
+                "group {}: changes since the sites diverged\n{}",
+                r.group,
+                table(
+                    &["SITE", "GENERATION", "WRITTEN (DISCARDED IF LOSER)"],
+                    &rows
+                )
+            );
+            if let Some(pit) = &sb.kept_as_pit {
+                out.push_str(&format!(
+                    "\n{}'s changes were discarded; its state is kept there as PIT {pit}",
+                    sb.discarded_on.as_deref().unwrap_or("?")
+                ));
+            }
+            if r.pit == 0 {
+                return emit(&out);
+            }
+            emit(&out)?;
+        }
         let rows: Vec<Vec<String>> = r
             .volumes
             .iter()

@@ -441,3 +441,124 @@ fn teardown_from_either_site_keeps_the_data() {
     b.json(&["group", "teardown", "g", "--force"]);
     assert!(group_names(&b).is_empty());
 }
+
+/// A forced failover while the old primary keeps running and writing: A
+/// loses its link to B (its partner address is made unreachable), its
+/// cycles fail and it goes on writing; B fails over with --force and
+/// writes too; then the link heals.
+fn split_brain() -> (TestSite, TestSite) {
+    let (a, b) = two_way_pair();
+    a.create_volume("d0", "16M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--compress", "none"],
+    );
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    let b_listen = site_addr(&b, "listen");
+    a.ok(&["partner", "set", "site-b", "--address", "127.0.0.1:9"]);
+    assert!(!a.fails(&["sync", "g"]).is_empty());
+    qemu_io(&a.url("d0"), &["write -P 0x55 4M 1M"]);
+    let st = group_status(&a, "g");
+    assert_eq!(u(&st, "isolated_bytes"), MIB, "{st}");
+    let r = b.json(&["failover", "run", "g", "--force"]);
+    assert_eq!(r["mode"], "unplanned", "{r}");
+    qemu_io(&url_of(&r, "d0"), &["write -P 0x66 8M 64k"]);
+    a.ok(&["partner", "set", "site-b", "--address", &b_listen]);
+    (a, b)
+}
+
+fn pit_named_like(site: &TestSite, group: &str, prefix: &str) -> (u64, String) {
+    pit_ids(site, group)
+        .into_iter()
+        .find_map(|(id, n)| n.filter(|n| n.starts_with(prefix)).map(|n| (id, n)))
+        .unwrap_or_else(|| panic!("no PIT named {prefix}* on {}", site.name()))
+}
+
+fn read_pit(site: &TestSite, group: &str, id: u64, cmds: &[&str]) {
+    let e = site.json(&["pit", "export", group, &id.to_string()]);
+    let url = e["volumes"][0]["url"].as_str().unwrap().to_string();
+    offsite_testkit::qemu_io_ro(&url, cmds);
+}
+
+#[test]
+fn split_brain_is_refused_until_the_operator_discards_the_old_primary_s_changes() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = split_brain();
+    let err = b.fails(&["reverse", "g"]);
+    assert!(
+        err.contains("split brain")
+            && err.contains("site-a wrote 1048576 bytes")
+            && err.contains("site-b wrote 65536 bytes")
+            && err.contains("--discard-changes-on"),
+        "{err}"
+    );
+    assert_eq!(group_status(&a, "g")["role"], "primary", "nothing changed");
+    let dry = b.json(&["reverse", "g", "--dry-run"]);
+    let sides = dry["split_brain"]["sites"].as_array().unwrap().clone();
+    assert_eq!(sides[0]["site"], "site-a", "{dry}");
+    assert_eq!(sides[0]["written_bytes"], MIB, "{dry}");
+    assert_eq!(sides[1]["written_bytes"], 64 * 1024, "{dry}");
+    assert_eq!(
+        group_status(&b, "g")["state"],
+        "failed-over",
+        "dry run changes nothing"
+    );
+
+    let r = b.json(&["reverse", "g", "--discard-changes-on", "site-a"]);
+    assert_eq!(r["split_brain"]["discarded_on"], "site-a", "{r}");
+    let kept = r["split_brain"]["kept_as_pit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(kept.starts_with("split-brain-"), "{r}");
+    verify_clean(&b, "g");
+    // A is the replica; its divergent state stays readable as that PIT.
+    let (id, name) = pit_named_like(&a, "g", "split-brain-");
+    assert_eq!(name, kept);
+    read_pit(&a, "g", id, &["read -P 0x55 4M 1M", "read -P 0 8M 64k"]);
+    let newest = pit_ids(&a, "g").last().unwrap().0;
+    read_pit(&a, "g", newest, &["read -P 0 4M 1M", "read -P 0x66 8M 64k"]);
+    // Kept until released, through retention.
+    for i in 0..4u64 {
+        qemu_io(&b.url("d0"), &[&format!("write -P {} 12M 4k", 0x70 + i)]);
+        sync_pit(&b, "g", &[]);
+    }
+    assert_eq!(pit_named_like(&a, "g", "split-brain-").0, id);
+}
+
+#[test]
+fn split_brain_resolved_in_favour_of_the_old_primary() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = split_brain();
+    let r = b.json(&["reverse", "g", "--discard-changes-on", "site-b"]);
+    assert_eq!(r["split_brain"]["discarded_on"], "site-b", "{r}");
+    // B is the replica again; its state kept as a PIT there.
+    assert!(!volume_names(&b).contains(&"d0".to_string()));
+    let (id, _) = pit_named_like(&b, "g", "split-brain-");
+    read_pit(
+        &b,
+        "g",
+        id,
+        &[
+            "read -P 0x66 8M 64k",
+            "read -P 0 4M 1M",
+            "read -P 0x11 0 1M",
+        ],
+    );
+    // A carries on as the primary; its next cycle makes B equal to it.
+    sync_pit(&a, "g", &[]);
+    verify_clean(&a, "g");
+    let newest = pit_ids(&b, "g").last().unwrap().0;
+    read_pit(&b, "g", newest, &["read -P 0x55 4M 1M", "read -P 0 8M 64k"]);
+    let st = group_status(&a, "g");
+    assert_eq!(u(&st, "isolated_bytes"), 0, "replicating again: {st}");
+}

@@ -17,6 +17,13 @@
 //! holds exactly the blocks written since (what reverse replication
 //! sends). A volume can be fenced (writes refused) while a planned
 //! failover hands its group to the other site.
+//!
+//! While its group cannot replicate (a cycle failed, or the daemon started
+//! and no cycle has committed yet) a volume is *isolated*: every write is
+//! also marked in a second change tracker (`STEM-iso.{cbt,al}`, crash-safe
+//! like the first). Those are the writes the replica may never have seen
+//! while it possibly took over — the split-brain evidence `reverse`
+//! checks. The next committed cycle ends the isolation.
 
 use std::collections::HashMap;
 use std::io;
@@ -151,6 +158,8 @@ pub struct Volume {
     /// Writes are refused (a planned failover is handing the group over).
     fenced: AtomicBool,
     tracker: ChangeTracker,
+    /// Writes made while the group could not replicate (see module docs).
+    iso: RwLock<Option<ChangeTracker>>,
     /// Served over NBD only once its content is complete (not while importing).
     ready: AtomicBool,
     /// Writes hold it shared; a replication cut holds it exclusively for
@@ -234,6 +243,7 @@ impl Volume {
             row,
             file,
             fenced: AtomicBool::new(false),
+            iso: RwLock::new(None),
             tracker,
             ready,
             barrier: RwLock::new(()),
@@ -270,12 +280,24 @@ impl Volume {
             &Layout::volume_stem(row.id),
             Self::geometry(&row),
         )?;
+        let iso_stem = Self::iso_stem(row.id);
+        let iso = if layout
+            .volumes_dir()
+            .join(format!("{iso_stem}.cbt"))
+            .exists()
+            || layout.volumes_dir().join(format!("{iso_stem}.al")).exists()
+        {
+            Some(ChangeTracker::open(&layout.volumes_dir(), &iso_stem, Self::geometry(&row))?.0)
+        } else {
+            None
+        };
         let ready = AtomicBool::new(row.state == "ready");
         Ok((
             Volume {
                 row,
                 file,
                 fenced: AtomicBool::new(false),
+                iso: RwLock::new(iso),
                 tracker,
                 ready,
                 barrier: RwLock::new(()),
@@ -293,8 +315,49 @@ impl Volume {
         let dir = layout.volumes_dir();
         Layered::remove(&dir, &Layout::volume_stem(id))
             .map_err(|e| EngineError::io("remove layer files in", &dir, e))?;
+        ChangeTracker::remove_files(&dir, &Self::iso_stem(id))
+            .map_err(|e| EngineError::io("remove tracking files in", &dir, e))?;
         ChangeTracker::remove_files(&dir, &Layout::volume_stem(id))
             .map_err(|e| EngineError::io("remove tracking files in", &dir, e))
+    }
+
+    fn iso_stem(id: i64) -> String {
+        format!("{}-iso", Layout::volume_stem(id))
+    }
+
+    /// Starts tracking writes as isolated (idempotent; durable on return).
+    pub fn begin_isolation(&self, layout: &Layout) -> Result<(), EngineError> {
+        let mut iso = self.iso.write().unwrap_or_else(|e| e.into_inner());
+        if iso.is_none() {
+            *iso = Some(ChangeTracker::create(
+                &layout.volumes_dir(),
+                &Self::iso_stem(self.row.id),
+                Self::geometry(&self.row),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The group replicates again: forget the isolated writes.
+    pub fn end_isolation(&self, layout: &Layout) -> Result<(), EngineError> {
+        let mut iso = self.iso.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = iso.take() {
+            t.crash();
+            let dir = layout.volumes_dir();
+            ChangeTracker::remove_files(&dir, &Self::iso_stem(self.row.id))
+                .map_err(|e| EngineError::io("remove tracking files in", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Blocks written while isolated (empty when not isolated).
+    pub fn isolated_blocks(&self) -> RoaringBitmap {
+        self.iso
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(ChangeTracker::snapshot)
+            .unwrap_or_default()
     }
 
     /// Catalog row as of opening.
@@ -356,6 +419,9 @@ impl Volume {
             .sync()
             .map_err(|e| EngineError::Invalid(format!("syncing volume {}: {e}", self.row.name)))?;
         self.tracker.close()?;
+        if let Some(iso) = self.iso.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            iso.close()?;
+        }
         Ok(())
     }
 
@@ -457,7 +523,14 @@ impl Volume {
         self.tracker.mark(offset, len).map_err(|e| {
             tracing::error!(volume = %self.row.name, error = %e, "changed-block tracking failed; refusing the write");
             io::Error::other(e)
-        })
+        })?;
+        if let Some(iso) = self.iso.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            iso.mark(offset, len).map_err(|e| {
+                tracing::error!(volume = %self.row.name, error = %e, "isolation tracking failed; refusing the write");
+                io::Error::other(e)
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -297,6 +297,12 @@ impl Replication {
                             Ok(b) => (true, b),
                             Err(e) => (false, error_body(e)),
                         },
+                        wire::kinds::MARK_DIRTY => {
+                            match self.answer_mark_dirty(&peer, &body).await {
+                                Ok(b) => (true, b),
+                                Err(e) => (false, error_body(e)),
+                            }
+                        }
                         wire::kinds::GROUP_FORGET => match self.answer_forget(&peer, &body).await {
                             Ok(b) => (true, b),
                             Err(e) => (false, error_body(e)),

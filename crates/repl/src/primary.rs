@@ -430,6 +430,14 @@ impl Replication {
         let site = self.site.clone();
         let groups = blocking(move || site.group_rows()).await?;
         for g in groups.into_iter().filter(|g| g.role == "primary") {
+            // Until a cycle commits, this site cannot know whether the
+            // replica took over while it was down: writes are isolated.
+            if g.state == "replicating" {
+                for v in self.live_volumes(&g).await? {
+                    let site = self.site.clone();
+                    blocking(move || v.begin_isolation(site.layout())).await?;
+                }
+            }
             self.ensure_runner(&g.name);
         }
         Ok(())
@@ -1071,9 +1079,14 @@ impl Replication {
                     })
                     .collect();
                 let id = pit.id;
+                let vols = volumes.clone();
                 blocking(move || {
                     site.replace_pits(&g, &pits)?;
                     site.end_cycle(cycle_id, bytes, Some(id), None)?;
+                    // The replica has everything up to this cut again.
+                    for v in &vols {
+                        v.end_isolation(site.layout())?;
+                    }
                     site.set_group_error(&g, None)
                 })
                 .await?;
@@ -1087,7 +1100,13 @@ impl Replication {
                 let msg = e.to_string();
                 let g = row.name.clone();
                 let m = msg.clone();
+                let vols = volumes.clone();
                 let _ = blocking(move || {
+                    // From now on writes may be ones the replica never sees
+                    // if it takes over: track them apart (split brain).
+                    for v in &vols {
+                        v.begin_isolation(site.layout())?;
+                    }
                     site.end_cycle(cycle_id, bytes, None, Some(&m))?;
                     site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
                 })
@@ -1269,19 +1288,21 @@ impl Replication {
             Ok((row, pits, partner))
         })
         .await?;
-        let pending: u64 = if row.role == "primary" {
+        let (pending, isolated): (u64, u64) = if row.role == "primary" {
             let site = self.site.clone();
             let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
             blocking(move || {
-                Ok(vols
-                    .iter()
-                    .filter_map(|v| site.volume(v).ok())
-                    .map(|v| v.tracker().dirty_bytes())
-                    .sum())
+                let live: Vec<_> = vols.iter().filter_map(|v| site.volume(v).ok()).collect();
+                Ok((
+                    live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
+                    live.iter()
+                        .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
+                        .sum(),
+                ))
             })
             .await?
         } else {
-            0
+            (0, 0)
         };
         let last = pits.last();
         let lag = last.map_or_else(
@@ -1329,6 +1350,7 @@ impl Replication {
             initial_bytes_sent: self
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
+            isolated_bytes: isolated,
             test_failover_pit: {
                 let site = self.site.clone();
                 let g = row.name.clone();

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use offsite_api_types::{ExportedVolume, FailoverResult, ReverseResult};
+use offsite_api_types::{
+    ExportedVolume, FailoverResult, ReverseRequest, ReverseResult, SplitBrain, SplitBrainSide,
+};
 use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
 use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
@@ -47,6 +49,24 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| invalid(e.to_string()))?
+}
+
+fn now_rfc3339() -> String {
+    offsite_catalog::now_rfc3339()
+}
+
+/// `split-brain-YYYYMMDDTHHMMSSZ`: the name of a PIT keeping a loser's state.
+fn split_brain_name() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "split-brain-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -203,10 +223,28 @@ impl Replication {
                 row.partner
             ));
         }
+        let (mut unreplicated_bytes, mut isolated_bytes) = (0, 0);
+        if row.role == "primary" {
+            for v in self.live_volumes(&row).await.map_err(|e| e.to_string())? {
+                let bs = u64::from(v.row().block_size);
+                unreplicated_bytes += v.tracker().dirty_bytes();
+                isolated_bytes += v.isolated_blocks().len() * bs;
+            }
+        }
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let newest_pit = blocking(move || Ok(site.pit_rows(&g)?))
+            .await
+            .map_err(|e| e.to_string())?
+            .last()
+            .map(|p| p.id);
         let view = GroupView {
             role: row.role,
             state: row.state,
             partner: row.partner,
+            unreplicated_bytes,
+            isolated_bytes,
+            newest_pit,
         };
         Ok(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()))
     }
@@ -464,9 +502,141 @@ impl Replication {
         })
     }
 
+    /// `reverse --discard-changes-on THIS-SITE`: the failover is undone in
+    /// favour of the old primary's data. This site's state (the promoted
+    /// PIT plus its writes) is kept as a named PIT of its replica store;
+    /// the old primary is told to ship every block that differs again.
+    async fn discard_here(
+        &self,
+        row: &GroupRow,
+        pit: PitId,
+        mut split: SplitBrain,
+        started: Instant,
+    ) -> Result<ReverseResult, ReplError> {
+        let group = row.name.clone();
+        let served = self.served(row);
+        self.run_vm_hooks(row, HookAction::Stop, "planned", &served)
+            .await?;
+        let site = self.site.clone();
+        let r = row.clone();
+        let (name, blocks) = blocking(move || {
+            let store =
+                site.replica_store(Path::new(r.store_dir.as_deref().unwrap_or_default()))?;
+            let mut writer = store
+                .begin_pit()
+                .map_err(|e| invalid(format!("keeping this site's state: {e}")))?;
+            let mut per_volume = Vec::new();
+            for v in &r.volumes {
+                let vol = site.volume(&v.volume)?;
+                let mut set = vol.tracker().snapshot();
+                let after = store
+                    .blocks_after(pit, &v.volume)
+                    .map_err(|e| invalid(format!("reading the PITs after {pit}: {e}")))?;
+                set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()));
+                let bs = u64::from(v.block_size);
+                let mut buf = vec![0u8; bs as usize];
+                for b in set.iter() {
+                    vol.file()
+                        .read_at(&mut buf, u64::from(b) * bs)
+                        .map_err(|e| invalid(format!("reading {}: {e}", v.volume)))?;
+                    let r = if buf.iter().all(|&x| x == 0) {
+                        writer.write_zero_block(&v.volume, u64::from(b))
+                    } else {
+                        writer.write_block(&v.volume, u64::from(b), &buf)
+                    };
+                    r.map_err(|e| invalid(format!("keeping this site's state: {e}")))?;
+                }
+                per_volume.push(set.iter().collect::<Vec<u32>>());
+            }
+            let name = split_brain_name();
+            let info = writer
+                .commit(Some(name.clone()), now_rfc3339())
+                .map_err(|e| invalid(format!("keeping this site's state: {e}")))?;
+            tracing::info!(pit = %info.id, "this site's state kept as {name}");
+            let rows: Vec<offsite_catalog::PitRow> = store
+                .pits()
+                .iter()
+                .map(|p| offsite_catalog::PitRow {
+                    id: p.id.get(),
+                    name: p.name.clone(),
+                    created_at: p.created_at.clone(),
+                    bytes: p.bytes,
+                })
+                .collect();
+            site.replace_pits(&r.name, &rows)?;
+            Ok((name, per_volume))
+        })
+        .await?;
+        // The old primary re-sends what differs; if it cannot be told, the
+        // promotion stays and nothing is lost: retry.
+        let mut ch = self.channel(&row.partner, None).await?;
+        let body = serde_json::to_vec(&wire::MarkDirty {
+            group: group.clone(),
+            blocks,
+        })
+        .unwrap_or_default();
+        let r = ch.request(wire::kinds::MARK_DIRTY, body).await;
+        ch.close().await;
+        r?;
+        let site = self.site.clone();
+        let rr = row.clone();
+        blocking(move || {
+            for v in &rr.volumes {
+                site.retire_volume(&v.volume)?;
+            }
+            site.catalog_delete_failover(&rr.name, "promoted")?;
+            site.set_group_state(&rr.name, "replicating", None)?;
+            Ok(())
+        })
+        .await?;
+        tracing::warn!(group = %group, pit = %name, "split brain resolved: this site's changes discarded, kept as a PIT");
+        split.kept_as_pit = Some(name);
+        Ok(ReverseResult {
+            group,
+            pit: 0,
+            volumes: Vec::new(),
+            bytes_transferred: 0,
+            rolled_back_bytes: split.sites.get(1).map_or(0, |s| s.written_bytes),
+            split_brain: Some(split),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Answers [`wire::kinds::MARK_DIRTY`] at the primary: the replica's
+    /// newest PIT differs in these blocks; the next cycle ships them.
+    pub(crate) async fn answer_mark_dirty(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let req: wire::MarkDirty = parse(body)?;
+        let row = self
+            .group_row_of(&req.group)
+            .await
+            .map_err(|e| e.to_string())?;
+        if row.partner != peer || row.role != "primary" {
+            return Err(format!(
+                "site {} is not the primary of group {} for {peer}",
+                self.site.config().name,
+                req.group
+            ));
+        }
+        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            for (v, blocks) in live.iter().zip(&req.blocks) {
+                let set: RoaringBitmap = blocks.iter().copied().collect();
+                v.tracker().merge(&set).map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(Bytes::new())
+    }
+
     /// `reverse NAME` at the site that failed over: the other site becomes
     /// the replica and the group replicates from here.
-    pub async fn reverse(self: &Arc<Self>, group: &str) -> Result<ReverseResult, ReplError> {
+    pub async fn reverse(
+        self: &Arc<Self>,
+        group: &str,
+        req: &ReverseRequest,
+    ) -> Result<ReverseResult, ReplError> {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
         if row.role != "replica" || row.state != "failed-over" {
@@ -484,18 +654,98 @@ impl Replication {
             .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
         let pit = PitId::new(promoted.pit_id)
             .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
-        let mut ch = self.channel(&row.partner, None).await.map_err(|e| {
+        let unreachable = |e: ReplError| {
             invalid(format!(
                 "reverse needs the old primary {}, which becomes the replica, but it cannot be reached ({e}); bring it back and retry — nothing was changed",
                 row.partner
             ))
-        })?;
+        };
+        // Split brain: the old primary wrote while it could not replicate
+        // (and so possibly after this site took over). Its writes would be
+        // rolled back; that takes the operator's explicit choice.
+        let theirs = self.partner_view(&row).await.map_err(unreachable)?;
+        let here = self.site.config().name.clone();
+        let ours_written: u64 = {
+            let site = self.site.clone();
+            let r = row.clone();
+            blocking(move || {
+                let mut n = 0;
+                for v in &r.volumes {
+                    n += site.volume(&v.volume)?.tracker().dirty_bytes();
+                }
+                Ok(n)
+            })
+            .await?
+        };
+        let split = SplitBrain {
+            sites: vec![
+                SplitBrainSide {
+                    site: row.partner.clone(),
+                    generation: format!(
+                        "PIT {} + writes while isolated",
+                        theirs.newest_pit.map_or("none".into(), |p| p.to_string())
+                    ),
+                    written_bytes: theirs.isolated_bytes,
+                },
+                SplitBrainSide {
+                    site: here.clone(),
+                    generation: format!("PIT {pit} promoted + writes since"),
+                    written_bytes: ours_written,
+                },
+            ],
+            discarded_on: req.discard_changes_on.clone(),
+            kept_as_pit: None,
+        };
+        if let Some(loser) = &req.discard_changes_on
+            && loser != &row.partner
+            && loser != &here
+        {
+            return Err(invalid(format!(
+                "--discard-changes-on names {loser}, which is neither site of group {group} ({} or {here})",
+                row.partner
+            )));
+        }
+        if req.dry_run {
+            return Ok(ReverseResult {
+                group: group.to_string(),
+                pit: 0,
+                volumes: self.served(&row),
+                bytes_transferred: 0,
+                rolled_back_bytes: 0,
+                split_brain: Some(split),
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let diverged = theirs.isolated_bytes > 0;
+        match req.discard_changes_on.as_deref() {
+            None if diverged => {
+                return Err(invalid(format!(
+                    "split brain in group {group}: {} wrote {} bytes while it could not replicate ({}) and {here} wrote {} bytes since it was promoted ({}); nothing was changed. Choose whose changes go: `offsite reverse {group} --discard-changes-on {}` keeps {here}'s data, `--discard-changes-on {here}` keeps {}'s; the loser's state stays there as a PIT named split-brain-TIME. `--dry-run` shows the amounts",
+                    row.partner,
+                    theirs.isolated_bytes,
+                    split.sites[0].generation,
+                    ours_written,
+                    split.sites[1].generation,
+                    row.partner,
+                    row.partner,
+                )));
+            }
+            Some(l) if l == here => {
+                return self.discard_here(&row, pit, split, started).await;
+            }
+            _ => {}
+        }
+        let mut ch = self
+            .channel(&row.partner, None)
+            .await
+            .map_err(unreachable)?;
         let ready: ReverseReady = ch
             .request_json(
                 wire::kinds::REVERSE_BEGIN,
                 &ReverseBegin {
                     group: group.to_string(),
                     pit: pit.get(),
+                    discard_isolated: req.discard_changes_on.as_deref() == Some(&row.partner),
                 },
             )
             .await?;
@@ -551,12 +801,15 @@ impl Replication {
                 "the first cycle of reversed group {group} returned no PIT"
             ))
         })?;
+        let mut split = split;
+        split.kept_as_pit = ready.kept_as_pit.clone();
         Ok(ReverseResult {
             group: group.to_string(),
             pit: pit.id,
             volumes: self.served(&row),
             bytes_transferred: pit.bytes,
             rolled_back_bytes,
+            split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -579,6 +832,19 @@ impl Replication {
                 row.partner
             ));
         }
+        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        let isolated: u64 = live
+            .iter()
+            .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
+            .sum();
+        if isolated > 0 && !req.discard_isolated {
+            return Err(format!(
+                "split brain: site {} wrote {isolated} bytes of group {} while it could not replicate; reverse with --discard-changes-on to choose",
+                self.site.config().name,
+                req.group
+            ));
+        }
+        drop(live);
         let site_name = self.site.config().name.clone();
         let grant = self
             .site
@@ -672,12 +938,39 @@ impl Replication {
             offsite_store::sync_dir(&base).map_err(|e| e.to_string())?;
             let _ = std::fs::remove_dir(&staging);
             let store_dir = dir.display().to_string();
+            // Discarded divergent writes stay readable here: an empty PIT
+            // over the base (this site's data as it was) with a name, which
+            // retention keeps until `pit release`.
+            let kept_as_pit = if isolated > 0 {
+                let name = split_brain_name();
+                let store = site.replica_store(&dir).map_err(|e| e.to_string())?;
+                let w = store.begin_pit().map_err(|e| e.to_string())?;
+                let info = w
+                    .commit(Some(name.clone()), now_rfc3339())
+                    .map_err(|e| format!("keeping the divergent state as a PIT: {e}"))?;
+                site.replace_pits(
+                    &r.name,
+                    &[offsite_catalog::PitRow {
+                        id: info.id.get(),
+                        name: info.name.clone(),
+                        created_at: info.created_at.clone(),
+                        bytes: info.bytes,
+                    }],
+                )
+                .map_err(|e| e.to_string())?;
+                Some(name)
+            } else {
+                None
+            };
             site.set_group_role(&r.name, "replica", Some(&store_dir), "replicating")
                 .map_err(|e| e.to_string())?;
-            site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
+            if kept_as_pit.is_none() {
+                site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
+            }
             Ok(ReverseReady {
                 unreplicated,
                 store_dir,
+                kept_as_pit,
             })
         })
         .await

@@ -50,6 +50,18 @@ pub mod kinds {
     /// Replica → primary: the group is torn down ([`GroupRef`]); the
     /// primary forgets it and keeps its volumes.
     pub const GROUP_FORGET: u16 = 15;
+    /// Replica → primary: these blocks differ on the replica now; ship
+    /// them again ([`MarkDirty`]).
+    pub const MARK_DIRTY: u16 = 16;
+}
+
+/// [`kinds::MARK_DIRTY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkDirty {
+    /// Group name.
+    pub group: String,
+    /// Per volume, in group order.
+    pub blocks: Vec<Vec<u32>>,
 }
 
 /// Answer to [`kinds::GROUP_QUERY`].
@@ -61,6 +73,16 @@ pub struct GroupView {
     pub state: String,
     /// The partner this site replicates the group with.
     pub partner: String,
+    /// Primary: bytes written that no committed PIT holds.
+    #[serde(default)]
+    pub unreplicated_bytes: u64,
+    /// Primary: bytes written while the group could not replicate (the
+    /// split-brain evidence).
+    #[serde(default)]
+    pub isolated_bytes: u64,
+    /// The newest PIT this site knows committed.
+    #[serde(default)]
+    pub newest_pit: Option<u64>,
 }
 
 /// [`kinds::GROUP_PREPARED`].
@@ -80,6 +102,11 @@ pub struct ReverseBegin {
     pub group: String,
     /// The PIT the new primary was promoted from.
     pub pit: u64,
+    /// The operator chose to discard the old primary's isolated writes
+    /// (`reverse --discard-changes-on OLD-PRIMARY`); they are kept there
+    /// as a named PIT.
+    #[serde(default)]
+    pub discard_isolated: bool,
 }
 
 /// Answer to [`kinds::REVERSE_BEGIN`]: the old primary is the replica now.
@@ -90,6 +117,9 @@ pub struct ReverseReady {
     pub unreplicated: Vec<Vec<u32>>,
     /// Where the old primary keeps the replica store now.
     pub store_dir: String,
+    /// The PIT there that keeps its discarded divergent state, if any.
+    #[serde(default)]
+    pub kept_as_pit: Option<String>,
 }
 
 /// [`kinds::SEED_LOAD`].
