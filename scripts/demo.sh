@@ -2,8 +2,10 @@
 # The README's main job: a two-site disaster-recovery demonstration on one
 # machine, on loopback, with the embedded defaults. Site A serves a VM's two
 # volumes over NBD; site B is paired with A over mutual TLS and authorizes it;
-# a replication group ships A's changes to B as crash-consistent PITs; each
-# step's data is checked (qemu-io patterns, `offsite verify`, a PIT read back
+# a replication group ships A's changes to B as crash-consistent PITs; then a
+# test failover, a planned failover to B, reverse (B -> A) and failback. The
+# VM's hooks are harmless scripts that log what they would start. Each
+# step's data is checked (qemu-io patterns, `offsite verify`, PITs read back
 # over NBD). Exits non-zero if any check fails.
 # Usage: scripts/demo.sh [--keep]   (--keep leaves the sites' directories)
 set -euo pipefail
@@ -43,12 +45,17 @@ fb=$("$bin" site show "${B[@]}" --json | json 'd["fingerprint"]'); lb=$("$bin" s
 "$bin" partner add site-b --address "$lb" --fingerprint "$fb" "${A[@]}"
 "$bin" partner add site-a --address "$la" --fingerprint "$fa" "${B[@]}"
 "$bin" authz add --allowed-primary site-a --storage-location "$work/replicas" "${B[@]}"
+# For reverse replication and failback, site-a will be site-b's replica.
+"$bin" authz add --allowed-primary site-b --storage-location "$work/replicas-a" "${A[@]}"
 "$bin" partner test site-b --bytes 64M "${A[@]}"
 
 step "a VM with two volumes on site-a, data written over NBD"
 "$bin" volume create web-boot --size 256M "${A[@]}" >/dev/null
 "$bin" volume create web-data --size 128M "${A[@]}" >/dev/null
-"$bin" vm create web --volume web-boot --volume web-data "${A[@]}" >/dev/null
+hooks="$work/hooks.log"
+"$bin" vm create web --volume web-boot --volume web-data "${A[@]}" \
+    --start "echo \$OFFSITE_SITE: start \$OFFSITE_VM \$OFFSITE_MODE on \$OFFSITE_VOLUME_0_URL >> $hooks" \
+    --stop "echo \$OFFSITE_SITE: stop \$OFFSITE_VM \$OFFSITE_MODE >> $hooks" >/dev/null
 boot=$("$bin" volume url web-boot "${A[@]}"); data=$("$bin" volume url web-data "${A[@]}")
 qemu-io -f raw -c 'write -P 0x5a 0 16M' -c 'write -P 0xa5 200M 4M' "$boot" >/dev/null
 qemu-io -f raw -c 'write -P 0x33 1M 8M' "$data" >/dev/null
@@ -79,5 +86,40 @@ echo "PIT before-upgrade of web-boot reads back as written ($url)"
 step "group status and measure (Measure-VMReplication)"
 "$bin" group status web "${A[@]}"
 "$bin" group measure web "${A[@]}"
+
+step "test failover at site-b: writable clones of a PIT, the VM started on them, replication untouched"
+t=$("$bin" failover run web --test --pit before-upgrade "${B[@]}" --json)
+clone=$(echo "$t" | json '[v["url"] for v in d["volumes"] if v["name"]=="web-boot"][0]')
+qemu-io -f raw -c 'read -P 0x77 100M 2M' -c 'write -P 0xee 0 1M' "$clone" >/dev/null || fail "test clone"
+qemu-io -f raw -c 'write -P 0x44 120M 1M' "$boot" >/dev/null
+"$bin" sync web "${A[@]}" >/dev/null
+"$bin" failover stop-test web "${B[@]}"
+qemu-io -r -f raw -c 'read -P 0x5a 0 1M' "$url" >/dev/null || fail "the test changed a PIT"
+
+step "planned failover to site-b: stop the VM, fence, final PIT at site-a; promote at site-b"
+"$bin" failover prepare web "${A[@]}"
+"$bin" failover run web "${B[@]}"
+bboot=$("$bin" volume url web-boot "${B[@]}")
+qemu-io -f raw -c 'read -P 0x44 120M 1M' -c 'read -P 0x99 100M 1M' "$bboot" >/dev/null || fail "failover lost a write"
+qemu-io -f raw -c 'write -P 0xb0 50M 4M' "$bboot" >/dev/null
+
+step "reverse: site-a becomes the replica; only site-b's 4 MiB of changes move"
+moved=$("$bin" reverse web "${B[@]}" --json | json 'd["bytes_transferred"]')
+echo "reverse sent $moved bytes"
+[ "$moved" -le $((5 * 1024 * 1024)) ] || fail "reverse sent $moved bytes for 4 MiB of changes"
+diff=$("$bin" verify web "${B[@]}" --json | json 'd["differing_blocks"]')
+[ "$diff" = 0 ] || fail "verify after reverse found $diff differing blocks"
+
+step "failback: the same three commands from the other side"
+"$bin" failover prepare web "${B[@]}"
+"$bin" failover run web "${A[@]}"
+"$bin" reverse web "${A[@]}"
+boot=$("$bin" volume url web-boot "${A[@]}")
+qemu-io -f raw -c 'read -P 0xb0 50M 4M' -c 'read -P 0x44 120M 1M' -c 'read -P 0x5a 0 16M' "$boot" >/dev/null \
+    || fail "failback lost data"
+diff=$("$bin" verify web "${A[@]}" --json | json 'd["differing_blocks"]')
+[ "$diff" = 0 ] || fail "verify after failback found $diff differing blocks"
+"$bin" group status web "${A[@]}"
+echo "VM hooks ran:"; cat "$hooks"
 
 printf '\ndemo: all checks passed\n'

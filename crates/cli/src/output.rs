@@ -456,7 +456,7 @@ impl Printer {
                 h.duration_ms
             ));
         }
-        emit(out.trim_end())
+        emit(&format!("{}\n", out.trim_end()))
     }
 
     pub fn reverse(&self, r: &offsite_api_types::ReverseResult) -> anyhow::Result<()> {
@@ -479,7 +479,7 @@ impl Printer {
             );
             if let Some(pit) = &sb.kept_as_pit {
                 out.push_str(&format!(
-                    "\n{}'s changes were discarded; its state is kept there as PIT {pit}",
+                    "{}'s changes were discarded; its state is kept there as PIT {pit}\n",
                     sb.discarded_on.as_deref().unwrap_or("?")
                 ));
             }

@@ -1364,7 +1364,9 @@ impl Replication {
                 .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,
             last_error: row.last_error.clone(),
-            store_dir: row.store_dir.clone(),
+            // A primary may still hold the store of its last promotion
+            // (its volumes read it until flattened): not a replica store.
+            store_dir: row.store_dir.clone().filter(|_| row.role == "replica"),
         })
     }
 
