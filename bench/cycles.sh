@@ -16,7 +16,9 @@
 #        --ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 --time_based
 #        --runtime=RUNTIME_A
 #      against `v` (in the group; `offsite sync g` is also called in the
-#      background at ~20 s and ~45 s) and against `u` (in no group).
+#      background at ~20 s and ~45 s, and once more after the job, so that
+#      what it left dirty is shipped before the next job) and against `u`
+#      (in no group).
 #      PITs committed during the grouped run: `pit list g` polled every 2 s
 #      (union of PIT ids, so retention with --keep 4 cannot hide any) plus
 #      the list before/after. Reports IOPS, p50/p99 clat and the ratio
@@ -35,16 +37,20 @@
 #
 # Options (environment):
 #   PARTS="A B" (which parts to run)
+#   PERF=0 (1: perf record -g both daemons during the first grouped fio job
+#          of part A; reports in $OUT/perf-a-site-{a,b}.txt)
 #   REPEAT_A=1  RUNTIME_A=65  SYNC_AT="20 45"  RATIO_TARGET=0.8
 #   REPEAT_B=3  INIT_LIMIT=180  BIG=1T  FALLBACK=100G  SMALL=10G
-#   BUILD=0 (1: cargo build --release -p offsite-cli first)
-#   OFFSITE=... WORKDIR=... OUT=... KEEP=0
+#   BUILD=0 (1: cargo build --release -p offsite-cli first; also when there
+#            is no binary yet)
+#   OFFSITE_SRC=... (or OFFSITE=...) WORKDIR=... OUT=... KEEP=0
 #
 # Exit status: 0 if the run completed and both targets were met, 1 if not.
 
 set -euo pipefail
 
 PARTS=${PARTS:-A B}
+PERF=${PERF:-0}
 REPEAT_A=${REPEAT_A:-1}
 RUNTIME_A=${RUNTIME_A:-65}
 SYNC_AT=${SYNC_AT:-20 45}
@@ -57,126 +63,29 @@ FALLBACK=${FALLBACK:-100G}
 BUILD=${BUILD:-0}
 KEEP=${KEEP:-0}
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OFFSITE_SRC=${OFFSITE:-$REPO/target/release/offsite}
+OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for tool in fio qemu-io python3 timeout; do
-    command -v "$tool" >/dev/null || die "$tool not found (apt-get install fio qemu-utils)"
-done
+need fio qemu-io python3 timeout -- "apt-get install fio qemu-utils"
 fio --enghelp 2>/dev/null | grep -qw nbd || die "fio lacks the nbd ioengine"
+[[ $PERF == 0 ]] || need perf -- "apt-get install linux-perf"
 
-# ---------------------------------------------------------------- cleanup
-WORK=$(mktemp -d "${WORKDIR:-${TMPDIR:-/tmp}}/offsite-cycles.XXXXXX")
-WORK=$(cd "$WORK" && pwd -P)
-OUT=${OUT:-$(mktemp -d /tmp/offsite-cycles-results.XXXXXX)}
-mkdir -p "$OUT"
-PIDS=()
+bench_init offsite-cycles
+[[ -x ${OFFSITE_SRC:-$BENCH_REPO/target/release/offsite} ]] || BUILD=1
+bench_binary
 
-stop_pid() {  # SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-cleanup() {
-    local rc=$? i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    if [[ $KEEP == 1 ]]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- helpers
-if [[ $BUILD == 1 || ! -x $OFFSITE_SRC ]]; then
-    (cd "$REPO" && cargo build --release -p offsite-cli) >&2
-fi
-OFFSITE=$WORK/offsite
-cp "$OFFSITE_SRC" "$OFFSITE"
-CLK_TCK=$(getconf CLK_TCK)
-
-start_daemon() {  # start_daemon DIR LOG -> sets DAEMON_PID, waits until ready
-    local dir=$1 logf=$2 i
-    "$OFFSITE" serve --dir "$dir" >>"$logf" 2>&1 &
-    DAEMON_PID=$!
-    PIDS+=("$DAEMON_PID")
-    for i in $(seq 300); do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$logf" >&2; die "offsite serve exited"; }
-        "$OFFSITE" site show --dir "$dir" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "offsite serve did not become ready in 30 s"
-}
-
-jget() {  # jget KEY < json   (top-level key)
-    python3 -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print("" if v is None else v)' "$1"
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime
-now() { date +%s.%N; }
-elapsed() { python3 -c "print($2 - $1)"; }
-
-# make_pair NAME -> site dirs $WORK/NAME-a, $WORK/NAME-b served and paired,
-# site-b authorizing site-a; sets A B PID_A PID_B
-make_pair() {
-    local name=$1 fp_a fp_b listen_a listen_b show
-    A=$WORK/$name-a
-    B=$WORK/$name-b
-    "$OFFSITE" site init --dir "$A" --name site-a \
-        --api 127.0.0.1:0 --nbd 127.0.0.1:0 --listen 127.0.0.1:0 >/dev/null
-    "$OFFSITE" site init --dir "$B" --name site-b \
-        --api 127.0.0.1:0 --nbd 127.0.0.1:0 --listen 127.0.0.1:0 >/dev/null
-    start_daemon "$A" "$OUT/$name-a.log"
-    PID_A=$DAEMON_PID
-    start_daemon "$B" "$OUT/$name-b.log"
-    PID_B=$DAEMON_PID
-    show=$("$OFFSITE" site show --dir "$A" --json)
-    fp_a=$(jget fingerprint <<<"$show")
-    listen_a=$(jget listen <<<"$show")
-    show=$("$OFFSITE" site show --dir "$B" --json)
-    fp_b=$(jget fingerprint <<<"$show")
-    listen_b=$(jget listen <<<"$show")
-    "$OFFSITE" partner add site-b --address "$listen_b" --fingerprint "$fp_b" --dir "$A" >/dev/null
-    "$OFFSITE" partner add site-a --address "$listen_a" --fingerprint "$fp_a" --dir "$B" >/dev/null
-    mkdir -p "$WORK/$name-store"
-    "$OFFSITE" authz add --allowed-primary site-a --storage-location "$WORK/$name-store" \
-        --dir "$B" >/dev/null
-}
-
-stop_pair() { stop_pid "$PID_B"; stop_pid "$PID_A"; }
-
-fill() {  # fill URI
+fill() {  # fill URI TAG
     fio --name=fill --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 \
         --output-format=json --output="$OUT/fill-$2.json" >/dev/null
 }
 
 # ---------------------------------------------------------------- header
 {
-    echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    echo "fs:      $(df -T "$WORK" | awk 'NR==2 {print $2" ("$1")"}')"
-    echo "tools:   $(fio --version), $(qemu-io --version | head -1), offsite $("$OFFSITE" --version | awk '{print $2}') @ $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) at the start"
-    echo "params:  REPEAT_A=$REPEAT_A RUNTIME_A=$RUNTIME_A SYNC_AT='$SYNC_AT' REPEAT_B=$REPEAT_B INIT_LIMIT=$INIT_LIMIT SMALL=$SMALL BIG=$BIG FALLBACK=$FALLBACK"
+    machine_info
+    echo "tools:   $(fio --version), $(qemu-io --version | head -1), offsite $(offsite_version)"
+    echo "load:    $(load_avg) at the start"
+    echo "params:  PARTS='$PARTS' REPEAT_A=$REPEAT_A RUNTIME_A=$RUNTIME_A SYNC_AT='$SYNC_AT' REPEAT_B=$REPEAT_B INIT_LIMIT=$INIT_LIMIT SMALL=$SMALL BIG=$BIG FALLBACK=$FALLBACK"
 } >"$OUT/header.txt"
 cat "$OUT/header.txt" >&2
 
@@ -184,6 +93,7 @@ cat "$OUT/header.txt" >&2
 if [[ " $PARTS " == *" A "* ]]; then
 log "A: site pair, two 1 GiB volumes, fill"
 make_pair a
+authorize_a "$WORK/a-store"
 "$OFFSITE" volume create v --size 1G --dir "$A" >/dev/null
 "$OFFSITE" volume create u --size 1G --dir "$A" >/dev/null
 URI_V=$("$OFFSITE" volume url v --dir "$A")
@@ -210,23 +120,48 @@ fio_a() {  # fio_a TARGET REP URI
         "$OFFSITE" pit list g --dir "$A" --json >"$OUT/a-pits-before-$rep.json"
         pit_poll "$OUT/a-pits-poll-$rep.jsonl" &
         poll=$!
-        PIDS+=("$poll")
+        track "$poll"
         for s in $SYNC_AT; do
             (sleep "$s"; "$OFFSITE" sync g --dir "$A" --json \
                 >"$OUT/a-sync-$rep-$s.json" 2>&1 || true) &
             spids+=($!)
-            PIDS+=("$!")
+            track "$!"
+        done
+    fi
+    local perf=() p c0a c0b
+    if [[ $PERF == 1 && $target == grouped && $rep == 1 ]]; then
+        for p in "$PID_A" "$PID_B"; do
+            perf record -g -o "$OUT/perf-a-$p.data" -p "$p" >/dev/null 2>&1 &
+            perf+=("$!")
+            track "$!"
         done
     fi
     log "A: rep $rep fio 4k randwrite, $target, ${RUNTIME_A}s"
+    c0a=$(cpu_ticks "$PID_A"); c0b=$(cpu_ticks "$PID_B")
     fio --name=randwrite --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k \
         --iodepth=32 --time_based --runtime="$RUNTIME_A" \
         --output-format=json --output="$OUT/a-$target-$rep.json" >/dev/null
+    printf '{"cpu_a_s": %s, "cpu_b_s": %s, "load": "%s"}\n' \
+        "$(python3 -c "print(($(cpu_ticks "$PID_A") - $c0a) / $CLK_TCK)")" \
+        "$(python3 -c "print(($(cpu_ticks "$PID_B") - $c0b) / $CLK_TCK)")" \
+        "$(load_avg)" >"$OUT/a-$target-$rep.cpu.json"
+    for p in "${perf[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; stop_pid "$p"; done
+    if ((${#perf[@]})); then
+        for p in "$PID_A" "$PID_B"; do
+            perf report -i "$OUT/perf-a-$p.data" --no-children --percent-limit 0.5 \
+                --stdio -g none >"$OUT/perf-a-$([[ $p == "$PID_A" ]] && echo site-a || echo site-b).txt" 2>/dev/null || true
+        done
+    fi
     if [[ $target == grouped ]]; then
         for s in "${spids[@]}"; do wait "$s" 2>/dev/null || true; stop_pid "$s"; done
         stop_pid "$poll"
         "$OFFSITE" pit list g --dir "$A" --json >"$OUT/a-pits-after-$rep.json"
         "$OFFSITE" group status g --dir "$A" --json >"$OUT/a-status-$rep.json" 2>&1 || true
+        # Ship what the grouped run left dirty now, so that no cycle of `v`
+        # falls into the ungrouped run and lowers its baseline.
+        log "A: rep $rep flush: sync g"
+        "$OFFSITE" sync g --dir "$A" --json >"$OUT/a-flush-$rep.json" 2>&1 ||
+            log "A: flush sync failed: $(cat "$OUT/a-flush-$rep.json")"
     fi
 }
 
@@ -248,11 +183,10 @@ run_b() {
     local tag=$1 size=$2 limit=$3 uri t0 t1 c0 c1 r i off bytes spid
     log "B: $tag, $size sparse volume: fresh site pair"
     make_pair "b-$tag"
+    authorize_a "$WORK/b-$tag-store"
     "$OFFSITE" volume create v --size "$size" --dir "$A" >/dev/null
     uri=$("$OFFSITE" volume url v --dir "$A")
-    bytes=$(python3 -c "
-s='$size'; m={'K':1<<10,'M':1<<20,'G':1<<30,'T':1<<40}
-print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
+    bytes=$(bytes_of "$size")
     if ! "$OFFSITE" group create g --partner site-b --volume v --rpo 24h --dir "$A" \
         >/dev/null 2>"$OUT/b-$tag-create.err"; then
         log "B: $tag group create failed: $(cat "$OUT/b-$tag-create.err")"
@@ -264,7 +198,7 @@ print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
     c0=$(cpu_ticks "$PID_A"); t0=$(now)
     timeout "$limit" "$OFFSITE" group start g --dir "$A" --json >"$OUT/b-$tag-start.json" 2>&1 &
     spid=$!
-    PIDS+=("$spid")
+    track "$spid"
     if wait "$spid"; then r=0; else r=$?; fi
     t1=$(now); c1=$(cpu_ticks "$PID_A")
     stop_pid "$spid"
@@ -299,7 +233,7 @@ if [[ " $PARTS " == *" B "* ]]; then
     run_b big "$BIG" "$INIT_LIMIT" || run_b fallback "$FALLBACK" 3600 ||
         log "B: $FALLBACK could not be measured either"
 fi
-echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) at the end" >"$OUT/load-end.txt"
+echo "load:    $(load_avg) at the end" >"$OUT/load-end.txt"
 
 # ---------------------------------------------------------------- report
 set +e
@@ -355,16 +289,23 @@ if os.path.exists(f"{out}/a-grouped-1.json"):
     print()
     print("Per-run IOPS grouped / ungrouped: " + ", ".join(
         f"{a[0]:,.0f} / {b[0]:,.0f}" for a, b in zip(rows["grouped"], rows["ungrouped"])))
+    cpu = lambda t, r: load(f"{out}/a-{t}-{r}.cpu.json") if os.path.exists(f"{out}/a-{t}-{r}.cpu.json") else None
+    print("CPU s of site-a / site-b daemons during each job (load average at its end), grouped | ungrouped: " + "; ".join(
+        " | ".join(f"{c['cpu_a_s']:.1f} / {c['cpu_b_s']:.1f} ({c['load']})" if c else "?" for c in (cpu("grouped", r), cpu("ungrouped", r)))
+        for r in range(1, ra + 1)) + "  ")
     print(f"PITs committed during each grouped run: {', '.join(map(str, pits))}")
     a_ok = ratio >= target and min(pits) >= 2
     print(f"ratio grouped / ungrouped {ratio:.2f} -> {'OK' if ratio >= target else 'FAIL'} (target >= {target})")
     print()
 
+b_ok = True
+if not glob.glob(f"{out}/b-*-init.json"):
+    print(open(f"{out}/load-end.txt").read().strip())
+    raise SystemExit(0 if a_ok else 1)
 print(f"B. Delta cycle with 10 MiB dirty (10 x 1 MiB scattered), `offsite sync g --json`, {rb} cycles per size:")
 print()
 print("| volume | initial replication s (CPU s site-a) | sync wall s (median, max) | CPU s site-a per sync (median, max) |")
 print("|---|---:|---:|---:|")
-b_ok = True
 cpus = {}
 for tag in ("small", "big", "fallback"):
     ip = f"{out}/b-{tag}-init.json"
@@ -388,7 +329,7 @@ for tag in ("small", "big", "fallback"):
     for r in range(1, rb + 1):
         p = f"{out}/b-{tag}-sync-{r}.json"
         if os.path.exists(p):
-            print(f"sync {tag} {r}: `{open(p).read().strip()[:300]}`  ")
+            print(f"sync {tag} {r}: `{' '.join(open(p).read().split())[:300]}`  ")
 print()
 print(f"cycle < 1 s: {'OK' if b_ok else 'FAIL'}")
 print(open(f"{out}/load-end.txt").read().strip())

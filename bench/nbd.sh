@@ -34,7 +34,8 @@
 #   VOLSIZE=100G   size of each of those volumes (sparse)
 #   RSS_LIMIT_MIB=64
 #   BUILD=1        0: skip cargo build, use $OFFSITE or target/release/offsite
-#   OFFSITE=...    offsite binary (default: <repo>/target/release/offsite)
+#   OFFSITE=...    offsite binary (default: <repo>/target/release/offsite),
+#                  copied into the temp dir; OFFSITE_SRC=... works too
 #   WORKDIR=...    parent of the temp dir (default ${TMPDIR:-/tmp})
 #   OUT=...        where fio JSON and summary.md are kept
 #                  (default: a new /tmp/offsite-bench-results.XXXXXX)
@@ -58,74 +59,15 @@ BUILD=${BUILD:-1}
 PERF=${PERF:-0}
 KEEP=${KEEP:-0}
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OFFSITE=${OFFSITE:-$REPO/target/release/offsite}
+OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-for tool in fio qemu-nbd python3; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
+need fio qemu-nbd python3
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd ioengine"
 
-# ---------------------------------------------------------------- cleanup
-WORK=$(mktemp -d "${WORKDIR:-${TMPDIR:-/tmp}}/offsite-bench.XXXXXX")
-OUT=${OUT:-$(mktemp -d /tmp/offsite-bench-results.XXXXXX)}
-mkdir -p "$OUT"
-PIDS=()   # processes we started, stopped in reverse order on exit
-
-stop_pid() {  # SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid ignored SIGTERM; killing"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-cleanup() {
-    local rc=$? i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    if [[ $KEEP == 1 ]]; then
-        log "kept work dir $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 # ---------------------------------------------------------------- helpers
-start_daemon() {  # start_daemon DIR LOG -> sets DAEMON_PID, waits until ready
-    local dir=$1 logf=$2 i
-    "$OFFSITE" serve --dir "$dir" >>"$logf" 2>&1 &
-    DAEMON_PID=$!
-    PIDS+=("$DAEMON_PID")
-    for i in $(seq 300); do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$logf" >&2; die "offsite serve exited"; }
-        "$OFFSITE" site show --dir "$dir" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "offsite serve did not become ready in 30 s"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+bench_init offsite-bench offsite-bench-results
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
@@ -147,7 +89,7 @@ fio_run() {
     if [[ $PERF == 1 && $target == offsite && $rep == 1 ]]; then
         perf record -g -o "$OUT/perf-$job.data" -p "$DAEMON_PID" >/dev/null 2>&1 &
         perf_pid=$!
-        PIDS+=("$perf_pid")
+        track "$perf_pid"
     fi
     fio --name="$job" --ioengine=nbd --uri="$uri" "${args[@]}" \
         --size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
@@ -168,18 +110,12 @@ fio_fill() {
 }
 
 # ---------------------------------------------------------------- build
-if [[ $BUILD == 1 ]]; then
-    log "building release offsite"
-    (cd "$REPO" && cargo build --release -p offsite-cli) >"$OUT/build.log" 2>&1 ||
-        { tail -30 "$OUT/build.log" >&2; die "cargo build failed"; }
-fi
-[[ -x $OFFSITE ]] || die "no offsite binary at $OFFSITE"
+bench_binary
 
 {
-    echo "date:    $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
-    echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    echo "fs:      $(df -T "$WORK" | awk 'NR==2 {print $2 " (" $1 ")"}')"
-    echo "tools:   $(fio --version), $(qemu-nbd --version | head -1), offsite $("$OFFSITE" --version | awk '{print $2}') @ $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')"
+    machine_info
+    echo "tools:   $(fio --version), $(qemu-nbd --version | head -1), offsite $(offsite_version)"
+    echo "load:    $(load_avg) at the start"
     echo "params:  SIZE=$SIZE RUNTIME=$RUNTIME RAMP=$RAMP REPEAT=$REPEAT"
 } | tee "$OUT/env.txt" >&2
 
@@ -198,8 +134,8 @@ truncate -s "$SIZE" "$RAW"
 QPORT=$(free_port)
 qemu-nbd -f raw -x v -b 127.0.0.1 -p "$QPORT" --persistent --shared=8 \
     --cache=writeback --aio=threads "$RAW" >"$WORK/qemu-nbd.log" 2>&1 &
-PIDS+=("$!")
 QEMU_PID=$!
+track "$QEMU_PID"
 for i in $(seq 100); do
     kill -0 "$QEMU_PID" 2>/dev/null || { cat "$WORK/qemu-nbd.log" >&2; die "qemu-nbd exited"; }
     ss -Hltn "sport = :$QPORT" | grep -q . && break

@@ -52,7 +52,8 @@
 #   WIRE=1            0: do not count wire bytes with ss
 #   RATIO_TARGET=0.4
 #   BUILD=1           0: skip cargo build, use $OFFSITE or target/release/offsite
-#   OFFSITE=...       offsite binary (default: <repo>/target/release/offsite)
+#   OFFSITE=...       offsite binary (default: <repo>/target/release/offsite),
+#                     copied into the temp dir; OFFSITE_SRC=... works too
 #   WORKDIR=...       parent of the temp dir (default ${TMPDIR:-/tmp})
 #   OUT=...           where JSON, logs and summary.md are kept
 #                     (default: a new /tmp/offsite-bench-results.XXXXXX)
@@ -76,129 +77,17 @@ RATIO_TARGET=${RATIO_TARGET:-0.4}
 BUILD=${BUILD:-1}
 KEEP=${KEEP:-0}
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OFFSITE_SRC=${OFFSITE:-$REPO/target/release/offsite}
+OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-command -v iperf3 >/dev/null ||
-    die "iperf3 not found; install it: apt-get install iperf3"
-command -v zstd >/dev/null ||
-    die "zstd not found; install it: apt-get install -y zstd"
-command -v mkfs.ext4 >/dev/null ||
-    die "mkfs.ext4 not found; install it: apt-get install -y e2fsprogs"
-for tool in python3 ss stdbuf tar truncate; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
+need iperf3 -- "install it: apt-get install iperf3"
+need zstd -- "install it: apt-get install -y zstd"
+need mkfs.ext4 -- "install it: apt-get install -y e2fsprogs"
+need python3 ss stdbuf tar truncate
 
-# ---------------------------------------------------------------- cleanup
-WORK=$(mktemp -d "${WORKDIR:-${TMPDIR:-/tmp}}/offsite-bench.XXXXXX")
-WORK=$(cd "$WORK" && pwd -P)   # absolute: the daemon reads --import itself
-OUT=${OUT:-$(mktemp -d /tmp/offsite-bench-results.XXXXXX)}
-mkdir -p "$OUT"
-PIDS=()   # processes we started, stopped in reverse order on exit
-
-stop_pid() {  # SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-cleanup() {
-    local rc=$? i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    if [[ $KEEP == 1 ]]; then
-        log "kept work dir $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- helpers
-OFFSITE=$WORK/offsite
-CLK_TCK=$(getconf CLK_TCK)
-
-start_daemon() {  # start_daemon DIR LOG -> sets DAEMON_PID, waits until ready
-    local dir=$1 logf=$2 i
-    "$OFFSITE" serve --dir "$dir" >>"$logf" 2>&1 &
-    DAEMON_PID=$!
-    PIDS+=("$DAEMON_PID")
-    for i in $(seq 300); do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$logf" >&2; die "offsite serve exited"; }
-        "$OFFSITE" site show --dir "$dir" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "offsite serve did not become ready in 30 s"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_listen() {  # wait_listen PORT PID
-    local i
-    for i in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || die "process $2 exited before listening on $1"
-        ss -Hltn "sport = :$1" | grep -q . && return 0
-        sleep 0.1
-    done
-    die "nothing listens on port $1 after 10 s"
-}
-
-jget() {  # jget KEY < json   (top-level key)
-    python3 -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print("" if v is None else v)' "$1"
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime
-now() { date +%s.%N; }
-
-# make_pair NAME -> site dirs $WORK/NAME-a, $WORK/NAME-b served and paired;
-# sets A B PID_A PID_B LISTEN_B
-make_pair() {
-    local name=$1 fp_a fp_b listen_a show
-    A=$WORK/$name-a
-    B=$WORK/$name-b
-    "$OFFSITE" site init --dir "$A" --name site-a \
-        --api 127.0.0.1:0 --nbd 127.0.0.1:0 --listen 127.0.0.1:0 >/dev/null
-    "$OFFSITE" site init --dir "$B" --name site-b \
-        --api 127.0.0.1:0 --nbd 127.0.0.1:0 --listen 127.0.0.1:0 >/dev/null
-    start_daemon "$A" "$OUT/$name-a.log"
-    PID_A=$DAEMON_PID
-    start_daemon "$B" "$OUT/$name-b.log"
-    PID_B=$DAEMON_PID
-    show=$("$OFFSITE" site show --dir "$A" --json)
-    fp_a=$(jget fingerprint <<<"$show")
-    listen_a=$(jget listen <<<"$show")
-    show=$("$OFFSITE" site show --dir "$B" --json)
-    fp_b=$(jget fingerprint <<<"$show")
-    LISTEN_B=$(jget listen <<<"$show")
-    [[ $listen_a != *:0 && $LISTEN_B != *:0 ]] ||
-        die "site show reports an unbound listen address ($listen_a, $LISTEN_B)"
-    "$OFFSITE" partner add site-b --address "$LISTEN_B" --fingerprint "$fp_b" --dir "$A" >/dev/null
-    "$OFFSITE" partner add site-a --address "$listen_a" --fingerprint "$fp_a" --dir "$B" >/dev/null
-}
-
-stop_pair() { stop_pid "$PID_B"; stop_pid "$PID_A"; }
+# ---------------------------------------------------------------- setup
+bench_init offsite-bench offsite-bench-results   # WORK: the daemon reads --import in it
 
 # ---------------------------------------------------------------- link tests
 run_iperf3() {  # run_iperf3 REP
@@ -206,7 +95,7 @@ run_iperf3() {  # run_iperf3 REP
     port=$(free_port)
     iperf3 -s -1 -p "$port" >"$OUT/iperf3-server-$1.log" 2>&1 &
     pid=$!
-    PIDS+=("$pid")
+    track "$pid"
     wait_listen "$port" "$pid"
     iperf3 -c 127.0.0.1 -p "$port" -n "$BYTES" -J >"$OUT/iperf3-$1.json"
     stop_pid "$pid"
@@ -285,7 +174,7 @@ wire_start() {  # wire_start PORT PREFIX: snapshot, then watch socket ends
     ss -Htin "sport = :$1" >"$2.ss0" 2>/dev/null || true
     stdbuf -oL ss -HtinE "sport = :$1" >"$2.ssE" 2>/dev/null &
     SS_PID=$!
-    PIDS+=("$SS_PID")
+    track "$SS_PID"
 }
 
 wire_stop() {  # wire_stop PORT PREFIX: final snapshot, stop watching
@@ -315,8 +204,6 @@ group_fail() {  # group_fail FILE STEP CMD ERRFILE
 has_pit() {  # has_pit JSON: the group status names a last PIT
     [[ $1 == *'"last_pit"'* && $1 != *'"last_pit":null'* && $1 != *'"last_pit": null'* ]]
 }
-
-elapsed() { python3 -c "print($2 - $1)"; }
 
 # run_group MODE REP — fresh pair, import, authz, create, timed start.
 # Times `group start g --json` at the primary and, by polling the replica's
@@ -354,7 +241,7 @@ run_group() {
     timeout "$GROUP_TIMEOUT" "$OFFSITE" group start g --dir "$A" --json \
         >"$OUT/$tag.start.json" 2>"$err" &
     gpid=$!
-    PIDS+=("$gpid")
+    track "$gpid"
     while kill -0 "$gpid" 2>/dev/null; do
         if [[ -z $t_rep ]]; then
             st=$("$OFFSITE" group status g --dir "$B" --json 2>/dev/null) || st=""
@@ -393,20 +280,12 @@ run_group() {
 }
 
 # ---------------------------------------------------------------- build
-if [[ $BUILD == 1 ]]; then
-    log "building release offsite"
-    (cd "$REPO" && cargo build --release -p offsite-cli) >"$OUT/build.log" 2>&1 ||
-        { tail -30 "$OUT/build.log" >&2; die "cargo build failed"; }
-fi
-[[ -x $OFFSITE_SRC ]] || die "no offsite binary at $OFFSITE_SRC"
-cp "$OFFSITE_SRC" "$OFFSITE"
+bench_binary
 
 {
-    echo "date:    $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
-    echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    echo "fs:      $(df -T "$WORK" | awk 'NR==2 {print $2 " (" $1 ")"}')"
-    echo "tools:   $(iperf3 --version | head -1 | awk '{print $1, $2}'), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -1), $(mkfs.ext4 -V 2>&1 | head -1), offsite $("$OFFSITE" --version | awk '{print $2}') @ $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')"
-    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) at the start (1/5/15-min load average; other work on the machine skews the figures)"
+    machine_info
+    echo "tools:   $(iperf3 --version | head -1 | awk '{print $1, $2}'), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -1), $(mkfs.ext4 -V 2>&1 | head -1), offsite $(offsite_version)"
+    echo "load:    $(load_avg) at the start (1/5/15-min load average; other work on the machine skews the figures)"
     echo "params:  BYTES=$BYTES REPEAT=$REPEAT COMPRESS_TEST=$COMPRESS_TEST IMG_SIZE=$IMG_SIZE FILL_MIB=$FILL_MIB GROUP_REPEAT=$GROUP_REPEAT"
 } | tee "$OUT/env.txt" >&2
 
@@ -443,7 +322,7 @@ for rep in $(seq "$GROUP_REPEAT"); do
 done
 
 # ---------------------------------------------------------------- report
-echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/load-end.txt"
+echo "load average at the end: $(load_avg)" >"$OUT/load-end.txt"
 export OUT REPEAT GROUP_REPEAT COMPRESS_TEST RATIO_TARGET BYTES
 set +e
 python3 - <<'PY' | tee "$OUT/summary.md"
