@@ -14,12 +14,6 @@ use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
-
 /// Hooks appending `SITE ACTION MODE VM URL0` lines to `log` (a file
 /// outside both sites, as a hypervisor would keep its own state).
 fn hooks(log: &Path) -> (String, String) {

@@ -13,12 +13,6 @@ use common::*;
 use offsite_testkit::{TestSite, qemu_io, qemu_io_ro};
 use serde_json::Value;
 
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
-
 /// Hooks that record their environment in `dir/HOOK-VM.env`; the start
 /// hook fails with exit 7 while `dir/fail` exists.
 fn hook_cmds(dir: &Path) -> (String, String) {

@@ -21,12 +21,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
-
 /// `group start NAME --json` (waits for the first PIT).
 fn start_group(a: &TestSite, group: &str) -> Value {
     let out = a.run(&["group", "start", group, "--json"]);

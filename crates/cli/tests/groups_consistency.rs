@@ -21,12 +21,6 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const BS: u64 = 4 * KIB;
 
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
-
 /// `group start NAME [extra] --json` (waits for the first PIT).
 fn start_group(a: &TestSite, group: &str, extra: &[&str]) -> Value {
     let mut args = vec!["group", "start", group];

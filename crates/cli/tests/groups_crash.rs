@@ -15,18 +15,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use offsite_testkit::proxy::{Direction, FaultProxy};
 use offsite_testkit::qemu_io;
-use serde_json::Value;
 
 /// Liveness bound for anything replication does in these tests.
 const LIMIT: Duration = Duration::from_secs(90);
 
 const MIB: u64 = 1024 * 1024;
-
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
 
 #[test]
 fn primary_killed_after_writes_ships_them_after_restart() {

@@ -17,12 +17,6 @@ use serde_json::Value;
 
 const ITERATIONS: u64 = 20;
 
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
-}
-
 /// fio (NBD engine) random 4 KiB writes at `url` until killed.
 fn spawn_fio(url: &str, out: &std::path::Path) -> KillOnDrop {
     let child = std::process::Command::new("fio")

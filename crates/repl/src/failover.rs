@@ -25,19 +25,7 @@ use offsite_engine::hooks::{HookAction, HookRun};
 use offsite_replica::{PitId, ReplicaStore};
 use offsite_store::layered::Layered;
 
-use crate::{ReplError, Replication};
-
-fn invalid(msg: String) -> ReplError {
-    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ReplError> + Send + 'static,
-) -> Result<T, ReplError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| invalid(e.to_string()))?
-}
+use crate::{ReplError, Replication, invalid, run_blocking as blocking};
 
 /// A layered volume served over NBD.
 struct LayeredDevice(Layered);

@@ -577,3 +577,17 @@ impl Replication {
         }
     }
 }
+
+/// A refusal that is the user's to fix, as a [`ReplError`].
+pub(crate) fn invalid(msg: String) -> ReplError {
+    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
+}
+
+/// Runs catalog and file work off the async runtime.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplError> + Send + 'static,
+) -> Result<T, ReplError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+}

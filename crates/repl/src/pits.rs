@@ -13,7 +13,7 @@ use offsite_replica::{PitId, ReplicaStore};
 use offsite_catalog::GroupRow;
 
 use crate::wire::{self, GroupRef};
-use crate::{ReplError, Replication};
+use crate::{ReplError, Replication, invalid};
 
 /// One volume of a PIT as a read-only block device.
 struct PitView {
@@ -66,22 +66,9 @@ impl offsite_nbd::BlockDevice for PitView {
     }
 }
 
-fn invalid(msg: String) -> ReplError {
-    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
-}
-
 /// Resolves a PIT given as an id or a name.
 fn resolve(store: &ReplicaStore, group: &str, pit: &str) -> Result<PitId, ReplError> {
-    let pits = store.pits();
-    let found = match pit.parse::<u64>() {
-        Ok(id) => pits.iter().find(|p| p.id.get() == id),
-        Err(_) => pits.iter().rev().find(|p| p.name.as_deref() == Some(pit)),
-    };
-    found.map(|p| p.id).ok_or_else(|| {
-        invalid(format!(
-            "group {group} has no PIT {pit:?}; `offsite pit list {group}` shows them"
-        ))
-    })
+    crate::failover::resolve(store, group, Some(pit))
 }
 
 impl Replication {

@@ -35,7 +35,7 @@ use crate::wire::{
     self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc,
     VolumeDesc,
 };
-use crate::{ReplError, Replication};
+use crate::{ReplError, Replication, invalid};
 
 /// Bulk frames in flight before the sender waits for acknowledgements.
 const WINDOW: u64 = 32;
@@ -233,10 +233,6 @@ fn age_seconds(rfc3339: &str) -> u64 {
         return 0;
     };
     (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0) as u64
-}
-
-fn invalid(msg: String) -> ReplError {
-    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -34,22 +34,10 @@ use offsite_engine::hooks::HookAction;
 use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
 use crate::wire::{self, GroupRef, GroupView, ReverseBegin, ReverseReady};
-use crate::{ReplError, Replication};
+use crate::{ReplError, Replication, invalid, run_blocking as blocking};
 
 /// Name of the final PIT of a planned failover.
 pub const PLANNED_PIT: &str = "planned-failover";
-
-fn invalid(msg: String) -> ReplError {
-    ReplError::Engine(offsite_engine::EngineError::Invalid(msg))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ReplError> + Send + 'static,
-) -> Result<T, ReplError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| invalid(e.to_string()))?
-}
 
 fn now_rfc3339() -> String {
     offsite_catalog::now_rfc3339()
@@ -249,21 +237,26 @@ impl Replication {
         Ok(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()))
     }
 
+    /// The group's row if this site is its primary replicating to `peer`
+    /// (requests only the primary may answer).
+    async fn primary_row_for(&self, peer: &str, group: &str) -> Result<GroupRow, String> {
+        let row = self.group_row_of(group).await.map_err(|e| e.to_string())?;
+        if row.partner != peer || row.role != "primary" {
+            return Err(format!(
+                "site {} is not the primary of group {group} for {peer} (it is {} with {})",
+                self.site.config().name,
+                row.role,
+                row.partner
+            ));
+        }
+        Ok(row)
+    }
+
     /// Answers [`wire::kinds::GROUP_FORGET`]: the replica tore the group
     /// down; the primary forgets it too (its volumes stay).
     pub(crate) async fn answer_forget(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: GroupRef = parse(body)?;
-        let row = self
-            .group_row_of(&req.group)
-            .await
-            .map_err(|e| e.to_string())?;
-        if row.partner != peer || row.role != "primary" {
-            return Err(format!(
-                "site {} is not the primary of group {} for {peer}",
-                self.site.config().name,
-                req.group
-            ));
-        }
+        let row = self.primary_row_for(peer, &req.group).await?;
         self.forget_group(&row).await?;
         Ok(Bytes::new())
     }
@@ -606,17 +599,7 @@ impl Replication {
     /// newest PIT differs in these blocks; the next cycle ships them.
     pub(crate) async fn answer_mark_dirty(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: wire::MarkDirty = parse(body)?;
-        let row = self
-            .group_row_of(&req.group)
-            .await
-            .map_err(|e| e.to_string())?;
-        if row.partner != peer || row.role != "primary" {
-            return Err(format!(
-                "site {} is not the primary of group {} for {peer}",
-                self.site.config().name,
-                req.group
-            ));
-        }
+        let row = self.primary_row_for(peer, &req.group).await?;
         let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || {
             for (v, blocks) in live.iter().zip(&req.blocks) {
@@ -819,19 +802,7 @@ impl Replication {
     /// base.
     pub(crate) async fn answer_reverse(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: ReverseBegin = parse(body)?;
-        let row = self
-            .group_row_of(&req.group)
-            .await
-            .map_err(|e| e.to_string())?;
-        if row.partner != peer || row.role != "primary" {
-            return Err(format!(
-                "site {} is not the primary of group {} for {peer} (it is {} with {})",
-                self.site.config().name,
-                req.group,
-                row.role,
-                row.partner
-            ));
-        }
+        let row = self.primary_row_for(peer, &req.group).await?;
         let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
         let isolated: u64 = live
             .iter()

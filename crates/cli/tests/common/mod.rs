@@ -624,3 +624,10 @@ pub fn next_rand(x: &mut u64) -> u64 {
     *x ^= *x << 17;
     *x
 }
+
+/// `v[key]` as an unsigned integer, or a panic that shows `v`.
+pub fn u(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
+}
