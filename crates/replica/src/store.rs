@@ -45,6 +45,10 @@ pub(crate) fn parse_pit_dir_name(name: &str) -> Option<(u64, u64)> {
     (id != 0 && first != 0 && first <= id).then_some((id, first))
 }
 
+/// Alignment of `O_DIRECT` base writes (offset, length and memory): the
+/// largest logical block size of common devices.
+const DIRECT_ALIGN: u64 = 4096;
+
 /// A volume and its open base image.
 #[derive(Debug)]
 pub(crate) struct Vol {
@@ -53,6 +57,8 @@ pub(crate) struct Vol {
     pub(crate) zero_hash: [u8; 32],
     pub(crate) base_path: PathBuf,
     pub(crate) base: File,
+    /// The base image opened with `O_DIRECT` (see `recover::open_direct`).
+    pub(crate) base_direct: Option<File>,
 }
 
 impl Vol {
@@ -524,7 +530,21 @@ impl ReplicaStore {
             });
         }
         ops.base_dirty = true;
-        fsx::write_at(&vol.base, &vol.base_path, data, offset).map_err(|e| inner.poison(e))
+        match &vol.base_direct {
+            Some(direct)
+                if offset.is_multiple_of(DIRECT_ALIGN) && len.is_multiple_of(DIRECT_ALIGN) =>
+            {
+                // O_DIRECT wants the memory aligned too: copy into an
+                // aligned window of a slightly larger buffer.
+                let mut scratch = vec![0u8; data.len() + DIRECT_ALIGN as usize];
+                let start = scratch.as_ptr().align_offset(DIRECT_ALIGN as usize);
+                let window = &mut scratch[start..start + data.len()];
+                window.copy_from_slice(data);
+                fsx::write_at(direct, &vol.base_path, window, offset)
+            }
+            _ => fsx::write_at(&vol.base, &vol.base_path, data, offset),
+        }
+        .map_err(|e| inner.poison(e))
     }
 
     /// Makes every [`ReplicaStore::write_base`] so far durable.

@@ -58,9 +58,14 @@ fn reads_during_commits_and_merges_return_committed_data() {
     let store = Arc::new(ReplicaStore::create(d.path(), &[spec]).unwrap());
     let views: Arc<Mutex<HashMap<u64, Arc<Vec<u8>>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // Reads done so far: the writer goes on until the readers have had a
+    // fair share of its commits and merges (a loaded machine schedules
+    // them late), rather than for a fixed number of commits.
+    let done_reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut readers = Vec::new();
     for t in 0..2u64 {
         let (store, views, stop) = (store.clone(), views.clone(), stop.clone());
+        let done_reads = done_reads.clone();
         readers.push(std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(t);
             let mut reads = 0u64;
@@ -86,6 +91,7 @@ fn reads_during_commits_and_merges_return_committed_data() {
                             "PIT {id} at {off}+{len}"
                         );
                         reads += 1;
+                        done_reads.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => assert_eq!(kind(&e), "NoSuchPit", "{e}"),
                 }
@@ -93,7 +99,11 @@ fn reads_during_commits_and_merges_return_committed_data() {
             reads
         }));
     }
-    for _ in 0..150 {
+    for round in 0u64.. {
+        if round >= 150 && done_reads.load(Ordering::Relaxed) > 100 {
+            break;
+        }
+        assert!(round < 100_000, "the readers made no progress");
         let mut w = store.begin_pit().unwrap();
         let id = w.id().get();
         for (b, c) in writes_of(id) {
