@@ -103,7 +103,12 @@ fn reads_during_commits_and_merges_return_committed_data() {
         if round >= 150 && done_reads.load(Ordering::Relaxed) > 100 {
             break;
         }
-        assert!(round < 100_000, "the readers made no progress");
+        assert!(round < 20_000, "the readers made no progress");
+        if round >= 150 {
+            // Readers are behind (a loaded machine, writer-preferring
+            // locks): let them run.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut w = store.begin_pit().unwrap();
         let id = w.id().get();
         for (b, c) in writes_of(id) {
