@@ -199,6 +199,7 @@
 mod error;
 mod format;
 mod fsx;
+mod log;
 mod merge;
 mod recover;
 mod segment;
@@ -213,6 +214,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::ReplicaError;
+pub use crate::log::{
+    LOG_FILE, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN, RECORD_TRAILER_LEN, WriteLog,
+    decode_records, encode_record,
+};
 pub use crate::store::ReplicaStore;
 pub use crate::writer::PitWriter;
 

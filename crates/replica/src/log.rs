@@ -1,0 +1,560 @@
+//! The write log of a synchronous group: the replica's **open segment**.
+//!
+//! In sync mode every write the primary acknowledges must already be
+//! durable here. Writes arrive as [log records](encode_record) in batches;
+//! [`WriteLog::append`] writes a whole batch to `GROUP/sync.log` with one
+//! `write` and one `fdatasync` (so concurrent writes at the primary share
+//! one replica fsync: group commit) and then applies it to an open
+//! [`PitWriter`] in `staging/`, page cache only. Sealing
+//! ([`WriteLog::seal`]) commits that writer as a PIT — the blocks are
+//! already in its segments, so only indexes and the manifest are written
+//! — and starts an empty log after it. The log is bounded by how often the
+//! primary (or the replica, [`WriteLog::bytes`]) seals; retention then
+//! merges the sealed PITs into the base as for async groups.
+//!
+//! # Format (version 1)
+//!
+//! All integers little-endian. The file starts with a 64-byte header:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `OFSRPLOG` |
+//! | 8 | 4 | version `1` |
+//! | 12 | 4 | zero |
+//! | 16 | 16 | store uuid |
+//! | 32 | 8 | `after`: the PIT id the log's writes follow (0: the base) |
+//! | 40 | 20 | zero |
+//! | 60 | 4 | crc32c of bytes 0..60 |
+//!
+//! then records, back to back (the same bytes travel in the primary's
+//! batches, see [`decode_records`]):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `OLRC` |
+//! | 4 | 1 | kind: `1` data, `2` zeroes (no data) |
+//! | 5 | 3 | zero |
+//! | 8 | 8 | sequence number (strictly growing within a log) |
+//! | 16 | 8 | first block |
+//! | 24 | 4 | block count (≥ 1) |
+//! | 28 | 4 | data length: count × block size for data, 0 for zeroes |
+//! | 32 | 2 | volume number (position in `store.meta`) |
+//! | 34 | 6 | zero |
+//! | 40 | .. | data |
+//! | .. | 4 | crc32c of the record's preceding bytes |
+//!
+//! # Durability and recovery
+//!
+//! A batch is acknowledged only after its `fdatasync`. A crash can leave a
+//! torn last batch; [`ReplicaStore::open_log`] keeps the longest prefix of
+//! records that decode and check, truncates the rest (never acknowledged)
+//! and replays the prefix into a new writer. Which log a PIT holds is
+//! decided by `after`:
+//!
+//! ```text
+//! seal:  1 commit the writer as PIT n (its own ordering: fsync, rename)
+//!        2 replace sync.log by an empty log with after = n (sync.log.partial,
+//!          fsync, rename, fsync directory)
+//! open:  after == tip (newest PIT, or base_through)  -> replay the records
+//!        after <  tip                                 -> the log is sealed already (crash between 1 and 2): reset
+//!        after >  tip                                 -> Corrupt (the PIT it follows is gone)
+//! ```
+//!
+//! While a log exists, its writer is the store's only PIT writer
+//! ([`ReplicaError::Busy`] for anyone else), so PIT `after + 1` is always
+//! the seal of exactly this log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use crate::store::Inner;
+use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, fsx};
+
+/// The log's file name in the store directory.
+pub const LOG_FILE: &str = "sync.log";
+const LOG_MAGIC: &[u8; 8] = b"OFSRPLOG";
+const LOG_VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+const REC_MAGIC: &[u8; 4] = b"OLRC";
+/// Bytes of a record before its data.
+pub const RECORD_HEADER_LEN: usize = 40;
+/// Bytes of a record after its data.
+pub const RECORD_TRAILER_LEN: usize = 4;
+/// Largest data length of one record.
+pub const MAX_RECORD_DATA: u32 = 32 << 20;
+const KIND_DATA: u8 = 1;
+const KIND_ZERO: u8 = 2;
+
+/// One write of a log batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Volume number (position in the store's volumes).
+    pub volume: u16,
+    /// First block.
+    pub first: u64,
+    /// Number of blocks.
+    pub count: u32,
+    /// The blocks' new contents, or `None`: they are zeroes now.
+    pub data: Option<&'a [u8]>,
+}
+
+/// Appends the encoding of `rec` to `out`.
+pub fn encode_record(rec: &LogRecord<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(REC_MAGIC);
+    out.push(if rec.data.is_some() {
+        KIND_DATA
+    } else {
+        KIND_ZERO
+    });
+    out.extend_from_slice(&[0; 3]);
+    out.extend_from_slice(&rec.seq.to_le_bytes());
+    out.extend_from_slice(&rec.first.to_le_bytes());
+    out.extend_from_slice(&rec.count.to_le_bytes());
+    let dl = rec.data.map_or(0, <[u8]>::len) as u32;
+    out.extend_from_slice(&dl.to_le_bytes());
+    out.extend_from_slice(&rec.volume.to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    if let Some(d) = rec.data {
+        out.extend_from_slice(d);
+    }
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes the record at the start of `buf`: the record and its length,
+/// `Ok(None)` if `buf` is too short to hold it, or why it is invalid.
+fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return Ok(None);
+    }
+    if &buf[0..4] != REC_MAGIC {
+        return Err("log record has a bad magic".into());
+    }
+    let kind = buf[4];
+    if buf[5..8] != [0; 3] || buf[34..40] != [0; 6] {
+        return Err("log record has non-zero reserved bytes".into());
+    }
+    let count = u32_at(buf, 24);
+    let dl = u32_at(buf, 28);
+    if count == 0 {
+        return Err("log record of zero blocks".into());
+    }
+    match kind {
+        KIND_DATA if dl == 0 || dl > MAX_RECORD_DATA || dl % count != 0 => {
+            return Err(format!("log record carries {dl} bytes for {count} blocks"));
+        }
+        KIND_DATA => {}
+        KIND_ZERO if dl != 0 => return Err("zero-block log record carries data".into()),
+        KIND_ZERO => {}
+        k => return Err(format!("log record of unknown kind {k}")),
+    }
+    let total = RECORD_HEADER_LEN + dl as usize + RECORD_TRAILER_LEN;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let crc = u32_at(buf, total - RECORD_TRAILER_LEN);
+    if crc32c::crc32c(&buf[..total - RECORD_TRAILER_LEN]) != crc {
+        return Err("log record fails its checksum".into());
+    }
+    let data =
+        (kind == KIND_DATA).then(|| &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + dl as usize]);
+    Ok(Some((
+        LogRecord {
+            seq: u64_at(buf, 8),
+            volume: u16::from_le_bytes([buf[32], buf[33]]),
+            first: u64_at(buf, 16),
+            count,
+            data,
+        },
+        total,
+    )))
+}
+
+/// Decodes a whole batch (untrusted bytes from the network): every byte
+/// must belong to a valid record, and sequence numbers must grow.
+pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let Some((rec, len)) = decode_one(&buf[at..])? else {
+            return Err(format!(
+                "log batch ends inside a record ({} trailing bytes)",
+                buf.len() - at
+            ));
+        };
+        if let Some(prev) = out.last().map(|r: &LogRecord<'_>| r.seq)
+            && rec.seq <= prev
+        {
+            return Err(format!("log record {} follows record {prev}", rec.seq));
+        }
+        out.push(rec);
+        at += len;
+    }
+    Ok(out)
+}
+
+fn encode_header(uuid: &[u8; 16], after: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(LOG_MAGIC);
+    h[8..12].copy_from_slice(&LOG_VERSION.to_le_bytes());
+    h[16..32].copy_from_slice(uuid);
+    h[32..40].copy_from_slice(&after.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// `after` from a header, or why it is not one of this store's.
+fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, String> {
+    if h.len() < HEADER_LEN {
+        return Err(format!("log header is truncated ({} bytes)", h.len()));
+    }
+    if crc32c::crc32c(&h[..60]) != u32_at(h, 60) {
+        return Err("log header fails its checksum".into());
+    }
+    if &h[0..8] != LOG_MAGIC {
+        return Err("not a replica write log (bad magic)".into());
+    }
+    let v = u32_at(h, 8);
+    if v != LOG_VERSION {
+        return Err(format!("write log format version {v} is not supported"));
+    }
+    if &h[16..32] != uuid {
+        return Err("the write log belongs to another replica store".into());
+    }
+    Ok(u64_at(h, 32))
+}
+
+/// The open write log of a store (see the module docs). Dropping it leaves
+/// the file as it is: the next [`ReplicaStore::open_log`] replays it.
+#[derive(Debug)]
+pub struct WriteLog {
+    path: PathBuf,
+    dir: PathBuf,
+    uuid: [u8; 16],
+    file: File,
+    /// File length: where the next batch goes.
+    len: u64,
+    after: u64,
+    last_seq: Option<u64>,
+    records: u64,
+    writer: Option<PitWriter>,
+    store: std::sync::Arc<Inner>,
+}
+
+impl ReplicaStore {
+    /// Opens the group's write log, creating an empty one after the newest
+    /// PIT, or recovering an existing one (torn tail truncated, records
+    /// replayed into the open PIT). Fails with [`ReplicaError::Busy`] while
+    /// another PIT writer exists.
+    pub fn open_log(&self) -> Result<WriteLog, ReplicaError> {
+        let inner = self.inner.clone();
+        let dir = inner.dir.clone();
+        let path = dir.join(LOG_FILE);
+        let tip = {
+            let ops = inner.lock_ops();
+            inner
+                .read_state()
+                .chain
+                .last()
+                .map_or(ops.base_through, |p| p.id)
+                .max(ops.base_through)
+        };
+        let mut log = match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                WriteLog::reset(inner, path, dir, tip)?
+            }
+            Err(e) => return Err(ReplicaError::io("open", &path, e)),
+            Ok(f) => {
+                let mut r = BufReader::with_capacity(1 << 20, f);
+                let mut h = [0u8; HEADER_LEN];
+                let header = r
+                    .read_exact(&mut h)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| decode_header(&h, &inner.uuid));
+                match header {
+                    // A log created but never made durable past its header.
+                    Err(_)
+                        if std::fs::metadata(&path).map_or(0, |m| m.len()) < HEADER_LEN as u64 =>
+                    {
+                        WriteLog::reset(inner, path, dir, tip)?
+                    }
+                    Err(why) => return Err(ReplicaError::corrupt(&path, why)),
+                    Ok(after) if after < tip => {
+                        tracing::info!(
+                            after,
+                            tip,
+                            "write log already sealed; starting an empty one"
+                        );
+                        WriteLog::reset(inner, path, dir, tip)?
+                    }
+                    Ok(after) if after > tip => {
+                        return Err(ReplicaError::corrupt(
+                            &path,
+                            format!(
+                                "the write log follows PIT {after}, but the store ends at {tip}"
+                            ),
+                        ));
+                    }
+                    Ok(after) => WriteLog::replay(inner, path, dir, after, r)?,
+                }
+            }
+        };
+        log.ensure_writer()?;
+        Ok(log)
+    }
+
+    /// Seals a write log left by an earlier run (a daemon restart, a
+    /// failover while the primary is gone) into a PIT, so nothing it
+    /// acknowledged is lost; `None` when there is no log or it is empty.
+    pub fn seal_leftover_log(&self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
+        if !self.inner.dir.join(LOG_FILE).exists() {
+            return Ok(None);
+        }
+        self.open_log()?.finish(created_at)
+    }
+}
+
+impl WriteLog {
+    /// Replaces the file by an empty log after PIT `after`, durably.
+    fn reset(
+        store: std::sync::Arc<Inner>,
+        path: PathBuf,
+        dir: PathBuf,
+        after: u64,
+    ) -> Result<WriteLog, ReplicaError> {
+        fsx::replace_file(&dir, &path, &encode_header(&store.uuid, after))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ReplicaError::io("open", &path, e))?;
+        Ok(WriteLog {
+            path,
+            dir,
+            uuid: store.uuid,
+            file,
+            len: HEADER_LEN as u64,
+            after,
+            last_seq: None,
+            records: 0,
+            writer: None,
+            store,
+        })
+    }
+
+    fn replay(
+        store: std::sync::Arc<Inner>,
+        path: PathBuf,
+        dir: PathBuf,
+        after: u64,
+        mut r: BufReader<File>,
+    ) -> Result<WriteLog, ReplicaError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ReplicaError::io("open", &path, e))?;
+        let mut log = WriteLog {
+            path,
+            dir,
+            uuid: store.uuid,
+            file,
+            len: HEADER_LEN as u64,
+            after,
+            last_seq: None,
+            records: 0,
+            writer: None,
+            store,
+        };
+        log.ensure_writer()?;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            buf.resize(RECORD_HEADER_LEN, 0);
+            if r.read_exact(&mut buf).is_err() {
+                break;
+            }
+            let dl = u32_at(&buf, 28).min(MAX_RECORD_DATA) as usize;
+            buf.resize(RECORD_HEADER_LEN + dl + RECORD_TRAILER_LEN, 0);
+            if r.read_exact(&mut buf[RECORD_HEADER_LEN..]).is_err() {
+                break;
+            }
+            let rec = match decode_one(&buf) {
+                Ok(Some((rec, _))) => rec,
+                _ => break,
+            };
+            if log.check(&rec).is_err() {
+                break;
+            }
+            log.apply(&rec)?;
+            log.len += buf.len() as u64;
+        }
+        let file_len = log
+            .file
+            .metadata()
+            .map_err(|e| ReplicaError::io("stat", &log.path, e))?
+            .len();
+        if file_len != log.len {
+            // A torn batch: never acknowledged, so never needed.
+            tracing::info!(
+                kept = log.len,
+                dropped = file_len - log.len,
+                "write log: truncating an incomplete last batch"
+            );
+            fsx::set_len(&log.file, &log.path, log.len)?;
+            fsx::sync_data(&log.file, &log.path)?;
+        }
+        tracing::info!(records = log.records, after, "write log replayed");
+        Ok(log)
+    }
+
+    fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
+        if self.writer.is_none() {
+            self.writer = Some(PitWriter::begin(self.store.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Whether `rec` fits the store (volume, range, data length) and follows
+    /// the log's last record.
+    fn check(&self, rec: &LogRecord<'_>) -> Result<(), String> {
+        let spec = self
+            .store
+            .specs
+            .get(usize::from(rec.volume))
+            .ok_or_else(|| format!("log record for unknown volume #{}", rec.volume))?;
+        let bs = u64::from(spec.block_size);
+        let end = rec
+            .first
+            .checked_add(u64::from(rec.count))
+            .filter(|&e| e <= spec.size_bytes / bs)
+            .ok_or_else(|| {
+                format!(
+                    "log record for blocks {}+{} is past the end of volume {}",
+                    rec.first, rec.count, spec.name
+                )
+            })?;
+        let _ = end;
+        if let Some(d) = rec.data
+            && d.len() as u64 != u64::from(rec.count) * bs
+        {
+            return Err(format!(
+                "log record carries {} bytes for {} blocks of {bs}",
+                d.len(),
+                rec.count
+            ));
+        }
+        if let Some(prev) = self.last_seq
+            && rec.seq <= prev
+        {
+            return Err(format!("log record {} follows record {prev}", rec.seq));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, rec: &LogRecord<'_>) -> Result<(), ReplicaError> {
+        let name = self.store.specs[usize::from(rec.volume)].name.clone();
+        let bs = self.store.specs[usize::from(rec.volume)].block_size as usize;
+        let w = self.writer.as_mut().expect("writer exists");
+        for i in 0..rec.count {
+            let b = rec.first + u64::from(i);
+            match rec.data {
+                Some(d) => {
+                    let at = i as usize * bs;
+                    w.write_block(&name, b, &d[at..at + bs])?;
+                }
+                None => w.write_zero_block(&name, b)?,
+            }
+        }
+        self.last_seq = Some(rec.seq);
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Makes a batch durable and applies it: `raw` is the batch as
+    /// received, `records` its decoding ([`decode_records`]). Returns once
+    /// the batch is on stable storage (one write, one `fdatasync`).
+    pub fn append(&mut self, raw: &[u8], records: &[LogRecord<'_>]) -> Result<(), ReplicaError> {
+        for rec in records {
+            self.check(rec).map_err(ReplicaError::invalid)?;
+        }
+        self.ensure_writer()?;
+        fsx::write_at(&self.file, &self.path, raw, self.len)?;
+        fsx::sync_data(&self.file, &self.path)?;
+        self.len += raw.len() as u64;
+        for rec in records {
+            self.apply(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Records in the log (since its last seal).
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Bytes of the log file.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// The sequence number of the last record, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Commits everything logged so far as a PIT (`name` optional) and
+    /// continues with an empty log after it.
+    pub fn seal(
+        &mut self,
+        name: Option<String>,
+        created_at: String,
+    ) -> Result<PitInfo, ReplicaError> {
+        self.ensure_writer()?;
+        let w = self.writer.take().expect("writer exists");
+        let info = w.commit(name, created_at)?;
+        let fresh = WriteLog::reset(
+            self.store.clone(),
+            self.path.clone(),
+            self.dir.clone(),
+            info.id.get(),
+        )?;
+        *self = fresh;
+        self.ensure_writer()?;
+        Ok(info)
+    }
+
+    /// Ends the log: seals it as an unnamed PIT if it holds anything (else
+    /// the empty log stays, after the newest PIT) and releases the store's
+    /// PIT writer.
+    pub fn finish(mut self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
+        if self.records == 0 {
+            return Ok(None);
+        }
+        let info = self.seal(None, created_at)?;
+        Ok(Some(info))
+    }
+
+    /// The PIT the log's writes follow.
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    /// The store uuid the log belongs to.
+    pub fn store_uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+}
