@@ -152,7 +152,7 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
         return Err("log record of zero blocks".into());
     }
     match kind {
-        KIND_DATA if dl == 0 || dl > MAX_RECORD_DATA || dl % count != 0 => {
+        KIND_DATA if dl == 0 || dl > MAX_RECORD_DATA || !dl.is_multiple_of(count) => {
             return Err(format!("log record carries {dl} bytes for {count} blocks"));
         }
         KIND_DATA => {}
@@ -437,8 +437,7 @@ impl WriteLog {
             .get(usize::from(rec.volume))
             .ok_or_else(|| format!("log record for unknown volume #{}", rec.volume))?;
         let bs = u64::from(spec.block_size);
-        let end = rec
-            .first
+        rec.first
             .checked_add(u64::from(rec.count))
             .filter(|&e| e <= spec.size_bytes / bs)
             .ok_or_else(|| {
@@ -447,7 +446,6 @@ impl WriteLog {
                     rec.first, rec.count, spec.name
                 )
             })?;
-        let _ = end;
         if let Some(d) = rec.data
             && d.len() as u64 != u64::from(rec.count) * bs
         {
