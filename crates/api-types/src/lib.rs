@@ -300,7 +300,7 @@ pub struct CreateGroup {
     /// Volumes of the group (after the VMs' volumes).
     #[serde(default)]
     pub volumes: Vec<String>,
-    /// `async` (or `sync`, once available).
+    /// `async` or `sync`.
     pub mode: String,
     /// RPO in seconds (30 s to 24 h).
     pub rpo_secs: u64,
@@ -312,6 +312,21 @@ pub struct CreateGroup {
     pub compress: Option<bool>,
     /// Security tag presented to the replica's authorization entry.
     pub security_tag: Option<String>,
+    /// Sync mode: `degrade` (default) or `suspend-writes`.
+    #[serde(default)]
+    pub on_link_loss: Option<String>,
+    /// Sync mode, `suspend-writes`: seconds a write waits for the partner
+    /// before it fails (default 30).
+    #[serde(default)]
+    pub suspend_timeout_secs: Option<u64>,
+}
+
+/// `group set`: changes of a group's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SetGroup {
+    /// Convert to `async` or `sync` (no new initial replication).
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// A PIT reference in `group status`.
@@ -383,6 +398,15 @@ pub struct GroupStatus {
     /// Replica: the PIT a running test failover was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_failover_pit: Option<u64>,
+    /// Sync mode: `in-sync` (every write is in the replica's log before
+    /// it is acknowledged), `resynchronizing`, `degraded` (the partner is
+    /// lost; writes are tracked) or `suspended` (writes wait); null for
+    /// async groups and at the replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_state: Option<String>,
+    /// Sync mode: what happens to writes when the partner is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_link_loss: Option<String>,
     /// Estimated seconds to finish the running transfer, if known.
     pub eta_seconds: Option<u64>,
     /// The last error, if the last attempt failed.

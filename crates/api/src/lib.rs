@@ -78,10 +78,10 @@ impl ApiState {
     info(title = "offsite site API", description = "Control plane of one offsite site."),
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
-        group_list, group_create, group_status, group_start, group_pause, group_resume, group_sync,
+        group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
         group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
-        StartGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+        StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -139,6 +139,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/groups/{name}/start", axum::routing::post(group_start))
         .route("/groups/{name}/pause", axum::routing::post(group_pause))
+        .route("/groups/{name}/set", axum::routing::post(group_set))
         .route("/groups/{name}/resume", axum::routing::post(group_resume))
         .route("/groups/{name}/sync", axum::routing::post(group_sync))
         .route("/groups/{name}/verify", axum::routing::post(group_verify))
@@ -428,6 +429,20 @@ async fn group_pause(
     Path(name): Path<String>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.pause_group(&name, true).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/set", params(("name" = String, Path)), request_body = offsite_api_types::SetGroup,
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
+async fn group_set(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::SetGroup>,
+) -> ApiResult<GroupStatus> {
+    let req = body(b)?;
+    match req.mode {
+        Some(mode) => repl(s.repl.set_group_mode(&name, &mode).await),
+        None => repl(s.repl.group_status(&name).await),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/resume", params(("name" = String, Path)),

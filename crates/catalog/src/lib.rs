@@ -142,6 +142,11 @@ const MIGRATIONS: &[&str] = &[
     // v7: a committed failover can no longer be reverted or moved to
     // another PIT.
     "ALTER TABLE failovers ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;",
+    // v8: synchronous groups: what happens to writes when the partner is
+    // lost (`degrade`: keep serving, track, resynchronize; `suspend-writes`:
+    // wait up to the timeout, then fail).
+    "ALTER TABLE groups ADD COLUMN on_link_loss TEXT NOT NULL DEFAULT 'degrade';
+     ALTER TABLE groups ADD COLUMN suspend_timeout_secs INTEGER NOT NULL DEFAULT 30;",
 ];
 
 /// Schema version this build writes.
@@ -259,6 +264,10 @@ pub struct GroupRow {
     pub state_changed_at: String,
     /// The last error, if the last cycle failed.
     pub last_error: Option<String>,
+    /// Sync mode: `degrade` or `suspend-writes`.
+    pub on_link_loss: String,
+    /// Sync mode, `suspend-writes`: how long a write waits for the partner.
+    pub suspend_timeout_secs: u64,
     /// Volumes, in order.
     pub volumes: Vec<GroupVolumeRow>,
     /// VMs whose volumes the group holds, in start order.
@@ -962,8 +971,8 @@ impl Catalog {
         let now = now_rfc3339();
         let r = tx.execute(
             "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
-                                 state, store_dir, created_at, state_changed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                                 state, store_dir, created_at, state_changed_at, on_link_loss, suspend_timeout_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
             params![
                 g.name,
                 g.role,
@@ -976,7 +985,9 @@ impl Catalog {
                 g.security_tag,
                 g.state,
                 g.store_dir,
-                now
+                now,
+                g.on_link_loss,
+                g.suspend_timeout_secs as i64
             ],
         );
         if let Err(e) = r {
@@ -1035,7 +1046,8 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
-                        state, store_dir, created_at, state_changed_at, last_error
+                        state, store_dir, created_at, state_changed_at, last_error,
+                        on_link_loss, suspend_timeout_secs
                  FROM groups ORDER BY name",
             )
             .map_err(self.err("list groups"))?;
@@ -1056,6 +1068,8 @@ impl Catalog {
                     created_at: r.get(11)?,
                     state_changed_at: r.get(12)?,
                     last_error: r.get(13)?,
+                    on_link_loss: r.get(14)?,
+                    suspend_timeout_secs: r.get::<_, i64>(15)? as u64,
                     volumes: Vec::new(),
                     vms: Vec::new(),
                 })
@@ -1143,6 +1157,20 @@ impl Catalog {
                         state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
                  WHERE name = ?1",
                     params![name, state, last_error, now_rfc3339()],
+                )
+            },
+        )
+    }
+
+    /// `group set --mode`: converts a group between async and sync.
+    pub fn set_group_mode(&self, name: &str, mode: &str) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET mode = ?2 WHERE name = ?1",
+                    params![name, mode],
                 )
             },
         )
@@ -1529,6 +1557,8 @@ mod tests {
             bandwidth: None,
             compress: true,
             security_tag: Some("t".into()),
+            on_link_loss: "degrade".into(),
+            suspend_timeout_secs: 30,
             state: "ready-for-initial-replication".into(),
             store_dir: None,
             created_at: String::new(),

@@ -141,6 +141,14 @@ pub enum GroupCommand {
     Pause { name: String },
     /// Resume cycles.
     Resume { name: String },
+    /// Change a group's settings: `--mode async|sync` converts it without a
+    /// new initial replication.
+    Set {
+        name: String,
+        /// async or sync.
+        #[arg(long)]
+        mode: Option<String>,
+    },
     /// Write a seed of the group's volumes for initial replication from media.
     ExportSeed {
         name: String,
@@ -187,6 +195,14 @@ pub struct GroupCreateArgs {
     /// Security tag the replica's authorization entry requires.
     #[arg(long)]
     pub security_tag: Option<String>,
+    /// Sync mode: when the partner is lost, `degrade` (keep serving writes,
+    /// resynchronize later) or `suspend-writes` (writes wait, then fail).
+    #[arg(long, value_parser = ["degrade", "suspend-writes"])]
+    pub on_link_loss: Option<String>,
+    /// Sync mode with suspend-writes: how long a write waits for the
+    /// partner before it fails with EIO (default 30s).
+    #[arg(long)]
+    pub suspend_timeout: Option<Secs>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -256,6 +256,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         bandwidth_bytes_per_sec: a.bandwidth.map(|b| b.0),
                         compress: Some(a.compress == "zstd"),
                         security_tag: a.security_tag,
+                        on_link_loss: a.on_link_loss,
+                        suspend_timeout_secs: a.suspend_timeout.map(|d| d.0),
                     })?)
                 }
                 GroupCommand::Start {
@@ -275,6 +277,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
                 GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
                 GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
+                GroupCommand::Set { name, mode } => {
+                    p.group(&c.group_action(&name, "set", &offsite_api_types::SetGroup { mode })?)
+                }
                 GroupCommand::ExportSeed { name, to } => {
                     let r: offsite_api_types::SeedExport = c.group_action(
                         &name,

@@ -279,7 +279,17 @@ impl Printer {
                 "mode",
                 format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
             ),
-            ("state", g.state.clone()),
+            (
+                "state",
+                match &g.sync_state {
+                    Some(s) => format!(
+                        "{} (sync: {s}; on link loss: {})",
+                        g.state,
+                        g.on_link_loss.as_deref().unwrap_or("degrade")
+                    ),
+                    None => g.state.clone(),
+                },
+            ),
             (
                 "health",
                 match &g.health_reason {

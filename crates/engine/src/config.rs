@@ -73,6 +73,11 @@ pub struct ReplicationConfig {
     pub probe_secs: f64,
     /// Seconds a TCP connect to a partner may take.
     pub connect_timeout_secs: f64,
+    /// Sync groups: a batch of writes the replica has not acknowledged
+    /// within this many seconds means the link is lost (the group's
+    /// `--on-link-loss` policy applies). Bounds how long a write stalls
+    /// before a `degrade` group carries on without its partner.
+    pub sync_ack_timeout_secs: f64,
 }
 
 impl Default for ReplicationConfig {
@@ -82,6 +87,7 @@ impl Default for ReplicationConfig {
             dead_after_secs: 30.0,
             probe_secs: 10.0,
             connect_timeout_secs: 10.0,
+            sync_ack_timeout_secs: 5.0,
         }
     }
 }
@@ -117,6 +123,7 @@ impl SiteConfig {
             ("replication.dead_after_secs", r.dead_after_secs),
             ("replication.probe_secs", r.probe_secs),
             ("replication.connect_timeout_secs", r.connect_timeout_secs),
+            ("replication.sync_ack_timeout_secs", r.sync_ack_timeout_secs),
             (
                 "failover.hook_timeout_secs",
                 config.failover.hook_timeout_secs,

@@ -42,6 +42,20 @@ impl Site {
         Ok(row)
     }
 
+    /// Converts a group between `async` and `sync` (an event records it).
+    pub fn set_group_mode(&self, name: &str, mode: &str) -> Result<(), EngineError> {
+        let before = self.catalog().group(name)?.mode;
+        self.catalog().set_group_mode(name, mode)?;
+        if before != mode {
+            self.event(
+                "group.mode",
+                Some(name),
+                &format!("mode {before} -> {mode}"),
+            );
+        }
+        Ok(())
+    }
+
     /// Persists a state change (and records an event when it changes).
     pub fn set_group_state(
         &self,

@@ -24,7 +24,7 @@ pub use error::{EngineError, ErrorKind};
 pub use offsite_cbt::RoaringBitmap;
 pub use partners::normalize_fingerprint;
 pub use site::{BoundAddresses, Site};
-pub use volume::{PitLower, Volume, VolumeData};
+pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror};
 
 /// Default tracking block size: 4 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;

@@ -482,11 +482,63 @@ impl Site {
         Self::cut_inner(volumes, true)
     }
 
+    /// A cut (as [`Site::cut`]) during which `during` runs with every write
+    /// of the group held off, so what it changes — attaching a sync group's
+    /// write mirror — applies exactly to the writes after the cut.
+    pub fn cut_then(
+        volumes: &[Arc<Volume>],
+        during: impl FnOnce(),
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        let sets = Self::cut_locked(volumes, false)?;
+        during();
+        drop(guards);
+        Ok(sets)
+    }
+
+    /// A full cut ([`Site::cut_full`]) during which `during` runs with every
+    /// write held off (a sync group's verify queues a seal there, so the
+    /// sealed PIT is exactly the cut's image).
+    pub fn cut_full_then(
+        volumes: &[Arc<Volume>],
+        during: impl FnOnce(),
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        let sets = Self::cut_locked(volumes, true)?;
+        during();
+        drop(guards);
+        Ok(sets)
+    }
+
+    /// The seal point of a synchronous group: with every write held off,
+    /// each volume's dirty set moves in flight (no copy-on-write: the
+    /// replica's log already has the blocks) and `during` runs (it queues
+    /// the seal behind exactly the writes before this point). End with
+    /// [`Volume::end_seal`].
+    pub fn seal_cut(volumes: &[Arc<Volume>], during: impl FnOnce()) -> Result<(), EngineError> {
+        let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        for v in volumes {
+            v.tracker().begin_cut()?;
+        }
+        during();
+        drop(guards);
+        Ok(())
+    }
+
     fn cut_inner(
         volumes: &[Arc<Volume>],
         all: bool,
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        let sets = Self::cut_locked(volumes, all)?;
+        drop(guards);
+        Ok(sets)
+    }
+
+    fn cut_locked(
+        volumes: &[Arc<Volume>],
+        all: bool,
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let mut sets = Vec::with_capacity(volumes.len());
         for (i, v) in volumes.iter().enumerate() {
             match v.begin_cut_locked(all) {
@@ -501,7 +553,6 @@ impl Site {
                 }
             }
         }
-        drop(guards);
         Ok(sets)
     }
 

@@ -24,6 +24,15 @@
 //! like the first). Those are the writes the replica may never have seen
 //! while it possibly took over — the split-brain evidence `reverse`
 //! checks. The next committed cycle ends the isolation.
+//!
+//! A volume of a synchronous group has a [`WriteMirror`]: each write is
+//! applied locally and queued for the replica's log in the group's one
+//! write order (under the mirror's lock, so the log applies overlapping
+//! writes in the order the file saw them), and is acknowledged only when
+//! the mirror says the replica holds it — or when the group's link-loss
+//! policy decides otherwise. The wait happens after the write barrier is
+//! released, so a cut (resynchronization) never waits behind a stalled
+//! write.
 
 use std::collections::HashMap;
 use std::io;
@@ -128,6 +137,37 @@ impl VolumeData {
     }
 }
 
+/// Blocks of one write, as a sync group's log records them: whole blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorRecord {
+    /// First block.
+    pub first: u64,
+    /// Number of blocks.
+    pub count: u32,
+    /// Their contents after the write, or `None`: all zeroes.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Where a synchronous group sends its volumes' writes (implemented by the
+/// replication service).
+pub trait WriteMirror: Send + Sync + std::fmt::Debug {
+    /// Runs `apply` — the local write, returning its records — in the
+    /// group's write order and queues the records for the replica. Returns
+    /// a ticket for [`WriteMirror::wait`].
+    fn submit(
+        &self,
+        volume: u16,
+        apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
+    ) -> io::Result<u64>;
+
+    /// Returns once the write of `ticket` is durable at the replica, or the
+    /// group's link-loss policy completes it (`degrade`) or fails it
+    /// (`suspend-writes`, after its timeout).
+    fn wait(&self, ticket: u64) -> io::Result<()>;
+}
+
+type Mirror = (Arc<dyn WriteMirror>, u16);
+
 /// PIT `pit` of `volume` in a replica store, as the lower layer of a
 /// promoted volume or a test clone.
 #[derive(Debug)]
@@ -169,6 +209,8 @@ pub struct Volume {
     /// blocks they overwrite (copy-on-write) before changing them.
     cut_active: AtomicBool,
     cut: Mutex<Option<Cut>>,
+    /// A sync group's mirror and this volume's number in the group.
+    mirror: RwLock<Option<Mirror>>,
 }
 
 /// The state of a replication cut of one volume while it is shipped.
@@ -249,6 +291,7 @@ impl Volume {
             barrier: RwLock::new(()),
             cut_active: AtomicBool::new(false),
             cut: Mutex::new(None),
+            mirror: RwLock::new(None),
         })
     }
 
@@ -303,6 +346,7 @@ impl Volume {
                 barrier: RwLock::new(()),
                 cut_active: AtomicBool::new(false),
                 cut: Mutex::new(None),
+                mirror: RwLock::new(None),
             },
             report,
         ))
@@ -387,6 +431,99 @@ impl Volume {
     /// The volume's bytes.
     pub fn file(&self) -> &VolumeData {
         &self.file
+    }
+
+    /// Attaches (or with `None` detaches) a sync group's write mirror;
+    /// `index` is the volume's position in the group. Takes effect for the
+    /// next write; [`crate::Site::cut_then`] attaches at an exact cut.
+    pub fn set_mirror(&self, mirror: Option<(Arc<dyn WriteMirror>, u16)>) {
+        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+    }
+
+    /// Whether writes are mirrored.
+    pub fn is_mirrored(&self) -> bool {
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Ends a seal cut ([`crate::Site::seal_cut`]): with `committed` the
+    /// blocks are clean (the replica sealed them into a PIT).
+    pub fn end_seal(&self, committed: bool) {
+        if committed {
+            self.tracker.finish_cut();
+        }
+    }
+
+    /// The whole blocks a write of `len` bytes at `offset` changed, as the
+    /// log records them: `data` itself when block-aligned, zero records for
+    /// whole zeroed blocks, else the blocks read back from the file (called
+    /// right after the local write, in write order).
+    fn mirror_records(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> io::Result<Vec<MirrorRecord>> {
+        let bs = self.block_size();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let first = offset / bs;
+        let end = (offset + len).div_ceil(bs);
+        let read_back = |first: u64, count: u64| -> io::Result<MirrorRecord> {
+            let mut buf = vec![0u8; (count * bs) as usize];
+            self.file.read_at(&mut buf, first * bs)?;
+            Ok(MirrorRecord {
+                first,
+                count: count as u32,
+                data: Some(buf),
+            })
+        };
+        let aligned = offset.is_multiple_of(bs) && len.is_multiple_of(bs);
+        match data {
+            Some(d) if aligned => Ok(vec![MirrorRecord {
+                first,
+                count: (end - first) as u32,
+                data: Some(d.to_vec()),
+            }]),
+            Some(_) => Ok(vec![read_back(first, end - first)?]),
+            None => {
+                // Partial head and tail blocks carry data; whole blocks
+                // between are a zero record (a trim of terabytes stays small).
+                let whole_first = offset.div_ceil(bs);
+                let whole_end = (offset + len) / bs;
+                if whole_first >= whole_end {
+                    return Ok(vec![read_back(first, end - first)?]);
+                }
+                let mut out = Vec::new();
+                if first < whole_first {
+                    out.push(read_back(first, 1)?);
+                }
+                let mut b = whole_first;
+                while b < whole_end {
+                    let n = (whole_end - b).min(u64::from(u32::MAX));
+                    out.push(MirrorRecord {
+                        first: b,
+                        count: n as u32,
+                        data: None,
+                    });
+                    b += n;
+                }
+                if whole_end < end {
+                    out.push(read_back(whole_end, 1)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn mirror(&self) -> Option<Mirror> {
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Refuses (`true`) or allows writes.
@@ -548,25 +685,60 @@ impl offsite_nbd::BlockDevice for Volume {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        self.check_fence()?;
-        self.mark(offset, buf.len() as u64)?;
-        self.preserve(offset, buf.len() as u64)?;
-        self.file.write_at(buf, offset)?;
+        let len = buf.len() as u64;
+        let ticket = {
+            let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            self.check_fence()?;
+            self.mark(offset, len)?;
+            self.preserve(offset, len)?;
+            match self.mirror() {
+                None => {
+                    self.file.write_at(buf, offset)?;
+                    None
+                }
+                Some((m, idx)) => {
+                    let t = m.submit(idx, &mut || {
+                        self.file.write_at(buf, offset)?;
+                        self.mirror_records(offset, len, Some(buf))
+                    })?;
+                    Some((m, t))
+                }
+            }
+        };
         if fua {
             self.file.sync()?;
+        }
+        if let Some((m, t)) = ticket {
+            m.wait(t)?;
         }
         Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        self.check_fence()?;
-        self.mark(offset, len)?;
-        self.preserve(offset, len)?;
-        self.file.punch_hole(offset, len)?;
+        let ticket = {
+            let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            self.check_fence()?;
+            self.mark(offset, len)?;
+            self.preserve(offset, len)?;
+            match self.mirror() {
+                None => {
+                    self.file.punch_hole(offset, len)?;
+                    None
+                }
+                Some((m, idx)) => {
+                    let t = m.submit(idx, &mut || {
+                        self.file.punch_hole(offset, len)?;
+                        self.mirror_records(offset, len, None)
+                    })?;
+                    Some((m, t))
+                }
+            }
+        };
         if fua {
             self.file.sync()?;
+        }
+        if let Some((m, t)) = ticket {
+            m.wait(t)?;
         }
         Ok(())
     }

@@ -130,6 +130,11 @@ impl Replication {
                 row.state
             )));
         }
+        // A sync group's newest writes are in its log: they become a PIT
+        // the test can use, and the stream goes on.
+        self.seal_log_keep(group)
+            .await
+            .map_err(ReplError::Refused)?;
         let id = resolve(&store, group, pit)?;
         let site = self.site.clone();
         let g = group.to_string();

@@ -29,6 +29,7 @@ mod pits;
 mod primary;
 mod replica;
 mod switch;
+mod sync;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -163,6 +164,8 @@ pub struct Replication {
     /// shared by every outgoing session so that together they respect it.
     site_bucket: Arc<TokenBucket>,
     stats: std::sync::Mutex<Option<Arc<ListenerStats>>>,
+    /// Replica side: the open write logs of sync groups.
+    logs: sync::Logs,
 }
 
 impl std::fmt::Debug for Replication {
@@ -197,6 +200,7 @@ impl Replication {
             runners: std::sync::Mutex::new(HashMap::new()),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
+            logs: Default::default(),
         }))
     }
 
@@ -238,11 +242,30 @@ impl Replication {
 
     /// Serves one accepted session until the peer ends it, it fails, or the
     /// peer is unpinned.
-    async fn handle(self: Arc<Self>, mut session: Session) {
+    async fn handle(self: Arc<Self>, session: Session) {
+        let mut transfer = replica::Transfer::Idle;
+        self.clone().handle_session(session, &mut transfer).await;
+        match transfer {
+            // A sync stream ended (the primary stopped it, or the link
+            // failed): its log becomes a PIT, so cycles can follow.
+            replica::Transfer::Log { group, .. } => {
+                if let Err(e) = self.seal_log(&group).await {
+                    tracing::warn!(group, "sealing the write log after its stream: {e}");
+                }
+            }
+            replica::Transfer::Pit { writer, .. } => writer.abort(),
+            _ => {}
+        }
+    }
+
+    async fn handle_session(
+        self: Arc<Self>,
+        mut session: Session,
+        transfer: &mut replica::Transfer,
+    ) {
         let peer = session.info().peer_name.to_string();
         let fingerprint = session.info().peer_fingerprint.as_str().to_string();
         let mut received = 0u64;
-        let mut transfer = replica::Transfer::Idle;
         let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
         revalidate.tick().await;
         loop {
@@ -272,12 +295,18 @@ impl Replication {
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
-                    if !matches!(transfer, replica::Transfer::Idle)
-                        && let Err(e) = self.apply_batch(&payload, &mut transfer)
-                    {
+                    let applied = match &*transfer {
+                        replica::Transfer::Idle => Ok(()),
+                        replica::Transfer::Log { slot, .. } => {
+                            let slot = slot.clone();
+                            self.append_batch(&slot, payload).await
+                        }
+                        _ => self.apply_batch(&payload, transfer),
+                    };
+                    if let Err(e) = applied {
                         tracing::warn!(partner = %peer, "refusing a block batch: {e}");
                         if let replica::Transfer::Pit { writer, .. } =
-                            std::mem::replace(&mut transfer, replica::Transfer::Idle)
+                            std::mem::replace(transfer, replica::Transfer::Idle)
                         {
                             writer.abort();
                         }
@@ -320,7 +349,13 @@ impl Replication {
                                 }
                             }
                         }
-                        _ => match self.answer_replica(&peer, kind, &body, &mut transfer).await {
+                        wire::kinds::GROUP_SET_MODE => {
+                            match self.answer_set_mode(&peer, &body).await {
+                                Ok(b) => (true, b),
+                                Err(e) => (false, error_body(e)),
+                            }
+                        }
+                        _ => match self.answer_replica(&peer, kind, &body, transfer).await {
                             Ok(b) => (true, b),
                             Err(e) => {
                                 tracing::warn!(partner = %peer, kind, "refused: {e}");

@@ -253,6 +253,11 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&row.name);
+        // A sync stream's log goes with the store (its writer aborts).
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&row.name);
         if row.role == "replica" {
             self.retire_store(row).await?;
         }

@@ -75,11 +75,16 @@ pub(crate) struct Progress {
     pub(crate) started: std::sync::Mutex<Option<(Instant, u64)>>,
 }
 
+/// A sync group's mirror while its runner has one, and whether it is
+/// resynchronizing.
+pub(crate) type MirrorSlot = Arc<std::sync::Mutex<Option<(Arc<crate::sync::SyncMirror>, bool)>>>;
+
 /// A runner's handle.
 #[derive(Debug, Clone)]
 pub(crate) struct Runner {
     tx: mpsc::Sender<Command>,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) mirror: MirrorSlot,
 }
 
 /// A session with request ids and bulk flow control.
@@ -107,7 +112,7 @@ impl Channel {
     }
 
     /// Waits for one bulk acknowledgement.
-    async fn take_ack(&mut self) -> Result<(), ReplError> {
+    pub(crate) async fn take_ack(&mut self) -> Result<(), ReplError> {
         match self.session.recv().await.map_err(self.transport())? {
             Some(Message::BulkAck { .. }) => {
                 self.unacked -= 1;
@@ -128,7 +133,7 @@ impl Channel {
         }
     }
 
-    async fn send_batch(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
+    pub(crate) async fn send_batch(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
         self.sent += payload.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -251,13 +256,20 @@ impl Replication {
     pub async fn create_group(&self, req: CreateGroup) -> Result<GroupStatus, ReplError> {
         offsite_engine::names::validate("group", &req.name)?;
         match req.mode.as_str() {
-            "async" => {}
-            "sync" => {
-                return Err(invalid(
-                    "sync mode is not available in this version; use --mode async".into(),
-                ));
-            }
+            "async" | "sync" => {}
             m => return Err(invalid(format!("mode {m:?} is neither async nor sync"))),
+        }
+        let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
+        if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
+            return Err(invalid(format!(
+                "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
+            )));
+        }
+        let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
+        if !(1..=3600).contains(&suspend_timeout_secs) {
+            return Err(invalid(format!(
+                "--suspend-timeout {suspend_timeout_secs}s is outside 1s..1h"
+            )));
         }
         if !RPO_RANGE.contains(&req.rpo_secs) {
             return Err(invalid(format!(
@@ -342,6 +354,8 @@ impl Replication {
                     rpo_secs: req.rpo_secs,
                     keep: req.keep,
                     security_tag: req.security_tag.clone(),
+                    on_link_loss: on_link_loss.clone(),
+                    suspend_timeout_secs,
                     volumes: volumes.clone(),
                     vms: vms.clone(),
                 },
@@ -364,6 +378,8 @@ impl Replication {
             created_at: String::new(),
             state_changed_at: String::new(),
             last_error: None,
+            on_link_loss,
+            suspend_timeout_secs,
             volumes: volumes
                 .iter()
                 .map(|v| GroupVolumeRow {
@@ -413,6 +429,13 @@ impl Replication {
         })
     }
 
+    /// Has a group's runner re-read its settings (a mode change).
+    pub(crate) async fn wake_runner(&self, group: &str) {
+        if let Some(r) = self.runner(group) {
+            let _ = r.tx.send(Command::Wake).await;
+        }
+    }
+
     fn runner(&self, group: &str) -> Option<Runner> {
         self.runners
             .lock()
@@ -448,12 +471,14 @@ impl Replication {
         let runner = Runner {
             tx,
             progress: Arc::new(Progress::default()),
+            mirror: Default::default(),
         };
         runners.insert(group.to_string(), runner.clone());
         let me = self.clone();
         let name = group.to_string();
         let progress = runner.progress.clone();
-        tokio::spawn(async move { me.run_group(name, rx, progress).await });
+        let mirror = runner.mirror.clone();
+        tokio::spawn(async move { me.run_group(name, rx, progress, mirror).await });
         runner
     }
 
@@ -655,6 +680,7 @@ impl Replication {
         name: String,
         mut rx: mpsc::Receiver<Command>,
         progress: Arc<Progress>,
+        mirror: MirrorSlot,
     ) {
         let mut backoff = Duration::from_secs(2);
         let mut last_cycle = Instant::now();
@@ -669,6 +695,14 @@ impl Replication {
                 return; // reversed: this site is the replica now
             }
             let interval = Duration::from_secs((row.rpo_secs / 2).max(15));
+            if row.mode == "sync" && matches!(row.state.as_str(), "replicating" | "resynchronizing")
+            {
+                if !self.run_sync(&row, &mut rx, &mirror).await {
+                    return;
+                }
+                last_cycle = Instant::now();
+                continue;
+            }
             match row.state.as_str() {
                 "initial-replication" => match self.initial_replication(&row, &progress).await {
                     Ok(()) => {
@@ -736,7 +770,7 @@ impl Replication {
         }
     }
 
-    async fn record_error(&self, group: &str, error: &str) {
+    pub(crate) async fn record_error(&self, group: &str, error: &str) {
         tracing::warn!(group, "{error}");
         let site = self.site.clone();
         let (g, e) = (group.to_string(), error.to_string());
@@ -1040,14 +1074,26 @@ impl Replication {
         pit_name: Option<String>,
         keep_cut: bool,
     ) -> Result<(PitDesc, Vec<Arc<Volume>>), ReplError> {
+        self.cycle_then(row, pit_name, keep_cut, || {}).await
+    }
+
+    /// A cycle whose cut runs `during` with every write held off (a sync
+    /// group notes the cut's position in its write order there).
+    pub(crate) async fn cycle_then(
+        &self,
+        row: &GroupRow,
+        pit_name: Option<String>,
+        keep_cut: bool,
+        during: impl FnOnce(),
+    ) -> Result<(PitDesc, Vec<Arc<Volume>>), ReplError> {
         let volumes = self.live_volumes(row).await?;
         let site = self.site.clone();
         let g = row.name.clone();
         let cycle_id = blocking(move || site.begin_cycle(&g)).await?;
         let sets = if keep_cut {
-            Site::cut_full(&volumes)?
+            Site::cut_full_then(&volumes, during)?
         } else {
-            Site::cut(&volumes)?
+            Site::cut_then(&volumes, during)?
         };
         let created_at = now_rfc3339();
         let mut bytes = 0u64;
@@ -1200,7 +1246,7 @@ impl Replication {
     }
 
     /// Verification proper; only the group's runner calls it.
-    async fn verify_now(&self, row: &GroupRow) -> Result<VerifyResult, ReplError> {
+    pub(crate) async fn verify_now(&self, row: &GroupRow) -> Result<VerifyResult, ReplError> {
         let name = &row.name;
         let (pit, volumes) = self.cycle(row, None, true).await?;
         let result = self.compare(row, pit.id, &volumes).await;
@@ -1217,7 +1263,7 @@ impl Replication {
         })
     }
 
-    async fn compare(
+    pub(crate) async fn compare(
         &self,
         row: &GroupRow,
         pit: u64,
@@ -1305,7 +1351,38 @@ impl Replication {
             || age_seconds(&row.created_at),
             |p| age_seconds(&p.created_at),
         );
-        let (health, reason) = health(&row, last.is_some(), lag, partner.as_ref());
+        let (mut health, mut reason) = health(&row, last.is_some(), lag, partner.as_ref());
+        let mut lag = lag;
+        let sync_state = (row.mode == "sync" && row.role == "primary")
+            .then(|| {
+                self.runner(name).and_then(|r| {
+                    r.mirror
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|(m, resyncing)| (m.state_name(*resyncing), m.why_lost()))
+                })
+            })
+            .flatten();
+        match &sync_state {
+            // Every acknowledged write is on the replica: no lag, whatever
+            // the age of the newest PIT.
+            Some(("in-sync", _)) => {
+                lag = 0;
+                if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) {
+                    health = "normal".into();
+                    reason = None;
+                }
+            }
+            Some((state, why)) => {
+                health = "critical".into();
+                reason = Some(format!(
+                    "sync replication is {state}{}",
+                    why.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
+                ));
+            }
+            None => {}
+        }
         let (progress, eta) = match self.runner(name) {
             Some(r) if row.state == "initial-replication" => {
                 let total = r.progress.total.load(Ordering::Relaxed).max(1);
@@ -1347,6 +1424,8 @@ impl Replication {
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
+            sync_state: sync_state.map(|(s, _)| s.to_string()),
+            on_link_loss: (row.mode == "sync").then(|| row.on_link_loss.clone()),
             test_failover_pit: {
                 let site = self.site.clone();
                 let g = row.name.clone();

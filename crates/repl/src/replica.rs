@@ -25,6 +25,12 @@ pub(crate) enum Transfer {
         group: String,
         store: Arc<ReplicaStore>,
     },
+    /// A sync group's stream of writes into its write log.
+    Log {
+        group: String,
+        store: Arc<ReplicaStore>,
+        slot: Arc<std::sync::Mutex<Option<offsite_replica::WriteLog>>>,
+    },
     /// A PIT being received.
     Pit {
         group: String,
@@ -40,6 +46,7 @@ impl std::fmt::Debug for Transfer {
             Transfer::Idle => f.write_str("Idle"),
             Transfer::Base { group, .. } => write!(f, "Base({group})"),
             Transfer::Pit { group, blocks, .. } => write!(f, "Pit({group}, {blocks} blocks)"),
+            Transfer::Log { group, .. } => write!(f, "Log({group})"),
         }
     }
 }
@@ -211,8 +218,26 @@ impl Replication {
                     .map_err(|e| format!("making the base durable: {e}"))?;
                 Ok(Bytes::new())
             }
+            wire::kinds::SYNC_STREAM_BEGIN => {
+                if !matches!(transfer, Transfer::Idle) {
+                    return Err("a transfer is already running on this session".into());
+                }
+                let (group, store, slot) = self.begin_stream(peer, body).await?;
+                *transfer = Transfer::Log { group, store, slot };
+                Ok(Bytes::new())
+            }
+            wire::kinds::SYNC_SEAL => {
+                let Transfer::Log { group, store, slot } = &*transfer else {
+                    return Err("SYNC_SEAL outside a sync stream".into());
+                };
+                let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
+                self.seal_stream(&group, &store, &slot, body).await
+            }
             wire::kinds::PIT_BEGIN => {
                 let req: GroupRef = parse(body)?;
+                // A sync group's log left by a stream that could not seal it
+                // holds acknowledged writes: they become a PIT first.
+                self.seal_log(&req.group).await?;
                 let (row, store) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
                 self.check_accepting(&row)?;
@@ -378,7 +403,9 @@ impl Replication {
     ) -> Result<(), String> {
         let batch = wire::decode_batch(payload)?;
         let (store, writer, blocks) = match transfer {
-            Transfer::Idle => return Err("block batch outside a transfer".into()),
+            Transfer::Idle | Transfer::Log { .. } => {
+                return Err("block batch outside a transfer".into());
+            }
             Transfer::Base { store, .. } => (store.clone(), None, None),
             Transfer::Pit {
                 store,
@@ -507,6 +534,8 @@ impl Replication {
                 created_at: String::new(),
                 state_changed_at: String::new(),
                 last_error: None,
+                on_link_loss: req.on_link_loss.clone(),
+                suspend_timeout_secs: req.suspend_timeout_secs,
                 volumes: req
                     .volumes
                     .iter()
@@ -542,61 +571,72 @@ impl Replication {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
                 .map_err(|e| format!("committing the PIT of group {group}: {e}"))?;
-            let row = site.group_row(&group).map_err(|e| e.to_string())?;
-            // Retention: keep the newest `keep` unnamed PITs; named ones stay
-            // until released; the newest PIT (the common base) always stays;
-            // so do PITs a test or a promotion is made from.
-            let pinned: Vec<u64> = site
-                .failovers()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|f| f.group == group)
-                .map(|f| f.pit_id)
-                .collect();
-            let mut pits = store.pits();
-            let newest = info.id;
-            loop {
-                let unnamed: Vec<_> = pits
-                    .iter()
-                    .filter(|p| p.name.is_none() && p.id != newest && !pinned.contains(&p.id.get()))
-                    .collect();
-                if unnamed.len() + usize::from(info.name.is_none()) <= row.keep as usize {
-                    break;
-                }
-                let Some(oldest) = unnamed.first().map(|p| p.id) else {
-                    break;
-                };
-                store
-                    .remove_pit(oldest)
-                    .map_err(|e| format!("retention of group {group}: {e}"))?;
-                pits = store.pits();
-            }
-            let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
-            site.replace_pits(
-                &group,
-                &descs
-                    .iter()
-                    .map(|p| PitRow {
-                        id: p.id,
-                        name: p.name.clone(),
-                        created_at: p.created_at.clone(),
-                        bytes: p.bytes,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(|e| e.to_string())?;
-            if !matches!(
-                row.state.as_str(),
-                "replicating" | "paused" | "test-failover"
-            ) {
-                let _ = site.set_group_state(&group, "replicating", None);
-            }
-            Ok(PitCommitted {
-                pit: pit_desc(&info),
-                pits: descs,
-            })
+            after_commit(&site, &store, &group, &info)
         })
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// What follows every commit of a PIT at the replica (a cycle's, or a seal
+/// of a sync group's log): retention, the catalog's PIT list, the state.
+pub(crate) fn after_commit(
+    site: &offsite_engine::Site,
+    store: &ReplicaStore,
+    group: &str,
+    info: &offsite_replica::PitInfo,
+) -> Result<PitCommitted, String> {
+    let row = site.group_row(group).map_err(|e| e.to_string())?;
+    // Retention: keep the newest `keep` unnamed PITs; named ones stay
+    // until released; the newest PIT (the common base) always stays;
+    // so do PITs a test or a promotion is made from.
+    let pinned: Vec<u64> = site
+        .failovers()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|f| f.group == group)
+        .map(|f| f.pit_id)
+        .collect();
+    let mut pits = store.pits();
+    let newest = info.id;
+    loop {
+        let unnamed: Vec<_> = pits
+            .iter()
+            .filter(|p| p.name.is_none() && p.id != newest && !pinned.contains(&p.id.get()))
+            .collect();
+        if unnamed.len() + usize::from(info.name.is_none()) <= row.keep as usize {
+            break;
+        }
+        let Some(oldest) = unnamed.first().map(|p| p.id) else {
+            break;
+        };
+        store
+            .remove_pit(oldest)
+            .map_err(|e| format!("retention of group {group}: {e}"))?;
+        pits = store.pits();
+    }
+    let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
+    site.replace_pits(
+        group,
+        &descs
+            .iter()
+            .map(|p| PitRow {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+                bytes: p.bytes,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| e.to_string())?;
+    if !matches!(
+        row.state.as_str(),
+        "replicating" | "paused" | "test-failover" | "failed-over" | "prepared-for-failover"
+    ) {
+        let _ = site.set_group_state(group, "replicating", None);
+    }
+    Ok(PitCommitted {
+        pit: pit_desc(info),
+        pits: descs,
+    })
 }

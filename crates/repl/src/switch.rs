@@ -142,6 +142,8 @@ impl Replication {
         let site = self.site.clone();
         let g = group.to_string();
         blocking(move || Ok(site.set_group_state(&g, "prepared-for-failover", None)?)).await?;
+        // A sync group's runner ends its stream now.
+        self.wake_runner(group).await;
         let pit = pit.map_or(0, |p| p.id);
         // The replica learns it now so that its `sync` returns at once; if
         // it cannot, `failover run` asks the primary itself.
@@ -304,6 +306,10 @@ impl Replication {
             }
             _ => "unplanned",
         };
+        // A sync group's acknowledged writes are in its log: sealed into a
+        // PIT now (and the stream refused from here on), the newest PIT
+        // holds every one of them.
+        self.seal_log(group).await.map_err(ReplError::Refused)?;
         let id = crate::failover::resolve(&store, group, pit)?;
         let site = self.site.clone();
         let r = row.clone();

@@ -53,6 +53,24 @@ pub mod kinds {
     /// Replica → primary: these blocks differ on the replica now; ship
     /// them again ([`MarkDirty`]).
     pub const MARK_DIRTY: u16 = 16;
+    /// Primary → replica: block batches that follow are a sync group's
+    /// writes in order, for its write log ([`GroupRef`]); each batch is
+    /// acknowledged once durable there. The session ends the stream.
+    pub const SYNC_STREAM_BEGIN: u16 = 17;
+    /// Primary → replica, on a stream: seal the log as a PIT
+    /// ([`PitCommit`] → [`PitCommitted`]).
+    pub const SYNC_SEAL: u16 = 18;
+    /// Primary → replica: the group was converted ([`GroupSetMode`]).
+    pub const GROUP_SET_MODE: u16 = 19;
+}
+
+/// [`kinds::GROUP_SET_MODE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSetMode {
+    /// Group name.
+    pub group: String,
+    /// `async` or `sync`.
+    pub mode: String,
 }
 
 /// [`kinds::MARK_DIRTY`].
@@ -201,12 +219,27 @@ pub struct GroupCreate {
     pub keep: u32,
     /// Security tag the group presents.
     pub security_tag: Option<String>,
+    /// Sync mode: what happens to writes when the link is lost (kept on
+    /// both sites, so a reverse keeps it).
+    #[serde(default = "default_on_link_loss")]
+    pub on_link_loss: String,
+    /// Sync mode, `suspend-writes`: seconds a write waits.
+    #[serde(default = "default_suspend_timeout")]
+    pub suspend_timeout_secs: u64,
     /// Volumes in order.
     pub volumes: Vec<VolumeDesc>,
     /// VMs of the group, in start order (hooks run at failover on the
     /// replica); absent from older primaries.
     #[serde(default)]
     pub vms: Vec<VmDesc>,
+}
+
+fn default_on_link_loss() -> String {
+    "degrade".into()
+}
+
+fn default_suspend_timeout() -> u64 {
+    30
 }
 
 /// A VM of a group: its volumes (names at the primary, disk 0 first) and

@@ -1,0 +1,1077 @@
+//! Synchronous replication (RPO 0): the primary's write mirror, the stream
+//! that carries its writes into the replica's write log, seals, and the
+//! link-loss policies.
+//!
+//! **Primary.** A sync group's runner attaches one [`SyncMirror`] to every
+//! volume of the group. A write is applied to the local file and queued
+//! under the mirror's lock (one write order for the whole group), then
+//! waits for its *ticket* to be covered: the replica has fsynced the batch
+//! holding it into its log ([`offsite_replica::WriteLog`]), or a committed
+//! resynchronization cycle took a cut after it. The sender task takes
+//! everything queued as one batch, sends it, and waits for the batch's
+//! acknowledgement, so writes that arrive meanwhile share the next replica
+//! fsync (group commit). A seal (`sync`, the RPO timer, verify) is a
+//! marker queued in the same order with every write held off for an
+//! instant ([`Site::seal_cut`]): the PIT it commits holds exactly the
+//! writes before it.
+//!
+//! **Link loss.** A batch not acknowledged within
+//! `replication.sync_ack_timeout_secs` (or any session error) marks the link
+//! lost: with `degrade` waiting writes complete at once (they are tracked
+//! dirty, the group is `critical`); with `suspend-writes` they keep waiting
+//! until a resynchronization covers them or their timeout fails them with
+//! `EIO`. Either way the writes are tracked, the volumes are isolated
+//! (split-brain evidence), and the runner resynchronizes with ordinary
+//! cycles until one ships little, then takes a last cut during which the
+//! mirror starts queueing again; once that PIT is committed the stream
+//! restarts after it and the group is in sync again.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     resynchronizing --> in_sync: last catch-up PIT committed, stream open
+//!     in_sync --> degraded: ack timeout / session error
+//!     degraded --> resynchronizing: partner reachable
+//!     in_sync --> [*]: mode async, pause, prepare (stream drained, log sealed)
+//! ```
+//!
+//! **Replica.** A stream session opens the group's write log (sealing a
+//! leftover one first), appends each batch durably before acknowledging
+//! it, seals it on request, and seals it when the session ends, so that
+//! asynchronous cycles (resynchronization) find no open log.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use offsite_catalog::GroupRow;
+use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
+use offsite_replica::{LogRecord, ReplicaStore, WriteLog};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::primary::{Channel, Command, MirrorSlot};
+use crate::wire::{self, GroupRef, PitCommitted, PitDesc};
+use crate::{ReplError, Replication, invalid};
+
+/// A batch holds at most this many bytes of records.
+const MAX_BATCH: usize = 8 << 20;
+/// Resynchronization ends (the stream restarts) after a cycle that
+/// shipped at most this much.
+const CATCH_UP_BYTES: u64 = 64 << 20;
+
+/// What a lost link does to writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// Keep acknowledging writes (tracked, shipped later).
+    Degrade,
+    /// Writes wait up to this long for the replica, then fail.
+    Suspend(Duration),
+}
+
+impl Policy {
+    pub(crate) fn of(row: &GroupRow) -> Policy {
+        if row.on_link_loss == "suspend-writes" {
+            Policy::Suspend(Duration::from_secs(row.suspend_timeout_secs.max(1)))
+        } else {
+            Policy::Degrade
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Writes are queued for the stream (which may be starting).
+    Up,
+    /// The partner was lost: writes are tracked only.
+    Lost,
+    /// Mirroring ended on purpose (mode change, pause, prepare): waiting
+    /// writes complete, the tracker has them.
+    Detached,
+}
+
+#[derive(Debug)]
+enum Item {
+    Write {
+        ticket: u64,
+        volume: u16,
+        records: Vec<MirrorRecord>,
+    },
+    Seal {
+        name: Option<String>,
+        created_at: String,
+        reply: oneshot::Sender<Result<PitCommitted, String>>,
+    },
+    /// Send everything before, then end the stream.
+    Stop,
+}
+
+#[derive(Debug)]
+struct MState {
+    link: Link,
+    /// Last ticket issued.
+    issued: u64,
+    /// Every ticket up to this one is on the replica.
+    covered: u64,
+    queue: VecDeque<Item>,
+    why_lost: Option<String>,
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Default)]
+pub(crate) struct SyncStats {
+    pub(crate) batches: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) link_losses: AtomicU64,
+    pub(crate) failed_writes: AtomicU64,
+}
+
+/// The write mirror of one sync group (see the module docs).
+#[derive(Debug)]
+pub(crate) struct SyncMirror {
+    group: String,
+    policy: Policy,
+    st: Mutex<MState>,
+    cond: Condvar,
+    wake: Notify,
+    pub(crate) stats: SyncStats,
+}
+
+impl SyncMirror {
+    pub(crate) fn new(group: &str, policy: Policy) -> Arc<SyncMirror> {
+        Arc::new(SyncMirror {
+            group: group.to_string(),
+            policy,
+            st: Mutex::new(MState {
+                link: Link::Lost,
+                issued: 0,
+                covered: 0,
+                queue: VecDeque::new(),
+                why_lost: Some("resynchronizing".into()),
+            }),
+            cond: Condvar::new(),
+            wake: Notify::new(),
+            stats: SyncStats::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last ticket issued (call with writes held off: a cut).
+    pub(crate) fn issued(&self) -> u64 {
+        self.lock().issued
+    }
+
+    /// Starts queueing writes for the stream (call with writes held off).
+    pub(crate) fn set_up(&self) {
+        let mut st = self.lock();
+        st.link = Link::Up;
+        st.why_lost = None;
+    }
+
+    /// Tickets up to `through` are on the replica (a committed cut, or an
+    /// acknowledged batch).
+    pub(crate) fn cover(&self, through: u64) {
+        let mut st = self.lock();
+        if through > st.covered {
+            st.covered = through;
+            self.cond.notify_all();
+        }
+    }
+
+    fn end(&self, link: Link, why: Option<String>) {
+        let mut st = self.lock();
+        if st.link == Link::Up || link == Link::Detached {
+            st.link = link;
+            st.why_lost = why.clone();
+        }
+        for item in st.queue.drain(..) {
+            if let Item::Seal { reply, .. } = item {
+                let _ = reply.send(Err(why
+                    .clone()
+                    .unwrap_or_else(|| "the sync stream stopped".into())));
+            }
+        }
+        self.cond.notify_all();
+        self.wake.notify_one();
+    }
+
+    /// The partner is lost: queued writes are dropped (they are tracked).
+    pub(crate) fn lose(&self, why: String) {
+        if self.lock().link == Link::Up {
+            self.stats.link_losses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(group = %self.group, "sync replication lost its partner: {why}");
+        }
+        self.end(Link::Lost, Some(why));
+    }
+
+    /// Mirroring ends on purpose; every waiting write completes.
+    pub(crate) fn detach(&self) {
+        self.end(Link::Detached, Some("mirroring stopped".into()));
+    }
+
+    /// `in-sync`, `degraded`/`suspended` (lost) or `resynchronizing`.
+    pub(crate) fn state_name(&self, resyncing: bool) -> &'static str {
+        let st = self.lock();
+        match st.link {
+            Link::Up => "in-sync",
+            _ if resyncing => "resynchronizing",
+            _ => match self.policy {
+                Policy::Degrade => "degraded",
+                Policy::Suspend(_) => "suspended",
+            },
+        }
+    }
+
+    /// Why the link is down, if it is.
+    pub(crate) fn why_lost(&self) -> Option<String> {
+        self.lock().why_lost.clone()
+    }
+
+    /// Queues a seal after every write so far; `None` when the link is not
+    /// up (the caller resynchronizes instead).
+    fn queue_seal(
+        &self,
+        name: Option<String>,
+        created_at: String,
+    ) -> Option<oneshot::Receiver<Result<PitCommitted, String>>> {
+        let mut st = self.lock();
+        if st.link != Link::Up {
+            return None;
+        }
+        let (reply, rx) = oneshot::channel();
+        st.queue.push_back(Item::Seal {
+            name,
+            created_at,
+            reply,
+        });
+        self.wake.notify_one();
+        Some(rx)
+    }
+
+    fn queue_stop(&self) {
+        let mut st = self.lock();
+        st.queue.push_back(Item::Stop);
+        self.wake.notify_one();
+    }
+
+    /// The next thing to send: a batch of writes (up to [`MAX_BATCH`]), a
+    /// seal or a stop; waits while the queue is empty. `None` once the
+    /// link is no longer up.
+    async fn next(&self) -> Option<Vec<Item>> {
+        loop {
+            {
+                let mut st = self.lock();
+                if st.link != Link::Up {
+                    return None;
+                }
+                if let Some(front) = st.queue.front() {
+                    if !matches!(front, Item::Write { .. }) {
+                        return st.queue.pop_front().map(|i| vec![i]);
+                    }
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    while let Some(Item::Write { records, .. }) = st.queue.front() {
+                        let size: usize = records
+                            .iter()
+                            .map(|r| r.data.as_ref().map_or(0, Vec::len) + 44)
+                            .sum();
+                        if !out.is_empty() && bytes + size > MAX_BATCH {
+                            break;
+                        }
+                        bytes += size;
+                        out.extend(st.queue.pop_front());
+                    }
+                    return Some(out);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+impl WriteMirror for SyncMirror {
+    fn submit(
+        &self,
+        volume: u16,
+        apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
+    ) -> io::Result<u64> {
+        let mut st = self.lock();
+        let records = apply()?;
+        st.issued += 1;
+        let ticket = st.issued;
+        if st.link == Link::Up {
+            st.queue.push_back(Item::Write {
+                ticket,
+                volume,
+                records,
+            });
+            self.wake.notify_one();
+        }
+        Ok(ticket)
+    }
+
+    fn wait(&self, ticket: u64) -> io::Result<()> {
+        let start = Instant::now();
+        let mut st = self.lock();
+        loop {
+            if st.covered >= ticket {
+                return Ok(());
+            }
+            let slice = match (st.link, self.policy) {
+                (Link::Detached, _) | (Link::Lost, Policy::Degrade) => return Ok(()),
+                (_, Policy::Suspend(limit)) => {
+                    let waited = start.elapsed();
+                    if waited >= limit {
+                        self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                        return Err(io::Error::other(format!(
+                            "group {}: the replica did not confirm the write within {}s (on-link-loss suspend-writes): {}",
+                            self.group,
+                            limit.as_secs(),
+                            st.why_lost
+                                .clone()
+                                .unwrap_or_else(|| "no acknowledgement".into())
+                        )));
+                    }
+                    limit - waited
+                }
+                (Link::Up, Policy::Degrade) => Duration::from_secs(1),
+            };
+            st = self
+                .cond
+                .wait_timeout(st, slice)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Encodes a batch of writes; returns the bytes and the batch's last ticket.
+fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64, u64) {
+    let mut out = Vec::new();
+    let mut last = 0;
+    let mut writes = 0;
+    for item in items {
+        if let Item::Write {
+            ticket,
+            volume,
+            records,
+        } = item
+        {
+            for r in records {
+                *seq += 1;
+                offsite_replica::encode_record(
+                    &LogRecord {
+                        seq: *seq,
+                        volume: *volume,
+                        first: r.first,
+                        count: r.count,
+                        data: r.data.as_deref(),
+                    },
+                    &mut out,
+                );
+            }
+            last = *ticket;
+            writes += 1;
+        }
+    }
+    (out, last, writes)
+}
+
+/// The replica's open write logs, by group: the stream session appends,
+/// failover seals.
+pub(crate) type Logs = Mutex<HashMap<String, Arc<Mutex<Option<WriteLog>>>>>;
+
+impl Replication {
+    /// The sender of a sync group's stream: runs until the link is lost or
+    /// mirroring stops; returns why it ended.
+    pub(crate) async fn run_sender(
+        &self,
+        mirror: Arc<SyncMirror>,
+        mut ch: Channel,
+        group: String,
+    ) -> Result<(), String> {
+        let timeout = Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
+        let mut seq = 0u64;
+        let result = loop {
+            let Some(items) = mirror.next().await else {
+                break Ok(());
+            };
+            match items.first() {
+                Some(Item::Stop) => break Ok(()),
+                Some(Item::Seal { .. }) => {
+                    let Some(Item::Seal {
+                        name,
+                        created_at,
+                        reply,
+                    }) = items.into_iter().next()
+                    else {
+                        unreachable!()
+                    };
+                    let req = wire::PitCommit {
+                        group: group.clone(),
+                        name,
+                        created_at,
+                        blocks: 0,
+                    };
+                    let r = tokio::time::timeout(
+                        timeout.max(Duration::from_secs(30)),
+                        ch.request_json::<PitCommitted>(wire::kinds::SYNC_SEAL, &req),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(c)) => {
+                            let _ = reply.send(Ok(c));
+                        }
+                        Ok(Err(e)) => {
+                            let why = format!("sealing the log: {e}");
+                            let _ = reply.send(Err(why.clone()));
+                            break Err(why);
+                        }
+                        Err(_) => {
+                            let why = "the replica did not answer a seal in time".to_string();
+                            let _ = reply.send(Err(why.clone()));
+                            break Err(why);
+                        }
+                    }
+                }
+                _ => {
+                    let (payload, last, writes) = encode_batch(&items, &mut seq);
+                    let sent = async {
+                        ch.send_batch(payload).await?;
+                        ch.take_ack().await
+                    };
+                    match tokio::time::timeout(timeout, sent).await {
+                        Ok(Ok(())) => {
+                            mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
+                            mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
+                            mirror.cover(last);
+                        }
+                        Ok(Err(e)) => break Err(format!("sending writes: {e}")),
+                        Err(_) => {
+                            break Err(format!(
+                                "the replica did not acknowledge writes within {:.1}s",
+                                timeout.as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(why) = &result {
+            mirror.lose(why.clone());
+        }
+        ch.close().await;
+        result
+    }
+
+    /// Seals the open log of a sync group at the primary's request, in the
+    /// stream's order; the PIT holds exactly the writes before the seal.
+    pub(crate) async fn seal(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+        name: Option<String>,
+        full_cut: bool,
+    ) -> Result<PitDesc, ReplError> {
+        let created_at = offsite_catalog::now_rfc3339();
+        let mut rx = None;
+        let queue = || rx = mirror.queue_seal(name.clone(), created_at.clone());
+        if full_cut {
+            Site::cut_full_then(volumes, queue)?;
+        } else {
+            Site::seal_cut(volumes, queue)?;
+        }
+        let end = |ok: bool| {
+            for v in volumes {
+                if full_cut {
+                    if !ok {
+                        v.end_cut(false);
+                    }
+                } else {
+                    v.end_seal(ok);
+                }
+            }
+        };
+        let Some(rx) = rx else {
+            end(false);
+            return Err(invalid(format!(
+                "group {} is not in sync ({}); the PIT will be taken once it is resynchronized",
+                row.name,
+                mirror.why_lost().unwrap_or_default()
+            )));
+        };
+        let committed = match rx.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                end(false);
+                return Err(invalid(format!("group {}: {e}", row.name)));
+            }
+            Err(_) => {
+                end(false);
+                return Err(invalid(format!(
+                    "group {}: the sync stream ended",
+                    row.name
+                )));
+            }
+        };
+        end(true);
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let pits: Vec<offsite_catalog::PitRow> = committed
+            .pits
+            .iter()
+            .map(|p| offsite_catalog::PitRow {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+                bytes: p.bytes,
+            })
+            .collect();
+        crate::run_blocking(move || Ok(site.replace_pits(&g, &pits)?)).await?;
+        tracing::info!(group = %row.name, pit = committed.pit.id, "sealed the replica's log as a PIT");
+        Ok(committed.pit)
+    }
+
+    /// Replica: a stream begins; opens the group's write log (sealing what
+    /// an earlier stream left).
+    pub(crate) async fn begin_stream(
+        &self,
+        peer: &str,
+        body: &[u8],
+    ) -> Result<(String, Arc<ReplicaStore>, Arc<Mutex<Option<WriteLog>>>), String> {
+        let req: GroupRef =
+            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        let (row, store) = self.store(&req.group).await?;
+        if row.partner != peer {
+            return Err(format!(
+                "group {} replicates from {}, not from {peer}",
+                row.name, row.partner
+            ));
+        }
+        if matches!(row.state.as_str(), "failed-over" | "prepared-for-failover") {
+            return Err(format!(
+                "group {} is {} on site {}; it takes no more writes from {peer}",
+                row.name,
+                row.state,
+                self.site.config().name
+            ));
+        }
+        self.seal_log(&req.group).await?;
+        let slot = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(req.group.clone())
+            .or_default()
+            .clone();
+        let st = store.clone();
+        let s2 = slot.clone();
+        let group = req.group.clone();
+        tokio::task::spawn_blocking(move || {
+            let log = st
+                .open_log()
+                .map_err(|e| format!("opening the write log of group {group}: {e}"))?;
+            *s2.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        tracing::info!(group = %req.group, partner = %peer, "sync stream started");
+        Ok((req.group, store, slot))
+    }
+
+    /// Replica: appends a batch durably (then it may be acknowledged).
+    pub(crate) async fn append_batch(
+        &self,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        let slot = slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let records = offsite_replica::decode_records(&payload)?;
+            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let log = guard
+                .as_mut()
+                .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
+            log.append(&payload, &records)
+                .map_err(|e| format!("appending to the write log: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Replica: seals the stream's log as a PIT, keeping the log open.
+    pub(crate) async fn seal_stream(
+        &self,
+        group: &str,
+        store: &Arc<ReplicaStore>,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+        body: &[u8],
+    ) -> Result<Bytes, String> {
+        let req: wire::PitCommit =
+            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        let (slot, store, site, group) = (
+            slot.clone(),
+            store.clone(),
+            self.site.clone(),
+            group.to_string(),
+        );
+        let committed = tokio::task::spawn_blocking(move || {
+            let info = {
+                let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+                let log = guard
+                    .as_mut()
+                    .ok_or("the group's write log was sealed (failover)")?;
+                log.seal(req.name, req.created_at)
+                    .map_err(|e| format!("sealing the write log of group {group}: {e}"))?
+            };
+            crate::replica::after_commit(&site, &store, &group, &info)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(Bytes::from(
+            serde_json::to_vec(&committed).unwrap_or_default(),
+        ))
+    }
+
+    /// Replica: seals and closes the group's write log — the open one of a
+    /// stream, or one left on disk — so that its writes are a PIT (the
+    /// stream ended, a failover needs the newest state). Returns the PIT,
+    /// if there was anything to seal.
+    pub(crate) async fn seal_log(&self, group: &str) -> Result<Option<PitDesc>, String> {
+        self.seal_log_inner(group, false).await
+    }
+
+    /// Seals the group's write log into a PIT but keeps a running stream
+    /// going (a test failover wants the newest writes; replication goes on).
+    pub(crate) async fn seal_log_keep(&self, group: &str) -> Result<Option<PitDesc>, String> {
+        self.seal_log_inner(group, true).await
+    }
+
+    async fn seal_log_inner(&self, group: &str, keep: bool) -> Result<Option<PitDesc>, String> {
+        let row = {
+            let site = self.site.clone();
+            let g = group.to_string();
+            tokio::task::spawn_blocking(move || site.group_row(&g))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        if row.role != "replica" {
+            return Ok(None);
+        }
+        let (_, store) = self.store(group).await?;
+        let slot = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned();
+        let (site, g) = (self.site.clone(), group.to_string());
+        tokio::task::spawn_blocking(move || {
+            let created_at = offsite_catalog::now_rfc3339();
+            let info = match slot {
+                Some(s) => {
+                    let mut guard = s.lock().unwrap_or_else(|e| e.into_inner());
+                    match guard.as_mut() {
+                        Some(log) if keep => {
+                            if log.records() == 0 {
+                                Ok(None)
+                            } else {
+                                log.seal(None, created_at).map(Some)
+                            }
+                        }
+                        Some(_) => guard.take().expect("log").finish(created_at),
+                        None => store.seal_leftover_log(created_at),
+                    }
+                }
+                None => store.seal_leftover_log(created_at),
+            }
+            .map_err(|e| format!("sealing the write log of group {g}: {e}"))?;
+            match info {
+                Some(info) => {
+                    tracing::info!(group = %g, pit = info.id.get(), "sealed the write log");
+                    crate::replica::after_commit(&site, &store, &g, &info).map(|c| Some(c.pit))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// `group set NAME --mode`: converts a group at its primary and tells
+    /// the replica; the runner switches at once.
+    pub async fn set_group_mode(
+        self: &Arc<Self>,
+        name: &str,
+        mode: &str,
+    ) -> Result<offsite_api_types::GroupStatus, ReplError> {
+        if !matches!(mode, "async" | "sync") {
+            return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
+        }
+        let site = self.site.clone();
+        let n = name.to_string();
+        let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        if row.role != "primary" {
+            return Err(invalid(format!(
+                "group {name} is a replica here; run `group set` at its primary site {}",
+                row.partner
+            )));
+        }
+        if row.mode != mode {
+            let site = self.site.clone();
+            let (n, m) = (name.to_string(), mode.to_string());
+            crate::run_blocking(move || Ok(site.set_group_mode(&n, &m)?)).await?;
+            // The replica's copy of the setting follows (it matters once a
+            // reverse makes it the primary); a failure here is repaired by
+            // the next `group set`.
+            if let Ok(mut ch) = self.channel(&row.partner, None).await {
+                let body = serde_json::to_vec(&wire::GroupSetMode {
+                    group: name.to_string(),
+                    mode: mode.to_string(),
+                })
+                .unwrap_or_default();
+                if let Err(e) = ch.request(wire::kinds::GROUP_SET_MODE, body).await {
+                    tracing::warn!(group = name, "telling the replica the new mode: {e}");
+                }
+                ch.close().await;
+            }
+            self.wake_runner(name).await;
+        }
+        self.group_status(name).await
+    }
+
+    /// Replica: the primary converted the group.
+    pub(crate) async fn answer_set_mode(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let req: wire::GroupSetMode =
+            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        if !matches!(req.mode.as_str(), "async" | "sync") {
+            return Err(format!("mode {:?} is neither async nor sync", req.mode));
+        }
+        let site = self.site.clone();
+        let peer = peer.to_string();
+        tokio::task::spawn_blocking(move || {
+            let row = site.group_row(&req.group).map_err(|e| e.to_string())?;
+            if row.partner != peer {
+                return Err(format!(
+                    "group {} replicates with {}, not {peer}",
+                    row.name, row.partner
+                ));
+            }
+            site.set_group_mode(&req.group, &req.mode)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(Bytes::new())
+    }
+}
+
+impl Replication {
+    /// The runner of a sync group while it is replicating: attaches the
+    /// mirror, resynchronizes, streams, seals; returns when the group
+    /// leaves sync mode (mirror detached; `true`) or the runner must stop
+    /// (`false`).
+    pub(crate) async fn run_sync(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+    ) -> bool {
+        let volumes = match self.live_volumes(row).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.record_error(&row.name, &format!("opening the volumes: {e}"))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return true;
+            }
+        };
+        let mirror = SyncMirror::new(&row.name, Policy::of(row));
+        for (i, v) in volumes.iter().enumerate() {
+            v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
+        }
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((mirror.clone(), true));
+        let keep = self.sync_loop(row, rx, slot, &mirror, &volumes).await;
+        for v in &volumes {
+            v.set_mirror(None);
+        }
+        mirror.detach();
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        keep
+    }
+
+    async fn set_sync_state(&self, group: &str, state: &str, error: Option<String>) {
+        let site = self.site.clone();
+        let (g, s) = (group.to_string(), state.to_string());
+        let _ = tokio::task::spawn_blocking(move || {
+            let row = site.group_row(&g)?;
+            // Only the sync runner's own states move here: a prepare or
+            // pause in the meantime wins.
+            if matches!(row.state.as_str(), "replicating" | "resynchronizing") {
+                site.set_group_state(&g, &s, error.as_deref())?;
+            }
+            Ok::<_, offsite_engine::EngineError>(())
+        })
+        .await;
+    }
+
+    /// Whether the group still runs in sync mode here.
+    async fn still_sync(&self, group: &str) -> bool {
+        let site = self.site.clone();
+        let g = group.to_string();
+        matches!(
+            tokio::task::spawn_blocking(move || site.group_row(&g)).await,
+            Ok(Ok(r)) if r.role == "primary"
+                && r.mode == "sync"
+                && matches!(r.state.as_str(), "replicating" | "resynchronizing")
+        )
+    }
+
+    /// Waits `backoff` while answering commands; `Some(keep)` when the
+    /// runner must leave the sync loop.
+    async fn resync_pause(
+        &self,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        backoff: Duration,
+        why: &str,
+    ) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return None,
+                c = rx.recv() => match c {
+                    Some(Command::Sync { reply, .. }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing with its partner ({why}); retry once it is in sync",
+                            row.name
+                        )));
+                    }
+                    Some(Command::Verify { reply }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing ({why}); verify once it is in sync",
+                            row.name
+                        )));
+                    }
+                    Some(Command::Wake) => {
+                        if !self.still_sync(&row.name).await {
+                            return Some(true);
+                        }
+                    }
+                    None => return Some(false),
+                },
+            }
+        }
+    }
+
+    async fn sync_loop(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+    ) -> bool {
+        let name = row.name.clone();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            // Resynchronize: cycles until one ships little; each one covers
+            // the writes before its cut.
+            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                s.1 = true;
+            }
+            self.set_sync_state(&name, "resynchronizing", mirror.why_lost())
+                .await;
+            loop {
+                let at = AtomicU64::new(0);
+                match self
+                    .cycle_then(row, None, false, || {
+                        at.store(mirror.issued(), Ordering::Relaxed)
+                    })
+                    .await
+                {
+                    Ok((pit, _)) => {
+                        mirror.cover(at.load(Ordering::Relaxed));
+                        backoff = Duration::from_millis(500);
+                        if pit.bytes <= CATCH_UP_BYTES {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
+                            return keep;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(15));
+                    }
+                }
+                if !self.still_sync(&name).await {
+                    return true;
+                }
+            }
+            // The last cut: from here on writes queue for the stream.
+            let at = AtomicU64::new(0);
+            let r = self
+                .cycle_then(row, None, false, || {
+                    at.store(mirror.issued(), Ordering::Relaxed);
+                    mirror.set_up();
+                })
+                .await;
+            let ch = match r {
+                Ok(_) => {
+                    mirror.cover(at.load(Ordering::Relaxed));
+                    self.open_stream(row).await
+                }
+                Err(e) => Err(e),
+            };
+            let ch = match ch {
+                Ok(ch) => ch,
+                Err(e) => {
+                    let why = format!("starting the sync stream: {e}");
+                    mirror.lose(why.clone());
+                    if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
+                        return keep;
+                    }
+                    continue;
+                }
+            };
+            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                s.1 = false;
+            }
+            self.set_sync_state(&name, "replicating", None).await;
+            let site = self.site.clone();
+            let g = name.clone();
+            let _ = crate::run_blocking(move || {
+                site.note(
+                    "group.sync",
+                    &g,
+                    "in sync: every write reaches the replica's log before it is acknowledged",
+                );
+                Ok(())
+            })
+            .await;
+            let me = self.clone();
+            let (m, g) = (mirror.clone(), name.clone());
+            let mut sender = tokio::spawn(async move { me.run_sender(m, ch, g).await });
+            let period = Duration::from_secs(row.rpo_secs.max(30));
+            let mut seal_timer =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let lost = loop {
+                tokio::select! {
+                    r = &mut sender => {
+                        break match r {
+                            Ok(Err(why)) => why,
+                            Ok(Ok(())) => mirror.why_lost().unwrap_or_else(|| "the sync stream ended".into()),
+                            Err(e) => format!("the sync sender failed: {e}"),
+                        };
+                    }
+                    _ = seal_timer.tick() => {
+                        if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
+                            tracing::warn!(group = %name, "scheduled seal failed: {e}");
+                        }
+                    }
+                    c = rx.recv() => match c {
+                        Some(Command::Sync { pit_name, reply }) => {
+                            let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Verify { reply }) => {
+                            let r = self.verify_sync(row, mirror, volumes).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Wake) => {
+                            if !self.still_sync(&name).await {
+                                self.stop_stream(mirror, volumes, sender).await;
+                                return true;
+                            }
+                        }
+                        None => {
+                            self.stop_stream(mirror, volumes, sender).await;
+                            return false;
+                        }
+                    },
+                }
+            };
+            // The partner is lost: from now on writes may be ones the
+            // replica never sees if it takes over (split-brain evidence).
+            mirror.lose(lost.clone());
+            let (site, vols) = (self.site.clone(), volumes.to_vec());
+            let _ = crate::run_blocking(move || {
+                for v in &vols {
+                    v.begin_isolation(site.layout())?;
+                }
+                Ok(())
+            })
+            .await;
+            self.record_error(&name, &format!("sync replication interrupted: {lost}"))
+                .await;
+            let site = self.site.clone();
+            let (g, l) = (name.clone(), lost.clone());
+            let _ = crate::run_blocking(move || {
+                site.note("group.sync", &g, &format!("out of sync: {l}"));
+                Ok(())
+            })
+            .await;
+            if let Some(keep) = self.resync_pause(row, rx, backoff, &lost).await {
+                return keep;
+            }
+        }
+    }
+
+    /// Ends mirroring on purpose: new writes are no longer queued, what is
+    /// queued is sent, then the stream ends (the replica seals its log).
+    async fn stop_stream(
+        &self,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+        sender: tokio::task::JoinHandle<Result<(), String>>,
+    ) {
+        for v in volumes {
+            v.set_mirror(None);
+        }
+        mirror.queue_stop();
+        let _ = tokio::time::timeout(Duration::from_secs(60), sender).await;
+        mirror.detach();
+    }
+
+    /// Opens the stream session of a sync group.
+    async fn open_stream(&self, row: &GroupRow) -> Result<Channel, ReplError> {
+        let mut ch = self.channel(&row.partner, Some(row)).await?;
+        let body = serde_json::to_vec(&GroupRef {
+            group: row.name.clone(),
+        })
+        .unwrap_or_default();
+        ch.request(wire::kinds::SYNC_STREAM_BEGIN, body).await?;
+        Ok(ch)
+    }
+
+    /// `verify` of a sync group: a full cut whose seal is queued at the
+    /// cut, so the sealed PIT is the cut's image; then the block compare.
+    async fn verify_sync(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+    ) -> Result<offsite_api_types::VerifyResult, ReplError> {
+        let pit = self.seal(row, mirror, volumes, None, true).await?;
+        let result = self.compare(row, pit.id, volumes).await;
+        for v in volumes {
+            v.end_cut(true);
+        }
+        let per = result?;
+        Ok(offsite_api_types::VerifyResult {
+            group: row.name.clone(),
+            pit: pit.id,
+            blocks_compared: per.iter().map(|v| v.blocks_compared).sum(),
+            differing_blocks: per.iter().map(|v| v.differing_blocks).sum(),
+            volumes: per,
+        })
+    }
+}
