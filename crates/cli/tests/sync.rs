@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use offsite_testkit::TestSite;
+use offsite_testkit::{TestSite, qemu_io};
 use serde_json::Value;
 
 /// Blocks of the test volume (4 MiB).
@@ -145,4 +145,248 @@ fn every_acknowledged_write_survives_a_killed_primary() {
         // Tear the failed-over group down (both sides) for the next round.
         b.ok(&["group", "teardown", &g]);
     }
+}
+
+/// Sites whose replication link goes through a fault proxy: fast timers,
+/// and a lost link is declared after 1 s without an acknowledgement.
+fn proxied_pair() -> (TestSite, TestSite, offsite_testkit::proxy::FaultProxy) {
+    let body = format!("{FAST_REPLICATION}sync_ack_timeout_secs = 1.0\n");
+    let mut a = TestSite::init(bin(), "site-a");
+    set_replication_config(&a, &body);
+    a.start();
+    let mut b = TestSite::init(bin(), "site-b");
+    set_replication_config(&b, &body);
+    b.start();
+    keep_listen_port(&a);
+    keep_listen_port(&b);
+    let listen: std::net::SocketAddr = site_addr(&b, "listen").parse().expect("B's address");
+    let proxy = offsite_testkit::proxy::FaultProxy::start(listen);
+    pin_at(&a, &b, &proxy.addr().to_string());
+    pin(&b, &a);
+    authorize_primary(&b, "site-a", None);
+    (a, b, proxy)
+}
+
+/// A QD1 writer of random blocks until `stop` exists; prints the number of
+/// writes and the longest time one took (seconds) as JSON.
+const TIMED_WRITER: &str = r#"
+import nbd, os, sys, time, json, random
+url, stop, nblocks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(url)
+n, worst = 0, 0.0
+while not os.path.exists(stop):
+    t = time.monotonic()
+    h.pwrite(os.urandom(4096), random.randrange(nblocks) * 4096)
+    worst = max(worst, time.monotonic() - t)
+    n += 1
+print(json.dumps({"writes": n, "max_latency": worst}))
+"#;
+
+fn cut_link(proxy: &offsite_testkit::proxy::FaultProxy) {
+    use offsite_testkit::proxy::Direction;
+    let f = proxy.faults();
+    f.refuse_new(true);
+    f.stall(Direction::ClientToServer);
+    f.stall(Direction::ServerToClient);
+}
+
+fn heal_link(proxy: &offsite_testkit::proxy::FaultProxy) {
+    use offsite_testkit::proxy::Direction;
+    let f = proxy.faults();
+    f.reset_all();
+    f.unstall(Direction::ClientToServer);
+    f.unstall(Direction::ServerToClient);
+    f.refuse_new(false);
+}
+
+fn verify_zero(a: &TestSite, group: &str) -> Value {
+    let v = a.json(&["verify", group]);
+    assert_eq!(v["differing_blocks"], 0, "{v}");
+    v
+}
+
+#[test]
+fn degrade_keeps_writing_through_a_lost_link_then_resynchronizes() {
+    if !have_python_nbd() {
+        return;
+    }
+    let (a, _b, proxy) = proxied_pair();
+    sync_group(&a, "g", "d0", &[]);
+    let stop = a.scratch().join("stop");
+    let writer = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(TIMED_WRITER)
+        .args([
+            &a.url("d0"),
+            &stop.display().to_string(),
+            &NBLOCKS.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    std::thread::sleep(Duration::from_secs(1));
+    cut_link(&proxy);
+    let st = wait_group(&a, "g", "degraded", GROUP_LIMIT, |s| {
+        s["sync_state"] == "degraded" || s["sync_state"] == "resynchronizing"
+    });
+    assert_eq!(st["health"], "critical", "{st}");
+    // The link stays down far longer than the detection timeout: a writer
+    // that waited for the partner would stall that long.
+    std::thread::sleep(Duration::from_secs(8));
+    heal_link(&proxy);
+    in_sync(&a, "g");
+    std::fs::write(&stop, b"").expect("stop the writer");
+    let out = writer.wait_with_output().expect("writer");
+    let r: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .expect("writer JSON");
+    eprintln!("writer: {r}");
+    let worst = r["max_latency"].as_f64().expect("max_latency");
+    // A liveness bound, not a performance figure: the link was down 8 s.
+    assert!(
+        worst < 6.0,
+        "a write stalled {worst:.1}s with on-link-loss degrade (detection timeout 1 s)"
+    );
+    let events = events_about(&a, "g");
+    assert!(
+        events
+            .iter()
+            .any(|(k, m)| k == "group.sync" && m.contains("out of sync")),
+        "{events:?}"
+    );
+    verify_zero(&a, "g");
+}
+
+#[test]
+fn suspend_writes_fail_after_the_timeout_and_lose_nothing_acknowledged() {
+    if !have_python_nbd() {
+        return;
+    }
+    let (mut a, b, proxy) = proxied_pair();
+    sync_group(
+        &a,
+        "g",
+        "d0",
+        &[
+            "--on-link-loss",
+            "suspend-writes",
+            "--suspend-timeout",
+            "2s",
+        ],
+    );
+    let acks = a.scratch().join("acks");
+    let mut writer = start_writer(&a.url("d0"), &acks);
+    wait_until("writes acknowledged", GROUP_LIMIT, || acked(&acks) >= 50);
+    cut_link(&proxy);
+    // The writer's next write waits, then fails: it stops by itself.
+    wait_until("the writer fails its write", GROUP_LIMIT, || {
+        writer.try_wait().ok().flatten().is_some()
+    });
+    let out = writer.wait_with_output().expect("writer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writer stopped"), "{err}");
+    let st = group_status(&a, "g");
+    assert_eq!(st["sync_state"], "suspended", "{st}");
+    let acked = acked(&acks);
+    // The primary dies while the link is down: the replica has every
+    // acknowledged write.
+    a.kill9();
+    let r = b.json(&["failover", "run", "g", "--force"]);
+    let url = r["volumes"][0]["url"].as_str().expect("url").to_string();
+    let stamps: Vec<u64> =
+        serde_json::from_value(python_json(READER, &[&url, &NBLOCKS.to_string()])).expect("stamps");
+    let k = check_prefix(&stamps, acked);
+    eprintln!("{acked} writes acknowledged before the link was cut; the replica holds {k}");
+    heal_link(&proxy);
+}
+
+#[test]
+fn a_live_group_converts_async_to_sync_and_back_with_verify_zero() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    a.create_volume("d0", "8M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &["--rpo", "24h"]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    verify_zero(&a, "g");
+
+    let st = a.json(&["group", "set", "g", "--mode", "sync"]);
+    assert_eq!(st["mode"], "sync", "{st}");
+    in_sync(&a, "g");
+    assert_eq!(group_status(&b, "g")["mode"], "sync");
+    qemu_io(&a.url("d0"), &["write -P 0x22 1M 1M"]);
+    // A named PIT in sync mode seals the replica's log: no data moves.
+    let pit = sync_pit(&a, "g", &["--pit-name", "sealed"]);
+    assert_eq!(pit["name"], "sealed", "{pit}");
+    let pits = b.json(&["pit", "list", "g"]);
+    assert!(
+        pits.as_array()
+            .expect("pits")
+            .iter()
+            .any(|p| p["name"] == "sealed"),
+        "{pits}"
+    );
+    verify_zero(&a, "g");
+
+    a.json(&["group", "set", "g", "--mode", "async"]);
+    let st = group_status(&a, "g");
+    assert_eq!(st["mode"], "async", "{st}");
+    assert!(st["sync_state"].is_null(), "{st}");
+    qemu_io(&a.url("d0"), &["write -P 0x33 2M 1M"]);
+    sync_pit(&a, "g", &[]);
+    verify_zero(&a, "g");
+    // The PIT sealed in sync mode reads back what was written before it.
+    let e = b.json(&["pit", "export", "g", "sealed"]);
+    let url = e["volumes"][0]["url"].as_str().expect("url").to_string();
+    offsite_testkit::qemu_io_ro(
+        &url,
+        &["read -P 0x11 0 1M", "read -P 0x22 1M 1M", "read -P 0 2M 1M"],
+    );
+}
+
+#[test]
+fn metro_latency_keeps_sync_correct() {
+    if !have_python_nbd() {
+        return;
+    }
+    use offsite_testkit::proxy::Direction;
+    let (a, _b, proxy) = proxied_pair();
+    // 2 ms each way: a metro distance.
+    proxy
+        .faults()
+        .set_latency(Direction::ClientToServer, Duration::from_millis(2));
+    proxy
+        .faults()
+        .set_latency(Direction::ServerToClient, Duration::from_millis(2));
+    sync_group(&a, "g", "d0", &[]);
+    let stop = a.scratch().join("stop");
+    let writer = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(TIMED_WRITER)
+        .args([
+            &a.url("d0"),
+            &stop.display().to_string(),
+            &NBLOCKS.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&stop, b"").expect("stop the writer");
+    let out = writer.wait_with_output().expect("writer");
+    let r = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("QD1 writes over a 2 ms (each way) link for 3 s: {r}");
+    assert_eq!(group_status(&a, "g")["sync_state"], "in-sync");
+    verify_zero(&a, "g");
 }

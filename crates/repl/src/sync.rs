@@ -884,9 +884,14 @@ impl Replication {
         loop {
             // Resynchronize: cycles until one ships little; each one covers
             // the writes before its cut.
-            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                s.1 = true;
-            }
+            // `degraded`/`suspended` until a catch-up cycle gets through,
+            // `resynchronizing` from then on.
+            let set_resyncing = |on: bool| {
+                if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    s.1 = on;
+                }
+            };
+            set_resyncing(false);
             self.set_sync_state(&name, "resynchronizing", mirror.why_lost())
                 .await;
             loop {
@@ -899,6 +904,7 @@ impl Replication {
                 {
                     Ok((pit, _)) => {
                         mirror.cover(at.load(Ordering::Relaxed));
+                        set_resyncing(true);
                         backoff = Duration::from_millis(500);
                         if pit.bytes <= CATCH_UP_BYTES {
                             break;
@@ -906,6 +912,7 @@ impl Replication {
                     }
                     Err(e) => {
                         let why = e.to_string();
+                        set_resyncing(false);
                         if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
                             return keep;
                         }
