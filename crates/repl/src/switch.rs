@@ -478,6 +478,9 @@ impl Replication {
                     let _ = ch.request(wire::kinds::GROUP_PREPARED, body).await;
                     ch.close().await;
                 }
+                // The runner waits for commands while prepared: it
+                // replicates again (a sync group reopens its stream).
+                self.wake_runner(group).await;
                 hooks = self
                     .run_vm_hooks(&row, HookAction::Start, "planned", &self.served(&row))
                     .await?;

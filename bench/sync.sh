@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# bench/sync.sh — synchronous replication (issue 6): primary write IOPS and
+# latency of a sync group vs an async group vs no replication.
+#
+# Run (from anywhere; needs fio with the nbd ioengine and python3):
+#
+#     bash bench/sync.sh
+#
+# What it does, in one run on this machine:
+#   two sites on 127.0.0.1 (site-a, site-b), paired; on site-a three 1 GiB
+#   volumes: `s` in a sync group (`--mode sync`), `a` in an async group
+#   (`--rpo 60s`: cycles every 30 s), `n` in no group; both groups started.
+#   Then for QD in 32 and 1, for each volume in turn (order rotated per
+#   repetition), the same fio job
+#       --ioengine=nbd --rw=randwrite --bs=4k --iodepth=QD --time_based
+#       --runtime=RUNTIME
+#   and reports IOPS and p50/p99 completion latency. It also measures the two
+#   costs a synchronous write adds: one fdatasync on this disk (fio psync
+#   4 KiB writes with --fdatasync=1 in the work directory, p50) and one
+#   round trip to the partner (`offsite partner test`'s RTT).
+# Targets: sync >= 0.5 x async IOPS at QD32; at QD1, sync p50 - none p50 <=
+# one fdatasync p50 + one RTT.
+# Everything it started is stopped on exit (KEEP=1 keeps the temp dir).
+# Results (fio JSON, logs, summary.md) stay in $OUT.
+#
+# Options (environment): REPEAT=1 RUNTIME=20 BUILD=0 (1: cargo build
+#   --release first; also when there is no binary) OFFSITE_SRC=... WORKDIR=...
+#   OUT=... KEEP=0
+#
+# Exit status: 0 if the run completed and both targets were met, 1 if not.
+
+set -euo pipefail
+
+REPEAT=${REPEAT:-1}
+RUNTIME=${RUNTIME:-20}
+BUILD=${BUILD:-0}
+KEEP=${KEEP:-0}
+OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+need fio python3 -- "apt-get install fio"
+fio --enghelp 2>/dev/null | grep -qw nbd || die "fio lacks the nbd ioengine"
+
+bench_init offsite-sync
+[[ -x ${OFFSITE_SRC:-$BENCH_REPO/target/release/offsite} ]] || BUILD=1
+bench_binary
+
+{
+    machine_info
+    echo "tools:   $(fio --version), offsite $(offsite_version)"
+    echo "load:    $(load_avg) at the start"
+    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME"
+} >"$OUT/header.txt"
+cat "$OUT/header.txt" >&2
+
+make_pair s
+authorize_a "$WORK/store"
+for v in s a n; do
+    "$OFFSITE" volume create "$v" --size 1G --dir "$A" >/dev/null
+done
+"$OFFSITE" group create gs --partner site-b --volume s --mode sync --compress none --dir "$A" >/dev/null
+"$OFFSITE" group create ga --partner site-b --volume a --mode async --rpo 60s --keep 4 --dir "$A" >/dev/null
+"$OFFSITE" group start gs --dir "$A" >/dev/null
+"$OFFSITE" group start ga --dir "$A" >/dev/null
+for i in $(seq 300); do
+    st=$("$OFFSITE" group status gs --dir "$A" --json | jget sync_state)
+    [[ $st == in-sync ]] && break
+    sleep 0.2
+done
+[[ $st == in-sync ]] || die "group gs did not get in sync (state: $st)"
+log "groups started; gs is in sync"
+
+"$OFFSITE" partner test site-b --dir "$A" --json >"$OUT/partner-test.json"
+RTT_MS=$(jget rtt_ms <"$OUT/partner-test.json")
+fio --name=fsync --ioengine=psync --rw=randwrite --bs=4k --size=64M --fdatasync=1 \
+    --filename="$WORK/fsync.probe" --runtime=10 --time_based \
+    --output-format=json --output="$OUT/fsync.json" >/dev/null
+log "round trip ${RTT_MS} ms; fdatasync measured in $OUT/fsync.json"
+
+declare -A URI
+for v in s a n; do URI[$v]=$("$OFFSITE" volume url "$v" --dir "$A"); done
+targets=(s a n)
+for rep in $(seq "$REPEAT"); do
+    for qd in 32 1; do
+        for k in 0 1 2; do
+            v=${targets[$(((k + rep - 1) % 3))]}
+            log "rep $rep QD$qd volume $v: fio 4k randwrite ${RUNTIME}s"
+            fio --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
+                --iodepth="$qd" --time_based --runtime="$RUNTIME" \
+                --output-format=json --output="$OUT/fio-$v-qd$qd-$rep.json" >/dev/null
+        done
+    done
+done
+"$OFFSITE" group status gs --dir "$A" --json >"$OUT/gs-status.json"
+"$OFFSITE" verify gs --dir "$A" --json >"$OUT/gs-verify.json" || true
+stop_pair
+
+python3 - "$OUT" "$REPEAT" "$RTT_MS" <<'EOF' | tee "$OUT/summary.md"
+import json, statistics, sys
+out, repeat, rtt = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def job(v, qd, rep):
+    w = json.load(open(f"{out}/fio-{v}-qd{qd}-{rep}.json"))["jobs"][0]["write"]
+    p = w["clat_ns"]["percentile"]
+    return w["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3
+names = {"s": "sync group", "a": "async group (RPO 60s)", "n": "no replication"}
+res = {}
+print("| QD | volume | IOPS | p50 µs | p99 µs |")
+print("| --- | --- | ---: | ---: | ---: |")
+for qd in (32, 1):
+    for v in "san":
+        runs = [job(v, qd, r) for r in range(1, repeat + 1)]
+        iops = statistics.median(r[0] for r in runs)
+        p50 = statistics.median(r[1] for r in runs)
+        p99 = statistics.median(r[2] for r in runs)
+        res[(v, qd)] = (iops, p50, p99)
+        print(f"| {qd} | {names[v]} | {iops:,.0f} | {p50:,.0f} | {p99:,.0f} |")
+fs = json.load(open(f"{out}/fsync.json"))["jobs"][0]
+fsync_p50 = fs["sync"]["lat_ns"]["percentile"]["50.000000"] / 1e3
+ratio = res[("s", 32)][0] / res[("a", 32)][0]
+added = res[("s", 1)][1] - res[("n", 1)][1]
+bound = fsync_p50 + rtt * 1000
+verify = json.load(open(f"{out}/gs-verify.json"))
+print()
+print(f"- sync / async IOPS at QD32: **{ratio:.2f}x** (target >= 0.5)")
+print(f"- added p50 latency at QD1 (sync - none): **{added:,.0f} µs**; one fdatasync p50 {fsync_p50:,.0f} µs + one round trip {rtt*1000:,.0f} µs = {bound:,.0f} µs (target: added <= that)")
+print(f"- verify of the sync group after the runs: {verify.get('differing_blocks')} differing blocks of {verify.get('blocks_compared')}")
+ok = ratio >= 0.5 and added <= bound and verify.get("differing_blocks") == 0
+print(f"- targets met: {'yes' if ok else 'no'}")
+sys.exit(0 if ok else 1)
+EOF
