@@ -32,7 +32,9 @@
 //! the mirror says the replica holds it — or when the group's link-loss
 //! policy decides otherwise. The wait happens after the write barrier is
 //! released, so a cut (resynchronization) never waits behind a stalled
-//! write.
+//! write, and it is deferred to the NBD connection's completer
+//! ([`offsite_nbd::BlockDevice::write_at_deferred`]), so one connection
+//! keeps many writes in flight and they share the replica's fsyncs.
 
 use std::collections::HashMap;
 use std::io;
@@ -167,6 +169,18 @@ pub trait WriteMirror: Send + Sync + std::fmt::Debug {
 }
 
 type Mirror = (Arc<dyn WriteMirror>, u16);
+
+/// A mirrored write applied locally, waiting for its replica.
+struct MirrorPending {
+    mirror: Arc<dyn WriteMirror>,
+    ticket: u64,
+}
+
+impl offsite_nbd::Pending for MirrorPending {
+    fn wait(self: Box<Self>) -> io::Result<()> {
+        self.mirror.wait(self.ticket)
+    }
+}
 
 /// PIT `pit` of `volume` in a replica store, as the lower layer of a
 /// promoted volume or a test clone.
@@ -685,6 +699,25 @@ impl offsite_nbd::BlockDevice for Volume {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        match self.write_at_deferred(buf, offset, fua)? {
+            Some(pending) => pending.wait(),
+            None => Ok(()),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        match self.write_zeroes_deferred(offset, len, fua)? {
+            Some(pending) => pending.wait(),
+            None => Ok(()),
+        }
+    }
+
+    fn write_at_deferred(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        fua: bool,
+    ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
         let len = buf.len() as u64;
         let ticket = {
             let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
@@ -701,20 +734,25 @@ impl offsite_nbd::BlockDevice for Volume {
                         self.file.write_at(buf, offset)?;
                         self.mirror_records(offset, len, Some(buf))
                     })?;
-                    Some((m, t))
+                    Some(MirrorPending {
+                        mirror: m,
+                        ticket: t,
+                    })
                 }
             }
         };
         if fua {
             self.file.sync()?;
         }
-        if let Some((m, t)) = ticket {
-            m.wait(t)?;
-        }
-        Ok(())
+        Ok(ticket.map(|p| Box::new(p) as Box<dyn offsite_nbd::Pending>))
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+    fn write_zeroes_deferred(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
         let ticket = {
             let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
             self.check_fence()?;
@@ -730,17 +768,17 @@ impl offsite_nbd::BlockDevice for Volume {
                         self.file.punch_hole(offset, len)?;
                         self.mirror_records(offset, len, None)
                     })?;
-                    Some((m, t))
+                    Some(MirrorPending {
+                        mirror: m,
+                        ticket: t,
+                    })
                 }
             }
         };
         if fua {
             self.file.sync()?;
         }
-        if let Some((m, t)) = ticket {
-            m.wait(t)?;
-        }
-        Ok(())
+        Ok(ticket.map(|p| Box::new(p) as Box<dyn offsite_nbd::Pending>))
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {

@@ -27,6 +27,39 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()>;
     /// Makes every write completed before the call durable (on any connection).
     fn flush(&self) -> io::Result<()>;
+
+    /// A write whose reply may have to wait (a synchronously replicated
+    /// volume waits for its replica): the data is applied before this
+    /// returns — later reads see it — and `Some(pending)` says the reply
+    /// must wait for [`Pending::wait`]. The server then goes on with the
+    /// connection's next requests meanwhile, so a client's queue depth
+    /// reaches the device. The default completes inline.
+    fn write_at_deferred(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        fua: bool,
+    ) -> io::Result<Option<Box<dyn Pending>>> {
+        self.write_at(buf, offset, fua).map(|()| None)
+    }
+
+    /// [`BlockDevice::write_zeroes`] (and trim) with a deferred reply, as
+    /// [`BlockDevice::write_at_deferred`].
+    fn write_zeroes_deferred(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> io::Result<Option<Box<dyn Pending>>> {
+        self.write_zeroes(offset, len, fua).map(|()| None)
+    }
+}
+
+/// The rest of a deferred write: returns when the write may be
+/// acknowledged, or why it failed.
+pub trait Pending: Send {
+    /// Waits for the write's completion.
+    fn wait(self: Box<Self>) -> io::Result<()>;
 }
 
 /// One export as the server sees it during negotiation.

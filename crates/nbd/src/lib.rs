@@ -26,5 +26,5 @@ pub mod codec;
 pub mod device;
 pub mod server;
 
-pub use device::{BlockDevice, Export, ExportRegistry};
+pub use device::{BlockDevice, Export, ExportRegistry, Pending};
 pub use server::{ConfigError, NbdServer, ServerConfig, ServerStats, StatsSnapshot};

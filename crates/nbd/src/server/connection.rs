@@ -138,10 +138,14 @@ fn serve(
     );
 
     let mut transmission = Transmission::new(&bound, shared);
-    let result = transmission.serve(&mut reader, &mut writer);
+    let writer = std::sync::Mutex::new(writer);
+    let result = transmission.serve(&mut reader, &writer);
     // Whatever ended the loop, try to deliver replies already produced; if
     // the loop failed on the socket this fails too and changes nothing.
-    let flushed = writer.flush();
+    let flushed = writer
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush();
     result?;
     flushed?;
     Ok(())

@@ -1,6 +1,14 @@
 //! The transmission phase of one connection: read a request, validate it,
 //! run it against the device, queue a simple reply; repeat in order.
 //!
+//! A write the device defers ([`crate::BlockDevice::write_at_deferred`]:
+//! a synchronously replicated volume waiting for its replica) is answered
+//! by the connection's *completer* thread once it completes, while this
+//! loop goes on with the next requests, so the client's queue depth
+//! reaches the device (and the replica's group commit). Replies may then
+//! arrive out of order, which proto.md allows (they carry the request's
+//! handle). Both threads write replies through one locked buffered writer.
+//!
 //! Validation follows proto.md ("Error values", "Block size constraints"),
 //! first match wins:
 //!
@@ -30,6 +38,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use tracing::{debug, warn};
 
@@ -37,7 +46,7 @@ use super::connection::ConnectionError;
 use super::handshake::{Bound, read_array};
 use super::{ServerConfig, ServerStats, Shared};
 use crate::codec::{self, Command, NbdErrno, REQUEST_HEADER_LEN, Request, command_flags};
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, Pending};
 
 /// proto.md: a payload shorter than 2^25 bytes SHOULD NOT be considered a
 /// denial-of-service attack, so an over-limit write up to this size has its
@@ -64,6 +73,59 @@ impl Op {
     }
 }
 
+/// A reply that waits for a deferred write.
+struct Deferred {
+    pending: Box<dyn Pending>,
+    request: Request,
+}
+
+type Completer<'scope> = (
+    mpsc::Sender<Deferred>,
+    std::thread::ScopedJoinHandle<'scope, ()>,
+);
+
+fn lock<W>(writer: &Mutex<W>) -> std::sync::MutexGuard<'_, W> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The completer thread: answers deferred writes as they complete (in the
+/// order they were deferred; a device completes them in that order), and
+/// sends the replies once nothing more is ready.
+fn complete<W: Write>(rx: mpsc::Receiver<Deferred>, writer: &Mutex<W>, stats: &ServerStats) {
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(d) = next {
+            let result = d.pending.wait();
+            let header = match result {
+                Ok(()) => {
+                    match d.request.command {
+                        Command::Write => {
+                            ServerStats::bump(&stats.writes, 1);
+                            ServerStats::bump(&stats.bytes_written, u64::from(d.request.length));
+                        }
+                        _ => ServerStats::bump(&stats.write_zeroes, 1),
+                    }
+                    codec::encode_simple_reply(0, d.request.handle)
+                }
+                Err(err) => {
+                    let errno = NbdErrno::from_io_error(&err);
+                    debug!(command = ?d.request.command, offset = d.request.offset,
+                           error = %err, ?errno, "deferred NBD write failed");
+                    ServerStats::bump(&stats.errors, 1);
+                    codec::encode_simple_reply(errno.code(), d.request.handle)
+                }
+            };
+            if lock(writer).write_all(&header).is_err() {
+                return; // the socket is gone; the request loop sees it too
+            }
+            next = rx.try_recv().ok();
+        }
+        if lock(writer).flush().is_err() {
+            return;
+        }
+    }
+}
+
 /// Whether the connection goes on after a request.
 enum Flow {
     Continue,
@@ -82,6 +144,9 @@ pub(super) struct Transmission<'a> {
     /// Only the first device error per connection is logged as a warning;
     /// a failing disk under QD32 would otherwise flood the log.
     device_error_logged: bool,
+    /// The last request's deferred completion (its reply is the
+    /// completer's to send).
+    deferred: Option<Box<dyn Pending>>,
 }
 
 impl<'a> Transmission<'a> {
@@ -94,15 +159,41 @@ impl<'a> Transmission<'a> {
             shutting_down: &shared.shutting_down,
             buf: Vec::new(),
             device_error_logged: false,
+            deferred: None,
         }
     }
 
     /// Serves requests until the client disconnects, the server shuts down
-    /// or the stream becomes unusable.
-    pub fn serve<R: Read, W: Write>(
+    /// or the stream becomes unusable; replies to deferred writes are all
+    /// written before it returns.
+    pub fn serve<R: Read, W: Write + Send>(
         &mut self,
         reader: &mut BufReader<R>,
-        writer: &mut W,
+        writer: &Mutex<W>,
+    ) -> Result<(), ConnectionError> {
+        let stats = self.stats;
+        std::thread::scope(|scope| {
+            let mut completer: Option<Completer<'_>> = None;
+            let mut spawn = || {
+                let (tx, rx) = mpsc::channel();
+                let handle = scope.spawn(move || complete(rx, writer, stats));
+                (tx, handle)
+            };
+            let result = self.serve_loop(reader, writer, &mut completer, &mut spawn);
+            if let Some((tx, handle)) = completer.take() {
+                drop(tx);
+                let _ = handle.join();
+            }
+            result
+        })
+    }
+
+    fn serve_loop<'s, R: Read, W: Write>(
+        &mut self,
+        reader: &mut BufReader<R>,
+        writer: &Mutex<W>,
+        completer: &mut Option<Completer<'s>>,
+        spawn: &mut dyn FnMut() -> Completer<'s>,
     ) -> Result<(), ConnectionError> {
         loop {
             // Checked between requests: one already started is finished and
@@ -119,7 +210,12 @@ impl<'a> Transmission<'a> {
             }
             let header = read_array::<REQUEST_HEADER_LEN, _>(reader)?;
             let request = codec::decode_request(&header)?;
-            if let Flow::Disconnect = self.handle(&request, reader, writer)? {
+            let flow = self.handle(&request, reader, writer)?;
+            if let Some(pending) = self.deferred.take() {
+                let (tx, _) = completer.get_or_insert_with(&mut *spawn);
+                let _ = tx.send(Deferred { pending, request });
+            }
+            if let Flow::Disconnect = flow {
                 debug!("NBD client sent NBD_CMD_DISC");
                 return Ok(());
             }
@@ -127,7 +223,7 @@ impl<'a> Transmission<'a> {
             // requests then share one send, and we never block in read()
             // while holding replies the client is waiting for.
             if reader.buffer().len() < REQUEST_HEADER_LEN {
-                writer.flush()?;
+                lock(writer).flush()?;
             }
         }
     }
@@ -136,7 +232,7 @@ impl<'a> Transmission<'a> {
         &mut self,
         request: &Request,
         reader: &mut R,
-        writer: &mut W,
+        writer: &Mutex<W>,
     ) -> Result<Flow, ConnectionError> {
         if request.command == Command::Disc {
             // proto.md: no reply; offset, length and flags are irrelevant.
@@ -162,7 +258,7 @@ impl<'a> Transmission<'a> {
         &mut self,
         op: Op,
         request: &Request,
-        writer: &mut W,
+        writer: &Mutex<W>,
     ) -> Result<(), ConnectionError> {
         let fua = request.flags & command_flags::FUA != 0;
         let offset = request.offset;
@@ -174,10 +270,15 @@ impl<'a> Transmission<'a> {
                 skip_empty(length, || device.trim(offset, length, fua)),
                 &self.stats.trims,
             ),
-            _ => (
-                skip_empty(length, || device.write_zeroes(offset, length, fua)),
-                &self.stats.write_zeroes,
-            ),
+            _ if length == 0 => (Ok(()), &self.stats.write_zeroes),
+            _ => match device.write_zeroes_deferred(offset, length, fua) {
+                Ok(Some(pending)) => {
+                    self.deferred = Some(pending);
+                    return Ok(());
+                }
+                Ok(None) => (Ok(()), &self.stats.write_zeroes),
+                Err(e) => (Err(e), &self.stats.write_zeroes),
+            },
         };
         match result {
             Ok(()) => {
@@ -230,7 +331,11 @@ impl<'a> Transmission<'a> {
     }
 
     /// Runs a validated READ and replies with its data.
-    fn read<W: Write>(&mut self, request: &Request, writer: &mut W) -> Result<(), ConnectionError> {
+    fn read<W: Write>(
+        &mut self,
+        request: &Request,
+        writer: &Mutex<W>,
+    ) -> Result<(), ConnectionError> {
         let len = request.length as usize;
         let mut scratch = Vec::new();
         let buf = data_buffer(&mut self.buf, &mut scratch, len);
@@ -240,8 +345,9 @@ impl<'a> Transmission<'a> {
                 // The data is complete before the header goes out, so a
                 // device error can never follow a success header (which
                 // proto.md would force us to answer with a hard disconnect).
-                writer.write_all(&codec::encode_simple_reply(0, request.handle))?;
-                writer.write_all(buf)?;
+                let mut w = lock(writer);
+                w.write_all(&codec::encode_simple_reply(0, request.handle))?;
+                w.write_all(buf)?;
                 ServerStats::bump(&self.stats.reads, 1);
                 ServerStats::bump(&self.stats.bytes_read, len as u64);
             }
@@ -260,12 +366,12 @@ impl<'a> Transmission<'a> {
         request: &Request,
         verdict: Result<(), NbdErrno>,
         reader: &mut R,
-        writer: &mut W,
+        writer: &Mutex<W>,
     ) -> Result<(), ConnectionError> {
         let limit = self.config.max_request_bytes.max(PORTABLE_PAYLOAD_LIMIT);
         if request.length > limit {
             self.reply_error(writer, request, NbdErrno::Inval)?;
-            writer.flush()?;
+            lock(writer).flush()?;
             return Err(ConnectionError::OversizedWrite {
                 length: request.length,
                 limit,
@@ -280,11 +386,17 @@ impl<'a> Transmission<'a> {
         let buf = data_buffer(&mut self.buf, &mut scratch, len);
         reader.read_exact(buf)?;
         let fua = request.flags & command_flags::FUA != 0;
-        let result = skip_empty(len as u64, || {
-            self.device.write_at(buf, request.offset, fua)
-        });
+        let result = if len == 0 {
+            Ok(None)
+        } else {
+            self.device.write_at_deferred(buf, request.offset, fua)
+        };
         match result {
-            Ok(()) => {
+            Ok(Some(pending)) => {
+                self.deferred = Some(pending);
+                Ok(())
+            }
+            Ok(None) => {
                 ServerStats::bump(&self.stats.writes, 1);
                 ServerStats::bump(&self.stats.bytes_written, len as u64);
                 self.reply_ok(writer, request)
@@ -310,21 +422,25 @@ impl<'a> Transmission<'a> {
         errno
     }
 
-    fn reply_ok<W: Write>(&self, writer: &mut W, request: &Request) -> Result<(), ConnectionError> {
-        writer.write_all(&codec::encode_simple_reply(0, request.handle))?;
+    fn reply_ok<W: Write>(
+        &self,
+        writer: &Mutex<W>,
+        request: &Request,
+    ) -> Result<(), ConnectionError> {
+        lock(writer).write_all(&codec::encode_simple_reply(0, request.handle))?;
         Ok(())
     }
 
     fn reply_error<W: Write>(
         &self,
-        writer: &mut W,
+        writer: &Mutex<W>,
         request: &Request,
         errno: NbdErrno,
     ) -> Result<(), ConnectionError> {
         debug!(command = ?request.command, offset = request.offset, length = request.length,
                flags = request.flags, ?errno, "NBD request failed");
         ServerStats::bump(&self.stats.errors, 1);
-        writer.write_all(&codec::encode_simple_reply(errno.code(), request.handle))?;
+        lock(writer).write_all(&codec::encode_simple_reply(errno.code(), request.handle))?;
         Ok(())
     }
 }
