@@ -492,6 +492,10 @@ pub struct FailoverRun {
     /// Fail over although the primary is reachable and not prepared.
     #[serde(default)]
     pub force: bool,
+    /// Leave the VMs' start hooks to the caller (a recovery plan starts
+    /// them in priority tiers).
+    #[serde(default)]
+    pub skip_vm_hooks: bool,
 }
 
 /// One hook run during a failover.

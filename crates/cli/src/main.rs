@@ -356,7 +356,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r: offsite_api_types::FailoverResult = client(&cli.global)?.group_action(
                 &group,
                 "failover",
-                &offsite_api_types::FailoverRun { pit, test, force },
+                &offsite_api_types::FailoverRun {
+                    pit,
+                    test,
+                    force,
+                    ..Default::default()
+                },
             )?;
             p.failover(&r)?;
             failover_errors(&r)

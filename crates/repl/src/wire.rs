@@ -53,6 +53,10 @@ pub mod kinds {
     /// Replica → primary: these blocks differ on the replica now; ship
     /// them again ([`MarkDirty`]).
     pub const MARK_DIRTY: u16 = 16;
+    /// The first kind answered by a service above replication
+    /// ([`crate::RequestHandler`]); recovery plans use 40 and up
+    /// (`offsite_plan::wire`).
+    pub const EXTENSION_FIRST: u16 = 40;
 }
 
 /// [`kinds::MARK_DIRTY`].
