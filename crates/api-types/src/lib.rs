@@ -23,6 +23,13 @@ pub mod metrics {
     }
 }
 
+mod plans;
+
+pub use plans::{
+    CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunGroup, PlanRunReport, PlanRunRequest,
+    PlanRunStep, PlanRunSummary, PlanSetPriority, PlanStep, PlanVm,
+};
+
 /// Version prefix of every API route.
 pub const API_PREFIX: &str = "/api/v1";
 
