@@ -155,13 +155,15 @@ fn row_of(r: &PlanRunReport) -> RunRow {
 /// Stores a run's report and renders its HTML page (a run of this site or
 /// one received from the partner).
 pub(crate) fn store_record(site: &Site, r: &PlanRunReport) -> Result<(), PlanError> {
-    site.put_run_row(&row_of(r))?;
+    let row = row_of(r);
+    site.put_run_row(&row)?;
     let path = html_path(site, &r.id);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
     }
-    let mut page = r.clone();
+    // The page shows what `plan report` shows: derived from the stored row.
+    let mut page = report_of(site, &row);
     page.html_path = Some(path.display().to_string());
     offsite_store::write_durably(&path, crate::report::html(&page).as_bytes(), 0o644)
         .map_err(|e| invalid(format!("writing the report {}: {e}", path.display())))?;
