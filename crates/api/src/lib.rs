@@ -856,7 +856,14 @@ async fn plan_run(
     b: JsonBody<offsite_api_types::PlanRunRequest>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     let req = body(b)?;
-    plan(s.plans.run(&name, &req).await)
+    // Its own task: a client that goes away does not cancel the run.
+    let plans = s.plans.clone();
+    let run = tokio::spawn(async move { plans.run(&name, &req).await }).await;
+    plan(run.unwrap_or_else(|e| {
+        Err(PlanError::Invalid(format!(
+            "internal error: the run failed ({e}); see the daemon log"
+        )))
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/plans/{name}/continue", params(("name" = String, Path)),
@@ -865,7 +872,13 @@ async fn plan_continue(
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
-    plan(s.plans.continue_run(&name).await)
+    let plans = s.plans.clone();
+    let run = tokio::spawn(async move { plans.continue_run(&name).await }).await;
+    plan(run.unwrap_or_else(|e| {
+        Err(PlanError::Invalid(format!(
+            "internal error: the run failed ({e}); see the daemon log"
+        )))
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/plans/{name}/runs", params(("name" = String, Path)),

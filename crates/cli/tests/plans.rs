@@ -507,6 +507,9 @@ fn html_report_renders_in_headless_chromium_with_every_step() {
         "http:x",
     ]);
     assert!(e.contains("tcp:HOST:PORT"), "{e}");
+    let (status, doc) = http_get(&site_addr(&a, "api"), "/api/openapi.json");
+    assert_eq!(status, 200);
+    assert!(doc.contains("/api/v1/plans/{name}/run") && doc.contains("PlanRunReport"));
     let r = plan_run(&b, &["web-dr", "--mode", "test"]);
     assert_eq!(r["status"], "succeeded", "{r}");
     let id = r["id"].as_str().unwrap();
