@@ -23,6 +23,13 @@ pub mod metrics {
     }
 }
 
+mod plans;
+
+pub use plans::{
+    CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunGroup, PlanRunReport, PlanRunRequest,
+    PlanRunStep, PlanRunSummary, PlanSetPriority, PlanStep, PlanVm,
+};
+
 /// Version prefix of every API route.
 pub const API_PREFIX: &str = "/api/v1";
 
@@ -516,6 +523,10 @@ pub struct FailoverRun {
     /// Fail over although the primary is reachable and not prepared.
     #[serde(default)]
     pub force: bool,
+    /// Leave the VMs' start hooks to the caller (a recovery plan starts
+    /// them in priority tiers).
+    #[serde(default)]
+    pub skip_vm_hooks: bool,
 }
 
 /// One hook run during a failover.

@@ -29,6 +29,7 @@ use offsite_api_types::{
     VerifyResult,
 };
 use offsite_engine::{EngineError, ErrorKind, Site};
+use offsite_plan::{PlanError, Plans};
 use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -42,6 +43,7 @@ pub use metrics::{MetricsSource, family as metrics_family};
 pub struct ApiState {
     site: Arc<Site>,
     repl: Arc<Replication>,
+    plans: Arc<Plans>,
     token: Arc<str>,
     metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
 }
@@ -60,12 +62,14 @@ impl ApiState {
     pub fn new(
         site: Arc<Site>,
         repl: Arc<Replication>,
+        plans: Arc<Plans>,
         token: &str,
         metrics: Vec<Arc<dyn MetricsSource>>,
     ) -> ApiState {
         ApiState {
             site,
             repl,
+            plans,
             token: token.trim().into(),
             metrics: Arc::new(metrics),
         }
@@ -79,8 +83,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -170,6 +174,18 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/groups/{name}/measure", get(group_measure))
         .route("/groups/{name}/pits", get(pit_list))
+        .route("/plans", get(plan_list).post(plan_create))
+        .route("/plans/{name}", get(plan_show).delete(plan_delete))
+        .route("/plans/{name}/groups", axum::routing::post(plan_add_group))
+        .route(
+            "/plans/{name}/priorities",
+            axum::routing::post(plan_set_priority),
+        )
+        .route("/plans/{name}/steps", axum::routing::post(plan_add_step))
+        .route("/plans/{name}/run", axum::routing::post(plan_run))
+        .route("/plans/{name}/continue", axum::routing::post(plan_continue))
+        .route("/plans/{name}/runs", get(plan_history))
+        .route("/plan-runs/{id}", get(plan_report))
         .route("/vms", get(vm_list).post(vm_create))
         .route("/vms/{name}", get(vm_show).delete(vm_delete))
         .route("/events", get(event_list))
@@ -243,6 +259,8 @@ enum Failure {
     BadBody(String),
     /// Talking to a partner failed or was refused.
     Repl(ReplError),
+    /// A recovery-plan request failed.
+    Plan(PlanError),
 }
 
 impl IntoResponse for Failure {
@@ -251,6 +269,15 @@ impl IntoResponse for Failure {
             Failure::Engine(e) => e,
             Failure::BadBody(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
             Failure::Repl(ReplError::Engine(e)) => e,
+            Failure::Plan(e) => {
+                let (status, code) = match e.kind() {
+                    ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    ErrorKind::Conflict | ErrorKind::Busy => (StatusCode::CONFLICT, "conflict"),
+                    ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+                    ErrorKind::Internal => (StatusCode::BAD_GATEWAY, "plan_error"),
+                };
+                return error(status, code, e.to_string());
+            }
             Failure::Repl(e) => {
                 let (status, code) = match &e {
                     ReplError::NoSuchPartner(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -760,4 +787,129 @@ async fn openapi_json() -> Response {
         ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
     )
         .into_response()
+}
+
+fn plan<T>(r: Result<T, PlanError>) -> ApiResult<T> {
+    r.map(Json).map_err(Failure::Plan)
+}
+
+#[utoipa::path(get, path = "/api/v1/plans", responses((status = 200, body = [offsite_api_types::PlanInfo])))]
+async fn plan_list(State(s): State<ApiState>) -> ApiResult<Vec<offsite_api_types::PlanInfo>> {
+    plan(s.plans.list().await)
+}
+
+#[utoipa::path(post, path = "/api/v1/plans", request_body = offsite_api_types::CreatePlan,
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn plan_create(
+    State(s): State<ApiState>,
+    b: JsonBody<offsite_api_types::CreatePlan>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    let req = body(b)?;
+    plan(s.plans.create(&req).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/plans/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 404, body = ApiError)))]
+async fn plan_show(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    plan(s.plans.show(&name).await)
+}
+
+#[utoipa::path(delete, path = "/api/v1/plans/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 404, body = ApiError)))]
+async fn plan_delete(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    plan(s.plans.delete(&name).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/plans/{name}/groups", params(("name" = String, Path)),
+    request_body = offsite_api_types::PlanAddGroup,
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
+async fn plan_add_group(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::PlanAddGroup>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    let req = body(b)?;
+    plan(s.plans.add_group(&name, &req).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/plans/{name}/priorities", params(("name" = String, Path)),
+    request_body = offsite_api_types::PlanSetPriority,
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
+async fn plan_set_priority(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::PlanSetPriority>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    let req = body(b)?;
+    plan(s.plans.set_priority(&name, &req).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/plans/{name}/steps", params(("name" = String, Path)),
+    request_body = offsite_api_types::PlanAddStep,
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
+async fn plan_add_step(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::PlanAddStep>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    let req = body(b)?;
+    plan(s.plans.add_step(&name, &req).await)
+}
+
+#[utoipa::path(post, path = "/api/v1/plans/{name}/run", params(("name" = String, Path)),
+    request_body = offsite_api_types::PlanRunRequest,
+    responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn plan_run(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::PlanRunRequest>,
+) -> ApiResult<offsite_api_types::PlanRunReport> {
+    let req = body(b)?;
+    // Its own task: a client that goes away does not cancel the run.
+    let plans = s.plans.clone();
+    let run = tokio::spawn(async move { plans.run(&name, &req).await }).await;
+    plan(run.unwrap_or_else(|e| {
+        Err(PlanError::Invalid(format!(
+            "internal error: the run failed ({e}); see the daemon log"
+        )))
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/plans/{name}/continue", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 409, body = ApiError)))]
+async fn plan_continue(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::PlanRunReport> {
+    let plans = s.plans.clone();
+    let run = tokio::spawn(async move { plans.continue_run(&name).await }).await;
+    plan(run.unwrap_or_else(|e| {
+        Err(PlanError::Invalid(format!(
+            "internal error: the run failed ({e}); see the daemon log"
+        )))
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/plans/{name}/runs", params(("name" = String, Path)),
+    responses((status = 200, body = [offsite_api_types::PlanRunSummary]), (status = 404, body = ApiError)))]
+async fn plan_history(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<offsite_api_types::PlanRunSummary>> {
+    plan(s.plans.history(&name).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/plan-runs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 404, body = ApiError)))]
+async fn plan_report(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<offsite_api_types::PlanRunReport> {
+    plan(s.plans.report(&id).await)
 }

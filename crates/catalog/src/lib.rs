@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod plans;
+
+pub use plans::{PlanRow, PlanStepRow, PlanVmRow, RunRow, RunStepRow};
+
 /// Schema migrations, in order; entry `i` moves the schema from version `i`
 /// to `i + 1`. Never edit a released entry: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -147,6 +151,75 @@ const MIGRATIONS: &[&str] = &[
     // wait up to the timeout, then fail).
     "ALTER TABLE groups ADD COLUMN on_link_loss TEXT NOT NULL DEFAULT 'degrade';
      ALTER TABLE groups ADD COLUMN suspend_timeout_secs INTEGER NOT NULL DEFAULT 30;",
+    // v9: recovery plans (groups, VM priorities, callout steps) and their
+    // runs with every step (the run reports). See `plans.rs`.
+    "CREATE TABLE plans (
+         name           TEXT PRIMARY KEY,
+         protected_site TEXT NOT NULL,
+         recovery_site  TEXT NOT NULL,
+         description    TEXT,
+         test_network   TEXT,
+         parallel       INTEGER NOT NULL CHECK (parallel > 0),
+         created_at     TEXT NOT NULL
+     );
+     CREATE TABLE plan_groups (
+         plan       TEXT NOT NULL REFERENCES plans(name) ON DELETE CASCADE,
+         position   INTEGER NOT NULL,
+         group_name TEXT NOT NULL,
+         PRIMARY KEY (plan, position)
+     );
+     CREATE TABLE plan_vms (
+         plan              TEXT NOT NULL REFERENCES plans(name) ON DELETE CASCADE,
+         vm                TEXT NOT NULL,
+         group_name        TEXT NOT NULL,
+         priority          INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 5),
+         wait_for          TEXT,
+         wait_timeout_secs INTEGER NOT NULL,
+         PRIMARY KEY (plan, vm)
+     );
+     CREATE TABLE plan_steps (
+         plan         TEXT NOT NULL REFERENCES plans(name) ON DELETE CASCADE,
+         position     INTEGER NOT NULL,
+         name         TEXT NOT NULL,
+         kind         TEXT NOT NULL CHECK (kind IN ('command', 'prompt')),
+         body         TEXT NOT NULL,
+         after_tier   INTEGER NOT NULL CHECK (after_tier BETWEEN 0 AND 5),
+         skip_in_test INTEGER NOT NULL,
+         timeout_secs INTEGER NOT NULL,
+         PRIMARY KEY (plan, position)
+     );
+     CREATE TABLE plan_runs (
+         id          TEXT PRIMARY KEY,
+         plan        TEXT NOT NULL,
+         mode        TEXT NOT NULL,
+         site        TEXT NOT NULL,
+         status      TEXT NOT NULL,
+         from_site   TEXT NOT NULL,
+         to_site     TEXT NOT NULL,
+         started_at  TEXT NOT NULL,
+         finished_at TEXT,
+         rto_ms      INTEGER,
+         groups      TEXT NOT NULL,
+         errors      TEXT NOT NULL
+     );
+     CREATE INDEX plan_runs_by_plan ON plan_runs (plan, started_at);
+     CREATE TABLE plan_run_steps (
+         run_id      TEXT NOT NULL REFERENCES plan_runs(id) ON DELETE CASCADE,
+         idx         INTEGER NOT NULL,
+         name        TEXT NOT NULL,
+         kind        TEXT NOT NULL,
+         group_name  TEXT,
+         vm          TEXT,
+         tier        INTEGER,
+         site        TEXT NOT NULL,
+         status      TEXT NOT NULL,
+         started_at  TEXT,
+         finished_at TEXT,
+         duration_ms INTEGER,
+         output      TEXT NOT NULL,
+         error       TEXT,
+         PRIMARY KEY (run_id, idx)
+     );",
 ];
 
 /// Schema version this build writes.
@@ -214,6 +287,12 @@ pub enum CatalogError {
     /// No such authorization entry.
     #[error("no authorization entry for {0:?}; `offsite authz list` shows them")]
     NoSuchAuthz(String),
+    /// No such recovery plan.
+    #[error("no recovery plan named {0:?}; `offsite plan list` shows the plans")]
+    NoSuchPlan(String),
+    /// No such plan run.
+    #[error("no plan run {0:?}; `offsite plan history PLAN` shows the runs")]
+    NoSuchRun(String),
 }
 
 /// A VM's catalog row.

@@ -86,6 +86,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Recovery plans: groups and VMs in priority tiers with callouts,
+    /// run as test, cleanup, planned, disaster, reprotect or failback.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// The two-site disaster-recovery demonstration on loopback: two sites,
+    /// a VM with two volumes, a recovery plan run as a test, a planned
+    /// migration, reprotect and failback, with data checks at every step.
+    /// `--dir DIR` puts the sites in DIR (default: a new temporary directory).
+    Demo(DemoArgs),
     /// Show the site's event log.
     Events {
         /// How many of the newest events.
@@ -393,4 +402,101 @@ pub struct CreateArgs {
     /// Return at once instead of waiting for an import to finish.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the sites (stopped) and their reports in place.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Create a recovery plan; it is stored at both sites.
+    Create {
+        name: String,
+        /// The site whose VMs the plan protects.
+        #[arg(long)]
+        protected_site: String,
+        /// The site it recovers them to.
+        #[arg(long)]
+        recovery_site: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Network name given to VM hooks and callouts in test mode (OFFSITE_TEST_NETWORK).
+        #[arg(long)]
+        test_network: Option<String>,
+        /// VMs of one priority tier started at once, at most.
+        #[arg(long)]
+        parallel: Option<u32>,
+    },
+    /// Add a replication group; its VMs join at priority 3.
+    AddGroup { plan: String, group: String },
+    /// Put a VM in priority tier 1 (first) to 5; optionally wait until it answers.
+    SetPriority {
+        plan: String,
+        vm: String,
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=5))]
+        priority: u8,
+        /// tcp:HOST:PORT or cmd:COMMAND: the VM is up once this succeeds.
+        #[arg(long, value_name = "tcp:HOST:PORT|cmd:CMD")]
+        wait_for: Option<String>,
+        /// Remove the VM's wait.
+        #[arg(long, conflicts_with = "wait_for")]
+        no_wait: bool,
+        /// How long the wait may take, e.g. 2m.
+        #[arg(long)]
+        wait_timeout: Option<Secs>,
+    },
+    /// Add a callout: a command run at the recovery site, or a prompt the
+    /// run waits at until `plan continue`.
+    AddStep {
+        plan: String,
+        /// Step name, unique in the plan.
+        name: String,
+        /// Command (sh -c) run at the recovery site.
+        #[arg(long, group = "what")]
+        command: Option<String>,
+        /// Message shown while the run waits for `plan continue`.
+        #[arg(long, group = "what")]
+        prompt: Option<String>,
+        /// Run once the VMs of this tier are up (0: before tier 1).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+        after_tier: u8,
+        /// Test runs skip this step.
+        #[arg(long)]
+        skip_in_test: bool,
+        /// Command timeout, e.g. 5m.
+        #[arg(long)]
+        timeout: Option<Secs>,
+    },
+    /// Show a plan.
+    Show { plan: String },
+    /// List the plans.
+    List,
+    /// Delete a plan at both sites (run reports are kept).
+    Delete { plan: String },
+    /// Run a plan at its current recovery site.
+    Run {
+        plan: String,
+        /// test | cleanup | planned | disaster | reprotect | failback
+        #[arg(long, required_unless_present = "resume")]
+        mode: Option<String>,
+        /// Continue the plan's stopped run from its failed step.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Go on with the run waiting at a prompt.
+    Continue { plan: String },
+    /// The plan's runs (made at either site).
+    History { plan: String },
+    /// A run's report.
+    Report {
+        run_id: String,
+        /// text (default), json, or html (a self-contained page on stdout).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }

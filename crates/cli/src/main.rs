@@ -5,6 +5,7 @@
 //! error). Output to a closed pipe ends the program quietly with 0.
 
 mod args;
+mod demo;
 mod output;
 mod units;
 
@@ -20,7 +21,7 @@ use offsite_client::Client;
 
 use crate::args::{
     AuthzCommand, Cli, Command, FailoverCommand, GroupCommand, PartnerCommand, PitCommand,
-    SiteCommand, VmCommand, VolumeCommand,
+    PlanCommand, SiteCommand, VmCommand, VolumeCommand,
 };
 use crate::output::Printer;
 
@@ -361,7 +362,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r: offsite_api_types::FailoverResult = client(&cli.global)?.group_action(
                 &group,
                 "failover",
-                &offsite_api_types::FailoverRun { pit, test, force },
+                &offsite_api_types::FailoverRun {
+                    pit,
+                    test,
+                    force,
+                    ..Default::default()
+                },
             )?;
             p.failover(&r)?;
             failover_errors(&r)
@@ -402,6 +408,127 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             p.failover(&r)
         }
         Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
+        Command::Plan(cmd) => plan(&cli.global, cmd, &p),
+        Command::Demo(a) => {
+            init_tracing("warn");
+            demo::run(cli.global.dir.as_deref(), a.keep)
+        }
+    }
+}
+
+fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyhow::Result<()> {
+    use offsite_api_types as t;
+    let c = client(global)?;
+    match cmd {
+        PlanCommand::Create {
+            name,
+            protected_site,
+            recovery_site,
+            description,
+            test_network,
+            parallel,
+        } => p.plan(&c.create_plan(&t::CreatePlan {
+            name,
+            protected_site,
+            recovery_site,
+            description,
+            test_network,
+            parallel,
+        })?),
+        PlanCommand::AddGroup { plan, group } => {
+            p.plan(&c.plan_action(&plan, "groups", &t::PlanAddGroup { group })?)
+        }
+        PlanCommand::SetPriority {
+            plan,
+            vm,
+            priority,
+            wait_for,
+            no_wait,
+            wait_timeout,
+        } => p.plan(&c.plan_action(
+            &plan,
+            "priorities",
+            &t::PlanSetPriority {
+                vm,
+                priority,
+                wait_for,
+                no_wait,
+                wait_timeout_secs: wait_timeout.map(|s| s.0),
+            },
+        )?),
+        PlanCommand::AddStep {
+            plan,
+            name,
+            command,
+            prompt,
+            after_tier,
+            skip_in_test,
+            timeout,
+        } => p.plan(&c.plan_action(
+            &plan,
+            "steps",
+            &t::PlanAddStep {
+                name,
+                command,
+                prompt,
+                after_tier,
+                skip_in_test,
+                timeout_secs: timeout.map(|s| s.0),
+            },
+        )?),
+        PlanCommand::Show { plan } => p.plan(&c.plan(&plan)?),
+        PlanCommand::List => p.plans(&c.plans()?),
+        PlanCommand::Delete { plan } => {
+            c.delete_plan(&plan)?;
+            p.done(
+                &format!("plan {plan} deleted at both sites (its run reports are kept)"),
+                serde_json::json!({ "name": plan, "deleted": true }),
+            )
+        }
+        PlanCommand::Run { plan, mode, resume } => {
+            let r: t::PlanRunReport =
+                c.plan_action(&plan, "run", &t::PlanRunRequest { mode, resume })?;
+            p.plan_run(&r)?;
+            run_outcome(&r)
+        }
+        PlanCommand::Continue { plan } => {
+            let r: t::PlanRunReport = c.plan_action(&plan, "continue", &())?;
+            p.plan_run(&r)?;
+            run_outcome(&r)
+        }
+        PlanCommand::History { plan } => p.plan_history(&c.plan_history(&plan)?),
+        PlanCommand::Report { run_id, format } => {
+            let r = c.plan_report(&run_id)?;
+            match format.as_str() {
+                "html" => output::emit_text(&offsite_plan::report::html(&r)),
+                "json" => Printer::new(true).plan_run(&r),
+                "text" => p.plan_run(&r),
+                other => anyhow::bail!("--format {other}: use text, json or html"),
+            }
+        }
+    }
+}
+
+/// A run that stopped at an error, or finished with errors, exits 1.
+fn run_outcome(r: &offsite_api_types::PlanRunReport) -> anyhow::Result<()> {
+    match r.status.as_str() {
+        "failed" => {
+            let why = r.errors.last().cloned().unwrap_or_default();
+            anyhow::bail!(
+                "plan {} run {} stopped: {why}; fix it and run `offsite plan run {} --resume`",
+                r.plan,
+                r.id,
+                r.plan
+            )
+        }
+        "succeeded-with-errors" => anyhow::bail!(
+            "plan {} run {} completed with {} error(s): {}",
+            r.plan,
+            r.id,
+            r.errors.len(),
+            r.errors.join("; ")
+        ),
+        _ => Ok(()),
     }
 }
 

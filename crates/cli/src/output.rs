@@ -25,6 +25,11 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Writes `text` to stdout as is.
+pub fn emit_text(text: &str) -> anyhow::Result<()> {
+    emit(text)
+}
+
 fn emit(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
@@ -569,6 +574,152 @@ impl Printer {
             ));
         }
         emit(&out)
+    }
+
+    pub fn plan(&self, plan: &offsite_api_types::PlanInfo) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(plan);
+        }
+        let none = || "-".to_string();
+        let mut out = fields(&[
+            ("name", plan.name.clone()),
+            ("protected site", plan.protected_site.clone()),
+            ("recovery site", plan.recovery_site.clone()),
+            ("description", plan.description.clone().unwrap_or_else(none)),
+            (
+                "test network",
+                plan.test_network.clone().unwrap_or_else(none),
+            ),
+            ("parallel starts", plan.parallel.to_string()),
+            ("groups", plan.groups.join(", ")),
+        ]);
+        if !plan.vms.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = plan
+                .vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.priority.to_string(),
+                        v.vm.clone(),
+                        v.group.clone(),
+                        v.wait_for
+                            .clone()
+                            .map_or("-".into(), |w| format!("{w} ({} s)", v.wait_timeout_secs)),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["TIER", "VM", "GROUP", "WAIT FOR"], &rows));
+        }
+        if !plan.steps.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = plan
+                .steps
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.after_tier.to_string(),
+                        s.name.clone(),
+                        s.kind.clone(),
+                        s.command
+                            .clone()
+                            .or_else(|| s.prompt.clone())
+                            .unwrap_or_default(),
+                        if s.skip_in_test {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    "AFTER TIER",
+                    "STEP",
+                    "KIND",
+                    "COMMAND / PROMPT",
+                    "SKIP IN TEST",
+                ],
+                &rows,
+            ));
+        }
+        emit(&out)
+    }
+
+    pub fn plans(&self, plans: &[offsite_api_types::PlanInfo]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(plans);
+        }
+        if plans.is_empty() {
+            return emit(
+                "no recovery plans; create one with `offsite plan create NAME --protected-site A --recovery-site B`\n",
+            );
+        }
+        let rows: Vec<Vec<String>> = plans
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    format!("{} -> {}", p.protected_site, p.recovery_site),
+                    p.groups.join(","),
+                    p.vms.len().to_string(),
+                    p.steps.len().to_string(),
+                ]
+            })
+            .collect();
+        emit(&table(&["NAME", "SITES", "GROUPS", "VMS", "STEPS"], &rows))
+    }
+
+    pub fn plan_run(&self, r: &offsite_api_types::PlanRunReport) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = offsite_plan::report::summary(r);
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.index.to_string(),
+                    s.status.clone(),
+                    s.duration_ms
+                        .map_or("-".into(), |d| format!("{:.1}s", d as f64 / 1000.0)),
+                    s.site.clone(),
+                    s.name.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["#", "STATUS", "TIME", "SITE", "STEP"], &rows));
+        emit(&out)
+    }
+
+    pub fn plan_history(&self, runs: &[offsite_api_types::PlanRunSummary]) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(runs);
+        }
+        if runs.is_empty() {
+            return emit("no runs yet; `offsite plan run PLAN --mode test` rehearses the plan\n");
+        }
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.clone(),
+                    r.mode.clone(),
+                    r.site.clone(),
+                    r.status.clone(),
+                    r.started_at.clone(),
+                    r.rto_seconds.map_or("-".into(), |s| format!("{s:.1}s")),
+                    r.errors.to_string(),
+                ]
+            })
+            .collect();
+        emit(&table(
+            &["RUN", "MODE", "SITE", "STATUS", "STARTED", "RTO", "ERRORS"],
+            &rows,
+        ))
     }
 
     pub fn vm(&self, v: &offsite_api_types::VmInfo) -> anyhow::Result<()> {

@@ -440,6 +440,53 @@ impl Client {
         self.get(&format!("/groups/{}/pits", encode(name)))
     }
 
+    /// `GET /plans`.
+    pub fn plans(&self) -> Result<Vec<offsite_api_types::PlanInfo>, ClientError> {
+        self.get("/plans")
+    }
+
+    /// `POST /plans`.
+    pub fn create_plan(
+        &self,
+        req: &offsite_api_types::CreatePlan,
+    ) -> Result<offsite_api_types::PlanInfo, ClientError> {
+        self.post("/plans", req)
+    }
+
+    /// `GET /plans/{name}`.
+    pub fn plan(&self, name: &str) -> Result<offsite_api_types::PlanInfo, ClientError> {
+        self.get(&format!("/plans/{}", encode(name)))
+    }
+
+    /// `DELETE /plans/{name}`.
+    pub fn delete_plan(&self, name: &str) -> Result<offsite_api_types::PlanInfo, ClientError> {
+        self.delete(&format!("/plans/{}", encode(name)))
+    }
+
+    /// `POST /plans/{name}/ACTION` with `body` (`groups`, `priorities`,
+    /// `steps`, `run`, `continue`).
+    pub fn plan_action<B: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        action: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.post(&format!("/plans/{}/{action}", encode(name)), body)
+    }
+
+    /// `GET /plans/{name}/runs`.
+    pub fn plan_history(
+        &self,
+        name: &str,
+    ) -> Result<Vec<offsite_api_types::PlanRunSummary>, ClientError> {
+        self.get(&format!("/plans/{}/runs", encode(name)))
+    }
+
+    /// `GET /plan-runs/{id}`.
+    pub fn plan_report(&self, id: &str) -> Result<offsite_api_types::PlanRunReport, ClientError> {
+        self.get(&format!("/plan-runs/{}", encode(id)))
+    }
+
     /// `GET /events`.
     pub fn events(&self, limit: u32) -> Result<Vec<Event>, ClientError> {
         self.get(&format!("/events?limit={limit}"))

@@ -62,6 +62,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
         options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
         let repl = Replication::new(site.clone(), options).context("starting the replication service")?;
+        // Before the listener runs: the partner's plan requests need it.
+        let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
         let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
         let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
             format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
@@ -98,7 +100,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             Arc::new(NbdMetrics(nbd_stats)),
             Arc::new(ReplMetrics(repl.clone())),
         ];
-        let state = ApiState::new(site.clone(), repl.clone(), &token, metrics);
+        let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
 
         let info = serde_json::json!({
             "pid": std::process::id(),

@@ -101,9 +101,13 @@ impl EngineError {
         use offsite_catalog::CatalogError as C;
         match self {
             EngineError::NoSuchVolume(_)
-            | EngineError::Catalog(C::NoSuchVolume(_) | C::NoSuchPartner(_) | C::NoSuchAuthz(_)) => {
-                ErrorKind::NotFound
-            }
+            | EngineError::Catalog(
+                C::NoSuchVolume(_)
+                | C::NoSuchPartner(_)
+                | C::NoSuchAuthz(_)
+                | C::NoSuchPlan(_)
+                | C::NoSuchRun(_),
+            ) => ErrorKind::NotFound,
             EngineError::VolumeExists(_)
             | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,

@@ -15,6 +15,7 @@ pub mod init;
 pub mod layout;
 pub mod names;
 mod partners;
+mod plans;
 mod promote;
 mod site;
 mod vms;

@@ -107,9 +107,11 @@ impl Replication {
         req: &FailoverRun,
     ) -> Result<FailoverResult, ReplError> {
         if req.test {
-            self.test_failover(group, req.pit.as_deref()).await
+            self.test_failover(group, req.pit.as_deref(), !req.skip_vm_hooks)
+                .await
         } else {
-            self.promote(group, req.pit.as_deref(), req.force).await
+            self.promote(group, req.pit.as_deref(), req.force, !req.skip_vm_hooks)
+                .await
         }
     }
 
@@ -117,6 +119,7 @@ impl Replication {
         &self,
         group: &str,
         pit: Option<&str>,
+        start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
@@ -153,15 +156,19 @@ impl Replication {
                 let site = self.site.clone();
                 let g = group.to_string();
                 blocking(move || Ok(site.set_group_state(&g, "test-failover", None)?)).await?;
-                let hooks = match self
-                    .run_vm_hooks(&row, HookAction::Start, "test", &volumes)
-                    .await
-                {
-                    Ok(h) => h,
-                    Err(e) => {
-                        // The test did not happen: stop what started, discard.
-                        let _ = self.stop_test(group).await;
-                        return Err(e);
+                let hooks = if !start_vms {
+                    Vec::new()
+                } else {
+                    match self
+                        .run_vm_hooks(&row, HookAction::Start, "test", &volumes)
+                        .await
+                    {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // The test did not happen: stop what started, discard.
+                            let _ = self.stop_test(group).await;
+                            return Err(e);
+                        }
                     }
                 };
                 tracing::info!(group, pit = %id, "test failover running");
@@ -296,6 +303,16 @@ impl Replication {
     /// `failover stop-test NAME`: stops the test's VMs, discards the clones
     /// and their writes, releases the PIT.
     pub async fn stop_test(&self, group: &str) -> Result<FailoverResult, ReplError> {
+        self.stop_test_with(group, true).await
+    }
+
+    /// `stop_test`; without `stop_vms` the caller has stopped the test's
+    /// VMs already (a recovery plan stops them in reverse priority tiers).
+    pub async fn stop_test_with(
+        &self,
+        group: &str,
+        stop_vms: bool,
+    ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, _) = self.store(group).await.map_err(ReplError::Refused)?;
         let site = self.site.clone();
@@ -318,9 +335,12 @@ impl Replication {
             .collect();
         // A VM that did not stop may still be writing its clone: keep the
         // test until the stop hook succeeds.
-        let hooks = self
-            .run_vm_hooks(&row, HookAction::Stop, "test", &volumes)
-            .await?;
+        let hooks = if stop_vms {
+            self.run_vm_hooks(&row, HookAction::Stop, "test", &volumes)
+                .await?
+        } else {
+            Vec::new()
+        };
         self.discard_clones(&row).await?;
         let site = self.site.clone();
         let g = group.to_string();

@@ -56,6 +56,20 @@ pub mod kinds {
     pub const AUTHZ_CHECK: u16 = 1;
 }
 
+/// Answers site-to-site requests of kinds from [`wire::kinds::EXTENSION_FIRST`]
+/// on, for services layered above replication (recovery plans): they
+/// depend on this crate, so it cannot call them directly.
+pub trait RequestHandler: Send + Sync {
+    /// Answers request `kind` from partner `peer`: the answer's body, or
+    /// the refusal's text.
+    fn answer(
+        &self,
+        peer: String,
+        kind: u16,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + '_>>;
+}
+
 /// How often an accepted session checks that its partner is still pinned.
 pub const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
 
@@ -166,6 +180,8 @@ pub struct Replication {
     stats: std::sync::Mutex<Option<Arc<ListenerStats>>>,
     /// Replica side: the open write logs of sync groups.
     logs: sync::Logs,
+    /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
+    extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -201,7 +217,28 @@ impl Replication {
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
             logs: Default::default(),
+            extension: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Installs the handler of request kinds from
+    /// [`wire::kinds::EXTENSION_FIRST`] on (once; later calls are ignored).
+    pub fn set_extension(&self, handler: Arc<dyn RequestHandler>) {
+        let _ = self.extension.set(handler);
+    }
+
+    /// Sends one request of `kind` to partner `partner` on a fresh session
+    /// and returns the answer's body (for [`RequestHandler`] services).
+    pub async fn request_partner(
+        &self,
+        partner: &str,
+        kind: u16,
+        body: Vec<u8>,
+    ) -> Result<Bytes, ReplError> {
+        let mut ch = self.channel(partner, None).await?;
+        let r = ch.request(kind, body).await;
+        ch.close().await;
+        r
     }
 
     /// Counters of the replication listener, once it runs.
@@ -355,6 +392,19 @@ impl Replication {
                                 Err(e) => (false, error_body(e)),
                             }
                         }
+                        k if k >= wire::kinds::EXTENSION_FIRST => match self.extension.get() {
+                            Some(h) => match h.answer(peer.clone(), k, body).await {
+                                Ok(b) => (true, b),
+                                Err(e) => (false, error_body(e)),
+                            },
+                            None => (
+                                false,
+                                error_body(format!(
+                                    "request kind {k} is not supported by site {}",
+                                    self.site.config().name
+                                )),
+                            ),
+                        },
                         _ => match self.answer_replica(&peer, kind, &body, transfer).await {
                             Ok(b) => (true, b),
                             Err(e) => {

@@ -85,6 +85,17 @@ impl Replication {
         self: &Arc<Self>,
         group: &str,
     ) -> Result<FailoverResult, ReplError> {
+        self.failover_prepare_with(group, true).await
+    }
+
+    /// `failover_prepare`; without `stop_vms` the caller has stopped the
+    /// group's VMs already (a recovery plan stops them in reverse priority
+    /// tiers).
+    pub async fn failover_prepare_with(
+        self: &Arc<Self>,
+        group: &str,
+        stop_vms: bool,
+    ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
         if row.role != "primary" {
@@ -112,9 +123,12 @@ impl Replication {
                 row.state
             )));
         }
-        let hooks = self
-            .run_vm_hooks(&row, HookAction::Stop, "planned", &volumes)
-            .await?;
+        let hooks = if stop_vms {
+            self.run_vm_hooks(&row, HookAction::Stop, "planned", &volumes)
+                .await?
+        } else {
+            Vec::new()
+        };
         let live = self.live_volumes(&row).await?;
         for v in &live {
             v.set_fenced(true);
@@ -269,6 +283,7 @@ impl Replication {
         group: &str,
         pit: Option<&str>,
         force: bool,
+        start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
@@ -357,14 +372,18 @@ impl Replication {
         let served = self.served(&row);
         // The volumes are up: a failing VM hook is reported, not undone.
         let mut errors = Vec::new();
-        let hooks = match self
-            .run_vm_hooks(&row, HookAction::Start, mode, &served)
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                errors.push(e.to_string());
-                Vec::new()
+        let hooks = if !start_vms {
+            Vec::new()
+        } else {
+            match self
+                .run_vm_hooks(&row, HookAction::Start, mode, &served)
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    Vec::new()
+                }
             }
         };
         tracing::info!(group, pit = %id, mode, "failed over");

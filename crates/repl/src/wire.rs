@@ -62,6 +62,10 @@ pub mod kinds {
     pub const SYNC_SEAL: u16 = 18;
     /// Primary → replica: the group was converted ([`GroupSetMode`]).
     pub const GROUP_SET_MODE: u16 = 19;
+    /// The first kind answered by a service above replication
+    /// ([`crate::RequestHandler`]); recovery plans use 40 and up
+    /// (`offsite_plan::wire`).
+    pub const EXTENSION_FIRST: u16 = 40;
 }
 
 /// [`kinds::GROUP_SET_MODE`].

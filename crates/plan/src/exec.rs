@@ -1,0 +1,203 @@
+//! Callout commands and VM waits: `sh -c CMD` in its own process group with
+//! a timeout (the whole group is killed when it expires), and the
+//! `tcp:HOST:PORT` / `cmd:COMMAND` checks that decide a VM is up.
+
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Output kept per command.
+const OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// The last [`OUTPUT_LIMIT`] bytes of `text`, on a character boundary.
+fn tail(text: &str) -> &str {
+    if text.len() <= OUTPUT_LIMIT {
+        return text;
+    }
+    let mut start = text.len() - OUTPUT_LIMIT;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// `: OUTPUT` when there is output, for one-line messages.
+pub(crate) fn quoted(output: &str) -> String {
+    let t = output.trim_end();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tail(t))
+    }
+}
+
+/// Runs `sh -c cmd` with `env` added; `Ok(output)` on exit 0 within
+/// `timeout`, else `Err` saying what happened, with the output.
+pub(crate) fn run(
+    cmd: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}; check that sh exists"))?;
+    // The command holds the pipe's write ends; dropping ours lets the
+    // reader see EOF once the command and its children exit.
+    drop(command);
+    let collector = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        out
+    });
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    // Whatever the command left running in its group must not hold the
+    // pipe (and us) open.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let raw = collector.join().unwrap_or_default();
+    let output = tail(&String::from_utf8_lossy(&raw)).to_string();
+    let ms = started.elapsed().as_millis();
+    match status {
+        Some(s) if s.success() && !timed_out => Ok(output),
+        Some(s) => Err(format!(
+            "{cmd:?} exited with {} after {ms} ms{}",
+            s.code().map_or("a signal".to_string(), |c| c.to_string()),
+            quoted(&output)
+        )),
+        None => Err(format!(
+            "{cmd:?} timed out after {ms} ms and was killed{}",
+            quoted(&output)
+        )),
+    }
+}
+
+/// Waits until `spec` (`tcp:HOST:PORT` or `cmd:COMMAND`) succeeds, for at
+/// most `timeout`; returns what succeeded, or why it never did.
+pub(crate) fn wait_for(
+    spec: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = if let Some(addr) = spec.strip_prefix("tcp:") {
+            match addr.to_socket_addrs() {
+                Ok(addrs) => {
+                    let mut r = Err(format!("{addr} resolves to no address"));
+                    for a in addrs {
+                        r = TcpStream::connect_timeout(
+                            &a,
+                            remaining
+                                .min(Duration::from_secs(2))
+                                .max(Duration::from_millis(50)),
+                        )
+                        .map(drop)
+                        .map_err(|e| format!("connecting to {a}: {e}"));
+                        if r.is_ok() {
+                            break;
+                        }
+                    }
+                    r
+                }
+                Err(e) => Err(format!("resolving {addr}: {e}")),
+            }
+        } else if let Some(cmd) = spec.strip_prefix("cmd:") {
+            run(cmd, env, remaining.max(Duration::from_millis(100))).map(drop)
+        } else {
+            return Err(format!("unknown wait {spec:?}"));
+        };
+        let last = match attempt {
+            Ok(()) => {
+                return Ok(format!(
+                    "{spec} answered after {} ms",
+                    started.elapsed().as_millis()
+                ));
+            }
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{spec} did not answer within {} s (last: {last}); check the VM or raise --wait-timeout",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_report_exit_output_and_timeouts() {
+        let env = vec![("X".to_string(), "42".to_string())];
+        assert_eq!(
+            run("echo $X", &env, Duration::from_secs(5)).unwrap().trim(),
+            "42"
+        );
+        let e = run("echo nope; exit 3", &env, Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("exited with 3") && e.contains("nope"), "{e}");
+        let t = Instant::now();
+        let e = run("sleep 30 & sleep 30", &env, Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn waits_for_tcp_and_commands() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        wait_for(&format!("tcp:{addr}"), &[], Duration::from_secs(5)).unwrap();
+        drop(l);
+        // Port 1: nothing listens, and it is outside the ephemeral range
+        // (a closed ephemeral port can be "answered" by a TCP self-connect).
+        let e = wait_for("tcp:127.0.0.1:1", &[], Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("did not answer"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("up");
+        let f = flag.display().to_string();
+        let g = f.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(g, "").unwrap();
+        });
+        wait_for(&format!("cmd:test -e {f}"), &[], Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+    }
+}
