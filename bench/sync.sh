@@ -93,6 +93,9 @@ for rep in $(seq "$REPEAT"); do
     done
 done
 "$OFFSITE" group status gs --dir "$A" --json >"$OUT/gs-status.json"
+API_A=$("$OFFSITE" site show --dir "$A" --json | jget api)
+python3 -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' \
+    "$API_A" >"$OUT/metrics-a.txt" || true
 "$OFFSITE" verify gs --dir "$A" --json >"$OUT/gs-verify.json" || true
 stop_pair
 
@@ -121,9 +124,16 @@ ratio = res[("s", 32)][0] / res[("a", 32)][0]
 added = res[("s", 1)][1] - res[("n", 1)][1]
 bound = fsync_p50 + rtt * 1000
 verify = json.load(open(f"{out}/gs-verify.json"))
+def metric(name):
+    for line in open(f"{out}/metrics-a.txt"):
+        if line.startswith(name + "{") and 'group="gs"' in line:
+            return float(line.split()[-1])
+    return 0.0
+batches, writes = metric("offsite_group_sync_batches_total"), metric("offsite_group_sync_writes_total")
 print()
 print(f"- sync / async IOPS at QD32: **{ratio:.2f}x** (target >= 0.5)")
 print(f"- added p50 latency at QD1 (sync - none): **{added:,.0f} µs**; one fdatasync p50 {fsync_p50:,.0f} µs + one round trip {rtt*1000:,.0f} µs = {bound:,.0f} µs (target: added <= that)")
+print(f"- group commit: {writes:,.0f} writes in {batches:,.0f} replica fsyncs ({writes / max(batches, 1):.1f} writes per fsync over both queue depths)")
 print(f"- verify of the sync group after the runs: {verify.get('differing_blocks')} differing blocks of {verify.get('blocks_compared')}")
 ok = ratio >= 0.5 and added <= bound and verify.get("differing_blocks") == 0
 print(f"- targets met: {'yes' if ok else 'no'}")

@@ -305,38 +305,77 @@ impl Replication {
         let mut received = 0u64;
         let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
         revalidate.tick().await;
+        // A message taken while gathering a sync stream's batches.
+        let mut stashed: Option<Message> = None;
         loop {
-            let msg = tokio::select! {
-                m = session.recv() => m,
-                _ = revalidate.tick() => {
-                    let site = self.site.clone();
-                    let fp = fingerprint.clone();
-                    let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
-                        .await
-                        .ok()
-                        .flatten();
-                    if pinned.is_none_or(|p| p.name != peer) {
-                        tracing::warn!(partner = %peer, "partner was removed; closing its session");
-                        let _ = session
-                            .send(Message::error(
-                                ErrorCode::Internal,
-                                format!("site {} no longer pairs with {peer}", self.site.config().name),
-                            ))
-                            .await;
-                        session.close().await;
-                        return;
+            let msg = if let Some(m) = stashed.take() {
+                Ok(Some(m))
+            } else {
+                tokio::select! {
+                    m = session.recv() => m,
+                    _ = revalidate.tick() => {
+                        let site = self.site.clone();
+                        let fp = fingerprint.clone();
+                        let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
+                            .await
+                            .ok()
+                            .flatten();
+                        if pinned.is_none_or(|p| p.name != peer) {
+                            tracing::warn!(partner = %peer, "partner was removed; closing its session");
+                            let _ = session
+                                .send(Message::error(
+                                    ErrorCode::Internal,
+                                    format!("site {} no longer pairs with {peer}", self.site.config().name),
+                                ))
+                                .await;
+                            session.close().await;
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
                 }
             };
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
+                    let mut ack_seq = seq;
                     let applied = match &*transfer {
                         replica::Transfer::Idle => Ok(()),
                         replica::Transfer::Log { slot, .. } => {
+                            // Batches that arrived meanwhile share the fsync
+                            // (group commit across the primary's window).
                             let slot = slot.clone();
-                            self.append_batch(&slot, payload).await
+                            let mut seqs = vec![seq];
+                            let mut payloads = vec![payload];
+                            while let Some(next) = session.try_recv() {
+                                match next {
+                                    Ok(Message::BulkData { seq, payload }) => {
+                                        received += payload.len() as u64;
+                                        seqs.push(seq);
+                                        payloads.push(payload);
+                                    }
+                                    Ok(other) => {
+                                        stashed = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            let r = self.append_batches(&slot, payloads).await;
+                            if r.is_ok() {
+                                ack_seq = seqs.pop().unwrap_or(seq);
+                                for s in seqs {
+                                    let ack = Message::BulkAck {
+                                        seq: s,
+                                        bytes: received,
+                                    };
+                                    if let Err(e) = session.send(ack).await {
+                                        tracing::warn!(partner = %peer, "replication session ended: {e}");
+                                        return;
+                                    }
+                                }
+                            }
+                            r
                         }
                         _ => self.apply_batch(&payload, transfer),
                     };
@@ -352,7 +391,7 @@ impl Replication {
                         return;
                     }
                     Message::BulkAck {
-                        seq,
+                        seq: ack_seq,
                         bytes: received,
                     }
                 }

@@ -85,6 +85,8 @@ pub(crate) struct Runner {
     tx: mpsc::Sender<Command>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) mirror: MirrorSlot,
+    /// Counters of the group's sync mirrors (this daemon's lifetime).
+    pub(crate) sync_stats: Arc<crate::sync::SyncStats>,
 }
 
 /// A session with request ids and bulk flow control.
@@ -102,6 +104,19 @@ pub(crate) struct Channel {
 impl Channel {
     pub(crate) async fn close(self) {
         self.session.close().await;
+    }
+
+    /// A handle that sends on this channel's session (the sync stream
+    /// sends while it waits for acknowledgements).
+    pub(crate) fn session_sender(&self) -> offsite_transport::SessionSender {
+        self.session.sender()
+    }
+
+    /// The next message from the partner.
+    pub(crate) async fn recv(
+        &mut self,
+    ) -> Result<Option<Message>, offsite_transport::TransportError> {
+        self.session.recv().await
     }
 
     fn transport(&self) -> impl Fn(offsite_transport::TransportError) -> ReplError + '_ {
@@ -436,6 +451,10 @@ impl Replication {
         }
     }
 
+    pub(crate) fn runner_sync_stats(&self, group: &str) -> Option<Arc<crate::sync::SyncStats>> {
+        self.runner(group).map(|r| r.sync_stats.clone())
+    }
+
     fn runner(&self, group: &str) -> Option<Runner> {
         self.runners
             .lock()
@@ -472,6 +491,7 @@ impl Replication {
             tx,
             progress: Arc::new(Progress::default()),
             mirror: Default::default(),
+            sync_stats: Default::default(),
         };
         runners.insert(group.to_string(), runner.clone());
         let me = self.clone();
@@ -1458,7 +1478,30 @@ impl Replication {
         let mut last_ms = Vec::new();
         let mut sent = Vec::new();
         let mut pits = Vec::new();
+        let mut sync_in = Vec::new();
+        let mut sync_batches = Vec::new();
+        let mut sync_writes = Vec::new();
+        let mut sync_losses = Vec::new();
+        let mut sync_failed = Vec::new();
         for g in &groups {
+            if g.mode == "sync"
+                && g.role == "primary"
+                && let Some(r) = self.runner(&g.name)
+            {
+                let label = format!("group=\"{}\"", g.name);
+                let in_sync = r
+                    .mirror
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync");
+                let st = &r.sync_stats;
+                sync_in.push((label.clone(), u64::from(in_sync)));
+                sync_batches.push((label.clone(), st.batches.load(Ordering::Relaxed)));
+                sync_writes.push((label.clone(), st.writes.load(Ordering::Relaxed)));
+                sync_losses.push((label.clone(), st.link_losses.load(Ordering::Relaxed)));
+                sync_failed.push((label, st.failed_writes.load(Ordering::Relaxed)));
+            }
             let label = format!("group=\"{}\",role=\"{}\"", g.name, g.role);
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
             let age = rows.last().map_or_else(
@@ -1548,6 +1591,41 @@ impl Replication {
             "counter",
             "Data bytes sent by cycles and this daemon's initial replication.",
             &sent,
+        );
+        f(
+            out,
+            "offsite_group_sync_in_sync",
+            "gauge",
+            "Sync group: 1 while every write reaches the replica's log before it is acknowledged.",
+            &sync_in,
+        );
+        f(
+            out,
+            "offsite_group_sync_batches_total",
+            "counter",
+            "Sync group: batches the replica acknowledged (one replica fsync each).",
+            &sync_batches,
+        );
+        f(
+            out,
+            "offsite_group_sync_writes_total",
+            "counter",
+            "Sync group: writes acknowledged by the replica (writes / batches = group commit).",
+            &sync_writes,
+        );
+        f(
+            out,
+            "offsite_group_sync_link_losses_total",
+            "counter",
+            "Sync group: times the partner was lost (the on-link-loss policy applied).",
+            &sync_losses,
+        );
+        f(
+            out,
+            "offsite_group_sync_failed_writes_total",
+            "counter",
+            "Sync group: writes failed by suspend-writes after their timeout.",
+            &sync_failed,
         );
     }
 

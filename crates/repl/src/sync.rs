@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use offsite_catalog::GroupRow;
 use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
+use offsite_protocol::Message;
 use offsite_replica::{LogRecord, ReplicaStore, WriteLog};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -57,6 +58,8 @@ use crate::{ReplError, Replication, invalid};
 
 /// A batch holds at most this many bytes of records.
 const MAX_BATCH: usize = 8 << 20;
+/// Batches in flight on the stream at most.
+const WINDOW: usize = 4;
 /// Resynchronization ends (the stream restarts) after a cycle that
 /// shipped at most this much.
 const CATCH_UP_BYTES: u64 = 64 << 20;
@@ -135,11 +138,11 @@ pub(crate) struct SyncMirror {
     st: Mutex<MState>,
     cond: Condvar,
     wake: Notify,
-    pub(crate) stats: SyncStats,
+    pub(crate) stats: Arc<SyncStats>,
 }
 
 impl SyncMirror {
-    pub(crate) fn new(group: &str, policy: Policy) -> Arc<SyncMirror> {
+    pub(crate) fn new(group: &str, policy: Policy, stats: Arc<SyncStats>) -> Arc<SyncMirror> {
         Arc::new(SyncMirror {
             group: group.to_string(),
             policy,
@@ -152,7 +155,7 @@ impl SyncMirror {
             }),
             cond: Condvar::new(),
             wake: Notify::new(),
-            stats: SyncStats::default(),
+            stats,
         })
     }
 
@@ -387,7 +390,10 @@ pub(crate) type Logs = Mutex<HashMap<String, Arc<Mutex<Option<WriteLog>>>>>;
 
 impl Replication {
     /// The sender of a sync group's stream: runs until the link is lost or
-    /// mirroring stops; returns why it ended.
+    /// mirroring stops; returns why it ended. Up to [`WINDOW`] batches are
+    /// in flight, so the replica finds the next batch waiting when it has
+    /// fsynced one (the round trip overlaps its work); acknowledgements
+    /// come back in order.
     pub(crate) async fn run_sender(
         &self,
         mirror: Arc<SyncMirror>,
@@ -395,67 +401,81 @@ impl Replication {
         group: String,
     ) -> Result<(), String> {
         let timeout = Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
+        let sender = ch.session_sender();
         let mut seq = 0u64;
+        let mut frame = 0u64;
+        // (last ticket, writes, deadline) of each batch in flight.
+        let mut inflight: VecDeque<(u64, u64, tokio::time::Instant)> = VecDeque::new();
         let result = loop {
-            let Some(items) = mirror.next().await else {
-                break Ok(());
-            };
-            match items.first() {
-                Some(Item::Stop) => break Ok(()),
-                Some(Item::Seal { .. }) => {
-                    let Some(Item::Seal {
-                        name,
-                        created_at,
-                        reply,
-                    }) = items.into_iter().next()
-                    else {
-                        unreachable!()
-                    };
-                    let req = wire::PitCommit {
-                        group: group.clone(),
-                        name,
-                        created_at,
-                        blocks: 0,
-                    };
-                    let r = tokio::time::timeout(
-                        timeout.max(Duration::from_secs(30)),
-                        ch.request_json::<PitCommitted>(wire::kinds::SYNC_SEAL, &req),
-                    )
-                    .await;
-                    match r {
-                        Ok(Ok(c)) => {
-                            let _ = reply.send(Ok(c));
-                        }
-                        Ok(Err(e)) => {
-                            let why = format!("sealing the log: {e}");
-                            let _ = reply.send(Err(why.clone()));
-                            break Err(why);
-                        }
-                        Err(_) => {
-                            let why = "the replica did not answer a seal in time".to_string();
-                            let _ = reply.send(Err(why.clone()));
-                            break Err(why);
-                        }
+            let oldest = inflight
+                .front()
+                .map_or_else(|| tokio::time::Instant::now() + timeout, |f| f.2);
+            tokio::select! {
+                biased;
+                ack = ch.recv(), if !inflight.is_empty() => match ack {
+                    Ok(Some(Message::BulkAck { .. })) => {
+                        let (last, writes, _) = inflight.pop_front().expect("a batch in flight");
+                        mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
+                        mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
+                        mirror.cover(last);
                     }
+                    Ok(Some(Message::Error { message, .. })) => break Err(format!("the replica refused writes: {message}")),
+                    Ok(Some(other)) => break Err(format!("unexpected {} on the sync stream", other.tag())),
+                    Ok(None) => break Err("the replica closed the sync stream".into()),
+                    Err(e) => break Err(format!("sending writes: {e}")),
+                },
+                _ = tokio::time::sleep_until(oldest), if !inflight.is_empty() => {
+                    break Err(format!(
+                        "the replica did not acknowledge writes within {:.1}s",
+                        timeout.as_secs_f64()
+                    ));
                 }
-                _ => {
-                    let (payload, last, writes) = encode_batch(&items, &mut seq);
-                    let sent = async {
-                        ch.send_batch(payload).await?;
-                        ch.take_ack().await
-                    };
-                    match tokio::time::timeout(timeout, sent).await {
-                        Ok(Ok(())) => {
-                            mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
-                            mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
-                            mirror.cover(last);
+                items = mirror.next(), if inflight.len() < WINDOW => {
+                    let Some(items) = items else { break Ok(()) };
+                    match items.first() {
+                        Some(Item::Write { .. }) => {
+                            let (payload, last, writes) = encode_batch(&items, &mut seq);
+                            frame += 1;
+                            let sent = sender
+                                .send(Message::BulkData { seq: frame, payload: Bytes::from(payload) })
+                                .await;
+                            if let Err(e) = sent {
+                                break Err(format!("sending writes: {e}"));
+                            }
+                            inflight.push_back((last, writes, tokio::time::Instant::now() + timeout));
                         }
-                        Ok(Err(e)) => break Err(format!("sending writes: {e}")),
-                        Err(_) => {
-                            break Err(format!(
-                                "the replica did not acknowledge writes within {:.1}s",
-                                timeout.as_secs_f64()
-                            ));
+                        _ => {
+                            // A seal or a stop follows every batch before it.
+                            if let Err(why) = self.drain(&mut ch, &mirror, &mut inflight, timeout).await {
+                                if let Some(Item::Seal { reply, .. }) = items.into_iter().next() {
+                                    let _ = reply.send(Err(why.clone()));
+                                }
+                                break Err(why);
+                            }
+                            let Some(Item::Seal { name, created_at, reply }) = items.into_iter().next() else {
+                                break Ok(());
+                            };
+                            let req = wire::PitCommit { group: group.clone(), name, created_at, blocks: 0 };
+                            let r = tokio::time::timeout(
+                                timeout.max(Duration::from_secs(30)),
+                                ch.request_json::<PitCommitted>(wire::kinds::SYNC_SEAL, &req),
+                            )
+                            .await;
+                            match r {
+                                Ok(Ok(c)) => {
+                                    let _ = reply.send(Ok(c));
+                                }
+                                Ok(Err(e)) => {
+                                    let why = format!("sealing the log: {e}");
+                                    let _ = reply.send(Err(why.clone()));
+                                    break Err(why);
+                                }
+                                Err(_) => {
+                                    let why = "the replica did not answer a seal in time".to_string();
+                                    let _ = reply.send(Err(why.clone()));
+                                    break Err(why);
+                                }
+                            }
                         }
                     }
                 }
@@ -466,6 +486,38 @@ impl Replication {
         }
         ch.close().await;
         result
+    }
+
+    /// Waits for the acknowledgement of every batch in flight.
+    async fn drain(
+        &self,
+        ch: &mut Channel,
+        mirror: &SyncMirror,
+        inflight: &mut VecDeque<(u64, u64, tokio::time::Instant)>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        while let Some(&(last, writes, deadline)) = inflight.front() {
+            match tokio::time::timeout_at(deadline, ch.recv()).await {
+                Ok(Ok(Some(Message::BulkAck { .. }))) => {
+                    inflight.pop_front();
+                    mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
+                    mirror.cover(last);
+                }
+                Ok(Ok(Some(other))) => {
+                    return Err(format!("unexpected {} on the sync stream", other.tag()));
+                }
+                Ok(Ok(None)) => return Err("the replica closed the sync stream".into()),
+                Ok(Err(e)) => return Err(format!("sending writes: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "the replica did not acknowledge writes within {:.1}s",
+                        timeout.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Seals the open log of a sync group at the primary's request, in the
@@ -585,20 +637,29 @@ impl Replication {
         Ok((req.group, store, slot))
     }
 
-    /// Replica: appends a batch durably (then it may be acknowledged).
-    pub(crate) async fn append_batch(
+    /// Replica: appends batches durably, all with one fsync (then each
+    /// may be acknowledged).
+    pub(crate) async fn append_batches(
         &self,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        payload: Bytes,
+        payloads: Vec<Bytes>,
     ) -> Result<(), String> {
         let slot = slot.clone();
         tokio::task::spawn_blocking(move || {
-            let records = offsite_replica::decode_records(&payload)?;
+            let decoded: Vec<Vec<LogRecord<'_>>> = payloads
+                .iter()
+                .map(|p| offsite_replica::decode_records(p))
+                .collect::<Result<_, _>>()?;
+            let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
+                .iter()
+                .zip(&decoded)
+                .map(|(p, d)| (&p[..], &d[..]))
+                .collect();
             let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
             let log = guard
                 .as_mut()
                 .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
-            log.append(&payload, &records)
+            log.append_many(&batches)
                 .map_err(|e| format!("appending to the write log: {e}"))
         })
         .await
@@ -793,7 +854,8 @@ impl Replication {
                 return true;
             }
         };
-        let mirror = SyncMirror::new(&row.name, Policy::of(row));
+        let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
+        let mirror = SyncMirror::new(&row.name, Policy::of(row), stats);
         for (i, v) in volumes.iter().enumerate() {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }

@@ -489,14 +489,42 @@ impl WriteLog {
     /// received, `records` its decoding ([`decode_records`]). Returns once
     /// the batch is on stable storage (one write, one `fdatasync`).
     pub fn append(&mut self, raw: &[u8], records: &[LogRecord<'_>]) -> Result<(), ReplicaError> {
-        for rec in records {
+        self.append_many(&[(raw, records)])
+    }
+
+    /// [`WriteLog::append`] of several batches that arrived together: one
+    /// write and one `fdatasync` for all of them.
+    pub fn append_many(
+        &mut self,
+        batches: &[(&[u8], &[LogRecord<'_>])],
+    ) -> Result<(), ReplicaError> {
+        let mut last = self.last_seq;
+        for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.check(rec).map_err(ReplicaError::invalid)?;
+            if let Some(prev) = last
+                && rec.seq <= prev
+            {
+                return Err(ReplicaError::invalid(format!(
+                    "log record {} follows record {prev}",
+                    rec.seq
+                )));
+            }
+            last = Some(rec.seq);
         }
         self.ensure_writer()?;
-        fsx::write_at(&self.file, &self.path, raw, self.len)?;
+        let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
+        if batches.len() == 1 {
+            fsx::write_at(&self.file, &self.path, batches[0].0, self.len)?;
+        } else {
+            let mut all = Vec::with_capacity(total);
+            for (raw, _) in batches {
+                all.extend_from_slice(raw);
+            }
+            fsx::write_at(&self.file, &self.path, &all, self.len)?;
+        }
         fsx::sync_data(&self.file, &self.path)?;
-        self.len += raw.len() as u64;
-        for rec in records {
+        self.len += total as u64;
+        for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.apply(rec)?;
         }
         Ok(())

@@ -422,6 +422,12 @@ impl Session {
         self.inbound.recv().await.transpose()
     }
 
+    /// The next message if one has already arrived (never waits); `None`
+    /// also when the session ended (the next [`Session::recv`] says how).
+    pub fn try_recv(&mut self) -> Option<Result<Message, TransportError>> {
+        self.inbound.try_recv().ok()
+    }
+
     /// The round-trip time of the last answered keepalive, if any.
     pub fn rtt(&self) -> Option<Duration> {
         match self.shared.last_rtt_micros.load(Ordering::Relaxed) {
