@@ -390,3 +390,64 @@ fn metro_latency_keeps_sync_correct() {
     assert_eq!(group_status(&a, "g")["sync_state"], "in-sync");
     verify_zero(&a, "g");
 }
+
+#[test]
+fn a_sync_group_fails_over_reverses_and_fails_back_unchanged() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    authorize_primary(&a, "site-b", None);
+    sync_group(&a, "g", "d0", &[]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+
+    // A test failover sees the newest acknowledged writes (the replica's
+    // log is sealed into a PIT) while the stream goes on.
+    let t = b.json(&["failover", "run", "g", "--test"]);
+    let clone = t["volumes"][0]["url"].as_str().expect("url").to_string();
+    offsite_testkit::qemu_io_ro(&clone, &["read -P 0x11 0 1M"]);
+    b.json(&["failover", "stop-test", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x12 1M 1M"]);
+    assert_eq!(group_status(&a, "g")["sync_state"], "in-sync");
+
+    // Planned failover to B, writes at B, reverse: B is the sync primary.
+    a.json(&["failover", "prepare", "g"]);
+    let r = b.json(&["failover", "run", "g"]);
+    let b0 = r["volumes"][0]["url"].as_str().expect("url").to_string();
+    qemu_io(
+        &b0,
+        &[
+            "read -P 0x11 0 1M",
+            "read -P 0x12 1M 1M",
+            "write -P 0x21 2M 1M",
+        ],
+    );
+    b.json(&["reverse", "g"]);
+    let st = in_sync(&b, "g");
+    assert_eq!(st["mode"], "sync", "{st}");
+    assert_eq!(st["role"], "primary", "{st}");
+    qemu_io(&b0, &["write -P 0x22 3M 1M"]);
+    verify_zero(&b, "g");
+
+    // Failback: the same three commands from B's side.
+    b.json(&["failover", "prepare", "g"]);
+    let r = a.json(&["failover", "run", "g"]);
+    let a0 = r["volumes"][0]["url"].as_str().expect("url").to_string();
+    qemu_io(
+        &a0,
+        &[
+            "read -P 0x11 0 1M",
+            "read -P 0x12 1M 1M",
+            "read -P 0x21 2M 1M",
+            "read -P 0x22 3M 1M",
+        ],
+    );
+    a.json(&["reverse", "g"]);
+    let st = in_sync(&a, "g");
+    assert_eq!(
+        (st["role"].as_str(), st["mode"].as_str()),
+        (Some("primary"), Some("sync"))
+    );
+    qemu_io(&a0, &["write -P 0x31 0 4k"]);
+    verify_zero(&a, "g");
+}

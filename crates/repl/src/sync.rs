@@ -644,8 +644,10 @@ impl Replication {
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
     ) -> Result<(), String> {
-        let slot = slot.clone();
-        tokio::task::spawn_blocking(move || {
+        // In place (the daemon's runtime is multi-threaded): the session
+        // waits for this fsync anyway, and a hop to the blocking pool and
+        // back costs more than the append itself.
+        tokio::task::block_in_place(|| {
             let decoded: Vec<Vec<LogRecord<'_>>> = payloads
                 .iter()
                 .map(|p| offsite_replica::decode_records(p))
@@ -662,8 +664,6 @@ impl Replication {
             log.append_many(&batches)
                 .map_err(|e| format!("appending to the write log: {e}"))
         })
-        .await
-        .map_err(|e| e.to_string())?
     }
 
     /// Replica: seals the stream's log as a PIT, keeping the log open.
