@@ -86,9 +86,14 @@ for rep in $(seq "$REPEAT"); do
         for k in 0 1 2; do
             v=${targets[$(((k + rep - 1) % 3))]}
             log "rep $rep QD$qd volume $v: fio 4k randwrite ${RUNTIME}s"
+            c0a=$(cpu_ticks "$PID_A"); c0b=$(cpu_ticks "$PID_B")
             fio --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
                 --iodepth="$qd" --time_based --runtime="$RUNTIME" \
                 --output-format=json --output="$OUT/fio-$v-qd$qd-$rep.json" >/dev/null
+            printf '{"cpu_a_s": %s, "cpu_b_s": %s}\n' \
+                "$(python3 -c "print(($(cpu_ticks "$PID_A") - $c0a) / $CLK_TCK)")" \
+                "$(python3 -c "print(($(cpu_ticks "$PID_B") - $c0b) / $CLK_TCK)")" \
+                >"$OUT/cpu-$v-qd$qd-$rep.json"
         done
     done
 done
@@ -108,8 +113,8 @@ def job(v, qd, rep):
     return w["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3
 names = {"s": "sync group", "a": "async group (RPO 60s)", "n": "no replication"}
 res = {}
-print("| QD | volume | IOPS | p50 µs | p99 µs |")
-print("| --- | --- | ---: | ---: | ---: |")
+print("| QD | volume | IOPS | p50 µs | p99 µs | CPU µs per write (site-a + site-b daemons) |")
+print("| --- | --- | ---: | ---: | ---: | ---: |")
 for qd in (32, 1):
     for v in "san":
         runs = [job(v, qd, r) for r in range(1, repeat + 1)]
@@ -117,7 +122,10 @@ for qd in (32, 1):
         p50 = statistics.median(r[1] for r in runs)
         p99 = statistics.median(r[2] for r in runs)
         res[(v, qd)] = (iops, p50, p99)
-        print(f"| {qd} | {names[v]} | {iops:,.0f} | {p50:,.0f} | {p99:,.0f} |")
+        cpu = [json.load(open(f"{out}/cpu-{v}-qd{qd}-{r}.json")) for r in range(1, repeat + 1)]
+        writes = sum(json.load(open(f"{out}/fio-{v}-qd{qd}-{r}.json"))["jobs"][0]["write"]["total_ios"] for r in range(1, repeat + 1))
+        per = sum(c["cpu_a_s"] for c in cpu) * 1e6 / max(writes, 1), sum(c["cpu_b_s"] for c in cpu) * 1e6 / max(writes, 1)
+        print(f"| {qd} | {names[v]} | {iops:,.0f} | {p50:,.0f} | {p99:,.0f} | {per[0]:.0f} + {per[1]:.0f} |")
 fs = json.load(open(f"{out}/fsync.json"))["jobs"][0]
 fsync_p50 = fs["sync"]["lat_ns"]["percentile"]["50.000000"] / 1e3
 ratio = res[("s", 32)][0] / res[("a", 32)][0]

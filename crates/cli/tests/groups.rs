@@ -197,8 +197,15 @@ fn create_time_refusals_name_their_rule() {
     };
 
     // Local rules, checked before B is asked.
-    let err = create("g", "site-b", &["--volume", "v1"], &["--mode", "sync"]);
-    assert_names(&err, &["sync"]);
+    let err = create("g", "site-b", &["--volume", "v1"], &["--mode", "semi"]);
+    assert_names(&err, &["semi", "async", "sync"]);
+    let err = create(
+        "g",
+        "site-b",
+        &["--volume", "v1"],
+        &["--mode", "sync", "--suspend-timeout", "2h"],
+    );
+    assert_names(&err, &["suspend-timeout", "1h"]);
     let err = create("g", "site-b", &["--volume", "v1"], &["--rpo", "5s"]);
     assert_names(&err, &["rpo", "30s"]);
     let err = create("g", "site-x", &["--volume", "v1"], &[]);
