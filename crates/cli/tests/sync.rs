@@ -451,3 +451,43 @@ fn a_sync_group_fails_over_reverses_and_fails_back_unchanged() {
     qemu_io(&a0, &["write -P 0x31 0 4k"]);
     verify_zero(&a, "g");
 }
+
+#[test]
+fn the_replica_seals_its_log_at_its_bound_without_the_primary() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let body = format!("{FAST_REPLICATION}sync_log_max_bytes = 1048576\n");
+    let mut a = TestSite::init(bin(), "site-a");
+    set_replication_config(&a, &body);
+    a.start();
+    let mut b = TestSite::init(bin(), "site-b");
+    set_replication_config(&b, &body);
+    b.start();
+    pair(&a, &b);
+    authorize_primary(&b, "site-a", None);
+    // RPO 24h: the primary never seals on its own during the test.
+    sync_group(&a, "g", "d0", &["--rpo", "24h"]);
+    let newest = |s: &TestSite| {
+        s.json(&["pit", "list", "g"])
+            .as_array()
+            .expect("pits")
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let before = newest(&b);
+    // 3 MiB in 64 KiB writes: the 1 MiB log fills about three times.
+    let cmds: Vec<String> = (0..48)
+        .map(|i| format!("write -P {} {}k 64k", 0x40 + i % 16, i * 64))
+        .collect();
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&a.url("d0"), &cmds);
+    let after = newest(&b);
+    assert!(
+        after >= before + 2,
+        "the replica should have sealed its 1 MiB log at least twice (newest PIT {before} -> {after})"
+    );
+    verify_zero(&a, "g");
+}

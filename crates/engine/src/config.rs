@@ -78,6 +78,10 @@ pub struct ReplicationConfig {
     /// `--on-link-loss` policy applies). Bounds how long a write stalls
     /// before a `degrade` group carries on without its partner.
     pub sync_ack_timeout_secs: f64,
+    /// Sync groups, at the replica: the write log is sealed into a PIT
+    /// once it holds this many bytes, whatever the primary's seal schedule
+    /// (bounds the log and the open PIT's memory).
+    pub sync_log_max_bytes: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -88,6 +92,7 @@ impl Default for ReplicationConfig {
             probe_secs: 10.0,
             connect_timeout_secs: 10.0,
             sync_ack_timeout_secs: 5.0,
+            sync_log_max_bytes: 512 << 20,
         }
     }
 }
@@ -135,6 +140,12 @@ impl SiteConfig {
                     reason: format!("{what} = {v} must be between 0 and 86400 seconds"),
                 });
             }
+        }
+        if r.sync_log_max_bytes < 1 << 20 {
+            return Err(EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason: "replication.sync_log_max_bytes must be at least 1048576 (1 MiB)".into(),
+            });
         }
         if r.dead_after_secs < 2.0 * r.keepalive_secs {
             return Err(EngineError::BadConfig {

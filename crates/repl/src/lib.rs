@@ -341,10 +341,10 @@ impl Replication {
                     let mut ack_seq = seq;
                     let applied = match &*transfer {
                         replica::Transfer::Idle => Ok(()),
-                        replica::Transfer::Log { slot, .. } => {
+                        replica::Transfer::Log { group, store, slot } => {
                             // Batches that arrived meanwhile share the fsync
                             // (group commit across the primary's window).
-                            let slot = slot.clone();
+                            let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
                             let mut seqs = vec![seq];
                             let mut payloads = vec![payload];
                             while let Some(next) = session.try_recv() {
@@ -361,7 +361,7 @@ impl Replication {
                                     Err(_) => break,
                                 }
                             }
-                            let r = self.append_batches(&slot, payloads).await;
+                            let r = self.append_batches(&group, &store, &slot, payloads).await;
                             if r.is_ok() {
                                 ack_seq = seqs.pop().unwrap_or(seq);
                                 for s in seqs {

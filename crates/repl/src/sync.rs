@@ -641,6 +641,8 @@ impl Replication {
     /// may be acknowledged).
     pub(crate) async fn append_batches(
         &self,
+        group: &str,
+        store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
     ) -> Result<(), String> {
@@ -662,7 +664,25 @@ impl Replication {
                 .as_mut()
                 .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
             log.append_many(&batches)
-                .map_err(|e| format!("appending to the write log: {e}"))
+                .map_err(|e| format!("appending to the write log: {e}"))?;
+            // The log (and the open PIT's in-memory index) stays bounded
+            // whatever the primary's seal schedule: any prefix of the write
+            // order is crash-consistent, so the replica may seal on its own.
+            // The primary's tracker keeps those blocks until its next seal:
+            // a superset, never a loss.
+            if log.bytes() >= self.site.config().replication.sync_log_max_bytes {
+                let info = log
+                    .seal(None, offsite_catalog::now_rfc3339())
+                    .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
+                drop(guard);
+                tracing::info!(
+                    group,
+                    pit = info.id.get(),
+                    "write log reached its bound; sealed"
+                );
+                crate::replica::after_commit(&self.site, store, group, &info)?;
+            }
+            Ok(())
         })
     }
 
