@@ -401,5 +401,11 @@ fn seeded_start_sends_about_1_percent() {
         sent >= changed_bytes,
         "a seeded start sent {sent} bytes, less than the {changed_bytes} changed: {st}"
     );
+    // On the replica store's file system the seed image became the base
+    // by a rename (no copy): it is gone from the seed directory.
+    assert!(
+        !seed.join("disk0.img").exists(),
+        "the seed image should have been moved into the replica store"
+    );
     verify_clean(&a, "g");
 }

@@ -68,8 +68,9 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
 }
 
-/// Copies a seed's images into the base images (non-zero chunks only: the
-/// block comparison that follows corrects anything else).
+/// Makes a seed's images the base images: moved into the store when they
+/// are on its file system, else copied (non-zero chunks only: the block
+/// comparison that follows corrects anything else).
 fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
     let dir = Path::new(&req.path);
@@ -115,6 +116,29 @@ fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(
             ));
         }
         let file_path = dir.join(&v.file);
+        // On the store's file system the image simply becomes the base (a
+        // rename: no copy). A marker written first makes a retry after the
+        // image was moved skip it instead of failing.
+        let marker = dir.join(format!(".adopted-by-offsite.{}", spec.name));
+        if !file_path.exists() && marker.exists() {
+            continue;
+        }
+        match std::fs::write(&marker, b"moved into the replica store\n")
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                store
+                    .adopt_base(&spec.name, &file_path)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(()) => {
+                tracing::info!(volume = %spec.name, seed = %file_path.display(), "seed image adopted as the base (renamed, not copied)");
+                continue;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&marker);
+                tracing::info!(volume = %spec.name, "copying the seed image into the base ({e})");
+            }
+        }
         let file = std::fs::File::open(&file_path).map_err(|e| {
             format!(
                 "site {site} cannot open seed image {}: {e}",

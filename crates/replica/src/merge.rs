@@ -78,6 +78,7 @@ pub(crate) fn write_meta(inner: &Inner, base_through: u64) -> Result<(), Replica
 /// fsyncs them. Idempotent. Data is checked against its BLAKE3 first.
 pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), ReplicaError> {
     for (vol, seg) in vols.iter().zip(segs) {
+        let base = vol.base();
         let bs = vol.bs();
         let chunk = (CHUNK_BYTES / bs).max(1);
         let mut buf = vec![0u8; chunk * bs];
@@ -85,7 +86,7 @@ pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), Replic
             let first = seg.block(run.pos);
             if run.zero {
                 let (off, len) = (first * bs as u64, run.len as u64 * bs as u64);
-                fsx::punch_hole(&vol.base, &vol.base_path, off, len)?;
+                fsx::punch_hole(&base.file, &vol.base_path, off, len)?;
                 continue;
             }
             let data = &mut buf[..run.len * bs];
@@ -100,11 +101,11 @@ pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), Replic
                     j += 1;
                 }
                 let off = seg.block(run.pos + i) * bs as u64;
-                fsx::write_at(&vol.base, &vol.base_path, &data[i * bs..j * bs], off)?;
+                fsx::write_at(&base.file, &vol.base_path, &data[i * bs..j * bs], off)?;
                 i = j;
             }
         }
-        fsx::sync_data(&vol.base, &vol.base_path)?;
+        fsx::sync_data(&base.file, &vol.base_path)?;
     }
     Ok(())
 }

@@ -234,9 +234,11 @@ fn open_base(dir: &Path, spec: &VolumeSpec) -> Result<Vol, ReplicaError> {
         spec: spec.clone(),
         nblocks: spec.size_bytes / u64::from(spec.block_size),
         zero_hash: *blake3::hash(&vec![0u8; spec.block_size as usize]).as_bytes(),
-        base_direct: open_direct(&path),
+        files: std::sync::RwLock::new(std::sync::Arc::new(crate::store::BaseFiles {
+            file: base,
+            direct: open_direct(&path),
+        })),
         base_path: path,
-        base,
     })
 }
 
@@ -245,7 +247,7 @@ fn open_base(dir: &Path, spec: &VolumeSpec) -> Result<Vol, ReplicaError> {
 /// filling the page cache (which costs more than the copy on machines whose
 /// memory is ballooned, and evicts the primary's working set on shared
 /// hosts). `None` where the file system refuses `O_DIRECT` (tmpfs).
-fn open_direct(path: &Path) -> Option<File> {
+pub(crate) fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .write(true)

@@ -56,14 +56,30 @@ pub(crate) struct Vol {
     pub(crate) nblocks: u64,
     pub(crate) zero_hash: [u8; 32],
     pub(crate) base_path: PathBuf,
-    pub(crate) base: File,
+    /// The open base image; replaced once, when a seed is adopted
+    /// ([`ReplicaStore::adopt_base`]).
+    pub(crate) files: RwLock<Arc<BaseFiles>>,
+}
+
+/// The descriptors of a base image.
+#[derive(Debug)]
+pub(crate) struct BaseFiles {
+    pub(crate) file: File,
     /// The base image opened with `O_DIRECT` (see `recover::open_direct`).
-    pub(crate) base_direct: Option<File>,
+    pub(crate) direct: Option<File>,
 }
 
 impl Vol {
     pub(crate) fn bs(&self) -> usize {
         self.spec.block_size as usize
+    }
+
+    /// The base image's descriptors now.
+    pub(crate) fn base(&self) -> Arc<BaseFiles> {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -226,7 +242,7 @@ impl Inner {
     /// Fsyncs every base image.
     pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
         for v in &self.vols {
-            fsx::sync_data(&v.base, &v.base_path)?;
+            fsx::sync_data(&v.base().file, &v.base_path)?;
         }
         Ok(())
     }
@@ -373,7 +389,8 @@ impl ReplicaStore {
             let out = &mut scratch[..n * vol.bs()];
             match src[i] {
                 Src::Base => {
-                    vol.base
+                    vol.base()
+                        .file
                         .read_exact_at(out, (b0 + i as u64) * bs)
                         .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
                 }
@@ -530,7 +547,8 @@ impl ReplicaStore {
             });
         }
         ops.base_dirty = true;
-        match &vol.base_direct {
+        let files = vol.base();
+        match &files.direct {
             Some(direct)
                 if offset.is_multiple_of(DIRECT_ALIGN) && len.is_multiple_of(DIRECT_ALIGN) =>
             {
@@ -542,7 +560,7 @@ impl ReplicaStore {
                 window.copy_from_slice(data);
                 fsx::write_at(direct, &vol.base_path, window, offset)
             }
-            _ => fsx::write_at(&vol.base, &vol.base_path, data, offset),
+            _ => fsx::write_at(&files.file, &vol.base_path, data, offset),
         }
         .map_err(|e| inner.poison(e))
     }
@@ -555,6 +573,62 @@ impl ReplicaStore {
         inner.check_poison()?;
         inner.sync_base().map_err(|e| inner.poison(e))?;
         ops.base_dirty = false;
+        Ok(())
+    }
+
+    /// Makes the raw image at `image` the base image of `volume` by renaming
+    /// it into the store — a seed carried to this site then costs no copy.
+    /// Only before the first PIT (the base is then nothing but an initial
+    /// state that a seeded comparison corrects), and only for an image of
+    /// exactly the volume's size on the store's file system (else
+    /// [`ReplicaError::Io`] with `CrossesDevices`, and the caller copies).
+    ///
+    /// Ordering: 1. rename `image` over `base/NAME.img` (atomic: a crash
+    /// leaves the old or the new base, both valid before the first PIT);
+    /// 2. fsync `base/` and the image's old directory; 3. switch the open
+    /// descriptors.
+    pub fn adopt_base(&self, volume: &str, image: &Path) -> Result<(), ReplicaError> {
+        let inner = &*self.inner;
+        let v = inner.vol_index(volume)?;
+        let vol = &inner.vols[v];
+        inner.check_poison()?;
+        let _ops = inner.lock_ops();
+        if let Some(p) = inner.read_state().chain.last() {
+            return Err(ReplicaError::BaseSealed {
+                newest: PitId(p.id),
+            });
+        }
+        let len = std::fs::metadata(image)
+            .map_err(|e| ReplicaError::io("stat", image, e))?
+            .len();
+        if len != vol.spec.size_bytes {
+            return Err(ReplicaError::invalid(format!(
+                "seed image {} is {len} bytes; volume {volume:?} has {}",
+                image.display(),
+                vol.spec.size_bytes
+            )));
+        }
+        let base_dir = vol
+            .base_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // Same file system, or the rename fails with EXDEV and nothing changed.
+        fsx::rename(image, &vol.base_path)?; // 1
+        fsx::sync_dir(&base_dir).map_err(|e| inner.poison(e))?; // 2
+        if let Some(from) = image.parent() {
+            let _ = fsx::sync_dir(from);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&vol.base_path)
+            .map_err(|e| inner.poison(ReplicaError::io("open", &vol.base_path, e)))?;
+        let files = Arc::new(BaseFiles {
+            file,
+            direct: crate::recover::open_direct(&vol.base_path),
+        });
+        *vol.files.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
         Ok(())
     }
 
@@ -615,8 +689,9 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
     let end = (first + n) * bs;
     let mut at = first * bs;
     let mut buf = Vec::new();
+    let files = vol.base();
     while at < end {
-        let (data, data_end) = data_extent(&vol.base, at, end)
+        let (data, data_end) = data_extent(&files.file, at, end)
             .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
         // Blocks before the extent are a hole; a block the extent only
         // starts or ends in is read.
@@ -630,7 +705,8 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
         while at < data_end {
             let len = (data_end - at).min(HASH_READ_BYTES.max(bs) / bs * bs);
             buf.resize(len as usize, 0);
-            vol.base
+            files
+                .file
                 .read_exact_at(&mut buf, at)
                 .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
             hash_blocks(&buf, vol.bs(), &vol.zero_hash, out);
