@@ -20,12 +20,15 @@
 #      the image; `group create g --partner site-b --volume v --rpo 24h
 #      --compress COMPRESS`;
 #   3. puts the seed on the replica's side: $WORK/seed/v.img and a
-#      seed.json manifest naming it (what `group export-seed` writes);
+#      seed.json manifest naming it (what `group export-seed` writes); it is
+#      on the replica store's file system, so offsite moves it into the
+#      store (a rename) instead of copying it; a pristine copy is kept for
+#      rsync's runs;
 #   4. offsite: `offsite group start g --seed $WORK/seed --json`, timed (it
 #      returns when the first PIT is committed: the replica loads the seed
 #      into its base, both sides hash every block, the differing blocks
 #      move), with CPU time of both daemons and initial_bytes_sent;
-#   5. rsync, twice, each time on a fresh sparse copy of the seed:
+#   5. rsync, twice, each time on a fresh sparse copy of the seed (not timed):
 #        rsync -I --inplace --no-whole-file --stats SRC DST
 #        rsync -I --inplace --no-whole-file --stats -B 4096 SRC DST
 #      with SRC = v's data file on site-a, DST = the seed copy; timed;
@@ -100,6 +103,10 @@ log "seed image: $DATA random, then zeros up to $SIZE"
 head -c "$DATA_B" /dev/urandom >"$SEED_IMG"
 truncate -s "$SIZE_B" "$SEED_IMG"
 cp --sparse=always "$SEED_IMG" "$PRIM_IMG"
+# offsite moves a seed on its store's file system into the store (no
+# copy); rsync's runs each start from a fresh copy of this pristine one.
+SEED_KEEP=$WORK/seed-pristine.img
+cp --sparse=always "$SEED_IMG" "$SEED_KEEP"
 log "primary image: the seed with $CHANGE_PCT % of its 4 KiB blocks rewritten"
 python3 - "$PRIM_IMG" "$SIZE_B" "$CHANGE_PCT" "$SEED_RNG" "$DATA_B" >"$OUT/changes.json" <<'PY'
 import json, os, random, sys
@@ -202,7 +209,7 @@ run_rsync() {  # run_rsync TAG [ARGS...]
     local tag=$1 dst=$WORK/rsync-dst.img t0 t1 rc=0
     shift
     rm -f "$dst"
-    cp --sparse=always "$SEED_IMG" "$dst"
+    cp --sparse=always "$SEED_KEEP" "$dst"
     prepare_cache "$VOLFILE" "$dst"
     echo "$(load_avg)" >"$OUT/load-$tag.txt"
     log "rsync $tag: rsync -I --inplace --no-whole-file --stats $* SRC DST"
