@@ -183,6 +183,17 @@ while not os.path.exists(stop):
 print(json.dumps({"writes": n, "max_latency": worst}))
 "#;
 
+fn start_timed_writer(url: &str, stop: &std::path::Path) -> Child {
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(TIMED_WRITER)
+        .args([url, &stop.display().to_string(), &NBLOCKS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the timed writer")
+}
+
 fn cut_link(proxy: &offsite_testkit::proxy::FaultProxy) {
     use offsite_testkit::proxy::Direction;
     let f = proxy.faults();
@@ -214,18 +225,7 @@ fn degrade_keeps_writing_through_a_lost_link_then_resynchronizes() {
     let (a, _b, proxy) = proxied_pair();
     sync_group(&a, "g", "d0", &[]);
     let stop = a.scratch().join("stop");
-    let writer = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(TIMED_WRITER)
-        .args([
-            &a.url("d0"),
-            &stop.display().to_string(),
-            &NBLOCKS.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the writer");
+    let writer = start_timed_writer(&a.url("d0"), &stop);
     std::thread::sleep(Duration::from_secs(1));
     cut_link(&proxy);
     let st = wait_group(&a, "g", "degraded", GROUP_LIMIT, |s| {
@@ -370,18 +370,7 @@ fn metro_latency_keeps_sync_correct() {
         .set_latency(Direction::ServerToClient, Duration::from_millis(2));
     sync_group(&a, "g", "d0", &[]);
     let stop = a.scratch().join("stop");
-    let writer = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(TIMED_WRITER)
-        .args([
-            &a.url("d0"),
-            &stop.display().to_string(),
-            &NBLOCKS.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the writer");
+    let writer = start_timed_writer(&a.url("d0"), &stop);
     std::thread::sleep(Duration::from_secs(3));
     std::fs::write(&stop, b"").expect("stop the writer");
     let out = writer.wait_with_output().expect("writer");

@@ -533,6 +533,46 @@ impl Volume {
         }
     }
 
+    /// A write (`data`) or write-zeroes (`None`) of `len` bytes at
+    /// `offset`: tracked, copy-on-write for a running cut, applied, and for
+    /// a sync group queued for the replica in write order; the returned
+    /// pending part waits for the replica.
+    fn change(
+        &self,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        fua: bool,
+    ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
+        let apply = || match data {
+            Some(buf) => self.file.write_at(buf, offset),
+            None => self.file.punch_hole(offset, len),
+        };
+        let pending = {
+            let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            self.check_fence()?;
+            self.mark(offset, len)?;
+            self.preserve(offset, len)?;
+            match self.mirror() {
+                None => {
+                    apply()?;
+                    None
+                }
+                Some((mirror, idx)) => {
+                    let ticket = mirror.submit(idx, &mut || {
+                        apply()?;
+                        self.mirror_records(offset, len, data)
+                    })?;
+                    Some(Box::new(MirrorPending { mirror, ticket }) as Box<dyn offsite_nbd::Pending>)
+                }
+            }
+        };
+        if fua {
+            self.file.sync()?;
+        }
+        Ok(pending)
+    }
+
     fn mirror(&self) -> Option<Mirror> {
         self.mirror
             .read()
@@ -718,33 +758,7 @@ impl offsite_nbd::BlockDevice for Volume {
         offset: u64,
         fua: bool,
     ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
-        let len = buf.len() as u64;
-        let ticket = {
-            let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-            self.check_fence()?;
-            self.mark(offset, len)?;
-            self.preserve(offset, len)?;
-            match self.mirror() {
-                None => {
-                    self.file.write_at(buf, offset)?;
-                    None
-                }
-                Some((m, idx)) => {
-                    let t = m.submit(idx, &mut || {
-                        self.file.write_at(buf, offset)?;
-                        self.mirror_records(offset, len, Some(buf))
-                    })?;
-                    Some(MirrorPending {
-                        mirror: m,
-                        ticket: t,
-                    })
-                }
-            }
-        };
-        if fua {
-            self.file.sync()?;
-        }
-        Ok(ticket.map(|p| Box::new(p) as Box<dyn offsite_nbd::Pending>))
+        self.change(offset, buf.len() as u64, Some(buf), fua)
     }
 
     fn write_zeroes_deferred(
@@ -753,32 +767,7 @@ impl offsite_nbd::BlockDevice for Volume {
         len: u64,
         fua: bool,
     ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
-        let ticket = {
-            let _barrier = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-            self.check_fence()?;
-            self.mark(offset, len)?;
-            self.preserve(offset, len)?;
-            match self.mirror() {
-                None => {
-                    self.file.punch_hole(offset, len)?;
-                    None
-                }
-                Some((m, idx)) => {
-                    let t = m.submit(idx, &mut || {
-                        self.file.punch_hole(offset, len)?;
-                        self.mirror_records(offset, len, None)
-                    })?;
-                    Some(MirrorPending {
-                        mirror: m,
-                        ticket: t,
-                    })
-                }
-            }
-        };
-        if fua {
-            self.file.sync()?;
-        }
-        Ok(ticket.map(|p| Box::new(p) as Box<dyn offsite_nbd::Pending>))
+        self.change(offset, len, None, fua)
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {

@@ -339,6 +339,17 @@ impl WriteLog {
         after: u64,
     ) -> Result<WriteLog, ReplicaError> {
         fsx::replace_file(&dir, &path, &encode_header(&store.uuid, after))?;
+        WriteLog::open_file(store, path, dir, after)
+    }
+
+    /// The log at `path` (header already checked), positioned after its
+    /// header, with nothing applied yet.
+    fn open_file(
+        store: std::sync::Arc<Inner>,
+        path: PathBuf,
+        dir: PathBuf,
+        after: u64,
+    ) -> Result<WriteLog, ReplicaError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -365,23 +376,7 @@ impl WriteLog {
         after: u64,
         mut r: BufReader<File>,
     ) -> Result<WriteLog, ReplicaError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ReplicaError::io("open", &path, e))?;
-        let mut log = WriteLog {
-            path,
-            dir,
-            uuid: store.uuid,
-            file,
-            len: HEADER_LEN as u64,
-            after,
-            last_seq: None,
-            records: 0,
-            writer: None,
-            store,
-        };
+        let mut log = WriteLog::open_file(store, path, dir, after)?;
         log.ensure_writer()?;
         let mut buf = Vec::new();
         loop {
