@@ -105,83 +105,25 @@ impl Site {
         env: &[(String, String)],
         timeout: Duration,
     ) -> Result<HookRun, EngineError> {
-        let started = Instant::now();
-        let (mut reader, writer) = std::io::pipe()
-            .map_err(|e| EngineError::Invalid(format!("cannot run hooks: pipe: {e}")))?;
-        let writer2 = writer
-            .try_clone()
-            .map_err(|e| EngineError::Invalid(format!("cannot run hooks: pipe: {e}")))?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer2)
-            .env("OFFSITE_VM", vm)
-            .env("OFFSITE_GROUP", group)
-            .env("OFFSITE_SITE", &self.config().name)
-            .process_group(0);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().map_err(|e| {
+        let mut full_env = vec![
+            ("OFFSITE_VM".to_string(), vm.to_string()),
+            ("OFFSITE_GROUP".to_string(), group.to_string()),
+            ("OFFSITE_SITE".to_string(), self.config().name.clone()),
+        ];
+        full_env.extend(env.iter().cloned());
+        let shell = run_shell(cmd, &full_env, timeout).map_err(|e| {
             EngineError::Invalid(format!(
                 "cannot run the {} hook of VM {vm}: {e}; check that sh exists",
                 action.as_str()
             ))
         })?;
-        // The command holds the pipe's write ends; dropping ours lets the
-        // reader see EOF when the hook (and its children) exit.
-        drop(command);
-        let collector = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        out.extend_from_slice(&buf[..n]);
-                        if out.len() > 2 * OUTPUT_LIMIT {
-                            out.drain(..out.len() - OUTPUT_LIMIT);
-                        }
-                    }
-                }
-            }
-            out
-        });
-        let deadline = started + timeout;
-        let mut timed_out = false;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    timed_out = true;
-                    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                        let _ =
-                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                    }
-                    let _ = child.kill();
-                    break child.wait().ok();
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break None,
-            }
-        };
-        // A hook that left a background child holding the pipe must not
-        // hang us: kill what remains of its process group.
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-        let raw = collector.join().unwrap_or_default();
-        let output = String::from_utf8_lossy(tail_bytes(&raw, OUTPUT_LIMIT)).into_owned();
         let run = HookRun {
             vm: vm.to_string(),
             action,
-            exit_code: status.and_then(|s| s.code()),
-            timed_out,
-            output,
-            duration_ms: started.elapsed().as_millis() as u64,
+            exit_code: shell.exit_code,
+            timed_out: shell.timed_out,
+            output: shell.output,
+            duration_ms: shell.duration_ms,
         };
         let mode = env
             .iter()
@@ -217,6 +159,93 @@ impl Site {
             )))
         }
     }
+}
+
+/// How a shell command ended ([`run_shell`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellRun {
+    /// Exit code; `None` if killed by a signal (or by the timeout).
+    pub exit_code: Option<i32>,
+    /// The timeout expired and the command's process group was killed.
+    pub timed_out: bool,
+    /// The last 64 KiB of its stdout and stderr, interleaved.
+    pub output: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Runs `sh -c cmd` with `env` added, in its own process group, for at
+/// most `timeout` (then the whole group is killed), collecting the tail of
+/// its output. What runs operator commands: VM hooks and plan callouts.
+/// Fails only when the command cannot be started.
+pub fn run_shell(
+    cmd: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> std::io::Result<ShellRun> {
+    let started = Instant::now();
+    let (mut reader, writer) = std::io::pipe()?;
+    let writer2 = writer.try_clone()?;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn()?;
+    // The command holds the pipe's write ends; dropping ours lets the
+    // reader see EOF when the command (and its children) exit.
+    drop(command);
+    let collector = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() > 2 * OUTPUT_LIMIT {
+                        out.drain(..out.len() - OUTPUT_LIMIT);
+                    }
+                }
+            }
+        }
+        out
+    });
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break None,
+        }
+    };
+    // A command that left a background child holding the pipe must not
+    // hang us: kill what remains of its process group.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let raw = collector.join().unwrap_or_default();
+    Ok(ShellRun {
+        exit_code: status.and_then(|s| s.code()),
+        timed_out,
+        output: String::from_utf8_lossy(tail_bytes(&raw, OUTPUT_LIMIT)).into_owned(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 fn tail_bytes(b: &[u8], limit: usize) -> &[u8] {

@@ -1,11 +1,9 @@
-//! Callout commands and VM waits: `sh -c CMD` in its own process group with
-//! a timeout (the whole group is killed when it expires), and the
+//! Callout commands and VM waits: `sh -c CMD` run by the engine's
+//! [`offsite_engine::hooks::run_shell`] (own process group, timeout, output
+//! tail), and the
 //! `tcp:HOST:PORT` / `cmd:COMMAND` checks that decide a VM is up.
 
-use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Output kept per command.
@@ -40,65 +38,19 @@ pub(crate) fn run(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<String, String> {
-    let started = Instant::now();
-    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let writer2 = writer
-        .try_clone()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .spawn()
+    let r = offsite_engine::hooks::run_shell(cmd, env, timeout)
         .map_err(|e| format!("cannot run {cmd:?}: {e}; check that sh exists"))?;
-    // The command holds the pipe's write ends; dropping ours lets the
-    // reader see EOF once the command and its children exit.
-    drop(command);
-    let collector = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = reader.read_to_end(&mut out);
-        out
-    });
-    let deadline = started + timeout;
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => {
-                timed_out = true;
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => break None,
-        }
-    };
-    // Whatever the command left running in its group must not hold the
-    // pipe (and us) open.
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let raw = collector.join().unwrap_or_default();
-    let output = tail(&String::from_utf8_lossy(&raw)).to_string();
-    let ms = started.elapsed().as_millis();
-    match status {
-        Some(s) if s.success() && !timed_out => Ok(output),
-        Some(s) => Err(format!(
-            "{cmd:?} exited with {} after {ms} ms{}",
-            s.code().map_or("a signal".to_string(), |c| c.to_string()),
+    let output = tail(&r.output).to_string();
+    let ms = r.duration_ms;
+    match r.exit_code {
+        Some(0) if !r.timed_out => Ok(output),
+        _ if r.timed_out => Err(format!(
+            "{cmd:?} timed out after {ms} ms and was killed{}",
             quoted(&output)
         )),
-        None => Err(format!(
-            "{cmd:?} timed out after {ms} ms and was killed{}",
+        code => Err(format!(
+            "{cmd:?} exited with {} after {ms} ms{}",
+            code.map_or("a signal".to_string(), |c| c.to_string()),
             quoted(&output)
         )),
     }
