@@ -88,7 +88,7 @@ struct ErrorBody {
     error: String,
 }
 
-fn error_body(error: String) -> Bytes {
+pub(crate) fn error_body(error: String) -> Bytes {
     Bytes::from(serde_json::to_vec(&ErrorBody { error }).unwrap_or_default())
 }
 
@@ -305,12 +305,11 @@ impl Replication {
         let mut received = 0u64;
         let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
         revalidate.tick().await;
-        // A message taken while gathering a sync stream's batches.
-        let mut stashed: Option<Message> = None;
         loop {
-            let msg = if let Some(m) = stashed.take() {
-                Ok(Some(m))
-            } else {
+            // The reply to the request that starts a sync stream is the
+            // last message of this task: the stream's thread takes over.
+            let mut direct = false;
+            let msg = {
                 tokio::select! {
                     m = session.recv() => m,
                     _ = revalidate.tick() => {
@@ -338,45 +337,8 @@ impl Replication {
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
-                    let mut ack_seq = seq;
                     let applied = match &*transfer {
                         replica::Transfer::Idle => Ok(()),
-                        replica::Transfer::Log { group, store, slot } => {
-                            // Batches that arrived meanwhile share the fsync
-                            // (group commit across the primary's window).
-                            let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
-                            let mut seqs = vec![seq];
-                            let mut payloads = vec![payload];
-                            while let Some(next) = session.try_recv() {
-                                match next {
-                                    Ok(Message::BulkData { seq, payload }) => {
-                                        received += payload.len() as u64;
-                                        seqs.push(seq);
-                                        payloads.push(payload);
-                                    }
-                                    Ok(other) => {
-                                        stashed = Some(other);
-                                        break;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                            let r = self.append_batches(&group, &store, &slot, payloads).await;
-                            if r.is_ok() {
-                                ack_seq = seqs.pop().unwrap_or(seq);
-                                for s in seqs {
-                                    let ack = Message::BulkAck {
-                                        seq: s,
-                                        bytes: received,
-                                    };
-                                    if let Err(e) = session.send(ack).await {
-                                        tracing::warn!(partner = %peer, "replication session ended: {e}");
-                                        return;
-                                    }
-                                }
-                            }
-                            r
-                        }
                         _ => self.apply_batch(&payload, transfer),
                     };
                     if let Err(e) = applied {
@@ -391,7 +353,7 @@ impl Replication {
                         return;
                     }
                     Message::BulkAck {
-                        seq: ack_seq,
+                        seq,
                         bytes: received,
                     }
                 }
@@ -452,6 +414,7 @@ impl Replication {
                             }
                         },
                     };
+                    direct = ok && kind == wire::kinds::SYNC_STREAM_BEGIN;
                     Message::Response { id, ok, body }
                 }
                 Ok(Some(other)) => {
@@ -476,6 +439,35 @@ impl Replication {
             };
             if let Err(e) = session.send(reply).await {
                 tracing::warn!(partner = %peer, "replication session ended: {e}");
+                return;
+            }
+            if direct {
+                // The stream's batches never wait for this task: a thread
+                // takes the connection over (see `serve_stream`).
+                let replica::Transfer::Log { group, store, slot } = &*transfer else {
+                    return;
+                };
+                let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
+                let stream = match session.into_direct().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(partner = %peer, group, "starting the sync stream: {e}");
+                        return;
+                    }
+                };
+                let me = self.clone();
+                let g = group.clone();
+                let served = tokio::task::spawn_blocking(move || {
+                    me.serve_stream(&stream, &g, &store, &slot)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match served {
+                    Ok(()) => {
+                        tracing::info!(partner = %peer, group, "sync stream ended by the primary")
+                    }
+                    Err(e) => tracing::warn!(partner = %peer, group, "sync stream ended: {e}"),
+                }
                 return;
             }
         }

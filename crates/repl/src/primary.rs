@@ -106,17 +106,12 @@ impl Channel {
         self.session.close().await;
     }
 
-    /// A handle that sends on this channel's session (the sync stream
-    /// sends while it waits for acknowledgements).
-    pub(crate) fn session_sender(&self) -> offsite_transport::SessionSender {
-        self.session.sender()
-    }
-
-    /// The next message from the partner.
-    pub(crate) async fn recv(
-        &mut self,
-    ) -> Result<Option<Message>, offsite_transport::TransportError> {
-        self.session.recv().await
+    /// Hands the channel's connection to blocking threads (the sync
+    /// stream; see [`offsite_transport::DirectStream`]).
+    pub(crate) async fn into_direct(
+        self,
+    ) -> Result<offsite_transport::DirectStream, offsite_transport::TransportError> {
+        self.session.into_direct().await
     }
 
     fn transport(&self) -> impl Fn(offsite_transport::TransportError) -> ReplError + '_ {

@@ -250,13 +250,6 @@ impl Replication {
                 *transfer = Transfer::Log { group, store, slot };
                 Ok(Bytes::new())
             }
-            wire::kinds::SYNC_SEAL => {
-                let Transfer::Log { group, store, slot } = &*transfer else {
-                    return Err("SYNC_SEAL outside a sync stream".into());
-                };
-                let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
-                self.seal_stream(&group, &store, &slot, body).await
-            }
             wire::kinds::PIT_BEGIN => {
                 let req: GroupRef = parse(body)?;
                 // A sync group's log left by a stream that could not seal it

@@ -7,13 +7,31 @@
 //! under the mirror's lock (one write order for the whole group), then
 //! waits for its *ticket* to be covered: the replica has fsynced the batch
 //! holding it into its log ([`offsite_replica::WriteLog`]), or a committed
-//! resynchronization cycle took a cut after it. The sender task takes
-//! everything queued as one batch, sends it, and waits for the batch's
-//! acknowledgement, so writes that arrive meanwhile share the next replica
-//! fsync (group commit). A seal (`sync`, the RPO timer, verify) is a
-//! marker queued in the same order with every write held off for an
-//! instant ([`Site::seal_cut`]): the PIT it commits holds exactly the
-//! writes before it.
+//! resynchronization cycle took a cut after it. A seal (`sync`, the RPO
+//! timer, verify) is a marker queued in the same order with every write
+//! held off for an instant ([`Site::seal_cut`]): the PIT it commits holds
+//! exactly the writes before it.
+//!
+//! **No hand-offs on the write path.** Every thread wake-up between the
+//! NBD request and its reply is latency the application pays (on this
+//! class of machine one costs tens of microseconds), so the stream's
+//! connection is a [`DirectStream`] driven by the writers' own threads,
+//! leader/follower style, not by tasks:
+//!
+//! - *sending turn*: the thread that queues a write while no one is sending
+//!   writes the queue to the socket itself (one batch per turn, the queue's
+//!   order), and keeps going while writes arrive meanwhile;
+//! - *reading turn*: a thread waiting for its ticket while no one is
+//!   reading reads the replica's acknowledgements itself, covers the
+//!   tickets, and wakes the other waiters; when its own ticket is covered
+//!   it leaves and the next waiter takes the turn;
+//! - the runner takes turns only for what no writer waits for: seal
+//!   answers, keepalives while writes are idle, the final drain.
+//!
+//! The replica serves the stream on one thread ([`Replication::serve_stream`]):
+//! batches that arrived together share one fsync and one acknowledgement
+//! (group commit), and a batch's sequence number is its last ticket, so an
+//! acknowledgement covers everything up to it.
 //!
 //! **Link loss.** A batch not acknowledged within
 //! `replication.sync_ack_timeout_secs` (or any session error) marks the link
@@ -34,10 +52,10 @@
 //!     in_sync --> [*]: mode async, pause, prepare (stream drained, log sealed)
 //! ```
 //!
-//! **Replica.** A stream session opens the group's write log (sealing a
-//! leftover one first), appends each batch durably before acknowledging
-//! it, seals it on request, and seals it when the session ends, so that
-//! asynchronous cycles (resynchronization) find no open log.
+//! **Replica.** A stream opens the group's write log (sealing a leftover
+//! one first), appends each batch durably before acknowledging it, seals
+//! it on request, and seals it when the stream ends, so that asynchronous
+//! cycles (resynchronization) find no open log.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -48,18 +66,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use offsite_catalog::GroupRow;
 use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
-use offsite_protocol::Message;
+use offsite_protocol::{ErrorCode, Message};
 use offsite_replica::{LogRecord, ReplicaStore, WriteLog};
+use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::primary::{Channel, Command, MirrorSlot};
+use crate::primary::{Command, MirrorSlot};
 use crate::wire::{self, GroupRef, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
 /// A batch holds at most this many bytes of records.
 const MAX_BATCH: usize = 8 << 20;
-/// Batches in flight on the stream at most.
-const WINDOW: usize = 4;
+/// How long one reading turn waits for the replica before checking the
+/// acknowledgement deadline.
+const READ_SLICE: Duration = Duration::from_millis(200);
 /// Resynchronization ends (the stream restarts) after a cycle that
 /// shipped at most this much.
 const CATCH_UP_BYTES: u64 = 64 << 20;
@@ -102,12 +122,11 @@ enum Item {
         records: Vec<MirrorRecord>,
     },
     Seal {
+        /// Which seal this is (1, 2, ...): answers come back in this order.
+        ordinal: u64,
         name: Option<String>,
         created_at: String,
-        reply: oneshot::Sender<Result<PitCommitted, String>>,
     },
-    /// Send everything before, then end the stream.
-    Stop,
 }
 
 #[derive(Debug)]
@@ -119,42 +138,91 @@ struct MState {
     covered: u64,
     queue: VecDeque<Item>,
     why_lost: Option<String>,
+    /// The replica's stream, once open.
+    stream: Option<Arc<DirectStream>>,
+    /// A thread is writing queued items to the stream (one at a time keeps
+    /// the queue's order on the wire).
+    sending: bool,
+    /// A thread is reading the stream for everyone.
+    reading: bool,
+    /// The last ticket written to the stream.
+    sent: u64,
+    /// Since when the replica owes an acknowledgement (restarted by each).
+    unacked_since: Option<Instant>,
+    /// Seals queued so far, and answered so far (answers come in order).
+    seals_queued: u64,
+    seals_answered: u64,
+    /// Replies of the seals sent and not yet answered, oldest first.
+    seal_replies: VecDeque<oneshot::Sender<Result<PitCommitted, String>>>,
+    /// Replies of the seals queued and not yet sent, by ordinal.
+    seal_waiting: HashMap<u64, oneshot::Sender<Result<PitCommitted, String>>>,
+    /// Last keepalive sent and last answered.
+    ping: u64,
+    pong: u64,
 }
 
 /// Counters for metrics and status.
 #[derive(Debug, Default)]
 pub(crate) struct SyncStats {
+    /// Acknowledgements from the replica: one per replica fsync.
     pub(crate) batches: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) link_losses: AtomicU64,
     pub(crate) failed_writes: AtomicU64,
 }
 
+/// Keepalive nonces start here, above any the session used before the
+/// stream took its connection over (a late `Pong` of those proves nothing).
+const FIRST_PING: u64 = 1 << 32;
+
 /// The write mirror of one sync group (see the module docs).
 #[derive(Debug)]
 pub(crate) struct SyncMirror {
     group: String,
     policy: Policy,
+    /// A batch not acknowledged within this loses the link.
+    ack_timeout: Duration,
     st: Mutex<MState>,
     cond: Condvar,
+    /// Tells the runner the link changed.
     wake: Notify,
+    /// Last log record sequence number sent (strictly growing in a log).
+    record_seq: AtomicU64,
     pub(crate) stats: Arc<SyncStats>,
 }
 
 impl SyncMirror {
-    pub(crate) fn new(group: &str, policy: Policy, stats: Arc<SyncStats>) -> Arc<SyncMirror> {
+    pub(crate) fn new(
+        group: &str,
+        policy: Policy,
+        ack_timeout: Duration,
+        stats: Arc<SyncStats>,
+    ) -> Arc<SyncMirror> {
         Arc::new(SyncMirror {
             group: group.to_string(),
             policy,
+            ack_timeout,
             st: Mutex::new(MState {
                 link: Link::Lost,
                 issued: 0,
                 covered: 0,
                 queue: VecDeque::new(),
                 why_lost: Some("resynchronizing".into()),
+                stream: None,
+                sending: false,
+                reading: false,
+                sent: 0,
+                unacked_since: None,
+                seals_queued: 0,
+                seals_answered: 0,
+                seal_replies: VecDeque::new(),
+                seal_waiting: HashMap::new(),
+                ping: FIRST_PING,
+                pong: 0,
             }),
             cond: Condvar::new(),
             wake: Notify::new(),
+            record_seq: AtomicU64::new(0),
             stats,
         })
     }
@@ -168,19 +236,38 @@ impl SyncMirror {
         self.lock().issued
     }
 
-    /// Starts queueing writes for the stream (call with writes held off).
+    /// Starts queueing writes for the stream (call with writes held off);
+    /// they are sent once the stream is [attached](Self::attach).
     pub(crate) fn set_up(&self) {
         let mut st = self.lock();
         st.link = Link::Up;
         st.why_lost = None;
     }
 
+    /// The stream is open: what queued meanwhile goes out now (blocking).
+    pub(crate) fn attach(&self, stream: DirectStream) {
+        let mut st = self.lock();
+        if st.link != Link::Up {
+            stream.shutdown();
+            return;
+        }
+        st.sent = st.covered;
+        st.stream = Some(Arc::new(stream));
+        drop(st);
+        self.kick();
+    }
+
     /// Tickets up to `through` are on the replica (a committed cut, or an
     /// acknowledged batch).
     pub(crate) fn cover(&self, through: u64) {
         let mut st = self.lock();
+        self.cover_locked(&mut st, through);
+    }
+
+    fn cover_locked(&self, st: &mut MState, through: u64) {
         if through > st.covered {
             st.covered = through;
+            st.unacked_since = (st.covered < st.sent).then(Instant::now);
             self.cond.notify_all();
         }
     }
@@ -191,12 +278,17 @@ impl SyncMirror {
             st.link = link;
             st.why_lost = why.clone();
         }
-        for item in st.queue.drain(..) {
-            if let Item::Seal { reply, .. } = item {
-                let _ = reply.send(Err(why
-                    .clone()
-                    .unwrap_or_else(|| "the sync stream stopped".into())));
-            }
+        let why = why.unwrap_or_else(|| "the sync stream stopped".into());
+        st.queue.clear();
+        for reply in st.seal_replies.drain(..) {
+            let _ = reply.send(Err(why.clone()));
+        }
+        for (_, reply) in st.seal_waiting.drain() {
+            let _ = reply.send(Err(why.clone()));
+        }
+        if let Some(stream) = st.stream.take() {
+            // Threads blocked on it fail at once.
+            stream.shutdown();
         }
         self.cond.notify_all();
         self.wake.notify_one();
@@ -234,64 +326,286 @@ impl SyncMirror {
         self.lock().why_lost.clone()
     }
 
+    /// Why the link went down, once it has.
+    fn lost(&self) -> Option<String> {
+        let st = self.lock();
+        (st.link != Link::Up).then(|| {
+            st.why_lost
+                .clone()
+                .unwrap_or_else(|| "the sync stream ended".into())
+        })
+    }
+
     /// Queues a seal after every write so far; `None` when the link is not
-    /// up (the caller resynchronizes instead).
+    /// up (the caller resynchronizes instead). Someone must
+    /// [`kick`](Self::kick) the queue afterwards.
     fn queue_seal(
         &self,
         name: Option<String>,
         created_at: String,
-    ) -> Option<oneshot::Receiver<Result<PitCommitted, String>>> {
+    ) -> Option<(u64, oneshot::Receiver<Result<PitCommitted, String>>)> {
         let mut st = self.lock();
         if st.link != Link::Up {
             return None;
         }
         let (reply, rx) = oneshot::channel();
+        st.seals_queued += 1;
+        let ordinal = st.seals_queued;
+        st.seal_waiting.insert(ordinal, reply);
         st.queue.push_back(Item::Seal {
+            ordinal,
             name,
             created_at,
-            reply,
         });
-        self.wake.notify_one();
-        Some(rx)
+        Some((ordinal, rx))
     }
 
-    fn queue_stop(&self) {
+    /// Sends what is queued unless another thread is at it (blocking).
+    pub(crate) fn kick(&self) {
         let mut st = self.lock();
-        st.queue.push_back(Item::Stop);
-        self.wake.notify_one();
+        if st.sending || st.link != Link::Up || st.stream.is_none() || st.queue.is_empty() {
+            return;
+        }
+        st.sending = true;
+        drop(st);
+        self.pump();
     }
 
-    /// The next thing to send: a batch of writes (up to [`MAX_BATCH`]), a
-    /// seal or a stop; waits while the queue is empty. `None` once the
-    /// link is no longer up.
-    async fn next(&self) -> Option<Vec<Item>> {
+    /// The sending turn (the caller set `sending`): writes queued items to
+    /// the stream until the queue is empty. Writes that arrive meanwhile
+    /// join the next batch.
+    fn pump(&self) {
         loop {
-            {
-                let mut st = self.lock();
-                if st.link != Link::Up {
-                    return None;
+            let mut st = self.lock();
+            let stream = match &st.stream {
+                Some(s) if st.link == Link::Up && !st.queue.is_empty() => s.clone(),
+                _ => {
+                    st.sending = false;
+                    return;
                 }
-                if let Some(front) = st.queue.front() {
-                    if !matches!(front, Item::Write { .. }) {
-                        return st.queue.pop_front().map(|i| vec![i]);
+            };
+            let (message, last) = if let Some(Item::Seal { .. }) = st.queue.front() {
+                let Some(Item::Seal {
+                    ordinal,
+                    name,
+                    created_at,
+                }) = st.queue.pop_front()
+                else {
+                    unreachable!("the front is a seal");
+                };
+                if let Some(reply) = st.seal_waiting.remove(&ordinal) {
+                    st.seal_replies.push_back(reply);
+                }
+                drop(st);
+                let req = wire::PitCommit {
+                    group: self.group.clone(),
+                    name,
+                    created_at,
+                    blocks: 0,
+                };
+                let message = Message::Request {
+                    id: ordinal,
+                    kind: wire::kinds::SYNC_SEAL,
+                    body: Bytes::from(serde_json::to_vec(&req).unwrap_or_default()),
+                };
+                (message, None)
+            } else {
+                let mut items = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(Item::Write { records, .. }) = st.queue.front() {
+                    let size: usize = records
+                        .iter()
+                        .map(|r| r.data.as_ref().map_or(0, Vec::len) + 44)
+                        .sum();
+                    if !items.is_empty() && bytes + size > MAX_BATCH {
+                        break;
                     }
-                    let mut out = Vec::new();
-                    let mut bytes = 0usize;
-                    while let Some(Item::Write { records, .. }) = st.queue.front() {
-                        let size: usize = records
-                            .iter()
-                            .map(|r| r.data.as_ref().map_or(0, Vec::len) + 44)
-                            .sum();
-                        if !out.is_empty() && bytes + size > MAX_BATCH {
-                            break;
-                        }
-                        bytes += size;
-                        out.extend(st.queue.pop_front());
-                    }
-                    return Some(out);
+                    bytes += size;
+                    items.extend(st.queue.pop_front());
+                }
+                drop(st);
+                // Only the sending turn touches the record sequence.
+                let mut seq = self.record_seq.load(Ordering::Relaxed);
+                let (payload, last) = encode_batch(&items, &mut seq);
+                self.record_seq.store(seq, Ordering::Relaxed);
+                // The batch's sequence number is its last ticket: the
+                // replica acknowledges the last one it made durable.
+                let message = Message::BulkData {
+                    seq: last,
+                    payload: Bytes::from(payload),
+                };
+                (message, Some(last))
+            };
+            if let Err(e) = stream.send(&message) {
+                self.lose(format!("sending writes: {e}"));
+                self.lock().sending = false;
+                return;
+            }
+            if let Some(last) = last {
+                let mut st = self.lock();
+                st.sent = st.sent.max(last);
+                if st.covered < st.sent && st.unacked_since.is_none() {
+                    st.unacked_since = Some(Instant::now());
                 }
             }
-            self.wake.notified().await;
+        }
+    }
+
+    /// The reading turn: reads one message from the stream for everyone
+    /// (at most `cap`, and no later than the acknowledgement deadline) and
+    /// applies it; the lock is released while it waits.
+    fn read_turn<'a>(
+        &'a self,
+        mut st: std::sync::MutexGuard<'a, MState>,
+        cap: Option<Duration>,
+    ) -> std::sync::MutexGuard<'a, MState> {
+        let Some(stream) = st.stream.clone() else {
+            return st;
+        };
+        st.reading = true;
+        drop(st);
+        // A fixed slice (the socket's timeout is set only when it changes);
+        // the acknowledgement deadline is checked when it expires.
+        let wait = cap.map_or(READ_SLICE, |c| c.min(READ_SLICE));
+        let got = stream.recv(Some(wait));
+        let mut st = self.lock();
+        st.reading = false;
+        let failed = match got {
+            Ok(Some(m)) => self.apply(&mut st, m).err(),
+            Ok(None) => Some("the replica closed the sync stream".to_string()),
+            Err(TransportError::PeerDead { .. }) => st
+                .unacked_since
+                .filter(|t| t.elapsed() >= self.ack_timeout)
+                .map(|_| {
+                    format!(
+                        "the replica did not acknowledge writes within {:.1}s",
+                        self.ack_timeout.as_secs_f64()
+                    )
+                }),
+            Err(e) => Some(format!("the sync stream failed: {e}")),
+        };
+        if let Some(why) = failed {
+            drop(st);
+            self.lose(why);
+            st = self.lock();
+        }
+        st
+    }
+
+    /// Applies a message from the replica.
+    fn apply(&self, st: &mut MState, message: Message) -> Result<(), String> {
+        match message {
+            Message::BulkAck { seq, .. } => {
+                if seq > st.covered {
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .writes
+                        .fetch_add(seq - st.covered, Ordering::Relaxed);
+                }
+                self.cover_locked(st, seq);
+                Ok(())
+            }
+            Message::Response { ok, body, .. } => {
+                st.seals_answered += 1;
+                let answer = if ok {
+                    serde_json::from_slice::<PitCommitted>(&body)
+                        .map_err(|e| format!("malformed seal answer: {e}"))
+                } else {
+                    Err(crate::error_text(&body))
+                };
+                let failed = answer.as_ref().err().cloned();
+                if let Some(reply) = st.seal_replies.pop_front() {
+                    let _ = reply.send(answer);
+                }
+                self.cond.notify_all();
+                match failed {
+                    Some(e) => Err(format!("sealing the log: {e}")),
+                    None => Ok(()),
+                }
+            }
+            Message::Pong { nonce, .. } => {
+                st.pong = st.pong.max(nonce);
+                self.cond.notify_all();
+                Ok(())
+            }
+            other => Err(format!("unexpected {} on the sync stream", other.tag())),
+        }
+    }
+
+    /// Waits (blocking) until `done`, taking reading turns when no one
+    /// else reads; fails once the link is down or after `limit`.
+    fn settle(&self, limit: Duration, done: impl Fn(&MState) -> bool) -> Result<(), String> {
+        let end = Instant::now() + limit;
+        let mut st = self.lock();
+        loop {
+            if done(&st) {
+                // Our reading turns are over: someone else may need one.
+                self.cond.notify_all();
+                return Ok(());
+            }
+            if st.link != Link::Up {
+                return Err(st
+                    .why_lost
+                    .clone()
+                    .unwrap_or_else(|| "the sync stream stopped".into()));
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.cond.notify_all();
+                return Err(format!(
+                    "the replica did not answer within {:.0}s",
+                    limit.as_secs_f64()
+                ));
+            }
+            if !st.reading && st.stream.is_some() {
+                st = self.read_turn(st, Some(left));
+                continue;
+            }
+            st = self
+                .cond
+                .wait_timeout(st, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Proves the replica alive while writes are idle (blocking).
+    fn keepalive(&self) -> Result<(), String> {
+        let (stream, nonce) = {
+            let mut st = self.lock();
+            let Some(stream) = st.stream.clone().filter(|_| st.link == Link::Up) else {
+                return Ok(());
+            };
+            st.ping += 1;
+            (stream, st.ping)
+        };
+        stream
+            .send(&Message::Ping {
+                nonce,
+                sent_at_micros: 0,
+            })
+            .map_err(|e| format!("the sync stream failed: {e}"))?;
+        self.settle(self.ack_timeout, |st| st.pong >= nonce)
+            .map_err(|e| format!("keepalive: {e}"))
+    }
+
+    /// Ends the stream in order (blocking; the volumes no longer submit):
+    /// sends what is queued, waits for every acknowledgement, says `Bye`
+    /// (the replica seals its log).
+    fn finish(&self, limit: Duration) {
+        self.kick();
+        let drained = self.settle(limit, |st| {
+            st.queue.is_empty() && !st.sending && st.covered >= st.sent
+        });
+        let stream = self.lock().stream.take();
+        if let Some(stream) = stream {
+            match drained {
+                Ok(()) => stream.close(),
+                Err(e) => {
+                    tracing::warn!(group = %self.group, "ending the sync stream: {e}");
+                    stream.shutdown();
+                }
+            }
         }
     }
 }
@@ -312,7 +626,13 @@ impl WriteMirror for SyncMirror {
                 volume,
                 records,
             });
-            self.wake.notify_one();
+            // No one sending: this thread writes the batch itself (no
+            // hand-off to another thread on the path of the write).
+            if !st.sending && st.stream.is_some() {
+                st.sending = true;
+                drop(st);
+                self.pump();
+            }
         }
         Ok(ticket)
     }
@@ -324,12 +644,13 @@ impl WriteMirror for SyncMirror {
             if st.covered >= ticket {
                 return Ok(());
             }
-            let slice = match (st.link, self.policy) {
+            let cap = match (st.link, self.policy) {
                 (Link::Detached, _) | (Link::Lost, Policy::Degrade) => return Ok(()),
                 (_, Policy::Suspend(limit)) => {
                     let waited = start.elapsed();
                     if waited >= limit {
                         self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                        self.cond.notify_all();
                         return Err(io::Error::other(format!(
                             "group {}: the replica did not confirm the write within {}s (on-link-loss suspend-writes): {}",
                             self.group,
@@ -339,13 +660,19 @@ impl WriteMirror for SyncMirror {
                                 .unwrap_or_else(|| "no acknowledgement".into())
                         )));
                     }
-                    limit - waited
+                    Some(limit - waited)
                 }
-                (Link::Up, Policy::Degrade) => Duration::from_secs(1),
+                (Link::Up, Policy::Degrade) => None,
             };
+            // No one reading: this thread reads the acknowledgement itself
+            // (leader/follower: the next waiter takes over when it leaves).
+            if st.link == Link::Up && !st.reading && st.stream.is_some() {
+                st = self.read_turn(st, cap);
+                continue;
+            }
             st = self
                 .cond
-                .wait_timeout(st, slice)
+                .wait_timeout(st, cap.unwrap_or(Duration::from_secs(1)))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -353,10 +680,9 @@ impl WriteMirror for SyncMirror {
 }
 
 /// Encodes a batch of writes; returns the bytes and the batch's last ticket.
-fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64, u64) {
+fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64) {
     let mut out = Vec::new();
     let mut last = 0;
-    let mut writes = 0;
     for item in items {
         if let Item::Write {
             ticket,
@@ -378,10 +704,9 @@ fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64, u64) {
                 );
             }
             last = *ticket;
-            writes += 1;
         }
     }
-    (out, last, writes)
+    (out, last)
 }
 
 /// The replica's open write logs, by group: the stream session appends,
@@ -389,137 +714,6 @@ fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64, u64) {
 pub(crate) type Logs = Mutex<HashMap<String, Arc<Mutex<Option<WriteLog>>>>>;
 
 impl Replication {
-    /// The sender of a sync group's stream: runs until the link is lost or
-    /// mirroring stops; returns why it ended. Up to [`WINDOW`] batches are
-    /// in flight, so the replica finds the next batch waiting when it has
-    /// fsynced one (the round trip overlaps its work); acknowledgements
-    /// come back in order.
-    pub(crate) async fn run_sender(
-        &self,
-        mirror: Arc<SyncMirror>,
-        mut ch: Channel,
-        group: String,
-    ) -> Result<(), String> {
-        let timeout = Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
-        let sender = ch.session_sender();
-        let mut seq = 0u64;
-        let mut frame = 0u64;
-        // (last ticket, writes, deadline) of each batch in flight.
-        let mut inflight: VecDeque<(u64, u64, tokio::time::Instant)> = VecDeque::new();
-        let result = loop {
-            let oldest = inflight
-                .front()
-                .map_or_else(|| tokio::time::Instant::now() + timeout, |f| f.2);
-            tokio::select! {
-                biased;
-                ack = ch.recv(), if !inflight.is_empty() => match ack {
-                    Ok(Some(Message::BulkAck { .. })) => {
-                        let (last, writes, _) = inflight.pop_front().expect("a batch in flight");
-                        mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
-                        mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
-                        mirror.cover(last);
-                    }
-                    Ok(Some(Message::Error { message, .. })) => break Err(format!("the replica refused writes: {message}")),
-                    Ok(Some(other)) => break Err(format!("unexpected {} on the sync stream", other.tag())),
-                    Ok(None) => break Err("the replica closed the sync stream".into()),
-                    Err(e) => break Err(format!("sending writes: {e}")),
-                },
-                _ = tokio::time::sleep_until(oldest), if !inflight.is_empty() => {
-                    break Err(format!(
-                        "the replica did not acknowledge writes within {:.1}s",
-                        timeout.as_secs_f64()
-                    ));
-                }
-                items = mirror.next(), if inflight.len() < WINDOW => {
-                    let Some(items) = items else { break Ok(()) };
-                    match items.first() {
-                        Some(Item::Write { .. }) => {
-                            let (payload, last, writes) = encode_batch(&items, &mut seq);
-                            frame += 1;
-                            let sent = sender
-                                .send(Message::BulkData { seq: frame, payload: Bytes::from(payload) })
-                                .await;
-                            if let Err(e) = sent {
-                                break Err(format!("sending writes: {e}"));
-                            }
-                            inflight.push_back((last, writes, tokio::time::Instant::now() + timeout));
-                        }
-                        _ => {
-                            // A seal or a stop follows every batch before it.
-                            if let Err(why) = self.drain(&mut ch, &mirror, &mut inflight, timeout).await {
-                                if let Some(Item::Seal { reply, .. }) = items.into_iter().next() {
-                                    let _ = reply.send(Err(why.clone()));
-                                }
-                                break Err(why);
-                            }
-                            let Some(Item::Seal { name, created_at, reply }) = items.into_iter().next() else {
-                                break Ok(());
-                            };
-                            let req = wire::PitCommit { group: group.clone(), name, created_at, blocks: 0 };
-                            let r = tokio::time::timeout(
-                                timeout.max(Duration::from_secs(30)),
-                                ch.request_json::<PitCommitted>(wire::kinds::SYNC_SEAL, &req),
-                            )
-                            .await;
-                            match r {
-                                Ok(Ok(c)) => {
-                                    let _ = reply.send(Ok(c));
-                                }
-                                Ok(Err(e)) => {
-                                    let why = format!("sealing the log: {e}");
-                                    let _ = reply.send(Err(why.clone()));
-                                    break Err(why);
-                                }
-                                Err(_) => {
-                                    let why = "the replica did not answer a seal in time".to_string();
-                                    let _ = reply.send(Err(why.clone()));
-                                    break Err(why);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        if let Err(why) = &result {
-            mirror.lose(why.clone());
-        }
-        ch.close().await;
-        result
-    }
-
-    /// Waits for the acknowledgement of every batch in flight.
-    async fn drain(
-        &self,
-        ch: &mut Channel,
-        mirror: &SyncMirror,
-        inflight: &mut VecDeque<(u64, u64, tokio::time::Instant)>,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        while let Some(&(last, writes, deadline)) = inflight.front() {
-            match tokio::time::timeout_at(deadline, ch.recv()).await {
-                Ok(Ok(Some(Message::BulkAck { .. }))) => {
-                    inflight.pop_front();
-                    mirror.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    mirror.stats.writes.fetch_add(writes, Ordering::Relaxed);
-                    mirror.cover(last);
-                }
-                Ok(Ok(Some(other))) => {
-                    return Err(format!("unexpected {} on the sync stream", other.tag()));
-                }
-                Ok(Ok(None)) => return Err("the replica closed the sync stream".into()),
-                Ok(Err(e)) => return Err(format!("sending writes: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "the replica did not acknowledge writes within {:.1}s",
-                        timeout.as_secs_f64()
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Seals the open log of a sync group at the primary's request, in the
     /// stream's order; the PIT holds exactly the writes before the seal.
     pub(crate) async fn seal(
@@ -549,7 +743,7 @@ impl Replication {
                 }
             }
         };
-        let Some(rx) = rx else {
+        let Some((ordinal, rx)) = rx else {
             end(false);
             return Err(invalid(format!(
                 "group {} is not in sync ({}); the PIT will be taken once it is resynchronized",
@@ -557,6 +751,20 @@ impl Replication {
                 mirror.why_lost().unwrap_or_default()
             )));
         };
+        // Send it (unless a writer is sending: then it goes with that turn)
+        // and read until it is answered (unless a waiting writer reads).
+        let limit = Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs)
+            .max(Duration::from_secs(30));
+        let m = mirror.clone();
+        let settled = tokio::task::spawn_blocking(move || {
+            m.kick();
+            m.settle(limit, |st| st.seals_answered >= ordinal)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(why) = settled {
+            mirror.lose(format!("sealing the log: {why}"));
+        }
         let committed = match rx.await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -637,57 +845,128 @@ impl Replication {
         Ok((req.group, store, slot))
     }
 
+    /// Replica: serves a sync stream on this (blocking) thread until the
+    /// primary ends it. Batches that arrived together are appended with
+    /// one fsync and acknowledged with one message carrying the last
+    /// batch's sequence number (the primary's last ticket in it); seals are
+    /// answered in stream order, so a PIT holds exactly the writes before
+    /// its seal. `Ok` when the primary said `Bye`.
+    pub(crate) fn serve_stream(
+        &self,
+        stream: &DirectStream,
+        group: &str,
+        store: &Arc<ReplicaStore>,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+    ) -> Result<(), String> {
+        let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
+        let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
+        let mut received = 0u64;
+        loop {
+            let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
+                return Ok(());
+            };
+            let mut payloads = Vec::new();
+            let mut last = 0;
+            let mut next = Some(first);
+            let mut other = None;
+            while let Some(m) = next.take() {
+                match m {
+                    Message::BulkData { seq, payload } => {
+                        received += payload.len() as u64;
+                        last = seq;
+                        payloads.push(payload);
+                        next = stream.try_recv().map_err(lost)?;
+                    }
+                    m => other = Some(m),
+                }
+            }
+            if !payloads.is_empty() {
+                if let Err(e) = self.append_batches(group, store, slot, payloads) {
+                    let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
+                    return Err(e);
+                }
+                stream
+                    .send(&Message::BulkAck {
+                        seq: last,
+                        bytes: received,
+                    })
+                    .map_err(lost)?;
+            }
+            match other {
+                None | Some(Message::Pong { .. }) => {}
+                Some(Message::Request {
+                    id,
+                    kind: wire::kinds::SYNC_SEAL,
+                    body,
+                }) => {
+                    let (ok, body) = match self.seal_stream(group, store, slot, &body) {
+                        Ok(b) => (true, b),
+                        Err(e) => {
+                            tracing::warn!(group, "sealing the write log: {e}");
+                            (false, crate::error_body(e))
+                        }
+                    };
+                    stream
+                        .send(&Message::Response { id, ok, body })
+                        .map_err(lost)?;
+                }
+                Some(m) => {
+                    let why = format!("unexpected {} on the sync stream", m.tag());
+                    let _ = stream.send(&Message::error(ErrorCode::UnexpectedMessage, why.clone()));
+                    return Err(why);
+                }
+            }
+        }
+    }
+
     /// Replica: appends batches durably, all with one fsync (then each
-    /// may be acknowledged).
-    pub(crate) async fn append_batches(
+    /// may be acknowledged). Blocking.
+    fn append_batches(
         &self,
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
     ) -> Result<(), String> {
-        // In place (the daemon's runtime is multi-threaded): the session
-        // waits for this fsync anyway, and a hop to the blocking pool and
-        // back costs more than the append itself.
-        tokio::task::block_in_place(|| {
-            let decoded: Vec<Vec<LogRecord<'_>>> = payloads
-                .iter()
-                .map(|p| offsite_replica::decode_records(p))
-                .collect::<Result<_, _>>()?;
-            let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
-                .iter()
-                .zip(&decoded)
-                .map(|(p, d)| (&p[..], &d[..]))
-                .collect();
-            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let log = guard
-                .as_mut()
-                .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
-            log.append_many(&batches)
-                .map_err(|e| format!("appending to the write log: {e}"))?;
-            // The log (and the open PIT's in-memory index) stays bounded
-            // whatever the primary's seal schedule: any prefix of the write
-            // order is crash-consistent, so the replica may seal on its own.
-            // The primary's tracker keeps those blocks until its next seal:
-            // a superset, never a loss.
-            if log.bytes() >= self.site.config().replication.sync_log_max_bytes {
-                let info = log
-                    .seal(None, offsite_catalog::now_rfc3339())
-                    .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
-                drop(guard);
-                tracing::info!(
-                    group,
-                    pit = info.id.get(),
-                    "write log reached its bound; sealed"
-                );
-                crate::replica::after_commit(&self.site, store, group, &info)?;
-            }
-            Ok(())
-        })
+        let decoded: Vec<Vec<LogRecord<'_>>> = payloads
+            .iter()
+            .map(|p| offsite_replica::decode_records(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("a batch of writes does not decode: {e}"))?;
+        let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
+            .iter()
+            .zip(&decoded)
+            .map(|(p, d)| (&p[..], &d[..]))
+            .collect();
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let log = guard
+            .as_mut()
+            .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
+        log.append_many(&batches)
+            .map_err(|e| format!("appending to the write log: {e}"))?;
+        // The log (and the open PIT's in-memory index) stays bounded
+        // whatever the primary's seal schedule: any prefix of the write
+        // order is crash-consistent, so the replica may seal on its own.
+        // The primary's tracker keeps those blocks until its next seal:
+        // a superset, never a loss.
+        if log.bytes() >= self.site.config().replication.sync_log_max_bytes {
+            let info = log
+                .seal(None, offsite_catalog::now_rfc3339())
+                .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
+            drop(guard);
+            tracing::info!(
+                group,
+                pit = info.id.get(),
+                "write log reached its bound; sealed"
+            );
+            crate::replica::after_commit(&self.site, store, group, &info)?;
+        }
+        Ok(())
     }
 
     /// Replica: seals the stream's log as a PIT, keeping the log open.
-    pub(crate) async fn seal_stream(
+    /// Blocking.
+    fn seal_stream(
         &self,
         group: &str,
         store: &Arc<ReplicaStore>,
@@ -696,25 +975,15 @@ impl Replication {
     ) -> Result<Bytes, String> {
         let req: wire::PitCommit =
             serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
-        let (slot, store, site, group) = (
-            slot.clone(),
-            store.clone(),
-            self.site.clone(),
-            group.to_string(),
-        );
-        let committed = tokio::task::spawn_blocking(move || {
-            let info = {
-                let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-                let log = guard
-                    .as_mut()
-                    .ok_or("the group's write log was sealed (failover)")?;
-                log.seal(req.name, req.created_at)
-                    .map_err(|e| format!("sealing the write log of group {group}: {e}"))?
-            };
-            crate::replica::after_commit(&site, &store, &group, &info)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let info = {
+            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let log = guard
+                .as_mut()
+                .ok_or("the group's write log was sealed (failover)")?;
+            log.seal(req.name, req.created_at)
+                .map_err(|e| format!("sealing the write log of group {group}: {e}"))?
+        };
+        let committed = crate::replica::after_commit(&self.site, store, group, &info)?;
         Ok(Bytes::from(
             serde_json::to_vec(&committed).unwrap_or_default(),
         ))
@@ -875,7 +1144,9 @@ impl Replication {
             }
         };
         let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
-        let mirror = SyncMirror::new(&row.name, Policy::of(row), stats);
+        let ack_timeout =
+            Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
+        let mirror = SyncMirror::new(&row.name, Policy::of(row), ack_timeout, stats);
         for (i, v) in volumes.iter().enumerate() {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }
@@ -1020,8 +1291,8 @@ impl Replication {
                 }
                 Err(e) => Err(e),
             };
-            let ch = match ch {
-                Ok(ch) => ch,
+            let stream = match ch {
+                Ok(stream) => stream,
                 Err(e) => {
                     let why = format!("starting the sync stream: {e}");
                     mirror.lose(why.clone());
@@ -1046,20 +1317,30 @@ impl Replication {
                 Ok(())
             })
             .await;
-            let me = self.clone();
-            let (m, g) = (mirror.clone(), name.clone());
-            let mut sender = tokio::spawn(async move { me.run_sender(m, ch, g).await });
+            let m = mirror.clone();
+            let _ = tokio::task::spawn_blocking(move || m.attach(stream)).await;
             let period = Duration::from_secs(row.rpo_secs.max(30));
             let mut seal_timer =
                 tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
+            let mut keepalive =
+                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let lost = loop {
                 tokio::select! {
-                    r = &mut sender => {
-                        break match r {
-                            Ok(Err(why)) => why,
-                            Ok(Ok(())) => mirror.why_lost().unwrap_or_else(|| "the sync stream ended".into()),
-                            Err(e) => format!("the sync sender failed: {e}"),
-                        };
+                    _ = mirror.wake.notified() => {
+                        if let Some(why) = mirror.lost() {
+                            break why;
+                        }
+                    }
+                    _ = keepalive.tick() => {
+                        let m = mirror.clone();
+                        let alive = tokio::task::spawn_blocking(move || m.keepalive())
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                        if let Err(why) = alive {
+                            mirror.lose(why.clone());
+                            break why;
+                        }
                     }
                     _ = seal_timer.tick() => {
                         if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
@@ -1077,12 +1358,12 @@ impl Replication {
                         }
                         Some(Command::Wake) => {
                             if !self.still_sync(&name).await {
-                                self.stop_stream(mirror, volumes, sender).await;
+                                self.stop_stream(mirror, volumes).await;
                                 return true;
                             }
                         }
                         None => {
-                            self.stop_stream(mirror, volumes, sender).await;
+                            self.stop_stream(mirror, volumes).await;
                             return false;
                         }
                     },
@@ -1116,29 +1397,28 @@ impl Replication {
 
     /// Ends mirroring on purpose: new writes are no longer queued, what is
     /// queued is sent, then the stream ends (the replica seals its log).
-    async fn stop_stream(
-        &self,
-        mirror: &Arc<SyncMirror>,
-        volumes: &[Arc<Volume>],
-        sender: tokio::task::JoinHandle<Result<(), String>>,
-    ) {
+    async fn stop_stream(&self, mirror: &Arc<SyncMirror>, volumes: &[Arc<Volume>]) {
         for v in volumes {
             v.set_mirror(None);
         }
-        mirror.queue_stop();
-        let _ = tokio::time::timeout(Duration::from_secs(60), sender).await;
+        let m = mirror.clone();
+        let _ = tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await;
         mirror.detach();
     }
 
-    /// Opens the stream session of a sync group.
-    async fn open_stream(&self, row: &GroupRow) -> Result<Channel, ReplError> {
+    /// Opens the stream of a sync group: a session whose connection the
+    /// writers' threads then drive themselves ([`DirectStream`]).
+    async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         let body = serde_json::to_vec(&GroupRef {
             group: row.name.clone(),
         })
         .unwrap_or_default();
         ch.request(wire::kinds::SYNC_STREAM_BEGIN, body).await?;
-        Ok(ch)
+        let partner = row.partner.clone();
+        ch.into_direct()
+            .await
+            .map_err(|source| ReplError::Transport { partner, source })
     }
 
     /// `verify` of a sync group: a full cut whose seal is queued at the

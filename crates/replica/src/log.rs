@@ -3,9 +3,9 @@
 //! In sync mode every write the primary acknowledges must already be
 //! durable here. Writes arrive as [log records](encode_record) in batches;
 //! [`WriteLog::append`] writes a whole batch to `GROUP/sync.log` with one
-//! `write` and one `fdatasync` (so concurrent writes at the primary share
-//! one replica fsync: group commit) and then applies it to an open
-//! [`PitWriter`] in `staging/`, page cache only. Sealing
+//! positional `write` and one `fdatasync` (so concurrent writes at the
+//! primary share one replica fsync: group commit) and then applies it to
+//! an open [`PitWriter`] in `staging/`, page cache only. Sealing
 //! ([`WriteLog::seal`]) commits that writer as a PIT — the blocks are
 //! already in its segments, so only indexes and the manifest are written
 //! — and starts an empty log after it. The log is bounded by how often the
@@ -27,7 +27,8 @@
 //! | 60 | 4 | crc32c of bytes 0..60 |
 //!
 //! then records, back to back (the same bytes travel in the primary's
-//! batches, see [`decode_records`]):
+//! batches, see [`decode_records`]), then zeroes up to the end of the file
+//! (see below):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
@@ -45,11 +46,29 @@
 //!
 //! # Durability and recovery
 //!
-//! A batch is acknowledged only after its `fdatasync`. A crash can leave a
-//! torn last batch; [`ReplicaStore::open_log`] keeps the longest prefix of
-//! records that decode and check, truncates the rest (never acknowledged)
-//! and replays the prefix into a new writer. Which log a PIT holds is
-//! decided by `after`:
+//! A batch is acknowledged only after its `fdatasync`. Appends overwrite
+//! file space that is already there: the file is extended in 4 MiB steps
+//! (`GROW`) of written zeroes (not holes, not `fallocate`d extents, which
+//! would still change metadata on their first write), by the append that
+//! needs the room, before its records, under its one `fdatasync`. Every
+//! other append only overwrites zeroes in place, so its `fdatasync` writes
+//! data and no file-system metadata (the file's size and extents do not
+//! change). A zero tail ends the records: zeroes have no record magic, so
+//! reading stops there as it does at a torn record; the file's length says
+//! nothing about where the records end.
+//!
+//! A crash can leave a torn last batch (followed by zeroes, or by nothing
+//! if it hit while the file was being extended);
+//! [`ReplicaStore::open_log`] keeps the longest prefix of records that
+//! decode and check, truncates the file after it (a torn batch was never
+//! acknowledged; a zero tail is the log's clean end), and replays the
+//! prefix into a new writer. The next append extends the file with zeroes
+//! again, so bytes of a torn batch never survive behind a shorter new
+//! batch, where they could read as records. The format version is the
+//! same as before the zero tail: readers have always stopped at the first
+//! record that does not decode, and zeroes have no record magic.
+//!
+//! Which log a PIT holds is decided by `after`:
 //!
 //! ```text
 //! seal:  1 commit the writer as PIT n (its own ordering: fsync, rename)
@@ -66,6 +85,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::store::Inner;
@@ -88,6 +108,19 @@ pub const MAX_RECORD_DATA: u32 = 32 << 20;
 const VERIFY_CHECKSUMS: bool = !cfg!(fuzzing);
 const KIND_DATA: u8 = 1;
 const KIND_ZERO: u8 = 2;
+/// How far the file is extended (in written zeroes) when an append needs
+/// room past its end. Each extension changes the file's size and extents,
+/// so the `fdatasync` of the append that makes it also writes file-system
+/// metadata; every append into the zeroes is an overwrite whose
+/// `fdatasync` does not. 4 MiB makes that one append in about a thousand
+/// of 4 KiB (or one of every few 8 MiB batches, which extend the file by
+/// their own size at least), at the cost of writing 4 MiB of zeroes once
+/// (milliseconds) and of at most 4 MiB of disk ahead of the records per
+/// log. A new log (every seal) starts at its header; its first append
+/// extends it.
+const GROW: u64 = 4 << 20;
+/// Most zeroes written by one `write` when extending the file.
+const ZERO_CHUNK: u64 = 1 << 20;
 
 /// One write of a log batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,8 +281,16 @@ pub struct WriteLog {
     dir: PathBuf,
     uuid: [u8; 16],
     file: File,
-    /// File length: where the next batch goes.
+    /// End of the valid records (header included): where the next batch
+    /// goes.
     len: u64,
+    /// Bytes from here to `capacity` are zeroes written by this log (at
+    /// least `len`; more only after an append failed part-way, which may
+    /// have left bytes there that the next append must zero again).
+    zero_from: u64,
+    /// File length: `len..capacity` is room for appends that overwrite
+    /// without extending the file.
+    capacity: u64,
     after: u64,
     last_seq: Option<u64>,
     records: u64,
@@ -343,7 +384,8 @@ impl WriteLog {
     }
 
     /// The log at `path` (header already checked), positioned after its
-    /// header, with nothing applied yet.
+    /// header, with nothing applied yet. Its capacity is the file's length:
+    /// [`WriteLog::replay`] truncates anything after the records it keeps.
     fn open_file(
         store: std::sync::Arc<Inner>,
         path: PathBuf,
@@ -355,12 +397,18 @@ impl WriteLog {
             .write(true)
             .open(&path)
             .map_err(|e| ReplicaError::io("open", &path, e))?;
+        let capacity = file
+            .metadata()
+            .map_err(|e| ReplicaError::io("stat", &path, e))?
+            .len();
         Ok(WriteLog {
             path,
             dir,
             uuid: store.uuid,
             file,
             len: HEADER_LEN as u64,
+            zero_from: HEADER_LEN as u64,
+            capacity,
             after,
             last_seq: None,
             records: 0,
@@ -400,23 +448,60 @@ impl WriteLog {
             log.apply(&rec)?;
             log.len += buf.len() as u64;
         }
-        let file_len = log
-            .file
-            .metadata()
-            .map_err(|e| ReplicaError::io("stat", &log.path, e))?
-            .len();
-        if file_len != log.len {
-            // A torn batch: never acknowledged, so never needed.
-            tracing::info!(
-                kept = log.len,
-                dropped = file_len - log.len,
-                "write log: truncating an incomplete last batch"
-            );
+        if log.capacity > log.len {
+            // Zeroes (the log's clean end) or a torn batch (never
+            // acknowledged, so never needed), then perhaps zeroes. Either
+            // way the file ends at the records: the next append writes new
+            // zeroes after them, so no byte of a torn batch can outlive a
+            // shorter batch written over it.
+            let dropped = log.capacity - log.len;
+            if log.only_zeroes_from(log.len)? {
+                tracing::debug!(kept = log.len, dropped, "write log: dropping its zero tail");
+            } else {
+                tracing::info!(
+                    kept = log.len,
+                    dropped,
+                    "write log: truncating an incomplete last batch"
+                );
+            }
             fsx::set_len(&log.file, &log.path, log.len)?;
             fsx::sync_data(&log.file, &log.path)?;
+            log.capacity = log.len;
         }
+        log.zero_from = log.len;
         tracing::info!(records = log.records, after, "write log replayed");
         Ok(log)
+    }
+
+    /// Whether the file holds only zeroes from `at` to its capacity.
+    fn only_zeroes_from(&self, mut at: u64) -> Result<bool, ReplicaError> {
+        let mut buf = vec![0u8; 1 << 16];
+        while at < self.capacity {
+            let n = (self.capacity - at).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// Writes zeroes from `from` to `to` (in the file's page cache; the
+    /// caller's `fdatasync` makes them durable).
+    fn write_zeroes(&self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
+        if from >= to {
+            return Ok(());
+        }
+        let zeroes = vec![0u8; (to - from).min(ZERO_CHUNK) as usize];
+        while from < to {
+            let n = (to - from).min(ZERO_CHUNK) as usize;
+            fsx::write_at(&self.file, &self.path, &zeroes[..n], from)?;
+            from += n as u64;
+        }
+        Ok(())
     }
 
     fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
@@ -482,7 +567,10 @@ impl WriteLog {
 
     /// Makes a batch durable and applies it: `raw` is the batch as
     /// received, `records` its decoding ([`decode_records`]). Returns once
-    /// the batch is on stable storage (one write, one `fdatasync`).
+    /// the batch is on stable storage (one write, one `fdatasync`; when the
+    /// batch does not fit in the zeroes at the end of the file, the file is
+    /// first extended by at least 4 MiB of zeroes, made durable by the same
+    /// `fdatasync`: see the module docs).
     pub fn append(&mut self, raw: &[u8], records: &[LogRecord<'_>]) -> Result<(), ReplicaError> {
         self.append_many(&[(raw, records)])
     }
@@ -508,6 +596,18 @@ impl WriteLog {
         }
         self.ensure_writer()?;
         let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
+        let end = self.len + total as u64;
+        if end > self.capacity {
+            // Extend the file with zeroes before writing into it. Zeroes in
+            // capacity..end would be overwritten by the records at once, so
+            // they are skipped: the file ends up the same.
+            let grown = end.max(self.capacity + GROW);
+            self.write_zeroes(self.capacity.max(end), grown)?;
+            self.capacity = grown;
+        }
+        // From here on a failure may leave bytes in len..end.
+        let stale_to = self.zero_from.max(end);
+        self.zero_from = stale_to;
         if batches.len() == 1 {
             fsx::write_at(&self.file, &self.path, batches[0].0, self.len)?;
         } else {
@@ -517,8 +617,11 @@ impl WriteLog {
             }
             fsx::write_at(&self.file, &self.path, &all, self.len)?;
         }
+        // Bytes an earlier, failed append left after this batch's end.
+        self.write_zeroes(end, stale_to)?;
         fsx::sync_data(&self.file, &self.path)?;
-        self.len += total as u64;
+        self.len = end;
+        self.zero_from = end;
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.apply(rec)?;
         }
@@ -530,7 +633,9 @@ impl WriteLog {
         self.records
     }
 
-    /// Bytes of the log file.
+    /// Bytes of the log: its header and records. The file is usually
+    /// longer, by the zeroes that later appends overwrite (see the module
+    /// docs).
     pub fn bytes(&self) -> u64 {
         self.len
     }

@@ -16,6 +16,7 @@
 
 mod bucket;
 mod connect;
+mod direct;
 mod error;
 mod handshake;
 mod identity;
@@ -28,6 +29,7 @@ pub mod tls;
 
 pub use bucket::TokenBucket;
 pub use connect::{Backoff, Partner, connect, connect_with_backoff};
+pub use direct::DirectStream;
 pub use error::TransportError;
 pub use identity::{
     FINGERPRINT_PREFIX, Fingerprint, Identity, IdentityError, InvalidFingerprint, fingerprint,

@@ -58,6 +58,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::bucket::TokenBucket;
+use crate::direct::{DirectParts, DirectStream};
 use crate::error::TransportError;
 use crate::identity::Fingerprint;
 use crate::peers::PeerName;
@@ -174,6 +175,9 @@ enum Stop {
     Abort,
     /// The writer failed; the reader reports it.
     WriterFailed,
+    /// Both tasks hand their halves back ([`Session::into_direct`]):
+    /// queued control frames are written first, nothing else.
+    Handover,
 }
 
 struct Shared {
@@ -316,6 +320,47 @@ pub struct Session {
     shared: Arc<Shared>,
     reader: JoinHandle<()>,
     writer: Option<JoinHandle<()>>,
+    /// Collects the halves the tasks hand back and makes them one
+    /// blocking connection (typed in [`Session::start`]).
+    reunite: Mutex<Option<Reunite>>,
+    send_timeout: Duration,
+}
+
+type Reunite = Box<
+    dyn FnOnce() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<DirectParts, TransportError>> + Send>,
+        > + Send,
+>;
+
+/// A session's stream that can become a [`DirectStream`]: TLS over a TCP
+/// socket read through a buffer.
+pub(crate) trait IntoDirect: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The socket (still non-blocking), ciphertext buffered ahead of rustls,
+    /// and the TLS state.
+    fn into_direct(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, rustls::Connection)>;
+}
+
+fn unbuffer(
+    socket: tokio::io::BufReader<tokio::net::TcpStream>,
+) -> std::io::Result<(std::net::TcpStream, Vec<u8>)> {
+    let ahead = socket.buffer().to_vec();
+    Ok((socket.into_inner().into_std()?, ahead))
+}
+
+impl IntoDirect for tokio_rustls::client::TlsStream<tokio::io::BufReader<tokio::net::TcpStream>> {
+    fn into_direct(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, rustls::Connection)> {
+        let (io, tls) = self.into_inner();
+        let (socket, ahead) = unbuffer(io)?;
+        Ok((socket, ahead, tls.into()))
+    }
+}
+
+impl IntoDirect for tokio_rustls::server::TlsStream<tokio::io::BufReader<tokio::net::TcpStream>> {
+    fn into_direct(self) -> std::io::Result<(std::net::TcpStream, Vec<u8>, rustls::Connection)> {
+        let (io, tls) = self.into_inner();
+        let (socket, ahead) = unbuffer(io)?;
+        Ok((socket, ahead, tls.into()))
+    }
 }
 
 impl fmt::Debug for Session {
@@ -336,7 +381,7 @@ impl Session {
         options: &SessionOptions,
     ) -> Self
     where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: IntoDirect,
     {
         let (read_half, write_half) = tokio::io::split(stream);
         let reader =
@@ -362,6 +407,8 @@ impl Session {
             writer_error: Mutex::new(None),
         });
         let span = info_span!("session", peer = %shared.peer, role = ?info.role);
+        let (read_back, read_returned) = oneshot::channel();
+        let (write_back, write_returned) = oneshot::channel();
         let reader = tokio::spawn(
             read_loop(
                 reader,
@@ -369,6 +416,7 @@ impl Session {
                 control_tx.clone(),
                 shared.clone(),
                 options.dead_after,
+                read_back,
             )
             .instrument(span.clone()),
         );
@@ -380,9 +428,31 @@ impl Session {
                 shared.clone(),
                 options.keepalive_interval,
                 options.dead_after,
+                write_back,
             )
             .instrument(span),
         );
+        let reunite: Reunite = Box::new(move || {
+            Box::pin(async move {
+                let (Ok(reader), Ok(writer)) = (read_returned.await, write_returned.await) else {
+                    return Err(TransportError::Closed);
+                };
+                let (read_half, plain_ahead) = reader.into_parts();
+                let stream = read_half.into_inner().unsplit(writer.into_inner());
+                let (socket, cipher_ahead, tls) =
+                    stream.into_direct().map_err(|source| TransportError::Io {
+                        peer: "(handover)".into(),
+                        source,
+                    })?;
+                Ok(DirectParts {
+                    socket,
+                    cipher_ahead,
+                    tls,
+                    plain_ahead,
+                    pending: Default::default(),
+                })
+            })
+        });
         Self {
             info,
             sender: SessionSender {
@@ -397,7 +467,37 @@ impl Session {
             shared,
             reader,
             writer: Some(writer),
+            reunite: Mutex::new(Some(reunite)),
+            send_timeout: options.dead_after,
         }
+    }
+
+    /// Stops the session's tasks and hands its connection to the calling
+    /// threads (see [`DirectStream`]). Call it at a quiet point of the
+    /// protocol: after an answered request, before either side sends
+    /// anything else (keepalives in flight are fine). Control messages
+    /// already queued here are written first.
+    pub async fn into_direct(mut self) -> Result<DirectStream, TransportError> {
+        self.shared.stop(Stop::Handover);
+        let reunite = self
+            .reunite
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or(TransportError::Closed)?;
+        let mut parts = reunite().await?;
+        while let Ok(m) = self.inbound.try_recv() {
+            parts.pending.push_back(m?);
+        }
+        let compression = self.sender.compression;
+        let parts = tokio::task::spawn_blocking({
+            let info = self.info.clone();
+            let timeout = self.send_timeout;
+            move || DirectStream::new(parts, info, compression, timeout)
+        })
+        .await
+        .map_err(|_| TransportError::Closed)??;
+        Ok(parts)
     }
 
     /// Who the peer is and what was agreed.
@@ -484,12 +584,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
     control: mpsc::Sender<EncodedFrame>,
     shared: Arc<Shared>,
     dead_after: Duration,
+    hand_back: oneshot::Sender<FramedReader<Stall<ReadHalf<R>>>>,
 ) {
     let mut stop = shared.stop.subscribe();
     loop {
         let read = tokio::select! {
+            // Small frames read cancel-safely: a handover keeps their bytes.
             read = reader.read_message() => read,
             () = stopped(&mut stop) => {
+                if *stop.borrow() == Stop::Handover {
+                    let _ = hand_back.send(reader);
+                    return;
+                }
                 let failed = shared.writer_error.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let Some(err) = failed {
                     warn!("closing session: {err}");
@@ -580,6 +686,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     keepalive: Duration,
     dead_after: Duration,
+    hand_back: oneshot::Sender<Stall<WriteHalf<W>>>,
 ) {
     let mut stop = shared.stop.subscribe();
     let mut ticker = tokio::time::interval(keepalive);
@@ -608,6 +715,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         while let Ok(frame) = control.try_recv() {
             write_frame(&mut writer, frame).await?;
         }
+        if how == Stop::Handover {
+            return writer.flush().await;
+        }
         if how == Stop::Close {
             let bye = encode_frame(&Message::Bye, Compression::None).expect("bye encodes");
             write_frame(&mut writer, bye).await?;
@@ -616,6 +726,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         writer.shutdown().await
     }
     .await;
+    if result.is_ok() && *stop.borrow() == Stop::Handover {
+        let _ = hand_back.send(writer);
+        return;
+    }
     if let Err(e) = result {
         if *stop.borrow() != Stop::Running {
             debug!("closing after the session ended: {e}");

@@ -33,6 +33,11 @@ impl<T> Stall<T> {
         }
     }
 
+    /// The wrapped stream.
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+
     fn poll_with_deadline<R>(
         &mut self,
         cx: &mut Context<'_>,

@@ -1,0 +1,347 @@
+//! [`DirectStream`]: a session's TLS connection taken over by blocking
+//! threads, for the synchronous replication stream.
+//!
+//! A [`Session`](crate::Session) moves every message through two tasks
+//! (reader, writer) and queues; that costs a handful of thread wake-ups per
+//! message, which is nothing for bulk cycles and most of the latency of a
+//! synchronous write (the primary acknowledges a write only once the
+//! replica has it durable: every wake-up on that path is paid by the
+//! application). [`Session::into_direct`](crate::Session::into_direct)
+//! stops both tasks at a quiet point of the protocol (after a request was
+//! answered, before anything else is sent) and hands over the socket, the
+//! rustls connection and every byte already read, so the threads that
+//! produce and wait for the messages read and write the socket themselves:
+//!
+//! - [`DirectStream::send`] encrypts and writes a frame on the caller's
+//!   thread (frames are atomic: the rustls state is locked while one is
+//!   written);
+//! - [`DirectStream::recv`] reads the socket on the caller's thread; the
+//!   rustls state is locked only while bytes are decrypted, never while the
+//!   thread blocks, so one thread may wait for messages while another
+//!   sends.
+//!
+//! The wire format is unchanged (the same frames, checksums and
+//! compression as the session). There are no keepalive tasks: the owner
+//! sends `Ping`s ([`DirectStream::recv`] answers the peer's) and passes
+//! timeouts to `recv`. Bulk frames are not rate-limited here: a
+//! synchronous write cannot wait for a token bucket.
+//!
+//! Written by hand because it is the session's own framing over rustls's
+//! blocking API (`rustls::Connection` + `std::net::TcpStream`); no crate
+//! shares one TLS connection between a reading and a writing thread.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use offsite_protocol::{Compression, FrameDecoder, Message, encode_frame};
+
+use crate::error::TransportError;
+use crate::session::SessionInfo;
+
+/// Bytes read from the socket at once.
+const READ_CHUNK: usize = 256 << 10;
+
+/// What a session hands over (see the module docs).
+pub(crate) struct DirectParts {
+    pub(crate) socket: TcpStream,
+    /// Ciphertext read from the socket but not yet given to rustls.
+    pub(crate) cipher_ahead: Vec<u8>,
+    pub(crate) tls: rustls::Connection,
+    /// Plaintext read from rustls but not yet decoded into frames.
+    pub(crate) plain_ahead: BytesMut,
+    /// Messages decoded but not yet taken by the session's owner.
+    pub(crate) pending: VecDeque<Message>,
+}
+
+struct Rx {
+    plain: BytesMut,
+    decoder: FrameDecoder,
+    pending: VecDeque<Message>,
+    raw: Vec<u8>,
+    /// The socket's current receive timeout (set only when it changes).
+    timeout: Option<Duration>,
+}
+
+/// A session's connection driven by the caller's threads (module docs).
+pub struct DirectStream {
+    info: SessionInfo,
+    peer: String,
+    socket: TcpStream,
+    tls: Mutex<rustls::Connection>,
+    rx: Mutex<Rx>,
+    compression: Compression,
+}
+
+impl fmt::Debug for DirectStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectStream")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl DirectStream {
+    pub(crate) fn new(
+        parts: DirectParts,
+        info: SessionInfo,
+        compression: Compression,
+        send_timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let peer = format!("{} ({})", info.peer_name, info.peer_addr);
+        let io_err = |source| TransportError::Io {
+            peer: peer.clone(),
+            source,
+        };
+        let DirectParts {
+            socket,
+            cipher_ahead,
+            mut tls,
+            plain_ahead,
+            pending,
+        } = parts;
+        socket.set_nonblocking(false).map_err(io_err)?;
+        socket
+            .set_write_timeout(Some(send_timeout))
+            .map_err(io_err)?;
+        // A frame is written whole under the lock; rustls must take all of it.
+        tls.set_buffer_limit(None);
+        let stream = Self {
+            info,
+            peer: peer.clone(),
+            socket,
+            tls: Mutex::new(tls),
+            rx: Mutex::new(Rx {
+                plain: plain_ahead,
+                decoder: FrameDecoder::new(),
+                pending,
+                raw: vec![0; READ_CHUNK],
+                timeout: None,
+            }),
+            compression,
+        };
+        if !cipher_ahead.is_empty() {
+            let mut rx = lock(&stream.rx);
+            stream.absorb(&mut rx, &cipher_ahead)?;
+        }
+        Ok(stream)
+    }
+
+    /// Who the peer is and what was agreed.
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    fn io(&self, source: io::Error) -> TransportError {
+        if matches!(
+            source.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            return TransportError::PeerDead {
+                peer: self.peer.clone(),
+                silent_for: self
+                    .socket
+                    .write_timeout()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            };
+        }
+        TransportError::Io {
+            peer: self.peer.clone(),
+            source,
+        }
+    }
+
+    /// Encrypts and writes `message` on this thread; returns once the
+    /// socket took it. A peer that takes nothing for the send timeout is
+    /// dead.
+    pub fn send(&self, message: &Message) -> Result<(), TransportError> {
+        let frame = encode_frame(message, self.compression).map_err(TransportError::Encode)?;
+        let mut buf = frame.into_buf();
+        let mut tls = lock(&self.tls);
+        while buf.has_remaining() {
+            let chunk = buf.chunk();
+            let n = chunk.len();
+            tls.writer().write_all(chunk).map_err(|e| self.io(e))?;
+            buf.advance(n);
+        }
+        self.flush_tls(&mut tls)
+    }
+
+    fn flush_tls(&self, tls: &mut rustls::Connection) -> Result<(), TransportError> {
+        while tls.wants_write() {
+            tls.write_tls(&mut &self.socket).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Gives ciphertext to rustls and moves the plaintext into `rx`.
+    fn absorb(&self, rx: &mut Rx, mut cipher: &[u8]) -> Result<(), TransportError> {
+        let mut tls = lock(&self.tls);
+        while !cipher.is_empty() {
+            tls.read_tls(&mut cipher).map_err(|e| self.io(e))?;
+            let state = tls
+                .process_new_packets()
+                .map_err(|source| TransportError::Tls {
+                    address: self.peer.clone(),
+                    source,
+                });
+            // Alerts, key updates: whatever rustls has to say goes now.
+            self.flush_tls(&mut tls)?;
+            let plain = state?.plaintext_bytes_to_read();
+            if plain > 0 {
+                let old = rx.plain.len();
+                rx.plain.resize(old + plain, 0);
+                tls.reader()
+                    .read_exact(&mut rx.plain[old..])
+                    .map_err(|e| self.io(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message, waiting at most `timeout` (`None`: for ever).
+    /// `Ok(None)`: the peer ended the stream (`Bye`, or closed). Silence for
+    /// `timeout` is [`TransportError::PeerDead`]. The peer's `Ping`s are
+    /// answered here and not returned; `Pong`s are returned (the owner
+    /// measures liveness with them).
+    pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
+        self.next(Some(timeout))
+    }
+
+    /// The next message if one can be had without waiting.
+    pub fn try_recv(&self) -> Result<Option<Message>, TransportError> {
+        match self.next(None) {
+            Err(TransportError::PeerDead { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// `wait`: `None` never blocks (try), `Some(t)` blocks up to `t`.
+    fn next(&self, wait: Option<Option<Duration>>) -> Result<Option<Message>, TransportError> {
+        let mut rx = lock(&self.rx);
+        loop {
+            if let Some(m) = rx.pending.pop_front() {
+                match self.filter(m)? {
+                    Some(Message::Bye) => return Ok(None),
+                    Some(m) => return Ok(Some(m)),
+                    None => continue,
+                }
+            }
+            let decoded = {
+                let Rx { decoder, plain, .. } = &mut *rx;
+                decoder.decode(plain)
+            };
+            match decoded {
+                Ok(Some(m)) => {
+                    rx.pending.push_back(m);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(TransportError::Protocol {
+                        peer: self.peer.clone(),
+                        source,
+                    });
+                }
+            }
+            let n = match wait {
+                None => {
+                    match rustix::net::recv(
+                        &self.socket,
+                        &mut rx.raw,
+                        rustix::net::RecvFlags::DONTWAIT,
+                    ) {
+                        Ok((n, _)) => n,
+                        Err(e) if e == rustix::io::Errno::AGAIN => {
+                            return Err(TransportError::PeerDead {
+                                peer: self.peer.clone(),
+                                silent_for: Duration::ZERO,
+                            });
+                        }
+                        Err(e) => return Err(self.io(e.into())),
+                    }
+                }
+                Some(timeout) => {
+                    // A zero timeout means "for ever" to the socket.
+                    let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+                    if rx.timeout != timeout {
+                        self.socket
+                            .set_read_timeout(timeout)
+                            .map_err(|e| self.io(e))?;
+                        rx.timeout = timeout;
+                    }
+                    match (&self.socket).read(&mut rx.raw) {
+                        Ok(n) => n,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            return Err(TransportError::PeerDead {
+                                peer: self.peer.clone(),
+                                silent_for: timeout.unwrap_or_default(),
+                            });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(self.io(e)),
+                    }
+                }
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            let raw = std::mem::take(&mut rx.raw);
+            let absorbed = self.absorb(&mut rx, &raw[..n]);
+            rx.raw = raw;
+            absorbed?;
+        }
+    }
+
+    /// Answers pings; the peer's `Error` becomes an error.
+    fn filter(&self, message: Message) -> Result<Option<Message>, TransportError> {
+        match message {
+            Message::Ping {
+                nonce,
+                sent_at_micros,
+            } => {
+                self.send(&Message::Pong {
+                    nonce,
+                    sent_at_micros,
+                })?;
+                Ok(None)
+            }
+            Message::Error { code, message } => Err(TransportError::PeerError {
+                peer: self.peer.clone(),
+                code,
+                message,
+            }),
+            m => Ok(Some(m)),
+        }
+    }
+
+    /// Ends the stream in order: `Bye`, TLS close, then the write side.
+    pub fn close(&self) {
+        let _ = self.send(&Message::Bye);
+        let mut tls = lock(&self.tls);
+        tls.send_close_notify();
+        let _ = self.flush_tls(&mut tls);
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
+
+    /// Fails every blocked and later read or write at once (another thread
+    /// gave up on the peer).
+    pub fn shutdown(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}

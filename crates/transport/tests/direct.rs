@@ -1,0 +1,134 @@
+//! `Session::into_direct`: both sides hand their TLS connection to blocking
+//! threads after an answered request, and messages keep flowing in both
+//! directions, in order, with keepalives answered and `Bye` seen as the end.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Server, Site, fast_options};
+use offsite_protocol::Message;
+use offsite_transport::{TransportError, connect};
+use tokio::sync::mpsc;
+
+/// The server answers one request, hands over, then echoes every bulk
+/// frame as an ack carrying its sequence number and payload length, until
+/// the client says `Bye`; it reports how many frames it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
+    let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let server = Server::start(&alpha, &[&beta], fast_options(), move |mut session| {
+        let done = done_tx.clone();
+        async move {
+            let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+                panic!("expected the request");
+            };
+            session
+                .send(Message::Response {
+                    id,
+                    ok: true,
+                    body: Bytes::new(),
+                })
+                .await
+                .unwrap();
+            let stream = session.into_direct().await.unwrap();
+            let seen = tokio::task::spawn_blocking(move || {
+                let mut seen = 0u64;
+                loop {
+                    match stream.recv(Some(Duration::from_secs(10))) {
+                        Ok(Some(Message::BulkData { seq, payload })) => {
+                            seen += 1;
+                            assert_eq!(seq, seen, "frames arrive in order");
+                            assert!(payload.iter().all(|&b| b == seq as u8));
+                            stream
+                                .send(&Message::BulkAck {
+                                    seq,
+                                    bytes: payload.len() as u64,
+                                })
+                                .unwrap();
+                        }
+                        Ok(None) => return seen,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            let _ = done.send(seen);
+        }
+    })
+    .await;
+
+    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
+        .await
+        .unwrap();
+    session
+        .send(Message::Request {
+            id: 1,
+            kind: 1,
+            body: Bytes::new(),
+        })
+        .await
+        .unwrap();
+    let Some(Message::Response {
+        id: 1, ok: true, ..
+    }) = session.recv().await.unwrap()
+    else {
+        panic!("expected the answer");
+    };
+    let stream = std::sync::Arc::new(session.into_direct().await.unwrap());
+
+    // One thread sends while another receives, as the sync stream does.
+    const FRAMES: u64 = 200;
+    let sender = {
+        let stream = stream.clone();
+        std::thread::spawn(move || {
+            for seq in 1..=FRAMES {
+                let size = if seq % 50 == 0 { 3 << 20 } else { 4096 };
+                stream
+                    .send(&Message::BulkData {
+                        seq,
+                        payload: Bytes::from(vec![seq as u8; size]),
+                    })
+                    .unwrap();
+            }
+        })
+    };
+    let receiver = {
+        let stream = stream.clone();
+        std::thread::spawn(move || {
+            // A keepalive is answered by the peer's receiving thread.
+            stream
+                .send(&Message::Ping {
+                    nonce: 7,
+                    sent_at_micros: 0,
+                })
+                .unwrap();
+            let mut acked = 0u64;
+            let mut pong = false;
+            while acked < FRAMES || !pong {
+                match stream.recv(Some(Duration::from_secs(10))).unwrap() {
+                    Some(Message::BulkAck { seq, bytes }) => {
+                        assert_eq!(seq, acked + 1, "acks arrive in order");
+                        let size = if seq % 50 == 0 { 3 << 20 } else { 4096 };
+                        assert_eq!(bytes, size);
+                        acked = seq;
+                    }
+                    Some(Message::Pong { nonce: 7, .. }) => pong = true,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Silence is reported as a dead peer after the timeout given.
+            let err = stream.recv(Some(Duration::from_millis(50))).unwrap_err();
+            assert!(matches!(err, TransportError::PeerDead { .. }), "{err}");
+            assert!(stream.try_recv().unwrap().is_none());
+        })
+    };
+    sender.join().unwrap();
+    receiver.join().unwrap();
+    stream.close();
+    assert_eq!(done_rx.recv().await, Some(FRAMES));
+    server.stop().await;
+}
