@@ -881,16 +881,16 @@ impl Replication {
                 }
             }
             if !payloads.is_empty() {
-                if let Err(e) = self.append_batches(group, store, slot, payloads) {
+                let ack = Message::BulkAck {
+                    seq: last,
+                    bytes: received,
+                };
+                if let Err(e) = self.append_batches(group, store, slot, payloads, || {
+                    stream.send(&ack).map_err(lost)
+                }) {
                     let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
                     return Err(e);
                 }
-                stream
-                    .send(&Message::BulkAck {
-                        seq: last,
-                        bytes: received,
-                    })
-                    .map_err(lost)?;
             }
             match other {
                 None | Some(Message::Pong { .. }) => {}
@@ -919,14 +919,16 @@ impl Replication {
         }
     }
 
-    /// Replica: appends batches durably, all with one fsync (then each
-    /// may be acknowledged). Blocking.
+    /// Replica: appends batches durably, all with one fsync, then calls
+    /// `durable` (the acknowledgement), then applies them to the open PIT
+    /// (holding the log throughout, so no seal comes between). Blocking.
     fn append_batches(
         &self,
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
+        durable: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
         let decoded: Vec<Vec<LogRecord<'_>>> = payloads
             .iter()
@@ -942,8 +944,11 @@ impl Replication {
         let log = guard
             .as_mut()
             .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
-        log.append_many(&batches)
+        log.append_durable(&batches)
             .map_err(|e| format!("appending to the write log: {e}"))?;
+        durable()?;
+        log.apply_appended(&batches)
+            .map_err(|e| format!("applying the write log to the open PIT: {e}"))?;
         // The log (and the open PIT's in-memory index) stays bounded
         // whatever the primary's seal schedule: any prefix of the write
         // order is crash-consistent, so the replica may seal on its own.

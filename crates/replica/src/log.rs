@@ -294,6 +294,10 @@ pub struct WriteLog {
     after: u64,
     last_seq: Option<u64>,
     records: u64,
+    /// Batches are durable but not applied to `writer` (between
+    /// [`WriteLog::append_durable`] and [`WriteLog::apply_appended`], or
+    /// after the latter failed).
+    unapplied: bool,
     writer: Option<PitWriter>,
     store: std::sync::Arc<Inner>,
 }
@@ -412,6 +416,7 @@ impl WriteLog {
             after,
             last_seq: None,
             records: 0,
+            unapplied: false,
             writer: None,
             store,
         })
@@ -581,6 +586,26 @@ impl WriteLog {
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
     ) -> Result<(), ReplicaError> {
+        self.append_durable(batches)?;
+        self.apply_appended(batches)
+    }
+
+    /// The first half of [`WriteLog::append_many`]: the batches are durable
+    /// when it returns, so the caller may acknowledge them before
+    /// [`WriteLog::apply_appended`] (which must follow, with the same
+    /// batches) applies them to the open PIT: the copy into the PIT stays
+    /// off the acknowledgement's path. Until it did, the log refuses to
+    /// seal; a log whose apply failed is sealed from its file instead
+    /// ([`ReplicaStore::open_log`] replays it).
+    pub fn append_durable(
+        &mut self,
+        batches: &[(&[u8], &[LogRecord<'_>])],
+    ) -> Result<(), ReplicaError> {
+        if self.unapplied {
+            return Err(ReplicaError::invalid(
+                "the write log has durable batches that were not applied; reopen it to replay them",
+            ));
+        }
         let mut last = self.last_seq;
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.check(rec).map_err(ReplicaError::invalid)?;
@@ -622,9 +647,22 @@ impl WriteLog {
         fsx::sync_data(&self.file, &self.path)?;
         self.len = end;
         self.zero_from = end;
+        self.last_seq = last;
+        self.unapplied = true;
+        Ok(())
+    }
+
+    /// The second half of [`WriteLog::append_many`]: applies the batches
+    /// [`WriteLog::append_durable`] made durable to the open PIT (page
+    /// cache only).
+    pub fn apply_appended(
+        &mut self,
+        batches: &[(&[u8], &[LogRecord<'_>])],
+    ) -> Result<(), ReplicaError> {
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.apply(rec)?;
         }
+        self.unapplied = false;
         Ok(())
     }
 
@@ -652,6 +690,11 @@ impl WriteLog {
         name: Option<String>,
         created_at: String,
     ) -> Result<PitInfo, ReplicaError> {
+        if self.unapplied {
+            return Err(ReplicaError::invalid(
+                "the write log has durable batches that were not applied; reopen it to replay them",
+            ));
+        }
         self.ensure_writer()?;
         let w = self.writer.take().expect("writer exists");
         let info = w.commit(name, created_at)?;
@@ -670,7 +713,7 @@ impl WriteLog {
     /// the empty log stays, after the newest PIT) and releases the store's
     /// PIT writer.
     pub fn finish(mut self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
-        if self.records == 0 {
+        if self.records == 0 && !self.unapplied {
             return Ok(None);
         }
         let info = self.seal(None, created_at)?;

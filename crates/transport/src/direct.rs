@@ -65,6 +65,8 @@ struct Rx {
     raw: Vec<u8>,
     /// The socket's current receive timeout (set only when it changes).
     timeout: Option<Duration>,
+    /// The last read took less than `raw` holds: the socket was drained.
+    drained: bool,
 }
 
 /// A session's connection driven by the caller's threads (module docs).
@@ -125,6 +127,7 @@ impl DirectStream {
                 pending,
                 raw: vec![0; READ_CHUNK],
                 timeout: None,
+                drained: false,
             }),
             compression,
         };
@@ -218,7 +221,10 @@ impl DirectStream {
         self.next(Some(timeout))
     }
 
-    /// The next message if one can be had without waiting.
+    /// The next message if one can be had without waiting: decoded from
+    /// bytes already read, or read from the socket without blocking while
+    /// the last read filled its buffer (else the socket was drained a
+    /// moment ago and a system call would most likely find nothing).
     pub fn try_recv(&self) -> Result<Option<Message>, TransportError> {
         match self.next(None) {
             Err(TransportError::PeerDead { .. }) => Ok(None),
@@ -255,6 +261,12 @@ impl DirectStream {
                 }
             }
             let n = match wait {
+                None if rx.drained => {
+                    return Err(TransportError::PeerDead {
+                        peer: self.peer.clone(),
+                        silent_for: Duration::ZERO,
+                    });
+                }
                 None => {
                     match rustix::net::recv(
                         &self.socket,
@@ -301,6 +313,7 @@ impl DirectStream {
             if n == 0 {
                 return Ok(None);
             }
+            rx.drained = n < rx.raw.len();
             let raw = std::mem::take(&mut rx.raw);
             let absorbed = self.absorb(&mut rx, &raw[..n]);
             rx.raw = raw;
