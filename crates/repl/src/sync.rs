@@ -77,6 +77,11 @@ use crate::{ReplError, Replication, invalid};
 
 /// A batch holds at most this many bytes of records.
 const MAX_BATCH: usize = 8 << 20;
+/// Batches on the wire and not yet acknowledged, at most. While the
+/// replica fsyncs one, the next is already waiting in its socket, and
+/// writes arriving meanwhile gather into one batch on this side (one frame,
+/// one system call each way) instead of one frame each.
+const WINDOW: usize = 2;
 /// How long one reading turn waits for the replica before checking the
 /// acknowledgement deadline.
 const READ_SLICE: Duration = Duration::from_millis(200);
@@ -147,6 +152,8 @@ struct MState {
     reading: bool,
     /// The last ticket written to the stream.
     sent: u64,
+    /// Last tickets of the batches sent and not yet acknowledged.
+    in_flight: VecDeque<u64>,
     /// Since when the replica owes an acknowledgement (restarted by each).
     unacked_since: Option<Instant>,
     /// Seals queued so far, and answered so far (answers come in order).
@@ -212,6 +219,7 @@ impl SyncMirror {
                 sending: false,
                 reading: false,
                 sent: 0,
+                in_flight: VecDeque::new(),
                 unacked_since: None,
                 seals_queued: 0,
                 seals_answered: 0,
@@ -252,6 +260,7 @@ impl SyncMirror {
             return;
         }
         st.sent = st.covered;
+        st.in_flight.clear();
         st.stream = Some(Arc::new(stream));
         drop(st);
         self.kick();
@@ -265,6 +274,9 @@ impl SyncMirror {
     }
 
     fn cover_locked(&self, st: &mut MState, through: u64) {
+        while st.in_flight.front().is_some_and(|&t| t <= through) {
+            st.in_flight.pop_front();
+        }
         if through > st.covered {
             st.covered = through;
             st.unacked_since = (st.covered < st.sent).then(Instant::now);
@@ -360,10 +372,20 @@ impl SyncMirror {
         Some((ordinal, rx))
     }
 
+    /// Whether this thread should take the sending turn now: something is
+    /// queued, no one sends, and the window has room.
+    fn may_send(st: &MState) -> bool {
+        !st.sending
+            && st.link == Link::Up
+            && st.stream.is_some()
+            && !st.queue.is_empty()
+            && st.in_flight.len() < WINDOW
+    }
+
     /// Sends what is queued unless another thread is at it (blocking).
     pub(crate) fn kick(&self) {
         let mut st = self.lock();
-        if st.sending || st.link != Link::Up || st.stream.is_none() || st.queue.is_empty() {
+        if !Self::may_send(&st) {
             return;
         }
         st.sending = true;
@@ -378,7 +400,15 @@ impl SyncMirror {
         loop {
             let mut st = self.lock();
             let stream = match &st.stream {
-                Some(s) if st.link == Link::Up && !st.queue.is_empty() => s.clone(),
+                Some(s)
+                    if st.link == Link::Up
+                        && !st.queue.is_empty()
+                        && st.in_flight.len() < WINDOW =>
+                {
+                    s.clone()
+                }
+                // Empty, or the window is full: the thread that reads the
+                // next acknowledgement sends what gathered meanwhile.
                 _ => {
                     st.sending = false;
                     return;
@@ -443,6 +473,9 @@ impl SyncMirror {
             }
             if let Some(last) = last {
                 let mut st = self.lock();
+                if last > st.covered {
+                    st.in_flight.push_back(last);
+                }
                 st.sent = st.sent.max(last);
                 if st.covered < st.sent && st.unacked_since.is_none() {
                     st.unacked_since = Some(Instant::now());
@@ -487,6 +520,13 @@ impl SyncMirror {
         if let Some(why) = failed {
             drop(st);
             self.lose(why);
+            st = self.lock();
+        } else if Self::may_send(&st) {
+            // An acknowledgement opened the window: what gathered meanwhile
+            // goes out as one batch.
+            st.sending = true;
+            drop(st);
+            self.pump();
             st = self.lock();
         }
         st
@@ -628,7 +668,7 @@ impl WriteMirror for SyncMirror {
             });
             // No one sending: this thread writes the batch itself (no
             // hand-off to another thread on the path of the write).
-            if !st.sending && st.stream.is_some() {
+            if Self::may_send(&st) {
                 st.sending = true;
                 drop(st);
                 self.pump();
