@@ -262,6 +262,9 @@ impl SyncMirror {
         st.sent = st.covered;
         st.in_flight.clear();
         st.stream = Some(Arc::new(stream));
+        // Writes that queued before the stream opened wait on the condvar:
+        // one of them takes the reading turn now, not after its slice.
+        self.cond.notify_all();
         drop(st);
         self.kick();
     }
