@@ -600,16 +600,26 @@ impl SyncMirror {
                     limit.as_secs_f64()
                 ));
             }
-            if !st.reading && st.stream.is_some() {
-                st = self.read_turn(st, Some(left));
-                continue;
-            }
-            st = self
-                .cond
-                .wait_timeout(st, left.min(Duration::from_millis(100)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.read_or_sleep(st, Some(left), left.min(Duration::from_millis(100)));
         }
+    }
+
+    /// Takes the reading turn if no one reads (leader/follower: the next
+    /// waiter takes over when this one leaves), else sleeps on the condvar
+    /// for at most `sleep`.
+    fn read_or_sleep<'a>(
+        &'a self,
+        st: std::sync::MutexGuard<'a, MState>,
+        cap: Option<Duration>,
+        sleep: Duration,
+    ) -> std::sync::MutexGuard<'a, MState> {
+        if st.link == Link::Up && !st.reading && st.stream.is_some() {
+            return self.read_turn(st, cap);
+        }
+        self.cond
+            .wait_timeout(st, sleep)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 
     /// Proves the replica alive while writes are idle (blocking).
@@ -707,17 +717,7 @@ impl WriteMirror for SyncMirror {
                 }
                 (Link::Up, Policy::Degrade) => None,
             };
-            // No one reading: this thread reads the acknowledgement itself
-            // (leader/follower: the next waiter takes over when it leaves).
-            if st.link == Link::Up && !st.reading && st.stream.is_some() {
-                st = self.read_turn(st, cap);
-                continue;
-            }
-            st = self
-                .cond
-                .wait_timeout(st, cap.unwrap_or(Duration::from_secs(1)))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.read_or_sleep(st, cap, cap.unwrap_or(Duration::from_secs(1)));
         }
     }
 }

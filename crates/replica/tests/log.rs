@@ -10,7 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use offsite_replica::{
-    LOG_FILE, LogRecord, ReplicaStore, VolumeSpec, decode_records, encode_record, failpoint,
+    LOG_FILE, LogRecord, ReplicaStore, VolumeSpec, WriteLog, decode_records, encode_record,
+    failpoint,
 };
 use proptest::prelude::*;
 
@@ -52,6 +53,18 @@ fn batch(seq0: u64, writes: &[(u16, u64, u8)]) -> Vec<u8> {
         );
     }
     out
+}
+
+/// A store in `dir` and its open log holding one record (block 1 of the
+/// first volume = 5); also the log file and its length in bytes.
+fn log_with_one_record(dir: &tempfile::TempDir) -> (ReplicaStore, PathBuf, WriteLog, u64) {
+    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
+    let path = log_path(dir);
+    let mut log = store.open_log().unwrap();
+    let raw = batch(1, &[(0, 1, 5)]);
+    log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
+    let prefix = log.bytes();
+    (store, path, log, prefix)
 }
 
 fn log_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -255,12 +268,7 @@ fn appends_overwrite_zeroes_and_reopen_replays_exactly_the_records() {
 #[test]
 fn a_torn_batch_before_zeroes_recovers_its_prefix_and_nothing_stale_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
-    let path = log_path(&dir);
-    let mut log = store.open_log().unwrap();
-    let raw = batch(1, &[(0, 1, 5)]);
-    log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
-    let prefix = log.bytes();
+    let (store, path, log, prefix) = log_with_one_record(&dir);
     drop(log);
     // A batch of two records reached the file but for one page of the
     // first one's data: the second one is whole, and valid on its own.
@@ -294,12 +302,7 @@ fn a_torn_batch_before_zeroes_recovers_its_prefix_and_nothing_stale_returns() {
 #[test]
 fn an_append_after_a_failed_one_zeroes_what_the_failed_one_left() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
-    let path = log_path(&dir);
-    let mut log = store.open_log().unwrap();
-    let raw = batch(1, &[(0, 1, 5)]);
-    log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
-    let prefix = log.bytes();
+    let (store, path, mut log, prefix) = log_with_one_record(&dir);
     // Two records written, then the fdatasync fails: not appended.
     let raw = batch(2, &[(0, 2, 6), (1, 3, 9)]);
     failpoint::arm(1);
