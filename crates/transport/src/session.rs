@@ -432,6 +432,7 @@ impl Session {
             )
             .instrument(span),
         );
+        let peer = shared.peer.clone();
         let reunite: Reunite = Box::new(move || {
             Box::pin(async move {
                 let (Ok(reader), Ok(writer)) = (read_returned.await, write_returned.await) else {
@@ -439,11 +440,9 @@ impl Session {
                 };
                 let (read_half, plain_ahead) = reader.into_parts();
                 let stream = read_half.into_inner().unsplit(writer.into_inner());
-                let (socket, cipher_ahead, tls) =
-                    stream.into_direct().map_err(|source| TransportError::Io {
-                        peer: "(handover)".into(),
-                        source,
-                    })?;
+                let (socket, cipher_ahead, tls) = stream
+                    .into_direct()
+                    .map_err(|source| TransportError::Io { peer, source })?;
                 Ok(DirectParts {
                     socket,
                     cipher_ahead,
