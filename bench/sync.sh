@@ -27,7 +27,10 @@
 #
 # Options (environment): REPEAT=1 RUNTIME=20 BUILD=0 (1: cargo build
 #   --release first; also when there is no binary) OFFSITE_SRC=... WORKDIR=...
-#   OUT=... KEEP=0
+#   OUT=... KEEP=0 PIN=0 (1: site-b's daemon, the replica, on CPU 1 and
+#   site-a's daemon plus fio on CPU 0 — the two sites on separate cores, as
+#   on two machines; the same for all three volumes, so the ratios stay
+#   within one run)
 #
 # Exit status: 0 if the run completed and both targets were met, 1 if not.
 
@@ -37,6 +40,7 @@ REPEAT=${REPEAT:-1}
 RUNTIME=${RUNTIME:-20}
 BUILD=${BUILD:-0}
 KEEP=${KEEP:-0}
+PIN=${PIN:-0}
 OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -52,11 +56,20 @@ bench_binary
     machine_info
     echo "tools:   $(fio --version), offsite $(offsite_version)"
     echo "load:    $(load_avg) at the start"
-    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME"
+    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME PIN=$PIN"
 } >"$OUT/header.txt"
 cat "$OUT/header.txt" >&2
 
 make_pair s
+FIO=(fio)
+if [[ $PIN == 1 ]]; then
+    need taskset -- "apt-get install util-linux"
+    (($(nproc) >= 2)) || die "PIN=1 needs 2 CPUs"
+    taskset -a -p -c 1 "$PID_B" >/dev/null
+    taskset -a -p -c 0 "$PID_A" >/dev/null
+    FIO=(taskset -c 0 fio)
+    log "pinned: site-b (replica) on CPU 1, site-a and fio on CPU 0"
+fi
 authorize_a "$WORK/store"
 for v in s a n; do
     "$OFFSITE" volume create "$v" --size 1G --dir "$A" >/dev/null
@@ -107,7 +120,7 @@ for rep in $(seq "$REPEAT"); do
             v=${targets[$(((k + rep - 1) % 3))]}
             log "rep $rep QD$qd volume $v: fio 4k randwrite ${RUNTIME}s"
             c0a=$(cpu_ticks "$PID_A"); c0b=$(cpu_ticks "$PID_B")
-            fio --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
+            "${FIO[@]}" --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
                 --iodepth="$qd" --time_based --runtime="$RUNTIME" \
                 --output-format=json --output="$OUT/fio-$v-qd$qd-$rep.json" >/dev/null
             printf '{"cpu_a_s": %s, "cpu_b_s": %s}\n' \
