@@ -150,9 +150,8 @@ struct MState {
     sending: bool,
     /// A thread is reading the stream for everyone.
     reading: bool,
-    /// The last ticket written to the stream.
-    sent: u64,
-    /// Last tickets of the batches sent and not yet acknowledged.
+    /// Last tickets of the batches sent and not yet acknowledged (empty:
+    /// the replica holds everything sent).
     in_flight: VecDeque<u64>,
     /// Since when the replica owes an acknowledgement (restarted by each).
     unacked_since: Option<Instant>,
@@ -218,7 +217,6 @@ impl SyncMirror {
                 stream: None,
                 sending: false,
                 reading: false,
-                sent: 0,
                 in_flight: VecDeque::new(),
                 unacked_since: None,
                 seals_queued: 0,
@@ -259,8 +257,9 @@ impl SyncMirror {
             stream.shutdown();
             return;
         }
-        st.sent = st.covered;
         st.in_flight.clear();
+        // A deadline left by the previous stream is not this one's.
+        st.unacked_since = None;
         st.stream = Some(Arc::new(stream));
         // Writes that queued before the stream opened wait on the condvar:
         // one of them takes the reading turn now, not after its slice.
@@ -282,7 +281,7 @@ impl SyncMirror {
         }
         if through > st.covered {
             st.covered = through;
-            st.unacked_since = (st.covered < st.sent).then(Instant::now);
+            st.unacked_since = (!st.in_flight.is_empty()).then(Instant::now);
             self.cond.notify_all();
         }
     }
@@ -478,10 +477,9 @@ impl SyncMirror {
                 let mut st = self.lock();
                 if last > st.covered {
                     st.in_flight.push_back(last);
-                }
-                st.sent = st.sent.max(last);
-                if st.covered < st.sent && st.unacked_since.is_none() {
-                    st.unacked_since = Some(Instant::now());
+                    if st.unacked_since.is_none() {
+                        st.unacked_since = Some(Instant::now());
+                    }
                 }
             }
         }
@@ -648,7 +646,7 @@ impl SyncMirror {
     fn finish(&self, limit: Duration) {
         self.kick();
         let drained = self.settle(limit, |st| {
-            st.queue.is_empty() && !st.sending && st.covered >= st.sent
+            st.queue.is_empty() && !st.sending && st.in_flight.is_empty()
         });
         let stream = self.lock().stream.take();
         if let Some(stream) = stream {
