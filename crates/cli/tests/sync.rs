@@ -42,16 +42,28 @@ except Exception as e:
     sys.stderr.write("writer stopped at %d: %s\n" % (i, e))
 "#;
 
-fn start_writer(url: &str, acks: &std::path::Path) -> Child {
+/// Runs a python writer `script` against `url` with `file` (its record
+/// or stop file).
+fn spawn_writer(
+    script: &str,
+    url: &str,
+    file: &std::path::Path,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Child {
     Command::new("/usr/bin/python3")
         .arg("-c")
-        .arg(WRITER)
-        .args([url, &acks.display().to_string(), &NBLOCKS.to_string()])
+        .arg(script)
+        .args([url, &file.display().to_string(), &NBLOCKS.to_string()])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("start the python writer")
+}
+
+fn start_writer(url: &str, acks: &std::path::Path) -> Child {
+    spawn_writer(WRITER, url, acks, Stdio::null(), Stdio::piped())
 }
 
 fn acked(acks: &std::path::Path) -> u64 {
@@ -184,14 +196,7 @@ print(json.dumps({"writes": n, "max_latency": worst}))
 "#;
 
 fn start_timed_writer(url: &str, stop: &std::path::Path) -> Child {
-    Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(TIMED_WRITER)
-        .args([url, &stop.display().to_string(), &NBLOCKS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the timed writer")
+    spawn_writer(TIMED_WRITER, url, stop, Stdio::piped(), Stdio::inherit())
 }
 
 fn cut_link(proxy: &offsite_testkit::proxy::FaultProxy) {
