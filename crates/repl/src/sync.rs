@@ -177,10 +177,6 @@ pub(crate) struct SyncStats {
     pub(crate) failed_writes: AtomicU64,
 }
 
-/// Keepalive nonces start here, above any the session used before the
-/// stream took its connection over (a late `Pong` of those proves nothing).
-const FIRST_PING: u64 = 1 << 32;
-
 /// The write mirror of one sync group (see the module docs).
 #[derive(Debug)]
 pub(crate) struct SyncMirror {
@@ -223,7 +219,7 @@ impl SyncMirror {
                 seals_answered: 0,
                 seal_replies: VecDeque::new(),
                 seal_waiting: HashMap::new(),
-                ping: FIRST_PING,
+                ping: DirectStream::FIRST_NONCE,
                 pong: 0,
             }),
             cond: Condvar::new(),

@@ -23,7 +23,9 @@
 //! The wire format is unchanged (the same frames, checksums and
 //! compression as the session). There are no keepalive tasks: the owner
 //! sends `Ping`s ([`DirectStream::recv`] answers the peer's) and passes
-//! timeouts to `recv`. Bulk frames are not rate-limited here: a
+//! timeouts to `recv`. The owner's nonces start at
+//! [`DirectStream::FIRST_NONCE`]: a `Pong` below it answers a ping the
+//! session sent before the handover, may arrive after it, and is dropped. Bulk frames are not rate-limited here: a
 //! synchronous write cannot wait for a token bucket.
 //!
 //! Written by hand because it is the session's own framing over rustls's
@@ -92,6 +94,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl DirectStream {
+    /// The first keepalive nonce an owner may use: above any the session
+    /// used before the handover (it counts up from 1).
+    pub const FIRST_NONCE: u64 = 1 << 32;
+
     pub(crate) fn new(
         parts: DirectParts,
         info: SessionInfo,
@@ -215,8 +221,8 @@ impl DirectStream {
     /// The next message, waiting at most `timeout` (`None`: for ever).
     /// `Ok(None)`: the peer ended the stream (`Bye`, or closed). Silence for
     /// `timeout` is [`TransportError::PeerDead`]. The peer's `Ping`s are
-    /// answered here and not returned; `Pong`s are returned (the owner
-    /// measures liveness with them).
+    /// answered here and not returned; `Pong`s to the owner's pings are
+    /// returned (the owner measures liveness with them).
     pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
         self.next(Some(timeout))
     }
@@ -321,9 +327,11 @@ impl DirectStream {
         }
     }
 
-    /// Answers pings; the peer's `Error` becomes an error.
+    /// Answers pings, drops the session's late pongs; the peer's `Error`
+    /// becomes an error.
     fn filter(&self, message: Message) -> Result<Option<Message>, TransportError> {
         match message {
+            Message::Pong { nonce, .. } if nonce < Self::FIRST_NONCE => Ok(None),
             Message::Ping {
                 nonce,
                 sent_at_micros,

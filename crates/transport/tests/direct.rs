@@ -79,6 +79,15 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
         panic!("expected the answer");
     };
     let stream = std::sync::Arc::new(session.into_direct().await.unwrap());
+    // What a late answer to one of the session's keepalives looks like to
+    // the peer: its stream drops it (the server's loop fails on anything
+    // but data).
+    stream
+        .send(&Message::Pong {
+            nonce: 3,
+            sent_at_micros: 0,
+        })
+        .unwrap();
 
     // One thread sends while another receives, as the sync stream does.
     const FRAMES: u64 = 200;
@@ -100,9 +109,10 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
         let stream = stream.clone();
         std::thread::spawn(move || {
             // A keepalive is answered by the peer's receiving thread.
+            let nonce = offsite_transport::DirectStream::FIRST_NONCE + 7;
             stream
                 .send(&Message::Ping {
-                    nonce: 7,
+                    nonce,
                     sent_at_micros: 0,
                 })
                 .unwrap();
@@ -116,10 +126,9 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
                         assert_eq!(bytes, size);
                         acked = seq;
                     }
-                    Some(Message::Pong { nonce: 7, .. }) => pong = true,
-                    // The answer to a keepalive the session sent before
-                    // the handover may arrive here.
-                    Some(Message::Pong { .. }) => {}
+                    // Late answers to the session's own keepalives are
+                    // dropped by the stream, on both sides.
+                    Some(Message::Pong { nonce: n, .. }) if n == nonce => pong = true,
                     other => panic!("unexpected {other:?}"),
                 }
             }
