@@ -166,6 +166,9 @@ pub trait WriteMirror: Send + Sync + std::fmt::Debug {
     /// group's link-loss policy completes it (`degrade`) or fails it
     /// (`suspend-writes`, after its timeout).
     fn wait(&self, ticket: u64) -> io::Result<()>;
+
+    /// Whether [`wait`](Self::wait) for `ticket` would return at once.
+    fn ready(&self, ticket: u64) -> bool;
 }
 
 type Mirror = (Arc<dyn WriteMirror>, u16);
@@ -177,6 +180,10 @@ struct MirrorPending {
 }
 
 impl offsite_nbd::Pending for MirrorPending {
+    fn ready(&self) -> bool {
+        self.mirror.ready(self.ticket)
+    }
+
     fn wait(self: Box<Self>) -> io::Result<()> {
         self.mirror.wait(self.ticket)
     }

@@ -58,6 +58,10 @@ pub trait BlockDevice: Send + Sync + 'static {
 /// The rest of a deferred write: returns when the write may be
 /// acknowledged, or why it failed.
 pub trait Pending: Send {
+    /// Whether [`wait`](Self::wait) would return at once. The server
+    /// sends the replies it has before it waits for one that is not ready.
+    fn ready(&self) -> bool;
+
     /// Waits for the write's completion.
     fn wait(self: Box<Self>) -> io::Result<()>;
 }

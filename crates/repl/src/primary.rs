@@ -616,7 +616,10 @@ impl Replication {
                 pit: done.pit.map(entry),
             });
         }
-        if g.state != "replicating" {
+        // A sync group's runner takes the command once the group is back
+        // in sync (a reversed group starts resynchronizing at once).
+        let catching_up = g.mode == "sync" && g.state == "resynchronizing";
+        if g.state != "replicating" && !catching_up {
             return Err(invalid(format!(
                 "group {name} is {}; sync needs a replicating group{}",
                 g.state,

@@ -77,11 +77,6 @@ use crate::{ReplError, Replication, invalid};
 
 /// A batch holds at most this many bytes of records.
 const MAX_BATCH: usize = 8 << 20;
-/// Batches on the wire and not yet acknowledged, at most. While the
-/// replica fsyncs one, the next is already waiting in its socket, and
-/// writes arriving meanwhile gather into one batch on this side (one frame,
-/// one system call each way) instead of one frame each.
-const WINDOW: usize = 2;
 /// How long one reading turn waits for the replica before checking the
 /// acknowledgement deadline.
 const READ_SLICE: Duration = Duration::from_millis(200);
@@ -153,6 +148,11 @@ struct MState {
     /// Last tickets of the batches sent and not yet acknowledged (empty:
     /// the replica holds everything sent).
     in_flight: VecDeque<u64>,
+    /// Payload bytes of the batches sent on this stream, and how many of
+    /// them the replica said it has read (each acknowledgement carries
+    /// that count; see [`SyncMirror::may_send`]).
+    sent_bytes: u64,
+    taken_bytes: u64,
     /// Since when the replica owes an acknowledgement (restarted by each).
     unacked_since: Option<Instant>,
     /// Seals queued so far, and answered so far (answers come in order).
@@ -214,6 +214,8 @@ impl SyncMirror {
                 sending: false,
                 reading: false,
                 in_flight: VecDeque::new(),
+                sent_bytes: 0,
+                taken_bytes: 0,
                 unacked_since: None,
                 seals_queued: 0,
                 seals_answered: 0,
@@ -254,6 +256,8 @@ impl SyncMirror {
             return;
         }
         st.in_flight.clear();
+        st.sent_bytes = 0;
+        st.taken_bytes = 0;
         // A deadline left by the previous stream is not this one's.
         st.unacked_since = None;
         st.stream = Some(Arc::new(stream));
@@ -371,13 +375,26 @@ impl SyncMirror {
     }
 
     /// Whether this thread should take the sending turn now: something is
-    /// queued, no one sends, and the window has room.
+    /// queued, no one sends, and the replica has read every batch sent.
+    ///
+    /// That last rule is the pipeline: the replica reports what it has read
+    /// when it starts making a batch durable, so the writes that gathered
+    /// here meanwhile travel as one batch (one frame, one system call each
+    /// way) and wait in its socket while it writes, and it starts on them
+    /// the moment it has acknowledged the previous one. Sending each write
+    /// at once costs a frame per write on both sides (measured slower);
+    /// waiting for the acknowledgement leaves the replica idle for a round
+    /// trip every cycle.
     fn may_send(st: &MState) -> bool {
-        !st.sending
-            && st.link == Link::Up
+        !st.sending && Self::can_send(st)
+    }
+
+    /// [`may_send`](Self::may_send) for the thread that has the turn.
+    fn can_send(st: &MState) -> bool {
+        st.link == Link::Up
             && st.stream.is_some()
             && !st.queue.is_empty()
-            && st.in_flight.len() < WINDOW
+            && st.taken_bytes >= st.sent_bytes
     }
 
     /// Sends what is queued unless another thread is at it (blocking).
@@ -398,15 +415,10 @@ impl SyncMirror {
         loop {
             let mut st = self.lock();
             let stream = match &st.stream {
-                Some(s)
-                    if st.link == Link::Up
-                        && !st.queue.is_empty()
-                        && st.in_flight.len() < WINDOW =>
-                {
-                    s.clone()
-                }
-                // Empty, or the window is full: the thread that reads the
-                // next acknowledgement sends what gathered meanwhile.
+                Some(s) if Self::can_send(&st) => s.clone(),
+                // Empty, or the replica has not read the last batch yet:
+                // the thread that reads its report sends what gathered
+                // meanwhile.
                 _ => {
                     st.sending = false;
                     return;
@@ -471,6 +483,9 @@ impl SyncMirror {
             }
             if let Some(last) = last {
                 let mut st = self.lock();
+                if let Message::BulkData { payload, .. } = &message {
+                    st.sent_bytes += payload.len() as u64;
+                }
                 if last > st.covered {
                     st.in_flight.push_back(last);
                     if st.unacked_since.is_none() {
@@ -519,7 +534,7 @@ impl SyncMirror {
             self.lose(why);
             st = self.lock();
         } else if Self::may_send(&st) {
-            // An acknowledgement opened the window: what gathered meanwhile
+            // The replica has read everything sent: what gathered meanwhile
             // goes out as one batch.
             st.sending = true;
             drop(st);
@@ -532,7 +547,8 @@ impl SyncMirror {
     /// Applies a message from the replica.
     fn apply(&self, st: &mut MState, message: Message) -> Result<(), String> {
         match message {
-            Message::BulkAck { seq, .. } => {
+            Message::BulkAck { seq, bytes } => {
+                st.taken_bytes = st.taken_bytes.max(bytes);
                 if seq > st.covered {
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -682,6 +698,13 @@ impl WriteMirror for SyncMirror {
             }
         }
         Ok(ticket)
+    }
+
+    fn ready(&self, ticket: u64) -> bool {
+        let st = self.lock();
+        st.covered >= ticket
+            || st.link == Link::Detached
+            || (st.link == Link::Lost && self.policy == Policy::Degrade)
     }
 
     fn wait(&self, ticket: u64) -> io::Result<()> {
@@ -897,37 +920,86 @@ impl Replication {
     ) -> Result<(), String> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
         let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
+        // Payload bytes read so far: every acknowledgement carries it, and
+        // the primary sends its next batch once it has read everything
+        // (see `SyncMirror::may_send`).
         let mut received = 0u64;
-        loop {
-            let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
-                return Ok(());
+        let mut acked = 0u64;
+        // Messages read and not yet handled, in stream order.
+        let mut ahead = VecDeque::new();
+        let read_available = |ahead: &mut VecDeque<Message>,
+                              received: &mut u64,
+                              fresh: bool|
+         -> Result<(), String> {
+            let mut next = if fresh {
+                stream.recv_now()
+            } else {
+                stream.try_recv()
             };
+            while let Some(m) = next.map_err(lost)? {
+                if let Message::BulkData { payload, .. } = &m {
+                    *received += payload.len() as u64;
+                }
+                ahead.push_back(m);
+                next = stream.try_recv();
+            }
+            Ok(())
+        };
+        loop {
+            let waited = ahead.is_empty();
+            if waited {
+                let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
+                    return Ok(());
+                };
+                if let Message::BulkData { payload, .. } = &first {
+                    received += payload.len() as u64;
+                }
+                ahead.push_back(first);
+                read_available(&mut ahead, &mut received, false)?;
+            }
+            // This cycle: the batches at the front, made durable together.
             let mut payloads = Vec::new();
             let mut last = 0;
-            let mut next = Some(first);
-            let mut other = None;
-            while let Some(m) = next.take() {
-                match m {
-                    Message::BulkData { seq, payload } => {
-                        received += payload.len() as u64;
-                        last = seq;
-                        payloads.push(payload);
-                        next = stream.try_recv().map_err(lost)?;
-                    }
-                    m => other = Some(m),
-                }
-            }
-            if !payloads.is_empty() {
-                let ack = Message::BulkAck {
-                    seq: last,
-                    bytes: received,
+            while let Some(Message::BulkData { .. }) = ahead.front() {
+                let Some(Message::BulkData { seq, payload }) = ahead.pop_front() else {
+                    unreachable!("the front is a batch");
                 };
-                if let Err(e) = self.append_batches(group, store, slot, payloads, || {
-                    stream.send(&ack).map_err(lost)
-                }) {
+                last = seq;
+                payloads.push(payload);
+            }
+            let other = if payloads.is_empty() {
+                ahead.pop_front()
+            } else {
+                None
+            };
+            if !payloads.is_empty() {
+                if waited {
+                    // The pipeline had run dry: the primary learns now, not
+                    // after the write, that it may send what gathers.
+                    stream
+                        .send(&Message::BulkAck {
+                            seq: acked,
+                            bytes: received,
+                        })
+                        .map_err(lost)?;
+                }
+                let durable = || {
+                    // What arrived during the write is read now, so this
+                    // acknowledgement also says it was taken, and the next
+                    // batch travels while that one is written.
+                    read_available(&mut ahead, &mut received, true)?;
+                    stream
+                        .send(&Message::BulkAck {
+                            seq: last,
+                            bytes: received,
+                        })
+                        .map_err(lost)
+                };
+                if let Err(e) = self.append_batches(group, store, slot, payloads, durable) {
                     let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
                     return Err(e);
                 }
+                acked = last;
             }
             match other {
                 None | Some(Message::Pong { .. }) => {}

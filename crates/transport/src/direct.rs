@@ -45,6 +45,16 @@ use offsite_protocol::{Compression, FrameDecoder, Message, encode_frame};
 use crate::error::TransportError;
 use crate::session::SessionInfo;
 
+/// How [`DirectStream::next`] may wait for the socket.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Not at all; `fresh: false` also skips the system call while the
+    /// last read drained the socket.
+    Try { fresh: bool },
+    /// Up to this long (`None`: for ever).
+    Block(Option<Duration>),
+}
+
 /// Bytes read from the socket at once.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -224,7 +234,7 @@ impl DirectStream {
     /// answered here and not returned; `Pong`s to the owner's pings are
     /// returned (the owner measures liveness with them).
     pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Message>, TransportError> {
-        self.next(Some(timeout))
+        self.next(Wait::Block(timeout))
     }
 
     /// The next message if one can be had without waiting: decoded from
@@ -232,14 +242,23 @@ impl DirectStream {
     /// the last read filled its buffer (else the socket was drained a
     /// moment ago and a system call would most likely find nothing).
     pub fn try_recv(&self) -> Result<Option<Message>, TransportError> {
-        match self.next(None) {
+        match self.next(Wait::Try { fresh: false }) {
             Err(TransportError::PeerDead { .. }) => Ok(None),
             other => other,
         }
     }
 
-    /// `wait`: `None` never blocks (try), `Some(t)` blocks up to `t`.
-    fn next(&self, wait: Option<Option<Duration>>) -> Result<Option<Message>, TransportError> {
+    /// The next message if one has arrived by now, without waiting: like
+    /// [`try_recv`](Self::try_recv), but asks the socket even when the last
+    /// read drained it (for a caller that did something slow since).
+    pub fn recv_now(&self) -> Result<Option<Message>, TransportError> {
+        match self.next(Wait::Try { fresh: true }) {
+            Err(TransportError::PeerDead { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn next(&self, wait: Wait) -> Result<Option<Message>, TransportError> {
         let mut rx = lock(&self.rx);
         loop {
             if let Some(m) = rx.pending.pop_front() {
@@ -267,13 +286,13 @@ impl DirectStream {
                 }
             }
             let n = match wait {
-                None if rx.drained => {
+                Wait::Try { fresh: false } if rx.drained => {
                     return Err(TransportError::PeerDead {
                         peer: self.peer.clone(),
                         silent_for: Duration::ZERO,
                     });
                 }
-                None => {
+                Wait::Try { .. } => {
                     match rustix::net::recv(
                         &self.socket,
                         &mut rx.raw,
@@ -289,7 +308,7 @@ impl DirectStream {
                         Err(e) => return Err(self.io(e.into())),
                     }
                 }
-                Some(timeout) => {
+                Wait::Block(timeout) => {
                     // A zero timeout means "for ever" to the socket.
                     let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
                     if rx.timeout != timeout {
