@@ -67,7 +67,7 @@ use bytes::Bytes;
 use offsite_catalog::GroupRow;
 use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
 use offsite_protocol::{ErrorCode, Message};
-use offsite_replica::{LogRecord, ReplicaStore, WriteLog};
+use offsite_replica::{LogApplier, LogRecord, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -739,6 +739,31 @@ impl WriteMirror for SyncMirror {
     }
 }
 
+/// Calls `f` with the batches of `payloads` decoded (each with its raw
+/// bytes), as the write log takes them.
+fn with_batches<R>(
+    payloads: &[Bytes],
+    f: impl FnOnce(&[(&[u8], &[LogRecord<'_>])]) -> R,
+) -> Result<R, String> {
+    let decoded: Vec<Vec<LogRecord<'_>>> = payloads
+        .iter()
+        .map(|p| offsite_replica::decode_records(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("a batch of writes does not decode: {e}"))?;
+    let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
+        .iter()
+        .zip(&decoded)
+        .map(|(p, d)| (&p[..], &d[..]))
+        .collect();
+    Ok(f(&batches))
+}
+
+/// Applies batches made durable by the stream (decoded again: the
+/// decoding borrows the payloads, which travel between threads).
+fn apply_payloads(applier: LogApplier, payloads: &[Bytes]) -> Result<(), String> {
+    with_batches(payloads, |batches| applier.apply(batches))?.map_err(|e| e.to_string())
+}
+
 /// Encodes a batch of writes; returns the bytes and the batch's last ticket.
 fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64) {
     let mut out = Vec::new();
@@ -911,12 +936,48 @@ impl Replication {
     /// batch's sequence number (the primary's last ticket in it); seals are
     /// answered in stream order, so a PIT holds exactly the writes before
     /// its seal. `Ok` when the primary said `Bye`.
+    ///
+    /// Acknowledged batches are applied to the open PIT by a second thread
+    /// while this one writes the next batch (the log's seal waits for it).
     pub(crate) fn serve_stream(
         &self,
         stream: &DirectStream,
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
+    ) -> Result<(), String> {
+        let (jobs, queue) = std::sync::mpsc::channel::<(LogApplier, Vec<Bytes>)>();
+        let apply_failed = Mutex::new(None::<String>);
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sync-apply".into())
+                .spawn_scoped(scope, || {
+                    for (applier, payloads) in queue {
+                        if let Err(e) = apply_payloads(applier, &payloads) {
+                            let why = format!("applying the write log to the open PIT: {e}");
+                            tracing::warn!(group, "{why}");
+                            apply_failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(why);
+                        }
+                    }
+                })
+                .map_err(|e| format!("starting the sync stream's apply thread: {e}"))?;
+            let r = self.stream_loop(stream, group, store, slot, &jobs, &apply_failed);
+            drop(jobs);
+            r
+        })
+    }
+
+    fn stream_loop(
+        &self,
+        stream: &DirectStream,
+        group: &str,
+        store: &Arc<ReplicaStore>,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+        jobs: &std::sync::mpsc::Sender<(LogApplier, Vec<Bytes>)>,
+        apply_failed: &Mutex<Option<String>>,
     ) -> Result<(), String> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
         let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
@@ -946,6 +1007,14 @@ impl Replication {
             Ok(())
         };
         loop {
+            if let Some(why) = apply_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                let _ = stream.send(&Message::error(ErrorCode::Internal, why.clone()));
+                return Err(why);
+            }
             let waited = ahead.is_empty();
             if waited {
                 let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
@@ -995,7 +1064,11 @@ impl Replication {
                         })
                         .map_err(lost)
                 };
-                if let Err(e) = self.append_batches(group, store, slot, payloads, durable) {
+                let apply = |applier, payloads| {
+                    // Only fails once the loop ended, which it has not.
+                    let _ = jobs.send((applier, payloads));
+                };
+                if let Err(e) = self.append_batches(group, store, slot, payloads, durable, apply) {
                     let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
                     return Err(e);
                 }
@@ -1029,8 +1102,10 @@ impl Replication {
     }
 
     /// Replica: appends batches durably, all with one fsync, then calls
-    /// `durable` (the acknowledgement), then applies them to the open PIT
-    /// (holding the log throughout, so no seal comes between). Blocking.
+    /// `durable` (the acknowledgement), then hands them to `apply` with the
+    /// log's applier (holding the log throughout, so no seal comes between
+    /// the append and the hand-over; a seal waits for the applier).
+    /// Blocking.
     fn append_batches(
         &self,
         group: &str,
@@ -1038,26 +1113,19 @@ impl Replication {
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
         durable: impl FnOnce() -> Result<(), String>,
+        apply: impl FnOnce(LogApplier, Vec<Bytes>),
     ) -> Result<(), String> {
-        let decoded: Vec<Vec<LogRecord<'_>>> = payloads
-            .iter()
-            .map(|p| offsite_replica::decode_records(p))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("a batch of writes does not decode: {e}"))?;
-        let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
-            .iter()
-            .zip(&decoded)
-            .map(|(p, d)| (&p[..], &d[..]))
-            .collect();
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let log = guard
             .as_mut()
             .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
-        log.append_durable(&batches)
+        let applier = with_batches(&payloads, |batches| log.append_durable(batches))?
             .map_err(|e| format!("appending to the write log: {e}"))?;
-        durable()?;
-        log.apply_appended(&batches)
-            .map_err(|e| format!("applying the write log to the open PIT: {e}"))?;
+        // Durable batches belong in the open PIT even when the primary can
+        // no longer hear about them (a failover seals them).
+        let acked = durable();
+        apply(applier, payloads);
+        acked?;
         // The log (and the open PIT's in-memory index) stays bounded
         // whatever the primary's seal schedule: any prefix of the write
         // order is crash-consistent, so the replica may seal on its own.

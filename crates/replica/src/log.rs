@@ -5,7 +5,11 @@
 //! [`WriteLog::append`] writes a whole batch to `GROUP/sync.log` with one
 //! positional `write` and one `fdatasync` (so concurrent writes at the
 //! primary share one replica fsync: group commit) and then applies it to
-//! an open [`PitWriter`] in `staging/`, page cache only. Sealing
+//! an open [`PitWriter`] in `staging/`. The two halves may run on two
+//! threads: [`WriteLog::append_durable`] makes batches durable (the sync
+//! stream acknowledges them then), a [`LogApplier`] copies them into the
+//! PIT in the same order while the next batch is written, and a seal waits
+//! until every durable batch is applied. Sealing
 //! ([`WriteLog::seal`]) commits that writer as a PIT — the blocks are
 //! already in its segments, so only indexes and the manifest are written
 //! — and starts an empty log after it. The log is bounded by how often the
@@ -98,6 +102,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::store::Inner;
 use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, fsx};
@@ -304,11 +309,8 @@ pub struct WriteLog {
     capacity: u64,
     after: u64,
     last_seq: Option<u64>,
+    /// Records made durable in the log (since its last seal).
     records: u64,
-    /// Batches are durable but not applied to `writer` (between
-    /// [`WriteLog::append_durable`] and [`WriteLog::apply_appended`], or
-    /// after the latter failed).
-    unapplied: bool,
     /// The file opened `O_DIRECT | O_DSYNC`, where the file system allows
     /// it: appends are then aligned synchronous writes (see the module
     /// docs); else buffered writes and `fdatasync`.
@@ -319,8 +321,106 @@ pub struct WriteLog {
     tail: Option<Vec<u8>>,
     /// Reused aligned memory for `O_DIRECT` writes.
     scratch: Vec<u8>,
+    /// The open PIT, shared with [`LogApplier`]s.
+    open: Arc<OpenPit>,
+    store: Arc<Inner>,
+}
+
+/// The open PIT a log's durable batches are applied to. It has its own
+/// lock so that a [`LogApplier`] on another thread copies one batch into
+/// the PIT while the log's owner writes the next one to disk (the copy
+/// includes the PIT's own segment writes, which otherwise wait for the disk
+/// on the acknowledgement path of the next batch).
+#[derive(Debug, Default)]
+struct OpenPit {
+    state: Mutex<Applied>,
+    /// Signalled whenever a batch was applied (or failed to).
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Applied {
     writer: Option<PitWriter>,
-    store: std::sync::Arc<Inner>,
+    /// Batches made durable and not applied yet, in log order.
+    pending: u64,
+    /// An apply failed: the PIT misses records the log has, so it can no
+    /// longer be sealed from memory (reopening the log replays them).
+    failed: bool,
+}
+
+impl OpenPit {
+    fn lock(&self) -> MutexGuard<'_, Applied> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Applies one append's durable batches to its log's open PIT, from any
+/// thread: [`WriteLog::append_durable`] returns it, and
+/// [`LogApplier::apply`] takes it back with the same batches. Appliers must
+/// be applied in the order their appends were made. One dropped without
+/// applying fails the open PIT: the next append or seal replays the log
+/// from its file into a new one instead of waiting for it forever.
+#[derive(Debug)]
+#[must_use = "durable batches belong in the open PIT: apply them"]
+pub struct LogApplier {
+    open: Arc<OpenPit>,
+    store: Arc<Inner>,
+    done: bool,
+}
+
+impl LogApplier {
+    /// Applies the batches of the append that returned this applier.
+    pub fn apply(mut self, batches: &[(&[u8], &[LogRecord<'_>])]) -> Result<(), ReplicaError> {
+        self.done = true;
+        let mut st = self.open.lock();
+        let r = if st.failed {
+            Err(ReplicaError::invalid(
+                "an earlier batch of the write log failed to apply; reopen the log to replay it",
+            ))
+        } else {
+            match st.writer.as_mut() {
+                Some(w) => batches
+                    .iter()
+                    .flat_map(|(_, r)| r.iter())
+                    .try_for_each(|rec| apply_record(&self.store, w, rec)),
+                None => Err(ReplicaError::invalid(
+                    "the open PIT was abandoned; the log is replayed from its file",
+                )),
+            }
+        };
+        match r {
+            Ok(()) => st.pending = st.pending.saturating_sub(1),
+            Err(_) => st.failed = true,
+        }
+        self.open.changed.notify_all();
+        r
+    }
+}
+
+impl Drop for LogApplier {
+    fn drop(&mut self) {
+        if !self.done {
+            self.open.lock().failed = true;
+            self.open.changed.notify_all();
+        }
+    }
+}
+
+/// Copies one record's blocks into the open PIT.
+fn apply_record(store: &Inner, w: &mut PitWriter, rec: &LogRecord<'_>) -> Result<(), ReplicaError> {
+    let spec = &store.specs[usize::from(rec.volume)];
+    let bs = spec.block_size as usize;
+    for i in 0..rec.count {
+        let b = rec.first + u64::from(i);
+        match rec.data {
+            Some(d) => {
+                let at = i as usize * bs;
+                w.write_block(&spec.name, b, &d[at..at + bs])?;
+            }
+            None => w.write_zero_block(&spec.name, b)?,
+        }
+    }
+    Ok(())
 }
 
 /// Alignment of `O_DIRECT` log writes: offset, length and memory.
@@ -463,11 +563,10 @@ impl WriteLog {
             after,
             last_seq: None,
             records: 0,
-            unapplied: false,
             direct,
             tail: None,
             scratch: Vec::new(),
-            writer: None,
+            open: Arc::default(),
             store,
         })
     }
@@ -500,7 +599,13 @@ impl WriteLog {
             if log.check(&rec).is_err() {
                 break;
             }
-            log.apply(&rec)?;
+            {
+                let mut st = log.open.lock();
+                let w = st.writer.as_mut().expect("writer exists");
+                apply_record(&log.store, w, &rec)?;
+            }
+            log.last_seq = Some(rec.seq);
+            log.records += 1;
             log.len += buf.len() as u64;
         }
         if log.capacity > log.len {
@@ -629,8 +734,9 @@ impl WriteLog {
     }
 
     fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
-        if self.writer.is_none() {
-            self.writer = Some(PitWriter::begin(self.store.clone())?);
+        let mut st = self.open.lock();
+        if st.writer.is_none() {
+            st.writer = Some(PitWriter::begin(self.store.clone())?);
         }
         Ok(())
     }
@@ -670,25 +776,6 @@ impl WriteLog {
         Ok(())
     }
 
-    fn apply(&mut self, rec: &LogRecord<'_>) -> Result<(), ReplicaError> {
-        let name = self.store.specs[usize::from(rec.volume)].name.clone();
-        let bs = self.store.specs[usize::from(rec.volume)].block_size as usize;
-        let w = self.writer.as_mut().expect("writer exists");
-        for i in 0..rec.count {
-            let b = rec.first + u64::from(i);
-            match rec.data {
-                Some(d) => {
-                    let at = i as usize * bs;
-                    w.write_block(&name, b, &d[at..at + bs])?;
-                }
-                None => w.write_zero_block(&name, b)?,
-            }
-        }
-        self.last_seq = Some(rec.seq);
-        self.records += 1;
-        Ok(())
-    }
-
     /// Makes a batch durable and applies it: `raw` is the batch as
     /// received, `records` its decoding ([`decode_records`]). Returns once
     /// the batch is on stable storage (one write, one `fdatasync`; when the
@@ -705,25 +792,22 @@ impl WriteLog {
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
     ) -> Result<(), ReplicaError> {
-        self.append_durable(batches)?;
-        self.apply_appended(batches)
+        self.append_durable(batches)?.apply(batches)
     }
 
     /// The first half of [`WriteLog::append_many`]: the batches are durable
-    /// when it returns, so the caller may acknowledge them before
-    /// [`WriteLog::apply_appended`] (which must follow, with the same
+    /// when it returns, so the caller may acknowledge them before the
+    /// returned [`LogApplier`] (on this thread or another, with the same
     /// batches) applies them to the open PIT: the copy into the PIT stays
-    /// off the acknowledgement's path. Until it did, the log refuses to
-    /// seal; a log whose apply failed is sealed from its file instead
+    /// off the acknowledgement's path. A seal waits until it did; a log
+    /// whose apply failed is sealed from its file instead
     /// ([`ReplicaStore::open_log`] replays it).
     pub fn append_durable(
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
-    ) -> Result<(), ReplicaError> {
-        if self.unapplied {
-            return Err(ReplicaError::invalid(
-                "the write log has durable batches that were not applied; reopen it to replay them",
-            ));
+    ) -> Result<LogApplier, ReplicaError> {
+        if self.open.lock().failed {
+            self.recover()?;
         }
         let mut last = self.last_seq;
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
@@ -739,11 +823,10 @@ impl WriteLog {
             last = Some(rec.seq);
         }
         self.ensure_writer()?;
+        let records = batches.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
         if self.direct.is_some() {
             self.write_direct(batches)?;
-            self.last_seq = last;
-            self.unapplied = true;
-            return Ok(());
+            return Ok(self.appended(last, records));
         }
         let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
         let end = self.len + total as u64;
@@ -772,23 +855,37 @@ impl WriteLog {
         fsx::sync_data(&self.file, &self.path)?;
         self.len = end;
         self.zero_from = end;
-        self.last_seq = last;
-        self.unapplied = true;
+        Ok(self.appended(last, records))
+    }
+
+    /// After a batch failed to apply (or its applier was dropped), the
+    /// open PIT misses records the file has: abandons it and replays the
+    /// file into a new one, as after a restart.
+    fn recover(&mut self) -> Result<(), ReplicaError> {
+        // Appliers still queued find no writer and fail harmlessly.
+        drop(self.open.lock().writer.take());
+        tracing::warn!(
+            log = %self.path.display(),
+            "a batch of the write log was not applied to the open PIT: replaying the log"
+        );
+        *self = ReplicaStore {
+            inner: self.store.clone(),
+        }
+        .open_log()?;
         Ok(())
     }
 
-    /// The second half of [`WriteLog::append_many`]: applies the batches
-    /// [`WriteLog::append_durable`] made durable to the open PIT (page
-    /// cache only).
-    pub fn apply_appended(
-        &mut self,
-        batches: &[(&[u8], &[LogRecord<'_>])],
-    ) -> Result<(), ReplicaError> {
-        for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
-            self.apply(rec)?;
+    /// Counts an append made durable: its batches wait to be applied by
+    /// the returned applier.
+    fn appended(&mut self, last: Option<u64>, records: u64) -> LogApplier {
+        self.last_seq = last;
+        self.records += records;
+        self.open.lock().pending += 1;
+        LogApplier {
+            open: self.open.clone(),
+            store: self.store.clone(),
+            done: false,
         }
-        self.unapplied = false;
-        Ok(())
     }
 
     /// Records in the log (since its last seal).
@@ -815,13 +912,24 @@ impl WriteLog {
         name: Option<String>,
         created_at: String,
     ) -> Result<PitInfo, ReplicaError> {
-        if self.unapplied {
-            return Err(ReplicaError::invalid(
-                "the write log has durable batches that were not applied; reopen it to replay them",
-            ));
-        }
         self.ensure_writer()?;
-        let w = self.writer.take().expect("writer exists");
+        let w = {
+            let mut st = self.open.lock();
+            // Batches still being applied elsewhere belong in this PIT.
+            while st.pending > 0 && !st.failed {
+                st = self
+                    .open
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.failed {
+                drop(st);
+                self.recover()?;
+                return self.seal(name, created_at);
+            }
+            st.writer.take().expect("writer exists")
+        };
         let info = w.commit(name, created_at)?;
         let fresh = WriteLog::reset(
             self.store.clone(),
@@ -838,7 +946,7 @@ impl WriteLog {
     /// the empty log stays, after the newest PIT) and releases the store's
     /// PIT writer.
     pub fn finish(mut self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
-        if self.records == 0 && !self.unapplied {
+        if self.records == 0 {
             return Ok(None);
         }
         let info = self.seal(None, created_at)?;

@@ -422,3 +422,88 @@ fn append_latency() {
         took[took.len() - 1].as_micros()
     );
 }
+
+/// Batches made durable on one thread and applied on another (the sync
+/// stream's applier): a seal waits for every durable batch to be applied,
+/// so the PIT holds exactly the appended writes, and the next log's
+/// batches go to the next PIT.
+#[test]
+fn a_seal_waits_for_batches_applied_on_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
+    let mut log = store.open_log().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(offsite_replica::LogApplier, Vec<u8>)>();
+    let applier = std::thread::spawn(move || {
+        for (applier, raw) in rx {
+            // Slower than the appends: the seal below finds work pending.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let records = decode_records(&raw).unwrap();
+            applier.apply(&[(&raw, &records)]).unwrap();
+        }
+    });
+    let mut seq = 1;
+    let mut append = |log: &mut WriteLog, writes: &[(u16, u64, u8)]| {
+        let raw = batch(seq, writes);
+        seq += writes.len() as u64;
+        let applier = log
+            .append_durable(&[(&raw, &decode_records(&raw).unwrap())])
+            .unwrap();
+        tx.send((applier, raw)).unwrap();
+    };
+    for b in 0..20u64 {
+        append(&mut log, &[(0, b, 1 + b as u8), (1, b, 0x80)]);
+    }
+    let first = log.seal(None, AT.into()).unwrap();
+    append(&mut log, &[(0, 0, 0x55)]);
+    let second = log.seal(None, AT.into()).unwrap();
+    drop(tx);
+    applier.join().unwrap();
+    assert_eq!(second.id.get(), first.id.get() + 1);
+    let read = |pit, vol: &str, b: u64| {
+        let mut buf = vec![0u8; BS];
+        store.read(Some(pit), vol, b * BS as u64, &mut buf).unwrap();
+        buf[0]
+    };
+    for b in 0..20u64 {
+        assert_eq!(read(first.id, "a", b), 1 + b as u8, "block a/{b}");
+        assert_eq!(read(first.id, "b", b), 0x80, "block b/{b}");
+    }
+    assert_eq!(read(second.id, "a", 0), 0x55);
+    assert_eq!(read(second.id, "a", 1), 2);
+}
+
+/// An applier dropped without applying (its thread died, or the stream
+/// gave up between the append and the hand-over) does not leave a seal
+/// waiting forever: the seal replays the log's file, so the PIT still
+/// holds every durable batch, and appends go on after it.
+#[test]
+fn a_dropped_applier_makes_the_seal_replay_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
+    let mut log = store.open_log().unwrap();
+    let first = batch(1, &[(0, 0, 0x11)]);
+    log.append_durable(&[(&first, &decode_records(&first).unwrap())])
+        .unwrap()
+        .apply(&[(&first, &decode_records(&first).unwrap())])
+        .unwrap();
+    let lost = batch(2, &[(0, 1, 0x22), (1, 3, 0x33)]);
+    drop(
+        log.append_durable(&[(&lost, &decode_records(&lost).unwrap())])
+            .unwrap(),
+    );
+    let pit = log.seal(None, AT.into()).unwrap();
+    let next = batch(4, &[(0, 0, 0x44)]);
+    log.append_many(&[(&next, &decode_records(&next).unwrap())])
+        .unwrap();
+    let after = log.seal(None, AT.into()).unwrap();
+    let read = |pit, vol: &str, b: u64| {
+        let mut buf = vec![0u8; BS];
+        store.read(Some(pit), vol, b * BS as u64, &mut buf).unwrap();
+        buf[0]
+    };
+    assert_eq!(read(pit.id, "a", 0), 0x11);
+    assert_eq!(read(pit.id, "a", 1), 0x22);
+    assert_eq!(read(pit.id, "b", 3), 0x33);
+    assert_eq!(read(after.id, "a", 0), 0x44);
+    assert_eq!(read(after.id, "a", 1), 0x22);
+}
