@@ -31,7 +31,18 @@
 //! The replica serves the stream on one thread ([`Replication::serve_stream`]):
 //! batches that arrived together share one fsync and one acknowledgement
 //! (group commit), and a batch's sequence number is its last ticket, so an
-//! acknowledgement covers everything up to it.
+//! acknowledgement covers everything up to it. A second thread copies
+//! acknowledged batches into the open PIT while the next ones are written
+//! to the log, so the replica's disk does one job per cycle.
+//!
+//! **Pipelining.** The primary does not wait for an acknowledgement before
+//! sending the next batch (that would idle the replica for a round trip per
+//! fsync), nor does it flood it (batches sent while the replica is busy
+//! merge into one bigger batch on the primary's queue, which is what makes
+//! group commit work): it sends while the replica has *read* everything
+//! already sent. Each acknowledgement carries the payload bytes the
+//! replica has read so far, and the replica sends an early one when it
+//! finds its socket dry.
 //!
 //! **Link loss.** A batch not acknowledged within
 //! `replication.sync_ack_timeout_secs` (or any session error) marks the link
