@@ -30,7 +30,11 @@
 #   OUT=... KEEP=0 PIN=0 (1: site-b's daemon, the replica, on CPU 1 and
 #   site-a's daemon plus fio on CPU 0 — the two sites on separate cores, as
 #   on two machines; the same for all three volumes, so the ratios stay
-#   within one run)
+#   within one run) SETTLE=1 (0: no `sync` before each fio job; with it,
+#   the page cache a job dirtied is written back before the next job
+#   starts instead of by the kernel's flusher 30 s later, in the middle of
+#   another job: both sites share one disk here, and that writeback stalls
+#   the replica log's synchronous writes by up to ~200 ms)
 #
 # Exit status: 0 if the run completed and both targets were met, 1 if not.
 
@@ -38,6 +42,7 @@ set -euo pipefail
 
 REPEAT=${REPEAT:-1}
 RUNTIME=${RUNTIME:-20}
+SETTLE=${SETTLE:-1}
 BUILD=${BUILD:-0}
 KEEP=${KEEP:-0}
 PIN=${PIN:-0}
@@ -56,7 +61,7 @@ bench_binary
     machine_info
     echo "tools:   $(fio --version), offsite $(offsite_version)"
     echo "load:    $(load_avg) at the start"
-    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME PIN=$PIN"
+    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME PIN=$PIN SETTLE=$SETTLE"
 } >"$OUT/header.txt"
 cat "$OUT/header.txt" >&2
 
@@ -118,6 +123,11 @@ for rep in $(seq "$REPEAT"); do
     for qd in 32 1; do
         for k in 0 1 2; do
             v=${targets[$(((k + rep - 1) % 3))]}
+            if [[ $SETTLE == 1 ]]; then
+                # The previous job's dirty pages are written back now, not
+                # (30 s later, by the kernel's flusher) inside this job.
+                sync
+            fi
             log "rep $rep QD$qd volume $v: fio 4k randwrite ${RUNTIME}s"
             c0a=$(cpu_ticks "$PID_A"); c0b=$(cpu_ticks "$PID_B")
             "${FIO[@]}" --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
