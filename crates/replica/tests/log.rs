@@ -423,6 +423,13 @@ fn append_latency() {
     );
 }
 
+/// The first byte of block `b` of volume `vol` in PIT `pit`.
+fn first_byte(store: &ReplicaStore, pit: offsite_replica::PitId, vol: &str, b: u64) -> u8 {
+    let mut buf = vec![0u8; BS];
+    store.read(Some(pit), vol, b * BS as u64, &mut buf).unwrap();
+    buf[0]
+}
+
 /// Batches made durable on one thread and applied on another (the sync
 /// stream's applier): a seal waits for every durable batch to be applied,
 /// so the PIT holds exactly the appended writes, and the next log's
@@ -459,11 +466,7 @@ fn a_seal_waits_for_batches_applied_on_another_thread() {
     drop(tx);
     applier.join().unwrap();
     assert_eq!(second.id.get(), first.id.get() + 1);
-    let read = |pit, vol: &str, b: u64| {
-        let mut buf = vec![0u8; BS];
-        store.read(Some(pit), vol, b * BS as u64, &mut buf).unwrap();
-        buf[0]
-    };
+    let read = |pit, vol: &str, b: u64| first_byte(&store, pit, vol, b);
     for b in 0..20u64 {
         assert_eq!(read(first.id, "a", b), 1 + b as u8, "block a/{b}");
         assert_eq!(read(first.id, "b", b), 0x80, "block b/{b}");
@@ -496,11 +499,7 @@ fn a_dropped_applier_makes_the_seal_replay_the_log() {
     log.append_many(&[(&next, &decode_records(&next).unwrap())])
         .unwrap();
     let after = log.seal(None, AT.into()).unwrap();
-    let read = |pit, vol: &str, b: u64| {
-        let mut buf = vec![0u8; BS];
-        store.read(Some(pit), vol, b * BS as u64, &mut buf).unwrap();
-        buf[0]
-    };
+    let read = |pit, vol: &str, b: u64| first_byte(&store, pit, vol, b);
     assert_eq!(read(pit.id, "a", 0), 0x11);
     assert_eq!(read(pit.id, "a", 1), 0x22);
     assert_eq!(read(pit.id, "b", 3), 0x33);
