@@ -750,6 +750,13 @@ impl WriteMirror for SyncMirror {
     }
 }
 
+/// Cycles of durable batches the replica's stream may hold for its apply
+/// thread. The thread copies a cycle in a fraction of the time the log
+/// write takes, so the queue is empty in steady state; when the PIT's
+/// segment writes stall on the disk, the stream waits here rather than
+/// holding the writes of up to a whole log bound in memory.
+const APPLY_QUEUE: usize = 8;
+
 /// Calls `f` with the batches of `payloads` decoded (each with its raw
 /// bytes), as the write log takes them.
 fn with_batches<R>(
@@ -957,7 +964,7 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
     ) -> Result<(), String> {
-        let (jobs, queue) = std::sync::mpsc::channel::<(LogApplier, Vec<Bytes>)>();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(LogApplier, Vec<Bytes>)>(APPLY_QUEUE);
         let apply_failed = Mutex::new(None::<String>);
         std::thread::scope(|scope| {
             std::thread::Builder::new()
@@ -987,7 +994,7 @@ impl Replication {
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        jobs: &std::sync::mpsc::Sender<(LogApplier, Vec<Bytes>)>,
+        jobs: &std::sync::mpsc::SyncSender<(LogApplier, Vec<Bytes>)>,
         apply_failed: &Mutex<Option<String>>,
     ) -> Result<(), String> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
@@ -1076,7 +1083,9 @@ impl Replication {
                         .map_err(lost)
                 };
                 let apply = |applier, payloads| {
-                    // Only fails once the loop ended, which it has not.
+                    // Waits while the apply thread is APPLY_QUEUE cycles
+                    // behind. Fails only if that thread died: the dropped
+                    // applier then makes the next seal replay the log.
                     let _ = jobs.send((applier, payloads));
                 };
                 if let Err(e) = self.append_batches(group, store, slot, payloads, durable, apply) {
