@@ -135,6 +135,13 @@ const KIND_ZERO: u8 = 2;
 /// log. A new log (every seal) starts at its header; its first append
 /// extends it.
 const GROW: u64 = 4 << 20;
+/// Segment data of the open PIT goes to disk in flushes of this size, not
+/// the bulk writers' 4 MiB: a flush is queued at the same disk as the
+/// log's small synchronous appends, and an append queued behind it waits
+/// for all of it. Measured with `bench/sync.sh` (QD32, three alternating
+/// pairs of runs): 512 KiB gave 19.8–27.9k IOPS, p99 5.3–7.1 ms, against
+/// 17.0–19.6k and 7.4–8.7 ms with 4 MiB.
+const APPLY_FLUSH: usize = 512 << 10;
 /// Most zeroes written by one `write` when extending the file.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -736,7 +743,9 @@ impl WriteLog {
     fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
         let mut st = self.open.lock();
         if st.writer.is_none() {
-            st.writer = Some(PitWriter::begin(self.store.clone())?);
+            let mut w = PitWriter::begin(self.store.clone())?;
+            w.set_flush_bytes(APPLY_FLUSH);
+            st.writer = Some(w);
         }
         Ok(())
     }

@@ -80,10 +80,6 @@ const WRITE_BUFFER: usize = 4 << 20;
 /// logical block size of common devices (as `store::DIRECT_ALIGN`).
 const DIRECT_ALIGN: usize = 4096;
 
-/// Size of a builder's write buffer: `WRITE_BUFFER` bytes of slots after a
-/// lead of less than one page (see `SegmentBuilder::buf_lead`).
-const BUF_CAP: usize = WRITE_BUFFER + DIRECT_ALIGN;
-
 /// A zero-filled heap buffer of a fixed length whose first byte is
 /// `DIRECT_ALIGN`-aligned: an aligned window of a slightly larger `Vec`
 /// that never grows, so the window never moves (no unsafe code).
@@ -432,7 +428,11 @@ pub(crate) struct SegmentBuilder {
     /// Block → (slot or `ZERO_SLOT`, hash).
     map: BlockMap<(u32, [u8; 32])>,
     next_slot: u32,
-    /// Write buffer (`BUF_CAP` bytes, allocated with the first data block):
+    /// Pending data is written out once this many bytes are buffered
+    /// (`WRITE_BUFFER` unless [`SegmentBuilder::set_flush_bytes`]).
+    flush_at: usize,
+    /// Write buffer (`flush_at` bytes of slots after a lead of less than
+    /// one page, allocated with the first data block):
     /// data of slots `buf_slot..next_slot`, not yet written, at
     /// `buf_lead..buf_lead + buf_len`. Byte `i` of the buffer belongs at
     /// file offset `slot_offset(buf_slot) - buf_lead + i`: memory and file
@@ -469,9 +469,17 @@ impl SegmentBuilder {
             buf_len: 0,
             buf_slot: 0,
             direct_bytes: 0,
+            flush_at: WRITE_BUFFER,
         };
         b.buf_lead = b.lead_of(0);
         Ok(b)
+    }
+
+    /// Writes pending data out once `bytes` (at least one block) are
+    /// buffered instead of `WRITE_BUFFER`. Only before the first block.
+    pub(crate) fn set_flush_bytes(&mut self, bytes: usize) {
+        debug_assert!(self.buf.is_none(), "set before the first block");
+        self.flush_at = bytes.max(self.block_size as usize);
     }
 
     /// File offset of `slot` modulo `DIRECT_ALIGN`.
@@ -482,7 +490,7 @@ impl SegmentBuilder {
     /// The write buffer, allocated on first use.
     fn buf_mut(&mut self) -> &mut [u8] {
         self.buf
-            .get_or_insert_with(|| AlignedBuf::new(BUF_CAP))
+            .get_or_insert_with(|| AlignedBuf::new(self.flush_at + DIRECT_ALIGN))
             .get_mut()
     }
 
@@ -522,7 +530,7 @@ impl SegmentBuilder {
         self.buf_mut()[at..at + bs].copy_from_slice(data);
         self.buf_len += bs;
         self.map.insert(block, (slot, hash));
-        if self.buf_len >= WRITE_BUFFER {
+        if self.buf_len >= self.flush_at {
             self.flush()?;
         }
         Ok(())
@@ -681,20 +689,24 @@ mod tests {
             .collect()
     }
 
-    /// Builds a segment of three and a half write buffers with rewrites of
-    /// flushed and buffered slots, in `$TMPDIR` (a disk file system, where
-    /// `O_DIRECT` is real), checks that every block reads back, also after
-    /// a fresh load, and returns whether a direct descriptor was open, the
-    /// number of slots and the bytes written direct.
-    fn build_and_read_back(bs: u32, use_direct: bool) -> (bool, u64, u64) {
+    /// Builds a segment of three and a half write buffers (of `flush`
+    /// bytes) with rewrites of flushed and buffered slots, in `$TMPDIR` (a
+    /// disk file system, where `O_DIRECT` is real), checks that every block
+    /// reads back, also after a fresh load, and returns whether a direct
+    /// descriptor was open, the number of slots and the bytes written
+    /// direct.
+    fn build_and_read_back(bs: u32, use_direct: bool, flush: usize) -> (bool, u64, u64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.seg");
         let mut b = SegmentBuilder::create(path.clone(), bs, 3).unwrap();
+        if flush != WRITE_BUFFER {
+            b.set_flush_bytes(flush);
+        }
         if !use_direct {
             b.direct = None;
         }
         let bsz = bs as usize;
-        let n = (WRITE_BUFFER / bsz * 7 / 2) as u64;
+        let n = (flush.max(bsz) / bsz * 7 / 2) as u64;
         let nblocks = 4 * n;
         let mut want: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut seed = 0;
@@ -770,7 +782,7 @@ mod tests {
     #[test]
     fn data_slots_are_written_direct_and_read_back() {
         for bs in [512, 1024, 4096, 8192, 1 << 20] {
-            let (direct, slots, direct_bytes) = build_and_read_back(bs, true);
+            let (direct, slots, direct_bytes) = build_and_read_back(bs, true, WRITE_BUFFER);
             let data = slots * u64::from(bs);
             eprintln!("bs {bs}: O_DIRECT {direct}, {direct_bytes} of {data} data bytes direct");
             if direct {
@@ -783,11 +795,23 @@ mod tests {
         }
     }
 
+    /// Smaller flushes (the open PIT of a sync group's log) read back the
+    /// same, including blocks larger than the flush size.
+    #[test]
+    fn small_flushes_read_back() {
+        for (bs, flush) in [(512, 64 << 10), (4096, 512 << 10), (1 << 20, 512 << 10)] {
+            let (direct, slots, direct_bytes) = build_and_read_back(bs, true, flush);
+            if direct && bs >= 4096 {
+                assert_eq!(direct_bytes, slots * u64::from(bs), "bs {bs}");
+            }
+        }
+    }
+
     /// Without a direct descriptor everything goes through the page cache.
     #[test]
     fn without_o_direct_everything_is_buffered() {
         for bs in [512, 4096] {
-            let (direct, _, direct_bytes) = build_and_read_back(bs, false);
+            let (direct, _, direct_bytes) = build_and_read_back(bs, false, WRITE_BUFFER);
             assert!(!direct);
             assert_eq!(direct_bytes, 0);
         }

@@ -64,6 +64,14 @@ impl PitWriter {
         Ok(w)
     }
 
+    /// Writes each segment's pending data out in flushes of `bytes`
+    /// instead of the default 4 MiB (before the first block is put).
+    pub(crate) fn set_flush_bytes(&mut self, bytes: usize) {
+        for b in &mut self.builders {
+            b.set_flush_bytes(bytes);
+        }
+    }
+
     /// The id this PIT will have.
     pub fn id(&self) -> PitId {
         PitId(self.id)
