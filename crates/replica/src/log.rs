@@ -138,9 +138,9 @@ const GROW: u64 = 4 << 20;
 /// Segment data of the open PIT goes to disk in flushes of this size, not
 /// the bulk writers' 4 MiB: a flush is queued at the same disk as the
 /// log's small synchronous appends, and an append queued behind it waits
-/// for all of it. Measured with `bench/sync.sh` (QD32, three alternating
-/// pairs of runs): 512 KiB gave 19.8–27.9k IOPS, p99 5.3–7.1 ms, against
-/// 17.0–19.6k and 7.4–8.7 ms with 4 MiB.
+/// for all of it. Measured with `bench/sync.sh` (QD32, five interleaved
+/// pairs of runs, docs/benchmarks.md): median 25.6k IOPS and p99 5.7 ms
+/// with 512 KiB, against 19.6k and 7.4 ms with 4 MiB.
 const APPLY_FLUSH: usize = 512 << 10;
 /// Most zeroes written by one `write` when extending the file.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -350,8 +350,9 @@ struct Applied {
     writer: Option<PitWriter>,
     /// Batches made durable and not applied yet, in log order.
     pending: u64,
-    /// An apply failed: the PIT misses records the log has, so it can no
-    /// longer be sealed from memory (reopening the log replays them).
+    /// An apply failed (or an applier was dropped): the PIT misses records
+    /// the log has, so the next append or seal replays the log's file
+    /// instead ([`WriteLog::recover`]).
     failed: bool,
 }
 
@@ -382,7 +383,7 @@ impl LogApplier {
         let mut st = self.open.lock();
         let r = if st.failed {
             Err(ReplicaError::invalid(
-                "an earlier batch of the write log failed to apply; reopen the log to replay it",
+                "an earlier batch of the write log failed to apply; the next seal replays the log from its file",
             ))
         } else {
             match st.writer.as_mut() {
