@@ -68,8 +68,6 @@
 //! it on request, and seals it when the stream ends, so that asynchronous
 //! cycles (resynchronization) find no open log.
 
-mod writers;
-
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +78,7 @@ use bytes::Bytes;
 use offsite_catalog::GroupRow;
 use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
 use offsite_protocol::{ErrorCode, Message};
-use offsite_replica::{LogApplier, LogRecord, LogWrite, ReplicaStore, WriteLog};
+use offsite_replica::{LogApplier, LogRecord, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -957,10 +955,8 @@ impl Replication {
     /// answered in stream order, so a PIT holds exactly the writes before
     /// its seal. `Ok` when the primary said `Bye`.
     ///
-    /// Appends are written by [`writers::LOG_WRITES`] writer threads, so
-    /// the next batch is written while the last one still is; they are
-    /// acknowledged in order, then applied to the open PIT by another
-    /// thread (the log's seal waits for it).
+    /// Acknowledged batches are applied to the open PIT by a second thread
+    /// while this one writes the next batch (the log's seal waits for it).
     pub(crate) fn serve_stream(
         &self,
         stream: &DirectStream,
@@ -968,9 +964,8 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
     ) -> Result<(), String> {
-        let (applied, queue) = std::sync::mpsc::sync_channel::<writers::Applied>(APPLY_QUEUE);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(LogApplier, Vec<Bytes>)>(APPLY_QUEUE);
         let apply_failed = Mutex::new(None::<String>);
-        let pipe = writers::Pipeline::default();
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("sync-apply".into())
@@ -987,228 +982,187 @@ impl Replication {
                     }
                 })
                 .map_err(|e| format!("starting the sync stream's apply thread: {e}"))?;
-            let mut jobs = Vec::new();
-            for i in 0..writers::LOG_WRITES {
-                let (tx, rx) = std::sync::mpsc::channel::<writers::Job>();
-                let (pipe, applied) = (&pipe, applied.clone());
-                std::thread::Builder::new()
-                    .name(format!("sync-log-{i}"))
-                    .spawn_scoped(scope, move || pipe.writer(group, stream, rx, &applied))
-                    .map_err(|e| format!("starting the sync stream's log writers: {e}"))?;
-                jobs.push(tx);
-            }
-            drop(applied);
-            let r = self.stream_loop(stream, group, store, slot, &pipe, &jobs, &apply_failed);
+            let r = self.stream_loop(stream, group, store, slot, &jobs, &apply_failed);
             drop(jobs);
             r
         })
-        .inspect(|()| {
-            let (appends, overlapped, write_us) = pipe.summary();
-            tracing::info!(
-                group,
-                appends,
-                overlapped,
-                write_us,
-                "sync stream ended: appends to the log, how many were staged while another was being written, mean write time"
-            );
-        })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn stream_loop(
         &self,
         stream: &DirectStream,
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        pipe: &writers::Pipeline,
-        jobs: &[std::sync::mpsc::Sender<writers::Job>],
+        jobs: &std::sync::mpsc::SyncSender<(LogApplier, Vec<Bytes>)>,
         apply_failed: &Mutex<Option<String>>,
     ) -> Result<(), String> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
         let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
+        // Payload bytes read so far: every acknowledgement carries it, and
+        // the primary sends its next batch once it has read everything
+        // (see `SyncMirror::may_send`).
+        let mut received = 0u64;
+        let mut acked = 0u64;
         // Messages read and not yet handled, in stream order.
         let mut ahead = VecDeque::new();
-        let read_available = |ahead: &mut VecDeque<Message>| -> Result<(), String> {
-            let mut next = stream.try_recv();
+        let read_available = |ahead: &mut VecDeque<Message>,
+                              received: &mut u64,
+                              fresh: bool|
+         -> Result<(), String> {
+            let mut next = if fresh {
+                stream.recv_now()
+            } else {
+                stream.try_recv()
+            };
             while let Some(m) = next.map_err(lost)? {
                 if let Message::BulkData { payload, .. } = &m {
-                    pipe.received
-                        .fetch_add(payload.len() as u64, Ordering::AcqRel);
+                    *received += payload.len() as u64;
                 }
                 ahead.push_back(m);
                 next = stream.try_recv();
             }
             Ok(())
         };
-        // The batches at the front of `ahead`, and the last ticket in them.
-        let take_batches =
-            |ahead: &mut VecDeque<Message>, payloads: &mut Vec<Bytes>, last: &mut u64| {
-                while let Some(Message::BulkData { .. }) = ahead.front() {
-                    let Some(Message::BulkData { seq, payload }) = ahead.pop_front() else {
-                        unreachable!("the front is a batch");
-                    };
-                    *last = seq;
-                    payloads.push(payload);
-                }
-            };
-        let stopped = || {
-            pipe.failed().or_else(|| {
-                apply_failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-            })
-        };
         loop {
-            if let Some(why) = stopped() {
+            if let Some(why) = apply_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
                 let _ = stream.send(&Message::error(ErrorCode::Internal, why.clone()));
                 return Err(why);
             }
-            if ahead.is_empty() {
+            let waited = ahead.is_empty();
+            if waited {
                 let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
-                    // The primary hangs up on an error a writer sent it.
-                    return match pipe.failed() {
-                        Some(why) => Err(why),
-                        None => Ok(()),
-                    };
+                    return Ok(());
                 };
                 if let Message::BulkData { payload, .. } = &first {
-                    pipe.received
-                        .fetch_add(payload.len() as u64, Ordering::AcqRel);
+                    received += payload.len() as u64;
                 }
                 ahead.push_back(first);
-                read_available(&mut ahead)?;
+                read_available(&mut ahead, &mut received, false)?;
             }
-            // This append: the batches at the front, made durable together.
+            // This cycle: the batches at the front, made durable together.
             let mut payloads = Vec::new();
             let mut last = 0;
-            take_batches(&mut ahead, &mut payloads, &mut last);
-            if payloads.is_empty() {
-                let other = ahead.pop_front();
-                self.stream_request(stream, group, store, slot, pipe, other)?;
-                continue;
+            while let Some(Message::BulkData { .. }) = ahead.front() {
+                let Some(Message::BulkData { seq, payload }) = ahead.pop_front() else {
+                    unreachable!("the front is a batch");
+                };
+                last = seq;
+                payloads.push(payload);
             }
-            let ticket = pipe.wait_room(writers::LOG_WRITES)?;
-            // What arrived while the writers were busy joins this append
-            // (unless a seal comes first: it stays after these).
-            read_available(&mut ahead)?;
-            take_batches(&mut ahead, &mut payloads, &mut last);
-            let write = match self.stage_batches(slot, &payloads) {
-                Ok(w) => w,
-                Err(e) => {
+            let other = if payloads.is_empty() {
+                ahead.pop_front()
+            } else {
+                None
+            };
+            if !payloads.is_empty() {
+                if waited {
+                    // The pipeline had run dry: the primary learns now, not
+                    // after the write, that it may send what gathers.
+                    stream
+                        .send(&Message::BulkAck {
+                            seq: acked,
+                            bytes: received,
+                        })
+                        .map_err(lost)?;
+                }
+                let durable = || {
+                    // What arrived during the write is read now, so this
+                    // acknowledgement also says it was taken, and the next
+                    // batch travels while that one is written.
+                    read_available(&mut ahead, &mut received, true)?;
+                    stream
+                        .send(&Message::BulkAck {
+                            seq: last,
+                            bytes: received,
+                        })
+                        .map_err(lost)
+                };
+                let apply = |applier, payloads| {
+                    // Waits while the apply thread is APPLY_QUEUE cycles
+                    // behind. Fails only if that thread died: the dropped
+                    // applier then makes the next seal replay the log.
+                    let _ = jobs.send((applier, payloads));
+                };
+                if let Err(e) = self.append_batches(group, store, slot, payloads, durable, apply) {
                     let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
                     return Err(e);
                 }
-            };
-            pipe.staged();
-            jobs[ticket as usize % jobs.len()]
-                .send((ticket, write, last, payloads))
-                .map_err(|_| "a log writer of the sync stream stopped".to_string())?;
-            // The primary may send what gathers now: it travels while this
-            // append is written. (The acknowledgement comes from the
-            // writer; this one only says the batches were read.)
-            stream
-                .send(&Message::BulkAck {
-                    seq: 0,
-                    bytes: pipe.received.load(Ordering::Acquire),
-                })
-                .map_err(lost)?;
-            self.seal_if_full(group, store, slot, pipe)?;
+                acked = last;
+            }
+            match other {
+                None | Some(Message::Pong { .. }) => {}
+                Some(Message::Request {
+                    id,
+                    kind: wire::kinds::SYNC_SEAL,
+                    body,
+                }) => {
+                    let (ok, body) = match self.seal_stream(group, store, slot, &body) {
+                        Ok(b) => (true, b),
+                        Err(e) => {
+                            tracing::warn!(group, "sealing the write log: {e}");
+                            (false, crate::error_body(e))
+                        }
+                    };
+                    stream
+                        .send(&Message::Response { id, ok, body })
+                        .map_err(lost)?;
+                }
+                Some(m) => {
+                    let why = format!("unexpected {} on the sync stream", m.tag());
+                    let _ = stream.send(&Message::error(ErrorCode::UnexpectedMessage, why.clone()));
+                    return Err(why);
+                }
+            }
         }
     }
 
-    /// Replica: a message of the sync stream that is not a batch: a seal
-    /// (answered once every append before it is acknowledged), a pong, or
-    /// one that has no business there.
-    #[allow(clippy::too_many_arguments)]
-    fn stream_request(
+    /// Replica: appends batches durably, all with one fsync, then calls
+    /// `durable` (the acknowledgement), then hands them to `apply` with the
+    /// log's applier (holding the log throughout, so no seal comes between
+    /// the append and the hand-over; a seal waits for the applier).
+    /// Blocking.
+    fn append_batches(
         &self,
-        stream: &DirectStream,
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        pipe: &writers::Pipeline,
-        message: Option<Message>,
+        payloads: Vec<Bytes>,
+        durable: impl FnOnce() -> Result<(), String>,
+        apply: impl FnOnce(LogApplier, Vec<Bytes>),
     ) -> Result<(), String> {
-        let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
-        match message {
-            None | Some(Message::Pong { .. }) => Ok(()),
-            Some(Message::Request {
-                id,
-                kind: wire::kinds::SYNC_SEAL,
-                body,
-            }) => {
-                pipe.wait_idle()?;
-                let (ok, body) = match self.seal_stream(group, store, slot, &body) {
-                    Ok(b) => (true, b),
-                    Err(e) => {
-                        tracing::warn!(group, "sealing the write log: {e}");
-                        (false, crate::error_body(e))
-                    }
-                };
-                stream
-                    .send(&Message::Response { id, ok, body })
-                    .map_err(lost)
-            }
-            Some(m) => {
-                let why = format!("unexpected {} on the sync stream", m.tag());
-                let _ = stream.send(&Message::error(ErrorCode::UnexpectedMessage, why.clone()));
-                Err(why)
-            }
-        }
-    }
-
-    /// Replica: places batches in the log (checked, not yet written; see
-    /// [`WriteLog::stage`]). Holds the log only for that, so a seal may
-    /// come between two appends (it waits for those in flight).
-    fn stage_batches(
-        &self,
-        slot: &Arc<Mutex<Option<WriteLog>>>,
-        payloads: &[Bytes],
-    ) -> Result<LogWrite, String> {
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let log = guard
             .as_mut()
             .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
-        with_batches(payloads, |batches| log.stage(batches))?
-            .map_err(|e| format!("appending to the write log: {e}"))
-    }
-
-    /// Replica: seals the log once it reaches `sync_log_max_bytes`. The log
-    /// (and the open PIT's in-memory index) stays bounded whatever the
-    /// primary's seal schedule: any prefix of the write order is
-    /// crash-consistent, so the replica may seal on its own. The primary's
-    /// tracker keeps those blocks until its next seal: a superset, never a
-    /// loss.
-    fn seal_if_full(
-        &self,
-        group: &str,
-        store: &Arc<ReplicaStore>,
-        slot: &Arc<Mutex<Option<WriteLog>>>,
-        pipe: &writers::Pipeline,
-    ) -> Result<(), String> {
-        let bound = self.site.config().replication.sync_log_max_bytes;
-        let full = |slot: &Option<WriteLog>| slot.as_ref().is_some_and(|l| l.bytes() >= bound);
-        if !full(&slot.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(());
+        let applier = with_batches(&payloads, |batches| log.append_durable(batches))?
+            .map_err(|e| format!("appending to the write log: {e}"))?;
+        // Durable batches belong in the open PIT even when the primary can
+        // no longer hear about them (a failover seals them).
+        let acked = durable();
+        apply(applier, payloads);
+        acked?;
+        // The log (and the open PIT's in-memory index) stays bounded
+        // whatever the primary's seal schedule: any prefix of the write
+        // order is crash-consistent, so the replica may seal on its own.
+        // The primary's tracker keeps those blocks until its next seal:
+        // a superset, never a loss.
+        if log.bytes() >= self.site.config().replication.sync_log_max_bytes {
+            let info = log
+                .seal(None, offsite_catalog::now_rfc3339())
+                .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
+            drop(guard);
+            tracing::info!(
+                group,
+                pit = info.id.get(),
+                "write log reached its bound; sealed"
+            );
+            crate::replica::after_commit(&self.site, store, group, &info)?;
         }
-        pipe.wait_idle()?;
-        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if !full(&guard) {
-            return Ok(()); // sealed meanwhile (a test failover)
-        }
-        let log = guard.as_mut().expect("a full log");
-        let info = log
-            .seal(None, offsite_catalog::now_rfc3339())
-            .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
-        drop(guard);
-        tracing::info!(
-            group,
-            pit = info.id.get(),
-            "write log reached its bound; sealed"
-        );
-        crate::replica::after_commit(&self.site, store, group, &info)?;
         Ok(())
     }
 

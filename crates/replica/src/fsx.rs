@@ -279,31 +279,3 @@ pub(crate) fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>, ReplicaError>
         .map_err(|e| ReplicaError::io("read", path, e))?;
     Ok(buf)
 }
-
-/// A zero-filled heap buffer of a fixed length whose first byte is
-/// `align`-aligned (for `O_DIRECT` writes): an aligned window of a
-/// slightly larger `Vec` that never grows, so the window never moves (no
-/// unsafe code).
-#[derive(Debug)]
-pub(crate) struct AlignedBuf {
-    mem: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    pub(crate) fn new(len: usize, align: usize) -> AlignedBuf {
-        let mem = vec![0u8; len + align];
-        let start = mem.as_ptr().align_offset(align);
-        assert!(start < align, "cannot align a buffer");
-        AlignedBuf { mem, start, len }
-    }
-
-    pub(crate) fn get(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
-    }
-
-    pub(crate) fn get_mut(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + self.len]
-    }
-}

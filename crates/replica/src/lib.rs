@@ -215,8 +215,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::ReplicaError;
 pub use crate::log::{
-    DurableWrite, LOG_FILE, LogApplier, LogRecord, LogWrite, MAX_RECORD_DATA, RECORD_HEADER_LEN,
-    RECORD_TRAILER_LEN, WriteLog, decode_records, encode_record,
+    LOG_FILE, LogApplier, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN, RECORD_TRAILER_LEN,
+    WriteLog, decode_records, encode_record,
 };
 pub use crate::store::ReplicaStore;
 pub use crate::writer::PitWriter;

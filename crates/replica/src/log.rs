@@ -3,76 +3,59 @@
 //! In sync mode every write the primary acknowledges must already be
 //! durable here. Writes arrive as [log records](encode_record) in batches;
 //! [`WriteLog::append`] writes a whole batch to `GROUP/sync.log` with one
-//! synchronous write (so concurrent writes at the primary share one
-//! replica fsync: group commit) and then applies it to an open
-//! [`PitWriter`] in `staging/`. The steps can run on several threads:
-//! [`WriteLog::stage`] places batches in the log (the log's owner, in
-//! order), [`LogWrite::write`] makes them durable (any thread; several
-//! appends may be written at once), [`DurableWrite::commit`] counts them
-//! in the log in staging order (the sync stream acknowledges them then),
-//! and a [`LogApplier`] copies them into the PIT in the same order while
-//! later appends are written; a seal waits until every append in flight
-//! is committed and applied. [`WriteLog::append_durable`] does the first
-//! three in a row. Sealing ([`WriteLog::seal`]) commits the PIT writer as
-//! a PIT — the blocks are already in its segments, so only indexes and
-//! the manifest are written — and starts an empty log after it. The log
-//! is bounded by how often the primary (or the replica,
-//! [`WriteLog::bytes`]) seals; retention then merges the sealed PITs into
-//! the base as for async groups.
+//! positional `write` and one `fdatasync` (so concurrent writes at the
+//! primary share one replica fsync: group commit) and then applies it to
+//! an open [`PitWriter`] in `staging/`. The two halves may run on two
+//! threads: [`WriteLog::append_durable`] makes batches durable (the sync
+//! stream acknowledges them then), a [`LogApplier`] copies them into the
+//! PIT in the same order while the next batch is written, and a seal waits
+//! until every durable batch is applied. Sealing
+//! ([`WriteLog::seal`]) commits that writer as a PIT — the blocks are
+//! already in its segments, so only indexes and the manifest are written
+//! — and starts an empty log after it. The log is bounded by how often the
+//! primary (or the replica, [`WriteLog::bytes`]) seals; retention then
+//! merges the sealed PITs into the base as for async groups.
 //!
-//! # Format (version 2)
+//! # Format (version 1)
 //!
 //! All integers little-endian. The file starts with a 64-byte header:
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `OFSRPLOG` |
-//! | 8 | 4 | version `2` |
+//! | 8 | 4 | version `1` |
 //! | 12 | 4 | zero |
 //! | 16 | 16 | store uuid |
 //! | 32 | 8 | `after`: the PIT id the log's writes follow (0: the base) |
 //! | 40 | 20 | zero |
 //! | 60 | 4 | crc32c of bytes 0..60 |
 //!
-//! then a pad record to the end of the first 4 KiB page, then the
-//! appends, back to back, then zeroes up to the end of the file (see
-//! below). An append is the records of its batches (the same bytes
-//! travel in the primary's batches, see [`decode_records`]) and, unless
-//! they end exactly at a page boundary, a pad record up to the next one
-//! (the one after, when fewer than 44 bytes are left): every append is
-//! whole 4 KiB pages. A record:
+//! then records, back to back (the same bytes travel in the primary's
+//! batches, see [`decode_records`]), then zeroes up to the end of the file
+//! (see below):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `OLRC` |
-//! | 4 | 1 | kind: `1` data, `2` zeroes (no data), `3` pad |
+//! | 4 | 1 | kind: `1` data, `2` zeroes (no data) |
 //! | 5 | 3 | zero |
-//! | 8 | 8 | sequence number (strictly growing within a log; zero in a pad) |
-//! | 16 | 8 | first block (zero in a pad) |
-//! | 24 | 4 | block count (≥ 1; zero in a pad) |
-//! | 28 | 4 | data length: count × block size for data, 0 for zeroes, any for a pad |
-//! | 32 | 2 | volume number (position in `store.meta`; zero in a pad) |
+//! | 8 | 8 | sequence number (strictly growing within a log) |
+//! | 16 | 8 | first block |
+//! | 24 | 4 | block count (≥ 1) |
+//! | 28 | 4 | data length: count × block size for data, 0 for zeroes |
+//! | 32 | 2 | volume number (position in `store.meta`) |
 //! | 34 | 6 | zero |
-//! | 40 | .. | data (zeroes in a pad) |
+//! | 40 | .. | data |
 //! | .. | 4 | crc32c of the record's preceding bytes |
-//!
-//! Pads are the one change from version 1 (no pads, each append right
-//! after the last record): a version 1 reader would stop at the first pad
-//! and drop acknowledged writes after it, hence the new version.
-//! [`ReplicaStore::open_log`] reads both and rewrites a version 1 log as
-//! version 2 (a new file with the same records, fsynced and renamed over
-//! the old one) before appending to it. Batches from the network never
-//! hold pads ([`decode_records`] refuses them).
 //!
 //! # Durability and recovery
 //!
-//! An append is acknowledged only once it is durable and every append
-//! staged before it is too ([`DurableWrite::commit`]). Appends overwrite
+//! A batch is acknowledged only after its `fdatasync`. Appends overwrite
 //! file space that is already there: the file is extended in 4 MiB steps
 //! (`GROW`) of written zeroes (not holes, not `fallocate`d extents, which
-//! would still change metadata on their first write), durably, by the
-//! stage that needs the room, before its append is written. Every append
-//! then only overwrites zeroes in place, so its synchronous write writes
+//! would still change metadata on their first write), by the append that
+//! needs the room, before its records, under its one `fdatasync`. Every
+//! other append only overwrites zeroes in place, so its `fdatasync` writes
 //! data and no file-system metadata (the file's size and extents do not
 //! change). A zero tail ends the records: zeroes have no record magic, so
 //! reading stops there as it does at a torn record; the file's length says
@@ -80,35 +63,25 @@
 //!
 //! Where the file system allows it, appends skip the page cache: the log
 //! is also opened `O_DIRECT | O_DSYNC`, and an append is one aligned write
-//! of its pages, durable when the write returns, with no `fdatasync`.
-//! Measured on the development VM: 4 KiB appends p50 ~135 µs against
-//! ~165 µs for write + `fdatasync`, and no page-cache pages to fill (which
-//! costs ~9 µs of CPU per new 4 KiB page on a ballooned guest). Where
-//! `O_DIRECT` is refused (tmpfs) appends are buffered writes and
-//! `fdatasync`.
+//! of the 4 KiB blocks it touches (the last block's earlier bytes, kept in
+//! memory, then the records, then zero padding), durable when the write
+//! returns, with no `fdatasync`. Measured on the development VM: 4 KiB
+//! appends p50 ~135 µs against ~165 µs for write + `fdatasync`, and no
+//! page-cache pages to fill (which costs ~9 µs of CPU per new 4 KiB page
+//! on a ballooned guest). The zero padding is the same zero tail, so the
+//! format and recovery are unchanged. Where `O_DIRECT` is refused (tmpfs)
+//! appends are buffered writes and `fdatasync`.
 //!
-//! **Appends in flight together.** Because appends are whole pages, two
-//! of them never write the same page, so several can be written at once
-//! in any order (the sync stream writes two; a disk serves two
-//! synchronous writes in not much more time than one). What keeps the
-//! order is recovery: it reads records from the start and stops at the
-//! first one that does not decode, so a later append that reached the
-//! disk before an earlier one is cut off with the hole, and it was never
-//! acknowledged (commits, hence acknowledgements, follow staging order).
-//! An append that fails to write, or is dropped unwritten or uncommitted,
-//! fails the log: the next stage or seal waits until no append is in
-//! flight (none can then write behind the truncation below) and replays
-//! the file.
-//!
-//! A crash can leave torn appends (followed by zeroes, or by nothing if it
-//! hit while the file was being extended); [`ReplicaStore::open_log`]
-//! keeps the longest prefix of records that decode and check, truncates
-//! the file after it (a torn append was never acknowledged; a zero tail
-//! is the log's clean end), pads it to a page boundary if it ends inside
-//! one (a buffered write and `fdatasync`), and replays the prefix into a
-//! new writer. The next append extends the file with zeroes again, so
-//! bytes of a torn append never survive behind a shorter new one, where
-//! they could read as records.
+//! A crash can leave a torn last batch (followed by zeroes, or by nothing
+//! if it hit while the file was being extended);
+//! [`ReplicaStore::open_log`] keeps the longest prefix of records that
+//! decode and check, truncates the file after it (a torn batch was never
+//! acknowledged; a zero tail is the log's clean end), and replays the
+//! prefix into a new writer. The next append extends the file with zeroes
+//! again, so bytes of a torn batch never survive behind a shorter new
+//! batch, where they could read as records. The format version is the
+//! same as before the zero tail: readers have always stopped at the first
+//! record that does not decode, and zeroes have no record magic.
 //!
 //! Which log a PIT holds is decided by `after`:
 //!
@@ -131,16 +104,13 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::fsx::AlignedBuf;
 use crate::store::Inner;
 use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, fsx};
 
 /// The log's file name in the store directory.
 pub const LOG_FILE: &str = "sync.log";
 const LOG_MAGIC: &[u8; 8] = b"OFSRPLOG";
-const LOG_VERSION: u32 = 2;
-/// The first version, still read (and upgraded on open): no pad records.
-const LOG_VERSION_1: u32 = 1;
+const LOG_VERSION: u32 = 1;
 const HEADER_LEN: usize = 64;
 const REC_MAGIC: &[u8; 4] = b"OLRC";
 /// Bytes of a record before its data.
@@ -154,13 +124,6 @@ pub const MAX_RECORD_DATA: u32 = 32 << 20;
 const VERIFY_CHECKSUMS: bool = !cfg!(fuzzing);
 const KIND_DATA: u8 = 1;
 const KIND_ZERO: u8 = 2;
-const KIND_PAD: u8 = 3;
-/// Appends are whole pages of this size: each starts at a page boundary
-/// and ends with a pad record up to one, so appends in flight together
-/// never share a page (and `O_DIRECT` wants this alignment anyway).
-const PAGE: u64 = 4096;
-/// The smallest record: a pad without data.
-const PAD_MIN: u64 = (RECORD_HEADER_LEN + RECORD_TRAILER_LEN) as u64;
 /// How far the file is extended (in written zeroes) when an append needs
 /// room past its end. Each extension changes the file's size and extents,
 /// so the `fdatasync` of the append that makes it also writes file-system
@@ -229,16 +192,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// A record read back from the log: a write, or padding to a page end.
-#[derive(Debug)]
-enum Decoded<'a> {
-    Record(LogRecord<'a>),
-    Pad,
-}
-
 /// Decodes the record at the start of `buf`: the record and its length,
 /// `Ok(None)` if `buf` is too short to hold it, or why it is invalid.
-fn decode_one(buf: &[u8]) -> Result<Option<(Decoded<'_>, usize)>, String> {
+fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
     if buf.len() < RECORD_HEADER_LEN {
         return Ok(None);
     }
@@ -251,15 +207,10 @@ fn decode_one(buf: &[u8]) -> Result<Option<(Decoded<'_>, usize)>, String> {
     }
     let count = u32_at(buf, 24);
     let dl = u32_at(buf, 28);
+    if count == 0 {
+        return Err("log record of zero blocks".into());
+    }
     match kind {
-        KIND_PAD if buf[8..28] != [0; 20] || buf[32..34] != [0; 2] => {
-            return Err("pad record has fields set".into());
-        }
-        KIND_PAD if dl > MAX_RECORD_DATA => {
-            return Err(format!("pad record of {dl} bytes"));
-        }
-        KIND_PAD => {}
-        _ if count == 0 => return Err("log record of zero blocks".into()),
         KIND_DATA if dl == 0 || dl > MAX_RECORD_DATA || !dl.is_multiple_of(count) => {
             return Err(format!("log record carries {dl} bytes for {count} blocks"));
         }
@@ -276,46 +227,18 @@ fn decode_one(buf: &[u8]) -> Result<Option<(Decoded<'_>, usize)>, String> {
     if VERIFY_CHECKSUMS && crc32c::crc32c(&buf[..total - RECORD_TRAILER_LEN]) != crc {
         return Err("log record fails its checksum".into());
     }
-    if kind == KIND_PAD {
-        return Ok(Some((Decoded::Pad, total)));
-    }
     let data =
         (kind == KIND_DATA).then(|| &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + dl as usize]);
     Ok(Some((
-        Decoded::Record(LogRecord {
+        LogRecord {
             seq: u64_at(buf, 8),
             volume: u16::from_le_bytes([buf[32], buf[33]]),
             first: u64_at(buf, 16),
             count,
             data,
-        }),
+        },
         total,
     )))
-}
-
-/// Writes a pad record that fills all of `out` (at least `PAD_MIN`
-/// bytes): it ends an append at a page boundary.
-fn encode_pad(out: &mut [u8]) {
-    let len = out.len();
-    debug_assert!(len as u64 >= PAD_MIN);
-    out.fill(0);
-    out[0..4].copy_from_slice(REC_MAGIC);
-    out[4] = KIND_PAD;
-    let dl = (len - RECORD_HEADER_LEN - RECORD_TRAILER_LEN) as u32;
-    out[28..32].copy_from_slice(&dl.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..len - RECORD_TRAILER_LEN]);
-    out[len - RECORD_TRAILER_LEN..].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Where an append whose records end at `end` ends: the next page
-/// boundary with room for a pad record before it (`end` itself when it is
-/// one).
-fn padded_end(end: u64) -> u64 {
-    if end.is_multiple_of(PAGE) {
-        return end;
-    }
-    let to = end.div_ceil(PAGE) * PAGE;
-    if to - end < PAD_MIN { to + PAGE } else { to }
 }
 
 /// Decodes a whole batch (untrusted bytes from the network): every byte
@@ -324,23 +247,11 @@ pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, String> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        let rec = match decode_one(&buf[at..])? {
-            Some((Decoded::Record(rec), len)) => {
-                at += len;
-                rec
-            }
-            Some((Decoded::Pad, _)) => {
-                return Err(
-                    "a batch of writes holds a pad record (pads belong in the log file only)"
-                        .into(),
-                );
-            }
-            None => {
-                return Err(format!(
-                    "log batch ends inside a record ({} trailing bytes)",
-                    buf.len() - at
-                ));
-            }
+        let Some((rec, len)) = decode_one(&buf[at..])? else {
+            return Err(format!(
+                "log batch ends inside a record ({} trailing bytes)",
+                buf.len() - at
+            ));
         };
         if let Some(prev) = out.last().map(|r: &LogRecord<'_>| r.seq)
             && rec.seq <= prev
@@ -348,6 +259,7 @@ pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, String> {
             return Err(format!("log record {} follows record {prev}", rec.seq));
         }
         out.push(rec);
+        at += len;
     }
     Ok(out)
 }
@@ -363,9 +275,8 @@ fn encode_header(uuid: &[u8; 16], after: u64) -> [u8; HEADER_LEN] {
     h
 }
 
-/// `after` and the format version from a header, or why it is not one of
-/// this store's.
-fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<(u64, u32), String> {
+/// `after` from a header, or why it is not one of this store's.
+fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, String> {
     if h.len() < HEADER_LEN {
         return Err(format!("log header is truncated ({} bytes)", h.len()));
     }
@@ -376,125 +287,72 @@ fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<(u64, u32), String> {
         return Err("not a replica write log (bad magic)".into());
     }
     let v = u32_at(h, 8);
-    if v != LOG_VERSION && v != LOG_VERSION_1 {
-        return Err(format!(
-            "write log format version {v} is not supported (this offsite reads 1 and 2); run the offsite that wrote it"
-        ));
+    if v != LOG_VERSION {
+        return Err(format!("write log format version {v} is not supported"));
     }
     if &h[16..32] != uuid {
         return Err("the write log belongs to another replica store".into());
     }
-    Ok((u64_at(h, 32), v))
+    Ok(u64_at(h, 32))
 }
 
 /// The open write log of a store (see the module docs). Dropping it leaves
 /// the file as it is: the next [`ReplicaStore::open_log`] replays it.
 #[derive(Debug)]
 pub struct WriteLog {
+    path: PathBuf,
     dir: PathBuf,
     uuid: [u8; 16],
-    out: Arc<LogFile>,
-    /// End of the records staged so far (header included): where the next
-    /// append goes. Always a page boundary once the log is open.
+    file: File,
+    /// End of the valid records (header included): where the next batch
+    /// goes.
     len: u64,
-    /// File length: `len..capacity` is zeroes, room for appends that
-    /// overwrite without extending the file.
+    /// Bytes from here to `capacity` are zeroes written by this log (at
+    /// least `len`; more only after an append failed part-way, which may
+    /// have left bytes there that the next append must zero again).
+    zero_from: u64,
+    /// File length: `len..capacity` is room for appends that overwrite
+    /// without extending the file.
     capacity: u64,
     after: u64,
-    /// The sequence number of the last record staged.
     last_seq: Option<u64>,
-    /// The ticket of the next append staged (they commit in this order).
-    next_ticket: u64,
-    /// The open PIT, shared with [`LogWrite`]s and [`LogApplier`]s.
-    open: Arc<OpenPit>,
-    store: Arc<Inner>,
-}
-
-/// The log's file, shared with the appends in flight.
-#[derive(Debug)]
-struct LogFile {
-    path: PathBuf,
-    file: File,
+    /// Records made durable in the log (since its last seal).
+    records: u64,
     /// The file opened `O_DIRECT | O_DSYNC`, where the file system allows
     /// it: appends are then aligned synchronous writes (see the module
     /// docs); else buffered writes and `fdatasync`.
     direct: Option<File>,
+    /// The log's bytes in the 4 KiB block holding `len` (up to `len`): an
+    /// aligned append rewrites them in front of its records. `None`: read
+    /// them from the file first.
+    tail: Option<Vec<u8>>,
+    /// Reused aligned memory for `O_DIRECT` writes.
+    scratch: Vec<u8>,
+    /// The open PIT, shared with [`LogApplier`]s.
+    open: Arc<OpenPit>,
+    store: Arc<Inner>,
 }
 
-impl LogFile {
-    fn open(path: PathBuf) -> Result<LogFile, ReplicaError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ReplicaError::io("open", &path, e))?;
-        let direct = open_direct(&path);
-        Ok(LogFile { path, file, direct })
-    }
-
-    /// Writes whole pages at a page boundary, durable on return.
-    fn write_durable(&self, pages: &[u8], at: u64) -> Result<(), ReplicaError> {
-        debug_assert!(at.is_multiple_of(PAGE) && (pages.len() as u64).is_multiple_of(PAGE));
-        if pages.is_empty() {
-            return Ok(());
-        }
-        match &self.direct {
-            Some(d) => fsx::write_durable_at(d, &self.path, pages, at),
-            None => {
-                fsx::write_at(&self.file, &self.path, pages, at)?;
-                fsx::sync_data(&self.file, &self.path)
-            }
-        }
-    }
-
-    /// Writes zeroes over `from..to` (page boundaries), durable on return.
-    fn zero_durable(&self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
-        let mut zeroes = AlignedBuf::new((to - from).min(ZERO_CHUNK) as usize, PAGE as usize);
-        while from < to {
-            let n = (to - from).min(ZERO_CHUNK) as usize;
-            let chunk = &zeroes.get_mut()[..n];
-            match &self.direct {
-                Some(d) => fsx::write_durable_at(d, &self.path, chunk, from)?,
-                None => fsx::write_at(&self.file, &self.path, chunk, from)?,
-            }
-            from += n as u64;
-        }
-        if self.direct.is_none() {
-            fsx::sync_data(&self.file, &self.path)?;
-        }
-        Ok(())
-    }
-}
-
-/// The open PIT a log's durable appends are applied to, and the appends in
-/// flight. It has its own lock, apart from the log's owner, so that a
-/// [`LogWrite`] is written and committed and a [`LogApplier`] copies one
-/// batch into the PIT on other threads while the log's owner stages the
-/// next append (the copy includes the PIT's own segment writes, which
-/// otherwise wait for the disk on the acknowledgement path).
+/// The open PIT a log's durable batches are applied to. It has its own
+/// lock so that a [`LogApplier`] on another thread copies one batch into
+/// the PIT while the log's owner writes the next one to disk (the copy
+/// includes the PIT's own segment writes, which otherwise wait for the disk
+/// on the acknowledgement path of the next batch).
 #[derive(Debug, Default)]
 struct OpenPit {
     state: Mutex<Applied>,
-    /// Signalled whenever an append committed or failed, or a batch was
-    /// applied (or failed to).
+    /// Signalled whenever a batch was applied (or failed to).
     changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct Applied {
     writer: Option<PitWriter>,
-    /// Appends staged and neither committed nor abandoned yet.
-    in_flight: u64,
-    /// Appends committed: the ticket of the next one to commit.
-    committed: u64,
-    /// Records in committed appends.
-    records: u64,
-    /// Appends committed and not applied yet, in log order.
+    /// Batches made durable and not applied yet, in log order.
     pending: u64,
-    /// An append failed or was abandoned, or an apply failed (or an
-    /// applier was dropped): the PIT may miss records the file has, so
-    /// the next append or seal replays the log's file instead
-    /// ([`WriteLog::recover`]), once nothing is in flight.
+    /// An apply failed (or an applier was dropped): the PIT misses records
+    /// the log has, so the next append or seal replays the log's file
+    /// instead ([`WriteLog::recover`]).
     failed: bool,
 }
 
@@ -502,133 +360,14 @@ impl OpenPit {
     fn lock(&self) -> MutexGuard<'_, Applied> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn wait<'a>(&self, st: MutexGuard<'a, Applied>) -> MutexGuard<'a, Applied> {
-        self.changed
-            .wait(st)
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// An append ends without committing: the log must be replayed.
-    fn abandon(&self) {
-        let mut st = self.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        st.failed = true;
-        self.changed.notify_all();
-    }
-}
-
-/// An append staged by [`WriteLog::stage`]: its bytes have their place in
-/// the log (whole pages no other append touches) and wait to be written.
-/// [`LogWrite::write`] may run on any thread, concurrently with other
-/// appends' writes and with the log's owner staging more; the durable
-/// appends then [commit](DurableWrite::commit) in the order they were
-/// staged. One dropped unwritten fails the log: the next append or seal
-/// replays it from its file.
-#[derive(Debug)]
-#[must_use = "a staged append must be written and committed"]
-pub struct LogWrite {
-    open: Arc<OpenPit>,
-    store: Arc<Inner>,
-    out: Arc<LogFile>,
-    pages: AlignedBuf,
-    at: u64,
-    ticket: u64,
-    records: u64,
-    done: bool,
-}
-
-impl LogWrite {
-    /// Writes the append to the log's file; it is on stable storage when
-    /// this returns `Ok`. Blocking.
-    pub fn write(mut self) -> Result<DurableWrite, ReplicaError> {
-        self.out.write_durable(self.pages.get(), self.at)?;
-        self.done = true;
-        Ok(DurableWrite {
-            open: self.open.clone(),
-            store: self.store.clone(),
-            ticket: self.ticket,
-            records: self.records,
-            done: false,
-        })
-    }
-
-    /// Bytes the append writes (its records and pad).
-    pub fn bytes(&self) -> usize {
-        self.pages.get().len()
-    }
-}
-
-impl Drop for LogWrite {
-    fn drop(&mut self) {
-        if !self.done {
-            self.open.abandon();
-        }
-    }
-}
-
-/// An append on stable storage, not yet counted in the log: commit it
-/// (in staging order) before acknowledging it.
-#[derive(Debug)]
-#[must_use = "a durable append must be committed"]
-pub struct DurableWrite {
-    open: Arc<OpenPit>,
-    store: Arc<Inner>,
-    ticket: u64,
-    records: u64,
-    done: bool,
-}
-
-impl DurableWrite {
-    /// Counts the append in the log, after every append staged before it:
-    /// it may be acknowledged now, and its batches belong in the open PIT
-    /// (apply them with the returned applier). Fails, and acknowledges
-    /// nothing, when an earlier append failed or was abandoned, or when
-    /// appends are committed out of their staging order.
-    pub fn commit(mut self) -> Result<LogApplier, ReplicaError> {
-        self.done = true;
-        let mut st = self.open.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        let r = if st.failed {
-            Err(ReplicaError::invalid(
-                "an earlier append to the write log failed; the log is replayed from its file",
-            ))
-        } else if st.committed != self.ticket {
-            st.failed = true;
-            Err(ReplicaError::invalid(format!(
-                "write log append {} committed before append {} (they commit in staging order)",
-                self.ticket, st.committed
-            )))
-        } else {
-            st.committed += 1;
-            st.records += self.records;
-            st.pending += 1;
-            Ok(LogApplier {
-                open: self.open.clone(),
-                store: self.store.clone(),
-                done: false,
-            })
-        };
-        self.open.changed.notify_all();
-        r
-    }
-}
-
-impl Drop for DurableWrite {
-    fn drop(&mut self) {
-        if !self.done {
-            self.open.abandon();
-        }
-    }
 }
 
 /// Applies one append's durable batches to its log's open PIT, from any
-/// thread: [`DurableWrite::commit`] (or [`WriteLog::append_durable`])
-/// returns it, and [`LogApplier::apply`] takes it back with the same
-/// batches. Appliers must be applied in the order their appends were
-/// committed. One dropped without applying fails the open PIT: the next
-/// append or seal replays the log from its file into a new one instead of
-/// waiting for it forever.
+/// thread: [`WriteLog::append_durable`] returns it, and
+/// [`LogApplier::apply`] takes it back with the same batches. Appliers must
+/// be applied in the order their appends were made. One dropped without
+/// applying fails the open PIT: the next append or seal replays the log
+/// from its file into a new one instead of waiting for it forever.
 #[derive(Debug)]
 #[must_use = "durable batches belong in the open PIT: apply them"]
 pub struct LogApplier {
@@ -644,7 +383,7 @@ impl LogApplier {
         let mut st = self.open.lock();
         let r = if st.failed {
             Err(ReplicaError::invalid(
-                "an earlier batch of the write log failed; the next seal replays the log from its file",
+                "an earlier batch of the write log failed to apply; the next seal replays the log from its file",
             ))
         } else {
             match st.writer.as_mut() {
@@ -692,6 +431,9 @@ fn apply_record(store: &Inner, w: &mut PitWriter, rec: &LogRecord<'_>) -> Result
     Ok(())
 }
 
+/// Alignment of `O_DIRECT` log writes: offset, length and memory.
+const DIRECT_ALIGN: u64 = 4096;
+
 /// The log file opened for aligned synchronous writes that skip the page
 /// cache; `None` where the file system refuses `O_DIRECT` (tmpfs).
 fn open_direct(path: &std::path::Path) -> Option<File> {
@@ -703,20 +445,22 @@ fn open_direct(path: &std::path::Path) -> Option<File> {
         .ok()
 }
 
-/// The first page of a new log: its header, then a pad record.
-fn first_page(uuid: &[u8; 16], after: u64) -> Vec<u8> {
-    let mut page = vec![0u8; PAGE as usize];
-    page[..HEADER_LEN].copy_from_slice(&encode_header(uuid, after));
-    encode_pad(&mut page[HEADER_LEN..]);
-    page
+/// `len` bytes of `buf` starting at a `DIRECT_ALIGN`-aligned address
+/// (grown as needed; its contents are not kept).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    let a = DIRECT_ALIGN as usize;
+    if buf.len() < len + a {
+        *buf = vec![0; len + a];
+    }
+    let off = buf.as_ptr().align_offset(a);
+    &mut buf[off..off + len]
 }
 
 impl ReplicaStore {
     /// Opens the group's write log, creating an empty one after the newest
     /// PIT, or recovering an existing one (torn tail truncated, records
-    /// replayed into the open PIT; a version 1 log is rewritten as version
-    /// 2). Fails with [`ReplicaError::Busy`] while another PIT writer
-    /// exists.
+    /// replayed into the open PIT). Fails with [`ReplicaError::Busy`] while
+    /// another PIT writer exists.
     pub fn open_log(&self) -> Result<WriteLog, ReplicaError> {
         let inner = self.inner.clone();
         let dir = inner.dir.clone();
@@ -750,7 +494,7 @@ impl ReplicaStore {
                         WriteLog::reset(inner, path, dir, tip)?
                     }
                     Err(why) => return Err(ReplicaError::corrupt(&path, why)),
-                    Ok((after, _)) if after < tip => {
+                    Ok(after) if after < tip => {
                         tracing::info!(
                             after,
                             tip,
@@ -758,7 +502,7 @@ impl ReplicaStore {
                         );
                         WriteLog::reset(inner, path, dir, tip)?
                     }
-                    Ok((after, _)) if after > tip => {
+                    Ok(after) if after > tip => {
                         return Err(ReplicaError::corrupt(
                             &path,
                             format!(
@@ -766,7 +510,7 @@ impl ReplicaStore {
                             ),
                         ));
                     }
-                    Ok((after, version)) => WriteLog::replay(inner, path, dir, after, version, r)?,
+                    Ok(after) => WriteLog::replay(inner, path, dir, after, r)?,
                 }
             }
         };
@@ -788,58 +532,63 @@ impl ReplicaStore {
 impl WriteLog {
     /// Replaces the file by an empty log after PIT `after`, durably.
     fn reset(
-        store: Arc<Inner>,
+        store: std::sync::Arc<Inner>,
         path: PathBuf,
         dir: PathBuf,
         after: u64,
     ) -> Result<WriteLog, ReplicaError> {
-        fsx::replace_file(&dir, &path, &first_page(&store.uuid, after))?;
-        let mut log = WriteLog::open_file(store, path, dir, after)?;
-        log.len = PAGE;
-        Ok(log)
+        fsx::replace_file(&dir, &path, &encode_header(&store.uuid, after))?;
+        WriteLog::open_file(store, path, dir, after)
     }
 
     /// The log at `path` (header already checked), positioned after its
     /// header, with nothing applied yet. Its capacity is the file's length:
     /// [`WriteLog::replay`] truncates anything after the records it keeps.
     fn open_file(
-        store: Arc<Inner>,
+        store: std::sync::Arc<Inner>,
         path: PathBuf,
         dir: PathBuf,
         after: u64,
     ) -> Result<WriteLog, ReplicaError> {
-        let out = LogFile::open(path)?;
-        let capacity = out
-            .file
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ReplicaError::io("open", &path, e))?;
+        let capacity = file
             .metadata()
-            .map_err(|e| ReplicaError::io("stat", &out.path, e))?
+            .map_err(|e| ReplicaError::io("stat", &path, e))?
             .len();
+        let direct = open_direct(&path);
         Ok(WriteLog {
+            path,
             dir,
             uuid: store.uuid,
-            out: Arc::new(out),
+            file,
             len: HEADER_LEN as u64,
+            zero_from: HEADER_LEN as u64,
             capacity,
             after,
             last_seq: None,
-            next_ticket: 0,
+            records: 0,
+            direct,
+            tail: None,
+            scratch: Vec::new(),
             open: Arc::default(),
             store,
         })
     }
 
     fn replay(
-        store: Arc<Inner>,
+        store: std::sync::Arc<Inner>,
         path: PathBuf,
         dir: PathBuf,
         after: u64,
-        version: u32,
         mut r: BufReader<File>,
     ) -> Result<WriteLog, ReplicaError> {
         let mut log = WriteLog::open_file(store, path, dir, after)?;
         log.ensure_writer()?;
         let mut buf = Vec::new();
-        let mut records = 0;
         loop {
             buf.clear();
             buf.resize(RECORD_HEADER_LEN, 0);
@@ -851,33 +600,28 @@ impl WriteLog {
             if r.read_exact(&mut buf[RECORD_HEADER_LEN..]).is_err() {
                 break;
             }
-            match decode_one(&buf) {
-                Ok(Some((Decoded::Record(rec), _))) => {
-                    if log.check(&rec).is_err() {
-                        break;
-                    }
-                    let mut st = log.open.lock();
-                    let w = st.writer.as_mut().expect("writer exists");
-                    apply_record(&log.store, w, &rec)?;
-                    drop(st);
-                    log.last_seq = Some(rec.seq);
-                    records += 1;
-                }
-                // Pads appear only in version 2, and only up to a page end.
-                Ok(Some((Decoded::Pad, len)))
-                    if version != LOG_VERSION_1 && (log.len + len as u64).is_multiple_of(PAGE) => {}
+            let rec = match decode_one(&buf) {
+                Ok(Some((rec, _))) => rec,
                 _ => break,
+            };
+            if log.check(&rec).is_err() {
+                break;
             }
+            {
+                let mut st = log.open.lock();
+                let w = st.writer.as_mut().expect("writer exists");
+                apply_record(&log.store, w, &rec)?;
+            }
+            log.last_seq = Some(rec.seq);
+            log.records += 1;
             log.len += buf.len() as u64;
         }
-        log.open.lock().records = records;
-        let out = log.out.clone();
         if log.capacity > log.len {
-            // Zeroes (the log's clean end) or a torn append (never
+            // Zeroes (the log's clean end) or a torn batch (never
             // acknowledged, so never needed), then perhaps zeroes. Either
             // way the file ends at the records: the next append writes new
-            // zeroes after them, so no byte of a torn append can outlive a
-            // shorter append written over it.
+            // zeroes after them, so no byte of a torn batch can outlive a
+            // shorter batch written over it.
             let dropped = log.capacity - log.len;
             if log.only_zeroes_from(log.len)? {
                 tracing::debug!(kept = log.len, dropped, "write log: dropping its zero tail");
@@ -885,70 +629,16 @@ impl WriteLog {
                 tracing::info!(
                     kept = log.len,
                     dropped,
-                    "write log: truncating an incomplete last append"
+                    "write log: truncating an incomplete last batch"
                 );
             }
-            fsx::set_len(&out.file, &out.path, log.len)?;
-            fsx::sync_data(&out.file, &out.path)?;
+            fsx::set_len(&log.file, &log.path, log.len)?;
+            fsx::sync_data(&log.file, &log.path)?;
             log.capacity = log.len;
         }
-        if version == LOG_VERSION_1 {
-            log.upgrade()?;
-        } else if !log.len.is_multiple_of(PAGE) {
-            // The records end inside a page (a torn append kept its
-            // prefix): a pad brings the next append to a page boundary.
-            // Buffered: the page's first bytes are records already.
-            let end = padded_end(log.len);
-            let mut pad = vec![0u8; (end - log.len) as usize];
-            encode_pad(&mut pad);
-            fsx::write_at(&out.file, &out.path, &pad, log.len)?;
-            fsx::sync_data(&out.file, &out.path)?;
-            log.len = end;
-            log.capacity = end;
-        }
-        tracing::info!(records, after, version, "write log replayed");
+        log.zero_from = log.len;
+        tracing::info!(records = log.records, after, "write log replayed");
         Ok(log)
-    }
-
-    /// Rewrites a version 1 log (replayed: `len` ends its records) as
-    /// version 2, durably: a new file (`sync.log.partial`) with the first
-    /// page of a new log, the same records and a pad to a page end,
-    /// fsynced, renamed over the log, the directory fsynced. A crash
-    /// before the rename leaves the version 1 log, which the next open
-    /// upgrades again.
-    fn upgrade(&mut self) -> Result<(), ReplicaError> {
-        let path = self.out.path.clone();
-        let tmp = fsx::partial_path(&path);
-        fsx::remove_file(&tmp)?;
-        let f = fsx::create_new(&tmp)?;
-        fsx::write_at(&f, &tmp, &first_page(&self.uuid, self.after), 0)?;
-        let mut buf = vec![0u8; ZERO_CHUNK as usize];
-        let (mut from, mut to) = (HEADER_LEN as u64, PAGE);
-        while from < self.len {
-            let n = (self.len - from).min(ZERO_CHUNK) as usize;
-            self.out
-                .file
-                .read_exact_at(&mut buf[..n], from)
-                .map_err(|e| ReplicaError::io("read", &path, e))?;
-            fsx::write_at(&f, &tmp, &buf[..n], to)?;
-            from += n as u64;
-            to += n as u64;
-        }
-        let end = padded_end(to);
-        if end > to {
-            let mut pad = vec![0u8; (end - to) as usize];
-            encode_pad(&mut pad);
-            fsx::write_at(&f, &tmp, &pad, to)?;
-        }
-        fsx::sync_data(&f, &tmp)?;
-        drop(f);
-        fsx::rename(&tmp, &path)?;
-        fsx::sync_dir(&self.dir)?;
-        self.out = Arc::new(LogFile::open(path)?);
-        self.len = end;
-        self.capacity = end;
-        tracing::info!(bytes = end, "write log rewritten in format version 2");
-        Ok(())
     }
 
     /// Whether the file holds only zeroes from `at` to its capacity.
@@ -956,16 +646,99 @@ impl WriteLog {
         let mut buf = vec![0u8; 1 << 16];
         while at < self.capacity {
             let n = (self.capacity - at).min(buf.len() as u64) as usize;
-            self.out
-                .file
+            self.file
                 .read_exact_at(&mut buf[..n], at)
-                .map_err(|e| ReplicaError::io("read", &self.out.path, e))?;
+                .map_err(|e| ReplicaError::io("read", &self.path, e))?;
             if buf[..n].iter().any(|&b| b != 0) {
                 return Ok(false);
             }
             at += n as u64;
         }
         Ok(true)
+    }
+
+    /// Writes zeroes from `from` to `to` (in the file's page cache; the
+    /// caller's `fdatasync` makes them durable).
+    /// The `O_DIRECT | O_DSYNC` append: one aligned write of the 4 KiB
+    /// blocks from the one holding `len` to the one holding the batches'
+    /// end (the tail's bytes, the records, zero padding), durable when it
+    /// returns; then, when the file must grow, zeroes after it, and zeroes
+    /// over what a failed append may have left beyond it.
+    fn write_direct(&mut self, batches: &[(&[u8], &[LogRecord<'_>])]) -> Result<(), ReplicaError> {
+        let a = DIRECT_ALIGN;
+        let total: u64 = batches.iter().map(|(raw, _)| raw.len() as u64).sum();
+        let start = self.len / a * a;
+        let end = self.len + total;
+        let wend = end.div_ceil(a) * a;
+        if self.tail.is_none() {
+            let mut t = vec![0u8; (self.len - start) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut t, start)
+                .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+            self.tail = Some(t);
+        }
+        let tail = self.tail.as_deref().unwrap_or_default();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let buf = aligned(&mut scratch, (wend - start) as usize);
+        buf[..tail.len()].copy_from_slice(tail);
+        let mut at = tail.len();
+        for (raw, _) in batches {
+            buf[at..at + raw.len()].copy_from_slice(raw);
+            at += raw.len();
+        }
+        buf[at..].fill(0);
+        let direct = self.direct.as_ref().expect("direct descriptor");
+        // From here on a failure may leave bytes up to `wend`.
+        let stale_to = self.zero_from.max(wend);
+        self.zero_from = stale_to;
+        let written = fsx::write_durable_at(direct, &self.path, buf, start);
+        let new_tail = buf[(end / a * a - start) as usize..(end - start) as usize].to_vec();
+        self.scratch = scratch;
+        written?;
+        self.len = end;
+        self.tail = Some(new_tail);
+        // Room for the next appends, and stale bytes of a failed one.
+        let grow_to = if wend > self.capacity {
+            (self.capacity / a * a + GROW).max(wend).div_ceil(a) * a
+        } else {
+            wend
+        };
+        let zero_to = grow_to.max(stale_to.div_ceil(a) * a);
+        if zero_to > wend {
+            self.write_zeroes_direct(wend, zero_to)?;
+        }
+        self.capacity = self.capacity.max(grow_to);
+        self.zero_from = end;
+        Ok(())
+    }
+
+    /// Zeroes `from..to` (both aligned) through the direct descriptor.
+    fn write_zeroes_direct(&mut self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n = (to - from).min(ZERO_CHUNK) as usize;
+        let zeroes = aligned(&mut scratch, n);
+        zeroes.fill(0);
+        let direct = self.direct.as_ref().expect("direct descriptor");
+        let mut r = Ok(());
+        while from < to && r.is_ok() {
+            let n = ((to - from).min(ZERO_CHUNK)) as usize;
+            r = fsx::write_durable_at(direct, &self.path, &zeroes[..n], from);
+            from += n as u64;
+        }
+        self.scratch = scratch;
+        r
+    }
+
+    fn write_zeroes(&self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
+        if from >= to {
+            return Ok(());
+        }
+        let zeroes = vec![0u8; (to - from).min(ZERO_CHUNK) as usize];
+        while from < to {
+            let n = (to - from).min(ZERO_CHUNK) as usize;
+            fsx::write_at(&self.file, &self.path, &zeroes[..n], from)?;
+            from += n as u64;
+        }
+        Ok(())
     }
 
     fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
@@ -1015,13 +788,16 @@ impl WriteLog {
 
     /// Makes a batch durable and applies it: `raw` is the batch as
     /// received, `records` its decoding ([`decode_records`]). Returns once
-    /// the batch is on stable storage and in the open PIT.
+    /// the batch is on stable storage (one write, one `fdatasync`; when the
+    /// batch does not fit in the zeroes at the end of the file, the file is
+    /// first extended by at least 4 MiB of zeroes, made durable by the same
+    /// `fdatasync`: see the module docs).
     pub fn append(&mut self, raw: &[u8], records: &[LogRecord<'_>]) -> Result<(), ReplicaError> {
         self.append_many(&[(raw, records)])
     }
 
     /// [`WriteLog::append`] of several batches that arrived together: one
-    /// synchronous write for all of them.
+    /// write and one `fdatasync` for all of them.
     pub fn append_many(
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
@@ -1035,30 +811,15 @@ impl WriteLog {
     /// batches) applies them to the open PIT: the copy into the PIT stays
     /// off the acknowledgement's path. A seal waits until it did; a log
     /// whose apply failed is sealed from its file instead
-    /// ([`ReplicaStore::open_log`] replays it). Appends staged and not yet
-    /// committed must commit before this one can.
+    /// ([`ReplicaStore::open_log`] replays it).
     pub fn append_durable(
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
     ) -> Result<LogApplier, ReplicaError> {
-        self.stage(batches)?.write()?.commit()
-    }
-
-    /// Places batches in the log without writing them: the returned
-    /// [`LogWrite`] writes them (on any thread) and then commits in the
-    /// order appends were staged, so several appends can be on their way
-    /// to the disk at once (see the module docs). Records are checked
-    /// here; the file is extended first when the append does not fit in
-    /// its zeroes (by at least 4 MiB, durably, before this returns).
-    pub fn stage(
-        &mut self,
-        batches: &[(&[u8], &[LogRecord<'_>])],
-    ) -> Result<LogWrite, ReplicaError> {
         if self.open.lock().failed {
             self.recover()?;
         }
         let mut last = self.last_seq;
-        let mut records = 0u64;
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
             self.check(rec).map_err(ReplicaError::invalid)?;
             if let Some(prev) = last
@@ -1070,70 +831,52 @@ impl WriteLog {
                 )));
             }
             last = Some(rec.seq);
-            records += 1;
         }
         self.ensure_writer()?;
-        debug_assert!(self.len.is_multiple_of(PAGE));
+        let records = batches.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+        if self.direct.is_some() {
+            self.write_direct(batches)?;
+            return Ok(self.appended(last, records));
+        }
         let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
-        let end = padded_end(self.len + total as u64);
-        self.reserve(end)?;
-        let mut pages = AlignedBuf::new((end - self.len) as usize, PAGE as usize);
-        let buf = pages.get_mut();
-        let mut at = 0;
-        for (raw, _) in batches {
-            buf[at..at + raw.len()].copy_from_slice(raw);
-            at += raw.len();
+        let end = self.len + total as u64;
+        if end > self.capacity {
+            // Extend the file with zeroes before writing into it. Zeroes in
+            // capacity..end would be overwritten by the records at once, so
+            // they are skipped: the file ends up the same.
+            let grown = end.max(self.capacity + GROW);
+            self.write_zeroes(self.capacity.max(end), grown)?;
+            self.capacity = grown;
         }
-        if at < buf.len() {
-            encode_pad(&mut buf[at..]);
-        }
-        let write = LogWrite {
-            open: self.open.clone(),
-            store: self.store.clone(),
-            out: self.out.clone(),
-            pages,
-            at: self.len,
-            ticket: self.next_ticket,
-            records,
-            done: false,
-        };
-        self.open.lock().in_flight += 1;
-        self.next_ticket += 1;
-        self.len = end;
-        self.last_seq = last;
-        Ok(write)
-    }
-
-    /// Makes the file at least `end` long, extending it in steps of
-    /// `GROW` written zeroes (durable before this returns; appends in
-    /// flight below the old end are unaffected).
-    fn reserve(&mut self, end: u64) -> Result<(), ReplicaError> {
-        if end <= self.capacity {
-            return Ok(());
-        }
-        let from = self.capacity.div_ceil(PAGE) * PAGE;
-        let to = (from + GROW).max(end).div_ceil(PAGE) * PAGE;
-        self.out.zero_durable(from, to)?;
-        self.capacity = to;
-        Ok(())
-    }
-
-    /// After an append or an apply failed (or was abandoned), the open PIT
-    /// may miss records the file has: once no append is in flight (none
-    /// can write into the file behind the replay's truncation), abandons
-    /// the PIT and replays the file into a new one, as after a restart.
-    fn recover(&mut self) -> Result<(), ReplicaError> {
-        {
-            let mut st = self.open.lock();
-            while st.in_flight > 0 {
-                st = self.open.wait(st);
+        // From here on a failure may leave bytes in len..end.
+        let stale_to = self.zero_from.max(end);
+        self.zero_from = stale_to;
+        if batches.len() == 1 {
+            fsx::write_at(&self.file, &self.path, batches[0].0, self.len)?;
+        } else {
+            let mut all = Vec::with_capacity(total);
+            for (raw, _) in batches {
+                all.extend_from_slice(raw);
             }
-            // Appliers still queued find no writer and fail harmlessly.
-            drop(st.writer.take());
+            fsx::write_at(&self.file, &self.path, &all, self.len)?;
         }
+        // Bytes an earlier, failed append left after this batch's end.
+        self.write_zeroes(end, stale_to)?;
+        fsx::sync_data(&self.file, &self.path)?;
+        self.len = end;
+        self.zero_from = end;
+        Ok(self.appended(last, records))
+    }
+
+    /// After a batch failed to apply (or its applier was dropped), the
+    /// open PIT misses records the file has: abandons it and replays the
+    /// file into a new one, as after a restart.
+    fn recover(&mut self) -> Result<(), ReplicaError> {
+        // Appliers still queued find no writer and fail harmlessly.
+        drop(self.open.lock().writer.take());
         tracing::warn!(
-            log = %self.out.path.display(),
-            "an append to the write log failed or was not applied to the open PIT: replaying the log"
+            log = %self.path.display(),
+            "a batch of the write log was not applied to the open PIT: replaying the log"
         );
         *self = ReplicaStore {
             inner: self.store.clone(),
@@ -1142,27 +885,38 @@ impl WriteLog {
         Ok(())
     }
 
-    /// Records in the log (since its last seal), counting committed
-    /// appends only.
-    pub fn records(&self) -> u64 {
-        self.open.lock().records
+    /// Counts an append made durable: its batches wait to be applied by
+    /// the returned applier.
+    fn appended(&mut self, last: Option<u64>, records: u64) -> LogApplier {
+        self.last_seq = last;
+        self.records += records;
+        self.open.lock().pending += 1;
+        LogApplier {
+            open: self.open.clone(),
+            store: self.store.clone(),
+            done: false,
+        }
     }
 
-    /// Bytes of the log: its header and the appends staged (records and
-    /// pads). The file is usually longer, by the zeroes that later appends
-    /// overwrite (see the module docs).
+    /// Records in the log (since its last seal).
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Bytes of the log: its header and records. The file is usually
+    /// longer, by the zeroes that later appends overwrite (see the module
+    /// docs).
     pub fn bytes(&self) -> u64 {
         self.len
     }
 
-    /// The sequence number of the last record staged, if any.
+    /// The sequence number of the last record, if any.
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq
     }
 
     /// Commits everything logged so far as a PIT (`name` optional) and
-    /// continues with an empty log after it. Waits for the appends in
-    /// flight to commit (or fail) and for the committed ones to be applied.
+    /// continues with an empty log after it.
     pub fn seal(
         &mut self,
         name: Option<String>,
@@ -1171,10 +925,13 @@ impl WriteLog {
         self.ensure_writer()?;
         let w = {
             let mut st = self.open.lock();
-            // Appends still being written or applied elsewhere belong in
-            // this PIT.
-            while (st.in_flight > 0 || st.pending > 0) && !st.failed {
-                st = self.open.wait(st);
+            // Batches still being applied elsewhere belong in this PIT.
+            while st.pending > 0 && !st.failed {
+                st = self
+                    .open
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if st.failed {
                 drop(st);
@@ -1186,7 +943,7 @@ impl WriteLog {
         let info = w.commit(name, created_at)?;
         let fresh = WriteLog::reset(
             self.store.clone(),
-            self.out.path.clone(),
+            self.path.clone(),
             self.dir.clone(),
             info.id.get(),
         )?;
@@ -1199,17 +956,7 @@ impl WriteLog {
     /// the empty log stays, after the newest PIT) and releases the store's
     /// PIT writer.
     pub fn finish(mut self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
-        let failed = {
-            let mut st = self.open.lock();
-            while st.in_flight > 0 {
-                st = self.open.wait(st);
-            }
-            st.failed
-        };
-        if failed {
-            self.recover()?;
-        }
-        if self.records() == 0 {
+        if self.records == 0 {
             return Ok(None);
         }
         let info = self.seal(None, created_at)?;

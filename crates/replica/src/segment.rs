@@ -71,7 +71,6 @@ use crate::format::{
     ENTRY_LEN, Entry, SEG_HEADER_LEN, SegHeader, TRAILER_LEN, VolSummary, ZERO_SLOT, decode_entry,
     decode_seg_header, encode_entry, encode_seg_header, entry_hash,
 };
-use crate::fsx::AlignedBuf;
 use crate::{ReplicaError, fsx};
 
 /// Pending data is written out once this many bytes are buffered.
@@ -80,6 +79,33 @@ const WRITE_BUFFER: usize = 4 << 20;
 /// `O_DIRECT` alignment of file offsets, lengths and memory: the largest
 /// logical block size of common devices (as `store::DIRECT_ALIGN`).
 const DIRECT_ALIGN: usize = 4096;
+
+/// A zero-filled heap buffer of a fixed length whose first byte is
+/// `DIRECT_ALIGN`-aligned: an aligned window of a slightly larger `Vec`
+/// that never grows, so the window never moves (no unsafe code).
+#[derive(Debug)]
+struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let mem = vec![0u8; len + DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(DIRECT_ALIGN);
+        assert!(start < DIRECT_ALIGN, "cannot align a buffer");
+        AlignedBuf { mem, start, len }
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    fn get_mut(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + self.len]
+    }
+}
 
 /// Writes `data` (aligned: offset, length and memory) at `offset` through
 /// `direct`, or through `file` when there is no direct descriptor. Where
@@ -464,7 +490,7 @@ impl SegmentBuilder {
     /// The write buffer, allocated on first use.
     fn buf_mut(&mut self) -> &mut [u8] {
         self.buf
-            .get_or_insert_with(|| AlignedBuf::new(self.flush_at + DIRECT_ALIGN, DIRECT_ALIGN))
+            .get_or_insert_with(|| AlignedBuf::new(self.flush_at + DIRECT_ALIGN))
             .get_mut()
     }
 
