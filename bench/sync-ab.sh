@@ -18,8 +18,11 @@
 # the other compare the machine's moods, not the builds. Each pair runs
 # both binaries back to back (order alternating per pair) with
 # `QDS=32 REPEAT=1 RUNTIME=$RUNTIME PIN=$PIN bash bench/sync.sh`; the
-# summary gives each pair's sync QD32 IOPS and p99, how many pairs NEW won,
-# and the medians. A difference that does not win most pairs is noise.
+# summary gives each pair's sync QD32 IOPS and p99, the disk's fdatasync
+# p50 that sync.sh measured just before each run, how many pairs NEW won,
+# and the medians. A difference that does not win most pairs is noise; a
+# pair whose two fdatasync figures differ a lot compares the disk's moods
+# (docs/benchmarks.md, stop 14).
 #
 # Options (environment): RUNTIME=10 PIN=1 (as bench/sync.sh) OUT=... (the
 # per-run results stay in OUT/old-N and OUT/new-N).
@@ -67,14 +70,18 @@ def job(name, pair, volume):
     w = json.load(open(f"{out}/{name}-{pair}/fio-{volume}-qd32-1.json"))["jobs"][0]["write"]
     return w["iops"], w["clat_ns"]["percentile"]["99.000000"] / 1e3
 print(f"old: {old}\nnew: {new}\n")
-print("| pair | old sync IOPS / p99 µs | new sync IOPS / p99 µs | new / old | async IOPS old, new run |")
-print("| ---: | ---: | ---: | ---: | ---: |")
+def fsync_p50(name, pair):
+    s = json.load(open(f"{out}/{name}-{pair}/fsync.json"))["jobs"][0]["sync"]
+    return s["lat_ns"]["percentile"]["50.000000"] / 1e3
+print("| pair | old sync IOPS / p99 µs | new sync IOPS / p99 µs | new / old | async IOPS old, new run | fdatasync p50 µs old, new run |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: |")
 olds, news, wins = [], [], 0
 for p in range(1, pairs + 1):
     (oi, op), (ni, np_) = job("old", p, "s"), job("new", p, "s")
     oa, na = job("old", p, "a")[0], job("new", p, "a")[0]
     olds.append(oi); news.append(ni); wins += ni > oi
-    print(f"| {p} | {oi:,.0f} / {op:,.0f} | {ni:,.0f} / {np_:,.0f} | {ni / oi:.2f} | {oa:,.0f}, {na:,.0f} |")
+    fo, fn = fsync_p50("old", p), fsync_p50("new", p)
+    print(f"| {p} | {oi:,.0f} / {op:,.0f} | {ni:,.0f} / {np_:,.0f} | {ni / oi:.2f} | {oa:,.0f}, {na:,.0f} | {fo:,.0f}, {fn:,.0f} |")
 mo, mn = statistics.median(olds), statistics.median(news)
 print()
 print(f"- medians: old {mo:,.0f}, new {mn:,.0f} IOPS ({mn / mo - 1:+.0%})")
