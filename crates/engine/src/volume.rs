@@ -156,11 +156,20 @@ pub trait WriteMirror: Send + Sync + std::fmt::Debug {
     /// Runs `apply` — the local write, returning its records — in the
     /// group's write order and queues the records for the replica. Returns
     /// a ticket for [`WriteMirror::wait`].
+    ///
+    /// `hold`: more writes follow at once (the NBD server has them
+    /// already); the mirror may keep this one queued to send with them
+    /// rather than sending it alone. Held writes go out with the next
+    /// submit without `hold`, or on [`WriteMirror::release`].
     fn submit(
         &self,
         volume: u16,
+        hold: bool,
         apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
     ) -> io::Result<u64>;
+
+    /// Sends the writes that [`submit`](Self::submit) held.
+    fn release(&self);
 
     /// Returns once the write of `ticket` is durable at the replica, or the
     /// group's link-loss policy completes it (`degrade`) or fails it
@@ -550,6 +559,7 @@ impl Volume {
         len: u64,
         data: Option<&[u8]>,
         fua: bool,
+        hold: bool,
     ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
         let apply = || match data {
             Some(buf) => self.file.write_at(buf, offset),
@@ -566,7 +576,7 @@ impl Volume {
                     None
                 }
                 Some((mirror, idx)) => {
-                    let ticket = mirror.submit(idx, &mut || {
+                    let ticket = mirror.submit(idx, hold, &mut || {
                         apply()?;
                         self.mirror_records(offset, len, data)
                     })?;
@@ -746,7 +756,7 @@ impl offsite_nbd::BlockDevice for Volume {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        match self.write_at_deferred(buf, offset, fua)? {
+        match self.write_at_deferred(buf, offset, fua, false)? {
             Some(pending) => pending.wait(),
             None => Ok(()),
         }
@@ -764,8 +774,15 @@ impl offsite_nbd::BlockDevice for Volume {
         buf: &[u8],
         offset: u64,
         fua: bool,
+        more_writes: bool,
     ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
-        self.change(offset, buf.len() as u64, Some(buf), fua)
+        self.change(offset, buf.len() as u64, Some(buf), fua, more_writes)
+    }
+
+    fn release_writes(&self) {
+        if let Some((mirror, _)) = self.mirror() {
+            mirror.release();
+        }
     }
 
     fn write_zeroes_deferred(
@@ -774,7 +791,7 @@ impl offsite_nbd::BlockDevice for Volume {
         len: u64,
         fua: bool,
     ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
-        self.change(offset, len, None, fua)
+        self.change(offset, len, None, fua, false)
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {

@@ -34,14 +34,27 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// must wait for [`Pending::wait`]. The server then goes on with the
     /// connection's next requests meanwhile, so a client's queue depth
     /// reaches the device. The default completes inline.
+    ///
+    /// `more_writes`: the next request, already received, is a write too.
+    /// The device may then hold this one back to send it on with the next
+    /// (a replicated volume's batch); it must send what it holds on the
+    /// next call without the hint or on [`BlockDevice::release_writes`].
     fn write_at_deferred(
         &self,
         buf: &[u8],
         offset: u64,
         fua: bool,
+        more_writes: bool,
     ) -> io::Result<Option<Box<dyn Pending>>> {
+        let _ = more_writes;
         self.write_at(buf, offset, fua).map(|()| None)
     }
+
+    /// Sends on the writes held back by
+    /// [`write_at_deferred`](BlockDevice::write_at_deferred)'s
+    /// `more_writes`. The server calls it whenever it has no complete
+    /// request left to read, before it could block.
+    fn release_writes(&self) {}
 
     /// [`BlockDevice::write_zeroes`] (and trim) with a deferred reply, as
     /// [`BlockDevice::write_at_deferred`].

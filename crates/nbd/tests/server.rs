@@ -70,6 +70,52 @@ fn write_then_read_back() {
     assert_eq!(stats.errors, 0);
 }
 
+/// Writes that arrive together are announced to the device as a burst
+/// (`more_writes` on all but the last; never on FUA), so a replicated
+/// device can send them as one batch, and the device is told to release
+/// what it holds before the server waits for more requests.
+#[test]
+fn a_burst_of_writes_is_announced_to_the_device() {
+    let f = fixture();
+    let (mut c, _) = Client::open(f.server.local_addr(), "vol");
+    let mut burst = Vec::new();
+    let request = |command, flags, offset, length, handle| {
+        codec::Request {
+            flags,
+            command,
+            handle,
+            offset,
+            length,
+        }
+        .encode()
+    };
+    for (i, flags) in [0, 0, cf::FUA, 0, 0].into_iter().enumerate() {
+        burst.extend_from_slice(&request(
+            Command::Write,
+            flags,
+            512 * i as u64,
+            512,
+            i as u64,
+        ));
+        burst.extend_from_slice(&[i as u8 + 1; 512]);
+    }
+    burst.extend_from_slice(&request(Command::Read, 0, 0, 512, 99));
+    c.send_raw(&burst);
+    for _ in 0..5 {
+        assert_eq!(c.read_reply().error, 0);
+    }
+    let reply = c.read_reply();
+    assert_eq!((reply.handle, reply.error), (99, 0));
+    assert_eq!(c.read_exact(512), vec![1; 512]);
+    let hints = f.vol.hints.lock().unwrap().clone();
+    assert_eq!(
+        hints,
+        ["write+", "write+", "write", "write+", "write", "release"],
+        "the FUA write and the one before the read end a burst"
+    );
+    assert_eq!(c.read(2048, 512).unwrap(), vec![5; 512]);
+}
+
 #[test]
 fn trim_and_write_zeroes_zero_the_range() {
     let f = fixture();

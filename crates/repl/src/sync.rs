@@ -20,7 +20,13 @@
 //!
 //! - *sending turn*: the thread that queues a write while no one is sending
 //!   writes the queue to the socket itself (one batch per turn, the queue's
-//!   order), and keeps going while writes arrive meanwhile;
+//!   order), and keeps going while writes arrive meanwhile. When the NBD
+//!   server already holds the next request and it is a write too (a
+//!   client refilling its queue after a batch of replies), the write is
+//!   only queued, so the burst leaves as one batch instead of its first
+//!   write alone followed by the rest a replica cycle later (measured:
+//!   26 % of batches held a single write); the last write of the burst,
+//!   or the server before it waits for more requests, sends it;
 //! - *reading turn*: a thread waiting for its ticket while no one is
 //!   reading reads the replica's acknowledgements itself, covers the
 //!   tickets, and wakes the other waiters; when its own ticket is covered
@@ -688,6 +694,7 @@ impl WriteMirror for SyncMirror {
     fn submit(
         &self,
         volume: u16,
+        hold: bool,
         apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
     ) -> io::Result<u64> {
         let mut st = self.lock();
@@ -701,14 +708,19 @@ impl WriteMirror for SyncMirror {
                 records,
             });
             // No one sending: this thread writes the batch itself (no
-            // hand-off to another thread on the path of the write).
-            if Self::may_send(&st) {
+            // hand-off to another thread on the path of the write), unless
+            // the writes right behind this one should go with it.
+            if !hold && Self::may_send(&st) {
                 st.sending = true;
                 drop(st);
                 self.pump();
             }
         }
         Ok(ticket)
+    }
+
+    fn release(&self) {
+        self.kick();
     }
 
     fn ready(&self, ticket: u64) -> bool {

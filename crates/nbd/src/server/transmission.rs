@@ -230,15 +230,16 @@ impl<'a> Transmission<'a> {
             // requests then share one send, and we never block in read()
             // while holding replies the client is waiting for.
             if reader.buffer().len() < REQUEST_HEADER_LEN {
+                self.device.release_writes();
                 lock(writer).flush()?;
             }
         }
     }
 
-    fn handle<R: BufRead, W: Write>(
+    fn handle<R: Read, W: Write>(
         &mut self,
         request: &Request,
-        reader: &mut R,
+        reader: &mut BufReader<R>,
         writer: &Mutex<W>,
     ) -> Result<Flow, ConnectionError> {
         if request.command == Command::Disc {
@@ -368,11 +369,11 @@ impl<'a> Transmission<'a> {
 
     /// Reads a WRITE's payload (or skips it if `verdict` rejected the
     /// request), runs it and replies.
-    fn write<R: BufRead, W: Write>(
+    fn write<R: Read, W: Write>(
         &mut self,
         request: &Request,
         verdict: Result<(), NbdErrno>,
-        reader: &mut R,
+        reader: &mut BufReader<R>,
         writer: &Mutex<W>,
     ) -> Result<(), ConnectionError> {
         let limit = self.config.max_request_bytes.max(PORTABLE_PAYLOAD_LIMIT);
@@ -393,10 +394,18 @@ impl<'a> Transmission<'a> {
         let buf = data_buffer(&mut self.buf, &mut scratch, len);
         reader.read_exact(buf)?;
         let fua = request.flags & command_flags::FUA != 0;
+        // A client with a queue depth sends writes in bursts (it refills
+        // its queue when replies arrive): a replicated device can then send
+        // the burst as one batch rather than its first write alone.
+        let next = reader.buffer();
+        let more_writes = !fua
+            && next.len() >= REQUEST_HEADER_LEN
+            && Command::from_wire(u16::from_be_bytes([next[6], next[7]])) == Command::Write;
         let result = if len == 0 {
             Ok(None)
         } else {
-            self.device.write_at_deferred(buf, request.offset, fua)
+            self.device
+                .write_at_deferred(buf, request.offset, fua, more_writes)
         };
         match result {
             Ok(Some(pending)) => {

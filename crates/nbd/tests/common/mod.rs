@@ -33,6 +33,9 @@ pub struct MemDevice {
     pub calls: AtomicU64,
     pub flushes: AtomicU64,
     pub fua_writes: AtomicU64,
+    /// Writes and releases as the server announced them: `"write+"` for a
+    /// write with `more_writes`, `"write"` without, `"release"`.
+    pub hints: Mutex<Vec<&'static str>>,
 }
 
 impl MemDevice {
@@ -122,6 +125,24 @@ impl BlockDevice for MemDevice {
         self.enter()?;
         self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn write_at_deferred(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        fua: bool,
+        more_writes: bool,
+    ) -> io::Result<Option<Box<dyn offsite_nbd::Pending>>> {
+        self.hints
+            .lock()
+            .unwrap()
+            .push(if more_writes { "write+" } else { "write" });
+        self.write_at(buf, offset, fua).map(|()| None)
+    }
+
+    fn release_writes(&self) {
+        self.hints.lock().unwrap().push("release");
     }
 }
 
@@ -307,6 +328,11 @@ impl Client {
 
     pub fn go(&mut self, export: &str) -> Result<ExportInfo, u32> {
         self.info_or_go(option_codes::GO, export)
+    }
+
+    /// Sends raw bytes (requests built by the test, sent in one write).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
     }
 
     pub fn send_request(&mut self, command: Command, flags: u16, offset: u64, length: u32) -> u64 {
