@@ -8,7 +8,8 @@
 #
 # What it does, in one run on this machine:
 #   two sites on 127.0.0.1 (site-a, site-b), paired; on site-a three 1 GiB
-#   volumes: `s` in a sync group (`--mode sync`), `a` in an async group
+#   volumes, each written once over NBD (PREFILL below): `s` in a sync
+#   group (`--mode sync`), `a` in an async group
 #   (`--rpo 60s`: cycles every 30 s), `n` in no group; both groups started.
 #   Then for QD in 32 and 1, for each volume in turn (order rotated per
 #   repetition), the same fio job
@@ -36,7 +37,10 @@
 #   another job: both sites share one disk here, and that writeback stalls
 #   the replica log's synchronous writes by up to ~200 ms) QDS="32 1" (the
 #   queue depths to run; with only one of them, the other target is
-#   reported as not measured and the exit status is 1)
+#   reported as not measured and the exit status is 1) PREFILL=1 (0: the
+#   jobs write into the volumes' never-written, sparse blocks, as before
+#   stop 15; 1: each volume is written once over NBD before its group is
+#   created, so the jobs overwrite, as on a used disk)
 #
 # Exit status: 0 if the run completed and both targets were met, 1 if not.
 
@@ -49,6 +53,7 @@ QDS=${QDS:-32 1}
 BUILD=${BUILD:-0}
 KEEP=${KEEP:-0}
 PIN=${PIN:-0}
+PREFILL=${PREFILL:-1}
 OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -64,7 +69,7 @@ bench_binary
     machine_info
     echo "tools:   $(fio --version), offsite $(offsite_version)"
     echo "load:    $(load_avg) at the start"
-    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME PIN=$PIN SETTLE=$SETTLE"
+    echo "params:  REPEAT=$REPEAT RUNTIME=$RUNTIME PIN=$PIN SETTLE=$SETTLE PREFILL=$PREFILL"
 } >"$OUT/header.txt"
 cat "$OUT/header.txt" >&2
 
@@ -82,16 +87,42 @@ authorize_a "$WORK/store"
 for v in s a n; do
     "$OFFSITE" volume create "$v" --size 1G --dir "$A" >/dev/null
 done
+if [[ $PREFILL == 1 ]]; then
+    # Every block written once before the groups exist (so they replicate
+    # it initially): the jobs then overwrite blocks, as on a used VM disk.
+    # On a sparse file the first write of a block takes ext4's
+    # delayed-allocation path (an extent-status tree lookup and insert,
+    # ~9 % of the primary's CPU in the sync job), which a fast job soon
+    # stops paying and a slow one pays throughout: it biased the ratio
+    # against the sync job (docs/benchmarks.md, stop 15). In 4 KiB
+    # writes, like the jobs: written in 1 MiB writes, the file's page
+    # cache is made of large folios, and each 4 KiB overwrite then walks
+    # a whole folio's buffers in ext4_block_write_begin (77 % of the
+    # primary's CPU, 27 µs per write, on this 6.18 kernel).
+    for v in s a n; do
+        "${FIO[@]}" --name=fill --ioengine=nbd \
+            --uri="$("$OFFSITE" volume url "$v" --dir "$A")" --rw=write --bs=4k \
+            --iodepth=32 --size=1G --output-format=json --output="$WORK/fill-$v.json" >/dev/null
+    done
+    log "volumes filled (1 GiB each)"
+fi
 "$OFFSITE" group create gs --partner site-b --volume s --mode sync --compress none --dir "$A" >/dev/null
 "$OFFSITE" group create ga --partner site-b --volume a --mode async --rpo 60s --keep 4 --dir "$A" >/dev/null
 "$OFFSITE" group start gs --dir "$A" >/dev/null
 "$OFFSITE" group start ga --dir "$A" >/dev/null
-for i in $(seq 300); do
+for i in $(seq 600); do
     st=$("$OFFSITE" group status gs --dir "$A" --json | jget sync_state)
     [[ $st == in-sync ]] && break
     sleep 0.2
 done
 [[ $st == in-sync ]] || die "group gs did not get in sync (state: $st)"
+# The async group's initial replication must not run during the jobs.
+for i in $(seq 600); do
+    ga=$("$OFFSITE" group status ga --dir "$A" --json)
+    [[ -n $(jget last_pit <<<"$ga") && -z $(jget initial_progress_percent <<<"$ga") ]] && break
+    sleep 0.2
+done
+[[ -n $(jget last_pit <<<"$ga") ]] || die "group ga did not finish its initial replication"
 log "groups started; gs is in sync"
 
 "$OFFSITE" partner test site-b --dir "$A" --json >"$OUT/partner-test.json"
