@@ -420,6 +420,50 @@ pub struct GroupStatus {
     pub last_error: Option<String>,
     /// Replica side: where the replica store lives.
     pub store_dir: Option<String>,
+    /// Primary: why the replica may differ from the primary in blocks the
+    /// change tracking does not know of (`volume clear-dirty --force`, a
+    /// verify that found differences); health is critical until `group
+    /// resync` (or a verify that finds none) clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_resync: Option<String>,
+    /// Primary: progress of a running `group resync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncProgress>,
+}
+
+/// Progress of a running `group resync`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// Blocks of the group's volumes compared with the replica so far.
+    pub blocks_compared: u64,
+    /// Blocks of the group's volumes in all.
+    pub blocks_total: u64,
+    /// Blocks found to differ so far.
+    pub differing_blocks: u64,
+    /// Payload bytes of differing blocks sent so far.
+    pub bytes_sent: u64,
+    /// Seconds since the resync started.
+    pub elapsed_seconds: u64,
+}
+
+/// Result of `group resync`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ResyncResult {
+    /// Group name.
+    pub group: String,
+    /// The PIT of the fresh cut the comparison ran against.
+    pub compared_pit: u64,
+    /// The PIT that carried the differing blocks (the same as
+    /// `compared_pit` when nothing differed).
+    pub pit: u64,
+    /// Blocks compared.
+    pub blocks_compared: u64,
+    /// Blocks whose BLAKE3 differed and were shipped.
+    pub differing_blocks: u64,
+    /// Payload bytes of the differing blocks shipped.
+    pub bytes_sent: u64,
+    /// Per volume: name, blocks compared and blocks that differed.
+    pub volumes: Vec<VerifyVolume>,
 }
 
 /// `group start`.

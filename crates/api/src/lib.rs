@@ -83,9 +83,9 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+        group_verify, group_resync, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
-        StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+        StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -147,6 +147,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{name}/resume", axum::routing::post(group_resume))
         .route("/groups/{name}/sync", axum::routing::post(group_sync))
         .route("/groups/{name}/verify", axum::routing::post(group_verify))
+        .route("/groups/{name}/resync", axum::routing::post(group_resync))
         .route(
             "/groups/{name}/failover",
             axum::routing::post(group_failover),
@@ -501,6 +502,15 @@ async fn group_verify(
     repl(s.repl.verify_group(&name).await)
 }
 
+#[utoipa::path(post, path = "/api/v1/groups/{name}/resync", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::ResyncResult), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
+async fn group_resync(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<offsite_api_types::ResyncResult> {
+    repl(s.repl.resync_group(&name).await)
+}
+
 #[utoipa::path(post, path = "/api/v1/groups/{name}/failover", params(("name" = String, Path)),
     request_body = offsite_api_types::FailoverRun,
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
@@ -758,13 +768,22 @@ async fn volume_url(State(s): State<ApiState>, Path(name): Path<String>) -> ApiR
     .await
 }
 
-#[utoipa::path(post, path = "/api/v1/volumes/{name}/clear-dirty", params(("name" = String, Path)),
-    responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError)))]
+#[derive(Debug, Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/clear-dirty",
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "clear a volume of a replication group anyway; the group then needs `group resync`")),
+    responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError),
+        (status = 409, description = "the volume is in a replication group and force was not given", body = ApiError)))]
 async fn volume_clear_dirty(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
 ) -> ApiResult<VolumeInfo> {
-    blocking(move || s.site.clear_dirty(&name)).await
+    blocking(move || s.site.clear_dirty(&name, q.force)).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -220,6 +220,10 @@ const MIGRATIONS: &[&str] = &[
          error       TEXT,
          PRIMARY KEY (run_id, idx)
      );",
+    // v10: the replica may differ from the primary in ways the change
+    // tracker does not know (`volume clear-dirty --force`, a verify that
+    // found differences): why, until `group resync` or a clean verify.
+    "ALTER TABLE groups ADD COLUMN needs_resync TEXT;",
 ];
 
 /// Schema version this build writes.
@@ -1236,6 +1240,35 @@ impl Catalog {
                         state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
                  WHERE name = ?1",
                     params![name, state, last_error, now_rfc3339()],
+                )
+            },
+        )
+    }
+
+    /// Why the group's replica may differ from its primary beyond what
+    /// the change trackers know (see [`Catalog::set_group_needs_resync`]).
+    pub fn group_needs_resync(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT needs_resync FROM groups WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map_err(self.err("read group"))?
+            .ok_or_else(|| CatalogError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Records (`Some(why)`) or clears (`None`) that only a comparison of
+    /// every block can bring the replica back in line with the primary.
+    pub fn set_group_needs_resync(&self, name: &str, why: Option<&str>) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET needs_resync = ?2 WHERE name = ?1",
+                    params![name, why],
                 )
             },
         )

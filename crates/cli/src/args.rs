@@ -158,6 +158,16 @@ pub enum GroupCommand {
         #[arg(long)]
         mode: Option<String>,
     },
+    /// Compare every block of the primary, at a fresh cut, with the replica
+    /// by BLAKE3 and ship only the blocks that differ (at the primary).
+    ///
+    /// For a replica that may differ in ways the change tracking does not
+    /// know: after `volume clear-dirty --force`, after a `verify` that found
+    /// differences (health critical says so), or after a replica store was
+    /// repaired by hand. Afterwards `verify` finds 0.
+    Resync {
+        name: String,
+    },
     /// Write a seed of the group's volumes for initial replication from media.
     ExportSeed {
         name: String,
@@ -383,7 +393,16 @@ pub enum VolumeCommand {
     /// Print the volume's NBD URL.
     Url { name: String },
     /// Forget the changes tracked so far (dirty_bytes becomes 0).
-    ClearDirty { name: String },
+    ///
+    /// Refused on a volume of a replication group: its tracked changes are
+    /// what the replica lacks. With --force it is done anyway and the group
+    /// is marked as needing `offsite group resync GROUP`.
+    ClearDirty {
+        name: String,
+        /// Clear a grouped volume anyway (the group then needs `group resync`).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -124,7 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 }
                 VolumeCommand::Url { name } => p.url(&c.volume_url(&name)?),
-                VolumeCommand::ClearDirty { name } => p.volume(&c.clear_dirty(&name)?),
+                VolumeCommand::ClearDirty { name, force } => {
+                    p.volume(&c.clear_dirty(&name, force)?)
+                }
             }
         }
         Command::Site(SiteCommand::Set(a)) => {
@@ -281,6 +283,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Set { name, mode } => {
                     p.group(&c.group_action(&name, "set", &offsite_api_types::SetGroup { mode })?)
                 }
+                GroupCommand::Resync { name } => {
+                    let r = resync(&c, &cli.global, &name, &p)?;
+                    p.resync(&r)
+                }
                 GroupCommand::ExportSeed { name, to } => {
                     let r: offsite_api_types::SeedExport = c.group_action(
                         &name,
@@ -346,9 +352,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             p.verify(&r)?;
             if r.differing_blocks > 0 {
                 anyhow::bail!(
-                    "{} block(s) differ between the primary and PIT {} of the replica",
+                    "{} block(s) differ between the primary and PIT {} of the replica; the group's health is critical until `offsite group resync {}` ships them",
                     r.differing_blocks,
-                    r.pit
+                    r.pit,
+                    r.group
                 );
             }
             Ok(())
@@ -582,6 +589,51 @@ fn wait_initial(
 }
 
 /// Polls an import until it ends, with a progress bar on a terminal.
+/// `group resync`: the request runs on a thread while this one shows the
+/// comparison's progress (blocks compared of all, differing, bytes sent)
+/// from `group status` on a terminal.
+fn resync(
+    c: &Client,
+    global: &args::Global,
+    name: &str,
+    p: &Printer,
+) -> anyhow::Result<offsite_api_types::ResyncResult> {
+    if p.json() || !std::io::stderr().is_terminal() {
+        return Ok(c.resync(name)?);
+    }
+    let poller = client(global)?;
+    std::thread::scope(|s| {
+        let job = s.spawn(|| c.resync(name));
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "resync {prefix} [{bar:40}] {pos}/{len} blocks compared, {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        while !job.is_finished() {
+            if let Ok(st) = poller.group(name)
+                && let Some(r) = st.resync
+            {
+                bar.set_length(r.blocks_total);
+                bar.set_position(r.blocks_compared);
+                bar.set_message(format!(
+                    "{} differ, {} sent",
+                    r.differing_blocks,
+                    units::human(r.bytes_sent)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bar.finish_and_clear();
+        job.join()
+            .map_err(|_| anyhow::anyhow!("the resync request's thread panicked"))?
+            .map_err(anyhow::Error::from)
+    })
+}
+
 fn wait_import(c: &Client, mut v: VolumeInfo, p: &Printer) -> anyhow::Result<VolumeInfo> {
     let bar = (!p.json() && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(v.size_bytes);

@@ -576,6 +576,32 @@ impl Printer {
         emit(&out)
     }
 
+    pub fn resync(&self, r: &offsite_api_types::ResyncResult) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = format!(
+            "group {}: {} blocks compared at PIT {}, {} differed; {} shipped{}\n",
+            r.group,
+            r.blocks_compared,
+            r.compared_pit,
+            r.differing_blocks,
+            crate::units::human(r.bytes_sent),
+            if r.pit == r.compared_pit {
+                String::new()
+            } else {
+                format!(" in PIT {}", r.pit)
+            }
+        );
+        for v in r.volumes.iter().filter(|v| v.differing_blocks > 0) {
+            out.push_str(&format!(
+                "  {}: {} of {} differed\n",
+                v.name, v.differing_blocks, v.blocks_compared
+            ));
+        }
+        emit(&out)
+    }
+
     pub fn plan(&self, plan: &offsite_api_types::PlanInfo) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(plan);

@@ -260,9 +260,10 @@ impl Client {
         self.get(&format!("/volumes/{}/url", encode(name)))
     }
 
-    /// `POST /volumes/{name}/clear-dirty`.
-    pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, ClientError> {
-        self.post(&format!("/volumes/{}/clear-dirty", encode(name)), &())
+    /// `POST /volumes/{name}/clear-dirty[?force=true]`.
+    pub fn clear_dirty(&self, name: &str, force: bool) -> Result<VolumeInfo, ClientError> {
+        let query = if force { "?force=true" } else { "" };
+        self.post(&format!("/volumes/{}/clear-dirty{query}", encode(name)), &())
     }
 
     /// `GET /site/settings`.
@@ -391,6 +392,12 @@ impl Client {
         name: &str,
     ) -> Result<offsite_api_types::GroupMeasure, ClientError> {
         self.get(&format!("/groups/{}/measure", encode(name)))
+    }
+
+    /// `POST /groups/{name}/resync`: compares every block with the
+    /// replica and ships the differing ones; waits for the end.
+    pub fn resync(&self, name: &str) -> Result<offsite_api_types::ResyncResult, ClientError> {
+        self.post(&format!("/groups/{}/resync", encode(name)), &())
     }
 
     /// `DELETE /groups/{name}` (teardown).

@@ -62,6 +62,10 @@ pub enum EngineError {
         /// What the user should do.
         what_to_do: &'static str,
     },
+    /// The request is well formed but refused in the object's current
+    /// state; the message says why and what to do (409).
+    #[error("{0}")]
+    Refused(String),
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] offsite_catalog::CatalogError),
@@ -113,6 +117,7 @@ impl EngineError {
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
             EngineError::Invalid(_) | EngineError::NotASite { .. } => ErrorKind::Invalid,
             EngineError::Busy { .. } => ErrorKind::Busy,
+            EngineError::Refused(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         }
     }

@@ -161,6 +161,35 @@ impl Site {
             .filter(|s| !s.is_empty()))
     }
 
+    /// Why the group's replica may differ from its primary beyond what
+    /// the change trackers hold, if it may.
+    pub fn group_needs_resync(&self, name: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.catalog().group_needs_resync(name)?)
+    }
+
+    /// Marks (`Some(why)`) or clears the need of a `group resync`; an
+    /// event records each change.
+    pub fn set_group_needs_resync(&self, name: &str, why: Option<&str>) -> Result<(), EngineError> {
+        let before = self.catalog().group_needs_resync(name)?;
+        if before.as_deref() == why {
+            return Ok(());
+        }
+        self.catalog().set_group_needs_resync(name, why)?;
+        match why {
+            Some(why) => self.event(
+                "group.needs-resync",
+                Some(name),
+                &format!("{why}; run `offsite group resync {name}`"),
+            ),
+            None => self.event(
+                "group.resynced",
+                Some(name),
+                "the replica matches the primary again",
+            ),
+        }
+        Ok(())
+    }
+
     /// The group a volume belongs to, if any.
     pub fn group_of_volume(&self, volume: &str) -> Result<Option<String>, EngineError> {
         Ok(self

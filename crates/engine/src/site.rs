@@ -557,8 +557,22 @@ impl Site {
     }
 
     /// `volume clear-dirty`: forgets the changes tracked so far.
-    pub fn clear_dirty(&self, name: &str) -> Result<VolumeInfo, EngineError> {
+    ///
+    /// On a volume of a replication group the tracked changes are exactly
+    /// what the replica lacks: forgetting them would let the replica
+    /// diverge with nothing to show for it. So it is refused there unless
+    /// `force`, and then the group is marked as needing `group resync`
+    /// (health critical until a resync or a clean verify).
+    pub fn clear_dirty(&self, name: &str, force: bool) -> Result<VolumeInfo, EngineError> {
         let volume = self.volume(name)?;
+        let group = self.group_of_volume(name)?;
+        if let Some(group) = &group
+            && !force
+        {
+            return Err(EngineError::Refused(format!(
+                "volume {name} is in replication group {group}: its tracked changes are what the replica still lacks, and clearing them would let the replica differ silently; to clear them anyway add --force, then run `offsite group resync {group}`"
+            )));
+        }
         let before = volume.tracker().dirty_bytes();
         volume.tracker().clear()?;
         self.event(
@@ -566,6 +580,12 @@ impl Site {
             Some(name),
             &format!("{before} dirty bytes cleared"),
         );
+        if let Some(group) = &group {
+            let why = format!(
+                "the change tracking of volume {name} was cleared with --force ({before} dirty bytes forgotten)"
+            );
+            self.set_group_needs_resync(group, Some(&why))?;
+        }
         self.volume_info(name)
     }
 

@@ -28,6 +28,7 @@ mod failover;
 mod pits;
 mod primary;
 mod replica;
+mod resync;
 mod switch;
 mod sync;
 pub mod wire;

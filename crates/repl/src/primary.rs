@@ -59,6 +59,11 @@ pub(crate) enum Command {
     Verify {
         reply: oneshot::Sender<Result<VerifyResult, String>>,
     },
+    /// Compare every block with the replica at a fresh cut and ship the
+    /// blocks that differ (`group resync`); reply with the result.
+    Resync {
+        reply: oneshot::Sender<Result<offsite_api_types::ResyncResult, String>>,
+    },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
 }
@@ -73,6 +78,8 @@ pub(crate) struct Progress {
     /// When this attempt started and how far the volumes were then (the
     /// ETA is from this attempt's rate, not from resumed progress).
     pub(crate) started: std::sync::Mutex<Option<(Instant, u64)>>,
+    /// A running `group resync`: when it started and how far it is.
+    pub(crate) resync: std::sync::Mutex<Option<(Instant, offsite_api_types::ResyncProgress)>>,
 }
 
 /// A sync group's mirror while its runner has one, and whether it is
@@ -99,6 +106,13 @@ pub(crate) struct Channel {
     bucket: Option<Arc<TokenBucket>>,
     /// Bulk payload bytes sent on this channel.
     sent: u64,
+}
+
+impl Runner {
+    /// Where the runner takes its commands.
+    pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
+        &self.tx
+    }
 }
 
 impl Channel {
@@ -450,7 +464,7 @@ impl Replication {
         self.runner(group).map(|r| r.sync_stats.clone())
     }
 
-    fn runner(&self, group: &str) -> Option<Runner> {
+    pub(crate) fn runner(&self, group: &str) -> Option<Runner> {
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -740,6 +754,7 @@ impl Replication {
                             c = rx.recv() => match c {
                                 Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
                                 Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
                                 Some(Command::Wake) => {}
                                 None => return,
                             },
@@ -766,6 +781,11 @@ impl Replication {
                                 last_cycle = Instant::now();
                                 let _ = reply.send(r);
                             }
+                            Some(Command::Resync { reply }) => {
+                                let r = self.resync_now(&row, &progress).await.map_err(|e| e.to_string());
+                                last_cycle = Instant::now();
+                                let _ = reply.send(r);
+                            }
                             Some(Command::Wake) => {}
                             None => return,
                         },
@@ -779,6 +799,9 @@ impl Replication {
                         }
                         Some(Command::Verify { reply }) => {
                             let _ = reply.send(Err(format!("group {name} is {state}")));
+                        }
+                        Some(Command::Resync { reply }) => {
+                            let _ = reply.send(Err(format!("group {name} is {state}; resync needs a replicating group")));
                         }
                         Some(Command::Wake) => {}
                         None => return,
@@ -1086,7 +1109,7 @@ impl Replication {
 
     /// One delta cycle: cut, ship, commit. With `keep_cut` the (full) cut
     /// stays open for verification and is returned with its volumes.
-    async fn cycle(
+    pub(crate) async fn cycle(
         &self,
         row: &GroupRow,
         pit_name: Option<String>,
@@ -1177,7 +1200,7 @@ impl Replication {
         }
     }
 
-    async fn ship(
+    pub(crate) async fn ship(
         &self,
         row: &GroupRow,
         volumes: &[Arc<Volume>],
@@ -1272,13 +1295,15 @@ impl Replication {
             v.end_cut(true);
         }
         let per = result?;
-        Ok(VerifyResult {
+        let result = VerifyResult {
             group: name.to_string(),
             pit: pit.id,
             blocks_compared: per.iter().map(|v| v.blocks_compared).sum(),
             differing_blocks: per.iter().map(|v| v.differing_blocks).sum(),
             volumes: per,
-        })
+        };
+        self.record_verify(&result).await?;
+        Ok(result)
     }
 
     pub(crate) async fn compare(
@@ -1287,6 +1312,25 @@ impl Replication {
         pit: u64,
         volumes: &[Arc<Volume>],
     ) -> Result<Vec<VerifyVolume>, ReplError> {
+        Ok(self
+            .compare_sets(row, pit, volumes, None)
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect())
+    }
+
+    /// Compares every block of `volumes` at their open full cut with PIT
+    /// `pit` of the replica by BLAKE3; returns per volume the counts and
+    /// the set of differing blocks. `progress` (a resync's) is updated
+    /// after every step.
+    pub(crate) async fn compare_sets(
+        &self,
+        row: &GroupRow,
+        pit: u64,
+        volumes: &[Arc<Volume>],
+        progress: Option<&Progress>,
+    ) -> Result<Vec<(VerifyVolume, offsite_engine::RoaringBitmap)>, ReplError> {
         const STEP: u64 = 16_384;
         let mut ch = self.channel(&row.partner, None).await?;
         let mut out = Vec::new();
@@ -1294,6 +1338,7 @@ impl Replication {
             let bs = u64::from(v.row().block_size);
             let nblocks = v.row().size_bytes / bs;
             let mut differing = 0u64;
+            let mut set = offsite_engine::RoaringBitmap::new();
             let mut first = 0u64;
             while first < nblocks {
                 let count = (nblocks - first).min(STEP);
@@ -1320,18 +1365,29 @@ impl Replication {
                 .await
                 .map_err(|e| invalid(e.to_string()))?
                 .map_err(|e| invalid(format!("reading volume {} at the cut: {e}", v.name())))?;
-                differing += ours
-                    .chunks(32)
-                    .zip(theirs.chunks(32))
-                    .filter(|(a, b)| a != b)
-                    .count() as u64;
+                let before = differing;
+                for (i, (a, b)) in ours.chunks(32).zip(theirs.chunks(32)).enumerate() {
+                    if a != b {
+                        differing += 1;
+                        set.insert((first + i as u64) as u32);
+                    }
+                }
+                if let Some(p) = progress
+                    && let Some((_, r)) = p.resync.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                {
+                    r.blocks_compared += count;
+                    r.differing_blocks += differing - before;
+                }
                 first += count;
             }
-            out.push(VerifyVolume {
-                name: v.name().to_string(),
-                blocks_compared: nblocks,
-                differing_blocks: differing,
-            });
+            out.push((
+                VerifyVolume {
+                    name: v.name().to_string(),
+                    blocks_compared: nblocks,
+                    differing_blocks: differing,
+                },
+                set,
+            ));
         }
         ch.session.close().await;
         Ok(out)
@@ -1341,11 +1397,12 @@ impl Replication {
     pub async fn group_status(&self, name: &str) -> Result<GroupStatus, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let (row, pits, partner) = blocking(move || {
+        let (row, pits, partner, needs_resync) = blocking(move || {
             let row = site.group_row(&n)?;
             let pits = site.pit_rows(&n)?;
             let partner = site.partner(&row.partner).ok();
-            Ok((row, pits, partner))
+            let needs_resync = site.group_needs_resync(&n)?;
+            Ok((row, pits, partner, needs_resync))
         })
         .await?;
         let (pending, isolated): (u64, u64) = if row.role == "primary" {
@@ -1401,6 +1458,24 @@ impl Replication {
             }
             None => {}
         }
+        // Checked last: nothing else the group does can repair it.
+        if let Some(why) = &needs_resync {
+            health = "critical".into();
+            reason = Some(format!(
+                "the replica may differ from the primary: {why}; run `offsite group resync {name}`"
+            ));
+        }
+        let resync = self.runner(name).and_then(|r| {
+            r.progress
+                .resync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(started, p)| offsite_api_types::ResyncProgress {
+                    elapsed_seconds: started.elapsed().as_secs(),
+                    ..p.clone()
+                })
+        });
         let (progress, eta) = match self.runner(name) {
             Some(r) if row.state == "initial-replication" => {
                 let total = r.progress.total.load(Ordering::Relaxed).max(1);
@@ -1460,6 +1535,8 @@ impl Replication {
             // A primary may still hold the store of its last promotion
             // (its volumes read it until flattened): not a replica store.
             store_dir: row.store_dir.clone().filter(|_| row.role == "replica"),
+            needs_resync,
+            resync,
         })
     }
 

@@ -1427,6 +1427,12 @@ impl Replication {
                             row.name
                         )));
                     }
+                    Some(Command::Resync { reply }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing ({why}); run resync once it is in sync",
+                            row.name
+                        )));
+                    }
                     Some(Command::Wake) => {
                         if !self.still_sync(&row.name).await {
                             return Some(true);
@@ -1568,6 +1574,11 @@ impl Replication {
                         }
                         Some(Command::Verify { reply }) => {
                             let r = self.verify_sync(row, mirror, volumes).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Resync { reply }) => {
+                            let progress = self.runner(&name).map_or_else(Default::default, |r| r.progress);
+                            let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(|e| e.to_string());
                             let _ = reply.send(r);
                         }
                         Some(Command::Wake) => {
