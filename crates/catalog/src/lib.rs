@@ -1261,7 +1261,11 @@ impl Catalog {
 
     /// Records (`Some(why)`) or clears (`None`) that only a comparison of
     /// every block can bring the replica back in line with the primary.
-    pub fn set_group_needs_resync(&self, name: &str, why: Option<&str>) -> Result<(), CatalogError> {
+    pub fn set_group_needs_resync(
+        &self,
+        name: &str,
+        why: Option<&str>,
+    ) -> Result<(), CatalogError> {
         self.change_row(
             "update group",
             || CatalogError::NoSuchGroup(name.to_string()),

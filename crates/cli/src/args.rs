@@ -165,9 +165,7 @@ pub enum GroupCommand {
     /// know: after `volume clear-dirty --force`, after a `verify` that found
     /// differences (health critical says so), or after a replica store was
     /// repaired by hand. Afterwards `verify` finds 0.
-    Resync {
-        name: String,
-    },
+    Resync { name: String },
     /// Write a seed of the group's volumes for initial replication from media.
     ExportSeed {
         name: String,

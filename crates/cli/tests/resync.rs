@@ -22,7 +22,10 @@ fn verify_differs(a: &TestSite, group: &str) -> Value {
     let out = a.run(&["verify", group, "--json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("offsite group resync {group}")), "{err}");
+    assert!(
+        err.contains(&format!("offsite group resync {group}")),
+        "{err}"
+    );
     serde_json::from_slice(&out.stdout).expect("verify --json")
 }
 
@@ -51,7 +54,9 @@ fn clear_dirty_on_a_grouped_volume_is_refused_and_force_needs_a_resync() {
     qemu_io(&url, &["write -P 0x11 0 1M"]);
     create_group(&a, "g", "site-b", &["--volume", "disk0"], &["--rpo", "24h"]);
     a.json(&["group", "start", "g"]);
-    wait_group(&a, "g", "replicating", LIMIT, |s| s["state"] == "replicating");
+    wait_group(&a, "g", "replicating", LIMIT, |s| {
+        s["state"] == "replicating"
+    });
     verify_clean(&a, "g");
 
     // 32 blocks the replica does not have yet.
@@ -62,7 +67,11 @@ fn clear_dirty_on_a_grouped_volume_is_refused_and_force_needs_a_resync() {
     for word in ["group g", "--force", "group resync g"] {
         assert!(err.contains(word), "the refusal should say {word:?}: {err}");
     }
-    assert_eq!(a.dirty_bytes("disk0"), dirty, "a refused clear keeps the tracking");
+    assert_eq!(
+        a.dirty_bytes("disk0"),
+        dirty,
+        "a refused clear keeps the tracking"
+    );
     assert_eq!(health(&a, "g").0, "normal");
 
     // Forced: the group is marked at once, and stays critical past the
@@ -76,7 +85,11 @@ fn clear_dirty_on_a_grouped_volume_is_refused_and_force_needs_a_resync() {
         "{why}"
     );
     let pit = sync_pit(&a, "g", &[]);
-    assert_eq!(u(&pit, "bytes"), 0, "the forgotten blocks are not shipped: {pit}");
+    assert_eq!(
+        u(&pit, "bytes"),
+        0,
+        "the forgotten blocks are not shipped: {pit}"
+    );
     assert_eq!(health(&a, "g").0, "critical");
 
     // Verify finds exactly the forgotten blocks, says what to run, and the
@@ -139,13 +152,17 @@ fn resync_of_a_sync_group_sends_the_differences_down_the_stream() {
         &["--rpo", "24h", "--compress", "none"],
     );
     a.json(&["group", "start", "g"]);
-    wait_group(&a, "g", "replicating", LIMIT, |s| s["state"] == "replicating");
+    wait_group(&a, "g", "replicating", LIMIT, |s| {
+        s["state"] == "replicating"
+    });
     // Forgotten while async; the conversion to sync resynchronizes from
     // the tracker, so the replica keeps lacking these blocks.
     qemu_io(&url, &["write -P 0x44 1M 64k"]);
     a.json(&["volume", "clear-dirty", "d0", "--force"]);
     a.json(&["group", "set", "g", "--mode", "sync"]);
-    wait_group(&a, "g", "in sync", LIMIT, |s| s["sync_state"] == "in-sync");
+    wait_group(&a, "g", "in sync", LIMIT, |s| {
+        s["sync_state"] == "in-sync" && s["state"] == "replicating"
+    });
     let v = verify_differs(&a, "g");
     assert_eq!(u(&v, "differing_blocks"), 16, "{v}");
     assert_eq!(health(&a, "g").0, "critical");

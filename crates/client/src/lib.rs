@@ -263,7 +263,10 @@ impl Client {
     /// `POST /volumes/{name}/clear-dirty[?force=true]`.
     pub fn clear_dirty(&self, name: &str, force: bool) -> Result<VolumeInfo, ClientError> {
         let query = if force { "?force=true" } else { "" };
-        self.post(&format!("/volumes/{}/clear-dirty{query}", encode(name)), &())
+        self.post(
+            &format!("/volumes/{}/clear-dirty{query}", encode(name)),
+            &(),
+        )
     }
 
     /// `GET /site/settings`.

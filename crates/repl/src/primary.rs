@@ -801,7 +801,9 @@ impl Replication {
                             let _ = reply.send(Err(format!("group {name} is {state}")));
                         }
                         Some(Command::Resync { reply }) => {
-                            let _ = reply.send(Err(format!("group {name} is {state}; resync needs a replicating group")));
+                            let _ = reply.send(Err(format!(
+                                "group {name} is {state}; resync needs a replicating group"
+                            )));
                         }
                         Some(Command::Wake) => {}
                         None => return,
@@ -1373,7 +1375,8 @@ impl Replication {
                     }
                 }
                 if let Some(p) = progress
-                    && let Some((_, r)) = p.resync.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                    && let Some((_, r)) =
+                        p.resync.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
                 {
                     r.blocks_compared += count;
                     r.differing_blocks += differing - before;

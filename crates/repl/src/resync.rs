@@ -173,8 +173,9 @@ impl Replication {
             }
             Err(e) => {
                 let m = format!("resync: {e}");
-                let _ = run_blocking(move || Ok(site.end_cycle(cycle_id, bytes, None, Some(&m))?))
-                    .await;
+                let _ =
+                    run_blocking(move || Ok(site.end_cycle(cycle_id, bytes, None, Some(&m))?))
+                        .await;
                 Err(e)
             }
         }
@@ -202,7 +203,9 @@ impl Replication {
         progress: &Progress,
     ) -> Result<ResyncResult, ReplError> {
         let pit = self.seal(row, mirror, volumes, None, true).await?;
-        let per = self.compare_sets(row, pit.id, volumes, Some(progress)).await;
+        let per = self
+            .compare_sets(row, pit.id, volumes, Some(progress))
+            .await;
         for v in volumes {
             v.end_cut(true);
         }
