@@ -426,6 +426,12 @@ pub struct GroupStatus {
     /// resync` (or a verify that finds none) clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_resync: Option<String>,
+    /// Primary: the last instant (RFC 3339) at which the replica was known
+    /// to hold every write: the cut of the newest PIT, or a later scheduled
+    /// cycle that found no changed block and so committed nothing. `lag_seconds`
+    /// counts from here. Null until this daemon's first commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
     /// Primary: progress of a running `group resync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncProgress>,

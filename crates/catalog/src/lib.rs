@@ -1117,25 +1117,32 @@ impl Catalog {
 
     /// The group called `name`.
     pub fn group(&self, name: &str) -> Result<GroupRow, CatalogError> {
-        self.groups()?
-            .into_iter()
-            .find(|g| g.name == name)
+        // One group's rows only: every group's runner reads its row before
+        // each cycle, so this must not cost more with more groups.
+        self.load_groups(Some(name))?
+            .pop()
             .ok_or_else(|| CatalogError::NoSuchGroup(name.to_string()))
     }
 
     /// Every group, by name.
     pub fn groups(&self) -> Result<Vec<GroupRow>, CatalogError> {
+        self.load_groups(None)
+    }
+
+    /// The group called `only`, or every group.
+    fn load_groups(&self, only: Option<&str>) -> Result<Vec<GroupRow>, CatalogError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(&format!(
                 "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
                         state, store_dir, created_at, state_changed_at, last_error,
                         on_link_loss, suspend_timeout_secs
-                 FROM groups ORDER BY name",
-            )
+                 FROM groups {} ORDER BY name",
+                if only.is_some() { "WHERE name = ?1" } else { "" }
+            ))
             .map_err(self.err("list groups"))?;
         let mut groups = stmt
-            .query_map([], |r| {
+            .query_map(rusqlite::params_from_iter(only), |r| {
                 Ok(GroupRow {
                     name: r.get(0)?,
                     role: r.get(1)?,
@@ -1160,15 +1167,25 @@ impl Catalog {
             .map_err(self.err("list groups"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err("list groups"))?;
+        let by_group = if only.is_some() {
+            "WHERE group_name = ?1"
+        } else {
+            ""
+        };
+        let index: std::collections::HashMap<String, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.clone(), i))
+            .collect();
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(&format!(
                 "SELECT group_name, volume, size_bytes, block_size, initial_done_bytes
-                 FROM group_volumes ORDER BY group_name, position",
-            )
+                 FROM group_volumes {by_group} ORDER BY group_name, position"
+            ))
             .map_err(self.err("list groups"))?;
         let vols = stmt
-            .query_map([], |r| {
+            .query_map(rusqlite::params_from_iter(only), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     GroupVolumeRow {
@@ -1183,19 +1200,19 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err("list groups"))?;
         for (g, v) in vols {
-            if let Some(group) = groups.iter_mut().find(|x| x.name == g) {
-                group.volumes.push(v);
+            if let Some(&i) = index.get(&g) {
+                groups[i].volumes.push(v);
             }
         }
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(&format!(
                 "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd
-                 FROM group_vms ORDER BY group_name, position",
-            )
+                 FROM group_vms {by_group} ORDER BY group_name, position"
+            ))
             .map_err(self.err("list groups"))?;
         let vms = stmt
-            .query_map([], |r| {
+            .query_map(rusqlite::params_from_iter(only), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     VmRow {
@@ -1217,8 +1234,8 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err("list groups"))?;
         for (g, v) in vms {
-            if let Some(group) = groups.iter_mut().find(|x| x.name == g) {
-                group.vms.push(v);
+            if let Some(&i) = index.get(&g) {
+                groups[i].vms.push(v);
             }
         }
         Ok(groups)

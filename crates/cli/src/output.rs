@@ -317,6 +317,24 @@ impl Printer {
             ("lag", format!("{}s", g.lag_seconds)),
             ("pending", human(g.pending_bytes)),
         ];
+        if let Some(at) = &g.confirmed_at {
+            f.push(("confirmed in sync", at.clone()));
+        }
+        if let Some(why) = &g.needs_resync {
+            f.push(("needs resync", why.clone()));
+        }
+        if let Some(r) = &g.resync {
+            f.push((
+                "resync",
+                format!(
+                    "{} of {} blocks compared, {} differ, {} sent",
+                    r.blocks_compared,
+                    r.blocks_total,
+                    r.differing_blocks,
+                    human(r.bytes_sent)
+                ),
+            ));
+        }
         if let Some(pct) = g.initial_progress_percent {
             f.push((
                 "initial replication",

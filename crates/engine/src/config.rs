@@ -82,6 +82,11 @@ pub struct ReplicationConfig {
     /// once it holds this many bytes, whatever the primary's seal schedule
     /// (bounds the log and the open PIT's memory).
     pub sync_log_max_bytes: u64,
+    /// Seconds between an async group's scheduled cycles. Unset: half the
+    /// group's RPO, at least 15 s (a cycle that finds no changed block
+    /// commits nothing, so a short interval costs idle groups little).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle_secs: Option<f64>,
 }
 
 impl Default for ReplicationConfig {
@@ -93,6 +98,7 @@ impl Default for ReplicationConfig {
             connect_timeout_secs: 10.0,
             sync_ack_timeout_secs: 5.0,
             sync_log_max_bytes: 512 << 20,
+            cycle_secs: None,
         }
     }
 }
@@ -129,6 +135,7 @@ impl SiteConfig {
             ("replication.probe_secs", r.probe_secs),
             ("replication.connect_timeout_secs", r.connect_timeout_secs),
             ("replication.sync_ack_timeout_secs", r.sync_ack_timeout_secs),
+            ("replication.cycle_secs", r.cycle_secs.unwrap_or(1.0)),
             (
                 "failover.hook_timeout_secs",
                 config.failover.hook_timeout_secs,

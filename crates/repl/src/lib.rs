@@ -24,6 +24,7 @@
 //!     R-->>P: BulkAck{seq, bytes}
 //! ```
 
+mod confirm;
 mod failover;
 mod pits;
 mod primary;
@@ -181,6 +182,12 @@ pub struct Replication {
     stats: std::sync::Mutex<Option<Arc<ListenerStats>>>,
     /// Replica side: the open write logs of sync groups.
     logs: sync::Logs,
+    /// Replica side: per group, the last instant the primary confirmed the
+    /// replica holds every write ([`wire::kinds::GROUP_CONFIRMED`]).
+    remote_confirmed: std::sync::Mutex<HashMap<String, String>>,
+    /// Primary side: what the partner monitor last sent as confirmed, so
+    /// that only news travels.
+    sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
     /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
     extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
 }
@@ -218,6 +225,8 @@ impl Replication {
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
             logs: Default::default(),
+            remote_confirmed: Default::default(),
+            sent_confirmed: Default::default(),
             extension: std::sync::OnceLock::new(),
         }))
     }
@@ -386,6 +395,12 @@ impl Replication {
                                     tracing::warn!(partner = %peer, "reverse refused: {e}");
                                     (false, error_body(e))
                                 }
+                            }
+                        }
+                        wire::kinds::GROUP_CONFIRMED => {
+                            match self.answer_confirmed(&peer, &body).await {
+                                Ok(b) => (true, b),
+                                Err(e) => (false, error_body(e)),
                             }
                         }
                         wire::kinds::GROUP_SET_MODE => {
@@ -680,6 +695,11 @@ impl Replication {
                 };
             let site = self.site.clone();
             let name = p.name.clone();
+            if result.is_ok()
+                && let Err(e) = self.send_confirmed(&p.name).await
+            {
+                tracing::debug!(partner = %p.name, "sending idle confirmations: {e}");
+            }
             let record = match result {
                 Ok(rtt) => Ok(rtt.as_micros() as u64),
                 Err(e) => Err(e.to_string()),

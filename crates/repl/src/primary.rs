@@ -78,6 +78,11 @@ pub(crate) struct Progress {
     /// When this attempt started and how far the volumes were then (the
     /// ETA is from this attempt's rate, not from resumed progress).
     pub(crate) started: std::sync::Mutex<Option<(Instant, u64)>>,
+    /// The last instant at which the replica was known to hold every
+    /// write (RFC 3339): the cut of the newest PIT this daemon committed,
+    /// or an idle cycle that found nothing to ship. `None` until this
+    /// daemon's first commit.
+    pub(crate) confirmed: std::sync::Mutex<Option<String>>,
     /// A running `group resync`: when it started and how far it is.
     pub(crate) resync: std::sync::Mutex<Option<(Instant, offsite_api_types::ResyncProgress)>>,
 }
@@ -726,7 +731,10 @@ impl Replication {
             if row.role != "primary" {
                 return; // reversed: this site is the replica now
             }
-            let interval = Duration::from_secs((row.rpo_secs / 2).max(15));
+            let interval = match self.site.config().replication.cycle_secs {
+                Some(secs) => Duration::from_secs_f64(secs),
+                None => Duration::from_secs((row.rpo_secs / 2).max(15)),
+            };
             if row.mode == "sync" && matches!(row.state.as_str(), "replicating" | "resynchronizing")
             {
                 if !self.run_sync(&row, &mut rx, &mirror).await {
@@ -767,7 +775,9 @@ impl Replication {
                     let due = (last_cycle + interval).saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
-                            let _ = self.cycle(&row, None, false).await;
+                            if !self.confirm_idle(&row, &progress).await {
+                                let _ = self.cycle(&row, None, false).await;
+                            }
                             last_cycle = Instant::now();
                         }
                         c = rx.recv() => match c {
@@ -810,6 +820,68 @@ impl Replication {
                     }
                 }
             }
+        }
+    }
+
+    /// A scheduled cycle of a group whose volumes hold no changed block
+    /// commits nothing: the newest PIT stays the recovery point and the
+    /// replica is confirmed to hold every write as of now (no cut, no
+    /// session, no catalog write, no retention on the replica), so idle
+    /// groups cost next to nothing. Not before this daemon committed once
+    /// (that commit ends the start-up isolation) nor while the last attempt
+    /// failed (only a cycle shows the partner takes PITs again).
+    async fn confirm_idle(&self, row: &GroupRow, progress: &Progress) -> bool {
+        if row.last_error.is_some()
+            || progress
+                .confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        {
+            return false;
+        }
+        // Taken before the look: a write marks its blocks before its data
+        // moves, so no write made before this instant can be missed.
+        let at = now_rfc3339();
+        let Ok(volumes) = self.live_volumes(row).await else {
+            return false;
+        };
+        if volumes.iter().any(|v| v.tracker().dirty_blocks() > 0) {
+            return false;
+        }
+        *progress.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        true
+    }
+
+    /// The last instant at which the replica was known to hold every write
+    /// of the group: this daemon's own knowledge at the primary, the
+    /// primary's confirmations at the replica.
+    fn confirmed_at(&self, row: &GroupRow) -> Option<String> {
+        if row.role == "primary" {
+            self.runner(&row.name).and_then(|r| {
+                r.progress
+                    .confirmed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+        } else {
+            self.remote_confirmed(&row.name)
+        }
+    }
+
+    /// Lag, one definition for status, the API and metrics: seconds since
+    /// the last instant at which the replica held every write the primary
+    /// had acknowledged. That is the cut of the newest PIT, or a later idle
+    /// check that found nothing to ship; 0 while a sync group is in sync
+    /// (the caller knows); before the first PIT, the group's age.
+    pub(crate) fn lag_seconds(&self, row: &GroupRow, newest_pit: Option<&str>) -> u64 {
+        let confirmed = self.confirmed_at(row);
+        let since = |t: Option<&str>| t.map(age_seconds);
+        match (since(newest_pit), since(confirmed.as_deref())) {
+            (Some(p), Some(c)) => p.min(c),
+            (Some(p), None) => p,
+            (None, _) => age_seconds(&row.created_at),
         }
     }
 
@@ -1176,6 +1248,12 @@ impl Replication {
                 })
                 .await?;
                 tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
+                if let Some(r) = self.runner(&row.name) {
+                    *r.progress
+                        .confirmed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(pit.created_at.clone());
+                }
                 Ok((pit, volumes))
             }
             Err(e) => {
@@ -1425,10 +1503,7 @@ impl Replication {
             (0, 0)
         };
         let last = pits.last();
-        let lag = last.map_or_else(
-            || age_seconds(&row.created_at),
-            |p| age_seconds(&p.created_at),
-        );
+        let lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
         let (mut health, mut reason) = health(&row, last.is_some(), lag, partner.as_ref());
         let mut lag = lag;
         let sync_state = (row.mode == "sync" && row.role == "primary")
@@ -1442,11 +1517,14 @@ impl Replication {
                 })
             })
             .flatten();
+        let mut pending = pending;
         match &sync_state {
-            // Every acknowledged write is on the replica: no lag, whatever
-            // the age of the newest PIT.
+            // Every acknowledged write is on the replica: no lag and nothing
+            // pending, whatever the age of the newest PIT (the tracker keeps
+            // the blocks until the next seal only in case the link is lost).
             Some(("in-sync", _)) => {
                 lag = 0;
+                pending = 0;
                 if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) {
                     health = "normal".into();
                     reason = None;
@@ -1540,6 +1618,7 @@ impl Replication {
             store_dir: row.store_dir.clone().filter(|_| row.role == "replica"),
             needs_resync,
             resync,
+            confirmed_at: self.confirmed_at(&row),
         })
     }
 
@@ -1582,13 +1661,22 @@ impl Replication {
             }
             let label = format!("group=\"{}\",role=\"{}\"", g.name, g.role);
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
-            let age = rows.last().map_or_else(
-                || age_seconds(&g.created_at),
-                |p| age_seconds(&p.created_at),
-            );
+            let in_sync = g.mode == "sync"
+                && self.runner(&g.name).is_some_and(|r| {
+                    r.mirror
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync")
+                });
+            let age = if in_sync {
+                0
+            } else {
+                self.lag_seconds(g, rows.last().map(|p| p.created_at.as_str()))
+            };
             lag.push((label.clone(), age));
             pits.push((label.clone(), rows.len() as u64));
-            let p: u64 = if g.role == "primary" {
+            let p: u64 = if g.role == "primary" && !in_sync {
                 g.volumes
                     .iter()
                     .filter_map(|v| self.site.volume(&v.volume).ok())

@@ -62,6 +62,11 @@ pub mod kinds {
     pub const SYNC_SEAL: u16 = 18;
     /// Primary → replica: the group was converted ([`GroupSetMode`]).
     pub const GROUP_SET_MODE: u16 = 19;
+    /// Primary → replica, on the partner monitor's schedule: the instants
+    /// up to which the replica holds every write of idle groups
+    /// ([`Confirmed`]), so lag reads the same at both sites although idle
+    /// cycles commit no PIT.
+    pub const GROUP_CONFIRMED: u16 = 20;
     /// The first kind answered by a service above replication
     /// ([`crate::RequestHandler`]); recovery plans use 40 and up
     /// (`offsite_plan::wire`).
@@ -290,6 +295,14 @@ pub struct GroupCreated {
 pub struct GroupRef {
     /// Group name.
     pub group: String,
+}
+
+/// [`kinds::GROUP_CONFIRMED`]: per group, the RFC 3339 instant up to which
+/// the replica holds every write (its newest PIT plus no change since).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Confirmed {
+    /// `(group, instant)` pairs.
+    pub groups: Vec<(String, String)>,
 }
 
 /// [`kinds::PIT_COMMIT`].

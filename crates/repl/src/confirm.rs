@@ -1,0 +1,91 @@
+//! Idle confirmations: a scheduled cycle that finds no changed block commits
+//! nothing (see `Replication::confirm_idle`), so the newest PIT of an idle
+//! group grows old while the replica in fact holds every write. The primary
+//! knows the instant up to which that holds; the partner monitor carries it
+//! to the replica ([`wire::kinds::GROUP_CONFIRMED`], one request per partner
+//! per probe, only when something changed), so that lag — one definition
+//! for status, API and metrics at both sites — reads the same on each side.
+
+use bytes::Bytes;
+
+use crate::wire::{self, Confirmed};
+use crate::{ReplError, Replication};
+
+impl Replication {
+    /// Sends `partner` the confirmations of the groups this site is primary
+    /// of with it that are newer than the last ones sent.
+    pub(crate) async fn send_confirmed(&self, partner: &str) -> Result<(), ReplError> {
+        let site = self.site.clone();
+        let rows = crate::run_blocking(move || Ok(site.group_rows()?)).await?;
+        let news: Vec<(String, String)> = {
+            let sent = self
+                .sent_confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            rows.iter()
+                .filter(|g| g.role == "primary" && g.partner == partner)
+                .filter_map(|g| {
+                    let at = self
+                        .runner(&g.name)?
+                        .progress
+                        .confirmed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()?;
+                    (sent.get(&g.name) != Some(&at)).then(|| (g.name.clone(), at))
+                })
+                .collect()
+        };
+        if news.is_empty() {
+            return Ok(());
+        }
+        let mut ch = self.channel(partner, None).await?;
+        let body = serde_json::to_vec(&Confirmed {
+            groups: news.clone(),
+        })
+        .unwrap_or_default();
+        let answer = ch.request(wire::kinds::GROUP_CONFIRMED, body).await;
+        ch.close().await;
+        answer?;
+        self.sent_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(news);
+        Ok(())
+    }
+
+    /// Records confirmations from `peer` for the groups it is the primary
+    /// of here (others are ignored: a confirmation never outranks a role).
+    pub(crate) async fn answer_confirmed(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
+        let c: Confirmed =
+            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        let site = self.site.clone();
+        let rows = tokio::task::spawn_blocking(move || site.group_rows())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut confirmed = self
+            .remote_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (group, at) in c.groups {
+            if rows
+                .iter()
+                .any(|g| g.name == group && g.role == "replica" && g.partner == peer)
+            {
+                confirmed.insert(group, at);
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// The instant up to which the replica holds every write of `group`,
+    /// as last confirmed by its primary (replica side).
+    pub(crate) fn remote_confirmed(&self, group: &str) -> Option<String> {
+        self.remote_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned()
+    }
+}
