@@ -230,7 +230,7 @@ impl Channel {
     }
 
     /// BLAKE3 of `req.count` blocks at the replica, 32 bytes each.
-    async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
+    pub(crate) async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
         let body = serde_json::to_vec(req).unwrap_or_default();
         let answer = self.request(wire::kinds::HASHES, body).await?;
         if answer.len() as u64 != req.count * 32 {

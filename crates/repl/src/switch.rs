@@ -33,7 +33,7 @@ use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
 use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
-use crate::wire::{self, GroupRef, GroupView, ReverseBegin, ReverseReady};
+use crate::wire::{self, GroupRef, GroupView, Hashes, ReverseBegin, ReverseReady};
 use crate::{ReplError, Replication, invalid, run_blocking as blocking};
 
 /// Name of the final PIT of a planned failover.
@@ -768,24 +768,24 @@ impl Replication {
                 row.volumes.len()
             )));
         }
-        // What the new replica must be sent beyond our writes since the
-        // promotion: its own unreplicated writes (rolled back) and what the
-        // PITs after the promoted one changed there.
-        let rolled_back_bytes: u64 = row
-            .volumes
-            .iter()
-            .zip(&ready.unreplicated)
-            .map(|(v, blocks)| blocks.len() as u64 * u64::from(v.block_size))
-            .sum();
+        // What the new replica may hold beyond our writes since the
+        // promotion: its own unreplicated writes (and, after a crash, every
+        // block of its active extents, which it may or may not have
+        // written) and what the PITs after the promoted one changed there.
+        // Those blocks are only suspect: each is compared by checksum with
+        // our copy (as DRBD's checksum-based resync does), and only the
+        // ones that really differ are sent, with our own writes.
         let site = self.site.clone();
         let r = row.clone();
         let old_store = row.store_dir.clone();
-        blocking(move || {
+        let unreplicated = ready.unreplicated.clone();
+        let suspects: Vec<RoaringBitmap> = blocking(move || {
             let store: Option<Arc<ReplicaStore>> = old_store
                 .as_deref()
                 .map(|d| site.replica_store(Path::new(d)))
                 .transpose()?;
-            for (v, theirs) in r.volumes.iter().zip(&ready.unreplicated) {
+            let mut out = Vec::new();
+            for (v, theirs) in r.volumes.iter().zip(&unreplicated) {
                 let mut set: RoaringBitmap = theirs.iter().copied().collect();
                 if let Some(store) = &store {
                     let after = store.blocks_after(pit, &v.volume).map_err(|e| {
@@ -793,9 +793,33 @@ impl Replication {
                     })?;
                     set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()));
                 }
+                // Our own writes go anyway: no need to compare them.
+                set -= site.volume(&v.volume)?.tracker().snapshot();
+                out.push(set);
+            }
+            Ok(out)
+        })
+        .await?;
+        let (differing, compared_bytes) = self.differing_suspects(&row, &suspects).await?;
+        let rolled_back_bytes: u64 = row
+            .volumes
+            .iter()
+            .zip(&differing)
+            .map(|(v, set)| set.len() * u64::from(v.block_size))
+            .sum();
+        tracing::info!(
+            group,
+            compared_bytes,
+            rolled_back_bytes,
+            "reverse: suspect blocks compared with the new replica's copy"
+        );
+        let site = self.site.clone();
+        let r = row.clone();
+        blocking(move || {
+            for (v, set) in r.volumes.iter().zip(&differing) {
                 let vol = site.volume(&v.volume)?;
                 vol.tracker()
-                    .merge(&set)
+                    .merge(set)
                     .map_err(offsite_engine::EngineError::from)?;
             }
             site.set_group_role(&r.name, "primary", r.store_dir.as_deref(), "replicating")?;
@@ -823,6 +847,78 @@ impl Replication {
             split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Of each volume's `suspects`, the blocks whose BLAKE3 differs
+    /// between our copy and the new replica's base (its data as the old
+    /// primary left it); also the bytes compared. Runs of suspects (gaps
+    /// of a few blocks bridged) are hashed by the replica a range at a
+    /// time, ours block by block.
+    async fn differing_suspects(
+        &self,
+        row: &GroupRow,
+        suspects: &[RoaringBitmap],
+    ) -> Result<(Vec<RoaringBitmap>, u64), ReplError> {
+        /// Blocks hashed per request at most.
+        const STEP: u32 = 16_384;
+        /// Suspects this close are hashed as one range.
+        const BRIDGE: u32 = 64;
+        let mut out = Vec::with_capacity(suspects.len());
+        let mut compared = 0u64;
+        if suspects.iter().all(RoaringBitmap::is_empty) {
+            return Ok((suspects.to_vec(), 0));
+        }
+        let mut ch = self.channel(&row.partner, None).await?;
+        for (idx, (v, set)) in row.volumes.iter().zip(suspects).enumerate() {
+            let bs = u64::from(v.block_size);
+            let mut ranges: Vec<(u32, u32)> = Vec::new();
+            for b in set.iter() {
+                match ranges.last_mut() {
+                    Some((first, n)) if b < *first + *n + BRIDGE && b - *first < STEP => {
+                        *n = b - *first + 1;
+                    }
+                    _ => ranges.push((b, 1)),
+                }
+            }
+            let mut differ = RoaringBitmap::new();
+            for (first, count) in ranges {
+                let theirs = ch
+                    .hashes(&Hashes {
+                        group: row.name.clone(),
+                        pit: None,
+                        volume: idx as u16,
+                        first: u64::from(first),
+                        count: u64::from(count),
+                        base: true,
+                    })
+                    .await?;
+                let site = self.site.clone();
+                let name = v.volume.clone();
+                let wanted: Vec<u32> = set.range(first..first + count).collect();
+                compared += wanted.len() as u64 * bs;
+                let found = blocking(move || {
+                    let vol = site.volume(&name)?;
+                    let mut buf = vec![0u8; bs as usize];
+                    let mut found = Vec::new();
+                    for b in wanted {
+                        vol.file()
+                            .read_at(&mut buf, u64::from(b) * bs)
+                            .map_err(|e| invalid(format!("reading volume {name}: {e}")))?;
+                        let at = ((b - first) as usize) * 32;
+                        if theirs.get(at..at + 32) != Some(blake3::hash(&buf).as_bytes().as_slice())
+                        {
+                            found.push(b);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+                differ.extend(found);
+            }
+            out.push(differ);
+        }
+        ch.close().await;
+        Ok((out, compared))
     }
 
     /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
