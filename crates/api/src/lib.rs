@@ -83,7 +83,7 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
@@ -148,6 +148,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{name}/sync", axum::routing::post(group_sync))
         .route("/groups/{name}/verify", axum::routing::post(group_verify))
         .route("/groups/{name}/resync", axum::routing::post(group_resync))
+        .route("/groups/{name}/unfence", axum::routing::post(group_unfence))
         .route(
             "/groups/{name}/failover",
             axum::routing::post(group_failover),
@@ -634,6 +635,17 @@ async fn group_export_seed(
 struct TeardownQuery {
     #[serde(default)]
     force: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/unfence",
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "unfence although the partner still holds the group failed over, or cannot be asked")),
+    responses((status = 200, body = GroupStatus), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn group_unfence(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<GroupStatus> {
+    repl(s.repl.unfence_group(&name, q.force).await)
 }
 
 #[utoipa::path(delete, path = "/api/v1/groups/{name}",

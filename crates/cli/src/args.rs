@@ -166,6 +166,16 @@ pub enum GroupCommand {
     /// differences (health critical says so), or after a replica store was
     /// repaired by hand. Afterwards `verify` finds 0.
     Resync { name: String },
+    /// Accept writes again at a primary whose group was failed over
+    /// elsewhere (state failed-over-elsewhere), once that failover was
+    /// reverted at the partner (otherwise: `offsite reverse` there).
+    Unfence {
+        name: String,
+        /// Even though the partner still holds the group failed over or
+        /// cannot be asked (writes here then make a split brain).
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a seed of the group's volumes for initial replication from media.
     ExportSeed {
         name: String,

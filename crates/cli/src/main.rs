@@ -283,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Set { name, mode } => {
                     p.group(&c.group_action(&name, "set", &offsite_api_types::SetGroup { mode })?)
                 }
+                GroupCommand::Unfence { name, force } => p.group(&c.unfence(&name, force)?),
                 GroupCommand::Resync { name } => {
                     let r = resync(&c, &cli.global, &name, &p)?;
                     p.resync(&r)

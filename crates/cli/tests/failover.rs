@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -389,6 +391,86 @@ fn reverse_after_a_crash_moves_only_blocks_that_really_differ() {
             "read -P 0x11 42M 22M",
         ],
     );
+}
+
+/// An old primary that comes back after an unplanned failover learns it
+/// at start-up: its group turns failed-over-elsewhere (health critical)
+/// and its volumes refuse writes at once, until the operator resolves it:
+/// `group unfence` once the failover was reverted, or `reverse`.
+#[test]
+fn a_restarted_old_primary_is_fenced_at_once_until_resolved() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (mut a, b) = two_way_pair();
+    a.create_volume("d0", "8M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    a.kill9();
+    b.json(&["failover", "run", "g", "--force"]);
+
+    a.start();
+    // Long before the first scheduled cycle (15 s): start-up asks site-b.
+    let st = wait_group(&a, "g", "fenced", Duration::from_secs(10), |s| {
+        s["state"] == "failed-over-elsewhere"
+    });
+    assert_eq!(st["health"], "critical", "{st}");
+    let why = st["health_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("site-b") && why.contains("offsite reverse g"),
+        "{st}"
+    );
+    assert!(
+        write_fails(&a.url("d0")),
+        "the old primary still takes writes"
+    );
+    let err = a.fails(&["sync", "g"]);
+    assert!(err.contains("failed-over-elsewhere"), "{err}");
+    // Unfence is refused while site-b holds the group failed over.
+    let err = a.fails(&["group", "unfence", "g"]);
+    assert!(err.contains("site-b") && err.contains("--force"), "{err}");
+    // The state survives a restart.
+    a.stop();
+    a.start();
+    assert_eq!(group_status(&a, "g")["state"], "failed-over-elsewhere");
+    assert!(write_fails(&a.url("d0")));
+
+    // The failover is reverted at site-b: unfence, and replication goes on.
+    b.json(&["failover", "revert", "g"]);
+    let st = a.json(&["group", "unfence", "g"]);
+    assert_eq!(st["state"], "replicating", "{st}");
+    qemu_io(&a.url("d0"), &["write -P 0x22 1M 1M"]);
+    sync_pit(&a, "g", &[]);
+    verify_clean(&a, "g");
+    assert_eq!(group_status(&a, "g")["health"], "normal");
+}
+
+/// The same learned at first contact: the old primary was up all along but
+/// cut off; the replica's refusal of its next cycle fences it.
+#[test]
+fn an_old_primary_is_fenced_when_the_partner_refuses_its_cycle() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = two_way_pair();
+    a.create_volume("d0", "8M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    a.json(&["group", "start", "g"]);
+    sync_pit(&a, "g", &[]);
+    b.json(&["failover", "run", "g", "--force"]);
+    qemu_io(&a.url("d0"), &["write -P 0x33 0 64k"]);
+    let err = a.fails(&["sync", "g"]);
+    assert!(err.contains("failed over"), "{err}");
+    let st = group_status(&a, "g");
+    assert_eq!(st["state"], "failed-over-elsewhere", "{st}");
+    assert!(write_fails(&a.url("d0")));
+    // Reverse at site-b resolves it: the write made before A learned is a
+    // split brain to discard, and A becomes the replica.
+    let r = b.json(&["reverse", "g", "--discard-changes-on", "site-a"]);
+    assert!(u(&r, "pit") > 0, "{r}");
+    assert_eq!(group_status(&a, "g")["role"], "replica");
 }
 
 #[test]

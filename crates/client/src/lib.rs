@@ -403,6 +403,16 @@ impl Client {
         self.post(&format!("/groups/{}/resync", encode(name)), &())
     }
 
+    /// `POST /groups/{name}/unfence[?force=true]`.
+    pub fn unfence(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        let query = if force { "?force=true" } else { "" };
+        self.post(&format!("/groups/{}/unfence{query}", encode(name)), &())
+    }
+
     /// `DELETE /groups/{name}` (teardown).
     pub fn teardown(
         &self,

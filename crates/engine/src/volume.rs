@@ -227,6 +227,8 @@ pub struct Volume {
     file: VolumeData,
     /// Writes are refused (a planned failover is handing the group over).
     fenced: AtomicBool,
+    /// Why writes are refused, when not for a planned failover.
+    fence_reason: Mutex<Option<String>>,
     tracker: ChangeTracker,
     /// Writes made while the group could not replicate (see module docs).
     iso: RwLock<Option<ChangeTracker>>,
@@ -315,6 +317,7 @@ impl Volume {
             row,
             file,
             fenced: AtomicBool::new(false),
+            fence_reason: Mutex::new(None),
             iso: RwLock::new(None),
             tracker,
             ready,
@@ -370,6 +373,7 @@ impl Volume {
                 row,
                 file,
                 fenced: AtomicBool::new(false),
+                fence_reason: Mutex::new(None),
                 iso: RwLock::new(iso),
                 tracker,
                 ready,
@@ -599,7 +603,15 @@ impl Volume {
 
     /// Refuses (`true`) or allows writes.
     pub fn set_fenced(&self, fenced: bool) {
+        *self.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.fenced.store(fenced, Ordering::Release);
+    }
+
+    /// Refuses writes, saying `why` (what happened and what to do) to the
+    /// writer; [`Volume::set_fenced`]`(false)` lifts it.
+    pub fn fence_because(&self, why: String) {
+        *self.fence_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.fenced.store(true, Ordering::Release);
     }
 
     /// Whether writes are refused.
@@ -609,12 +621,15 @@ impl Volume {
 
     fn check_fence(&self) -> io::Result<()> {
         if self.is_fenced() {
+            let why = self
+                .fence_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "its group is prepared for failover".into());
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!(
-                    "volume {} refuses writes: its group is prepared for failover",
-                    self.row.name
-                ),
+                format!("volume {} refuses writes: {why}", self.row.name),
             ));
         }
         Ok(())

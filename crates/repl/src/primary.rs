@@ -479,6 +479,9 @@ impl Replication {
 
     /// Starts the runner of every primary group (daemon start-up).
     pub async fn start_runners(self: &Arc<Self>) -> Result<(), ReplError> {
+        // Before any runner: a group known to be taken over elsewhere stays
+        // fenced, and the partners of the others are asked at once.
+        self.restore_superseded().await?;
         let site = self.site.clone();
         let groups = blocking(move || site.group_rows()).await?;
         for g in groups.into_iter().filter(|g| g.role == "primary") {
@@ -1275,6 +1278,10 @@ impl Replication {
                 })
                 .await;
                 tracing::warn!(group = %row.name, "cycle failed: {msg}");
+                // A partner that refuses may have taken the group over.
+                if matches!(e, ReplError::Refused(_)) {
+                    self.check_superseded(row).await;
+                }
                 Err(e)
             }
         }
@@ -1895,6 +1902,14 @@ fn health(
     lag: u64,
     partner: Option<&offsite_api_types::PartnerInfo>,
 ) -> (String, Option<String>) {
+    if row.role == "primary" && row.state == crate::superseded::SUPERSEDED {
+        return (
+            "critical".into(),
+            Some(row.last_error.clone().unwrap_or_else(|| {
+                format!("group {} was failed over to site {}", row.name, row.partner)
+            })),
+        );
+    }
     let replicating = matches!(row.state.as_str(), "replicating" | "initial-replication");
     if !replicating {
         return ("normal".into(), None);

@@ -201,7 +201,7 @@ impl Replication {
     }
 
     /// The partner's view of a group (`None` when it cannot be reached).
-    async fn partner_view(&self, row: &GroupRow) -> Result<GroupView, ReplError> {
+    pub(crate) async fn partner_view(&self, row: &GroupRow) -> Result<GroupView, ReplError> {
         let mut ch = self.channel(&row.partner, None).await?;
         let body = serde_json::to_vec(&GroupRef {
             group: row.name.clone(),
