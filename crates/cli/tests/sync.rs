@@ -269,6 +269,58 @@ fn degrade_keeps_writing_through_a_lost_link_then_resynchronizes() {
     verify_zero(&a, "g");
 }
 
+/// A replica that stops answering without closing anything (SIGSTOP: a
+/// hung machine) is detected by the acknowledgement deadline, not the
+/// session's dead-peer timeout (20 s here): in `degrade` mode the write
+/// completes and the status says degraded within the ack timeout (5 s),
+/// never `in-sync` meanwhile — also when it stops while the stream opens.
+#[test]
+fn a_silent_replica_turns_a_degrade_group_degraded_within_the_ack_timeout() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    sync_group(&a, "g", "d0", &[]);
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(b.dir().join("run/daemon.json")).expect("daemon.json"),
+    )
+    .expect("daemon.json is JSON");
+    let pid = d["pid"].as_u64().expect("pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let t0 = std::time::Instant::now();
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 64k"]);
+    let write = t0.elapsed();
+    let st = wait_group(&a, "g", "degraded", Duration::from_secs(15), |s| {
+        s["sync_state"] != "in-sync"
+    });
+    let seen = t0.elapsed();
+    signal("-CONT");
+    eprintln!(
+        "write completed after {write:?}; status {} after {seen:?}",
+        st["sync_state"]
+    );
+    assert_eq!(st["health"], "critical", "{st}");
+    // Liveness bounds well under the 20 s dead-peer timeout.
+    assert!(
+        write < Duration::from_secs(12),
+        "the write stalled {write:?}"
+    );
+    assert!(
+        seen < Duration::from_secs(14),
+        "status stayed in-sync {seen:?}"
+    );
+    in_sync(&a, "g");
+    verify_zero(&a, "g");
+}
+
 #[test]
 fn suspend_writes_fail_after_the_timeout_and_lose_nothing_acknowledged() {
     if !have_python_nbd() {

@@ -343,7 +343,10 @@ impl SyncMirror {
     pub(crate) fn state_name(&self, resyncing: bool) -> &'static str {
         let st = self.lock();
         match st.link {
-            Link::Up => "in-sync",
+            // In sync only once the stream is attached: between the last
+            // cut and the stream's opening, writes queue unconfirmed.
+            Link::Up if st.stream.is_some() => "in-sync",
+            Link::Up => "resynchronizing",
             _ if resyncing => "resynchronizing",
             _ => match self.policy {
                 Policy::Degrade => "degraded",
@@ -754,6 +757,23 @@ impl WriteMirror for SyncMirror {
                         )));
                     }
                     Some(limit - waited)
+                }
+                // Queued while the stream is still opening: the replica may
+                // never take it (a partner that stopped answering mid-
+                // handshake), so the acknowledgement deadline runs from the
+                // write itself; with a stream, reading enforces it.
+                (Link::Up, Policy::Degrade) if st.stream.is_none() => {
+                    let waited = start.elapsed();
+                    if waited >= self.ack_timeout {
+                        drop(st);
+                        self.lose(format!(
+                            "the sync stream to the replica did not open within {:.1}s",
+                            self.ack_timeout.as_secs_f64()
+                        ));
+                        st = self.lock();
+                        continue;
+                    }
+                    Some(self.ack_timeout - waited)
                 }
                 (Link::Up, Policy::Degrade) => None,
             };
