@@ -86,6 +86,14 @@ use crate::{StoreError, VolumeFile, sync_dir, write_durably};
 pub trait Lower: Send + Sync {
     /// Fills `buf` with the lower image's bytes at `offset` (within size).
     fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The first byte at or after `offset` that may not be zero, or `None`
+    /// when only zeroes follow: every byte before it reads as zero. Lets
+    /// flattening skip the lower's holes without reading them. The default
+    /// says "data" everywhere, which is correct, only slower.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
 }
 
 /// First 8 bytes of a map file.
@@ -534,10 +542,50 @@ impl Layered {
         self.present_blocks() == self.nblocks
     }
 
+    /// The first byte at or after `offset` that may not be zero (`None`:
+    /// only zeroes follow), from the top's `SEEK_DATA` where the top holds
+    /// the blocks and the lower's [`Lower::next_data`] elsewhere. Lets a
+    /// reader of the volume (a seed export, an initial copy) skip its holes.
+    pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        /// Blocks examined per look at the present set.
+        const WINDOW: u64 = 1 << 16;
+        let mut at = offset;
+        while at < self.size {
+            let first = at >> self.shift;
+            let last = (first + WINDOW - 1).min(self.nblocks - 1);
+            for run in self.runs(first, last) {
+                let lo = (run.start << self.shift).max(at);
+                let hi = run.end << self.shift;
+                let found = if run.in_top {
+                    self.top.next_data(lo)?
+                } else {
+                    self.lower.next_data(lo)?
+                };
+                if let Some(x) = found
+                    && x < hi
+                {
+                    return Ok(Some(x.max(lo)));
+                }
+            }
+            at = (last + 1) << self.shift;
+        }
+        Ok(None)
+    }
+
+    /// Bytes the top file occupies on disk.
+    pub fn top_allocated_bytes(&self) -> io::Result<u64> {
+        self.top.allocated_bytes()
+    }
+
     /// Copies up to `max_blocks` blocks that are not in the top from the
     /// lower into the top (background flattening), lowest first; never
     /// overwrites a block a concurrent write put in the top. Returns how many
     /// it copied (0 with `max_blocks > 0` = flat). Does not flush.
+    ///
+    /// The top stays as thin as the lower: the lower's holes are not read
+    /// ([`Lower::next_data`]) and all-zero blocks are not written; either
+    /// becomes a hole of the top (punched if the top held bytes there, such
+    /// as an unflushed write from before a crash, so it reads zero).
     pub fn flatten_step(&self, max_blocks: u64) -> io::Result<u64> {
         self.check_usable()?;
         let chunk = (FLATTEN_CHUNK_BYTES >> self.shift).max(1);
@@ -560,10 +608,7 @@ impl Layered {
                     if run.in_top {
                         continue;
                     }
-                    let at = run.start << self.shift;
-                    buf.resize(((run.end - run.start) << self.shift) as usize, 0);
-                    self.lower.read_lower(&mut buf, at)?;
-                    self.top.write_at(&buf, at)?;
+                    self.copy_up_thin(run.start << self.shift, run.end << self.shift, &mut buf)?;
                     self.mark(run.start, run.end);
                     copied += run.end - run.start;
                 }
@@ -739,6 +784,24 @@ impl Layered {
         let mut bytes = vec![0u8; (hi - lo) as usize];
         self.lower.read_lower(&mut bytes, lo)?;
         self.top.write_at(&bytes, lo)
+    }
+
+    /// Copies blocks `lo..hi` (byte offsets, whole blocks) from the lower
+    /// into the top, leaving holes for the lower's holes and zero blocks.
+    /// The caller holds the blocks' locks.
+    fn copy_up_thin(&self, lo: u64, hi: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        let bs = u64::from(self.block_size);
+        let data = match self.lower.next_data(lo)? {
+            Some(d) => (d / bs * bs).clamp(lo, hi),
+            None => hi,
+        };
+        self.top.zero_range(lo, data - lo)?;
+        if data < hi {
+            buf.resize((hi - data) as usize, 0);
+            self.lower.read_lower(buf, data)?;
+            self.top.write_thin(buf, data, bs)?;
+        }
+        Ok(())
     }
 
     /// Zeroes `lo..hi`, less than two blocks, by writing zeroes.
