@@ -197,7 +197,11 @@ fn a_thin_volume_stays_thin_through_failover_reverse_failback_reverse() {
         "read -P 0 1000M 16M".to_string(),
     ];
     for k in 2..16u64 {
-        reads.push(format!("read -P 0x{:02x} {} 64k", 0x40 + k, k * 64 * MIB + MIB));
+        reads.push(format!(
+            "read -P 0x{:02x} {} 64k",
+            0x40 + k,
+            k * 64 * MIB + MIB
+        ));
     }
     for k in 0..4u64 {
         reads.push(format!(
@@ -250,4 +254,92 @@ fn a_thin_volume_stays_thin_through_failover_reverse_failback_reverse() {
         over.is_empty(),
         "copies allocated more than {bound} bytes (data written {written} + 10 % + {METADATA_ALLOWANCE}): {over:#?}"
     );
+}
+
+/// Allocated bytes of the file at `path`.
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .blocks()
+        * 512
+}
+
+/// A seed exported from a thin volume is as thin (holes not read, zero
+/// blocks not written), and the seeded start that makes it the replica's
+/// base leaves a block zeroed at the primary since as a hole of the base.
+#[test]
+fn an_exported_seed_and_the_seeded_base_stay_thin() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    let url = a.create_volume("d0", "256M");
+    // 64 × 4 KiB, one every 4 MiB: 256 KiB of data in 256 MiB.
+    let writes: Vec<String> = (0..64u64)
+        .map(|k| format!("write -P 0x{:02x} {} 4k", 0x10 + k, k * 4 * MIB))
+        .collect();
+    let cmds: Vec<&str> = writes.iter().map(String::as_str).collect();
+    qemu_io(&url, &cmds);
+    let written = 64 * 4 * KIB;
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &["--rpo", "24h"]);
+    let seed = a.scratch().join("seed");
+    let seed_s = seed.display().to_string();
+    let e = a.json(&["group", "export-seed", "g", "--to", &seed_s]);
+    assert_eq!(u(&e, "bytes"), written, "{e}");
+    let seed_alloc = allocated(&seed.join("d0.img"));
+    eprintln!(
+        "seed of {} KiB of data: {} KiB allocated",
+        written / KIB,
+        seed_alloc / KIB
+    );
+    let bound = written + written / 10 + METADATA_ALLOWANCE;
+    assert!(
+        seed_alloc <= bound,
+        "the seed of {written} bytes of data takes {seed_alloc} bytes"
+    );
+
+    // After the export the primary zeroes one block (as data, the way a
+    // guest zeroing a block does) and writes another.
+    qemu_io(&url, &["write -P 0 0 4k", "write -P 0x77 100M 4k"]);
+    a.json(&["group", "start", "g", "--seed", &seed_s]);
+    wait_group(&a, "g", "replicating", GROUP_LIMIT, |s| {
+        s["state"] == "replicating"
+    });
+    verify_clean(&a, "g");
+    let base = b
+        .scratch()
+        .join("replicas-of-site-a")
+        .join("site-a")
+        .join("g")
+        .join("base")
+        .join("d0.img");
+    let base_alloc = allocated(&base);
+    eprintln!("seeded base: {} KiB allocated", base_alloc / KIB);
+    assert!(
+        base_alloc <= bound,
+        "the seeded base of {written} bytes of data takes {base_alloc} bytes"
+    );
+    // Block 0 was data in the seed and is a hole of the base now: the
+    // base holds 63 + 1 data blocks, not 65.
+    let base_file = std::fs::File::open(&base).unwrap();
+    let mut block = vec![1u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&base_file, &mut block, 0).unwrap();
+    assert!(
+        block.iter().all(|&x| x == 0),
+        "block 0 reads zero in the base"
+    );
+    assert!(
+        !seed_has_data_at_zero(&base),
+        "block 0 of the base should be a hole, not written zeroes"
+    );
+}
+
+/// Whether the file has data (not a hole) in its first 4 KiB (`SEEK_DATA`).
+fn seed_has_data_at_zero(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)) {
+        Ok(d) => d < 4096,
+        Err(rustix::io::Errno::NXIO) => false,
+        Err(e) => panic!("SEEK_DATA on {}: {e}", path.display()),
+    }
 }

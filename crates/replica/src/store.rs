@@ -442,17 +442,24 @@ impl ReplicaStore {
         let view = view(&st, pit)?;
         let (base, _) = data_extent(&vol.base().file, offset, size)
             .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
-        let mut next = (base < size).then_some(base);
+        // The nearest so far (`size`: none); a segment's scan stops there,
+        // so runs of zero entries past it are not walked.
+        let mut next = base;
         let first = offset / bs;
         for p in view {
             let seg = &p.segs[v];
-            let from = seg.range(first, vol.nblocks).start;
-            if let Some(pos) = (from..seg.len()).find(|&pos| !seg.is_zero(pos)) {
+            for pos in seg.range(first, vol.nblocks) {
                 let at = (seg.block(pos) * bs).max(offset);
-                next = Some(next.map_or(at, |n| n.min(at)));
+                if at >= next {
+                    break;
+                }
+                if !seg.is_zero(pos) {
+                    next = at;
+                    break;
+                }
             }
         }
-        Ok(next)
+        Ok((next < size).then_some(next))
     }
 
     /// BLAKE3 of each block in `blocks` of `volume` as of `pit` (`None`:
@@ -557,7 +564,8 @@ impl ReplicaStore {
     }
 
     /// Writes `data` at `offset` of `volume`'s base image, for the initial
-    /// copy; allowed only while no PIT exists. Not durable until
+    /// copy; allowed only while no PIT exists. All-zero blocks become holes
+    /// instead of being written. Not durable until
     /// [`ReplicaStore::sync_base`] (or the first commit, which syncs it).
     pub fn write_base(&self, volume: &str, offset: u64, data: &[u8]) -> Result<(), ReplicaError> {
         let inner = &*self.inner;

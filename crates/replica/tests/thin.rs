@@ -47,7 +47,10 @@ fn base_writes_of_zero_blocks_allocate_nothing_and_zero_old_data() {
     store.write_base("v", (40 << 20) + 100, &[5u8; 10]).unwrap();
     store.write_base("v", (40 << 20) + 100, &[0u8; 3]).unwrap();
     store.sync_base().unwrap();
-    assert!(read(&store, None, 0, 16 << 20) == chunk, "the base reads the chunk");
+    assert!(
+        read(&store, None, 0, 16 << 20) == chunk,
+        "the base reads the chunk"
+    );
     let tail = read(&store, None, (40 << 20) + 100, 10);
     assert_eq!(tail, [0, 0, 0, 5, 5, 5, 5, 5, 5, 5]);
     let a = allocated(&base);
@@ -60,7 +63,9 @@ fn merging_zero_blocks_into_the_base_punches_them_and_next_data_skips_holes() {
     let store = ReplicaStore::create(dir.path().join("g"), &spec()).unwrap();
     let base = store.base_path("v");
     assert_eq!(store.next_data(None, "v", 0).unwrap(), None);
-    store.write_base("v", 10 << 20, &vec![1u8; 1 << 20]).unwrap();
+    store
+        .write_base("v", 10 << 20, &vec![1u8; 1 << 20])
+        .unwrap();
     store.sync_base().unwrap();
     assert_eq!(store.next_data(None, "v", 0).unwrap(), Some(10 << 20));
     assert_eq!(store.next_data(None, "v", 11 << 20).unwrap(), None);
@@ -68,7 +73,8 @@ fn merging_zero_blocks_into_the_base_punches_them_and_next_data_skips_holes() {
     // PIT 1: zeroes over half of the base's data, data at block 5000.
     let mut w = store.begin_pit().unwrap();
     for b in 0..128 {
-        w.write_block("v", (10 << 20) / BS + b, &[0u8; BS as usize]).unwrap();
+        w.write_block("v", (10 << 20) / BS + b, &[0u8; BS as usize])
+            .unwrap();
     }
     w.write_block("v", 5000, &[3u8; BS as usize]).unwrap();
     let p1 = w.commit(None, "2026-12-06T12:00:00Z".into()).unwrap().id;
@@ -84,16 +90,27 @@ fn merging_zero_blocks_into_the_base_punches_them_and_next_data_skips_holes() {
         store.next_data(Some(p2), "v", 100 * BS + 7).unwrap(),
         Some(100 * BS + 7)
     );
-    assert_eq!(store.next_data(Some(p1), "v", 11 << 20).unwrap(), Some(5000 * BS));
+    assert_eq!(
+        store.next_data(Some(p1), "v", 11 << 20).unwrap(),
+        Some(5000 * BS)
+    );
     assert_eq!(store.next_data(Some(p2), "v", 5001 * BS).unwrap(), None);
     // Whatever it says, nothing before it is anything but zeroes.
     for pit in [None, Some(p1), Some(p2)] {
         let mut at = 0;
         while let Some(d) = store.next_data(pit, "v", at).unwrap() {
-            assert!(read(&store, pit, at, (d - at) as usize).iter().all(|&b| b == 0));
+            assert!(
+                read(&store, pit, at, (d - at) as usize)
+                    .iter()
+                    .all(|&b| b == 0)
+            );
             at = (d / BS + 1) * BS;
         }
-        assert!(read(&store, pit, at, (SIZE - at) as usize).iter().all(|&b| b == 0));
+        assert!(
+            read(&store, pit, at, (SIZE - at) as usize)
+                .iter()
+                .all(|&b| b == 0)
+        );
     }
 
     // Retention merges PIT 1 into the base: its zero blocks become holes.
@@ -104,9 +121,19 @@ fn merging_zero_blocks_into_the_base_punches_them_and_next_data_skips_holes() {
         after + (512 << 10) <= before + BS,
         "merging 512 KiB of zeroes freed {before} -> {after} bytes"
     );
-    assert!(read(&store, Some(p2), 10 << 20, 512 << 10).iter().all(|&b| b == 0));
-    assert!(read(&store, Some(p2), (10 << 20) + (512 << 10), 512 << 10)
-        .iter()
-        .all(|&b| b == 1));
-    assert!(read(&store, Some(p2), 5000 * BS, BS as usize).iter().all(|&b| b == 3));
+    assert!(
+        read(&store, Some(p2), 10 << 20, 512 << 10)
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(
+        read(&store, Some(p2), (10 << 20) + (512 << 10), 512 << 10)
+            .iter()
+            .all(|&b| b == 1)
+    );
+    assert!(
+        read(&store, Some(p2), 5000 * BS, BS as usize)
+            .iter()
+            .all(|&b| b == 3)
+    );
 }

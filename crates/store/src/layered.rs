@@ -3,7 +3,10 @@
 //! **top** layer. A test-failover clone or a promoted replica is usable as
 //! soon as the two (empty) top files exist, whatever the volume's size; the
 //! lower can be copied up in the background ([`Layered::flatten_step`]) until
-//! the top holds every block and the lower is no longer needed.
+//! the top holds every block and the lower is no longer needed. Copying up
+//! keeps the top as thin as the lower: the lower's holes
+//! ([`Lower::next_data`]) are not read and its zero blocks are not written,
+//! they stay (or become) holes of the top that the map marks present.
 //!
 //! # What it owns
 //!
@@ -234,6 +237,11 @@ pub struct Layered {
     failed: AtomicBool,
     /// Every block below this is present (a hint for `flatten_step`).
     flatten_from: AtomicU64,
+    /// The last answer of [`Lower::next_data`]: the lower's bytes in
+    /// `.0 .. .1` are zeroes (`.1` = size: only zeroes follow). The lower
+    /// never changes, so it stays true; flattening asks chunk after chunk
+    /// across one long hole, and a lower may take time to answer.
+    lower_zero: Mutex<(u64, u64)>,
 }
 
 impl fmt::Debug for Layered {
@@ -389,6 +397,7 @@ impl Layered {
             flush_tickets: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             flatten_from: AtomicU64::new(0),
+            lower_zero: Mutex::new((0, 0)),
         }
     }
 
@@ -559,7 +568,7 @@ impl Layered {
                 let found = if run.in_top {
                     self.top.next_data(lo)?
                 } else {
-                    self.lower.next_data(lo)?
+                    self.lower_next_data(lo)?
                 };
                 if let Some(x) = found
                     && x < hi
@@ -786,12 +795,31 @@ impl Layered {
         self.top.write_at(&bytes, lo)
     }
 
+    /// [`Lower::next_data`], answered from `lower_zero` when it covers `at`.
+    fn lower_next_data(&self, at: u64) -> io::Result<Option<u64>> {
+        let known = *self
+            .lower_zero
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next = if (known.0..known.1).contains(&at) {
+            known.1
+        } else {
+            let next = self.lower.next_data(at)?.unwrap_or(self.size).max(at);
+            *self
+                .lower_zero
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = (at, next);
+            next
+        };
+        Ok((next < self.size).then_some(next))
+    }
+
     /// Copies blocks `lo..hi` (byte offsets, whole blocks) from the lower
     /// into the top, leaving holes for the lower's holes and zero blocks.
     /// The caller holds the blocks' locks.
     fn copy_up_thin(&self, lo: u64, hi: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         let bs = u64::from(self.block_size);
-        let data = match self.lower.next_data(lo)? {
+        let data = match self.lower_next_data(lo)? {
             Some(d) => (d / bs * bs).clamp(lo, hi),
             None => hi,
         };

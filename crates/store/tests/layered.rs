@@ -663,6 +663,7 @@ struct SparseLower {
     bytes: Vec<u8>,
     holes: bool,
     read: std::sync::atomic::AtomicU64,
+    asked: std::sync::atomic::AtomicU64,
 }
 
 impl Lower for SparseLower {
@@ -674,6 +675,7 @@ impl Lower for SparseLower {
     }
 
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
         if !self.holes {
             return Ok(Some(offset));
         }
@@ -709,6 +711,7 @@ fn flattening_a_thin_lower_keeps_the_top_thin() {
             bytes: bytes.clone(),
             holes,
             read: Default::default(),
+            asked: Default::default(),
         });
         let l = Layered::create(dir.path(), "v", BIG, BS, lower.clone()).unwrap();
         let mut expect = bytes;
@@ -743,10 +746,17 @@ fn flattening_a_thin_lower_keeps_the_top_thin() {
                 read <= 5 * (1 << 20),
                 "holes={holes}: {read} bytes of the lower were read for 5 data blocks"
             );
+            // Each long hole is asked about once, not once per 1 MiB chunk
+            // of it (64 chunks).
+            let asked = lower.asked.load(Ordering::Relaxed);
+            assert!(asked <= 20, "the lower was asked for data {asked} times");
         }
         // Its holes are reported too.
         assert_eq!(l.next_data(0).unwrap(), Some(3 * 4096));
-        assert_eq!(l.next_data(16383 * 4096 + 1).unwrap(), Some(16383 * 4096 + 1));
+        assert_eq!(
+            l.next_data(16383 * 4096 + 1).unwrap(),
+            Some(16383 * 4096 + 1)
+        );
         let tail = l.next_data(16384 * 4096).unwrap();
         assert!(tail.is_none_or(|t| t >= BIG), "{tail:?}");
     }
@@ -764,6 +774,7 @@ fn next_data_of_a_layer_looks_at_both_layers() {
         bytes,
         holes: true,
         read: Default::default(),
+        asked: Default::default(),
     });
     let l = Layered::create(dir.path(), "v", BIG, BS, lower).unwrap();
     assert_eq!(l.next_data(0).unwrap(), Some(2000 * 4096));
@@ -773,5 +784,8 @@ fn next_data_of_a_layer_looks_at_both_layers() {
     assert!(after.is_none_or(|x| x >= BIG), "{after:?}");
     l.write_at(&[5; 4096], 100 * 4096, false).unwrap();
     assert_eq!(l.next_data(0).unwrap(), Some(100 * 4096));
-    assert_eq!(l.next_data(100 * 4096 + 4095).unwrap(), Some(100 * 4096 + 4095));
+    assert_eq!(
+        l.next_data(100 * 4096 + 4095).unwrap(),
+        Some(100 * 4096 + 4095)
+    );
 }
