@@ -266,12 +266,42 @@ fn allocated(path: &Path) -> u64 {
 
 /// A seed exported from a thin volume is as thin (holes not read, zero
 /// blocks not written), and the seeded start that makes it the replica's
-/// base leaves a block zeroed at the primary since as a hole of the base.
+/// base (by a rename) leaves a block zeroed at the primary since as a hole
+/// of the base.
 #[test]
 fn an_exported_seed_and_the_seeded_base_stay_thin() {
     if !have_tools(&["qemu-io"]) {
         return;
     }
+    seeded_start_stays_thin(None);
+}
+
+/// The same with the seed on another file system (tmpfs), which the
+/// replica copies into its base instead of renaming it.
+#[test]
+fn a_seed_copied_from_another_file_system_makes_a_thin_base() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    let other_fs = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.dev()).ok()
+            != std::fs::metadata(std::env::temp_dir())
+                .map(|m| m.dev())
+                .ok()
+    };
+    if !shm.is_dir() || !other_fs(shm) {
+        eprintln!("skipping: /dev/shm is missing or on the temp dir's file system");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).expect("temp dir in /dev/shm");
+    seeded_start_stays_thin(Some(dir.path()));
+}
+
+/// Exports a seed of a thin 256 MiB volume (into `seed_parent`, or the
+/// site's scratch directory), starts the group from it and checks the
+/// seed and the replica's base.
+fn seeded_start_stays_thin(seed_parent: Option<&Path>) {
     let (a, b) = group_pair();
     let url = a.create_volume("d0", "256M");
     // 64 × 4 KiB, one every 4 MiB: 256 KiB of data in 256 MiB.
@@ -282,7 +312,9 @@ fn an_exported_seed_and_the_seeded_base_stay_thin() {
     qemu_io(&url, &cmds);
     let written = 64 * 4 * KIB;
     create_group(&a, "g", "site-b", &["--volume", "d0"], &["--rpo", "24h"]);
-    let seed = a.scratch().join("seed");
+    let seed = seed_parent
+        .map_or_else(|| a.scratch(), Path::to_path_buf)
+        .join("seed");
     let seed_s = seed.display().to_string();
     let e = a.json(&["group", "export-seed", "g", "--to", &seed_s]);
     assert_eq!(u(&e, "bytes"), written, "{e}");
@@ -306,6 +338,13 @@ fn an_exported_seed_and_the_seeded_base_stay_thin() {
         s["state"] == "replicating"
     });
     verify_clean(&a, "g");
+    // On the store's file system the seed was moved into the store; from
+    // another one it was copied.
+    assert_eq!(
+        seed.join("d0.img").exists(),
+        seed_parent.is_some(),
+        "seed image left behind?"
+    );
     let base = b
         .scratch()
         .join("replicas-of-site-a")
