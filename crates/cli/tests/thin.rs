@@ -135,7 +135,11 @@ fn a_thin_volume_stays_thin_through_failover_reverse_failback_reverse() {
     }
     let (mut a, b) = group_pair();
     authorize_primary(&a, "site-b", None);
-    a.create_volume("d0", "1G");
+    // 1 GiB unless `OFFSITE_THIN_VOLUME` names another size (at least
+    // 1G: the checks below read up to 1016 MiB), for measuring larger
+    // volumes.
+    let size = std::env::var("OFFSITE_THIN_VOLUME").unwrap_or_else(|_| "1G".into());
+    a.create_volume("d0", &size);
     create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
     // About 1 MiB at A, spread over the volume: 16 × 64 KiB, one every 64 MiB.
     let mut written = 0;
