@@ -589,16 +589,21 @@ impl Layered {
     /// Copies up to `max_blocks` blocks that are not in the top from the
     /// lower into the top (background flattening), lowest first; never
     /// overwrites a block a concurrent write put in the top. Returns how many
-    /// it copied (0 with `max_blocks > 0` = flat). Does not flush.
+    /// blocks it made present (0 with `max_blocks > 0` = flat). Does not
+    /// flush.
     ///
     /// The top stays as thin as the lower: the lower's holes are not read
     /// ([`Lower::next_data`]) and all-zero blocks are not written; either
     /// becomes a hole of the top (punched if the top held bytes there, such
-    /// as an unflushed write from before a crash, so it reads zero).
+    /// as an unflushed write from before a crash, so it reads zero). A hole
+    /// of the lower costs no copy, so it is made present whole, whatever
+    /// its length, and does not count against `max_blocks` (which bounds
+    /// the blocks read and written per call): a thin volume of any size
+    /// flattens in about as many calls as it has data extents.
     pub fn flatten_step(&self, max_blocks: u64) -> io::Result<u64> {
         self.check_usable()?;
         let chunk = (FLATTEN_CHUNK_BYTES >> self.shift).max(1);
-        let mut copied = 0;
+        let (mut copied, mut holes) = (0, 0);
         let mut buf = Vec::new();
         while copied < max_blocks {
             let from = self.flatten_from.load(Ordering::SeqCst);
@@ -607,9 +612,18 @@ impl Layered {
                 break;
             };
             self.flatten_from.fetch_max(g0, Ordering::SeqCst);
-            let end = g1
-                .min(g0.saturating_add(chunk))
-                .min(g0.saturating_add(max_blocks - copied));
+            // Blocks g0..hole_end read zero in the lower without data.
+            let hole_end = match self.lower_next_data(g0 << self.shift)? {
+                Some(d) => (d >> self.shift).min(g1),
+                None => g1,
+            };
+            let hole = hole_end > g0;
+            let end = if hole {
+                hole_end
+            } else {
+                g1.min(g0.saturating_add(chunk))
+                    .min(g0.saturating_add(max_blocks - copied))
+            };
             {
                 let _held = self.lock_blocks(g0, end - 1);
                 // Again under the locks: a write may have landed meanwhile.
@@ -619,12 +633,16 @@ impl Layered {
                     }
                     self.copy_up_thin(run.start << self.shift, run.end << self.shift, &mut buf)?;
                     self.mark(run.start, run.end);
-                    copied += run.end - run.start;
+                    if hole {
+                        holes += run.end - run.start;
+                    } else {
+                        copied += run.end - run.start;
+                    }
                 }
             }
             self.flatten_from.fetch_max(end, Ordering::SeqCst);
         }
-        Ok(copied)
+        Ok(copied + holes)
     }
 
     /// The blocks held by the top (for reverse replication: the blocks
