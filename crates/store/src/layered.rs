@@ -581,11 +581,6 @@ impl Layered {
         Ok(None)
     }
 
-    /// Bytes the top file occupies on disk.
-    pub fn top_allocated_bytes(&self) -> io::Result<u64> {
-        self.top.allocated_bytes()
-    }
-
     /// Copies up to `max_blocks` blocks that are not in the top from the
     /// lower into the top (background flattening), lowest first; never
     /// overwrites a block a concurrent write put in the top. Returns how many
