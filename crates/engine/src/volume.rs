@@ -104,11 +104,12 @@ impl VolumeData {
     }
 
     /// The first byte at or after `offset` that may hold data (holes of a
-    /// plain file are skipped; a layered volume says "data" everywhere).
+    /// plain file are skipped; a layered volume looks at its top where it
+    /// holds the blocks and at its PIT elsewhere).
     pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         match self {
             VolumeData::Plain(f) => f.next_data(offset),
-            VolumeData::Layered(l) => Ok((offset < l.size()).then_some(offset)),
+            VolumeData::Layered(l) => l.next_data(offset),
         }
     }
 
@@ -216,6 +217,17 @@ impl Lower for PitLower {
             .read(Some(self.pit), &self.volume, offset, buf)
             .map_err(|e| {
                 io::Error::other(format!("reading PIT {} of {}: {e}", self.pit, self.volume))
+            })
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.store
+            .next_data(Some(self.pit), &self.volume, offset)
+            .map_err(|e| {
+                io::Error::other(format!(
+                    "looking for data in PIT {} of {}: {e}",
+                    self.pit, self.volume
+                ))
             })
     }
 }

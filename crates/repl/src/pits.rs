@@ -369,18 +369,36 @@ impl Replication {
                     .open(&path)
                     .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
                     .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+                // The seed is as thin as the volume: its holes are not read
+                // (SEEK_DATA) and its zero blocks not written (the file was
+                // just truncated, so they read zero), since the seed may
+                // become the replica's base as it is.
                 const CHUNK: u64 = 1 << 20;
+                let read_err = |e| invalid(format!("reading volume {}: {e}", v.volume));
                 let mut buf = vec![0u8; CHUNK as usize];
                 let mut offset = 0;
                 while offset < v.size_bytes {
+                    match vol.file().next_data(offset).map_err(read_err)? {
+                        None => break,
+                        Some(at) if at >= offset + CHUNK => {
+                            offset = at / CHUNK * CHUNK;
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
                     let n = (v.size_bytes - offset).min(CHUNK) as usize;
                     vol.file()
                         .read_at(&mut buf[..n], offset)
-                        .map_err(|e| invalid(format!("reading volume {}: {e}", v.volume)))?;
-                    if buf[..n].iter().any(|&b| b != 0) {
-                        out.write_all_at(&buf[..n], offset)
+                        .map_err(read_err)?;
+                    let runs = offsite_store::zero_runs(&buf[..n], offset, u64::from(v.block_size));
+                    for (at, len, zero) in runs {
+                        if zero {
+                            continue;
+                        }
+                        let part = &buf[(at - offset) as usize..(at - offset + len) as usize];
+                        out.write_all_at(part, at)
                             .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
-                        bytes += n as u64;
+                        bytes += len;
                     }
                     offset += n as u64;
                 }

@@ -69,8 +69,9 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 }
 
 /// Makes a seed's images the base images: moved into the store when they
-/// are on its file system, else copied (non-zero chunks only: the block
-/// comparison that follows corrects anything else).
+/// are on its file system, else copied (data only: holes are skipped and
+/// `write_base` leaves zero blocks as holes; the block comparison that
+/// follows corrects anything else).
 fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
     let dir = Path::new(&req.path);
@@ -149,6 +150,18 @@ fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(
         let mut buf = vec![0u8; CHUNK as usize];
         let mut offset = 0;
         while offset < spec.size_bytes {
+            // The seed's holes are zeroes the sparse base reads already:
+            // jump over them without reading (SEEK_DATA; a file system
+            // without it says "data" and the chunk is read).
+            let data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(offset)) {
+                Ok(at) => at,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => offset,
+            };
+            if data >= offset + CHUNK {
+                offset = data / CHUNK * CHUNK;
+                continue;
+            }
             let n = (spec.size_bytes - offset).min(CHUNK) as usize;
             file.read_exact_at(&mut buf[..n], offset)
                 .map_err(|e| format!("reading seed image {}: {e}", file_path.display()))?;

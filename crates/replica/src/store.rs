@@ -418,6 +418,50 @@ impl ReplicaStore {
         Ok(())
     }
 
+    /// The first byte at or after `offset` of `volume` as of `pit` (`None`:
+    /// the base alone) that may not be zero, or `None` when only zeroes
+    /// follow: the nearer of the base image's next data (`SEEK_DATA`) and
+    /// the first data entry at or after it in the view's segments. Zero
+    /// entries over base data only make it say "data" early, never late.
+    /// Lets a promoted volume be flattened without reading the holes.
+    pub fn next_data(
+        &self,
+        pit: Option<PitId>,
+        volume: &str,
+        offset: u64,
+    ) -> Result<Option<u64>, ReplicaError> {
+        let inner = &*self.inner;
+        let v = inner.vol_index(volume)?;
+        let vol = &inner.vols[v];
+        let size = vol.spec.size_bytes;
+        if offset >= size {
+            return Ok(None);
+        }
+        let bs = vol.bs() as u64;
+        let st = inner.read_state();
+        let view = view(&st, pit)?;
+        let (base, _) = data_extent(&vol.base().file, offset, size)
+            .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+        // The nearest so far (`size`: none); a segment's scan stops there,
+        // so runs of zero entries past it are not walked.
+        let mut next = base;
+        let first = offset / bs;
+        for p in view {
+            let seg = &p.segs[v];
+            for pos in seg.range(first, vol.nblocks) {
+                let at = (seg.block(pos) * bs).max(offset);
+                if at >= next {
+                    break;
+                }
+                if !seg.is_zero(pos) {
+                    next = at;
+                    break;
+                }
+            }
+        }
+        Ok((next < size).then_some(next))
+    }
+
     /// BLAKE3 of each block in `blocks` of `volume` as of `pit` (`None`:
     /// the base). Segment blocks use their stored hashes (checked against
     /// the data by reads and [`ReplicaStore::verify_pit`]); base blocks are
@@ -520,7 +564,8 @@ impl ReplicaStore {
     }
 
     /// Writes `data` at `offset` of `volume`'s base image, for the initial
-    /// copy; allowed only while no PIT exists. Not durable until
+    /// copy; allowed only while no PIT exists. All-zero blocks become holes
+    /// instead of being written. Not durable until
     /// [`ReplicaStore::sync_base`] (or the first commit, which syncs it).
     pub fn write_base(&self, volume: &str, offset: u64, data: &[u8]) -> Result<(), ReplicaError> {
         let inner = &*self.inner;
@@ -548,21 +593,22 @@ impl ReplicaStore {
         }
         ops.base_dirty = true;
         let files = vol.base();
-        match &files.direct {
-            Some(direct)
-                if offset.is_multiple_of(DIRECT_ALIGN) && len.is_multiple_of(DIRECT_ALIGN) =>
-            {
-                // O_DIRECT wants the memory aligned too: copy into an
-                // aligned window of a slightly larger buffer.
-                let mut scratch = vec![0u8; data.len() + DIRECT_ALIGN as usize];
-                let start = scratch.as_ptr().align_offset(DIRECT_ALIGN as usize);
-                let window = &mut scratch[start..start + data.len()];
-                window.copy_from_slice(data);
-                fsx::write_at(direct, &vol.base_path, window, offset)
-            }
-            _ => fsx::write_at(&files.file, &vol.base_path, data, offset),
+        // The base stays as thin as the data: all-zero blocks are not
+        // written but made holes (punched where the base held data, as a
+        // seeded base may), so a full copy or a seed with zero blocks does
+        // not allocate them.
+        let bs = vol.bs() as u64;
+        let mut at = offset;
+        for (zero, run) in thin_runs(data, offset, bs) {
+            let r = if zero {
+                zero_base(&files.file, &vol.base_path, at, run.len() as u64)
+            } else {
+                write_base_run(&files, &vol.base_path, run, at)
+            };
+            r.map_err(|e| inner.poison(e))?;
+            at += run.len() as u64;
         }
-        .map_err(|e| inner.poison(e))
+        Ok(())
     }
 
     /// Makes every [`ReplicaStore::write_base`] so far durable.
@@ -654,6 +700,63 @@ impl ReplicaStore {
         result.map_err(|e| inner.poison(e))?;
         inner.write_state().damaged.clear();
         Ok(damaged.into_iter().map(|d| d.id).collect())
+    }
+}
+
+/// Splits `data`, the bytes at `offset` of a volume, at every multiple of
+/// `bs` into maximal runs of all-zero and of other blocks, in order.
+fn thin_runs(data: &[u8], offset: u64, bs: u64) -> Vec<(bool, &[u8])> {
+    // (zero, start, end) in `data`.
+    let mut runs: Vec<(bool, usize, usize)> = Vec::new();
+    let mut i = 0usize;
+    while i < data.len() {
+        let at = offset + i as u64;
+        let next = (((at / bs + 1) * bs - offset) as usize).min(data.len());
+        let zero = crate::writer::is_zero(&data[i..next]);
+        match runs.last_mut() {
+            Some((z, _, end)) if *z == zero => *end = next,
+            _ => runs.push((zero, i, next)),
+        }
+        i = next;
+    }
+    runs.into_iter()
+        .map(|(zero, a, b)| (zero, &data[a..b]))
+        .collect()
+}
+
+/// Makes `len` bytes at `offset` of a base image read as zeroes: left alone
+/// where the image holds no data already, punched elsewhere.
+fn zero_base(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), ReplicaError> {
+    let (data, _) =
+        data_extent(file, offset, offset + len).map_err(|e| ReplicaError::io("seek", path, e))?;
+    if data < offset + len {
+        fsx::punch_hole(file, path, offset, len)?;
+    }
+    Ok(())
+}
+
+/// Writes `data` at `offset` of a base image, through its `O_DIRECT`
+/// descriptor when the range is aligned for it.
+fn write_base_run(
+    files: &BaseFiles,
+    path: &Path,
+    data: &[u8],
+    offset: u64,
+) -> Result<(), ReplicaError> {
+    match &files.direct {
+        Some(direct)
+            if offset.is_multiple_of(DIRECT_ALIGN)
+                && (data.len() as u64).is_multiple_of(DIRECT_ALIGN) =>
+        {
+            // O_DIRECT wants the memory aligned too: copy into an
+            // aligned window of a slightly larger buffer.
+            let mut scratch = vec![0u8; data.len() + DIRECT_ALIGN as usize];
+            let start = scratch.as_ptr().align_offset(DIRECT_ALIGN as usize);
+            let window = &mut scratch[start..start + data.len()];
+            window.copy_from_slice(data);
+            fsx::write_at(direct, path, window, offset)
+        }
+        _ => fsx::write_at(&files.file, path, data, offset),
     }
 }
 

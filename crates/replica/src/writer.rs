@@ -24,7 +24,7 @@ pub struct PitWriter {
 }
 
 /// Whether `data` is all zero bytes.
-fn is_zero(data: &[u8]) -> bool {
+pub(crate) fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(16);
     chunks
         .by_ref()

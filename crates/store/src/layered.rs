@@ -3,7 +3,10 @@
 //! **top** layer. A test-failover clone or a promoted replica is usable as
 //! soon as the two (empty) top files exist, whatever the volume's size; the
 //! lower can be copied up in the background ([`Layered::flatten_step`]) until
-//! the top holds every block and the lower is no longer needed.
+//! the top holds every block and the lower is no longer needed. Copying up
+//! keeps the top as thin as the lower: the lower's holes
+//! ([`Lower::next_data`]) are not read and its zero blocks are not written,
+//! they stay (or become) holes of the top that the map marks present.
 //!
 //! # What it owns
 //!
@@ -86,6 +89,14 @@ use crate::{StoreError, VolumeFile, sync_dir, write_durably};
 pub trait Lower: Send + Sync {
     /// Fills `buf` with the lower image's bytes at `offset` (within size).
     fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The first byte at or after `offset` that may not be zero, or `None`
+    /// when only zeroes follow: every byte before it reads as zero. Lets
+    /// flattening skip the lower's holes without reading them. The default
+    /// says "data" everywhere, which is correct, only slower.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
 }
 
 /// First 8 bytes of a map file.
@@ -226,6 +237,11 @@ pub struct Layered {
     failed: AtomicBool,
     /// Every block below this is present (a hint for `flatten_step`).
     flatten_from: AtomicU64,
+    /// The last answer of [`Lower::next_data`]: the lower's bytes in
+    /// `.0 .. .1` are zeroes (`.1` = size: only zeroes follow). The lower
+    /// never changes, so it stays true; flattening asks chunk after chunk
+    /// across one long hole, and a lower may take time to answer.
+    lower_zero: Mutex<(u64, u64)>,
 }
 
 impl fmt::Debug for Layered {
@@ -381,6 +397,7 @@ impl Layered {
             flush_tickets: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             flatten_from: AtomicU64::new(0),
+            lower_zero: Mutex::new((0, 0)),
         }
     }
 
@@ -534,14 +551,54 @@ impl Layered {
         self.present_blocks() == self.nblocks
     }
 
+    /// The first byte at or after `offset` that may not be zero (`None`:
+    /// only zeroes follow), from the top's `SEEK_DATA` where the top holds
+    /// the blocks and the lower's [`Lower::next_data`] elsewhere. Lets a
+    /// reader of the volume (a seed export, an initial copy) skip its holes.
+    pub fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        /// Blocks examined per look at the present set.
+        const WINDOW: u64 = 1 << 16;
+        let mut at = offset;
+        while at < self.size {
+            let first = at >> self.shift;
+            let last = (first + WINDOW - 1).min(self.nblocks - 1);
+            for run in self.runs(first, last) {
+                let lo = (run.start << self.shift).max(at);
+                let hi = run.end << self.shift;
+                let found = if run.in_top {
+                    self.top.next_data(lo)?
+                } else {
+                    self.lower_next_data(lo)?
+                };
+                if let Some(x) = found
+                    && x < hi
+                {
+                    return Ok(Some(x.max(lo)));
+                }
+            }
+            at = (last + 1) << self.shift;
+        }
+        Ok(None)
+    }
+
     /// Copies up to `max_blocks` blocks that are not in the top from the
     /// lower into the top (background flattening), lowest first; never
     /// overwrites a block a concurrent write put in the top. Returns how many
-    /// it copied (0 with `max_blocks > 0` = flat). Does not flush.
+    /// blocks it made present (0 with `max_blocks > 0` = flat). Does not
+    /// flush.
+    ///
+    /// The top stays as thin as the lower: the lower's holes are not read
+    /// ([`Lower::next_data`]) and all-zero blocks are not written; either
+    /// becomes a hole of the top (punched if the top held bytes there, such
+    /// as an unflushed write from before a crash, so it reads zero). A hole
+    /// of the lower costs no copy, so it is made present whole, whatever
+    /// its length, and does not count against `max_blocks` (which bounds
+    /// the blocks read and written per call): a thin volume of any size
+    /// flattens in about as many calls as it has data extents.
     pub fn flatten_step(&self, max_blocks: u64) -> io::Result<u64> {
         self.check_usable()?;
         let chunk = (FLATTEN_CHUNK_BYTES >> self.shift).max(1);
-        let mut copied = 0;
+        let (mut copied, mut holes) = (0, 0);
         let mut buf = Vec::new();
         while copied < max_blocks {
             let from = self.flatten_from.load(Ordering::SeqCst);
@@ -550,9 +607,18 @@ impl Layered {
                 break;
             };
             self.flatten_from.fetch_max(g0, Ordering::SeqCst);
-            let end = g1
-                .min(g0.saturating_add(chunk))
-                .min(g0.saturating_add(max_blocks - copied));
+            // Blocks g0..hole_end read zero in the lower without data.
+            let hole_end = match self.lower_next_data(g0 << self.shift)? {
+                Some(d) => (d >> self.shift).min(g1),
+                None => g1,
+            };
+            let hole = hole_end > g0;
+            let end = if hole {
+                hole_end
+            } else {
+                g1.min(g0.saturating_add(chunk))
+                    .min(g0.saturating_add(max_blocks - copied))
+            };
             {
                 let _held = self.lock_blocks(g0, end - 1);
                 // Again under the locks: a write may have landed meanwhile.
@@ -560,17 +626,18 @@ impl Layered {
                     if run.in_top {
                         continue;
                     }
-                    let at = run.start << self.shift;
-                    buf.resize(((run.end - run.start) << self.shift) as usize, 0);
-                    self.lower.read_lower(&mut buf, at)?;
-                    self.top.write_at(&buf, at)?;
+                    self.copy_up_thin(run.start << self.shift, run.end << self.shift, &mut buf)?;
                     self.mark(run.start, run.end);
-                    copied += run.end - run.start;
+                    if hole {
+                        holes += run.end - run.start;
+                    } else {
+                        copied += run.end - run.start;
+                    }
                 }
             }
             self.flatten_from.fetch_max(end, Ordering::SeqCst);
         }
-        Ok(copied)
+        Ok(copied + holes)
     }
 
     /// The blocks held by the top (for reverse replication: the blocks
@@ -739,6 +806,43 @@ impl Layered {
         let mut bytes = vec![0u8; (hi - lo) as usize];
         self.lower.read_lower(&mut bytes, lo)?;
         self.top.write_at(&bytes, lo)
+    }
+
+    /// [`Lower::next_data`], answered from `lower_zero` when it covers `at`.
+    fn lower_next_data(&self, at: u64) -> io::Result<Option<u64>> {
+        let known = *self
+            .lower_zero
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next = if (known.0..known.1).contains(&at) {
+            known.1
+        } else {
+            let next = self.lower.next_data(at)?.unwrap_or(self.size).max(at);
+            *self
+                .lower_zero
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = (at, next);
+            next
+        };
+        Ok((next < self.size).then_some(next))
+    }
+
+    /// Copies blocks `lo..hi` (byte offsets, whole blocks) from the lower
+    /// into the top, leaving holes for the lower's holes and zero blocks.
+    /// The caller holds the blocks' locks.
+    fn copy_up_thin(&self, lo: u64, hi: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        let bs = u64::from(self.block_size);
+        let data = match self.lower_next_data(lo)? {
+            Some(d) => (d / bs * bs).clamp(lo, hi),
+            None => hi,
+        };
+        self.top.zero_range(lo, data - lo)?;
+        if data < hi {
+            buf.resize((hi - data) as usize, 0);
+            self.lower.read_lower(buf, data)?;
+            self.top.write_thin(buf, data, bs)?;
+        }
+        Ok(())
     }
 
     /// Zeroes `lo..hi`, less than two blocks, by writing zeroes.

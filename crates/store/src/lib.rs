@@ -183,6 +183,35 @@ impl VolumeFile {
         Ok(())
     }
 
+    /// Makes `offset..offset + len` read as zeroes without allocating
+    /// anything: a range where the file holds no data (`SEEK_DATA`) is left
+    /// alone — punching it would cost a journal transaction for nothing —
+    /// anything else is punched.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.next_data(offset)? {
+            Some(at) if at < offset + len => self.punch_hole(offset, len),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `buf` at `offset` keeping the file thin: every `unit`-byte
+    /// block (aligned to the file) of `buf` that is all zeroes is not
+    /// written but made a hole ([`VolumeFile::zero_range`]: punched where
+    /// the file held data, so the bytes read zero either way). For whole
+    /// images copied into a sparse file (flattening, seeds), whose zero
+    /// blocks would otherwise all be allocated.
+    pub fn write_thin(&self, buf: &[u8], offset: u64, unit: u64) -> io::Result<()> {
+        for (at, len, zero) in zero_runs(buf, offset, unit) {
+            let part = &buf[(at - offset) as usize..(at - offset + len) as usize];
+            if zero {
+                self.zero_range(at, len)?;
+            } else {
+                self.write_at(part, at)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Start of the first byte at or after `offset` that the file has
     /// allocated (`SEEK_DATA`), or `None` when only holes follow. Lets a
     /// reader of a thin volume skip its holes instead of reading zeroes.
@@ -223,6 +252,33 @@ impl VolumeFile {
         }
         Ok(())
     }
+}
+
+/// Whether every byte of `buf` is zero (ORs 64 bytes at a time, which
+/// vectorizes).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(64).all(|c| c.iter().fold(0, |a, &x| a | x) == 0)
+}
+
+/// Splits `buf`, the bytes at `offset` of an image, at every multiple of
+/// `unit` (a power of two or not, at least 1) into maximal runs of all-zero
+/// or not-all-zero blocks: `(offset, len, zero)` in order, covering `buf`.
+/// Blocks cut by the ends of `buf` count by their part inside it.
+pub fn zero_runs(buf: &[u8], offset: u64, unit: u64) -> Vec<(u64, u64, bool)> {
+    let unit = unit.max(1);
+    let end = offset + buf.len() as u64;
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let next = ((at / unit + 1) * unit).min(end);
+        let zero = is_zero(&buf[(at - offset) as usize..(next - offset) as usize]);
+        match runs.last_mut() {
+            Some((_, len, z)) if *z == zero => *len += next - at,
+            _ => runs.push((at, next - at, zero)),
+        }
+        at = next;
+    }
+    runs
 }
 
 /// fsyncs a directory so that entries created or renamed in it are durable.
@@ -300,6 +356,51 @@ mod tests {
         assert_eq!(v.next_data((40 << 20) + (1 << 20)).unwrap(), None);
         assert_eq!(v.next_data(64 << 20).unwrap(), None);
         assert!(v.allocated_bytes().unwrap() >= 4096);
+    }
+
+    #[test]
+    fn zero_runs_split_at_block_boundaries() {
+        let mut buf = vec![0u8; 5 * 4096];
+        buf[4096 + 7] = 1;
+        buf[3 * 4096] = 2;
+        assert_eq!(
+            zero_runs(&buf, 0, 4096),
+            vec![
+                (0, 4096, true),
+                (4096, 4096, false),
+                (8192, 4096, true),
+                (12288, 4096, false),
+                (16384, 4096, true)
+            ]
+        );
+        // Unaligned: the partial blocks at both ends count by their part.
+        assert_eq!(
+            zero_runs(&buf[100..4096 + 8], 100, 4096),
+            vec![(100, 3996, true), (4096, 8, false)]
+        );
+        assert!(zero_runs(&[], 0, 4096).is_empty());
+        assert!(is_zero(&[0; 100]) && !is_zero(&[0, 0, 3]));
+    }
+
+    #[test]
+    fn write_thin_allocates_only_data_and_zeroes_old_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VolumeFile::create(&dir.path().join("v.img"), 64 << 20).unwrap();
+        // Old data where zeroes will land.
+        v.write_at(&vec![9u8; 1 << 20], 8 << 20).unwrap();
+        v.sync().unwrap();
+        // 16 MiB of an image holding one 4 KiB block of data.
+        let mut image = vec![0u8; 16 << 20];
+        image[(12 << 20)..(12 << 20) + 4096].fill(5);
+        v.write_thin(&image, 0, 4096).unwrap();
+        v.sync().unwrap();
+        let mut back = vec![1u8; 16 << 20];
+        v.read_at(&mut back, 0).unwrap();
+        assert!(back == image, "the file reads back the image");
+        // Only the data block (and a file system block or two of rounding)
+        // is allocated: neither the 16 MiB of zeroes nor the old data.
+        let allocated = v.allocated_bytes().unwrap();
+        assert!(allocated <= 64 << 10, "{allocated} bytes allocated");
     }
 
     #[test]

@@ -656,3 +656,145 @@ fn huge_layer_is_usable_at_once() {
     let elapsed = started.elapsed();
     assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
 }
+
+/// A sparse lower: mostly zeroes, with data in a few blocks; reports its
+/// holes (`next_data`) when `holes` is set, and counts the bytes read.
+struct SparseLower {
+    bytes: Vec<u8>,
+    holes: bool,
+    read: std::sync::atomic::AtomicU64,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl Lower for SparseLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = offset as usize;
+        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        if !self.holes {
+            return Ok(Some(offset));
+        }
+        Ok(self.bytes[offset as usize..]
+            .iter()
+            .position(|&b| b != 0)
+            .map(|i| offset + i as u64))
+    }
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Flattening a thin lower leaves the top as thin: zero blocks are holes
+/// (whether the lower reports its holes or only reads zeroes there), holes
+/// are not read, a block the top held unflushed bytes in before a crash
+/// reads the lower's zeroes, and the volume reads exactly the lower plus
+/// the writes.
+#[test]
+fn flattening_a_thin_lower_keeps_the_top_thin() {
+    const BIG: u64 = 64 << 20;
+    for holes in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0u8; BIG as usize];
+        // 5 data blocks spread over 64 MiB.
+        for b in [3u64, 1000, 5000, 9000, 16383] {
+            let at = (b * 4096) as usize;
+            bytes[at..at + 4096].copy_from_slice(&pattern(b, 4096));
+        }
+        let lower = Arc::new(SparseLower {
+            bytes: bytes.clone(),
+            holes,
+            read: Default::default(),
+            asked: Default::default(),
+        });
+        let l = Layered::create(dir.path(), "v", BIG, BS, lower.clone()).unwrap();
+        let mut expect = bytes;
+        // One write of data, flushed.
+        let w = pattern(7, 4096);
+        l.write_at(&w, 200 * 4096, true).unwrap();
+        expect[200 * 4096..201 * 4096].copy_from_slice(&w);
+        drop(l);
+        // Bytes in the top that the map does not claim (an unflushed write
+        // before a crash) must not show through once flattened.
+        {
+            use std::os::unix::fs::FileExt;
+            let top = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("v.top"))
+                .unwrap();
+            top.write_all_at(&[0xEE; 8192], 300 * 4096).unwrap();
+        }
+        let l = Layered::open(dir.path(), "v", BIG, BS, lower.clone()).unwrap();
+        // As the site's flattener calls it: 256 blocks (1 MiB) at a time.
+        let mut calls = 0;
+        while l.flatten_step(256).unwrap() > 0 {
+            calls += 1;
+        }
+        if holes {
+            // The lower's holes are made present whole: about one call per
+            // data extent, not one per 1 MiB of the 64 MiB.
+            assert!(calls <= 12, "{calls} calls of flatten_step(256)");
+        }
+        assert!(l.is_flat());
+        l.flush().unwrap();
+        assert!(read_all(&l) == expect, "holes={holes}: the image differs");
+        let top = allocated(&dir.path().join("v.top"));
+        assert!(
+            top <= 6 * 4096 + (64 << 10),
+            "holes={holes}: the top of a lower holding 20 KiB takes {top} bytes"
+        );
+        let read = lower.read.load(Ordering::Relaxed);
+        if holes {
+            assert!(
+                read <= 5 * (1 << 20),
+                "holes={holes}: {read} bytes of the lower were read for 5 data blocks"
+            );
+            // Each long hole is asked about once, not once per 1 MiB chunk
+            // of it (64 chunks).
+            let asked = lower.asked.load(Ordering::Relaxed);
+            assert!(asked <= 20, "the lower was asked for data {asked} times");
+        }
+        // Its holes are reported too.
+        assert_eq!(l.next_data(0).unwrap(), Some(3 * 4096));
+        assert_eq!(
+            l.next_data(16383 * 4096 + 1).unwrap(),
+            Some(16383 * 4096 + 1)
+        );
+        let tail = l.next_data(16384 * 4096).unwrap();
+        assert!(tail.is_none_or(|t| t >= BIG), "{tail:?}");
+    }
+}
+
+/// An unflattened layer finds data in the top where the top holds blocks
+/// and in the lower elsewhere.
+#[test]
+fn next_data_of_a_layer_looks_at_both_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    const BIG: u64 = 16 << 20;
+    let mut bytes = vec![0u8; BIG as usize];
+    bytes[(2000 * 4096)..(2000 * 4096) + 10].fill(1);
+    let lower = Arc::new(SparseLower {
+        bytes,
+        holes: true,
+        read: Default::default(),
+        asked: Default::default(),
+    });
+    let l = Layered::create(dir.path(), "v", BIG, BS, lower).unwrap();
+    assert_eq!(l.next_data(0).unwrap(), Some(2000 * 4096));
+    // Zeroes over the lower's data: a present hole.
+    l.write_zeroes(1990 * 4096, 20 * 4096, false).unwrap();
+    let after = l.next_data(0).unwrap();
+    assert!(after.is_none_or(|x| x >= BIG), "{after:?}");
+    l.write_at(&[5; 4096], 100 * 4096, false).unwrap();
+    assert_eq!(l.next_data(0).unwrap(), Some(100 * 4096));
+    assert_eq!(
+        l.next_data(100 * 4096 + 4095).unwrap(),
+        Some(100 * 4096 + 4095)
+    );
+}
