@@ -26,6 +26,11 @@ use crate::args::{
 use crate::output::Printer;
 
 fn main() -> ExitCode {
+    // Files this process creates are for its user only: `site init` and
+    // `demo` create data directories, `serve` VM disks and replica stores
+    // (the daemon sets the same umask itself); the helpers that create them
+    // also give explicit 0600/0700 modes where they can.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

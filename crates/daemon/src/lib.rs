@@ -26,8 +26,10 @@ use std::time::Duration;
 
 /// Runs the daemon for the site in `dir` until a termination signal.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
+    private_files();
     let layout = Layout::new(dir);
     let _lock = lock(&layout)?;
+    restrict_site_dir(&layout);
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
     let config = site.config().clone();
 
@@ -108,7 +110,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             "nbd": nbd_bound.to_string(),
             "listen": site.info().listen,
         });
-        offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), 0o644)
+        offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), offsite_store::PRIVATE_FILE_MODE)
             .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
         tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
 
@@ -155,6 +157,48 @@ async fn shutdown_signal() {
     }
 }
 
+/// umask 077 for the daemon's lifetime: every file and directory it
+/// creates (VM disk images, change-tracking files, replica stores and their
+/// segments, the catalog's WAL, reports, seeds) is for the site's user only,
+/// wherever in the code it is created and whatever umask the daemon was
+/// started with (a shell's 022 would make VM disks world-readable). One
+/// process-wide setting is the only way to cover files created by SQLite
+/// and by every crate without threading a mode through each of them; the
+/// helpers that create files also set 0600/0700 explicitly, for callers
+/// other than the daemon. VM hooks inherit it (the unit sets the same).
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Sites created before files were private have a 0755 data directory:
+/// taking group and other access away from it protects everything below
+/// at once (existing files keep their modes, but nobody else can reach
+/// them).
+fn restrict_site_dir(layout: &Layout) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = layout.root();
+    let Ok(meta) = std::fs::metadata(root) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(
+            root,
+            std::fs::Permissions::from_mode(offsite_store::PRIVATE_DIR_MODE),
+        ) {
+            Ok(()) => tracing::warn!(
+                "the data directory {} was accessible to other users (mode {mode:o}); it is 700 now",
+                root.display()
+            ),
+            Err(e) => tracing::warn!(
+                "the data directory {} is accessible to other users (mode {mode:o}) and cannot be restricted: {e}; run `chmod 700 {}`",
+                root.display(),
+                root.display()
+            ),
+        }
+    }
+}
+
 /// Holds `run/lock` for the daemon's lifetime: a second daemon on the same
 /// directory would corrupt tracking state.
 fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
@@ -166,7 +210,7 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
             layout.root().display()
         );
     }
-    std::fs::create_dir_all(layout.run_dir())
+    offsite_store::create_private_dir_all(&layout.run_dir())
         .with_context(|| format!("creating {}", layout.run_dir().display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -183,7 +183,7 @@ impl SiteConfig {
             "# offsite site configuration. Ports set to 0 are chosen at `offsite serve`;\n\
              # the bound addresses are in run/daemon.json and `offsite site show`.\n{text}"
         );
-        offsite_store::write_durably(path, text.as_bytes(), 0o644)
+        offsite_store::write_durably(path, text.as_bytes(), offsite_store::PRIVATE_FILE_MODE)
             .map_err(|e| EngineError::io("write", path, e))
     }
 }
