@@ -145,6 +145,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         nbd: opts.nbd.clone(),
         replication: Default::default(),
         failover: Default::default(),
+        log: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {
