@@ -35,7 +35,8 @@ pub use identity::{
     FINGERPRINT_PREFIX, Fingerprint, Identity, IdentityError, InvalidFingerprint, fingerprint,
 };
 pub use listener::{
-    Listener, ListenerConfig, ListenerStats, REFUSAL_LOG_WINDOW, RefusalReason, run,
+    Listener, ListenerConfig, ListenerStats, REFUSAL_LOG_WINDOW, RefusalReason,
+    SessionOptionsHandle, run,
 };
 pub use peers::{InvalidPeerName, PeerName, PeerTable, PinnedPeers};
 pub use session::{Role, Session, SessionInfo, SessionOptions, SessionSender};

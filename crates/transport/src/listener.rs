@@ -228,10 +228,30 @@ impl RefusalLog {
     }
 }
 
+/// The session options of a listener's future sessions, changeable while
+/// it runs (a daemon's reload of its timers); sessions already open keep
+/// the options they started with.
+#[derive(Debug, Clone)]
+pub struct SessionOptionsHandle(Arc<std::sync::RwLock<SessionOptions>>);
+
+impl SessionOptionsHandle {
+    /// Options for connections accepted from now on.
+    pub fn set(&self, options: SessionOptions) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = options;
+    }
+
+    fn get(&self) -> SessionOptions {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 struct Inner {
     site_name: String,
     peers: Arc<dyn PinnedPeers>,
-    options: SessionOptions,
+    options: SessionOptionsHandle,
     acceptor: TlsAcceptor,
     stats: Arc<ListenerStats>,
     refusals: Mutex<RefusalLog>,
@@ -261,13 +281,18 @@ impl Listener {
             inner: Arc::new(Inner {
                 site_name: config.site_name,
                 peers: config.peers,
-                options: config.session,
+                options: SessionOptionsHandle(Arc::new(std::sync::RwLock::new(config.session))),
                 acceptor: TlsAcceptor::from(server),
                 stats: Arc::default(),
                 refusals: Mutex::new(RefusalLog::new(REFUSAL_LOG_WINDOW, REFUSAL_LOG_MAX_SOURCES)),
             }),
             max_connections: config.max_connections.max(1),
         })
+    }
+
+    /// Changes the options of sessions accepted from now on.
+    pub fn session_options(&self) -> SessionOptionsHandle {
+        self.inner.options.clone()
     }
 
     /// The listener's counters (live).
@@ -375,21 +400,23 @@ impl Inner {
     {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
-        let limit = self.options.handshake_timeout;
-        let session = match tokio::time::timeout(limit, self.establish(socket, addr)).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return,
-            Err(_) => {
-                self.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(
-                    addr,
-                    RefusalReason::Timeout,
-                    None,
-                    &format!("handshake not completed within {limit:?}"),
-                );
-                return;
-            }
-        };
+        let options = self.options.get();
+        let limit = options.handshake_timeout;
+        let session =
+            match tokio::time::timeout(limit, self.establish(socket, addr, &options)).await {
+                Ok(Some(session)) => session,
+                Ok(None) => return,
+                Err(_) => {
+                    self.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    self.log_refusal(
+                        addr,
+                        RefusalReason::Timeout,
+                        None,
+                        &format!("handshake not completed within {limit:?}"),
+                    );
+                    return;
+                }
+            };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         info!(
             partner = %session.info().peer_name,
@@ -402,7 +429,12 @@ impl Inner {
     }
 
     /// TLS, then hello. `None` if refused (already counted and logged).
-    async fn establish(&self, socket: TcpStream, addr: SocketAddr) -> Option<Session> {
+    async fn establish(
+        &self,
+        socket: TcpStream,
+        addr: SocketAddr,
+        options: &SessionOptions,
+    ) -> Option<Session> {
         let socket = BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
         let tls = match self.acceptor.accept(socket).into_fallible().await {
             Ok(tls) => tls,
@@ -435,8 +467,8 @@ impl Inner {
         let pinned = self.peers.lookup(&fingerprint);
         let offer = Offer {
             our_name: &self.site_name,
-            versions: self.options.versions(),
-            features: self.options.offered_features(),
+            versions: options.versions(),
+            features: options.offered_features(),
         };
         let check_name = |announced: &str| match &pinned {
             Some(name) if name.as_str() == announced => Ok(()),
@@ -475,7 +507,7 @@ impl Inner {
             features: agreed.features,
             role: Role::Listener,
         };
-        Some(Session::start(stream, read_ahead, info, &self.options))
+        Some(Session::start(stream, read_ahead, info, options))
     }
 
     fn log_refusal(
