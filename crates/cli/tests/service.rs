@@ -427,3 +427,21 @@ fn systemd_notifications_ready_watchdog_reload_stopping() {
     reader.join().unwrap();
     assert_eq!(seen("STOPPING=1"), 1, "{:?}", messages.lock().unwrap());
 }
+
+/// A data directory from before files were private (0755) is closed to
+/// other users when the daemon starts, and the log says so.
+#[test]
+fn serve_closes_an_older_open_data_directory() {
+    let site = offsite_testkit::TestSite::init(bin(), "site-a");
+    std::fs::set_permissions(site.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&site, &[], &[("OFFSITE_LOG", "info")]);
+    let mode = std::fs::metadata(site.dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", d.log());
+    assert!(
+        d.log()
+            .contains("was accessible to other users (mode 755); it is 700 now"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.stop(), Some(0));
+}
