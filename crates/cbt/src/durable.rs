@@ -49,11 +49,13 @@ pub(crate) fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), 
     let tmp = partial_path(path);
     remove_stale_partial(path)?; // 1
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| CbtError::io("create", &tmp, e))?; // 2
+        // Private to the site's user, like every file of a site.
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&tmp)
+        .map_err(|e| CbtError::io("create", &tmp, e))?; // 2
         f.write_all(bytes)
             .map_err(|e| CbtError::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| CbtError::io("fsync", &tmp, e))?; // 3

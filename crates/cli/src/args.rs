@@ -34,10 +34,39 @@ pub struct Global {
     pub json: bool,
 }
 
+/// `offsite serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Log line format on stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the site daemon (REST API, NBD, replication) until SIGTERM/SIGINT.
-    Serve,
+    ///
+    /// SIGHUP reloads config.toml (timers, bandwidth, log filter). The log
+    /// filter comes from OFFSITE_LOG, else RUST_LOG, else config.toml's
+    /// log.filter (default info).
+    Serve(ServeArgs),
+    /// Write the man pages and shell completions (bash, zsh, fish) into a
+    /// directory; used to build the Debian package.
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory (created): man/*.1, completions/offsite.{bash,zsh,fish}.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Create or show the site.
     #[command(subcommand)]
     Site(SiteCommand),

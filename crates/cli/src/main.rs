@@ -5,6 +5,7 @@
 //! error). Output to a closed pipe ends the program quietly with 0.
 
 mod args;
+mod assets;
 mod demo;
 mod output;
 mod units;
@@ -26,6 +27,11 @@ use crate::args::{
 use crate::output::Printer;
 
 fn main() -> ExitCode {
+    // Files this process creates are for its user only: `site init` and
+    // `demo` create data directories, `serve` VM disks and replica stores
+    // (the daemon sets the same umask itself); the helpers that create them
+    // also give explicit 0600/0700 modes where they can.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,13 +46,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OFFSITE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    offsite_daemon::log::install_for_cli(default);
 }
 
 fn client(cli: &args::Global) -> anyhow::Result<Client> {
@@ -72,11 +72,18 @@ fn need_dir(dir: &Option<PathBuf>, cmd: &str) -> anyhow::Result<PathBuf> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let p = Printer::new(cli.global.json);
     match cli.command {
-        Command::Serve => {
-            init_tracing("info");
+        Command::Serve(a) => {
+            // The daemon installs its own log (reloadable, text or JSON).
             let dir = need_dir(&cli.global.dir, "serve")?;
-            offsite_daemon::run(&dir)
+            let options = offsite_daemon::ServeOptions {
+                log_format: match a.log_format {
+                    args::LogFormat::Text => offsite_daemon::log::LogFormat::Text,
+                    args::LogFormat::Json => offsite_daemon::log::LogFormat::Json,
+                },
+            };
+            offsite_daemon::run(&dir, &options)
         }
+        Command::GenerateAssets { out } => assets::generate(&out),
         Command::Site(SiteCommand::Init(a)) => {
             init_tracing("warn");
             let dir = need_dir(&cli.global.dir, "site init")?;

@@ -6,6 +6,15 @@
 //! `run/daemon.json` (durably, so tests and the CLI find ephemeral ports),
 //! then serve until SIGTERM or SIGINT.
 //!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) the daemon says
+//! `READY=1` once it serves, `RELOADING=1`/`READY=1` around a reload,
+//! `STOPPING=1` when it begins to shut down, and `WATCHDOG=1` every half
+//! `WATCHDOG_USEC` while its runtime and catalog answer.
+//!
+//! SIGHUP re-reads `config.toml` and puts in force what can change while
+//! running (timers, the default bandwidth limit, the log filter); it logs
+//! what changed and what waits for a restart (name, listener addresses).
+//!
 //! Shutdown, in this order: (1) stop accepting API and NBD connections;
 //! (2) let each NBD connection finish the request it is executing and flush
 //! its reply; (3) close every volume (data synced, tracking state persisted
@@ -24,12 +33,42 @@ use offsite_nbd::{NbdServer, ServerConfig, ServerStats};
 use offsite_repl::Replication;
 use std::time::Duration;
 
+pub mod log;
+
+/// How `offsite serve` runs (its command-line options).
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Text or JSON log lines.
+    pub log_format: log::LogFormat,
+}
+
 /// Runs the daemon for the site in `dir` until a termination signal.
-pub fn run(dir: &Path) -> anyhow::Result<()> {
+pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
+    private_files();
     let layout = Layout::new(dir);
+    // The log first, with config.toml's filter if the file is readable (if
+    // it is not, opening the site below says why, in this log).
+    let config_filter = offsite_engine::config::SiteConfig::load(&layout.config())
+        .map(|c| c.log.filter)
+        .unwrap_or_else(|_| offsite_engine::config::LogConfig::default().filter);
+    let logging = Arc::new(log::Logging::install(options.log_format, &config_filter)?);
+    // The runtime and the SIGHUP handler before anything slow: SIGHUP's
+    // default action ends the process, and `systemctl reload` may come at
+    // any time.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("offsite-api")
+        .build()
+        .context("starting the async runtime")?;
+    let hangup = {
+        let _entered = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?
+    };
     let _lock = lock(&layout)?;
+    restrict_site_dir(&layout);
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
-    let config = site.config().clone();
+    let config = site.config();
 
     let nbd_addr = parse_addr(&config.nbd).map_err(anyhow::Error::msg)?;
     let nbd_listener = TcpListener::bind(nbd_addr).with_context(|| {
@@ -50,11 +89,6 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         }
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("offsite-api")
-        .build()
-        .context("starting the async runtime")?;
     let result = runtime.block_on(async {
         let r = &config.replication;
         let mut options = offsite_transport::SessionOptions::default();
@@ -73,16 +107,25 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        {
+            let site = site.clone();
+            let bandwidth = tokio::task::spawn_blocking(move || apply_config_bandwidth(&site))
+                .await
+                .context("applying config.toml's bandwidth")??;
+            repl.reload(bandwidth);
+        }
         repl.start_runners().await.context("starting replication groups")?;
         site.start_flattener();
         repl.restore_failovers()
             .await
             .context("exporting the clones of running test failovers")?;
         let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
-        let monitor_task = tokio::spawn(
-            repl.clone()
-                .monitor(Duration::from_secs_f64(r.probe_secs), stopped(stop_rx.clone())),
-        );
+        let monitor_task = tokio::spawn(repl.clone().monitor(stopped(stop_rx.clone())));
+        let reload_task = tokio::spawn(reload_on_hangup(
+            hangup,
+            Reloadable { site: site.clone(), repl: repl.clone(), logging: logging.clone() },
+            stopped(stop_rx.clone()),
+        ));
 
         let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
         let api_listener = tokio::net::TcpListener::bind(api_addr)
@@ -108,9 +151,12 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             "nbd": nbd_bound.to_string(),
             "listen": site.info().listen,
         });
-        offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), 0o644)
+        offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), offsite_store::PRIVATE_FILE_MODE)
             .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
         tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+        let watchdog_task = sd_notify::watchdog_enabled()
+            .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
 
         let served = offsite_api::serve(api_listener, state, shutdown_signal())
             .await
@@ -124,6 +170,10 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             }
         }
         let _ = monitor_task.await;
+        let _ = reload_task.await;
+        if let Some(task) = watchdog_task {
+            let _ = task.await;
+        }
         served
     });
 
@@ -153,6 +203,207 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: draining connections"),
+    ]);
+}
+
+/// Tells systemd about a state change, when it runs us with `Type=notify`
+/// (`NOTIFY_SOCKET` set; without it this does nothing). The `sd-notify`
+/// crate is small, dependency-free (libc), kept up to date and written for
+/// exactly this; a failure to notify is logged, never fatal. The variable
+/// stays in the environment (hooks inherit it, but systemd's default
+/// `NotifyAccess=main` ignores any process but this one).
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+    }
+}
+
+/// Sends `WATCHDOG=1` every half `every` (systemd's `WatchdogSec`) while
+/// the daemon works: the runtime schedules this task, and the catalog
+/// answers a read from a blocking thread within the period. A daemon whose
+/// runtime or catalog is stuck stops sending, and systemd restarts it.
+async fn watchdog(site: Arc<Site>, every: Duration, shutdown: impl std::future::Future) {
+    let period = every / 2;
+    tracing::info!("systemd watchdog enabled: WATCHDOG=1 every {period:?} (WatchdogSec {every:?})");
+    tokio::pin!(shutdown);
+    loop {
+        let site = site.clone();
+        let probe = tokio::task::spawn_blocking(move || site.settings().is_ok());
+        match tokio::time::timeout(period, probe).await {
+            Ok(Ok(true)) => notify(&[sd_notify::NotifyState::Watchdog]),
+            Ok(_) => tracing::error!(
+                "watchdog: the catalog cannot be read; not telling systemd we are alive"
+            ),
+            Err(_) => tracing::error!(
+                "watchdog: the catalog did not answer within {period:?}; not telling systemd we are alive"
+            ),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// What a reload changes.
+struct Reloadable {
+    site: Arc<Site>,
+    repl: Arc<Replication>,
+    logging: Arc<log::Logging>,
+}
+
+/// Serves SIGHUP until `shutdown`: each one reloads `config.toml`
+/// ([`reload`]), framed by `RELOADING=1` and `READY=1` for systemd.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    what: Reloadable,
+    shutdown: impl std::future::Future,
+) {
+    let what = Arc::new(what);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        // `Type=notify-reload` wants the time of the reload with it.
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        let w = what.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || reload(&w)).await {
+            tracing::error!("reloading config.toml failed: {e}");
+        }
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+    }
+}
+
+/// Re-reads `config.toml` and puts in force what can change while the
+/// daemon runs; logs what changed, and what did not and why.
+fn reload(what: &Reloadable) {
+    let path = what.site.layout().config();
+    tracing::info!("SIGHUP received: reloading {}", path.display());
+    let report = match what.site.reload_config() {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(
+                "{} not reloaded, the settings in force stay: {e}; fix the file and send SIGHUP again",
+                path.display()
+            );
+            return;
+        }
+    };
+    let config = what.site.config();
+    // The log filter's change is reported by the log itself (it may be
+    // overridden by the environment).
+    let mut changed: Vec<String> = report
+        .changed
+        .into_iter()
+        .filter(|c| !c.starts_with("log.filter"))
+        .collect();
+    let mut not_reloaded: Vec<String> = report
+        .need_restart
+        .into_iter()
+        .map(|r| format!("{r} (takes effect at the next restart)"))
+        .collect();
+    match what.logging.reload(&config.log.filter) {
+        Ok(log::FilterReload::Unchanged) => {}
+        Ok(log::FilterReload::Changed(old, new)) => {
+            changed.push(format!("log.filter: {old:?} -> {new:?}"))
+        }
+        Ok(log::FilterReload::SetByEnvironment(var, filter)) => {
+            if !config.log.filter.is_empty() && config.log.filter != filter {
+                not_reloaded.push(format!(
+                    "log.filter {:?} (the daemon's environment sets {var}={filter:?}, which takes precedence; remove it from the environment to use config.toml's filter)",
+                    config.log.filter
+                ));
+            }
+        }
+        Err(e) => not_reloaded.push(format!("{e:#} (the filter in force stays)")),
+    }
+    match apply_config_bandwidth(&what.site) {
+        Ok(bandwidth) => what.repl.reload(bandwidth),
+        Err(e) => not_reloaded.push(format!("replication.bandwidth_bytes_per_sec: {e:#}")),
+    }
+    if changed.is_empty() {
+        tracing::info!("configuration reloaded: nothing changed");
+    } else {
+        tracing::info!("configuration reloaded: {}", changed.join(", "));
+    }
+    for n in not_reloaded {
+        tracing::warn!("configuration reloaded, except {n}");
+    }
+}
+
+/// Puts `replication.bandwidth_bytes_per_sec` of the configuration in force
+/// (if set) as the site's default limit, as `site set --bandwidth` would
+/// (stored in the catalog, so `site set` shows it); returns the limit in
+/// force (`None`: unlimited).
+fn apply_config_bandwidth(site: &Site) -> anyhow::Result<Option<u64>> {
+    let settings = site.settings().context("reading the site settings")?;
+    if let Some(want) = site.config().replication.bandwidth_bytes_per_sec
+        && settings.bandwidth_bytes_per_sec != Some(want).filter(|b| *b > 0)
+    {
+        let update = offsite_api_types::UpdateSiteSettings {
+            bandwidth_bytes_per_sec: Some(want),
+            ..Default::default()
+        };
+        let s = site
+            .update_settings(&update)
+            .context("storing the bandwidth limit")?;
+        return Ok(s.bandwidth_bytes_per_sec);
+    }
+    Ok(settings.bandwidth_bytes_per_sec)
+}
+
+/// umask 077 for the daemon's lifetime: every file and directory it
+/// creates (VM disk images, change-tracking files, replica stores and their
+/// segments, the catalog's WAL, reports, seeds) is for the site's user only,
+/// wherever in the code it is created and whatever umask the daemon was
+/// started with (a shell's 022 would make VM disks world-readable). One
+/// process-wide setting is the only way to cover files created by SQLite
+/// and by every crate without threading a mode through each of them; the
+/// helpers that create files also set 0600/0700 explicitly, for callers
+/// other than the daemon. VM hooks inherit it (the unit sets the same).
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Sites created before files were private have a 0755 data directory:
+/// taking group and other access away from it protects everything below
+/// at once (existing files keep their modes, but nobody else can reach
+/// them).
+fn restrict_site_dir(layout: &Layout) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = layout.root();
+    let Ok(meta) = std::fs::metadata(root) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(
+            root,
+            std::fs::Permissions::from_mode(offsite_store::PRIVATE_DIR_MODE),
+        ) {
+            Ok(()) => tracing::warn!(
+                "the data directory {} was accessible to other users (mode {mode:o}); it is 700 now",
+                root.display()
+            ),
+            Err(e) => tracing::warn!(
+                "the data directory {} is accessible to other users (mode {mode:o}) and cannot be restricted: {e}; run `chmod 700 {}`",
+                root.display(),
+                root.display()
+            ),
+        }
+    }
 }
 
 /// Holds `run/lock` for the daemon's lifetime: a second daemon on the same
@@ -166,7 +417,7 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
             layout.root().display()
         );
     }
-    std::fs::create_dir_all(layout.run_dir())
+    offsite_store::create_private_dir_all(&layout.run_dir())
         .with_context(|| format!("creating {}", layout.run_dir().display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)

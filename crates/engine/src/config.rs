@@ -1,4 +1,11 @@
-//! `config.toml`: the site's name and listener addresses.
+//! `config.toml`: the site's name and listener addresses, its timers, its
+//! default bandwidth limit and its log filter.
+//!
+//! `offsite serve` re-reads the file on SIGHUP: the timers of
+//! `[replication]` and `[failover]`, `replication.bandwidth_bytes_per_sec`
+//! and `log.filter` take effect at once ([`SiteConfig::reload`]); the name
+//! and the listener addresses need a restart (the listeners are bound, and
+//! partners pin the name).
 //!
 //! Format: TOML with a `format_version` key (currently 1); unknown versions
 //! are refused. Written once by `site init` (durably: temp file, fsync,
@@ -41,6 +48,27 @@ pub struct SiteConfig {
     /// Failover tuning.
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// Logging of `offsite serve`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]` in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The daemon's log filter, in `RUST_LOG` syntax (`info`,
+    /// `warn,offsite_repl=debug`, ...). `OFFSITE_LOG` or `RUST_LOG` in the
+    /// daemon's environment take precedence over it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+        }
+    }
 }
 
 /// `[failover]` in `config.toml`.
@@ -87,6 +115,12 @@ pub struct ReplicationConfig {
     /// commits nothing, so a short interval costs idle groups little).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cycle_secs: Option<f64>,
+    /// The site's default bandwidth limit for bulk replication traffic,
+    /// bytes/s (0: unlimited). When set here, it is put in force at start
+    /// and on SIGHUP as if by `site set --bandwidth`; when absent, the
+    /// value of `site set --bandwidth` stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
 impl Default for ReplicationConfig {
@@ -99,11 +133,110 @@ impl Default for ReplicationConfig {
             sync_ack_timeout_secs: 5.0,
             sync_log_max_bytes: 512 << 20,
             cycle_secs: None,
+            bandwidth_bytes_per_sec: None,
         }
     }
 }
 
+/// What a reload of `config.toml` changed, and what it could not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reload {
+    /// Settings now in force, as `key: old -> new`.
+    pub changed: Vec<String>,
+    /// Settings that differ in the file but wait for a restart, as
+    /// `key: running -> in the file`.
+    pub need_restart: Vec<String>,
+}
+
 impl SiteConfig {
+    /// The configuration in force after a reload that read `new`: its
+    /// timers, bandwidth and log filter; the name and listener addresses of
+    /// `self` (they are bound or pinned by partners, so they change only at
+    /// a restart). Reports both.
+    pub fn reload(&self, new: &SiteConfig) -> (SiteConfig, Reload) {
+        let mut report = Reload::default();
+        let mut merged = new.clone();
+        for (key, running, file, kept) in [
+            ("name", &self.name, &new.name, &mut merged.name),
+            ("listen", &self.listen, &new.listen, &mut merged.listen),
+            ("api", &self.api, &new.api, &mut merged.api),
+            ("nbd", &self.nbd, &new.nbd, &mut merged.nbd),
+        ] {
+            if running != file {
+                report
+                    .need_restart
+                    .push(format!("{key}: {running:?} -> {file:?}"));
+                *kept = running.clone();
+            }
+        }
+        let (o, n) = (&self.replication, &new.replication);
+        for (key, old, new) in [
+            (
+                "replication.keepalive_secs",
+                o.keepalive_secs,
+                n.keepalive_secs,
+            ),
+            (
+                "replication.dead_after_secs",
+                o.dead_after_secs,
+                n.dead_after_secs,
+            ),
+            ("replication.probe_secs", o.probe_secs, n.probe_secs),
+            (
+                "replication.connect_timeout_secs",
+                o.connect_timeout_secs,
+                n.connect_timeout_secs,
+            ),
+            (
+                "replication.sync_ack_timeout_secs",
+                o.sync_ack_timeout_secs,
+                n.sync_ack_timeout_secs,
+            ),
+            (
+                "failover.hook_timeout_secs",
+                self.failover.hook_timeout_secs,
+                new.failover.hook_timeout_secs,
+            ),
+        ] {
+            if old != new {
+                report.changed.push(format!("{key}: {old} -> {new}"));
+            }
+        }
+        if o.sync_log_max_bytes != n.sync_log_max_bytes {
+            report.changed.push(format!(
+                "replication.sync_log_max_bytes: {} -> {}",
+                o.sync_log_max_bytes, n.sync_log_max_bytes
+            ));
+        }
+        if o.cycle_secs != n.cycle_secs {
+            let show = |c: Option<f64>| c.map_or("(half the RPO)".to_string(), |c| c.to_string());
+            report.changed.push(format!(
+                "replication.cycle_secs: {} -> {}",
+                show(o.cycle_secs),
+                show(n.cycle_secs)
+            ));
+        }
+        if o.bandwidth_bytes_per_sec != n.bandwidth_bytes_per_sec {
+            let show = |b: Option<u64>| match b {
+                None => "(not set)".to_string(),
+                Some(0) => "unlimited".to_string(),
+                Some(b) => format!("{b} B/s"),
+            };
+            report.changed.push(format!(
+                "replication.bandwidth_bytes_per_sec: {} -> {}",
+                show(o.bandwidth_bytes_per_sec),
+                show(n.bandwidth_bytes_per_sec)
+            ));
+        }
+        if self.log.filter != new.log.filter {
+            report.changed.push(format!(
+                "log.filter: {:?} -> {:?}",
+                self.log.filter, new.log.filter
+            ));
+        }
+        (merged, report)
+    }
+
     /// Reads and validates `config.toml`.
     pub fn load(path: &Path) -> Result<SiteConfig, EngineError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -183,7 +316,7 @@ impl SiteConfig {
             "# offsite site configuration. Ports set to 0 are chosen at `offsite serve`;\n\
              # the bound addresses are in run/daemon.json and `offsite site show`.\n{text}"
         );
-        offsite_store::write_durably(path, text.as_bytes(), 0o644)
+        offsite_store::write_durably(path, text.as_bytes(), offsite_store::PRIVATE_FILE_MODE)
             .map_err(|e| EngineError::io("write", path, e))
     }
 }
@@ -199,4 +332,52 @@ pub fn parse_addr(addr: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
     it.next()
         .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SiteConfig {
+        SiteConfig {
+            format_version: CONFIG_FORMAT_VERSION,
+            name: "a".into(),
+            listen: "127.0.0.1:0".into(),
+            api: "127.0.0.1:0".into(),
+            nbd: "127.0.0.1:0".into(),
+            replication: Default::default(),
+            failover: Default::default(),
+            log: Default::default(),
+        }
+    }
+
+    #[test]
+    fn reload_takes_timers_bandwidth_and_log_but_keeps_name_and_addresses() {
+        let running = config();
+        let mut file = config();
+        file.name = "b".into();
+        file.api = "127.0.0.1:9999".into();
+        file.replication.keepalive_secs = 1.0;
+        file.replication.bandwidth_bytes_per_sec = Some(1 << 20);
+        file.failover.hook_timeout_secs = 9.0;
+        file.log.filter = "debug".into();
+        let (merged, report) = running.reload(&file);
+        assert_eq!(merged.name, "a");
+        assert_eq!(merged.api, "127.0.0.1:0");
+        assert_eq!(merged.replication.keepalive_secs, 1.0);
+        assert_eq!(merged.replication.bandwidth_bytes_per_sec, Some(1 << 20));
+        assert_eq!(merged.failover.hook_timeout_secs, 9.0);
+        assert_eq!(merged.log.filter, "debug");
+        assert_eq!(report.need_restart.len(), 2, "{report:?}");
+        assert!(report.need_restart[0].starts_with("name:"), "{report:?}");
+        assert_eq!(report.changed.len(), 4, "{report:?}");
+        assert!(
+            report
+                .changed
+                .contains(&"replication.keepalive_secs: 5 -> 1".to_string()),
+            "{report:?}"
+        );
+        let (_, nothing) = running.reload(&running);
+        assert_eq!(nothing, Reload::default());
+    }
 }

@@ -68,12 +68,28 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create", dir, e))?;
+            offsite_store::create_private_dir_all(dir)
+                .map_err(|e| EngineError::io("create", dir, e))?;
         }
         Err(e) => return Err(EngineError::io("read", dir, e)),
     }
+    // Every mode is explicit here, not left to the caller's umask: the data
+    // directory holds VM disks and the site's secrets, so it and everything
+    // in it is for the site's user only, even when `site init` runs from a
+    // shell with umask 022 (the daemon sets umask 077 itself for what it
+    // creates later; an existing empty directory is tightened too).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode(offsite_store::PRIVATE_DIR_MODE),
+    )
+    .map_err(|e| EngineError::io("restrict the permissions of", dir, e))?;
     for d in [layout.tls_dir(), layout.volumes_dir(), layout.run_dir()] {
-        std::fs::create_dir(&d).map_err(|e| EngineError::io("create", &d, e))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(offsite_store::PRIVATE_DIR_MODE)
+            .create(&d)
+            .map_err(|e| EngineError::io("create", &d, e))?;
     }
 
     let key = rcgen::KeyPair::generate().map_err(|e| EngineError::Tls(e.to_string()))?;
@@ -90,7 +106,11 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         .map_err(|e| EngineError::Tls(e.to_string()))?;
     let fingerprint = fingerprint_of_der(cert.der());
     write(&layout.key(), key.serialize_pem().as_bytes(), 0o600)?;
-    write(&layout.cert(), cert.pem().as_bytes(), 0o644)?;
+    write(
+        &layout.cert(),
+        cert.pem().as_bytes(),
+        offsite_store::PRIVATE_FILE_MODE,
+    )?;
 
     let mut token = [0u8; 32];
     rand::rng().fill_bytes(&mut token);
@@ -101,6 +121,13 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
     )?;
 
     let catalog = offsite_catalog::Catalog::create(&layout.catalog())?;
+    // SQLite creates the database 0644 (less the umask); its -wal and -shm
+    // files copy the database's mode, so setting it once covers them.
+    std::fs::set_permissions(
+        layout.catalog(),
+        std::fs::Permissions::from_mode(offsite_store::PRIVATE_FILE_MODE),
+    )
+    .map_err(|e| EngineError::io("restrict the permissions of", &layout.catalog(), e))?;
     catalog.set_setting("name", &opts.name)?;
     catalog.set_setting("fingerprint", &fingerprint)?;
     catalog.add_event(
@@ -118,6 +145,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         nbd: opts.nbd.clone(),
         replication: Default::default(),
         failover: Default::default(),
+        log: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {
@@ -155,6 +183,18 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&layout.token()), 0o600);
         assert_eq!(mode(&layout.key()), 0o600);
+        // Whatever the umask of the test process: nothing for group/other.
+        for p in [layout.cert(), layout.catalog(), layout.config()] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        for d in [
+            dir.clone(),
+            layout.tls_dir(),
+            layout.volumes_dir(),
+            layout.run_dir(),
+        ] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
         assert_eq!(SiteConfig::load(&layout.config()).unwrap(), report.config);
         let err = init_site(&dir, &opts()).unwrap_err();
         assert!(err.to_string().contains("already holds a site"), "{err}");

@@ -74,7 +74,7 @@ fn check_storage_location(path: &str) -> Result<(), EngineError> {
             "storage location {path:?} is relative; give an absolute directory on this site's machine"
         )));
     }
-    std::fs::create_dir_all(p).map_err(|e| {
+    offsite_store::create_private_dir_all(p).map_err(|e| {
         EngineError::Invalid(format!(
             "cannot create storage location {path}: {e}; pick a directory the site's user can write"
         ))
@@ -105,7 +105,7 @@ impl Site {
                 "fingerprint {fingerprint} is this site's own; use the fingerprint shown by `offsite site show` on the partner"
             )));
         }
-        if req.name == self.config.name {
+        if req.name == self.config().name {
             return Err(EngineError::Invalid(format!(
                 "{:?} is this site's own name; a partner is another site",
                 req.name
@@ -297,7 +297,7 @@ impl Site {
         let s = self.settings()?;
         self.event(
             "site.settings",
-            Some(&self.config.name),
+            Some(&self.config().name),
             &format!(
                 "allow-any-partner {}, default storage location {}, bandwidth {}",
                 s.allow_any_partner,
@@ -318,14 +318,14 @@ impl Site {
         let entries = entries.map_err(|e| {
             format!(
                 "site {} cannot read its authorization entries: {e}",
-                self.config.name
+                self.config().name
             )
         })?;
         let settings = self
             .settings()
-            .map_err(|e| format!("site {} cannot read its settings: {e}", self.config.name))?;
+            .map_err(|e| format!("site {} cannot read its settings: {e}", self.config().name))?;
         let grant = authz::authorize(
-            &self.config.name,
+            &self.config().name,
             &entries,
             settings.allow_any_partner,
             &settings.default_storage_location,

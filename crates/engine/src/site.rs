@@ -44,7 +44,9 @@ struct ImportState {
 /// A running site.
 pub struct Site {
     pub(crate) layout: Layout,
-    pub(crate) config: SiteConfig,
+    /// Swapped whole by [`Site::reload_config`] (SIGHUP); readers take a
+    /// snapshot, so one operation sees one consistent configuration.
+    config: RwLock<Arc<SiteConfig>>,
     pub(crate) fingerprint: String,
     catalog: Mutex<Catalog>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
@@ -63,7 +65,7 @@ impl std::fmt::Debug for Site {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Site")
             .field("dir", &self.layout.root())
-            .field("name", &self.config.name)
+            .field("name", &self.config().name)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +127,7 @@ impl Site {
         }
         Ok(Arc::new(Site {
             layout,
-            config,
+            config: RwLock::new(Arc::new(config)),
             fingerprint,
             catalog: Mutex::new(catalog),
             volumes: RwLock::new(volumes),
@@ -142,9 +144,27 @@ impl Site {
         &self.layout
     }
 
-    /// The configuration as loaded.
-    pub fn config(&self) -> &SiteConfig {
-        &self.config
+    /// The configuration in force: as loaded at start, with the reloadable
+    /// settings of the last [`Site::reload_config`].
+    pub fn config(&self) -> Arc<SiteConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-reads `config.toml` and puts its reloadable settings in force
+    /// (see [`SiteConfig::reload`]); the rest waits for a restart. On error
+    /// nothing changes.
+    pub fn reload_config(&self) -> Result<crate::config::Reload, EngineError> {
+        let new = SiteConfig::load(&self.layout.config())?;
+        let mut current = self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (merged, reload) = current.reload(&new);
+        *current = Arc::new(merged);
+        Ok(reload)
     }
 
     /// Records the addresses the daemon bound.
@@ -169,11 +189,11 @@ impl Site {
                 .unwrap_or_else(|| configured.to_string())
         };
         SiteInfo {
-            name: self.config.name.clone(),
+            name: self.config().name.clone(),
             fingerprint: self.fingerprint.clone(),
-            listen: show(bound.listen, &self.config.listen),
-            api: show(bound.api, &self.config.api),
-            nbd: show(bound.nbd, &self.config.nbd),
+            listen: show(bound.listen, &self.config().listen),
+            api: show(bound.api, &self.config().api),
+            nbd: show(bound.nbd, &self.config().nbd),
             version: env!("CARGO_PKG_VERSION").to_string(),
             data_dir: self.layout.root().display().to_string(),
         }
@@ -183,7 +203,7 @@ impl Site {
     pub fn volume_url(&self, name: &str) -> String {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).nbd;
         let addr = bound
-            .or_else(|| crate::config::parse_addr(&self.config.nbd).ok())
+            .or_else(|| crate::config::parse_addr(&self.config().nbd).ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10809)));
         let host = match addr.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),

@@ -159,14 +159,18 @@ pub(crate) fn store_record(site: &Site, r: &PlanRunReport) -> Result<(), PlanErr
     site.put_run_row(&row)?;
     let path = html_path(site, &r.id);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        offsite_store::create_private_dir_all(dir)
             .map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
     }
     // The page shows what `plan report` shows: derived from the stored row.
     let mut page = report_of(site, &row);
     page.html_path = Some(path.display().to_string());
-    offsite_store::write_durably(&path, crate::report::html(&page).as_bytes(), 0o644)
-        .map_err(|e| invalid(format!("writing the report {}: {e}", path.display())))?;
+    offsite_store::write_durably(
+        &path,
+        crate::report::html(&page).as_bytes(),
+        offsite_store::PRIVATE_FILE_MODE,
+    )
+    .map_err(|e| invalid(format!("writing the report {}: {e}", path.display())))?;
     Ok(())
 }
 

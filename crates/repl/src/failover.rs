@@ -205,7 +205,7 @@ impl Replication {
         let group = row.name.clone();
         let site = self.site.clone();
         blocking(move || {
-            std::fs::create_dir_all(&dir)
+            offsite_store::create_private_dir_all(&dir)
                 .map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
             let mut out = Vec::new();
             for spec in store.volumes() {

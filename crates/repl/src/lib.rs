@@ -181,6 +181,9 @@ pub struct Replication {
     /// shared by every outgoing session so that together they respect it.
     site_bucket: Arc<TokenBucket>,
     stats: std::sync::Mutex<Option<Arc<ListenerStats>>>,
+    /// The listener's options for sessions it accepts, once it runs
+    /// ([`Replication::reload`] updates them).
+    listener_options: std::sync::Mutex<Option<offsite_transport::SessionOptionsHandle>>,
     /// Replica side: the open write logs of sync groups.
     logs: sync::Logs,
     /// Replica side: per group, the last instant the primary confirmed the
@@ -225,6 +228,7 @@ impl Replication {
             runners: std::sync::Mutex::new(HashMap::new()),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
+            listener_options: std::sync::Mutex::new(None),
             logs: Default::default(),
             remote_confirmed: Default::default(),
             sent_confirmed: Default::default(),
@@ -252,6 +256,40 @@ impl Replication {
         r
     }
 
+    /// The options of a new session: those given to [`Replication::new`],
+    /// with the timers of the site's configuration in force (so a reload
+    /// applies to every session opened after it).
+    pub(crate) fn session_options(&self) -> SessionOptions {
+        let mut options = self.options.clone();
+        let r = &self.site.config().replication;
+        options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
+        options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
+        options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
+        options
+    }
+
+    /// Puts the site's reloaded configuration in force for replication:
+    /// the timers of sessions opened from now on (dialled or accepted; open
+    /// sessions keep theirs until they are re-established) and the probe
+    /// interval (read by the monitor each round), and the site's default
+    /// bandwidth limit `site_bandwidth` (bytes/s, `None` unlimited), which
+    /// applies at once, to sessions already open too.
+    pub fn reload(&self, site_bandwidth: Option<u64>) {
+        if let Some(handle) = self
+            .listener_options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            handle.set(self.session_options());
+        }
+        match site_bandwidth.filter(|b| *b > 0) {
+            Some(rate) => self.site_bucket.set_rate(rate, (rate / 10).max(256 << 10)),
+            // Open sessions hold the shared bucket: lift its limit for them.
+            None => self.site_bucket.set_rate(u64::MAX / 4, u64::MAX / 4),
+        }
+    }
+
     /// Counters of the replication listener, once it runs.
     pub fn listener_stats(&self) -> Option<Arc<ListenerStats>> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -268,13 +306,17 @@ impl Replication {
             self.identity.clone(),
             Arc::new(CatalogPeers(self.site.clone())),
         );
-        config.session = self.options.clone();
+        config.session = self.session_options();
         let l =
             offsite_transport::Listener::new(config).map_err(|source| ReplError::Transport {
                 partner: "-".into(),
                 source,
             })?;
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.stats());
+        *self
+            .listener_options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(l.session_options());
         let me = self.clone();
         l.run(
             listener,
@@ -604,7 +646,7 @@ impl Replication {
         name: &str,
         req: &PartnerTestRequest,
     ) -> Result<PartnerTestResult, ReplError> {
-        let mut options = self.options.clone();
+        let mut options = self.session_options();
         options.compression = req.compress;
         let started = Instant::now();
         let mut session = self.connect(name, &options).await?;
@@ -641,15 +683,18 @@ impl Replication {
     }
 
     /// Keeps a session open to every partner and records reachability and
-    /// RTT in the catalog every `interval`, until `shutdown` completes.
-    pub async fn monitor(self: Arc<Self>, interval: Duration, shutdown: impl std::future::Future) {
+    /// RTT in the catalog, until `shutdown` completes.
+    ///
+    /// The interval between rounds is `replication.probe_secs` of the
+    /// configuration in force at each round, so a reload changes it.
+    pub async fn monitor(self: Arc<Self>, shutdown: impl std::future::Future) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.probe_all().await;
+            let interval = Duration::from_secs_f64(self.site.config().replication.probe_secs);
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tick.tick() => self.probe_all().await,
+                _ = tokio::time::sleep(interval) => {}
             }
         }
         for (_, s) in self.monitored.lock().await.drain() {
@@ -678,7 +723,7 @@ impl Replication {
                             source: e,
                         }),
                     },
-                    None => match self.connect(&p.name, &self.options).await {
+                    None => match self.connect(&p.name, &self.session_options()).await {
                         Ok(session) => {
                             let rtt = session.measure_rtt().await.map_err(|source| {
                                 ReplError::Transport {

@@ -354,7 +354,7 @@ impl Replication {
                     to.display()
                 )));
             }
-            std::fs::create_dir_all(&to)
+            offsite_store::create_private_dir_all(&to)
                 .map_err(|e| invalid(format!("cannot create {}: {e}", to.display())))?;
             let mut volumes = Vec::new();
             let mut bytes = 0u64;
@@ -362,13 +362,16 @@ impl Replication {
                 let vol = site.volume(&v.volume)?;
                 let file = format!("{}.img", v.volume);
                 let path = to.join(&file);
-                let out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
-                    .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+                let out = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                    offsite_store::PRIVATE_FILE_MODE,
+                )
+                .open(&path)
+                .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
+                .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
                 // The seed is as thin as the volume: its holes are not read
                 // (SEEK_DATA) and its zero blocks not written (the file was
                 // just truncated, so they read zero), since the seed may
@@ -419,8 +422,12 @@ impl Replication {
                 volumes,
             };
             let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-            offsite_store::write_durably(&to.join("seed.json"), &text, 0o644)
-                .map_err(|e| invalid(format!("writing {}: {e}", to.join("seed.json").display())))?;
+            offsite_store::write_durably(
+                &to.join("seed.json"),
+                &text,
+                offsite_store::PRIVATE_FILE_MODE,
+            )
+            .map_err(|e| invalid(format!("writing {}: {e}", to.join("seed.json").display())))?;
             Ok(offsite_api_types::SeedExport {
                 group: g,
                 dir: to.display().to_string(),

@@ -439,7 +439,7 @@ impl Replication {
         partner: &str,
         group: Option<&GroupRow>,
     ) -> Result<Channel, ReplError> {
-        let mut options = self.options.clone();
+        let mut options = self.session_options();
         if let Some(g) = group {
             options.compression = g.compress;
         }

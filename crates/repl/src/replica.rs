@@ -518,7 +518,7 @@ impl Replication {
                     dir.display()
                 ));
             }
-            std::fs::create_dir_all(&dir).map_err(|e| {
+            offsite_store::create_private_dir_all(&dir).map_err(|e| {
                 format!("site {site_name} cannot create {}: {e}; check the storage location of {}", dir.display(), grant.rule)
             })?;
             // Replicas are as thin as their primaries: the base receives the

@@ -987,7 +987,7 @@ impl Replication {
             // direction) may live at the very directory the new one takes.
             let staging = dir.with_extension("reverse-staging");
             let _ = std::fs::remove_dir_all(&staging);
-            std::fs::create_dir_all(&staging)
+            offsite_store::create_private_dir_all(&staging)
                 .map_err(|e| format!("creating {}: {e}", staging.display()))?;
             for (v, img) in live.iter().zip(&images) {
                 std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
@@ -1010,7 +1010,7 @@ impl Replication {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
             }
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            offsite_store::create_private_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
             let specs: Vec<VolumeSpec> = r
                 .volumes
                 .iter()

@@ -82,21 +82,25 @@ fn step(counted: bool) -> io::Result<()> {
     })
 }
 
-/// `mkdir`.
+/// `mkdir`, private to the site's user (replica stores hold VM disks).
 pub(crate) fn create_dir(path: &Path) -> Result<(), ReplicaError> {
+    use std::os::unix::fs::DirBuilderExt;
     step(true)
-        .and_then(|()| fs::create_dir(path))
+        .and_then(|()| fs::DirBuilder::new().mode(0o700).create(path))
         .map_err(|e| ReplicaError::io("create directory", path, e))
 }
 
-/// Creates a new file (fails if it exists), open for reading and writing.
+/// Creates a new file (fails if it exists), open for reading and writing,
+/// readable by the site's user only (it holds VM disk blocks).
 pub(crate) fn create_new(path: &Path) -> Result<File, ReplicaError> {
+    use std::os::unix::fs::OpenOptionsExt;
     step(true)
         .and_then(|()| {
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
         })
         .map_err(|e| ReplicaError::io("create", path, e))

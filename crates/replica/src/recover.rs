@@ -68,7 +68,10 @@ pub(crate) fn create(
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(|e| ReplicaError::io("create directory", dir, e))?;
+            // Private: the store holds VM disk blocks.
+            std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+                .create(dir)
+                .map_err(|e| ReplicaError::io("create directory", dir, e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fsx::sync_dir(parent)?;
             }

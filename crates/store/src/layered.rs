@@ -329,7 +329,7 @@ impl Layered {
         //    a crash between 1 and 2 leaves a layer to remove, never one
         //    that reads wrong.
         let map = encode_map(&RoaringTreemap::new(), size, block_size);
-        if let Err(e) = write_durably(&map_path, &map, 0o644) {
+        if let Err(e) = write_durably(&map_path, &map, crate::PRIVATE_FILE_MODE) {
             drop(top);
             let _ = std::fs::remove_file(&top_path);
             return Err(LayerError::io("write", &map_path)(e));
@@ -534,7 +534,7 @@ impl Layered {
         if let Some((mut set, generation)) = snapshot {
             set.optimize();
             let bytes = encode_map(&set, self.size, self.block_size);
-            write_durably(&self.map_path, &bytes, 0o644)?;
+            write_durably(&self.map_path, &bytes, crate::PRIVATE_FILE_MODE)?;
             state.map_generation = generation;
         }
         state.covered = upto;

@@ -76,10 +76,12 @@ pub struct VolumeFile {
 impl VolumeFile {
     /// Creates a sparse file of `size` bytes and makes its existence durable.
     pub fn create(path: &Path, size: u64) -> Result<VolumeFile, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)
             .map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
@@ -279,6 +281,25 @@ pub fn zero_runs(buf: &[u8], offset: u64, unit: u64) -> Vec<(u64, u64, bool)> {
         at = next;
     }
     runs
+}
+
+/// Mode of every file offsite creates: VM disks, replica stores, the
+/// catalog and reports hold other people's data, so only the site's own
+/// user may read them. (The daemon also runs with umask 077, which covers
+/// files created without an explicit mode; this constant keeps the files
+/// created through these helpers private even for other callers.)
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of every directory offsite creates (see [`PRIVATE_FILE_MODE`]).
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// `create_dir_all` with [`PRIVATE_DIR_MODE`] for every directory it
+/// creates (existing ones are left as they are).
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
 }
 
 /// fsyncs a directory so that entries created or renamed in it are durable.

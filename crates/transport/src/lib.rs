@@ -34,7 +34,10 @@ pub use error::TransportError;
 pub use identity::{
     FINGERPRINT_PREFIX, Fingerprint, Identity, IdentityError, InvalidFingerprint, fingerprint,
 };
-pub use listener::{Listener, ListenerConfig, ListenerStats, REFUSAL_LOG_WINDOW, run};
+pub use listener::{
+    Listener, ListenerConfig, ListenerStats, REFUSAL_LOG_WINDOW, RefusalReason,
+    SessionOptionsHandle, run,
+};
 pub use peers::{InvalidPeerName, PeerName, PeerTable, PinnedPeers};
 pub use session::{Role, Session, SessionInfo, SessionOptions, SessionSender};
 pub use throughput::{ThroughputReport, serve_throughput_test, throughput_test};

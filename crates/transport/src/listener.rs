@@ -5,7 +5,7 @@
 //! `run` returns once all of them have finished (drop-sender completion).
 //!
 //! ```text
-//! accept ─► permit (max_connections) ─► TLS 1.3 accept ──refused──► count; log once per IP a minute; linger; close
+//! accept ─► permit (max_connections) ─► TLS 1.3 accept ──refused──► count; log once per IP and reason a minute; linger; close
 //!                                           │ok (client certificate pinned)
 //!                                           ▼
 //!                                     hello exchange ──refused──► HelloRefuse to the peer; count; log; close
@@ -14,10 +14,12 @@
 //!                                  handler(Session) ◄── shutdown: handler dropped, session closed
 //! ```
 //!
-//! Connections that fail TLS are logged at most once per source IP per
-//! [`REFUSAL_LOG_WINDOW`] (with the offered fingerprint, when there is
-//! one, and how many were not logged since), so a scanner cannot fill the
-//! disk; [`ListenerStats`] counts every one.
+//! Connections that fail TLS are logged at most once per source IP and
+//! [`RefusalReason`] per [`REFUSAL_LOG_WINDOW`] (with the offered
+//! fingerprint, when there is one, and how many were not logged since), so
+//! a scanner cannot fill the disk, yet a refusal for a new reason (say an
+//! unpinned certificate after a client without one) is never hidden behind
+//! an earlier one; [`ListenerStats`] counts every one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,7 +43,8 @@ use crate::peers::PinnedPeers;
 use crate::session::{Role, SOCKET_READ_BUFFER, Session, SessionInfo, SessionOptions};
 use crate::tls::{self, NotPinned};
 
-/// At most one log line per source IP per this window for refused TLS handshakes.
+/// At most one log line per source IP and refusal reason per this window
+/// for refused TLS handshakes.
 pub const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
 /// Source IPs remembered for rate limiting; beyond that, new IPs are not
 /// logged until old entries expire (only counted).
@@ -127,13 +130,67 @@ impl ListenerStats {
     }
 }
 
-/// The rate limiter of refusal log lines: one per source IP per window.
+/// Why a connection was refused before a session existed. Each reason is
+/// rate-limited on its own, so one kind of refusal never hides another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// A client certificate no partner is pinned with (self-signed
+    /// certificates of strangers, or a partner's new key).
+    NotPinned,
+    /// The client presented no certificate.
+    NoCertificate,
+    /// A certificate or handshake signature that does not verify.
+    BadCertificate,
+    /// No common protocol version or cipher suite (e.g. a TLS 1.2 client).
+    Incompatible,
+    /// Bytes that are not a TLS handshake.
+    NotTls,
+    /// The client closed or reset the connection during the handshake.
+    Closed,
+    /// The handshake did not complete in time.
+    Timeout,
+    /// Any other TLS failure.
+    Other,
+}
+
+impl RefusalReason {
+    /// Classifies a failed TLS accept.
+    fn of(err: &std::io::Error) -> RefusalReason {
+        use rustls::{CertificateError, Error as E};
+        match tls::rustls_error(err) {
+            Some(E::InvalidCertificate(CertificateError::Other(_)))
+                if tls::certificate_error::<NotPinned>(err).is_some() =>
+            {
+                RefusalReason::NotPinned
+            }
+            Some(E::NoCertificatesPresented) => RefusalReason::NoCertificate,
+            Some(E::InvalidCertificate(_)) => RefusalReason::BadCertificate,
+            Some(E::PeerIncompatible(_)) => RefusalReason::Incompatible,
+            Some(E::InvalidMessage(_) | E::InappropriateHandshakeMessage { .. }) => {
+                RefusalReason::NotTls
+            }
+            Some(_) => RefusalReason::Other,
+            None => match err.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => RefusalReason::Closed,
+                std::io::ErrorKind::InvalidData => RefusalReason::NotTls,
+                _ => RefusalReason::Other,
+            },
+        }
+    }
+}
+
+/// The rate limiter of refusal log lines: one per source IP and reason per
+/// window.
 #[derive(Debug)]
 pub(crate) struct RefusalLog {
     window: Duration,
     max_sources: usize,
-    /// Per IP: when its last line was logged, refusals since not logged.
-    sources: HashMap<IpAddr, (Instant, u64)>,
+    /// Per IP and reason: when its last line was logged, refusals since not
+    /// logged.
+    sources: HashMap<(IpAddr, RefusalReason), (Instant, u64)>,
 }
 
 impl RefusalLog {
@@ -146,9 +203,10 @@ impl RefusalLog {
     }
 
     /// `Some(n)`: log this refusal, mentioning `n` earlier ones from the same
-    /// IP that were not logged. `None`: only count it.
-    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
-        if let Some((logged_at, skipped)) = self.sources.get_mut(&ip) {
+    /// IP for the same reason that were not logged. `None`: only count it.
+    pub(crate) fn admit(&mut self, ip: IpAddr, reason: RefusalReason, now: Instant) -> Option<u64> {
+        let key = (ip, reason);
+        if let Some((logged_at, skipped)) = self.sources.get_mut(&key) {
             if now.saturating_duration_since(*logged_at) < self.window {
                 *skipped += 1;
                 return None;
@@ -165,15 +223,35 @@ impl RefusalLog {
                 return None;
             }
         }
-        self.sources.insert(ip, (now, 0));
+        self.sources.insert(key, (now, 0));
         Some(0)
+    }
+}
+
+/// The session options of a listener's future sessions, changeable while
+/// it runs (a daemon's reload of its timers); sessions already open keep
+/// the options they started with.
+#[derive(Debug, Clone)]
+pub struct SessionOptionsHandle(Arc<std::sync::RwLock<SessionOptions>>);
+
+impl SessionOptionsHandle {
+    /// Options for connections accepted from now on.
+    pub fn set(&self, options: SessionOptions) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = options;
+    }
+
+    fn get(&self) -> SessionOptions {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
 struct Inner {
     site_name: String,
     peers: Arc<dyn PinnedPeers>,
-    options: SessionOptions,
+    options: SessionOptionsHandle,
     acceptor: TlsAcceptor,
     stats: Arc<ListenerStats>,
     refusals: Mutex<RefusalLog>,
@@ -203,13 +281,18 @@ impl Listener {
             inner: Arc::new(Inner {
                 site_name: config.site_name,
                 peers: config.peers,
-                options: config.session,
+                options: SessionOptionsHandle(Arc::new(std::sync::RwLock::new(config.session))),
                 acceptor: TlsAcceptor::from(server),
                 stats: Arc::default(),
                 refusals: Mutex::new(RefusalLog::new(REFUSAL_LOG_WINDOW, REFUSAL_LOG_MAX_SOURCES)),
             }),
             max_connections: config.max_connections.max(1),
         })
+    }
+
+    /// Changes the options of sessions accepted from now on.
+    pub fn session_options(&self) -> SessionOptionsHandle {
+        self.inner.options.clone()
     }
 
     /// The listener's counters (live).
@@ -317,20 +400,23 @@ impl Inner {
     {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
-        let limit = self.options.handshake_timeout;
-        let session = match tokio::time::timeout(limit, self.establish(socket, addr)).await {
-            Ok(Some(session)) => session,
-            Ok(None) => return,
-            Err(_) => {
-                self.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(
-                    addr,
-                    None,
-                    &format!("handshake not completed within {limit:?}"),
-                );
-                return;
-            }
-        };
+        let options = self.options.get();
+        let limit = options.handshake_timeout;
+        let session =
+            match tokio::time::timeout(limit, self.establish(socket, addr, &options)).await {
+                Ok(Some(session)) => session,
+                Ok(None) => return,
+                Err(_) => {
+                    self.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    self.log_refusal(
+                        addr,
+                        RefusalReason::Timeout,
+                        None,
+                        &format!("handshake not completed within {limit:?}"),
+                    );
+                    return;
+                }
+            };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         info!(
             partner = %session.info().peer_name,
@@ -343,14 +429,24 @@ impl Inner {
     }
 
     /// TLS, then hello. `None` if refused (already counted and logged).
-    async fn establish(&self, socket: TcpStream, addr: SocketAddr) -> Option<Session> {
+    async fn establish(
+        &self,
+        socket: TcpStream,
+        addr: SocketAddr,
+        options: &SessionOptions,
+    ) -> Option<Session> {
         let socket = BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
         let tls = match self.acceptor.accept(socket).into_fallible().await {
             Ok(tls) => tls,
             Err((e, socket)) => {
                 self.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
                 let offered = tls::certificate_error::<NotPinned>(&e).map(|n| n.offered.clone());
-                self.log_refusal(addr, offered.as_ref(), &e.to_string());
+                self.log_refusal(
+                    addr,
+                    RefusalReason::of(&e),
+                    offered.as_ref(),
+                    &e.to_string(),
+                );
                 linger(socket.into_inner()).await;
                 return None;
             }
@@ -371,8 +467,8 @@ impl Inner {
         let pinned = self.peers.lookup(&fingerprint);
         let offer = Offer {
             our_name: &self.site_name,
-            versions: self.options.versions(),
-            features: self.options.offered_features(),
+            versions: options.versions(),
+            features: options.offered_features(),
         };
         let check_name = |announced: &str| match &pinned {
             Some(name) if name.as_str() == announced => Ok(()),
@@ -411,15 +507,21 @@ impl Inner {
             features: agreed.features,
             role: Role::Listener,
         };
-        Some(Session::start(stream, read_ahead, info, &self.options))
+        Some(Session::start(stream, read_ahead, info, options))
     }
 
-    fn log_refusal(&self, addr: SocketAddr, offered: Option<&Fingerprint>, reason: &str) {
+    fn log_refusal(
+        &self,
+        addr: SocketAddr,
+        kind: RefusalReason,
+        offered: Option<&Fingerprint>,
+        reason: &str,
+    ) {
         let admitted = self
             .refusals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .admit(addr.ip(), Instant::now());
+            .admit(addr.ip(), kind, Instant::now());
         let Some(skipped) = admitted else {
             self.stats
                 .refusals_not_logged
@@ -427,7 +529,7 @@ impl Inner {
             return;
         };
         let since = if skipped > 0 {
-            format!(" ({skipped} more from this address not logged)")
+            format!(" ({skipped} more from this address for this reason not logged)")
         } else {
             String::new()
         };
@@ -436,7 +538,13 @@ impl Inner {
                 %fingerprint,
                 "refused replication connection from {addr}: certificate {fingerprint} is not pinned for any partner; if {addr} is a partner site, pair it here with `offsite partner add NAME --address HOST:PORT --fingerprint {fingerprint}`{since}"
             ),
-            None => warn!("refused replication connection from {addr}: {reason}{since}"),
+            None if kind == RefusalReason::NoCertificate => warn!(
+                "refused replication connection from {addr}: the client presented no certificate (offsite sites always do; something else is connecting to the replication port){since}"
+            ),
+            None => warn!(
+                ?kind,
+                "refused replication connection from {addr}: {reason}{since}"
+            ),
         }
     }
 }
@@ -465,21 +573,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_are_logged_once_per_ip_per_window() {
-        let mut log = RefusalLog::new(Duration::from_secs(60), 3);
+    fn refusals_are_logged_once_per_ip_and_reason_per_window() {
+        use RefusalReason::{NoCertificate as NoCert, NotPinned};
+        let mut log = RefusalLog::new(Duration::from_secs(60), 4);
         let t0 = Instant::now();
         let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
-        assert_eq!(log.admit(ip(1), t0), Some(0));
+        assert_eq!(log.admit(ip(1), NoCert, t0), Some(0));
         for s in 1..=10 {
-            assert_eq!(log.admit(ip(1), t0 + Duration::from_secs(s)), None);
+            assert_eq!(log.admit(ip(1), NoCert, t0 + Duration::from_secs(s)), None);
         }
-        assert_eq!(log.admit(ip(2), t0), Some(0));
-        assert_eq!(log.admit(ip(1), t0 + Duration::from_secs(61)), Some(10));
-        assert_eq!(log.admit(ip(1), t0 + Duration::from_secs(62)), None);
-        // The table is bounded: a third source fits, a fourth is only counted
+        // Another reason from the same address is logged on its own.
+        assert_eq!(
+            log.admit(ip(1), NotPinned, t0 + Duration::from_secs(5)),
+            Some(0)
+        );
+        assert_eq!(
+            log.admit(ip(1), NotPinned, t0 + Duration::from_secs(6)),
+            None
+        );
+        assert_eq!(log.admit(ip(2), NoCert, t0), Some(0));
+        assert_eq!(
+            log.admit(ip(1), NoCert, t0 + Duration::from_secs(61)),
+            Some(10)
+        );
+        assert_eq!(log.admit(ip(1), NoCert, t0 + Duration::from_secs(62)), None);
+        // The table is bounded: a fourth entry fits, a fifth is only counted
         // until old entries expire.
-        assert_eq!(log.admit(ip(3), t0 + Duration::from_secs(30)), Some(0));
-        assert_eq!(log.admit(ip(4), t0 + Duration::from_secs(30)), None);
-        assert_eq!(log.admit(ip(4), t0 + Duration::from_secs(100)), Some(0));
+        assert_eq!(
+            log.admit(ip(3), NoCert, t0 + Duration::from_secs(30)),
+            Some(0)
+        );
+        assert_eq!(log.admit(ip(4), NoCert, t0 + Duration::from_secs(30)), None);
+        assert_eq!(
+            log.admit(ip(4), NoCert, t0 + Duration::from_secs(100)),
+            Some(0)
+        );
     }
 }

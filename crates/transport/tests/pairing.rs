@@ -119,6 +119,121 @@ async fn an_unpaired_client_is_refused_and_logged_once_per_minute() {
     server.stop().await;
 }
 
+/// A server verifier that accepts anything: the stranger below does not
+/// care whom it talks to, it only needs to reach the client-certificate step.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        offsite_transport::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS 1.3 client that presents no certificate at all.
+async fn connect_without_certificate(server: &Server) {
+    let config =
+        rustls::ClientConfig::builder_with_provider(offsite_transport::tls::provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyServer))
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let connected = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(server.addr.ip().into()),
+            tcp,
+        )
+        .await;
+    // TLS 1.3: the client may finish before the server's verdict arrives;
+    // reading shows the refusal (an alert, or the connection closing).
+    if let Ok(mut tls) = connected {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(
+            !matches!(read, Ok(Ok(n)) if n > 0),
+            "a client without a certificate must not get a session"
+        );
+    }
+}
+
+/// Each reason for a refusal has its own rate limit: a client without a
+/// certificate first, then a stranger with a self-signed certificate from
+/// the same address, are both logged (the second used to be only counted).
+#[tokio::test]
+async fn every_refusal_reason_is_logged_even_from_one_address() {
+    let (logs, _guard) = Logs::capture();
+    let (alpha, beta, gamma) = (Site::new("alpha"), Site::new("beta"), Site::new("gamma"));
+    let server = paired_server(&alpha, &[&beta]).await;
+
+    connect_without_certificate(&server).await;
+    eventually("the certificate-less client counted", || {
+        server.stats.tls_refused() == 1
+    })
+    .await;
+    for _ in 0..2 {
+        connect(&server.partner(), &gamma.identity, "gamma", &fast_options())
+            .await
+            .unwrap_err();
+    }
+    // Garbage instead of a ClientHello: a third reason.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4))
+            .await
+            .unwrap();
+        let _ = tcp.shutdown().await;
+    }
+    eventually("four refusals counted", || server.stats.tls_refused() == 4).await;
+    eventually("three refusal lines", || {
+        logs.lines_with("refused replication connection").len() == 3
+    })
+    .await;
+    let lines = logs.lines_with("refused replication connection");
+    let no_cert = logs.lines_with("presented no certificate");
+    assert_eq!(no_cert.len(), 1, "{lines:#?}");
+    let unpinned = logs.lines_with("is not pinned for any partner");
+    assert_eq!(unpinned.len(), 1, "{lines:#?}");
+    assert!(
+        unpinned[0].contains(gamma.identity.fingerprint().as_str()),
+        "{unpinned:#?}"
+    );
+    // Only the second stranger's attempt was rate-limited.
+    assert_eq!(server.stats.refusals_not_logged(), 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_right_name_with_another_key_is_refused() {
     let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
