@@ -285,7 +285,8 @@ fn unplanned_failover_then_reverse_rolls_back_the_lost_primary_s_unreplicated_wr
             .is_some_and(|e| e.contains("failed over"))
     });
     eprintln!("A after restart: {st}");
-    qemu_io(&a.url("d0"), &["read -P 0x12 16M 4M"]);
+    // Fenced (it learned of the failover at start-up), yet readable.
+    offsite_testkit::qemu_io_ro(&a.url("d0"), &["read -P 0x12 16M 4M"]);
 
     // Reverse: A's unreplicated 4 MiB are rolled back, B's 1 MiB sent.
     // After kill -9, A's tracked set is a superset (its activity log's
