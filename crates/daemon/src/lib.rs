@@ -26,6 +26,12 @@ use std::time::Duration;
 
 /// Runs the daemon for the site in `dir` until a termination signal.
 pub fn run(dir: &Path) -> anyhow::Result<()> {
+    // A file grown past RLIMIT_FSIZE must fail that one request with EFBIG
+    // (the volume store explains the limit), not kill the daemon with
+    // SIGXFSZ's default action.
+    // SAFETY: signal(2) with a valid signal number and SIG_IGN, before any
+    // other thread of ours exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let layout = Layout::new(dir);
     let _lock = lock(&layout)?;
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;

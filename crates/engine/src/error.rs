@@ -115,7 +115,12 @@ impl EngineError {
             EngineError::VolumeExists(_)
             | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
-            EngineError::Invalid(_) | EngineError::NotASite { .. } => ErrorKind::Invalid,
+            EngineError::Invalid(_)
+            | EngineError::NotASite { .. }
+            | EngineError::Store(
+                offsite_store::StoreError::TooLarge { .. }
+                | offsite_store::StoreError::NotImportable { .. },
+            ) => ErrorKind::Invalid,
             EngineError::Busy { .. } => ErrorKind::Busy,
             EngineError::Refused(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
