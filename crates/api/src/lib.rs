@@ -491,7 +491,7 @@ async fn group_sync(
     b: JsonBody<SyncGroup>,
 ) -> ApiResult<SyncResult> {
     let req = body(b)?;
-    repl(s.repl.sync_group(&name, req.pit_name, !req.no_wait).await)
+    repl(s.repl.sync_named(&name, req.pit_name, !req.no_wait).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/verify", params(("name" = String, Path)),

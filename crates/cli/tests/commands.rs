@@ -174,3 +174,63 @@ fn import_of_a_fifo_or_a_directory_is_refused_before_reading() {
     assert_eq!(v["state"], "ready");
     assert_eq!(v["size_bytes"], 1 << 20);
 }
+
+/// `group start NAME --json`, which must reach its first PIT.
+fn start_group(a: &TestSite, group: &str) -> serde_json::Value {
+    let out = a.run(&["group", "start", group, "--json"]);
+    assert!(
+        out.status.success(),
+        "group start {group}: {}\nprimary log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&a.log(), 40)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("group start --json");
+    assert_eq!(st["state"], "replicating", "{st}");
+    st
+}
+
+#[test]
+fn pit_names_that_read_as_ids_or_repeat_are_refused() {
+    let (a, b) = group_pair();
+    a.create_volume("disk0", "4M");
+    create_group(&a, "g", "site-b", &["--volume", "disk0"], &[]);
+    start_group(&a, "g");
+
+    // From either site (the replica forwards to the primary).
+    for site in [&a, &b] {
+        let err = site.fails(&["sync", "g", "--pit-name", "12"]);
+        assert!(
+            err.contains("PIT name \"12\" reads as a PIT id") && err.contains("pit-12"),
+            "{}: {err}",
+            site.name()
+        );
+    }
+    let first = sync_pit(&a, "g", &["--pit-name", "nightly"]);
+    for site in [&a, &b] {
+        let err = site.fails(&["sync", "g", "--pit-name", "nightly"]);
+        assert!(
+            err.contains(&format!(
+                "group g already has a PIT named \"nightly\" (PIT {})",
+                u(&first, "id")
+            )) && err.contains("offsite pit release g nightly"),
+            "{}: {err}",
+            site.name()
+        );
+    }
+    let named: Vec<_> = pit_ids(&b, "g")
+        .into_iter()
+        .filter(|(_, n)| n.as_deref() == Some("nightly"))
+        .collect();
+    assert_eq!(named.len(), 1, "one PIT named nightly: {named:?}");
+
+    // Once released (here from the primary), the name may be given again
+    // at once.
+    a.ok(&["pit", "release", "g", "nightly"]);
+    let second = sync_pit(&a, "g", &["--pit-name", "nightly"]);
+    assert!(u(&second, "id") > u(&first, "id"));
+    let named: Vec<_> = pit_ids(&b, "g")
+        .into_iter()
+        .filter(|(_, n)| n.as_deref() == Some("nightly"))
+        .collect();
+    assert_eq!(named, vec![(u(&second, "id"), Some("nightly".into()))]);
+}

@@ -177,8 +177,24 @@ impl Replication {
             let r = ch.request(wire::kinds::PIT_RELEASE, body).await;
             ch.close().await;
             r?;
-            // The primary's list follows at the next commit.
-            return Ok(());
+            // The replica's list reaches the primary with the next commit;
+            // forget the name here now, so it can be given again at once.
+            let site = self.site.clone();
+            let (g, p) = (group.to_string(), pit.to_string());
+            return tokio::task::spawn_blocking(move || {
+                let mut rows = site.pit_rows(&g)?;
+                let by_id = p.parse::<u64>().ok();
+                if let Some(row) = rows.iter_mut().rev().find(|r| {
+                    Some(r.id) == by_id
+                        || (by_id.is_none() && r.name.as_deref() == Some(p.as_str()))
+                }) {
+                    row.name = None;
+                }
+                site.replace_pits(&g, &rows)
+            })
+            .await
+            .map_err(|e| invalid(e.to_string()))?
+            .map_err(ReplError::Engine);
         }
         self.release_local(group, pit)
             .await
