@@ -234,3 +234,231 @@ fn pit_names_that_read_as_ids_or_repeat_are_refused() {
         .collect();
     assert_eq!(named, vec![(u(&second, "id"), Some("nightly".into()))]);
 }
+
+/// The entries for group `group` in the replica's storage location `dir`
+/// (stores live in `DIR/PRIMARY/GROUP`): its store and any copy a
+/// teardown kept aside (`GROUP.torn-down-TIME`).
+fn stores_of(dir: &Path, group: &str) -> Vec<String> {
+    entries(&dir.join("site-a"))
+        .into_iter()
+        .filter(|n| n == group || n.starts_with(&format!("{group}.")))
+        .collect()
+}
+
+#[test]
+fn vms_in_groups_or_plans_stay_and_change_in_place_and_teardown_deletes_the_replica() {
+    let (a, b) = group_pair();
+    let storage = b.scratch().join("replicas-of-site-a");
+    let hooks = b.scratch().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    a.create_volume("d0", "4M");
+    a.create_volume("d1", "4M");
+    a.json(&[
+        "vm",
+        "create",
+        "web",
+        "--volume",
+        "d0",
+        "--start",
+        &format!("echo old > {}/start-$OFFSITE_MODE", hooks.display()),
+    ]);
+    create_group(&a, "g", "site-b", &["--vm", "web"], &[]);
+    start_group(&a, "g");
+    a.json(&[
+        "plan",
+        "create",
+        "dr",
+        "--protected-site",
+        "site-a",
+        "--recovery-site",
+        "site-b",
+    ]);
+    a.json(&["plan", "add-group", "dr", "g"]);
+
+    // Deleting it would only last until the group brings it back.
+    let err = a.fails(&["vm", "delete", "web"]);
+    for words in [
+        "VM \"web\" is in recovery plan dr and replication group g",
+        "`offsite plan remove-group dr g`, then `offsite group teardown g` first",
+    ] {
+        assert!(err.contains(words), "{err}");
+    }
+    assert_eq!(a.json(&["vm", "show", "web"])["name"], "web");
+
+    // Its volumes cannot change while the group replicates them...
+    let err = a.fails(&["vm", "set", "web", "--volume", "d1"]);
+    assert!(
+        err.contains("VM \"web\" is in replication group g; its volumes cannot change while the group replicates them"),
+        "{err}"
+    );
+    // ...its hooks can, and the replica's copy follows: a test failover at
+    // site-b runs the new start hook.
+    let vm = a.json(&[
+        "vm",
+        "set",
+        "web",
+        "--start",
+        &format!("echo new > {}/start-$OFFSITE_MODE", hooks.display()),
+        "--stop",
+        "true",
+    ]);
+    assert!(
+        vm["start"].as_str().unwrap().starts_with("echo new"),
+        "{vm}"
+    );
+    assert_eq!(vm["stop"], "true");
+    assert_eq!(vm["volumes"], serde_json::json!(["d0"]));
+    let r = b.json(&["failover", "run", "g", "--test"]);
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("start-test")).unwrap(),
+        "new\n",
+        "site-b ran the hook as changed at site-a"
+    );
+    b.json(&["failover", "stop-test", "g"]);
+
+    // Plans lose groups and steps at both sites.
+    a.json(&["plan", "add-step", "dr", "s1", "--command", "true"]);
+    let p = b.json(&["plan", "remove-step", "dr", "s1"]);
+    assert_eq!(p["steps"], serde_json::json!([]), "{p}");
+    assert_eq!(
+        a.json(&["plan", "show", "dr"])["steps"],
+        serde_json::json!([])
+    );
+    let err = b.fails(&["plan", "remove-step", "dr", "s1"]);
+    assert!(err.contains("plan dr has no step s1"), "{err}");
+    let p = a.json(&["plan", "remove-group", "dr", "g"]);
+    assert_eq!(p["groups"], serde_json::json!([]), "{p}");
+    assert_eq!(p["vms"], serde_json::json!([]), "{p}");
+    let pb = b.json(&["plan", "show", "dr"]);
+    assert_eq!(pb["groups"], serde_json::json!([]), "{pb}");
+    assert_eq!(pb["vms"], serde_json::json!([]), "{pb}");
+    let err = a.fails(&["vm", "delete", "web"]);
+    assert!(
+        err.contains("VM \"web\" is in replication group g (with site-b)")
+            && !err.contains("plan dr"),
+        "{err}"
+    );
+
+    // Teardown with --delete-replica leaves nothing of the store at site-b.
+    assert_eq!(stores_of(&storage, "g").len(), 1, "{:?}", entries(&storage));
+    let done = a.json(&["group", "teardown", "g", "--delete-replica"]);
+    assert_eq!(done["replica_deleted"], true, "{done}");
+    assert_eq!(
+        stores_of(&storage, "g"),
+        Vec::<String>::new(),
+        "no store and no torn-down copy of it"
+    );
+    assert_eq!(b.json(&["group", "list"]), serde_json::json!([]));
+
+    // No group holds it now: its volumes may change, and it may go.
+    let vm = a.json(&["vm", "set", "web", "--volume", "d1", "--volume", "d0"]);
+    assert_eq!(vm["volumes"], serde_json::json!(["d1", "d0"]));
+    let vm = a.json(&["vm", "set", "web", "--stop", ""]);
+    assert_eq!(
+        vm["stop"],
+        serde_json::Value::Null,
+        "'' removes a hook: {vm}"
+    );
+    a.json(&["vm", "delete", "web"]);
+}
+
+#[test]
+fn group_set_changes_rpo_keep_bandwidth_and_compression_at_both_sites() {
+    let (a, mut b) = group_pair();
+    let storage = b.scratch().join("replicas-of-site-a");
+    a.create_volume("d0", "4M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--rpo", "1h", "--keep", "5"],
+    );
+    start_group(&a, "g");
+    let st = a.json(&["group", "status", "g"]);
+    assert_eq!(st["compress"], true, "{st}");
+    assert_eq!(st["bandwidth_bytes_per_sec"], serde_json::Value::Null);
+    for _ in 0..3 {
+        sync_pit(&a, "g", &[]);
+    }
+    let newest = pit_ids(&b, "g").last().unwrap().0;
+    assert!(pit_ids(&b, "g").len() >= 3, "{:?}", pit_ids(&b, "g"));
+
+    let err = b.fails(&["group", "set", "g", "--keep", "2"]);
+    assert!(
+        err.contains(
+            "group g is a replica here; run `offsite group set` at its primary site site-a"
+        ),
+        "{err}"
+    );
+
+    let st = a.json(&[
+        "group",
+        "set",
+        "g",
+        "--rpo",
+        "30s",
+        "--keep",
+        "1",
+        "--bandwidth",
+        "10M",
+        "--compression",
+        "none",
+    ]);
+    assert_eq!(st["rpo_seconds"], 30, "{st}");
+    assert_eq!(st["keep"], 1, "{st}");
+    assert_eq!(st["bandwidth_bytes_per_sec"], 10 << 20, "{st}");
+    assert_eq!(st["compress"], false, "{st}");
+    assert_eq!(a.json(&["group", "status", "g"])["rpo_seconds"], 30);
+    let sb = b.json(&["group", "status", "g"]);
+    assert_eq!(sb["rpo_seconds"], 30, "the replica's copy: {sb}");
+    assert_eq!(sb["keep"], 1, "the replica's copy: {sb}");
+
+    // The running runner takes the new RPO: with 1 h it would not cycle
+    // for half an hour; now a PIT arrives without any `sync`.
+    wait_until("a cycle on the new RPO", Duration::from_secs(120), || {
+        pit_ids(&b, "g").last().unwrap().0 > newest
+    });
+    // Retention at the replica keeps only the newest unnamed PIT now.
+    sync_pit(&a, "g", &[]);
+    let pits = pit_ids(&b, "g");
+    assert_eq!(pits.len(), 1, "keep 1 at the replica: {pits:?}");
+
+    // 0 lifts the limit.
+    let st = a.json(&[
+        "group",
+        "set",
+        "g",
+        "--bandwidth",
+        "0",
+        "--compression",
+        "zstd",
+    ]);
+    assert_eq!(
+        st["bandwidth_bytes_per_sec"],
+        serde_json::Value::Null,
+        "{st}"
+    );
+    assert_eq!(st["compress"], true, "{st}");
+
+    // A replica that cannot be told means nothing changed; settings only
+    // the primary keeps change anyway.
+    b.stop();
+    let err = a.fails(&["group", "set", "g", "--keep", "4"]);
+    assert!(
+        err.contains("the replica site-b of group g did not take the new settings")
+            && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert_eq!(a.json(&["group", "status", "g"])["keep"], 1);
+    let st = a.json(&["group", "set", "g", "--bandwidth", "1M"]);
+    assert_eq!(st["bandwidth_bytes_per_sec"], 1 << 20, "{st}");
+    b.start();
+
+    // Teardown at the replica with --delete-replica removes its store too.
+    assert_eq!(stores_of(&storage, "g").len(), 1, "{:?}", entries(&storage));
+    b.json(&["group", "teardown", "g", "--delete-replica"]);
+    assert_eq!(stores_of(&storage, "g"), Vec::<String>::new());
+    assert_eq!(a.json(&["group", "list"]), serde_json::json!([]));
+}

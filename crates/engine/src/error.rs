@@ -66,6 +66,16 @@ pub enum EngineError {
     /// state; the message says why and what to do (409).
     #[error("{0}")]
     Refused(String),
+    /// A VM is held by a replication group or a recovery plan.
+    #[error("VM {name:?} is in {why}; {what_to_do}")]
+    VmInUse {
+        /// VM name.
+        name: String,
+        /// What holds it.
+        why: String,
+        /// What the user should do.
+        what_to_do: String,
+    },
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] offsite_catalog::CatalogError),
@@ -121,7 +131,7 @@ impl EngineError {
                 offsite_store::StoreError::TooLarge { .. }
                 | offsite_store::StoreError::NotImportable { .. },
             ) => ErrorKind::Invalid,
-            EngineError::Busy { .. } => ErrorKind::Busy,
+            EngineError::Busy { .. } | EngineError::VmInUse { .. } => ErrorKind::Busy,
             EngineError::Refused(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         }

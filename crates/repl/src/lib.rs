@@ -30,6 +30,7 @@ mod pits;
 mod primary;
 mod replica;
 mod resync;
+mod settings;
 mod superseded;
 mod switch;
 mod sync;

@@ -12,7 +12,7 @@ use offsite_replica::{PitId, ReplicaStore};
 
 use offsite_catalog::GroupRow;
 
-use crate::wire::{self, GroupRef};
+use crate::wire;
 use crate::{ReplError, Replication, invalid};
 
 /// One volume of a PIT as a read-only block device.
@@ -227,8 +227,14 @@ impl Replication {
     /// `group teardown [--force]` on either site: both sides forget the
     /// group (only this one with `force` when the partner cannot be
     /// reached). Volumes stay; a replica's PITs are kept on disk (moved
-    /// aside, see [`Replication::retire_store`]).
-    pub async fn teardown(&self, group: &str, force: bool) -> Result<(), ReplError> {
+    /// aside, see [`Replication::retire_store`]) unless `delete_replica`
+    /// asks to delete them.
+    pub async fn teardown(
+        &self,
+        group: &str,
+        force: bool,
+        delete_replica: bool,
+    ) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
@@ -241,8 +247,9 @@ impl Replication {
         };
         let told = async {
             let mut ch = self.channel(&row.partner, None).await?;
-            let body = serde_json::to_vec(&GroupRef {
+            let body = serde_json::to_vec(&wire::GroupDelete {
                 group: group.to_string(),
+                delete_replica,
             })
             .unwrap_or_default();
             let r = ch.request(kind, body).await;
@@ -259,12 +266,19 @@ impl Replication {
             }
             tracing::warn!(group, partner = %row.partner, "tearing down this side only: {e}");
         }
-        self.forget_group(&row).await.map_err(ReplError::Refused)
+        self.forget_group(&row, delete_replica)
+            .await
+            .map_err(ReplError::Refused)
     }
 
     /// Removes the group from this site: runner, failovers, row; a
-    /// replica's store is retired (kept aside).
-    pub(crate) async fn forget_group(&self, row: &GroupRow) -> Result<(), String> {
+    /// replica's store is retired (kept aside, or deleted with
+    /// `delete_store`).
+    pub(crate) async fn forget_group(
+        &self,
+        row: &GroupRow,
+        delete_store: bool,
+    ) -> Result<(), String> {
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -275,7 +289,7 @@ impl Replication {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&row.name);
         if row.role == "replica" {
-            self.retire_store(row).await?;
+            self.retire_store(row, delete_store).await?;
         }
         let site = self.site.clone();
         let g = row.name.clone();
@@ -288,8 +302,9 @@ impl Replication {
     /// A torn-down replica's store: removed when it holds no PIT (nothing
     /// was replicated yet), left in place while promoted volumes read it,
     /// else renamed to `DIR.torn-down-TIME` so its PITs stay readable by
-    /// hand and the name is free for a new group.
-    async fn retire_store(&self, row: &GroupRow) -> Result<(), String> {
+    /// hand and the name is free for a new group; with `delete`
+    /// (`teardown --delete-replica`) removed with its PITs.
+    async fn retire_store(&self, row: &GroupRow, delete: bool) -> Result<(), String> {
         let Some(dir) = row.store_dir.clone() else {
             return Ok(());
         };
@@ -318,9 +333,18 @@ impl Replication {
                 .map(|s| s.pits().is_empty())
                 .unwrap_or(false);
             site.forget_replica_store(path);
-            if empty {
-                return std::fs::remove_dir_all(path)
-                    .map_err(|e| format!("removing {dir}: {e}"));
+            if empty || delete {
+                std::fs::remove_dir_all(path).map_err(|e| {
+                    format!("removing {dir}: {e}; remove it by hand")
+                })?;
+                if delete && !empty {
+                    site.note(
+                        "group.store-deleted",
+                        &group,
+                        &format!("the replica store {dir} of group {group} and its PITs were deleted"),
+                    );
+                }
+                return Ok(());
             }
             let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let aside = (0..)

@@ -1658,6 +1658,8 @@ impl Replication {
             initial_durable_bytes: (row.role == "primary" && row.state == "initial-replication")
                 .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,
+            bandwidth_bytes_per_sec: row.bandwidth,
+            compress: row.compress,
             last_error: row.last_error.clone(),
             // A primary may still hold the store of its last promotion
             // (its volumes read it until flattened): not a replica store.

@@ -273,7 +273,8 @@ impl Replication {
     pub(crate) async fn answer_forget(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: GroupRef = parse(body)?;
         let row = self.primary_row_for(peer, &req.group).await?;
-        self.forget_group(&row).await?;
+        // The primary holds no replica store of the group to delete.
+        self.forget_group(&row, false).await?;
         Ok(Bytes::new())
     }
 
