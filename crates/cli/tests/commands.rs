@@ -462,3 +462,56 @@ fn group_set_changes_rpo_keep_bandwidth_and_compression_at_both_sites() {
     assert_eq!(stores_of(&storage, "g"), Vec::<String>::new());
     assert_eq!(a.json(&["group", "list"]), serde_json::json!([]));
 }
+
+/// The newest PIT id of group `g` at `site`.
+fn newest_pit(site: &TestSite) -> u64 {
+    pit_ids(site, "g").last().map_or(0, |p| p.0)
+}
+
+#[test]
+fn pit_ids_go_on_through_failover_reverse_and_failback() {
+    let (a, b) = group_pair();
+    authorize_primary(&a, "site-b", None);
+    a.create_volume("d0", "4M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    start_group(&a, "g");
+    sync_pit(&a, "g", &[]);
+    sync_pit(&a, "g", &[]);
+    let mut seen = newest_pit(&b);
+    assert!(seen >= 3, "{:?}", pit_ids(&b, "g"));
+
+    // Planned failover to site-b, then site-a becomes its replica.
+    a.json(&["failover", "prepare", "g"]);
+    b.json(&["failover", "run", "g"]);
+    seen = seen.max(newest_pit(&b));
+    b.json(&["reverse", "g"]);
+    let pit = sync_pit(&b, "g", &[]);
+    assert!(
+        u(&pit, "id") > seen,
+        "the first PIT after reverse ({pit}) must follow PIT {seen}, not start again"
+    );
+    assert!(
+        pit_ids(&a, "g").iter().all(|p| p.0 > seen),
+        "{:?}",
+        pit_ids(&a, "g")
+    );
+    seen = newest_pit(&a);
+
+    // Failback: the same from the other side.
+    b.json(&["failover", "prepare", "g"]);
+    a.json(&["failover", "run", "g"]);
+    seen = seen.max(newest_pit(&a));
+    a.json(&["reverse", "g"]);
+    let pit = sync_pit(&a, "g", &[]);
+    assert!(
+        u(&pit, "id") > seen,
+        "the first PIT after failback ({pit}) must follow PIT {seen}"
+    );
+    let ids: Vec<u64> = pit_ids(&b, "g").iter().map(|p| p.0).collect();
+    assert!(ids.iter().all(|&id| id > seen), "{ids:?}");
+    assert_eq!(
+        pit_ids(&a, "g"),
+        pit_ids(&b, "g"),
+        "both sites list the same PITs"
+    );
+}

@@ -143,6 +143,12 @@ pub struct ReverseBegin {
     /// as a named PIT.
     #[serde(default)]
     pub discard_isolated: bool,
+    /// The newest PIT id of the group the new primary knows (its store
+    /// held it as the replica): the old primary's new store numbers its
+    /// PITs after it, so ids never restart within a group's life (absent
+    /// from older sites: 0).
+    #[serde(default)]
+    pub last_pit: u64,
 }
 
 /// Answer to [`kinds::REVERSE_BEGIN`]: the old primary is the replica now.
