@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use offsite_testkit::{TestSite, sh};
+use offsite_testkit::{TestSite, qemu_io, sh};
 
 /// The files in a directory, except ext4's `lost+found`.
 fn entries(dir: &Path) -> Vec<String> {
@@ -367,7 +367,10 @@ fn vms_in_groups_or_plans_stay_and_change_in_place_and_teardown_deletes_the_repl
 fn group_set_changes_rpo_keep_bandwidth_and_compression_at_both_sites() {
     let (a, mut b) = group_pair();
     let storage = b.scratch().join("replicas-of-site-a");
-    a.create_volume("d0", "4M");
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let url = a.create_volume("d0", "4M");
     create_group(
         &a,
         "g",
@@ -416,7 +419,9 @@ fn group_set_changes_rpo_keep_bandwidth_and_compression_at_both_sites() {
     assert_eq!(sb["keep"], 1, "the replica's copy: {sb}");
 
     // The running runner takes the new RPO: with 1 h it would not cycle
-    // for half an hour; now a PIT arrives without any `sync`.
+    // for half an hour; now a PIT arrives without any `sync` (a write
+    // first: a cycle without changes commits nothing).
+    qemu_io(&url, &["write -P 0x42 0 64k"]);
     wait_until("a cycle on the new RPO", Duration::from_secs(120), || {
         pit_ids(&b, "g").last().unwrap().0 > newest
     });
