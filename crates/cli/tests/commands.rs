@@ -520,3 +520,36 @@ fn pit_ids_go_on_through_failover_reverse_and_failback() {
         "both sites list the same PITs"
     );
 }
+
+#[test]
+fn group_set_rpo_reaches_a_running_sync_group() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    let url = a.create_volume("d0", "4M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--mode", "sync", "--rpo", "24h"],
+    );
+    a.json(&["group", "start", "g"]);
+    wait_group(&a, "g", "in sync", GROUP_LIMIT, |s| {
+        s["sync_state"] == "in-sync"
+    });
+    sync_pit(&a, "g", &[]);
+    let newest = newest_pit(&b);
+
+    // The stream's seal timer was set for 24 h; after `group set --rpo 30s`
+    // the replica's log is sealed as a PIT within about 30 s, no `sync`.
+    let st = a.json(&["group", "set", "g", "--rpo", "30s"]);
+    assert_eq!(st["rpo_seconds"], 30, "{st}");
+    assert_eq!(st["mode"], "sync", "{st}");
+    assert_eq!(b.json(&["group", "status", "g"])["rpo_seconds"], 30);
+    qemu_io(&url, &["write -P 0x5a 0 64k"]);
+    wait_until("a seal on the new RPO", Duration::from_secs(120), || {
+        newest_pit(&b) > newest
+    });
+}
