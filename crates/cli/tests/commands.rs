@@ -553,3 +553,49 @@ fn group_set_rpo_reaches_a_running_sync_group() {
         newest_pit(&b) > newest
     });
 }
+
+#[test]
+fn a_daemon_under_a_file_size_limit_refuses_larger_volumes_and_lives_on() {
+    if !have_tools(&["prlimit"]) {
+        return;
+    }
+    let site = TestSite::init(bin(), "a");
+    let log = std::fs::File::create(site.scratch().join("daemon.log")).unwrap();
+    // 1 GiB: RLIMIT_FSIZE as `ulimit -f` or systemd's LimitFSIZE= set it.
+    let mut daemon = KillOnDrop(Some(
+        Command::new("prlimit")
+            .arg(format!("--fsize={}", 1u64 << 30))
+            .arg("--")
+            .arg(bin())
+            .args(["serve", "--dir"])
+            .arg(site.dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prlimit offsite serve"),
+    ));
+    wait_until("the daemon to answer", Duration::from_secs(30), || {
+        assert!(
+            daemon.child().try_wait().unwrap().is_none(),
+            "the daemon exited at start"
+        );
+        site.run(&["site", "show"]).status.success()
+    });
+
+    let err = site.fails(&["volume", "create", "big", "--size", "2G"]);
+    assert!(
+        err.contains("may not create files of 2 GiB")
+            && err.contains("its file-size limit (RLIMIT_FSIZE, `ulimit -f`) is 1 GiB"),
+        "{err}"
+    );
+    // SIGXFSZ did not kill it, and nothing was left behind.
+    assert!(
+        daemon.child().try_wait().unwrap().is_none(),
+        "the daemon died of the refused file"
+    );
+    assert_eq!(site.json(&["volume", "list"]), serde_json::json!([]));
+    assert_eq!(entries(&site.dir().join("volumes")), Vec::<String>::new());
+    let v = site.json(&["volume", "create", "small", "--size", "512M"]);
+    assert_eq!(v["state"], "ready");
+}
