@@ -599,3 +599,29 @@ fn a_daemon_under_a_file_size_limit_refuses_larger_volumes_and_lives_on() {
     let v = site.json(&["volume", "create", "small", "--size", "512M"]);
     assert_eq!(v["state"], "ready");
 }
+
+#[test]
+fn delete_replica_is_refused_while_promoted_volumes_read_the_store() {
+    let (a, b) = group_pair();
+    let storage = b.scratch().join("replicas-of-site-a");
+    a.create_volume("d0", "4M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    start_group(&a, "g");
+    a.json(&["failover", "prepare", "g"]);
+    b.json(&["failover", "run", "g"]);
+
+    for site in [&b, &a] {
+        let err = site.fails(&["group", "teardown", "g", "--delete-replica"]);
+        assert!(
+            err.contains(
+                "cannot be deleted: the promoted volume(s) d0 of site site-b still read it"
+            ) && err.contains("nothing changed"),
+            "{}: {err}",
+            site.name()
+        );
+    }
+    // Nothing changed: both sites still have the group, site-b its store.
+    assert_eq!(a.json(&["group", "list"])[0]["name"], "g");
+    assert_eq!(b.json(&["group", "list"])[0]["name"], "g");
+    assert_eq!(stores_of(&storage, "g"), vec!["g".to_string()]);
+}

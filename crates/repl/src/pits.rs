@@ -240,6 +240,11 @@ impl Replication {
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
+        if delete_replica {
+            self.check_store_deletable(&row)
+                .await
+                .map_err(ReplError::Refused)?;
+        }
         let kind = if row.role == "primary" {
             wire::kinds::GROUP_DELETE
         } else {
@@ -271,6 +276,28 @@ impl Replication {
             .map_err(ReplError::Refused)
     }
 
+    /// Refuses `--delete-replica` while promoted volumes of this site
+    /// still read the group's replica store.
+    async fn check_store_deletable(&self, row: &GroupRow) -> Result<(), String> {
+        let (true, Some(dir)) = (row.role == "replica", row.store_dir.clone()) else {
+            return Ok(());
+        };
+        let site = self.site.clone();
+        let d = dir.clone();
+        let readers = tokio::task::spawn_blocking(move || store_readers(&site, &d))
+            .await
+            .map_err(|e| e.to_string())??;
+        if readers.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the replica store {dir} of group {} cannot be deleted: the promoted volume(s) {} of site {} still read it (they copy it in the background and stop reading it at the next start of the site once complete); nothing changed: tear down without --delete-replica to keep the store, or retry after that",
+            row.name,
+            readers.join(", "),
+            self.site.config().name
+        ))
+    }
+
     /// Removes the group from this site: runner, failovers, row; a
     /// replica's store is retired (kept aside, or deleted with
     /// `delete_store`).
@@ -279,6 +306,10 @@ impl Replication {
         row: &GroupRow,
         delete_store: bool,
     ) -> Result<(), String> {
+        if delete_store {
+            // Checked before anything is forgotten: a refusal changes nothing.
+            self.check_store_deletable(row).await?;
+        }
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -315,11 +346,7 @@ impl Replication {
             if !path.exists() {
                 return Ok(());
             }
-            let used = site
-                .volume_rows()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .any(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir));
+            let used = !store_readers(&site, &dir)?.is_empty();
             if used {
                 site.note(
                     "group.store-kept",
@@ -471,4 +498,16 @@ impl Replication {
         .await
         .map_err(|e| invalid(e.to_string()))?
     }
+}
+
+/// The volumes of this site whose lower layer is the replica store `dir`
+/// (promoted volumes not yet complete).
+fn store_readers(site: &offsite_engine::Site, dir: &str) -> Result<Vec<String>, String> {
+    Ok(site
+        .volume_rows()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir))
+        .map(|v| v.name)
+        .collect())
 }
