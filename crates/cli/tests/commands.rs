@@ -233,6 +233,41 @@ fn pit_names_that_read_as_ids_or_repeat_are_refused() {
         .filter(|(_, n)| n.as_deref() == Some("nightly"))
         .collect();
     assert_eq!(named, vec![(u(&second, "id"), Some("nightly".into()))]);
+
+    // Two syncs with one new name at once, from both sites: one wins.
+    let racers: Vec<_> = [&a, &b, &a]
+        .iter()
+        .map(|site| {
+            Command::new(bin())
+                .args(["sync", "g", "--pit-name", "raced", "--dir"])
+                .arg(site.dir())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<_> = racers
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won = outcomes.iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        won, 1,
+        "exactly one racing sync names the PIT: {outcomes:?}"
+    );
+    for o in outcomes.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("PIT named \"raced\""),
+            "the others are told why: {err}"
+        );
+    }
+    let raced = pit_ids(&b, "g")
+        .into_iter()
+        .filter(|(_, n)| n.as_deref() == Some("raced"))
+        .count();
+    assert_eq!(raced, 1);
 }
 
 /// The entries for group `group` in the replica's storage location `dir`

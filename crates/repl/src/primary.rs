@@ -597,9 +597,34 @@ impl Replication {
         pit_name: Option<String>,
         wait: bool,
     ) -> Result<SyncResult, ReplError> {
-        if let Some(label) = &pit_name {
-            self.check_new_pit_name(name, label).await?;
+        let Some(label) = pit_name.clone() else {
+            return self.sync_group(name, None, wait).await;
+        };
+        self.check_new_pit_name(name, &label).await?;
+        let key = (name.to_string(), label.clone());
+        if !self
+            .pending_pit_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return Err(invalid(format!(
+                "another sync of group {name} is making a PIT named {label:?}; pick another name, or wait for it and release that PIT first"
+            )));
         }
+        // Forgotten once this sync is over, whatever its outcome (a later
+        // one then finds the committed name in the catalog).
+        struct Pending<'a>(&'a Replication, (String, String));
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .pending_pit_names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.1);
+            }
+        }
+        let _pending = Pending(self, key);
         self.sync_group(name, pit_name, wait).await
     }
 
