@@ -334,6 +334,35 @@ pub struct SetGroup {
     /// Convert to `async` or `sync` (no new initial replication).
     #[serde(default)]
     pub mode: Option<String>,
+    /// New RPO in seconds (30 s to 24 h); the replica keeps a copy.
+    #[serde(default)]
+    pub rpo_secs: Option<u64>,
+    /// New number of unnamed PITs kept (retention runs at the replica).
+    #[serde(default)]
+    pub keep: Option<u32>,
+    /// New bandwidth limit in bytes per second (0: unlimited).
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// zstd on the wire (`true`) or no compression.
+    #[serde(default)]
+    pub compress: Option<bool>,
+}
+
+/// `PATCH /api/v1/vms/{name}` (`vm set`): absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SetVm {
+    /// New start hook; an empty string removes it.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// New stop hook; an empty string removes it.
+    #[serde(default)]
+    pub stop: Option<String>,
+    /// New status hook; an empty string removes it.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// New volumes, disk 0 first (refused while the VM is in a group).
+    #[serde(default)]
+    pub volumes: Option<Vec<String>>,
 }
 
 /// A PIT reference in `group status`.
@@ -435,6 +464,13 @@ pub struct GroupStatus {
     /// Primary: progress of a running `group resync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncProgress>,
+    /// Primary: bandwidth limit of the group's transfers in bytes per
+    /// second (null: the site's limit, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Primary: zstd on the wire.
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// Progress of a running `group resync`.

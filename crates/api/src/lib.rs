@@ -81,11 +81,11 @@ impl ApiState {
 #[openapi(
     info(title = "offsite site API", description = "Control plane of one offsite site."),
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
-        authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete,
+        authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_set_priority, plan_add_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
-        StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, VmInfo, CreateVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
+        StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -184,12 +184,20 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(plan_set_priority),
         )
         .route("/plans/{name}/steps", axum::routing::post(plan_add_step))
+        .route(
+            "/plans/{name}/groups/{group}",
+            axum::routing::delete(plan_remove_group),
+        )
+        .route(
+            "/plans/{name}/steps/{step}",
+            axum::routing::delete(plan_remove_step),
+        )
         .route("/plans/{name}/run", axum::routing::post(plan_run))
         .route("/plans/{name}/continue", axum::routing::post(plan_continue))
         .route("/plans/{name}/runs", get(plan_history))
         .route("/plan-runs/{id}", get(plan_report))
         .route("/vms", get(vm_list).post(vm_create))
-        .route("/vms/{name}", get(vm_show).delete(vm_delete))
+        .route("/vms/{name}", get(vm_show).delete(vm_delete).patch(vm_set))
         .route("/events", get(event_list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -468,10 +476,7 @@ async fn group_set(
     b: JsonBody<offsite_api_types::SetGroup>,
 ) -> ApiResult<GroupStatus> {
     let req = body(b)?;
-    match req.mode {
-        Some(mode) => repl(s.repl.set_group_mode(&name, &mode).await),
-        None => repl(s.repl.group_status(&name).await),
-    }
+    repl(s.repl.set_group(&name, &req).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/resume", params(("name" = String, Path)),
@@ -491,7 +496,7 @@ async fn group_sync(
     b: JsonBody<SyncGroup>,
 ) -> ApiResult<SyncResult> {
     let req = body(b)?;
-    repl(s.repl.sync_group(&name, req.pit_name, !req.no_wait).await)
+    repl(s.repl.sync_named(&name, req.pit_name, !req.no_wait).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/verify", params(("name" = String, Path)),
@@ -635,6 +640,8 @@ async fn group_export_seed(
 struct TeardownQuery {
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    delete_replica: bool,
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/unfence",
@@ -649,7 +656,8 @@ async fn group_unfence(
 }
 
 #[utoipa::path(delete, path = "/api/v1/groups/{name}",
-    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "tear down this side although the partner cannot be reached")),
+    params(("name" = String, Path), ("force" = Option<bool>, Query, description = "tear down this side although the partner cannot be reached"),
+        ("delete_replica" = Option<bool>, Query, description = "delete the replica's store and its PITs instead of keeping them aside")),
     responses((status = 200, body = GroupStatus), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_teardown(
     State(s): State<ApiState>,
@@ -658,7 +666,7 @@ async fn group_teardown(
 ) -> ApiResult<GroupStatus> {
     let status = s.repl.group_status(&name).await.map_err(Failure::Repl)?;
     s.repl
-        .teardown(&name, q.force)
+        .teardown(&name, q.force, q.delete_replica)
         .await
         .map_err(Failure::Repl)?;
     Ok(Json(status))
@@ -686,6 +694,18 @@ async fn vm_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResu
     responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
 async fn vm_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
     blocking(move || s.site.delete_vm(&name)).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    request_body = offsite_api_types::SetVm,
+    responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 403, body = ApiError)))]
+async fn vm_set(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    b: JsonBody<offsite_api_types::SetVm>,
+) -> ApiResult<VmInfo> {
+    let req = body(b)?;
+    repl(s.repl.set_vm(&name, &req).await)
 }
 
 #[utoipa::path(patch, path = "/api/v1/partners/{name}", params(("name" = String, Path)),
@@ -867,6 +887,24 @@ async fn plan_add_group(
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     let req = body(b)?;
     plan(s.plans.add_group(&name, &req).await)
+}
+
+#[utoipa::path(delete, path = "/api/v1/plans/{name}/groups/{group}", params(("name" = String, Path), ("group" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
+async fn plan_remove_group(
+    State(s): State<ApiState>,
+    Path((name, group)): Path<(String, String)>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    plan(s.plans.remove_group(&name, &group).await)
+}
+
+#[utoipa::path(delete, path = "/api/v1/plans/{name}/steps/{step}", params(("name" = String, Path), ("step" = String, Path)),
+    responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
+async fn plan_remove_step(
+    State(s): State<ApiState>,
+    Path((name, step)): Path<(String, String)>,
+) -> ApiResult<offsite_api_types::PlanInfo> {
+    plan(s.plans.remove_step(&name, &step).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/plans/{name}/priorities", params(("name" = String, Path)),

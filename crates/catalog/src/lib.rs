@@ -1030,6 +1030,40 @@ impl Catalog {
         Ok(vms)
     }
 
+    /// Rewrites a VM's hooks and volumes (`vm set`), in one transaction.
+    pub fn update_vm(&mut self, vm: &VmRow) -> Result<VmRow, CatalogError> {
+        let path = self.path.clone();
+        let err = |context: &'static str| {
+            let path = path.clone();
+            move |source| CatalogError::Sqlite {
+                path,
+                context,
+                source,
+            }
+        };
+        let tx = self.conn.transaction().map_err(err("update VM"))?;
+        let n = tx
+            .execute(
+                "UPDATE vms SET start_cmd = ?2, stop_cmd = ?3, status_cmd = ?4 WHERE name = ?1",
+                params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd],
+            )
+            .map_err(err("update VM"))?;
+        if n == 0 {
+            return Err(CatalogError::NoSuchVm(vm.name.clone()));
+        }
+        tx.execute("DELETE FROM vm_volumes WHERE vm = ?1", [&vm.name])
+            .map_err(err("update VM"))?;
+        for (i, v) in vm.volumes.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO vm_volumes (vm, position, volume) VALUES (?1, ?2, ?3)",
+                params![vm.name, i as i64, v],
+            )
+            .map_err(err("update VM"))?;
+        }
+        tx.commit().map_err(err("update VM"))?;
+        self.vm(&vm.name)
+    }
+
     /// Deletes a VM (its volumes stay).
     pub fn delete_vm(&self, name: &str) -> Result<(), CatalogError> {
         self.change_row(
@@ -1290,6 +1324,43 @@ impl Catalog {
                 c.execute(
                     "UPDATE groups SET needs_resync = ?2 WHERE name = ?1",
                     params![name, why],
+                )
+            },
+        )
+    }
+
+    /// Changes a group's RPO, retention, bandwidth limit and compression
+    /// (`group set`).
+    pub fn set_group_settings(
+        &self,
+        name: &str,
+        rpo_secs: u64,
+        keep: u32,
+        bandwidth: Option<u64>,
+        compress: bool,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET rpo_secs = ?2, keep = ?3, bandwidth = ?4, compress = ?5 WHERE name = ?1",
+                    params![name, rpo_secs as i64, keep, bandwidth.map(|b| b as i64), compress],
+                )
+            },
+        )
+    }
+
+    /// Rewrites the hooks of a group's copy of VM `vm` (`vm set` on a VM
+    /// of a group; both sites keep the copy).
+    pub fn set_group_vm_hooks(&self, group: &str, vm: &VmRow) -> Result<(), CatalogError> {
+        self.change_row(
+            "update a VM of a group",
+            || CatalogError::NoSuchVm(vm.name.clone()),
+            |c| {
+                c.execute(
+                    "UPDATE group_vms SET start_cmd = ?3, stop_cmd = ?4, status_cmd = ?5 WHERE group_name = ?1 AND name = ?2",
+                    params![group, vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd],
                 )
             },
         )

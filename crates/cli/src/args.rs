@@ -179,13 +179,27 @@ pub enum GroupCommand {
     Pause { name: String },
     /// Resume cycles.
     Resume { name: String },
-    /// Change a group's settings: `--mode async|sync` converts it without a
-    /// new initial replication.
+    /// Change a group's settings at its primary (no flag: show them);
+    /// `--mode async|sync` converts it without a new initial replication.
+    /// The running group takes the change at once; the replica's copy of
+    /// the RPO and retention follows (nothing changes if it cannot be told).
     Set {
         name: String,
         /// async or sync.
         #[arg(long)]
         mode: Option<String>,
+        /// Recovery point objective: 30s to 24h.
+        #[arg(long)]
+        rpo: Option<Secs>,
+        /// Unnamed PITs kept at the replica (named ones stay until released).
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Bandwidth limit of the group's transfers per second, e.g. 100M (0: unlimited).
+        #[arg(long)]
+        bandwidth: Option<Size>,
+        /// Compression on the wire: zstd or none.
+        #[arg(long, alias = "compress", value_parser = ["zstd", "none"])]
+        compression: Option<String>,
     },
     /// Compare every block of the primary, at a fresh cut, with the replica
     /// by BLAKE3 and ship only the blocks that differ (at the primary).
@@ -212,12 +226,17 @@ pub enum GroupCommand {
         #[arg(long)]
         to: std::path::PathBuf,
     },
-    /// Delete the group (at the primary: the replica's PITs too; volumes stay).
+    /// Delete the group on both sites (volumes stay). The replica keeps
+    /// its store with the PITs aside (`STORE.torn-down-TIME`) unless
+    /// `--delete-replica`.
     Teardown {
         name: String,
         /// Tear down this side although the partner cannot be reached.
         #[arg(long)]
         force: bool,
+        /// Delete the replica's store and every PIT in it (kept aside otherwise).
+        #[arg(long)]
+        delete_replica: bool,
     },
 }
 
@@ -333,7 +352,26 @@ pub enum VmCommand {
     List,
     /// Show one VM.
     Show { name: String },
-    /// Delete a VM definition (its volumes are kept).
+    /// Change a VM's hooks, or its volumes while no group holds it; a
+    /// group's copy of the hooks (at both sites) follows.
+    Set {
+        name: String,
+        /// Command that starts the VM ('' removes it).
+        #[arg(long)]
+        start: Option<String>,
+        /// Command that stops the VM ('' removes it).
+        #[arg(long)]
+        stop: Option<String>,
+        /// Command that exits 0 while the VM runs ('' removes it).
+        #[arg(long)]
+        status: Option<String>,
+        /// The VM's volumes, all of them, disk 0 first (repeat); refused
+        /// while the VM is in a group.
+        #[arg(long = "volume")]
+        volumes: Vec<String>,
+    },
+    /// Delete a VM definition (its volumes are kept); refused while a group
+    /// or a recovery plan holds it.
     Delete { name: String },
 }
 
@@ -528,6 +566,10 @@ pub enum PlanCommand {
         #[arg(long)]
         timeout: Option<Secs>,
     },
+    /// Remove a replication group and its VMs from a plan (at both sites).
+    RemoveGroup { plan: String, group: String },
+    /// Remove a callout step from a plan (at both sites).
+    RemoveStep { plan: String, step: String },
     /// Show a plan.
     Show { plan: String },
     /// List the plans.

@@ -173,6 +173,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })?),
                 VmCommand::List => p.vms(&c.vms()?),
                 VmCommand::Show { name } => p.vm(&c.vm(&name)?),
+                VmCommand::Set {
+                    name,
+                    start,
+                    stop,
+                    status,
+                    volumes,
+                } => p.vm(&c.set_vm(
+                    &name,
+                    &offsite_api_types::SetVm {
+                        start,
+                        stop,
+                        status,
+                        volumes: (!volumes.is_empty()).then_some(volumes),
+                    },
+                )?),
                 VmCommand::Delete { name } => {
                     let vm = c.delete_vm(&name)?;
                     p.done(
@@ -287,9 +302,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
                 GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
                 GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
-                GroupCommand::Set { name, mode } => {
-                    p.group(&c.group_action(&name, "set", &offsite_api_types::SetGroup { mode })?)
-                }
+                GroupCommand::Set {
+                    name,
+                    mode,
+                    rpo,
+                    keep,
+                    bandwidth,
+                    compression,
+                } => p.group(&c.set_group(
+                    &name,
+                    &offsite_api_types::SetGroup {
+                        mode,
+                        rpo_secs: rpo.map(|r| r.0),
+                        keep,
+                        bandwidth_bytes_per_sec: bandwidth.map(|b| b.0),
+                        compress: compression.map(|c| c == "zstd"),
+                    },
+                )?),
                 GroupCommand::Unfence { name, force } => p.group(&c.unfence(&name, force)?),
                 GroupCommand::Resync { name } => {
                     let r = resync(&c, &cli.global, &name, &p)?;
@@ -314,11 +343,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         serde_json::to_value(&r)?,
                     )
                 }
-                GroupCommand::Teardown { name, force } => {
-                    let st = c.teardown(&name, force)?;
+                GroupCommand::Teardown {
+                    name,
+                    force,
+                    delete_replica,
+                } => {
+                    let st = c.teardown(&name, force, delete_replica)?;
+                    let mut json = serde_json::to_value(&st)?;
+                    json["torn_down"] = true.into();
+                    json["replica_deleted"] = delete_replica.into();
                     p.done(
-                        &format!("group {name} torn down"),
-                        serde_json::to_value(st)?,
+                        &if delete_replica {
+                            format!("group {name} torn down; the replica's store and its PITs were deleted")
+                        } else {
+                            format!("group {name} torn down; the replica keeps its PITs aside (delete them with --delete-replica next time)")
+                        },
+                        json,
                     )
                 }
             }
@@ -491,6 +531,8 @@ fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyhow::Result<
                 timeout_secs: timeout.map(|s| s.0),
             },
         )?),
+        PlanCommand::RemoveGroup { plan, group } => p.plan(&c.plan_remove_group(&plan, &group)?),
+        PlanCommand::RemoveStep { plan, step } => p.plan(&c.plan_remove_step(&plan, &step)?),
         PlanCommand::Show { plan } => p.plan(&c.plan(&plan)?),
         PlanCommand::List => p.plans(&c.plans()?),
         PlanCommand::Delete { plan } => {

@@ -335,6 +335,23 @@ impl Printer {
                 ),
             ));
         }
+        if g.role == "primary" {
+            // The replica sends nothing in bulk: these are the primary's.
+            f.insert(
+                6,
+                (
+                    "transfer",
+                    format!(
+                        "{}, {}",
+                        if g.compress { "zstd" } else { "uncompressed" },
+                        g.bandwidth_bytes_per_sec.map_or(
+                            "no group bandwidth limit".into(),
+                            |b| format!("at most {}/s", human(b))
+                        )
+                    ),
+                ),
+            );
+        }
         if let Some(pct) = g.initial_progress_percent {
             f.push((
                 "initial replication",

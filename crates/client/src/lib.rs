@@ -356,6 +356,15 @@ impl Client {
         self.post("/vms", req)
     }
 
+    /// `PATCH /vms/{name}` (`vm set`).
+    pub fn set_vm(
+        &self,
+        name: &str,
+        req: &offsite_api_types::SetVm,
+    ) -> Result<offsite_api_types::VmInfo, ClientError> {
+        self.send("PATCH", &format!("/vms/{}", encode(name)), req)
+    }
+
     /// `DELETE /vms/{name}`.
     pub fn delete_vm(&self, name: &str) -> Result<offsite_api_types::VmInfo, ClientError> {
         self.delete(&format!("/vms/{}", encode(name)))
@@ -413,17 +422,37 @@ impl Client {
         self.post(&format!("/groups/{}/unfence{query}", encode(name)), &())
     }
 
-    /// `DELETE /groups/{name}` (teardown).
+    /// `DELETE /groups/{name}` (teardown): `force` tears down this side
+    /// although the partner cannot be reached; `delete_replica` has the
+    /// replica delete its store instead of keeping it aside.
     pub fn teardown(
         &self,
         name: &str,
         force: bool,
+        delete_replica: bool,
     ) -> Result<offsite_api_types::GroupStatus, ClientError> {
-        self.delete(&format!(
-            "/groups/{}{}",
-            encode(name),
-            if force { "?force=true" } else { "" }
-        ))
+        let mut query = Vec::new();
+        if force {
+            query.push("force=true");
+        }
+        if delete_replica {
+            query.push("delete_replica=true");
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        self.delete(&format!("/groups/{}{query}", encode(name)))
+    }
+
+    /// `POST /groups/{name}/set` (`group set`).
+    pub fn set_group(
+        &self,
+        name: &str,
+        req: &offsite_api_types::SetGroup,
+    ) -> Result<offsite_api_types::GroupStatus, ClientError> {
+        self.group_action(name, "set", req)
     }
 
     /// `POST /groups/{name}/pits/{pit}/export`.
@@ -481,6 +510,24 @@ impl Client {
     /// `DELETE /plans/{name}`.
     pub fn delete_plan(&self, name: &str) -> Result<offsite_api_types::PlanInfo, ClientError> {
         self.delete(&format!("/plans/{}", encode(name)))
+    }
+
+    /// `DELETE /plans/{name}/groups/{group}` (`plan remove-group`).
+    pub fn plan_remove_group(
+        &self,
+        name: &str,
+        group: &str,
+    ) -> Result<offsite_api_types::PlanInfo, ClientError> {
+        self.delete(&format!("/plans/{}/groups/{}", encode(name), encode(group)))
+    }
+
+    /// `DELETE /plans/{name}/steps/{step}` (`plan remove-step`).
+    pub fn plan_remove_step(
+        &self,
+        name: &str,
+        step: &str,
+    ) -> Result<offsite_api_types::PlanInfo, ClientError> {
+        self.delete(&format!("/plans/{}/steps/{}", encode(name), encode(step)))
     }
 
     /// `POST /plans/{name}/ACTION` with `body` (`groups`, `priorities`,

@@ -45,6 +45,12 @@ pub struct ServeOptions {
 /// Runs the daemon for the site in `dir` until a termination signal.
 pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     private_files();
+    // A file grown past RLIMIT_FSIZE must fail that one request with EFBIG
+    // (the volume store explains the limit), not kill the daemon with
+    // SIGXFSZ's default action.
+    // SAFETY: signal(2) with a valid signal number and SIG_IGN, before any
+    // other thread of ours exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let layout = Layout::new(dir);
     // The log first, with config.toml's filter if the file is readable (if
     // it is not, opening the site below says why, in this log).

@@ -66,6 +66,16 @@ pub enum EngineError {
     /// state; the message says why and what to do (409).
     #[error("{0}")]
     Refused(String),
+    /// A VM is held by a replication group or a recovery plan.
+    #[error("VM {name:?} is in {why}; {what_to_do}")]
+    VmInUse {
+        /// VM name.
+        name: String,
+        /// What holds it.
+        why: String,
+        /// What the user should do.
+        what_to_do: String,
+    },
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] offsite_catalog::CatalogError),
@@ -115,8 +125,13 @@ impl EngineError {
             EngineError::VolumeExists(_)
             | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
-            EngineError::Invalid(_) | EngineError::NotASite { .. } => ErrorKind::Invalid,
-            EngineError::Busy { .. } => ErrorKind::Busy,
+            EngineError::Invalid(_)
+            | EngineError::NotASite { .. }
+            | EngineError::Store(
+                offsite_store::StoreError::TooLarge { .. }
+                | offsite_store::StoreError::NotImportable { .. },
+            ) => ErrorKind::Invalid,
+            EngineError::Busy { .. } | EngineError::VmInUse { .. } => ErrorKind::Busy,
             EngineError::Refused(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         }

@@ -56,6 +56,57 @@ impl Site {
         Ok(())
     }
 
+    /// Changes a group's RPO, retention, bandwidth limit and compression
+    /// (an event records what changed).
+    pub fn set_group_settings(
+        &self,
+        name: &str,
+        rpo_secs: u64,
+        keep: u32,
+        bandwidth: Option<u64>,
+        compress: bool,
+    ) -> Result<(), EngineError> {
+        let before = self.catalog().group(name)?;
+        self.catalog()
+            .set_group_settings(name, rpo_secs, keep, bandwidth, compress)?;
+        let mut changes = Vec::new();
+        if before.rpo_secs != rpo_secs {
+            changes.push(format!("rpo {}s -> {rpo_secs}s", before.rpo_secs));
+        }
+        if before.keep != keep {
+            changes.push(format!("keep {} -> {keep}", before.keep));
+        }
+        let bw = |b: Option<u64>| b.map_or("unlimited".to_string(), |b| format!("{b} B/s"));
+        if before.bandwidth != bandwidth {
+            changes.push(format!(
+                "bandwidth {} -> {}",
+                bw(before.bandwidth),
+                bw(bandwidth)
+            ));
+        }
+        if before.compress != compress {
+            let c = |z: bool| if z { "zstd" } else { "none" };
+            changes.push(format!(
+                "compression {} -> {}",
+                c(before.compress),
+                c(compress)
+            ));
+        }
+        if !changes.is_empty() {
+            self.event("group.settings", Some(name), &changes.join(", "));
+        }
+        Ok(())
+    }
+
+    /// Rewrites the hooks of the group's copy of a VM.
+    pub fn set_group_vm_hooks(
+        &self,
+        group: &str,
+        vm: &offsite_catalog::VmRow,
+    ) -> Result<(), EngineError> {
+        Ok(self.catalog().set_group_vm_hooks(group, vm)?)
+    }
+
     /// Persists a state change (and records an event when it changes).
     pub fn set_group_state(
         &self,

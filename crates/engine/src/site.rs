@@ -307,18 +307,22 @@ impl Site {
                         path.display()
                     )));
                 }
-                let size = offsite_store::source_size(&path).map_err(|e| {
-                    EngineError::Invalid(format!(
-                        "cannot read import source {}: {e}; check the path and permissions of the site's user",
-                        path.display()
-                    ))
+                let (file, size) = offsite_store::open_source(&path).map_err(|e| match e {
+                    e @ offsite_store::StoreError::NotImportable { .. } => {
+                        EngineError::Invalid(e.to_string())
+                    }
+                    e => EngineError::Invalid(format!(
+                        "cannot read import source: {e}; check the path and permissions of the site's user"
+                    )),
                 })?;
-                (size, Some(path))
+                (size, Some((path, file)))
             }
         };
         if size_bytes == 0 {
             return Err(EngineError::Invalid(match &import {
-                Some(p) => format!("import source {} is empty; nothing to import", p.display()),
+                Some((p, _)) => {
+                    format!("import source {} is empty; nothing to import", p.display())
+                }
                 None => "size must be greater than 0; use e.g. --size 10G".into(),
             }));
         }
@@ -337,7 +341,7 @@ impl Site {
                 "size {size_bytes} is more than 2^32 blocks of {block_size} bytes; use a larger --block-size"
             )));
         }
-        let import_source = import.as_ref().map(|p| p.display().to_string());
+        let import_source = import.as_ref().map(|(p, _)| p.display().to_string());
         let row = self.catalog().insert_volume(&NewVolume {
             name: &req.name,
             size_bytes,
@@ -354,6 +358,11 @@ impl Site {
         let volume = match Volume::create(&self.layout, row.clone()) {
             Ok(v) => Arc::new(v),
             Err(e) => {
+                // Nothing of a failed create may stay: a leftover file
+                // would block the next volume given the same id.
+                if let Err(re) = Volume::remove_files(&self.layout, row.id) {
+                    tracing::warn!(volume = %row.name, error = %re, "removing the files of a failed create");
+                }
                 let _ = self.catalog().delete_volume(&row.name);
                 return Err(e);
             }
@@ -363,14 +372,14 @@ impl Site {
             .unwrap_or_else(|e| e.into_inner())
             .insert(row.name.clone(), volume.clone());
         let msg = match &import {
-            Some(p) => format!(
+            Some((p, _)) => format!(
                 "volume created ({size_bytes} bytes), importing {}",
                 p.display()
             ),
             None => format!("volume created ({size_bytes} bytes, block size {block_size})"),
         };
         self.event("volume.created", Some(&row.name), &msg);
-        if let Some(path) = import {
+        if let Some((path, src)) = import {
             let state = Arc::new(ImportState::default());
             state.total.store(size_bytes, Ordering::Relaxed);
             self.imports
@@ -381,14 +390,21 @@ impl Site {
             let name = row.name.clone();
             std::thread::Builder::new()
                 .name(format!("import-{name}"))
-                .spawn(move || site.run_import(&name, &path, &volume, &state))
+                .spawn(move || site.run_import(&name, &path, src, &volume, &state))
                 .map_err(|e| EngineError::io("start import of", self.layout.root(), e))?;
         }
         self.volume_info(&row.name)
     }
 
-    fn run_import(&self, name: &str, path: &Path, volume: &Volume, state: &ImportState) {
-        let result = copy_image(path, volume, &state.copied);
+    fn run_import(
+        &self,
+        name: &str,
+        path: &Path,
+        src: std::fs::File,
+        volume: &Volume,
+        state: &ImportState,
+    ) {
+        let result = copy_image(&src, volume, &state.copied);
         let (new_state, kind, msg) = match result {
             Ok(()) => (
                 "ready",
@@ -700,10 +716,9 @@ impl Site {
 
 /// Copies a raw image into a volume, skipping all-zero blocks so that the
 /// volume stays sparse and they are not counted as changed.
-fn copy_image(path: &Path, volume: &Volume, copied: &AtomicU64) -> std::io::Result<()> {
+fn copy_image(src: &std::fs::File, volume: &Volume, copied: &AtomicU64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     const CHUNK: usize = 1 << 20;
-    let src = std::fs::File::open(path)?;
     let size = volume.row().size_bytes;
     let block = volume.row().block_size as usize;
     let mut buf = vec![0u8; CHUNK];

@@ -540,6 +540,34 @@ impl Plans {
         self.change(row).await
     }
 
+    /// `plan remove-group`: the group and its VMs leave the plan, at both
+    /// sites.
+    pub async fn remove_group(&self, plan: &str, group: &str) -> Result<PlanInfo, PlanError> {
+        let _busy = self.busy(plan)?;
+        let mut row = self.load(plan).await?;
+        if !row.groups.iter().any(|g| g == group) {
+            return Err(invalid(format!(
+                "plan {plan} has no group {group}; `offsite plan show {plan}` lists its groups"
+            )));
+        }
+        row.groups.retain(|g| g != group);
+        row.vms.retain(|v| v.group != group);
+        self.change(row).await
+    }
+
+    /// `plan remove-step`: the callout leaves the plan, at both sites.
+    pub async fn remove_step(&self, plan: &str, step: &str) -> Result<PlanInfo, PlanError> {
+        let _busy = self.busy(plan)?;
+        let mut row = self.load(plan).await?;
+        if !row.steps.iter().any(|s| s.name == step) {
+            return Err(invalid(format!(
+                "plan {plan} has no step {step}; `offsite plan show {plan}` lists its steps"
+            )));
+        }
+        row.steps.retain(|s| s.name != step);
+        self.change(row).await
+    }
+
     /// `plan show`.
     pub async fn show(&self, plan: &str) -> Result<PlanInfo, PlanError> {
         Ok(plan_info(&self.load(plan).await?))

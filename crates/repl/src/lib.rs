@@ -30,6 +30,7 @@ mod pits;
 mod primary;
 mod replica;
 mod resync;
+mod settings;
 mod superseded;
 mod switch;
 mod sync;
@@ -194,6 +195,9 @@ pub struct Replication {
     sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
     /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
     extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
+    /// `(group, PIT name)` of the named syncs under way: a second sync
+    /// with the same name is refused before the first has committed.
+    pending_pit_names: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -233,6 +237,7 @@ impl Replication {
             remote_confirmed: Default::default(),
             sent_confirmed: Default::default(),
             extension: std::sync::OnceLock::new(),
+            pending_pit_names: Default::default(),
         }))
     }
 

@@ -12,7 +12,7 @@ use offsite_replica::{PitId, ReplicaStore};
 
 use offsite_catalog::GroupRow;
 
-use crate::wire::{self, GroupRef};
+use crate::wire;
 use crate::{ReplError, Replication, invalid};
 
 /// One volume of a PIT as a read-only block device.
@@ -177,8 +177,24 @@ impl Replication {
             let r = ch.request(wire::kinds::PIT_RELEASE, body).await;
             ch.close().await;
             r?;
-            // The primary's list follows at the next commit.
-            return Ok(());
+            // The replica's list reaches the primary with the next commit;
+            // forget the name here now, so it can be given again at once.
+            let site = self.site.clone();
+            let (g, p) = (group.to_string(), pit.to_string());
+            return tokio::task::spawn_blocking(move || {
+                let mut rows = site.pit_rows(&g)?;
+                let by_id = p.parse::<u64>().ok();
+                if let Some(row) = rows.iter_mut().rev().find(|r| {
+                    Some(r.id) == by_id
+                        || (by_id.is_none() && r.name.as_deref() == Some(p.as_str()))
+                }) {
+                    row.name = None;
+                }
+                site.replace_pits(&g, &rows)
+            })
+            .await
+            .map_err(|e| invalid(e.to_string()))?
+            .map_err(ReplError::Engine);
         }
         self.release_local(group, pit)
             .await
@@ -211,13 +227,24 @@ impl Replication {
     /// `group teardown [--force]` on either site: both sides forget the
     /// group (only this one with `force` when the partner cannot be
     /// reached). Volumes stay; a replica's PITs are kept on disk (moved
-    /// aside, see [`Replication::retire_store`]).
-    pub async fn teardown(&self, group: &str, force: bool) -> Result<(), ReplError> {
+    /// aside, see [`Replication::retire_store`]) unless `delete_replica`
+    /// asks to delete them.
+    pub async fn teardown(
+        &self,
+        group: &str,
+        force: bool,
+        delete_replica: bool,
+    ) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
+        if delete_replica {
+            self.check_store_deletable(&row)
+                .await
+                .map_err(ReplError::Refused)?;
+        }
         let kind = if row.role == "primary" {
             wire::kinds::GROUP_DELETE
         } else {
@@ -225,8 +252,9 @@ impl Replication {
         };
         let told = async {
             let mut ch = self.channel(&row.partner, None).await?;
-            let body = serde_json::to_vec(&GroupRef {
+            let body = serde_json::to_vec(&wire::GroupDelete {
                 group: group.to_string(),
+                delete_replica,
             })
             .unwrap_or_default();
             let r = ch.request(kind, body).await;
@@ -243,12 +271,45 @@ impl Replication {
             }
             tracing::warn!(group, partner = %row.partner, "tearing down this side only: {e}");
         }
-        self.forget_group(&row).await.map_err(ReplError::Refused)
+        self.forget_group(&row, delete_replica)
+            .await
+            .map_err(ReplError::Refused)
+    }
+
+    /// Refuses `--delete-replica` while promoted volumes of this site
+    /// still read the group's replica store.
+    async fn check_store_deletable(&self, row: &GroupRow) -> Result<(), String> {
+        let (true, Some(dir)) = (row.role == "replica", row.store_dir.clone()) else {
+            return Ok(());
+        };
+        let site = self.site.clone();
+        let d = dir.clone();
+        let readers = tokio::task::spawn_blocking(move || store_readers(&site, &d))
+            .await
+            .map_err(|e| e.to_string())??;
+        if readers.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the replica store {dir} of group {} cannot be deleted: the promoted volume(s) {} of site {} still read it (they copy it in the background and stop reading it at the next start of the site once complete); nothing changed: tear down without --delete-replica to keep the store, or retry after that",
+            row.name,
+            readers.join(", "),
+            self.site.config().name
+        ))
     }
 
     /// Removes the group from this site: runner, failovers, row; a
-    /// replica's store is retired (kept aside).
-    pub(crate) async fn forget_group(&self, row: &GroupRow) -> Result<(), String> {
+    /// replica's store is retired (kept aside, or deleted with
+    /// `delete_store`).
+    pub(crate) async fn forget_group(
+        &self,
+        row: &GroupRow,
+        delete_store: bool,
+    ) -> Result<(), String> {
+        if delete_store {
+            // Checked before anything is forgotten: a refusal changes nothing.
+            self.check_store_deletable(row).await?;
+        }
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -259,7 +320,7 @@ impl Replication {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&row.name);
         if row.role == "replica" {
-            self.retire_store(row).await?;
+            self.retire_store(row, delete_store).await?;
         }
         let site = self.site.clone();
         let g = row.name.clone();
@@ -272,8 +333,9 @@ impl Replication {
     /// A torn-down replica's store: removed when it holds no PIT (nothing
     /// was replicated yet), left in place while promoted volumes read it,
     /// else renamed to `DIR.torn-down-TIME` so its PITs stay readable by
-    /// hand and the name is free for a new group.
-    async fn retire_store(&self, row: &GroupRow) -> Result<(), String> {
+    /// hand and the name is free for a new group; with `delete`
+    /// (`teardown --delete-replica`) removed with its PITs.
+    async fn retire_store(&self, row: &GroupRow, delete: bool) -> Result<(), String> {
         let Some(dir) = row.store_dir.clone() else {
             return Ok(());
         };
@@ -284,11 +346,7 @@ impl Replication {
             if !path.exists() {
                 return Ok(());
             }
-            let used = site
-                .volume_rows()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .any(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir));
+            let used = !store_readers(&site, &dir)?.is_empty();
             if used {
                 site.note(
                     "group.store-kept",
@@ -302,9 +360,18 @@ impl Replication {
                 .map(|s| s.pits().is_empty())
                 .unwrap_or(false);
             site.forget_replica_store(path);
-            if empty {
-                return std::fs::remove_dir_all(path)
-                    .map_err(|e| format!("removing {dir}: {e}"));
+            if empty || delete {
+                std::fs::remove_dir_all(path).map_err(|e| {
+                    format!("removing {dir}: {e}; remove it by hand")
+                })?;
+                if delete && !empty {
+                    site.note(
+                        "group.store-deleted",
+                        &group,
+                        &format!("the replica store {dir} of group {group} and its PITs were deleted"),
+                    );
+                }
+                return Ok(());
             }
             let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let aside = (0..)
@@ -438,4 +505,16 @@ impl Replication {
         .await
         .map_err(|e| invalid(e.to_string()))?
     }
+}
+
+/// The volumes of this site whose lower layer is the replica store `dir`
+/// (promoted volumes not yet complete).
+fn store_readers(site: &offsite_engine::Site, dir: &str) -> Result<Vec<String>, String> {
+    Ok(site
+        .volume_rows()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir))
+        .map(|v| v.name)
+        .collect())
 }

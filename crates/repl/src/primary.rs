@@ -588,6 +588,70 @@ impl Replication {
         self.group_status(name).await
     }
 
+    /// `sync` as an operator asks it (API, or forwarded by the replica):
+    /// the PIT name, if any, must be usable later (see
+    /// [`Replication::check_new_pit_name`]).
+    pub async fn sync_named(
+        self: &Arc<Self>,
+        name: &str,
+        pit_name: Option<String>,
+        wait: bool,
+    ) -> Result<SyncResult, ReplError> {
+        let Some(label) = pit_name.clone() else {
+            return self.sync_group(name, None, wait).await;
+        };
+        self.check_new_pit_name(name, &label).await?;
+        let key = (name.to_string(), label.clone());
+        if !self
+            .pending_pit_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return Err(invalid(format!(
+                "another sync of group {name} is making a PIT named {label:?}; pick another name, or wait for it and release that PIT first"
+            )));
+        }
+        // Forgotten once this sync is over, whatever its outcome (a later
+        // one then finds the committed name in the catalog).
+        struct Pending<'a>(&'a Replication, (String, String));
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .pending_pit_names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&self.1);
+            }
+        }
+        let _pending = Pending(self, key);
+        self.sync_group(name, pit_name, wait).await
+    }
+
+    /// Refuses a PIT name that `pit release`, `pit export` and `failover
+    /// run --pit` could not tell apart: one that reads as a PIT id (those
+    /// commands take a number as an id), or one another PIT of the group
+    /// already has (a name must name one PIT). Names the daemon gives
+    /// itself (`planned-failover`) do not come through here.
+    pub async fn check_new_pit_name(&self, group: &str, label: &str) -> Result<(), ReplError> {
+        offsite_engine::names::validate("PIT", label)?;
+        if label.parse::<u64>().is_ok() {
+            return Err(invalid(format!(
+                "PIT name {label:?} reads as a PIT id (commands such as `offsite pit release {group} {label}` take a number as an id); use a name with a letter, e.g. pit-{label}"
+            )));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let pits = blocking(move || site.pit_rows(&g)).await?;
+        if let Some(p) = pits.iter().find(|p| p.name.as_deref() == Some(label)) {
+            return Err(invalid(format!(
+                "group {group} already has a PIT named {label:?} (PIT {}); pick another name, or release that one first with `offsite pit release {group} {label}`",
+                p.id
+            )));
+        }
+        Ok(())
+    }
+
     /// `sync`: a cycle now, at the primary; at the replica the request is
     /// forwarded to the primary.
     pub async fn sync_group(
@@ -700,7 +764,7 @@ impl Replication {
             ));
         }
         let r = self
-            .sync_group(&req.group, req.pit_name, req.wait)
+            .sync_named(&req.group, req.pit_name, req.wait)
             .await
             .map_err(|e| e.to_string())?;
         let done = wire::SyncDone {
@@ -1619,6 +1683,8 @@ impl Replication {
             initial_durable_bytes: (row.role == "primary" && row.state == "initial-replication")
                 .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,
+            bandwidth_bytes_per_sec: row.bandwidth,
+            compress: row.compress,
             last_error: row.last_error.clone(),
             // A primary may still hold the store of its last promotion
             // (its volumes read it until flattened): not a replica store.

@@ -377,10 +377,10 @@ impl Replication {
                 Ok(Bytes::new())
             }
             wire::kinds::GROUP_DELETE => {
-                let req: GroupRef = parse(body)?;
+                let req: wire::GroupDelete = parse(body)?;
                 let (row, _) = self.store(&req.group).await?;
                 self.check_peer(&row, peer)?;
-                self.forget_group(&row).await?;
+                self.forget_group(&row, req.delete_replica).await?;
                 Ok(Bytes::new())
             }
             other => Err(format!(

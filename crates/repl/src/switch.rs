@@ -273,7 +273,8 @@ impl Replication {
     pub(crate) async fn answer_forget(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: GroupRef = parse(body)?;
         let row = self.primary_row_for(peer, &req.group).await?;
-        self.forget_group(&row).await?;
+        // The primary holds no replica store of the group to delete.
+        self.forget_group(&row, false).await?;
         Ok(Bytes::new())
     }
 
@@ -750,6 +751,17 @@ impl Replication {
             .channel(&row.partner, None)
             .await
             .map_err(unreachable)?;
+        let last_pit = {
+            let site = self.site.clone();
+            let g = group.to_string();
+            crate::run_blocking(move || Ok(site.pit_rows(&g)?))
+                .await?
+                .iter()
+                .map(|p| p.id)
+                .max()
+                .unwrap_or(0)
+                .max(pit.get())
+        };
         let ready: ReverseReady = ch
             .request_json(
                 wire::kinds::REVERSE_BEGIN,
@@ -757,6 +769,7 @@ impl Replication {
                     group: group.to_string(),
                     pit: pit.get(),
                     discard_isolated: req.discard_changes_on.as_deref() == Some(&row.partner),
+                    last_pit,
                 },
             )
             .await?;
@@ -964,6 +977,7 @@ impl Replication {
             .join(peer)
             .join(&req.group);
         let r = row.clone();
+        let (last_pit, promoted_pit) = (req.last_pit, req.pit);
         let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
             let mut unreplicated = Vec::new();
             let mut images = Vec::new();
@@ -1020,8 +1034,18 @@ impl Replication {
                     block_size: v.block_size,
                 })
                 .collect();
+            // Number the new store's PITs after every id either site gave.
+            let after = site
+                .pit_rows(&r.name)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|p| p.id)
+                .max()
+                .unwrap_or(0)
+                .max(last_pit)
+                .max(promoted_pit);
             drop(
-                ReplicaStore::create(&dir, &specs)
+                ReplicaStore::create_after(&dir, &specs, after)
                     .map_err(|e| format!("creating the replica store: {e}"))?,
             );
             let base = dir.join("base");

@@ -1319,6 +1319,9 @@ impl Replication {
                 let body = serde_json::to_vec(&wire::GroupSetMode {
                     group: name.to_string(),
                     mode: mode.to_string(),
+                    rpo_secs: None,
+                    keep: None,
+                    vm: None,
                 })
                 .unwrap_or_default();
                 if let Err(e) = ch.request(wire::kinds::GROUP_SET_MODE, body).await {
@@ -1338,6 +1341,16 @@ impl Replication {
         if !matches!(req.mode.as_str(), "async" | "sync") {
             return Err(format!("mode {:?} is neither async nor sync", req.mode));
         }
+        if req.keep == Some(0)
+            || req
+                .rpo_secs
+                .is_some_and(|r| !crate::primary::RPO_RANGE.contains(&r))
+        {
+            return Err(format!(
+                "group {}: RPO {:?}s or keep {:?} out of range",
+                req.group, req.rpo_secs, req.keep
+            ));
+        }
         let site = self.site.clone();
         let peer = peer.to_string();
         tokio::task::spawn_blocking(move || {
@@ -1349,7 +1362,22 @@ impl Replication {
                 ));
             }
             site.set_group_mode(&req.group, &req.mode)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if req.rpo_secs.is_some() || req.keep.is_some() {
+                site.set_group_settings(
+                    &req.group,
+                    req.rpo_secs.unwrap_or(row.rpo_secs),
+                    req.keep.unwrap_or(row.keep),
+                    row.bandwidth,
+                    row.compress,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            if let Some(vm) = &req.vm {
+                site.set_group_vm_hooks(&req.group, &vm.to_row())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -1559,7 +1587,7 @@ impl Replication {
             .await;
             let m = mirror.clone();
             let _ = tokio::task::spawn_blocking(move || m.attach(stream)).await;
-            let period = Duration::from_secs(row.rpo_secs.max(30));
+            let mut period = Duration::from_secs(row.rpo_secs.max(30));
             let mut seal_timer =
                 tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
@@ -1605,6 +1633,16 @@ impl Replication {
                             if !self.still_sync(&name).await {
                                 self.stop_stream(mirror, volumes).await;
                                 return true;
+                            }
+                            // `group set --rpo`: seal on the new period from now on.
+                            let site = self.site.clone();
+                            let g = name.clone();
+                            if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || site.group_row(&g)).await {
+                                let p = Duration::from_secs(r.rpo_secs.max(30));
+                                if p != period {
+                                    period = p;
+                                    seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+                                }
                             }
                         }
                         None => {

@@ -80,6 +80,15 @@ pub struct GroupSetMode {
     pub group: String,
     /// `async` or `sync`.
     pub mode: String,
+    /// `group set --rpo`: the replica's copy (absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_secs: Option<u64>,
+    /// `group set --keep`: retention runs at the replica (absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// `vm set`: new hooks of the replica's copy of a VM of the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmDesc>,
 }
 
 /// [`kinds::MARK_DIRTY`].
@@ -134,6 +143,12 @@ pub struct ReverseBegin {
     /// as a named PIT.
     #[serde(default)]
     pub discard_isolated: bool,
+    /// The newest PIT id of the group the new primary knows (its store
+    /// held it as the replica): the old primary's new store numbers its
+    /// PITs after it, so ids never restart within a group's life (absent
+    /// from older sites: 0).
+    #[serde(default)]
+    pub last_pit: u64,
 }
 
 /// Answer to [`kinds::REVERSE_BEGIN`]: the old primary is the replica now.
@@ -288,6 +303,18 @@ pub struct GroupCreated {
     pub store_dir: String,
     /// The authorization rule that admitted it.
     pub rule: String,
+}
+
+/// [`kinds::GROUP_DELETE`] and [`kinds::GROUP_FORGET`]: a [`GroupRef`]
+/// that may also ask the replica to delete its store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupDelete {
+    /// Group name.
+    pub group: String,
+    /// `group teardown --delete-replica`: the replica deletes its store
+    /// and PITs instead of keeping them aside (absent: keep them).
+    #[serde(default)]
+    pub delete_replica: bool,
 }
 
 /// Body naming a group (BASE_BEGIN, BASE_SYNC, PIT_BEGIN, GROUP_DELETE).

@@ -57,6 +57,7 @@ pub(crate) fn create(
     dir: &Path,
     volumes: &[VolumeSpec],
     uuid: [u8; 16],
+    base_through: u64,
 ) -> Result<ReplicaStore, ReplicaError> {
     validate_volumes(volumes).map_err(|reason| ReplicaError::InvalidVolumes { reason })?;
     match fs::read_dir(dir) {
@@ -89,7 +90,7 @@ pub(crate) fn create(
         fsx::sync_data(&f, &path)?;
     }
     fsx::sync_dir(&dir.join(BASE_DIR))?;
-    write_meta_at(dir, uuid, volumes, 0)?; // 3
+    write_meta_at(dir, uuid, volumes, base_through)?; // 3
     tracing::info!(store = %dir.display(), volumes = volumes.len(), "created replica store");
     open_locked(dir, lock)
 }

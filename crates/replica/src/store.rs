@@ -281,7 +281,19 @@ impl ReplicaStore {
         dir: impl AsRef<Path>,
         volumes: &[VolumeSpec],
     ) -> Result<ReplicaStore, ReplicaError> {
-        crate::recover::create(dir.as_ref(), volumes, rand::random())
+        crate::recover::create(dir.as_ref(), volumes, rand::random(), 0)
+    }
+
+    /// [`ReplicaStore::create`] for a group that already has a history of
+    /// PITs (a reverse makes the old primary the replica): the base stands
+    /// for the group as of PIT `after`, so the first PIT committed here is
+    /// `after + 1` and a group's PIT ids never start again at 1.
+    pub fn create_after(
+        dir: impl AsRef<Path>,
+        volumes: &[VolumeSpec],
+        after: u64,
+    ) -> Result<ReplicaStore, ReplicaError> {
+        crate::recover::create(dir.as_ref(), volumes, rand::random(), after)
     }
 
     /// [`ReplicaStore::create`] with a given identity instead of a random
@@ -291,7 +303,7 @@ impl ReplicaStore {
         volumes: &[VolumeSpec],
         uuid: [u8; 16],
     ) -> Result<ReplicaStore, ReplicaError> {
-        crate::recover::create(dir.as_ref(), volumes, uuid)
+        crate::recover::create(dir.as_ref(), volumes, uuid, 0)
     }
 
     /// Opens a store and recovers from any interrupted operation: deletes

@@ -194,6 +194,18 @@ impl From<StoreError> for LayerError {
                 path,
             },
             StoreError::Io { op, path, source } => LayerError::Io { op, path, source },
+            other @ (StoreError::TooLarge { .. } | StoreError::NotImportable { .. }) => {
+                let path = match &other {
+                    StoreError::TooLarge { dir, .. } => dir.clone(),
+                    StoreError::NotImportable { path, .. } => path.clone(),
+                    _ => PathBuf::new(),
+                };
+                LayerError::Io {
+                    op: "create",
+                    source: io::Error::new(io::ErrorKind::FileTooLarge, other.to_string()),
+                    path,
+                }
+            }
         }
     }
 }

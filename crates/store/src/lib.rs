@@ -34,8 +34,40 @@ pub enum StoreError {
         /// Path of the existing file.
         path: PathBuf,
     },
+    /// The file system (or the daemon's file-size limit) refuses a data
+    /// file this large (`EFBIG`).
+    #[error(
+        "{} {}",
+        match cause {
+            TooLargeCause::FileSystem => format!("the file system holding {} refuses files of {}; its limit is {}", dir.display(), human_size(*size), limit_text(*limit)),
+            TooLargeCause::ProcessLimit => format!("the site's daemon may not create files of {} in {}: its file-size limit (RLIMIT_FSIZE, `ulimit -f`) is {}", human_size(*size), dir.display(), limit_text(*limit)),
+        },
+        match cause {
+            TooLargeCause::FileSystem => "; create a smaller volume, or keep the site's data directory on a file system that allows larger files (e.g. XFS)",
+            TooLargeCause::ProcessLimit => "; create a smaller volume, or raise the limit of the daemon (e.g. LimitFSIZE=infinity in its systemd unit)",
+        }
+    )]
+    TooLarge {
+        /// Directory of the refused file.
+        dir: PathBuf,
+        /// The size asked for.
+        size: u64,
+        /// The largest size accepted, when it could be found.
+        limit: Option<u64>,
+        /// Who imposes the limit.
+        cause: TooLargeCause,
+    },
+    /// An import source is neither a regular file nor a block device (a
+    /// FIFO would block the reader forever, a directory has no bytes).
+    #[error("import source {} is {kind}; give a regular file (a raw image) or a block device", path.display())]
+    NotImportable {
+        /// The source.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a FIFO (named pipe)", ...).
+        kind: &'static str,
+    },
     /// An I/O call on a data file failed.
-    #[error("{op} {}", path.display())]
+    #[error("{op} {}: {source}", path.display())]
     Io {
         /// What was being done ("create", "open", "read", ...).
         op: &'static str,
@@ -60,8 +92,86 @@ impl StoreError {
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
             StoreError::Io { source, .. } => Some(source),
-            StoreError::Exists { .. } => None,
+            StoreError::Exists { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::NotImportable { .. } => None,
         }
+    }
+}
+
+/// Who refuses a file as too large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooLargeCause {
+    /// The file system's maximum file size (e.g. 16 TiB on ext4 with 4 KiB
+    /// blocks).
+    FileSystem,
+    /// The process's `RLIMIT_FSIZE`.
+    ProcessLimit,
+}
+
+/// `17 TiB` for exact multiples of a binary unit, else the bytes with an
+/// approximation (`17592186040320 bytes (~16.0 TiB)`): a limit such as
+/// 16 TiB - 4 KiB must not read as 16 TiB.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut unit = None;
+    for (i, name) in UNITS.iter().enumerate().rev() {
+        let scale = 1u64 << (10 * (i + 1));
+        if bytes >= scale {
+            unit = Some((scale, *name));
+            break;
+        }
+    }
+    match unit {
+        None => format!("{bytes} bytes"),
+        Some((scale, name)) if bytes.is_multiple_of(scale) => format!("{} {name}", bytes / scale),
+        Some((scale, name)) => {
+            format!("{bytes} bytes (~{:.1} {name})", bytes as f64 / scale as f64)
+        }
+    }
+}
+
+fn limit_text(limit: Option<u64>) -> String {
+    match limit {
+        Some(l) => human_size(l),
+        None => "the file system's maximum file size".into(),
+    }
+}
+
+fn is_efbig(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error())
+}
+
+/// The largest length `file` may be given, found by bisecting between 0
+/// (accepted) and `refused` with `ftruncate` (cheap: the file is sparse and
+/// empty). `None` when the probe itself fails otherwise.
+fn probe_max_len(file: &File, refused: u64) -> Option<u64> {
+    let (mut ok, mut bad) = (0u64, refused);
+    while bad - ok > 1 {
+        let mid = ok + (bad - ok) / 2;
+        match file.set_len(mid) {
+            Ok(()) => ok = mid,
+            Err(e) if is_efbig(&e) => bad = mid,
+            Err(_) => return None,
+        }
+    }
+    let _ = file.set_len(0);
+    (ok > 0).then_some(ok)
+}
+
+/// Why `size` was refused with `EFBIG` in `dir`, and up to which size it
+/// would be accepted.
+fn too_large(file: &File, dir: &Path, size: u64) -> StoreError {
+    let rlimit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current;
+    let (cause, limit) = match rlimit {
+        Some(l) if l < size => (TooLargeCause::ProcessLimit, Some(l)),
+        _ => (TooLargeCause::FileSystem, probe_max_len(file, size)),
+    };
+    StoreError::TooLarge {
+        dir: dir.to_path_buf(),
+        size,
+        limit,
+        cause,
     }
 }
 
@@ -96,8 +206,26 @@ impl VolumeFile {
                     }
                 }
             })?;
-        file.set_len(size).map_err(StoreError::io("size", path))?;
-        file.sync_all().map_err(StoreError::io("sync", path))?;
+        // A file that cannot be sized is removed again: left behind, it
+        // would hold the name of the next volume's file.
+        let sized = match file.set_len(size) {
+            Ok(()) => file.sync_all().map_err(StoreError::io("sync", path)),
+            Err(e) if is_efbig(&e) => Err(too_large(
+                &file,
+                path.parent().unwrap_or(Path::new(".")),
+                size,
+            )),
+            Err(e) => Err(StoreError::Io {
+                op: "size",
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        };
+        if let Err(e) = sized {
+            drop(file);
+            let _ = VolumeFile::remove(path);
+            return Err(e);
+        }
         if let Some(dir) = path.parent() {
             sync_dir(dir).map_err(StoreError::io("sync directory of", path))?;
         }
@@ -328,11 +456,57 @@ pub fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Size of a regular file or block device at `path`.
-pub fn source_size(path: &Path) -> io::Result<u64> {
+/// What a file type is called in an error, for types that cannot be imported.
+fn unimportable_kind(ft: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() || ft.is_block_device() {
+        None
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Opens an import source for reading and returns it with its size: only a
+/// regular file or a block device. The type is checked before the open
+/// (opening a FIFO for reading blocks until a writer appears) and again on
+/// the opened file (the path may have been replaced in between; the open is
+/// non-blocking for that reason).
+pub fn open_source(path: &Path) -> Result<(File, u64), StoreError> {
     use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::End(0))
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |kind| StoreError::NotImportable {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let meta = std::fs::metadata(path).map_err(StoreError::io("stat", path))?;
+    if let Some(kind) = unimportable_kind(&meta.file_type()) {
+        return Err(refuse(kind));
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(StoreError::io("open", path))?;
+    let meta = f.metadata().map_err(StoreError::io("stat", path))?;
+    if let Some(kind) = unimportable_kind(&meta.file_type()) {
+        return Err(refuse(kind));
+    }
+    // Back to blocking reads (the flag means nothing for files and disks,
+    // but the copy should not depend on that).
+    rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())
+        .map_err(|e| StoreError::io("open", path)(e.into()))?;
+    let size = f
+        .seek(SeekFrom::End(0))
+        .map_err(StoreError::io("size", path))?;
+    Ok((f, size))
 }
 
 #[cfg(test)]

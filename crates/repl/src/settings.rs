@@ -1,0 +1,144 @@
+//! Changing a group's or a VM's settings in place (`group set`, `vm set`).
+//! The replica keeps copies of some of them (the RPO and retention of a
+//! group, the hooks of its VMs): those reach it first, so that a partner
+//! that cannot be reached or refuses means nothing changed. The primary's
+//! runner reads its group row at every turn; waking it is all it takes to
+//! apply a change.
+
+use std::sync::Arc;
+
+use offsite_api_types::{GroupStatus, SetGroup, SetVm, VmInfo};
+use offsite_catalog::GroupRow;
+
+use crate::primary::RPO_RANGE;
+use crate::wire::{self, VmDesc};
+use crate::{ReplError, Replication, invalid};
+
+impl Replication {
+    /// `group set NAME [--mode] [--rpo] [--keep] [--bandwidth] [--compression]`,
+    /// at the primary.
+    pub async fn set_group(
+        self: &Arc<Self>,
+        name: &str,
+        req: &SetGroup,
+    ) -> Result<GroupStatus, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        if row.role != "primary" {
+            return Err(invalid(format!(
+                "group {name} is a replica here; run `offsite group set` at its primary site {}",
+                row.partner
+            )));
+        }
+        if let Some(rpo) = req.rpo_secs
+            && !RPO_RANGE.contains(&rpo)
+        {
+            return Err(invalid(format!(
+                "RPO {rpo}s is outside 30s..24h; use e.g. --rpo 5m"
+            )));
+        }
+        if req.keep == Some(0) {
+            return Err(invalid("--keep must be at least 1".into()));
+        }
+        if let Some(mode) = &req.mode
+            && !matches!(mode.as_str(), "async" | "sync")
+        {
+            return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
+        }
+        let rpo = req.rpo_secs.unwrap_or(row.rpo_secs);
+        let keep = req.keep.unwrap_or(row.keep);
+        let bandwidth = match req.bandwidth_bytes_per_sec {
+            Some(0) => None,
+            Some(b) => Some(b),
+            None => row.bandwidth,
+        };
+        let compress = req.compress.unwrap_or(row.compress);
+        if rpo != row.rpo_secs || keep != row.keep {
+            // The replica's copy: retention runs there, and the RPO is
+            // the group's once a reverse makes it the primary.
+            self.tell_replica(
+                &row,
+                wire::GroupSetMode {
+                    group: name.to_string(),
+                    mode: row.mode.clone(),
+                    rpo_secs: Some(rpo),
+                    keep: Some(keep),
+                    vm: None,
+                },
+                "the new settings",
+            )
+            .await?;
+        }
+        if (rpo, keep, bandwidth, compress) != (row.rpo_secs, row.keep, row.bandwidth, row.compress)
+        {
+            let site = self.site.clone();
+            let n = name.to_string();
+            crate::run_blocking(move || {
+                Ok(site.set_group_settings(&n, rpo, keep, bandwidth, compress)?)
+            })
+            .await?;
+            // A runner waiting for its next cycle recomputes the interval;
+            // the next cycle's session takes the bandwidth and compression.
+            self.wake_runner(name).await;
+        }
+        match &req.mode {
+            Some(mode) => self.set_group_mode(name, mode).await,
+            None => self.group_status(name).await,
+        }
+    }
+
+    /// Sends a settings change to the group's replica; an error says that
+    /// nothing changed.
+    async fn tell_replica(
+        &self,
+        row: &GroupRow,
+        change: wire::GroupSetMode,
+        what: &str,
+    ) -> Result<(), ReplError> {
+        let refused = |e: ReplError| {
+            ReplError::Refused(format!(
+                "the replica {} of group {} did not take {what} ({e}); nothing changed: retry once it is reachable",
+                row.partner, row.name
+            ))
+        };
+        let mut ch = self.channel(&row.partner, None).await.map_err(refused)?;
+        let body = serde_json::to_vec(&change).unwrap_or_default();
+        let r = ch.request(wire::kinds::GROUP_SET_MODE, body).await;
+        ch.close().await;
+        r.map(drop).map_err(refused)
+    }
+
+    /// `vm set NAME`: hooks (and volumes while the VM is in no group). The
+    /// groups this site replicates the VM in keep a copy of its hooks on
+    /// both sites (the replica runs them at failover): the replicas take
+    /// the change first.
+    pub async fn set_vm(&self, name: &str, req: &SetVm) -> Result<VmInfo, ReplError> {
+        let site = self.site.clone();
+        let (n, r) = (name.to_string(), req.clone());
+        let (vm, groups) = crate::run_blocking(move || Ok(site.vm_change(&n, &r)?)).await?;
+        for g in &groups {
+            self.tell_replica(
+                g,
+                wire::GroupSetMode {
+                    group: g.name.clone(),
+                    mode: g.mode.clone(),
+                    rpo_secs: None,
+                    keep: None,
+                    vm: Some(VmDesc {
+                        name: vm.name.clone(),
+                        volumes: vm.volumes.clone(),
+                        start: vm.start_cmd.clone(),
+                        stop: vm.stop_cmd.clone(),
+                        status: vm.status_cmd.clone(),
+                    }),
+                },
+                &format!("the new hooks of VM {name}"),
+            )
+            .await?;
+        }
+        let site = self.site.clone();
+        let names: Vec<String> = groups.into_iter().map(|g| g.name).collect();
+        crate::run_blocking(move || Ok(site.store_vm(&vm, &names)?)).await
+    }
+}
