@@ -576,8 +576,15 @@ pub struct GroupMeasure {
     pub rpo_seconds: u64,
     /// Share of successful cycles that started within the RPO of the previous PIT.
     pub rpo_compliance_percent: f64,
-    /// Bytes shipped by all cycles.
+    /// Bytes the group moved to its replica, every kind together (the
+    /// sum of `bytes_by_kind`).
     pub bytes_total: u64,
+    /// Bytes moved per kind: `initial` (initial replication), `cycle`
+    /// (delta cycles, a sync group's resynchronization), `sync` (a sync
+    /// group's write stream), `resync` (`group resync`), `reverse` (what
+    /// reverse and failback moved).
+    #[serde(default)]
+    pub bytes_by_kind: std::collections::BTreeMap<String, u64>,
     /// Failed cycles.
     pub errors: u64,
     /// Age of the newest PIT in seconds.

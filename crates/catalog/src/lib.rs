@@ -223,8 +223,52 @@ const MIGRATIONS: &[&str] = &[
     // v10: the replica may differ from the primary in ways the change
     // tracker does not know (`volume clear-dirty --force`, a verify that
     // found differences): why, until `group resync` or a clean verify.
-    "ALTER TABLE groups ADD COLUMN needs_resync TEXT;",
+    "ALTER TABLE groups ADD COLUMN needs_resync TEXT;
+     CREATE TABLE group_traffic (
+         group_name TEXT NOT NULL REFERENCES groups(name) ON DELETE CASCADE,
+         kind       TEXT NOT NULL
+                    CHECK (kind IN ('initial', 'cycle', 'sync', 'resync', 'reverse')),
+         bytes      INTEGER NOT NULL,
+         PRIMARY KEY (group_name, kind)
+     );",
 ];
+
+/// What a group's bytes on the wire were moved for (`group measure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TrafficKind {
+    /// Initial replication (full or seeded).
+    Initial,
+    /// Delta cycles (async groups; a sync group's resynchronization).
+    Cycle,
+    /// A sync group's write stream.
+    Sync,
+    /// `group resync`.
+    Resync,
+    /// The first transfer after `reverse` (and failback).
+    Reverse,
+}
+
+impl TrafficKind {
+    /// Every kind, in display order.
+    pub const ALL: [TrafficKind; 5] = [
+        TrafficKind::Initial,
+        TrafficKind::Cycle,
+        TrafficKind::Sync,
+        TrafficKind::Resync,
+        TrafficKind::Reverse,
+    ];
+
+    /// The catalog's (and the API's) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficKind::Initial => "initial",
+            TrafficKind::Cycle => "cycle",
+            TrafficKind::Sync => "sync",
+            TrafficKind::Resync => "resync",
+            TrafficKind::Reverse => "reverse",
+        }
+    }
+}
 
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -1364,6 +1408,51 @@ impl Catalog {
                 )
             },
         )
+    }
+
+    /// Adds `bytes` moved for `kind` to the group's counters.
+    pub fn add_group_traffic(
+        &self,
+        group: &str,
+        kind: TrafficKind,
+        bytes: u64,
+    ) -> Result<(), CatalogError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.conn
+            .execute(
+                "INSERT INTO group_traffic (group_name, kind, bytes) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_name, kind) DO UPDATE SET bytes = bytes + excluded.bytes",
+                params![group, kind.as_str(), bytes as i64],
+            )
+            .map_err(self.err("count group traffic"))?;
+        Ok(())
+    }
+
+    /// The group's bytes moved, per kind (every kind, 0 when none).
+    pub fn group_traffic(&self, group: &str) -> Result<Vec<(TrafficKind, u64)>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, bytes FROM group_traffic WHERE group_name = ?1")
+            .map_err(self.err("read group traffic"))?;
+        let rows = stmt
+            .query_map([group], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.err("read group traffic"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err("read group traffic"))?;
+        Ok(TrafficKind::ALL
+            .iter()
+            .map(|&k| {
+                let b = rows
+                    .iter()
+                    .find(|(name, _)| name == k.as_str())
+                    .map_or(0, |(_, b)| *b as u64);
+                (k, b)
+            })
+            .collect())
     }
 
     /// `group set --mode`: converts a group between async and sync.

@@ -415,7 +415,19 @@ impl Printer {
             ("last cycle", human(m.last_cycle_bytes)),
             ("average cycle", human(m.avg_cycle_bytes)),
             ("largest cycle", human(m.max_cycle_bytes)),
-            ("total", human(m.bytes_total)),
+            (
+                "moved",
+                format!(
+                    "{} ({})",
+                    human(m.bytes_total),
+                    m.bytes_by_kind
+                        .iter()
+                        .filter(|(_, b)| **b > 0)
+                        .map(|(k, b)| format!("{k} {}", human(*b)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             (
                 "RPO",
                 format!(

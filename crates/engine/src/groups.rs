@@ -241,6 +241,22 @@ impl Site {
         Ok(())
     }
 
+    /// Counts `bytes` the group moved for `kind` (logged, not failed: a
+    /// counter must never fail the transfer it counts).
+    pub fn add_group_traffic(&self, group: &str, kind: offsite_catalog::TrafficKind, bytes: u64) {
+        if let Err(e) = self.catalog().add_group_traffic(group, kind, bytes) {
+            tracing::warn!(group, "counting {bytes} {} bytes: {e}", kind.as_str());
+        }
+    }
+
+    /// The group's bytes moved, per kind.
+    pub fn group_traffic(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(offsite_catalog::TrafficKind, u64)>, EngineError> {
+        Ok(self.catalog().group_traffic(group)?)
+    }
+
     /// The group a volume belongs to, if any.
     pub fn group_of_volume(&self, volume: &str) -> Result<Option<String>, EngineError> {
         Ok(self

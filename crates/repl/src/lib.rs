@@ -190,6 +190,8 @@ pub struct Replication {
     /// Replica side: per group, the last instant the primary confirmed the
     /// replica holds every write ([`wire::kinds::GROUP_CONFIRMED`]).
     remote_confirmed: std::sync::Mutex<HashMap<String, String>>,
+    /// Groups a `reverse` is moving: their cycles count as reverse traffic.
+    reversing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Primary side: what the partner monitor last sent as confirmed, so
     /// that only news travels.
     sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
@@ -236,6 +238,7 @@ impl Replication {
             logs: Default::default(),
             remote_confirmed: Default::default(),
             sent_confirmed: Default::default(),
+            reversing: Default::default(),
             extension: std::sync::OnceLock::new(),
             pending_pit_names: Default::default(),
         }))

@@ -25,7 +25,7 @@ use offsite_api_types::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, PitRef, SyncResult, VerifyResult,
     VerifyVolume,
 };
-use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
+use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow, TrafficKind};
 use offsite_engine::{Site, Volume};
 use offsite_protocol::Message;
 use offsite_transport::{Session, TokenBucket};
@@ -952,6 +952,27 @@ impl Replication {
         }
     }
 
+    /// Adds `bytes` moved for `kind` to the group's persistent counters.
+    pub(crate) async fn count_traffic(&self, group: &str, kind: TrafficKind, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let _ = tokio::task::spawn_blocking(move || site.add_group_traffic(&g, kind, bytes)).await;
+    }
+
+    /// Every byte the group moved so far, all kinds together.
+    pub(crate) async fn traffic_total(&self, group: &str) -> u64 {
+        let site = self.site.clone();
+        let g = group.to_string();
+        tokio::task::spawn_blocking(move || site.group_traffic(&g))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |t| t.iter().map(|(_, b)| b).sum())
+    }
+
     pub(crate) async fn record_error(&self, group: &str, error: &str) {
         tracing::warn!(group, "{error}");
         let site = self.site.clone();
@@ -994,9 +1015,15 @@ impl Replication {
                 )
                 .await?;
             }
-            self.seeded_copy(row, &volumes, &mut ch, progress).await?;
+            let r = self.seeded_copy(row, &volumes, &mut ch, progress).await;
+            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent)
+                .await;
+            r?;
         } else {
-            self.full_copy(row, &volumes, &mut ch, progress).await?;
+            let r = self.full_copy(row, &volumes, &mut ch, progress).await;
+            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent)
+                .await;
+            r?;
         }
         progress.sent.fetch_add(ch.sent, Ordering::Relaxed);
         ch.session.close().await;
@@ -1282,6 +1309,12 @@ impl Replication {
         let result = self
             .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
             .await;
+        let kind = if self.is_reversing(&row.name) {
+            TrafficKind::Reverse
+        } else {
+            TrafficKind::Cycle
+        };
+        self.count_traffic(&row.name, kind, bytes).await;
         let site = self.site.clone();
         match result {
             Ok(committed) => {
@@ -1775,10 +1808,14 @@ impl Replication {
                 })
                 .unwrap_or(0),
             ));
-            let initial = self
-                .runner(&g.name)
-                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed));
-            sent.push((label, cs.iter().map(|c| c.bytes).sum::<u64>() + initial));
+            let moved: u64 = self
+                .site
+                .group_traffic(&g.name)
+                .unwrap_or_default()
+                .iter()
+                .map(|(_, b)| b)
+                .sum();
+            sent.push((label, moved));
         }
         use offsite_api_types::metrics::family as f;
         f(
@@ -1885,11 +1922,17 @@ impl Replication {
         let status = self.group_status(name).await?;
         let site = self.site.clone();
         let n = name.to_string();
-        let (cycles, pits) =
-            blocking(move || Ok((site.cycle_rows(&n)?, site.pit_rows(&n)?))).await?;
+        let (cycles, pits, traffic) = blocking(move || {
+            Ok((
+                site.cycle_rows(&n)?,
+                site.pit_rows(&n)?,
+                site.group_traffic(&n)?,
+            ))
+        })
+        .await?;
         let ok: Vec<_> = cycles.iter().filter(|c| c.pit.is_some()).collect();
         let errors = cycles.iter().filter(|c| c.error.is_some()).count() as u64;
-        let bytes_total: u64 = cycles.iter().map(|c| c.bytes).sum();
+        let bytes_total: u64 = traffic.iter().map(|(_, b)| b).sum();
         // A cycle complies when its PIT followed the previous one within the RPO.
         let mut compliant = 0u64;
         let mut prev: Option<&str> = None;
@@ -1922,6 +1965,10 @@ impl Replication {
                 compliant as f64 * 100.0 / ok.len() as f64
             },
             bytes_total,
+            bytes_by_kind: traffic
+                .iter()
+                .map(|(k, b)| (k.as_str().to_string(), *b))
+                .collect(),
             errors,
             lag_seconds: status.lag_seconds,
             pending_bytes: status.pending_bytes,

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use offsite_api_types::{ResyncProgress, ResyncResult, VerifyResult, VerifyVolume};
-use offsite_catalog::{GroupRow, PitRow};
+use std::sync::atomic::Ordering;
+
+use offsite_catalog::{GroupRow, PitRow, TrafficKind};
 use offsite_engine::{MirrorRecord, RoaringBitmap, Volume, WriteMirror};
 use tokio::sync::oneshot;
 
@@ -151,6 +153,8 @@ impl Replication {
             .await;
         let site = self.site.clone();
         let g = row.name.clone();
+        self.count_traffic(&row.name, TrafficKind::Resync, bytes)
+            .await;
         match shipped {
             Ok(committed) => {
                 let id = committed.pit.id;
@@ -223,7 +227,11 @@ impl Replication {
             let bs = u64::from(vol.row().block_size);
             for (start, n) in runs(set, (MAX_RUN_BYTES / bs).max(1) as u32) {
                 let (v, m) = (vol.clone(), mirror.clone());
-                bytes += run_blocking(move || resend(&v, &m, idx as u16, start, n)).await?;
+                let sent = run_blocking(move || resend(&v, &m, idx as u16, start, n)).await?;
+                mirror.stats.resync_bytes.fetch_add(sent, Ordering::Relaxed);
+                self.count_traffic(&row.name, TrafficKind::Resync, sent)
+                    .await;
+                bytes += sent;
                 set_sent(progress, bytes);
             }
         }

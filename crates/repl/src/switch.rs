@@ -843,7 +843,15 @@ impl Replication {
         .await?;
         tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
         self.ensure_runner(group);
-        let done = self.sync_group(group, None, true).await?;
+        // What the reverse moves is everything the group moves until its
+        // first PIT from here: one cycle (async), or a resynchronization
+        // and a seal (sync).
+        let before = self.traffic_total(group).await;
+        self.set_reversing(group, true);
+        let done = self.sync_group(group, None, true).await;
+        self.set_reversing(group, false);
+        let moved = self.traffic_total(group).await.saturating_sub(before);
+        let done = done?;
         let pit = done.pit.ok_or_else(|| {
             invalid(format!(
                 "the first cycle of reversed group {group} returned no PIT"
@@ -855,11 +863,29 @@ impl Replication {
             group: group.to_string(),
             pit: pit.id,
             volumes: self.served(&row),
-            bytes_transferred: pit.bytes,
+            bytes_transferred: moved,
             rolled_back_bytes,
             split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Marks (or unmarks) `group` as being moved by a reverse.
+    fn set_reversing(&self, group: &str, on: bool) {
+        let mut set = self.reversing.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            set.insert(group.to_string());
+        } else {
+            set.remove(group);
+        }
+    }
+
+    /// Whether a reverse is moving `group` now.
+    pub(crate) fn is_reversing(&self, group: &str) -> bool {
+        self.reversing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(group)
     }
 
     /// Of each volume's `suspects`, the blocks whose BLAKE3 differs

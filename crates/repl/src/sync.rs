@@ -192,6 +192,24 @@ pub(crate) struct SyncStats {
     pub(crate) writes: AtomicU64,
     pub(crate) link_losses: AtomicU64,
     pub(crate) failed_writes: AtomicU64,
+    /// Payload bytes of write batches sent down the stream.
+    pub(crate) bytes: AtomicU64,
+    /// Of those, the ones `group resync` sent (counted as resync).
+    pub(crate) resync_bytes: AtomicU64,
+    /// `bytes - resync_bytes` already added to the catalog's counters.
+    pub(crate) counted: AtomicU64,
+}
+
+impl SyncStats {
+    /// Stream bytes not yet counted in the catalog (resync's excluded),
+    /// marked counted.
+    pub(crate) fn take_uncounted(&self) -> u64 {
+        let total = self
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.resync_bytes.load(Ordering::Relaxed));
+        total.saturating_sub(self.counted.swap(total, Ordering::Relaxed))
+    }
 }
 
 /// The write mirror of one sync group (see the module docs).
@@ -505,6 +523,9 @@ impl SyncMirror {
                 let mut st = self.lock();
                 if let Message::BulkData { payload, .. } = &message {
                     st.sent_bytes += payload.len() as u64;
+                    self.stats
+                        .bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 }
                 if last > st.covered {
                     st.in_flight.push_back(last);
@@ -928,6 +949,11 @@ impl Replication {
             })
             .collect();
         crate::run_blocking(move || Ok(site.replace_pits(&g, &pits)?)).await?;
+        // The stream's bytes reach the counters at each seal (not per
+        // batch: a catalog write per batch would cost more than the batch).
+        let streamed = mirror.stats.take_uncounted();
+        self.count_traffic(&row.name, offsite_catalog::TrafficKind::Sync, streamed)
+            .await;
         tracing::info!(group = %row.name, pit = committed.pit.id, "sealed the replica's log as a PIT");
         Ok(committed.pit)
     }
@@ -1687,6 +1713,9 @@ impl Replication {
         let m = mirror.clone();
         let _ = tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await;
         mirror.detach();
+        let streamed = mirror.stats.take_uncounted();
+        self.count_traffic(&mirror.group, offsite_catalog::TrafficKind::Sync, streamed)
+            .await;
     }
 
     /// Opens the stream of a sync group: a session whose connection the
