@@ -129,6 +129,10 @@ pub enum Command {
         /// How many of the newest events.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Keep printing new events as they happen (one line each; with
+        /// --json one JSON object per line) until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -172,7 +176,17 @@ pub enum GroupCommand {
     /// List groups.
     List,
     /// State, health, last PIT, lag.
-    Status { name: String },
+    Status {
+        name: String,
+        /// Print the status again every --interval until interrupted (on a
+        /// terminal the screen is redrawn; with --json one JSON object per
+        /// line).
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between two looks with --watch.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
+    },
     /// Cycle statistics (Measure-VMReplication).
     Measure { name: String },
     /// Stop cycles (writes keep being tracked).

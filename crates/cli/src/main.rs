@@ -298,7 +298,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     p.group(&st)
                 }
                 GroupCommand::List => p.groups(&c.groups()?),
-                GroupCommand::Status { name } => p.group(&c.group(&name)?),
+                GroupCommand::Status {
+                    name,
+                    watch,
+                    interval,
+                } => {
+                    if !watch {
+                        return p.group(&c.group(&name)?);
+                    }
+                    let every = Duration::try_from_secs_f64(interval)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .context("--interval must be a positive number of seconds")?;
+                    let redraw = !p.json() && std::io::stdout().is_terminal();
+                    loop {
+                        let st = c.group(&name)?;
+                        if redraw {
+                            // Clear the screen and go home, like watch(1).
+                            output::emit_text("\x1b[2J\x1b[H")?;
+                        }
+                        p.group_line(&st)?;
+                        std::thread::sleep(every);
+                    }
+                }
                 GroupCommand::Measure { name } => p.measure(&c.group_measure(&name)?),
                 GroupCommand::Pause { name } => p.group(&c.group_action(&name, "pause", &())?),
                 GroupCommand::Resume { name } => p.group(&c.group_action(&name, "resume", &())?),
@@ -462,7 +484,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client(&cli.global)?.group_action(&group, "failover/stop-test", &())?;
             p.failover(&r)
         }
-        Command::Events { limit } => p.events(&client(&cli.global)?.events(limit)?),
+        Command::Events { limit, follow } => {
+            let c = client(&cli.global)?;
+            let events = c.events(limit)?;
+            if !follow {
+                return p.events(&events);
+            }
+            p.event_lines(&events)?;
+            let mut last = events.last().map_or(0, |e| e.id);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let new: Vec<_> = c
+                    .events(1000)?
+                    .into_iter()
+                    .filter(|e| e.id > last)
+                    .collect();
+                if let Some(e) = new.last() {
+                    last = e.id;
+                }
+                p.event_lines(&new)?;
+            }
+        }
         Command::Plan(cmd) => plan(&cli.global, cmd, &p),
         Command::Demo(a) => {
             init_tracing("warn");
@@ -638,7 +680,6 @@ fn wait_initial(
     Ok(st)
 }
 
-/// Polls an import until it ends, with a progress bar on a terminal.
 /// `group resync`: the request runs on a thread while this one shows the
 /// comparison's progress (blocks compared of all, differing, bytes sent)
 /// from `group status` on a terminal.
@@ -684,6 +725,7 @@ fn resync(
     })
 }
 
+/// Polls an import until it ends, with a progress bar on a terminal.
 fn wait_import(c: &Client, mut v: VolumeInfo, p: &Printer) -> anyhow::Result<VolumeInfo> {
     let bar = (!p.json() && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(v.size_bytes);

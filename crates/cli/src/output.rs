@@ -895,6 +895,37 @@ impl Printer {
         ))
     }
 
+    /// Events one per line, for `events --follow`: tab-separated fields,
+    /// or one compact JSON object per line with --json.
+    pub fn event_lines(&self, es: &[Event]) -> anyhow::Result<()> {
+        let mut out = String::new();
+        for e in es {
+            if self.json {
+                out.push_str(&serde_json::to_string(e)?);
+            } else {
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}",
+                    e.at,
+                    e.kind,
+                    e.subject.as_deref().unwrap_or("-"),
+                    e.message
+                ));
+            }
+            out.push('\n');
+        }
+        emit(&out)
+    }
+
+    /// A group's status for `group status --watch`: the usual fields, or
+    /// one compact JSON object per line with --json.
+    pub fn group_line(&self, g: &offsite_api_types::GroupStatus) -> anyhow::Result<()> {
+        if self.json {
+            return emit(&format!("{}\n", serde_json::to_string(g)?));
+        }
+        self.group(g)?;
+        emit("\n")
+    }
+
     pub fn events(&self, es: &[Event]) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(es);
