@@ -373,6 +373,9 @@ wire_code! {
         Internal = 3,
         /// The sender is shutting down.
         ShuttingDown = 4,
+        /// The receiver's storage is full: nothing was lost, the transfer
+        /// can be retried once space is freed (the message says where).
+        StorageFull = 5,
     }
 }
 

@@ -190,6 +190,9 @@ pub struct Replication {
     /// Replica side: per group, the last instant the primary confirmed the
     /// replica holds every write ([`wire::kinds::GROUP_CONFIRMED`]).
     remote_confirmed: std::sync::Mutex<HashMap<String, String>>,
+    /// Replica side: groups whose last transfer failed because the replica
+    /// store's file system is full, with the message (health critical).
+    store_full: std::sync::Mutex<HashMap<String, String>>,
     /// Groups a `reverse` is moving: their cycles count as reverse traffic.
     reversing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Primary side: what the partner monitor last sent as confirmed, so
@@ -239,6 +242,7 @@ impl Replication {
             remote_confirmed: Default::default(),
             sent_confirmed: Default::default(),
             reversing: Default::default(),
+            store_full: Default::default(),
             extension: std::sync::OnceLock::new(),
             pending_pit_names: Default::default(),
         }))
@@ -403,13 +407,25 @@ impl Replication {
                         _ => self.apply_batch(&payload, transfer),
                     };
                     if let Err(e) = applied {
-                        tracing::warn!(partner = %peer, "refusing a block batch: {e}");
+                        tracing::warn!(partner = %peer, "refusing a block batch: {}", e.message);
                         if let replica::Transfer::Pit { writer, .. } =
                             std::mem::replace(transfer, replica::Transfer::Idle)
                         {
                             writer.abort();
                         }
-                        let _ = session.send(Message::error(ErrorCode::Internal, e)).await;
+                        if e.storage_full {
+                            // Said, typed, and the session kept: the primary
+                            // reads it in order with the acknowledgements
+                            // instead of finding a closed session. The rest
+                            // of the transfer lands in no PIT (idle).
+                            let _ = session
+                                .send(Message::error(ErrorCode::StorageFull, e.message))
+                                .await;
+                            continue;
+                        }
+                        let _ = session
+                            .send(Message::error(ErrorCode::Internal, e.message))
+                            .await;
                         session.close().await;
                         return;
                     }

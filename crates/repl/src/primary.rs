@@ -1643,6 +1643,12 @@ impl Replication {
             }
             None => {}
         }
+        if row.role == "replica"
+            && let Some(why) = self.store_full_reason(&row.name)
+        {
+            health = "critical".into();
+            reason = Some(why);
+        }
         // Checked last: nothing else the group does can repair it.
         if let Some(why) = &needs_resync {
             health = "critical".into();

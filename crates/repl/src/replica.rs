@@ -17,6 +17,41 @@ use crate::wire::{
 };
 
 /// What block batches on a session are for.
+/// A block batch the replica could not apply.
+#[derive(Debug)]
+pub(crate) struct BatchError {
+    /// The replica store's file system is full (nothing is lost: the
+    /// primary keeps the blocks and retries).
+    pub(crate) storage_full: bool,
+    /// What failed and what to do.
+    pub(crate) message: String,
+}
+
+enum BatchFailure {
+    Other(String),
+    StorageFull {
+        store: std::path::PathBuf,
+        needed: u64,
+    },
+}
+
+impl From<String> for BatchFailure {
+    fn from(s: String) -> Self {
+        BatchFailure::Other(s)
+    }
+}
+
+/// "replica store DIR of group G on site S is full: F free, N needed".
+fn storage_full_message(site: &str, group: &str, store: &std::path::Path, needed: u64) -> String {
+    let free = rustix::fs::statvfs(store)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .map_or_else(|_| "unknown".to_string(), |b| format!("{b} bytes"));
+    format!(
+        "no space left for group {group} on site {site}: the file system of its replica store {} has {free} free, and the batch being written needs {needed} bytes more; free space there (or lower the group's --keep, or release named PITs); replication resumes by itself and the PITs kept are intact",
+        store.display()
+    )
+}
+
 pub(crate) enum Transfer {
     /// No transfer: a batch is a protocol error (unless it is a bulk test).
     Idle,
@@ -425,16 +460,85 @@ impl Replication {
             .await;
     }
 
+    /// Records that `group`'s replica store is full (health critical here,
+    /// an event, the group's last error) until a PIT commits again.
+    fn note_store_full(&self, group: &str, message: &str) {
+        let first = self
+            .store_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.to_string(), message.to_string())
+            .is_none();
+        if first && !group.is_empty() {
+            let _ = self.site.set_group_error(group, Some(message));
+            self.site.note("group.store-full", group, message);
+        }
+    }
+
+    /// Space was found again: a PIT committed.
+    pub(crate) fn clear_store_full(&self, group: &str) {
+        let was = self
+            .store_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group)
+            .is_some();
+        if was {
+            let _ = self.site.set_group_error(group, None);
+            self.site.note(
+                "group.store-full",
+                group,
+                "space found again: a PIT committed",
+            );
+        }
+    }
+
+    /// Why `group`'s replica store cannot take data, if it is full.
+    pub(crate) fn store_full_reason(&self, group: &str) -> Option<String> {
+        self.store_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned()
+    }
+
     /// Applies one block batch of the current transfer.
     pub(crate) fn apply_batch(
         &self,
         payload: &[u8],
         transfer: &mut Transfer,
-    ) -> Result<(), String> {
+    ) -> Result<(), BatchError> {
+        let group = match transfer {
+            Transfer::Base { group, .. } | Transfer::Pit { group, .. } => group.clone(),
+            _ => String::new(),
+        };
+        self.apply_batch_inner(payload, transfer)
+            .map_err(|e| match e {
+                BatchFailure::Other(message) => BatchError {
+                    storage_full: false,
+                    message,
+                },
+                BatchFailure::StorageFull { store, needed } => {
+                    let message =
+                        storage_full_message(&self.site.config().name, &group, &store, needed);
+                    self.note_store_full(&group, &message);
+                    BatchError {
+                        storage_full: true,
+                        message,
+                    }
+                }
+            })
+    }
+
+    fn apply_batch_inner(
+        &self,
+        payload: &[u8],
+        transfer: &mut Transfer,
+    ) -> Result<(), BatchFailure> {
         let batch = wire::decode_batch(payload)?;
         let (store, writer, blocks) = match transfer {
             Transfer::Idle | Transfer::Log { .. } => {
-                return Err("block batch outside a transfer".into());
+                return Err("block batch outside a transfer".to_string().into());
             }
             Transfer::Base { store, .. } => (store.clone(), None, None),
             Transfer::Pit {
@@ -443,6 +547,12 @@ impl Replication {
                 blocks,
                 ..
             } => (store.clone(), Some(writer), Some(blocks)),
+        };
+        let full = |e: &offsite_replica::ReplicaError| {
+            e.is_storage_full().then(|| BatchFailure::StorageFull {
+                store: store.dir().to_path_buf(),
+                needed: payload.len() as u64,
+            })
         };
         let spec = store
             .volumes()
@@ -455,7 +565,8 @@ impl Replication {
             return Err(format!(
                 "block batch {}..{end} is past the end of volume {}",
                 batch.first, spec.name
-            ));
+            )
+            .into());
         }
         if let Some(d) = batch.data
             && d.len() as u64 != u64::from(batch.count) * bs
@@ -464,7 +575,8 @@ impl Replication {
                 "block batch carries {} bytes for {} blocks of {bs}",
                 d.len(),
                 batch.count
-            ));
+            )
+            .into());
         }
         let zero = vec![0u8; bs as usize];
         match writer {
@@ -475,7 +587,11 @@ impl Replication {
                     .unwrap_or_else(|| vec![0u8; (u64::from(batch.count) * bs) as usize]);
                 store
                     .write_base(&spec.name, batch.first * bs, &data)
-                    .map_err(|e| format!("writing the base of {}: {e}", spec.name))?;
+                    .map_err(|e| {
+                        full(&e).unwrap_or_else(|| {
+                            format!("writing the base of {}: {e}", spec.name).into()
+                        })
+                    })?;
             }
             Some(writer) => {
                 for i in 0..u64::from(batch.count) {
@@ -485,7 +601,11 @@ impl Replication {
                     };
                     writer
                         .write_block(&spec.name, batch.first + i, block)
-                        .map_err(|e| format!("staging block of {}: {e}", spec.name))?;
+                        .map_err(|e| {
+                            full(&e).unwrap_or_else(|| {
+                                format!("staging block of {}: {e}", spec.name).into()
+                            })
+                        })?;
                 }
                 if let Some(b) = blocks {
                     *b += u64::from(batch.count);
@@ -596,15 +716,17 @@ impl Replication {
         req: PitCommit,
     ) -> Result<PitCommitted, String> {
         let site = self.site.clone();
-        let group = group.to_string();
-        tokio::task::spawn_blocking(move || {
+        let g = group.to_string();
+        let committed = tokio::task::spawn_blocking(move || {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
-                .map_err(|e| format!("committing the PIT of group {group}: {e}"))?;
-            after_commit(&site, &store, &group, &info)
+                .map_err(|e| format!("committing the PIT of group {g}: {e}"))?;
+            after_commit(&site, &store, &g, &info)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        self.clear_store_full(group);
+        Ok(committed)
     }
 }
 
