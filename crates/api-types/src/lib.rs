@@ -461,6 +461,10 @@ pub struct GroupStatus {
     /// counts from here. Null until this daemon's first commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<String>,
+    /// Sync groups: seconds between two seals of the replica's log into a
+    /// PIT (set with `--rpo`; the group's RPO itself is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_interval_seconds: Option<u64>,
     /// Primary: progress of a running `group resync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncProgress>,

@@ -282,7 +282,10 @@ impl Printer {
             ("role", format!("{} (partner {})", g.role, g.partner)),
             (
                 "mode",
-                format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
+                match g.seal_interval_seconds {
+                    Some(seal) => format!("{}, RPO 0 (sealed every {seal}s), keep {}", g.mode, g.keep),
+                    None => format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
+                },
             ),
             (
                 "state",

@@ -580,9 +580,11 @@ fn group_set_rpo_reaches_a_running_sync_group() {
     // The stream's seal timer was set for 24 h; after `group set --rpo 30s`
     // the replica's log is sealed as a PIT within about 30 s, no `sync`.
     let st = a.json(&["group", "set", "g", "--rpo", "30s"]);
-    assert_eq!(st["rpo_seconds"], 30, "{st}");
+    // A sync group's RPO is 0; `--rpo` sets how often its log is sealed.
+    assert_eq!(st["rpo_seconds"], 0, "{st}");
+    assert_eq!(st["seal_interval_seconds"], 30, "{st}");
     assert_eq!(st["mode"], "sync", "{st}");
-    assert_eq!(b.json(&["group", "status", "g"])["rpo_seconds"], 30);
+    assert_eq!(b.json(&["group", "status", "g"])["seal_interval_seconds"], 30);
     qemu_io(&url, &["write -P 0x5a 0 64k"]);
     wait_until("a seal on the new RPO", Duration::from_secs(120), || {
         newest_pit(&b) > newest

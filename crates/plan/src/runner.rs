@@ -881,13 +881,25 @@ impl Plans {
         }
     }
 
-    /// The PIT a group was recovered from, and its age now.
+    /// The PIT a group was recovered from, and the data it lacks: its age
+    /// now, or, when it is the newest PIT and the primary confirmed since
+    /// that it had nothing more (an idle async group, a sync group in
+    /// sync), the group's lag — one definition with `group status`.
     async fn group_result(&self, group: &str, pit: u64) -> PlanRunGroup {
         let pits = self.repl.pit_list(group).await.unwrap_or_default();
+        let newest = pits.last().is_some_and(|p| p.id == pit);
         let p = pits.into_iter().find(|p| p.id == pit);
-        let rpo = p
+        let age = p
             .as_ref()
             .map(|p| ms_between(&p.created_at, &now_ms()) as f64 / 1000.0);
+        let lag = match self.repl.group_status(group).await {
+            Ok(st) if newest => Some(st.lag_seconds as f64),
+            _ => None,
+        };
+        let rpo = match (age, lag) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, _) => a,
+        };
         PlanRunGroup {
             group: group.to_string(),
             pit: Some(pit),

@@ -25,13 +25,25 @@ impl Replication {
             rows.iter()
                 .filter(|g| g.role == "primary" && g.partner == partner)
                 .filter_map(|g| {
-                    let at = self
-                        .runner(&g.name)?
-                        .progress
-                        .confirmed
+                    let runner = self.runner(&g.name)?;
+                    // A sync group in sync: the replica holds every write
+                    // acknowledged up to now.
+                    let in_sync = runner
+                        .mirror
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .clone()?;
+                        .as_ref()
+                        .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync");
+                    let at = if in_sync {
+                        offsite_catalog::now_rfc3339()
+                    } else {
+                        runner
+                            .progress
+                            .confirmed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()?
+                    };
                     (sent.get(&g.name) != Some(&at)).then(|| (g.name.clone(), at))
                 })
                 .collect()

@@ -1700,7 +1700,9 @@ impl Replication {
             }),
             lag_seconds: lag,
             pending_bytes: pending,
-            rpo_seconds: row.rpo_secs,
+            // A sync group's RPO is 0: every acknowledged write is on the
+            // replica (its stored RPO only paces the seals).
+            rpo_seconds: if row.mode == "sync" { 0 } else { row.rpo_secs },
             keep: row.keep,
             volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
             initial_progress_percent: progress,
@@ -1731,6 +1733,7 @@ impl Replication {
             needs_resync,
             resync,
             confirmed_at: self.confirmed_at(&row),
+            seal_interval_seconds: (row.mode == "sync").then_some(row.rpo_secs.max(30)),
         })
     }
 
