@@ -564,6 +564,9 @@ pub struct EventRow {
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
+    /// Rows of the group tables changed since open (see
+    /// [`Catalog::group_changes`]).
+    group_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Whether an insert failed on a UNIQUE or PRIMARY KEY constraint (a name
@@ -630,9 +633,19 @@ impl Catalog {
             tx.commit().map_err(err("migrate"))?;
             tracing::info!(catalog = %path.display(), version = i + 1, "catalog schema migrated");
         }
+        let group_changes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = group_changes.clone();
+        conn.update_hook(Some(
+            move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+                if matches!(table, "groups" | "group_volumes" | "group_vms") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
+            },
+        ));
         Ok(Catalog {
             conn,
             path: path.to_path_buf(),
+            group_changes,
         })
     }
 
@@ -1340,6 +1353,16 @@ impl Catalog {
         )
     }
 
+    /// A counter of the rows of the group tables (`groups`,
+    /// `group_volumes`, `group_vms`) changed since open, cascades included
+    /// (SQLite's update hook counts them as they happen). The same value
+    /// before and after a read of a group means the read is still current,
+    /// which lets every group's runner skip its catalog read while nothing
+    /// changed; readable without the catalog's lock.
+    pub fn group_changes(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.group_changes.clone()
+    }
+
     /// Why the group's replica may differ from its primary beyond what
     /// the change trackers know (see [`Catalog::set_group_needs_resync`]).
     pub fn group_needs_resync(&self, name: &str) -> Result<Option<String>, CatalogError> {
@@ -1896,8 +1919,21 @@ mod tests {
             c.insert_group(&g),
             Err(CatalogError::GroupExists(_))
         ));
+        // The group change counter moves with the group tables only.
+        let changes = c.group_changes();
+        let seen = changes.load(std::sync::atomic::Ordering::Acquire);
+        assert!(
+            seen >= 3,
+            "inserting a group with a volume and a VM: {seen}"
+        );
+        c.insert_failover(&f).unwrap();
+        c.delete_failover("g", "test").unwrap();
+        assert_eq!(changes.load(std::sync::atomic::Ordering::Acquire), seen);
         c.set_group_state("g", "replicating", None).unwrap();
+        let after_state = changes.load(std::sync::atomic::Ordering::Acquire);
+        assert!(after_state > seen);
         c.set_initial_progress("g", "v", 4096).unwrap();
+        assert!(changes.load(std::sync::atomic::Ordering::Acquire) > after_state);
         let got = c.group("g").unwrap();
         assert_eq!(got.state, "replicating");
         assert_eq!(got.volumes[0].initial_done_bytes, 4096);

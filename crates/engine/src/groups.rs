@@ -15,6 +15,14 @@ impl Site {
         Ok(self.catalog().group(name)?)
     }
 
+    /// The counter of changes to the group tables
+    /// ([`offsite_catalog::Catalog::group_changes`]): the same value before
+    /// and after a read of a group row means that row is still current.
+    pub fn group_changes(&self) -> u64 {
+        self.group_changes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Every group on this site.
     pub fn group_rows(&self) -> Result<Vec<GroupRow>, EngineError> {
         Ok(self.catalog().groups()?)

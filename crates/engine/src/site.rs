@@ -49,6 +49,8 @@ pub struct Site {
     config: RwLock<Arc<SiteConfig>>,
     pub(crate) fingerprint: String,
     catalog: Mutex<Catalog>,
+    /// [`Catalog::group_changes`], read without the catalog's lock.
+    pub(crate) group_changes: Arc<AtomicU64>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     imports: Mutex<HashMap<String, Arc<ImportState>>>,
     bound: RwLock<BoundAddresses>,
@@ -129,6 +131,7 @@ impl Site {
             layout,
             config: RwLock::new(Arc::new(config)),
             fingerprint,
+            group_changes: catalog.group_changes(),
             catalog: Mutex::new(catalog),
             volumes: RwLock::new(volumes),
             imports: Mutex::new(failed_imports),
