@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::units::{Secs, Size};
 
@@ -126,8 +126,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show the site's event log.
     Events {
-        /// How many of the newest events.
-        #[arg(long, default_value_t = 50)]
+        /// How many of the newest events (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         /// Keep printing new events as they happen (one line each; with
         /// --json one JSON object per line) until interrupted.
@@ -200,20 +200,20 @@ pub enum GroupCommand {
     Set {
         name: String,
         /// async or sync.
-        #[arg(long)]
-        mode: Option<String>,
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
         /// Recovery point objective: 30s to 24h.
         #[arg(long)]
         rpo: Option<Secs>,
         /// Unnamed PITs kept at the replica (named ones stay until released).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         keep: Option<u32>,
         /// Bandwidth limit of the group's transfers per second, e.g. 100M (0: unlimited).
         #[arg(long)]
         bandwidth: Option<Size>,
         /// Compression on the wire: zstd or none.
-        #[arg(long, alias = "compress", value_parser = ["zstd", "none"])]
-        compression: Option<String>,
+        #[arg(long, alias = "compress", value_enum)]
+        compression: Option<Compress>,
     },
     /// Compare every block of the primary, at a fresh cut, with the replica
     /// by BLAKE3 and ship only the blocks that differ (at the primary).
@@ -267,8 +267,8 @@ pub struct GroupCreateArgs {
     #[arg(long = "volume")]
     pub volumes: Vec<String>,
     /// async (delta cycles on the RPO) or sync.
-    #[arg(long, default_value = "async")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = Mode::Async)]
+    pub mode: Mode,
     /// Recovery point objective: 30s to 24h.
     #[arg(long, default_value = "5m")]
     pub rpo: Secs,
@@ -279,15 +279,15 @@ pub struct GroupCreateArgs {
     #[arg(long)]
     pub bandwidth: Option<Size>,
     /// Compression on the wire: zstd or none.
-    #[arg(long, default_value = "zstd", value_parser = ["zstd", "none"])]
-    pub compress: String,
+    #[arg(long, value_enum, default_value_t = Compress::Zstd)]
+    pub compress: Compress,
     /// Security tag the replica's authorization entry requires.
     #[arg(long)]
     pub security_tag: Option<String>,
     /// Sync mode: when the partner is lost, `degrade` (keep serving writes,
     /// resynchronize later) or `suspend-writes` (writes wait, then fail).
-    #[arg(long, value_parser = ["degrade", "suspend-writes"])]
-    pub on_link_loss: Option<String>,
+    #[arg(long, value_enum)]
+    pub on_link_loss: Option<LinkLoss>,
     /// Sync mode with suspend-writes: how long a write waits for the
     /// partner before it fails with EIO (default 30s).
     #[arg(long)]
@@ -594,8 +594,8 @@ pub enum PlanCommand {
     Run {
         plan: String,
         /// test | cleanup | planned | disaster | reprotect | failback
-        #[arg(long, required_unless_present = "resume")]
-        mode: Option<String>,
+        #[arg(long, value_enum, required_unless_present = "resume")]
+        mode: Option<RunMode>,
         /// Continue the plan's stopped run from its failed step.
         #[arg(long)]
         resume: bool,
@@ -607,8 +607,76 @@ pub enum PlanCommand {
     /// A run's report.
     Report {
         run_id: String,
-        /// text (default), json, or html (a self-contained page on stdout).
-        #[arg(long, default_value = "text")]
-        format: String,
+        /// text (default), json, or html (a self-contained page on stdout;
+        /// contradicts --json).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
+}
+
+// Options with a fixed set of values are parsed by clap, so a bad value is
+// a malformed command line (exit 2, with the accepted values listed) and
+// never reaches the site. The spellings are the command-line contract.
+
+/// A replication group's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Delta cycles on the RPO.
+    Async,
+    /// Every write in the replica's log before it is acknowledged.
+    Sync,
+}
+
+/// Compression of a group's transfers on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// zstd.
+    Zstd,
+    /// No compression.
+    None,
+}
+
+/// What a sync group does when its partner is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LinkLoss {
+    /// Keep serving writes, resynchronize later.
+    Degrade,
+    /// Writes wait for the partner, then fail.
+    SuspendWrites,
+}
+
+/// How a recovery plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunMode {
+    /// Test failover of every group (clones).
+    Test,
+    /// Stop the test VMs and discard the clones.
+    Cleanup,
+    /// Planned migration.
+    Planned,
+    /// Forced recovery: the protected site is lost.
+    Disaster,
+    /// Reverse every group.
+    Reprotect,
+    /// Planned migration home, then reprotect.
+    Failback,
+}
+
+/// How `plan report` prints a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Text summary.
+    Text,
+    /// JSON (as --json).
+    Json,
+    /// A self-contained HTML page.
+    Html,
+}
+
+/// The spelling of a value on the command line, which is also its
+/// spelling in the API.
+pub fn spelling<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }

@@ -49,6 +49,14 @@ pub enum EngineError {
     /// No such volume.
     #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
     NoSuchVolume(String),
+    /// Something else named by the user does not exist (a PIT of a
+    /// group, ...); the message names it and the command that lists them.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken, or the object is in a state that does not allow
+    /// the request now; the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     /// Duplicate volume name.
     #[error("a volume named {0:?} already exists; pick another name or delete it first")]
     VolumeExists(String),
@@ -115,15 +123,26 @@ impl EngineError {
         use offsite_catalog::CatalogError as C;
         match self {
             EngineError::NoSuchVolume(_)
+            | EngineError::NotFound(_)
             | EngineError::Catalog(
                 C::NoSuchVolume(_)
+                | C::NoSuchVm(_)
+                | C::NoSuchGroup(_)
                 | C::NoSuchPartner(_)
                 | C::NoSuchAuthz(_)
                 | C::NoSuchPlan(_)
                 | C::NoSuchRun(_),
             ) => ErrorKind::NotFound,
             EngineError::VolumeExists(_)
-            | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
+            | EngineError::Catalog(
+                C::VolumeExists(_)
+                | C::VmExists(_)
+                | C::GroupExists(_)
+                | C::FailoverExists(..)
+                | C::PartnerExists(_)
+                | C::AuthzExists(_),
+            )
+            | EngineError::Conflict(_)
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
             EngineError::Invalid(_)
             | EngineError::NotASite { .. }

@@ -84,10 +84,7 @@ impl Replication {
                 row.partner
             )));
         }
-        self.store(group)
-            .await
-            .map(|(_, s)| s)
-            .map_err(ReplError::Refused)
+        self.local_store(group).await.map(|(_, s)| s)
     }
 
     /// `pit export`: serves every volume of PIT `pit` (id or name) of
@@ -196,6 +193,11 @@ impl Replication {
             .map_err(|e| invalid(e.to_string()))?
             .map_err(ReplError::Engine);
         }
+        // The user's mistakes (a group that is not a replica here, an
+        // unknown PIT) keep their class; only what fails beyond them is
+        // the refusal `release_local` reports.
+        let store = self.replica_store(group).await?;
+        resolve(&store, group, pit)?;
         self.release_local(group, pit)
             .await
             .map_err(ReplError::Refused)

@@ -309,13 +309,16 @@ impl Replication {
         if req.keep == 0 {
             return Err(invalid("--keep must be at least 1".into()));
         }
+        if let Some(bw) = req.bandwidth_bytes_per_sec {
+            offsite_engine::check_bandwidth(bw)?;
+        }
         let _serial = self.create_lock.lock().await;
         let site = self.site.clone();
         let r = req.clone();
         let (volumes, vms) = blocking(move || {
             site.partner(&r.partner)?;
             if let Ok(g) = site.group_row(&r.name) {
-                return Err(offsite_engine::EngineError::Invalid(format!(
+                return Err(offsite_engine::EngineError::Conflict(format!(
                     "a replication group named {:?} already exists here ({} with {})",
                     g.name, g.role, g.partner
                 )));

@@ -1,0 +1,225 @@
+//! The REST API as a contract (issue 17, "API and output"): an unknown
+//! name answers 404 on every route that takes one, whatever the operation;
+//! user errors are not logged at ERROR by the daemon; and the OpenAPI
+//! document holds against a running site (schemathesis).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Every route that names a group, VM, plan, plan run, volume, PIT,
+/// partner or authorization entry, called with a name that does not exist
+/// and an otherwise valid body: (method, path, body).
+fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    vec![
+        // Groups, and the PITs of an unknown group.
+        ("GET", "/groups/NOSUCH", None),
+        ("DELETE", "/groups/NOSUCH", None),
+        ("DELETE", "/groups/NOSUCH?force=true", None),
+        ("POST", "/groups/NOSUCH/start", Some("{}")),
+        ("POST", "/groups/NOSUCH/pause", None),
+        ("POST", "/groups/NOSUCH/resume", None),
+        ("POST", "/groups/NOSUCH/set", Some("{}")),
+        ("POST", "/groups/NOSUCH/set", Some(r#"{"mode":"sync"}"#)),
+        ("POST", "/groups/NOSUCH/sync", Some("{}")),
+        ("POST", "/groups/NOSUCH/sync", Some(r#"{"pit_name":"p1"}"#)),
+        ("POST", "/groups/NOSUCH/verify", None),
+        ("POST", "/groups/NOSUCH/failover", Some("{}")),
+        ("POST", "/groups/NOSUCH/failover", Some(r#"{"test":true}"#)),
+        ("POST", "/groups/NOSUCH/failover", Some(r#"{"force":true}"#)),
+        ("POST", "/groups/NOSUCH/failover/stop-test", None),
+        ("POST", "/groups/NOSUCH/failover/prepare", None),
+        ("POST", "/groups/NOSUCH/failover/commit", None),
+        ("POST", "/groups/NOSUCH/failover/revert", None),
+        ("POST", "/groups/NOSUCH/reverse", Some("{}")),
+        ("POST", "/groups/NOSUCH/reverse", Some(r#"{"dry_run":true}"#)),
+        (
+            "POST",
+            "/groups/NOSUCH/export-seed",
+            Some(r#"{"to":"/tmp/offsite-no-such-seed"}"#),
+        ),
+        ("GET", "/groups/NOSUCH/measure", None),
+        ("GET", "/groups/NOSUCH/pits", None),
+        ("POST", "/groups/NOSUCH/pits/check", None),
+        ("POST", "/groups/NOSUCH/pits/1/export", None),
+        ("POST", "/groups/NOSUCH/pits/nightly/export", None),
+        ("POST", "/groups/NOSUCH/pits/1/release", None),
+        ("POST", "/groups/NOSUCH/pits/nightly/release", None),
+        // VMs.
+        ("GET", "/vms/NOSUCH", None),
+        ("DELETE", "/vms/NOSUCH", None),
+        // Plans and plan runs.
+        ("GET", "/plans/NOSUCH", None),
+        ("DELETE", "/plans/NOSUCH", None),
+        ("POST", "/plans/NOSUCH/groups", Some(r#"{"group":"g"}"#)),
+        (
+            "POST",
+            "/plans/NOSUCH/priorities",
+            Some(r#"{"vm":"v","priority":1}"#),
+        ),
+        (
+            "POST",
+            "/plans/NOSUCH/steps",
+            Some(r#"{"name":"s","command":"true"}"#),
+        ),
+        ("POST", "/plans/NOSUCH/run", Some(r#"{"mode":"test"}"#)),
+        ("POST", "/plans/NOSUCH/run", Some(r#"{"resume":true}"#)),
+        ("POST", "/plans/NOSUCH/continue", None),
+        ("GET", "/plans/NOSUCH/runs", None),
+        ("GET", "/plan-runs/NOSUCH-1", None),
+        // Volumes.
+        ("GET", "/volumes/NOSUCH", None),
+        ("DELETE", "/volumes/NOSUCH", None),
+        ("GET", "/volumes/NOSUCH/url", None),
+        ("POST", "/volumes/NOSUCH/clear-dirty", None),
+        // Partners and authorization entries.
+        ("GET", "/partners/NOSUCH", None),
+        ("DELETE", "/partners/NOSUCH", None),
+        (
+            "PATCH",
+            "/partners/NOSUCH",
+            Some(r#"{"address":"127.0.0.1:9"}"#),
+        ),
+        ("POST", "/partners/NOSUCH/test", Some(r#"{"compress":false}"#)),
+        ("POST", "/partners/NOSUCH/authz-check", Some("{}")),
+        ("DELETE", "/authz/NOSUCH", None),
+        // Unknown names inside a body.
+        (
+            "POST",
+            "/vms",
+            Some(r#"{"name":"vm1","volumes":["NOSUCH"]}"#),
+        ),
+        (
+            "POST",
+            "/groups",
+            Some(r#"{"name":"g1","partner":"NOSUCH","volumes":["v1"],"mode":"async","rpo_secs":300,"keep":3}"#),
+        ),
+    ]
+}
+
+#[test]
+fn unknown_names_answer_404_on_every_route_and_are_not_logged_as_errors() {
+    let site = site("a");
+    // A volume exists, so a body naming it is otherwise valid.
+    site.create_volume("v1", "1M");
+    let mut wrong = Vec::new();
+    for (method, path, body) in unknown_name_requests() {
+        let (status, answer) = api_request(&site, method, path, body);
+        let parsed: Option<serde_json::Value> = serde_json::from_str(&answer).ok();
+        let code = parsed
+            .as_ref()
+            .and_then(|v| v["code"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let message = parsed
+            .as_ref()
+            .and_then(|v| v["message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if status != 404 || code != "not_found" || !message.contains("NOSUCH") {
+            wrong.push(format!("{method} {path}: {status} {answer}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "these requests with an unknown name did not answer 404 not_found naming it:\n{}",
+        wrong.join("\n")
+    );
+    // A user's mistake is not the daemon's error.
+    let log = site.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "the daemon logged user errors at ERROR:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// Operations left out of the fuzzing, each for a reason that is not the
+/// API's: `POST /partners` would have the site dial whatever address the
+/// fuzzer makes up, from a machine the test shares; `partner test` sends
+/// up to 64 GiB to the partner, minutes per boundary value. Every other
+/// operation is fuzzed, the destructive ones (delete, teardown, failover,
+/// reverse) included: the stateful phase learns the seeded names from the
+/// lists and tears the group down or deletes the volume, and what follows
+/// still has to answer as documented.
+const NOT_FUZZED: &[&str] = &[
+    "POST /api/v1/partners",
+    "POST /api/v1/partners/{name}/test",
+];
+
+/// Test cases per operation: enough for the coverage phase (every
+/// boundary and wrong type of each field) plus some random bodies, and a
+/// run of about a minute on two shared cores.
+const MAX_EXAMPLES: &str = "40";
+
+#[test]
+fn schemathesis_finds_no_server_error_or_schema_violation() {
+    if !offsite_testkit::have_tool("schemathesis") {
+        return;
+    }
+    // A site with something in every list: a volume, a VM, a partner and
+    // a replicating group, so that the lists' answers (volume and group
+    // states, roles, modes) are checked against the document too.
+    let (a, b) = group_pair();
+    a.create_volume("v1", "1M");
+    a.ok(&["vm", "create", "vm1", "--volume", "v1"]);
+    create_group(&a, "g1", b.name(), &["--vm", "vm1"], &[]);
+    a.ok(&["group", "start", "g1"]);
+    wait_group(&a, "g1", "first PIT", GROUP_LIMIT, |st| {
+        st["state"] == "replicating" && st["last_pit"].is_object()
+    });
+    let api = site_addr(&a, "api");
+    let token = std::fs::read_to_string(a.dir().join("api.token")).expect("read api.token");
+    let mut cmd = Command::new("schemathesis");
+    cmd.args(["run", &format!("http://{api}/api/openapi.json")])
+        // Every check but positive_data_acceptance: it wants each
+        // schema-valid body accepted, and the API refuses (400, with an
+        // ApiError, which the other checks verify) what a JSON Schema
+        // cannot say: that a plan's two sites differ, that a hook command
+        // is not empty, that a HOST:PORT parses, or an integer written
+        // as 3.0.
+        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .args(["--max-examples", MAX_EXAMPLES])
+        // One worker: schemathesis' coverage phase parses Python sources
+        // from several threads, which CPython 3.11 before 3.11.8 can fail
+        // ("AST constructor recursion depth mismatch").
+        .args(["--workers", "1"])
+        .args(["--generation-database", "none", "--no-color"])
+        .args(["--output-truncate", "false"]);
+    for op in NOT_FUZZED {
+        cmd.args(["--exclude-name", op]);
+    }
+    cmd.current_dir(a.scratch());
+    let out = output_within(&mut cmd, Duration::from_secs(600));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("{summary}");
+    assert!(
+        out.status.success(),
+        "schemathesis found server errors or schema violations ({}):\n{stdout}\n{}\nsite log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        tail(&a.log(), 40)
+    );
+    assert!(
+        stdout.contains("API Operations:") && !stdout.contains("Tested: 0"),
+        "schemathesis tested nothing:\n{stdout}"
+    );
+    // What the fuzzer sent was the user's mistake, never the site's error.
+    let log = a.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "the daemon logged errors while fuzzed:\n{}",
+        errors.join("\n")
+    );
+}
