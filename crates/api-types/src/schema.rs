@@ -2,8 +2,8 @@
 //! carry: the name alphabet and the fixed value sets of string fields
 //! (kept as strings in the bodies, declared as enums in the document).
 
-use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 
 /// Names of sites, volumes, VMs, groups, plans and PITs (`names::validate`
 /// in the engine): 1–64 of `[A-Za-z0-9._-]`, starting with a letter or
@@ -134,4 +134,3 @@ pub fn run_mode() -> RefOr<Schema> {
 pub fn run_mode_opt() -> RefOr<Schema> {
     one_of(RUN_MODES, true)
 }
-

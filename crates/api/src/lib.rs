@@ -138,10 +138,16 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => "invalid: the body, a parameter or a value is malformed or out of range",
-        401 => "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token)",
+        401 => {
+            "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token)"
+        }
         403 => "refused: the partner, or this site's role in the group, refuses the request",
-        404 => "not_found: a named object (group, VM, plan, run, volume, PIT, partner, authorization entry) does not exist",
-        409 => "conflict or busy: the name is taken, or the object is in use or in a state that does not allow this now",
+        404 => {
+            "not_found: a named object (group, VM, plan, run, volume, PIT, partner, authorization entry) does not exist"
+        }
+        409 => {
+            "conflict or busy: the name is taken, or the object is in use or in a state that does not allow this now"
+        }
         500 => "internal: the site failed; see the daemon log",
         502 => "unreachable or partner_error: the partner could not be reached or failed",
         _ => "error",
@@ -747,7 +753,10 @@ async fn group_measure(
 
 #[utoipa::path(get, path = "/api/v1/groups/{name}/pits", params(("name" = String, Path)),
     responses((status = 200, body = [PitEntry]), (status = 404, body = ApiError)))]
-async fn pit_list(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<Vec<PitEntry>> {
+async fn pit_list(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Vec<PitEntry>> {
     repl(s.repl.pit_list(&name).await)
 }
 
@@ -928,7 +937,10 @@ async fn volume_create(
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError)))]
-async fn volume_show(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<VolumeInfo> {
+async fn volume_show(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<VolumeInfo> {
     blocking(move || s.site.volume_info(&name)).await
 }
 
@@ -949,7 +961,10 @@ async fn volume_delete(
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/url", params(("name" = String, Path)),
     responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError)))]
-async fn volume_url(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<VolumeUrl> {
+async fn volume_url(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<VolumeUrl> {
     blocking(move || {
         s.site.volume_info(&name).map(|v| VolumeUrl {
             name: v.name,

@@ -680,3 +680,38 @@ pub fn spelling<T: ValueEnum>(v: &T) -> String {
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The values each fixed-choice option accepts, as spelled on the
+    /// command line and sent to the site: the contract, unchanged.
+    #[test]
+    fn fixed_choice_spellings() {
+        fn all<T: ValueEnum>() -> Vec<String> {
+            T::value_variants().iter().map(spelling).collect()
+        }
+        assert_eq!(all::<Mode>(), ["async", "sync"]);
+        assert_eq!(all::<Compress>(), ["zstd", "none"]);
+        assert_eq!(all::<LinkLoss>(), ["degrade", "suspend-writes"]);
+        assert_eq!(
+            all::<RunMode>(),
+            [
+                "test",
+                "cleanup",
+                "planned",
+                "disaster",
+                "reprotect",
+                "failback"
+            ]
+        );
+        assert_eq!(all::<ReportFormat>(), ["text", "json", "html"]);
+        // The API's document declares the same sets.
+        assert_eq!(all::<Mode>(), offsite_api_types::schema::MODES);
+        assert_eq!(all::<LinkLoss>(), offsite_api_types::schema::LINK_LOSS);
+        assert_eq!(all::<RunMode>(), offsite_api_types::schema::RUN_MODES);
+    }
+}

@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use offsite_testkit::TestSite;
 
 /// Every route that names a group, VM, plan, plan run, volume, PIT,
 /// partner or authorization entry, called with a name that does not exist
@@ -35,7 +36,11 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("POST", "/groups/NOSUCH/failover/commit", None),
         ("POST", "/groups/NOSUCH/failover/revert", None),
         ("POST", "/groups/NOSUCH/reverse", Some("{}")),
-        ("POST", "/groups/NOSUCH/reverse", Some(r#"{"dry_run":true}"#)),
+        (
+            "POST",
+            "/groups/NOSUCH/reverse",
+            Some(r#"{"dry_run":true}"#),
+        ),
         (
             "POST",
             "/groups/NOSUCH/export-seed",
@@ -83,7 +88,11 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
             "/partners/NOSUCH",
             Some(r#"{"address":"127.0.0.1:9"}"#),
         ),
-        ("POST", "/partners/NOSUCH/test", Some(r#"{"compress":false}"#)),
+        (
+            "POST",
+            "/partners/NOSUCH/test",
+            Some(r#"{"compress":false}"#),
+        ),
         ("POST", "/partners/NOSUCH/authz-check", Some("{}")),
         ("DELETE", "/authz/NOSUCH", None),
         // Unknown names inside a body.
@@ -95,7 +104,9 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         (
             "POST",
             "/groups",
-            Some(r#"{"name":"g1","partner":"NOSUCH","volumes":["v1"],"mode":"async","rpo_secs":300,"keep":3}"#),
+            Some(
+                r#"{"name":"g1","partner":"NOSUCH","volumes":["v1"],"mode":"async","rpo_secs":300,"keep":3}"#,
+            ),
         ),
     ]
 }
@@ -138,6 +149,122 @@ fn unknown_names_answer_404_on_every_route_and_are_not_logged_as_errors() {
     );
 }
 
+#[test]
+fn unknown_pits_of_a_known_group_answer_404_at_both_sites() {
+    let (a, b) = group_pair();
+    a.create_volume("v1", "1M");
+    create_group(&a, "g1", b.name(), &["--volume", "v1"], &[]);
+    a.ok(&["group", "start", "g1"]);
+    wait_group(&a, "g1", "first PIT", GROUP_LIMIT, |st| {
+        st["state"] == "replicating" && st["last_pit"].is_object()
+    });
+    // At the replica, where the PITs are; at the primary, which forwards
+    // a release to the replica.
+    let requests: &[(&TestSite, &str, &str, Option<&str>)] = &[
+        (&b, "POST", "/groups/g1/pits/NOSUCH/export", None),
+        (&b, "POST", "/groups/g1/pits/999999/export", None),
+        (&b, "POST", "/groups/g1/pits/NOSUCH/release", None),
+        (
+            &b,
+            "POST",
+            "/groups/g1/failover",
+            Some(r#"{"test":true,"pit":"NOSUCH"}"#),
+        ),
+        (&a, "POST", "/groups/g1/pits/NOSUCH/release", None),
+        (&a, "POST", "/groups/g1/pits/999999/release", None),
+    ];
+    let mut wrong = Vec::new();
+    for (site, method, path, body) in requests {
+        let (status, answer) = api_request(site, method, path, *body);
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if status != 404 || v["code"] != "not_found" {
+            wrong.push(format!(
+                "{} {method} {path}: {status} {answer}",
+                site.name()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "unknown PITs did not answer 404 not_found:\n{}",
+        wrong.join("\n")
+    );
+    // The group is untouched: still replicating, no test failover.
+    let st = group_status(&b, "g1");
+    assert_eq!(st["state"], "replicating", "{st}");
+}
+
+#[test]
+fn the_openapi_document_declares_errors_names_enums_and_ranges() {
+    let site = site("a");
+    let (status, body) = http_get(&site_addr(&site, "api"), "/api/openapi.json");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("openapi.json is JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut missing = Vec::new();
+    for (path, item) in paths.iter().filter(|(p, _)| p.starts_with("/api/v1/")) {
+        for (method, op) in item.as_object().expect("path item") {
+            let responses = op["responses"].as_object().expect("responses");
+            let mut want = vec!["401"];
+            if path.contains("{name}") || path.contains("{id}") || path.contains("{pattern}") {
+                want.push("404");
+            }
+            if op.get("requestBody").is_some() {
+                want.push("400");
+            }
+            for status in want {
+                if responses.get(status).is_none() {
+                    missing.push(format!("{method} {path}: {status}"));
+                }
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "path" && (p["name"] == "name" || p["name"] == "pit") {
+                    let schema = &p["schema"];
+                    if schema["pattern"] != "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+                        || schema["maxLength"] != 64
+                    {
+                        missing.push(format!("{method} {path}: pattern of {}", p["name"]));
+                    }
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undeclared:\n{}", missing.join("\n"));
+    let schemas = &doc["components"]["schemas"];
+    let values = |schema: &str, field: &str| -> Vec<String> {
+        schemas[schema]["properties"][field]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}.{field} has no enum: {}", schemas[schema]))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(values("GroupStatus", "mode"), ["async", "sync"]);
+    assert_eq!(values("GroupStatus", "role"), ["primary", "replica"]);
+    assert!(values("GroupStatus", "state").contains(&"replicating".to_string()));
+    assert_eq!(values("CreateGroup", "mode"), ["async", "sync"]);
+    assert!(values("VolumeInfo", "state").contains(&"ready".to_string()));
+    assert!(values("VolumeInfo", "role").contains(&"primary".to_string()));
+    let priority = &schemas["PlanSetPriority"]["properties"]["priority"];
+    assert_eq!(
+        (&priority["minimum"], &priority["maximum"]),
+        (&1.into(), &5.into()),
+        "{priority}"
+    );
+    let tier = &schemas["PlanAddStep"]["properties"]["after_tier"];
+    assert_eq!(tier["maximum"], 5, "{tier}");
+    let rpo = &schemas["CreateGroup"]["properties"]["rpo_secs"];
+    assert_eq!(
+        (&rpo["minimum"], &rpo["maximum"]),
+        (&30.into(), &86400.into()),
+        "{rpo}"
+    );
+    assert_eq!(
+        schemas["CreateVolume"]["properties"]["name"]["pattern"],
+        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    );
+}
+
 /// Operations left out of the fuzzing, each for a reason that is not the
 /// API's: `POST /partners` would have the site dial whatever address the
 /// fuzzer makes up, from a machine the test shares; `partner test` sends
@@ -146,10 +273,7 @@ fn unknown_names_answer_404_on_every_route_and_are_not_logged_as_errors() {
 /// reverse) included: the stateful phase learns the seeded names from the
 /// lists and tears the group down or deletes the volume, and what follows
 /// still has to answer as documented.
-const NOT_FUZZED: &[&str] = &[
-    "POST /api/v1/partners",
-    "POST /api/v1/partners/{name}/test",
-];
+const NOT_FUZZED: &[&str] = &["POST /api/v1/partners", "POST /api/v1/partners/{name}/test"];
 
 /// Test cases per operation: enough for the coverage phase (every
 /// boundary and wrong type of each field) plus some random bodies, and a
@@ -182,7 +306,12 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         // cannot say: that a plan's two sites differ, that a hook command
         // is not empty, that a HOST:PORT parses, or an integer written
         // as 3.0.
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
         .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
         .args(["--max-examples", MAX_EXAMPLES])
         // One worker: schemathesis' coverage phase parses Python sources

@@ -28,14 +28,51 @@ fn a_bad_value_of_a_fixed_choice_option_is_a_usage_error() {
     // Each option whose values are a fixed set, with a value outside it:
     // (command line, the value named in clap's message).
     let cases: &[(&[&str], &str)] = &[
-        (&["group", "create", "g", "--partner", "b", "--mode", "foo"], "foo"),
-        (&["group", "create", "g", "--partner", "b", "--compress", "lz4"], "lz4"),
-        (&["group", "create", "g", "--partner", "b", "--on-link-loss", "panic"], "panic"),
+        (
+            &["group", "create", "g", "--partner", "b", "--mode", "foo"],
+            "foo",
+        ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--partner",
+                "b",
+                "--compress",
+                "lz4",
+            ],
+            "lz4",
+        ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--partner",
+                "b",
+                "--on-link-loss",
+                "panic",
+            ],
+            "panic",
+        ),
         (&["group", "set", "g", "--mode", "semi-sync"], "semi-sync"),
         (&["plan", "run", "p", "--mode", "drill"], "drill"),
         (&["plan", "report", "a-1", "--format", "pdf"], "pdf"),
         (&["plan", "set-priority", "p", "vm", "9"], "9"),
-        (&["plan", "add-step", "p", "s", "--command", "true", "--after-tier", "6"], "6"),
+        (
+            &[
+                "plan",
+                "add-step",
+                "p",
+                "s",
+                "--command",
+                "true",
+                "--after-tier",
+                "6",
+            ],
+            "6",
+        ),
         (&["site", "set", "--allow-any-partner", "maybe"], "maybe"),
         (&["events", "--limit", "0"], "0"),
     ];
@@ -67,16 +104,47 @@ fn every_accepted_spelling_still_parses() {
     let d = dir.path().to_str().expect("utf-8 temp dir");
     let mut lines: Vec<Vec<&str>> = Vec::new();
     for mode in ["async", "sync"] {
-        lines.push(vec!["group", "create", "g", "--partner", "b", "--mode", mode]);
+        lines.push(vec![
+            "group",
+            "create",
+            "g",
+            "--partner",
+            "b",
+            "--mode",
+            mode,
+        ]);
         lines.push(vec!["group", "set", "g", "--mode", mode]);
     }
     for c in ["zstd", "none"] {
-        lines.push(vec!["group", "create", "g", "--partner", "b", "--compress", c]);
+        lines.push(vec![
+            "group",
+            "create",
+            "g",
+            "--partner",
+            "b",
+            "--compress",
+            c,
+        ]);
     }
     for l in ["degrade", "suspend-writes"] {
-        lines.push(vec!["group", "create", "g", "--partner", "b", "--on-link-loss", l]);
+        lines.push(vec![
+            "group",
+            "create",
+            "g",
+            "--partner",
+            "b",
+            "--on-link-loss",
+            l,
+        ]);
     }
-    for m in ["test", "cleanup", "planned", "disaster", "reprotect", "failback"] {
+    for m in [
+        "test",
+        "cleanup",
+        "planned",
+        "disaster",
+        "reprotect",
+        "failback",
+    ] {
         lines.push(vec!["plan", "run", "p", "--mode", m]);
     }
     for f in ["text", "json", "html"] {
@@ -121,14 +189,25 @@ fn with_json_an_error_is_a_json_object_on_stdout() {
     ] {
         let out = site.run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {:?}", text(&out.stdout)));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: stdout is not JSON ({e}): {:?}",
+                text(&out.stdout)
+            )
+        });
         assert_eq!(v["error"]["code"], "not_found", "{args:?}: {v}");
     }
 
     // No site answered: the client's own class of failure, no status.
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = offsite(&["volume", "show", "x", "--json", "--dir", dir.path().to_str().unwrap()]);
+    let out = offsite(&[
+        "volume",
+        "show",
+        "x",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", text(&out.stdout)));
@@ -136,12 +215,27 @@ fn with_json_an_error_is_a_json_object_on_stdout() {
     assert!(v["error"].get("status").is_none(), "{v}");
 
     // A malformed command line with --json: exit 2, and JSON too.
-    let out = offsite(&["group", "create", "g", "--partner", "b", "--mode", "foo", "--json"]);
+    let out = offsite(&[
+        "group",
+        "create",
+        "g",
+        "--partner",
+        "b",
+        "--mode",
+        "foo",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", text(&out.stdout)));
     assert_eq!(v["error"]["code"], "usage", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("foo"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("foo"),
+        "{v}"
+    );
 
     // Success is unchanged: one JSON document, the result.
     site.create_volume("v1", "1M");
@@ -163,7 +257,9 @@ fn plan_report_as_html_and_json_is_refused_as_contradictory() {
     let d = dir.path().to_str().unwrap();
     for args in [
         &["plan", "report", "a-1", "--format", "html", "--dir", d][..],
-        &["plan", "report", "a-1", "--format", "json", "--json", "--dir", d],
+        &[
+            "plan", "report", "a-1", "--format", "json", "--json", "--dir", d,
+        ],
     ] {
         assert_eq!(offsite(args).status.code(), Some(1), "{args:?}");
     }

@@ -165,6 +165,19 @@ impl Replication {
             .await
             .map_err(|e| invalid(e.to_string()))??;
         if row.role == "primary" {
+            // A PIT the primary has never heard of is unknown (404) here,
+            // not a refusal of the partner's (403). The primary's list
+            // knows every committed PIT by id and name.
+            let known = self.pit_list(group).await?.iter().any(|p| {
+                p.name.as_deref() == Some(pit) || pit.parse::<u64>().is_ok_and(|id| id == p.id)
+            });
+            if !known {
+                return Err(ReplError::Engine(offsite_engine::EngineError::NotFound(
+                    format!(
+                        "group {group} has no PIT {pit:?}; `offsite pit list {group}` shows them"
+                    ),
+                )));
+            }
             let mut ch = self.channel(&row.partner, None).await?;
             let body = serde_json::to_vec(&wire::PitRelease {
                 group: group.to_string(),
