@@ -444,7 +444,7 @@ impl Failure {
                 ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
                 ErrorKind::Conflict | ErrorKind::Busy => (StatusCode::CONFLICT, "conflict"),
                 ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-                ErrorKind::Internal => (StatusCode::BAD_GATEWAY, "plan_error"),
+                ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
     }
