@@ -171,7 +171,19 @@ impl utoipa::Modify for ErrorResponses {
             ];
             for op in ops.into_iter().flatten() {
                 let id = op.operation_id.clone().unwrap_or_default();
-                for &status in error_statuses(&id) {
+                // A body or a query string can always be malformed (400),
+                // whatever the table says.
+                let parses = op.request_body.is_some()
+                    || op
+                        .parameters
+                        .iter()
+                        .flatten()
+                        .any(|p| p.parameter_in == ParameterIn::Query);
+                let statuses = error_statuses(&id)
+                    .iter()
+                    .copied()
+                    .chain(parses.then_some(400));
+                for status in statuses {
                     op.responses
                         .responses
                         .entry(status.to_string())

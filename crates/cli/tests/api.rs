@@ -28,6 +28,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("POST", "/groups/NOSUCH/sync", Some("{}")),
         ("POST", "/groups/NOSUCH/sync", Some(r#"{"pit_name":"p1"}"#)),
         ("POST", "/groups/NOSUCH/verify", None),
+        ("POST", "/groups/NOSUCH/resync", None),
         ("POST", "/groups/NOSUCH/failover", Some("{}")),
         ("POST", "/groups/NOSUCH/failover", Some(r#"{"test":true}"#)),
         ("POST", "/groups/NOSUCH/failover", Some(r#"{"force":true}"#)),
@@ -80,6 +81,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("DELETE", "/volumes/NOSUCH", None),
         ("GET", "/volumes/NOSUCH/url", None),
         ("POST", "/volumes/NOSUCH/clear-dirty", None),
+        ("POST", "/volumes/NOSUCH/clear-dirty?force=true", None),
         // Partners and authorization entries.
         ("GET", "/partners/NOSUCH", None),
         ("DELETE", "/partners/NOSUCH", None),
@@ -209,7 +211,10 @@ fn the_openapi_document_declares_errors_names_enums_and_ranges() {
             if path.contains("{name}") || path.contains("{id}") || path.contains("{pattern}") {
                 want.push("404");
             }
-            if op.get("requestBody").is_some() {
+            let has_query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if op.get("requestBody").is_some() || has_query {
                 want.push("400");
             }
             for status in want {
