@@ -452,6 +452,11 @@ impl Failure {
             Failure::Repl(e) => repl_status(e),
             Failure::Plan(PlanError::Repl(e)) => repl_status(e),
             Failure::Plan(PlanError::Engine(e)) => engine_status(e),
+            // The plan's other site could not be reached: nothing changed,
+            // and the fault is beyond this site (502), as for replication.
+            Failure::Plan(PlanError::Partner { source, .. }) if source.is_unreachable() => {
+                (StatusCode::BAD_GATEWAY, "unreachable")
+            }
             Failure::Plan(e) => match e.kind() {
                 ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
                 ErrorKind::Conflict | ErrorKind::Busy => (StatusCode::CONFLICT, "conflict"),
