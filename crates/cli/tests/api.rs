@@ -273,7 +273,9 @@ fn the_openapi_document_declares_errors_names_enums_and_ranges() {
 /// Operations left out of the fuzzing, each for a reason that is not the
 /// API's: `POST /partners` would have the site dial whatever address the
 /// fuzzer makes up, from a machine the test shares; `partner test` sends
-/// up to 64 GiB to the partner, minutes per boundary value. Every other
+/// up to 64 GiB to the partner, minutes per boundary value; `export-seed`
+/// writes a seed into whatever absolute directory the body names, should
+/// the fuzzer learn the group's name from the list. Every other
 /// operation is fuzzed, the destructive ones (delete, teardown, failover,
 /// reverse) included: the stateful phase learns the seeded names from the
 /// lists and tears the group down or deletes the volume, and what follows
