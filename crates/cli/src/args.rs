@@ -272,8 +272,8 @@ pub struct GroupCreateArgs {
     /// Recovery point objective: 30s to 24h.
     #[arg(long, default_value = "5m")]
     pub rpo: Secs,
-    /// PITs kept (besides named ones).
-    #[arg(long, default_value_t = 24)]
+    /// PITs kept (besides named ones), at least 1.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
     /// Bandwidth limit of the group's transfers per second, e.g. 100M.
     #[arg(long)]
@@ -536,8 +536,8 @@ pub enum PlanCommand {
         /// Network name given to VM hooks and callouts in test mode (OFFSITE_TEST_NETWORK).
         #[arg(long)]
         test_network: Option<String>,
-        /// VMs of one priority tier started at once, at most.
-        #[arg(long)]
+        /// VMs of one priority tier started at once, at most (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         parallel: Option<u32>,
     },
     /// Add a replication group; its VMs join at priority 3.

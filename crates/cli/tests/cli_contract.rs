@@ -75,6 +75,24 @@ fn a_bad_value_of_a_fixed_choice_option_is_a_usage_error() {
         ),
         (&["site", "set", "--allow-any-partner", "maybe"], "maybe"),
         (&["events", "--limit", "0"], "0"),
+        (
+            &["group", "create", "g", "--partner", "b", "--keep", "0"],
+            "0",
+        ),
+        (
+            &[
+                "plan",
+                "create",
+                "p",
+                "--protected-site",
+                "a",
+                "--recovery-site",
+                "b",
+                "--parallel",
+                "0",
+            ],
+            "0",
+        ),
     ];
     for (args, value) in cases {
         let out = offsite(args);
