@@ -156,3 +156,42 @@ impl EngineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use offsite_catalog::CatalogError as C;
+
+    use super::{EngineError, ErrorKind};
+
+    /// Unknown names are "not found" and taken names "conflict", whatever
+    /// the object: the API turns them into 404 and 409, never 500.
+    #[test]
+    fn user_errors_are_never_internal() {
+        let s = || "x".to_string();
+        for e in [
+            EngineError::NoSuchVolume(s()),
+            EngineError::NotFound(s()),
+            C::NoSuchVolume(s()).into(),
+            C::NoSuchVm(s()).into(),
+            C::NoSuchGroup(s()).into(),
+            C::NoSuchPartner(s()).into(),
+            C::NoSuchAuthz(s()).into(),
+            C::NoSuchPlan(s()).into(),
+            C::NoSuchRun(s()).into(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        }
+        for e in [
+            EngineError::VolumeExists(s()),
+            EngineError::Conflict(s()),
+            C::VolumeExists(s()).into(),
+            C::VmExists(s()).into(),
+            C::GroupExists(s()).into(),
+            C::FailoverExists(s(), s()).into(),
+            C::PartnerExists(s()).into(),
+            C::AuthzExists(s()).into(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        }
+    }
+}
