@@ -152,6 +152,37 @@ fn unknown_names_answer_404_on_every_route_and_are_not_logged_as_errors() {
 }
 
 #[test]
+fn taken_names_answer_409_conflict() {
+    let site = site("a");
+    site.create_volume("v1", "1M");
+    let requests: &[(&str, &str)] = &[
+        ("/volumes", r#"{"name":"v2","size_bytes":1048576}"#),
+        ("/vms", r#"{"name":"vm1","volumes":["v1"]}"#),
+        (
+            "/authz",
+            r#"{"allowed_primary":"b","storage_location":"STORE"}"#,
+        ),
+    ];
+    let store = site.scratch().join("store");
+    let mut wrong = Vec::new();
+    for (path, body) in requests {
+        let body = body.replace("STORE", &store.display().to_string());
+        let (first, answer) = api_request(&site, "POST", path, Some(&body));
+        assert_eq!(first, 200, "POST {path} {body}: {answer}");
+        let (second, answer) = api_request(&site, "POST", path, Some(&body));
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if second != 409 || v["code"] != "conflict" {
+            wrong.push(format!("POST {path} again: {second} {answer}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "taken names did not answer 409 conflict:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
 fn unknown_pits_of_a_known_group_answer_404_at_both_sites() {
     let (a, b) = group_pair();
     a.create_volume("v1", "1M");
