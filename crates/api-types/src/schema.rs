@@ -26,6 +26,9 @@ pub const GROUP_STATES: &[&str] = &[
     "prepared-for-failover",
     "test-failover",
     "failed-over",
+    // An old primary that learnt its group was failed over elsewhere
+    // (fenced until `group unfence` or `reverse`).
+    "failed-over-elsewhere",
 ];
 /// Health of a group.
 pub const HEALTHS: &[&str] = &["normal", "warning", "critical"];

@@ -834,8 +834,8 @@ struct TeardownQuery {
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn group_unfence(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<ForceQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.unfence_group(&name, q.force).await)
 }

@@ -29,6 +29,8 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("POST", "/groups/NOSUCH/sync", Some(r#"{"pit_name":"p1"}"#)),
         ("POST", "/groups/NOSUCH/verify", None),
         ("POST", "/groups/NOSUCH/resync", None),
+        ("POST", "/groups/NOSUCH/unfence", None),
+        ("POST", "/groups/NOSUCH/unfence?force=true", None),
         ("POST", "/groups/NOSUCH/failover", Some("{}")),
         ("POST", "/groups/NOSUCH/failover", Some(r#"{"test":true}"#)),
         ("POST", "/groups/NOSUCH/failover", Some(r#"{"force":true}"#)),
