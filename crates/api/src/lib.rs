@@ -137,7 +137,9 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
 
 fn error_description(status: u16) -> &'static str {
     match status {
-        400 => "invalid: the body, a parameter or a value is malformed or out of range",
+        400 => {
+            "invalid: the body, a parameter or a value is malformed or out of range, or the object's state does not allow this (the message says what to run)"
+        }
         401 => {
             "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token)"
         }
@@ -145,9 +147,7 @@ fn error_description(status: u16) -> &'static str {
         404 => {
             "not_found: a named object (group, VM, plan, run, volume, PIT, partner, authorization entry) does not exist"
         }
-        409 => {
-            "conflict or busy: the name is taken, or the object is in use or in a state that does not allow this now"
-        }
+        409 => "conflict or busy: the name is taken, or the object is in use",
         500 => "internal: the site failed; see the daemon log",
         502 => "unreachable or partner_error: the partner could not be reached or failed",
         _ => "error",
