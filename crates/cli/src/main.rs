@@ -111,6 +111,19 @@ fn error_code(e: &anyhow::Error) -> (&str, Option<u16>) {
                 C::Protocol(_) => ("protocol", None),
             };
         }
+        // Commands that work on the data directory itself (`site init`):
+        // the engine's classes, spelled as the API spells them.
+        if let Some(e) = cause.downcast_ref::<offsite_engine::EngineError>() {
+            use offsite_engine::ErrorKind as K;
+            let code = match e.kind() {
+                K::NotFound => "not_found",
+                K::Conflict => "conflict",
+                K::Invalid => "invalid",
+                K::Busy => "busy",
+                K::Internal => "internal",
+            };
+            return (code, None);
+        }
     }
     ("failed", None)
 }

@@ -232,6 +232,25 @@ fn with_json_an_error_is_a_json_object_on_stdout() {
     assert_eq!(v["error"]["code"], "not_a_site", "{v}");
     assert!(v["error"].get("status").is_none(), "{v}");
 
+    // `site init` on a site: the engine's class, as the API would say it.
+    let out = site.run(&[
+        "site",
+        "init",
+        "--name",
+        "b",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--nbd",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", text(&out.stdout)));
+    assert_eq!(v["error"]["code"], "conflict", "{v}");
+
     // A malformed command line with --json: exit 2, and JSON too.
     let out = offsite(&[
         "group",
