@@ -75,6 +75,7 @@ fn a_bad_value_of_a_fixed_choice_option_is_a_usage_error() {
         ),
         (&["site", "set", "--allow-any-partner", "maybe"], "maybe"),
         (&["events", "--limit", "0"], "0"),
+        (&["serve", "--log-format", "xml"], "xml"),
         (
             &["group", "create", "g", "--partner", "b", "--keep", "0"],
             "0",
