@@ -335,7 +335,7 @@ pub struct CreateGroup {
     #[schema(minimum = 30, maximum = 86400)]
     pub rpo_secs: u64,
     /// PITs to keep (besides named ones).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub keep: u32,
     /// Bandwidth limit of the group's bulk traffic, bytes/s.
     #[schema(maximum = 9223372036854775807_i64)]
@@ -364,12 +364,15 @@ pub struct SetGroup {
     pub mode: Option<String>,
     /// New RPO in seconds (30 s to 24 h); the replica keeps a copy.
     #[serde(default)]
+    #[schema(minimum = 30, maximum = 86400)]
     pub rpo_secs: Option<u64>,
     /// New number of unnamed PITs kept (retention runs at the replica).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub keep: Option<u32>,
     /// New bandwidth limit in bytes per second (0: unlimited).
     #[serde(default)]
+    #[schema(maximum = 9223372036854775807_i64)]
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// zstd on the wire (`true`) or no compression.
     #[serde(default)]

@@ -12,6 +12,10 @@ pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
 /// Longest name.
 pub const NAME_MAX_LEN: usize = 64;
 
+/// Most unnamed PITs a group keeps (`--keep`): far beyond any retention
+/// an RPO of 30 s to 24 h calls for, and a bound the document can state.
+pub const MAX_KEEP: u32 = 100_000;
+
 /// Replication modes of a group.
 pub const MODES: &[&str] = &["async", "sync"];
 /// Roles of a group on a site.

@@ -201,7 +201,7 @@ impl utoipa::Modify for ErrorResponses {
                 }
                 for param in op.parameters.iter_mut().flatten() {
                     if param.parameter_in == ParameterIn::Path
-                        && matches!(param.name.as_str(), "name" | "pit")
+                        && matches!(param.name.as_str(), "name" | "pit" | "group")
                     {
                         param.schema = Some(offsite_api_types::schema::name());
                     }
@@ -515,11 +515,26 @@ async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
 
 /// Parses a JSON body, turning axum's rejection into our error shape.
 fn body<T>(b: JsonBody<T>) -> Result<T, Failure> {
-    b.map(|Json(v)| v)
+    b.map(|Json(Object(v))| v)
         .map_err(|e| Failure::BadBody(format!("malformed request body: {e}")))
 }
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+type JsonBody<T> = Result<Json<Object<T>>, axum::extract::rejection::JsonRejection>;
+
+/// A request body that must be a JSON object, as the document declares:
+/// serde's derived structs also accept an array of their fields in order
+/// (`[null, null]` would be an empty update), which no client means.
+struct Object<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        T::deserialize(serde_json::Value::Object(map))
+            .map(Object)
+            .map_err(D::Error::custom)
+    }
+}
 
 #[utoipa::path(get, path = "/api/v1/site/settings", responses((status = 200, body = SiteSettings)))]
 async fn settings_show(State(s): State<ApiState>) -> ApiResult<SiteSettings> {
@@ -886,7 +901,7 @@ async fn vm_delete(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) ->
     responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 403, body = ApiError)))]
 async fn vm_set(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetVm>,
 ) -> ApiResult<VmInfo> {
     let req = body(b)?;
@@ -1095,7 +1110,7 @@ async fn plan_add_group(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn plan_remove_group(
     State(s): State<ApiState>,
-    Path((name, group)): Path<(String, String)>,
+    ApiPath((name, group)): ApiPath<(String, String)>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.remove_group(&name, &group).await)
 }
@@ -1104,7 +1119,7 @@ async fn plan_remove_group(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn plan_remove_step(
     State(s): State<ApiState>,
-    Path((name, step)): Path<(String, String)>,
+    ApiPath((name, step)): ApiPath<(String, String)>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.remove_step(&name, &step).await)
 }

@@ -206,7 +206,7 @@ pub enum GroupCommand {
         #[arg(long)]
         rpo: Option<Secs>,
         /// Unnamed PITs kept at the replica (named ones stay until released).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=offsite_api_types::schema::MAX_KEEP as i64))]
         keep: Option<u32>,
         /// Bandwidth limit of the group's transfers per second, e.g. 100M (0: unlimited).
         #[arg(long)]
@@ -273,7 +273,7 @@ pub struct GroupCreateArgs {
     #[arg(long, default_value = "5m")]
     pub rpo: Secs,
     /// PITs kept (besides named ones), at least 1.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=offsite_api_types::schema::MAX_KEEP as i64))]
     pub keep: u32,
     /// Bandwidth limit of the group's transfers per second, e.g. 100M.
     #[arg(long)]

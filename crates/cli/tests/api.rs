@@ -25,6 +25,12 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("POST", "/groups/NOSUCH/resume", None),
         ("POST", "/groups/NOSUCH/set", Some("{}")),
         ("POST", "/groups/NOSUCH/set", Some(r#"{"mode":"sync"}"#)),
+        (
+            "POST",
+            "/groups/NOSUCH/set",
+            Some(r#"{"rpo_secs":60,"keep":2}"#),
+        ),
+        ("DELETE", "/groups/NOSUCH?delete_replica=true", None),
         ("POST", "/groups/NOSUCH/sync", Some("{}")),
         ("POST", "/groups/NOSUCH/sync", Some(r#"{"pit_name":"p1"}"#)),
         ("POST", "/groups/NOSUCH/verify", None),
@@ -59,6 +65,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         // VMs.
         ("GET", "/vms/NOSUCH", None),
         ("DELETE", "/vms/NOSUCH", None),
+        ("PATCH", "/vms/NOSUCH", Some(r#"{"start":"true"}"#)),
         // Plans and plan runs.
         ("GET", "/plans/NOSUCH", None),
         ("DELETE", "/plans/NOSUCH", None),
@@ -77,6 +84,8 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("POST", "/plans/NOSUCH/run", Some(r#"{"resume":true}"#)),
         ("POST", "/plans/NOSUCH/continue", None),
         ("GET", "/plans/NOSUCH/runs", None),
+        ("DELETE", "/plans/NOSUCH/groups/g", None),
+        ("DELETE", "/plans/NOSUCH/steps/s", None),
         ("GET", "/plan-runs/NOSUCH-1", None),
         // Volumes.
         ("GET", "/volumes/NOSUCH", None),

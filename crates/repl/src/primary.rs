@@ -306,8 +306,12 @@ impl Replication {
                 req.rpo_secs
             )));
         }
-        if req.keep == 0 {
-            return Err(invalid("--keep must be at least 1".into()));
+        if !(1..=offsite_api_types::schema::MAX_KEEP).contains(&req.keep) {
+            return Err(invalid(format!(
+                "--keep {} is outside 1..{}",
+                req.keep,
+                offsite_api_types::schema::MAX_KEEP
+            )));
         }
         if let Some(bw) = req.bandwidth_bytes_per_sec {
             offsite_engine::check_bandwidth(bw)?;
