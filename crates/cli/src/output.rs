@@ -308,7 +308,9 @@ impl Printer {
             (
                 "mode",
                 match g.seal_interval_seconds {
-                    Some(seal) => format!("{}, RPO 0 (sealed every {seal}s), keep {}", g.mode, g.keep),
+                    Some(seal) => {
+                        format!("{}, RPO 0 (sealed every {seal}s), keep {}", g.mode, g.keep)
+                    }
                     None => format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
                 },
             ),

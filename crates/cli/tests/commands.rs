@@ -584,7 +584,10 @@ fn group_set_rpo_reaches_a_running_sync_group() {
     assert_eq!(st["rpo_seconds"], 0, "{st}");
     assert_eq!(st["seal_interval_seconds"], 30, "{st}");
     assert_eq!(st["mode"], "sync", "{st}");
-    assert_eq!(b.json(&["group", "status", "g"])["seal_interval_seconds"], 30);
+    assert_eq!(
+        b.json(&["group", "status", "g"])["seal_interval_seconds"],
+        30
+    );
     qemu_io(&url, &["write -P 0x5a 0 64k"]);
     wait_until("a seal on the new RPO", Duration::from_secs(120), || {
         newest_pit(&b) > newest

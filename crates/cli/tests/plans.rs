@@ -607,6 +607,9 @@ fn a_drill_of_a_sync_group_in_sync_reports_an_rpo_near_zero() {
     let r = plan_run(&b, &["dr", "--mode", "test"]);
     assert_eq!(r["status"], "succeeded", "{r}");
     let rpo = r["groups"][0]["rpo_seconds"].as_f64().expect("rpo_seconds");
-    assert!(rpo < 3.0, "a sync group in sync lost nothing, yet RPO {rpo}: {r}");
+    assert!(
+        rpo < 3.0,
+        "a sync group in sync lost nothing, yet RPO {rpo}: {r}"
+    );
     plan_run(&b, &["dr", "--mode", "cleanup"]);
 }
