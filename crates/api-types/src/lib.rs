@@ -24,6 +24,7 @@ pub mod metrics {
 }
 
 mod plans;
+pub mod schema;
 
 pub use plans::{
     CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunGroup, PlanRunReport, PlanRunRequest,
@@ -37,8 +38,10 @@ pub const API_PREFIX: &str = "/api/v1";
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct SiteInfo {
     /// Site name.
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// `SHA256:` + hex of the site certificate's DER encoding.
+    #[schema(pattern = "^SHA256:[0-9a-f]{64}$")]
     pub fingerprint: String,
     /// Replication listener address (HOST:PORT).
     pub listen: String,
@@ -76,8 +79,10 @@ pub struct VolumeInfo {
     /// creation or the last `volume clear-dirty`).
     pub dirty_bytes: u64,
     /// `primary`, `replica`, `test-clone` or `promoted`.
+    #[schema(schema_with = crate::schema::volume_role)]
     pub role: String,
     /// `importing`, `ready` or `failed`.
+    #[schema(schema_with = crate::schema::volume_state)]
     pub state: String,
     /// RFC 3339 creation time.
     pub created_at: String,
@@ -93,12 +98,15 @@ pub struct VolumeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CreateVolume {
     /// Name; letters, digits, `.`, `_` and `-`, at most 64 characters.
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// Size in bytes (a positive multiple of the block size).
     pub size_bytes: Option<u64>,
     /// Block size in bytes (power of two, 512 B to 1 MiB; default 4 KiB).
+    #[schema(minimum = 512, maximum = 1048576)]
     pub block_size: Option<u32>,
     /// Raw image or block device on the site's machine to copy in.
+    #[schema(pattern = "^/")]
     pub import_path: Option<String>,
 }
 
@@ -143,6 +151,7 @@ pub struct PartnerInfo {
     /// HOST:PORT of its replication listener.
     pub address: String,
     /// Pinned certificate fingerprint (`SHA256:` + hex).
+    #[schema(pattern = "^SHA256:[0-9a-f]{64}$")]
     pub fingerprint: String,
     /// RFC 3339 time of pairing.
     pub created_at: String,
@@ -160,6 +169,7 @@ pub struct PartnerInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct AddPartner {
     /// The partner's site name (as shown by `site show` there).
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// HOST:PORT of its replication listener.
     pub address: String,
@@ -186,6 +196,7 @@ pub struct AddAuthz {
     /// Exact site name, `*.suffix` or `*`.
     pub allowed_primary: String,
     /// Directory for the replicas (absolute; created if missing).
+    #[schema(pattern = "^/")]
     pub storage_location: String,
     /// Required security tag.
     pub security_tag: Option<String>,
@@ -208,8 +219,10 @@ pub struct UpdateSiteSettings {
     /// New value of `allow_any_partner`.
     pub allow_any_partner: Option<bool>,
     /// New default storage location.
+    #[schema(pattern = "^/")]
     pub default_storage_location: Option<String>,
     /// New default bandwidth limit in bytes/s; 0 removes the limit.
+    #[schema(maximum = 9223372036854775807_i64)]
     pub bandwidth_bytes_per_sec: Option<u64>,
 }
 
@@ -238,8 +251,10 @@ pub struct PartnerTestResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct PartnerTestRequest {
     /// Bytes to send (default 256 MiB).
+    #[schema(minimum = 1, maximum = 68719476736_i64)]
     pub bytes: Option<u64>,
     /// Compress the bulk data with zstd.
+    #[serde(default)]
     pub compress: bool,
 }
 
@@ -283,8 +298,10 @@ pub struct VmInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CreateVm {
     /// VM name.
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// Existing volume names, disk 0 first.
+    #[schema(schema_with = crate::schema::names)]
     pub volumes: Vec<String>,
     /// Start hook.
     pub start: Option<String>,
@@ -298,22 +315,30 @@ pub struct CreateVm {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CreateGroup {
     /// Group name (the same on both sites).
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// Replica site (a partner).
+    #[schema(schema_with = crate::schema::name)]
     pub partner: String,
     /// VMs whose volumes form the group (in order).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::names)]
     pub vms: Vec<String>,
     /// Volumes of the group (after the VMs' volumes).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::names)]
     pub volumes: Vec<String>,
     /// `async` or `sync`.
+    #[schema(schema_with = crate::schema::mode)]
     pub mode: String,
     /// RPO in seconds (30 s to 24 h).
+    #[schema(minimum = 30, maximum = 86400)]
     pub rpo_secs: u64,
     /// PITs to keep (besides named ones).
+    #[schema(minimum = 1, maximum = 100000)]
     pub keep: u32,
     /// Bandwidth limit of the group's bulk traffic, bytes/s.
+    #[schema(maximum = 9223372036854775807_i64)]
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// zstd on the wire (default true).
     pub compress: Option<bool>,
@@ -321,10 +346,12 @@ pub struct CreateGroup {
     pub security_tag: Option<String>,
     /// Sync mode: `degrade` (default) or `suspend-writes`.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::link_loss_opt)]
     pub on_link_loss: Option<String>,
     /// Sync mode, `suspend-writes`: seconds a write waits for the partner
     /// before it fails (default 30).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub suspend_timeout_secs: Option<u64>,
 }
 
@@ -333,15 +360,19 @@ pub struct CreateGroup {
 pub struct SetGroup {
     /// Convert to `async` or `sync` (no new initial replication).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::mode_opt)]
     pub mode: Option<String>,
     /// New RPO in seconds (30 s to 24 h); the replica keeps a copy.
     #[serde(default)]
+    #[schema(minimum = 30, maximum = 86400)]
     pub rpo_secs: Option<u64>,
     /// New number of unnamed PITs kept (retention runs at the replica).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub keep: Option<u32>,
     /// New bandwidth limit in bytes per second (0: unlimited).
     #[serde(default)]
+    #[schema(maximum = 9223372036854775807_i64)]
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// zstd on the wire (`true`) or no compression.
     #[serde(default)]
@@ -395,12 +426,16 @@ pub struct GroupStatus {
     /// Group name.
     pub name: String,
     /// `async` or `sync`.
+    #[schema(schema_with = crate::schema::mode)]
     pub mode: String,
     /// `primary` or `replica` (this site's role).
+    #[schema(schema_with = crate::schema::group_role)]
     pub role: String,
     /// Replication state.
+    #[schema(schema_with = crate::schema::group_state)]
     pub state: String,
     /// `normal`, `warning` or `critical`.
+    #[schema(schema_with = crate::schema::health)]
     pub health: String,
     /// Why the health is not normal.
     pub health_reason: Option<String>,
@@ -439,9 +474,11 @@ pub struct GroupStatus {
     /// lost; writes are tracked) or `suspended` (writes wait); null for
     /// async groups and at the replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::sync_state_opt)]
     pub sync_state: Option<String>,
     /// Sync mode: what happens to writes when the partner is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::link_loss_opt)]
     pub on_link_loss: Option<String>,
     /// Estimated seconds to finish the running transfer, if known.
     pub eta_seconds: Option<u64>,
@@ -523,8 +560,10 @@ pub struct StartGroup {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct SyncGroup {
     /// Name the PIT (kept until `pit release`).
+    #[schema(schema_with = crate::schema::name_opt)]
     pub pit_name: Option<String>,
     /// Return once the cycle started instead of waiting for the PIT.
+    #[serde(default)]
     pub no_wait: bool,
 }
 

@@ -8,10 +8,13 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CreatePlan {
     /// Plan name.
+    #[schema(schema_with = crate::schema::name)]
     pub name: String,
     /// The site the plan protects (its groups' primary in normal operation).
+    #[schema(schema_with = crate::schema::name)]
     pub protected_site: String,
     /// The site it recovers to.
+    #[schema(schema_with = crate::schema::name)]
     pub recovery_site: String,
     /// Free text.
     #[serde(default)]
@@ -21,6 +24,7 @@ pub struct CreatePlan {
     pub test_network: Option<String>,
     /// VMs of one tier started at once, at most (default 4).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub parallel: Option<u32>,
 }
 
@@ -28,6 +32,7 @@ pub struct CreatePlan {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct PlanAddGroup {
     /// Replication group; its VMs join the plan at priority 3.
+    #[schema(schema_with = crate::schema::name)]
     pub group: String,
 }
 
@@ -35,8 +40,10 @@ pub struct PlanAddGroup {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct PlanSetPriority {
     /// VM of one of the plan's groups.
+    #[schema(schema_with = crate::schema::name)]
     pub vm: String,
     /// Tier 1 (first) to 5.
+    #[schema(minimum = 1, maximum = 5)]
     pub priority: u8,
     /// `tcp:HOST:PORT` or `cmd:COMMAND`: the VM counts as up once it
     /// answers (null: once its start hook returned). Absent: unchanged.
@@ -63,6 +70,7 @@ pub struct PlanAddStep {
     pub prompt: Option<String>,
     /// Runs once the VMs of this tier are up (0: before tier 1).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 5)]
     pub after_tier: u8,
     /// Test runs skip it.
     #[serde(default)]
@@ -105,6 +113,7 @@ pub struct PlanVm {
     /// Its replication group.
     pub group: String,
     /// Priority tier, 1 (first) to 5.
+    #[schema(minimum = 1, maximum = 5)]
     pub priority: u8,
     /// `tcp:HOST:PORT` or `cmd:COMMAND`.
     pub wait_for: Option<String>,
@@ -124,6 +133,7 @@ pub struct PlanStep {
     /// The message (kind `prompt`).
     pub prompt: Option<String>,
     /// Runs once the VMs of this tier are up (0: before tier 1).
+    #[schema(minimum = 0, maximum = 5)]
     pub after_tier: u8,
     /// Test runs skip it.
     pub skip_in_test: bool,
@@ -136,6 +146,7 @@ pub struct PlanStep {
 pub struct PlanRunRequest {
     /// `test`, `cleanup`, `planned`, `disaster`, `reprotect` or `failback`.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::run_mode_opt)]
     pub mode: Option<String>,
     /// Continue the plan's stopped run from its failed step instead.
     #[serde(default)]
@@ -197,6 +208,7 @@ pub struct PlanRunReport {
     /// Plan name.
     pub plan: String,
     /// Run mode.
+    #[schema(schema_with = crate::schema::run_mode)]
     pub mode: String,
     /// Site that ran it.
     pub site: String,
@@ -233,6 +245,7 @@ pub struct PlanRunSummary {
     /// Run id.
     pub id: String,
     /// Run mode.
+    #[schema(schema_with = crate::schema::run_mode)]
     pub mode: String,
     /// Site that ran it.
     pub site: String,

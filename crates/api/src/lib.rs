@@ -86,7 +86,7 @@ impl ApiState {
         group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -101,6 +101,152 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Declares, for every operation under `/api/v1`, each error status it
+/// can answer (all with an [`ApiError`] body), and the name alphabet of
+/// the names in its path. Declared here rather than per route so that no
+/// route can forget one: 401 (token) and 500 (the site failed) apply to
+/// every route; the rest follow from what the handler calls (the engine:
+/// 400, 404, 409; replication and plans, which talk to the partner: also
+/// 403 for its refusals and 502 when it cannot be reached).
+struct ErrorResponses;
+
+/// Error statuses of an operation, by operation id (the handler's name).
+fn error_statuses(operation_id: &str) -> &'static [u16] {
+    const PARTNERS: &[u16] = &[400, 401, 403, 404, 409, 500, 502];
+    match operation_id {
+        "site_show" => &[401],
+        "settings_show" | "partner_list" | "authz_list" | "vm_list" | "volume_list"
+        | "group_list" | "plan_list" => &[401, 500],
+        "event_list" | "settings_update" => &[400, 401, 500],
+        "partner_add" | "authz_add" | "volume_create" => &[400, 401, 409, 500],
+        "vm_create" => &[400, 401, 404, 409, 500],
+        "partner_show" | "vm_show" | "volume_show" | "volume_url" | "authz_remove" => {
+            &[401, 404, 500]
+        }
+        "partner_update" => &[400, 401, 404, 500],
+        "partner_remove" | "vm_delete" | "volume_delete" | "volume_clear_dirty" => {
+            &[401, 404, 409, 500]
+        }
+        // Replication, PITs, failover and recovery plans.
+        _ => PARTNERS,
+    }
+}
+
+fn error_description(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "invalid: the body, a parameter or a value is malformed or out of range, or the object's state does not allow this (the message says what to run)"
+        }
+        401 => {
+            "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token)"
+        }
+        403 => "refused: the partner, or this site's role in the group, refuses the request",
+        404 => {
+            "not_found: a named object (group, VM, plan, run, volume, PIT, partner, authorization entry) does not exist"
+        }
+        409 => "conflict or busy: the name is taken, or the object is in use",
+        500 => "internal: the site failed; see the daemon log",
+        502 => "unreachable or partner_error: the partner could not be reached or failed",
+        _ => "error",
+    }
+}
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with(offsite_api_types::API_PREFIX) {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                let id = op.operation_id.clone().unwrap_or_default();
+                // A body or a query string can always be malformed (400),
+                // whatever the table says.
+                let parses = op.request_body.is_some()
+                    || op
+                        .parameters
+                        .iter()
+                        .flatten()
+                        .any(|p| p.parameter_in == ParameterIn::Query);
+                let statuses = error_statuses(&id)
+                    .iter()
+                    .copied()
+                    .chain(parses.then_some(400));
+                for status in statuses {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(error_description(status))
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ApiError")))
+                                        .build(),
+                                )
+                                .into()
+                        });
+                }
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.parameter_in == ParameterIn::Path
+                        && matches!(param.name.as_str(), "name" | "pit" | "group")
+                    {
+                        param.schema = Some(offsite_api_types::schema::name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A path parameter whose rejection (bad percent-encoding, ...) is an
+/// [`ApiError`] like every other error, not axum's plain-text answer.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Failure> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| Failure::BadBody(format!("malformed path: {e}")))
+    }
+}
+
+/// A query string whose rejection is an [`ApiError`] (see [`ApiPath`]).
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Failure> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| Failure::BadBody(format!("malformed query: {e}")))
     }
 }
 
@@ -273,42 +419,78 @@ enum Failure {
     Plan(PlanError),
 }
 
+/// Status and code of an engine error.
+fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
+    match e.kind() {
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        ErrorKind::Busy => (StatusCode::CONFLICT, "busy"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// Status and code of a replication error: the engine's own classes, a
+/// partner that refused (403), one that cannot be reached or answered
+/// nonsense (502: the fault is beyond this site).
+fn repl_status(e: &ReplError) -> (StatusCode, &'static str) {
+    match e {
+        ReplError::Engine(e) => engine_status(e),
+        ReplError::NoSuchPartner(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ReplError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+        e if e.is_unreachable() => (StatusCode::BAD_GATEWAY, "unreachable"),
+        ReplError::Identity(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        _ => (StatusCode::BAD_GATEWAY, "partner_error"),
+    }
+}
+
+impl Failure {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Failure::Engine(e) => engine_status(e),
+            Failure::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            Failure::Repl(e) => repl_status(e),
+            Failure::Plan(PlanError::Repl(e)) => repl_status(e),
+            Failure::Plan(PlanError::Engine(e)) => engine_status(e),
+            // The plan's other site could not be reached: nothing changed,
+            // and the fault is beyond this site (502), as for replication.
+            Failure::Plan(PlanError::Partner { source, .. }) if source.is_unreachable() => {
+                (StatusCode::BAD_GATEWAY, "unreachable")
+            }
+            Failure::Plan(e) => match e.kind() {
+                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                ErrorKind::Conflict | ErrorKind::Busy => (StatusCode::CONFLICT, "conflict"),
+                ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+                ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::Engine(e) => e.to_string(),
+            Failure::BadBody(m) => m.clone(),
+            Failure::Repl(e) => e.to_string(),
+            Failure::Plan(e) => e.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let e = match self {
-            Failure::Engine(e) => e,
-            Failure::BadBody(m) => return error(StatusCode::BAD_REQUEST, "invalid", m),
-            Failure::Repl(ReplError::Engine(e)) => e,
-            Failure::Plan(e) => {
-                let (status, code) = match e.kind() {
-                    ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-                    ErrorKind::Conflict | ErrorKind::Busy => (StatusCode::CONFLICT, "conflict"),
-                    ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-                    ErrorKind::Internal => (StatusCode::BAD_GATEWAY, "plan_error"),
-                };
-                return error(status, code, e.to_string());
-            }
-            Failure::Repl(e) => {
-                let (status, code) = match &e {
-                    ReplError::NoSuchPartner(_) => (StatusCode::NOT_FOUND, "not_found"),
-                    ReplError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
-                    e if e.is_unreachable() => (StatusCode::BAD_GATEWAY, "unreachable"),
-                    _ => (StatusCode::BAD_GATEWAY, "partner_error"),
-                };
-                return error(status, code, e.to_string());
-            }
-        };
-        let (status, code) = match e.kind() {
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-            ErrorKind::Busy => (StatusCode::CONFLICT, "busy"),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, code) = self.status();
+        let message = self.message();
+        // Only the site's own failures are errors of the daemon; a user's
+        // mistake (an unknown name, a refused request: 4xx) is not, and a
+        // partner's failure (502) is the partner's, so it is a warning here.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "API request failed");
+            tracing::error!(error = %message, "API request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %message, "API request failed at the partner");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %message, "API request refused");
         }
-        error(status, code, e.to_string())
+        error(status, code, message)
     }
 }
 
@@ -333,11 +515,26 @@ async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
 
 /// Parses a JSON body, turning axum's rejection into our error shape.
 fn body<T>(b: JsonBody<T>) -> Result<T, Failure> {
-    b.map(|Json(v)| v)
+    b.map(|Json(Object(v))| v)
         .map_err(|e| Failure::BadBody(format!("malformed request body: {e}")))
 }
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+type JsonBody<T> = Result<Json<Object<T>>, axum::extract::rejection::JsonRejection>;
+
+/// A request body that must be a JSON object, as the document declares:
+/// serde's derived structs also accept an array of their fields in order
+/// (`[null, null]` would be an empty update), which no client means.
+struct Object<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        T::deserialize(serde_json::Value::Object(map))
+            .map(Object)
+            .map_err(D::Error::custom)
+    }
+}
 
 #[utoipa::path(get, path = "/api/v1/site/settings", responses((status = 200, body = SiteSettings)))]
 async fn settings_show(State(s): State<ApiState>) -> ApiResult<SiteSettings> {
@@ -370,7 +567,7 @@ async fn partner_add(State(s): State<ApiState>, b: JsonBody<AddPartner>) -> ApiR
     responses((status = 200, body = PartnerInfo), (status = 404, body = ApiError)))]
 async fn partner_show(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<PartnerInfo> {
     blocking(move || s.site.partner(&name)).await
 }
@@ -379,7 +576,7 @@ async fn partner_show(
     responses((status = 200, body = PartnerInfo), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn partner_remove(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<PartnerInfo> {
     blocking(move || {
         let p = s.site.partner(&name)?;
@@ -393,7 +590,7 @@ async fn partner_remove(
     responses((status = 200, body = PartnerTestResult), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn partner_test(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<PartnerTestRequest>,
 ) -> ApiResult<PartnerTestResult> {
     let req = body(b)?;
@@ -409,7 +606,7 @@ async fn partner_test(
     responses((status = 200, body = AuthzCheckResult), (status = 403, body = ApiError), (status = 502, body = ApiError)))]
 async fn partner_authz_check(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<AuthzCheckRequest>,
 ) -> ApiResult<AuthzCheckResult> {
     let req = body(b)?;
@@ -443,7 +640,7 @@ async fn group_create(
     responses((status = 200, body = GroupStatus), (status = 404, body = ApiError)))]
 async fn group_status(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.group_status(&name).await)
 }
@@ -452,7 +649,7 @@ async fn group_status(
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
 async fn group_start(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<StartGroup>,
 ) -> ApiResult<GroupStatus> {
     let req = body(b)?;
@@ -463,7 +660,7 @@ async fn group_start(
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
 async fn group_pause(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.pause_group(&name, true).await)
 }
@@ -472,7 +669,7 @@ async fn group_pause(
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
 async fn group_set(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetGroup>,
 ) -> ApiResult<GroupStatus> {
     let req = body(b)?;
@@ -483,7 +680,7 @@ async fn group_set(
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError)))]
 async fn group_resume(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.pause_group(&name, false).await)
 }
@@ -492,7 +689,7 @@ async fn group_resume(
     responses((status = 200, body = SyncResult), (status = 400, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_sync(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<SyncGroup>,
 ) -> ApiResult<SyncResult> {
     let req = body(b)?;
@@ -503,7 +700,7 @@ async fn group_sync(
     responses((status = 200, body = VerifyResult), (status = 400, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_verify(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<VerifyResult> {
     repl(s.repl.verify_group(&name).await)
 }
@@ -512,7 +709,7 @@ async fn group_verify(
     responses((status = 200, body = offsite_api_types::ResyncResult), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_resync(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::ResyncResult> {
     repl(s.repl.resync_group(&name).await)
 }
@@ -522,7 +719,7 @@ async fn group_resync(
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
 async fn group_failover(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::FailoverRun>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     let req = body(b)?;
@@ -533,7 +730,7 @@ async fn group_failover(
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
 async fn group_failover_prepare(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     repl(s.repl.failover_prepare(&name).await)
 }
@@ -542,7 +739,7 @@ async fn group_failover_prepare(
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
 async fn group_failover_commit(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     repl(s.repl.failover_commit(&name).await)
 }
@@ -551,7 +748,7 @@ async fn group_failover_commit(
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
 async fn group_failover_revert(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     repl(s.repl.failover_revert(&name).await)
 }
@@ -561,7 +758,7 @@ async fn group_failover_revert(
     responses((status = 200, body = offsite_api_types::ReverseResult), (status = 400, body = ApiError)))]
 async fn group_reverse(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::ReverseRequest>,
 ) -> ApiResult<offsite_api_types::ReverseResult> {
     let req = body(b)?;
@@ -572,7 +769,7 @@ async fn group_reverse(
     responses((status = 200, body = offsite_api_types::FailoverResult), (status = 400, body = ApiError)))]
 async fn group_stop_test(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
     repl(s.repl.stop_test(&name).await)
 }
@@ -581,14 +778,17 @@ async fn group_stop_test(
     responses((status = 200, body = GroupMeasure), (status = 404, body = ApiError)))]
 async fn group_measure(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<GroupMeasure> {
     repl(s.repl.group_measure(&name).await)
 }
 
 #[utoipa::path(get, path = "/api/v1/groups/{name}/pits", params(("name" = String, Path)),
     responses((status = 200, body = [PitEntry]), (status = 404, body = ApiError)))]
-async fn pit_list(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<Vec<PitEntry>> {
+async fn pit_list(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Vec<PitEntry>> {
     repl(s.repl.pit_list(&name).await)
 }
 
@@ -597,7 +797,7 @@ async fn pit_list(State(s): State<ApiState>, Path(name): Path<String>) -> ApiRes
     responses((status = 200, body = offsite_api_types::PitExport), (status = 400, body = ApiError)))]
 async fn pit_export(
     State(s): State<ApiState>,
-    Path((name, pit)): Path<(String, String)>,
+    ApiPath((name, pit)): ApiPath<(String, String)>,
 ) -> ApiResult<offsite_api_types::PitExport> {
     repl(s.repl.pit_export(&name, &pit).await)
 }
@@ -606,7 +806,7 @@ async fn pit_export(
     responses((status = 200, body = offsite_api_types::PitCheck), (status = 400, body = ApiError)))]
 async fn pit_check(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PitCheck> {
     repl(s.repl.pit_check(&name).await)
 }
@@ -616,7 +816,7 @@ async fn pit_check(
     responses((status = 200, body = [PitEntry]), (status = 400, body = ApiError)))]
 async fn pit_release(
     State(s): State<ApiState>,
-    Path((name, pit)): Path<(String, String)>,
+    ApiPath((name, pit)): ApiPath<(String, String)>,
 ) -> ApiResult<Vec<PitEntry>> {
     if let Err(e) = s.repl.pit_release(&name, &pit).await {
         return Err(Failure::Repl(e));
@@ -629,7 +829,7 @@ async fn pit_release(
     responses((status = 200, body = offsite_api_types::SeedExport), (status = 400, body = ApiError)))]
 async fn group_export_seed(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::ExportSeed>,
 ) -> ApiResult<offsite_api_types::SeedExport> {
     let req = body(b)?;
@@ -649,8 +849,8 @@ struct TeardownQuery {
     responses((status = 200, body = GroupStatus), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn group_unfence(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<ForceQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<GroupStatus> {
     repl(s.repl.unfence_group(&name, q.force).await)
 }
@@ -661,8 +861,8 @@ async fn group_unfence(
     responses((status = 200, body = GroupStatus), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn group_teardown(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<TeardownQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<TeardownQuery>,
 ) -> ApiResult<GroupStatus> {
     let status = s.repl.group_status(&name).await.map_err(Failure::Repl)?;
     s.repl
@@ -686,13 +886,13 @@ async fn vm_create(State(s): State<ApiState>, b: JsonBody<CreateVm>) -> ApiResul
 
 #[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
-async fn vm_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
+async fn vm_show(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<VmInfo> {
     blocking(move || s.site.vm(&name)).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
-async fn vm_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VmInfo> {
+async fn vm_delete(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<VmInfo> {
     blocking(move || s.site.delete_vm(&name)).await
 }
 
@@ -701,7 +901,7 @@ async fn vm_delete(State(s): State<ApiState>, Path(name): Path<String>) -> ApiRe
     responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 403, body = ApiError)))]
 async fn vm_set(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetVm>,
 ) -> ApiResult<VmInfo> {
     let req = body(b)?;
@@ -713,7 +913,7 @@ async fn vm_set(
     responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn partner_update(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::UpdatePartner>,
 ) -> ApiResult<PartnerInfo> {
     let req = body(b)?;
@@ -736,7 +936,7 @@ async fn authz_add(State(s): State<ApiState>, b: JsonBody<AddAuthz>) -> ApiResul
     responses((status = 200, body = AuthzEntry), (status = 404, body = ApiError)))]
 async fn authz_remove(
     State(s): State<ApiState>,
-    Path(pattern): Path<String>,
+    ApiPath(pattern): ApiPath<String>,
 ) -> ApiResult<AuthzEntry> {
     blocking(move || {
         let entry = s
@@ -769,7 +969,10 @@ async fn volume_create(
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VolumeInfo), (status = 404, body = ApiError)))]
-async fn volume_show(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeInfo> {
+async fn volume_show(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<VolumeInfo> {
     blocking(move || s.site.volume_info(&name)).await
 }
 
@@ -777,7 +980,7 @@ async fn volume_show(State(s): State<ApiState>, Path(name): Path<String>) -> Api
     responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn volume_delete(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<VolumeUrl> {
     blocking(move || {
         let url = s.site.volume_url(&name);
@@ -790,7 +993,10 @@ async fn volume_delete(
 
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/url", params(("name" = String, Path)),
     responses((status = 200, body = VolumeUrl), (status = 404, body = ApiError)))]
-async fn volume_url(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<VolumeUrl> {
+async fn volume_url(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<VolumeUrl> {
     blocking(move || {
         s.site.volume_info(&name).map(|v| VolumeUrl {
             name: v.name,
@@ -812,8 +1018,8 @@ struct ForceQuery {
         (status = 409, description = "the volume is in a replication group and force was not given", body = ApiError)))]
 async fn volume_clear_dirty(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<ForceQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<VolumeInfo> {
     blocking(move || s.site.clear_dirty(&name, q.force)).await
 }
@@ -823,13 +1029,24 @@ struct EventQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/events", params(("limit" = Option<u32>, Query)),
+/// Most events one request returns.
+const MAX_EVENTS: u32 = 10_000;
+
+#[utoipa::path(get, path = "/api/v1/events",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "how many of the newest events (default 100)")),
     responses((status = 200, body = [Event])))]
 async fn event_list(
     State(s): State<ApiState>,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Vec<Event>> {
-    blocking(move || s.site.events(q.limit.unwrap_or(100).min(10_000))).await
+    let limit = q.limit.unwrap_or(100);
+    // Out of range is refused rather than clamped, as the document says.
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        return Err(Failure::BadBody(format!(
+            "limit {limit} is outside 1..{MAX_EVENTS}"
+        )));
+    }
+    blocking(move || s.site.events(limit)).await
 }
 
 async fn openapi_json() -> Response {
@@ -863,7 +1080,7 @@ async fn plan_create(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 404, body = ApiError)))]
 async fn plan_show(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.show(&name).await)
 }
@@ -872,7 +1089,7 @@ async fn plan_show(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 404, body = ApiError)))]
 async fn plan_delete(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.delete(&name).await)
 }
@@ -882,7 +1099,7 @@ async fn plan_delete(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
 async fn plan_add_group(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddGroup>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     let req = body(b)?;
@@ -893,7 +1110,7 @@ async fn plan_add_group(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn plan_remove_group(
     State(s): State<ApiState>,
-    Path((name, group)): Path<(String, String)>,
+    ApiPath((name, group)): ApiPath<(String, String)>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.remove_group(&name, &group).await)
 }
@@ -902,7 +1119,7 @@ async fn plan_remove_group(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, body = ApiError)))]
 async fn plan_remove_step(
     State(s): State<ApiState>,
-    Path((name, step)): Path<(String, String)>,
+    ApiPath((name, step)): ApiPath<(String, String)>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     plan(s.plans.remove_step(&name, &step).await)
 }
@@ -912,7 +1129,7 @@ async fn plan_remove_step(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
 async fn plan_set_priority(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanSetPriority>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     let req = body(b)?;
@@ -924,7 +1141,7 @@ async fn plan_set_priority(
     responses((status = 200, body = offsite_api_types::PlanInfo), (status = 400, body = ApiError)))]
 async fn plan_add_step(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddStep>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
     let req = body(b)?;
@@ -936,7 +1153,7 @@ async fn plan_add_step(
     responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn plan_run(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanRunRequest>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     let req = body(b)?;
@@ -954,7 +1171,7 @@ async fn plan_run(
     responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 409, body = ApiError)))]
 async fn plan_continue(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     let plans = s.plans.clone();
     let run = tokio::spawn(async move { plans.continue_run(&name).await }).await;
@@ -969,7 +1186,7 @@ async fn plan_continue(
     responses((status = 200, body = [offsite_api_types::PlanRunSummary]), (status = 404, body = ApiError)))]
 async fn plan_history(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Vec<offsite_api_types::PlanRunSummary>> {
     plan(s.plans.history(&name).await)
 }
@@ -978,7 +1195,7 @@ async fn plan_history(
     responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 404, body = ApiError)))]
 async fn plan_report(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     plan(s.plans.report(&id).await)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::units::{Secs, Size};
 
@@ -126,8 +126,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show the site's event log.
     Events {
-        /// How many of the newest events.
-        #[arg(long, default_value_t = 50)]
+        /// How many of the newest events (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         /// Keep printing new events as they happen (one line each; with
         /// --json one JSON object per line) until interrupted.
@@ -200,20 +200,20 @@ pub enum GroupCommand {
     Set {
         name: String,
         /// async or sync.
-        #[arg(long)]
-        mode: Option<String>,
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
         /// Recovery point objective: 30s to 24h.
         #[arg(long)]
         rpo: Option<Secs>,
         /// Unnamed PITs kept at the replica (named ones stay until released).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=offsite_api_types::schema::MAX_KEEP as i64))]
         keep: Option<u32>,
         /// Bandwidth limit of the group's transfers per second, e.g. 100M (0: unlimited).
         #[arg(long)]
         bandwidth: Option<Size>,
         /// Compression on the wire: zstd or none.
-        #[arg(long, alias = "compress", value_parser = ["zstd", "none"])]
-        compression: Option<String>,
+        #[arg(long, alias = "compress", value_enum)]
+        compression: Option<Compress>,
     },
     /// Compare every block of the primary, at a fresh cut, with the replica
     /// by BLAKE3 and ship only the blocks that differ (at the primary).
@@ -267,27 +267,27 @@ pub struct GroupCreateArgs {
     #[arg(long = "volume")]
     pub volumes: Vec<String>,
     /// async (delta cycles on the RPO) or sync.
-    #[arg(long, default_value = "async")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = Mode::Async)]
+    pub mode: Mode,
     /// Recovery point objective: 30s to 24h.
     #[arg(long, default_value = "5m")]
     pub rpo: Secs,
-    /// PITs kept (besides named ones).
-    #[arg(long, default_value_t = 24)]
+    /// PITs kept (besides named ones), at least 1.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=offsite_api_types::schema::MAX_KEEP as i64))]
     pub keep: u32,
     /// Bandwidth limit of the group's transfers per second, e.g. 100M.
     #[arg(long)]
     pub bandwidth: Option<Size>,
     /// Compression on the wire: zstd or none.
-    #[arg(long, default_value = "zstd", value_parser = ["zstd", "none"])]
-    pub compress: String,
+    #[arg(long, value_enum, default_value_t = Compress::Zstd)]
+    pub compress: Compress,
     /// Security tag the replica's authorization entry requires.
     #[arg(long)]
     pub security_tag: Option<String>,
     /// Sync mode: when the partner is lost, `degrade` (keep serving writes,
     /// resynchronize later) or `suspend-writes` (writes wait, then fail).
-    #[arg(long, value_parser = ["degrade", "suspend-writes"])]
-    pub on_link_loss: Option<String>,
+    #[arg(long, value_enum)]
+    pub on_link_loss: Option<LinkLoss>,
     /// Sync mode with suspend-writes: how long a write waits for the
     /// partner before it fails with EIO (default 30s).
     #[arg(long)]
@@ -536,8 +536,8 @@ pub enum PlanCommand {
         /// Network name given to VM hooks and callouts in test mode (OFFSITE_TEST_NETWORK).
         #[arg(long)]
         test_network: Option<String>,
-        /// VMs of one priority tier started at once, at most.
-        #[arg(long)]
+        /// VMs of one priority tier started at once, at most (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         parallel: Option<u32>,
     },
     /// Add a replication group; its VMs join at priority 3.
@@ -594,8 +594,8 @@ pub enum PlanCommand {
     Run {
         plan: String,
         /// test | cleanup | planned | disaster | reprotect | failback
-        #[arg(long, required_unless_present = "resume")]
-        mode: Option<String>,
+        #[arg(long, value_enum, required_unless_present = "resume")]
+        mode: Option<RunMode>,
         /// Continue the plan's stopped run from its failed step.
         #[arg(long)]
         resume: bool,
@@ -607,8 +607,111 @@ pub enum PlanCommand {
     /// A run's report.
     Report {
         run_id: String,
-        /// text (default), json, or html (a self-contained page on stdout).
-        #[arg(long, default_value = "text")]
-        format: String,
+        /// text (default), json, or html (a self-contained page on stdout;
+        /// contradicts --json).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
+}
+
+// Options with a fixed set of values are parsed by clap, so a bad value is
+// a malformed command line (exit 2, with the accepted values listed) and
+// never reaches the site. The spellings are the command-line contract.
+
+/// A replication group's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Delta cycles on the RPO.
+    Async,
+    /// Every write in the replica's log before it is acknowledged.
+    Sync,
+}
+
+/// Compression of a group's transfers on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// zstd.
+    Zstd,
+    /// No compression.
+    None,
+}
+
+/// What a sync group does when its partner is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LinkLoss {
+    /// Keep serving writes, resynchronize later.
+    Degrade,
+    /// Writes wait for the partner, then fail.
+    SuspendWrites,
+}
+
+/// How a recovery plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunMode {
+    /// Test failover of every group (clones).
+    Test,
+    /// Stop the test VMs and discard the clones.
+    Cleanup,
+    /// Planned migration.
+    Planned,
+    /// Forced recovery: the protected site is lost.
+    Disaster,
+    /// Reverse every group.
+    Reprotect,
+    /// Planned migration home, then reprotect.
+    Failback,
+}
+
+/// How `plan report` prints a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Text summary.
+    Text,
+    /// JSON (as --json).
+    Json,
+    /// A self-contained HTML page.
+    Html,
+}
+
+/// The spelling of a value on the command line, which is also its
+/// spelling in the API.
+pub fn spelling<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The values each fixed-choice option accepts, as spelled on the
+    /// command line and sent to the site: the contract, unchanged.
+    #[test]
+    fn fixed_choice_spellings() {
+        fn all<T: ValueEnum>() -> Vec<String> {
+            T::value_variants().iter().map(spelling).collect()
+        }
+        assert_eq!(all::<Mode>(), ["async", "sync"]);
+        assert_eq!(all::<Compress>(), ["zstd", "none"]);
+        assert_eq!(all::<LinkLoss>(), ["degrade", "suspend-writes"]);
+        assert_eq!(
+            all::<RunMode>(),
+            [
+                "test",
+                "cleanup",
+                "planned",
+                "disaster",
+                "reprotect",
+                "failback"
+            ]
+        );
+        assert_eq!(all::<ReportFormat>(), ["text", "json", "html"]);
+        // The API's document declares the same sets.
+        assert_eq!(all::<Mode>(), offsite_api_types::schema::MODES);
+        assert_eq!(all::<LinkLoss>(), offsite_api_types::schema::LINK_LOSS);
+        assert_eq!(all::<RunMode>(), offsite_api_types::schema::RUN_MODES);
+    }
 }

@@ -16,13 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use offsite_api_types::{CreateVolume, VolumeInfo};
 use offsite_client::Client;
 
 use crate::args::{
     AuthzCommand, Cli, Command, FailoverCommand, GroupCommand, PartnerCommand, PitCommand,
-    PlanCommand, SiteCommand, VmCommand, VolumeCommand,
+    PlanCommand, ReportFormat, SiteCommand, VmCommand, VolumeCommand,
 };
 use crate::output::Printer;
 
@@ -32,7 +32,24 @@ fn main() -> ExitCode {
     // (the daemon sets the same umask itself); the helpers that create them
     // also give explicit 0600/0700 modes where they can.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    // `--format html` writes a page, `--json` asks for JSON: one of them
+    // would be ignored, so the command line is contradictory (exit 2).
+    if let Command::Plan(PlanCommand::Report {
+        format: ReportFormat::Html,
+        ..
+    }) = &cli.command
+        && cli.global.json
+    {
+        return usage_error(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "`plan report --format html` writes an HTML page and cannot be combined with --json; use --format json (or --json) for JSON",
+        ));
+    }
+    let json = cli.global.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -40,9 +57,75 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
+            // With --json, stdout holds one JSON document: the result, or
+            // this error when the command failed before printing one (a
+            // failure after the result, such as `verify` finding
+            // differences, keeps the result and the exit code).
+            if json && !output::printed() {
+                let (code, status) = error_code(&e);
+                let _ = output::emit_error(code, &format!("{e:#}"), status);
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A malformed command line: clap's message and exit code 2 (help and
+/// version print and exit 0). With `--json` anywhere before `--`, the
+/// error is also a JSON object on stdout.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let _ = e.print();
+    if json {
+        // clap's first line is the error itself; the rest is usage.
+        let rendered = e.render().to_string();
+        let message = rendered.lines().next().unwrap_or_default();
+        let _ = output::emit_error("usage", message.trim_start_matches("error: "), None);
+    }
+    ExitCode::from(2)
+}
+
+/// The machine-readable code of a failed command: the API's code when the
+/// site answered with an error, else the client's class of failure.
+fn error_code(e: &anyhow::Error) -> (&str, Option<u16>) {
+    use offsite_client::ClientError as C;
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<C>() {
+            return match c {
+                C::Api { status, code, .. } => (code.as_str(), Some(*status)),
+                C::NotRunning { .. } => ("not_running", None),
+                C::NotASite { .. } => ("not_a_site", None),
+                C::NoSite => ("no_site", None),
+                C::Read { .. } => ("read_failed", None),
+                C::Unreachable { .. } => ("unreachable", None),
+                C::Protocol(_) => ("protocol", None),
+            };
+        }
+        // Commands that work on the data directory itself (`site init`):
+        // the engine's classes, spelled as the API spells them.
+        if let Some(e) = cause.downcast_ref::<offsite_engine::EngineError>() {
+            use offsite_engine::ErrorKind as K;
+            let code = match e.kind() {
+                K::NotFound => "not_found",
+                K::Conflict => "conflict",
+                K::Invalid => "invalid",
+                K::Busy => "busy",
+                K::Internal => "internal",
+            };
+            return (code, None);
+        }
+    }
+    ("failed", None)
 }
 
 fn init_tracing(default: &str) {
@@ -275,13 +358,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         partner: a.partner,
                         vms: a.vms,
                         volumes: a.volumes,
-                        mode: a.mode,
+                        mode: args::spelling(&a.mode),
                         rpo_secs: a.rpo.0,
                         keep: a.keep,
                         bandwidth_bytes_per_sec: a.bandwidth.map(|b| b.0),
-                        compress: Some(a.compress == "zstd"),
+                        compress: Some(a.compress == args::Compress::Zstd),
                         security_tag: a.security_tag,
-                        on_link_loss: a.on_link_loss,
+                        on_link_loss: a.on_link_loss.as_ref().map(args::spelling),
                         suspend_timeout_secs: a.suspend_timeout.map(|d| d.0),
                     })?)
                 }
@@ -334,11 +417,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } => p.group(&c.set_group(
                     &name,
                     &offsite_api_types::SetGroup {
-                        mode,
+                        mode: mode.as_ref().map(args::spelling),
                         rpo_secs: rpo.map(|r| r.0),
                         keep,
                         bandwidth_bytes_per_sec: bandwidth.map(|b| b.0),
-                        compress: compression.map(|c| c == "zstd"),
+                        compress: compression.map(|c| c == args::Compress::Zstd),
                     },
                 )?),
                 GroupCommand::Unfence { name, force } => p.group(&c.unfence(&name, force)?),
@@ -585,6 +668,7 @@ fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyhow::Result<
             )
         }
         PlanCommand::Run { plan, mode, resume } => {
+            let mode = mode.as_ref().map(args::spelling);
             let r: t::PlanRunReport =
                 c.plan_action(&plan, "run", &t::PlanRunRequest { mode, resume })?;
             p.plan_run(&r)?;
@@ -598,11 +682,10 @@ fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyhow::Result<
         PlanCommand::History { plan } => p.plan_history(&c.plan_history(&plan)?),
         PlanCommand::Report { run_id, format } => {
             let r = c.plan_report(&run_id)?;
-            match format.as_str() {
-                "html" => output::emit_text(&offsite_plan::report::html(&r)),
-                "json" => Printer::new(true).plan_run(&r),
-                "text" => p.plan_run(&r),
-                other => anyhow::bail!("--format {other}: use text, json or html"),
+            match format {
+                ReportFormat::Html => output::emit_text(&offsite_plan::report::html(&r)),
+                ReportFormat::Json => Printer::new(true).plan_run(&r),
+                ReportFormat::Text => p.plan_run(&r),
             }
         }
     }

@@ -30,7 +30,32 @@ pub fn emit_text(text: &str) -> anyhow::Result<()> {
     emit(text)
 }
 
+/// Whether anything was written to stdout (a command that fails after
+/// printing its result must not print a second JSON document).
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the command has printed its result.
+pub fn printed() -> bool {
+    PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Prints a failed command's error as JSON on stdout (`--json`):
+/// `{"error": {"code": ..., "message": ..., "status": ...}}`, the code
+/// being the API's when the site answered with an error (`status` is then
+/// its HTTP status), `usage` for a malformed command line.
+pub fn emit_error(code: &str, message: &str, status: Option<u16>) -> anyhow::Result<()> {
+    let mut error = serde_json::json!({ "code": code, "message": message });
+    if let Some(s) = status {
+        error["status"] = s.into();
+    }
+    emit(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&serde_json::json!({ "error": error }))?
+    ))
+}
+
 fn emit(text: &str) -> anyhow::Result<()> {
+    PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;

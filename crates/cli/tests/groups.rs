@@ -197,7 +197,21 @@ fn create_time_refusals_name_their_rule() {
     };
 
     // Local rules, checked before B is asked.
-    let err = create("g", "site-b", &["--volume", "v1"], &["--mode", "semi"]);
+    // A mode outside async|sync is a malformed command line (exit 2,
+    // README), and clap names the values it accepts.
+    let out = a.run(&[
+        "group",
+        "create",
+        "g",
+        "--partner",
+        "site-b",
+        "--volume",
+        "v1",
+        "--mode",
+        "semi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert_names(&err, &["semi", "async", "sync"]);
     let err = create(
         "g",

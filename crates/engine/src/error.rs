@@ -49,6 +49,14 @@ pub enum EngineError {
     /// No such volume.
     #[error("no volume named {0:?}; `offsite volume list` shows the volumes")]
     NoSuchVolume(String),
+    /// Something else named by the user does not exist (a PIT of a
+    /// group, ...); the message names it and the command that lists them.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken, or the object is in a state that does not allow
+    /// the request now; the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     /// Duplicate volume name.
     #[error("a volume named {0:?} already exists; pick another name or delete it first")]
     VolumeExists(String),
@@ -115,15 +123,26 @@ impl EngineError {
         use offsite_catalog::CatalogError as C;
         match self {
             EngineError::NoSuchVolume(_)
+            | EngineError::NotFound(_)
             | EngineError::Catalog(
                 C::NoSuchVolume(_)
+                | C::NoSuchVm(_)
+                | C::NoSuchGroup(_)
                 | C::NoSuchPartner(_)
                 | C::NoSuchAuthz(_)
                 | C::NoSuchPlan(_)
                 | C::NoSuchRun(_),
             ) => ErrorKind::NotFound,
             EngineError::VolumeExists(_)
-            | EngineError::Catalog(C::VolumeExists(_) | C::PartnerExists(_) | C::AuthzExists(_))
+            | EngineError::Catalog(
+                C::VolumeExists(_)
+                | C::VmExists(_)
+                | C::GroupExists(_)
+                | C::FailoverExists(..)
+                | C::PartnerExists(_)
+                | C::AuthzExists(_),
+            )
+            | EngineError::Conflict(_)
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
             EngineError::Invalid(_)
             | EngineError::NotASite { .. }
@@ -134,6 +153,45 @@ impl EngineError {
             EngineError::Busy { .. } | EngineError::VmInUse { .. } => ErrorKind::Busy,
             EngineError::Refused(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use offsite_catalog::CatalogError as C;
+
+    use super::{EngineError, ErrorKind};
+
+    /// Unknown names are "not found" and taken names "conflict", whatever
+    /// the object: the API turns them into 404 and 409, never 500.
+    #[test]
+    fn user_errors_are_never_internal() {
+        let s = || "x".to_string();
+        for e in [
+            EngineError::NoSuchVolume(s()),
+            EngineError::NotFound(s()),
+            C::NoSuchVolume(s()).into(),
+            C::NoSuchVm(s()).into(),
+            C::NoSuchGroup(s()).into(),
+            C::NoSuchPartner(s()).into(),
+            C::NoSuchAuthz(s()).into(),
+            C::NoSuchPlan(s()).into(),
+            C::NoSuchRun(s()).into(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        }
+        for e in [
+            EngineError::VolumeExists(s()),
+            EngineError::Conflict(s()),
+            C::VolumeExists(s()).into(),
+            C::VmExists(s()).into(),
+            C::GroupExists(s()).into(),
+            C::FailoverExists(s(), s()).into(),
+            C::PartnerExists(s()).into(),
+            C::AuthzExists(s()).into(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
         }
     }
 }

@@ -23,7 +23,7 @@ mod volume;
 
 pub use error::{EngineError, ErrorKind};
 pub use offsite_cbt::RoaringBitmap;
-pub use partners::normalize_fingerprint;
+pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
 pub use site::{BoundAddresses, Site};
 pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror};
 

@@ -38,6 +38,20 @@ pub fn normalize_fingerprint(fp: &str) -> Result<String, EngineError> {
     Ok(format!("SHA256:{hex}"))
 }
 
+/// Largest bandwidth limit, bytes/s: the catalog keeps integers as
+/// SQLite's signed 64 bits, and the API document declares this maximum.
+pub const MAX_BANDWIDTH: u64 = i64::MAX as u64;
+
+/// Refuses a bandwidth limit beyond [`MAX_BANDWIDTH`].
+pub fn check_bandwidth(bw: u64) -> Result<(), EngineError> {
+    if bw > MAX_BANDWIDTH {
+        return Err(EngineError::Invalid(format!(
+            "bandwidth {bw} bytes/s is beyond the largest limit ({MAX_BANDWIDTH}); use 0 for no limit"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks HOST:PORT syntax without resolving the host.
 fn validate_address(addr: &str) -> Result<(), EngineError> {
     let bad = || {
@@ -281,6 +295,9 @@ impl Site {
     pub fn update_settings(&self, u: &UpdateSiteSettings) -> Result<SiteSettings, EngineError> {
         if let Some(loc) = &u.default_storage_location {
             check_storage_location(loc)?;
+        }
+        if let Some(bw) = u.bandwidth_bytes_per_sec {
+            check_bandwidth(bw)?;
         }
         {
             let c = self.catalog();

@@ -92,10 +92,14 @@ pub(crate) fn resolve(
         },
     };
     found.map(|p| p.id).ok_or_else(|| {
-        invalid(match pit {
-            None => format!("group {group} has no PIT yet; wait for the first cycle (`offsite group status {group}`)"),
-            Some(p) => format!("group {group} has no PIT {p:?}; `offsite pit list {group}` shows them"),
-        })
+        match pit {
+            None => invalid(format!("group {group} has no PIT yet; wait for the first cycle (`offsite group status {group}`)")),
+            // A PIT the user named that does not exist is "not found"
+            // (404 at the API), like an unknown group.
+            Some(p) => ReplError::Engine(offsite_engine::EngineError::NotFound(format!(
+                "group {group} has no PIT {p:?}; `offsite pit list {group}` shows them"
+            ))),
+        }
     })
 }
 
@@ -122,7 +126,7 @@ impl Replication {
         start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
-        let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
+        let (row, store) = self.local_store(group).await?;
         // In `test-failover` the catalog refuses a second test by name.
         if !matches!(
             row.state.as_str(),
@@ -314,7 +318,7 @@ impl Replication {
         stop_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
-        let (row, _) = self.store(group).await.map_err(ReplError::Refused)?;
+        let (row, _) = self.local_store(group).await?;
         let site = self.site.clone();
         let test = blocking(move || Ok(site.failovers()?))
             .await?

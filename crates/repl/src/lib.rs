@@ -79,6 +79,9 @@ pub const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
 
 /// Bytes sent by `partner test` when the request does not say.
 pub const DEFAULT_TEST_BYTES: u64 = 256 << 20;
+/// Most bytes `partner test` sends (64 GiB: minutes on a fast link; a
+/// larger figure is a typo, not a measurement).
+pub const MAX_TEST_BYTES: u64 = 64 << 30;
 
 /// Body of an [`kinds::AUTHZ_CHECK`] request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -670,6 +673,13 @@ impl Replication {
         name: &str,
         req: &PartnerTestRequest,
     ) -> Result<PartnerTestResult, ReplError> {
+        if let Some(b) = req.bytes
+            && !(1..=MAX_TEST_BYTES).contains(&b)
+        {
+            return Err(invalid(format!(
+                "--bytes {b} is outside 1..{MAX_TEST_BYTES} (64 GiB)"
+            )));
+        }
         let mut options = self.session_options();
         options.compression = req.compress;
         let started = Instant::now();

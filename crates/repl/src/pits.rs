@@ -84,10 +84,7 @@ impl Replication {
                 row.partner
             )));
         }
-        self.store(group)
-            .await
-            .map(|(_, s)| s)
-            .map_err(ReplError::Refused)
+        self.local_store(group).await.map(|(_, s)| s)
     }
 
     /// `pit export`: serves every volume of PIT `pit` (id or name) of
@@ -168,6 +165,19 @@ impl Replication {
             .await
             .map_err(|e| invalid(e.to_string()))??;
         if row.role == "primary" {
+            // A PIT the primary has never heard of is unknown (404) here,
+            // not a refusal of the partner's (403). The primary's list
+            // knows every committed PIT by id and name.
+            let known = self.pit_list(group).await?.iter().any(|p| {
+                p.name.as_deref() == Some(pit) || pit.parse::<u64>().is_ok_and(|id| id == p.id)
+            });
+            if !known {
+                return Err(ReplError::Engine(offsite_engine::EngineError::NotFound(
+                    format!(
+                        "group {group} has no PIT {pit:?}; `offsite pit list {group}` shows them"
+                    ),
+                )));
+            }
             let mut ch = self.channel(&row.partner, None).await?;
             let body = serde_json::to_vec(&wire::PitRelease {
                 group: group.to_string(),
@@ -196,6 +206,11 @@ impl Replication {
             .map_err(|e| invalid(e.to_string()))?
             .map_err(ReplError::Engine);
         }
+        // The user's mistakes (a group that is not a replica here, an
+        // unknown PIT) keep their class; only what fails beyond them is
+        // the refusal `release_local` reports.
+        let store = self.replica_store(group).await?;
+        resolve(&store, group, pit)?;
         self.release_local(group, pit)
             .await
             .map_err(ReplError::Refused)

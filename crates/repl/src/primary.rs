@@ -306,8 +306,15 @@ impl Replication {
                 req.rpo_secs
             )));
         }
-        if req.keep == 0 {
-            return Err(invalid("--keep must be at least 1".into()));
+        if !(1..=offsite_api_types::schema::MAX_KEEP).contains(&req.keep) {
+            return Err(invalid(format!(
+                "--keep {} is outside 1..{}",
+                req.keep,
+                offsite_api_types::schema::MAX_KEEP
+            )));
+        }
+        if let Some(bw) = req.bandwidth_bytes_per_sec {
+            offsite_engine::check_bandwidth(bw)?;
         }
         let _serial = self.create_lock.lock().await;
         let site = self.site.clone();
@@ -315,7 +322,7 @@ impl Replication {
         let (volumes, vms) = blocking(move || {
             site.partner(&r.partner)?;
             if let Ok(g) = site.group_row(&r.name) {
-                return Err(offsite_engine::EngineError::Invalid(format!(
+                return Err(offsite_engine::EngineError::Conflict(format!(
                     "a replication group named {:?} already exists here ({} with {})",
                     g.name, g.role, g.partner
                 )));

@@ -244,6 +244,19 @@ impl Replication {
         Ok((row, store))
     }
 
+    /// [`Self::store`] for an operator's request at this site: an unknown
+    /// group is the engine's "no such group" (404 at the API), not a
+    /// refusal; a group that is not a replica here is refused.
+    pub(crate) async fn local_store(
+        &self,
+        group: &str,
+    ) -> Result<(GroupRow, Arc<ReplicaStore>), crate::ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        crate::run_blocking(move || Ok(site.group_row(&g)?)).await?;
+        self.store(group).await.map_err(crate::ReplError::Refused)
+    }
+
     /// Answers a replication request from primary `peer`; block batches
     /// that follow are routed by `transfer`.
     pub(crate) async fn answer_replica(

@@ -38,8 +38,16 @@ impl Replication {
                 "RPO {rpo}s is outside 30s..24h; use e.g. --rpo 5m"
             )));
         }
-        if req.keep == Some(0) {
-            return Err(invalid("--keep must be at least 1".into()));
+        if let Some(keep) = req.keep
+            && !(1..=offsite_api_types::schema::MAX_KEEP).contains(&keep)
+        {
+            return Err(invalid(format!(
+                "--keep {keep} is outside 1..{}",
+                offsite_api_types::schema::MAX_KEEP
+            )));
+        }
+        if let Some(bw) = req.bandwidth_bytes_per_sec {
+            offsite_engine::check_bandwidth(bw)?;
         }
         if let Some(mode) = &req.mode
             && !matches!(mode.as_str(), "async" | "sync")

@@ -287,7 +287,7 @@ impl Replication {
         start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
-        let (row, store) = self.store(group).await.map_err(ReplError::Refused)?;
+        let (row, store) = self.local_store(group).await?;
         let replacing = row.state == "failed-over";
         match row.state.as_str() {
             "replicating" | "paused" | "prepared-for-failover" => {}
