@@ -502,6 +502,10 @@ pub struct GroupStatus {
     /// PIT (set with `--rpo`; the group's RPO itself is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_interval_seconds: Option<u64>,
+    /// Primary: the running initial replication's progress in bytes of
+    /// data (holes are skipped without reading, so they do not count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferProgress>,
     /// Primary: progress of a running `group resync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncProgress>,
@@ -512,6 +516,23 @@ pub struct GroupStatus {
     /// Primary: zstd on the wire.
     #[serde(default)]
     pub compress: bool,
+}
+
+/// Progress of a running transfer, in bytes of data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransferProgress {
+    /// `initial` (initial replication).
+    pub kind: String,
+    /// Bytes of data copied (before a resumed attempt's checkpoint:
+    /// estimated from the allocation).
+    pub bytes_done: u64,
+    /// Bytes of data to copy in all (estimated from the volumes'
+    /// allocation; a seeded start reads every block).
+    pub bytes_total: u64,
+    /// Average rate of this attempt so far.
+    pub bytes_per_second: u64,
+    /// Seconds left at that rate (null until it is known).
+    pub eta_seconds: Option<u64>,
 }
 
 /// Progress of a running `group resync`.

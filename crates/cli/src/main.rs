@@ -737,24 +737,34 @@ fn wait_initial(
     mut st: offsite_api_types::GroupStatus,
     p: &Printer,
 ) -> anyhow::Result<offsite_api_types::GroupStatus> {
+    // In bytes of data, with the daemon's rate and ETA (as `volume create
+    // --import` shows its copy): holes are skipped, so a percentage of the
+    // volumes' size would race to the end and then stall.
     let bar = (!p.json() && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(100);
+        let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "initial replication {msg} [{bar:40}] {pos}% eta {eta}",
+                "initial replication {prefix} [{bar:40}] {bytes}/{total_bytes} {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(st.name.clone());
+        bar.set_prefix(st.name.clone());
         bar
     });
     while st.state == "initial-replication" || (st.state == "replicating" && st.last_pit.is_none())
     {
         std::thread::sleep(Duration::from_millis(250));
         st = c.group(&st.name)?;
-        if let (Some(bar), Some(pct)) = (&bar, st.initial_progress_percent) {
-            bar.set_position(pct as u64);
+        if let (Some(bar), Some(t)) = (&bar, &st.transfer) {
+            bar.set_length(t.bytes_total);
+            bar.set_position(t.bytes_done);
+            bar.set_message(format!(
+                "{}/s, eta {}",
+                units::human(t.bytes_per_second),
+                t.eta_seconds
+                    .map_or_else(|| "-".to_string(), |e| format!("{e}s"))
+            ));
         }
     }
     if let Some(bar) = bar {

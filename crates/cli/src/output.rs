@@ -386,7 +386,13 @@ impl Printer {
             f.push((
                 "initial replication",
                 format!(
-                    "{pct:.1}%{}{}",
+                    "{pct:.1}%{}{}{}",
+                    g.transfer.as_ref().map_or(String::new(), |t| format!(
+                        " ({} of {} of data, {}/s)",
+                        human(t.bytes_done),
+                        human(t.bytes_total),
+                        human(t.bytes_per_second)
+                    )),
                     g.initial_durable_bytes
                         .map_or(String::new(), |d| format!(", {} durable", human(d))),
                     g.eta_seconds

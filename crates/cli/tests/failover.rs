@@ -382,10 +382,10 @@ fn reverse_after_a_crash_moves_only_blocks_that_really_differ() {
     assert!(moved >= written_at_b, "{rv}");
     verify_clean(&b, "g");
     let newest = pit_ids(&a, "g").last().expect("a PIT at A").0;
-    let e = a.json(&["pit", "export", "g", &newest.to_string()]);
-    let pit_url = e["volumes"][0]["url"].as_str().unwrap().to_string();
-    offsite_testkit::qemu_io_ro(
-        &pit_url,
+    read_pit(
+        &a,
+        "g",
+        newest,
         &[
             "read -P 0x11 0 40M",
             "read -P 0x21 40M 2M",

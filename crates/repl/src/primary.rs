@@ -75,6 +75,14 @@ pub(crate) struct Progress {
     pub(crate) sent: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) total: AtomicU64,
+    /// Bytes of data the volumes hold (estimated from the files'
+    /// allocation: holes are skipped without reading, so scanned bytes make
+    /// a poor progress and rate), how many are copied (the part before a
+    /// resumed attempt's checkpoint estimated the same way), and how many
+    /// were when this attempt started.
+    pub(crate) data_total: AtomicU64,
+    pub(crate) data_done: AtomicU64,
+    pub(crate) data_start: AtomicU64,
     /// When this attempt started and how far the volumes were then (the
     /// ETA is from this attempt's rate, not from resumed progress).
     pub(crate) started: std::sync::Mutex<Option<(Instant, u64)>>,
@@ -709,20 +717,7 @@ impl Replication {
                 pit: done.pit.map(entry),
             });
         }
-        // A sync group's runner takes the command once the group is back
-        // in sync (a reversed group starts resynchronizing at once).
-        let catching_up = g.mode == "sync" && g.state == "resynchronizing";
-        if g.state != "replicating" && !catching_up {
-            return Err(invalid(format!(
-                "group {name} is {}; sync needs a replicating group{}",
-                g.state,
-                match g.state.as_str() {
-                    "ready-for-initial-replication" => " (run `offsite group start` first)",
-                    "paused" => " (run `offsite group resume` first)",
-                    _ => "",
-                }
-            )));
-        }
+        must_be_replicating(&g, "sync")?;
         let runner = self.ensure_runner(name);
         let (reply, rx) = oneshot::channel();
         runner
@@ -1020,12 +1015,36 @@ impl Replication {
         let done: u64 = row.volumes.iter().map(|v| v.initial_done_bytes).sum();
         progress.total.store(total, Ordering::Relaxed);
         progress.done.store(done, Ordering::Relaxed);
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let seed = blocking(move || site.group_seed(&g)).await?;
+        // A seeded start reads and hashes every block; a full copy reads
+        // only the data, which the allocation of what remains estimates.
+        let (data_total, data_before) = if seed.is_some() {
+            (total, done)
+        } else {
+            volumes
+                .iter()
+                .zip(&row.volumes)
+                .map(|(v, d)| {
+                    let allocated = v
+                        .file()
+                        .allocated_bytes()
+                        .unwrap_or(d.size_bytes)
+                        .min(d.size_bytes);
+                    let before = u128::from(allocated) * u128::from(d.initial_done_bytes)
+                        / u128::from(d.size_bytes.max(1));
+                    (allocated, before as u64)
+                })
+                .fold((0, 0), |(t, b), (at, ab)| (t + at, b + ab))
+        };
+        progress.data_total.store(data_total, Ordering::Relaxed);
+        progress.data_done.store(data_before, Ordering::Relaxed);
+        progress.data_start.store(data_before, Ordering::Relaxed);
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), done));
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.group_request(wire::kinds::BASE_BEGIN, &row.name).await?;
-        let site = self.site.clone();
-        let g = row.name.clone();
-        if let Some(seed) = blocking(move || site.group_seed(&g)).await? {
+        if let Some(seed) = seed {
             if done == 0 {
                 ch.request(
                     wire::kinds::SEED_LOAD,
@@ -1138,6 +1157,7 @@ impl Replication {
                 spare = data;
                 first += count;
                 progress.done.fetch_add(count * bs, Ordering::Relaxed);
+                progress.data_done.fetch_add(count * bs, Ordering::Relaxed);
                 ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
                 let site = self.site.clone();
                 let (g, vname, at) = (row.name.clone(), desc.volume.clone(), first * bs);
@@ -1248,7 +1268,10 @@ impl Replication {
                 .map_err(|e| invalid(e.to_string()))?
                 .map_err(|e| invalid(format!("reading volume {}: {e}", desc.volume)))?;
                 let buf = match read {
-                    Ok(buf) => buf,
+                    Ok(buf) => {
+                        progress.data_done.fetch_add(len, Ordering::Relaxed);
+                        buf
+                    }
                     Err(next) => {
                         let next = next.clamp(offset + len, desc.size_bytes);
                         progress.done.fetch_add(next - offset, Ordering::Relaxed);
@@ -1689,24 +1712,42 @@ impl Replication {
                     ..p.clone()
                 })
         });
-        let (progress, eta) = match self.runner(name) {
+        // Progress, rate and ETA by the data read and sent, not by the
+        // bytes scanned: a thin volume's holes pass in an instant (progress
+        // used to jump from 0 % to 91 % with an ETA of 0 s).
+        let transfer = match self.runner(name) {
             Some(r) if row.state == "initial-replication" => {
-                let total = r.progress.total.load(Ordering::Relaxed).max(1);
-                let done = r.progress.done.load(Ordering::Relaxed);
-                let eta = r
-                    .progress
+                let p = &r.progress;
+                let done = p.data_done.load(Ordering::Relaxed);
+                let total = p.data_total.load(Ordering::Relaxed).max(done);
+                let moved = done.saturating_sub(p.data_start.load(Ordering::Relaxed));
+                let elapsed = p
                     .started
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .filter(|(_, from)| done > *from)
-                    .map(|(t, from)| {
-                        let rate = (done - from) as f64 / t.elapsed().as_secs_f64().max(1e-3);
-                        (total.saturating_sub(done) as f64 / rate) as u64
-                    });
-                (Some(done as f64 * 100.0 / total as f64), eta)
+                    .map(|(t, _)| t.elapsed().as_secs_f64());
+                let rate = elapsed
+                    .filter(|&e| e > 0.0 && moved > 0)
+                    .map_or(0.0, |e| moved as f64 / e);
+                Some(offsite_api_types::TransferProgress {
+                    kind: "initial".into(),
+                    bytes_done: done,
+                    bytes_total: total,
+                    bytes_per_second: rate as u64,
+                    eta_seconds: (rate > 0.0)
+                        .then(|| (total.saturating_sub(done) as f64 / rate).ceil() as u64),
+                })
             }
-            _ => (None, None),
+            _ => None,
         };
+        let progress = transfer.as_ref().map(|t| {
+            if t.bytes_total == 0 {
+                0.0
+            } else {
+                t.bytes_done as f64 * 100.0 / t.bytes_total as f64
+            }
+        });
+        let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
         Ok(GroupStatus {
             name: row.name.clone(),
             mode: row.mode.clone(),
@@ -1755,6 +1796,7 @@ impl Replication {
             needs_resync,
             resync,
             confirmed_at: self.confirmed_at(&row),
+            transfer,
             seal_interval_seconds: (row.mode == "sync").then_some(row.rpo_secs.max(30)),
         })
     }
@@ -2025,6 +2067,26 @@ impl Replication {
             })
             .collect())
     }
+}
+
+/// Refuses `what` (a command the group's runner carries out) unless the
+/// group replicates; a sync group's runner also takes it while catching up
+/// (a reversed group starts resynchronizing at once), once back in sync.
+pub(crate) fn must_be_replicating(g: &GroupRow, what: &str) -> Result<(), ReplError> {
+    let catching_up = g.mode == "sync" && g.state == "resynchronizing";
+    if g.state == "replicating" || catching_up {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "group {} is {}; {what} needs a replicating group{}",
+        g.name,
+        g.state,
+        match g.state.as_str() {
+            "ready-for-initial-replication" => " (run `offsite group start` first)",
+            "paused" => " (run `offsite group resume` first)",
+            _ => "",
+        }
+    )))
 }
 
 fn entry(p: PitDesc) -> PitEntry {

@@ -52,18 +52,7 @@ impl Replication {
                 row.partner
             )));
         }
-        let resynchronizing = row.mode == "sync" && row.state == "resynchronizing";
-        if row.state != "replicating" && !resynchronizing {
-            return Err(invalid(format!(
-                "group {name} is {}; resync needs a replicating group{}",
-                row.state,
-                match row.state.as_str() {
-                    "ready-for-initial-replication" => " (run `offsite group start` first)",
-                    "paused" => " (run `offsite group resume` first)",
-                    _ => "",
-                }
-            )));
-        }
+        crate::primary::must_be_replicating(&row, "resync")?;
         let runner = self.ensure_runner(name);
         let (reply, rx) = oneshot::channel();
         runner
