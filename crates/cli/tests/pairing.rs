@@ -402,3 +402,56 @@ fn partner_address_can_be_changed_without_repairing() {
     let err = a.fails(&["partner", "set", "site-x", "--address", &real]);
     assert!(err.contains("no partner named"), "{err}");
 }
+
+/// Reachability follows the monitoring session's keepalive, not the probe
+/// schedule (issue 17: `partner list` said reachable for ~30 s after the
+/// partner died): with probes every 60 s, a killed partner is unreachable
+/// within a second or two, and a frozen one (SIGSTOP: nothing closes) once
+/// the keepalive finds it silent for `dead_after` (3 s here).
+#[test]
+fn reachability_follows_the_keepalive_not_the_probe_schedule() {
+    const SLOW_PROBES: &str = "keepalive_secs = 0.5\ndead_after_secs = 3.0\nprobe_secs = 60.0\nconnect_timeout_secs = 2.0\n";
+    let start = |name: &str| {
+        let mut s = offsite_testkit::TestSite::init(bin(), name);
+        set_replication_config(&s, SLOW_PROBES);
+        s.start();
+        keep_listen_port(&s);
+        s
+    };
+    let a = start("site-a");
+    let mut b = start("site-b");
+    pair(&a, &b);
+    // The first probe (at start-up or right after pairing) opens the session.
+    a.ok(&["partner", "test", "site-b", "--bytes", "1M"]);
+    wait_reachable(&a, "site-b", true, Duration::from_secs(70));
+
+    // Killed: its sockets close, A's session ends at once.
+    let t0 = std::time::Instant::now();
+    b.kill9();
+    let p = wait_reachable(&a, "site-b", false, Duration::from_secs(20));
+    eprintln!("killed partner unreachable after {:?}: {p}", t0.elapsed());
+    assert!(p["last_error"].is_string(), "{p}");
+
+    // Back, then frozen: nothing closes; the keepalive declares it dead.
+    b.start();
+    // Reached again (a contact, not a probe): A opens its monitoring session.
+    a.ok(&["partner", "test", "site-b", "--bytes", "1M"]);
+    wait_reachable(&a, "site-b", true, Duration::from_secs(70));
+    std::thread::sleep(Duration::from_secs(2));
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(b.dir().join("run/daemon.json")).expect("daemon.json"),
+    )
+    .expect("daemon.json");
+    let pid = d["pid"].as_u64().expect("pid").to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, pid.as_str()])
+            .status()
+            .expect("kill")
+    };
+    signal("-STOP");
+    let t0 = std::time::Instant::now();
+    let p = wait_reachable(&a, "site-b", false, Duration::from_secs(20));
+    eprintln!("frozen partner unreachable after {:?}: {p}", t0.elapsed());
+    signal("-CONT");
+}

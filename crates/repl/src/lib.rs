@@ -723,12 +723,25 @@ impl Replication {
     /// configuration in force at each round, so a reload changes it.
     pub async fn monitor(self: Arc<Self>, shutdown: impl std::future::Future) {
         tokio::pin!(shutdown);
-        loop {
+        'monitor: loop {
             self.probe_all().await;
             let interval = Duration::from_secs_f64(self.site.config().replication.probe_secs);
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep(interval) => {}
+            let next_probe = tokio::time::sleep(interval);
+            tokio::pin!(next_probe);
+            // Between probes, a monitored session that ended (the partner
+            // closed it, or its keepalive found the partner silent for
+            // `dead_after`) makes the partner unreachable at once, not at
+            // the next probe.
+            loop {
+                let watch = tokio::time::sleep(Duration::from_secs(1).min(interval));
+                tokio::select! {
+                    _ = &mut shutdown => break 'monitor,
+                    _ = &mut next_probe => break,
+                    _ = watch => {
+                        self.reap_ended().await;
+                        self.probe(true).await;
+                    }
+                }
             }
         }
         for (_, s) in self.monitored.lock().await.drain() {
@@ -736,7 +749,44 @@ impl Replication {
         }
     }
 
+    /// Records every partner whose monitored session ended as unreachable,
+    /// with how it ended.
+    async fn reap_ended(&self) {
+        let ended: Vec<(String, Session)> = {
+            let mut monitored = self.monitored.lock().await;
+            let names: Vec<String> = monitored
+                .iter()
+                .filter(|(_, s)| s.is_finished())
+                .map(|(n, _)| n.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| monitored.remove(&n).map(|s| (n, s)))
+                .collect()
+        };
+        for (name, mut session) in ended {
+            let why = match session.recv().await {
+                Err(e) => format!("partner {name}: {e}"),
+                Ok(_) => format!("partner {name} closed the monitoring session"),
+            };
+            tracing::warn!(partner = %name, "partner lost: {why}");
+            let site = self.site.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                site.record_partner_contact(&name, Err(why.as_str()))
+            })
+            .await;
+        }
+    }
+
     async fn probe_all(&self) {
+        self.probe(false).await;
+    }
+
+    /// Probes every partner, or with `unwatched_only` those that show as
+    /// reachable but have no monitoring session yet (a partner just added,
+    /// or reached by a `partner test` or a cycle): so that from then on its
+    /// reachability follows the session, not the probe schedule.
+    async fn probe(&self, unwatched_only: bool) {
         let site = self.site.clone();
         let partners = match tokio::task::spawn_blocking(move || site.partners()).await {
             Ok(Ok(p)) => p,
@@ -745,6 +795,9 @@ impl Replication {
         let mut monitored = self.monitored.lock().await;
         monitored.retain(|name, _| partners.iter().any(|p| &p.name == name));
         for p in partners {
+            if unwatched_only && (!p.reachable || monitored.contains_key(&p.name)) {
+                continue;
+            }
             let result =
                 match monitored.remove(&p.name) {
                     Some(session) => match session.measure_rtt().await {

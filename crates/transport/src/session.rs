@@ -527,6 +527,13 @@ impl Session {
         self.inbound.try_recv().ok()
     }
 
+    /// Whether the session is over: the peer closed it, a frame failed, or
+    /// it was silent for `dead_after` (the keepalive's verdict). Never
+    /// waits; [`Session::recv`] then says how it ended.
+    pub fn is_finished(&self) -> bool {
+        self.reader.is_finished() || self.inbound.is_closed()
+    }
+
     /// The round-trip time of the last answered keepalive, if any.
     pub fn rtt(&self) -> Option<Duration> {
         match self.shared.last_rtt_micros.load(Ordering::Relaxed) {
