@@ -502,8 +502,9 @@ pub struct GroupStatus {
     /// PIT (set with `--rpo`; the group's RPO itself is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_interval_seconds: Option<u64>,
-    /// Primary: the running initial replication's progress in bytes of
-    /// data (holes are skipped without reading, so they do not count).
+    /// Primary: the running transfer's progress in bytes of data: the
+    /// initial replication (holes are skipped without reading, so they do
+    /// not count), a reverse's first cycle, or any cycle while it ships.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferProgress>,
     /// Primary: progress of a running `group resync`.
@@ -521,7 +522,8 @@ pub struct GroupStatus {
 /// Progress of a running transfer, in bytes of data.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct TransferProgress {
-    /// `initial` (initial replication).
+    /// `initial` (initial replication), `reverse` (what a reverse or a
+    /// failback moves) or `cycle` (an ordinary cycle while it ships).
     pub kind: String,
     /// Bytes of data copied (before a resumed attempt's checkpoint:
     /// estimated from the allocation).

@@ -552,14 +552,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             discard_changes_on,
             dry_run,
         } => {
-            let r: offsite_api_types::ReverseResult = client(&cli.global)?.group_action(
-                &group,
-                "reverse",
-                &offsite_api_types::ReverseRequest {
-                    discard_changes_on,
-                    dry_run,
-                },
-            )?;
+            let c = client(&cli.global)?;
+            let req = offsite_api_types::ReverseRequest {
+                discard_changes_on,
+                dry_run,
+            };
+            let r: offsite_api_types::ReverseResult =
+                with_transfer_bar(&cli.global, &group, "reverse", &p, || {
+                    Ok(c.group_action(&group, "reverse", &req)?)
+                })?;
             p.reverse(&r)
         }
         Command::Failover(FailoverCommand::StopTest { group }) => {
@@ -771,6 +772,52 @@ fn wait_initial(
         bar.finish_and_clear();
     }
     Ok(st)
+}
+
+/// Runs `job` (a request that moves data) on a thread while this one shows
+/// the group's `transfer` from `group status` on a terminal: bytes, rate
+/// and ETA.
+fn with_transfer_bar<T: Send>(
+    global: &args::Global,
+    group: &str,
+    what: &str,
+    p: &Printer,
+    job: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    if p.json() || !std::io::stderr().is_terminal() {
+        return job();
+    }
+    let poller = client(global)?;
+    std::thread::scope(|s| {
+        let job = s.spawn(job);
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40}] {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{what} {group}"));
+        while !job.is_finished() {
+            if let Ok(st) = poller.group(group)
+                && let Some(t) = st.transfer
+            {
+                bar.set_length(t.bytes_total);
+                bar.set_position(t.bytes_done);
+                bar.set_message(format!(
+                    "{}/s, eta {}",
+                    units::human(t.bytes_per_second),
+                    t.eta_seconds
+                        .map_or_else(|| "-".to_string(), |e| format!("{e}s"))
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bar.finish_and_clear();
+        job.join()
+            .map_err(|_| anyhow::anyhow!("the {what} request's thread panicked"))?
+    })
 }
 
 /// `group resync`: the request runs on a thread while this one shows the

@@ -551,6 +551,63 @@ fn measure_counts_every_byte_the_group_moves_by_kind() {
     verify_clean(&b, "g");
 }
 
+/// While reverse moves data, the new primary's status shows it as a
+/// `reverse` transfer with bytes, rate and ETA (what `offsite reverse`
+/// draws on a terminal).
+#[test]
+fn reverse_shows_its_progress_in_status() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = two_way_pair();
+    a.create_volume("d0", "512M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--compress", "none"],
+    );
+    a.json(&["group", "start", "g"]);
+    a.json(&["failover", "prepare", "g"]);
+    let r = b.json(&["failover", "run", "g"]);
+    // Enough for the reverse to take a while (a settings' bandwidth limit
+    // does not survive the change of sides: the new primary has none).
+    qemu_io(&url_of(&r, "d0"), &["write -P 0x21 0 256M"]);
+    let dir = b.dir().to_path_buf();
+    let reverse = std::thread::spawn(move || {
+        Command::new(bin())
+            .args(["reverse", "g", "--json", "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("run reverse")
+    });
+    let mut seen = Vec::new();
+    while !reverse.is_finished() {
+        let st = group_status(&b, "g");
+        if let Some(t) = st["transfer"].as_object() {
+            seen.push((
+                t["kind"].as_str().unwrap_or_default().to_string(),
+                t["bytes_done"].as_u64().unwrap_or(0),
+                t["bytes_total"].as_u64().unwrap_or(0),
+                t["eta_seconds"].as_u64(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = reverse.join().expect("reverse thread");
+    assert!(out.status.success(), "{out:?}");
+    eprintln!("reverse progress: {seen:?}");
+    assert!(
+        seen.iter().any(|(kind, done, total, eta)| kind == "reverse"
+            && *total >= 256 * MIB
+            && *done < *total
+            && eta.is_some()),
+        "{seen:?}"
+    );
+    assert!(group_status(&b, "g")["transfer"].is_null());
+}
+
 #[test]
 fn revert_and_other_pits_until_commit() {
     if !have_tools(&["qemu-io"]) {

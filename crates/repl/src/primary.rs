@@ -91,8 +91,40 @@ pub(crate) struct Progress {
     /// or an idle cycle that found nothing to ship. `None` until this
     /// daemon's first commit.
     pub(crate) confirmed: std::sync::Mutex<Option<String>>,
+    /// A cycle shipping now: when it started, its bytes in all (the cut's
+    /// blocks) and those sent.
+    pub(crate) cycle: std::sync::Mutex<Option<(Instant, u64, u64)>>,
     /// A running `group resync`: when it started and how far it is.
     pub(crate) resync: std::sync::Mutex<Option<(Instant, offsite_api_types::ResyncProgress)>>,
+}
+
+/// A cycle's progress in its runner's [`Progress`] while it ships; gone
+/// when the cycle ends, whichever way.
+struct CycleTrack(Option<Arc<Progress>>);
+
+impl CycleTrack {
+    fn start(progress: Option<Arc<Progress>>, total: u64) -> CycleTrack {
+        if let Some(p) = &progress {
+            *p.cycle.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), total, 0));
+        }
+        CycleTrack(progress)
+    }
+
+    fn sent(&self, bytes: u64) {
+        if let Some(p) = &self.0
+            && let Some((_, _, sent)) = p.cycle.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        {
+            *sent += bytes;
+        }
+    }
+}
+
+impl Drop for CycleTrack {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            *p.cycle.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
 }
 
 /// A sync group's mirror while its runner has one, and whether it is
@@ -1438,6 +1470,15 @@ impl Replication {
         created_at: String,
         bytes: &mut u64,
     ) -> Result<PitCommitted, ReplError> {
+        // The cut's size, for progress (`transfer` in status: a reverse's
+        // first cycle, or any cycle while it ships).
+        let progress = self.runner(&row.name).map(|r| r.progress);
+        let total: u64 = volumes
+            .iter()
+            .zip(sets)
+            .map(|(v, set)| set.len() * u64::from(v.row().block_size))
+            .sum();
+        let track = CycleTrack::start(progress, total);
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.group_request(wire::kinds::PIT_BEGIN, &row.name).await?;
         let mut blocks_sent = 0u64;
@@ -1472,6 +1513,7 @@ impl Replication {
                 };
                 ch.send_batch(payload).await?;
                 blocks_sent += u64::from(n);
+                track.sent(u64::from(n) * bs);
             }
         }
         let committed: PitCommitted = ch
@@ -1738,9 +1780,34 @@ impl Replication {
                         .then(|| (total.saturating_sub(done) as f64 / rate).ceil() as u64),
                 })
             }
-            _ => None,
+            Some(r) => r
+                .progress
+                .cycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|(started, total, sent)| {
+                    let secs = started.elapsed().as_secs_f64();
+                    let rate = if secs > 0.0 && sent > 0 {
+                        sent as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    offsite_api_types::TransferProgress {
+                        kind: if self.is_reversing(name) {
+                            "reverse".into()
+                        } else {
+                            "cycle".into()
+                        },
+                        bytes_done: sent,
+                        bytes_total: total,
+                        bytes_per_second: rate as u64,
+                        eta_seconds: (rate > 0.0)
+                            .then(|| (total.saturating_sub(sent) as f64 / rate).ceil() as u64),
+                    }
+                }),
+            None => None,
         };
-        let progress = transfer.as_ref().map(|t| {
+        let progress = transfer.as_ref().filter(|t| t.kind == "initial").map(|t| {
             if t.bytes_total == 0 {
                 0.0
             } else {
