@@ -76,15 +76,17 @@ impl Replication {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        let ours: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter(|g| g.role == "replica" && g.partner == peer)
+            .map(|g| g.name.as_str())
+            .collect();
         let mut confirmed = self
             .remote_confirmed
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for (group, at) in c.groups {
-            if rows
-                .iter()
-                .any(|g| g.name == group && g.role == "replica" && g.partner == peer)
-            {
+            if ours.contains(group.as_str()) {
                 confirmed.insert(group, at);
             }
         }

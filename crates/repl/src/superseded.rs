@@ -40,14 +40,18 @@ impl Replication {
     /// it here. Returns whether it did. An unreachable partner proves
     /// nothing: the group goes on (its writes are isolated, as before).
     pub(crate) async fn check_superseded(&self, row: &GroupRow) -> bool {
+        self.ask_superseded(row).await.unwrap_or(false)
+    }
+
+    /// [`Self::check_superseded`]; `None` when the partner could not be
+    /// asked.
+    async fn ask_superseded(&self, row: &GroupRow) -> Option<bool> {
         if !may_be_superseded(row) {
-            return false;
+            return Some(false);
         }
-        let Ok(view) = self.partner_view(row).await else {
-            return false;
-        };
+        let view = self.partner_view(row).await.ok()?;
         if view.state != "failed-over" {
-            return false;
+            return Some(false);
         }
         let why = format!(
             "group {} was failed over to site {}; this site's copy is no longer the primary and refuses writes: run `offsite reverse {}` at {} to make this site its replica (with `--discard-changes-on {}` if it reports a split brain), or `offsite group unfence {}` here if that failover was reverted",
@@ -59,10 +63,10 @@ impl Replication {
             row.name
         );
         match self.fence_superseded(row, &why).await {
-            Ok(()) => true,
+            Ok(()) => Some(true),
             Err(e) => {
                 tracing::error!(group = %row.name, "fencing a superseded group failed: {e}");
-                false
+                Some(false)
             }
         }
     }
@@ -89,6 +93,7 @@ impl Replication {
     pub(crate) async fn restore_superseded(self: &Arc<Self>) -> Result<(), ReplError> {
         let site = self.site.clone();
         let rows = run_blocking(move || Ok(site.group_rows()?)).await?;
+        let mut ask = Vec::new();
         for row in rows {
             if row.role == "primary" && row.state == SUPERSEDED {
                 let why = row.last_error.clone().unwrap_or_else(|| {
@@ -98,16 +103,32 @@ impl Replication {
                     v.fence_because(why.clone());
                 }
             } else if may_be_superseded(&row) {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    if me.check_superseded(&row).await
-                        && let Some(r) = me.runner(&row.name)
-                    {
-                        let _ = r.tx().send(Command::Wake).await;
-                    }
-                });
+                ask.push(row);
             }
         }
+        // One group after the other (a site with many groups opens one
+        // session at a time), skipping the groups of a partner that could
+        // not be asked: their first refused cycle tells instead.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut unreachable = std::collections::HashSet::new();
+            for row in ask {
+                if unreachable.contains(&row.partner) {
+                    continue;
+                }
+                match me.ask_superseded(&row).await {
+                    None => {
+                        unreachable.insert(row.partner.clone());
+                    }
+                    Some(true) => {
+                        if let Some(r) = me.runner(&row.name) {
+                            let _ = r.tx().send(Command::Wake).await;
+                        }
+                    }
+                    Some(false) => {}
+                }
+            }
+        });
         Ok(())
     }
 
