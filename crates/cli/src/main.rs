@@ -784,39 +784,18 @@ fn with_transfer_bar<T: Send>(
     p: &Printer,
     job: impl FnOnce() -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
-    if p.json() || !std::io::stderr().is_terminal() {
-        return job();
-    }
-    let poller = client(global)?;
-    std::thread::scope(|s| {
-        let job = s.spawn(job);
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:40}] {bytes}/{total_bytes} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{what} {group}"));
-        while !job.is_finished() {
-            if let Ok(st) = poller.group(group)
-                && let Some(t) = st.transfer
-            {
-                bar.set_length(t.bytes_total);
-                bar.set_position(t.bytes_done);
-                bar.set_message(format!(
-                    "{}/s, eta {}",
-                    units::human(t.bytes_per_second),
-                    t.eta_seconds
-                        .map_or_else(|| "-".to_string(), |e| format!("{e}s"))
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    let template = format!("{what} {group} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{msg}}");
+    with_status_bar(global, group, &template, p, job, |st, bar| {
+        if let Some(t) = &st.transfer {
+            bar.set_length(t.bytes_total);
+            bar.set_position(t.bytes_done);
+            bar.set_message(format!(
+                "{}/s, eta {}",
+                units::human(t.bytes_per_second),
+                t.eta_seconds
+                    .map_or_else(|| "-".to_string(), |e| format!("{e}s"))
+            ));
         }
-        bar.finish_and_clear();
-        job.join()
-            .map_err(|_| anyhow::anyhow!("the {what} request's thread panicked"))?
     })
 }
 
@@ -829,25 +808,16 @@ fn resync(
     name: &str,
     p: &Printer,
 ) -> anyhow::Result<offsite_api_types::ResyncResult> {
-    if p.json() || !std::io::stderr().is_terminal() {
-        return Ok(c.resync(name)?);
-    }
-    let poller = client(global)?;
-    std::thread::scope(|s| {
-        let job = s.spawn(|| c.resync(name));
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "resync {prefix} [{bar:40}] {pos}/{len} blocks compared, {msg} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(name.to_string());
-        while !job.is_finished() {
-            if let Ok(st) = poller.group(name)
-                && let Some(r) = st.resync
-            {
+    let template =
+        format!("resync {name} [{{bar:40}}] {{pos}}/{{len}} blocks compared, {{msg}} eta {{eta}}");
+    with_status_bar(
+        global,
+        name,
+        &template,
+        p,
+        || Ok(c.resync(name)?),
+        |st, bar| {
+            if let Some(r) = &st.resync {
                 bar.set_length(r.blocks_total);
                 bar.set_position(r.blocks_compared);
                 bar.set_message(format!(
@@ -856,12 +826,42 @@ fn resync(
                     units::human(r.bytes_sent)
                 ));
             }
+        },
+    )
+}
+
+/// Runs `job` on a thread; meanwhile, on a terminal, polls `group status`
+/// of `group` and lets `update` draw it on a progress bar of `template`.
+/// With --json or without a terminal, just runs `job`.
+fn with_status_bar<T: Send>(
+    global: &args::Global,
+    group: &str,
+    template: &str,
+    p: &Printer,
+    job: impl FnOnce() -> anyhow::Result<T> + Send,
+    update: impl Fn(&offsite_api_types::GroupStatus, &indicatif::ProgressBar),
+) -> anyhow::Result<T> {
+    if p.json() || !std::io::stderr().is_terminal() {
+        return job();
+    }
+    let poller = client(global)?;
+    std::thread::scope(|s| {
+        let job = s.spawn(job);
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        while !job.is_finished() {
+            if let Ok(st) = poller.group(group) {
+                update(&st, &bar);
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         bar.finish_and_clear();
         job.join()
-            .map_err(|_| anyhow::anyhow!("the resync request's thread panicked"))?
-            .map_err(anyhow::Error::from)
+            .map_err(|_| anyhow::anyhow!("the request's thread panicked"))?
     })
 }
 
