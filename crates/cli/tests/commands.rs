@@ -547,8 +547,11 @@ fn pit_ids_go_on_through_failover_reverse_and_failback() {
         u(&pit, "id") > seen,
         "the first PIT after failback ({pit}) must follow PIT {seen}"
     );
+    // site-b's store from before the failover holds the group again:
+    // its older PITs come back, and the newer ones follow every id given.
     let ids: Vec<u64> = pit_ids(&b, "g").iter().map(|p| p.0).collect();
-    assert!(ids.iter().all(|&id| id > seen), "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(ids.last().is_some_and(|&id| id > seen), "{ids:?}");
     assert_eq!(
         pit_ids(&a, "g"),
         pit_ids(&b, "g"),
@@ -664,4 +667,114 @@ fn delete_replica_is_refused_while_promoted_volumes_read_the_store() {
     assert_eq!(a.json(&["group", "list"])[0]["name"], "g");
     assert_eq!(b.json(&["group", "list"])[0]["name"], "g");
     assert_eq!(stores_of(&storage, "g"), vec!["g".to_string()]);
+}
+
+/// The volume clones a test failover serves, by volume name.
+fn test_clone(r: &serde_json::Value, volume: &str) -> String {
+    r["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["url"].as_str())
+        .unwrap_or_else(|| panic!("no clone of {volume}: {r}"))
+        .to_string()
+}
+
+#[test]
+fn named_pits_and_settings_outlive_failover_reverse_and_failback() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let (a, b) = group_pair();
+    authorize_primary(&a, "site-b", None);
+    let url = a.create_volume("d0", "4M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--bandwidth", "20M", "--compress", "none"],
+    );
+    start_group(&a, "g");
+    let settings = |site: &TestSite| {
+        let st = site.json(&["group", "status", "g"]);
+        (
+            st["bandwidth_bytes_per_sec"].clone(),
+            st["compress"].clone(),
+        )
+    };
+    let expected = (serde_json::json!(20 << 20), serde_json::json!(false));
+    assert_eq!(settings(&b), expected, "the replica keeps the settings");
+
+    qemu_io(&url, &["write -P 0x11 0 64k"]);
+    let named = u(&sync_pit(&a, "g", &["--pit-name", "before-upgrade"]), "id");
+    qemu_io(&url, &["write -P 0x22 0 64k", "write -P 0x23 1M 64k"]);
+    sync_pit(&a, "g", &[]);
+
+    // Failover and reverse: site-b replicates to site-a.
+    a.json(&["failover", "prepare", "g"]);
+    b.json(&["failover", "run", "g"]);
+    b.json(&["reverse", "g"]);
+    assert_eq!(
+        settings(&b),
+        expected,
+        "the new primary replicates as before"
+    );
+    qemu_io(&b.url("d0"), &["write -P 0x33 0 32k", "write -P 0 1M 64k"]);
+    sync_pit(&b, "g", &[]);
+
+    // Failback: site-b's store from before the failover is the replica
+    // again, with the named PIT; ids go on.
+    b.json(&["failover", "prepare", "g"]);
+    a.json(&["failover", "run", "g"]);
+    let r = a.json(&["reverse", "g"]);
+    assert_eq!(settings(&a), expected);
+    let after_failback = u(&r, "pit");
+    let ids_a = pit_ids(&a, "g");
+    let ids_b = pit_ids(&b, "g");
+    assert_eq!(ids_a, ids_b, "both sites list the same PITs");
+    assert!(
+        ids_b.contains(&(named, Some("before-upgrade".into()))),
+        "the named PIT is back: {ids_b:?}"
+    );
+    assert_eq!(ids_b.last().map(|p| p.0), Some(after_failback), "{ids_b:?}");
+    let mut sorted = ids_b.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids_b, "ids only grow: {ids_b:?}");
+
+    // The newest PIT holds every write of both directions; the named one
+    // still reads as it was.
+    let r = b.json(&["failover", "run", "g", "--test"]);
+    qemu_io(
+        &test_clone(&r, "d0"),
+        &[
+            "read -P 0x33 0 32k",
+            "read -P 0x22 32k 32k",
+            "read -P 0 1M 64k",
+        ],
+    );
+    b.json(&["failover", "stop-test", "g"]);
+    let r = b.json(&["failover", "run", "g", "--test", "--pit", "before-upgrade"]);
+    assert_eq!(u(&r, "pit"), named, "{r}");
+    qemu_io(
+        &test_clone(&r, "d0"),
+        &["read -P 0x11 0 64k", "read -P 0 1M 64k"],
+    );
+    b.json(&["failover", "stop-test", "g"]);
+
+    // Replication goes on over the resumed store, and the named PIT stays
+    // until released.
+    qemu_io(&a.url("d0"), &["write -P 0x44 2M 64k"]);
+    let next = u(&sync_pit(&a, "g", &[]), "id");
+    assert!(next > after_failback);
+    a.json(&["verify", "g"]);
+    a.json(&["pit", "release", "g", "before-upgrade"]);
+    let left = pit_ids(&b, "g");
+    assert!(
+        left.iter()
+            .all(|p| p.1.as_deref() != Some("before-upgrade")),
+        "{left:?}"
+    );
 }

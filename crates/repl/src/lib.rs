@@ -25,6 +25,7 @@
 //! ```
 
 mod confirm;
+mod dormant;
 mod failover;
 mod pits;
 mod primary;

@@ -434,6 +434,8 @@ impl Replication {
                     suspend_timeout_secs,
                     volumes: volumes.clone(),
                     vms: vms.clone(),
+                    bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+                    compress: req.compress.unwrap_or(true),
                 },
             )
             .await?;

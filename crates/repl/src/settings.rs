@@ -63,8 +63,10 @@ impl Replication {
         };
         let compress = req.compress.unwrap_or(row.compress);
         if rpo != row.rpo_secs || keep != row.keep {
-            // The replica's copy: retention runs there, and the RPO is
-            // the group's once a reverse makes it the primary.
+            // The replica's copy: retention runs there, and the RPO is the
+            // group's once a reverse makes it the primary (bandwidth and
+            // compression ride along for its status; a reverse takes them
+            // from this site in any case).
             self.tell_replica(
                 &row,
                 wire::GroupSetMode {
@@ -72,6 +74,8 @@ impl Replication {
                     mode: row.mode.clone(),
                     rpo_secs: Some(rpo),
                     keep: Some(keep),
+                    bandwidth: Some(bandwidth.unwrap_or(0)),
+                    compress: Some(compress),
                     vm: None,
                 },
                 "the new settings",
@@ -133,6 +137,8 @@ impl Replication {
                     mode: g.mode.clone(),
                     rpo_secs: None,
                     keep: None,
+                    bandwidth: None,
+                    compress: None,
                     vm: Some(VmDesc {
                         name: vm.name.clone(),
                         volumes: vm.volumes.clone(),

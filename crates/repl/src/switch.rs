@@ -813,7 +813,10 @@ impl Replication {
             Ok(out)
         })
         .await?;
-        let (differing, compared_bytes) = self.differing_suspects(&row, &suspects).await?;
+        // A resumed store holds the old primary's data in its newest PIT.
+        let (differing, compared_bytes) = self
+            .differing_suspects(&row, &suspects, !ready.resumed)
+            .await?;
         let rolled_back_bytes: u64 = row
             .volumes
             .iter()
@@ -828,6 +831,17 @@ impl Replication {
         );
         let site = self.site.clone();
         let r = row.clone();
+        let settings = (ready.bandwidth, ready.compress);
+        let pits: Vec<offsite_catalog::PitRow> = ready
+            .pits
+            .iter()
+            .map(|p| offsite_catalog::PitRow {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+                bytes: p.bytes,
+            })
+            .collect();
         blocking(move || {
             for (v, set) in r.volumes.iter().zip(&differing) {
                 let vol = site.volume(&v.volume)?;
@@ -837,7 +851,20 @@ impl Replication {
             }
             site.set_group_role(&r.name, "primary", r.store_dir.as_deref(), "replicating")?;
             site.catalog_delete_failover(&r.name, "promoted")?;
-            site.replace_pits(&r.name, &[])?;
+            site.replace_pits(&r.name, &pits)?;
+            // The group replicates under the settings it had.
+            let bandwidth = match settings.0 {
+                Some(0) => None,
+                Some(b) => Some(b),
+                None => r.bandwidth,
+            };
+            site.set_group_settings(
+                &r.name,
+                r.rpo_secs,
+                r.keep,
+                bandwidth,
+                settings.1.unwrap_or(r.compress),
+            )?;
             Ok(())
         })
         .await?;
@@ -889,14 +916,16 @@ impl Replication {
     }
 
     /// Of each volume's `suspects`, the blocks whose BLAKE3 differs
-    /// between our copy and the new replica's base (its data as the old
-    /// primary left it); also the bytes compared. Runs of suspects (gaps
+    /// between our copy and the new replica's data as the old primary left
+    /// it (its base, or its newest PIT when `base` is false: a resumed
+    /// store); also the bytes compared. Runs of suspects (gaps
     /// of a few blocks bridged) are hashed by the replica a range at a
     /// time, ours block by block.
     async fn differing_suspects(
         &self,
         row: &GroupRow,
         suspects: &[RoaringBitmap],
+        base: bool,
     ) -> Result<(Vec<RoaringBitmap>, u64), ReplError> {
         /// Blocks hashed per request at most.
         const STEP: u32 = 16_384;
@@ -928,7 +957,7 @@ impl Replication {
                         volume: idx as u16,
                         first: u64::from(first),
                         count: u64::from(count),
-                        base: true,
+                        base,
                     })
                     .await?;
                 let site = self.site.clone();
@@ -1005,6 +1034,19 @@ impl Replication {
         let r = row.clone();
         let (last_pit, promoted_pit) = (req.last_pit, req.pit);
         let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
+            // Number this site's PITs after every id either site gave.
+            let after = site
+                .pit_rows(&r.name)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|p| p.id)
+                .max()
+                .unwrap_or(0)
+                .max(last_pit)
+                .max(promoted_pit);
+            if let Some(store) = dormant_store(&site, &r) {
+                return resume_dormant(&site, &r, &store, live, after, isolated > 0);
+            }
             let mut unreplicated = Vec::new();
             let mut images = Vec::new();
             for v in &live {
@@ -1060,16 +1102,6 @@ impl Replication {
                     block_size: v.block_size,
                 })
                 .collect();
-            // Number the new store's PITs after every id either site gave.
-            let after = site
-                .pit_rows(&r.name)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .map(|p| p.id)
-                .max()
-                .unwrap_or(0)
-                .max(last_pit)
-                .max(promoted_pit);
             drop(
                 ReplicaStore::create_after(&dir, &specs, after)
                     .map_err(|e| format!("creating the replica store: {e}"))?,
@@ -1116,6 +1148,10 @@ impl Replication {
                 unreplicated,
                 store_dir,
                 kept_as_pit,
+                resumed: false,
+                pits: Vec::new(),
+                bandwidth: Some(r.bandwidth.unwrap_or(0)),
+                compress: Some(r.compress),
             })
         })
         .await
@@ -1123,4 +1159,75 @@ impl Replication {
         tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
         Ok(Bytes::from(serde_json::to_vec(&ready).unwrap_or_default()))
     }
+}
+
+/// This site's own replica store of `row` left from before it became the
+/// primary, when it can take the replica's role back (see [`crate::dormant`]).
+fn dormant_store(site: &offsite_engine::Site, row: &GroupRow) -> Option<Arc<ReplicaStore>> {
+    let dir = row.store_dir.as_deref()?;
+    if !Path::new(dir).join("store.meta").exists() {
+        return None;
+    }
+    let store = match site.replica_store(Path::new(dir)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(group = %row.name, store = dir, "the replica store left from before the failover cannot be opened ({e}); a new one is built from the volumes");
+            return None;
+        }
+    };
+    match crate::dormant::resumable(&store, row) {
+        Ok(()) => Some(store),
+        Err(why) => {
+            tracing::info!(group = %row.name, store = dir, "the replica store left from before the failover is replaced: {why}");
+            None
+        }
+    }
+}
+
+/// [`Replication::answer_reverse`] with a dormant store: the store takes
+/// the replica's role back with one PIT holding the volumes' state, and
+/// keeps its history; the volumes are retired.
+fn resume_dormant(
+    site: &offsite_engine::Site,
+    r: &GroupRow,
+    store: &ReplicaStore,
+    live: Vec<Arc<offsite_engine::Volume>>,
+    after: u64,
+    isolated: bool,
+) -> Result<ReverseReady, String> {
+    let unreplicated = live
+        .iter()
+        .map(|v| v.tracker().snapshot().iter().collect::<Vec<u32>>())
+        .collect();
+    // Discarded divergent writes stay readable here, as a named PIT.
+    let name = isolated.then(split_brain_name);
+    let pit = crate::dormant::resume(store, &live, after, name.clone(), now_rfc3339())?;
+    drop(live);
+    for v in &r.volumes {
+        site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+    }
+    let store_dir = store.dir().display().to_string();
+    let rows = crate::dormant::pit_rows(store);
+    site.set_group_role(&r.name, "replica", Some(&store_dir), "replicating")
+        .map_err(|e| e.to_string())?;
+    site.replace_pits(&r.name, &rows)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
+    Ok(ReverseReady {
+        unreplicated,
+        store_dir,
+        kept_as_pit: name,
+        resumed: true,
+        bandwidth: Some(r.bandwidth.unwrap_or(0)),
+        compress: Some(r.compress),
+        pits: rows
+            .into_iter()
+            .map(|p| wire::PitDesc {
+                id: p.id,
+                name: p.name,
+                created_at: p.created_at,
+                bytes: p.bytes,
+            })
+            .collect(),
+    })
 }

@@ -1347,6 +1347,8 @@ impl Replication {
                     mode: mode.to_string(),
                     rpo_secs: None,
                     keep: None,
+                    bandwidth: None,
+                    compress: None,
                     vm: None,
                 })
                 .unwrap_or_default();
@@ -1389,13 +1391,22 @@ impl Replication {
             }
             site.set_group_mode(&req.group, &req.mode)
                 .map_err(|e| e.to_string())?;
-            if req.rpo_secs.is_some() || req.keep.is_some() {
+            if req.rpo_secs.is_some()
+                || req.keep.is_some()
+                || req.bandwidth.is_some()
+                || req.compress.is_some()
+            {
+                let bandwidth = match req.bandwidth {
+                    Some(0) => None,
+                    Some(b) => Some(b),
+                    None => row.bandwidth,
+                };
                 site.set_group_settings(
                     &req.group,
                     req.rpo_secs.unwrap_or(row.rpo_secs),
                     req.keep.unwrap_or(row.keep),
-                    row.bandwidth,
-                    row.compress,
+                    bandwidth,
+                    req.compress.unwrap_or(row.compress),
                 )
                 .map_err(|e| e.to_string())?;
             }

@@ -86,6 +86,13 @@ pub struct GroupSetMode {
     /// `group set --keep`: retention runs at the replica (absent: unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<u32>,
+    /// `group set --bandwidth`: the replica's copy, used once a reverse
+    /// makes it the primary (0: unlimited; absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+    /// `group set --compression` (absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<bool>,
     /// `vm set`: new hooks of the replica's copy of a VM of the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmDesc>,
@@ -162,6 +169,23 @@ pub struct ReverseReady {
     /// The PIT there that keeps its discarded divergent state, if any.
     #[serde(default)]
     pub kept_as_pit: Option<String>,
+    /// The old primary's own replica store from before the failover took
+    /// the replica's role back, with its history: its newest PIT (not its
+    /// base) holds the old primary's data (absent from older sites: false).
+    #[serde(default)]
+    pub resumed: bool,
+    /// Every PIT the replica holds now, oldest first (absent from older
+    /// sites, whose new store holds none yet).
+    #[serde(default)]
+    pub pits: Vec<PitDesc>,
+    /// The old primary's bandwidth limit of the group (0: unlimited): the
+    /// new primary replicates under it (absent from older sites: the new
+    /// primary keeps its own copy).
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// The old primary's compression setting, likewise.
+    #[serde(default)]
+    pub compress: Option<bool>,
 }
 
 /// [`kinds::SEED_LOAD`].
@@ -256,6 +280,19 @@ pub struct GroupCreate {
     /// replica); absent from older primaries.
     #[serde(default)]
     pub vms: Vec<VmDesc>,
+    /// Bandwidth limit in bytes per second (`None`: unlimited), kept by
+    /// the replica so that a reverse replicates under the same limit;
+    /// absent from older primaries.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// Whether batches are compressed (kept for a reverse as well); older
+    /// primaries omit it and compressed by default.
+    #[serde(default = "default_compress")]
+    pub compress: bool,
+}
+
+fn default_compress() -> bool {
+    true
 }
 
 fn default_on_link_loss() -> String {

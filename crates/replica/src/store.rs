@@ -314,6 +314,17 @@ impl ReplicaStore {
         crate::recover::open(dir.as_ref())
     }
 
+    /// Numbers the next commit after `after` at the earliest, when the
+    /// group's history went on elsewhere (a reverse made another site's
+    /// store the replica for a while): a group's PIT ids never restart.
+    /// The gap needs no record: the next PIT's directory names its id, and
+    /// its range starts right after this store's tip, so the chain still
+    /// tiles.
+    pub fn number_after(&self, after: u64) {
+        let mut ops = self.inner.lock_ops();
+        ops.next_id = ops.next_id.max(after.saturating_add(1));
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

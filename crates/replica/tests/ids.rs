@@ -2,7 +2,7 @@
 //! old primary the replica) continues the group's PIT ids instead of
 //! starting again at 1, across reopen and retention.
 
-use offsite_replica::{ReplicaStore, VolumeSpec};
+use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
 fn spec() -> Vec<VolumeSpec> {
     vec![VolumeSpec {
@@ -56,5 +56,66 @@ fn a_store_created_after_pit_41_commits_42_and_on() {
             .id
             .get(),
         44
+    );
+}
+
+/// A store kept through a reverse and a failback takes the replica's role
+/// again: its next PIT follows the ids the other site's store gave in the
+/// meantime, and the older PITs (the named one first) stay readable,
+/// across reopen and retention.
+#[test]
+fn a_store_that_resumes_after_a_gap_keeps_its_pits_and_numbers_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("store");
+    let store = ReplicaStore::create(&dir, &spec()).unwrap();
+    let mut w = store.begin_pit().unwrap();
+    w.write_block("a", 0, &[0x01; 512]).unwrap();
+    let named = w
+        .commit(Some("before-upgrade".into()), "2024-05-01T12:00:00Z".into())
+        .unwrap();
+    let mut w = store.begin_pit().unwrap();
+    w.write_block("a", 1, &[0x02; 512]).unwrap();
+    let plain = w.commit(None, "2024-05-01T12:01:00Z".into()).unwrap();
+    assert_eq!((named.id.get(), plain.id.get()), (1, 2));
+
+    // PITs 3..=9 were taken into the other site's store.
+    store.number_after(9);
+    store.number_after(4); // never backwards
+    let mut w = store.begin_pit().unwrap();
+    w.write_block("a", 0, &[0x03; 512]).unwrap();
+    let resumed = w.commit(None, "2024-05-02T08:00:00Z".into()).unwrap();
+    assert_eq!(resumed.id.get(), 10);
+    drop(store);
+
+    let store = ReplicaStore::open(&dir).unwrap();
+    assert!(store.damaged().is_empty(), "{:?}", store.damaged());
+    let ids: Vec<u64> = store.pits().iter().map(|p| p.id.get()).collect();
+    assert_eq!(ids, vec![1, 2, 10]);
+    let mut buf = [0u8; 512];
+    store.read(Some(named.id), "a", 0, &mut buf).unwrap();
+    assert_eq!(buf, [0x01; 512], "the named PIT reads as it was");
+    store.read(Some(resumed.id), "a", 0, &mut buf).unwrap();
+    assert_eq!(buf, [0x03; 512]);
+    store.read(Some(resumed.id), "a", 512, &mut buf).unwrap();
+    assert_eq!(buf, [0x02; 512]);
+
+    // Retention folds the unnamed PIT 2 into its successor 10.
+    store.remove_pit(plain.id).unwrap();
+    drop(store);
+    let store = ReplicaStore::open(&dir).unwrap();
+    assert!(store.damaged().is_empty(), "{:?}", store.damaged());
+    let ids: Vec<u64> = store.pits().iter().map(|p| p.id.get()).collect();
+    assert_eq!(ids, vec![1, 10]);
+    store
+        .read(Some(PitId::new(10).unwrap()), "a", 512, &mut buf)
+        .unwrap();
+    assert_eq!(buf, [0x02; 512]);
+    let w = store.begin_pit().unwrap();
+    assert_eq!(
+        w.commit(None, "2024-05-02T08:01:00Z".into())
+            .unwrap()
+            .id
+            .get(),
+        11
     );
 }

@@ -1,0 +1,135 @@
+//! A site's replica store outlives its time as the primary, so that named
+//! PITs outlive role changes.
+//!
+//! After a failover and a reverse, the site that failed over (the new
+//! primary) still holds the replica store it was promoted from: the group's
+//! PIT history up to the failover, named PITs included. It sits there
+//! unused ("dormant") while the other site's store takes the new PITs.
+//! When a failback's reverse makes this site the replica again, the
+//! dormant store takes the replica's role back instead of being replaced
+//! by a store built from the volumes: one PIT on top of its history holds
+//! every block where the volumes differ from the store's newest state, the
+//! PIT ids go on after every id the other site's store gave, and the named
+//! PITs are there again, at both sites, until released.
+//!
+//! A dormant store without a named PIT is not worth the comparison (the
+//! volumes' data ranges are read once); it is replaced as before.
+
+use std::sync::Arc;
+
+use offsite_catalog::{GroupRow, PitRow};
+use offsite_engine::Volume;
+use offsite_replica::{PitInfo, ReplicaStore};
+
+/// Blocks compared per read.
+const CHUNK_BLOCKS: u64 = 256;
+
+/// Whether `store` can take the replica's role back for `row`: same
+/// volumes, no damaged PIT, and a named PIT to keep. The reason when not.
+pub(crate) fn resumable(store: &ReplicaStore, row: &GroupRow) -> Result<(), String> {
+    let specs = store.volumes();
+    let same = specs.len() == row.volumes.len()
+        && specs.iter().zip(&row.volumes).all(|(s, v)| {
+            s.name == v.volume && s.size_bytes == v.size_bytes && s.block_size == v.block_size
+        });
+    if !same {
+        return Err("its volumes differ from the group's".into());
+    }
+    if let Some(d) = store.damaged().first() {
+        return Err(format!("PIT {} is damaged ({})", d.id, d.why));
+    }
+    if !store.pits().iter().any(|p| p.name.is_some()) {
+        return Err("it holds no named PIT".into());
+    }
+    Ok(())
+}
+
+/// Commits to `store` one PIT (numbered after `after`) holding every block
+/// where `live` (the group's volumes, in group order) differs from the
+/// store's newest state; named `name` when given. Only data ranges of
+/// either side are read. `None` when nothing differs and no name is asked
+/// for: the newest PIT already is the volumes' state.
+pub(crate) fn resume(
+    store: &ReplicaStore,
+    live: &[Arc<Volume>],
+    after: u64,
+    name: Option<String>,
+    created_at: String,
+) -> Result<Option<PitInfo>, String> {
+    store.number_after(after);
+    let newest = store.newest().map(|p| p.id);
+    let mut writer = store
+        .begin_pit()
+        .map_err(|e| format!("resuming the replica store: {e}"))?;
+    let mut changed = 0u64;
+    for v in live {
+        let row = v.row();
+        let (size, bs) = (row.size_bytes, u64::from(row.block_size));
+        let name = v.name();
+        let mut ours = vec![0u8; (CHUNK_BLOCKS * bs) as usize];
+        let mut theirs = vec![0u8; ours.len()];
+        let mut offset = 0u64;
+        while offset < size {
+            let a = v
+                .file()
+                .next_data(offset)
+                .map_err(|e| format!("looking for data in volume {name}: {e}"))?;
+            let b = store
+                .next_data(newest, name, offset)
+                .map_err(|e| format!("looking for data in the replica store: {e}"))?;
+            let Some(at) = [a, b].into_iter().flatten().min() else {
+                break;
+            };
+            let start = at / bs * bs;
+            let len = (CHUNK_BLOCKS * bs).min(size - start);
+            let (ours, theirs) = (&mut ours[..len as usize], &mut theirs[..len as usize]);
+            v.file()
+                .read_at(ours, start)
+                .map_err(|e| format!("reading volume {name}: {e}"))?;
+            store
+                .read(newest, name, start, theirs)
+                .map_err(|e| format!("reading the replica store's copy of {name}: {e}"))?;
+            for (i, (o, t)) in ours
+                .chunks(bs as usize)
+                .zip(theirs.chunks(bs as usize))
+                .enumerate()
+            {
+                if o == t {
+                    continue;
+                }
+                let block = start / bs + i as u64;
+                let r = if o.iter().all(|&x| x == 0) {
+                    writer.write_zero_block(name, block)
+                } else {
+                    writer.write_block(name, block, o)
+                };
+                r.map_err(|e| format!("resuming the replica store: {e}"))?;
+                changed += 1;
+            }
+            offset = start + len;
+        }
+    }
+    if changed == 0 && name.is_none() {
+        writer.abort();
+        return Ok(None);
+    }
+    let info = writer
+        .commit(name, created_at)
+        .map_err(|e| format!("resuming the replica store: {e}"))?;
+    tracing::info!(store = %store.dir().display(), pit = %info.id, blocks = changed, "the dormant replica store takes the replica's role again");
+    Ok(Some(info))
+}
+
+/// The catalog rows of every PIT of `store`, oldest first.
+pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<PitRow> {
+    store
+        .pits()
+        .into_iter()
+        .map(|p| PitRow {
+            id: p.id.get(),
+            name: p.name,
+            created_at: p.created_at,
+            bytes: p.bytes,
+        })
+        .collect()
+}
