@@ -721,6 +721,11 @@ fn named_pits_and_settings_outlive_failover_reverse_and_failback() {
         expected,
         "the new primary replicates as before"
     );
+    let kept = b.json(&["events", "--limit", "50"]);
+    assert!(
+        kept.to_string().contains("named PITs before-upgrade (PIT"),
+        "the reverse says where the named PIT stays: {kept}"
+    );
     qemu_io(&b.url("d0"), &["write -P 0x33 0 32k", "write -P 0 1M 64k"]);
     sync_pit(&b, "g", &[]);
 

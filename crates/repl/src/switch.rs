@@ -869,6 +869,7 @@ impl Replication {
         })
         .await?;
         tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
+        self.note_dormant_named_pits(&row).await;
         self.ensure_runner(group);
         // What the reverse moves is everything the group moves until its
         // first PIT from here: one cycle (async), or a resynchronization
@@ -895,6 +896,40 @@ impl Replication {
             split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Records in the group's events which named PITs stay in this site's
+    /// replica store from before the failover (listed again once a
+    /// failback makes this site the replica; see [`crate::dormant`]).
+    async fn note_dormant_named_pits(&self, row: &GroupRow) {
+        let Some(dir) = row.store_dir.clone() else {
+            return;
+        };
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let noted = blocking(move || {
+            let store = site.replica_store(Path::new(&dir))?;
+            let names: Vec<String> = store
+                .pits()
+                .into_iter()
+                .filter_map(|p| p.name.map(|n| format!("{n} (PIT {})", p.id)))
+                .collect();
+            if !names.is_empty() {
+                site.note(
+                    "group.pits-kept",
+                    &g,
+                    &format!(
+                        "named PITs {} stay in this site's replica store from before the failover; a failback (`offsite reverse {g}` at the other site after a failover back) makes them the replica's again",
+                        names.join(", ")
+                    ),
+                );
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = noted {
+            tracing::warn!(group = %row.name, "listing the named PITs kept here: {e}");
+        }
     }
 
     /// Marks (or unmarks) `group` as being moved by a reverse.
