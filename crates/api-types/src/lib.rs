@@ -1,6 +1,6 @@
 //! The REST API's request and response bodies, shared by the daemon (which
 //! serves them) and the CLI (which reads them). Field names are part of the
-//! scripting contract in DESIGN.md §4: add fields, never rename them.
+//! scripting contract in docs/design.md §4: add fields, never rename them.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

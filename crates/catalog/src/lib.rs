@@ -381,7 +381,7 @@ pub struct GroupRow {
     pub compress: bool,
     /// Security tag presented to the replica.
     pub security_tag: Option<String>,
-    /// Replication state (DESIGN.md §1).
+    /// Replication state (docs/design.md §1).
     pub state: String,
     /// Replica side: directory of the replica store.
     pub store_dir: Option<String>,

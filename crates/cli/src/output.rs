@@ -1,5 +1,5 @@
 //! What the CLI prints: aligned tables for people, JSON for scripts
-//! (`--json`; field names per DESIGN.md §4 are stable).
+//! (`--json`; field names per docs/design.md §4 are stable).
 
 use std::io::Write;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Recovery plans (DESIGN.md §1): many replication groups and their VMs
+//! Recovery plans (docs/design.md §1): many replication groups and their VMs
 //! turned into one rehearsed, reported procedure, as SRM administrators
 //! know it.
 //!

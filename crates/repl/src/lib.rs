@@ -1,9 +1,9 @@
 //! The replication service of a site: the replication listener (partners
 //! dial in over mutual TLS), outgoing sessions to partners, and what runs on
-//! them. Today that is the partner monitor (reachability, RTT), the
-//! authorization check a primary asks of its replica before creating a
-//! group, and `partner test`'s bulk throughput test; replication groups
-//! (issue 4) add their cycles here.
+//! them: the partner monitor (reachability, RTT), the authorization check a
+//! primary asks of its replica before creating a group, `partner test`'s
+//! bulk throughput test, and the replication groups (cycles, the sync
+//! stream, failover, reverse), whose parts have their own modules.
 //!
 //! Trust comes from the catalog on every connection: the listener's
 //! [`PinnedPeers`] looks the offered certificate up in the partner table, so

@@ -2167,7 +2167,7 @@ fn entry(p: PitDesc) -> PitEntry {
     }
 }
 
-/// Health per DESIGN.md §1: `warning` when the newest PIT is older than the
+/// Health per docs/design.md §1: `warning` when the newest PIT is older than the
 /// RPO, the last cycle failed or the partner just became unreachable;
 /// `critical` at twice the RPO or when the partner has been unreachable for
 /// longer than the RPO.
