@@ -306,6 +306,24 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         );
     }
 
+    pair(d, &ia, &ib)?;
+    let web = protect_web(d)?;
+    let defined = define_plan(d, &web)?;
+    drill_and_migrate(d, &ib, &web)?;
+    fail_back(d, &web, &defined)
+}
+
+/// Where the demo VM's volumes are served at site-a, and its hooks' log.
+struct Web {
+    boot_a: String,
+    data_a: String,
+    log: PathBuf,
+}
+
+/// Pairs the sites (each pins the other's fingerprint) and authorizes each
+/// as the other's replica.
+fn pair(d: &mut Demo, ia: &serde_json::Value, ib: &serde_json::Value) -> anyhow::Result<()> {
+    let (a, b) = (SITES[0], SITES[1]);
     step(
         "pair them (pinned certificate fingerprints, mutual TLS) and authorize each as the other's replica",
     );
@@ -316,9 +334,9 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
             "add",
             b,
             "--address",
-            str_of(&ib, "listen")?,
+            str_of(ib, "listen")?,
             "--fingerprint",
-            str_of(&ib, "fingerprint")?,
+            str_of(ib, "fingerprint")?,
         ],
     )?;
     d.json(
@@ -328,9 +346,9 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
             "add",
             a,
             "--address",
-            str_of(&ia, "listen")?,
+            str_of(ia, "listen")?,
             "--fingerprint",
-            str_of(&ia, "fingerprint")?,
+            str_of(ia, "fingerprint")?,
         ],
     )?;
     let ra = d.dir.join("replicas-of-site-a").display().to_string();
@@ -358,6 +376,13 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         ],
     )?;
 
+    Ok(())
+}
+
+/// The VM `web` at site-a with data on both volumes, protected by group
+/// `web` with a named PIT; verified.
+fn protect_web(d: &mut Demo) -> anyhow::Result<Web> {
+    let (a, b) = (SITES[0], SITES[1]);
     step(
         "a VM `web` with two volumes at site-a; its hooks are harmless scripts that log what they would do",
     );
@@ -412,6 +437,18 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         "the replica's newest PIT equals site-a block for block",
     )?;
 
+    Ok(Web {
+        boot_a,
+        data_a,
+        log,
+    })
+}
+
+/// The recovery plan `dr`, defined at site-a and held at both sites; its
+/// definition as `plan show --json` prints it.
+fn define_plan(d: &mut Demo, web: &Web) -> anyhow::Result<serde_json::Value> {
+    let (a, b) = (SITES[0], SITES[1]);
+    let l = web.log.display();
     step(
         "recovery plan `dr` (defined at site-a, kept at both sites): the VM in tier 1, waits until its hook ran, a smoke-test callout",
     );
@@ -467,7 +504,15 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         "site-b holds the same plan",
     )?;
 
-    let nbd_b = str_of(&ib, "nbd")?.to_string();
+    Ok(defined)
+}
+
+/// Test drill and cleanup at site-b, then the planned migration there and
+/// reprotect (site-a becomes the replica).
+fn drill_and_migrate(d: &mut Demo, ib: &serde_json::Value, web: &Web) -> anyhow::Result<()> {
+    let b = SITES[1];
+    let boot_a = &web.boot_a;
+    let nbd_b = str_of(ib, "nbd")?.to_string();
     step(
         "test drill at site-b: clones of the newest PIT, the VM started on them, replication untouched",
     );
@@ -487,11 +532,11 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
     step("cleanup at site-b: the VM stopped, the clones and their writes discarded");
     d.plan_run(b, &["--mode", "cleanup"])?;
     check_data(
-        &boot_a,
+        boot_a,
         &["read -P 0x5a 0 8M"],
         "site-a's volume never saw the test's writes",
     )?;
-    qemu_io(&boot_a, &["write -P 0x44 40M 1M"])?;
+    qemu_io(boot_a, &["write -P 0x44 40M 1M"])?;
     println!("   site-a wrote 1 MiB more after the last PIT (the planned migration must carry it)");
 
     step(
@@ -521,10 +566,18 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         "site-a's new replica equals site-b block for block",
     )?;
 
+    Ok(())
+}
+
+/// Failback home, the original direction again, and what the plan and the
+/// hooks recorded.
+fn fail_back(d: &mut Demo, web: &Web, defined: &serde_json::Value) -> anyhow::Result<()> {
+    let (a, b) = (SITES[0], SITES[1]);
+    let (boot_a, data_a, log) = (&web.boot_a, &web.data_a, &web.log);
     step("failback at site-a: planned migration home, then reprotect to the original direction");
     d.plan_run(a, &["--mode", "failback"])?;
     check_data(
-        &boot_a,
+        boot_a,
         &[
             "read -P 0x5a 0 8M",
             "read -P 0x44 40M 1M",
@@ -532,7 +585,7 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         ],
         "site-a serves web-boot with site-b's writes",
     )?;
-    check_data(&data_a, &["read -P 0x33 1M 4M"], "site-a serves web-data")?;
+    check_data(data_a, &["read -P 0x33 1M 4M"], "site-a serves web-data")?;
     let st = d.json(a, &["group", "status", "web"])?;
     check(
         st["role"] == "primary" && st["state"] == "replicating",
@@ -544,9 +597,15 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
         "site-b's replica equals site-a block for block",
     )?;
     check(
-        d.json(a, &["plan", "show", "dr"])? == defined
-            && d.json(b, &["plan", "show", "dr"])? == defined,
+        d.json(a, &["plan", "show", "dr"])? == *defined
+            && d.json(b, &["plan", "show", "dr"])? == *defined,
         "plan dr is unchanged at both sites after reprotect and failback",
+    )?;
+    let pits = d.json(a, &["pit", "list", "web"])?;
+    check(
+        pits.as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "before-drill")),
+        "the PIT named before-drill outlived the migration and the failback",
     )?;
 
     step("the plan's history (either site shows every run) and the VM hooks' log");
@@ -558,7 +617,7 @@ fn scenario(d: &mut Demo) -> anyhow::Result<()> {
     )?;
     print!(
         "{}",
-        indent(&std::fs::read_to_string(&log).unwrap_or_default())
+        indent(&std::fs::read_to_string(log).unwrap_or_default())
     );
     Ok(())
 }
