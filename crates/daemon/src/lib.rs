@@ -76,7 +76,34 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
     let config = site.config();
 
-    let nbd_addr = parse_addr(&config.nbd).map_err(anyhow::Error::msg)?;
+    let (nbd, nbd_bound, nbd_stats) = start_nbd(&site, &config.nbd)?;
+    let result = runtime.block_on(serve(&site, &layout, logging, hangup, nbd_bound, nbd_stats));
+
+    tracing::info!("shutting down: draining NBD connections");
+    if let Some(server) = nbd.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        server.shutdown();
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    let closed = site.close().context("closing volumes");
+    let _ = std::fs::remove_file(layout.daemon_info());
+    result?;
+    closed?;
+    tracing::info!("site stopped cleanly");
+    Ok(())
+}
+
+/// The running NBD server, shared with the volume-connection counter until
+/// shutdown takes it.
+type SharedNbd = Arc<Mutex<Option<NbdServer>>>;
+
+/// The NBD server (every volume an export), before the runtime's work: it
+/// runs on threads of its own. Returns the server (taken at shutdown), its
+/// bound address and its counters.
+fn start_nbd(
+    site: &Arc<Site>,
+    addr: &str,
+) -> anyhow::Result<(SharedNbd, std::net::SocketAddr, Arc<ServerStats>)> {
+    let nbd_addr = parse_addr(addr).map_err(anyhow::Error::msg)?;
     let nbd_listener = TcpListener::bind(nbd_addr).with_context(|| {
         format!("binding the NBD listener to {nbd_addr} (config.toml `nbd`); is the port in use?")
     })?;
@@ -94,106 +121,124 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
                 .map_or(0, |s| s.connections_for(name))
         }
     });
+    Ok((nbd, nbd_bound, nbd_stats))
+}
 
-    let result = runtime.block_on(async {
-        let r = &config.replication;
-        let mut options = offsite_transport::SessionOptions::default();
-        options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
-        options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
-        options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
-        let repl = Replication::new(site.clone(), options).context("starting the replication service")?;
-        // Before the listener runs: the partner's plan requests need it.
-        let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
-        let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
-        let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
-            format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
-        })?;
-        let listen_bound = repl_listener.local_addr()?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|v| *v).await;
-        };
-        {
-            let site = site.clone();
-            let bandwidth = tokio::task::spawn_blocking(move || apply_config_bandwidth(&site))
-                .await
-                .context("applying config.toml's bandwidth")??;
-            repl.reload(bandwidth);
-        }
-        repl.start_runners().await.context("starting replication groups")?;
-        site.start_flattener();
-        repl.restore_failovers()
+/// The site's services on the async runtime: replication (listener,
+/// monitor, group runners), SIGHUP reloads, the systemd watchdog and the
+/// REST API, until a termination signal; then stops them in order.
+async fn serve(
+    site: &Arc<Site>,
+    layout: &Layout,
+    logging: Arc<log::Logging>,
+    hangup: tokio::signal::unix::Signal,
+    nbd_bound: std::net::SocketAddr,
+    nbd_stats: Arc<ServerStats>,
+) -> anyhow::Result<()> {
+    let config = site.config();
+    let r = &config.replication;
+    let mut options = offsite_transport::SessionOptions::default();
+    options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
+    options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
+    options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
+    let repl =
+        Replication::new(site.clone(), options).context("starting the replication service")?;
+    // Before the listener runs: the partner's plan requests need it.
+    let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
+    let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
+    let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
+        format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
+    })?;
+    let listen_bound = repl_listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    {
+        let site = site.clone();
+        let bandwidth = tokio::task::spawn_blocking(move || apply_config_bandwidth(&site))
             .await
-            .context("exporting the clones of running test failovers")?;
-        let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
-        let monitor_task = tokio::spawn(repl.clone().monitor(stopped(stop_rx.clone())));
-        let reload_task = tokio::spawn(reload_on_hangup(
-            hangup,
-            Reloadable { site: site.clone(), repl: repl.clone(), logging: logging.clone() },
-            stopped(stop_rx.clone()),
-        ));
-
-        let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
-        let api_listener = tokio::net::TcpListener::bind(api_addr)
-            .await
-            .with_context(|| format!("binding the API listener to {api_addr} (config.toml `api`); is the port in use?"))?;
-        let api_bound = api_listener.local_addr()?;
-        site.set_bound(BoundAddresses {
-            listen: Some(listen_bound),
-            api: Some(api_bound),
-            nbd: Some(nbd_bound),
-        });
-        let token = std::fs::read_to_string(layout.token())
-            .with_context(|| format!("reading the API token {}", layout.token().display()))?;
-        let metrics: Vec<Arc<dyn MetricsSource>> = vec![
-            Arc::new(NbdMetrics(nbd_stats)),
-            Arc::new(ReplMetrics(repl.clone())),
-        ];
-        let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
-
-        let info = serde_json::json!({
-            "pid": std::process::id(),
-            "api": api_bound.to_string(),
-            "nbd": nbd_bound.to_string(),
-            "listen": site.info().listen,
-        });
-        offsite_store::write_durably(&layout.daemon_info(), info.to_string().as_bytes(), offsite_store::PRIVATE_FILE_MODE)
-            .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
-        tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
-        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
-        let watchdog_task = sd_notify::watchdog_enabled()
-            .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
-
-        let served = offsite_api::serve(api_listener, state, shutdown_signal())
-            .await
-            .context("serving the API");
-        let _ = stop_tx.send(true);
-        for task in [repl_task] {
-            match task.await {
-                Ok(Err(e)) => tracing::error!("replication listener: {e}"),
-                Err(e) => tracing::error!("replication listener task: {e}"),
-                Ok(Ok(())) => {}
-            }
-        }
-        let _ = monitor_task.await;
-        let _ = reload_task.await;
-        if let Some(task) = watchdog_task {
-            let _ = task.await;
-        }
-        served
-    });
-
-    tracing::info!("shutting down: draining NBD connections");
-    if let Some(server) = nbd.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        server.shutdown();
+            .context("applying config.toml's bandwidth")??;
+        repl.reload(bandwidth);
     }
-    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
-    let closed = site.close().context("closing volumes");
-    let _ = std::fs::remove_file(layout.daemon_info());
-    result?;
-    closed?;
-    tracing::info!("site stopped cleanly");
-    Ok(())
+    repl.start_runners()
+        .await
+        .context("starting replication groups")?;
+    site.start_flattener();
+    repl.restore_failovers()
+        .await
+        .context("exporting the clones of running test failovers")?;
+    let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
+    let monitor_task = tokio::spawn(repl.clone().monitor(stopped(stop_rx.clone())));
+    let reload_task = tokio::spawn(reload_on_hangup(
+        hangup,
+        Reloadable {
+            site: site.clone(),
+            repl: repl.clone(),
+            logging: logging.clone(),
+        },
+        stopped(stop_rx.clone()),
+    ));
+
+    let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the API listener to {api_addr} (config.toml `api`); is the port in use?"
+            )
+        })?;
+    let api_bound = api_listener.local_addr()?;
+    site.set_bound(BoundAddresses {
+        listen: Some(listen_bound),
+        api: Some(api_bound),
+        nbd: Some(nbd_bound),
+    });
+    let token = std::fs::read_to_string(layout.token())
+        .with_context(|| format!("reading the API token {}", layout.token().display()))?;
+    let metrics: Vec<Arc<dyn MetricsSource>> = vec![
+        Arc::new(NbdMetrics(nbd_stats)),
+        Arc::new(ReplMetrics(repl.clone())),
+    ];
+    let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
+
+    let info = serde_json::json!({
+        "pid": std::process::id(),
+        "api": api_bound.to_string(),
+        "nbd": nbd_bound.to_string(),
+        "listen": site.info().listen,
+    });
+    offsite_store::write_durably(
+        &layout.daemon_info(),
+        info.to_string().as_bytes(),
+        offsite_store::PRIVATE_FILE_MODE,
+    )
+    .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
+    tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    let watchdog_task = sd_notify::watchdog_enabled()
+        .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
+
+    let served = offsite_api::serve(api_listener, state, shutdown_signal())
+        .await
+        .context("serving the API");
+    let _ = stop_tx.send(true);
+    for task in [repl_task] {
+        match task.await {
+            Ok(Err(e)) => tracing::error!("replication listener: {e}"),
+            Err(e) => tracing::error!("replication listener task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    let _ = monitor_task.await;
+    let _ = reload_task.await;
+    if let Some(task) = watchdog_task {
+        let _ = task.await;
+    }
+    served
 }
 
 async fn shutdown_signal() {
