@@ -637,60 +637,7 @@ impl Plans {
                 report.steps[k].started_at = Some(now_ms());
             }
             self.persist(&report).await?;
-            let limit = Arc::new(tokio::sync::Semaphore::new(plan.parallel.max(1) as usize));
-            let mut tasks = tokio::task::JoinSet::new();
-            for &k in &batch {
-                let step = report.steps[k].clone();
-                let me = self.clone();
-                let plan = plan.clone();
-                let mode = report.mode.clone();
-                let run_id = report.id.clone();
-                let limit = limit.clone();
-                let lost = lost.clone();
-                tasks.spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    let t0 = now_ms();
-                    let out = me
-                        .do_step(&plan, &mode, &run_id, &step, lost.as_deref())
-                        .await;
-                    (k, t0, now_ms(), out)
-                });
-            }
-            let mut failed = false;
-            while let Some(joined) = tasks.join_next().await {
-                let (k, t0, t1, out) = match joined {
-                    Ok(v) => v,
-                    Err(e) => return Err(invalid(format!("a plan step task failed: {e}"))),
-                };
-                let s = &mut report.steps[k];
-                s.started_at = Some(t0.clone());
-                s.duration_ms = Some(ms_between(&t0, &t1));
-                s.finished_at = Some(t1);
-                if let Some(g) = out.group {
-                    report.groups.retain(|x| x.group != g.group);
-                    report.groups.push(g);
-                }
-                match out.result {
-                    Ok(o) => {
-                        s.status = "succeeded".into();
-                        s.output.push_str(&o);
-                    }
-                    Err(e) => {
-                        s.status = "failed".into();
-                        report
-                            .errors
-                            .push(format!("step {} ({}) at {}: {e}", s.index, s.name, s.site));
-                        if s.site != here && lost.is_none() && is_unreachable_text(&e) {
-                            lost = Some(format!(
-                                "site {} could not be reached at step {} ({e})",
-                                s.site, s.index
-                            ));
-                        }
-                        s.error = Some(e);
-                        failed = true;
-                    }
-                }
-            }
+            let failed = self.run_batch(plan, &mut report, &batch, &mut lost).await?;
             if report.steps.iter().any(|s| s.kind == "start-vm") {
                 let last_up = report
                     .steps
@@ -728,6 +675,74 @@ impl Plans {
         self.note(&report, &format!("run {} {}", report.id, report.status));
         self.push_record(&report, &there).await;
         Ok(report_of_report(&self.site, report))
+    }
+
+    /// Runs the steps `batch` of `report` together (at most the plan's
+    /// `parallel` at a time) and records their outcomes; whether one
+    /// failed. A step that finds the other site unreachable sets `lost`.
+    async fn run_batch(
+        self: &Arc<Self>,
+        plan: &PlanRow,
+        report: &mut PlanRunReport,
+        batch: &[usize],
+        lost: &mut Option<String>,
+    ) -> Result<bool, PlanError> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(plan.parallel.max(1) as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        for &k in batch {
+            let step = report.steps[k].clone();
+            let me = self.clone();
+            let plan = plan.clone();
+            let mode = report.mode.clone();
+            let run_id = report.id.clone();
+            let limit = limit.clone();
+            let lost = lost.clone();
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let t0 = now_ms();
+                let out = me
+                    .do_step(&plan, &mode, &run_id, &step, lost.as_deref())
+                    .await;
+                (k, t0, now_ms(), out)
+            });
+        }
+        let here = self.site.config().name.clone();
+        let mut failed = false;
+        while let Some(joined) = tasks.join_next().await {
+            let (k, t0, t1, out) = match joined {
+                Ok(v) => v,
+                Err(e) => return Err(invalid(format!("a plan step task failed: {e}"))),
+            };
+            let s = &mut report.steps[k];
+            s.started_at = Some(t0.clone());
+            s.duration_ms = Some(ms_between(&t0, &t1));
+            s.finished_at = Some(t1);
+            if let Some(g) = out.group {
+                report.groups.retain(|x| x.group != g.group);
+                report.groups.push(g);
+            }
+            match out.result {
+                Ok(o) => {
+                    s.status = "succeeded".into();
+                    s.output.push_str(&o);
+                }
+                Err(e) => {
+                    s.status = "failed".into();
+                    report
+                        .errors
+                        .push(format!("step {} ({}) at {}: {e}", s.index, s.name, s.site));
+                    if s.site != here && lost.is_none() && is_unreachable_text(&e) {
+                        *lost = Some(format!(
+                            "site {} could not be reached at step {} ({e})",
+                            s.site, s.index
+                        ));
+                    }
+                    s.error = Some(e);
+                    failed = true;
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Copies the report to the other site; a lost site only costs a warning.
@@ -793,42 +808,8 @@ impl Plans {
                 )
             }
             "failover" | "test-failover" => {
-                let test = step.kind == "test-failover";
-                let req = FailoverRun {
-                    pit: None,
-                    test,
-                    force: mode == "disaster",
-                    skip_vm_hooks: true,
-                };
-                match self.repl.failover_run(&group, &req).await {
-                    Ok(r) => {
-                        let g = self.group_result(&group, r.pit).await;
-                        let mut out = format!(
-                            "PIT {} {} in {} ms ({} failover); volumes: {}",
-                            r.pit,
-                            if test { "cloned" } else { "promoted" },
-                            r.duration_ms,
-                            r.mode,
-                            r.volumes
-                                .iter()
-                                .map(|v| v.url.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        );
-                        if let Some(rpo) = g.rpo_seconds {
-                            out.push_str(&format!("; RPO {rpo:.0} s"));
-                        }
-                        Outcome {
-                            result: if r.errors.is_empty() {
-                                Ok(out)
-                            } else {
-                                Err(r.errors.join("; "))
-                            },
-                            group: Some(g),
-                        }
-                    }
-                    Err(e) => plain(Err(e.to_string())),
-                }
+                self.failover_step(mode, &group, step.kind == "test-failover")
+                    .await
             }
             "stop-test" => plain(
                 self.repl
@@ -850,35 +831,85 @@ impl Plans {
                     .map_err(|e| e.to_string()),
             ),
             "start-vm" | "stop-vm" => plain(self.vm_hook(plan, mode, step).await),
-            "command" => {
-                let Some(def) = plan.steps.iter().find(|s| s.name == step.name) else {
-                    return plain(Err(format!(
-                        "the plan no longer has this step; `offsite plan show {}`",
-                        plan.name
-                    )));
-                };
-                let mut env = vec![
-                    ("OFFSITE_PLAN".to_string(), plan.name.clone()),
-                    ("OFFSITE_RUN".to_string(), run_id.to_string()),
-                    ("OFFSITE_RUN_MODE".to_string(), mode.to_string()),
-                    ("OFFSITE_MODE".to_string(), hook_mode(mode).to_string()),
-                    ("OFFSITE_SITE".to_string(), here.clone()),
-                ];
-                if mode == "test"
-                    && let Some(n) = &plan.test_network
-                {
-                    env.push(("OFFSITE_TEST_NETWORK".to_string(), n.clone()));
-                }
-                let cmd = def.body.clone();
-                let timeout = Duration::from_secs(def.timeout_secs);
-                plain(
-                    tokio::task::spawn_blocking(move || crate::exec::run(&cmd, &env, timeout))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string())),
-                )
-            }
+            "command" => plain(self.command_step(plan, mode, run_id, step).await),
             other => plain(Err(format!("unknown step kind {other}"))),
         }
+    }
+
+    /// A failover or test-failover step at this site (the recovery site):
+    /// the group's PIT promoted or cloned, and what the group lost.
+    async fn failover_step(&self, mode: &str, group: &str, test: bool) -> Outcome {
+        let req = FailoverRun {
+            pit: None,
+            test,
+            force: mode == "disaster",
+            skip_vm_hooks: true,
+        };
+        match self.repl.failover_run(group, &req).await {
+            Ok(r) => {
+                let g = self.group_result(group, r.pit).await;
+                let mut out = format!(
+                    "PIT {} {} in {} ms ({} failover); volumes: {}",
+                    r.pit,
+                    if test { "cloned" } else { "promoted" },
+                    r.duration_ms,
+                    r.mode,
+                    r.volumes
+                        .iter()
+                        .map(|v| v.url.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                if let Some(rpo) = g.rpo_seconds {
+                    out.push_str(&format!("; RPO {rpo:.0} s"));
+                }
+                Outcome {
+                    result: if r.errors.is_empty() {
+                        Ok(out)
+                    } else {
+                        Err(r.errors.join("; "))
+                    },
+                    group: Some(g),
+                }
+            }
+            Err(e) => Outcome {
+                result: Err(e.to_string()),
+                group: None,
+            },
+        }
+    }
+
+    /// A command step: the plan's callout, with the run's environment.
+    async fn command_step(
+        &self,
+        plan: &PlanRow,
+        mode: &str,
+        run_id: &str,
+        step: &PlanRunStep,
+    ) -> Result<String, String> {
+        let Some(def) = plan.steps.iter().find(|s| s.name == step.name) else {
+            return Err(format!(
+                "the plan no longer has this step; `offsite plan show {}`",
+                plan.name
+            ));
+        };
+        let mut env = vec![
+            ("OFFSITE_PLAN".to_string(), plan.name.clone()),
+            ("OFFSITE_RUN".to_string(), run_id.to_string()),
+            ("OFFSITE_RUN_MODE".to_string(), mode.to_string()),
+            ("OFFSITE_MODE".to_string(), hook_mode(mode).to_string()),
+            ("OFFSITE_SITE".to_string(), self.site.config().name.clone()),
+        ];
+        if mode == "test"
+            && let Some(n) = &plan.test_network
+        {
+            env.push(("OFFSITE_TEST_NETWORK".to_string(), n.clone()));
+        }
+        let cmd = def.body.clone();
+        let timeout = Duration::from_secs(def.timeout_secs);
+        tokio::task::spawn_blocking(move || crate::exec::run(&cmd, &env, timeout))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
     }
 
     /// The PIT a group was recovered from, and the data it lacks: its age
