@@ -12,7 +12,12 @@
 #      (at 0 and at the middle), a group (rpo 24h, keep 3), `group start`;
 #   2. `failover run g --test` at site-b, then `failover stop-test g`;
 #   3. `failover prepare g` at site-a, `failover run g` at site-b;
-#   4. 16 MiB written at site-b through NBD, `reverse g` at site-b.
+#   4. 16 MiB written at site-b through NBD, `reverse g` at site-b;
+#   5. failback: 8 MiB more at site-b, `failover prepare g` at site-b,
+#      `failover run g` and `reverse g` at site-a. site-b's store from
+#      before the failover holds a named PIT (`planned-failover`), so it
+#      takes the replica's role back: that reverse reads the data ranges of
+#      site-b's volume and store once and commits what differs.
 # Each command is timed (wall, from the CLI) and its own `duration_ms`
 # recorded; reverse also reports bytes_transferred. The summary table
 # (summary.md in $OUT) puts the sizes side by side.
@@ -76,7 +81,16 @@ for size in $SIZES; do
     moved=$(jget bytes_transferred <"$OUT/$size-reverse.json")
     d_test=$(jget duration_ms <"$OUT/$size-test.json")
     d_run=$(jget duration_ms <"$OUT/$size-run.json")
-    rows+=("| $size | $init_ms | $test_ms ($d_test) | $stop_ms | $prep_ms | $run_ms ($d_run) | $rev_ms | $moved |")
+
+    log "size $size: failback"
+    qemu-io -f raw -c "write -P 0x31 96M 8M" "$burl" >/dev/null
+    "$OFFSITE" failover prepare g --dir "$B" --json >"$OUT/$size-prepare-back.json"
+    "$OFFSITE" failover run g --dir "$A" --json >"$OUT/$size-run-back.json"
+    back_ms=$(timed failback "$OUT/$size-failback.json" "$OFFSITE" reverse g --dir "$A" --json)
+    back_moved=$(jget bytes_transferred <"$OUT/$size-failback.json")
+    named=$("$OFFSITE" pit list g --dir "$A" --json |
+        python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["name"]))')
+    rows+=("| $size | $init_ms | $test_ms ($d_test) | $stop_ms | $prep_ms | $run_ms ($d_run) | $rev_ms | $moved | $back_ms | $back_moved | $named |")
     stop_pair
 done
 
@@ -88,8 +102,8 @@ done
     echo
     echo "Wall ms of each CLI command (in parentheses: the daemon's own duration_ms)."
     echo
-    echo "| volume | group start | failover run --test | stop-test | failover prepare | failover run | reverse | reverse bytes |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| volume | group start | failover run --test | stop-test | failover prepare | failover run | reverse | reverse bytes | failback reverse | failback bytes | named PITs after |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } | tee "$OUT/summary.md"
 log "results in $OUT"
