@@ -181,6 +181,9 @@ pub struct VolumeFile {
     file: File,
     path: PathBuf,
     size: u64,
+    /// Whether the filesystem punches holes, found out once
+    /// ([`VolumeFile::can_punch_holes`]).
+    punches: std::sync::OnceLock<bool>,
 }
 
 impl VolumeFile {
@@ -233,6 +236,7 @@ impl VolumeFile {
             file,
             path: path.to_path_buf(),
             size,
+            punches: std::sync::OnceLock::new(),
         })
     }
 
@@ -258,6 +262,7 @@ impl VolumeFile {
             file,
             path: path.to_path_buf(),
             size,
+            punches: std::sync::OnceLock::new(),
         })
     }
 
@@ -357,6 +362,44 @@ impl VolumeFile {
             Err(rustix::io::Errno::INVAL) => Ok(Some(offset)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Start of the first hole at or after `offset` (`SEEK_HOLE`; the end
+    /// of the file counts as one), so `offset..next_hole(offset)` is data
+    /// when `offset` is. Filesystems without hole reporting say "data" up
+    /// to the end.
+    pub fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        if offset >= self.size {
+            return Ok(self.size);
+        }
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(offset)) {
+            Ok(at) => Ok(at.min(self.size)),
+            Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL) => Ok(self.size),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether [`VolumeFile::punch_hole`] deallocates (a metadata change)
+    /// rather than falling back to writing zeroes. Asked of the filesystem
+    /// once, by punching past the end of the file, which changes nothing.
+    pub fn can_punch_holes(&self) -> bool {
+        *self.punches.get_or_init(|| {
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                self.size,
+                1,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Tells the kernel `offset..offset + len` will be read soon
+    /// (`POSIX_FADV_WILLNEED`: it starts reading it into the page cache).
+    pub fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
+        let len = std::num::NonZeroU64::new(len);
+        rustix::fs::fadvise(&self.file, offset, len, rustix::fs::Advice::WillNeed)?;
+        Ok(())
     }
 
     /// Bytes the file occupies on disk (a thin volume's real footprint).
