@@ -188,7 +188,11 @@ fn nbdinfo_map_reports_holes_and_data() {
         .lines()
         .map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            (w[0].parse().unwrap(), w[1].parse().unwrap(), w[2].parse().unwrap())
+            (
+                w[0].parse().unwrap(),
+                w[1].parse().unwrap(),
+                w[2].parse().unwrap(),
+            )
         })
         .collect();
     let k = 1024;

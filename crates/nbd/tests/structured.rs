@@ -203,7 +203,10 @@ fn a_failed_set_meta_context_clears_the_selection() {
     let r = option(&mut c, option_codes::SET_META_CONTEXT, b"\xff");
     assert_eq!(r[0].0, RepError::Invalid.code());
     c.go("vol").expect("GO");
-    assert!(matches!(status(&mut c, 0, 0, 512)[..], [Chunk::Error(EINVAL, _)]));
+    assert!(matches!(
+        status(&mut c, 0, 0, 512)[..],
+        [Chunk::Error(EINVAL, _)]
+    ));
 }
 
 #[test]
@@ -240,10 +243,7 @@ fn structured_reads_send_data_and_holes() {
         [Chunk::Data(4100, vec![0xaa; 10])]
     );
     // A read of nothing but hole.
-    assert_eq!(
-        read(&mut c, 0, 100_000, 5000),
-        [Chunk::Hole(100_000, 5000)]
-    );
+    assert_eq!(read(&mut c, 0, 100_000, 5000), [Chunk::Hole(100_000, 5000)]);
     // Zero length: a NONE chunk.
     assert_eq!(read(&mut c, 0, 0, 0), [Chunk::None]);
     // Errors are error chunks, also for early validation.
@@ -251,7 +251,10 @@ fn structured_reads_send_data_and_holes() {
         read(&mut c, 0, VOL_SIZE as u64, 1)[..],
         [Chunk::Error(EINVAL, _)]
     ));
-    assert!(matches!(read(&mut c, cf::DF, 0, 1)[..], [Chunk::Error(EINVAL, _)]));
+    assert!(matches!(
+        read(&mut c, cf::DF, 0, 1)[..],
+        [Chunk::Error(EINVAL, _)]
+    ));
     f.vol.fail(Some(std::io::ErrorKind::Other));
     assert!(matches!(read(&mut c, 0, 0, 512)[..], [Chunk::Error(5, _)]));
     f.vol.fail(None);
@@ -300,13 +303,19 @@ fn block_status_reports_holes_and_data() {
     // Past the end, length 0 and bad flags: EINVAL.
     for (flags, offset, len) in [(0, u64::from(size), 1), (0, 0, 0), (cf::NO_HOLE, 0, 1)] {
         assert!(
-            matches!(status(&mut c, flags, offset, len)[..], [Chunk::Error(EINVAL, _)]),
+            matches!(
+                status(&mut c, flags, offset, len)[..],
+                [Chunk::Error(EINVAL, _)]
+            ),
             "{flags} {offset} {len}"
         );
     }
     // A device error is an error chunk; the connection lives on.
     f.vol.fail(Some(std::io::ErrorKind::Other));
-    assert!(matches!(status(&mut c, 0, 0, 512)[..], [Chunk::Error(5, _)]));
+    assert!(matches!(
+        status(&mut c, 0, 0, 512)[..],
+        [Chunk::Error(5, _)]
+    ));
     f.vol.fail(None);
     assert_eq!(f.server.stats().snapshot().block_status, 4);
 }
@@ -345,10 +354,7 @@ fn fast_zero_is_refused_unless_the_device_can_and_cache_is_accepted() {
     // Cache: a hint the device receives; past the end is EINVAL.
     assert_eq!(c.command(Command::Cache, 0, 4096, 8192), 0);
     assert_eq!(c.command(Command::Cache, cf::FUA, 0, 0), 0);
-    assert_eq!(
-        c.command(Command::Cache, 0, VOL_SIZE as u64 - 1, 2),
-        EINVAL
-    );
+    assert_eq!(c.command(Command::Cache, 0, VOL_SIZE as u64 - 1, 2), EINVAL);
     assert_eq!(*f.vol.cached.lock().unwrap(), [(4096, 8192)]);
     assert_eq!(f.server.stats().snapshot().caches, 2);
 }

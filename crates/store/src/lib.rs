@@ -597,6 +597,29 @@ mod tests {
     }
 
     #[test]
+    fn next_hole_ends_data_and_punching_is_probed_harmlessly() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VolumeFile::create(&dir.path().join("v.img"), 64 << 20).unwrap();
+        // All hole: the hole is where we are.
+        assert_eq!(v.next_hole(0).unwrap(), 0);
+        v.write_at(&[1u8; 1 << 20], 8 << 20).unwrap();
+        let data = v.next_data(0).unwrap().unwrap();
+        let hole = v.next_hole(data).unwrap();
+        // Never inside the written range; within a filesystem block of it.
+        assert!(hole >= 9 << 20 && hole < (9 << 20) + (1 << 20), "{hole}");
+        assert_eq!(v.next_hole(64 << 20).unwrap(), 64 << 20);
+        assert_eq!(v.next_hole(u64::MAX).unwrap(), 64 << 20);
+        // The probe punches past the end: size and data stay.
+        let punches = v.can_punch_holes();
+        assert_eq!(v.can_punch_holes(), punches);
+        assert_eq!(std::fs::metadata(v.path()).unwrap().len(), 64 << 20);
+        let mut buf = [0u8; 16];
+        v.read_at(&mut buf, 8 << 20).unwrap();
+        assert_eq!(buf, [1u8; 16]);
+        v.will_need(8 << 20, 1 << 20).unwrap();
+    }
+
+    #[test]
     fn zero_runs_split_at_block_boundaries() {
         let mut buf = vec![0u8; 5 * 4096];
         buf[4096 + 7] = 1;
