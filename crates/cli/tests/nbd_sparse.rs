@@ -14,9 +14,12 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
+/// Every extent `nbdinfo --map` printed: `(offset, length, type)`.
+type Extents = Vec<(u64, u64, u32)>;
+
 /// `nbdinfo --map URL`: the data extents (type 0) as `offset -> length`,
-/// adjacent ones merged, and every extent's type seen.
-fn data_map(url: &str) -> (BTreeMap<u64, u64>, Vec<(u64, u64, u32)>) {
+/// adjacent ones merged, and every extent.
+fn data_map(url: &str) -> (BTreeMap<u64, u64>, Extents) {
     let out = sh("nbdinfo", &["--map", url]);
     let mut all = Vec::new();
     let mut data: BTreeMap<u64, u64> = BTreeMap::new();
