@@ -58,7 +58,7 @@ pub(crate) const ALLOCATION_CONTEXT_ID: u32 = 1;
 /// What the options negotiated so far enable.
 #[derive(Debug, Default)]
 struct Session {
-    /// The client sent `NBD_OPT_C_NO_ZEROES`.
+    /// The client sent `NBD_FLAG_C_NO_ZEROES`.
     no_zeroes: bool,
     /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged.
     structured: bool,
