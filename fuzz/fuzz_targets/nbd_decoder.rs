@@ -1,7 +1,9 @@
 //! Feeds arbitrary bytes to every NBD decoder that sees client input
-//! (client flags, option headers and data, request headers) and checks that
-//! whatever decodes re-encodes to the same bytes. A panic, an over-read or a
-//! broken round trip is a finding.
+//! (client flags, option headers and data — including the structured-reply
+//! and meta-context options — and request headers) and checks that
+//! whatever decodes re-encodes to the same bytes. The client-side decoders
+//! of structured reply chunks get the same bytes. A panic, an over-read or
+//! a broken round trip is a finding.
 
 #![no_main]
 
@@ -29,8 +31,24 @@ fuzz_target!(|data: &[u8]| {
         option_codes::LIST,
         option_codes::INFO,
         option_codes::GO,
+        option_codes::STRUCTURED_REPLY,
+        option_codes::LIST_META_CONTEXT,
+        option_codes::SET_META_CONTEXT,
     ] {
         check_option(code, data);
+    }
+
+    // As structured reply chunks (what a client of ours would decode).
+    if let Ok(header) = codec::decode_chunk_header(data) {
+        let payload = &data[codec::STRUCTURED_REPLY_HEADER_LEN..];
+        let _ = codec::decode_error_chunk(header.chunk_type, payload);
+        if let Ok((id, extents)) = codec::decode_block_status(payload)
+            && extents.len() <= codec::MAX_BLOCK_STATUS_DESCRIPTORS
+        {
+            let mut out = Vec::new();
+            codec::encode_block_status(&mut out, header.flags, header.handle, id, &extents);
+            assert_eq!(&out[codec::STRUCTURED_REPLY_HEADER_LEN..], payload);
+        }
     }
 
     // As a stream of pipelined requests, the way the server reads them
@@ -52,7 +70,14 @@ fn check_option(code: u32, data: &[u8]) {
         Ok(ClientOption::Info(req) | ClientOption::Go(req)) => {
             assert_eq!(codec::encode_info_request(&req.name, &req.requests), data);
         }
-        Ok(ClientOption::List) => assert!(data.is_empty()),
+        Ok(ClientOption::List | ClientOption::StructuredReply) => assert!(data.is_empty()),
+        Ok(ClientOption::ListMetaContext(req) | ClientOption::SetMetaContext(req)) => {
+            let queries: Vec<&str> = req.queries.iter().map(String::as_str).collect();
+            assert_eq!(
+                codec::encode_meta_context_request(&req.name, &queries),
+                data
+            );
+        }
         Ok(ClientOption::Abort | ClientOption::Unsupported(_)) | Err(_) => {}
     }
 }

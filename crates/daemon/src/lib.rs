@@ -593,8 +593,29 @@ impl MetricsSource for NbdMetrics {
             out,
             "offsite_nbd_read_bytes_total",
             "counter",
-            "Bytes read over NBD.",
+            "Bytes read over NBD (data sent; holes in structured replies are not).",
             &one(s.bytes_read),
+        );
+        f(
+            out,
+            "offsite_nbd_hole_bytes_total",
+            "counter",
+            "Bytes of NBD reads answered as holes, neither read nor sent.",
+            &one(s.hole_bytes),
+        );
+        f(
+            out,
+            "offsite_nbd_block_status_total",
+            "counter",
+            "NBD block-status requests.",
+            &one(s.block_status),
+        );
+        f(
+            out,
+            "offsite_nbd_cache_total",
+            "counter",
+            "NBD cache requests.",
+            &one(s.caches),
         );
         f(
             out,

@@ -113,6 +113,44 @@ impl VolumeData {
         }
     }
 
+    /// The allocation of `offset..offset + len` for NBD block status: a
+    /// plain file's holes exactly (`SEEK_DATA`/`SEEK_HOLE`); a layered
+    /// volume's from its [`Layered::next_data`], data runs measured in
+    /// whole blocks (a hole shorter than a block is reported as data,
+    /// which is correct).
+    pub fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<offsite_nbd::Extent>> {
+        /// Blocks a layered volume's data run is followed for per call
+        /// (the client asks again for the rest).
+        const MAX_PROBES: u64 = 16 << 10;
+        match self {
+            VolumeData::Plain(f) => offsite_nbd::extents_by_seek(
+                offset,
+                len,
+                |at| f.next_data(at),
+                |at| f.next_hole(at),
+            ),
+            VolumeData::Layered(l) => {
+                let end = offset.saturating_add(len);
+                let bs = u64::from(l.block_size());
+                offsite_nbd::extents_by_seek(
+                    offset,
+                    len,
+                    |at| l.next_data(at),
+                    |at| offsite_nbd::probe_data_end(at, end, bs, MAX_PROBES, |p| l.next_data(p)),
+                )
+            }
+        }
+    }
+
+    /// Whether zeroing deallocates (a metadata change) rather than writing
+    /// zeroes.
+    pub fn can_punch_holes(&self) -> bool {
+        match self {
+            VolumeData::Plain(f) => f.can_punch_holes(),
+            VolumeData::Layered(l) => l.can_punch_holes(),
+        }
+    }
+
     /// Bytes on disk (a layered volume counts as fully allocated: its
     /// lower layer is another group's data).
     pub fn allocated_bytes(&self) -> io::Result<u64> {
@@ -692,6 +730,25 @@ impl Volume {
         Ok(())
     }
 
+    /// Whether [`Volume::preserve`] would now have to save any block of
+    /// `offset..offset+len`.
+    fn preserve_needed(&self, offset: u64, len: u64) -> bool {
+        if !self.cut_active.load(Ordering::Acquire) || len == 0 {
+            return false;
+        }
+        let guard = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cut) = guard.as_ref() else {
+            return false;
+        };
+        let bs = self.block_size();
+        let first = (offset / bs) as u32;
+        let last = ((offset + len - 1) / bs) as u32;
+        (first..=last).any(|b| {
+            (cut.all || (cut.blocks.contains(b) && !cut.shipped.contains(b)))
+                && !cut.saved.contains_key(&b)
+        })
+    }
+
     /// Takes a cut of this volume alone (see [`crate::Site::cut`] for a
     /// group): returns the blocks to ship.
     pub(crate) fn begin_cut_locked(&self, all: bool) -> Result<RoaringBitmap, EngineError> {
@@ -831,5 +888,25 @@ impl offsite_nbd::BlockDevice for Volume {
         // The activity log is made durable before each write enters a new
         // extent, so flushing the data file is all FLUSH needs.
         self.file.sync()
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<offsite_nbd::Extent>> {
+        self.file.block_status(offset, len)
+    }
+
+    /// Zeroing punches holes (tracking and a mirror record only note the
+    /// range), so it is fast unless the filesystem cannot punch, or a cut
+    /// being shipped must first save the blocks' old contents (a read of
+    /// each block).
+    fn can_fast_zero(&self, offset: u64, len: u64) -> bool {
+        self.file.can_punch_holes() && !self.preserve_needed(offset, len)
+    }
+
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        match &self.file {
+            VolumeData::Plain(f) => f.will_need(offset, len),
+            // The top and the PIT below are read as needed.
+            VolumeData::Layered(_) => Ok(()),
+        }
     }
 }

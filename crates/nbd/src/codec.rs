@@ -2,8 +2,9 @@
 //! back, with no I/O and no server state.
 //!
 //! This module owns every constant, magic number and byte layout of the
-//! subset of the protocol we speak (fixed-newstyle handshake, simple replies,
-//! 32-bit requests). The server reads exactly-sized frames off the socket and
+//! subset of the protocol we speak (fixed-newstyle handshake, simple and
+//! structured replies, the `base:allocation` metadata context, 32-bit
+//! requests). The server reads exactly-sized frames off the socket and
 //! hands them here; everything the client sends passes through
 //! [`decode_option_header`], [`decode_option`] and [`decode_request`], which is
 //! why those three are fuzzed (`fuzz/fuzz_targets/nbd_decoder.rs`) and
@@ -20,6 +21,27 @@
 //! option reply (S→C)       0x0003e889045565a9 | option u32 | type u32 | n u32 | data[n]
 //! request (C→S, 28 B)      0x25609513 | flags u16 | type u16 | handle u64 | offset u64 | length u32
 //! simple reply (S→C, 16 B) 0x67446698 | error u32 | handle u64  (+ data for a successful READ)
+//! ```
+//!
+//! Meta-context options (`NBD_OPT_LIST_META_CONTEXT` 9, `NBD_OPT_SET_META_CONTEXT` 10)
+//! and their reply:
+//!
+//! ```text
+//! option data              name length u32 | name | query count u32 | (query length u32 | query) × count
+//! NBD_REP_META_CONTEXT (4) context id u32 | context name (rest of the reply data)
+//! ```
+//!
+//! Structured replies (after `NBD_OPT_STRUCTURED_REPLY` 8, which carries no
+//! data): one or more chunks per request, the last with `NBD_REPLY_FLAG_DONE`.
+//!
+//! ```text
+//! chunk header (S→C, 20 B)  0x668e33ef | flags u16 | type u16 | handle u64 | length u32
+//! NONE (0)                  (no payload; always DONE)
+//! OFFSET_DATA (1)           offset u64 | data[length - 8]
+//! OFFSET_HOLE (2)           offset u64 | hole size u32             (length 12)
+//! BLOCK_STATUS (5)          context id u32 | (extent length u32 | status flags u32) × n
+//! ERROR (0x8001)            error u32 | message length u16 | message
+//! ERROR_OFFSET (0x8002)     error u32 | message length u16 | message | offset u64
 //! ```
 
 use std::io;
@@ -39,6 +61,8 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of every simple reply (`NBD_SIMPLE_REPLY_MAGIC`).
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of every structured reply chunk (`NBD_STRUCTURED_REPLY_MAGIC`).
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Bytes in the server greeting.
 pub const GREETING_LEN: usize = 18;
@@ -50,6 +74,12 @@ pub const OPTION_REPLY_HEADER_LEN: usize = 20;
 pub const REQUEST_HEADER_LEN: usize = 28;
 /// Bytes in a simple reply header (before read data).
 pub const SIMPLE_REPLY_HEADER_LEN: usize = 16;
+/// Bytes in a structured reply chunk header (before its payload).
+pub const STRUCTURED_REPLY_HEADER_LEN: usize = 20;
+/// Bytes of one `NBD_REPLY_TYPE_BLOCK_STATUS` extent descriptor.
+pub const BLOCK_STATUS_DESCRIPTOR_LEN: usize = 8;
+/// The one metadata context we serve (proto.md "`base:allocation`").
+pub const BASE_ALLOCATION: &str = "base:allocation";
 /// Longest string (export name, description, message) the protocol allows.
 pub const MAX_STRING_LEN: usize = 4096;
 /// Zero padding after an `NBD_OPT_EXPORT_NAME` reply unless the client
@@ -146,6 +176,8 @@ pub mod reply_types {
     pub const SERVER: u32 = 2;
     /// `NBD_REP_INFO`.
     pub const INFO: u32 = 3;
+    /// `NBD_REP_META_CONTEXT`.
+    pub const META_CONTEXT: u32 = 4;
     /// Bit set in every error reply type.
     pub const ERROR_BIT: u32 = 1 << 31;
 }
@@ -160,6 +192,38 @@ pub mod info_types {
     pub const DESCRIPTION: u16 = 2;
     /// `NBD_INFO_BLOCK_SIZE`: minimum, preferred and maximum block size.
     pub const BLOCK_SIZE: u16 = 3;
+}
+
+/// Structured reply chunk flags (`NBD_REPLY_FLAG_*`, 16 bits).
+pub mod reply_flags {
+    /// `NBD_REPLY_FLAG_DONE`: the last chunk of a reply.
+    pub const DONE: u16 = 1 << 0;
+}
+
+/// Structured reply chunk types (`NBD_REPLY_TYPE_*`); error chunks have bit 15 set.
+pub mod chunk_types {
+    /// `NBD_REPLY_TYPE_NONE`.
+    pub const NONE: u16 = 0;
+    /// `NBD_REPLY_TYPE_OFFSET_DATA`.
+    pub const OFFSET_DATA: u16 = 1;
+    /// `NBD_REPLY_TYPE_OFFSET_HOLE`.
+    pub const OFFSET_HOLE: u16 = 2;
+    /// `NBD_REPLY_TYPE_BLOCK_STATUS`.
+    pub const BLOCK_STATUS: u16 = 5;
+    /// `NBD_REPLY_TYPE_ERROR`.
+    pub const ERROR: u16 = (1 << 15) + 1;
+    /// `NBD_REPLY_TYPE_ERROR_OFFSET`.
+    pub const ERROR_OFFSET: u16 = (1 << 15) + 2;
+    /// Bit set in every error chunk type.
+    pub const ERROR_BIT: u16 = 1 << 15;
+}
+
+/// Status flags of the `base:allocation` context (`NBD_STATE_*`).
+pub mod allocation_flags {
+    /// `NBD_STATE_HOLE`: not allocated in the backing storage.
+    pub const HOLE: u32 = 1 << 0;
+    /// `NBD_STATE_ZERO`: reads as zeroes.
+    pub const ZERO: u32 = 1 << 1;
 }
 
 /// Why a byte string is not a valid frame. Frames with these errors cannot be
@@ -181,6 +245,14 @@ pub enum DecodeError {
         expected: u64,
         /// What the peer sent.
         found: u64,
+    },
+    /// A structured reply payload whose length does not fit its type.
+    #[error("structured reply chunk of type {chunk_type} has a bad length {length}")]
+    BadChunkLength {
+        /// Chunk type.
+        chunk_type: u16,
+        /// Payload length.
+        length: usize,
     },
 }
 
@@ -233,6 +305,15 @@ pub struct InfoRequest {
     pub requests: Vec<u16>,
 }
 
+/// The export and queries of `NBD_OPT_LIST_META_CONTEXT`/`NBD_OPT_SET_META_CONTEXT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// Export name; empty means the default export.
+    pub name: String,
+    /// Queries (`namespace:leaf`), in the order sent.
+    pub queries: Vec<String>,
+}
+
 /// A decoded client option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOption {
@@ -246,6 +327,12 @@ pub enum ClientOption {
     Info(InfoRequest),
     /// `NBD_OPT_GO`: describe an export and enter transmission.
     Go(InfoRequest),
+    /// `NBD_OPT_STRUCTURED_REPLY`: use structured replies in transmission.
+    StructuredReply,
+    /// `NBD_OPT_LIST_META_CONTEXT`: which metadata contexts match the queries.
+    ListMetaContext(MetaContextRequest),
+    /// `NBD_OPT_SET_META_CONTEXT`: select metadata contexts for block status.
+    SetMetaContext(MetaContextRequest),
     /// Any other option, known or not; we answer `NBD_REP_ERR_UNSUP`. Its data
     /// is not inspected.
     Unsupported(u32),
@@ -323,6 +410,13 @@ pub enum OptionReply<'a> {
         preferred: u32,
         /// Maximum request length.
         maximum: u32,
+    },
+    /// `NBD_REP_META_CONTEXT`: one metadata context (id 0 when listing).
+    MetaContext {
+        /// Context id used in `NBD_REPLY_TYPE_BLOCK_STATUS` chunks.
+        id: u32,
+        /// Context name.
+        name: &'a str,
     },
     /// An `NBD_REP_ERR_*` reply with a message for humans.
     Error(RepError, &'a str),
@@ -427,6 +521,28 @@ impl Request {
         out[24..28].copy_from_slice(&self.length.to_be_bytes());
         out
     }
+}
+
+/// A decoded structured reply chunk header (used by clients and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// `NBD_REPLY_FLAG_*` (see [`reply_flags`]).
+    pub flags: u16,
+    /// `NBD_REPLY_TYPE_*` (see [`chunk_types`]).
+    pub chunk_type: u16,
+    /// Handle of the request this answers.
+    pub handle: u64,
+    /// Bytes of payload that follow.
+    pub length: u32,
+}
+
+/// One extent of an `NBD_REPLY_TYPE_BLOCK_STATUS` chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStatusDescriptor {
+    /// Extent length in bytes (non-zero).
+    pub length: u32,
+    /// Status flags of the context (for `base:allocation`, [`allocation_flags`]).
+    pub flags: u32,
 }
 
 /// A decoded simple reply header (used by clients and tests).
@@ -564,8 +680,56 @@ pub fn decode_option(option: u32, data: &[u8]) -> Result<ClientOption, OptionErr
         option_codes::LIST => Err(OptionError::UnexpectedData { len: data.len() }),
         option_codes::INFO => Ok(ClientOption::Info(decode_info_request(data)?)),
         option_codes::GO => Ok(ClientOption::Go(decode_info_request(data)?)),
+        option_codes::STRUCTURED_REPLY if data.is_empty() => Ok(ClientOption::StructuredReply),
+        option_codes::STRUCTURED_REPLY => Err(OptionError::UnexpectedData { len: data.len() }),
+        option_codes::LIST_META_CONTEXT => Ok(ClientOption::ListMetaContext(
+            decode_meta_context_request(data)?,
+        )),
+        option_codes::SET_META_CONTEXT => Ok(ClientOption::SetMetaContext(
+            decode_meta_context_request(data)?,
+        )),
         other => Ok(ClientOption::Unsupported(other)),
     }
+}
+
+/// Encodes the data of an `NBD_OPT_LIST_META_CONTEXT`/`NBD_OPT_SET_META_CONTEXT`
+/// request (used by clients and tests).
+///
+/// # Panics
+/// If a string or the query count exceeds what its length field can express.
+pub fn encode_meta_context_request(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let name_len = u32::try_from(name.len()).expect("export name longer than u32::MAX");
+    out.extend_from_slice(&name_len.to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    let count = u32::try_from(queries.len()).expect("more than u32::MAX queries");
+    out.extend_from_slice(&count.to_be_bytes());
+    for q in queries {
+        let len = u32::try_from(q.len()).expect("query longer than u32::MAX");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(q.as_bytes());
+    }
+    out
+}
+
+fn decode_meta_context_request(data: &[u8]) -> Result<MetaContextRequest, OptionError> {
+    let mut cursor = Cursor { data };
+    let name = cursor.string()?;
+    let count = cursor.u32()?;
+    // Every query takes at least its 4-byte length, so a count the data
+    // cannot hold is refused before the loop (and nothing is reserved).
+    if u64::from(count) * 4 > cursor.data.len() as u64 {
+        return Err(OptionError::Truncated);
+    }
+    let queries = (0..count)
+        .map(|_| cursor.string())
+        .collect::<Result<Vec<_>, _>>()?;
+    if !cursor.data.is_empty() {
+        return Err(OptionError::TrailingData {
+            extra: cursor.data.len(),
+        });
+    }
+    Ok(MetaContextRequest { name, queries })
 }
 
 fn decode_info_request(data: &[u8]) -> Result<InfoRequest, OptionError> {
@@ -643,6 +807,11 @@ pub fn encode_option_reply(out: &mut Vec<u8>, option: u32, reply: &OptionReply<'
             data.extend_from_slice(&preferred.to_be_bytes());
             data.extend_from_slice(&maximum.to_be_bytes());
             reply_types::INFO
+        }
+        OptionReply::MetaContext { id, name } => {
+            data.extend_from_slice(&id.to_be_bytes());
+            data.extend_from_slice(clamp_str(name).as_bytes());
+            reply_types::META_CONTEXT
         }
         OptionReply::Error(err, message) => {
             data.extend_from_slice(clamp_str(message).as_bytes());
@@ -732,6 +901,211 @@ pub fn decode_simple_reply(buf: &[u8]) -> Result<SimpleReply, DecodeError> {
     })
 }
 
+/// Encodes a structured reply chunk header; `length` payload bytes follow.
+pub fn encode_chunk_header(
+    flags: u16,
+    chunk_type: u16,
+    handle: u64,
+    length: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN] {
+    let mut out = [0u8; STRUCTURED_REPLY_HEADER_LEN];
+    out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&chunk_type.to_be_bytes());
+    out[8..16].copy_from_slice(&handle.to_be_bytes());
+    out[16..20].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// The `NBD_REPLY_TYPE_NONE` chunk that ends a reply with no other payload.
+pub fn encode_none_chunk(handle: u64) -> [u8; STRUCTURED_REPLY_HEADER_LEN] {
+    encode_chunk_header(reply_flags::DONE, chunk_types::NONE, handle, 0)
+}
+
+/// Encodes the header and offset of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk;
+/// `data_len` bytes of data follow.
+///
+/// # Panics
+/// If `data_len` exceeds `u32::MAX - 8` (the chunk length would overflow):
+/// callers split reads into smaller chunks.
+pub fn encode_offset_data_header(
+    flags: u16,
+    handle: u64,
+    offset: u64,
+    data_len: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN + 8] {
+    let length = data_len
+        .checked_add(8)
+        .expect("OFFSET_DATA chunk longer than u32::MAX");
+    let mut out = [0u8; STRUCTURED_REPLY_HEADER_LEN + 8];
+    out[..STRUCTURED_REPLY_HEADER_LEN].copy_from_slice(&encode_chunk_header(
+        flags,
+        chunk_types::OFFSET_DATA,
+        handle,
+        length,
+    ));
+    out[STRUCTURED_REPLY_HEADER_LEN..].copy_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// Encodes an `NBD_REPLY_TYPE_OFFSET_HOLE` chunk: `len` (non-zero) bytes at
+/// `offset` read as zeroes.
+pub fn encode_offset_hole(
+    flags: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN + 12] {
+    let mut out = [0u8; STRUCTURED_REPLY_HEADER_LEN + 12];
+    out[..STRUCTURED_REPLY_HEADER_LEN].copy_from_slice(&encode_chunk_header(
+        flags,
+        chunk_types::OFFSET_HOLE,
+        handle,
+        12,
+    ));
+    out[20..28].copy_from_slice(&offset.to_be_bytes());
+    out[28..32].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Most descriptors one block status chunk carries (proto.md: servers
+/// SHOULD NOT send more than 2^20).
+pub const MAX_BLOCK_STATUS_DESCRIPTORS: usize = 1 << 20;
+
+/// Appends an `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for context `context_id`.
+///
+/// # Panics
+/// If `extents` is empty or longer than [`MAX_BLOCK_STATUS_DESCRIPTORS`]
+/// (proto.md requires at least one; the server caps the count).
+pub fn encode_block_status(
+    out: &mut Vec<u8>,
+    flags: u16,
+    handle: u64,
+    context_id: u32,
+    extents: &[BlockStatusDescriptor],
+) {
+    assert!(
+        !extents.is_empty() && extents.len() <= MAX_BLOCK_STATUS_DESCRIPTORS,
+        "block status chunk with {} descriptors",
+        extents.len()
+    );
+    // At most 4 + 8 * 2^20 bytes, so the cast cannot truncate.
+    let length = (4 + BLOCK_STATUS_DESCRIPTOR_LEN * extents.len()) as u32;
+    out.extend_from_slice(&encode_chunk_header(
+        flags,
+        chunk_types::BLOCK_STATUS,
+        handle,
+        length,
+    ));
+    out.extend_from_slice(&context_id.to_be_bytes());
+    for e in extents {
+        out.extend_from_slice(&e.length.to_be_bytes());
+        out.extend_from_slice(&e.flags.to_be_bytes());
+    }
+}
+
+/// Appends an error chunk: `NBD_REPLY_TYPE_ERROR`, or with `offset`
+/// `NBD_REPLY_TYPE_ERROR_OFFSET`. The message is cut to
+/// [`MAX_STRING_LEN`] bytes like every other string.
+pub fn encode_error_chunk(
+    out: &mut Vec<u8>,
+    flags: u16,
+    handle: u64,
+    error: NbdErrno,
+    message: &str,
+    offset: Option<u64>,
+) {
+    let message = clamp_str(message);
+    let (chunk_type, extra) = match offset {
+        Some(_) => (chunk_types::ERROR_OFFSET, 8),
+        None => (chunk_types::ERROR, 0),
+    };
+    // 6 + at most 4096 + 8 bytes: both casts are lossless.
+    let length = (6 + message.len() + extra) as u32;
+    out.extend_from_slice(&encode_chunk_header(flags, chunk_type, handle, length));
+    out.extend_from_slice(&error.code().to_be_bytes());
+    out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    out.extend_from_slice(message.as_bytes());
+    if let Some(offset) = offset {
+        out.extend_from_slice(&offset.to_be_bytes());
+    }
+}
+
+/// Decodes a structured reply chunk header, checking its magic (used by
+/// clients and tests).
+pub fn decode_chunk_header(buf: &[u8]) -> Result<ChunkHeader, DecodeError> {
+    let raw = fixed::<STRUCTURED_REPLY_HEADER_LEN>(buf)?;
+    let magic = be_u32(&raw, 0);
+    if magic != STRUCTURED_REPLY_MAGIC {
+        return Err(DecodeError::BadMagic {
+            expected: u64::from(STRUCTURED_REPLY_MAGIC),
+            found: u64::from(magic),
+        });
+    }
+    Ok(ChunkHeader {
+        flags: be_u16(&raw, 4),
+        chunk_type: be_u16(&raw, 6),
+        handle: be_u64(&raw, 8),
+        length: be_u32(&raw, 16),
+    })
+}
+
+/// Decodes the payload of an `NBD_REPLY_TYPE_BLOCK_STATUS` chunk: the
+/// context id and the descriptors (used by clients and tests).
+pub fn decode_block_status(
+    payload: &[u8],
+) -> Result<(u32, Vec<BlockStatusDescriptor>), DecodeError> {
+    let bad = DecodeError::BadChunkLength {
+        chunk_type: chunk_types::BLOCK_STATUS,
+        length: payload.len(),
+    };
+    let Some((id, rest)) = payload.split_first_chunk::<4>() else {
+        return Err(bad);
+    };
+    if rest.is_empty() || !rest.len().is_multiple_of(BLOCK_STATUS_DESCRIPTOR_LEN) {
+        return Err(bad);
+    }
+    let extents = rest
+        .chunks_exact(BLOCK_STATUS_DESCRIPTOR_LEN)
+        .map(|d| BlockStatusDescriptor {
+            length: u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+            flags: u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+        })
+        .collect();
+    Ok((u32::from_be_bytes(*id), extents))
+}
+
+/// Decodes the payload of an error chunk: the error value, the message,
+/// and for `NBD_REPLY_TYPE_ERROR_OFFSET` the offset (used by clients and
+/// tests).
+pub fn decode_error_chunk(
+    chunk_type: u16,
+    payload: &[u8],
+) -> Result<(u32, String, Option<u64>), DecodeError> {
+    let bad = DecodeError::BadChunkLength {
+        chunk_type,
+        length: payload.len(),
+    };
+    let Some((head, rest)) = payload.split_first_chunk::<6>() else {
+        return Err(bad);
+    };
+    let error = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+    let Some((message, rest)) = rest.split_at_checked(len) else {
+        return Err(bad);
+    };
+    let message = String::from_utf8_lossy(message).into_owned();
+    match (chunk_type, rest.len()) {
+        (chunk_types::ERROR_OFFSET, 8) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(rest);
+            Ok((error, message, Some(u64::from_be_bytes(b))))
+        }
+        (chunk_types::ERROR_OFFSET, _) => Err(bad),
+        _ => Ok((error, message, None)),
+    }
+}
+
 /// The first `N` bytes of `buf` as an array.
 fn fixed<const N: usize>(buf: &[u8]) -> Result<[u8; N], DecodeError> {
     buf.get(..N)
@@ -781,6 +1155,18 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Result<u32, OptionError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A string with a 32-bit length prefix, checked against the limit
+    /// before anything is sliced.
+    fn string(&mut self) -> Result<String, OptionError> {
+        let len = self.u32()?;
+        if len as u64 > MAX_STRING_LEN as u64 {
+            return Err(OptionError::StringTooLong {
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+            });
+        }
+        decode_string(self.take(len as usize)?)
     }
 }
 

@@ -66,6 +66,166 @@ pub trait BlockDevice: Send + Sync + 'static {
     ) -> io::Result<Option<Box<dyn Pending>>> {
         self.write_zeroes(offset, len, fua).map(|()| None)
     }
+
+    /// The allocation of `offset..offset + len`, for `NBD_CMD_BLOCK_STATUS`
+    /// (`base:allocation`) and for the holes of structured read replies:
+    /// consecutive extents starting at `offset`. They may cover less than
+    /// `len` (at least one byte; the client asks again for the rest); the
+    /// server ignores whatever they say past `len`. The default says
+    /// "data" for all of it, which is always correct.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let _ = offset;
+        Ok(vec![Extent::data(len)])
+    }
+
+    /// Whether [`BlockDevice::write_zeroes`] of `offset..offset + len`
+    /// would now be faster than writing zeroes (punching a hole, changing a
+    /// map), which `NBD_CMD_FLAG_FAST_ZERO` asks for; when not, the server
+    /// fails such a request with `NBD_ENOTSUP` without calling the device.
+    /// The default says no.
+    fn can_fast_zero(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        false
+    }
+
+    /// `NBD_CMD_CACHE`: the client will soon access `offset..offset + len`.
+    /// A hint only; the default ignores it.
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+}
+
+/// What the bytes of an [`Extent`] are, as `base:allocation` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Allocation {
+    /// Allocated, or not known: the bytes must be read (status 0).
+    Data,
+    /// Not allocated, reads as zeroes (`NBD_STATE_HOLE | NBD_STATE_ZERO`).
+    Hole,
+    /// Allocated but known to read as zeroes (`NBD_STATE_ZERO`).
+    Zero,
+}
+
+impl Allocation {
+    /// The `base:allocation` status flags.
+    pub fn flags(self) -> u32 {
+        use crate::codec::allocation_flags as f;
+        match self {
+            Self::Data => 0,
+            Self::Hole => f::HOLE | f::ZERO,
+            Self::Zero => f::ZERO,
+        }
+    }
+
+    /// Whether the bytes read as zeroes.
+    pub fn reads_zero(self) -> bool {
+        !matches!(self, Self::Data)
+    }
+}
+
+/// A run of bytes with one [`Allocation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Extent {
+    /// Bytes in the run.
+    pub length: u64,
+    /// What they are.
+    pub allocation: Allocation,
+}
+
+impl Extent {
+    /// `length` bytes of data.
+    pub fn data(length: u64) -> Self {
+        Self {
+            length,
+            allocation: Allocation::Data,
+        }
+    }
+
+    /// `length` bytes of hole.
+    pub fn hole(length: u64) -> Self {
+        Self {
+            length,
+            allocation: Allocation::Hole,
+        }
+    }
+}
+
+/// Most extents [`extents_by_seek`] returns per call; the client asks again
+/// for the rest.
+pub const MAX_EXTENTS: usize = 4096;
+
+/// Extents of `offset..offset + len` for [`BlockDevice::block_status`] from
+/// the two questions `SEEK_DATA`/`SEEK_HOLE` answer:
+///
+/// * `next_data(at)`: the first byte at or after `at` that may hold data,
+///   `None` when only holes follow (everything before it is a hole);
+/// * `data_end(at)`, asked only where `at` holds data: the first byte after
+///   `at` that starts a hole (or anything past the range). Answers at or
+///   before `at` count as "data to the end of the range".
+///
+/// Adjacent extents of one kind are merged; at most [`MAX_EXTENTS`] are
+/// returned.
+pub fn extents_by_seek(
+    offset: u64,
+    len: u64,
+    mut next_data: impl FnMut(u64) -> io::Result<Option<u64>>,
+    mut data_end: impl FnMut(u64) -> io::Result<u64>,
+) -> io::Result<Vec<Extent>> {
+    let end = offset.saturating_add(len);
+    let mut out: Vec<Extent> = Vec::new();
+    let mut at = offset;
+    while at < end && out.len() < MAX_EXTENTS {
+        let data = next_data(at)?.unwrap_or(end).clamp(at, end);
+        let (stop, allocation) = if data > at {
+            (data, Allocation::Hole)
+        } else {
+            let stop = data_end(at)?;
+            (
+                if stop <= at { end } else { stop.min(end) },
+                Allocation::Data,
+            )
+        };
+        match out.last_mut() {
+            Some(last) if last.allocation == allocation => last.length += stop - at,
+            _ => out.push(Extent {
+                length: stop - at,
+                allocation,
+            }),
+        }
+        at = stop;
+    }
+    Ok(out)
+}
+
+/// A `data_end` for [`extents_by_seek`] when only `next_data` is known:
+/// data starting at `at` is taken to run to the first multiple of
+/// `granule` (a power of two or not, at least 1) past `at` where
+/// `next_data` finds a hole, or to `end`. Holes smaller than a granule, or
+/// not aligned to one, are then reported as data, which is correct. At
+/// most `max_probes` granules are looked at; the data found runs to the
+/// last one.
+pub fn probe_data_end(
+    at: u64,
+    end: u64,
+    granule: u64,
+    max_probes: u64,
+    mut next_data: impl FnMut(u64) -> io::Result<Option<u64>>,
+) -> io::Result<u64> {
+    let granule = granule.max(1);
+    let mut p = (at / granule).saturating_add(1).saturating_mul(granule);
+    let mut probes = 0;
+    while p < end {
+        if probes == max_probes {
+            return Ok(p);
+        }
+        if next_data(p)? != Some(p) {
+            return Ok(p);
+        }
+        p = p.saturating_add(granule);
+        probes += 1;
+    }
+    Ok(end)
 }
 
 /// The rest of a deferred write: returns when the write may be

@@ -14,17 +14,23 @@
 //! `NBD_OPT_INFO` (so clients get real errors instead of a dropped socket),
 //! block-size advertisement, and `NBD_FLAG_CAN_MULTI_CONN` over a shared
 //! device. The existing crates are client-side, kernel-`ioctl` glue, or
-//! oldstyle-only demos. The subset we speak is small (simple replies, 32-bit
-//! requests, no TLS), and owning it lets us fuzz the decoder and test the
-//! error mapping against `qemu-io` and `nbdinfo`.
+//! oldstyle-only demos. The subset we speak is small (simple and structured
+//! replies, the `base:allocation` metadata context with
+//! `NBD_CMD_BLOCK_STATUS`, `NBD_CMD_CACHE`, `NBD_CMD_FLAG_FAST_ZERO`,
+//! 32-bit requests, no TLS), and owning it lets us fuzz the decoder and test
+//! the error mapping against `qemu-io` and `nbdinfo`.
 //!
-//! What is deliberately not supported: structured replies, block status and
-//! metadata contexts, extended headers, TLS. Each is refused during
-//! negotiation with `NBD_REP_ERR_UNSUP`, which every client handles.
+//! What is deliberately not supported: extended headers (an experimental
+//! extension of proto.md; the libnbd here, 1.14, cannot speak it) and TLS.
+//! Each is refused during negotiation with `NBD_REP_ERR_UNSUP`, which every
+//! client handles.
 
 pub mod codec;
 pub mod device;
 pub mod server;
 
-pub use device::{BlockDevice, Export, ExportRegistry, Pending};
+pub use device::{
+    Allocation, BlockDevice, Export, ExportRegistry, Extent, MAX_EXTENTS, Pending, extents_by_seek,
+    probe_data_end,
+};
 pub use server::{ConfigError, NbdServer, ServerConfig, ServerStats, StatsSnapshot};

@@ -149,8 +149,15 @@ pub struct ServerStats {
     pub trims: AtomicU64,
     /// `NBD_CMD_WRITE_ZEROES` requests answered successfully.
     pub write_zeroes: AtomicU64,
-    /// Payload bytes sent for reads.
+    /// `NBD_CMD_CACHE` requests answered successfully.
+    pub caches: AtomicU64,
+    /// `NBD_CMD_BLOCK_STATUS` requests answered successfully.
+    pub block_status: AtomicU64,
+    /// Payload bytes sent for reads (data read from the device).
     pub bytes_read: AtomicU64,
+    /// Bytes of reads answered as holes (structured replies): neither read
+    /// from the device nor sent.
+    pub hole_bytes: AtomicU64,
     /// Payload bytes received and written.
     pub bytes_written: AtomicU64,
     /// Requests answered with a non-zero NBD error.
@@ -176,8 +183,14 @@ pub struct StatsSnapshot {
     pub trims: u64,
     /// See [`ServerStats::write_zeroes`].
     pub write_zeroes: u64,
+    /// See [`ServerStats::caches`].
+    pub caches: u64,
+    /// See [`ServerStats::block_status`].
+    pub block_status: u64,
     /// See [`ServerStats::bytes_read`].
     pub bytes_read: u64,
+    /// See [`ServerStats::hole_bytes`].
+    pub hole_bytes: u64,
     /// See [`ServerStats::bytes_written`].
     pub bytes_written: u64,
     /// See [`ServerStats::errors`].
@@ -197,7 +210,10 @@ impl ServerStats {
             flushes: get(&self.flushes),
             trims: get(&self.trims),
             write_zeroes: get(&self.write_zeroes),
+            caches: get(&self.caches),
+            block_status: get(&self.block_status),
             bytes_read: get(&self.bytes_read),
+            hole_bytes: get(&self.hole_bytes),
             bytes_written: get(&self.bytes_written),
             errors: get(&self.errors),
         }

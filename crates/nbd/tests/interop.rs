@@ -168,3 +168,45 @@ fn qemu_io_sees_read_only_export() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("Pattern verification failed"), "{stdout}");
 }
+
+#[test]
+fn nbdinfo_map_reports_holes_and_data() {
+    let Some(()) = require("nbdinfo") else {
+        return;
+    };
+    let f = start_server(ServerConfig::default());
+    {
+        let mut data = f.vol.data.lock().unwrap();
+        data[64 << 10..128 << 10].fill(0x5a);
+        data[(512 << 10) + 1] = 1;
+    }
+    let uri = format!("nbd://{}/vol", f.server.local_addr());
+    let output = run(Command::new("nbdinfo").arg("--map").arg(&uri));
+    assert_success("nbdinfo --map", &output);
+    // "offset length type-number description" per extent.
+    let map: Vec<(u64, u64, u32)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].parse().unwrap(),
+                w[1].parse().unwrap(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    let k = 1024;
+    assert_eq!(
+        map,
+        [
+            (0, 64 * k, 3),
+            (64 * k, 64 * k, 0),
+            (128 * k, 384 * k, 3),
+            (512 * k, 4 * k, 0),
+            (516 * k, VOL_SIZE as u64 - 516 * k, 3),
+        ],
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(f.server.stats().snapshot().block_status >= 1);
+}

@@ -64,6 +64,33 @@ impl offsite_nbd::BlockDevice for PitView {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Holes from the store's `next_data` (base image holes, zero
+    /// segment blocks); a data run is followed block by block, at most
+    /// `MAX_PROBES` blocks per call (the client asks again for the rest).
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<offsite_nbd::Extent>> {
+        const MAX_PROBES: u64 = 16 << 10;
+        let bs = self
+            .store
+            .volumes()
+            .iter()
+            .find(|v| v.name == self.volume)
+            .map_or(4096, |v| u64::from(v.block_size));
+        let next_data = |at: u64| {
+            self.store
+                .next_data(Some(self.pit), &self.volume, at)
+                .map_err(|e| {
+                    io::Error::other(format!(
+                        "looking for data in PIT {} of {}: {e}",
+                        self.pit, self.volume
+                    ))
+                })
+        };
+        let end = offset.saturating_add(len);
+        offsite_nbd::extents_by_seek(offset, len, next_data, |at| {
+            offsite_nbd::probe_data_end(at, end, bs, MAX_PROBES, next_data)
+        })
+    }
 }
 
 /// Resolves a PIT given as an id or a name.

@@ -558,6 +558,13 @@ impl Layered {
         self.read_present().set.len()
     }
 
+    /// Whether zeroing whole blocks deallocates them in the top file (see
+    /// [`VolumeFile::can_punch_holes`]) rather than writing zeroes; partial
+    /// blocks at the ends of a zeroed range are written either way.
+    pub fn can_punch_holes(&self) -> bool {
+        self.top.can_punch_holes()
+    }
+
     /// Whether the top holds every block (then the lower is no longer needed).
     pub fn is_flat(&self) -> bool {
         self.present_blocks() == self.nblocks

@@ -181,6 +181,9 @@ pub struct VolumeFile {
     file: File,
     path: PathBuf,
     size: u64,
+    /// Whether the filesystem punches holes, found out once
+    /// ([`VolumeFile::can_punch_holes`]).
+    punches: std::sync::OnceLock<bool>,
 }
 
 impl VolumeFile {
@@ -233,6 +236,7 @@ impl VolumeFile {
             file,
             path: path.to_path_buf(),
             size,
+            punches: std::sync::OnceLock::new(),
         })
     }
 
@@ -258,6 +262,7 @@ impl VolumeFile {
             file,
             path: path.to_path_buf(),
             size,
+            punches: std::sync::OnceLock::new(),
         })
     }
 
@@ -357,6 +362,44 @@ impl VolumeFile {
             Err(rustix::io::Errno::INVAL) => Ok(Some(offset)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Start of the first hole at or after `offset` (`SEEK_HOLE`; the end
+    /// of the file counts as one), so `offset..next_hole(offset)` is data
+    /// when `offset` is. Filesystems without hole reporting say "data" up
+    /// to the end.
+    pub fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        if offset >= self.size {
+            return Ok(self.size);
+        }
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(offset)) {
+            Ok(at) => Ok(at.min(self.size)),
+            Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL) => Ok(self.size),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether [`VolumeFile::punch_hole`] deallocates (a metadata change)
+    /// rather than falling back to writing zeroes. Asked of the filesystem
+    /// once, by punching past the end of the file, which changes nothing.
+    pub fn can_punch_holes(&self) -> bool {
+        *self.punches.get_or_init(|| {
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                self.size,
+                1,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Tells the kernel `offset..offset + len` will be read soon
+    /// (`POSIX_FADV_WILLNEED`: it starts reading it into the page cache).
+    pub fn will_need(&self, offset: u64, len: u64) -> io::Result<()> {
+        let len = std::num::NonZeroU64::new(len);
+        rustix::fs::fadvise(&self.file, offset, len, rustix::fs::Advice::WillNeed)?;
+        Ok(())
     }
 
     /// Bytes the file occupies on disk (a thin volume's real footprint).
@@ -551,6 +594,29 @@ mod tests {
         assert_eq!(v.next_data((40 << 20) + (1 << 20)).unwrap(), None);
         assert_eq!(v.next_data(64 << 20).unwrap(), None);
         assert!(v.allocated_bytes().unwrap() >= 4096);
+    }
+
+    #[test]
+    fn next_hole_ends_data_and_punching_is_probed_harmlessly() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = VolumeFile::create(&dir.path().join("v.img"), 64 << 20).unwrap();
+        // All hole: the hole is where we are.
+        assert_eq!(v.next_hole(0).unwrap(), 0);
+        v.write_at(&[1u8; 1 << 20], 8 << 20).unwrap();
+        let data = v.next_data(0).unwrap().unwrap();
+        let hole = v.next_hole(data).unwrap();
+        // Never inside the written range; within a filesystem block of it.
+        assert!(((9 << 20)..(10 << 20)).contains(&hole), "{hole}");
+        assert_eq!(v.next_hole(64 << 20).unwrap(), 64 << 20);
+        assert_eq!(v.next_hole(u64::MAX).unwrap(), 64 << 20);
+        // The probe punches past the end: size and data stay.
+        let punches = v.can_punch_holes();
+        assert_eq!(v.can_punch_holes(), punches);
+        assert_eq!(std::fs::metadata(v.path()).unwrap().len(), 64 << 20);
+        let mut buf = [0u8; 16];
+        v.read_at(&mut buf, 8 << 20).unwrap();
+        assert_eq!(buf, [1u8; 16]);
+        v.will_need(8 << 20, 1 << 20).unwrap();
     }
 
     #[test]

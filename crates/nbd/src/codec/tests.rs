@@ -253,9 +253,183 @@ fn list_with_data_is_invalid_and_abort_ignores_data() {
         Ok(ClientOption::Abort)
     );
     assert_eq!(
-        decode_option(option_codes::STRUCTURED_REPLY, b""),
-        Ok(ClientOption::Unsupported(option_codes::STRUCTURED_REPLY))
+        decode_option(option_codes::EXTENDED_HEADERS, b""),
+        Ok(ClientOption::Unsupported(option_codes::EXTENDED_HEADERS))
     );
+}
+
+#[test]
+fn structured_reply_option_takes_no_data() {
+    assert_eq!(
+        decode_option(option_codes::STRUCTURED_REPLY, b""),
+        Ok(ClientOption::StructuredReply)
+    );
+    assert_eq!(
+        decode_option(option_codes::STRUCTURED_REPLY, b"xy"),
+        Err(OptionError::UnexpectedData { len: 2 })
+    );
+}
+
+#[test]
+fn meta_context_request_golden_bytes() {
+    let data = encode_meta_context_request("vol", &[BASE_ALLOCATION, "qemu:dirty-bitmap:b"]);
+    let expected = hex(concat!(
+        "00000003 766f6c",                                 // name "vol"
+        "00000002",                                        // two queries
+        "0000000f 626173653a616c6c6f636174696f6e",         // "base:allocation"
+        "00000013 71656d753a64697274792d6269746d61703a62", // "qemu:dirty-bitmap:b"
+    ));
+    assert_eq!(data, expected);
+    let request = MetaContextRequest {
+        name: "vol".into(),
+        queries: vec![BASE_ALLOCATION.into(), "qemu:dirty-bitmap:b".into()],
+    };
+    assert_eq!(
+        decode_option(option_codes::SET_META_CONTEXT, &data),
+        Ok(ClientOption::SetMetaContext(request.clone()))
+    );
+    assert_eq!(
+        decode_option(option_codes::LIST_META_CONTEXT, &data),
+        Ok(ClientOption::ListMetaContext(request))
+    );
+}
+
+#[test]
+fn malformed_meta_context_requests_are_invalid() {
+    let set = option_codes::SET_META_CONTEXT;
+    // A query count the data cannot hold: refused before any loop.
+    let mut data = encode_meta_context_request("v", &[]);
+    data[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(decode_option(set, &data), Err(OptionError::Truncated));
+    // A query running past the data.
+    let mut data = encode_meta_context_request("v", &["base:allocation"]);
+    data.truncate(data.len() - 1);
+    assert_eq!(decode_option(set, &data), Err(OptionError::Truncated));
+    // Trailing bytes.
+    let mut data = encode_meta_context_request("v", &["base:"]);
+    data.extend_from_slice(b"zz");
+    assert_eq!(
+        decode_option(set, &data),
+        Err(OptionError::TrailingData { extra: 2 })
+    );
+    // An over-long query.
+    let mut data = encode_meta_context_request("", &[]);
+    data[4..8].copy_from_slice(&1u32.to_be_bytes());
+    data.extend_from_slice(&(MAX_STRING_LEN as u32 + 1).to_be_bytes());
+    assert_eq!(
+        decode_option(set, &data),
+        Err(OptionError::StringTooLong {
+            len: MAX_STRING_LEN + 1
+        })
+    );
+    // No count at all.
+    assert_eq!(
+        decode_option(option_codes::LIST_META_CONTEXT, &[0, 0, 0, 0]),
+        Err(OptionError::Truncated)
+    );
+}
+
+#[test]
+fn meta_context_reply_golden_bytes() {
+    let mut out = Vec::new();
+    encode_option_reply(
+        &mut out,
+        option_codes::SET_META_CONTEXT,
+        &OptionReply::MetaContext {
+            id: 1,
+            name: BASE_ALLOCATION,
+        },
+    );
+    let expected = hex(concat!(
+        "0003e889045565a9 0000000a 00000004 00000013",
+        "00000001 626173653a616c6c6f636174696f6e",
+    ));
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn structured_chunks_golden_bytes() {
+    assert_eq!(
+        encode_none_chunk(7).as_slice(),
+        hex("668e33ef 0001 0000 0000000000000007 00000000").as_slice()
+    );
+    assert_eq!(
+        encode_offset_data_header(0, 7, 4096, 512).as_slice(),
+        hex("668e33ef 0000 0001 0000000000000007 00000208 0000000000001000").as_slice()
+    );
+    assert_eq!(
+        encode_offset_hole(reply_flags::DONE, 7, 8192, 65536).as_slice(),
+        hex("668e33ef 0001 0002 0000000000000007 0000000c 0000000000002000 00010000").as_slice()
+    );
+    let mut out = Vec::new();
+    let extents = [
+        BlockStatusDescriptor {
+            length: 4096,
+            flags: 0,
+        },
+        BlockStatusDescriptor {
+            length: 1 << 20,
+            flags: allocation_flags::HOLE | allocation_flags::ZERO,
+        },
+    ];
+    encode_block_status(&mut out, reply_flags::DONE, 9, 1, &extents);
+    let expected = hex(concat!(
+        "668e33ef 0001 0005 0000000000000009 00000014",
+        "00000001 00001000 00000000 00100000 00000003",
+    ));
+    assert_eq!(out, expected);
+    let header = decode_chunk_header(&out).expect("valid chunk");
+    assert_eq!(
+        header,
+        ChunkHeader {
+            flags: reply_flags::DONE,
+            chunk_type: chunk_types::BLOCK_STATUS,
+            handle: 9,
+            length: 20,
+        }
+    );
+    assert_eq!(
+        decode_block_status(&out[STRUCTURED_REPLY_HEADER_LEN..]),
+        Ok((1, extents.to_vec()))
+    );
+
+    let mut out = Vec::new();
+    encode_error_chunk(&mut out, reply_flags::DONE, 3, NbdErrno::NotSup, "no", None);
+    assert_eq!(
+        out,
+        hex("668e33ef 0001 8001 0000000000000003 00000008 0000005f 0002 6e6f")
+    );
+    assert_eq!(
+        decode_error_chunk(chunk_types::ERROR, &out[STRUCTURED_REPLY_HEADER_LEN..]),
+        Ok((95, "no".into(), None))
+    );
+    let mut out = Vec::new();
+    encode_error_chunk(&mut out, 0, 3, NbdErrno::Io, "", Some(512));
+    assert_eq!(
+        out,
+        hex("668e33ef 0000 8002 0000000000000003 0000000e 00000005 0000 0000000000000200")
+    );
+    assert_eq!(
+        decode_error_chunk(
+            chunk_types::ERROR_OFFSET,
+            &out[STRUCTURED_REPLY_HEADER_LEN..]
+        ),
+        Ok((5, String::new(), Some(512)))
+    );
+}
+
+#[test]
+fn malformed_chunks_are_rejected() {
+    let mut raw = encode_none_chunk(1);
+    raw[0] ^= 1;
+    assert!(matches!(
+        decode_chunk_header(&raw),
+        Err(DecodeError::BadMagic { .. })
+    ));
+    assert!(decode_block_status(&[0, 0, 0, 1]).is_err());
+    assert!(decode_block_status(&[0, 0, 0, 1, 0, 0, 0, 1, 0]).is_err());
+    assert!(decode_error_chunk(chunk_types::ERROR, &[0, 0, 0, 5, 0, 9, b'x']).is_err());
+    assert!(decode_error_chunk(chunk_types::ERROR_OFFSET, &[0, 0, 0, 5, 0, 0, 1]).is_err());
 }
 
 #[test]
@@ -290,12 +464,70 @@ proptest! {
         let _ = decode_client_flags(&bytes);
         let _ = decode_option_header(&bytes);
         let _ = decode_option(option, &bytes);
-        for code in [option_codes::EXPORT_NAME, option_codes::LIST, option_codes::INFO, option_codes::GO] {
+        for code in [option_codes::EXPORT_NAME, option_codes::LIST, option_codes::INFO, option_codes::GO,
+                     option_codes::STRUCTURED_REPLY, option_codes::LIST_META_CONTEXT,
+                     option_codes::SET_META_CONTEXT] {
             let _ = decode_option(code, &bytes);
         }
         let _ = decode_request(&bytes);
         let _ = decode_option_reply_header(&bytes);
         let _ = decode_simple_reply(&bytes);
+        let _ = decode_chunk_header(&bytes);
+        let _ = decode_block_status(&bytes);
+        let _ = decode_error_chunk(chunk_types::ERROR, &bytes);
+        let _ = decode_error_chunk(chunk_types::ERROR_OFFSET, &bytes);
+    }
+
+    #[test]
+    fn meta_context_request_round_trips(
+        name in "[^\u{0}]{0,64}",
+        queries in proptest::collection::vec("[^\u{0}]{0,40}", 0..8),
+        set in any::<bool>(),
+    ) {
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        let data = encode_meta_context_request(&name, &refs);
+        let request = MetaContextRequest { name, queries };
+        let (code, expected) = if set {
+            (option_codes::SET_META_CONTEXT, ClientOption::SetMetaContext(request))
+        } else {
+            (option_codes::LIST_META_CONTEXT, ClientOption::ListMetaContext(request))
+        };
+        prop_assert_eq!(decode_option(code, &data), Ok(expected));
+        // Any cut of valid data is an error, never a panic or a shorter request.
+        for cut in 0..data.len() {
+            prop_assert!(decode_option(code, &data[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn block_status_chunk_round_trips(
+        handle in any::<u64>(),
+        id in any::<u32>(),
+        extents in proptest::collection::vec((1u32.., any::<u32>()), 1..64),
+    ) {
+        let extents: Vec<BlockStatusDescriptor> = extents
+            .into_iter()
+            .map(|(length, flags)| BlockStatusDescriptor { length, flags })
+            .collect();
+        let mut out = Vec::new();
+        encode_block_status(&mut out, reply_flags::DONE, handle, id, &extents);
+        let header = decode_chunk_header(&out).unwrap();
+        prop_assert_eq!(header.handle, handle);
+        prop_assert_eq!(header.length as usize, out.len() - STRUCTURED_REPLY_HEADER_LEN);
+        prop_assert_eq!(decode_block_status(&out[STRUCTURED_REPLY_HEADER_LEN..]), Ok((id, extents)));
+    }
+
+    #[test]
+    fn error_chunk_round_trips(handle in any::<u64>(), message in "[^\u{0}]{0,80}",
+                               offset in proptest::option::of(any::<u64>())) {
+        let mut out = Vec::new();
+        encode_error_chunk(&mut out, reply_flags::DONE, handle, NbdErrno::Inval, &message, offset);
+        let header = decode_chunk_header(&out).unwrap();
+        prop_assert_eq!(header.length as usize, out.len() - STRUCTURED_REPLY_HEADER_LEN);
+        prop_assert_eq!(
+            decode_error_chunk(header.chunk_type, &out[STRUCTURED_REPLY_HEADER_LEN..]),
+            Ok((22, message, offset))
+        );
     }
 
     #[test]

@@ -13,8 +13,20 @@
 //!     EXPORT_NAME  → size + flags [+ 124 zeroes] ──► transmission
 //!                    (unknown export ──► close: this option cannot fail)
 //!     ABORT        → ACK ──► close
-//!     anything else (STRUCTURED_REPLY, STARTTLS, META_CONTEXT, …) → ERR_UNSUP
+//!     STRUCTURED_REPLY        → ACK (data sent with it → ERR_INVALID)
+//!     LIST_META_CONTEXT       → REP_META_CONTEXT "base:allocation" (id 0) if no
+//!                               query or a "base:"/"base:allocation" query, ACK
+//!                               (unknown export → ERR_UNKNOWN)
+//!     SET_META_CONTEXT        → clears the selection; without STRUCTURED_REPLY
+//!                               first → ERR_INVALID; else REP_META_CONTEXT
+//!                               "base:allocation" (id 1) if queried, ACK
+//!                               (unknown export → ERR_UNKNOWN)
+//!     anything else (STARTTLS, EXTENDED_HEADERS, …) → ERR_UNSUP
 //! ```
+//!
+//! `NBD_CMD_BLOCK_STATUS` is allowed in transmission only when the last
+//! `SET_META_CONTEXT` selected `base:allocation` for the very export name
+//! the client then entered transmission with (proto.md).
 //!
 //! Every reply to one option is flushed before the next option is read: the
 //! client must wait for it (proto.md), so holding it back would deadlock.
@@ -28,8 +40,8 @@ use tracing::debug;
 use super::ServerConfig;
 use super::connection::ConnectionError;
 use crate::codec::{
-    self, ClientOption, InfoRequest, MAX_STRING_LEN, OPTION_HEADER_LEN, OptionReply, RepError,
-    client_flags, option_codes, transmission_flags,
+    self, BASE_ALLOCATION, ClientOption, InfoRequest, MAX_STRING_LEN, MetaContextRequest,
+    OPTION_HEADER_LEN, OptionReply, RepError, client_flags, option_codes, transmission_flags,
 };
 use crate::device::{Export, ExportRegistry};
 
@@ -38,6 +50,22 @@ use crate::device::{Export, ExportRegistry};
 /// bigger is treated as a denial-of-service attempt, which proto.md lets a
 /// server answer with a hard disconnect.
 pub(crate) const MAX_OPTION_DATA: u32 = 64 << 10;
+
+/// The id of `base:allocation` in `NBD_REP_META_CONTEXT` and block status
+/// chunks (it is our only context; ids are per connection).
+pub(crate) const ALLOCATION_CONTEXT_ID: u32 = 1;
+
+/// What the options negotiated so far enable.
+#[derive(Debug, Default)]
+struct Session {
+    /// The client sent `NBD_FLAG_C_NO_ZEROES`.
+    no_zeroes: bool,
+    /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged.
+    structured: bool,
+    /// The export name the last `NBD_OPT_SET_META_CONTEXT` selected
+    /// `base:allocation` for.
+    allocation_for: Option<String>,
+}
 
 /// What negotiation produced.
 pub(super) enum Negotiated {
@@ -57,17 +85,27 @@ pub(super) struct Bound {
     pub read_only: bool,
     /// Transmission flags sent to the client.
     pub flags: u16,
+    /// Replies use structured chunks (`NBD_OPT_STRUCTURED_REPLY`).
+    pub structured: bool,
+    /// The `base:allocation` context id, when the client selected it for
+    /// this export (block status is refused otherwise).
+    pub allocation_context: Option<u32>,
 }
 
 impl Bound {
-    fn new(export: Export) -> Self {
+    fn new(export: Export, requested_name: &str, session: &Session) -> Self {
         let size = export.device.size();
         let read_only = export.device.read_only();
+        let allocation_context = (session.structured
+            && session.allocation_for.as_deref() == Some(requested_name))
+        .then_some(ALLOCATION_CONTEXT_ID);
         Self {
             export,
             size,
             read_only,
             flags: transmission_flags(read_only),
+            structured: session.structured,
+            allocation_context,
         }
     }
 }
@@ -78,13 +116,17 @@ impl Bound {
 /// one [`crate::BlockDevice`], whose `flush` covers writes completed on any
 /// connection. Read-only exports do not advertise trim or write-zeroes
 /// (clients then never send them; if one does anyway it gets `NBD_EPERM`).
+/// `SEND_FAST_ZERO` goes with `SEND_WRITE_ZEROES` (proto.md requires
+/// that); whether a given fast zero succeeds is the device's call
+/// ([`crate::BlockDevice::can_fast_zero`]). `SEND_CACHE` is always set:
+/// a cache request is a hint every device accepts.
 pub(super) fn transmission_flags(read_only: bool) -> u16 {
     use transmission_flags as f;
-    let mut flags = f::HAS_FLAGS | f::SEND_FLUSH | f::SEND_FUA | f::CAN_MULTI_CONN;
+    let mut flags = f::HAS_FLAGS | f::SEND_FLUSH | f::SEND_FUA | f::CAN_MULTI_CONN | f::SEND_CACHE;
     if read_only {
         flags |= f::READ_ONLY;
     } else {
-        flags |= f::SEND_TRIM | f::SEND_WRITE_ZEROES;
+        flags |= f::SEND_TRIM | f::SEND_WRITE_ZEROES | f::SEND_FAST_ZERO;
     }
     flags
 }
@@ -127,7 +169,10 @@ impl Negotiator<'_> {
         // A client without C_FIXED_NEWSTYLE only ever sends EXPORT_NAME,
         // which we handle identically; proto.md allows honouring fixed
         // newstyle for it anyway.
-        let no_zeroes = flags & client_flags::NO_ZEROES != 0;
+        let mut session = Session {
+            no_zeroes: flags & client_flags::NO_ZEROES != 0,
+            ..Session::default()
+        };
 
         let mut out = Vec::new();
         loop {
@@ -149,7 +194,7 @@ impl Negotiator<'_> {
             reader.read_exact(&mut data)?;
 
             out.clear();
-            let step = self.handle_option(header.option, &data, no_zeroes, &mut out)?;
+            let step = self.handle_option(header.option, &data, &mut session, &mut out)?;
             if let Step::Done(Negotiated::Transmission(bound)) = &step {
                 (self.on_bind)(&bound.export.name);
             }
@@ -165,9 +210,13 @@ impl Negotiator<'_> {
         &self,
         code: u32,
         data: &[u8],
-        no_zeroes: bool,
+        session: &mut Session,
         out: &mut Vec<u8>,
     ) -> Result<Step, ConnectionError> {
+        // proto.md: SET_META_CONTEXT replaces the selection even when it fails.
+        if code == option_codes::SET_META_CONTEXT {
+            session.allocation_for = None;
+        }
         let option = match codec::decode_option(code, data) {
             Ok(option) => option,
             Err(err) if code == option_codes::EXPORT_NAME => {
@@ -202,8 +251,8 @@ impl Negotiator<'_> {
                 let Some(export) = self.registry.lookup(&name) else {
                     return Err(ConnectionError::UnknownExport(name));
                 };
-                let bound = Bound::new(export);
-                codec::encode_export_name_reply(out, bound.size, bound.flags, no_zeroes);
+                let bound = Bound::new(export, &name, session);
+                codec::encode_export_name_reply(out, bound.size, bound.flags, session.no_zeroes);
                 Ok(Step::Done(Negotiated::Transmission(bound)))
             }
             ClientOption::Abort => {
@@ -229,13 +278,37 @@ impl Negotiator<'_> {
                 Ok(Step::Continue)
             }
             ClientOption::Info(request) => {
-                self.describe(code, &request, out);
+                self.describe(code, &request, session, out);
                 Ok(Step::Continue)
             }
-            ClientOption::Go(request) => Ok(match self.describe(code, &request, out) {
+            ClientOption::Go(request) => Ok(match self.describe(code, &request, session, out) {
                 Some(bound) => Step::Done(Negotiated::Transmission(bound)),
                 None => Step::Continue,
             }),
+            ClientOption::StructuredReply => {
+                session.structured = true;
+                reply(out, code, OptionReply::Ack);
+                Ok(Step::Continue)
+            }
+            ClientOption::ListMetaContext(request) => {
+                self.meta_contexts(code, &request, session, out);
+                Ok(Step::Continue)
+            }
+            ClientOption::SetMetaContext(request) => {
+                if !session.structured {
+                    reply(
+                        out,
+                        code,
+                        OptionReply::Error(
+                            RepError::Invalid,
+                            "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first",
+                        ),
+                    );
+                } else {
+                    self.meta_contexts(code, &request, session, out);
+                }
+                Ok(Step::Continue)
+            }
             ClientOption::Unsupported(_) => {
                 debug!(option = code, "unsupported NBD option");
                 reply(
@@ -248,20 +321,69 @@ impl Negotiator<'_> {
         }
     }
 
+    /// Answers `NBD_OPT_LIST_META_CONTEXT` and (already checked for
+    /// structured replies) `NBD_OPT_SET_META_CONTEXT`. Queries outside the
+    /// `base:` namespace, or for other leaves, are ignored as proto.md
+    /// asks; the empty leaf `base:` is a wildcard when listing only.
+    fn meta_contexts(
+        &self,
+        code: u32,
+        request: &MetaContextRequest,
+        session: &mut Session,
+        out: &mut Vec<u8>,
+    ) {
+        if self.registry.lookup(&request.name).is_none() {
+            let message = format!("export {:?} not found", request.name);
+            reply(out, code, OptionReply::Error(RepError::Unknown, &message));
+            return;
+        }
+        let setting = code == option_codes::SET_META_CONTEXT;
+        let selected = if setting {
+            request.queries.iter().any(|q| q == BASE_ALLOCATION)
+        } else {
+            request.queries.is_empty()
+                || request
+                    .queries
+                    .iter()
+                    .any(|q| q == BASE_ALLOCATION || q == "base:")
+        };
+        if selected {
+            let id = if setting { ALLOCATION_CONTEXT_ID } else { 0 };
+            reply(
+                out,
+                code,
+                OptionReply::MetaContext {
+                    id,
+                    name: BASE_ALLOCATION,
+                },
+            );
+            if setting {
+                session.allocation_for = Some(request.name.clone());
+            }
+        }
+        reply(out, code, OptionReply::Ack);
+    }
+
     /// Answers `NBD_OPT_INFO`/`NBD_OPT_GO`; returns the export on success.
     ///
     /// All four info items are sent whether or not they were requested
     /// (proto.md allows unrequested items; clients ignore what they do not
     /// use). `NBD_INFO_BLOCK_SIZE` in particular must reach clients because
     /// our maximum request size is smaller than the protocol default.
-    fn describe(&self, code: u32, request: &InfoRequest, out: &mut Vec<u8>) -> Option<Bound> {
+    fn describe(
+        &self,
+        code: u32,
+        request: &InfoRequest,
+        session: &Session,
+        out: &mut Vec<u8>,
+    ) -> Option<Bound> {
         let Some(export) = self.registry.lookup(&request.name) else {
             debug!(export = %request.name, "NBD client asked for unknown export");
             let message = format!("export {:?} not found", request.name);
             reply(out, code, OptionReply::Error(RepError::Unknown, &message));
             return None;
         };
-        let bound = Bound::new(export);
+        let bound = Bound::new(export, &request.name, session);
         reply(
             out,
             code,

@@ -1,5 +1,15 @@
 //! The transmission phase of one connection: read a request, validate it,
-//! run it against the device, queue a simple reply; repeat in order.
+//! run it against the device, queue its reply; repeat in order.
+//!
+//! Replies are simple unless the client negotiated structured replies.
+//! Then a READ is answered with `NBD_REPLY_TYPE_OFFSET_DATA` chunks for
+//! the data and `NBD_REPLY_TYPE_OFFSET_HOLE` chunks for the ranges the
+//! device reports as reading zero ([`crate::BlockDevice::block_status`]:
+//! holes are neither read nor sent), the last chunk flagged DONE; every
+//! error is an `NBD_REPLY_TYPE_ERROR` chunk with a message; `BLOCK_STATUS`
+//! gets one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk. Other successes keep the
+//! simple reply, which proto.md allows. All data of a READ is read before
+//! its first chunk goes out, so an error never follows a content chunk.
 //!
 //! A write the device defers ([`crate::BlockDevice::write_at_deferred`]:
 //! a synchronously replicated volume waiting for its replica) is answered
@@ -14,14 +24,22 @@
 //!
 //! | check                                        | reply         |
 //! |----------------------------------------------|---------------|
-//! | unknown command (CACHE, BLOCK_STATUS, …)     | `NBD_EINVAL`  |
+//! | unknown command (RESIZE, …)                  | `NBD_EINVAL`  |
 //! | command flag not valid for the command       | `NBD_EINVAL`  |
+//! | BLOCK_STATUS without `base:allocation` selected | `NBD_EINVAL` |
 //! | WRITE/TRIM/WRITE_ZEROES on a read-only export | `NBD_EPERM`   |
 //! | READ/WRITE/WRITE_ZEROES length > max request | `NBD_EINVAL`  |
-//! | READ or TRIM past the end                    | `NBD_EINVAL`  |
+//! | READ, TRIM, CACHE or BLOCK_STATUS past the end | `NBD_EINVAL` |
 //! | WRITE or WRITE_ZEROES past the end           | `NBD_ENOSPC`  |
+//! | BLOCK_STATUS of length 0                     | `NBD_EINVAL`  |
 //! | length 0 (in range)                          | success, device not called |
+//! | WRITE_ZEROES with FAST_ZERO the device cannot do fast | `NBD_ENOTSUP`, device not called |
 //! | device `io::Error`                           | by kind, see [`NbdErrno::from_io_error`] |
+//!
+//! Command flags accepted: FUA on every command (proto.md: once
+//! `SEND_FUA` is advertised the server MUST accept it anywhere), NO_HOLE
+//! and FAST_ZERO on WRITE_ZEROES, REQ_ONE on BLOCK_STATUS. `NBD_CMD_CACHE`
+//! is a hint ([`crate::BlockDevice::cache`]).
 //!
 //! A rejected WRITE still has its payload read and discarded, so the stream
 //! stays in sync and the connection lives on. The exception is a WRITE whose
@@ -45,8 +63,11 @@ use tracing::{debug, warn};
 use super::connection::ConnectionError;
 use super::handshake::{Bound, read_array};
 use super::{ServerConfig, ServerStats, Shared};
-use crate::codec::{self, Command, NbdErrno, REQUEST_HEADER_LEN, Request, command_flags};
-use crate::device::{BlockDevice, Pending};
+use crate::codec::{
+    self, BlockStatusDescriptor, Command, MAX_BLOCK_STATUS_DESCRIPTORS, NbdErrno,
+    REQUEST_HEADER_LEN, Request, command_flags, reply_flags,
+};
+use crate::device::{Allocation, BlockDevice, Extent, Pending};
 
 /// proto.md: a payload shorter than 2^25 bytes SHOULD NOT be considered a
 /// denial-of-service attack, so an over-limit write up to this size has its
@@ -56,6 +77,9 @@ const PORTABLE_PAYLOAD_LIMIT: u32 = 1 << 25;
 /// ones are allocated per request so an idle connection does not pin
 /// `max_request_bytes` of memory.
 const RETAINED_BUFFER: usize = 1 << 20;
+/// Largest `NBD_REPLY_TYPE_OFFSET_DATA` chunk: its 32-bit length must also
+/// hold the 8-byte offset, whatever `max_request_bytes` is.
+const MAX_DATA_CHUNK: u64 = 1 << 30;
 
 /// A request that passed validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +89,8 @@ enum Op {
     Flush,
     Trim,
     WriteZeroes,
+    Cache,
+    BlockStatus,
 }
 
 impl Op {
@@ -254,14 +280,15 @@ impl<'a> Transmission<'a> {
                 self.write(request, Err(errno), reader, writer)?;
             }
             Err(errno) => self.reply_error(writer, request, errno)?,
-            Ok(op @ (Op::Flush | Op::Trim | Op::WriteZeroes)) => {
+            Ok(op @ (Op::Flush | Op::Trim | Op::WriteZeroes | Op::Cache)) => {
                 self.payloadless(op, request, writer)?;
             }
+            Ok(Op::BlockStatus) => self.block_status(request, writer)?,
         }
         Ok(Flow::Continue)
     }
 
-    /// Runs a validated FLUSH, TRIM or WRITE_ZEROES and replies.
+    /// Runs a validated FLUSH, TRIM, WRITE_ZEROES or CACHE and replies.
     fn payloadless<W: Write>(
         &mut self,
         op: Op,
@@ -278,7 +305,17 @@ impl<'a> Transmission<'a> {
                 skip_empty(length, || device.trim(offset, length, fua)),
                 &self.stats.trims,
             ),
+            Op::Cache => (
+                skip_empty(length, || device.cache(offset, length)),
+                &self.stats.caches,
+            ),
             _ if length == 0 => (Ok(()), &self.stats.write_zeroes),
+            _ if request.flags & command_flags::FAST_ZERO != 0
+                && !device.can_fast_zero(offset, length) =>
+            {
+                // proto.md: fail quickly, without side effects.
+                return self.reply_error(writer, request, NbdErrno::NotSup);
+            }
             _ => match device.write_zeroes_deferred(offset, length, fua) {
                 Ok(Some(pending)) => {
                     self.deferred = Some(pending);
@@ -308,12 +345,17 @@ impl<'a> Transmission<'a> {
             Command::Write => (Op::Write, cf::FUA),
             Command::Flush => (Op::Flush, cf::FUA),
             Command::Trim => (Op::Trim, cf::FUA),
-            Command::WriteZeroes => (Op::WriteZeroes, cf::FUA | cf::NO_HOLE),
-            // CACHE and RESIZE are not advertised; BLOCK_STATUS needs
-            // structured replies, which we never negotiate.
+            Command::WriteZeroes => (Op::WriteZeroes, cf::FUA | cf::NO_HOLE | cf::FAST_ZERO),
+            Command::Cache => (Op::Cache, cf::FUA),
+            Command::BlockStatus => (Op::BlockStatus, cf::FUA | cf::REQ_ONE),
+            // RESIZE is not advertised.
             _ => return Err(NbdErrno::Inval),
         };
         if request.flags & !allowed_flags != 0 {
+            return Err(NbdErrno::Inval);
+        }
+        if op == Op::BlockStatus && (self.bound.allocation_context.is_none() || request.length == 0)
+        {
             return Err(NbdErrno::Inval);
         }
         if op.modifies() && self.bound.read_only {
@@ -344,6 +386,9 @@ impl<'a> Transmission<'a> {
         request: &Request,
         writer: &Mutex<W>,
     ) -> Result<(), ConnectionError> {
+        if self.bound.structured {
+            return self.read_structured(request, writer);
+        }
         let len = request.length as usize;
         let mut scratch = Vec::new();
         let buf = data_buffer(&mut self.buf, &mut scratch, len);
@@ -364,6 +409,118 @@ impl<'a> Transmission<'a> {
                 self.reply_error(writer, request, errno)?;
             }
         }
+        Ok(())
+    }
+
+    /// A READ answered in structured chunks: the ranges the device reports
+    /// as reading zero become hole chunks (not read), the rest is read in
+    /// full before the first chunk is sent.
+    fn read_structured<W: Write>(
+        &mut self,
+        request: &Request,
+        writer: &Mutex<W>,
+    ) -> Result<(), ConnectionError> {
+        let len = u64::from(request.length);
+        if len == 0 {
+            lock(writer).write_all(&codec::encode_none_chunk(request.handle))?;
+            ServerStats::bump(&self.stats.reads, 1);
+            return Ok(());
+        }
+        // A device that cannot say reads everything: the answer is only
+        // an optimisation here.
+        let extents = match self.device.block_status(request.offset, len) {
+            Ok(extents) => extents,
+            Err(err) => {
+                debug!(offset = request.offset, length = len, error = %err,
+                       "block status failed; reading the whole range");
+                Vec::new()
+            }
+        };
+        let runs = read_runs(&extents, len);
+        let mut scratch = Vec::new();
+        let buf = data_buffer(&mut self.buf, &mut scratch, len as usize);
+        let device = self.device;
+        let result = runs
+            .iter()
+            .filter(|&&(_, _, zero)| !zero)
+            .try_for_each(|&(at, n, _)| {
+                let slice = &mut buf[at as usize..(at + n) as usize];
+                device.read_at(slice, request.offset + at)
+            });
+        if let Err(err) = result {
+            let errno = self.device_failed(request, &err);
+            return self.reply_error(writer, request, errno);
+        }
+        let mut w = lock(writer);
+        let mut sent = 0u64;
+        let mut holes = 0u64;
+        for (i, &(at, n, zero)) in runs.iter().enumerate() {
+            let last = i + 1 == runs.len();
+            if zero {
+                let flags = if last { reply_flags::DONE } else { 0 };
+                // Runs are at most the request's u32 length.
+                w.write_all(&codec::encode_offset_hole(
+                    flags,
+                    request.handle,
+                    request.offset + at,
+                    n as u32,
+                ))?;
+                holes += n;
+                continue;
+            }
+            let mut piece = at;
+            while piece < at + n {
+                let m = (at + n - piece).min(MAX_DATA_CHUNK);
+                let flags = if last && piece + m == at + n {
+                    reply_flags::DONE
+                } else {
+                    0
+                };
+                w.write_all(&codec::encode_offset_data_header(
+                    flags,
+                    request.handle,
+                    request.offset + piece,
+                    m as u32,
+                ))?;
+                w.write_all(&buf[piece as usize..(piece + m) as usize])?;
+                piece += m;
+            }
+            sent += n;
+        }
+        ServerStats::bump(&self.stats.reads, 1);
+        ServerStats::bump(&self.stats.bytes_read, sent);
+        ServerStats::bump(&self.stats.hole_bytes, holes);
+        Ok(())
+    }
+
+    /// Answers a validated BLOCK_STATUS with one `base:allocation` chunk.
+    fn block_status<W: Write>(
+        &mut self,
+        request: &Request,
+        writer: &Mutex<W>,
+    ) -> Result<(), ConnectionError> {
+        let len = u64::from(request.length);
+        let extents = match self.device.block_status(request.offset, len) {
+            Ok(extents) => extents,
+            Err(err) => {
+                let errno = self.device_failed(request, &err);
+                return self.reply_error(writer, request, errno);
+            }
+        };
+        let req_one = request.flags & command_flags::REQ_ONE != 0;
+        let descriptors = descriptors(&extents, len, req_one);
+        let mut out = Vec::with_capacity(32 + 8 * descriptors.len());
+        codec::encode_block_status(
+            &mut out,
+            reply_flags::DONE,
+            request.handle,
+            self.bound
+                .allocation_context
+                .unwrap_or(super::handshake::ALLOCATION_CONTEXT_ID),
+            &descriptors,
+        );
+        lock(writer).write_all(&out)?;
+        ServerStats::bump(&self.stats.block_status, 1);
         Ok(())
     }
 
@@ -456,9 +613,106 @@ impl<'a> Transmission<'a> {
         debug!(command = ?request.command, offset = request.offset, length = request.length,
                flags = request.flags, ?errno, "NBD request failed");
         ServerStats::bump(&self.stats.errors, 1);
-        lock(writer).write_all(&codec::encode_simple_reply(errno.code(), request.handle))?;
+        if self.bound.structured {
+            // Structured clients get the reason in words; a READ must not
+            // get a simple reply at all once structured replies are on.
+            let mut out = Vec::new();
+            let message = format!("{:?}: {}", request.command, errno_text(errno));
+            codec::encode_error_chunk(
+                &mut out,
+                reply_flags::DONE,
+                request.handle,
+                errno,
+                &message,
+                None,
+            );
+            lock(writer).write_all(&out)?;
+        } else {
+            lock(writer).write_all(&codec::encode_simple_reply(errno.code(), request.handle))?;
+        }
         Ok(())
     }
+}
+
+/// A short human-readable text for an error chunk.
+fn errno_text(errno: NbdErrno) -> &'static str {
+    match errno {
+        NbdErrno::Perm => "operation not permitted (read-only export)",
+        NbdErrno::Io => "I/O error on the device",
+        NbdErrno::NoMem => "out of memory",
+        NbdErrno::Inval => "invalid request",
+        NbdErrno::NoSpc => "no space (request past the end of the export, or storage full)",
+        NbdErrno::Overflow => "request too large",
+        NbdErrno::NotSup => "not supported (a fast zero the device cannot do faster than writing)",
+        NbdErrno::Shutdown => "server is shutting down",
+    }
+}
+
+/// The device's extents of a `len`-byte read as `(offset in the request,
+/// length, reads zero)` runs covering exactly `0..len`: extents past `len`
+/// are cut, a shortfall is read as data, adjacent runs of one kind merge.
+fn read_runs(extents: &[Extent], len: u64) -> Vec<(u64, u64, bool)> {
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    let mut at = 0u64;
+    let mut push = |at: u64, n: u64, zero: bool| match runs.last_mut() {
+        Some((_, m, z)) if *z == zero => *m += n,
+        _ => runs.push((at, n, zero)),
+    };
+    for e in extents {
+        if at >= len {
+            break;
+        }
+        let n = e.length.min(len - at);
+        if n == 0 {
+            continue;
+        }
+        push(at, n, e.allocation.reads_zero());
+        at += n;
+    }
+    if at < len {
+        push(at, len - at, false);
+    }
+    runs
+}
+
+/// The device's extents as block status descriptors for a `len`-byte
+/// request: zero-length extents dropped, cut at `len` (proto.md allows the
+/// last to run past it, but the device's view there was not asked for),
+/// adjacent equal ones merged, at most [`MAX_BLOCK_STATUS_DESCRIPTORS`]
+/// (one with `REQ_ONE`); never empty (an empty answer becomes "data").
+fn descriptors(extents: &[Extent], len: u64, req_one: bool) -> Vec<BlockStatusDescriptor> {
+    let limit = if req_one {
+        1
+    } else {
+        MAX_BLOCK_STATUS_DESCRIPTORS
+    };
+    let mut out: Vec<BlockStatusDescriptor> = Vec::new();
+    let mut at = 0u64;
+    for e in extents {
+        if at >= len {
+            break;
+        }
+        // `len` is a request's u32 length, so the cut fits in u32.
+        let n = e.length.min(len - at) as u32;
+        if n == 0 {
+            continue;
+        }
+        let flags = e.allocation.flags();
+        let full = out.len() == limit;
+        match out.last_mut() {
+            Some(last) if last.flags == flags => last.length += n,
+            _ if full => break,
+            _ => out.push(BlockStatusDescriptor { length: n, flags }),
+        }
+        at += u64::from(n);
+    }
+    if out.is_empty() {
+        out.push(BlockStatusDescriptor {
+            length: len as u32,
+            flags: Allocation::Data.flags(),
+        });
+    }
+    out
 }
 
 /// Zero-length requests succeed without touching the device: proto.md

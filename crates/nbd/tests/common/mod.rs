@@ -16,7 +16,7 @@ use offsite_nbd::codec::{
     self, Command, OptionReplyHeader, Request, SimpleReply, client_flags, info_types, option_codes,
     reply_types,
 };
-use offsite_nbd::{BlockDevice, Export, ExportRegistry, NbdServer, ServerConfig};
+use offsite_nbd::{BlockDevice, Export, ExportRegistry, Extent, NbdServer, ServerConfig};
 
 /// Client sockets time out so a server bug fails a test instead of hanging it.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,17 @@ pub struct MemDevice {
     /// Writes and releases as the server announced them: `"write+"` for a
     /// write with `more_writes`, `"write"` without, `"release"`.
     pub hints: Mutex<Vec<&'static str>>,
+    /// `can_fast_zero`'s answer.
+    pub fast_zero: std::sync::atomic::AtomicBool,
+    /// Ranges `cache` was called with.
+    pub cached: Mutex<Vec<(u64, u64)>>,
+    /// Bytes `read_at` was asked for.
+    pub bytes_read: AtomicU64,
 }
+
+/// Granule of [`MemDevice`]'s block status: all-zero 4 KiB blocks (aligned
+/// to the device) are holes.
+pub const MEM_GRANULE: u64 = 4096;
 
 impl MemDevice {
     pub fn new(size: usize) -> Arc<Self> {
@@ -89,6 +99,8 @@ impl BlockDevice for MemDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.enter()?;
+        self.bytes_read
+            .fetch_add(buf.len() as u64, Ordering::SeqCst);
         let range = self.range(offset, buf.len() as u64);
         buf.copy_from_slice(&self.data.lock().unwrap()[range]);
         Ok(())
@@ -143,6 +155,43 @@ impl BlockDevice for MemDevice {
 
     fn release_writes(&self) {
         self.hints.lock().unwrap().push("release");
+    }
+
+    /// All-zero [`MEM_GRANULE`] blocks are holes, found through the
+    /// library's `extents_by_seek`/`probe_data_end` as a real device would.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.enter()?;
+        self.range(offset, len);
+        let data = self.data.lock().unwrap();
+        let size = data.len() as u64;
+        let zero_block = |b: u64| {
+            let lo = (b * MEM_GRANULE) as usize;
+            let hi = ((b + 1) * MEM_GRANULE).min(size) as usize;
+            data[lo..hi].iter().all(|&x| x == 0)
+        };
+        let next_data = |at: u64| -> io::Result<Option<u64>> {
+            let mut b = at / MEM_GRANULE;
+            while b * MEM_GRANULE < size {
+                if !zero_block(b) {
+                    return Ok(Some((b * MEM_GRANULE).max(at)));
+                }
+                b += 1;
+            }
+            Ok(None)
+        };
+        offsite_nbd::extents_by_seek(offset, len, next_data, |at| {
+            offsite_nbd::probe_data_end(at, size, MEM_GRANULE, u64::MAX, next_data)
+        })
+    }
+
+    fn can_fast_zero(&self, _offset: u64, _len: u64) -> bool {
+        self.fast_zero.load(Ordering::SeqCst)
+    }
+
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.enter()?;
+        self.cached.lock().unwrap().push((offset, len));
+        Ok(())
     }
 }
 
