@@ -160,8 +160,19 @@ impl Replication {
             Ok(volumes) => {
                 let site = self.site.clone();
                 let g = group.to_string();
-                blocking(move || Ok(site.set_group_state(&g, GroupState::TestFailover, None)?))
-                    .await?;
+                blocking(move || {
+                    Ok(site.move_group_state(
+                        &g,
+                        &[
+                            GroupState::Replicating,
+                            GroupState::Paused,
+                            GroupState::TestFailover,
+                        ],
+                        GroupState::TestFailover,
+                        None,
+                    )?)
+                })
+                .await?;
                 let hooks = if !start_vms {
                     Vec::new()
                 } else {
@@ -352,8 +363,16 @@ impl Replication {
         let g = group.to_string();
         blocking(move || {
             site.catalog_delete_failover(&g, "test")?;
-            if site.group_row(&g)?.state == GroupState::TestFailover {
-                site.set_group_state(&g, GroupState::Replicating, None)?;
+            match site.move_group_state(
+                &g,
+                &[GroupState::TestFailover],
+                GroupState::Replicating,
+                None,
+            ) {
+                Err(offsite_engine::EngineError::Catalog(e)) if e.unexpected_state().is_some() => {}
+                r => {
+                    r?;
+                }
             }
             Ok(())
         })

@@ -596,7 +596,13 @@ impl Replication {
                 site.volume(&v.volume)?.tracker().clear()?;
             }
             site.set_group_seed(&n, seed.as_deref())?;
-            site.set_group_state(&n, GroupState::InitialReplication, None)
+            site.move_group_state(
+                &n,
+                &[GroupState::ReadyForInitialReplication],
+                GroupState::InitialReplication,
+                None,
+            )
+            .map(drop)
         })
         .await?;
         let runner = self.ensure_runner(name);
@@ -620,11 +626,15 @@ impl Replication {
                     g.partner
                 )));
             }
-            match (pause, g.state.as_str()) {
-                (true, "replicating") => site.set_group_state(&n, GroupState::Paused, None),
-                (false, "paused") => site.set_group_state(&n, GroupState::Replicating, None),
-                (true, "paused") | (false, "replicating") => Ok(()),
-                (_, s) => Err(offsite_engine::EngineError::Invalid(format!(
+            let (from, to) = if pause {
+                (GroupState::Replicating, GroupState::Paused)
+            } else {
+                (GroupState::Paused, GroupState::Replicating)
+            };
+            match g.state {
+                s if s == from => site.move_group_state(&n, &[from], to, None).map(drop),
+                s if s == to => Ok(()),
+                s => Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is {s}; only a replicating group can be paused and only a paused one resumed"
                 ))),
             }
@@ -861,35 +871,37 @@ impl Replication {
                 last_cycle = Instant::now();
                 continue;
             }
-            match row.state.as_str() {
-                "initial-replication" => match self.initial_replication(&row, &progress).await {
-                    Ok(()) => {
-                        backoff = Duration::from_secs(2);
-                        let r = self.cycle(&row, None, false).await;
-                        last_cycle = Instant::now();
-                        if let Err(e) = r {
-                            tracing::warn!(group = %name, "first cycle failed: {e}");
+            match row.state {
+                GroupState::InitialReplication => {
+                    match self.initial_replication(&row, &progress).await {
+                        Ok(()) => {
+                            backoff = Duration::from_secs(2);
+                            let r = self.cycle(&row, None, false).await;
+                            last_cycle = Instant::now();
+                            if let Err(e) = r {
+                                tracing::warn!(group = %name, "first cycle failed: {e}");
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        self.record_error(&name, &format!("initial replication: {e}"))
-                            .await;
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            c = rx.recv() => match c {
-                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
-                                Some(Command::Wake) => {}
-                                None => return,
-                            },
+                        Err(e) => {
+                            self.record_error(&name, &format!("initial replication: {e}"))
+                                .await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                c = rx.recv() => match c {
+                                    Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                    Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                    Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
+                                    Some(Command::Wake) => {}
+                                    None => return,
+                                },
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            continue;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                        continue;
                     }
-                },
-                "replicating" => {
+                }
+                GroupState::Replicating => {
                     let due = (last_cycle + interval).saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
@@ -2158,9 +2170,9 @@ pub(crate) fn must_be_replicating(g: &GroupRow, what: &str) -> Result<(), ReplEr
         "group {} is {}; {what} needs a replicating group{}",
         g.name,
         g.state,
-        match g.state.as_str() {
-            "ready-for-initial-replication" => " (run `offsite group start` first)",
-            "paused" => " (run `offsite group resume` first)",
+        match g.state {
+            GroupState::ReadyForInitialReplication => " (run `offsite group start` first)",
+            GroupState::Paused => " (run `offsite group resume` first)",
             _ => "",
         }
     )))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use offsite_api_types::{GroupStatus, SetGroup, SetVm, VmInfo};
 use offsite_catalog::GroupRow;
-use offsite_catalog::Role;
+use offsite_catalog::{Mode, Role};
 
 use crate::primary::RPO_RANGE;
 use crate::wire::{self, VmDesc};
@@ -51,7 +51,7 @@ impl Replication {
             offsite_engine::check_bandwidth(bw)?;
         }
         if let Some(mode) = &req.mode
-            && !matches!(mode.as_str(), "async" | "sync")
+            && mode.parse::<Mode>().is_err()
         {
             return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
         }

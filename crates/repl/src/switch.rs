@@ -298,12 +298,12 @@ impl Replication {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
         let replacing = row.state == GroupState::FailedOver;
-        match row.state.as_str() {
-            "replicating" | "paused" | "prepared-for-failover" => {}
+        match row.state {
+            GroupState::Replicating | GroupState::Paused | GroupState::PreparedForFailover => {}
             // Another PIT, before `failover commit`: the promoted volumes
             // and their writes are replaced.
-            "failed-over" => self.unpromote(&row, false).await?,
-            "test-failover" => {
+            GroupState::FailedOver => self.unpromote(&row, false).await?,
+            GroupState::TestFailover => {
                 return Err(invalid(format!(
                     "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
                 )));
@@ -502,8 +502,8 @@ impl Replication {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
         let mut hooks = Vec::new();
-        match (row.role.as_str(), row.state.as_str()) {
-            ("primary", "prepared-for-failover") => {
+        match (row.role, row.state) {
+            (Role::Primary, GroupState::PreparedForFailover) => {
                 for v in self.live_volumes(&row).await? {
                     v.set_fenced(false);
                 }
@@ -534,7 +534,7 @@ impl Replication {
                     .run_vm_hooks(&row, HookAction::Start, "planned", &self.served(&row))
                     .await?;
             }
-            ("replica", "failed-over") => self.unpromote(&row, true).await?,
+            (Role::Replica, GroupState::FailedOver) => self.unpromote(&row, true).await?,
             (role, state) => {
                 return Err(invalid(format!(
                     "group {group} is {role} {state} here; revert undoes `failover prepare` at the primary or an uncommitted `failover run` at the replica"
