@@ -6,15 +6,11 @@
 //! One runner task per group owns its cycles, so cycles of a group never
 //! overlap; commands (`sync`, `pause`, ...) reach it over a channel.
 //!
-//! ```mermaid
-//! stateDiagram-v2
-//!     [*] --> ready_for_initial_replication: group create
-//!     ready_for_initial_replication --> initial_replication: group start
-//!     initial_replication --> replicating: base copied, first PIT committed
-//!     replicating --> paused: group pause
-//!     paused --> replicating: group resume
-//!     replicating --> replicating: cycle (every RPO/2, or sync)
-//! ```
+//! The states a group moves through and the legal moves between them (on
+//! both sites) are drawn and enforced in one place, `offsite_catalog::state`
+//! (its diagram is checked against the enum and the transition table);
+//! here the runner acts on `initial-replication` and `replicating` (a sync
+//! group also on `resynchronizing`) and waits in every other state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
