@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod plans;
+pub mod state;
 
 pub use plans::{PlanRow, PlanStepRow, PlanVmRow, RunRow, RunStepRow};
+pub use state::{GroupState, Mode, Role, SyncState, TransitionError, transition};
 
 /// Schema migrations, in order; entry `i` moves the schema from version `i`
 /// to `i + 1`. Never edit a released entry: append a new one.
@@ -231,6 +233,43 @@ const MIGRATIONS: &[&str] = &[
          bytes      INTEGER NOT NULL,
          PRIMARY KEY (group_name, kind)
      );",
+    // v11: a group's role, mode and state are one of their values
+    // (`state.rs`); SQLite adds a CHECK only by rebuilding the table (its
+    // documented procedure: `open` runs migrations with foreign keys off,
+    // so dropping the old table cascades nowhere, and checks them before
+    // each commit).
+    "CREATE TABLE groups_v11 (
+         name                 TEXT PRIMARY KEY,
+         role                 TEXT NOT NULL CHECK (role IN ('primary', 'replica')),
+         partner              TEXT NOT NULL,
+         mode                 TEXT NOT NULL CHECK (mode IN ('async', 'sync')),
+         rpo_secs             INTEGER NOT NULL,
+         keep                 INTEGER NOT NULL,
+         bandwidth            INTEGER,
+         compress             INTEGER NOT NULL,
+         security_tag         TEXT,
+         state                TEXT NOT NULL CHECK (state IN (
+                                  'ready-for-initial-replication', 'initial-replication',
+                                  'replicating', 'resynchronizing', 'paused',
+                                  'prepared-for-failover', 'test-failover', 'failed-over',
+                                  'failed-over-elsewhere')),
+         store_dir            TEXT,
+         created_at           TEXT NOT NULL,
+         state_changed_at     TEXT NOT NULL,
+         last_error           TEXT,
+         on_link_loss         TEXT NOT NULL DEFAULT 'degrade',
+         suspend_timeout_secs INTEGER NOT NULL DEFAULT 30,
+         needs_resync         TEXT
+     );
+     INSERT INTO groups_v11 (name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+                             security_tag, state, store_dir, created_at, state_changed_at,
+                             last_error, on_link_loss, suspend_timeout_secs, needs_resync)
+     SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+            security_tag, state, store_dir, created_at, state_changed_at,
+            last_error, on_link_loss, suspend_timeout_secs, needs_resync
+     FROM groups;
+     DROP TABLE groups;
+     ALTER TABLE groups_v11 RENAME TO groups;",
 ];
 
 /// What a group's bytes on the wire were moved for (`group measure`).
@@ -341,6 +380,41 @@ pub enum CatalogError {
     /// No such plan run.
     #[error("no plan run {0:?}; `offsite plan history PLAN` shows the runs")]
     NoSuchRun(String),
+    /// A group's state may not change that way ([`state::transition`]), or
+    /// is not the one the change starts from.
+    #[error("group {group}: {source}")]
+    GroupState {
+        /// The group.
+        group: String,
+        /// Why.
+        #[source]
+        source: TransitionError,
+    },
+    /// A migration left rows that break a foreign key.
+    #[error(
+        "catalog {}: migrating to schema version {version} left rows that break a foreign key; the catalog is unchanged",
+        path.display()
+    )]
+    MigrationCheck {
+        /// The catalog file.
+        path: PathBuf,
+        /// The version migrated to.
+        version: u32,
+    },
+}
+
+impl CatalogError {
+    /// The state the group was found in, when a change refused it because
+    /// it was not one the change starts from (another change came first).
+    pub fn unexpected_state(&self) -> Option<GroupState> {
+        match self {
+            CatalogError::GroupState {
+                source: TransitionError::Unexpected { found, .. },
+                ..
+            } => Some(*found),
+            _ => None,
+        }
+    }
 }
 
 /// A VM's catalog row.
@@ -365,12 +439,12 @@ pub struct VmRow {
 pub struct GroupRow {
     /// Group name (the same on both sites).
     pub name: String,
-    /// `primary` or `replica`.
-    pub role: String,
+    /// Primary or replica here.
+    pub role: Role,
     /// The other site.
     pub partner: String,
-    /// `async` or `sync`.
-    pub mode: String,
+    /// Async or sync.
+    pub mode: Mode,
     /// RPO in seconds.
     pub rpo_secs: u64,
     /// PITs kept.
@@ -381,8 +455,8 @@ pub struct GroupRow {
     pub compress: bool,
     /// Security tag presented to the replica.
     pub security_tag: Option<String>,
-    /// Replication state (docs/design.md §1).
-    pub state: String,
+    /// Replication state (docs/design.md §1; [`state`] draws the moves).
+    pub state: GroupState,
     /// Replica side: directory of the replica store.
     pub store_dir: Option<String>,
     /// RFC 3339 creation time.
@@ -613,8 +687,6 @@ impl Catalog {
             .map_err(err("configure"))?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err("configure"))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(err("configure"))?;
         let found: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err("read schema version"))?;
@@ -625,14 +697,32 @@ impl Catalog {
                 supported: SCHEMA_VERSION,
             });
         }
+        // Foreign keys are off while migrating (a table rebuilt to change
+        // its constraints is dropped, and must not cascade) and checked
+        // before each commit.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(err("configure"))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = (i + 1) as u32;
             let tx = conn.transaction().map_err(err("migrate"))?;
             tx.execute_batch(sql).map_err(err("migrate"))?;
-            tx.pragma_update(None, "user_version", (i + 1) as u32)
+            let broken = tx
+                .prepare("PRAGMA foreign_key_check")
+                .and_then(|mut s| s.query([])?.next().map(|r| r.is_some()))
+                .map_err(err("migrate"))?;
+            if broken {
+                return Err(CatalogError::MigrationCheck {
+                    path: path.to_path_buf(),
+                    version,
+                });
+            }
+            tx.pragma_update(None, "user_version", version)
                 .map_err(err("migrate"))?;
             tx.commit().map_err(err("migrate"))?;
-            tracing::info!(catalog = %path.display(), version = i + 1, "catalog schema migrated");
+            tracing::info!(catalog = %path.display(), version, "catalog schema migrated");
         }
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err("configure"))?;
         let group_changes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = group_changes.clone();
         conn.update_hook(Some(
@@ -1332,11 +1422,77 @@ impl Catalog {
         Ok(groups)
     }
 
-    /// Sets a group's state (and its last error), recording when.
-    pub fn set_group_state(
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (committed when it
+    /// returns `Ok`, rolled back otherwise): a read and the write it
+    /// decides cannot be split by another writer.
+    fn immediate<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Connection) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(self.err(context))?;
+        let v = f(&tx)?;
+        tx.commit().map_err(self.err(context))?;
+        Ok(v)
+    }
+
+    /// The state of group `name`, read with `c`.
+    fn group_state_in(&self, c: &Connection, name: &str) -> Result<GroupState, CatalogError> {
+        c.query_row(
+            "SELECT state FROM groups WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, GroupState>(0),
+        )
+        .optional()
+        .map_err(self.err("read group"))?
+        .ok_or_else(|| CatalogError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Moves a group to state `to` (and sets its last error), recording
+    /// when, in one transaction with the checks: the group must be in one
+    /// of `expected_from` (any state when empty), else
+    /// [`TransitionError::Unexpected`], and the move must be legal
+    /// ([`transition`]), else [`TransitionError::Illegal`]. Returns the
+    /// state it was in.
+    pub fn move_group_state(
         &self,
         name: &str,
-        state: &str,
+        expected_from: &[GroupState],
+        to: GroupState,
+        last_error: Option<&str>,
+    ) -> Result<GroupState, CatalogError> {
+        self.immediate("update group", |c| {
+            let from = self.group_state_in(c, name)?;
+            let refuse = |source| CatalogError::GroupState {
+                group: name.to_string(),
+                source,
+            };
+            if !expected_from.is_empty() && !expected_from.contains(&from) {
+                return Err(refuse(TransitionError::Unexpected {
+                    found: from,
+                    expected: expected_from.to_vec(),
+                }));
+            }
+            transition(from, to).map_err(refuse)?;
+            c.execute(
+                "UPDATE groups SET state = ?2, last_error = ?3,
+                    state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
+                 WHERE name = ?1",
+                params![name, to, last_error, now_rfc3339()],
+            )
+            .map_err(self.err("update group"))?;
+            Ok(from)
+        })
+    }
+
+    /// Sets (or clears) a group's last error without changing its state.
+    pub fn set_group_error(
+        &self,
+        name: &str,
         last_error: Option<&str>,
     ) -> Result<(), CatalogError> {
         self.change_row(
@@ -1344,10 +1500,8 @@ impl Catalog {
             || CatalogError::NoSuchGroup(name.to_string()),
             |c| {
                 c.execute(
-                    "UPDATE groups SET state = ?2, last_error = ?3,
-                        state_changed_at = CASE WHEN state = ?2 THEN state_changed_at ELSE ?4 END
-                 WHERE name = ?1",
-                    params![name, state, last_error, now_rfc3339()],
+                    "UPDATE groups SET last_error = ?2 WHERE name = ?1",
+                    params![name, last_error],
                 )
             },
         )
@@ -1478,40 +1632,53 @@ impl Catalog {
             .collect())
     }
 
-    /// `group set --mode`: converts a group between async and sync.
-    pub fn set_group_mode(&self, name: &str, mode: &str) -> Result<(), CatalogError> {
-        self.change_row(
-            "update group",
-            || CatalogError::NoSuchGroup(name.to_string()),
-            |c| {
-                c.execute(
-                    "UPDATE groups SET mode = ?2 WHERE name = ?1",
-                    params![name, mode],
+    /// `group set --mode`: converts a group between async and sync;
+    /// returns the mode it had (read in the same transaction).
+    pub fn set_group_mode(&self, name: &str, mode: Mode) -> Result<Mode, CatalogError> {
+        self.immediate("update group", |c| {
+            let before = c
+                .query_row(
+                    "SELECT mode FROM groups WHERE name = ?1",
+                    params![name],
+                    |r| r.get::<_, Mode>(0),
                 )
-            },
-        )
+                .optional()
+                .map_err(self.err("read group"))?
+                .ok_or_else(|| CatalogError::NoSuchGroup(name.to_string()))?;
+            c.execute(
+                "UPDATE groups SET mode = ?2 WHERE name = ?1",
+                params![name, mode],
+            )
+            .map_err(self.err("update group"))?;
+            Ok(before)
+        })
     }
 
-    /// Turns a group around (reverse): its role, store directory and state.
+    /// Turns a group around (reverse): its role, store directory and state
+    /// (a legal move from the state it is in, see [`transition`]), in one
+    /// transaction; clears its last error.
     pub fn set_group_role(
         &self,
         name: &str,
-        role: &str,
+        role: Role,
         store_dir: Option<&str>,
-        state: &str,
+        state: GroupState,
     ) -> Result<(), CatalogError> {
-        self.change_row(
-            "update group",
-            || CatalogError::NoSuchGroup(name.to_string()),
-            |c| {
-                c.execute(
-                    "UPDATE groups SET role = ?2, store_dir = ?3, state = ?4, last_error = NULL,
-                        state_changed_at = ?5
-                     WHERE name = ?1",
-                    params![name, role, store_dir, state, now_rfc3339()],
-                )
-            },
-        )
+        self.immediate("update group", |c| {
+            let from = self.group_state_in(c, name)?;
+            transition(from, state).map_err(|source| CatalogError::GroupState {
+                group: name.to_string(),
+                source,
+            })?;
+            c.execute(
+                "UPDATE groups SET role = ?2, store_dir = ?3, state = ?4, last_error = NULL,
+                    state_changed_at = ?5
+                 WHERE name = ?1",
+                params![name, role, store_dir, state, now_rfc3339()],
+            )
+            .map_err(self.err("update group"))?;
+            Ok(())
+        })
     }
 
     /// Records how much of a volume's initial replication is durable on the replica.
@@ -1865,9 +2032,9 @@ mod tests {
         let mut c = Catalog::create(&dir.path().join("c.db")).unwrap();
         let g = GroupRow {
             name: "g".into(),
-            role: "primary".into(),
+            role: Role::Primary,
             partner: "b".into(),
-            mode: "async".into(),
+            mode: Mode::Async,
             rpo_secs: 300,
             keep: 24,
             bandwidth: None,
@@ -1875,7 +2042,7 @@ mod tests {
             security_tag: Some("t".into()),
             on_link_loss: "degrade".into(),
             suspend_timeout_secs: 30,
-            state: "ready-for-initial-replication".into(),
+            state: GroupState::ReadyForInitialReplication,
             store_dir: None,
             created_at: String::new(),
             state_changed_at: String::new(),
@@ -1929,13 +2096,40 @@ mod tests {
         c.insert_failover(&f).unwrap();
         c.delete_failover("g", "test").unwrap();
         assert_eq!(changes.load(std::sync::atomic::Ordering::Acquire), seen);
-        c.set_group_state("g", "replicating", None).unwrap();
+        // Not a legal move, nor the expected state: refused, unchanged.
+        let e = c
+            .move_group_state("g", &[], GroupState::FailedOver, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot move"), "{e}");
+        let e = c
+            .move_group_state("g", &[GroupState::Paused], GroupState::Replicating, None)
+            .unwrap_err();
+        assert_eq!(
+            e.unexpected_state(),
+            Some(GroupState::ReadyForInitialReplication)
+        );
+        assert_eq!(changes.load(std::sync::atomic::Ordering::Acquire), seen);
+        let before = c
+            .move_group_state(
+                "g",
+                &[GroupState::ReadyForInitialReplication],
+                GroupState::InitialReplication,
+                None,
+            )
+            .unwrap();
+        assert_eq!(before, GroupState::ReadyForInitialReplication);
+        c.move_group_state("g", &[], GroupState::Replicating, Some("x"))
+            .unwrap();
+        c.set_group_error("g", None).unwrap();
+        assert_eq!(c.set_group_mode("g", Mode::Sync).unwrap(), Mode::Async);
+        assert_eq!(c.group("g").unwrap().mode, Mode::Sync);
         let after_state = changes.load(std::sync::atomic::Ordering::Acquire);
         assert!(after_state > seen);
         c.set_initial_progress("g", "v", 4096).unwrap();
         assert!(changes.load(std::sync::atomic::Ordering::Acquire) > after_state);
         let got = c.group("g").unwrap();
-        assert_eq!(got.state, "replicating");
+        assert_eq!(got.state, GroupState::Replicating);
+        assert_eq!(got.last_error, None);
         assert_eq!(got.volumes[0].initial_done_bytes, 4096);
         c.insert_pit(
             "g",
@@ -1965,6 +2159,121 @@ mod tests {
         c.delete_group("g").unwrap();
         assert!(c.pits("g").unwrap().is_empty());
         assert!(matches!(c.group("g"), Err(CatalogError::NoSuchGroup(_))));
+    }
+
+    #[test]
+    fn v11_checks_group_values_and_keeps_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        // A v10 catalog with a group, its volume, VM, PIT, cycle, failover
+        // and traffic, written as v10 did.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            for sql in &MIGRATIONS[..10] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 10).unwrap();
+            conn.execute_batch(
+                "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+                                     security_tag, state, store_dir, created_at, state_changed_at,
+                                     last_error, on_link_loss, suspend_timeout_secs, needs_resync)
+                 VALUES ('g', 'replica', 'a', 'sync', 60, 5, 1000, 1, 'tag', 'failed-over',
+                         '/srv/g', 't0', 't1', 'boom', 'suspend-writes', 7, 'verify'),
+                        ('h', 'primary', 'b', 'async', 300, 24, NULL, 0, NULL,
+                         'failed-over-elsewhere', NULL, 't2', 't3', NULL, 'degrade', 30, NULL);
+                 INSERT INTO group_volumes (group_name, position, volume, size_bytes, block_size,
+                                            initial_done_bytes)
+                 VALUES ('g', 0, 'v', 8192, 4096, 4096);
+                 INSERT INTO group_vms (group_name, position, name, volumes)
+                 VALUES ('g', 0, 'vm', 'v');
+                 INSERT INTO pits (group_name, id, name, created_at, bytes)
+                 VALUES ('g', 3, 'p', 't', 9);
+                 INSERT INTO cycles (group_name, started_at, bytes) VALUES ('g', 't', 9);
+                 INSERT INTO failovers (group_name, kind, pit_id, started_at)
+                 VALUES ('g', 'promoted', 3, 't');
+                 INSERT INTO group_traffic (group_name, kind, bytes) VALUES ('g', 'sync', 9);",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), 11);
+        let g = c.group("g").unwrap();
+        assert_eq!(
+            (g.role, g.mode, g.state),
+            (Role::Replica, Mode::Sync, GroupState::FailedOver)
+        );
+        assert_eq!(
+            (g.rpo_secs, g.keep, g.bandwidth, g.compress),
+            (60, 5, Some(1000), true)
+        );
+        assert_eq!(g.security_tag.as_deref(), Some("tag"));
+        assert_eq!(g.store_dir.as_deref(), Some("/srv/g"));
+        assert_eq!(
+            (g.created_at.as_str(), g.state_changed_at.as_str()),
+            ("t0", "t1")
+        );
+        assert_eq!(g.last_error.as_deref(), Some("boom"));
+        assert_eq!(
+            (g.on_link_loss.as_str(), g.suspend_timeout_secs),
+            ("suspend-writes", 7)
+        );
+        assert_eq!(
+            c.group_needs_resync("g").unwrap().as_deref(),
+            Some("verify")
+        );
+        assert_eq!(g.volumes[0].initial_done_bytes, 4096);
+        assert_eq!(g.vms[0].volumes, ["v"]);
+        assert_eq!(c.pits("g").unwrap()[0].id, 3);
+        assert_eq!(c.cycles("g").unwrap().len(), 1);
+        assert_eq!(c.failovers().unwrap().len(), 1);
+        assert!(
+            c.group_traffic("g")
+                .unwrap()
+                .contains(&(TrafficKind::Sync, 9))
+        );
+        let h = c.group("h").unwrap();
+        assert_eq!(
+            (h.role, h.mode, h.state),
+            (Role::Primary, Mode::Async, GroupState::FailedOverElsewhere)
+        );
+        // The CHECK constraints refuse what the enums do not know ...
+        let insert = |role: &str, mode: &str, state: &str| {
+            c.conn.execute(
+                "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, compress, state,
+                                     created_at, state_changed_at)
+                 VALUES ('x', ?1, 'a', ?2, 60, 5, 0, ?3, 't', 't')",
+                params![role, mode, state],
+            )
+        };
+        for (role, mode, state) in [
+            ("primary", "async", "running"),
+            ("leader", "async", "replicating"),
+            ("primary", "semi", "replicating"),
+        ] {
+            let e = insert(role, mode, state).unwrap_err();
+            assert!(e.to_string().contains("CHECK"), "{e}");
+        }
+        // ... and accept every value they know.
+        for s in GroupState::ALL {
+            for r in Role::ALL {
+                for m in Mode::ALL {
+                    insert(r.as_str(), m.as_str(), s.as_str()).unwrap();
+                    c.conn
+                        .execute("DELETE FROM groups WHERE name = 'x'", [])
+                        .unwrap();
+                }
+            }
+        }
+        // The foreign keys still cascade from the rebuilt table.
+        c.delete_group("g").unwrap();
+        assert!(c.pits("g").unwrap().is_empty());
+        assert!(c.failovers().unwrap().is_empty());
+        let left: i64 = c
+            .conn
+            .query_row("SELECT count(*) FROM group_volumes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

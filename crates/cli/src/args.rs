@@ -687,6 +687,33 @@ mod tests {
 
     use super::*;
 
+    /// The CLI's modes and the OpenAPI document's value sets are the
+    /// strings of the catalog's types (`offsite_catalog::state`).
+    #[test]
+    fn value_sets_are_the_catalog_types() {
+        use offsite_api_types::schema;
+        fn strings<T: Copy + std::fmt::Display>(all: &[T]) -> Vec<String> {
+            all.iter().map(T::to_string).collect()
+        }
+        assert_eq!(
+            Mode::value_variants()
+                .iter()
+                .map(spelling)
+                .collect::<Vec<_>>(),
+            strings(offsite_catalog::Mode::ALL)
+        );
+        assert_eq!(schema::MODES, strings(offsite_catalog::Mode::ALL));
+        assert_eq!(schema::GROUP_ROLES, strings(offsite_catalog::Role::ALL));
+        assert_eq!(
+            schema::GROUP_STATES,
+            strings(offsite_catalog::GroupState::ALL)
+        );
+        assert_eq!(
+            schema::SYNC_STATES,
+            strings(offsite_catalog::SyncState::ALL)
+        );
+    }
+
     /// The values each fixed-choice option accepts, as spelled on the
     /// command line and sent to the site: the contract, unchanged.
     #[test]

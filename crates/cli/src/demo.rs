@@ -525,7 +525,8 @@ fn drill_and_migrate(d: &mut Demo, ib: &serde_json::Value, web: &Web) -> anyhow:
     )?;
     qemu_io(&clone, &["write -P 0xee 0 1M"])?;
     check(
-        d.json(b, &["group", "status", "web"])?["state"] == "test-failover",
+        d.json(b, &["group", "status", "web"])?["state"]
+            == offsite_catalog::GroupState::TestFailover.as_str(),
         "group web is in test failover at site-b",
     )?;
 
@@ -588,7 +589,8 @@ fn fail_back(d: &mut Demo, web: &Web, defined: &serde_json::Value) -> anyhow::Re
     check_data(data_a, &["read -P 0x33 1M 4M"], "site-a serves web-data")?;
     let st = d.json(a, &["group", "status", "web"])?;
     check(
-        st["role"] == "primary" && st["state"] == "replicating",
+        st["role"] == offsite_catalog::Role::Primary.as_str()
+            && st["state"] == offsite_catalog::GroupState::Replicating.as_str(),
         "group web replicates site-a -> site-b again",
     )?;
     let v = d.json(a, &["verify", "web"])?;

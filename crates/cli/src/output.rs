@@ -365,7 +365,7 @@ impl Printer {
                 ),
             ));
         }
-        if g.role == "primary" {
+        if g.role == offsite_catalog::Role::Primary.as_str() {
             // The replica sends nothing in bulk: these are the primary's.
             f.insert(
                 6,

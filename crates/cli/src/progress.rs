@@ -33,7 +33,9 @@ pub(crate) fn wait_initial(
         bar.set_prefix(st.name.clone());
         bar
     });
-    while st.state == "initial-replication" || (st.state == "replicating" && st.last_pit.is_none())
+    use offsite_catalog::GroupState;
+    while st.state == GroupState::InitialReplication.as_str()
+        || (st.state == GroupState::Replicating.as_str() && st.last_pit.is_none())
     {
         std::thread::sleep(Duration::from_millis(250));
         st = c.group(&st.name)?;

@@ -140,7 +140,8 @@ impl EngineError {
                 | C::GroupExists(_)
                 | C::FailoverExists(..)
                 | C::PartnerExists(_)
-                | C::AuthzExists(_),
+                | C::AuthzExists(_)
+                | C::GroupState { .. },
             )
             | EngineError::Conflict(_)
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
@@ -190,6 +191,14 @@ mod tests {
             C::FailoverExists(s(), s()).into(),
             C::PartnerExists(s()).into(),
             C::AuthzExists(s()).into(),
+            C::GroupState {
+                group: s(),
+                source: offsite_catalog::TransitionError::Illegal {
+                    from: offsite_catalog::GroupState::Paused,
+                    to: offsite_catalog::GroupState::FailedOverElsewhere,
+                },
+            }
+            .into(),
         ] {
             assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
         }

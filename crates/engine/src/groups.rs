@@ -3,7 +3,7 @@
 //! this module keeps the rows consistent (one group per volume, states
 //! persisted before they are reported).
 
-use offsite_catalog::{CycleRow, FailoverRow, GroupRow, PitRow};
+use offsite_catalog::{CycleRow, FailoverRow, GroupRow, GroupState, Mode, PitRow, Role};
 
 use std::sync::Arc;
 
@@ -51,9 +51,8 @@ impl Site {
     }
 
     /// Converts a group between `async` and `sync` (an event records it).
-    pub fn set_group_mode(&self, name: &str, mode: &str) -> Result<(), EngineError> {
-        let before = self.catalog().group(name)?.mode;
-        self.catalog().set_group_mode(name, mode)?;
+    pub fn set_group_mode(&self, name: &str, mode: Mode) -> Result<(), EngineError> {
+        let before = self.catalog().set_group_mode(name, mode)?;
         if before != mode {
             self.event(
                 "group.mode",
@@ -115,32 +114,48 @@ impl Site {
         Ok(self.catalog().set_group_vm_hooks(group, vm)?)
     }
 
-    /// Persists a state change (and records an event when it changes).
+    /// Persists a state change (and records an event when it changes); the
+    /// move must be legal from whatever state the group is in
+    /// ([`offsite_catalog::transition`]).
     pub fn set_group_state(
         &self,
         name: &str,
-        state: &str,
+        state: GroupState,
         error: Option<&str>,
     ) -> Result<(), EngineError> {
-        let before = self.catalog().group(name)?.state;
-        self.catalog().set_group_state(name, state, error)?;
-        if before != state {
+        self.move_group_state(name, &[], state, error).map(drop)
+    }
+
+    /// Moves a group to `to` if it is in one of `expected_from` (any state
+    /// when empty), checked and written in one catalog transaction
+    /// ([`offsite_catalog::Catalog::move_group_state`]); records an event
+    /// when the state changes. Returns the state it was in.
+    pub fn move_group_state(
+        &self,
+        name: &str,
+        expected_from: &[GroupState],
+        to: GroupState,
+        error: Option<&str>,
+    ) -> Result<GroupState, EngineError> {
+        let before = self
+            .catalog()
+            .move_group_state(name, expected_from, to, error)?;
+        if before != to {
             self.event(
                 "group.state",
                 Some(name),
                 &match error {
-                    Some(e) => format!("{before} -> {state}: {e}"),
-                    None => format!("{before} -> {state}"),
+                    Some(e) => format!("{before} -> {to}: {e}"),
+                    None => format!("{before} -> {to}"),
                 },
             );
         }
-        Ok(())
+        Ok(before)
     }
 
     /// Records the last error of a group without changing its state.
     pub fn set_group_error(&self, name: &str, error: Option<&str>) -> Result<(), EngineError> {
-        let state = self.catalog().group(name)?.state;
-        self.catalog().set_group_state(name, &state, error)?;
+        self.catalog().set_group_error(name, error)?;
         if let Some(e) = error {
             self.event("group.error", Some(name), e);
         }
@@ -270,7 +285,7 @@ impl Site {
         Ok(self
             .group_rows()?
             .into_iter()
-            .find(|g| g.role == "primary" && g.volumes.iter().any(|v| v.volume == volume))
+            .find(|g| g.role == Role::Primary && g.volumes.iter().any(|v| v.volume == volume))
             .map(|g| g.name))
     }
 
@@ -335,9 +350,9 @@ impl Site {
     pub fn set_group_role(
         &self,
         name: &str,
-        role: &str,
+        role: Role,
         store_dir: Option<&str>,
-        state: &str,
+        state: GroupState,
     ) -> Result<(), EngineError> {
         self.catalog()
             .set_group_role(name, role, store_dir, state)?;

@@ -109,7 +109,10 @@ impl Site {
         row.start_cmd = hook(&req.start, row.start_cmd);
         row.stop_cmd = hook(&req.stop, row.stop_cmd);
         row.status_cmd = hook(&req.status, row.status_cmd);
-        let groups = groups.into_iter().filter(|g| g.role == "primary").collect();
+        let groups = groups
+            .into_iter()
+            .filter(|g| g.role == offsite_catalog::Role::Primary)
+            .collect();
         Ok((row, groups))
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use offsite_api_types::{
     FailoverRun, PlanRunGroup, PlanRunReport, PlanRunRequest, PlanRunStep, ReverseRequest,
 };
-use offsite_catalog::{GroupRow, PlanRow, RunRow, RunStepRow};
+use offsite_catalog::{GroupRow, GroupState, PlanRow, Role, RunRow, RunStepRow};
 use offsite_engine::Site;
 use offsite_engine::hooks::HookAction;
 
@@ -557,7 +557,7 @@ impl Plans {
                 plan.name, plan.name
             )));
         }
-        if let Some(g) = rows.iter().find(|r| r.role == "primary") {
+        if let Some(g) = rows.iter().find(|r| r.role == Role::Primary) {
             return Err(invalid(format!(
                 "site {here} is the primary of group {} now, so plan {} recovers to {there}: run `offsite plan run {} --mode {mode}` at {there}",
                 g.name, plan.name, plan.name
@@ -570,7 +570,7 @@ impl Plans {
             )));
         }
         if mode == "reprotect"
-            && let Some(g) = rows.iter().find(|r| r.state != "failed-over")
+            && let Some(g) = rows.iter().find(|r| r.state != GroupState::FailedOver)
         {
             return Err(invalid(format!(
                 "group {} is {} at {here}; reprotect follows a planned or disaster run of plan {}",

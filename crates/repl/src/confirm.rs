@@ -7,6 +7,7 @@
 //! for status, API and metrics at both sites — reads the same on each side.
 
 use bytes::Bytes;
+use offsite_catalog::{Role, SyncState};
 
 use crate::wire::{self, Confirmed};
 use crate::{ReplError, Replication};
@@ -23,7 +24,7 @@ impl Replication {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             rows.iter()
-                .filter(|g| g.role == "primary" && g.partner == partner)
+                .filter(|g| g.role == Role::Primary && g.partner == partner)
                 .filter_map(|g| {
                     let runner = self.runner(&g.name)?;
                     // A sync group in sync: the replica holds every write
@@ -33,7 +34,7 @@ impl Replication {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .as_ref()
-                        .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync");
+                        .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync);
                     let at = if in_sync {
                         offsite_catalog::now_rfc3339()
                     } else {
@@ -78,7 +79,7 @@ impl Replication {
             .map_err(|e| e.to_string())?;
         let ours: std::collections::HashSet<&str> = rows
             .iter()
-            .filter(|g| g.role == "replica" && g.partner == peer)
+            .filter(|g| g.role == Role::Replica && g.partner == peer)
             .map(|g| g.name.as_str())
             .collect();
         let mut confirmed = self

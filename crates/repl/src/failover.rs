@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offsite_api_types::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
+use offsite_catalog::GroupState;
 use offsite_catalog::{FailoverRow, GroupRow};
 use offsite_engine::PitLower;
 use offsite_engine::hooks::{HookAction, HookRun};
@@ -129,8 +130,8 @@ impl Replication {
         let (row, store) = self.local_store(group).await?;
         // In `test-failover` the catalog refuses a second test by name.
         if !matches!(
-            row.state.as_str(),
-            "replicating" | "paused" | "test-failover"
+            row.state,
+            GroupState::Replicating | GroupState::Paused | GroupState::TestFailover
         ) {
             return Err(invalid(format!(
                 "group {group} is {}; a test failover needs a replicating group with a PIT",
@@ -159,7 +160,19 @@ impl Replication {
             Ok(volumes) => {
                 let site = self.site.clone();
                 let g = group.to_string();
-                blocking(move || Ok(site.set_group_state(&g, "test-failover", None)?)).await?;
+                blocking(move || {
+                    Ok(site.move_group_state(
+                        &g,
+                        &[
+                            GroupState::Replicating,
+                            GroupState::Paused,
+                            GroupState::TestFailover,
+                        ],
+                        GroupState::TestFailover,
+                        None,
+                    )?)
+                })
+                .await?;
                 let hooks = if !start_vms {
                     Vec::new()
                 } else {
@@ -350,8 +363,16 @@ impl Replication {
         let g = group.to_string();
         blocking(move || {
             site.catalog_delete_failover(&g, "test")?;
-            if site.group_row(&g)?.state == "test-failover" {
-                site.set_group_state(&g, "replicating", None)?;
+            match site.move_group_state(
+                &g,
+                &[GroupState::TestFailover],
+                GroupState::Replicating,
+                None,
+            ) {
+                Err(offsite_engine::EngineError::Catalog(e)) if e.unexpected_state().is_some() => {}
+                r => {
+                    r?;
+                }
             }
             Ok(())
         })

@@ -11,6 +11,7 @@ use offsite_api_types::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
 use offsite_replica::{PitId, ReplicaStore};
 
 use offsite_catalog::GroupRow;
+use offsite_catalog::Role;
 
 use crate::wire;
 use crate::{ReplError, Replication, invalid};
@@ -105,7 +106,7 @@ impl Replication {
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
-        if row.role != "replica" {
+        if row.role != Role::Replica {
             return Err(invalid(format!(
                 "group {group}'s PITs live on its replica site {}; run this there",
                 row.partner
@@ -191,7 +192,7 @@ impl Replication {
         let row = tokio::task::spawn_blocking(move || site.group_row(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
-        if row.role == "primary" {
+        if row.role == Role::Primary {
             // A PIT the primary has never heard of is unknown (404) here,
             // not a refusal of the partner's (403). The primary's list
             // knows every committed PIT by id and name.
@@ -287,7 +288,7 @@ impl Replication {
                 .await
                 .map_err(ReplError::Refused)?;
         }
-        let kind = if row.role == "primary" {
+        let kind = if row.role == Role::Primary {
             wire::kinds::GROUP_DELETE
         } else {
             wire::kinds::GROUP_FORGET
@@ -321,7 +322,7 @@ impl Replication {
     /// Refuses `--delete-replica` while promoted volumes of this site
     /// still read the group's replica store.
     async fn check_store_deletable(&self, row: &GroupRow) -> Result<(), String> {
-        let (true, Some(dir)) = (row.role == "replica", row.store_dir.clone()) else {
+        let (true, Some(dir)) = (row.role == Role::Replica, row.store_dir.clone()) else {
             return Ok(());
         };
         let site = self.site.clone();
@@ -361,7 +362,7 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&row.name);
-        if row.role == "replica" {
+        if row.role == Role::Replica {
             self.retire_store(row, delete_store).await?;
         }
         let site = self.site.clone();
@@ -451,7 +452,7 @@ impl Replication {
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let row = site.group_row(&g)?;
-            if row.role != "primary" {
+            if row.role != Role::Primary {
                 return Err(invalid(format!(
                     "export the seed at the primary site {} of group {g}",
                     row.partner

@@ -6,15 +6,11 @@
 //! One runner task per group owns its cycles, so cycles of a group never
 //! overlap; commands (`sync`, `pause`, ...) reach it over a channel.
 //!
-//! ```mermaid
-//! stateDiagram-v2
-//!     [*] --> ready_for_initial_replication: group create
-//!     ready_for_initial_replication --> initial_replication: group start
-//!     initial_replication --> replicating: base copied, first PIT committed
-//!     replicating --> paused: group pause
-//!     paused --> replicating: group resume
-//!     replicating --> replicating: cycle (every RPO/2, or sync)
-//! ```
+//! The states a group moves through and the legal moves between them (on
+//! both sites) are drawn and enforced in one place, `offsite_catalog::state`
+//! (its diagram is checked against the enum and the transition table);
+//! here the runner acts on `initial-replication` and `replicating` (a sync
+//! group also on `resynchronizing`) and waits in every other state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +22,7 @@ use offsite_api_types::{
     VerifyVolume,
 };
 use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow, TrafficKind};
+use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine::{Site, Volume};
 use offsite_protocol::Message;
 use offsite_transport::{Session, TokenBucket};
@@ -324,10 +321,10 @@ impl Replication {
     /// then records the group.
     pub async fn create_group(&self, req: CreateGroup) -> Result<GroupStatus, ReplError> {
         offsite_engine::names::validate("group", &req.name)?;
-        match req.mode.as_str() {
-            "async" | "sync" => {}
-            m => return Err(invalid(format!("mode {m:?} is neither async nor sync"))),
-        }
+        let mode: Mode = req
+            .mode
+            .parse()
+            .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
         let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
         if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
             return Err(invalid(format!(
@@ -443,15 +440,15 @@ impl Replication {
         let site = self.site.clone();
         let row = GroupRow {
             name: req.name.clone(),
-            role: "primary".into(),
+            role: Role::Primary,
             partner: req.partner.clone(),
-            mode: req.mode.clone(),
+            mode,
             rpo_secs: req.rpo_secs,
             keep: req.keep,
             bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
             compress: req.compress.unwrap_or(true),
             security_tag: req.security_tag.clone(),
-            state: "ready-for-initial-replication".into(),
+            state: GroupState::ReadyForInitialReplication,
             store_dir: None,
             created_at: String::new(),
             state_changed_at: String::new(),
@@ -533,10 +530,10 @@ impl Replication {
         self.restore_superseded().await?;
         let site = self.site.clone();
         let groups = blocking(move || site.group_rows()).await?;
-        for g in groups.into_iter().filter(|g| g.role == "primary") {
+        for g in groups.into_iter().filter(|g| g.role == Role::Primary) {
             // Until a cycle commits, this site cannot know whether the
             // replica took over while it was down: writes are isolated.
-            if g.state == "replicating" {
+            if g.state == GroupState::Replicating {
                 for v in self.live_volumes(&g).await? {
                     let site = self.site.clone();
                     blocking(move || v.begin_isolation(site.layout())).await?;
@@ -578,13 +575,13 @@ impl Replication {
         let n = name.to_string();
         blocking(move || {
             let g = site.group_row(&n)?;
-            if g.role != "primary" {
+            if g.role != Role::Primary {
                 return Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is a replica here; run `group start` at the primary site {}",
                     g.partner
                 )));
             }
-            if g.state != "ready-for-initial-replication" {
+            if g.state != GroupState::ReadyForInitialReplication {
                 return Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is {}; `group start` applies to a group ready for initial replication",
                     g.state
@@ -597,7 +594,13 @@ impl Replication {
                 site.volume(&v.volume)?.tracker().clear()?;
             }
             site.set_group_seed(&n, seed.as_deref())?;
-            site.set_group_state(&n, "initial-replication", None)
+            site.move_group_state(
+                &n,
+                &[GroupState::ReadyForInitialReplication],
+                GroupState::InitialReplication,
+                None,
+            )
+            .map(drop)
         })
         .await?;
         let runner = self.ensure_runner(name);
@@ -615,17 +618,21 @@ impl Replication {
         let n = name.to_string();
         blocking(move || {
             let g = site.group_row(&n)?;
-            if g.role != "primary" {
+            if g.role != Role::Primary {
                 return Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is a replica here; pause or resume it at the primary site {}",
                     g.partner
                 )));
             }
-            match (pause, g.state.as_str()) {
-                (true, "replicating") => site.set_group_state(&n, "paused", None),
-                (false, "paused") => site.set_group_state(&n, "replicating", None),
-                (true, "paused") | (false, "replicating") => Ok(()),
-                (_, s) => Err(offsite_engine::EngineError::Invalid(format!(
+            let (from, to) = if pause {
+                (GroupState::Replicating, GroupState::Paused)
+            } else {
+                (GroupState::Paused, GroupState::Replicating)
+            };
+            match g.state {
+                s if s == from => site.move_group_state(&n, &[from], to, None).map(drop),
+                s if s == to => Ok(()),
+                s => Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is {s}; only a replicating group can be paused and only a paused one resumed"
                 ))),
             }
@@ -715,7 +722,7 @@ impl Replication {
         if let Some(label) = &pit_name {
             offsite_engine::names::validate("PIT", label)?;
         }
-        if g.state == "prepared-for-failover" {
+        if g.state == GroupState::PreparedForFailover {
             // Writes are fenced and the final PIT is on the replica: nothing
             // more will come, so a sync (from either site) returns at once.
             let site = self.site.clone();
@@ -733,7 +740,7 @@ impl Replication {
                 }),
             });
         }
-        if g.role == "replica" {
+        if g.role == Role::Replica {
             let mut ch = self.channel(&g.partner, None).await?;
             let done: wire::SyncDone = ch
                 .request_json(
@@ -792,7 +799,7 @@ impl Replication {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        if row.role != "primary" || row.partner != peer {
+        if row.role != Role::Primary || row.partner != peer {
             return Err(format!(
                 "site {} is not the primary of group {} for {peer}",
                 self.site.config().name,
@@ -843,14 +850,18 @@ impl Replication {
                 }
             };
             cached = Some((row.clone(), current));
-            if row.role != "primary" {
+            if row.role != Role::Primary {
                 return; // reversed: this site is the replica now
             }
             let interval = match self.site.config().replication.cycle_secs {
                 Some(secs) => Duration::from_secs_f64(secs),
                 None => Duration::from_secs((row.rpo_secs / 2).max(15)),
             };
-            if row.mode == "sync" && matches!(row.state.as_str(), "replicating" | "resynchronizing")
+            if row.mode == Mode::Sync
+                && matches!(
+                    row.state,
+                    GroupState::Replicating | GroupState::Resynchronizing
+                )
             {
                 if !self.run_sync(&row, &mut rx, &mirror).await {
                     return;
@@ -858,35 +869,37 @@ impl Replication {
                 last_cycle = Instant::now();
                 continue;
             }
-            match row.state.as_str() {
-                "initial-replication" => match self.initial_replication(&row, &progress).await {
-                    Ok(()) => {
-                        backoff = Duration::from_secs(2);
-                        let r = self.cycle(&row, None, false).await;
-                        last_cycle = Instant::now();
-                        if let Err(e) = r {
-                            tracing::warn!(group = %name, "first cycle failed: {e}");
+            match row.state {
+                GroupState::InitialReplication => {
+                    match self.initial_replication(&row, &progress).await {
+                        Ok(()) => {
+                            backoff = Duration::from_secs(2);
+                            let r = self.cycle(&row, None, false).await;
+                            last_cycle = Instant::now();
+                            if let Err(e) = r {
+                                tracing::warn!(group = %name, "first cycle failed: {e}");
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        self.record_error(&name, &format!("initial replication: {e}"))
-                            .await;
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            c = rx.recv() => match c {
-                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
-                                Some(Command::Wake) => {}
-                                None => return,
-                            },
+                        Err(e) => {
+                            self.record_error(&name, &format!("initial replication: {e}"))
+                                .await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                c = rx.recv() => match c {
+                                    Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                    Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
+                                    Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
+                                    Some(Command::Wake) => {}
+                                    None => return,
+                                },
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            continue;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                        continue;
                     }
-                },
-                "replicating" => {
+                }
+                GroupState::Replicating => {
                     let due = (last_cycle + interval).saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
@@ -975,7 +988,7 @@ impl Replication {
     /// of the group: this daemon's own knowledge at the primary, the
     /// primary's confirmations at the replica.
     fn confirmed_at(&self, row: &GroupRow) -> Option<String> {
-        if row.role == "primary" {
+        if row.role == Role::Primary {
             self.runner(&row.name).and_then(|r| {
                 r.progress
                     .confirmed
@@ -1104,7 +1117,7 @@ impl Replication {
         ch.session.close().await;
         let site = self.site.clone();
         let g = row.name.clone();
-        blocking(move || site.set_group_state(&g, "replicating", None)).await?;
+        blocking(move || site.set_group_state(&g, GroupState::Replicating, None)).await?;
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
@@ -1539,7 +1552,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let row = blocking(move || site.group_row(&n)).await?;
-        if row.role != "primary" || row.state != "replicating" {
+        if row.role != Role::Primary || row.state != GroupState::Replicating {
             return Err(invalid(format!(
                 "verify runs at the primary of a replicating group; group {name} is {} here ({})",
                 row.role, row.state
@@ -1679,7 +1692,7 @@ impl Replication {
             Ok((row, pits, partner, needs_resync))
         })
         .await?;
-        let (pending, isolated): (u64, u64) = if row.role == "primary" {
+        let (pending, isolated): (u64, u64) = if row.role == Role::Primary {
             let site = self.site.clone();
             let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
             blocking(move || {
@@ -1699,7 +1712,7 @@ impl Replication {
         let lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
         let (mut health, mut reason) = health(&row, last.is_some(), lag, partner.as_ref());
         let mut lag = lag;
-        let sync_state = (row.mode == "sync" && row.role == "primary")
+        let sync_state = (row.mode == Mode::Sync && row.role == Role::Primary)
             .then(|| {
                 self.runner(name).and_then(|r| {
                     r.mirror
@@ -1715,7 +1728,7 @@ impl Replication {
             // Every acknowledged write is on the replica: no lag and nothing
             // pending, whatever the age of the newest PIT (the tracker keeps
             // the blocks until the next seal only in case the link is lost).
-            Some(("in-sync", _)) => {
+            Some((SyncState::InSync, _)) => {
                 lag = 0;
                 pending = 0;
                 if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) {
@@ -1732,7 +1745,7 @@ impl Replication {
             }
             None => {}
         }
-        if row.role == "replica"
+        if row.role == Role::Replica
             && let Some(why) = self.store_full_reason(&row.name)
         {
             health = "critical".into();
@@ -1760,7 +1773,7 @@ impl Replication {
         // bytes scanned: a thin volume's holes pass in an instant (progress
         // used to jump from 0 % to 91 % with an ETA of 0 s).
         let transfer = match self.runner(name) {
-            Some(r) if row.state == "initial-replication" => {
+            Some(r) if row.state == GroupState::InitialReplication => {
                 let p = &r.progress;
                 let done = p.data_done.load(Ordering::Relaxed);
                 let total = p.data_total.load(Ordering::Relaxed).max(done);
@@ -1819,9 +1832,9 @@ impl Replication {
         let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
         Ok(GroupStatus {
             name: row.name.clone(),
-            mode: row.mode.clone(),
-            role: row.role.clone(),
-            state: row.state.clone(),
+            mode: row.mode.to_string(),
+            role: row.role.to_string(),
+            state: row.state.to_string(),
             health,
             health_reason: reason,
             partner: row.partner.clone(),
@@ -1834,7 +1847,11 @@ impl Replication {
             pending_bytes: pending,
             // A sync group's RPO is 0: every acknowledged write is on the
             // replica (its stored RPO only paces the seals).
-            rpo_seconds: if row.mode == "sync" { 0 } else { row.rpo_secs },
+            rpo_seconds: if row.mode == Mode::Sync {
+                0
+            } else {
+                row.rpo_secs
+            },
             keep: row.keep,
             volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
             initial_progress_percent: progress,
@@ -1843,7 +1860,7 @@ impl Replication {
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
             sync_state: sync_state.map(|(s, _)| s.to_string()),
-            on_link_loss: (row.mode == "sync").then(|| row.on_link_loss.clone()),
+            on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
             test_failover_pit: {
                 let site = self.site.clone();
                 let g = row.name.clone();
@@ -1853,7 +1870,8 @@ impl Replication {
                     .find(|f| f.group == g && f.kind == "test")
                     .map(|f| f.pit_id)
             },
-            initial_durable_bytes: (row.role == "primary" && row.state == "initial-replication")
+            initial_durable_bytes: (row.role == Role::Primary
+                && row.state == GroupState::InitialReplication)
                 .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
             eta_seconds: eta,
             bandwidth_bytes_per_sec: row.bandwidth,
@@ -1861,12 +1879,12 @@ impl Replication {
             last_error: row.last_error.clone(),
             // A primary may still hold the store of its last promotion
             // (its volumes read it until flattened): not a replica store.
-            store_dir: row.store_dir.clone().filter(|_| row.role == "replica"),
+            store_dir: row.store_dir.clone().filter(|_| row.role == Role::Replica),
             needs_resync,
             resync,
             confirmed_at: self.confirmed_at(&row),
             transfer,
-            seal_interval_seconds: (row.mode == "sync").then_some(row.rpo_secs.max(30)),
+            seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
         })
     }
 
@@ -1889,8 +1907,8 @@ impl Replication {
         let mut sync_losses = Vec::new();
         let mut sync_failed = Vec::new();
         for g in &groups {
-            if g.mode == "sync"
-                && g.role == "primary"
+            if g.mode == Mode::Sync
+                && g.role == Role::Primary
                 && let Some(r) = self.runner(&g.name)
             {
                 let label = format!("group=\"{}\"", g.name);
@@ -1899,7 +1917,7 @@ impl Replication {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .as_ref()
-                    .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync");
+                    .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync);
                 let st = &r.sync_stats;
                 sync_in.push((label.clone(), u64::from(in_sync)));
                 sync_batches.push((label.clone(), st.batches.load(Ordering::Relaxed)));
@@ -1909,13 +1927,13 @@ impl Replication {
             }
             let label = format!("group=\"{}\",role=\"{}\"", g.name, g.role);
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
-            let in_sync = g.mode == "sync"
+            let in_sync = g.mode == Mode::Sync
                 && self.runner(&g.name).is_some_and(|r| {
                     r.mirror
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .as_ref()
-                        .is_some_and(|(m, resync)| m.state_name(*resync) == "in-sync")
+                        .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync)
                 });
             let age = if in_sync {
                 0
@@ -1924,7 +1942,7 @@ impl Replication {
             };
             lag.push((label.clone(), age));
             pits.push((label.clone(), rows.len() as u64));
-            let p: u64 = if g.role == "primary" && !in_sync {
+            let p: u64 = if g.role == Role::Primary && !in_sync {
                 g.volumes
                     .iter()
                     .filter_map(|v| self.site.volume(&v.volume).ok())
@@ -2142,17 +2160,17 @@ impl Replication {
 /// group replicates; a sync group's runner also takes it while catching up
 /// (a reversed group starts resynchronizing at once), once back in sync.
 pub(crate) fn must_be_replicating(g: &GroupRow, what: &str) -> Result<(), ReplError> {
-    let catching_up = g.mode == "sync" && g.state == "resynchronizing";
-    if g.state == "replicating" || catching_up {
+    let catching_up = g.mode == Mode::Sync && g.state == GroupState::Resynchronizing;
+    if g.state == GroupState::Replicating || catching_up {
         return Ok(());
     }
     Err(invalid(format!(
         "group {} is {}; {what} needs a replicating group{}",
         g.name,
         g.state,
-        match g.state.as_str() {
-            "ready-for-initial-replication" => " (run `offsite group start` first)",
-            "paused" => " (run `offsite group resume` first)",
+        match g.state {
+            GroupState::ReadyForInitialReplication => " (run `offsite group start` first)",
+            GroupState::Paused => " (run `offsite group resume` first)",
             _ => "",
         }
     )))
@@ -2177,7 +2195,7 @@ fn health(
     lag: u64,
     partner: Option<&offsite_api_types::PartnerInfo>,
 ) -> (String, Option<String>) {
-    if row.role == "primary" && row.state == crate::superseded::SUPERSEDED {
+    if row.role == Role::Primary && row.state == crate::superseded::SUPERSEDED {
         return (
             "critical".into(),
             Some(row.last_error.clone().unwrap_or_else(|| {
@@ -2185,7 +2203,10 @@ fn health(
             })),
         );
     }
-    let replicating = matches!(row.state.as_str(), "replicating" | "initial-replication");
+    let replicating = matches!(
+        row.state,
+        GroupState::Replicating | GroupState::InitialReplication
+    );
     if !replicating {
         return ("normal".into(), None);
     }

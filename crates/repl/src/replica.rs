@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
+use offsite_catalog::{GroupState, Mode, Role};
 use offsite_replica::{PitWriter, ReplicaStore, VolumeSpec};
 
 use crate::Replication;
@@ -228,7 +229,7 @@ impl Replication {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        if row.role != "replica" {
+        if row.role != Role::Replica {
             return Err(format!(
                 "group {group} is a {} group on site {}, not a replica",
                 row.role,
@@ -284,7 +285,7 @@ impl Replication {
                         self.site.config().name
                     ));
                 }
-                self.set_state(&req.group, "initial-replication", None)
+                self.set_state(&req.group, &[], GroupState::InitialReplication)
                     .await;
                 *transfer = Transfer::Base {
                     group: req.group,
@@ -405,15 +406,23 @@ impl Replication {
                 self.check_peer(&row, peer)?;
                 // PIT 0: the primary cancelled the preparation.
                 if req.pit == 0 {
-                    if row.state == "prepared-for-failover" {
-                        self.set_state(&req.group, "replicating", None).await;
-                    }
-                } else if matches!(
-                    row.state.as_str(),
-                    "replicating" | "paused" | "test-failover"
-                ) {
-                    self.set_state(&req.group, "prepared-for-failover", None)
-                        .await;
+                    self.set_state(
+                        &req.group,
+                        &[GroupState::PreparedForFailover],
+                        GroupState::Replicating,
+                    )
+                    .await;
+                } else {
+                    self.set_state(
+                        &req.group,
+                        &[
+                            GroupState::Replicating,
+                            GroupState::Paused,
+                            GroupState::TestFailover,
+                        ],
+                        GroupState::PreparedForFailover,
+                    )
+                    .await;
                 }
                 Ok(Bytes::new())
             }
@@ -442,7 +451,7 @@ impl Replication {
     /// New data may not enter a replica whose PIT was promoted: the
     /// promoted volumes read the store.
     fn check_accepting(&self, row: &GroupRow) -> Result<(), String> {
-        if row.state == "failed-over" {
+        if row.state == GroupState::FailedOver {
             return Err(format!(
                 "group {} was failed over to site {}; run `offsite reverse {}` there to replicate the other way, or `offsite failover revert {}` there",
                 row.name,
@@ -466,11 +475,20 @@ impl Replication {
         Ok(())
     }
 
-    async fn set_state(&self, group: &str, state: &str, error: Option<String>) {
+    /// Moves the group to `state` if it is in one of `from` (any state
+    /// when empty), in one catalog transaction; a group found in another
+    /// state (a change came first) stays as it is.
+    async fn set_state(&self, group: &str, from: &[GroupState], state: GroupState) {
         let site = self.site.clone();
-        let (g, s) = (group.to_string(), state.to_string());
-        let _ = tokio::task::spawn_blocking(move || site.set_group_state(&g, &s, error.as_deref()))
-            .await;
+        let (g, from) = (group.to_string(), from.to_vec());
+        match tokio::task::spawn_blocking(move || site.move_group_state(&g, &from, state, None))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(offsite_engine::EngineError::Catalog(e))) if e.unexpected_state().is_some() => {}
+            Ok(Err(e)) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+            Err(e) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+        }
     }
 
     /// Records that `group`'s replica store is full (health critical here,
@@ -636,6 +654,10 @@ impl Replication {
         let site = self.site.clone();
         let peer = peer.to_string();
         let site_name = self.site.config().name.clone();
+        let mode: Mode = req
+            .mode
+            .parse()
+            .map_err(|e| format!("site {site_name}: {e}"))?;
         tokio::task::spawn_blocking(move || {
             if let Ok(existing) = site.group_row(&req.group) {
                 return Err(format!(
@@ -684,15 +706,15 @@ impl Replication {
                 .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
             site.insert_group_row(&GroupRow {
                 name: req.group.clone(),
-                role: "replica".into(),
+                role: Role::Replica,
                 partner: peer.clone(),
-                mode: req.mode.clone(),
+                mode,
                 rpo_secs: req.rpo_secs,
                 keep: req.keep,
                 bandwidth: req.bandwidth,
                 compress: req.compress,
                 security_tag: req.security_tag.clone(),
-                state: "ready-for-initial-replication".into(),
+                state: GroupState::ReadyForInitialReplication,
                 store_dir: Some(dir.display().to_string()),
                 created_at: String::new(),
                 state_changed_at: String::new(),
@@ -794,11 +816,22 @@ pub(crate) fn after_commit(
             .collect::<Vec<_>>(),
     )
     .map_err(|e| e.to_string())?;
-    if !matches!(
-        row.state.as_str(),
-        "replicating" | "paused" | "test-failover" | "failed-over" | "prepared-for-failover"
+    // A committed PIT ends the initial replication (or a catch-up); the
+    // states that hold a PIT stay.
+    match site.move_group_state(
+        group,
+        &[
+            GroupState::ReadyForInitialReplication,
+            GroupState::InitialReplication,
+            GroupState::Resynchronizing,
+            GroupState::FailedOverElsewhere,
+        ],
+        GroupState::Replicating,
+        None,
     ) {
-        let _ = site.set_group_state(group, "replicating", None);
+        Ok(_) => {}
+        Err(offsite_engine::EngineError::Catalog(e)) if e.unexpected_state().is_some() => {}
+        Err(e) => tracing::warn!(group, "recording the group as replicating: {e}"),
     }
     Ok(PitCommitted {
         pit: pit_desc(info),

@@ -26,6 +26,7 @@ use std::time::Instant;
 use offsite_api_types::{ResyncProgress, ResyncResult, VerifyResult, VerifyVolume};
 use std::sync::atomic::Ordering;
 
+use offsite_catalog::Role;
 use offsite_catalog::{GroupRow, PitRow, TrafficKind};
 use offsite_engine::{MirrorRecord, RoaringBitmap, Volume, WriteMirror};
 use tokio::sync::oneshot;
@@ -46,7 +47,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let row = run_blocking(move || Ok(site.group_row(&n)?)).await?;
-        if row.role != "primary" {
+        if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group resync runs at the primary of the group; group {name} is a replica here: run it at site {}",
                 row.partner

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use offsite_api_types::{GroupStatus, SetGroup, SetVm, VmInfo};
 use offsite_catalog::GroupRow;
+use offsite_catalog::{Mode, Role};
 
 use crate::primary::RPO_RANGE;
 use crate::wire::{self, VmDesc};
@@ -25,7 +26,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
-        if row.role != "primary" {
+        if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group {name} is a replica here; run `offsite group set` at its primary site {}",
                 row.partner
@@ -50,7 +51,7 @@ impl Replication {
             offsite_engine::check_bandwidth(bw)?;
         }
         if let Some(mode) = &req.mode
-            && !matches!(mode.as_str(), "async" | "sync")
+            && mode.parse::<Mode>().is_err()
         {
             return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
         }
@@ -71,7 +72,7 @@ impl Replication {
                 &row,
                 wire::GroupSetMode {
                     group: name.to_string(),
-                    mode: row.mode.clone(),
+                    mode: row.mode.to_string(),
                     rpo_secs: Some(rpo),
                     keep: Some(keep),
                     bandwidth: Some(bandwidth.unwrap_or(0)),
@@ -134,7 +135,7 @@ impl Replication {
                 g,
                 wire::GroupSetMode {
                     group: g.name.clone(),
-                    mode: g.mode.clone(),
+                    mode: g.mode.to_string(),
                     rpo_secs: None,
                     keep: None,
                     bandwidth: None,

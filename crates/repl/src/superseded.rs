@@ -18,21 +18,18 @@ use std::sync::Arc;
 
 use offsite_api_types::GroupStatus;
 use offsite_catalog::GroupRow;
+use offsite_catalog::{GroupState, Role};
 
 use crate::primary::Command;
 use crate::{ReplError, Replication, invalid, run_blocking};
 
 /// The state of a primary's group whose partner took it over.
-pub(crate) const SUPERSEDED: &str = "failed-over-elsewhere";
+pub(crate) const SUPERSEDED: GroupState = GroupState::FailedOverElsewhere;
 
 /// States of a primary group that a failover elsewhere supersedes (a
 /// prepared group is already fenced and expects it).
 fn may_be_superseded(row: &GroupRow) -> bool {
-    row.role == "primary"
-        && matches!(
-            row.state.as_str(),
-            "replicating" | "initial-replication" | "paused" | "resynchronizing"
-        )
+    row.role == Role::Primary && GroupState::SUPERSEDABLE.contains(&row.state)
 }
 
 impl Replication {
@@ -50,7 +47,7 @@ impl Replication {
             return Some(false);
         }
         let view = self.partner_view(row).await.ok()?;
-        if view.state != "failed-over" {
+        if view.state != GroupState::FailedOver.as_str() {
             return Some(false);
         }
         let why = format!(
@@ -78,7 +75,7 @@ impl Replication {
         let site = self.site.clone();
         let (g, w) = (row.name.clone(), why.to_string());
         run_blocking(move || {
-            site.set_group_state(&g, SUPERSEDED, Some(&w))?;
+            site.move_group_state(&g, GroupState::SUPERSEDABLE, SUPERSEDED, Some(&w))?;
             site.note("group.superseded", &g, &w);
             Ok(())
         })
@@ -95,7 +92,7 @@ impl Replication {
         let rows = run_blocking(move || Ok(site.group_rows()?)).await?;
         let mut ask = Vec::new();
         for row in rows {
-            if row.role == "primary" && row.state == SUPERSEDED {
+            if row.role == Role::Primary && row.state == SUPERSEDED {
                 let why = row.last_error.clone().unwrap_or_else(|| {
                     format!("group {} was failed over to site {}", row.name, row.partner)
                 });
@@ -144,7 +141,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let row = run_blocking(move || Ok(site.group_row(&n)?)).await?;
-        if row.role != "primary" || row.state != SUPERSEDED {
+        if row.role != Role::Primary || row.state != SUPERSEDED {
             return Err(invalid(format!(
                 "group {name} is {} {} here; unfence is for a primary whose group was failed over elsewhere ({SUPERSEDED})",
                 row.role, row.state
@@ -152,7 +149,7 @@ impl Replication {
         }
         if !force {
             match self.partner_view(&row).await {
-                Ok(view) if view.state == "failed-over" => {
+                Ok(view) if view.state == GroupState::FailedOver.as_str() => {
                     return Err(invalid(format!(
                         "site {} still holds group {name} failed over; resolve it there (`offsite reverse {name}` or `offsite failover revert {name}`), or add --force to take writes here anyway (a split brain)",
                         row.partner
@@ -173,7 +170,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         run_blocking(move || {
-            site.set_group_state(&n, "replicating", None)?;
+            site.move_group_state(&n, &[SUPERSEDED], GroupState::Replicating, None)?;
             site.note("group.unfenced", &n, "writes accepted again; replicating");
             Ok(())
         })

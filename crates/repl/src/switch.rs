@@ -29,6 +29,7 @@ use offsite_api_types::{
     ExportedVolume, FailoverResult, ReverseRequest, ReverseResult, SplitBrain, SplitBrainSide,
 };
 use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
+use offsite_catalog::{GroupState, Role};
 use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
 use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
@@ -98,14 +99,14 @@ impl Replication {
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
-        if row.role != "primary" {
+        if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group {group} is replicated into this site; run `offsite failover prepare {group}` at its primary {}",
                 row.partner
             )));
         }
         let volumes = self.served(&row);
-        if row.state == "prepared-for-failover" {
+        if row.state == GroupState::PreparedForFailover {
             let pit = self.sync_group(group, None, true).await?.pit;
             return Ok(FailoverResult {
                 group: group.to_string(),
@@ -117,7 +118,7 @@ impl Replication {
                 errors: Vec::new(),
             });
         }
-        if row.state != "replicating" {
+        if row.state != GroupState::Replicating {
             return Err(invalid(format!(
                 "group {group} is {}; failover prepare needs a replicating group",
                 row.state
@@ -155,7 +156,15 @@ impl Replication {
         }
         let site = self.site.clone();
         let g = group.to_string();
-        blocking(move || Ok(site.set_group_state(&g, "prepared-for-failover", None)?)).await?;
+        blocking(move || {
+            Ok(site.move_group_state(
+                &g,
+                &[GroupState::Replicating],
+                GroupState::PreparedForFailover,
+                None,
+            )?)
+        })
+        .await?;
         // A sync group's runner ends its stream now.
         self.wake_runner(group).await;
         let pit = pit.map_or(0, |p| p.id);
@@ -191,7 +200,7 @@ impl Replication {
         let rows = blocking(move || Ok(site.group_rows()?)).await?;
         for row in rows
             .iter()
-            .filter(|r| r.role == "primary" && r.state == "prepared-for-failover")
+            .filter(|r| r.role == Role::Primary && r.state == GroupState::PreparedForFailover)
         {
             for v in self.live_volumes(row).await? {
                 v.set_fenced(true);
@@ -228,7 +237,7 @@ impl Replication {
             ));
         }
         let (mut unreplicated_bytes, mut isolated_bytes) = (0, 0);
-        if row.role == "primary" {
+        if row.role == Role::Primary {
             for v in self.live_volumes(&row).await.map_err(|e| e.to_string())? {
                 let bs = u64::from(v.row().block_size);
                 unreplicated_bytes += v.tracker().dirty_bytes();
@@ -243,8 +252,8 @@ impl Replication {
             .last()
             .map(|p| p.id);
         let view = GroupView {
-            role: row.role,
-            state: row.state,
+            role: row.role.to_string(),
+            state: row.state.to_string(),
             partner: row.partner,
             unreplicated_bytes,
             isolated_bytes,
@@ -257,7 +266,7 @@ impl Replication {
     /// (requests only the primary may answer).
     async fn primary_row_for(&self, peer: &str, group: &str) -> Result<GroupRow, String> {
         let row = self.group_row_of(group).await.map_err(|e| e.to_string())?;
-        if row.partner != peer || row.role != "primary" {
+        if row.partner != peer || row.role != Role::Primary {
             return Err(format!(
                 "site {} is not the primary of group {group} for {peer} (it is {} with {})",
                 self.site.config().name,
@@ -288,13 +297,13 @@ impl Replication {
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
-        let replacing = row.state == "failed-over";
-        match row.state.as_str() {
-            "replicating" | "paused" | "prepared-for-failover" => {}
+        let replacing = row.state == GroupState::FailedOver;
+        match row.state {
+            GroupState::Replicating | GroupState::Paused | GroupState::PreparedForFailover => {}
             // Another PIT, before `failover commit`: the promoted volumes
             // and their writes are replaced.
-            "failed-over" => self.unpromote(&row, false).await?,
-            "test-failover" => {
+            GroupState::FailedOver => self.unpromote(&row, false).await?,
+            GroupState::TestFailover => {
                 return Err(invalid(format!(
                     "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
                 )));
@@ -306,7 +315,7 @@ impl Replication {
             }
         }
         let mode = match self.partner_view(&row).await {
-            Ok(v) if v.state == "prepared-for-failover" => "planned",
+            Ok(v) if v.state == GroupState::PreparedForFailover.as_str() => "planned",
             _ if replacing => "unplanned",
             Ok(v) if !force => {
                 return Err(invalid(format!(
@@ -365,7 +374,17 @@ impl Replication {
                 done.push(v.volume.clone());
             }
             site.define_group_vms(&r.name)?;
-            site.set_group_state(&r.name, "failed-over", None)?;
+            site.move_group_state(
+                &r.name,
+                &[
+                    GroupState::Replicating,
+                    GroupState::Paused,
+                    GroupState::PreparedForFailover,
+                    GroupState::FailedOver,
+                ],
+                GroupState::FailedOver,
+                None,
+            )?;
             Ok(())
         })
         .await;
@@ -421,11 +440,13 @@ impl Replication {
             .await?;
         let state = if restore_state {
             match self.partner_view(row).await {
-                Ok(v) if v.state == "prepared-for-failover" => "prepared-for-failover",
-                _ => "replicating",
+                Ok(v) if v.state == GroupState::PreparedForFailover.as_str() => {
+                    GroupState::PreparedForFailover
+                }
+                _ => GroupState::Replicating,
             }
         } else {
-            "failed-over"
+            GroupState::FailedOver
         };
         let site = self.site.clone();
         let r = row.clone();
@@ -436,7 +457,7 @@ impl Replication {
                 }
             }
             site.catalog_delete_failover(&r.name, "promoted")?;
-            site.set_group_state(&r.name, state, None)?;
+            site.move_group_state(&r.name, &[GroupState::FailedOver], state, None)?;
             Ok(())
         })
         .await
@@ -446,7 +467,7 @@ impl Replication {
     pub async fn failover_commit(&self, group: &str) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
-        if row.state != "failed-over" {
+        if row.state != GroupState::FailedOver {
             return Err(invalid(format!(
                 "group {group} is {} here; commit follows `offsite failover run {group}` at the replica",
                 row.state
@@ -481,14 +502,22 @@ impl Replication {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
         let mut hooks = Vec::new();
-        match (row.role.as_str(), row.state.as_str()) {
-            ("primary", "prepared-for-failover") => {
+        match (row.role, row.state) {
+            (Role::Primary, GroupState::PreparedForFailover) => {
                 for v in self.live_volumes(&row).await? {
                     v.set_fenced(false);
                 }
                 let site = self.site.clone();
                 let g = group.to_string();
-                blocking(move || Ok(site.set_group_state(&g, "replicating", None)?)).await?;
+                blocking(move || {
+                    Ok(site.move_group_state(
+                        &g,
+                        &[GroupState::PreparedForFailover],
+                        GroupState::Replicating,
+                        None,
+                    )?)
+                })
+                .await?;
                 if let Ok(mut ch) = self.channel(&row.partner, None).await {
                     let body = serde_json::to_vec(&wire::GroupPrepared {
                         group: group.to_string(),
@@ -505,7 +534,7 @@ impl Replication {
                     .run_vm_hooks(&row, HookAction::Start, "planned", &self.served(&row))
                     .await?;
             }
-            ("replica", "failed-over") => self.unpromote(&row, true).await?,
+            (Role::Replica, GroupState::FailedOver) => self.unpromote(&row, true).await?,
             (role, state) => {
                 return Err(invalid(format!(
                     "group {group} is {role} {state} here; revert undoes `failover prepare` at the primary or an uncommitted `failover run` at the replica"
@@ -607,7 +636,12 @@ impl Replication {
                 site.retire_volume(&v.volume)?;
             }
             site.catalog_delete_failover(&rr.name, "promoted")?;
-            site.set_group_state(&rr.name, "replicating", None)?;
+            site.move_group_state(
+                &rr.name,
+                &[GroupState::FailedOver],
+                GroupState::Replicating,
+                None,
+            )?;
             Ok(())
         })
         .await?;
@@ -651,7 +685,7 @@ impl Replication {
     ) -> Result<ReverseResult, ReplError> {
         let started = Instant::now();
         let row = self.group_row_of(group).await?;
-        if row.role != "replica" || row.state != "failed-over" {
+        if row.role != Role::Replica || row.state != GroupState::FailedOver {
             return Err(invalid(format!(
                 "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
                 row.role, row.state
@@ -849,7 +883,12 @@ impl Replication {
                     .merge(set)
                     .map_err(offsite_engine::EngineError::from)?;
             }
-            site.set_group_role(&r.name, "primary", r.store_dir.as_deref(), "replicating")?;
+            site.set_group_role(
+                &r.name,
+                Role::Primary,
+                r.store_dir.as_deref(),
+                GroupState::Replicating,
+            )?;
             site.catalog_delete_failover(&r.name, "promoted")?;
             site.replace_pits(&r.name, &pits)?;
             // The group replicates under the settings it had.
@@ -1174,7 +1213,7 @@ impl Replication {
             } else {
                 None
             };
-            site.set_group_role(&r.name, "replica", Some(&store_dir), "replicating")
+            site.set_group_role(&r.name, Role::Replica, Some(&store_dir), GroupState::Replicating)
                 .map_err(|e| e.to_string())?;
             if kept_as_pit.is_none() {
                 site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
@@ -1243,8 +1282,13 @@ fn resume_dormant(
     }
     let store_dir = store.dir().display().to_string();
     let rows = crate::dormant::pit_rows(store);
-    site.set_group_role(&r.name, "replica", Some(&store_dir), "replicating")
-        .map_err(|e| e.to_string())?;
+    site.set_group_role(
+        &r.name,
+        Role::Replica,
+        Some(&store_dir),
+        GroupState::Replicating,
+    )
+    .map_err(|e| e.to_string())?;
     site.replace_pits(&r.name, &rows)
         .map_err(|e| e.to_string())?;
     tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");

@@ -82,6 +82,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use offsite_catalog::GroupRow;
+use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
 use offsite_protocol::{ErrorCode, Message};
 use offsite_replica::{LogApplier, LogRecord, ReplicaStore, WriteLog};
@@ -358,17 +359,17 @@ impl SyncMirror {
     }
 
     /// `in-sync`, `degraded`/`suspended` (lost) or `resynchronizing`.
-    pub(crate) fn state_name(&self, resyncing: bool) -> &'static str {
+    pub(crate) fn state_name(&self, resyncing: bool) -> SyncState {
         let st = self.lock();
         match st.link {
             // In sync only once the stream is attached: between the last
             // cut and the stream's opening, writes queue unconfirmed.
-            Link::Up if st.stream.is_some() => "in-sync",
-            Link::Up => "resynchronizing",
-            _ if resyncing => "resynchronizing",
+            Link::Up if st.stream.is_some() => SyncState::InSync,
+            Link::Up => SyncState::Resynchronizing,
+            _ if resyncing => SyncState::Resynchronizing,
             _ => match self.policy {
-                Policy::Degrade => "degraded",
-                Policy::Suspend(_) => "suspended",
+                Policy::Degrade => SyncState::Degraded,
+                Policy::Suspend(_) => SyncState::Suspended,
             },
         }
     }
@@ -974,7 +975,10 @@ impl Replication {
                 row.name, row.partner
             ));
         }
-        if matches!(row.state.as_str(), "failed-over" | "prepared-for-failover") {
+        if matches!(
+            row.state,
+            GroupState::FailedOver | GroupState::PreparedForFailover
+        ) {
             return Err(format!(
                 "group {} is {} on site {}; it takes no more writes from {peer}",
                 row.name,
@@ -1272,7 +1276,7 @@ impl Replication {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
         };
-        if row.role != "replica" {
+        if row.role != Role::Replica {
             return Ok(None);
         }
         let (_, store) = self.store(group).await?;
@@ -1322,13 +1326,13 @@ impl Replication {
         name: &str,
         mode: &str,
     ) -> Result<offsite_api_types::GroupStatus, ReplError> {
-        if !matches!(mode, "async" | "sync") {
-            return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
-        }
+        let mode: Mode = mode
+            .parse()
+            .map_err(|_| invalid(format!("mode {mode:?} is neither async nor sync")))?;
         let site = self.site.clone();
         let n = name.to_string();
         let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
-        if row.role != "primary" {
+        if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group {name} is a replica here; run `group set` at its primary site {}",
                 row.partner
@@ -1336,8 +1340,8 @@ impl Replication {
         }
         if row.mode != mode {
             let site = self.site.clone();
-            let (n, m) = (name.to_string(), mode.to_string());
-            crate::run_blocking(move || Ok(site.set_group_mode(&n, &m)?)).await?;
+            let n = name.to_string();
+            crate::run_blocking(move || Ok(site.set_group_mode(&n, mode)?)).await?;
             // The replica's copy of the setting follows (it matters once a
             // reverse makes it the primary); a failure here is repaired by
             // the next `group set`.
@@ -1366,9 +1370,10 @@ impl Replication {
     pub(crate) async fn answer_set_mode(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
         let req: wire::GroupSetMode =
             serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
-        if !matches!(req.mode.as_str(), "async" | "sync") {
-            return Err(format!("mode {:?} is neither async nor sync", req.mode));
-        }
+        let mode: Mode = req
+            .mode
+            .parse()
+            .map_err(|_| format!("mode {:?} is neither async nor sync", req.mode))?;
         if req.keep == Some(0)
             || req
                 .rpo_secs
@@ -1389,7 +1394,7 @@ impl Replication {
                     row.name, row.partner
                 ));
             }
-            site.set_group_mode(&req.group, &req.mode)
+            site.set_group_mode(&req.group, mode)
                 .map_err(|e| e.to_string())?;
             if req.rpo_secs.is_some()
                 || req.keep.is_some()
@@ -1459,19 +1464,26 @@ impl Replication {
         keep
     }
 
-    async fn set_sync_state(&self, group: &str, state: &str, error: Option<String>) {
+    async fn set_sync_state(&self, group: &str, state: GroupState, error: Option<String>) {
         let site = self.site.clone();
-        let (g, s) = (group.to_string(), state.to_string());
-        let _ = tokio::task::spawn_blocking(move || {
-            let row = site.group_row(&g)?;
-            // Only the sync runner's own states move here: a prepare or
-            // pause in the meantime wins.
-            if matches!(row.state.as_str(), "replicating" | "resynchronizing") {
-                site.set_group_state(&g, &s, error.as_deref())?;
-            }
-            Ok::<_, offsite_engine::EngineError>(())
+        let g = group.to_string();
+        // Only the sync runner's own states move here (checked and written
+        // in one transaction): a prepare or pause in the meantime wins.
+        let moved = tokio::task::spawn_blocking(move || {
+            site.move_group_state(
+                &g,
+                &[GroupState::Replicating, GroupState::Resynchronizing],
+                state,
+                error.as_deref(),
+            )
         })
         .await;
+        match moved {
+            Ok(Ok(_)) => {}
+            Ok(Err(offsite_engine::EngineError::Catalog(e))) if e.unexpected_state().is_some() => {}
+            Ok(Err(e)) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+            Err(e) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+        }
     }
 
     /// Whether the group still runs in sync mode here.
@@ -1480,9 +1492,9 @@ impl Replication {
         let g = group.to_string();
         matches!(
             tokio::task::spawn_blocking(move || site.group_row(&g)).await,
-            Ok(Ok(r)) if r.role == "primary"
-                && r.mode == "sync"
-                && matches!(r.state.as_str(), "replicating" | "resynchronizing")
+            Ok(Ok(r)) if r.role == Role::Primary
+                && r.mode == Mode::Sync
+                && matches!(r.state, GroupState::Replicating | GroupState::Resynchronizing)
         )
     }
 
@@ -1550,7 +1562,7 @@ impl Replication {
                 }
             };
             set_resyncing(false);
-            self.set_sync_state(&name, "resynchronizing", mirror.why_lost())
+            self.set_sync_state(&name, GroupState::Resynchronizing, mirror.why_lost())
                 .await;
             loop {
                 let at = AtomicU64::new(0);
@@ -1610,7 +1622,8 @@ impl Replication {
             if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                 s.1 = false;
             }
-            self.set_sync_state(&name, "replicating", None).await;
+            self.set_sync_state(&name, GroupState::Replicating, None)
+                .await;
             let site = self.site.clone();
             let g = name.clone();
             let _ = crate::run_blocking(move || {
