@@ -30,7 +30,9 @@ pub fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 fn checked<T>(v: Option<T>, at: usize, len: usize) -> T {
     match v {
         Some(v) => v,
-        None => panic!("decoder bug: field at byte {at} lies past the end of a checked {len}-byte buffer"),
+        None => panic!(
+            "decoder bug: field at byte {at} lies past the end of a checked {len}-byte buffer"
+        ),
     }
 }
 

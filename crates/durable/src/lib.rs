@@ -182,9 +182,22 @@ pub fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<(),
         .map_err(DurableError::new(Step::Write, path))
 }
 
-/// `pwrite` of all of `buf` that is crash-relevant by itself: a record of
-/// a small metadata file (an activity-log slot), or a write through a
-/// descriptor opened with `O_DSYNC` (durable when it returns). Counted.
+/// `pwrite` of a record of a small metadata file that is updated in place
+/// (an activity-log slot), made durable by the caller's next fsync.
+/// Counted, unlike bulk data writes.
+pub fn write_record_at(
+    file: &File,
+    path: &Path,
+    buf: &[u8],
+    offset: u64,
+) -> Result<(), DurableError> {
+    step(true)
+        .and_then(|()| file.write_all_at(buf, offset))
+        .map_err(DurableError::new(Step::Write, path))
+}
+
+/// `pwrite` of all of `buf` through a descriptor opened with `O_DSYNC`:
+/// durable when it returns, so a counted step like an fsync.
 pub fn write_durable_at(
     file: &File,
     path: &Path,
@@ -388,7 +401,10 @@ mod tests {
             let e = replace_file(&p, b"new contents, longer").unwrap_err();
             assert!(failpoint::fired());
             failpoint::disarm();
-            assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
+            assert!(
+                e.to_string().contains(&dir.path().display().to_string()),
+                "{e}"
+            );
             let got = fs::read(&p).unwrap();
             assert!(
                 got == b"old contents" || got == b"new contents, longer",
