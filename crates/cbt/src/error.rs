@@ -98,6 +98,16 @@ pub enum CbtError {
     },
 }
 
+impl From<offsite_durable::DurableError> for CbtError {
+    fn from(e: offsite_durable::DurableError) -> Self {
+        CbtError::Io {
+            op: e.step.as_str(),
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl CbtError {
     /// The underlying operating-system error, if this is an I/O failure.
     pub fn io_error(&self) -> Option<&io::Error> {

@@ -3,6 +3,7 @@
 //! human-readable reason, which the tracker turns into a
 //! [`crate::OpenReport::Reset`].
 
+use offsite_durable::le;
 use roaring::RoaringBitmap;
 
 /// First 8 bytes of a bitmap file.
@@ -67,21 +68,21 @@ pub(crate) fn decode_bitmap(
     if body[0..8] != BITMAP_MAGIC {
         return Err("bitmap file has a bad magic number".to_string());
     }
-    let version = le_u32(body, 8);
+    let version = le::u32_at(body, 8);
     if version != FORMAT_VERSION {
         return Err(format!(
             "bitmap file has format version {version}, this build reads version {FORMAT_VERSION}"
         ));
     }
-    let file_block_size = le_u32(body, 12);
-    let file_nblocks = le_u64(body, 16);
+    let file_block_size = le::u32_at(body, 12);
+    let file_nblocks = le::u64_at(body, 16);
     if file_block_size != block_size || file_nblocks != nblocks {
         return Err(format!(
             "geometry mismatch: bitmap file tracks {file_nblocks} blocks of {file_block_size} bytes, \
              the volume has {nblocks} blocks of {block_size} bytes"
         ));
     }
-    let payload_len = le_u64(body, 24);
+    let payload_len = le::u64_at(body, 24);
     if payload_len != (body.len() - BITMAP_HEADER_LEN) as u64 {
         return Err(format!(
             "bitmap file length mismatch (payload {payload_len} bytes, file holds {})",
@@ -144,12 +145,12 @@ pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, Strin
     if buf[0..8].iter().all(|&b| b == 0) {
         return Err("slot is empty".to_string());
     }
-    let count = le_u32(buf, 32) as usize;
+    let count = le::u32_at(buf, 32) as usize;
     let end = AL_HEADER_LEN
         .checked_add(count.saturating_mul(4))
         .filter(|&end| end + 4 <= buf.len())
         .ok_or_else(|| format!("slot claims {count} extents, more than it can hold"))?;
-    let stored = le_u32(buf, end);
+    let stored = le::u32_at(buf, end);
     let actual = crc32c::crc32c(&buf[..end]);
     if stored != actual {
         return Err(format!(
@@ -159,19 +160,19 @@ pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, Strin
     if buf[0..8] != AL_MAGIC {
         return Err("slot has a bad magic number".to_string());
     }
-    let version = le_u32(buf, 8);
+    let version = le::u32_at(buf, 8);
     if version != FORMAT_VERSION {
         return Err(format!(
             "slot has format version {version}, this build reads version {FORMAT_VERSION}"
         ));
     }
     let rec = AlRecord {
-        block_size: le_u32(buf, 12),
-        extent_blocks: le_u32(buf, 16),
-        capacity: le_u32(buf, 20),
-        seq: le_u64(buf, 24),
+        block_size: le::u32_at(buf, 12),
+        extent_blocks: le::u32_at(buf, 16),
+        capacity: le::u32_at(buf, 20),
+        seq: le::u64_at(buf, 24),
         extents: (0..count)
-            .map(|i| le_u32(buf, AL_HEADER_LEN + 4 * i))
+            .map(|i| le::u32_at(buf, AL_HEADER_LEN + 4 * i))
             .collect(),
     };
     if rec.seq == 0 || al_slot_index(rec.seq) != index {
@@ -230,12 +231,4 @@ pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), String> 
         ));
     }
     Ok((rec, slot_size))
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }

@@ -142,7 +142,6 @@
 //! tuning is still read (extents are interpreted with the recorded
 //! `extent_blocks`); it is then rewritten in the current shape.
 
-mod durable;
 mod error;
 mod format;
 #[cfg(test)]
@@ -153,7 +152,6 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -161,6 +159,7 @@ pub use roaring::RoaringBitmap;
 
 pub use crate::error::CbtError;
 use crate::format::{AlRecord, al_slot_index, al_slot_size};
+use offsite_durable as durable;
 
 /// The largest number of blocks a volume may have (block indices are `u32`).
 pub const MAX_BLOCKS: u64 = u32::MAX as u64;
@@ -299,7 +298,6 @@ pub struct ChangeTracker {
     extent_shift: u32,
     extent_blocks: u32,
     al_capacity: u32,
-    dir: PathBuf,
     bitmap_path: PathBuf,
     al_path: PathBuf,
     /// Serializes every file write. Lock order: `io`, then `state`.
@@ -313,8 +311,6 @@ struct Io {
     slot_size: usize,
     /// Sequence of the newest durable AL record.
     seq: u64,
-    #[cfg(test)]
-    fail_writes: bool,
 }
 
 type ExtentMap = HashMap<u32, u64, BuildHasherDefault<ExtentHasher>>;
@@ -386,6 +382,15 @@ fn lock_file(f: &File, path: &Path) -> Result<(), CbtError> {
         }),
         Err(TryLockError::Error(e)) => Err(CbtError::io("lock", path, e)),
     }
+}
+
+/// Removes a leftover `X.partial` from an interrupted replacement.
+fn remove_stale_partial(path: &Path) -> Result<(), CbtError> {
+    let tmp = durable::partial_path(path);
+    if durable::remove_file(&tmp)? {
+        tracing::debug!(path = %tmp.display(), "removed leftover temporary file");
+    }
+    Ok(())
 }
 
 fn open_al(path: &Path) -> io::Result<File> {
@@ -475,7 +480,6 @@ impl ChangeTracker {
         let empty = RoaringBitmap::new();
         // 1. bitmap (empty), durable.
         durable::replace_file(
-            dir,
             &bitmap_path,
             &format::encode_bitmap(&empty, geometry.block_size, geometry.nblocks),
         )?;
@@ -488,12 +492,11 @@ impl ChangeTracker {
             seq: 1,
             extents: Vec::new(),
         };
-        durable::replace_file(dir, &al_path, &fresh_al_bytes(&rec, slot_size))?;
+        durable::replace_file(&al_path, &fresh_al_bytes(&rec, slot_size))?;
         let al = open_al(&al_path).map_err(|e| CbtError::io("open", &al_path, e))?;
         lock_file(&al, &al_path)?;
         tracing::debug!(path = %al_path.display(), ?geometry, "created change tracker");
         Ok(Self::assemble(
-            dir,
             bitmap_path,
             al_path,
             geometry,
@@ -535,8 +538,8 @@ impl ChangeTracker {
         geometry.validate()?;
         tuning.validate()?;
         let (bitmap_path, al_path) = file_paths(dir, stem);
-        durable::remove_stale_partial(&bitmap_path)?;
-        durable::remove_stale_partial(&al_path)?;
+        remove_stale_partial(&bitmap_path)?;
+        remove_stale_partial(&al_path)?;
 
         // The AL is opened and locked first, so a second tracker on the same
         // files fails before it reads (or rewrites) anything.
@@ -648,7 +651,6 @@ impl ChangeTracker {
                 // 1. Persist the recovered set, so the AL can be emptied.
                 if !clean {
                     durable::replace_file(
-                        dir,
                         &bitmap_path,
                         &format::encode_bitmap(&dirty, geometry.block_size, nblocks),
                     )?;
@@ -658,15 +660,14 @@ impl ChangeTracker {
                     (Some(f), Some(seq)) => {
                         let rec = fresh_record(seq + 1);
                         let off = (al_slot_index(rec.seq) * slot_size) as u64;
-                        f.write_all_at(&format::encode_al_slot(&rec, slot_size), off)
-                            .map_err(|e| CbtError::io("write", &al_path, e))?;
-                        f.sync_data()
-                            .map_err(|e| CbtError::io("fdatasync", &al_path, e))?;
+                        let slot = format::encode_al_slot(&rec, slot_size);
+                        durable::write_record_at(&f, &al_path, &slot, off)?;
+                        durable::sync_data(&f, &al_path)?;
                         (f, rec.seq)
                     }
                     (old, _) => {
                         let rec = fresh_record(1);
-                        durable::replace_file(dir, &al_path, &fresh_al_bytes(&rec, slot_size))?;
+                        durable::replace_file(&al_path, &fresh_al_bytes(&rec, slot_size))?;
                         let f = open_al(&al_path).map_err(|e| CbtError::io("open", &al_path, e))?;
                         lock_file(&f, &al_path)?;
                         drop(old);
@@ -676,7 +677,6 @@ impl ChangeTracker {
             }
         };
         let tracker = Self::assemble(
-            dir,
             bitmap_path,
             al_path,
             geometry,
@@ -691,7 +691,6 @@ impl ChangeTracker {
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        dir: &Path,
         bitmap_path: PathBuf,
         al_path: PathBuf,
         geometry: Geometry,
@@ -707,16 +706,9 @@ impl ChangeTracker {
             extent_shift: tuning.extent_blocks.trailing_zeros(),
             extent_blocks: tuning.extent_blocks,
             al_capacity: tuning.al_capacity,
-            dir: dir.to_path_buf(),
             bitmap_path,
             al_path,
-            io: Mutex::new(Io {
-                al,
-                slot_size,
-                seq,
-                #[cfg(test)]
-                fail_writes: false,
-            }),
+            io: Mutex::new(Io { al, slot_size, seq }),
             state: Mutex::new(State {
                 dirty,
                 inflight: RoaringBitmap::new(),
@@ -978,13 +970,9 @@ impl ChangeTracker {
             bitmap_path,
             al_path,
         ] {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            durable::remove_file(&p)?;
         }
-        File::open(dir)?.sync_all()
+        Ok(durable::sync_dir(dir)?)
     }
 
     /// The volume geometry.
@@ -1071,28 +1059,13 @@ impl ChangeTracker {
         }
     }
 
-    fn persist_bitmap(&self, io: &mut Io, bytes: &[u8]) -> Result<(), CbtError> {
-        #[cfg(test)]
-        if io.fail_writes {
-            return Err(CbtError::io(
-                "write",
-                &self.bitmap_path,
-                io::Error::new(io::ErrorKind::StorageFull, "injected failure"),
-            ));
-        }
-        let _ = io;
-        durable::replace_file(&self.dir, &self.bitmap_path, bytes)
+    /// Replaces the bitmap file. Takes the I/O lock (`io`) to show that the
+    /// caller serializes file writes.
+    fn persist_bitmap(&self, _io: &mut Io, bytes: &[u8]) -> Result<(), CbtError> {
+        Ok(durable::replace_file(&self.bitmap_path, bytes)?)
     }
 
     fn write_al(&self, io: &mut Io, extents: Vec<u32>) -> Result<(), CbtError> {
-        #[cfg(test)]
-        if io.fail_writes {
-            return Err(CbtError::io(
-                "write",
-                &self.al_path,
-                io::Error::new(io::ErrorKind::StorageFull, "injected failure"),
-            ));
-        }
         let rec = AlRecord {
             block_size: self.geometry.block_size,
             extent_blocks: self.extent_blocks,
@@ -1102,19 +1075,10 @@ impl ChangeTracker {
         };
         let buf = format::encode_al_slot(&rec, io.slot_size);
         let off = (al_slot_index(rec.seq) * io.slot_size) as u64;
-        io.al
-            .write_all_at(&buf, off)
-            .map_err(|e| CbtError::io("write", &self.al_path, e))?;
-        io.al
-            .sync_data()
-            .map_err(|e| CbtError::io("fdatasync", &self.al_path, e))?;
+        durable::write_record_at(&io.al, &self.al_path, &buf, off)?;
+        durable::sync_data(&io.al, &self.al_path)?;
         io.seq = rec.seq;
         Ok(())
-    }
-
-    #[cfg(test)]
-    fn inject_write_failures(&self, on: bool) {
-        self.lock_io().fail_writes = on;
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::fs;
 
+use offsite_durable::failpoint;
 use roaring::RoaringBitmap;
 
 use super::*;
@@ -113,14 +114,14 @@ fn sticky_failure_refuses_marks_until_reopen() {
     let t = ChangeTracker::create_tuned(dir.path(), "v", G, tuning()).unwrap();
     t.mark(0, 4096).unwrap();
     // Active extent: no I/O, still fine with failing storage.
-    t.inject_write_failures(true);
+    failpoint::arm_with(1, io::ErrorKind::StorageFull);
     t.mark(4096, 4096).unwrap();
     // A new extent needs an AL write, which fails...
     let err = t.mark(16 * 4096 * 5, 4096).unwrap_err();
     assert!(err.is_storage_full(), "{err}");
     assert!(err.io_error().is_some());
     // ...and from then on everything refuses, even with healthy storage.
-    t.inject_write_failures(false);
+    failpoint::disarm();
     assert!(t.is_failed());
     for r in [
         t.mark(0, 4096),
@@ -153,9 +154,9 @@ fn failed_bitmap_write_poisons_too() {
     let dir = tempfile::tempdir().unwrap();
     let t = ChangeTracker::create_tuned(dir.path(), "v", G, tuning()).unwrap();
     t.mark(0, 4096).unwrap();
-    t.inject_write_failures(true);
+    failpoint::arm_with(1, io::ErrorKind::StorageFull);
     assert!(matches!(t.checkpoint(), Err(CbtError::Io { .. })));
-    t.inject_write_failures(false);
+    failpoint::disarm();
     assert!(matches!(t.mark(0, 1), Err(CbtError::Poisoned { .. })));
 }
 

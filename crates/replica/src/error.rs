@@ -203,3 +203,13 @@ impl ReplicaError {
         }
     }
 }
+
+impl From<offsite_durable::DurableError> for ReplicaError {
+    fn from(e: offsite_durable::DurableError) -> Self {
+        ReplicaError::Io {
+            op: e.step.as_str(),
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

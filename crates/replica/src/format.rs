@@ -2,6 +2,8 @@
 //! header and index entries (layout tables in the crate docs). Decoders
 //! never panic on arbitrary input: they return a reason in words.
 
+use offsite_durable::le;
+
 use crate::VolumeSpec;
 
 /// First 8 bytes of `store.meta`.
@@ -127,7 +129,7 @@ fn check_magic_version(body: &[u8], magic: &[u8; 8], what: &str) -> Result<(), S
     if body[0..8] != *magic {
         return Err(format!("{what} has a bad magic number"));
     }
-    let version = le_u32(body, 8);
+    let version = le::u32_at(body, 8);
     if version != FORMAT_VERSION {
         return Err(format!(
             "{what} has format version {version}, this build reads version {FORMAT_VERSION}"
@@ -157,10 +159,10 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, String> {
     let body = unseal(bytes, "store.meta", 40)?;
     check_magic_version(body, &META_MAGIC, "store.meta")?;
-    let count = le_u32(body, 12) as usize;
+    let count = le::u32_at(body, 12) as usize;
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&body[16..32]);
-    let base_through = le_u64(body, 32);
+    let base_through = le::u64_at(body, 32);
     let mut r = Reader { b: body, at: 40 };
     if count == 0 || count > MAX_VOLUMES {
         return Err(format!("store.meta lists {count} volumes"));
@@ -225,19 +227,19 @@ pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let body = unseal(bytes, "manifest", 52)?;
     check_magic_version(body, &MANIFEST_MAGIC, "manifest")?;
-    let count = le_u32(body, 12) as usize;
+    let count = le::u32_at(body, 12) as usize;
     if count == 0 || count > MAX_VOLUMES {
         return Err(format!("manifest lists {count} volumes"));
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&body[16..32]);
-    let id = le_u64(body, 32);
-    let first = le_u64(body, 40);
+    let id = le::u64_at(body, 32);
+    let first = le::u64_at(body, 40);
     if id == 0 || first == 0 || first > id {
         return Err(format!("manifest has an invalid PIT range {first}..={id}"));
     }
     let tag = body[48];
-    let name_len = u16::from_le_bytes([body[50], body[51]]) as usize;
+    let name_len = le::u16_at(body, 50) as usize;
     let mut r = Reader { b: body, at: 52 };
     let name = match tag {
         NAME_ABSENT if name_len == 0 && body[49] == 0 => None,
@@ -307,7 +309,7 @@ pub(crate) fn decode_seg_header(b: &[u8]) -> Result<SegHeader, String> {
     if b.len() < SEG_HEADER_LEN {
         return Err(format!("segment header is truncated ({} bytes)", b.len()));
     }
-    let stored = le_u32(b, 60);
+    let stored = le::u32_at(b, 60);
     let actual = crc32c::crc32c(&b[..60]);
     if stored != actual {
         return Err(format!(
@@ -315,18 +317,18 @@ pub(crate) fn decode_seg_header(b: &[u8]) -> Result<SegHeader, String> {
         ));
     }
     check_magic_version(b, &SEGMENT_MAGIC, "segment")?;
-    if le_u32(b, 56) != 0 {
+    if le::u32_at(b, 56) != 0 {
         return Err("segment header has non-zero reserved bytes".to_string());
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&b[16..32]);
     Ok(SegHeader {
-        block_size: le_u32(b, 12),
+        block_size: le::u32_at(b, 12),
         uuid,
-        pit: le_u64(b, 32),
-        volume: le_u32(b, 40),
-        slots: le_u32(b, 44),
-        entries: le_u64(b, 48),
+        pit: le::u64_at(b, 32),
+        volume: le::u32_at(b, 40),
+        slots: le::u32_at(b, 44),
+        entries: le::u64_at(b, 48),
     })
 }
 
@@ -341,9 +343,9 @@ pub(crate) fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
 
 /// Decodes one 48-byte index entry (kind/slot consistency only).
 pub(crate) fn decode_entry(b: &[u8]) -> Result<Entry, String> {
-    let block = le_u64(b, 0);
-    let kind = le_u32(b, 8);
-    let slot = le_u32(b, 12);
+    let block = le::u64_at(b, 0);
+    let kind = le::u32_at(b, 8);
+    let slot = le::u32_at(b, 12);
     match kind {
         KIND_DATA if slot != ZERO_SLOT => {}
         KIND_ZERO if slot == ZERO_SLOT => {}
@@ -394,12 +396,4 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.take(n)?.to_vec())
             .map_err(|_| "a text field is not UTF-8".to_string())
     }
-}
-
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }

@@ -198,7 +198,6 @@
 
 mod error;
 mod format;
-mod fsx;
 mod log;
 mod merge;
 mod recover;
@@ -212,6 +211,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// Every file-system mutation of the store goes through `offsite-durable`,
+/// so that a test can "crash" the store at any step ([`failpoint`]).
+use offsite_durable as fsx;
 
 pub use crate::error::ReplicaError;
 pub use crate::log::{
@@ -380,26 +383,7 @@ pub(crate) fn validate_created_at(s: &str) -> Result<(), String> {
 /// Test hook: make the N-th crash-relevant file-system step of this thread
 /// fail, and every step after it ("the disk froze"), to simulate a crash
 /// at that point. Counted steps: creating files and directories, fsync of
-/// files and directories, renames, removals. Not part of the API.
+/// files and directories, renames, removals. Shared with every crate that
+/// writes through `offsite-durable`. Not part of the API.
 #[doc(hidden)]
-pub mod failpoint {
-    /// Fail the `n`-th counted step from now (1-based) and all later ones.
-    pub fn arm(n: u64) {
-        crate::fsx::fp_arm(n);
-    }
-
-    /// Stop failing and reset the step counter.
-    pub fn disarm() {
-        crate::fsx::fp_reset();
-    }
-
-    /// Counted steps since the last `arm`/`disarm`.
-    pub fn steps() -> u64 {
-        crate::fsx::fp_steps()
-    }
-
-    /// Whether the armed failure happened.
-    pub fn fired() -> bool {
-        crate::fsx::fp_fired()
-    }
-}
+pub use offsite_durable::failpoint;

@@ -104,6 +104,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use offsite_durable::le;
+
 use crate::store::Inner;
 use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, fsx};
 
@@ -184,14 +186,6 @@ pub fn encode_record(rec: &LogRecord<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Decodes the record at the start of `buf`: the record and its length,
 /// `Ok(None)` if `buf` is too short to hold it, or why it is invalid.
 fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
@@ -205,8 +199,8 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
     if buf[5..8] != [0; 3] || buf[34..40] != [0; 6] {
         return Err("log record has non-zero reserved bytes".into());
     }
-    let count = u32_at(buf, 24);
-    let dl = u32_at(buf, 28);
+    let count = le::u32_at(buf, 24);
+    let dl = le::u32_at(buf, 28);
     if count == 0 {
         return Err("log record of zero blocks".into());
     }
@@ -223,7 +217,7 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
     if buf.len() < total {
         return Ok(None);
     }
-    let crc = u32_at(buf, total - RECORD_TRAILER_LEN);
+    let crc = le::u32_at(buf, total - RECORD_TRAILER_LEN);
     if VERIFY_CHECKSUMS && crc32c::crc32c(&buf[..total - RECORD_TRAILER_LEN]) != crc {
         return Err("log record fails its checksum".into());
     }
@@ -231,9 +225,9 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
         (kind == KIND_DATA).then(|| &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + dl as usize]);
     Ok(Some((
         LogRecord {
-            seq: u64_at(buf, 8),
-            volume: u16::from_le_bytes([buf[32], buf[33]]),
-            first: u64_at(buf, 16),
+            seq: le::u64_at(buf, 8),
+            volume: le::u16_at(buf, 32),
+            first: le::u64_at(buf, 16),
             count,
             data,
         },
@@ -280,20 +274,20 @@ fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, String> {
     if h.len() < HEADER_LEN {
         return Err(format!("log header is truncated ({} bytes)", h.len()));
     }
-    if crc32c::crc32c(&h[..60]) != u32_at(h, 60) {
+    if crc32c::crc32c(&h[..60]) != le::u32_at(h, 60) {
         return Err("log header fails its checksum".into());
     }
     if &h[0..8] != LOG_MAGIC {
         return Err("not a replica write log (bad magic)".into());
     }
-    let v = u32_at(h, 8);
+    let v = le::u32_at(h, 8);
     if v != LOG_VERSION {
         return Err(format!("write log format version {v} is not supported"));
     }
     if &h[16..32] != uuid {
         return Err("the write log belongs to another replica store".into());
     }
-    Ok(u64_at(h, 32))
+    Ok(le::u64_at(h, 32))
 }
 
 /// The open write log of a store (see the module docs). Dropping it leaves
@@ -537,7 +531,7 @@ impl WriteLog {
         dir: PathBuf,
         after: u64,
     ) -> Result<WriteLog, ReplicaError> {
-        fsx::replace_file(&dir, &path, &encode_header(&store.uuid, after))?;
+        fsx::replace_file(&path, &encode_header(&store.uuid, after))?;
         WriteLog::open_file(store, path, dir, after)
     }
 
@@ -595,7 +589,7 @@ impl WriteLog {
             if r.read_exact(&mut buf).is_err() {
                 break;
             }
-            let dl = u32_at(&buf, 28).min(MAX_RECORD_DATA) as usize;
+            let dl = le::u32_at(&buf, 28).min(MAX_RECORD_DATA) as usize;
             buf.resize(RECORD_HEADER_LEN + dl + RECORD_TRAILER_LEN, 0);
             if r.read_exact(&mut buf[RECORD_HEADER_LEN..]).is_err() {
                 break;
@@ -721,7 +715,8 @@ impl WriteLog {
         let mut r = Ok(());
         while from < to && r.is_ok() {
             let n = ((to - from).min(ZERO_CHUNK)) as usize;
-            r = fsx::write_durable_at(direct, &self.path, &zeroes[..n], from);
+            r = fsx::write_durable_at(direct, &self.path, &zeroes[..n], from)
+                .map_err(ReplicaError::from);
             from += n as u64;
         }
         self.scratch = scratch;

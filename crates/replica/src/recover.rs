@@ -48,7 +48,10 @@ pub(crate) fn write_meta_at(
         base_through,
         volumes: volumes.to_vec(),
     };
-    fsx::replace_file(dir, &dir.join(META_FILE), &encode_meta(&meta))
+    Ok(fsx::replace_file(
+        &dir.join(META_FILE),
+        &encode_meta(&meta),
+    )?)
 }
 
 /// Ordering: 1. subdirectories; 2. base images (sized, fsynced), fsync
@@ -159,7 +162,7 @@ fn load_pit(
     vols: &[Vol],
 ) -> Result<Pit, ReplicaError> {
     let mpath = dir.join(MANIFEST_FILE);
-    let bytes = fsx::read_small(&mpath, MAX_SMALL_FILE)?;
+    let bytes = read_small(&mpath, MAX_SMALL_FILE)?;
     let m = decode_manifest(&bytes).map_err(|why| ReplicaError::corrupt(&mpath, why))?;
     if m.uuid != *uuid {
         return Err(ReplicaError::corrupt(
@@ -275,7 +278,7 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
     if partial.exists() {
         fsx::remove_file(&partial)?; // 1
     }
-    let meta = decode_meta(&fsx::read_small(&meta_path, MAX_SMALL_FILE)?)
+    let meta = decode_meta(&read_small(&meta_path, MAX_SMALL_FILE)?)
         .map_err(|why| ReplicaError::corrupt(&meta_path, why))?;
     let vols = meta
         .volumes
@@ -442,4 +445,23 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
     Ok(ReplicaStore {
         inner: Arc::new(inner),
     })
+}
+
+/// Reads a small whole file, refusing anything longer than `cap` bytes.
+fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>, ReplicaError> {
+    let f = std::fs::File::open(path).map_err(|e| ReplicaError::io("open", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| ReplicaError::io("stat", path, e))?
+        .len();
+    if len > cap {
+        return Err(ReplicaError::corrupt(
+            path,
+            format!("file is {len} bytes, more than the {cap} bytes such a file can have"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0)
+        .map_err(|e| ReplicaError::io("read", path, e))?;
+    Ok(buf)
 }

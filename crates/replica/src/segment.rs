@@ -126,17 +126,14 @@ fn write_maybe_direct(
     if let Some(d) = direct {
         match fsx::write_at(d, path, data, offset) {
             Ok(()) => return Ok(true),
-            Err(e)
-                if e.io_error().and_then(std::io::Error::raw_os_error)
-                    == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-            {
+            Err(e) if e.source.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 tracing::warn!(
                     "{}: the file system refuses aligned O_DIRECT writes ({e}); writing through the page cache",
                     path.display()
                 );
                 *direct = None;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     fsx::write_at(file, path, data, offset)?;
@@ -549,7 +546,12 @@ impl SegmentBuilder {
     /// allowed order (see the module docs), and a rewritten slot's page is
     /// never written direct again: flushes only cover new slots.
     fn rewrite_flushed(&mut self, slot: u32, data: &[u8]) -> Result<(), ReplicaError> {
-        fsx::write_at(&self.file, &self.path, data, self.slot_offset(slot))
+        Ok(fsx::write_at(
+            &self.file,
+            &self.path,
+            data,
+            self.slot_offset(slot),
+        )?)
     }
 
     /// Writes out the buffered slots: the whole 4 KiB file pages among them

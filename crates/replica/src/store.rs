@@ -217,7 +217,8 @@ impl Inner {
     }
 
     /// Records `e` as the sticky failure (if it is the first) and returns it.
-    pub(crate) fn poison(&self, e: ReplicaError) -> ReplicaError {
+    pub(crate) fn poison(&self, e: impl Into<ReplicaError>) -> ReplicaError {
+        let e = e.into();
         let mut p = self.poison.lock().unwrap_or_else(PoisonError::into_inner);
         if p.is_none() {
             let kind = e.io_error().map(io::Error::kind);
@@ -565,8 +566,7 @@ impl ReplicaStore {
         let mut new = (*pit).clone();
         new.name = name;
         let bytes = encode_manifest(&new.manifest(inner.uuid));
-        fsx::replace_file(&pit.dir, &pit.dir.join(MANIFEST_FILE), &bytes)
-            .map_err(|e| inner.poison(e))?;
+        fsx::replace_file(&pit.dir.join(MANIFEST_FILE), &bytes).map_err(|e| inner.poison(e))?;
         let mut st = inner.write_state();
         let pos = st.position(id)?;
         st.chain[pos] = Arc::new(new);
@@ -777,9 +777,9 @@ fn write_base_run(
             let start = scratch.as_ptr().align_offset(DIRECT_ALIGN as usize);
             let window = &mut scratch[start..start + data.len()];
             window.copy_from_slice(data);
-            fsx::write_at(direct, path, window, offset)
+            Ok(fsx::write_at(direct, path, window, offset)?)
         }
-        _ => fsx::write_at(&files.file, path, data, offset),
+        _ => Ok(fsx::write_at(&files.file, path, data, offset)?),
     }
 }
 

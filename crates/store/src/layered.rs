@@ -78,6 +78,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+use offsite_durable::le;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
@@ -343,7 +345,7 @@ impl Layered {
         let map = encode_map(&RoaringTreemap::new(), size, block_size);
         if let Err(e) = write_durably(&map_path, &map, crate::PRIVATE_FILE_MODE) {
             drop(top);
-            let _ = std::fs::remove_file(&top_path);
+            let _ = offsite_durable::remove_file(&top_path);
             return Err(LayerError::io("write", &map_path)(e));
         }
         Ok(Layered::assemble(
@@ -419,15 +421,10 @@ impl Layered {
             LayerError::Io { source, .. } => source,
             other => io::Error::other(other),
         })?;
-        let mut partial = map.as_os_str().to_owned();
-        partial.push(".partial");
+        let partial = offsite_durable::partial_path(&map);
         // The map first: a top without its map does not open.
-        for p in [map, PathBuf::from(partial), top] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        for p in [map, partial, top] {
+            offsite_durable::remove_file(&p)?;
         }
         sync_dir(dir)
     }
@@ -924,14 +921,6 @@ enum MapError {
     },
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// Decodes a map file's bytes for a layer of `size` bytes in blocks of
 /// `block_size`. Never panics.
 fn decode_map(bytes: &[u8], size: u64, block_size: u32) -> Result<RoaringTreemap, MapError> {
@@ -944,7 +933,7 @@ fn decode_map(bytes: &[u8], size: u64, block_size: u32) -> Result<RoaringTreemap
         ));
     }
     let (body, trailer) = bytes.split_at(bytes.len() - MAP_TRAILER_LEN);
-    let stored = le_u32(trailer, 0);
+    let stored = le::u32_at(trailer, 0);
     let computed = crc32c::crc32c(body);
     if stored != computed {
         return corrupt(format!(
@@ -954,13 +943,13 @@ fn decode_map(bytes: &[u8], size: u64, block_size: u32) -> Result<RoaringTreemap
     if body[..8] != MAP_MAGIC {
         return corrupt(format!("not a layer map (magic {:02x?})", &body[..8]));
     }
-    let version = le_u32(body, 8);
+    let version = le::u32_at(body, 8);
     if version != MAP_VERSION {
         return corrupt(format!(
             "format version {version}; this build reads version {MAP_VERSION} only"
         ));
     }
-    let on_disk_bs = le_u32(body, 12);
+    let on_disk_bs = le::u32_at(body, 12);
     if on_disk_bs != block_size {
         return Err(MapError::Mismatch {
             what: "block_size",
@@ -968,7 +957,7 @@ fn decode_map(bytes: &[u8], size: u64, block_size: u32) -> Result<RoaringTreemap
             expected: u64::from(block_size),
         });
     }
-    let on_disk_size = le_u64(body, 16);
+    let on_disk_size = le::u64_at(body, 16);
     if on_disk_size != size {
         return Err(MapError::Mismatch {
             what: "size",
@@ -976,7 +965,7 @@ fn decode_map(bytes: &[u8], size: u64, block_size: u32) -> Result<RoaringTreemap
             expected: size,
         });
     }
-    let claimed = le_u64(body, 24);
+    let claimed = le::u64_at(body, 24);
     let held = (body.len() - MAP_HEADER_LEN) as u64;
     if claimed != held {
         return corrupt(format!(

@@ -12,9 +12,15 @@
 //! any tool (`qemu-img`, `losetup`) and an imported raw image needs no
 //! conversion; the volume's geometry and identity live in the catalog.
 //! Durability: `write_at`/`punch_hole` only reach the page cache;
-//! [`VolumeFile::sync`] (`fdatasync`) is the durability point.
+//! [`VolumeFile::sync`] (`fdatasync`) is the durability point. Every
+//! crash-relevant step (create, fsync, rename, remove) goes through
+//! `offsite-durable`, so tests can crash the store at any of them with the
+//! counted failpoint; [`write_durably`], [`sync_dir`] and
+//! [`create_private_dir_all`] are its helpers for the other crates.
 
 use std::fs::{File, OpenOptions};
+
+use offsite_durable as durable;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -189,41 +195,36 @@ pub struct VolumeFile {
 impl VolumeFile {
     /// Creates a sparse file of `size` bytes and makes its existence durable.
     pub fn create(path: &Path, size: u64) -> Result<VolumeFile, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_FILE_MODE)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    StoreError::Exists {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    StoreError::Io {
-                        op: "create",
-                        path: path.to_path_buf(),
-                        source: e,
-                    }
+        let file = durable::create_new_mode(path, PRIVATE_FILE_MODE).map_err(|e| {
+            if e.source.kind() == io::ErrorKind::AlreadyExists {
+                StoreError::Exists {
+                    path: path.to_path_buf(),
                 }
-            })?;
+            } else {
+                StoreError::Io {
+                    op: "create",
+                    path: path.to_path_buf(),
+                    source: e.source,
+                }
+            }
+        })?;
         // A file that cannot be sized is removed again: left behind, it
         // would hold the name of the next volume's file.
-        let sized = match file.set_len(size) {
-            Ok(()) => file.sync_all().map_err(StoreError::io("sync", path)),
-            Err(e) if is_efbig(&e) => Err(too_large(
-                &file,
-                path.parent().unwrap_or(Path::new(".")),
-                size,
-            )),
-            Err(e) => Err(StoreError::Io {
-                op: "size",
-                path: path.to_path_buf(),
-                source: e,
-            }),
-        };
+        let sized =
+            match durable::set_len(&file, path, size).map_err(durable::DurableError::into_io) {
+                Ok(()) => durable::sync_all(&file, path)
+                    .map_err(|e| StoreError::io("sync", path)(e.into_io())),
+                Err(e) if is_efbig(&e) => Err(too_large(
+                    &file,
+                    path.parent().unwrap_or(Path::new(".")),
+                    size,
+                )),
+                Err(e) => Err(StoreError::Io {
+                    op: "size",
+                    path: path.to_path_buf(),
+                    source: e,
+                }),
+            };
         if let Err(e) = sized {
             drop(file);
             let _ = VolumeFile::remove(path);
@@ -410,16 +411,12 @@ impl VolumeFile {
 
     /// Makes every completed write durable (`fdatasync`).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        Ok(durable::sync_data(&self.file, &self.path)?)
     }
 
     /// Removes a data file (missing is fine) and syncs its directory.
     pub fn remove(path: &Path) -> io::Result<()> {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        durable::remove_file(path)?;
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
         }
@@ -454,49 +451,26 @@ pub fn zero_runs(buf: &[u8], offset: u64, unit: u64) -> Vec<(u64, u64, bool)> {
     runs
 }
 
-/// Mode of every file offsite creates: VM disks, replica stores, the
-/// catalog and reports hold other people's data, so only the site's own
-/// user may read them. (The daemon also runs with umask 077, which covers
-/// files created without an explicit mode; this constant keeps the files
-/// created through these helpers private even for other callers.)
-pub const PRIVATE_FILE_MODE: u32 = 0o600;
-/// Mode of every directory offsite creates (see [`PRIVATE_FILE_MODE`]).
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub use offsite_durable::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 
 /// `create_dir_all` with [`PRIVATE_DIR_MODE`] for every directory it
-/// creates (existing ones are left as they are).
+/// creates (existing ones are left as they are). See
+/// [`offsite_durable::create_private_dir_all`]; this returns its
+/// `io::Error` (callers name the path).
 pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR_MODE)
-        .create(path)
+    Ok(durable::create_private_dir_all(path)?)
 }
 
 /// fsyncs a directory so that entries created or renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    Ok(durable::sync_dir(dir)?)
 }
 
 /// Writes `bytes` to `path` durably: a `*.partial` sibling is written and
-/// fsynced, renamed over `path`, and the directory fsynced.
+/// fsynced, renamed over `path`, and the directory fsynced
+/// ([`offsite_durable::replace_file_mode`]); returns its `io::Error`.
 pub fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    Ok(durable::replace_file_mode(path, bytes, mode)?)
 }
 
 /// What a file type is called in an error, for types that cannot be imported.
