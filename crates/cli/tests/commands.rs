@@ -669,18 +669,6 @@ fn delete_replica_is_refused_while_promoted_volumes_read_the_store() {
     assert_eq!(stores_of(&storage, "g"), vec!["g".to_string()]);
 }
 
-/// The volume clones a test failover serves, by volume name.
-fn test_clone(r: &serde_json::Value, volume: &str) -> String {
-    r["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == volume)
-        .and_then(|v| v["url"].as_str())
-        .unwrap_or_else(|| panic!("no clone of {volume}: {r}"))
-        .to_string()
-}
-
 #[test]
 fn named_pits_and_settings_outlive_failover_reverse_and_failback() {
     if !have_tools(&["qemu-io"]) {
@@ -753,7 +741,7 @@ fn named_pits_and_settings_outlive_failover_reverse_and_failback() {
     // still reads as it was.
     let r = b.json(&["failover", "run", "g", "--test"]);
     qemu_io(
-        &test_clone(&r, "d0"),
+        &served_url(&r, "d0"),
         &[
             "read -P 0x33 0 32k",
             "read -P 0x22 32k 32k",
@@ -764,7 +752,7 @@ fn named_pits_and_settings_outlive_failover_reverse_and_failback() {
     let r = b.json(&["failover", "run", "g", "--test", "--pit", "before-upgrade"]);
     assert_eq!(u(&r, "pit"), named, "{r}");
     qemu_io(
-        &test_clone(&r, "d0"),
+        &served_url(&r, "d0"),
         &["read -P 0x11 0 64k", "read -P 0 1M 64k"],
     );
     b.json(&["failover", "stop-test", "g"]);

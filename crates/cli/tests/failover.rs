@@ -61,17 +61,6 @@ fn two_way_pair() -> (TestSite, TestSite) {
     (a, b)
 }
 
-fn url_of(r: &Value, volume: &str) -> String {
-    r["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == volume)
-        .and_then(|v| v["url"].as_str())
-        .unwrap_or_else(|| panic!("no volume {volume}: {r}"))
-        .to_string()
-}
-
 #[test]
 fn planned_failover_reverse_and_failback_lose_nothing_and_move_only_changes() {
     if !have_tools(&["qemu-io"]) {
@@ -119,8 +108,8 @@ fn planned_failover_reverse_and_failback_lose_nothing_and_move_only_changes() {
     let r = b.json(&["failover", "run", "g"]);
     assert_eq!(r["mode"], "planned", "{r}");
     assert_eq!(u(&r, "pit"), final_pit, "{r}");
-    let b0 = url_of(&r, "d0");
-    let b1 = url_of(&r, "d1");
+    let b0 = served_url(&r, "d0");
+    let b1 = served_url(&r, "d1");
     assert_eq!(b0, b.url("d0"));
     assert_eq!(
         hook_lines(&log).last().cloned(),
@@ -184,8 +173,8 @@ fn planned_failover_reverse_and_failback_lose_nothing_and_move_only_changes() {
     assert!(write_fails(&b0), "a prepared primary refuses writes");
     let r = a.json(&["failover", "run", "g"]);
     assert_eq!(r["mode"], "planned", "{r}");
-    let a0 = url_of(&r, "d0");
-    let a1 = url_of(&r, "d1");
+    let a0 = served_url(&r, "d0");
+    let a1 = served_url(&r, "d1");
     qemu_io(
         &a0,
         &[
@@ -273,7 +262,7 @@ fn unplanned_failover_then_reverse_rolls_back_the_lost_primary_s_unreplicated_wr
     let r = b.json(&["failover", "run", "g", "--force"]);
     assert_eq!(r["mode"], "unplanned", "{r}");
     assert_eq!(u(&r, "pit"), replicated, "{r}");
-    let b0 = url_of(&r, "d0");
+    let b0 = served_url(&r, "d0");
     qemu_io(&b0, &["read -P 0x11 0 8M", "read -P 0 16M 4M"]);
     qemu_io(&b0, &["write -P 0x21 24M 1M"]);
 
@@ -353,7 +342,7 @@ fn reverse_after_a_crash_moves_only_blocks_that_really_differ() {
     qemu_io(&a.url("d0"), &cmds);
     a.kill9();
     let r = b.json(&["failover", "run", "g", "--force"]);
-    let b0 = url_of(&r, "d0");
+    let b0 = served_url(&r, "d0");
     // 2 MiB written at the new primary.
     qemu_io(&b0, &["write -P 0x21 40M 2M"]);
     a.start();
@@ -535,7 +524,7 @@ fn measure_counts_every_byte_the_group_moves_by_kind() {
     // reverse: what moved is reported and counted.
     a.json(&["failover", "prepare", "g"]);
     let r = b.json(&["failover", "run", "g"]);
-    qemu_io(&url_of(&r, "d0"), &["write -P 0x21 8M 2M"]);
+    qemu_io(&served_url(&r, "d0"), &["write -P 0x21 8M 2M"]);
     let rv = b.json(&["reverse", "g"]);
     let moved = u(&rv, "bytes_transferred");
     assert!(
@@ -573,7 +562,7 @@ fn reverse_shows_its_progress_in_status() {
     let r = b.json(&["failover", "run", "g"]);
     // Enough for the reverse to take a while (a settings' bandwidth limit
     // does not survive the change of sides: the new primary has none).
-    qemu_io(&url_of(&r, "d0"), &["write -P 0x21 0 256M"]);
+    qemu_io(&served_url(&r, "d0"), &["write -P 0x21 0 256M"]);
     let dir = b.dir().to_path_buf();
     let reverse = std::thread::spawn(move || {
         Command::new(bin())
@@ -633,7 +622,7 @@ fn revert_and_other_pits_until_commit() {
 
     a.json(&["failover", "prepare", "g"]);
     let r = b.json(&["failover", "run", "g"]);
-    let b0 = url_of(&r, "d0");
+    let b0 = served_url(&r, "d0");
     qemu_io(&b0, &["read -P 0x12 0 1M", "read -P 0x13 1M 1M"]);
     qemu_io(&b0, &["write -P 0x21 4M 64k"]);
     // Another PIT replaces the promoted volume (and its writes).
@@ -645,7 +634,7 @@ fn revert_and_other_pits_until_commit() {
         .0;
     assert_eq!(u(&r, "pit"), one, "{r}");
     qemu_io(
-        &url_of(&r, "d0"),
+        &served_url(&r, "d0"),
         &["read -P 0x11 0 1M", "read -P 0 1M 1M", "read -P 0 4M 64k"],
     );
     // Revert: B is the replica again, A still prepared until it reverts too.
@@ -754,7 +743,7 @@ fn split_brain() -> (TestSite, TestSite) {
     assert_eq!(u(&st, "isolated_bytes"), MIB, "{st}");
     let r = b.json(&["failover", "run", "g", "--force"]);
     assert_eq!(r["mode"], "unplanned", "{r}");
-    qemu_io(&url_of(&r, "d0"), &["write -P 0x66 8M 64k"]);
+    qemu_io(&served_url(&r, "d0"), &["write -P 0x66 8M 64k"]);
     a.ok(&["partner", "set", "site-b", "--address", &b_listen]);
     (a, b)
 }

@@ -41,16 +41,6 @@ fn env_get<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} not in {env:?}"))
 }
 
-fn clone_url<'a>(r: &'a Value, volume: &str) -> &'a str {
-    r["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == volume)
-        .and_then(|v| v["url"].as_str())
-        .unwrap_or_else(|| panic!("no clone of {volume}: {r}"))
-}
-
 fn group_with_vm(a: &TestSite, group: &str, vm: &str, volumes: &[(&str, &str)], hooks: &Path) {
     let (start, stop) = hook_cmds(hooks);
     let mut args = vec!["vm", "create", vm];
@@ -93,8 +83,8 @@ fn test_failover_clones_a_pit_while_replication_continues() {
     ]);
     assert_eq!(r["mode"], "test", "{r}");
     assert_eq!(u(&r, "pit"), tested, "{r}");
-    let c0 = clone_url(&r, "d0").to_string();
-    let c1 = clone_url(&r, "d1").to_string();
+    let c0 = served_url(&r, "d0");
+    let c1 = served_url(&r, "d1");
     assert!(c0.contains("d0@g.test"), "{c0}");
     assert_eq!(r["vms"][0]["vm"], "vm1", "{r}");
     assert_eq!(r["vms"][0]["exit_code"], 0, "{r}");
@@ -133,7 +123,7 @@ fn test_failover_clones_a_pit_while_replication_continues() {
     assert!(err.contains("already"), "{err}");
     let r2 = b.json(&["failover", "run", "g2", "--test"]);
     assert_eq!(r2["vms"][0]["vm"], "vm2", "{r2}");
-    qemu_io(clone_url(&r2, "e0"), &["write -P 0x55 0 4k"]);
+    qemu_io(&served_url(&r2, "e0"), &["write -P 0x55 0 4k"]);
 
     // Replication goes on; retention (keep 3) keeps the tested PIT.
     let st = group_status(&b, "g");
@@ -191,6 +181,6 @@ fn test_failover_clones_a_pit_while_replication_continues() {
     assert!(st["test_failover_pit"].is_null(), "{st}");
     std::fs::remove_file(hooks.join("fail")).unwrap();
     let r = b.json(&["failover", "run", "g2", "--test"]);
-    qemu_io(clone_url(&r, "e0"), &["read -P 0 0 4k"]);
+    qemu_io(&served_url(&r, "e0"), &["read -P 0 0 4k"]);
     b.json(&["failover", "stop-test", "g2"]);
 }

@@ -631,3 +631,16 @@ pub fn u(v: &serde_json::Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} should be an unsigned integer: {v}"))
 }
+
+/// The NBD URL a failover, test failover or PIT export answer (`--json`)
+/// gives for `volume`.
+pub fn served_url(r: &serde_json::Value, volume: &str) -> String {
+    r["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["url"].as_str())
+        .unwrap_or_else(|| panic!("no volume {volume} served: {r}"))
+        .to_string()
+}
