@@ -11,7 +11,6 @@ use std::path::Path;
 
 use common::*;
 use offsite_testkit::{TestSite, qemu_io, qemu_io_ro};
-use serde_json::Value;
 
 /// Hooks that record their environment in `dir/HOOK-VM.env`; the start
 /// hook fails with exit 7 while `dir/fail` exists.
