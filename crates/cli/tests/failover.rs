@@ -12,7 +12,6 @@ use std::process::Command;
 
 use common::*;
 use offsite_testkit::{TestSite, qemu_io};
-use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
 
