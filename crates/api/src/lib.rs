@@ -39,7 +39,7 @@ mod openapi;
 
 use openapi::{BearerAuth, ErrorResponses};
 
-pub use metrics::{MetricsSource, family as metrics_family};
+pub use metrics::{MetricsSource, family as metrics_family, group_families};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -522,7 +522,7 @@ impl MetricsSource for ReplMetrics {
             "Replication sessions established.",
             &one(s.sessions()),
         );
-        self.0.render_metrics(out);
+        offsite_api::group_families(out, &self.0.group_metrics());
     }
 }
 

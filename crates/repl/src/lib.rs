@@ -27,6 +27,7 @@
 mod confirm;
 mod dormant;
 mod failover;
+pub mod model;
 mod pits;
 mod primary;
 mod replica;
@@ -36,6 +37,8 @@ mod superseded;
 mod switch;
 mod sync;
 pub mod wire;
+
+pub use model::*;
 
 use std::collections::HashMap;
 use std::sync::Arc;
