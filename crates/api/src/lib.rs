@@ -34,9 +34,11 @@ use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+mod dto;
 mod metrics;
 mod openapi;
 
+use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
 
 pub use metrics::{MetricsSource, family as metrics_family, group_families};
@@ -380,11 +382,11 @@ impl IntoResponse for Failure {
 type ApiResult<T> = Result<Json<T>, Failure>;
 
 /// Runs blocking engine work off the async workers.
-async fn blocking<T: Send + 'static>(
+async fn blocking<T: ToDto + Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> ApiResult<T> {
+) -> ApiResult<T::Dto> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map(Json).map_err(Failure::Engine),
+        Ok(r) => r.map(|v| Json(v.to_dto())).map_err(Failure::Engine),
         Err(e) => Err(Failure::Engine(EngineError::Invalid(format!(
             "internal error: request handler failed ({e}); see the daemon log"
         )))),
@@ -393,7 +395,7 @@ async fn blocking<T: Send + 'static>(
 
 #[utoipa::path(get, path = "/api/v1/site", responses((status = 200, body = SiteInfo)))]
 async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
-    Json(s.site.info())
+    Json(s.site.info().to_dto())
 }
 
 /// Parses a JSON body, turning axum's rejection into our error shape.
@@ -430,7 +432,7 @@ async fn settings_update(
     State(s): State<ApiState>,
     b: JsonBody<UpdateSiteSettings>,
 ) -> ApiResult<SiteSettings> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.update_settings(&req)).await
 }
 
@@ -442,7 +444,7 @@ async fn partner_list(State(s): State<ApiState>) -> ApiResult<Vec<PartnerInfo>> 
 #[utoipa::path(post, path = "/api/v1/partners", request_body = AddPartner,
     responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn partner_add(State(s): State<ApiState>, b: JsonBody<AddPartner>) -> ApiResult<PartnerInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.add_partner(&req)).await
 }
 
@@ -500,8 +502,8 @@ async fn partner_authz_check(
         .map_err(Failure::Repl)
 }
 
-fn repl<T>(r: Result<T, ReplError>) -> ApiResult<T> {
-    r.map(Json).map_err(Failure::Repl)
+fn repl<T: ToDto>(r: Result<T, ReplError>) -> ApiResult<T::Dto> {
+    r.map(|v| Json(v.to_dto())).map_err(Failure::Repl)
 }
 
 #[utoipa::path(get, path = "/api/v1/groups", responses((status = 200, body = [GroupStatus])))]
@@ -763,7 +765,7 @@ async fn vm_list(State(s): State<ApiState>) -> ApiResult<Vec<VmInfo>> {
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVm,
     responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn vm_create(State(s): State<ApiState>, b: JsonBody<CreateVm>) -> ApiResult<VmInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.create_vm(&req)).await
 }
 
@@ -787,7 +789,7 @@ async fn vm_set(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetVm>,
 ) -> ApiResult<VmInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.set_vm(&name, &req).await)
 }
 
@@ -811,7 +813,7 @@ async fn authz_list(State(s): State<ApiState>) -> ApiResult<Vec<AuthzEntry>> {
 #[utoipa::path(post, path = "/api/v1/authz", request_body = AddAuthz,
     responses((status = 200, body = AuthzEntry), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn authz_add(State(s): State<ApiState>, b: JsonBody<AddAuthz>) -> ApiResult<AuthzEntry> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.add_authz(&req)).await
 }
 
@@ -846,7 +848,7 @@ async fn volume_create(
     State(s): State<ApiState>,
     b: JsonBody<CreateVolume>,
 ) -> ApiResult<VolumeInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.create_volume(&req)).await
 }
 
@@ -940,8 +942,8 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-fn plan<T>(r: Result<T, PlanError>) -> ApiResult<T> {
-    r.map(Json).map_err(Failure::Plan)
+fn plan<T: ToDto>(r: Result<T, PlanError>) -> ApiResult<T::Dto> {
+    r.map(|v| Json(v.to_dto())).map_err(Failure::Plan)
 }
 
 #[utoipa::path(get, path = "/api/v1/plans", responses((status = 200, body = [offsite_api_types::PlanInfo])))]

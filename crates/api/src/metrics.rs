@@ -152,7 +152,7 @@ pub(crate) async fn render(State(s): State<ApiState>) -> Response {
     let body = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
         let volumes = s.site.list_volumes().unwrap_or_default();
-        let per = |f: &dyn Fn(&offsite_api_types::VolumeInfo) -> u64| -> Vec<(String, u64)> {
+        let per = |f: &dyn Fn(&offsite_engine::VolumeInfo) -> u64| -> Vec<(String, u64)> {
             volumes
                 .iter()
                 .map(|v| (format!("volume=\"{}\"", label(&v.name)), f(v)))

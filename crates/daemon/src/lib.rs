@@ -403,7 +403,7 @@ fn apply_config_bandwidth(site: &Site) -> anyhow::Result<Option<u64>> {
     if let Some(want) = site.config().replication.bandwidth_bytes_per_sec
         && settings.bandwidth_bytes_per_sec != Some(want).filter(|b| *b > 0)
     {
-        let update = offsite_api_types::UpdateSiteSettings {
+        let update = offsite_engine::UpdateSiteSettings {
             bandwidth_bytes_per_sec: Some(want),
             ..Default::default()
         };

@@ -2099,7 +2099,7 @@ fn health(
     row: &GroupRow,
     has_pit: bool,
     lag: u64,
-    partner: Option<&offsite_api_types::PartnerInfo>,
+    partner: Option<&offsite_engine::PartnerInfo>,
 ) -> (String, Option<String>) {
     if row.role == Role::Primary && row.state == crate::superseded::SUPERSEDED {
         return (

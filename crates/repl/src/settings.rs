@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
-use offsite_api_types::{GroupStatus, SetGroup, SetVm, VmInfo};
+use offsite_api_types::{GroupStatus, SetGroup};
 use offsite_catalog::GroupRow;
 use offsite_catalog::{Mode, Role};
+use offsite_engine::{SetVm, VmInfo};
 
 use crate::primary::RPO_RANGE;
 use crate::wire::{self, VmDesc};
