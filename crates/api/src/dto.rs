@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use offsite_api_types as t;
 use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine as engine;
+use offsite_plan as plan;
 
 /// A domain value as its REST body.
 pub(crate) trait ToDto {
@@ -169,7 +170,27 @@ body!(
     SeedExport,
     PartnerTestResult,
     AuthzCheckResult,
-    PlanInfo,
-    PlanRunReport,
-    PlanRunSummary,
 );
+
+// The plans: definitions, runs and their reports.
+to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, parallel, created_at, groups, vms, steps });
+to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_secs });
+to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
+to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
+to_dto!(plan::PlanRunStep => PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
+to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
+to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
+to_domain!(CreatePlan => plan::CreatePlan { name, protected_site, recovery_site, description, test_network, parallel });
+to_domain!(PlanAddGroup => plan::PlanAddGroup { group });
+to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
+to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
+to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume });
+to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
+to_domain!(PlanRunStep => plan::PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
+to_domain!(PlanRunReport => plan::PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
+
+/// A run's report as the CLI reads it from the API, for the plan crate's
+/// text summary and HTML page.
+pub fn plan_run_report(r: t::PlanRunReport) -> offsite_plan::PlanRunReport {
+    r.to_domain()
+}

@@ -41,6 +41,7 @@ mod openapi;
 use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
 
+pub use dto::plan_run_report;
 pub use metrics::{MetricsSource, family as metrics_family, group_families};
 
 /// What the handlers share.
@@ -957,7 +958,7 @@ async fn plan_create(
     State(s): State<ApiState>,
     b: JsonBody<offsite_api_types::CreatePlan>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.create(&req).await)
 }
 
@@ -987,7 +988,7 @@ async fn plan_add_group(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddGroup>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.add_group(&name, &req).await)
 }
 
@@ -1017,7 +1018,7 @@ async fn plan_set_priority(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanSetPriority>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.set_priority(&name, &req).await)
 }
 
@@ -1029,7 +1030,7 @@ async fn plan_add_step(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddStep>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.add_step(&name, &req).await)
 }
 
@@ -1041,7 +1042,7 @@ async fn plan_run(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanRunRequest>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     // Its own task: a client that goes away does not cancel the run.
     let plans = s.plans.clone();
     let run = tokio::spawn(async move { plans.run(&name, &req).await }).await;
