@@ -479,12 +479,8 @@ async fn partner_test(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<PartnerTestRequest>,
 ) -> ApiResult<PartnerTestResult> {
-    let req = body(b)?;
-    s.repl
-        .partner_test(&name, &req)
-        .await
-        .map(Json)
-        .map_err(Failure::Repl)
+    let req = body(b)?.to_domain();
+    repl(s.repl.partner_test(&name, &req).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/partners/{name}/authz-check", params(("name" = String, Path)),
@@ -496,11 +492,7 @@ async fn partner_authz_check(
     b: JsonBody<AuthzCheckRequest>,
 ) -> ApiResult<AuthzCheckResult> {
     let req = body(b)?;
-    s.repl
-        .authz_check(&name, req.security_tag)
-        .await
-        .map(Json)
-        .map_err(Failure::Repl)
+    repl(s.repl.authz_check(&name, req.security_tag).await)
 }
 
 fn repl<T: ToDto>(r: Result<T, ReplError>) -> ApiResult<T::Dto> {
@@ -518,7 +510,7 @@ async fn group_create(
     State(s): State<ApiState>,
     b: JsonBody<CreateGroup>,
 ) -> ApiResult<GroupStatus> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.create_group(req).await)
 }
 
@@ -558,7 +550,7 @@ async fn group_set(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetGroup>,
 ) -> ApiResult<GroupStatus> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.set_group(&name, &req).await)
 }
 
@@ -608,7 +600,7 @@ async fn group_failover(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::FailoverRun>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.failover_run(&name, &req).await)
 }
 
@@ -647,7 +639,7 @@ async fn group_reverse(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::ReverseRequest>,
 ) -> ApiResult<offsite_api_types::ReverseResult> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.reverse(&name, &req).await)
 }
 
@@ -755,7 +747,7 @@ async fn group_teardown(
         .teardown(&name, q.force, q.delete_replica)
         .await
         .map_err(Failure::Repl)?;
-    Ok(Json(status))
+    Ok(Json(status.to_dto()))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [VmInfo])))]

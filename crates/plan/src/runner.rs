@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offsite_api_types::{FailoverRun, ReverseRequest};
+use offsite_repl::{FailoverRun, ReverseRequest};
 
 use crate::model::{PlanRunGroup, PlanRunReport, PlanRunRequest, PlanRunStep};
 use offsite_catalog::{GroupRow, GroupState, PlanRow, Role, RunRow, RunStepRow};

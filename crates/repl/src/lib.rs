@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use offsite_api_types::{AuthzCheckResult, PartnerTestRequest, PartnerTestResult};
 use offsite_engine::Site;
 use offsite_protocol::{ErrorCode, Message};
 use offsite_transport::{

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use offsite_api_types::{
+use crate::model::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, PitRef, SyncResult, VerifyResult,
     VerifyVolume,
 };
+use bytes::Bytes;
 use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow, TrafficKind};
 use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine::{Site, Volume};
@@ -60,7 +60,7 @@ pub(crate) enum Command {
     /// Compare every block with the replica at a fresh cut and ship the
     /// blocks that differ (`group resync`); reply with the result.
     Resync {
-        reply: oneshot::Sender<Result<offsite_api_types::ResyncResult, String>>,
+        reply: oneshot::Sender<Result<crate::model::ResyncResult, String>>,
     },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
@@ -93,7 +93,7 @@ pub(crate) struct Progress {
     /// blocks) and those sent.
     pub(crate) cycle: std::sync::Mutex<Option<(Instant, u64, u64)>>,
     /// A running `group resync`: when it started and how far it is.
-    pub(crate) resync: std::sync::Mutex<Option<(Instant, offsite_api_types::ResyncProgress)>>,
+    pub(crate) resync: std::sync::Mutex<Option<(Instant, crate::model::ResyncProgress)>>,
 }
 
 /// A cycle's progress in its runner's [`Progress`] while it ships; gone
@@ -344,11 +344,11 @@ impl Replication {
                 req.rpo_secs
             )));
         }
-        if !(1..=offsite_api_types::schema::MAX_KEEP).contains(&req.keep) {
+        if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
             return Err(invalid(format!(
                 "--keep {} is outside 1..{}",
                 req.keep,
-                offsite_api_types::schema::MAX_KEEP
+                crate::model::MAX_KEEP
             )));
         }
         if let Some(bw) = req.bandwidth_bytes_per_sec {
@@ -1765,7 +1765,7 @@ impl Replication {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
-                .map(|(started, p)| offsite_api_types::ResyncProgress {
+                .map(|(started, p)| crate::model::ResyncProgress {
                     elapsed_seconds: started.elapsed().as_secs(),
                     ..p.clone()
                 })
@@ -1787,7 +1787,7 @@ impl Replication {
                 let rate = elapsed
                     .filter(|&e| e > 0.0 && moved > 0)
                     .map_or(0.0, |e| moved as f64 / e);
-                Some(offsite_api_types::TransferProgress {
+                Some(crate::model::TransferProgress {
                     kind: "initial".into(),
                     bytes_done: done,
                     bytes_total: total,
@@ -1808,7 +1808,7 @@ impl Replication {
                     } else {
                         0.0
                     };
-                    offsite_api_types::TransferProgress {
+                    crate::model::TransferProgress {
                         kind: if self.is_reversing(name) {
                             "reverse".into()
                         } else {
@@ -1833,9 +1833,9 @@ impl Replication {
         let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
         Ok(GroupStatus {
             name: row.name.clone(),
-            mode: row.mode.to_string(),
-            role: row.role.to_string(),
-            state: row.state.to_string(),
+            mode: row.mode,
+            role: row.role,
+            state: row.state,
             health,
             health_reason: reason,
             partner: row.partner.clone(),
@@ -1860,7 +1860,7 @@ impl Replication {
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
-            sync_state: sync_state.map(|(s, _)| s.to_string()),
+            sync_state: sync_state.map(|(s, _)| s),
             on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
             test_failover_pit: {
                 let site = self.site.clone();
