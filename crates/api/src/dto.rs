@@ -264,7 +264,7 @@ mod tests {
                 bytes_per_second: 3,
                 eta_seconds: None,
             }),
-            resync: sync.then(|| repl::ResyncProgress {
+            resync: sync.then_some(repl::ResyncProgress {
                 blocks_compared: 1,
                 blocks_total: 2,
                 differing_blocks: 3,
