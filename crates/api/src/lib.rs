@@ -9,6 +9,8 @@
 //! Handlers only parse, call the engine on the blocking pool (the engine
 //! does SQLite and file I/O), and map [`offsite_engine::EngineError`] to a
 //! status code plus an [`ApiError`] body whose message says what to do.
+//! The domain crates know nothing of the REST bodies: `dto` maps their
+//! requests and views to and from `offsite-api-types`.
 
 use std::future::Future;
 use std::sync::Arc;
