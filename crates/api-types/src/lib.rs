@@ -5,24 +5,6 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Prometheus text exposition helpers shared by the daemon's metric sources.
-pub mod metrics {
-    use std::fmt::Write;
-
-    /// Writes one family with samples `(labels, value)`.
-    pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
-    }
-}
-
 mod plans;
 pub mod schema;
 

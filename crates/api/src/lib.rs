@@ -9,6 +9,8 @@
 //! Handlers only parse, call the engine on the blocking pool (the engine
 //! does SQLite and file I/O), and map [`offsite_engine::EngineError`] to a
 //! status code plus an [`ApiError`] body whose message says what to do.
+//! The domain crates know nothing of the REST bodies: `dto` maps their
+//! requests and views to and from `offsite-api-types`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,12 +36,15 @@ use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+mod dto;
 mod metrics;
 mod openapi;
 
+use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
 
-pub use metrics::{MetricsSource, family as metrics_family};
+pub use dto::plan_run_report;
+pub use metrics::{MetricsSource, family as metrics_family, group_families};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -380,11 +385,11 @@ impl IntoResponse for Failure {
 type ApiResult<T> = Result<Json<T>, Failure>;
 
 /// Runs blocking engine work off the async workers.
-async fn blocking<T: Send + 'static>(
+async fn blocking<T: ToDto + Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> ApiResult<T> {
+) -> ApiResult<T::Dto> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map(Json).map_err(Failure::Engine),
+        Ok(r) => r.map(|v| Json(v.to_dto())).map_err(Failure::Engine),
         Err(e) => Err(Failure::Engine(EngineError::Invalid(format!(
             "internal error: request handler failed ({e}); see the daemon log"
         )))),
@@ -393,7 +398,7 @@ async fn blocking<T: Send + 'static>(
 
 #[utoipa::path(get, path = "/api/v1/site", responses((status = 200, body = SiteInfo)))]
 async fn site_show(State(s): State<ApiState>) -> Json<SiteInfo> {
-    Json(s.site.info())
+    Json(s.site.info().to_dto())
 }
 
 /// Parses a JSON body, turning axum's rejection into our error shape.
@@ -430,7 +435,7 @@ async fn settings_update(
     State(s): State<ApiState>,
     b: JsonBody<UpdateSiteSettings>,
 ) -> ApiResult<SiteSettings> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.update_settings(&req)).await
 }
 
@@ -442,7 +447,7 @@ async fn partner_list(State(s): State<ApiState>) -> ApiResult<Vec<PartnerInfo>> 
 #[utoipa::path(post, path = "/api/v1/partners", request_body = AddPartner,
     responses((status = 200, body = PartnerInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn partner_add(State(s): State<ApiState>, b: JsonBody<AddPartner>) -> ApiResult<PartnerInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.add_partner(&req)).await
 }
 
@@ -476,12 +481,8 @@ async fn partner_test(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<PartnerTestRequest>,
 ) -> ApiResult<PartnerTestResult> {
-    let req = body(b)?;
-    s.repl
-        .partner_test(&name, &req)
-        .await
-        .map(Json)
-        .map_err(Failure::Repl)
+    let req = body(b)?.to_domain();
+    repl(s.repl.partner_test(&name, &req).await)
 }
 
 #[utoipa::path(post, path = "/api/v1/partners/{name}/authz-check", params(("name" = String, Path)),
@@ -493,15 +494,11 @@ async fn partner_authz_check(
     b: JsonBody<AuthzCheckRequest>,
 ) -> ApiResult<AuthzCheckResult> {
     let req = body(b)?;
-    s.repl
-        .authz_check(&name, req.security_tag)
-        .await
-        .map(Json)
-        .map_err(Failure::Repl)
+    repl(s.repl.authz_check(&name, req.security_tag).await)
 }
 
-fn repl<T>(r: Result<T, ReplError>) -> ApiResult<T> {
-    r.map(Json).map_err(Failure::Repl)
+fn repl<T: ToDto>(r: Result<T, ReplError>) -> ApiResult<T::Dto> {
+    r.map(|v| Json(v.to_dto())).map_err(Failure::Repl)
 }
 
 #[utoipa::path(get, path = "/api/v1/groups", responses((status = 200, body = [GroupStatus])))]
@@ -515,7 +512,7 @@ async fn group_create(
     State(s): State<ApiState>,
     b: JsonBody<CreateGroup>,
 ) -> ApiResult<GroupStatus> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.create_group(req).await)
 }
 
@@ -555,7 +552,7 @@ async fn group_set(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetGroup>,
 ) -> ApiResult<GroupStatus> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.set_group(&name, &req).await)
 }
 
@@ -605,7 +602,7 @@ async fn group_failover(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::FailoverRun>,
 ) -> ApiResult<offsite_api_types::FailoverResult> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.failover_run(&name, &req).await)
 }
 
@@ -644,7 +641,7 @@ async fn group_reverse(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::ReverseRequest>,
 ) -> ApiResult<offsite_api_types::ReverseResult> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.reverse(&name, &req).await)
 }
 
@@ -752,7 +749,7 @@ async fn group_teardown(
         .teardown(&name, q.force, q.delete_replica)
         .await
         .map_err(Failure::Repl)?;
-    Ok(Json(status))
+    Ok(Json(status.to_dto()))
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [VmInfo])))]
@@ -763,7 +760,7 @@ async fn vm_list(State(s): State<ApiState>) -> ApiResult<Vec<VmInfo>> {
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVm,
     responses((status = 200, body = VmInfo), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn vm_create(State(s): State<ApiState>, b: JsonBody<CreateVm>) -> ApiResult<VmInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.create_vm(&req)).await
 }
 
@@ -787,7 +784,7 @@ async fn vm_set(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::SetVm>,
 ) -> ApiResult<VmInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     repl(s.repl.set_vm(&name, &req).await)
 }
 
@@ -811,7 +808,7 @@ async fn authz_list(State(s): State<ApiState>) -> ApiResult<Vec<AuthzEntry>> {
 #[utoipa::path(post, path = "/api/v1/authz", request_body = AddAuthz,
     responses((status = 200, body = AuthzEntry), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn authz_add(State(s): State<ApiState>, b: JsonBody<AddAuthz>) -> ApiResult<AuthzEntry> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.add_authz(&req)).await
 }
 
@@ -846,7 +843,7 @@ async fn volume_create(
     State(s): State<ApiState>,
     b: JsonBody<CreateVolume>,
 ) -> ApiResult<VolumeInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     blocking(move || s.site.create_volume(&req)).await
 }
 
@@ -940,8 +937,8 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-fn plan<T>(r: Result<T, PlanError>) -> ApiResult<T> {
-    r.map(Json).map_err(Failure::Plan)
+fn plan<T: ToDto>(r: Result<T, PlanError>) -> ApiResult<T::Dto> {
+    r.map(|v| Json(v.to_dto())).map_err(Failure::Plan)
 }
 
 #[utoipa::path(get, path = "/api/v1/plans", responses((status = 200, body = [offsite_api_types::PlanInfo])))]
@@ -955,7 +952,7 @@ async fn plan_create(
     State(s): State<ApiState>,
     b: JsonBody<offsite_api_types::CreatePlan>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.create(&req).await)
 }
 
@@ -985,7 +982,7 @@ async fn plan_add_group(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddGroup>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.add_group(&name, &req).await)
 }
 
@@ -1015,7 +1012,7 @@ async fn plan_set_priority(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanSetPriority>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.set_priority(&name, &req).await)
 }
 
@@ -1027,7 +1024,7 @@ async fn plan_add_step(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanAddStep>,
 ) -> ApiResult<offsite_api_types::PlanInfo> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     plan(s.plans.add_step(&name, &req).await)
 }
 
@@ -1039,7 +1036,7 @@ async fn plan_run(
     ApiPath(name): ApiPath<String>,
     b: JsonBody<offsite_api_types::PlanRunRequest>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
-    let req = body(b)?;
+    let req = body(b)?.to_domain();
     // Its own task: a client that goes away does not cancel the run.
     let plans = s.plans.clone();
     let run = tokio::spawn(async move { plans.run(&name, &req).await }).await;

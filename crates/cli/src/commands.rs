@@ -538,7 +538,9 @@ pub(crate) fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyh
         PlanCommand::Report { run_id, format } => {
             let r = c.plan_report(&run_id)?;
             match format {
-                ReportFormat::Html => output::emit_text(&offsite_plan::report::html(&r)),
+                ReportFormat::Html => output::emit_text(&offsite_plan::report::html(
+                    &offsite_api::plan_run_report(r.clone()),
+                )),
                 ReportFormat::Json => Printer::new(true).plan_run(&r),
                 ReportFormat::Text => p.plan_run(&r),
             }

@@ -784,7 +784,7 @@ impl Printer {
         if self.json {
             return self.print_json(r);
         }
-        let mut out = offsite_plan::report::summary(r);
+        let mut out = offsite_plan::report::summary(&offsite_api::plan_run_report(r.clone()));
         out.push('\n');
         let rows: Vec<Vec<String>> = r
             .steps

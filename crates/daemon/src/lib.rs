@@ -403,7 +403,7 @@ fn apply_config_bandwidth(site: &Site) -> anyhow::Result<Option<u64>> {
     if let Some(want) = site.config().replication.bandwidth_bytes_per_sec
         && settings.bandwidth_bytes_per_sec != Some(want).filter(|b| *b > 0)
     {
-        let update = offsite_api_types::UpdateSiteSettings {
+        let update = offsite_engine::UpdateSiteSettings {
             bandwidth_bytes_per_sec: Some(want),
             ..Default::default()
         };
@@ -522,7 +522,7 @@ impl MetricsSource for ReplMetrics {
             "Replication sessions established.",
             &one(s.sessions()),
         );
-        self.0.render_metrics(out);
+        offsite_api::group_families(out, &self.0.group_metrics());
     }
 }
 

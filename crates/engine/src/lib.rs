@@ -13,6 +13,7 @@ mod groups;
 pub mod hooks;
 pub mod init;
 pub mod layout;
+pub mod model;
 pub mod names;
 mod partners;
 mod plans;
@@ -22,6 +23,7 @@ mod vms;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};
+pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
 pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
 pub use site::{BoundAddresses, Site};

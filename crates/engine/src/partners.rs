@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use offsite_api_types::{
+use crate::model::{
     AddAuthz, AddPartner, AuthzEntry, PartnerInfo, SiteSettings, UpdateSiteSettings,
 };
 use offsite_catalog::PartnerRow;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use offsite_api_types::{CreateVolume, Event, ImportProgress, SiteInfo, VolumeInfo};
+use crate::model::{CreateVolume, Event, ImportProgress, SiteInfo, VolumeInfo};
 use offsite_catalog::{Catalog, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
 

@@ -2,7 +2,7 @@
 //! runs to stop and start it. offsite never needs a hypervisor to
 //! replicate; the hooks are how it powers VMs during failover and tests.
 
-use offsite_api_types::{CreateVm, SetVm, VmInfo};
+use crate::model::{CreateVm, SetVm, VmInfo};
 use offsite_catalog::{GroupRow, VmRow};
 
 use crate::{EngineError, Site, names};

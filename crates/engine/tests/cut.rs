@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use offsite_api_types::CreateVolume;
+use offsite_engine::CreateVolume;
 use offsite_engine::init::{InitOptions, init_site};
 use offsite_engine::{Site, Volume};
 use offsite_nbd::BlockDevice;

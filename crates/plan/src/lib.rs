@@ -26,17 +26,16 @@
 //! run) is again as it was defined.
 
 mod exec;
+pub mod model;
 pub mod report;
 mod runner;
 pub mod wire;
 
+pub use model::*;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use offsite_api_types::{
-    CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunReport, PlanRunSummary,
-    PlanSetPriority, PlanStep, PlanVm,
-};
 use offsite_catalog::{PlanRow, PlanStepRow, PlanVmRow};
 use offsite_engine::{EngineError, ErrorKind, Site};
 use offsite_repl::{ReplError, Replication};

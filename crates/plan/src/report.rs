@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use offsite_api_types::PlanRunReport;
+use crate::model::PlanRunReport;
 
 use crate::runner::ms_between;
 
@@ -279,7 +279,7 @@ pre{{margin:0;white-space:pre-wrap;font-size:12px;max-width:600px}} .err{{color:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use offsite_api_types::{PlanRunGroup, PlanRunStep};
+    use crate::model::{PlanRunGroup, PlanRunStep};
 
     #[test]
     fn html_escapes_and_holds_every_step() {

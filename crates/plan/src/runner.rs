@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offsite_api_types::{
-    FailoverRun, PlanRunGroup, PlanRunReport, PlanRunRequest, PlanRunStep, ReverseRequest,
-};
+use offsite_repl::{FailoverRun, ReverseRequest};
+
+use crate::model::{PlanRunGroup, PlanRunReport, PlanRunRequest, PlanRunStep};
 use offsite_catalog::{GroupRow, GroupState, PlanRow, Role, RunRow, RunStepRow};
 use offsite_engine::Site;
 use offsite_engine::hooks::HookAction;

@@ -17,8 +17,8 @@
 
 use std::sync::{Arc, Weak};
 
+use crate::model::{PlanInfo, PlanRunReport};
 use bytes::Bytes;
-use offsite_api_types::{PlanInfo, PlanRunReport};
 use offsite_engine::hooks::HookAction;
 use offsite_repl::{ReplError, Replication};
 use serde::{Deserialize, Serialize};

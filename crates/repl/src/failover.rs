@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offsite_api_types::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
+use crate::model::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
 use offsite_catalog::GroupState;
 use offsite_catalog::{FailoverRow, GroupRow};
 use offsite_engine::PitLower;

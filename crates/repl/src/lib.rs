@@ -27,6 +27,7 @@
 mod confirm;
 mod dormant;
 mod failover;
+pub mod model;
 mod pits;
 mod primary;
 mod replica;
@@ -37,12 +38,13 @@ mod switch;
 mod sync;
 pub mod wire;
 
+pub use model::*;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use offsite_api_types::{AuthzCheckResult, PartnerTestRequest, PartnerTestResult};
 use offsite_engine::Site;
 use offsite_protocol::{ErrorCode, Message};
 use offsite_transport::{

@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use offsite_api_types::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
+use crate::model::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
 use offsite_replica::{PitId, ReplicaStore};
 
 use offsite_catalog::GroupRow;
@@ -445,7 +445,7 @@ impl Replication {
         &self,
         group: &str,
         to: &str,
-    ) -> Result<offsite_api_types::SeedExport, ReplError> {
+    ) -> Result<crate::model::SeedExport, ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
         let to = std::path::PathBuf::from(to);
@@ -538,7 +538,7 @@ impl Replication {
                 offsite_store::PRIVATE_FILE_MODE,
             )
             .map_err(|e| invalid(format!("writing {}: {e}", to.join("seed.json").display())))?;
-            Ok(offsite_api_types::SeedExport {
+            Ok(crate::model::SeedExport {
                 group: g,
                 dir: to.display().to_string(),
                 bytes,

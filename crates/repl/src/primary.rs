@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use offsite_api_types::{
+use crate::model::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, PitRef, SyncResult, VerifyResult,
     VerifyVolume,
 };
+use bytes::Bytes;
 use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow, TrafficKind};
 use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine::{Site, Volume};
@@ -28,6 +28,7 @@ use offsite_protocol::Message;
 use offsite_transport::{Session, TokenBucket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::{GroupMetrics, SyncMetrics};
 use crate::wire::{
     self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc,
     VolumeDesc,
@@ -59,7 +60,7 @@ pub(crate) enum Command {
     /// Compare every block with the replica at a fresh cut and ship the
     /// blocks that differ (`group resync`); reply with the result.
     Resync {
-        reply: oneshot::Sender<Result<offsite_api_types::ResyncResult, String>>,
+        reply: oneshot::Sender<Result<crate::model::ResyncResult, String>>,
     },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
@@ -92,7 +93,7 @@ pub(crate) struct Progress {
     /// blocks) and those sent.
     pub(crate) cycle: std::sync::Mutex<Option<(Instant, u64, u64)>>,
     /// A running `group resync`: when it started and how far it is.
-    pub(crate) resync: std::sync::Mutex<Option<(Instant, offsite_api_types::ResyncProgress)>>,
+    pub(crate) resync: std::sync::Mutex<Option<(Instant, crate::model::ResyncProgress)>>,
 }
 
 /// A cycle's progress in its runner's [`Progress`] while it ships; gone
@@ -343,11 +344,11 @@ impl Replication {
                 req.rpo_secs
             )));
         }
-        if !(1..=offsite_api_types::schema::MAX_KEEP).contains(&req.keep) {
+        if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
             return Err(invalid(format!(
                 "--keep {} is outside 1..{}",
                 req.keep,
-                offsite_api_types::schema::MAX_KEEP
+                crate::model::MAX_KEEP
             )));
         }
         if let Some(bw) = req.bandwidth_bytes_per_sec {
@@ -1764,7 +1765,7 @@ impl Replication {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
-                .map(|(started, p)| offsite_api_types::ResyncProgress {
+                .map(|(started, p)| crate::model::ResyncProgress {
                     elapsed_seconds: started.elapsed().as_secs(),
                     ..p.clone()
                 })
@@ -1786,7 +1787,7 @@ impl Replication {
                 let rate = elapsed
                     .filter(|&e| e > 0.0 && moved > 0)
                     .map_or(0.0, |e| moved as f64 / e);
-                Some(offsite_api_types::TransferProgress {
+                Some(crate::model::TransferProgress {
                     kind: "initial".into(),
                     bytes_done: done,
                     bytes_total: total,
@@ -1807,7 +1808,7 @@ impl Replication {
                     } else {
                         0.0
                     };
-                    offsite_api_types::TransferProgress {
+                    crate::model::TransferProgress {
                         kind: if self.is_reversing(name) {
                             "reverse".into()
                         } else {
@@ -1832,9 +1833,9 @@ impl Replication {
         let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
         Ok(GroupStatus {
             name: row.name.clone(),
-            mode: row.mode.to_string(),
-            role: row.role.to_string(),
-            state: row.state.to_string(),
+            mode: row.mode,
+            role: row.role,
+            state: row.state,
             health,
             health_reason: reason,
             partner: row.partner.clone(),
@@ -1859,7 +1860,7 @@ impl Replication {
                 .runner(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
-            sync_state: sync_state.map(|(s, _)| s.to_string()),
+            sync_state: sync_state.map(|(s, _)| s),
             on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
             test_failover_pit: {
                 let site = self.site.clone();
@@ -1888,30 +1889,19 @@ impl Replication {
         })
     }
 
-    /// Appends the per-group metric families (blocking: reads the catalog).
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Every group's figures for `/metrics` (blocking: reads the catalog),
+    /// in catalog order; the api crate renders them.
+    pub fn group_metrics(&self) -> Vec<GroupMetrics> {
         let Ok(groups) = self.site.group_rows() else {
-            return;
+            return Vec::new();
         };
-        let mut lag = Vec::new();
-        let mut pending = Vec::new();
-        let mut cycles = Vec::new();
-        let mut errors = Vec::new();
-        let mut last_bytes = Vec::new();
-        let mut last_ms = Vec::new();
-        let mut sent = Vec::new();
-        let mut pits = Vec::new();
-        let mut sync_in = Vec::new();
-        let mut sync_batches = Vec::new();
-        let mut sync_writes = Vec::new();
-        let mut sync_losses = Vec::new();
-        let mut sync_failed = Vec::new();
+        let mut out = Vec::with_capacity(groups.len());
         for g in &groups {
+            let mut sync = None;
             if g.mode == Mode::Sync
                 && g.role == Role::Primary
                 && let Some(r) = self.runner(&g.name)
             {
-                let label = format!("group=\"{}\"", g.name);
                 let in_sync = r
                     .mirror
                     .lock()
@@ -1919,13 +1909,14 @@ impl Replication {
                     .as_ref()
                     .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync);
                 let st = &r.sync_stats;
-                sync_in.push((label.clone(), u64::from(in_sync)));
-                sync_batches.push((label.clone(), st.batches.load(Ordering::Relaxed)));
-                sync_writes.push((label.clone(), st.writes.load(Ordering::Relaxed)));
-                sync_losses.push((label.clone(), st.link_losses.load(Ordering::Relaxed)));
-                sync_failed.push((label, st.failed_writes.load(Ordering::Relaxed)));
+                sync = Some(SyncMetrics {
+                    in_sync,
+                    batches: st.batches.load(Ordering::Relaxed),
+                    writes: st.writes.load(Ordering::Relaxed),
+                    link_losses: st.link_losses.load(Ordering::Relaxed),
+                    failed_writes: st.failed_writes.load(Ordering::Relaxed),
+                });
             }
-            let label = format!("group=\"{}\",role=\"{}\"", g.name, g.role);
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
             let in_sync = g.mode == Mode::Sync
                 && self.runner(&g.name).is_some_and(|r| {
@@ -1935,14 +1926,12 @@ impl Replication {
                         .as_ref()
                         .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync)
                 });
-            let age = if in_sync {
+            let lag_seconds = if in_sync {
                 0
             } else {
                 self.lag_seconds(g, rows.last().map(|p| p.created_at.as_str()))
             };
-            lag.push((label.clone(), age));
-            pits.push((label.clone(), rows.len() as u64));
-            let p: u64 = if g.role == Role::Primary && !in_sync {
+            let pending_bytes: u64 = if g.role == Role::Primary && !in_sync {
                 g.volumes
                     .iter()
                     .filter_map(|v| self.site.volume(&v.volume).ok())
@@ -1951,118 +1940,35 @@ impl Replication {
             } else {
                 0
             };
-            pending.push((label.clone(), p));
             let cs = self.site.cycle_rows(&g.name).unwrap_or_default();
-            cycles.push((label.clone(), cs.len() as u64));
-            errors.push((
-                label.clone(),
-                cs.iter().filter(|c| c.error.is_some()).count() as u64,
-            ));
             let last = cs.iter().rev().find(|c| c.pit.is_some());
-            last_bytes.push((label.clone(), last.map_or(0, |c| c.bytes)));
-            last_ms.push((
-                label.clone(),
-                last.and_then(|c| {
-                    let end = c.finished_at.as_deref()?;
-                    Some(age_seconds(&c.started_at).saturating_sub(age_seconds(end)) * 1000)
-                })
-                .unwrap_or(0),
-            ));
-            let moved: u64 = self
+            let sent_bytes: u64 = self
                 .site
                 .group_traffic(&g.name)
                 .unwrap_or_default()
                 .iter()
                 .map(|(_, b)| b)
                 .sum();
-            sent.push((label, moved));
+            out.push(GroupMetrics {
+                group: g.name.clone(),
+                role: g.role,
+                lag_seconds,
+                pending_bytes,
+                pits: rows.len() as u64,
+                cycles: cs.len() as u64,
+                cycle_errors: cs.iter().filter(|c| c.error.is_some()).count() as u64,
+                last_cycle_bytes: last.map_or(0, |c| c.bytes),
+                last_cycle_duration_ms: last
+                    .and_then(|c| {
+                        let end = c.finished_at.as_deref()?;
+                        Some(age_seconds(&c.started_at).saturating_sub(age_seconds(end)) * 1000)
+                    })
+                    .unwrap_or(0),
+                sent_bytes,
+                sync,
+            });
         }
-        use offsite_api_types::metrics::family as f;
-        f(
-            out,
-            "offsite_group_lag_seconds",
-            "gauge",
-            "Age of the group's newest PIT.",
-            &lag,
-        );
-        f(
-            out,
-            "offsite_group_pending_bytes",
-            "gauge",
-            "Changed bytes not yet in a PIT (primary).",
-            &pending,
-        );
-        f(out, "offsite_group_pits", "gauge", "PITs held.", &pits);
-        f(
-            out,
-            "offsite_group_cycles_total",
-            "counter",
-            "Replication cycles attempted.",
-            &cycles,
-        );
-        f(
-            out,
-            "offsite_group_cycle_errors_total",
-            "counter",
-            "Replication cycles that failed.",
-            &errors,
-        );
-        f(
-            out,
-            "offsite_group_last_cycle_bytes",
-            "gauge",
-            "Data bytes shipped by the last successful cycle.",
-            &last_bytes,
-        );
-        f(
-            out,
-            "offsite_group_last_cycle_duration_ms",
-            "gauge",
-            "Duration of the last successful cycle (second resolution).",
-            &last_ms,
-        );
-        f(
-            out,
-            "offsite_group_sent_bytes_total",
-            "counter",
-            "Data bytes sent by cycles and this daemon's initial replication.",
-            &sent,
-        );
-        f(
-            out,
-            "offsite_group_sync_in_sync",
-            "gauge",
-            "Sync group: 1 while every write reaches the replica's log before it is acknowledged.",
-            &sync_in,
-        );
-        f(
-            out,
-            "offsite_group_sync_batches_total",
-            "counter",
-            "Sync group: batches the replica acknowledged (one replica fsync each).",
-            &sync_batches,
-        );
-        f(
-            out,
-            "offsite_group_sync_writes_total",
-            "counter",
-            "Sync group: writes acknowledged by the replica (writes / batches = group commit).",
-            &sync_writes,
-        );
-        f(
-            out,
-            "offsite_group_sync_link_losses_total",
-            "counter",
-            "Sync group: times the partner was lost (the on-link-loss policy applied).",
-            &sync_losses,
-        );
-        f(
-            out,
-            "offsite_group_sync_failed_writes_total",
-            "counter",
-            "Sync group: writes failed by suspend-writes after their timeout.",
-            &sync_failed,
-        );
+        out
     }
 
     /// `group list`.
@@ -2193,7 +2099,7 @@ fn health(
     row: &GroupRow,
     has_pit: bool,
     lag: u64,
-    partner: Option<&offsite_api_types::PartnerInfo>,
+    partner: Option<&offsite_engine::PartnerInfo>,
 ) -> (String, Option<String>) {
     if row.role == Role::Primary && row.state == crate::superseded::SUPERSEDED {
         return (

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use offsite_api_types::{ResyncProgress, ResyncResult, VerifyResult, VerifyVolume};
+use crate::model::{ResyncProgress, ResyncResult, VerifyResult, VerifyVolume};
 use std::sync::atomic::Ordering;
 
 use offsite_catalog::Role;

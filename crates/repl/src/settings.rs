@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
-use offsite_api_types::{GroupStatus, SetGroup, SetVm, VmInfo};
+use crate::model::{GroupStatus, SetGroup};
 use offsite_catalog::GroupRow;
 use offsite_catalog::{Mode, Role};
+use offsite_engine::{SetVm, VmInfo};
 
 use crate::primary::RPO_RANGE;
 use crate::wire::{self, VmDesc};
@@ -40,11 +41,11 @@ impl Replication {
             )));
         }
         if let Some(keep) = req.keep
-            && !(1..=offsite_api_types::schema::MAX_KEEP).contains(&keep)
+            && !(1..=crate::model::MAX_KEEP).contains(&keep)
         {
             return Err(invalid(format!(
                 "--keep {keep} is outside 1..{}",
-                offsite_api_types::schema::MAX_KEEP
+                crate::model::MAX_KEEP
             )));
         }
         if let Some(bw) = req.bandwidth_bytes_per_sec {

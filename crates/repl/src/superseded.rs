@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use offsite_api_types::GroupStatus;
+use crate::model::GroupStatus;
 use offsite_catalog::GroupRow;
 use offsite_catalog::{GroupState, Role};
 

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use offsite_api_types::{
+use crate::model::{
     ExportedVolume, FailoverResult, ReverseRequest, ReverseResult, SplitBrain, SplitBrainSide,
 };
+use bytes::Bytes;
 use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
 use offsite_catalog::{GroupState, Role};
 use offsite_engine::RoaringBitmap;

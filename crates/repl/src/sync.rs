@@ -1325,7 +1325,7 @@ impl Replication {
         self: &Arc<Self>,
         name: &str,
         mode: &str,
-    ) -> Result<offsite_api_types::GroupStatus, ReplError> {
+    ) -> Result<crate::model::GroupStatus, ReplError> {
         let mode: Mode = mode
             .parse()
             .map_err(|_| invalid(format!("mode {mode:?} is neither async nor sync")))?;
@@ -1764,14 +1764,14 @@ impl Replication {
         row: &GroupRow,
         mirror: &Arc<SyncMirror>,
         volumes: &[Arc<Volume>],
-    ) -> Result<offsite_api_types::VerifyResult, ReplError> {
+    ) -> Result<crate::model::VerifyResult, ReplError> {
         let pit = self.seal(row, mirror, volumes, None, true).await?;
         let result = self.compare(row, pit.id, volumes).await;
         for v in volumes {
             v.end_cut(true);
         }
         let per = result?;
-        Ok(offsite_api_types::VerifyResult {
+        Ok(crate::model::VerifyResult {
             group: row.name.clone(),
             pit: pit.id,
             blocks_compared: per.iter().map(|v| v.blocks_compared).sum(),

@@ -1,0 +1,211 @@
+//! What a site reports and is asked, as domain types: the site, its
+//! volumes, VMs, partners, authorization entries and settings. The api
+//! crate maps them to and from the REST bodies of `offsite-api-types`, so
+//! the engine does not depend on the HTTP contract.
+
+/// The site as `site show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteInfo {
+    /// Site name.
+    pub name: String,
+    /// `SHA256:` + hex of the site certificate's DER encoding.
+    pub fingerprint: String,
+    /// Replication listener address (HOST:PORT).
+    pub listen: String,
+    /// REST API address as bound (HOST:PORT).
+    pub api: String,
+    /// NBD listener address as bound (HOST:PORT).
+    pub nbd: String,
+    /// offsite version.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+}
+
+/// Import progress of a volume being created from an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Bytes read from the source so far.
+    pub copied_bytes: u64,
+    /// Source size.
+    pub total_bytes: u64,
+    /// Set when the import failed; the volume is then unusable and should be deleted.
+    pub error: Option<String>,
+}
+
+/// A volume as reported by `volume show/list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Name (and NBD export name).
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Tracking block size in bytes.
+    pub block_size: u32,
+    /// Changed bytes not yet on a replica (for a volume in no group: since
+    /// creation or the last `volume clear-dirty`).
+    pub dirty_bytes: u64,
+    /// `primary`, `replica`, `test-clone` or `promoted`.
+    pub role: String,
+    /// `importing`, `ready` or `failed`.
+    pub state: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// NBD URL of the export.
+    pub url: String,
+    /// Open NBD connections.
+    pub connections: u64,
+    /// Import progress while `state` is `importing`.
+    pub import: Option<ImportProgress>,
+}
+
+/// `volume create`: either `size_bytes` or `import_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVolume {
+    /// Name; letters, digits, `.`, `_` and `-`, at most 64 characters.
+    pub name: String,
+    /// Size in bytes (a positive multiple of the block size).
+    pub size_bytes: Option<u64>,
+    /// Block size in bytes (power of two, 512 B to 1 MiB; default 4 KiB).
+    pub block_size: Option<u32>,
+    /// Raw image or block device on the site's machine to copy in.
+    pub import_path: Option<String>,
+}
+
+/// One entry of the site's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Sequence number.
+    pub id: i64,
+    /// RFC 3339 time.
+    pub at: String,
+    /// Machine-readable kind.
+    pub kind: String,
+    /// What it is about.
+    pub subject: Option<String>,
+    /// Text.
+    pub message: String,
+}
+
+/// A paired site, as `partner list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerInfo {
+    /// The partner's site name.
+    pub name: String,
+    /// HOST:PORT of its replication listener.
+    pub address: String,
+    /// Pinned certificate fingerprint (`SHA256:` + hex).
+    pub fingerprint: String,
+    /// RFC 3339 time of pairing.
+    pub created_at: String,
+    /// RFC 3339 time of the last successful handshake, if any.
+    pub last_handshake_at: Option<String>,
+    /// Round-trip time of the last handshake or keepalive, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The last connection error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Whether the last contact succeeded.
+    pub reachable: bool,
+}
+
+/// `partner add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddPartner {
+    /// The partner's site name (as shown by `site show` there).
+    pub name: String,
+    /// HOST:PORT of its replication listener.
+    pub address: String,
+    /// Its certificate fingerprint (as shown by `site show` there).
+    pub fingerprint: String,
+}
+
+/// An authorization entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthzEntry {
+    /// Exact site name, `*.suffix` or `*`.
+    pub allowed_primary: String,
+    /// Where replicas of matching primaries are stored.
+    pub storage_location: String,
+    /// Tag a primary's group must present, if any.
+    pub security_tag: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// `authz add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddAuthz {
+    /// Exact site name, `*.suffix` or `*`.
+    pub allowed_primary: String,
+    /// Directory for the replicas (absolute; created if missing).
+    pub storage_location: String,
+    /// Required security tag.
+    pub security_tag: Option<String>,
+}
+
+/// Site-wide replication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSettings {
+    /// Accept replicas from any paired site that matches no entry.
+    pub allow_any_partner: bool,
+    /// Storage location used under `allow_any_partner`.
+    pub default_storage_location: String,
+    /// Default bandwidth limit for bulk replication traffic, bytes/s (none: unlimited).
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// `site set`: the fields to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateSiteSettings {
+    /// New value of `allow_any_partner`.
+    pub allow_any_partner: Option<bool>,
+    /// New default storage location.
+    pub default_storage_location: Option<String>,
+    /// New default bandwidth limit in bytes/s; 0 removes the limit.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// A VM: ordered volumes plus power hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    /// VM name.
+    pub name: String,
+    /// Volume names, disk 0 first.
+    pub volumes: Vec<String>,
+    /// Command that starts the VM (run by failover with the volumes' NBD URLs in its environment).
+    pub start: Option<String>,
+    /// Command that stops the VM.
+    pub stop: Option<String>,
+    /// Command that exits 0 while the VM runs.
+    pub status: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// `vm create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVm {
+    /// VM name.
+    pub name: String,
+    /// Existing volume names, disk 0 first.
+    pub volumes: Vec<String>,
+    /// Start hook.
+    pub start: Option<String>,
+    /// Stop hook.
+    pub stop: Option<String>,
+    /// Status hook.
+    pub status: Option<String>,
+}
+
+/// `vm set`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetVm {
+    /// New start hook; an empty string removes it.
+    pub start: Option<String>,
+    /// New stop hook; an empty string removes it.
+    pub stop: Option<String>,
+    /// New status hook; an empty string removes it.
+    pub status: Option<String>,
+    /// New volumes, disk 0 first (refused while the VM is in a group).
+    pub volumes: Option<Vec<String>>,
+}
