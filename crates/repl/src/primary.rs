@@ -1441,8 +1441,11 @@ impl Replication {
                 })
                 .await;
                 tracing::warn!(group = %row.name, "cycle failed: {msg}");
-                // A partner that refuses may have taken the group over.
-                if matches!(e, ReplError::Refused(_)) {
+                // A partner that refuses may have taken the group over; one
+                // whose store is full still holds the group as its replica.
+                if e.refusal()
+                    .is_some_and(|r| !matches!(r, RemoteError::StorageFull(_)))
+                {
                     self.check_superseded(row).await;
                 }
                 Err(e)
