@@ -235,7 +235,7 @@ fn partner_test_across_namespaces_sees_the_shaped_bandwidth() {
     let r = a.json(&["partner", "test", "site-b", "--bytes", "16M"]);
     eprintln!("across the shaped veth: {r}");
     assert_eq!(r["bytes"].as_u64(), Some(16 << 20), "{r}");
-    assert_eq!(r["protocol_version"], 1, "{r}");
+    assert_eq!(r["protocol_version"], 2, "{r}");
     let mbps = r["mb_per_s"].as_f64().expect("mb_per_s");
     assert!(mbps > 0.0, "{r}");
     // 50 Mbit/s is 6.25 MB/s: a shaping check, not a timing assertion.

@@ -19,7 +19,7 @@ fn is_fingerprint(fp: &str) -> bool {
 
 fn assert_test_result(r: &serde_json::Value, partner: &str, bytes: u64, compression: bool) {
     assert_eq!(r["partner"], partner, "{r}");
-    assert_eq!(r["protocol_version"], 1, "{r}");
+    assert_eq!(r["protocol_version"], 2, "{r}");
     assert_eq!(r["compression"], compression, "{r}");
     assert_eq!(r["bytes"].as_u64(), Some(bytes), "{r}");
     for key in ["mb_per_s", "rtt_ms", "handshake_ms", "seconds"] {

@@ -1,7 +1,11 @@
 //! Site-to-site requests of recovery plans, carried as JSON bodies of
 //! `offsite-protocol` requests with the kinds below (40 and up: the
 //! replication crate hands them to [`Handler`]). Numbers are wire format:
-//! never reuse one.
+//! never reuse one. Each body implements [`offsite_repl::control::Rpc`]
+//! (kind, name, reply), [`PlanRequest`] decodes them, and refusals are
+//! [`RemoteError`]s with a stable code; the kinds are listed with
+//! replication's in the changelog table of [`offsite_repl::control`], and
+//! their JSON is pinned by `tests/fixtures/plan/*.json`.
 //!
 //! ```mermaid
 //! sequenceDiagram
@@ -20,7 +24,8 @@ use std::sync::{Arc, Weak};
 use crate::model::{PlanInfo, PlanRunReport};
 use bytes::Bytes;
 use offsite_engine::hooks::HookAction;
-use offsite_repl::{ReplError, Replication};
+use offsite_repl::control::{DecodeError, Done, Reply, Rpc};
+use offsite_repl::{RemoteError, ReplError, Replication};
 use serde::{Deserialize, Serialize};
 
 use crate::{Plans, other_site, plan_row, validate};
@@ -35,6 +40,69 @@ pub mod kinds {
     pub const PLAN_SITE_OP: u16 = 41;
     /// A run's report, kept at the other site too ([`super::RunRecord`]).
     pub const PLAN_RUN_RECORD: u16 = 42;
+}
+
+/// A decoded plan request (kinds 40–42).
+#[derive(Debug, Clone)]
+pub enum PlanRequest {
+    /// [`kinds::PLAN_PUT`].
+    Put(PlanPut),
+    /// [`kinds::PLAN_SITE_OP`].
+    SiteOp(SiteOp),
+    /// [`kinds::PLAN_RUN_RECORD`].
+    RunRecord(RunRecord),
+}
+
+impl PlanRequest {
+    /// The request of `kind` carrying `body`.
+    pub fn decode(kind: u16, body: &[u8]) -> Result<Self, DecodeError> {
+        match kind {
+            kinds::PLAN_PUT => Ok(PlanRequest::Put(PlanPut::decode(body)?)),
+            kinds::PLAN_SITE_OP => Ok(PlanRequest::SiteOp(SiteOp::decode(body)?)),
+            kinds::PLAN_RUN_RECORD => Ok(PlanRequest::RunRecord(RunRecord::decode(body)?)),
+            k => Err(DecodeError::UnknownKind(k)),
+        }
+    }
+
+    /// Kind and body, as carried in a request.
+    pub fn encode(&self) -> (u16, Bytes) {
+        match self {
+            PlanRequest::Put(r) => (PlanPut::KIND, r.encode()),
+            PlanRequest::SiteOp(r) => (SiteOp::KIND, r.encode()),
+            PlanRequest::RunRecord(r) => (RunRecord::KIND, r.encode()),
+        }
+    }
+}
+
+impl Rpc for PlanPut {
+    const KIND: u16 = kinds::PLAN_PUT;
+    const NAME: &'static str = "PLAN_PUT";
+    type Reply = Done;
+}
+
+impl Rpc for SiteOp {
+    const KIND: u16 = kinds::PLAN_SITE_OP;
+    const NAME: &'static str = "PLAN_SITE_OP";
+    type Reply = SiteOpDone;
+}
+
+impl Rpc for RunRecord {
+    const KIND: u16 = kinds::PLAN_RUN_RECORD;
+    const NAME: &'static str = "PLAN_RUN_RECORD";
+    type Reply = Done;
+}
+
+impl Reply for SiteOpDone {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(body).map_err(|source| DecodeError::Malformed {
+            kind: kinds::PLAN_SITE_OP,
+            name: "SiteOpDone",
+            source,
+        })
+    }
 }
 
 /// [`kinds::PLAN_PUT`].
@@ -83,14 +151,15 @@ pub(crate) async fn push_plan(
     plan: &PlanInfo,
     delete: bool,
 ) -> Result<(), ReplError> {
-    let body = serde_json::to_vec(&PlanPut {
-        plan: plan.clone(),
-        delete,
-    })
-    .unwrap_or_default();
-    repl.request_partner(partner, kinds::PLAN_PUT, body)
-        .await
-        .map(drop)
+    repl.call_partner(
+        partner,
+        &PlanPut {
+            plan: plan.clone(),
+            delete,
+        },
+    )
+    .await
+    .map(drop)
 }
 
 /// Asks the other site to do `op`; returns its output.
@@ -99,15 +168,7 @@ pub(crate) async fn site_op(
     partner: &str,
     op: &SiteOp,
 ) -> Result<String, ReplError> {
-    let body = serde_json::to_vec(op).unwrap_or_default();
-    let answer = repl
-        .request_partner(partner, kinds::PLAN_SITE_OP, body)
-        .await?;
-    let done: SiteOpDone = serde_json::from_slice(&answer).map_err(|e| ReplError::Protocol {
-        partner: partner.to_string(),
-        why: e.to_string(),
-    })?;
-    Ok(done.output)
+    Ok(repl.call_partner(partner, op).await?.output)
 }
 
 /// Copies a run's report to the other site.
@@ -116,13 +177,14 @@ pub(crate) async fn push_record(
     partner: &str,
     report: &PlanRunReport,
 ) -> Result<(), ReplError> {
-    let body = serde_json::to_vec(&RunRecord {
-        report: report.clone(),
-    })
-    .unwrap_or_default();
-    repl.request_partner(partner, kinds::PLAN_RUN_RECORD, body)
-        .await
-        .map(drop)
+    repl.call_partner(
+        partner,
+        &RunRecord {
+            report: report.clone(),
+        },
+    )
+    .await
+    .map(drop)
 }
 
 /// Answers plan requests from partners (installed by [`Plans::new`]).
@@ -134,45 +196,59 @@ impl offsite_repl::RequestHandler for Handler {
         peer: String,
         kind: u16,
         body: Bytes,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + '_>>
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, RemoteError>> + Send + '_>>
     {
         Box::pin(async move {
             let plans = self
                 .0
                 .upgrade()
-                .ok_or_else(|| "the site is shutting down".to_string())?;
-            match kind {
-                kinds::PLAN_PUT => plans.answer_put(&peer, &body).await,
-                kinds::PLAN_SITE_OP => plans.answer_site_op(&peer, &body).await,
-                kinds::PLAN_RUN_RECORD => plans.answer_record(&peer, &body).await,
-                k => Err(format!(
+                .ok_or_else(|| RemoteError::Busy("the site is shutting down".into()))?;
+            let request = PlanRequest::decode(kind, &body).map_err(|e| match e {
+                DecodeError::UnknownKind(k) => RemoteError::Unsupported(format!(
                     "request kind {k} is not supported by site {} (version {}); upgrade it",
                     plans.site.config().name,
                     env!("CARGO_PKG_VERSION")
                 )),
+                e => RemoteError::from(e),
+            })?;
+            // The plans' dispatch table.
+            match request {
+                PlanRequest::Put(r) => plans.answer_put(&peer, r).await.map(|d| d.encode()),
+                PlanRequest::SiteOp(r) => plans.answer_site_op(&peer, r).await.map(|d| d.encode()),
+                PlanRequest::RunRecord(r) => {
+                    plans.answer_record(&peer, r).await.map(|d| d.encode())
+                }
             }
         })
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+/// A plan error as the refusal the other site receives (its class kept).
+fn remote(e: crate::PlanError) -> RemoteError {
+    use offsite_engine::ErrorKind;
+    let text = e.to_string();
+    match e.kind() {
+        ErrorKind::NotFound => RemoteError::NotFound(text),
+        ErrorKind::Conflict => RemoteError::Conflict(text),
+        ErrorKind::Invalid => RemoteError::BadRequest(text),
+        ErrorKind::Busy => RemoteError::Busy(text),
+        ErrorKind::Internal => RemoteError::Refused(text),
+    }
 }
 
 impl Plans {
-    async fn answer_put(self: &Arc<Self>, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: PlanPut = parse(body)?;
+    async fn answer_put(self: &Arc<Self>, peer: &str, req: PlanPut) -> Result<Done, RemoteError> {
         let row = plan_row(&req.plan);
         let here = self.site.config().name.clone();
         if other_site(&row, &here) != peer
             || (row.protected_site != here && row.recovery_site != here)
         {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "plan {} is between {} and {}; site {peer} cannot change it at {here}",
                 row.name, row.protected_site, row.recovery_site
-            ));
+            )));
         }
-        let _busy = self.busy(&row.name).map_err(|e| e.to_string())?;
+        let _busy = self.busy(&row.name).map_err(remote)?;
         let site = self.site.clone();
         crate::blocking(move || {
             if req.delete {
@@ -189,24 +265,27 @@ impl Plans {
             Ok(())
         })
         .await
-        .map_err(|e| format!("site {here}: {e}"))?;
-        Ok(Bytes::new())
+        .map_err(|e| remote(e).map_message(|m| format!("site {here}: {m}")))?;
+        Ok(Done)
     }
 
-    async fn answer_site_op(self: &Arc<Self>, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: SiteOp = parse(body)?;
+    async fn answer_site_op(
+        self: &Arc<Self>,
+        peer: &str,
+        req: SiteOp,
+    ) -> Result<SiteOpDone, RemoteError> {
         let site = self.site.clone();
         let g = req.group.clone();
         let row = crate::blocking(move || Ok(site.group_row(&g)?))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(remote)?;
         if row.partner != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "group {} at {} replicates with {}, not {peer}",
                 row.name,
                 self.site.config().name,
                 row.partner
-            ));
+            )));
         }
         let output = match req.op.as_str() {
             "stop-vm" => {
@@ -216,7 +295,9 @@ impl Plans {
                     .iter()
                     .find(|v| v.name == name)
                     .cloned()
-                    .ok_or_else(|| format!("group {} has no VM {name}", row.name))?;
+                    .ok_or_else(|| {
+                        RemoteError::NotFound(format!("group {} has no VM {name}", row.name))
+                    })?;
                 match vm.stop_cmd.clone() {
                     None => format!("VM {name} has no stop hook"),
                     Some(cmd) => {
@@ -243,7 +324,7 @@ impl Plans {
                             )?)
                         })
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| RemoteError::Refused(e.to_string()))?;
                         format!(
                             "stop hook exited 0 after {} ms{}",
                             run.duration_ms,
@@ -253,35 +334,36 @@ impl Plans {
                 }
             }
             "prepare" => {
-                let r = self
-                    .repl
-                    .failover_prepare_with(&req.group, false)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let r = self.repl.failover_prepare_with(&req.group, false).await?;
                 format!(
                     "fenced; final PIT {} shipped in {} ms",
                     r.pit, r.duration_ms
                 )
             }
-            other => return Err(format!("unknown plan operation {other:?}")),
+            other => {
+                return Err(RemoteError::BadRequest(format!(
+                    "unknown plan operation {other:?}"
+                )));
+            }
         };
-        Ok(Bytes::from(
-            serde_json::to_vec(&SiteOpDone { output }).unwrap_or_default(),
-        ))
+        Ok(SiteOpDone { output })
     }
 
-    async fn answer_record(self: &Arc<Self>, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: RunRecord = parse(body)?;
+    async fn answer_record(
+        self: &Arc<Self>,
+        peer: &str,
+        req: RunRecord,
+    ) -> Result<Done, RemoteError> {
         if req.report.site != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "run {} was made at {}, not at {peer}",
                 req.report.id, req.report.site
-            ));
+            )));
         }
         let site = self.site.clone();
         crate::blocking(move || crate::runner::store_record(&site, &req.report))
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(Bytes::new())
+            .map_err(|e| RemoteError::Refused(e.to_string()))?;
+        Ok(Done)
     }
 }

@@ -18,13 +18,23 @@ use thiserror::Error;
 pub enum MessageVersion {
     /// Issue 3: hello/accept/refuse, ping/pong, error, bye, bulk data and
     /// acks (the partner throughput test), and generic `Request`/`Response`
-    /// messages whose `kind` numbers later versions define.
+    /// messages whose `kind` numbers later versions define. Replication
+    /// and recovery plans defined kinds 1–20 and 40–42 with JSON bodies and
+    /// free-text refusals (`{"error": TEXT}`) within v1.
     V1 = 1,
+    /// Issue 18: the control plane is typed (`offsite_repl::control`, whose
+    /// changelog table lists every request kind with its body and reply);
+    /// a refused request's body carries a stable code besides its text,
+    /// `{"error": TEXT, "code": CODE}`. Frames, bodies and replies are
+    /// otherwise those of v1, so a v1 peer (which ignores `code`) is served
+    /// and asked unchanged, and a v1 refusal without `code` reads as the
+    /// generic code `refused`.
+    V2 = 2,
 }
 
 impl MessageVersion {
     /// The newest version this build speaks.
-    pub const CURRENT: Self = Self::V1;
+    pub const CURRENT: Self = Self::V2;
 
     /// The number sent on the wire.
     pub const fn as_u16(self) -> u16 {
@@ -35,6 +45,7 @@ impl MessageVersion {
     pub const fn from_u16(v: u16) -> Option<Self> {
         match v {
             1 => Some(Self::V1),
+            2 => Some(Self::V2),
             _ => None,
         }
     }
@@ -49,7 +60,7 @@ impl fmt::Display for MessageVersion {
 /// The versions this build speaks, offered in every `Hello`. When a version
 /// is added, keep the previous one here for at least one release so that
 /// sites can be upgraded one at a time.
-pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = 1..=1;
+pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = 1..=2;
 
 /// Two sites have no protocol version in common.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -6,11 +6,11 @@
 //! per probe, only when something changed), so that lag — one definition
 //! for status, API and metrics at both sites — reads the same on each side.
 
-use bytes::Bytes;
 use offsite_catalog::{Role, SyncState};
 
-use crate::wire::{self, Confirmed};
-use crate::{ReplError, Replication};
+use crate::control::Done;
+use crate::wire::Confirmed;
+use crate::{RemoteError, ReplError, Replication};
 
 impl Replication {
     /// Sends `partner` the confirmations of the groups this site is primary
@@ -53,11 +53,11 @@ impl Replication {
             return Ok(());
         }
         let mut ch = self.channel(partner, None).await?;
-        let body = serde_json::to_vec(&Confirmed {
-            groups: news.clone(),
-        })
-        .unwrap_or_default();
-        let answer = ch.request(wire::kinds::GROUP_CONFIRMED, body).await;
+        let answer = ch
+            .call(&Confirmed {
+                groups: news.clone(),
+            })
+            .await;
         ch.close().await;
         answer?;
         self.sent_confirmed
@@ -69,14 +69,13 @@ impl Replication {
 
     /// Records confirmations from `peer` for the groups it is the primary
     /// of here (others are ignored: a confirmation never outranks a role).
-    pub(crate) async fn answer_confirmed(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let c: Confirmed =
-            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+    pub(crate) async fn answer_confirmed(
+        &self,
+        peer: &str,
+        c: Confirmed,
+    ) -> Result<Done, RemoteError> {
         let site = self.site.clone();
-        let rows = tokio::task::spawn_blocking(move || site.group_rows())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let rows = tokio::task::spawn_blocking(move || site.group_rows()).await??;
         let ours: std::collections::HashSet<&str> = rows
             .iter()
             .filter(|g| g.role == Role::Replica && g.partner == peer)
@@ -91,7 +90,7 @@ impl Replication {
                 confirmed.insert(group, at);
             }
         }
-        Ok(Bytes::new())
+        Ok(Done)
     }
 
     /// The instant up to which the replica holds every write of `group`,

@@ -19,12 +19,17 @@
 //!     P->>R: Hello{versions, "A", features}
 //!     R-->>P: HelloAccept{version, "B", features} (or HelloRefuse{code, why})
 //!     P->>R: Request{id, AUTHZ_CHECK, {"security_tag": ..}}
-//!     R-->>P: Response{id, ok, {"storage_location", "rule"} | {"error"}}
+//!     R-->>P: Response{id, ok, {"storage_location", "rule"} | {"error", "code"}}
 //!     P->>R: BulkData{seq, payload} ... (partner test)
 //!     R-->>P: BulkAck{seq, bytes}
 //! ```
+//!
+//! Every request and reply of the control plane is typed in [`control`]
+//! (its changelog table lists the kinds), and [`control`]'s dispatch table
+//! answers them.
 
 mod confirm;
+pub mod control;
 mod dormant;
 mod failover;
 pub mod model;
@@ -45,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+pub use control::RemoteError;
 use offsite_engine::Site;
 use offsite_protocol::{ErrorCode, Message};
 use offsite_transport::{
@@ -68,13 +74,13 @@ pub mod kinds {
 /// depend on this crate, so it cannot call them directly.
 pub trait RequestHandler: Send + Sync {
     /// Answers request `kind` from partner `peer`: the answer's body, or
-    /// the refusal's text.
+    /// the refusal.
     fn answer(
         &self,
         peer: String,
         kind: u16,
         body: Bytes,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, String>> + Send + '_>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, RemoteError>> + Send + '_>>;
 }
 
 /// How often an accepted session checks that its partner is still pinned.
@@ -91,22 +97,6 @@ pub const MAX_TEST_BYTES: u64 = 64 << 30;
 pub struct AuthzCheckBody {
     /// Security tag the primary's group presents.
     pub security_tag: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ErrorBody {
-    error: String,
-}
-
-pub(crate) fn error_body(error: String) -> Bytes {
-    Bytes::from(serde_json::to_vec(&ErrorBody { error }).unwrap_or_default())
-}
-
-/// The text of an error answer.
-pub(crate) fn error_text(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Errors of the replication service, phrased for the operator.
@@ -127,9 +117,11 @@ pub enum ReplError {
         #[source]
         source: TransportError,
     },
-    /// The partner answered a request with a refusal.
+    /// A refusal, with its stable code: the partner's answer to a
+    /// request, or this site's own refusal of the kind a partner would
+    /// send.
     #[error("{0}")]
-    Refused(String),
+    Refused(RemoteError),
     /// The partner's answer made no sense.
     #[error(
         "partner {partner} sent an unexpected answer: {why}; are both sites the same offsite version?"
@@ -146,6 +138,15 @@ pub enum ReplError {
 }
 
 impl ReplError {
+    /// The refusal, if this is one: its [`RemoteError::code`] says what
+    /// the partner refused (a v1 partner's is always `refused`).
+    pub fn refusal(&self) -> Option<&RemoteError> {
+        match self {
+            ReplError::Refused(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether the partner could not be reached at all (as opposed to
     /// reached and refusing).
     pub fn is_unreachable(&self) -> bool {
@@ -159,6 +160,22 @@ impl ReplError {
                 ..
             }
         )
+    }
+}
+
+/// A failure of this site's own work, as the refusal a partner receives:
+/// a refusal keeps its code, an engine error its class.
+impl From<ReplError> for RemoteError {
+    fn from(e: ReplError) -> Self {
+        match e {
+            ReplError::Refused(e) => e,
+            ReplError::Engine(e) => e.into(),
+            ReplError::NoSuchPartner(_) => RemoteError::NotFound(e.to_string()),
+            ReplError::Identity(_) => RemoteError::Internal(e.to_string()),
+            ReplError::Transport { .. } | ReplError::Protocol { .. } => {
+                RemoteError::Refused(e.to_string())
+            }
+        }
     }
 }
 
@@ -260,16 +277,16 @@ impl Replication {
         let _ = self.extension.set(handler);
     }
 
-    /// Sends one request of `kind` to partner `partner` on a fresh session
-    /// and returns the answer's body (for [`RequestHandler`] services).
-    pub async fn request_partner(
+    /// Sends one request to partner `partner` on a fresh session and
+    /// returns its typed answer (for [`RequestHandler`] services, whose
+    /// request types implement [`control::Rpc`] with their own kinds).
+    pub async fn call_partner<R: control::Rpc>(
         &self,
         partner: &str,
-        kind: u16,
-        body: Vec<u8>,
-    ) -> Result<Bytes, ReplError> {
+        request: &R,
+    ) -> Result<R::Reply, ReplError> {
         let mut ch = self.channel(partner, None).await?;
-        let r = ch.request(kind, body).await;
+        let r = ch.call(request).await;
         ch.close().await;
         r
     }
@@ -441,68 +458,7 @@ impl Replication {
                     }
                 }
                 Ok(Some(Message::Request { id, kind, body })) => {
-                    let (ok, body) = match kind {
-                        kinds::AUTHZ_CHECK => self.answer(&peer, kind, &body).await,
-                        wire::kinds::SYNC => match self.answer_sync(&peer, &body).await {
-                            Ok(b) => (true, b),
-                            Err(e) => (false, error_body(e)),
-                        },
-                        wire::kinds::MARK_DIRTY => {
-                            match self.answer_mark_dirty(&peer, &body).await {
-                                Ok(b) => (true, b),
-                                Err(e) => (false, error_body(e)),
-                            }
-                        }
-                        wire::kinds::GROUP_FORGET => match self.answer_forget(&peer, &body).await {
-                            Ok(b) => (true, b),
-                            Err(e) => (false, error_body(e)),
-                        },
-                        wire::kinds::GROUP_QUERY => match self.answer_query(&peer, &body).await {
-                            Ok(b) => (true, b),
-                            Err(e) => (false, error_body(e)),
-                        },
-                        wire::kinds::REVERSE_BEGIN => {
-                            match self.answer_reverse(&peer, &body).await {
-                                Ok(b) => (true, b),
-                                Err(e) => {
-                                    tracing::warn!(partner = %peer, "reverse refused: {e}");
-                                    (false, error_body(e))
-                                }
-                            }
-                        }
-                        wire::kinds::GROUP_CONFIRMED => {
-                            match self.answer_confirmed(&peer, &body).await {
-                                Ok(b) => (true, b),
-                                Err(e) => (false, error_body(e)),
-                            }
-                        }
-                        wire::kinds::GROUP_SET_MODE => {
-                            match self.answer_set_mode(&peer, &body).await {
-                                Ok(b) => (true, b),
-                                Err(e) => (false, error_body(e)),
-                            }
-                        }
-                        k if k >= wire::kinds::EXTENSION_FIRST => match self.extension.get() {
-                            Some(h) => match h.answer(peer.clone(), k, body).await {
-                                Ok(b) => (true, b),
-                                Err(e) => (false, error_body(e)),
-                            },
-                            None => (
-                                false,
-                                error_body(format!(
-                                    "request kind {k} is not supported by site {}",
-                                    self.site.config().name
-                                )),
-                            ),
-                        },
-                        _ => match self.answer_replica(&peer, kind, &body, transfer).await {
-                            Ok(b) => (true, b),
-                            Err(e) => {
-                                tracing::warn!(partner = %peer, kind, "refused: {e}");
-                                (false, error_body(e))
-                            }
-                        },
-                    };
+                    let (ok, body) = self.dispatch(&peer, kind, body, transfer).await;
                     direct = ok && kind == wire::kinds::SYNC_STREAM_BEGIN;
                     Message::Response { id, ok, body }
                 }
@@ -562,48 +518,25 @@ impl Replication {
         }
     }
 
-    /// Answers a control request from partner `peer`.
-    async fn answer(&self, peer: &str, kind: u16, body: &Bytes) -> (bool, Bytes) {
-        let fail = |error: String| {
-            (
-                false,
-                Bytes::from(serde_json::to_vec(&ErrorBody { error }).unwrap_or_default()),
-            )
-        };
-        match kind {
-            kinds::AUTHZ_CHECK => {
-                let req: AuthzCheckBody = match serde_json::from_slice(body) {
-                    Ok(r) => r,
-                    Err(e) => return fail(format!("malformed authorization check: {e}")),
-                };
-                let site = self.site.clone();
-                let primary = peer.to_string();
-                let grant = tokio::task::spawn_blocking(move || {
-                    site.authorize_primary(&primary, req.security_tag.as_deref())
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("internal error: {e}")));
-                match grant {
-                    Ok(g) => {
-                        let result = AuthzCheckResult {
-                            partner: self.site.config().name.clone(),
-                            storage_location: g.storage_location,
-                            rule: g.rule,
-                        };
-                        (
-                            true,
-                            Bytes::from(serde_json::to_vec(&result).unwrap_or_default()),
-                        )
-                    }
-                    Err(reason) => fail(reason),
-                }
-            }
-            other => fail(format!(
-                "request kind {other} is not supported by site {} (version {}); upgrade it",
-                self.site.config().name,
-                env!("CARGO_PKG_VERSION")
-            )),
-        }
+    /// Answers [`kinds::AUTHZ_CHECK`]: would this site accept replicas
+    /// from `peer` with this security tag?
+    pub(crate) async fn answer_authz(
+        &self,
+        peer: &str,
+        req: AuthzCheckBody,
+    ) -> Result<wire::AuthzGrant, RemoteError> {
+        let site = self.site.clone();
+        let primary = peer.to_string();
+        let grant = tokio::task::spawn_blocking(move || {
+            site.authorize_primary(&primary, req.security_tag.as_deref())
+        })
+        .await?
+        .map_err(RemoteError::Unauthorized)?;
+        Ok(wire::AuthzGrant {
+            partner: self.site.config().name.clone(),
+            storage_location: grant.storage_location,
+            rule: grant.rule,
+        })
     }
 
     fn partner(site: &Site, name: &str) -> Result<Partner, ReplError> {
@@ -662,11 +595,14 @@ impl Replication {
         security_tag: Option<String>,
     ) -> Result<AuthzCheckResult, ReplError> {
         let mut ch = self.channel(name, None).await?;
-        let answer: Result<AuthzCheckResult, ReplError> = ch
-            .request_json(kinds::AUTHZ_CHECK, &AuthzCheckBody { security_tag })
-            .await;
+        let answer = ch.call(&AuthzCheckBody { security_tag }).await;
         ch.close().await;
-        answer
+        let grant = answer?;
+        Ok(AuthzCheckResult {
+            partner: grant.partner,
+            storage_location: grant.storage_location,
+            rule: grant.rule,
+        })
     }
 
     /// `partner test`: a fresh session (handshake timed), a ping, and a
@@ -849,6 +785,11 @@ impl Replication {
             .await;
         }
     }
+}
+
+/// A refusal without a more precise class, as a [`ReplError`].
+pub(crate) fn refused(msg: String) -> ReplError {
+    ReplError::Refused(RemoteError::Refused(msg))
 }
 
 /// A refusal that is the user's to fix, as a [`ReplError`].

@@ -14,7 +14,7 @@ use offsite_catalog::GroupRow;
 use offsite_catalog::Role;
 
 use crate::wire;
-use crate::{ReplError, Replication, invalid};
+use crate::{RemoteError, ReplError, Replication, invalid};
 
 /// One volume of a PIT as a read-only block device.
 struct PitView {
@@ -207,12 +207,12 @@ impl Replication {
                 )));
             }
             let mut ch = self.channel(&row.partner, None).await?;
-            let body = serde_json::to_vec(&wire::PitRelease {
-                group: group.to_string(),
-                pit: pit.to_string(),
-            })
-            .unwrap_or_default();
-            let r = ch.request(wire::kinds::PIT_RELEASE, body).await;
+            let r = ch
+                .call(&wire::PitRelease {
+                    group: group.to_string(),
+                    pit: pit.to_string(),
+                })
+                .await;
             ch.close().await;
             r?;
             // The replica's list reaches the primary with the next commit;
@@ -244,9 +244,9 @@ impl Replication {
             .map_err(ReplError::Refused)
     }
 
-    pub(crate) async fn release_local(&self, group: &str, pit: &str) -> Result<(), String> {
-        let store = self.replica_store(group).await.map_err(|e| e.to_string())?;
-        let id = resolve(&store, group, pit).map_err(|e| e.to_string())?;
+    pub(crate) async fn release_local(&self, group: &str, pit: &str) -> Result<(), RemoteError> {
+        let store = self.replica_store(group).await?;
+        let id = resolve(&store, group, pit)?;
         let site = self.site.clone();
         let g = group.to_string();
         tokio::task::spawn_blocking(move || {
@@ -263,8 +263,8 @@ impl Replication {
                 .collect();
             site.replace_pits(&g, &pits).map_err(|e| e.to_string())
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await??;
+        Ok(())
     }
 
     /// `group teardown [--force]` on either site: both sides forget the
@@ -286,21 +286,24 @@ impl Replication {
         if delete_replica {
             self.check_store_deletable(&row)
                 .await
-                .map_err(ReplError::Refused)?;
+                .map_err(crate::refused)?;
         }
-        let kind = if row.role == Role::Primary {
-            wire::kinds::GROUP_DELETE
-        } else {
-            wire::kinds::GROUP_FORGET
-        };
         let told = async {
             let mut ch = self.channel(&row.partner, None).await?;
-            let body = serde_json::to_vec(&wire::GroupDelete {
-                group: group.to_string(),
-                delete_replica,
-            })
-            .unwrap_or_default();
-            let r = ch.request(kind, body).await;
+            let group = group.to_string();
+            let r = if row.role == Role::Primary {
+                ch.call(&wire::GroupDelete {
+                    group,
+                    delete_replica,
+                })
+                .await
+            } else {
+                ch.call(&wire::GroupForget {
+                    group,
+                    delete_replica,
+                })
+                .await
+            };
             ch.close().await;
             r.map(drop)
         }
@@ -348,7 +351,7 @@ impl Replication {
         &self,
         row: &GroupRow,
         delete_store: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), RemoteError> {
         if delete_store {
             // Checked before anything is forgotten: a refusal changes nothing.
             self.check_store_deletable(row).await?;
@@ -368,9 +371,8 @@ impl Replication {
         let site = self.site.clone();
         let g = row.name.clone();
         tokio::task::spawn_blocking(move || site.delete_group_row(&g))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .await?
+            .map_err(|e| RemoteError::Refused(e.to_string()))
     }
 
     /// A torn-down replica's store: removed when it holds no PIT (nothing

@@ -28,12 +28,12 @@ use offsite_protocol::Message;
 use offsite_transport::{Session, TokenBucket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::control::{HashList, Reply, Rpc};
 use crate::model::{GroupMetrics, SyncMetrics};
 use crate::wire::{
-    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc,
-    VolumeDesc,
+    self, GroupCreate, GroupCreated, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
 };
-use crate::{ReplError, Replication, invalid};
+use crate::{RemoteError, ReplError, Replication, invalid, refused};
 
 /// Bulk frames in flight before the sender waits for acknowledgements.
 const WINDOW: u64 = 32;
@@ -185,7 +185,9 @@ impl Channel {
                 self.unacked -= 1;
                 Ok(())
             }
-            Some(Message::Error { message, .. }) => Err(ReplError::Refused(message)),
+            Some(Message::Error { code, message }) => Err(ReplError::Refused(
+                RemoteError::from_message_error(code, message),
+            )),
             Some(other) => Err(ReplError::Protocol {
                 partner: self.partner.clone(),
                 why: format!(
@@ -222,20 +224,26 @@ impl Channel {
         Ok(())
     }
 
+    /// Sends a typed request (after every outstanding batch is
+    /// acknowledged) and returns its typed answer.
+    pub(crate) async fn call<R: Rpc>(&mut self, request: &R) -> Result<R::Reply, ReplError> {
+        let answer = self.request(R::KIND, request.encode()).await?;
+        R::Reply::decode(&answer).map_err(|e| ReplError::Protocol {
+            partner: self.partner.clone(),
+            why: format!("answer to {}: {e}", R::NAME),
+        })
+    }
+
     /// Sends a request (after every outstanding batch is acknowledged) and
     /// returns the answer's body.
-    pub(crate) async fn request(&mut self, kind: u16, body: Vec<u8>) -> Result<Bytes, ReplError> {
+    async fn request(&mut self, kind: u16, body: Bytes) -> Result<Bytes, ReplError> {
         while self.unacked > 0 {
             self.take_ack().await?;
         }
         self.next_id += 1;
         let id = self.next_id;
         self.session
-            .send(Message::Request {
-                id,
-                kind,
-                body: Bytes::from(body),
-            })
+            .send(Message::Request { id, kind, body })
             .await
             .map_err(self.transport())?;
         match self.session.recv().await.map_err(self.transport())? {
@@ -243,10 +251,12 @@ impl Channel {
                 if ok {
                     Ok(body)
                 } else {
-                    Err(ReplError::Refused(crate::error_text(&body)))
+                    Err(ReplError::Refused(RemoteError::from_body(&body)))
                 }
             }
-            Some(Message::Error { message, .. }) => Err(ReplError::Refused(message)),
+            Some(Message::Error { code, message }) => Err(ReplError::Refused(
+                RemoteError::from_message_error(code, message),
+            )),
             Some(other) => Err(ReplError::Protocol {
                 partner: self.partner.clone(),
                 why: format!("got {} instead of a response", other.tag()),
@@ -258,19 +268,9 @@ impl Channel {
         }
     }
 
-    /// A request whose body only names `group`.
-    async fn group_request(&mut self, kind: u16, group: &str) -> Result<Bytes, ReplError> {
-        let body = serde_json::to_vec(&GroupRef {
-            group: group.to_string(),
-        })
-        .unwrap_or_default();
-        self.request(kind, body).await
-    }
-
     /// BLAKE3 of `req.count` blocks at the replica, 32 bytes each.
     pub(crate) async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
-        let body = serde_json::to_vec(req).unwrap_or_default();
-        let answer = self.request(wire::kinds::HASHES, body).await?;
+        let HashList(answer) = self.call(req).await?;
         if answer.len() as u64 != req.count * 32 {
             return Err(ReplError::Protocol {
                 partner: self.partner.clone(),
@@ -278,19 +278,6 @@ impl Channel {
             });
         }
         Ok(answer)
-    }
-
-    pub(crate) async fn request_json<T: serde::de::DeserializeOwned>(
-        &mut self,
-        kind: u16,
-        body: &impl serde::Serialize,
-    ) -> Result<T, ReplError> {
-        let body = serde_json::to_vec(body).unwrap_or_default();
-        let answer = self.request(kind, body).await?;
-        serde_json::from_slice(&answer).map_err(|e| ReplError::Protocol {
-            partner: self.partner.clone(),
-            why: e.to_string(),
-        })
     }
 }
 
@@ -420,22 +407,19 @@ impl Replication {
 
         let mut ch = self.channel(&req.partner, None).await?;
         let created: GroupCreated = ch
-            .request_json(
-                wire::kinds::GROUP_CREATE,
-                &GroupCreate {
-                    group: req.name.clone(),
-                    mode: req.mode.clone(),
-                    rpo_secs: req.rpo_secs,
-                    keep: req.keep,
-                    security_tag: req.security_tag.clone(),
-                    on_link_loss: on_link_loss.clone(),
-                    suspend_timeout_secs,
-                    volumes: volumes.clone(),
-                    vms: vms.clone(),
-                    bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-                    compress: req.compress.unwrap_or(true),
-                },
-            )
+            .call(&GroupCreate {
+                group: req.name.clone(),
+                mode: req.mode.clone(),
+                rpo_secs: req.rpo_secs,
+                keep: req.keep,
+                security_tag: req.security_tag.clone(),
+                on_link_loss: on_link_loss.clone(),
+                suspend_timeout_secs,
+                volumes: volumes.clone(),
+                vms: vms.clone(),
+                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+                compress: req.compress.unwrap_or(true),
+            })
             .await?;
         ch.session.close().await;
         let site = self.site.clone();
@@ -471,7 +455,12 @@ impl Replication {
         if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
             // Undo the replica's side, or the name stays taken there.
             if let Ok(mut ch) = self.channel(&req.partner, None).await {
-                let _ = ch.group_request(wire::kinds::GROUP_DELETE, &name).await;
+                let _ = ch
+                    .call(&wire::GroupDelete {
+                        group: name.clone(),
+                        delete_replica: false,
+                    })
+                    .await;
                 ch.close().await;
             }
             return Err(e);
@@ -744,14 +733,11 @@ impl Replication {
         if g.role == Role::Replica {
             let mut ch = self.channel(&g.partner, None).await?;
             let done: wire::SyncDone = ch
-                .request_json(
-                    wire::kinds::SYNC,
-                    &wire::SyncRequest {
-                        group: name.to_string(),
-                        pit_name,
-                        wait,
-                    },
-                )
+                .call(&wire::SyncRequest {
+                    group: name.to_string(),
+                    pit_name,
+                    wait,
+                })
                 .await?;
             ch.session.close().await;
             return Ok(SyncResult {
@@ -779,7 +765,7 @@ impl Replication {
         let pit = rx
             .await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(ReplError::Refused)?;
+            .map_err(refused)?;
         Ok(SyncResult {
             group: name.to_string(),
             pit: Some(entry(pit)),
@@ -790,27 +776,19 @@ impl Replication {
     pub(crate) async fn answer_sync(
         self: &Arc<Self>,
         peer: &str,
-        body: &[u8],
-    ) -> Result<Bytes, String> {
-        let req: wire::SyncRequest =
-            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        req: wire::SyncRequest,
+    ) -> Result<wire::SyncDone, RemoteError> {
         let site = self.site.clone();
         let g = req.group.clone();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
         if row.role != Role::Primary || row.partner != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "site {} is not the primary of group {} for {peer}",
                 self.site.config().name,
                 req.group
-            ));
+            )));
         }
-        let r = self
-            .sync_named(&req.group, req.pit_name, req.wait)
-            .await
-            .map_err(|e| e.to_string())?;
+        let r = self.sync_named(&req.group, req.pit_name, req.wait).await?;
         let done = wire::SyncDone {
             pit: r.pit.map(|p| PitDesc {
                 id: p.id,
@@ -819,7 +797,7 @@ impl Replication {
                 bytes: p.bytes,
             }),
         };
-        Ok(Bytes::from(serde_json::to_vec(&done).unwrap_or_default()))
+        Ok(done)
     }
 
     /// The runner of one primary group.
@@ -1091,17 +1069,13 @@ impl Replication {
         progress.data_start.store(data_before, Ordering::Relaxed);
         *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), done));
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.group_request(wire::kinds::BASE_BEGIN, &row.name).await?;
+        ch.call(&wire::BaseBegin::new(&row.name)).await?;
         if let Some(seed) = seed {
             if done == 0 {
-                ch.request(
-                    wire::kinds::SEED_LOAD,
-                    serde_json::to_vec(&wire::SeedLoad {
-                        group: row.name.clone(),
-                        path: seed,
-                    })
-                    .unwrap_or_default(),
-                )
+                ch.call(&wire::SeedLoad {
+                    group: row.name.clone(),
+                    path: seed,
+                })
                 .await?;
             }
             let r = self.seeded_copy(row, &volumes, &mut ch, progress).await;
@@ -1206,7 +1180,7 @@ impl Replication {
                 first += count;
                 progress.done.fetch_add(count * bs, Ordering::Relaxed);
                 progress.data_done.fetch_add(count * bs, Ordering::Relaxed);
-                ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
+                ch.call(&wire::BaseSync::new(&row.name)).await?;
                 let site = self.site.clone();
                 let (g, vname, at) = (row.name.clone(), desc.volume.clone(), first * bs);
                 blocking(move || site.set_initial_progress(&g, &vname, at)).await?;
@@ -1326,7 +1300,7 @@ impl Replication {
                         let crossed = next / BASE_CHECKPOINT != offset / BASE_CHECKPOINT;
                         offset = next;
                         if crossed || offset >= desc.size_bytes {
-                            ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
+                            ch.call(&wire::BaseSync::new(&row.name)).await?;
                             let site = self.site.clone();
                             let (g, vname) = (row.name.clone(), desc.volume.clone());
                             blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
@@ -1358,7 +1332,7 @@ impl Replication {
                 offset += len;
                 progress.done.fetch_add(len, Ordering::Relaxed);
                 if offset % BASE_CHECKPOINT == 0 || offset >= desc.size_bytes {
-                    ch.group_request(wire::kinds::BASE_SYNC, &row.name).await?;
+                    ch.call(&wire::BaseSync::new(&row.name)).await?;
                     let site = self.site.clone();
                     let (g, vname) = (row.name.clone(), desc.volume.clone());
                     blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
@@ -1468,8 +1442,11 @@ impl Replication {
                 })
                 .await;
                 tracing::warn!(group = %row.name, "cycle failed: {msg}");
-                // A partner that refuses may have taken the group over.
-                if matches!(e, ReplError::Refused(_)) {
+                // A partner that refuses may have taken the group over; one
+                // whose store is full still holds the group as its replica.
+                if e.refusal()
+                    .is_some_and(|r| !matches!(r, RemoteError::StorageFull(_)))
+                {
                     self.check_superseded(row).await;
                 }
                 Err(e)
@@ -1496,7 +1473,7 @@ impl Replication {
             .sum();
         let track = CycleTrack::start(progress, total);
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.group_request(wire::kinds::PIT_BEGIN, &row.name).await?;
+        ch.call(&wire::PitBegin::new(&row.name)).await?;
         let mut blocks_sent = 0u64;
         for (idx, (vol, set)) in volumes.iter().zip(sets).enumerate() {
             let bs = u64::from(vol.row().block_size);
@@ -1533,15 +1510,12 @@ impl Replication {
             }
         }
         let committed: PitCommitted = ch
-            .request_json(
-                wire::kinds::PIT_COMMIT,
-                &PitCommit {
-                    group: row.name.clone(),
-                    name: pit_name,
-                    created_at,
-                    blocks: blocks_sent,
-                },
-            )
+            .call(&PitCommit {
+                group: row.name.clone(),
+                name: pit_name,
+                created_at,
+                blocks: blocks_sent,
+            })
             .await?;
         ch.session.close().await;
         Ok(committed)
@@ -1570,7 +1544,7 @@ impl Replication {
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         rx.await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(ReplError::Refused)
+            .map_err(refused)
     }
 
     /// Verification proper; only the group's runner calls it.

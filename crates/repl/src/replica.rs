@@ -12,10 +12,9 @@ use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
 use offsite_catalog::{GroupState, Mode, Role};
 use offsite_replica::{PitWriter, ReplicaStore, VolumeSpec};
 
-use crate::Replication;
-use crate::wire::{
-    self, GroupCreate, GroupCreated, GroupRef, Hashes, PitCommit, PitCommitted, PitDesc,
-};
+use crate::control::{Done, HashList};
+use crate::wire::{self, GroupCreate, GroupCreated, Hashes, PitCommit, PitCommitted, PitDesc};
+use crate::{RemoteError, Replication};
 
 /// What block batches on a session are for.
 /// A block batch the replica could not apply.
@@ -96,12 +95,15 @@ pub(crate) fn pit_desc(p: &offsite_replica::PitInfo) -> PitDesc {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+/// A replica store's failure with `text`: `storage_full` when its file
+/// system is full (the primary keeps the blocks and retries), else a
+/// refusal.
+fn storage_error(text: String, e: &offsite_replica::ReplicaError) -> RemoteError {
+    if e.is_storage_full() {
+        RemoteError::StorageFull(text)
+    } else {
+        RemoteError::Refused(text)
+    }
 }
 
 /// Makes a seed's images the base images: moved into the store when they
@@ -222,26 +224,25 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 impl Replication {
     /// Opens (once) the replica store of `group`.
-    pub(crate) async fn store(&self, group: &str) -> Result<(GroupRow, Arc<ReplicaStore>), String> {
+    pub(crate) async fn store(
+        &self,
+        group: &str,
+    ) -> Result<(GroupRow, Arc<ReplicaStore>), RemoteError> {
         let site = self.site.clone();
         let g = group.to_string();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
         if row.role != Role::Replica {
-            return Err(format!(
+            return Err(RemoteError::Conflict(format!(
                 "group {group} is a {} group on site {}, not a replica",
                 row.role,
                 self.site.config().name
-            ));
+            )));
         }
         let dir = PathBuf::from(row.store_dir.clone().unwrap_or_default());
         let site = self.site.clone();
         let store = tokio::task::spawn_blocking(move || site.replica_store(&dir))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("group {group}: {e}"))?;
+            .await?
+            .map_err(|e| RemoteError::from(e).map_message(|m| format!("group {group}: {m}")))?;
         Ok((row, store))
     }
 
@@ -258,219 +259,267 @@ impl Replication {
         self.store(group).await.map_err(crate::ReplError::Refused)
     }
 
-    /// Answers a replication request from primary `peer`; block batches
-    /// that follow are routed by `transfer`.
-    pub(crate) async fn answer_replica(
+    /// Answers [`wire::kinds::GROUP_CREATE`].
+    pub(crate) async fn answer_group_create(
         &self,
         peer: &str,
-        kind: u16,
-        body: &[u8],
+        req: GroupCreate,
+    ) -> Result<GroupCreated, RemoteError> {
+        self.create_replica_group(peer, req).await
+    }
+
+    /// Answers [`wire::kinds::BASE_BEGIN`]: block batches that follow go
+    /// to the base images.
+    pub(crate) async fn answer_base_begin(
+        &self,
+        peer: &str,
+        req: wire::BaseBegin,
         transfer: &mut Transfer,
-    ) -> Result<Bytes, String> {
-        match kind {
-            wire::kinds::GROUP_CREATE => {
-                let req: GroupCreate = parse(body)?;
-                let created = self.create_replica_group(peer, req).await?;
-                Ok(json(&created))
-            }
-            wire::kinds::BASE_BEGIN => {
-                let req: GroupRef = parse(body)?;
-                let (row, store) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                self.check_accepting(&row)?;
-                if store.newest().is_some() {
-                    return Err(format!(
-                        "group {} already has PITs on site {}; initial replication is over",
-                        req.group,
-                        self.site.config().name
-                    ));
-                }
-                self.set_state(&req.group, &[], GroupState::InitialReplication)
-                    .await;
-                *transfer = Transfer::Base {
-                    group: req.group,
-                    store,
-                };
-                Ok(Bytes::new())
-            }
-            wire::kinds::BASE_SYNC => {
-                let Transfer::Base { store, .. } = transfer else {
-                    return Err("BASE_SYNC outside an initial replication".into());
-                };
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.sync_base())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("making the base durable: {e}"))?;
-                Ok(Bytes::new())
-            }
-            wire::kinds::SYNC_STREAM_BEGIN => {
-                if !matches!(transfer, Transfer::Idle) {
-                    return Err("a transfer is already running on this session".into());
-                }
-                let (group, store, slot) = self.begin_stream(peer, body).await?;
-                *transfer = Transfer::Log { group, store, slot };
-                Ok(Bytes::new())
-            }
-            wire::kinds::PIT_BEGIN => {
-                let req: GroupRef = parse(body)?;
-                // A sync group's log left by a stream that could not seal it
-                // holds acknowledged writes: they become a PIT first.
-                self.seal_log(&req.group).await?;
-                let (row, store) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                self.check_accepting(&row)?;
-                let writer = store
-                    .begin_pit()
-                    .map_err(|e| format!("starting a PIT of group {}: {e}", req.group))?;
-                *transfer = Transfer::Pit {
-                    group: req.group,
-                    store,
-                    writer: Box::new(writer),
-                    blocks: 0,
-                };
-                Ok(Bytes::new())
-            }
-            wire::kinds::PIT_COMMIT => {
-                let req: PitCommit = parse(body)?;
-                let Transfer::Pit {
-                    group,
-                    store,
-                    writer,
-                    blocks,
-                } = std::mem::replace(transfer, Transfer::Idle)
-                else {
-                    return Err("PIT_COMMIT without PIT_BEGIN".into());
-                };
-                if group != req.group || blocks != req.blocks {
-                    writer.abort();
-                    return Err(format!(
-                        "PIT of group {group} incomplete: received {blocks} blocks, the primary sent {}; it was discarded and the next cycle resends them",
-                        req.blocks
-                    ));
-                }
-                let committed = self.commit_pit(&group, store, *writer, req).await?;
-                Ok(json(&committed))
-            }
-            wire::kinds::HASHES => {
-                let req: Hashes = parse(body)?;
-                let (row, store) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                let volume = row
-                    .volumes
-                    .get(usize::from(req.volume))
-                    .ok_or_else(|| format!("group {} has no volume #{}", req.group, req.volume))?
-                    .volume
-                    .clone();
-                let pit = match (req.base, req.pit) {
-                    (true, _) => None,
-                    (false, Some(p)) => Some(
-                        offsite_replica::PitId::new(p)
-                            .ok_or_else(|| format!("PIT {p} is not a valid id"))?,
-                    ),
-                    (false, None) => Some(
-                        store
-                            .newest()
-                            .ok_or_else(|| format!("group {} has no PIT yet", req.group))?
-                            .id,
-                    ),
-                };
-                let hashes = tokio::task::spawn_blocking(move || {
-                    store.block_hashes(pit, &volume, req.first..req.first + req.count)
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("hashing the replica's blocks: {e}"))?;
-                Ok(Bytes::from(hashes.concat()))
-            }
-            wire::kinds::SEED_LOAD => {
-                let req: wire::SeedLoad = parse(body)?;
-                let (row, store) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                self.check_accepting(&row)?;
-                if store.newest().is_some() {
-                    return Err(format!(
-                        "group {} already has PITs; a seed only starts a new replica",
-                        req.group
-                    ));
-                }
-                let site_name = self.site.config().name.clone();
-                tokio::task::spawn_blocking(move || load_seed(&site_name, &req, &store))
-                    .await
-                    .map_err(|e| e.to_string())??;
-                Ok(Bytes::new())
-            }
-            wire::kinds::GROUP_PREPARED => {
-                let req: wire::GroupPrepared = parse(body)?;
-                let (row, _) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                // PIT 0: the primary cancelled the preparation.
-                if req.pit == 0 {
-                    self.set_state(
-                        &req.group,
-                        &[GroupState::PreparedForFailover],
-                        GroupState::Replicating,
-                    )
-                    .await;
-                } else {
-                    self.set_state(
-                        &req.group,
-                        &[
-                            GroupState::Replicating,
-                            GroupState::Paused,
-                            GroupState::TestFailover,
-                        ],
-                        GroupState::PreparedForFailover,
-                    )
-                    .await;
-                }
-                Ok(Bytes::new())
-            }
-            wire::kinds::PIT_RELEASE => {
-                let req: wire::PitRelease = parse(body)?;
-                let (row, _) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                self.release_local(&req.group, &req.pit).await?;
-                Ok(Bytes::new())
-            }
-            wire::kinds::GROUP_DELETE => {
-                let req: wire::GroupDelete = parse(body)?;
-                let (row, _) = self.store(&req.group).await?;
-                self.check_peer(&row, peer)?;
-                self.forget_group(&row, req.delete_replica).await?;
-                Ok(Bytes::new())
-            }
-            other => Err(format!(
-                "request kind {other} is not supported by site {} (version {}); upgrade it",
-                self.site.config().name,
-                env!("CARGO_PKG_VERSION")
-            )),
+    ) -> Result<Done, RemoteError> {
+        let (row, store) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.check_accepting(&row)?;
+        if store.newest().is_some() {
+            return Err(RemoteError::Conflict(format!(
+                "group {} already has PITs on site {}; initial replication is over",
+                req.group,
+                self.site.config().name
+            )));
         }
+        self.set_state(&req.group, &[], GroupState::InitialReplication)
+            .await;
+        *transfer = Transfer::Base {
+            group: req.group,
+            store,
+        };
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::BASE_SYNC`]: the base images so far are
+    /// made durable.
+    pub(crate) async fn answer_base_sync(
+        &self,
+        transfer: &mut Transfer,
+    ) -> Result<Done, RemoteError> {
+        let Transfer::Base { store, .. } = transfer else {
+            return Err(RemoteError::Conflict(
+                "BASE_SYNC outside an initial replication".into(),
+            ));
+        };
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.sync_base())
+            .await?
+            .map_err(|e| storage_error(format!("making the base durable: {e}"), &e))?;
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::SYNC_STREAM_BEGIN`]: the session becomes the
+    /// group's stream of writes once this answer is sent.
+    pub(crate) async fn answer_stream_begin(
+        &self,
+        peer: &str,
+        req: wire::SyncStreamBegin,
+        transfer: &mut Transfer,
+    ) -> Result<Done, RemoteError> {
+        if !matches!(transfer, Transfer::Idle) {
+            return Err(RemoteError::Conflict(
+                "a transfer is already running on this session".into(),
+            ));
+        }
+        let (group, store, slot) = self.begin_stream(peer, req).await?;
+        *transfer = Transfer::Log { group, store, slot };
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::PIT_BEGIN`]: block batches that follow form
+    /// a new PIT.
+    pub(crate) async fn answer_pit_begin(
+        &self,
+        peer: &str,
+        req: wire::PitBegin,
+        transfer: &mut Transfer,
+    ) -> Result<Done, RemoteError> {
+        // A sync group's log left by a stream that could not seal it
+        // holds acknowledged writes: they become a PIT first.
+        self.seal_log(&req.group).await?;
+        let (row, store) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.check_accepting(&row)?;
+        let writer = store.begin_pit().map_err(|e| {
+            storage_error(format!("starting a PIT of group {}: {e}", req.group), &e)
+        })?;
+        *transfer = Transfer::Pit {
+            group: req.group,
+            store,
+            writer: Box::new(writer),
+            blocks: 0,
+        };
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::PIT_COMMIT`]: the PIT received is made
+    /// durable and visible.
+    pub(crate) async fn answer_pit_commit(
+        &self,
+        req: PitCommit,
+        transfer: &mut Transfer,
+    ) -> Result<PitCommitted, RemoteError> {
+        let Transfer::Pit {
+            group,
+            store,
+            writer,
+            blocks,
+        } = std::mem::replace(transfer, Transfer::Idle)
+        else {
+            return Err(RemoteError::Conflict("PIT_COMMIT without PIT_BEGIN".into()));
+        };
+        if group != req.group || blocks != req.blocks {
+            writer.abort();
+            return Err(RemoteError::Conflict(format!(
+                "PIT of group {group} incomplete: received {blocks} blocks, the primary sent {}; it was discarded and the next cycle resends them",
+                req.blocks
+            )));
+        }
+        self.commit_pit(&group, store, *writer, req).await
+    }
+
+    /// Answers [`wire::kinds::HASHES`].
+    pub(crate) async fn answer_hashes(
+        &self,
+        peer: &str,
+        req: Hashes,
+    ) -> Result<HashList, RemoteError> {
+        let (row, store) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        let volume = row
+            .volumes
+            .get(usize::from(req.volume))
+            .ok_or_else(|| {
+                RemoteError::NotFound(format!("group {} has no volume #{}", req.group, req.volume))
+            })?
+            .volume
+            .clone();
+        let pit = match (req.base, req.pit) {
+            (true, _) => None,
+            (false, Some(p)) => Some(
+                offsite_replica::PitId::new(p)
+                    .ok_or_else(|| RemoteError::BadRequest(format!("PIT {p} is not a valid id")))?,
+            ),
+            (false, None) => Some(
+                store
+                    .newest()
+                    .ok_or_else(|| {
+                        RemoteError::NotFound(format!("group {} has no PIT yet", req.group))
+                    })?
+                    .id,
+            ),
+        };
+        let hashes = tokio::task::spawn_blocking(move || {
+            store.block_hashes(pit, &volume, req.first..req.first + req.count)
+        })
+        .await?
+        .map_err(|e| format!("hashing the replica's blocks: {e}"))?;
+        Ok(HashList(Bytes::from(hashes.concat())))
+    }
+
+    /// Answers [`wire::kinds::SEED_LOAD`].
+    pub(crate) async fn answer_seed_load(
+        &self,
+        peer: &str,
+        req: wire::SeedLoad,
+    ) -> Result<Done, RemoteError> {
+        let (row, store) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.check_accepting(&row)?;
+        if store.newest().is_some() {
+            return Err(RemoteError::Conflict(format!(
+                "group {} already has PITs; a seed only starts a new replica",
+                req.group
+            )));
+        }
+        let site_name = self.site.config().name.clone();
+        tokio::task::spawn_blocking(move || load_seed(&site_name, &req, &store)).await??;
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::GROUP_PREPARED`].
+    pub(crate) async fn answer_prepared(
+        &self,
+        peer: &str,
+        req: wire::GroupPrepared,
+    ) -> Result<Done, RemoteError> {
+        let (row, _) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        // PIT 0: the primary cancelled the preparation.
+        if req.pit == 0 {
+            self.set_state(
+                &req.group,
+                &[GroupState::PreparedForFailover],
+                GroupState::Replicating,
+            )
+            .await;
+        } else {
+            self.set_state(
+                &req.group,
+                &[
+                    GroupState::Replicating,
+                    GroupState::Paused,
+                    GroupState::TestFailover,
+                ],
+                GroupState::PreparedForFailover,
+            )
+            .await;
+        }
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::PIT_RELEASE`].
+    pub(crate) async fn answer_pit_release(
+        &self,
+        peer: &str,
+        req: wire::PitRelease,
+    ) -> Result<Done, RemoteError> {
+        let (row, _) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.release_local(&req.group, &req.pit).await?;
+        Ok(Done)
+    }
+
+    /// Answers [`wire::kinds::GROUP_DELETE`].
+    pub(crate) async fn answer_group_delete(
+        &self,
+        peer: &str,
+        req: wire::GroupDelete,
+    ) -> Result<Done, RemoteError> {
+        let (row, _) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.forget_group(&row, req.delete_replica).await?;
+        Ok(Done)
     }
 
     /// New data may not enter a replica whose PIT was promoted: the
     /// promoted volumes read the store.
-    fn check_accepting(&self, row: &GroupRow) -> Result<(), String> {
+    fn check_accepting(&self, row: &GroupRow) -> Result<(), RemoteError> {
         if row.state == GroupState::FailedOver {
-            return Err(format!(
+            return Err(RemoteError::Conflict(format!(
                 "group {} was failed over to site {}; run `offsite reverse {}` there to replicate the other way, or `offsite failover revert {}` there",
                 row.name,
                 self.site.config().name,
                 row.name,
                 row.name
-            ));
+            )));
         }
         Ok(())
     }
 
-    fn check_peer(&self, row: &GroupRow, peer: &str) -> Result<(), String> {
+    pub(crate) fn check_peer(&self, row: &GroupRow, peer: &str) -> Result<(), RemoteError> {
         if row.partner != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "group {} on site {} replicates from {}, not from {peer}",
                 row.name,
                 self.site.config().name,
                 row.partner
-            ));
+            )));
         }
         Ok(())
     }
@@ -650,28 +699,30 @@ impl Replication {
         &self,
         peer: &str,
         req: GroupCreate,
-    ) -> Result<GroupCreated, String> {
+    ) -> Result<GroupCreated, RemoteError> {
         let site = self.site.clone();
         let peer = peer.to_string();
         let site_name = self.site.config().name.clone();
         let mode: Mode = req
             .mode
             .parse()
-            .map_err(|e| format!("site {site_name}: {e}"))?;
+            .map_err(|e| RemoteError::BadRequest(format!("site {site_name}: {e}")))?;
         tokio::task::spawn_blocking(move || {
             if let Ok(existing) = site.group_row(&req.group) {
-                return Err(format!(
+                return Err(RemoteError::Conflict(format!(
                     "site {site_name} already has a replication group named {:?} ({} of {}); pick another group name",
                     req.group, existing.role, existing.partner
-                ));
+                )));
             }
-            let grant = site.authorize_primary(&peer, req.security_tag.as_deref())?;
+            let grant = site
+                .authorize_primary(&peer, req.security_tag.as_deref())
+                .map_err(RemoteError::Unauthorized)?;
             let dir = Path::new(&grant.storage_location).join(&peer).join(&req.group);
             if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                return Err(format!(
+                return Err(RemoteError::Conflict(format!(
                     "storage location {} on site {site_name} already holds data; remove it or pick another group name",
                     dir.display()
-                ));
+                )));
             }
             offsite_store::create_private_dir_all(&dir).map_err(|e| {
                 format!("site {site_name} cannot create {}: {e}; check the storage location of {}", dir.display(), grant.rule)
@@ -688,10 +739,10 @@ impl Replication {
                 && free < needed
             {
                 let _ = std::fs::remove_dir(&dir);
-                return Err(format!(
+                return Err(RemoteError::StorageFull(format!(
                     "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
                     dir.display()
-                ));
+                )));
             }
             let specs: Vec<VolumeSpec> = req
                 .volumes
@@ -732,15 +783,13 @@ impl Replication {
                     })
                     .collect(),
                 vms: req.vms.iter().map(wire::VmDesc::to_row).collect(),
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
             Ok(GroupCreated {
                 store_dir: dir.display().to_string(),
                 rule: grant.rule,
             })
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 
     async fn commit_pit(
@@ -749,17 +798,16 @@ impl Replication {
         store: Arc<ReplicaStore>,
         writer: PitWriter,
         req: PitCommit,
-    ) -> Result<PitCommitted, String> {
+    ) -> Result<PitCommitted, RemoteError> {
         let site = self.site.clone();
         let g = group.to_string();
         let committed = tokio::task::spawn_blocking(move || {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
-                .map_err(|e| format!("committing the PIT of group {g}: {e}"))?;
-            after_commit(&site, &store, &g, &info)
+                .map_err(|e| storage_error(format!("committing the PIT of group {g}: {e}"), &e))?;
+            after_commit(&site, &store, &g, &info).map_err(RemoteError::from)
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         self.clear_store_full(group);
         Ok(committed)
     }

@@ -14,7 +14,7 @@ use offsite_engine::{SetVm, VmInfo};
 
 use crate::primary::RPO_RANGE;
 use crate::wire::{self, VmDesc};
-use crate::{ReplError, Replication, invalid};
+use crate::{RemoteError, ReplError, Replication, invalid};
 
 impl Replication {
     /// `group set NAME [--mode] [--rpo] [--keep] [--bandwidth] [--compression]`,
@@ -111,14 +111,19 @@ impl Replication {
         what: &str,
     ) -> Result<(), ReplError> {
         let refused = |e: ReplError| {
-            ReplError::Refused(format!(
+            let text = format!(
                 "the replica {} of group {} did not take {what} ({e}); nothing changed: retry once it is reachable",
                 row.partner, row.name
-            ))
+            );
+            // The partner's refusal keeps its code; failing to reach it is
+            // a refusal of this change.
+            ReplError::Refused(match e {
+                ReplError::Refused(r) => r.map_message(|_| text),
+                _ => RemoteError::Refused(text),
+            })
         };
         let mut ch = self.channel(&row.partner, None).await.map_err(refused)?;
-        let body = serde_json::to_vec(&change).unwrap_or_default();
-        let r = ch.request(wire::kinds::GROUP_SET_MODE, body).await;
+        let r = ch.call(&change).await;
         ch.close().await;
         r.map(drop).map_err(refused)
     }

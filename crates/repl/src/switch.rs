@@ -27,15 +27,15 @@ use std::time::Instant;
 use crate::model::{
     ExportedVolume, FailoverResult, ReverseRequest, ReverseResult, SplitBrain, SplitBrainSide,
 };
-use bytes::Bytes;
 use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
 use offsite_catalog::{GroupState, Role};
 use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
 use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
-use crate::wire::{self, GroupRef, GroupView, Hashes, ReverseBegin, ReverseReady};
-use crate::{ReplError, Replication, invalid, run_blocking as blocking};
+use crate::control::Done;
+use crate::wire::{self, GroupView, Hashes, ReverseBegin, ReverseReady};
+use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
 
 /// Name of the final PIT of a planned failover.
 pub const PLANNED_PIT: &str = "planned-failover";
@@ -56,10 +56,6 @@ fn split_brain_name() -> String {
         t.minute(),
         t.second()
     )
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
 }
 
 impl Replication {
@@ -171,12 +167,13 @@ impl Replication {
         // The replica learns it now so that its `sync` returns at once; if
         // it cannot, `failover run` asks the primary itself.
         if let Ok(mut ch) = self.channel(&row.partner, None).await {
-            let body = serde_json::to_vec(&wire::GroupPrepared {
-                group: group.to_string(),
-                pit,
-            })
-            .unwrap_or_default();
-            if let Err(e) = ch.request(wire::kinds::GROUP_PREPARED, body).await {
+            let told = ch
+                .call(&wire::GroupPrepared {
+                    group: group.to_string(),
+                    pit,
+                })
+                .await;
+            if let Err(e) = told {
                 tracing::warn!(group, "telling the replica the group is prepared: {e}");
             }
             ch.close().await;
@@ -212,33 +209,29 @@ impl Replication {
     /// The partner's view of a group (`None` when it cannot be reached).
     pub(crate) async fn partner_view(&self, row: &GroupRow) -> Result<GroupView, ReplError> {
         let mut ch = self.channel(&row.partner, None).await?;
-        let body = serde_json::to_vec(&GroupRef {
-            group: row.name.clone(),
-        })
-        .unwrap_or_default();
-        let r = ch.request(wire::kinds::GROUP_QUERY, body).await;
+        let r = ch.call(&wire::GroupQuery::new(&row.name)).await;
         ch.close().await;
-        serde_json::from_slice(&r?).map_err(|e| invalid(format!("malformed answer: {e}")))
+        r
     }
 
     /// Answers [`wire::kinds::GROUP_QUERY`].
-    pub(crate) async fn answer_query(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: GroupRef = parse(body)?;
-        let row = self
-            .group_row_of(&req.group)
-            .await
-            .map_err(|e| e.to_string())?;
+    pub(crate) async fn answer_query(
+        &self,
+        peer: &str,
+        req: wire::GroupQuery,
+    ) -> Result<GroupView, RemoteError> {
+        let row = self.group_row_of(&req.group).await?;
         if row.partner != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "group {} on site {} is replicated with {}, not {peer}",
                 req.group,
                 self.site.config().name,
                 row.partner
-            ));
+            )));
         }
         let (mut unreplicated_bytes, mut isolated_bytes) = (0, 0);
         if row.role == Role::Primary {
-            for v in self.live_volumes(&row).await.map_err(|e| e.to_string())? {
+            for v in self.live_volumes(&row).await? {
                 let bs = u64::from(v.row().block_size);
                 unreplicated_bytes += v.tracker().dirty_bytes();
                 isolated_bytes += v.isolated_blocks().len() * bs;
@@ -247,8 +240,7 @@ impl Replication {
         let site = self.site.clone();
         let g = row.name.clone();
         let newest_pit = blocking(move || Ok(site.pit_rows(&g)?))
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .last()
             .map(|p| p.id);
         let view = GroupView {
@@ -259,32 +251,35 @@ impl Replication {
             isolated_bytes,
             newest_pit,
         };
-        Ok(Bytes::from(serde_json::to_vec(&view).unwrap_or_default()))
+        Ok(view)
     }
 
     /// The group's row if this site is its primary replicating to `peer`
     /// (requests only the primary may answer).
-    async fn primary_row_for(&self, peer: &str, group: &str) -> Result<GroupRow, String> {
-        let row = self.group_row_of(group).await.map_err(|e| e.to_string())?;
+    async fn primary_row_for(&self, peer: &str, group: &str) -> Result<GroupRow, RemoteError> {
+        let row = self.group_row_of(group).await?;
         if row.partner != peer || row.role != Role::Primary {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "site {} is not the primary of group {group} for {peer} (it is {} with {})",
                 self.site.config().name,
                 row.role,
                 row.partner
-            ));
+            )));
         }
         Ok(row)
     }
 
     /// Answers [`wire::kinds::GROUP_FORGET`]: the replica tore the group
     /// down; the primary forgets it too (its volumes stay).
-    pub(crate) async fn answer_forget(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: GroupRef = parse(body)?;
+    pub(crate) async fn answer_forget(
+        &self,
+        peer: &str,
+        req: wire::GroupForget,
+    ) -> Result<Done, RemoteError> {
         let row = self.primary_row_for(peer, &req.group).await?;
         // The primary holds no replica store of the group to delete.
         self.forget_group(&row, false).await?;
-        Ok(Bytes::new())
+        Ok(Done)
     }
 
     /// `failover run NAME [--pit P] [--force]` (not a test) at the replica.
@@ -519,12 +514,12 @@ impl Replication {
                 })
                 .await?;
                 if let Ok(mut ch) = self.channel(&row.partner, None).await {
-                    let body = serde_json::to_vec(&wire::GroupPrepared {
-                        group: group.to_string(),
-                        pit: 0,
-                    })
-                    .unwrap_or_default();
-                    let _ = ch.request(wire::kinds::GROUP_PREPARED, body).await;
+                    let _ = ch
+                        .call(&wire::GroupPrepared {
+                            group: group.to_string(),
+                            pit: 0,
+                        })
+                        .await;
                     ch.close().await;
                 }
                 // The runner waits for commands while prepared: it
@@ -621,12 +616,12 @@ impl Replication {
         // The old primary re-sends what differs; if it cannot be told, the
         // promotion stays and nothing is lost: retry.
         let mut ch = self.channel(&row.partner, None).await?;
-        let body = serde_json::to_vec(&wire::MarkDirty {
-            group: group.clone(),
-            blocks,
-        })
-        .unwrap_or_default();
-        let r = ch.request(wire::kinds::MARK_DIRTY, body).await;
+        let r = ch
+            .call(&wire::MarkDirty {
+                group: group.clone(),
+                blocks,
+            })
+            .await;
         ch.close().await;
         r?;
         let site = self.site.clone();
@@ -660,10 +655,13 @@ impl Replication {
 
     /// Answers [`wire::kinds::MARK_DIRTY`] at the primary: the replica's
     /// newest PIT differs in these blocks; the next cycle ships them.
-    pub(crate) async fn answer_mark_dirty(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: wire::MarkDirty = parse(body)?;
+    pub(crate) async fn answer_mark_dirty(
+        &self,
+        peer: &str,
+        req: wire::MarkDirty,
+    ) -> Result<Done, RemoteError> {
         let row = self.primary_row_for(peer, &req.group).await?;
-        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        let live = self.live_volumes(&row).await?;
         tokio::task::spawn_blocking(move || {
             for (v, blocks) in live.iter().zip(&req.blocks) {
                 let set: RoaringBitmap = blocks.iter().copied().collect();
@@ -671,9 +669,8 @@ impl Replication {
             }
             Ok::<(), String>(())
         })
-        .await
-        .map_err(|e| e.to_string())??;
-        Ok(Bytes::new())
+        .await??;
+        Ok(Done)
     }
 
     /// `reverse NAME` at the site that failed over: the other site becomes
@@ -797,15 +794,12 @@ impl Replication {
                 .max(pit.get())
         };
         let ready: ReverseReady = ch
-            .request_json(
-                wire::kinds::REVERSE_BEGIN,
-                &ReverseBegin {
-                    group: group.to_string(),
-                    pit: pit.get(),
-                    discard_isolated: req.discard_changes_on.as_deref() == Some(&row.partner),
-                    last_pit,
-                },
-            )
+            .call(&ReverseBegin {
+                group: group.to_string(),
+                pit: pit.get(),
+                discard_isolated: req.discard_changes_on.as_deref() == Some(&row.partner),
+                last_pit,
+            })
             .await?;
         ch.close().await;
         if ready.unreplicated.len() != row.volumes.len() {
@@ -1066,20 +1060,23 @@ impl Replication {
     /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
     /// the group's replica, keeping the volumes' data as the new store's
     /// base.
-    pub(crate) async fn answer_reverse(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: ReverseBegin = parse(body)?;
+    pub(crate) async fn answer_reverse(
+        &self,
+        peer: &str,
+        req: ReverseBegin,
+    ) -> Result<ReverseReady, RemoteError> {
         let row = self.primary_row_for(peer, &req.group).await?;
-        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        let live = self.live_volumes(&row).await?;
         let isolated: u64 = live
             .iter()
             .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
             .sum();
         if isolated > 0 && !req.discard_isolated {
-            return Err(format!(
+            return Err(RemoteError::SplitBrain(format!(
                 "split brain: site {} wrote {isolated} bytes of group {} while it could not replicate; reverse with --discard-changes-on to choose",
                 self.site.config().name,
                 req.group
-            ));
+            )));
         }
         drop(live);
         let site_name = self.site.config().name.clone();
@@ -1087,9 +1084,9 @@ impl Replication {
             .site
             .authorize_primary(peer, row.security_tag.as_deref())
             .map_err(|e| {
-                format!(
+                RemoteError::Unauthorized(format!(
                     "{e}; reverse makes {site_name} the replica of {peer}: run `offsite authz add --allowed-primary {peer} --storage-location DIR` at {site_name}"
-                )
+                ))
             })?;
         // Stop the runner: its loop ends once the role changes, and a cycle
         // in flight fails at the replica, which refuses it.
@@ -1097,7 +1094,7 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.group);
-        let live = self.live_volumes(&row).await.map_err(|e| e.to_string())?;
+        let live = self.live_volumes(&row).await?;
         for v in &live {
             v.set_fenced(true);
         }
@@ -1228,10 +1225,9 @@ impl Replication {
                 compress: Some(r.compress),
             })
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
-        Ok(Bytes::from(serde_json::to_vec(&ready).unwrap_or_default()))
+        Ok(ready)
     }
 }
 

@@ -89,8 +89,10 @@ use offsite_replica::{LogApplier, LogRecord, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::RemoteError;
+use crate::control::{Done, Reply, Rpc, respond};
 use crate::primary::{Command, MirrorSlot};
-use crate::wire::{self, GroupRef, PitCommitted, PitDesc};
+use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
 /// A batch holds at most this many bytes of records.
@@ -476,16 +478,16 @@ impl SyncMirror {
                     st.seal_replies.push_back(reply);
                 }
                 drop(st);
-                let req = wire::PitCommit {
+                let req = wire::SyncSeal(wire::PitCommit {
                     group: self.group.clone(),
                     name,
                     created_at,
                     blocks: 0,
-                };
+                });
                 let message = Message::Request {
                     id: ordinal,
-                    kind: wire::kinds::SYNC_SEAL,
-                    body: Bytes::from(serde_json::to_vec(&req).unwrap_or_default()),
+                    kind: wire::SyncSeal::KIND,
+                    body: req.encode(),
                 };
                 (message, None)
             } else {
@@ -603,10 +605,10 @@ impl SyncMirror {
             Message::Response { ok, body, .. } => {
                 st.seals_answered += 1;
                 let answer = if ok {
-                    serde_json::from_slice::<PitCommitted>(&body)
+                    <PitCommitted as Reply>::decode(&body)
                         .map_err(|e| format!("malformed seal answer: {e}"))
                 } else {
-                    Err(crate::error_text(&body))
+                    Err(RemoteError::from_body(&body).to_string())
                 };
                 let failed = answer.as_ref().err().cloned();
                 if let Some(reply) = st.seal_replies.pop_front() {
@@ -964,27 +966,25 @@ impl Replication {
     pub(crate) async fn begin_stream(
         &self,
         peer: &str,
-        body: &[u8],
-    ) -> Result<(String, Arc<ReplicaStore>, Arc<Mutex<Option<WriteLog>>>), String> {
-        let req: GroupRef =
-            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        req: wire::SyncStreamBegin,
+    ) -> Result<(String, Arc<ReplicaStore>, Arc<Mutex<Option<WriteLog>>>), RemoteError> {
         let (row, store) = self.store(&req.group).await?;
         if row.partner != peer {
-            return Err(format!(
+            return Err(RemoteError::Unauthorized(format!(
                 "group {} replicates from {}, not from {peer}",
                 row.name, row.partner
-            ));
+            )));
         }
         if matches!(
             row.state,
             GroupState::FailedOver | GroupState::PreparedForFailover
         ) {
-            return Err(format!(
+            return Err(RemoteError::Conflict(format!(
                 "group {} is {} on site {}; it takes no more writes from {peer}",
                 row.name,
                 row.state,
                 self.site.config().name
-            ));
+            )));
         }
         self.seal_log(&req.group).await?;
         let slot = self
@@ -1004,8 +1004,7 @@ impl Replication {
             *s2.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
             Ok::<_, String>(())
         })
-        .await
-        .map_err(|e| e.to_string())??;
+        .await??;
         tracing::info!(group = %req.group, partner = %peer, "sync stream started");
         Ok((req.group, store, slot))
     }
@@ -1163,13 +1162,13 @@ impl Replication {
                     kind: wire::kinds::SYNC_SEAL,
                     body,
                 }) => {
-                    let (ok, body) = match self.seal_stream(group, store, slot, &body) {
-                        Ok(b) => (true, b),
-                        Err(e) => {
-                            tracing::warn!(group, "sealing the write log: {e}");
-                            (false, crate::error_body(e))
-                        }
-                    };
+                    let answer = wire::SyncSeal::decode(&body)
+                        .map_err(RemoteError::from)
+                        .and_then(|req| self.seal_stream(group, store, slot, req));
+                    if let Err(e) = &answer {
+                        tracing::warn!(group, "sealing the write log: {e}");
+                    }
+                    let (ok, body) = respond(answer);
                     stream
                         .send(&Message::Response { id, ok, body })
                         .map_err(lost)?;
@@ -1235,10 +1234,8 @@ impl Replication {
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        body: &[u8],
-    ) -> Result<Bytes, String> {
-        let req: wire::PitCommit =
-            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
+        wire::SyncSeal(req): wire::SyncSeal,
+    ) -> Result<PitCommitted, RemoteError> {
         let info = {
             let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
             let log = guard
@@ -1247,34 +1244,34 @@ impl Replication {
             log.seal(req.name, req.created_at)
                 .map_err(|e| format!("sealing the write log of group {group}: {e}"))?
         };
-        let committed = crate::replica::after_commit(&self.site, store, group, &info)?;
-        Ok(Bytes::from(
-            serde_json::to_vec(&committed).unwrap_or_default(),
-        ))
+        Ok(crate::replica::after_commit(
+            &self.site, store, group, &info,
+        )?)
     }
 
     /// Replica: seals and closes the group's write log — the open one of a
     /// stream, or one left on disk — so that its writes are a PIT (the
     /// stream ended, a failover needs the newest state). Returns the PIT,
     /// if there was anything to seal.
-    pub(crate) async fn seal_log(&self, group: &str) -> Result<Option<PitDesc>, String> {
+    pub(crate) async fn seal_log(&self, group: &str) -> Result<Option<PitDesc>, RemoteError> {
         self.seal_log_inner(group, false).await
     }
 
     /// Seals the group's write log into a PIT but keeps a running stream
     /// going (a test failover wants the newest writes; replication goes on).
-    pub(crate) async fn seal_log_keep(&self, group: &str) -> Result<Option<PitDesc>, String> {
+    pub(crate) async fn seal_log_keep(&self, group: &str) -> Result<Option<PitDesc>, RemoteError> {
         self.seal_log_inner(group, true).await
     }
 
-    async fn seal_log_inner(&self, group: &str, keep: bool) -> Result<Option<PitDesc>, String> {
+    async fn seal_log_inner(
+        &self,
+        group: &str,
+        keep: bool,
+    ) -> Result<Option<PitDesc>, RemoteError> {
         let row = {
             let site = self.site.clone();
             let g = group.to_string();
-            tokio::task::spawn_blocking(move || site.group_row(&g))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || site.group_row(&g)).await??
         };
         if row.role != Role::Replica {
             return Ok(None);
@@ -1315,8 +1312,8 @@ impl Replication {
                 None => Ok(None),
             }
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
+        .map_err(RemoteError::from)
     }
 
     /// `group set NAME --mode`: converts a group at its primary and tells
@@ -1346,17 +1343,18 @@ impl Replication {
             // reverse makes it the primary); a failure here is repaired by
             // the next `group set`.
             if let Ok(mut ch) = self.channel(&row.partner, None).await {
-                let body = serde_json::to_vec(&wire::GroupSetMode {
-                    group: name.to_string(),
-                    mode: mode.to_string(),
-                    rpo_secs: None,
-                    keep: None,
-                    bandwidth: None,
-                    compress: None,
-                    vm: None,
-                })
-                .unwrap_or_default();
-                if let Err(e) = ch.request(wire::kinds::GROUP_SET_MODE, body).await {
+                let told = ch
+                    .call(&wire::GroupSetMode {
+                        group: name.to_string(),
+                        mode: mode.to_string(),
+                        rpo_secs: None,
+                        keep: None,
+                        bandwidth: None,
+                        compress: None,
+                        vm: None,
+                    })
+                    .await;
+                if let Err(e) = told {
                     tracing::warn!(group = name, "telling the replica the new mode: {e}");
                 }
                 ch.close().await;
@@ -1367,35 +1365,35 @@ impl Replication {
     }
 
     /// Replica: the primary converted the group.
-    pub(crate) async fn answer_set_mode(&self, peer: &str, body: &[u8]) -> Result<Bytes, String> {
-        let req: wire::GroupSetMode =
-            serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))?;
-        let mode: Mode = req
-            .mode
-            .parse()
-            .map_err(|_| format!("mode {:?} is neither async nor sync", req.mode))?;
+    pub(crate) async fn answer_set_mode(
+        &self,
+        peer: &str,
+        req: wire::GroupSetMode,
+    ) -> Result<Done, RemoteError> {
+        let mode: Mode = req.mode.parse().map_err(|_| {
+            RemoteError::BadRequest(format!("mode {:?} is neither async nor sync", req.mode))
+        })?;
         if req.keep == Some(0)
             || req
                 .rpo_secs
                 .is_some_and(|r| !crate::primary::RPO_RANGE.contains(&r))
         {
-            return Err(format!(
+            return Err(RemoteError::BadRequest(format!(
                 "group {}: RPO {:?}s or keep {:?} out of range",
                 req.group, req.rpo_secs, req.keep
-            ));
+            )));
         }
         let site = self.site.clone();
         let peer = peer.to_string();
         tokio::task::spawn_blocking(move || {
-            let row = site.group_row(&req.group).map_err(|e| e.to_string())?;
+            let row = site.group_row(&req.group)?;
             if row.partner != peer {
-                return Err(format!(
+                return Err(RemoteError::Unauthorized(format!(
                     "group {} replicates with {}, not {peer}",
                     row.name, row.partner
-                ));
+                )));
             }
-            site.set_group_mode(&req.group, mode)
-                .map_err(|e| e.to_string())?;
+            site.set_group_mode(&req.group, mode)?;
             if req.rpo_secs.is_some()
                 || req.keep.is_some()
                 || req.bandwidth.is_some()
@@ -1412,18 +1410,15 @@ impl Replication {
                     req.keep.unwrap_or(row.keep),
                     bandwidth,
                     req.compress.unwrap_or(row.compress),
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
             if let Some(vm) = &req.vm {
-                site.set_group_vm_hooks(&req.group, &vm.to_row())
-                    .map_err(|e| e.to_string())?;
+                site.set_group_vm_hooks(&req.group, &vm.to_row())?;
             }
             Ok(())
         })
-        .await
-        .map_err(|e| e.to_string())??;
-        Ok(Bytes::new())
+        .await??;
+        Ok(Done)
     }
 }
 
@@ -1746,11 +1741,7 @@ impl Replication {
     /// writers' threads then drive themselves ([`DirectStream`]).
     async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        let body = serde_json::to_vec(&GroupRef {
-            group: row.name.clone(),
-        })
-        .unwrap_or_default();
-        ch.request(wire::kinds::SYNC_STREAM_BEGIN, body).await?;
+        ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
         let partner = row.partner.clone();
         ch.into_direct()
             .await

@@ -1,6 +1,8 @@
 //! What replication puts inside `offsite-protocol` frames: the numbered
-//! control requests (JSON bodies in [`Message::Request`]) and the binary
-//! layout of block batches carried in [`Message::BulkData`] payloads.
+//! control requests (JSON bodies in [`Message::Request`]; typed, with their
+//! replies and the changelog of kinds, in [`crate::control`]) and the
+//! binary layout of block batches carried in [`Message::BulkData`]
+//! payloads.
 //!
 //! A block batch payload (the frame already carries a BLAKE3 of its
 //! payload, checked before the batch is applied):
@@ -47,18 +49,18 @@ pub mod kinds {
     /// New primary → old primary: become the group's replica
     /// ([`ReverseBegin`] → [`ReverseReady`]).
     pub const REVERSE_BEGIN: u16 = 14;
-    /// Replica → primary: the group is torn down ([`GroupRef`]); the
+    /// Replica → primary: the group is torn down ([`GroupForget`]); the
     /// primary forgets it and keeps its volumes.
     pub const GROUP_FORGET: u16 = 15;
     /// Replica → primary: these blocks differ on the replica now; ship
     /// them again ([`MarkDirty`]).
     pub const MARK_DIRTY: u16 = 16;
     /// Primary → replica: block batches that follow are a sync group's
-    /// writes in order, for its write log ([`GroupRef`]); each batch is
+    /// writes in order, for its write log ([`SyncStreamBegin`]); each batch is
     /// acknowledged once durable there. The session ends the stream.
     pub const SYNC_STREAM_BEGIN: u16 = 17;
     /// Primary → replica, on a stream: seal the log as a PIT
-    /// ([`PitCommit`] → [`PitCommitted`]).
+    /// ([`SyncSeal`] → [`PitCommitted`]).
     pub const SYNC_SEAL: u16 = 18;
     /// Primary → replica: the group was converted ([`GroupSetMode`]).
     pub const GROUP_SET_MODE: u16 = 19;
@@ -342,8 +344,8 @@ pub struct GroupCreated {
     pub rule: String,
 }
 
-/// [`kinds::GROUP_DELETE`] and [`kinds::GROUP_FORGET`]: a [`GroupRef`]
-/// that may also ask the replica to delete its store.
+/// [`kinds::GROUP_DELETE`]: the group's name, and whether the replica
+/// deletes its store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupDelete {
     /// Group name.
@@ -354,11 +356,68 @@ pub struct GroupDelete {
     pub delete_replica: bool,
 }
 
-/// Body naming a group (BASE_BEGIN, BASE_SYNC, PIT_BEGIN, GROUP_DELETE).
+/// A body naming a group; each kind that only names one has its own type
+/// with this JSON (`{"group": NAME}`), so that its [`crate::control::Rpc`]
+/// says its kind and reply.
+macro_rules! group_bodies {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct $name {
+            /// Group name.
+            pub group: String,
+        }
+
+        impl $name {
+            /// The body naming `group`.
+            pub fn new(group: impl Into<String>) -> Self {
+                Self { group: group.into() }
+            }
+        }
+    )*};
+}
+
+group_bodies! {
+    /// [`kinds::BASE_BEGIN`].
+    BaseBegin;
+    /// [`kinds::BASE_SYNC`].
+    BaseSync;
+    /// [`kinds::PIT_BEGIN`].
+    PitBegin;
+    /// [`kinds::GROUP_QUERY`].
+    GroupQuery;
+    /// [`kinds::SYNC_STREAM_BEGIN`].
+    SyncStreamBegin;
+}
+
+/// [`kinds::GROUP_FORGET`]: the replica tore the group down (the same
+/// JSON as [`GroupDelete`]; the primary has no replica store to delete, so
+/// it reads `group` only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupRef {
+pub struct GroupForget {
     /// Group name.
     pub group: String,
+    /// As in [`GroupDelete`] (sent, not used by the primary).
+    #[serde(default)]
+    pub delete_replica: bool,
+}
+
+/// [`kinds::SYNC_SEAL`]: a [`PitCommit`] (with no block count) on a
+/// sync stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SyncSeal(pub PitCommit);
+
+/// Answer to [`crate::kinds::AUTHZ_CHECK`]: the replica would accept the
+/// group (the JSON of the REST `AuthzCheckResult`, which is built from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthzGrant {
+    /// The site that answered.
+    pub partner: String,
+    /// Where it would keep the replica.
+    pub storage_location: String,
+    /// The authorization rule that admits the primary.
+    pub rule: String,
 }
 
 /// [`kinds::GROUP_CONFIRMED`]: per group, the RFC 3339 instant up to which

@@ -37,7 +37,7 @@ async fn paired_sites_open_a_session_with_rtt() {
     let info = session.info().clone();
     assert_eq!(info.peer_name.as_str(), "alpha");
     assert_eq!(&info.peer_fingerprint, alpha.identity.fingerprint());
-    assert_eq!(info.version, MessageVersion::V1);
+    assert_eq!(info.version, MessageVersion::CURRENT);
     assert_eq!(info.features, Features::ZSTD);
     assert_eq!(info.role, Role::Connector);
 
@@ -307,7 +307,7 @@ async fn a_version_mismatch_is_a_clear_error_on_both_sides() {
     let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
     let server = paired_server(&alpha, &[&beta]).await;
 
-    let future = fast_options().offer_versions_for_testing(2..=3);
+    let future = fast_options().offer_versions_for_testing(3..=4);
     let err = connect(&server.partner(), &beta.identity, "beta", &future)
         .await
         .unwrap_err();
@@ -316,11 +316,11 @@ async fn a_version_mismatch_is_a_clear_error_on_both_sides() {
     };
     assert_eq!(
         (mismatch.ours.clone(), mismatch.theirs.clone()),
-        (2..=3, 1..=1)
+        (3..=4, 1..=2)
     );
     assert!(
         err.to_string()
-            .contains("this site speaks 2..=3, the peer speaks 1..=1"),
+            .contains("this site speaks 3..=4, the peer speaks 1..=2"),
         "{err}"
     );
     eventually("the listener's refusal", || {
@@ -330,7 +330,7 @@ async fn a_version_mismatch_is_a_clear_error_on_both_sides() {
     let lines = logs.lines_with("refused replication session");
     assert_eq!(lines.len(), 1, "{}", logs.text());
     assert!(
-        lines[0].contains("this site speaks 1..=1, the peer speaks 2..=3"),
+        lines[0].contains("this site speaks 1..=2, the peer speaks 3..=4"),
         "{}",
         lines[0]
     );
@@ -339,9 +339,16 @@ async fn a_version_mismatch_is_a_clear_error_on_both_sides() {
         1
     );
 
-    // A newer peer that still speaks v1 negotiates down to it.
+    // A newer peer that still speaks v2 negotiates down to it.
     let newer = fast_options().offer_versions_for_testing(1..=5);
     let session = connect(&server.partner(), &beta.identity, "beta", &newer)
+        .await
+        .unwrap();
+    assert_eq!(session.info().version, MessageVersion::V2);
+    session.close().await;
+    // An un-upgraded v1 peer negotiates v1 with this v2 site.
+    let v1 = fast_options().offer_versions_for_testing(1..=1);
+    let session = connect(&server.partner(), &beta.identity, "beta", &v1)
         .await
         .unwrap();
     assert_eq!(session.info().version, MessageVersion::V1);

@@ -165,17 +165,20 @@ where
     let Some(Message::Hello { .. }) = framed.read_message().await.unwrap() else {
         panic!("expected the peer's Hello");
     };
+    // Both offer SUPPORTED_VERSIONS: the newest is agreed.
+    let version = *SUPPORTED_VERSIONS.end();
     let accept = Message::HelloAccept {
-        version: 1,
+        version,
         site_name: our_name.to_string(),
         features: Features::NONE,
     };
     write_message(framed.get_mut(), &accept, Compression::None)
         .await
         .unwrap();
-    let Some(Message::HelloAccept { version: 1, .. }) = framed.read_message().await.unwrap() else {
+    let Some(Message::HelloAccept { version: v, .. }) = framed.read_message().await.unwrap() else {
         panic!("expected the peer's HelloAccept");
     };
+    assert_eq!(v, version, "the peer's HelloAccept names another version");
 }
 
 /// Log lines written on this thread while the guard lives. One global
