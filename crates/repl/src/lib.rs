@@ -30,6 +30,7 @@
 
 mod confirm;
 pub mod control;
+mod decide;
 mod dormant;
 mod failover;
 pub mod model;

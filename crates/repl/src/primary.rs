@@ -2065,72 +2065,34 @@ fn entry(p: PitDesc) -> PitEntry {
     }
 }
 
-/// Health per docs/design.md §1: `warning` when the newest PIT is older than the
-/// RPO, the last cycle failed or the partner just became unreachable;
-/// `critical` at twice the RPO or when the partner has been unreachable for
-/// longer than the RPO.
+/// [`crate::decide::health`] of a group's row, with the partner as the
+/// monitor last saw it.
 fn health(
     row: &GroupRow,
     has_pit: bool,
     lag: u64,
     partner: Option<&offsite_engine::PartnerInfo>,
 ) -> (String, Option<String>) {
-    if row.role == Role::Primary && row.state == crate::superseded::SUPERSEDED {
-        return (
-            "critical".into(),
-            Some(row.last_error.clone().unwrap_or_else(|| {
-                format!("group {} was failed over to site {}", row.name, row.partner)
-            })),
-        );
-    }
-    let replicating = matches!(
-        row.state,
-        GroupState::Replicating | GroupState::InitialReplication
+    use crate::decide::{GroupFacts, HealthInputs, PartnerSeen};
+    let (level, why) = crate::decide::health(
+        &GroupFacts {
+            name: &row.name,
+            partner: &row.partner,
+            role: row.role,
+            state: row.state,
+            rpo_secs: row.rpo_secs,
+            last_error: row.last_error.as_deref(),
+        },
+        &HealthInputs {
+            has_pit,
+            lag,
+            partner: partner.map(|p| PartnerSeen {
+                name: &p.name,
+                reachable: p.reachable,
+                last_error: p.last_error.as_deref(),
+                since_handshake: p.last_handshake_at.as_deref().map(age_seconds),
+            }),
+        },
     );
-    if !replicating {
-        return ("normal".into(), None);
-    }
-    if has_pit && lag > 2 * row.rpo_secs {
-        return (
-            "critical".into(),
-            Some(format!(
-                "newest PIT is {lag}s old, over twice the RPO of {}s",
-                row.rpo_secs
-            )),
-        );
-    }
-    if let Some(p) = partner
-        && !p.reachable
-        && p.last_error.is_some()
-    {
-        // Unreachable for longer than the RPO (or never reached): the
-        // replica is falling behind for sure.
-        let down_for = p.last_handshake_at.as_deref().map(age_seconds);
-        let level = if down_for.is_none_or(|d| d > row.rpo_secs) {
-            "critical"
-        } else {
-            "warning"
-        };
-        return (
-            level.into(),
-            Some(format!(
-                "partner {} unreachable: {}",
-                p.name,
-                p.last_error.clone().unwrap_or_default()
-            )),
-        );
-    }
-    if has_pit && lag > row.rpo_secs {
-        return (
-            "warning".into(),
-            Some(format!(
-                "newest PIT is {lag}s old, over the RPO of {}s",
-                row.rpo_secs
-            )),
-        );
-    }
-    if let Some(e) = &row.last_error {
-        return ("warning".into(), Some(e.clone()));
-    }
-    ("normal".into(), None)
+    (level.as_str().to_string(), why)
 }

@@ -832,24 +832,27 @@ pub(crate) fn after_commit(
         .filter(|f| f.group == group)
         .map(|f| f.pit_id)
         .collect();
-    let mut pits = store.pits();
-    let newest = info.id;
-    loop {
-        let unnamed: Vec<_> = pits
-            .iter()
-            .filter(|p| p.name.is_none() && p.id != newest && !pinned.contains(&p.id.get()))
-            .collect();
-        if unnamed.len() + usize::from(info.name.is_none()) <= row.keep as usize {
-            break;
-        }
-        let Some(oldest) = unnamed.first().map(|p| p.id) else {
-            break;
+    let history: Vec<(u64, bool)> = store
+        .pits()
+        .iter()
+        .map(|p| (p.id.get(), p.name.is_some()))
+        .collect();
+    let doomed = crate::decide::retention(
+        &history,
+        info.id.get(),
+        info.name.is_some(),
+        &pinned,
+        row.keep,
+    );
+    for id in doomed {
+        let Some(id) = offsite_replica::PitId::new(id) else {
+            continue;
         };
         store
-            .remove_pit(oldest)
+            .remove_pit(id)
             .map_err(|e| format!("retention of group {group}: {e}"))?;
-        pits = store.pits();
     }
+    let pits = store.pits();
     let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
     site.replace_pits(
         group,

@@ -34,6 +34,7 @@ use offsite_engine::hooks::HookAction;
 use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
 use crate::control::Done;
+use crate::decide::ReverseChoice;
 use crate::wire::{self, GroupView, Hashes, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
 
@@ -309,22 +310,32 @@ impl Replication {
                 )));
             }
         }
-        let mode = match self.partner_view(&row).await {
-            Ok(v) if v.state == GroupState::PreparedForFailover.as_str() => "planned",
-            _ if replacing => "unplanned",
-            Ok(v) if !force => {
+        use crate::decide::{FailoverRefusal, PrimarySeen};
+        let (seen, unreachable) = match self.partner_view(&row).await {
+            Ok(v) => match v.state.parse() {
+                Ok(state) => (PrimarySeen::Answered(state), None),
+                Err(_) => (
+                    PrimarySeen::Unreachable,
+                    Some(format!("it reported state {:?}", v.state)),
+                ),
+            },
+            Err(e) => (PrimarySeen::Unreachable, Some(e.to_string())),
+        };
+        let mode = match crate::decide::failover_mode(seen, replacing, force) {
+            Ok(m) => m.as_str(),
+            Err(FailoverRefusal::PrimaryUp(state)) => {
                 return Err(invalid(format!(
-                    "the primary {} is reachable and group {group} is {} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
-                    row.partner, v.state, row.partner
+                    "the primary {} is reachable and group {group} is {state} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
+                    row.partner, row.partner
                 )));
             }
-            Err(e) if !force => {
+            Err(FailoverRefusal::PrimaryDown) => {
                 return Err(invalid(format!(
-                    "the primary {} cannot be reached ({e}); for an unplanned failover from the newest PIT add --force",
-                    row.partner
+                    "the primary {} cannot be reached ({}); for an unplanned failover from the newest PIT add --force",
+                    row.partner,
+                    unreachable.unwrap_or_default()
                 )));
             }
-            _ => "unplanned",
         };
         // A sync group's acknowledged writes are in its log: sealed into a
         // PIT now (and the stream refused from here on), the newest PIT
@@ -739,29 +750,32 @@ impl Replication {
             discarded_on: req.discard_changes_on.clone(),
             kept_as_pit: None,
         };
-        if let Some(loser) = &req.discard_changes_on
-            && loser != &row.partner
-            && loser != &here
-        {
-            return Err(invalid(format!(
-                "--discard-changes-on names {loser}, which is neither site of group {group} ({} or {here})",
-                row.partner
-            )));
-        }
-        if req.dry_run {
-            return Ok(ReverseResult {
-                group: group.to_string(),
-                pit: 0,
-                volumes: self.served(&row),
-                bytes_transferred: 0,
-                rolled_back_bytes: 0,
-                split_brain: Some(split),
-                duration_ms: started.elapsed().as_millis() as u64,
-            });
-        }
         let diverged = theirs.isolated_bytes > 0;
-        match req.discard_changes_on.as_deref() {
-            None if diverged => {
+        let discard_isolated = match crate::decide::reverse_choice(
+            &here,
+            &row.partner,
+            theirs.isolated_bytes,
+            req.discard_changes_on.as_deref(),
+            req.dry_run,
+        ) {
+            ReverseChoice::UnknownSite(loser) => {
+                return Err(invalid(format!(
+                    "--discard-changes-on names {loser}, which is neither site of group {group} ({} or {here})",
+                    row.partner
+                )));
+            }
+            ReverseChoice::DryRun => {
+                return Ok(ReverseResult {
+                    group: group.to_string(),
+                    pit: 0,
+                    volumes: self.served(&row),
+                    bytes_transferred: 0,
+                    rolled_back_bytes: 0,
+                    split_brain: Some(split),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            ReverseChoice::SplitBrain => {
                 return Err(invalid(format!(
                     "split brain in group {group}: {} wrote {} bytes while it could not replicate ({}) and {here} wrote {} bytes since it was promoted ({}); nothing was changed. Choose whose changes go: `offsite reverse {group} --discard-changes-on {}` keeps {here}'s data, `--discard-changes-on {here}` keeps {}'s; the loser's state stays there as a PIT named split-brain-TIME. `--dry-run` shows the amounts",
                     row.partner,
@@ -773,11 +787,11 @@ impl Replication {
                     row.partner,
                 )));
             }
-            Some(l) if l == here => {
+            ReverseChoice::DiscardHere => {
                 return self.discard_here(&row, pit, split, started).await;
             }
-            _ => {}
-        }
+            ReverseChoice::Proceed { discard_isolated } => discard_isolated,
+        };
         let mut ch = self
             .channel(&row.partner, None)
             .await
@@ -797,7 +811,7 @@ impl Replication {
             .call(&ReverseBegin {
                 group: group.to_string(),
                 pit: pit.get(),
-                discard_isolated: req.discard_changes_on.as_deref() == Some(&row.partner),
+                discard_isolated,
                 last_pit,
             })
             .await?;

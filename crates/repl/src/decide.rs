@@ -1,0 +1,661 @@
+//! Decisions of a group's life as pure functions of what they depend on:
+//! which PITs retention removes, how healthy a group is, whether a
+//! failover is planned or unplanned (or refused), and what a reverse does
+//! about a split brain. The runners and handlers gather the inputs (the
+//! catalog, the partner's answer, the clock) and act on the answer; the
+//! tests below drive the decisions with synthetic inputs and a fake clock,
+//! with no site, socket or disk (crucible drives its Upstairs this way).
+
+use offsite_catalog::{GroupState, Role};
+
+/// The PITs retention removes, oldest first: beyond the newest `keep`
+/// unnamed ones, counting the PIT just committed (`newest`), whose own name
+/// is `newest_named`. Named PITs stay until released, the newest PIT (the
+/// base of the next cycle) always stays, and so do `pinned` ones (a test
+/// failover or a promotion reads them). `pits` are the store's PITs as
+/// `(id, named)`, in any order.
+pub(crate) fn retention(
+    pits: &[(u64, bool)],
+    newest: u64,
+    newest_named: bool,
+    pinned: &[u64],
+    keep: u32,
+) -> Vec<u64> {
+    let mut candidates: Vec<u64> = pits
+        .iter()
+        .filter(|(id, named)| !named && *id != newest && !pinned.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    candidates.sort_unstable();
+    let kept_anyway = usize::from(!newest_named);
+    let excess = (candidates.len() + kept_anyway).saturating_sub(keep as usize);
+    candidates.truncate(excess);
+    candidates
+}
+
+/// A group's health level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Normal,
+    Warning,
+    Critical,
+}
+
+impl Health {
+    /// The word status, the API and metrics show.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Health::Normal => "normal",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+/// What health depends on besides the group's row.
+#[derive(Debug, Clone)]
+pub(crate) struct HealthInputs<'a> {
+    /// The group has a committed PIT.
+    pub has_pit: bool,
+    /// Seconds of changes the replica may lack (`Replication::lag_seconds`).
+    pub lag: u64,
+    /// The partner's reachability, when known.
+    pub partner: Option<PartnerSeen<'a>>,
+}
+
+/// The partner as the monitor last saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct PartnerSeen<'a> {
+    pub name: &'a str,
+    pub reachable: bool,
+    pub last_error: Option<&'a str>,
+    /// Seconds since the last successful handshake (`None`: never).
+    pub since_handshake: Option<u64>,
+}
+
+/// The group's facts health reads.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupFacts<'a> {
+    pub name: &'a str,
+    pub partner: &'a str,
+    pub role: Role,
+    pub state: GroupState,
+    pub rpo_secs: u64,
+    pub last_error: Option<&'a str>,
+}
+
+/// Health per docs/design.md §1: `critical` for an old primary whose group
+/// was failed over elsewhere; for a replicating group `critical` at twice
+/// the RPO or when the partner has been unreachable for longer than the
+/// RPO (or was never reached), `warning` when it just became unreachable,
+/// the newest PIT is older than the RPO, or the last cycle failed; with the
+/// reason.
+pub(crate) fn health(g: &GroupFacts<'_>, i: &HealthInputs<'_>) -> (Health, Option<String>) {
+    if g.role == Role::Primary && g.state == GroupState::FailedOverElsewhere {
+        let why = g
+            .last_error
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("group {} was failed over to site {}", g.name, g.partner));
+        return (Health::Critical, Some(why));
+    }
+    if !matches!(
+        g.state,
+        GroupState::Replicating | GroupState::InitialReplication
+    ) {
+        return (Health::Normal, None);
+    }
+    let lag = i.lag;
+    if i.has_pit && lag > 2 * g.rpo_secs {
+        return (
+            Health::Critical,
+            Some(format!(
+                "newest PIT is {lag}s old, over twice the RPO of {}s",
+                g.rpo_secs
+            )),
+        );
+    }
+    if let Some(p) = &i.partner
+        && !p.reachable
+        && let Some(error) = p.last_error
+    {
+        // Unreachable for longer than the RPO (or never reached): the
+        // replica is falling behind for sure.
+        let level = if p.since_handshake.is_none_or(|d| d > g.rpo_secs) {
+            Health::Critical
+        } else {
+            Health::Warning
+        };
+        return (
+            level,
+            Some(format!("partner {} unreachable: {error}", p.name)),
+        );
+    }
+    if i.has_pit && lag > g.rpo_secs {
+        return (
+            Health::Warning,
+            Some(format!(
+                "newest PIT is {lag}s old, over the RPO of {}s",
+                g.rpo_secs
+            )),
+        );
+    }
+    if let Some(e) = g.last_error {
+        return (Health::Warning, Some(e.to_string()));
+    }
+    (Health::Normal, None)
+}
+
+/// How a `failover run` (not a test) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailoverMode {
+    /// The primary prepared it: its final PIT holds every write.
+    Planned,
+    /// From the newest (or a chosen) PIT; the primary's later writes are
+    /// lost to this site.
+    Unplanned,
+}
+
+impl FailoverMode {
+    /// The word results, hooks (`OFFSITE_MODE`) and reports show.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Planned => "planned",
+            FailoverMode::Unplanned => "unplanned",
+        }
+    }
+}
+
+/// What the replica knows of the primary when a failover is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PrimarySeen {
+    /// It answered, with the group's state there.
+    Answered(GroupState),
+    /// It could not be asked.
+    Unreachable,
+}
+
+/// Why a failover is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailoverRefusal {
+    /// The primary is up and did not prepare: a planned failover needs
+    /// `failover prepare` there, an unplanned one `--force`.
+    PrimaryUp(GroupState),
+    /// The primary cannot be reached and `--force` was not given.
+    PrimaryDown,
+}
+
+/// Planned when the primary prepared the group; unplanned when a promotion
+/// is replaced (`failover run` again before commit) or forced; refused
+/// otherwise, so that no failover happens by surprise while the primary
+/// may still be writing.
+pub(crate) fn failover_mode(
+    primary: PrimarySeen,
+    replacing: bool,
+    force: bool,
+) -> Result<FailoverMode, FailoverRefusal> {
+    match primary {
+        PrimarySeen::Answered(GroupState::PreparedForFailover) => Ok(FailoverMode::Planned),
+        _ if replacing || force => Ok(FailoverMode::Unplanned),
+        PrimarySeen::Answered(state) => Err(FailoverRefusal::PrimaryUp(state)),
+        PrimarySeen::Unreachable => Err(FailoverRefusal::PrimaryDown),
+    }
+}
+
+/// What `reverse` does about the old primary's writes made while it could
+/// not replicate (a split brain when there are any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReverseChoice {
+    /// `--dry-run`: report both sides' writes, change nothing.
+    DryRun,
+    /// `--discard-changes-on` names a site that is neither of the group's.
+    UnknownSite(String),
+    /// The old primary wrote while isolated and no side was chosen.
+    SplitBrain,
+    /// Keep the old primary's data: this site's promoted state is kept as
+    /// a named PIT and the old primary re-sends what differs.
+    DiscardHere,
+    /// Make the old primary the replica; `discard_isolated`: its isolated
+    /// writes are rolled back (kept there as a named PIT).
+    Proceed { discard_isolated: bool },
+}
+
+/// The reverse decision at the site the group failed over to (`here`),
+/// given the old primary (`partner`), the bytes it wrote while isolated,
+/// and the operator's flags.
+pub(crate) fn reverse_choice(
+    here: &str,
+    partner: &str,
+    isolated_bytes: u64,
+    discard_changes_on: Option<&str>,
+    dry_run: bool,
+) -> ReverseChoice {
+    if let Some(loser) = discard_changes_on
+        && loser != here
+        && loser != partner
+    {
+        return ReverseChoice::UnknownSite(loser.to_string());
+    }
+    if dry_run {
+        return ReverseChoice::DryRun;
+    }
+    match discard_changes_on {
+        None if isolated_bytes > 0 => ReverseChoice::SplitBrain,
+        Some(loser) if loser == here => ReverseChoice::DiscardHere,
+        Some(_) => ReverseChoice::Proceed {
+            discard_isolated: true,
+        },
+        None => ReverseChoice::Proceed {
+            discard_isolated: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // ---- retention ----
+
+    #[test]
+    fn retention_keeps_the_newest_unnamed_pits() {
+        let pits: Vec<(u64, bool)> = (1..=5).map(|id| (id, false)).collect();
+        // keep 3 counts the newest: 3 and 4 stay with 5.
+        assert_eq!(retention(&pits, 5, false, &[], 3), vec![1, 2]);
+    }
+
+    #[test]
+    fn retention_never_removes_named_pits() {
+        let pits = [(1, true), (2, false), (3, true), (4, false), (5, false)];
+        assert_eq!(retention(&pits, 5, false, &[], 1), vec![2, 4]);
+    }
+
+    #[test]
+    fn retention_keeps_pinned_pits() {
+        let pits: Vec<(u64, bool)> = (1..=4).map(|id| (id, false)).collect();
+        assert_eq!(retention(&pits, 4, false, &[1], 1), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_named_newest_pit_does_not_count_against_keep() {
+        let pits = [(1, false), (2, false), (3, true)];
+        assert_eq!(retention(&pits, 3, true, &[], 2), Vec::<u64>::new());
+        assert_eq!(retention(&pits, 3, true, &[], 1), vec![1]);
+    }
+
+    #[test]
+    fn retention_never_removes_the_newest_pit() {
+        assert_eq!(
+            retention(&[(7, false)], 7, false, &[], 1),
+            Vec::<u64>::new()
+        );
+        // keep 1 with only the newest: nothing to do.
+        assert_eq!(
+            retention(&[(6, false), (7, false)], 7, false, &[], 1),
+            vec![6]
+        );
+    }
+
+    #[test]
+    fn retention_with_nothing_to_remove() {
+        let pits = [(1, false), (2, false)];
+        assert!(retention(&pits, 2, false, &[], 24).is_empty());
+        assert!(retention(&[], 1, false, &[], 1).is_empty());
+    }
+
+    #[test]
+    fn retention_takes_the_oldest_whatever_the_input_order() {
+        let pits = [(9, false), (3, false), (6, false), (12, false)];
+        assert_eq!(retention(&pits, 12, false, &[], 2), vec![3, 6]);
+    }
+
+    proptest! {
+        /// Whatever the history: removed PITs are unnamed, unpinned, not
+        /// the newest, the oldest such; and afterwards the unnamed PITs
+        /// kept number `keep` (or every one that may be removed is gone).
+        #[test]
+        fn retention_invariants(
+            named in prop::collection::vec(any::<bool>(), 1..40),
+            pinned in prop::collection::vec(0u64..45, 0..4),
+            keep in 1u32..10,
+        ) {
+            let pits: Vec<(u64, bool)> = named.iter().enumerate().map(|(i, n)| (i as u64 + 1, *n)).collect();
+            let newest = pits.len() as u64;
+            let newest_named = named[named.len() - 1];
+            let gone = retention(&pits, newest, newest_named, &pinned, keep);
+            for id in &gone {
+                let (_, n) = pits[*id as usize - 1];
+                prop_assert!(!n && *id != newest && !pinned.contains(id));
+            }
+            prop_assert!(gone.windows(2).all(|w| w[0] < w[1]));
+            let removable: Vec<u64> = pits.iter()
+                .filter(|(id, n)| !n && *id != newest && !pinned.contains(id))
+                .map(|(id, _)| *id).collect();
+            let left = removable.len() - gone.len() + usize::from(!newest_named);
+            prop_assert!(left <= keep as usize || gone.len() == removable.len());
+            prop_assert_eq!(&removable[..gone.len()], &gone[..], "the oldest go first");
+            if gone.is_empty() { prop_assert!(removable.len() + usize::from(!newest_named) <= keep as usize); }
+        }
+    }
+
+    // ---- health ----
+
+    fn facts(state: GroupState) -> GroupFacts<'static> {
+        GroupFacts {
+            name: "g",
+            partner: "site-b",
+            role: Role::Primary,
+            state,
+            rpo_secs: 60,
+            last_error: None,
+        }
+    }
+
+    fn inputs(lag: u64) -> HealthInputs<'static> {
+        HealthInputs {
+            has_pit: true,
+            lag,
+            partner: None,
+        }
+    }
+
+    fn down(since: Option<u64>) -> PartnerSeen<'static> {
+        PartnerSeen {
+            name: "site-b",
+            reachable: false,
+            last_error: Some("connection refused"),
+            since_handshake: since,
+        }
+    }
+
+    #[test]
+    fn a_fresh_group_is_normal() {
+        assert_eq!(
+            health(&facts(GroupState::Replicating), &inputs(10)),
+            (Health::Normal, None)
+        );
+    }
+
+    #[test]
+    fn lag_over_the_rpo_warns_and_over_twice_is_critical() {
+        let g = facts(GroupState::Replicating);
+        assert_eq!(health(&g, &inputs(60)).0, Health::Normal);
+        let (h, why) = health(&g, &inputs(61));
+        assert_eq!(h, Health::Warning);
+        assert_eq!(
+            why.as_deref(),
+            Some("newest PIT is 61s old, over the RPO of 60s")
+        );
+        assert_eq!(health(&g, &inputs(120)).0, Health::Warning);
+        let (h, why) = health(&g, &inputs(121));
+        assert_eq!(h, Health::Critical);
+        assert!(why.unwrap().contains("over twice the RPO"));
+    }
+
+    #[test]
+    fn without_a_pit_lag_does_not_count() {
+        let i = HealthInputs {
+            has_pit: false,
+            lag: 10_000,
+            partner: None,
+        };
+        assert_eq!(
+            health(&facts(GroupState::InitialReplication), &i).0,
+            Health::Normal
+        );
+    }
+
+    #[test]
+    fn a_partner_just_lost_warns_then_turns_critical_after_the_rpo() {
+        let g = facts(GroupState::Replicating);
+        let mut i = inputs(5);
+        i.partner = Some(down(Some(30)));
+        let (h, why) = health(&g, &i);
+        assert_eq!(h, Health::Warning);
+        assert_eq!(
+            why.as_deref(),
+            Some("partner site-b unreachable: connection refused")
+        );
+        i.partner = Some(down(Some(61)));
+        assert_eq!(health(&g, &i).0, Health::Critical);
+    }
+
+    #[test]
+    fn a_partner_never_reached_is_critical() {
+        let mut i = inputs(0);
+        i.partner = Some(down(None));
+        assert_eq!(
+            health(&facts(GroupState::Replicating), &i).0,
+            Health::Critical
+        );
+    }
+
+    #[test]
+    fn an_unreachable_partner_without_an_error_is_not_reported() {
+        // The monitor has not tried yet: no error, no verdict.
+        let mut i = inputs(0);
+        i.partner = Some(PartnerSeen {
+            last_error: None,
+            ..down(None)
+        });
+        assert_eq!(
+            health(&facts(GroupState::Replicating), &i).0,
+            Health::Normal
+        );
+    }
+
+    #[test]
+    fn a_failed_cycle_warns_with_its_error() {
+        let g = GroupFacts {
+            last_error: Some("cycle failed: partner b: session closed"),
+            ..facts(GroupState::Replicating)
+        };
+        assert_eq!(
+            health(&g, &inputs(1)),
+            (
+                Health::Warning,
+                Some("cycle failed: partner b: session closed".into())
+            )
+        );
+    }
+
+    #[test]
+    fn twice_the_rpo_outranks_a_lost_partner() {
+        let mut i = inputs(500);
+        i.partner = Some(down(Some(1)));
+        let (h, why) = health(&facts(GroupState::Replicating), &i);
+        assert_eq!(h, Health::Critical);
+        assert!(why.unwrap().starts_with("newest PIT"));
+    }
+
+    #[test]
+    fn an_old_primary_failed_over_elsewhere_is_critical() {
+        let g = GroupFacts {
+            state: GroupState::FailedOverElsewhere,
+            ..facts(GroupState::Replicating)
+        };
+        let (h, why) = health(&g, &inputs(0));
+        assert_eq!(h, Health::Critical);
+        assert_eq!(
+            why.as_deref(),
+            Some("group g was failed over to site site-b")
+        );
+    }
+
+    #[test]
+    fn states_that_do_not_replicate_are_normal() {
+        for s in [
+            GroupState::Paused,
+            GroupState::ReadyForInitialReplication,
+            GroupState::PreparedForFailover,
+            GroupState::FailedOver,
+            GroupState::TestFailover,
+        ] {
+            let mut i = inputs(100_000);
+            i.partner = Some(down(None));
+            assert_eq!(health(&facts(s), &i), (Health::Normal, None), "{s}");
+        }
+    }
+
+    #[test]
+    fn health_words() {
+        assert_eq!(Health::Normal.as_str(), "normal");
+        assert_eq!(Health::Warning.as_str(), "warning");
+        assert_eq!(Health::Critical.as_str(), "critical");
+    }
+
+    // ---- failover mode ----
+
+    #[test]
+    fn a_prepared_primary_makes_a_planned_failover() {
+        for force in [false, true] {
+            assert_eq!(
+                failover_mode(
+                    PrimarySeen::Answered(GroupState::PreparedForFailover),
+                    false,
+                    force
+                ),
+                Ok(FailoverMode::Planned)
+            );
+        }
+    }
+
+    #[test]
+    fn a_running_primary_refuses_without_force() {
+        assert_eq!(
+            failover_mode(PrimarySeen::Answered(GroupState::Replicating), false, false),
+            Err(FailoverRefusal::PrimaryUp(GroupState::Replicating))
+        );
+        assert_eq!(
+            failover_mode(PrimarySeen::Answered(GroupState::Replicating), false, true),
+            Ok(FailoverMode::Unplanned)
+        );
+    }
+
+    #[test]
+    fn a_lost_primary_needs_force() {
+        assert_eq!(
+            failover_mode(PrimarySeen::Unreachable, false, false),
+            Err(FailoverRefusal::PrimaryDown)
+        );
+        assert_eq!(
+            failover_mode(PrimarySeen::Unreachable, false, true),
+            Ok(FailoverMode::Unplanned)
+        );
+    }
+
+    #[test]
+    fn replacing_a_promotion_is_unplanned_without_force() {
+        assert_eq!(
+            failover_mode(PrimarySeen::Unreachable, true, false),
+            Ok(FailoverMode::Unplanned)
+        );
+        assert_eq!(
+            failover_mode(
+                PrimarySeen::Answered(GroupState::FailedOverElsewhere),
+                true,
+                false
+            ),
+            Ok(FailoverMode::Unplanned)
+        );
+    }
+
+    #[test]
+    fn failover_mode_words() {
+        assert_eq!(FailoverMode::Planned.as_str(), "planned");
+        assert_eq!(FailoverMode::Unplanned.as_str(), "unplanned");
+    }
+
+    proptest! {
+        /// A failover is never unplanned by surprise: without --force, an
+        /// unplanned one only replaces an earlier promotion.
+        #[test]
+        fn no_unplanned_failover_without_force_or_replacement(
+            state in prop::sample::select(GroupState::ALL.to_vec()),
+            reachable in any::<bool>(),
+            replacing in any::<bool>(),
+            force in any::<bool>(),
+        ) {
+            let seen = if reachable { PrimarySeen::Answered(state) } else { PrimarySeen::Unreachable };
+            match failover_mode(seen, replacing, force) {
+                Ok(FailoverMode::Unplanned) => prop_assert!(force || replacing),
+                Ok(FailoverMode::Planned) => prop_assert_eq!(seen, PrimarySeen::Answered(GroupState::PreparedForFailover)),
+                Err(_) => prop_assert!(!force && !replacing),
+            }
+        }
+    }
+
+    // ---- reverse ----
+
+    #[test]
+    fn a_clean_reverse_proceeds() {
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 0, None, false),
+            ReverseChoice::Proceed {
+                discard_isolated: false
+            }
+        );
+    }
+
+    #[test]
+    fn isolated_writes_are_a_split_brain_until_a_side_is_chosen() {
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 4096, None, false),
+            ReverseChoice::SplitBrain
+        );
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 4096, Some("site-a"), false),
+            ReverseChoice::Proceed {
+                discard_isolated: true
+            }
+        );
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 4096, Some("site-b"), false),
+            ReverseChoice::DiscardHere
+        );
+    }
+
+    #[test]
+    fn dry_run_changes_nothing_even_in_a_split_brain() {
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 4096, None, true),
+            ReverseChoice::DryRun
+        );
+        assert_eq!(
+            reverse_choice("site-b", "site-a", 0, Some("site-b"), true),
+            ReverseChoice::DryRun
+        );
+    }
+
+    #[test]
+    fn a_third_site_is_refused_before_anything_else() {
+        for dry_run in [false, true] {
+            assert_eq!(
+                reverse_choice("site-b", "site-a", 4096, Some("site-c"), dry_run),
+                ReverseChoice::UnknownSite("site-c".into())
+            );
+        }
+    }
+
+    proptest! {
+        /// The old primary's isolated writes are never rolled back without
+        /// the operator naming it, and nothing changes on a dry run.
+        #[test]
+        fn isolated_writes_need_an_explicit_choice(
+            isolated in 0u64..10,
+            choice in prop::sample::select(vec![None, Some("site-a"), Some("site-b"), Some("site-c")]),
+            dry_run in any::<bool>(),
+        ) {
+            let r = reverse_choice("site-b", "site-a", isolated, choice, dry_run);
+            if isolated > 0 && choice.is_none() {
+                prop_assert!(matches!(r, ReverseChoice::SplitBrain | ReverseChoice::DryRun));
+            }
+            if let ReverseChoice::Proceed { discard_isolated: true } = r {
+                prop_assert_eq!(choice, Some("site-a"));
+            }
+            if dry_run && choice != Some("site-c") {
+                prop_assert_eq!(r, ReverseChoice::DryRun);
+            }
+        }
+    }
+}
