@@ -250,6 +250,85 @@ pub(crate) fn reverse_choice(
     }
 }
 
+/// What a primary's group runner does next, from its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// The group is not this site's to run any more (reversed, or a
+    /// replica): the runner ends.
+    Stop,
+    /// A sync group streams (and resynchronizes) until it leaves sync mode.
+    Stream,
+    /// Copy the volumes, then run the first cycle.
+    Initial,
+    /// Cycle when due, or when a command asks.
+    Scheduled,
+    /// Paused or not started: only commands move it, and they are refused
+    /// with [`refused_while`].
+    Waiting(GroupState),
+}
+
+/// The runner's next turn for a group with this role, mode and state.
+pub(crate) fn turn(role: Role, mode: offsite_catalog::Mode, state: GroupState) -> Turn {
+    if role != Role::Primary {
+        return Turn::Stop;
+    }
+    match state {
+        GroupState::Replicating | GroupState::Resynchronizing
+            if mode == offsite_catalog::Mode::Sync =>
+        {
+            Turn::Stream
+        }
+        GroupState::InitialReplication => Turn::Initial,
+        GroupState::Replicating => Turn::Scheduled,
+        other => Turn::Waiting(other),
+    }
+}
+
+/// Time between an async group's scheduled cycles: half its RPO (so that a
+/// failed cycle still leaves time for the next before the RPO is missed),
+/// at least 15 s; `configured` (`replication.cycle_secs`) overrides it.
+pub(crate) fn cycle_interval(rpo_secs: u64, configured: Option<f64>) -> std::time::Duration {
+    match configured.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()) {
+        Some(d) => d,
+        None => std::time::Duration::from_secs((rpo_secs / 2).max(15)),
+    }
+}
+
+/// The first wait after a failed initial replication.
+pub(crate) const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest wait between retries.
+pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The wait after one more failure: doubled, at most [`MAX_BACKOFF`].
+pub(crate) fn next_backoff(after: std::time::Duration) -> std::time::Duration {
+    (after * 2).min(MAX_BACKOFF)
+}
+
+/// A command a group's runner carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    Sync,
+    Verify,
+    Resync,
+}
+
+/// Why the runner of group `name`, in `state`, refuses `asked` (the group
+/// does not replicate yet, or is paused).
+pub(crate) fn refused_while(name: &str, state: GroupState, asked: Asked) -> String {
+    match (state, asked) {
+        (GroupState::InitialReplication, Asked::Resync) => {
+            format!("group {name} is still in initial replication; resync once it is replicating")
+        }
+        (GroupState::InitialReplication, _) => {
+            format!("group {name} is still in initial replication")
+        }
+        (_, Asked::Resync) => {
+            format!("group {name} is {state}; resync needs a replicating group")
+        }
+        _ => format!("group {name} is {state}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,6 +735,136 @@ mod tests {
             if dry_run && choice != Some("site-c") {
                 prop_assert_eq!(r, ReverseChoice::DryRun);
             }
+        }
+    }
+
+    // ---- the runner's turns and timers ----
+
+    use offsite_catalog::Mode;
+    use std::time::Duration;
+
+    #[test]
+    fn a_replica_or_reversed_group_stops_its_runner() {
+        for state in GroupState::ALL {
+            for mode in [Mode::Async, Mode::Sync] {
+                assert_eq!(turn(Role::Replica, mode, *state), Turn::Stop);
+            }
+        }
+    }
+
+    #[test]
+    fn a_replicating_sync_group_streams_even_while_resynchronizing() {
+        assert_eq!(
+            turn(Role::Primary, Mode::Sync, GroupState::Replicating),
+            Turn::Stream
+        );
+        assert_eq!(
+            turn(Role::Primary, Mode::Sync, GroupState::Resynchronizing),
+            Turn::Stream
+        );
+    }
+
+    #[test]
+    fn an_async_group_cycles_on_schedule_once_replicating() {
+        assert_eq!(
+            turn(Role::Primary, Mode::Async, GroupState::Replicating),
+            Turn::Scheduled
+        );
+        for mode in [Mode::Async, Mode::Sync] {
+            assert_eq!(
+                turn(Role::Primary, mode, GroupState::InitialReplication),
+                Turn::Initial
+            );
+        }
+    }
+
+    #[test]
+    fn paused_and_unstarted_groups_wait_for_commands() {
+        for state in [
+            GroupState::Paused,
+            GroupState::ReadyForInitialReplication,
+            GroupState::PreparedForFailover,
+            GroupState::FailedOverElsewhere,
+        ] {
+            assert_eq!(
+                turn(Role::Primary, Mode::Async, state),
+                Turn::Waiting(state)
+            );
+        }
+    }
+
+    #[test]
+    fn cycles_come_every_half_rpo_but_not_more_often_than_15s() {
+        assert_eq!(cycle_interval(300, None), Duration::from_secs(150));
+        assert_eq!(cycle_interval(30, None), Duration::from_secs(15));
+        assert_eq!(cycle_interval(86_400, None), Duration::from_secs(43_200));
+    }
+
+    #[test]
+    fn a_configured_cycle_time_overrides_the_rpo() {
+        assert_eq!(cycle_interval(300, Some(0.5)), Duration::from_millis(500));
+        // Nonsense in the config falls back to the RPO's rule.
+        assert_eq!(cycle_interval(300, Some(-1.0)), Duration::from_secs(150));
+        assert_eq!(
+            cycle_interval(300, Some(f64::NAN)),
+            Duration::from_secs(150)
+        );
+    }
+
+    #[test]
+    fn retries_back_off_to_a_minute() {
+        let mut d = FIRST_BACKOFF;
+        let mut seen = vec![d.as_secs()];
+        for _ in 0..8 {
+            d = next_backoff(d);
+            seen.push(d.as_secs());
+        }
+        assert_eq!(seen, vec![2, 4, 8, 16, 32, 60, 60, 60, 60]);
+    }
+
+    #[test]
+    fn refusals_say_what_the_group_waits_for() {
+        assert_eq!(
+            refused_while("g", GroupState::InitialReplication, Asked::Sync),
+            "group g is still in initial replication"
+        );
+        assert_eq!(
+            refused_while("g", GroupState::InitialReplication, Asked::Resync),
+            "group g is still in initial replication; resync once it is replicating"
+        );
+        assert_eq!(
+            refused_while("g", GroupState::Paused, Asked::Verify),
+            "group g is paused"
+        );
+        assert_eq!(
+            refused_while("g", GroupState::Paused, Asked::Resync),
+            "group g is paused; resync needs a replicating group"
+        );
+    }
+
+    proptest! {
+        /// Every (role, mode, state) has exactly one turn, and only a
+        /// primary runs anything.
+        #[test]
+        fn turns_are_total_and_only_primaries_run(
+            state in prop::sample::select(GroupState::ALL.to_vec()),
+            primary in any::<bool>(),
+            sync in any::<bool>(),
+        ) {
+            let role = if primary { Role::Primary } else { Role::Replica };
+            let mode = if sync { Mode::Sync } else { Mode::Async };
+            let t = turn(role, mode, state);
+            prop_assert_eq!(t == Turn::Stop, !primary);
+            if t == Turn::Stream { prop_assert!(sync); }
+        }
+
+        /// Backoff never shrinks and never passes a minute.
+        #[test]
+        fn backoff_is_monotone_and_capped(ms in 1u64..200_000) {
+            let d = Duration::from_millis(ms);
+            let n = next_backoff(d);
+            prop_assert!(n >= d.min(MAX_BACKOFF));
+            prop_assert!(n <= MAX_BACKOFF);
         }
     }
 }

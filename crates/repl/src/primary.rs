@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::model::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, PitRef, SyncResult, VerifyResult,
@@ -29,6 +29,7 @@ use offsite_transport::{Session, TokenBucket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{HashList, Reply, Rpc};
+use crate::decide::{self, Asked, Turn};
 use crate::model::{GroupMetrics, SyncMetrics};
 use crate::wire::{
     self, GroupCreate, GroupCreated, Hashes, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
@@ -808,7 +809,7 @@ impl Replication {
         progress: Arc<Progress>,
         mirror: MirrorSlot,
     ) {
-        let mut backoff = Duration::from_secs(2);
+        let mut backoff = decide::FIRST_BACKOFF;
         let mut last_cycle = Instant::now();
         // The row as last read, and the catalog's change counter just before
         // that read: while the counter stands still the row is current, and
@@ -829,56 +830,44 @@ impl Replication {
                 }
             };
             cached = Some((row.clone(), current));
-            if row.role != Role::Primary {
-                return; // reversed: this site is the replica now
-            }
-            let interval = match self.site.config().replication.cycle_secs {
-                Some(secs) => Duration::from_secs_f64(secs),
-                None => Duration::from_secs((row.rpo_secs / 2).max(15)),
-            };
-            if row.mode == Mode::Sync
-                && matches!(
-                    row.state,
-                    GroupState::Replicating | GroupState::Resynchronizing
-                )
-            {
-                if !self.run_sync(&row, &mut rx, &mirror).await {
-                    return;
-                }
-                last_cycle = Instant::now();
-                continue;
-            }
-            match row.state {
-                GroupState::InitialReplication => {
-                    match self.initial_replication(&row, &progress).await {
-                        Ok(()) => {
-                            backoff = Duration::from_secs(2);
-                            let r = self.cycle(&row, None, false).await;
-                            last_cycle = Instant::now();
-                            if let Err(e) = r {
-                                tracing::warn!(group = %name, "first cycle failed: {e}");
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            self.record_error(&name, &format!("initial replication: {e}"))
-                                .await;
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                c = rx.recv() => match c {
-                                    Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                    Some(Command::Verify { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication"))); }
-                                    Some(Command::Resync { reply }) => { let _ = reply.send(Err(format!("group {name} is still in initial replication; resync once it is replicating"))); }
-                                    Some(Command::Wake) => {}
-                                    None => return,
-                                },
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
-                            continue;
-                        }
+            let interval =
+                decide::cycle_interval(row.rpo_secs, self.site.config().replication.cycle_secs);
+            match decide::turn(row.role, row.mode, row.state) {
+                Turn::Stop => return, // reversed: this site is the replica now
+                Turn::Stream => {
+                    if !self.run_sync(&row, &mut rx, &mirror).await {
+                        return;
                     }
+                    last_cycle = Instant::now();
                 }
-                GroupState::Replicating => {
+                Turn::Initial => match self.initial_replication(&row, &progress).await {
+                    Ok(()) => {
+                        backoff = decide::FIRST_BACKOFF;
+                        let r = self.cycle(&row, None, false).await;
+                        last_cycle = Instant::now();
+                        if let Err(e) = r {
+                            tracing::warn!(group = %name, "first cycle failed: {e}");
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.record_error(&name, &format!("initial replication: {e}"))
+                            .await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            c = rx.recv() => match c {
+                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Sync))); }
+                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Verify))); }
+                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Resync))); }
+                                Some(Command::Wake) => {}
+                                None => return,
+                            },
+                        }
+                        backoff = decide::next_backoff(backoff);
+                        continue;
+                    }
+                },
+                Turn::Scheduled => {
                     let due = (last_cycle + interval).saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
@@ -908,19 +897,20 @@ impl Replication {
                         },
                     }
                 }
-                state => {
+                Turn::Waiting(state) => {
                     // Paused or not started: only commands move it.
                     match rx.recv().await {
                         Some(Command::Sync { reply, .. }) => {
-                            let _ = reply.send(Err(format!("group {name} is {state}")));
+                            let _ =
+                                reply.send(Err(decide::refused_while(&name, state, Asked::Sync)));
                         }
                         Some(Command::Verify { reply }) => {
-                            let _ = reply.send(Err(format!("group {name} is {state}")));
+                            let _ =
+                                reply.send(Err(decide::refused_while(&name, state, Asked::Verify)));
                         }
                         Some(Command::Resync { reply }) => {
-                            let _ = reply.send(Err(format!(
-                                "group {name} is {state}; resync needs a replicating group"
-                            )));
+                            let _ =
+                                reply.send(Err(decide::refused_while(&name, state, Asked::Resync)));
                         }
                         Some(Command::Wake) => {}
                         None => return,
