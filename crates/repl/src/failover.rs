@@ -200,10 +200,16 @@ impl Replication {
                 })
             }
             Err(e) => {
-                let _ = self.discard_clones(&row).await;
+                crate::warn_if_failed(
+                    "discarding the clones of a failed test failover",
+                    self.discard_clones(&row).await,
+                );
                 let site = self.site.clone();
                 let g = group.to_string();
-                let _ = blocking(move || Ok(site.catalog_delete_failover(&g, "test")?)).await;
+                crate::warn_if_failed(
+                    "forgetting a failed test failover",
+                    blocking(move || Ok(site.catalog_delete_failover(&g, "test")?)).await,
+                );
                 Err(e)
             }
         }

@@ -100,6 +100,22 @@ pub struct AuthzCheckBody {
     pub security_tag: Option<String>,
 }
 
+/// Logs the failure of a write that records what already happened, or
+/// cleans up after an earlier error: the operation's outcome is decided,
+/// so saying what failed is all that is left to do.
+pub(crate) fn warn_if_failed<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
+    if let Err(e) = r {
+        tracing::warn!("{what} failed: {e}");
+    }
+}
+
+/// Flattens a blocking task's result for [`warn_if_failed`].
+pub(crate) fn joined<T, E: std::fmt::Display>(
+    r: Result<Result<T, E>, tokio::task::JoinError>,
+) -> Result<T, String> {
+    r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
 /// Errors of the replication service, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
@@ -711,10 +727,13 @@ impl Replication {
             };
             tracing::warn!(partner = %name, "partner lost: {why}");
             let site = self.site.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                site.record_partner_contact(&name, Err(why.as_str()))
-            })
-            .await;
+            crate::warn_if_failed(
+                "recording the lost partner",
+                tokio::task::spawn_blocking(move || {
+                    site.record_partner_contact(&name, Err(why.as_str()))
+                })
+                .await,
+            );
         }
     }
 
@@ -777,13 +796,16 @@ impl Replication {
                 Ok(rtt) => Ok(rtt.as_micros() as u64),
                 Err(e) => Err(e.to_string()),
             };
-            let _ = tokio::task::spawn_blocking(move || {
-                site.record_partner_contact(
-                    &name,
-                    record.as_ref().map(|v| *v).map_err(String::as_str),
-                )
-            })
-            .await;
+            crate::warn_if_failed(
+                "recording the partner's reachability",
+                tokio::task::spawn_blocking(move || {
+                    site.record_partner_contact(
+                        &name,
+                        record.as_ref().map(|v| *v).map_err(String::as_str),
+                    )
+                })
+                .await,
+            );
         }
     }
 }

@@ -992,7 +992,10 @@ impl Replication {
         }
         let site = self.site.clone();
         let g = group.to_string();
-        let _ = tokio::task::spawn_blocking(move || site.add_group_traffic(&g, kind, bytes)).await;
+        crate::warn_if_failed(
+            "counting the group's traffic",
+            tokio::task::spawn_blocking(move || site.add_group_traffic(&g, kind, bytes)).await,
+        );
     }
 
     /// Every byte the group moved so far, all kinds together.
@@ -1010,7 +1013,12 @@ impl Replication {
         tracing::warn!(group, "{error}");
         let site = self.site.clone();
         let (g, e) = (group.to_string(), error.to_string());
-        let _ = tokio::task::spawn_blocking(move || site.set_group_error(&g, Some(&e))).await;
+        crate::warn_if_failed(
+            "recording the group's error",
+            crate::joined(
+                tokio::task::spawn_blocking(move || site.set_group_error(&g, Some(&e))).await,
+            ),
+        );
     }
 
     pub(crate) async fn live_volumes(&self, row: &GroupRow) -> Result<Vec<Arc<Volume>>, ReplError> {
@@ -1421,16 +1429,19 @@ impl Replication {
                 let g = row.name.clone();
                 let m = msg.clone();
                 let vols = volumes.clone();
-                let _ = blocking(move || {
-                    // From now on writes may be ones the replica never sees
-                    // if it takes over: track them apart (split brain).
-                    for v in &vols {
-                        v.begin_isolation(site.layout())?;
-                    }
-                    site.end_cycle(cycle_id, bytes, None, Some(&m))?;
-                    site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
-                })
-                .await;
+                crate::warn_if_failed(
+                    "recording the failed cycle",
+                    blocking(move || {
+                        // From now on writes may be ones the replica never sees
+                        // if it takes over: track them apart (split brain).
+                        for v in &vols {
+                            v.begin_isolation(site.layout())?;
+                        }
+                        site.end_cycle(cycle_id, bytes, None, Some(&m))?;
+                        site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
+                    })
+                    .await,
+                );
                 tracing::warn!(group = %row.name, "cycle failed: {msg}");
                 // A partner that refuses may have taken the group over; one
                 // whose store is full still holds the group as its replica.

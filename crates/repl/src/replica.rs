@@ -550,7 +550,10 @@ impl Replication {
             .insert(group.to_string(), message.to_string())
             .is_none();
         if first && !group.is_empty() {
-            let _ = self.site.set_group_error(group, Some(message));
+            crate::warn_if_failed(
+                "recording the full store",
+                self.site.set_group_error(group, Some(message)),
+            );
             self.site.note("group.store-full", group, message);
         }
     }
@@ -564,7 +567,10 @@ impl Replication {
             .remove(group)
             .is_some();
         if was {
-            let _ = self.site.set_group_error(group, None);
+            crate::warn_if_failed(
+                "clearing the full store's error",
+                self.site.set_group_error(group, None),
+            );
             self.site.note(
                 "group.store-full",
                 group,

@@ -167,9 +167,11 @@ impl Replication {
             }
             Err(e) => {
                 let m = format!("resync: {e}");
-                let _ =
+                crate::warn_if_failed(
+                    "recording the failed resync",
                     run_blocking(move || Ok(site.end_cycle(cycle_id, bytes, None, Some(&m))?))
-                        .await;
+                        .await,
+                );
                 Err(e)
             }
         }

@@ -372,9 +372,15 @@ impl Replication {
                 };
                 if let Err(e) = site.promote_volume(&v.volume, v.size_bytes, v.block_size, &lower) {
                     for d in &done {
-                        let _ = site.retire_volume(d);
+                        crate::warn_if_failed(
+                            "undoing a partial promotion",
+                            site.retire_volume(d),
+                        );
                     }
-                    let _ = site.catalog_delete_failover(&r.name, "promoted");
+                    crate::warn_if_failed(
+                        "undoing a partial promotion",
+                        site.catalog_delete_failover(&r.name, "promoted"),
+                    );
                     return Err(e.into());
                 }
                 done.push(v.volume.clone());

@@ -1701,13 +1701,16 @@ impl Replication {
             // replica never sees if it takes over (split-brain evidence).
             mirror.lose(lost.clone());
             let (site, vols) = (self.site.clone(), volumes.to_vec());
-            let _ = crate::run_blocking(move || {
-                for v in &vols {
-                    v.begin_isolation(site.layout())?;
-                }
-                Ok(())
-            })
-            .await;
+            crate::warn_if_failed(
+                "recording that the volumes write without the replica",
+                crate::run_blocking(move || {
+                    for v in &vols {
+                        v.begin_isolation(site.layout())?;
+                    }
+                    Ok(())
+                })
+                .await,
+            );
             self.record_error(&name, &format!("sync replication interrupted: {lost}"))
                 .await;
             let site = self.site.clone();
