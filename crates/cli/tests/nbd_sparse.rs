@@ -120,6 +120,25 @@ fn nbdinfo_map_reports_the_holes_of_a_volume_and_of_its_pit() {
         &pit_url,
         &reads.iter().map(String::as_str).collect::<Vec<_>>(),
     );
+
+    // A test failover's clone (a layered volume over the PIT) maps the
+    // same holes, and a write to it shows up as data.
+    let t = b.json(&["failover", "run", "g", "--test"]);
+    let clone = served_url(&t, "v");
+    let (clone_map, clone_all) = data_map(&clone);
+    assert!(
+        covers(&clone_map, &ranges, 0),
+        "clone map {clone_all:?} vs written {ranges:?}"
+    );
+    let more = [(20 * MIB, 64 * KIB, 0x55)];
+    write_ranges(&clone, &more);
+    let (clone_map, clone_all) = data_map(&clone);
+    let all_written: Vec<_> = ranges.iter().chain(&more).copied().collect();
+    assert!(
+        covers(&clone_map, &all_written, 0),
+        "clone map after a write {clone_all:?} vs written {all_written:?}"
+    );
+    b.json(&["failover", "stop-test", "g"]);
 }
 
 #[test]

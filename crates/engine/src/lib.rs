@@ -27,7 +27,7 @@ pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
 pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
 pub use site::{BoundAddresses, Site};
-pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror};
+pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror, layered_block_status};
 
 /// Default tracking block size: 4 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;

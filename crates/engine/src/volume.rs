@@ -119,9 +119,6 @@ impl VolumeData {
     /// whole blocks (a hole shorter than a block is reported as data,
     /// which is correct).
     pub fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<offsite_nbd::Extent>> {
-        /// Blocks a layered volume's data run is followed for per call
-        /// (the client asks again for the rest).
-        const MAX_PROBES: u64 = 16 << 10;
         match self {
             VolumeData::Plain(f) => offsite_nbd::extents_by_seek(
                 offset,
@@ -129,16 +126,7 @@ impl VolumeData {
                 |at| f.next_data(at),
                 |at| f.next_hole(at),
             ),
-            VolumeData::Layered(l) => {
-                let end = offset.saturating_add(len);
-                let bs = u64::from(l.block_size());
-                offsite_nbd::extents_by_seek(
-                    offset,
-                    len,
-                    |at| l.next_data(at),
-                    |at| offsite_nbd::probe_data_end(at, end, bs, MAX_PROBES, |p| l.next_data(p)),
-                )
-            }
+            VolumeData::Layered(l) => layered_block_status(l, offset, len),
         }
     }
 
@@ -909,4 +897,24 @@ impl offsite_nbd::BlockDevice for Volume {
             VolumeData::Layered(_) => Ok(()),
         }
     }
+}
+
+/// `NBD_CMD_BLOCK_STATUS` of a layered volume (a promoted volume, or a test
+/// failover's clone): holes where neither the top nor the PIT below holds
+/// data; a data run is followed block by block, at most `MAX_PROBES`
+/// blocks per call (the client asks again for the rest).
+pub fn layered_block_status(
+    l: &Layered,
+    offset: u64,
+    len: u64,
+) -> io::Result<Vec<offsite_nbd::Extent>> {
+    const MAX_PROBES: u64 = 16 << 10;
+    let end = offset.saturating_add(len);
+    let bs = u64::from(l.block_size());
+    offsite_nbd::extents_by_seek(
+        offset,
+        len,
+        |at| l.next_data(at),
+        |at| offsite_nbd::probe_data_end(at, end, bs, MAX_PROBES, |p| l.next_data(p)),
+    )
 }

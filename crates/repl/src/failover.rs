@@ -56,6 +56,10 @@ impl offsite_nbd::BlockDevice for LayeredDevice {
         self.0.write_zeroes(offset, len, fua)
     }
 
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<offsite_nbd::Extent>> {
+        offsite_engine::layered_block_status(&self.0, offset, len)
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.0.flush()
     }
