@@ -28,20 +28,24 @@
 //! (its changelog table lists the kinds), and [`control`]'s dispatch table
 //! answers them.
 
+mod channel;
 mod confirm;
 pub mod control;
 mod decide;
 mod dormant;
 mod failover;
+mod initial;
 pub mod model;
 mod pits;
 mod primary;
 mod replica;
 mod resync;
 mod settings;
+mod status;
 mod superseded;
 mod switch;
 mod sync;
+mod verify;
 pub mod wire;
 
 pub use model::*;

@@ -1,0 +1,427 @@
+//! What a group reports: `group status` and `group list` (one definition
+//! of lag, pending and health for the CLI, the API and `/metrics`),
+//! `group measure`, `pit list` and the per-group metrics snapshot.
+
+use std::sync::atomic::Ordering;
+
+use crate::model::{GroupMeasure, GroupStatus, PitEntry, PitRef};
+use offsite_catalog::GroupRow;
+use offsite_catalog::{GroupState, Mode, Role, SyncState};
+
+use crate::model::{GroupMetrics, SyncMetrics};
+use crate::primary::{age_seconds, blocking};
+use crate::{ReplError, Replication};
+
+impl Replication {
+    /// `group status`, on either site.
+    pub async fn group_status(&self, name: &str) -> Result<GroupStatus, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let (row, pits, partner, needs_resync) = blocking(move || {
+            let row = site.group_row(&n)?;
+            let pits = site.pit_rows(&n)?;
+            let partner = site.partner(&row.partner).ok();
+            let needs_resync = site.group_needs_resync(&n)?;
+            Ok((row, pits, partner, needs_resync))
+        })
+        .await?;
+        let (pending, isolated): (u64, u64) = if row.role == Role::Primary {
+            let site = self.site.clone();
+            let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
+            blocking(move || {
+                let live: Vec<_> = vols.iter().filter_map(|v| site.volume(v).ok()).collect();
+                Ok((
+                    live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
+                    live.iter()
+                        .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
+                        .sum(),
+                ))
+            })
+            .await?
+        } else {
+            (0, 0)
+        };
+        let last = pits.last();
+        let lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
+        let (mut health, mut reason) = health(&row, last.is_some(), lag, partner.as_ref());
+        let mut lag = lag;
+        let sync_state = (row.mode == Mode::Sync && row.role == Role::Primary)
+            .then(|| {
+                self.runner(name).and_then(|r| {
+                    r.mirror
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|(m, resyncing)| (m.state_name(*resyncing), m.why_lost()))
+                })
+            })
+            .flatten();
+        let mut pending = pending;
+        match &sync_state {
+            // Every acknowledged write is on the replica: no lag and nothing
+            // pending, whatever the age of the newest PIT (the tracker keeps
+            // the blocks until the next seal only in case the link is lost).
+            Some((SyncState::InSync, _)) => {
+                lag = 0;
+                pending = 0;
+                if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) {
+                    health = "normal".into();
+                    reason = None;
+                }
+            }
+            Some((state, why)) => {
+                health = "critical".into();
+                reason = Some(format!(
+                    "sync replication is {state}{}",
+                    why.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
+                ));
+            }
+            None => {}
+        }
+        if row.role == Role::Replica
+            && let Some(why) = self.store_full_reason(&row.name)
+        {
+            health = "critical".into();
+            reason = Some(why);
+        }
+        // Checked last: nothing else the group does can repair it.
+        if let Some(why) = &needs_resync {
+            health = "critical".into();
+            reason = Some(format!(
+                "the replica may differ from the primary: {why}; run `offsite group resync {name}`"
+            ));
+        }
+        let resync = self.runner(name).and_then(|r| {
+            r.progress
+                .resync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(started, p)| crate::model::ResyncProgress {
+                    elapsed_seconds: started.elapsed().as_secs(),
+                    ..p.clone()
+                })
+        });
+        // Progress, rate and ETA by the data read and sent, not by the
+        // bytes scanned: a thin volume's holes pass in an instant (progress
+        // used to jump from 0 % to 91 % with an ETA of 0 s).
+        let transfer = match self.runner(name) {
+            Some(r) if row.state == GroupState::InitialReplication => {
+                let p = &r.progress;
+                let done = p.data_done.load(Ordering::Relaxed);
+                let total = p.data_total.load(Ordering::Relaxed).max(done);
+                let moved = done.saturating_sub(p.data_start.load(Ordering::Relaxed));
+                let elapsed = p
+                    .started
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(|(t, _)| t.elapsed().as_secs_f64());
+                let rate = elapsed
+                    .filter(|&e| e > 0.0 && moved > 0)
+                    .map_or(0.0, |e| moved as f64 / e);
+                Some(crate::model::TransferProgress {
+                    kind: "initial".into(),
+                    bytes_done: done,
+                    bytes_total: total,
+                    bytes_per_second: rate as u64,
+                    eta_seconds: (rate > 0.0)
+                        .then(|| (total.saturating_sub(done) as f64 / rate).ceil() as u64),
+                })
+            }
+            Some(r) => r
+                .progress
+                .cycle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|(started, total, sent)| {
+                    let secs = started.elapsed().as_secs_f64();
+                    let rate = if secs > 0.0 && sent > 0 {
+                        sent as f64 / secs
+                    } else {
+                        0.0
+                    };
+                    crate::model::TransferProgress {
+                        kind: if self.is_reversing(name) {
+                            "reverse".into()
+                        } else {
+                            "cycle".into()
+                        },
+                        bytes_done: sent,
+                        bytes_total: total,
+                        bytes_per_second: rate as u64,
+                        eta_seconds: (rate > 0.0)
+                            .then(|| (total.saturating_sub(sent) as f64 / rate).ceil() as u64),
+                    }
+                }),
+            None => None,
+        };
+        let progress = transfer.as_ref().filter(|t| t.kind == "initial").map(|t| {
+            if t.bytes_total == 0 {
+                0.0
+            } else {
+                t.bytes_done as f64 * 100.0 / t.bytes_total as f64
+            }
+        });
+        let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
+        Ok(GroupStatus {
+            name: row.name.clone(),
+            mode: row.mode,
+            role: row.role,
+            state: row.state,
+            health,
+            health_reason: reason,
+            partner: row.partner.clone(),
+            last_pit: last.map(|p| PitRef {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+            }),
+            lag_seconds: lag,
+            pending_bytes: pending,
+            // A sync group's RPO is 0: every acknowledged write is on the
+            // replica (its stored RPO only paces the seals).
+            rpo_seconds: if row.mode == Mode::Sync {
+                0
+            } else {
+                row.rpo_secs
+            },
+            keep: row.keep,
+            volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
+            initial_progress_percent: progress,
+            initial_bytes_sent: self
+                .runner(name)
+                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
+            isolated_bytes: isolated,
+            sync_state: sync_state.map(|(s, _)| s),
+            on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
+            test_failover_pit: {
+                let site = self.site.clone();
+                let g = row.name.clone();
+                blocking(move || site.failovers())
+                    .await?
+                    .into_iter()
+                    .find(|f| f.group == g && f.kind == "test")
+                    .map(|f| f.pit_id)
+            },
+            initial_durable_bytes: (row.role == Role::Primary
+                && row.state == GroupState::InitialReplication)
+                .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
+            eta_seconds: eta,
+            bandwidth_bytes_per_sec: row.bandwidth,
+            compress: row.compress,
+            last_error: row.last_error.clone(),
+            // A primary may still hold the store of its last promotion
+            // (its volumes read it until flattened): not a replica store.
+            store_dir: row.store_dir.clone().filter(|_| row.role == Role::Replica),
+            needs_resync,
+            resync,
+            confirmed_at: self.confirmed_at(&row),
+            transfer,
+            seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
+        })
+    }
+
+    /// Every group's figures for `/metrics` (blocking: reads the catalog),
+    /// in catalog order; the api crate renders them.
+    pub fn group_metrics(&self) -> Vec<GroupMetrics> {
+        let Ok(groups) = self.site.group_rows() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let mut sync = None;
+            if g.mode == Mode::Sync
+                && g.role == Role::Primary
+                && let Some(r) = self.runner(&g.name)
+            {
+                let in_sync = r
+                    .mirror
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync);
+                let st = &r.sync_stats;
+                sync = Some(SyncMetrics {
+                    in_sync,
+                    batches: st.batches.load(Ordering::Relaxed),
+                    writes: st.writes.load(Ordering::Relaxed),
+                    link_losses: st.link_losses.load(Ordering::Relaxed),
+                    failed_writes: st.failed_writes.load(Ordering::Relaxed),
+                });
+            }
+            let rows = self.site.pit_rows(&g.name).unwrap_or_default();
+            let in_sync = g.mode == Mode::Sync
+                && self.runner(&g.name).is_some_and(|r| {
+                    r.mirror
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync)
+                });
+            let lag_seconds = if in_sync {
+                0
+            } else {
+                self.lag_seconds(g, rows.last().map(|p| p.created_at.as_str()))
+            };
+            let pending_bytes: u64 = if g.role == Role::Primary && !in_sync {
+                g.volumes
+                    .iter()
+                    .filter_map(|v| self.site.volume(&v.volume).ok())
+                    .map(|v| v.tracker().dirty_bytes())
+                    .sum()
+            } else {
+                0
+            };
+            let cs = self.site.cycle_rows(&g.name).unwrap_or_default();
+            let last = cs.iter().rev().find(|c| c.pit.is_some());
+            let sent_bytes: u64 = self
+                .site
+                .group_traffic(&g.name)
+                .unwrap_or_default()
+                .iter()
+                .map(|(_, b)| b)
+                .sum();
+            out.push(GroupMetrics {
+                group: g.name.clone(),
+                role: g.role,
+                lag_seconds,
+                pending_bytes,
+                pits: rows.len() as u64,
+                cycles: cs.len() as u64,
+                cycle_errors: cs.iter().filter(|c| c.error.is_some()).count() as u64,
+                last_cycle_bytes: last.map_or(0, |c| c.bytes),
+                last_cycle_duration_ms: last
+                    .and_then(|c| {
+                        let end = c.finished_at.as_deref()?;
+                        Some(age_seconds(&c.started_at).saturating_sub(age_seconds(end)) * 1000)
+                    })
+                    .unwrap_or(0),
+                sent_bytes,
+                sync,
+            });
+        }
+        out
+    }
+
+    /// `group list`.
+    pub async fn group_list(&self) -> Result<Vec<GroupStatus>, ReplError> {
+        let site = self.site.clone();
+        let names: Vec<String> =
+            blocking(move || Ok(site.group_rows()?.into_iter().map(|g| g.name).collect())).await?;
+        let mut out = Vec::new();
+        for n in names {
+            out.push(self.group_status(&n).await?);
+        }
+        Ok(out)
+    }
+
+    /// `group measure`.
+    pub async fn group_measure(&self, name: &str) -> Result<GroupMeasure, ReplError> {
+        let status = self.group_status(name).await?;
+        let site = self.site.clone();
+        let n = name.to_string();
+        let (cycles, pits, traffic) = blocking(move || {
+            Ok((
+                site.cycle_rows(&n)?,
+                site.pit_rows(&n)?,
+                site.group_traffic(&n)?,
+            ))
+        })
+        .await?;
+        let ok: Vec<_> = cycles.iter().filter(|c| c.pit.is_some()).collect();
+        let errors = cycles.iter().filter(|c| c.error.is_some()).count() as u64;
+        let bytes_total: u64 = traffic.iter().map(|(_, b)| b).sum();
+        // A cycle complies when its PIT followed the previous one within the RPO.
+        let mut compliant = 0u64;
+        let mut prev: Option<&str> = None;
+        for c in &ok {
+            let at = c.finished_at.as_deref().unwrap_or(&c.started_at);
+            match prev {
+                Some(p) if age_seconds(p).saturating_sub(age_seconds(at)) <= status.rpo_seconds => {
+                    compliant += 1
+                }
+                None => compliant += 1,
+                _ => {}
+            }
+            prev = Some(at);
+        }
+        let _ = pits;
+        Ok(GroupMeasure {
+            name: name.to_string(),
+            cycles: cycles.len() as u64,
+            last_cycle_bytes: ok.last().map_or(0, |c| c.bytes),
+            avg_cycle_bytes: if ok.is_empty() {
+                0
+            } else {
+                ok.iter().map(|c| c.bytes).sum::<u64>() / ok.len() as u64
+            },
+            max_cycle_bytes: ok.iter().map(|c| c.bytes).max().unwrap_or(0),
+            rpo_seconds: status.rpo_seconds,
+            rpo_compliance_percent: if ok.is_empty() {
+                0.0
+            } else {
+                compliant as f64 * 100.0 / ok.len() as f64
+            },
+            bytes_total,
+            bytes_by_kind: traffic
+                .iter()
+                .map(|(k, b)| (k.as_str().to_string(), *b))
+                .collect(),
+            errors,
+            lag_seconds: status.lag_seconds,
+            pending_bytes: status.pending_bytes,
+        })
+    }
+
+    /// `pit list`.
+    pub async fn pit_list(&self, name: &str) -> Result<Vec<PitEntry>, ReplError> {
+        let site = self.site.clone();
+        let n = name.to_string();
+        let pits = blocking(move || {
+            site.group_row(&n)?;
+            site.pit_rows(&n)
+        })
+        .await?;
+        Ok(pits
+            .into_iter()
+            .map(|p| PitEntry {
+                id: p.id,
+                name: p.name,
+                created_at: p.created_at,
+                bytes: p.bytes,
+            })
+            .collect())
+    }
+}
+
+/// [`crate::decide::health`] of a group's row, with the partner as the
+/// monitor last saw it.
+fn health(
+    row: &GroupRow,
+    has_pit: bool,
+    lag: u64,
+    partner: Option<&offsite_engine::PartnerInfo>,
+) -> (String, Option<String>) {
+    use crate::decide::{GroupFacts, HealthInputs, PartnerSeen};
+    let (level, why) = crate::decide::health(
+        &GroupFacts {
+            name: &row.name,
+            partner: &row.partner,
+            role: row.role,
+            state: row.state,
+            rpo_secs: row.rpo_secs,
+            last_error: row.last_error.as_deref(),
+        },
+        &HealthInputs {
+            has_pit,
+            lag,
+            partner: partner.map(|p| PartnerSeen {
+                name: &p.name,
+                reachable: p.reachable,
+                last_error: p.last_error.as_deref(),
+                since_handshake: p.last_handshake_at.as_deref().map(age_seconds),
+            }),
+        },
+    );
+    (level.as_str().to_string(), why)
+}
