@@ -15,11 +15,17 @@
 //! A dormant store without a named PIT is not worth the comparison (the
 //! volumes' data ranges are read once); it is replaced as before.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use offsite_catalog::{GroupRow, PitRow};
+use offsite_catalog::now_rfc3339;
+use offsite_catalog::{GroupRow, GroupState, PitRow, Role};
 use offsite_engine::Volume;
 use offsite_replica::{PitInfo, ReplicaStore};
+
+use crate::run_blocking as blocking;
+use crate::switch::split_brain_name;
+use crate::wire::{self, ReverseReady};
 
 /// Blocks compared per read.
 const CHUNK_BLOCKS: u64 = 256;
@@ -132,4 +138,119 @@ pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<PitRow> {
             bytes: p.bytes,
         })
         .collect()
+}
+
+/// This site's own replica store of `row` left from before it became the
+/// primary, when it can take the replica's role back (see [`crate::dormant`]).
+pub(crate) fn dormant_store(
+    site: &offsite_engine::Site,
+    row: &GroupRow,
+) -> Option<Arc<ReplicaStore>> {
+    let dir = row.store_dir.as_deref()?;
+    if !Path::new(dir).join("store.meta").exists() {
+        return None;
+    }
+    let store = match site.replica_store(Path::new(dir)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(group = %row.name, store = dir, "the replica store left from before the failover cannot be opened ({e}); a new one is built from the volumes");
+            return None;
+        }
+    };
+    match crate::dormant::resumable(&store, row) {
+        Ok(()) => Some(store),
+        Err(why) => {
+            tracing::info!(group = %row.name, store = dir, "the replica store left from before the failover is replaced: {why}");
+            None
+        }
+    }
+}
+
+/// [`Replication::answer_reverse`] with a dormant store: the store takes
+/// the replica's role back with one PIT holding the volumes' state, and
+/// keeps its history; the volumes are retired.
+pub(crate) fn resume_dormant(
+    site: &offsite_engine::Site,
+    r: &GroupRow,
+    store: &ReplicaStore,
+    live: Vec<Arc<offsite_engine::Volume>>,
+    after: u64,
+    isolated: bool,
+) -> Result<ReverseReady, String> {
+    let unreplicated = live
+        .iter()
+        .map(|v| v.tracker().snapshot().iter().collect::<Vec<u32>>())
+        .collect();
+    // Discarded divergent writes stay readable here, as a named PIT.
+    let name = isolated.then(split_brain_name);
+    let pit = crate::dormant::resume(store, &live, after, name.clone(), now_rfc3339())?;
+    drop(live);
+    for v in &r.volumes {
+        site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+    }
+    let store_dir = store.dir().display().to_string();
+    let rows = crate::dormant::pit_rows(store);
+    site.set_group_role(
+        &r.name,
+        Role::Replica,
+        Some(&store_dir),
+        GroupState::Replicating,
+    )
+    .map_err(|e| e.to_string())?;
+    site.replace_pits(&r.name, &rows)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
+    Ok(ReverseReady {
+        unreplicated,
+        store_dir,
+        kept_as_pit: name,
+        resumed: true,
+        bandwidth: Some(r.bandwidth.unwrap_or(0)),
+        compress: Some(r.compress),
+        pits: rows
+            .into_iter()
+            .map(|p| wire::PitDesc {
+                id: p.id,
+                name: p.name,
+                created_at: p.created_at,
+                bytes: p.bytes,
+            })
+            .collect(),
+    })
+}
+
+impl crate::Replication {
+    /// Records in the group's events which named PITs stay in this site's
+    /// replica store from before the failover (listed again once a
+    /// failback makes this site the replica; see [`crate::dormant`]).
+    pub(crate) async fn note_dormant_named_pits(&self, row: &GroupRow) {
+        let Some(dir) = row.store_dir.clone() else {
+            return;
+        };
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let noted = blocking(move || {
+            let store = site.replica_store(Path::new(&dir))?;
+            let names: Vec<String> = store
+                .pits()
+                .into_iter()
+                .filter_map(|p| p.name.map(|n| format!("{n} (PIT {})", p.id)))
+                .collect();
+            if !names.is_empty() {
+                site.note(
+                    "group.pits-kept",
+                    &g,
+                    &format!(
+                        "named PITs {} stay in this site's replica store from before the failover; a failback (`offsite reverse {g}` at the other site after a failover back) makes them the replica's again",
+                        names.join(", ")
+                    ),
+                );
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = noted {
+            tracing::warn!(group = %row.name, "listing the named PITs kept here: {e}");
+        }
+    }
 }

@@ -35,7 +35,8 @@ use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 
 use crate::control::Done;
 use crate::decide::ReverseChoice;
-use crate::wire::{self, GroupView, Hashes, ReverseBegin, ReverseReady};
+use crate::dormant::{dormant_store, resume_dormant};
+use crate::wire::{self, GroupView, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
 
 /// Name of the final PIT of a planned failover.
@@ -46,7 +47,7 @@ fn now_rfc3339() -> String {
 }
 
 /// `split-brain-YYYYMMDDTHHMMSSZ`: the name of a PIT keeping a loser's state.
-fn split_brain_name() -> String {
+pub(crate) fn split_brain_name() -> String {
     let t = time::OffsetDateTime::now_utc();
     format!(
         "split-brain-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -951,40 +952,6 @@ impl Replication {
         })
     }
 
-    /// Records in the group's events which named PITs stay in this site's
-    /// replica store from before the failover (listed again once a
-    /// failback makes this site the replica; see [`crate::dormant`]).
-    async fn note_dormant_named_pits(&self, row: &GroupRow) {
-        let Some(dir) = row.store_dir.clone() else {
-            return;
-        };
-        let site = self.site.clone();
-        let g = row.name.clone();
-        let noted = blocking(move || {
-            let store = site.replica_store(Path::new(&dir))?;
-            let names: Vec<String> = store
-                .pits()
-                .into_iter()
-                .filter_map(|p| p.name.map(|n| format!("{n} (PIT {})", p.id)))
-                .collect();
-            if !names.is_empty() {
-                site.note(
-                    "group.pits-kept",
-                    &g,
-                    &format!(
-                        "named PITs {} stay in this site's replica store from before the failover; a failback (`offsite reverse {g}` at the other site after a failover back) makes them the replica's again",
-                        names.join(", ")
-                    ),
-                );
-            }
-            Ok(())
-        })
-        .await;
-        if let Err(e) = noted {
-            tracing::warn!(group = %row.name, "listing the named PITs kept here: {e}");
-        }
-    }
-
     /// Marks (or unmarks) `group` as being moved by a reverse.
     fn set_reversing(&self, group: &str, on: bool) {
         let mut set = self.reversing.lock().unwrap_or_else(|e| e.into_inner());
@@ -1001,80 +968,6 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(group)
-    }
-
-    /// Of each volume's `suspects`, the blocks whose BLAKE3 differs
-    /// between our copy and the new replica's data as the old primary left
-    /// it (its base, or its newest PIT when `base` is false: a resumed
-    /// store); also the bytes compared. Runs of suspects (gaps
-    /// of a few blocks bridged) are hashed by the replica a range at a
-    /// time, ours block by block.
-    async fn differing_suspects(
-        &self,
-        row: &GroupRow,
-        suspects: &[RoaringBitmap],
-        base: bool,
-    ) -> Result<(Vec<RoaringBitmap>, u64), ReplError> {
-        /// Blocks hashed per request at most.
-        const STEP: u32 = 16_384;
-        /// Suspects this close are hashed as one range.
-        const BRIDGE: u32 = 64;
-        let mut out = Vec::with_capacity(suspects.len());
-        let mut compared = 0u64;
-        if suspects.iter().all(RoaringBitmap::is_empty) {
-            return Ok((suspects.to_vec(), 0));
-        }
-        let mut ch = self.channel(&row.partner, None).await?;
-        for (idx, (v, set)) in row.volumes.iter().zip(suspects).enumerate() {
-            let bs = u64::from(v.block_size);
-            let mut ranges: Vec<(u32, u32)> = Vec::new();
-            for b in set.iter() {
-                match ranges.last_mut() {
-                    Some((first, n)) if b < *first + *n + BRIDGE && b - *first < STEP => {
-                        *n = b - *first + 1;
-                    }
-                    _ => ranges.push((b, 1)),
-                }
-            }
-            let mut differ = RoaringBitmap::new();
-            for (first, count) in ranges {
-                let theirs = ch
-                    .hashes(&Hashes {
-                        group: row.name.clone(),
-                        pit: None,
-                        volume: idx as u16,
-                        first: u64::from(first),
-                        count: u64::from(count),
-                        base,
-                    })
-                    .await?;
-                let site = self.site.clone();
-                let name = v.volume.clone();
-                let wanted: Vec<u32> = set.range(first..first + count).collect();
-                compared += wanted.len() as u64 * bs;
-                let found = blocking(move || {
-                    let vol = site.volume(&name)?;
-                    let mut buf = vec![0u8; bs as usize];
-                    let mut found = Vec::new();
-                    for b in wanted {
-                        vol.file()
-                            .read_at(&mut buf, u64::from(b) * bs)
-                            .map_err(|e| invalid(format!("reading volume {name}: {e}")))?;
-                        let at = ((b - first) as usize) * 32;
-                        if theirs.get(at..at + 32) != Some(blake3::hash(&buf).as_bytes().as_slice())
-                        {
-                            found.push(b);
-                        }
-                    }
-                    Ok(found)
-                })
-                .await?;
-                differ.extend(found);
-            }
-            out.push(differ);
-        }
-        ch.close().await;
-        Ok((out, compared))
     }
 
     /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
@@ -1249,80 +1142,4 @@ impl Replication {
         tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
         Ok(ready)
     }
-}
-
-/// This site's own replica store of `row` left from before it became the
-/// primary, when it can take the replica's role back (see [`crate::dormant`]).
-fn dormant_store(site: &offsite_engine::Site, row: &GroupRow) -> Option<Arc<ReplicaStore>> {
-    let dir = row.store_dir.as_deref()?;
-    if !Path::new(dir).join("store.meta").exists() {
-        return None;
-    }
-    let store = match site.replica_store(Path::new(dir)) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(group = %row.name, store = dir, "the replica store left from before the failover cannot be opened ({e}); a new one is built from the volumes");
-            return None;
-        }
-    };
-    match crate::dormant::resumable(&store, row) {
-        Ok(()) => Some(store),
-        Err(why) => {
-            tracing::info!(group = %row.name, store = dir, "the replica store left from before the failover is replaced: {why}");
-            None
-        }
-    }
-}
-
-/// [`Replication::answer_reverse`] with a dormant store: the store takes
-/// the replica's role back with one PIT holding the volumes' state, and
-/// keeps its history; the volumes are retired.
-fn resume_dormant(
-    site: &offsite_engine::Site,
-    r: &GroupRow,
-    store: &ReplicaStore,
-    live: Vec<Arc<offsite_engine::Volume>>,
-    after: u64,
-    isolated: bool,
-) -> Result<ReverseReady, String> {
-    let unreplicated = live
-        .iter()
-        .map(|v| v.tracker().snapshot().iter().collect::<Vec<u32>>())
-        .collect();
-    // Discarded divergent writes stay readable here, as a named PIT.
-    let name = isolated.then(split_brain_name);
-    let pit = crate::dormant::resume(store, &live, after, name.clone(), now_rfc3339())?;
-    drop(live);
-    for v in &r.volumes {
-        site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
-    }
-    let store_dir = store.dir().display().to_string();
-    let rows = crate::dormant::pit_rows(store);
-    site.set_group_role(
-        &r.name,
-        Role::Replica,
-        Some(&store_dir),
-        GroupState::Replicating,
-    )
-    .map_err(|e| e.to_string())?;
-    site.replace_pits(&r.name, &rows)
-        .map_err(|e| e.to_string())?;
-    tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
-    Ok(ReverseReady {
-        unreplicated,
-        store_dir,
-        kept_as_pit: name,
-        resumed: true,
-        bandwidth: Some(r.bandwidth.unwrap_or(0)),
-        compress: Some(r.compress),
-        pits: rows
-            .into_iter()
-            .map(|p| wire::PitDesc {
-                id: p.id,
-                name: p.name,
-                created_at: p.created_at,
-                bytes: p.bytes,
-            })
-            .collect(),
-    })
 }

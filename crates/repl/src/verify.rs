@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use offsite_catalog::{GroupRow, GroupState, Role};
-use offsite_engine::Volume;
+use offsite_engine::{RoaringBitmap, Volume};
 use tokio::sync::oneshot;
 
 use crate::model::{VerifyResult, VerifyVolume};
@@ -146,5 +146,79 @@ impl Replication {
         }
         ch.session.close().await;
         Ok(out)
+    }
+
+    /// Of each volume's `suspects`, the blocks whose BLAKE3 differs
+    /// between our copy and the new replica's data as the old primary left
+    /// it (its base, or its newest PIT when `base` is false: a resumed
+    /// store); also the bytes compared. Runs of suspects (gaps
+    /// of a few blocks bridged) are hashed by the replica a range at a
+    /// time, ours block by block.
+    pub(crate) async fn differing_suspects(
+        &self,
+        row: &GroupRow,
+        suspects: &[RoaringBitmap],
+        base: bool,
+    ) -> Result<(Vec<RoaringBitmap>, u64), ReplError> {
+        /// Blocks hashed per request at most.
+        const STEP: u32 = 16_384;
+        /// Suspects this close are hashed as one range.
+        const BRIDGE: u32 = 64;
+        let mut out = Vec::with_capacity(suspects.len());
+        let mut compared = 0u64;
+        if suspects.iter().all(RoaringBitmap::is_empty) {
+            return Ok((suspects.to_vec(), 0));
+        }
+        let mut ch = self.channel(&row.partner, None).await?;
+        for (idx, (v, set)) in row.volumes.iter().zip(suspects).enumerate() {
+            let bs = u64::from(v.block_size);
+            let mut ranges: Vec<(u32, u32)> = Vec::new();
+            for b in set.iter() {
+                match ranges.last_mut() {
+                    Some((first, n)) if b < *first + *n + BRIDGE && b - *first < STEP => {
+                        *n = b - *first + 1;
+                    }
+                    _ => ranges.push((b, 1)),
+                }
+            }
+            let mut differ = RoaringBitmap::new();
+            for (first, count) in ranges {
+                let theirs = ch
+                    .hashes(&Hashes {
+                        group: row.name.clone(),
+                        pit: None,
+                        volume: idx as u16,
+                        first: u64::from(first),
+                        count: u64::from(count),
+                        base,
+                    })
+                    .await?;
+                let site = self.site.clone();
+                let name = v.volume.clone();
+                let wanted: Vec<u32> = set.range(first..first + count).collect();
+                compared += wanted.len() as u64 * bs;
+                let found = crate::run_blocking(move || {
+                    let vol = site.volume(&name)?;
+                    let mut buf = vec![0u8; bs as usize];
+                    let mut found = Vec::new();
+                    for b in wanted {
+                        vol.file()
+                            .read_at(&mut buf, u64::from(b) * bs)
+                            .map_err(|e| invalid(format!("reading volume {name}: {e}")))?;
+                        let at = ((b - first) as usize) * 32;
+                        if theirs.get(at..at + 32) != Some(blake3::hash(&buf).as_bytes().as_slice())
+                        {
+                            found.push(b);
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?;
+                differ.extend(found);
+            }
+            out.push(differ);
+        }
+        ch.close().await;
+        Ok((out, compared))
     }
 }
