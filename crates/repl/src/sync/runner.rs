@@ -1,0 +1,372 @@
+//! The runner of a sync group while it replicates: attaches the mirror,
+//! resynchronizes with ordinary cycles, opens the stream, seals on the RPO
+//! timer, applies the link-loss policy, and detaches when the group leaves
+//! sync mode.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use offsite_catalog::GroupRow;
+use offsite_catalog::{GroupState, Mode, Role};
+use offsite_engine::{Volume, WriteMirror};
+use offsite_transport::DirectStream;
+use tokio::sync::mpsc;
+
+use super::{CATCH_UP_BYTES, Policy, SyncMirror};
+use crate::primary::{Command, MirrorSlot};
+use crate::wire;
+use crate::{ReplError, Replication};
+
+impl Replication {
+    /// The runner of a sync group while it is replicating: attaches the
+    /// mirror, resynchronizes, streams, seals; returns when the group
+    /// leaves sync mode (mirror detached; `true`) or the runner must stop
+    /// (`false`).
+    pub(crate) async fn run_sync(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+    ) -> bool {
+        let volumes = match self.live_volumes(row).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.record_error(&row.name, &format!("opening the volumes: {e}"))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return true;
+            }
+        };
+        let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
+        let ack_timeout =
+            Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
+        let mirror = SyncMirror::new(&row.name, Policy::of(row), ack_timeout, stats);
+        for (i, v) in volumes.iter().enumerate() {
+            v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
+        }
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((mirror.clone(), true));
+        let keep = self.sync_loop(row, rx, slot, &mirror, &volumes).await;
+        for v in &volumes {
+            v.set_mirror(None);
+        }
+        mirror.detach();
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        keep
+    }
+
+    async fn set_sync_state(&self, group: &str, state: GroupState, error: Option<String>) {
+        let site = self.site.clone();
+        let g = group.to_string();
+        // Only the sync runner's own states move here (checked and written
+        // in one transaction): a prepare or pause in the meantime wins.
+        let moved = tokio::task::spawn_blocking(move || {
+            site.move_group_state(
+                &g,
+                &[GroupState::Replicating, GroupState::Resynchronizing],
+                state,
+                error.as_deref(),
+            )
+        })
+        .await;
+        match moved {
+            Ok(Ok(_)) => {}
+            Ok(Err(offsite_engine::EngineError::Catalog(e))) if e.unexpected_state().is_some() => {}
+            Ok(Err(e)) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+            Err(e) => tracing::warn!(group, %state, "recording the group's state: {e}"),
+        }
+    }
+
+    /// Whether the group still runs in sync mode here.
+    async fn still_sync(&self, group: &str) -> bool {
+        let site = self.site.clone();
+        let g = group.to_string();
+        matches!(
+            tokio::task::spawn_blocking(move || site.group_row(&g)).await,
+            Ok(Ok(r)) if r.role == Role::Primary
+                && r.mode == Mode::Sync
+                && matches!(r.state, GroupState::Replicating | GroupState::Resynchronizing)
+        )
+    }
+
+    /// Waits `backoff` while answering commands; `Some(keep)` when the
+    /// runner must leave the sync loop.
+    async fn resync_pause(
+        &self,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        backoff: Duration,
+        why: &str,
+    ) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return None,
+                c = rx.recv() => match c {
+                    Some(Command::Sync { reply, .. }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing with its partner ({why}); retry once it is in sync",
+                            row.name
+                        )));
+                    }
+                    Some(Command::Verify { reply }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing ({why}); verify once it is in sync",
+                            row.name
+                        )));
+                    }
+                    Some(Command::Resync { reply }) => {
+                        let _ = reply.send(Err(format!(
+                            "group {} is resynchronizing ({why}); run resync once it is in sync",
+                            row.name
+                        )));
+                    }
+                    Some(Command::Wake) => {
+                        if !self.still_sync(&row.name).await {
+                            return Some(true);
+                        }
+                    }
+                    None => return Some(false),
+                },
+            }
+        }
+    }
+
+    async fn sync_loop(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+    ) -> bool {
+        let name = row.name.clone();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            // Resynchronize: cycles until one ships little; each one covers
+            // the writes before its cut.
+            // `degraded`/`suspended` until a catch-up cycle gets through,
+            // `resynchronizing` from then on.
+            let set_resyncing = |on: bool| {
+                if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    s.1 = on;
+                }
+            };
+            set_resyncing(false);
+            self.set_sync_state(&name, GroupState::Resynchronizing, mirror.why_lost())
+                .await;
+            loop {
+                let at = AtomicU64::new(0);
+                match self
+                    .cycle_then(row, None, false, || {
+                        at.store(mirror.issued(), Ordering::Relaxed)
+                    })
+                    .await
+                {
+                    Ok((pit, _)) => {
+                        mirror.cover(at.load(Ordering::Relaxed));
+                        set_resyncing(true);
+                        backoff = Duration::from_millis(500);
+                        if pit.bytes <= CATCH_UP_BYTES {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        set_resyncing(false);
+                        if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
+                            return keep;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(15));
+                    }
+                }
+                if !self.still_sync(&name).await {
+                    return true;
+                }
+            }
+            // The last cut: from here on writes queue for the stream.
+            let at = AtomicU64::new(0);
+            let r = self
+                .cycle_then(row, None, false, || {
+                    at.store(mirror.issued(), Ordering::Relaxed);
+                    mirror.set_up();
+                })
+                .await;
+            let ch = match r {
+                Ok(_) => {
+                    mirror.cover(at.load(Ordering::Relaxed));
+                    self.open_stream(row).await
+                }
+                Err(e) => Err(e),
+            };
+            let stream = match ch {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let why = format!("starting the sync stream: {e}");
+                    mirror.lose(why.clone());
+                    if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
+                        return keep;
+                    }
+                    continue;
+                }
+            };
+            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                s.1 = false;
+            }
+            self.set_sync_state(&name, GroupState::Replicating, None)
+                .await;
+            let site = self.site.clone();
+            let g = name.clone();
+            let _ = crate::run_blocking(move || {
+                site.note(
+                    "group.sync",
+                    &g,
+                    "in sync: every write reaches the replica's log before it is acknowledged",
+                );
+                Ok(())
+            })
+            .await;
+            let m = mirror.clone();
+            let _ = tokio::task::spawn_blocking(move || m.attach(stream)).await;
+            let mut period = Duration::from_secs(row.rpo_secs.max(30));
+            let mut seal_timer =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
+            let mut keepalive =
+                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let lost = loop {
+                tokio::select! {
+                    _ = mirror.wake.notified() => {
+                        if let Some(why) = mirror.lost() {
+                            break why;
+                        }
+                    }
+                    _ = keepalive.tick() => {
+                        let m = mirror.clone();
+                        let alive = tokio::task::spawn_blocking(move || m.keepalive())
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                        if let Err(why) = alive {
+                            mirror.lose(why.clone());
+                            break why;
+                        }
+                    }
+                    _ = seal_timer.tick() => {
+                        if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
+                            tracing::warn!(group = %name, "scheduled seal failed: {e}");
+                        }
+                    }
+                    c = rx.recv() => match c {
+                        Some(Command::Sync { pit_name, reply }) => {
+                            let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Verify { reply }) => {
+                            let r = self.verify_sync(row, mirror, volumes).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Resync { reply }) => {
+                            let progress = self.runner(&name).map_or_else(Default::default, |r| r.progress);
+                            let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(|e| e.to_string());
+                            let _ = reply.send(r);
+                        }
+                        Some(Command::Wake) => {
+                            if !self.still_sync(&name).await {
+                                self.stop_stream(mirror, volumes).await;
+                                return true;
+                            }
+                            // `group set --rpo`: seal on the new period from now on.
+                            let site = self.site.clone();
+                            let g = name.clone();
+                            if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || site.group_row(&g)).await {
+                                let p = Duration::from_secs(r.rpo_secs.max(30));
+                                if p != period {
+                                    period = p;
+                                    seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+                                }
+                            }
+                        }
+                        None => {
+                            self.stop_stream(mirror, volumes).await;
+                            return false;
+                        }
+                    },
+                }
+            };
+            // The partner is lost: from now on writes may be ones the
+            // replica never sees if it takes over (split-brain evidence).
+            mirror.lose(lost.clone());
+            let (site, vols) = (self.site.clone(), volumes.to_vec());
+            crate::warn_if_failed(
+                "recording that the volumes write without the replica",
+                crate::run_blocking(move || {
+                    for v in &vols {
+                        v.begin_isolation(site.layout())?;
+                    }
+                    Ok(())
+                })
+                .await,
+            );
+            self.record_error(&name, &format!("sync replication interrupted: {lost}"))
+                .await;
+            let site = self.site.clone();
+            let (g, l) = (name.clone(), lost.clone());
+            let _ = crate::run_blocking(move || {
+                site.note("group.sync", &g, &format!("out of sync: {l}"));
+                Ok(())
+            })
+            .await;
+            if let Some(keep) = self.resync_pause(row, rx, backoff, &lost).await {
+                return keep;
+            }
+        }
+    }
+
+    /// Ends mirroring on purpose: new writes are no longer queued, what is
+    /// queued is sent, then the stream ends (the replica seals its log).
+    async fn stop_stream(&self, mirror: &Arc<SyncMirror>, volumes: &[Arc<Volume>]) {
+        for v in volumes {
+            v.set_mirror(None);
+        }
+        let m = mirror.clone();
+        let _ = tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await;
+        mirror.detach();
+        let streamed = mirror.stats.take_uncounted();
+        self.count_traffic(&mirror.group, offsite_catalog::TrafficKind::Sync, streamed)
+            .await;
+    }
+
+    /// Opens the stream of a sync group: a session whose connection the
+    /// writers' threads then drive themselves ([`DirectStream`]).
+    async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
+        let mut ch = self.channel(&row.partner, Some(row)).await?;
+        ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
+        let partner = row.partner.clone();
+        ch.into_direct()
+            .await
+            .map_err(|source| ReplError::Transport { partner, source })
+    }
+
+    /// `verify` of a sync group: a full cut whose seal is queued at the
+    /// cut, so the sealed PIT is the cut's image; then the block compare.
+    async fn verify_sync(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+    ) -> Result<crate::model::VerifyResult, ReplError> {
+        let pit = self.seal(row, mirror, volumes, None, true).await?;
+        let result = self.compare(row, pit.id, volumes).await;
+        for v in volumes {
+            v.end_cut(true);
+        }
+        let per = result?;
+        Ok(crate::model::VerifyResult {
+            group: row.name.clone(),
+            pit: pit.id,
+            blocks_compared: per.iter().map(|v| v.blocks_compared).sum(),
+            differing_blocks: per.iter().map(|v| v.differing_blocks).sum(),
+            volumes: per,
+        })
+    }
+}
