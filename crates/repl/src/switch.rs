@@ -715,48 +715,12 @@ impl Replication {
             .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
         let pit = PitId::new(promoted.pit_id)
             .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
-        let unreachable = |e: ReplError| {
-            invalid(format!(
-                "reverse needs the old primary {}, which becomes the replica, but it cannot be reached ({e}); bring it back and retry — nothing was changed",
-                row.partner
-            ))
-        };
         // Split brain: the old primary wrote while it could not replicate
         // (and so possibly after this site took over). Its writes would be
         // rolled back; that takes the operator's explicit choice.
-        let theirs = self.partner_view(&row).await.map_err(unreachable)?;
+        let (theirs, split) = self.split_brain_view(&row, pit, req).await?;
         let here = self.site.config().name.clone();
-        let ours_written: u64 = {
-            let site = self.site.clone();
-            let r = row.clone();
-            blocking(move || {
-                let mut n = 0;
-                for v in &r.volumes {
-                    n += site.volume(&v.volume)?.tracker().dirty_bytes();
-                }
-                Ok(n)
-            })
-            .await?
-        };
-        let split = SplitBrain {
-            sites: vec![
-                SplitBrainSide {
-                    site: row.partner.clone(),
-                    generation: format!(
-                        "PIT {} + writes while isolated",
-                        theirs.newest_pit.map_or("none".into(), |p| p.to_string())
-                    ),
-                    written_bytes: theirs.isolated_bytes,
-                },
-                SplitBrainSide {
-                    site: here.clone(),
-                    generation: format!("PIT {pit} promoted + writes since"),
-                    written_bytes: ours_written,
-                },
-            ],
-            discarded_on: req.discard_changes_on.clone(),
-            kept_as_pit: None,
-        };
+        let ours_written = split.sites[1].written_bytes;
         let diverged = theirs.isolated_bytes > 0;
         let discard_isolated = match crate::decide::reverse_choice(
             &here,
@@ -799,10 +763,124 @@ impl Replication {
             }
             ReverseChoice::Proceed { discard_isolated } => discard_isolated,
         };
+        let ready = self.begin_reverse_at(&row, pit, discard_isolated).await?;
+        let suspects = self.suspect_blocks(&row, pit, &ready.unreplicated).await?;
+        // A resumed store holds the old primary's data in its newest PIT.
+        let (differing, compared_bytes) = self
+            .differing_suspects(&row, &suspects, !ready.resumed)
+            .await?;
+        let rolled_back_bytes: u64 = row
+            .volumes
+            .iter()
+            .zip(&differing)
+            .map(|(v, set)| set.len() * u64::from(v.block_size))
+            .sum();
+        tracing::info!(
+            group,
+            compared_bytes,
+            rolled_back_bytes,
+            "reverse: suspect blocks compared with the new replica's copy"
+        );
+        self.become_primary(&row, differing, &ready).await?;
+        tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
+        self.note_dormant_named_pits(&row).await;
+        self.ensure_runner(group);
+        // What the reverse moves is everything the group moves until its
+        // first PIT from here: one cycle (async), or a resynchronization
+        // and a seal (sync).
+        let before = self.traffic_total(group).await;
+        self.set_reversing(group, true);
+        let done = self.sync_group(group, None, true).await;
+        self.set_reversing(group, false);
+        let moved = self.traffic_total(group).await.saturating_sub(before);
+        let done = done?;
+        let pit = done.pit.ok_or_else(|| {
+            invalid(format!(
+                "the first cycle of reversed group {group} returned no PIT"
+            ))
+        })?;
+        let mut split = split;
+        split.kept_as_pit = ready.kept_as_pit.clone();
+        Ok(ReverseResult {
+            group: group.to_string(),
+            pit: pit.id,
+            volumes: self.served(&row),
+            bytes_transferred: moved,
+            rolled_back_bytes,
+            split_brain: diverged.then_some(split),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Why a reverse cannot go on without the old primary.
+    fn old_primary_unreachable(row: &GroupRow, e: ReplError) -> ReplError {
+        invalid(format!(
+            "reverse needs the old primary {}, which becomes the replica, but it cannot be reached ({e}); bring it back and retry — nothing was changed",
+            row.partner
+        ))
+    }
+
+    /// Both sides' writes since they diverged: the old primary's while it
+    /// could not replicate (asked of it) and ours since PIT `pit` was
+    /// promoted; with the old primary's view of the group.
+    async fn split_brain_view(
+        &self,
+        row: &GroupRow,
+        pit: PitId,
+        req: &ReverseRequest,
+    ) -> Result<(GroupView, SplitBrain), ReplError> {
+        let theirs = self
+            .partner_view(row)
+            .await
+            .map_err(|e| Self::old_primary_unreachable(row, e))?;
+        let here = self.site.config().name.clone();
+        let ours_written: u64 = {
+            let site = self.site.clone();
+            let r = row.clone();
+            blocking(move || {
+                let mut n = 0;
+                for v in &r.volumes {
+                    n += site.volume(&v.volume)?.tracker().dirty_bytes();
+                }
+                Ok(n)
+            })
+            .await?
+        };
+        let split = SplitBrain {
+            sites: vec![
+                SplitBrainSide {
+                    site: row.partner.clone(),
+                    generation: format!(
+                        "PIT {} + writes while isolated",
+                        theirs.newest_pit.map_or("none".into(), |p| p.to_string())
+                    ),
+                    written_bytes: theirs.isolated_bytes,
+                },
+                SplitBrainSide {
+                    site: here.clone(),
+                    generation: format!("PIT {pit} promoted + writes since"),
+                    written_bytes: ours_written,
+                },
+            ],
+            discarded_on: req.discard_changes_on.clone(),
+            kept_as_pit: None,
+        };
+        Ok((theirs, split))
+    }
+
+    /// Asks the old primary to become the group's replica
+    /// ([`wire::kinds::REVERSE_BEGIN`]); its answer says what it holds.
+    async fn begin_reverse_at(
+        &self,
+        row: &GroupRow,
+        pit: PitId,
+        discard_isolated: bool,
+    ) -> Result<ReverseReady, ReplError> {
+        let group = row.name.as_str();
         let mut ch = self
             .channel(&row.partner, None)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| Self::old_primary_unreachable(row, e))?;
         let last_pit = {
             let site = self.site.clone();
             let g = group.to_string();
@@ -830,18 +908,27 @@ impl Replication {
                 row.volumes.len()
             )));
         }
-        // What the new replica may hold beyond our writes since the
-        // promotion: its own unreplicated writes (and, after a crash, every
-        // block of its active extents, which it may or may not have
-        // written) and what the PITs after the promoted one changed there.
-        // Those blocks are only suspect: each is compared by checksum with
-        // our copy (as DRBD's checksum-based resync does), and only the
-        // ones that really differ are sent, with our own writes.
+        Ok(ready)
+    }
+
+    /// What the new replica may hold beyond our writes since the
+    /// promotion of `pit`: its own unreplicated writes (and, after a crash,
+    /// every block of its active extents, which it may or may not have
+    /// written) and what the PITs after the promoted one changed there.
+    /// Those blocks are only suspect: each is compared by checksum with our
+    /// copy (as DRBD's checksum-based resync does), and only the ones that
+    /// really differ are sent, with our own writes.
+    async fn suspect_blocks(
+        &self,
+        row: &GroupRow,
+        pit: PitId,
+        unreplicated: &[Vec<u32>],
+    ) -> Result<Vec<RoaringBitmap>, ReplError> {
         let site = self.site.clone();
         let r = row.clone();
         let old_store = row.store_dir.clone();
-        let unreplicated = ready.unreplicated.clone();
-        let suspects: Vec<RoaringBitmap> = blocking(move || {
+        let unreplicated = unreplicated.to_vec();
+        blocking(move || {
             let store: Option<Arc<ReplicaStore>> = old_store
                 .as_deref()
                 .map(|d| site.replica_store(Path::new(d)))
@@ -861,23 +948,19 @@ impl Replication {
             }
             Ok(out)
         })
-        .await?;
-        // A resumed store holds the old primary's data in its newest PIT.
-        let (differing, compared_bytes) = self
-            .differing_suspects(&row, &suspects, !ready.resumed)
-            .await?;
-        let rolled_back_bytes: u64 = row
-            .volumes
-            .iter()
-            .zip(&differing)
-            .map(|(v, set)| set.len() * u64::from(v.block_size))
-            .sum();
-        tracing::info!(
-            group,
-            compared_bytes,
-            rolled_back_bytes,
-            "reverse: suspect blocks compared with the new replica's copy"
-        );
+        .await
+    }
+
+    /// This site takes the group over as its primary: the blocks that
+    /// differ at the new replica are marked to ship, the role, PIT list and
+    /// settings (bandwidth, compression, as the old primary had them) are
+    /// recorded, and the promotion is over.
+    async fn become_primary(
+        &self,
+        row: &GroupRow,
+        differing: Vec<RoaringBitmap>,
+        ready: &ReverseReady,
+    ) -> Result<(), ReplError> {
         let site = self.site.clone();
         let r = row.clone();
         let settings = (ready.bandwidth, ready.compress);
@@ -922,34 +1005,7 @@ impl Replication {
             Ok(())
         })
         .await?;
-        tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
-        self.note_dormant_named_pits(&row).await;
-        self.ensure_runner(group);
-        // What the reverse moves is everything the group moves until its
-        // first PIT from here: one cycle (async), or a resynchronization
-        // and a seal (sync).
-        let before = self.traffic_total(group).await;
-        self.set_reversing(group, true);
-        let done = self.sync_group(group, None, true).await;
-        self.set_reversing(group, false);
-        let moved = self.traffic_total(group).await.saturating_sub(before);
-        let done = done?;
-        let pit = done.pit.ok_or_else(|| {
-            invalid(format!(
-                "the first cycle of reversed group {group} returned no PIT"
-            ))
-        })?;
-        let mut split = split;
-        split.kept_as_pit = ready.kept_as_pit.clone();
-        Ok(ReverseResult {
-            group: group.to_string(),
-            pit: pit.id,
-            volumes: self.served(&row),
-            bytes_transferred: moved,
-            rolled_back_bytes,
-            split_brain: diverged.then_some(split),
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
+        Ok(())
     }
 
     /// Marks (or unmarks) `group` as being moved by a reverse.
