@@ -201,20 +201,7 @@ impl RemoteError {
     /// The same error with `f` applied to its text (context added by a
     /// caller keeps the code).
     pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
-        let code = self.code();
-        let text = match self {
-            RemoteError::BadRequest(m)
-            | RemoteError::Unsupported(m)
-            | RemoteError::NotFound(m)
-            | RemoteError::Unauthorized(m)
-            | RemoteError::Conflict(m)
-            | RemoteError::SplitBrain(m)
-            | RemoteError::StorageFull(m)
-            | RemoteError::Busy(m)
-            | RemoteError::Refused(m)
-            | RemoteError::Internal(m) => m,
-        };
-        RemoteError::from_code(Some(code), f(text))
+        RemoteError::from_code(Some(self.code()), f(self.message().to_string()))
     }
 
     /// The error body of a `Response { ok: false }`.

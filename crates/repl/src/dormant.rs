@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use offsite_catalog::now_rfc3339;
-use offsite_catalog::{GroupRow, GroupState, PitRow, Role};
+use offsite_catalog::{GroupRow, GroupState, Role};
 use offsite_engine::Volume;
 use offsite_replica::{PitInfo, ReplicaStore};
 
@@ -126,20 +126,6 @@ pub(crate) fn resume(
     Ok(Some(info))
 }
 
-/// The catalog rows of every PIT of `store`, oldest first.
-pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<PitRow> {
-    store
-        .pits()
-        .into_iter()
-        .map(|p| PitRow {
-            id: p.id.get(),
-            name: p.name,
-            created_at: p.created_at,
-            bytes: p.bytes,
-        })
-        .collect()
-}
-
 /// This site's own replica store of `row` left from before it became the
 /// primary, when it can take the replica's role back (see [`crate::dormant`]).
 pub(crate) fn dormant_store(
@@ -189,7 +175,7 @@ pub(crate) fn resume_dormant(
         site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
     }
     let store_dir = store.dir().display().to_string();
-    let rows = crate::dormant::pit_rows(store);
+    let rows = crate::pits::pit_rows(store);
     site.set_group_role(
         &r.name,
         Role::Replica,

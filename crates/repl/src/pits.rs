@@ -251,16 +251,7 @@ impl Replication {
         let g = group.to_string();
         tokio::task::spawn_blocking(move || {
             store.set_pit_name(id, None).map_err(|e| e.to_string())?;
-            let pits: Vec<offsite_catalog::PitRow> = store
-                .pits()
-                .iter()
-                .map(|p| offsite_catalog::PitRow {
-                    id: p.id.get(),
-                    name: p.name.clone(),
-                    created_at: p.created_at.clone(),
-                    bytes: p.bytes,
-                })
-                .collect();
+            let pits = pit_rows(&store);
             site.replace_pits(&g, &pits).map_err(|e| e.to_string())
         })
         .await??;
@@ -562,4 +553,18 @@ fn store_readers(site: &offsite_engine::Site, dir: &str) -> Result<Vec<String>, 
         .filter(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir))
         .map(|v| v.name)
         .collect())
+}
+
+/// The catalog rows of every PIT of `store`, oldest first.
+pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<offsite_catalog::PitRow> {
+    store
+        .pits()
+        .into_iter()
+        .map(|p| offsite_catalog::PitRow {
+            id: p.id.get(),
+            name: p.name,
+            created_at: p.created_at,
+            bytes: p.bytes,
+        })
+        .collect()
 }

@@ -926,16 +926,7 @@ impl Replication {
                 }
                 let pit = committed.pit.clone();
                 let g = row.name.clone();
-                let pits: Vec<PitRow> = committed
-                    .pits
-                    .iter()
-                    .map(|p| PitRow {
-                        id: p.id,
-                        name: p.name.clone(),
-                        created_at: p.created_at.clone(),
-                        bytes: p.bytes,
-                    })
-                    .collect();
+                let pits: Vec<PitRow> = committed.pits.iter().map(PitDesc::to_row).collect();
                 let id = pit.id;
                 let vols = volumes.clone();
                 blocking(move || {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow};
+use offsite_catalog::{GroupRow, GroupVolumeRow};
 use offsite_catalog::{GroupState, Mode, Role};
 use offsite_replica::{PitWriter, ReplicaStore, VolumeSpec};
 
@@ -862,15 +862,7 @@ pub(crate) fn after_commit(
     let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
     site.replace_pits(
         group,
-        &descs
-            .iter()
-            .map(|p| PitRow {
-                id: p.id,
-                name: p.name.clone(),
-                created_at: p.created_at.clone(),
-                bytes: p.bytes,
-            })
-            .collect::<Vec<_>>(),
+        &descs.iter().map(PitDesc::to_row).collect::<Vec<_>>(),
     )
     .map_err(|e| e.to_string())?;
     // A committed PIT ends the initial replication (or a catch-up); the

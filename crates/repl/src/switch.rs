@@ -617,16 +617,7 @@ impl Replication {
                 .commit(Some(name.clone()), now_rfc3339())
                 .map_err(|e| invalid(format!("keeping this site's state: {e}")))?;
             tracing::info!(pit = %info.id, "this site's state kept as {name}");
-            let rows: Vec<offsite_catalog::PitRow> = store
-                .pits()
-                .iter()
-                .map(|p| offsite_catalog::PitRow {
-                    id: p.id.get(),
-                    name: p.name.clone(),
-                    created_at: p.created_at.clone(),
-                    bytes: p.bytes,
-                })
-                .collect();
+            let rows = crate::pits::pit_rows(&store);
             site.replace_pits(&r.name, &rows)?;
             Ok((name, per_volume))
         })
@@ -964,16 +955,8 @@ impl Replication {
         let site = self.site.clone();
         let r = row.clone();
         let settings = (ready.bandwidth, ready.compress);
-        let pits: Vec<offsite_catalog::PitRow> = ready
-            .pits
-            .iter()
-            .map(|p| offsite_catalog::PitRow {
-                id: p.id,
-                name: p.name.clone(),
-                created_at: p.created_at.clone(),
-                bytes: p.bytes,
-            })
-            .collect();
+        let pits: Vec<offsite_catalog::PitRow> =
+            ready.pits.iter().map(wire::PitDesc::to_row).collect();
         blocking(move || {
             for (v, set) in r.volumes.iter().zip(&differing) {
                 let vol = site.volume(&v.volume)?;

@@ -943,16 +943,8 @@ impl Replication {
         end(true);
         let site = self.site.clone();
         let g = row.name.clone();
-        let pits: Vec<offsite_catalog::PitRow> = committed
-            .pits
-            .iter()
-            .map(|p| offsite_catalog::PitRow {
-                id: p.id,
-                name: p.name.clone(),
-                created_at: p.created_at.clone(),
-                bytes: p.bytes,
-            })
-            .collect();
+        let pits: Vec<offsite_catalog::PitRow> =
+            committed.pits.iter().map(PitDesc::to_row).collect();
         crate::run_blocking(move || Ok(site.replace_pits(&g, &pits)?)).await?;
         // The stream's bytes reach the counters at each seal (not per
         // batch: a catalog write per batch would cost more than the batch).

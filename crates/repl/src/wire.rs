@@ -454,6 +454,18 @@ pub struct PitDesc {
     pub bytes: u64,
 }
 
+impl PitDesc {
+    /// The catalog's row of this PIT.
+    pub fn to_row(&self) -> offsite_catalog::PitRow {
+        offsite_catalog::PitRow {
+            id: self.id,
+            name: self.name.clone(),
+            created_at: self.created_at.clone(),
+            bytes: self.bytes,
+        }
+    }
+}
+
 /// Answer to [`kinds::PIT_COMMIT`]: the new PIT and every PIT the replica
 /// now holds (after retention), oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
