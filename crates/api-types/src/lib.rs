@@ -824,3 +824,15 @@ pub struct UpdatePartner {
     /// New HOST:PORT of the partner's replication listener.
     pub address: String,
 }
+
+/// `GET /api/v1/overview` and the `overview` events of `/api/v1/stream`:
+/// everything the console's overview shows, in one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Overview {
+    /// This site.
+    pub site: SiteInfo,
+    /// Its partners with their reachability.
+    pub partners: Vec<PartnerInfo>,
+    /// Every group at this site.
+    pub groups: Vec<GroupStatus>,
+}
