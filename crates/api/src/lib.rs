@@ -101,7 +101,7 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
     components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, offsite_api_types::TransferProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth, &ErrorResponses),
@@ -240,6 +240,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/plans/{name}/continue", axum::routing::post(plan_continue))
         .route("/plans/{name}/runs", get(plan_history))
         .route("/plan-runs/{id}", get(plan_report))
+        .route("/plan-runs/{id}/report.html", get(plan_report_html))
         .route("/vms", get(vm_list).post(vm_create))
         .route("/vms/{name}", get(vm_show).delete(vm_delete).patch(vm_set))
         .route("/events", get(event_list))
@@ -1081,4 +1082,28 @@ async fn plan_report(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     plan(s.plans.report(&id).await)
+}
+
+/// What a run's HTML report may do when the console shows it in a frame:
+/// its own inline style and SVG, nothing else (no script, no request, no
+/// form), framed only by this site's pages.
+const REPORT_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox; frame-ancestors 'self'";
+
+#[utoipa::path(get, path = "/api/v1/plan-runs/{id}/report.html",
+    params(("id" = String, Path, description = "run id, SITE-N")),
+    responses((status = 200, content_type = "text/html", description = "the run's self-contained HTML report")))]
+async fn plan_report_html(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> Response {
+    match s.plans.report(&id).await {
+        Ok(report) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CONTENT_SECURITY_POLICY, REPORT_POLICY),
+                (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+            ],
+            offsite_plan::report::html(&report),
+        )
+            .into_response(),
+        Err(e) => Failure::Plan(e).into_response(),
+    }
 }

@@ -121,7 +121,7 @@ async function render(keepFocus) {
       case 'vms': nodes = await views.vms(); break;
       case 'partners': nodes = await views.partners(); break;
       case 'access': nodes = await views.access(); break;
-      case 'plans': nodes = arg ? await views.planHistory(arg) : await views.plans(() => render(true)); break;
+      case 'plans': nodes = arg ? await views.planHistory(arg, () => render(true)) : await views.plans(() => render(true)); break;
       default: nodes = [h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/' }, 'Back to the overview'))];
     }
   } catch (e) {

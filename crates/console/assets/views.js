@@ -141,7 +141,8 @@ const outcomes = new Map();
 function outcomeNode(o) {
   if (!o) return null;
   if (o.running) return h('span', { 'aria-busy': 'true' }, `${o.running}…`);
-  return h('div', { class: `result${o.error ? ' error' : ''}`, role: o.error ? 'alert' : 'status' }, o.text);
+  // Focusable: a long result scrolls, and keyboard users must reach it.
+  return h('div', { class: `result${o.error ? ' error' : ''}`, role: o.error ? 'alert' : 'status', tabindex: '0' }, o.text);
 }
 
 /** Where a page shows its actions' outcomes (`key`: the page). */
@@ -334,32 +335,114 @@ export async function access() {
     'No authorization entry: no partner may replicate to this site.')];
 }
 
-/** Plans: list, run in any mode with live step progress, continue at a prompt. */
+/** A plan's tiers: the VMs of each priority and the steps after it. */
+function tiers(p) {
+  const byTier = new Map();
+  for (const v of p.vms) {
+    if (!byTier.has(v.priority)) byTier.set(v.priority, { vms: [], steps: [] });
+    byTier.get(v.priority).vms.push(v);
+  }
+  for (const st of p.steps) {
+    if (!byTier.has(st.after_tier)) byTier.set(st.after_tier, { vms: [], steps: [] });
+    byTier.get(st.after_tier).steps.push(st);
+  }
+  const order = Array.from(byTier.keys()).sort((x, y) => x - y);
+  if (!order.length) return h('p', { class: 'muted' }, 'No VM or step yet.');
+  return h('ol', { class: 'timeline' }, order.map((t) => {
+    const { vms, steps } = byTier.get(t);
+    return h('li', {},
+      h('strong', {}, t === 0 ? 'Before tier 1' : `Tier ${t}`), ': ',
+      vms.map((v) => `${v.vm} (${v.group}${v.wait_for ? `, waits for ${v.wait_for}` : ''})`).join(', ') || '—',
+      steps.length ? h('ul', {}, steps.map((st) => h('li', {},
+        `${st.kind} “${st.name}”: ${st.prompt || st.command || ''}${st.skip_in_test ? ' (skipped in tests)' : ''}`))) : null);
+  }));
+}
+
+/** A run's steps with their status, as the run goes. */
+export function runSteps(r) {
+  return h('div', { class: 'table-wrap' }, h('table', {},
+    h('caption', { class: 'muted' }, `Run ${r.id} (${r.mode}): ${r.status}${r.waiting_for ? ` — waiting: ${r.waiting_for}` : ''}`),
+    h('thead', {}, h('tr', {}, ['#', 'Step', 'Kind', 'Tier', 'Site', 'Status', 'Took'].map((c) => h('th', { scope: 'col' }, c)))),
+    h('tbody', {}, r.steps.map((st) => h('tr', {},
+      h('td', { class: 'num' }, String(st.index)), h('td', {}, st.name), h('td', {}, st.kind),
+      h('td', { class: 'num' }, st.tier === null || st.tier === undefined ? '' : String(st.tier)),
+      h('td', {}, st.site), h('td', {}, stepStatus(st.status)),
+      h('td', { class: 'num' }, st.duration_ms === null || st.duration_ms === undefined ? '' : `${(st.duration_ms / 1000).toFixed(1)} s`))))));
+}
+
+const STEP_SYMBOL = { succeeded: '✓', failed: '✗', running: '▶', waiting: '…', pending: '·', skipped: '–' };
+
+function stepStatus(s) {
+  const cls = s === 'failed' ? 'critical' : s === 'succeeded' ? 'normal' : 'warning';
+  return h('span', { class: `badge ${cls}` }, `${STEP_SYMBOL[s] || '?'} ${s}`);
+}
+
+/** Live progress of the plans' runs started from this page. */
+const progress = new Map();
+
+/** Runs a plan action and shows the run's steps while it goes (polling its report). */
+function planAction(label, p, body, rerender, cls) {
+  const key = 'plans';
+  const path = `/plans/${encodeURIComponent(p.name)}`;
+  return actionButton(label, key, async () => {
+    const poll = setInterval(async () => {
+      try {
+        const runs = await api('GET', `${path}/runs`);
+        const newest = runs[runs.length - 1];
+        if (newest) {
+          progress.set(p.name, await api('GET', `/plan-runs/${encodeURIComponent(newest.id)}`));
+          rerender();
+        }
+      } catch { /* the run's own answer reports failures */ }
+    }, 1000);
+    try {
+      const r = await api('POST', `${path}/${label === 'Continue' ? 'continue' : 'run'}`, body ? body() : undefined);
+      progress.set(p.name, r);
+      return r;
+    } finally {
+      clearInterval(poll);
+    }
+  }, rerender, cls);
+}
+
+/** Plans: tiers and steps, run in any mode with live step progress, continue at a prompt. */
 export async function plans(rerender) {
   const list = await api('GET', '/plans');
-  const out = 'plans';
   const cards = list.map((p) => {
     const mode = h('select', { id: `mode-${p.name}`, name: 'mode' },
       ['test', 'cleanup', 'planned', 'disaster', 'reprotect', 'failback'].map((m) => h('option', { value: m }, m)));
+    const run = progress.get(p.name);
     return h('div', { class: 'card', 'data-plan': p.name },
       h('h3', {}, p.name),
-      h('p', { class: 'muted' }, `protected at ${p.protected_site}, recovered at ${p.recovery_site}`),
-      h('p', {}, `Groups: ${p.groups.join(', ') || '—'} · VMs: ${p.vms.map((v) => v.vm).join(', ') || '—'} · steps: ${p.steps.length}`),
+      h('p', { class: 'muted' }, `protected at ${p.protected_site}, recovered at ${p.recovery_site}${p.description ? ` — ${p.description}` : ''}`),
+      h('p', {}, `Groups: ${p.groups.join(', ') || '—'}`),
+      tiers(p),
       h('div', { class: 'actions' },
         h('label', { for: `mode-${p.name}` }, 'Mode', mode),
-        actionButton('Run', out, () => api('POST', `/plans/${encodeURIComponent(p.name)}/run`, { mode: mode.value }), rerender),
-        actionButton('Continue', out, () => api('POST', `/plans/${encodeURIComponent(p.name)}/continue`), rerender, 'secondary'),
-        h('a', { href: `#/plans/${encodeURIComponent(p.name)}` }, 'History')));
+        planAction('Run', p, () => ({ mode: mode.value }), rerender),
+        planAction('Continue', p, null, rerender, 'secondary'),
+        h('a', { href: `#/plans/${encodeURIComponent(p.name)}` }, 'History and reports')),
+      run ? runSteps(run) : null);
   });
-  return [h('h1', {}, 'Recovery plans'), list.length ? h('div', { class: 'cards' }, cards) : h('p', { class: 'muted' }, 'No plan yet.'),
-    outcomeBox(out, 'plan-result')];
+  return [h('h1', {}, 'Recovery plans'), list.length ? h('div', { class: 'plans' }, cards) : h('p', { class: 'muted' }, 'No plan yet.'),
+    outcomeBox('plans', 'plan-result')];
 }
 
-/** A plan's runs, newest first, with links to their reports. */
-export async function planHistory(name) {
+/** Which run's report is open on a plan's history page. */
+const openReport = new Map();
+
+/** A plan's runs, newest first, each with its report shown inline on demand. */
+export async function planHistory(name, rerender) {
   const runs = await api('GET', `/plans/${encodeURIComponent(name)}/runs`);
+  const shown = openReport.get(name);
+  const rows = runs.slice().reverse().map((r) => h('tr', {},
+    h('th', { scope: 'row' }, r.id), h('td', {}, r.mode), h('td', {}, stepStatus(r.status)), h('td', {}, when(r.started_at)),
+    h('td', { class: 'num' }, r.rto_seconds === null || r.rto_seconds === undefined ? '—' : `${r.rto_seconds.toFixed(1)} s`),
+    h('td', {}, h('button', {
+      type: 'button', class: 'secondary', 'aria-pressed': shown === r.id ? 'true' : 'false',
+      onclick: () => { openReport.set(name, shown === r.id ? null : r.id); rerender(); },
+    }, shown === r.id ? `Hide report ${r.id}` : `Report ${r.id}`))));
   return [h('p', {}, h('a', { href: '#/plans' }, '← Plans')), h('h1', {}, `Plan ${name}: runs`),
-    table('Runs of the plan', ['Run', 'Mode', 'Status', 'Started'],
-      runs.map((r) => h('tr', {}, h('th', { scope: 'row' }, r.id), h('td', {}, r.mode), h('td', {}, r.status), h('td', {}, when(r.started_at)))),
-      'No run yet.')];
+    table('Runs of the plan, newest first', ['Run', 'Mode', 'Status', 'Started', 'RTO', 'Report'], rows, 'No run yet.'),
+    shown ? h('iframe', { class: 'report', src: `/api/v1/plan-runs/${encodeURIComponent(shown)}/report.html`, title: `Report of run ${shown}`, sandbox: '' }) : null];
 }

@@ -40,8 +40,8 @@ pub use session::{Clock, Denied, Granted, Sessions, SystemClock};
 /// styles only from the site itself (no inline script, so an injected tag
 /// cannot run), no framing, no referrer, no MIME sniffing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
-     form-action 'self'; frame-ancestors 'none'";
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-src 'self'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// A failed login waits this long before it answers, so guessing the token
 /// over the network is slower still than its 256 bits make it.
@@ -245,19 +245,20 @@ impl Console {
 }
 
 /// Adds the security headers to every response of the listener (the API's
-/// JSON too: a browser may be pointed at it).
+/// JSON too: a browser may be pointed at it). A response that set its own,
+/// stricter policy keeps it (a plan's HTML report, shown in a sandboxed
+/// frame).
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

@@ -83,7 +83,7 @@ def check_clean(driver, site, page):
     driver.execute_script(AXE)
     result = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {resultTypes: ['violations']})"
+        "axe.run(document, {resultTypes: ['violations'], iframes: false})"
         ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
         " nodes: v.nodes.map(n => n.html).slice(0, 3)}))))"
         ".catch(e => done({error: String(e)}));")
@@ -247,7 +247,9 @@ def main():
         run = plan_result(db, "Run", plan)
         if run.get("status") != "waiting":
             raise Failed(f"the plan's test run should wait at its prompt: {run}")
+        wait(db, "the run's steps on the plan's card", lambda d: "waiting" in d.find_element(By.CSS_SELECTOR, f"[data-plan='{plan}'] table").text)
         shot(db, "b-plan-waiting")
+        check_clean(db, b, "plans (run waiting)")
         run = plan_result(db, "Continue", plan)
         if run.get("status") != "succeeded":
             raise Failed(f"the continued test run: {run}")
@@ -257,8 +259,19 @@ def main():
             raise Failed(f"the cleanup run: {run}")
         go(db, b, f"plans/{plan}")
         wait(db, "the plan's history", lambda d: len(d.find_elements(By.CSS_SELECTOR, "tbody tr")) >= 2)
-        shot(db, "b-plan-history")
         check_clean(db, b, "plan history")
+
+        def open_report(d):
+            d.find_element(By.XPATH, "//button[starts-with(normalize-space(), 'Report ')]").click()
+            return True
+
+        wait(db, "a report button", open_report)
+        frame = wait(db, "the report inline", lambda d: d.find_element(By.CSS_SELECTOR, "iframe.report"))
+        db.switch_to.frame(frame)
+        wait(db, "the report's content", lambda d: plan in d.find_element(By.TAG_NAME, "body").text)
+        db.switch_to.default_content()
+        shot(db, "b-plan-history")
+        check_clean(db, b, "plan history with a report")
 
         # Planned failover: prepare at the primary, run at the replica,
         # then reverse there.
