@@ -341,10 +341,7 @@ impl Replication {
     async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
-        let partner = row.partner.clone();
-        ch.into_direct()
-            .await
-            .map_err(|source| ReplError::Transport { partner, source })
+        ch.into_direct().await
     }
 
     /// `verify` of a sync group: a full cut whose seal is queued at the
