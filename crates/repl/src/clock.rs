@@ -1,8 +1,12 @@
 //! Where the decisions that depend on time read it: the lag of a group
-//! (and so its health against the RPO) and the timestamps that lag is
-//! measured from (a PIT's cut, an idle confirmation). A daemon reads the
-//! system's clock; the crate's tests put a [`FakeClock`] in and move it by
-//! hand, so "two RPOs without a PIT" is a step of a test, not a wait.
+//! (and so its health against the RPO), the timestamps that lag is
+//! measured from (a PIT's cut, an idle confirmation), and how long a sync
+//! group's write has waited for the replica (its link-loss policy). A
+//! daemon reads the system's clocks; the crate's tests put a [`FakeClock`]
+//! in and move it by hand, so "two RPOs without a PIT" or "the suspend
+//! timeout passed" is a step of a test, not a wait.
+
+use std::time::Instant;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -11,6 +15,9 @@ use time::format_description::well_known::Rfc3339;
 pub(crate) trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time.
     fn wall(&self) -> OffsetDateTime;
+
+    /// The monotonic clock, for how long something waited.
+    fn now(&self) -> Instant;
 
     /// The current time in RFC 3339, as the catalog records instants.
     fn rfc3339(&self) -> String {
@@ -38,6 +45,10 @@ impl Clock for SystemClock {
         OffsetDateTime::now_utc()
     }
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     /// The catalog's own format, byte for byte.
     fn rfc3339(&self) -> String {
         offsite_catalog::now_rfc3339()
@@ -48,7 +59,8 @@ impl Clock for SystemClock {
 #[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct FakeClock {
-    now: std::sync::Mutex<OffsetDateTime>,
+    /// Wall time and monotonic time, moved together.
+    now: std::sync::Mutex<(OffsetDateTime, Instant)>,
 }
 
 #[cfg(test)]
@@ -58,21 +70,26 @@ impl FakeClock {
     pub(crate) fn new() -> FakeClock {
         let now = OffsetDateTime::now_utc();
         FakeClock {
-            now: std::sync::Mutex::new(now.replace_nanosecond(0).unwrap_or(now)),
+            now: std::sync::Mutex::new((now.replace_nanosecond(0).unwrap_or(now), Instant::now())),
         }
     }
 
     /// Moves the clock forward by `by`.
     pub(crate) fn advance(&self, by: std::time::Duration) {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
+        now.0 += by;
+        now.1 += by;
     }
 }
 
 #[cfg(test)]
 impl Clock for FakeClock {
     fn wall(&self) -> OffsetDateTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+        self.now.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn now(&self) -> Instant {
+        self.now.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 }
 
@@ -83,10 +100,12 @@ mod tests {
     #[test]
     fn a_fake_clock_moves_only_when_told() {
         let c = FakeClock::new();
-        let t0 = c.rfc3339();
+        let (t0, i0) = (c.rfc3339(), c.now());
         assert_eq!(c.age_seconds(&t0), 0);
+        assert_eq!(c.now(), i0);
         c.advance(std::time::Duration::from_secs(90));
         assert_eq!(c.age_seconds(&t0), 90);
+        assert_eq!(c.now() - i0, std::time::Duration::from_secs(90));
         assert_eq!(c.age_seconds(&c.rfc3339()), 0);
         assert_eq!(c.age_seconds("not a time"), 0);
     }

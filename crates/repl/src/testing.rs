@@ -601,3 +601,4 @@ mod cycle;
 mod failover;
 mod health;
 mod initial;
+mod verify;
