@@ -285,9 +285,15 @@ impl FakeLink {
         self.sent += payload.len() as u64;
         let peer = self.peer.clone();
         let mut s = peer.script();
-        if let Some(Fault::DropAfterFrames(n)) = s.faults.front_mut() {
+        let drop_at = s
+            .faults
+            .iter()
+            .position(|f| matches!(f, Fault::DropAfterFrames(_)));
+        if let Some(at) = drop_at
+            && let Some(Fault::DropAfterFrames(n)) = s.faults.get_mut(at)
+        {
             if *n == 0 {
-                s.faults.pop_front();
+                s.faults.remove(at);
                 drop(s);
                 return Err(self.lose());
             }

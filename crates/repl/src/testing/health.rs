@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::*;
 
-async fn status(p: &Pair, site: &Replication) -> crate::model::GroupStatus {
-    let _ = p;
+/// `group status g` at `site`.
+async fn status(site: &Replication) -> crate::model::GroupStatus {
     site.group_status("g").await.expect("the group's status")
 }
 
@@ -15,12 +15,12 @@ async fn lag_follows_the_clock_from_the_newest_pit() {
     let p = Pair::new();
     let v = p.volume("v", 16);
     p.replicating("g", &["v"], 10).await;
-    assert_eq!(status(&p, &p.a).await.lag_seconds, 0);
+    assert_eq!(status(&p.a).await.lag_seconds, 0);
     p.clock.advance(Duration::from_secs(45));
-    assert_eq!(status(&p, &p.a).await.lag_seconds, 45);
+    assert_eq!(status(&p.a).await.lag_seconds, 45);
     write(&v, 1, 1);
     p.cycle("g").await.unwrap();
-    assert_eq!(status(&p, &p.a).await.lag_seconds, 0, "a commit resets it");
+    assert_eq!(status(&p.a).await.lag_seconds, 0, "a commit resets it");
 }
 
 #[tokio::test]
@@ -29,18 +29,18 @@ async fn health_goes_warning_past_the_rpo_and_critical_past_twice_it() {
     p.volume("v", 16);
     p.replicating("g", &["v"], 10).await;
     // RPO 60 s.
-    let s = status(&p, &p.a).await;
+    let s = status(&p.a).await;
     assert_eq!((s.health.as_str(), s.health_reason), ("normal", None));
     p.clock.advance(Duration::from_secs(61));
-    let s = status(&p, &p.a).await;
+    let s = status(&p.a).await;
     assert_eq!(s.health, "warning");
     assert!(s.health_reason.unwrap().contains("over the RPO"));
     p.clock.advance(Duration::from_secs(60));
-    let s = status(&p, &p.a).await;
+    let s = status(&p.a).await;
     assert_eq!(s.health, "critical");
     assert!(s.health_reason.unwrap().contains("over twice the RPO"));
     p.cycle("g").await.unwrap();
-    assert_eq!(status(&p, &p.a).await.health, "normal");
+    assert_eq!(status(&p.a).await.health, "normal");
 }
 
 #[tokio::test]
@@ -51,12 +51,12 @@ async fn a_failed_cycle_warns_until_one_succeeds() {
     write(&v, 2, 2);
     p.to_b.inject(Fault::Unreachable);
     assert!(p.cycle("g").await.is_err());
-    let s = status(&p, &p.a).await;
+    let s = status(&p.a).await;
     assert_eq!(s.health, "warning");
     assert!(s.health_reason.unwrap().starts_with("cycle failed"));
     assert!(s.last_error.is_some());
     p.cycle("g").await.unwrap();
-    let s = status(&p, &p.a).await;
+    let s = status(&p.a).await;
     assert_eq!((s.health.as_str(), s.last_error), ("normal", None));
 }
 
@@ -66,7 +66,7 @@ async fn before_its_first_pit_a_groups_lag_is_its_age() {
     p.volume("v", 16);
     p.group("g", &["v"], 10).await;
     p.clock.advance(Duration::from_secs(30));
-    let lag = status(&p, &p.a).await.lag_seconds;
+    let lag = status(&p.a).await.lag_seconds;
     // Created on the catalog's own clock (the system's), read on the fake
     // one that started at the same second: 30 s, give or take the second
     // the creation took.
@@ -79,11 +79,11 @@ async fn the_replica_sees_the_same_lag_from_its_pits() {
     let v = p.volume("v", 16);
     p.replicating("g", &["v"], 10).await;
     p.clock.advance(Duration::from_secs(200));
-    let s = status(&p, &p.b).await;
+    let s = status(&p.b).await;
     assert_eq!(s.lag_seconds, 200);
     assert_eq!(s.health, "critical");
     write(&v, 3, 3);
     p.cycle("g").await.unwrap();
-    let s = status(&p, &p.b).await;
+    let s = status(&p.b).await;
     assert_eq!((s.lag_seconds, s.health.as_str()), (0, "normal"));
 }
