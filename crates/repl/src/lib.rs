@@ -250,7 +250,8 @@ pub struct Replication {
     /// `(group, PIT name)` of the named syncs under way: a second sync
     /// with the same name is refused before the first has committed.
     pending_pit_names: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
-    /// Where lag and the instants it is measured from read the time.
+    /// Where lag, the instants it is measured from and a sync group's
+    /// waiting writes read the time.
     clock: Arc<dyn clock::Clock>,
     /// The crate's tests: a fake partner every link is dialled to.
     #[cfg(test)]

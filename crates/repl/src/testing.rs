@@ -607,4 +607,5 @@ mod cycle;
 mod failover;
 mod health;
 mod initial;
+mod settings;
 mod verify;

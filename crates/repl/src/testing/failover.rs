@@ -93,6 +93,25 @@ async fn a_planned_failover_promotes_the_final_pit() {
 }
 
 #[tokio::test]
+async fn a_reverted_preparation_lets_writes_and_cycles_go_on() {
+    let p = Pair::new();
+    let v = p.volume("v", 16);
+    p.replicating("g", &["v"], 10).await;
+    p.a.failover_prepare("g").await.unwrap();
+    assert!(
+        v.write_at(&[1; BS], 0, false).is_err(),
+        "a prepared primary takes no writes"
+    );
+    p.a.failover_revert("g").await.unwrap();
+    assert_eq!(p.row(&p.a, "g").state, GroupState::Replicating);
+    assert!(p.to_b.delivered().contains(&kinds::GROUP_PREPARED));
+    assert_eq!(p.row(&p.b, "g").state, GroupState::Replicating);
+    write(&v, 0, 2);
+    let pit = p.cycle("g").await.unwrap();
+    assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
+}
+
+#[tokio::test]
 async fn no_planned_failover_before_the_last_pit_is_shipped() {
     let p = Pair::new();
     let v = p.volume("v", 16);
