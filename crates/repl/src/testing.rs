@@ -118,7 +118,9 @@ struct Script {
 /// The partner as one site's links see it: the other in-process site.
 #[derive(Debug)]
 pub(crate) struct FakePeer {
-    remote: Arc<Replication>,
+    /// Weak: each site's fake peer reaches the other, and a pair of
+    /// strong references would keep both sites alive after the test.
+    remote: std::sync::Weak<Replication>,
     /// The dialling site's name, as the partner knows it.
     caller: String,
     script: Mutex<Script>,
@@ -229,10 +231,11 @@ impl FakeLink {
         match std::mem::replace(&mut self.transfer, Transfer::Idle) {
             Transfer::Pit { writer, .. } => writer.abort(),
             Transfer::Log { group, .. } => {
-                let remote = self.peer.remote.clone();
-                tokio::spawn(async move {
-                    let _ = remote.seal_log(&group).await;
-                });
+                if let Some(remote) = self.peer.remote.upgrade() {
+                    tokio::spawn(async move {
+                        let _ = remote.seal_log(&group).await;
+                    });
+                }
             }
             Transfer::Base { .. } | Transfer::Idle => {}
         }
@@ -261,11 +264,13 @@ impl FakeLink {
             Some(Fault::Duplicate(_)) => times = 2,
             _ => {}
         }
+        let Some(remote) = peer.remote.upgrade() else {
+            return Err(self.lose());
+        };
         let mut answer = (false, Bytes::new());
         for _ in 0..times {
             peer.script().delivered.push(kind);
-            answer = peer
-                .remote
+            answer = remote
                 .dispatch(&peer.caller, kind, body.clone(), &mut self.transfer)
                 .await;
         }
@@ -304,9 +309,12 @@ impl FakeLink {
         if matches!(self.transfer, Transfer::Idle) {
             return Ok(());
         }
+        let Some(remote) = peer.remote.upgrade() else {
+            return Err(self.lose());
+        };
         // As the listener's session task: a refused batch ends the
         // transfer; a full store keeps the session, anything else ends it.
-        if let Err(e) = peer.remote.apply_batch(&payload, &mut self.transfer) {
+        if let Err(e) = remote.apply_batch(&payload, &mut self.transfer) {
             if let Transfer::Pit { writer, .. } =
                 std::mem::replace(&mut self.transfer, Transfer::Idle)
             {
@@ -429,7 +437,7 @@ impl Pair {
         let (a, b) = (service(sa), service(sb));
         let fake = |remote: &Arc<Replication>, caller: &str| {
             Arc::new(FakePeer {
-                remote: remote.clone(),
+                remote: Arc::downgrade(remote),
                 caller: caller.into(),
                 script: Mutex::new(Script::default()),
             })
