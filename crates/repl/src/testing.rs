@@ -615,5 +615,6 @@ mod cycle;
 mod failover;
 mod health;
 mod initial;
+mod runner;
 mod settings;
 mod verify;
