@@ -4,11 +4,13 @@
 //! other site's dispatch table and every block batch to its batch path,
 //! exactly as the listener's session task does, so the PITs committed are
 //! real replica-store PITs; on the way it can lose the link after a number
-//! of frames, lose a request or its answer, refuse, delay or duplicate a
-//! request, and refuse to connect, as scripted by a test ([`Fault`]).
+//! of frames, lose a request or its answer, refuse, delay, duplicate or
+//! hold a request, and refuse to connect, as scripted by a test
+//! ([`Fault`]), or keep the partner down ([`FakePeer::set_down`]). The
+//! protocol is one ordered stream per link, so nothing is reordered.
 //!
-//! Time is a [`FakeClock`] both sites share: lag and health are read
-//! against it, so a test moves time instead of waiting.
+//! Time is a [`FakeClock`] both sites share: lag, health and a sync
+//! group's waiting writes read it, so a test moves time instead of waiting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
