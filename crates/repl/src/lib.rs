@@ -29,6 +29,7 @@
 //! answers them.
 
 mod channel;
+mod clock;
 mod confirm;
 pub mod control;
 mod decide;
@@ -45,6 +46,8 @@ mod status;
 mod superseded;
 mod switch;
 mod sync;
+#[cfg(test)]
+mod testing;
 mod verify;
 pub mod wire;
 
@@ -247,6 +250,12 @@ pub struct Replication {
     /// `(group, PIT name)` of the named syncs under way: a second sync
     /// with the same name is refused before the first has committed.
     pending_pit_names: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Where lag, the instants it is measured from and a sync group's
+    /// waiting writes read the time.
+    clock: Arc<dyn clock::Clock>,
+    /// The crate's tests: a fake partner every link is dialled to.
+    #[cfg(test)]
+    fake_peer: std::sync::OnceLock<Arc<testing::FakePeer>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -289,6 +298,9 @@ impl Replication {
             store_full: Default::default(),
             extension: std::sync::OnceLock::new(),
             pending_pit_names: Default::default(),
+            clock: Arc::new(clock::SystemClock),
+            #[cfg(test)]
+            fake_peer: std::sync::OnceLock::new(),
         }))
     }
 

@@ -23,7 +23,7 @@ use offsite_engine::{Site, Volume};
 use offsite_transport::TokenBucket;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use crate::channel::Channel;
+pub(crate) use crate::channel::PeerLink;
 use crate::decide::{self, Asked, Turn};
 use crate::wire::{
     self, GroupCreate, GroupCreated, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
@@ -137,10 +137,6 @@ impl Runner {
     pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
         &self.tx
     }
-}
-
-fn now_rfc3339() -> String {
-    offsite_catalog::now_rfc3339()
 }
 
 pub(crate) fn age_seconds(rfc3339: &str) -> u64 {
@@ -279,7 +275,7 @@ impl Replication {
                 compress: req.compress.unwrap_or(true),
             })
             .await?;
-        ch.session.close().await;
+        ch.close().await;
         let site = self.site.clone();
         let row = GroupRow {
             name: req.name.clone(),
@@ -332,7 +328,11 @@ impl Replication {
         &self,
         partner: &str,
         group: Option<&GroupRow>,
-    ) -> Result<Channel, ReplError> {
+    ) -> Result<PeerLink, ReplError> {
+        #[cfg(test)]
+        if let Some(peer) = self.fake_peer.get() {
+            return peer.dial(partner).await;
+        }
         let mut options = self.session_options();
         if let Some(g) = group {
             options.compression = g.compress;
@@ -341,7 +341,9 @@ impl Replication {
         let bucket = group
             .and_then(|g| g.bandwidth)
             .map(|b| Arc::new(TokenBucket::with_rate(b)));
-        Ok(Channel::new(session, partner, bucket))
+        Ok(Box::new(crate::channel::Channel::new(
+            session, partner, bucket,
+        )))
     }
 
     /// Has a group's runner re-read its settings (a mode change).
@@ -589,7 +591,7 @@ impl Replication {
                     wait,
                 })
                 .await?;
-            ch.session.close().await;
+            ch.close().await;
             return Ok(SyncResult {
                 group: name.to_string(),
                 pit: done.pit.map(entry),
@@ -788,7 +790,7 @@ impl Replication {
         }
         // Taken before the look: a write marks its blocks before its data
         // moves, so no write made before this instant can be missed.
-        let at = now_rfc3339();
+        let at = self.clock.rfc3339();
         // On this task, not a blocking thread: looking a live volume up and
         // counting its dirty blocks take a lock for microseconds, and a
         // hand-off per group per cycle was most of what idle groups cost.
@@ -826,11 +828,11 @@ impl Replication {
     /// (the caller knows); before the first PIT, the group's age.
     pub(crate) fn lag_seconds(&self, row: &GroupRow, newest_pit: Option<&str>) -> u64 {
         let confirmed = self.confirmed_at(row);
-        let since = |t: Option<&str>| t.map(age_seconds);
+        let since = |t: Option<&str>| t.map(|t| self.clock.age_seconds(t));
         match (since(newest_pit), since(confirmed.as_deref())) {
             (Some(p), Some(c)) => p.min(c),
             (Some(p), None) => p,
-            (None, _) => age_seconds(&row.created_at),
+            (None, _) => self.clock.age_seconds(&row.created_at),
         }
     }
 
@@ -905,7 +907,7 @@ impl Replication {
         } else {
             Site::cut_then(&volumes, during)?
         };
-        let created_at = now_rfc3339();
+        let created_at = self.clock.rfc3339();
         let mut bytes = 0u64;
         let result = self
             .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
@@ -1045,7 +1047,7 @@ impl Replication {
                 blocks: blocks_sent,
             })
             .await?;
-        ch.session.close().await;
+        ch.close().await;
         Ok(committed)
     }
 }

@@ -90,6 +90,7 @@ use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, oneshot};
 
 use crate::RemoteError;
+use crate::clock::Clock;
 use crate::control::{Done, Reply, Rpc};
 use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
@@ -231,6 +232,8 @@ pub(crate) struct SyncMirror {
     /// Last log record sequence number sent (strictly growing in a log).
     record_seq: AtomicU64,
     pub(crate) stats: Arc<SyncStats>,
+    /// How long a write has waited is read here (the link-loss policy).
+    clock: Arc<dyn Clock>,
 }
 
 impl SyncMirror {
@@ -239,11 +242,13 @@ impl SyncMirror {
         policy: Policy,
         ack_timeout: Duration,
         stats: Arc<SyncStats>,
+        clock: Arc<dyn Clock>,
     ) -> Arc<SyncMirror> {
         Arc::new(SyncMirror {
             group: group.to_string(),
             policy,
             ack_timeout,
+            clock,
             st: Mutex::new(MState {
                 link: Link::Lost,
                 issued: 0,
@@ -760,7 +765,7 @@ impl WriteMirror for SyncMirror {
     }
 
     fn wait(&self, ticket: u64) -> io::Result<()> {
-        let start = Instant::now();
+        let start = self.clock.now();
         let mut st = self.lock();
         loop {
             if st.covered >= ticket {
@@ -769,7 +774,7 @@ impl WriteMirror for SyncMirror {
             let cap = match (st.link, self.policy) {
                 (Link::Detached, _) | (Link::Lost, Policy::Degrade) => return Ok(()),
                 (_, Policy::Suspend(limit)) => {
-                    let waited = start.elapsed();
+                    let waited = self.clock.now().saturating_duration_since(start);
                     if waited >= limit {
                         self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
                         self.cond.notify_all();
@@ -789,7 +794,7 @@ impl WriteMirror for SyncMirror {
                 // handshake), so the acknowledgement deadline runs from the
                 // write itself; with a stream, reading enforces it.
                 (Link::Up, Policy::Degrade) if st.stream.is_none() => {
-                    let waited = start.elapsed();
+                    let waited = self.clock.now().saturating_duration_since(start);
                     if waited >= self.ack_timeout {
                         drop(st);
                         self.lose(format!(
@@ -1060,3 +1065,6 @@ impl Replication {
         Ok(Done)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -144,7 +144,7 @@ impl Replication {
                 set,
             ));
         }
-        ch.session.close().await;
+        ch.close().await;
         Ok(out)
     }
 

@@ -41,7 +41,13 @@ impl Replication {
         let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
         let ack_timeout =
             Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
-        let mirror = SyncMirror::new(&row.name, Policy::of(row), ack_timeout, stats);
+        let mirror = SyncMirror::new(
+            &row.name,
+            Policy::of(row),
+            ack_timeout,
+            stats,
+            self.clock.clone(),
+        );
         for (i, v) in volumes.iter().enumerate() {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }
@@ -341,10 +347,7 @@ impl Replication {
     async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
-        let partner = row.partner.clone();
-        ch.into_direct()
-            .await
-            .map_err(|source| ReplError::Transport { partner, source })
+        ch.into_direct().await
     }
 
     /// `verify` of a sync group: a full cut whose seal is queued at the
