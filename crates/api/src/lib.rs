@@ -101,8 +101,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, offsite_api_types::TransferProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
@@ -219,6 +219,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(group_export_seed),
         )
         .route("/groups/{name}/measure", get(group_measure))
+        .route("/groups/{name}/cycles", get(group_cycles))
         .route("/groups/{name}/pits", get(pit_list))
         .route("/plans", get(plan_list).post(plan_create))
         .route("/plans/{name}", get(plan_show).delete(plan_delete))
@@ -1073,6 +1074,47 @@ async fn plan_history(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Vec<offsite_api_types::PlanRunSummary>> {
     plan(s.plans.history(&name).await)
+}
+
+#[derive(Debug, Deserialize)]
+struct CyclesQuery {
+    hours: Option<u32>,
+}
+
+/// Hours of cycles one request returns at most.
+const MAX_CYCLE_HOURS: u32 = 24 * 31;
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}/cycles",
+    params(("name" = String, Path, description = "group name"),
+        ("hours" = Option<u32>, Query, minimum = 1, maximum = 744, description = "cycles started in the last this many hours (default 6)")),
+    responses((status = 200, body = [offsite_api_types::CycleEntry])))]
+async fn group_cycles(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CyclesQuery>,
+) -> ApiResult<Vec<offsite_api_types::CycleEntry>> {
+    let hours = q.hours.unwrap_or(6);
+    if !(1..=MAX_CYCLE_HOURS).contains(&hours) {
+        return Err(Failure::BadBody(format!(
+            "hours {hours} is outside 1..{MAX_CYCLE_HOURS}"
+        )));
+    }
+    blocking(move || {
+        s.site.group_row(&name)?;
+        // Catalog times are RFC 3339 in UTC to the second: they compare
+        // as text.
+        let since = (time::OffsetDateTime::now_utc() - time::Duration::hours(i64::from(hours)))
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let rows = s.site.cycle_rows(&name)?;
+        Ok(rows
+            .into_iter()
+            .filter(|c| c.started_at >= since)
+            .collect::<Vec<_>>())
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/plan-runs/{id}", params(("id" = String, Path)),

@@ -57,6 +57,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ),
         ("GET", "/groups/NOSUCH/measure", None),
         ("GET", "/groups/NOSUCH/pits", None),
+        ("GET", "/groups/NOSUCH/cycles", None),
         ("POST", "/groups/NOSUCH/pits/check", None),
         ("POST", "/groups/NOSUCH/pits/1/export", None),
         ("POST", "/groups/NOSUCH/pits/nightly/export", None),
@@ -87,6 +88,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("DELETE", "/plans/NOSUCH/groups/g", None),
         ("DELETE", "/plans/NOSUCH/steps/s", None),
         ("GET", "/plan-runs/NOSUCH-1", None),
+        ("GET", "/plan-runs/NOSUCH-1/report.html", None),
         // Volumes.
         ("GET", "/volumes/NOSUCH", None),
         ("DELETE", "/volumes/NOSUCH", None),

@@ -22,6 +22,17 @@ export function h(tag, attrs, ...children) {
   return el;
 }
 
+/** An SVG element (charts). */
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
 const HEALTH_SYMBOL = { normal: '✓', warning: '!', critical: '✗' };
 
 /** Health as a badge with a symbol and the word (colour is never the only signal). */
@@ -183,10 +194,76 @@ function actionButton(label, key, fn, refresh, cls) {
   return b;
 }
 
+const CHART = { w: 760, h: 140, left: 56, right: 8, top: 8, bottom: 22 };
+
+/** Lag over time: it grows until a cycle succeeds, then drops to that cycle's age. */
+function lagPoints(cycles, now) {
+  const pts = [];
+  let cut = null;
+  for (const c of cycles) {
+    if (c.error || !c.finished_at) continue;
+    const f = Date.parse(c.finished_at);
+    const st = Date.parse(c.started_at);
+    if (cut !== null) pts.push([f, (f - cut) / 1000]);
+    pts.push([f, (f - st) / 1000]);
+    cut = st;
+  }
+  if (cut !== null) pts.push([now, (now - cut) / 1000]);
+  return pts;
+}
+
+/** A chart of the group's last hours: lag (line) and bytes per cycle (bars), with a text summary. */
+function history(g, cycles, hours) {
+  const now = Date.now();
+  // A young group's chart spans its life (at least 5 minutes), not 6 empty hours.
+  const first = cycles.length ? Date.parse(cycles[0].started_at) : now;
+  const t0 = Math.max(now - hours * 3600 * 1000, Math.min(first, now - 300 * 1000));
+  const span = duration(Math.round((now - t0) / 1000));
+  const { w, h: hh, left, right, top, bottom } = CHART;
+  const x = (t) => left + ((t - t0) / (now - t0)) * (w - left - right);
+  const lag = lagPoints(cycles, now).filter(([t]) => t >= t0);
+  const maxLag = Math.max(g.rpo_seconds, ...lag.map(([, v]) => v), 1);
+  const maxBytes = Math.max(1, ...cycles.map((c) => c.bytes));
+  const y = (v, max) => top + (1 - v / max) * (hh - top - bottom);
+  const failed = cycles.filter((c) => c.error).length;
+  const shipped = cycles.reduce((a, c) => a + c.bytes, 0);
+  const axis = (label) => [
+    svg('line', { x1: left, y1: hh - bottom, x2: w - right, y2: hh - bottom, class: 'axis' }),
+    svg('text', { x: left, y: hh - 6, class: 'tick' }, `${span} ago`),
+    svg('text', { x: w - right, y: hh - 6, class: 'tick end' }, 'now'),
+    svg('text', { x: left - 4, y: top + 10, class: 'tick end' }, label),
+  ];
+  const lagChart = svg('svg', { viewBox: `0 0 ${w} ${hh}`, class: 'chart', role: 'img', 'aria-labelledby': 'lag-title' },
+    svg('title', { id: 'lag-title' }, `Lag over the last ${span}; RPO ${duration(g.rpo_seconds)}`),
+    axis(duration(Math.round(maxLag))),
+    svg('line', { x1: left, x2: w - right, y1: y(g.rpo_seconds, maxLag), y2: y(g.rpo_seconds, maxLag), class: 'rpo' }),
+    svg('text', { x: w - right, y: y(g.rpo_seconds, maxLag) - 3, class: 'tick end' }, 'RPO'),
+    lag.length ? svg('polyline', { class: 'lag', points: lag.map(([t, v]) => `${x(t).toFixed(1)},${y(v, maxLag).toFixed(1)}`).join(' ') }) : null);
+  const bytesChart = svg('svg', { viewBox: `0 0 ${w} ${hh}`, class: 'chart', role: 'img', 'aria-labelledby': 'bytes-title' },
+    svg('title', { id: 'bytes-title' }, `Bytes per cycle over the last ${span}`),
+    axis(bytes(maxBytes)),
+    cycles.map((c) => {
+      const cx = x(Date.parse(c.started_at));
+      if (c.error) return svg('text', { x: cx, y: hh - bottom - 2, class: 'fail' }, '✗');
+      const top_ = y(c.bytes, maxBytes);
+      return svg('line', { x1: cx, x2: cx, y1: hh - bottom, y2: Math.min(top_, hh - bottom - 1), class: 'bar' });
+    }));
+  const worst = lag.length ? Math.max(...lag.map(([, v]) => v)) : null;
+  return [
+    h('p', {}, `Cycles in the last ${hours} h: ${cycles.length}, ${bytes(shipped)} shipped, ${failed} failed; `,
+      worst === null ? 'no successful cycle yet.' : `highest lag ${duration(Math.round(worst))} (RPO ${duration(g.rpo_seconds)}).`),
+    h('figure', {}, lagChart, h('figcaption', { class: 'muted' }, 'Lag (line) against the RPO (dashed)')),
+    h('figure', {}, bytesChart, h('figcaption', { class: 'muted' }, 'Bytes shipped per cycle (bars; ✗: a failed cycle)')),
+  ];
+}
+
 /** A group: status, volumes, PITs and the actions an operator takes on it. */
 export async function group(name, rerender) {
   const path = `/groups/${encodeURIComponent(name)}`;
-  const [g, pits] = await Promise.all([api('GET', path), api('GET', `${path}/pits`).catch(() => [])]);
+  const hours = 6;
+  const [g, pits, cycles, vols] = await Promise.all([api('GET', path), api('GET', `${path}/pits`).catch(() => []),
+    api('GET', `${path}/cycles?hours=${hours}`).catch(() => []), api('GET', '/volumes').catch(() => [])]);
+  const volume = new Map(vols.map((v) => [v.name, v]));
   const out = `group:${name}`;
   const pitChoice = h('select', { id: 'pit-choice', name: 'pit' },
     h('option', { value: '' }, 'newest'),
@@ -246,9 +323,18 @@ export async function group(name, rerender) {
       h('h2', { id: 'actions-h' }, 'Actions'),
       primary ? null : h('p', { class: 'muted' }, `Failover runs here, at the site holding the replicas; pause, sync and prepare run at ${g.partner}.`),
       actions, outcomeBox(out, 'action-result')),
+    h('section', { class: 'panel', 'aria-labelledby': 'history-h' },
+      h('h2', { id: 'history-h' }, `The last ${hours} hours`),
+      primary ? history(g, cycles, hours) : h('p', { class: 'muted' }, `Cycles are recorded at the primary, ${g.partner}; its console charts them.`)),
     h('section', { class: 'panel', 'aria-labelledby': 'volumes-h' },
       h('h2', { id: 'volumes-h' }, 'Volumes'),
-      h('ul', {}, g.volumes.map((v) => h('li', {}, v)))),
+      table(`Volumes of group ${g.name}`, ['Volume', 'Size', 'Dirty (not yet at the replica)', { text: 'Export', class: 'opt' }],
+        g.volumes.map((name) => {
+          const v = volume.get(name);
+          return h('tr', {}, h('th', { scope: 'row' }, name),
+            h('td', { class: 'num' }, v ? bytes(v.size_bytes) : '—'), h('td', { class: 'num' }, v ? bytes(v.dirty_bytes) : '—'),
+            h('td', { class: 'opt' }, v ? v.url : 'not served here'));
+        }), 'No volume.')),
     h('section', { class: 'panel', 'aria-labelledby': 'pits-h' },
       h('h2', { id: 'pits-h' }, `Points in time (${pits.length})`),
       pits.length

@@ -66,8 +66,17 @@ def wait(driver, what, cond, timeout=90):
 
 
 def shot(driver, name):
+    """A screenshot of the whole page, beyond the window (DevTools)."""
+    import base64
     path = os.path.join(ART, f"{name}.png")
-    driver.save_screenshot(path)
+    w, h = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight];")
+    png = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": w, "height": min(h, 8000), "scale": 1},
+    })
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(png["data"]))
     summary["screenshots"].append(path)
 
 
@@ -217,6 +226,13 @@ def main():
         shot(da, "a-overview-phone")
         check_clean(da, a, "overview (phone)")
         da.set_window_size(1280, 800)
+
+        # The group page at the primary: its history chart and volumes.
+        go(da, a, f"groups/{group}")
+        wait(da, "the group's chart", lambda d: d.find_elements(By.CSS_SELECTOR, "svg.chart polyline.lag")
+             and "Cycles in the last" in d.find_element(By.ID, "history-h").find_element(By.XPATH, "..").text)
+        shot(da, "a-group")
+        check_clean(da, a, "group")
 
         # Site b, the replica: test failover from the group page.
         login(db, b)
