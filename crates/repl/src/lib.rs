@@ -113,11 +113,23 @@ pub(crate) fn warn_if_failed<T, E: std::fmt::Display>(what: &str, r: Result<T, E
     }
 }
 
+/// A blocking task that failed: it panicked or was cancelled, or it
+/// returned an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TaskError<E> {
+    /// The task panicked or was cancelled.
+    #[error("{0}")]
+    Join(tokio::task::JoinError),
+    /// The task's own error.
+    #[error("{0}")]
+    Failed(E),
+}
+
 /// Flattens a blocking task's result for [`warn_if_failed`].
 pub(crate) fn joined<T, E: std::fmt::Display>(
     r: Result<Result<T, E>, tokio::task::JoinError>,
-) -> Result<T, String> {
-    r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+) -> Result<T, TaskError<E>> {
+    r.map_err(TaskError::Join)?.map_err(TaskError::Failed)
 }
 
 /// Errors of the replication service, phrased for the operator.
@@ -295,7 +307,8 @@ impl Replication {
     /// Installs the handler of request kinds from
     /// [`wire::kinds::EXTENSION_FIRST`] on (once; later calls are ignored).
     pub fn set_extension(&self, handler: Arc<dyn RequestHandler>) {
-        let _ = self.extension.set(handler);
+        // Documented: the first handler stays.
+        drop(self.extension.set(handler));
     }
 
     /// Sends one request to partner `partner` on a fresh session and
@@ -430,6 +443,7 @@ impl Replication {
                             .flatten();
                         if pinned.is_none_or(|p| p.name != peer) {
                             tracing::warn!(partner = %peer, "partner was removed; closing its session");
+                            // Closing either way: the reason is a courtesy.
                             let _ = session
                                 .send(Message::error(
                                     ErrorCode::Internal,
@@ -461,12 +475,15 @@ impl Replication {
                             // Said, typed, and the session kept: the primary
                             // reads it in order with the acknowledgements
                             // instead of finding a closed session. The rest
-                            // of the transfer lands in no PIT (idle).
+                            // of the transfer lands in no PIT (idle). A
+                            // send that fails broke the session: the next
+                            // read ends it.
                             let _ = session
                                 .send(Message::error(ErrorCode::StorageFull, e.message))
                                 .await;
                             continue;
                         }
+                        // Closing either way: the reason is a courtesy.
                         let _ = session
                             .send(Message::error(ErrorCode::Internal, e.message))
                             .await;
@@ -485,6 +502,7 @@ impl Replication {
                 }
                 Ok(Some(other)) => {
                     tracing::warn!(partner = %peer, got = %other.tag(), "unexpected message; closing the session");
+                    // Closing either way: the reason is a courtesy.
                     let _ = session
                         .send(Message::error(
                             ErrorCode::UnexpectedMessage,
@@ -527,7 +545,7 @@ impl Replication {
                     me.serve_stream(&stream, &g, &store, &slot)
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|e| Err(e.into()));
                 match served {
                     Ok(()) => {
                         tracing::info!(partner = %peer, group, "sync stream ended by the primary")
@@ -661,9 +679,12 @@ impl Replication {
         let rtt_micros = report.rtt.as_micros() as u64;
         let site = self.site.clone();
         let n = name.to_string();
-        let _ =
+        // `record_partner_contact` logs its own failure; a panic in it is
+        // the task's to report.
+        drop(
             tokio::task::spawn_blocking(move || site.record_partner_contact(&n, Ok(rtt_micros)))
-                .await;
+                .await,
+        );
         Ok(PartnerTestResult {
             partner: name.to_string(),
             protocol_version: version.as_u16(),
@@ -812,11 +833,6 @@ impl Replication {
             );
         }
     }
-}
-
-/// A refusal without a more precise class, as a [`ReplError`].
-pub(crate) fn refused(msg: String) -> ReplError {
-    ReplError::Refused(RemoteError::Refused(msg))
 }
 
 /// A refusal that is the user's to fix, as a [`ReplError`].
