@@ -857,7 +857,7 @@ pub(crate) enum StreamError {
     },
     /// A batch of writes does not decode.
     #[error("a batch of writes does not decode: {0}")]
-    Decode(String),
+    Decode(#[source] offsite_replica::LogFormatError),
     /// The replica store failed applying batches to the open PIT.
     #[error(transparent)]
     Store(#[from] offsite_replica::ReplicaError),
