@@ -260,6 +260,18 @@ impl From<offsite_engine::EngineError> for RemoteError {
     }
 }
 
+/// A primary this site refuses is `unauthorized`; a site that could not
+/// decide failed (`internal`).
+impl From<offsite_engine::authz::AuthzError> for RemoteError {
+    fn from(e: offsite_engine::authz::AuthzError) -> Self {
+        if e.is_refusal() {
+            RemoteError::Unauthorized(e.to_string())
+        } else {
+            RemoteError::Internal(e.to_string())
+        }
+    }
+}
+
 /// A blocking task that could not finish.
 impl From<tokio::task::JoinError> for RemoteError {
     fn from(e: tokio::task::JoinError) -> Self {

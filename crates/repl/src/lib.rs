@@ -569,8 +569,7 @@ impl Replication {
         let grant = tokio::task::spawn_blocking(move || {
             site.authorize_primary(&primary, req.security_tag.as_deref())
         })
-        .await?
-        .map_err(RemoteError::Unauthorized)?;
+        .await??;
         Ok(wire::AuthzGrant {
             partner: self.site.config().name.clone(),
             storage_location: grant.storage_location,

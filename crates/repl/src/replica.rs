@@ -726,8 +726,7 @@ impl Replication {
                 )));
             }
             let grant = site
-                .authorize_primary(&peer, req.security_tag.as_deref())
-                .map_err(RemoteError::Unauthorized)?;
+                .authorize_primary(&peer, req.security_tag.as_deref())?;
             let dir = Path::new(&grant.storage_location).join(&peer).join(&req.group);
             if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
                 return Err(RemoteError::Conflict(format!(
