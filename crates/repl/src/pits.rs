@@ -250,9 +250,11 @@ impl Replication {
         let site = self.site.clone();
         let g = group.to_string();
         tokio::task::spawn_blocking(move || {
-            store.set_pit_name(id, None).map_err(|e| e.to_string())?;
+            store
+                .set_pit_name(id, None)
+                .map_err(|e| crate::replica::storage_error(e.to_string(), &e))?;
             let pits = pit_rows(&store);
-            site.replace_pits(&g, &pits).map_err(|e| e.to_string())
+            Ok::<(), RemoteError>(site.replace_pits(&g, &pits)?)
         })
         .await??;
         Ok(())

@@ -41,6 +41,12 @@ impl From<String> for BatchFailure {
     }
 }
 
+impl From<wire::BatchDecodeError> for BatchFailure {
+    fn from(e: wire::BatchDecodeError) -> Self {
+        BatchFailure::Other(e.to_string())
+    }
+}
+
 /// "replica store DIR of group G on site S is full: F free, N needed".
 fn storage_full_message(site: &str, group: &str, store: &std::path::Path, needed: u64) -> String {
     let free = rustix::fs::statvfs(store)

@@ -680,9 +680,11 @@ impl Replication {
         tokio::task::spawn_blocking(move || {
             for (v, blocks) in live.iter().zip(&req.blocks) {
                 let set: RoaringBitmap = blocks.iter().copied().collect();
-                v.tracker().merge(&set).map_err(|e| e.to_string())?;
+                v.tracker()
+                    .merge(&set)
+                    .map_err(|e| RemoteError::Internal(e.to_string()))?;
             }
-            Ok::<(), String>(())
+            Ok::<(), RemoteError>(())
         })
         .await??;
         Ok(Done)
