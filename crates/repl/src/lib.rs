@@ -132,12 +132,57 @@ pub(crate) fn joined<T, E: std::fmt::Display>(
     r.map_err(TaskError::Join)?.map_err(TaskError::Failed)
 }
 
+/// What is wrong with the site's TLS identity or a partner's pinned one.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The key or certificate in `tls/` could not be loaded.
+    #[error(transparent)]
+    Load(#[from] offsite_transport::IdentityError),
+    /// `tls/` holds another site's certificate.
+    #[error(
+        "certificate {} has fingerprint {found}, but the catalog records {recorded}; restore the site's tls/ directory",
+        cert.display()
+    )]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// Its fingerprint.
+        found: String,
+        /// The one the catalog records.
+        recorded: String,
+    },
+    /// A partner's name in the catalog cannot be a name on the wire.
+    #[error("partner name {name:?}: {source:?}")]
+    PartnerName {
+        /// The name.
+        name: String,
+        /// Why not.
+        source: offsite_transport::InvalidPeerName,
+    },
+    /// A partner's pinned fingerprint in the catalog does not parse.
+    #[error("pinned fingerprint of {partner}: {source:?}")]
+    Fingerprint {
+        /// The partner.
+        partner: String,
+        /// Why not.
+        source: offsite_transport::InvalidFingerprint,
+    },
+    /// Looking the partner up in the catalog did not finish.
+    #[error("looking up partner {partner}: {source}")]
+    Lookup {
+        /// The partner.
+        partner: String,
+        /// The blocking task's failure.
+        source: tokio::task::JoinError,
+    },
+}
+
 /// Errors of the replication service, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
-    /// The site's TLS identity could not be loaded.
+    /// The site's TLS identity, or a partner's pinned one, is unusable.
     #[error("loading the site's TLS identity: {0}")]
-    Identity(String),
+    Identity(IdentityError),
     /// No such partner.
     #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
     NoSuchPartner(String),
@@ -275,14 +320,13 @@ impl Replication {
     pub fn new(site: Arc<Site>, options: SessionOptions) -> Result<Arc<Replication>, ReplError> {
         let layout = site.layout();
         let identity = Identity::load(&layout.key(), &layout.cert())
-            .map_err(|e| ReplError::Identity(e.to_string()))?;
+            .map_err(|e| ReplError::Identity(e.into()))?;
         if identity.fingerprint().as_str() != site.fingerprint() {
-            return Err(ReplError::Identity(format!(
-                "certificate {} has fingerprint {}, but the catalog records {}; restore the site's tls/ directory",
-                layout.cert().display(),
-                identity.fingerprint().as_str(),
-                site.fingerprint()
-            )));
+            return Err(ReplError::Identity(IdentityError::Mismatch {
+                cert: layout.cert(),
+                found: identity.fingerprint().as_str().to_string(),
+                recorded: site.fingerprint().to_string(),
+            }));
         }
         Ok(Arc::new(Replication {
             site,
@@ -582,13 +626,19 @@ impl Replication {
             .partner(name)
             .map_err(|_| ReplError::NoSuchPartner(name.to_string()))?;
         Ok(Partner {
-            name: PeerName::new(p.name.clone())
-                .map_err(|e| ReplError::Identity(format!("partner name {:?}: {e:?}", p.name)))?,
+            name: PeerName::new(p.name.clone()).map_err(|source| {
+                ReplError::Identity(IdentityError::PartnerName {
+                    name: p.name.clone(),
+                    source,
+                })
+            })?,
             address: p.address,
-            fingerprint: p
-                .fingerprint
-                .parse::<Fingerprint>()
-                .map_err(|e| ReplError::Identity(format!("pinned fingerprint of {name}: {e:?}")))?,
+            fingerprint: p.fingerprint.parse::<Fingerprint>().map_err(|source| {
+                ReplError::Identity(IdentityError::Fingerprint {
+                    partner: name.to_string(),
+                    source,
+                })
+            })?,
         })
     }
 
@@ -607,7 +657,12 @@ impl Replication {
             })
         })
         .await
-        .map_err(|e| ReplError::Identity(format!("looking up partner {name}: {e}")))??;
+        .map_err(|source| {
+            ReplError::Identity(IdentityError::Lookup {
+                partner: name.to_string(),
+                source,
+            })
+        })??;
         let mut options = options.clone();
         if options.bandwidth.is_none()
             && let Some(rate) = bandwidth
