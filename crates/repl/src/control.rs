@@ -609,6 +609,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn authorization_refusals_are_unauthorized_and_failures_internal() {
+        use offsite_engine::authz::AuthzError;
+        let refused = RemoteError::from(AuthzError::NoEntry {
+            site: "b".into(),
+            primary: "a".into(),
+        });
+        assert_eq!(refused.code(), "unauthorized");
+        assert!(
+            refused.message().starts_with("site b refuses primary a"),
+            "{refused}"
+        );
+        let tag = RemoteError::from(AuthzError::TagMismatch {
+            site: "b".into(),
+            primary: "a".into(),
+            pattern: "*".into(),
+            required: "gold".into(),
+            presented: None,
+        });
+        assert_eq!(tag.code(), "unauthorized");
+        assert!(tag.message().contains("presents none"), "{tag}");
+        let failed = RemoteError::from(AuthzError::StorageLocation(Box::new(
+            offsite_engine::EngineError::Invalid("no such directory".into()),
+        )));
+        assert_eq!(failed.code(), "internal");
+        assert_eq!(failed.message(), "no such directory");
+    }
+
+    #[test]
     fn codes_round_trip_and_are_listed() {
         for code in RemoteError::CODES {
             let e = RemoteError::from_code(Some(code), "why".into());
