@@ -116,19 +116,76 @@ pub(crate) fn warn_if_failed<T, E: std::fmt::Display>(what: &str, r: Result<T, E
     }
 }
 
+/// A blocking task that failed: it panicked or was cancelled, or it
+/// returned an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TaskError<E> {
+    /// The task panicked or was cancelled.
+    #[error("{0}")]
+    Join(tokio::task::JoinError),
+    /// The task's own error.
+    #[error("{0}")]
+    Failed(E),
+}
+
 /// Flattens a blocking task's result for [`warn_if_failed`].
 pub(crate) fn joined<T, E: std::fmt::Display>(
     r: Result<Result<T, E>, tokio::task::JoinError>,
-) -> Result<T, String> {
-    r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+) -> Result<T, TaskError<E>> {
+    r.map_err(TaskError::Join)?.map_err(TaskError::Failed)
+}
+
+/// What is wrong with the site's TLS identity or a partner's pinned one.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The key or certificate in `tls/` could not be loaded.
+    #[error(transparent)]
+    Load(#[from] offsite_transport::IdentityError),
+    /// `tls/` holds another site's certificate.
+    #[error(
+        "certificate {} has fingerprint {found}, but the catalog records {recorded}; restore the site's tls/ directory",
+        cert.display()
+    )]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// Its fingerprint.
+        found: String,
+        /// The one the catalog records.
+        recorded: String,
+    },
+    /// A partner's name in the catalog cannot be a name on the wire.
+    #[error("partner name {name:?}: {source:?}")]
+    PartnerName {
+        /// The name.
+        name: String,
+        /// Why not.
+        source: offsite_transport::InvalidPeerName,
+    },
+    /// A partner's pinned fingerprint in the catalog does not parse.
+    #[error("pinned fingerprint of {partner}: {source:?}")]
+    Fingerprint {
+        /// The partner.
+        partner: String,
+        /// Why not.
+        source: offsite_transport::InvalidFingerprint,
+    },
+    /// Looking the partner up in the catalog did not finish.
+    #[error("looking up partner {partner}: {source}")]
+    Lookup {
+        /// The partner.
+        partner: String,
+        /// The blocking task's failure.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Errors of the replication service, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
-    /// The site's TLS identity could not be loaded.
+    /// The site's TLS identity, or a partner's pinned one, is unusable.
     #[error("loading the site's TLS identity: {0}")]
-    Identity(String),
+    Identity(IdentityError),
     /// No such partner.
     #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
     NoSuchPartner(String),
@@ -272,14 +329,13 @@ impl Replication {
     pub fn new(site: Arc<Site>, options: SessionOptions) -> Result<Arc<Replication>, ReplError> {
         let layout = site.layout();
         let identity = Identity::load(&layout.key(), &layout.cert())
-            .map_err(|e| ReplError::Identity(e.to_string()))?;
+            .map_err(|e| ReplError::Identity(e.into()))?;
         if identity.fingerprint().as_str() != site.fingerprint() {
-            return Err(ReplError::Identity(format!(
-                "certificate {} has fingerprint {}, but the catalog records {}; restore the site's tls/ directory",
-                layout.cert().display(),
-                identity.fingerprint().as_str(),
-                site.fingerprint()
-            )));
+            return Err(ReplError::Identity(IdentityError::Mismatch {
+                cert: layout.cert(),
+                found: identity.fingerprint().as_str().to_string(),
+                recorded: site.fingerprint().to_string(),
+            }));
         }
         Ok(Arc::new(Replication {
             site,
@@ -307,7 +363,8 @@ impl Replication {
     /// Installs the handler of request kinds from
     /// [`wire::kinds::EXTENSION_FIRST`] on (once; later calls are ignored).
     pub fn set_extension(&self, handler: Arc<dyn RequestHandler>) {
-        let _ = self.extension.set(handler);
+        // Documented: the first handler stays.
+        drop(self.extension.set(handler));
     }
 
     /// Sends one request to partner `partner` on a fresh session and
@@ -442,6 +499,7 @@ impl Replication {
                             .flatten();
                         if pinned.is_none_or(|p| p.name != peer) {
                             tracing::warn!(partner = %peer, "partner was removed; closing its session");
+                            // Closing either way: the reason is a courtesy.
                             let _ = session
                                 .send(Message::error(
                                     ErrorCode::Internal,
@@ -473,12 +531,15 @@ impl Replication {
                             // Said, typed, and the session kept: the primary
                             // reads it in order with the acknowledgements
                             // instead of finding a closed session. The rest
-                            // of the transfer lands in no PIT (idle).
+                            // of the transfer lands in no PIT (idle). A
+                            // send that fails broke the session: the next
+                            // read ends it.
                             let _ = session
                                 .send(Message::error(ErrorCode::StorageFull, e.message))
                                 .await;
                             continue;
                         }
+                        // Closing either way: the reason is a courtesy.
                         let _ = session
                             .send(Message::error(ErrorCode::Internal, e.message))
                             .await;
@@ -497,6 +558,7 @@ impl Replication {
                 }
                 Ok(Some(other)) => {
                     tracing::warn!(partner = %peer, got = %other.tag(), "unexpected message; closing the session");
+                    // Closing either way: the reason is a courtesy.
                     let _ = session
                         .send(Message::error(
                             ErrorCode::UnexpectedMessage,
@@ -539,7 +601,7 @@ impl Replication {
                     me.serve_stream(&stream, &g, &store, &slot)
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|e| Err(e.into()));
                 match served {
                     Ok(()) => {
                         tracing::info!(partner = %peer, group, "sync stream ended by the primary")
@@ -563,8 +625,7 @@ impl Replication {
         let grant = tokio::task::spawn_blocking(move || {
             site.authorize_primary(&primary, req.security_tag.as_deref())
         })
-        .await?
-        .map_err(RemoteError::Unauthorized)?;
+        .await??;
         Ok(wire::AuthzGrant {
             partner: self.site.config().name.clone(),
             storage_location: grant.storage_location,
@@ -577,13 +638,19 @@ impl Replication {
             .partner(name)
             .map_err(|_| ReplError::NoSuchPartner(name.to_string()))?;
         Ok(Partner {
-            name: PeerName::new(p.name.clone())
-                .map_err(|e| ReplError::Identity(format!("partner name {:?}: {e:?}", p.name)))?,
+            name: PeerName::new(p.name.clone()).map_err(|source| {
+                ReplError::Identity(IdentityError::PartnerName {
+                    name: p.name.clone(),
+                    source,
+                })
+            })?,
             address: p.address,
-            fingerprint: p
-                .fingerprint
-                .parse::<Fingerprint>()
-                .map_err(|e| ReplError::Identity(format!("pinned fingerprint of {name}: {e:?}")))?,
+            fingerprint: p.fingerprint.parse::<Fingerprint>().map_err(|source| {
+                ReplError::Identity(IdentityError::Fingerprint {
+                    partner: name.to_string(),
+                    source,
+                })
+            })?,
         })
     }
 
@@ -602,7 +669,12 @@ impl Replication {
             })
         })
         .await
-        .map_err(|e| ReplError::Identity(format!("looking up partner {name}: {e}")))??;
+        .map_err(|source| {
+            ReplError::Identity(IdentityError::Lookup {
+                partner: name.to_string(),
+                source,
+            })
+        })??;
         let mut options = options.clone();
         if options.bandwidth.is_none()
             && let Some(rate) = bandwidth
@@ -673,9 +745,12 @@ impl Replication {
         let rtt_micros = report.rtt.as_micros() as u64;
         let site = self.site.clone();
         let n = name.to_string();
-        let _ =
+        // `record_partner_contact` logs its own failure; a panic in it is
+        // the task's to report.
+        drop(
             tokio::task::spawn_blocking(move || site.record_partner_contact(&n, Ok(rtt_micros)))
-                .await;
+                .await,
+        );
         Ok(PartnerTestResult {
             partner: name.to_string(),
             protocol_version: version.as_u16(),
@@ -824,11 +899,6 @@ impl Replication {
             );
         }
     }
-}
-
-/// A refusal without a more precise class, as a [`ReplError`].
-pub(crate) fn refused(msg: String) -> ReplError {
-    ReplError::Refused(RemoteError::Refused(msg))
 }
 
 /// A refusal that is the user's to fix, as a [`ReplError`].

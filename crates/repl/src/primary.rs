@@ -28,7 +28,7 @@ use crate::decide::{self, Asked, Turn};
 use crate::wire::{
     self, GroupCreate, GroupCreated, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
 };
-use crate::{RemoteError, ReplError, Replication, invalid, refused};
+use crate::{RemoteError, ReplError, Replication, invalid};
 
 /// Blocks per batch frame at most (1 MiB of 4 KiB blocks).
 pub(crate) const MAX_BATCH_BYTES: u64 = 1 << 20;
@@ -44,19 +44,26 @@ pub(crate) enum Command {
     /// Run a cycle now; reply with its PIT.
     Sync {
         pit_name: Option<String>,
-        reply: oneshot::Sender<Result<PitDesc, String>>,
+        reply: oneshot::Sender<Result<PitDesc, RemoteError>>,
     },
     /// Verify the replica against a fresh full cut; reply with the result.
     Verify {
-        reply: oneshot::Sender<Result<VerifyResult, String>>,
+        reply: oneshot::Sender<Result<VerifyResult, RemoteError>>,
     },
     /// Compare every block with the replica at a fresh cut and ship the
     /// blocks that differ (`group resync`); reply with the result.
     Resync {
-        reply: oneshot::Sender<Result<crate::model::ResyncResult, String>>,
+        reply: oneshot::Sender<Result<crate::model::ResyncResult, RemoteError>>,
     },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
+}
+
+/// Answers a [`Command`]. The asker may have stopped waiting (`sync`
+/// without `--wait`, a request whose client went away): the outcome is
+/// recorded in the catalog either way, so an answer nobody takes is dropped.
+pub(crate) fn answer<T>(reply: oneshot::Sender<Result<T, RemoteError>>, r: Result<T, RemoteError>) {
+    drop(reply.send(r));
 }
 
 /// In-memory progress of a running transfer, for status.
@@ -136,6 +143,13 @@ impl Runner {
     /// Where the runner takes its commands.
     pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
         &self.tx
+    }
+
+    /// Has the runner re-read the group from the catalog. A runner that
+    /// has stopped (its group torn down, the daemon shutting down) has
+    /// nothing to re-read, so a closed channel is not an error.
+    pub(crate) async fn wake(&self) {
+        drop(self.tx.send(Command::Wake).await);
     }
 }
 
@@ -309,12 +323,17 @@ impl Replication {
         if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
             // Undo the replica's side, or the name stays taken there.
             if let Ok(mut ch) = self.channel(&req.partner, None).await {
-                let _ = ch
-                    .call(&wire::GroupDelete {
+                crate::warn_if_failed(
+                    &format!(
+                        "undoing group {name} at {} (`offsite group delete` there frees the name)",
+                        req.partner
+                    ),
+                    ch.call(&wire::GroupDelete {
                         group: name.clone(),
                         delete_replica: false,
                     })
-                    .await;
+                    .await,
+                );
                 ch.close().await;
             }
             return Err(e);
@@ -349,7 +368,7 @@ impl Replication {
     /// Has a group's runner re-read its settings (a mode change).
     pub(crate) async fn wake_runner(&self, group: &str) {
         if let Some(r) = self.runner(group) {
-            let _ = r.tx.send(Command::Wake).await;
+            r.wake().await;
         }
     }
 
@@ -446,7 +465,7 @@ impl Replication {
         })
         .await?;
         let runner = self.ensure_runner(name);
-        let _ = runner.tx.send(Command::Wake).await;
+        runner.wake().await;
         self.group_status(name).await
     }
 
@@ -481,7 +500,7 @@ impl Replication {
         })
         .await?;
         if let Some(r) = self.runner(name) {
-            let _ = r.tx.send(Command::Wake).await;
+            r.wake().await;
         }
         self.group_status(name).await
     }
@@ -607,7 +626,8 @@ impl Replication {
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         if !wait {
             tokio::spawn(async move {
-                let _ = rx.await;
+                // The runner records and logs the outcome; nobody waits.
+                drop(rx.await);
             });
             return Ok(SyncResult {
                 group: name.to_string(),
@@ -617,7 +637,7 @@ impl Replication {
         let pit = rx
             .await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(refused)?;
+            .map_err(ReplError::Refused)?;
         Ok(SyncResult {
             group: name.to_string(),
             pit: Some(entry(pit)),
@@ -707,9 +727,9 @@ impl Replication {
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             c = rx.recv() => match c {
-                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Sync))); }
-                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Verify))); }
-                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Resync))); }
+                                Some(Command::Sync { reply, .. }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Sync)))); }
+                                Some(Command::Verify { reply }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Verify)))); }
+                                Some(Command::Resync { reply }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Resync)))); }
                                 Some(Command::Wake) => {}
                                 None => return,
                             },
@@ -723,25 +743,26 @@ impl Replication {
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
                             if !self.confirm_idle(&row, &progress).await {
-                                let _ = self.cycle(&row, None, false).await;
+                                // A failed cycle records and logs itself.
+                                drop(self.cycle(&row, None, false).await);
                             }
                             last_cycle = Instant::now();
                         }
                         c = rx.recv() => match c {
                             Some(Command::Sync { pit_name, reply }) => {
-                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(|e| e.to_string());
+                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Verify { reply }) => {
-                                let r = self.verify_now(&row).await.map_err(|e| e.to_string());
+                                let r = self.verify_now(&row).await.map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Resync { reply }) => {
-                                let r = self.resync_now(&row, &progress).await.map_err(|e| e.to_string());
+                                let r = self.resync_now(&row, &progress).await.map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Wake) => {}
                             None => return,
@@ -752,16 +773,34 @@ impl Replication {
                     // Paused or not started: only commands move it.
                     match rx.recv().await {
                         Some(Command::Sync { reply, .. }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Sync)));
+                            answer(
+                                reply,
+                                Err(RemoteError::Conflict(decide::refused_while(
+                                    &name,
+                                    state,
+                                    Asked::Sync,
+                                ))),
+                            );
                         }
                         Some(Command::Verify { reply }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Verify)));
+                            answer(
+                                reply,
+                                Err(RemoteError::Conflict(decide::refused_while(
+                                    &name,
+                                    state,
+                                    Asked::Verify,
+                                ))),
+                            );
                         }
                         Some(Command::Resync { reply }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Resync)));
+                            answer(
+                                reply,
+                                Err(RemoteError::Conflict(decide::refused_while(
+                                    &name,
+                                    state,
+                                    Asked::Resync,
+                                ))),
+                            );
                         }
                         Some(Command::Wake) => {}
                         None => return,

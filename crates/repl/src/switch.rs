@@ -36,6 +36,7 @@ use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
 use crate::control::Done;
 use crate::decide::ReverseChoice;
 use crate::dormant::{dormant_store, resume_dormant};
+use crate::replica::storage_error;
 use crate::wire::{self, GroupView, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
 
@@ -532,12 +533,17 @@ impl Replication {
                 })
                 .await?;
                 if let Ok(mut ch) = self.channel(&row.partner, None).await {
-                    let _ = ch
-                        .call(&wire::GroupPrepared {
+                    crate::warn_if_failed(
+                        &format!(
+                            "telling {} that group {group} replicates again",
+                            row.partner
+                        ),
+                        ch.call(&wire::GroupPrepared {
                             group: group.to_string(),
                             pit: 0,
                         })
-                        .await;
+                        .await,
+                    );
                     ch.close().await;
                 }
                 // The runner waits for commands while prepared: it
@@ -674,9 +680,11 @@ impl Replication {
         tokio::task::spawn_blocking(move || {
             for (v, blocks) in live.iter().zip(&req.blocks) {
                 let set: RoaringBitmap = blocks.iter().copied().collect();
-                v.tracker().merge(&set).map_err(|e| e.to_string())?;
+                v.tracker()
+                    .merge(&set)
+                    .map_err(|e| RemoteError::Internal(e.to_string()))?;
             }
-            Ok::<(), String>(())
+            Ok::<(), RemoteError>(())
         })
         .await??;
         Ok(Done)
@@ -1056,11 +1064,10 @@ impl Replication {
             .join(&req.group);
         let r = row.clone();
         let (last_pit, promoted_pit) = (req.last_pit, req.pit);
-        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
+        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, RemoteError> {
             // Number this site's PITs after every id either site gave.
             let after = site
-                .pit_rows(&r.name)
-                .map_err(|e| e.to_string())?
+                .pit_rows(&r.name)?
                 .iter()
                 .map(|p| p.id)
                 .max()
@@ -1079,43 +1086,49 @@ impl Replication {
                 if let Some(layer) = v.file().layered() {
                     while layer
                         .flatten_step(4096)
-                        .map_err(|e| format!("completing volume {}: {e}", v.name()))?
+                        .map_err(|e| RemoteError::Internal(format!("completing volume {}: {e}", v.name())))?
                         > 0
                     {}
                 }
                 v.file()
                     .sync()
-                    .map_err(|e| format!("syncing volume {}: {e}", v.name()))?;
-                images.push(site.volume_image_path(v.name()).map_err(|e| e.to_string())?);
+                    .map_err(|e| RemoteError::Internal(format!("syncing volume {}: {e}", v.name())))?;
+                images.push(site.volume_image_path(v.name())?);
             }
             // Link the images aside first: the old store (from the other
             // direction) may live at the very directory the new one takes.
             let staging = dir.with_extension("reverse-staging");
-            let _ = std::fs::remove_dir_all(&staging);
+            // Left by an interrupted reverse, if at all; creating it
+            // again below fails if it could not be removed.
+            drop(std::fs::remove_dir_all(&staging));
             offsite_store::create_private_dir_all(&staging)
-                .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+                .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", staging.display())))?;
             for (v, img) in live.iter().zip(&images) {
                 std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
-                    format!(
+                    RemoteError::Internal(format!(
                         "linking {} into {} (the storage location must be on the data directory's filesystem): {e}",
                         img.display(),
                         staging.display()
-                    )
+                    ))
                 })?;
             }
-            offsite_store::sync_dir(&staging).map_err(|e| e.to_string())?;
+            offsite_store::sync_dir(&staging)
+                .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", staging.display())))?;
             drop(live);
             for v in &r.volumes {
-                site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+                site.retire_volume(&v.volume)?;
             }
             if let Some(old) = &r.store_dir {
                 site.forget_replica_store(Path::new(old));
-                let _ = std::fs::remove_dir_all(old);
+                crate::warn_if_failed(
+                    &format!("removing the old replica store {old}"),
+                    std::fs::remove_dir_all(old),
+                );
             }
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).map_err(|e| RemoteError::Internal(format!("clearing {}: {e}", dir.display())))?;
             }
-            offsite_store::create_private_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            offsite_store::create_private_dir_all(&dir).map_err(|e| RemoteError::Internal(format!("creating {}: {e}", dir.display())))?;
             let specs: Vec<VolumeSpec> = r
                 .volumes
                 .iter()
@@ -1127,27 +1140,31 @@ impl Replication {
                 .collect();
             drop(
                 ReplicaStore::create_after(&dir, &specs, after)
-                    .map_err(|e| format!("creating the replica store: {e}"))?,
+                    .map_err(|e| storage_error(format!("creating the replica store: {e}"), &e))?,
             );
             let base = dir.join("base");
             for v in &r.volumes {
                 let target = base.join(format!("{}.img", v.volume));
                 std::fs::rename(staging.join(&v.volume), &target)
-                    .map_err(|e| format!("installing the base image of {}: {e}", v.volume))?;
+                    .map_err(|e| RemoteError::Internal(format!("installing the base image of {}: {e}", v.volume)))?;
             }
-            offsite_store::sync_dir(&base).map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_dir(&staging);
+            offsite_store::sync_dir(&base)
+                .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", base.display())))?;
+            // Empty by now; a leftover empty directory is removed by the next reverse.
+            drop(std::fs::remove_dir(&staging));
             let store_dir = dir.display().to_string();
             // Discarded divergent writes stay readable here: an empty PIT
             // over the base (this site's data as it was) with a name, which
             // retention keeps until `pit release`.
             let kept_as_pit = if isolated > 0 {
                 let name = split_brain_name();
-                let store = site.replica_store(&dir).map_err(|e| e.to_string())?;
-                let w = store.begin_pit().map_err(|e| e.to_string())?;
+                let store = site.replica_store(&dir)?;
+                let w = store
+                    .begin_pit()
+                    .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
                 let info = w
                     .commit(Some(name.clone()), now_rfc3339())
-                    .map_err(|e| format!("keeping the divergent state as a PIT: {e}"))?;
+                    .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
                 site.replace_pits(
                     &r.name,
                     &[offsite_catalog::PitRow {
@@ -1156,16 +1173,14 @@ impl Replication {
                         created_at: info.created_at.clone(),
                         bytes: info.bytes,
                     }],
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 Some(name)
             } else {
                 None
             };
-            site.set_group_role(&r.name, Role::Replica, Some(&store_dir), GroupState::Replicating)
-                .map_err(|e| e.to_string())?;
+            site.set_group_role(&r.name, Role::Replica, Some(&store_dir), GroupState::Replicating)?;
             if kept_as_pit.is_none() {
-                site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
+                site.replace_pits(&r.name, &[])?;
             }
             Ok(ReverseReady {
                 unreplicated,

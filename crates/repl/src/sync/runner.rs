@@ -14,9 +14,9 @@ use offsite_transport::DirectStream;
 use tokio::sync::mpsc;
 
 use super::{CATCH_UP_BYTES, Policy, SyncMirror};
-use crate::primary::{Command, MirrorSlot};
+use crate::primary::{Command, MirrorSlot, answer};
 use crate::wire;
-use crate::{ReplError, Replication};
+use crate::{RemoteError, ReplError, Replication};
 
 impl Replication {
     /// The runner of a sync group while it is replicating: attaches the
@@ -110,22 +110,22 @@ impl Replication {
                 _ = tokio::time::sleep_until(deadline) => return None,
                 c = rx.recv() => match c {
                     Some(Command::Sync { reply, .. }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing with its partner ({why}); retry once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Verify { reply }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing ({why}); verify once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Resync { reply }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing ({why}); run resync once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Wake) => {
                         if !self.still_sync(&row.name).await {
@@ -223,17 +223,21 @@ impl Replication {
                 .await;
             let site = self.site.clone();
             let g = name.clone();
-            let _ = crate::run_blocking(move || {
-                site.note(
-                    "group.sync",
-                    &g,
-                    "in sync: every write reaches the replica's log before it is acknowledged",
-                );
-                Ok(())
-            })
-            .await;
+            crate::warn_if_failed(
+                "recording the group as in sync",
+                crate::run_blocking(move || {
+                    site.note(
+                        "group.sync",
+                        &g,
+                        "in sync: every write reaches the replica's log before it is acknowledged",
+                    );
+                    Ok(())
+                })
+                .await,
+            );
             let m = mirror.clone();
-            let _ = tokio::task::spawn_blocking(move || m.attach(stream)).await;
+            // `attach` cannot fail; a panic in it is the task's to report.
+            drop(tokio::task::spawn_blocking(move || m.attach(stream)).await);
             let mut period = Duration::from_secs(row.rpo_secs.max(30));
             let mut seal_timer =
                 tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -249,9 +253,11 @@ impl Replication {
                     }
                     _ = keepalive.tick() => {
                         let m = mirror.clone();
+                        // The reason is the link's status text from here on.
                         let alive = tokio::task::spawn_blocking(move || m.keepalive())
                             .await
-                            .unwrap_or_else(|e| Err(e.to_string()));
+                            .unwrap_or_else(|e| Err(e.into()))
+                            .map_err(|e| e.to_string());
                         if let Err(why) = alive {
                             mirror.lose(why.clone());
                             break why;
@@ -264,17 +270,17 @@ impl Replication {
                     }
                     c = rx.recv() => match c {
                         Some(Command::Sync { pit_name, reply }) => {
-                            let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(|e| e.to_string());
-                            let _ = reply.send(r);
+                            let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(RemoteError::from);
+                            answer(reply, r);
                         }
                         Some(Command::Verify { reply }) => {
-                            let r = self.verify_sync(row, mirror, volumes).await.map_err(|e| e.to_string());
-                            let _ = reply.send(r);
+                            let r = self.verify_sync(row, mirror, volumes).await.map_err(RemoteError::from);
+                            answer(reply, r);
                         }
                         Some(Command::Resync { reply }) => {
                             let progress = self.runner(&name).map_or_else(Default::default, |r| r.progress);
-                            let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(|e| e.to_string());
-                            let _ = reply.send(r);
+                            let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(RemoteError::from);
+                            answer(reply, r);
                         }
                         Some(Command::Wake) => {
                             if !self.still_sync(&name).await {
@@ -317,11 +323,14 @@ impl Replication {
                 .await;
             let site = self.site.clone();
             let (g, l) = (name.clone(), lost.clone());
-            let _ = crate::run_blocking(move || {
-                site.note("group.sync", &g, &format!("out of sync: {l}"));
-                Ok(())
-            })
-            .await;
+            crate::warn_if_failed(
+                "recording the group as out of sync",
+                crate::run_blocking(move || {
+                    site.note("group.sync", &g, &format!("out of sync: {l}"));
+                    Ok(())
+                })
+                .await,
+            );
             if let Some(keep) = self.resync_pause(row, rx, backoff, &lost).await {
                 return keep;
             }
@@ -335,7 +344,8 @@ impl Replication {
             v.set_mirror(None);
         }
         let m = mirror.clone();
-        let _ = tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await;
+        // `finish` logs its own failure; a panic in it is the task's to report.
+        drop(tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await);
         mirror.detach();
         let streamed = mirror.stats.take_uncounted();
         self.count_traffic(&mirror.group, offsite_catalog::TrafficKind::Sync, streamed)

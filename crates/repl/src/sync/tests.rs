@@ -12,7 +12,8 @@ use offsite_catalog::SyncState;
 use offsite_engine::{Volume, WriteMirror};
 use offsite_nbd::BlockDevice;
 
-use super::{Policy, SyncMirror};
+use super::{Policy, StreamError, SyncMirror};
+use crate::RemoteError;
 use crate::clock::FakeClock;
 use crate::testing::{BS, Pair};
 
@@ -136,4 +137,28 @@ fn a_detached_mirror_no_longer_holds_writes() {
     // The group left sync mode: its waiting writes complete.
     mirror.detach();
     writer.join().unwrap().unwrap();
+}
+
+/// A lost link's reason is the group's status text: typed, it reads as
+/// it did when it was a string.
+#[test]
+fn stream_errors_read_as_before() {
+    assert_eq!(
+        StreamError::NoAnswer { secs: 30.0 }.to_string(),
+        "the replica did not answer within 30s"
+    );
+    let lost = StreamError::Lost("the sync stream stopped".into());
+    assert_eq!(
+        StreamError::Keepalive(Box::new(lost)).to_string(),
+        "keepalive: the sync stream stopped"
+    );
+    let full = RemoteError::StorageFull("no space left".into());
+    assert_eq!(
+        StreamError::Seal(full).to_string(),
+        "sealing the log: no space left"
+    );
+    assert_eq!(
+        StreamError::LogSealed.to_string(),
+        "the group's write log was sealed (failover); no more writes are taken"
+    );
 }
