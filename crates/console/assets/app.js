@@ -138,9 +138,12 @@ async function render(keepFocus) {
 
 async function start() {
   top.hidden = false;
-  const site = await api('GET', '/site');
+  // The first screen needs the site and the overview only: fetch both at
+  // once and render, then open the live stream and load the event log.
+  const [site, overview] = await Promise.all([api('GET', '/site'), api('GET', '/overview')]);
   document.getElementById('site-name').textContent = `site ${site.name}`;
-  state.events = (await api('GET', '/events?limit=200')).slice().reverse();
+  state.overview = overview;
+  render(false);
   state.es = stream({
     onOverview: (o) => {
       state.overview = o;
@@ -148,6 +151,7 @@ async function start() {
       if (view === '' || view === 'groups') render(true);
     },
     onEvent: (e) => {
+      if (state.events.some((x) => x.id === e.id)) return;
       state.events.unshift(e);
       if (state.events.length > 2000) state.events.length = 2000;
       if (currentRoute().view === 'events') render(true);
@@ -161,7 +165,11 @@ async function start() {
       }
     },
   });
-  render(false);
+  const recent = (await api('GET', '/events?limit=200')).slice().reverse();
+  const seen = new Set(state.events.map((e) => e.id));
+  state.events = state.events.concat(recent.filter((e) => !seen.has(e.id)));
+  state.events.sort((x, y) => y.id - x.id);
+  if (currentRoute().view === 'events') render(true);
 }
 
 document.getElementById('logout').addEventListener('click', async () => {
