@@ -299,9 +299,15 @@ export async function group(name, rerender) {
       actionButton('Revert failover', out, () => api('POST', `${path}/failover/revert`), refresh, 'secondary')),
     confirmBox);
   }
+  // Reverse shows its dry run first (what each site changed since they
+  // diverged), then asks for the choice that dry run calls for.
+  const reverseBox = h('div', { id: 'reverse' }, reversing.has(name) ? reverseConfirm(name, path, reversing.get(name), out, refresh) : null);
   actions.push(h('div', { class: 'actions' },
-    actionButton('Reverse: dry run', out, () => api('POST', `${path}/reverse`, { dry_run: true }), null, 'secondary'),
-    actionButton('Reverse', out, () => api('POST', `${path}/reverse`, { dry_run: false }), refresh, 'secondary')));
+    actionButton('Reverse…', out, async () => {
+      const dry = await api('POST', `${path}/reverse`, { dry_run: true });
+      reversing.set(name, dry);
+      return dry;
+    }, refresh, 'secondary')), reverseBox);
   return [
     h('p', {}, h('a', { href: '#/' }, '← Overview')),
     h('h1', {}, `Group ${g.name} `, health(g.health)),
@@ -342,6 +348,33 @@ export async function group(name, rerender) {
           `#${p.id} `, p.name ? h('strong', {}, `“${p.name}” `) : null, when(p.created_at), ` · ${bytes(p.bytes)}`)))
         : h('p', { class: 'muted' }, 'No PIT yet.')),
   ];
+}
+
+/** Groups whose reverse is being confirmed, with its dry run. */
+const reversing = new Map();
+
+/** The reverse's confirmation: both sides' changes, and the choice they call for. */
+function reverseConfirm(name, path, dry, out, refresh) {
+  const sides = dry.split_brain ? dry.split_brain.sites : [];
+  const diverged = sides.filter((x) => x.written_bytes > 0);
+  const done = () => { reversing.delete(name); };
+  const go = (label, body, cls) => {
+    const b = h('button', { type: 'button', class: cls, 'data-listens': '' }, label);
+    b.addEventListener('click', () => { done(); act(out, b, () => api('POST', `${path}/reverse`, body), refresh); });
+    return b;
+  };
+  const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { done(); refresh(); } }, 'Cancel');
+  return h('div', { class: 'confirm', role: 'group', 'aria-labelledby': 'reverse-h' },
+    h('h3', { id: 'reverse-h' }, 'Reverse replication'),
+    sides.length ? table('What each site wrote since they diverged', ['Site', 'Generation', 'Written since'],
+      sides.map((x) => h('tr', {}, h('th', { scope: 'row' }, x.site), h('td', {}, x.generation), h('td', { class: 'num' }, bytes(x.written_bytes)))), '') : null,
+    diverged.length > 1
+      ? [h('p', { class: 'error' }, '✗ Split brain: both sites wrote since they diverged. Choose the site whose changes are discarded (they are kept as a named PIT there).'),
+        h('div', { class: 'actions' }, sides.map((x) => go(`Reverse, discarding the changes on ${x.site}`, { discard_changes_on: x.site, dry_run: false }, 'danger')), cancel)]
+      : [h('p', {}, diverged.length
+        ? `${diverged[0].site} wrote ${bytes(diverged[0].written_bytes)} the other site does not have; reverse keeps this site's data.`
+        : '✓ No split brain: reverse makes this site the primary and its partner the replica.'),
+      h('div', { class: 'actions' }, go('Confirm reverse', { dry_run: false }), cancel)]);
 }
 
 /** Groups whose unplanned-failover confirmation is open (kept across re-renders). */

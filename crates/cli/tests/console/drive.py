@@ -127,7 +127,7 @@ def group_row(driver, group):
 
 def click(driver, label):
     def press(d):
-        d.find_element(By.XPATH, f"//button[normalize-space()={json.dumps(label)} and not(@disabled)]").click()
+        d.find_element(By.XPATH, f"//button[normalize-space()={json.dumps(label, ensure_ascii=False)} and not(@disabled)]").click()
         return True
 
     wait(driver, f"button {label!r}", press)
@@ -157,7 +157,7 @@ def action_result(driver, label, timeout=180):
 def plan_result(driver, label, plan, timeout=300):
     def press(d):
         card = d.find_element(By.CSS_SELECTOR, f"[data-plan='{plan}']")
-        card.find_element(By.XPATH, f".//button[normalize-space()={json.dumps(label)}]").click()
+        card.find_element(By.XPATH, f".//button[normalize-space()={json.dumps(label, ensure_ascii=False)}]").click()
         return True
 
     wait(driver, f"the plan's {label!r} button", press)
@@ -299,9 +299,12 @@ def main():
         result = action_result(db, "Planned failover")
         if result.get("mode") != "planned":
             raise Failed(f"planned failover result: {result}")
-        dry = action_result(db, "Reverse: dry run")
+        dry = action_result(db, "Reverse…")
         summary["reverse_dry_run"] = dry
-        reversed_ = action_result(db, "Reverse")
+        wait(db, "the reverse's confirmation", lambda d: "No split brain" in d.find_element(By.ID, "reverse").text)
+        shot(db, "b-group-reverse-confirm")
+        check_clean(db, b, "group (reverse confirmation)")
+        reversed_ = action_result(db, "Confirm reverse")
         summary["reverse"] = {"pit": reversed_.get("pit")}
         go(db, b, "")
         wait(db, "site b as the primary", lambda d: "primary" in group_row(d, group))
