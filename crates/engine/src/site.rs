@@ -802,6 +802,7 @@ impl offsite_nbd::ExportRegistry for Site {
             name: name.to_string(),
             description: format!("offsite volume {name} ({} bytes)", volume.row().size_bytes),
             device: volume,
+            tls: None,
         })
     }
 

@@ -258,6 +258,7 @@ impl Replication {
                         spec.name
                     ),
                     device: Arc::new(LayeredDevice(layer)),
+                    tls: None,
                 });
                 out.push(ExportedVolume {
                     name: spec.name.clone(),
