@@ -202,7 +202,8 @@ impl Site {
         }
     }
 
-    /// `nbd://HOST:PORT/NAME` for a volume.
+    /// `nbd://HOST:PORT/NAME` for a volume; `nbds://` (libnbd's scheme
+    /// for TLS) when the NBD listener requires TLS.
     pub fn volume_url(&self, name: &str) -> String {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).nbd;
         let addr = bound
@@ -213,7 +214,11 @@ impl Site {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        format!("nbd://{host}:{}/{name}", addr.port())
+        let scheme = match self.config().nbd_tls.mode {
+            offsite_nbd::TlsMode::Required => "nbds",
+            offsite_nbd::TlsMode::Off | offsite_nbd::TlsMode::Optional => "nbd",
+        };
+        format!("{scheme}://{host}:{}/{name}", addr.port())
     }
 
     fn connection_count(&self, name: &str) -> u64 {

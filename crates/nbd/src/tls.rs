@@ -202,9 +202,21 @@ impl TlsAcceptor {
             .set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(TlsError::Setup)?;
         builder.set_options(
-            SslOptions::NO_RENEGOTIATION | SslOptions::NO_TICKET | SslOptions::NO_COMPRESSION,
+            SslOptions::NO_RENEGOTIATION
+                | SslOptions::NO_TICKET
+                | SslOptions::NO_COMPRESSION
+                | SslOptions::CIPHER_SERVER_PREFERENCE,
         );
         builder.set_num_tickets(0).map_err(TlsError::Setup)?;
+        // SHA-256 suites first: a TLS 1.3 PSK from the legacy callback
+        // below is bound to SHA-256, and OpenSSL ignores it (falling back
+        // to a certificate the PSK client cannot check) when the handshake
+        // picked a SHA-384 suite. AES-128-GCM is also the cheapest.
+        builder
+            .set_ciphersuites(
+                "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384",
+            )
+            .map_err(TlsError::Setup)?;
         if let Some(dir) = &credentials.x509_dir {
             load_x509(&mut builder, dir, credentials.verify_peer)?;
         }
@@ -219,12 +231,17 @@ impl TlsAcceptor {
                 "ECDHE-PSK:DHE-PSK:PSK:!aNULL:!eNULL"
             };
             builder.set_cipher_list(ciphers).map_err(TlsError::Setup)?;
-            builder.set_psk_server_callback(move |_ssl, identity, out| {
+            builder.set_psk_server_callback(move |ssl, identity, out| {
                 // An unknown identity ends the handshake (0 = no key).
                 let key = identity.and_then(|id| keys.get(id));
                 Ok(match key {
                     Some(key) if key.len() <= out.len() => {
                         out[..key.len()].copy_from_slice(key);
+                        // The key authenticates the client: a certificate
+                        // required of x509 clients is not asked of it
+                        // (TLS 1.3 would otherwise fail the handshake for
+                        // the missing certificate).
+                        ssl.set_verify(SslVerifyMode::NONE);
                         key.len()
                     }
                     _ => 0,

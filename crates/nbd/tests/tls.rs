@@ -52,33 +52,8 @@ impl Pki {
         require("openssl")?;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let script = r#"
-set -e
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$1" 2>/dev/null; }
-ca() { # DIR NAME
-    key "$1/ca-key.pem"
-    openssl req -x509 -new -key "$1/ca-key.pem" -out "$1/ca-cert.pem" -days 30 -subj "/CN=$2" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-}
-leaf() { # CA-DIR OUT-CERT OUT-KEY CN EXTENSIONS
-    key "$3"
-    openssl req -new -key "$3" -out "$2.csr" -subj "/CN=$4"
-    printf '%b' "$5" > "$2.ext"
-    openssl x509 -req -in "$2.csr" -CA "$1/ca-cert.pem" -CAkey "$1/ca-key.pem" -CAcreateserial \
-        -out "$2" -days 30 -extfile "$2.ext" 2>/dev/null
-}
-mkdir -p ca other server client rogue psk psk-client psk-wrong
-ca ca offsite-test-ca
-ca other offsite-other-ca
-usage='keyUsage=digitalSignature,keyEncipherment\n'
-leaf ca server/server-cert.pem server/server-key.pem localhost \
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n$usage"
-leaf ca client/client-cert.pem client/client-key.pem client \
-    "extendedKeyUsage=clientAuth\n$usage"
-leaf other rogue/client-cert.pem rogue/client-key.pem rogue \
-    "extendedKeyUsage=clientAuth\n$usage"
-for d in server client rogue; do cp ca/ca-cert.pem "$d/"; done
-"#;
+        // Shared with the daemon's TLS tests (crates/cli/tests/nbd_tls.rs).
+        let script = include_str!("pki.sh");
         let output = run(Command::new("sh").arg("-c").arg(script).current_dir(root));
         assert_success("making test certificates", &output);
         let psk = |dir: &str, key: &str| {
@@ -233,6 +208,23 @@ fn psk_clients_with_the_key_get_in() {
     else {
         return;
     };
+    // PSK alone, and beside certificates (a client then picks either).
+    let both = TlsCredentials {
+        x509_dir: Some(pki.server.clone()),
+        ..pki.psk()
+    };
+    let f = server(TlsMode::Required, Some(both));
+    let addr = f.server.local_addr();
+    let output = run(Command::new("qemu-img").arg("info").args(qemu_args(
+        addr,
+        "vol",
+        Some(psk_object(&pki.psk_client)),
+    )));
+    assert_success("qemu-img info (PSK) beside x509", &output);
+    let output = nbdinfo(&x509_uri(addr, "vol", &pki.client));
+    assert_success("nbdinfo (x509) beside PSK", &output);
+    drop(f);
+
     let f = server(TlsMode::Required, Some(pki.psk()));
     let addr = f.server.local_addr();
 
