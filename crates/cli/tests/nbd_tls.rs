@@ -205,3 +205,67 @@ fn tls_without_credentials_is_a_config_error_that_names_the_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn a_volume_can_require_tls_or_refuse_it_on_an_optional_listener() {
+    if !have_tools(&["openssl", "nbdinfo"]) {
+        return;
+    }
+    let mut site = TestSite::init(bin(), "a");
+    let pki = pki(&site);
+    append_config(
+        &site,
+        &format!(
+            "\n[nbd_tls]\nmode = \"optional\"\nx509_dir = {:?}\n",
+            pki.server
+        ),
+    );
+    site.start();
+    let plain = site.create_volume("v", "1M");
+    assert!(plain.starts_with("nbd://"), "{plain}");
+    // Both URLs of the volume (the port changes at a restart).
+    let urls = |site: &TestSite| {
+        let url = site.json(&["volume", "show", "v"])["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (host, port, export) = parts(&url);
+        let plain = format!("nbd://{host}:{port}/{export}");
+        let tls = format!(
+            "nbds://{host}:{port}/{export}?tls-certificates={}",
+            pki.client.display()
+        );
+        (plain, tls)
+    };
+    let (plain, tls) = urls(&site);
+    let works = |uri: &str| run(Command::new("nbdinfo").arg(uri)).status.success();
+    assert!(works(&plain) && works(&tls));
+
+    let v = site.json(&["volume", "set", "v", "--nbd-tls", "required"]);
+    assert_eq!(v["nbd_tls"], "required", "{v}");
+    assert!(v["url"].as_str().unwrap().starts_with("nbds://"), "{v}");
+    assert!(
+        !works(&plain),
+        "a plain client reached a volume that requires TLS"
+    );
+    assert!(works(&tls));
+
+    // Kept in the catalog across a restart.
+    site.stop();
+    site.start();
+    assert_eq!(site.json(&["volume", "show", "v"])["nbd_tls"], "required");
+    let (plain, tls) = urls(&site);
+    assert!(!works(&plain));
+    assert!(works(&tls));
+
+    let v = site.json(&["volume", "set", "v", "--nbd-tls", "off"]);
+    assert_eq!(v["nbd_tls"], "off", "{v}");
+    assert!(works(&plain));
+    assert!(!works(&tls), "a TLS client reached a volume with TLS off");
+
+    let v = site.json(&["volume", "set", "v", "--nbd-tls", "default"]);
+    assert_eq!(v["nbd_tls"], "optional", "{v}");
+    assert!(works(&plain) && works(&tls));
+    let err = site.fails(&["volume", "set", "nope", "--nbd-tls", "required"]);
+    assert!(err.contains("nope"), "{err}");
+}
