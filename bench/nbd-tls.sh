@@ -110,7 +110,7 @@ log "offsite:  $OFFSITE_URI"
 log "qemu-nbd: $QEMU_URI"
 
 # fio_as_user ARGS... — fio as $FIO_USER with the client credentials; its
-# JSON goes to stdout.
+# JSON goes to stdout (after the nbd engine's "connected" line).
 fio_as_user() {
     setpriv --reuid="$FIO_USER" --regid="$FIO_GROUP" --clear-groups \
         env HOME="$FIO_HOME" fio --ioengine=nbd --output-format=json "$@" 2>>"$OUT/fio.log"
@@ -151,7 +151,9 @@ def load(who, job, ddir):
     rows = []
     for r in range(1, rep + 1):
         with open(f"{out}/{who}-{job}-{r}.json") as f:
-            d = json.load(f)["jobs"][0][ddir]
+            # fio's nbd engine prints "fio: connected to NBD server" first.
+            text = f.read()
+            d = json.loads(text[text.index("{"):])["jobs"][0][ddir]
         pct = d["clat_ns"]["percentile"]
         rows.append(dict(iops=d["iops"], mib=d["bw"] / 1024,
                          p50=pct["50.000000"] / 1000, p99=pct["99.000000"] / 1000))
