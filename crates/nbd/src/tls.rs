@@ -491,11 +491,14 @@ impl Session {
 /// `NBD_REP_ACK` to `NBD_OPT_STARTTLS`. `early` is whatever the client sent
 /// after its `STARTTLS` that was already buffered (the start of its
 /// ClientHello, if it did not wait for the acknowledgement). The socket's
-/// read timeout bounds each wait.
+/// read timeout bounds each wait, and `deadline` the whole handshake (a
+/// client trickling bytes cannot hold the connection past negotiation's
+/// deadline).
 pub(crate) fn accept(
     acceptor: &TlsAcceptor,
     socket: TcpStream,
     early: &[u8],
+    deadline: std::time::Instant,
 ) -> Result<(TlsReader, TlsWriter), HandshakeError> {
     let refused = |e: ErrorStack| HandshakeError::Refused(e.to_string());
     let ssl = Ssl::new(&acceptor.context).map_err(refused)?;
@@ -518,6 +521,9 @@ pub(crate) fn accept(
             }
             Err(e) if e.code() == ErrorCode::WANT_READ => {
                 sent?;
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut).into());
+                }
                 let n = reading.read(&mut raw)?;
                 if n == 0 {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());

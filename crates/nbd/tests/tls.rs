@@ -512,3 +512,22 @@ fn credentials_are_checked_at_load() {
     .to_string();
     assert!(err.contains("bad.psk:1"), "{err}");
 }
+
+#[test]
+fn a_client_silent_after_starttls_is_let_go_at_the_handshake_deadline() {
+    let Some(pki) = Pki::generate() else {
+        return;
+    };
+    let acceptor = TlsAcceptor::new(&pki.x509()).unwrap();
+    let config = ServerConfig {
+        handshake_timeout: std::time::Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let policy = TlsPolicy::new(TlsMode::Required, Some(acceptor)).unwrap();
+    let f = start_server_with_tls(config, policy);
+    let mut c = Client::negotiated(f.server.local_addr());
+    c.send_option(option_codes::STARTTLS, b"");
+    assert_eq!(c.read_option_reply().0.reply_type, reply_types::ACK);
+    // No ClientHello: the server closes instead of holding the slot.
+    assert!(c.is_closed());
+}

@@ -150,8 +150,8 @@ fn serve(
                 // and a policy with a mode always has credentials.
                 return Err(ConnectionError::TlsRequired);
             };
-            let (tls_reader, tls_writer) = match tls::accept(acceptor, socket.try_clone()?, &early)
-            {
+            let handshake = tls::accept(acceptor, socket.try_clone()?, &early, negotiator.deadline);
+            let (tls_reader, tls_writer) = match handshake {
                 Err(HandshakeError::Io(err)) => {
                     return in_handshake(Err(ConnectionError::Io(err)), timeout);
                 }
