@@ -70,7 +70,9 @@ fn check_option(code: u32, data: &[u8]) {
         Ok(ClientOption::Info(req) | ClientOption::Go(req)) => {
             assert_eq!(codec::encode_info_request(&req.name, &req.requests), data);
         }
-        Ok(ClientOption::List | ClientOption::StructuredReply) => assert!(data.is_empty()),
+        Ok(ClientOption::List | ClientOption::StructuredReply | ClientOption::StartTls) => {
+            assert!(data.is_empty())
+        }
         Ok(ClientOption::ListMetaContext(req) | ClientOption::SetMetaContext(req)) => {
             let queries: Vec<&str> = req.queries.iter().map(String::as_str).collect();
             assert_eq!(

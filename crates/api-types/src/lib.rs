@@ -70,10 +70,24 @@ pub struct VolumeInfo {
     pub created_at: String,
     /// NBD URL of the export.
     pub url: String,
+    /// NBD TLS mode in force for the export: the volume's own (`volume set
+    /// --nbd-tls`) or else the NBD listener's (`[nbd_tls] mode`).
+    #[schema(schema_with = crate::schema::nbd_tls)]
+    pub nbd_tls: String,
     /// Open NBD connections.
     pub connections: u64,
     /// Import progress while `state` is `importing`.
     pub import: Option<ImportProgress>,
+}
+
+/// `POST /api/v1/volumes/{name}/nbd-tls`: a volume's own NBD TLS mode.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SetVolumeNbdTls {
+    /// `off`, `optional` or `required`; null (or absent) takes the NBD
+    /// listener's mode again.
+    #[serde(default)]
+    #[schema(schema_with = crate::schema::nbd_tls_opt)]
+    pub mode: Option<String>,
 }
 
 /// `POST /api/v1/volumes`: either `size_bytes` or `import_path`.

@@ -44,6 +44,8 @@ pub const LINK_LOSS: &[&str] = &["degrade", "suspend-writes"];
 pub const VOLUME_ROLES: &[&str] = &["primary", "promoted"];
 /// States of a volume.
 pub const VOLUME_STATES: &[&str] = &["ready", "importing", "failed"];
+/// NBD TLS modes of a listener or an export.
+pub const NBD_TLS_MODES: &[&str] = &["off", "optional", "required"];
 /// Modes of a recovery plan run.
 pub const RUN_MODES: &[&str] = &[
     "test",
@@ -132,6 +134,14 @@ pub fn volume_role() -> RefOr<Schema> {
 /// A volume's state.
 pub fn volume_state() -> RefOr<Schema> {
     one_of(VOLUME_STATES, false)
+}
+/// An export's NBD TLS mode.
+pub fn nbd_tls() -> RefOr<Schema> {
+    one_of(NBD_TLS_MODES, false)
+}
+/// A volume's own NBD TLS mode; null takes the listener's.
+pub fn nbd_tls_opt() -> RefOr<Schema> {
+    one_of(NBD_TLS_MODES, true)
 }
 /// A plan run's mode.
 pub fn run_mode() -> RefOr<Schema> {

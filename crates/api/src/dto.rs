@@ -112,7 +112,7 @@ macro_rules! as_string {
     )*};
 }
 
-as_string!(GroupState, Role, Mode, SyncState);
+as_string!(GroupState, Role, Mode, SyncState, engine::TlsMode);
 
 /// A domain type to the body of the same fields.
 macro_rules! to_dto {
@@ -143,7 +143,7 @@ macro_rules! to_domain {
 // The engine: the site, volumes, partners, authorization, settings, VMs.
 to_dto!(engine::SiteInfo => SiteInfo { name, fingerprint, listen, api, nbd, version, data_dir });
 to_dto!(engine::ImportProgress => ImportProgress { copied_bytes, total_bytes, error });
-to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, connections, import });
+to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, nbd_tls, connections, import });
 to_dto!(engine::Event => Event { id, at, kind, subject, message });
 to_dto!(engine::PartnerInfo => PartnerInfo { name, address, fingerprint, created_at, last_handshake_at, rtt_ms, last_error, reachable });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });

@@ -24,15 +24,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use offsite_api_types::{
     AddAuthz, AddPartner, ApiError, AuthzCheckRequest, AuthzCheckResult, AuthzEntry, CreateVm,
-    CreateVolume, Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SiteInfo,
-    SiteSettings, UpdateSiteSettings, VmInfo, VolumeInfo, VolumeUrl,
+    CreateVolume, Event, PartnerInfo, PartnerTestRequest, PartnerTestResult, SetVolumeNbdTls,
+    SiteInfo, SiteSettings, UpdateSiteSettings, VmInfo, VolumeInfo, VolumeUrl,
 };
 use offsite_api_types::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, StartGroup, SyncGroup, SyncResult,
     VerifyResult,
 };
 use offsite_console::Console;
-use offsite_engine::{EngineError, ErrorKind, Site};
+use offsite_engine::{EngineError, ErrorKind, Site, TlsMode};
 use offsite_plan::{PlanError, Plans};
 use offsite_repl::{ReplError, Replication};
 use serde::Deserialize;
@@ -101,8 +101,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, volume_set_nbd_tls, event_list),
+    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, SetVolumeNbdTls, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, offsite_api_types::TransferProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
@@ -173,6 +173,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/volumes/{name}/clear-dirty",
             axum::routing::post(volume_clear_dirty),
+        )
+        .route(
+            "/volumes/{name}/nbd-tls",
+            axum::routing::post(volume_set_nbd_tls),
         )
         .route("/groups", get(group_list).post(group_create))
         .route("/groups/{name}", get(group_status).delete(group_teardown))
@@ -907,6 +911,22 @@ async fn volume_clear_dirty(
     ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> ApiResult<VolumeInfo> {
     blocking(move || s.site.clear_dirty(&name, q.force)).await
+}
+
+#[utoipa::path(post, path = "/api/v1/volumes/{name}/nbd-tls", params(("name" = String, Path)),
+    request_body = SetVolumeNbdTls,
+    responses((status = 200, body = VolumeInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn volume_set_nbd_tls(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    b: JsonBody<SetVolumeNbdTls>,
+) -> ApiResult<VolumeInfo> {
+    let mode = match body(b)?.mode.as_deref().map(str::parse::<TlsMode>) {
+        None => None,
+        Some(Ok(mode)) => Some(mode),
+        Some(Err(e)) => return Err(Failure::BadBody(e.to_string())),
+    };
+    blocking(move || s.site.set_volume_nbd_tls(&name, mode)).await
 }
 
 #[derive(Debug, Deserialize)]

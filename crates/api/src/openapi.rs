@@ -38,7 +38,7 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
         "partner_show" | "vm_show" | "volume_show" | "volume_url" | "authz_remove" => {
             &[401, 404, 500]
         }
-        "partner_update" => &[400, 401, 404, 500],
+        "partner_update" | "volume_set_nbd_tls" => &[400, 401, 404, 500],
         "partner_remove" | "vm_delete" | "volume_delete" | "volume_clear_dirty" => {
             &[401, 404, 409, 500]
         }

@@ -338,6 +338,9 @@ pub struct VolumeRow {
     pub import_source: Option<String>,
     /// A promoted volume's lower layer, until it is flattened.
     pub lower: Option<LowerRef>,
+    /// The volume's own NBD TLS mode (`off`, `optional`, `required`);
+    /// `None` takes the NBD listener's.
+    pub nbd_tls: Option<String>,
 }
 
 /// Where a layered volume reads the blocks its top layer lacks: PIT `pit`
@@ -593,6 +596,7 @@ impl Catalog {
                 }),
                 _ => None,
             },
+            nbd_tls: r.get(11)?,
         })
     }
 
@@ -601,7 +605,7 @@ impl Catalog {
         self.conn
             .query_row(
                 "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
-                        lower_store, lower_volume, lower_pit
+                        lower_store, lower_volume, lower_pit, nbd_tls
                  FROM volumes WHERE name = ?1",
                 [name],
                 Self::row_to_volume,
@@ -617,7 +621,7 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
-                        lower_store, lower_volume, lower_pit
+                        lower_store, lower_volume, lower_pit, nbd_tls
                  FROM volumes ORDER BY name",
             )
             .map_err(self.err("list volumes"))?;
@@ -649,6 +653,21 @@ impl Catalog {
                         lower.map(|l| l.volume.as_str()),
                         lower.map(|l| l.pit as i64)
                     ],
+                )
+            },
+        )
+    }
+
+    /// Sets a volume's own NBD TLS mode (`off`, `optional`, `required`;
+    /// `None`: the listener's). Any other value is refused by the schema.
+    pub fn set_volume_nbd_tls(&self, name: &str, mode: Option<&str>) -> Result<(), CatalogError> {
+        self.change_row(
+            "update volume",
+            || CatalogError::NoSuchVolume(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE volumes SET nbd_tls = ?2 WHERE name = ?1",
+                    params![name, mode],
                 )
             },
         )
@@ -1216,6 +1235,23 @@ mod tests {
     }
 
     #[test]
+    fn a_volume_keeps_its_own_nbd_tls_mode_and_the_schema_refuses_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::create(&dir.path().join("catalog.db")).unwrap();
+        let v = c.insert_volume(&new_volume("a")).unwrap();
+        assert_eq!(v.nbd_tls, None);
+        c.set_volume_nbd_tls("a", Some("required")).unwrap();
+        assert_eq!(c.volume("a").unwrap().nbd_tls.as_deref(), Some("required"));
+        assert!(c.set_volume_nbd_tls("a", Some("sometimes")).is_err());
+        c.set_volume_nbd_tls("a", None).unwrap();
+        assert_eq!(c.volume("a").unwrap().nbd_tls, None);
+        assert!(matches!(
+            c.set_volume_nbd_tls("b", None),
+            Err(CatalogError::NoSuchVolume(_))
+        ));
+    }
+
+    #[test]
     fn refuses_newer_schema_and_existing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
@@ -1464,7 +1500,7 @@ mod tests {
             .unwrap();
         }
         let c = Catalog::open(&path).unwrap();
-        assert_eq!(c.schema_version().unwrap(), 11);
+        assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
         let g = c.group("g").unwrap();
         assert_eq!(
             (g.role, g.mode, g.state),

@@ -250,4 +250,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      FROM groups;
      DROP TABLE groups;
      ALTER TABLE groups_v11 RENAME TO groups;",
+    // v12: a volume's NBD TLS mode of its own (`volume set --nbd-tls`);
+    // NULL takes the NBD listener's (`[nbd_tls] mode`).
+    "ALTER TABLE volumes ADD COLUMN nbd_tls TEXT
+         CHECK (nbd_tls IN ('off', 'optional', 'required'));",
 ];

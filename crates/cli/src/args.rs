@@ -481,6 +481,15 @@ pub enum VolumeCommand {
     Delete { name: String },
     /// Print the volume's NBD URL.
     Url { name: String },
+    /// Change a volume's settings.
+    Set {
+        name: String,
+        /// NBD TLS for this export: off (plain clients only), optional,
+        /// required (TLS clients only), or default (the NBD listener's
+        /// `[nbd_tls] mode`). New connections only.
+        #[arg(long, value_enum)]
+        nbd_tls: NbdTlsArg,
+    },
     /// Forget the changes tracked so far (dirty_bytes becomes 0).
     ///
     /// Refused on a volume of a replication group: its tracked changes are
@@ -492,6 +501,31 @@ pub enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `volume set --nbd-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NbdTlsArg {
+    /// Served only without TLS.
+    Off,
+    /// Served with or without TLS.
+    Optional,
+    /// Served only over TLS.
+    Required,
+    /// The NBD listener's mode.
+    Default,
+}
+
+impl NbdTlsArg {
+    /// The mode's name on the wire; `None` for the listener's.
+    pub fn mode(self) -> Option<&'static str> {
+        match self {
+            NbdTlsArg::Off => Some("off"),
+            NbdTlsArg::Optional => Some("optional"),
+            NbdTlsArg::Required => Some("required"),
+            NbdTlsArg::Default => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,9 @@ pub(crate) fn volume(c: &Client, cmd: VolumeCommand, p: &Printer) -> anyhow::Res
         }
         VolumeCommand::Url { name } => p.url(&c.volume_url(&name)?),
         VolumeCommand::ClearDirty { name, force } => p.volume(&c.clear_dirty(&name, force)?),
+        VolumeCommand::Set { name, nbd_tls } => {
+            p.volume(&c.set_volume_nbd_tls(&name, nbd_tls.mode())?)
+        }
     }
 }
 

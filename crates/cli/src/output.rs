@@ -182,6 +182,7 @@ impl Printer {
             ("created", v.created_at.clone()),
             ("connections", v.connections.to_string()),
             ("url", v.url.clone()),
+            ("nbd tls", v.nbd_tls.clone()),
         ];
         if let Some(imp) = &v.import {
             f.push((

@@ -269,6 +269,21 @@ impl Client {
         )
     }
 
+    /// `POST /volumes/{name}/nbd-tls`: the volume's own NBD TLS mode
+    /// (`off`, `optional`, `required`; `None`: the listener's).
+    pub fn set_volume_nbd_tls(
+        &self,
+        name: &str,
+        mode: Option<&str>,
+    ) -> Result<VolumeInfo, ClientError> {
+        self.post(
+            &format!("/volumes/{}/nbd-tls", encode(name)),
+            &offsite_api_types::SetVolumeNbdTls {
+                mode: mode.map(str::to_string),
+            },
+        )
+    }
+
     /// `GET /site/settings`.
     pub fn settings(&self) -> Result<SiteSettings, ClientError> {
         self.get("/site/settings")

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use offsite_api::{ApiState, MetricsSource};
 use offsite_engine::{BoundAddresses, Site, config::parse_addr, layout::Layout};
-use offsite_nbd::{NbdServer, ServerConfig, ServerStats};
+use offsite_nbd::{NbdServer, ServerConfig, ServerStats, TlsAcceptor, TlsMode, TlsPolicy};
 use offsite_repl::Replication;
 use std::time::Duration;
 
@@ -76,7 +76,7 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
     let config = site.config();
 
-    let (nbd, nbd_bound, nbd_stats) = start_nbd(&site, &config.nbd)?;
+    let (nbd, nbd_bound, nbd_stats) = start_nbd(&site, &config, dir)?;
     let result = runtime.block_on(serve(&site, &layout, logging, hangup, nbd_bound, nbd_stats));
 
     tracing::info!("shutting down: draining NBD connections");
@@ -103,18 +103,35 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
 type SharedNbd = Arc<Mutex<Option<NbdServer>>>;
 
 /// The NBD server (every volume an export), before the runtime's work: it
-/// runs on threads of its own. Returns the server (taken at shutdown), its
-/// bound address and its counters.
+/// runs on threads of its own, with `[nbd_tls]` (credentials relative to
+/// `dir`). Refuses plain NBD off loopback unless `allow_plaintext` says
+/// so. Returns the server (taken at shutdown), its bound address and its
+/// counters.
 fn start_nbd(
     site: &Arc<Site>,
-    addr: &str,
+    config: &offsite_engine::config::SiteConfig,
+    dir: &Path,
 ) -> anyhow::Result<(SharedNbd, std::net::SocketAddr, Arc<ServerStats>)> {
-    let nbd_addr = parse_addr(addr).map_err(anyhow::Error::msg)?;
+    let nbd_addr = parse_addr(&config.nbd).map_err(anyhow::Error::msg)?;
+    let tls = &config.nbd_tls;
+    if let Some(reason) = tls.refusal(nbd_addr) {
+        bail!("{reason}");
+    }
+    let acceptor = match tls.mode {
+        TlsMode::Off => None,
+        TlsMode::Optional | TlsMode::Required => {
+            Some(TlsAcceptor::new(&tls.credentials(dir)).context(
+                "loading the NBD TLS credentials ([nbd_tls] x509_dir / psk_file in config.toml)",
+            )?)
+        }
+    };
+    let policy = TlsPolicy::new(tls.mode, acceptor).context("configuring NBD TLS ([nbd_tls])")?;
     let nbd_listener = TcpListener::bind(nbd_addr).with_context(|| {
         format!("binding the NBD listener to {nbd_addr} (config.toml `nbd`); is the port in use?")
     })?;
-    let nbd = NbdServer::start(nbd_listener, site.clone(), ServerConfig::default())
-        .context("starting the NBD server")?;
+    let nbd =
+        NbdServer::start_with_tls(nbd_listener, site.clone(), ServerConfig::default(), policy)
+            .context("starting the NBD server")?;
     let nbd_bound = nbd.local_addr();
     let nbd_stats = nbd.stats();
     let nbd = Arc::new(Mutex::new(Some(nbd)));

@@ -1,11 +1,11 @@
 //! `config.toml`: the site's name and listener addresses, its timers, its
-//! default bandwidth limit and its log filter.
+//! default bandwidth limit, its log filter and the NBD listener's TLS.
 //!
 //! `offsite serve` re-reads the file on SIGHUP: the timers of
 //! `[replication]` and `[failover]`, `replication.bandwidth_bytes_per_sec`
 //! and `log.filter` take effect at once ([`SiteConfig::reload`]); the name
 //! and the listener addresses need a restart (the listeners are bound, and
-//! partners pin the name).
+//! partners pin the name), and so does `[nbd_tls]` (loaded at start).
 //!
 //! Format: TOML with a `format_version` key (currently 1); unknown versions
 //! are refused. Written once by `site init` (durably: temp file, fsync,
@@ -13,7 +13,9 @@
 //! TOML has no checksum: it is small, human-edited, and a parse error names
 //! the line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use offsite_nbd::TlsMode;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +27,8 @@ pub const CONFIG_FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7800";
 /// Default REST API address: loopback only.
 pub const DEFAULT_API: &str = "127.0.0.1:7801";
-/// Default NBD address: loopback only, NBD has no authentication.
+/// Default NBD address: loopback only, NBD without TLS has no
+/// authentication (a listener elsewhere needs `[nbd_tls]`).
 pub const DEFAULT_NBD: &str = "127.0.0.1:10809";
 
 /// Contents of `config.toml`.
@@ -51,6 +54,112 @@ pub struct SiteConfig {
     /// Logging of `offsite serve`.
     #[serde(default)]
     pub log: LogConfig,
+    /// TLS on the NBD listener. Left out of the file while it has its
+    /// defaults, so sites written before it read and write the same.
+    #[serde(default, skip_serializing_if = "NbdTlsConfig::is_default")]
+    pub nbd_tls: NbdTlsConfig,
+}
+
+/// `[nbd_tls]` in `config.toml`: TLS on the NBD listener
+/// (`NBD_OPT_STARTTLS`; credentials in QEMU's layout, see
+/// `offsite_nbd::tls`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NbdTlsConfig {
+    /// `off` (no TLS), `optional` (clients choose) or `required`; also
+    /// the mode of every export that has none of its own (`volume set
+    /// --nbd-tls`).
+    #[serde(with = "tls_mode")]
+    pub mode: TlsMode,
+    /// Directory with `ca-cert.pem`, `server-cert.pem` and
+    /// `server-key.pem` (QEMU's `tls-creds-x509` directory); relative to
+    /// the site directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x509_dir: Option<PathBuf>,
+    /// File of `identity:hexkey` lines (QEMU's `keys.psk`, `psktool`);
+    /// relative to the site directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// x509 clients must present a certificate signed by `ca-cert.pem`
+    /// (QEMU's `verify-peer`, on by default).
+    pub verify_peer: bool,
+    /// Serve NBD without TLS on an address other than loopback (a
+    /// trusted storage network). Without it `offsite serve` refuses such
+    /// a listener while `mode` is `off`.
+    pub allow_plaintext: bool,
+}
+
+impl Default for NbdTlsConfig {
+    fn default() -> Self {
+        NbdTlsConfig {
+            mode: TlsMode::Off,
+            x509_dir: None,
+            psk_file: None,
+            verify_peer: true,
+            allow_plaintext: false,
+        }
+    }
+}
+
+impl NbdTlsConfig {
+    fn is_default(&self) -> bool {
+        *self == NbdTlsConfig::default()
+    }
+
+    /// The credentials, with relative paths taken from `site_dir`.
+    pub fn credentials(&self, site_dir: &Path) -> offsite_nbd::TlsCredentials {
+        offsite_nbd::TlsCredentials {
+            x509_dir: self.x509_dir.as_ref().map(|p| site_dir.join(p)),
+            psk_file: self.psk_file.as_ref().map(|p| site_dir.join(p)),
+            verify_peer: self.verify_peer,
+        }
+    }
+
+    /// Why `offsite serve` may not start an NBD listener at `addr` with
+    /// this TLS configuration, if it may not: plain NBD off loopback needs
+    /// `allow_plaintext`.
+    pub fn refusal(&self, addr: std::net::SocketAddr) -> Option<String> {
+        if self.mode != TlsMode::Off || addr.ip().is_loopback() || self.allow_plaintext {
+            return None;
+        }
+        Some(format!(
+            "the NBD listener {addr} (config.toml `nbd`) is not a loopback address and \
+                 [nbd_tls] mode is off: NBD without TLS has no authentication, so anyone who \
+                 reaches {addr} could read and write every volume. Set [nbd_tls] mode = \
+                 \"required\" with x509_dir or psk_file (docs/operations.md, \"NBD over TLS\"), \
+                 or set [nbd_tls] allow_plaintext = true to serve plain NBD on a trusted \
+                 storage network"
+        ))
+    }
+
+    /// What is inconsistent in the section, if anything: a mode other
+    /// than `off` needs credentials.
+    pub fn check(&self) -> Option<String> {
+        if self.mode != TlsMode::Off && self.x509_dir.is_none() && self.psk_file.is_none() {
+            return Some(format!(
+                "[nbd_tls] mode is {} but neither x509_dir nor psk_file is set: \
+                 point x509_dir at a directory with ca-cert.pem, server-cert.pem and \
+                 server-key.pem, or psk_file at a keys.psk file",
+                self.mode
+            ));
+        }
+        None
+    }
+}
+
+/// (De)serializes a [`TlsMode`] as its name.
+mod tls_mode {
+    use offsite_nbd::TlsMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &TlsMode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(mode.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TlsMode, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[log]` in `config.toml`.
@@ -168,6 +277,12 @@ impl SiteConfig {
                     .push(format!("{key}: {running:?} -> {file:?}"));
                 *kept = running.clone();
             }
+        }
+        if self.nbd_tls != new.nbd_tls {
+            report
+                .need_restart
+                .push("nbd_tls: changed in the file".to_string());
+            merged.nbd_tls = self.nbd_tls.clone();
         }
         let (o, n) = (&self.replication, &new.replication);
         for (key, old, new) in [
@@ -303,6 +418,12 @@ impl SiteConfig {
                 reason: format!("{what}: {reason}"),
             })?;
         }
+        if let Some(reason) = config.nbd_tls.check() {
+            return Err(EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
         Ok(config)
     }
 
@@ -368,7 +489,41 @@ mod tests {
             replication: Default::default(),
             failover: Default::default(),
             log: Default::default(),
+            nbd_tls: Default::default(),
         }
+    }
+
+    #[test]
+    fn nbd_tls_defaults_stay_out_of_the_file_and_modes_read_by_name() {
+        let text = toml::to_string_pretty(&config()).unwrap();
+        assert!(!text.contains("nbd_tls"), "{text}");
+        let mut with = config();
+        with.nbd_tls.mode = TlsMode::Required;
+        with.nbd_tls.x509_dir = Some("tls".into());
+        let text = toml::to_string_pretty(&with).unwrap();
+        assert!(text.contains("mode = \"required\""), "{text}");
+        assert_eq!(toml::from_str::<SiteConfig>(&text).unwrap(), with);
+        let bad = text.replace("\"required\"", "\"sometimes\"");
+        let err = toml::from_str::<SiteConfig>(&bad).unwrap_err().to_string();
+        assert!(err.contains("off, optional or required"), "{err}");
+    }
+
+    #[test]
+    fn a_plain_nbd_listener_off_loopback_is_refused_unless_allowed() {
+        let mut tls = NbdTlsConfig::default();
+        let any: std::net::SocketAddr = "0.0.0.0:10809".parse().unwrap();
+        assert_eq!(tls.refusal("127.0.0.1:10809".parse().unwrap()), None);
+        assert_eq!(tls.refusal("[::1]:10809".parse().unwrap()), None);
+        let reason = tls.refusal(any).unwrap();
+        assert!(reason.contains("allow_plaintext"), "{reason}");
+        tls.allow_plaintext = true;
+        assert_eq!(tls.refusal(any), None);
+        tls.mode = TlsMode::Required;
+        assert_eq!(tls.refusal(any), None);
+        let reason = tls.check().unwrap();
+        assert!(reason.contains("x509_dir"), "{reason}");
+        tls.psk_file = Some("keys.psk".into());
+        assert_eq!(tls.check(), None);
     }
 
     #[test]

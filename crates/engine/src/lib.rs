@@ -25,6 +25,8 @@ mod volume;
 pub use error::{EngineError, ErrorKind};
 pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
+/// NBD TLS modes, as `volume set --nbd-tls` and `[nbd_tls]` name them.
+pub use offsite_nbd::TlsMode;
 pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
 pub use site::{BoundAddresses, Site};
 pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror, layered_block_status};

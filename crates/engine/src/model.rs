@@ -53,6 +53,9 @@ pub struct VolumeInfo {
     pub created_at: String,
     /// NBD URL of the export.
     pub url: String,
+    /// The NBD TLS mode in force for the export: the volume's own
+    /// (`volume set --nbd-tls`) or else the listener's.
+    pub nbd_tls: offsite_nbd::TlsMode,
     /// Open NBD connections.
     pub connections: u64,
     /// Import progress while `state` is `importing`.

@@ -202,8 +202,15 @@ impl Site {
         }
     }
 
-    /// `nbd://HOST:PORT/NAME` for a volume.
+    /// `nbd://HOST:PORT/NAME` for a volume or export; `nbds://` (libnbd's
+    /// scheme for TLS) when it requires TLS (its own mode, else the
+    /// listener's).
     pub fn volume_url(&self, name: &str) -> String {
+        let own = self.catalog().volume(name).ok().and_then(|r| own_tls(&r));
+        self.url_for(name, own.unwrap_or(self.config().nbd_tls.mode))
+    }
+
+    fn url_for(&self, name: &str, tls: offsite_nbd::TlsMode) -> String {
         let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).nbd;
         let addr = bound
             .or_else(|| crate::config::parse_addr(&self.config().nbd).ok())
@@ -213,7 +220,11 @@ impl Site {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        format!("nbd://{host}:{}/{name}", addr.port())
+        let scheme = match tls {
+            offsite_nbd::TlsMode::Required => "nbds",
+            offsite_nbd::TlsMode::Off | offsite_nbd::TlsMode::Optional => "nbd",
+        };
+        format!("{scheme}://{host}:{}/{name}", addr.port())
     }
 
     fn connection_count(&self, name: &str) -> u64 {
@@ -225,6 +236,7 @@ impl Site {
     }
 
     fn describe(&self, row: &VolumeRow, volume: Option<&Volume>) -> VolumeInfo {
+        let nbd_tls = own_tls(row).unwrap_or(self.config().nbd_tls.mode);
         let import = self
             .imports
             .lock()
@@ -243,7 +255,8 @@ impl Site {
             role: row.role.clone(),
             state: row.state.clone(),
             created_at: row.created_at.clone(),
-            url: self.volume_url(&row.name),
+            url: self.url_for(&row.name, nbd_tls),
+            nbd_tls,
             connections: self.connection_count(&row.name),
             import,
         }
@@ -597,6 +610,28 @@ impl Site {
         Ok(sets)
     }
 
+    /// `volume set --nbd-tls`: the volume's own NBD TLS mode (`None`: the
+    /// listener's). Applies to connections negotiated from now on; open
+    /// ones keep what they negotiated.
+    pub fn set_volume_nbd_tls(
+        &self,
+        name: &str,
+        mode: Option<offsite_nbd::TlsMode>,
+    ) -> Result<VolumeInfo, EngineError> {
+        self.catalog()
+            .set_volume_nbd_tls(name, mode.map(offsite_nbd::TlsMode::as_str))?;
+        let shown = mode.map_or_else(
+            || format!("the listener's ({})", self.config().nbd_tls.mode),
+            |m| m.to_string(),
+        );
+        self.event(
+            "volume.nbd-tls",
+            Some(name),
+            &format!("NBD TLS mode: {shown}"),
+        );
+        self.volume_info(name)
+    }
+
     /// `volume clear-dirty`: forgets the changes tracked so far.
     ///
     /// On a volume of a replication group the tracked changes are exactly
@@ -800,10 +835,21 @@ impl offsite_nbd::ExportRegistry for Site {
         if !volume.is_ready() {
             return None;
         }
+        // Read per negotiation, so `volume set --nbd-tls` applies to the
+        // next client at once. Unreadable, the export is not offered
+        // rather than offered with a weaker mode.
+        let tls = match self.catalog().volume(name) {
+            Ok(row) => own_tls(&row),
+            Err(err) => {
+                tracing::warn!(volume = name, error = %err, "cannot read the volume's NBD TLS mode; not exporting it to this client");
+                return None;
+            }
+        };
         Some(offsite_nbd::Export {
             name: name.to_string(),
             description: format!("offsite volume {name} ({} bytes)", volume.row().size_bytes),
             device: volume,
+            tls,
         })
     }
 
@@ -821,4 +867,13 @@ impl offsite_nbd::ExportRegistry for Site {
             .filter_map(|n| self.lookup(&n).map(|e| (e.name, e.description)))
             .collect()
     }
+}
+
+/// A volume's own NBD TLS mode. The catalog's CHECK admits only the three
+/// names; anything else would be a damaged catalog, and requiring TLS is
+/// the safe reading of it.
+fn own_tls(row: &VolumeRow) -> Option<offsite_nbd::TlsMode> {
+    row.nbd_tls
+        .as_deref()
+        .map(|m| m.parse().unwrap_or(offsite_nbd::TlsMode::Required))
 }

@@ -329,6 +329,8 @@ pub enum ClientOption {
     Go(InfoRequest),
     /// `NBD_OPT_STRUCTURED_REPLY`: use structured replies in transmission.
     StructuredReply,
+    /// `NBD_OPT_STARTTLS`: upgrade the connection to TLS.
+    StartTls,
     /// `NBD_OPT_LIST_META_CONTEXT`: which metadata contexts match the queries.
     ListMetaContext(MetaContextRequest),
     /// `NBD_OPT_SET_META_CONTEXT`: select metadata contexts for block status.
@@ -682,6 +684,8 @@ pub fn decode_option(option: u32, data: &[u8]) -> Result<ClientOption, OptionErr
         option_codes::GO => Ok(ClientOption::Go(decode_info_request(data)?)),
         option_codes::STRUCTURED_REPLY if data.is_empty() => Ok(ClientOption::StructuredReply),
         option_codes::STRUCTURED_REPLY => Err(OptionError::UnexpectedData { len: data.len() }),
+        option_codes::STARTTLS if data.is_empty() => Ok(ClientOption::StartTls),
+        option_codes::STARTTLS => Err(OptionError::UnexpectedData { len: data.len() }),
         option_codes::LIST_META_CONTEXT => Ok(ClientOption::ListMetaContext(
             decode_meta_context_request(data)?,
         )),

@@ -248,6 +248,9 @@ pub struct Export {
     pub description: String,
     /// The device serving the data.
     pub device: Arc<dyn BlockDevice>,
+    /// TLS this export demands ([`crate::TlsMode`]); `None` takes the
+    /// listener's mode.
+    pub tls: Option<crate::TlsMode>,
 }
 
 impl std::fmt::Debug for Export {
@@ -256,6 +259,7 @@ impl std::fmt::Debug for Export {
             .field("name", &self.name)
             .field("size", &self.device.size())
             .field("read_only", &self.device.read_only())
+            .field("tls", &self.tls)
             .finish()
     }
 }

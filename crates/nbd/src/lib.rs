@@ -17,20 +17,23 @@
 //! oldstyle-only demos. The subset we speak is small (simple and structured
 //! replies, the `base:allocation` metadata context with
 //! `NBD_CMD_BLOCK_STATUS`, `NBD_CMD_CACHE`, `NBD_CMD_FLAG_FAST_ZERO`,
-//! 32-bit requests, no TLS), and owning it lets us fuzz the decoder and test
+//! 32-bit requests, TLS through `NBD_OPT_STARTTLS` with x509 or PSK
+//! credentials ([`tls`])), and owning it lets us fuzz the decoder and test
 //! the error mapping against `qemu-io` and `nbdinfo`.
 //!
 //! What is deliberately not supported: extended headers (an experimental
-//! extension of proto.md; the libnbd here, 1.14, cannot speak it) and TLS.
-//! Each is refused during negotiation with `NBD_REP_ERR_UNSUP`, which every
-//! client handles.
+//! extension of proto.md; the libnbd here, 1.14, cannot speak it). It is
+//! refused during negotiation with `NBD_REP_ERR_UNSUP`, which every client
+//! handles.
 
 pub mod codec;
 pub mod device;
 pub mod server;
+pub mod tls;
 
 pub use device::{
     Allocation, BlockDevice, Export, ExportRegistry, Extent, MAX_EXTENTS, Pending, extents_by_seek,
     probe_data_end,
 };
 pub use server::{ConfigError, NbdServer, ServerConfig, ServerStats, StatsSnapshot};
+pub use tls::{TlsAcceptor, TlsCredentials, TlsError, TlsMode, TlsPolicy};

@@ -50,6 +50,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::device::ExportRegistry;
+use crate::tls::TlsPolicy;
 
 /// Tunables of an [`NbdServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +254,17 @@ impl NbdServer {
         registry: Arc<dyn ExportRegistry>,
         config: ServerConfig,
     ) -> io::Result<NbdServer> {
+        Self::start_with_tls(listener, registry, config, TlsPolicy::off())
+    }
+
+    /// Like [`NbdServer::start`], with `tls` offered to clients
+    /// (`NBD_OPT_STARTTLS`) as its mode says.
+    pub fn start_with_tls(
+        listener: TcpListener,
+        registry: Arc<dyn ExportRegistry>,
+        config: ServerConfig,
+        tls: TlsPolicy,
+    ) -> io::Result<NbdServer> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -264,6 +276,7 @@ impl NbdServer {
         let shared = Arc::new(Shared {
             registry,
             config,
+            tls,
             stats: Arc::new(ServerStats::default()),
             shutting_down: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
@@ -273,7 +286,7 @@ impl NbdServer {
             let shared = Arc::clone(&shared);
             move || accept_loop(&listener, &shared)
         })?;
-        info!(%local_addr, "NBD server listening");
+        info!(%local_addr, tls = %shared.tls.mode(), "NBD server listening");
         Ok(NbdServer {
             shared,
             listener,
@@ -361,6 +374,7 @@ impl Drop for NbdServer {
 struct Shared {
     registry: Arc<dyn ExportRegistry>,
     config: ServerConfig,
+    tls: TlsPolicy,
     stats: Arc<ServerStats>,
     shutting_down: AtomicBool,
     /// Open connections by id: a handle to wake each at shutdown, and the

@@ -5,84 +5,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{VOL_SIZE, start_server};
+use common::{VOL_SIZE, assert_success, require, run, start_server};
 use offsite_nbd::ServerConfig;
-
-/// A client tool that hangs must fail the test, not stall the suite.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Finds `tool` on PATH; `None` means skip (outside CI only).
-fn require(tool: &str) -> Option<()> {
-    let found = Command::new("which")
-        .arg(tool)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some(());
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{tool} is required under CI (install qemu-utils and libnbd-bin)");
-    }
-    eprintln!("skipping: {tool} not installed (apt install qemu-utils libnbd-bin)");
-    None
-}
-
-/// Runs a command to completion within [`TOOL_TIMEOUT`], killing it if not.
-fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tool");
-    // Drain pipes on threads so a chatty tool cannot block on a full pipe.
-    let mut stdout = child.stdout.take().expect("stdout piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let out_thread = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_thread = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + TOOL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for tool") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_thread.join().expect("stdout reader"),
-        stderr: err_thread.join().expect("stderr reader"),
-    }
-}
-
-fn assert_success(what: &str, output: &Output) {
-    assert!(
-        output.status.success(),
-        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[test]
 fn nbdinfo_describes_the_export() {

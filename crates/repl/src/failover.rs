@@ -263,6 +263,7 @@ impl Replication {
                         spec.name
                     ),
                     device: Arc::new(LayeredDevice(layer)),
+                    tls: None,
                 });
                 out.push(ExportedVolume {
                     name: spec.name.clone(),

@@ -136,6 +136,7 @@ impl Replication {
                     spec.name
                 ),
                 device,
+                tls: None,
             });
             volumes.push(ExportedVolume {
                 name: spec.name.clone(),

@@ -259,6 +259,18 @@ fn list_with_data_is_invalid_and_abort_ignores_data() {
 }
 
 #[test]
+fn starttls_option_takes_no_data() {
+    assert_eq!(
+        decode_option(option_codes::STARTTLS, b""),
+        Ok(ClientOption::StartTls)
+    );
+    assert_eq!(
+        decode_option(option_codes::STARTTLS, b"x"),
+        Err(OptionError::UnexpectedData { len: 1 })
+    );
+}
+
+#[test]
 fn structured_reply_option_takes_no_data() {
     assert_eq!(
         decode_option(option_codes::STRUCTURED_REPLY, b""),

@@ -2,7 +2,7 @@
 //! the transmission loop, owns the tracing span (peer, export) and decides how
 //! loudly each way of ending is logged.
 
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, info, info_span, warn};
 
-use super::handshake::{Negotiated, Negotiator};
+use super::handshake::{ClientFlags, Negotiated, Negotiator};
 use super::transmission::Transmission;
 use super::{ConnectionSlot, Shared};
 use crate::codec::{DecodeError, OptionError};
+use crate::tls::{self, HandshakeError};
 
 /// Read buffer size: large enough to hold many pipelined request headers
 /// (and small writes) per `read()` syscall.
@@ -50,6 +51,17 @@ pub(crate) enum ConnectionError {
     /// closing the connection on an unknown name.
     #[error("NBD_OPT_EXPORT_NAME asked for unknown export {0:?}")]
     UnknownExport(String),
+    /// `NBD_OPT_EXPORT_NAME` before TLS on a listener that requires it
+    /// (proto.md FORCEDTLS: this option cannot fail, so close).
+    #[error("NBD_OPT_EXPORT_NAME without TLS on a listener that requires TLS")]
+    TlsRequired,
+    /// `NBD_OPT_EXPORT_NAME` named an export this session may not use for
+    /// its TLS mode.
+    #[error("NBD_OPT_EXPORT_NAME refused: {0}")]
+    ExportTls(String),
+    /// The TLS handshake after `NBD_OPT_STARTTLS` failed.
+    #[error("TLS handshake failed")]
+    Tls(#[from] HandshakeError),
     /// `NBD_OPT_EXPORT_NAME` data was not a valid name.
     #[error("NBD_OPT_EXPORT_NAME carried an invalid name")]
     BadExportName(#[source] OptionError),
@@ -79,6 +91,9 @@ pub(super) fn run(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, slo
     let result = serve(stream, shared, &slot, &span);
     match result {
         Ok(()) => debug!("NBD connection closed"),
+        Err(ConnectionError::Tls(err)) => {
+            warn!(%peer, error = %chain(&err), "NBD client failed the TLS handshake; closing");
+        }
         Err(err) if err.is_protocol_violation() => {
             warn!(%peer, error = %chain(&err), "closing NBD connection after protocol violation");
         }
@@ -104,32 +119,112 @@ fn serve(
     stream.set_nodelay(true)?;
     stream.set_write_timeout(config.write_timeout)?;
     stream.set_read_timeout(Some(config.handshake_timeout))?;
+    // Kept for the socket options and the upgrade to TLS.
+    let socket = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, stream);
 
-    let negotiator = Negotiator {
+    let mut negotiator = Negotiator {
         registry: shared.registry.as_ref(),
         config,
         shutting_down: &shared.shutting_down,
         deadline: Instant::now() + config.handshake_timeout,
         on_bind: &|name| shared.bind_export(slot.id, name),
+        tls: shared.tls.mode(),
+        tls_active: false,
     };
-    let bound = match negotiator.negotiate(&mut reader, &mut writer) {
-        Ok(Negotiated::Transmission(bound)) => bound,
-        Ok(Negotiated::Aborted) => return Ok(()),
+    let timeout = config.handshake_timeout;
+    let flags = in_handshake(negotiator.greet(&mut reader, &mut writer), timeout)?;
+    match in_handshake(negotiator.haggle(&mut reader, &mut writer, flags), timeout)? {
+        Negotiated::Transmission(bound) => {
+            transmit(reader, writer, &socket, &bound, shared, span)?;
+            Ok(())
+        }
+        Negotiated::Aborted => Ok(()),
+        Negotiated::StartTls => {
+            // The handshake reads whatever the client sent after its
+            // STARTTLS that is already in our buffer.
+            let early = reader.buffer().to_vec();
+            let Some(acceptor) = shared.tls.acceptor() else {
+                // STARTTLS is acknowledged only when the mode is not off,
+                // and a policy with a mode always has credentials.
+                return Err(ConnectionError::TlsRequired);
+            };
+            let handshake = tls::accept(acceptor, socket.try_clone()?, &early, negotiator.deadline);
+            let (tls_reader, tls_writer) = match handshake {
+                Err(HandshakeError::Io(err)) => {
+                    return in_handshake(Err(ConnectionError::Io(err)), timeout);
+                }
+                other => other?,
+            };
+            debug!("NBD connection upgraded to TLS");
+            negotiator.tls_active = true;
+            serve_tls(
+                negotiator, flags, tls_reader, tls_writer, &socket, shared, span,
+            )
+        }
+    }
+}
+
+/// Option haggling again inside TLS, then transmission; closes the TLS
+/// session (close_notify) when the client ends it cleanly.
+fn serve_tls(
+    negotiator: Negotiator<'_>,
+    flags: ClientFlags,
+    reader: tls::TlsReader,
+    writer: tls::TlsWriter,
+    socket: &TcpStream,
+    shared: &Arc<Shared>,
+    span: &tracing::Span,
+) -> Result<(), ConnectionError> {
+    let timeout = negotiator.config.handshake_timeout;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
+    let writer = match in_handshake(negotiator.haggle(&mut reader, &mut writer, flags), timeout)? {
+        Negotiated::Transmission(bound) => transmit(reader, writer, socket, &bound, shared, span)?,
+        Negotiated::Aborted => writer,
+        // The negotiator refuses a second STARTTLS (ERR_INVALID) and
+        // haggles on.
+        Negotiated::StartTls => return Err(ConnectionError::TlsRequired),
+    };
+    let writer = writer.into_inner().map_err(|e| e.into_error())?;
+    // Best effort: the client may already be gone.
+    if let Err(err) = writer.close() {
+        debug!(error = %err, "could not send TLS close_notify");
+    }
+    Ok(())
+}
+
+/// Maps a read timeout during negotiation to [`ConnectionError::HandshakeTimeout`].
+fn in_handshake<T>(
+    result: Result<T, ConnectionError>,
+    timeout: Duration,
+) -> Result<T, ConnectionError> {
+    match result {
         Err(ConnectionError::Io(err))
             if matches!(
                 err.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ) =>
         {
-            return Err(ConnectionError::HandshakeTimeout(config.handshake_timeout));
+            Err(ConnectionError::HandshakeTimeout(timeout))
         }
-        Err(err) => return Err(err),
-    };
+        other => other,
+    }
+}
 
+/// The transmission phase on an export, over plain TCP or TLS; returns
+/// the writer with every reply flushed.
+fn transmit<R: Read, W: Write + Send>(
+    mut reader: BufReader<R>,
+    writer: BufWriter<W>,
+    socket: &TcpStream,
+    bound: &super::handshake::Bound,
+    shared: &Arc<Shared>,
+    span: &tracing::Span,
+) -> Result<BufWriter<W>, ConnectionError> {
     // Transmission clients may legitimately sit idle for hours.
-    writer.get_ref().set_read_timeout(None)?;
+    socket.set_read_timeout(None)?;
     span.record("export", bound.export.name.as_str());
     info!(
         size = bound.size,
@@ -137,18 +232,16 @@ fn serve(
         "NBD client entered transmission"
     );
 
-    let mut transmission = Transmission::new(&bound, shared);
+    let mut transmission = Transmission::new(bound, shared);
     let writer = std::sync::Mutex::new(writer);
     let result = transmission.serve(&mut reader, &writer);
     // Whatever ended the loop, try to deliver replies already produced; if
     // the loop failed on the socket this fails too and changes nothing.
-    let flushed = writer
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .flush();
+    let mut writer = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+    let flushed = writer.flush();
     result?;
     flushed?;
-    Ok(())
+    Ok(writer)
 }
 
 fn is_disconnect(err: &io::Error) -> bool {

@@ -21,8 +21,24 @@
 //!                               first → ERR_INVALID; else REP_META_CONTEXT
 //!                               "base:allocation" (id 1) if queried, ACK
 //!                               (unknown export → ERR_UNKNOWN)
-//!     anything else (STARTTLS, EXTENDED_HEADERS, …) → ERR_UNSUP
+//!     STARTTLS    → ACK ──► TLS handshake, then haggling restarts inside TLS
+//!                   with nothing negotiated (listener mode off → ERR_POLICY;
+//!                   already in TLS → ERR_INVALID)
+//!     anything else (EXTENDED_HEADERS, …) → ERR_UNSUP
 //! ```
+//!
+//! TLS (proto.md "TLS support", modes in [`crate::tls::TlsMode`]): on a
+//! listener whose mode is `required` (FORCEDTLS), every option but
+//! `STARTTLS` and `ABORT` gets `NBD_REP_ERR_TLS_REQD` until TLS is up, and
+//! `EXPORT_NAME` (which cannot fail) closes the connection. Whatever the
+//! listener, an export is checked against the session when it is named
+//! (`INFO`, `GO`, the meta-context options, `EXPORT_NAME`): one that
+//! requires TLS gets `NBD_REP_ERR_TLS_REQD` on a plain session
+//! (`NBD_REP_ERR_POLICY` on a listener without TLS, where proto.md forbids
+//! `TLS_REQD`); one whose mode is `off` gets `NBD_REP_ERR_POLICY` over TLS.
+//! `LIST` leaves out the exports the session could not use. Nothing
+//! negotiated before `STARTTLS` survives it (no structured replies, no
+//! meta context: CVE-2021-3716 was a server that kept them).
 //!
 //! `NBD_CMD_BLOCK_STATUS` is allowed in transmission only when the last
 //! `SET_META_CONTEXT` selected `base:allocation` for the very export name
@@ -44,6 +60,7 @@ use crate::codec::{
     OPTION_HEADER_LEN, OptionReply, RepError, client_flags, option_codes, transmission_flags,
 };
 use crate::device::{Export, ExportRegistry};
+use crate::tls::TlsMode;
 
 /// Most option data we buffer. The largest legitimate option is an
 /// `NBD_OPT_GO` with a 4 KiB name and a few info requests; anything far
@@ -73,6 +90,9 @@ pub(super) enum Negotiated {
     Transmission(Bound),
     /// The client aborted (or must be let go without an export).
     Aborted,
+    /// `NBD_OPT_STARTTLS` was acknowledged: the TLS handshake comes next,
+    /// then [`Negotiator::haggle`] again over TLS.
+    StartTls,
 }
 
 /// An export as fixed for the life of one connection.
@@ -150,15 +170,25 @@ pub(super) struct Negotiator<'a> {
     /// transmission is sent, so the connection is counted against the
     /// export by the time the client can use it.
     pub on_bind: &'a dyn Fn(&str),
+    /// The listener's TLS mode (exports without one of their own take it).
+    pub tls: TlsMode,
+    /// The session runs inside TLS.
+    pub tls_active: bool,
+}
+
+/// What the client's flags asked for, carried across `STARTTLS`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientFlags {
+    no_zeroes: bool,
 }
 
 impl Negotiator<'_> {
-    /// Greets the client and haggles until transmission or close.
-    pub fn negotiate<R: Read, W: Write>(
+    /// Sends the greeting and reads the client's flags.
+    pub fn greet<R: Read, W: Write>(
         &self,
         reader: &mut R,
         writer: &mut W,
-    ) -> Result<Negotiated, ConnectionError> {
+    ) -> Result<ClientFlags, ConnectionError> {
         writer.write_all(&codec::greeting())?;
         writer.flush()?;
 
@@ -169,8 +199,21 @@ impl Negotiator<'_> {
         // A client without C_FIXED_NEWSTYLE only ever sends EXPORT_NAME,
         // which we handle identically; proto.md allows honouring fixed
         // newstyle for it anyway.
-        let mut session = Session {
+        Ok(ClientFlags {
             no_zeroes: flags & client_flags::NO_ZEROES != 0,
+        })
+    }
+
+    /// Haggles over options until transmission, close or `STARTTLS`,
+    /// starting from nothing negotiated.
+    pub fn haggle<R: Read, W: Write>(
+        &self,
+        reader: &mut R,
+        writer: &mut W,
+        flags: ClientFlags,
+    ) -> Result<Negotiated, ConnectionError> {
+        let mut session = Session {
+            no_zeroes: flags.no_zeroes,
             ..Session::default()
         };
 
@@ -217,6 +260,26 @@ impl Negotiator<'_> {
         if code == option_codes::SET_META_CONTEXT {
             session.allocation_for = None;
         }
+        // FORCEDTLS: nothing but STARTTLS and ABORT before TLS, whatever
+        // the option's data says.
+        if self.tls == TlsMode::Required
+            && !self.tls_active
+            && code != option_codes::STARTTLS
+            && code != option_codes::ABORT
+        {
+            if code == option_codes::EXPORT_NAME {
+                return Err(ConnectionError::TlsRequired);
+            }
+            reply(
+                out,
+                code,
+                OptionReply::Error(
+                    RepError::TlsReqd,
+                    "this NBD server requires TLS: connect with TLS credentials (NBD_OPT_STARTTLS first)",
+                ),
+            );
+            return Ok(Step::Continue);
+        }
         let option = match codec::decode_option(code, data) {
             Ok(option) => option,
             Err(err) if code == option_codes::EXPORT_NAME => {
@@ -251,6 +314,9 @@ impl Negotiator<'_> {
                 let Some(export) = self.registry.lookup(&name) else {
                     return Err(ConnectionError::UnknownExport(name));
                 };
+                if let Some((_, reason)) = self.tls_refusal(&export) {
+                    return Err(ConnectionError::ExportTls(reason));
+                }
                 let bound = Bound::new(export, &name, session);
                 codec::encode_export_name_reply(out, bound.size, bound.flags, session.no_zeroes);
                 Ok(Step::Done(Negotiated::Transmission(bound)))
@@ -262,8 +328,14 @@ impl Negotiator<'_> {
             ClientOption::List => {
                 for (name, description) in self.registry.list() {
                     // A longer name could never be requested (proto.md's
-                    // string limit), so listing it would only mislead.
-                    if name.len() <= MAX_STRING_LEN {
+                    // string limit), so listing it would only mislead;
+                    // nor would an export this session may not use.
+                    let usable = || {
+                        self.registry
+                            .lookup(&name)
+                            .is_some_and(|e| self.tls_refusal(&e).is_none())
+                    };
+                    if name.len() <= MAX_STRING_LEN && usable() {
                         reply(
                             out,
                             code,
@@ -285,6 +357,7 @@ impl Negotiator<'_> {
                 Some(bound) => Step::Done(Negotiated::Transmission(bound)),
                 None => Step::Continue,
             }),
+            ClientOption::StartTls => Ok(self.start_tls(code, out)),
             ClientOption::StructuredReply => {
                 session.structured = true;
                 reply(out, code, OptionReply::Ack);
@@ -321,6 +394,49 @@ impl Negotiator<'_> {
         }
     }
 
+    /// Answers `NBD_OPT_STARTTLS` (proto.md "Server-side requirements").
+    fn start_tls(&self, code: u32, out: &mut Vec<u8>) -> Step {
+        if self.tls_active {
+            let message = "TLS is already on";
+            reply(out, code, OptionReply::Error(RepError::Invalid, message));
+            return Step::Continue;
+        }
+        if self.tls == TlsMode::Off {
+            let message = "this NBD server does not offer TLS (its [nbd_tls] mode is off)";
+            reply(out, code, OptionReply::Error(RepError::Policy, message));
+            return Step::Continue;
+        }
+        reply(out, code, OptionReply::Ack);
+        Step::Done(Negotiated::StartTls)
+    }
+
+    /// Why `export` cannot be used in this session, if it cannot: the
+    /// error to reply and its message.
+    fn tls_refusal(&self, export: &Export) -> Option<(RepError, String)> {
+        let name = &export.name;
+        match (export.tls.unwrap_or(self.tls), self.tls_active) {
+            // proto.md: a NOTLS server never sends TLS_REQD.
+            (TlsMode::Required, false) if self.tls == TlsMode::Off => Some((
+                RepError::Policy,
+                format!(
+                    "export {name:?} requires TLS, which this NBD server does not offer \
+                     (its [nbd_tls] mode is off)"
+                ),
+            )),
+            (TlsMode::Required, false) => Some((
+                RepError::TlsReqd,
+                format!(
+                    "export {name:?} requires TLS: connect with TLS credentials (NBD_OPT_STARTTLS)"
+                ),
+            )),
+            (TlsMode::Off, true) => Some((
+                RepError::Policy,
+                format!("export {name:?} is served without TLS only (its NBD TLS mode is off)"),
+            )),
+            _ => None,
+        }
+    }
+
     /// Answers `NBD_OPT_LIST_META_CONTEXT` and (already checked for
     /// structured replies) `NBD_OPT_SET_META_CONTEXT`. Queries outside the
     /// `base:` namespace, or for other leaves, are ignored as proto.md
@@ -332,9 +448,13 @@ impl Negotiator<'_> {
         session: &mut Session,
         out: &mut Vec<u8>,
     ) {
-        if self.registry.lookup(&request.name).is_none() {
+        let Some(export) = self.registry.lookup(&request.name) else {
             let message = format!("export {:?} not found", request.name);
             reply(out, code, OptionReply::Error(RepError::Unknown, &message));
+            return;
+        };
+        if let Some((error, message)) = self.tls_refusal(&export) {
+            reply(out, code, OptionReply::Error(error, &message));
             return;
         }
         let setting = code == option_codes::SET_META_CONTEXT;
@@ -383,6 +503,11 @@ impl Negotiator<'_> {
             reply(out, code, OptionReply::Error(RepError::Unknown, &message));
             return None;
         };
+        if let Some((error, message)) = self.tls_refusal(&export) {
+            debug!(export = %request.name, %message, "NBD export refused for its TLS mode");
+            reply(out, code, OptionReply::Error(error, &message));
+            return None;
+        }
         let bound = Bound::new(export, &request.name, session);
         reply(
             out,

@@ -8,15 +8,19 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{self, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use offsite_nbd::codec::{
     self, Command, OptionReplyHeader, Request, SimpleReply, client_flags, info_types, option_codes,
     reply_types,
 };
-use offsite_nbd::{BlockDevice, Export, ExportRegistry, Extent, NbdServer, ServerConfig};
+use offsite_nbd::{
+    BlockDevice, Export, ExportRegistry, Extent, NbdServer, ServerConfig, TlsPolicy,
+};
 
 /// Client sockets time out so a server bug fails a test instead of hanging it.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,12 +207,24 @@ pub struct MemRegistry {
 
 impl MemRegistry {
     pub fn add(&self, name: &str, description: &str, device: Arc<MemDevice>) {
+        self.add_with_tls(name, description, device, None);
+    }
+
+    /// Adds an export with a TLS mode of its own (`None`: the listener's).
+    pub fn add_with_tls(
+        &self,
+        name: &str,
+        description: &str,
+        device: Arc<MemDevice>,
+        tls: Option<offsite_nbd::TlsMode>,
+    ) {
         self.exports.lock().unwrap().insert(
             name.to_owned(),
             Export {
                 name: name.to_owned(),
                 description: description.to_owned(),
                 device,
+                tls,
             },
         );
     }
@@ -243,16 +259,22 @@ pub struct Fixture {
 pub const VOL_SIZE: usize = 1 << 20;
 
 pub fn start_server(config: ServerConfig) -> Fixture {
+    start_server_with_tls(config, TlsPolicy::off())
+}
+
+/// Like [`start_server`], offering `tls`.
+pub fn start_server_with_tls(config: ServerConfig, tls: TlsPolicy) -> Fixture {
     let registry = Arc::new(MemRegistry::default());
     let vol = MemDevice::new(VOL_SIZE);
     let ro = MemDevice::read_only(64 << 10);
     registry.add("vol", "test volume", Arc::clone(&vol));
     registry.add("ro", "", Arc::clone(&ro));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let server = NbdServer::start(
+    let server = NbdServer::start_with_tls(
         listener,
         Arc::clone(&registry) as Arc<dyn ExportRegistry>,
         config,
+        tls,
     )
     .expect("start server");
     Fixture {
@@ -447,4 +469,77 @@ impl Client {
             ),
         }
     }
+}
+
+// Real client tools (interop.rs, tls.rs).
+
+/// A client tool that hangs must fail the test, not stall the suite.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Finds `tool` on PATH; `None` means skip (outside CI only).
+pub fn require(tool: &str) -> Option<()> {
+    let found = process::Command::new("which")
+        .arg(tool)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{tool} is required under CI (install qemu-utils and libnbd-bin)");
+    }
+    eprintln!("skipping: {tool} not installed (apt install qemu-utils libnbd-bin)");
+    None
+}
+
+/// Runs a command to completion within [`TOOL_TIMEOUT`], killing it if not.
+pub fn run(cmd: &mut process::Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tool");
+    // Drain pipes on threads so a chatty tool cannot block on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let out_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tool") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {TOOL_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().expect("stdout reader"),
+        stderr: err_thread.join().expect("stderr reader"),
+    }
+}
+
+pub fn assert_success(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
