@@ -70,6 +70,10 @@ for d in /dev/vd?; do
 done
 sync
 echo OFFSITE-DONE
+# offsite.stay=1: keep running like a real VM until stopped from outside.
+if grep -q 'offsite\.stay=1' /proc/cmdline; then
+    while :; do sleep 3600; done
+fi
 poweroff -f
 "#;
 
@@ -464,6 +468,117 @@ impl GuestKit {
             })),
             Err(guest) => Err(failed(guest)),
         }
+    }
+}
+
+/// How the guest behaves after writing its markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterMarkers {
+    /// Power off (a boot is a check).
+    PowerOff,
+    /// Keep running until stopped from outside, like a real VM.
+    Stay,
+}
+
+impl GuestKit {
+    /// A libvirt domain of this guest: TCG (`type='qemu'`), direct kernel
+    /// boot, `disks` as vda, vdb, ... on NBD exports, one interface on
+    /// `network` if given, serial console to `console`.
+    pub fn domain_xml(
+        &self,
+        name: &str,
+        label: &str,
+        disks: &[crate::NbdSource],
+        network: Option<&str>,
+        console: &Path,
+        after: AfterMarkers,
+    ) -> String {
+        let mut cmdline = GuestKit::cmdline(label);
+        if after == AfterMarkers::Stay {
+            cmdline.push_str(" offsite.stay=1");
+        }
+        let mut devices = String::new();
+        for (i, d) in disks.iter().enumerate() {
+            let dev = format!("vd{}", (b'a' + i as u8) as char);
+            devices.push_str(&format!(
+                "    <disk type='network' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source protocol='nbd' name='{}'>\n        <host name='{}' port='{}'/>\n      </source>\n      <target dev='{dev}' bus='virtio'/>\n    </disk>\n",
+                d.export, d.host, d.port
+            ));
+        }
+        if let Some(net) = network {
+            devices.push_str(&format!(
+                "    <interface type='network'>\n      <source network='{net}'/>\n      <model type='virtio'/>\n    </interface>\n"
+            ));
+        }
+        format!(
+            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{}</kernel>\n    <initrd>{}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n    <emulator>{}</emulator>\n{devices}    <serial type='file'>\n      <source path='{}'/>\n      <target port='0'/>\n    </serial>\n  </devices>\n</domain>\n",
+            self.kernel.display(),
+            self.initramfs.display(),
+            which(QEMU)
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-system-x86_64"))
+                .display(),
+            console.display()
+        )
+    }
+
+    /// The markers on a guest disk, read from outside the guest (the
+    /// disk copied with `nbdcopy`, the directory listed with `debugfs`),
+    /// oldest first (an error on a disk without a file system). For
+    /// disks of guests whose console another copy of the guest shares.
+    pub fn read_markers(disk: &GuestDisk, scratch: &Path) -> Result<Vec<String>, GuestError> {
+        std::fs::create_dir_all(scratch).map_err(GuestError::io("create", scratch))?;
+        let copy = scratch.join("markers-read.img");
+        let _ = std::fs::remove_file(&copy);
+        let source = match disk {
+            GuestDisk::File(p) => p.display().to_string(),
+            GuestDisk::Nbd(url) => url.clone(),
+        };
+        let run = |program: &'static str, args: &[&str]| -> Result<String, GuestError> {
+            let out = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| GuestError::Missing {
+                    what: program,
+                    detail: e.to_string(),
+                    package: if program == "nbdcopy" {
+                        "libnbd-bin"
+                    } else {
+                        "e2fsprogs"
+                    },
+                })?;
+            if !out.status.success() {
+                return Err(GuestError::Failed {
+                    status: out.status.to_string(),
+                    detail: format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                    log: copy.clone(),
+                });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let copy_s = copy.display().to_string();
+        let result = (|| {
+            match disk {
+                GuestDisk::File(p) => {
+                    std::fs::copy(p, &copy).map_err(GuestError::io("copy", p))?;
+                }
+                GuestDisk::Nbd(_) => {
+                    run("nbdcopy", &[&source, &copy_s])?;
+                }
+            }
+            // `ls -p`: one `/inode/mode/uid/gid/name/size/` line per entry.
+            let listing = run("debugfs", &["-R", "ls -p /offsite-markers", &copy_s])?;
+            let mut markers: Vec<String> = listing
+                .lines()
+                .filter_map(|l| l.split('/').nth(5))
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                .map(str::to_string)
+                .collect();
+            markers.sort();
+            Ok(markers)
+        })();
+        let _ = std::fs::remove_file(&copy);
+        result
     }
 }
 

@@ -6,6 +6,7 @@
 //! ports it bound in `run/daemon.json`, so any number of sites run at once.
 
 pub mod guest;
+pub mod libvirt;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
