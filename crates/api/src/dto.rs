@@ -148,12 +148,37 @@ to_dto!(engine::Event => Event { id, at, kind, subject, message });
 to_dto!(engine::PartnerInfo => PartnerInfo { name, address, fingerprint, created_at, last_handshake_at, rtt_ms, last_error, reachable });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });
 to_dto!(engine::SiteSettings => SiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
-to_dto!(engine::VmInfo => VmInfo { name, volumes, start, stop, status, created_at });
+// The domain's XML stays inside the site (it goes to the partner with a
+// group, not to API clients, who read it with `virsh dumpxml`).
+impl ToDto for engine::VmInfo {
+    type Dto = t::VmInfo;
+    fn to_dto(self) -> t::VmInfo {
+        let engine::VmInfo {
+            name,
+            volumes,
+            start,
+            stop,
+            status,
+            libvirt_domain,
+            libvirt_xml: _,
+            created_at,
+        } = self;
+        t::VmInfo {
+            name,
+            volumes,
+            start,
+            stop,
+            status,
+            libvirt_domain,
+            created_at,
+        }
+    }
+}
 to_domain!(CreateVolume => engine::CreateVolume { name, size_bytes, block_size, import_path });
 to_domain!(AddPartner => engine::AddPartner { name, address, fingerprint });
 to_domain!(AddAuthz => engine::AddAuthz { allowed_primary, storage_location, security_tag });
 to_domain!(UpdateSiteSettings => engine::UpdateSiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
-to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status });
+to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, libvirt });
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.

@@ -250,4 +250,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      FROM groups;
      DROP TABLE groups;
      ALTER TABLE groups_v11 RENAME TO groups;",
+    // v12: a VM may be a libvirt domain: its definition (the domain XML,
+    // verbatim, with its disks on this site's NBD exports) is kept with the
+    // VM and with the group's copy of it on both sites, so a recovery site
+    // can define the domain and the home site restore it.
+    "ALTER TABLE vms ADD COLUMN libvirt_xml TEXT;
+     ALTER TABLE group_vms ADD COLUMN libvirt_xml TEXT;",
 ];

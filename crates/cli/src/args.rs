@@ -346,12 +346,20 @@ pub enum PitCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Define a VM from existing volumes.
+    /// Define a VM from existing volumes, or protect a libvirt domain
+    /// (--libvirt).
     Create {
         name: String,
         /// A volume of the VM; repeat for more disks, disk 0 first.
-        #[arg(long = "volume", required = true)]
+        #[arg(long = "volume", required_unless_present = "libvirt")]
         volumes: Vec<String>,
+        /// Protect this libvirt domain: its disks become the VM's volumes
+        /// (file disks are imported into new volumes NAME-TARGET and the
+        /// domain redefined on their NBD exports; it must be shut off for
+        /// that), its definition goes to the partner with the group, and
+        /// failover starts and stops it through libvirt.
+        #[arg(long, conflicts_with_all = ["volumes", "start", "stop", "status"])]
+        libvirt: Option<String>,
         /// Command that starts the VM (failover runs it with OFFSITE_VOLUME_<n>_URL set).
         #[arg(long)]
         start: Option<String>,

@@ -842,6 +842,10 @@ impl Printer {
             ("start", v.start.clone().unwrap_or_else(none)),
             ("stop", v.stop.clone().unwrap_or_else(none)),
             ("status", v.status.clone().unwrap_or_else(none)),
+            (
+                "libvirt domain",
+                v.libvirt_domain.clone().unwrap_or_else(none),
+            ),
             ("created", v.created_at.clone()),
         ]))
     }

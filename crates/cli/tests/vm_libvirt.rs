@@ -69,7 +69,14 @@ fn a_libvirt_domain_on_offsite_volumes_starts_stops_and_keeps_its_markers() {
     let name = format!("offsite-t-web-{}", std::process::id());
     let console = s.scratch().join("console.log");
     let disks: Vec<NbdSource> = urls.iter().map(|u| nbd_source(u)).collect();
-    let xml = kit.domain_xml(&name, "a", &disks, Some(net), &console, AfterMarkers::Stay);
+    let xml = kit.domain_xml(
+        &name,
+        "a",
+        &disks,
+        Some(net),
+        Some(&console),
+        AfterMarkers::Stay,
+    );
     lv.define(&xml).expect("define");
     let _undefine = Undefine(&lv, name.clone());
     assert_eq!(lv.state(&name).unwrap(), DomainState::ShutOff);
@@ -102,4 +109,150 @@ fn a_libvirt_domain_on_offsite_volumes_starts_stops_and_keeps_its_markers() {
     assert_eq!(lv.dump_xml(&name).unwrap(), dumped);
     let e = lv.dump_xml("offsite-t-no-such-domain").unwrap_err();
     assert!(e.to_string().contains("no libvirt domain named"), "{e}");
+}
+
+/// Waits until every disk in `urls` holds exactly the markers `want`,
+/// read from outside the guest (the domains of both sites run on this
+/// host's one libvirt, which refuses them a shared console file). A read
+/// while the guest writes may fail or see the old list: it is retried.
+fn wait_markers(site: &offsite_testkit::TestSite, urls: &[String], want: &[&str]) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let scratch = site.scratch().join("markers");
+    for u in urls {
+        loop {
+            let got = GuestKit::read_markers(&GuestDisk::Nbd(u.clone()), &scratch);
+            if got
+                .as_ref()
+                .is_ok_and(|m| m.iter().map(String::as_str).eq(want.iter().copied()))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{u}: markers {got:?}, expected {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// A started site with the group tests' timers whose libvirt gives a
+/// domain 3 s to shut down (the guest ignores ACPI: every stop is forced).
+fn libvirt_site(name: &str) -> offsite_testkit::TestSite {
+    let mut s = offsite_testkit::TestSite::init(bin(), name);
+    set_replication_config(
+        &s,
+        &format!("{GROUP_REPLICATION}\n[libvirt]\nstop_timeout_secs = 3.0\n"),
+    );
+    s.start();
+    keep_listen_port(&s);
+    s
+}
+
+/// The plan run's report (`plan run ... --json`), which must succeed.
+fn plan_run(site: &offsite_testkit::TestSite, plan: &str, mode: &str) -> serde_json::Value {
+    let r = site.json(&["plan", "run", plan, "--mode", mode]);
+    assert_eq!(r["status"], "succeeded", "{mode}: {r}");
+    r
+}
+
+#[test]
+fn a_protected_domain_is_drilled_migrated_and_failed_back_with_every_marker() {
+    let a = libvirt_site("site-a");
+    let Some(kit) = guest_kit(&a.scratch()) else {
+        return;
+    };
+    let Some(lv) = libvirt() else {
+        return;
+    };
+    let b = libvirt_site("site-b");
+    pair(&a, &b);
+    authorize_primary(&b, a.name(), None);
+    authorize_primary(&a, b.name(), None);
+
+    // The domain at A: two disks on A's exports, one interface on the
+    // protected network; it keeps running after writing its markers.
+    let urls = [
+        a.create_volume("web0", "64M"),
+        a.create_volume("web1", "32M"),
+    ];
+    let prod = "offsite-t-prod";
+    lv.ensure_isolated_network(prod)
+        .expect("the protected network");
+    let domain = format!("offsite-t-dr-{}", std::process::id());
+    let test_domain = format!("{domain}-test");
+    let disks: Vec<NbdSource> = urls.iter().map(|u| nbd_source(u)).collect();
+    let xml = kit.domain_xml(&domain, "web", &disks, Some(prod), None, AfterMarkers::Stay);
+    lv.define(&xml).expect("define");
+    let _undefine = Undefine(&lv, domain.clone());
+    let _undefine_test = Undefine(&lv, test_domain.clone());
+    let original = lv.dump_xml(&domain).unwrap();
+
+    let vm = a.json(&["vm", "create", "web", "--libvirt", &domain]);
+    assert_eq!(vm["volumes"], serde_json::json!(["web0", "web1"]), "{vm}");
+    assert_eq!(vm["libvirt_domain"], domain.as_str(), "{vm}");
+    lv.start(&domain).unwrap();
+    wait_markers(&a, &urls, &["001-web"]);
+
+    create_group(&a, "g", "site-b", &["--vm", "web"], &[]);
+    a.json(&["group", "start", "g"]);
+    sync_pit(&a, "g", &[]);
+    a.json(&[
+        "plan",
+        "create",
+        "dr",
+        "--protected-site",
+        "site-a",
+        "--recovery-site",
+        "site-b",
+    ]);
+    a.json(&["plan", "add-group", "dr", "g"]);
+
+    // Drill at B: NAME-test on the test clones, on the plan's isolated
+    // test network, while A's copy keeps running.
+    plan_run(&b, "dr", "test");
+    let b_nbd = site_addr(&b, "nbd");
+    let b_port = nbd_source(&format!("nbd://{b_nbd}/x")).port;
+    let clones = ["web0", "web1"].map(|v| format!("nbd://{b_nbd}/{v}@g.test"));
+    wait_markers(&b, &clones, &["001-web", "002-web"]);
+    assert_eq!(lv.state(&domain).unwrap(), DomainState::Running);
+    let test_xml = offsite_hypervisor::Domain::parse(&lv.dump_xml(&test_domain).unwrap()).unwrap();
+    assert_eq!(test_xml.networks(), ["offsite-test-dr"]);
+    for d in test_xml.disks() {
+        let offsite_hypervisor::DiskSource::Nbd(n) = &d.source else {
+            panic!("{d:?} is not on an NBD export");
+        };
+        assert!(n.export.ends_with("@g.test"), "{n:?}");
+    }
+    plan_run(&b, "dr", "cleanup");
+    assert!(
+        !lv.exists(&test_domain).unwrap(),
+        "cleanup undefines the test copy"
+    );
+    assert_eq!(lv.state(&domain).unwrap(), DomainState::Running);
+
+    // Planned migration: A's domain stopped and undefined, defined at B on
+    // B's exports (the same UUID) and booted: the drill's marker is gone
+    // with its clones, A's first one is there.
+    plan_run(&b, "dr", "planned");
+    let at_b = ["web0", "web1"].map(|v| b.url(v));
+    wait_markers(&b, &at_b, &["001-web", "002-web"]);
+    let at_b = offsite_hypervisor::Domain::parse(&lv.dump_xml(&domain).unwrap()).unwrap();
+    assert!(
+        at_b.disks().iter().all(
+            |d| matches!(&d.source, offsite_hypervisor::DiskSource::Nbd(n) if n.port == b_port)
+        ),
+        "{at_b:?}"
+    );
+
+    // Reprotect from B, then failback: B's domain stopped and undefined,
+    // the original definition restored at A and booted with every marker.
+    plan_run(&b, "dr", "reprotect");
+    plan_run(&a, "dr", "failback");
+    wait_markers(&a, &urls, &["001-web", "002-web", "003-web"]);
+    assert_eq!(
+        lv.dump_xml(&domain).unwrap(),
+        original,
+        "the home definition is restored"
+    );
 }

@@ -51,6 +51,29 @@ pub struct SiteConfig {
     /// Logging of `offsite serve`.
     #[serde(default)]
     pub log: LogConfig,
+    /// The libvirt this site defines, starts and stops domains with.
+    #[serde(default)]
+    pub libvirt: LibvirtConfig,
+}
+
+/// `[libvirt]` in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// The connection URI (`virsh -c`).
+    pub uri: String,
+    /// Seconds a domain has to shut down after the ACPI request before it
+    /// is destroyed.
+    pub stop_timeout_secs: f64,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        LibvirtConfig {
+            uri: "qemu:///system".into(),
+            stop_timeout_secs: 120.0,
+        }
+    }
 }
 
 /// `[log]` in `config.toml`.
@@ -197,6 +220,11 @@ impl SiteConfig {
                 self.failover.hook_timeout_secs,
                 new.failover.hook_timeout_secs,
             ),
+            (
+                "libvirt.stop_timeout_secs",
+                self.libvirt.stop_timeout_secs,
+                new.libvirt.stop_timeout_secs,
+            ),
         ] {
             if old != new {
                 report.changed.push(format!("{key}: {old} -> {new}"));
@@ -226,6 +254,12 @@ impl SiteConfig {
                 "replication.bandwidth_bytes_per_sec: {} -> {}",
                 show(o.bandwidth_bytes_per_sec),
                 show(n.bandwidth_bytes_per_sec)
+            ));
+        }
+        if self.libvirt.uri != new.libvirt.uri {
+            report.changed.push(format!(
+                "libvirt.uri: {:?} -> {:?}",
+                self.libvirt.uri, new.libvirt.uri
             ));
         }
         if self.log.filter != new.log.filter {
@@ -348,6 +382,7 @@ mod tests {
             replication: Default::default(),
             failover: Default::default(),
             log: Default::default(),
+            libvirt: Default::default(),
         }
     }
 

@@ -146,6 +146,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         replication: Default::default(),
         failover: Default::default(),
         log: Default::default(),
+        libvirt: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {

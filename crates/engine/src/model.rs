@@ -178,6 +178,11 @@ pub struct VmInfo {
     pub stop: Option<String>,
     /// Command that exits 0 while the VM runs.
     pub status: Option<String>,
+    /// The libvirt domain it is, if any (start, stop and status then go
+    /// through libvirt).
+    pub libvirt_domain: Option<String>,
+    /// That domain's XML, verbatim, as this site keeps it.
+    pub libvirt_xml: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -195,6 +200,11 @@ pub struct CreateVm {
     pub stop: Option<String>,
     /// Status hook.
     pub status: Option<String>,
+    /// A libvirt domain to protect as this VM (`--libvirt DOMAIN`): its
+    /// disks become the VM's volumes (file disks imported into new volumes
+    /// `VM-TARGET`, disks already on this site's exports kept) and its
+    /// definition is kept; `volumes` and the hooks must then be empty.
+    pub libvirt: Option<String>,
 }
 
 /// `vm set`: absent fields stay as they are.

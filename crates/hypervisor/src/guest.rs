@@ -483,14 +483,16 @@ pub enum AfterMarkers {
 impl GuestKit {
     /// A libvirt domain of this guest: TCG (`type='qemu'`), direct kernel
     /// boot, `disks` as vda, vdb, ... on NBD exports, one interface on
-    /// `network` if given, serial console to `console`.
+    /// `network` if given, serial console to the file `console` if given
+    /// (a pty otherwise: libvirt refuses two domains one console file, so
+    /// a domain defined at two sites of one host needs none).
     pub fn domain_xml(
         &self,
         name: &str,
         label: &str,
         disks: &[crate::NbdSource],
         network: Option<&str>,
-        console: &Path,
+        console: Option<&Path>,
         after: AfterMarkers,
     ) -> String {
         let mut cmdline = GuestKit::cmdline(label);
@@ -510,14 +512,20 @@ impl GuestKit {
                 "    <interface type='network'>\n      <source network='{net}'/>\n      <model type='virtio'/>\n    </interface>\n"
             ));
         }
+        match console {
+            Some(c) => devices.push_str(&format!(
+                "    <serial type='file'>\n      <source path='{}'/>\n      <target port='0'/>\n    </serial>\n",
+                c.display()
+            )),
+            None => devices.push_str("    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n"),
+        }
         format!(
-            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{}</kernel>\n    <initrd>{}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n    <emulator>{}</emulator>\n{devices}    <serial type='file'>\n      <source path='{}'/>\n      <target port='0'/>\n    </serial>\n  </devices>\n</domain>\n",
+            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>{}</kernel>\n    <initrd>{}</initrd>\n    <cmdline>{cmdline}</cmdline>\n  </os>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n    <emulator>{}</emulator>\n{devices}  </devices>\n</domain>\n",
             self.kernel.display(),
             self.initramfs.display(),
             which(QEMU)
                 .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-system-x86_64"))
                 .display(),
-            console.display()
         )
     }
 

@@ -998,9 +998,42 @@ impl Plans {
         } else {
             None
         };
+        // A libvirt domain is defined on this site's exports and started,
+        // or stopped and undefined (see `Site::start_vm_domain`); a test
+        // copy goes on the plan's test network, isolated unless the
+        // operator named an existing network.
+        let test_network = plan
+            .test_network
+            .clone()
+            .unwrap_or_else(|| format!("offsite-test-{}", plan.name));
+        let exports: Vec<(String, String)> = vm
+            .volumes
+            .iter()
+            .enumerate()
+            .filter_map(|(n, v)| {
+                let key = format!("OFFSITE_VOLUME_{n}_URL");
+                env.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, url)| (v.clone(), url.clone()))
+            })
+            .collect();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut out = match cmd {
+                None if vm.libvirt_xml.is_some() && action == HookAction::Start => {
+                    let domain = site
+                        .start_vm_domain(
+                            &vm,
+                            &exports,
+                            test.then_some(test_network.as_str()),
+                            &Default::default(),
+                        )
+                        .map_err(|e| e.to_string())?;
+                    format!("libvirt domain {domain} defined and started")
+                }
+                None if vm.libvirt_xml.is_some() => {
+                    site.stop_vm_domain(&vm, test).map_err(|e| e.to_string())?
+                }
                 None => format!("VM {name} has no {} hook", action.as_str()),
                 Some(cmd) => {
                     let run = site
