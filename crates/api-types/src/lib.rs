@@ -10,7 +10,7 @@ pub mod schema;
 
 pub use plans::{
     CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunGroup, PlanRunReport, PlanRunRequest,
-    PlanRunStep, PlanRunSummary, PlanSetPriority, PlanStep, PlanVm,
+    PlanRunStep, PlanRunSummary, PlanSetNetworkMap, PlanSetPriority, PlanStep, PlanVm,
 };
 
 /// Version prefix of every API route.

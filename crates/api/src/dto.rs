@@ -211,7 +211,7 @@ to_domain!(ReverseRequest => repl::ReverseRequest { discard_changes_on, dry_run 
 to_domain!(PartnerTestRequest => repl::PartnerTestRequest { bytes, compress });
 
 // The plans: definitions, runs and their reports.
-to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, parallel, created_at, groups, vms, steps });
+to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, network_map, parallel, created_at, groups, vms, steps });
 to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_secs });
 to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
@@ -220,6 +220,7 @@ to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, fro
 to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
 to_domain!(CreatePlan => plan::CreatePlan { name, protected_site, recovery_site, description, test_network, parallel });
 to_domain!(PlanAddGroup => plan::PlanAddGroup { group });
+to_domain!(PlanSetNetworkMap => plan::PlanSetNetworkMap { mappings });
 to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
 to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume });

@@ -566,6 +566,15 @@ pub enum PlanCommand {
         #[arg(long)]
         wait_timeout: Option<Secs>,
     },
+    /// Map a protected-site network to a recovery-site network for the
+    /// plan's libvirt domains (PROTECTED= removes a mapping; drills use
+    /// the test network instead).
+    SetNetworkMap {
+        plan: String,
+        /// PROTECTED=RECOVERY, one or more.
+        #[arg(required = true, value_name = "PROTECTED=RECOVERY")]
+        mappings: Vec<String>,
+    },
     /// Add a callout: a command run at the recovery site, or a prompt the
     /// run waits at until `plan continue`.
     AddStep {

@@ -493,6 +493,9 @@ pub(crate) fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyh
                 wait_timeout_secs: wait_timeout.map(|s| s.0),
             },
         )?),
+        PlanCommand::SetNetworkMap { plan, mappings } => {
+            p.plan(&c.plan_action(&plan, "network-map", &t::PlanSetNetworkMap { mappings })?)
+        }
         PlanCommand::AddStep {
             plan,
             name,

@@ -699,6 +699,18 @@ impl Printer {
                 "test network",
                 plan.test_network.clone().unwrap_or_else(none),
             ),
+            (
+                "network map",
+                if plan.network_map.is_empty() {
+                    none()
+                } else {
+                    plan.network_map
+                        .iter()
+                        .map(|(from, to)| format!("{from}={to}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
             ("parallel starts", plan.parallel.to_string()),
             ("groups", plan.groups.join(", ")),
         ]);

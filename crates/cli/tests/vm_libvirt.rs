@@ -207,6 +207,21 @@ fn a_protected_domain_is_drilled_migrated_and_failed_back_with_every_marker() {
         "site-b",
     ]);
     a.json(&["plan", "add-group", "dr", "g"]);
+    let recovery_net = "offsite-t-dr-net";
+    lv.ensure_isolated_network(recovery_net)
+        .expect("the recovery network");
+    let plan = a.json(&[
+        "plan",
+        "set-network-map",
+        "dr",
+        &format!("{prod}={recovery_net}"),
+    ]);
+    assert_eq!(plan["network_map"][prod], recovery_net, "{plan}");
+    assert_eq!(
+        b.json(&["plan", "show", "dr"]),
+        plan,
+        "B keeps the same plan"
+    );
 
     // Drill at B: NAME-test on the test clones, on the plan's isolated
     // test network, while A's copy keeps running.
@@ -232,12 +247,13 @@ fn a_protected_domain_is_drilled_migrated_and_failed_back_with_every_marker() {
     assert_eq!(lv.state(&domain).unwrap(), DomainState::Running);
 
     // Planned migration: A's domain stopped and undefined, defined at B on
-    // B's exports (the same UUID) and booted: the drill's marker is gone
+    // B's exports (the same UUID) and the mapped network, and booted: the drill's marker is gone
     // with its clones, A's first one is there.
     plan_run(&b, "dr", "planned");
     let at_b = ["web0", "web1"].map(|v| b.url(v));
     wait_markers(&b, &at_b, &["001-web", "002-web"]);
     let at_b = offsite_hypervisor::Domain::parse(&lv.dump_xml(&domain).unwrap()).unwrap();
+    assert_eq!(at_b.networks(), [recovery_net], "the network map applies");
     assert!(
         at_b.disks().iter().all(
             |d| matches!(&d.source, offsite_hypervisor::DiskSource::Nbd(n) if n.port == b_port)

@@ -1017,6 +1017,14 @@ impl Plans {
                     .map(|(_, url)| (v.clone(), url.clone()))
             })
             .collect();
+        // The map moves the protected site's networks to the recovery
+        // site's; at the protected site (failback) the VM is home and its
+        // own definition names its own networks.
+        let network_map = if self.site.config().name == plan.recovery_site {
+            plan.network_map.clone()
+        } else {
+            Default::default()
+        };
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut out = match cmd {
@@ -1026,7 +1034,7 @@ impl Plans {
                             &vm,
                             &exports,
                             test.then_some(test_network.as_str()),
-                            &Default::default(),
+                            &network_map,
                         )
                         .map_err(|e| e.to_string())?;
                     format!("libvirt domain {domain} defined and started")
@@ -1092,6 +1100,7 @@ mod tests {
             recovery_site: "b".into(),
             description: None,
             test_network: None,
+            network_map: Default::default(),
             parallel: 2,
             created_at: String::new(),
             groups: vec!["g1".into(), "g2".into()],
