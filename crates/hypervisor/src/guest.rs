@@ -405,25 +405,15 @@ impl GuestKit {
     ) -> Result<BootReport, GuestError> {
         let _ = std::fs::remove_file(console);
         let mut cmd = Command::new(QEMU);
-        cmd.args([
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(&self.kernel)
-        .arg("-initrd")
-        .arg(&self.initramfs)
-        .arg("-append")
-        .arg(GuestKit::cmdline(label));
+        cmd.args(QEMU_FLAGS)
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initramfs)
+            .arg("-append")
+            .arg(GuestKit::cmdline(label));
         for d in disks {
             cmd.arg("-drive").arg(d.drive());
         }
@@ -590,6 +580,54 @@ impl GuestKit {
     }
 }
 
+/// QEMU's flags for the guest, before the console, kernel and disks.
+const QEMU_FLAGS: [&str; 9] = [
+    "-accel",
+    "tcg",
+    "-m",
+    "256",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+];
+
+/// `text` single-quoted for `sh`.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+impl GuestKit {
+    /// The boot of [`GuestKit::boot`] as one `sh` command, for a VM hook:
+    /// disk n is the NBD URL in `$OFFSITE_VOLUME_<n>_URL` (what failover
+    /// hands a start hook), the marker label is `$OFFSITE_SITE`, and the
+    /// console goes to `console_dir/boot-$OFFSITE_SITE-$OFFSITE_MODE.log`.
+    /// The command returns once the guest powered off.
+    pub fn hook_command(&self, disks: usize, console_dir: &Path) -> String {
+        let mut words: Vec<String> = vec![sh_quote(QEMU)];
+        words.extend(QEMU_FLAGS.iter().map(|f| sh_quote(f)));
+        words.push("-serial".into());
+        words.push(format!(
+            "\"file:{}/boot-$OFFSITE_SITE-$OFFSITE_MODE.log\"",
+            console_dir.display()
+        ));
+        words.push("-kernel".into());
+        words.push(sh_quote(&self.kernel.display().to_string()));
+        words.push("-initrd".into());
+        words.push(sh_quote(&self.initramfs.display().to_string()));
+        words.push("-append".into());
+        words.push(format!("\"{}\"", GuestKit::cmdline("$OFFSITE_SITE")));
+        for n in 0..disks {
+            words.push("-drive".into());
+            words.push(format!(
+                "\"file=$OFFSITE_VOLUME_{n}_URL,format=raw,if=virtio,cache=none\""
+            ));
+        }
+        words.join(" ")
+    }
+}
+
 /// The first `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -632,6 +670,51 @@ mod tests {
         // header 110 + "init\0" 5 = 115, padded to 116; data 5 padded to 8.
         assert_eq!(&out[116..121], b"12345");
         assert_eq!(&out[124..130], b"070701");
+    }
+
+    #[test]
+    fn the_hook_command_boots_on_the_hook_environment() {
+        let kit = GuestKit {
+            kernel: "/boot/vmlinuz-x".into(),
+            initramfs: "/tmp/it's/offsite-guest.cpio".into(),
+        };
+        let cmd = kit.hook_command(2, Path::new("/tmp/boots"));
+        assert!(
+            cmd.starts_with("'qemu-system-x86_64' '-accel' 'tcg'"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("\"file:/tmp/boots/boot-$OFFSITE_SITE-$OFFSITE_MODE.log\""),
+            "{cmd}"
+        );
+        assert!(cmd.contains("'/tmp/it'\\''s/offsite-guest.cpio'"), "{cmd}");
+        assert!(
+            cmd.contains("\"file=$OFFSITE_VOLUME_1_URL,format=raw,if=virtio,cache=none\""),
+            "{cmd}"
+        );
+        assert!(cmd.contains("offsite.label=$OFFSITE_SITE\""), "{cmd}");
+        // sh reads it back as the words QEMU expects.
+        let out = Command::new("sh")
+            .args(["-c", &format!("OFFSITE_SITE=a OFFSITE_MODE=test OFFSITE_VOLUME_0_URL=nbd://h/x OFFSITE_VOLUME_1_URL=nbd://h/y; set -- {cmd}; printf '%s\\n' \"$@\"")])
+            .output()
+            .unwrap();
+        let words = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            words.lines().any(|l| l == "/tmp/it's/offsite-guest.cpio"),
+            "{words}"
+        );
+        assert!(
+            words
+                .lines()
+                .any(|l| l == "file=nbd://h/y,format=raw,if=virtio,cache=none"),
+            "{words}"
+        );
+        assert!(
+            words
+                .lines()
+                .any(|l| l == "file:/tmp/boots/boot-a-test.log"),
+            "{words}"
+        );
     }
 
     #[test]
