@@ -109,6 +109,67 @@ fn a_libvirt_domain_on_offsite_volumes_starts_stops_and_keeps_its_markers() {
     assert_eq!(lv.dump_xml(&name).unwrap(), dumped);
     let e = lv.dump_xml("offsite-t-no-such-domain").unwrap_err();
     assert!(e.to_string().contains("no libvirt domain named"), "{e}");
+
+    // `vm create --libvirt`: a file disk is imported into a new volume and
+    // the domain redefined on its export; a disk already on this site's
+    // export keeps its volume.
+    let image = s.scratch().join("file-disk.img");
+    write_image(&image, 8 << 20, &[(1 << 20, 4096, 0x5c)]);
+    let file_domain = format!("{name}-file");
+    let file_xml = xml
+        .replacen(&format!("<name>{name}</name>"), &format!("<name>{file_domain}</name>"), 1)
+        .replacen(
+            &format!(
+                "<disk type='network' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source protocol='nbd' name='web0'>\n        <host name='{}' port='{}'/>\n      </source>",
+                disks[0].host, disks[0].port
+            ),
+            &format!(
+                "<disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='{}'/>",
+                image.display()
+            ),
+            1,
+        );
+    assert!(file_xml.contains("type='file'"), "{file_xml}");
+    lv.define(&file_xml).unwrap();
+    let _undefine_file = Undefine(&lv, file_domain.clone());
+    let vm = s.json(&["vm", "create", "filevm", "--libvirt", &file_domain]);
+    assert_eq!(
+        vm["volumes"],
+        serde_json::json!(["filevm-vda", "web1"]),
+        "{vm}"
+    );
+    assert_eq!(vm["libvirt_domain"], file_domain.as_str(), "{vm}");
+    let redefined = offsite_hypervisor::Domain::parse(&lv.dump_xml(&file_domain).unwrap()).unwrap();
+    assert_eq!(
+        redefined.disks()[0].source,
+        offsite_hypervisor::DiskSource::Nbd(NbdSource {
+            export: "filevm-vda".into(),
+            ..disks[0].clone()
+        })
+    );
+    wait_until("the import", Duration::from_secs(60), || {
+        s.json(&["volume", "show", "filevm-vda"])["state"] == "ready"
+    });
+    offsite_testkit::qemu_io(&s.url("filevm-vda"), &["read -P 0x5c 1M 4K"]);
+
+    // A disk on another site's export is refused, naming the disk.
+    let foreign = format!("{name}-foreign");
+    lv.define(
+        &file_xml
+            .replacen(
+                &format!("<name>{file_domain}</name>"),
+                &format!("<name>{foreign}</name>"),
+                1,
+            )
+            .replacen(&format!("port='{}'", disks[1].port), "port='1'", 1),
+    )
+    .unwrap();
+    let _undefine_foreign = Undefine(&lv, foreign.clone());
+    let e = s.fails(&["vm", "create", "foreign", "--libvirt", &foreign]);
+    assert!(
+        e.contains("disk vdb") && e.contains("not on this site"),
+        "{e}"
+    );
 }
 
 /// Waits until every disk in `urls` holds exactly the markers `want`,
@@ -221,6 +282,18 @@ fn a_protected_domain_is_drilled_migrated_and_failed_back_with_every_marker() {
         b.json(&["plan", "show", "dr"]),
         plan,
         "B keeps the same plan"
+    );
+
+    // A group's own test failover defines NAME-test on the group's
+    // isolated test network; stop-test stops and undefines it.
+    b.json(&["failover", "run", "g", "--test"]);
+    let own = offsite_hypervisor::Domain::parse(&lv.dump_xml(&test_domain).unwrap()).unwrap();
+    assert_eq!(own.networks(), ["offsite-test-g"]);
+    assert_eq!(lv.state(&test_domain).unwrap(), DomainState::Running);
+    b.json(&["failover", "stop-test", "g"]);
+    assert!(
+        !lv.exists(&test_domain).unwrap(),
+        "stop-test undefines the test copy"
     );
 
     // Drill at B: NAME-test on the test clones, on the plan's isolated
