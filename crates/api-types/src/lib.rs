@@ -276,6 +276,12 @@ pub struct VmInfo {
     /// and status then go through libvirt. Absent for hook VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_domain: Option<String>,
+    /// That domain's state at this site, from libvirt (`vm show` only):
+    /// `running`, `paused`, `shutting-down`, `shut-off`, `crashed`,
+    /// `suspended`, `no-state`, `undefined` (not defined here) or
+    /// `unreachable` (libvirt did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_state: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }

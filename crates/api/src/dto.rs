@@ -161,6 +161,7 @@ impl ToDto for engine::VmInfo {
             status,
             libvirt_domain,
             libvirt_xml: _,
+            libvirt_state,
             created_at,
         } = self;
         t::VmInfo {
@@ -170,6 +171,7 @@ impl ToDto for engine::VmInfo {
             stop,
             status,
             libvirt_domain,
+            libvirt_state: libvirt_state.map(|s| s.as_str().to_string()),
             created_at,
         }
     }

@@ -771,7 +771,7 @@ async fn vm_create(State(s): State<ApiState>, b: JsonBody<CreateVm>) -> ApiResul
 #[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 200, body = VmInfo), (status = 404, body = ApiError)))]
 async fn vm_show(State(s): State<ApiState>, ApiPath(name): ApiPath<String>) -> ApiResult<VmInfo> {
-    blocking(move || s.site.vm(&name)).await
+    blocking(move || s.site.vm_with_state(&name)).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),

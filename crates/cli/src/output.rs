@@ -858,6 +858,10 @@ impl Printer {
                 "libvirt domain",
                 v.libvirt_domain.clone().unwrap_or_else(none),
             ),
+            (
+                "libvirt state",
+                v.libvirt_state.clone().unwrap_or_else(none),
+            ),
             ("created", v.created_at.clone()),
         ]))
     }

@@ -254,6 +254,7 @@ fn a_protected_domain_is_drilled_migrated_and_failed_back_with_every_marker() {
     assert_eq!(vm["libvirt_domain"], domain.as_str(), "{vm}");
     lv.start(&domain).unwrap();
     wait_markers(&a, &urls, &["001-web"]);
+    assert_eq!(a.json(&["vm", "show", "web"])["libvirt_state"], "running");
 
     create_group(&a, "g", "site-b", &["--vm", "web"], &[]);
     a.json(&["group", "start", "g"]);

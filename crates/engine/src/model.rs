@@ -183,6 +183,9 @@ pub struct VmInfo {
     pub libvirt_domain: Option<String>,
     /// That domain's XML, verbatim, as this site keeps it.
     pub libvirt_xml: Option<String>,
+    /// The domain's state at this site as libvirt reports it (`vm show`
+    /// only; `None` for hook VMs and in lists).
+    pub libvirt_state: Option<LibvirtState>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -218,4 +221,27 @@ pub struct SetVm {
     pub status: Option<String>,
     /// New volumes, disk 0 first (refused while the VM is in a group).
     pub volumes: Option<Vec<String>>,
+}
+
+/// A libvirt VM's domain as this site's libvirt sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibvirtState {
+    /// Defined here, in this state.
+    Defined(offsite_hypervisor::DomainState),
+    /// Not defined at this site (the VM runs at the partner, or was never
+    /// started here).
+    Undefined,
+    /// libvirt did not answer.
+    Unreachable,
+}
+
+impl LibvirtState {
+    /// The word `vm show` prints and the API returns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LibvirtState::Defined(s) => s.as_str(),
+            LibvirtState::Undefined => "undefined",
+            LibvirtState::Unreachable => "unreachable",
+        }
+    }
 }

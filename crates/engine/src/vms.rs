@@ -29,6 +29,7 @@ fn vm_info(r: VmRow) -> VmInfo {
         status: r.status_cmd,
         libvirt_domain: r.libvirt_xml.as_deref().and_then(domain_name),
         libvirt_xml: r.libvirt_xml,
+        libvirt_state: None,
         created_at: r.created_at,
     }
 }
@@ -460,6 +461,22 @@ impl Site {
     /// `vm show`.
     pub fn vm(&self, name: &str) -> Result<VmInfo, EngineError> {
         Ok(vm_info(self.catalog().vm(name)?))
+    }
+
+    /// `vm show` with the state of a libvirt VM's domain asked from
+    /// libvirt (its status goes through libvirt, not a hook).
+    pub fn vm_with_state(&self, name: &str) -> Result<VmInfo, EngineError> {
+        let mut vm = self.vm(name)?;
+        if let Some(domain) = &vm.libvirt_domain {
+            vm.libvirt_state = Some(match self.libvirt().state(domain) {
+                Ok(s) => crate::model::LibvirtState::Defined(s),
+                Err(offsite_hypervisor::LibvirtError::NoSuchDomain { .. }) => {
+                    crate::model::LibvirtState::Undefined
+                }
+                Err(_) => crate::model::LibvirtState::Unreachable,
+            });
+        }
+        Ok(vm)
     }
 
     /// The groups that hold VM `name` (either role) and the plans it is in.
