@@ -10,7 +10,7 @@ pub mod schema;
 
 pub use plans::{
     CreatePlan, PlanAddGroup, PlanAddStep, PlanInfo, PlanRunGroup, PlanRunReport, PlanRunRequest,
-    PlanRunStep, PlanRunSummary, PlanSetPriority, PlanStep, PlanVm,
+    PlanRunStep, PlanRunSummary, PlanSetNetworkMap, PlanSetPriority, PlanStep, PlanVm,
 };
 
 /// Version prefix of every API route.
@@ -286,6 +286,16 @@ pub struct VmInfo {
     pub stop: Option<String>,
     /// Command that exits 0 while the VM runs.
     pub status: Option<String>,
+    /// The libvirt domain the VM is (`vm create --libvirt`); start, stop
+    /// and status then go through libvirt. Absent for hook VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_domain: Option<String>,
+    /// That domain's state at this site, from libvirt (`vm show` only):
+    /// `running`, `paused`, `shutting-down`, `shut-off`, `crashed`,
+    /// `suspended`, `no-state`, `undefined` (not defined here) or
+    /// `unreachable` (libvirt did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_state: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -305,6 +315,11 @@ pub struct CreateVm {
     pub stop: Option<String>,
     /// Status hook.
     pub status: Option<String>,
+    /// A libvirt domain to protect as this VM: its disks become the VM's
+    /// volumes (file disks imported into new volumes `NAME-TARGET`) and
+    /// `volumes` and the hooks must be empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt: Option<String>,
 }
 
 /// `POST /api/v1/groups`.

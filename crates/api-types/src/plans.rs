@@ -36,6 +36,15 @@ pub struct PlanAddGroup {
     pub group: String,
 }
 
+/// `plan set-network-map`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PlanSetNetworkMap {
+    /// `PROTECTED=RECOVERY`: interfaces of the plan's libvirt domains on
+    /// the protected site's network PROTECTED go on RECOVERY at the
+    /// recovery site; an empty RECOVERY removes the mapping.
+    pub mappings: Vec<String>,
+}
+
 /// `plan set-priority`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct PlanSetPriority {
@@ -93,6 +102,11 @@ pub struct PlanInfo {
     pub description: Option<String>,
     /// Network name handed to hooks in test mode.
     pub test_network: Option<String>,
+    /// Protected site's network to the recovery site's, for the libvirt
+    /// domains the plan starts there (`plan set-network-map`); absent
+    /// when empty.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub network_map: std::collections::BTreeMap<String, String>,
     /// VMs of one tier started at once, at most.
     pub parallel: u32,
     /// RFC 3339 creation time.

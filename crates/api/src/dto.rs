@@ -148,12 +148,39 @@ to_dto!(engine::Event => Event { id, at, kind, subject, message });
 to_dto!(engine::PartnerInfo => PartnerInfo { name, address, fingerprint, created_at, last_handshake_at, rtt_ms, last_error, reachable });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });
 to_dto!(engine::SiteSettings => SiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
-to_dto!(engine::VmInfo => VmInfo { name, volumes, start, stop, status, created_at });
+// The domain's XML stays inside the site (it goes to the partner with a
+// group, not to API clients, who read it with `virsh dumpxml`).
+impl ToDto for engine::VmInfo {
+    type Dto = t::VmInfo;
+    fn to_dto(self) -> t::VmInfo {
+        let engine::VmInfo {
+            name,
+            volumes,
+            start,
+            stop,
+            status,
+            libvirt_domain,
+            libvirt_xml: _,
+            libvirt_state,
+            created_at,
+        } = self;
+        t::VmInfo {
+            name,
+            volumes,
+            start,
+            stop,
+            status,
+            libvirt_domain,
+            libvirt_state: libvirt_state.map(|s| s.as_str().to_string()),
+            created_at,
+        }
+    }
+}
 to_domain!(CreateVolume => engine::CreateVolume { name, size_bytes, block_size, import_path });
 to_domain!(AddPartner => engine::AddPartner { name, address, fingerprint });
 to_domain!(AddAuthz => engine::AddAuthz { allowed_primary, storage_location, security_tag });
 to_domain!(UpdateSiteSettings => engine::UpdateSiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
-to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status });
+to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, libvirt });
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
@@ -186,7 +213,7 @@ to_domain!(ReverseRequest => repl::ReverseRequest { discard_changes_on, dry_run 
 to_domain!(PartnerTestRequest => repl::PartnerTestRequest { bytes, compress });
 
 // The plans: definitions, runs and their reports.
-to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, parallel, created_at, groups, vms, steps });
+to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, network_map, parallel, created_at, groups, vms, steps });
 to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_secs });
 to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
@@ -195,6 +222,7 @@ to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, fro
 to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
 to_domain!(CreatePlan => plan::CreatePlan { name, protected_site, recovery_site, description, test_network, parallel });
 to_domain!(PlanAddGroup => plan::PlanAddGroup { group });
+to_domain!(PlanSetNetworkMap => plan::PlanSetNetworkMap { mappings });
 to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
 to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume });

@@ -69,8 +69,8 @@ impl Catalog {
         for (i, vm) in g.vms.iter().enumerate() {
             // Names never hold a newline (names::validate), so it separates.
             tx.execute(
-                "INSERT INTO group_vms (group_name, position, name, volumes, start_cmd, stop_cmd, status_cmd)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO group_vms (group_name, position, name, volumes, start_cmd, stop_cmd, status_cmd, libvirt_xml)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     g.name,
                     i as i64,
@@ -78,7 +78,8 @@ impl Catalog {
                     vm.volumes.join("\n"),
                     vm.start_cmd,
                     vm.stop_cmd,
-                    vm.status_cmd
+                    vm.status_cmd,
+                    vm.libvirt_xml
                 ],
             )
             .map_err(err("insert group"))?;
@@ -179,7 +180,7 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd
+                "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd, libvirt_xml
                  FROM group_vms {by_group} ORDER BY group_name, position"
             ))
             .map_err(self.err("list groups"))?;
@@ -198,6 +199,7 @@ impl Catalog {
                         start_cmd: r.get(3)?,
                         stop_cmd: r.get(4)?,
                         status_cmd: r.get(5)?,
+                        libvirt_xml: r.get(6)?,
                         created_at: String::new(),
                     },
                 ))

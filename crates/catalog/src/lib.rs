@@ -183,6 +183,10 @@ pub struct VmRow {
     pub stop_cmd: Option<String>,
     /// Hook that reports whether the VM runs.
     pub status_cmd: Option<String>,
+    /// The libvirt domain's XML, verbatim (disks on this site's NBD
+    /// exports), when the VM is a libvirt domain; start, stop and status
+    /// then go through libvirt instead of the hooks.
+    pub libvirt_xml: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -881,8 +885,8 @@ impl Catalog {
         };
         let tx = self.conn.transaction().map_err(err("insert VM"))?;
         let r = tx.execute(
-            "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339()],
+            "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339(), vm.libvirt_xml],
         );
         if let Err(e) = r {
             return Err(if is_unique_violation(&e) {
@@ -915,7 +919,7 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, start_cmd, stop_cmd, status_cmd, created_at FROM vms ORDER BY name",
+                "SELECT name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml FROM vms ORDER BY name",
             )
             .map_err(self.err("list VMs"))?;
         let mut vms = stmt
@@ -927,6 +931,7 @@ impl Catalog {
                     stop_cmd: r.get(2)?,
                     status_cmd: r.get(3)?,
                     created_at: r.get(4)?,
+                    libvirt_xml: r.get(5)?,
                 })
             })
             .map_err(self.err("list VMs"))?
@@ -963,8 +968,8 @@ impl Catalog {
         let tx = self.conn.transaction().map_err(err("update VM"))?;
         let n = tx
             .execute(
-                "UPDATE vms SET start_cmd = ?2, stop_cmd = ?3, status_cmd = ?4 WHERE name = ?1",
-                params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd],
+                "UPDATE vms SET start_cmd = ?2, stop_cmd = ?3, status_cmd = ?4, libvirt_xml = ?5 WHERE name = ?1",
+                params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, vm.libvirt_xml],
             )
             .map_err(err("update VM"))?;
         if n == 0 {
@@ -1319,10 +1324,20 @@ mod tests {
             start_cmd: Some("true".into()),
             stop_cmd: None,
             status_cmd: None,
+            libvirt_xml: None,
             created_at: String::new(),
         };
         let got = c.insert_vm(&vm).unwrap();
         assert_eq!(got.volumes, ["z-boot", "a-data"]);
+        assert_eq!(got.libvirt_xml, None);
+        let domain = VmRow {
+            libvirt_xml: Some("<domain type='qemu'><name>web</name></domain>".into()),
+            ..got.clone()
+        };
+        assert_eq!(
+            c.update_vm(&domain).unwrap().libvirt_xml,
+            domain.libvirt_xml
+        );
         assert!(matches!(c.insert_vm(&vm), Err(CatalogError::VmExists(_))));
         c.delete_vm("web").unwrap();
         assert!(matches!(c.vm("web"), Err(CatalogError::NoSuchVm(_))));
@@ -1362,6 +1377,7 @@ mod tests {
                 start_cmd: Some("start it".into()),
                 stop_cmd: None,
                 status_cmd: None,
+                libvirt_xml: Some("<domain><name>vm1</name></domain>".into()),
                 created_at: String::new(),
             }],
         };
@@ -1500,8 +1516,11 @@ mod tests {
             .unwrap();
         }
         let c = Catalog::open(&path).unwrap();
+        // Every later migration runs too (v12: a volume's NBD TLS mode; v13:
+        // the VMs' libvirt XML).
         assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
         let g = c.group("g").unwrap();
+        assert_eq!(g.vms[0].libvirt_xml, None);
         assert_eq!(
             (g.role, g.mode, g.state),
             (Role::Replica, Mode::Sync, GroupState::FailedOver)

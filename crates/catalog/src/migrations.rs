@@ -254,4 +254,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // NULL takes the NBD listener's (`[nbd_tls] mode`).
     "ALTER TABLE volumes ADD COLUMN nbd_tls TEXT
          CHECK (nbd_tls IN ('off', 'optional', 'required'));",
+    // v13: a VM may be a libvirt domain: its definition (the domain XML,
+    // verbatim, with its disks on this site's NBD exports) is kept with the
+    // VM and with the group's copy of it on both sites, so a recovery site
+    // can define the domain and the home site restore it. A plan maps the
+    // protected site's networks to the recovery site's (`PROTECTED=RECOVERY`
+    // lines) for the domains it starts there.
+    "ALTER TABLE vms ADD COLUMN libvirt_xml TEXT;
+     ALTER TABLE group_vms ADD COLUMN libvirt_xml TEXT;
+     ALTER TABLE plans ADD COLUMN network_map TEXT;",
 ];

@@ -24,6 +24,9 @@ pub struct PlanRow {
     pub description: Option<String>,
     /// Network name handed to hooks in test mode.
     pub test_network: Option<String>,
+    /// Protected site's network to the recovery site's, for the libvirt
+    /// domains the plan starts there (`plan set-network-map`).
+    pub network_map: std::collections::BTreeMap<String, String>,
     /// VMs of one tier started at once, at most.
     pub parallel: u32,
     /// RFC 3339 creation time (kept as received from the partner).
@@ -148,8 +151,8 @@ impl Catalog {
             p.created_at.clone()
         };
         tx.execute(
-            "INSERT INTO plans (name, protected_site, recovery_site, description, test_network, parallel, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO plans (name, protected_site, recovery_site, description, test_network, parallel, created_at, network_map)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 p.name,
                 p.protected_site,
@@ -157,7 +160,13 @@ impl Catalog {
                 p.description,
                 p.test_network,
                 p.parallel,
-                created
+                created,
+                (!p.network_map.is_empty()).then(|| {
+                    p.network_map
+                        .iter()
+                        .map(|(from, to)| format!("{from}={to}\n"))
+                        .collect::<String>()
+                })
             ],
         )
         .map_err(err.clone())?;
@@ -216,7 +225,7 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, protected_site, recovery_site, description, test_network, parallel, created_at
+                "SELECT name, protected_site, recovery_site, description, test_network, parallel, created_at, network_map
                  FROM plans ORDER BY name",
             )
             .map_err(self.err("list plans"))?;
@@ -228,6 +237,15 @@ impl Catalog {
                     recovery_site: r.get(2)?,
                     description: r.get(3)?,
                     test_network: r.get(4)?,
+                    // `plan set-network-map` refuses '=' and newlines in
+                    // the protected network's name.
+                    network_map: r
+                        .get::<_, Option<String>>(7)?
+                        .unwrap_or_default()
+                        .lines()
+                        .filter_map(|l| l.split_once('='))
+                        .map(|(from, to)| (from.to_string(), to.to_string()))
+                        .collect(),
                     parallel: r.get(5)?,
                     created_at: r.get(6)?,
                     groups: Vec::new(),
@@ -485,6 +503,7 @@ mod tests {
             recovery_site: "b".into(),
             description: None,
             test_network: Some("isolated".into()),
+            network_map: [("prod".to_string(), "dr-prod".to_string())].into(),
             parallel: 4,
             created_at: String::new(),
             groups: vec!["g1".into(), "g2".into()],

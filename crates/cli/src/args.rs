@@ -346,12 +346,20 @@ pub enum PitCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Define a VM from existing volumes.
+    /// Define a VM from existing volumes, or protect a libvirt domain
+    /// (--libvirt).
     Create {
         name: String,
         /// A volume of the VM; repeat for more disks, disk 0 first.
-        #[arg(long = "volume", required = true)]
+        #[arg(long = "volume", required_unless_present = "libvirt")]
         volumes: Vec<String>,
+        /// Protect this libvirt domain: its disks become the VM's volumes
+        /// (file disks are imported into new volumes NAME-TARGET and the
+        /// domain redefined on their NBD exports; it must be shut off for
+        /// that), its definition goes to the partner with the group, and
+        /// failover starts and stops it through libvirt.
+        #[arg(long, conflicts_with_all = ["volumes", "start", "stop", "status"])]
+        libvirt: Option<String>,
         /// Command that starts the VM (failover runs it with OFFSITE_VOLUME_<n>_URL set).
         #[arg(long)]
         start: Option<String>,
@@ -591,6 +599,15 @@ pub enum PlanCommand {
         /// How long the wait may take, e.g. 2m.
         #[arg(long)]
         wait_timeout: Option<Secs>,
+    },
+    /// Map a protected-site network to a recovery-site network for the
+    /// plan's libvirt domains (PROTECTED= removes a mapping; drills use
+    /// the test network instead).
+    SetNetworkMap {
+        plan: String,
+        /// PROTECTED=RECOVERY, one or more.
+        #[arg(required = true, value_name = "PROTECTED=RECOVERY")]
+        mappings: Vec<String>,
     },
     /// Add a callout: a command run at the recovery site, or a prompt the
     /// run waits at until `plan continue`.

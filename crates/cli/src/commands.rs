@@ -66,12 +66,14 @@ pub(crate) fn vm(c: &Client, cmd: VmCommand, p: &Printer) -> anyhow::Result<()> 
             start,
             stop,
             status,
+            libvirt,
         } => p.vm(&c.create_vm(&offsite_api_types::CreateVm {
             name,
             volumes,
             start,
             stop,
             status,
+            libvirt,
         })?),
         VmCommand::List => p.vms(&c.vms()?),
         VmCommand::Show { name } => p.vm(&c.vm(&name)?),
@@ -494,6 +496,9 @@ pub(crate) fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyh
                 wait_timeout_secs: wait_timeout.map(|s| s.0),
             },
         )?),
+        PlanCommand::SetNetworkMap { plan, mappings } => {
+            p.plan(&c.plan_action(&plan, "network-map", &t::PlanSetNetworkMap { mappings })?)
+        }
         PlanCommand::AddStep {
             plan,
             name,

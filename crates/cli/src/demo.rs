@@ -4,7 +4,12 @@
 //! volumes whose hooks are harmless scripts; data written over NBD with
 //! `qemu-io`, replicated; then one recovery plan run as a test drill,
 //! cleanup, a planned migration, reprotect and failback, with the data
-//! checked at every step and each run's report summary printed. Any failed
+//! checked at every step and each run's report summary printed. Where
+//! QEMU, a cloud kernel and busybox-static are installed, a second VM `app`
+//! is a real Linux guest (`offsite_hypervisor::guest`) whose start hook
+//! boots it on the disk's NBD URL: each boot writes a marker file, and the
+//! drill, the planned migration and the failback each check that every
+//! earlier marker is there. Any failed
 //! check ends the demo with an error (exit 1). The sites are stopped and
 //! removed unless `--keep`; the HTML reports are kept either way.
 //!
@@ -16,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use offsite_hypervisor::{BootReport, GuestDisk, GuestKit};
 use serde_json::Value;
 
 const SITES: [&str; 2] = ["site-a", "site-b"];
@@ -27,6 +33,8 @@ struct Demo {
     daemons: Vec<Child>,
     keep: bool,
     started: Instant,
+    /// The real guest VM `app` boots, where the host can boot it.
+    guest: Option<GuestKit>,
 }
 
 impl Drop for Demo {
@@ -49,9 +57,10 @@ impl Drop for Demo {
         if self.keep {
             println!("\nsites kept (stopped) in {}", self.dir.display());
         } else {
-            for d in SITES
-                .iter()
-                .chain(&["replicas-of-site-a", "replicas-of-site-b", "hooks"])
+            for d in
+                SITES
+                    .iter()
+                    .chain(&["replicas-of-site-a", "replicas-of-site-b", "hooks", "guest"])
             {
                 let path = self.dir.join(d);
                 if let Err(e) = std::fs::remove_dir_all(&path)
@@ -187,6 +196,45 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Checks the markers VM `app` reported in the boot its start hook ran
+    /// at `site` in hook mode `mode` (nothing to check without the guest).
+    fn check_boot(&self, site: &str, mode: &str, want: &[&str], what: &str) -> anyhow::Result<()> {
+        if self.guest.is_none() {
+            return Ok(());
+        }
+        let log = self
+            .dir
+            .join("guest")
+            .join(format!("boot-{site}-{mode}.log"));
+        let console = std::fs::read_to_string(&log).with_context(|| {
+            format!(
+                "VM app did not boot at {site} ({} is missing)",
+                log.display()
+            )
+        })?;
+        let report = BootReport::parse(&console)
+            .map_err(|e| anyhow::anyhow!("VM app failed at {site}: {e}"))?
+            .with_context(|| {
+                format!(
+                    "VM app did not finish its boot at {site}; see {}",
+                    log.display()
+                )
+            })?;
+        check_markers(&report, want, what)
+    }
+}
+
+/// The guest's markers on its disk equal `want`.
+fn check_markers(report: &BootReport, want: &[&str], what: &str) -> anyhow::Result<()> {
+    let got = report.disk("vda");
+    println!("   VM app's markers: {}", got.join(" "));
+    check(
+        got.iter().map(String::as_str).eq(want.iter().copied()),
+        what,
+    )
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("   {l}\n")).collect()
 }
@@ -257,12 +305,26 @@ pub fn run(dir: Option<&Path>, keep: bool) -> anyhow::Result<()> {
     }
     let bin = std::env::current_exe().context("finding this offsite binary")?;
     let dir = demo_dir(dir)?;
+    let guest = match GuestKit::available() {
+        Ok(()) => {
+            let kit = GuestKit::build(&dir.join("guest")).context("building the guest VM")?;
+            println!(
+                "qemu-system-x86 is installed: VM `app` is a real Linux guest booted from its replicated disk at every step"
+            );
+            Some(kit)
+        }
+        Err(e) => {
+            println!("no real VM in this demo ({e}); the VMs are hook scripts");
+            None
+        }
+    };
     let mut d = Demo {
         bin,
         dir: dir.clone(),
         daemons: Vec::new(),
         keep,
         started: Instant::now(),
+        guest,
     };
     let result = scenario(&mut d);
     let reports = dir.join("reports");
@@ -421,6 +483,39 @@ fn protect_web(d: &mut Demo) -> anyhow::Result<Web> {
     qemu_io(&boot_a, &["write -P 0x5a 0 8M"])?;
     qemu_io(&data_a, &["write -P 0x33 1M 4M"])?;
     println!("   wrote 8 MiB to web-boot and 4 MiB to web-data over NBD ({boot_a})");
+    let mut members = vec!["--vm", "web"];
+    if let Some(kit) = &d.guest {
+        step(
+            "a real VM `app` at site-a: a Linux guest (TCG) on volume app-disk, booted by its start hook",
+        );
+        let boots = d.dir.join("guest");
+        let start = kit.hook_command(1, &boots);
+        let stop = format!(
+            "echo \"$OFFSITE_SITE stop $OFFSITE_VM mode=$OFFSITE_MODE (it powers off after each boot)\" >> {l}"
+        );
+        d.json(a, &["volume", "create", "app-disk", "--size", "64M"])?;
+        d.json(
+            a,
+            &[
+                "vm", "create", "app", "--volume", "app-disk", "--start", &start, "--stop", &stop,
+            ],
+        )?;
+        let url = str_of(&d.json(a, &["volume", "url", "app-disk"])?, "url")?.to_string();
+        let r = kit
+            .boot(
+                &[GuestDisk::Nbd(url)],
+                a,
+                &boots.join("boot-site-a-first.log"),
+                Duration::from_secs(300),
+            )
+            .context("booting VM app at site-a")?;
+        check_markers(
+            &r,
+            &["001-site-a"],
+            "app's first boot at site-a wrote its marker",
+        )?;
+        members.extend(["--vm", "app"]);
+    }
 
     step("replication group `web` site-a -> site-b: initial replication, a delta, verify");
     d.json(
@@ -431,15 +526,16 @@ fn protect_web(d: &mut Demo) -> anyhow::Result<Web> {
             "web",
             "--partner",
             b,
-            "--vm",
-            "web",
             "--mode",
             "async",
             "--rpo",
             "5m",
             "--keep",
             "4",
-        ],
+        ]
+        .into_iter()
+        .chain(members)
+        .collect::<Vec<_>>(),
     )?;
     d.json(a, &["group", "start", "web"])?;
     qemu_io(&boot_a, &["write -P 0x77 32M 2M"])?;
@@ -537,6 +633,12 @@ fn drill_and_migrate(d: &mut Demo, ib: &serde_json::Value, web: &Web) -> anyhow:
         "the test clone holds site-a's data",
     )?;
     qemu_io(&clone, &["write -P 0xee 0 1M"])?;
+    d.check_boot(
+        "site-b",
+        "test",
+        &["001-site-a", "002-site-b"],
+        "app booted at site-b on its test clone with site-a's marker",
+    )?;
     check(
         d.json(b, &["group", "status", "web"])?["state"]
             == offsite_catalog::GroupState::TestFailover.as_str(),
@@ -570,6 +672,12 @@ fn drill_and_migrate(d: &mut Demo, ib: &serde_json::Value, web: &Web) -> anyhow:
     )?;
     check_data(&data_b, &["read -P 0x33 1M 4M"], "site-b serves web-data")?;
     qemu_io(&boot_b, &["write -P 0xb0 48M 1M"])?;
+    d.check_boot(
+        "site-b",
+        "planned",
+        &["001-site-a", "002-site-b"],
+        "app booted at site-b on its promoted disk with site-a's marker (the drill's went with its clone)",
+    )?;
     println!("   the VM writes 1 MiB at site-b");
 
     step("reprotect at site-b: site-a becomes the replica; only changed blocks move");
@@ -600,6 +708,12 @@ fn fail_back(d: &mut Demo, web: &Web, defined: &serde_json::Value) -> anyhow::Re
         "site-a serves web-boot with site-b's writes",
     )?;
     check_data(data_a, &["read -P 0x33 1M 4M"], "site-a serves web-data")?;
+    d.check_boot(
+        "site-a",
+        "planned",
+        &["001-site-a", "002-site-b", "003-site-a"],
+        "app booted at home with every earlier marker",
+    )?;
     let st = d.json(a, &["group", "status", "web"])?;
     check(
         st["role"] == offsite_catalog::Role::Primary.as_str()

@@ -700,6 +700,18 @@ impl Printer {
                 "test network",
                 plan.test_network.clone().unwrap_or_else(none),
             ),
+            (
+                "network map",
+                if plan.network_map.is_empty() {
+                    none()
+                } else {
+                    plan.network_map
+                        .iter()
+                        .map(|(from, to)| format!("{from}={to}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
             ("parallel starts", plan.parallel.to_string()),
             ("groups", plan.groups.join(", ")),
         ]);
@@ -843,6 +855,14 @@ impl Printer {
             ("start", v.start.clone().unwrap_or_else(none)),
             ("stop", v.stop.clone().unwrap_or_else(none)),
             ("status", v.status.clone().unwrap_or_else(none)),
+            (
+                "libvirt domain",
+                v.libvirt_domain.clone().unwrap_or_else(none),
+            ),
+            (
+                "libvirt state",
+                v.libvirt_state.clone().unwrap_or_else(none),
+            ),
             ("created", v.created_at.clone()),
         ]))
     }

@@ -32,6 +32,19 @@ fn offsite_demo_passes_every_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("every check passed"), "{stdout}");
+    // The real guest VM boots where the host can boot it, and the demo
+    // says which it did.
+    if offsite_hypervisor::GuestKit::available().is_ok() {
+        for boot in [
+            "ok: app booted at site-b on its test clone",
+            "ok: app booted at site-b on its promoted disk",
+            "ok: app booted at home with every earlier marker",
+        ] {
+            assert!(stdout.contains(boot), "{boot}: {stdout}");
+        }
+    } else {
+        assert!(stdout.contains("no real VM in this demo"), "{stdout}");
+    }
     for mode in ["test", "cleanup", "planned", "reprotect", "failback"] {
         assert!(
             stdout.contains(&format!("ok: {mode} run")),

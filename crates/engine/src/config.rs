@@ -54,6 +54,9 @@ pub struct SiteConfig {
     /// Logging of `offsite serve`.
     #[serde(default)]
     pub log: LogConfig,
+    /// The libvirt this site defines, starts and stops domains with.
+    #[serde(default)]
+    pub libvirt: LibvirtConfig,
     /// TLS on the NBD listener. Left out of the file while it has its
     /// defaults, so sites written before it read and write the same.
     #[serde(default, skip_serializing_if = "NbdTlsConfig::is_default")]
@@ -159,6 +162,26 @@ mod tls_mode {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TlsMode, D::Error> {
         let name = String::deserialize(d)?;
         name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[libvirt]` in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// The connection URI (`virsh -c`).
+    pub uri: String,
+    /// Seconds a domain has to shut down after the ACPI request before it
+    /// is destroyed.
+    pub stop_timeout_secs: f64,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        LibvirtConfig {
+            uri: "qemu:///system".into(),
+            stop_timeout_secs: 120.0,
+        }
     }
 }
 
@@ -312,6 +335,11 @@ impl SiteConfig {
                 self.failover.hook_timeout_secs,
                 new.failover.hook_timeout_secs,
             ),
+            (
+                "libvirt.stop_timeout_secs",
+                self.libvirt.stop_timeout_secs,
+                new.libvirt.stop_timeout_secs,
+            ),
         ] {
             if old != new {
                 report.changed.push(format!("{key}: {old} -> {new}"));
@@ -341,6 +369,12 @@ impl SiteConfig {
                 "replication.bandwidth_bytes_per_sec: {} -> {}",
                 show(o.bandwidth_bytes_per_sec),
                 show(n.bandwidth_bytes_per_sec)
+            ));
+        }
+        if self.libvirt.uri != new.libvirt.uri {
+            report.changed.push(format!(
+                "libvirt.uri: {:?} -> {:?}",
+                self.libvirt.uri, new.libvirt.uri
             ));
         }
         if self.log.filter != new.log.filter {
@@ -490,6 +524,7 @@ mod tests {
             failover: Default::default(),
             log: Default::default(),
             nbd_tls: Default::default(),
+            libvirt: Default::default(),
         }
     }
 

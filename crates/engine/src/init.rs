@@ -147,6 +147,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         failover: Default::default(),
         log: Default::default(),
         nbd_tls: Default::default(),
+        libvirt: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {

@@ -181,6 +181,14 @@ pub struct VmInfo {
     pub stop: Option<String>,
     /// Command that exits 0 while the VM runs.
     pub status: Option<String>,
+    /// The libvirt domain it is, if any (start, stop and status then go
+    /// through libvirt).
+    pub libvirt_domain: Option<String>,
+    /// That domain's XML, verbatim, as this site keeps it.
+    pub libvirt_xml: Option<String>,
+    /// The domain's state at this site as libvirt reports it (`vm show`
+    /// only; `None` for hook VMs and in lists).
+    pub libvirt_state: Option<LibvirtState>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -198,6 +206,11 @@ pub struct CreateVm {
     pub stop: Option<String>,
     /// Status hook.
     pub status: Option<String>,
+    /// A libvirt domain to protect as this VM (`--libvirt DOMAIN`): its
+    /// disks become the VM's volumes (file disks imported into new volumes
+    /// `VM-TARGET`, disks already on this site's exports kept) and its
+    /// definition is kept; `volumes` and the hooks must then be empty.
+    pub libvirt: Option<String>,
 }
 
 /// `vm set`: absent fields stay as they are.
@@ -211,4 +224,27 @@ pub struct SetVm {
     pub status: Option<String>,
     /// New volumes, disk 0 first (refused while the VM is in a group).
     pub volumes: Option<Vec<String>>,
+}
+
+/// A libvirt VM's domain as this site's libvirt sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibvirtState {
+    /// Defined here, in this state.
+    Defined(offsite_hypervisor::DomainState),
+    /// Not defined at this site (the VM runs at the partner, or was never
+    /// started here).
+    Undefined,
+    /// libvirt did not answer.
+    Unreachable,
+}
+
+impl LibvirtState {
+    /// The word `vm show` prints and the API returns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LibvirtState::Defined(s) => s.as_str(),
+            LibvirtState::Undefined => "undefined",
+            LibvirtState::Unreachable => "unreachable",
+        }
+    }
 }

@@ -155,6 +155,7 @@ pub fn plan_info(p: &PlanRow) -> PlanInfo {
         recovery_site: p.recovery_site.clone(),
         description: p.description.clone(),
         test_network: p.test_network.clone(),
+        network_map: p.network_map.clone(),
         parallel: p.parallel,
         created_at: p.created_at.clone(),
         groups: p.groups.clone(),
@@ -193,6 +194,7 @@ pub(crate) fn plan_row(p: &PlanInfo) -> PlanRow {
         recovery_site: p.recovery_site.clone(),
         description: p.description.clone(),
         test_network: p.test_network.clone(),
+        network_map: p.network_map.clone(),
         parallel: p.parallel,
         created_at: p.created_at.clone(),
         groups: p.groups.clone(),
@@ -447,6 +449,7 @@ impl Plans {
             recovery_site: req.recovery_site.clone(),
             description: req.description.clone(),
             test_network: req.test_network.clone(),
+            network_map: Default::default(),
             parallel: req.parallel.unwrap_or(DEFAULT_PARALLEL),
             created_at: offsite_catalog::now_rfc3339(),
             groups: Vec::new(),
@@ -510,6 +513,37 @@ impl Plans {
         }
         if let Some(t) = req.wait_timeout_secs {
             vm.wait_timeout_secs = t.max(1);
+        }
+        self.change(row).await
+    }
+
+    /// `plan set-network-map PLAN PROTECTED=RECOVERY...`: the libvirt
+    /// domains the plan starts at the recovery site have their interfaces
+    /// on PROTECTED moved to RECOVERY (drills use the test network
+    /// instead). `PROTECTED=` removes a mapping.
+    pub async fn set_network_map(
+        &self,
+        plan: &str,
+        req: &PlanSetNetworkMap,
+    ) -> Result<PlanInfo, PlanError> {
+        let _busy = self.busy(plan)?;
+        let mut row = self.load(plan).await?;
+        for m in &req.mappings {
+            let Some((from, to)) = m.split_once('=') else {
+                return Err(invalid(format!(
+                    "{m:?} is not PROTECTED=RECOVERY; e.g. `offsite plan set-network-map {plan} prod=dr-prod`"
+                )));
+            };
+            if from.is_empty() || from.contains('\n') || to.contains('\n') {
+                return Err(invalid(format!(
+                    "{m:?}: name the protected site's network before '=' (no newlines), e.g. prod=dr-prod"
+                )));
+            }
+            if to.is_empty() {
+                row.network_map.remove(from);
+            } else {
+                row.network_map.insert(from.to_string(), to.to_string());
+            }
         }
         self.change(row).await
     }

@@ -19,6 +19,11 @@ pub struct PlanInfo {
     pub description: Option<String>,
     /// Network name handed to hooks in test mode.
     pub test_network: Option<String>,
+    /// Protected site's network to the recovery site's, for the libvirt
+    /// domains the plan starts there; absent when empty (and from older
+    /// sites).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub network_map: std::collections::BTreeMap<String, String>,
     /// VMs of one tier started at once, at most.
     pub parallel: u32,
     /// RFC 3339 creation time.
@@ -193,6 +198,13 @@ pub struct CreatePlan {
 pub struct PlanAddGroup {
     /// Replication group; its VMs join the plan at priority 3.
     pub group: String,
+}
+
+/// `plan set-network-map`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSetNetworkMap {
+    /// `PROTECTED=RECOVERY` (an empty RECOVERY removes the mapping).
+    pub mappings: Vec<String>,
 }
 
 /// `plan set-priority`.

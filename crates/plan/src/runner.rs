@@ -1035,9 +1035,46 @@ impl Plans {
         } else {
             None
         };
+        // A libvirt domain is defined on this site's exports and started,
+        // or stopped and undefined (see `Site::start_vm_domain`); a test
+        // copy goes on the plan's test network, isolated unless the
+        // operator named an existing network.
+        let test_network = plan
+            .test_network
+            .clone()
+            .unwrap_or_else(|| format!("offsite-test-{}", plan.name));
+        let exports: Vec<(String, String)> = vm
+            .volumes
+            .iter()
+            .enumerate()
+            .filter_map(|(n, v)| {
+                let key = format!("OFFSITE_VOLUME_{n}_URL");
+                env.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, url)| (v.clone(), url.clone()))
+            })
+            .collect();
+        // The map moves the protected site's networks to the recovery
+        // site's; at the protected site (failback) the VM is home and its
+        // own definition names its own networks.
+        let network_map = if self.site.config().name == plan.recovery_site {
+            plan.network_map.clone()
+        } else {
+            Default::default()
+        };
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut out = match cmd {
+                None if vm.libvirt_xml.is_some() && action == HookAction::Start => {
+                    let domain = site.start_vm_domain(
+                        &vm,
+                        &exports,
+                        test.then_some(test_network.as_str()),
+                        &network_map,
+                    )?;
+                    format!("libvirt domain {domain} defined and started")
+                }
+                None if vm.libvirt_xml.is_some() => site.stop_vm_domain(&vm, test)?,
                 None => format!("VM {name} has no {} hook", action.as_str()),
                 Some(cmd) => {
                     let run = site.run_hook(&group, &name, action, &cmd, &env2, timeout)?;
@@ -1086,6 +1123,7 @@ mod tests {
             recovery_site: "b".into(),
             description: None,
             test_network: None,
+            network_map: Default::default(),
             parallel: 2,
             created_at: String::new(),
             groups: vec!["g1".into(), "g2".into()],

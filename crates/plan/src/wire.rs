@@ -299,6 +299,14 @@ impl Plans {
                         RemoteError::NotFound(format!("group {} has no VM {name}", row.name))
                     })?;
                 match vm.stop_cmd.clone() {
+                    // A libvirt domain is stopped (ACPI, then destroy)
+                    // and undefined; the partner defines it.
+                    None if vm.libvirt_xml.is_some() => {
+                        let site = self.site.clone();
+                        crate::blocking(move || Ok(site.stop_vm_domain(&vm, false)?))
+                            .await
+                            .map_err(|e| RemoteError::Refused(e.to_string()))?
+                    }
                     None => format!("VM {name} has no stop hook"),
                     Some(cmd) => {
                         let mut env = vec![

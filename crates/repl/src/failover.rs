@@ -311,6 +311,10 @@ impl Replication {
         }
         let mut reports = Vec::new();
         for vm in vms {
+            if vm.libvirt_xml.is_some() && action != HookAction::Status {
+                reports.push(self.power_domain(row, vm, action, mode, volumes).await?);
+                continue;
+            }
             let cmd = match action {
                 HookAction::Start => vm.start_cmd.clone(),
                 HookAction::Stop => vm.stop_cmd.clone(),
@@ -332,6 +336,52 @@ impl Replication {
             reports.push(report(&run));
         }
         Ok(reports)
+    }
+
+    /// Start or stop of a VM that is a libvirt domain: defined on the
+    /// exports in `volumes` and started (a test copy on the group's
+    /// isolated test network `offsite-test-GROUP`), or stopped and
+    /// undefined. Reported like a hook that exited 0.
+    async fn power_domain(
+        &self,
+        row: &GroupRow,
+        vm: offsite_catalog::VmRow,
+        action: HookAction,
+        mode: &str,
+        volumes: &[ExportedVolume],
+    ) -> Result<HookReport, ReplError> {
+        let site = self.site.clone();
+        let test = mode == "test";
+        let network = format!("offsite-test-{}", row.name);
+        let exports: Vec<(String, String)> = volumes
+            .iter()
+            .map(|e| (e.name.clone(), e.url.clone()))
+            .collect();
+        let started = std::time::Instant::now();
+        let name = vm.name.clone();
+        blocking(move || {
+            match action {
+                HookAction::Start => {
+                    site.start_vm_domain(
+                        &vm,
+                        &exports,
+                        test.then_some(network.as_str()),
+                        &Default::default(),
+                    )?;
+                }
+                _ => {
+                    site.stop_vm_domain(&vm, test)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(HookReport {
+            vm: name,
+            action: action.as_str().to_string(),
+            exit_code: Some(0),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// `failover stop-test NAME`: stops the test's VMs, discards the clones

@@ -232,6 +232,7 @@ impl Replication {
                         start: vm.start,
                         stop: vm.stop,
                         status: vm.status,
+                        libvirt_xml: vm.libvirt_xml,
                     });
                 }
             }

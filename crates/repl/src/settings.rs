@@ -152,6 +152,7 @@ impl Replication {
                         start: vm.start_cmd.clone(),
                         stop: vm.stop_cmd.clone(),
                         status: vm.status_cmd.clone(),
+                        libvirt_xml: vm.libvirt_xml.clone(),
                     }),
                 },
                 &format!("the new hooks of VM {name}"),

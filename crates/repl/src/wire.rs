@@ -319,6 +319,11 @@ pub struct VmDesc {
     pub stop: Option<String>,
     /// Status hook.
     pub status: Option<String>,
+    /// The libvirt domain's XML as its home site keeps it (the recovery
+    /// site defines the domain from it); absent for hook VMs and from
+    /// older sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_xml: Option<String>,
 }
 
 impl VmDesc {
@@ -330,6 +335,7 @@ impl VmDesc {
             start_cmd: self.start.clone(),
             stop_cmd: self.stop.clone(),
             status_cmd: self.status.clone(),
+            libvirt_xml: self.libvirt_xml.clone(),
             created_at: String::new(),
         }
     }

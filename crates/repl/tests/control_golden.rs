@@ -89,6 +89,7 @@ fn vm() -> VmDesc {
         start: Some("virsh start web".into()),
         stop: Some("virsh shutdown web".into()),
         status: None,
+        libvirt_xml: None,
     }
 }
 
