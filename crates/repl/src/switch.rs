@@ -20,7 +20,7 @@
 //!   ships exactly that set. Failback is the same three commands from the
 //!   other side.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,13 +31,14 @@ use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
 use offsite_catalog::{GroupState, Role};
 use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
-use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
+use offsite_replica::{PitId, ReplicaStore};
 
 use crate::control::Done;
 use crate::decide::ReverseChoice;
-use crate::dormant::{dormant_store, resume_dormant};
 use crate::wire::{self, GroupView, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
+
+mod old_primary;
 
 /// Name of the final PIT of a planned failover.
 pub const PLANNED_PIT: &str = "planned-failover";
@@ -1007,178 +1008,5 @@ impl Replication {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(group)
-    }
-
-    /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
-    /// the group's replica, keeping the volumes' data as the new store's
-    /// base.
-    pub(crate) async fn answer_reverse(
-        &self,
-        peer: &str,
-        req: ReverseBegin,
-    ) -> Result<ReverseReady, RemoteError> {
-        let row = self.primary_row_for(peer, &req.group).await?;
-        let live = self.live_volumes(&row).await?;
-        let isolated: u64 = live
-            .iter()
-            .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
-            .sum();
-        if isolated > 0 && !req.discard_isolated {
-            return Err(RemoteError::SplitBrain(format!(
-                "split brain: site {} wrote {isolated} bytes of group {} while it could not replicate; reverse with --discard-changes-on to choose",
-                self.site.config().name,
-                req.group
-            )));
-        }
-        drop(live);
-        let site_name = self.site.config().name.clone();
-        let grant = self
-            .site
-            .authorize_primary(peer, row.security_tag.as_deref())
-            .map_err(|e| {
-                RemoteError::Unauthorized(format!(
-                    "{e}; reverse makes {site_name} the replica of {peer}: run `offsite authz add --allowed-primary {peer} --storage-location DIR` at {site_name}"
-                ))
-            })?;
-        // Stop the runner: its loop ends once the role changes, and a cycle
-        // in flight fails at the replica, which refuses it.
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&req.group);
-        let live = self.live_volumes(&row).await?;
-        for v in &live {
-            v.set_fenced(true);
-        }
-        let site = self.site.clone();
-        let dir = PathBuf::from(&grant.storage_location)
-            .join(peer)
-            .join(&req.group);
-        let r = row.clone();
-        let (last_pit, promoted_pit) = (req.last_pit, req.pit);
-        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
-            // Number this site's PITs after every id either site gave.
-            let after = site
-                .pit_rows(&r.name)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .map(|p| p.id)
-                .max()
-                .unwrap_or(0)
-                .max(last_pit)
-                .max(promoted_pit);
-            if let Some(store) = dormant_store(&site, &r) {
-                return resume_dormant(&site, &r, &store, live, after, isolated > 0);
-            }
-            let mut unreplicated = Vec::new();
-            let mut images = Vec::new();
-            for v in &live {
-                unreplicated.push(v.tracker().snapshot().iter().collect::<Vec<u32>>());
-                // A promoted volume still reading its PIT is completed first:
-                // its top layer must hold the whole image to become a base.
-                if let Some(layer) = v.file().layered() {
-                    while layer
-                        .flatten_step(4096)
-                        .map_err(|e| format!("completing volume {}: {e}", v.name()))?
-                        > 0
-                    {}
-                }
-                v.file()
-                    .sync()
-                    .map_err(|e| format!("syncing volume {}: {e}", v.name()))?;
-                images.push(site.volume_image_path(v.name()).map_err(|e| e.to_string())?);
-            }
-            // Link the images aside first: the old store (from the other
-            // direction) may live at the very directory the new one takes.
-            let staging = dir.with_extension("reverse-staging");
-            let _ = std::fs::remove_dir_all(&staging);
-            offsite_store::create_private_dir_all(&staging)
-                .map_err(|e| format!("creating {}: {e}", staging.display()))?;
-            for (v, img) in live.iter().zip(&images) {
-                std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
-                    format!(
-                        "linking {} into {} (the storage location must be on the data directory's filesystem): {e}",
-                        img.display(),
-                        staging.display()
-                    )
-                })?;
-            }
-            offsite_store::sync_dir(&staging).map_err(|e| e.to_string())?;
-            drop(live);
-            for v in &r.volumes {
-                site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
-            }
-            if let Some(old) = &r.store_dir {
-                site.forget_replica_store(Path::new(old));
-                let _ = std::fs::remove_dir_all(old);
-            }
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
-            }
-            offsite_store::create_private_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let specs: Vec<VolumeSpec> = r
-                .volumes
-                .iter()
-                .map(|v| VolumeSpec {
-                    name: v.volume.clone(),
-                    size_bytes: v.size_bytes,
-                    block_size: v.block_size,
-                })
-                .collect();
-            drop(
-                ReplicaStore::create_after(&dir, &specs, after)
-                    .map_err(|e| format!("creating the replica store: {e}"))?,
-            );
-            let base = dir.join("base");
-            for v in &r.volumes {
-                let target = base.join(format!("{}.img", v.volume));
-                std::fs::rename(staging.join(&v.volume), &target)
-                    .map_err(|e| format!("installing the base image of {}: {e}", v.volume))?;
-            }
-            offsite_store::sync_dir(&base).map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_dir(&staging);
-            let store_dir = dir.display().to_string();
-            // Discarded divergent writes stay readable here: an empty PIT
-            // over the base (this site's data as it was) with a name, which
-            // retention keeps until `pit release`.
-            let kept_as_pit = if isolated > 0 {
-                let name = split_brain_name();
-                let store = site.replica_store(&dir).map_err(|e| e.to_string())?;
-                let w = store.begin_pit().map_err(|e| e.to_string())?;
-                let info = w
-                    .commit(Some(name.clone()), now_rfc3339())
-                    .map_err(|e| format!("keeping the divergent state as a PIT: {e}"))?;
-                site.replace_pits(
-                    &r.name,
-                    &[offsite_catalog::PitRow {
-                        id: info.id.get(),
-                        name: info.name.clone(),
-                        created_at: info.created_at.clone(),
-                        bytes: info.bytes,
-                    }],
-                )
-                .map_err(|e| e.to_string())?;
-                Some(name)
-            } else {
-                None
-            };
-            site.set_group_role(&r.name, Role::Replica, Some(&store_dir), GroupState::Replicating)
-                .map_err(|e| e.to_string())?;
-            if kept_as_pit.is_none() {
-                site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
-            }
-            Ok(ReverseReady {
-                unreplicated,
-                store_dir,
-                kept_as_pit,
-                resumed: false,
-                pits: Vec::new(),
-                bandwidth: Some(r.bandwidth.unwrap_or(0)),
-                compress: Some(r.compress),
-            })
-        })
-        .await??;
-        tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
-        Ok(ready)
     }
 }
