@@ -296,11 +296,52 @@ impl Replication {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
         let replacing = row.state == GroupState::FailedOver;
+        self.ready_to_promote(&row).await?;
+        let mode = self.failover_mode(&row, replacing, force).await?;
+        // A sync group's acknowledged writes are in its log: sealed into a
+        // PIT now (and the stream refused from here on), the newest PIT
+        // holds every one of them.
+        self.seal_log(group).await.map_err(ReplError::Refused)?;
+        let id = crate::failover::resolve(&store, group, pit)?;
+        self.promote_volumes(&row, id).await?;
+        let served = self.served(&row);
+        // The volumes are up: a failing VM hook is reported, not undone.
+        let mut errors = Vec::new();
+        let hooks = if !start_vms {
+            Vec::new()
+        } else {
+            match self
+                .run_vm_hooks(&row, HookAction::Start, mode, &served)
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    Vec::new()
+                }
+            }
+        };
+        tracing::info!(group, pit = %id, mode, "failed over");
+        drop(store);
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: mode.into(),
+            pit: id.get(),
+            volumes: served,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors,
+        })
+    }
+
+    /// Whether the group's state allows a failover; a failed-over group
+    /// promoting another PIT (before `failover commit`) first has its
+    /// promoted volumes and their writes replaced.
+    async fn ready_to_promote(&self, row: &GroupRow) -> Result<(), ReplError> {
+        let group = row.name.as_str();
         match row.state {
             GroupState::Replicating | GroupState::Paused | GroupState::PreparedForFailover => {}
-            // Another PIT, before `failover commit`: the promoted volumes
-            // and their writes are replaced.
-            GroupState::FailedOver => self.unpromote(&row, false).await?,
+            GroupState::FailedOver => self.unpromote(row, false).await?,
             GroupState::TestFailover => {
                 return Err(invalid(format!(
                     "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
@@ -312,8 +353,21 @@ impl Replication {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Planned or unplanned, by what the primary says (if it can be
+    /// reached); refused while the primary is up and not prepared, or down
+    /// without `--force`.
+    async fn failover_mode(
+        &self,
+        row: &GroupRow,
+        replacing: bool,
+        force: bool,
+    ) -> Result<&'static str, ReplError> {
         use crate::decide::{FailoverRefusal, PrimarySeen};
-        let (seen, unreachable) = match self.partner_view(&row).await {
+        let group = row.name.as_str();
+        let (seen, unreachable) = match self.partner_view(row).await {
             Ok(v) => match v.state.parse() {
                 Ok(state) => (PrimarySeen::Answered(state), None),
                 Err(_) => (
@@ -323,31 +377,28 @@ impl Replication {
             },
             Err(e) => (PrimarySeen::Unreachable, Some(e.to_string())),
         };
-        let mode = match crate::decide::failover_mode(seen, replacing, force) {
-            Ok(m) => m.as_str(),
-            Err(FailoverRefusal::PrimaryUp(state)) => {
-                return Err(invalid(format!(
-                    "the primary {} is reachable and group {group} is {state} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
-                    row.partner, row.partner
-                )));
-            }
-            Err(FailoverRefusal::PrimaryDown) => {
-                return Err(invalid(format!(
-                    "the primary {} cannot be reached ({}); for an unplanned failover from the newest PIT add --force",
-                    row.partner,
-                    unreachable.unwrap_or_default()
-                )));
-            }
-        };
-        // A sync group's acknowledged writes are in its log: sealed into a
-        // PIT now (and the stream refused from here on), the newest PIT
-        // holds every one of them.
-        self.seal_log(group).await.map_err(ReplError::Refused)?;
-        let id = crate::failover::resolve(&store, group, pit)?;
+        match crate::decide::failover_mode(seen, replacing, force) {
+            Ok(m) => Ok(m.as_str()),
+            Err(FailoverRefusal::PrimaryUp(state)) => Err(invalid(format!(
+                "the primary {} is reachable and group {group} is {state} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
+                row.partner, row.partner
+            ))),
+            Err(FailoverRefusal::PrimaryDown) => Err(invalid(format!(
+                "the primary {} cannot be reached ({}); for an unplanned failover from the newest PIT add --force",
+                row.partner,
+                unreachable.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Makes PIT `id` of every volume a writable volume of this site under
+    /// the volume's own name (pinning the PIT with a failover row), all or
+    /// none, and moves the group to `failed-over`.
+    async fn promote_volumes(&self, row: &GroupRow, id: PitId) -> Result<(), ReplError> {
         let site = self.site.clone();
         let r = row.clone();
         let store_dir = row.store_dir.clone().unwrap_or_default();
-        let volumes = blocking(move || {
+        blocking(move || {
             for v in &r.volumes {
                 if site.volume_info(&v.volume).is_ok() {
                     return Err(invalid(format!(
@@ -401,36 +452,7 @@ impl Replication {
             )?;
             Ok(())
         })
-        .await;
-        volumes?;
-        let served = self.served(&row);
-        // The volumes are up: a failing VM hook is reported, not undone.
-        let mut errors = Vec::new();
-        let hooks = if !start_vms {
-            Vec::new()
-        } else {
-            match self
-                .run_vm_hooks(&row, HookAction::Start, mode, &served)
-                .await
-            {
-                Ok(h) => h,
-                Err(e) => {
-                    errors.push(e.to_string());
-                    Vec::new()
-                }
-            }
-        };
-        tracing::info!(group, pit = %id, mode, "failed over");
-        drop(store);
-        Ok(FailoverResult {
-            group: group.to_string(),
-            mode: mode.into(),
-            pit: id.get(),
-            volumes: served,
-            vms: hooks,
-            duration_ms: started.elapsed().as_millis() as u64,
-            errors,
-        })
+        .await
     }
 
     /// Undoes a promotion that was not committed: stops the VMs, discards
