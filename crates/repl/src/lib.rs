@@ -404,6 +404,10 @@ impl Replication {
         }
     }
 
+    /// Serves one session a partner opened: block batches applied to the
+    /// transfer under way, requests dispatched, the partner's pairing
+    /// checked again every [`REVALIDATE_EVERY`]; a sync stream's session is
+    /// handed over to the stream's thread.
     async fn handle_session(
         self: Arc<Self>,
         mut session: Session,
@@ -422,13 +426,7 @@ impl Replication {
                 tokio::select! {
                     m = session.recv() => m,
                     _ = revalidate.tick() => {
-                        let site = self.site.clone();
-                        let fp = fingerprint.clone();
-                        let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
-                            .await
-                            .ok()
-                            .flatten();
-                        if pinned.is_none_or(|p| p.name != peer) {
+                        if !self.still_paired(&peer, &fingerprint).await {
                             tracing::warn!(partner = %peer, "partner was removed; closing its session");
                             let _ = session
                                 .send(Message::error(
@@ -446,32 +444,16 @@ impl Replication {
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
-                    let applied = match &*transfer {
-                        replica::Transfer::Idle => Ok(()),
-                        _ => self.apply_batch(&payload, transfer),
-                    };
-                    if let Err(e) = applied {
-                        tracing::warn!(partner = %peer, "refusing a block batch: {}", e.message);
-                        if let replica::Transfer::Pit { writer, .. } =
-                            std::mem::replace(transfer, replica::Transfer::Idle)
-                        {
-                            writer.abort();
+                    match self
+                        .apply_received_batch(&mut session, &peer, &payload, transfer)
+                        .await
+                    {
+                        BatchOutcome::Applied => {}
+                        BatchOutcome::Refused => continue,
+                        BatchOutcome::Failed => {
+                            session.close().await;
+                            return;
                         }
-                        if e.storage_full {
-                            // Said, typed, and the session kept: the primary
-                            // reads it in order with the acknowledgements
-                            // instead of finding a closed session. The rest
-                            // of the transfer lands in no PIT (idle).
-                            let _ = session
-                                .send(Message::error(ErrorCode::StorageFull, e.message))
-                                .await;
-                            continue;
-                        }
-                        let _ = session
-                            .send(Message::error(ErrorCode::Internal, e.message))
-                            .await;
-                        session.close().await;
-                        return;
                     }
                     Message::BulkAck {
                         seq,
@@ -508,34 +490,94 @@ impl Replication {
                 return;
             }
             if direct {
-                // The stream's batches never wait for this task: a thread
-                // takes the connection over (see `serve_stream`).
-                let replica::Transfer::Log { group, store, slot } = &*transfer else {
-                    return;
-                };
-                let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
-                let stream = match session.into_direct().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(partner = %peer, group, "starting the sync stream: {e}");
-                        return;
-                    }
-                };
-                let me = self.clone();
-                let g = group.clone();
-                let served = tokio::task::spawn_blocking(move || {
-                    me.serve_stream(&stream, &g, &store, &slot)
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match served {
-                    Ok(()) => {
-                        tracing::info!(partner = %peer, group, "sync stream ended by the primary")
-                    }
-                    Err(e) => tracing::warn!(partner = %peer, group, "sync stream ended: {e}"),
-                }
+                self.hand_over_stream(session, &peer, transfer).await;
                 return;
             }
+        }
+    }
+
+    /// Whether the partner `peer` of a session is still paired with this
+    /// site under the certificate fingerprint it connected with.
+    async fn still_paired(&self, peer: &str, fingerprint: &str) -> bool {
+        let site = self.site.clone();
+        let fp = fingerprint.to_string();
+        let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
+            .await
+            .ok()
+            .flatten();
+        pinned.is_some_and(|p| p.name == peer)
+    }
+
+    /// Applies a block batch to the transfer under way (ignored when
+    /// idle). A refused batch aborts the transfer; a full store is said,
+    /// typed, and the session kept; any other failure is said and ends the
+    /// session.
+    async fn apply_received_batch(
+        &self,
+        session: &mut Session,
+        peer: &str,
+        payload: &[u8],
+        transfer: &mut replica::Transfer,
+    ) -> BatchOutcome {
+        let applied = match &*transfer {
+            replica::Transfer::Idle => Ok(()),
+            _ => self.apply_batch(payload, transfer),
+        };
+        let Err(e) = applied else {
+            return BatchOutcome::Applied;
+        };
+        tracing::warn!(partner = %peer, "refusing a block batch: {}", e.message);
+        if let replica::Transfer::Pit { writer, .. } =
+            std::mem::replace(transfer, replica::Transfer::Idle)
+        {
+            writer.abort();
+        }
+        if e.storage_full {
+            // Said, typed, and the session kept: the primary reads it in
+            // order with the acknowledgements instead of finding a closed
+            // session. The rest of the transfer lands in no PIT (idle).
+            let _ = session
+                .send(Message::error(ErrorCode::StorageFull, e.message))
+                .await;
+            return BatchOutcome::Refused;
+        }
+        let _ = session
+            .send(Message::error(ErrorCode::Internal, e.message))
+            .await;
+        BatchOutcome::Failed
+    }
+
+    /// The stream's batches never wait for the session's task: a thread
+    /// takes the connection over (see `serve_stream`) until the stream
+    /// ends.
+    async fn hand_over_stream(
+        self: &Arc<Self>,
+        session: Session,
+        peer: &str,
+        transfer: &replica::Transfer,
+    ) {
+        let replica::Transfer::Log { group, store, slot } = transfer else {
+            return;
+        };
+        let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
+        let stream = match session.into_direct().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(partner = %peer, group, "starting the sync stream: {e}");
+                return;
+            }
+        };
+        let me = self.clone();
+        let g = group.clone();
+        let served =
+            tokio::task::spawn_blocking(move || me.serve_stream(&stream, &g, &store, &slot))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        match served {
+            Ok(()) => {
+                tracing::info!(partner = %peer, group, "sync stream ended by the primary")
+            }
+            Err(e) => tracing::warn!(partner = %peer, group, "sync stream ended: {e}"),
         }
     }
 
@@ -831,4 +873,14 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| invalid(e.to_string()))?
+}
+
+/// What became of a block batch a session received.
+enum BatchOutcome {
+    /// Applied (or nothing under way to apply it to): acknowledge it.
+    Applied,
+    /// Refused for a full store, said to the primary; the session goes on.
+    Refused,
+    /// Refused, and said: the session is to be closed.
+    Failed,
 }
