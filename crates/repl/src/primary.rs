@@ -161,48 +161,122 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ReplError::Engine)
 }
 
+/// A new group's settings, checked: its mode, link-loss policy and
+/// suspend timeout (defaults filled in), RPO, retention and bandwidth.
+fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError> {
+    offsite_engine::names::validate("group", &req.name)?;
+    let mode: Mode = req
+        .mode
+        .parse()
+        .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
+    let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
+    if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
+        return Err(invalid(format!(
+            "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
+        )));
+    }
+    let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
+    if !(1..=3600).contains(&suspend_timeout_secs) {
+        return Err(invalid(format!(
+            "--suspend-timeout {suspend_timeout_secs}s is outside 1s..1h"
+        )));
+    }
+    if !RPO_RANGE.contains(&req.rpo_secs) {
+        return Err(invalid(format!(
+            "RPO {}s is outside 30s..24h; use e.g. --rpo 5m",
+            req.rpo_secs
+        )));
+    }
+    if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
+        return Err(invalid(format!(
+            "--keep {} is outside 1..{}",
+            req.keep,
+            crate::model::MAX_KEEP
+        )));
+    }
+    if let Some(bw) = req.bandwidth_bytes_per_sec {
+        offsite_engine::check_bandwidth(bw)?;
+    }
+    Ok((mode, on_link_loss, suspend_timeout_secs))
+}
+
 impl Replication {
     /// `group create` at the primary: validates locally, has the replica
     /// validate and create its side (authorization, storage, space, name),
     /// then records the group.
     pub async fn create_group(&self, req: CreateGroup) -> Result<GroupStatus, ReplError> {
-        offsite_engine::names::validate("group", &req.name)?;
-        let mode: Mode = req
-            .mode
-            .parse()
-            .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
-        let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
-        if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
-            return Err(invalid(format!(
-                "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
-            )));
-        }
-        let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
-        if !(1..=3600).contains(&suspend_timeout_secs) {
-            return Err(invalid(format!(
-                "--suspend-timeout {suspend_timeout_secs}s is outside 1s..1h"
-            )));
-        }
-        if !RPO_RANGE.contains(&req.rpo_secs) {
-            return Err(invalid(format!(
-                "RPO {}s is outside 30s..24h; use e.g. --rpo 5m",
-                req.rpo_secs
-            )));
-        }
-        if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
-            return Err(invalid(format!(
-                "--keep {} is outside 1..{}",
-                req.keep,
-                crate::model::MAX_KEEP
-            )));
-        }
-        if let Some(bw) = req.bandwidth_bytes_per_sec {
-            offsite_engine::check_bandwidth(bw)?;
-        }
+        let (mode, on_link_loss, suspend_timeout_secs) = checked_settings(&req)?;
         let _serial = self.create_lock.lock().await;
+        let (volumes, vms) = self.group_members(&req).await?;
+        if volumes.len() > usize::from(u16::MAX) {
+            return Err(invalid("a group holds at most 65535 volumes".into()));
+        }
+
+        let mut ch = self.channel(&req.partner, None).await?;
+        let created: GroupCreated = ch
+            .call(&GroupCreate {
+                group: req.name.clone(),
+                mode: req.mode.clone(),
+                rpo_secs: req.rpo_secs,
+                keep: req.keep,
+                security_tag: req.security_tag.clone(),
+                on_link_loss: on_link_loss.clone(),
+                suspend_timeout_secs,
+                volumes: volumes.clone(),
+                vms: vms.clone(),
+                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+                compress: req.compress.unwrap_or(true),
+            })
+            .await?;
+        ch.session.close().await;
+        let site = self.site.clone();
+        let row = GroupRow {
+            name: req.name.clone(),
+            role: Role::Primary,
+            partner: req.partner.clone(),
+            mode,
+            rpo_secs: req.rpo_secs,
+            keep: req.keep,
+            bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+            compress: req.compress.unwrap_or(true),
+            security_tag: req.security_tag.clone(),
+            state: GroupState::ReadyForInitialReplication,
+            store_dir: None,
+            created_at: String::new(),
+            state_changed_at: String::new(),
+            last_error: None,
+            on_link_loss,
+            suspend_timeout_secs,
+            volumes: volumes
+                .iter()
+                .map(|v| GroupVolumeRow {
+                    volume: v.name.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                    initial_done_bytes: 0,
+                })
+                .collect(),
+            vms: vms.iter().map(VmDesc::to_row).collect(),
+        };
+        let name = req.name.clone();
+        if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
+            self.undo_replica_side(&req.partner, &name).await;
+            return Err(e);
+        }
+        tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
+        self.group_status(&name).await
+    }
+
+    /// The volumes a new group replicates — its VMs' and the ones named,
+    /// each once, ready and in no other group — and its VMs, checked with
+    /// the partner and the group's name in the catalog.
+    async fn group_members(
+        &self,
+        req: &CreateGroup,
+    ) -> Result<(Vec<VolumeDesc>, Vec<VmDesc>), ReplError> {
         let site = self.site.clone();
         let r = req.clone();
-        let (volumes, vms) = blocking(move || {
+        blocking(move || {
             site.partner(&r.partner)?;
             if let Ok(g) = site.group_row(&r.name) {
                 return Err(offsite_engine::EngineError::Conflict(format!(
@@ -258,73 +332,22 @@ impl Replication {
             }
             Ok((out, vms))
         })
-        .await?;
-        if volumes.len() > usize::from(u16::MAX) {
-            return Err(invalid("a group holds at most 65535 volumes".into()));
-        }
+        .await
+    }
 
-        let mut ch = self.channel(&req.partner, None).await?;
-        let created: GroupCreated = ch
-            .call(&GroupCreate {
-                group: req.name.clone(),
-                mode: req.mode.clone(),
-                rpo_secs: req.rpo_secs,
-                keep: req.keep,
-                security_tag: req.security_tag.clone(),
-                on_link_loss: on_link_loss.clone(),
-                suspend_timeout_secs,
-                volumes: volumes.clone(),
-                vms: vms.clone(),
-                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-                compress: req.compress.unwrap_or(true),
-            })
-            .await?;
-        ch.session.close().await;
-        let site = self.site.clone();
-        let row = GroupRow {
-            name: req.name.clone(),
-            role: Role::Primary,
-            partner: req.partner.clone(),
-            mode,
-            rpo_secs: req.rpo_secs,
-            keep: req.keep,
-            bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-            compress: req.compress.unwrap_or(true),
-            security_tag: req.security_tag.clone(),
-            state: GroupState::ReadyForInitialReplication,
-            store_dir: None,
-            created_at: String::new(),
-            state_changed_at: String::new(),
-            last_error: None,
-            on_link_loss,
-            suspend_timeout_secs,
-            volumes: volumes
-                .iter()
-                .map(|v| GroupVolumeRow {
-                    volume: v.name.clone(),
-                    size_bytes: v.size_bytes,
-                    block_size: v.block_size,
-                    initial_done_bytes: 0,
+    /// Undoes the replica's side of a group this site failed to record,
+    /// or the name stays taken there (best effort: the error said already
+    /// what failed).
+    async fn undo_replica_side(&self, partner: &str, group: &str) {
+        if let Ok(mut ch) = self.channel(partner, None).await {
+            let _ = ch
+                .call(&wire::GroupDelete {
+                    group: group.to_string(),
+                    delete_replica: false,
                 })
-                .collect(),
-            vms: vms.iter().map(VmDesc::to_row).collect(),
-        };
-        let name = req.name.clone();
-        if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
-            // Undo the replica's side, or the name stays taken there.
-            if let Ok(mut ch) = self.channel(&req.partner, None).await {
-                let _ = ch
-                    .call(&wire::GroupDelete {
-                        group: name.clone(),
-                        delete_replica: false,
-                    })
-                    .await;
-                ch.close().await;
-            }
-            return Err(e);
+                .await;
+            ch.close().await;
         }
-        tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
-        self.group_status(&name).await
     }
 
     /// Opens a channel to `partner` with `group`'s compression and bandwidth (if any).
