@@ -713,22 +713,7 @@ impl Replication {
         req: &ReverseRequest,
     ) -> Result<ReverseResult, ReplError> {
         let started = Instant::now();
-        let row = self.group_row_of(group).await?;
-        if row.role != Role::Replica || row.state != GroupState::FailedOver {
-            return Err(invalid(format!(
-                "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
-                row.role, row.state
-            )));
-        }
-        let site = self.site.clone();
-        let g = group.to_string();
-        let promoted = blocking(move || Ok(site.failovers()?))
-            .await?
-            .into_iter()
-            .find(|f| f.group == g && f.kind == "promoted")
-            .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
-        let pit = PitId::new(promoted.pit_id)
-            .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
+        let (row, pit) = self.reversible(group).await?;
         // Split brain: the old primary wrote while it could not replicate
         // (and so possibly after this site took over). Its writes would be
         // rolled back; that takes the operator's explicit choice.
@@ -799,20 +784,7 @@ impl Replication {
         tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
         self.note_dormant_named_pits(&row).await;
         self.ensure_runner(group);
-        // What the reverse moves is everything the group moves until its
-        // first PIT from here: one cycle (async), or a resynchronization
-        // and a seal (sync).
-        let before = self.traffic_total(group).await;
-        self.set_reversing(group, true);
-        let done = self.sync_group(group, None, true).await;
-        self.set_reversing(group, false);
-        let moved = self.traffic_total(group).await.saturating_sub(before);
-        let done = done?;
-        let pit = done.pit.ok_or_else(|| {
-            invalid(format!(
-                "the first cycle of reversed group {group} returned no PIT"
-            ))
-        })?;
+        let (pit, moved) = self.first_reversed_pit(group).await?;
         let mut split = split;
         split.kept_as_pit = ready.kept_as_pit.clone();
         Ok(ReverseResult {
@@ -824,6 +796,50 @@ impl Replication {
             split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// The group, if it can be reversed here — it failed over to this
+    /// site — and the PIT it was promoted from.
+    async fn reversible(&self, group: &str) -> Result<(GroupRow, PitId), ReplError> {
+        let row = self.group_row_of(group).await?;
+        if row.role != Role::Replica || row.state != GroupState::FailedOver {
+            return Err(invalid(format!(
+                "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
+                row.role, row.state
+            )));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let promoted = blocking(move || Ok(site.failovers()?))
+            .await?
+            .into_iter()
+            .find(|f| f.group == g && f.kind == "promoted")
+            .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
+        let pit = PitId::new(promoted.pit_id)
+            .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
+        Ok((row, pit))
+    }
+
+    /// Replicates the reversed group until its first PIT from here, and
+    /// returns it with the bytes moved: what the reverse moves is
+    /// everything the group moves until then — one cycle (async), or a
+    /// resynchronization and a seal (sync).
+    async fn first_reversed_pit(
+        self: &Arc<Self>,
+        group: &str,
+    ) -> Result<(crate::model::PitEntry, u64), ReplError> {
+        let before = self.traffic_total(group).await;
+        self.set_reversing(group, true);
+        let done = self.sync_group(group, None, true).await;
+        self.set_reversing(group, false);
+        let moved = self.traffic_total(group).await.saturating_sub(before);
+        let done = done?;
+        let pit = done.pit.ok_or_else(|| {
+            invalid(format!(
+                "the first cycle of reversed group {group} returned no PIT"
+            ))
+        })?;
+        Ok((pit, moved))
     }
 
     /// Why a reverse cannot go on without the old primary.
