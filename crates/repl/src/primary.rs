@@ -200,6 +200,26 @@ fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError>
     Ok((mode, on_link_loss, suspend_timeout_secs))
 }
 
+/// Answers a runner command that cannot run while group `name` is
+/// `state`: a request is refused, saying why; `false` once the runner's
+/// channel is closed (the runner stops).
+fn refuse_while(name: &str, state: GroupState, command: Option<Command>) -> bool {
+    match command {
+        Some(Command::Sync { reply, .. }) => {
+            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Sync)));
+        }
+        Some(Command::Verify { reply }) => {
+            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Verify)));
+        }
+        Some(Command::Resync { reply }) => {
+            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Resync)));
+        }
+        Some(Command::Wake) => {}
+        None => return false,
+    }
+    true
+}
+
 impl Replication {
     /// `group create` at the primary: validates locally, has the replica
     /// validate and create its side (authorization, storage, space, name),
@@ -689,19 +709,9 @@ impl Replication {
         // blocking thread) at all.
         let mut cached: Option<(GroupRow, u64)> = None;
         loop {
-            let current = self.site.group_changes();
-            let row = match cached.take() {
-                Some((row, at)) if current == at => row,
-                _ => {
-                    let site = self.site.clone();
-                    let n = name.clone();
-                    match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
-                        Ok(Ok(r)) => r,
-                        _ => return, // deleted
-                    }
-                }
+            let Some(row) = self.current_row(&name, &mut cached).await else {
+                return; // deleted
             };
-            cached = Some((row.clone(), current));
             let interval =
                 decide::cycle_interval(row.rpo_secs, self.site.config().replication.cycle_secs);
             match decide::turn(row.role, row.mode, row.state) {
@@ -727,12 +737,8 @@ impl Replication {
                             .await;
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            c = rx.recv() => match c {
-                                Some(Command::Sync { reply, .. }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Sync))); }
-                                Some(Command::Verify { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Verify))); }
-                                Some(Command::Resync { reply }) => { let _ = reply.send(Err(decide::refused_while(&name, row.state, Asked::Resync))); }
-                                Some(Command::Wake) => {}
-                                None => return,
+                            c = rx.recv() => if !refuse_while(&name, row.state, c) {
+                                return;
                             },
                         }
                         backoff = decide::next_backoff(backoff);
@@ -771,25 +777,36 @@ impl Replication {
                 }
                 Turn::Waiting(state) => {
                     // Paused or not started: only commands move it.
-                    match rx.recv().await {
-                        Some(Command::Sync { reply, .. }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Sync)));
-                        }
-                        Some(Command::Verify { reply }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Verify)));
-                        }
-                        Some(Command::Resync { reply }) => {
-                            let _ =
-                                reply.send(Err(decide::refused_while(&name, state, Asked::Resync)));
-                        }
-                        Some(Command::Wake) => {}
-                        None => return,
+                    if !refuse_while(&name, state, rx.recv().await) {
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// The group's row for the runner's next turn: the cached one while the
+    /// catalog's change counter stands still, else read again (and
+    /// cached); `None` once the group is deleted.
+    async fn current_row(
+        &self,
+        name: &str,
+        cached: &mut Option<(GroupRow, u64)>,
+    ) -> Option<GroupRow> {
+        let current = self.site.group_changes();
+        let row = match cached.take() {
+            Some((row, at)) if current == at => row,
+            _ => {
+                let site = self.site.clone();
+                let n = name.to_string();
+                match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
+                    Ok(Ok(r)) => r,
+                    _ => return None,
+                }
+            }
+        };
+        *cached = Some((row.clone(), current));
+        Some(row)
     }
 
     /// A scheduled cycle of a group whose volumes hold no changed block
