@@ -167,8 +167,24 @@ impl Replication {
         // A sync group's runner ends its stream now.
         self.wake_runner(group).await;
         let pit = pit.map_or(0, |p| p.id);
-        // The replica learns it now so that its `sync` returns at once; if
-        // it cannot, `failover run` asks the primary itself.
+        self.tell_replica_prepared(&row, pit).await;
+        tracing::info!(group, pit, "prepared for failover");
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: "prepare".into(),
+            pit,
+            volumes,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
+        })
+    }
+
+    /// The replica learns that the group is prepared (with its final PIT)
+    /// now so that its `sync` returns at once; if it cannot, `failover
+    /// run` asks the primary itself.
+    async fn tell_replica_prepared(&self, row: &GroupRow, pit: u64) {
+        let group = row.name.as_str();
         if let Ok(mut ch) = self.channel(&row.partner, None).await {
             let told = ch
                 .call(&wire::GroupPrepared {
@@ -181,16 +197,6 @@ impl Replication {
             }
             ch.close().await;
         }
-        tracing::info!(group, pit, "prepared for failover");
-        Ok(FailoverResult {
-            group: group.to_string(),
-            mode: "prepare".into(),
-            pit,
-            volumes,
-            vms: hooks,
-            duration_ms: started.elapsed().as_millis() as u64,
-            errors: Vec::new(),
-        })
     }
 
     /// Re-applies fencing after a restart: a prepared group's volumes keep
