@@ -26,7 +26,7 @@ impl Replication {
             rows.iter()
                 .filter(|g| g.role == Role::Primary && g.partner == partner)
                 .filter_map(|g| {
-                    let runner = self.runner(&g.name)?;
+                    let runner = self.runners.get(&g.name)?;
                     // A sync group in sync: the replica holds every write
                     // acknowledged up to now.
                     let in_sync = runner
@@ -81,25 +81,11 @@ impl Replication {
             .filter(|g| g.role == Role::Replica && g.partner == peer)
             .map(|g| g.name.as_str())
             .collect();
-        let mut confirmed = self
-            .remote_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         for (group, at) in c.groups {
             if ours.contains(group.as_str()) {
-                confirmed.insert(group, at);
+                self.replica.confirm(group, at);
             }
         }
         Ok(Done)
-    }
-
-    /// The instant up to which the replica holds every write of `group`,
-    /// as last confirmed by its primary (replica side).
-    pub(crate) fn remote_confirmed(&self, group: &str) -> Option<String> {
-        self.remote_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 }

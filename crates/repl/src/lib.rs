@@ -39,7 +39,9 @@ pub mod model;
 mod pits;
 mod primary;
 mod replica;
+mod replica_state;
 mod resync;
+mod runners;
 mod settings;
 mod status;
 mod superseded;
@@ -220,8 +222,9 @@ pub struct Replication {
     /// Serializes `group create`, so that the one-group-per-volume check
     /// and the insert are not interleaved by concurrent creates.
     create_lock: Mutex<()>,
-    /// Runners of the groups this site is primary of.
-    runners: std::sync::Mutex<HashMap<String, primary::Runner>>,
+    /// Primary side: the group runners, and what they share about groups
+    /// in flight.
+    runners: runners::Runners,
     /// The site-wide default bandwidth limit (`site set --bandwidth`),
     /// shared by every outgoing session so that together they respect it.
     site_bucket: Arc<TokenBucket>,
@@ -229,24 +232,14 @@ pub struct Replication {
     /// The listener's options for sessions it accepts, once it runs
     /// ([`Replication::reload`] updates them).
     listener_options: std::sync::Mutex<Option<offsite_transport::SessionOptionsHandle>>,
-    /// Replica side: the open write logs of sync groups.
-    logs: sync::Logs,
-    /// Replica side: per group, the last instant the primary confirmed the
-    /// replica holds every write ([`wire::kinds::GROUP_CONFIRMED`]).
-    remote_confirmed: std::sync::Mutex<HashMap<String, String>>,
-    /// Replica side: groups whose last transfer failed because the replica
-    /// store's file system is full, with the message (health critical).
-    store_full: std::sync::Mutex<HashMap<String, String>>,
-    /// Groups a `reverse` is moving: their cycles count as reverse traffic.
-    reversing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Replica side: the open write logs, the primaries' confirmations
+    /// and the full stores.
+    replica: replica_state::ReplicaState,
     /// Primary side: what the partner monitor last sent as confirmed, so
     /// that only news travels.
     sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
     /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
     extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
-    /// `(group, PIT name)` of the named syncs under way: a second sync
-    /// with the same name is refused before the first has committed.
-    pending_pit_names: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -278,17 +271,13 @@ impl Replication {
             options,
             monitored: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
-            runners: std::sync::Mutex::new(HashMap::new()),
+            runners: Default::default(),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
             listener_options: std::sync::Mutex::new(None),
-            logs: Default::default(),
-            remote_confirmed: Default::default(),
+            replica: Default::default(),
             sent_confirmed: Default::default(),
-            reversing: Default::default(),
-            store_full: Default::default(),
             extension: std::sync::OnceLock::new(),
-            pending_pit_names: Default::default(),
         }))
     }
 

@@ -347,15 +347,9 @@ impl Replication {
             // Checked before anything is forgotten: a refusal changes nothing.
             self.check_store_deletable(row).await?;
         }
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&row.name);
+        self.runners.remove(&row.name);
         // A sync stream's log goes with the store (its writer aborts).
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&row.name);
+        self.replica.forget_log(&row.name);
         if row.role == Role::Replica {
             self.retire_store(row, delete_store).await?;
         }

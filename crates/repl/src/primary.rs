@@ -133,6 +133,18 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
+    /// A new runner's handle and the queue its loop takes commands from.
+    pub(crate) fn new() -> (Runner, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(16);
+        let runner = Runner {
+            tx,
+            progress: Arc::new(Progress::default()),
+            mirror: Default::default(),
+            sync_stats: Default::default(),
+        };
+        (runner, rx)
+    }
+
     /// Where the runner takes its commands.
     pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
         &self.tx
@@ -389,21 +401,9 @@ impl Replication {
 
     /// Has a group's runner re-read its settings (a mode change).
     pub(crate) async fn wake_runner(&self, group: &str) {
-        if let Some(r) = self.runner(group) {
+        if let Some(r) = self.runners.get(group) {
             let _ = r.tx.send(Command::Wake).await;
         }
-    }
-
-    pub(crate) fn runner_sync_stats(&self, group: &str) -> Option<Arc<crate::sync::SyncStats>> {
-        self.runner(group).map(|r| r.sync_stats.clone())
-    }
-
-    pub(crate) fn runner(&self, group: &str) -> Option<Runner> {
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 
     /// Starts the runner of every primary group (daemon start-up).
@@ -427,25 +427,15 @@ impl Replication {
         Ok(())
     }
 
+    /// The runner of `group`, started if none runs.
     pub(crate) fn ensure_runner(self: &Arc<Self>, group: &str) -> Runner {
-        let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = runners.get(group) {
-            return r.clone();
-        }
-        let (tx, rx) = mpsc::channel(16);
-        let runner = Runner {
-            tx,
-            progress: Arc::new(Progress::default()),
-            mirror: Default::default(),
-            sync_stats: Default::default(),
-        };
-        runners.insert(group.to_string(), runner.clone());
-        let me = self.clone();
-        let name = group.to_string();
-        let progress = runner.progress.clone();
-        let mirror = runner.mirror.clone();
-        tokio::spawn(async move { me.run_group(name, rx, progress, mirror).await });
-        runner
+        self.runners.ensure(group, |runner, rx| {
+            let me = self.clone();
+            let name = group.to_string();
+            let progress = runner.progress.clone();
+            let mirror = runner.mirror.clone();
+            tokio::spawn(async move { me.run_group(name, rx, progress, mirror).await });
+        })
     }
 
     /// `group start`: begins initial replication.
@@ -521,7 +511,7 @@ impl Replication {
             }
         })
         .await?;
-        if let Some(r) = self.runner(name) {
+        if let Some(r) = self.runners.get(name) {
             let _ = r.tx.send(Command::Wake).await;
         }
         self.group_status(name).await
@@ -540,30 +530,12 @@ impl Replication {
             return self.sync_group(name, None, wait).await;
         };
         self.check_new_pit_name(name, &label).await?;
-        let key = (name.to_string(), label.clone());
-        if !self
-            .pending_pit_names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone())
-        {
+        // Released once this sync is over, whatever its outcome.
+        let Some(_claim) = self.runners.claim_pit_name(name, &label) else {
             return Err(invalid(format!(
                 "another sync of group {name} is making a PIT named {label:?}; pick another name, or wait for it and release that PIT first"
             )));
-        }
-        // Forgotten once this sync is over, whatever its outcome (a later
-        // one then finds the committed name in the catalog).
-        struct Pending<'a>(&'a Replication, (String, String));
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .pending_pit_names
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&self.1);
-            }
-        }
-        let _pending = Pending(self, key);
+        };
         self.sync_group(name, pit_name, wait).await
     }
 
@@ -847,7 +819,7 @@ impl Replication {
     /// primary's confirmations at the replica.
     pub(crate) fn confirmed_at(&self, row: &GroupRow) -> Option<String> {
         if row.role == Role::Primary {
-            self.runner(&row.name).and_then(|r| {
+            self.runners.get(&row.name).and_then(|r| {
                 r.progress
                     .confirmed
                     .lock()
@@ -855,7 +827,7 @@ impl Replication {
                     .clone()
             })
         } else {
-            self.remote_confirmed(&row.name)
+            self.replica.confirmed_at(&row.name)
         }
     }
 
@@ -950,7 +922,7 @@ impl Replication {
         let result = self
             .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
             .await;
-        let kind = if self.is_reversing(&row.name) {
+        let kind = if self.runners.is_reversing(&row.name) {
             TrafficKind::Reverse
         } else {
             TrafficKind::Cycle
@@ -980,7 +952,7 @@ impl Replication {
                 })
                 .await?;
                 tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
-                if let Some(r) = self.runner(&row.name) {
+                if let Some(r) = self.runners.get(&row.name) {
                     *r.progress
                         .confirmed
                         .lock()
@@ -1033,7 +1005,7 @@ impl Replication {
     ) -> Result<PitCommitted, ReplError> {
         // The cut's size, for progress (`transfer` in status: a reverse's
         // first cycle, or any cycle while it ships).
-        let progress = self.runner(&row.name).map(|r| r.progress);
+        let progress = self.runners.get(&row.name).map(|r| r.progress);
         let total: u64 = volumes
             .iter()
             .zip(sets)

@@ -563,13 +563,7 @@ impl Replication {
     /// Records that `group`'s replica store is full (health critical here,
     /// an event, the group's last error) until a PIT commits again.
     fn note_store_full(&self, group: &str, message: &str) {
-        let first = self
-            .store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_string(), message.to_string())
-            .is_none();
-        if first && !group.is_empty() {
+        if self.replica.mark_store_full(group, message) && !group.is_empty() {
             crate::warn_if_failed(
                 "recording the full store",
                 self.site.set_group_error(group, Some(message)),
@@ -580,13 +574,7 @@ impl Replication {
 
     /// Space was found again: a PIT committed.
     pub(crate) fn clear_store_full(&self, group: &str) {
-        let was = self
-            .store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(group)
-            .is_some();
-        if was {
+        if self.replica.clear_store_full(group) {
             crate::warn_if_failed(
                 "clearing the full store's error",
                 self.site.set_group_error(group, None),
@@ -597,15 +585,6 @@ impl Replication {
                 "space found again: a PIT committed",
             );
         }
-    }
-
-    /// Why `group`'s replica store cannot take data, if it is full.
-    pub(crate) fn store_full_reason(&self, group: &str) -> Option<String> {
-        self.store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 
     /// Applies one block batch of the current transfer.

@@ -74,7 +74,8 @@ impl Replication {
             volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
             initial_progress_percent: progress,
             initial_bytes_sent: self
-                .runner(name)
+                .runners
+                .get(name)
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
             sync_state: sync_state.map(|(s, _)| s),
@@ -126,7 +127,7 @@ impl Replication {
         if row.mode != Mode::Sync || row.role != Role::Primary {
             return None;
         }
-        self.runner(&row.name).and_then(|r| {
+        self.runners.get(&row.name).and_then(|r| {
             r.mirror
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -165,7 +166,7 @@ impl Replication {
             None => {}
         }
         if row.role == Role::Replica
-            && let Some(why) = self.store_full_reason(&row.name)
+            && let Some(why) = self.replica.store_full_reason(&row.name)
         {
             health = "critical".into();
             reason = Some(why);
@@ -183,7 +184,7 @@ impl Replication {
 
     /// How far a running resynchronization of `group` has got.
     fn resync_progress(&self, group: &str) -> Option<crate::model::ResyncProgress> {
-        self.runner(group).and_then(|r| {
+        self.runners.get(group).and_then(|r| {
             r.progress
                 .resync
                 .lock()
@@ -202,7 +203,7 @@ impl Replication {
     /// instant (progress used to jump from 0 % to 91 % with an ETA of 0 s).
     fn transfer_progress(&self, row: &GroupRow) -> Option<crate::model::TransferProgress> {
         let name = row.name.as_str();
-        match self.runner(name) {
+        match self.runners.get(name) {
             Some(r) if row.state == GroupState::InitialReplication => {
                 let p = &r.progress;
                 let done = p.data_done.load(Ordering::Relaxed);
@@ -238,7 +239,7 @@ impl Replication {
                         0.0
                     };
                     crate::model::TransferProgress {
-                        kind: if self.is_reversing(name) {
+                        kind: if self.runners.is_reversing(name) {
                             "reverse".into()
                         } else {
                             "cycle".into()
@@ -276,7 +277,7 @@ impl Replication {
             let mut sync = None;
             if g.mode == Mode::Sync
                 && g.role == Role::Primary
-                && let Some(r) = self.runner(&g.name)
+                && let Some(r) = self.runners.get(&g.name)
             {
                 let in_sync = r
                     .mirror
@@ -295,7 +296,7 @@ impl Replication {
             }
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
             let in_sync = g.mode == Mode::Sync
-                && self.runner(&g.name).is_some_and(|r| {
+                && self.runners.get(&g.name).is_some_and(|r| {
                     r.mirror
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -118,7 +118,7 @@ impl Replication {
                         unreachable.insert(row.partner.clone());
                     }
                     Some(true) => {
-                        if let Some(r) = me.runner(&row.name) {
+                        if let Some(r) = me.runners.get(&row.name) {
                             let _ = r.tx().send(Command::Wake).await;
                         }
                     }
@@ -175,7 +175,7 @@ impl Replication {
             Ok(())
         })
         .await?;
-        if let Some(r) = self.runner(name) {
+        if let Some(r) = self.runners.get(name) {
             let _ = r.tx().send(Command::Wake).await;
         }
         self.group_status(name).await

@@ -835,9 +835,9 @@ impl Replication {
         group: &str,
     ) -> Result<(crate::model::PitEntry, u64), ReplError> {
         let before = self.traffic_total(group).await;
-        self.set_reversing(group, true);
+        self.runners.set_reversing(group, true);
         let done = self.sync_group(group, None, true).await;
-        self.set_reversing(group, false);
+        self.runners.set_reversing(group, false);
         let moved = self.traffic_total(group).await.saturating_sub(before);
         let done = done?;
         let pit = done.pit.ok_or_else(|| {
@@ -1034,23 +1034,5 @@ impl Replication {
         })
         .await?;
         Ok(())
-    }
-
-    /// Marks (or unmarks) `group` as being moved by a reverse.
-    fn set_reversing(&self, group: &str, on: bool) {
-        let mut set = self.reversing.lock().unwrap_or_else(|e| e.into_inner());
-        if on {
-            set.insert(group.to_string());
-        } else {
-            set.remove(group);
-        }
-    }
-
-    /// Whether a reverse is moving `group` now.
-    pub(crate) fn is_reversing(&self, group: &str) -> bool {
-        self.reversing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(group)
     }
 }

@@ -101,10 +101,7 @@ impl Replication {
         row: &GroupRow,
         group: &str,
     ) -> Result<Vec<Arc<Volume>>, RemoteError> {
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(group);
+        self.runners.remove(group);
         let live = self.live_volumes(row).await?;
         for v in &live {
             v.set_fenced(true);

@@ -38,7 +38,11 @@ impl Replication {
                 return true;
             }
         };
-        let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
+        let stats = self
+            .runners
+            .get(&row.name)
+            .map(|r| r.sync_stats)
+            .unwrap_or_default();
         let ack_timeout =
             Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
         let mirror = SyncMirror::new(&row.name, Policy::of(row), ack_timeout, stats);
@@ -316,7 +320,7 @@ impl Replication {
                         let _ = reply.send(r);
                     }
                     Some(Command::Resync { reply }) => {
-                        let progress = self.runner(&name).map_or_else(Default::default, |r| r.progress);
+                        let progress = self.runners.get(&name).map_or_else(Default::default, |r| r.progress);
                         let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(|e| e.to_string());
                         let _ = reply.send(r);
                     }

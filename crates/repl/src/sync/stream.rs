@@ -47,6 +47,7 @@ impl Replication {
         }
         self.seal_log(&req.group).await?;
         let slot = self
+            .replica
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -318,6 +319,7 @@ impl Replication {
         }
         let (_, store) = self.store(group).await?;
         let slot = self
+            .replica
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
