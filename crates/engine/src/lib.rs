@@ -26,6 +26,7 @@ pub use error::{EngineError, ErrorKind};
 pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
 pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
+pub use plans::PlanCatalog;
 pub use site::{BoundAddresses, Site};
 pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror, layered_block_status};
 
