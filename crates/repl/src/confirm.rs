@@ -20,6 +20,7 @@ impl Replication {
         let rows = crate::run_blocking(move || Ok(site.group_rows()?)).await?;
         let news: Vec<(String, String)> = {
             let sent = self
+                .monitor
                 .sent_confirmed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -60,7 +61,8 @@ impl Replication {
             .await;
         ch.close().await;
         answer?;
-        self.sent_confirmed
+        self.monitor
+            .sent_confirmed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(news);
