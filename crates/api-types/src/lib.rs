@@ -824,3 +824,31 @@ pub struct UpdatePartner {
     /// New HOST:PORT of the partner's replication listener.
     pub address: String,
 }
+
+/// `GET /api/v1/overview` and the `overview` events of `/api/v1/stream`:
+/// everything the console's overview shows, in one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Overview {
+    /// This site.
+    pub site: SiteInfo,
+    /// Its partners with their reachability.
+    pub partners: Vec<PartnerInfo>,
+    /// Every group at this site.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// `GET /api/v1/groups/{name}/cycles`: one replication cycle of a group at
+/// its primary (the replica records none).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CycleEntry {
+    /// RFC 3339 time the cycle started (its cut).
+    pub started_at: String,
+    /// RFC 3339 time it ended; null while it runs.
+    pub finished_at: Option<String>,
+    /// Block data bytes it shipped.
+    pub bytes: u64,
+    /// The PIT it committed, if any (an idle cycle commits none).
+    pub pit: Option<u64>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}

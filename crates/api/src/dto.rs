@@ -208,6 +208,26 @@ pub fn plan_run_report(r: t::PlanRunReport) -> offsite_plan::PlanRunReport {
     r.to_domain()
 }
 
+impl ToDto for offsite_catalog::CycleRow {
+    type Dto = t::CycleEntry;
+    fn to_dto(self) -> t::CycleEntry {
+        let offsite_catalog::CycleRow {
+            started_at,
+            finished_at,
+            bytes,
+            pit,
+            error,
+        } = self;
+        t::CycleEntry {
+            started_at,
+            finished_at,
+            bytes,
+            pit,
+            error,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The site's REST API: thin axum handlers over [`offsite_engine::Site`].
 //!
 //! Every route under `/api/v1` needs `Authorization: Bearer TOKEN` (the token
-//! in the data directory's `api.token`). `/api/openapi.json` and `/metrics`
+//! in the data directory's `api.token`) or a console session (the web
+//! console at `/`, `offsite-console`). `/api/openapi.json` and `/metrics`
 //! are open: the first is documentation, the second is for Prometheus
 //! scrapers, and neither exposes data. The API listens on loopback by
 //! default; put it behind TLS before exposing it.
@@ -30,6 +31,7 @@ use offsite_api_types::{
     CreateGroup, GroupMeasure, GroupStatus, PitEntry, StartGroup, SyncGroup, SyncResult,
     VerifyResult,
 };
+use offsite_console::Console;
 use offsite_engine::{EngineError, ErrorKind, Site};
 use offsite_plan::{PlanError, Plans};
 use offsite_repl::{ReplError, Replication};
@@ -39,6 +41,7 @@ use utoipa::OpenApi;
 mod dto;
 mod metrics;
 mod openapi;
+mod stream;
 
 use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
@@ -52,7 +55,7 @@ pub struct ApiState {
     site: Arc<Site>,
     repl: Arc<Replication>,
     plans: Arc<Plans>,
-    token: Arc<str>,
+    console: Console,
     metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
 }
 
@@ -75,12 +78,19 @@ impl ApiState {
         metrics: Vec<Arc<dyn MetricsSource>>,
     ) -> ApiState {
         ApiState {
+            console: Console::new(token, &site.info().name, false),
             site,
             repl,
             plans,
-            token: token.trim().into(),
             metrics: Arc::new(metrics),
         }
+    }
+
+    /// The same state with `console` (tests give it sessions on a fake
+    /// clock; an HTTPS listener marks its cookie `Secure`).
+    pub fn with_console(mut self, console: Console) -> ApiState {
+        self.console = console;
+        self
     }
 }
 
@@ -91,8 +101,8 @@ impl ApiState {
     paths(site_show, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
-    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, pit_export, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, event_list),
+    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, offsite_api_types::TransferProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
@@ -209,6 +219,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(group_export_seed),
         )
         .route("/groups/{name}/measure", get(group_measure))
+        .route("/groups/{name}/cycles", get(group_cycles))
         .route("/groups/{name}/pits", get(pit_list))
         .route("/plans", get(plan_list).post(plan_create))
         .route("/plans/{name}", get(plan_show).delete(plan_delete))
@@ -230,14 +241,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/plans/{name}/continue", axum::routing::post(plan_continue))
         .route("/plans/{name}/runs", get(plan_history))
         .route("/plan-runs/{id}", get(plan_report))
+        .route("/plan-runs/{id}/report.html", get(plan_report_html))
         .route("/vms", get(vm_list).post(vm_create))
         .route("/vms/{name}", get(vm_show).delete(vm_delete).patch(vm_set))
         .route("/events", get(event_list))
+        .route("/overview", get(stream::overview))
+        .route("/stream", get(stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest(offsite_api_types::API_PREFIX, v1)
         .route("/api/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::render))
+        .merge(state.console.router())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -246,6 +261,7 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .with_state(state)
+        .layer(middleware::from_fn(offsite_console::security_headers))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets
@@ -260,27 +276,16 @@ pub async fn serve(
         .await
 }
 
+/// Lets a request to `/api/v1` through with the bearer token (scripts,
+/// the CLI) or a console session (its cookie, and its CSRF token for
+/// actions); see `offsite_console::Console::authorize`.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    use subtle::ConstantTimeEq;
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
-        Some(_) => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API token was refused; use the token in the site's api.token file".into(),
-        ),
-        None => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing `Authorization: Bearer TOKEN`; the token is in the site's api.token file"
-                .into(),
-        ),
+    match state.console.authorize(req.method(), req.headers()) {
+        Ok(_) => next.run(req).await,
+        Err(refusal) => {
+            let (status, code, message) = refusal.parts();
+            error(status, code, message.into())
+        }
     }
 }
 
@@ -1071,6 +1076,47 @@ async fn plan_history(
     plan(s.plans.history(&name).await)
 }
 
+#[derive(Debug, Deserialize)]
+struct CyclesQuery {
+    hours: Option<u32>,
+}
+
+/// Hours of cycles one request returns at most.
+const MAX_CYCLE_HOURS: u32 = 24 * 31;
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}/cycles",
+    params(("name" = String, Path, description = "group name"),
+        ("hours" = Option<u32>, Query, minimum = 1, maximum = 744, description = "cycles started in the last this many hours (default 6)")),
+    responses((status = 200, body = [offsite_api_types::CycleEntry])))]
+async fn group_cycles(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CyclesQuery>,
+) -> ApiResult<Vec<offsite_api_types::CycleEntry>> {
+    let hours = q.hours.unwrap_or(6);
+    if !(1..=MAX_CYCLE_HOURS).contains(&hours) {
+        return Err(Failure::BadBody(format!(
+            "hours {hours} is outside 1..{MAX_CYCLE_HOURS}"
+        )));
+    }
+    blocking(move || {
+        s.site.group_row(&name)?;
+        // Catalog times are RFC 3339 in UTC to the second: they compare
+        // as text.
+        let since = (time::OffsetDateTime::now_utc() - time::Duration::hours(i64::from(hours)))
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let rows = s.site.cycle_rows(&name)?;
+        Ok(rows
+            .into_iter()
+            .filter(|c| c.started_at >= since)
+            .collect::<Vec<_>>())
+    })
+    .await
+}
+
 #[utoipa::path(get, path = "/api/v1/plan-runs/{id}", params(("id" = String, Path)),
     responses((status = 200, body = offsite_api_types::PlanRunReport), (status = 404, body = ApiError)))]
 async fn plan_report(
@@ -1078,4 +1124,28 @@ async fn plan_report(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<offsite_api_types::PlanRunReport> {
     plan(s.plans.report(&id).await)
+}
+
+/// What a run's HTML report may do when the console shows it in a frame:
+/// its own inline style and SVG, nothing else (no script, no request, no
+/// form), framed only by this site's pages.
+const REPORT_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox; frame-ancestors 'self'";
+
+#[utoipa::path(get, path = "/api/v1/plan-runs/{id}/report.html",
+    params(("id" = String, Path, description = "run id, SITE-N")),
+    responses((status = 200, content_type = "text/html", description = "the run's self-contained HTML report")))]
+async fn plan_report_html(State(s): State<ApiState>, ApiPath(id): ApiPath<String>) -> Response {
+    match s.plans.report(&id).await {
+        Ok(report) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CONTENT_SECURITY_POLICY, REPORT_POLICY),
+                (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+            ],
+            offsite_plan::report::html(&report),
+        )
+            .into_response(),
+        Err(e) => Failure::Plan(e).into_response(),
+    }
 }

@@ -31,7 +31,7 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
     match operation_id {
         "site_show" => &[401],
         "settings_show" | "partner_list" | "authz_list" | "vm_list" | "volume_list"
-        | "group_list" | "plan_list" => &[401, 500],
+        | "group_list" | "plan_list" | "overview" | "stream" => &[401, 500],
         "event_list" | "settings_update" => &[400, 401, 500],
         "partner_add" | "authz_add" | "volume_create" => &[400, 401, 409, 500],
         "vm_create" => &[400, 401, 404, 409, 500],
@@ -53,7 +53,7 @@ fn error_description(status: u16) -> &'static str {
             "invalid: the body, a parameter or a value is malformed or out of range, or the object's state does not allow this (the message says what to run)"
         }
         401 => {
-            "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token)"
+            "unauthorized: missing or wrong `Authorization: Bearer TOKEN` (the site's api.token), or an ended console session"
         }
         403 => "refused: the partner, or this site's role in the group, refuses the request",
         404 => {

@@ -1,10 +1,75 @@
 //! Byte-level encoding of the two state files (see the crate docs for the
 //! layout tables). Decoders never panic on arbitrary input: they return a
-//! human-readable reason, which the tracker turns into a
+//! [`FormatError`] saying what is wrong, which the tracker turns into a
 //! [`crate::OpenReport::Reset`].
 
 use offsite_durable::le;
 use roaring::RoaringBitmap;
+
+/// Why a state file (or one slot of the activity log) does not decode.
+/// `what` names it: "bitmap file", "slot".
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FormatError {
+    #[error("{what} is truncated ({len} bytes)")]
+    Truncated { what: &'static str, len: usize },
+    #[error("slot is truncated")]
+    SlotTruncated,
+    #[error("slot is empty")]
+    SlotEmpty,
+    #[error("{what} checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("{what} has a bad magic number")]
+    BadMagic { what: &'static str },
+    #[error("{what} has format version {version}, this build reads version {FORMAT_VERSION}")]
+    Version { what: &'static str, version: u32 },
+    #[error(
+        "geometry mismatch: bitmap file tracks {file_nblocks} blocks of {file_block_size} bytes, \
+         the volume has {nblocks} blocks of {block_size} bytes"
+    )]
+    Geometry {
+        file_nblocks: u64,
+        file_block_size: u32,
+        nblocks: u64,
+        block_size: u32,
+    },
+    #[error("bitmap file length mismatch (payload {payload} bytes, file holds {holds})")]
+    Length { payload: u64, holds: usize },
+    #[error("bitmap file holds an invalid roaring bitmap: {0}")]
+    Bitmap(#[source] std::io::Error),
+    #[error("bitmap file marks block {block}, past the end of the volume ({nblocks} blocks)")]
+    PastEnd { block: u32, nblocks: u64 },
+    #[error("slot claims {0} extents, more than it can hold")]
+    ExtentCount(usize),
+    #[error("slot holds sequence {0} which does not belong in it")]
+    Sequence(u64),
+    #[error("slot has an invalid extent size of {0} blocks")]
+    ExtentSize(u32),
+    #[error("slot holds {count} extents, more than its capacity {capacity}")]
+    OverCapacity { count: usize, capacity: u32 },
+    #[error(
+        "activity log is truncated or padded ({0} bytes, expected two {AL_SLOT_ALIGN}-byte aligned slots)"
+    )]
+    AlLength(usize),
+    #[error("activity log has no valid slot (slot A: {a}; slot B: {b})")]
+    NoValidSlot {
+        a: Box<FormatError>,
+        b: Box<FormatError>,
+    },
+    #[error(
+        "activity log is truncated: its {slot_size}-byte slots are too small for capacity {capacity}"
+    )]
+    SlotsTooSmall { slot_size: usize, capacity: u32 },
+    #[error(
+        "geometry mismatch: activity log is for {al_block_size}-byte blocks, the volume has {block_size}-byte blocks"
+    )]
+    AlGeometry { al_block_size: u32, block_size: u32 },
+    #[error("activity log names extent {extent}, past the end of the volume ({nblocks} blocks)")]
+    AlPastEnd { extent: u32, nblocks: u64 },
+}
 
 /// First 8 bytes of a bitmap file.
 pub(crate) const BITMAP_MAGIC: [u8; 8] = *b"OFSCBTBM";
@@ -53,50 +118,61 @@ pub(crate) fn decode_bitmap(
     bytes: &[u8],
     block_size: u32,
     nblocks: u64,
-) -> Result<RoaringBitmap, String> {
+) -> Result<RoaringBitmap, FormatError> {
     if bytes.len() < BITMAP_HEADER_LEN + 4 {
-        return Err(format!("bitmap file is truncated ({} bytes)", bytes.len()));
+        return Err(FormatError::Truncated {
+            what: "bitmap file",
+            len: bytes.len(),
+        });
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     let actual = crc32c::crc32c(body);
     if stored != actual {
-        return Err(format!(
-            "bitmap file checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        ));
+        return Err(FormatError::Checksum {
+            what: "bitmap file",
+            stored,
+            computed: actual,
+        });
     }
     if body[0..8] != BITMAP_MAGIC {
-        return Err("bitmap file has a bad magic number".to_string());
+        return Err(FormatError::BadMagic {
+            what: "bitmap file",
+        });
     }
     let version = le::u32_at(body, 8);
     if version != FORMAT_VERSION {
-        return Err(format!(
-            "bitmap file has format version {version}, this build reads version {FORMAT_VERSION}"
-        ));
+        return Err(FormatError::Version {
+            what: "bitmap file",
+            version,
+        });
     }
     let file_block_size = le::u32_at(body, 12);
     let file_nblocks = le::u64_at(body, 16);
     if file_block_size != block_size || file_nblocks != nblocks {
-        return Err(format!(
-            "geometry mismatch: bitmap file tracks {file_nblocks} blocks of {file_block_size} bytes, \
-             the volume has {nblocks} blocks of {block_size} bytes"
-        ));
+        return Err(FormatError::Geometry {
+            file_nblocks,
+            file_block_size,
+            nblocks,
+            block_size,
+        });
     }
     let payload_len = le::u64_at(body, 24);
     if payload_len != (body.len() - BITMAP_HEADER_LEN) as u64 {
-        return Err(format!(
-            "bitmap file length mismatch (payload {payload_len} bytes, file holds {})",
-            body.len() - BITMAP_HEADER_LEN
-        ));
+        return Err(FormatError::Length {
+            payload: payload_len,
+            holds: body.len() - BITMAP_HEADER_LEN,
+        });
     }
-    let bitmap = RoaringBitmap::deserialize_from(&body[BITMAP_HEADER_LEN..])
-        .map_err(|e| format!("bitmap file holds an invalid roaring bitmap: {e}"))?;
+    let bitmap =
+        RoaringBitmap::deserialize_from(&body[BITMAP_HEADER_LEN..]).map_err(FormatError::Bitmap)?;
     if let Some(max) = bitmap.max()
         && u64::from(max) >= nblocks
     {
-        return Err(format!(
-            "bitmap file marks block {max}, past the end of the volume ({nblocks} blocks)"
-        ));
+        return Err(FormatError::PastEnd {
+            block: max,
+            nblocks,
+        });
     }
     Ok(bitmap)
 }
@@ -138,33 +214,36 @@ pub(crate) fn encode_al_slot(rec: &AlRecord, slot_size: usize) -> Vec<u8> {
 }
 
 /// Decodes the slot at `index` (0 = A, 1 = B).
-pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, String> {
+pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, FormatError> {
     if buf.len() < AL_HEADER_LEN + 4 {
-        return Err("slot is truncated".to_string());
+        return Err(FormatError::SlotTruncated);
     }
     if buf[0..8].iter().all(|&b| b == 0) {
-        return Err("slot is empty".to_string());
+        return Err(FormatError::SlotEmpty);
     }
     let count = le::u32_at(buf, 32) as usize;
     let end = AL_HEADER_LEN
         .checked_add(count.saturating_mul(4))
         .filter(|&end| end + 4 <= buf.len())
-        .ok_or_else(|| format!("slot claims {count} extents, more than it can hold"))?;
+        .ok_or(FormatError::ExtentCount(count))?;
     let stored = le::u32_at(buf, end);
     let actual = crc32c::crc32c(&buf[..end]);
     if stored != actual {
-        return Err(format!(
-            "slot checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        ));
+        return Err(FormatError::Checksum {
+            what: "slot",
+            stored,
+            computed: actual,
+        });
     }
     if buf[0..8] != AL_MAGIC {
-        return Err("slot has a bad magic number".to_string());
+        return Err(FormatError::BadMagic { what: "slot" });
     }
     let version = le::u32_at(buf, 8);
     if version != FORMAT_VERSION {
-        return Err(format!(
-            "slot has format version {version}, this build reads version {FORMAT_VERSION}"
-        ));
+        return Err(FormatError::Version {
+            what: "slot",
+            version,
+        });
     }
     let rec = AlRecord {
         block_size: le::u32_at(buf, 12),
@@ -176,34 +255,26 @@ pub(crate) fn decode_al_slot(buf: &[u8], index: usize) -> Result<AlRecord, Strin
             .collect(),
     };
     if rec.seq == 0 || al_slot_index(rec.seq) != index {
-        return Err(format!(
-            "slot holds sequence {} which does not belong in it",
-            rec.seq
-        ));
+        return Err(FormatError::Sequence(rec.seq));
     }
     if rec.extent_blocks == 0 || !rec.extent_blocks.is_power_of_two() {
-        return Err(format!(
-            "slot has an invalid extent size of {} blocks",
-            rec.extent_blocks
-        ));
+        return Err(FormatError::ExtentSize(rec.extent_blocks));
     }
     if count > rec.capacity as usize {
-        return Err(format!(
-            "slot holds {count} extents, more than its capacity {}",
-            rec.capacity
-        ));
+        return Err(FormatError::OverCapacity {
+            count,
+            capacity: rec.capacity,
+        });
     }
     Ok(rec)
 }
 
 /// Decodes a whole activity-log file (two equal slots) and returns the valid
 /// record with the highest sequence number, plus the slot size.
-pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), String> {
+pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), FormatError> {
     let len = bytes.len();
     if len == 0 || !len.is_multiple_of(2 * AL_SLOT_ALIGN) {
-        return Err(format!(
-            "activity log is truncated or padded ({len} bytes, expected two {AL_SLOT_ALIGN}-byte aligned slots)"
-        ));
+        return Err(FormatError::AlLength(len));
     }
     let slot_size = len / 2;
     let a = decode_al_slot(&bytes[..slot_size], 0);
@@ -219,16 +290,17 @@ pub(crate) fn decode_al_file(bytes: &[u8]) -> Result<(AlRecord, usize), String> 
         (Ok(a), Err(_)) => a,
         (Err(_), Ok(b)) => b,
         (Err(ea), Err(eb)) => {
-            return Err(format!(
-                "activity log has no valid slot (slot A: {ea}; slot B: {eb})"
-            ));
+            return Err(FormatError::NoValidSlot {
+                a: Box::new(ea),
+                b: Box::new(eb),
+            });
         }
     };
     if al_slot_size(rec.capacity) > slot_size {
-        return Err(format!(
-            "activity log is truncated: its {slot_size}-byte slots are too small for capacity {}",
-            rec.capacity
-        ));
+        return Err(FormatError::SlotsTooSmall {
+            slot_size,
+            capacity: rec.capacity,
+        });
     }
     Ok((rec, slot_size))
 }

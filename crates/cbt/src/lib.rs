@@ -560,7 +560,7 @@ impl ChangeTracker {
         let nblocks = geometry.nblocks;
         let (dirty, report, reusable_al) = match (bitmap, al) {
             (Loaded::Ok(mut dirty), Loaded::Ok((rec, slot_size))) => {
-                match recover_extents(&mut dirty, &rec, geometry, &al_path) {
+                match recover_extents(&mut dirty, &rec, geometry) {
                     Ok(()) => {
                         let report = if rec.extents.is_empty() {
                             OpenReport::Clean
@@ -573,7 +573,13 @@ impl ChangeTracker {
                             (slot_size == al_slot_size(tuning.al_capacity)).then_some(rec.seq);
                         (dirty, report, reusable)
                     }
-                    Err(reason) => (all_blocks(nblocks), OpenReport::Reset { reason }, None),
+                    Err(e) => (
+                        all_blocks(nblocks),
+                        OpenReport::Reset {
+                            reason: format!("{}: {e}", al_path.display()),
+                        },
+                        None,
+                    ),
                 }
             }
             (Loaded::Missing, Loaded::Missing) => (
@@ -1104,25 +1110,21 @@ fn recover_extents(
     dirty: &mut RoaringBitmap,
     rec: &AlRecord,
     g: Geometry,
-    al_path: &Path,
-) -> Result<(), String> {
+) -> Result<(), format::FormatError> {
     if rec.block_size != g.block_size {
-        return Err(format!(
-            "{}: geometry mismatch: activity log is for {}-byte blocks, the volume has {}-byte blocks",
-            al_path.display(),
-            rec.block_size,
-            g.block_size
-        ));
+        return Err(format::FormatError::AlGeometry {
+            al_block_size: rec.block_size,
+            block_size: g.block_size,
+        });
     }
     let eb = u64::from(rec.extent_blocks);
     for &e in &rec.extents {
         let start = u64::from(e) * eb;
         if start >= g.nblocks {
-            return Err(format!(
-                "{}: activity log names extent {e}, past the end of the volume ({} blocks)",
-                al_path.display(),
-                g.nblocks
-            ));
+            return Err(format::FormatError::AlPastEnd {
+                extent: e,
+                nblocks: g.nblocks,
+            });
         }
         let end = (start + eb).min(g.nblocks) - 1;
         dirty.insert_range(start as u32..=end as u32);

@@ -51,9 +51,9 @@ fn bitmap_roundtrip_and_rejections() {
         );
     }
     let err = decode_bitmap(&bytes, 4096, 10_001).unwrap_err();
-    assert!(err.contains("geometry mismatch"), "{err}");
+    assert!(matches!(err, FormatError::Geometry { .. }), "{err}");
     let err = decode_bitmap(&bytes, 512, 10_000).unwrap_err();
-    assert!(err.contains("geometry mismatch"), "{err}");
+    assert!(matches!(err, FormatError::Geometry { .. }), "{err}");
     assert!(decode_bitmap(&[0u8; 64], 4096, 10_000).is_err());
 }
 
@@ -63,7 +63,16 @@ fn bitmap_rejects_blocks_past_the_end() {
     bm.insert(100);
     let bytes = encode_bitmap(&bm, 512, 100);
     let err = decode_bitmap(&bytes, 512, 100).unwrap_err();
-    assert!(err.contains("past the end"), "{err}");
+    assert!(
+        matches!(
+            err,
+            FormatError::PastEnd {
+                block: 100,
+                nblocks: 100
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -32,6 +32,7 @@ struct Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         for child in &mut self.daemons {
+            // Fails only for a daemon that already exited.
             if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
@@ -41,17 +42,26 @@ impl Drop for Demo {
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // As above: a daemon that is gone needs neither.
             let _ = child.kill();
             let _ = child.wait();
         }
         if self.keep {
             println!("\nsites kept (stopped) in {}", self.dir.display());
         } else {
-            for s in SITES {
-                let _ = std::fs::remove_dir_all(self.dir.join(s));
-            }
-            for extra in ["replicas-of-site-a", "replicas-of-site-b", "hooks"] {
-                let _ = std::fs::remove_dir_all(self.dir.join(extra));
+            for d in SITES
+                .iter()
+                .chain(&["replicas-of-site-a", "replicas-of-site-b", "hooks"])
+            {
+                let path = self.dir.join(d);
+                if let Err(e) = std::fs::remove_dir_all(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    eprintln!(
+                        "warning: removing {}: {e}; remove it by hand",
+                        path.display()
+                    );
+                }
             }
         }
     }
@@ -256,11 +266,14 @@ pub fn run(dir: Option<&Path>, keep: bool) -> anyhow::Result<()> {
     };
     let result = scenario(&mut d);
     let reports = dir.join("reports");
+    // A failure shows in the copies below.
     let _ = std::fs::create_dir_all(&reports);
     for s in SITES {
         if let Ok(entries) = std::fs::read_dir(d.site_dir(s).join("reports")) {
             for e in entries.flatten() {
-                let _ = std::fs::copy(e.path(), reports.join(e.file_name()));
+                if let Err(err) = std::fs::copy(e.path(), reports.join(e.file_name())) {
+                    eprintln!("warning: copying report {}: {err}", e.path().display());
+                }
             }
         }
     }

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             // differences, keeps the result and the exit code).
             if json && !output::printed() {
                 let (code, status) = error_code(&e);
+                // Stdout is gone if this fails; the exit code still says it.
                 let _ = output::emit_error(code, &format!("{e:#}"), status);
             }
             ExitCode::FAILURE
@@ -81,6 +82,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
+    // As above: if the terminal is gone, the exit code still says it.
     let _ = e.print();
     if json {
         // clap's first line is the error itself; the rest is usage.

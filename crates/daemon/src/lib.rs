@@ -85,7 +85,13 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     let closed = site.close().context("closing volumes");
-    let _ = std::fs::remove_file(layout.daemon_info());
+    // A stale daemon.json would name a daemon that is gone.
+    match std::fs::remove_file(layout.daemon_info()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", layout.daemon_info().display())
+        }
+        _ => {}
+    }
     result?;
     closed?;
     tracing::info!("site stopped cleanly");
@@ -152,6 +158,7 @@ async fn serve(
     let listen_bound = repl_listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // Fails only when the sender is gone, which also means stop.
         let _ = rx.wait_for(|v| *v).await;
     };
     {
@@ -225,6 +232,7 @@ async fn serve(
     let served = offsite_api::serve(api_listener, state, shutdown_signal())
         .await
         .context("serving the API");
+    // Fails only when every task already ended: nothing left to stop.
     let _ = stop_tx.send(true);
     for task in [repl_task] {
         match task.await {
@@ -233,10 +241,17 @@ async fn serve(
             Ok(Ok(())) => {}
         }
     }
-    let _ = monitor_task.await;
-    let _ = reload_task.await;
-    if let Some(task) = watchdog_task {
-        let _ = task.await;
+    // They return nothing; a panic in one is a bug worth the log.
+    if let Err(e) = monitor_task.await {
+        tracing::error!("partner monitor task: {e}");
+    }
+    if let Err(e) = reload_task.await {
+        tracing::error!("configuration reload task: {e}");
+    }
+    if let Some(task) = watchdog_task
+        && let Err(e) = task.await
+    {
+        tracing::error!("watchdog task: {e}");
     }
     served
 }

@@ -152,6 +152,8 @@ pub fn install_for_cli(default: &str) {
         }),
         None => EnvFilter::new(default),
     };
+    // Fails only when a subscriber is already installed (tests that start
+    // several daemons in one process): that one keeps logging.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

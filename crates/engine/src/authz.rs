@@ -50,6 +50,71 @@ fn specificity(pattern: &str, primary: &str) -> Option<usize> {
         .then_some(suffix.len())
 }
 
+/// Why a primary may not replicate to this site, or why the site could not
+/// decide. Each message names the rule and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    /// The matching entry requires another security tag.
+    #[error(
+        "site {site} refuses primary {primary}: authorization entry {pattern:?} requires security tag {required:?}, the group presents {}; create the group with --security-tag {required} or change the entry on {site}",
+        presented.as_ref().map_or("none".to_string(), |t| format!("{t:?}"))
+    )]
+    TagMismatch {
+        /// This site.
+        site: String,
+        /// The primary asking.
+        primary: String,
+        /// The entry that matched.
+        pattern: String,
+        /// The tag it requires.
+        required: String,
+        /// The tag the group presents, if any.
+        presented: Option<String>,
+    },
+    /// No entry matches and allow-any-partner is off.
+    #[error(
+        "site {site} refuses primary {primary}: no authorization entry matches {primary:?} and allow-any-partner is off; on {site} run `offsite authz add --allowed-primary {primary} --storage-location DIR` (or `offsite site set --allow-any-partner true`)"
+    )]
+    NoEntry {
+        /// This site.
+        site: String,
+        /// The primary asking.
+        primary: String,
+    },
+    /// The authorization entries could not be read: nothing was decided.
+    #[error("site {site} cannot read its authorization entries: {source}")]
+    Entries {
+        /// This site.
+        site: String,
+        /// What the catalog said.
+        #[source]
+        source: Box<offsite_catalog::CatalogError>,
+    },
+    /// The site's settings could not be read: nothing was decided.
+    #[error("site {site} cannot read its settings: {source}")]
+    Settings {
+        /// This site.
+        site: String,
+        /// What failed.
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// allow-any-partner admits the primary, but the default storage
+    /// location is unusable.
+    #[error(transparent)]
+    StorageLocation(Box<EngineError>),
+}
+
+impl AuthzError {
+    /// Whether the site refused (as opposed to failing to decide).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            AuthzError::TagMismatch { .. } | AuthzError::NoEntry { .. }
+        )
+    }
+}
+
 /// Decides whether `primary` presenting `tag` may replicate here.
 pub fn authorize(
     site: &str,
@@ -58,7 +123,7 @@ pub fn authorize(
     default_location: &str,
     primary: &str,
     tag: Option<&str>,
-) -> Result<Grant, String> {
+) -> Result<Grant, AuthzError> {
     let best = entries
         .iter()
         .filter_map(|e| specificity(&e.pattern, primary).map(|s| (s, e)))
@@ -69,11 +134,13 @@ pub fn authorize(
             if let Some(required) = &entry.security_tag
                 && tag != Some(required.as_str())
             {
-                return Err(format!(
-                    "site {site} refuses primary {primary}: authorization entry {:?} requires security tag {required:?}, the group presents {}; create the group with --security-tag {required} or change the entry on {site}",
-                    entry.pattern,
-                    tag.map_or("none".to_string(), |t| format!("{t:?}")),
-                ));
+                return Err(AuthzError::TagMismatch {
+                    site: site.to_string(),
+                    primary: primary.to_string(),
+                    pattern: entry.pattern.clone(),
+                    required: required.clone(),
+                    presented: tag.map(str::to_string),
+                });
             }
             Ok(Grant {
                 storage_location: entry.storage_location.clone(),
@@ -84,9 +151,10 @@ pub fn authorize(
             storage_location: default_location.to_string(),
             rule: "allow-any-partner".into(),
         }),
-        None => Err(format!(
-            "site {site} refuses primary {primary}: no authorization entry matches {primary:?} and allow-any-partner is off; on {site} run `offsite authz add --allowed-primary {primary} --storage-location DIR` (or `offsite site set --allow-any-partner true`)"
-        )),
+        None => Err(AuthzError::NoEntry {
+            site: site.to_string(),
+            primary: primary.to_string(),
+        }),
     }
 }
 
@@ -133,11 +201,16 @@ mod tests {
         let err =
             authorize("r", &entries, false, "/d", "a.example.com", Some("silver")).unwrap_err();
         assert!(
-            err.contains("\"*.example.com\"") && err.contains("gold") && err.contains("silver"),
+            matches!(&err, AuthzError::TagMismatch { required, presented: Some(p), .. } if required == "gold" && p == "silver"),
             "{err}"
         );
+        let text = err.to_string();
+        assert!(
+            text.contains("\"*.example.com\"") && text.contains("gold") && text.contains("silver"),
+            "{text}"
+        );
         let err = authorize("r", &entries, false, "/d", "a.example.com", None).unwrap_err();
-        assert!(err.contains("presents none"), "{err}");
+        assert!(err.to_string().contains("presents none"), "{err}");
         let g = authorize("r", &entries, false, "/d", "a.example.com", Some("gold")).unwrap();
         assert_eq!(g.rule, "authz entry \"*.example.com\"");
     }
@@ -145,9 +218,11 @@ mod tests {
     #[test]
     fn no_entry_refused_unless_allow_any() {
         let err = authorize("r", &[], false, "/d", "a", None).unwrap_err();
+        assert!(matches!(err, AuthzError::NoEntry { .. }), "{err}");
+        let text = err.to_string();
         assert!(
-            err.contains("no authorization entry") && err.contains("authz add"),
-            "{err}"
+            text.contains("no authorization entry") && text.contains("authz add"),
+            "{text}"
         );
         let g = authorize("r", &[], true, "/d", "a", Some("t")).unwrap();
         assert_eq!(

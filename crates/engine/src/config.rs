@@ -321,17 +321,37 @@ impl SiteConfig {
     }
 }
 
+/// An address that is not a usable HOST:PORT.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// Not of the form HOST:PORT, or the host does not resolve.
+    #[error("{addr:?} is not HOST:PORT ({source})")]
+    Malformed {
+        /// The text given.
+        addr: String,
+        /// What the resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host resolves to nothing.
+    #[error("{0:?} resolves to no address")]
+    NoAddress(String),
+}
+
 /// Parses HOST:PORT (IP literal or `localhost`).
-pub fn parse_addr(addr: &str) -> Result<std::net::SocketAddr, String> {
+pub fn parse_addr(addr: &str) -> Result<std::net::SocketAddr, AddrError> {
     use std::net::ToSocketAddrs;
     if let Ok(a) = addr.parse() {
         return Ok(a);
     }
     let mut it = addr
         .to_socket_addrs()
-        .map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
+        .map_err(|source| AddrError::Malformed {
+            addr: addr.to_string(),
+            source,
+        })?;
     it.next()
-        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+        .ok_or_else(|| AddrError::NoAddress(addr.to_string()))
 }
 
 #[cfg(test)]

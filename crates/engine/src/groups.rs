@@ -417,6 +417,7 @@ impl Site {
         if let Some(v) = removed
             && let Ok(v) = Arc::try_unwrap(v)
         {
+            // Its files are removed next: what closing would flush is moot.
             let _ = v.close();
         }
         crate::Volume::remove_files(&self.layout, row.id)?;

@@ -224,6 +224,8 @@ pub fn run_shell(
             Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() >= deadline => {
                 timed_out = true;
+                // Either kill fails only when the process (group) is
+                // already gone, which is what we want.
                 if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
                 }
@@ -236,6 +238,7 @@ pub fn run_shell(
     };
     // A command that left a background child holding the pipe must not
     // hang us: kill what remains of its process group.
+    // Fails (ESRCH) when nothing remains, the usual case.
     if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }

@@ -328,19 +328,22 @@ impl Site {
 
     /// Decides, as a replica site, whether `primary` presenting `tag` may
     /// replicate here. The error names the rule and what to change.
-    pub fn authorize_primary(&self, primary: &str, tag: Option<&str>) -> Result<Grant, String> {
+    pub fn authorize_primary(
+        &self,
+        primary: &str,
+        tag: Option<&str>,
+    ) -> Result<Grant, authz::AuthzError> {
         // Two statements: the catalog guard of the first must be released
         // before `settings()` takes the catalog again.
         let entries = self.catalog().authz_entries();
-        let entries = entries.map_err(|e| {
-            format!(
-                "site {} cannot read its authorization entries: {e}",
-                self.config().name
-            )
+        let entries = entries.map_err(|e| authz::AuthzError::Entries {
+            site: self.config().name.clone(),
+            source: Box::new(e),
         })?;
-        let settings = self
-            .settings()
-            .map_err(|e| format!("site {} cannot read its settings: {e}", self.config().name))?;
+        let settings = self.settings().map_err(|e| authz::AuthzError::Settings {
+            site: self.config().name.clone(),
+            source: Box::new(e),
+        })?;
         let grant = authz::authorize(
             &self.config().name,
             &entries,
@@ -352,7 +355,8 @@ impl Site {
         match &grant {
             Ok(g) => {
                 if g.rule == "allow-any-partner" {
-                    check_storage_location(&g.storage_location).map_err(|e| e.to_string())?;
+                    check_storage_location(&g.storage_location)
+                        .map_err(|e| authz::AuthzError::StorageLocation(Box::new(e)))?;
                 }
                 self.event(
                     "authz.granted",
@@ -363,7 +367,7 @@ impl Site {
                     ),
                 );
             }
-            Err(reason) => self.event("authz.refused", Some(primary), reason),
+            Err(reason) => self.event("authz.refused", Some(primary), &reason.to_string()),
         }
         grant
     }

@@ -137,14 +137,19 @@ impl Site {
             import_source: None,
             lower: Some(lower),
         })?;
-        let volume =
-            match Volume::create_layered(&self.layout, row.clone(), pit_lower(store, lower)?) {
-                Ok(v) => Arc::new(v),
-                Err(e) => {
-                    let _ = self.catalog().delete_volume(&row.name);
-                    return Err(e);
+        let volume = match Volume::create_layered(
+            &self.layout,
+            row.clone(),
+            pit_lower(store, lower)?,
+        ) {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                if let Err(de) = self.catalog().delete_volume(&row.name) {
+                    tracing::warn!(volume = %row.name, error = %de, "removing the catalog row of a failed promotion; `offsite volume delete` removes it");
                 }
-            };
+                return Err(e);
+            }
+        };
         self.insert_live(volume.clone());
         self.event(
             "volume.promoted",

@@ -305,7 +305,9 @@ impl Site {
                 if let Err(re) = Volume::remove_files(&self.layout, row.id) {
                     tracing::warn!(volume = %row.name, error = %re, "removing the files of a failed create");
                 }
-                let _ = self.catalog().delete_volume(&row.name);
+                if let Err(de) = self.catalog().delete_volume(&row.name) {
+                    tracing::warn!(volume = %row.name, error = %de, "removing the catalog row of a failed create; `offsite volume delete` removes it");
+                }
                 return Err(e);
             }
         };

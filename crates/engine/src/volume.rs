@@ -345,8 +345,16 @@ impl Volume {
         ) {
             Ok(t) => t,
             Err(e) => {
-                let _ = VolumeFile::remove(data);
-                let _ = Layered::remove(&layout.volumes_dir(), &Layout::volume_stem(row.id));
+                // Left behind, they would block the next volume given
+                // this id: say so.
+                if let Err(re) = VolumeFile::remove(data) {
+                    tracing::warn!(volume = %row.name, error = %re, "removing the data file of a failed create");
+                }
+                if let Err(re) =
+                    Layered::remove(&layout.volumes_dir(), &Layout::volume_stem(row.id))
+                {
+                    tracing::warn!(volume = %row.name, error = %re, "removing the layer files of a failed create");
+                }
                 return Err(e.into());
             }
         };

@@ -3,6 +3,8 @@
 //! timeline, no scripts, no external resources) that reads on its own,
 //! e.g. attached to an audit ticket.
 
+// Every `write!` here goes to a `String`, which cannot fail: the
+// `let _ =` discards an always-`Ok` result.
 use std::fmt::Write;
 
 use crate::model::PlanRunReport;

@@ -374,9 +374,51 @@ fn build_steps(plan: &PlanRow, mode: &str, here: &str, there: &str) -> Vec<PlanR
     b.steps
 }
 
+/// Why a step failed; the text goes to the run report.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    /// The step's site was found unreachable at an earlier step.
+    #[error("not attempted: {0}")]
+    NotAttempted(String),
+    /// The step's site could not be reached: the steps after it there
+    /// are not attempted.
+    #[error("unreachable: {0}")]
+    Unreachable(Box<offsite_repl::ReplError>),
+    /// Replication refused or failed.
+    #[error(transparent)]
+    Repl(Box<offsite_repl::ReplError>),
+    /// The site engine failed (a hook, the catalog).
+    #[error(transparent)]
+    Engine(#[from] offsite_engine::EngineError),
+    /// A callout command or a VM's wait failed.
+    #[error(transparent)]
+    Command(#[from] crate::exec::CommandError),
+    /// A failover promoted, but with errors.
+    #[error("{}", .0.join("; "))]
+    Failover(Vec<String>),
+    /// The plan was edited and no longer has the step.
+    #[error("the plan no longer has this step; `offsite plan show {0}`")]
+    StepGone(String),
+    /// The step's VM is not one of its group's at this site.
+    #[error("group {group} has no VM {vm} at this site")]
+    NoSuchVm { group: String, vm: String },
+    /// A step kind this build does not know.
+    #[error("unknown step kind {0}")]
+    UnknownKind(String),
+    /// The step's blocking task panicked or was cancelled.
+    #[error("{0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl From<offsite_repl::ReplError> for StepError {
+    fn from(e: offsite_repl::ReplError) -> Self {
+        StepError::Repl(Box::new(e))
+    }
+}
+
 /// What one step produced.
 struct Outcome {
-    result: Result<String, String>,
+    result: Result<String, StepError>,
     group: Option<PlanRunGroup>,
 }
 
@@ -731,13 +773,13 @@ impl Plans {
                     report
                         .errors
                         .push(format!("step {} ({}) at {}: {e}", s.index, s.name, s.site));
-                    if s.site != here && lost.is_none() && is_unreachable_text(&e) {
+                    if s.site != here && lost.is_none() && matches!(e, StepError::Unreachable(_)) {
                         *lost = Some(format!(
                             "site {} could not be reached at step {} ({e})",
                             s.site, s.index
                         ));
                     }
-                    s.error = Some(e);
+                    s.error = Some(e.to_string());
                     failed = true;
                 }
             }
@@ -770,7 +812,7 @@ impl Plans {
         if step.site != here
             && let Some(why) = lost
         {
-            return plain(Err(format!("not attempted: {why}")));
+            return plain(Err(StepError::NotAttempted(why.to_string())));
         }
         match step.kind.as_str() {
             "pre-sync" => plain(
@@ -782,7 +824,7 @@ impl Plans {
                             format!("PIT {} ({} bytes)", p.id, p.bytes)
                         })
                     })
-                    .map_err(|e| e.to_string()),
+                    .map_err(StepError::from),
             ),
             "shutdown-vm" | "prepare" => {
                 let op = SiteOp {
@@ -800,9 +842,9 @@ impl Plans {
                         .await
                         .map_err(|e| {
                             if e.is_unreachable() {
-                                format!("{UNREACHABLE}: {e}")
+                                StepError::Unreachable(Box::new(e))
                             } else {
-                                e.to_string()
+                                StepError::from(e)
                             }
                         }),
                 )
@@ -816,7 +858,7 @@ impl Plans {
                     .stop_test_with(&group, false)
                     .await
                     .map(|r| format!("clones of PIT {} discarded", r.pit))
-                    .map_err(|e| e.to_string()),
+                    .map_err(StepError::from),
             ),
             "reverse" => plain(
                 self.repl
@@ -828,11 +870,11 @@ impl Plans {
                             r.pit, r.bytes_transferred
                         )
                     })
-                    .map_err(|e| e.to_string()),
+                    .map_err(StepError::from),
             ),
             "start-vm" | "stop-vm" => plain(self.vm_hook(plan, mode, step).await),
             "command" => plain(self.command_step(plan, mode, run_id, step).await),
-            other => plain(Err(format!("unknown step kind {other}"))),
+            other => plain(Err(StepError::UnknownKind(other.to_string()))),
         }
     }
 
@@ -867,13 +909,13 @@ impl Plans {
                     result: if r.errors.is_empty() {
                         Ok(out)
                     } else {
-                        Err(r.errors.join("; "))
+                        Err(StepError::Failover(r.errors))
                     },
                     group: Some(g),
                 }
             }
             Err(e) => Outcome {
-                result: Err(e.to_string()),
+                result: Err(e.into()),
                 group: None,
             },
         }
@@ -886,12 +928,9 @@ impl Plans {
         mode: &str,
         run_id: &str,
         step: &PlanRunStep,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let Some(def) = plan.steps.iter().find(|s| s.name == step.name) else {
-            return Err(format!(
-                "the plan no longer has this step; `offsite plan show {}`",
-                plan.name
-            ));
+            return Err(StepError::StepGone(plan.name.clone()));
         };
         let mut env = vec![
             ("OFFSITE_PLAN".to_string(), plan.name.clone()),
@@ -907,9 +946,7 @@ impl Plans {
         }
         let cmd = def.body.clone();
         let timeout = Duration::from_secs(def.timeout_secs);
-        tokio::task::spawn_blocking(move || crate::exec::run(&cmd, &env, timeout))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
+        Ok(tokio::task::spawn_blocking(move || crate::exec::run(&cmd, &env, timeout)).await??)
     }
 
     /// The PIT a group was recovered from, and the data it lacks: its age
@@ -946,21 +983,21 @@ impl Plans {
         plan: &PlanRow,
         mode: &str,
         step: &PlanRunStep,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let group = step.group.clone().unwrap_or_default();
         let name = step.vm.clone().unwrap_or_default();
         let site = self.site.clone();
         let g = group.clone();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
         let vm = row
             .vms
             .iter()
             .find(|v| v.name == name)
             .cloned()
-            .ok_or_else(|| format!("group {group} has no VM {name} at this site"))?;
+            .ok_or_else(|| StepError::NoSuchVm {
+                group: group.clone(),
+                vm: name.clone(),
+            })?;
         let pv = plan.vms.iter().find(|v| v.vm == name).cloned();
         let test = mode == "test" || mode == "cleanup";
         let mut env = vec![
@@ -1003,9 +1040,7 @@ impl Plans {
             let mut out = match cmd {
                 None => format!("VM {name} has no {} hook", action.as_str()),
                 Some(cmd) => {
-                    let run = site
-                        .run_hook(&group, &name, action, &cmd, &env2, timeout)
-                        .map_err(|e| e.to_string())?;
+                    let run = site.run_hook(&group, &name, action, &cmd, &env2, timeout)?;
                     format!(
                         "{} hook exited 0 after {} ms{}",
                         action.as_str(),
@@ -1021,18 +1056,10 @@ impl Plans {
                     started.elapsed().as_millis()
                 ));
             }
-            Ok(out)
+            Ok::<_, StepError>(out)
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
-}
-
-/// Marks errors of a site that could not be reached.
-const UNREACHABLE: &str = "unreachable";
-
-fn is_unreachable_text(e: &str) -> bool {
-    e.starts_with(UNREACHABLE)
 }
 
 /// The report as a client sees it (derived fields filled in).

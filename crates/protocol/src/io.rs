@@ -144,7 +144,7 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         let mut frame = self.pool.take(total);
         let have = self.buf.len().min(total);
         frame.extend_from_slice(&self.buf[..have]);
-        let _ = self.buf.split_to(have);
+        bytes::Buf::advance(&mut self.buf, have);
         while frame.len() < total {
             let want = total - frame.len();
             if self.inner.read_buf(&mut (&mut frame).limit(want)).await? == 0 {

@@ -1,12 +1,20 @@
 //! A session to a partner as the group runners use it: typed requests
 //! with ids, and bulk batches under a window of unacknowledged frames and
 //! the group's bandwidth limit.
+//!
+//! The runners hold a [`PeerLink`], a boxed [`Link`]: [`Channel`] over a
+//! real [`Session`] in a daemon, and in the crate's tests a fake peer that
+//! answers through a second in-process site's dispatch table (`testing`),
+//! so the cycle, initial replication, verify, failover and reverse code
+//! run unchanged against synthetic link failures and refusals.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use offsite_protocol::Message;
-use offsite_transport::{Session, TokenBucket};
+use offsite_transport::{DirectStream, Session, TokenBucket};
 
 use crate::control::{HashList, Reply, Rpc};
 use crate::wire::Hashes;
@@ -15,16 +23,82 @@ use crate::{RemoteError, ReplError};
 /// Bulk frames in flight before the sender waits for acknowledgements.
 const WINDOW: u64 = 32;
 
+/// A future a [`Link`] returns (boxed: the runners hold links as trait
+/// objects, so that a test can hand them a fake peer).
+pub(crate) type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An open link to a partner, as [`Replication::channel`] hands it out.
+///
+/// [`Replication::channel`]: crate::Replication::channel
+pub(crate) type PeerLink = Box<dyn Link>;
+
+/// What the runners need of a link to their partner: requests answered in
+/// order, bulk batches acknowledged before the next request's answer, and
+/// the hand-over of the connection to a sync stream.
+pub(crate) trait Link: Send {
+    /// The partner's name, for errors.
+    fn partner(&self) -> &str;
+
+    /// Sends a request of `kind` (after every outstanding batch is
+    /// acknowledged) and returns the answer's body.
+    fn request(&mut self, kind: u16, body: Bytes) -> LinkFuture<'_, Result<Bytes, ReplError>>;
+
+    /// Sends one bulk batch; waits for acknowledgements while too many are
+    /// outstanding.
+    fn send_batch(&mut self, payload: Vec<u8>) -> LinkFuture<'_, Result<(), ReplError>>;
+
+    /// Bulk payload bytes sent on this link.
+    fn sent(&self) -> u64;
+
+    /// Ends the link.
+    fn close(self: Box<Self>) -> LinkFuture<'static, ()>;
+
+    /// Hands the link's connection to blocking threads (the sync stream;
+    /// see [`offsite_transport::DirectStream`]).
+    fn into_direct(self: Box<Self>) -> LinkFuture<'static, Result<DirectStream, ReplError>>;
+}
+
+impl dyn Link + '_ {
+    /// Sends a typed request (after every outstanding batch is
+    /// acknowledged) and returns its typed answer.
+    pub(crate) fn call<'a, R: Rpc>(
+        &'a mut self,
+        request: &R,
+    ) -> impl Future<Output = Result<R::Reply, ReplError>> + Send + 'a {
+        // Encoded before the future: it holds no reference to `request`.
+        let body = request.encode();
+        async move {
+            let answer = self.request(R::KIND, body).await?;
+            R::Reply::decode(&answer).map_err(|e| ReplError::Protocol {
+                partner: self.partner().to_string(),
+                why: format!("answer to {}: {e}", R::NAME),
+            })
+        }
+    }
+
+    /// BLAKE3 of `req.count` blocks at the replica, 32 bytes each.
+    pub(crate) async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
+        let HashList(answer) = self.call(req).await?;
+        if answer.len() as u64 != req.count * 32 {
+            return Err(ReplError::Protocol {
+                partner: self.partner().to_string(),
+                why: format!("{} hash bytes for {} blocks", answer.len(), req.count),
+            });
+        }
+        Ok(answer)
+    }
+}
+
 /// A session with request ids and bulk flow control.
 pub(crate) struct Channel {
-    pub(crate) session: Session,
+    session: Session,
     partner: String,
     next_id: u64,
     next_seq: u64,
     unacked: u64,
     bucket: Option<Arc<TokenBucket>>,
     /// Bulk payload bytes sent on this channel.
-    pub(crate) sent: u64,
+    sent: u64,
 }
 
 impl Channel {
@@ -46,18 +120,6 @@ impl Channel {
         }
     }
 
-    pub(crate) async fn close(self) {
-        self.session.close().await;
-    }
-
-    /// Hands the channel's connection to blocking threads (the sync
-    /// stream; see [`offsite_transport::DirectStream`]).
-    pub(crate) async fn into_direct(
-        self,
-    ) -> Result<offsite_transport::DirectStream, offsite_transport::TransportError> {
-        self.session.into_direct().await
-    }
-
     fn transport(&self) -> impl Fn(offsite_transport::TransportError) -> ReplError + '_ {
         |source| ReplError::Transport {
             partner: self.partner.clone(),
@@ -66,7 +128,7 @@ impl Channel {
     }
 
     /// Waits for one bulk acknowledgement.
-    pub(crate) async fn take_ack(&mut self) -> Result<(), ReplError> {
+    async fn take_ack(&mut self) -> Result<(), ReplError> {
         match self.session.recv().await.map_err(self.transport())? {
             Some(Message::BulkAck { .. }) => {
                 self.unacked -= 1;
@@ -89,7 +151,7 @@ impl Channel {
         }
     }
 
-    pub(crate) async fn send_batch(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
+    async fn send_bulk(&mut self, payload: Vec<u8>) -> Result<(), ReplError> {
         self.sent += payload.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -111,19 +173,9 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends a typed request (after every outstanding batch is
-    /// acknowledged) and returns its typed answer.
-    pub(crate) async fn call<R: Rpc>(&mut self, request: &R) -> Result<R::Reply, ReplError> {
-        let answer = self.request(R::KIND, request.encode()).await?;
-        R::Reply::decode(&answer).map_err(|e| ReplError::Protocol {
-            partner: self.partner.clone(),
-            why: format!("answer to {}: {e}", R::NAME),
-        })
-    }
-
     /// Sends a request (after every outstanding batch is acknowledged) and
     /// returns the answer's body.
-    async fn request(&mut self, kind: u16, body: Bytes) -> Result<Bytes, ReplError> {
+    async fn ask(&mut self, kind: u16, body: Bytes) -> Result<Bytes, ReplError> {
         while self.unacked > 0 {
             self.take_ack().await?;
         }
@@ -154,16 +206,37 @@ impl Channel {
             }),
         }
     }
+}
 
-    /// BLAKE3 of `req.count` blocks at the replica, 32 bytes each.
-    pub(crate) async fn hashes(&mut self, req: &Hashes) -> Result<Bytes, ReplError> {
-        let HashList(answer) = self.call(req).await?;
-        if answer.len() as u64 != req.count * 32 {
-            return Err(ReplError::Protocol {
-                partner: self.partner.clone(),
-                why: format!("{} hash bytes for {} blocks", answer.len(), req.count),
-            });
-        }
-        Ok(answer)
+impl Link for Channel {
+    fn partner(&self) -> &str {
+        &self.partner
+    }
+
+    fn request(&mut self, kind: u16, body: Bytes) -> LinkFuture<'_, Result<Bytes, ReplError>> {
+        Box::pin(self.ask(kind, body))
+    }
+
+    fn send_batch(&mut self, payload: Vec<u8>) -> LinkFuture<'_, Result<(), ReplError>> {
+        Box::pin(self.send_bulk(payload))
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn close(self: Box<Self>) -> LinkFuture<'static, ()> {
+        Box::pin(self.session.close())
+    }
+
+    fn into_direct(self: Box<Self>) -> LinkFuture<'static, Result<DirectStream, ReplError>> {
+        let partner = self.partner;
+        let session = self.session;
+        Box::pin(async move {
+            session
+                .into_direct()
+                .await
+                .map_err(|source| ReplError::Transport { partner, source })
+        })
     }
 }

@@ -260,6 +260,18 @@ impl From<offsite_engine::EngineError> for RemoteError {
     }
 }
 
+/// A primary this site refuses is `unauthorized`; a site that could not
+/// decide failed (`internal`).
+impl From<offsite_engine::authz::AuthzError> for RemoteError {
+    fn from(e: offsite_engine::authz::AuthzError) -> Self {
+        if e.is_refusal() {
+            RemoteError::Unauthorized(e.to_string())
+        } else {
+            RemoteError::Internal(e.to_string())
+        }
+    }
+}
+
 /// A blocking task that could not finish.
 impl From<tokio::task::JoinError> for RemoteError {
     fn from(e: tokio::task::JoinError) -> Self {
@@ -595,6 +607,34 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorization_refusals_are_unauthorized_and_failures_internal() {
+        use offsite_engine::authz::AuthzError;
+        let refused = RemoteError::from(AuthzError::NoEntry {
+            site: "b".into(),
+            primary: "a".into(),
+        });
+        assert_eq!(refused.code(), "unauthorized");
+        assert!(
+            refused.message().starts_with("site b refuses primary a"),
+            "{refused}"
+        );
+        let tag = RemoteError::from(AuthzError::TagMismatch {
+            site: "b".into(),
+            primary: "a".into(),
+            pattern: "*".into(),
+            required: "gold".into(),
+            presented: None,
+        });
+        assert_eq!(tag.code(), "unauthorized");
+        assert!(tag.message().contains("presents none"), "{tag}");
+        let failed = RemoteError::from(AuthzError::StorageLocation(Box::new(
+            offsite_engine::EngineError::Invalid("no such directory".into()),
+        )));
+        assert_eq!(failed.code(), "internal");
+        assert_eq!(failed.message(), "no such directory");
+    }
 
     #[test]
     fn codes_round_trip_and_are_listed() {

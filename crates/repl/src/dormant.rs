@@ -23,6 +23,8 @@ use offsite_catalog::{GroupRow, GroupState, Role};
 use offsite_engine::Volume;
 use offsite_replica::{PitInfo, ReplicaStore};
 
+use crate::RemoteError;
+use crate::replica::storage_error;
 use crate::run_blocking as blocking;
 use crate::switch::split_brain_name;
 use crate::wire::{self, ReverseReady};
@@ -30,22 +32,45 @@ use crate::wire::{self, ReverseReady};
 /// Blocks compared per read.
 const CHUNK_BLOCKS: u64 = 256;
 
+/// Why a dormant replica store cannot take the replica's role back (it is
+/// replaced by a new one built from the volumes).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotResumable {
+    /// The store's volumes are not the group's.
+    #[error("its volumes differ from the group's")]
+    VolumesDiffer,
+    /// A PIT of the store failed its checks.
+    #[error("PIT {id} is damaged ({why})")]
+    Damaged {
+        /// The (oldest) damaged PIT.
+        id: offsite_replica::PitId,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Nothing in the store is worth keeping.
+    #[error("it holds no named PIT")]
+    NoNamedPit,
+}
+
 /// Whether `store` can take the replica's role back for `row`: same
 /// volumes, no damaged PIT, and a named PIT to keep. The reason when not.
-pub(crate) fn resumable(store: &ReplicaStore, row: &GroupRow) -> Result<(), String> {
+pub(crate) fn resumable(store: &ReplicaStore, row: &GroupRow) -> Result<(), NotResumable> {
     let specs = store.volumes();
     let same = specs.len() == row.volumes.len()
         && specs.iter().zip(&row.volumes).all(|(s, v)| {
             s.name == v.volume && s.size_bytes == v.size_bytes && s.block_size == v.block_size
         });
     if !same {
-        return Err("its volumes differ from the group's".into());
+        return Err(NotResumable::VolumesDiffer);
     }
     if let Some(d) = store.damaged().first() {
-        return Err(format!("PIT {} is damaged ({})", d.id, d.why));
+        return Err(NotResumable::Damaged {
+            id: d.id,
+            why: d.why.clone(),
+        });
     }
     if !store.pits().iter().any(|p| p.name.is_some()) {
-        return Err("it holds no named PIT".into());
+        return Err(NotResumable::NoNamedPit);
     }
     Ok(())
 }
@@ -61,12 +86,12 @@ pub(crate) fn resume(
     after: u64,
     name: Option<String>,
     created_at: String,
-) -> Result<Option<PitInfo>, String> {
+) -> Result<Option<PitInfo>, RemoteError> {
     store.number_after(after);
     let newest = store.newest().map(|p| p.id);
     let mut writer = store
         .begin_pit()
-        .map_err(|e| format!("resuming the replica store: {e}"))?;
+        .map_err(|e| storage_error(format!("resuming the replica store: {e}"), &e))?;
     let mut changed = 0u64;
     for v in live {
         let row = v.row();
@@ -76,13 +101,12 @@ pub(crate) fn resume(
         let mut theirs = vec![0u8; ours.len()];
         let mut offset = 0u64;
         while offset < size {
-            let a = v
-                .file()
-                .next_data(offset)
-                .map_err(|e| format!("looking for data in volume {name}: {e}"))?;
-            let b = store
-                .next_data(newest, name, offset)
-                .map_err(|e| format!("looking for data in the replica store: {e}"))?;
+            let a = v.file().next_data(offset).map_err(|e| {
+                RemoteError::Internal(format!("looking for data in volume {name}: {e}"))
+            })?;
+            let b = store.next_data(newest, name, offset).map_err(|e| {
+                storage_error(format!("looking for data in the replica store: {e}"), &e)
+            })?;
             let Some(at) = [a, b].into_iter().flatten().min() else {
                 break;
             };
@@ -91,10 +115,13 @@ pub(crate) fn resume(
             let (ours, theirs) = (&mut ours[..len as usize], &mut theirs[..len as usize]);
             v.file()
                 .read_at(ours, start)
-                .map_err(|e| format!("reading volume {name}: {e}"))?;
-            store
-                .read(newest, name, start, theirs)
-                .map_err(|e| format!("reading the replica store's copy of {name}: {e}"))?;
+                .map_err(|e| RemoteError::Internal(format!("reading volume {name}: {e}")))?;
+            store.read(newest, name, start, theirs).map_err(|e| {
+                storage_error(
+                    format!("reading the replica store's copy of {name}: {e}"),
+                    &e,
+                )
+            })?;
             for (i, (o, t)) in ours
                 .chunks(bs as usize)
                 .zip(theirs.chunks(bs as usize))
@@ -109,7 +136,7 @@ pub(crate) fn resume(
                 } else {
                     writer.write_block(name, block, o)
                 };
-                r.map_err(|e| format!("resuming the replica store: {e}"))?;
+                r.map_err(|e| storage_error(format!("resuming the replica store: {e}"), &e))?;
                 changed += 1;
             }
             offset = start + len;
@@ -121,7 +148,7 @@ pub(crate) fn resume(
     }
     let info = writer
         .commit(name, created_at)
-        .map_err(|e| format!("resuming the replica store: {e}"))?;
+        .map_err(|e| storage_error(format!("resuming the replica store: {e}"), &e))?;
     tracing::info!(store = %store.dir().display(), pit = %info.id, blocks = changed, "the dormant replica store takes the replica's role again");
     Ok(Some(info))
 }
@@ -162,7 +189,7 @@ pub(crate) fn resume_dormant(
     live: Vec<Arc<offsite_engine::Volume>>,
     after: u64,
     isolated: bool,
-) -> Result<ReverseReady, String> {
+) -> Result<ReverseReady, RemoteError> {
     let unreplicated = live
         .iter()
         .map(|v| v.tracker().snapshot().iter().collect::<Vec<u32>>())
@@ -172,7 +199,7 @@ pub(crate) fn resume_dormant(
     let pit = crate::dormant::resume(store, &live, after, name.clone(), now_rfc3339())?;
     drop(live);
     for v in &r.volumes {
-        site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+        site.retire_volume(&v.volume)?;
     }
     let store_dir = store.dir().display().to_string();
     let rows = crate::pits::pit_rows(store);
@@ -181,10 +208,8 @@ pub(crate) fn resume_dormant(
         Role::Replica,
         Some(&store_dir),
         GroupState::Replicating,
-    )
-    .map_err(|e| e.to_string())?;
-    site.replace_pits(&r.name, &rows)
-        .map_err(|e| e.to_string())?;
+    )?;
+    site.replace_pits(&r.name, &rows)?;
     tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
     Ok(ReverseReady {
         unreplicated,

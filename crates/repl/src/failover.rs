@@ -187,7 +187,10 @@ impl Replication {
                         Ok(h) => h,
                         Err(e) => {
                             // The test did not happen: stop what started, discard.
-                            let _ = self.stop_test(group).await;
+                            crate::warn_if_failed(
+                                "stopping the test failover after its hook failed",
+                                self.stop_test(group).await,
+                            );
                             return Err(e);
                         }
                     }
@@ -242,7 +245,9 @@ impl Replication {
                     volume: spec.name.clone(),
                 });
                 let layer = if fresh {
-                    let _ = Layered::remove(&dir, &spec.name);
+                    // A fresh clone replaces any leftover; create fails if
+                    // one could not be removed.
+                    drop(Layered::remove(&dir, &spec.name));
                     Layered::create(&dir, &spec.name, spec.size_bytes, spec.block_size, lower)
                 } else {
                     Layered::open(&dir, &spec.name, spec.size_bytes, spec.block_size, lower)
@@ -282,7 +287,8 @@ impl Replication {
                     invalid(format!("removing the test clone of {}: {e}", v.volume))
                 })?;
             }
-            let _ = std::fs::remove_dir(&dir);
+            // Empty by now; a later test failover uses it again.
+            drop(std::fs::remove_dir(&dir));
             Ok(())
         })
         .await

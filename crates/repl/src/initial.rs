@@ -10,7 +10,7 @@ use offsite_catalog::GroupState;
 use offsite_catalog::{GroupRow, TrafficKind};
 use offsite_engine::Volume;
 
-use crate::primary::{BASE_CHECKPOINT, Channel, MAX_BATCH_BYTES, Progress, blocking};
+use crate::primary::{BASE_CHECKPOINT, MAX_BATCH_BYTES, PeerLink, Progress, blocking};
 use crate::wire::{self, Hashes};
 use crate::{ReplError, Replication, invalid};
 
@@ -65,17 +65,17 @@ impl Replication {
                 .await?;
             }
             let r = self.seeded_copy(row, &volumes, &mut ch, progress).await;
-            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent)
+            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent())
                 .await;
             r?;
         } else {
             let r = self.full_copy(row, &volumes, &mut ch, progress).await;
-            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent)
+            self.count_traffic(&row.name, TrafficKind::Initial, ch.sent())
                 .await;
             r?;
         }
-        progress.sent.fetch_add(ch.sent, Ordering::Relaxed);
-        ch.session.close().await;
+        progress.sent.fetch_add(ch.sent(), Ordering::Relaxed);
+        ch.close().await;
         let site = self.site.clone();
         let g = row.name.clone();
         blocking(move || site.set_group_state(&g, GroupState::Replicating, None)).await?;
@@ -92,7 +92,7 @@ impl Replication {
         &self,
         row: &GroupRow,
         volumes: &[Arc<Volume>],
-        ch: &mut Channel,
+        ch: &mut PeerLink,
         progress: &Progress,
     ) -> Result<(), ReplError> {
         // Two step buffers, used in turn: one being shipped, one being read.
@@ -250,7 +250,7 @@ impl Replication {
         &self,
         row: &GroupRow,
         volumes: &[Arc<Volume>],
-        ch: &mut Channel,
+        ch: &mut PeerLink,
         progress: &Progress,
     ) -> Result<(), ReplError> {
         for (idx, (vol, desc)) in volumes.iter().zip(&row.volumes).enumerate() {

@@ -29,6 +29,7 @@
 //! answers them.
 
 mod channel;
+mod clock;
 mod confirm;
 pub mod control;
 mod decide;
@@ -48,6 +49,8 @@ mod status;
 mod superseded;
 mod switch;
 mod sync;
+#[cfg(test)]
+mod testing;
 mod verify;
 pub mod wire;
 
@@ -115,19 +118,76 @@ pub(crate) fn warn_if_failed<T, E: std::fmt::Display>(what: &str, r: Result<T, E
     }
 }
 
+/// A blocking task that failed: it panicked or was cancelled, or it
+/// returned an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TaskError<E> {
+    /// The task panicked or was cancelled.
+    #[error("{0}")]
+    Join(tokio::task::JoinError),
+    /// The task's own error.
+    #[error("{0}")]
+    Failed(E),
+}
+
 /// Flattens a blocking task's result for [`warn_if_failed`].
 pub(crate) fn joined<T, E: std::fmt::Display>(
     r: Result<Result<T, E>, tokio::task::JoinError>,
-) -> Result<T, String> {
-    r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+) -> Result<T, TaskError<E>> {
+    r.map_err(TaskError::Join)?.map_err(TaskError::Failed)
+}
+
+/// What is wrong with the site's TLS identity or a partner's pinned one.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The key or certificate in `tls/` could not be loaded.
+    #[error(transparent)]
+    Load(#[from] offsite_transport::IdentityError),
+    /// `tls/` holds another site's certificate.
+    #[error(
+        "certificate {} has fingerprint {found}, but the catalog records {recorded}; restore the site's tls/ directory",
+        cert.display()
+    )]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// Its fingerprint.
+        found: String,
+        /// The one the catalog records.
+        recorded: String,
+    },
+    /// A partner's name in the catalog cannot be a name on the wire.
+    #[error("partner name {name:?}: {source:?}")]
+    PartnerName {
+        /// The name.
+        name: String,
+        /// Why not.
+        source: offsite_transport::InvalidPeerName,
+    },
+    /// A partner's pinned fingerprint in the catalog does not parse.
+    #[error("pinned fingerprint of {partner}: {source:?}")]
+    Fingerprint {
+        /// The partner.
+        partner: String,
+        /// Why not.
+        source: offsite_transport::InvalidFingerprint,
+    },
+    /// Looking the partner up in the catalog did not finish.
+    #[error("looking up partner {partner}: {source}")]
+    Lookup {
+        /// The partner.
+        partner: String,
+        /// The blocking task's failure.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Errors of the replication service, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplError {
-    /// The site's TLS identity could not be loaded.
+    /// The site's TLS identity, or a partner's pinned one, is unusable.
     #[error("loading the site's TLS identity: {0}")]
-    Identity(String),
+    Identity(IdentityError),
     /// No such partner.
     #[error("no partner named {0:?}; `offsite partner list` shows the partners")]
     NoSuchPartner(String),
@@ -237,6 +297,12 @@ pub struct Replication {
     replica: replica_state::ReplicaState,
     /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
     extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
+    /// Where lag, the instants it is measured from and a sync group's
+    /// waiting writes read the time.
+    clock: Arc<dyn clock::Clock>,
+    /// The crate's tests: a fake partner every link is dialled to.
+    #[cfg(test)]
+    fake_peer: std::sync::OnceLock<Arc<testing::FakePeer>>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -253,14 +319,13 @@ impl Replication {
     pub fn new(site: Arc<Site>, options: SessionOptions) -> Result<Arc<Replication>, ReplError> {
         let layout = site.layout();
         let identity = Identity::load(&layout.key(), &layout.cert())
-            .map_err(|e| ReplError::Identity(e.to_string()))?;
+            .map_err(|e| ReplError::Identity(e.into()))?;
         if identity.fingerprint().as_str() != site.fingerprint() {
-            return Err(ReplError::Identity(format!(
-                "certificate {} has fingerprint {}, but the catalog records {}; restore the site's tls/ directory",
-                layout.cert().display(),
-                identity.fingerprint().as_str(),
-                site.fingerprint()
-            )));
+            return Err(ReplError::Identity(IdentityError::Mismatch {
+                cert: layout.cert(),
+                found: identity.fingerprint().as_str().to_string(),
+                recorded: site.fingerprint().to_string(),
+            }));
         }
         Ok(Arc::new(Replication {
             site,
@@ -274,13 +339,17 @@ impl Replication {
             listener_options: std::sync::Mutex::new(None),
             replica: Default::default(),
             extension: std::sync::OnceLock::new(),
+            clock: Arc::new(clock::SystemClock),
+            #[cfg(test)]
+            fake_peer: std::sync::OnceLock::new(),
         }))
     }
 
     /// Installs the handler of request kinds from
     /// [`wire::kinds::EXTENSION_FIRST`] on (once; later calls are ignored).
     pub fn set_extension(&self, handler: Arc<dyn RequestHandler>) {
-        let _ = self.extension.set(handler);
+        // Documented: the first handler stays.
+        drop(self.extension.set(handler));
     }
 
     /// Sends one request to partner `partner` on a fresh session and
@@ -413,6 +482,7 @@ impl Replication {
                     _ = revalidate.tick() => {
                         if !self.still_paired(&peer, &fingerprint).await {
                             tracing::warn!(partner = %peer, "partner was removed; closing its session");
+                            // Closing either way: the reason is a courtesy.
                             let _ = session
                                 .send(Message::error(
                                     ErrorCode::Internal,
@@ -452,6 +522,7 @@ impl Replication {
                 }
                 Ok(Some(other)) => {
                     tracing::warn!(partner = %peer, got = %other.tag(), "unexpected message; closing the session");
+                    // Closing either way: the reason is a courtesy.
                     let _ = session
                         .send(Message::error(
                             ErrorCode::UnexpectedMessage,
@@ -520,12 +591,14 @@ impl Replication {
         if e.storage_full {
             // Said, typed, and the session kept: the primary reads it in
             // order with the acknowledgements instead of finding a closed
-            // session. The rest of the transfer lands in no PIT (idle).
+            // session. The rest of the transfer lands in no PIT (idle). A
+            // send that fails broke the session: the next read ends it.
             let _ = session
                 .send(Message::error(ErrorCode::StorageFull, e.message))
                 .await;
             return BatchOutcome::Refused;
         }
+        // Closing either way: the reason is a courtesy.
         let _ = session
             .send(Message::error(ErrorCode::Internal, e.message))
             .await;
@@ -557,7 +630,7 @@ impl Replication {
         let served =
             tokio::task::spawn_blocking(move || me.serve_stream(&stream, &g, &store, &slot))
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|e| Err(e.into()));
         match served {
             Ok(()) => {
                 tracing::info!(partner = %peer, group, "sync stream ended by the primary")
@@ -578,8 +651,7 @@ impl Replication {
         let grant = tokio::task::spawn_blocking(move || {
             site.authorize_primary(&primary, req.security_tag.as_deref())
         })
-        .await?
-        .map_err(RemoteError::Unauthorized)?;
+        .await??;
         Ok(wire::AuthzGrant {
             partner: self.site.config().name.clone(),
             storage_location: grant.storage_location,
@@ -592,13 +664,19 @@ impl Replication {
             .partner(name)
             .map_err(|_| ReplError::NoSuchPartner(name.to_string()))?;
         Ok(Partner {
-            name: PeerName::new(p.name.clone())
-                .map_err(|e| ReplError::Identity(format!("partner name {:?}: {e:?}", p.name)))?,
+            name: PeerName::new(p.name.clone()).map_err(|source| {
+                ReplError::Identity(IdentityError::PartnerName {
+                    name: p.name.clone(),
+                    source,
+                })
+            })?,
             address: p.address,
-            fingerprint: p
-                .fingerprint
-                .parse::<Fingerprint>()
-                .map_err(|e| ReplError::Identity(format!("pinned fingerprint of {name}: {e:?}")))?,
+            fingerprint: p.fingerprint.parse::<Fingerprint>().map_err(|source| {
+                ReplError::Identity(IdentityError::Fingerprint {
+                    partner: name.to_string(),
+                    source,
+                })
+            })?,
         })
     }
 
@@ -617,7 +695,12 @@ impl Replication {
             })
         })
         .await
-        .map_err(|e| ReplError::Identity(format!("looking up partner {name}: {e}")))??;
+        .map_err(|source| {
+            ReplError::Identity(IdentityError::Lookup {
+                partner: name.to_string(),
+                source,
+            })
+        })??;
         let mut options = options.clone();
         if options.bandwidth.is_none()
             && let Some(rate) = bandwidth
@@ -688,9 +771,12 @@ impl Replication {
         let rtt_micros = report.rtt.as_micros() as u64;
         let site = self.site.clone();
         let n = name.to_string();
-        let _ =
+        // `record_partner_contact` logs its own failure; a panic in it is
+        // the task's to report.
+        drop(
             tokio::task::spawn_blocking(move || site.record_partner_contact(&n, Ok(rtt_micros)))
-                .await;
+                .await,
+        );
         Ok(PartnerTestResult {
             partner: name.to_string(),
             protocol_version: version.as_u16(),
@@ -702,11 +788,6 @@ impl Replication {
             mb_per_s: report.mb_per_sec(),
         })
     }
-}
-
-/// A refusal without a more precise class, as a [`ReplError`].
-pub(crate) fn refused(msg: String) -> ReplError {
-    ReplError::Refused(RemoteError::Refused(msg))
 }
 
 /// A refusal that is the user's to fix, as a [`ReplError`].

@@ -250,9 +250,11 @@ impl Replication {
         let site = self.site.clone();
         let g = group.to_string();
         tokio::task::spawn_blocking(move || {
-            store.set_pit_name(id, None).map_err(|e| e.to_string())?;
+            store
+                .set_pit_name(id, None)
+                .map_err(|e| crate::replica::storage_error(e.to_string(), &e))?;
             let pits = pit_rows(&store);
-            site.replace_pits(&g, &pits).map_err(|e| e.to_string())
+            Ok::<(), RemoteError>(site.replace_pits(&g, &pits)?)
         })
         .await??;
         Ok(())
@@ -277,7 +279,7 @@ impl Replication {
         if delete_replica {
             self.check_store_deletable(&row)
                 .await
-                .map_err(crate::refused)?;
+                .map_err(ReplError::Refused)?;
         }
         let told = async {
             let mut ch = self.channel(&row.partner, None).await?;
@@ -315,24 +317,22 @@ impl Replication {
 
     /// Refuses `--delete-replica` while promoted volumes of this site
     /// still read the group's replica store.
-    async fn check_store_deletable(&self, row: &GroupRow) -> Result<(), String> {
+    async fn check_store_deletable(&self, row: &GroupRow) -> Result<(), RemoteError> {
         let (true, Some(dir)) = (row.role == Role::Replica, row.store_dir.clone()) else {
             return Ok(());
         };
         let site = self.site.clone();
         let d = dir.clone();
-        let readers = tokio::task::spawn_blocking(move || store_readers(&site, &d))
-            .await
-            .map_err(|e| e.to_string())??;
+        let readers = tokio::task::spawn_blocking(move || store_readers(&site, &d)).await??;
         if readers.is_empty() {
             return Ok(());
         }
-        Err(format!(
+        Err(RemoteError::Conflict(format!(
             "the replica store {dir} of group {} cannot be deleted: the promoted volume(s) {} of site {} still read it (they copy it in the background and stop reading it at the next start of the site once complete); nothing changed: tear down without --delete-replica to keep the store, or retry after that",
             row.name,
             readers.join(", "),
             self.site.config().name
-        ))
+        )))
     }
 
     /// Removes the group from this site: runner, failovers, row; a
@@ -357,7 +357,7 @@ impl Replication {
         let g = row.name.clone();
         tokio::task::spawn_blocking(move || site.delete_group_row(&g))
             .await?
-            .map_err(|e| RemoteError::Refused(e.to_string()))
+            .map_err(RemoteError::from)
     }
 
     /// A torn-down replica's store: removed when it holds no PIT (nothing
@@ -365,7 +365,7 @@ impl Replication {
     /// else renamed to `DIR.torn-down-TIME` so its PITs stay readable by
     /// hand and the name is free for a new group; with `delete`
     /// (`teardown --delete-replica`) removed with its PITs.
-    async fn retire_store(&self, row: &GroupRow, delete: bool) -> Result<(), String> {
+    async fn retire_store(&self, row: &GroupRow, delete: bool) -> Result<(), RemoteError> {
         let Some(dir) = row.store_dir.clone() else {
             return Ok(());
         };
@@ -392,7 +392,7 @@ impl Replication {
             site.forget_replica_store(path);
             if empty || delete {
                 std::fs::remove_dir_all(path).map_err(|e| {
-                    format!("removing {dir}: {e}; remove it by hand")
+                    RemoteError::Internal(format!("removing {dir}: {e}; remove it by hand"))
                 })?;
                 if delete && !empty {
                     site.note(
@@ -411,7 +411,8 @@ impl Replication {
                 })
                 .find(|p| !Path::new(p).exists())
                 .unwrap_or_default();
-            std::fs::rename(path, &aside).map_err(|e| format!("moving {dir} aside: {e}"))?;
+            std::fs::rename(path, &aside)
+                .map_err(|e| RemoteError::Internal(format!("moving {dir} aside: {e}")))?;
             site.note(
                 "group.store-kept",
                 &group,
@@ -419,8 +420,7 @@ impl Replication {
             );
             Ok(())
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 }
 
@@ -549,10 +549,12 @@ fn write_seed_image(
 
 /// The volumes of this site whose lower layer is the replica store `dir`
 /// (promoted volumes not yet complete).
-fn store_readers(site: &offsite_engine::Site, dir: &str) -> Result<Vec<String>, String> {
+fn store_readers(
+    site: &offsite_engine::Site,
+    dir: &str,
+) -> Result<Vec<String>, offsite_engine::EngineError> {
     Ok(site
-        .volume_rows()
-        .map_err(|e| e.to_string())?
+        .volume_rows()?
         .into_iter()
         .filter(|v| v.lower.as_ref().is_some_and(|l| l.store_dir == dir))
         .map(|v| v.name)

@@ -23,12 +23,12 @@ use offsite_engine::{Site, Volume};
 use offsite_transport::TokenBucket;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use crate::channel::Channel;
+pub(crate) use crate::channel::PeerLink;
 use crate::decide::{self, Asked, Turn};
 use crate::wire::{
     self, GroupCreate, GroupCreated, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
 };
-use crate::{RemoteError, ReplError, Replication, invalid, refused};
+use crate::{RemoteError, ReplError, Replication, invalid};
 
 /// Blocks per batch frame at most (1 MiB of 4 KiB blocks).
 pub(crate) const MAX_BATCH_BYTES: u64 = 1 << 20;
@@ -44,19 +44,26 @@ pub(crate) enum Command {
     /// Run a cycle now; reply with its PIT.
     Sync {
         pit_name: Option<String>,
-        reply: oneshot::Sender<Result<PitDesc, String>>,
+        reply: oneshot::Sender<Result<PitDesc, RemoteError>>,
     },
     /// Verify the replica against a fresh full cut; reply with the result.
     Verify {
-        reply: oneshot::Sender<Result<VerifyResult, String>>,
+        reply: oneshot::Sender<Result<VerifyResult, RemoteError>>,
     },
     /// Compare every block with the replica at a fresh cut and ship the
     /// blocks that differ (`group resync`); reply with the result.
     Resync {
-        reply: oneshot::Sender<Result<crate::model::ResyncResult, String>>,
+        reply: oneshot::Sender<Result<crate::model::ResyncResult, RemoteError>>,
     },
     /// Re-read the state from the catalog (after start/pause/resume).
     Wake,
+}
+
+/// Answers a [`Command`]. The asker may have stopped waiting (`sync`
+/// without `--wait`, a request whose client went away): the outcome is
+/// recorded in the catalog either way, so an answer nobody takes is dropped.
+pub(crate) fn answer<T>(reply: oneshot::Sender<Result<T, RemoteError>>, r: Result<T, RemoteError>) {
+    drop(reply.send(r));
 }
 
 /// In-memory progress of a running transfer, for status.
@@ -149,10 +156,13 @@ impl Runner {
     pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
         &self.tx
     }
-}
 
-fn now_rfc3339() -> String {
-    offsite_catalog::now_rfc3339()
+    /// Has the runner re-read the group from the catalog. A runner that
+    /// has stopped (its group torn down, the daemon shutting down) has
+    /// nothing to re-read, so a closed channel is not an error.
+    pub(crate) async fn wake(&self) {
+        drop(self.tx.send(Command::Wake).await);
+    }
 }
 
 pub(crate) fn age_seconds(rfc3339: &str) -> u64 {
@@ -218,13 +228,34 @@ fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError>
 fn refuse_while(name: &str, state: GroupState, command: Option<Command>) -> bool {
     match command {
         Some(Command::Sync { reply, .. }) => {
-            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Sync)));
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Sync,
+                ))),
+            );
         }
         Some(Command::Verify { reply }) => {
-            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Verify)));
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Verify,
+                ))),
+            );
         }
         Some(Command::Resync { reply }) => {
-            let _ = reply.send(Err(decide::refused_while(name, state, Asked::Resync)));
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Resync,
+                ))),
+            );
         }
         Some(Command::Wake) => {}
         None => return false,
@@ -260,7 +291,7 @@ impl Replication {
                 compress: req.compress.unwrap_or(true),
             })
             .await?;
-        ch.session.close().await;
+        ch.close().await;
         let site = self.site.clone();
         let row = GroupRow {
             name: req.name.clone(),
@@ -372,12 +403,16 @@ impl Replication {
     /// what failed).
     async fn undo_replica_side(&self, partner: &str, group: &str) {
         if let Ok(mut ch) = self.channel(partner, None).await {
-            let _ = ch
-                .call(&wire::GroupDelete {
+            crate::warn_if_failed(
+                &format!(
+                    "undoing group {group} at {partner} (`offsite group delete` there frees the name)"
+                ),
+                ch.call(&wire::GroupDelete {
                     group: group.to_string(),
                     delete_replica: false,
                 })
-                .await;
+                .await,
+            );
             ch.close().await;
         }
     }
@@ -387,7 +422,11 @@ impl Replication {
         &self,
         partner: &str,
         group: Option<&GroupRow>,
-    ) -> Result<Channel, ReplError> {
+    ) -> Result<PeerLink, ReplError> {
+        #[cfg(test)]
+        if let Some(peer) = self.fake_peer.get() {
+            return peer.dial(partner).await;
+        }
         let mut options = self.session_options();
         if let Some(g) = group {
             options.compression = g.compress;
@@ -396,13 +435,15 @@ impl Replication {
         let bucket = group
             .and_then(|g| g.bandwidth)
             .map(|b| Arc::new(TokenBucket::with_rate(b)));
-        Ok(Channel::new(session, partner, bucket))
+        Ok(Box::new(crate::channel::Channel::new(
+            session, partner, bucket,
+        )))
     }
 
     /// Has a group's runner re-read its settings (a mode change).
     pub(crate) async fn wake_runner(&self, group: &str) {
         if let Some(r) = self.runners.get(group) {
-            let _ = r.tx.send(Command::Wake).await;
+            r.wake().await;
         }
     }
 
@@ -477,7 +518,7 @@ impl Replication {
         })
         .await?;
         let runner = self.ensure_runner(name);
-        let _ = runner.tx.send(Command::Wake).await;
+        runner.wake().await;
         self.group_status(name).await
     }
 
@@ -512,7 +553,7 @@ impl Replication {
         })
         .await?;
         if let Some(r) = self.runners.get(name) {
-            let _ = r.tx.send(Command::Wake).await;
+            r.wake().await;
         }
         self.group_status(name).await
     }
@@ -604,7 +645,7 @@ impl Replication {
                     wait,
                 })
                 .await?;
-            ch.session.close().await;
+            ch.close().await;
             return Ok(SyncResult {
                 group: name.to_string(),
                 pit: done.pit.map(entry),
@@ -620,7 +661,8 @@ impl Replication {
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         if !wait {
             tokio::spawn(async move {
-                let _ = rx.await;
+                // The runner records and logs the outcome; nobody waits.
+                drop(rx.await);
             });
             return Ok(SyncResult {
                 group: name.to_string(),
@@ -630,7 +672,7 @@ impl Replication {
         let pit = rx
             .await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(refused)?;
+            .map_err(ReplError::Refused)?;
         Ok(SyncResult {
             group: name.to_string(),
             pit: Some(entry(pit)),
@@ -722,25 +764,26 @@ impl Replication {
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
                             if !self.confirm_idle(&row, &progress).await {
-                                let _ = self.cycle(&row, None, false).await;
+                                // A failed cycle records and logs itself.
+                                drop(self.cycle(&row, None, false).await);
                             }
                             last_cycle = Instant::now();
                         }
                         c = rx.recv() => match c {
                             Some(Command::Sync { pit_name, reply }) => {
-                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(|e| e.to_string());
+                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Verify { reply }) => {
-                                let r = self.verify_now(&row).await.map_err(|e| e.to_string());
+                                let r = self.verify_now(&row).await.map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Resync { reply }) => {
-                                let r = self.resync_now(&row, &progress).await.map_err(|e| e.to_string());
+                                let r = self.resync_now(&row, &progress).await.map_err(RemoteError::from);
                                 last_cycle = Instant::now();
-                                let _ = reply.send(r);
+                                answer(reply, r);
                             }
                             Some(Command::Wake) => {}
                             None => return,
@@ -800,7 +843,7 @@ impl Replication {
         }
         // Taken before the look: a write marks its blocks before its data
         // moves, so no write made before this instant can be missed.
-        let at = now_rfc3339();
+        let at = self.clock.rfc3339();
         // On this task, not a blocking thread: looking a live volume up and
         // counting its dirty blocks take a lock for microseconds, and a
         // hand-off per group per cycle was most of what idle groups cost.
@@ -838,11 +881,11 @@ impl Replication {
     /// (the caller knows); before the first PIT, the group's age.
     pub(crate) fn lag_seconds(&self, row: &GroupRow, newest_pit: Option<&str>) -> u64 {
         let confirmed = self.confirmed_at(row);
-        let since = |t: Option<&str>| t.map(age_seconds);
+        let since = |t: Option<&str>| t.map(|t| self.clock.age_seconds(t));
         match (since(newest_pit), since(confirmed.as_deref())) {
             (Some(p), Some(c)) => p.min(c),
             (Some(p), None) => p,
-            (None, _) => age_seconds(&row.created_at),
+            (None, _) => self.clock.age_seconds(&row.created_at),
         }
     }
 
@@ -917,7 +960,7 @@ impl Replication {
         } else {
             Site::cut_then(&volumes, during)?
         };
-        let created_at = now_rfc3339();
+        let created_at = self.clock.rfc3339();
         let mut bytes = 0u64;
         let result = self
             .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
@@ -1057,7 +1100,7 @@ impl Replication {
                 blocks: blocks_sent,
             })
             .await?;
-        ch.session.close().await;
+        ch.close().await;
         Ok(committed)
     }
 }

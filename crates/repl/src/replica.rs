@@ -41,6 +41,12 @@ impl From<String> for BatchFailure {
     }
 }
 
+impl From<wire::BatchDecodeError> for BatchFailure {
+    fn from(e: wire::BatchDecodeError) -> Self {
+        BatchFailure::Other(e.to_string())
+    }
+}
+
 /// "replica store DIR of group G on site S is full: F free, N needed".
 fn storage_full_message(site: &str, group: &str, store: &std::path::Path, needed: u64) -> String {
     let free = rustix::fs::statvfs(store)
@@ -98,7 +104,7 @@ pub(crate) fn pit_desc(p: &offsite_replica::PitInfo) -> PitDesc {
 /// A replica store's failure with `text`: `storage_full` when its file
 /// system is full (the primary keeps the blocks and retries), else a
 /// refusal.
-fn storage_error(text: String, e: &offsite_replica::ReplicaError) -> RemoteError {
+pub(crate) fn storage_error(text: String, e: &offsite_replica::ReplicaError) -> RemoteError {
     if e.is_storage_full() {
         RemoteError::StorageFull(text)
     } else {
@@ -110,22 +116,22 @@ fn storage_error(text: String, e: &offsite_replica::ReplicaError) -> RemoteError
 /// are on its file system, else copied (data only: holes are skipped and
 /// `write_base` leaves zero blocks as holes; the block comparison that
 /// follows corrects anything else).
-fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), String> {
+fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), RemoteError> {
     let dir = Path::new(&req.path);
     let manifest = read_seed_manifest(site, req)?;
     for spec in store.volumes() {
         let Some(v) = manifest.volumes.iter().find(|v| v.name == spec.name) else {
-            return Err(format!(
+            return Err(RemoteError::NotFound(format!(
                 "the seed at {} has no volume {}",
                 dir.display(),
                 spec.name
-            ));
+            )));
         };
         if v.size_bytes != spec.size_bytes || v.block_size != spec.block_size {
-            return Err(format!(
+            return Err(RemoteError::Conflict(format!(
                 "seed volume {} is {} bytes in blocks of {}, the group's is {} in blocks of {}",
                 v.name, v.size_bytes, v.block_size, spec.size_bytes, spec.block_size
-            ));
+            )));
         }
         let file_path = dir.join(&v.file);
         // On the store's file system the image simply becomes the base (a
@@ -147,7 +153,9 @@ fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(
                 continue;
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&marker);
+                // The marker only speeds up a retry after a move; without
+                // it a retry copies again, so a failed removal is harmless.
+                drop(std::fs::remove_file(&marker));
                 tracing::info!(volume = %spec.name, "copying the seed image into the base ({e})");
             }
         }
@@ -155,39 +163,39 @@ fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(
     }
     store
         .sync_base()
-        .map_err(|e| format!("making the seeded base durable: {e}"))
+        .map_err(|e| storage_error(format!("making the seeded base durable: {e}"), &e))
 }
 
 /// The seed's manifest (`seed.json`), if it is one this site reads and of
 /// the group being seeded.
-fn read_seed_manifest(site: &str, req: &wire::SeedLoad) -> Result<wire::SeedManifest, String> {
+fn read_seed_manifest(site: &str, req: &wire::SeedLoad) -> Result<wire::SeedManifest, RemoteError> {
     let dir = Path::new(&req.path);
     let manifest_path = dir.join("seed.json");
     let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-        format!(
+        RemoteError::NotFound(format!(
             "site {site} cannot read the seed manifest {}: {e}; copy the output of `offsite group export-seed` there",
             manifest_path.display()
-        )
+        ))
     })?;
     let manifest: wire::SeedManifest = serde_json::from_str(&text).map_err(|e| {
-        format!(
+        RemoteError::BadRequest(format!(
             "seed manifest {} is malformed: {e}",
             manifest_path.display()
-        )
+        ))
     })?;
     if manifest.format_version != 1 {
-        return Err(format!(
+        return Err(RemoteError::Unsupported(format!(
             "seed format {} is not supported",
             manifest.format_version
-        ));
+        )));
     }
     if manifest.group != req.group {
-        return Err(format!(
+        return Err(RemoteError::Conflict(format!(
             "the seed at {} is of group {}, not {}",
             dir.display(),
             manifest.group,
             req.group
-        ));
+        )));
     }
     Ok(manifest)
 }
@@ -199,13 +207,13 @@ fn copy_seed_image(
     spec: &offsite_replica::VolumeSpec,
     file_path: &Path,
     store: &ReplicaStore,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(file_path).map_err(|e| {
-        format!(
+        RemoteError::NotFound(format!(
             "site {site} cannot open seed image {}: {e}",
             file_path.display()
-        )
+        ))
     })?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
@@ -224,12 +232,15 @@ fn copy_seed_image(
             continue;
         }
         let n = (spec.size_bytes - offset).min(CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], offset)
-            .map_err(|e| format!("reading seed image {}: {e}", file_path.display()))?;
+        file.read_exact_at(&mut buf[..n], offset).map_err(|e| {
+            RemoteError::Internal(format!("reading seed image {}: {e}", file_path.display()))
+        })?;
         if buf[..n].iter().any(|&b| b != 0) {
             store
                 .write_base(&spec.name, offset, &buf[..n])
-                .map_err(|e| format!("writing the base of {}: {e}", spec.name))?;
+                .map_err(|e| {
+                    storage_error(format!("writing the base of {}: {e}", spec.name), &e)
+                })?;
         }
         offset += n as u64;
     }
@@ -720,8 +731,7 @@ impl Replication {
                 )));
             }
             let grant = site
-                .authorize_primary(&peer, req.security_tag.as_deref())
-                .map_err(RemoteError::Unauthorized)?;
+                .authorize_primary(&peer, req.security_tag.as_deref())?;
             let dir = Path::new(&grant.storage_location).join(&peer).join(&req.group);
             if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
                 return Err(RemoteError::Conflict(format!(
@@ -743,7 +753,9 @@ impl Replication {
             if let Some(free) = free_bytes(&dir)
                 && free < needed
             {
-                let _ = std::fs::remove_dir(&dir);
+                // Just created and empty: a leftover is harmless and
+                // taken again by the retry.
+                drop(std::fs::remove_dir(&dir));
                 return Err(RemoteError::StorageFull(format!(
                     "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
                     dir.display()
@@ -810,7 +822,7 @@ impl Replication {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
                 .map_err(|e| storage_error(format!("committing the PIT of group {g}: {e}"), &e))?;
-            after_commit(&site, &store, &g, &info).map_err(RemoteError::from)
+            after_commit(&site, &store, &g, &info)
         })
         .await??;
         self.clear_store_full(group);
@@ -825,14 +837,13 @@ pub(crate) fn after_commit(
     store: &ReplicaStore,
     group: &str,
     info: &offsite_replica::PitInfo,
-) -> Result<PitCommitted, String> {
-    let row = site.group_row(group).map_err(|e| e.to_string())?;
+) -> Result<PitCommitted, RemoteError> {
+    let row = site.group_row(group)?;
     // Retention: keep the newest `keep` unnamed PITs; named ones stay
     // until released; the newest PIT (the common base) always stays;
     // so do PITs a test or a promotion is made from.
     let pinned: Vec<u64> = site
-        .failovers()
-        .map_err(|e| e.to_string())?
+        .failovers()?
         .into_iter()
         .filter(|f| f.group == group)
         .map(|f| f.pit_id)
@@ -855,15 +866,14 @@ pub(crate) fn after_commit(
         };
         store
             .remove_pit(id)
-            .map_err(|e| format!("retention of group {group}: {e}"))?;
+            .map_err(|e| storage_error(format!("retention of group {group}: {e}"), &e))?;
     }
     let pits = store.pits();
     let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
     site.replace_pits(
         group,
         &descs.iter().map(PitDesc::to_row).collect::<Vec<_>>(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     // A committed PIT ends the initial replication (or a catch-up); the
     // states that hold a PIT stay.
     match site.move_group_state(

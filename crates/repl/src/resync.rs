@@ -63,7 +63,7 @@ impl Replication {
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         rx.await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(crate::refused)
+            .map_err(ReplError::Refused)
     }
 
     /// A verify's outcome is the group's health: differences mean the

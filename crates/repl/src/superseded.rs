@@ -20,7 +20,6 @@ use crate::model::GroupStatus;
 use offsite_catalog::GroupRow;
 use offsite_catalog::{GroupState, Role};
 
-use crate::primary::Command;
 use crate::{ReplError, Replication, invalid, run_blocking};
 
 /// The state of a primary's group whose partner took it over.
@@ -119,7 +118,7 @@ impl Replication {
                     }
                     Some(true) => {
                         if let Some(r) = me.runners.get(&row.name) {
-                            let _ = r.tx().send(Command::Wake).await;
+                            r.wake().await;
                         }
                     }
                     Some(false) => {}
@@ -176,7 +175,7 @@ impl Replication {
         })
         .await?;
         if let Some(r) = self.runners.get(name) {
-            let _ = r.tx().send(Command::Wake).await;
+            r.wake().await;
         }
         self.group_status(name).await
     }

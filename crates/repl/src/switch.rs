@@ -561,12 +561,17 @@ impl Replication {
                 })
                 .await?;
                 if let Ok(mut ch) = self.channel(&row.partner, None).await {
-                    let _ = ch
-                        .call(&wire::GroupPrepared {
+                    crate::warn_if_failed(
+                        &format!(
+                            "telling {} that group {group} replicates again",
+                            row.partner
+                        ),
+                        ch.call(&wire::GroupPrepared {
                             group: group.to_string(),
                             pit: 0,
                         })
-                        .await;
+                        .await,
+                    );
                     ch.close().await;
                 }
                 // The runner waits for commands while prepared: it
@@ -703,9 +708,11 @@ impl Replication {
         tokio::task::spawn_blocking(move || {
             for (v, blocks) in live.iter().zip(&req.blocks) {
                 let set: RoaringBitmap = blocks.iter().copied().collect();
-                v.tracker().merge(&set).map_err(|e| e.to_string())?;
+                v.tracker()
+                    .merge(&set)
+                    .map_err(|e| RemoteError::Internal(e.to_string()))?;
             }
-            Ok::<(), String>(())
+            Ok::<(), RemoteError>(())
         })
         .await??;
         Ok(Done)

@@ -90,6 +90,7 @@ use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, oneshot};
 
 use crate::RemoteError;
+use crate::clock::Clock;
 use crate::control::{Done, Reply, Rpc};
 use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
@@ -181,9 +182,9 @@ struct MState {
     seals_queued: u64,
     seals_answered: u64,
     /// Replies of the seals sent and not yet answered, oldest first.
-    seal_replies: VecDeque<oneshot::Sender<Result<PitCommitted, String>>>,
+    seal_replies: VecDeque<oneshot::Sender<Result<PitCommitted, RemoteError>>>,
     /// Replies of the seals queued and not yet sent, by ordinal.
-    seal_waiting: HashMap<u64, oneshot::Sender<Result<PitCommitted, String>>>,
+    seal_waiting: HashMap<u64, oneshot::Sender<Result<PitCommitted, RemoteError>>>,
     /// Last keepalive sent and last answered.
     ping: u64,
     pong: u64,
@@ -231,6 +232,8 @@ pub(crate) struct SyncMirror {
     /// Last log record sequence number sent (strictly growing in a log).
     record_seq: AtomicU64,
     pub(crate) stats: Arc<SyncStats>,
+    /// How long a write has waited is read here (the link-loss policy).
+    clock: Arc<dyn Clock>,
 }
 
 impl SyncMirror {
@@ -239,11 +242,13 @@ impl SyncMirror {
         policy: Policy,
         ack_timeout: Duration,
         stats: Arc<SyncStats>,
+        clock: Arc<dyn Clock>,
     ) -> Arc<SyncMirror> {
         Arc::new(SyncMirror {
             group: group.to_string(),
             policy,
             ack_timeout,
+            clock,
             st: Mutex::new(MState {
                 link: Link::Lost,
                 issued: 0,
@@ -334,11 +339,12 @@ impl SyncMirror {
         }
         let why = why.unwrap_or_else(|| "the sync stream stopped".into());
         st.queue.clear();
+        // A seal's asker that stopped waiting needs no answer.
         for reply in st.seal_replies.drain(..) {
-            let _ = reply.send(Err(why.clone()));
+            drop(reply.send(Err(RemoteError::Refused(why.clone()))));
         }
         for (_, reply) in st.seal_waiting.drain() {
-            let _ = reply.send(Err(why.clone()));
+            drop(reply.send(Err(RemoteError::Refused(why.clone()))));
         }
         if let Some(stream) = st.stream.take() {
             // Threads blocked on it fail at once.
@@ -400,7 +406,7 @@ impl SyncMirror {
         &self,
         name: Option<String>,
         created_at: String,
-    ) -> Option<(u64, oneshot::Receiver<Result<PitCommitted, String>>)> {
+    ) -> Option<(u64, oneshot::Receiver<Result<PitCommitted, RemoteError>>)> {
         let mut st = self.lock();
         if st.link != Link::Up {
             return None;
@@ -562,7 +568,7 @@ impl SyncMirror {
         let mut st = self.lock();
         st.reading = false;
         let failed = match got {
-            Ok(Some(m)) => self.apply(&mut st, m).err(),
+            Ok(Some(m)) => self.apply(&mut st, m).err().map(|e| e.to_string()),
             Ok(None) => Some("the replica closed the sync stream".to_string()),
             Err(TransportError::PeerDead { .. }) => st
                 .unacked_since
@@ -591,7 +597,7 @@ impl SyncMirror {
     }
 
     /// Applies a message from the replica.
-    fn apply(&self, st: &mut MState, message: Message) -> Result<(), String> {
+    fn apply(&self, st: &mut MState, message: Message) -> Result<(), StreamError> {
         match message {
             Message::BulkAck { seq, bytes } => {
                 st.taken_bytes = st.taken_bytes.max(bytes);
@@ -608,17 +614,18 @@ impl SyncMirror {
                 st.seals_answered += 1;
                 let answer = if ok {
                     <PitCommitted as Reply>::decode(&body)
-                        .map_err(|e| format!("malformed seal answer: {e}"))
+                        .map_err(|e| RemoteError::Refused(format!("malformed seal answer: {e}")))
                 } else {
-                    Err(RemoteError::from_body(&body).to_string())
+                    Err(RemoteError::from_body(&body))
                 };
                 let failed = answer.as_ref().err().cloned();
                 if let Some(reply) = st.seal_replies.pop_front() {
-                    let _ = reply.send(answer);
+                    // The seal's asker may have stopped waiting.
+                    drop(reply.send(answer));
                 }
                 self.cond.notify_all();
                 match failed {
-                    Some(e) => Err(format!("sealing the log: {e}")),
+                    Some(e) => Err(StreamError::Seal(e)),
                     None => Ok(()),
                 }
             }
@@ -627,13 +634,13 @@ impl SyncMirror {
                 self.cond.notify_all();
                 Ok(())
             }
-            other => Err(format!("unexpected {} on the sync stream", other.tag())),
+            other => Err(StreamError::Unexpected { tag: other.tag() }),
         }
     }
 
     /// Waits (blocking) until `done`, taking reading turns when no one
     /// else reads; fails once the link is down or after `limit`.
-    fn settle(&self, limit: Duration, done: impl Fn(&MState) -> bool) -> Result<(), String> {
+    fn settle(&self, limit: Duration, done: impl Fn(&MState) -> bool) -> Result<(), StreamError> {
         let end = Instant::now() + limit;
         let mut st = self.lock();
         loop {
@@ -643,18 +650,18 @@ impl SyncMirror {
                 return Ok(());
             }
             if st.link != Link::Up {
-                return Err(st
-                    .why_lost
-                    .clone()
-                    .unwrap_or_else(|| "the sync stream stopped".into()));
+                return Err(StreamError::Lost(
+                    st.why_lost
+                        .clone()
+                        .unwrap_or_else(|| "the sync stream stopped".into()),
+                ));
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.cond.notify_all();
-                return Err(format!(
-                    "the replica did not answer within {:.0}s",
-                    limit.as_secs_f64()
-                ));
+                return Err(StreamError::NoAnswer {
+                    secs: limit.as_secs_f64(),
+                });
             }
             st = self.read_or_sleep(st, Some(left), left.min(Duration::from_millis(100)));
         }
@@ -679,7 +686,7 @@ impl SyncMirror {
     }
 
     /// Proves the replica alive while writes are idle (blocking).
-    fn keepalive(&self) -> Result<(), String> {
+    fn keepalive(&self) -> Result<(), StreamError> {
         let (stream, nonce) = {
             let mut st = self.lock();
             let Some(stream) = st.stream.clone().filter(|_| st.link == Link::Up) else {
@@ -693,9 +700,9 @@ impl SyncMirror {
                 nonce,
                 sent_at_micros: 0,
             })
-            .map_err(|e| format!("the sync stream failed: {e}"))?;
+            .map_err(StreamError::Send)?;
         self.settle(self.ack_timeout, |st| st.pong >= nonce)
-            .map_err(|e| format!("keepalive: {e}"))
+            .map_err(|e| StreamError::Keepalive(Box::new(e)))
     }
 
     /// Ends the stream in order (blocking; the volumes no longer submit):
@@ -760,7 +767,7 @@ impl WriteMirror for SyncMirror {
     }
 
     fn wait(&self, ticket: u64) -> io::Result<()> {
-        let start = Instant::now();
+        let start = self.clock.now();
         let mut st = self.lock();
         loop {
             if st.covered >= ticket {
@@ -769,7 +776,7 @@ impl WriteMirror for SyncMirror {
             let cap = match (st.link, self.policy) {
                 (Link::Detached, _) | (Link::Lost, Policy::Degrade) => return Ok(()),
                 (_, Policy::Suspend(limit)) => {
-                    let waited = start.elapsed();
+                    let waited = self.clock.now().saturating_duration_since(start);
                     if waited >= limit {
                         self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
                         self.cond.notify_all();
@@ -789,7 +796,7 @@ impl WriteMirror for SyncMirror {
                 // handshake), so the acknowledgement deadline runs from the
                 // write itself; with a stream, reading enforces it.
                 (Link::Up, Policy::Degrade) if st.stream.is_none() => {
-                    let waited = start.elapsed();
+                    let waited = self.clock.now().saturating_duration_since(start);
                     if waited >= self.ack_timeout {
                         drop(st);
                         self.lose(format!(
@@ -815,17 +822,90 @@ impl WriteMirror for SyncMirror {
 /// holding the writes of up to a whole log bound in memory.
 const APPLY_QUEUE: usize = 8;
 
+/// Why an exchange on a sync stream failed, on either side. The text is
+/// what the operator reads in the group's status (the primary records it
+/// as the reason the link was lost) and in the daemon log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    /// The link is down: the reason recorded when it was lost.
+    #[error("{0}")]
+    Lost(String),
+    /// The replica did not answer a seal or keepalive in time.
+    #[error("the replica did not answer within {secs:.0}s")]
+    NoAnswer {
+        /// The time allowed, in seconds.
+        secs: f64,
+    },
+    /// Sending on the stream failed (primary).
+    #[error("the sync stream failed: {0}")]
+    Send(#[source] TransportError),
+    /// Sending or reading on the stream failed (replica).
+    #[error("the sync stream of group {group} failed: {source}")]
+    Link {
+        /// The group.
+        group: String,
+        /// What the transport saw.
+        #[source]
+        source: TransportError,
+    },
+    /// A keepalive went unanswered.
+    #[error("keepalive: {0}")]
+    Keepalive(Box<StreamError>),
+    /// The replica refused a seal, or its answer did not decode.
+    #[error("sealing the log: {0}")]
+    Seal(RemoteError),
+    /// The partner sent a message a sync stream does not carry.
+    #[error("unexpected {tag} on the sync stream")]
+    Unexpected {
+        /// The message's tag.
+        tag: offsite_protocol::MessageTag,
+    },
+    /// A batch of writes does not decode.
+    #[error("a batch of writes does not decode: {0}")]
+    Decode(#[source] offsite_replica::LogFormatError),
+    /// The replica store failed applying batches to the open PIT.
+    #[error(transparent)]
+    Store(#[from] offsite_replica::ReplicaError),
+    /// The replica could not start the thread that applies batches.
+    #[error("starting the sync stream's apply thread: {0}")]
+    Thread(#[source] io::Error),
+    /// Applying acknowledged batches to the open PIT failed (replica).
+    #[error("applying the write log to the open PIT: {0}")]
+    Apply(Box<StreamError>),
+    /// A failover sealed the write log while the stream ran (replica).
+    #[error("the group's write log was sealed (failover); no more writes are taken")]
+    LogSealed,
+    /// Appending a batch to the write log failed (replica).
+    #[error("appending to the write log: {0}")]
+    Append(#[source] offsite_replica::ReplicaError),
+    /// Sealing the write log when it reached its bound failed (replica).
+    #[error("sealing the full write log of group {group}: {source}")]
+    SealFull {
+        /// The group.
+        group: String,
+        /// What the store said.
+        #[source]
+        source: offsite_replica::ReplicaError,
+    },
+    /// Recording a PIT sealed from the log failed (replica).
+    #[error("{0}")]
+    Commit(#[from] RemoteError),
+    /// The blocking task serving the stream panicked or was cancelled.
+    #[error("{0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
 /// Calls `f` with the batches of `payloads` decoded (each with its raw
 /// bytes), as the write log takes them.
 fn with_batches<R>(
     payloads: &[Bytes],
     f: impl FnOnce(&[(&[u8], &[LogRecord<'_>])]) -> R,
-) -> Result<R, String> {
+) -> Result<R, StreamError> {
     let decoded: Vec<Vec<LogRecord<'_>>> = payloads
         .iter()
         .map(|p| offsite_replica::decode_records(p))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("a batch of writes does not decode: {e}"))?;
+        .map_err(StreamError::Decode)?;
     let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
         .iter()
         .zip(&decoded)
@@ -836,8 +916,8 @@ fn with_batches<R>(
 
 /// Applies batches made durable by the stream (decoded again: the
 /// decoding borrows the payloads, which travel between threads).
-fn apply_payloads(applier: LogApplier, payloads: &[Bytes]) -> Result<(), String> {
-    with_batches(payloads, |batches| applier.apply(batches))?.map_err(|e| e.to_string())
+fn apply_payloads(applier: LogApplier, payloads: &[Bytes]) -> Result<(), StreamError> {
+    Ok(with_batches(payloads, |batches| applier.apply(batches))??)
 }
 
 /// Encodes a batch of writes; returns the bytes and the batch's last ticket.
@@ -922,7 +1002,7 @@ impl Replication {
             m.settle(limit, |st| st.seals_answered >= ordinal)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(e.into()));
         if let Err(why) = settled {
             mirror.lose(format!("sealing the log: {why}"));
         }
@@ -1060,3 +1140,6 @@ impl Replication {
         Ok(Done)
     }
 }
+
+#[cfg(test)]
+mod tests;

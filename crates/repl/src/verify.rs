@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::model::{VerifyResult, VerifyVolume};
 use crate::primary::{Command, Progress, blocking};
 use crate::wire::Hashes;
-use crate::{ReplError, Replication, invalid, refused};
+use crate::{ReplError, Replication, invalid};
 
 impl Replication {
     /// `verify`: a full cut, shipped as a PIT, then every block of every
@@ -37,7 +37,7 @@ impl Replication {
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         rx.await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
-            .map_err(refused)
+            .map_err(ReplError::Refused)
     }
 
     /// Verification proper; only the group's runner calls it.
@@ -144,7 +144,7 @@ impl Replication {
                 set,
             ));
         }
-        ch.session.close().await;
+        ch.close().await;
         Ok(out)
     }
 

@@ -542,35 +542,49 @@ pub fn encode_batch(volume: u16, first: u64, count: u32, data: Option<&[u8]>) ->
     out
 }
 
+/// Why a block batch does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchDecodeError {
+    /// Fewer bytes than the header.
+    #[error("block batch of {0} bytes is shorter than its header")]
+    Short(usize),
+    /// A batch version this build does not read.
+    #[error("block batch version {0} is not supported")]
+    Version(u8),
+    /// Flags this build does not know.
+    #[error("block batch has unknown flags {0:#x}")]
+    Flags(u8),
+    /// A batch of no blocks.
+    #[error("block batch with no blocks")]
+    Empty,
+    /// A zero batch followed by data.
+    #[error("zero block batch carries data")]
+    ZeroWithData,
+}
+
 /// Decodes a batch; `block_size` of the volume is checked by the caller
 /// through [`Batch::data`]'s length.
-pub fn decode_batch(payload: &[u8]) -> Result<Batch<'_>, String> {
+pub fn decode_batch(payload: &[u8]) -> Result<Batch<'_>, BatchDecodeError> {
     if payload.len() < HEADER {
-        return Err(format!(
-            "block batch of {} bytes is shorter than its header",
-            payload.len()
-        ));
+        return Err(BatchDecodeError::Short(payload.len()));
     }
     if payload[0] != BATCH_VERSION {
-        return Err(format!(
-            "block batch version {} is not supported",
-            payload[0]
-        ));
+        return Err(BatchDecodeError::Version(payload[0]));
     }
     let flags = payload[1];
     if flags & !1 != 0 {
-        return Err(format!("block batch has unknown flags {flags:#x}"));
+        return Err(BatchDecodeError::Flags(flags));
     }
     let volume = u16::from_le_bytes([payload[2], payload[3]]);
     let count = u32::from_le_bytes(payload[4..8].try_into().unwrap_or_default());
     let first = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
     if count == 0 {
-        return Err("block batch with no blocks".into());
+        return Err(BatchDecodeError::Empty);
     }
     let rest = &payload[HEADER..];
     let data = if flags & 1 == 1 {
         if !rest.is_empty() {
-            return Err("zero block batch carries data".into());
+            return Err(BatchDecodeError::ZeroWithData);
         }
         None
     } else {

@@ -190,16 +190,16 @@ impl ReplicaError {
         }
     }
 
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, why: impl std::fmt::Display) -> Self {
         ReplicaError::Corrupt {
             path: path.into(),
-            why: why.into(),
+            why: why.to_string(),
         }
     }
 
-    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(reason: impl std::fmt::Display) -> Self {
         ReplicaError::InvalidArgument {
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Byte-level encoding of `store.meta`, `manifest.pit` and the segment
 //! header and index entries (layout tables in the crate docs). Decoders
-//! never panic on arbitrary input: they return a reason in words.
+//! never panic on arbitrary input: they return a [`FormatError`] saying
+//! what is wrong (the store reports it as [`crate::ReplicaError::Corrupt`]).
 
 use offsite_durable::le;
 
@@ -102,6 +103,65 @@ impl Entry {
     }
 }
 
+/// Why a file's bytes do not decode. `what` names the file or structure
+/// ("store.meta", "manifest", "segment header").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FormatError {
+    /// Shorter than its fixed part.
+    #[error("{what} is truncated ({len} bytes)")]
+    Truncated { what: &'static str, len: usize },
+    /// The stored crc32c is not that of the bytes.
+    #[error("{what} checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
+    /// Not one of our files.
+    #[error("{what} has a bad magic number")]
+    BadMagic { what: &'static str },
+    /// Written by another format version.
+    #[error("{what} has format version {version}, this build reads version {FORMAT_VERSION}")]
+    Version { what: &'static str, version: u32 },
+    /// A volume count outside 1..=MAX_VOLUMES.
+    #[error("{what} lists {count} volumes")]
+    VolumeCount { what: &'static str, count: usize },
+    /// Bytes after the last field.
+    #[error("{what} has {count} unexpected trailing bytes")]
+    TrailingBytes { what: &'static str, count: usize },
+    /// A field decodes but fails validation.
+    #[error("{what}: {source}")]
+    Invalid {
+        what: &'static str,
+        #[source]
+        source: crate::InvalidInput,
+    },
+    /// A manifest's PIT range is empty or starts at 0.
+    #[error("manifest has an invalid PIT range {first}..={id}")]
+    PitRange { first: u64, id: u64 },
+    /// A manifest's name tag is neither absent nor present.
+    #[error("manifest has an invalid name tag {tag}")]
+    NameTag { tag: u8 },
+    /// A manifest's creation time is longer than MAX_CREATED_AT.
+    #[error("manifest has a {len}-byte creation time")]
+    CreatedAtLength { len: usize },
+    /// A manifest's volume summary has more data blocks than entries.
+    #[error("manifest claims {data_blocks} data blocks out of {entries} entries")]
+    DataBlocks { data_blocks: u64, entries: u64 },
+    /// A segment header's reserved bytes are not zero.
+    #[error("segment header has non-zero reserved bytes")]
+    Reserved,
+    /// An index entry whose kind and slot disagree.
+    #[error("index entry for block {block} has kind {kind} and slot {slot:#x}")]
+    Entry { block: u64, kind: u32, slot: u32 },
+    /// A length-prefixed field runs past the end.
+    #[error("file ends in the middle of a field")]
+    ShortField,
+    /// A text field is not UTF-8.
+    #[error("a text field is not UTF-8")]
+    NotUtf8,
+}
+
 /// Appends `bytes`' crc32c.
 fn seal(mut out: Vec<u8>) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
@@ -110,30 +170,37 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
 }
 
 /// Checks and strips the trailing crc32c.
-fn unseal<'a>(bytes: &'a [u8], what: &str, min: usize) -> Result<&'a [u8], String> {
+fn unseal<'a>(bytes: &'a [u8], what: &'static str, min: usize) -> Result<&'a [u8], FormatError> {
     if bytes.len() < min + 4 {
-        return Err(format!("{what} is truncated ({} bytes)", bytes.len()));
+        return Err(FormatError::Truncated {
+            what,
+            len: bytes.len(),
+        });
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     let actual = crc32c::crc32c(body);
     if stored != actual {
-        return Err(format!(
-            "{what} checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        ));
+        return Err(FormatError::Checksum {
+            what,
+            stored,
+            computed: actual,
+        });
     }
     Ok(body)
 }
 
-fn check_magic_version(body: &[u8], magic: &[u8; 8], what: &str) -> Result<(), String> {
+fn check_magic_version(
+    body: &[u8],
+    magic: &[u8; 8],
+    what: &'static str,
+) -> Result<(), FormatError> {
     if body[0..8] != *magic {
-        return Err(format!("{what} has a bad magic number"));
+        return Err(FormatError::BadMagic { what });
     }
     let version = le::u32_at(body, 8);
     if version != FORMAT_VERSION {
-        return Err(format!(
-            "{what} has format version {version}, this build reads version {FORMAT_VERSION}"
-        ));
+        return Err(FormatError::Version { what, version });
     }
     Ok(())
 }
@@ -156,7 +223,7 @@ pub(crate) fn encode_meta(meta: &Meta) -> Vec<u8> {
 }
 
 /// Decodes and validates `store.meta`.
-pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, String> {
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, FormatError> {
     let body = unseal(bytes, "store.meta", 40)?;
     check_magic_version(body, &META_MAGIC, "store.meta")?;
     let count = le::u32_at(body, 12) as usize;
@@ -165,7 +232,10 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, String> {
     let base_through = le::u64_at(body, 32);
     let mut r = Reader { b: body, at: 40 };
     if count == 0 || count > MAX_VOLUMES {
-        return Err(format!("store.meta lists {count} volumes"));
+        return Err(FormatError::VolumeCount {
+            what: "store.meta",
+            count,
+        });
     }
     let mut volumes = Vec::with_capacity(count);
     for _ in 0..count {
@@ -180,12 +250,15 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<Meta, String> {
         });
     }
     if r.at != body.len() {
-        return Err(format!(
-            "store.meta has {} unexpected trailing bytes",
-            body.len() - r.at
-        ));
+        return Err(FormatError::TrailingBytes {
+            what: "store.meta",
+            count: body.len() - r.at,
+        });
     }
-    crate::validate_volumes(&volumes).map_err(|e| format!("store.meta: {e}"))?;
+    crate::validate_volumes(&volumes).map_err(|source| FormatError::Invalid {
+        what: "store.meta",
+        source,
+    })?;
     Ok(Meta {
         uuid,
         base_through,
@@ -224,19 +297,22 @@ pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
 }
 
 /// Decodes and validates `manifest.pit` (identity checks are the caller's).
-pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, FormatError> {
     let body = unseal(bytes, "manifest", 52)?;
     check_magic_version(body, &MANIFEST_MAGIC, "manifest")?;
     let count = le::u32_at(body, 12) as usize;
     if count == 0 || count > MAX_VOLUMES {
-        return Err(format!("manifest lists {count} volumes"));
+        return Err(FormatError::VolumeCount {
+            what: "manifest",
+            count,
+        });
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&body[16..32]);
     let id = le::u64_at(body, 32);
     let first = le::u64_at(body, 40);
     if id == 0 || first == 0 || first > id {
-        return Err(format!("manifest has an invalid PIT range {first}..={id}"));
+        return Err(FormatError::PitRange { first, id });
     }
     let tag = body[48];
     let name_len = le::u16_at(body, 50) as usize;
@@ -245,14 +321,17 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         NAME_ABSENT if name_len == 0 && body[49] == 0 => None,
         NAME_PRESENT if body[49] == 0 => {
             let name = r.string(name_len)?;
-            crate::validate_pit_name(&name).map_err(|e| format!("manifest: {e}"))?;
+            crate::validate_pit_name(&name).map_err(|source| FormatError::Invalid {
+                what: "manifest",
+                source,
+            })?;
             Some(name)
         }
-        _ => return Err(format!("manifest has an invalid name tag {tag}")),
+        _ => return Err(FormatError::NameTag { tag }),
     };
     let created_len = r.u16()? as usize;
     if created_len > MAX_CREATED_AT {
-        return Err(format!("manifest has a {created_len}-byte creation time"));
+        return Err(FormatError::CreatedAtLength { len: created_len });
     }
     let created_at = r.string(created_len)?;
     let mut volumes = Vec::with_capacity(count);
@@ -261,9 +340,10 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         let data_blocks = r.u64()?;
         let digest: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
         if data_blocks > entries {
-            return Err(format!(
-                "manifest claims {data_blocks} data blocks out of {entries} entries"
-            ));
+            return Err(FormatError::DataBlocks {
+                data_blocks,
+                entries,
+            });
         }
         volumes.push(VolSummary {
             entries,
@@ -272,10 +352,10 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         });
     }
     if r.at != body.len() {
-        return Err(format!(
-            "manifest has {} unexpected trailing bytes",
-            body.len() - r.at
-        ));
+        return Err(FormatError::TrailingBytes {
+            what: "manifest",
+            count: body.len() - r.at,
+        });
     }
     Ok(Manifest {
         uuid,
@@ -305,20 +385,25 @@ pub(crate) fn encode_seg_header(h: &SegHeader) -> [u8; SEG_HEADER_LEN] {
 }
 
 /// Decodes the 64-byte segment header.
-pub(crate) fn decode_seg_header(b: &[u8]) -> Result<SegHeader, String> {
+pub(crate) fn decode_seg_header(b: &[u8]) -> Result<SegHeader, FormatError> {
     if b.len() < SEG_HEADER_LEN {
-        return Err(format!("segment header is truncated ({} bytes)", b.len()));
+        return Err(FormatError::Truncated {
+            what: "segment header",
+            len: b.len(),
+        });
     }
     let stored = le::u32_at(b, 60);
     let actual = crc32c::crc32c(&b[..60]);
     if stored != actual {
-        return Err(format!(
-            "segment header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-        ));
+        return Err(FormatError::Checksum {
+            what: "segment header",
+            stored,
+            computed: actual,
+        });
     }
     check_magic_version(b, &SEGMENT_MAGIC, "segment")?;
     if le::u32_at(b, 56) != 0 {
-        return Err("segment header has non-zero reserved bytes".to_string());
+        return Err(FormatError::Reserved);
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&b[16..32]);
@@ -342,7 +427,7 @@ pub(crate) fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
 }
 
 /// Decodes one 48-byte index entry (kind/slot consistency only).
-pub(crate) fn decode_entry(b: &[u8]) -> Result<Entry, String> {
+pub(crate) fn decode_entry(b: &[u8]) -> Result<Entry, FormatError> {
     let block = le::u64_at(b, 0);
     let kind = le::u32_at(b, 8);
     let slot = le::u32_at(b, 12);
@@ -350,9 +435,7 @@ pub(crate) fn decode_entry(b: &[u8]) -> Result<Entry, String> {
         KIND_DATA if slot != ZERO_SLOT => {}
         KIND_ZERO if slot == ZERO_SLOT => {}
         _ => {
-            return Err(format!(
-                "index entry for block {block} has kind {kind} and slot {slot:#x}"
-            ));
+            return Err(FormatError::Entry { block, kind, slot });
         }
     }
     Ok(Entry {
@@ -373,27 +456,26 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| "file ends in the middle of a field".to_string())?;
+            .ok_or(FormatError::ShortField)?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
     }
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, FormatError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, FormatError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, FormatError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
-    fn string(&mut self, n: usize) -> Result<String, String> {
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| "a text field is not UTF-8".to_string())
+    fn string(&mut self, n: usize) -> Result<String, FormatError> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FormatError::NotUtf8)
     }
 }

@@ -218,8 +218,8 @@ use offsite_durable as fsx;
 
 pub use crate::error::ReplicaError;
 pub use crate::log::{
-    LOG_FILE, LogApplier, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN, RECORD_TRAILER_LEN,
-    WriteLog, decode_records, encode_record,
+    LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
+    RECORD_TRAILER_LEN, WriteLog, decode_records, encode_record,
 };
 pub use crate::store::ReplicaStore;
 pub use crate::writer::PitWriter;
@@ -265,10 +265,21 @@ impl fmt::Display for PitId {
     }
 }
 
+/// A number or text that is not a PIT id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PitIdError {
+    /// 0 is never a PIT id.
+    #[error("PIT id 0 is not valid")]
+    Zero,
+    /// The text is not a number.
+    #[error("{0:?} is not a PIT id (a positive number)")]
+    NotANumber(String),
+}
+
 impl TryFrom<u64> for PitId {
-    type Error = String;
-    fn try_from(id: u64) -> Result<PitId, String> {
-        PitId::new(id).ok_or_else(|| "PIT id 0 is not valid".to_string())
+    type Error = PitIdError;
+    fn try_from(id: u64) -> Result<PitId, PitIdError> {
+        PitId::new(id).ok_or(PitIdError::Zero)
     }
 }
 
@@ -279,11 +290,11 @@ impl From<PitId> for u64 {
 }
 
 impl FromStr for PitId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<PitId, String> {
+    type Err = PitIdError;
+    fn from_str(s: &str) -> Result<PitId, PitIdError> {
         let n: u64 = s
             .parse()
-            .map_err(|_| format!("{s:?} is not a PIT id (a positive number)"))?;
+            .map_err(|_| PitIdError::NotANumber(s.to_string()))?;
         PitId::try_from(n)
     }
 }
@@ -314,14 +325,45 @@ pub struct DamagedPit {
     pub why: String,
 }
 
+/// A volume list, PIT name or creation time that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum InvalidInput {
+    #[error("a group needs 1 to {max} volumes, got {count}", max = format::MAX_VOLUMES)]
+    VolumeCount { count: usize },
+    #[error(
+        "volume name {name:?} must be 1 to {max} characters of A-Z a-z 0-9 . _ - and not start with '.'",
+        max = format::MAX_VOLUME_NAME
+    )]
+    VolumeName { name: String },
+    #[error("volume name {name:?} appears twice")]
+    DuplicateVolume { name: String },
+    #[error(
+        "volume {name:?} has block size {block_size}; use a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
+    )]
+    BlockSize { name: String, block_size: u32 },
+    #[error(
+        "volume {name:?} has size {size_bytes} bytes, which is not a positive multiple of its block size {block_size}"
+    )]
+    VolumeSize {
+        name: String,
+        size_bytes: u64,
+        block_size: u32,
+    },
+    #[error(
+        "PIT name {name:?} must be 1 to {max} bytes without control characters",
+        max = format::MAX_PIT_NAME
+    )]
+    PitName { name: String },
+    #[error("creation time {value:?} is not an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")]
+    CreatedAt { value: String },
+}
+
 /// Checks a volume list: 1..=1024 volumes, valid unique names, geometry.
-pub(crate) fn validate_volumes(volumes: &[VolumeSpec]) -> Result<(), String> {
+pub(crate) fn validate_volumes(volumes: &[VolumeSpec]) -> Result<(), InvalidInput> {
     if volumes.is_empty() || volumes.len() > format::MAX_VOLUMES {
-        return Err(format!(
-            "a group needs 1 to {} volumes, got {}",
-            format::MAX_VOLUMES,
-            volumes.len()
-        ));
+        return Err(InvalidInput::VolumeCount {
+            count: volumes.len(),
+        });
     }
     let mut seen = std::collections::HashSet::new();
     for v in volumes {
@@ -330,53 +372,50 @@ pub(crate) fn validate_volumes(volumes: &[VolumeSpec]) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if n.is_empty() || n.len() > format::MAX_VOLUME_NAME || !ok_chars || n.starts_with('.') {
-            return Err(format!(
-                "volume name {n:?} must be 1 to {} characters of A-Z a-z 0-9 . _ - and not start with '.'",
-                format::MAX_VOLUME_NAME
-            ));
+            return Err(InvalidInput::VolumeName { name: n.clone() });
         }
         if !seen.insert(n.as_str()) {
-            return Err(format!("volume name {n:?} appears twice"));
+            return Err(InvalidInput::DuplicateVolume { name: n.clone() });
         }
         if !v.block_size.is_power_of_two()
             || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&v.block_size)
         {
-            return Err(format!(
-                "volume {n:?} has block size {}; use a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}",
-                v.block_size
-            ));
+            return Err(InvalidInput::BlockSize {
+                name: n.clone(),
+                block_size: v.block_size,
+            });
         }
         if v.size_bytes == 0 || !v.size_bytes.is_multiple_of(u64::from(v.block_size)) {
-            return Err(format!(
-                "volume {n:?} has size {} bytes, which is not a positive multiple of its block size {}",
-                v.size_bytes, v.block_size
-            ));
+            return Err(InvalidInput::VolumeSize {
+                name: n.clone(),
+                size_bytes: v.size_bytes,
+                block_size: v.block_size,
+            });
         }
     }
     Ok(())
 }
 
 /// Checks a PIT name: 1..=255 bytes, no control characters.
-pub(crate) fn validate_pit_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_pit_name(name: &str) -> Result<(), InvalidInput> {
     if name.is_empty() || name.len() > format::MAX_PIT_NAME || name.chars().any(char::is_control) {
-        return Err(format!(
-            "PIT name {name:?} must be 1 to {} bytes without control characters",
-            format::MAX_PIT_NAME
-        ));
+        return Err(InvalidInput::PitName {
+            name: name.to_string(),
+        });
     }
     Ok(())
 }
 
 /// Checks a creation time: RFC 3339, at most 64 bytes.
-pub(crate) fn validate_created_at(s: &str) -> Result<(), String> {
+pub(crate) fn validate_created_at(s: &str) -> Result<(), InvalidInput> {
     let ok = s.len() <= format::MAX_CREATED_AT
         && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok();
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "creation time {s:?} is not an RFC 3339 timestamp such as 2024-05-01T12:00:00Z"
-        ))
+        Err(InvalidInput::CreatedAt {
+            value: s.to_string(),
+        })
     }
 }
 

@@ -186,32 +186,120 @@ pub fn encode_record(rec: &LogRecord<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// Why write-log bytes (a record, a batch from the network, the file's
+/// header) are not acceptable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogFormatError {
+    /// A record does not start with the record magic.
+    #[error("log record has a bad magic")]
+    RecordMagic,
+    /// A record's reserved bytes are not zero.
+    #[error("log record has non-zero reserved bytes")]
+    Reserved,
+    /// A record covers no block.
+    #[error("log record of zero blocks")]
+    ZeroBlocks,
+    /// A data record's length does not fit its block count.
+    #[error("log record carries {bytes} bytes for {count} blocks")]
+    DataLength {
+        /// Data bytes the record carries.
+        bytes: u32,
+        /// Blocks it covers.
+        count: u32,
+    },
+    /// A zero-block record carries data.
+    #[error("zero-block log record carries data")]
+    ZeroWithData,
+    /// A record of a kind this build does not know.
+    #[error("log record of unknown kind {0}")]
+    UnknownKind(u8),
+    /// A record fails its crc32c.
+    #[error("log record fails its checksum")]
+    RecordChecksum,
+    /// A batch ends in the middle of a record.
+    #[error("log batch ends inside a record ({trailing} trailing bytes)")]
+    Truncated {
+        /// Bytes after the last whole record.
+        trailing: usize,
+    },
+    /// Sequence numbers do not grow.
+    #[error("log record {seq} follows record {prev}")]
+    OutOfOrder {
+        /// The record's sequence number.
+        seq: u64,
+        /// The one before it.
+        prev: u64,
+    },
+    /// A record names a volume the store does not have.
+    #[error("log record for unknown volume #{0}")]
+    UnknownVolume(u16),
+    /// A record's blocks lie past the end of its volume.
+    #[error("log record for blocks {first}+{count} is past the end of volume {volume}")]
+    PastEnd {
+        /// First block.
+        first: u64,
+        /// Blocks.
+        count: u32,
+        /// The volume's name.
+        volume: String,
+    },
+    /// A record's data is not `count` blocks of the volume's block size.
+    #[error("log record carries {bytes} bytes for {count} blocks of {block_size}")]
+    DataSize {
+        /// Data bytes the record carries.
+        bytes: usize,
+        /// Blocks it covers.
+        count: u32,
+        /// The volume's block size.
+        block_size: u64,
+    },
+    /// The file's header could not be read.
+    #[error("{0}")]
+    ReadHeader(std::io::Error),
+    /// The header is shorter than its fixed length.
+    #[error("log header is truncated ({0} bytes)")]
+    HeaderTruncated(usize),
+    /// The header fails its crc32c.
+    #[error("log header fails its checksum")]
+    HeaderChecksum,
+    /// The file is not a write log.
+    #[error("not a replica write log (bad magic)")]
+    HeaderMagic,
+    /// The log was written by another format version.
+    #[error("write log format version {0} is not supported")]
+    Version(u32),
+    /// The log is another store's.
+    #[error("the write log belongs to another replica store")]
+    OtherStore,
+}
+
 /// Decodes the record at the start of `buf`: the record and its length,
 /// `Ok(None)` if `buf` is too short to hold it, or why it is invalid.
-fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
+fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, LogFormatError> {
     if buf.len() < RECORD_HEADER_LEN {
         return Ok(None);
     }
     if &buf[0..4] != REC_MAGIC {
-        return Err("log record has a bad magic".into());
+        return Err(LogFormatError::RecordMagic);
     }
     let kind = buf[4];
     if buf[5..8] != [0; 3] || buf[34..40] != [0; 6] {
-        return Err("log record has non-zero reserved bytes".into());
+        return Err(LogFormatError::Reserved);
     }
     let count = le::u32_at(buf, 24);
     let dl = le::u32_at(buf, 28);
     if count == 0 {
-        return Err("log record of zero blocks".into());
+        return Err(LogFormatError::ZeroBlocks);
     }
     match kind {
         KIND_DATA if dl == 0 || dl > MAX_RECORD_DATA || !dl.is_multiple_of(count) => {
-            return Err(format!("log record carries {dl} bytes for {count} blocks"));
+            return Err(LogFormatError::DataLength { bytes: dl, count });
         }
         KIND_DATA => {}
-        KIND_ZERO if dl != 0 => return Err("zero-block log record carries data".into()),
+        KIND_ZERO if dl != 0 => return Err(LogFormatError::ZeroWithData),
         KIND_ZERO => {}
-        k => return Err(format!("log record of unknown kind {k}")),
+        k => return Err(LogFormatError::UnknownKind(k)),
     }
     let total = RECORD_HEADER_LEN + dl as usize + RECORD_TRAILER_LEN;
     if buf.len() < total {
@@ -219,7 +307,7 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
     }
     let crc = le::u32_at(buf, total - RECORD_TRAILER_LEN);
     if VERIFY_CHECKSUMS && crc32c::crc32c(&buf[..total - RECORD_TRAILER_LEN]) != crc {
-        return Err("log record fails its checksum".into());
+        return Err(LogFormatError::RecordChecksum);
     }
     let data =
         (kind == KIND_DATA).then(|| &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + dl as usize]);
@@ -237,20 +325,19 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, String> {
 
 /// Decodes a whole batch (untrusted bytes from the network): every byte
 /// must belong to a valid record, and sequence numbers must grow.
-pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, String> {
+pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, LogFormatError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < buf.len() {
         let Some((rec, len)) = decode_one(&buf[at..])? else {
-            return Err(format!(
-                "log batch ends inside a record ({} trailing bytes)",
-                buf.len() - at
-            ));
+            return Err(LogFormatError::Truncated {
+                trailing: buf.len() - at,
+            });
         };
         if let Some(prev) = out.last().map(|r: &LogRecord<'_>| r.seq)
             && rec.seq <= prev
         {
-            return Err(format!("log record {} follows record {prev}", rec.seq));
+            return Err(LogFormatError::OutOfOrder { seq: rec.seq, prev });
         }
         out.push(rec);
         at += len;
@@ -270,22 +357,22 @@ fn encode_header(uuid: &[u8; 16], after: u64) -> [u8; HEADER_LEN] {
 }
 
 /// `after` from a header, or why it is not one of this store's.
-fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, String> {
+fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, LogFormatError> {
     if h.len() < HEADER_LEN {
-        return Err(format!("log header is truncated ({} bytes)", h.len()));
+        return Err(LogFormatError::HeaderTruncated(h.len()));
     }
     if crc32c::crc32c(&h[..60]) != le::u32_at(h, 60) {
-        return Err("log header fails its checksum".into());
+        return Err(LogFormatError::HeaderChecksum);
     }
     if &h[0..8] != LOG_MAGIC {
-        return Err("not a replica write log (bad magic)".into());
+        return Err(LogFormatError::HeaderMagic);
     }
     let v = le::u32_at(h, 8);
     if v != LOG_VERSION {
-        return Err(format!("write log format version {v} is not supported"));
+        return Err(LogFormatError::Version(v));
     }
     if &h[16..32] != uuid {
-        return Err("the write log belongs to another replica store".into());
+        return Err(LogFormatError::OtherStore);
     }
     Ok(le::u64_at(h, 32))
 }
@@ -478,7 +565,7 @@ impl ReplicaStore {
                 let mut h = [0u8; HEADER_LEN];
                 let header = r
                     .read_exact(&mut h)
-                    .map_err(|e| e.to_string())
+                    .map_err(LogFormatError::ReadHeader)
                     .and_then(|()| decode_header(&h, &inner.uuid));
                 match header {
                     // A log created but never made durable past its header.
@@ -748,35 +835,34 @@ impl WriteLog {
 
     /// Whether `rec` fits the store (volume, range, data length) and follows
     /// the log's last record.
-    fn check(&self, rec: &LogRecord<'_>) -> Result<(), String> {
+    fn check(&self, rec: &LogRecord<'_>) -> Result<(), LogFormatError> {
         let spec = self
             .store
             .specs
             .get(usize::from(rec.volume))
-            .ok_or_else(|| format!("log record for unknown volume #{}", rec.volume))?;
+            .ok_or(LogFormatError::UnknownVolume(rec.volume))?;
         let bs = u64::from(spec.block_size);
         rec.first
             .checked_add(u64::from(rec.count))
             .filter(|&e| e <= spec.size_bytes / bs)
-            .ok_or_else(|| {
-                format!(
-                    "log record for blocks {}+{} is past the end of volume {}",
-                    rec.first, rec.count, spec.name
-                )
+            .ok_or_else(|| LogFormatError::PastEnd {
+                first: rec.first,
+                count: rec.count,
+                volume: spec.name.clone(),
             })?;
         if let Some(d) = rec.data
             && d.len() as u64 != u64::from(rec.count) * bs
         {
-            return Err(format!(
-                "log record carries {} bytes for {} blocks of {bs}",
-                d.len(),
-                rec.count
-            ));
+            return Err(LogFormatError::DataSize {
+                bytes: d.len(),
+                count: rec.count,
+                block_size: bs,
+            });
         }
         if let Some(prev) = self.last_seq
             && rec.seq <= prev
         {
-            return Err(format!("log record {} follows record {prev}", rec.seq));
+            return Err(LogFormatError::OutOfOrder { seq: rec.seq, prev });
         }
         Ok(())
     }

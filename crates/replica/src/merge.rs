@@ -128,6 +128,7 @@ fn merge_into_next(inner: &Inner, k: &Arc<Pit>, n: &Arc<Pit>) -> Result<(), Repl
     let (segs, manifest) = match built {
         Ok(x) => x,
         Err(e) => {
+            // Open empties `staging/` anyway (recover, step 2).
             let _ = fsx::remove_tree(&staging);
             return Err(e);
         }

@@ -62,7 +62,9 @@ pub(crate) fn create(
     uuid: [u8; 16],
     base_through: u64,
 ) -> Result<ReplicaStore, ReplicaError> {
-    validate_volumes(volumes).map_err(|reason| ReplicaError::InvalidVolumes { reason })?;
+    validate_volumes(volumes).map_err(|e| ReplicaError::InvalidVolumes {
+        reason: e.to_string(),
+    })?;
     match fs::read_dir(dir) {
         Ok(mut it) => {
             if it.next().is_some() {

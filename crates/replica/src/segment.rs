@@ -215,7 +215,7 @@ impl Segment {
         let mut hb = [0u8; SEG_HEADER_LEN];
         file.read_exact_at(&mut hb, 0)
             .map_err(|e| ReplicaError::io("read", path, e))?;
-        let h = decode_seg_header(&hb).map_err(corrupt)?;
+        let h = decode_seg_header(&hb).map_err(|e| corrupt(e.to_string()))?;
         if h.uuid != *ex.uuid {
             return Err(corrupt("segment belongs to another replica store".into()));
         }
@@ -268,7 +268,7 @@ impl Segment {
         let mut slots = Vec::with_capacity(n);
         let mut data_blocks = 0u64;
         for chunk in index.chunks_exact(ENTRY_LEN) {
-            let e = decode_entry(chunk).map_err(&corrupt)?;
+            let e = decode_entry(chunk).map_err(|e| corrupt(e.to_string()))?;
             if e.block >= ex.nblocks {
                 return Err(corrupt(format!(
                     "index names block {}, past the end of the volume ({} blocks)",

@@ -685,6 +685,8 @@ impl ReplicaStore {
         // Same file system, or the rename fails with EXDEV and nothing changed.
         fsx::rename(image, &vol.base_path)?; // 1
         fsx::sync_dir(&base_dir).map_err(|e| inner.poison(e))?; // 2
+        // The image's new name is durable (2); its old one lingering after
+        // a crash is harmless (a seed's marker says it was moved).
         if let Some(from) = image.parent() {
             let _ = fsx::sync_dir(from);
         }

@@ -5,7 +5,9 @@ use proptest::prelude::*;
 
 use crate::format::*;
 use crate::store::{parse_pit_dir_name, pit_dir_name};
-use crate::{PitId, VolumeSpec, validate_created_at, validate_pit_name, validate_volumes};
+use crate::{
+    InvalidInput, PitId, VolumeSpec, validate_created_at, validate_pit_name, validate_volumes,
+};
 
 fn meta() -> Meta {
     Meta {
@@ -49,7 +51,7 @@ fn manifest() -> Manifest {
 }
 
 /// Every single-bit flip and every truncation is rejected.
-fn assert_fragile<T>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, String>) {
+fn assert_fragile<T>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, FormatError>) {
     for i in 0..bytes.len() {
         let mut b = bytes.to_vec();
         b[i] ^= 0x04;
@@ -88,7 +90,8 @@ fn manifest_rejects_bad_ranges_and_tags() {
             ..manifest()
         });
         let e = decode_manifest(&bytes).unwrap_err();
-        assert!(e.contains("invalid PIT range"), "{e}");
+        assert_eq!(e, FormatError::PitRange { first, id });
+        assert!(e.to_string().contains("invalid PIT range"), "{e}");
     }
     let bytes = encode_manifest(&Manifest {
         volumes: vec![VolSummary {
@@ -98,7 +101,13 @@ fn manifest_rejects_bad_ranges_and_tags() {
         }],
         ..manifest()
     });
-    assert!(decode_manifest(&bytes).unwrap_err().contains("data blocks"));
+    assert_eq!(
+        decode_manifest(&bytes).unwrap_err(),
+        FormatError::DataBlocks {
+            data_blocks: 2,
+            entries: 1
+        }
+    );
 }
 
 #[test]
@@ -170,12 +179,30 @@ fn validation() {
         }])
         .unwrap_err()
     };
-    assert!(bad("../x", 4096, 4096).contains("must be"));
-    assert!(bad(".hidden", 4096, 4096).contains("must be"));
-    assert!(bad("x", 4096, 1000).contains("power of two"));
-    assert!(bad("x", 4097, 4096).contains("multiple"));
-    assert!(bad("x", 0, 4096).contains("multiple"));
-    assert!(validate_volumes(&[]).is_err());
+    assert!(matches!(
+        bad("../x", 4096, 4096),
+        InvalidInput::VolumeName { .. }
+    ));
+    assert!(matches!(
+        bad(".hidden", 4096, 4096),
+        InvalidInput::VolumeName { .. }
+    ));
+    assert!(bad(".hidden", 4096, 4096).to_string().contains("must be"));
+    assert!(matches!(
+        bad("x", 4096, 1000),
+        InvalidInput::BlockSize { .. }
+    ));
+    assert!(bad("x", 4096, 1000).to_string().contains("power of two"));
+    assert!(matches!(
+        bad("x", 4097, 4096),
+        InvalidInput::VolumeSize { .. }
+    ));
+    assert!(matches!(bad("x", 0, 4096), InvalidInput::VolumeSize { .. }));
+    assert!(bad("x", 0, 4096).to_string().contains("multiple"));
+    assert_eq!(
+        validate_volumes(&[]).unwrap_err(),
+        InvalidInput::VolumeCount { count: 0 }
+    );
     assert!(validate_pit_name("").is_err());
     assert!(validate_pit_name("a\nb").is_err());
     assert!(validate_created_at("2024-05-01T12:00:00.5+02:00").is_ok());

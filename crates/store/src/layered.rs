@@ -345,7 +345,11 @@ impl Layered {
         let map = encode_map(&RoaringTreemap::new(), size, block_size);
         if let Err(e) = write_durably(&map_path, &map, crate::PRIVATE_FILE_MODE) {
             drop(top);
-            let _ = offsite_durable::remove_file(&top_path);
+            // Left behind, the top would make the next create fail (it is
+            // created exclusively).
+            if let Err(re) = offsite_durable::remove_file(&top_path) {
+                tracing::warn!(path = %top_path.display(), error = %re, "removing the top of a layer whose create failed");
+            }
             return Err(LayerError::io("write", &map_path)(e));
         }
         Ok(Layered::assemble(

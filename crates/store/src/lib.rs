@@ -161,6 +161,7 @@ fn probe_max_len(file: &File, refused: u64) -> Option<u64> {
             Err(_) => return None,
         }
     }
+    // The caller removes the file next; an unshrunk sparse file costs nothing.
     let _ = file.set_len(0);
     (ok > 0).then_some(ok)
 }
@@ -227,7 +228,10 @@ impl VolumeFile {
             };
         if let Err(e) = sized {
             drop(file);
-            let _ = VolumeFile::remove(path);
+            // Left behind, it would make the next create of this volume fail.
+            if let Err(re) = VolumeFile::remove(path) {
+                tracing::warn!(path = %path.display(), error = %re, "removing a volume file whose create failed");
+            }
             return Err(e);
         }
         if let Some(dir) = path.parent() {

@@ -69,6 +69,7 @@ async fn connect_inner(
             });
         }
     };
+    // Latency only: a socket without it still works.
     let _ = socket.set_nodelay(true);
     let peer_addr = socket
         .peer_addr()

@@ -372,6 +372,8 @@ impl DirectStream {
 
     /// Ends the stream in order: `Bye`, TLS close, then the write side.
     pub fn close(&self) {
+        // Best effort: a peer that is gone learns nothing, and the stream
+        // ends either way.
         let _ = self.send(&Message::Bye);
         let mut tls = lock(&self.tls);
         tls.send_close_notify();
@@ -382,6 +384,7 @@ impl DirectStream {
     /// Fails every blocked and later read or write at once (another thread
     /// gave up on the peer).
     pub fn shutdown(&self) {
+        // Fails only on a socket that is already shut down.
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 }

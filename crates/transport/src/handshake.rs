@@ -103,7 +103,8 @@ where
             ),
         },
     };
-    // Best effort: the peer learns why; we report our own reason.
+    // Best effort: the peer learns why, then the connection closes; we
+    // report our own reason.
     let _ = send(framed, &Message::refuse(code, text), &io_error).await;
     let _ = framed.get_mut().shutdown().await;
     Err(err)

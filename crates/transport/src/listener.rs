@@ -354,6 +354,8 @@ impl Listener {
         }
         drop(notify_shutdown);
         drop(done_tx);
+        // Returns `None` once every connection task has dropped its sender:
+        // that is the wait.
         let _ = done_rx.recv().await;
     }
 }
@@ -399,6 +401,7 @@ impl Inner {
         F: Future,
     {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        // Latency only: a socket without it still works.
         let _ = socket.set_nodelay(true);
         let options = self.options.get();
         let limit = options.handshake_timeout;
@@ -554,6 +557,7 @@ impl Inner {
 /// with unread bytes would reset the connection and could destroy the alert
 /// before the client reads it.
 async fn linger(mut socket: TcpStream) {
+    // Best effort throughout: the connection is being dropped anyway.
     let _ = socket.shutdown().await;
     let mut sink = [0u8; 4096];
     let drain = async {

@@ -212,6 +212,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&nonce);
         if let Some(waiter) = waiter {
+            // The pinger may have given up waiting.
             let _ = waiter.send(rtt);
         }
     }
@@ -552,6 +553,7 @@ impl Session {
     pub async fn close(mut self) {
         self.shared.stop(Stop::Close);
         if let Some(writer) = self.writer.take() {
+            // The writer records its own failure; only its end matters here.
             let _ = writer.await;
         }
     }
@@ -566,6 +568,7 @@ impl Drop for Session {
 
 /// Returns once the session is stopping (or its state is gone).
 async fn stopped(stop: &mut watch::Receiver<Stop>) {
+    // An error means the state is gone: stopped as well.
     let _ = stop.wait_for(|s| *s != Stop::Running).await;
 }
 
@@ -599,12 +602,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             read = reader.read_message() => read,
             () = stopped(&mut stop) => {
                 if *stop.borrow() == Stop::Handover {
+                    // The taker may have given up; the reader is dropped then.
                     let _ = hand_back.send(reader);
                     return;
                 }
                 let failed = shared.writer_error.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if let Some(err) = failed {
                     warn!("closing session: {err}");
+                    // The session's owner may be gone; the error is logged.
                     let _ = inbound.send(Err(err)).await;
                 }
                 return;
@@ -620,6 +625,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     sent_at_micros,
                 };
                 if let Ok(frame) = encode_frame(&pong, Compression::None) {
+                    // Fails only when the writer stopped: the session is ending.
                     let _ = control.send(frame).await;
                 }
                 continue;
@@ -676,6 +682,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         warn!("closing session: {err}");
+        // The reply is a courtesy to a peer we are leaving; the owner may
+        // be gone already; the error is logged above.
         if let Some(frame) = reply.and_then(|m| encode_frame(&m, Compression::None).ok()) {
             let _ = control.try_send(frame);
         }
@@ -733,6 +741,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
     .await;
     if result.is_ok() && *stop.borrow() == Stop::Handover {
+        // The taker may have given up; the writer is dropped then.
         let _ = hand_back.send(writer);
         return;
     }

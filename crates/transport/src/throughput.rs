@@ -143,6 +143,7 @@ pub async fn serve_throughput_test(mut session: Session) -> Result<(), Transport
             }
             Some(other) => {
                 let got = other.tag();
+                // A courtesy before failing: the error below is what counts.
                 let _ = session
                     .send(Message::error(
                         ErrorCode::UnexpectedMessage,

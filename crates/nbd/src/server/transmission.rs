@@ -215,6 +215,8 @@ impl<'a> Transmission<'a> {
             let result = self.serve_loop(reader, writer, &mut completer, &mut spawn);
             if let Some((tx, handle)) = completer.take() {
                 drop(tx);
+                // The completer returns nothing; a panic in it was printed
+                // by the panic hook and the socket is closed either way.
                 let _ = handle.join();
             }
             result
@@ -246,6 +248,8 @@ impl<'a> Transmission<'a> {
             let flow = self.handle(&request, reader, writer)?;
             if let Some(pending) = self.deferred.take() {
                 let (tx, _) = completer.get_or_insert_with(&mut *spawn);
+                // Fails only when the completer found the socket gone:
+                // the next read or write here fails too and ends the loop.
                 let _ = tx.send(Deferred { pending, request });
             }
             if let Flow::Disconnect = flow {

@@ -15,6 +15,8 @@ use offsite_replica::{ReplicaStore, VolumeSpec};
 
 use super::{now_rfc3339, split_brain_name};
 use crate::dormant::{dormant_store, resume_dormant};
+use crate::replica::storage_error;
+
 use crate::wire::{ReverseBegin, ReverseReady};
 use crate::{RemoteError, Replication};
 
@@ -37,11 +39,10 @@ impl Replication {
             .join(&req.group);
         let r = row.clone();
         let (last_pit, promoted_pit) = (req.last_pit, req.pit);
-        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, String> {
+        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, RemoteError> {
             // Number this site's PITs after every id either site gave.
             let after = site
-                .pit_rows(&r.name)
-                .map_err(|e| e.to_string())?
+                .pit_rows(&r.name)?
                 .iter()
                 .map(|p| p.id)
                 .max()
@@ -120,7 +121,7 @@ fn become_replica(
     live: Vec<Arc<Volume>>,
     after: u64,
     isolated: bool,
-) -> Result<ReverseReady, String> {
+) -> Result<ReverseReady, RemoteError> {
     let (unreplicated, images) = complete_volumes(site, &live)?;
     // Link the images aside first: the old store (from the other
     // direction) may live at the very directory the new one takes.
@@ -139,10 +140,9 @@ fn become_replica(
         Role::Replica,
         Some(&store_dir),
         GroupState::Replicating,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if kept_as_pit.is_none() {
-        site.replace_pits(&r.name, &[]).map_err(|e| e.to_string())?;
+        site.replace_pits(&r.name, &[])?;
     }
     Ok(ReverseReady {
         unreplicated,
@@ -162,44 +162,47 @@ fn become_replica(
 fn complete_volumes(
     site: &Site,
     live: &[Arc<Volume>],
-) -> Result<(Vec<Vec<u32>>, Vec<PathBuf>), String> {
+) -> Result<(Vec<Vec<u32>>, Vec<PathBuf>), RemoteError> {
     let mut unreplicated = Vec::new();
     let mut images = Vec::new();
     for v in live {
         unreplicated.push(v.tracker().snapshot().iter().collect::<Vec<u32>>());
         if let Some(layer) = v.file().layered() {
-            while layer
-                .flatten_step(4096)
-                .map_err(|e| format!("completing volume {}: {e}", v.name()))?
-                > 0
+            while layer.flatten_step(4096).map_err(|e| {
+                RemoteError::Internal(format!("completing volume {}: {e}", v.name()))
+            })? > 0
             {}
         }
         v.file()
             .sync()
-            .map_err(|e| format!("syncing volume {}: {e}", v.name()))?;
-        images.push(
-            site.volume_image_path(v.name())
-                .map_err(|e| e.to_string())?,
-        );
+            .map_err(|e| RemoteError::Internal(format!("syncing volume {}: {e}", v.name())))?;
+        images.push(site.volume_image_path(v.name())?);
     }
     Ok((unreplicated, images))
 }
 
 /// Hard-links the volumes' data files into `staging` (durably).
-fn stage_images(live: &[Arc<Volume>], images: &[PathBuf], staging: &Path) -> Result<(), String> {
-    let _ = std::fs::remove_dir_all(staging);
+fn stage_images(
+    live: &[Arc<Volume>],
+    images: &[PathBuf],
+    staging: &Path,
+) -> Result<(), RemoteError> {
+    // Left by an interrupted reverse, if at all; creating it again below
+    // fails if it could not be removed.
+    drop(std::fs::remove_dir_all(staging));
     offsite_store::create_private_dir_all(staging)
-        .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+        .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", staging.display())))?;
     for (v, img) in live.iter().zip(images) {
         std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
-            format!(
+            RemoteError::Internal(format!(
                 "linking {} into {} (the storage location must be on the data directory's filesystem): {e}",
                 img.display(),
                 staging.display()
-            )
+            ))
         })?;
     }
-    offsite_store::sync_dir(staging).map_err(|e| e.to_string())
+    offsite_store::sync_dir(staging)
+        .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", staging.display())))
 }
 
 /// Retires the volumes and any old store of the group, creates the new
@@ -210,19 +213,23 @@ fn install_store(
     dir: &Path,
     staging: &Path,
     after: u64,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     for v in &r.volumes {
-        site.retire_volume(&v.volume).map_err(|e| e.to_string())?;
+        site.retire_volume(&v.volume)?;
     }
     if let Some(old) = &r.store_dir {
         site.forget_replica_store(Path::new(old));
-        let _ = std::fs::remove_dir_all(old);
+        crate::warn_if_failed(
+            &format!("removing the old replica store {old}"),
+            std::fs::remove_dir_all(old),
+        );
     }
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| RemoteError::Internal(format!("clearing {}: {e}", dir.display())))?;
     }
     offsite_store::create_private_dir_all(dir)
-        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", dir.display())))?;
     let specs: Vec<VolumeSpec> = r
         .volumes
         .iter()
@@ -234,29 +241,34 @@ fn install_store(
         .collect();
     drop(
         ReplicaStore::create_after(dir, &specs, after)
-            .map_err(|e| format!("creating the replica store: {e}"))?,
+            .map_err(|e| storage_error(format!("creating the replica store: {e}"), &e))?,
     );
     let base = dir.join("base");
     for v in &r.volumes {
         let target = base.join(format!("{}.img", v.volume));
-        std::fs::rename(staging.join(&v.volume), &target)
-            .map_err(|e| format!("installing the base image of {}: {e}", v.volume))?;
+        std::fs::rename(staging.join(&v.volume), &target).map_err(|e| {
+            RemoteError::Internal(format!("installing the base image of {}: {e}", v.volume))
+        })?;
     }
-    offsite_store::sync_dir(&base).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir(staging);
+    offsite_store::sync_dir(&base)
+        .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", base.display())))?;
+    // Empty by now; a leftover empty directory is removed by the next reverse.
+    drop(std::fs::remove_dir(staging));
     Ok(())
 }
 
 /// Discarded divergent writes stay readable here: an empty PIT over the
 /// base (this site's data as it was) with a name, which retention keeps
 /// until `pit release`. Returns the name.
-fn keep_divergent_as_pit(site: &Site, r: &GroupRow, dir: &Path) -> Result<String, String> {
+fn keep_divergent_as_pit(site: &Site, r: &GroupRow, dir: &Path) -> Result<String, RemoteError> {
     let name = split_brain_name();
-    let store = site.replica_store(dir).map_err(|e| e.to_string())?;
-    let w = store.begin_pit().map_err(|e| e.to_string())?;
+    let store = site.replica_store(dir)?;
+    let w = store
+        .begin_pit()
+        .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
     let info = w
         .commit(Some(name.clone()), now_rfc3339())
-        .map_err(|e| format!("keeping the divergent state as a PIT: {e}"))?;
+        .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
     site.replace_pits(
         &r.name,
         &[offsite_catalog::PitRow {
@@ -265,7 +277,6 @@ fn keep_divergent_as_pit(site: &Site, r: &GroupRow, dir: &Path) -> Result<String
             created_at: info.created_at.clone(),
             bytes: info.bytes,
         }],
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(name)
 }

@@ -14,9 +14,9 @@ use offsite_transport::DirectStream;
 use tokio::sync::mpsc;
 
 use super::{CATCH_UP_BYTES, Policy, SyncMirror};
-use crate::primary::{Command, MirrorSlot};
+use crate::primary::{Command, MirrorSlot, answer};
 use crate::wire;
-use crate::{ReplError, Replication};
+use crate::{RemoteError, ReplError, Replication};
 
 impl Replication {
     /// The runner of a sync group while it is replicating: attaches the
@@ -45,7 +45,13 @@ impl Replication {
             .unwrap_or_default();
         let ack_timeout =
             Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
-        let mirror = SyncMirror::new(&row.name, Policy::of(row), ack_timeout, stats);
+        let mirror = SyncMirror::new(
+            &row.name,
+            Policy::of(row),
+            ack_timeout,
+            stats,
+            self.clock.clone(),
+        );
         for (i, v) in volumes.iter().enumerate() {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }
@@ -108,22 +114,22 @@ impl Replication {
                 _ = tokio::time::sleep_until(deadline) => return None,
                 c = rx.recv() => match c {
                     Some(Command::Sync { reply, .. }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing with its partner ({why}); retry once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Verify { reply }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing ({why}); verify once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Resync { reply }) => {
-                        let _ = reply.send(Err(format!(
+                        answer(reply, Err(RemoteError::Conflict(format!(
                             "group {} is resynchronizing ({why}); run resync once it is in sync",
                             row.name
-                        )));
+                        ))));
                     }
                     Some(Command::Wake) => {
                         if !self.still_sync(&row.name).await {
@@ -260,17 +266,21 @@ impl Replication {
             .await;
         let site = self.site.clone();
         let g = row.name.clone();
-        let _ = crate::run_blocking(move || {
-            site.note(
-                "group.sync",
-                &g,
-                "in sync: every write reaches the replica's log before it is acknowledged",
-            );
-            Ok(())
-        })
-        .await;
+        crate::warn_if_failed(
+            "recording the group as in sync",
+            crate::run_blocking(move || {
+                site.note(
+                    "group.sync",
+                    &g,
+                    "in sync: every write reaches the replica's log before it is acknowledged",
+                );
+                Ok(())
+            })
+            .await,
+        );
         let m = mirror.clone();
-        let _ = tokio::task::spawn_blocking(move || m.attach(stream)).await;
+        // `attach` cannot fail; a panic in it is the task's to report.
+        drop(tokio::task::spawn_blocking(move || m.attach(stream)).await);
     }
 
     /// Mirrors the writes while in sync: seals on the RPO timer, keeps the
@@ -297,9 +307,11 @@ impl Replication {
                 }
                 _ = keepalive.tick() => {
                     let m = mirror.clone();
+                    // The reason is the link's status text from here on.
                     let alive = tokio::task::spawn_blocking(move || m.keepalive())
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                        .unwrap_or_else(|e| Err(e.into()))
+                        .map_err(|e| e.to_string());
                     if let Err(why) = alive {
                         mirror.lose(why.clone());
                         return InSyncEnd::Lost(why);
@@ -312,17 +324,17 @@ impl Replication {
                 }
                 c = rx.recv() => match c {
                     Some(Command::Sync { pit_name, reply }) => {
-                        let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(|e| e.to_string());
-                        let _ = reply.send(r);
+                        let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(RemoteError::from);
+                        answer(reply, r);
                     }
                     Some(Command::Verify { reply }) => {
-                        let r = self.verify_sync(row, mirror, volumes).await.map_err(|e| e.to_string());
-                        let _ = reply.send(r);
+                        let r = self.verify_sync(row, mirror, volumes).await.map_err(RemoteError::from);
+                        answer(reply, r);
                     }
                     Some(Command::Resync { reply }) => {
                         let progress = self.runners.get(&name).map_or_else(Default::default, |r| r.progress);
-                        let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(|e| e.to_string());
-                        let _ = reply.send(r);
+                        let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(RemoteError::from);
+                        answer(reply, r);
                     }
                     Some(Command::Wake) => {
                         if !self.still_sync(&name).await {
@@ -380,11 +392,14 @@ impl Replication {
             .await;
         let site = self.site.clone();
         let (g, l) = (row.name.clone(), lost.to_string());
-        let _ = crate::run_blocking(move || {
-            site.note("group.sync", &g, &format!("out of sync: {l}"));
-            Ok(())
-        })
-        .await;
+        crate::warn_if_failed(
+            "recording the group as out of sync",
+            crate::run_blocking(move || {
+                site.note("group.sync", &g, &format!("out of sync: {l}"));
+                Ok(())
+            })
+            .await,
+        );
     }
 
     /// Ends mirroring on purpose: new writes are no longer queued, what is
@@ -394,7 +409,8 @@ impl Replication {
             v.set_mirror(None);
         }
         let m = mirror.clone();
-        let _ = tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await;
+        // `finish` logs its own failure; a panic in it is the task's to report.
+        drop(tokio::task::spawn_blocking(move || m.finish(Duration::from_secs(60))).await);
         mirror.detach();
         let streamed = mirror.stats.take_uncounted();
         self.count_traffic(&mirror.group, offsite_catalog::TrafficKind::Sync, streamed)
@@ -406,10 +422,7 @@ impl Replication {
     async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
         ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
-        let partner = row.partner.clone();
-        ch.into_direct()
-            .await
-            .map_err(|source| ReplError::Transport { partner, source })
+        ch.into_direct().await
     }
 
     /// `verify` of a sync group: a full cut whose seal is queued at the

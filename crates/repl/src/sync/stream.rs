@@ -13,10 +13,11 @@ use offsite_protocol::{ErrorCode, Message};
 use offsite_replica::{LogApplier, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 
-use super::{APPLY_QUEUE, apply_payloads, with_batches};
+use super::{APPLY_QUEUE, StreamError, apply_payloads, with_batches};
 use crate::RemoteError;
 use crate::Replication;
 use crate::control::{Rpc, respond};
+use crate::replica::storage_error;
 use crate::wire::{self, PitCommitted, PitDesc};
 
 impl Replication {
@@ -58,11 +59,11 @@ impl Replication {
         let s2 = slot.clone();
         let group = req.group.clone();
         tokio::task::spawn_blocking(move || {
-            let log = st
-                .open_log()
-                .map_err(|e| format!("opening the write log of group {group}: {e}"))?;
+            let log = st.open_log().map_err(|e| {
+                storage_error(format!("opening the write log of group {group}: {e}"), &e)
+            })?;
             *s2.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
-            Ok::<_, String>(())
+            Ok::<_, RemoteError>(())
         })
         .await??;
         tracing::info!(group = %req.group, partner = %peer, "sync stream started");
@@ -84,16 +85,16 @@ impl Replication {
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         let (jobs, queue) = std::sync::mpsc::sync_channel::<(LogApplier, Vec<Bytes>)>(APPLY_QUEUE);
-        let apply_failed = Mutex::new(None::<String>);
+        let apply_failed = Mutex::new(None::<StreamError>);
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("sync-apply".into())
                 .spawn_scoped(scope, || {
                     for (applier, payloads) in queue {
                         if let Err(e) = apply_payloads(applier, &payloads) {
-                            let why = format!("applying the write log to the open PIT: {e}");
+                            let why = StreamError::Apply(Box::new(e));
                             tracing::warn!(group, "{why}");
                             apply_failed
                                 .lock()
@@ -102,7 +103,7 @@ impl Replication {
                         }
                     }
                 })
-                .map_err(|e| format!("starting the sync stream's apply thread: {e}"))?;
+                .map_err(StreamError::Thread)?;
             let r = self.stream_loop(stream, group, store, slot, &jobs, &apply_failed);
             drop(jobs);
             r
@@ -119,10 +120,13 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         jobs: &std::sync::mpsc::SyncSender<(LogApplier, Vec<Bytes>)>,
-        apply_failed: &Mutex<Option<String>>,
-    ) -> Result<(), String> {
+        apply_failed: &Mutex<Option<StreamError>>,
+    ) -> Result<(), StreamError> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
-        let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
+        let lost = |source: TransportError| StreamError::Link {
+            group: group.to_string(),
+            source,
+        };
         // Payload bytes read so far: every acknowledgement carries it, and
         // the primary sends its next batch once it has read everything
         // (see `SyncMirror::may_send`).
@@ -136,7 +140,9 @@ impl Replication {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
             {
-                let _ = stream.send(&Message::error(ErrorCode::Internal, why.clone()));
+                // The stream ends with this error either way; telling the
+                // primary why is a courtesy a broken link cannot carry.
+                drop(stream.send(&Message::error(ErrorCode::Internal, why.to_string())));
                 return Err(why);
             }
             let waited = ahead.is_empty();
@@ -173,10 +179,11 @@ impl Replication {
                     // Waits while the apply thread is APPLY_QUEUE cycles
                     // behind. Fails only if that thread died: the dropped
                     // applier then makes the next seal replay the log.
-                    let _ = jobs.send((applier, payloads));
+                    drop(jobs.send((applier, payloads)));
                 };
                 if let Err(e) = self.append_batches(group, store, slot, payloads, durable, apply) {
-                    let _ = stream.send(&Message::error(ErrorCode::Internal, e.clone()));
+                    // As above: the error ends the stream; the message is a courtesy.
+                    drop(stream.send(&Message::error(ErrorCode::Internal, e.to_string())));
                     return Err(e);
                 }
                 acked = last;
@@ -195,8 +202,7 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         other: Option<Message>,
-    ) -> Result<(), String> {
-        let lost = |e: TransportError| format!("the sync stream of group {group} failed: {e}");
+    ) -> Result<(), StreamError> {
         match other {
             None | Some(Message::Pong { .. }) => Ok(()),
             Some(Message::Request {
@@ -213,11 +219,18 @@ impl Replication {
                 let (ok, body) = respond(answer);
                 stream
                     .send(&Message::Response { id, ok, body })
-                    .map_err(lost)
+                    .map_err(|source| StreamError::Link {
+                        group: group.to_string(),
+                        source,
+                    })
             }
             Some(m) => {
-                let why = format!("unexpected {} on the sync stream", m.tag());
-                let _ = stream.send(&Message::error(ErrorCode::UnexpectedMessage, why.clone()));
+                let why = StreamError::Unexpected { tag: m.tag() };
+                // As above: the error ends the stream; the message is a courtesy.
+                drop(stream.send(&Message::error(
+                    ErrorCode::UnexpectedMessage,
+                    why.to_string(),
+                )));
                 Err(why)
             }
         }
@@ -234,15 +247,13 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
-        durable: impl FnOnce() -> Result<(), String>,
+        durable: impl FnOnce() -> Result<(), StreamError>,
         apply: impl FnOnce(LogApplier, Vec<Bytes>),
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let log = guard
-            .as_mut()
-            .ok_or("the group's write log was sealed (failover); no more writes are taken")?;
+        let log = guard.as_mut().ok_or(StreamError::LogSealed)?;
         let applier = with_batches(&payloads, |batches| log.append_durable(batches))?
-            .map_err(|e| format!("appending to the write log: {e}"))?;
+            .map_err(StreamError::Append)?;
         // Durable batches belong in the open PIT even when the primary can
         // no longer hear about them (a failover seals them).
         let acked = durable();
@@ -256,7 +267,10 @@ impl Replication {
         if log.bytes() >= self.site.config().replication.sync_log_max_bytes {
             let info = log
                 .seal(None, offsite_catalog::now_rfc3339())
-                .map_err(|e| format!("sealing the full write log of group {group}: {e}"))?;
+                .map_err(|source| StreamError::SealFull {
+                    group: group.to_string(),
+                    source,
+                })?;
             drop(guard);
             tracing::info!(
                 group,
@@ -279,15 +293,14 @@ impl Replication {
     ) -> Result<PitCommitted, RemoteError> {
         let info = {
             let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let log = guard
-                .as_mut()
-                .ok_or("the group's write log was sealed (failover)")?;
-            log.seal(req.name, req.created_at)
-                .map_err(|e| format!("sealing the write log of group {group}: {e}"))?
+            let log = guard.as_mut().ok_or_else(|| {
+                RemoteError::Conflict("the group's write log was sealed (failover)".into())
+            })?;
+            log.seal(req.name, req.created_at).map_err(|e| {
+                storage_error(format!("sealing the write log of group {group}: {e}"), &e)
+            })?
         };
-        Ok(crate::replica::after_commit(
-            &self.site, store, group, &info,
-        )?)
+        crate::replica::after_commit(&self.site, store, group, &info)
     }
 
     /// Replica: seals and closes the group's write log — the open one of a
@@ -345,7 +358,7 @@ impl Replication {
                 }
                 None => store.seal_leftover_log(created_at),
             }
-            .map_err(|e| format!("sealing the write log of group {g}: {e}"))?;
+            .map_err(|e| storage_error(format!("sealing the write log of group {g}: {e}"), &e))?;
             match info {
                 Some(info) => {
                     tracing::info!(group = %g, pit = info.id.get(), "sealed the write log");
@@ -355,10 +368,8 @@ impl Replication {
             }
         })
         .await?
-        .map_err(RemoteError::from)
     }
 }
-
 /// Waits (at most `silent`) for the next message, then takes whatever
 /// else has arrived with it; `false` when the primary ended the stream.
 fn wait_for_messages(
