@@ -52,6 +52,48 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
             .map_err(|reason| EngineError::Invalid(format!("{what}: {reason}")))?;
     }
     let layout = Layout::new(dir);
+    prepare_dir(dir, &layout)?;
+    let fingerprint = write_identity(&layout, &opts.name)?;
+    use std::os::unix::fs::PermissionsExt;
+    let catalog = offsite_catalog::Catalog::create(&layout.catalog())?;
+    // SQLite creates the database 0644 (less the umask); its -wal and -shm
+    // files copy the database's mode, so setting it once covers them.
+    std::fs::set_permissions(
+        layout.catalog(),
+        std::fs::Permissions::from_mode(offsite_store::PRIVATE_FILE_MODE),
+    )
+    .map_err(|e| EngineError::io("restrict the permissions of", &layout.catalog(), e))?;
+    catalog.set_setting("name", &opts.name)?;
+    catalog.set_setting("fingerprint", &fingerprint)?;
+    catalog.add_event(
+        "site.created",
+        Some(&opts.name),
+        &format!("site {} created with certificate {fingerprint}", opts.name),
+    )?;
+    drop(catalog);
+
+    let config = SiteConfig {
+        format_version: CONFIG_FORMAT_VERSION,
+        name: opts.name.clone(),
+        listen: opts.listen.clone(),
+        api: opts.api.clone(),
+        nbd: opts.nbd.clone(),
+        replication: Default::default(),
+        failover: Default::default(),
+        log: Default::default(),
+        nbd_tls: Default::default(),
+        libvirt: Default::default(),
+    };
+    config.save(&layout.config())?;
+    Ok(InitReport {
+        config,
+        fingerprint,
+    })
+}
+
+/// Makes `dir` the site's data directory: created if missing, refused
+/// unless empty, and it and its subdirectories for the site's user only.
+fn prepare_dir(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if layout.config().exists() {
@@ -91,13 +133,19 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
             .create(&d)
             .map_err(|e| EngineError::io("create", &d, e))?;
     }
+    Ok(())
+}
 
+/// Writes the site's identity — a new TLS key and self-signed certificate
+/// for `name`, and the API token — and returns the certificate's
+/// fingerprint.
+fn write_identity(layout: &Layout, name: &str) -> Result<String, EngineError> {
     let key = rcgen::KeyPair::generate().map_err(|e| EngineError::Tls(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(vec![opts.name.clone()])
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
         .map_err(|e| EngineError::Tls(e.to_string()))?;
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, opts.name.clone());
+        .push(rcgen::DnType::CommonName, name.to_string());
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "offsite site");
@@ -119,41 +167,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         format!("{}\n", hex::encode(token)).as_bytes(),
         0o600,
     )?;
-
-    let catalog = offsite_catalog::Catalog::create(&layout.catalog())?;
-    // SQLite creates the database 0644 (less the umask); its -wal and -shm
-    // files copy the database's mode, so setting it once covers them.
-    std::fs::set_permissions(
-        layout.catalog(),
-        std::fs::Permissions::from_mode(offsite_store::PRIVATE_FILE_MODE),
-    )
-    .map_err(|e| EngineError::io("restrict the permissions of", &layout.catalog(), e))?;
-    catalog.set_setting("name", &opts.name)?;
-    catalog.set_setting("fingerprint", &fingerprint)?;
-    catalog.add_event(
-        "site.created",
-        Some(&opts.name),
-        &format!("site {} created with certificate {fingerprint}", opts.name),
-    )?;
-    drop(catalog);
-
-    let config = SiteConfig {
-        format_version: CONFIG_FORMAT_VERSION,
-        name: opts.name.clone(),
-        listen: opts.listen.clone(),
-        api: opts.api.clone(),
-        nbd: opts.nbd.clone(),
-        replication: Default::default(),
-        failover: Default::default(),
-        log: Default::default(),
-        nbd_tls: Default::default(),
-        libvirt: Default::default(),
-    };
-    config.save(&layout.config())?;
-    Ok(InitReport {
-        config,
-        fingerprint,
-    })
+    Ok(fingerprint)
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), EngineError> {

@@ -28,6 +28,7 @@ pub use offsite_cbt::RoaringBitmap;
 /// NBD TLS modes, as `volume set --nbd-tls` and `[nbd_tls]` name them.
 pub use offsite_nbd::TlsMode;
 pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
+pub use plans::PlanCatalog;
 pub use site::{BoundAddresses, Site};
 pub use volume::{MirrorRecord, PitLower, Volume, VolumeData, WriteMirror, layered_block_status};
 

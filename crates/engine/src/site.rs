@@ -295,68 +295,7 @@ impl Site {
     /// raw image or block device at `import_path` (copied in the background;
     /// `state` is `importing` until it is done).
     pub fn create_volume(self: &Arc<Self>, req: &CreateVolume) -> Result<VolumeInfo, EngineError> {
-        names::validate("volume", &req.name)?;
-        let block_size = req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
-        {
-            return Err(EngineError::Invalid(format!(
-                "block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} bytes; use e.g. --block-size 4K"
-            )));
-        }
-        let (size_bytes, import) = match (&req.size_bytes, &req.import_path) {
-            (Some(_), Some(_)) => {
-                return Err(EngineError::Invalid(
-                    "give either --size or --import, not both".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(EngineError::Invalid(
-                    "give --size SIZE for an empty volume or --import PATH to copy an image".into(),
-                ));
-            }
-            (Some(size), None) => (*size, None),
-            (None, Some(path)) => {
-                let path = PathBuf::from(path);
-                if !path.is_absolute() {
-                    return Err(EngineError::Invalid(format!(
-                        "import path {} is relative; the site resolves it on its own machine, so give an absolute path",
-                        path.display()
-                    )));
-                }
-                let (file, size) = offsite_store::open_source(&path).map_err(|e| match e {
-                    e @ offsite_store::StoreError::NotImportable { .. } => {
-                        EngineError::Invalid(e.to_string())
-                    }
-                    e => EngineError::Invalid(format!(
-                        "cannot read import source: {e}; check the path and permissions of the site's user"
-                    )),
-                })?;
-                (size, Some((path, file)))
-            }
-        };
-        if size_bytes == 0 {
-            return Err(EngineError::Invalid(match &import {
-                Some((p, _)) => {
-                    format!("import source {} is empty; nothing to import", p.display())
-                }
-                None => "size must be greater than 0; use e.g. --size 10G".into(),
-            }));
-        }
-        if size_bytes % u64::from(block_size) != 0 {
-            return Err(EngineError::Invalid(format!(
-                "size {size_bytes} is not a multiple of the block size {block_size}; round it to a multiple{}",
-                if import.is_some() {
-                    " or pass a smaller --block-size (e.g. 512)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        if size_bytes / u64::from(block_size) > u64::from(u32::MAX) {
-            return Err(EngineError::Invalid(format!(
-                "size {size_bytes} is more than 2^32 blocks of {block_size} bytes; use a larger --block-size"
-            )));
-        }
+        let (block_size, size_bytes, import) = volume_shape(req)?;
         let import_source = import.as_ref().map(|(p, _)| p.display().to_string());
         let row = self.catalog().insert_volume(&NewVolume {
             name: &req.name,
@@ -398,20 +337,34 @@ impl Site {
         };
         self.event("volume.created", Some(&row.name), &msg);
         if let Some((path, src)) = import {
-            let state = Arc::new(ImportState::default());
-            state.total.store(size_bytes, Ordering::Relaxed);
-            self.imports
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(row.name.clone(), state.clone());
-            let site = self.clone();
-            let name = row.name.clone();
-            std::thread::Builder::new()
-                .name(format!("import-{name}"))
-                .spawn(move || site.run_import(&name, &path, src, &volume, &state))
-                .map_err(|e| EngineError::io("start import of", self.layout.root(), e))?;
+            self.start_import(&row.name, size_bytes, path, src, volume)?;
         }
         self.volume_info(&row.name)
+    }
+
+    /// Copies the import source `src` into the new volume `name` on a
+    /// thread of its own; its progress is tracked until it is done.
+    fn start_import(
+        self: &Arc<Self>,
+        name: &str,
+        size_bytes: u64,
+        path: PathBuf,
+        src: std::fs::File,
+        volume: Arc<Volume>,
+    ) -> Result<(), EngineError> {
+        let state = Arc::new(ImportState::default());
+        state.total.store(size_bytes, Ordering::Relaxed);
+        self.imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), state.clone());
+        let site = self.clone();
+        let name = name.to_string();
+        std::thread::Builder::new()
+            .name(format!("import-{name}"))
+            .spawn(move || site.run_import(&name, &path, src, &volume, &state))
+            .map_err(|e| EngineError::io("start import of", self.layout.root(), e))?;
+        Ok(())
     }
 
     fn run_import(
@@ -876,4 +829,75 @@ fn own_tls(row: &VolumeRow) -> Option<offsite_nbd::TlsMode> {
     row.nbd_tls
         .as_deref()
         .map(|m| m.parse().unwrap_or(offsite_nbd::TlsMode::Required))
+}
+
+/// An image to import: its path and the file opened for reading.
+type ImportSource = (PathBuf, std::fs::File);
+
+/// A new volume's block size, size and import source (opened), checked:
+/// a valid name, a power-of-two block size, either a size or an absolute
+/// import path, and a size that is a whole number of at most 2^32 blocks.
+fn volume_shape(req: &CreateVolume) -> Result<(u32, u64, Option<ImportSource>), EngineError> {
+    names::validate("volume", &req.name)?;
+    let block_size = req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(EngineError::Invalid(format!(
+            "block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE} bytes; use e.g. --block-size 4K"
+        )));
+    }
+    let (size_bytes, import) = match (&req.size_bytes, &req.import_path) {
+        (Some(_), Some(_)) => {
+            return Err(EngineError::Invalid(
+                "give either --size or --import, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(EngineError::Invalid(
+                "give --size SIZE for an empty volume or --import PATH to copy an image".into(),
+            ));
+        }
+        (Some(size), None) => (*size, None),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(EngineError::Invalid(format!(
+                    "import path {} is relative; the site resolves it on its own machine, so give an absolute path",
+                    path.display()
+                )));
+            }
+            let (file, size) = offsite_store::open_source(&path).map_err(|e| match e {
+                e @ offsite_store::StoreError::NotImportable { .. } => {
+                    EngineError::Invalid(e.to_string())
+                }
+                e => EngineError::Invalid(format!(
+                    "cannot read import source: {e}; check the path and permissions of the site's user"
+                )),
+            })?;
+            (size, Some((path, file)))
+        }
+    };
+    if size_bytes == 0 {
+        return Err(EngineError::Invalid(match &import {
+            Some((p, _)) => {
+                format!("import source {} is empty; nothing to import", p.display())
+            }
+            None => "size must be greater than 0; use e.g. --size 10G".into(),
+        }));
+    }
+    if size_bytes % u64::from(block_size) != 0 {
+        return Err(EngineError::Invalid(format!(
+            "size {size_bytes} is not a multiple of the block size {block_size}; round it to a multiple{}",
+            if import.is_some() {
+                " or pass a smaller --block-size (e.g. 512)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if size_bytes / u64::from(block_size) > u64::from(u32::MAX) {
+        return Err(EngineError::Invalid(format!(
+            "size {size_bytes} is more than 2^32 blocks of {block_size} bytes; use a larger --block-size"
+        )));
+    }
+    Ok((block_size, size_bytes, import))
 }

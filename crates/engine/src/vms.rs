@@ -487,7 +487,8 @@ impl Site {
             .filter(|g| g.vms.iter().any(|v| v.name == name))
             .collect();
         let plans = self
-            .plan_rows()?
+            .plans()
+            .all()?
             .into_iter()
             .filter(|p| {
                 p.vms.iter().any(|v| v.vm == name)
@@ -509,7 +510,7 @@ impl Site {
             let mut todo = Vec::new();
             for p in &plans {
                 held.push(format!("recovery plan {p}"));
-                let plan = self.plan_row(p)?;
+                let plan = self.plans().get(p)?;
                 for g in groups.iter().filter(|g| plan.groups.contains(&g.name)) {
                     todo.push(format!("`offsite plan remove-group {p} {}`", g.name));
                 }

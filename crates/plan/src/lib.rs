@@ -416,7 +416,7 @@ impl Plans {
         let site = self.site.clone();
         let name = new.name.clone();
         blocking(move || {
-            site.put_plan_row(&new)?;
+            site.plans().put(&new)?;
             Ok(())
         })
         .await?;
@@ -431,7 +431,7 @@ impl Plans {
     async fn load(&self, name: &str) -> Result<PlanRow, PlanError> {
         let site = self.site.clone();
         let n = name.to_string();
-        blocking(move || Ok(site.plan_row(&n)?)).await
+        blocking(move || Ok(site.plans().get(&n)?)).await
     }
 
     /// `plan create`.
@@ -609,7 +609,7 @@ impl Plans {
     /// `plan list`.
     pub async fn list(&self) -> Result<Vec<PlanInfo>, PlanError> {
         let site = self.site.clone();
-        let rows = blocking(move || Ok(site.plan_rows()?)).await?;
+        let rows = blocking(move || Ok(site.plans().all()?)).await?;
         Ok(rows.iter().map(plan_info).collect())
     }
 
@@ -628,7 +628,7 @@ impl Plans {
             })?;
         let site = self.site.clone();
         let n = plan.to_string();
-        blocking(move || Ok(site.delete_plan_row(&n)?)).await?;
+        blocking(move || Ok(site.plans().delete(&n)?)).await?;
         Ok(info)
     }
 
@@ -637,7 +637,7 @@ impl Plans {
     pub async fn history(&self, plan: &str) -> Result<Vec<PlanRunSummary>, PlanError> {
         let site = self.site.clone();
         let n = plan.to_string();
-        let rows = blocking(move || Ok(site.run_rows(&n)?)).await?;
+        let rows = blocking(move || Ok(site.plans().runs(&n)?)).await?;
         if rows.is_empty() {
             // An unknown plan is an error; a plan never run is an empty list.
             self.load(plan).await?;
@@ -664,7 +664,7 @@ impl Plans {
     pub async fn report(&self, id: &str) -> Result<PlanRunReport, PlanError> {
         let site = self.site.clone();
         let i = id.to_string();
-        let row = blocking(move || Ok(site.run_row(&i)?)).await?;
+        let row = blocking(move || Ok(site.plans().run(&i)?)).await?;
         Ok(runner::report_of(&self.site, &row))
     }
 }

@@ -156,7 +156,7 @@ fn row_of(r: &PlanRunReport) -> RunRow {
 /// one received from the partner).
 pub(crate) fn store_record(site: &Site, r: &PlanRunReport) -> Result<(), PlanError> {
     let row = row_of(r);
-    site.put_run_row(&row)?;
+    site.plans().put_run(&row)?;
     let path = html_path(site, &r.id);
     if let Some(dir) = path.parent() {
         offsite_store::create_private_dir_all(dir)
@@ -434,11 +434,11 @@ impl Plans {
         let site = self.site.clone();
         let n = name.to_string();
         let last = blocking(move || {
-            let rows = site.run_rows(&n)?;
+            let rows = site.plans().runs(&n)?;
             rows.into_iter()
                 .rev()
                 .find(|r| r.site == site.config().name)
-                .map(|r| site.run_row(&r.id))
+                .map(|r| site.plans().run(&r.id))
                 .transpose()
                 .map_err(PlanError::from)
         })
@@ -509,7 +509,7 @@ impl Plans {
         let site = self.site.clone();
         let id = {
             let _ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-            site.next_run_id()?
+            site.plans().next_run_id()?
         };
         let (from_site, to_site) = if mode == "reprotect" {
             (here.clone(), there.clone())
@@ -545,11 +545,11 @@ impl Plans {
         let site = self.site.clone();
         let n = name.to_string();
         let row = blocking(move || {
-            let rows = site.run_rows(&n)?;
+            let rows = site.plans().runs(&n)?;
             rows.into_iter()
                 .rev()
                 .find(|r| r.status == "waiting" && r.site == site.config().name)
-                .map(|r| site.run_row(&r.id))
+                .map(|r| site.plans().run(&r.id))
                 .transpose()
                 .map_err(PlanError::from)
         })

@@ -252,7 +252,7 @@ impl Plans {
         let site = self.site.clone();
         crate::blocking(move || {
             if req.delete {
-                match site.delete_plan_row(&row.name) {
+                match site.plans().delete(&row.name) {
                     Ok(()) => {}
                     // Already gone here: the delete is done.
                     Err(e) if e.kind() == offsite_engine::ErrorKind::NotFound => {}
@@ -260,7 +260,7 @@ impl Plans {
                 }
             } else {
                 validate(&site, &row)?;
-                site.put_plan_row(&row)?;
+                site.plans().put(&row)?;
             }
             Ok(())
         })

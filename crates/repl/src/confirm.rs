@@ -20,13 +20,14 @@ impl Replication {
         let rows = crate::run_blocking(move || Ok(site.group_rows()?)).await?;
         let news: Vec<(String, String)> = {
             let sent = self
+                .monitor
                 .sent_confirmed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             rows.iter()
                 .filter(|g| g.role == Role::Primary && g.partner == partner)
                 .filter_map(|g| {
-                    let runner = self.runner(&g.name)?;
+                    let runner = self.runners.get(&g.name)?;
                     // A sync group in sync: the replica holds every write
                     // acknowledged up to now.
                     let in_sync = runner
@@ -60,7 +61,8 @@ impl Replication {
             .await;
         ch.close().await;
         answer?;
-        self.sent_confirmed
+        self.monitor
+            .sent_confirmed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(news);
@@ -81,25 +83,11 @@ impl Replication {
             .filter(|g| g.role == Role::Replica && g.partner == peer)
             .map(|g| g.name.as_str())
             .collect();
-        let mut confirmed = self
-            .remote_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         for (group, at) in c.groups {
             if ours.contains(group.as_str()) {
-                confirmed.insert(group, at);
+                self.replica.confirm(group, at);
             }
         }
         Ok(Done)
-    }
-
-    /// The instant up to which the replica holds every write of `group`,
-    /// as last confirmed by its primary (replica side).
-    pub(crate) fn remote_confirmed(&self, group: &str) -> Option<String> {
-        self.remote_confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 }

@@ -37,10 +37,13 @@ mod dormant;
 mod failover;
 mod initial;
 pub mod model;
+mod monitor;
 mod pits;
 mod primary;
 mod replica;
+mod replica_state;
 mod resync;
+mod runners;
 mod settings;
 mod status;
 mod superseded;
@@ -53,7 +56,6 @@ pub mod wire;
 
 pub use model::*;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,13 +277,14 @@ pub struct Replication {
     site: Arc<Site>,
     identity: Identity,
     options: SessionOptions,
-    /// Sessions the partner monitor keeps open, by partner name.
-    monitored: Mutex<HashMap<String, Session>>,
+    /// The partner monitor's sessions and what it last confirmed.
+    monitor: monitor::Monitor,
     /// Serializes `group create`, so that the one-group-per-volume check
     /// and the insert are not interleaved by concurrent creates.
     create_lock: Mutex<()>,
-    /// Runners of the groups this site is primary of.
-    runners: std::sync::Mutex<HashMap<String, primary::Runner>>,
+    /// Primary side: the group runners, and what they share about groups
+    /// in flight.
+    runners: runners::Runners,
     /// The site-wide default bandwidth limit (`site set --bandwidth`),
     /// shared by every outgoing session so that together they respect it.
     site_bucket: Arc<TokenBucket>,
@@ -289,24 +292,11 @@ pub struct Replication {
     /// The listener's options for sessions it accepts, once it runs
     /// ([`Replication::reload`] updates them).
     listener_options: std::sync::Mutex<Option<offsite_transport::SessionOptionsHandle>>,
-    /// Replica side: the open write logs of sync groups.
-    logs: sync::Logs,
-    /// Replica side: per group, the last instant the primary confirmed the
-    /// replica holds every write ([`wire::kinds::GROUP_CONFIRMED`]).
-    remote_confirmed: std::sync::Mutex<HashMap<String, String>>,
-    /// Replica side: groups whose last transfer failed because the replica
-    /// store's file system is full, with the message (health critical).
-    store_full: std::sync::Mutex<HashMap<String, String>>,
-    /// Groups a `reverse` is moving: their cycles count as reverse traffic.
-    reversing: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Primary side: what the partner monitor last sent as confirmed, so
-    /// that only news travels.
-    sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
+    /// Replica side: the open write logs, the primaries' confirmations
+    /// and the full stores.
+    replica: replica_state::ReplicaState,
     /// Answers requests of kinds from [`wire::kinds::EXTENSION_FIRST`] on.
     extension: std::sync::OnceLock<Arc<dyn RequestHandler>>,
-    /// `(group, PIT name)` of the named syncs under way: a second sync
-    /// with the same name is refused before the first has committed.
-    pending_pit_names: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Where lag, the instants it is measured from and a sync group's
     /// waiting writes read the time.
     clock: Arc<dyn clock::Clock>,
@@ -341,19 +331,14 @@ impl Replication {
             site,
             identity,
             options,
-            monitored: Mutex::new(HashMap::new()),
+            monitor: Default::default(),
             create_lock: Mutex::new(()),
-            runners: std::sync::Mutex::new(HashMap::new()),
+            runners: Default::default(),
             site_bucket: Arc::new(TokenBucket::with_rate(u64::MAX / 4)),
             stats: std::sync::Mutex::new(None),
             listener_options: std::sync::Mutex::new(None),
-            logs: Default::default(),
-            remote_confirmed: Default::default(),
-            sent_confirmed: Default::default(),
-            reversing: Default::default(),
-            store_full: Default::default(),
+            replica: Default::default(),
             extension: std::sync::OnceLock::new(),
-            pending_pit_names: Default::default(),
             clock: Arc::new(clock::SystemClock),
             #[cfg(test)]
             fake_peer: std::sync::OnceLock::new(),
@@ -473,6 +458,10 @@ impl Replication {
         }
     }
 
+    /// Serves one session a partner opened: block batches applied to the
+    /// transfer under way, requests dispatched, the partner's pairing
+    /// checked again every [`REVALIDATE_EVERY`]; a sync stream's session is
+    /// handed over to the stream's thread.
     async fn handle_session(
         self: Arc<Self>,
         mut session: Session,
@@ -491,13 +480,7 @@ impl Replication {
                 tokio::select! {
                     m = session.recv() => m,
                     _ = revalidate.tick() => {
-                        let site = self.site.clone();
-                        let fp = fingerprint.clone();
-                        let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
-                            .await
-                            .ok()
-                            .flatten();
-                        if pinned.is_none_or(|p| p.name != peer) {
+                        if !self.still_paired(&peer, &fingerprint).await {
                             tracing::warn!(partner = %peer, "partner was removed; closing its session");
                             // Closing either way: the reason is a courtesy.
                             let _ = session
@@ -516,35 +499,16 @@ impl Replication {
             let reply = match msg {
                 Ok(Some(Message::BulkData { seq, payload })) => {
                     received += payload.len() as u64;
-                    let applied = match &*transfer {
-                        replica::Transfer::Idle => Ok(()),
-                        _ => self.apply_batch(&payload, transfer),
-                    };
-                    if let Err(e) = applied {
-                        tracing::warn!(partner = %peer, "refusing a block batch: {}", e.message);
-                        if let replica::Transfer::Pit { writer, .. } =
-                            std::mem::replace(transfer, replica::Transfer::Idle)
-                        {
-                            writer.abort();
+                    match self
+                        .apply_received_batch(&mut session, &peer, &payload, transfer)
+                        .await
+                    {
+                        BatchOutcome::Applied => {}
+                        BatchOutcome::Refused => continue,
+                        BatchOutcome::Failed => {
+                            session.close().await;
+                            return;
                         }
-                        if e.storage_full {
-                            // Said, typed, and the session kept: the primary
-                            // reads it in order with the acknowledgements
-                            // instead of finding a closed session. The rest
-                            // of the transfer lands in no PIT (idle). A
-                            // send that fails broke the session: the next
-                            // read ends it.
-                            let _ = session
-                                .send(Message::error(ErrorCode::StorageFull, e.message))
-                                .await;
-                            continue;
-                        }
-                        // Closing either way: the reason is a courtesy.
-                        let _ = session
-                            .send(Message::error(ErrorCode::Internal, e.message))
-                            .await;
-                        session.close().await;
-                        return;
                     }
                     Message::BulkAck {
                         seq,
@@ -582,34 +546,96 @@ impl Replication {
                 return;
             }
             if direct {
-                // The stream's batches never wait for this task: a thread
-                // takes the connection over (see `serve_stream`).
-                let replica::Transfer::Log { group, store, slot } = &*transfer else {
-                    return;
-                };
-                let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
-                let stream = match session.into_direct().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(partner = %peer, group, "starting the sync stream: {e}");
-                        return;
-                    }
-                };
-                let me = self.clone();
-                let g = group.clone();
-                let served = tokio::task::spawn_blocking(move || {
-                    me.serve_stream(&stream, &g, &store, &slot)
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.into()));
-                match served {
-                    Ok(()) => {
-                        tracing::info!(partner = %peer, group, "sync stream ended by the primary")
-                    }
-                    Err(e) => tracing::warn!(partner = %peer, group, "sync stream ended: {e}"),
-                }
+                self.hand_over_stream(session, &peer, transfer).await;
                 return;
             }
+        }
+    }
+
+    /// Whether the partner `peer` of a session is still paired with this
+    /// site under the certificate fingerprint it connected with.
+    async fn still_paired(&self, peer: &str, fingerprint: &str) -> bool {
+        let site = self.site.clone();
+        let fp = fingerprint.to_string();
+        let pinned = tokio::task::spawn_blocking(move || site.partner_by_fingerprint(&fp))
+            .await
+            .ok()
+            .flatten();
+        pinned.is_some_and(|p| p.name == peer)
+    }
+
+    /// Applies a block batch to the transfer under way (ignored when
+    /// idle). A refused batch aborts the transfer; a full store is said,
+    /// typed, and the session kept; any other failure is said and ends the
+    /// session.
+    async fn apply_received_batch(
+        &self,
+        session: &mut Session,
+        peer: &str,
+        payload: &[u8],
+        transfer: &mut replica::Transfer,
+    ) -> BatchOutcome {
+        let applied = match &*transfer {
+            replica::Transfer::Idle => Ok(()),
+            _ => self.apply_batch(payload, transfer),
+        };
+        let Err(e) = applied else {
+            return BatchOutcome::Applied;
+        };
+        tracing::warn!(partner = %peer, "refusing a block batch: {}", e.message);
+        if let replica::Transfer::Pit { writer, .. } =
+            std::mem::replace(transfer, replica::Transfer::Idle)
+        {
+            writer.abort();
+        }
+        if e.storage_full {
+            // Said, typed, and the session kept: the primary reads it in
+            // order with the acknowledgements instead of finding a closed
+            // session. The rest of the transfer lands in no PIT (idle). A
+            // send that fails broke the session: the next read ends it.
+            let _ = session
+                .send(Message::error(ErrorCode::StorageFull, e.message))
+                .await;
+            return BatchOutcome::Refused;
+        }
+        // Closing either way: the reason is a courtesy.
+        let _ = session
+            .send(Message::error(ErrorCode::Internal, e.message))
+            .await;
+        BatchOutcome::Failed
+    }
+
+    /// The stream's batches never wait for the session's task: a thread
+    /// takes the connection over (see `serve_stream`) until the stream
+    /// ends.
+    async fn hand_over_stream(
+        self: &Arc<Self>,
+        session: Session,
+        peer: &str,
+        transfer: &replica::Transfer,
+    ) {
+        let replica::Transfer::Log { group, store, slot } = transfer else {
+            return;
+        };
+        let (group, store, slot) = (group.clone(), store.clone(), slot.clone());
+        let stream = match session.into_direct().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(partner = %peer, group, "starting the sync stream: {e}");
+                return;
+            }
+        };
+        let me = self.clone();
+        let g = group.clone();
+        let served =
+            tokio::task::spawn_blocking(move || me.serve_stream(&stream, &g, &store, &slot))
+                .await
+                .unwrap_or_else(|e| Err(e.into()));
+        match served {
+            Ok(()) => {
+                tracing::info!(partner = %peer, group, "sync stream ended by the primary")
+            }
+            Err(e) => tracing::warn!(partner = %peer, group, "sync stream ended: {e}"),
         }
     }
 
@@ -762,143 +788,6 @@ impl Replication {
             mb_per_s: report.mb_per_sec(),
         })
     }
-
-    /// Keeps a session open to every partner and records reachability and
-    /// RTT in the catalog, until `shutdown` completes.
-    ///
-    /// The interval between rounds is `replication.probe_secs` of the
-    /// configuration in force at each round, so a reload changes it.
-    pub async fn monitor(self: Arc<Self>, shutdown: impl std::future::Future) {
-        tokio::pin!(shutdown);
-        'monitor: loop {
-            self.probe_all().await;
-            let interval = Duration::from_secs_f64(self.site.config().replication.probe_secs);
-            let next_probe = tokio::time::sleep(interval);
-            tokio::pin!(next_probe);
-            // Between probes, a monitored session that ended (the partner
-            // closed it, or its keepalive found the partner silent for
-            // `dead_after`) makes the partner unreachable at once, not at
-            // the next probe.
-            loop {
-                let watch = tokio::time::sleep(Duration::from_secs(1).min(interval));
-                tokio::select! {
-                    _ = &mut shutdown => break 'monitor,
-                    _ = &mut next_probe => break,
-                    _ = watch => {
-                        self.reap_ended().await;
-                        self.probe(true).await;
-                    }
-                }
-            }
-        }
-        for (_, s) in self.monitored.lock().await.drain() {
-            s.close().await;
-        }
-    }
-
-    /// Records every partner whose monitored session ended as unreachable,
-    /// with how it ended.
-    async fn reap_ended(&self) {
-        let ended: Vec<(String, Session)> = {
-            let mut monitored = self.monitored.lock().await;
-            let names: Vec<String> = monitored
-                .iter()
-                .filter(|(_, s)| s.is_finished())
-                .map(|(n, _)| n.clone())
-                .collect();
-            names
-                .into_iter()
-                .filter_map(|n| monitored.remove(&n).map(|s| (n, s)))
-                .collect()
-        };
-        for (name, mut session) in ended {
-            let why = match session.recv().await {
-                Err(e) => format!("partner {name}: {e}"),
-                Ok(_) => format!("partner {name} closed the monitoring session"),
-            };
-            tracing::warn!(partner = %name, "partner lost: {why}");
-            let site = self.site.clone();
-            crate::warn_if_failed(
-                "recording the lost partner",
-                tokio::task::spawn_blocking(move || {
-                    site.record_partner_contact(&name, Err(why.as_str()))
-                })
-                .await,
-            );
-        }
-    }
-
-    async fn probe_all(&self) {
-        self.probe(false).await;
-    }
-
-    /// Probes every partner, or with `unwatched_only` those that show as
-    /// reachable but have no monitoring session yet (a partner just added,
-    /// or reached by a `partner test` or a cycle): so that from then on its
-    /// reachability follows the session, not the probe schedule.
-    async fn probe(&self, unwatched_only: bool) {
-        let site = self.site.clone();
-        let partners = match tokio::task::spawn_blocking(move || site.partners()).await {
-            Ok(Ok(p)) => p,
-            _ => return,
-        };
-        let mut monitored = self.monitored.lock().await;
-        monitored.retain(|name, _| partners.iter().any(|p| &p.name == name));
-        for p in partners {
-            if unwatched_only && (!p.reachable || monitored.contains_key(&p.name)) {
-                continue;
-            }
-            let result =
-                match monitored.remove(&p.name) {
-                    Some(session) => match session.measure_rtt().await {
-                        Ok(rtt) => {
-                            monitored.insert(p.name.clone(), session);
-                            Ok(rtt)
-                        }
-                        Err(e) => Err(ReplError::Transport {
-                            partner: p.name.clone(),
-                            source: e,
-                        }),
-                    },
-                    None => match self.connect(&p.name, &self.session_options()).await {
-                        Ok(session) => {
-                            let rtt = session.measure_rtt().await.map_err(|source| {
-                                ReplError::Transport {
-                                    partner: p.name.clone(),
-                                    source,
-                                }
-                            });
-                            if rtt.is_ok() {
-                                monitored.insert(p.name.clone(), session);
-                            }
-                            rtt
-                        }
-                        Err(e) => Err(e),
-                    },
-                };
-            let site = self.site.clone();
-            let name = p.name.clone();
-            if result.is_ok()
-                && let Err(e) = self.send_confirmed(&p.name).await
-            {
-                tracing::debug!(partner = %p.name, "sending idle confirmations: {e}");
-            }
-            let record = match result {
-                Ok(rtt) => Ok(rtt.as_micros() as u64),
-                Err(e) => Err(e.to_string()),
-            };
-            crate::warn_if_failed(
-                "recording the partner's reachability",
-                tokio::task::spawn_blocking(move || {
-                    site.record_partner_contact(
-                        &name,
-                        record.as_ref().map(|v| *v).map_err(String::as_str),
-                    )
-                })
-                .await,
-            );
-        }
-    }
 }
 
 /// A refusal that is the user's to fix, as a [`ReplError`].
@@ -913,4 +802,14 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| invalid(e.to_string()))?
+}
+
+/// What became of a block batch a session received.
+enum BatchOutcome {
+    /// Applied (or nothing under way to apply it to): acknowledge it.
+    Applied,
+    /// Refused for a full store, said to the primary; the session goes on.
+    Refused,
+    /// Refused, and said: the session is to be closed.
+    Failed,
 }

@@ -348,15 +348,9 @@ impl Replication {
             // Checked before anything is forgotten: a refusal changes nothing.
             self.check_store_deletable(row).await?;
         }
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&row.name);
+        self.runners.remove(&row.name);
         // A sync stream's log goes with the store (its writer aborts).
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&row.name);
+        self.replica.forget_log(&row.name);
         if row.role == Role::Replica {
             self.retire_store(row, delete_store).await?;
         }
@@ -444,7 +438,6 @@ impl Replication {
         let g = group.to_string();
         let to = std::path::PathBuf::from(to);
         tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
             let row = site.group_row(&g)?;
             if row.role != Role::Primary {
                 return Err(invalid(format!(
@@ -466,51 +459,7 @@ impl Replication {
                 let vol = site.volume(&v.volume)?;
                 let file = format!("{}.img", v.volume);
                 let path = to.join(&file);
-                let out = std::os::unix::fs::OpenOptionsExt::mode(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true),
-                    offsite_store::PRIVATE_FILE_MODE,
-                )
-                .open(&path)
-                .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
-                .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
-                // The seed is as thin as the volume: its holes are not read
-                // (SEEK_DATA) and its zero blocks not written (the file was
-                // just truncated, so they read zero), since the seed may
-                // become the replica's base as it is.
-                const CHUNK: u64 = 1 << 20;
-                let read_err = |e| invalid(format!("reading volume {}: {e}", v.volume));
-                let mut buf = vec![0u8; CHUNK as usize];
-                let mut offset = 0;
-                while offset < v.size_bytes {
-                    match vol.file().next_data(offset).map_err(read_err)? {
-                        None => break,
-                        Some(at) if at >= offset + CHUNK => {
-                            offset = at / CHUNK * CHUNK;
-                            continue;
-                        }
-                        Some(_) => {}
-                    }
-                    let n = (v.size_bytes - offset).min(CHUNK) as usize;
-                    vol.file()
-                        .read_at(&mut buf[..n], offset)
-                        .map_err(read_err)?;
-                    let runs = offsite_store::zero_runs(&buf[..n], offset, u64::from(v.block_size));
-                    for (at, len, zero) in runs {
-                        if zero {
-                            continue;
-                        }
-                        let part = &buf[(at - offset) as usize..(at - offset + len) as usize];
-                        out.write_all_at(part, at)
-                            .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
-                        bytes += len;
-                    }
-                    offset += n as u64;
-                }
-                out.sync_all()
-                    .map_err(|e| invalid(format!("syncing {}: {e}", path.display())))?;
+                bytes += write_seed_image(&vol, v, &path)?;
                 volumes.push(wire::SeedVolume {
                     name: v.volume.clone(),
                     size_bytes: v.size_bytes,
@@ -542,6 +491,61 @@ impl Replication {
         .await
         .map_err(|e| invalid(e.to_string()))?
     }
+}
+
+/// Writes volume `v`'s current image to `path`, as thin as the volume:
+/// its holes are not read (SEEK_DATA) and its zero blocks not written (the
+/// file was just truncated, so they read zero), since the seed may become
+/// the replica's base as it is. Returns the bytes written.
+fn write_seed_image(
+    vol: &offsite_engine::Volume,
+    v: &offsite_catalog::GroupVolumeRow,
+    path: &std::path::Path,
+) -> Result<u64, ReplError> {
+    use std::os::unix::fs::FileExt;
+    let out = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        offsite_store::PRIVATE_FILE_MODE,
+    )
+    .open(path)
+    .and_then(|f| f.set_len(v.size_bytes).map(|()| f))
+    .map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))?;
+    const CHUNK: u64 = 1 << 20;
+    let read_err = |e| invalid(format!("reading volume {}: {e}", v.volume));
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = 0;
+    let mut bytes = 0u64;
+    while offset < v.size_bytes {
+        match vol.file().next_data(offset).map_err(read_err)? {
+            None => break,
+            Some(at) if at >= offset + CHUNK => {
+                offset = at / CHUNK * CHUNK;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let n = (v.size_bytes - offset).min(CHUNK) as usize;
+        vol.file()
+            .read_at(&mut buf[..n], offset)
+            .map_err(read_err)?;
+        let runs = offsite_store::zero_runs(&buf[..n], offset, u64::from(v.block_size));
+        for (at, len, zero) in runs {
+            if zero {
+                continue;
+            }
+            let part = &buf[(at - offset) as usize..(at - offset + len) as usize];
+            out.write_all_at(part, at)
+                .map_err(|e| invalid(format!("writing {}: {e}", path.display())))?;
+            bytes += len;
+        }
+        offset += n as u64;
+    }
+    out.sync_all()
+        .map_err(|e| invalid(format!("syncing {}: {e}", path.display())))?;
+    Ok(bytes)
 }
 
 /// The volumes of this site whose lower layer is the replica store `dir`

@@ -140,6 +140,18 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
+    /// A new runner's handle and the queue its loop takes commands from.
+    pub(crate) fn new() -> (Runner, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(16);
+        let runner = Runner {
+            tx,
+            progress: Arc::new(Progress::default()),
+            mirror: Default::default(),
+            sync_stats: Default::default(),
+        };
+        (runner, rx)
+    }
+
     /// Where the runner takes its commands.
     pub(crate) fn tx(&self) -> &mpsc::Sender<Command> {
         &self.tx
@@ -171,48 +183,163 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ReplError::Engine)
 }
 
+/// A new group's settings, checked: its mode, link-loss policy and
+/// suspend timeout (defaults filled in), RPO, retention and bandwidth.
+fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError> {
+    offsite_engine::names::validate("group", &req.name)?;
+    let mode: Mode = req
+        .mode
+        .parse()
+        .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
+    let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
+    if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
+        return Err(invalid(format!(
+            "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
+        )));
+    }
+    let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
+    if !(1..=3600).contains(&suspend_timeout_secs) {
+        return Err(invalid(format!(
+            "--suspend-timeout {suspend_timeout_secs}s is outside 1s..1h"
+        )));
+    }
+    if !RPO_RANGE.contains(&req.rpo_secs) {
+        return Err(invalid(format!(
+            "RPO {}s is outside 30s..24h; use e.g. --rpo 5m",
+            req.rpo_secs
+        )));
+    }
+    if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
+        return Err(invalid(format!(
+            "--keep {} is outside 1..{}",
+            req.keep,
+            crate::model::MAX_KEEP
+        )));
+    }
+    if let Some(bw) = req.bandwidth_bytes_per_sec {
+        offsite_engine::check_bandwidth(bw)?;
+    }
+    Ok((mode, on_link_loss, suspend_timeout_secs))
+}
+
+/// Answers a runner command that cannot run while group `name` is
+/// `state`: a request is refused, saying why; `false` once the runner's
+/// channel is closed (the runner stops).
+fn refuse_while(name: &str, state: GroupState, command: Option<Command>) -> bool {
+    match command {
+        Some(Command::Sync { reply, .. }) => {
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Sync,
+                ))),
+            );
+        }
+        Some(Command::Verify { reply }) => {
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Verify,
+                ))),
+            );
+        }
+        Some(Command::Resync { reply }) => {
+            answer(
+                reply,
+                Err(RemoteError::Conflict(decide::refused_while(
+                    name,
+                    state,
+                    Asked::Resync,
+                ))),
+            );
+        }
+        Some(Command::Wake) => {}
+        None => return false,
+    }
+    true
+}
+
 impl Replication {
     /// `group create` at the primary: validates locally, has the replica
     /// validate and create its side (authorization, storage, space, name),
     /// then records the group.
     pub async fn create_group(&self, req: CreateGroup) -> Result<GroupStatus, ReplError> {
-        offsite_engine::names::validate("group", &req.name)?;
-        let mode: Mode = req
-            .mode
-            .parse()
-            .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
-        let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
-        if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
-            return Err(invalid(format!(
-                "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
-            )));
-        }
-        let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
-        if !(1..=3600).contains(&suspend_timeout_secs) {
-            return Err(invalid(format!(
-                "--suspend-timeout {suspend_timeout_secs}s is outside 1s..1h"
-            )));
-        }
-        if !RPO_RANGE.contains(&req.rpo_secs) {
-            return Err(invalid(format!(
-                "RPO {}s is outside 30s..24h; use e.g. --rpo 5m",
-                req.rpo_secs
-            )));
-        }
-        if !(1..=crate::model::MAX_KEEP).contains(&req.keep) {
-            return Err(invalid(format!(
-                "--keep {} is outside 1..{}",
-                req.keep,
-                crate::model::MAX_KEEP
-            )));
-        }
-        if let Some(bw) = req.bandwidth_bytes_per_sec {
-            offsite_engine::check_bandwidth(bw)?;
-        }
+        let (mode, on_link_loss, suspend_timeout_secs) = checked_settings(&req)?;
         let _serial = self.create_lock.lock().await;
+        let (volumes, vms) = self.group_members(&req).await?;
+        if volumes.len() > usize::from(u16::MAX) {
+            return Err(invalid("a group holds at most 65535 volumes".into()));
+        }
+
+        let mut ch = self.channel(&req.partner, None).await?;
+        let created: GroupCreated = ch
+            .call(&GroupCreate {
+                group: req.name.clone(),
+                mode: req.mode.clone(),
+                rpo_secs: req.rpo_secs,
+                keep: req.keep,
+                security_tag: req.security_tag.clone(),
+                on_link_loss: on_link_loss.clone(),
+                suspend_timeout_secs,
+                volumes: volumes.clone(),
+                vms: vms.clone(),
+                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+                compress: req.compress.unwrap_or(true),
+            })
+            .await?;
+        ch.close().await;
+        let site = self.site.clone();
+        let row = GroupRow {
+            name: req.name.clone(),
+            role: Role::Primary,
+            partner: req.partner.clone(),
+            mode,
+            rpo_secs: req.rpo_secs,
+            keep: req.keep,
+            bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+            compress: req.compress.unwrap_or(true),
+            security_tag: req.security_tag.clone(),
+            state: GroupState::ReadyForInitialReplication,
+            store_dir: None,
+            created_at: String::new(),
+            state_changed_at: String::new(),
+            last_error: None,
+            on_link_loss,
+            suspend_timeout_secs,
+            volumes: volumes
+                .iter()
+                .map(|v| GroupVolumeRow {
+                    volume: v.name.clone(),
+                    size_bytes: v.size_bytes,
+                    block_size: v.block_size,
+                    initial_done_bytes: 0,
+                })
+                .collect(),
+            vms: vms.iter().map(VmDesc::to_row).collect(),
+        };
+        let name = req.name.clone();
+        if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
+            self.undo_replica_side(&req.partner, &name).await;
+            return Err(e);
+        }
+        tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
+        self.group_status(&name).await
+    }
+
+    /// The volumes a new group replicates — its VMs' and the ones named,
+    /// each once, ready and in no other group — and its VMs, checked with
+    /// the partner and the group's name in the catalog.
+    async fn group_members(
+        &self,
+        req: &CreateGroup,
+    ) -> Result<(Vec<VolumeDesc>, Vec<VmDesc>), ReplError> {
         let site = self.site.clone();
         let r = req.clone();
-        let (volumes, vms) = blocking(move || {
+        blocking(move || {
             site.partner(&r.partner)?;
             if let Ok(g) = site.group_row(&r.name) {
                 return Err(offsite_engine::EngineError::Conflict(format!(
@@ -269,78 +396,26 @@ impl Replication {
             }
             Ok((out, vms))
         })
-        .await?;
-        if volumes.len() > usize::from(u16::MAX) {
-            return Err(invalid("a group holds at most 65535 volumes".into()));
-        }
+        .await
+    }
 
-        let mut ch = self.channel(&req.partner, None).await?;
-        let created: GroupCreated = ch
-            .call(&GroupCreate {
-                group: req.name.clone(),
-                mode: req.mode.clone(),
-                rpo_secs: req.rpo_secs,
-                keep: req.keep,
-                security_tag: req.security_tag.clone(),
-                on_link_loss: on_link_loss.clone(),
-                suspend_timeout_secs,
-                volumes: volumes.clone(),
-                vms: vms.clone(),
-                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-                compress: req.compress.unwrap_or(true),
-            })
-            .await?;
-        ch.close().await;
-        let site = self.site.clone();
-        let row = GroupRow {
-            name: req.name.clone(),
-            role: Role::Primary,
-            partner: req.partner.clone(),
-            mode,
-            rpo_secs: req.rpo_secs,
-            keep: req.keep,
-            bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-            compress: req.compress.unwrap_or(true),
-            security_tag: req.security_tag.clone(),
-            state: GroupState::ReadyForInitialReplication,
-            store_dir: None,
-            created_at: String::new(),
-            state_changed_at: String::new(),
-            last_error: None,
-            on_link_loss,
-            suspend_timeout_secs,
-            volumes: volumes
-                .iter()
-                .map(|v| GroupVolumeRow {
-                    volume: v.name.clone(),
-                    size_bytes: v.size_bytes,
-                    block_size: v.block_size,
-                    initial_done_bytes: 0,
+    /// Undoes the replica's side of a group this site failed to record,
+    /// or the name stays taken there (best effort: the error said already
+    /// what failed).
+    async fn undo_replica_side(&self, partner: &str, group: &str) {
+        if let Ok(mut ch) = self.channel(partner, None).await {
+            crate::warn_if_failed(
+                &format!(
+                    "undoing group {group} at {partner} (`offsite group delete` there frees the name)"
+                ),
+                ch.call(&wire::GroupDelete {
+                    group: group.to_string(),
+                    delete_replica: false,
                 })
-                .collect(),
-            vms: vms.iter().map(VmDesc::to_row).collect(),
-        };
-        let name = req.name.clone();
-        if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
-            // Undo the replica's side, or the name stays taken there.
-            if let Ok(mut ch) = self.channel(&req.partner, None).await {
-                crate::warn_if_failed(
-                    &format!(
-                        "undoing group {name} at {} (`offsite group delete` there frees the name)",
-                        req.partner
-                    ),
-                    ch.call(&wire::GroupDelete {
-                        group: name.clone(),
-                        delete_replica: false,
-                    })
-                    .await,
-                );
-                ch.close().await;
-            }
-            return Err(e);
+                .await,
+            );
+            ch.close().await;
         }
-        tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
-        self.group_status(&name).await
     }
 
     /// Opens a channel to `partner` with `group`'s compression and bandwidth (if any).
@@ -368,21 +443,9 @@ impl Replication {
 
     /// Has a group's runner re-read its settings (a mode change).
     pub(crate) async fn wake_runner(&self, group: &str) {
-        if let Some(r) = self.runner(group) {
+        if let Some(r) = self.runners.get(group) {
             r.wake().await;
         }
-    }
-
-    pub(crate) fn runner_sync_stats(&self, group: &str) -> Option<Arc<crate::sync::SyncStats>> {
-        self.runner(group).map(|r| r.sync_stats.clone())
-    }
-
-    pub(crate) fn runner(&self, group: &str) -> Option<Runner> {
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 
     /// Starts the runner of every primary group (daemon start-up).
@@ -406,25 +469,15 @@ impl Replication {
         Ok(())
     }
 
+    /// The runner of `group`, started if none runs.
     pub(crate) fn ensure_runner(self: &Arc<Self>, group: &str) -> Runner {
-        let mut runners = self.runners.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = runners.get(group) {
-            return r.clone();
-        }
-        let (tx, rx) = mpsc::channel(16);
-        let runner = Runner {
-            tx,
-            progress: Arc::new(Progress::default()),
-            mirror: Default::default(),
-            sync_stats: Default::default(),
-        };
-        runners.insert(group.to_string(), runner.clone());
-        let me = self.clone();
-        let name = group.to_string();
-        let progress = runner.progress.clone();
-        let mirror = runner.mirror.clone();
-        tokio::spawn(async move { me.run_group(name, rx, progress, mirror).await });
-        runner
+        self.runners.ensure(group, |runner, rx| {
+            let me = self.clone();
+            let name = group.to_string();
+            let progress = runner.progress.clone();
+            let mirror = runner.mirror.clone();
+            tokio::spawn(async move { me.run_group(name, rx, progress, mirror).await });
+        })
     }
 
     /// `group start`: begins initial replication.
@@ -500,7 +553,7 @@ impl Replication {
             }
         })
         .await?;
-        if let Some(r) = self.runner(name) {
+        if let Some(r) = self.runners.get(name) {
             r.wake().await;
         }
         self.group_status(name).await
@@ -519,30 +572,12 @@ impl Replication {
             return self.sync_group(name, None, wait).await;
         };
         self.check_new_pit_name(name, &label).await?;
-        let key = (name.to_string(), label.clone());
-        if !self
-            .pending_pit_names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone())
-        {
+        // Released once this sync is over, whatever its outcome.
+        let Some(_claim) = self.runners.claim_pit_name(name, &label) else {
             return Err(invalid(format!(
                 "another sync of group {name} is making a PIT named {label:?}; pick another name, or wait for it and release that PIT first"
             )));
-        }
-        // Forgotten once this sync is over, whatever its outcome (a later
-        // one then finds the committed name in the catalog).
-        struct Pending<'a>(&'a Replication, (String, String));
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .pending_pit_names
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&self.1);
-            }
-        }
-        let _pending = Pending(self, key);
+        };
         self.sync_group(name, pit_name, wait).await
     }
 
@@ -689,19 +724,9 @@ impl Replication {
         // blocking thread) at all.
         let mut cached: Option<(GroupRow, u64)> = None;
         loop {
-            let current = self.site.group_changes();
-            let row = match cached.take() {
-                Some((row, at)) if current == at => row,
-                _ => {
-                    let site = self.site.clone();
-                    let n = name.clone();
-                    match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
-                        Ok(Ok(r)) => r,
-                        _ => return, // deleted
-                    }
-                }
+            let Some(row) = self.current_row(&name, &mut cached).await else {
+                return; // deleted
             };
-            cached = Some((row.clone(), current));
             let interval =
                 decide::cycle_interval(row.rpo_secs, self.site.config().replication.cycle_secs);
             match decide::turn(row.role, row.mode, row.state) {
@@ -727,12 +752,8 @@ impl Replication {
                             .await;
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            c = rx.recv() => match c {
-                                Some(Command::Sync { reply, .. }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Sync)))); }
-                                Some(Command::Verify { reply }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Verify)))); }
-                                Some(Command::Resync { reply }) => { answer(reply, Err(RemoteError::Conflict(decide::refused_while(&name, row.state, Asked::Resync)))); }
-                                Some(Command::Wake) => {}
-                                None => return,
+                            c = rx.recv() => if !refuse_while(&name, row.state, c) {
+                                return;
                             },
                         }
                         backoff = decide::next_backoff(backoff);
@@ -772,43 +793,36 @@ impl Replication {
                 }
                 Turn::Waiting(state) => {
                     // Paused or not started: only commands move it.
-                    match rx.recv().await {
-                        Some(Command::Sync { reply, .. }) => {
-                            answer(
-                                reply,
-                                Err(RemoteError::Conflict(decide::refused_while(
-                                    &name,
-                                    state,
-                                    Asked::Sync,
-                                ))),
-                            );
-                        }
-                        Some(Command::Verify { reply }) => {
-                            answer(
-                                reply,
-                                Err(RemoteError::Conflict(decide::refused_while(
-                                    &name,
-                                    state,
-                                    Asked::Verify,
-                                ))),
-                            );
-                        }
-                        Some(Command::Resync { reply }) => {
-                            answer(
-                                reply,
-                                Err(RemoteError::Conflict(decide::refused_while(
-                                    &name,
-                                    state,
-                                    Asked::Resync,
-                                ))),
-                            );
-                        }
-                        Some(Command::Wake) => {}
-                        None => return,
+                    if !refuse_while(&name, state, rx.recv().await) {
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// The group's row for the runner's next turn: the cached one while the
+    /// catalog's change counter stands still, else read again (and
+    /// cached); `None` once the group is deleted.
+    async fn current_row(
+        &self,
+        name: &str,
+        cached: &mut Option<(GroupRow, u64)>,
+    ) -> Option<GroupRow> {
+        let current = self.site.group_changes();
+        let row = match cached.take() {
+            Some((row, at)) if current == at => row,
+            _ => {
+                let site = self.site.clone();
+                let n = name.to_string();
+                match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
+                    Ok(Ok(r)) => r,
+                    _ => return None,
+                }
+            }
+        };
+        *cached = Some((row.clone(), current));
+        Some(row)
     }
 
     /// A scheduled cycle of a group whose volumes hold no changed block
@@ -849,7 +863,7 @@ impl Replication {
     /// primary's confirmations at the replica.
     pub(crate) fn confirmed_at(&self, row: &GroupRow) -> Option<String> {
         if row.role == Role::Primary {
-            self.runner(&row.name).and_then(|r| {
+            self.runners.get(&row.name).and_then(|r| {
                 r.progress
                     .confirmed
                     .lock()
@@ -857,7 +871,7 @@ impl Replication {
                     .clone()
             })
         } else {
-            self.remote_confirmed(&row.name)
+            self.replica.confirmed_at(&row.name)
         }
     }
 
@@ -952,7 +966,7 @@ impl Replication {
         let result = self
             .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
             .await;
-        let kind = if self.is_reversing(&row.name) {
+        let kind = if self.runners.is_reversing(&row.name) {
             TrafficKind::Reverse
         } else {
             TrafficKind::Cycle
@@ -982,7 +996,7 @@ impl Replication {
                 })
                 .await?;
                 tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
-                if let Some(r) = self.runner(&row.name) {
+                if let Some(r) = self.runners.get(&row.name) {
                     *r.progress
                         .confirmed
                         .lock()
@@ -1035,7 +1049,7 @@ impl Replication {
     ) -> Result<PitCommitted, ReplError> {
         // The cut's size, for progress (`transfer` in status: a reverse's
         // first cycle, or any cycle while it ships).
-        let progress = self.runner(&row.name).map(|r| r.progress);
+        let progress = self.runners.get(&row.name).map(|r| r.progress);
         let total: u64 = volumes
             .iter()
             .zip(sets)

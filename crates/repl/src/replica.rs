@@ -117,35 +117,8 @@ pub(crate) fn storage_error(text: String, e: &offsite_replica::ReplicaError) -> 
 /// `write_base` leaves zero blocks as holes; the block comparison that
 /// follows corrects anything else).
 fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(), RemoteError> {
-    use std::os::unix::fs::FileExt;
     let dir = Path::new(&req.path);
-    let manifest_path = dir.join("seed.json");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-        RemoteError::NotFound(format!(
-            "site {site} cannot read the seed manifest {}: {e}; copy the output of `offsite group export-seed` there",
-            manifest_path.display()
-        ))
-    })?;
-    let manifest: wire::SeedManifest = serde_json::from_str(&text).map_err(|e| {
-        RemoteError::BadRequest(format!(
-            "seed manifest {} is malformed: {e}",
-            manifest_path.display()
-        ))
-    })?;
-    if manifest.format_version != 1 {
-        return Err(RemoteError::Unsupported(format!(
-            "seed format {} is not supported",
-            manifest.format_version
-        )));
-    }
-    if manifest.group != req.group {
-        return Err(RemoteError::Conflict(format!(
-            "the seed at {} is of group {}, not {}",
-            dir.display(),
-            manifest.group,
-            req.group
-        )));
-    }
+    let manifest = read_seed_manifest(site, req)?;
     for spec in store.volumes() {
         let Some(v) = manifest.volumes.iter().find(|v| v.name == spec.name) else {
             return Err(RemoteError::NotFound(format!(
@@ -186,45 +159,92 @@ fn load_seed(site: &str, req: &wire::SeedLoad, store: &ReplicaStore) -> Result<(
                 tracing::info!(volume = %spec.name, "copying the seed image into the base ({e})");
             }
         }
-        let file = std::fs::File::open(&file_path).map_err(|e| {
-            RemoteError::NotFound(format!(
-                "site {site} cannot open seed image {}: {e}",
-                file_path.display()
-            ))
-        })?;
-        const CHUNK: u64 = 1 << 20;
-        let mut buf = vec![0u8; CHUNK as usize];
-        let mut offset = 0;
-        while offset < spec.size_bytes {
-            // The seed's holes are zeroes the sparse base reads already:
-            // jump over them without reading (SEEK_DATA; a file system
-            // without it says "data" and the chunk is read).
-            let data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(offset)) {
-                Ok(at) => at,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(_) => offset,
-            };
-            if data >= offset + CHUNK {
-                offset = data / CHUNK * CHUNK;
-                continue;
-            }
-            let n = (spec.size_bytes - offset).min(CHUNK) as usize;
-            file.read_exact_at(&mut buf[..n], offset).map_err(|e| {
-                RemoteError::Internal(format!("reading seed image {}: {e}", file_path.display()))
-            })?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                store
-                    .write_base(&spec.name, offset, &buf[..n])
-                    .map_err(|e| {
-                        storage_error(format!("writing the base of {}: {e}", spec.name), &e)
-                    })?;
-            }
-            offset += n as u64;
-        }
+        copy_seed_image(site, spec, &file_path, store)?;
     }
     store
         .sync_base()
         .map_err(|e| storage_error(format!("making the seeded base durable: {e}"), &e))
+}
+
+/// The seed's manifest (`seed.json`), if it is one this site reads and of
+/// the group being seeded.
+fn read_seed_manifest(site: &str, req: &wire::SeedLoad) -> Result<wire::SeedManifest, RemoteError> {
+    let dir = Path::new(&req.path);
+    let manifest_path = dir.join("seed.json");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        RemoteError::NotFound(format!(
+            "site {site} cannot read the seed manifest {}: {e}; copy the output of `offsite group export-seed` there",
+            manifest_path.display()
+        ))
+    })?;
+    let manifest: wire::SeedManifest = serde_json::from_str(&text).map_err(|e| {
+        RemoteError::BadRequest(format!(
+            "seed manifest {} is malformed: {e}",
+            manifest_path.display()
+        ))
+    })?;
+    if manifest.format_version != 1 {
+        return Err(RemoteError::Unsupported(format!(
+            "seed format {} is not supported",
+            manifest.format_version
+        )));
+    }
+    if manifest.group != req.group {
+        return Err(RemoteError::Conflict(format!(
+            "the seed at {} is of group {}, not {}",
+            dir.display(),
+            manifest.group,
+            req.group
+        )));
+    }
+    Ok(manifest)
+}
+
+/// Copies a seed image's data into volume `spec`'s base (when it could
+/// not be moved there).
+fn copy_seed_image(
+    site: &str,
+    spec: &offsite_replica::VolumeSpec,
+    file_path: &Path,
+    store: &ReplicaStore,
+) -> Result<(), RemoteError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(file_path).map_err(|e| {
+        RemoteError::NotFound(format!(
+            "site {site} cannot open seed image {}: {e}",
+            file_path.display()
+        ))
+    })?;
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = 0;
+    while offset < spec.size_bytes {
+        // The seed's holes are zeroes the sparse base reads already:
+        // jump over them without reading (SEEK_DATA; a file system
+        // without it says "data" and the chunk is read).
+        let data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => at,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => offset,
+        };
+        if data >= offset + CHUNK {
+            offset = data / CHUNK * CHUNK;
+            continue;
+        }
+        let n = (spec.size_bytes - offset).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], offset).map_err(|e| {
+            RemoteError::Internal(format!("reading seed image {}: {e}", file_path.display()))
+        })?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            store
+                .write_base(&spec.name, offset, &buf[..n])
+                .map_err(|e| {
+                    storage_error(format!("writing the base of {}: {e}", spec.name), &e)
+                })?;
+        }
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `dir`.
@@ -554,13 +574,7 @@ impl Replication {
     /// Records that `group`'s replica store is full (health critical here,
     /// an event, the group's last error) until a PIT commits again.
     fn note_store_full(&self, group: &str, message: &str) {
-        let first = self
-            .store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_string(), message.to_string())
-            .is_none();
-        if first && !group.is_empty() {
+        if self.replica.mark_store_full(group, message) && !group.is_empty() {
             crate::warn_if_failed(
                 "recording the full store",
                 self.site.set_group_error(group, Some(message)),
@@ -571,13 +585,7 @@ impl Replication {
 
     /// Space was found again: a PIT committed.
     pub(crate) fn clear_store_full(&self, group: &str) {
-        let was = self
-            .store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(group)
-            .is_some();
-        if was {
+        if self.replica.clear_store_full(group) {
             crate::warn_if_failed(
                 "clearing the full store's error",
                 self.site.set_group_error(group, None),
@@ -588,15 +596,6 @@ impl Replication {
                 "space found again: a PIT committed",
             );
         }
-    }
-
-    /// Why `group`'s replica store cannot take data, if it is full.
-    pub(crate) fn store_full_reason(&self, group: &str) -> Option<String> {
-        self.store_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
     }
 
     /// Applies one block batch of the current transfer.

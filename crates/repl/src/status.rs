@@ -25,50 +25,137 @@ impl Replication {
             Ok((row, pits, partner, needs_resync))
         })
         .await?;
-        let (pending, isolated): (u64, u64) = if row.role == Role::Primary {
-            let site = self.site.clone();
-            let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
-            blocking(move || {
-                let live: Vec<_> = vols.iter().filter_map(|v| site.volume(v).ok()).collect();
-                Ok((
-                    live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
-                    live.iter()
-                        .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
-                        .sum(),
-                ))
-            })
-            .await?
-        } else {
-            (0, 0)
-        };
+        let (mut pending, isolated) = self.pending_and_isolated(&row).await?;
         let last = pits.last();
-        let lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
-        let (mut health, mut reason) = health(&row, last.is_some(), lag, partner.as_ref());
-        let mut lag = lag;
-        let sync_state = (row.mode == Mode::Sync && row.role == Role::Primary)
-            .then(|| {
-                self.runner(name).and_then(|r| {
-                    r.mirror
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                        .map(|(m, resyncing)| (m.state_name(*resyncing), m.why_lost()))
-                })
-            })
-            .flatten();
-        let mut pending = pending;
-        match &sync_state {
-            // Every acknowledged write is on the replica: no lag and nothing
-            // pending, whatever the age of the newest PIT (the tracker keeps
-            // the blocks until the next seal only in case the link is lost).
-            Some((SyncState::InSync, _)) => {
-                lag = 0;
-                pending = 0;
-                if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) {
-                    health = "normal".into();
-                    reason = None;
-                }
+        let mut lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
+        let (health, reason) = health(&row, last.is_some(), lag, partner.as_ref());
+        let sync_state = self.sync_mirror_state(&row);
+        // Every acknowledged write is on the replica: no lag and nothing
+        // pending, whatever the age of the newest PIT (the tracker keeps
+        // the blocks until the next seal only in case the link is lost).
+        if let Some((SyncState::InSync, _)) = &sync_state {
+            lag = 0;
+            pending = 0;
+        }
+        let (health, reason) =
+            self.overriding_health(&row, (health, reason), &sync_state, &needs_resync);
+        let transfer = self.transfer_progress(&row);
+        let progress = transfer.as_ref().filter(|t| t.kind == "initial").map(|t| {
+            if t.bytes_total == 0 {
+                0.0
+            } else {
+                t.bytes_done as f64 * 100.0 / t.bytes_total as f64
             }
+        });
+        let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
+        Ok(GroupStatus {
+            name: row.name.clone(),
+            mode: row.mode,
+            role: row.role,
+            state: row.state,
+            health,
+            health_reason: reason,
+            partner: row.partner.clone(),
+            last_pit: last.map(|p| PitRef {
+                id: p.id,
+                name: p.name.clone(),
+                created_at: p.created_at.clone(),
+            }),
+            lag_seconds: lag,
+            pending_bytes: pending,
+            // A sync group's RPO is 0: every acknowledged write is on the
+            // replica (its stored RPO only paces the seals).
+            rpo_seconds: if row.mode == Mode::Sync {
+                0
+            } else {
+                row.rpo_secs
+            },
+            keep: row.keep,
+            volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
+            initial_progress_percent: progress,
+            initial_bytes_sent: self
+                .runners
+                .get(name)
+                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
+            isolated_bytes: isolated,
+            sync_state: sync_state.map(|(s, _)| s),
+            on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
+            test_failover_pit: self.test_failover_pit(&row).await?,
+            initial_durable_bytes: (row.role == Role::Primary
+                && row.state == GroupState::InitialReplication)
+                .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
+            eta_seconds: eta,
+            bandwidth_bytes_per_sec: row.bandwidth,
+            compress: row.compress,
+            last_error: row.last_error.clone(),
+            // A primary may still hold the store of its last promotion
+            // (its volumes read it until flattened): not a replica store.
+            store_dir: row.store_dir.clone().filter(|_| row.role == Role::Replica),
+            needs_resync,
+            resync: self.resync_progress(name),
+            confirmed_at: self.confirmed_at(&row),
+            transfer,
+            seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
+        })
+    }
+
+    /// The bytes a primary's volumes hold that the replica has not got yet
+    /// (their trackers) and the bytes written while isolated; `(0, 0)` on a
+    /// replica, which tracks neither.
+    async fn pending_and_isolated(&self, row: &GroupRow) -> Result<(u64, u64), ReplError> {
+        if row.role != Role::Primary {
+            return Ok((0, 0));
+        }
+        let site = self.site.clone();
+        let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
+        blocking(move || {
+            let live: Vec<_> = vols.iter().filter_map(|v| site.volume(v).ok()).collect();
+            Ok((
+                live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
+                live.iter()
+                    .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
+                    .sum(),
+            ))
+        })
+        .await
+    }
+
+    /// The state of a sync primary's write mirror and why its link was
+    /// lost, if it was; `None` for other groups or a runner without a
+    /// mirror.
+    fn sync_mirror_state(&self, row: &GroupRow) -> Option<(SyncState, Option<String>)> {
+        if row.mode != Mode::Sync || row.role != Role::Primary {
+            return None;
+        }
+        self.runners.get(&row.name).and_then(|r| {
+            r.mirror
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|(m, resyncing)| (m.state_name(*resyncing), m.why_lost()))
+        })
+    }
+
+    /// The group's health after what outranks the lag and PIT view of
+    /// [`health`]: the sync mirror's state, a full replica store and, last,
+    /// a pending resynchronization — which nothing else the group does can
+    /// repair.
+    fn overriding_health(
+        &self,
+        row: &GroupRow,
+        (mut health, mut reason): (String, Option<String>),
+        sync_state: &Option<(SyncState, Option<String>)>,
+        needs_resync: &Option<String>,
+    ) -> (String, Option<String>) {
+        match sync_state {
+            // In sync, a PIT's age is no reason for concern.
+            Some((SyncState::InSync, _))
+                if health != "normal" && reason.as_deref().is_some_and(|r| r.contains("PIT")) =>
+            {
+                health = "normal".into();
+                reason = None;
+            }
+            Some((SyncState::InSync, _)) => {}
             Some((state, why)) => {
                 health = "critical".into();
                 reason = Some(format!(
@@ -79,19 +166,25 @@ impl Replication {
             None => {}
         }
         if row.role == Role::Replica
-            && let Some(why) = self.store_full_reason(&row.name)
+            && let Some(why) = self.replica.store_full_reason(&row.name)
         {
             health = "critical".into();
             reason = Some(why);
         }
         // Checked last: nothing else the group does can repair it.
-        if let Some(why) = &needs_resync {
+        if let Some(why) = needs_resync {
             health = "critical".into();
             reason = Some(format!(
-                "the replica may differ from the primary: {why}; run `offsite group resync {name}`"
+                "the replica may differ from the primary: {why}; run `offsite group resync {}`",
+                row.name
             ));
         }
-        let resync = self.runner(name).and_then(|r| {
+        (health, reason)
+    }
+
+    /// How far a running resynchronization of `group` has got.
+    fn resync_progress(&self, group: &str) -> Option<crate::model::ResyncProgress> {
+        self.runners.get(group).and_then(|r| {
             r.progress
                 .resync
                 .lock()
@@ -101,11 +194,16 @@ impl Replication {
                     elapsed_seconds: started.elapsed().as_secs(),
                     ..p.clone()
                 })
-        });
-        // Progress, rate and ETA by the data read and sent, not by the
-        // bytes scanned: a thin volume's holes pass in an instant (progress
-        // used to jump from 0 % to 91 % with an ETA of 0 s).
-        let transfer = match self.runner(name) {
+        })
+    }
+
+    /// The transfer under way: the initial replication, or a cycle (or the
+    /// first cycle of a reverse). Progress, rate and ETA by the data read
+    /// and sent, not by the bytes scanned: a thin volume's holes pass in an
+    /// instant (progress used to jump from 0 % to 91 % with an ETA of 0 s).
+    fn transfer_progress(&self, row: &GroupRow) -> Option<crate::model::TransferProgress> {
+        let name = row.name.as_str();
+        match self.runners.get(name) {
             Some(r) if row.state == GroupState::InitialReplication => {
                 let p = &r.progress;
                 let done = p.data_done.load(Ordering::Relaxed);
@@ -141,7 +239,7 @@ impl Replication {
                         0.0
                     };
                     crate::model::TransferProgress {
-                        kind: if self.is_reversing(name) {
+                        kind: if self.runners.is_reversing(name) {
                             "reverse".into()
                         } else {
                             "cycle".into()
@@ -154,71 +252,18 @@ impl Replication {
                     }
                 }),
             None => None,
-        };
-        let progress = transfer.as_ref().filter(|t| t.kind == "initial").map(|t| {
-            if t.bytes_total == 0 {
-                0.0
-            } else {
-                t.bytes_done as f64 * 100.0 / t.bytes_total as f64
-            }
-        });
-        let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
-        Ok(GroupStatus {
-            name: row.name.clone(),
-            mode: row.mode,
-            role: row.role,
-            state: row.state,
-            health,
-            health_reason: reason,
-            partner: row.partner.clone(),
-            last_pit: last.map(|p| PitRef {
-                id: p.id,
-                name: p.name.clone(),
-                created_at: p.created_at.clone(),
-            }),
-            lag_seconds: lag,
-            pending_bytes: pending,
-            // A sync group's RPO is 0: every acknowledged write is on the
-            // replica (its stored RPO only paces the seals).
-            rpo_seconds: if row.mode == Mode::Sync {
-                0
-            } else {
-                row.rpo_secs
-            },
-            keep: row.keep,
-            volumes: row.volumes.iter().map(|v| v.volume.clone()).collect(),
-            initial_progress_percent: progress,
-            initial_bytes_sent: self
-                .runner(name)
-                .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
-            isolated_bytes: isolated,
-            sync_state: sync_state.map(|(s, _)| s),
-            on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
-            test_failover_pit: {
-                let site = self.site.clone();
-                let g = row.name.clone();
-                blocking(move || site.failovers())
-                    .await?
-                    .into_iter()
-                    .find(|f| f.group == g && f.kind == "test")
-                    .map(|f| f.pit_id)
-            },
-            initial_durable_bytes: (row.role == Role::Primary
-                && row.state == GroupState::InitialReplication)
-                .then(|| row.volumes.iter().map(|v| v.initial_done_bytes).sum()),
-            eta_seconds: eta,
-            bandwidth_bytes_per_sec: row.bandwidth,
-            compress: row.compress,
-            last_error: row.last_error.clone(),
-            // A primary may still hold the store of its last promotion
-            // (its volumes read it until flattened): not a replica store.
-            store_dir: row.store_dir.clone().filter(|_| row.role == Role::Replica),
-            needs_resync,
-            resync,
-            confirmed_at: self.confirmed_at(&row),
-            transfer,
-            seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
-        })
+        }
+    }
+
+    /// The PIT a test failover of the group has promoted, if one runs.
+    async fn test_failover_pit(&self, row: &GroupRow) -> Result<Option<u64>, ReplError> {
+        let site = self.site.clone();
+        let g = row.name.clone();
+        Ok(blocking(move || site.failovers())
+            .await?
+            .into_iter()
+            .find(|f| f.group == g && f.kind == "test")
+            .map(|f| f.pit_id))
     }
 
     /// Every group's figures for `/metrics` (blocking: reads the catalog),
@@ -232,7 +277,7 @@ impl Replication {
             let mut sync = None;
             if g.mode == Mode::Sync
                 && g.role == Role::Primary
-                && let Some(r) = self.runner(&g.name)
+                && let Some(r) = self.runners.get(&g.name)
             {
                 let in_sync = r
                     .mirror
@@ -251,7 +296,7 @@ impl Replication {
             }
             let rows = self.site.pit_rows(&g.name).unwrap_or_default();
             let in_sync = g.mode == Mode::Sync
-                && self.runner(&g.name).is_some_and(|r| {
+                && self.runners.get(&g.name).is_some_and(|r| {
                     r.mirror
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

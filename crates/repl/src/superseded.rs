@@ -117,7 +117,7 @@ impl Replication {
                         unreachable.insert(row.partner.clone());
                     }
                     Some(true) => {
-                        if let Some(r) = me.runner(&row.name) {
+                        if let Some(r) = me.runners.get(&row.name) {
                             r.wake().await;
                         }
                     }
@@ -174,7 +174,7 @@ impl Replication {
             Ok(())
         })
         .await?;
-        if let Some(r) = self.runner(name) {
+        if let Some(r) = self.runners.get(name) {
             r.wake().await;
         }
         self.group_status(name).await

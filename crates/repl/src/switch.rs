@@ -20,7 +20,7 @@
 //!   ships exactly that set. Failback is the same three commands from the
 //!   other side.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,14 +31,14 @@ use offsite_catalog::{FailoverRow, GroupRow, LowerRef};
 use offsite_catalog::{GroupState, Role};
 use offsite_engine::RoaringBitmap;
 use offsite_engine::hooks::HookAction;
-use offsite_replica::{PitId, ReplicaStore, VolumeSpec};
+use offsite_replica::{PitId, ReplicaStore};
 
 use crate::control::Done;
 use crate::decide::ReverseChoice;
-use crate::dormant::{dormant_store, resume_dormant};
-use crate::replica::storage_error;
 use crate::wire::{self, GroupView, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
+
+mod old_primary;
 
 /// Name of the final PIT of a planned failover.
 pub const PLANNED_PIT: &str = "planned-failover";
@@ -167,8 +167,24 @@ impl Replication {
         // A sync group's runner ends its stream now.
         self.wake_runner(group).await;
         let pit = pit.map_or(0, |p| p.id);
-        // The replica learns it now so that its `sync` returns at once; if
-        // it cannot, `failover run` asks the primary itself.
+        self.tell_replica_prepared(&row, pit).await;
+        tracing::info!(group, pit, "prepared for failover");
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: "prepare".into(),
+            pit,
+            volumes,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors: Vec::new(),
+        })
+    }
+
+    /// The replica learns that the group is prepared (with its final PIT)
+    /// now so that its `sync` returns at once; if it cannot, `failover
+    /// run` asks the primary itself.
+    async fn tell_replica_prepared(&self, row: &GroupRow, pit: u64) {
+        let group = row.name.as_str();
         if let Ok(mut ch) = self.channel(&row.partner, None).await {
             let told = ch
                 .call(&wire::GroupPrepared {
@@ -181,16 +197,6 @@ impl Replication {
             }
             ch.close().await;
         }
-        tracing::info!(group, pit, "prepared for failover");
-        Ok(FailoverResult {
-            group: group.to_string(),
-            mode: "prepare".into(),
-            pit,
-            volumes,
-            vms: hooks,
-            duration_ms: started.elapsed().as_millis() as u64,
-            errors: Vec::new(),
-        })
     }
 
     /// Re-applies fencing after a restart: a prepared group's volumes keep
@@ -296,11 +302,52 @@ impl Replication {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
         let replacing = row.state == GroupState::FailedOver;
+        self.ready_to_promote(&row).await?;
+        let mode = self.failover_mode(&row, replacing, force).await?;
+        // A sync group's acknowledged writes are in its log: sealed into a
+        // PIT now (and the stream refused from here on), the newest PIT
+        // holds every one of them.
+        self.seal_log(group).await.map_err(ReplError::Refused)?;
+        let id = crate::failover::resolve(&store, group, pit)?;
+        self.promote_volumes(&row, id).await?;
+        let served = self.served(&row);
+        // The volumes are up: a failing VM hook is reported, not undone.
+        let mut errors = Vec::new();
+        let hooks = if !start_vms {
+            Vec::new()
+        } else {
+            match self
+                .run_vm_hooks(&row, HookAction::Start, mode, &served)
+                .await
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    Vec::new()
+                }
+            }
+        };
+        tracing::info!(group, pit = %id, mode, "failed over");
+        drop(store);
+        Ok(FailoverResult {
+            group: group.to_string(),
+            mode: mode.into(),
+            pit: id.get(),
+            volumes: served,
+            vms: hooks,
+            duration_ms: started.elapsed().as_millis() as u64,
+            errors,
+        })
+    }
+
+    /// Whether the group's state allows a failover; a failed-over group
+    /// promoting another PIT (before `failover commit`) first has its
+    /// promoted volumes and their writes replaced.
+    async fn ready_to_promote(&self, row: &GroupRow) -> Result<(), ReplError> {
+        let group = row.name.as_str();
         match row.state {
             GroupState::Replicating | GroupState::Paused | GroupState::PreparedForFailover => {}
-            // Another PIT, before `failover commit`: the promoted volumes
-            // and their writes are replaced.
-            GroupState::FailedOver => self.unpromote(&row, false).await?,
+            GroupState::FailedOver => self.unpromote(row, false).await?,
             GroupState::TestFailover => {
                 return Err(invalid(format!(
                     "a test failover of group {group} is running; stop it first with `offsite failover stop-test {group}`"
@@ -312,8 +359,21 @@ impl Replication {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Planned or unplanned, by what the primary says (if it can be
+    /// reached); refused while the primary is up and not prepared, or down
+    /// without `--force`.
+    async fn failover_mode(
+        &self,
+        row: &GroupRow,
+        replacing: bool,
+        force: bool,
+    ) -> Result<&'static str, ReplError> {
         use crate::decide::{FailoverRefusal, PrimarySeen};
-        let (seen, unreachable) = match self.partner_view(&row).await {
+        let group = row.name.as_str();
+        let (seen, unreachable) = match self.partner_view(row).await {
             Ok(v) => match v.state.parse() {
                 Ok(state) => (PrimarySeen::Answered(state), None),
                 Err(_) => (
@@ -323,31 +383,28 @@ impl Replication {
             },
             Err(e) => (PrimarySeen::Unreachable, Some(e.to_string())),
         };
-        let mode = match crate::decide::failover_mode(seen, replacing, force) {
-            Ok(m) => m.as_str(),
-            Err(FailoverRefusal::PrimaryUp(state)) => {
-                return Err(invalid(format!(
-                    "the primary {} is reachable and group {group} is {state} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
-                    row.partner, row.partner
-                )));
-            }
-            Err(FailoverRefusal::PrimaryDown) => {
-                return Err(invalid(format!(
-                    "the primary {} cannot be reached ({}); for an unplanned failover from the newest PIT add --force",
-                    row.partner,
-                    unreachable.unwrap_or_default()
-                )));
-            }
-        };
-        // A sync group's acknowledged writes are in its log: sealed into a
-        // PIT now (and the stream refused from here on), the newest PIT
-        // holds every one of them.
-        self.seal_log(group).await.map_err(ReplError::Refused)?;
-        let id = crate::failover::resolve(&store, group, pit)?;
+        match crate::decide::failover_mode(seen, replacing, force) {
+            Ok(m) => Ok(m.as_str()),
+            Err(FailoverRefusal::PrimaryUp(state)) => Err(invalid(format!(
+                "the primary {} is reachable and group {group} is {state} there: run `offsite failover prepare {group}` at {} first (planned failover), or add --force",
+                row.partner, row.partner
+            ))),
+            Err(FailoverRefusal::PrimaryDown) => Err(invalid(format!(
+                "the primary {} cannot be reached ({}); for an unplanned failover from the newest PIT add --force",
+                row.partner,
+                unreachable.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Makes PIT `id` of every volume a writable volume of this site under
+    /// the volume's own name (pinning the PIT with a failover row), all or
+    /// none, and moves the group to `failed-over`.
+    async fn promote_volumes(&self, row: &GroupRow, id: PitId) -> Result<(), ReplError> {
         let site = self.site.clone();
         let r = row.clone();
         let store_dir = row.store_dir.clone().unwrap_or_default();
-        let volumes = blocking(move || {
+        blocking(move || {
             for v in &r.volumes {
                 if site.volume_info(&v.volume).is_ok() {
                     return Err(invalid(format!(
@@ -401,36 +458,7 @@ impl Replication {
             )?;
             Ok(())
         })
-        .await;
-        volumes?;
-        let served = self.served(&row);
-        // The volumes are up: a failing VM hook is reported, not undone.
-        let mut errors = Vec::new();
-        let hooks = if !start_vms {
-            Vec::new()
-        } else {
-            match self
-                .run_vm_hooks(&row, HookAction::Start, mode, &served)
-                .await
-            {
-                Ok(h) => h,
-                Err(e) => {
-                    errors.push(e.to_string());
-                    Vec::new()
-                }
-            }
-        };
-        tracing::info!(group, pit = %id, mode, "failed over");
-        drop(store);
-        Ok(FailoverResult {
-            group: group.to_string(),
-            mode: mode.into(),
-            pit: id.get(),
-            volumes: served,
-            vms: hooks,
-            duration_ms: started.elapsed().as_millis() as u64,
-            errors,
-        })
+        .await
     }
 
     /// Undoes a promotion that was not committed: stops the VMs, discards
@@ -698,22 +726,7 @@ impl Replication {
         req: &ReverseRequest,
     ) -> Result<ReverseResult, ReplError> {
         let started = Instant::now();
-        let row = self.group_row_of(group).await?;
-        if row.role != Role::Replica || row.state != GroupState::FailedOver {
-            return Err(invalid(format!(
-                "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
-                row.role, row.state
-            )));
-        }
-        let site = self.site.clone();
-        let g = group.to_string();
-        let promoted = blocking(move || Ok(site.failovers()?))
-            .await?
-            .into_iter()
-            .find(|f| f.group == g && f.kind == "promoted")
-            .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
-        let pit = PitId::new(promoted.pit_id)
-            .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
+        let (row, pit) = self.reversible(group).await?;
         // Split brain: the old primary wrote while it could not replicate
         // (and so possibly after this site took over). Its writes would be
         // rolled back; that takes the operator's explicit choice.
@@ -784,20 +797,7 @@ impl Replication {
         tracing::info!(group, replica = %row.partner, store = %ready.store_dir, "reversed: replicating from here");
         self.note_dormant_named_pits(&row).await;
         self.ensure_runner(group);
-        // What the reverse moves is everything the group moves until its
-        // first PIT from here: one cycle (async), or a resynchronization
-        // and a seal (sync).
-        let before = self.traffic_total(group).await;
-        self.set_reversing(group, true);
-        let done = self.sync_group(group, None, true).await;
-        self.set_reversing(group, false);
-        let moved = self.traffic_total(group).await.saturating_sub(before);
-        let done = done?;
-        let pit = done.pit.ok_or_else(|| {
-            invalid(format!(
-                "the first cycle of reversed group {group} returned no PIT"
-            ))
-        })?;
+        let (pit, moved) = self.first_reversed_pit(group).await?;
         let mut split = split;
         split.kept_as_pit = ready.kept_as_pit.clone();
         Ok(ReverseResult {
@@ -809,6 +809,50 @@ impl Replication {
             split_brain: diverged.then_some(split),
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// The group, if it can be reversed here — it failed over to this
+    /// site — and the PIT it was promoted from.
+    async fn reversible(&self, group: &str) -> Result<(GroupRow, PitId), ReplError> {
+        let row = self.group_row_of(group).await?;
+        if row.role != Role::Replica || row.state != GroupState::FailedOver {
+            return Err(invalid(format!(
+                "group {group} is {} {} here; reverse runs at the site a group failed over to, after `offsite failover run {group}`",
+                row.role, row.state
+            )));
+        }
+        let site = self.site.clone();
+        let g = group.to_string();
+        let promoted = blocking(move || Ok(site.failovers()?))
+            .await?
+            .into_iter()
+            .find(|f| f.group == g && f.kind == "promoted")
+            .ok_or_else(|| invalid(format!("group {group} has no promoted PIT recorded")))?;
+        let pit = PitId::new(promoted.pit_id)
+            .ok_or_else(|| invalid(format!("group {group}: promoted PIT 0")))?;
+        Ok((row, pit))
+    }
+
+    /// Replicates the reversed group until its first PIT from here, and
+    /// returns it with the bytes moved: what the reverse moves is
+    /// everything the group moves until then — one cycle (async), or a
+    /// resynchronization and a seal (sync).
+    async fn first_reversed_pit(
+        self: &Arc<Self>,
+        group: &str,
+    ) -> Result<(crate::model::PitEntry, u64), ReplError> {
+        let before = self.traffic_total(group).await;
+        self.runners.set_reversing(group, true);
+        let done = self.sync_group(group, None, true).await;
+        self.runners.set_reversing(group, false);
+        let moved = self.traffic_total(group).await.saturating_sub(before);
+        let done = done?;
+        let pit = done.pit.ok_or_else(|| {
+            invalid(format!(
+                "the first cycle of reversed group {group} returned no PIT"
+            ))
+        })?;
+        Ok((pit, moved))
     }
 
     /// Why a reverse cannot go on without the old primary.
@@ -997,203 +1041,5 @@ impl Replication {
         })
         .await?;
         Ok(())
-    }
-
-    /// Marks (or unmarks) `group` as being moved by a reverse.
-    fn set_reversing(&self, group: &str, on: bool) {
-        let mut set = self.reversing.lock().unwrap_or_else(|e| e.into_inner());
-        if on {
-            set.insert(group.to_string());
-        } else {
-            set.remove(group);
-        }
-    }
-
-    /// Whether a reverse is moving `group` now.
-    pub(crate) fn is_reversing(&self, group: &str) -> bool {
-        self.reversing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(group)
-    }
-
-    /// Answers [`wire::kinds::REVERSE_BEGIN`] at the old primary: become
-    /// the group's replica, keeping the volumes' data as the new store's
-    /// base.
-    pub(crate) async fn answer_reverse(
-        &self,
-        peer: &str,
-        req: ReverseBegin,
-    ) -> Result<ReverseReady, RemoteError> {
-        let row = self.primary_row_for(peer, &req.group).await?;
-        let live = self.live_volumes(&row).await?;
-        let isolated: u64 = live
-            .iter()
-            .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
-            .sum();
-        if isolated > 0 && !req.discard_isolated {
-            return Err(RemoteError::SplitBrain(format!(
-                "split brain: site {} wrote {isolated} bytes of group {} while it could not replicate; reverse with --discard-changes-on to choose",
-                self.site.config().name,
-                req.group
-            )));
-        }
-        drop(live);
-        let site_name = self.site.config().name.clone();
-        let grant = self
-            .site
-            .authorize_primary(peer, row.security_tag.as_deref())
-            .map_err(|e| {
-                RemoteError::Unauthorized(format!(
-                    "{e}; reverse makes {site_name} the replica of {peer}: run `offsite authz add --allowed-primary {peer} --storage-location DIR` at {site_name}"
-                ))
-            })?;
-        // Stop the runner: its loop ends once the role changes, and a cycle
-        // in flight fails at the replica, which refuses it.
-        self.runners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&req.group);
-        let live = self.live_volumes(&row).await?;
-        for v in &live {
-            v.set_fenced(true);
-        }
-        let site = self.site.clone();
-        let dir = PathBuf::from(&grant.storage_location)
-            .join(peer)
-            .join(&req.group);
-        let r = row.clone();
-        let (last_pit, promoted_pit) = (req.last_pit, req.pit);
-        let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, RemoteError> {
-            // Number this site's PITs after every id either site gave.
-            let after = site
-                .pit_rows(&r.name)?
-                .iter()
-                .map(|p| p.id)
-                .max()
-                .unwrap_or(0)
-                .max(last_pit)
-                .max(promoted_pit);
-            if let Some(store) = dormant_store(&site, &r) {
-                return resume_dormant(&site, &r, &store, live, after, isolated > 0);
-            }
-            let mut unreplicated = Vec::new();
-            let mut images = Vec::new();
-            for v in &live {
-                unreplicated.push(v.tracker().snapshot().iter().collect::<Vec<u32>>());
-                // A promoted volume still reading its PIT is completed first:
-                // its top layer must hold the whole image to become a base.
-                if let Some(layer) = v.file().layered() {
-                    while layer
-                        .flatten_step(4096)
-                        .map_err(|e| RemoteError::Internal(format!("completing volume {}: {e}", v.name())))?
-                        > 0
-                    {}
-                }
-                v.file()
-                    .sync()
-                    .map_err(|e| RemoteError::Internal(format!("syncing volume {}: {e}", v.name())))?;
-                images.push(site.volume_image_path(v.name())?);
-            }
-            // Link the images aside first: the old store (from the other
-            // direction) may live at the very directory the new one takes.
-            let staging = dir.with_extension("reverse-staging");
-            // Left by an interrupted reverse, if at all; creating it
-            // again below fails if it could not be removed.
-            drop(std::fs::remove_dir_all(&staging));
-            offsite_store::create_private_dir_all(&staging)
-                .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", staging.display())))?;
-            for (v, img) in live.iter().zip(&images) {
-                std::fs::hard_link(img, staging.join(v.name())).map_err(|e| {
-                    RemoteError::Internal(format!(
-                        "linking {} into {} (the storage location must be on the data directory's filesystem): {e}",
-                        img.display(),
-                        staging.display()
-                    ))
-                })?;
-            }
-            offsite_store::sync_dir(&staging)
-                .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", staging.display())))?;
-            drop(live);
-            for v in &r.volumes {
-                site.retire_volume(&v.volume)?;
-            }
-            if let Some(old) = &r.store_dir {
-                site.forget_replica_store(Path::new(old));
-                crate::warn_if_failed(
-                    &format!("removing the old replica store {old}"),
-                    std::fs::remove_dir_all(old),
-                );
-            }
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| RemoteError::Internal(format!("clearing {}: {e}", dir.display())))?;
-            }
-            offsite_store::create_private_dir_all(&dir).map_err(|e| RemoteError::Internal(format!("creating {}: {e}", dir.display())))?;
-            let specs: Vec<VolumeSpec> = r
-                .volumes
-                .iter()
-                .map(|v| VolumeSpec {
-                    name: v.volume.clone(),
-                    size_bytes: v.size_bytes,
-                    block_size: v.block_size,
-                })
-                .collect();
-            drop(
-                ReplicaStore::create_after(&dir, &specs, after)
-                    .map_err(|e| storage_error(format!("creating the replica store: {e}"), &e))?,
-            );
-            let base = dir.join("base");
-            for v in &r.volumes {
-                let target = base.join(format!("{}.img", v.volume));
-                std::fs::rename(staging.join(&v.volume), &target)
-                    .map_err(|e| RemoteError::Internal(format!("installing the base image of {}: {e}", v.volume)))?;
-            }
-            offsite_store::sync_dir(&base)
-                .map_err(|e| RemoteError::Internal(format!("syncing {}: {e}", base.display())))?;
-            // Empty by now; a leftover empty directory is removed by the next reverse.
-            drop(std::fs::remove_dir(&staging));
-            let store_dir = dir.display().to_string();
-            // Discarded divergent writes stay readable here: an empty PIT
-            // over the base (this site's data as it was) with a name, which
-            // retention keeps until `pit release`.
-            let kept_as_pit = if isolated > 0 {
-                let name = split_brain_name();
-                let store = site.replica_store(&dir)?;
-                let w = store
-                    .begin_pit()
-                    .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
-                let info = w
-                    .commit(Some(name.clone()), now_rfc3339())
-                    .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
-                site.replace_pits(
-                    &r.name,
-                    &[offsite_catalog::PitRow {
-                        id: info.id.get(),
-                        name: info.name.clone(),
-                        created_at: info.created_at.clone(),
-                        bytes: info.bytes,
-                    }],
-                )?;
-                Some(name)
-            } else {
-                None
-            };
-            site.set_group_role(&r.name, Role::Replica, Some(&store_dir), GroupState::Replicating)?;
-            if kept_as_pit.is_none() {
-                site.replace_pits(&r.name, &[])?;
-            }
-            Ok(ReverseReady {
-                unreplicated,
-                store_dir,
-                kept_as_pit,
-                resumed: false,
-                pits: Vec::new(),
-                bandwidth: Some(r.bandwidth.unwrap_or(0)),
-                compress: Some(r.compress),
-            })
-        })
-        .await??;
-        tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
-        Ok(ready)
     }
 }

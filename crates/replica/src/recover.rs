@@ -287,10 +287,45 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         .iter()
         .map(|spec| open_base(dir, spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut base_through = meta.base_through;
-    let mut max_id = base_through;
+    clear_staging(dir)?; // 2
+    let (base_through, merged_max) = finish_merges(dir, &meta, &vols)?; // 3
+    let (valid, invalid, pits_max) = load_pit_dirs(dir, &meta, &vols, base_through)?; // 4
+    let max_id = base_through.max(merged_max).max(pits_max);
+    let (chain, damaged) = build_chain(valid, invalid, base_through); // 5
 
-    // 2
+    let by_name: HashMap<String, usize> = vols
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.spec.name.clone(), i))
+        .collect();
+    let inner = Inner {
+        dir: dir.to_path_buf(),
+        uuid: meta.uuid,
+        specs: meta.volumes.clone(),
+        vols,
+        by_name,
+        state: RwLock::new(State { chain, damaged }),
+        ops: Mutex::new(Ops {
+            base_through,
+            next_id: max_id + 1,
+            base_dirty: false,
+        }),
+        writer: AtomicBool::new(false),
+        poison: Mutex::new(None),
+        _lock: lock,
+    };
+    Ok(ReplicaStore {
+        inner: Arc::new(inner),
+    })
+}
+
+/// A PIT directory that cannot be read: its id, the first PIT it holds
+/// the changes since, its path and why.
+type UnreadablePit = (u64, u64, PathBuf, String);
+
+/// Recovery step 2: whatever is in `staging/` is a PIT or merge that never
+/// finished; it is deleted (and the deletion made durable).
+fn clear_staging(dir: &Path) -> Result<(), ReplicaError> {
     let staging = dir.join(STAGING_DIR);
     let mut removed = false;
     for entry in
@@ -304,8 +339,16 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
     if removed {
         fsx::sync_dir(&staging)?;
     }
+    Ok(())
+}
 
-    // 3
+/// Recovery step 3: finishes the merges found in `merging/` — applied to
+/// the base unless `base_through` already covers them, `store.meta`
+/// rewritten, the directory deleted. Returns the base's new last PIT and
+/// the highest PIT id seen there.
+fn finish_merges(dir: &Path, meta: &Meta, vols: &[Vol]) -> Result<(u64, u64), ReplicaError> {
+    let mut base_through = meta.base_through;
+    let mut max_id = base_through;
     let merging_dir = dir.join(MERGING_DIR);
     let merging = list_pit_dirs(&merging_dir)?;
     for (id, first, path) in &merging {
@@ -326,9 +369,9 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
                     format!("it holds PITs {first}..={id} but the base ends at PIT {base_through}"),
                 )));
             }
-            let pit = load_pit(path, *id, *first, &meta.uuid, &vols).map_err(explain)?;
+            let pit = load_pit(path, *id, *first, &meta.uuid, vols).map_err(explain)?;
             tracing::info!(pit = id, "finishing an interrupted merge into the base");
-            apply_to_base(&vols, &pit.segs).map_err(explain)?;
+            apply_to_base(vols, &pit.segs).map_err(explain)?;
             write_meta_at(dir, meta.uuid, &meta.volumes, *id)?;
             base_through = *id;
         }
@@ -337,11 +380,24 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
     if !merging.is_empty() {
         fsx::sync_dir(&merging_dir)?;
     }
+    Ok((base_through, max_id))
+}
 
-    // 4
+/// Recovery step 4: loads every `pits/` directory and deletes the
+/// superseded ones — inside another valid directory's range, or not newer
+/// than the base (`pits/` is fsynced first, so the superseding rename is
+/// durable, and after). Returns the readable PITs, the unreadable ones
+/// and the highest PIT id seen.
+fn load_pit_dirs(
+    dir: &Path,
+    meta: &Meta,
+    vols: &[Vol],
+    base_through: u64,
+) -> Result<(Vec<Pit>, Vec<UnreadablePit>, u64), ReplicaError> {
     let pits_dir = dir.join(PITS_DIR);
+    let mut max_id = 0;
     let mut valid: Vec<Pit> = Vec::new();
-    let mut invalid: Vec<(u64, u64, PathBuf, String)> = Vec::new();
+    let mut invalid: Vec<UnreadablePit> = Vec::new();
     let mut doomed: Vec<PathBuf> = Vec::new();
     for (id, first, path) in list_pit_dirs(&pits_dir)? {
         max_id = max_id.max(id);
@@ -355,7 +411,7 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         if partial.exists() {
             fsx::remove_file(&partial)?;
         }
-        match load_pit(&path, id, first, &meta.uuid, &vols) {
+        match load_pit(&path, id, first, &meta.uuid, vols) {
             Ok(p) => valid.push(p),
             Err(e) if is_damage(&e) => invalid.push((id, first, path, damage_why(&e))),
             Err(e) => return Err(e),
@@ -389,8 +445,17 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         }
         fsx::sync_dir(&pits_dir)?;
     }
+    Ok((valid, invalid, max_id))
+}
 
-    // 5
+/// Recovery step 5: the chain of PITs from `base_through + 1`, each
+/// holding the changes since the one before; the rest (unreadable, or
+/// cut off from the chain) is reported damaged.
+fn build_chain(
+    mut valid: Vec<Pit>,
+    invalid: Vec<UnreadablePit>,
+    base_through: u64,
+) -> (Vec<Arc<Pit>>, Vec<DamagedPit>) {
     valid.sort_by_key(|p| p.first);
     let mut chain: Vec<Arc<Pit>> = Vec::new();
     let mut expected = base_through + 1;
@@ -422,31 +487,7 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
     for d in &damaged {
         tracing::warn!(pit = %d.id, "damaged PIT: {}", d.why);
     }
-
-    let by_name: HashMap<String, usize> = vols
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.spec.name.clone(), i))
-        .collect();
-    let inner = Inner {
-        dir: dir.to_path_buf(),
-        uuid: meta.uuid,
-        specs: meta.volumes.clone(),
-        vols,
-        by_name,
-        state: RwLock::new(State { chain, damaged }),
-        ops: Mutex::new(Ops {
-            base_through,
-            next_id: max_id + 1,
-            base_dirty: false,
-        }),
-        writer: AtomicBool::new(false),
-        poison: Mutex::new(None),
-        _lock: lock,
-    };
-    Ok(ReplicaStore {
-        inner: Arc::new(inner),
-    })
+    (chain, damaged)
 }
 
 /// Reads a small whole file, refusing anything longer than `cap` bytes.

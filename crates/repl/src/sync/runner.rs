@@ -38,7 +38,11 @@ impl Replication {
                 return true;
             }
         };
-        let stats = self.runner_sync_stats(&row.name).unwrap_or_default();
+        let stats = self
+            .runners
+            .get(&row.name)
+            .map(|r| r.sync_stats)
+            .unwrap_or_default();
         let ack_timeout =
             Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
         let mirror = SyncMirror::new(
@@ -138,6 +142,9 @@ impl Replication {
         }
     }
 
+    /// The sync group's life while it replicates: catch up with cycles,
+    /// cut over to the stream, mirror until the link is lost, and start
+    /// again; returns as [`Self::run_sync`] does.
     async fn sync_loop(
         self: &Arc<Self>,
         row: &GroupRow,
@@ -146,66 +153,12 @@ impl Replication {
         mirror: &Arc<SyncMirror>,
         volumes: &[Arc<Volume>],
     ) -> bool {
-        let name = row.name.clone();
         let mut backoff = Duration::from_millis(500);
         loop {
-            // Resynchronize: cycles until one ships little; each one covers
-            // the writes before its cut.
-            // `degraded`/`suspended` until a catch-up cycle gets through,
-            // `resynchronizing` from then on.
-            let set_resyncing = |on: bool| {
-                if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                    s.1 = on;
-                }
-            };
-            set_resyncing(false);
-            self.set_sync_state(&name, GroupState::Resynchronizing, mirror.why_lost())
-                .await;
-            loop {
-                let at = AtomicU64::new(0);
-                match self
-                    .cycle_then(row, None, false, || {
-                        at.store(mirror.issued(), Ordering::Relaxed)
-                    })
-                    .await
-                {
-                    Ok((pit, _)) => {
-                        mirror.cover(at.load(Ordering::Relaxed));
-                        set_resyncing(true);
-                        backoff = Duration::from_millis(500);
-                        if pit.bytes <= CATCH_UP_BYTES {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let why = e.to_string();
-                        set_resyncing(false);
-                        if let Some(keep) = self.resync_pause(row, rx, backoff, &why).await {
-                            return keep;
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(15));
-                    }
-                }
-                if !self.still_sync(&name).await {
-                    return true;
-                }
+            if let Some(keep) = self.catch_up(row, rx, slot, mirror, &mut backoff).await {
+                return keep;
             }
-            // The last cut: from here on writes queue for the stream.
-            let at = AtomicU64::new(0);
-            let r = self
-                .cycle_then(row, None, false, || {
-                    at.store(mirror.issued(), Ordering::Relaxed);
-                    mirror.set_up();
-                })
-                .await;
-            let ch = match r {
-                Ok(_) => {
-                    mirror.cover(at.load(Ordering::Relaxed));
-                    self.open_stream(row).await
-                }
-                Err(e) => Err(e),
-            };
-            let stream = match ch {
+            let stream = match self.last_cut(row, mirror).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     let why = format!("starting the sync stream: {e}");
@@ -216,125 +169,237 @@ impl Replication {
                     continue;
                 }
             };
-            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                s.1 = false;
-            }
-            self.set_sync_state(&name, GroupState::Replicating, None)
-                .await;
-            let site = self.site.clone();
-            let g = name.clone();
-            crate::warn_if_failed(
-                "recording the group as in sync",
-                crate::run_blocking(move || {
-                    site.note(
-                        "group.sync",
-                        &g,
-                        "in sync: every write reaches the replica's log before it is acknowledged",
-                    );
-                    Ok(())
-                })
-                .await,
-            );
-            let m = mirror.clone();
-            // `attach` cannot fail; a panic in it is the task's to report.
-            drop(tokio::task::spawn_blocking(move || m.attach(stream)).await);
-            let mut period = Duration::from_secs(row.rpo_secs.max(30));
-            let mut seal_timer =
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
-            let mut keepalive =
-                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            let lost = loop {
-                tokio::select! {
-                    _ = mirror.wake.notified() => {
-                        if let Some(why) = mirror.lost() {
-                            break why;
-                        }
-                    }
-                    _ = keepalive.tick() => {
-                        let m = mirror.clone();
-                        // The reason is the link's status text from here on.
-                        let alive = tokio::task::spawn_blocking(move || m.keepalive())
-                            .await
-                            .unwrap_or_else(|e| Err(e.into()))
-                            .map_err(|e| e.to_string());
-                        if let Err(why) = alive {
-                            mirror.lose(why.clone());
-                            break why;
-                        }
-                    }
-                    _ = seal_timer.tick() => {
-                        if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
-                            tracing::warn!(group = %name, "scheduled seal failed: {e}");
-                        }
-                    }
-                    c = rx.recv() => match c {
-                        Some(Command::Sync { pit_name, reply }) => {
-                            let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(RemoteError::from);
-                            answer(reply, r);
-                        }
-                        Some(Command::Verify { reply }) => {
-                            let r = self.verify_sync(row, mirror, volumes).await.map_err(RemoteError::from);
-                            answer(reply, r);
-                        }
-                        Some(Command::Resync { reply }) => {
-                            let progress = self.runner(&name).map_or_else(Default::default, |r| r.progress);
-                            let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(RemoteError::from);
-                            answer(reply, r);
-                        }
-                        Some(Command::Wake) => {
-                            if !self.still_sync(&name).await {
-                                self.stop_stream(mirror, volumes).await;
-                                return true;
-                            }
-                            // `group set --rpo`: seal on the new period from now on.
-                            let site = self.site.clone();
-                            let g = name.clone();
-                            if let Ok(Ok(r)) = tokio::task::spawn_blocking(move || site.group_row(&g)).await {
-                                let p = Duration::from_secs(r.rpo_secs.max(30));
-                                if p != period {
-                                    period = p;
-                                    seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-                                }
-                            }
-                        }
-                        None => {
-                            self.stop_stream(mirror, volumes).await;
-                            return false;
-                        }
-                    },
-                }
+            self.go_in_sync(row, slot, mirror, stream).await;
+            let lost = match self.mirror_until_lost(row, rx, mirror, volumes).await {
+                InSyncEnd::Lost(why) => why,
+                InSyncEnd::Leave(keep) => return keep,
             };
-            // The partner is lost: from now on writes may be ones the
-            // replica never sees if it takes over (split-brain evidence).
-            mirror.lose(lost.clone());
-            let (site, vols) = (self.site.clone(), volumes.to_vec());
-            crate::warn_if_failed(
-                "recording that the volumes write without the replica",
-                crate::run_blocking(move || {
-                    for v in &vols {
-                        v.begin_isolation(site.layout())?;
-                    }
-                    Ok(())
-                })
-                .await,
-            );
-            self.record_error(&name, &format!("sync replication interrupted: {lost}"))
-                .await;
-            let site = self.site.clone();
-            let (g, l) = (name.clone(), lost.clone());
-            crate::warn_if_failed(
-                "recording the group as out of sync",
-                crate::run_blocking(move || {
-                    site.note("group.sync", &g, &format!("out of sync: {l}"));
-                    Ok(())
-                })
-                .await,
-            );
+            self.note_link_lost(row, mirror, volumes, &lost).await;
             if let Some(keep) = self.resync_pause(row, rx, backoff, &lost).await {
                 return keep;
             }
         }
+    }
+
+    /// Resynchronizes: cycles until one ships little; each one covers the
+    /// writes before its cut. The group is `degraded`/`suspended` until a
+    /// catch-up cycle gets through, `resynchronizing` from then on.
+    /// `Some(keep)` when the runner must leave the sync loop.
+    async fn catch_up(
+        &self,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+        mirror: &Arc<SyncMirror>,
+        backoff: &mut Duration,
+    ) -> Option<bool> {
+        let name = row.name.clone();
+        let set_resyncing = |on: bool| {
+            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                s.1 = on;
+            }
+        };
+        set_resyncing(false);
+        self.set_sync_state(&name, GroupState::Resynchronizing, mirror.why_lost())
+            .await;
+        loop {
+            let at = AtomicU64::new(0);
+            match self
+                .cycle_then(row, None, false, || {
+                    at.store(mirror.issued(), Ordering::Relaxed)
+                })
+                .await
+            {
+                Ok((pit, _)) => {
+                    mirror.cover(at.load(Ordering::Relaxed));
+                    set_resyncing(true);
+                    *backoff = Duration::from_millis(500);
+                    if pit.bytes <= CATCH_UP_BYTES {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    set_resyncing(false);
+                    if let Some(keep) = self.resync_pause(row, rx, *backoff, &why).await {
+                        return Some(keep);
+                    }
+                    *backoff = (*backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+            if !self.still_sync(&name).await {
+                return Some(true);
+            }
+        }
+    }
+
+    /// The last cut: from here on writes queue for the stream, which is
+    /// opened once the cycle has shipped everything before the cut.
+    async fn last_cut(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+    ) -> Result<DirectStream, ReplError> {
+        let at = AtomicU64::new(0);
+        self.cycle_then(row, None, false, || {
+            at.store(mirror.issued(), Ordering::Relaxed);
+            mirror.set_up();
+        })
+        .await?;
+        mirror.cover(at.load(Ordering::Relaxed));
+        self.open_stream(row).await
+    }
+
+    /// The group is in sync: recorded (state and event) and the queued
+    /// writes go to the replica over `stream`.
+    async fn go_in_sync(
+        &self,
+        row: &GroupRow,
+        slot: &MirrorSlot,
+        mirror: &Arc<SyncMirror>,
+        stream: DirectStream,
+    ) {
+        if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            s.1 = false;
+        }
+        self.set_sync_state(&row.name, GroupState::Replicating, None)
+            .await;
+        let site = self.site.clone();
+        let g = row.name.clone();
+        crate::warn_if_failed(
+            "recording the group as in sync",
+            crate::run_blocking(move || {
+                site.note(
+                    "group.sync",
+                    &g,
+                    "in sync: every write reaches the replica's log before it is acknowledged",
+                );
+                Ok(())
+            })
+            .await,
+        );
+        let m = mirror.clone();
+        // `attach` cannot fail; a panic in it is the task's to report.
+        drop(tokio::task::spawn_blocking(move || m.attach(stream)).await);
+    }
+
+    /// Mirrors the writes while in sync: seals on the RPO timer, keeps the
+    /// link alive and answers commands, until the link is lost or the
+    /// runner leaves the sync loop.
+    async fn mirror_until_lost(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+    ) -> InSyncEnd {
+        let name = row.name.clone();
+        let mut period = Duration::from_secs(row.rpo_secs.max(30));
+        let mut seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = mirror.wake.notified() => {
+                    if let Some(why) = mirror.lost() {
+                        return InSyncEnd::Lost(why);
+                    }
+                }
+                _ = keepalive.tick() => {
+                    let m = mirror.clone();
+                    // The reason is the link's status text from here on.
+                    let alive = tokio::task::spawn_blocking(move || m.keepalive())
+                        .await
+                        .unwrap_or_else(|e| Err(e.into()))
+                        .map_err(|e| e.to_string());
+                    if let Err(why) = alive {
+                        mirror.lose(why.clone());
+                        return InSyncEnd::Lost(why);
+                    }
+                }
+                _ = seal_timer.tick() => {
+                    if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
+                        tracing::warn!(group = %name, "scheduled seal failed: {e}");
+                    }
+                }
+                c = rx.recv() => match c {
+                    Some(Command::Sync { pit_name, reply }) => {
+                        let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(RemoteError::from);
+                        answer(reply, r);
+                    }
+                    Some(Command::Verify { reply }) => {
+                        let r = self.verify_sync(row, mirror, volumes).await.map_err(RemoteError::from);
+                        answer(reply, r);
+                    }
+                    Some(Command::Resync { reply }) => {
+                        let progress = self.runners.get(&name).map_or_else(Default::default, |r| r.progress);
+                        let r = self.resync_sync(row, mirror, volumes, &progress).await.map_err(RemoteError::from);
+                        answer(reply, r);
+                    }
+                    Some(Command::Wake) => {
+                        if !self.still_sync(&name).await {
+                            self.stop_stream(mirror, volumes).await;
+                            return InSyncEnd::Leave(true);
+                        }
+                        if let Some(p) = self.new_seal_period(&name, period).await {
+                            period = p;
+                            seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+                        }
+                    }
+                    None => {
+                        self.stop_stream(mirror, volumes).await;
+                        return InSyncEnd::Leave(false);
+                    }
+                },
+            }
+        }
+    }
+
+    /// `group set --rpo`: the new seal period, if it changed from
+    /// `period`, to seal on from now on.
+    async fn new_seal_period(&self, group: &str, period: Duration) -> Option<Duration> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        match tokio::task::spawn_blocking(move || site.group_row(&g)).await {
+            Ok(Ok(r)) => Some(Duration::from_secs(r.rpo_secs.max(30))).filter(|&p| p != period),
+            _ => None,
+        }
+    }
+
+    /// The partner is lost: from now on writes may be ones the replica
+    /// never sees if it takes over (split-brain evidence), so the volumes
+    /// record them; the error and the event say why.
+    async fn note_link_lost(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+        lost: &str,
+    ) {
+        mirror.lose(lost.to_string());
+        let (site, vols) = (self.site.clone(), volumes.to_vec());
+        crate::warn_if_failed(
+            "recording that the volumes write without the replica",
+            crate::run_blocking(move || {
+                for v in &vols {
+                    v.begin_isolation(site.layout())?;
+                }
+                Ok(())
+            })
+            .await,
+        );
+        self.record_error(&row.name, &format!("sync replication interrupted: {lost}"))
+            .await;
+        let site = self.site.clone();
+        let (g, l) = (row.name.clone(), lost.to_string());
+        crate::warn_if_failed(
+            "recording the group as out of sync",
+            crate::run_blocking(move || {
+                site.note("group.sync", &g, &format!("out of sync: {l}"));
+                Ok(())
+            })
+            .await,
+        );
     }
 
     /// Ends mirroring on purpose: new writes are no longer queued, what is
@@ -382,4 +447,13 @@ impl Replication {
             volumes: per,
         })
     }
+}
+
+/// How a sync group's time in sync ended.
+enum InSyncEnd {
+    /// The link to the replica was lost (why): resynchronize.
+    Lost(String),
+    /// The runner leaves the sync loop: `true` when the group left sync
+    /// mode (mirror detached), `false` when the runner must stop.
+    Leave(bool),
 }

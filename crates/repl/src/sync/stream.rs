@@ -48,6 +48,7 @@ impl Replication {
         }
         self.seal_log(&req.group).await?;
         let slot = self
+            .replica
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -109,6 +110,9 @@ impl Replication {
         })
     }
 
+    /// Replica: reads the stream, appends each cycle of batches with one
+    /// fsync (group commit) and acknowledges it, answers seal requests,
+    /// until the primary ends the stream or something fails. Blocking.
     fn stream_loop(
         &self,
         stream: &DirectStream,
@@ -130,24 +134,6 @@ impl Replication {
         let mut acked = 0u64;
         // Messages read and not yet handled, in stream order.
         let mut ahead = VecDeque::new();
-        let read_available = |ahead: &mut VecDeque<Message>,
-                              received: &mut u64,
-                              fresh: bool|
-         -> Result<(), StreamError> {
-            let mut next = if fresh {
-                stream.recv_now()
-            } else {
-                stream.try_recv()
-            };
-            while let Some(m) = next.map_err(lost)? {
-                if let Message::BulkData { payload, .. } = &m {
-                    *received += payload.len() as u64;
-                }
-                ahead.push_back(m);
-                next = stream.try_recv();
-            }
-            Ok(())
-        };
         loop {
             if let Some(why) = apply_failed
                 .lock()
@@ -160,31 +146,12 @@ impl Replication {
                 return Err(why);
             }
             let waited = ahead.is_empty();
-            if waited {
-                let Some(first) = stream.recv(Some(silent)).map_err(lost)? else {
-                    return Ok(());
-                };
-                if let Message::BulkData { payload, .. } = &first {
-                    received += payload.len() as u64;
-                }
-                ahead.push_back(first);
-                read_available(&mut ahead, &mut received, false)?;
+            if waited
+                && !wait_for_messages(stream, &mut ahead, &mut received, silent).map_err(lost)?
+            {
+                return Ok(());
             }
-            // This cycle: the batches at the front, made durable together.
-            let mut payloads = Vec::new();
-            let mut last = 0;
-            while let Some(Message::BulkData { .. }) = ahead.front() {
-                let Some(Message::BulkData { seq, payload }) = ahead.pop_front() else {
-                    unreachable!("the front is a batch");
-                };
-                last = seq;
-                payloads.push(payload);
-            }
-            let other = if payloads.is_empty() {
-                ahead.pop_front()
-            } else {
-                None
-            };
+            let (payloads, last, other) = take_cycle(&mut ahead);
             if !payloads.is_empty() {
                 if waited {
                     // The pipeline had run dry: the primary learns now, not
@@ -200,7 +167,7 @@ impl Replication {
                     // What arrived during the write is read now, so this
                     // acknowledgement also says it was taken, and the next
                     // batch travels while that one is written.
-                    read_available(&mut ahead, &mut received, true)?;
+                    read_available(stream, &mut ahead, &mut received, true).map_err(lost)?;
                     stream
                         .send(&Message::BulkAck {
                             seq: last,
@@ -221,33 +188,50 @@ impl Replication {
                 }
                 acked = last;
             }
-            match other {
-                None | Some(Message::Pong { .. }) => {}
-                Some(Message::Request {
-                    id,
-                    kind: wire::kinds::SYNC_SEAL,
-                    body,
-                }) => {
-                    let answer = wire::SyncSeal::decode(&body)
-                        .map_err(RemoteError::from)
-                        .and_then(|req| self.seal_stream(group, store, slot, req));
-                    if let Err(e) = &answer {
-                        tracing::warn!(group, "sealing the write log: {e}");
-                    }
-                    let (ok, body) = respond(answer);
-                    stream
-                        .send(&Message::Response { id, ok, body })
-                        .map_err(lost)?;
+            self.answer_on_stream(stream, group, store, slot, other)?;
+        }
+    }
+
+    /// Answers a message on the stream other than a batch: a seal request
+    /// is answered, a pong (or nothing) needs no answer, anything else
+    /// ends the stream.
+    fn answer_on_stream(
+        &self,
+        stream: &DirectStream,
+        group: &str,
+        store: &Arc<ReplicaStore>,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+        other: Option<Message>,
+    ) -> Result<(), StreamError> {
+        match other {
+            None | Some(Message::Pong { .. }) => Ok(()),
+            Some(Message::Request {
+                id,
+                kind: wire::kinds::SYNC_SEAL,
+                body,
+            }) => {
+                let answer = wire::SyncSeal::decode(&body)
+                    .map_err(RemoteError::from)
+                    .and_then(|req| self.seal_stream(group, store, slot, req));
+                if let Err(e) = &answer {
+                    tracing::warn!(group, "sealing the write log: {e}");
                 }
-                Some(m) => {
-                    let why = StreamError::Unexpected { tag: m.tag() };
-                    // As above: the error ends the stream; the message is a courtesy.
-                    drop(stream.send(&Message::error(
-                        ErrorCode::UnexpectedMessage,
-                        why.to_string(),
-                    )));
-                    return Err(why);
-                }
+                let (ok, body) = respond(answer);
+                stream
+                    .send(&Message::Response { id, ok, body })
+                    .map_err(|source| StreamError::Link {
+                        group: group.to_string(),
+                        source,
+                    })
+            }
+            Some(m) => {
+                let why = StreamError::Unexpected { tag: m.tag() };
+                // As above: the error ends the stream; the message is a courtesy.
+                drop(stream.send(&Message::error(
+                    ErrorCode::UnexpectedMessage,
+                    why.to_string(),
+                )));
+                Err(why)
             }
         }
     }
@@ -348,6 +332,7 @@ impl Replication {
         }
         let (_, store) = self.store(group).await?;
         let slot = self
+            .replica
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -384,4 +369,67 @@ impl Replication {
         })
         .await?
     }
+}
+/// Waits (at most `silent`) for the next message, then takes whatever
+/// else has arrived with it; `false` when the primary ended the stream.
+fn wait_for_messages(
+    stream: &DirectStream,
+    ahead: &mut VecDeque<Message>,
+    received: &mut u64,
+    silent: Duration,
+) -> Result<bool, TransportError> {
+    let Some(first) = stream.recv(Some(silent))? else {
+        return Ok(false);
+    };
+    if let Message::BulkData { payload, .. } = &first {
+        *received += payload.len() as u64;
+    }
+    ahead.push_back(first);
+    read_available(stream, ahead, received, false)?;
+    Ok(true)
+}
+
+/// Queues the messages that can be had without waiting, counting the
+/// batches' payload bytes into `received`; `fresh` asks the socket even if
+/// it was drained a moment ago (the caller did something slow since).
+fn read_available(
+    stream: &DirectStream,
+    ahead: &mut VecDeque<Message>,
+    received: &mut u64,
+    fresh: bool,
+) -> Result<(), TransportError> {
+    let mut next = if fresh {
+        stream.recv_now()
+    } else {
+        stream.try_recv()
+    };
+    while let Some(m) = next? {
+        if let Message::BulkData { payload, .. } = &m {
+            *received += payload.len() as u64;
+        }
+        ahead.push_back(m);
+        next = stream.try_recv();
+    }
+    Ok(())
+}
+
+/// This cycle: the batches at the front, made durable together, with the
+/// sequence number of the last; or, if none is at the front, the message
+/// there.
+fn take_cycle(ahead: &mut VecDeque<Message>) -> (Vec<Bytes>, u64, Option<Message>) {
+    let mut payloads = Vec::new();
+    let mut last = 0;
+    while let Some(Message::BulkData { .. }) = ahead.front() {
+        let Some(Message::BulkData { seq, payload }) = ahead.pop_front() else {
+            unreachable!("the front is a batch");
+        };
+        last = seq;
+        payloads.push(payload);
+    }
+    let other = if payloads.is_empty() {
+        ahead.pop_front()
+    } else {
+        None
+    };
+    (payloads, last, other)
 }
