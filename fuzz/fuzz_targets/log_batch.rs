@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use offsite_replica::{RECORD_TRAILER_LEN, decode_records, encode_record};
+use offsite_replica_store::{RECORD_TRAILER_LEN, decode_records, encode_record};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(records) = decode_records(data) else {

@@ -13,7 +13,7 @@ use offsite_api_types as t;
 use offsite_catalog::{GroupState, Mode, Role, SyncState};
 use offsite_engine as engine;
 use offsite_plan as plan;
-use offsite_repl as repl;
+use offsite_replication as replication;
 
 /// A domain value as its REST body.
 pub(crate) trait ToDto {
@@ -184,33 +184,33 @@ to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, li
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(repl::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress });
-to_dto!(repl::PitRef => PitRef { id, name, created_at });
-to_dto!(repl::TransferProgress => TransferProgress { kind, bytes_done, bytes_total, bytes_per_second, eta_seconds });
-to_dto!(repl::ResyncProgress => ResyncProgress { blocks_compared, blocks_total, differing_blocks, bytes_sent, elapsed_seconds });
-to_dto!(repl::ResyncResult => ResyncResult { group, compared_pit, pit, blocks_compared, differing_blocks, bytes_sent, volumes });
-to_dto!(repl::VerifyResult => VerifyResult { group, pit, blocks_compared, differing_blocks, volumes });
-to_dto!(repl::VerifyVolume => VerifyVolume { name, blocks_compared, differing_blocks });
-to_dto!(repl::GroupMeasure => GroupMeasure { name, cycles, last_cycle_bytes, avg_cycle_bytes, max_cycle_bytes, rpo_seconds, rpo_compliance_percent, bytes_total, bytes_by_kind, errors, lag_seconds, pending_bytes });
-to_dto!(repl::PitEntry => PitEntry { id, name, created_at, bytes });
-to_dto!(repl::SyncResult => SyncResult { group, pit });
-to_dto!(repl::ExportedVolume => ExportedVolume { name, export, url });
-to_dto!(repl::HookReport => HookReport { vm, action, exit_code, duration_ms });
-to_dto!(repl::FailoverResult => FailoverResult { group, mode, pit, volumes, vms, duration_ms, errors });
-to_dto!(repl::SplitBrain => SplitBrain { sites, discarded_on, kept_as_pit });
-to_dto!(repl::SplitBrainSide => SplitBrainSide { site, generation, written_bytes });
-to_dto!(repl::ReverseResult => ReverseResult { group, pit, volumes, bytes_transferred, rolled_back_bytes, split_brain, duration_ms });
-to_dto!(repl::PitExport => PitExport { group, pit, volumes });
-to_dto!(repl::PitCheck => PitCheck { group, pits, damaged });
-to_dto!(repl::PitCheckEntry => PitCheckEntry { id, name, ok, error });
-to_dto!(repl::SeedExport => SeedExport { group, dir, bytes, files });
-to_dto!(repl::AuthzCheckResult => AuthzCheckResult { partner, storage_location, rule });
-to_dto!(repl::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
-to_domain!(CreateGroup => repl::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs });
-to_domain!(SetGroup => repl::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress });
-to_domain!(FailoverRun => repl::FailoverRun { pit, test, force, skip_vm_hooks });
-to_domain!(ReverseRequest => repl::ReverseRequest { discard_changes_on, dry_run });
-to_domain!(PartnerTestRequest => repl::PartnerTestRequest { bytes, compress });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress });
+to_dto!(replication::PitRef => PitRef { id, name, created_at });
+to_dto!(replication::TransferProgress => TransferProgress { kind, bytes_done, bytes_total, bytes_per_second, eta_seconds });
+to_dto!(replication::ResyncProgress => ResyncProgress { blocks_compared, blocks_total, differing_blocks, bytes_sent, elapsed_seconds });
+to_dto!(replication::ResyncResult => ResyncResult { group, compared_pit, pit, blocks_compared, differing_blocks, bytes_sent, volumes });
+to_dto!(replication::VerifyResult => VerifyResult { group, pit, blocks_compared, differing_blocks, volumes });
+to_dto!(replication::VerifyVolume => VerifyVolume { name, blocks_compared, differing_blocks });
+to_dto!(replication::GroupMeasure => GroupMeasure { name, cycles, last_cycle_bytes, avg_cycle_bytes, max_cycle_bytes, rpo_seconds, rpo_compliance_percent, bytes_total, bytes_by_kind, errors, lag_seconds, pending_bytes });
+to_dto!(replication::PitEntry => PitEntry { id, name, created_at, bytes });
+to_dto!(replication::SyncResult => SyncResult { group, pit });
+to_dto!(replication::ExportedVolume => ExportedVolume { name, export, url });
+to_dto!(replication::HookReport => HookReport { vm, action, exit_code, duration_ms });
+to_dto!(replication::FailoverResult => FailoverResult { group, mode, pit, volumes, vms, duration_ms, errors });
+to_dto!(replication::SplitBrain => SplitBrain { sites, discarded_on, kept_as_pit });
+to_dto!(replication::SplitBrainSide => SplitBrainSide { site, generation, written_bytes });
+to_dto!(replication::ReverseResult => ReverseResult { group, pit, volumes, bytes_transferred, rolled_back_bytes, split_brain, duration_ms });
+to_dto!(replication::PitExport => PitExport { group, pit, volumes });
+to_dto!(replication::PitCheck => PitCheck { group, pits, damaged });
+to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
+to_dto!(replication::SeedExport => SeedExport { group, dir, bytes, files });
+to_dto!(replication::AuthzCheckResult => AuthzCheckResult { partner, storage_location, rule });
+to_dto!(replication::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
+to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs });
+to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress });
+to_domain!(FailoverRun => replication::FailoverRun { pit, test, force, skip_vm_hooks });
+to_domain!(ReverseRequest => replication::ReverseRequest { discard_changes_on, dry_run });
+to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compress });
 
 // The plans: definitions, runs and their reports.
 to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, network_map, parallel, created_at, groups, vms, steps });
@@ -273,8 +273,8 @@ mod tests {
         assert_eq!(domain, body);
     }
 
-    fn status(sync: bool) -> repl::GroupStatus {
-        repl::GroupStatus {
+    fn status(sync: bool) -> replication::GroupStatus {
+        replication::GroupStatus {
             name: "g".into(),
             mode: if sync { Mode::Sync } else { Mode::Async },
             role: Role::Primary,
@@ -282,7 +282,7 @@ mod tests {
             health: "critical".into(),
             health_reason: Some("why".into()),
             partner: "b".into(),
-            last_pit: Some(repl::PitRef {
+            last_pit: Some(replication::PitRef {
                 id: 7,
                 name: Some("n".into()),
                 created_at: "2024-01-01T00:00:00Z".into(),
@@ -305,14 +305,14 @@ mod tests {
             needs_resync: sync.then(|| "verify".into()),
             confirmed_at: sync.then(|| "2024-01-01T00:00:01Z".into()),
             seal_interval_seconds: sync.then_some(30),
-            transfer: sync.then(|| repl::TransferProgress {
+            transfer: sync.then(|| replication::TransferProgress {
                 kind: "initial".into(),
                 bytes_done: 1,
                 bytes_total: 2,
                 bytes_per_second: 3,
                 eta_seconds: None,
             }),
-            resync: sync.then_some(repl::ResyncProgress {
+            resync: sync.then_some(replication::ResyncProgress {
                 blocks_compared: 1,
                 blocks_total: 2,
                 differing_blocks: 3,
@@ -337,17 +337,17 @@ mod tests {
 
     #[test]
     fn results_map_field_for_field() {
-        let volume = repl::ExportedVolume {
+        let volume = replication::ExportedVolume {
             name: "v".into(),
             export: "v@g.test".into(),
             url: "nbd://h:1/v@g.test".into(),
         };
-        same_json(repl::FailoverResult {
+        same_json(replication::FailoverResult {
             group: "g".into(),
             mode: "test".into(),
             pit: 3,
             volumes: vec![volume.clone()],
-            vms: vec![repl::HookReport {
+            vms: vec![replication::HookReport {
                 vm: "vm".into(),
                 action: "start".into(),
                 exit_code: Some(0),
@@ -358,8 +358,8 @@ mod tests {
         });
         for split_brain in [
             None,
-            Some(repl::SplitBrain {
-                sites: vec![repl::SplitBrainSide {
+            Some(replication::SplitBrain {
+                sites: vec![replication::SplitBrainSide {
                     site: "a".into(),
                     generation: "pit 3".into(),
                     written_bytes: 4096,
@@ -368,7 +368,7 @@ mod tests {
                 kept_as_pit: None,
             }),
         ] {
-            same_json(repl::ReverseResult {
+            same_json(replication::ReverseResult {
                 group: "g".into(),
                 pit: 4,
                 volumes: vec![volume.clone()],
@@ -378,7 +378,7 @@ mod tests {
                 duration_ms: 3,
             });
         }
-        same_json(repl::GroupMeasure {
+        same_json(replication::GroupMeasure {
             name: "g".into(),
             cycles: 1,
             last_cycle_bytes: 2,
@@ -392,9 +392,9 @@ mod tests {
             lag_seconds: 7,
             pending_bytes: 8,
         });
-        same_json(repl::SyncResult {
+        same_json(replication::SyncResult {
             group: "g".into(),
-            pit: Some(repl::PitEntry {
+            pit: Some(replication::PitEntry {
                 id: 1,
                 name: None,
                 created_at: "t".into(),
@@ -449,6 +449,6 @@ mod tests {
 
     #[test]
     fn keep_bound_is_the_documented_one() {
-        assert_eq!(repl::MAX_KEEP, t::schema::MAX_KEEP);
+        assert_eq!(replication::MAX_KEEP, t::schema::MAX_KEEP);
     }
 }

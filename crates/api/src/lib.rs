@@ -34,7 +34,7 @@ use offsite_api_types::{
 use offsite_console::Console;
 use offsite_engine::{EngineError, ErrorKind, Site, TlsMode};
 use offsite_plan::{PlanError, Plans};
-use offsite_repl::{ReplError, Replication};
+use offsite_replication::{ReplError, Replication};
 use serde::Deserialize;
 use utoipa::OpenApi;
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use offsite_repl::{GroupMetrics, SyncMetrics};
+use offsite_replication::{GroupMetrics, SyncMetrics};
 
 use crate::ApiState;
 
@@ -35,7 +35,7 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
 }
 
 /// Appends the per-group families of the replication service's snapshot
-/// ([`offsite_repl::Replication::group_metrics`]).
+/// ([`offsite_replication::Replication::group_metrics`]).
 pub fn group_families(out: &mut String, groups: &[GroupMetrics]) {
     let per = |f: &dyn Fn(&GroupMetrics) -> u64| -> Vec<(String, u64)> {
         groups
@@ -219,7 +219,7 @@ mod tests {
     }
 
     /// The group families as the daemon rendered them before the snapshot
-    /// moved out of `repl`: names, HELP/TYPE text, labels and values.
+    /// moved out of `offsite-replication`: names, HELP/TYPE text, labels and values.
     #[test]
     fn group_families_render_the_snapshot() {
         let sync = SyncMetrics {

@@ -3,7 +3,7 @@
 //! start a group, run cycles (asked at either site), and fail over
 //! (prepare, run) and reverse — once with the new site as the primary and
 //! once as the replica. The hello negotiates protocol v1 between them, and
-//! the typed control plane (`offsite_repl::control`) must read and write
+//! the typed control plane (`offsite_replication::control`) must read and write
 //! exactly the v1 bodies.
 //!
 //! The previous binary is not built by `cargo test`: these tests are

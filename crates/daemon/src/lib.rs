@@ -30,7 +30,7 @@ use anyhow::{Context, bail};
 use offsite_api::{ApiState, MetricsSource};
 use offsite_engine::{BoundAddresses, Site, config::parse_addr, layout::Layout};
 use offsite_nbd::{NbdServer, ServerConfig, ServerStats, TlsAcceptor, TlsMode, TlsPolicy};
-use offsite_repl::Replication;
+use offsite_replication::Replication;
 use std::time::Duration;
 
 pub mod log;
@@ -232,10 +232,10 @@ async fn serve(
         "nbd": nbd_bound.to_string(),
         "listen": site.info().listen,
     });
-    offsite_store::write_durably(
+    offsite_volume_file::write_durably(
         &layout.daemon_info(),
         info.to_string().as_bytes(),
-        offsite_store::PRIVATE_FILE_MODE,
+        offsite_volume_file::PRIVATE_FILE_MODE,
     )
     .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
     tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
@@ -474,7 +474,7 @@ fn restrict_site_dir(layout: &Layout) {
     if mode & 0o077 != 0 {
         match std::fs::set_permissions(
             root,
-            std::fs::Permissions::from_mode(offsite_store::PRIVATE_DIR_MODE),
+            std::fs::Permissions::from_mode(offsite_volume_file::PRIVATE_DIR_MODE),
         ) {
             Ok(()) => tracing::warn!(
                 "the data directory {} was accessible to other users (mode {mode:o}); it is 700 now",
@@ -500,7 +500,7 @@ fn lock(layout: &Layout) -> anyhow::Result<std::fs::File> {
             layout.root().display()
         );
     }
-    offsite_store::create_private_dir_all(&layout.run_dir())
+    offsite_volume_file::create_private_dir_all(&layout.run_dir())
         .with_context(|| format!("creating {}", layout.run_dir().display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)

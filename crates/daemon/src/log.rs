@@ -52,7 +52,7 @@ pub fn parse_filter(source: &str, filter: &str) -> anyhow::Result<EnvFilter> {
     match EnvFilter::builder().parse(filter) {
         Ok(f) => Ok(f),
         Err(e) => bail!(
-            "{source} = {filter:?} is not a valid log filter ({e}); use RUST_LOG syntax, e.g. `info` or `warn,offsite_repl=debug`"
+            "{source} = {filter:?} is not a valid log filter ({e}); use RUST_LOG syntax, e.g. `info` or `warn,offsite_replication=debug`"
         ),
     }
 }

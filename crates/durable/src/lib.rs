@@ -1,5 +1,5 @@
 //! Crash-safe file steps shared by the change tracker (`offsite-cbt`), the
-//! volume store (`offsite-store`) and the replica store (`offsite-replica`),
+//! volume store (`offsite-volume-file`) and the replica store (`offsite-replica-store`),
 //! and the little-endian field helpers of their on-disk formats ([`le`]).
 //!
 //! Every step that changes the file system goes through a function here, so

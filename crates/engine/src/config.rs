@@ -190,7 +190,7 @@ impl Default for LibvirtConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// The daemon's log filter, in `RUST_LOG` syntax (`info`,
-    /// `warn,offsite_repl=debug`, ...). `OFFSITE_LOG` or `RUST_LOG` in the
+    /// `warn,offsite_replication=debug`, ...). `OFFSITE_LOG` or `RUST_LOG` in the
     /// daemon's environment take precedence over it.
     pub filter: String,
 }
@@ -471,8 +471,12 @@ impl SiteConfig {
             "# offsite site configuration. Ports set to 0 are chosen at `offsite serve`;\n\
              # the bound addresses are in run/daemon.json and `offsite site show`.\n{text}"
         );
-        offsite_store::write_durably(path, text.as_bytes(), offsite_store::PRIVATE_FILE_MODE)
-            .map_err(|e| EngineError::io("write", path, e))
+        offsite_volume_file::write_durably(
+            path,
+            text.as_bytes(),
+            offsite_volume_file::PRIVATE_FILE_MODE,
+        )
+        .map_err(|e| EngineError::io("write", path, e))
     }
 }
 

@@ -89,7 +89,7 @@ pub enum EngineError {
     Catalog(#[from] offsite_catalog::CatalogError),
     /// The volume store failed.
     #[error(transparent)]
-    Store(#[from] offsite_store::StoreError),
+    Store(#[from] offsite_volume_file::StoreError),
     /// Changed-block tracking failed.
     #[error(transparent)]
     Cbt(#[from] offsite_cbt::CbtError),
@@ -148,8 +148,8 @@ impl EngineError {
             EngineError::Invalid(_)
             | EngineError::NotASite { .. }
             | EngineError::Store(
-                offsite_store::StoreError::TooLarge { .. }
-                | offsite_store::StoreError::NotImportable { .. },
+                offsite_volume_file::StoreError::TooLarge { .. }
+                | offsite_volume_file::StoreError::NotImportable { .. },
             ) => ErrorKind::Invalid,
             EngineError::Busy { .. } | EngineError::VmInUse { .. } => ErrorKind::Busy,
             EngineError::Refused(_) => ErrorKind::Conflict,

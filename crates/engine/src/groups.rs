@@ -1,5 +1,5 @@
 //! Replication groups in the catalog, as the replication service reads and
-//! updates them. The replication logic itself lives in `offsite-repl`;
+//! updates them. The replication logic itself lives in `offsite-replication`;
 //! this module keeps the rows consistent (one group per volume, states
 //! persisted before they are reported).
 

@@ -60,7 +60,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
     // files copy the database's mode, so setting it once covers them.
     std::fs::set_permissions(
         layout.catalog(),
-        std::fs::Permissions::from_mode(offsite_store::PRIVATE_FILE_MODE),
+        std::fs::Permissions::from_mode(offsite_volume_file::PRIVATE_FILE_MODE),
     )
     .map_err(|e| EngineError::io("restrict the permissions of", &layout.catalog(), e))?;
     catalog.set_setting("name", &opts.name)?;
@@ -110,7 +110,7 @@ fn prepare_dir(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            offsite_store::create_private_dir_all(dir)
+            offsite_volume_file::create_private_dir_all(dir)
                 .map_err(|e| EngineError::io("create", dir, e))?;
         }
         Err(e) => return Err(EngineError::io("read", dir, e)),
@@ -123,13 +123,13 @@ fn prepare_dir(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
         dir,
-        std::fs::Permissions::from_mode(offsite_store::PRIVATE_DIR_MODE),
+        std::fs::Permissions::from_mode(offsite_volume_file::PRIVATE_DIR_MODE),
     )
     .map_err(|e| EngineError::io("restrict the permissions of", dir, e))?;
     for d in [layout.tls_dir(), layout.volumes_dir(), layout.run_dir()] {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
-            .mode(offsite_store::PRIVATE_DIR_MODE)
+            .mode(offsite_volume_file::PRIVATE_DIR_MODE)
             .create(&d)
             .map_err(|e| EngineError::io("create", &d, e))?;
     }
@@ -157,7 +157,7 @@ fn write_identity(layout: &Layout, name: &str) -> Result<String, EngineError> {
     write(
         &layout.cert(),
         cert.pem().as_bytes(),
-        offsite_store::PRIVATE_FILE_MODE,
+        offsite_volume_file::PRIVATE_FILE_MODE,
     )?;
 
     let mut token = [0u8; 32];
@@ -171,7 +171,8 @@ fn write_identity(layout: &Layout, name: &str) -> Result<String, EngineError> {
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), EngineError> {
-    offsite_store::write_durably(path, bytes, mode).map_err(|e| EngineError::io("write", path, e))
+    offsite_volume_file::write_durably(path, bytes, mode)
+        .map_err(|e| EngineError::io("write", path, e))
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ fn check_storage_location(path: &str) -> Result<(), EngineError> {
             "storage location {path:?} is relative; give an absolute directory on this site's machine"
         )));
     }
-    offsite_store::create_private_dir_all(p).map_err(|e| {
+    offsite_volume_file::create_private_dir_all(p).map_err(|e| {
         EngineError::Invalid(format!(
             "cannot create storage location {path}: {e}; pick a directory the site's user can write"
         ))

@@ -1,7 +1,7 @@
 //! Promoted volumes: a replica's PIT turned into a writable volume of this
 //! site in well under a second, whatever its size. The volume is layered
 //! (the PIT as lower layer, writes in a private top layer, see
-//! `offsite_store::layered`), tracked by its own change tracker from the
+//! `offsite_volume_file::layered`), tracked by its own change tracker from the
 //! first write on, and flattened in the background: a thread copies the
 //! PIT's blocks into the top until it holds everything; the next start
 //! then renames the top into a plain data file and forgets the lower.
@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use offsite_catalog::{Catalog, LowerRef, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
-use offsite_replica::{PitId, ReplicaStore};
-use offsite_store::{Layered, Lower};
+use offsite_replica_store::{PitId, ReplicaStore};
+use offsite_volume_file::{Layered, Lower};
 
 use crate::layout::Layout;
 use crate::volume::PitLower;
@@ -81,7 +81,7 @@ pub(crate) fn open_volume(
     let top = dir.join(format!("{stem}.top"));
     let data = layout.volume_data(row.id);
     std::fs::rename(&top, &data).map_err(|e| EngineError::io("rename", &top, e))?;
-    offsite_store::sync_dir(&dir).map_err(|e| EngineError::io("sync", &dir, e))?;
+    offsite_volume_file::sync_dir(&dir).map_err(|e| EngineError::io("sync", &dir, e))?;
     catalog.set_volume_layering(&row.name, "primary", None)?;
     Layered::remove(&dir, &stem).map_err(|e| EngineError::io("remove layer map in", &dir, e))?;
     catalog.add_event(

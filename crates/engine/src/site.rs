@@ -60,7 +60,7 @@ pub struct Site {
     /// Open replica stores by directory: one instance per store (it holds
     /// the store's lock), shared by replication and by promoted volumes
     /// reading their PIT.
-    pub(crate) stores: Mutex<HashMap<PathBuf, Arc<offsite_replica::ReplicaStore>>>,
+    pub(crate) stores: Mutex<HashMap<PathBuf, Arc<offsite_replica_store::ReplicaStore>>>,
 }
 
 impl std::fmt::Debug for Site {
@@ -865,8 +865,8 @@ fn volume_shape(req: &CreateVolume) -> Result<(u32, u64, Option<ImportSource>), 
                     path.display()
                 )));
             }
-            let (file, size) = offsite_store::open_source(&path).map_err(|e| match e {
-                e @ offsite_store::StoreError::NotImportable { .. } => {
+            let (file, size) = offsite_volume_file::open_source(&path).map_err(|e| match e {
+                e @ offsite_volume_file::StoreError::NotImportable { .. } => {
                     EngineError::Invalid(e.to_string())
                 }
                 e => EngineError::Invalid(format!(

@@ -9,7 +9,7 @@
 //! that block's cut-time contents (copy-on-write).
 //!
 //! A volume's bytes are a plain raw file, or — for a replica promoted by
-//! failover — a layered volume ([`offsite_store::Layered`]): a PIT of the
+//! failover — a layered volume ([`offsite_volume_file::Layered`]): a PIT of the
 //! replica store as read-only lower layer plus a private top layer, so
 //! promotion takes no copy; a background flattener fills the top, and a
 //! flat layered volume becomes a plain file at the next start. Either way
@@ -46,8 +46,8 @@ use std::sync::Arc;
 
 use offsite_catalog::VolumeRow;
 use offsite_cbt::{ChangeTracker, Geometry, OpenReport, RoaringBitmap};
-use offsite_replica::{PitId, ReplicaStore};
-use offsite_store::{Layered, Lower, VolumeFile};
+use offsite_replica_store::{PitId, ReplicaStore};
+use offsite_volume_file::{Layered, Lower, VolumeFile};
 
 use crate::EngineError;
 use crate::layout::Layout;

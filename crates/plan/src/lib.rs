@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use offsite_catalog::{PlanRow, PlanStepRow, PlanVmRow};
 use offsite_engine::{EngineError, ErrorKind, Site};
-use offsite_repl::{ReplError, Replication};
+use offsite_replication::{ReplError, Replication};
 
 /// Tier a VM gets when its group joins a plan (SRM's default, the middle).
 pub const DEFAULT_PRIORITY: u8 = 3;
@@ -374,7 +374,7 @@ pub(crate) fn validate(site: &Site, p: &PlanRow) -> Result<(), PlanError> {
 
 impl Plans {
     /// The service for `site`; installs the handler of plan requests from
-    /// the partner in `repl`.
+    /// the partner in `offsite-replication`.
     pub fn new(site: Arc<Site>, repl: Arc<Replication>) -> Arc<Plans> {
         let plans = Arc::new(Plans {
             site,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offsite_repl::{FailoverRun, ReverseRequest};
+use offsite_replication::{FailoverRun, ReverseRequest};
 
 use crate::model::{PlanRunGroup, PlanRunReport, PlanRunRequest, PlanRunStep};
 use offsite_catalog::{GroupRow, GroupState, PlanRow, Role, RunRow, RunStepRow};
@@ -159,16 +159,16 @@ pub(crate) fn store_record(site: &Site, r: &PlanRunReport) -> Result<(), PlanErr
     site.plans().put_run(&row)?;
     let path = html_path(site, &r.id);
     if let Some(dir) = path.parent() {
-        offsite_store::create_private_dir_all(dir)
+        offsite_volume_file::create_private_dir_all(dir)
             .map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
     }
     // The page shows what `plan report` shows: derived from the stored row.
     let mut page = report_of(site, &row);
     page.html_path = Some(path.display().to_string());
-    offsite_store::write_durably(
+    offsite_volume_file::write_durably(
         &path,
         crate::report::html(&page).as_bytes(),
-        offsite_store::PRIVATE_FILE_MODE,
+        offsite_volume_file::PRIVATE_FILE_MODE,
     )
     .map_err(|e| invalid(format!("writing the report {}: {e}", path.display())))?;
     Ok(())
@@ -383,10 +383,10 @@ enum StepError {
     /// The step's site could not be reached: the steps after it there
     /// are not attempted.
     #[error("unreachable: {0}")]
-    Unreachable(Box<offsite_repl::ReplError>),
+    Unreachable(Box<offsite_replication::ReplError>),
     /// Replication refused or failed.
     #[error(transparent)]
-    Repl(Box<offsite_repl::ReplError>),
+    Repl(Box<offsite_replication::ReplError>),
     /// The site engine failed (a hook, the catalog).
     #[error(transparent)]
     Engine(#[from] offsite_engine::EngineError),
@@ -410,8 +410,8 @@ enum StepError {
     Join(#[from] tokio::task::JoinError),
 }
 
-impl From<offsite_repl::ReplError> for StepError {
-    fn from(e: offsite_repl::ReplError) -> Self {
+impl From<offsite_replication::ReplError> for StepError {
+    fn from(e: offsite_replication::ReplError) -> Self {
         StepError::Repl(Box::new(e))
     }
 }

@@ -1,10 +1,10 @@
 //! Site-to-site requests of recovery plans, carried as JSON bodies of
 //! `offsite-protocol` requests with the kinds below (40 and up: the
 //! replication crate hands them to [`Handler`]). Numbers are wire format:
-//! never reuse one. Each body implements [`offsite_repl::control::Rpc`]
+//! never reuse one. Each body implements [`offsite_replication::control::Rpc`]
 //! (kind, name, reply), [`PlanRequest`] decodes them, and refusals are
 //! [`RemoteError`]s with a stable code; the kinds are listed with
-//! replication's in the changelog table of [`offsite_repl::control`], and
+//! replication's in the changelog table of [`offsite_replication::control`], and
 //! their JSON is pinned by `tests/fixtures/plan/*.json`.
 //!
 //! ```mermaid
@@ -24,8 +24,8 @@ use std::sync::{Arc, Weak};
 use crate::model::{PlanInfo, PlanRunReport};
 use bytes::Bytes;
 use offsite_engine::hooks::HookAction;
-use offsite_repl::control::{DecodeError, Done, Reply, Rpc};
-use offsite_repl::{RemoteError, ReplError, Replication};
+use offsite_replication::control::{DecodeError, Done, Reply, Rpc};
+use offsite_replication::{RemoteError, ReplError, Replication};
 use serde::{Deserialize, Serialize};
 
 use crate::{Plans, other_site, plan_row, validate};
@@ -190,7 +190,7 @@ pub(crate) async fn push_record(
 /// Answers plan requests from partners (installed by [`Plans::new`]).
 pub(crate) struct Handler(pub(crate) Weak<Plans>);
 
-impl offsite_repl::RequestHandler for Handler {
+impl offsite_replication::RequestHandler for Handler {
     fn answer(
         &self,
         peer: String,

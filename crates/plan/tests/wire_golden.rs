@@ -3,10 +3,10 @@
 //! encodes back to the same bytes, so field names, order and types are
 //! pinned. The fixtures are the v1 encoding (what an un-upgraded peer
 //! sends); if this test fails, the wire changed: add an optional field
-//! instead, and a line in `offsite_repl::control`'s changelog.
+//! instead, and a line in `offsite_replication::control`'s changelog.
 
 use offsite_plan::wire::{PlanPut, PlanRequest, RunRecord, SiteOp, SiteOpDone, kinds};
-use offsite_repl::control::{Reply, Rpc};
+use offsite_replication::control::{Reply, Rpc};
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -22,7 +22,7 @@ pub enum MessageVersion {
     /// and recovery plans defined kinds 1–20 and 40–42 with JSON bodies and
     /// free-text refusals (`{"error": TEXT}`) within v1.
     V1 = 1,
-    /// Issue 18: the control plane is typed (`offsite_repl::control`, whose
+    /// Issue 18: the control plane is typed (`offsite_replication::control`, whose
     /// changelog table lists every request kind with its body and reply);
     /// a refused request's body carries a stable code besides its text,
     /// `{"error": TEXT, "code": CODE}`. Frames, bodies and replies are

@@ -1,0 +1,244 @@
+//! [`PitWriter`]: builds one PIT in `staging/` and publishes it atomically.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::chain::{Inner, MANIFEST_FILE, PITS_DIR, Pit, STAGING_DIR, error_chain, pit_dir_name};
+use crate::format::{Manifest, encode_manifest};
+use crate::segment::SegmentBuilder;
+use crate::{PitId, PitInfo, ReplicaError, fsx, validate_created_at, validate_pit_name};
+
+/// Writes the blocks of one new PIT; nothing is visible before
+/// [`PitWriter::commit`] returns. Dropping it without commit aborts.
+#[derive(Debug)]
+pub struct PitWriter {
+    inner: Arc<Inner>,
+    id: u64,
+    staging: PathBuf,
+    builders: Vec<SegmentBuilder>,
+    /// The first I/O failure; the writer refuses further work.
+    failed: Option<String>,
+    /// Staging was consumed (committed) or already cleaned up.
+    finished: bool,
+}
+
+/// Whether `data` is all zero bytes.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(16);
+    chunks
+        .by_ref()
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+impl PitWriter {
+    pub(crate) fn begin(inner: Arc<Inner>) -> Result<PitWriter, ReplicaError> {
+        inner.check_poison()?;
+        inner.check_undamaged()?;
+        if inner
+            .writer
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ReplicaError::Busy);
+        }
+        let id = inner.lock_ops().next_id;
+        let staging = inner.path(STAGING_DIR).join(format!("{id:020}"));
+        let mut w = PitWriter {
+            inner,
+            id,
+            staging,
+            builders: Vec::new(),
+            failed: None,
+            finished: false,
+        };
+        // A leftover from a writer of this process whose cleanup failed.
+        fsx::remove_tree(&w.staging)?;
+        fsx::create_dir(&w.staging)?;
+        for (i, v) in w.inner.vols.iter().enumerate() {
+            let path = w.staging.join(format!("{}.seg", v.spec.name));
+            w.builders
+                .push(SegmentBuilder::create(path, v.spec.block_size, i as u32)?);
+        }
+        Ok(w)
+    }
+
+    /// Writes each segment's pending data out in flushes of `bytes`
+    /// instead of the default 4 MiB (before the first block is put).
+    pub(crate) fn set_flush_bytes(&mut self, bytes: usize) {
+        for b in &mut self.builders {
+            b.set_flush_bytes(bytes);
+        }
+    }
+
+    /// The id this PIT will have.
+    pub fn id(&self) -> PitId {
+        PitId(self.id)
+    }
+
+    fn check(&self, volume: &str, block: u64) -> Result<usize, ReplicaError> {
+        if let Some(cause) = &self.failed {
+            return Err(ReplicaError::WriterFailed {
+                cause: cause.clone(),
+            });
+        }
+        let v = self.inner.vol_index(volume)?;
+        let vol = &self.inner.vols[v];
+        if block >= vol.nblocks {
+            return Err(ReplicaError::OutOfRange {
+                volume: volume.to_string(),
+                what: format!("block {block}"),
+                size: vol.spec.size_bytes,
+            });
+        }
+        Ok(v)
+    }
+
+    fn fail(&mut self, e: ReplicaError) -> ReplicaError {
+        if self.failed.is_none() {
+            self.failed = Some(error_chain(&e));
+        }
+        e
+    }
+
+    /// Records `data` (exactly one block) as the new content of `block` of
+    /// `volume`. All-zero data is stored as a zero entry. Writing a block
+    /// again replaces it. Not durable until commit.
+    pub fn write_block(
+        &mut self,
+        volume: &str,
+        block: u64,
+        data: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let v = self.check(volume, block)?;
+        let vol = &self.inner.vols[v];
+        if data.len() != vol.bs() {
+            return Err(ReplicaError::invalid(format!(
+                "a block of volume {volume:?} is {} bytes, got {}",
+                vol.bs(),
+                data.len()
+            )));
+        }
+        if is_zero(data) {
+            let zh = vol.zero_hash;
+            self.builders[v].put_zero(block, zh);
+            return Ok(());
+        }
+        let hash = *blake3::hash(data).as_bytes();
+        let r = self.builders[v].put_data(block, data, hash);
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Records `block` of `volume` as all zeroes (stored without data).
+    pub fn write_zero_block(&mut self, volume: &str, block: u64) -> Result<(), ReplicaError> {
+        let v = self.check(volume, block)?;
+        let zh = self.inner.vols[v].zero_hash;
+        self.builders[v].put_zero(block, zh);
+        Ok(())
+    }
+
+    /// Makes the PIT durable and visible, with an optional `name` and its
+    /// creation time (RFC 3339).
+    ///
+    /// Ordering:
+    /// 0. fsync the base images if `write_base` left them dirty;
+    /// 1. finish every segment (index, trailer, header) and fsync it;
+    /// 2. write `manifest.pit`, fsync it, fsync the staging directory;
+    /// 3. rename `staging/ID` to `pits/ID-FIRST` — the commit point;
+    /// 4. fsync `pits/`; then publish in memory.
+    ///
+    /// A failure before 3 fails the commit only (staging is deleted; the
+    /// PIT must be sent again, as after any error here); a failure from 3
+    /// on poisons the store until reopen, which shows the PIT if and only if
+    /// the rename reached the disk.
+    pub fn commit(
+        mut self,
+        name: Option<String>,
+        created_at: String,
+    ) -> Result<PitInfo, ReplicaError> {
+        if let Some(n) = &name {
+            validate_pit_name(n).map_err(ReplicaError::invalid)?;
+        }
+        validate_created_at(&created_at).map_err(ReplicaError::invalid)?;
+        if let Some(cause) = &self.failed {
+            return Err(ReplicaError::WriterFailed {
+                cause: cause.clone(),
+            });
+        }
+        let inner = self.inner.clone();
+        inner.check_poison()?;
+        let mut ops = inner.lock_ops();
+        inner.check_poison()?;
+        if ops.base_dirty {
+            inner.sync_base().map_err(|e| inner.poison(e))?; // 0
+            ops.base_dirty = false;
+        }
+        let tip = inner
+            .read_state()
+            .chain
+            .last()
+            .map_or(ops.base_through, |p| p.id)
+            .max(ops.base_through);
+        debug_assert!(tip < self.id, "next id {} not above tip {tip}", self.id);
+        let first = tip + 1;
+        let final_dir = inner.path(PITS_DIR).join(pit_dir_name(self.id, first));
+        let mut segs = Vec::with_capacity(self.builders.len());
+        let mut summaries = Vec::with_capacity(self.builders.len());
+        for b in std::mem::take(&mut self.builders) {
+            let (seg, summary) = b.finish(&inner.uuid, self.id, &final_dir)?; // 1
+            segs.push(seg);
+            summaries.push(summary);
+        }
+        let manifest = Manifest {
+            uuid: inner.uuid,
+            id: self.id,
+            first,
+            name,
+            created_at,
+            volumes: summaries,
+        };
+        fsx::write_new_file(
+            &self.staging.join(MANIFEST_FILE),
+            &encode_manifest(&manifest),
+        )?; // 2
+        fsx::sync_dir(&self.staging)?;
+        self.finished = true;
+        fsx::rename(&self.staging, &final_dir).map_err(|e| inner.poison(e))?; // 3
+        fsx::sync_dir(&inner.path(PITS_DIR)).map_err(|e| inner.poison(e))?; // 4
+        let pit = Arc::new(Pit {
+            id: self.id,
+            first,
+            name: manifest.name,
+            created_at: manifest.created_at,
+            dir: final_dir,
+            summaries: manifest.volumes,
+            segs: segs.into(),
+        });
+        let info = pit.info(&inner.vols);
+        inner.write_state().chain.push(pit);
+        ops.next_id = self.id + 1;
+        tracing::info!(
+            pit = self.id,
+            blocks = info.blocks,
+            bytes = info.bytes,
+            "committed PIT"
+        );
+        Ok(info)
+    }
+
+    /// Discards the PIT (same as dropping the writer).
+    pub fn abort(self) {}
+}
+
+impl Drop for PitWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.builders.clear();
+            if let Err(e) = fsx::remove_tree(&self.staging) {
+                tracing::debug!("leaving staging for the next open: {e}");
+            }
+        }
+        self.inner.writer.store(false, Ordering::Release);
+    }
+}
