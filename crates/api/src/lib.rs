@@ -150,7 +150,29 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 
 /// The router: `/api/v1/...`, `/api/openapi.json`, `/metrics`.
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
+    let v1 = site_routes()
+        .merge(group_routes())
+        .merge(plan_and_console_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest(offsite_api_types::API_PREFIX, v1)
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics::render))
+        .merge(state.console.router())
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route; see /api/openapi.json".into(),
+            )
+        })
+        .with_state(state)
+        .layer(middleware::from_fn(offsite_console::security_headers))
+}
+
+/// `/api/v1`: the site, its partners, authorization entries and volumes.
+fn site_routes() -> Router<ApiState> {
+    Router::new()
         .route("/site", get(site_show))
         .route("/site/settings", get(settings_show).patch(settings_update))
         .route("/partners", get(partner_list).post(partner_add))
@@ -178,6 +200,11 @@ pub fn router(state: ApiState) -> Router {
             "/volumes/{name}/nbd-tls",
             axum::routing::post(volume_set_nbd_tls),
         )
+}
+
+/// `/api/v1/groups`: replication groups, their PITs, failover and reverse.
+fn group_routes() -> Router<ApiState> {
+    Router::new()
         .route("/groups", get(group_list).post(group_create))
         .route("/groups/{name}", get(group_status).delete(group_teardown))
         .route(
@@ -225,6 +252,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups/{name}/measure", get(group_measure))
         .route("/groups/{name}/cycles", get(group_cycles))
         .route("/groups/{name}/pits", get(pit_list))
+}
+
+/// `/api/v1`: recovery plans and their runs, VMs, events, and the
+/// console's live view.
+fn plan_and_console_routes() -> Router<ApiState> {
+    Router::new()
         .route("/plans", get(plan_list).post(plan_create))
         .route("/plans/{name}", get(plan_show).delete(plan_delete))
         .route("/plans/{name}/groups", axum::routing::post(plan_add_group))
@@ -255,21 +288,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/events", get(event_list))
         .route("/overview", get(stream::overview))
         .route("/stream", get(stream::stream))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .nest(offsite_api_types::API_PREFIX, v1)
-        .route("/api/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics::render))
-        .merge(state.console.router())
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such API route; see /api/openapi.json".into(),
-            )
-        })
-        .with_state(state)
-        .layer(middleware::from_fn(offsite_console::security_headers))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets

@@ -159,39 +159,13 @@ async fn serve(
     nbd_stats: Arc<ServerStats>,
 ) -> anyhow::Result<()> {
     let config = site.config();
-    let r = &config.replication;
-    let mut options = offsite_transport::SessionOptions::default();
-    options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
-    options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
-    options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
-    let repl =
-        Replication::new(site.clone(), options).context("starting the replication service")?;
-    // Before the listener runs: the partner's plan requests need it.
-    let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
-    let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
-    let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
-        format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
-    })?;
+    let (repl, plans, repl_listener) = start_replication(site).await?;
     let listen_bound = repl_listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         // Fails only when the sender is gone, which also means stop.
         let _ = rx.wait_for(|v| *v).await;
     };
-    {
-        let site = site.clone();
-        let bandwidth = tokio::task::spawn_blocking(move || apply_config_bandwidth(&site))
-            .await
-            .context("applying config.toml's bandwidth")??;
-        repl.reload(bandwidth);
-    }
-    repl.start_runners()
-        .await
-        .context("starting replication groups")?;
-    site.start_flattener();
-    repl.restore_failovers()
-        .await
-        .context("exporting the clones of running test failovers")?;
     let repl_task = tokio::spawn(repl.clone().serve(repl_listener, stopped(stop_rx.clone())));
     let monitor_task = tokio::spawn(repl.clone().monitor(stopped(stop_rx.clone())));
     let reload_task = tokio::spawn(reload_on_hangup(
@@ -251,6 +225,60 @@ async fn serve(
         .context("serving the API");
     // Fails only when every task already ended: nothing left to stop.
     let _ = stop_tx.send(true);
+    join_services(repl_task, monitor_task, reload_task, watchdog_task).await;
+    served
+}
+
+/// The replication service and the plans, started: session options from
+/// `config.toml`, the listener bound, the configured bandwidth applied, the
+/// group runners and the flattener running, running test failovers'
+/// clones exported again.
+async fn start_replication(
+    site: &Arc<Site>,
+) -> anyhow::Result<(
+    Arc<Replication>,
+    Arc<offsite_plan::Plans>,
+    tokio::net::TcpListener,
+)> {
+    let config = site.config();
+    let r = &config.replication;
+    let mut options = offsite_transport::SessionOptions::default();
+    options.connect_timeout = Duration::from_secs_f64(r.connect_timeout_secs);
+    options.keepalive_interval = Duration::from_secs_f64(r.keepalive_secs);
+    options.dead_after = Duration::from_secs_f64(r.dead_after_secs);
+    let repl =
+        Replication::new(site.clone(), options).context("starting the replication service")?;
+    // Before the listener runs: the partner's plan requests need it.
+    let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
+    let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
+    let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {
+        format!("binding the replication listener to {listen_addr} (config.toml `listen`); is the port in use?")
+    })?;
+    {
+        let site = site.clone();
+        let bandwidth = tokio::task::spawn_blocking(move || apply_config_bandwidth(&site))
+            .await
+            .context("applying config.toml's bandwidth")??;
+        repl.reload(bandwidth);
+    }
+    repl.start_runners()
+        .await
+        .context("starting replication groups")?;
+    site.start_flattener();
+    repl.restore_failovers()
+        .await
+        .context("exporting the clones of running test failovers")?;
+    Ok((repl, plans, repl_listener))
+}
+
+/// Waits for the services `serve` started to end (after the stop signal),
+/// logging any that failed.
+async fn join_services(
+    repl_task: tokio::task::JoinHandle<Result<(), offsite_replication::ReplError>>,
+    monitor_task: tokio::task::JoinHandle<()>,
+    reload_task: tokio::task::JoinHandle<()>,
+    watchdog_task: Option<tokio::task::JoinHandle<()>>,
+) {
     for task in [repl_task] {
         match task.await {
             Ok(Err(e)) => tracing::error!("replication listener: {e}"),
@@ -270,7 +298,6 @@ async fn serve(
     {
         tracing::error!("watchdog task: {e}");
     }
-    served
 }
 
 async fn shutdown_signal() {

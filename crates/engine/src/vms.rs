@@ -14,6 +14,9 @@ use offsite_hypervisor::{DiskSource, Domain, DomainState, Libvirt, NbdSource, St
 
 use crate::{EngineError, Site, names};
 
+/// A file disk to import: its target (`vda`), the new volume and the file.
+type DiskImport = (String, String, String);
+
 /// The domain name in a VM's libvirt XML (the XML was parsed when it was
 /// stored, so a parse failure here means a damaged catalog row).
 pub fn domain_name(xml: &str) -> Option<String> {
@@ -140,6 +143,55 @@ impl Site {
                 "domain {domain} has no disk (device='disk') to protect; add its disks first"
             )));
         }
+        let (volumes, imports) = self.map_domain_disks(vm, domain, &parsed)?;
+        check_volumes(&volumes)?;
+        let xml = if imports.is_empty() {
+            parsed.xml().to_string()
+        } else {
+            self.import_domain_disks(&lv, vm, domain, &parsed, &imports)?
+        };
+        let row = self.catalog().insert_vm(&VmRow {
+            name: vm.clone(),
+            volumes: volumes.clone(),
+            start_cmd: None,
+            stop_cmd: None,
+            status_cmd: None,
+            libvirt_xml: Some(xml),
+            created_at: String::new(),
+        })?;
+        self.event(
+            "vm.created",
+            Some(vm),
+            &format!(
+                "VM {vm}: libvirt domain {domain} with volumes {}{}",
+                volumes.join(", "),
+                if imports.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({} imported; the domain now uses their NBD exports)",
+                        imports
+                            .iter()
+                            .map(|(_, v, p)| format!("{p} into {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ),
+        );
+        Ok(vm_info(row))
+    }
+
+    /// Each disk of `domain` as a volume of this site: a disk on one of
+    /// this site's exports keeps its volume; a file or block-device disk is
+    /// to be imported into a new volume `VM-TARGET` (returned as
+    /// `(target, volume, path)`); anything else is refused.
+    fn map_domain_disks(
+        &self,
+        vm: &str,
+        domain: &str,
+        parsed: &Domain,
+    ) -> Result<(Vec<String>, Vec<DiskImport>), EngineError> {
         let here = self.volume_url("");
         let here = here.trim_start_matches("nbd://").trim_end_matches('/');
         let mut volumes = Vec::new();
@@ -172,68 +224,48 @@ impl Site {
                 }
             }
         }
-        check_volumes(&volumes)?;
-        let mut xml = parsed.xml().to_string();
-        if !imports.is_empty() {
-            let state = lv.state(domain).map_err(|e| libvirt_error(vm, e))?;
-            if state.is_active() {
-                return Err(EngineError::Conflict(format!(
-                    "domain {domain} is {}: its file disks are copied into offsite volumes, which needs it shut off; `virsh shutdown {domain}`, then run this again",
-                    state.as_str()
-                )));
-            }
-            let mut disks = BTreeMap::new();
-            for d in parsed.disks() {
-                if let DiskSource::Nbd(n) = &d.source {
-                    disks.insert(d.target.clone(), n.clone());
-                }
-            }
-            for (target, volume, path) in &imports {
-                self.create_volume(&CreateVolume {
-                    name: volume.clone(),
-                    size_bytes: None,
-                    block_size: None,
-                    import_path: Some(path.clone()),
-                })?;
-                let url = self.volume_url(volume);
-                disks.insert(target.clone(), nbd_source(&url, volume));
-            }
-            let converted = parsed
-                .with_nbd_disks(&disks)
-                .map_err(|e| EngineError::Invalid(format!("domain {domain}: {e}")))?;
-            lv.define(&converted).map_err(|e| libvirt_error(vm, e))?;
-            xml = lv.dump_xml(domain).map_err(|e| libvirt_error(vm, e))?;
+        Ok((volumes, imports))
+    }
+
+    /// Copies the file disks of a shut-off `domain` into their new volumes
+    /// and redefines the domain with those disks on the volumes' exports;
+    /// returns the definition as libvirt now has it.
+    fn import_domain_disks(
+        self: &Arc<Self>,
+        lv: &Libvirt,
+        vm: &str,
+        domain: &str,
+        parsed: &Domain,
+        imports: &[DiskImport],
+    ) -> Result<String, EngineError> {
+        let state = lv.state(domain).map_err(|e| libvirt_error(vm, e))?;
+        if state.is_active() {
+            return Err(EngineError::Conflict(format!(
+                "domain {domain} is {}: its file disks are copied into offsite volumes, which needs it shut off; `virsh shutdown {domain}`, then run this again",
+                state.as_str()
+            )));
         }
-        let row = self.catalog().insert_vm(&VmRow {
-            name: vm.clone(),
-            volumes: volumes.clone(),
-            start_cmd: None,
-            stop_cmd: None,
-            status_cmd: None,
-            libvirt_xml: Some(xml),
-            created_at: String::new(),
-        })?;
-        self.event(
-            "vm.created",
-            Some(vm),
-            &format!(
-                "VM {vm}: libvirt domain {domain} with volumes {}{}",
-                volumes.join(", "),
-                if imports.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " ({} imported; the domain now uses their NBD exports)",
-                        imports
-                            .iter()
-                            .map(|(_, v, p)| format!("{p} into {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            ),
-        );
-        Ok(vm_info(row))
+        let mut disks = BTreeMap::new();
+        for d in parsed.disks() {
+            if let DiskSource::Nbd(n) = &d.source {
+                disks.insert(d.target.clone(), n.clone());
+            }
+        }
+        for (target, volume, path) in imports {
+            self.create_volume(&CreateVolume {
+                name: volume.clone(),
+                size_bytes: None,
+                block_size: None,
+                import_path: Some(path.clone()),
+            })?;
+            let url = self.volume_url(volume);
+            disks.insert(target.clone(), nbd_source(&url, volume));
+        }
+        let converted = parsed
+            .with_nbd_disks(&disks)
+            .map_err(|e| EngineError::Invalid(format!("domain {domain}: {e}")))?;
+        lv.define(&converted).map_err(|e| libvirt_error(vm, e))?;
+        lv.dump_xml(domain).map_err(|e| libvirt_error(vm, e))
     }
 
     /// Starts the libvirt domain `domain` of VM `vm` (defined already).

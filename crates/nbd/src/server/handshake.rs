@@ -260,8 +260,23 @@ impl Negotiator<'_> {
         if code == option_codes::SET_META_CONTEXT {
             session.allocation_for = None;
         }
-        // FORCEDTLS: nothing but STARTTLS and ABORT before TLS, whatever
-        // the option's data says.
+        if let Some(step) = self.tls_gate(code, out)? {
+            return Ok(step);
+        }
+        let Some(option) = self.decode_option(code, data, out)? else {
+            return Ok(Step::Continue);
+        };
+        if self.shutting_down.load(Ordering::SeqCst)
+            && let Some(step) = shutting_down_answer(&option, code, out)
+        {
+            return Ok(step);
+        }
+        self.answer(option, code, session, out)
+    }
+
+    /// FORCEDTLS: nothing but STARTTLS and ABORT before TLS, whatever the
+    /// option's data says; `Some` is the refusal.
+    fn tls_gate(&self, code: u32, out: &mut Vec<u8>) -> Result<Option<Step>, ConnectionError> {
         if self.tls == TlsMode::Required
             && !self.tls_active
             && code != option_codes::STARTTLS
@@ -278,37 +293,42 @@ impl Negotiator<'_> {
                     "this NBD server requires TLS: connect with TLS credentials (NBD_OPT_STARTTLS first)",
                 ),
             );
-            return Ok(Step::Continue);
+            return Ok(Some(Step::Continue));
         }
-        let option = match codec::decode_option(code, data) {
-            Ok(option) => option,
+        Ok(None)
+    }
+
+    /// The option's data decoded; `None` when it was malformed and the
+    /// client was told so (an `EXPORT_NAME` cannot be answered: the
+    /// connection ends).
+    fn decode_option(
+        &self,
+        code: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<ClientOption>, ConnectionError> {
+        match codec::decode_option(code, data) {
+            Ok(option) => Ok(Some(option)),
             Err(err) if code == option_codes::EXPORT_NAME => {
-                return Err(ConnectionError::BadExportName(err));
+                Err(ConnectionError::BadExportName(err))
             }
             Err(err) => {
                 debug!(option = code, error = %err, "invalid NBD option");
                 let message = err.to_string();
                 reply(out, code, OptionReply::Error(RepError::Invalid, &message));
-                return Ok(Step::Continue);
-            }
-        };
-
-        if self.shutting_down.load(Ordering::SeqCst) {
-            match option {
-                ClientOption::Abort => {}
-                // Cannot carry an error; just let the client go.
-                ClientOption::ExportName(_) => return Ok(Step::Done(Negotiated::Aborted)),
-                _ => {
-                    reply(
-                        out,
-                        code,
-                        OptionReply::Error(RepError::Shutdown, "server is shutting down"),
-                    );
-                    return Ok(Step::Continue);
-                }
+                Ok(None)
             }
         }
+    }
 
+    /// Answers a decoded option.
+    fn answer(
+        &self,
+        option: ClientOption,
+        code: u32,
+        session: &mut Session,
+        out: &mut Vec<u8>,
+    ) -> Result<Step, ConnectionError> {
         match option {
             ClientOption::ExportName(name) => {
                 let Some(export) = self.registry.lookup(&name) else {
@@ -326,27 +346,7 @@ impl Negotiator<'_> {
                 Ok(Step::Done(Negotiated::Aborted))
             }
             ClientOption::List => {
-                for (name, description) in self.registry.list() {
-                    // A longer name could never be requested (proto.md's
-                    // string limit), so listing it would only mislead;
-                    // nor would an export this session may not use.
-                    let usable = || {
-                        self.registry
-                            .lookup(&name)
-                            .is_some_and(|e| self.tls_refusal(&e).is_none())
-                    };
-                    if name.len() <= MAX_STRING_LEN && usable() {
-                        reply(
-                            out,
-                            code,
-                            OptionReply::Server {
-                                name: &name,
-                                description: &description,
-                            },
-                        );
-                    }
-                }
-                reply(out, code, OptionReply::Ack);
+                self.list_exports(code, out);
                 Ok(Step::Continue)
             }
             ClientOption::Info(request) => {
@@ -392,6 +392,31 @@ impl Negotiator<'_> {
                 Ok(Step::Continue)
             }
         }
+    }
+
+    /// Answers `NBD_OPT_LIST`: the exports this session may use.
+    fn list_exports(&self, code: u32, out: &mut Vec<u8>) {
+        for (name, description) in self.registry.list() {
+            // A longer name could never be requested (proto.md's
+            // string limit), so listing it would only mislead;
+            // nor would an export this session may not use.
+            let usable = || {
+                self.registry
+                    .lookup(&name)
+                    .is_some_and(|e| self.tls_refusal(&e).is_none())
+            };
+            if name.len() <= MAX_STRING_LEN && usable() {
+                reply(
+                    out,
+                    code,
+                    OptionReply::Server {
+                        name: &name,
+                        description: &description,
+                    },
+                );
+            }
+        }
+        reply(out, code, OptionReply::Ack);
     }
 
     /// Answers `NBD_OPT_STARTTLS` (proto.md "Server-side requirements").
@@ -549,4 +574,22 @@ pub(super) fn read_array<const N: usize, R: Read>(reader: &mut R) -> std::io::Re
     let mut buf = [0u8; N];
     reader.read_exact(&mut buf)?;
     Ok(buf)
+}
+
+/// While the server shuts down, every option but ABORT is refused
+/// (`None`: the option goes on to be answered).
+fn shutting_down_answer(option: &ClientOption, code: u32, out: &mut Vec<u8>) -> Option<Step> {
+    match option {
+        ClientOption::Abort => None,
+        // Cannot carry an error; just let the client go.
+        ClientOption::ExportName(_) => Some(Step::Done(Negotiated::Aborted)),
+        _ => {
+            reply(
+                out,
+                code,
+                OptionReply::Error(RepError::Shutdown, "server is shutting down"),
+            );
+            Some(Step::Continue)
+        }
+    }
 }
