@@ -1154,7 +1154,7 @@ async fn group_cycles(
         )));
     }
     blocking(move || {
-        s.site.group_row(&name)?;
+        s.site.groups().get(&name)?;
         // Catalog times are RFC 3339 in UTC to the second: they compare
         // as text.
         let since = (time::OffsetDateTime::now_utc() - time::Duration::hours(i64::from(hours)))
@@ -1162,7 +1162,7 @@ async fn group_cycles(
             .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let rows = s.site.cycle_rows(&name)?;
+        let rows = s.site.groups().cycles(&name)?;
         Ok(rows
             .into_iter()
             .filter(|c| c.started_at >= since)

@@ -1,31 +1,23 @@
 //! Replication groups in the catalog, as the replication service reads and
 //! updates them. The replication logic itself lives in `offsite-replication`;
 //! this module keeps the rows consistent (one group per volume, states
-//! persisted before they are reported).
+//! persisted before they are reported, each change recorded as an event).
+//! Plain reads and records of groups, PITs, cycles and failovers are on
+//! [`Site::groups`] ([`crate::GroupCatalog`]).
 
-use offsite_catalog::{CycleRow, FailoverRow, GroupRow, GroupState, Mode, PitRow, Role};
+use offsite_catalog::{FailoverRow, GroupRow, GroupState, Mode, Role};
 
 use std::sync::Arc;
 
 use crate::{EngineError, Site};
 
 impl Site {
-    /// The group called `name`.
-    pub fn group_row(&self, name: &str) -> Result<GroupRow, EngineError> {
-        Ok(self.catalog().group(name)?)
-    }
-
     /// The counter of changes to the group tables
     /// ([`offsite_catalog::Catalog::group_changes`]): the same value before
     /// and after a read of a group row means that row is still current.
     pub fn group_changes(&self) -> u64 {
         self.group_changes
             .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Every group on this site.
-    pub fn group_rows(&self) -> Result<Vec<GroupRow>, EngineError> {
-        Ok(self.catalog().groups()?)
     }
 
     /// Records a new group (either role).
@@ -105,15 +97,6 @@ impl Site {
         Ok(())
     }
 
-    /// Rewrites the hooks of the group's copy of a VM.
-    pub fn set_group_vm_hooks(
-        &self,
-        group: &str,
-        vm: &offsite_catalog::VmRow,
-    ) -> Result<(), EngineError> {
-        Ok(self.catalog().set_group_vm_hooks(group, vm)?)
-    }
-
     /// Persists a state change (and records an event when it changes); the
     /// move must be legal from whatever state the group is in
     /// ([`offsite_catalog::transition`]).
@@ -162,83 +145,11 @@ impl Site {
         Ok(())
     }
 
-    /// Records initial-replication progress of one volume.
-    pub fn set_initial_progress(
-        &self,
-        group: &str,
-        volume: &str,
-        done: u64,
-    ) -> Result<(), EngineError> {
-        Ok(self.catalog().set_initial_progress(group, volume, done)?)
-    }
-
     /// Deletes a group's row (its PITs and cycles with it).
     pub fn delete_group_row(&self, name: &str) -> Result<(), EngineError> {
         self.catalog().delete_group(name)?;
         self.event("group.deleted", Some(name), "group torn down");
         Ok(())
-    }
-
-    /// Replaces the recorded PIT list of a group (after a commit and retention).
-    pub fn replace_pits(&self, group: &str, pits: &[PitRow]) -> Result<(), EngineError> {
-        let c = self.catalog();
-        for old in c.pits(group)? {
-            if !pits.iter().any(|p| p.id == old.id) {
-                c.delete_pit(group, old.id)?;
-            }
-        }
-        for p in pits {
-            c.insert_pit(group, p)?;
-        }
-        Ok(())
-    }
-
-    /// A group's PITs, oldest first.
-    pub fn pit_rows(&self, group: &str) -> Result<Vec<PitRow>, EngineError> {
-        Ok(self.catalog().pits(group)?)
-    }
-
-    /// Records the start of a cycle.
-    pub fn begin_cycle(&self, group: &str) -> Result<i64, EngineError> {
-        Ok(self.catalog().begin_cycle(group)?)
-    }
-
-    /// Records the end of a cycle.
-    pub fn end_cycle(
-        &self,
-        id: i64,
-        bytes: u64,
-        pit: Option<u64>,
-        error: Option<&str>,
-    ) -> Result<(), EngineError> {
-        Ok(self.catalog().end_cycle(id, bytes, pit, error)?)
-    }
-
-    /// A group's cycles, oldest first.
-    pub fn cycle_rows(&self, group: &str) -> Result<Vec<CycleRow>, EngineError> {
-        Ok(self.catalog().cycles(group)?)
-    }
-
-    /// Records the seed directory (on the replica) of a group's initial
-    /// replication, or clears it.
-    pub fn set_group_seed(&self, group: &str, seed: Option<&str>) -> Result<(), EngineError> {
-        Ok(self
-            .catalog()
-            .set_setting(&format!("seed:{group}"), seed.unwrap_or(""))?)
-    }
-
-    /// The seed directory of a group's initial replication, if any.
-    pub fn group_seed(&self, group: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .catalog()
-            .setting(&format!("seed:{group}"))?
-            .filter(|s| !s.is_empty()))
-    }
-
-    /// Why the group's replica may differ from its primary beyond what
-    /// the change trackers hold, if it may.
-    pub fn group_needs_resync(&self, name: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.catalog().group_needs_resync(name)?)
     }
 
     /// Marks (`Some(why)`) or clears the need of a `group resync`; an
@@ -262,31 +173,6 @@ impl Site {
             ),
         }
         Ok(())
-    }
-
-    /// Counts `bytes` the group moved for `kind` (logged, not failed: a
-    /// counter must never fail the transfer it counts).
-    pub fn add_group_traffic(&self, group: &str, kind: offsite_catalog::TrafficKind, bytes: u64) {
-        if let Err(e) = self.catalog().add_group_traffic(group, kind, bytes) {
-            tracing::warn!(group, "counting {bytes} {} bytes: {e}", kind.as_str());
-        }
-    }
-
-    /// The group's bytes moved, per kind.
-    pub fn group_traffic(
-        &self,
-        group: &str,
-    ) -> Result<Vec<(offsite_catalog::TrafficKind, u64)>, EngineError> {
-        Ok(self.catalog().group_traffic(group)?)
-    }
-
-    /// The group a volume belongs to, if any.
-    pub fn group_of_volume(&self, volume: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .group_rows()?
-            .into_iter()
-            .find(|g| g.role == Role::Primary && g.volumes.iter().any(|v| v.volume == volume))
-            .map(|g| g.name))
     }
 
     /// Records a failover in progress (its PIT is pinned against retention).
@@ -341,11 +227,6 @@ impl Site {
         self.event(kind, Some(subject), message);
     }
 
-    /// Failovers in progress on this site.
-    pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
-        Ok(self.catalog().failovers()?)
-    }
-
     /// Turns a group around (reverse): role, store directory and state.
     pub fn set_group_role(
         &self,
@@ -383,7 +264,7 @@ impl Site {
     /// Defines the VMs of a group on this site (after a failover made the
     /// group's volumes live here); VMs already defined are left alone.
     pub fn define_group_vms(&self, group: &str) -> Result<Vec<String>, EngineError> {
-        let row = self.group_row(group)?;
+        let row = self.groups().get(group)?;
         let mut defined = Vec::new();
         for vm in &row.vms {
             if self.catalog().vm(&vm.name).is_ok() {

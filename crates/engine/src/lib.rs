@@ -9,6 +9,7 @@
 pub mod authz;
 pub mod config;
 mod error;
+mod group_catalog;
 mod groups;
 pub mod hooks;
 pub mod init;
@@ -23,6 +24,7 @@ mod vms;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};
+pub use group_catalog::GroupCatalog;
 pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
 /// NBD TLS modes, as `volume set --nbd-tls` and `[nbd_tls]` name them.

@@ -176,7 +176,8 @@ impl Site {
     /// partner.
     pub fn remove_partner(&self, name: &str) -> Result<(), EngineError> {
         let groups: Vec<String> = self
-            .group_rows()?
+            .groups()
+            .all()?
             .into_iter()
             .filter(|g| g.partner == name)
             .map(|g| g.name)

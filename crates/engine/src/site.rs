@@ -409,7 +409,7 @@ impl Site {
     /// `volume delete`: refused while NBD clients are connected.
     pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
         let row = self.catalog().volume(name)?;
-        if let Some(group) = self.group_of_volume(name)? {
+        if let Some(group) = self.groups().of_volume(name)? {
             return Err(EngineError::Busy {
                 name: name.to_string(),
                 why: format!("it is replicated by group {group}"),
@@ -594,7 +594,7 @@ impl Site {
     /// (health critical until a resync or a clean verify).
     pub fn clear_dirty(&self, name: &str, force: bool) -> Result<VolumeInfo, EngineError> {
         let volume = self.volume(name)?;
-        let group = self.group_of_volume(name)?;
+        let group = self.groups().of_volume(name)?;
         if let Some(group) = &group
             && !force
         {

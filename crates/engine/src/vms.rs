@@ -514,7 +514,8 @@ impl Site {
     /// The groups that hold VM `name` (either role) and the plans it is in.
     pub fn vm_users(&self, name: &str) -> Result<(Vec<GroupRow>, Vec<String>), EngineError> {
         let groups: Vec<GroupRow> = self
-            .group_rows()?
+            .groups()
+            .all()?
             .into_iter()
             .filter(|g| g.vms.iter().any(|v| v.name == name))
             .collect();

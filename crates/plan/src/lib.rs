@@ -288,7 +288,7 @@ pub(crate) fn validate(site: &Site, p: &PlanRow) -> Result<(), PlanError> {
     if p.parallel == 0 {
         return Err(invalid("--parallel must be at least 1"));
     }
-    let rows = site.group_rows()?;
+    let rows = site.groups().all()?;
     for (i, g) in p.groups.iter().enumerate() {
         if p.groups[..i].contains(g) {
             return Err(invalid(format!("group {g} is in plan {} already", p.name)));
@@ -471,7 +471,7 @@ impl Plans {
         }
         let site = self.site.clone();
         let g = req.group.clone();
-        let group = blocking(move || Ok(site.group_row(&g)?)).await?;
+        let group = blocking(move || Ok(site.groups().get(&g)?)).await?;
         row.groups.push(req.group.clone());
         for vm in &group.vms {
             if let Some(other) = row.vms.iter().find(|v| v.vm == vm.name) {

@@ -589,7 +589,7 @@ impl Plans {
         let rows: Vec<GroupRow> = blocking(move || {
             groups
                 .iter()
-                .map(|g| site.group_row(g).map_err(PlanError::from))
+                .map(|g| site.groups().get(g).map_err(PlanError::from))
                 .collect()
         })
         .await?;
@@ -988,7 +988,7 @@ impl Plans {
         let name = step.vm.clone().unwrap_or_default();
         let site = self.site.clone();
         let g = group.clone();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g)).await??;
         let vm = row
             .vms
             .iter()

@@ -276,7 +276,7 @@ impl Plans {
     ) -> Result<SiteOpDone, RemoteError> {
         let site = self.site.clone();
         let g = req.group.clone();
-        let row = crate::blocking(move || Ok(site.group_row(&g)?))
+        let row = crate::blocking(move || Ok(site.groups().get(&g)?))
             .await
             .map_err(remote)?;
         if row.partner != peer {

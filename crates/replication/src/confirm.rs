@@ -17,7 +17,7 @@ impl Replication {
     /// of with it that are newer than the last ones sent.
     pub(crate) async fn send_confirmed(&self, partner: &str) -> Result<(), ReplError> {
         let site = self.site.clone();
-        let rows = crate::run_blocking(move || Ok(site.group_rows()?)).await?;
+        let rows = crate::run_blocking(move || Ok(site.groups().all()?)).await?;
         let news: Vec<(String, String)> = {
             let sent = self
                 .monitor
@@ -77,7 +77,7 @@ impl Replication {
         c: Confirmed,
     ) -> Result<Done, RemoteError> {
         let site = self.site.clone();
-        let rows = tokio::task::spawn_blocking(move || site.group_rows()).await??;
+        let rows = tokio::task::spawn_blocking(move || site.groups().all()).await??;
         let ours: std::collections::HashSet<&str> = rows
             .iter()
             .filter(|g| g.role == Role::Replica && g.partner == peer)

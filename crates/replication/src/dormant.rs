@@ -209,7 +209,7 @@ pub(crate) fn resume_dormant(
         Some(&store_dir),
         GroupState::Replicating,
     )?;
-    site.replace_pits(&r.name, &rows)?;
+    site.groups().replace_pits(&r.name, &rows)?;
     tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
     Ok(ReverseReady {
         unreplicated,

@@ -29,7 +29,7 @@ impl Replication {
         progress.done.store(done, Ordering::Relaxed);
         let site = self.site.clone();
         let g = row.name.clone();
-        let seed = blocking(move || site.group_seed(&g)).await?;
+        let seed = blocking(move || site.groups().seed(&g)).await?;
         // A seeded start reads and hashes every block; a full copy reads
         // only the data, which the allocation of what remains estimates.
         let (data_total, data_before) = if seed.is_some() {
@@ -169,7 +169,7 @@ impl Replication {
                 ch.call(&wire::BaseSync::new(&row.name)).await?;
                 let site = self.site.clone();
                 let (g, vname, at) = (row.name.clone(), desc.volume.clone(), first * bs);
-                blocking(move || site.set_initial_progress(&g, &vname, at)).await?;
+                blocking(move || site.groups().set_initial_progress(&g, &vname, at)).await?;
             }
         }
         Ok(())
@@ -289,7 +289,10 @@ impl Replication {
                             ch.call(&wire::BaseSync::new(&row.name)).await?;
                             let site = self.site.clone();
                             let (g, vname) = (row.name.clone(), desc.volume.clone());
-                            blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
+                            blocking(move || {
+                                site.groups().set_initial_progress(&g, &vname, offset)
+                            })
+                            .await?;
                         }
                         continue;
                     }
@@ -321,7 +324,8 @@ impl Replication {
                     ch.call(&wire::BaseSync::new(&row.name)).await?;
                     let site = self.site.clone();
                     let (g, vname) = (row.name.clone(), desc.volume.clone());
-                    blocking(move || site.set_initial_progress(&g, &vname, offset)).await?;
+                    blocking(move || site.groups().set_initial_progress(&g, &vname, offset))
+                        .await?;
                 }
             }
         }

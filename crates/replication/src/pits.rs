@@ -103,7 +103,7 @@ impl Replication {
     async fn replica_store(&self, group: &str) -> Result<Arc<ReplicaStore>, ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
         if row.role != Role::Replica {
@@ -190,7 +190,7 @@ impl Replication {
     pub async fn pit_release(&self, group: &str, pit: &str) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
         if row.role == Role::Primary {
@@ -221,7 +221,7 @@ impl Replication {
             let site = self.site.clone();
             let (g, p) = (group.to_string(), pit.to_string());
             return tokio::task::spawn_blocking(move || {
-                let mut rows = site.pit_rows(&g)?;
+                let mut rows = site.groups().pits(&g)?;
                 let by_id = p.parse::<u64>().ok();
                 if let Some(row) = rows.iter_mut().rev().find(|r| {
                     Some(r.id) == by_id
@@ -229,7 +229,7 @@ impl Replication {
                 }) {
                     row.name = None;
                 }
-                site.replace_pits(&g, &rows)
+                site.groups().replace_pits(&g, &rows)
             })
             .await
             .map_err(|e| invalid(e.to_string()))?
@@ -255,7 +255,7 @@ impl Replication {
                 .set_pit_name(id, None)
                 .map_err(|e| crate::replica_side::storage_error(e.to_string(), &e))?;
             let pits = pit_rows(&store);
-            Ok::<(), RemoteError>(site.replace_pits(&g, &pits)?)
+            Ok::<(), RemoteError>(site.groups().replace_pits(&g, &pits)?)
         })
         .await??;
         Ok(())
@@ -274,7 +274,7 @@ impl Replication {
     ) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g))
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g))
             .await
             .map_err(|e| invalid(e.to_string()))??;
         if delete_replica {
@@ -438,7 +438,7 @@ impl Replication {
         let g = group.to_string();
         let to = std::path::PathBuf::from(to);
         tokio::task::spawn_blocking(move || {
-            let row = site.group_row(&g)?;
+            let row = site.groups().get(&g)?;
             if row.role != Role::Primary {
                 return Err(invalid(format!(
                     "export the seed at the primary site {} of group {g}",

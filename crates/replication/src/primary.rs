@@ -341,7 +341,7 @@ impl Replication {
         let r = req.clone();
         blocking(move || {
             site.partner(&r.partner)?;
-            if let Ok(g) = site.group_row(&r.name) {
+            if let Ok(g) = site.groups().get(&r.name) {
                 return Err(offsite_engine::EngineError::Conflict(format!(
                     "a replication group named {:?} already exists here ({} with {})",
                     g.name, g.role, g.partner
@@ -381,7 +381,7 @@ impl Replication {
                         v.state
                     )));
                 }
-                if let Some(g) = site.group_of_volume(&n)? {
+                if let Some(g) = site.groups().of_volume(&n)? {
                     return Err(offsite_engine::EngineError::Invalid(format!(
                         "volume {n} already belongs to group {g}; a volume is in at most one group"
                     )));
@@ -454,7 +454,7 @@ impl Replication {
         // fenced, and the partners of the others are asked at once.
         self.restore_superseded().await?;
         let site = self.site.clone();
-        let groups = blocking(move || site.group_rows()).await?;
+        let groups = blocking(move || site.groups().all()).await?;
         for g in groups.into_iter().filter(|g| g.role == Role::Primary) {
             // Until a cycle commits, this site cannot know whether the
             // replica took over while it was down: writes are isolated.
@@ -489,7 +489,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         blocking(move || {
-            let g = site.group_row(&n)?;
+            let g = site.groups().get(&n)?;
             if g.role != Role::Primary {
                 return Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is a replica here; run `group start` at the primary site {}",
@@ -508,7 +508,7 @@ impl Replication {
             for v in &g.volumes {
                 site.volume(&v.volume)?.tracker().clear()?;
             }
-            site.set_group_seed(&n, seed.as_deref())?;
+            site.groups().set_seed(&n, seed.as_deref())?;
             site.move_group_state(
                 &n,
                 &[GroupState::ReadyForInitialReplication],
@@ -532,7 +532,7 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         blocking(move || {
-            let g = site.group_row(&n)?;
+            let g = site.groups().get(&n)?;
             if g.role != Role::Primary {
                 return Err(offsite_engine::EngineError::Invalid(format!(
                     "group {n} is a replica here; pause or resume it at the primary site {}",
@@ -595,7 +595,7 @@ impl Replication {
         }
         let site = self.site.clone();
         let g = group.to_string();
-        let pits = blocking(move || site.pit_rows(&g)).await?;
+        let pits = blocking(move || site.groups().pits(&g)).await?;
         if let Some(p) = pits.iter().find(|p| p.name.as_deref() == Some(label)) {
             return Err(invalid(format!(
                 "group {group} already has a PIT named {label:?} (PIT {}); pick another name, or release that one first with `offsite pit release {group} {label}`",
@@ -615,7 +615,7 @@ impl Replication {
     ) -> Result<SyncResult, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let g = blocking(move || site.group_row(&n)).await?;
+        let g = blocking(move || site.groups().get(&n)).await?;
         if let Some(label) = &pit_name {
             offsite_engine::names::validate("PIT", label)?;
         }
@@ -624,7 +624,7 @@ impl Replication {
             // more will come, so a sync (from either site) returns at once.
             let site = self.site.clone();
             let n = name.to_string();
-            let last = blocking(move || site.pit_rows(&n)).await?.pop();
+            let last = blocking(move || site.groups().pits(&n)).await?.pop();
             return Ok(SyncResult {
                 group: name.to_string(),
                 pit: last.map(|p| {
@@ -688,7 +688,7 @@ impl Replication {
     ) -> Result<wire::SyncDone, RemoteError> {
         let site = self.site.clone();
         let g = req.group.clone();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g)).await??;
         if row.role != Role::Primary || row.partner != peer {
             return Err(RemoteError::Unauthorized(format!(
                 "site {} is not the primary of group {} for {peer}",
@@ -815,7 +815,7 @@ impl Replication {
             _ => {
                 let site = self.site.clone();
                 let n = name.to_string();
-                match tokio::task::spawn_blocking(move || site.group_row(&n)).await {
+                match tokio::task::spawn_blocking(move || site.groups().get(&n)).await {
                     Ok(Ok(r)) => r,
                     _ => return None,
                 }
@@ -899,7 +899,7 @@ impl Replication {
         let g = group.to_string();
         crate::warn_if_failed(
             "counting the group's traffic",
-            tokio::task::spawn_blocking(move || site.add_group_traffic(&g, kind, bytes)).await,
+            tokio::task::spawn_blocking(move || site.groups().add_traffic(&g, kind, bytes)).await,
         );
     }
 
@@ -907,7 +907,7 @@ impl Replication {
     pub(crate) async fn traffic_total(&self, group: &str) -> u64 {
         let site = self.site.clone();
         let g = group.to_string();
-        tokio::task::spawn_blocking(move || site.group_traffic(&g))
+        tokio::task::spawn_blocking(move || site.groups().traffic(&g))
             .await
             .ok()
             .and_then(Result::ok)
@@ -955,7 +955,7 @@ impl Replication {
         let volumes = self.live_volumes(row).await?;
         let site = self.site.clone();
         let g = row.name.clone();
-        let cycle_id = blocking(move || site.begin_cycle(&g)).await?;
+        let cycle_id = blocking(move || site.groups().begin_cycle(&g)).await?;
         let sets = if keep_cut {
             Site::cut_full_then(&volumes, during)?
         } else {
@@ -986,8 +986,8 @@ impl Replication {
                 let id = pit.id;
                 let vols = volumes.clone();
                 blocking(move || {
-                    site.replace_pits(&g, &pits)?;
-                    site.end_cycle(cycle_id, bytes, Some(id), None)?;
+                    site.groups().replace_pits(&g, &pits)?;
+                    site.groups().end_cycle(cycle_id, bytes, Some(id), None)?;
                     // The replica has everything up to this cut again.
                     for v in &vols {
                         v.end_isolation(site.layout())?;
@@ -1020,7 +1020,7 @@ impl Replication {
                         for v in &vols {
                             v.begin_isolation(site.layout())?;
                         }
-                        site.end_cycle(cycle_id, bytes, None, Some(&m))?;
+                        site.groups().end_cycle(cycle_id, bytes, None, Some(&m))?;
                         site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
                     })
                     .await,

@@ -261,7 +261,7 @@ impl Replication {
     ) -> Result<(GroupRow, Arc<ReplicaStore>), RemoteError> {
         let site = self.site.clone();
         let g = group.to_string();
-        let row = tokio::task::spawn_blocking(move || site.group_row(&g)).await??;
+        let row = tokio::task::spawn_blocking(move || site.groups().get(&g)).await??;
         if row.role != Role::Replica {
             return Err(RemoteError::Conflict(format!(
                 "group {group} is a {} group on site {}, not a replica",
@@ -286,7 +286,7 @@ impl Replication {
     ) -> Result<(GroupRow, Arc<ReplicaStore>), crate::ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
-        crate::run_blocking(move || Ok(site.group_row(&g)?)).await?;
+        crate::run_blocking(move || Ok(site.groups().get(&g)?)).await?;
         self.store(group).await.map_err(crate::ReplError::Refused)
     }
 
@@ -724,7 +724,7 @@ impl Replication {
             .parse()
             .map_err(|e| RemoteError::BadRequest(format!("site {site_name}: {e}")))?;
         tokio::task::spawn_blocking(move || {
-            if let Ok(existing) = site.group_row(&req.group) {
+            if let Ok(existing) = site.groups().get(&req.group) {
                 return Err(RemoteError::Conflict(format!(
                     "site {site_name} already has a replication group named {:?} ({} of {}); pick another group name",
                     req.group, existing.role, existing.partner
@@ -838,11 +838,12 @@ pub(crate) fn after_commit(
     group: &str,
     info: &offsite_replica_store::PitInfo,
 ) -> Result<PitCommitted, RemoteError> {
-    let row = site.group_row(group)?;
+    let row = site.groups().get(group)?;
     // Retention: keep the newest `keep` unnamed PITs; named ones stay
     // until released; the newest PIT (the common base) always stays;
     // so do PITs a test or a promotion is made from.
     let pinned: Vec<u64> = site
+        .groups()
         .failovers()?
         .into_iter()
         .filter(|f| f.group == group)
@@ -870,7 +871,7 @@ pub(crate) fn after_commit(
     }
     let pits = store.pits();
     let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
-    site.replace_pits(
+    site.groups().replace_pits(
         group,
         &descs.iter().map(PitDesc::to_row).collect::<Vec<_>>(),
     )?;

@@ -46,7 +46,7 @@ impl Replication {
     pub async fn resync_group(self: &Arc<Self>, name: &str) -> Result<ResyncResult, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let row = run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        let row = run_blocking(move || Ok(site.groups().get(&n)?)).await?;
         if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group resync runs at the primary of the group; group {name} is a replica here: run it at site {}",
@@ -136,7 +136,7 @@ impl Replication {
     ) -> Result<(u64, u64), ReplError> {
         let site = self.site.clone();
         let g = row.name.clone();
-        let cycle_id = run_blocking(move || Ok(site.begin_cycle(&g)?)).await?;
+        let cycle_id = run_blocking(move || Ok(site.groups().begin_cycle(&g)?)).await?;
         let mut bytes = 0u64;
         let shipped = self
             .ship(row, volumes, sets, None, created_at, &mut bytes)
@@ -159,8 +159,8 @@ impl Replication {
                     })
                     .collect();
                 run_blocking(move || {
-                    site.replace_pits(&g, &pits)?;
-                    Ok(site.end_cycle(cycle_id, bytes, Some(id), None)?)
+                    site.groups().replace_pits(&g, &pits)?;
+                    Ok(site.groups().end_cycle(cycle_id, bytes, Some(id), None)?)
                 })
                 .await?;
                 Ok((id, bytes))
@@ -169,8 +169,10 @@ impl Replication {
                 let m = format!("resync: {e}");
                 crate::warn_if_failed(
                     "recording the failed resync",
-                    run_blocking(move || Ok(site.end_cycle(cycle_id, bytes, None, Some(&m))?))
-                        .await,
+                    run_blocking(move || {
+                        Ok(site.groups().end_cycle(cycle_id, bytes, None, Some(&m))?)
+                    })
+                    .await,
                 );
                 Err(e)
             }

@@ -26,7 +26,7 @@ impl Replication {
     ) -> Result<GroupStatus, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        let row = crate::run_blocking(move || Ok(site.groups().get(&n)?)).await?;
         if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group {name} is a replica here; run `offsite group set` at its primary site {}",

@@ -18,10 +18,10 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let (row, pits, partner, needs_resync) = blocking(move || {
-            let row = site.group_row(&n)?;
-            let pits = site.pit_rows(&n)?;
+            let row = site.groups().get(&n)?;
+            let pits = site.groups().pits(&n)?;
             let partner = site.partner(&row.partner).ok();
-            let needs_resync = site.group_needs_resync(&n)?;
+            let needs_resync = site.groups().needs_resync(&n)?;
             Ok((row, pits, partner, needs_resync))
         })
         .await?;
@@ -259,7 +259,7 @@ impl Replication {
     async fn test_failover_pit(&self, row: &GroupRow) -> Result<Option<u64>, ReplError> {
         let site = self.site.clone();
         let g = row.name.clone();
-        Ok(blocking(move || site.failovers())
+        Ok(blocking(move || site.groups().failovers())
             .await?
             .into_iter()
             .find(|f| f.group == g && f.kind == "test")
@@ -269,7 +269,7 @@ impl Replication {
     /// Every group's figures for `/metrics` (blocking: reads the catalog),
     /// in catalog order; the api crate renders them.
     pub fn group_metrics(&self) -> Vec<GroupMetrics> {
-        let Ok(groups) = self.site.group_rows() else {
+        let Ok(groups) = self.site.groups().all() else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(groups.len());
@@ -294,7 +294,7 @@ impl Replication {
                     failed_writes: st.failed_writes.load(Ordering::Relaxed),
                 });
             }
-            let rows = self.site.pit_rows(&g.name).unwrap_or_default();
+            let rows = self.site.groups().pits(&g.name).unwrap_or_default();
             let in_sync = g.mode == Mode::Sync
                 && self.runners.get(&g.name).is_some_and(|r| {
                     r.mirror
@@ -317,11 +317,12 @@ impl Replication {
             } else {
                 0
             };
-            let cs = self.site.cycle_rows(&g.name).unwrap_or_default();
+            let cs = self.site.groups().cycles(&g.name).unwrap_or_default();
             let last = cs.iter().rev().find(|c| c.pit.is_some());
             let sent_bytes: u64 = self
                 .site
-                .group_traffic(&g.name)
+                .groups()
+                .traffic(&g.name)
                 .unwrap_or_default()
                 .iter()
                 .map(|(_, b)| b)
@@ -352,7 +353,8 @@ impl Replication {
     pub async fn group_list(&self) -> Result<Vec<GroupStatus>, ReplError> {
         let site = self.site.clone();
         let names: Vec<String> =
-            blocking(move || Ok(site.group_rows()?.into_iter().map(|g| g.name).collect())).await?;
+            blocking(move || Ok(site.groups().all()?.into_iter().map(|g| g.name).collect()))
+                .await?;
         let mut out = Vec::new();
         for n in names {
             out.push(self.group_status(&n).await?);
@@ -367,9 +369,9 @@ impl Replication {
         let n = name.to_string();
         let (cycles, pits, traffic) = blocking(move || {
             Ok((
-                site.cycle_rows(&n)?,
-                site.pit_rows(&n)?,
-                site.group_traffic(&n)?,
+                site.groups().cycles(&n)?,
+                site.groups().pits(&n)?,
+                site.groups().traffic(&n)?,
             ))
         })
         .await?;
@@ -423,8 +425,8 @@ impl Replication {
         let site = self.site.clone();
         let n = name.to_string();
         let pits = blocking(move || {
-            site.group_row(&n)?;
-            site.pit_rows(&n)
+            site.groups().get(&n)?;
+            site.groups().pits(&n)
         })
         .await?;
         Ok(pits

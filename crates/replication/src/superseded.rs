@@ -88,7 +88,7 @@ impl Replication {
     /// must not hold the daemon up).
     pub(crate) async fn restore_superseded(self: &Arc<Self>) -> Result<(), ReplError> {
         let site = self.site.clone();
-        let rows = run_blocking(move || Ok(site.group_rows()?)).await?;
+        let rows = run_blocking(move || Ok(site.groups().all()?)).await?;
         let mut ask = Vec::new();
         for row in rows {
             if row.role == Role::Primary && row.state == SUPERSEDED {
@@ -139,7 +139,7 @@ impl Replication {
     ) -> Result<GroupStatus, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let row = run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        let row = run_blocking(move || Ok(site.groups().get(&n)?)).await?;
         if row.role != Role::Primary || row.state != SUPERSEDED {
             return Err(invalid(format!(
                 "group {name} is {} {} here; unfence is for a primary whose group was failed over elsewhere ({SUPERSEDED})",

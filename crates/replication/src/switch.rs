@@ -65,7 +65,7 @@ impl Replication {
     async fn group_row_of(&self, group: &str) -> Result<GroupRow, ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
-        blocking(move || Ok(site.group_row(&g)?)).await
+        blocking(move || Ok(site.groups().get(&g)?)).await
     }
 
     /// The group's volumes as this site serves them (own names).
@@ -203,7 +203,7 @@ impl Replication {
     /// refusing writes.
     pub(crate) async fn restore_fences(&self) -> Result<(), ReplError> {
         let site = self.site.clone();
-        let rows = blocking(move || Ok(site.group_rows()?)).await?;
+        let rows = blocking(move || Ok(site.groups().all()?)).await?;
         for row in rows
             .iter()
             .filter(|r| r.role == Role::Primary && r.state == GroupState::PreparedForFailover)
@@ -248,7 +248,7 @@ impl Replication {
         }
         let site = self.site.clone();
         let g = row.name.clone();
-        let newest_pit = blocking(move || Ok(site.pit_rows(&g)?))
+        let newest_pit = blocking(move || Ok(site.groups().pits(&g)?))
             .await?
             .last()
             .map(|p| p.id);
@@ -467,7 +467,7 @@ impl Replication {
     async fn unpromote(&self, row: &GroupRow, restore_state: bool) -> Result<(), ReplError> {
         let site = self.site.clone();
         let g = row.name.clone();
-        let promoted = blocking(move || Ok(site.failovers()?))
+        let promoted = blocking(move || Ok(site.groups().failovers()?))
             .await?
             .into_iter()
             .find(|f| f.group == g && f.kind == "promoted");
@@ -520,6 +520,7 @@ impl Replication {
         let pit = blocking(move || {
             site.commit_failover(&g)?;
             Ok(site
+                .groups()
                 .failovers()?
                 .into_iter()
                 .find(|f| f.group == g && f.kind == "promoted")
@@ -652,7 +653,7 @@ impl Replication {
                 .map_err(|e| invalid(format!("keeping this site's state: {e}")))?;
             tracing::info!(pit = %info.id, "this site's state kept as {name}");
             let rows = crate::pits::pit_rows(&store);
-            site.replace_pits(&r.name, &rows)?;
+            site.groups().replace_pits(&r.name, &rows)?;
             Ok((name, per_volume))
         })
         .await?;
@@ -823,7 +824,7 @@ impl Replication {
         }
         let site = self.site.clone();
         let g = group.to_string();
-        let promoted = blocking(move || Ok(site.failovers()?))
+        let promoted = blocking(move || Ok(site.groups().failovers()?))
             .await?
             .into_iter()
             .find(|f| f.group == g && f.kind == "promoted")
@@ -927,7 +928,7 @@ impl Replication {
         let last_pit = {
             let site = self.site.clone();
             let g = group.to_string();
-            crate::run_blocking(move || Ok(site.pit_rows(&g)?))
+            crate::run_blocking(move || Ok(site.groups().pits(&g)?))
                 .await?
                 .iter()
                 .map(|p| p.id)
@@ -1023,7 +1024,7 @@ impl Replication {
                 GroupState::Replicating,
             )?;
             site.catalog_delete_failover(&r.name, "promoted")?;
-            site.replace_pits(&r.name, &pits)?;
+            site.groups().replace_pits(&r.name, &pits)?;
             // The group replicates under the settings it had.
             let bandwidth = match settings.0 {
                 Some(0) => None,

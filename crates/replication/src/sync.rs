@@ -1025,7 +1025,7 @@ impl Replication {
         let g = row.name.clone();
         let pits: Vec<offsite_catalog::PitRow> =
             committed.pits.iter().map(PitDesc::to_row).collect();
-        crate::run_blocking(move || Ok(site.replace_pits(&g, &pits)?)).await?;
+        crate::run_blocking(move || Ok(site.groups().replace_pits(&g, &pits)?)).await?;
         // The stream's bytes reach the counters at each seal (not per
         // batch: a catalog write per batch would cost more than the batch).
         let streamed = mirror.stats.take_uncounted();
@@ -1047,7 +1047,7 @@ impl Replication {
             .map_err(|_| invalid(format!("mode {mode:?} is neither async nor sync")))?;
         let site = self.site.clone();
         let n = name.to_string();
-        let row = crate::run_blocking(move || Ok(site.group_row(&n)?)).await?;
+        let row = crate::run_blocking(move || Ok(site.groups().get(&n)?)).await?;
         if row.role != Role::Primary {
             return Err(invalid(format!(
                 "group {name} is a replica here; run `group set` at its primary site {}",
@@ -1105,7 +1105,7 @@ impl Replication {
         let site = self.site.clone();
         let peer = peer.to_string();
         tokio::task::spawn_blocking(move || {
-            let row = site.group_row(&req.group)?;
+            let row = site.groups().get(&req.group)?;
             if row.partner != peer {
                 return Err(RemoteError::Unauthorized(format!(
                     "group {} replicates with {}, not {peer}",
@@ -1132,7 +1132,7 @@ impl Replication {
                 )?;
             }
             if let Some(vm) = &req.vm {
-                site.set_group_vm_hooks(&req.group, &vm.to_row())?;
+                site.groups().set_vm_hooks(&req.group, &vm.to_row())?;
             }
             Ok(())
         })

@@ -400,7 +400,7 @@ impl Replication {
         let started = Instant::now();
         let (row, _) = self.local_store(group).await?;
         let site = self.site.clone();
-        let test = blocking(move || Ok(site.failovers()?))
+        let test = blocking(move || Ok(site.groups().failovers()?))
             .await?
             .into_iter()
             .find(|f| f.group == group && f.kind == "test")
@@ -461,7 +461,7 @@ impl Replication {
     pub async fn restore_failovers(&self) -> Result<(), ReplError> {
         self.restore_fences().await?;
         let site = self.site.clone();
-        let tests = blocking(move || Ok(site.failovers()?)).await?;
+        let tests = blocking(move || Ok(site.groups().failovers()?)).await?;
         for t in tests.into_iter().filter(|t| t.kind == "test") {
             let (row, store) = self.store(&t.group).await.map_err(ReplError::Refused)?;
             let id = PitId::new(t.pit_id)

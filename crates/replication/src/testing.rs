@@ -506,7 +506,7 @@ impl Pair {
 
     /// The catalog row of `group` at `site`.
     pub(crate) fn row(&self, site: &Replication, group: &str) -> GroupRow {
-        site.site.group_row(group).expect("the test group's row")
+        site.site.groups().get(group).expect("the test group's row")
     }
 
     /// `group start` without a runner: what `start_group` records, then
@@ -525,11 +525,11 @@ impl Pair {
         let n = group.to_string();
         if self.row(&self.a, group).state == GroupState::ReadyForInitialReplication {
             blocking(move || {
-                let g = site.group_row(&n)?;
+                let g = site.groups().get(&n)?;
                 for v in &g.volumes {
                     site.volume(&v.volume)?.tracker().clear()?;
                 }
-                site.set_group_seed(&n, seed.as_deref())?;
+                site.groups().set_seed(&n, seed.as_deref())?;
                 site.move_group_state(
                     &n,
                     &[GroupState::ReadyForInitialReplication],

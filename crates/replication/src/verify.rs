@@ -19,7 +19,7 @@ impl Replication {
     pub async fn verify_group(self: &Arc<Self>, name: &str) -> Result<VerifyResult, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
-        let row = blocking(move || site.group_row(&n)).await?;
+        let row = blocking(move || site.groups().get(&n)).await?;
         if row.role != Role::Primary || row.state != GroupState::Replicating {
             return Err(invalid(format!(
                 "verify runs at the primary of a replicating group; group {name} is {} here ({})",

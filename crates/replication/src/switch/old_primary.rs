@@ -42,7 +42,8 @@ impl Replication {
         let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, RemoteError> {
             // Number this site's PITs after every id either site gave.
             let after = site
-                .pit_rows(&r.name)?
+                .groups()
+                .pits(&r.name)?
                 .iter()
                 .map(|p| p.id)
                 .max()
@@ -142,7 +143,7 @@ fn become_replica(
         GroupState::Replicating,
     )?;
     if kept_as_pit.is_none() {
-        site.replace_pits(&r.name, &[])?;
+        site.groups().replace_pits(&r.name, &[])?;
     }
     Ok(ReverseReady {
         unreplicated,
@@ -269,7 +270,7 @@ fn keep_divergent_as_pit(site: &Site, r: &GroupRow, dir: &Path) -> Result<String
     let info = w
         .commit(Some(name.clone()), now_rfc3339())
         .map_err(|e| storage_error(format!("keeping the divergent state as a PIT: {e}"), &e))?;
-    site.replace_pits(
+    site.groups().replace_pits(
         &r.name,
         &[offsite_catalog::PitRow {
             id: info.id.get(),

@@ -92,7 +92,7 @@ impl Replication {
         let site = self.site.clone();
         let g = group.to_string();
         matches!(
-            tokio::task::spawn_blocking(move || site.group_row(&g)).await,
+            tokio::task::spawn_blocking(move || site.groups().get(&g)).await,
             Ok(Ok(r)) if r.role == Role::Primary
                 && r.mode == Mode::Sync
                 && matches!(r.state, GroupState::Replicating | GroupState::Resynchronizing)
@@ -360,7 +360,7 @@ impl Replication {
     async fn new_seal_period(&self, group: &str, period: Duration) -> Option<Duration> {
         let site = self.site.clone();
         let g = group.to_string();
-        match tokio::task::spawn_blocking(move || site.group_row(&g)).await {
+        match tokio::task::spawn_blocking(move || site.groups().get(&g)).await {
             Ok(Ok(r)) => Some(Duration::from_secs(r.rpo_secs.max(30))).filter(|&p| p != period),
             _ => None,
         }

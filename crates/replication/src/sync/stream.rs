@@ -325,7 +325,7 @@ impl Replication {
         let row = {
             let site = self.site.clone();
             let g = group.to_string();
-            tokio::task::spawn_blocking(move || site.group_row(&g)).await??
+            tokio::task::spawn_blocking(move || site.groups().get(&g)).await??
         };
         if row.role != Role::Replica {
             return Ok(None);

@@ -140,7 +140,7 @@ async fn an_unreachable_partner_fails_the_cycle_and_records_it() {
     p.to_b.inject(Fault::Unreachable);
     let e = p.cycle("g").await.unwrap_err();
     assert!(e.is_unreachable(), "{e}");
-    let cycles = p.a.site.cycle_rows("g").unwrap();
+    let cycles = p.a.site.groups().cycles("g").unwrap();
     let last = cycles.last().unwrap();
     assert!(last.error.is_some(), "{last:?}");
     let pit = p.cycle("g").await.unwrap();
@@ -202,7 +202,8 @@ async fn a_lost_commit_answer_is_made_good_by_the_next_cycle() {
     // Both catalogs agree on the PITs again.
     let rows: Vec<u64> =
         p.a.site
-            .pit_rows("g")
+            .groups()
+            .pits("g")
             .unwrap()
             .iter()
             .map(|r| r.id)
@@ -278,7 +279,8 @@ async fn retention_keeps_the_newest_pits_after_each_commit() {
     assert_eq!(kept, ids[2..], "keep 3: the three newest");
     let rows: Vec<u64> =
         p.a.site
-            .pit_rows("g")
+            .groups()
+            .pits("g")
             .unwrap()
             .iter()
             .map(|r| r.id)
@@ -303,7 +305,7 @@ async fn a_named_pit_outlives_retention() {
         p.cycle("g").await.unwrap();
     }
     assert!(p.replica_pits("g").await.contains(&named.id));
-    let rows = p.a.site.pit_rows("g").unwrap();
+    let rows = p.a.site.groups().pits("g").unwrap();
     let row = rows.iter().find(|r| r.id == named.id).unwrap();
     assert_eq!(row.name.as_deref(), Some("before-upgrade"));
 }

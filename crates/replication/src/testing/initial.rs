@@ -153,7 +153,7 @@ async fn a_group_the_replica_refuses_is_not_recorded() {
         .await
         .unwrap_err();
     assert_eq!(e.refusal().map(RemoteError::code), Some("unauthorized"));
-    assert!(p.a.site.group_row("g").is_err());
+    assert!(p.a.site.groups().get("g").is_err());
 }
 
 #[tokio::test]

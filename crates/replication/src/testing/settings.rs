@@ -54,10 +54,10 @@ async fn teardown_at_the_primary_removes_the_group_on_both_sites() {
     p.replicating("g", &["v"], 10).await;
     p.a.teardown("g", false, false).await.unwrap();
     assert!(p.to_b.delivered().contains(&kinds::GROUP_DELETE));
-    assert!(p.a.site.group_row("g").is_err());
-    assert!(p.b.site.group_row("g").is_err());
+    assert!(p.a.site.groups().get("g").is_err());
+    assert!(p.b.site.groups().get("g").is_err());
     // The volume stays, free for another group.
-    assert!(p.a.site.group_of_volume("v").unwrap().is_none());
+    assert!(p.a.site.groups().of_volume("v").unwrap().is_none());
 }
 
 #[tokio::test]
@@ -67,8 +67,8 @@ async fn teardown_with_the_partner_down_needs_force_and_then_forgets_here_only()
     p.replicating("g", &["v"], 10).await;
     p.to_b.set_down(true);
     assert!(p.a.teardown("g", false, false).await.is_err());
-    assert!(p.a.site.group_row("g").is_ok(), "nothing forgotten");
+    assert!(p.a.site.groups().get("g").is_ok(), "nothing forgotten");
     p.a.teardown("g", true, false).await.unwrap();
-    assert!(p.a.site.group_row("g").is_err());
-    assert!(p.b.site.group_row("g").is_ok(), "b never heard of it");
+    assert!(p.a.site.groups().get("g").is_err());
+    assert!(p.b.site.groups().get("g").is_ok(), "b never heard of it");
 }

@@ -1,0 +1,149 @@
+//! Replication groups in the site's catalog as the replication service
+//! reads and records them: group rows, the VM hooks of a group's copies,
+//! initial-replication progress and seeds, PITs, cycles, traffic counters
+//! and failovers in progress. The replication logic lives in
+//! `offsite-replication`; this is only the catalog access, behind its own
+//! handle ([`Site::groups`]) rather than on `Site` itself. What changes a
+//! group with an event (state, role, mode, settings, creation, deletion,
+//! failovers started and ended) stays on [`Site`] (`groups.rs`).
+
+use offsite_catalog::{CycleRow, FailoverRow, GroupRow, PitRow, Role, TrafficKind, VmRow};
+
+use crate::{EngineError, Site};
+
+impl Site {
+    /// The site's replication groups with their PITs, cycles and failovers.
+    pub fn groups(&self) -> GroupCatalog<'_> {
+        GroupCatalog { site: self }
+    }
+}
+
+/// The replication groups in a site's catalog (see [`Site::groups`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCatalog<'a> {
+    site: &'a Site,
+}
+
+impl GroupCatalog<'_> {
+    /// Every group on this site.
+    pub fn all(&self) -> Result<Vec<GroupRow>, EngineError> {
+        Ok(self.site.catalog().groups()?)
+    }
+
+    /// The group called `name`.
+    pub fn get(&self, name: &str) -> Result<GroupRow, EngineError> {
+        Ok(self.site.catalog().group(name)?)
+    }
+
+    /// The group a volume belongs to, if any.
+    pub fn of_volume(&self, volume: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .find(|g| g.role == Role::Primary && g.volumes.iter().any(|v| v.volume == volume))
+            .map(|g| g.name))
+    }
+
+    /// Rewrites the hooks of the group's copy of a VM.
+    pub fn set_vm_hooks(&self, group: &str, vm: &VmRow) -> Result<(), EngineError> {
+        Ok(self.site.catalog().set_group_vm_hooks(group, vm)?)
+    }
+
+    /// Records initial-replication progress of one volume.
+    pub fn set_initial_progress(
+        &self,
+        group: &str,
+        volume: &str,
+        done: u64,
+    ) -> Result<(), EngineError> {
+        Ok(self
+            .site
+            .catalog()
+            .set_initial_progress(group, volume, done)?)
+    }
+
+    /// Records the seed directory (on the replica) of a group's initial
+    /// replication, or clears it.
+    pub fn set_seed(&self, group: &str, seed: Option<&str>) -> Result<(), EngineError> {
+        Ok(self
+            .site
+            .catalog()
+            .set_setting(&format!("seed:{group}"), seed.unwrap_or(""))?)
+    }
+
+    /// The seed directory of a group's initial replication, if any.
+    pub fn seed(&self, group: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .site
+            .catalog()
+            .setting(&format!("seed:{group}"))?
+            .filter(|s| !s.is_empty()))
+    }
+
+    /// Why the group's replica may differ from its primary beyond what
+    /// the change trackers hold, if it may (set and cleared, with an event,
+    /// by [`Site::set_group_needs_resync`]).
+    pub fn needs_resync(&self, name: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.site.catalog().group_needs_resync(name)?)
+    }
+
+    /// A group's PITs, oldest first.
+    pub fn pits(&self, group: &str) -> Result<Vec<PitRow>, EngineError> {
+        Ok(self.site.catalog().pits(group)?)
+    }
+
+    /// Replaces the recorded PIT list of a group (after a commit and retention).
+    pub fn replace_pits(&self, group: &str, pits: &[PitRow]) -> Result<(), EngineError> {
+        let c = self.site.catalog();
+        for old in c.pits(group)? {
+            if !pits.iter().any(|p| p.id == old.id) {
+                c.delete_pit(group, old.id)?;
+            }
+        }
+        for p in pits {
+            c.insert_pit(group, p)?;
+        }
+        Ok(())
+    }
+
+    /// Records the start of a cycle.
+    pub fn begin_cycle(&self, group: &str) -> Result<i64, EngineError> {
+        Ok(self.site.catalog().begin_cycle(group)?)
+    }
+
+    /// Records the end of a cycle.
+    pub fn end_cycle(
+        &self,
+        id: i64,
+        bytes: u64,
+        pit: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<(), EngineError> {
+        Ok(self.site.catalog().end_cycle(id, bytes, pit, error)?)
+    }
+
+    /// A group's cycles, oldest first.
+    pub fn cycles(&self, group: &str) -> Result<Vec<CycleRow>, EngineError> {
+        Ok(self.site.catalog().cycles(group)?)
+    }
+
+    /// Counts `bytes` the group moved for `kind` (logged, not failed: a
+    /// counter must never fail the transfer it counts).
+    pub fn add_traffic(&self, group: &str, kind: TrafficKind, bytes: u64) {
+        if let Err(e) = self.site.catalog().add_group_traffic(group, kind, bytes) {
+            tracing::warn!(group, "counting {bytes} {} bytes: {e}", kind.as_str());
+        }
+    }
+
+    /// The group's bytes moved, per kind.
+    pub fn traffic(&self, group: &str) -> Result<Vec<(TrafficKind, u64)>, EngineError> {
+        Ok(self.site.catalog().group_traffic(group)?)
+    }
+
+    /// Failovers in progress on this site (recorded and ended, with events,
+    /// by [`Site::catalog_insert_failover`] and
+    /// [`Site::catalog_delete_failover`]).
+    pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
+        Ok(self.site.catalog().failovers()?)
+    }
+}
