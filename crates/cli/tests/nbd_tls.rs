@@ -207,6 +207,26 @@ fn tls_without_credentials_is_a_config_error_that_names_the_keys() {
 }
 
 #[test]
+fn a_volume_cannot_ask_for_tls_on_a_listener_without_it() {
+    let site = TestSite::started(bin(), "a");
+    site.create_volume("v", "1M");
+    for mode in ["required", "optional"] {
+        let err = site.fails(&["volume", "set", "v", "--nbd-tls", mode]);
+        assert!(
+            err.contains("[nbd_tls]") && err.contains("restart"),
+            "{err}"
+        );
+    }
+    // Nothing changed; refusing TLS or taking the listener's mode is fine.
+    assert_eq!(site.json(&["volume", "show", "v"])["nbd_tls"], "off");
+    let v = site.json(&["volume", "set", "v", "--nbd-tls", "off"]);
+    assert!(v["url"].as_str().unwrap().starts_with("nbd://"), "{v}");
+    site.json(&["volume", "set", "v", "--nbd-tls", "default"]);
+    let err = site.fails(&["volume", "set", "nope", "--nbd-tls", "required"]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
 fn a_volume_can_require_tls_or_refuse_it_on_an_optional_listener() {
     if !have_tools(&["openssl", "nbdinfo"]) {
         return;

@@ -571,6 +571,19 @@ impl Site {
         name: &str,
         mode: Option<offsite_nbd::TlsMode>,
     ) -> Result<VolumeInfo, EngineError> {
+        // A listener without TLS cannot serve a volume that asks for it:
+        // no client could reach the volume, which the operator would only
+        // learn from their clients' errors.
+        let listener = self.config().nbd_tls.mode;
+        if listener == offsite_nbd::TlsMode::Off
+            && let Some(m @ (offsite_nbd::TlsMode::Optional | offsite_nbd::TlsMode::Required)) =
+                mode
+        {
+            self.volume(name)?;
+            return Err(EngineError::Invalid(format!(
+                "volume {name} cannot take NBD TLS mode {m}: the NBD listener serves no TLS ([nbd_tls] mode = \"off\" in config.toml), so no client could reach it; set [nbd_tls] mode and its credentials (x509_dir or psk_file), restart the daemon, then run this again"
+            )));
+        }
         self.catalog()
             .set_volume_nbd_tls(name, mode.map(offsite_nbd::TlsMode::as_str))?;
         let shown = mode.map_or_else(
