@@ -46,21 +46,7 @@ cat "$OUT/header.txt" >&2
 
 make_pair i
 authorize_a "$WORK/store"
-t0=$(now)
-for n in $(seq "$NGROUPS"); do
-    "$OFFSITE" volume create "v$n" --size 1M --dir "$A" >/dev/null
-    "$OFFSITE" group create "g$n" --partner site-b --volume "v$n" --mode async \
-        --rpo 30s --keep 3 --dir "$A" >/dev/null
-    "$OFFSITE" group start "g$n" --no-wait --dir "$A" >/dev/null
-done
-log "$NGROUPS groups created and started in $(elapsed "$t0" "$(now)") s"
-for i in $(seq 1200); do
-    waiting=$("$OFFSITE" group list --dir "$A" --json |
-        python3 -c 'import json,sys; print(sum(1 for g in json.load(sys.stdin) if g["state"] != "replicating" or not g["last_pit"]))')
-    ((waiting == 0)) && break
-    sleep 1
-done
-((waiting == 0)) || die "$waiting groups are not replicating after 20 min"
+start_async_groups "$NGROUPS"
 log "every group is replicating; settling ${SETTLE}s"
 sleep "$SETTLE"
 

@@ -37,6 +37,10 @@
 #   authorize_a STORE          on site-b: `authz add --allowed-primary site-a
 #                              --storage-location STORE` (STORE created)
 #   stop_pair                  stops PID_B, then PID_A
+#   start_async_groups N       on site-a ($A): N volumes v1..vN of 1 MiB, each in
+#                              its own async group gN (RPO 30 s, keep 3) to
+#                              site-b, started; returns once every group
+#                              replicates with a PIT (dies after 20 min)
 #   jget KEY                   top-level KEY of the JSON on stdin
 #   cpu_ticks PID              utime+stime of PID in clock ticks (CLK_TCK)
 #   now / elapsed T0 T1        epoch seconds (ns resolution) / T1 - T0
@@ -222,4 +226,23 @@ machine_info() {  # header lines shared by the scripts' reports
     echo "date:    $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
     echo "machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "fs:      $(df -T "$WORK" | awk 'NR==2 {print $2 " (" $1 "), " int($5 / 1048576) " GiB free"}')"
+}
+
+start_async_groups() {  # N: groups g1..gN on site-a, replicating
+    local n t0 waiting=1
+    t0=$(now)
+    for n in $(seq "$1"); do
+        "$OFFSITE" volume create "v$n" --size 1M --dir "$A" >/dev/null
+        "$OFFSITE" group create "g$n" --partner site-b --volume "v$n" --mode async \
+            --rpo 30s --keep 3 --dir "$A" >/dev/null
+        "$OFFSITE" group start "g$n" --no-wait --dir "$A" >/dev/null
+    done
+    log "$1 groups created and started in $(elapsed "$t0" "$(now)") s"
+    for _ in $(seq 1200); do
+        waiting=$("$OFFSITE" group list --dir "$A" --json |
+            python3 -c 'import json,sys; print(sum(1 for g in json.load(sys.stdin) if g["state"] != "replicating" or not g["last_pit"]))')
+        ((waiting == 0)) && break
+        sleep 1
+    done
+    ((waiting == 0)) || die "$waiting groups are not replicating after 20 min"
 }

@@ -226,37 +226,11 @@ fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError>
 /// `state`: a request is refused, saying why; `false` once the runner's
 /// channel is closed (the runner stops).
 fn refuse_while(name: &str, state: GroupState, command: Option<Command>) -> bool {
+    let refusal = |asked| RemoteError::Conflict(decide::refused_while(name, state, asked));
     match command {
-        Some(Command::Sync { reply, .. }) => {
-            answer(
-                reply,
-                Err(RemoteError::Conflict(decide::refused_while(
-                    name,
-                    state,
-                    Asked::Sync,
-                ))),
-            );
-        }
-        Some(Command::Verify { reply }) => {
-            answer(
-                reply,
-                Err(RemoteError::Conflict(decide::refused_while(
-                    name,
-                    state,
-                    Asked::Verify,
-                ))),
-            );
-        }
-        Some(Command::Resync { reply }) => {
-            answer(
-                reply,
-                Err(RemoteError::Conflict(decide::refused_while(
-                    name,
-                    state,
-                    Asked::Resync,
-                ))),
-            );
-        }
+        Some(Command::Sync { reply, .. }) => answer(reply, Err(refusal(Asked::Sync))),
+        Some(Command::Verify { reply }) => answer(reply, Err(refusal(Asked::Verify))),
+        Some(Command::Resync { reply }) => answer(reply, Err(refusal(Asked::Resync))),
         Some(Command::Wake) => {}
         None => return false,
     }
