@@ -184,7 +184,7 @@ to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, li
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress });
 to_dto!(replication::PitRef => PitRef { id, name, created_at });
 to_dto!(replication::TransferProgress => TransferProgress { kind, bytes_done, bytes_total, bytes_per_second, eta_seconds });
 to_dto!(replication::ResyncProgress => ResyncProgress { blocks_compared, blocks_total, differing_blocks, bytes_sent, elapsed_seconds });
@@ -303,6 +303,7 @@ mod tests {
             last_error: None,
             store_dir: Some("/s".into()),
             needs_resync: sync.then(|| "verify".into()),
+            last_drill_at: sync.then(|| "2024-01-01T00:00:02Z".into()),
             confirmed_at: sync.then(|| "2024-01-01T00:00:01Z".into()),
             seal_interval_seconds: sync.then_some(30),
             transfer: sync.then(|| replication::TransferProgress {

@@ -3,10 +3,12 @@
 //! transaction), its settings, error, traffic counters and the change
 //! counter the runners watch.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    Catalog, CatalogError, GroupRow, GroupState, GroupVolumeRow, Mode, Role, TrafficKind,
+    Catalog, CatalogError, GroupRow, GroupState, GroupVolumeRow, Mode, PitRow, Role, TrafficKind,
     TransitionError, VmRow, is_unique_violation, now_rfc3339, transition,
 };
 
@@ -109,7 +111,7 @@ impl Catalog {
             .prepare_cached(&format!(
                 "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
                         state, store_dir, created_at, state_changed_at, last_error,
-                        on_link_loss, suspend_timeout_secs
+                        on_link_loss, suspend_timeout_secs, needs_resync, last_drill_at
                  FROM groups {} ORDER BY name",
                 if only.is_some() { "WHERE name = ?1" } else { "" }
             ))
@@ -133,6 +135,8 @@ impl Catalog {
                     last_error: r.get(13)?,
                     on_link_loss: r.get(14)?,
                     suspend_timeout_secs: r.get::<_, i64>(15)? as u64,
+                    needs_resync: r.get(16)?,
+                    last_drill_at: r.get(17)?,
                     volumes: Vec::new(),
                     vms: Vec::new(),
                 })
@@ -338,6 +342,48 @@ impl Catalog {
                 c.execute(
                     "UPDATE groups SET needs_resync = ?2 WHERE name = ?1",
                     params![name, why],
+                )
+            },
+        )
+    }
+
+    /// Every group's newest PIT, by group name: one query, whatever the
+    /// number of groups (`group list`, the console's overview).
+    pub fn newest_pits(&self) -> Result<HashMap<String, PitRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT group_name, id, name, created_at, bytes FROM pits
+                 WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits GROUP BY group_name)",
+            )
+            .map_err(self.err("list PITs"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PitRow {
+                        id: r.get::<_, i64>(1)? as u64,
+                        name: r.get(2)?,
+                        created_at: r.get(3)?,
+                        bytes: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })
+            .map_err(self.err("list PITs"))?;
+        rows.collect::<Result<HashMap<_, _>, _>>()
+            .map_err(self.err("list PITs"))
+    }
+
+    /// Records when the group's last successful test drill ended (the
+    /// replica, at `stop-test`; the primary, from a PIT commit's answer).
+    pub fn set_group_last_drill(&self, name: &str, at: &str) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET last_drill_at = ?2 WHERE name = ?1",
+                    params![name, at],
                 )
             },
         )

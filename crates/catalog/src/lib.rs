@@ -226,6 +226,13 @@ pub struct GroupRow {
     pub on_link_loss: String,
     /// Sync mode, `suspend-writes`: how long a write waits for the partner.
     pub suspend_timeout_secs: u64,
+    /// Why the replica may differ from the primary beyond what the change
+    /// trackers hold (read-only here: set with
+    /// [`Catalog::set_group_needs_resync`]).
+    pub needs_resync: Option<String>,
+    /// When the last successful test drill ended, RFC 3339 (read-only
+    /// here: set with [`Catalog::set_group_last_drill`]).
+    pub last_drill_at: Option<String>,
     /// Volumes, in order.
     pub volumes: Vec<GroupVolumeRow>,
     /// VMs whose volumes the group holds, in start order.
@@ -1365,6 +1372,8 @@ mod tests {
             created_at: String::new(),
             state_changed_at: String::new(),
             last_error: None,
+            needs_resync: None,
+            last_drill_at: None,
             volumes: vec![GroupVolumeRow {
                 volume: "v".into(),
                 size_bytes: 4096,

@@ -263,4 +263,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE vms ADD COLUMN libvirt_xml TEXT;
      ALTER TABLE group_vms ADD COLUMN libvirt_xml TEXT;
      ALTER TABLE plans ADD COLUMN network_map TEXT;",
+    // v14: when the group's last successful test drill ended (a test
+    // failover started and stopped cleanly, by hand or by a plan's test
+    // run). The replica records it; the primary keeps the copy each PIT
+    // commit's answer brings, so both sites' overviews show its age.
+    "ALTER TABLE groups ADD COLUMN last_drill_at TEXT;",
 ];

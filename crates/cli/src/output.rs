@@ -354,6 +354,12 @@ impl Printer {
         if let Some(why) = &g.needs_resync {
             f.push(("needs resync", why.clone()));
         }
+        f.push((
+            "last test drill",
+            g.last_drill_at.clone().unwrap_or_else(|| {
+                "never (run `offsite failover run --test` at the replica's site)".into()
+            }),
+        ));
         if let Some(r) = &g.resync {
             f.push((
                 "resync",

@@ -68,6 +68,22 @@ function when(rfc3339) {
   return h('time', { datetime: rfc3339, title: rfc3339 }, d.toLocaleString());
 }
 
+/** How long ago `rfc3339` was, as text ("3 h ago"); the exact time in its title. */
+function ago(rfc3339) {
+  const secs = Math.max(0, Math.round((Date.now() - new Date(rfc3339).getTime()) / 1000));
+  return h('time', { datetime: rfc3339, title: new Date(rfc3339).toLocaleString() }, `${duration(secs)} ago`);
+}
+
+/** A drill older than this is flagged: DR runbooks ask for one a month. */
+const DRILL_DUE_SECONDS = 30 * 24 * 3600;
+
+/** The age of the group's last successful test drill, flagged in text when overdue. */
+function drillCell(g) {
+  if (!g.last_drill_at) return h('td', { class: 'opt' }, '⚠ never drilled');
+  const overdue = (Date.now() - new Date(g.last_drill_at).getTime()) / 1000 > DRILL_DUE_SECONDS;
+  return h('td', { class: 'opt' }, overdue ? '⚠ ' : '', ago(g.last_drill_at), overdue ? ' (overdue)' : '');
+}
+
 function table(caption, headers, rows, empty) {
   if (!rows.length) return h('p', { class: 'muted' }, empty);
   return h('div', { class: 'table-wrap' },
@@ -116,6 +132,7 @@ export function overview(state) {
     h('td', {}, health(g.health)),
     rpoCell(g),
     h('td', { class: 'opt' }, g.last_pit ? [`#${g.last_pit.id} `, g.last_pit.name ? `“${g.last_pit.name}” ` : '', when(g.last_pit.created_at)] : '—'),
+    drillCell(g),
     h('td', { class: 'opt' }, ifLost(g))));
   return [
     h('h1', {}, 'Overview'),
@@ -138,7 +155,8 @@ export function overview(state) {
       h('h2', { id: 'groups-h' }, `Groups (${o.groups.length})`),
       table('Replication groups at this site',
         ['Group', 'Mode', 'Role', 'State', 'Health', 'Lag / RPO',
-          { text: 'Newest PIT', class: 'opt' }, { text: 'If this site were lost now', class: 'opt' }],
+          { text: 'Newest PIT', class: 'opt' }, { text: 'Last test drill', class: 'opt' },
+          { text: 'If this site were lost now', class: 'opt' }],
         rows, 'No group yet: create one with `offsite group create`.')),
   ];
 }
@@ -257,6 +275,9 @@ function history(g, cycles, hours) {
   ];
 }
 
+/** The time typed into each group's "newest PIT at or before" picker. */
+const chosenTimes = new Map();
+
 /** A group: status, volumes, PITs and the actions an operator takes on it. */
 export async function group(name, rerender) {
   const path = `/groups/${encodeURIComponent(name)}`;
@@ -269,6 +290,21 @@ export async function group(name, rerender) {
     h('option', { value: '' }, 'newest'),
     pits.slice().reverse().map((p) => h('option', { value: String(p.id) },
       `#${p.id}${p.name ? ` “${p.name}”` : ''} ${new Date(p.created_at).toLocaleString()}`)));
+  // A time instead of a PIT: the newest PIT at or before it (what
+  // "recover to before the attack at 14:05" means with PITs).
+  const at = h('input', { id: 'pit-at', type: 'datetime-local', step: '1', 'data-listens': '' });
+  const atResult = h('output', { for: 'pit-at', id: 'pit-at-result' });
+  const resolveAt = () => {
+    const t = new Date(at.value).getTime();
+    const p = Number.isNaN(t) ? null : pits.filter((x) => new Date(x.created_at).getTime() <= t).pop();
+    pitChoice.value = p ? String(p.id) : '';
+    atResult.textContent = Number.isNaN(t) ? ''
+      : p ? `→ PIT #${p.id} of ${new Date(p.created_at).toLocaleString()}` : '✗ no PIT that old: the newest is chosen';
+  };
+  // Kept across live re-renders, like an action's outcome.
+  at.value = chosenTimes.get(name) || '';
+  if (at.value) resolveAt();
+  at.addEventListener('change', () => { chosenTimes.set(name, at.value); resolveAt(); });
   const pitName = h('input', { id: 'pit-name', name: 'pit-name', autocomplete: 'off' });
   const refresh = () => rerender();
   const primary = g.role === 'primary';
@@ -287,6 +323,7 @@ export async function group(name, rerender) {
       confirming.has(name) ? unplanned(g, path, pitChoice, out, refresh) : null);
     actions.push(h('div', { class: 'actions' },
       h('label', { for: 'pit-choice' }, 'Point in time', pitChoice),
+      h('label', { for: 'pit-at' }, 'or the newest PIT at or before', at, atResult),
       actionButton('Test failover', out, () => api('POST', `${path}/failover`, { pit: pitChoice.value || null, test: true }), refresh),
       actionButton('Stop test', out, () => api('POST', `${path}/failover/stop-test`), refresh, 'secondary'),
       actionButton('Planned failover', out, () => api('POST', `${path}/failover`, { pit: pitChoice.value || null }), refresh, 'secondary'),
@@ -322,6 +359,7 @@ export async function group(name, rerender) {
         h('dt', {}, 'Lag'), h('dd', {}, duration(g.lag_seconds), ` (RPO ${duration(g.rpo_seconds)})`),
         h('dt', {}, 'Pending'), h('dd', {}, bytes(g.pending_bytes)),
         h('dt', {}, 'PITs kept'), h('dd', {}, String(g.keep)),
+        h('dt', {}, 'Last test drill'), h('dd', {}, g.last_drill_at ? ago(g.last_drill_at) : '⚠ never'),
         g.test_failover_pit ? [h('dt', {}, 'Test failover'), h('dd', {}, `running from PIT ${g.test_failover_pit}`)] : null,
         g.last_error ? [h('dt', {}, 'Last error'), h('dd', { class: 'error' }, g.last_error)] : null,
         h('dt', {}, 'If this site were lost now'), h('dd', {}, ifLost(g)))),

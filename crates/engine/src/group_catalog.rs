@@ -92,6 +92,16 @@ impl GroupCatalog<'_> {
         Ok(self.site.catalog().pits(group)?)
     }
 
+    /// Every group's newest PIT, by group name, from one query.
+    pub fn newest_pits(&self) -> Result<std::collections::HashMap<String, PitRow>, EngineError> {
+        Ok(self.site.catalog().newest_pits()?)
+    }
+
+    /// Records when the group's last successful test drill ended.
+    pub fn set_last_drill(&self, group: &str, at: &str) -> Result<(), EngineError> {
+        Ok(self.site.catalog().set_group_last_drill(group, at)?)
+    }
+
     /// Replaces the recorded PIT list of a group (after a commit and retention).
     pub fn replace_pits(&self, group: &str, pits: &[PitRow]) -> Result<(), EngineError> {
         let c = self.site.catalog();

@@ -121,6 +121,10 @@ pub struct GroupStatus {
     /// resync` (or a verify that finds none) clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_resync: Option<String>,
+    /// When the group's last successful test drill ended (RFC 3339); the
+    /// replica records it, the primary learns it with each PIT commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_at: Option<String>,
     /// Primary: the last instant (RFC 3339) at which the replica was known
     /// to hold every write: the cut of the newest PIT, or a later scheduled
     /// cycle that found no changed block and so committed nothing. `lag_seconds`

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use crate::model::{CreateGroup, GroupStatus, PitEntry, SyncResult, VerifyResult};
-use offsite_catalog::{GroupRow, GroupVolumeRow, PitRow, TrafficKind};
+use offsite_catalog::{GroupRow, GroupVolumeRow, TrafficKind};
 use offsite_catalog::{GroupState, Mode, Role};
 use offsite_engine::{Site, Volume};
 use offsite_transport::TokenBucket;
@@ -284,6 +284,8 @@ impl Replication {
             last_error: None,
             on_link_loss,
             suspend_timeout_secs,
+            needs_resync: None,
+            last_drill_at: None,
             volumes: volumes
                 .iter()
                 .map(|v| GroupVolumeRow {
@@ -956,11 +958,11 @@ impl Replication {
                 }
                 let pit = committed.pit.clone();
                 let g = row.name.clone();
-                let pits: Vec<PitRow> = committed.pits.iter().map(PitDesc::to_row).collect();
+                let answer = committed.clone();
                 let id = pit.id;
                 let vols = volumes.clone();
                 blocking(move || {
-                    site.groups().replace_pits(&g, &pits)?;
+                    answer.record(&site, &g)?;
                     site.groups().end_cycle(cycle_id, bytes, Some(id), None)?;
                     // The replica has everything up to this cut again.
                     for v in &vols {

@@ -789,6 +789,8 @@ impl Replication {
                 last_error: None,
                 on_link_loss: req.on_link_loss.clone(),
                 suspend_timeout_secs: req.suspend_timeout_secs,
+                needs_resync: None,
+                last_drill_at: None,
                 volumes: req
                     .volumes
                     .iter()
@@ -895,5 +897,6 @@ pub(crate) fn after_commit(
     Ok(PitCommitted {
         pit: pit_desc(info),
         pits: descs,
+        last_drill_at: row.last_drill_at,
     })
 }

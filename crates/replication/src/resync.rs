@@ -27,7 +27,7 @@ use crate::model::{ResyncProgress, ResyncResult, VerifyResult, VerifyVolume};
 use std::sync::atomic::Ordering;
 
 use offsite_catalog::Role;
-use offsite_catalog::{GroupRow, PitRow, TrafficKind};
+use offsite_catalog::{GroupRow, TrafficKind};
 use offsite_engine::{MirrorRecord, RoaringBitmap, Volume, WriteMirror};
 use tokio::sync::oneshot;
 
@@ -148,18 +148,8 @@ impl Replication {
         match shipped {
             Ok(committed) => {
                 let id = committed.pit.id;
-                let pits: Vec<PitRow> = committed
-                    .pits
-                    .iter()
-                    .map(|p| PitRow {
-                        id: p.id,
-                        name: p.name.clone(),
-                        created_at: p.created_at.clone(),
-                        bytes: p.bytes,
-                    })
-                    .collect();
                 run_blocking(move || {
-                    site.groups().replace_pits(&g, &pits)?;
+                    committed.record(&site, &g)?;
                     Ok(site.groups().end_cycle(cycle_id, bytes, Some(id), None)?)
                 })
                 .await?;

@@ -1023,9 +1023,8 @@ impl Replication {
         end(true);
         let site = self.site.clone();
         let g = row.name.clone();
-        let pits: Vec<offsite_catalog::PitRow> =
-            committed.pits.iter().map(PitDesc::to_row).collect();
-        crate::run_blocking(move || Ok(site.groups().replace_pits(&g, &pits)?)).await?;
+        let answer = committed.clone();
+        crate::run_blocking(move || Ok(answer.record(&site, &g)?)).await?;
         // The stream's bytes reach the counters at each seal (not per
         // batch: a catalog write per batch would cost more than the batch).
         let streamed = mirror.stats.take_uncounted();

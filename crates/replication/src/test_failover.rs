@@ -430,6 +430,11 @@ impl Replication {
         let g = group.to_string();
         blocking(move || {
             site.catalog_delete_failover(&g, "test")?;
+            // The drill succeeded: its clones came up and went away
+            // cleanly. The overview shows how long ago (the primary
+            // learns it with the next commit's answer).
+            site.groups()
+                .set_last_drill(&g, &offsite_catalog::now_rfc3339())?;
             match site.move_group_state(
                 &g,
                 &[GroupState::TestFailover],

@@ -480,6 +480,28 @@ pub struct PitCommitted {
     pub pit: PitDesc,
     /// All PITs held.
     pub pits: Vec<PitDesc>,
+    /// When the group's last successful test drill at the replica ended
+    /// (RFC 3339), so the primary's status shows it too. Absent from
+    /// older replicas' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_at: Option<String>,
+}
+
+impl PitCommitted {
+    /// Primary: records what the replica answered — the PITs it holds
+    /// now and its last drill. Blocking: writes the catalog.
+    pub(crate) fn record(
+        &self,
+        site: &offsite_engine::Site,
+        group: &str,
+    ) -> Result<(), offsite_engine::EngineError> {
+        let pits: Vec<offsite_catalog::PitRow> = self.pits.iter().map(PitDesc::to_row).collect();
+        site.groups().replace_pits(group, &pits)?;
+        if let Some(at) = &self.last_drill_at {
+            site.groups().set_last_drill(group, at)?;
+        }
+        Ok(())
+    }
 }
 
 /// [`kinds::HASHES`]: answer is `count` × 32 raw bytes.

@@ -229,6 +229,17 @@ fn every_reply_matches_its_fixture() {
         PitCommitted {
             pit: pit(8, Some("nightly")),
             pits: vec![pit(7, None), pit(8, Some("nightly"))],
+            last_drill_at: None,
+        },
+    );
+    // Since schema v14 a replica also says when the group was last
+    // drilled; the answer without it (above) still decodes.
+    reply(
+        "reply-pit-committed-drill.json",
+        PitCommitted {
+            pit: pit(8, None),
+            pits: vec![pit(8, None)],
+            last_drill_at: Some("2025-01-02T04:00:00Z".into()),
         },
     );
     reply(

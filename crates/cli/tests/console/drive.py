@@ -242,6 +242,15 @@ def main():
         go(db, b, f"groups/{group}")
         wait(db, "the group page", lambda d: d.find_element(By.CSS_SELECTOR, "main h1").text.startswith(f"Group {group}"))
         check_clean(db, b, "group")
+        # The time picker resolves a time to the newest PIT at or before it.
+        later = db.execute_script(
+            "const d = new Date(Date.now() + 60000);"
+            "d.setMinutes(d.getMinutes() - d.getTimezoneOffset());"
+            "return d.toISOString().slice(0, 19);")
+        db.execute_script(
+            "const e = document.getElementById('pit-at'); e.value = arguments[0];"
+            "e.dispatchEvent(new Event('change'));", later)
+        wait(db, "the time picker's PIT", lambda d: d.find_element(By.ID, "pit-at-result").text.startswith("→ PIT #"))
         result = action_result(db, "Test failover")
         if result.get("mode") != "test" or not result.get("volumes"):
             raise Failed(f"test failover result: {result}")
@@ -252,6 +261,8 @@ def main():
         summary["test_clone"] = {"url": url, "size": int(size.stdout.strip())}
         shot(db, "b-group-test-failover")
         action_result(db, "Stop test")
+        wait(db, "the drill's age on the group page",
+             lambda d: "ago" in d.find_element(By.XPATH, "//dt[.='Last test drill']/following-sibling::dd[1]").text)
         check_clean(db, b, "group after stop-test")
 
         # The plan in test mode at the recovery site: it stops at its

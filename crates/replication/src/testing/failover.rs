@@ -67,8 +67,18 @@ async fn a_test_failover_reads_the_chosen_pit_while_cycles_go_on() {
         chosen[0],
         "the test's copy stays"
     );
+    assert_eq!(p.row(&p.b, "g").last_drill_at, None, "not drilled yet");
     p.b.stop_test("g").await.unwrap();
     assert_eq!(served_at_b(&p, export), None, "the clone is gone");
+    // The drill is recorded where it ran, and the primary learns it with
+    // the next commit's answer, so both overviews show its age.
+    let drilled = p.row(&p.b, "g").last_drill_at.expect("drill recorded");
+    assert_eq!(p.row(&p.a, "g").last_drill_at, None);
+    write(&v, 9, 4);
+    p.cycle("g").await.unwrap();
+    assert_eq!(p.row(&p.a, "g").last_drill_at, Some(drilled.clone()));
+    let listed = p.a.group_list().await.unwrap();
+    assert_eq!(listed[0].last_drill_at, Some(drilled));
 }
 
 #[tokio::test]

@@ -87,3 +87,26 @@ async fn the_replica_sees_the_same_lag_from_its_pits() {
     let s = status(&p.b).await;
     assert_eq!((s.lag_seconds, s.health.as_str()), (0, "normal"));
 }
+
+#[tokio::test]
+async fn group_list_reports_each_group_as_group_status_does() {
+    // `group list` reads every group from one catalog trip; it must say
+    // exactly what `group status` says of each, PIT or none.
+    let p = Pair::new();
+    let v = p.volume("v", 16);
+    p.volume("w", 16);
+    p.replicating("g", &["v"], 10).await;
+    write(&v, 2, 7);
+    p.cycle("g").await.unwrap();
+    p.group("idle", &["w"], 4).await;
+    p.clock.advance(Duration::from_secs(61));
+    for site in [&p.a, &p.b] {
+        let listed = serde_json::to_value(site.group_list().await.unwrap()).unwrap();
+        let one_by_one = serde_json::to_value(vec![
+            site.group_status("g").await.unwrap(),
+            site.group_status("idle").await.unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(listed, one_by_one);
+    }
+}
