@@ -159,6 +159,11 @@ pub struct PartnerInfo {
     pub last_error: Option<String>,
     /// Whether the last contact succeeded.
     pub reachable: bool,
+    /// Where the partner's web console is served, as the partner said when
+    /// the monitor's session to it opened; only while it is reachable, and
+    /// a loopback URL only for a partner on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_url: Option<String>,
 }
 
 /// `POST /api/v1/partners`.

@@ -145,7 +145,46 @@ to_dto!(engine::SiteInfo => SiteInfo { name, fingerprint, listen, api, nbd, vers
 to_dto!(engine::ImportProgress => ImportProgress { copied_bytes, total_bytes, error });
 to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, nbd_tls, connections, import });
 to_dto!(engine::Event => Event { id, at, kind, subject, message });
-to_dto!(engine::PartnerInfo => PartnerInfo { name, address, fingerprint, created_at, last_handshake_at, rtt_ms, last_error, reachable });
+// The console's URL is the replication service's to know: see
+// `with_consoles`.
+impl ToDto for engine::PartnerInfo {
+    type Dto = t::PartnerInfo;
+    fn to_dto(self) -> t::PartnerInfo {
+        let engine::PartnerInfo {
+            name,
+            address,
+            fingerprint,
+            created_at,
+            last_handshake_at,
+            rtt_ms,
+            last_error,
+            reachable,
+        } = self;
+        t::PartnerInfo {
+            name,
+            address,
+            fingerprint,
+            created_at,
+            last_handshake_at,
+            rtt_ms,
+            last_error,
+            reachable,
+            console_url: None,
+        }
+    }
+}
+
+/// Partners with the console URLs the partner monitor learnt, for those
+/// reachable now.
+pub(crate) fn with_consoles(
+    mut partners: Vec<t::PartnerInfo>,
+    repl: &offsite_replication::Replication,
+) -> Vec<t::PartnerInfo> {
+    for p in partners.iter_mut().filter(|p| p.reachable) {
+        p.console_url = repl.partner_console(&p.name);
+    }
+    partners
+}
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });
 to_dto!(engine::SiteSettings => SiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
 // The domain's XML stays inside the site (it goes to the partner with a

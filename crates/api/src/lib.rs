@@ -353,7 +353,9 @@ async fn settings_update(
 
 #[utoipa::path(get, path = "/api/v1/partners", responses((status = 200, body = [PartnerInfo])))]
 async fn partner_list(State(s): State<ApiState>) -> ApiResult<Vec<PartnerInfo>> {
-    blocking(move || s.site.partners()).await
+    let repl = s.repl.clone();
+    let Json(partners) = blocking(move || s.site.partners()).await?;
+    Ok(Json(dto::with_consoles(partners, &repl)))
 }
 
 #[utoipa::path(post, path = "/api/v1/partners", request_body = AddPartner,

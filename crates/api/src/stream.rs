@@ -39,6 +39,7 @@ pub(crate) async fn snapshot(s: &ApiState) -> Result<Overview, Failure> {
         })?
         .map_err(Failure::Engine)?
         .to_dto();
+    let partners = crate::dto::with_consoles(partners, &s.repl);
     let groups = s.repl.group_list().await.map_err(Failure::Repl)?.to_dto();
     Ok(Overview {
         site,

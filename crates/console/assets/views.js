@@ -124,6 +124,9 @@ export function overview(state) {
       h('dt', {}, 'Reachable'), h('dd', {}, yesNo(p.reachable, 'reachable', 'unreachable')),
       h('dt', {}, 'Round trip'), h('dd', {}, p.rtt_ms === null || p.rtt_ms === undefined ? '—' : `${p.rtt_ms.toFixed(1)} ms`),
       h('dt', {}, 'Address'), h('dd', {}, p.address),
+      h('dt', {}, 'Console'), h('dd', {}, p.console_url
+        ? h('a', { href: p.console_url, target: '_blank', rel: 'noopener' }, `Open ${p.name}'s console`)
+        : 'not reachable from here'),
       p.last_error ? [h('dt', {}, 'Last error'), h('dd', { class: 'error' }, p.last_error)] : null)));
   const rows = o.groups.map((g) => h('tr', { 'data-group': g.name },
     h('th', { scope: 'row' }, h('a', { href: `#/groups/${encodeURIComponent(g.name)}` }, g.name)),
@@ -282,8 +285,15 @@ const chosenTimes = new Map();
 export async function group(name, rerender) {
   const path = `/groups/${encodeURIComponent(name)}`;
   const hours = 6;
-  const [g, pits, cycles, vols] = await Promise.all([api('GET', path), api('GET', `${path}/pits`).catch(() => []),
-    api('GET', `${path}/cycles?hours=${hours}`).catch(() => []), api('GET', '/volumes').catch(() => [])]);
+  const [g, pits, cycles, vols, partners] = await Promise.all([api('GET', path), api('GET', `${path}/pits`).catch(() => []),
+    api('GET', `${path}/cycles?hours=${hours}`).catch(() => []), api('GET', '/volumes').catch(() => []),
+    api('GET', '/partners').catch(() => [])]);
+  // The same group's page at the partner, when its console is reachable.
+  const there = partners.find((p) => p.name === g.partner && p.console_url);
+  const elsewhere = there
+    ? h('a', { href: `${there.console_url.replace(/\/?$/, '/')}#/groups/${encodeURIComponent(name)}`, target: '_blank', rel: 'noopener' },
+      `open ${g.partner}'s console`)
+    : `${g.partner}'s console is not reachable from here`;
   const volume = new Map(vols.map((v) => [v.name, v]));
   const out = `group:${name}`;
   const pitChoice = h('select', { id: 'pit-choice', name: 'pit' },
@@ -365,7 +375,10 @@ export async function group(name, rerender) {
         h('dt', {}, 'If this site were lost now'), h('dd', {}, ifLost(g)))),
     h('section', { class: 'panel', 'aria-labelledby': 'actions-h' },
       h('h2', { id: 'actions-h' }, 'Actions'),
-      primary ? null : h('p', { class: 'muted' }, `Failover runs here, at the site holding the replicas; pause, sync and prepare run at ${g.partner}.`),
+      h('p', { class: 'muted', id: 'elsewhere' }, primary
+        ? `Test failover, failover, commit and revert run at ${g.partner}, the site holding the replicas: `
+        : `Failover runs here, at the site holding the replicas; pause, sync, verify and prepare run at ${g.partner}, the primary: `,
+      elsewhere, '.'),
       actions, outcomeBox(out, 'action-result')),
     h('section', { class: 'panel', 'aria-labelledby': 'history-h' },
       h('h2', { id: 'history-h' }, `The last ${hours} hours`),

@@ -150,6 +150,24 @@ fn start_nbd(
 /// The site's services on the async runtime: replication (listener,
 /// monitor, group runners), SIGHUP reloads, the systemd watchdog and the
 /// REST API, until a termination signal; then stops them in order.
+/// The URL partners' consoles link to: the API listener's, with this
+/// machine's host name for a wildcard address (a browser cannot open
+/// `0.0.0.0`).
+fn console_url(bound: std::net::SocketAddr) -> String {
+    let host = if bound.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| bound.ip().to_string())
+    } else if bound.is_ipv6() {
+        format!("[{}]", bound.ip())
+    } else {
+        bound.ip().to_string()
+    };
+    format!("http://{host}:{}/", bound.port())
+}
+
 async fn serve(
     site: &Arc<Site>,
     layout: &Layout,
@@ -199,6 +217,7 @@ async fn serve(
         Arc::new(ReplMetrics(repl.clone())),
     ];
     let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
+    repl.set_console_url(&console_url(api_bound));
 
     let info = serde_json::json!({
         "pid": std::process::id(),

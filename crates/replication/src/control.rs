@@ -54,6 +54,7 @@
 //! | 18 | `SYNC_SEAL` | primary → replica, on a stream only | [`SyncSeal`] | [`PitCommitted`] | v1 |
 //! | 19 | `GROUP_SET_MODE` | primary → replica | [`GroupSetMode`] | [`Done`] | v1 |
 //! | 20 | `GROUP_CONFIRMED` | primary → replica | [`Confirmed`] | [`Done`] | v1 |
+//! | 21 | `SITE_QUERY` | either way | [`SiteQuery`] | [`SiteView`] | v2 (optional: an older peer refuses it as unsupported, and its console is then not linked) |
 //! | 40 | `PLAN_PUT` | either way | `offsite_plan::wire::PlanPut` | [`Done`] | v1 |
 //! | 41 | `PLAN_SITE_OP` | either way | `offsite_plan::wire::SiteOp` | `SiteOpDone` | v1 |
 //! | 42 | `PLAN_RUN_RECORD` | either way | `offsite_plan::wire::RunRecord` | [`Done`] | v1 |
@@ -85,8 +86,8 @@ use crate::wire::kinds::{self, EXTENSION_FIRST};
 pub use crate::wire::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, GroupCreate, GroupCreated, GroupDelete,
     GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, Hashes, MarkDirty, PitBegin,
-    PitCommit, PitCommitted, PitRelease, ReverseBegin, ReverseReady, SeedLoad, SyncDone,
-    SyncRequest, SyncSeal, SyncStreamBegin,
+    PitCommit, PitCommitted, PitRelease, ReverseBegin, ReverseReady, SeedLoad, SiteQuery, SiteView,
+    SyncDone, SyncRequest, SyncSeal, SyncStreamBegin,
 };
 
 /// A refusal from the partner (or of the partner's request), with a
@@ -413,7 +414,8 @@ json_reply!(
     PitCommitted,
     SyncDone,
     GroupView,
-    ReverseReady
+    ReverseReady,
+    SiteView
 );
 
 /// Every request of replication (the changelog table above), with the
@@ -516,6 +518,7 @@ site_requests! {
     SyncSeal(SyncSeal) = SYNC_SEAL -> PitCommitted;
     GroupSetMode(GroupSetMode) = GROUP_SET_MODE -> Done;
     GroupConfirmed(Confirmed) = GROUP_CONFIRMED -> Done;
+    SiteQuery(SiteQuery) = SITE_QUERY -> SiteView;
 }
 
 /// A handler's answer as a response: `(ok, body)`.
@@ -579,6 +582,7 @@ impl Replication {
             ))),
             R::GroupSetMode(r) => respond(self.answer_set_mode(peer, r).await),
             R::GroupConfirmed(r) => respond(self.answer_confirmed(peer, r).await),
+            R::SiteQuery(_) => respond(Ok(self.site_view())),
             R::Extension { kind, body } => match self.extension.get() {
                 Some(h) => {
                     let answer = h.answer(peer.to_string(), kind, body).await;
@@ -703,6 +707,6 @@ mod tests {
             assert!(seen.insert(*k), "kind {k} ({name}) twice");
             assert!(*k > 0 && *k < EXTENSION_FIRST, "{name}");
         }
-        assert_eq!(SiteRequest::KINDS.len(), 20);
+        assert_eq!(SiteRequest::KINDS.len(), 21);
     }
 }

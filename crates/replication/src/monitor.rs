@@ -20,6 +20,11 @@ pub(crate) struct Monitor {
     /// Primary side: what the monitor last sent as confirmed, by group, so
     /// that only news travels.
     pub(crate) sent_confirmed: std::sync::Mutex<HashMap<String, String>>,
+    /// This site's console URL, as it tells partners.
+    own_console: std::sync::Mutex<Option<String>>,
+    /// Each partner's console URL, as it told the monitor when its session
+    /// opened.
+    consoles: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Replication {
@@ -130,6 +135,7 @@ impl Replication {
                             });
                             if rtt.is_ok() {
                                 monitored.insert(p.name.clone(), session);
+                                self.learn_console(&p.name, &p.address).await;
                             }
                             rtt
                         }
@@ -158,5 +164,107 @@ impl Replication {
                 .await,
             );
         }
+    }
+
+    /// Tells the monitor where this site's console is served (the daemon,
+    /// once its API listener is bound): partners learn it by asking.
+    pub fn set_console_url(&self, url: &str) {
+        *self
+            .monitor
+            .own_console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(url.to_string());
+    }
+
+    /// Where partner `name`'s console is, if it said so and its session is
+    /// up.
+    pub fn partner_console(&self, name: &str) -> Option<String> {
+        self.monitor
+            .consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Answers [`crate::wire::kinds::SITE_QUERY`].
+    pub(crate) fn site_view(&self) -> crate::wire::SiteView {
+        crate::wire::SiteView {
+            name: self.site.config().name.clone(),
+            console_url: self
+                .monitor
+                .own_console
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Asks partner `name` (at replication `address`) where its console
+    /// is. A partner of an older version refuses the question: no link.
+    async fn learn_console(&self, name: &str, address: &str) {
+        let view = async {
+            let mut ch = self.channel(name, None).await?;
+            let r = ch.call(&crate::wire::SiteQuery {}).await;
+            ch.close().await;
+            r
+        };
+        let url = match view.await {
+            Ok(v) => v.console_url.filter(|u| linkable(u, address)),
+            Err(e) => {
+                tracing::debug!(partner = %name, "asking for its console: {e}");
+                None
+            }
+        };
+        let mut consoles = self
+            .monitor
+            .consoles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match url {
+            Some(u) => consoles.insert(name.to_string(), u),
+            None => consoles.remove(name),
+        };
+    }
+}
+
+/// Whether a partner's console URL is worth a link: a loopback console is
+/// only reachable from the partner's own machine, which is this one when
+/// the partner's replication address is loopback too (tests, the demo).
+fn linkable(url: &str, partner_address: &str) -> bool {
+    let loopback = |host: &str| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let url_host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host_of = |hp: &str| -> String {
+        match hp.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
+            _ => hp.to_string(),
+        }
+    };
+    !loopback(&host_of(url_host)) || loopback(&host_of(partner_address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linkable;
+
+    #[test]
+    fn a_loopback_console_is_linked_only_for_a_partner_on_this_machine() {
+        assert!(linkable("http://127.0.0.1:8080", "127.0.0.1:7000"));
+        assert!(linkable("https://[::1]:8080/", "[::1]:7000"));
+        assert!(!linkable("http://127.0.0.1:8080", "10.0.0.2:7000"));
+        assert!(linkable("https://dr.example.com:8443", "10.0.0.2:7000"));
+        assert!(linkable("https://10.0.0.2:8443", "10.0.0.2:7000"));
+        assert!(!linkable("http://localhost:8080", "dr.example.com:7000"));
     }
 }

@@ -69,10 +69,29 @@ pub mod kinds {
     /// ([`Confirmed`]), so lag reads the same at both sites although idle
     /// cycles commit no PIT.
     pub const GROUP_CONFIRMED: u16 = 20;
+    /// Either way, when the partner monitor opens its session: where is
+    /// your console ([`SiteQuery`] → [`SiteView`])? So that a console can
+    /// link an action that runs at the other site to that site's console.
+    pub const SITE_QUERY: u16 = 21;
     /// The first kind answered by a service above replication
     /// ([`crate::RequestHandler`]); recovery plans use 40 and up
     /// (`offsite_plan::wire`).
     pub const EXTENSION_FIRST: u16 = 40;
+}
+
+/// [`kinds::SITE_QUERY`]: no fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteQuery {}
+
+/// Answer to [`kinds::SITE_QUERY`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteView {
+    /// The answering site's name.
+    pub name: String,
+    /// Where its web console is served (its API listener's URL), if it
+    /// serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_url: Option<String>,
 }
 
 /// [`kinds::GROUP_SET_MODE`].

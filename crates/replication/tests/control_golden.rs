@@ -16,7 +16,8 @@ use offsite_replication::control::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, DecodeError, Done, GroupCreate, GroupCreated,
     GroupDelete, GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, HashList, Hashes,
     MarkDirty, PitBegin, PitCommit, PitCommitted, PitRelease, RemoteError, Reply, ReverseBegin,
-    ReverseReady, Rpc, SeedLoad, SiteRequest, SyncDone, SyncRequest, SyncSeal, SyncStreamBegin,
+    ReverseReady, Rpc, SeedLoad, SiteQuery, SiteRequest, SiteView, SyncDone, SyncRequest, SyncSeal,
+    SyncStreamBegin,
 };
 use offsite_replication::wire::{PitDesc, VmDesc, VolumeDesc};
 
@@ -198,6 +199,7 @@ fn every_request_body_matches_its_fixture() {
     request(Confirmed {
         groups: vec![("g".into(), "2025-01-02T03:04:05Z".into())],
     });
+    request(SiteQuery {});
     // One fixture per kind of the changelog table.
     let files = std::fs::read_dir(path(""))
         .unwrap()
@@ -240,6 +242,13 @@ fn every_reply_matches_its_fixture() {
             pit: pit(8, None),
             pits: vec![pit(8, None)],
             last_drill_at: Some("2025-01-02T04:00:00Z".into()),
+        },
+    );
+    reply(
+        "reply-site-view.json",
+        SiteView {
+            name: "site-b".into(),
+            console_url: Some("https://dr.example.com:8443/".into()),
         },
     );
     reply(

@@ -241,6 +241,11 @@ def main():
         check_clean(db, b, "overview")
         go(db, b, f"groups/{group}")
         wait(db, "the group page", lambda d: d.find_element(By.CSS_SELECTOR, "main h1").text.startswith(f"Group {group}"))
+        # What runs at the primary links to the same page of a's console.
+        link = wait(db, "the link to a's console", lambda d: d.find_element(By.CSS_SELECTOR, "#elsewhere a"))
+        href = link.get_attribute("href")
+        if not (href.startswith(a["url"]) and href.endswith(f"#/groups/{group}")):
+            raise Failed(f"the link to site a's group page is {href}, a is at {a['url']}")
         check_clean(db, b, "group")
         # The time picker resolves a time to the newest PIT at or before it.
         later = db.execute_script(
