@@ -20,6 +20,28 @@ struct StatusFacts {
     partner: Option<PartnerInfo>,
     /// The PIT a test failover of the group has promoted, if one runs.
     test_pit: Option<u64>,
+    /// Bytes pending and written while isolated (primary).
+    pending_and_isolated: (u64, u64),
+}
+
+/// The bytes a primary's volumes hold that the replica has not got yet
+/// (their trackers) and the bytes written while isolated; `(0, 0)` on a
+/// replica, which tracks neither. Blocking: reads the volumes' trackers.
+fn pending_and_isolated(site: &offsite_engine::Site, row: &GroupRow) -> (u64, u64) {
+    if row.role != Role::Primary {
+        return (0, 0);
+    }
+    let live: Vec<_> = row
+        .volumes
+        .iter()
+        .filter_map(|v| site.volume(&v.volume).ok())
+        .collect();
+    (
+        live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
+        live.iter()
+            .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
+            .sum(),
+    )
 }
 
 /// The PIT of `group`'s running test failover, among `failovers`.
@@ -41,6 +63,7 @@ impl Replication {
             let partner = site.partner(&row.partner).ok();
             let test_pit = test_pit_of(&n, site.groups().failovers()?);
             Ok(StatusFacts {
+                pending_and_isolated: pending_and_isolated(&site, &row),
                 row,
                 last_pit,
                 partner,
@@ -48,7 +71,7 @@ impl Replication {
             })
         })
         .await?;
-        self.status_from(facts).await
+        Ok(self.status_from(facts))
     }
 
     /// `group list` (and the console's overview): every group's status
@@ -68,29 +91,26 @@ impl Replication {
                     last_pit: newest.remove(&row.name),
                     partner: partners.iter().find(|p| p.name == row.partner).cloned(),
                     test_pit: test_pit_of(&row.name, failovers.iter().cloned()),
+                    pending_and_isolated: pending_and_isolated(&site, &row),
                     row,
                 })
                 .collect::<Vec<_>>())
         })
         .await?;
-        let mut out = Vec::with_capacity(facts.len());
-        for f in facts {
-            out.push(self.status_from(f).await?);
-        }
-        Ok(out)
+        Ok(facts.into_iter().map(|f| self.status_from(f)).collect())
     }
 
     /// A group's status from what the catalog said of it.
-    async fn status_from(&self, facts: StatusFacts) -> Result<GroupStatus, ReplError> {
+    fn status_from(&self, facts: StatusFacts) -> GroupStatus {
         let StatusFacts {
             row,
             last_pit,
             partner,
             test_pit,
+            pending_and_isolated: (mut pending, isolated),
         } = facts;
         let name = row.name.as_str();
         let last = last_pit.as_ref();
-        let (mut pending, isolated) = self.pending_and_isolated(&row).await?;
         let mut lag = self.lag_seconds(&row, last.map(|p| p.created_at.as_str()));
         let (health, reason) = health(&row, last.is_some(), lag, partner.as_ref());
         let sync_state = self.sync_mirror_state(&row);
@@ -112,7 +132,7 @@ impl Replication {
             }
         });
         let eta = transfer.as_ref().and_then(|t| t.eta_seconds);
-        Ok(GroupStatus {
+        GroupStatus {
             name: row.name.clone(),
             mode: row.mode,
             role: row.role,
@@ -161,29 +181,9 @@ impl Replication {
             confirmed_at: self.confirmed_at(&row),
             transfer,
             seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
-        })
+        }
     }
 
-    /// The bytes a primary's volumes hold that the replica has not got yet
-    /// (their trackers) and the bytes written while isolated; `(0, 0)` on a
-    /// replica, which tracks neither.
-    async fn pending_and_isolated(&self, row: &GroupRow) -> Result<(u64, u64), ReplError> {
-        if row.role != Role::Primary {
-            return Ok((0, 0));
-        }
-        let site = self.site.clone();
-        let vols: Vec<String> = row.volumes.iter().map(|v| v.volume.clone()).collect();
-        blocking(move || {
-            let live: Vec<_> = vols.iter().filter_map(|v| site.volume(v).ok()).collect();
-            Ok((
-                live.iter().map(|v| v.tracker().dirty_bytes()).sum(),
-                live.iter()
-                    .map(|v| v.isolated_blocks().len() * u64::from(v.row().block_size))
-                    .sum(),
-            ))
-        })
-        .await
-    }
 
     /// The state of a sync primary's write mirror and why its link was
     /// lost, if it was; `None` for other groups or a runner without a
