@@ -176,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listen: a.listen,
                     api: a.api,
                     nbd: a.nbd,
+                    api_tls: Default::default(),
                 },
             )?;
             p.site_init(&dir, &report)
