@@ -5,7 +5,8 @@
 //! console at `/`, `offsite-console`). `/api/openapi.json` and `/metrics`
 //! are open: the first is documentation, the second is for Prometheus
 //! scrapers, and neither exposes data. The API listens on loopback by
-//! default; put it behind TLS before exposing it.
+//! default, over plain HTTP; elsewhere it serves HTTPS ([`serve_tls`],
+//! `[api_tls]`), or plain HTTP only when the operator said so.
 //!
 //! Handlers only parse, call the engine on the blocking pool (the engine
 //! does SQLite and file I/O), and map [`offsite_engine::EngineError`] to a
@@ -43,6 +44,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod stream;
+pub mod tls;
 
 use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
@@ -179,6 +181,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// As [`serve`], over HTTPS with `certificate` ([`tls::TlsListener`]).
+/// The console's session cookie is marked `Secure`: the browser then sends
+/// it over HTTPS only.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    certificate: &offsite_engine::api_tls::ApiCertificate,
+    mut state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = tls::server_config(certificate)?;
+    state.console = state.console.clone().with_secure_cookie(true);
+    axum::serve(tls::TlsListener::new(listener, config), router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

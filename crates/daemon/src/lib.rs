@@ -1,10 +1,13 @@
 //! `offsite serve`: composes a site's front ends around its engine.
 //!
 //! Start-up: take the data directory's lock (one daemon per directory),
-//! open the [`Site`] (which recovers change tracking after a crash), bind
-//! the NBD and API listeners, publish the bound addresses in
-//! `run/daemon.json` (durably, so tests and the CLI find ephemeral ports),
-//! then serve until SIGTERM or SIGINT.
+//! open the [`Site`] (which recovers change tracking after a crash), load
+//! the API's certificate (`[api_tls]`; plain HTTP off loopback is refused
+//! unless `allow_plaintext`), bind the NBD and API listeners, publish the
+//! bound addresses, the API's scheme and its certificate's fingerprint in
+//! `run/daemon.json` (durably, so tests and the CLI find ephemeral ports
+//! and local clients pin the certificate), then serve until SIGTERM or
+//! SIGINT.
 //!
 //! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) the daemon says
 //! `READY=1` once it serves, `RELOADING=1`/`READY=1` around a reload,
@@ -28,6 +31,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use offsite_api::{ApiState, MetricsSource};
+use offsite_engine::api_tls::ApiCertificate;
+use offsite_engine::config::{ApiTlsMode, SiteConfig};
 use offsite_engine::{BoundAddresses, Site, config::parse_addr, layout::Layout};
 use offsite_nbd::{NbdServer, ServerConfig, ServerStats, TlsAcceptor, TlsMode, TlsPolicy};
 use offsite_replication::Replication;
@@ -76,8 +81,17 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
     let config = site.config();
 
+    let api_certificate = api_certificate(&site, &config)?;
     let (nbd, nbd_bound, nbd_stats) = start_nbd(&site, &config, dir)?;
-    let result = runtime.block_on(serve(&site, &layout, logging, hangup, nbd_bound, nbd_stats));
+    let result = runtime.block_on(serve(
+        &site,
+        &layout,
+        logging,
+        hangup,
+        nbd_bound,
+        nbd_stats,
+        api_certificate,
+    ));
 
     tracing::info!("shutting down: draining NBD connections");
     if let Some(server) = nbd.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -101,6 +115,32 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
 /// The running NBD server, shared with the volume-connection counter until
 /// shutdown takes it.
 type SharedNbd = Arc<Mutex<Option<NbdServer>>>;
+
+/// The API's certificate as `[api_tls]` says, before any listener is
+/// bound: none for plain HTTP (refused off loopback unless
+/// `allow_plaintext`: the bearer token and console sessions would travel
+/// in the clear), the site's own (made at the first start that needs it,
+/// then reused), or the operator's files (checked to fit their key).
+fn api_certificate(site: &Site, config: &SiteConfig) -> anyhow::Result<Option<ApiCertificate>> {
+    let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
+    if let Some(reason) = config.api_tls.refusal(api_addr) {
+        bail!("{reason}");
+    }
+    if config.api_tls.mode == ApiTlsMode::SelfSigned
+        && let Some(fingerprint) =
+            offsite_engine::api_tls::ensure_self_signed(site.layout(), &config.name, &config.api)
+                .context(
+                    "making the API's self-signed certificate ([api_tls] mode = \"self-signed\")",
+                )?
+    {
+        tracing::info!(
+            "made the API's self-signed certificate {} (fingerprint {fingerprint}); clients pin it with --api-fingerprint",
+            site.layout().api_cert().display()
+        );
+    }
+    offsite_engine::api_tls::load(site.layout(), &config.api_tls)
+        .context("loading the API's TLS certificate ([api_tls] in config.toml)")
+}
 
 /// The NBD server (every volume an export), before the runtime's work: it
 /// runs on threads of its own, with `[nbd_tls]` (credentials relative to
@@ -157,6 +197,7 @@ async fn serve(
     hangup: tokio::signal::unix::Signal,
     nbd_bound: std::net::SocketAddr,
     nbd_stats: Arc<ServerStats>,
+    api_certificate: Option<ApiCertificate>,
 ) -> anyhow::Result<()> {
     let config = site.config();
     let (repl, plans, repl_listener) = start_replication(site).await?;
@@ -187,10 +228,14 @@ async fn serve(
             )
         })?;
     let api_bound = api_listener.local_addr()?;
+    let api_fingerprint = api_certificate
+        .as_ref()
+        .map(|c| c.fingerprint().to_string());
     site.set_bound(BoundAddresses {
         listen: Some(listen_bound),
         api: Some(api_bound),
         nbd: Some(nbd_bound),
+        api_fingerprint: api_fingerprint.clone(),
     });
     let token = std::fs::read_to_string(layout.token())
         .with_context(|| format!("reading the API token {}", layout.token().display()))?;
@@ -200,9 +245,13 @@ async fn serve(
     ];
     let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
 
+    // `api_scheme` and `api_fingerprint` let a local CLI (`--dir`) speak
+    // HTTPS to this daemon and pin exactly the certificate it serves.
     let info = serde_json::json!({
         "pid": std::process::id(),
         "api": api_bound.to_string(),
+        "api_scheme": if api_certificate.is_some() { "https" } else { "http" },
+        "api_fingerprint": api_fingerprint,
         "nbd": nbd_bound.to_string(),
         "listen": site.info().listen,
     });
@@ -212,7 +261,10 @@ async fn serve(
         offsite_volume_file::PRIVATE_FILE_MODE,
     )
     .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
-    tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+    tracing::info!(site = %config.name, api = %site.info().api_url, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+    if let Some(fingerprint) = &api_fingerprint {
+        tracing::info!("the API serves HTTPS with certificate {fingerprint}");
+    }
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
@@ -220,9 +272,13 @@ async fn serve(
     let watchdog_task = sd_notify::watchdog_enabled()
         .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
 
-    let served = offsite_api::serve(api_listener, state, shutdown_signal())
-        .await
-        .context("serving the API");
+    let served = match &api_certificate {
+        Some(certificate) => {
+            offsite_api::serve_tls(api_listener, certificate, state, shutdown_signal()).await
+        }
+        None => offsite_api::serve(api_listener, state, shutdown_signal()).await,
+    }
+    .context("serving the API");
     // Fails only when every task already ended: nothing left to stop.
     let _ = stop_tx.send(true);
     join_services(repl_task, monitor_task, reload_task, watchdog_task).await;
