@@ -60,6 +60,10 @@ pub struct ApiState {
     plans: Arc<Plans>,
     console: Console,
     metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
+    /// Turns true when the listener begins its graceful shutdown: the
+    /// console's event streams end then (a response that never ends would
+    /// hold the shutdown until the browser goes away).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -86,6 +90,8 @@ impl ApiState {
             repl,
             plans,
             metrics: Arc::new(metrics),
+            // Never stops until a `serve` gives it its shutdown.
+            stopping: tokio::sync::watch::channel(false).1,
         }
     }
 
@@ -180,9 +186,25 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (state, shutdown) = stopping_with(state, shutdown);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `state` told when `shutdown` completes ([`ApiState::stopping`]), and
+/// the shutdown that tells it.
+fn stopping_with(
+    mut state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (ApiState, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    state.stopping = rx;
+    (state, async move {
+        shutdown.await;
+        // Receivers gone: no stream to end.
+        let _ = tx.send(true);
+    })
 }
 
 /// As [`serve`], over HTTPS with `certificate` ([`tls::TlsListener`]).
@@ -196,6 +218,7 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let config = tls::server_config(certificate)?;
     state.console = state.console.clone().with_secure_cookie(true);
+    let (state, shutdown) = stopping_with(state, shutdown);
     axum::serve(tls::TlsListener::new(listener, config), router(state))
         .with_graceful_shutdown(shutdown)
         .await
