@@ -212,7 +212,7 @@ fn stopping_with(
 /// it over HTTPS only.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
-    certificate: &offsite_engine::api_tls::ApiCertificate,
+    certificate: Arc<tls::ServedCertificate>,
     mut state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -13,14 +13,21 @@
 //! A plain HTTP request on the TLS port (a script still using `http://`)
 //! is answered with a 400 that says to use `https://` instead of a reset
 //! connection.
+//!
+//! The certificate is a [`ServedCertificate`], which the daemon replaces
+//! on SIGHUP when the operator's files changed (a renewal): new
+//! handshakes get the new one, connections already open keep theirs, and
+//! no restart drops the VMs' NBD connections for it.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use offsite_engine::api_tls::ApiCertificate;
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -35,18 +42,59 @@ const MAX_HANDSHAKES: usize = 256;
 /// The first byte of a TLS record that opens a handshake.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// The certificate the API listener serves, replaceable while it runs.
+#[derive(Debug)]
+pub struct ServedCertificate {
+    current: RwLock<ApiCertificate>,
+}
+
+impl ServedCertificate {
+    /// Serves `certificate`.
+    pub fn new(certificate: ApiCertificate) -> ServedCertificate {
+        ServedCertificate {
+            current: RwLock::new(certificate),
+        }
+    }
+
+    /// The fingerprint of the certificate served now.
+    pub fn fingerprint(&self) -> String {
+        self.read().fingerprint().to_string()
+    }
+
+    /// Serves `certificate` to new connections from now on; returns the
+    /// fingerprint it replaced, or `None` when it is the same certificate
+    /// (nothing changes).
+    pub fn replace(&self, certificate: ApiCertificate) -> Option<String> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.fingerprint() == certificate.fingerprint() {
+            return None;
+        }
+        let old = current.fingerprint().to_string();
+        *current = certificate;
+        Some(old)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ApiCertificate> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ResolvesServerCert for ServedCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.read().certified_key())
+    }
+}
+
 /// The rustls configuration of the API listener: `certificate`, no client
 /// certificates (clients authenticate with the bearer token or a console
 /// session), TLS 1.3 and 1.2 with ring's default suites, HTTP/1.1 by ALPN
 /// (the server speaks HTTP/1.1 only).
-pub fn server_config(certificate: &ApiCertificate) -> io::Result<Arc<ServerConfig>> {
+pub fn server_config(certificate: Arc<ServedCertificate>) -> io::Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(offsite_engine::api_tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            certificate.certified_key(),
-        )));
+        .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

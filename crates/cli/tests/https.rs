@@ -366,20 +366,32 @@ fn a_self_signed_site_serves_https_that_clients_pin() {
     assert_eq!(openssl_fingerprint(&site_addr(&site, "api")), fp);
 }
 
-/// A test CA and a leaf it issued for `names`; returns (CA PEM, leaf
-/// chain PEM, leaf key PEM, leaf fingerprint).
-fn issue(names: &[&str]) -> (String, String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
+/// A test CA: its certificate's parameters, key and PEM.
+struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+fn test_ca() -> TestCa {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    ca.distinguished_name
+    params
+        .distinguished_name
         .push(rcgen::DnType::CommonName, "offsite test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let pem = params.self_signed(&key).expect("CA certificate").pem();
+    TestCa { params, key, pem }
+}
+
+/// A leaf `ca` issued for `names`: (CA PEM, chain PEM — leaf, then CA —,
+/// leaf key PEM, leaf fingerprint).
+fn issue_by(ca: &TestCa, names: &[&str]) -> (String, String, String, String) {
+    let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut leaf = rcgen::CertificateParams::new(names).expect("leaf params");
@@ -391,11 +403,16 @@ fn issue(names: &[&str]) -> (String, String, String, String) {
         .expect("leaf certificate");
     let fp = offsite_client::Fingerprint::of_der(leaf_cert.der()).to_string();
     (
-        ca_cert.pem(),
-        format!("{}{}", leaf_cert.pem(), ca_cert.pem()),
+        ca.pem.clone(),
+        format!("{}{}", leaf_cert.pem(), ca.pem),
         leaf_key.serialize_pem(),
         fp,
     )
+}
+
+/// A new test CA and a leaf it issued for `names` (see [`issue_by`]).
+fn issue(names: &[&str]) -> (String, String, String, String) {
+    issue_by(&test_ca(), names)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -407,7 +424,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn an_operator_certificate_is_served_and_checked_against_its_ca() {
     let files = tempfile::tempdir().expect("temp dir");
-    let (ca, chain, key, leaf_fp) = issue(&["localhost", "127.0.0.1"]);
+    let ca_pair = test_ca();
+    let (ca, chain, key, leaf_fp) = issue_by(&ca_pair, &["localhost", "127.0.0.1"]);
     let ca_file = write(files.path(), "ca.pem", &ca);
     let chain_file = write(files.path(), "chain.pem", &chain);
     let key_file = write(files.path(), "leaf.key", &key);
@@ -579,6 +597,58 @@ fn an_operator_certificate_is_served_and_checked_against_its_ca() {
         &format!("{}/api/openapi.json", at("localhost")),
     ]);
     assert_eq!(stdout(&out), "200", "{}", stderr(&out));
+
+    // A renewal in place: SIGHUP serves the new certificate to new
+    // connections without a restart; site show and the local CLI follow.
+    let (_, renewed_chain, renewed_key, renewed_fp) =
+        issue_by(&ca_pair, &["localhost", "127.0.0.1"]);
+    std::fs::write(&key_file, renewed_key).expect("renew the key");
+    std::fs::write(&chain_file, renewed_chain).expect("renew the chain");
+    let hup = || {
+        let pid =
+            rustix::process::Pid::from_raw(daemon_info(&site)["pid"].as_i64().expect("pid") as i32)
+                .expect("a daemon pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+            .expect("SIGHUP the daemon");
+    };
+    hup();
+    let line = format!("API certificate: {leaf_fp} -> {renewed_fp}");
+    wait_until(
+        "the renewed certificate's reload",
+        Duration::from_secs(20),
+        || site.log().contains(&line),
+    );
+    assert_eq!(
+        openssl_fingerprint(&format!("127.0.0.1:{port}")),
+        renewed_fp
+    );
+    assert_eq!(
+        site.json(&["site", "show"])["api_fingerprint"],
+        renewed_fp.as_str()
+    );
+    assert_eq!(daemon_info(&site)["api_fingerprint"], renewed_fp.as_str());
+    let out = offsite(&[
+        "--url",
+        &at("localhost"),
+        "--token-file",
+        &tf,
+        "--ca-file",
+        &ca_file,
+        "site",
+        "show",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A broken renewal changes nothing, and the log says why.
+    std::fs::write(&key_file, "not a key").expect("break the key");
+    hup();
+    wait_until("the refused reload", Duration::from_secs(20), || {
+        site.log().contains("except the API certificate") && site.log().contains("leaf.key")
+    });
+    assert_eq!(
+        openssl_fingerprint(&format!("127.0.0.1:{port}")),
+        renewed_fp
+    );
+    site.ok(&["volume", "list"]);
 }
 
 #[test]

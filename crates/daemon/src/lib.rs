@@ -15,8 +15,10 @@
 //! `WATCHDOG_USEC` while its runtime and catalog answer.
 //!
 //! SIGHUP re-reads `config.toml` and puts in force what can change while
-//! running (timers, the default bandwidth limit, the log filter); it logs
-//! what changed and what waits for a restart (name, listener addresses).
+//! running (timers, the default bandwidth limit, the log filter), and
+//! re-reads the API's certificate files (`[api_tls] mode = "files"`: a
+//! renewal needs no restart); it logs what changed and what waits for a
+//! restart (name, listener addresses, `[nbd_tls]`, `[api_tls]`).
 //!
 //! Shutdown, in this order: (1) stop accepting API and NBD connections;
 //! (2) let each NBD connection finish the request it is executing and flush
@@ -30,6 +32,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
+use offsite_api::tls::ServedCertificate;
 use offsite_api::{ApiState, MetricsSource};
 use offsite_engine::api_tls::ApiCertificate;
 use offsite_engine::config::{ApiTlsMode, SiteConfig};
@@ -200,6 +203,7 @@ async fn serve(
     api_certificate: Option<ApiCertificate>,
 ) -> anyhow::Result<()> {
     let config = site.config();
+    let api_certificate = api_certificate.map(|c| Arc::new(ServedCertificate::new(c)));
     let (repl, plans, repl_listener) = start_replication(site).await?;
     let listen_bound = repl_listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -215,6 +219,7 @@ async fn serve(
             site: site.clone(),
             repl: repl.clone(),
             logging: logging.clone(),
+            api_certificate: api_certificate.clone(),
         },
         stopped(stop_rx.clone()),
     ));
@@ -228,9 +233,7 @@ async fn serve(
             )
         })?;
     let api_bound = api_listener.local_addr()?;
-    let api_fingerprint = api_certificate
-        .as_ref()
-        .map(|c| c.fingerprint().to_string());
+    let api_fingerprint = api_certificate.as_ref().map(|c| c.fingerprint());
     site.set_bound(BoundAddresses {
         listen: Some(listen_bound),
         api: Some(api_bound),
@@ -245,22 +248,7 @@ async fn serve(
     ];
     let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
 
-    // `api_scheme` and `api_fingerprint` let a local CLI (`--dir`) speak
-    // HTTPS to this daemon and pin exactly the certificate it serves.
-    let info = serde_json::json!({
-        "pid": std::process::id(),
-        "api": api_bound.to_string(),
-        "api_scheme": if api_certificate.is_some() { "https" } else { "http" },
-        "api_fingerprint": api_fingerprint,
-        "nbd": nbd_bound.to_string(),
-        "listen": site.info().listen,
-    });
-    offsite_volume_file::write_durably(
-        &layout.daemon_info(),
-        info.to_string().as_bytes(),
-        offsite_volume_file::PRIVATE_FILE_MODE,
-    )
-    .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
+    write_daemon_info(site)?;
     tracing::info!(site = %config.name, api = %site.info().api_url, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
     if let Some(fingerprint) = &api_fingerprint {
         tracing::info!("the API serves HTTPS with certificate {fingerprint}");
@@ -272,7 +260,7 @@ async fn serve(
     let watchdog_task = sd_notify::watchdog_enabled()
         .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
 
-    let served = match &api_certificate {
+    let served = match api_certificate {
         Some(certificate) => {
             offsite_api::serve_tls(api_listener, certificate, state, shutdown_signal()).await
         }
@@ -283,6 +271,29 @@ async fn serve(
     let _ = stop_tx.send(true);
     join_services(repl_task, monitor_task, reload_task, watchdog_task).await;
     served
+}
+
+/// Writes `run/daemon.json` (durably) from what the site bound. Its
+/// `api_scheme` and `api_fingerprint` let a local CLI (`--dir`) speak HTTPS
+/// to this daemon and pin exactly the certificate it serves.
+fn write_daemon_info(site: &Site) -> anyhow::Result<()> {
+    let bound = site.bound();
+    let show = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let info = serde_json::json!({
+        "pid": std::process::id(),
+        "api": show(bound.api),
+        "api_scheme": if bound.api_fingerprint.is_some() { "https" } else { "http" },
+        "api_fingerprint": bound.api_fingerprint,
+        "nbd": show(bound.nbd),
+        "listen": show(bound.listen),
+    });
+    let path = site.layout().daemon_info();
+    offsite_volume_file::write_durably(
+        &path,
+        info.to_string().as_bytes(),
+        offsite_volume_file::PRIVATE_FILE_MODE,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The replication service and the plans, started: session options from
@@ -419,6 +430,8 @@ struct Reloadable {
     site: Arc<Site>,
     repl: Arc<Replication>,
     logging: Arc<log::Logging>,
+    /// The API's certificate, when it serves HTTPS.
+    api_certificate: Option<Arc<ServedCertificate>>,
 }
 
 /// Serves SIGHUP until `shutdown`: each one reloads `config.toml`
@@ -499,6 +512,15 @@ fn reload(what: &Reloadable) {
         Ok(bandwidth) => what.repl.reload(bandwidth),
         Err(e) => not_reloaded.push(format!("replication.bandwidth_bytes_per_sec: {e:#}")),
     }
+    if let Some(served) = &what.api_certificate {
+        match reload_api_certificate(&what.site, served) {
+            Ok(Some(change)) => changed.push(change),
+            Ok(None) => {}
+            Err(e) => not_reloaded.push(format!(
+                "the API certificate: {e:#} (the one in force stays)"
+            )),
+        }
+    }
     if changed.is_empty() {
         tracing::info!("configuration reloaded: nothing changed");
     } else {
@@ -507,6 +529,38 @@ fn reload(what: &Reloadable) {
     for n in not_reloaded {
         tracing::warn!("configuration reloaded, except {n}");
     }
+}
+
+/// `[api_tls] mode = "files"`: re-reads the operator's certificate and key
+/// (renewed in place, as ACME clients and CAs' tools do) and serves them
+/// to new connections if they changed, with `site show` and
+/// `run/daemon.json` following; returns what changed. The self-signed
+/// certificate is the site's own and changes only when deleted, at a
+/// start.
+fn reload_api_certificate(
+    site: &Site,
+    served: &ServedCertificate,
+) -> anyhow::Result<Option<String>> {
+    let config = site.config();
+    if config.api_tls.mode != ApiTlsMode::Files {
+        return Ok(None);
+    }
+    let Some(certificate) = offsite_engine::api_tls::load(site.layout(), &config.api_tls)? else {
+        return Ok(None);
+    };
+    let new = certificate.fingerprint().to_string();
+    let Some(old) = served.replace(certificate) else {
+        return Ok(None);
+    };
+    let mut bound = site.bound();
+    bound.api_fingerprint = Some(new.clone());
+    let listening = bound.api.is_some();
+    site.set_bound(bound);
+    // Before the listener is bound, `serve` writes the file itself.
+    if listening {
+        write_daemon_info(site)?;
+    }
+    Ok(Some(format!("API certificate: {old} -> {new}")))
 }
 
 /// Puts `replication.bandwidth_bytes_per_sec` of the configuration in force

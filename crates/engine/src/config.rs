@@ -111,7 +111,9 @@ impl std::fmt::Display for ApiTlsMode {
 }
 
 /// `[api_tls]` in `config.toml`: TLS on the API listener, which also
-/// serves the web console. Read at start (a change waits for a restart).
+/// serves the web console. Read at start (a change of the section waits
+/// for a restart); the files of `files` mode are read again on SIGHUP, so
+/// a certificate renewed in place is served without a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiTlsConfig {

@@ -178,6 +178,11 @@ impl Site {
         *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
     }
 
+    /// The addresses the daemon bound (and the API's certificate).
+    pub fn bound(&self) -> BoundAddresses {
+        self.bound.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Installs the function that counts open NBD connections of an export.
     pub fn set_connection_counter(&self, f: impl Fn(&str) -> usize + Send + Sync + 'static) {
         *self.connections.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
