@@ -29,6 +29,19 @@ pub struct SiteInfo {
     pub listen: String,
     /// REST API address as bound (HOST:PORT).
     pub api: String,
+    /// The API's (and web console's) URL: `https://HOST:PORT` when the
+    /// listener serves TLS, else `http://HOST:PORT`.
+    #[serde(default)]
+    pub api_url: String,
+    /// `[api_tls] mode`: `off`, `self-signed` or `files`.
+    #[serde(default)]
+    #[schema(schema_with = crate::schema::api_tls)]
+    pub api_tls: String,
+    /// `SHA256:` + hex of the certificate the API serves; null over plain
+    /// HTTP. Pin it with the CLI's `--api-fingerprint`.
+    #[serde(default)]
+    #[schema(pattern = "^SHA256:[0-9a-f]{64}$")]
+    pub api_fingerprint: Option<String>,
     /// NBD listener address as bound (HOST:PORT).
     pub nbd: String,
     /// offsite version.

@@ -46,6 +46,8 @@ pub const VOLUME_ROLES: &[&str] = &["primary", "promoted"];
 pub const VOLUME_STATES: &[&str] = &["ready", "importing", "failed"];
 /// NBD TLS modes of a listener or an export.
 pub const NBD_TLS_MODES: &[&str] = &["off", "optional", "required"];
+/// Modes of the API listener's TLS (`[api_tls] mode`).
+pub const API_TLS_MODES: &[&str] = &["off", "self-signed", "files"];
 /// Modes of a recovery plan run.
 pub const RUN_MODES: &[&str] = &[
     "test",
@@ -138,6 +140,10 @@ pub fn volume_state() -> RefOr<Schema> {
 /// An export's NBD TLS mode.
 pub fn nbd_tls() -> RefOr<Schema> {
     one_of(NBD_TLS_MODES, false)
+}
+/// The API listener's TLS mode.
+pub fn api_tls() -> RefOr<Schema> {
+    one_of(API_TLS_MODES, false)
 }
 /// A volume's own NBD TLS mode; null takes the listener's.
 pub fn nbd_tls_opt() -> RefOr<Schema> {

@@ -112,7 +112,14 @@ macro_rules! as_string {
     )*};
 }
 
-as_string!(GroupState, Role, Mode, SyncState, engine::TlsMode);
+as_string!(
+    GroupState,
+    Role,
+    Mode,
+    SyncState,
+    engine::TlsMode,
+    engine::config::ApiTlsMode
+);
 
 /// A domain type to the body of the same fields.
 macro_rules! to_dto {
@@ -141,7 +148,7 @@ macro_rules! to_domain {
 }
 
 // The engine: the site, volumes, partners, authorization, settings, VMs.
-to_dto!(engine::SiteInfo => SiteInfo { name, fingerprint, listen, api, nbd, version, data_dir });
+to_dto!(engine::SiteInfo => SiteInfo { name, fingerprint, listen, api, api_url, api_tls, api_fingerprint, nbd, version, data_dir });
 to_dto!(engine::ImportProgress => ImportProgress { copied_bytes, total_bytes, error });
 to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, nbd_tls, connections, import });
 to_dto!(engine::Event => Event { id, at, kind, subject, message });
@@ -490,5 +497,15 @@ mod tests {
     #[test]
     fn keep_bound_is_the_documented_one() {
         assert_eq!(replication::MAX_KEEP, t::schema::MAX_KEEP);
+    }
+
+    #[test]
+    fn api_tls_modes_are_the_documented_ones() {
+        use engine::config::ApiTlsMode as M;
+        let modes: Vec<String> = [M::Off, M::SelfSigned, M::Files]
+            .into_iter()
+            .map(ToDto::to_dto)
+            .collect();
+        assert_eq!(modes, t::schema::API_TLS_MODES);
     }
 }

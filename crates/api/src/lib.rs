@@ -5,7 +5,8 @@
 //! console at `/`, `offsite-console`). `/api/openapi.json` and `/metrics`
 //! are open: the first is documentation, the second is for Prometheus
 //! scrapers, and neither exposes data. The API listens on loopback by
-//! default; put it behind TLS before exposing it.
+//! default, over plain HTTP; elsewhere it serves HTTPS ([`serve_tls`],
+//! `[api_tls]`), or plain HTTP only when the operator said so.
 //!
 //! Handlers only parse, call the engine on the blocking pool (the engine
 //! does SQLite and file I/O), and map [`offsite_engine::EngineError`] to a
@@ -43,6 +44,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod stream;
+pub mod tls;
 
 use dto::{ToDomain, ToDto};
 use openapi::{BearerAuth, ErrorResponses};
@@ -58,6 +60,10 @@ pub struct ApiState {
     plans: Arc<Plans>,
     console: Console,
     metrics: Arc<Vec<Arc<dyn MetricsSource>>>,
+    /// Turns true when the listener begins its graceful shutdown: the
+    /// console's event streams end then (a response that never ends would
+    /// hold the shutdown until the browser goes away).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -84,6 +90,8 @@ impl ApiState {
             repl,
             plans,
             metrics: Arc::new(metrics),
+            // Never stops until a `serve` gives it its shutdown.
+            stopping: tokio::sync::watch::channel(false).1,
         }
     }
 
@@ -178,7 +186,40 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (state, shutdown) = stopping_with(state, shutdown);
     axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `state` told when `shutdown` completes ([`ApiState::stopping`]), and
+/// the shutdown that tells it.
+fn stopping_with(
+    mut state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (ApiState, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    state.stopping = rx;
+    (state, async move {
+        shutdown.await;
+        // Receivers gone: no stream to end.
+        let _ = tx.send(true);
+    })
+}
+
+/// As [`serve`], over HTTPS with `certificate` ([`tls::TlsListener`]).
+/// The console's session cookie is marked `Secure`: the browser then sends
+/// it over HTTPS only.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    certificate: Arc<tls::ServedCertificate>,
+    mut state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = tls::server_config(certificate)?;
+    state.console = state.console.clone().with_secure_cookie(true);
+    let (state, shutdown) = stopping_with(state, shutdown);
+    axum::serve(tls::TlsListener::new(listener, config), router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

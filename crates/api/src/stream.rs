@@ -90,8 +90,15 @@ async fn feed(
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = s.stopping.clone();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // The daemon stops: the stream ends (the browser reconnects to
+            // the next daemon), so the listener's shutdown need not wait.
+            // (`Err`: no listener will ever stop; the branch sleeps.)
+            Ok(_) = stopping.wait_for(|stop| *stop) => return,
+        }
         if tx.is_closed() {
             return;
         }

@@ -23,12 +23,29 @@ pub struct Global {
     /// The site's data directory (its running daemon is reached through it).
     #[arg(long, global = true, env = "OFFSITE_DIR")]
     pub dir: Option<PathBuf>,
-    /// API URL of a site (instead of --dir), e.g. http://127.0.0.1:7801.
+    /// API URL of a site (instead of --dir), e.g. http://127.0.0.1:7801 or
+    /// https://site-a.example.org:7801 (`site show` prints it as api url).
     #[arg(long, global = true)]
     pub url: Option<String>,
     /// File holding the API token (with --url).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// With an https:// --url: trust the site's certificate if it is issued
+    /// by a CA in this PEM file (instead of the public CAs built in); the
+    /// URL's host must be named by the certificate.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PEM",
+        conflicts_with = "api_fingerprint"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// With an https:// --url: trust exactly the certificate with this
+    /// fingerprint (SHA256:..., the api fingerprint `site show` prints at
+    /// the site), self-signed or not; its issuer, names and dates are not
+    /// checked.
+    #[arg(long, global = true, value_name = "SHA256:HEX")]
+    pub api_fingerprint: Option<offsite_client::Fingerprint>,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -469,12 +486,41 @@ pub struct InitArgs {
     /// Replication listener, HOST:PORT (port 0: chosen at start).
     #[arg(long, default_value = offsite_engine::config::DEFAULT_LISTEN)]
     pub listen: String,
-    /// REST API listener, HOST:PORT.
+    /// REST API listener (and web console), HOST:PORT. Off loopback it
+    /// needs --api-tls (or --insecure-api).
     #[arg(long, default_value = offsite_engine::config::DEFAULT_API)]
     pub api: String,
     /// NBD listener, HOST:PORT.
     #[arg(long, default_value = offsite_engine::config::DEFAULT_NBD)]
     pub nbd: String,
+    /// HTTPS on the API listener: off (plain HTTP, the default),
+    /// self-signed (the site makes its own certificate; clients pin its
+    /// fingerprint) or files (--api-tls-cert and --api-tls-key).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub api_tls: Option<ApiTlsArg>,
+    /// HTTPS with this certificate chain (PEM, leaf first); implies
+    /// --api-tls files.
+    #[arg(long, value_name = "PEM", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Serve the API over plain HTTP even off loopback (a trusted network
+    /// only: the token and console sessions travel in the clear); recorded
+    /// as [api_tls] allow_plaintext = true.
+    #[arg(long, conflicts_with_all = ["api_tls", "api_tls_cert"])]
+    pub insecure_api: bool,
+}
+
+/// `site init --api-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiTlsArg {
+    /// Plain HTTP (loopback only, unless --insecure-api).
+    Off,
+    /// HTTPS with a certificate the site makes for itself.
+    SelfSigned,
+    /// HTTPS with --api-tls-cert and --api-tls-key.
+    Files,
 }
 
 #[derive(Debug, Subcommand)]

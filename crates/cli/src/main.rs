@@ -45,6 +45,22 @@ fn main() -> ExitCode {
             "`plan report --format html` writes an HTML page and cannot be combined with --json; use --format json (or --json) for JSON",
         ));
     }
+    // Certificate files serve `--api-tls files`; with another mode they
+    // would be ignored (exit 2, as clap's own conflicts).
+    if let Command::Site(SiteCommand::Init(a)) = &cli.command
+        && a.api_tls_cert.is_some()
+        && let Some(mode @ (args::ApiTlsArg::Off | args::ApiTlsArg::SelfSigned)) = a.api_tls
+    {
+        let mode = clap::ValueEnum::to_possible_value(&mode)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        return usage_error(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--api-tls-cert and --api-tls-key serve your certificate (--api-tls files), but --api-tls is {mode}"
+            ),
+        ));
+    }
     let json = cli.global.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +122,9 @@ fn error_code(e: &anyhow::Error) -> (&str, Option<u16>) {
                 C::NoSite => ("no_site", None),
                 C::Read { .. } => ("read_failed", None),
                 C::Unreachable { .. } => ("unreachable", None),
+                C::Tls { .. } => ("tls", None),
+                C::CaFile(_) => ("read_failed", None),
+                C::TrustWithoutTls { .. } => ("invalid", None),
                 C::Protocol(_) => ("protocol", None),
             };
         }
@@ -137,12 +156,43 @@ pub(crate) fn client(cli: &args::Global) -> anyhow::Result<Client> {
                 .token_file
                 .as_deref()
                 .context("--url needs --token-file FILE (the site's api.token)")?;
-            Client::new(url, token)?
+            let trust = match (&cli.api_fingerprint, &cli.ca_file) {
+                (Some(fp), _) => offsite_client::Trust::Fingerprint(fp.clone()),
+                (None, Some(ca)) => offsite_client::Trust::CaFile(ca.clone()),
+                (None, None) => offsite_client::Trust::PublicRoots,
+            };
+            Client::new(url, token, &trust)?
         }
-        (None, Some(dir)) => Client::for_dir(dir)?,
+        (None, Some(dir)) => {
+            if cli.api_fingerprint.is_some() || cli.ca_file.is_some() {
+                anyhow::bail!(
+                    "--api-fingerprint and --ca-file go with --url; through --dir the CLI pins the certificate the site's daemon serves (run/daemon.json)"
+                );
+            }
+            Client::for_dir(dir)?
+        }
         (None, None) => return Err(offsite_client::ClientError::NoSite.into()),
     };
     Ok(c)
+}
+
+/// `site init`'s `[api_tls]`, from its flags: the certificate files imply
+/// `files`; paths are made absolute (config.toml reads relative ones from
+/// the site directory, not from where `site init` ran).
+fn init_api_tls(a: &args::InitArgs) -> anyhow::Result<offsite_engine::config::ApiTlsConfig> {
+    use offsite_engine::config::{ApiTlsConfig, ApiTlsMode};
+    let mode = match (a.api_tls, &a.api_tls_cert) {
+        (None, None) | (Some(args::ApiTlsArg::Off), _) => ApiTlsMode::Off,
+        (Some(args::ApiTlsArg::SelfSigned), _) => ApiTlsMode::SelfSigned,
+        (None, Some(_)) | (Some(args::ApiTlsArg::Files), _) => ApiTlsMode::Files,
+    };
+    let absolute_opt = |p: &Option<PathBuf>| p.as_deref().map(absolute).transpose();
+    Ok(ApiTlsConfig {
+        mode,
+        cert: absolute_opt(&a.api_tls_cert)?,
+        key: absolute_opt(&a.api_tls_key)?,
+        allow_plaintext: a.insecure_api,
+    })
 }
 
 fn need_dir(dir: &Option<PathBuf>, cmd: &str) -> anyhow::Result<PathBuf> {
@@ -169,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Site(SiteCommand::Init(a)) => {
             init_tracing("warn");
             let dir = need_dir(&cli.global.dir, "site init")?;
+            let api_tls = init_api_tls(&a)?;
             let report = offsite_engine::init::init_site(
                 &dir,
                 &offsite_engine::init::InitOptions {
@@ -176,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     listen: a.listen,
                     api: a.api,
                     nbd: a.nbd,
+                    api_tls,
                 },
             )?;
             p.site_init(&dir, &report)

@@ -130,19 +130,26 @@ impl Printer {
                 "dir": dir.display().to_string(),
                 "listen": r.config.listen,
                 "api": r.config.api,
+                "api_tls": r.config.api_tls.mode.as_str(),
+                "api_fingerprint": r.api_fingerprint,
                 "nbd": r.config.nbd,
             }));
         }
+        let mut f = vec![
+            ("fingerprint", r.fingerprint.clone()),
+            ("listen", r.config.listen.clone()),
+            ("api", r.config.api.clone()),
+            ("api tls", r.config.api_tls.mode.to_string()),
+        ];
+        if let Some(fp) = &r.api_fingerprint {
+            f.push(("api fingerprint", fp.clone()));
+        }
+        f.push(("nbd", r.config.nbd.clone()));
         emit(&format!(
             "created site {} in {}\n{}start it with: offsite serve --dir {}\n",
             r.config.name,
             dir.display(),
-            fields(&[
-                ("fingerprint", r.fingerprint.clone()),
-                ("listen", r.config.listen.clone()),
-                ("api", r.config.api.clone()),
-                ("nbd", r.config.nbd.clone()),
-            ]),
+            fields(&f),
             dir.display()
         ))
     }
@@ -151,15 +158,23 @@ impl Printer {
         if self.json {
             return self.print_json(s);
         }
-        emit(&fields(&[
+        let mut f = vec![
             ("name", s.name.clone()),
             ("fingerprint", s.fingerprint.clone()),
             ("listen", s.listen.clone()),
             ("api", s.api.clone()),
+            ("api url", s.api_url.clone()),
+            ("api tls", s.api_tls.clone()),
+        ];
+        if let Some(fp) = &s.api_fingerprint {
+            f.push(("api fingerprint", fp.clone()));
+        }
+        f.extend([
             ("nbd", s.nbd.clone()),
             ("version", s.version.clone()),
             ("data dir", s.data_dir.clone()),
-        ]))
+        ]);
+        emit(&fields(&f))
     }
 
     pub fn volume(&self, v: &VolumeInfo) -> anyhow::Result<()> {

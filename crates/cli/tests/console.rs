@@ -4,6 +4,11 @@
 //! its clone's export, a plan's test run answered at its prompt, a planned
 //! failover and reverse from the UI, every page checked for JavaScript
 //! errors, failed requests and accessibility (axe-core, vendored), log out.
+//! Site-a serves its console over plain HTTP (loopback, the default),
+//! site-b over HTTPS with its self-signed certificate (`--api-tls
+//! self-signed`), which Chromium is told to trust by its key's SPKI hash,
+//! as an operator's browser would after accepting it once: the live
+//! stream, actions and the session cookie (`Secure` there) over TLS.
 //! Screenshots land in `target/test-artifacts/console/`.
 
 mod common;
@@ -19,15 +24,47 @@ fn have_browser() -> bool {
         .args(["-c", "import selenium"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let ok = selenium && have_tools(&["chromium", "chromedriver", "nbdinfo"]);
+    let ok = selenium && have_tools(&["chromium", "chromedriver", "nbdinfo", "openssl"]);
     if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must run the console test: install chromium, chromium-driver, python3-selenium and libnbd-bin (.ci/run does)"
+            "CI must run the console test: install chromium, chromium-driver, python3-selenium, libnbd-bin and openssl (.ci/run does)"
         );
-        eprintln!("skipped: needs chromium, chromium-driver, python3-selenium and nbdinfo");
+        eprintln!(
+            "skipped: needs chromium, chromium-driver, python3-selenium, nbdinfo and openssl"
+        );
     }
     ok
+}
+
+/// [`group_site`] whose API serves HTTPS with its own certificate.
+fn https_group_site(name: &str) -> offsite_testkit::TestSite {
+    let mut s = offsite_testkit::TestSite::init_with(bin(), name, &["--api-tls", "self-signed"]);
+    set_replication_config(&s, GROUP_REPLICATION);
+    s.start();
+    keep_listen_port(&s);
+    s
+}
+
+/// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo: what
+/// Chromium's `--ignore-certificate-errors-spki-list` takes.
+fn spki_sha256_base64(cert: &std::path::Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | openssl base64 -A",
+            cert.display()
+        ))
+        .output()
+        .expect("run openssl");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && hash.len() == 44,
+        "SPKI hash of {}: {hash:?} {}",
+        cert.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hash
 }
 
 fn artifacts() -> PathBuf {
@@ -41,7 +78,15 @@ fn an_operator_protects_tests_fails_over_and_reverses_from_the_console() {
     if !have_browser() {
         return;
     }
-    let (a, b) = group_pair();
+    let a = group_site("site-a");
+    let b = https_group_site("site-b");
+    pair(&a, &b);
+    authorize_primary(&b, a.name(), None);
+    let b_url = b.json(&["site", "show"])["api_url"]
+        .as_str()
+        .expect("api_url")
+        .to_string();
+    assert!(b_url.starts_with("https://"), "{b_url}");
     // Reverse makes site-a the replica of site-b.
     authorize_primary(&a, b.name(), None);
     a.create_volume("v1", "16M");
@@ -81,7 +126,8 @@ fn an_operator_protects_tests_fails_over_and_reverses_from_the_console() {
     let (ta, tb) = (token(&a), token(&b));
     let cfg = serde_json::json!({
         "a": {"name": a.name(), "url": format!("http://{}", site_addr(&a, "api")), "token": ta},
-        "b": {"name": b.name(), "url": format!("http://{}", site_addr(&b, "api")), "token": tb},
+        "b": {"name": b.name(), "url": b_url, "token": tb},
+        "spki": [spki_sha256_base64(&b.dir().join("tls/api.crt"))],
         "group": "g1",
         "plan": "p1",
         "artifacts": artifacts(),

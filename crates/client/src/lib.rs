@@ -4,6 +4,12 @@
 //! API address comes from `DIR/run/daemon.json`, written by the running
 //! daemon with the ports it actually bound, and the token from
 //! `DIR/api.token`) or through an explicit URL and token file.
+//!
+//! HTTPS ([`tls`]): an `https://` URL's certificate is checked as
+//! [`Trust`] says — public CAs, a CA file, or a pinned fingerprint. Through
+//! the data directory, a site serving HTTPS is reached with the fingerprint
+//! its daemon recorded in `run/daemon.json` pinned, so local use needs no
+//! flag even with a self-signed certificate.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +20,10 @@ use offsite_api_types::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+pub mod tls;
+
+pub use tls::{Fingerprint, InvalidFingerprint, TlsRefusal, Trust};
 
 /// Client errors; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,26 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The TLS connection to the site was refused (an untrusted or
+    /// unexpected certificate) or failed.
+    #[error("no secure connection to the site API at {url}: {refusal}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// Why, and what to do.
+        refusal: TlsRefusal,
+    },
+    /// `--ca-file` could not be used.
+    #[error(transparent)]
+    CaFile(#[from] tls::CaFileError),
+    /// A certificate check was asked for a plain HTTP URL.
+    #[error(
+        "--api-fingerprint and --ca-file check the certificate of a site's HTTPS API, but {url} is plain HTTP; use the site's https:// URL (`offsite site show` at the site prints it as api url)"
+    )]
+    TrustWithoutTls {
+        /// The URL.
+        url: String,
+    },
     /// The site answered with an error.
     #[error("{message}")]
     Api {
@@ -80,6 +110,13 @@ pub struct DaemonInfo {
     pub pid: u32,
     /// Bound API address.
     pub api: String,
+    /// `http` or `https` (absent: written before the API served HTTPS,
+    /// so `http`).
+    #[serde(default)]
+    pub api_scheme: Option<String>,
+    /// The fingerprint of the certificate the API serves over HTTPS.
+    #[serde(default)]
+    pub api_fingerprint: Option<String>,
     /// Bound NBD address.
     pub nbd: String,
     /// Bound replication address.
@@ -112,7 +149,25 @@ impl Client {
         let info: DaemonInfo = serde_json::from_str(&text)
             .map_err(|e| ClientError::Protocol(format!("{}: {e}", info_path.display())))?;
         let token_path = dir.join("api.token");
-        let client = Client::new(&format!("http://{}", info.api), &token_path)?;
+        let (url, trust) = match info.api_scheme.as_deref() {
+            Some("https") => {
+                // The daemon wrote the fingerprint of exactly the
+                // certificate it serves: pinned, the site's own
+                // self-signed one needs no CA, and no other will do.
+                let fingerprint = info
+                    .api_fingerprint
+                    .as_deref()
+                    .unwrap_or_default()
+                    .parse::<Fingerprint>()
+                    .map_err(|e| ClientError::Protocol(format!("{}: {e}", info_path.display())))?;
+                (
+                    format!("https://{}", info.api),
+                    Trust::Fingerprint(fingerprint),
+                )
+            }
+            _ => (format!("http://{}", info.api), Trust::default()),
+        };
+        let client = Client::new(&url, &token_path, &trust)?;
         // A daemon killed with -9 leaves daemon.json behind: tell the user
         // the site is down, not that the network failed.
         match client.site() {
@@ -123,17 +178,41 @@ impl Client {
         }
     }
 
-    /// A client for the API at `url` with the token in `token_file`.
-    pub fn new(url: &str, token_file: &Path) -> Result<Client, ClientError> {
+    /// A client for the API at `url` with the token in `token_file`; an
+    /// `https://` URL's certificate is checked as `trust` says (any other
+    /// trust than the default needs an `https://` URL).
+    pub fn new(url: &str, token_file: &Path, trust: &Trust) -> Result<Client, ClientError> {
+        let https = url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        if !https && *trust != Trust::default() {
+            return Err(ClientError::TrustWithoutTls {
+                url: url.to_string(),
+            });
+        }
         let token = std::fs::read_to_string(token_file).map_err(|source| ClientError::Read {
             path: token_file.to_path_buf(),
             source,
         })?;
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .new_agent();
+            .build();
+        let agent = if https {
+            use ureq::unversioned::transport::{ConnectProxyConnector, Connector, TcpConnector};
+            // ureq's default chain without its own TLS (see `tls`).
+            let connector =
+                ().chain(ConnectProxyConnector::default())
+                    .chain(TcpConnector::default())
+                    .chain(tls::TlsConnector::new(tls::client_config(trust)?));
+            ureq::Agent::with_parts(
+                config,
+                connector,
+                ureq::unversioned::resolver::DefaultResolver::default(),
+            )
+        } else {
+            config.new_agent()
+        };
         Ok(Client {
             base: url.trim_end_matches('/').to_string(),
             token: token.trim().to_string(),
@@ -150,9 +229,21 @@ impl Client {
         url: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
-        let mut resp = r.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
+        let mut resp = r.map_err(|e| match e {
+            ureq::Error::Other(inner) => match inner.downcast::<TlsRefusal>() {
+                Ok(refusal) => ClientError::Tls {
+                    url: url.to_string(),
+                    refusal: *refusal,
+                },
+                Err(inner) => ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: inner.to_string(),
+                },
+            },
+            e => ClientError::Unreachable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            },
         })?;
         let status = resp.status().as_u16();
         let body = resp

@@ -170,6 +170,14 @@ impl Console {
         }
     }
 
+    /// The same console with its cookie marked `Secure` or not (`Secure`
+    /// when the listener serves HTTPS: the browser then never sends the
+    /// session over plain HTTP).
+    pub fn with_secure_cookie(mut self, secure: bool) -> Console {
+        self.secure_cookie = secure;
+        self
+    }
+
     /// The name of this site's session cookie.
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name

@@ -1,10 +1,13 @@
 //! `offsite serve`: composes a site's front ends around its engine.
 //!
 //! Start-up: take the data directory's lock (one daemon per directory),
-//! open the [`Site`] (which recovers change tracking after a crash), bind
-//! the NBD and API listeners, publish the bound addresses in
-//! `run/daemon.json` (durably, so tests and the CLI find ephemeral ports),
-//! then serve until SIGTERM or SIGINT.
+//! open the [`Site`] (which recovers change tracking after a crash), load
+//! the API's certificate (`[api_tls]`; plain HTTP off loopback is refused
+//! unless `allow_plaintext`), bind the NBD and API listeners, publish the
+//! bound addresses, the API's scheme and its certificate's fingerprint in
+//! `run/daemon.json` (durably, so tests and the CLI find ephemeral ports
+//! and local clients pin the certificate), then serve until SIGTERM or
+//! SIGINT.
 //!
 //! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) the daemon says
 //! `READY=1` once it serves, `RELOADING=1`/`READY=1` around a reload,
@@ -12,8 +15,10 @@
 //! `WATCHDOG_USEC` while its runtime and catalog answer.
 //!
 //! SIGHUP re-reads `config.toml` and puts in force what can change while
-//! running (timers, the default bandwidth limit, the log filter); it logs
-//! what changed and what waits for a restart (name, listener addresses).
+//! running (timers, the default bandwidth limit, the log filter), and
+//! re-reads the API's certificate files (`[api_tls] mode = "files"`: a
+//! renewal needs no restart); it logs what changed and what waits for a
+//! restart (name, listener addresses, `[nbd_tls]`, `[api_tls]`).
 //!
 //! Shutdown, in this order: (1) stop accepting API and NBD connections;
 //! (2) let each NBD connection finish the request it is executing and flush
@@ -27,7 +32,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
+use offsite_api::tls::ServedCertificate;
 use offsite_api::{ApiState, MetricsSource};
+use offsite_engine::api_tls::ApiCertificate;
+use offsite_engine::config::{ApiTlsMode, SiteConfig};
 use offsite_engine::{BoundAddresses, Site, config::parse_addr, layout::Layout};
 use offsite_nbd::{NbdServer, ServerConfig, ServerStats, TlsAcceptor, TlsMode, TlsPolicy};
 use offsite_replication::Replication;
@@ -76,8 +84,17 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
     let site = Site::open(dir).with_context(|| format!("opening the site in {}", dir.display()))?;
     let config = site.config();
 
+    let api_certificate = api_certificate(&site, &config)?;
     let (nbd, nbd_bound, nbd_stats) = start_nbd(&site, &config, dir)?;
-    let result = runtime.block_on(serve(&site, &layout, logging, hangup, nbd_bound, nbd_stats));
+    let result = runtime.block_on(serve(
+        &site,
+        &layout,
+        logging,
+        hangup,
+        nbd_bound,
+        nbd_stats,
+        api_certificate,
+    ));
 
     tracing::info!("shutting down: draining NBD connections");
     if let Some(server) = nbd.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -101,6 +118,32 @@ pub fn run(dir: &Path, options: &ServeOptions) -> anyhow::Result<()> {
 /// The running NBD server, shared with the volume-connection counter until
 /// shutdown takes it.
 type SharedNbd = Arc<Mutex<Option<NbdServer>>>;
+
+/// The API's certificate as `[api_tls]` says, before any listener is
+/// bound: none for plain HTTP (refused off loopback unless
+/// `allow_plaintext`: the bearer token and console sessions would travel
+/// in the clear), the site's own (made at the first start that needs it,
+/// then reused), or the operator's files (checked to fit their key).
+fn api_certificate(site: &Site, config: &SiteConfig) -> anyhow::Result<Option<ApiCertificate>> {
+    let api_addr = parse_addr(&config.api).map_err(anyhow::Error::msg)?;
+    if let Some(reason) = config.api_tls.refusal(api_addr) {
+        bail!("{reason}");
+    }
+    if config.api_tls.mode == ApiTlsMode::SelfSigned
+        && let Some(fingerprint) =
+            offsite_engine::api_tls::ensure_self_signed(site.layout(), &config.name, &config.api)
+                .context(
+                    "making the API's self-signed certificate ([api_tls] mode = \"self-signed\")",
+                )?
+    {
+        tracing::info!(
+            "made the API's self-signed certificate {} (fingerprint {fingerprint}); clients pin it with --api-fingerprint",
+            site.layout().api_cert().display()
+        );
+    }
+    offsite_engine::api_tls::load(site.layout(), &config.api_tls)
+        .context("loading the API's TLS certificate ([api_tls] in config.toml)")
+}
 
 /// The NBD server (every volume an export), before the runtime's work: it
 /// runs on threads of its own, with `[nbd_tls]` (credentials relative to
@@ -175,8 +218,10 @@ async fn serve(
     hangup: tokio::signal::unix::Signal,
     nbd_bound: std::net::SocketAddr,
     nbd_stats: Arc<ServerStats>,
+    api_certificate: Option<ApiCertificate>,
 ) -> anyhow::Result<()> {
     let config = site.config();
+    let api_certificate = api_certificate.map(|c| Arc::new(ServedCertificate::new(c)));
     let (repl, plans, repl_listener) = start_replication(site).await?;
     let listen_bound = repl_listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -192,6 +237,7 @@ async fn serve(
             site: site.clone(),
             repl: repl.clone(),
             logging: logging.clone(),
+            api_certificate: api_certificate.clone(),
         },
         stopped(stop_rx.clone()),
     ));
@@ -205,10 +251,12 @@ async fn serve(
             )
         })?;
     let api_bound = api_listener.local_addr()?;
+    let api_fingerprint = api_certificate.as_ref().map(|c| c.fingerprint());
     site.set_bound(BoundAddresses {
         listen: Some(listen_bound),
         api: Some(api_bound),
         nbd: Some(nbd_bound),
+        api_fingerprint: api_fingerprint.clone(),
     });
     let token = std::fs::read_to_string(layout.token())
         .with_context(|| format!("reading the API token {}", layout.token().display()))?;
@@ -219,19 +267,11 @@ async fn serve(
     let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
     repl.set_console_url(&console_url(api_bound));
 
-    let info = serde_json::json!({
-        "pid": std::process::id(),
-        "api": api_bound.to_string(),
-        "nbd": nbd_bound.to_string(),
-        "listen": site.info().listen,
-    });
-    offsite_volume_file::write_durably(
-        &layout.daemon_info(),
-        info.to_string().as_bytes(),
-        offsite_volume_file::PRIVATE_FILE_MODE,
-    )
-    .with_context(|| format!("writing {}", layout.daemon_info().display()))?;
-    tracing::info!(site = %config.name, api = %api_bound, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+    write_daemon_info(site)?;
+    tracing::info!(site = %config.name, api = %site.info().api_url, nbd = %nbd_bound, listen = %listen_bound, "site is serving");
+    if let Some(fingerprint) = &api_fingerprint {
+        tracing::info!("the API serves HTTPS with certificate {fingerprint}");
+    }
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
@@ -239,13 +279,40 @@ async fn serve(
     let watchdog_task = sd_notify::watchdog_enabled()
         .map(|every| tokio::spawn(watchdog(site.clone(), every, stopped(stop_rx.clone()))));
 
-    let served = offsite_api::serve(api_listener, state, shutdown_signal())
-        .await
-        .context("serving the API");
+    let served = match api_certificate {
+        Some(certificate) => {
+            offsite_api::serve_tls(api_listener, certificate, state, shutdown_signal()).await
+        }
+        None => offsite_api::serve(api_listener, state, shutdown_signal()).await,
+    }
+    .context("serving the API");
     // Fails only when every task already ended: nothing left to stop.
     let _ = stop_tx.send(true);
     join_services(repl_task, monitor_task, reload_task, watchdog_task).await;
     served
+}
+
+/// Writes `run/daemon.json` (durably) from what the site bound. Its
+/// `api_scheme` and `api_fingerprint` let a local CLI (`--dir`) speak HTTPS
+/// to this daemon and pin exactly the certificate it serves.
+fn write_daemon_info(site: &Site) -> anyhow::Result<()> {
+    let bound = site.bound();
+    let show = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let info = serde_json::json!({
+        "pid": std::process::id(),
+        "api": show(bound.api),
+        "api_scheme": if bound.api_fingerprint.is_some() { "https" } else { "http" },
+        "api_fingerprint": bound.api_fingerprint,
+        "nbd": show(bound.nbd),
+        "listen": show(bound.listen),
+    });
+    let path = site.layout().daemon_info();
+    offsite_volume_file::write_durably(
+        &path,
+        info.to_string().as_bytes(),
+        offsite_volume_file::PRIVATE_FILE_MODE,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The replication service and the plans, started: session options from
@@ -382,6 +449,8 @@ struct Reloadable {
     site: Arc<Site>,
     repl: Arc<Replication>,
     logging: Arc<log::Logging>,
+    /// The API's certificate, when it serves HTTPS.
+    api_certificate: Option<Arc<ServedCertificate>>,
 }
 
 /// Serves SIGHUP until `shutdown`: each one reloads `config.toml`
@@ -462,6 +531,15 @@ fn reload(what: &Reloadable) {
         Ok(bandwidth) => what.repl.reload(bandwidth),
         Err(e) => not_reloaded.push(format!("replication.bandwidth_bytes_per_sec: {e:#}")),
     }
+    if let Some(served) = &what.api_certificate {
+        match reload_api_certificate(&what.site, served) {
+            Ok(Some(change)) => changed.push(change),
+            Ok(None) => {}
+            Err(e) => not_reloaded.push(format!(
+                "the API certificate: {e:#} (the one in force stays)"
+            )),
+        }
+    }
     if changed.is_empty() {
         tracing::info!("configuration reloaded: nothing changed");
     } else {
@@ -470,6 +548,38 @@ fn reload(what: &Reloadable) {
     for n in not_reloaded {
         tracing::warn!("configuration reloaded, except {n}");
     }
+}
+
+/// `[api_tls] mode = "files"`: re-reads the operator's certificate and key
+/// (renewed in place, as ACME clients and CAs' tools do) and serves them
+/// to new connections if they changed, with `site show` and
+/// `run/daemon.json` following; returns what changed. The self-signed
+/// certificate is the site's own and changes only when deleted, at a
+/// start.
+fn reload_api_certificate(
+    site: &Site,
+    served: &ServedCertificate,
+) -> anyhow::Result<Option<String>> {
+    let config = site.config();
+    if config.api_tls.mode != ApiTlsMode::Files {
+        return Ok(None);
+    }
+    let Some(certificate) = offsite_engine::api_tls::load(site.layout(), &config.api_tls)? else {
+        return Ok(None);
+    };
+    let new = certificate.fingerprint().to_string();
+    let Some(old) = served.replace(certificate) else {
+        return Ok(None);
+    };
+    let mut bound = site.bound();
+    bound.api_fingerprint = Some(new.clone());
+    let listening = bound.api.is_some();
+    site.set_bound(bound);
+    // Before the listener is bound, `serve` writes the file itself.
+    if listening {
+        write_daemon_info(site)?;
+    }
+    Ok(Some(format!("API certificate: {old} -> {new}")))
 }
 
 /// Puts `replication.bandwidth_bytes_per_sec` of the configuration in force

@@ -1,11 +1,13 @@
 //! `config.toml`: the site's name and listener addresses, its timers, its
-//! default bandwidth limit, its log filter and the NBD listener's TLS.
+//! default bandwidth limit, its log filter and the TLS of the NBD and API
+//! listeners.
 //!
 //! `offsite serve` re-reads the file on SIGHUP: the timers of
 //! `[replication]` and `[failover]`, `replication.bandwidth_bytes_per_sec`
 //! and `log.filter` take effect at once ([`SiteConfig::reload`]); the name
 //! and the listener addresses need a restart (the listeners are bound, and
-//! partners pin the name), and so does `[nbd_tls]` (loaded at start).
+//! partners pin the name), and so do `[nbd_tls]` and `[api_tls]` (loaded
+//! at start).
 //!
 //! Format: TOML with a `format_version` key (currently 1); unknown versions
 //! are refused. Written once by `site init` (durably: temp file, fsync,
@@ -13,6 +15,7 @@
 //! TOML has no checksum: it is small, human-edited, and a parse error names
 //! the line.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use offsite_nbd::TlsMode;
@@ -61,6 +64,130 @@ pub struct SiteConfig {
     /// defaults, so sites written before it read and write the same.
     #[serde(default, skip_serializing_if = "NbdTlsConfig::is_default")]
     pub nbd_tls: NbdTlsConfig,
+    /// TLS on the API listener (and so the web console). Left out of the
+    /// file while it has its defaults, as `nbd_tls`.
+    #[serde(default, skip_serializing_if = "ApiTlsConfig::is_default")]
+    pub api_tls: ApiTlsConfig,
+}
+
+/// Whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or an
+/// IPv4-mapped `::ffff:127.x.y.z`. The unspecified addresses (`0.0.0.0`,
+/// `::`) are not: a listener there is reachable from every interface.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// `[api_tls] mode`: what the API listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiTlsMode {
+    /// Plain HTTP (the default; refused off loopback unless
+    /// `allow_plaintext`).
+    #[default]
+    Off,
+    /// HTTPS with the site's own certificate, generated once into
+    /// `tls/api.crt` and `tls/api.key` and kept across restarts; clients
+    /// pin its fingerprint (`site show`).
+    SelfSigned,
+    /// HTTPS with the operator's certificate chain and key (`cert`, `key`).
+    Files,
+}
+
+impl ApiTlsMode {
+    /// The name in `config.toml` and in `site show`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiTlsMode::Off => "off",
+            ApiTlsMode::SelfSigned => "self-signed",
+            ApiTlsMode::Files => "files",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[api_tls]` in `config.toml`: TLS on the API listener, which also
+/// serves the web console. Read at start (a change of the section waits
+/// for a restart); the files of `files` mode are read again on SIGHUP, so
+/// a certificate renewed in place is served without a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTlsConfig {
+    /// `off`, `self-signed` or `files`.
+    pub mode: ApiTlsMode,
+    /// `files`: the certificate chain, PEM, leaf first; relative to the
+    /// site directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// `files`: the certificate's private key, PEM (PKCS#8, PKCS#1 or
+    /// SEC1); relative to the site directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (a trusted
+    /// network; `site init --insecure-api`). Without it `site init` and
+    /// `offsite serve` refuse such a listener while `mode` is `off`.
+    pub allow_plaintext: bool,
+}
+
+impl ApiTlsConfig {
+    fn is_default(&self) -> bool {
+        *self == ApiTlsConfig::default()
+    }
+
+    /// Whether an API listener at `addr` would be refused with this
+    /// configuration: plain HTTP off loopback, unless `allow_plaintext`.
+    /// The bearer token and the console's session cookie would cross the
+    /// network in the clear.
+    pub fn plaintext_refused(&self, addr: SocketAddr) -> bool {
+        self.mode == ApiTlsMode::Off && !self.allow_plaintext && !is_loopback(addr.ip())
+    }
+
+    /// Why `offsite serve` may not start the API listener at `addr` with
+    /// this configuration, if it may not ([`Self::plaintext_refused`]).
+    pub fn refusal(&self, addr: SocketAddr) -> Option<String> {
+        self.plaintext_refused(addr).then(|| {
+            format!(
+                "the API listener {addr} (config.toml `api`) is not a loopback address and \
+                 [api_tls] mode is off: the API token and console sessions would cross the \
+                 network in the clear. Set [api_tls] mode = \"self-signed\" (or \"files\" \
+                 with cert and key; docs/operations.md, \"The web console over HTTPS\"), \
+                 or set [api_tls] allow_plaintext = true to serve plain HTTP on a trusted \
+                 network, or set `api` to a loopback address"
+            )
+        })
+    }
+
+    /// What is inconsistent in the section, if anything: `files` needs
+    /// `cert` and `key`, which no other mode reads (set without `files`,
+    /// they would be silently ignored).
+    pub fn check(&self) -> Option<String> {
+        match (self.mode, &self.cert, &self.key) {
+            (ApiTlsMode::Files, Some(_), Some(_)) => None,
+            (ApiTlsMode::Files, _, _) => Some(
+                "[api_tls] mode is files but cert or key is not set: point cert at the \
+                 certificate chain (PEM, leaf first) and key at its private key (PEM)"
+                    .into(),
+            ),
+            (_, None, None) => None,
+            (mode, _, _) => Some(format!(
+                "[api_tls] cert and key are read only with mode = \"files\", but mode is \
+                 {mode}: set mode = \"files\" to serve them, or remove cert and key"
+            )),
+        }
+    }
+
+    /// The certificate and key files of `files` mode, relative paths taken
+    /// from `site_dir`.
+    pub fn files(&self, site_dir: &Path) -> Option<(PathBuf, PathBuf)> {
+        match (self.mode, &self.cert, &self.key) {
+            (ApiTlsMode::Files, Some(c), Some(k)) => Some((site_dir.join(c), site_dir.join(k))),
+            _ => None,
+        }
+    }
 }
 
 /// `[nbd_tls]` in `config.toml`: TLS on the NBD listener
@@ -307,6 +434,13 @@ impl SiteConfig {
                 .push("nbd_tls: changed in the file".to_string());
             merged.nbd_tls = self.nbd_tls.clone();
         }
+        // The listener's certificate is loaded when it is bound.
+        if self.api_tls != new.api_tls {
+            report
+                .need_restart
+                .push("api_tls: changed in the file".to_string());
+            merged.api_tls = self.api_tls.clone();
+        }
         let (o, n) = (&self.replication, &new.replication);
         for (key, old, new) in [
             (
@@ -452,7 +586,7 @@ impl SiteConfig {
                 reason: format!("{what}: {reason}"),
             })?;
         }
-        if let Some(reason) = config.nbd_tls.check() {
+        if let Some(reason) = config.nbd_tls.check().or_else(|| config.api_tls.check()) {
             return Err(EngineError::BadConfig {
                 path: path.to_path_buf(),
                 reason,
@@ -529,6 +663,7 @@ mod tests {
             log: Default::default(),
             nbd_tls: Default::default(),
             libvirt: Default::default(),
+            api_tls: Default::default(),
         }
     }
 
@@ -563,6 +698,114 @@ mod tests {
         assert!(reason.contains("x509_dir"), "{reason}");
         tls.psk_file = Some("keys.psk".into());
         assert_eq!(tls.check(), None);
+    }
+
+    #[test]
+    fn loopback_is_127_8_and_ipv6_one_only() {
+        for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "0.0.0.0",
+            "::",
+            "192.0.2.1",
+            "10.0.0.1",
+            "::ffff:192.0.2.1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused_unless_allowed_or_tls() {
+        let mut tls = ApiTlsConfig::default();
+        let any: SocketAddr = "0.0.0.0:7801".parse().unwrap();
+        let lan: SocketAddr = "192.0.2.1:7801".parse().unwrap();
+        for ok in ["127.0.0.1:7801", "[::1]:7801", "127.0.0.2:0"] {
+            assert_eq!(tls.refusal(ok.parse().unwrap()), None, "{ok}");
+        }
+        for addr in [any, lan, "[::]:7801".parse().unwrap()] {
+            let reason = tls.refusal(addr).expect("refused");
+            assert!(reason.contains(&addr.to_string()), "{reason}");
+            assert!(reason.contains("self-signed"), "{reason}");
+            assert!(reason.contains("allow_plaintext"), "{reason}");
+        }
+        tls.allow_plaintext = true;
+        assert_eq!(tls.refusal(any), None);
+        tls.allow_plaintext = false;
+        tls.mode = ApiTlsMode::SelfSigned;
+        assert_eq!(tls.refusal(any), None);
+    }
+
+    #[test]
+    fn api_tls_reads_by_name_stays_out_of_the_file_by_default_and_checks_its_files() {
+        let text = toml::to_string_pretty(&config()).unwrap();
+        assert!(!text.contains("api_tls"), "{text}");
+        let read = |section: &str| {
+            let text = format!("{}\n{section}", toml::to_string_pretty(&config()).unwrap());
+            toml::from_str::<SiteConfig>(&text).map(|c| c.api_tls)
+        };
+        let tls = read("[api_tls]\nmode = \"self-signed\"").unwrap();
+        assert_eq!(tls.mode, ApiTlsMode::SelfSigned);
+        assert_eq!(tls.check(), None);
+        let tls = read("[api_tls]\nmode = \"files\"\ncert = \"c.pem\"\nkey = \"/k.pem\"").unwrap();
+        assert_eq!(tls.check(), None);
+        assert_eq!(
+            tls.files(Path::new("/site")),
+            Some(("/site/c.pem".into(), "/k.pem".into()))
+        );
+        let tls = read("[api_tls]\nallow_plaintext = true").unwrap();
+        assert_eq!(tls.mode, ApiTlsMode::Off);
+        assert!(tls.allow_plaintext);
+        let err = read("[api_tls]\nmode = \"on\"").unwrap_err().to_string();
+        assert!(err.contains("self-signed"), "{err}");
+        let err = read("[api_tls]\nmode = \"off\"\ncertificate = \"c\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certificate"), "{err}");
+
+        let files_without_key = read("[api_tls]\nmode = \"files\"\ncert = \"c.pem\"").unwrap();
+        let reason = files_without_key.check().expect("refused");
+        assert!(reason.contains("key"), "{reason}");
+        let cert_without_files = read("[api_tls]\ncert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
+        let reason = cert_without_files.check().expect("refused");
+        assert!(reason.contains("mode = \"files\""), "{reason}");
+
+        let mut with = config();
+        with.api_tls.mode = ApiTlsMode::Files;
+        with.api_tls.cert = Some("c.pem".into());
+        with.api_tls.key = Some("k.pem".into());
+        let text = toml::to_string_pretty(&with).unwrap();
+        assert!(text.contains("[api_tls]\nmode = \"files\""), "{text}");
+        assert_eq!(toml::from_str::<SiteConfig>(&text).unwrap(), with);
+    }
+
+    #[test]
+    fn a_changed_api_tls_waits_for_a_restart() {
+        let running = config();
+        let mut file = config();
+        file.api_tls.mode = ApiTlsMode::SelfSigned;
+        let (merged, report) = running.reload(&file);
+        assert_eq!(merged.api_tls, running.api_tls);
+        assert_eq!(
+            report.need_restart,
+            vec!["api_tls: changed in the file".to_string()]
+        );
+    }
+
+    #[test]
+    fn load_refuses_inconsistent_api_tls_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        let mut c = config();
+        c.api_tls.mode = ApiTlsMode::Files;
+        c.save(&path).unwrap();
+        let err = SiteConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("config.toml") && err.contains("cert or key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub enum EngineError {
     /// Generating the site's TLS identity failed.
     #[error("generating the site's TLS certificate: {0}")]
     Tls(String),
+    /// The API listener's certificate could not be loaded or made.
+    #[error(transparent)]
+    ApiTls(#[from] crate::api_tls::ApiTlsError),
     /// Another file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -147,6 +150,12 @@ impl EngineError {
             | EngineError::DirNotEmpty { .. } => ErrorKind::Conflict,
             EngineError::Invalid(_)
             | EngineError::NotASite { .. }
+            | EngineError::ApiTls(
+                crate::api_tls::ApiTlsError::Read { .. }
+                | crate::api_tls::ApiTlsError::NoCertificate { .. }
+                | crate::api_tls::ApiTlsError::NoKey { .. }
+                | crate::api_tls::ApiTlsError::Mismatch { .. },
+            )
             | EngineError::Store(
                 offsite_volume_file::StoreError::TooLarge { .. }
                 | offsite_volume_file::StoreError::NotImportable { .. },

@@ -269,6 +269,7 @@ mod tests {
                 listen: "127.0.0.1:0".into(),
                 api: "127.0.0.1:0".into(),
                 nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
             },
         )
         .unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use rand::RngCore;
 use sha2::Digest;
 
-use crate::config::{CONFIG_FORMAT_VERSION, SiteConfig};
+use crate::config::{ApiTlsConfig, CONFIG_FORMAT_VERSION, SiteConfig};
 use crate::layout::Layout;
 use crate::{EngineError, names};
 
@@ -24,6 +24,8 @@ pub struct InitOptions {
     pub api: String,
     /// NBD listener.
     pub nbd: String,
+    /// TLS of the API listener (`--api-tls`, `--insecure-api`).
+    pub api_tls: ApiTlsConfig,
 }
 
 /// What `site init` created.
@@ -33,6 +35,9 @@ pub struct InitReport {
     pub config: SiteConfig,
     /// `SHA256:` + hex of the certificate.
     pub fingerprint: String,
+    /// `SHA256:` + hex of the API's certificate, when the API serves HTTPS
+    /// (made now, or the operator's).
+    pub api_fingerprint: Option<String>,
 }
 
 /// `SHA256:` + lowercase hex of DER bytes.
@@ -51,9 +56,23 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         crate::config::parse_addr(addr)
             .map_err(|reason| EngineError::Invalid(format!("{what}: {reason}")))?;
     }
+    check_api_tls(&opts.api, &opts.api_tls)?;
     let layout = Layout::new(dir);
+    // The operator's files are read before anything is created: a wrong
+    // path or key leaves no half-made site behind.
+    let operator_cert = match opts.api_tls.files(dir) {
+        Some((cert, key)) => Some(crate::api_tls::ApiCertificate::from_files(&cert, &key)?),
+        None => None,
+    };
     prepare_dir(dir, &layout)?;
     let fingerprint = write_identity(&layout, &opts.name)?;
+    let api_fingerprint = match opts.api_tls.mode {
+        crate::config::ApiTlsMode::Off => None,
+        crate::config::ApiTlsMode::SelfSigned => {
+            crate::api_tls::ensure_self_signed(&layout, &opts.name, &opts.api)?
+        }
+        crate::config::ApiTlsMode::Files => operator_cert.map(|c| c.fingerprint().to_string()),
+    };
     use std::os::unix::fs::PermissionsExt;
     let catalog = offsite_catalog::Catalog::create(&layout.catalog())?;
     // SQLite creates the database 0644 (less the umask); its -wal and -shm
@@ -83,12 +102,36 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         log: Default::default(),
         nbd_tls: Default::default(),
         libvirt: Default::default(),
+        api_tls: opts.api_tls.clone(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {
         config,
         fingerprint,
+        api_fingerprint,
     })
+}
+
+/// Refuses an API configuration `offsite serve` would refuse, before the
+/// site exists: plain HTTP off loopback without `--insecure-api`, and
+/// `[api_tls]` settings that do not go together.
+fn check_api_tls(api: &str, tls: &ApiTlsConfig) -> Result<(), EngineError> {
+    if let Some(reason) = tls.check() {
+        return Err(EngineError::Invalid(reason));
+    }
+    let addr = crate::config::parse_addr(api)
+        .map_err(|reason| EngineError::Invalid(format!("--api: {reason}")))?;
+    if tls.plaintext_refused(addr) {
+        return Err(EngineError::Invalid(format!(
+            "--api {api} is not a loopback address, and the API would serve plain HTTP: \
+             the API token and console sessions would cross the network in the clear. \
+             Add --api-tls self-signed (the site makes its own certificate; clients pin \
+             the fingerprint `site show` prints), or --api-tls-cert PEM --api-tls-key PEM \
+             (a certificate of yours), or --insecure-api to serve plain HTTP on a trusted \
+             network anyway"
+        )));
+    }
+    Ok(())
 }
 
 /// Makes `dir` the site's data directory: created if missing, refused
@@ -186,6 +229,7 @@ mod tests {
             listen: "127.0.0.1:0".into(),
             api: "127.0.0.1:0".into(),
             nbd: "127.0.0.1:0".into(),
+            api_tls: Default::default(),
         }
     }
 
@@ -237,5 +281,77 @@ mod tests {
             init_site(&tmp.path().join("c"), &o),
             Err(EngineError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn init_refuses_plain_http_off_loopback_unless_insecure_or_tls() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts();
+        o.api = "0.0.0.0:7801".into();
+        let err = init_site(&tmp.path().join("a"), &o).unwrap_err();
+        assert!(matches!(err, EngineError::Invalid(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("--api-tls self-signed") && text.contains("--insecure-api"),
+            "{text}"
+        );
+        assert!(
+            !tmp.path().join("a").exists(),
+            "a refused init left a directory"
+        );
+
+        o.api_tls.allow_plaintext = true;
+        let report = init_site(&tmp.path().join("b"), &o).unwrap();
+        assert!(report.config.api_tls.allow_plaintext);
+        assert_eq!(report.api_fingerprint, None);
+        let saved = std::fs::read_to_string(Layout::new(tmp.path().join("b")).config()).unwrap();
+        assert!(saved.contains("allow_plaintext = true"), "{saved}");
+
+        o.api_tls = ApiTlsConfig {
+            mode: crate::config::ApiTlsMode::SelfSigned,
+            ..Default::default()
+        };
+        let dir = tmp.path().join("c");
+        let report = init_site(&dir, &o).unwrap();
+        let layout = Layout::new(&dir);
+        let served = crate::api_tls::load(&layout, &report.config.api_tls)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            report.api_fingerprint.as_deref(),
+            Some(served.fingerprint())
+        );
+        assert_ne!(served.fingerprint(), report.fingerprint);
+    }
+
+    #[test]
+    fn init_with_operator_files_checks_them_before_creating_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["api.example.org".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (tmp.path().join("api.pem"), tmp.path().join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let mut o = opts();
+        o.api = "0.0.0.0:0".into();
+        o.api_tls = ApiTlsConfig {
+            mode: crate::config::ApiTlsMode::Files,
+            cert: Some(c.clone()),
+            key: Some(k.clone()),
+            allow_plaintext: false,
+        };
+        let err = init_site(&tmp.path().join("a"), &o).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Invalid, "{err}");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(!tmp.path().join("a").exists());
+
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let report = init_site(&tmp.path().join("a"), &o).unwrap();
+        assert_eq!(report.api_fingerprint, Some(fingerprint_of_der(cert.der())));
+        // The operator's files are referenced, not copied.
+        assert!(!Layout::new(tmp.path().join("a")).api_cert().exists());
     }
 }

@@ -6,6 +6,8 @@
 //! DIR/api.token          bearer token for the REST API (mode 0600)
 //! DIR/tls/site.key       the site's private key, PEM (mode 0600)
 //! DIR/tls/site.crt       the site's self-signed certificate, PEM
+//! DIR/tls/api.key        the API listener's own key, PEM ([api_tls] self-signed)
+//! DIR/tls/api.crt        the API listener's self-signed certificate, PEM
 //! DIR/volumes/ID.img     volume data, raw and sparse
 //! DIR/volumes/ID.cbt     changed-block bitmap   (offsite-cbt)
 //! DIR/volumes/ID.al      changed-block activity log (offsite-cbt)
@@ -53,6 +55,14 @@ impl Layout {
     /// `tls/site.crt`.
     pub fn cert(&self) -> PathBuf {
         self.tls_dir().join("site.crt")
+    }
+    /// `tls/api.key`: the key of the API's self-signed certificate.
+    pub fn api_key(&self) -> PathBuf {
+        self.tls_dir().join("api.key")
+    }
+    /// `tls/api.crt`: the API's self-signed certificate.
+    pub fn api_cert(&self) -> PathBuf {
+        self.tls_dir().join("api.crt")
     }
     /// `volumes/`.
     pub fn volumes_dir(&self) -> PathBuf {

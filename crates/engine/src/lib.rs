@@ -6,6 +6,7 @@
 //! The REST API (`offsite-api`) and the NBD server (`offsite-nbd`) are thin
 //! front ends over a [`Site`]; the daemon (`offsite-daemon`) wires them up.
 
+pub mod api_tls;
 pub mod authz;
 pub mod config;
 mod error;

@@ -14,6 +14,14 @@ pub struct SiteInfo {
     pub listen: String,
     /// REST API address as bound (HOST:PORT).
     pub api: String,
+    /// The API's (and console's) URL: `https://HOST:PORT` when it serves
+    /// TLS, else `http://`.
+    pub api_url: String,
+    /// `[api_tls] mode`.
+    pub api_tls: crate::config::ApiTlsMode,
+    /// `SHA256:` + hex of the certificate the API serves (`None`: plain
+    /// HTTP, or the daemon has not bound the listener).
+    pub api_fingerprint: Option<String>,
     /// NBD listener address as bound (HOST:PORT).
     pub nbd: String,
     /// offsite version.

@@ -30,6 +30,9 @@ pub struct BoundAddresses {
     pub api: Option<SocketAddr>,
     /// NBD.
     pub nbd: Option<SocketAddr>,
+    /// The fingerprint of the certificate the API listener serves (`None`:
+    /// plain HTTP).
+    pub api_fingerprint: Option<String>,
 }
 
 type ConnectionCounter = Box<dyn Fn(&str) -> usize + Send + Sync>;
@@ -175,6 +178,11 @@ impl Site {
         *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
     }
 
+    /// The addresses the daemon bound (and the API's certificate).
+    pub fn bound(&self) -> BoundAddresses {
+        self.bound.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Installs the function that counts open NBD connections of an export.
     pub fn set_connection_counter(&self, f: impl Fn(&str) -> usize + Send + Sync + 'static) {
         *self.connections.write().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
@@ -191,12 +199,21 @@ impl Site {
             b.map(|a| a.to_string())
                 .unwrap_or_else(|| configured.to_string())
         };
+        let config = self.config();
         SiteInfo {
-            name: self.config().name.clone(),
+            name: config.name.clone(),
             fingerprint: self.fingerprint.clone(),
-            listen: show(bound.listen, &self.config().listen),
-            api: show(bound.api, &self.config().api),
-            nbd: show(bound.nbd, &self.config().nbd),
+            listen: show(bound.listen, &config.listen),
+            api: show(bound.api, &config.api),
+            api_url: api_url(
+                bound
+                    .api
+                    .or_else(|| crate::config::parse_addr(&config.api).ok()),
+                config.api_tls.mode,
+            ),
+            api_tls: config.api_tls.mode,
+            api_fingerprint: bound.api_fingerprint.clone(),
+            nbd: show(bound.nbd, &config.nbd),
             version: env!("CARGO_PKG_VERSION").to_string(),
             data_dir: self.layout.root().display().to_string(),
         }
@@ -838,6 +855,28 @@ impl offsite_nbd::ExportRegistry for Site {
 /// A volume's own NBD TLS mode. The catalog's CHECK admits only the three
 /// names; anything else would be a damaged catalog, and requiring TLS is
 /// the safe reading of it.
+/// The URL of the API (and console) at `addr`: `https://` when it serves
+/// TLS. A listener on every interface (`0.0.0.0`, `::`) is named by the
+/// host name, which a workstation can use and the self-signed certificate
+/// names.
+fn api_url(addr: Option<SocketAddr>, tls: crate::config::ApiTlsMode) -> String {
+    let scheme = match tls {
+        crate::config::ApiTlsMode::Off => "http",
+        crate::config::ApiTlsMode::SelfSigned | crate::config::ApiTlsMode::Files => "https",
+    };
+    let Some(addr) = addr else {
+        return String::new();
+    };
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => {
+            crate::api_tls::hostname().unwrap_or_else(|| "127.0.0.1".to_string())
+        }
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
 fn own_tls(row: &VolumeRow) -> Option<offsite_nbd::TlsMode> {
     row.nbd_tls
         .as_deref()

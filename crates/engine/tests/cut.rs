@@ -20,6 +20,7 @@ fn site(dir: &std::path::Path) -> Arc<Site> {
             listen: "127.0.0.1:0".into(),
             api: "127.0.0.1:0".into(),
             nbd: "127.0.0.1:0".into(),
+            api_tls: Default::default(),
         },
     )
     .unwrap();

@@ -26,6 +26,13 @@ pub struct TestSite {
 impl TestSite {
     /// `offsite site init` in a fresh temporary directory with ephemeral ports.
     pub fn init(bin: &Path, name: &str) -> TestSite {
+        TestSite::init_with(bin, name, &[])
+    }
+
+    /// `offsite site init` with `extra` flags (`--api-tls self-signed`,
+    /// ...); the listeners are on loopback with ephemeral ports unless
+    /// `extra` sets `--listen`, `--api` or `--nbd` itself.
+    pub fn init_with(bin: &Path, name: &str, extra: &[&str]) -> TestSite {
         let root = tempfile::Builder::new()
             .prefix(&format!("offsite-{name}-"))
             .tempdir()
@@ -38,18 +45,14 @@ impl TestSite {
             name: name.to_string(),
             child: None,
         };
-        let out = site.run(&[
-            "site",
-            "init",
-            "--name",
-            name,
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--nbd",
-            "127.0.0.1:0",
-        ]);
+        let mut args = vec!["site", "init", "--name", name];
+        for flag in ["--listen", "--api", "--nbd"] {
+            if !extra.contains(&flag) {
+                args.extend([flag, "127.0.0.1:0"]);
+            }
+        }
+        args.extend_from_slice(extra);
+        let out = site.run(&args);
         assert!(
             out.status.success(),
             "site init failed: {}",

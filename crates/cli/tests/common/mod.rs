@@ -265,17 +265,27 @@ pub const FAST_REPLICATION: &str =
 
 /// Replaces the `[replication]` section of a (stopped) site's config.toml
 /// with `body` (`site init` writes one with the defaults; TOML refuses a
-/// second).
+/// second); the sections after it (`[api_tls]`, ...) are kept.
 pub fn set_replication_config(site: &TestSite, body: &str) {
     let path = site.dir().join("config.toml");
     let text = std::fs::read_to_string(&path).expect("read config.toml");
-    let head = match text.find("[replication]") {
-        Some(i) => &text[..i],
-        None => &text[..],
+    let (head, rest) = match text.find("[replication]") {
+        Some(i) => (&text[..i], &text[i + "[replication]".len()..]),
+        None => (&text[..], ""),
     };
+    // The next section header after [replication], if any.
+    let tail = rest
+        .match_indices("\n[")
+        .map(|(i, _)| &rest[i + 1..])
+        .find(|t| !t.starts_with("[replication."))
+        .unwrap_or("");
     let mut new = head.trim_end().to_string();
     new.push_str("\n\n[replication]\n");
     new.push_str(body);
+    if !tail.is_empty() {
+        new.push('\n');
+        new.push_str(tail);
+    }
     std::fs::write(&path, new).expect("write config.toml");
 }
 

@@ -2,8 +2,10 @@
 """Drives the web console of two real sites in Chromium (WebDriver).
 
 Called by crates/cli/tests/console.rs with one JSON argument:
-{"a": {"name", "url", "token"}, "b": {...}, "group", "plan", "artifacts"}
-where site a is the group's primary and b its replica. Logs in at both
+{"a": {"name", "url", "token"}, "b": {...}, "group", "plan", "artifacts",
+"spki": [...]} where site a is the group's primary and b its replica; a
+site's url may be https:// with a self-signed certificate whose key's
+SPKI hash is in "spki" (Chromium trusts those). Logs in at both
 sites, watches the group turn healthy, runs a test failover (and checks the
 clone's NBD export with nbdinfo) and stops it, runs the plan in test mode
 and answers its prompt, cleans up, prepares and runs a planned failover,
@@ -49,6 +51,10 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
                 "--disable-dev-shm-usage", "--window-size=1280,800"):
         opts.add_argument(arg)
+    if CFG.get("spki"):
+        # The sites' self-signed certificates, trusted by their keys as an
+        # operator's browser trusts them after the first visit.
+        opts.add_argument("--ignore-certificate-errors-spki-list=" + ",".join(CFG["spki"]))
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
@@ -114,6 +120,15 @@ def login(driver, site):
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     wait(driver, "the overview", lambda d: d.find_element(By.CSS_SELECTOR, "main h1").text == "Overview")
     wait(driver, "the live stream", lambda d: "live" in d.find_element(By.ID, "live").text)
+    # The session cookie as the browser holds it: HttpOnly and
+    # SameSite=Strict always, Secure exactly when the console is HTTPS.
+    cookie = driver.get_cookie(f"offsite_{site['name']}")
+    https = site["url"].startswith("https://")
+    if (not cookie or not cookie.get("httpOnly") or cookie.get("sameSite") != "Strict"
+            or bool(cookie.get("secure")) != https):
+        raise Failed(f"{site['name']}: session cookie {cookie} (over {'HTTPS' if https else 'HTTP'})")
+    summary.setdefault("cookies", {})[site["name"]] = {
+        k: cookie.get(k) for k in ("secure", "httpOnly", "sameSite")}
 
 
 def go(driver, site, route):
