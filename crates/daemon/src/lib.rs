@@ -193,24 +193,6 @@ fn start_nbd(
 /// The site's services on the async runtime: replication (listener,
 /// monitor, group runners), SIGHUP reloads, the systemd watchdog and the
 /// REST API, until a termination signal; then stops them in order.
-/// The URL partners' consoles link to: the API listener's, with this
-/// machine's host name for a wildcard address (a browser cannot open
-/// `0.0.0.0`).
-fn console_url(bound: std::net::SocketAddr) -> String {
-    let host = if bound.ip().is_unspecified() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| bound.ip().to_string())
-    } else if bound.is_ipv6() {
-        format!("[{}]", bound.ip())
-    } else {
-        bound.ip().to_string()
-    };
-    format!("http://{host}:{}/", bound.port())
-}
-
 async fn serve(
     site: &Arc<Site>,
     layout: &Layout,
@@ -265,7 +247,9 @@ async fn serve(
         Arc::new(ReplMetrics(repl.clone())),
     ];
     let state = ApiState::new(site.clone(), repl.clone(), plans, &token, metrics);
-    repl.set_console_url(&console_url(api_bound));
+    // Partners' consoles link here (the API listener's URL, https when
+    // it serves TLS, the host name for a wildcard address).
+    repl.set_console_url(&format!("{}/", site.info().api_url));
 
     write_daemon_info(site)?;
     tracing::info!(site = %config.name, api = %site.info().api_url, nbd = %nbd_bound, listen = %listen_bound, "site is serving");

@@ -852,9 +852,6 @@ impl offsite_nbd::ExportRegistry for Site {
     }
 }
 
-/// A volume's own NBD TLS mode. The catalog's CHECK admits only the three
-/// names; anything else would be a damaged catalog, and requiring TLS is
-/// the safe reading of it.
 /// The URL of the API (and console) at `addr`: `https://` when it serves
 /// TLS. A listener on every interface (`0.0.0.0`, `::`) is named by the
 /// host name, which a workstation can use and the self-signed certificate
@@ -877,6 +874,9 @@ fn api_url(addr: Option<SocketAddr>, tls: crate::config::ApiTlsMode) -> String {
     format!("{scheme}://{host}:{}", addr.port())
 }
 
+/// A volume's own NBD TLS mode. The catalog's CHECK admits only the three
+/// names; anything else would be a damaged catalog, and requiring TLS is
+/// the safe reading of it.
 fn own_tls(row: &VolumeRow) -> Option<offsite_nbd::TlsMode> {
     row.nbd_tls
         .as_deref()
