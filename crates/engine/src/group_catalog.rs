@@ -92,9 +92,20 @@ impl GroupCatalog<'_> {
         Ok(self.site.catalog().pits(group)?)
     }
 
-    /// Every group's newest PIT, by group name, from one query.
-    pub fn newest_pits(&self) -> Result<std::collections::HashMap<String, PitRow>, EngineError> {
-        Ok(self.site.catalog().newest_pits()?)
+    /// What `group list` reads of every group, on the catalog's read
+    /// connection: the last committed state, without waiting for writers.
+    pub fn snapshot(&self) -> Result<GroupsSnapshot, EngineError> {
+        let c = self.site.catalog_reader();
+        Ok(GroupsSnapshot {
+            rows: c.groups()?,
+            newest_pits: c.newest_pits()?,
+            failovers: c.failovers()?,
+            partners: c
+                .partners()?
+                .into_iter()
+                .map(crate::partners::partner_info)
+                .collect(),
+        })
     }
 
     /// Records when the group's last successful test drill ended.
@@ -156,4 +167,18 @@ impl GroupCatalog<'_> {
     pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
         Ok(self.site.catalog().failovers()?)
     }
+}
+
+/// Every group's rows with what their status needs, read at one instant
+/// ([`GroupCatalog::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct GroupsSnapshot {
+    /// Every group, by name.
+    pub rows: Vec<GroupRow>,
+    /// Each group's newest PIT, by group name.
+    pub newest_pits: std::collections::HashMap<String, PitRow>,
+    /// Failovers in progress.
+    pub failovers: Vec<FailoverRow>,
+    /// Every partner.
+    pub partners: Vec<crate::PartnerInfo>,
 }

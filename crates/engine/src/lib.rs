@@ -25,7 +25,7 @@ mod vms;
 mod volume;
 
 pub use error::{EngineError, ErrorKind};
-pub use group_catalog::GroupCatalog;
+pub use group_catalog::{GroupCatalog, GroupsSnapshot};
 pub use model::*;
 pub use offsite_cbt::RoaringBitmap;
 /// NBD TLS modes, as `volume set --nbd-tls` and `[nbd_tls]` name them.

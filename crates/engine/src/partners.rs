@@ -67,7 +67,7 @@ fn validate_address(addr: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn partner_info(row: PartnerRow) -> PartnerInfo {
+pub(crate) fn partner_info(row: PartnerRow) -> PartnerInfo {
     PartnerInfo {
         reachable: row.last_handshake_at.is_some() && row.last_error.is_none(),
         rtt_ms: row.last_rtt_micros.map(|us| us as f64 / 1000.0),
@@ -158,8 +158,9 @@ impl Site {
 
     /// `partner list`.
     pub fn partners(&self) -> Result<Vec<PartnerInfo>, EngineError> {
+        // Read by every status page and monitor round: not behind writers.
         Ok(self
-            .catalog()
+            .catalog_reader()
             .partners()?
             .into_iter()
             .map(partner_info)

@@ -52,6 +52,11 @@ pub struct Site {
     config: RwLock<Arc<SiteConfig>>,
     pub(crate) fingerprint: String,
     catalog: Mutex<Catalog>,
+    /// A second connection to the catalog, for status reads: in WAL mode a
+    /// reader sees the last commit without waiting for a writer, so a
+    /// status page is not held up behind every group's cycle commits
+    /// (with 200 groups, seconds of them).
+    reader: Mutex<Catalog>,
     /// [`Catalog::group_changes`], read without the catalog's lock.
     pub(crate) group_changes: Arc<AtomicU64>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
@@ -130,7 +135,9 @@ impl Site {
                 failed_imports.insert(v.name, Arc::new(st));
             }
         }
+        let reader = Catalog::open(&layout.catalog())?;
         Ok(Arc::new(Site {
+            reader: Mutex::new(reader),
             layout,
             config: RwLock::new(Arc::new(config)),
             fingerprint,
@@ -190,6 +197,12 @@ impl Site {
 
     pub(crate) fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The catalog's read connection: for reads that must not wait behind
+    /// writers (it sees the last committed state). Never write through it.
+    pub(crate) fn catalog_reader(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `site show`.
@@ -650,8 +663,9 @@ impl Site {
 
     /// The newest `limit` events, oldest first.
     pub fn events(&self, limit: u32) -> Result<Vec<Event>, EngineError> {
+        // The console's live stream reads them every tick: not behind writers.
         Ok(self
-            .catalog()
+            .catalog_reader()
             .events(limit)?
             .into_iter()
             .map(|e| Event {

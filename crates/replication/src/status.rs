@@ -75,16 +75,18 @@ impl Replication {
     }
 
     /// `group list` (and the console's overview): every group's status
-    /// from one trip to the catalog, however many groups there are — a
-    /// trip per group queued each behind the cycles' commits, and 200
-    /// groups took seconds.
+    /// from one read of the catalog's read connection, however many groups
+    /// there are — a trip per group queued each behind the cycles'
+    /// commits, and 200 groups took seconds.
     pub async fn group_list(&self) -> Result<Vec<GroupStatus>, ReplError> {
         let site = self.site.clone();
         let facts = blocking(move || {
-            let rows = site.groups().all()?;
-            let mut newest = site.groups().newest_pits()?;
-            let partners = site.partners()?;
-            let failovers = site.groups().failovers()?;
+            let offsite_engine::GroupsSnapshot {
+                rows,
+                newest_pits: mut newest,
+                failovers,
+                partners,
+            } = site.groups().snapshot()?;
             Ok(rows
                 .into_iter()
                 .map(|row| StatusFacts {
