@@ -48,6 +48,13 @@ def api(method, path):
         return r.read()
 
 
+# The server's part alone: GET /api/v1/overview from this script, no browser.
+server = []
+for _ in range(20):
+    t0 = time.monotonic()
+    api("GET", "/overview")
+    server.append((time.monotonic() - t0) * 1000)
+
 # Log in once; the session cookie serves every later load.
 d.get(url + "/")
 until(lambda: d.find_elements(By.ID, "token"))
@@ -112,6 +119,7 @@ lat_med, lat_max = statistics.median(lat), max(lat)
 print(f"Console with {groups} groups (site-a, the primary of all), headless Chromium on loopback\n")
 print("first render per load (ms): " + ", ".join(f"{r:.0f}" for r in renders))
 print("overview response in per load (ms): " + ", ".join(f"{r:.0f}" for r in overview_at))
+print("GET /api/v1/overview from a script, 20 times (ms): " + ", ".join(f"{r:.0f}" for r in server))
 print()
 print("| measure | median | worst | target | |")
 print("|---|---:|---:|---:|---|")
