@@ -506,3 +506,48 @@ fn a_dropped_applier_makes_the_seal_replay_the_log() {
     assert_eq!(read(after.id, "a", 0), 0x44);
     assert_eq!(read(after.id, "a", 1), 0x22);
 }
+
+/// Micro-benchmark (ignored by default): throughput of appending 256 MiB
+/// in batches of 64 records of 4 KiB (256 KiB per `append_many`, as a
+/// busy sync stream's group commit makes them), sealed at the end.
+///
+/// `cargo test -p offsite-replica-store --release --test log -- --ignored --nocapture`
+/// (set `OFFSITE_BENCH_DIR` to measure another file system than `$TMPDIR`).
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn append_throughput() {
+    let dir = match std::env::var_os("OFFSITE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
+    let mut log = store.open_log().unwrap();
+    let total: u64 = 256 << 20;
+    let per_batch = 64u64;
+    let batches = total / (per_batch * BS as u64);
+    let mut seq = 1;
+    let t = std::time::Instant::now();
+    for i in 0..batches {
+        let writes: Vec<_> = (0..per_batch)
+            .map(|j| {
+                (
+                    (j % 2) as u16,
+                    (i * per_batch + j) % NB,
+                    (j % 250) as u8 + 1,
+                )
+            })
+            .collect();
+        let raw = batch(seq, &writes);
+        seq += per_batch;
+        log.append_many(&[(&raw, &decode_records(&raw).unwrap())])
+            .unwrap();
+    }
+    let appended = t.elapsed().as_secs_f64();
+    log.seal(None, AT.into()).unwrap();
+    println!(
+        "append_many of 256 KiB batches, 256 MiB: {:.1} MB/s ({:.0} batches/s), seal {:.2} s",
+        total as f64 / 1e6 / appended,
+        batches as f64 / appended,
+        t.elapsed().as_secs_f64() - appended
+    );
+}
