@@ -29,6 +29,9 @@ pub(crate) fn remove_pit(inner: &Inner, id: PitId) -> Result<(), ReplicaError> {
     };
     match next {
         None => {
+            // A live checkpoint image reading an older state would see the
+            // base change under it.
+            inner.check_unpinned_below(pit.id)?;
             merge_into_base(inner, &pit)?;
             ops.base_through = pit.id;
             Ok(())

@@ -1,25 +1,26 @@
-//! The write log of a sync group (the open segment): batches are durable
-//! on return, a torn tail is dropped, a reopened log replays into the open
-//! PIT, sealing commits exactly what was logged, and a log sealed before a
-//! crash is not applied twice. The file runs ahead of the records in
-//! zeroes (appends overwrite them); zeroes end the records, and no stale
-//! byte behind them is ever read as a record.
+//! The write log of a sync group (the open segment, the journal's open
+//! file): batches are durable on return, a torn tail is dropped, a
+//! reopened log replays into the open PIT, sealing commits exactly what was
+//! logged, and a file sealed before a crash is not applied twice. The file
+//! runs ahead of the records in zeroes (appends overwrite them); zeroes end
+//! the records, and no stale byte behind them is ever read as a record.
+//! (Checkpoints and the journal's history: `tests/journal.rs`.)
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use offsite_replica_store::{
-    LOG_FILE, LogRecord, ReplicaStore, VolumeSpec, WriteLog, decode_records, encode_record,
-    failpoint,
+    JOURNAL_DIR, JOURNAL_HEADER_LEN, LogRecord, ReplicaStore, VolumeSpec, WriteLog, decode_records,
+    encode_record, failpoint,
 };
 use proptest::prelude::*;
 
 const BS: usize = 4096;
 const NB: u64 = 64;
 const AT: &str = "2026-12-02T12:00:00Z";
-/// The log's header.
-const HEADER: u64 = 64;
+/// The journal file's header.
+const HEADER: u64 = JOURNAL_HEADER_LEN as u64;
 /// How far the log file grows at a time (`GROW` in `src/log.rs`).
 const GROW: u64 = 4 << 20;
 /// Bytes of a record of one block of data.
@@ -67,8 +68,17 @@ fn log_with_one_record(dir: &tempfile::TempDir) -> (ReplicaStore, PathBuf, Write
     (store, path, log, prefix)
 }
 
+/// The journal's first file: the open one until the first seal.
 fn log_path(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("g").join(LOG_FILE)
+    journal_file(dir, 1)
+}
+
+/// Journal file `n` of the store in `dir`.
+fn journal_file(dir: &tempfile::TempDir, n: u64) -> PathBuf {
+    dir.path()
+        .join("g")
+        .join(JOURNAL_DIR)
+        .join(format!("{n:020}.jnl"))
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -163,15 +173,18 @@ fn a_log_sealed_before_a_crash_is_not_replayed() {
     let mut log = store.open_log().unwrap();
     let raw = batch(1, &[(1, 1, 3)]);
     log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
-    // Keep the pre-seal log file, as if the crash hit between the commit
-    // and the log's reset.
-    let path = dir.path().join("g").join(LOG_FILE);
-    let before = std::fs::read(&path).unwrap();
     log.seal(None, AT.into()).unwrap();
     drop(log);
-    std::fs::write(&path, &before).unwrap();
+    // The crash hit between the commit and the next file's creation: the
+    // sealed file is the newest, and it follows the PIT before its seal.
+    std::fs::remove_file(journal_file(&dir, 2)).unwrap();
     assert!(store.seal_leftover_log(AT.into()).unwrap().is_none());
     assert_eq!(store.pits().len(), 1);
+    assert!(
+        journal_file(&dir, 2).exists(),
+        "a new open file after the seal's PIT"
+    );
+    assert_eq!(read_block(&store, "b", 1), 3);
 }
 
 #[test]
@@ -262,7 +275,16 @@ fn appends_overwrite_zeroes_and_reopen_replays_exactly_the_records() {
     assert_eq!(read_block(&store, "a", 7), 99);
     assert_eq!(read_block(&store, "a", 8), 19);
     assert_eq!(read_block(&store, "b", 8), 20);
-    assert_eq!(file_len(&path), HEADER, "the sealed log's successor");
+    assert_eq!(
+        file_len(&path),
+        bytes + DATA_REC,
+        "history keeps its entries only"
+    );
+    assert_eq!(
+        file_len(&journal_file(&dir, 2)),
+        HEADER,
+        "the sealed file's successor"
+    );
 }
 
 #[test]
@@ -357,13 +379,13 @@ proptest! {
         }
         let end = log.bytes() as usize;
         drop(log);
-        let path = dir.path().join("g").join(LOG_FILE);
+        let path = log_path(&dir);
         let mut full = std::fs::read(&path).unwrap();
         prop_assert!(full.len() > end);
         // The crash cuts the records at any byte; after the cut come the
         // file's zeroes (an append into them) or nothing (an append that
         // was extending the file).
-        let cut = 64 + ((end - 64) as f64 * cut_frac) as usize;
+        let cut = HEADER as usize + ((end - HEADER as usize) as f64 * cut_frac) as usize;
         if zero_tail {
             full[cut..].fill(0);
         } else {
