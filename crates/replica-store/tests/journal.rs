@@ -316,6 +316,43 @@ fn a_torn_checkpoint_is_dropped_with_the_tail() {
     m.check_image(&store, 1);
 }
 
+/// Between two streams the group resynchronizes with ordinary PITs (no
+/// log open): the history before stays reachable from its own PITs, the
+/// next stream's file starts after the tip without continuing anything,
+/// and retention must keep the state each chain starts from.
+#[test]
+fn a_resync_between_streams_keeps_the_history_before_it() {
+    let d = fast_tmpdir();
+    let (store, log, mut m) = three_files(d.path());
+    log.finish(CREATED.into()).unwrap();
+    // A resync cycle: PIT 4 from another writer, writes the model knows.
+    let mut w = store.begin_pit().unwrap();
+    let resync = [(1usize, 6u64, 1u32, 61u8)];
+    for &(v, b, _, fill) in &resync {
+        let s = &m.specs[v];
+        let data = common::journal::block_bytes(s.block_size as usize, b, fill);
+        w.write_block(&s.name, b, &data).unwrap();
+    }
+    w.commit(None, CREATED.into()).unwrap();
+    m.acked(&resync);
+    let mut log = store.open_log().unwrap();
+    assert_eq!(log.after(), 4);
+    m.append(&mut log, &[(0, 5, 2, 62)]).unwrap();
+    m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+    assert_eq!(listed(&store), (1..=6).collect::<Vec<_>>());
+    for id in 1..=6 {
+        m.check_image(&store, id);
+    }
+    // One chain from the base (files 1..=4), one from PIT 4 (file 5).
+    let pins: Vec<u64> = store
+        .journal_pins()
+        .unwrap()
+        .iter()
+        .map(|p| p.get())
+        .collect();
+    assert_eq!(pins, vec![1, 4]);
+}
+
 #[test]
 fn a_bad_checkpoint_name_is_refused() {
     let d = fast_tmpdir();
