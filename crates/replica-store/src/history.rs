@@ -17,7 +17,12 @@
 //! in between, so those may merge as usual (a merge into the next PIT keeps
 //! every other PIT's state). When that oldest state is the base, the PIT
 //! to keep is the oldest one, which would otherwise fold into the base and
-//! move it past the chain's start. The states that live
+//! move it past the chain's start. Along the chain, one more state is kept
+//! every `anchor_every` (or `anchor_bytes`): without them, dropping the
+//! oldest file would make every later checkpoint up to the next surviving
+//! PIT unreachable, so the front could never move while those are inside
+//! the window; with them it moves in steps of `anchor_every`, and an image
+//! replays at most about that much journal. The states that live
 //! [`crate::CheckpointImage`]s read from are added.
 //!
 //! **Pruning** drops whole files from the front, never the newest (it may
@@ -67,6 +72,8 @@ pub(crate) struct FileMeta {
     pub(crate) len: u64,
     /// Bytes on disk (entries and zero tail).
     pub(crate) disk: u64,
+    /// Entries' bytes in the journal before it (its header's).
+    pub(crate) bytes_before: u64,
     pub(crate) records: u64,
     pub(crate) checkpoints: Vec<IndexedCheckpoint>,
     /// Why its header cannot be read: nothing in it is reachable.
@@ -84,10 +91,16 @@ impl FileMeta {
             start: start_order(h),
             len: JOURNAL_HEADER_LEN as u64,
             disk: JOURNAL_HEADER_LEN as u64,
+            bytes_before: h.bytes_before,
             records: 0,
             checkpoints: Vec::new(),
             damaged: None,
         }
+    }
+
+    /// Entries' bytes in the journal up to its end.
+    pub(crate) fn bytes_through(&self) -> u64 {
+        self.bytes_before + self.len.saturating_sub(JOURNAL_HEADER_LEN as u64)
     }
 
     /// The last checkpoint at its end: `(id, time)`.
@@ -219,6 +232,44 @@ fn reachable<'a>(files: &'a [FileMeta], views: &Views) -> Vec<(u64, &'a IndexedC
         .filter(|(_, a)| a.is_some())
         .flat_map(|(f, _)| f.checkpoints.iter().map(move |c| (f.after, c)))
         .collect()
+}
+
+/// The states (PIT ids, or the base's) retention must keep along the
+/// journal: the oldest one each chain of continuing files replays from,
+/// and the `after` state of each file that starts a new step of
+/// `policy.anchor_every` of checkpoint time (its first checkpoint is in a
+/// later step than the last checkpoint before the file, which its header
+/// names) or follows a file that crossed a multiple of
+/// `policy.anchor_bytes` of journal. The first keeps every checkpoint
+/// reachable while the PITs in between merge; the others let pruning move
+/// the front of the history forward (dropping the files before a kept
+/// state loses only their own checkpoints) and bound how much journal an
+/// image replays. Each file is judged by its own header only, so which
+/// states are kept does not change as the front moves: a state kept once
+/// is kept until its files are pruned.
+fn spaced_anchors(files: &[FileMeta], views: &Views, policy: &JournalPolicy) -> BTreeSet<u64> {
+    let anchors = oldest_anchors(files, views);
+    let every = u64::try_from(policy.anchor_every.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let bytes = policy.anchor_bytes.max(1);
+    let mut out = BTreeSet::new();
+    for (j, f) in files.iter().enumerate() {
+        let (Some(a), Some(first)) = (anchors[j], f.checkpoints.first()) else {
+            continue;
+        };
+        out.insert(files[a].after);
+        let new_step =
+            f.start.last_checkpoint == 0 || first.time_ns / every > f.start.last_time / every;
+        let crossed = f.continues.is_some_and(|prev_len| {
+            let prev_entries = prev_len.saturating_sub(JOURNAL_HEADER_LEN as u64);
+            f.bytes_before / bytes > f.bytes_before.saturating_sub(prev_entries) / bytes
+        });
+        if (new_step || crossed) && views.has(f.after) {
+            out.insert(f.after);
+        }
+    }
+    out
 }
 
 impl JournalState {
@@ -474,6 +525,7 @@ pub(crate) fn load_file(
             start: Order::default(),
             len: 0,
             disk: fs::metadata(path).map_or(0, |m| m.len()),
+            bytes_before: 0,
             records: 0,
             checkpoints: Vec::new(),
             damaged: Some(why),
@@ -634,7 +686,8 @@ pub struct CheckpointList {
     pub checkpoints: Vec<CheckpointInfo>,
 }
 
-/// How much history the journal keeps ([`ReplicaStore::prune_journal`]).
+/// How much history the journal keeps ([`ReplicaStore::prune_journal`])
+/// and which PITs retention keeps for it ([`ReplicaStore::journal_pins`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalPolicy {
     /// Checkpoints this much older than the newest one may go
@@ -643,6 +696,26 @@ pub struct JournalPolicy {
     /// Above this many bytes on disk, the oldest files go whatever their
     /// age (`--journal-max-size`).
     pub max_bytes: u64,
+    /// Keep a PIT along the journal at least this often (checkpoint time):
+    /// the history's front moves in steps of about this much, so the
+    /// journal holds at most `history` plus one step.
+    pub anchor_every: Duration,
+    /// ... or after this many bytes of journal: an image replays at most
+    /// about this much journal after the PIT it starts from.
+    pub anchor_bytes: u64,
+}
+
+impl JournalPolicy {
+    /// `history` and `max_bytes` as given; a kept PIT every 1/24 of the
+    /// history (an hour of 24 h) or every 4 GiB of journal.
+    pub fn new(history: Duration, max_bytes: u64) -> JournalPolicy {
+        JournalPolicy {
+            history,
+            max_bytes,
+            anchor_every: history / 24,
+            anchor_bytes: 4 << 30,
+        }
+    }
 }
 
 /// What [`ReplicaStore::prune_journal`] removed.
@@ -704,24 +777,20 @@ impl ReplicaStore {
         })
     }
 
-    /// The PITs that retention must keep for every listed checkpoint to
-    /// stay reachable, and for every live [`crate::CheckpointImage`] to
-    /// stay readable (see the module docs): pass them to the retention
-    /// decision as pinned. Merging any other PIT is safe.
-    pub fn journal_pins(&self) -> Result<Vec<PitId>, ReplicaError> {
+    /// The PITs that retention must keep (pass them to the retention
+    /// decision as pinned; merging any other PIT is safe): for every
+    /// listed checkpoint to stay reachable, for the front of the history
+    /// to move on as it ages (see the module docs), and for every live
+    /// [`crate::CheckpointImage`] to stay readable.
+    pub fn journal_pins(&self, policy: &JournalPolicy) -> Result<Vec<PitId>, ReplicaError> {
         let views = Views::snapshot(&self.inner);
-        let mut pins: BTreeSet<PitId> = with_journal(&self.inner, |j| {
-            let anchors = oldest_anchors(&j.files, &views);
-            j.files
-                .iter()
-                .zip(anchors)
-                .filter(|(f, _)| !f.checkpoints.is_empty())
-                .filter_map(|(_, a)| a)
-                .filter_map(|a| views.pin(j.files[a].after))
-                .collect()
-        })?;
+        let states = with_journal(&self.inner, |j| spaced_anchors(&j.files, &views, policy))?;
         let images = self.inner.lock_pins().keys().copied().collect::<Vec<_>>();
-        pins.extend(images.into_iter().filter_map(|a| views.pin(a)));
+        let pins: BTreeSet<PitId> = states
+            .into_iter()
+            .chain(images)
+            .filter_map(|a| views.pin(a))
+            .collect();
         Ok(pins.into_iter().collect())
     }
 

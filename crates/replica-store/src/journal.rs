@@ -44,7 +44,8 @@
 //! | 48 | 8 | `prev_len`: with `continues`, PIT `after` holds exactly the first `prev_len` bytes (header included) of file number − 1; else 0 |
 //! | 56 | 8 | id of the last checkpoint before this file (0: none) |
 //! | 64 | 8 | that checkpoint's time |
-//! | 72 | 52 | zero |
+//! | 72 | 8 | `bytes_before`: bytes of entries in all the journal's files before this one, since the journal began |
+//! | 80 | 44 | zero |
 //! | 124 | 4 | crc32c of bytes 0..124 |
 //!
 //! then entries back to back, then zeroes (see `log.rs`: the zero tail and
@@ -377,6 +378,9 @@ pub(crate) struct Header {
     pub(crate) continues: Option<u64>,
     pub(crate) last_checkpoint: u64,
     pub(crate) last_time: u64,
+    /// Entries' bytes in the journal before this file (its position on
+    /// an absolute byte scale; see `history::spaced_anchors`).
+    pub(crate) bytes_before: u64,
 }
 
 pub(crate) fn encode_header(uuid: &[u8; 16], h: &Header) -> [u8; JOURNAL_HEADER_LEN] {
@@ -395,6 +399,7 @@ pub(crate) fn encode_header(uuid: &[u8; 16], h: &Header) -> [u8; JOURNAL_HEADER_
     b[48..56].copy_from_slice(&h.continues.unwrap_or(0).to_le_bytes());
     b[56..64].copy_from_slice(&h.last_checkpoint.to_le_bytes());
     b[64..72].copy_from_slice(&h.last_time.to_le_bytes());
+    b[72..80].copy_from_slice(&h.bytes_before.to_le_bytes());
     let crc = crc32c::crc32c(&b[..124]);
     b[124..128].copy_from_slice(&crc.to_le_bytes());
     b
@@ -420,7 +425,7 @@ pub(crate) fn decode_header(b: &[u8], uuid: &[u8; 16]) -> Result<Header, LogForm
     let number = le::u64_at(b, 40);
     let continues = flags & FLAG_CONTINUES != 0;
     if flags & !FLAG_CONTINUES != 0
-        || b[72..124].iter().any(|&x| x != 0)
+        || b[80..124].iter().any(|&x| x != 0)
         || number == 0
         || (!continues && prev_len != 0)
         || (continues && prev_len < JOURNAL_HEADER_LEN as u64)
@@ -436,6 +441,7 @@ pub(crate) fn decode_header(b: &[u8], uuid: &[u8; 16]) -> Result<Header, LogForm
         continues: continues.then_some(prev_len),
         last_checkpoint: le::u64_at(b, 56),
         last_time: le::u64_at(b, 64),
+        bytes_before: le::u64_at(b, 72),
     })
 }
 
@@ -745,6 +751,7 @@ mod tests {
             continues: Some(4096),
             last_checkpoint: 77,
             last_time: 123,
+            bytes_before: 1 << 40,
         };
         assert_eq!(decode_header(&encode_header(&uuid, &h), &uuid).unwrap(), h);
         assert!(matches!(

@@ -662,7 +662,7 @@ impl ReplicaStore {
             .map(|(n, path)| load_file(&inner, path, *n, LoadMode::Recover))
             .collect::<Result<Vec<_>, _>>()?;
         let (log, meta) = match newest {
-            None => WriteLog::start(&inner, &dir, 1, tip, metas.last())?,
+            None => WriteLog::start(&inner, &dir, 1, tip, &metas)?,
             Some((n, path)) => WriteLog::recover_newest(&inner, &dir, n, path, tip, &mut metas)?,
         };
         log.open.lock().writer = Some(writer);
@@ -752,6 +752,7 @@ fn migrate_v1(inner: &Inner, dir: &Path, tip: u64, has_files: bool) -> Result<bo
         continues: None,
         last_checkpoint: 0,
         last_time: 0,
+        bytes_before: 0,
     };
     let to = file_path(dir, 1);
     let tmp = fsx::partial_path(&to);
@@ -782,21 +783,29 @@ fn migrate_v1(inner: &Inner, dir: &Path, tip: u64, has_files: bool) -> Result<bo
 
 impl WriteLog {
     /// Creates journal file `number` after PIT `after`, durably, as the
-    /// open file (checkpoint ids go on from `prev`'s).
+    /// open file (checkpoint ids go on from those of `prev`, the files
+    /// before it).
     fn start(
         inner: &Arc<Inner>,
         dir: &Path,
         number: u64,
         after: u64,
-        prev: Option<&FileMeta>,
+        prev: &[FileMeta],
     ) -> Result<(WriteLog, Option<FileMeta>), ReplicaError> {
-        let (last_checkpoint, last_time) = prev.map_or((0, 0), FileMeta::last_checkpoint);
+        // Ids and times go on from the newest checkpoint of any file (a
+        // damaged one says nothing).
+        let (last_checkpoint, last_time) = prev
+            .iter()
+            .map(|f| f.last_checkpoint())
+            .max()
+            .unwrap_or((0, 0));
         let h = Header {
             number,
             after,
             continues: None,
             last_checkpoint,
             last_time,
+            bytes_before: prev.iter().map(FileMeta::bytes_through).max().unwrap_or(0),
         };
         let path = file_path(dir, number);
         fsx::replace_file(&path, &encode_header(&inner.uuid, &h))?;
@@ -830,7 +839,7 @@ impl WriteLog {
             Err(_) if len < JOURNAL_HEADER_LEN as u64 => {
                 fsx::remove_file(&path)?;
                 fsx::sync_dir(dir)?;
-                WriteLog::start(inner, dir, number, tip, metas.last())
+                WriteLog::start(inner, dir, number, tip, metas)
             }
             Err(why) => Err(ReplicaError::corrupt(&path, why)),
             Ok(h) if h.number != number => Err(ReplicaError::corrupt(
@@ -848,7 +857,7 @@ impl WriteLog {
                     "journal file already sealed; starting the next"
                 );
                 metas.push(load_file(inner, &path, number, LoadMode::RecoverNewest)?);
-                WriteLog::start(inner, dir, number + 1, tip, metas.last())
+                WriteLog::start(inner, dir, number + 1, tip, metas)
             }
             Ok(h) => Err(ReplicaError::corrupt(
                 &path,
@@ -1296,7 +1305,15 @@ impl WriteLog {
             }
             st.writer.take().expect("writer exists")
         };
-        let info = w.commit(name, created_at)?;
+        let info = match w.commit(name, created_at) {
+            Ok(info) => info,
+            Err(e) => {
+                // The writer is gone with the file's writes in it: the next
+                // append or seal replays the file into a new one.
+                self.open.lock().failed = true;
+                return Err(e);
+            }
+        };
         match self.next_file(info.id.get()) {
             Ok(next) => *self = next,
             Err(e) => {
@@ -1327,6 +1344,7 @@ impl WriteLog {
             continues: Some(self.len),
             last_checkpoint: self.order.last_checkpoint,
             last_time: self.order.last_time,
+            bytes_before: self.header.bytes_before + self.len - JOURNAL_HEADER_LEN as u64,
         };
         let path = file_path(&self.dir, h.number);
         fsx::replace_file(&path, &encode_header(&self.uuid, &h))?;

@@ -164,7 +164,8 @@ fn journal_fields_sit_where_the_docs_say() {
     assert_eq!(le64(&j1, 40), 1, "file number");
     assert_eq!(le64(&j1, 48), 0, "prev_len");
     assert_eq!(le64(&j1, 56), 0, "last checkpoint before");
-    assert!(j1[72..124].iter().all(|&b| b == 0));
+    assert_eq!(le64(&j1, 72), 0, "bytes before");
+    assert!(j1[80..124].iter().all(|&b| b == 0));
     assert_eq!(le32(&j1, 124), crc32c::crc32c(&j1[..124]));
     // Records as in version 1: two of volume a (2 blocks), b (1 block).
     let r1 = 128;
@@ -201,6 +202,7 @@ fn journal_fields_sit_where_the_docs_say() {
     assert_eq!(le64(&j2, 48), j1.len() as u64, "prev_len: all of file 1");
     assert_eq!(le64(&j2, 56), 2, "last checkpoint before");
     assert_eq!(le64(&j2, 64), T1 + 1_000_000_000, "its time");
+    assert_eq!(le64(&j2, 72), j1.len() as u64 - 128, "file 1's entries");
 
     let ix = fs::read(fixture_dir().join(J1_INDEX)).unwrap();
     assert_eq!(&ix[0..8], b"OFSRPJIX");

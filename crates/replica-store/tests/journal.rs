@@ -20,6 +20,12 @@ fn ck(id: u64) -> CheckpointId {
     CheckpointId::new(id).unwrap()
 }
 
+/// A day of history: with checkpoints a second apart, no PIT is kept for
+/// spacing, only the states the chains start from.
+fn day() -> JournalPolicy {
+    JournalPolicy::new(Duration::from_secs(86_400), u64::MAX)
+}
+
 /// A store with a log and this history (PITs 1, 2 sealed, file 3 open):
 /// file 1: w w C1 w C2 | file 2: w C3 w C4 | file 3: w C5.
 fn three_files(dir: &std::path::Path) -> (ReplicaStore, offsite_replica_store::WriteLog, Model) {
@@ -165,7 +171,10 @@ fn history_survives_retention_through_the_chain_of_files() {
     // Checkpoints 1..=2 replay from the base, the rest from their PITs;
     // to keep them all, retention must keep PIT 1 (the next to fold into
     // the base), and may merge the others into their successors.
-    assert_eq!(store.journal_pins().unwrap(), vec![PitId::new(1).unwrap()]);
+    assert_eq!(
+        store.journal_pins(&day()).unwrap(),
+        vec![PitId::new(1).unwrap()]
+    );
     for id in [3, 2] {
         store.remove_pit(PitId::new(id).unwrap()).unwrap();
     }
@@ -196,6 +205,97 @@ fn history_survives_retention_through_the_chain_of_files() {
     }
 }
 
+/// Retention as a group runs it (keep only the newest PIT and the pinned
+/// ones) with pruning after every seal: the front of the history moves
+/// on, the journal stays within the window plus one spacing step, and
+/// every checkpoint inside the window stays reachable.
+#[test]
+fn retention_and_pruning_keep_a_sliding_window() {
+    let d = fast_tmpdir();
+    let mut m = Model::new(&jspecs());
+    let store = m.create_store(d.path());
+    let mut log = store.open_log().unwrap();
+    let policy = JournalPolicy {
+        anchor_every: Duration::from_secs(3),
+        ..JournalPolicy::new(Duration::from_secs(6), u64::MAX)
+    };
+    for i in 0..40u64 {
+        m.append(
+            &mut log,
+            &[((i % 2) as usize, i % 8, 1, (i % 200) as u8 + 1)],
+        )
+        .unwrap();
+        m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+        log.seal(None, CREATED.into()).unwrap();
+        let pins = store.journal_pins(&policy).unwrap();
+        let pits = store.pits();
+        for p in &pits[..pits.len() - 1] {
+            if !pins.contains(&p.id) {
+                store.remove_pit(p.id).unwrap();
+            }
+        }
+        store.prune_journal(&policy, &[]).unwrap();
+        let ids = listed(&store);
+        let newest = i + 1;
+        for id in newest.saturating_sub(6).max(1)..=newest {
+            assert!(
+                ids.contains(&id),
+                "checkpoint {id} inside the window: {ids:?}"
+            );
+        }
+        assert!(
+            ids.len() <= 6 + 3 + 1,
+            "the window plus one step, got {ids:?}"
+        );
+        assert!(store.pits().len() <= 5, "{:?}", store.pits());
+    }
+    for id in listed(&store) {
+        m.check_image(&store, id);
+    }
+}
+
+/// Kept PITs every so many bytes of journal bound how much an image
+/// replays; without them every checkpoint replays from the chain's start.
+#[test]
+fn kept_pits_every_few_bytes_bound_the_replay() {
+    for (anchor_bytes, nearest) in [(10_000, true), (u64::MAX, false)] {
+        let d = fast_tmpdir();
+        let mut m = Model::new(&jspecs());
+        let store = m.create_store(d.path());
+        let mut log = store.open_log().unwrap();
+        let policy = JournalPolicy {
+            anchor_bytes,
+            ..day()
+        };
+        for i in 0..20u64 {
+            m.append(&mut log, &[(1, i % 8, 1, (i % 200) as u8 + 1)])
+                .unwrap();
+            m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+            log.seal(None, CREATED.into()).unwrap();
+            let pins = store.journal_pins(&policy).unwrap();
+            let pits = store.pits();
+            for p in &pits[..pits.len() - 1] {
+                if !pins.contains(&p.id) {
+                    store.remove_pit(p.id).unwrap();
+                }
+            }
+        }
+        let img = store.checkpoint_image(ck(20)).unwrap();
+        let from = img.starts_from().map_or(0, PitId::get);
+        if nearest {
+            // ~4.2 KB of journal a file: a kept PIT every 2-3 files.
+            assert!(from >= 16, "replays from PIT {from}");
+            assert!(store.pits().len() <= 10, "{:?}", store.pits());
+        } else {
+            assert_eq!(from, 1, "from the chain's start");
+        }
+        drop(img);
+        for id in 1..=20 {
+            m.check_image(&store, id);
+        }
+    }
+}
+
 #[test]
 fn a_live_image_keeps_the_base_from_moving_under_it() {
     let d = fast_tmpdir();
@@ -207,7 +307,7 @@ fn a_live_image_keeps_the_base_from_moving_under_it() {
         Err(ReplicaError::InUse { anchor: 0 })
     ));
     assert_eq!(
-        store.journal_pins().unwrap(),
+        store.journal_pins(&day()).unwrap(),
         vec![PitId::new(1).unwrap()],
         "the image's state is pinned too"
     );
@@ -229,10 +329,7 @@ fn an_image_stays_while_the_log_goes_on_and_history_is_dropped() {
     let img = store.checkpoint_image(ck(3)).unwrap();
     m.append(&mut log, &[(1, 2, 4, 77)]).unwrap();
     log.seal(None, CREATED.into()).unwrap();
-    let policy = JournalPolicy {
-        history: Duration::ZERO,
-        max_bytes: 0,
-    };
+    let policy = JournalPolicy::new(Duration::ZERO, 0);
     let r = store.prune_journal(&policy, &[]).unwrap();
     assert_eq!(r.files, 3, "all but the newest");
     let want = m.image(m.checkpoints[&3].0);
@@ -245,24 +342,14 @@ fn an_image_stays_while_the_log_goes_on_and_history_is_dropped() {
 fn pruning_drops_old_history_from_the_front_only() {
     let d = fast_tmpdir();
     let (store, mut log, mut m) = three_files(d.path());
-    let day = JournalPolicy {
-        history: Duration::from_secs(86_400),
-        max_bytes: u64::MAX,
-    };
-    assert_eq!(store.prune_journal(&day, &[]).unwrap().files, 0);
+    assert_eq!(store.prune_journal(&day(), &[]).unwrap().files, 0);
     // Checkpoints are a second apart: 2.5 s of history keeps 3..=5.
-    let short = JournalPolicy {
-        history: Duration::from_millis(2_500),
-        max_bytes: u64::MAX,
-    };
+    let short = JournalPolicy::new(Duration::from_millis(2_500), u64::MAX);
     let r = store.prune_journal(&short, &[]).unwrap();
     assert_eq!((r.files, r.checkpoints), (1, 2));
     assert_eq!(listed(&store), vec![3, 4, 5]);
     // A kept checkpoint holds its file and everything after it.
-    let none = JournalPolicy {
-        history: Duration::ZERO,
-        max_bytes: 0,
-    };
+    let none = JournalPolicy::new(Duration::ZERO, 0);
     let r = store.prune_journal(&none, &[ck(4)]).unwrap();
     assert_eq!(r.files, 0);
     // Never the newest file (it is the open one).
@@ -274,10 +361,7 @@ fn pruning_drops_old_history_from_the_front_only() {
     m.append(&mut log, &[(0, 3, 2, 90)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
     log.seal(None, CREATED.into()).unwrap();
-    let small = JournalPolicy {
-        history: Duration::from_secs(86_400),
-        max_bytes: 1,
-    };
+    let small = JournalPolicy::new(Duration::from_secs(86_400), 1);
     let r = store.prune_journal(&small, &[]).unwrap();
     assert_eq!(r.files, 1);
     assert!(
@@ -345,7 +429,7 @@ fn a_resync_between_streams_keeps_the_history_before_it() {
     }
     // One chain from the base (files 1..=4), one from PIT 4 (file 5).
     let pins: Vec<u64> = store
-        .journal_pins()
+        .journal_pins(&day())
         .unwrap()
         .iter()
         .map(|p| p.get())
@@ -441,7 +525,12 @@ fn run_ops(ops: &[Op]) {
                 log.as_mut().unwrap().seal(None, CREATED.into()).unwrap();
             }
             Op::Retain(n) | Op::Fold(n) => {
-                let pins = store.journal_pins().unwrap();
+                // Spaced pins: a kept PIT every 2 s of checkpoints.
+                let policy = JournalPolicy {
+                    anchor_every: Duration::from_secs(2),
+                    ..day()
+                };
+                let pins = store.journal_pins(&policy).unwrap();
                 let pits = store.pits();
                 let newest = pits.last().map(|p| p.id);
                 let candidates: Vec<PitId> = pits
@@ -456,10 +545,7 @@ fn run_ops(ops: &[Op]) {
                 may_lose = matches!(op, Op::Fold(_));
             }
             Op::Prune(secs) => {
-                let policy = JournalPolicy {
-                    history: Duration::from_secs(*secs),
-                    max_bytes: u64::MAX,
-                };
+                let policy = JournalPolicy::new(Duration::from_secs(*secs), u64::MAX);
                 store.prune_journal(&policy, &[]).unwrap();
                 let newest = m.checkpoints.values().map(|c| c.1).max().unwrap_or(0);
                 let after = listed(&store);

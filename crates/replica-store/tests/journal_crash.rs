@@ -76,7 +76,8 @@ fn op_seal(_: &ReplicaStore, log: &mut WriteLog, m: &Model) -> Result<Done, Repl
 fn op_retain(s: &ReplicaStore, log: &mut WriteLog, m: &Model) -> Result<Done, ReplicaError> {
     log.seal(None, CREATED.into())?;
     let pit = PitId::new(2).unwrap();
-    assert!(!s.journal_pins()?.contains(&pit));
+    let day = JournalPolicy::new(Duration::from_secs(86_400), u64::MAX);
+    assert!(!s.journal_pins(&day)?.contains(&pit));
     s.remove_pit(pit)?;
     Ok(Done { model: m.clone() })
 }
@@ -88,10 +89,7 @@ fn op_fold(s: &ReplicaStore, _: &mut WriteLog, m: &Model) -> Result<Done, Replic
 }
 
 fn op_prune(s: &ReplicaStore, _: &mut WriteLog, m: &Model) -> Result<Done, ReplicaError> {
-    let policy = JournalPolicy {
-        history: Duration::from_millis(1500),
-        max_bytes: u64::MAX,
-    };
+    let policy = JournalPolicy::new(Duration::from_millis(1500), u64::MAX);
     s.prune_journal(&policy, &[])?;
     Ok(Done { model: m.clone() })
 }
