@@ -556,10 +556,13 @@ pub fn decode_journal_index(b: &[u8]) -> Result<JournalIndex, LogFormatError> {
         {
             return Err(LogFormatError::IndexEntries);
         }
-        let end = c.at
-            + (RECORD_HEADER_LEN + c.name.as_ref().map_or(0, String::len) + RECORD_TRAILER_LEN)
-                as u64;
-        if c.at < JOURNAL_HEADER_LEN as u64 || end > ix.len {
+        let record =
+            RECORD_HEADER_LEN + c.name.as_ref().map_or(0, String::len) + RECORD_TRAILER_LEN;
+        // Offsets are untrusted: an overflow is just another bad entry.
+        let fits =
+            c.at.checked_add(record as u64)
+                .is_some_and(|end| end <= ix.len);
+        if c.at < JOURNAL_HEADER_LEN as u64 || !fits {
             return Err(LogFormatError::IndexEntries);
         }
         ix.checkpoints.push(c);
@@ -788,6 +791,33 @@ mod tests {
         for cut in 0..b.len() {
             assert!(decode_journal_index(&b[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    /// Found by the fuzzer: a checkpoint at an offset near `u64::MAX`
+    /// overflowed the end check.
+    #[test]
+    fn an_index_entry_at_the_end_of_the_address_space_is_refused() {
+        let mut ix = JournalIndex {
+            uuid: [7; 16],
+            number: 1,
+            after: 0,
+            len: u64::MAX,
+            records: 0,
+            checkpoints: vec![IndexedCheckpoint {
+                id: 1,
+                time_ns: 0,
+                at: u64::MAX - 3,
+                through: None,
+                consistency: Consistency::Crash,
+                name: None,
+            }],
+        };
+        assert!(matches!(
+            decode_journal_index(&encode_journal_index(&ix)),
+            Err(LogFormatError::IndexEntries)
+        ));
+        ix.checkpoints[0].at = u64::MAX - 44;
+        assert!(decode_journal_index(&encode_journal_index(&ix)).is_ok());
     }
 
     #[test]
