@@ -968,8 +968,15 @@ pub(crate) fn hash_blocks(data: &[u8], bs: usize, zero_hash: &[u8; 32], out: &mu
         }
     };
     let blocks = data.len() / bs;
+    // Small inputs first: asking for the parallelism reads cgroup and proc
+    // files (tens of µs), which a journal image's per-record calls would
+    // pay hundreds of thousands of times.
+    if data.len() < (2 << 20) {
+        out.extend(data.chunks(bs).map(hash));
+        return;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || data.len() < (2 << 20) {
+    if threads < 2 {
         out.extend(data.chunks(bs).map(hash));
         return;
     }
