@@ -871,6 +871,33 @@ impl ReplicaStore {
     }
 }
 
+/// Removes every journal file but the newest (the open one), for a log
+/// that keeps no history ([`crate::History::Discard`]). A failure is
+/// logged: the files stay until the next seal tries again.
+pub(crate) fn drop_all_but_newest(inner: &Inner) {
+    let dir = inner.path(JOURNAL_DIR);
+    let mut g = inner.lock_journal();
+    let Some(j) = g.as_mut() else {
+        return;
+    };
+    let mut removed = false;
+    while j.files.len() > 1 {
+        let f = j.files.remove(0);
+        let r =
+            fsx::remove_file(&f.path).and_then(|_| fsx::remove_file(&index_path(&dir, f.number)));
+        removed = true;
+        if let Err(e) = r {
+            tracing::warn!("removing a sealed journal file: {e}");
+            // Not gone, or gone without its index: the next load sees which.
+            *g = None;
+            return;
+        }
+    }
+    if removed && let Err(e) = fsx::sync_dir(&dir) {
+        tracing::warn!("removing sealed journal files: {e}");
+    }
+}
+
 /// Id → time of the checkpoints reachable from the files after the first
 /// `skip` ones.
 fn reachable_times(j: &JournalState, views: &Views, skip: usize) -> BTreeMap<u64, u64> {

@@ -230,7 +230,7 @@ pub use crate::journal::{
     encode_journal_entry,
 };
 pub use crate::log::{
-    LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
+    History, LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
     RECORD_TRAILER_LEN, WriteLog, decode_records, encode_record,
 };
 pub use crate::writer::PitWriter;

@@ -505,6 +505,23 @@ pub struct WriteLog {
     /// A step after a seal's commit point failed: the file is history, so
     /// nothing may be appended to it (see the module docs).
     failed: Option<String>,
+    /// What a seal does with the file it seals.
+    history: History,
+}
+
+/// What a seal does with the journal file it seals (the PIT holds its
+/// writes either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum History {
+    /// The sealed file is removed after the next one is created, with any
+    /// older one: the log as it was before the journal, for groups that
+    /// do not recover to checkpoints (the default, so that no history
+    /// grows where nothing prunes it).
+    #[default]
+    Discard,
+    /// Sealed files stay as history until [`ReplicaStore::prune_journal`]
+    /// drops them (retention must then keep [`ReplicaStore::journal_pins`]).
+    Keep,
 }
 
 /// The open PIT a log's durable batches are applied to. It has its own
@@ -906,6 +923,7 @@ impl WriteLog {
             open: Arc::default(),
             store,
             failed: None,
+            history: History::Discard,
         })
     }
 
@@ -1237,10 +1255,12 @@ impl WriteLog {
             log = %self.path.display(),
             "a batch of the write log was not applied to the open PIT: replaying the log"
         );
+        let history = self.history;
         *self = ReplicaStore {
             inner: self.store.clone(),
         }
         .open_log()?;
+        self.history = history;
         Ok(())
     }
 
@@ -1315,14 +1335,34 @@ impl WriteLog {
             }
         };
         match self.next_file(info.id.get()) {
-            Ok(next) => *self = next,
+            Ok(next) => {
+                let history = self.history;
+                *self = next;
+                self.history = history;
+            }
             Err(e) => {
                 self.failed = Some(error_chain(&e));
                 return Err(e);
             }
         }
+        if self.history == History::Discard {
+            // After the next file exists: a crash before this leaves the
+            // sealed file as history, which the next seal removes.
+            crate::history::drop_all_but_newest(&self.store);
+        }
         self.ensure_writer()?;
         Ok(info)
+    }
+
+    /// Whether seals keep the sealed files as history (see [`History`];
+    /// [`History::Discard`] until set).
+    pub fn set_history(&mut self, history: History) {
+        self.history = history;
+    }
+
+    /// What seals do with the sealed files.
+    pub fn history(&self) -> History {
+        self.history
     }
 
     /// After the open file was sealed into PIT `sealed`: steps 2–4 of the

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use common::{copy_tree, fast_tmpdir};
 use offsite_replica_store::{
-    CheckpointId, Consistency, JOURNAL_HEADER_LEN, Listing, LogRecord, PitId, ReplicaStore,
-    VolumeSpec, decode_records, encode_record,
+    CheckpointId, Consistency, History, JOURNAL_HEADER_LEN, Listing, LogRecord, PitId,
+    ReplicaStore, VolumeSpec, decode_records, encode_record,
 };
 
 const UUID: [u8; 16] = *b"offsite-golden-3";
@@ -83,6 +83,7 @@ fn write_golden(dir: &Path) -> u64 {
     store.write_base("a", 0, &[0xAB; 512]).unwrap();
     store.sync_base().unwrap();
     let mut log = store.open_log().unwrap();
+    log.set_history(History::Keep);
     let raw = batch(&[(1, 0, 1, &[0x11, 0x12]), (2, 1, 3, &[0x21])]);
     log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
     log.checkpoint(T1, Consistency::Crash, None).unwrap();
@@ -268,6 +269,7 @@ fn the_journal_fixture_opens_and_reads_back() {
     drop((c1, c2, c3));
     // The open file replays into the open PIT; the log goes on.
     let mut log = store.open_log().unwrap();
+    log.set_history(History::Keep);
     assert_eq!((log.records(), log.last_seq()), (1, Some(4)));
     assert_eq!(log.last_checkpoint(), CheckpointId::new(3));
     let pit = log.seal(None, CREATED.into()).unwrap();
@@ -283,6 +285,7 @@ fn a_version_1_log_opens_and_its_writes_are_sealed() {
     let store = ReplicaStore::open(d.path()).unwrap();
     assert_eq!(store.pits().len(), 1);
     let mut log = store.open_log().unwrap();
+    log.set_history(History::Keep);
     assert!(!d.path().join("sync.log").exists(), "copied, then removed");
     assert_eq!((log.records(), log.last_seq()), (4, Some(13)));
     assert_eq!(log.after(), 1);

@@ -9,9 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::fast_tmpdir;
-use common::journal::{CREATED, Model, jspecs, listed, time_of};
+use common::journal::{CREATED, Model, jspecs, listed, open_keep, time_of};
 use offsite_replica_store::{
-    CheckpointId, Consistency, JOURNAL_DIR, JournalPolicy, Listing, PitId, ReplicaError,
+    CheckpointId, Consistency, History, JOURNAL_DIR, JournalPolicy, Listing, PitId, ReplicaError,
     ReplicaStore,
 };
 use proptest::prelude::*;
@@ -31,7 +31,7 @@ fn day() -> JournalPolicy {
 fn three_files(dir: &std::path::Path) -> (ReplicaStore, offsite_replica_store::WriteLog, Model) {
     let mut m = Model::new(&jspecs());
     let store = m.create_store(dir);
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     m.append(&mut log, &[(0, 1, 2, 5), (1, 0, 1, 6)]).unwrap();
     m.append(&mut log, &[(1, 3, 2, 7)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
@@ -146,7 +146,7 @@ fn the_journal_reopens_from_its_indexes_or_by_scanning() {
         let store = ReplicaStore::open(d.path()).unwrap();
         assert_eq!(list(&store), before, "{damage}");
         // The log's open rewrites the indexes it had to scan for.
-        let log = store.open_log().unwrap();
+        let log = open_keep(&store);
         assert_eq!(list(&store), before, "{damage}");
         for id in 1..=5 {
             m.check_image(&store, id);
@@ -214,7 +214,7 @@ fn retention_and_pruning_keep_a_sliding_window() {
     let d = fast_tmpdir();
     let mut m = Model::new(&jspecs());
     let store = m.create_store(d.path());
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     let policy = JournalPolicy {
         anchor_every: Duration::from_secs(3),
         ..JournalPolicy::new(Duration::from_secs(6), u64::MAX)
@@ -262,7 +262,7 @@ fn kept_pits_every_few_bytes_bound_the_replay() {
         let d = fast_tmpdir();
         let mut m = Model::new(&jspecs());
         let store = m.create_store(d.path());
-        let mut log = store.open_log().unwrap();
+        let mut log = open_keep(&store);
         let policy = JournalPolicy {
             anchor_bytes,
             ..day()
@@ -379,7 +379,7 @@ fn a_torn_checkpoint_is_dropped_with_the_tail() {
     let d = fast_tmpdir();
     let mut m = Model::new(&jspecs());
     let store = m.create_store(d.path());
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     m.append(&mut log, &[(0, 1, 1, 3)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
     let end = log.bytes();
@@ -393,7 +393,7 @@ fn a_torn_checkpoint_is_dropped_with_the_tail() {
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE], end + 40 + 4 + 3).unwrap();
     let store = ReplicaStore::open(d.path()).unwrap();
     assert_eq!(listed(&store), vec![1], "listing reads the valid prefix");
-    let log = store.open_log().unwrap();
+    let log = open_keep(&store);
     assert_eq!(log.bytes(), end);
     assert_eq!(log.last_checkpoint(), Some(ck(1)));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
@@ -419,7 +419,7 @@ fn a_resync_between_streams_keeps_the_history_before_it() {
     }
     w.commit(None, CREATED.into()).unwrap();
     m.acked(&resync);
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     assert_eq!(log.after(), 4);
     m.append(&mut log, &[(0, 5, 2, 62)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
@@ -437,12 +437,49 @@ fn a_resync_between_streams_keeps_the_history_before_it() {
     assert_eq!(pins, vec![1, 4]);
 }
 
+/// By default a seal removes the sealed file (no history grows where
+/// nothing prunes it); with `History::Keep` it stays, also when the log
+/// had to replay itself after a lost applier.
+#[test]
+fn the_history_mode_decides_what_a_seal_keeps() {
+    let d = fast_tmpdir();
+    let mut m = Model::new(&jspecs());
+    let store = m.create_store(d.path());
+    let mut log = store.open_log().unwrap();
+    assert_eq!(log.history(), History::Discard);
+    m.append(&mut log, &[(0, 1, 1, 7)]).unwrap();
+    m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+    log.seal(None, CREATED.into()).unwrap();
+    assert!(listed(&store).is_empty(), "the sealed file went");
+    m.append(&mut log, &[(1, 2, 1, 8)]).unwrap();
+    m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+    m.check_image(&store, 2);
+    let files = || {
+        std::fs::read_dir(d.path().join(JOURNAL_DIR))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(files(), 1, "the open file only, no index left behind");
+    log.set_history(History::Keep);
+    // An applier dropped unapplied: the next append replays the file.
+    let raw = m.batch(&[(0, 3, 1, 9)]);
+    let recs = offsite_replica_store::decode_records(&raw).unwrap();
+    drop(log.append_durable(&[(&raw, &recs)]).unwrap());
+    m.acked(&[(0, 3, 1, 9)]);
+    m.append(&mut log, &[(0, 4, 1, 10)]).unwrap();
+    m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+    log.seal(None, CREATED.into()).unwrap();
+    assert_eq!(log.history(), History::Keep);
+    assert_eq!(listed(&store), vec![2, 3]);
+    m.check_image(&store, 3);
+}
+
 #[test]
 fn a_bad_checkpoint_name_is_refused() {
     let d = fast_tmpdir();
     let mut m = Model::new(&jspecs());
     let store = m.create_store(d.path());
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     for bad in [String::new(), "a\nb".into(), "x".repeat(256)] {
         assert!(matches!(
             log.checkpoint(1, Consistency::Crash, Some(bad)),
@@ -505,7 +542,7 @@ fn run_ops(ops: &[Op]) {
     let d = fast_tmpdir();
     let mut m = Model::new(&jspecs());
     let mut store = m.create_store(d.path());
-    let mut log = Some(store.open_log().unwrap());
+    let mut log = Some(open_keep(&store));
     // Checkpoints that must be listed: acknowledged, not dropped.
     let mut expected: Vec<u64> = Vec::new();
     for op in ops {
@@ -567,7 +604,7 @@ fn run_ops(ops: &[Op]) {
                     std::os::unix::fs::FileExt::write_all_at(&f, b"OLRC\x01 torn", end).unwrap();
                 }
                 store = ReplicaStore::open(d.path()).unwrap();
-                log = Some(store.open_log().unwrap());
+                log = Some(open_keep(&store));
             }
         }
         let now = listed(&store);

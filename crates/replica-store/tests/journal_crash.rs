@@ -16,10 +16,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::journal::{CREATED, Model, jspecs, listed};
+use common::journal::{CREATED, Model, jspecs, listed, open_keep};
 use common::{copy_tree, fast_tmpdir};
 use offsite_replica_store::{
-    Consistency, JournalPolicy, PitId, ReplicaError, ReplicaStore, WriteLog, failpoint,
+    Consistency, History, JournalPolicy, PitId, ReplicaError, ReplicaStore, WriteLog, failpoint,
 };
 
 /// A store with history: PIT 1 and 2 sealed from the first two journal
@@ -28,7 +28,7 @@ use offsite_replica_store::{
 fn setup(dir: &Path) -> (ReplicaStore, WriteLog, Model) {
     let mut m = Model::new(&jspecs());
     let store = m.create_store(dir);
-    let mut log = store.open_log().unwrap();
+    let mut log = open_keep(&store);
     m.append(&mut log, &[(0, 1, 2, 5), (1, 0, 1, 6)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
     m.append(&mut log, &[(0, 1, 1, 0), (0, 9, 3, 8)]).unwrap();
@@ -68,6 +68,14 @@ fn op_checkpoint(_: &ReplicaStore, log: &mut WriteLog, m: &Model) -> Result<Done
 
 fn op_seal(_: &ReplicaStore, log: &mut WriteLog, m: &Model) -> Result<Done, ReplicaError> {
     log.seal(Some("sealed".into()), CREATED.into())?;
+    Ok(Done { model: m.clone() })
+}
+
+/// A seal of a log that keeps no history: the sealed files go after the
+/// next file exists.
+fn op_seal_discard(_: &ReplicaStore, log: &mut WriteLog, m: &Model) -> Result<Done, ReplicaError> {
+    log.set_history(History::Discard);
+    log.seal(None, CREATED.into())?;
     Ok(Done { model: m.clone() })
 }
 
@@ -175,7 +183,7 @@ fn crash_matrix(op: Op) -> Vec<usize> {
         let snapshot = fast_tmpdir();
         copy_tree(d.path(), snapshot.path());
         let store = ReplicaStore::open(d.path()).unwrap();
-        let log = store.open_log().unwrap();
+        let log = open_keep(&store);
         outcomes.push(store.pits().len());
         check(&store, log, &model, &must, writes);
         drop(store);
@@ -193,7 +201,7 @@ fn crash_matrix(op: Op) -> Vec<usize> {
                 break;
             }
             let store = ReplicaStore::open(c.path()).unwrap();
-            let log = store.open_log().unwrap();
+            let log = open_keep(&store);
             check(&store, log, &model, &must, writes);
         }
     }
@@ -217,6 +225,15 @@ fn crash_while_sealing() {
     assert!(
         outcomes.contains(&3),
         "no crash came after the commit point"
+    );
+}
+
+#[test]
+fn crash_while_sealing_without_history() {
+    let outcomes = crash_matrix(op_seal_discard);
+    assert!(
+        outcomes.contains(&2) && outcomes.contains(&3),
+        "{outcomes:?}"
     );
 }
 

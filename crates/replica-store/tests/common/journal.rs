@@ -194,6 +194,13 @@ impl Model {
     }
 }
 
+/// The store's write log, keeping sealed files as history.
+pub fn open_keep(store: &ReplicaStore) -> WriteLog {
+    let mut log = store.open_log().unwrap();
+    log.set_history(offsite_replica_store::History::Keep);
+    log
+}
+
 /// The ids of the checkpoints `store` lists.
 pub fn listed(store: &ReplicaStore) -> Vec<u64> {
     store
