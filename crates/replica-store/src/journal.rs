@@ -350,7 +350,8 @@ impl Order {
 
 /// Decodes the entries of a journal file after its header (untrusted
 /// bytes: tools, the fuzzer): every byte must belong to a valid entry, in
-/// order ([`Order`] from nothing before them).
+/// order (write sequence numbers and checkpoint ids grow, times do not go
+/// back, each checkpoint names the last write before it).
 pub fn decode_journal_entries(buf: &[u8]) -> Result<Vec<JournalEntry<'_>>, LogFormatError> {
     let mut out = Vec::new();
     let mut order = Order::default();

@@ -15,9 +15,11 @@
 //! checkpoint record the same way: a consistent cut after everything
 //! appended before it. Sealing ([`WriteLog::seal`]) commits that writer as
 //! a PIT — the blocks are already in its segments, so only indexes and the
-//! manifest are written — and starts the journal's next file after it;
-//! the sealed file stays as history until
-//! [`ReplicaStore::prune_journal`] drops it. The open file is bounded by
+//! manifest are written — and starts the journal's next file after it.
+//! With [`History::Keep`] the sealed file stays as history until
+//! [`ReplicaStore::prune_journal`] drops it; by default
+//! ([`History::Discard`]) the seal removes it, as the log before the
+//! journal did. The open file is bounded by
 //! how often the primary (or the replica, [`WriteLog::bytes`]) seals;
 //! retention then merges the sealed PITs into the base as for async
 //! groups, keeping the ones the journal's checkpoints need
@@ -98,6 +100,8 @@
 //!        3 create the next file, after = n, continues = the sealed file's
 //!          length (NUMBER.jnl.partial, fsync, rename, fsync directory)
 //!        4 write the sealed file's index (a cache; best effort)
+//!        5 History::Discard only: remove every file but the new one
+//!          (unlink, fsync directory; best effort, the next seal retries)
 //! open:  newest file's after == tip -> replay its writes
 //!        after <  tip -> sealed already (a crash between 1 and 3, or PITs
 //!                        committed while no log was open): it is history;
