@@ -132,6 +132,10 @@ pub(crate) struct State {
     pub(crate) chain: Vec<Arc<Pit>>,
     /// PITs found damaged at open (ascending id).
     pub(crate) damaged: Vec<DamagedPit>,
+    /// `Ops::base_through`, published with the chain, so readers (the
+    /// journal's listing) see the two consistent without the change lock,
+    /// which a merge into the base holds for long.
+    pub(crate) base_through: u64,
 }
 
 impl State {

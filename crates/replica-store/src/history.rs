@@ -148,17 +148,12 @@ pub(crate) struct Views {
 }
 
 impl Views {
-    /// Takes the change lock and then the chain's, briefly.
+    /// The chain as published now (its read lock only, briefly).
     pub(crate) fn snapshot(inner: &Inner) -> Views {
-        let ops = inner.lock_ops();
-        Views::under(ops.base_through, inner)
-    }
-
-    /// For a caller that holds the change lock.
-    pub(crate) fn under(base_through: u64, inner: &Inner) -> Views {
+        let st = inner.read_state();
         Views {
-            base_through,
-            pits: inner.read_state().chain.iter().map(|p| p.id).collect(),
+            base_through: st.base_through,
+            pits: st.chain.iter().map(|p| p.id).collect(),
         }
     }
 

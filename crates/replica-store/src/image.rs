@@ -109,7 +109,7 @@ impl ReplicaStore {
             // Under the change lock: no merge into the base comes between
             // choosing the state and registering it.
             let ops = inner.lock_ops();
-            let views = Views::under(ops.base_through, &inner);
+            let views = Views::snapshot(&inner);
             let plan = with_journal(&inner, |j| j.plan(id, &views))??;
             let view = if plan.anchor == ops.base_through {
                 Vec::new()

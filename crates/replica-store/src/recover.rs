@@ -304,7 +304,11 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         specs: meta.volumes.clone(),
         vols,
         by_name,
-        state: RwLock::new(State { chain, damaged }),
+        state: RwLock::new(State {
+            chain,
+            damaged,
+            base_through,
+        }),
         ops: Mutex::new(Ops {
             base_through,
             next_id: max_id + 1,
