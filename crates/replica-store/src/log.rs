@@ -706,11 +706,25 @@ impl ReplicaStore {
     /// Seals a write log left by an earlier run (a daemon restart, a
     /// failover while the primary is gone) into a PIT, so nothing it
     /// acknowledged is lost; `None` when there is no log or it is empty.
+    /// Keeps no history ([`History::Discard`]): for a group whose journal
+    /// is history, [`ReplicaStore::seal_leftover_log_with`] `Keep`.
     pub fn seal_leftover_log(&self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
+        self.seal_leftover_log_with(created_at, History::Discard)
+    }
+
+    /// [`ReplicaStore::seal_leftover_log`] with the group's [`History`]
+    /// mode: the seal removes the sealed files only with `Discard`.
+    pub fn seal_leftover_log_with(
+        &self,
+        created_at: String,
+        history: History,
+    ) -> Result<Option<PitInfo>, ReplicaError> {
         if !self.inner.dir.join(LOG_FILE).exists() && !self.inner.path(JOURNAL_DIR).is_dir() {
             return Ok(None);
         }
-        self.open_log()?.finish(created_at)
+        let mut log = self.open_log()?;
+        log.set_history(history);
+        log.finish(created_at)
     }
 }
 

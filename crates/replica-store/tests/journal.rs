@@ -460,6 +460,17 @@ fn the_history_mode_decides_what_a_seal_keeps() {
             .count()
     };
     assert_eq!(files(), 1, "the open file only, no index left behind");
+    // A restart's leftover log sealed with the group's mode keeps its
+    // history; with the default it would go.
+    m.append(&mut log, &[(1, 4, 1, 12)]).unwrap();
+    drop(log);
+    let sealed = store
+        .seal_leftover_log_with(CREATED.into(), History::Keep)
+        .unwrap();
+    assert!(sealed.is_some());
+    assert_eq!(listed(&store), vec![2]);
+    m.check_image(&store, 2);
+    let mut log = store.open_log().unwrap();
     log.set_history(History::Keep);
     // An applier dropped unapplied: the next append replays the file.
     let raw = m.batch(&[(0, 3, 1, 9)]);
@@ -472,6 +483,10 @@ fn the_history_mode_decides_what_a_seal_keeps() {
     assert_eq!(log.history(), History::Keep);
     assert_eq!(listed(&store), vec![2, 3]);
     m.check_image(&store, 3);
+    m.append(&mut log, &[(1, 5, 1, 13)]).unwrap();
+    drop(log);
+    assert!(store.seal_leftover_log(CREATED.into()).unwrap().is_some());
+    assert_eq!(listed(&store), Vec::<u64>::new(), "the default keeps none");
 }
 
 #[test]
