@@ -132,6 +132,10 @@ pub(crate) struct State {
     pub(crate) chain: Vec<Arc<Pit>>,
     /// PITs found damaged at open (ascending id).
     pub(crate) damaged: Vec<DamagedPit>,
+    /// `Ops::base_through`, published with the chain, so readers (the
+    /// journal's listing) see the two consistent without the change lock,
+    /// which a merge into the base holds for long.
+    pub(crate) base_through: u64,
 }
 
 impl State {
@@ -173,6 +177,14 @@ pub(crate) struct Inner {
     pub(crate) writer: AtomicBool,
     /// Sticky failure: the first error at or after a commit point.
     pub(crate) poison: Mutex<Option<(String, Option<io::ErrorKind>)>>,
+    /// The journal's files and checkpoints (`None`: not loaded yet; the
+    /// write log's open reloads it). Lock order: `ops`, then `journal`,
+    /// then `state`.
+    pub(crate) journal: Mutex<Option<crate::history::JournalState>>,
+    /// The states live checkpoint images read from (PIT id or
+    /// `base_through` → number of images): no PIT newer than one of them
+    /// may be merged into the base.
+    pub(crate) pins: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Held for the flock.
     pub(crate) _lock: File,
 }
@@ -192,6 +204,49 @@ impl Inner {
 
     pub(crate) fn lock_ops(&self) -> MutexGuard<'_, Ops> {
         self.ops.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock_journal(&self) -> MutexGuard<'_, Option<crate::history::JournalState>> {
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock_pins(&self) -> MutexGuard<'_, std::collections::BTreeMap<u64, usize>> {
+        self.pins.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a live image reading state `anchor`.
+    pub(crate) fn pin(&self, anchor: u64) {
+        *self.lock_pins().entry(anchor).or_default() += 1;
+    }
+
+    /// Releases one registration of `anchor`.
+    pub(crate) fn unpin(&self, anchor: u64) {
+        let mut pins = self.lock_pins();
+        if let Some(n) = pins.get_mut(&anchor) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&anchor);
+            }
+        }
+    }
+
+    /// Fails with `InUse` when a live image reads a state older than
+    /// `id`, which merging `id` into the base would change under it.
+    pub(crate) fn check_unpinned_below(&self, id: u64) -> Result<(), ReplicaError> {
+        match self.lock_pins().keys().next() {
+            Some(&anchor) if anchor < id => Err(ReplicaError::InUse { anchor }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The newest state of the chain: the newest PIT, or the base.
+    pub(crate) fn tip(&self) -> u64 {
+        let ops = self.lock_ops();
+        self.read_state()
+            .chain
+            .last()
+            .map_or(ops.base_through, |p| p.id)
+            .max(ops.base_through)
     }
 
     pub(crate) fn vol_index(&self, name: &str) -> Result<usize, ReplicaError> {
@@ -400,46 +455,7 @@ impl ReplicaStore {
             return Ok(());
         }
         let st = inner.read_state();
-        let view = view(&st, pit)?;
-        let bs = vol.bs() as u64;
-        let (b0, b1) = (offset / bs, (offset + len).div_ceil(bs));
-        let src = resolve(view, v, b0, b1);
-        let chunk = (CHUNK_BYTES / vol.bs()).max(1);
-        let mut scratch = vec![0u8; src.len().min(chunk) * vol.bs()];
-        let mut i = 0;
-        while i < src.len() {
-            let j = group_end(&src, i, chunk);
-            let n = j - i;
-            let out = &mut scratch[..n * vol.bs()];
-            match src[i] {
-                Src::Base => {
-                    vol.base()
-                        .file
-                        .read_exact_at(out, (b0 + i as u64) * bs)
-                        .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
-                }
-                Src::Seg(p, pos) => {
-                    let seg = &view[p].segs[v];
-                    for run in seg.runs(pos..pos + n, chunk) {
-                        let at = (run.pos - pos) * vol.bs();
-                        let dst = &mut out[at..at + run.len * vol.bs()];
-                        if run.zero {
-                            dst.fill(0);
-                        } else {
-                            seg.read_run(run, dst)?;
-                        }
-                    }
-                }
-            }
-            // Copy the overlap of blocks b0+i..b0+j with the request.
-            let start = (b0 + i as u64) * bs;
-            let lo = start.max(offset);
-            let hi = (start + n as u64 * bs).min(offset + len);
-            buf[(lo - offset) as usize..(hi - offset) as usize]
-                .copy_from_slice(&out[(lo - start) as usize..(hi - start) as usize]);
-            i = j;
-        }
-        Ok(())
+        read_view(inner, view(&st, pit)?, v, offset, buf)
     }
 
     /// The first byte at or after `offset` of `volume` as of `pit` (`None`:
@@ -461,29 +477,8 @@ impl ReplicaStore {
         if offset >= size {
             return Ok(None);
         }
-        let bs = vol.bs() as u64;
         let st = inner.read_state();
-        let view = view(&st, pit)?;
-        let (base, _) = data_extent(&vol.base().file, offset, size)
-            .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
-        // The nearest so far (`size`: none); a segment's scan stops there,
-        // so runs of zero entries past it are not walked.
-        let mut next = base;
-        let first = offset / bs;
-        for p in view {
-            let seg = &p.segs[v];
-            for pos in seg.range(first, vol.nblocks) {
-                let at = (seg.block(pos) * bs).max(offset);
-                if at >= next {
-                    break;
-                }
-                if !seg.is_zero(pos) {
-                    next = at;
-                    break;
-                }
-            }
-        }
-        Ok((next < size).then_some(next))
+        next_data_view(inner, view(&st, pit)?, v, offset)
     }
 
     /// BLAKE3 of each block in `blocks` of `volume` as of `pit` (`None`:
@@ -508,19 +503,7 @@ impl ReplicaStore {
             });
         }
         let st = inner.read_state();
-        let view = view(&st, pit)?;
-        let src = resolve(view, v, blocks.start, blocks.end);
-        let mut out = Vec::with_capacity(src.len());
-        let mut i = 0;
-        while i < src.len() {
-            let j = group_end(&src, i, src.len());
-            match src[i] {
-                Src::Base => base_hashes(vol, blocks.start + i as u64, (j - i) as u64, &mut out)?,
-                Src::Seg(p, pos) => out.extend(view[p].segs[v].hashes(pos, j - i)?),
-            }
-            i = j;
-        }
-        Ok(out)
+        hashes_view(inner, view(&st, pit)?, v, blocks)
     }
 
     /// Removes PIT `id`: the oldest is merged into the base, any other into
@@ -614,6 +597,8 @@ impl ReplicaStore {
                 newest: PitId(p.id),
             });
         }
+        // A checkpoint image reading the base would see it change.
+        inner.check_unpinned_below(u64::MAX)?;
         ops.base_dirty = true;
         let files = vol.base();
         // The base stays as thin as the data: all-zero blocks are not
@@ -667,6 +652,7 @@ impl ReplicaStore {
                 newest: PitId(p.id),
             });
         }
+        inner.check_unpinned_below(u64::MAX)?;
         let len = std::fs::metadata(image)
             .map_err(|e| ReplicaError::io("stat", image, e))?
             .len();
@@ -785,6 +771,113 @@ fn write_base_run(
     }
 }
 
+/// Reads `buf.len()` bytes at `offset` of volume `v` as of `view` (the
+/// PITs of a state, oldest first; empty: the base); the range is checked.
+pub(crate) fn read_view(
+    inner: &Inner,
+    view: &[Arc<Pit>],
+    v: usize,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), ReplicaError> {
+    let vol = &inner.vols[v];
+    let len = buf.len() as u64;
+    let bs = vol.bs() as u64;
+    let (b0, b1) = (offset / bs, (offset + len).div_ceil(bs));
+    let src = resolve(view, v, b0, b1);
+    let chunk = (CHUNK_BYTES / vol.bs()).max(1);
+    let mut scratch = vec![0u8; src.len().min(chunk) * vol.bs()];
+    let mut i = 0;
+    while i < src.len() {
+        let j = group_end(&src, i, chunk);
+        let n = j - i;
+        let out = &mut scratch[..n * vol.bs()];
+        match src[i] {
+            Src::Base => {
+                vol.base()
+                    .file
+                    .read_exact_at(out, (b0 + i as u64) * bs)
+                    .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
+            }
+            Src::Seg(p, pos) => {
+                let seg = &view[p].segs[v];
+                for run in seg.runs(pos..pos + n, chunk) {
+                    let at = (run.pos - pos) * vol.bs();
+                    let dst = &mut out[at..at + run.len * vol.bs()];
+                    if run.zero {
+                        dst.fill(0);
+                    } else {
+                        seg.read_run(run, dst)?;
+                    }
+                }
+            }
+        }
+        // Copy the overlap of blocks b0+i..b0+j with the request.
+        let start = (b0 + i as u64) * bs;
+        let lo = start.max(offset);
+        let hi = (start + n as u64 * bs).min(offset + len);
+        buf[(lo - offset) as usize..(hi - offset) as usize]
+            .copy_from_slice(&out[(lo - start) as usize..(hi - start) as usize]);
+        i = j;
+    }
+    Ok(())
+}
+
+/// [`ReplicaStore::next_data`] of volume `v` as of `view`.
+pub(crate) fn next_data_view(
+    inner: &Inner,
+    view: &[Arc<Pit>],
+    v: usize,
+    offset: u64,
+) -> Result<Option<u64>, ReplicaError> {
+    let vol = &inner.vols[v];
+    let size = vol.spec.size_bytes;
+    let bs = vol.bs() as u64;
+    let (base, _) = data_extent(&vol.base().file, offset, size)
+        .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+    // The nearest so far (`size`: none); a segment's scan stops there,
+    // so runs of zero entries past it are not walked.
+    let mut next = base;
+    let first = offset / bs;
+    for p in view {
+        let seg = &p.segs[v];
+        for pos in seg.range(first, vol.nblocks) {
+            let at = (seg.block(pos) * bs).max(offset);
+            if at >= next {
+                break;
+            }
+            if !seg.is_zero(pos) {
+                next = at;
+                break;
+            }
+        }
+    }
+    Ok((next < size).then_some(next))
+}
+
+/// [`ReplicaStore::block_hashes`] of volume `v` as of `view`; the range
+/// is checked.
+pub(crate) fn hashes_view(
+    inner: &Inner,
+    view: &[Arc<Pit>],
+    v: usize,
+    blocks: Range<u64>,
+) -> Result<Vec<[u8; 32]>, ReplicaError> {
+    let vol = &inner.vols[v];
+    let src = resolve(view, v, blocks.start, blocks.end);
+    let mut out = Vec::with_capacity(src.len());
+    let mut i = 0;
+    while i < src.len() {
+        let j = group_end(&src, i, src.len());
+        match src[i] {
+            Src::Base => base_hashes(vol, blocks.start + i as u64, (j - i) as u64, &mut out)?,
+            Src::Seg(p, pos) => out.extend(view[p].segs[v].hashes(pos, j - i)?),
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
 /// The PITs whose segments make up the view of `pit` (oldest first).
 fn view(st: &State, pit: Option<PitId>) -> Result<&[Arc<Pit>], ReplicaError> {
     match pit {
@@ -869,7 +962,7 @@ fn data_extent(file: &File, at: u64, end: u64) -> io::Result<(u64, u64)> {
 /// Appends the BLAKE3 of each `bs`-byte block of `data` to `out`
 /// (`zero_hash` for all-zero blocks, without hashing them), on up to as
 /// many threads as there are CPUs when `data` is large.
-fn hash_blocks(data: &[u8], bs: usize, zero_hash: &[u8; 32], out: &mut Vec<[u8; 32]>) {
+pub(crate) fn hash_blocks(data: &[u8], bs: usize, zero_hash: &[u8; 32], out: &mut Vec<[u8; 32]>) {
     // The zero test ORs 64 bytes at a time, which vectorizes.
     let hash = |b: &[u8]| {
         if b.chunks(64).all(|c| c.iter().fold(0, |a, &x| a | x) == 0) {
@@ -879,8 +972,15 @@ fn hash_blocks(data: &[u8], bs: usize, zero_hash: &[u8; 32], out: &mut Vec<[u8; 
         }
     };
     let blocks = data.len() / bs;
+    // Small inputs first: asking for the parallelism reads cgroup and proc
+    // files (tens of µs), which a journal image's per-record calls would
+    // pay hundreds of thousands of times.
+    if data.len() < (2 << 20) {
+        out.extend(data.chunks(bs).map(hash));
+        return;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || data.len() < (2 << 20) {
+    if threads < 2 {
         out.extend(data.chunks(bs).map(hash));
         return;
     }

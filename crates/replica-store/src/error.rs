@@ -7,7 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::PitId;
+use crate::{CheckpointId, PitId};
 
 /// Everything that can go wrong in a replica store.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,44 @@ pub enum ReplicaError {
     )]
     WriterFailed {
         /// The first failure, rendered with its cause.
+        cause: String,
+    },
+
+    /// No checkpoint of the journal has this id.
+    #[error("no checkpoint {id} in this group's journal; list the checkpoints to see which exist")]
+    NoSuchCheckpoint {
+        /// The id asked for.
+        id: CheckpointId,
+    },
+
+    /// The checkpoint's history was folded into a PIT or the base: its
+    /// image can no longer be made.
+    #[error(
+        "checkpoint {id} can no longer be recovered to: {why}; list the checkpoints to see which can"
+    )]
+    CheckpointUnreachable {
+        /// The checkpoint.
+        id: CheckpointId,
+        /// Why, in words.
+        why: String,
+    },
+
+    /// Merging into the base (or writing it) would change the state a live
+    /// checkpoint image reads.
+    #[error(
+        "a checkpoint image (an export or a clone) reads the group's state as of PIT {anchor}, which this would change; release the image first (retention keeps the PITs journal_pins names)"
+    )]
+    InUse {
+        /// The state the image reads (a PIT id, or the base's).
+        anchor: u64,
+    },
+
+    /// The write log stopped after a failure past a seal's commit point.
+    #[error(
+        "the write log stopped after an earlier failure ({cause}); reopen it (opening recovers a consistent log)"
+    )]
+    LogFailed {
+        /// The failure, rendered with its cause.
         cause: String,
     },
 

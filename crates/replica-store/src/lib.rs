@@ -24,7 +24,8 @@
 //! │   ├── manifest.pit                 magic|version|uuid|id|first|name|created_at|per-volume summary|crc
 //! │   └── NAME.seg                     one segment per volume (possibly empty)
 //! ├── staging/…                        PIT or merge being built; deleted at open
-//! └── merging/ID-FIRST/                oldest PIT being merged into the base; redone at open
+//! ├── merging/ID-FIRST/                oldest PIT being merged into the base; redone at open
+//! └── journal/NUMBER.{jnl,idx}         a sync group's write log and its history (`journal`)
 //! ```
 //!
 //! `ID` and `FIRST` are 20-digit zero-padded decimals. `ID` is the PIT id
@@ -199,6 +200,9 @@
 mod chain;
 mod error;
 mod format;
+mod history;
+mod image;
+pub mod journal;
 mod log;
 mod merge;
 mod recover;
@@ -218,8 +222,15 @@ use offsite_durable as fsx;
 
 pub use crate::chain::ReplicaStore;
 pub use crate::error::ReplicaError;
+pub use crate::history::{CheckpointList, CheckpointSummary, JournalPolicy, Listing, PruneReport};
+pub use crate::image::CheckpointImage;
+pub use crate::journal::{
+    CheckpointId, CheckpointInfo, CheckpointRecord, Consistency, JOURNAL_DIR, JOURNAL_HEADER_LEN,
+    JournalEntry, MAX_CHECKPOINT_NAME, decode_journal_entries, encode_checkpoint,
+    encode_journal_entry,
+};
 pub use crate::log::{
-    LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
+    History, LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
     RECORD_TRAILER_LEN, WriteLog, decode_records, encode_record,
 };
 pub use crate::writer::PitWriter;

@@ -1,45 +1,43 @@
-//! The write log of a synchronous group: the replica's **open segment**.
+//! The write log of a synchronous group: the replica's **open segment**,
+//! written into the group's [journal](crate::journal).
 //!
 //! In sync mode every write the primary acknowledges must already be
 //! durable here. Writes arrive as [log records](encode_record) in batches;
-//! [`WriteLog::append`] writes a whole batch to `GROUP/sync.log` with one
-//! positional `write` and one `fdatasync` (so concurrent writes at the
-//! primary share one replica fsync: group commit) and then applies it to
-//! an open [`PitWriter`] in `staging/`. The two halves may run on two
-//! threads: [`WriteLog::append_durable`] makes batches durable (the sync
-//! stream acknowledges them then), a [`LogApplier`] copies them into the
-//! PIT in the same order while the next batch is written, and a seal waits
-//! until every durable batch is applied. Sealing
-//! ([`WriteLog::seal`]) commits that writer as a PIT — the blocks are
-//! already in its segments, so only indexes and the manifest are written
-//! — and starts an empty log after it. The log is bounded by how often the
-//! primary (or the replica, [`WriteLog::bytes`]) seals; retention then
-//! merges the sealed PITs into the base as for async groups.
+//! [`WriteLog::append`] writes a whole batch to the journal's open file
+//! (`GROUP/journal/NUMBER.jnl`) with one positional `write` and one
+//! `fdatasync` (so concurrent writes at the primary share one replica
+//! fsync: group commit) and then applies it to an open [`PitWriter`] in
+//! `staging/`. The two halves may run on two threads:
+//! [`WriteLog::append_durable`] makes batches durable (the sync stream
+//! acknowledges them then), a [`LogApplier`] copies them into the PIT in
+//! the same order while the next batch is written, and a seal waits until
+//! every durable batch is applied. [`WriteLog::checkpoint`] appends a
+//! checkpoint record the same way: a consistent cut after everything
+//! appended before it. Sealing ([`WriteLog::seal`]) commits that writer as
+//! a PIT — the blocks are already in its segments, so only indexes and the
+//! manifest are written — and starts the journal's next file after it.
+//! With [`History::Keep`] the sealed file stays as history until
+//! [`ReplicaStore::prune_journal`] drops it; by default
+//! ([`History::Discard`]) the seal removes it, as the log before the
+//! journal did. The open file is bounded by
+//! how often the primary (or the replica, [`WriteLog::bytes`]) seals;
+//! retention then merges the sealed PITs into the base as for async
+//! groups, keeping the ones the journal's checkpoints need
+//! ([`ReplicaStore::journal_pins`]).
 //!
-//! # Format (version 1)
+//! # Format
 //!
-//! All integers little-endian. The file starts with a 64-byte header:
-//!
-//! | offset | size | field |
-//! | --- | --- | --- |
-//! | 0 | 8 | magic `OFSRPLOG` |
-//! | 8 | 4 | version `1` |
-//! | 12 | 4 | zero |
-//! | 16 | 16 | store uuid |
-//! | 32 | 8 | `after`: the PIT id the log's writes follow (0: the base) |
-//! | 40 | 20 | zero |
-//! | 60 | 4 | crc32c of bytes 0..60 |
-//!
-//! then records, back to back (the same bytes travel in the primary's
-//! batches, see [`decode_records`]), then zeroes up to the end of the file
-//! (see below):
+//! The journal file's header and the checkpoint record are in
+//! [`crate::journal`] (version 2). Write records are as in version 1, and
+//! are exactly what travels in the primary's batches ([`decode_records`],
+//! which refuses checkpoint records: only the replica writes those):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `OLRC` |
 //! | 4 | 1 | kind: `1` data, `2` zeroes (no data) |
 //! | 5 | 3 | zero |
-//! | 8 | 8 | sequence number (strictly growing within a log) |
+//! | 8 | 8 | sequence number (strictly growing within a journal file) |
 //! | 16 | 8 | first block |
 //! | 24 | 4 | block count (≥ 1) |
 //! | 28 | 4 | data length: count × block size for data, 0 for zeroes |
@@ -47,6 +45,19 @@
 //! | 34 | 6 | zero |
 //! | 40 | .. | data |
 //! | .. | 4 | crc32c of the record's preceding bytes |
+//!
+//! ## Version 1 logs
+//!
+//! Before the journal, a group's log was `GROUP/sync.log`: the same
+//! records after a 64-byte header (magic `OFSRPLOG`, version `1`, zero,
+//! store uuid at 16, `after` at 32, zeroes, crc32c of bytes 0..60 at 60),
+//! deleted at every seal. [`ReplicaStore::open_log`] still reads one: when
+//! its `after` is the store's tip, its valid records are copied into the
+//! journal's first file (a new file, fsynced, renamed into place, the
+//! directory fsynced), and then `sync.log` is removed; when it is older it
+//! was sealed already, and is removed. A crash between the two finds a
+//! journal file and `sync.log`: the copy was complete, so `sync.log` goes.
+//! (Downgrading to a build without the journal is not supported.)
 //!
 //! # Durability and recovery
 //!
@@ -57,11 +68,11 @@
 //! needs the room, before its records, under its one `fdatasync`. Every
 //! other append only overwrites zeroes in place, so its `fdatasync` writes
 //! data and no file-system metadata (the file's size and extents do not
-//! change). A zero tail ends the records: zeroes have no record magic, so
+//! change). A zero tail ends the entries: zeroes have no record magic, so
 //! reading stops there as it does at a torn record; the file's length says
-//! nothing about where the records end.
+//! nothing about where the entries end.
 //!
-//! Where the file system allows it, appends skip the page cache: the log
+//! Where the file system allows it, appends skip the page cache: the file
 //! is also opened `O_DIRECT | O_DSYNC`, and an append is one aligned write
 //! of the 4 KiB blocks it touches (the last block's earlier bytes, kept in
 //! memory, then the records, then zero padding), durable when the write
@@ -72,49 +83,64 @@
 //! format and recovery are unchanged. Where `O_DIRECT` is refused (tmpfs)
 //! appends are buffered writes and `fdatasync`.
 //!
-//! A crash can leave a torn last batch (followed by zeroes, or by nothing
+//! A crash can leave a torn last append (followed by zeroes, or by nothing
 //! if it hit while the file was being extended);
-//! [`ReplicaStore::open_log`] keeps the longest prefix of records that
-//! decode and check, truncates the file after it (a torn batch was never
-//! acknowledged; a zero tail is the log's clean end), and replays the
-//! prefix into a new writer. The next append extends the file with zeroes
-//! again, so bytes of a torn batch never survive behind a shorter new
-//! batch, where they could read as records. The format version is the
-//! same as before the zero tail: readers have always stopped at the first
-//! record that does not decode, and zeroes have no record magic.
+//! [`ReplicaStore::open_log`] keeps the longest prefix of entries that
+//! decode and check, truncates the file after it (a torn batch or
+//! checkpoint was never acknowledged; a zero tail is the log's clean end),
+//! and replays the prefix's writes into a new writer. The next append
+//! extends the file with zeroes again, so bytes of a torn batch never
+//! survive behind a shorter new batch, where they could read as records.
 //!
-//! Which log a PIT holds is decided by `after`:
+//! Which file a PIT holds is decided by the file's `after`:
 //!
 //! ```text
 //! seal:  1 commit the writer as PIT n (its own ordering: fsync, rename)
-//!        2 replace sync.log by an empty log with after = n (sync.log.partial,
-//!          fsync, rename, fsync directory)
-//! open:  after == tip (newest PIT, or base_through)  -> replay the records
-//!        after <  tip                                 -> the log is sealed already (crash between 1 and 2): reset
-//!        after >  tip                                 -> Corrupt (the PIT it follows is gone)
+//!        2 cut the sealed file's zero tail (best effort)
+//!        3 create the next file, after = n, continues = the sealed file's
+//!          length (NUMBER.jnl.partial, fsync, rename, fsync directory)
+//!        4 write the sealed file's index (a cache; best effort)
+//!        5 History::Discard only: remove every file but the new one
+//!          (unlink, fsync directory; best effort, the next seal retries)
+//! open:  newest file's after == tip -> replay its writes
+//!        after <  tip -> sealed already (a crash between 1 and 3, or PITs
+//!                        committed while no log was open): it is history;
+//!                        a new file after the tip starts (not `continues`:
+//!                        nothing says PIT `tip` is exactly that file)
+//!        after >  tip -> Corrupt (the PIT it follows is gone)
 //! ```
 //!
 //! While a log exists, its writer is the store's only PIT writer
 //! ([`ReplicaError::Busy`] for anyone else), so PIT `after + 1` is always
-//! the seal of exactly this log.
+//! the seal of exactly the open file. A failure after the commit point (2,
+//! 3) stops the log ([`ReplicaError::LogFailed`]) until it is reopened:
+//! appends would otherwise go to a file that is history already.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use offsite_durable::le;
 
-use crate::chain::Inner;
-use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, fsx};
+use crate::chain::{Inner, error_chain};
+use crate::history::{
+    FileMeta, JournalState, LoadMode, ScanFrom, list_files, load_file, scan, start_order,
+};
+use crate::journal::{
+    CheckpointId, CheckpointInfo, CheckpointRecord, Consistency, Header, IndexedCheckpoint,
+    JOURNAL_DIR, JOURNAL_HEADER_LEN, JournalEntry, Order, encode_checkpoint, encode_header,
+    file_path, valid_name,
+};
+use crate::{PitInfo, PitWriter, ReplicaError, ReplicaStore, VolumeSpec, fsx};
 
-/// The log's file name in the store directory.
+/// The version 1 log's file name in the store directory (read, then
+/// removed, by [`ReplicaStore::open_log`]).
 pub const LOG_FILE: &str = "sync.log";
-const LOG_MAGIC: &[u8; 8] = b"OFSRPLOG";
-const LOG_VERSION: u32 = 1;
-const HEADER_LEN: usize = 64;
-const REC_MAGIC: &[u8; 4] = b"OLRC";
+const V1_MAGIC: &[u8; 8] = b"OFSRPLOG";
+const V1_VERSION: u32 = 1;
+const V1_HEADER_LEN: usize = 64;
+pub(crate) const REC_MAGIC: &[u8; 4] = b"OLRC";
 /// Bytes of a record before its data.
 pub const RECORD_HEADER_LEN: usize = 40;
 /// Bytes of a record after its data.
@@ -134,7 +160,7 @@ const KIND_ZERO: u8 = 2;
 /// of 4 KiB (or one of every few 8 MiB batches, which extend the file by
 /// their own size at least), at the cost of writing 4 MiB of zeroes once
 /// (milliseconds) and of at most 4 MiB of disk ahead of the records per
-/// log. A new log (every seal) starts at its header; its first append
+/// log. A new file (every seal) starts at its header; its first append
 /// extends it.
 const GROW: u64 = 4 << 20;
 /// Segment data of the open PIT goes to disk in flushes of this size, not
@@ -272,11 +298,52 @@ pub enum LogFormatError {
     /// The log is another store's.
     #[error("the write log belongs to another replica store")]
     OtherStore,
+    /// A batch from the network carries a checkpoint record.
+    #[error("log batch carries a checkpoint record; only the replica writes those")]
+    CheckpointInBatch,
+    /// A checkpoint record has flags this build does not know.
+    #[error("checkpoint record has unknown flags {0:#04x}")]
+    CheckpointFlags(u8),
+    /// A checkpoint record has id 0.
+    #[error("checkpoint record has id 0")]
+    CheckpointZero,
+    /// A checkpoint's name is too long, not UTF-8 or has control characters.
+    #[error("checkpoint record has an invalid name")]
+    CheckpointName,
+    /// Checkpoint ids do not grow, or a checkpoint's time goes back.
+    #[error("checkpoint {id} follows checkpoint {prev} out of order")]
+    CheckpointOrder {
+        /// The checkpoint's id.
+        id: u64,
+        /// The one before it.
+        prev: u64,
+    },
+    /// A checkpoint does not name the write before it as its last.
+    #[error("checkpoint record does not follow the write it names as its last")]
+    CheckpointThrough,
+    /// A journal file's header has unknown flags or non-zero reserved bytes.
+    #[error("journal header has unknown flags or non-zero reserved bytes")]
+    HeaderReserved,
+    /// A journal index is shorter than its fixed part.
+    #[error("journal index is truncated ({0} bytes)")]
+    IndexTruncated(usize),
+    /// A journal index fails its crc32c.
+    #[error("journal index fails its checksum")]
+    IndexChecksum,
+    /// The file is not a journal index.
+    #[error("not a journal index (bad magic)")]
+    IndexMagic,
+    /// The index was written by another format version.
+    #[error("journal index format version {0} is not supported")]
+    IndexVersion(u32),
+    /// An index's checkpoints are out of order, out of range or malformed.
+    #[error("journal index lists invalid checkpoints")]
+    IndexEntries,
 }
 
 /// Decodes the record at the start of `buf`: the record and its length,
 /// `Ok(None)` if `buf` is too short to hold it, or why it is invalid.
-fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, LogFormatError> {
+pub(crate) fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, LogFormatError> {
     if buf.len() < RECORD_HEADER_LEN {
         return Ok(None);
     }
@@ -284,6 +351,9 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, LogFormatErr
         return Err(LogFormatError::RecordMagic);
     }
     let kind = buf[4];
+    if kind == crate::journal::KIND_CHECKPOINT {
+        return Err(LogFormatError::CheckpointInBatch);
+    }
     if buf[5..8] != [0; 3] || buf[34..40] != [0; 6] {
         return Err(LogFormatError::Reserved);
     }
@@ -324,7 +394,8 @@ fn decode_one(buf: &[u8]) -> Result<Option<(LogRecord<'_>, usize)>, LogFormatErr
 }
 
 /// Decodes a whole batch (untrusted bytes from the network): every byte
-/// must belong to a valid record, and sequence numbers must grow.
+/// must belong to a valid write record (no checkpoint: those are the
+/// replica's), and sequence numbers must grow.
 pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, LogFormatError> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -345,30 +416,20 @@ pub fn decode_records(buf: &[u8]) -> Result<Vec<LogRecord<'_>>, LogFormatError> 
     Ok(out)
 }
 
-fn encode_header(uuid: &[u8; 16], after: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..8].copy_from_slice(LOG_MAGIC);
-    h[8..12].copy_from_slice(&LOG_VERSION.to_le_bytes());
-    h[16..32].copy_from_slice(uuid);
-    h[32..40].copy_from_slice(&after.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..60]);
-    h[60..64].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-/// `after` from a header, or why it is not one of this store's.
-fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, LogFormatError> {
-    if h.len() < HEADER_LEN {
+/// `after` from a version 1 log's header, or why it is not one of this
+/// store's.
+fn decode_v1_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, LogFormatError> {
+    if h.len() < V1_HEADER_LEN {
         return Err(LogFormatError::HeaderTruncated(h.len()));
     }
     if crc32c::crc32c(&h[..60]) != le::u32_at(h, 60) {
         return Err(LogFormatError::HeaderChecksum);
     }
-    if &h[0..8] != LOG_MAGIC {
+    if &h[0..8] != V1_MAGIC {
         return Err(LogFormatError::HeaderMagic);
     }
     let v = le::u32_at(h, 8);
-    if v != LOG_VERSION {
+    if v != V1_VERSION {
         return Err(LogFormatError::Version(v));
     }
     if &h[16..32] != uuid {
@@ -377,15 +438,48 @@ fn decode_header(h: &[u8], uuid: &[u8; 16]) -> Result<u64, LogFormatError> {
     Ok(le::u64_at(h, 32))
 }
 
+/// Whether `rec` fits the store's volumes: volume, range, data length.
+pub(crate) fn check_record(
+    specs: &[VolumeSpec],
+    rec: &LogRecord<'_>,
+) -> Result<(), LogFormatError> {
+    let spec = specs
+        .get(usize::from(rec.volume))
+        .ok_or(LogFormatError::UnknownVolume(rec.volume))?;
+    let bs = u64::from(spec.block_size);
+    rec.first
+        .checked_add(u64::from(rec.count))
+        .filter(|&e| e <= spec.size_bytes / bs)
+        .ok_or_else(|| LogFormatError::PastEnd {
+            first: rec.first,
+            count: rec.count,
+            volume: spec.name.clone(),
+        })?;
+    if let Some(d) = rec.data
+        && d.len() as u64 != u64::from(rec.count) * bs
+    {
+        return Err(LogFormatError::DataSize {
+            bytes: d.len(),
+            count: rec.count,
+            block_size: bs,
+        });
+    }
+    Ok(())
+}
+
 /// The open write log of a store (see the module docs). Dropping it leaves
 /// the file as it is: the next [`ReplicaStore::open_log`] replays it.
 #[derive(Debug)]
 pub struct WriteLog {
+    /// The journal's open file.
     path: PathBuf,
+    /// The journal's directory.
     dir: PathBuf,
     uuid: [u8; 16],
     file: File,
-    /// End of the valid records (header included): where the next batch
+    /// The open file's header.
+    header: Header,
+    /// End of the valid entries (header included): where the next append
     /// goes.
     len: u64,
     /// Bytes from here to `capacity` are zeroes written by this log (at
@@ -395,9 +489,9 @@ pub struct WriteLog {
     /// File length: `len..capacity` is room for appends that overwrite
     /// without extending the file.
     capacity: u64,
-    after: u64,
-    last_seq: Option<u64>,
-    /// Records made durable in the log (since its last seal).
+    /// The last write's sequence number, checkpoint id and time.
+    order: Order,
+    /// Records made durable in the file (since its last seal).
     records: u64,
     /// The file opened `O_DIRECT | O_DSYNC`, where the file system allows
     /// it: appends are then aligned synchronous writes (see the module
@@ -412,6 +506,26 @@ pub struct WriteLog {
     /// The open PIT, shared with [`LogApplier`]s.
     open: Arc<OpenPit>,
     store: Arc<Inner>,
+    /// A step after a seal's commit point failed: the file is history, so
+    /// nothing may be appended to it (see the module docs).
+    failed: Option<String>,
+    /// What a seal does with the file it seals.
+    history: History,
+}
+
+/// What a seal does with the journal file it seals (the PIT holds its
+/// writes either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum History {
+    /// The sealed file is removed after the next one is created, with any
+    /// older one: the log as it was before the journal, for groups that
+    /// do not recover to checkpoints (the default, so that no history
+    /// grows where nothing prunes it).
+    #[default]
+    Discard,
+    /// Sealed files stay as history until [`ReplicaStore::prune_journal`]
+    /// drops them (retention must then keep [`ReplicaStore::journal_pins`]).
+    Keep,
 }
 
 /// The open PIT a log's durable batches are applied to. It has its own
@@ -538,98 +652,267 @@ fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 }
 
 impl ReplicaStore {
-    /// Opens the group's write log, creating an empty one after the newest
-    /// PIT, or recovering an existing one (torn tail truncated, records
-    /// replayed into the open PIT). Fails with [`ReplicaError::Busy`] while
-    /// another PIT writer exists.
+    /// Opens the group's write log in the journal: recovers the open file
+    /// (torn tail truncated, writes replayed into the open PIT), or starts
+    /// a new file after the newest PIT; reads a version 1 `sync.log` (see
+    /// the module docs); loads the journal's history. Fails with
+    /// [`ReplicaError::Busy`] while another PIT writer exists.
     pub fn open_log(&self) -> Result<WriteLog, ReplicaError> {
         let inner = self.inner.clone();
-        let dir = inner.dir.clone();
-        let path = dir.join(LOG_FILE);
-        let tip = {
-            let ops = inner.lock_ops();
-            inner
-                .read_state()
-                .chain
-                .last()
-                .map_or(ops.base_through, |p| p.id)
-                .max(ops.base_through)
+        // The writer first: while a log exists it is the store's only PIT
+        // writer, and nothing below may change files while another one
+        // could commit. Also taken before the journal's lock (lock order).
+        let mut writer = PitWriter::begin(inner.clone())?;
+        writer.set_flush_bytes(APPLY_FLUSH);
+        let tip = inner.tip();
+        let dir = inner.path(JOURNAL_DIR);
+        let mut journal = inner.lock_journal();
+        // Reloaded below; an error leaves it to be loaded again.
+        *journal = None;
+        if !dir.is_dir() {
+            fsx::create_dir(&dir)?;
+            fsx::sync_dir(&inner.dir)?;
+        }
+        let mut files = list_files(&dir, true)?;
+        if migrate_v1(&inner, &dir, tip, !files.is_empty())? {
+            files = list_files(&dir, false)?;
+        }
+        let newest = files.pop();
+        let mut metas = files
+            .iter()
+            .map(|(n, path)| load_file(&inner, path, *n, LoadMode::Recover))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (log, meta) = match newest {
+            None => WriteLog::start(&inner, &dir, 1, tip, &metas)?,
+            Some((n, path)) => WriteLog::recover_newest(&inner, &dir, n, path, tip, &mut metas)?,
         };
-        let mut log = match File::open(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                WriteLog::reset(inner, path, dir, tip)?
+        log.open.lock().writer = Some(writer);
+        let log = match meta {
+            Some(m) => {
+                metas.push(m);
+                log
             }
-            Err(e) => return Err(ReplicaError::io("open", &path, e)),
-            Ok(f) => {
-                let mut r = BufReader::with_capacity(1 << 20, f);
-                let mut h = [0u8; HEADER_LEN];
-                let header = r
-                    .read_exact(&mut h)
-                    .map_err(LogFormatError::ReadHeader)
-                    .and_then(|()| decode_header(&h, &inner.uuid));
-                match header {
-                    // A log created but never made durable past its header.
-                    Err(_)
-                        if std::fs::metadata(&path).map_or(0, |m| m.len()) < HEADER_LEN as u64 =>
-                    {
-                        WriteLog::reset(inner, path, dir, tip)?
-                    }
-                    Err(why) => return Err(ReplicaError::corrupt(&path, why)),
-                    Ok(after) if after < tip => {
-                        tracing::info!(
-                            after,
-                            tip,
-                            "write log already sealed; starting an empty one"
-                        );
-                        WriteLog::reset(inner, path, dir, tip)?
-                    }
-                    Ok(after) if after > tip => {
-                        return Err(ReplicaError::corrupt(
-                            &path,
-                            format!(
-                                "the write log follows PIT {after}, but the store ends at {tip}"
-                            ),
-                        ));
-                    }
-                    Ok(after) => WriteLog::replay(inner, path, dir, after, r)?,
-                }
+            None => {
+                // The newest file is the open one: replay it into the PIT.
+                let (log, m) = log.replay()?;
+                metas.push(m);
+                log
             }
         };
-        log.ensure_writer()?;
+        *journal = Some(JournalState { files: metas });
         Ok(log)
     }
 
     /// Seals a write log left by an earlier run (a daemon restart, a
     /// failover while the primary is gone) into a PIT, so nothing it
     /// acknowledged is lost; `None` when there is no log or it is empty.
+    /// Keeps no history ([`History::Discard`]): for a group whose journal
+    /// is history, [`ReplicaStore::seal_leftover_log_with`] `Keep`.
     pub fn seal_leftover_log(&self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
-        if !self.inner.dir.join(LOG_FILE).exists() {
+        self.seal_leftover_log_with(created_at, History::Discard)
+    }
+
+    /// [`ReplicaStore::seal_leftover_log`] with the group's [`History`]
+    /// mode: the seal removes the sealed files only with `Discard`.
+    pub fn seal_leftover_log_with(
+        &self,
+        created_at: String,
+        history: History,
+    ) -> Result<Option<PitInfo>, ReplicaError> {
+        if !self.inner.dir.join(LOG_FILE).exists() && !self.inner.path(JOURNAL_DIR).is_dir() {
             return Ok(None);
         }
-        self.open_log()?.finish(created_at)
+        let mut log = self.open_log()?;
+        log.set_history(history);
+        log.finish(created_at)
     }
 }
 
+/// Reads a version 1 log, if there is one (see the module docs): copies
+/// its records into the journal's first file when they follow the tip,
+/// then removes it. Returns whether it made that file.
+fn migrate_v1(inner: &Inner, dir: &Path, tip: u64, has_files: bool) -> Result<bool, ReplicaError> {
+    let path = inner.dir.join(LOG_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(ReplicaError::io("open", &path, e)),
+    };
+    let disk = file
+        .metadata()
+        .map_err(|e| ReplicaError::io("stat", &path, e))?
+        .len();
+    let remove = |why: &str| -> Result<bool, ReplicaError> {
+        tracing::info!(log = %path.display(), "version 1 write log {why}; removing it");
+        fsx::remove_file(&path)?;
+        fsx::sync_dir(&inner.dir)?;
+        Ok(false)
+    };
+    if has_files {
+        return remove("was copied into the journal before");
+    }
+    let mut h = [0u8; V1_HEADER_LEN];
+    let header = file
+        .read_exact_at(&mut h, 0)
+        .map_err(LogFormatError::ReadHeader)
+        .and_then(|()| decode_v1_header(&h, &inner.uuid));
+    let after = match header {
+        // Created but never made durable past its header.
+        Err(_) if disk < V1_HEADER_LEN as u64 => return remove("is empty"),
+        Err(why) => return Err(ReplicaError::corrupt(&path, why)),
+        Ok(after) if after < tip => return remove("was sealed already"),
+        Ok(after) if after > tip => {
+            return Err(ReplicaError::corrupt(
+                &path,
+                format!("the write log follows PIT {after}, but the store ends at {tip}"),
+            ));
+        }
+        Ok(after) => after,
+    };
+    let s = scan(
+        &inner.specs,
+        &file,
+        &path,
+        ScanFrom {
+            start: V1_HEADER_LEN as u64,
+            order: Order::default(),
+            checkpoints: false,
+            limit: None,
+        },
+        &mut |_, _| Ok(()),
+    )?;
+    let header = Header {
+        number: 1,
+        after,
+        continues: None,
+        last_checkpoint: 0,
+        last_time: 0,
+        bytes_before: 0,
+    };
+    let to = file_path(dir, 1);
+    let tmp = fsx::partial_path(&to);
+    fsx::remove_file(&tmp)?;
+    let out = fsx::create_new(&tmp)?;
+    fsx::write_at(&out, &tmp, &encode_header(&inner.uuid, &header), 0)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = V1_HEADER_LEN as u64;
+    while at < s.len {
+        let n = (s.len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| ReplicaError::io("read", &path, e))?;
+        let to_at = at - V1_HEADER_LEN as u64 + JOURNAL_HEADER_LEN as u64;
+        fsx::write_at(&out, &tmp, &buf[..n], to_at)?;
+        at += n as u64;
+    }
+    fsx::sync_data(&out, &tmp)?;
+    fsx::rename(&tmp, &to)?;
+    fsx::sync_dir(dir)?;
+    tracing::info!(
+        records = s.records,
+        after,
+        "copied a version 1 write log into the journal"
+    );
+    remove("was copied into the journal")?;
+    Ok(true)
+}
+
 impl WriteLog {
-    /// Replaces the file by an empty log after PIT `after`, durably.
-    fn reset(
-        store: std::sync::Arc<Inner>,
-        path: PathBuf,
-        dir: PathBuf,
+    /// Creates journal file `number` after PIT `after`, durably, as the
+    /// open file (checkpoint ids go on from those of `prev`, the files
+    /// before it).
+    fn start(
+        inner: &Arc<Inner>,
+        dir: &Path,
+        number: u64,
         after: u64,
-    ) -> Result<WriteLog, ReplicaError> {
-        fsx::replace_file(&path, &encode_header(&store.uuid, after))?;
-        WriteLog::open_file(store, path, dir, after)
+        prev: &[FileMeta],
+    ) -> Result<(WriteLog, Option<FileMeta>), ReplicaError> {
+        // Ids and times go on from the newest checkpoint of any file (a
+        // damaged one says nothing).
+        let (last_checkpoint, last_time) = prev
+            .iter()
+            .map(|f| f.last_checkpoint())
+            .max()
+            .unwrap_or((0, 0));
+        let h = Header {
+            number,
+            after,
+            continues: None,
+            last_checkpoint,
+            last_time,
+            bytes_before: prev.iter().map(FileMeta::bytes_through).max().unwrap_or(0),
+        };
+        let path = file_path(dir, number);
+        fsx::replace_file(&path, &encode_header(&inner.uuid, &h))?;
+        let meta = FileMeta::empty(&h, path.clone());
+        let log = WriteLog::open_file(inner.clone(), path, dir.to_path_buf(), &h)?;
+        Ok((log, Some(meta)))
     }
 
-    /// The log at `path` (header already checked), positioned after its
-    /// header, with nothing applied yet. Its capacity is the file's length:
-    /// [`WriteLog::replay`] truncates anything after the records it keeps.
+    /// The newest journal file at open: the open file when it follows the
+    /// tip (returned without a meta: the caller replays it), else history,
+    /// with a new file after the tip.
+    fn recover_newest(
+        inner: &Arc<Inner>,
+        dir: &Path,
+        number: u64,
+        path: PathBuf,
+        tip: u64,
+        metas: &mut Vec<FileMeta>,
+    ) -> Result<(WriteLog, Option<FileMeta>), ReplicaError> {
+        let len = std::fs::metadata(&path)
+            .map_err(|e| ReplicaError::io("stat", &path, e))?
+            .len();
+        let mut h = [0u8; JOURNAL_HEADER_LEN];
+        let header = File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut h, 0))
+            .map_err(LogFormatError::ReadHeader)
+            .and_then(|()| crate::journal::decode_header(&h, &inner.uuid));
+        match header {
+            // A file created but never made durable past its header (the
+            // rename of a replacement is atomic, so only by other means).
+            Err(_) if len < JOURNAL_HEADER_LEN as u64 => {
+                fsx::remove_file(&path)?;
+                fsx::sync_dir(dir)?;
+                WriteLog::start(inner, dir, number, tip, metas)
+            }
+            Err(why) => Err(ReplicaError::corrupt(&path, why)),
+            Ok(h) if h.number != number => Err(ReplicaError::corrupt(
+                &path,
+                format!("its header says journal file {}", h.number),
+            )),
+            Ok(h) if h.after == tip => {
+                let log = WriteLog::open_file(inner.clone(), path, dir.to_path_buf(), &h)?;
+                Ok((log, None))
+            }
+            Ok(h) if h.after < tip => {
+                tracing::info!(
+                    after = h.after,
+                    tip,
+                    "journal file already sealed; starting the next"
+                );
+                metas.push(load_file(inner, &path, number, LoadMode::RecoverNewest)?);
+                WriteLog::start(inner, dir, number + 1, tip, metas)
+            }
+            Ok(h) => Err(ReplicaError::corrupt(
+                &path,
+                format!(
+                    "the write log follows PIT {}, but the store ends at {tip}",
+                    h.after
+                ),
+            )),
+        }
+    }
+
+    /// The journal file at `path` (header `h` already checked), positioned
+    /// after its header, with nothing applied yet. Its capacity is the
+    /// file's length: [`WriteLog::replay`] truncates anything after the
+    /// entries it keeps.
     fn open_file(
-        store: std::sync::Arc<Inner>,
+        store: Arc<Inner>,
         path: PathBuf,
         dir: PathBuf,
-        after: u64,
+        h: &Header,
     ) -> Result<WriteLog, ReplicaError> {
         let file = OpenOptions::new()
             .read(true)
@@ -646,80 +929,76 @@ impl WriteLog {
             dir,
             uuid: store.uuid,
             file,
-            len: HEADER_LEN as u64,
-            zero_from: HEADER_LEN as u64,
+            header: *h,
+            len: JOURNAL_HEADER_LEN as u64,
+            zero_from: JOURNAL_HEADER_LEN as u64,
             capacity,
-            after,
-            last_seq: None,
+            order: start_order(h),
             records: 0,
             direct,
             tail: None,
             scratch: Vec::new(),
             open: Arc::default(),
             store,
+            failed: None,
+            history: History::Discard,
         })
     }
 
-    fn replay(
-        store: std::sync::Arc<Inner>,
-        path: PathBuf,
-        dir: PathBuf,
-        after: u64,
-        mut r: BufReader<File>,
-    ) -> Result<WriteLog, ReplicaError> {
-        let mut log = WriteLog::open_file(store, path, dir, after)?;
-        log.ensure_writer()?;
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            buf.resize(RECORD_HEADER_LEN, 0);
-            if r.read_exact(&mut buf).is_err() {
-                break;
-            }
-            let dl = le::u32_at(&buf, 28).min(MAX_RECORD_DATA) as usize;
-            buf.resize(RECORD_HEADER_LEN + dl + RECORD_TRAILER_LEN, 0);
-            if r.read_exact(&mut buf[RECORD_HEADER_LEN..]).is_err() {
-                break;
-            }
-            let rec = match decode_one(&buf) {
-                Ok(Some((rec, _))) => rec,
-                _ => break,
-            };
-            if log.check(&rec).is_err() {
-                break;
-            }
-            {
-                let mut st = log.open.lock();
-                let w = st.writer.as_mut().expect("writer exists");
-                apply_record(&log.store, w, &rec)?;
-            }
-            log.last_seq = Some(rec.seq);
-            log.records += 1;
-            log.len += buf.len() as u64;
-        }
-        if log.capacity > log.len {
-            // Zeroes (the log's clean end) or a torn batch (never
+    /// Replays the open file's writes into the open PIT (its writer is in
+    /// place) and cuts whatever follows its valid entries.
+    fn replay(mut self) -> Result<(WriteLog, FileMeta), ReplicaError> {
+        let s = {
+            let mut st = self.open.lock();
+            let w = st.writer.as_mut().expect("writer in place");
+            let store = &self.store;
+            scan(
+                &store.specs,
+                &self.file,
+                &self.path,
+                ScanFrom::journal(self.order),
+                &mut |rec, _| apply_record(store, w, rec),
+            )?
+        };
+        self.len = s.len;
+        self.records = s.records;
+        self.order = s.order;
+        if self.capacity > self.len {
+            // Zeroes (the log's clean end) or a torn append (never
             // acknowledged, so never needed), then perhaps zeroes. Either
-            // way the file ends at the records: the next append writes new
+            // way the file ends at the entries: the next append writes new
             // zeroes after them, so no byte of a torn batch can outlive a
             // shorter batch written over it.
-            let dropped = log.capacity - log.len;
-            if log.only_zeroes_from(log.len)? {
-                tracing::debug!(kept = log.len, dropped, "write log: dropping its zero tail");
+            let dropped = self.capacity - self.len;
+            if self.only_zeroes_from(self.len)? {
+                tracing::debug!(
+                    kept = self.len,
+                    dropped,
+                    "write log: dropping its zero tail"
+                );
             } else {
                 tracing::info!(
-                    kept = log.len,
+                    kept = self.len,
                     dropped,
-                    "write log: truncating an incomplete last batch"
+                    "write log: truncating an incomplete last append"
                 );
             }
-            fsx::set_len(&log.file, &log.path, log.len)?;
-            fsx::sync_data(&log.file, &log.path)?;
-            log.capacity = log.len;
+            fsx::set_len(&self.file, &self.path, self.len)?;
+            fsx::sync_data(&self.file, &self.path)?;
+            self.capacity = self.len;
         }
-        log.zero_from = log.len;
-        tracing::info!(records = log.records, after, "write log replayed");
-        Ok(log)
+        self.zero_from = self.len;
+        tracing::info!(
+            records = self.records,
+            after = self.header.after,
+            "write log replayed"
+        );
+        let mut meta = FileMeta::empty(&self.header, self.path.clone());
+        meta.len = self.len;
+        meta.disk = self.capacity;
+        meta.records = self.records;
+        meta.checkpoints = s.checkpoints;
+        Ok((self, meta))
     }
 
     /// Whether the file holds only zeroes from `at` to its capacity.
@@ -737,23 +1016,21 @@ impl WriteLog {
         }
         Ok(true)
     }
-
-    /// Writes zeroes from `from` to `to` (in the file's page cache; the
-    /// caller's `fdatasync` makes them durable).
     /// The `O_DIRECT | O_DSYNC` append: one aligned write of the 4 KiB
-    /// blocks from the one holding `len` to the one holding the batches'
-    /// end (the tail's bytes, the records, zero padding), durable when it
-    /// returns; then, when the file must grow, zeroes after it, and zeroes
-    /// over what a failed append may have left beyond it.
-    fn write_direct(&mut self, batches: &[(&[u8], &[LogRecord<'_>])]) -> Result<(), ReplicaError> {
+    /// blocks from the one holding `len` to the one holding the appended
+    /// bytes' end (the tail's bytes, the entries, zero padding), durable
+    /// when it returns; then, when the file must grow, zeroes after it,
+    /// and zeroes over what a failed append may have left beyond it.
+    fn write_direct(&mut self, raws: &[&[u8]]) -> Result<(), ReplicaError> {
         let a = DIRECT_ALIGN;
-        let total: u64 = batches.iter().map(|(raw, _)| raw.len() as u64).sum();
+        let total: u64 = raws.iter().map(|raw| raw.len() as u64).sum();
         let start = self.len / a * a;
         let end = self.len + total;
         let wend = end.div_ceil(a) * a;
         if self.tail.is_none() {
             let mut t = vec![0u8; (self.len - start) as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut t, start)
+            self.file
+                .read_exact_at(&mut t, start)
                 .map_err(|e| ReplicaError::io("read", &self.path, e))?;
             self.tail = Some(t);
         }
@@ -762,7 +1039,7 @@ impl WriteLog {
         let buf = aligned(&mut scratch, (wend - start) as usize);
         buf[..tail.len()].copy_from_slice(tail);
         let mut at = tail.len();
-        for (raw, _) in batches {
+        for raw in raws {
             buf[at..at + raw.len()].copy_from_slice(raw);
             at += raw.len();
         }
@@ -810,6 +1087,8 @@ impl WriteLog {
         r
     }
 
+    /// Writes zeroes from `from` to `to` (in the file's page cache; the
+    /// caller's `fdatasync` makes them durable).
     fn write_zeroes(&self, mut from: u64, to: u64) -> Result<(), ReplicaError> {
         if from >= to {
             return Ok(());
@@ -823,6 +1102,43 @@ impl WriteLog {
         Ok(())
     }
 
+    /// Appends `raws` (whole entries) after the valid entries, durably:
+    /// one aligned `O_DSYNC` write, or one write and one `fdatasync`
+    /// (extending the file with zeroes first when they do not fit).
+    fn write_raw(&mut self, raws: &[&[u8]]) -> Result<(), ReplicaError> {
+        if self.direct.is_some() {
+            return self.write_direct(raws);
+        }
+        let total: usize = raws.iter().map(|raw| raw.len()).sum();
+        let end = self.len + total as u64;
+        if end > self.capacity {
+            // Extend the file with zeroes before writing into it. Zeroes in
+            // capacity..end would be overwritten by the records at once, so
+            // they are skipped: the file ends up the same.
+            let grown = end.max(self.capacity + GROW);
+            self.write_zeroes(self.capacity.max(end), grown)?;
+            self.capacity = grown;
+        }
+        // From here on a failure may leave bytes in len..end.
+        let stale_to = self.zero_from.max(end);
+        self.zero_from = stale_to;
+        if raws.len() == 1 {
+            fsx::write_at(&self.file, &self.path, raws[0], self.len)?;
+        } else {
+            let mut all = Vec::with_capacity(total);
+            for raw in raws {
+                all.extend_from_slice(raw);
+            }
+            fsx::write_at(&self.file, &self.path, &all, self.len)?;
+        }
+        // Bytes an earlier, failed append left after this append's end.
+        self.write_zeroes(end, stale_to)?;
+        fsx::sync_data(&self.file, &self.path)?;
+        self.len = end;
+        self.zero_from = end;
+        Ok(())
+    }
+
     fn ensure_writer(&mut self) -> Result<(), ReplicaError> {
         let mut st = self.open.lock();
         if st.writer.is_none() {
@@ -833,38 +1149,14 @@ impl WriteLog {
         Ok(())
     }
 
-    /// Whether `rec` fits the store (volume, range, data length) and follows
-    /// the log's last record.
-    fn check(&self, rec: &LogRecord<'_>) -> Result<(), LogFormatError> {
-        let spec = self
-            .store
-            .specs
-            .get(usize::from(rec.volume))
-            .ok_or(LogFormatError::UnknownVolume(rec.volume))?;
-        let bs = u64::from(spec.block_size);
-        rec.first
-            .checked_add(u64::from(rec.count))
-            .filter(|&e| e <= spec.size_bytes / bs)
-            .ok_or_else(|| LogFormatError::PastEnd {
-                first: rec.first,
-                count: rec.count,
-                volume: spec.name.clone(),
-            })?;
-        if let Some(d) = rec.data
-            && d.len() as u64 != u64::from(rec.count) * bs
-        {
-            return Err(LogFormatError::DataSize {
-                bytes: d.len(),
-                count: rec.count,
-                block_size: bs,
-            });
+    /// Fails once a step after a seal's commit point failed.
+    fn check_failed(&self) -> Result<(), ReplicaError> {
+        match &self.failed {
+            Some(cause) => Err(ReplicaError::LogFailed {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
         }
-        if let Some(prev) = self.last_seq
-            && rec.seq <= prev
-        {
-            return Err(LogFormatError::OutOfOrder { seq: rec.seq, prev });
-        }
-        Ok(())
     }
 
     /// Makes a batch durable and applies it: `raw` is the batch as
@@ -897,56 +1189,78 @@ impl WriteLog {
         &mut self,
         batches: &[(&[u8], &[LogRecord<'_>])],
     ) -> Result<LogApplier, ReplicaError> {
+        self.check_failed()?;
         if self.open.lock().failed {
             self.recover()?;
         }
-        let mut last = self.last_seq;
+        let mut order = self.order;
         for rec in batches.iter().flat_map(|(_, r)| r.iter()) {
-            self.check(rec).map_err(ReplicaError::invalid)?;
-            if let Some(prev) = last
-                && rec.seq <= prev
-            {
-                return Err(ReplicaError::invalid(format!(
-                    "log record {} follows record {prev}",
-                    rec.seq
-                )));
-            }
-            last = Some(rec.seq);
+            check_record(&self.store.specs, rec).map_err(ReplicaError::invalid)?;
+            order
+                .take(&JournalEntry::Write(*rec))
+                .map_err(ReplicaError::invalid)?;
         }
         self.ensure_writer()?;
         let records = batches.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
-        if self.direct.is_some() {
-            self.write_direct(batches)?;
-            return Ok(self.appended(last, records));
+        let raws: Vec<&[u8]> = batches.iter().map(|(raw, _)| *raw).collect();
+        self.write_raw(&raws)?;
+        self.order = order;
+        Ok(self.appended(records))
+    }
+
+    /// Appends a checkpoint after everything appended so far, durably (one
+    /// small append, as a batch's): its image is every write before it.
+    /// `time_ns` is the primary's time of the cut (nanoseconds since the
+    /// epoch); a time before the previous checkpoint's is raised to it, so
+    /// a primary clock that steps back never reorders the journal's times.
+    /// Returns once the checkpoint is durable.
+    pub fn checkpoint(
+        &mut self,
+        time_ns: u64,
+        consistency: Consistency,
+        name: Option<String>,
+    ) -> Result<CheckpointInfo, ReplicaError> {
+        self.check_failed()?;
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            return Err(ReplicaError::invalid(format!(
+                "checkpoint name {n:?} must be 1 to {} bytes without control characters",
+                crate::MAX_CHECKPOINT_NAME
+            )));
         }
-        let total: usize = batches.iter().map(|(raw, _)| raw.len()).sum();
-        let end = self.len + total as u64;
-        if end > self.capacity {
-            // Extend the file with zeroes before writing into it. Zeroes in
-            // capacity..end would be overwritten by the records at once, so
-            // they are skipped: the file ends up the same.
-            let grown = end.max(self.capacity + GROW);
-            self.write_zeroes(self.capacity.max(end), grown)?;
-            self.capacity = grown;
+        let rec = CheckpointRecord {
+            id: self.order.last_checkpoint + 1,
+            time_ns: time_ns.max(self.order.last_time),
+            consistency,
+            through: self.order.last_seq,
+            name: name.as_deref(),
+        };
+        let mut raw = Vec::with_capacity(64);
+        encode_checkpoint(&rec, &mut raw);
+        let at = self.len;
+        self.write_raw(&[&raw])?;
+        self.order
+            .take(&JournalEntry::Checkpoint(rec))
+            .expect("the next checkpoint is in order");
+        let ix = IndexedCheckpoint {
+            id: rec.id,
+            time_ns: rec.time_ns,
+            at,
+            through: rec.through,
+            consistency,
+            name,
+        };
+        let info = CheckpointInfo::new(&ix, self.header.after);
+        if let Some(j) = self.store.lock_journal().as_mut()
+            && let Some(f) = j.file_mut(self.header.number)
+        {
+            f.checkpoints.push(ix);
+            f.len = self.len;
+            f.disk = self.capacity;
+            f.records = self.records;
         }
-        // From here on a failure may leave bytes in len..end.
-        let stale_to = self.zero_from.max(end);
-        self.zero_from = stale_to;
-        if batches.len() == 1 {
-            fsx::write_at(&self.file, &self.path, batches[0].0, self.len)?;
-        } else {
-            let mut all = Vec::with_capacity(total);
-            for (raw, _) in batches {
-                all.extend_from_slice(raw);
-            }
-            fsx::write_at(&self.file, &self.path, &all, self.len)?;
-        }
-        // Bytes an earlier, failed append left after this batch's end.
-        self.write_zeroes(end, stale_to)?;
-        fsx::sync_data(&self.file, &self.path)?;
-        self.len = end;
-        self.zero_from = end;
-        Ok(self.appended(last, records))
+        Ok(info)
     }
 
     /// After a batch failed to apply (or its applier was dropped), the
@@ -959,17 +1273,18 @@ impl WriteLog {
             log = %self.path.display(),
             "a batch of the write log was not applied to the open PIT: replaying the log"
         );
+        let history = self.history;
         *self = ReplicaStore {
             inner: self.store.clone(),
         }
         .open_log()?;
+        self.history = history;
         Ok(())
     }
 
     /// Counts an append made durable: its batches wait to be applied by
     /// the returned applier.
-    fn appended(&mut self, last: Option<u64>, records: u64) -> LogApplier {
-        self.last_seq = last;
+    fn appended(&mut self, records: u64) -> LogApplier {
         self.records += records;
         self.open.lock().pending += 1;
         LogApplier {
@@ -979,30 +1294,37 @@ impl WriteLog {
         }
     }
 
-    /// Records in the log (since its last seal).
+    /// Records in the open file (since the last seal).
     pub fn records(&self) -> u64 {
         self.records
     }
 
-    /// Bytes of the log: its header and records. The file is usually
+    /// Bytes of the open file: its header and entries. The file is usually
     /// longer, by the zeroes that later appends overwrite (see the module
     /// docs).
     pub fn bytes(&self) -> u64 {
         self.len
     }
 
-    /// The sequence number of the last record, if any.
+    /// The sequence number of the last record in the open file, if any.
     pub fn last_seq(&self) -> Option<u64> {
-        self.last_seq
+        self.order.last_seq
+    }
+
+    /// The newest checkpoint of the journal, if any.
+    pub fn last_checkpoint(&self) -> Option<CheckpointId> {
+        CheckpointId::new(self.order.last_checkpoint)
     }
 
     /// Commits everything logged so far as a PIT (`name` optional) and
-    /// continues with an empty log after it.
+    /// continues in the journal's next file, after it; the sealed file
+    /// stays as history.
     pub fn seal(
         &mut self,
         name: Option<String>,
         created_at: String,
     ) -> Result<PitInfo, ReplicaError> {
+        self.check_failed()?;
         self.ensure_writer()?;
         let w = {
             let mut st = self.open.lock();
@@ -1021,20 +1343,85 @@ impl WriteLog {
             }
             st.writer.take().expect("writer exists")
         };
-        let info = w.commit(name, created_at)?;
-        let fresh = WriteLog::reset(
-            self.store.clone(),
-            self.path.clone(),
-            self.dir.clone(),
-            info.id.get(),
-        )?;
-        *self = fresh;
+        let info = match w.commit(name, created_at) {
+            Ok(info) => info,
+            Err(e) => {
+                // The writer is gone with the file's writes in it: the next
+                // append or seal replays the file into a new one.
+                self.open.lock().failed = true;
+                return Err(e);
+            }
+        };
+        match self.next_file(info.id.get()) {
+            Ok(next) => {
+                let history = self.history;
+                *self = next;
+                self.history = history;
+            }
+            Err(e) => {
+                self.failed = Some(error_chain(&e));
+                return Err(e);
+            }
+        }
+        if self.history == History::Discard {
+            // After the next file exists: a crash before this leaves the
+            // sealed file as history, which the next seal removes.
+            crate::history::drop_all_but_newest(&self.store);
+        }
         self.ensure_writer()?;
         Ok(info)
     }
 
+    /// Whether seals keep the sealed files as history (see [`History`];
+    /// [`History::Discard`] until set).
+    pub fn set_history(&mut self, history: History) {
+        self.history = history;
+    }
+
+    /// What seals do with the sealed files.
+    pub fn history(&self) -> History {
+        self.history
+    }
+
+    /// After the open file was sealed into PIT `sealed`: steps 2–4 of the
+    /// seal (module docs). Returns the log on the next file.
+    fn next_file(&mut self, sealed: u64) -> Result<WriteLog, ReplicaError> {
+        if self.capacity > self.len {
+            // History keeps its entries only; zeroes left behind would
+            // just take room (reading stops at them).
+            let cut = fsx::set_len(&self.file, &self.path, self.len)
+                .and_then(|()| fsx::sync_data(&self.file, &self.path));
+            match cut {
+                Ok(()) => self.capacity = self.len,
+                Err(e) => tracing::warn!("cutting the sealed journal file's zero tail: {e}"),
+            }
+        }
+        let h = Header {
+            number: self.header.number + 1,
+            after: sealed,
+            continues: Some(self.len),
+            last_checkpoint: self.order.last_checkpoint,
+            last_time: self.order.last_time,
+            bytes_before: self.header.bytes_before + self.len - JOURNAL_HEADER_LEN as u64,
+        };
+        let path = file_path(&self.dir, h.number);
+        fsx::replace_file(&path, &encode_header(&self.uuid, &h))?;
+        let mut journal = self.store.lock_journal();
+        if let Some(j) = journal.as_mut() {
+            if let Some(f) = j.file_mut(self.header.number) {
+                f.len = self.len;
+                f.disk = self.capacity;
+                f.records = self.records;
+                crate::history::write_index(&self.store, f);
+            }
+            j.files.push(FileMeta::empty(&h, path.clone()));
+        }
+        drop(journal);
+        WriteLog::open_file(self.store.clone(), path, self.dir.clone(), &h)
+    }
+
     /// Ends the log: seals it as an unnamed PIT if it holds anything (else
-    /// the empty log stays, after the newest PIT) and releases the store's
+    /// the empty file stays, after the newest PIT) and releases the store's
     /// PIT writer.
     pub fn finish(mut self, created_at: String) -> Result<Option<PitInfo>, ReplicaError> {
         if self.records == 0 {
@@ -1044,13 +1431,18 @@ impl WriteLog {
         Ok(Some(info))
     }
 
-    /// The PIT the log's writes follow.
+    /// The PIT the open file's writes follow.
     pub fn after(&self) -> u64 {
-        self.after
+        self.header.after
     }
 
     /// The store uuid the log belongs to.
     pub fn store_uuid(&self) -> [u8; 16] {
         self.uuid
+    }
+
+    /// The journal's open file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

@@ -29,6 +29,9 @@ pub(crate) fn remove_pit(inner: &Inner, id: PitId) -> Result<(), ReplicaError> {
     };
     match next {
         None => {
+            // A live checkpoint image reading an older state would see the
+            // base change under it.
+            inner.check_unpinned_below(pit.id)?;
             merge_into_base(inner, &pit)?;
             ops.base_through = pit.id;
             Ok(())
@@ -63,7 +66,11 @@ fn merge_into_base(inner: &Inner, k: &Arc<Pit>) -> Result<(), ReplicaError> {
         write_meta(inner, k.id) // 4
     })();
     result.map_err(|e| inner.poison(e))?;
-    inner.write_state().chain.remove(0); // 5
+    {
+        let mut st = inner.write_state(); // 5
+        st.chain.remove(0);
+        st.base_through = k.id;
+    }
     tracing::info!(pit = k.id, "merged PIT into the base");
     let r = fsx::remove_tree(&merging).and_then(|()| fsx::sync_dir(&inner.path(MERGING_DIR)));
     r.map_err(|e| inner.poison(e))

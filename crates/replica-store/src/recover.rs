@@ -304,7 +304,11 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         specs: meta.volumes.clone(),
         vols,
         by_name,
-        state: RwLock::new(State { chain, damaged }),
+        state: RwLock::new(State {
+            chain,
+            damaged,
+            base_through,
+        }),
         ops: Mutex::new(Ops {
             base_through,
             next_id: max_id + 1,
@@ -312,6 +316,8 @@ fn open_locked(dir: &Path, lock: File) -> Result<ReplicaStore, ReplicaError> {
         }),
         writer: AtomicBool::new(false),
         poison: Mutex::new(None),
+        journal: Mutex::new(None),
+        pins: Mutex::new(std::collections::BTreeMap::new()),
         _lock: lock,
     };
     Ok(ReplicaStore {
@@ -491,7 +497,7 @@ fn build_chain(
 }
 
 /// Reads a small whole file, refusing anything longer than `cap` bytes.
-fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>, ReplicaError> {
+pub(crate) fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>, ReplicaError> {
     let f = std::fs::File::open(path).map_err(|e| ReplicaError::io("open", path, e))?;
     let len = f
         .metadata()

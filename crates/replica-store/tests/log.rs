@@ -1,25 +1,26 @@
-//! The write log of a sync group (the open segment): batches are durable
-//! on return, a torn tail is dropped, a reopened log replays into the open
-//! PIT, sealing commits exactly what was logged, and a log sealed before a
-//! crash is not applied twice. The file runs ahead of the records in
-//! zeroes (appends overwrite them); zeroes end the records, and no stale
-//! byte behind them is ever read as a record.
+//! The write log of a sync group (the open segment, the journal's open
+//! file): batches are durable on return, a torn tail is dropped, a
+//! reopened log replays into the open PIT, sealing commits exactly what was
+//! logged, and a file sealed before a crash is not applied twice. The file
+//! runs ahead of the records in zeroes (appends overwrite them); zeroes end
+//! the records, and no stale byte behind them is ever read as a record.
+//! (Checkpoints and the journal's history: `tests/journal.rs`.)
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use offsite_replica_store::{
-    LOG_FILE, LogRecord, ReplicaStore, VolumeSpec, WriteLog, decode_records, encode_record,
-    failpoint,
+    JOURNAL_DIR, JOURNAL_HEADER_LEN, LogRecord, ReplicaStore, VolumeSpec, WriteLog, decode_records,
+    encode_record, failpoint,
 };
 use proptest::prelude::*;
 
 const BS: usize = 4096;
 const NB: u64 = 64;
 const AT: &str = "2026-12-02T12:00:00Z";
-/// The log's header.
-const HEADER: u64 = 64;
+/// The journal file's header.
+const HEADER: u64 = JOURNAL_HEADER_LEN as u64;
 /// How far the log file grows at a time (`GROW` in `src/log.rs`).
 const GROW: u64 = 4 << 20;
 /// Bytes of a record of one block of data.
@@ -67,8 +68,17 @@ fn log_with_one_record(dir: &tempfile::TempDir) -> (ReplicaStore, PathBuf, Write
     (store, path, log, prefix)
 }
 
+/// The journal's first file: the open one until the first seal.
 fn log_path(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("g").join(LOG_FILE)
+    journal_file(dir, 1)
+}
+
+/// Journal file `n` of the store in `dir`.
+fn journal_file(dir: &tempfile::TempDir, n: u64) -> PathBuf {
+    dir.path()
+        .join("g")
+        .join(JOURNAL_DIR)
+        .join(format!("{n:020}.jnl"))
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -163,15 +173,21 @@ fn a_log_sealed_before_a_crash_is_not_replayed() {
     let mut log = store.open_log().unwrap();
     let raw = batch(1, &[(1, 1, 3)]);
     log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
-    // Keep the pre-seal log file, as if the crash hit between the commit
-    // and the log's reset.
-    let path = dir.path().join("g").join(LOG_FILE);
-    let before = std::fs::read(&path).unwrap();
+    // Keep the pre-seal file, as if the crash hit between the commit and
+    // the next file's creation (so the sealed file was not removed yet).
+    let before = std::fs::read(log_path(&dir)).unwrap();
     log.seal(None, AT.into()).unwrap();
     drop(log);
-    std::fs::write(&path, &before).unwrap();
+    assert!(!log_path(&dir).exists(), "no history kept by default");
+    std::fs::remove_file(journal_file(&dir, 2)).unwrap();
+    std::fs::write(log_path(&dir), &before).unwrap();
     assert!(store.seal_leftover_log(AT.into()).unwrap().is_none());
     assert_eq!(store.pits().len(), 1);
+    assert!(
+        journal_file(&dir, 2).exists(),
+        "a new open file after the seal's PIT"
+    );
+    assert_eq!(read_block(&store, "b", 1), 3);
 }
 
 #[test]
@@ -262,7 +278,15 @@ fn appends_overwrite_zeroes_and_reopen_replays_exactly_the_records() {
     assert_eq!(read_block(&store, "a", 7), 99);
     assert_eq!(read_block(&store, "a", 8), 19);
     assert_eq!(read_block(&store, "b", 8), 20);
-    assert_eq!(file_len(&path), HEADER, "the sealed log's successor");
+    assert!(
+        !path.exists(),
+        "the sealed file goes: no history kept by default"
+    );
+    assert_eq!(
+        file_len(&journal_file(&dir, 2)),
+        HEADER,
+        "the sealed file's successor"
+    );
 }
 
 #[test]
@@ -357,13 +381,13 @@ proptest! {
         }
         let end = log.bytes() as usize;
         drop(log);
-        let path = dir.path().join("g").join(LOG_FILE);
+        let path = log_path(&dir);
         let mut full = std::fs::read(&path).unwrap();
         prop_assert!(full.len() > end);
         // The crash cuts the records at any byte; after the cut come the
         // file's zeroes (an append into them) or nothing (an append that
         // was extending the file).
-        let cut = 64 + ((end - 64) as f64 * cut_frac) as usize;
+        let cut = HEADER as usize + ((end - HEADER as usize) as f64 * cut_frac) as usize;
         if zero_tail {
             full[cut..].fill(0);
         } else {
@@ -505,4 +529,49 @@ fn a_dropped_applier_makes_the_seal_replay_the_log() {
     assert_eq!(read(pit.id, "b", 3), 0x33);
     assert_eq!(read(after.id, "a", 0), 0x44);
     assert_eq!(read(after.id, "a", 1), 0x22);
+}
+
+/// Micro-benchmark (ignored by default): throughput of appending 256 MiB
+/// in batches of 64 records of 4 KiB (256 KiB per `append_many`, as a
+/// busy sync stream's group commit makes them), sealed at the end.
+///
+/// `cargo test -p offsite-replica-store --release --test log -- --ignored --nocapture`
+/// (set `OFFSITE_BENCH_DIR` to measure another file system than `$TMPDIR`).
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn append_throughput() {
+    let dir = match std::env::var_os("OFFSITE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let store = ReplicaStore::create(dir.path().join("g"), &specs()).unwrap();
+    let mut log = store.open_log().unwrap();
+    let total: u64 = 256 << 20;
+    let per_batch = 64u64;
+    let batches = total / (per_batch * BS as u64);
+    let mut seq = 1;
+    let t = std::time::Instant::now();
+    for i in 0..batches {
+        let writes: Vec<_> = (0..per_batch)
+            .map(|j| {
+                (
+                    (j % 2) as u16,
+                    (i * per_batch + j) % NB,
+                    (j % 250) as u8 + 1,
+                )
+            })
+            .collect();
+        let raw = batch(seq, &writes);
+        seq += per_batch;
+        log.append_many(&[(&raw, &decode_records(&raw).unwrap())])
+            .unwrap();
+    }
+    let appended = t.elapsed().as_secs_f64();
+    log.seal(None, AT.into()).unwrap();
+    println!(
+        "append_many of 256 KiB batches, 256 MiB: {:.1} MB/s ({:.0} batches/s), seal {:.2} s",
+        total as f64 / 1e6 / appended,
+        batches as f64 / appended,
+        t.elapsed().as_secs_f64() - appended
+    );
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod journal;
+
 use std::path::Path;
 
 use offsite_replica_store::{PitId, ReplicaError, ReplicaStore, VolumeSpec};
