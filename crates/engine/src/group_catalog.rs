@@ -97,6 +97,19 @@ impl GroupCatalog<'_> {
         Ok(self.site.catalog().newest_pits()?)
     }
 
+    /// Every group's newest app-consistent PIT, by group name, from one query.
+    pub fn newest_app_consistent_pits(
+        &self,
+    ) -> Result<std::collections::HashMap<String, PitRow>, EngineError> {
+        Ok(self.site.catalog().newest_app_consistent_pits()?)
+    }
+
+    /// Records why the group's last application-consistent checkpoint came
+    /// out crash-consistent (`None`: one succeeded since).
+    pub fn set_quiesce_error(&self, group: &str, why: Option<&str>) -> Result<(), EngineError> {
+        Ok(self.site.catalog().set_group_quiesce_error(group, why)?)
+    }
+
     /// Records when the group's last successful test drill ended.
     pub fn set_last_drill(&self, group: &str, at: &str) -> Result<(), EngineError> {
         Ok(self.site.catalog().set_group_last_drill(group, at)?)

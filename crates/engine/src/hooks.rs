@@ -1,5 +1,9 @@
 //! VM hooks: the `--start`/`--stop`/`--status` commands of a VM, run by
-//! failover and test failover to power VMs at a site.
+//! failover and test failover to power VMs at a site, and its
+//! `--quiesce`/`--thaw` commands, run around the cut of an
+//! application-consistent checkpoint (`OFFSITE_MODE=checkpoint`) with their
+//! own, short timeout (`[failover] quiesce_timeout_secs`): the application
+//! waits while it is quiesced.
 //!
 //! A hook runs as `sh -c CMD` in its own process group, with stdin closed
 //! and this environment: `OFFSITE_VM`, `OFFSITE_SITE`, `OFFSITE_MODE`
@@ -31,16 +35,33 @@ pub enum HookAction {
     Stop,
     /// `--status`.
     Status,
+    /// `--quiesce`: flush and hold the VM's writes before a checkpoint's cut.
+    Quiesce,
+    /// `--thaw`: let the VM write again after the cut.
+    Thaw,
 }
 
 impl HookAction {
-    /// `start`, `stop` or `status`.
+    /// `start`, `stop`, `status`, `quiesce` or `thaw`.
     pub fn as_str(self) -> &'static str {
         match self {
             HookAction::Start => "start",
             HookAction::Stop => "stop",
             HookAction::Status => "status",
+            HookAction::Quiesce => "quiesce",
+            HookAction::Thaw => "thaw",
         }
+    }
+
+    /// How long the hook may run on `site` before it is killed and
+    /// reported as failed: quiesce and thaw have their own, short timeout
+    /// (the application is held meanwhile), the others the failover one.
+    pub fn timeout(self, site: &Site) -> Duration {
+        let f = &site.config().failover;
+        Duration::from_secs_f64(match self {
+            HookAction::Quiesce | HookAction::Thaw => f.quiesce_timeout_secs,
+            HookAction::Start | HookAction::Stop | HookAction::Status => f.hook_timeout_secs,
+        })
     }
 }
 
