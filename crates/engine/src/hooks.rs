@@ -88,6 +88,24 @@ impl HookRun {
         !self.timed_out && self.exit_code == Some(0)
     }
 
+    /// What went wrong, for a report, if the hook failed: the hook, how it
+    /// ended and the tail of its output, and what to do.
+    pub fn failure(&self) -> Option<String> {
+        if self.succeeded() {
+            return None;
+        }
+        let quoted = tail(self.output.trim_end(), QUOTE_LIMIT);
+        Some(format!(
+            "the {} hook of VM {} {} after {} ms{}{}; fix the hook (`offsite events` has its output)",
+            self.action.as_str(),
+            self.vm,
+            self.outcome(),
+            self.duration_ms,
+            if quoted.is_empty() { "" } else { ": " },
+            tail(quoted, 400)
+        ))
+    }
+
     fn outcome(&self) -> String {
         if self.timed_out {
             "timed out and was killed".to_string()
@@ -118,6 +136,25 @@ impl Site {
     /// event log; a non-zero exit or a timeout is an error quoting the
     /// output.
     pub fn run_hook(
+        &self,
+        group: &str,
+        vm: &str,
+        action: HookAction,
+        cmd: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<HookRun, EngineError> {
+        let run = self.run_hook_reported(group, vm, action, cmd, env, timeout)?;
+        match run.failure() {
+            None => Ok(run),
+            Some(why) => Err(EngineError::Invalid(why)),
+        }
+    }
+
+    /// [`Site::run_hook`] for a caller that goes on whatever the hook did
+    /// (a checkpoint's quiesce and thaw): the run, failed or not (see
+    /// [`HookRun::failure`]); an error only when `sh` cannot be started.
+    pub fn run_hook_reported(
         &self,
         group: &str,
         vm: &str,
@@ -167,18 +204,7 @@ impl Site {
                 quoted
             ),
         );
-        if run.succeeded() {
-            Ok(run)
-        } else {
-            Err(EngineError::Invalid(format!(
-                "the {} hook of VM {vm} {} after {} ms{}{}; fix the hook (`offsite events` has its output)",
-                action.as_str(),
-                run.outcome(),
-                run.duration_ms,
-                if quoted.is_empty() { "" } else { ": " },
-                tail(quoted, 400)
-            )))
-        }
+        Ok(run)
     }
 }
 

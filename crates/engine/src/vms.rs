@@ -420,6 +420,18 @@ impl Site {
     /// `test`) and undefines it: the definition lives on in the catalog,
     /// and the site the VM moves to (or returns to) defines it there.
     pub fn stop_vm_domain(&self, vm: &VmRow, test: bool) -> Result<String, EngineError> {
+        self.stop_vm_domain_graceful(vm, test).map(|(_, what)| what)
+    }
+
+    /// [`Site::stop_vm_domain`], also saying whether the domain shut down
+    /// in answer to the ACPI request (an orderly shutdown: its disks are
+    /// consistent), rather than being destroyed after the grace period or
+    /// found stopped already (how it stopped is not known).
+    pub fn stop_vm_domain_graceful(
+        &self,
+        vm: &VmRow,
+        test: bool,
+    ) -> Result<(bool, String), EngineError> {
         let Some(name) = vm.libvirt_xml.as_deref().and_then(domain_name) else {
             return Err(EngineError::Invalid(format!(
                 "VM {} is no libvirt domain",
@@ -429,9 +441,10 @@ impl Site {
         let name = if test { format!("{name}-test") } else { name };
         let lv = self.libvirt();
         if !lv.exists(&name).map_err(|e| libvirt_error(&vm.name, e))? {
-            return Ok(format!("libvirt domain {name} is not defined here"));
+            return Ok((false, format!("libvirt domain {name} is not defined here")));
         }
-        let how = match self.stop_domain(&vm.name, &name)? {
+        let outcome = self.stop_domain(&vm.name, &name)?;
+        let how = match outcome {
             StopOutcome::WasStopped => "was not running",
             StopOutcome::Graceful => "shut down",
             StopOutcome::Forced => "was destroyed after the shutdown timeout",
@@ -442,7 +455,10 @@ impl Site {
             Some(&vm.name),
             &format!("libvirt domain {name} {how} and was undefined"),
         );
-        Ok(format!("libvirt domain {name} {how}, undefined"))
+        Ok((
+            outcome == StopOutcome::Graceful,
+            format!("libvirt domain {name} {how}, undefined"),
+        ))
     }
 
     /// `vm set`, checked: the VM as it would be after `req`, and the groups

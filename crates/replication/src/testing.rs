@@ -498,6 +498,7 @@ impl Pair {
                 security_tag: None,
                 on_link_loss: None,
                 suspend_timeout_secs: None,
+                app_consistent_every_secs: None,
             })
             .await
             .expect("creating the test group");
