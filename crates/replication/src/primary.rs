@@ -893,7 +893,7 @@ impl Replication {
     /// A scheduled turn of an async group: the application-consistent
     /// checkpoint the schedule asks for, if one is due, else a cycle
     /// unless the group is idle. A failed cycle records and logs itself.
-    async fn scheduled_cycle(
+    pub(crate) async fn scheduled_cycle(
         &self,
         row: &GroupRow,
         progress: &Progress,

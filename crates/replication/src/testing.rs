@@ -618,6 +618,7 @@ mod cycle;
 mod failover;
 mod health;
 mod initial;
+mod quiesce;
 mod runner;
 mod settings;
 mod verify;
