@@ -325,7 +325,7 @@ export async function group(name, rerender) {
   if (primary) {
     actions.push(h('div', { class: 'actions' },
       h('label', { for: 'pit-name' }, 'PIT name (optional)', pitName),
-      h('label', { for: 'pit-quiesce' }, quiesce, ' quiesce the VMs (app-consistent)'),
+      h('label', { for: 'pit-quiesce', class: 'check' }, quiesce, 'quiesce the VMs (app-consistent)'),
       actionButton('Sync now', out, () => api('POST', `${path}/sync`, { pit_name: pitName.value || null, no_wait: false, quiesce: quiesce.checked }), refresh),
       g.state === 'paused'
         ? actionButton('Resume', out, () => api('POST', `${path}/resume`), refresh, 'secondary')
