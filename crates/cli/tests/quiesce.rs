@@ -399,7 +399,7 @@ impl Writer {
                     .expect("open a log file");
                 f.write_all(&pseudo_random(4096, n + 1))
                     .expect("append to a log file");
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     f.sync_data().expect("sync a log file");
                 }
                 n += 1;
