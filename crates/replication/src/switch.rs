@@ -141,12 +141,13 @@ impl Replication {
             (Vec::new(), hooked.map(|v| v.name.clone()).collect())
         };
         let freeze = crate::quiesce::plan_for_prepare(&row, &stopped_cleanly);
+        let live = self.live_volumes(&row).await?;
         // Quiesced before the fence: a quiesce hook writes (`fsfreeze -f`
         // flushes the file system's journal and superblock), which the
-        // fence would refuse.
+        // fence would refuse. Nothing from here to the thaw below returns
+        // early.
         let frozen = self.quiesce_vms(&row, &freeze).await;
         let app_consistent = frozen.app_consistent();
-        let live = self.live_volumes(&row).await?;
         for v in &live {
             v.set_fenced(true);
         }
