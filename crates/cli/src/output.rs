@@ -369,21 +369,30 @@ impl Printer {
                 "never (run `offsite failover run --test` at the replica's site)".into()
             }),
         ));
-        f.push((
-            "app-consistent",
-            match (&g.last_app_consistent_pit, g.app_consistent_age_seconds) {
-                (Some(p), age) => format!(
-                    "PIT {}{} at {}{}",
+        // Only for groups that take application-consistent PITs.
+        let every = g
+            .app_consistent_every_seconds
+            .map_or(String::new(), |e| format!("; one every {e}s"));
+        match (&g.last_app_consistent_pit, g.app_consistent_age_seconds) {
+            (Some(p), age) => f.push((
+                "app-consistent",
+                format!(
+                    "PIT {}{} at {}{}{every}",
                     p.id,
                     p.name.as_ref().map_or(String::new(), |n| format!(" ({n})")),
                     p.created_at,
                     age.map_or(String::new(), |a| format!(", {a}s ago"))
                 ),
-                (None, _) => "none (`offsite sync NAME --quiesce` takes one)".into(),
-            } + &g
-                .app_consistent_every_seconds
-                .map_or(String::new(), |e| format!("; one every {e}s")),
-        ));
+            )),
+            (None, _) if !every.is_empty() || g.quiesce_error.is_some() => f.push((
+                "app-consistent",
+                format!(
+                    "none yet (`offsite sync {} --quiesce` takes one){every}",
+                    g.name
+                ),
+            )),
+            (None, _) => {}
+        }
         if let Some(why) = &g.quiesce_error {
             f.push(("quiesce failed", why.clone()));
         }

@@ -178,76 +178,104 @@ fn quiesce_hooks_run_around_the_cut_of_async_and_sync_groups_and_a_failure_is_re
 }
 
 #[test]
-fn the_group_takes_app_consistent_pits_on_its_schedule() {
+fn async_and_sync_groups_take_app_consistent_pits_on_their_schedule() {
     let (a, b) = group_pair();
-    a.create_volume("d0", "4M");
-    let marker = a.scratch().join("quiesced");
-    let m = marker.display();
+    // Less than a minute apart is refused (each one holds the application).
+    a.create_volume("d-x", "4M");
     a.json(&[
         "vm",
         "create",
-        "app",
+        "app-x",
         "--volume",
-        "d0",
+        "d-x",
         "--quiesce",
-        &format!("echo $OFFSITE_MODE >> {m}"),
+        "true",
         "--thaw",
         "true",
     ]);
-    // Less than a minute apart is refused (each one holds the application).
     let out = a.run(&[
         "group",
         "create",
-        "g",
+        "g-x",
         "--partner",
         "site-b",
         "--vm",
-        "app",
+        "app-x",
         "--app-consistent-every",
         "30s",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    create_group(
-        &a,
-        "g",
-        b.name(),
-        &["--vm", "app"],
-        &["--app-consistent-every", "1h"],
-    );
-    for site in [&a, &b] {
-        assert_eq!(
-            group_status(site, "g")["app_consistent_every_seconds"],
-            3600
+    let modes = ["async", "sync"];
+    for mode in modes {
+        let (g, vm, v) = (
+            format!("g-{mode}"),
+            format!("app-{mode}"),
+            format!("d-{mode}"),
         );
+        a.create_volume(&v, "4M");
+        let marker = a.scratch().join(format!("quiesced-{mode}"));
+        a.json(&[
+            "vm",
+            "create",
+            &vm,
+            "--volume",
+            &v,
+            "--quiesce",
+            &format!("echo $OFFSITE_MODE >> {}", marker.display()),
+            "--thaw",
+            "true",
+        ]);
+        create_group(
+            &a,
+            &g,
+            b.name(),
+            &["--vm", &vm],
+            &[
+                "--mode",
+                mode,
+                "--compress",
+                "none",
+                "--app-consistent-every",
+                "1h",
+            ],
+        );
+        for site in [&a, &b] {
+            assert_eq!(group_status(site, &g)["app_consistent_every_seconds"], 3600);
+        }
+        a.json(&["group", "start", &g]);
     }
-    a.json(&["group", "start", "g"]);
-    // No app-consistent PIT yet: a scheduled cycle (every 15 s at RPO
-    // 30 s) takes one without being asked.
-    let st = wait_group(
-        &a,
-        "g",
-        "a scheduled app-consistent PIT",
-        GROUP_LIMIT,
-        |st| st["last_app_consistent_pit"].is_object(),
-    );
-    let id = u(&st["last_app_consistent_pit"], "id");
-    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "checkpoint\n");
-    wait_group(&b, "g", "the mark at the replica", GROUP_LIMIT, |st| {
-        st["last_app_consistent_pit"]["id"] == id
-    });
-    let text = a.ok(&["group", "status", "g"]);
-    assert!(
-        text.contains(&format!("PIT {id}")) && text.contains("one every 3600s"),
-        "{text}"
-    );
-    // Off: the replica's copy follows.
-    a.json(&["group", "set", "g", "--app-consistent-every", "off"]);
-    for site in [&a, &b] {
-        assert!(
-            group_status(site, "g")
-                .get("app_consistent_every_seconds")
-                .is_none()
+    for mode in modes {
+        let g = format!("g-{mode}");
+        // No app-consistent PIT yet: a scheduled cycle (every 15 s at RPO
+        // 30 s) or seal (every 30 s) takes one without being asked.
+        let st = wait_group(
+            &a,
+            &g,
+            "a scheduled app-consistent PIT",
+            GROUP_LIMIT,
+            |st| st["last_app_consistent_pit"].is_object(),
         );
+        let id = u(&st["last_app_consistent_pit"], "id");
+        let marker = a.scratch().join(format!("quiesced-{mode}"));
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "checkpoint\n",
+            "{mode}"
+        );
+        wait_group(&b, &g, "the mark at the replica", GROUP_LIMIT, |st| {
+            st["last_app_consistent_pit"]["id"] == id
+        });
+        let text = a.ok(&["group", "status", &g]);
+        assert!(
+            text.contains(&format!("PIT {id}")) && text.contains("one every 3600s"),
+            "{text}"
+        );
+        // Off: the replica's copy follows.
+        a.json(&["group", "set", &g, "--app-consistent-every", "off"]);
+        for site in [&a, &b] {
+            let st = group_status(site, &g);
+            assert!(st.get("app_consistent_every_seconds").is_none(), "{st}");
+        }
     }
 }
 

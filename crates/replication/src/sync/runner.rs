@@ -327,8 +327,14 @@ impl Replication {
                 }
                 _ = seal_timer.tick() => {
                     // The schedule's application-consistent PIT, when one
-                    // is due, is this seal.
-                    let freeze = self.due_checkpoint(row, schedule).await.unwrap_or_default();
+                    // is due, is this seal. `row` is as the stream started:
+                    // the schedule and the VMs' hooks are read again.
+                    let site = self.site.clone();
+                    let g = name.clone();
+                    let freeze = match tokio::task::spawn_blocking(move || site.groups().get(&g)).await {
+                        Ok(Ok(now)) => self.due_checkpoint(&now, schedule).await.unwrap_or_default(),
+                        _ => Default::default(),
+                    };
                     if let Err(e) = self.seal_checkpoint(row, mirror, volumes, None, false, &freeze).await {
                         tracing::warn!(group = %name, "scheduled seal failed: {e}");
                     }
