@@ -591,7 +591,8 @@ pub struct GroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_consistent_every_seconds: Option<u64>,
     /// Primary: why the last application-consistent checkpoint came out
-    /// crash-consistent (a quiesce hook failed, a VM has none, ...), until
+    /// crash-consistent (a quiesce hook failed, a VM has none, ...) or
+    /// left a VM possibly quiesced (its thaw hook failed), until
     /// one succeeds; health is at least `warning` meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiesce_error: Option<String>,

@@ -352,23 +352,30 @@ impl Replication {
 
     /// Records a checkpoint's outcome at the primary once its PIT `pit`
     /// committed: an app-consistent PIT clears the group's quiesce warning,
-    /// a crash-consistent one sets it (and an event says why). Thaw
-    /// failures are events too. Logged, not failed: the PIT is committed.
+    /// a crash-consistent one sets it (and an event says why), and so does
+    /// a thaw hook that failed (an event too). Logged, not failed: the PIT
+    /// is committed.
     pub(crate) async fn record_checkpoint(&self, group: &str, pit: u64, outcome: &FreezeOutcome) {
         let site = self.site.clone();
         let g = group.to_string();
-        let warning = (!outcome.app_consistent).then(|| {
-            format!(
+        // A thaw that failed warns too, whatever the PIT is: its VM may
+        // still be held.
+        let mut warnings = Vec::new();
+        if !outcome.app_consistent {
+            warnings.push(format!(
                 "PIT {pit} is crash-consistent, not application-consistent: {}",
                 outcome.why_crash_consistent()
-            )
-        });
+            ));
+        }
+        warnings.extend(outcome.thaw_failures.iter().cloned());
+        let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
         let thaws = outcome.thaw_failures.clone();
+        let app_consistent = outcome.app_consistent;
         crate::warn_if_failed(
             "recording the checkpoint's outcome",
             blocking(move || {
                 site.groups().set_quiesce_error(&g, warning.as_deref())?;
-                if let Some(w) = &warning {
+                if let Some(w) = warning.as_ref().filter(|_| !app_consistent) {
                     site.note("group.quiesce.failed", &g, w);
                 }
                 for t in &thaws {

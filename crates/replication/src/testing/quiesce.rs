@@ -309,6 +309,36 @@ async fn a_failing_quiesce_still_commits_a_crash_consistent_pit_and_thaws_what_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_thaw_keeps_the_pit_app_consistent_and_warns_that_the_vm_may_be_held() {
+    let p = Pair::new();
+    vm(
+        &p,
+        "db",
+        "d0",
+        Some("true".into()),
+        Some("echo still frozen; exit 2".into()),
+    );
+    group_of(&p, &["db"], 10).await;
+    let r = p.a.sync_checkpoint("g", None, true, true).await.unwrap();
+    assert!(r.pit.as_ref().unwrap().app_consistent, "{r:?}");
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+    assert!(
+        r.errors[0].contains("thaw hook of VM db exited with 2")
+            && r.errors[0].contains("may still be quiesced"),
+        "{r:?}"
+    );
+    let st = p.a.group_status("g").await.unwrap();
+    assert_eq!(st.health, "warning", "{st:?}");
+    assert!(
+        st.quiesce_error
+            .is_some_and(|e| e.contains("may still be quiesced"))
+    );
+    let events = p.a.site.events(50).unwrap();
+    assert!(events.iter().any(|e| e.kind == "group.thaw.failed"));
+    assert!(!events.iter().any(|e| e.kind == "group.quiesce.failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiesce_needs_something_to_quiesce() {
     let p = Pair::new();
     vm(&p, "plain", "d0", None, None);
