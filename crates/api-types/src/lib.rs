@@ -314,6 +314,14 @@ pub struct VmInfo {
     /// `unreachable` (libvirt did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_state: Option<String>,
+    /// Command that quiesces the VM's applications before an
+    /// application-consistent checkpoint's cut (`fsfreeze -f MOUNT`, a
+    /// database's backup mode); null when none.
+    #[serde(default)]
+    pub quiesce: Option<String>,
+    /// Command that undoes the quiesce right after the cut.
+    #[serde(default)]
+    pub thaw: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -335,9 +343,16 @@ pub struct CreateVm {
     pub status: Option<String>,
     /// A libvirt domain to protect as this VM: its disks become the VM's
     /// volumes (file disks imported into new volumes `NAME-TARGET`) and
-    /// `volumes` and the hooks must be empty.
+    /// `volumes` and the start, stop and status hooks must be empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt: Option<String>,
+    /// Quiesce hook, run before an application-consistent checkpoint's
+    /// cut (with `thaw`, or neither; allowed with `libvirt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<String>,
+    /// Thaw hook, run right after that cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thaw: Option<String>,
 }
 
 /// `POST /api/v1/groups`.
@@ -382,6 +397,12 @@ pub struct CreateGroup {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3600)]
     pub suspend_timeout_secs: Option<u64>,
+    /// Seconds between the application-consistent PITs the primary takes
+    /// by itself (0 or absent: none; else 60 s to 30 days). The group's
+    /// VMs need quiesce hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 2592000)]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// `group set`: changes of a group's settings.
@@ -406,6 +427,11 @@ pub struct SetGroup {
     /// zstd on the wire (`true`) or no compression.
     #[serde(default)]
     pub compress: Option<bool>,
+    /// Seconds between the application-consistent PITs the primary takes
+    /// by itself (0: none; else 60 s to 30 days); the replica keeps a copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 2592000)]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// `PATCH /api/v1/vms/{name}` (`vm set`): absent fields stay as they are.
@@ -423,6 +449,13 @@ pub struct SetVm {
     /// New volumes, disk 0 first (refused while the VM is in a group).
     #[serde(default)]
     pub volumes: Option<Vec<String>>,
+    /// New quiesce hook; an empty string removes it (the VM keeps both a
+    /// quiesce and a thaw hook, or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<String>,
+    /// New thaw hook; an empty string removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thaw: Option<String>,
 }
 
 /// A PIT reference in `group status`.
@@ -434,6 +467,9 @@ pub struct PitRef {
     pub name: Option<String>,
     /// RFC 3339 time of the cut.
     pub created_at: String,
+    /// Cut while every VM of the group was quiesced or cleanly stopped.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 /// A PIT in `pit list` (oldest first).
@@ -447,6 +483,11 @@ pub struct PitEntry {
     pub created_at: String,
     /// Bytes shipped for it.
     pub bytes: u64,
+    /// Cut while every VM of the group was quiesced (its quiesce hook
+    /// succeeded) or cleanly stopped: its file systems mount without
+    /// journal replay. Otherwise crash-consistent.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 /// `group status`.
@@ -552,6 +593,22 @@ pub struct GroupStatus {
     /// Primary: zstd on the wire.
     #[serde(default)]
     pub compress: bool,
+    /// The newest application-consistent PIT, if the group has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_app_consistent_pit: Option<PitRef>,
+    /// Its age in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent_age_seconds: Option<u64>,
+    /// Seconds between the application-consistent PITs the primary takes
+    /// by itself (`--app-consistent-every`); absent when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent_every_seconds: Option<u64>,
+    /// Primary: why the last application-consistent checkpoint came out
+    /// crash-consistent (a quiesce hook failed, a VM has none, ...) or
+    /// left a VM possibly quiesced (its thaw hook failed), until
+    /// one succeeds; health is at least `warning` meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce_error: Option<String>,
 }
 
 /// Progress of a running transfer, in bytes of data.
@@ -623,6 +680,12 @@ pub struct SyncGroup {
     /// Return once the cycle started instead of waiting for the PIT.
     #[serde(default)]
     pub no_wait: bool,
+    /// An application-consistent checkpoint: quiesce the group's VMs
+    /// (their quiesce hooks, in order), cut, thaw them, then ship. A hook
+    /// that fails leaves the PIT crash-consistent and is reported in the
+    /// result's `errors`; replication is never blocked.
+    #[serde(default)]
+    pub quiesce: bool,
 }
 
 /// Result of `sync`.
@@ -632,6 +695,15 @@ pub struct SyncResult {
     pub group: String,
     /// The PIT committed (null with --no-wait).
     pub pit: Option<PitEntry>,
+    /// With `quiesce`: the quiesce and thaw hooks run, in order (at the
+    /// primary; empty when the replica forwarded the sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookReport>,
+    /// With `quiesce`: what failed — why the PIT is crash-consistent, or a
+    /// thaw hook that failed (its VM may still be quiesced). The PIT is
+    /// committed either way; the CLI exits 1 when this is not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Result of `verify`.

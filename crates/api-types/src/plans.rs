@@ -180,6 +180,11 @@ pub struct PlanRunGroup {
     pub pit_created_at: Option<String>,
     /// Achieved RPO: the PIT's age when it was used, in seconds.
     pub rpo_seconds: Option<f64>,
+    /// The PIT is application-consistent (its VMs were quiesced or
+    /// cleanly stopped at its cut); left out when it is crash-consistent,
+    /// and absent from runs recorded before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pit_app_consistent: bool,
 }
 
 /// One step of a run.

@@ -208,6 +208,8 @@ impl ToDto for engine::VmInfo {
             libvirt_domain,
             libvirt_xml: _,
             libvirt_state,
+            quiesce,
+            thaw,
             created_at,
         } = self;
         t::VmInfo {
@@ -218,6 +220,8 @@ impl ToDto for engine::VmInfo {
             status,
             libvirt_domain,
             libvirt_state: libvirt_state.map(|s| s.as_str().to_string()),
+            quiesce,
+            thaw,
             created_at,
         }
     }
@@ -226,20 +230,20 @@ to_domain!(CreateVolume => engine::CreateVolume { name, size_bytes, block_size, 
 to_domain!(AddPartner => engine::AddPartner { name, address, fingerprint });
 to_domain!(AddAuthz => engine::AddAuthz { allowed_primary, storage_location, security_tag });
 to_domain!(UpdateSiteSettings => engine::UpdateSiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
-to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, libvirt });
-to_domain!(SetVm => engine::SetVm { start, stop, status, volumes });
+to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, libvirt, quiesce, thaw });
+to_domain!(SetVm => engine::SetVm { start, stop, status, volumes, quiesce, thaw });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress });
-to_dto!(replication::PitRef => PitRef { id, name, created_at });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error });
+to_dto!(replication::PitRef => PitRef { id, name, created_at, app_consistent });
 to_dto!(replication::TransferProgress => TransferProgress { kind, bytes_done, bytes_total, bytes_per_second, eta_seconds });
 to_dto!(replication::ResyncProgress => ResyncProgress { blocks_compared, blocks_total, differing_blocks, bytes_sent, elapsed_seconds });
 to_dto!(replication::ResyncResult => ResyncResult { group, compared_pit, pit, blocks_compared, differing_blocks, bytes_sent, volumes });
 to_dto!(replication::VerifyResult => VerifyResult { group, pit, blocks_compared, differing_blocks, volumes });
 to_dto!(replication::VerifyVolume => VerifyVolume { name, blocks_compared, differing_blocks });
 to_dto!(replication::GroupMeasure => GroupMeasure { name, cycles, last_cycle_bytes, avg_cycle_bytes, max_cycle_bytes, rpo_seconds, rpo_compliance_percent, bytes_total, bytes_by_kind, errors, lag_seconds, pending_bytes });
-to_dto!(replication::PitEntry => PitEntry { id, name, created_at, bytes });
-to_dto!(replication::SyncResult => SyncResult { group, pit });
+to_dto!(replication::PitEntry => PitEntry { id, name, created_at, bytes, app_consistent });
+to_dto!(replication::SyncResult => SyncResult { group, pit, hooks, errors });
 to_dto!(replication::ExportedVolume => ExportedVolume { name, export, url });
 to_dto!(replication::HookReport => HookReport { vm, action, exit_code, duration_ms });
 to_dto!(replication::FailoverResult => FailoverResult { group, mode, pit, volumes, vms, duration_ms, errors });
@@ -252,8 +256,8 @@ to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
 to_dto!(replication::SeedExport => SeedExport { group, dir, bytes, files });
 to_dto!(replication::AuthzCheckResult => AuthzCheckResult { partner, storage_location, rule });
 to_dto!(replication::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
-to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs });
-to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress });
+to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs });
+to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, app_consistent_every_secs });
 to_domain!(FailoverRun => replication::FailoverRun { pit, test, force, skip_vm_hooks });
 to_domain!(ReverseRequest => replication::ReverseRequest { discard_changes_on, dry_run });
 to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compress });
@@ -262,7 +266,7 @@ to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compre
 to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, network_map, parallel, created_at, groups, vms, steps });
 to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_secs });
 to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
-to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
+to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
 to_dto!(plan::PlanRunStep => PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
 to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
 to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
@@ -272,7 +276,7 @@ to_domain!(PlanSetNetworkMap => plan::PlanSetNetworkMap { mappings });
 to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
 to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume });
-to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds });
+to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
 to_domain!(PlanRunStep => plan::PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
 to_domain!(PlanRunReport => plan::PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
 
@@ -332,6 +336,7 @@ mod tests {
                 id: 7,
                 name: Some("n".into()),
                 created_at: "2024-01-01T00:00:00Z".into(),
+                app_consistent: sync,
             }),
             lag_seconds: 3,
             pending_bytes: 4096,
@@ -368,6 +373,15 @@ mod tests {
             }),
             bandwidth_bytes_per_sec: sync.then_some(1000),
             compress: sync,
+            last_app_consistent_pit: sync.then(|| replication::PitRef {
+                id: 6,
+                name: None,
+                created_at: "2024-01-01T00:00:00Z".into(),
+                app_consistent: true,
+            }),
+            app_consistent_age_seconds: sync.then_some(60),
+            app_consistent_every_seconds: sync.then_some(3600),
+            quiesce_error: sync.then(|| "VM db: quiesce hook exited with 1".into()),
         }
     }
 
@@ -446,7 +460,27 @@ mod tests {
                 name: None,
                 created_at: "t".into(),
                 bytes: 2,
+                app_consistent: false,
             }),
+            hooks: Vec::new(),
+            errors: Vec::new(),
+        });
+        same_json(replication::SyncResult {
+            group: "g".into(),
+            pit: Some(replication::PitEntry {
+                id: 2,
+                name: None,
+                created_at: "t".into(),
+                bytes: 2,
+                app_consistent: true,
+            }),
+            hooks: vec![replication::HookReport {
+                vm: "db".into(),
+                action: "quiesce".into(),
+                exit_code: Some(0),
+                duration_ms: 3,
+            }],
+            errors: vec!["the thaw hook of VM db exited with 1".into()],
         });
     }
 
@@ -470,6 +504,7 @@ mod tests {
                 pit_name: None,
                 pit_created_at: Some("t".into()),
                 rpo_seconds: Some(2.0),
+                pit_app_consistent: true,
             }],
             steps: vec![plan::PlanRunStep {
                 index: 0,

@@ -528,7 +528,11 @@ async fn group_sync(
     b: JsonBody<SyncGroup>,
 ) -> ApiResult<SyncResult> {
     let req = body(b)?;
-    repl(s.repl.sync_named(&name, req.pit_name, !req.no_wait).await)
+    repl(
+        s.repl
+            .sync_checkpoint(&name, req.pit_name, !req.no_wait, req.quiesce)
+            .await,
+    )
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/verify", params(("name" = String, Path)),

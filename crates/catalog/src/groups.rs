@@ -28,8 +28,9 @@ impl Catalog {
         let now = now_rfc3339();
         let r = tx.execute(
             "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
-                                 state, store_dir, created_at, state_changed_at, on_link_loss, suspend_timeout_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
+                                 state, store_dir, created_at, state_changed_at, on_link_loss, suspend_timeout_secs,
+                                 app_consistent_every_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
             params![
                 g.name,
                 g.role,
@@ -44,7 +45,8 @@ impl Catalog {
                 g.store_dir,
                 now,
                 g.on_link_loss,
-                g.suspend_timeout_secs as i64
+                g.suspend_timeout_secs as i64,
+                g.app_consistent_every_secs as i64
             ],
         );
         if let Err(e) = r {
@@ -71,8 +73,9 @@ impl Catalog {
         for (i, vm) in g.vms.iter().enumerate() {
             // Names never hold a newline (names::validate), so it separates.
             tx.execute(
-                "INSERT INTO group_vms (group_name, position, name, volumes, start_cmd, stop_cmd, status_cmd, libvirt_xml)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO group_vms (group_name, position, name, volumes, start_cmd, stop_cmd, status_cmd,
+                                        libvirt_xml, quiesce_cmd, thaw_cmd)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     g.name,
                     i as i64,
@@ -81,7 +84,9 @@ impl Catalog {
                     vm.start_cmd,
                     vm.stop_cmd,
                     vm.status_cmd,
-                    vm.libvirt_xml
+                    vm.libvirt_xml,
+                    vm.quiesce_cmd,
+                    vm.thaw_cmd
                 ],
             )
             .map_err(err("insert group"))?;
@@ -111,7 +116,8 @@ impl Catalog {
             .prepare_cached(&format!(
                 "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
                         state, store_dir, created_at, state_changed_at, last_error,
-                        on_link_loss, suspend_timeout_secs, needs_resync, last_drill_at
+                        on_link_loss, suspend_timeout_secs, needs_resync, last_drill_at,
+                        app_consistent_every_secs, quiesce_error
                  FROM groups {} ORDER BY name",
                 if only.is_some() { "WHERE name = ?1" } else { "" }
             ))
@@ -137,6 +143,8 @@ impl Catalog {
                     suspend_timeout_secs: r.get::<_, i64>(15)? as u64,
                     needs_resync: r.get(16)?,
                     last_drill_at: r.get(17)?,
+                    app_consistent_every_secs: r.get::<_, i64>(18)?.max(0) as u64,
+                    quiesce_error: r.get(19)?,
                     volumes: Vec::new(),
                     vms: Vec::new(),
                 })
@@ -184,7 +192,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd, libvirt_xml
+                "SELECT group_name, name, volumes, start_cmd, stop_cmd, status_cmd, libvirt_xml,
+                        quiesce_cmd, thaw_cmd
                  FROM group_vms {by_group} ORDER BY group_name, position"
             ))
             .map_err(self.err("list groups"))?;
@@ -204,6 +213,8 @@ impl Catalog {
                         stop_cmd: r.get(4)?,
                         status_cmd: r.get(5)?,
                         libvirt_xml: r.get(6)?,
+                        quiesce_cmd: r.get(7)?,
+                        thaw_cmd: r.get(8)?,
                         created_at: String::new(),
                     },
                 ))
@@ -353,25 +364,71 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT group_name, id, name, created_at, bytes FROM pits
+                "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
                  WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits GROUP BY group_name)",
             )
             .map_err(self.err("list PITs"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    PitRow {
-                        id: r.get::<_, i64>(1)? as u64,
-                        name: r.get(2)?,
-                        created_at: r.get(3)?,
-                        bytes: r.get::<_, i64>(4)? as u64,
-                    },
-                ))
-            })
+            .query_map([], pit_of_group)
             .map_err(self.err("list PITs"))?;
         rows.collect::<Result<HashMap<_, _>, _>>()
             .map_err(self.err("list PITs"))
+    }
+
+    /// Every group's newest app-consistent PIT, by group name: one query
+    /// (`group list`, the console's overview).
+    pub fn newest_app_consistent_pits(&self) -> Result<HashMap<String, PitRow>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
+                 WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits
+                                            WHERE app_consistent = 1 GROUP BY group_name)",
+            )
+            .map_err(self.err("list PITs"))?;
+        let rows = stmt
+            .query_map([], pit_of_group)
+            .map_err(self.err("list PITs"))?;
+        rows.collect::<Result<HashMap<_, _>, _>>()
+            .map_err(self.err("list PITs"))
+    }
+
+    /// Sets how often the group's runner takes an app-consistent PIT by
+    /// itself (0: never).
+    pub fn set_group_app_consistent_every(
+        &self,
+        name: &str,
+        secs: u64,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET app_consistent_every_secs = ?2 WHERE name = ?1",
+                    params![name, secs as i64],
+                )
+            },
+        )
+    }
+
+    /// Records (`Some(why)`) or clears (`None`) why the group's last
+    /// application-consistent checkpoint came out crash-consistent.
+    pub fn set_group_quiesce_error(
+        &self,
+        name: &str,
+        why: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET quiesce_error = ?2 WHERE name = ?1",
+                    params![name, why],
+                )
+            },
+        )
     }
 
     /// Records when the group's last successful test drill ended (the
@@ -419,8 +476,18 @@ impl Catalog {
             || CatalogError::NoSuchVm(vm.name.clone()),
             |c| {
                 c.execute(
-                    "UPDATE group_vms SET start_cmd = ?3, stop_cmd = ?4, status_cmd = ?5 WHERE group_name = ?1 AND name = ?2",
-                    params![group, vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd],
+                    "UPDATE group_vms SET start_cmd = ?3, stop_cmd = ?4, status_cmd = ?5,
+                                          quiesce_cmd = ?6, thaw_cmd = ?7
+                     WHERE group_name = ?1 AND name = ?2",
+                    params![
+                        group,
+                        vm.name,
+                        vm.start_cmd,
+                        vm.stop_cmd,
+                        vm.status_cmd,
+                        vm.quiesce_cmd,
+                        vm.thaw_cmd
+                    ],
                 )
             },
         )
@@ -544,4 +611,18 @@ impl Catalog {
             |c| c.execute("DELETE FROM groups WHERE name = ?1", [name]),
         )
     }
+}
+
+/// A `(group_name, id, name, created_at, bytes, app_consistent)` row.
+fn pit_of_group(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, PitRow)> {
+    Ok((
+        r.get::<_, String>(0)?,
+        PitRow {
+            id: r.get::<_, i64>(1)? as u64,
+            name: r.get(2)?,
+            created_at: r.get(3)?,
+            bytes: r.get::<_, i64>(4)? as u64,
+            app_consistent: r.get(5)?,
+        },
+    ))
 }

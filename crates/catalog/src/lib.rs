@@ -187,6 +187,11 @@ pub struct VmRow {
     /// exports), when the VM is a libvirt domain; start, stop and status
     /// then go through libvirt instead of the hooks.
     pub libvirt_xml: Option<String>,
+    /// Hook that quiesces the VM's applications before a checkpoint's cut
+    /// (`fsfreeze -f`, a database's backup mode); set with `thaw_cmd`.
+    pub quiesce_cmd: Option<String>,
+    /// Hook that undoes `quiesce_cmd` right after the cut.
+    pub thaw_cmd: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -233,6 +238,13 @@ pub struct GroupRow {
     /// When the last successful test drill ended, RFC 3339 (read-only
     /// here: set with [`Catalog::set_group_last_drill`]).
     pub last_drill_at: Option<String>,
+    /// Seconds between application-consistent PITs the runner takes by
+    /// itself (0: none; `group set --app-consistent-every`).
+    pub app_consistent_every_secs: u64,
+    /// Why the last application-consistent checkpoint attempt gave a
+    /// crash-consistent PIT, until one succeeds (read-only here: set with
+    /// [`Catalog::set_group_quiesce_error`]).
+    pub quiesce_error: Option<String>,
     /// Volumes, in order.
     pub volumes: Vec<GroupVolumeRow>,
     /// VMs whose volumes the group holds, in start order.
@@ -279,6 +291,9 @@ pub struct PitRow {
     pub created_at: String,
     /// Bytes shipped for it.
     pub bytes: u64,
+    /// Cut while every VM of the group was quiesced or cleanly stopped:
+    /// its volumes hold what the applications flushed, not a crash image.
+    pub app_consistent: bool,
 }
 
 /// One replication cycle (for `group measure`).
@@ -892,8 +907,9 @@ impl Catalog {
         };
         let tx = self.conn.transaction().map_err(err("insert VM"))?;
         let r = tx.execute(
-            "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339(), vm.libvirt_xml],
+            "INSERT INTO vms (name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml, quiesce_cmd, thaw_cmd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, now_rfc3339(), vm.libvirt_xml, vm.quiesce_cmd, vm.thaw_cmd],
         );
         if let Err(e) = r {
             return Err(if is_unique_violation(&e) {
@@ -926,7 +942,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml FROM vms ORDER BY name",
+                "SELECT name, start_cmd, stop_cmd, status_cmd, created_at, libvirt_xml, quiesce_cmd, thaw_cmd
+                 FROM vms ORDER BY name",
             )
             .map_err(self.err("list VMs"))?;
         let mut vms = stmt
@@ -939,6 +956,8 @@ impl Catalog {
                     status_cmd: r.get(3)?,
                     created_at: r.get(4)?,
                     libvirt_xml: r.get(5)?,
+                    quiesce_cmd: r.get(6)?,
+                    thaw_cmd: r.get(7)?,
                 })
             })
             .map_err(self.err("list VMs"))?
@@ -975,8 +994,18 @@ impl Catalog {
         let tx = self.conn.transaction().map_err(err("update VM"))?;
         let n = tx
             .execute(
-                "UPDATE vms SET start_cmd = ?2, stop_cmd = ?3, status_cmd = ?4, libvirt_xml = ?5 WHERE name = ?1",
-                params![vm.name, vm.start_cmd, vm.stop_cmd, vm.status_cmd, vm.libvirt_xml],
+                "UPDATE vms SET start_cmd = ?2, stop_cmd = ?3, status_cmd = ?4, libvirt_xml = ?5,
+                                quiesce_cmd = ?6, thaw_cmd = ?7
+                 WHERE name = ?1",
+                params![
+                    vm.name,
+                    vm.start_cmd,
+                    vm.stop_cmd,
+                    vm.status_cmd,
+                    vm.libvirt_xml,
+                    vm.quiesce_cmd,
+                    vm.thaw_cmd
+                ],
             )
             .map_err(err("update VM"))?;
         if n == 0 {
@@ -1068,12 +1097,28 @@ impl Catalog {
         .map_err(self.err("list failovers"))
     }
 
-    /// Records a committed PIT (both sites keep the list).
+    /// Records a committed PIT (both sites keep the list). A PIT already
+    /// recorded takes the new name, time and size but stays app-consistent
+    /// once it was: PIT ids are never reused within a group, and lists
+    /// rebuilt from a replica store (which does not keep the mark) or sent
+    /// by an older partner (which does not know it) must not clear it.
     pub fn insert_pit(&self, group: &str, pit: &PitRow) -> Result<(), CatalogError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO pits (group_name, id, name, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![group, pit.id as i64, pit.name, pit.created_at, pit.bytes as i64],
+                "INSERT INTO pits (group_name, id, name, created_at, bytes, app_consistent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (group_name, id) DO UPDATE SET
+                     name = excluded.name, created_at = excluded.created_at,
+                     bytes = excluded.bytes,
+                     app_consistent = MAX(app_consistent, excluded.app_consistent)",
+                params![
+                    group,
+                    pit.id as i64,
+                    pit.name,
+                    pit.created_at,
+                    pit.bytes as i64,
+                    pit.app_consistent
+                ],
             )
             .map(drop)
             .map_err(self.err("record PIT"))
@@ -1095,7 +1140,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, name, created_at, bytes FROM pits WHERE group_name = ?1 ORDER BY id",
+                "SELECT id, name, created_at, bytes, app_consistent FROM pits
+                 WHERE group_name = ?1 ORDER BY id",
             )
             .map_err(self.err("list PITs"))?;
         let rows = stmt
@@ -1105,6 +1151,7 @@ impl Catalog {
                     name: r.get(1)?,
                     created_at: r.get(2)?,
                     bytes: r.get::<_, i64>(3)? as u64,
+                    app_consistent: r.get(4)?,
                 })
             })
             .map_err(self.err("list PITs"))?;
@@ -1332,11 +1379,23 @@ mod tests {
             stop_cmd: None,
             status_cmd: None,
             libvirt_xml: None,
+            quiesce_cmd: Some("fsfreeze -f /srv".into()),
+            thaw_cmd: Some("fsfreeze -u /srv".into()),
             created_at: String::new(),
         };
         let got = c.insert_vm(&vm).unwrap();
         assert_eq!(got.volumes, ["z-boot", "a-data"]);
         assert_eq!(got.libvirt_xml, None);
+        assert_eq!(
+            (got.quiesce_cmd.as_deref(), got.thaw_cmd.as_deref()),
+            (Some("fsfreeze -f /srv"), Some("fsfreeze -u /srv"))
+        );
+        let unquiesced = VmRow {
+            quiesce_cmd: None,
+            thaw_cmd: None,
+            ..got.clone()
+        };
+        assert_eq!(c.update_vm(&unquiesced).unwrap().quiesce_cmd, None);
         let domain = VmRow {
             libvirt_xml: Some("<domain type='qemu'><name>web</name></domain>".into()),
             ..got.clone()
@@ -1374,6 +1433,8 @@ mod tests {
             last_error: None,
             needs_resync: None,
             last_drill_at: None,
+            app_consistent_every_secs: 3600,
+            quiesce_error: None,
             volumes: vec![GroupVolumeRow {
                 volume: "v".into(),
                 size_bytes: 4096,
@@ -1387,12 +1448,31 @@ mod tests {
                 stop_cmd: None,
                 status_cmd: None,
                 libvirt_xml: Some("<domain><name>vm1</name></domain>".into()),
+                quiesce_cmd: Some("freeze".into()),
+                thaw_cmd: Some("thaw".into()),
                 created_at: String::new(),
             }],
         };
         let got = c.insert_group(&g).unwrap();
         assert_eq!(got.volumes, g.volumes);
         assert_eq!(got.vms, g.vms);
+        assert_eq!(got.app_consistent_every_secs, 3600);
+        // `vm set` rewrites the group's copy of the hooks.
+        let mut vm = g.vms[0].clone();
+        vm.quiesce_cmd = Some("freeze harder".into());
+        c.set_group_vm_hooks("g", &vm).unwrap();
+        assert_eq!(
+            c.group("g").unwrap().vms[0].quiesce_cmd.as_deref(),
+            Some("freeze harder")
+        );
+        c.set_group_app_consistent_every("g", 0).unwrap();
+        c.set_group_quiesce_error("g", Some("VM vm1: quiesce hook exited with 1"))
+            .unwrap();
+        let got = c.group("g").unwrap();
+        assert_eq!(got.app_consistent_every_secs, 0);
+        assert!(got.quiesce_error.is_some());
+        c.set_group_quiesce_error("g", None).unwrap();
+        assert_eq!(c.group("g").unwrap().quiesce_error, None);
         let f = FailoverRow {
             group: "g".into(),
             kind: "test".into(),
@@ -1466,21 +1546,39 @@ mod tests {
                 name: None,
                 created_at: "t".into(),
                 bytes: 1,
+                app_consistent: true,
             },
         )
         .unwrap();
+        let two = PitRow {
+            id: 2,
+            name: Some("x".into()),
+            created_at: "t".into(),
+            bytes: 2,
+            app_consistent: false,
+        };
+        c.insert_pit("g", &two).unwrap();
+        assert_eq!(c.newest_pits().unwrap()["g"].id, 2);
+        assert_eq!(c.newest_app_consistent_pits().unwrap()["g"].id, 1);
+        // A list rebuilt without the mark (a replica store's, an older
+        // partner's) keeps it on the PITs that have it.
         c.insert_pit(
             "g",
             &PitRow {
-                id: 2,
-                name: Some("x".into()),
+                id: 1,
+                name: Some("renamed".into()),
                 created_at: "t".into(),
-                bytes: 2,
+                bytes: 1,
+                app_consistent: false,
             },
         )
         .unwrap();
+        let pits = c.pits("g").unwrap();
+        assert!(pits[0].app_consistent && pits[0].name.as_deref() == Some("renamed"));
+        assert!(!pits[1].app_consistent);
         c.delete_pit("g", 1).unwrap();
-        assert_eq!(c.pits("g").unwrap().len(), 1);
+        assert_eq!(c.pits("g").unwrap(), vec![two]);
+        assert!(c.newest_app_consistent_pits().unwrap().is_empty());
         let id = c.begin_cycle("g").unwrap();
         c.end_cycle(id, 10, Some(2), None).unwrap();
         assert_eq!(c.cycles("g").unwrap()[0].bytes, 10);
@@ -1605,6 +1703,55 @@ mod tests {
             .query_row("SELECT count(*) FROM group_volumes", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn v15_adds_quiesce_hooks_and_app_consistent_pits_to_existing_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        // A v14 catalog with a VM, a group with a copy of it and a PIT.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            for sql in &MIGRATIONS[..14] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 14).unwrap();
+            conn.execute_batch(
+                "INSERT INTO vms (name, start_cmd, created_at) VALUES ('vm', 'start', 't');
+                 INSERT INTO vm_volumes (vm, position, volume) VALUES ('vm', 0, 'v');
+                 INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, compress, state,
+                                     created_at, state_changed_at, last_drill_at)
+                 VALUES ('g', 'primary', 'b', 'async', 60, 5, 1, 'replicating', 't', 't', 'd');
+                 INSERT INTO group_vms (group_name, position, name, volumes, start_cmd)
+                 VALUES ('g', 0, 'vm', 'v', 'start');
+                 INSERT INTO pits (group_name, id, name, created_at, bytes)
+                 VALUES ('g', 3, NULL, 't', 9);",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
+        let vm = c.vm("vm").unwrap();
+        assert_eq!((vm.quiesce_cmd, vm.thaw_cmd), (None, None));
+        let g = c.group("g").unwrap();
+        assert_eq!(g.last_drill_at.as_deref(), Some("d"));
+        assert_eq!((g.app_consistent_every_secs, g.quiesce_error), (0, None));
+        assert_eq!(g.vms[0].start_cmd.as_deref(), Some("start"));
+        assert_eq!(g.vms[0].quiesce_cmd, None);
+        let pit = &c.pits("g").unwrap()[0];
+        assert_eq!((pit.id, pit.app_consistent), (3, false));
+        // The mark is a boolean and the schedule never negative.
+        let e = c
+            .conn
+            .execute("UPDATE pits SET app_consistent = 2", [])
+            .unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
+        let e = c
+            .conn
+            .execute("UPDATE groups SET app_consistent_every_secs = -1", [])
+            .unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
     }
 
     #[test]

@@ -268,4 +268,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // run). The replica records it; the primary keeps the copy each PIT
     // commit's answer brings, so both sites' overviews show its age.
     "ALTER TABLE groups ADD COLUMN last_drill_at TEXT;",
+    // v15: application-consistent checkpoints. A VM's `--quiesce` and
+    // `--thaw` hooks (kept with the VM and with the group's copy of it on
+    // both sites, so a reverse keeps them); a PIT cut while every VM of its
+    // group was quiesced (or cleanly stopped) is marked app-consistent on
+    // both sites; a group may take such a PIT on a schedule (0: never), and
+    // remembers why its last attempt was not app-consistent until one is.
+    "ALTER TABLE vms ADD COLUMN quiesce_cmd TEXT;
+     ALTER TABLE vms ADD COLUMN thaw_cmd TEXT;
+     ALTER TABLE group_vms ADD COLUMN quiesce_cmd TEXT;
+     ALTER TABLE group_vms ADD COLUMN thaw_cmd TEXT;
+     ALTER TABLE pits ADD COLUMN app_consistent INTEGER NOT NULL DEFAULT 0
+         CHECK (app_consistent IN (0, 1));
+     ALTER TABLE groups ADD COLUMN app_consistent_every_secs INTEGER NOT NULL DEFAULT 0
+         CHECK (app_consistent_every_secs >= 0);
+     ALTER TABLE groups ADD COLUMN quiesce_error TEXT;",
 ];

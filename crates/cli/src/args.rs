@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::units::{Secs, Size};
+use crate::units::{Every, Secs, Size};
 
 /// Disaster-recovery replication for virtual-machine disks.
 #[derive(Debug, Parser)]
@@ -111,6 +111,12 @@ pub enum Command {
         /// Return once the cycle started.
         #[arg(long)]
         no_wait: bool,
+        /// An application-consistent PIT: run the quiesce hook of every VM
+        /// of the group (in order), cut, run their thaw hooks, then ship.
+        /// If a hook fails the PIT is still made, crash-consistent, and the
+        /// command exits 1 saying why.
+        #[arg(long)]
+        quiesce: bool,
     },
     /// Points-in-time of a group.
     #[command(subcommand)]
@@ -231,6 +237,10 @@ pub enum GroupCommand {
         /// Compression on the wire: zstd or none.
         #[arg(long, alias = "compress", value_enum)]
         compression: Option<Compress>,
+        /// Take an application-consistent PIT (VMs quiesced) whenever the
+        /// newest is older than this, e.g. 1h (1m to 30d; 0 or off: never).
+        #[arg(long, value_name = "DURATION")]
+        app_consistent_every: Option<Every>,
     },
     /// Compare every block of the primary, at a fresh cut, with the replica
     /// by BLAKE3 and ship only the blocks that differ (at the primary).
@@ -309,6 +319,11 @@ pub struct GroupCreateArgs {
     /// partner before it fails with EIO (default 30s).
     #[arg(long)]
     pub suspend_timeout: Option<Secs>,
+    /// Take an application-consistent PIT (VMs quiesced) whenever the
+    /// newest is older than this, e.g. 1h (1m to 30d; 0 or off: never,
+    /// the default). The group's VMs need quiesce hooks.
+    #[arg(long, value_name = "DURATION")]
+    pub app_consistent_every: Option<Every>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +401,16 @@ pub enum VmCommand {
         /// Command that exits 0 while the VM runs.
         #[arg(long)]
         status: Option<String>,
+        /// Command that quiesces the VM's applications before an
+        /// application-consistent PIT's cut, e.g. 'fsfreeze -f /srv' (with
+        /// --thaw; run with OFFSITE_MODE=checkpoint, within [failover]
+        /// quiesce_timeout_secs).
+        #[arg(long, requires = "thaw")]
+        quiesce: Option<String>,
+        /// Command that undoes --quiesce right after the cut, e.g.
+        /// 'fsfreeze -u /srv'.
+        #[arg(long, requires = "quiesce")]
+        thaw: Option<String>,
     },
     /// List VMs.
     List,
@@ -408,6 +433,13 @@ pub enum VmCommand {
         /// while the VM is in a group.
         #[arg(long = "volume")]
         volumes: Vec<String>,
+        /// Command that quiesces the VM's applications before an
+        /// application-consistent PIT's cut ('' removes it, with --thaw '').
+        #[arg(long)]
+        quiesce: Option<String>,
+        /// Command that undoes --quiesce right after the cut ('' removes it).
+        #[arg(long)]
+        thaw: Option<String>,
     },
     /// Delete a VM definition (its volumes are kept); refused while a group
     /// or a recovery plan holds it.

@@ -67,6 +67,8 @@ pub(crate) fn vm(c: &Client, cmd: VmCommand, p: &Printer) -> anyhow::Result<()> 
             stop,
             status,
             libvirt,
+            quiesce,
+            thaw,
         } => p.vm(&c.create_vm(&offsite_api_types::CreateVm {
             name,
             volumes,
@@ -74,6 +76,8 @@ pub(crate) fn vm(c: &Client, cmd: VmCommand, p: &Printer) -> anyhow::Result<()> 
             stop,
             status,
             libvirt,
+            quiesce,
+            thaw,
         })?),
         VmCommand::List => p.vms(&c.vms()?),
         VmCommand::Show { name } => p.vm(&c.vm(&name)?),
@@ -83,6 +87,8 @@ pub(crate) fn vm(c: &Client, cmd: VmCommand, p: &Printer) -> anyhow::Result<()> 
             stop,
             status,
             volumes,
+            quiesce,
+            thaw,
         } => p.vm(&c.set_vm(
             &name,
             &offsite_api_types::SetVm {
@@ -90,6 +96,8 @@ pub(crate) fn vm(c: &Client, cmd: VmCommand, p: &Printer) -> anyhow::Result<()> 
                 stop,
                 status,
                 volumes: (!volumes.is_empty()).then_some(volumes),
+                quiesce,
+                thaw,
             },
         )?),
         VmCommand::Delete { name } => {
@@ -194,6 +202,7 @@ pub(crate) fn group(
             security_tag: a.security_tag,
             on_link_loss: a.on_link_loss.as_ref().map(args::spelling),
             suspend_timeout_secs: a.suspend_timeout.map(|d| d.0),
+            app_consistent_every_secs: a.app_consistent_every.map(|e| e.0),
         })?),
         GroupCommand::Start {
             name,
@@ -224,6 +233,7 @@ pub(crate) fn group(
             keep,
             bandwidth,
             compression,
+            app_consistent_every,
         } => p.group(&c.set_group(
             &name,
             &offsite_api_types::SetGroup {
@@ -232,6 +242,7 @@ pub(crate) fn group(
                 keep,
                 bandwidth_bytes_per_sec: bandwidth.map(|b| b.0),
                 compress: compression.map(|c| c == args::Compress::Zstd),
+                app_consistent_every_secs: app_consistent_every.map(|e| e.0),
             },
         )?),
         GroupCommand::Unfence { name, force } => p.group(&c.unfence(&name, force)?),
@@ -318,20 +329,43 @@ pub(crate) fn site_set(c: &Client, a: SetArgs, p: &Printer) -> anyhow::Result<()
     p.settings(&settings)
 }
 
-/// `offsite sync GROUP [--pit-name N] [--no-wait]`, from either site.
+/// `offsite sync GROUP [--pit-name N] [--no-wait] [--quiesce]`, from
+/// either site: exits 1 (after printing the result) when a quiesce asked
+/// for did not give an application-consistent PIT.
 pub(crate) fn sync(
     c: &Client,
     group: String,
     pit_name: Option<String>,
     no_wait: bool,
+    quiesce: bool,
     p: &Printer,
 ) -> anyhow::Result<()> {
     let r: offsite_api_types::SyncResult = c.group_action(
         &group,
         "sync",
-        &offsite_api_types::SyncGroup { pit_name, no_wait },
+        &offsite_api_types::SyncGroup {
+            pit_name,
+            no_wait,
+            quiesce,
+        },
     )?;
-    p.sync(&r)
+    p.sync(&r)?;
+    if !r.errors.is_empty() {
+        anyhow::bail!(
+            "{}{}",
+            r.pit.as_ref().map_or(String::new(), |pit| format!(
+                "PIT {} was committed{}, but ",
+                pit.id,
+                if pit.app_consistent {
+                    " application-consistent"
+                } else {
+                    " crash-consistent"
+                }
+            )),
+            r.errors.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// `offsite pit ...`.
@@ -404,7 +438,18 @@ pub(crate) fn failover(c: &Client, cmd: FailoverCommand, p: &Printer) -> anyhow:
         FailoverCommand::Prepare { group } => {
             let r: offsite_api_types::FailoverResult =
                 c.group_action(&group, "failover/prepare", &())?;
-            p.failover(&r)
+            p.failover(&r)?;
+            // A quiesce or thaw hook that failed: the group is prepared,
+            // its final PIT crash-consistent.
+            if !r.errors.is_empty() {
+                anyhow::bail!(
+                    "group {} is prepared for failover and its final PIT {} is on the replica, but: {}",
+                    r.group,
+                    r.pit,
+                    r.errors.join("; ")
+                );
+            }
+            Ok(())
         }
         FailoverCommand::StopTest { group } => {
             let r: offsite_api_types::FailoverResult =

@@ -62,6 +62,15 @@ fn emit(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A PIT's consistency, as `pit list` prints it.
+fn consistency(app_consistent: bool) -> &'static str {
+    if app_consistent {
+        "app-consistent"
+    } else {
+        "crash-consistent"
+    }
+}
+
 /// Left-aligned columns separated by two spaces.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -375,6 +384,33 @@ impl Printer {
                 "never (run `offsite failover run --test` at the replica's site)".into()
             }),
         ));
+        // Only for groups that take application-consistent PITs.
+        let every = g
+            .app_consistent_every_seconds
+            .map_or(String::new(), |e| format!("; one every {e}s"));
+        match (&g.last_app_consistent_pit, g.app_consistent_age_seconds) {
+            (Some(p), age) => f.push((
+                "app-consistent",
+                format!(
+                    "PIT {}{} at {}{}{every}",
+                    p.id,
+                    p.name.as_ref().map_or(String::new(), |n| format!(" ({n})")),
+                    p.created_at,
+                    age.map_or(String::new(), |a| format!(", {a}s ago"))
+                ),
+            )),
+            (None, _) if !every.is_empty() || g.quiesce_error.is_some() => f.push((
+                "app-consistent",
+                format!(
+                    "none yet (`offsite sync {} --quiesce` takes one){every}",
+                    g.name
+                ),
+            )),
+            (None, _) => {}
+        }
+        if let Some(why) = &g.quiesce_error {
+            f.push(("quiesce failed", why.clone()));
+        }
         if let Some(r) = &g.resync {
             f.push((
                 "resync",
@@ -513,10 +549,16 @@ impl Printer {
                     p.name.clone().unwrap_or_else(|| "-".into()),
                     p.created_at.clone(),
                     human(p.bytes),
+                    consistency(p.app_consistent).into(),
                 ]
             })
             .collect();
-        emit(&table(&["ID", "NAME", "CREATED", "BYTES"], &rows))
+        // The new column goes last: scripts that read the text by column
+        // position keep working.
+        emit(&table(
+            &["ID", "NAME", "CREATED", "BYTES", "CONSISTENCY"],
+            &rows,
+        ))
     }
 
     pub fn pit_export(&self, e: &offsite_api_types::PitExport) -> anyhow::Result<()> {
@@ -652,16 +694,31 @@ impl Printer {
         if self.json {
             return self.print_json(r);
         }
-        emit(&match &r.pit {
+        let mut out = match &r.pit {
             Some(p) => format!(
-                "group {}: PIT {}{} committed ({} shipped)\n",
+                "group {}: PIT {}{} committed ({} shipped{})\n",
                 r.group,
                 p.id,
                 p.name.as_ref().map_or(String::new(), |n| format!(" ({n})")),
-                human(p.bytes)
+                human(p.bytes),
+                if p.app_consistent {
+                    ", app-consistent"
+                } else {
+                    ""
+                }
             ),
             None => format!("group {}: cycle started\n", r.group),
-        })
+        };
+        for h in &r.hooks {
+            out.push_str(&format!(
+                "VM {}: {} hook exited {} in {} ms\n",
+                h.vm,
+                h.action,
+                h.exit_code.map_or("?".into(), |c| c.to_string()),
+                h.duration_ms
+            ));
+        }
+        emit(&out)
     }
 
     pub fn verify(&self, r: &offsite_api_types::VerifyResult) -> anyhow::Result<()> {
@@ -876,6 +933,8 @@ impl Printer {
             ("start", v.start.clone().unwrap_or_else(none)),
             ("stop", v.stop.clone().unwrap_or_else(none)),
             ("status", v.status.clone().unwrap_or_else(none)),
+            ("quiesce", v.quiesce.clone().unwrap_or_else(none)),
+            ("thaw", v.thaw.clone().unwrap_or_else(none)),
             (
                 "libvirt domain",
                 v.libvirt_domain.clone().unwrap_or_else(none),
@@ -906,10 +965,15 @@ impl Printer {
                     } else {
                         "no".into()
                     },
+                    if v.quiesce.is_some() {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                 ]
             })
             .collect();
-        emit(&table(&["NAME", "VOLUMES", "HOOKS"], &rows))
+        emit(&table(&["NAME", "VOLUMES", "HOOKS", "QUIESCE"], &rows))
     }
 
     pub fn partner_test(&self, r: &offsite_api_types::PartnerTestResult) -> anyhow::Result<()> {

@@ -68,6 +68,24 @@ impl FromStr for Secs {
     }
 }
 
+/// An interval that may be turned off: a duration (`1h`, `30m`, `3600`)
+/// or `0` / `off` (0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every(pub u64);
+
+impl FromStr for Every {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Every, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(Every(0));
+        }
+        s.parse::<Secs>()
+            .map(|d| Every(d.0))
+            .map_err(|_| format!("{s:?} is not a duration; use e.g. 1h or 30m, or off"))
+    }
+}
+
 /// Bytes for people: `10 GiB`, `4 KiB`, `1.5 MiB`, `123 B`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -111,6 +129,17 @@ mod tests {
         assert_eq!("45".parse(), Ok(Secs(45)));
         for bad in ["", "m", "5x", "-1s", "1.5m"] {
             assert!(bad.parse::<Secs>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn intervals_that_may_be_off() {
+        assert_eq!("1h".parse(), Ok(Every(3600)));
+        assert_eq!("off".parse(), Ok(Every(0)));
+        assert_eq!("OFF".parse(), Ok(Every(0)));
+        assert_eq!("0".parse(), Ok(Every(0)));
+        for bad in ["", "never", "1.5h", "-1h"] {
+            assert!(bad.parse::<Every>().is_err(), "{bad}");
         }
     }
 

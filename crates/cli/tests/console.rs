@@ -90,7 +90,17 @@ fn an_operator_protects_tests_fails_over_and_reverses_from_the_console() {
     // Reverse makes site-a the replica of site-b.
     authorize_primary(&a, b.name(), None);
     a.create_volume("v1", "16M");
-    a.ok(&["vm", "create", "vm1", "--volume", "v1"]);
+    a.ok(&[
+        "vm",
+        "create",
+        "vm1",
+        "--volume",
+        "v1",
+        "--quiesce",
+        "true",
+        "--thaw",
+        "true",
+    ]);
     create_group(&a, "g1", b.name(), &["--vm", "vm1"], &[]);
     a.ok(&["group", "start", "g1"]);
     wait_group(&a, "g1", "first PIT", GROUP_LIMIT, |st| {

@@ -308,7 +308,7 @@ export async function group(name, rerender) {
   const pitChoice = h('select', { id: 'pit-choice', name: 'pit' },
     h('option', { value: '' }, 'newest'),
     pits.slice().reverse().map((p) => h('option', { value: String(p.id) },
-      `#${p.id}${p.name ? ` “${p.name}”` : ''} ${localTime(p.created_at)}`)));
+      `#${p.id}${p.name ? ` “${p.name}”` : ''} ${localTime(p.created_at)}${p.app_consistent ? ' · app-consistent' : ''}`)));
   // A time instead of a PIT: the newest PIT at or before it (what
   // "recover to before the attack at 14:05" means with PITs).
   const at = h('input', { id: 'pit-at', type: 'datetime-local', step: '1', 'data-listens': '' });
@@ -325,13 +325,17 @@ export async function group(name, rerender) {
   if (at.value) resolveAt();
   at.addEventListener('change', () => { chosenTimes.set(name, at.value); resolveAt(); });
   const pitName = h('input', { id: 'pit-name', name: 'pit-name', autocomplete: 'off' });
+  // Quiesce the group's VMs around the cut (their quiesce hooks), for an
+  // application-consistent PIT.
+  const quiesce = h('input', { id: 'pit-quiesce', name: 'pit-quiesce', type: 'checkbox' });
   const refresh = () => rerender();
   const primary = g.role === 'primary';
   const actions = [];
   if (primary) {
     actions.push(h('div', { class: 'actions' },
       h('label', { for: 'pit-name' }, 'PIT name (optional)', pitName),
-      actionButton('Sync now', out, () => api('POST', `${path}/sync`, { pit_name: pitName.value || null, no_wait: false }), refresh),
+      h('label', { for: 'pit-quiesce', class: 'check' }, quiesce, 'quiesce the VMs (app-consistent)'),
+      actionButton('Sync now', out, () => api('POST', `${path}/sync`, { pit_name: pitName.value || null, no_wait: false, quiesce: quiesce.checked }), refresh),
       g.state === 'paused'
         ? actionButton('Resume', out, () => api('POST', `${path}/resume`), refresh, 'secondary')
         : actionButton('Pause', out, () => api('POST', `${path}/pause`), refresh, 'secondary'),
@@ -379,6 +383,10 @@ export async function group(name, rerender) {
         h('dt', {}, 'Pending'), h('dd', {}, bytes(g.pending_bytes)),
         h('dt', {}, 'PITs kept'), h('dd', {}, String(g.keep)),
         h('dt', {}, 'Last test drill'), h('dd', {}, g.last_drill_at ? ago(g.last_drill_at) : '⚠ never'),
+        h('dt', {}, 'App-consistent PIT'), h('dd', {}, g.last_app_consistent_pit
+          ? [`#${g.last_app_consistent_pit.id} `, ago(g.last_app_consistent_pit.created_at)]
+          : 'none', g.app_consistent_every_seconds ? ` (one every ${duration(g.app_consistent_every_seconds)})` : ''),
+        g.quiesce_error ? [h('dt', {}, 'Quiesce failed'), h('dd', { class: 'error' }, `⚠ ${g.quiesce_error}`)] : null,
         g.test_failover_pit ? [h('dt', {}, 'Test failover'), h('dd', {}, `running from PIT ${g.test_failover_pit}`)] : null,
         g.last_error ? [h('dt', {}, 'Last error'), h('dd', { class: 'error' }, g.last_error)] : null,
         h('dt', {}, 'If this site were lost now'), h('dd', {}, ifLost(g)))),
@@ -405,7 +413,10 @@ export async function group(name, rerender) {
       h('h2', { id: 'pits-h' }, `Points in time (${pits.length})`),
       pits.length
         ? h('ol', { class: 'timeline', reversed: true }, pits.slice().reverse().map((p) => h('li', {},
-          `#${p.id} `, p.name ? h('strong', {}, `“${p.name}” `) : null, when(p.created_at), ` · ${bytes(p.bytes)}`)))
+          `#${p.id} `, p.name ? h('strong', {}, `“${p.name}” `) : null, when(p.created_at), ` · ${bytes(p.bytes)}`,
+          // A word, not a colour only: app-consistent PITs mount without
+          // journal replay; the others are crash-consistent.
+          p.app_consistent ? [' ', h('span', { class: 'badge app-consistent', title: 'cut while every VM was quiesced or cleanly stopped' }, 'app-consistent')] : null)))
         : h('p', { class: 'muted' }, 'No PIT yet.')),
   ];
 }

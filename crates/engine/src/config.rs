@@ -337,12 +337,17 @@ pub struct FailoverConfig {
     /// Seconds a VM hook may run before its process group is killed and
     /// the hook reported as failed.
     pub hook_timeout_secs: f64,
+    /// Seconds a VM's quiesce or thaw hook may run (an application is held
+    /// while it is quiesced, so this is short); a quiesce that outlives it
+    /// is killed, its VM thawed, and the checkpoint stays crash-consistent.
+    pub quiesce_timeout_secs: f64,
 }
 
 impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
             hook_timeout_secs: 300.0,
+            quiesce_timeout_secs: 60.0,
         }
     }
 }
@@ -470,6 +475,11 @@ impl SiteConfig {
                 new.failover.hook_timeout_secs,
             ),
             (
+                "failover.quiesce_timeout_secs",
+                self.failover.quiesce_timeout_secs,
+                new.failover.quiesce_timeout_secs,
+            ),
+            (
                 "libvirt.stop_timeout_secs",
                 self.libvirt.stop_timeout_secs,
                 new.libvirt.stop_timeout_secs,
@@ -555,6 +565,10 @@ impl SiteConfig {
             (
                 "failover.hook_timeout_secs",
                 config.failover.hook_timeout_secs,
+            ),
+            (
+                "failover.quiesce_timeout_secs",
+                config.failover.quiesce_timeout_secs,
             ),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
@@ -817,6 +831,7 @@ mod tests {
         file.replication.keepalive_secs = 1.0;
         file.replication.bandwidth_bytes_per_sec = Some(1 << 20);
         file.failover.hook_timeout_secs = 9.0;
+        file.failover.quiesce_timeout_secs = 10.0;
         file.log.filter = "debug".into();
         let (merged, report) = running.reload(&file);
         assert_eq!(merged.name, "a");
@@ -824,10 +839,11 @@ mod tests {
         assert_eq!(merged.replication.keepalive_secs, 1.0);
         assert_eq!(merged.replication.bandwidth_bytes_per_sec, Some(1 << 20));
         assert_eq!(merged.failover.hook_timeout_secs, 9.0);
+        assert_eq!(merged.failover.quiesce_timeout_secs, 10.0);
         assert_eq!(merged.log.filter, "debug");
         assert_eq!(report.need_restart.len(), 2, "{report:?}");
         assert!(report.need_restart[0].starts_with("name:"), "{report:?}");
-        assert_eq!(report.changed.len(), 4, "{report:?}");
+        assert_eq!(report.changed.len(), 5, "{report:?}");
         assert!(
             report
                 .changed

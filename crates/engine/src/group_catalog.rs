@@ -99,6 +99,7 @@ impl GroupCatalog<'_> {
         Ok(GroupsSnapshot {
             rows: c.groups()?,
             newest_pits: c.newest_pits()?,
+            newest_app_consistent_pits: c.newest_app_consistent_pits()?,
             failovers: c.failovers()?,
             partners: c
                 .partners()?
@@ -106,6 +107,12 @@ impl GroupCatalog<'_> {
                 .map(crate::partners::partner_info)
                 .collect(),
         })
+    }
+
+    /// Records why the group's last application-consistent checkpoint came
+    /// out crash-consistent (`None`: one succeeded since).
+    pub fn set_quiesce_error(&self, group: &str, why: Option<&str>) -> Result<(), EngineError> {
+        Ok(self.site.catalog().set_group_quiesce_error(group, why)?)
     }
 
     /// Records when the group's last successful test drill ended.
@@ -177,6 +184,8 @@ pub struct GroupsSnapshot {
     pub rows: Vec<GroupRow>,
     /// Each group's newest PIT, by group name.
     pub newest_pits: std::collections::HashMap<String, PitRow>,
+    /// Each group's newest application-consistent PIT, by group name.
+    pub newest_app_consistent_pits: std::collections::HashMap<String, PitRow>,
     /// Failovers in progress.
     pub failovers: Vec<FailoverRow>,
     /// Every partner.

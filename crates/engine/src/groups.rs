@@ -97,6 +97,33 @@ impl Site {
         Ok(())
     }
 
+    /// Sets how often the group's runner takes an application-consistent
+    /// PIT by itself (0: never; an event records a change).
+    pub fn set_group_app_consistent_every(&self, name: &str, secs: u64) -> Result<(), EngineError> {
+        let before = self.catalog().group(name)?.app_consistent_every_secs;
+        if before == secs {
+            return Ok(());
+        }
+        self.catalog().set_group_app_consistent_every(name, secs)?;
+        let every = |s: u64| {
+            if s == 0 {
+                "off".to_string()
+            } else {
+                format!("every {s}s")
+            }
+        };
+        self.event(
+            "group.settings",
+            Some(name),
+            &format!(
+                "app-consistent checkpoints {} -> {}",
+                every(before),
+                every(secs)
+            ),
+        );
+        Ok(())
+    }
+
     /// Persists a state change (and records an event when it changes); the
     /// move must be legal from whatever state the group is in
     /// ([`offsite_catalog::transition`]).

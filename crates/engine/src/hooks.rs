@@ -1,5 +1,9 @@
 //! VM hooks: the `--start`/`--stop`/`--status` commands of a VM, run by
-//! failover and test failover to power VMs at a site.
+//! failover and test failover to power VMs at a site, and its
+//! `--quiesce`/`--thaw` commands, run around the cut of an
+//! application-consistent checkpoint (`OFFSITE_MODE=checkpoint`) with their
+//! own, short timeout (`[failover] quiesce_timeout_secs`): the application
+//! waits while it is quiesced.
 //!
 //! A hook runs as `sh -c CMD` in its own process group, with stdin closed
 //! and this environment: `OFFSITE_VM`, `OFFSITE_SITE`, `OFFSITE_MODE`
@@ -31,16 +35,33 @@ pub enum HookAction {
     Stop,
     /// `--status`.
     Status,
+    /// `--quiesce`: flush and hold the VM's writes before a checkpoint's cut.
+    Quiesce,
+    /// `--thaw`: let the VM write again after the cut.
+    Thaw,
 }
 
 impl HookAction {
-    /// `start`, `stop` or `status`.
+    /// `start`, `stop`, `status`, `quiesce` or `thaw`.
     pub fn as_str(self) -> &'static str {
         match self {
             HookAction::Start => "start",
             HookAction::Stop => "stop",
             HookAction::Status => "status",
+            HookAction::Quiesce => "quiesce",
+            HookAction::Thaw => "thaw",
         }
+    }
+
+    /// How long the hook may run on `site` before it is killed and
+    /// reported as failed: quiesce and thaw have their own, short timeout
+    /// (the application is held meanwhile), the others the failover one.
+    pub fn timeout(self, site: &Site) -> Duration {
+        let f = &site.config().failover;
+        Duration::from_secs_f64(match self {
+            HookAction::Quiesce | HookAction::Thaw => f.quiesce_timeout_secs,
+            HookAction::Start | HookAction::Stop | HookAction::Status => f.hook_timeout_secs,
+        })
     }
 }
 
@@ -65,6 +86,24 @@ impl HookRun {
     /// Exit 0 within the timeout.
     pub fn succeeded(&self) -> bool {
         !self.timed_out && self.exit_code == Some(0)
+    }
+
+    /// What went wrong, for a report, if the hook failed: the hook, how it
+    /// ended and the tail of its output, and what to do.
+    pub fn failure(&self) -> Option<String> {
+        if self.succeeded() {
+            return None;
+        }
+        let quoted = tail(self.output.trim_end(), QUOTE_LIMIT);
+        Some(format!(
+            "the {} hook of VM {} {} after {} ms{}{}; fix the hook (`offsite events` has its output)",
+            self.action.as_str(),
+            self.vm,
+            self.outcome(),
+            self.duration_ms,
+            if quoted.is_empty() { "" } else { ": " },
+            tail(quoted, 400)
+        ))
     }
 
     fn outcome(&self) -> String {
@@ -97,6 +136,25 @@ impl Site {
     /// event log; a non-zero exit or a timeout is an error quoting the
     /// output.
     pub fn run_hook(
+        &self,
+        group: &str,
+        vm: &str,
+        action: HookAction,
+        cmd: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<HookRun, EngineError> {
+        let run = self.run_hook_reported(group, vm, action, cmd, env, timeout)?;
+        match run.failure() {
+            None => Ok(run),
+            Some(why) => Err(EngineError::Invalid(why)),
+        }
+    }
+
+    /// [`Site::run_hook`] for a caller that goes on whatever the hook did
+    /// (a checkpoint's quiesce and thaw): the run, failed or not (see
+    /// [`HookRun::failure`]); an error only when `sh` cannot be started.
+    pub fn run_hook_reported(
         &self,
         group: &str,
         vm: &str,
@@ -146,18 +204,7 @@ impl Site {
                 quoted
             ),
         );
-        if run.succeeded() {
-            Ok(run)
-        } else {
-            Err(EngineError::Invalid(format!(
-                "the {} hook of VM {vm} {} after {} ms{}{}; fix the hook (`offsite events` has its output)",
-                action.as_str(),
-                run.outcome(),
-                run.duration_ms,
-                if quoted.is_empty() { "" } else { ": " },
-                tail(quoted, 400)
-            )))
-        }
+        Ok(run)
     }
 }
 

@@ -197,6 +197,11 @@ pub struct VmInfo {
     /// The domain's state at this site as libvirt reports it (`vm show`
     /// only; `None` for hook VMs and in lists).
     pub libvirt_state: Option<LibvirtState>,
+    /// Command that quiesces the VM's applications before an
+    /// application-consistent checkpoint's cut (`fsfreeze -f MOUNT`).
+    pub quiesce: Option<String>,
+    /// Command that undoes `quiesce` right after the cut.
+    pub thaw: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -217,8 +222,13 @@ pub struct CreateVm {
     /// A libvirt domain to protect as this VM (`--libvirt DOMAIN`): its
     /// disks become the VM's volumes (file disks imported into new volumes
     /// `VM-TARGET`, disks already on this site's exports kept) and its
-    /// definition is kept; `volumes` and the hooks must then be empty.
+    /// definition is kept; `volumes` and the power hooks must then be
+    /// empty (quiesce and thaw hooks are allowed).
     pub libvirt: Option<String>,
+    /// Quiesce hook (given with `thaw`, or neither).
+    pub quiesce: Option<String>,
+    /// Thaw hook (given with `quiesce`, or neither).
+    pub thaw: Option<String>,
 }
 
 /// `vm set`: absent fields stay as they are.
@@ -232,6 +242,11 @@ pub struct SetVm {
     pub status: Option<String>,
     /// New volumes, disk 0 first (refused while the VM is in a group).
     pub volumes: Option<Vec<String>>,
+    /// New quiesce hook; an empty string removes it (and the VM must then
+    /// be left with neither a quiesce nor a thaw hook, or both).
+    pub quiesce: Option<String>,
+    /// New thaw hook; an empty string removes it.
+    pub thaw: Option<String>,
 }
 
 /// A libvirt VM's domain as this site's libvirt sees it.

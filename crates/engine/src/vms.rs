@@ -33,7 +33,30 @@ fn vm_info(r: VmRow) -> VmInfo {
         libvirt_domain: r.libvirt_xml.as_deref().and_then(domain_name),
         libvirt_xml: r.libvirt_xml,
         libvirt_state: None,
+        quiesce: r.quiesce_cmd,
+        thaw: r.thaw_cmd,
         created_at: r.created_at,
+    }
+}
+
+/// A VM's quiesce and thaw hooks: both or neither (a quiesced VM that
+/// nothing thaws would stay frozen), and neither empty.
+fn check_quiesce(quiesce: &Option<String>, thaw: &Option<String>) -> Result<(), EngineError> {
+    for (what, hook) in [("--quiesce", quiesce), ("--thaw", thaw)] {
+        if hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return Err(EngineError::Invalid(format!(
+                "{what} is empty; give a command or leave it out"
+            )));
+        }
+    }
+    match (quiesce, thaw) {
+        (Some(_), None) => Err(EngineError::Invalid(
+            "--quiesce needs --thaw: the thaw hook undoes the quiesce right after the checkpoint's cut (e.g. --quiesce 'fsfreeze -f /srv' --thaw 'fsfreeze -u /srv')".into(),
+        )),
+        (None, Some(_)) => Err(EngineError::Invalid(
+            "--thaw needs --quiesce: a thaw hook runs only after a quiesce hook".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -73,6 +96,7 @@ impl Site {
     /// `vm create`.
     pub fn create_vm(self: &Arc<Self>, req: &CreateVm) -> Result<VmInfo, EngineError> {
         names::validate("VM", &req.name)?;
+        check_quiesce(&req.quiesce, &req.thaw)?;
         if let Some(domain) = &req.libvirt {
             return self.create_libvirt_vm(req, domain);
         }
@@ -99,6 +123,8 @@ impl Site {
             stop_cmd: req.stop.clone(),
             status_cmd: req.status.clone(),
             libvirt_xml: None,
+            quiesce_cmd: req.quiesce.clone(),
+            thaw_cmd: req.thaw.clone(),
             created_at: String::new(),
         })?;
         drop(catalog);
@@ -126,7 +152,7 @@ impl Site {
             || req.status.is_some()
         {
             return Err(EngineError::Invalid(
-                "--libvirt takes the volumes from the domain's disks and starts and stops it through libvirt: leave out --volume, --start, --stop and --status".into(),
+                "--libvirt takes the volumes from the domain's disks and starts and stops it through libvirt: leave out --volume, --start, --stop and --status (--quiesce and --thaw are allowed)".into(),
             ));
         }
         let lv = self.libvirt();
@@ -157,6 +183,8 @@ impl Site {
             stop_cmd: None,
             status_cmd: None,
             libvirt_xml: Some(xml),
+            quiesce_cmd: req.quiesce.clone(),
+            thaw_cmd: req.thaw.clone(),
             created_at: String::new(),
         })?;
         self.event(
@@ -392,6 +420,18 @@ impl Site {
     /// `test`) and undefines it: the definition lives on in the catalog,
     /// and the site the VM moves to (or returns to) defines it there.
     pub fn stop_vm_domain(&self, vm: &VmRow, test: bool) -> Result<String, EngineError> {
+        self.stop_vm_domain_graceful(vm, test).map(|(_, what)| what)
+    }
+
+    /// [`Site::stop_vm_domain`], also saying whether the domain shut down
+    /// in answer to the ACPI request (an orderly shutdown: its disks are
+    /// consistent), rather than being destroyed after the grace period or
+    /// found stopped already (how it stopped is not known).
+    pub fn stop_vm_domain_graceful(
+        &self,
+        vm: &VmRow,
+        test: bool,
+    ) -> Result<(bool, String), EngineError> {
         let Some(name) = vm.libvirt_xml.as_deref().and_then(domain_name) else {
             return Err(EngineError::Invalid(format!(
                 "VM {} is no libvirt domain",
@@ -401,9 +441,10 @@ impl Site {
         let name = if test { format!("{name}-test") } else { name };
         let lv = self.libvirt();
         if !lv.exists(&name).map_err(|e| libvirt_error(&vm.name, e))? {
-            return Ok(format!("libvirt domain {name} is not defined here"));
+            return Ok((false, format!("libvirt domain {name} is not defined here")));
         }
-        let how = match self.stop_domain(&vm.name, &name)? {
+        let outcome = self.stop_domain(&vm.name, &name)?;
+        let how = match outcome {
             StopOutcome::WasStopped => "was not running",
             StopOutcome::Graceful => "shut down",
             StopOutcome::Forced => "was destroyed after the shutdown timeout",
@@ -414,7 +455,10 @@ impl Site {
             Some(&vm.name),
             &format!("libvirt domain {name} {how} and was undefined"),
         );
-        Ok(format!("libvirt domain {name} {how}, undefined"))
+        Ok((
+            outcome == StopOutcome::Graceful,
+            format!("libvirt domain {name} {how}, undefined"),
+        ))
     }
 
     /// `vm set`, checked: the VM as it would be after `req`, and the groups
@@ -454,6 +498,9 @@ impl Site {
         row.start_cmd = hook(&req.start, row.start_cmd);
         row.stop_cmd = hook(&req.stop, row.stop_cmd);
         row.status_cmd = hook(&req.status, row.status_cmd);
+        row.quiesce_cmd = hook(&req.quiesce, row.quiesce_cmd);
+        row.thaw_cmd = hook(&req.thaw, row.thaw_cmd);
+        check_quiesce(&row.quiesce_cmd, &row.thaw_cmd)?;
         let groups = groups
             .into_iter()
             .filter(|g| g.role == offsite_catalog::Role::Primary)
@@ -475,11 +522,13 @@ impl Site {
             "vm.changed",
             Some(&row.name),
             &format!(
-                "volumes {}; start {}; stop {}; status {}",
+                "volumes {}; start {}; stop {}; status {}; quiesce {}; thaw {}",
                 row.volumes.join(", "),
                 hook(&row.start_cmd),
                 hook(&row.stop_cmd),
-                hook(&row.status_cmd)
+                hook(&row.status_cmd),
+                hook(&row.quiesce_cmd),
+                hook(&row.thaw_cmd)
             ),
         );
         Ok(vm_info(stored))
@@ -596,5 +645,96 @@ pub fn nbd_source(url: &str, export: &str) -> NbdSource {
             .trim_end_matches(']')
             .to_string(),
         port: port.parse().unwrap_or(10809),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> (tempfile::TempDir, Arc<Site>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        crate::init::init_site(
+            &d,
+            &crate::init::InitOptions {
+                name: "vmsite".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
+            },
+        )
+        .unwrap();
+        let site = Site::open(&d).unwrap();
+        site.create_volume(&CreateVolume {
+            name: "d0".into(),
+            size_bytes: Some(1 << 20),
+            block_size: None,
+            import_path: None,
+        })
+        .unwrap();
+        (dir, site)
+    }
+
+    fn create(quiesce: Option<&str>, thaw: Option<&str>) -> CreateVm {
+        CreateVm {
+            name: "db".into(),
+            volumes: vec!["d0".into()],
+            start: None,
+            stop: None,
+            status: None,
+            libvirt: None,
+            quiesce: quiesce.map(str::to_string),
+            thaw: thaw.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn quiesce_and_thaw_hooks_come_together() {
+        let (_d, site) = site();
+        let e = site
+            .create_vm(&create(Some("fsfreeze -f /srv"), None))
+            .unwrap_err();
+        assert!(e.to_string().contains("--quiesce needs --thaw"), "{e}");
+        let e = site.create_vm(&create(None, Some("true"))).unwrap_err();
+        assert!(e.to_string().contains("--thaw needs --quiesce"), "{e}");
+        let e = site
+            .create_vm(&create(Some(" "), Some("true")))
+            .unwrap_err();
+        assert!(e.to_string().contains("--quiesce is empty"), "{e}");
+        let vm = site
+            .create_vm(&create(Some("fsfreeze -f /srv"), Some("fsfreeze -u /srv")))
+            .unwrap();
+        assert_eq!(vm.quiesce.as_deref(), Some("fsfreeze -f /srv"));
+        assert_eq!(
+            site.vm("db").unwrap().thaw.as_deref(),
+            Some("fsfreeze -u /srv")
+        );
+        // Removing one of the pair alone would leave a VM frozen for good
+        // (or a thaw with nothing to undo): refused; both together go.
+        let e = site
+            .vm_change(
+                "db",
+                &SetVm {
+                    thaw: Some(String::new()),
+                    ..SetVm::default()
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("--quiesce needs --thaw"), "{e}");
+        let (row, groups) = site
+            .vm_change(
+                "db",
+                &SetVm {
+                    quiesce: Some(String::new()),
+                    thaw: Some(String::new()),
+                    ..SetVm::default()
+                },
+            )
+            .unwrap();
+        assert!(groups.is_empty());
+        let vm = site.store_vm(&row, &[]).unwrap();
+        assert_eq!((vm.quiesce, vm.thaw), (None, None));
     }
 }

@@ -7,7 +7,7 @@
 // `let _ =` discards an always-`Ok` result.
 use std::fmt::Write;
 
-use crate::model::PlanRunReport;
+use crate::model::{PlanRunGroup, PlanRunReport};
 
 use crate::runner::ms_between;
 
@@ -29,6 +29,16 @@ fn esc(s: &str) -> String {
 
 fn secs(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// How consistent the PIT a group was recovered to is, in words (a run
+/// without a PIT says nothing of it).
+fn consistency(g: &PlanRunGroup) -> &'static str {
+    match (g.pit, g.pit_app_consistent) {
+        (None, _) => "-",
+        (Some(_), true) => "app-consistent",
+        (Some(_), false) => "crash-consistent",
+    }
 }
 
 fn opt_secs(s: Option<f64>) -> String {
@@ -55,13 +65,14 @@ pub fn summary(r: &PlanRunReport) -> String {
     for g in &r.groups {
         let _ = writeln!(
             out,
-            "  group {}: PIT {}{} of {}, RPO {}",
+            "  group {}: PIT {}{} of {}, {}, RPO {}",
             g.group,
             g.pit.map_or("-".into(), |p| p.to_string()),
             g.pit_name
                 .as_deref()
                 .map_or(String::new(), |n| format!(" ({n})")),
             g.pit_created_at.as_deref().unwrap_or("-"),
+            consistency(g),
             opt_secs(g.rpo_seconds)
         );
     }
@@ -223,18 +234,19 @@ pre{{margin:0;white-space:pre-wrap;font-size:12px;max-width:600px}} .err{{color:
             esc(&r.plan)
         );
     }
-    h.push_str("<h2>Groups: recovery points and achieved RPO</h2><table><tr><th>Group</th><th>PIT</th><th>PIT name</th><th>PIT time</th><th>RPO (PIT age when used)</th></tr>");
+    h.push_str("<h2>Groups: recovery points and achieved RPO</h2><table><tr><th>Group</th><th>PIT</th><th>PIT name</th><th>PIT time</th><th>Consistency</th><th>RPO (PIT age when used)</th></tr>");
     if r.groups.is_empty() {
-        h.push_str("<tr><td colspan=\"5\">no PIT used by this run</td></tr>");
+        h.push_str("<tr><td colspan=\"6\">no PIT used by this run</td></tr>");
     }
     for g in &r.groups {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&g.group),
             g.pit.map_or("-".into(), |p| p.to_string()),
             esc(g.pit_name.as_deref().unwrap_or("-")),
             esc(g.pit_created_at.as_deref().unwrap_or("-")),
+            consistency(g),
             opt_secs(g.rpo_seconds)
         );
     }
@@ -281,7 +293,7 @@ pre{{margin:0;white-space:pre-wrap;font-size:12px;max-width:600px}} .err{{color:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{PlanRunGroup, PlanRunStep};
+    use crate::model::PlanRunStep;
 
     #[test]
     fn html_escapes_and_holds_every_step() {
@@ -318,6 +330,7 @@ mod tests {
                 pit_name: None,
                 pit_created_at: Some("2024-12-31T23:59:50Z".into()),
                 rpo_seconds: Some(10.0),
+                pit_app_consistent: true,
             }],
             steps: vec![
                 step(0, "check <db>", "succeeded"),
@@ -332,10 +345,20 @@ mod tests {
         assert!(page.contains("boom &amp; bust"));
         assert!(page.contains("<svg") && page.contains("10.0 s") && page.contains("2.5 s"));
         assert!(!page.contains("<script"));
+        assert!(page.contains("<td>app-consistent</td>"), "{page}");
         let text = summary(&r);
         assert!(
             text.contains("--resume") && text.contains("RPO 10.0 s"),
             "{text}"
         );
+        assert!(text.contains("app-consistent, RPO"), "{text}");
+        let crash = PlanRunReport {
+            groups: vec![PlanRunGroup {
+                pit_app_consistent: false,
+                ..r.groups[0].clone()
+            }],
+            ..r.clone()
+        };
+        assert!(summary(&crash).contains("crash-consistent, RPO"));
     }
 }

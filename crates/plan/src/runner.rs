@@ -972,6 +972,7 @@ impl Plans {
             group: group.to_string(),
             pit: Some(pit),
             pit_name: p.as_ref().and_then(|p| p.name.clone()),
+            pit_app_consistent: p.as_ref().is_some_and(|p| p.app_consistent),
             pit_created_at: p.map(|p| p.created_at),
             rpo_seconds: rpo,
         }

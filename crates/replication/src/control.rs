@@ -72,6 +72,20 @@
 //! (`#[serde(default)]`) so that a peer of the previous version, which
 //! omits it, still decodes.
 //!
+//! Optional fields added within v2 (left out at their default, so an older
+//! peer reads and sends the bodies of the fixtures named by kind; the new
+//! forms are pinned by `quiesce-*.json` and `reply-*-app-consistent.json`):
+//!
+//! | body | field | meaning | an older peer |
+//! | --- | --- | --- | --- |
+//! | [`VmDesc`](crate::wire::VmDesc) (in [`GroupCreate`], [`GroupSetMode`]) | `quiesce`, `thaw` | the VM's checkpoint hooks, kept by the replica for after a reverse | drops them: its copy has none |
+//! | [`GroupCreate`] | `app_consistent_every_secs` | the group's schedule of app-consistent PITs (0: off) | drops it |
+//! | [`GroupSetMode`] | `app_consistent_every_secs` | a new schedule (`group set --app-consistent-every`) | keeps its copy |
+//! | [`PitCommit`], [`SyncSeal`] | `app_consistent` | the cut was taken with the group's VMs quiesced or cleanly stopped: the replica marks the PIT | commits it unmarked (the primary marks its own row anyway) |
+//! | [`PitDesc`](crate::wire::PitDesc) (in [`PitCommitted`], [`SyncDone`], [`ReverseReady`]) | `app_consistent` | the PIT's mark, so both catalogs agree | shows it crash-consistent |
+//! | [`SyncRequest`] | `quiesce` | `sync --quiesce` asked at the replica | a plain cycle, unmarked |
+//! | [`SyncDone`] | `errors` | what made that PIT crash-consistent | not reported |
+//!
 //! [`Message::Request`]: offsite_protocol::Message::Request
 //! [`Message::Response`]: offsite_protocol::Message::Response
 

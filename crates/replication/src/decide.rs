@@ -33,6 +33,28 @@ pub(crate) fn retention(
     candidates
 }
 
+/// Whether a group's schedule of application-consistent PITs (one every
+/// `every` seconds; 0: none) calls for one now: its newest app-consistent
+/// PIT is `newest_age` seconds old (`None`: it has none), and the runner's
+/// last attempt `attempt_age` seconds ago (`None`: none yet). An attempt
+/// that failed waits a whole interval too: each one holds the applications.
+pub(crate) fn app_consistent_due(
+    every: u64,
+    newest_age: Option<u64>,
+    attempt_age: Option<u64>,
+) -> bool {
+    every > 0 && newest_age.is_none_or(|a| a >= every) && attempt_age.is_none_or(|a| a >= every)
+}
+
+/// The newest app-consistent PIT among `pits` (`(id, app_consistent)`):
+/// retention keeps it like a pinned one, so the group always has one once
+/// it made one, whatever `--keep` says and however often a quiesce fails
+/// since (it costs at most that one PIT's blocks; the next app-consistent
+/// PIT releases it).
+pub(crate) fn newest_app_consistent(pits: &[(u64, bool)]) -> Option<u64> {
+    pits.iter().filter(|(_, ac)| *ac).map(|(id, _)| *id).max()
+}
+
 /// A group's health level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Health {
@@ -415,6 +437,33 @@ mod tests {
             prop_assert_eq!(&removable[..gone.len()], &gone[..], "the oldest go first");
             if gone.is_empty() { prop_assert!(removable.len() + usize::from(!newest_named) <= keep as usize); }
         }
+    }
+
+    #[test]
+    fn the_newest_app_consistent_pit_is_the_one_retention_keeps() {
+        assert_eq!(
+            newest_app_consistent(&[(1, true), (2, false), (3, true), (4, false)]),
+            Some(3)
+        );
+        assert_eq!(newest_app_consistent(&[(1, false)]), None);
+        // Pinned, it outlives `keep`.
+        let pits = [(1, false), (2, true), (3, false), (4, false), (5, false)];
+        let pinned = [newest_app_consistent(&pits).unwrap()];
+        assert_eq!(retention(&pits, 5, false, &pinned, 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn app_consistent_checkpoints_fall_due_once_per_interval() {
+        // Off, whatever the ages.
+        assert!(!app_consistent_due(0, None, None));
+        // None yet: at once.
+        assert!(app_consistent_due(3600, None, None));
+        // The newest is recent: not yet; old enough: due.
+        assert!(!app_consistent_due(3600, Some(60), None));
+        assert!(app_consistent_due(3600, Some(3600), None));
+        // An attempt that failed waits a whole interval.
+        assert!(!app_consistent_due(3600, None, Some(10)));
+        assert!(app_consistent_due(3600, Some(7200), Some(3600)));
     }
 
     // ---- health ----

@@ -210,6 +210,8 @@ pub(crate) fn resume_dormant(
         GroupState::Replicating,
     )?;
     site.groups().replace_pits(&r.name, &rows)?;
+    // With the marks this catalog kept for the PITs that have one.
+    let rows = site.groups().pits(&r.name)?;
     tracing::info!(group = %r.name, pit = ?pit.map(|p| p.id), store = %store_dir, "reversed: this site's replica store from before the failover holds the group again, with its history");
     Ok(ReverseReady {
         unreplicated,
@@ -218,15 +220,7 @@ pub(crate) fn resume_dormant(
         resumed: true,
         bandwidth: Some(r.bandwidth.unwrap_or(0)),
         compress: Some(r.compress),
-        pits: rows
-            .into_iter()
-            .map(|p| wire::PitDesc {
-                id: p.id,
-                name: p.name,
-                created_at: p.created_at,
-                bytes: p.bytes,
-            })
-            .collect(),
+        pits: rows.iter().map(wire::PitDesc::of_row).collect(),
     })
 }
 

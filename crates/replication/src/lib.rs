@@ -39,6 +39,7 @@ pub mod model;
 mod monitor;
 mod pits;
 mod primary;
+mod quiesce;
 mod replica_side;
 mod replica_state;
 mod resync;

@@ -150,6 +150,22 @@ pub struct GroupStatus {
     /// Primary: zstd on the wire.
     #[serde(default)]
     pub compress: bool,
+    /// The newest application-consistent PIT, if the group has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_app_consistent_pit: Option<PitRef>,
+    /// Its age in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent_age_seconds: Option<u64>,
+    /// Seconds between the application-consistent PITs the primary takes
+    /// by itself (`--app-consistent-every`); null when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent_every_seconds: Option<u64>,
+    /// Primary: why the last application-consistent checkpoint came out
+    /// crash-consistent (a quiesce hook failed, a VM has none, ...) or
+    /// left a VM possibly quiesced (its thaw hook failed),
+    /// until one succeeds; health is at least `warning` meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce_error: Option<String>,
 }
 
 /// A PIT reference in `group status`.
@@ -161,6 +177,9 @@ pub struct PitRef {
     pub name: Option<String>,
     /// RFC 3339 time of the cut.
     pub created_at: String,
+    /// Cut while every VM of the group was quiesced or cleanly stopped.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 /// Progress of a running transfer, in bytes of data.
@@ -287,6 +306,10 @@ pub struct PitEntry {
     pub created_at: String,
     /// Bytes shipped for it.
     pub bytes: u64,
+    /// Cut while every VM of the group was quiesced or cleanly stopped
+    /// (mounts without journal replay); otherwise crash-consistent.
+    #[serde(default)]
+    pub app_consistent: bool,
 }
 
 /// Result of `sync`.
@@ -296,6 +319,15 @@ pub struct SyncResult {
     pub group: String,
     /// The PIT committed (null with --no-wait).
     pub pit: Option<PitEntry>,
+    /// With `--quiesce`: the quiesce and thaw hooks run, in order (at the
+    /// primary; empty when the replica forwarded the sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookReport>,
+    /// With `--quiesce`: what failed — why the PIT is crash-consistent, or
+    /// a thaw hook that failed (its VM may still be quiesced). The PIT is
+    /// committed either way; the CLI exits 1 when this is not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One volume of a PIT served over NBD.
@@ -504,6 +536,10 @@ pub struct CreateGroup {
     /// before it fails (default 30).
     #[serde(default)]
     pub suspend_timeout_secs: Option<u64>,
+    /// Seconds between application-consistent PITs the runner takes by
+    /// itself (0 or absent: none; 1 min to 30 days).
+    #[serde(default)]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// `group set`: changes of a group's settings.
@@ -525,6 +561,10 @@ pub struct SetGroup {
     /// zstd on the wire (`true`) or no compression.
     #[serde(default)]
     pub compress: Option<bool>,
+    /// Seconds between application-consistent PITs the runner takes by
+    /// itself (0: none; 1 min to 30 days); the replica keeps a copy.
+    #[serde(default)]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// `failover run` request.

@@ -572,6 +572,9 @@ pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<offsite_catalog::PitRow> {
             name: p.name,
             created_at: p.created_at,
             bytes: p.bytes,
+            // The store does not keep the mark: the catalog's list does,
+            // and `replace_pits` keeps it on the PITs that have it.
+            app_consistent: false,
         })
         .collect()
 }

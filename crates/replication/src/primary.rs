@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use crate::channel::PeerLink;
 use crate::decide::{self, Asked, Turn};
+use crate::quiesce::{Consistency, CycleFreeze, FreezeOutcome};
 use crate::wire::{
     self, GroupCreate, GroupCreated, PitCommit, PitCommitted, PitDesc, VmDesc, VolumeDesc,
 };
@@ -38,13 +39,24 @@ pub(crate) const BASE_CHECKPOINT: u64 = 64 << 20;
 /// Smallest and largest RPO.
 pub const RPO_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
 
+/// A PIT a `sync` made, and what its checkpoint did to the VMs (when
+/// it asked for an application-consistent one).
+#[derive(Debug, Clone)]
+pub(crate) struct Checkpoint {
+    /// The PIT committed.
+    pub(crate) pit: PitDesc,
+    /// The quiesce and thaw hooks' outcome, when the runner ran them.
+    pub(crate) freeze: Option<FreezeOutcome>,
+}
+
 /// Commands a group's runner obeys.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Run a cycle now; reply with its PIT.
+    /// Run a cycle now (a checkpoint, with `freeze`); reply with its PIT.
     Sync {
         pit_name: Option<String>,
-        reply: oneshot::Sender<Result<PitDesc, RemoteError>>,
+        freeze: CycleFreeze,
+        reply: oneshot::Sender<Result<Checkpoint, RemoteError>>,
     },
     /// Verify the replica against a fresh full cut; reply with the result.
     Verify {
@@ -183,6 +195,36 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ReplError::Engine)
 }
 
+/// Shortest and longest interval between scheduled application-consistent
+/// PITs (`--app-consistent-every`; 0 turns them off): each one holds the
+/// applications for an instant, so not more often than a minute.
+pub const APP_CONSISTENT_EVERY_RANGE: std::ops::RangeInclusive<u64> = 60..=30 * 86_400;
+
+/// `--app-consistent-every` checked: 0 (off) or within
+/// [`APP_CONSISTENT_EVERY_RANGE`].
+pub(crate) fn check_app_consistent_every(secs: u64) -> Result<(), ReplError> {
+    if secs == 0 || APP_CONSISTENT_EVERY_RANGE.contains(&secs) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "--app-consistent-every {secs}s is outside 1m..30d; use e.g. 1h, or 0 (or off) to turn it off"
+    )))
+}
+
+/// A schedule of application-consistent PITs needs something to quiesce:
+/// refused (saying what to do) for a group none of whose VMs has a quiesce
+/// hook.
+pub(crate) fn check_schedule_quiescable(
+    group: &str,
+    vms: &[offsite_catalog::VmRow],
+    secs: u64,
+) -> Result<(), ReplError> {
+    match crate::quiesce::nothing_to_quiesce(group, vms) {
+        Some(why) if secs > 0 => Err(invalid(format!("--app-consistent-every: {why}"))),
+        _ => Ok(()),
+    }
+}
+
 /// A new group's settings, checked: its mode, link-loss policy and
 /// suspend timeout (defaults filled in), RPO, retention and bandwidth.
 fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError> {
@@ -219,6 +261,7 @@ fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError>
     if let Some(bw) = req.bandwidth_bytes_per_sec {
         offsite_engine::check_bandwidth(bw)?;
     }
+    check_app_consistent_every(req.app_consistent_every_secs.unwrap_or(0))?;
     Ok((mode, on_link_loss, suspend_timeout_secs))
 }
 
@@ -248,6 +291,7 @@ impl Replication {
         if volumes.len() > usize::from(u16::MAX) {
             return Err(invalid("a group holds at most 65535 volumes".into()));
         }
+        let every = req.app_consistent_every_secs.unwrap_or(0);
 
         let mut ch = self.channel(&req.partner, None).await?;
         let created: GroupCreated = ch
@@ -263,6 +307,7 @@ impl Replication {
                 vms: vms.clone(),
                 bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
                 compress: req.compress.unwrap_or(true),
+                app_consistent_every_secs: every,
             })
             .await?;
         ch.close().await;
@@ -286,6 +331,8 @@ impl Replication {
             suspend_timeout_secs,
             needs_resync: None,
             last_drill_at: None,
+            app_consistent_every_secs: every,
+            quiesce_error: None,
             volumes: volumes
                 .iter()
                 .map(|v| GroupVolumeRow {
@@ -336,6 +383,8 @@ impl Replication {
                         stop: vm.stop,
                         status: vm.status,
                         libvirt_xml: vm.libvirt_xml,
+                        quiesce: vm.quiesce,
+                        thaw: vm.thaw,
                     });
                 }
             }
@@ -373,6 +422,17 @@ impl Replication {
             Ok((out, vms))
         })
         .await
+        .and_then(|(volumes, vms)| {
+            // The schedule needs a VM to quiesce: checked on the group as
+            // it would be.
+            let rows: Vec<_> = vms.iter().map(VmDesc::to_row).collect();
+            check_schedule_quiescable(
+                &req.name,
+                &rows,
+                req.app_consistent_every_secs.unwrap_or(0),
+            )?;
+            Ok((volumes, vms))
+        })
     }
 
     /// Undoes the replica's side of a group this site failed to record,
@@ -544,8 +604,26 @@ impl Replication {
         pit_name: Option<String>,
         wait: bool,
     ) -> Result<SyncResult, ReplError> {
+        self.sync_checkpoint(name, pit_name, wait, false).await
+    }
+
+    /// [`Replication::sync_named`], and with `quiesce` an
+    /// application-consistent checkpoint (`sync --quiesce`, see
+    /// `crate::quiesce`).
+    pub async fn sync_checkpoint(
+        self: &Arc<Self>,
+        name: &str,
+        pit_name: Option<String>,
+        wait: bool,
+        quiesce: bool,
+    ) -> Result<SyncResult, ReplError> {
+        let consistency = if quiesce {
+            Consistency::Quiesce
+        } else {
+            Consistency::Crash
+        };
         let Some(label) = pit_name.clone() else {
-            return self.sync_group(name, None, wait).await;
+            return self.sync_group_with(name, None, wait, consistency).await;
         };
         self.check_new_pit_name(name, &label).await?;
         // Released once this sync is over, whatever its outcome.
@@ -554,7 +632,8 @@ impl Replication {
                 "another sync of group {name} is making a PIT named {label:?}; pick another name, or wait for it and release that PIT first"
             )));
         };
-        self.sync_group(name, pit_name, wait).await
+        self.sync_group_with(name, pit_name, wait, consistency)
+            .await
     }
 
     /// Refuses a PIT name that `pit release`, `pit export` and `failover
@@ -589,6 +668,19 @@ impl Replication {
         pit_name: Option<String>,
         wait: bool,
     ) -> Result<SyncResult, ReplError> {
+        self.sync_group_with(name, pit_name, wait, Consistency::Crash)
+            .await
+    }
+
+    /// [`Replication::sync_group`] whose PIT is the checkpoint
+    /// `consistency` asks for.
+    pub(crate) async fn sync_group_with(
+        self: &Arc<Self>,
+        name: &str,
+        pit_name: Option<String>,
+        wait: bool,
+        consistency: Consistency,
+    ) -> Result<SyncResult, ReplError> {
         let site = self.site.clone();
         let n = name.to_string();
         let g = blocking(move || site.groups().get(&n)).await?;
@@ -603,14 +695,9 @@ impl Replication {
             let last = blocking(move || site.groups().pits(&n)).await?.pop();
             return Ok(SyncResult {
                 group: name.to_string(),
-                pit: last.map(|p| {
-                    entry(PitDesc {
-                        id: p.id,
-                        name: p.name,
-                        created_at: p.created_at,
-                        bytes: p.bytes,
-                    })
-                }),
+                pit: last.map(|p| entry(PitDesc::of_row(&p))),
+                hooks: Vec::new(),
+                errors: Vec::new(),
             });
         }
         if g.role == Role::Replica {
@@ -620,20 +707,34 @@ impl Replication {
                     group: name.to_string(),
                     pit_name,
                     wait,
+                    quiesce: consistency == Consistency::Quiesce,
                 })
                 .await?;
             ch.close().await;
             return Ok(SyncResult {
                 group: name.to_string(),
                 pit: done.pit.map(entry),
+                hooks: Vec::new(),
+                errors: done.errors,
             });
         }
         must_be_replicating(&g, "sync")?;
+        let freeze = match consistency {
+            Consistency::Crash => CycleFreeze::None,
+            Consistency::Quiesce => {
+                CycleFreeze::Quiesce(crate::quiesce::plan_quiesce(&g).map_err(invalid)?)
+            }
+            Consistency::Held { app_consistent } => CycleFreeze::Held { app_consistent },
+        };
         let runner = self.ensure_runner(name);
         let (reply, rx) = oneshot::channel();
         runner
             .tx
-            .send(Command::Sync { pit_name, reply })
+            .send(Command::Sync {
+                pit_name,
+                freeze,
+                reply,
+            })
             .await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?;
         if !wait {
@@ -644,15 +745,23 @@ impl Replication {
             return Ok(SyncResult {
                 group: name.to_string(),
                 pit: None,
+                hooks: Vec::new(),
+                errors: Vec::new(),
             });
         }
-        let pit = rx
+        let done = rx
             .await
             .map_err(|_| invalid(format!("group {name}'s runner stopped; see the daemon log")))?
             .map_err(ReplError::Refused)?;
+        let (hooks, errors) = done
+            .freeze
+            .map(|f| (f.hooks.clone(), f.errors()))
+            .unwrap_or_default();
         Ok(SyncResult {
             group: name.to_string(),
-            pit: Some(entry(pit)),
+            pit: Some(entry(done.pit)),
+            hooks,
+            errors,
         })
     }
 
@@ -672,14 +781,18 @@ impl Replication {
                 req.group
             )));
         }
-        let r = self.sync_named(&req.group, req.pit_name, req.wait).await?;
+        let r = self
+            .sync_checkpoint(&req.group, req.pit_name, req.wait, req.quiesce)
+            .await?;
         let done = wire::SyncDone {
             pit: r.pit.map(|p| PitDesc {
                 id: p.id,
                 name: p.name,
                 created_at: p.created_at,
                 bytes: p.bytes,
+                app_consistent: p.app_consistent,
             }),
+            errors: r.errors,
         };
         Ok(done)
     }
@@ -699,6 +812,9 @@ impl Replication {
         // an idle group's turn needs no catalog read (nor a hand-off to a
         // blocking thread) at all.
         let mut cached: Option<(GroupRow, u64)> = None;
+        // When this runner last attempted a scheduled application-
+        // consistent PIT (RFC 3339, on the service's clock).
+        let mut schedule: Option<String> = None;
         loop {
             let Some(row) = self.current_row(&name, &mut cached).await else {
                 return; // deleted
@@ -708,7 +824,7 @@ impl Replication {
             match decide::turn(row.role, row.mode, row.state) {
                 Turn::Stop => return, // reversed: this site is the replica now
                 Turn::Stream => {
-                    if !self.run_sync(&row, &mut rx, &mirror).await {
+                    if !self.run_sync(&row, &mut rx, &mirror, &mut schedule).await {
                         return;
                     }
                     last_cycle = Instant::now();
@@ -740,15 +856,12 @@ impl Replication {
                     let due = (last_cycle + interval).saturating_duration_since(Instant::now());
                     tokio::select! {
                         _ = tokio::time::sleep(due) => {
-                            if !self.confirm_idle(&row, &progress).await {
-                                // A failed cycle records and logs itself.
-                                drop(self.cycle(&row, None, false).await);
-                            }
+                            self.scheduled_cycle(&row, &progress, &mut schedule).await;
                             last_cycle = Instant::now();
                         }
                         c = rx.recv() => match c {
-                            Some(Command::Sync { pit_name, reply }) => {
-                                let r = self.cycle(&row, pit_name, false).await.map(|(p, _)| p).map_err(RemoteError::from);
+                            Some(Command::Sync { pit_name, freeze, reply }) => {
+                                let r = self.checkpoint(&row, pit_name, &freeze).await.map_err(RemoteError::from);
                                 last_cycle = Instant::now();
                                 answer(reply, r);
                             }
@@ -773,6 +886,79 @@ impl Replication {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// A scheduled turn of an async group: the application-consistent
+    /// checkpoint the schedule asks for, if one is due, else a cycle
+    /// unless the group is idle. A failed cycle records and logs itself.
+    pub(crate) async fn scheduled_cycle(
+        &self,
+        row: &GroupRow,
+        progress: &Progress,
+        schedule: &mut Option<String>,
+    ) {
+        if let Some(freeze) = self.due_checkpoint(row, schedule).await {
+            drop(self.checkpoint(row, None, &freeze).await);
+            return;
+        }
+        if !self.confirm_idle(row, progress).await {
+            drop(self.cycle(row, None, false).await);
+        }
+    }
+
+    /// The checkpoint the group's schedule (`--app-consistent-every`) asks
+    /// for now, if any: when its newest app-consistent PIT is older than
+    /// the interval (or it has none), and this runner's last attempt too
+    /// (`last_attempt`, updated here). An attempt that did not give an
+    /// app-consistent PIT is retried one interval later, not at every
+    /// cycle: each attempt holds the applications. A group with nothing to
+    /// quiesce (its VMs' hooks were removed) gets its warning instead.
+    pub(crate) async fn due_checkpoint(
+        &self,
+        row: &GroupRow,
+        last_attempt: &mut Option<String>,
+    ) -> Option<CycleFreeze> {
+        let every = row.app_consistent_every_secs;
+        if every == 0 {
+            return None;
+        }
+        let site = self.site.clone();
+        let g = row.name.clone();
+        let newest = blocking(move || {
+            Ok(site
+                .groups()
+                .pits(&g)?
+                .into_iter()
+                .rev()
+                .find(|p| p.app_consistent)
+                .map(|p| p.created_at))
+        })
+        .await
+        .ok()?;
+        let age = |t: &Option<String>| t.as_deref().map(|t| self.clock.age_seconds(t));
+        if !decide::app_consistent_due(every, age(&newest), age(last_attempt)) {
+            return None;
+        }
+        *last_attempt = Some(self.clock.rfc3339());
+        match crate::quiesce::plan_quiesce(row) {
+            Ok(freeze) => Some(CycleFreeze::Quiesce(freeze)),
+            Err(why) => {
+                let site = self.site.clone();
+                let g = row.name.clone();
+                let why = format!("the scheduled application-consistent PIT was not taken: {why}");
+                tracing::warn!(group = %g, "{why}");
+                crate::warn_if_failed(
+                    "recording the skipped checkpoint",
+                    blocking(move || {
+                        site.groups().set_quiesce_error(&g, Some(&why))?;
+                        site.note("group.quiesce.failed", &g, &why);
+                        Ok(())
+                    })
+                    .await,
+                );
+                None
             }
         }
     }
@@ -928,19 +1114,75 @@ impl Replication {
         keep_cut: bool,
         during: impl FnOnce(),
     ) -> Result<(PitDesc, Vec<Arc<Volume>>), ReplError> {
+        self.cycle_inner(row, pit_name, keep_cut, &CycleFreeze::None, during)
+            .await
+            .map(|(c, v)| (c.pit, v))
+    }
+
+    /// A checkpoint: a cycle whose cut is taken as `freeze` says (see
+    /// `crate::quiesce`).
+    pub(crate) async fn checkpoint(
+        &self,
+        row: &GroupRow,
+        pit_name: Option<String>,
+        freeze: &CycleFreeze,
+    ) -> Result<Checkpoint, ReplError> {
+        self.cycle_inner(row, pit_name, false, freeze, || {})
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// One cycle (see [`Replication::cycle_then`]) as `freeze` asks: with
+    /// [`CycleFreeze::Quiesce`] the VMs are quiesced right before the cut
+    /// and thawed right after it.
+    async fn cycle_inner(
+        &self,
+        row: &GroupRow,
+        pit_name: Option<String>,
+        keep_cut: bool,
+        freeze: &CycleFreeze,
+        during: impl FnOnce(),
+    ) -> Result<(Checkpoint, Vec<Arc<Volume>>), ReplError> {
         let volumes = self.live_volumes(row).await?;
         let site = self.site.clone();
         let g = row.name.clone();
         let cycle_id = blocking(move || site.groups().begin_cycle(&g)).await?;
-        let sets = if keep_cut {
-            Site::cut_full_then(&volumes, during)?
+        // The applications are held from their quiesce hook to the cut
+        // only, which takes microseconds (the write barrier and a move of
+        // the dirty sets): the blocks are read and shipped after the thaw,
+        // from the cut's copy-on-write image, so the freeze does not last
+        // as long as the transfer (minutes on a slow link).
+        let frozen = match freeze {
+            CycleFreeze::Quiesce(f) => Some(self.quiesce_vms(row, f).await),
+            CycleFreeze::None | CycleFreeze::Held { .. } => None,
+        };
+        let cut = if keep_cut {
+            Site::cut_full_then(&volumes, during)
         } else {
-            Site::cut_then(&volumes, during)?
+            Site::cut_then(&volumes, during)
+        };
+        let outcome = match frozen {
+            Some(f) => Some(self.thaw_vms(row, f).await),
+            None => None,
+        };
+        let sets = cut?;
+        let app_consistent = match freeze {
+            CycleFreeze::None => false,
+            CycleFreeze::Quiesce(_) => outcome.as_ref().is_some_and(|o| o.app_consistent),
+            CycleFreeze::Held { app_consistent } => *app_consistent,
         };
         let created_at = self.clock.rfc3339();
         let mut bytes = 0u64;
         let result = self
-            .ship(row, &volumes, &sets, pit_name, created_at, &mut bytes)
+            .ship(
+                row,
+                &volumes,
+                &sets,
+                pit_name,
+                created_at,
+                app_consistent,
+                &mut bytes,
+            )
             .await;
         let kind = if self.runners.is_reversing(&row.name) {
             TrafficKind::Reverse
@@ -950,11 +1192,16 @@ impl Replication {
         self.count_traffic(&row.name, kind, bytes).await;
         let site = self.site.clone();
         match result {
-            Ok(committed) => {
+            Ok(mut committed) => {
                 if !keep_cut {
                     for v in &volumes {
                         v.end_cut(true);
                     }
+                }
+                if app_consistent {
+                    // This site knows how the cut was taken, whatever the
+                    // replica answered (an older one drops the mark).
+                    committed.mark_app_consistent();
                 }
                 let pit = committed.pit.clone();
                 let g = row.name.clone();
@@ -978,7 +1225,16 @@ impl Replication {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(pit.created_at.clone());
                 }
-                Ok((pit, volumes))
+                if let Some(o) = &outcome {
+                    self.record_checkpoint(&row.name, pit.id, o).await;
+                }
+                Ok((
+                    Checkpoint {
+                        pit,
+                        freeze: outcome,
+                    },
+                    volumes,
+                ))
             }
             Err(e) => {
                 for v in &volumes {
@@ -1014,6 +1270,7 @@ impl Replication {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn ship(
         &self,
         row: &GroupRow,
@@ -1021,6 +1278,7 @@ impl Replication {
         sets: &[offsite_engine::RoaringBitmap],
         pit_name: Option<String>,
         created_at: String,
+        app_consistent: bool,
         bytes: &mut u64,
     ) -> Result<PitCommitted, ReplError> {
         // The cut's size, for progress (`transfer` in status: a reverse's
@@ -1075,6 +1333,7 @@ impl Replication {
                 name: pit_name,
                 created_at,
                 blocks: blocks_sent,
+                app_consistent,
             })
             .await?;
         ch.close().await;
@@ -1108,5 +1367,6 @@ fn entry(p: PitDesc) -> PitEntry {
         name: p.name,
         created_at: p.created_at,
         bytes: p.bytes,
+        app_consistent: p.app_consistent,
     }
 }

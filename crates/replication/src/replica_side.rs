@@ -92,12 +92,15 @@ impl std::fmt::Debug for Transfer {
     }
 }
 
+/// A PIT of a replica store on the wire. The store does not keep the
+/// app-consistent mark (the catalogs do; see [`after_commit`]).
 pub(crate) fn pit_desc(p: &offsite_replica_store::PitInfo) -> PitDesc {
     PitDesc {
         id: p.id.get(),
         name: p.name.clone(),
         created_at: p.created_at.clone(),
         bytes: p.bytes,
+        app_consistent: false,
     }
 }
 
@@ -791,6 +794,8 @@ impl Replication {
                 suspend_timeout_secs: req.suspend_timeout_secs,
                 needs_resync: None,
                 last_drill_at: None,
+                app_consistent_every_secs: req.app_consistent_every_secs,
+                quiesce_error: None,
                 volumes: req
                     .volumes
                     .iter()
@@ -824,7 +829,7 @@ impl Replication {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
                 .map_err(|e| storage_error(format!("committing the PIT of group {g}: {e}"), &e))?;
-            after_commit(&site, &store, &g, &info)
+            after_commit(&site, &store, &g, &info, req.app_consistent)
         })
         .await??;
         self.clear_store_full(group);
@@ -834,23 +839,45 @@ impl Replication {
 
 /// What follows every commit of a PIT at the replica (a cycle's, or a seal
 /// of a sync group's log): retention, the catalog's PIT list, the state.
+/// `app_consistent`: the primary cut the PIT while the group's VMs were
+/// quiesced (see `crate::quiesce`); the mark is kept in the catalog.
 pub(crate) fn after_commit(
     site: &offsite_engine::Site,
     store: &ReplicaStore,
     group: &str,
     info: &offsite_replica_store::PitInfo,
+    app_consistent: bool,
 ) -> Result<PitCommitted, RemoteError> {
     let row = site.groups().get(group)?;
+    // The store does not keep the app-consistent mark: the catalog's list
+    // does, and the new PIT takes it from the primary.
+    let mut marked: Vec<u64> = site
+        .groups()
+        .pits(group)?
+        .into_iter()
+        .filter(|p| p.app_consistent)
+        .map(|p| p.id)
+        .collect();
+    if app_consistent {
+        marked.push(info.id.get());
+    }
     // Retention: keep the newest `keep` unnamed PITs; named ones stay
     // until released; the newest PIT (the common base) always stays;
-    // so do PITs a test or a promotion is made from.
-    let pinned: Vec<u64> = site
+    // so do PITs a test or a promotion is made from, and the newest
+    // app-consistent one (`decide::newest_app_consistent` says why).
+    let mut pinned: Vec<u64> = site
         .groups()
         .failovers()?
         .into_iter()
         .filter(|f| f.group == group)
         .map(|f| f.pit_id)
         .collect();
+    let held: Vec<(u64, bool)> = store
+        .pits()
+        .iter()
+        .map(|p| (p.id.get(), marked.contains(&p.id.get())))
+        .collect();
+    pinned.extend(crate::decide::newest_app_consistent(&held));
     let history: Vec<(u64, bool)> = store
         .pits()
         .iter()
@@ -872,7 +899,13 @@ pub(crate) fn after_commit(
             .map_err(|e| storage_error(format!("retention of group {group}: {e}"), &e))?;
     }
     let pits = store.pits();
-    let descs: Vec<PitDesc> = pits.iter().map(pit_desc).collect();
+    let descs: Vec<PitDesc> = pits
+        .iter()
+        .map(|p| PitDesc {
+            app_consistent: marked.contains(&p.id.get()),
+            ..pit_desc(p)
+        })
+        .collect();
     site.groups().replace_pits(
         group,
         &descs.iter().map(PitDesc::to_row).collect::<Vec<_>>(),
@@ -895,7 +928,10 @@ pub(crate) fn after_commit(
         Err(e) => tracing::warn!(group, "recording the group as replicating: {e}"),
     }
     Ok(PitCommitted {
-        pit: pit_desc(info),
+        pit: PitDesc {
+            app_consistent,
+            ..pit_desc(info)
+        },
         pits: descs,
         last_drill_at: row.last_drill_at,
     })

@@ -139,7 +139,7 @@ impl Replication {
         let cycle_id = run_blocking(move || Ok(site.groups().begin_cycle(&g)?)).await?;
         let mut bytes = 0u64;
         let shipped = self
-            .ship(row, volumes, sets, None, created_at, &mut bytes)
+            .ship(row, volumes, sets, None, created_at, false, &mut bytes)
             .await;
         let site = self.site.clone();
         let g = row.name.clone();

@@ -64,7 +64,14 @@ impl Replication {
             None => row.bandwidth,
         };
         let compress = req.compress.unwrap_or(row.compress);
-        if rpo != row.rpo_secs || keep != row.keep {
+        let every = req
+            .app_consistent_every_secs
+            .unwrap_or(row.app_consistent_every_secs);
+        if every != row.app_consistent_every_secs {
+            crate::primary::check_app_consistent_every(every)?;
+            crate::primary::check_schedule_quiescable(name, &row.vms, every)?;
+        }
+        if rpo != row.rpo_secs || keep != row.keep || every != row.app_consistent_every_secs {
             // The replica's copy: retention runs there, and the RPO is the
             // group's once a reverse makes it the primary (bandwidth and
             // compression ride along for its status; a reverse takes them
@@ -79,10 +86,20 @@ impl Replication {
                     bandwidth: Some(bandwidth.unwrap_or(0)),
                     compress: Some(compress),
                     vm: None,
+                    app_consistent_every_secs: (every != row.app_consistent_every_secs)
+                        .then_some(every),
                 },
                 "the new settings",
             )
             .await?;
+        }
+        if every != row.app_consistent_every_secs {
+            let site = self.site.clone();
+            let n = name.to_string();
+            crate::run_blocking(move || Ok(site.set_group_app_consistent_every(&n, every)?))
+                .await?;
+            // The runner reads the schedule at its next turn.
+            self.wake_runner(name).await;
         }
         if (rpo, keep, bandwidth, compress) != (row.rpo_secs, row.keep, row.bandwidth, row.compress)
         {
@@ -146,14 +163,8 @@ impl Replication {
                     keep: None,
                     bandwidth: None,
                     compress: None,
-                    vm: Some(VmDesc {
-                        name: vm.name.clone(),
-                        volumes: vm.volumes.clone(),
-                        start: vm.start_cmd.clone(),
-                        stop: vm.stop_cmd.clone(),
-                        status: vm.status_cmd.clone(),
-                        libvirt_xml: vm.libvirt_xml.clone(),
-                    }),
+                    vm: Some(VmDesc::of_row(&vm)),
+                    app_consistent_every_secs: None,
                 },
                 &format!("the new hooks of VM {name}"),
             )

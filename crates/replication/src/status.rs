@@ -17,6 +17,8 @@ use crate::{ReplError, Replication};
 struct StatusFacts {
     row: GroupRow,
     last_pit: Option<PitRow>,
+    /// The newest app-consistent PIT.
+    last_app_consistent: Option<PitRow>,
     partner: Option<PartnerInfo>,
     /// The PIT a test failover of the group has promoted, if one runs.
     test_pit: Option<u64>,
@@ -59,13 +61,16 @@ impl Replication {
         let n = name.to_string();
         let facts = blocking(move || {
             let row = site.groups().get(&n)?;
-            let last_pit = site.groups().pits(&n)?.pop();
+            let pits = site.groups().pits(&n)?;
+            let last_app_consistent = pits.iter().rev().find(|p| p.app_consistent).cloned();
+            let last_pit = pits.last().cloned();
             let partner = site.partner(&row.partner).ok();
             let test_pit = test_pit_of(&n, site.groups().failovers()?);
             Ok(StatusFacts {
                 pending_and_isolated: pending_and_isolated(&site, &row),
                 row,
                 last_pit,
+                last_app_consistent,
                 partner,
                 test_pit,
             })
@@ -84,6 +89,7 @@ impl Replication {
             let offsite_engine::GroupsSnapshot {
                 rows,
                 newest_pits: mut newest,
+                newest_app_consistent_pits: mut newest_app_consistent,
                 failovers,
                 partners,
             } = site.groups().snapshot()?;
@@ -91,6 +97,7 @@ impl Replication {
                 .into_iter()
                 .map(|row| StatusFacts {
                     last_pit: newest.remove(&row.name),
+                    last_app_consistent: newest_app_consistent.remove(&row.name),
                     partner: partners.iter().find(|p| p.name == row.partner).cloned(),
                     test_pit: test_pit_of(&row.name, failovers.iter().cloned()),
                     pending_and_isolated: pending_and_isolated(&site, &row),
@@ -107,6 +114,7 @@ impl Replication {
         let StatusFacts {
             row,
             last_pit,
+            last_app_consistent,
             partner,
             test_pit,
             pending_and_isolated: (mut pending, isolated),
@@ -125,6 +133,7 @@ impl Replication {
         }
         let (health, reason) =
             self.overriding_health(&row, (health, reason), &sync_state, &row.needs_resync);
+        let (health, reason) = quiesce_warning(&row, (health, reason));
         let transfer = self.transfer_progress(&row);
         let progress = transfer.as_ref().filter(|t| t.kind == "initial").map(|t| {
             if t.bytes_total == 0 {
@@ -142,11 +151,14 @@ impl Replication {
             health,
             health_reason: reason,
             partner: row.partner.clone(),
-            last_pit: last.map(|p| PitRef {
-                id: p.id,
-                name: p.name.clone(),
-                created_at: p.created_at.clone(),
-            }),
+            last_pit: last.map(pit_ref),
+            app_consistent_age_seconds: last_app_consistent
+                .as_ref()
+                .map(|p| self.clock.age_seconds(&p.created_at)),
+            last_app_consistent_pit: last_app_consistent.as_ref().map(pit_ref),
+            app_consistent_every_seconds: (row.app_consistent_every_secs > 0)
+                .then_some(row.app_consistent_every_secs),
+            quiesce_error: row.quiesce_error.clone(),
             lag_seconds: lag,
             pending_bytes: pending,
             // A sync group's RPO is 0: every acknowledged write is on the
@@ -185,7 +197,6 @@ impl Replication {
             seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
         }
     }
-
 
     /// The state of a sync primary's write mirror and why its link was
     /// lost, if it was; `None` for other groups or a runner without a
@@ -479,8 +490,38 @@ impl Replication {
                 name: p.name,
                 created_at: p.created_at,
                 bytes: p.bytes,
+                app_consistent: p.app_consistent,
             })
             .collect())
+    }
+}
+
+fn pit_ref(p: &PitRow) -> PitRef {
+    PitRef {
+        id: p.id,
+        name: p.name.clone(),
+        created_at: p.created_at.clone(),
+        app_consistent: p.app_consistent,
+    }
+}
+
+/// A group whose last application-consistent checkpoint came out
+/// crash-consistent is at least `warning` (its newest app-consistent
+/// recovery point is older than the operator expects) until one succeeds;
+/// a worse health keeps its own reason.
+fn quiesce_warning(
+    row: &GroupRow,
+    (health, reason): (String, Option<String>),
+) -> (String, Option<String>) {
+    match &row.quiesce_error {
+        Some(why) if health == crate::decide::Health::Normal.as_str() => (
+            crate::decide::Health::Warning.as_str().to_string(),
+            Some(format!(
+                "{why}; fix the hook, then `offsite sync {} --quiesce` takes an application-consistent PIT (replication goes on meanwhile)",
+                row.name
+            )),
+        ),
+        _ => (health, reason),
     }
 }
 

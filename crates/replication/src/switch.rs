@@ -123,13 +123,31 @@ impl Replication {
                 row.state
             )));
         }
-        let hooks = if stop_vms {
-            self.run_vm_hooks(&row, HookAction::Stop, "planned", &volumes)
+        // The final PIT is application-consistent when every VM of the
+        // group is consistent on its volumes at the cut: stopped in an
+        // orderly way before it (an orderly shutdown flushes and unmounts,
+        // and prepare stops every VM that has a stop hook or is a libvirt
+        // domain before the final cycle), or, for a VM prepare does not
+        // stop (it has no stop hook), quiesced around it.
+        let (mut hooks, stopped_cleanly) = if stop_vms {
+            self.run_vm_hooks_cleanly(&row, HookAction::Stop, "planned", &volumes)
                 .await?
         } else {
-            Vec::new()
+            // A recovery plan stopped them in its own steps, which stop at
+            // the first failure: a VM with a stop hook ran it and it exited
+            // 0. How the plan stopped a libvirt domain (shut down or
+            // destroyed) is not known here, so such a VM does not count.
+            let hooked = row.vms.iter().filter(|v| v.stop_cmd.is_some());
+            (Vec::new(), hooked.map(|v| v.name.clone()).collect())
         };
+        let freeze = crate::quiesce::plan_for_prepare(&row, &stopped_cleanly);
         let live = self.live_volumes(&row).await?;
+        // Quiesced before the fence: a quiesce hook writes (`fsfreeze -f`
+        // flushes the file system's journal and superblock), which the
+        // fence would refuse. Nothing from here to the thaw below returns
+        // early.
+        let frozen = self.quiesce_vms(&row, &freeze).await;
+        let app_consistent = frozen.app_consistent();
         for v in &live {
             v.set_fenced(true);
         }
@@ -139,20 +157,47 @@ impl Replication {
             }
             why
         };
-        let pit = match self.sync_group(group, Some(PLANNED_PIT.into()), true).await {
-            Ok(r) => r.pit,
-            Err(e) => {
-                return Err(unfence(invalid(format!(
-                    "the final cycle of group {group} failed ({e}); writes are allowed again, the VMs stay stopped: fix the link and retry"
-                ))));
+        let done = match self
+            .sync_group_with(
+                group,
+                Some(PLANNED_PIT.into()),
+                true,
+                crate::quiesce::Consistency::Held { app_consistent },
+            )
+            .await
+        {
+            Ok(r) => {
+                let pending: u64 = live.iter().map(|v| v.tracker().dirty_bytes()).sum();
+                if pending > 0 {
+                    Err(unfence(invalid(format!(
+                        "{pending} bytes of group {group} are still not on the replica after the final cycle; retry"
+                    ))))
+                } else {
+                    Ok(r.pit)
+                }
             }
+            Err(e) => Err(unfence(invalid(format!(
+                "the final cycle of group {group} failed ({e}); writes are allowed again, the VMs stay stopped: fix the link and retry"
+            )))),
         };
-        let pending: u64 = live.iter().map(|v| v.tracker().dirty_bytes()).sum();
-        if pending > 0 {
-            return Err(unfence(invalid(format!(
-                "{pending} bytes of group {group} are still not on the replica after the final cycle; retry"
-            ))));
+        // Thawed once the final cycle is over, not right after its cut as
+        // other checkpoints do: the volumes are fenced from before the cut
+        // to the end of the failover, so a VM still running here cannot
+        // write anyway, and held quiesced its writes wait instead of
+        // failing. A failed prepare unfenced the volumes first, so the
+        // thaw lets the VM go on as before.
+        let outcome = self.thaw_vms(&row, frozen).await;
+        let pit = done?;
+        if let Some(p) = &pit
+            && (outcome.app_consistent || !freeze.quiesce.is_empty())
+        {
+            // A prepare that tried (or made it) says so in the group's
+            // status like any checkpoint; one with nothing to try leaves
+            // the status alone.
+            self.record_checkpoint(group, p.id, &outcome).await;
         }
+        let errors = outcome.hook_failures();
+        hooks.extend(outcome.hooks);
         let site = self.site.clone();
         let g = group.to_string();
         blocking(move || {
@@ -168,7 +213,12 @@ impl Replication {
         self.wake_runner(group).await;
         let pit = pit.map_or(0, |p| p.id);
         self.tell_replica_prepared(&row, pit).await;
-        tracing::info!(group, pit, "prepared for failover");
+        tracing::info!(
+            group,
+            pit,
+            app_consistent = outcome.app_consistent,
+            "prepared for failover"
+        );
         Ok(FailoverResult {
             group: group.to_string(),
             mode: "prepare".into(),
@@ -176,7 +226,7 @@ impl Replication {
             volumes,
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
-            errors: Vec::new(),
+            errors,
         })
     }
 

@@ -92,6 +92,8 @@ use tokio::sync::{Notify, oneshot};
 use crate::RemoteError;
 use crate::clock::Clock;
 use crate::control::{Done, Reply, Rpc};
+use crate::primary::Checkpoint;
+use crate::quiesce::CycleFreeze;
 use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
@@ -149,6 +151,8 @@ enum Item {
         ordinal: u64,
         name: Option<String>,
         created_at: String,
+        /// Sealed while the group's VMs were quiesced (or stopped).
+        app_consistent: bool,
     },
 }
 
@@ -406,6 +410,7 @@ impl SyncMirror {
         &self,
         name: Option<String>,
         created_at: String,
+        app_consistent: bool,
     ) -> Option<(u64, oneshot::Receiver<Result<PitCommitted, RemoteError>>)> {
         let mut st = self.lock();
         if st.link != Link::Up {
@@ -419,6 +424,7 @@ impl SyncMirror {
             ordinal,
             name,
             created_at,
+            app_consistent,
         });
         Some((ordinal, rx))
     }
@@ -478,6 +484,7 @@ impl SyncMirror {
                     ordinal,
                     name,
                     created_at,
+                    app_consistent,
                 }) = st.queue.pop_front()
                 else {
                     unreachable!("the front is a seal");
@@ -491,6 +498,7 @@ impl SyncMirror {
                     name,
                     created_at,
                     blocks: 0,
+                    app_consistent,
                 });
                 let message = Message::Request {
                     id: ordinal,
@@ -965,14 +973,49 @@ impl Replication {
         name: Option<String>,
         full_cut: bool,
     ) -> Result<PitDesc, ReplError> {
+        self.seal_checkpoint(row, mirror, volumes, name, full_cut, &CycleFreeze::None)
+            .await
+            .map(|c| c.pit)
+    }
+
+    /// [`Replication::seal`] as a checkpoint (see `crate::quiesce`): with
+    /// [`CycleFreeze::Quiesce`], the VMs are quiesced before the seal is
+    /// queued and thawed right after, before it is even sent. Every write
+    /// acknowledged before the quiesce hooks returned is in the write order
+    /// ahead of the seal marker, and none made after the thaw is, so the
+    /// sealed PIT is the quiesced image: the same guarantee as an async
+    /// cycle's cut, with the applications held for microseconds.
+    pub(crate) async fn seal_checkpoint(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+        volumes: &[Arc<Volume>],
+        name: Option<String>,
+        full_cut: bool,
+        freeze: &CycleFreeze,
+    ) -> Result<Checkpoint, ReplError> {
         let created_at = offsite_catalog::now_rfc3339();
+        let frozen = match freeze {
+            CycleFreeze::Quiesce(f) => Some(self.quiesce_vms(row, f).await),
+            CycleFreeze::None | CycleFreeze::Held { .. } => None,
+        };
+        let app_consistent = match freeze {
+            CycleFreeze::None => false,
+            CycleFreeze::Quiesce(_) => frozen.as_ref().is_some_and(|f| f.app_consistent()),
+            CycleFreeze::Held { app_consistent } => *app_consistent,
+        };
         let mut rx = None;
-        let queue = || rx = mirror.queue_seal(name.clone(), created_at.clone());
-        if full_cut {
-            Site::cut_full_then(volumes, queue)?;
+        let queue = || rx = mirror.queue_seal(name.clone(), created_at.clone(), app_consistent);
+        let cut = if full_cut {
+            Site::cut_full_then(volumes, queue).map(drop)
         } else {
-            Site::seal_cut(volumes, queue)?;
-        }
+            Site::seal_cut(volumes, queue)
+        };
+        let outcome = match frozen {
+            Some(f) => Some(self.thaw_vms(row, f).await),
+            None => None,
+        };
+        cut?;
         let end = |ok: bool| {
             for v in volumes {
                 if full_cut {
@@ -1021,6 +1064,10 @@ impl Replication {
             }
         };
         end(true);
+        let mut committed = committed;
+        if app_consistent {
+            committed.mark_app_consistent();
+        }
         let site = self.site.clone();
         let g = row.name.clone();
         let answer = committed.clone();
@@ -1031,7 +1078,13 @@ impl Replication {
         self.count_traffic(&row.name, offsite_catalog::TrafficKind::Sync, streamed)
             .await;
         tracing::info!(group = %row.name, pit = committed.pit.id, "sealed the replica's log as a PIT");
-        Ok(committed.pit)
+        if let Some(o) = &outcome {
+            self.record_checkpoint(&row.name, committed.pit.id, o).await;
+        }
+        Ok(Checkpoint {
+            pit: committed.pit,
+            freeze: outcome,
+        })
     }
 
     /// `group set NAME --mode`: converts a group at its primary and tells
@@ -1063,6 +1116,7 @@ impl Replication {
             if let Ok(mut ch) = self.channel(&row.partner, None).await {
                 let told = ch
                     .call(&wire::GroupSetMode {
+                        app_consistent_every_secs: None,
                         group: name.to_string(),
                         mode: mode.to_string(),
                         rpo_secs: None,
@@ -1132,6 +1186,9 @@ impl Replication {
             }
             if let Some(vm) = &req.vm {
                 site.groups().set_vm_hooks(&req.group, &vm.to_row())?;
+            }
+            if let Some(every) = req.app_consistent_every_secs {
+                site.set_group_app_consistent_every(&req.group, every)?;
             }
             Ok(())
         })

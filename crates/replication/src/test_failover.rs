@@ -16,7 +16,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::model::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
 use offsite_catalog::GroupState;
@@ -305,20 +305,45 @@ impl Replication {
         mode: &str,
         volumes: &[ExportedVolume],
     ) -> Result<Vec<HookReport>, ReplError> {
+        self.run_vm_hooks_cleanly(row, action, mode, volumes)
+            .await
+            .map(|(reports, _)| reports)
+    }
+
+    /// [`Replication::run_vm_hooks`], also naming the VMs whose action
+    /// completed in an orderly way: a hook that exited 0, or a libvirt
+    /// domain that shut down in answer to the ACPI request (not one
+    /// destroyed after the grace period). `failover prepare` counts the
+    /// VMs stopped so as consistent on their volumes.
+    pub(crate) async fn run_vm_hooks_cleanly(
+        &self,
+        row: &GroupRow,
+        action: HookAction,
+        mode: &str,
+        volumes: &[ExportedVolume],
+    ) -> Result<(Vec<HookReport>, Vec<String>), ReplError> {
         let mut vms = row.vms.clone();
         if action == HookAction::Stop {
             vms.reverse();
         }
         let mut reports = Vec::new();
+        let mut clean = Vec::new();
         for vm in vms {
-            if vm.libvirt_xml.is_some() && action != HookAction::Status {
-                reports.push(self.power_domain(row, vm, action, mode, volumes).await?);
+            if vm.libvirt_xml.is_some() && matches!(action, HookAction::Start | HookAction::Stop) {
+                let name = vm.name.clone();
+                let (report, orderly) = self.power_domain(row, vm, action, mode, volumes).await?;
+                reports.push(report);
+                if orderly {
+                    clean.push(name);
+                }
                 continue;
             }
             let cmd = match action {
                 HookAction::Start => vm.start_cmd.clone(),
                 HookAction::Stop => vm.stop_cmd.clone(),
                 HookAction::Status => vm.status_cmd.clone(),
+                HookAction::Quiesce => vm.quiesce_cmd.clone(),
+                HookAction::Thaw => vm.thaw_cmd.clone(),
             };
             let Some(cmd) = cmd else { continue };
             let mut env = vec![("OFFSITE_MODE".to_string(), mode.to_string())];
@@ -329,19 +354,22 @@ impl Replication {
             }
             let site = self.site.clone();
             let group = row.name.clone();
-            let timeout = Duration::from_secs_f64(site.config().failover.hook_timeout_secs);
+            let timeout = action.timeout(&site);
+            let name = vm.name.clone();
             let run =
                 blocking(move || Ok(site.run_hook(&group, &vm.name, action, &cmd, &env, timeout)?))
                     .await?;
             reports.push(report(&run));
+            clean.push(name);
         }
-        Ok(reports)
+        Ok((reports, clean))
     }
 
     /// Start or stop of a VM that is a libvirt domain: defined on the
     /// exports in `volumes` and started (a test copy on the group's
     /// isolated test network `offsite-test-GROUP`), or stopped and
-    /// undefined. Reported like a hook that exited 0.
+    /// undefined. Reported like a hook that exited 0, with whether it was
+    /// orderly (started, or shut down in answer to the ACPI request).
     async fn power_domain(
         &self,
         row: &GroupRow,
@@ -349,7 +377,7 @@ impl Replication {
         action: HookAction,
         mode: &str,
         volumes: &[ExportedVolume],
-    ) -> Result<HookReport, ReplError> {
+    ) -> Result<(HookReport, bool), ReplError> {
         let site = self.site.clone();
         let test = mode == "test";
         let network = format!("offsite-test-{}", row.name);
@@ -359,8 +387,8 @@ impl Replication {
             .collect();
         let started = std::time::Instant::now();
         let name = vm.name.clone();
-        blocking(move || {
-            match action {
+        let orderly = blocking(move || {
+            Ok(match action {
                 HookAction::Start => {
                     site.start_vm_domain(
                         &vm,
@@ -368,20 +396,19 @@ impl Replication {
                         test.then_some(network.as_str()),
                         &Default::default(),
                     )?;
+                    true
                 }
-                _ => {
-                    site.stop_vm_domain(&vm, test)?;
-                }
-            }
-            Ok(())
+                _ => site.stop_vm_domain_graceful(&vm, test)?.0,
+            })
         })
         .await?;
-        Ok(HookReport {
+        let report = HookReport {
             vm: name,
             action: action.as_str().to_string(),
             exit_code: Some(0),
             duration_ms: started.elapsed().as_millis() as u64,
-        })
+        };
+        Ok((report, orderly))
     }
 
     /// `failover stop-test NAME`: stops the test's VMs, discards the clones

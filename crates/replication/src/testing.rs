@@ -499,6 +499,7 @@ impl Pair {
                 security_tag: None,
                 on_link_loss: None,
                 suspend_timeout_secs: None,
+                app_consistent_every_secs: None,
             })
             .await
             .expect("creating the test group");
@@ -618,6 +619,7 @@ mod cycle;
 mod failover;
 mod health;
 mod initial;
+mod quiesce;
 mod runner;
 mod settings;
 mod verify;

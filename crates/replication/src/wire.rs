@@ -117,6 +117,11 @@ pub struct GroupSetMode {
     /// `vm set`: new hooks of the replica's copy of a VM of the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmDesc>,
+    /// `group set --app-consistent-every`: the replica's copy, the
+    /// group's schedule once a reverse makes it the primary (0: off;
+    /// absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_consistent_every_secs: Option<u64>,
 }
 
 /// [`kinds::MARK_DIRTY`].
@@ -310,10 +315,23 @@ pub struct GroupCreate {
     /// primaries omit it and compressed by default.
     #[serde(default = "default_compress")]
     pub compress: bool,
+    /// Seconds between the application-consistent PITs the primary takes
+    /// by itself (kept for a reverse as well); 0 (off) is left out, and
+    /// older primaries omit it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub app_consistent_every_secs: u64,
 }
 
 fn default_compress() -> bool {
     true
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn default_on_link_loss() -> String {
@@ -343,6 +361,14 @@ pub struct VmDesc {
     /// older sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_xml: Option<String>,
+    /// Quiesce hook (run before an application-consistent checkpoint's
+    /// cut), so that the site that becomes the primary has it; absent
+    /// when there is none and from older sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<String>,
+    /// Thaw hook (run right after that cut); as `quiesce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thaw: Option<String>,
 }
 
 impl VmDesc {
@@ -355,7 +381,23 @@ impl VmDesc {
             stop_cmd: self.stop.clone(),
             status_cmd: self.status.clone(),
             libvirt_xml: self.libvirt_xml.clone(),
+            quiesce_cmd: self.quiesce.clone(),
+            thaw_cmd: self.thaw.clone(),
             created_at: String::new(),
+        }
+    }
+
+    /// The description of a VM's catalog row.
+    pub fn of_row(vm: &offsite_catalog::VmRow) -> VmDesc {
+        VmDesc {
+            name: vm.name.clone(),
+            volumes: vm.volumes.clone(),
+            start: vm.start_cmd.clone(),
+            stop: vm.stop_cmd.clone(),
+            status: vm.status_cmd.clone(),
+            libvirt_xml: vm.libvirt_xml.clone(),
+            quiesce: vm.quiesce_cmd.clone(),
+            thaw: vm.thaw_cmd.clone(),
         }
     }
 }
@@ -464,6 +506,12 @@ pub struct PitCommit {
     pub created_at: String,
     /// Blocks the primary sent (the replica checks it received them all).
     pub blocks: u64,
+    /// The cut was taken while every VM of the group was quiesced or
+    /// cleanly stopped: the replica marks the PIT app-consistent. Left
+    /// out when false; an older replica ignores it (the primary marks
+    /// the PIT in its own catalog anyway).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub app_consistent: bool,
 }
 
 /// A PIT on the wire.
@@ -477,6 +525,11 @@ pub struct PitDesc {
     pub created_at: String,
     /// Bytes of data in its segments.
     pub bytes: u64,
+    /// Application-consistent (see [`PitCommit::app_consistent`]), so
+    /// that both sites' catalogs agree; left out when false and by older
+    /// sites.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub app_consistent: bool,
 }
 
 impl PitDesc {
@@ -487,6 +540,18 @@ impl PitDesc {
             name: self.name.clone(),
             created_at: self.created_at.clone(),
             bytes: self.bytes,
+            app_consistent: self.app_consistent,
+        }
+    }
+
+    /// The wire form of a catalog row.
+    pub fn of_row(p: &offsite_catalog::PitRow) -> PitDesc {
+        PitDesc {
+            id: p.id,
+            name: p.name.clone(),
+            created_at: p.created_at.clone(),
+            bytes: p.bytes,
+            app_consistent: p.app_consistent,
         }
     }
 }
@@ -507,6 +572,15 @@ pub struct PitCommitted {
 }
 
 impl PitCommitted {
+    /// Marks the PIT just committed app-consistent, as the primary knows
+    /// it is (an older replica's answer does not carry the mark).
+    pub(crate) fn mark_app_consistent(&mut self) {
+        self.pit.app_consistent = true;
+        for p in self.pits.iter_mut().filter(|p| p.id == self.pit.id) {
+            p.app_consistent = true;
+        }
+    }
+
     /// Primary: records what the replica answered — the PITs it holds
     /// now and its last drill. Blocking: writes the catalog.
     pub(crate) fn record(
@@ -550,6 +624,10 @@ pub struct SyncRequest {
     pub pit_name: Option<String>,
     /// Wait for the PIT (else answer once the cycle started).
     pub wait: bool,
+    /// `sync --quiesce`: quiesce the group's VMs around the cut (left out
+    /// when false; an older primary ignores it and its PIT is not marked).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub quiesce: bool,
 }
 
 /// Answer to [`kinds::SYNC`].
@@ -557,6 +635,10 @@ pub struct SyncRequest {
 pub struct SyncDone {
     /// The PIT committed, if waited for.
     pub pit: Option<PitDesc>,
+    /// With `quiesce`: what failed (the PIT is then crash-consistent, or a
+    /// VM may still be quiesced); left out when nothing did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// A decoded block batch.

@@ -6,7 +6,8 @@ Called by crates/cli/tests/console.rs with one JSON argument:
 "spki": [...]} where site a is the group's primary and b its replica; a
 site's url may be https:// with a self-signed certificate whose key's
 SPKI hash is in "spki" (Chromium trusts those). Logs in at both
-sites, watches the group turn healthy, runs a test failover (and checks the
+sites, watches the group turn healthy, takes an application-consistent PIT
+(the quiesce box) and finds it marked in the timeline, runs a test failover (and checks the
 clone's NBD export with nbdinfo) and stops it, runs the plan in test mode
 and answers its prompt, cleans up, prepares and runs a planned failover,
 reverses, visits every page, and logs out. On every page: no JavaScript
@@ -248,6 +249,19 @@ def main():
              and "Cycles in the last" in d.find_element(By.ID, "history-h").find_element(By.XPATH, "..").text)
         shot(da, "a-group")
         check_clean(da, a, "group")
+
+        # An application-consistent PIT: the VM's quiesce hook runs around
+        # the cut, and the PIT timeline says so in words.
+        wait(da, "the quiesce box", lambda d: d.find_element(By.ID, "pit-quiesce")).click()
+        synced = action_result(da, "Sync now")
+        if not (synced.get("pit") or {}).get("app_consistent"):
+            raise Failed(f"Sync now with the quiesce box ticked: {synced}")
+        pit_id = synced["pit"]["id"]
+        wait(da, "the app-consistent PIT in the timeline",
+             lambda d: any(f"#{pit_id} " in li.text and "app-consistent" in li.text
+                           for li in d.find_elements(By.CSS_SELECTOR, "ol.timeline li")))
+        shot(da, "a-group-app-consistent")
+        check_clean(da, a, "group (app-consistent PIT)")
 
         # Site b, the replica: test failover from the group page.
         login(db, b)

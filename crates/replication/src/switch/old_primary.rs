@@ -277,6 +277,7 @@ fn keep_divergent_as_pit(site: &Site, r: &GroupRow, dir: &Path) -> Result<String
             name: info.name.clone(),
             created_at: info.created_at.clone(),
             bytes: info.bytes,
+            app_consistent: false,
         }],
     )?;
     Ok(name)

@@ -28,6 +28,7 @@ impl Replication {
         row: &GroupRow,
         rx: &mut mpsc::Receiver<Command>,
         slot: &MirrorSlot,
+        schedule: &mut Option<String>,
     ) -> bool {
         let volumes = match self.live_volumes(row).await {
             Ok(v) => v,
@@ -56,7 +57,9 @@ impl Replication {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((mirror.clone(), true));
-        let keep = self.sync_loop(row, rx, slot, &mirror, &volumes).await;
+        let keep = self
+            .sync_loop(row, rx, slot, &mirror, &volumes, schedule)
+            .await;
         for v in &volumes {
             v.set_mirror(None);
         }
@@ -152,6 +155,7 @@ impl Replication {
         slot: &MirrorSlot,
         mirror: &Arc<SyncMirror>,
         volumes: &[Arc<Volume>],
+        schedule: &mut Option<String>,
     ) -> bool {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -170,7 +174,10 @@ impl Replication {
                 }
             };
             self.go_in_sync(row, slot, mirror, stream).await;
-            let lost = match self.mirror_until_lost(row, rx, mirror, volumes).await {
+            let lost = match self
+                .mirror_until_lost(row, rx, mirror, volumes, schedule)
+                .await
+            {
                 InSyncEnd::Lost(why) => why,
                 InSyncEnd::Leave(keep) => return keep,
             };
@@ -292,6 +299,7 @@ impl Replication {
         rx: &mut mpsc::Receiver<Command>,
         mirror: &Arc<SyncMirror>,
         volumes: &[Arc<Volume>],
+        schedule: &mut Option<String>,
     ) -> InSyncEnd {
         let name = row.name.clone();
         let mut period = Duration::from_secs(row.rpo_secs.max(30));
@@ -318,13 +326,22 @@ impl Replication {
                     }
                 }
                 _ = seal_timer.tick() => {
-                    if let Err(e) = self.seal(row, mirror, volumes, None, false).await {
+                    // The schedule's application-consistent PIT, when one
+                    // is due, is this seal. `row` is as the stream started:
+                    // the schedule and the VMs' hooks are read again.
+                    let site = self.site.clone();
+                    let g = name.clone();
+                    let freeze = match tokio::task::spawn_blocking(move || site.groups().get(&g)).await {
+                        Ok(Ok(now)) => self.due_checkpoint(&now, schedule).await.unwrap_or_default(),
+                        _ => Default::default(),
+                    };
+                    if let Err(e) = self.seal_checkpoint(row, mirror, volumes, None, false, &freeze).await {
                         tracing::warn!(group = %name, "scheduled seal failed: {e}");
                     }
                 }
                 c = rx.recv() => match c {
-                    Some(Command::Sync { pit_name, reply }) => {
-                        let r = self.seal(row, mirror, volumes, pit_name, false).await.map_err(RemoteError::from);
+                    Some(Command::Sync { pit_name, freeze, reply }) => {
+                        let r = self.seal_checkpoint(row, mirror, volumes, pit_name, false, &freeze).await.map_err(RemoteError::from);
                         answer(reply, r);
                     }
                     Some(Command::Verify { reply }) => {

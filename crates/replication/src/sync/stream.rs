@@ -277,7 +277,7 @@ impl Replication {
                 pit = info.id.get(),
                 "write log reached its bound; sealed"
             );
-            crate::replica_side::after_commit(&self.site, store, group, &info)?;
+            crate::replica_side::after_commit(&self.site, store, group, &info, false)?;
         }
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Replication {
                 storage_error(format!("sealing the write log of group {group}: {e}"), &e)
             })?
         };
-        crate::replica_side::after_commit(&self.site, store, group, &info)
+        crate::replica_side::after_commit(&self.site, store, group, &info, req.app_consistent)
     }
 
     /// Replica: seals and closes the group's write log — the open one of a
@@ -362,7 +362,8 @@ impl Replication {
             match info {
                 Some(info) => {
                     tracing::info!(group = %g, pit = info.id.get(), "sealed the write log");
-                    crate::replica_side::after_commit(&site, &store, &g, &info).map(|c| Some(c.pit))
+                    crate::replica_side::after_commit(&site, &store, &g, &info, false)
+                        .map(|c| Some(c.pit))
                 }
                 None => Ok(None),
             }

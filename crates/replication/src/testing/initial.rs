@@ -149,6 +149,7 @@ async fn a_group_the_replica_refuses_is_not_recorded() {
             security_tag: None,
             on_link_loss: None,
             suspend_timeout_secs: None,
+            app_consistent_every_secs: None,
         })
         .await
         .unwrap_err();
