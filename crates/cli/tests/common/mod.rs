@@ -265,7 +265,8 @@ pub const FAST_REPLICATION: &str =
 
 /// Replaces the `[replication]` section of a (stopped) site's config.toml
 /// with `body` (`site init` writes one with the defaults; TOML refuses a
-/// second); the sections after it (`[api_tls]`, ...) are kept.
+/// second); the sections after it (`[api_tls]`, ...) are kept, but for
+/// those `body` brings itself.
 pub fn set_replication_config(site: &TestSite, body: &str) {
     let path = site.dir().join("config.toml");
     let text = std::fs::read_to_string(&path).expect("read config.toml");
@@ -279,12 +280,30 @@ pub fn set_replication_config(site: &TestSite, body: &str) {
         .map(|(i, _)| &rest[i + 1..])
         .find(|t| !t.starts_with("[replication."))
         .unwrap_or("");
+    // A section `body` brings (`[libvirt]` after the replication keys)
+    // replaces the one site init wrote: TOML refuses a second.
+    let brought: Vec<&str> = body
+        .lines()
+        .filter(|l| l.trim_start().starts_with('['))
+        .map(str::trim)
+        .collect();
+    let mut kept = String::new();
+    let mut keep = true;
+    for line in tail.lines() {
+        if line.trim_start().starts_with('[') {
+            keep = !brought.contains(&line.trim());
+        }
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
     let mut new = head.trim_end().to_string();
     new.push_str("\n\n[replication]\n");
     new.push_str(body);
-    if !tail.is_empty() {
+    if !kept.is_empty() {
         new.push('\n');
-        new.push_str(tail);
+        new.push_str(&kept);
     }
     std::fs::write(&path, new).expect("write config.toml");
 }
