@@ -9,12 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::ext4::{Ext4, ext4_ready};
 use common::*;
 use offsite_testkit::{TestSite, qemu_io, qemu_io_ro, sh};
 use serde_json::Value;
@@ -281,129 +282,6 @@ fn async_and_sync_groups_take_app_consistent_pits_on_their_schedule() {
 
 // ---- ext4 frozen with fsfreeze ----
 
-/// Undoes the file system setup in reverse order, even when the test panics.
-#[derive(Debug, Default)]
-struct Mounted {
-    mnt: Option<PathBuf>,
-    loop_dev: Option<String>,
-    fuse_dir: Option<PathBuf>,
-    nbdfuse: Option<std::process::Child>,
-}
-
-fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(m) = self.mnt.take() {
-            let m = m.to_str().unwrap();
-            // A panic while frozen would leave umount hanging.
-            quiet("fsfreeze", &["-u", m]);
-            if !quiet("umount", &[m]) {
-                quiet("umount", &["-l", m]);
-            }
-        }
-        if let Some(dev) = self.loop_dev.take() {
-            quiet("losetup", &["-d", &dev]);
-        }
-        if let Some(f) = self.fuse_dir.take() {
-            let f = f.to_str().unwrap();
-            if !quiet("fusermount3", &["-u", f]) {
-                quiet("umount", &["-l", f]);
-            }
-        }
-        if let Some(mut c) = self.nbdfuse.take() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// ext4 made and mounted on the export `url` (nbdfuse, then a loop
-/// device), as `tests/ext4.rs` does.
-fn mount_ext4(url: &str, scratch: &Path) -> (Mounted, PathBuf) {
-    let fuse_dir = scratch.join("fuse");
-    let mnt = scratch.join("mnt");
-    std::fs::create_dir_all(&fuse_dir).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    let pidfile = scratch.join("nbdfuse.pid");
-    let mut m = Mounted {
-        nbdfuse: Some(
-            Command::new("nbdfuse")
-                .arg("-P")
-                .arg(&pidfile)
-                .arg(&fuse_dir)
-                .arg(url)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn nbdfuse"),
-        ),
-        fuse_dir: Some(fuse_dir.clone()),
-        mnt: None,
-        loop_dev: None,
-    };
-    let image = fuse_dir.join("nbd");
-    wait_until(
-        "nbdfuse to mount the export",
-        Duration::from_secs(30),
-        || {
-            if let Some(status) = m.nbdfuse.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nbdfuse exited early: {status}");
-            }
-            pidfile.exists() && image.exists()
-        },
-    );
-    let dev = sh("losetup", &["-f", "--show", image.to_str().unwrap()])
-        .trim()
-        .to_string();
-    assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
-    m.loop_dev = Some(dev.clone());
-    sh("mkfs.ext4", &["-q", &dev]);
-    sh("mount", &[&dev, mnt.to_str().unwrap()]);
-    m.mnt = Some(mnt.clone());
-    (m, mnt)
-}
-
-/// Whether this environment can run the ext4 test; under CI it must (the
-/// rule of `tests/ext4.rs`).
-fn ext4_ready() -> bool {
-    let ci = std::env::var_os("CI").is_some();
-    let skip = |why: &str| {
-        assert!(!ci, "the fsfreeze test cannot run under CI: {why}");
-        eprintln!("skipping: {why}");
-        false
-    };
-    if !Path::new("/dev/fuse").exists() {
-        return skip("/dev/fuse is absent");
-    }
-    if sh("id", &["-u"]).trim() != "0" {
-        return skip("losetup, mount and fsfreeze need root");
-    }
-    have_tools(&[
-        "nbdfuse",
-        "nbdcopy",
-        "fusermount3",
-        "losetup",
-        "mkfs.ext4",
-        "e2fsck",
-        "dumpe2fs",
-        "fsfreeze",
-        "mount",
-        "umount",
-    ])
-}
-
 /// An application appending to files on `mnt` until stopped (its writes
 /// block while the file system is frozen).
 struct Writer {
@@ -470,14 +348,18 @@ fn features(image: &Path) -> String {
 
 #[test]
 fn fsfreeze_hooks_give_a_pit_that_mounts_without_journal_replay() {
-    if !ext4_ready() {
+    if !ext4_ready(
+        "the fsfreeze test",
+        &["nbdcopy", "e2fsck", "dumpe2fs", "fsfreeze"],
+    ) {
         return;
     }
     let (a, b) = group_pair();
     let url = a.create_volume("fs", "64M");
     let scratch = a.scratch();
     // Declared after the sites: dropped (unfrozen, unmounted) first.
-    let (mounted, mnt) = mount_ext4(&url, &scratch);
+    let mounted = Ext4::make(&url, &scratch);
+    let mnt = mounted.mnt.clone();
     let m = mnt.to_str().unwrap();
     a.json(&[
         "vm",

@@ -2,6 +2,8 @@
 //! this module with `mod common;` and uses what it needs).
 #![allow(dead_code)]
 
+pub mod ext4;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
