@@ -144,3 +144,97 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
     assert_eq!(done_rx.recv().await, Some(FRAMES));
     server.stop().await;
 }
+
+/// `send_bulk` of a self-checked payload: without its BLAKE3 hash where
+/// both sides offered `SELF_CHECKED_BULK`, hashed where one did not (an
+/// older peer); the receiver gets the same message either way. The first
+/// batch is sent right after the answer, so it may reach the server's
+/// session before it hands over: both readers accept the framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_checked_bulk_frames_are_negotiated_and_arrive_either_way() {
+    for (server_offers, client_offers) in [(true, true), (false, true), (true, false)] {
+        let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
+        let mut server_options = fast_options();
+        server_options.self_checked_bulk = server_offers;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let server = Server::start(&alpha, &[&beta], server_options, move |mut session| {
+            let done = done_tx.clone();
+            async move {
+                let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+                    panic!("expected the request");
+                };
+                session
+                    .send(Message::Response {
+                        id,
+                        ok: true,
+                        body: Bytes::new(),
+                    })
+                    .await
+                    .unwrap();
+                let features = session.info().features;
+                let stream = session.into_direct().await.unwrap();
+                let got = tokio::task::spawn_blocking(move || {
+                    let mut got = Vec::new();
+                    while let Some(m) = stream.recv(Some(Duration::from_secs(10))).unwrap() {
+                        got.push(m);
+                    }
+                    got
+                })
+                .await
+                .unwrap();
+                let _ = done.send((features, got));
+            }
+        })
+        .await;
+        let mut client_options = fast_options();
+        client_options.self_checked_bulk = client_offers;
+        let mut session = connect(&server.partner(), &beta.identity, "beta", &client_options)
+            .await
+            .unwrap();
+        session
+            .send(Message::Request {
+                id: 1,
+                kind: 1,
+                body: Bytes::new(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            session.recv().await.unwrap(),
+            Some(Message::Response {
+                id: 1,
+                ok: true,
+                ..
+            })
+        ));
+        let agreed = session.info().features;
+        let stream = session.into_direct().await.unwrap();
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut sent = Vec::new();
+            for seq in 1..=3u64 {
+                let mut frame = offsite_protocol::BulkFrame::default();
+                let payload = vec![seq as u8; 4096 * seq as usize];
+                frame.payload_buf().extend_from_slice(&payload);
+                stream.send_bulk(frame, seq, true).unwrap();
+                sent.push(Message::BulkData {
+                    seq,
+                    payload: Bytes::from(payload),
+                });
+            }
+            stream.close();
+            sent
+        })
+        .await
+        .unwrap();
+        let (server_saw, got) = done_rx.recv().await.unwrap();
+        let both = server_offers && client_offers;
+        assert_eq!(agreed, server_saw);
+        assert_eq!(
+            agreed.contains(offsite_protocol::Features::SELF_CHECKED_BULK),
+            both,
+            "{server_offers} {client_offers}"
+        );
+        assert_eq!(got, sent);
+        server.stop().await;
+    }
+}
