@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -260,13 +260,20 @@ impl DirectStream {
                 });
             // Alerts, key updates: whatever rustls has to say goes now.
             self.flush_tls(&mut tls)?;
-            let plain = state?.plaintext_bytes_to_read();
-            if plain > 0 {
-                let old = rx.plain.len();
-                rx.plain.resize(old + plain, 0);
-                tls.reader()
-                    .read_exact(&mut rx.plain[old..])
-                    .map_err(|e| self.io(e))?;
+            let mut plain = state?.plaintext_bytes_to_read();
+            // Copied chunk by chunk out of rustls's buffers (one copy; a
+            // `read` into the buffer would first zero the room for it).
+            rx.plain.reserve(plain);
+            let mut reader = tls.reader();
+            while plain > 0 {
+                let chunk = reader.fill_buf().map_err(|e| self.io(e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len().min(plain);
+                rx.plain.extend_from_slice(&chunk[..n]);
+                reader.consume(n);
+                plain -= n;
             }
         }
         Ok(())
