@@ -164,9 +164,12 @@ fn stream_errors_read_as_before() {
     );
 }
 
-/// The batches in `queue`: their payloads decoded into (volume, first
-/// block, blocks, data) per record, with the record sequence numbers.
-fn batches(queue: &VecDeque<Item>) -> Vec<(u64, Vec<(u64, u16, u64, u32, Option<Vec<u8>>)>)> {
+/// A decoded record: sequence number, volume, first block, blocks, data.
+type Record = (u64, u16, u64, u32, Option<Vec<u8>>);
+
+/// The batches in `queue`, each its last ticket and its payload decoded
+/// into records.
+fn batches(queue: &VecDeque<Item>) -> Vec<(u64, Vec<Record>)> {
     queue
         .iter()
         .map(|item| match item {
