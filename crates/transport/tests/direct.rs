@@ -285,7 +285,10 @@ async fn round_trip_of_the_stream_against_bare_tcp() {
         })
         .await
         .unwrap();
-    assert!(matches!(session.recv().await, Ok(Some(Message::Response { .. }))));
+    assert!(matches!(
+        session.recv().await,
+        Ok(Some(Message::Response { .. }))
+    ));
     let stream = session.into_direct().await.unwrap();
     let (direct, tcp) = tokio::task::spawn_blocking(move || {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
