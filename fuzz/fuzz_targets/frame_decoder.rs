@@ -8,26 +8,53 @@
 //! cargo-fuzz builds with `--cfg fuzzing`, under which the decoder does not
 //! reject bad CRCs and BLAKE3 hashes (random bytes would almost never pass
 //! them), so the fuzzer reaches the header parsers and zstd.
+//!
+//! The first byte's low bit says whether the decoder accepts `BulkData`
+//! without its payload hash (a session that negotiated
+//! `SELF_CHECKED_BULK`); such a frame must be exactly what `BulkFrame`
+//! builds for the same message.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use offsite_protocol::bytes::BytesMut;
 use offsite_protocol::{
-    Compression, FIXED_HEADER_LEN, FrameDecoder, LENGTH_PREFIX_LEN, PAYLOAD_HASH_LEN, TRAILER_LEN,
-    encode, flags,
+    BulkFrame, Compression, FIXED_HEADER_LEN, FrameDecoder, LENGTH_PREFIX_LEN, Message,
+    PAYLOAD_HASH_LEN, PayloadHash, TRAILER_LEN, encode, flags,
 };
 
 fuzz_target!(|data: &[u8]| {
+    let Some((mode, data)) = data.split_first() else {
+        return;
+    };
     let mut buf = BytesMut::from(data);
     let mut decoder = FrameDecoder::new();
+    decoder.accept_unhashed_bulk(mode & 1 == 1);
     loop {
         let before = buf.clone();
         match decoder.decode(&mut buf) {
             Ok(Some(message)) => {
                 let consumed = &before[..before.len() - buf.len()];
-                let compressed =
-                    u16::from_le_bytes([consumed[6], consumed[7]]) & flags::PAYLOAD_ZSTD;
+                let frame_flags = u16::from_le_bytes([consumed[6], consumed[7]]);
+                let compressed = frame_flags & flags::PAYLOAD_ZSTD;
+                if frame_flags & flags::PAYLOAD_UNHASHED != 0 {
+                    assert!(mode & 1 == 1, "an unhashed frame decoded where refused");
+                    let Message::BulkData { seq, payload } = &message else {
+                        panic!("only BulkData may go without its hash: {message:?}");
+                    };
+                    let mut frame = BulkFrame::default();
+                    frame.payload_buf().extend_from_slice(payload);
+                    let rebuilt = frame.finish(*seq, PayloadHash::Omitted).expect("it decoded");
+                    let mut again = BytesMut::from(&rebuilt[..]);
+                    assert_eq!(decoder.decode(&mut again).expect("rebuilt"), Some(message));
+                    if compressed == 0 {
+                        assert_eq!(
+                            without_checksums(&rebuilt, false),
+                            without_checksums(consumed, false)
+                        );
+                    }
+                    continue;
+                }
                 let mut again = BytesMut::new();
                 encode(&message, Compression::None, &mut again).expect("a decoded message encodes");
                 if compressed == 0 {

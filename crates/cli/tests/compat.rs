@@ -4,7 +4,9 @@
 //! (prepare, run) and reverse — once with the new site as the primary and
 //! once as the replica. The hello negotiates protocol v1 between them, and
 //! the typed control plane (`offsite_replication::control`) must read and write
-//! exactly the v1 bodies.
+//! exactly the v1 bodies. A sync group streams its writes both ways too
+//! (issue 19): the previous build offers no `SELF_CHECKED_BULK`, so its
+//! batches and the new build's travel with their BLAKE3 hash.
 //!
 //! The previous binary is not built by `cargo test`: these tests are
 //! ignored unless asked for, and need `OFFSITE_PREV_BIN` (default
@@ -152,4 +154,60 @@ fn a_previous_primary_replicates_to_a_new_replica() {
         return;
     }
     group_life(&prev_bin(), bin());
+}
+
+/// A sync group between `primary_bin` and `replica_bin`: in sync, writes
+/// acknowledged through the stream, sealed into a PIT, verified.
+fn sync_stream(primary_bin: &Path, replica_bin: &Path) {
+    let a = site_of(primary_bin, "site-a");
+    let b = site_of(replica_bin, "site-b");
+    pair(&a, &b);
+    wait_reachable(&a, "site-b", true, GROUP_LIMIT);
+    authorize_primary(&b, "site-a", None);
+    a.create_volume("d0", "16M");
+    create_group(
+        &a,
+        "g",
+        "site-b",
+        &["--volume", "d0"],
+        &["--mode", "sync", "--compress", "none"],
+    );
+    a.json(&["group", "start", "g"]);
+    wait_group(&a, "g", "in sync", GROUP_LIMIT, |s| {
+        s["sync_state"] == "in-sync"
+    });
+    // 4 KiB writes (one record each) and a 1 MiB one, through the stream.
+    qemu_io(
+        &a.url("d0"),
+        &[
+            "write -P 0x21 0 4k",
+            "write -P 0x22 64k 4k",
+            "write -P 0x23 2M 1M",
+        ],
+    );
+    assert_eq!(group_status(&a, "g")["sync_state"], "in-sync");
+    // The writes went down the stream, acknowledged by the replica's log.
+    let streamed = metric(&metrics(&a), "offsite_group_sync_writes_total{group=\"g\"}");
+    assert!(streamed.is_some_and(|w| w >= 3), "{streamed:?}");
+    let pit = sync_pit(&a, "g", &[]);
+    assert!(u(&pit, "id") > 0, "{pit}");
+    verify_clean(&a, "g");
+}
+
+#[test]
+#[ignore = "needs the previous release's binary in OFFSITE_PREV_BIN; see the module doc"]
+fn a_new_sync_primary_streams_to_a_previous_replica() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    sync_stream(bin(), &prev_bin());
+}
+
+#[test]
+#[ignore = "needs the previous release's binary in OFFSITE_PREV_BIN; see the module doc"]
+fn a_previous_sync_primary_streams_to_a_new_replica() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    sync_stream(&prev_bin(), bin());
 }

@@ -166,23 +166,25 @@ impl VolumeData {
     }
 }
 
-/// Blocks of one write, as a sync group's log records them: whole blocks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MirrorRecord {
-    /// First block.
-    pub first: u64,
-    /// Number of blocks.
-    pub count: u32,
-    /// Their contents after the write, or `None`: all zeroes.
-    pub data: Option<Vec<u8>>,
+/// Where a write's log records go, as the volume produces them: whole
+/// blocks, in the order the file saw them. The sync mirror encodes each
+/// record straight into the batch that travels to the replica, so a
+/// write's bytes are copied once on their way from the NBD buffer to the
+/// wire (no intermediate record list).
+pub trait RecordSink {
+    /// Blocks `first..first + count` now hold `data` (`count` blocks).
+    fn data(&mut self, first: u64, count: u32, data: &[u8]);
+    /// Blocks `first..first + count` are all zeroes now.
+    fn zeroes(&mut self, first: u64, count: u32);
 }
 
 /// Where a synchronous group sends its volumes' writes (implemented by the
 /// replication service).
 pub trait WriteMirror: Send + Sync + std::fmt::Debug {
-    /// Runs `apply` — the local write, returning its records — in the
-    /// group's write order and queues the records for the replica. Returns
-    /// a ticket for [`WriteMirror::wait`].
+    /// Runs `apply` — the local write, which then gives its records to the
+    /// sink — in the group's write order and queues the records for the
+    /// replica. Returns a ticket for [`WriteMirror::wait`]. When `apply`
+    /// fails, whatever it gave the sink is dropped and no ticket is issued.
     ///
     /// `hold`: more writes follow at once (the NBD server has them
     /// already); the mirror may keep this one queued to send with them
@@ -192,7 +194,7 @@ pub trait WriteMirror: Send + Sync + std::fmt::Debug {
         &self,
         volume: u16,
         hold: bool,
-        apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
+        apply: &mut dyn FnMut(&mut dyn RecordSink) -> io::Result<()>,
     ) -> io::Result<u64>;
 
     /// Sends the writes that [`submit`](Self::submit) held.
@@ -536,65 +538,60 @@ impl Volume {
         }
     }
 
-    /// The whole blocks a write of `len` bytes at `offset` changed, as the
-    /// log records them: `data` itself when block-aligned, zero records for
-    /// whole zeroed blocks, else the blocks read back from the file (called
-    /// right after the local write, in write order).
+    /// Gives `sink` the whole blocks a write of `len` bytes at `offset`
+    /// changed, as the log records them: `data` itself when
+    /// block-aligned, zero records for whole zeroed blocks, else the
+    /// blocks read back from the file (called right after the local write,
+    /// in write order).
     fn mirror_records(
         &self,
         offset: u64,
         len: u64,
         data: Option<&[u8]>,
-    ) -> io::Result<Vec<MirrorRecord>> {
+        sink: &mut dyn RecordSink,
+    ) -> io::Result<()> {
         let bs = self.block_size();
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let first = offset / bs;
         let end = (offset + len).div_ceil(bs);
-        let read_back = |first: u64, count: u64| -> io::Result<MirrorRecord> {
+        // Rare (unaligned writes, the partial ends of a zeroed range): the
+        // blocks are read into a buffer of their own first.
+        let read_back = |first: u64, count: u64, sink: &mut dyn RecordSink| -> io::Result<()> {
             let mut buf = vec![0u8; (count * bs) as usize];
             self.file.read_at(&mut buf, first * bs)?;
-            Ok(MirrorRecord {
-                first,
-                count: count as u32,
-                data: Some(buf),
-            })
+            sink.data(first, count as u32, &buf);
+            Ok(())
         };
         let aligned = offset.is_multiple_of(bs) && len.is_multiple_of(bs);
         match data {
-            Some(d) if aligned => Ok(vec![MirrorRecord {
-                first,
-                count: (end - first) as u32,
-                data: Some(d.to_vec()),
-            }]),
-            Some(_) => Ok(vec![read_back(first, end - first)?]),
+            Some(d) if aligned => {
+                sink.data(first, (end - first) as u32, d);
+                Ok(())
+            }
+            Some(_) => read_back(first, end - first, sink),
             None => {
                 // Partial head and tail blocks carry data; whole blocks
                 // between are a zero record (a trim of terabytes stays small).
                 let whole_first = offset.div_ceil(bs);
                 let whole_end = (offset + len) / bs;
                 if whole_first >= whole_end {
-                    return Ok(vec![read_back(first, end - first)?]);
+                    return read_back(first, end - first, sink);
                 }
-                let mut out = Vec::new();
                 if first < whole_first {
-                    out.push(read_back(first, 1)?);
+                    read_back(first, 1, sink)?;
                 }
                 let mut b = whole_first;
                 while b < whole_end {
                     let n = (whole_end - b).min(u64::from(u32::MAX));
-                    out.push(MirrorRecord {
-                        first: b,
-                        count: n as u32,
-                        data: None,
-                    });
+                    sink.zeroes(b, n as u32);
                     b += n;
                 }
                 if whole_end < end {
-                    out.push(read_back(whole_end, 1)?);
+                    read_back(whole_end, 1, sink)?;
                 }
-                Ok(out)
+                Ok(())
             }
         }
     }
@@ -626,9 +623,9 @@ impl Volume {
                     None
                 }
                 Some((mirror, idx)) => {
-                    let ticket = mirror.submit(idx, hold, &mut || {
+                    let ticket = mirror.submit(idx, hold, &mut |sink| {
                         apply()?;
-                        self.mirror_records(offset, len, data)
+                        self.mirror_records(offset, len, data, sink)
                     })?;
                     Some(Box::new(MirrorPending { mirror, ticket }) as Box<dyn offsite_nbd::Pending>)
                 }

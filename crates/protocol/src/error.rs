@@ -91,6 +91,11 @@ pub enum ProtocolError {
     /// compression flag.
     #[error("{0} carries no payload, but the frame has one")]
     UnexpectedPayload(MessageTag),
+    /// A frame without its payload hash where none may come: not a
+    /// `BulkData`, or the session did not negotiate
+    /// [`Features::SELF_CHECKED_BULK`](crate::Features::SELF_CHECKED_BULK).
+    #[error("{0} without its payload hash, which this session did not agree to")]
+    UnhashedPayload(MessageTag),
     /// A header field is missing, out of range or not valid UTF-8.
     #[error("malformed {message} header: {detail}")]
     Malformed {
@@ -130,6 +135,7 @@ impl ProtocolError {
             Self::HeaderTooLarge { .. } => "header-too-large",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnexpectedPayload(_) => "unexpected-payload",
+            Self::UnhashedPayload(_) => "unhashed-payload",
             Self::Malformed { .. } => "malformed",
             Self::FieldTooLong { .. } => "field-too-long",
             Self::Zstd(_) => "zstd",

@@ -32,8 +32,13 @@ pub const PAYLOAD_HASH_LEN: usize = 32;
 pub mod flags {
     /// The payload is one zstd frame (with its content size) of the real payload.
     pub const PAYLOAD_ZSTD: u16 = 1 << 0;
+    /// A `BulkData` header without the BLAKE3 payload hash (only `seq`):
+    /// the payload checks itself (feature
+    /// [`Features::SELF_CHECKED_BULK`](crate::Features::SELF_CHECKED_BULK);
+    /// a decoder refuses it unless told the session negotiated that).
+    pub const PAYLOAD_UNHASHED: u16 = 1 << 1;
     /// Every flag this build knows.
-    pub const ALL: u16 = PAYLOAD_ZSTD;
+    pub const ALL: u16 = PAYLOAD_ZSTD | PAYLOAD_UNHASHED;
 }
 
 /// Whether the decoder rejects bad checksums: always, except in fuzzing
@@ -174,6 +179,115 @@ pub fn encode(
 ) -> Result<(), ProtocolError> {
     encode_frame(message, compression)?.write_to(dst);
     Ok(())
+}
+
+/// Bytes a [`BulkFrame`] keeps in front of its payload for the frame's
+/// head: length prefix, fixed fields and the largest `BulkData` header
+/// (hash and `seq`).
+pub const BULK_HEAD_ROOM: usize =
+    LENGTH_PREFIX_LEN + FIXED_HEADER_LEN + PAYLOAD_HASH_LEN + BULK_SEQ_LEN;
+/// Bytes of `BulkData`'s `seq` field.
+const BULK_SEQ_LEN: usize = 8;
+
+/// Whether a [`BulkFrame`] carries the BLAKE3 hash of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadHash {
+    /// The hash in the header, as every `BulkData` frame had before
+    /// [`Features::SELF_CHECKED_BULK`](crate::Features::SELF_CHECKED_BULK).
+    Blake3,
+    /// No hash ([`flags::PAYLOAD_UNHASHED`]): only for a session that
+    /// negotiated that feature, and only for a payload whose own checksums
+    /// the receiver checks before it uses it.
+    Omitted,
+}
+
+/// A `BulkData` frame built in place: the payload is appended straight
+/// into the frame's buffer (after room left for the head), and
+/// [`BulkFrame::finish`] writes the head in front of it and the CRC behind
+/// it. The payload is never copied into a frame afterwards, and the frame
+/// is one contiguous buffer (one write, one TLS record per 16 KiB).
+/// Uncompressed; a session that compresses sends
+/// [`BulkFrame::into_payload`] as an ordinary [`Message::BulkData`].
+#[derive(Debug, Clone)]
+pub struct BulkFrame {
+    buf: Vec<u8>,
+}
+
+impl Default for BulkFrame {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl BulkFrame {
+    /// An empty frame with room for `payload` bytes of payload.
+    pub fn with_capacity(payload: usize) -> Self {
+        let mut buf = Vec::with_capacity(BULK_HEAD_ROOM + payload + TRAILER_LEN);
+        buf.resize(BULK_HEAD_ROOM, 0);
+        Self { buf }
+    }
+
+    /// Bytes of payload so far.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - BULK_HEAD_ROOM
+    }
+
+    /// The payload so far.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[BULK_HEAD_ROOM..]
+    }
+
+    /// The buffer the payload is appended to. Only append to it (or
+    /// [`truncate_payload`](Self::truncate_payload)): the bytes before
+    /// the payload are the head's room.
+    pub fn payload_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Drops the payload after its first `len` bytes (a producer that
+    /// failed half-way takes back what it appended).
+    pub fn truncate_payload(&mut self, len: usize) {
+        self.buf.truncate(BULK_HEAD_ROOM + len);
+    }
+
+    /// The payload alone (no copy), to send as an ordinary message.
+    pub fn into_payload(self) -> Bytes {
+        Bytes::from(self.buf).slice(BULK_HEAD_ROOM..)
+    }
+
+    /// The whole frame, `BulkData { seq, payload }`, with or without the
+    /// payload's hash. Fails if the payload is larger than
+    /// [`MAX_PAYLOAD_LEN`].
+    pub fn finish(mut self, seq: u64, hash: PayloadHash) -> Result<Bytes, ProtocolError> {
+        let payload_len = self.payload_len();
+        if payload_len > MAX_PAYLOAD_LEN {
+            return Err(ProtocolError::PayloadTooLarge {
+                len: payload_len as u64,
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        let (header_len, frame_flags) = match hash {
+            PayloadHash::Blake3 => (PAYLOAD_HASH_LEN + BULK_SEQ_LEN, 0),
+            PayloadHash::Omitted => (BULK_SEQ_LEN, flags::PAYLOAD_UNHASHED),
+        };
+        let start = BULK_HEAD_ROOM - LENGTH_PREFIX_LEN - FIXED_HEADER_LEN - header_len;
+        let len = FIXED_HEADER_LEN + header_len + payload_len + TRAILER_LEN;
+        // Bounded by MAX_PAYLOAD_LEN above.
+        let len = u32::try_from(len).expect("bounded frame length");
+        let mut head = Vec::with_capacity(BULK_HEAD_ROOM - start);
+        head.put_u32_le(len);
+        head.put_u16_le(MessageTag::BulkData.as_u16());
+        head.put_u16_le(frame_flags);
+        head.put_u32_le(header_len as u32);
+        if hash == PayloadHash::Blake3 {
+            head.put_slice(blake3::hash(self.payload()).as_bytes());
+        }
+        head.put_u64_le(seq);
+        self.buf[start..BULK_HEAD_ROOM].copy_from_slice(&head);
+        let crc = frame_crc(&self.buf[start + LENGTH_PREFIX_LEN..BULK_HEAD_ROOM], &[], 0);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        Ok(Bytes::from(self.buf).slice(start..))
+    }
 }
 
 fn put_fields(message: &Message, h: &mut BytesMut) -> Result<(), ProtocolError> {
@@ -322,6 +436,9 @@ fn frame_total(src: &[u8]) -> Result<Option<usize>, ProtocolError> {
 /// caller closes the connection anyway).
 pub struct FrameDecoder {
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// `BulkData` frames without a payload hash are accepted (the session
+    /// negotiated [`Features::SELF_CHECKED_BULK`](crate::Features::SELF_CHECKED_BULK)).
+    unhashed_bulk: bool,
 }
 
 impl std::fmt::Debug for FrameDecoder {
@@ -339,7 +456,19 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder with no zstd context yet (created on the first compressed frame).
     pub fn new() -> Self {
-        Self { decompressor: None }
+        Self {
+            decompressor: None,
+            unhashed_bulk: false,
+        }
+    }
+
+    /// Accepts `BulkData` frames without a payload hash
+    /// ([`flags::PAYLOAD_UNHASHED`]) from now on, or refuses them again
+    /// (the default). Only for a session that negotiated
+    /// [`Features::SELF_CHECKED_BULK`](crate::Features::SELF_CHECKED_BULK),
+    /// whose owner checks such payloads itself.
+    pub fn accept_unhashed_bulk(&mut self, accept: bool) {
+        self.unhashed_bulk = accept;
     }
 
     /// Takes one frame off the front of `src` and decodes it. `Ok(None)`:
@@ -430,16 +559,24 @@ impl FrameDecoder {
             });
         }
 
+        let unhashed = frame_flags & flags::PAYLOAD_UNHASHED != 0;
+        if unhashed && (tag != MessageTag::BulkData || !self.unhashed_bulk) {
+            return Err(ProtocolError::UnhashedPayload(tag));
+        }
         let mut r = FieldReader { buf: header, tag };
         let message = if tag.has_payload() {
-            let hash: [u8; PAYLOAD_HASH_LEN] = r.array()?;
+            let hash: Option<[u8; PAYLOAD_HASH_LEN]> =
+                if unhashed { None } else { Some(r.array()?) };
             let payload = if compressed {
                 self.decompress(&wire_payload)?
             } else {
                 wire_payload
             };
             // Constant-time comparison is not needed: the hash is not a secret.
-            if blake3::hash(&payload).as_bytes() != &hash && VERIFY_CHECKSUMS {
+            if let Some(hash) = hash
+                && blake3::hash(&payload).as_bytes() != &hash
+                && VERIFY_CHECKSUMS
+            {
                 return Err(ProtocolError::Checksum(ChecksumKind::PayloadBlake3));
             }
             read_payload_message(&mut r, payload)?

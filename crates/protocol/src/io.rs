@@ -113,6 +113,11 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         }
     }
 
+    /// See [`FrameDecoder::accept_unhashed_bulk`].
+    pub fn accept_unhashed_bulk(&mut self, accept: bool) {
+        self.decoder.accept_unhashed_bulk(accept);
+    }
+
     /// The next message; `Ok(None)` when the stream ends cleanly between
     /// frames. A stream that ends inside a frame is
     /// [`ProtocolError::Truncated`].

@@ -41,7 +41,8 @@
 //! offset  size  field
 //! 0       4     len      u32, bytes after this field: 8 + H + P + 4, in 12..=MAX_FRAME_LEN
 //! 4       2     tag      u16, MessageTag (0 is invalid)
-//! 6       2     flags    u16, bit 0 = payload is zstd-compressed; other bits must be 0
+//! 6       2     flags    u16, bit 0 = payload is zstd-compressed; bit 1 = BulkData header
+//!                        without the payload hash (feature SELF_CHECKED_BULK); other bits must be 0
 //! 8       4     hlen     u32, header length H (at most MAX_HEADER_LEN = 64 KiB)
 //! 12      H     header   the message's fields (below)
 //! 12+H    P     payload  opaque bytes (data, JSON body), only for tags that have one;
@@ -62,6 +63,20 @@
 //! field checked before the CRC is the header length, which says where the
 //! CRC's range ends (out of range: [`ProtocolError::HeaderTooLarge`]).
 //!
+//! **Self-checked bulk data** (feature [`Features::SELF_CHECKED_BULK`],
+//! negotiated in the hellos like zstd): on a session where both sides
+//! offered it, a `BulkData` frame may carry flag bit 1 and a header of
+//! `seq u64` alone, without the hash. Senders set it only for payloads
+//! that carry checksums of their own which the receiver checks before it
+//! uses a byte (a sync stream's write-log records, each with a CRC32C), and
+//! only inside TLS, whose AEAD authenticates every byte on the wire. A
+//! decoder refuses the flag unless told the session negotiated it
+//! ([`FrameDecoder::accept_unhashed_bulk`]), and on any other tag
+//! ([`ProtocolError::UnhashedPayload`]); a peer that does not offer the
+//! feature never receives it (older builds refuse the unknown flag).
+//! [`BulkFrame`] builds such a frame (or a hashed one) in place around a
+//! payload appended straight into its buffer.
+//!
 //! The payload is kept outside the header so that a block is written to the
 //! socket straight from its buffer ([`EncodedFrame`]) and read into a slice
 //! of the receive buffer.
@@ -77,7 +92,7 @@
 //! 5    Pong         nonce u64 | sent_at_micros u64
 //! 6    Error        code u16 (ErrorCode, 0 invalid) | message str (<= 4096)
 //! 7    Bye          (empty)
-//! 8    BulkData     hash | seq u64                                            data
+//! 8    BulkData     hash | seq u64 (flag bit 1: seq u64 only)                 data
 //! 9    BulkAck      seq u64 | bytes u64
 //! 10   Request      hash | id u64 | kind u16 (0 invalid)                      body
 //! 11   Response     hash | id u64 | status u8 (1 ok, 2 failed, 0 invalid)     body
@@ -106,9 +121,10 @@ mod tests;
 pub use bytes;
 pub use error::{ChecksumKind, ProtocolError, StreamError};
 pub use frame::{
-    Compression, EncodedFrame, FIXED_HEADER_LEN, FrameDecoder, LENGTH_PREFIX_LEN, MAX_FRAME_LEN,
-    MAX_HEADER_LEN, MAX_PAYLOAD_LEN, MIN_COMPRESS_LEN, MIN_FRAME_LEN, PAYLOAD_HASH_LEN,
-    TRAILER_LEN, encode, encode_frame, flags, frame_len_hint,
+    BULK_HEAD_ROOM, BulkFrame, Compression, EncodedFrame, FIXED_HEADER_LEN, FrameDecoder,
+    LENGTH_PREFIX_LEN, MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, MIN_COMPRESS_LEN,
+    MIN_FRAME_LEN, PAYLOAD_HASH_LEN, PayloadHash, TRAILER_LEN, encode, encode_frame, flags,
+    frame_len_hint,
 };
 pub use io::{FramedReader, write_frame, write_message};
 pub use message::{

@@ -283,8 +283,12 @@ fn a_compressed_payload_may_not_expand_past_the_maximum() {
 fn structural_errors_behind_a_good_crc() {
     let ping = [0u8; 16];
     assert!(matches!(
-        decode_one(raw_frame(4, 0x0002, &ping, &[])),
-        Err(ProtocolError::UnknownFlags(0x0002))
+        decode_one(raw_frame(4, 0x0004, &ping, &[])),
+        Err(ProtocolError::UnknownFlags(0x0004))
+    ));
+    assert!(matches!(
+        decode_one(raw_frame(4, flags::PAYLOAD_UNHASHED, &ping, &[])),
+        Err(ProtocolError::UnhashedPayload(MessageTag::Ping))
     ));
     assert!(matches!(
         decode_one(raw_frame(4, 0, &ping, b"x")),
@@ -627,5 +631,99 @@ fn decode_frame_takes_exactly_one_frame() {
     assert!(matches!(
         decoder.decode_frame(Bytes::from_static(&[0xff; 8])),
         Err(ProtocolError::FrameTooLarge { .. })
+    ));
+}
+
+/// A payload appended into a [`BulkFrame`] and finished with its hash is
+/// byte for byte the frame [`encode`] makes of the same `BulkData`.
+#[test]
+fn a_bulk_frame_built_in_place_is_the_encoded_frame() {
+    for len in [0usize, 1, 4140, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let mut frame = BulkFrame::with_capacity(16);
+        frame.payload_buf().extend_from_slice(&payload);
+        assert_eq!(frame.payload(), &payload[..]);
+        let built = frame.finish(42, PayloadHash::Blake3).unwrap();
+        let message = Message::BulkData {
+            seq: 42,
+            payload: Bytes::from(payload),
+        };
+        assert_eq!(built, frame_bytes(&message, Compression::None).freeze());
+    }
+}
+
+/// Without its hash a `BulkData` frame decodes only where the session
+/// negotiated it, and the flag means nothing on any other message.
+#[test]
+fn unhashed_bulk_frames_decode_only_where_accepted() {
+    let mut frame = BulkFrame::default();
+    frame.payload_buf().extend_from_slice(b"records");
+    let built = frame.finish(7, PayloadHash::Omitted).unwrap();
+    // 4 + 8 + 8 (seq) + 7 + 4 bytes: no hash.
+    assert_eq!(built.len(), 31);
+    let refused = FrameDecoder::new().decode(&mut BytesMut::from(&built[..]));
+    assert!(
+        matches!(
+            refused,
+            Err(ProtocolError::UnhashedPayload(MessageTag::BulkData))
+        ),
+        "{refused:?}"
+    );
+    let mut decoder = FrameDecoder::new();
+    decoder.accept_unhashed_bulk(true);
+    let mut buf = BytesMut::from(&built[..]);
+    assert_eq!(
+        decoder.decode(&mut buf).unwrap(),
+        Some(Message::BulkData {
+            seq: 7,
+            payload: Bytes::from_static(b"records"),
+        })
+    );
+    assert!(buf.is_empty());
+    // Hashed frames still decode, and still fail a wrong hash.
+    let hashed = frame_bytes(
+        &Message::BulkData {
+            seq: 8,
+            payload: Bytes::from_static(b"x"),
+        },
+        Compression::None,
+    );
+    assert!(decoder.decode(&mut hashed.clone()).unwrap().is_some());
+    // The flag on a request is refused even where bulk frames may omit it.
+    let request = raw_frame(
+        MessageTag::Request.as_u16(),
+        flags::PAYLOAD_UNHASHED,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 5, 0],
+        b"{}",
+    );
+    assert!(matches!(
+        decoder.decode(&mut request.clone()),
+        Err(ProtocolError::UnhashedPayload(MessageTag::Request))
+    ));
+    // Any corrupted byte of the head (after the length prefix) or the
+    // trailer fails the CRC; the payload is the records' to check (each
+    // has a CRC32C of its own).
+    let bytes = BytesMut::from(&built[..]);
+    for at in (4..20).chain(built.len() - 4..built.len()) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        assert!(decoder.decode(&mut bad).is_err(), "byte {at}");
+    }
+}
+
+#[test]
+fn a_bulk_frame_refuses_an_oversized_payload_and_takes_back_a_partial_one() {
+    let mut frame = BulkFrame::default();
+    frame.payload_buf().extend_from_slice(b"keep");
+    frame.payload_buf().extend_from_slice(b"drop");
+    frame.truncate_payload(4);
+    assert_eq!(frame.payload(), b"keep");
+    assert_eq!(frame.clone().into_payload(), Bytes::from_static(b"keep"));
+    let mut big = BulkFrame::default();
+    big.payload_buf()
+        .resize(BULK_HEAD_ROOM + MAX_PAYLOAD_LEN + 1, 0);
+    assert!(matches!(
+        big.finish(1, PayloadHash::Omitted),
+        Err(ProtocolError::PayloadTooLarge { .. })
     ));
 }

@@ -493,7 +493,8 @@ pub struct PartnerTestResult {
     pub compression: bool,
     /// Handshake (TCP + TLS + hello) time in milliseconds.
     pub handshake_ms: f64,
-    /// Round-trip time of a ping in milliseconds.
+    /// Round-trip time of a ping in milliseconds (the median of several,
+    /// sent one after another before the bulk test).
     pub rtt_ms: f64,
     /// Bytes sent in the bulk test.
     pub bytes: u64,

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 
 use offsite_catalog::Role;
 use offsite_catalog::{GroupRow, TrafficKind};
-use offsite_engine::{MirrorRecord, RoaringBitmap, Volume, WriteMirror};
+use offsite_engine::{RoaringBitmap, Volume, WriteMirror};
 use tokio::sync::oneshot;
 
 use crate::primary::{Command, Progress};
@@ -278,16 +278,17 @@ fn resend(
         .map_err(|e| failed("marking the blocks", &e))?;
     let mut sent = 0u64;
     let ticket = mirror
-        .submit(idx, false, &mut || {
+        .submit(idx, false, &mut |sink| {
             let mut buf = vec![0u8; len as usize];
             vol.file().read_at(&mut buf, offset)?;
             let zero = buf.iter().all(|&b| b == 0);
             sent = if zero { 0 } else { len };
-            Ok(vec![MirrorRecord {
-                first: u64::from(start),
-                count: n,
-                data: (!zero).then_some(buf),
-            }])
+            if zero {
+                sink.zeroes(u64::from(start), n);
+            } else {
+                sink.data(u64::from(start), n, &buf);
+            }
+            Ok(())
         })
         .map_err(|e| failed("reading them", &e))?;
     mirror

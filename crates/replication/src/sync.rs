@@ -83,8 +83,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use offsite_catalog::GroupRow;
 use offsite_catalog::{Mode, Role, SyncState};
-use offsite_engine::{MirrorRecord, Site, Volume, WriteMirror};
-use offsite_protocol::Message;
+use offsite_engine::{RecordSink, Site, Volume, WriteMirror};
+use offsite_protocol::{BulkFrame, Message};
 use offsite_replica_store::{LogApplier, LogRecord, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 use tokio::sync::{Notify, oneshot};
@@ -141,10 +141,13 @@ enum Link {
 
 #[derive(Debug)]
 enum Item {
-    Write {
-        ticket: u64,
-        volume: u16,
-        records: Vec<MirrorRecord>,
+    /// Writes in the group's order, their log records encoded straight
+    /// into the frame that carries them to the replica (see [`Batcher`]).
+    Batch {
+        frame: BulkFrame,
+        /// The last write whose records end in it or before it (the
+        /// batch's sequence number on the wire).
+        last: u64,
     },
     Seal {
         /// Which seal this is (1, 2, ...): answers come back in this order.
@@ -165,6 +168,9 @@ struct MState {
     covered: u64,
     queue: VecDeque<Item>,
     why_lost: Option<String>,
+    /// Last log record sequence number given out (strictly growing in a
+    /// log; records are numbered as they are encoded, in queue order).
+    record_seq: u64,
     /// The replica's stream, once open.
     stream: Option<Arc<DirectStream>>,
     /// A thread is writing queued items to the stream (one at a time keeps
@@ -172,6 +178,8 @@ struct MState {
     sending: bool,
     /// A thread is reading the stream for everyone.
     reading: bool,
+    /// Threads asleep on the condvar (see [`SyncMirror::cover_locked`]).
+    sleepers: usize,
     /// Last tickets of the batches sent and not yet acknowledged (empty:
     /// the replica holds everything sent).
     in_flight: VecDeque<u64>,
@@ -233,8 +241,6 @@ pub(crate) struct SyncMirror {
     cond: Condvar,
     /// Tells the runner the link changed.
     wake: Notify,
-    /// Last log record sequence number sent (strictly growing in a log).
-    record_seq: AtomicU64,
     pub(crate) stats: Arc<SyncStats>,
     /// How long a write has waited is read here (the link-loss policy).
     clock: Arc<dyn Clock>,
@@ -259,9 +265,11 @@ impl SyncMirror {
                 covered: 0,
                 queue: VecDeque::new(),
                 why_lost: Some("resynchronizing".into()),
+                record_seq: 0,
                 stream: None,
                 sending: false,
                 reading: false,
+                sleepers: 0,
                 in_flight: VecDeque::new(),
                 sent_bytes: 0,
                 taken_bytes: 0,
@@ -275,7 +283,6 @@ impl SyncMirror {
             }),
             cond: Condvar::new(),
             wake: Notify::new(),
-            record_seq: AtomicU64::new(0),
             stats,
         })
     }
@@ -331,7 +338,12 @@ impl SyncMirror {
         if through > st.covered {
             st.covered = through;
             st.unacked_since = (!st.in_flight.is_empty()).then(Instant::now);
-            self.cond.notify_all();
+            // Only threads asleep on the condvar need waking; with none (a
+            // single writer, QD1) the futex call would be one more system
+            // call between the acknowledgement and the NBD reply.
+            if st.sleepers > 0 {
+                self.cond.notify_all();
+            }
         }
     }
 
@@ -479,73 +491,56 @@ impl SyncMirror {
                     return;
                 }
             };
-            let (message, last) = if let Some(Item::Seal { .. }) = st.queue.front() {
-                let Some(Item::Seal {
+            let sent = match st.queue.pop_front() {
+                Some(Item::Seal {
                     ordinal,
                     name,
                     created_at,
                     app_consistent,
-                }) = st.queue.pop_front()
-                else {
-                    unreachable!("the front is a seal");
-                };
-                if let Some(reply) = st.seal_waiting.remove(&ordinal) {
-                    st.seal_replies.push_back(reply);
-                }
-                drop(st);
-                let req = wire::SyncSeal(wire::PitCommit {
-                    group: self.group.clone(),
-                    name,
-                    created_at,
-                    blocks: 0,
-                    app_consistent,
-                });
-                let message = Message::Request {
-                    id: ordinal,
-                    kind: wire::SyncSeal::KIND,
-                    body: req.encode(),
-                };
-                (message, None)
-            } else {
-                let mut items = Vec::new();
-                let mut bytes = 0usize;
-                while let Some(Item::Write { records, .. }) = st.queue.front() {
-                    let size: usize = records
-                        .iter()
-                        .map(|r| r.data.as_ref().map_or(0, Vec::len) + 44)
-                        .sum();
-                    if !items.is_empty() && bytes + size > MAX_BATCH {
-                        break;
+                }) => {
+                    if let Some(reply) = st.seal_waiting.remove(&ordinal) {
+                        st.seal_replies.push_back(reply);
                     }
-                    bytes += size;
-                    items.extend(st.queue.pop_front());
+                    drop(st);
+                    let req = wire::SyncSeal(wire::PitCommit {
+                        group: self.group.clone(),
+                        name,
+                        created_at,
+                        blocks: 0,
+                        app_consistent,
+                    });
+                    let message = Message::Request {
+                        id: ordinal,
+                        kind: wire::SyncSeal::KIND,
+                        body: req.encode(),
+                    };
+                    stream.send(&message).map(|()| None)
                 }
-                drop(st);
-                // Only the sending turn touches the record sequence.
-                let mut seq = self.record_seq.load(Ordering::Relaxed);
-                let (payload, last) = encode_batch(&items, &mut seq);
-                self.record_seq.store(seq, Ordering::Relaxed);
-                // The batch's sequence number is its last ticket: the
-                // replica acknowledges the last one it made durable.
-                let message = Message::BulkData {
-                    seq: last,
-                    payload: Bytes::from(payload),
-                };
-                (message, Some(last))
+                Some(Item::Batch { frame, last }) => {
+                    drop(st);
+                    let bytes = frame.payload_len() as u64;
+                    // The batch's sequence number is its last ticket: the
+                    // replica acknowledges the last one it made durable.
+                    // Its records carry their own CRC32C, which the
+                    // replica checks before it appends them.
+                    stream
+                        .send_bulk(frame, last, true)
+                        .map(|()| Some((last, bytes)))
+                }
+                None => unreachable!("can_send: the queue is not empty"),
             };
-            if let Err(e) = stream.send(&message) {
-                self.lose(format!("sending writes: {e}"));
-                self.lock().sending = false;
-                return;
-            }
-            if let Some(last) = last {
-                let mut st = self.lock();
-                if let Message::BulkData { payload, .. } = &message {
-                    st.sent_bytes += payload.len() as u64;
-                    self.stats
-                        .bytes
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    self.lose(format!("sending writes: {e}"));
+                    self.lock().sending = false;
+                    return;
                 }
+            };
+            if let Some((last, bytes)) = sent {
+                let mut st = self.lock();
+                st.sent_bytes += bytes;
+                self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                 if last > st.covered {
                     st.in_flight.push_back(last);
                     if st.unacked_since.is_none() {
@@ -680,17 +675,21 @@ impl SyncMirror {
     /// for at most `sleep`.
     fn read_or_sleep<'a>(
         &'a self,
-        st: std::sync::MutexGuard<'a, MState>,
+        mut st: std::sync::MutexGuard<'a, MState>,
         cap: Option<Duration>,
         sleep: Duration,
     ) -> std::sync::MutexGuard<'a, MState> {
         if st.link == Link::Up && !st.reading && st.stream.is_some() {
             return self.read_turn(st, cap);
         }
-        self.cond
+        st.sleepers += 1;
+        let mut st = self
+            .cond
             .wait_timeout(st, sleep)
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .0;
+        st.sleepers -= 1;
+        st
     }
 
     /// Proves the replica alive while writes are idle (blocking).
@@ -739,26 +738,44 @@ impl WriteMirror for SyncMirror {
         &self,
         volume: u16,
         hold: bool,
-        apply: &mut dyn FnMut() -> io::Result<Vec<MirrorRecord>>,
+        apply: &mut dyn FnMut(&mut dyn RecordSink) -> io::Result<()>,
     ) -> io::Result<u64> {
         let mut st = self.lock();
-        let records = apply()?;
+        if st.link != Link::Up {
+            // Tracked only: the resynchronization ships it.
+            apply(&mut Discard)?;
+            st.issued += 1;
+            return Ok(st.issued);
+        }
+        let MState {
+            queue,
+            record_seq,
+            issued,
+            ..
+        } = &mut *st;
+        let mut batcher = Batcher::new(queue, record_seq, volume, *issued);
+        if let Err(e) = apply(&mut batcher) {
+            batcher.undo();
+            return Err(e);
+        }
         st.issued += 1;
         let ticket = st.issued;
-        if st.link == Link::Up {
-            st.queue.push_back(Item::Write {
-                ticket,
-                volume,
-                records,
-            });
-            // No one sending: this thread writes the batch itself (no
-            // hand-off to another thread on the path of the write), unless
-            // the writes right behind this one should go with it.
-            if !hold && Self::may_send(&st) {
-                st.sending = true;
-                drop(st);
-                self.pump();
-            }
+        match st.queue.back_mut() {
+            Some(Item::Batch { last, .. }) => *last = ticket,
+            // A write without records (nothing changed) still needs a
+            // batch to be acknowledged by.
+            _ => st.queue.push_back(Item::Batch {
+                frame: BulkFrame::default(),
+                last: ticket,
+            }),
+        }
+        // No one sending: this thread writes the batch itself (no
+        // hand-off to another thread on the path of the write), unless
+        // the writes right behind this one should go with it.
+        if !hold && Self::may_send(&st) {
+            st.sending = true;
+            drop(st);
+            self.pump();
         }
         Ok(ticket)
     }
@@ -928,34 +945,123 @@ fn apply_payloads(applier: LogApplier, payloads: &[Bytes]) -> Result<(), StreamE
     Ok(with_batches(payloads, |batches| applier.apply(batches))??)
 }
 
-/// Encodes a batch of writes; returns the bytes and the batch's last ticket.
-fn encode_batch(items: &[Item], seq: &mut u64) -> (Vec<u8>, u64) {
-    let mut out = Vec::new();
-    let mut last = 0;
-    for item in items {
-        if let Item::Write {
-            ticket,
+/// Bytes a log record adds to a batch besides its data.
+const RECORD_OVERHEAD: usize =
+    offsite_replica_store::RECORD_HEADER_LEN + offsite_replica_store::RECORD_TRAILER_LEN;
+/// Capacity a new batch's frame starts with: a few 4 KiB writes' records
+/// without growing (larger batches grow by doubling, amortized).
+const BATCH_START: usize = 64 << 10;
+
+/// The sink a write's records go to while its volume applies it (under
+/// the mirror's lock): each record is encoded (header, data, CRC32C)
+/// straight into the frame of the batch at the back of the queue, which
+/// is the one copy of the write's bytes between the NBD buffer and the
+/// TLS record. A batch holds at most [`MAX_BATCH`] bytes: a write that
+/// does not fit starts the next one, and a write larger than a batch is
+/// split into records of whole blocks over several (only the batch with
+/// its last record carries its ticket, so none is acknowledged early).
+struct Batcher<'a> {
+    queue: &'a mut VecDeque<Item>,
+    record_seq: &'a mut u64,
+    volume: u16,
+    /// The last ticket issued before this write: a batch this write
+    /// starts covers up to it until the write is done.
+    before: u64,
+    /// Where this write started: the queue's length and the back batch's
+    /// payload length then (`None`: no batch at the back), and the record
+    /// sequence number, to take the write back if it fails.
+    start: (usize, Option<usize>, u64),
+}
+
+impl<'a> Batcher<'a> {
+    fn new(
+        queue: &'a mut VecDeque<Item>,
+        record_seq: &'a mut u64,
+        volume: u16,
+        before: u64,
+    ) -> Self {
+        let back = match queue.back() {
+            Some(Item::Batch { frame, .. }) => Some(frame.payload_len()),
+            _ => None,
+        };
+        let start = (queue.len(), back, *record_seq);
+        Self {
+            queue,
+            record_seq,
             volume,
-            records,
-        } = item
-        {
-            for r in records {
-                *seq += 1;
-                offsite_replica_store::encode_record(
-                    &LogRecord {
-                        seq: *seq,
-                        volume: *volume,
-                        first: r.first,
-                        count: r.count,
-                        data: r.data.as_deref(),
-                    },
-                    &mut out,
-                );
-            }
-            last = *ticket;
+            before,
+            start,
         }
     }
-    (out, last)
+
+    /// The frame the next record of `len` bytes goes to.
+    fn frame_for(&mut self, len: usize) -> &mut BulkFrame {
+        let room = match self.queue.back() {
+            Some(Item::Batch { frame, .. }) => {
+                let used = frame.payload_len();
+                used == 0 || used + len <= MAX_BATCH
+            }
+            _ => false,
+        };
+        if !room {
+            self.queue.push_back(Item::Batch {
+                frame: BulkFrame::with_capacity(BATCH_START.max(len)),
+                last: self.before,
+            });
+        }
+        match self.queue.back_mut() {
+            Some(Item::Batch { frame, .. }) => frame,
+            _ => unreachable!("a batch was pushed at the back"),
+        }
+    }
+
+    fn encode(&mut self, first: u64, count: u32, data: Option<&[u8]>) {
+        let len = RECORD_OVERHEAD + data.map_or(0, <[u8]>::len);
+        *self.record_seq += 1;
+        let rec = LogRecord {
+            seq: *self.record_seq,
+            volume: self.volume,
+            first,
+            count,
+            data,
+        };
+        offsite_replica_store::encode_record(&rec, self.frame_for(len).payload_buf());
+    }
+
+    /// Takes back everything this write encoded.
+    fn undo(self) {
+        let (len, back, seq) = self.start;
+        self.queue.truncate(len);
+        if let (Some(payload), Some(Item::Batch { frame, .. })) = (back, self.queue.back_mut()) {
+            frame.truncate_payload(payload);
+        }
+        *self.record_seq = seq;
+    }
+}
+
+impl RecordSink for Batcher<'_> {
+    fn data(&mut self, first: u64, count: u32, data: &[u8]) {
+        // Whole blocks per record, at most a batch's worth each.
+        let bs = data.len() / count.max(1) as usize;
+        let per = ((MAX_BATCH - RECORD_OVERHEAD) / bs.max(1)).max(1);
+        for (i, chunk) in data.chunks(per * bs.max(1)).enumerate() {
+            let n = (chunk.len() / bs.max(1)) as u32;
+            self.encode(first + (i * per) as u64, n, Some(chunk));
+        }
+    }
+
+    fn zeroes(&mut self, first: u64, count: u32) {
+        self.encode(first, count, None);
+    }
+}
+
+/// The sink of a write the mirror does not queue (the link is down: the
+/// tracker has the write).
+struct Discard;
+
+impl RecordSink for Discard {
+    fn data(&mut self, _: u64, _: u32, _: &[u8]) {}
+    fn zeroes(&mut self, _: u64, _: u32) {}
 }
 
 /// The replica's open write logs, by group: the stream session appends,

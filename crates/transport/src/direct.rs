@@ -34,13 +34,15 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use offsite_protocol::{Compression, FrameDecoder, Message, encode_frame};
+use bytes::BytesMut;
+use offsite_protocol::{
+    BulkFrame, Compression, Features, FrameDecoder, Message, PayloadHash, encode_frame,
+};
 
 use crate::error::TransportError;
 use crate::session::SessionInfo;
@@ -132,6 +134,8 @@ impl DirectStream {
             .map_err(io_err)?;
         // A frame is written whole under the lock; rustls must take all of it.
         tls.set_buffer_limit(None);
+        let mut decoder = FrameDecoder::new();
+        decoder.accept_unhashed_bulk(info.features.contains(Features::SELF_CHECKED_BULK));
         let stream = Self {
             info,
             peer: peer.clone(),
@@ -139,7 +143,7 @@ impl DirectStream {
             tls: Mutex::new(tls),
             rx: Mutex::new(Rx {
                 plain: plain_ahead,
-                decoder: FrameDecoder::new(),
+                decoder,
                 pending,
                 raw: vec![0; READ_CHUNK],
                 timeout: None,
@@ -185,13 +189,53 @@ impl DirectStream {
     /// dead.
     pub fn send(&self, message: &Message) -> Result<(), TransportError> {
         let frame = encode_frame(message, self.compression).map_err(TransportError::Encode)?;
-        let mut buf = frame.into_buf();
+        self.write_frame(&[&frame.head, &frame.payload, &frame.trailer])
+    }
+
+    /// Sends a `BulkData` frame built in place ([`BulkFrame`]) with
+    /// sequence number `seq`, like [`send`](Self::send). `self_checked`:
+    /// the payload carries checksums of its own that the peer checks
+    /// before using it (write-log records); the frame then goes without
+    /// its BLAKE3 hash if the session negotiated
+    /// [`Features::SELF_CHECKED_BULK`]. A compressing session sends the
+    /// payload as an ordinary message (compressed, hashed).
+    pub fn send_bulk(
+        &self,
+        frame: BulkFrame,
+        seq: u64,
+        self_checked: bool,
+    ) -> Result<(), TransportError> {
+        if self.compression != Compression::None {
+            let payload = frame.into_payload();
+            return self.send(&Message::BulkData { seq, payload });
+        }
+        let hash = if self_checked && self.info.features.contains(Features::SELF_CHECKED_BULK) {
+            PayloadHash::Omitted
+        } else {
+            PayloadHash::Blake3
+        };
+        let frame = frame.finish(seq, hash).map_err(TransportError::Encode)?;
+        self.write_frame(&[&frame])
+    }
+
+    /// Encrypts `parts` (one frame) and writes them to the socket. They go
+    /// to rustls as one vectored write, so a small frame is one TLS record
+    /// (one AEAD seal, one record header) rather than one per part.
+    fn write_frame(&self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut left = &mut slices[..];
         let mut tls = lock(&self.tls);
-        while buf.has_remaining() {
-            let chunk = buf.chunk();
-            let n = chunk.len();
-            tls.writer().write_all(chunk).map_err(|e| self.io(e))?;
-            buf.advance(n);
+        while !left.is_empty() {
+            // rustls takes everything (no buffer limit), so this loops once.
+            let n = tls.writer().write_vectored(left).map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(io::ErrorKind::WriteZero.into()));
+            }
+            IoSlice::advance_slices(&mut left, n);
         }
         self.flush_tls(&mut tls)
     }
@@ -216,13 +260,20 @@ impl DirectStream {
                 });
             // Alerts, key updates: whatever rustls has to say goes now.
             self.flush_tls(&mut tls)?;
-            let plain = state?.plaintext_bytes_to_read();
-            if plain > 0 {
-                let old = rx.plain.len();
-                rx.plain.resize(old + plain, 0);
-                tls.reader()
-                    .read_exact(&mut rx.plain[old..])
-                    .map_err(|e| self.io(e))?;
+            let mut plain = state?.plaintext_bytes_to_read();
+            // Copied chunk by chunk out of rustls's buffers (one copy; a
+            // `read` into the buffer would first zero the room for it).
+            rx.plain.reserve(plain);
+            let mut reader = tls.reader();
+            while plain > 0 {
+                let chunk = reader.fill_buf().map_err(|e| self.io(e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len().min(plain);
+                rx.plain.extend_from_slice(&chunk[..n]);
+                reader.consume(n);
+                plain -= n;
             }
         }
         Ok(())

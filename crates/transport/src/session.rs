@@ -91,6 +91,10 @@ pub struct SessionOptions {
     pub compression: bool,
     /// zstd level when compressing.
     pub zstd_level: i32,
+    /// Offer [`Features::SELF_CHECKED_BULK`]: a sync stream's batches
+    /// travel without the per-frame BLAKE3 hash when the peer offers it
+    /// too (`false` only to test the hashed framing against a new peer).
+    pub self_checked_bulk: bool,
     /// The default bandwidth limit of bulk messages sent on the session.
     pub bandwidth: Option<Arc<TokenBucket>>,
     versions: RangeInclusive<u16>,
@@ -105,6 +109,7 @@ impl Default for SessionOptions {
             dead_after: Duration::from_secs(30),
             compression: true,
             zstd_level: 1,
+            self_checked_bulk: true,
             bandwidth: None,
             versions: SUPPORTED_VERSIONS,
         }
@@ -125,10 +130,15 @@ impl SessionOptions {
     }
 
     pub(crate) fn offered_features(&self) -> Features {
-        if self.compression {
+        let zstd = if self.compression {
             Features::ZSTD
         } else {
             Features::NONE
+        };
+        if self.self_checked_bulk {
+            zstd.union(Features::SELF_CHECKED_BULK)
+        } else {
+            zstd
         }
     }
 }
@@ -385,8 +395,11 @@ impl Session {
         S: IntoDirect,
     {
         let (read_half, write_half) = tokio::io::split(stream);
-        let reader =
+        let mut reader =
             FramedReader::with_buffer(Stall::new(read_half, options.dead_after), read_ahead);
+        // A sync stream's first batches may arrive before its session hands
+        // the connection over, so the session's reader accepts them too.
+        reader.accept_unhashed_bulk(info.features.contains(Features::SELF_CHECKED_BULK));
         let writer = Stall::new(write_half, options.dead_after);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);

@@ -144,3 +144,205 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
     assert_eq!(done_rx.recv().await, Some(FRAMES));
     server.stop().await;
 }
+
+/// `send_bulk` of a self-checked payload: without its BLAKE3 hash where
+/// both sides offered `SELF_CHECKED_BULK`, hashed where one did not (an
+/// older peer); the receiver gets the same message either way. The first
+/// batch is sent right after the answer, so it may reach the server's
+/// session before it hands over: both readers accept the framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_checked_bulk_frames_are_negotiated_and_arrive_either_way() {
+    for (server_offers, client_offers) in [(true, true), (false, true), (true, false)] {
+        let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
+        let mut server_options = fast_options();
+        server_options.self_checked_bulk = server_offers;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let server = Server::start(&alpha, &[&beta], server_options, move |mut session| {
+            let done = done_tx.clone();
+            async move {
+                let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+                    panic!("expected the request");
+                };
+                session
+                    .send(Message::Response {
+                        id,
+                        ok: true,
+                        body: Bytes::new(),
+                    })
+                    .await
+                    .unwrap();
+                let features = session.info().features;
+                let stream = session.into_direct().await.unwrap();
+                let got = tokio::task::spawn_blocking(move || {
+                    let mut got = Vec::new();
+                    while let Some(m) = stream.recv(Some(Duration::from_secs(10))).unwrap() {
+                        got.push(m);
+                    }
+                    got
+                })
+                .await
+                .unwrap();
+                let _ = done.send((features, got));
+            }
+        })
+        .await;
+        let mut client_options = fast_options();
+        client_options.self_checked_bulk = client_offers;
+        let mut session = connect(&server.partner(), &beta.identity, "beta", &client_options)
+            .await
+            .unwrap();
+        session
+            .send(Message::Request {
+                id: 1,
+                kind: 1,
+                body: Bytes::new(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            session.recv().await.unwrap(),
+            Some(Message::Response {
+                id: 1,
+                ok: true,
+                ..
+            })
+        ));
+        let agreed = session.info().features;
+        let stream = session.into_direct().await.unwrap();
+        let sent = tokio::task::spawn_blocking(move || {
+            let mut sent = Vec::new();
+            for seq in 1..=3u64 {
+                let mut frame = offsite_protocol::BulkFrame::default();
+                let payload = vec![seq as u8; 4096 * seq as usize];
+                frame.payload_buf().extend_from_slice(&payload);
+                stream.send_bulk(frame, seq, true).unwrap();
+                sent.push(Message::BulkData {
+                    seq,
+                    payload: Bytes::from(payload),
+                });
+            }
+            stream.close();
+            sent
+        })
+        .await
+        .unwrap();
+        let (server_saw, got) = done_rx.recv().await.unwrap();
+        let both = server_offers && client_offers;
+        assert_eq!(agreed, server_saw);
+        assert_eq!(
+            agreed.contains(offsite_protocol::Features::SELF_CHECKED_BULK),
+            both,
+            "{server_offers} {client_offers}"
+        );
+        assert_eq!(got, sent);
+        server.stop().await;
+    }
+}
+
+/// The sync stream's round trip against the bare TCP one, on loopback in
+/// this process: a `Ping` answered by the peer's receiving thread on a
+/// [`DirectStream`](offsite_transport::DirectStream) (TLS, framing, CRC,
+/// one TLS record each way) and one byte echoed over a plain socket, each
+/// the median of 2,000 in a row, alternating in rounds. Prints the figures
+/// (docs/benchmarks.md, issue 19); asserts nothing about time.
+///
+/// `cargo test --release -p offsite-transport --test direct round_trip -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by hand (see the doc)"]
+async fn round_trip_of_the_stream_against_bare_tcp() {
+    use std::io::{Read, Write};
+    const N: usize = 2000;
+    let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
+    let server = Server::start(&alpha, &[&beta], fast_options(), |mut session| async move {
+        let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+            return;
+        };
+        let answer = Message::Response {
+            id,
+            ok: true,
+            body: Bytes::new(),
+        };
+        if session.send(answer).await.is_err() {
+            return;
+        }
+        let stream = session.into_direct().await.unwrap();
+        // Answers pings (inside `recv`) until the client says Bye.
+        tokio::task::spawn_blocking(move || {
+            while let Ok(Some(_)) = stream.recv(Some(Duration::from_secs(30))) {}
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
+        .await
+        .unwrap();
+    session
+        .send(Message::Request {
+            id: 1,
+            kind: 1,
+            body: Bytes::new(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        session.recv().await,
+        Ok(Some(Message::Response { .. }))
+    ));
+    let stream = session.into_direct().await.unwrap();
+    let (direct, tcp) = tokio::task::spawn_blocking(move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            while c.read_exact(&mut b).is_ok() && c.write_all(&b).is_ok() {}
+        });
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (mut direct_us, mut tcp_us) = (Vec::new(), Vec::new());
+        let mut nonce = offsite_transport::DirectStream::FIRST_NONCE;
+        for _round in 0..4 {
+            for _ in 0..N / 4 {
+                nonce += 1;
+                let t = std::time::Instant::now();
+                stream
+                    .send(&Message::Ping {
+                        nonce,
+                        sent_at_micros: 0,
+                    })
+                    .unwrap();
+                match stream.recv(Some(Duration::from_secs(10))).unwrap() {
+                    Some(Message::Pong { nonce: n, .. }) if n == nonce => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+                direct_us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            for _ in 0..N / 4 {
+                let mut b = [7u8; 1];
+                let t = std::time::Instant::now();
+                tcp.write_all(&b).unwrap();
+                tcp.read_exact(&mut b).unwrap();
+                tcp_us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        stream.close();
+        drop(tcp);
+        echo.join().unwrap();
+        (direct_us, tcp_us)
+    })
+    .await
+    .unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    let ((d50, d99), (t50, t99)) = (median(direct), median(tcp));
+    println!(
+        "round trip, p50 / p99 of {N}: sync stream (DirectStream ping) {d50:.1} / {d99:.1} µs, \
+         bare loopback TCP {t50:.1} / {t99:.1} µs, ratio {:.2}",
+        d50 / t50
+    );
+    server.stop().await;
+}

@@ -38,7 +38,10 @@ async fn paired_sites_open_a_session_with_rtt() {
     assert_eq!(info.peer_name.as_str(), "alpha");
     assert_eq!(&info.peer_fingerprint, alpha.identity.fingerprint());
     assert_eq!(info.version, MessageVersion::CURRENT);
-    assert_eq!(info.features, Features::ZSTD);
+    assert_eq!(
+        info.features,
+        Features::ZSTD.union(Features::SELF_CHECKED_BULK)
+    );
     assert_eq!(info.role, Role::Connector);
 
     let rtt = session.measure_rtt().await.unwrap();

@@ -153,7 +153,12 @@ impl Replication {
             }
             let (payloads, last, other) = take_cycle(&mut ahead);
             if !payloads.is_empty() {
-                if waited {
+                // A batch's sequence number is its last ticket, so this
+                // cycle holds `last - acked` writes. One alone is a
+                // writer at queue depth 1: nothing gathers behind it, and
+                // an early report would only cost a send here (before the
+                // log write) and a wake-up at the primary.
+                if waited && last.saturating_sub(acked) > 1 {
                     // The pipeline had run dry: the primary learns now, not
                     // after the write, that it may send what gathers.
                     stream

@@ -4,15 +4,16 @@
 //! `suspend-writes` holds them until a resynchronization covers them or
 //! their timeout, read on the clock, fails them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use offsite_catalog::SyncState;
-use offsite_engine::{Volume, WriteMirror};
+use offsite_engine::{RecordSink, Volume, WriteMirror};
 use offsite_nbd::BlockDevice;
 
-use super::{Policy, StreamError, SyncMirror};
+use super::{Batcher, Item, MAX_BATCH, Policy, StreamError, SyncMirror};
 use crate::RemoteError;
 use crate::clock::FakeClock;
 use crate::testing::{BS, Pair};
@@ -161,4 +162,115 @@ fn stream_errors_read_as_before() {
         StreamError::LogSealed.to_string(),
         "the group's write log was sealed (failover); no more writes are taken"
     );
+}
+
+/// A decoded record: sequence number, volume, first block, blocks, data.
+type Record = (u64, u16, u64, u32, Option<Vec<u8>>);
+
+/// The batches in `queue`, each its last ticket and its payload decoded
+/// into records.
+fn batches(queue: &VecDeque<Item>) -> Vec<(u64, Vec<Record>)> {
+    queue
+        .iter()
+        .map(|item| match item {
+            Item::Batch { frame, last } => {
+                let records = offsite_replica_store::decode_records(frame.payload())
+                    .expect("a batch decodes")
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.seq,
+                            r.volume,
+                            r.first,
+                            r.count,
+                            r.data.map(<[u8]>::to_vec),
+                        )
+                    })
+                    .collect();
+                (*last, records)
+            }
+            Item::Seal { .. } => panic!("no seal was queued"),
+        })
+        .collect()
+}
+
+/// Writes join the batch at the back, each record encoded straight into
+/// it with the next sequence number; the result is exactly the write
+/// log's record format.
+#[test]
+fn writes_are_encoded_once_into_the_batch_at_the_back() {
+    let mut queue = VecDeque::new();
+    let mut seq = 0;
+    let mut b = Batcher::new(&mut queue, &mut seq, 1, 0);
+    b.data(10, 2, &[5u8; 2 * BS]);
+    b.zeroes(40, 1000);
+    let mut b = Batcher::new(&mut queue, &mut seq, 0, 1);
+    b.data(3, 1, &[6u8; BS]);
+    assert_eq!(seq, 3);
+    assert_eq!(
+        batches(&queue),
+        [(
+            0,
+            vec![
+                (1, 1, 10, 2, Some(vec![5u8; 2 * BS])),
+                (2, 1, 40, 1000, None),
+                (3, 0, 3, 1, Some(vec![6u8; BS])),
+            ]
+        )]
+    );
+}
+
+/// A batch holds at most `MAX_BATCH` bytes: the next write starts a new
+/// one, and a write larger than a batch (an NBD write may be 32 MiB, a
+/// frame's payload at most 16 MiB) is split into records of whole blocks.
+#[test]
+fn batches_stay_within_their_bound_and_large_writes_are_split() {
+    let mut queue = VecDeque::new();
+    let mut seq = 0;
+    Batcher::new(&mut queue, &mut seq, 0, 0).data(0, 1, &[1u8; BS]);
+    let blocks = 2 * MAX_BATCH / BS + 3;
+    let big: Vec<u8> = (0..blocks * BS).map(|i| (i / BS) as u8).collect();
+    Batcher::new(&mut queue, &mut seq, 0, 1).data(100, blocks as u32, &big);
+    let got = batches(&queue);
+    assert!(got.len() >= 3, "{} batches", got.len());
+    for item in &queue {
+        let Item::Batch { frame, .. } = item else {
+            unreachable!()
+        };
+        assert!(frame.payload_len() <= MAX_BATCH, "{}", frame.payload_len());
+    }
+    // The big write did not join the first batch, and its records cover
+    // its blocks in order, with its bytes.
+    assert_eq!(got[0].1.len(), 1);
+    let mut next = 100u64;
+    let mut rebuilt = Vec::new();
+    for (last, records) in &got[1..] {
+        assert_eq!(*last, 1, "the write's own batches wait for its ticket");
+        for (_, _, first, count, data) in records {
+            assert_eq!(*first, next);
+            next += u64::from(*count);
+            rebuilt.extend_from_slice(data.as_deref().unwrap());
+        }
+    }
+    assert_eq!(next, 100 + blocks as u64);
+    assert!(rebuilt == big);
+    let seqs: Vec<u64> = got.iter().flat_map(|b| b.1.iter().map(|r| r.0)).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+/// A write whose volume failed half-way leaves nothing behind: its
+/// records, the batches it started and its sequence numbers are taken back.
+#[test]
+fn a_failed_write_takes_back_its_records() {
+    let mut queue = VecDeque::new();
+    let mut seq = 0;
+    Batcher::new(&mut queue, &mut seq, 0, 0).data(7, 1, &[7u8; BS]);
+    let before = batches(&queue);
+    let blocks = MAX_BATCH / BS + 1;
+    let mut b = Batcher::new(&mut queue, &mut seq, 0, 1);
+    b.data(0, blocks as u32, &vec![9u8; blocks * BS]);
+    b.zeroes(900, 1);
+    b.undo();
+    assert_eq!(seq, 1);
+    assert_eq!(batches(&queue), before);
 }
