@@ -179,6 +179,10 @@ document.getElementById('logout').addEventListener('click', async () => {
   showLogin('Logged out.');
 });
 window.addEventListener('hashchange', () => { render(false); main.focus(); });
+// A page going away gives its live stream's connection back at once: a
+// browser keeps six HTTP/1.1 connections per host, and streams left open
+// by earlier pages made the next page wait for one.
+window.addEventListener('pagehide', () => { if (state.es) { state.es.close(); state.es = null; } });
 window.addEventListener('unhandledrejection', (e) => notify(`error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
 
 resume().then((info) => (info ? start() : showLogin('')), (e) => showLogin(String(e.message || e)));
