@@ -17,7 +17,7 @@ pub const NAME_MAX_LEN: usize = 64;
 pub const MAX_KEEP: u32 = 100_000;
 
 /// Replication modes of a group.
-pub const MODES: &[&str] = &["async", "sync"];
+pub const MODES: &[&str] = &["async", "sync", "continuous"];
 /// Roles of a group on a site.
 pub const GROUP_ROLES: &[&str] = &["primary", "replica"];
 /// States of a group.

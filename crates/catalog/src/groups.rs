@@ -29,8 +29,9 @@ impl Catalog {
         let r = tx.execute(
             "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
                                  state, store_dir, created_at, state_changed_at, on_link_loss, suspend_timeout_secs,
-                                 app_consistent_every_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
+                                 app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs,
+                                 journal_max_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 g.name,
                 g.role,
@@ -46,7 +47,10 @@ impl Catalog {
                 now,
                 g.on_link_loss,
                 g.suspend_timeout_secs as i64,
-                g.app_consistent_every_secs as i64
+                g.app_consistent_every_secs as i64,
+                g.journal.checkpoint_interval_ms as i64,
+                g.journal.history_secs as i64,
+                g.journal.max_bytes as i64
             ],
         );
         if let Err(e) = r {
@@ -117,7 +121,8 @@ impl Catalog {
                 "SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress, security_tag,
                         state, store_dir, created_at, state_changed_at, last_error,
                         on_link_loss, suspend_timeout_secs, needs_resync, last_drill_at,
-                        app_consistent_every_secs, quiesce_error
+                        app_consistent_every_secs, quiesce_error,
+                        checkpoint_interval_ms, journal_history_secs, journal_max_bytes
                  FROM groups {} ORDER BY name",
                 if only.is_some() { "WHERE name = ?1" } else { "" }
             ))
@@ -145,6 +150,11 @@ impl Catalog {
                     last_drill_at: r.get(17)?,
                     app_consistent_every_secs: r.get::<_, i64>(18)?.max(0) as u64,
                     quiesce_error: r.get(19)?,
+                    journal: crate::JournalSettings {
+                        checkpoint_interval_ms: r.get::<_, i64>(20)?.max(1) as u64,
+                        history_secs: r.get::<_, i64>(21)?.max(0) as u64,
+                        max_bytes: r.get::<_, i64>(22)?.max(1) as u64,
+                    },
                     volumes: Vec::new(),
                     vms: Vec::new(),
                 })
@@ -412,6 +422,31 @@ impl Catalog {
         )
     }
 
+    /// Sets the group's journal: checkpoint interval, history and size.
+    pub fn set_group_journal(
+        &self,
+        name: &str,
+        journal: &crate::JournalSettings,
+    ) -> Result<(), CatalogError> {
+        self.change_row(
+            "update group",
+            || CatalogError::NoSuchGroup(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE groups SET checkpoint_interval_ms = ?2, journal_history_secs = ?3,
+                                       journal_max_bytes = ?4
+                     WHERE name = ?1",
+                    params![
+                        name,
+                        journal.checkpoint_interval_ms as i64,
+                        journal.history_secs as i64,
+                        journal.max_bytes as i64
+                    ],
+                )
+            },
+        )
+    }
+
     /// Records (`Some(why)`) or clears (`None`) why the group's last
     /// application-consistent checkpoint came out crash-consistent.
     pub fn set_group_quiesce_error(
@@ -538,7 +573,8 @@ impl Catalog {
             .collect())
     }
 
-    /// `group set --mode`: converts a group between async and sync;
+    /// `group set --mode`: converts a group between async, sync and
+    /// continuous;
     /// returns the mode it had (read in the same transaction).
     pub fn set_group_mode(&self, name: &str, mode: Mode) -> Result<Mode, CatalogError> {
         self.immediate("update group", |c| {

@@ -245,10 +245,35 @@ pub struct GroupRow {
     /// crash-consistent PIT, until one succeeds (read-only here: set with
     /// [`Catalog::set_group_quiesce_error`]).
     pub quiesce_error: Option<String>,
+    /// The journal a sync or continuous group keeps at its replica.
+    pub journal: JournalSettings,
     /// Volumes, in order.
     pub volumes: Vec<GroupVolumeRow>,
     /// VMs whose volumes the group holds, in start order.
     pub vms: Vec<VmRow>,
+}
+
+/// The journal of a streaming (sync or continuous) group: checkpoints on
+/// the stream and how much history its replica keeps (schema v16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// Milliseconds between crash-consistent checkpoints on the stream.
+    pub checkpoint_interval_ms: u64,
+    /// Seconds of history kept (before the newest checkpoint).
+    pub history_secs: u64,
+    /// Most bytes of journal kept, whatever the history.
+    pub max_bytes: u64,
+}
+
+impl Default for JournalSettings {
+    /// One checkpoint a second, a day of history, at most 10 GiB.
+    fn default() -> JournalSettings {
+        JournalSettings {
+            checkpoint_interval_ms: 1000,
+            history_secs: 86_400,
+            max_bytes: 10 << 30,
+        }
+    }
 }
 
 /// A failover in progress on the replica: a test (clones of a PIT) or a
@@ -259,8 +284,11 @@ pub struct FailoverRow {
     pub group: String,
     /// `test` or `promoted`.
     pub kind: String,
-    /// The PIT the volumes were made from.
+    /// The PIT the volumes were made from (for a checkpoint: the PIT its
+    /// image starts from, kept by retention as long as the failover runs).
     pub pit_id: u64,
+    /// The journal checkpoint the volumes were made from, if not a PIT.
+    pub checkpoint: Option<u64>,
     /// RFC 3339 start time.
     pub started_at: String,
     /// `failover commit` ran (no revert, no other PIT).
@@ -377,8 +405,11 @@ pub struct LowerRef {
     pub store_dir: String,
     /// The volume's name in the store.
     pub volume: String,
-    /// PIT id.
+    /// PIT id (for a checkpoint: the PIT its image starts from).
     pub pit: u64,
+    /// The journal checkpoint, when the lower layer is one (read through
+    /// the store's journal over PIT `pit`).
+    pub checkpoint: Option<u64>,
 }
 
 /// A new volume, before it has an id.
@@ -575,8 +606,8 @@ impl Catalog {
         let created_at = now_rfc3339();
         let r = self.conn.execute(
             "INSERT INTO volumes (name, size_bytes, block_size, role, state, created_at, import_source,
-                                  lower_store, lower_volume, lower_pit)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                  lower_store, lower_volume, lower_pit, lower_checkpoint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 v.name,
                 v.size_bytes as i64,
@@ -587,7 +618,8 @@ impl Catalog {
                 v.import_source,
                 v.lower.map(|l| l.store_dir.as_str()),
                 v.lower.map(|l| l.volume.as_str()),
-                v.lower.map(|l| l.pit as i64)
+                v.lower.map(|l| l.pit as i64),
+                v.lower.and_then(|l| l.checkpoint).map(|c| c as i64)
             ],
         );
         if let Err(e) = r {
@@ -619,6 +651,7 @@ impl Catalog {
                     store_dir,
                     volume,
                     pit: pit as u64,
+                    checkpoint: r.get::<_, Option<i64>>(12)?.map(|c| c as u64),
                 }),
                 _ => None,
             },
@@ -631,7 +664,7 @@ impl Catalog {
         self.conn
             .query_row(
                 "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
-                        lower_store, lower_volume, lower_pit, nbd_tls
+                        lower_store, lower_volume, lower_pit, nbd_tls, lower_checkpoint
                  FROM volumes WHERE name = ?1",
                 [name],
                 Self::row_to_volume,
@@ -647,7 +680,7 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, name, size_bytes, block_size, role, state, created_at, import_source,
-                        lower_store, lower_volume, lower_pit, nbd_tls
+                        lower_store, lower_volume, lower_pit, nbd_tls, lower_checkpoint
                  FROM volumes ORDER BY name",
             )
             .map_err(self.err("list volumes"))?;
@@ -670,14 +703,16 @@ impl Catalog {
             || CatalogError::NoSuchVolume(name.to_string()),
             |c| {
                 c.execute(
-                    "UPDATE volumes SET role = ?2, lower_store = ?3, lower_volume = ?4, lower_pit = ?5
+                    "UPDATE volumes SET role = ?2, lower_store = ?3, lower_volume = ?4, lower_pit = ?5,
+                                        lower_checkpoint = ?6
                      WHERE name = ?1",
                     params![
                         name,
                         role,
                         lower.map(|l| l.store_dir.as_str()),
                         lower.map(|l| l.volume.as_str()),
-                        lower.map(|l| l.pit as i64)
+                        lower.map(|l| l.pit as i64),
+                        lower.and_then(|l| l.checkpoint).map(|c| c as i64)
                     ],
                 )
             },
@@ -1037,8 +1072,15 @@ impl Catalog {
     pub fn insert_failover(&self, f: &FailoverRow) -> Result<(), CatalogError> {
         self.conn
             .execute(
-                "INSERT INTO failovers (group_name, kind, pit_id, started_at) VALUES (?1, ?2, ?3, ?4)",
-                params![f.group, f.kind, f.pit_id as i64, f.started_at],
+                "INSERT INTO failovers (group_name, kind, pit_id, started_at, checkpoint)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    f.group,
+                    f.kind,
+                    f.pit_id as i64,
+                    f.started_at,
+                    f.checkpoint.map(|c| c as i64)
+                ],
             )
             .map(drop)
             .map_err(|e| {
@@ -1080,7 +1122,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT group_name, kind, pit_id, started_at, committed FROM failovers ORDER BY group_name, kind",
+                "SELECT group_name, kind, pit_id, started_at, committed, checkpoint
+                 FROM failovers ORDER BY group_name, kind",
             )
             .map_err(self.err("list failovers"))?;
         stmt.query_map([], |r| {
@@ -1090,6 +1133,7 @@ impl Catalog {
                 pit_id: r.get::<_, i64>(2)? as u64,
                 started_at: r.get(3)?,
                 committed: r.get(4)?,
+                checkpoint: r.get::<_, Option<i64>>(5)?.map(|c| c as u64),
             })
         })
         .map_err(self.err("list failovers"))?
@@ -1435,6 +1479,11 @@ mod tests {
             last_drill_at: None,
             app_consistent_every_secs: 3600,
             quiesce_error: None,
+            journal: JournalSettings {
+                checkpoint_interval_ms: 500,
+                history_secs: 3600,
+                max_bytes: 1 << 30,
+            },
             volumes: vec![GroupVolumeRow {
                 volume: "v".into(),
                 size_bytes: 4096,
@@ -1457,6 +1506,16 @@ mod tests {
         assert_eq!(got.volumes, g.volumes);
         assert_eq!(got.vms, g.vms);
         assert_eq!(got.app_consistent_every_secs, 3600);
+        assert_eq!(got.journal, g.journal);
+        let journal = JournalSettings {
+            checkpoint_interval_ms: 2000,
+            ..JournalSettings::default()
+        };
+        c.set_group_journal("g", &journal).unwrap();
+        assert_eq!(c.group("g").unwrap().journal, journal);
+        c.set_group_mode("g", Mode::Continuous).unwrap();
+        assert_eq!(c.group("g").unwrap().mode, Mode::Continuous);
+        c.set_group_mode("g", Mode::Async).unwrap();
         // `vm set` rewrites the group's copy of the hooks.
         let mut vm = g.vms[0].clone();
         vm.quiesce_cmd = Some("freeze harder".into());
@@ -1477,6 +1536,7 @@ mod tests {
             group: "g".into(),
             kind: "test".into(),
             pit_id: 7,
+            checkpoint: Some(41),
             started_at: "t".into(),
             committed: false,
         };
@@ -1752,6 +1812,88 @@ mod tests {
             .execute("UPDATE groups SET app_consistent_every_secs = -1", [])
             .unwrap_err();
         assert!(e.to_string().contains("CHECK"), "{e}");
+    }
+
+    #[test]
+    fn v16_keeps_every_group_column_and_adds_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        // A v15 catalog with a sync group, its PIT, a running test
+        // failover and a promoted volume.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            for sql in &MIGRATIONS[..15] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 15).unwrap();
+            conn.execute_batch(
+                "INSERT INTO groups (name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+                                     security_tag, state, store_dir, created_at, state_changed_at,
+                                     last_error, on_link_loss, suspend_timeout_secs, needs_resync,
+                                     last_drill_at, app_consistent_every_secs, quiesce_error)
+                 VALUES ('g', 'replica', 'a', 'sync', 60, 5, 1000, 1, 'tag', 'test-failover',
+                         '/srv/g', 't0', 't1', 'e', 'suspend-writes', 9, 'r', 'd', 3600, 'q');
+                 INSERT INTO pits (group_name, id, name, created_at, bytes, app_consistent)
+                 VALUES ('g', 3, 'p', 't', 9, 1);
+                 INSERT INTO failovers (group_name, kind, pit_id, started_at)
+                 VALUES ('g', 'test', 3, 't');
+                 INSERT INTO volumes (name, size_bytes, block_size, role, state, created_at,
+                                      lower_store, lower_volume, lower_pit)
+                 VALUES ('v', 4096, 4096, 'promoted', 'ready', 't', '/srv/g', 'v', 3);",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.schema_version().unwrap(), SCHEMA_VERSION);
+        let g = c.group("g").unwrap();
+        assert_eq!(
+            (g.role, g.mode, g.state),
+            (Role::Replica, Mode::Sync, GroupState::TestFailover)
+        );
+        assert_eq!(
+            (g.rpo_secs, g.keep, g.bandwidth, g.compress),
+            (60, 5, Some(1000), true)
+        );
+        assert_eq!(
+            (
+                g.security_tag.as_deref(),
+                g.store_dir.as_deref(),
+                g.last_error.as_deref(),
+                g.needs_resync.as_deref(),
+                g.last_drill_at.as_deref(),
+                g.quiesce_error.as_deref()
+            ),
+            (
+                Some("tag"),
+                Some("/srv/g"),
+                Some("e"),
+                Some("r"),
+                Some("d"),
+                Some("q")
+            )
+        );
+        assert_eq!(
+            (g.on_link_loss.as_str(), g.suspend_timeout_secs),
+            ("suspend-writes", 9)
+        );
+        assert_eq!(g.app_consistent_every_secs, 3600);
+        assert_eq!(g.journal, JournalSettings::default());
+        assert!(c.pits("g").unwrap()[0].app_consistent);
+        let f = &c.failovers().unwrap()[0];
+        assert_eq!((f.pit_id, f.checkpoint), (3, None));
+        let lower = c.volume("v").unwrap().lower.unwrap();
+        assert_eq!((lower.pit, lower.checkpoint), (3, None));
+        // A group may now be continuous; an interval of 0 is refused.
+        c.set_group_mode("g", Mode::Continuous).unwrap();
+        let e = c
+            .conn
+            .execute("UPDATE groups SET checkpoint_interval_ms = 0", [])
+            .unwrap_err();
+        assert!(e.to_string().contains("CHECK"), "{e}");
+        // The foreign keys still cascade from the rebuilt table.
+        c.delete_group("g").unwrap();
+        assert!(c.failovers().unwrap().is_empty());
     }
 
     #[test]

@@ -283,4 +283,60 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      ALTER TABLE groups ADD COLUMN app_consistent_every_secs INTEGER NOT NULL DEFAULT 0
          CHECK (app_consistent_every_secs >= 0);
      ALTER TABLE groups ADD COLUMN quiesce_error TEXT;",
+    // v16: continuous replication with a journal (issue 19). A group's
+    // mode may be `continuous` (writes streamed without waiting for the
+    // replica), a CHECK that SQLite changes only by rebuilding the table
+    // (as v11 did); every sync or continuous group keeps a journal at its
+    // replica with a checkpoint every `checkpoint_interval_ms`, kept for
+    // `journal_history_secs` within `journal_max_bytes`. A test failover
+    // or a promotion may start from a journal checkpoint rather than a PIT
+    // (`failovers.checkpoint`, and a promoted volume's lower layer,
+    // `volumes.lower_checkpoint`); `pit_id` is then the PIT the
+    // checkpoint's image starts from.
+    "CREATE TABLE groups_v16 (
+         name                      TEXT PRIMARY KEY,
+         role                      TEXT NOT NULL CHECK (role IN ('primary', 'replica')),
+         partner                   TEXT NOT NULL,
+         mode                      TEXT NOT NULL CHECK (mode IN ('async', 'sync', 'continuous')),
+         rpo_secs                  INTEGER NOT NULL,
+         keep                      INTEGER NOT NULL,
+         bandwidth                 INTEGER,
+         compress                  INTEGER NOT NULL,
+         security_tag              TEXT,
+         state                     TEXT NOT NULL CHECK (state IN (
+                                       'ready-for-initial-replication', 'initial-replication',
+                                       'replicating', 'resynchronizing', 'paused',
+                                       'prepared-for-failover', 'test-failover', 'failed-over',
+                                       'failed-over-elsewhere')),
+         store_dir                 TEXT,
+         created_at                TEXT NOT NULL,
+         state_changed_at          TEXT NOT NULL,
+         last_error                TEXT,
+         on_link_loss              TEXT NOT NULL DEFAULT 'degrade',
+         suspend_timeout_secs      INTEGER NOT NULL DEFAULT 30,
+         needs_resync              TEXT,
+         last_drill_at             TEXT,
+         app_consistent_every_secs INTEGER NOT NULL DEFAULT 0
+                                   CHECK (app_consistent_every_secs >= 0),
+         quiesce_error             TEXT,
+         checkpoint_interval_ms    INTEGER NOT NULL DEFAULT 1000
+                                   CHECK (checkpoint_interval_ms > 0),
+         journal_history_secs      INTEGER NOT NULL DEFAULT 86400
+                                   CHECK (journal_history_secs >= 0),
+         journal_max_bytes         INTEGER NOT NULL DEFAULT 10737418240
+                                   CHECK (journal_max_bytes > 0)
+     );
+     INSERT INTO groups_v16 (name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+                             security_tag, state, store_dir, created_at, state_changed_at,
+                             last_error, on_link_loss, suspend_timeout_secs, needs_resync,
+                             last_drill_at, app_consistent_every_secs, quiesce_error)
+     SELECT name, role, partner, mode, rpo_secs, keep, bandwidth, compress,
+            security_tag, state, store_dir, created_at, state_changed_at,
+            last_error, on_link_loss, suspend_timeout_secs, needs_resync,
+            last_drill_at, app_consistent_every_secs, quiesce_error
+     FROM groups;
+     DROP TABLE groups;
+     ALTER TABLE groups_v16 RENAME TO groups;
+     ALTER TABLE failovers ADD COLUMN checkpoint INTEGER;
+     ALTER TABLE volumes ADD COLUMN lower_checkpoint INTEGER;",
 ];

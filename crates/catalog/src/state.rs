@@ -161,11 +161,22 @@ string_enum! {
 
 string_enum! {
     /// How a group replicates.
-    Mode, "mode", "async, sync" {
+    Mode, "mode", "async, sync, continuous" {
         /// Cycles every RPO.
         Async = "async",
         /// Every write is mirrored before it is acknowledged.
         Sync = "sync",
+        /// Every write is streamed to the replica's journal as it happens,
+        /// acknowledged locally without waiting for the replica.
+        Continuous = "continuous",
+    }
+}
+
+impl Mode {
+    /// Writes travel on the stream into the replica's journal (sync and
+    /// continuous groups), not in cycles alone.
+    pub fn streams(self) -> bool {
+        matches!(self, Mode::Sync | Mode::Continuous)
     }
 }
 

@@ -754,6 +754,9 @@ pub enum Mode {
     Async,
     /// Every write in the replica's log before it is acknowledged.
     Sync,
+    /// Every write streamed to the replica's journal as it happens,
+    /// acknowledged without waiting for the replica.
+    Continuous,
 }
 
 /// Compression of a group's transfers on the wire.
@@ -850,7 +853,7 @@ mod tests {
         fn all<T: ValueEnum>() -> Vec<String> {
             T::value_variants().iter().map(spelling).collect()
         }
-        assert_eq!(all::<Mode>(), ["async", "sync"]);
+        assert_eq!(all::<Mode>(), ["async", "sync", "continuous"]);
         assert_eq!(all::<Compress>(), ["zstd", "none"]);
         assert_eq!(all::<LinkLoss>(), ["degrade", "suspend-writes"]);
         assert_eq!(

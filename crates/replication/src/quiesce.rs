@@ -434,6 +434,7 @@ mod tests {
             last_drill_at: None,
             app_consistent_every_secs: 0,
             quiesce_error: None,
+            journal: offsite_catalog::JournalSettings::default(),
             volumes: volumes
                 .iter()
                 .map(|v| GroupVolumeRow {

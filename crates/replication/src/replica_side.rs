@@ -796,6 +796,7 @@ impl Replication {
                 last_drill_at: None,
                 app_consistent_every_secs: req.app_consistent_every_secs,
                 quiesce_error: None,
+                journal: offsite_catalog::JournalSettings::default(),
                 volumes: req
                     .volumes
                     .iter()

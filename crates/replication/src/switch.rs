@@ -469,6 +469,7 @@ impl Replication {
                 group: r.name.clone(),
                 kind: "promoted".into(),
                 pit_id: id.get(),
+                checkpoint: None,
                 started_at: String::new(),
                 committed: false,
             })?;
@@ -478,6 +479,7 @@ impl Replication {
                     store_dir: store_dir.clone(),
                     volume: v.volume.clone(),
                     pit: id.get(),
+                    checkpoint: None,
                 };
                 if let Err(e) = site.promote_volume(&v.volume, v.size_bytes, v.block_size, &lower) {
                     for d in &done {

@@ -1203,6 +1203,7 @@ impl Replication {
         let mode: Mode = mode
             .parse()
             .map_err(|_| invalid(format!("mode {mode:?} is neither async nor sync")))?;
+        crate::primary::refuse_continuous_for_now(mode)?;
         let site = self.site.clone();
         let n = name.to_string();
         let row = crate::run_blocking(move || Ok(site.groups().get(&n)?)).await?;

@@ -155,6 +155,7 @@ impl Replication {
                 group: g,
                 kind: "test".into(),
                 pit_id: id.get(),
+                checkpoint: None,
                 started_at: String::new(),
                 committed: false,
             })?)
