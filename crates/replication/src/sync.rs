@@ -97,8 +97,11 @@ use crate::quiesce::CycleFreeze;
 use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
+mod continuous;
 mod runner;
 mod stream;
+
+pub(crate) use continuous::Wait;
 
 /// A batch holds at most this many bytes of records.
 const MAX_BATCH: usize = 8 << 20;
@@ -180,9 +183,9 @@ struct MState {
     reading: bool,
     /// Threads asleep on the condvar (see [`SyncMirror::cover_locked`]).
     sleepers: usize,
-    /// Last tickets of the batches sent and not yet acknowledged (empty:
-    /// the replica holds everything sent).
-    in_flight: VecDeque<u64>,
+    /// Last tickets of the batches sent and not yet acknowledged, with
+    /// their payload bytes (empty: the replica holds everything sent).
+    in_flight: VecDeque<(u64, u64)>,
     /// Payload bytes of the batches sent on this stream, and how many of
     /// them the replica said it has read (each acknowledgement carries
     /// that count; see [`SyncMirror::may_send`]).
@@ -200,6 +203,20 @@ struct MState {
     /// Last keepalive sent and last answered.
     ping: u64,
     pong: u64,
+    /// Continuous mode (see [`continuous`]): record bytes queued and not
+    /// yet sent, and sent and not yet acknowledged; their sum is held
+    /// under the queue's bound.
+    queued_bytes: u64,
+    flight_bytes: u64,
+    /// The link was lost because the queue outgrew its bound (a spill),
+    /// not because the partner went away.
+    spilled: bool,
+    /// The sender thread is asleep on `send_cond` (a writer wakes it only
+    /// then, so a busy stream costs no futex call per write).
+    sender_asleep: bool,
+    /// When the writes not yet acknowledged were queued: the first ticket
+    /// of each bucket of [`continuous::BUCKET`] and its time (the lag).
+    since: VecDeque<(u64, Instant)>,
 }
 
 /// Counters for metrics and status.
@@ -210,6 +227,8 @@ pub(crate) struct SyncStats {
     pub(crate) writes: AtomicU64,
     pub(crate) link_losses: AtomicU64,
     pub(crate) failed_writes: AtomicU64,
+    /// Continuous groups: queues dropped for outgrowing their bound.
+    pub(crate) spills: AtomicU64,
     /// Payload bytes of write batches sent down the stream.
     pub(crate) bytes: AtomicU64,
     /// Of those, the ones `group resync` sent (counted as resync).
@@ -244,6 +263,12 @@ pub(crate) struct SyncMirror {
     pub(crate) stats: Arc<SyncStats>,
     /// How long a write has waited is read here (the link-loss policy).
     clock: Arc<dyn Clock>,
+    /// Whether a write waits for the replica (sync) or not (continuous).
+    wait: Wait,
+    /// Continuous: the most bytes queued and in flight before a spill.
+    queue_bound: u64,
+    /// Continuous: where the sender thread sleeps.
+    send_cond: Condvar,
 }
 
 impl SyncMirror {
@@ -254,11 +279,29 @@ impl SyncMirror {
         stats: Arc<SyncStats>,
         clock: Arc<dyn Clock>,
     ) -> Arc<SyncMirror> {
+        Self::build(group, policy, Wait::Acks, ack_timeout, stats, clock)
+    }
+
+    fn build(
+        group: &str,
+        policy: Policy,
+        wait: Wait,
+        ack_timeout: Duration,
+        stats: Arc<SyncStats>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<SyncMirror> {
+        let queue_bound = match wait {
+            Wait::Acks => u64::MAX,
+            Wait::Never { queue_bytes } => queue_bytes,
+        };
         Arc::new(SyncMirror {
             group: group.to_string(),
             policy,
             ack_timeout,
             clock,
+            wait,
+            queue_bound,
+            send_cond: Condvar::new(),
             st: Mutex::new(MState {
                 link: Link::Lost,
                 issued: 0,
@@ -280,6 +323,11 @@ impl SyncMirror {
                 seal_waiting: HashMap::new(),
                 ping: DirectStream::FIRST_NONCE,
                 pong: 0,
+                queued_bytes: 0,
+                flight_bytes: 0,
+                spilled: false,
+                sender_asleep: false,
+                since: VecDeque::new(),
             }),
             cond: Condvar::new(),
             wake: Notify::new(),
@@ -302,6 +350,9 @@ impl SyncMirror {
         let mut st = self.lock();
         st.link = Link::Up;
         st.why_lost = None;
+        st.spilled = false;
+        // Every write before this cut is the cycle's to ship.
+        st.since.clear();
     }
 
     /// The stream is open: what queued meanwhile goes out now (blocking).
@@ -312,6 +363,7 @@ impl SyncMirror {
             return;
         }
         st.in_flight.clear();
+        st.flight_bytes = 0;
         st.sent_bytes = 0;
         st.taken_bytes = 0;
         // A deadline left by the previous stream is not this one's.
@@ -332,11 +384,17 @@ impl SyncMirror {
     }
 
     fn cover_locked(&self, st: &mut MState, through: u64) {
-        while st.in_flight.front().is_some_and(|&t| t <= through) {
+        while let Some(&(t, bytes)) = st.in_flight.front()
+            && t <= through
+        {
             st.in_flight.pop_front();
+            st.flight_bytes = st.flight_bytes.saturating_sub(bytes);
         }
         if through > st.covered {
             st.covered = through;
+            if self.wait != Wait::Acks {
+                continuous::drop_covered(st);
+            }
             st.unacked_since = (!st.in_flight.is_empty()).then(Instant::now);
             // Only threads asleep on the condvar need waking; with none (a
             // single writer, QD1) the futex call would be one more system
@@ -349,12 +407,19 @@ impl SyncMirror {
 
     fn end(&self, link: Link, why: Option<String>) {
         let mut st = self.lock();
+        self.end_locked(&mut st, link, why);
+    }
+
+    fn end_locked(&self, st: &mut MState, link: Link, why: Option<String>) {
         if st.link == Link::Up || link == Link::Detached {
             st.link = link;
             st.why_lost = why.clone();
         }
         let why = why.unwrap_or_else(|| "the sync stream stopped".into());
         st.queue.clear();
+        st.queued_bytes = 0;
+        // The continuous sender sleeps until told.
+        self.send_cond.notify_all();
         // A seal's asker that stopped waiting needs no answer.
         for reply in st.seal_replies.drain(..) {
             drop(reply.send(Err(RemoteError::Refused(why.clone()))));
@@ -390,9 +455,13 @@ impl SyncMirror {
         match st.link {
             // In sync only once the stream is attached: between the last
             // cut and the stream's opening, writes queue unconfirmed.
-            Link::Up if st.stream.is_some() => SyncState::InSync,
+            Link::Up if st.stream.is_some() => match self.wait {
+                Wait::Acks => SyncState::InSync,
+                Wait::Never { .. } => SyncState::Streaming,
+            },
             Link::Up => SyncState::Resynchronizing,
             _ if resyncing => SyncState::Resynchronizing,
+            _ if st.spilled => SyncState::Spilled,
             _ => match self.policy {
                 Policy::Degrade => SyncState::Degraded,
                 Policy::Suspend(_) => SyncState::Suspended,
@@ -517,8 +586,9 @@ impl SyncMirror {
                     stream.send(&message).map(|()| None)
                 }
                 Some(Item::Batch { frame, last }) => {
-                    drop(st);
                     let bytes = frame.payload_len() as u64;
+                    st.queued_bytes = st.queued_bytes.saturating_sub(bytes);
+                    drop(st);
                     // The batch's sequence number is its last ticket: the
                     // replica acknowledges the last one it made durable.
                     // Its records carry their own CRC32C, which the
@@ -542,7 +612,8 @@ impl SyncMirror {
                 st.sent_bytes += bytes;
                 self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                 if last > st.covered {
-                    st.in_flight.push_back(last);
+                    st.in_flight.push_back((last, bytes));
+                    st.flight_bytes += bytes;
                     if st.unacked_since.is_none() {
                         st.unacked_since = Some(Instant::now());
                     }
@@ -758,6 +829,7 @@ impl WriteMirror for SyncMirror {
             batcher.undo();
             return Err(e);
         }
+        let added = batcher.added;
         st.issued += 1;
         let ticket = st.issued;
         match st.queue.back_mut() {
@@ -768,6 +840,11 @@ impl WriteMirror for SyncMirror {
                 frame: BulkFrame::default(),
                 last: ticket,
             }),
+        }
+        if self.wait != Wait::Acks {
+            // Continuous: queued, and the sender thread sends it.
+            self.queued_continuous(&mut st, ticket, added as u64, hold);
+            return Ok(ticket);
         }
         // No one sending: this thread writes the batch itself (no
         // hand-off to another thread on the path of the write), unless
@@ -781,10 +858,17 @@ impl WriteMirror for SyncMirror {
     }
 
     fn release(&self) {
-        self.kick();
+        match self.wait {
+            Wait::Acks => self.kick(),
+            Wait::Never { .. } => self.wake_sender(&mut self.lock()),
+        }
     }
 
     fn ready(&self, ticket: u64) -> bool {
+        if self.wait != Wait::Acks {
+            // Continuous: the write completes locally (see `continuous`).
+            return true;
+        }
         let st = self.lock();
         st.covered >= ticket
             || st.link == Link::Detached
@@ -792,6 +876,9 @@ impl WriteMirror for SyncMirror {
     }
 
     fn wait(&self, ticket: u64) -> io::Result<()> {
+        if self.wait != Wait::Acks {
+            return Ok(());
+        }
         let start = self.clock.now();
         let mut st = self.lock();
         loop {
@@ -971,6 +1058,8 @@ struct Batcher<'a> {
     /// payload length then (`None`: no batch at the back), and the record
     /// sequence number, to take the write back if it fails.
     start: (usize, Option<usize>, u64),
+    /// Record bytes this write encoded.
+    added: usize,
 }
 
 impl<'a> Batcher<'a> {
@@ -991,6 +1080,7 @@ impl<'a> Batcher<'a> {
             volume,
             before,
             start,
+            added: 0,
         }
     }
 
@@ -1018,6 +1108,7 @@ impl<'a> Batcher<'a> {
     fn encode(&mut self, first: u64, count: u32, data: Option<&[u8]>) {
         let len = RECORD_OVERHEAD + data.map_or(0, <[u8]>::len);
         *self.record_seq += 1;
+        self.added += len;
         let rec = LogRecord {
             seq: *self.record_seq,
             volume: self.volume,
@@ -1202,8 +1293,7 @@ impl Replication {
     ) -> Result<crate::model::GroupStatus, ReplError> {
         let mode: Mode = mode
             .parse()
-            .map_err(|_| invalid(format!("mode {mode:?} is neither async nor sync")))?;
-        crate::primary::refuse_continuous_for_now(mode)?;
+            .map_err(|_| invalid(format!("mode {mode:?} is not async, sync or continuous")))?;
         let site = self.site.clone();
         let n = name.to_string();
         let row = crate::run_blocking(move || Ok(site.groups().get(&n)?)).await?;
@@ -1212,6 +1302,9 @@ impl Replication {
                 "group {name} is a replica here; run `group set` at its primary site {}",
                 row.partner
             )));
+        }
+        if mode == Mode::Continuous {
+            crate::primary::refuse_suspend_for_continuous(name, &row.on_link_loss)?;
         }
         if row.mode != mode {
             let site = self.site.clone();
@@ -1250,7 +1343,10 @@ impl Replication {
         req: wire::GroupSetMode,
     ) -> Result<Done, RemoteError> {
         let mode: Mode = req.mode.parse().map_err(|_| {
-            RemoteError::BadRequest(format!("mode {:?} is neither async nor sync", req.mode))
+            RemoteError::BadRequest(format!(
+                "mode {:?} is not async, sync or continuous",
+                req.mode
+            ))
         })?;
         if req.keep == Some(0)
             || req
