@@ -265,8 +265,9 @@ pub(crate) struct SyncMirror {
     clock: Arc<dyn Clock>,
     /// Whether a write waits for the replica (sync) or not (continuous).
     wait: Wait,
-    /// Continuous: the most bytes queued and in flight before a spill.
-    queue_bound: u64,
+    /// Continuous: the most bytes queued and in flight before a spill
+    /// (`replication.continuous_queue_bytes`, read again at each last cut).
+    queue_bound: AtomicU64,
     /// Continuous: where the sender thread sleeps.
     send_cond: Condvar,
 }
@@ -300,7 +301,7 @@ impl SyncMirror {
             ack_timeout,
             clock,
             wait,
-            queue_bound,
+            queue_bound: AtomicU64::new(queue_bound),
             send_cond: Condvar::new(),
             st: Mutex::new(MState {
                 link: Link::Lost,

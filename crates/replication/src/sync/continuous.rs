@@ -115,6 +115,14 @@ impl SyncMirror {
         )
     }
 
+    /// A continuous mirror's bound from now on (the configuration may have
+    /// been reloaded since the mirror was made).
+    pub(crate) fn set_queue_bytes(&self, bytes: u64) {
+        if self.wait != Wait::Acks {
+            self.queue_bound.store(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Whether writes wait for the replica.
     pub(crate) fn waits(&self) -> Wait {
         self.wait
@@ -130,7 +138,7 @@ impl SyncMirror {
             _ => st.since.push_back((ticket, now)),
         }
         let behind = st.queued_bytes + st.flight_bytes;
-        if behind > self.queue_bound {
+        if behind > self.queue_bound.load(Ordering::Relaxed) {
             self.spill_locked(st, behind);
         } else if !hold {
             self.wake_sender(st);
@@ -153,7 +161,7 @@ impl SyncMirror {
             "the replica fell behind: {} MiB queued (replication.continuous_queue_bytes is {} MiB); \
              writes are tracked and shipped by a resynchronization",
             behind >> 20,
-            self.queue_bound >> 20
+            self.queue_bound.load(Ordering::Relaxed) >> 20
         );
         self.stats.spills.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(group = %self.group, "continuous replication spilled: {why}");

@@ -265,6 +265,7 @@ impl Replication {
         mirror: &Arc<SyncMirror>,
     ) -> Result<DirectStream, ReplError> {
         let at = AtomicU64::new(0);
+        mirror.set_queue_bytes(self.site.config().replication.continuous_queue_bytes);
         self.cycle_then(row, None, false, || {
             at.store(mirror.issued(), Ordering::Relaxed);
             mirror.set_up();
