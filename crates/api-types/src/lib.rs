@@ -570,8 +570,11 @@ pub struct GroupStatus {
     pub test_failover_pit: Option<u64>,
     /// Sync mode: `in-sync` (every write is in the replica's log before
     /// it is acknowledged), `resynchronizing`, `degraded` (the partner is
-    /// lost; writes are tracked) or `suspended` (writes wait); null for
-    /// async groups and at the replica.
+    /// lost; writes are tracked) or `suspended` (writes wait); continuous
+    /// mode: `streaming` (every write is queued to the replica as it
+    /// happens), `spilled` (the queue outgrew its bound; writes are
+    /// tracked), `resynchronizing` or `degraded`; null for async groups
+    /// and at the replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::schema::sync_state_opt)]
     pub sync_state: Option<String>,
@@ -603,10 +606,17 @@ pub struct GroupStatus {
     /// counts from here. Null until this daemon's first commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<String>,
-    /// Sync groups: seconds between two seals of the replica's log into a
-    /// PIT (set with `--rpo`; the group's RPO itself is 0).
+    /// Sync and continuous groups: seconds between two seals of the
+    /// replica's log into a PIT (set with `--rpo`; a sync group's RPO
+    /// itself is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_interval_seconds: Option<u64>,
+    /// Continuous group at its primary: how many seconds of writes the
+    /// replica does not have yet (millisecond resolution): 0 when it has
+    /// acknowledged every write, else the age of the oldest write it has
+    /// not; while spilled or resynchronizing, the age of the newest PIT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_lag_seconds: Option<f64>,
     /// Primary: the running transfer's progress in bytes of data: the
     /// initial replication (holes are skipped without reading, so they do
     /// not count), a reverse's first cycle, or any cycle while it ships.

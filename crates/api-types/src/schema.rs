@@ -37,7 +37,14 @@ pub const GROUP_STATES: &[&str] = &[
 /// Health of a group.
 pub const HEALTHS: &[&str] = &["normal", "warning", "critical"];
 /// States of a sync group's stream.
-pub const SYNC_STATES: &[&str] = &["in-sync", "resynchronizing", "degraded", "suspended"];
+pub const SYNC_STATES: &[&str] = &[
+    "in-sync",
+    "resynchronizing",
+    "degraded",
+    "suspended",
+    "streaming",
+    "spilled",
+];
 /// What a sync group does when its partner is lost.
 pub const LINK_LOSS: &[&str] = &["degrade", "suspend-writes"];
 /// Roles of a volume.

@@ -234,7 +234,7 @@ to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, li
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes, quiesce, thaw });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error, journal });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, continuous_lag_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error, journal });
 to_dto!(replication::JournalStatus => JournalStatus { checkpoint_interval_ms, history_seconds, max_bytes, oldest_checkpoint_at, newest_checkpoint_at, checkpoints });
 to_dto!(replication::JournalListing => JournalListing { group, site, count, application_consistent, oldest, newest, files, bytes, checkpoints });
 to_dto!(replication::CheckpointEntry => CheckpointEntry { id, time, time_ns, consistency, name });
@@ -360,6 +360,7 @@ mod tests {
             last_drill_at: sync.then(|| "2024-01-01T00:00:02Z".into()),
             confirmed_at: sync.then(|| "2024-01-01T00:00:01Z".into()),
             seal_interval_seconds: sync.then_some(30),
+            continuous_lag_seconds: sync.then_some(0.25),
             transfer: sync.then(|| replication::TransferProgress {
                 kind: "initial".into(),
                 bytes_done: 1,

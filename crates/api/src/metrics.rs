@@ -140,6 +140,31 @@ pub fn group_families(out: &mut String, groups: &[GroupMetrics]) {
         "Sync group: writes failed by suspend-writes after their timeout.",
         &per_sync(&|s| s.failed_writes),
     );
+    family(
+        out,
+        "offsite_group_continuous_spills_total",
+        "counter",
+        "Continuous group: write queues dropped for outgrowing replication.continuous_queue_bytes (each resynchronized from the tracker).",
+        &per_sync(&|s| s.spills),
+    );
+    // Seconds with a fraction: the one family whose values are not whole.
+    let name = "offsite_group_continuous_lag_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Continuous group: seconds of writes the replica does not have yet (0 when it acknowledged every write)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for g in groups {
+        if let Some(ms) = g.continuous_lag_ms {
+            let _ = writeln!(
+                out,
+                "{name}{{group=\"{}\"}} {}.{:03}",
+                g.group,
+                ms / 1000,
+                ms % 1000
+            );
+        }
+    }
 }
 
 fn label(v: &str) -> String {
@@ -207,6 +232,7 @@ mod tests {
             group: name.into(),
             role,
             lag_seconds: n,
+            continuous_lag_ms: (n == 40).then_some(1250),
             pending_bytes: n + 1,
             pits: n + 2,
             cycles: n + 3,
@@ -224,6 +250,7 @@ mod tests {
     fn group_families_render_the_snapshot() {
         let sync = SyncMetrics {
             in_sync: true,
+            spills: 44,
             batches: 40,
             writes: 41,
             link_losses: 42,
@@ -291,15 +318,36 @@ offsite_group_sync_link_losses_total{group="s1"} 42
 # HELP offsite_group_sync_failed_writes_total Sync group: writes failed by suspend-writes after their timeout.
 # TYPE offsite_group_sync_failed_writes_total counter
 offsite_group_sync_failed_writes_total{group="s1"} 43
+# HELP offsite_group_continuous_spills_total Continuous group: write queues dropped for outgrowing replication.continuous_queue_bytes (each resynchronized from the tracker).
+# TYPE offsite_group_continuous_spills_total counter
+offsite_group_continuous_spills_total{group="s1"} 44
+# HELP offsite_group_continuous_lag_seconds Continuous group: seconds of writes the replica does not have yet (0 when it acknowledged every write).
+# TYPE offsite_group_continuous_lag_seconds gauge
 "#;
         assert_eq!(out, expected);
+    }
+
+    /// A continuous group's lag is rendered in seconds with its
+    /// milliseconds (the other families are whole numbers).
+    #[test]
+    fn a_continuous_group_renders_its_lag_with_a_fraction() {
+        let mut out = String::new();
+        group_families(
+            &mut out,
+            &[group("c1", Role::Primary, 40, Some(SyncMetrics::default()))],
+        );
+        assert!(
+            out.contains("\noffsite_group_continuous_lag_seconds{group=\"c1\"} 1.250\n"),
+            "{out}"
+        );
+        assert!(out.contains("\noffsite_group_continuous_spills_total{group=\"c1\"} 0\n"));
     }
 
     #[test]
     fn no_groups_still_declares_the_families() {
         let mut out = String::new();
         group_families(&mut out, &[]);
-        assert_eq!(out.lines().count(), 13 * 2);
+        assert_eq!(out.lines().count(), 15 * 2);
         assert!(out.starts_with("# HELP offsite_group_lag_seconds "));
     }
 

@@ -182,7 +182,7 @@ impl Mode {
 
 string_enum! {
     /// The stream of a synchronous group, as its primary sees it.
-    SyncState, "sync state", "in-sync, resynchronizing, degraded, suspended" {
+    SyncState, "sync state", "in-sync, resynchronizing, degraded, suspended, streaming, spilled" {
         /// Every acknowledged write is on the replica.
         InSync = "in-sync",
         /// Catching up after a loss of the link.
@@ -191,6 +191,12 @@ string_enum! {
         Degraded = "degraded",
         /// The link is lost; writes wait, then fail.
         Suspended = "suspended",
+        /// Continuous mode: every write is queued to the replica as it
+        /// happens (the lag says how far behind it is).
+        Streaming = "streaming",
+        /// Continuous mode: the queue outgrew its bound and was dropped;
+        /// writes are tracked and the group resynchronizes from the tracker.
+        Spilled = "spilled",
     }
 }
 

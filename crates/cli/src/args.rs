@@ -217,12 +217,13 @@ pub enum GroupCommand {
     /// Resume cycles.
     Resume { name: String },
     /// Change a group's settings at its primary (no flag: show them);
-    /// `--mode async|sync` converts it without a new initial replication.
+    /// `--mode async|sync|continuous` converts it without a new initial
+    /// replication.
     /// The running group takes the change at once; the replica's copy of
     /// the RPO and retention follows (nothing changes if it cannot be told).
     Set {
         name: String,
-        /// async or sync.
+        /// async, sync or continuous.
         #[arg(long, value_enum)]
         mode: Option<Mode>,
         /// Recovery point objective: 30s to 24h.
@@ -304,7 +305,9 @@ pub struct GroupCreateArgs {
     /// A volume of the group (repeat).
     #[arg(long = "volume")]
     pub volumes: Vec<String>,
-    /// async (delta cycles on the RPO) or sync.
+    /// async (delta cycles on the RPO), sync (every write on the replica
+    /// before it is acknowledged) or continuous (every write streamed to
+    /// the replica as it happens, acknowledged without waiting for it).
     #[arg(long, value_enum, default_value_t = Mode::Async)]
     pub mode: Mode,
     /// Recovery point objective: 30s to 24h.
@@ -324,6 +327,7 @@ pub struct GroupCreateArgs {
     pub security_tag: Option<String>,
     /// Sync mode: when the partner is lost, `degrade` (keep serving writes,
     /// resynchronize later) or `suspend-writes` (writes wait, then fail).
+    /// Continuous groups always degrade (their writes never wait).
     #[arg(long, value_enum)]
     pub on_link_loss: Option<LinkLoss>,
     /// Sync mode with suspend-writes: how long a write waits for the

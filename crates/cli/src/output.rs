@@ -332,16 +332,21 @@ impl Printer {
             ("role", format!("{} (partner {})", g.role, g.partner)),
             (
                 "mode",
-                match g.seal_interval_seconds {
-                    Some(seal) => {
+                match (g.mode.as_str(), g.seal_interval_seconds) {
+                    ("continuous", Some(seal)) => format!(
+                        "continuous (writes streamed as they happen; sealed every {seal}s), keep {}",
+                        g.keep
+                    ),
+                    (_, Some(seal)) => {
                         format!("{}, RPO 0 (sealed every {seal}s), keep {}", g.mode, g.keep)
                     }
-                    None => format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
+                    (_, None) => format!("{}, RPO {}s, keep {}", g.mode, g.rpo_seconds, g.keep),
                 },
             ),
             (
                 "state",
                 match &g.sync_state {
+                    Some(s) if g.mode == "continuous" => format!("{} (stream: {s})", g.state),
                     Some(s) => format!(
                         "{} (sync: {s}; on link loss: {})",
                         g.state,
@@ -369,7 +374,14 @@ impl Printer {
                     )
                 }),
             ),
-            ("lag", format!("{}s", g.lag_seconds)),
+            (
+                "lag",
+                match g.continuous_lag_seconds {
+                    // Continuous: the seconds of writes the replica lacks.
+                    Some(l) => format!("{l:.1}s of writes not yet on the replica"),
+                    None => format!("{}s", g.lag_seconds),
+                },
+            ),
             ("pending", human(g.pending_bytes)),
         ];
         if let Some(at) = &g.confirmed_at {

@@ -109,10 +109,17 @@ function ifLost(g) {
     if (!g.last_pit) return 'nothing recoverable yet: initial replication has not finished';
     const lost = g.mode === 'sync' && g.sync_state === 'in-sync'
       ? 'no acknowledged write (in sync)'
-      : `about ${duration(g.lag_seconds)} of writes${g.pending_bytes ? ` (${bytes(g.pending_bytes)} pending)` : ''}`;
+      : g.continuous_lag_seconds != null
+        ? `about ${lagText(g.continuous_lag_seconds)} of writes (streaming)`
+        : `about ${duration(g.lag_seconds)} of writes${g.pending_bytes ? ` (${bytes(g.pending_bytes)} pending)` : ''}`;
     return `recover at ${g.partner} to PIT ${g.last_pit.id}; lose ${lost}`;
   }
   return `production stays at ${g.partner}; its protection is lost until this site returns`;
+}
+
+/** A continuous group's lag: seconds with a tenth below a minute. */
+function lagText(secs) {
+  return secs < 60 ? `${secs.toFixed(1)} s` : duration(Math.round(secs));
 }
 
 function rpoCell(g) {
@@ -379,7 +386,10 @@ export async function group(name, rerender) {
         h('dt', {}, 'Partner'), h('dd', {}, g.partner),
         h('dt', {}, 'Mode'), h('dd', {}, g.mode, g.sync_state ? ` (${g.sync_state})` : ''),
         h('dt', {}, 'State'), h('dd', {}, g.state),
-        h('dt', {}, 'Lag'), h('dd', {}, duration(g.lag_seconds), ` (RPO ${duration(g.rpo_seconds)})`),
+        g.continuous_lag_seconds != null
+          ? [h('dt', {}, 'Lag'), h('dd', {}, `${lagText(g.continuous_lag_seconds)} of writes not yet on the replica`,
+            ` (sealed every ${duration(g.seal_interval_seconds || g.rpo_seconds)})`)]
+          : [h('dt', {}, 'Lag'), h('dd', {}, duration(g.lag_seconds), ` (RPO ${duration(g.rpo_seconds)})`)],
         h('dt', {}, 'Pending'), h('dd', {}, bytes(g.pending_bytes)),
         h('dt', {}, 'PITs kept'), h('dd', {}, String(g.keep)),
         h('dt', {}, 'Last test drill'), h('dd', {}, g.last_drill_at ? ago(g.last_drill_at) : '⚠ never'),

@@ -374,6 +374,12 @@ pub struct ReplicationConfig {
     /// once it holds this many bytes, whatever the primary's seal schedule
     /// (bounds the log and the open PIT's memory).
     pub sync_log_max_bytes: u64,
+    /// Continuous groups, at the primary: the bytes of writes that may be
+    /// queued for the replica or sent and not yet acknowledged. Past it
+    /// the queue is dropped (the change tracker still has every write)
+    /// and the group resynchronizes from the tracker, so a slow or lost
+    /// link costs the VM neither memory nor waiting.
+    pub continuous_queue_bytes: u64,
     /// Seconds between an async group's scheduled cycles. Unset: half the
     /// group's RPO, at least 15 s (a cycle that finds no changed block
     /// commits nothing, so a short interval costs idle groups little).
@@ -396,6 +402,7 @@ impl Default for ReplicationConfig {
             connect_timeout_secs: 10.0,
             sync_ack_timeout_secs: 5.0,
             sync_log_max_bytes: 512 << 20,
+            continuous_queue_bytes: 64 << 20,
             cycle_secs: None,
             bandwidth_bytes_per_sec: None,
         }
@@ -495,6 +502,12 @@ impl SiteConfig {
                 o.sync_log_max_bytes, n.sync_log_max_bytes
             ));
         }
+        if o.continuous_queue_bytes != n.continuous_queue_bytes {
+            report.changed.push(format!(
+                "replication.continuous_queue_bytes: {} -> {}",
+                o.continuous_queue_bytes, n.continuous_queue_bytes
+            ));
+        }
         if o.cycle_secs != n.cycle_secs {
             let show = |c: Option<f64>| c.map_or("(half the RPO)".to_string(), |c| c.to_string());
             report.changed.push(format!(
@@ -582,6 +595,13 @@ impl SiteConfig {
             return Err(EngineError::BadConfig {
                 path: path.to_path_buf(),
                 reason: "replication.sync_log_max_bytes must be at least 1048576 (1 MiB)".into(),
+            });
+        }
+        if r.continuous_queue_bytes < 1 << 20 {
+            return Err(EngineError::BadConfig {
+                path: path.to_path_buf(),
+                reason: "replication.continuous_queue_bytes must be at least 1048576 (1 MiB)"
+                    .into(),
             });
         }
         if r.dead_after_secs < 2.0 * r.keepalive_secs {

@@ -207,6 +207,15 @@ pub trait WriteMirror: Send + Sync + std::fmt::Debug {
 
     /// Whether [`wait`](Self::wait) for `ticket` would return at once.
     fn ready(&self, ticket: u64) -> bool;
+
+    /// Whether every write completes as soon as it is submitted (the
+    /// mirror never makes one wait: continuous replication). The volume
+    /// then answers the write at once, with no pending part: no hand-off
+    /// to the NBD server's completer thread, which costs a thread wake-up
+    /// per write.
+    fn completes_at_once(&self) -> bool {
+        false
+    }
 }
 
 type Mirror = (Arc<dyn WriteMirror>, u16);
@@ -627,7 +636,9 @@ impl Volume {
                         apply()?;
                         self.mirror_records(offset, len, data, sink)
                     })?;
-                    Some(Box::new(MirrorPending { mirror, ticket }) as Box<dyn offsite_nbd::Pending>)
+                    (!mirror.completes_at_once()).then(|| {
+                        Box::new(MirrorPending { mirror, ticket }) as Box<dyn offsite_nbd::Pending>
+                    })
                 }
             }
         };

@@ -652,6 +652,29 @@ fn a_bulk_frame_built_in_place_is_the_encoded_frame() {
     }
 }
 
+/// A frame finished in place is the same frame, and once reset its buffer
+/// builds the next one as a new frame would (a sender reuses buffers).
+#[test]
+fn a_bulk_frame_finished_in_place_and_reset_builds_the_next_one() {
+    let mut reused = BulkFrame::with_capacity(16);
+    for (seq, len) in [(7u64, 70_000usize), (8, 3), (9, 4140)] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 3 + seq as usize) as u8).collect();
+        let mut fresh = BulkFrame::with_capacity(16);
+        fresh.payload_buf().extend_from_slice(&payload);
+        reused.reset();
+        reused.payload_buf().extend_from_slice(&payload);
+        for hash in [PayloadHash::Blake3, PayloadHash::Omitted] {
+            let want = fresh.clone().finish(seq, hash).unwrap();
+            let mut again = reused.clone();
+            assert_eq!(again.finish_in_place(seq, hash).unwrap(), &want[..]);
+        }
+        assert_eq!(
+            reused.finish_in_place(seq, PayloadHash::Omitted).unwrap(),
+            &fresh.clone().finish(seq, PayloadHash::Omitted).unwrap()[..]
+        );
+    }
+}
+
 /// Without its hash a `BulkData` frame decodes only where the session
 /// negotiated it, and the flag means nothing on any other message.
 #[test]

@@ -6,6 +6,8 @@
 //! per probe, only when something changed), so that lag — one definition
 //! for status, API and metrics at both sites — reads the same on each side.
 
+use std::time::Duration;
+
 use offsite_catalog::{Role, SyncState};
 
 use crate::control::Done;
@@ -28,14 +30,19 @@ impl Replication {
                 .filter(|g| g.role == Role::Primary && g.partner == partner)
                 .filter_map(|g| {
                     let runner = self.runners.get(&g.name)?;
-                    // A sync group in sync: the replica holds every write
-                    // acknowledged up to now.
+                    // A sync group in sync, or a continuous one streaming
+                    // whose every write is acknowledged: the replica holds
+                    // every write up to now.
                     let in_sync = runner
                         .mirror
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .as_ref()
-                        .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync);
+                        .is_some_and(|(m, resync)| match m.state_name(*resync) {
+                            SyncState::InSync => true,
+                            SyncState::Streaming => m.lag() == Some(Duration::ZERO),
+                            _ => false,
+                        });
                     let at = if in_sync {
                         offsite_catalog::now_rfc3339()
                     } else {

@@ -295,11 +295,7 @@ pub(crate) fn turn(role: Role, mode: offsite_catalog::Mode, state: GroupState) -
         return Turn::Stop;
     }
     match state {
-        GroupState::Replicating | GroupState::Resynchronizing
-            if mode == offsite_catalog::Mode::Sync =>
-        {
-            Turn::Stream
-        }
+        GroupState::Replicating | GroupState::Resynchronizing if mode.streams() => Turn::Stream,
         GroupState::InitialReplication => Turn::Initial,
         GroupState::Replicating => Turn::Scheduled,
         other => Turn::Waiting(other),
@@ -795,22 +791,24 @@ mod tests {
     #[test]
     fn a_replica_or_reversed_group_stops_its_runner() {
         for state in GroupState::ALL {
-            for mode in [Mode::Async, Mode::Sync] {
+            for mode in Mode::ALL.iter().copied() {
                 assert_eq!(turn(Role::Replica, mode, *state), Turn::Stop);
             }
         }
     }
 
     #[test]
-    fn a_replicating_sync_group_streams_even_while_resynchronizing() {
-        assert_eq!(
-            turn(Role::Primary, Mode::Sync, GroupState::Replicating),
-            Turn::Stream
-        );
-        assert_eq!(
-            turn(Role::Primary, Mode::Sync, GroupState::Resynchronizing),
-            Turn::Stream
-        );
+    fn a_replicating_sync_or_continuous_group_streams_even_while_resynchronizing() {
+        for mode in [Mode::Sync, Mode::Continuous] {
+            assert_eq!(
+                turn(Role::Primary, mode, GroupState::Replicating),
+                Turn::Stream
+            );
+            assert_eq!(
+                turn(Role::Primary, mode, GroupState::Resynchronizing),
+                Turn::Stream
+            );
+        }
     }
 
     #[test]
@@ -819,7 +817,7 @@ mod tests {
             turn(Role::Primary, Mode::Async, GroupState::Replicating),
             Turn::Scheduled
         );
-        for mode in [Mode::Async, Mode::Sync] {
+        for mode in Mode::ALL.iter().copied() {
             assert_eq!(
                 turn(Role::Primary, mode, GroupState::InitialReplication),
                 Turn::Initial
@@ -898,13 +896,12 @@ mod tests {
         fn turns_are_total_and_only_primaries_run(
             state in prop::sample::select(GroupState::ALL.to_vec()),
             primary in any::<bool>(),
-            sync in any::<bool>(),
+            mode in prop::sample::select(Mode::ALL.to_vec()),
         ) {
             let role = if primary { Role::Primary } else { Role::Replica };
-            let mode = if sync { Mode::Sync } else { Mode::Async };
             let t = turn(role, mode, state);
             prop_assert_eq!(t == Turn::Stop, !primary);
-            if t == Turn::Stream { prop_assert!(sync); }
+            if t == Turn::Stream { prop_assert!(mode.streams()); }
         }
 
         /// Backoff never shrinks and never passes a minute.

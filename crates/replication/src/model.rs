@@ -19,6 +19,9 @@ pub struct GroupMetrics {
     /// Seconds since the replica last held every acknowledged write (0 for
     /// a sync group in sync).
     pub lag_seconds: u64,
+    /// Continuous group at its primary: how long the replica has been
+    /// missing writes, in milliseconds (see `GroupStatus::continuous_lag_seconds`).
+    pub continuous_lag_ms: Option<u64>,
     /// Changed bytes not yet in a PIT (primary; 0 on the replica and for a
     /// sync group in sync).
     pub pending_bytes: u64,
@@ -45,6 +48,9 @@ pub struct GroupMetrics {
 pub struct SyncMetrics {
     /// Every write reaches the replica's log before it is acknowledged.
     pub in_sync: bool,
+    /// Continuous group: queues dropped for outgrowing
+    /// `replication.continuous_queue_bytes` (each then resynchronized).
+    pub spills: u64,
     /// Batches the replica acknowledged.
     pub batches: u64,
     /// Writes the replica acknowledged.
@@ -131,10 +137,17 @@ pub struct GroupStatus {
     /// counts from here. Null until this daemon's first commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<String>,
-    /// Sync groups: seconds between two seals of the replica's log into a
-    /// PIT (set with `--rpo`; the group's RPO itself is 0).
+    /// Sync and continuous groups: seconds between two seals of the
+    /// replica's log into a PIT (set with `--rpo`; a sync group's RPO
+    /// itself is 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_interval_seconds: Option<u64>,
+    /// Continuous group at its primary: how many seconds of writes the
+    /// replica does not have yet (ms resolution): 0 when it acknowledged
+    /// every write, else the age of the oldest write it has not; while
+    /// spilled or resynchronizing, the age of the newest PIT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_lag_seconds: Option<f64>,
     /// Primary: the running transfer's progress in bytes of data: the
     /// initial replication (holes are skipped without reading, so they do
     /// not count), a reverse's first cycle, or any cycle while it ships.

@@ -225,13 +225,20 @@ pub(crate) fn check_schedule_quiescable(
     }
 }
 
-/// Continuous mode has its catalog schema (v16) but not yet its runner:
-/// refused until it has.
-pub(crate) fn refuse_continuous_for_now(mode: Mode) -> Result<(), ReplError> {
-    if mode == Mode::Continuous {
-        return Err(invalid(
-            "continuous mode is not available in this build yet; use async or sync".into(),
-        ));
+/// A continuous group's writes never wait for the replica, so the
+/// `suspend-writes` link-loss policy (writes wait, then fail) cannot apply
+/// to it: refused rather than silently ignored.
+pub(crate) fn refuse_suspend_for_continuous(
+    group: &str,
+    on_link_loss: &str,
+) -> Result<(), ReplError> {
+    if on_link_loss == "suspend-writes" {
+        return Err(invalid(format!(
+            "group {group}: continuous mode never makes a write wait for the replica, so it \
+             cannot suspend writes when the link is lost (--on-link-loss suspend-writes); \
+             use --on-link-loss degrade (the default) for a continuous group, or sync mode \
+             to keep suspend-writes"
+        )));
     }
     Ok(())
 }
@@ -240,16 +247,20 @@ pub(crate) fn refuse_continuous_for_now(mode: Mode) -> Result<(), ReplError> {
 /// suspend timeout (defaults filled in), RPO, retention and bandwidth.
 fn checked_settings(req: &CreateGroup) -> Result<(Mode, String, u64), ReplError> {
     offsite_engine::names::validate("group", &req.name)?;
-    let mode: Mode = req
-        .mode
-        .parse()
-        .map_err(|_| invalid(format!("mode {:?} is neither async nor sync", req.mode)))?;
-    refuse_continuous_for_now(mode)?;
+    let mode: Mode = req.mode.parse().map_err(|_| {
+        invalid(format!(
+            "mode {:?} is not async, sync or continuous",
+            req.mode
+        ))
+    })?;
     let on_link_loss = req.on_link_loss.clone().unwrap_or_else(|| "degrade".into());
     if !matches!(on_link_loss.as_str(), "degrade" | "suspend-writes") {
         return Err(invalid(format!(
             "--on-link-loss {on_link_loss:?} is neither degrade nor suspend-writes"
         )));
+    }
+    if mode == Mode::Continuous {
+        refuse_suspend_for_continuous(&req.name, &on_link_loss)?;
     }
     let suspend_timeout_secs = req.suspend_timeout_secs.unwrap_or(30);
     if !(1..=3600).contains(&suspend_timeout_secs) {
@@ -1365,7 +1376,7 @@ impl Replication {
 /// group replicates; a sync group's runner also takes it while catching up
 /// (a reversed group starts resynchronizing at once), once back in sync.
 pub(crate) fn must_be_replicating(g: &GroupRow, what: &str) -> Result<(), ReplError> {
-    let catching_up = g.mode == Mode::Sync && g.state == GroupState::Resynchronizing;
+    let catching_up = g.mode.streams() && g.state == GroupState::Resynchronizing;
     if g.state == GroupState::Replicating || catching_up {
         return Ok(());
     }

@@ -51,10 +51,20 @@ impl Replication {
         if let Some(bw) = req.bandwidth_bytes_per_sec {
             offsite_engine::check_bandwidth(bw)?;
         }
-        if let Some(mode) = &req.mode
-            && mode.parse::<Mode>().is_err()
-        {
-            return Err(invalid(format!("mode {mode:?} is neither async nor sync")));
+        if let Some(mode) = &req.mode {
+            // Checked before anything changes: a refused mode leaves the
+            // other settings of the same request untouched too.
+            match mode.parse::<Mode>() {
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "mode {mode:?} is not async, sync or continuous"
+                    )));
+                }
+                Ok(Mode::Continuous) => {
+                    crate::primary::refuse_suspend_for_continuous(name, &row.on_link_loss)?;
+                }
+                Ok(_) => {}
+            }
         }
         let rpo = req.rpo_secs.unwrap_or(row.rpo_secs);
         let keep = req.keep.unwrap_or(row.keep);

@@ -152,6 +152,18 @@ impl Replication {
             lag = 0;
             pending = 0;
         }
+        // A continuous group's lag is that of its stream while it runs
+        // (the newest PIT's age otherwise, as above).
+        let continuous = self.continuous_lag(&row);
+        if let Some((stream_lag, backlog)) = continuous {
+            lag = stream_lag.as_secs_f64().ceil() as u64;
+            pending = backlog;
+        }
+        let continuous_lag_seconds = match (&continuous, row.mode, row.role) {
+            (Some((l, _)), _, _) => Some(round_ms(l.as_secs_f64())),
+            (None, Mode::Continuous, Role::Primary) => Some(lag as f64),
+            _ => None,
+        };
         let (health, reason) =
             self.overriding_health(&row, (health, reason), &sync_state, &row.needs_resync);
         let (health, reason) = quiesce_warning(&row, (health, reason));
@@ -184,6 +196,7 @@ impl Replication {
             pending_bytes: pending,
             // A sync group's RPO is 0: every acknowledged write is on the
             // replica (its stored RPO only paces the seals).
+            continuous_lag_seconds,
             rpo_seconds: if row.mode == Mode::Sync {
                 0
             } else {
@@ -198,7 +211,7 @@ impl Replication {
                 .map_or(0, |r| r.progress.sent.load(Ordering::Relaxed)),
             isolated_bytes: isolated,
             sync_state: sync_state.map(|(s, _)| s),
-            on_link_loss: (row.mode == Mode::Sync).then(|| row.on_link_loss.clone()),
+            on_link_loss: row.mode.streams().then(|| row.on_link_loss.clone()),
             test_failover_pit: test_pit,
             initial_durable_bytes: (row.role == Role::Primary
                 && row.state == GroupState::InitialReplication)
@@ -215,7 +228,7 @@ impl Replication {
             resync: self.resync_progress(name),
             confirmed_at: self.confirmed_at(&row),
             transfer,
-            seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
+            seal_interval_seconds: row.mode.streams().then_some(row.rpo_secs.max(30)),
             journal: row.mode.streams().then(|| {
                 let window = journal_window.or_else(|| self.runners.journal_window(name));
                 crate::model::JournalStatus::of(&row.journal, window)
@@ -227,7 +240,7 @@ impl Replication {
     /// lost, if it was; `None` for other groups or a runner without a
     /// mirror.
     fn sync_mirror_state(&self, row: &GroupRow) -> Option<(SyncState, Option<String>)> {
-        if row.mode != Mode::Sync || row.role != Role::Primary {
+        if !row.mode.streams() || row.role != Role::Primary {
             return None;
         }
         self.runners.get(&row.name).and_then(|r| {
@@ -237,6 +250,19 @@ impl Replication {
                 .as_ref()
                 .map(|(m, resyncing)| (m.state_name(*resyncing), m.why_lost()))
         })
+    }
+
+    /// A continuous primary's stream lag and the bytes queued or in
+    /// flight, while its stream runs; `None` otherwise (no runner, spilled,
+    /// resynchronizing: the newest PIT's age is the lag then).
+    fn continuous_lag(&self, row: &GroupRow) -> Option<(std::time::Duration, u64)> {
+        if row.mode != Mode::Continuous || row.role != Role::Primary {
+            return None;
+        }
+        let r = self.runners.get(&row.name)?;
+        let slot = r.mirror.lock().unwrap_or_else(|e| e.into_inner());
+        let (m, _) = slot.as_ref()?;
+        Some((m.lag()?, m.backlog_bytes()))
     }
 
     /// The group's health after what outranks the lag and PIT view of
@@ -259,6 +285,20 @@ impl Replication {
                 reason = None;
             }
             Some((SyncState::InSync, _)) => {}
+            // Streaming, the lag (the stream's) against the RPO is the
+            // health, as computed.
+            Some((SyncState::Streaming, _)) => {}
+            // A continuous group that spilled or lost its link loses no
+            // acknowledged promise (its writes never waited): a warning
+            // while it catches up by itself, unless the lag made it worse.
+            Some((state, why)) if row.mode == Mode::Continuous && health == "normal" => {
+                health = "warning".into();
+                reason = Some(format!(
+                    "continuous replication is {state}{}",
+                    why.as_deref().map(|w| format!(": {w}")).unwrap_or_default()
+                ));
+            }
+            Some(_) if row.mode == Mode::Continuous => {}
             Some((state, why)) => {
                 health = "critical".into();
                 reason = Some(format!(
@@ -367,7 +407,7 @@ impl Replication {
         let mut out = Vec::with_capacity(groups.len());
         for g in &groups {
             let mut sync = None;
-            if g.mode == Mode::Sync
+            if g.mode.streams()
                 && g.role == Role::Primary
                 && let Some(r) = self.runners.get(&g.name)
             {
@@ -380,6 +420,7 @@ impl Replication {
                 let st = &r.sync_stats;
                 sync = Some(SyncMetrics {
                     in_sync,
+                    spills: st.spills.load(Ordering::Relaxed),
                     batches: st.batches.load(Ordering::Relaxed),
                     writes: st.writes.load(Ordering::Relaxed),
                     link_losses: st.link_losses.load(Ordering::Relaxed),
@@ -395,12 +436,22 @@ impl Replication {
                         .as_ref()
                         .is_some_and(|(m, resync)| m.state_name(*resync) == SyncState::InSync)
                 });
-            let lag_seconds = if in_sync {
-                0
-            } else {
-                self.lag_seconds(g, rows.last().map(|p| p.created_at.as_str()))
+            let continuous = self.continuous_lag(g);
+            let lag_seconds = match &continuous {
+                _ if in_sync => 0,
+                Some((lag, _)) => lag.as_secs_f64().ceil() as u64,
+                None => self.lag_seconds(g, rows.last().map(|p| p.created_at.as_str())),
             };
-            let pending_bytes: u64 = if g.role == Role::Primary && !in_sync {
+            let continuous_lag_ms = match &continuous {
+                Some((lag, _)) => Some(lag.as_millis() as u64),
+                None if g.mode == Mode::Continuous && g.role == Role::Primary => {
+                    Some(lag_seconds * 1000)
+                }
+                None => None,
+            };
+            let pending_bytes: u64 = if let Some((_, backlog)) = continuous {
+                backlog
+            } else if g.role == Role::Primary && !in_sync {
                 g.volumes
                     .iter()
                     .filter_map(|v| self.site.volume(&v.volume).ok())
@@ -423,6 +474,7 @@ impl Replication {
                 group: g.name.clone(),
                 role: g.role,
                 lag_seconds,
+                continuous_lag_ms,
                 pending_bytes,
                 pits: rows.len() as u64,
                 cycles: cs.len() as u64,
@@ -580,4 +632,9 @@ fn health(
         },
     );
     (level.as_str().to_string(), why)
+}
+
+/// Seconds to the millisecond (a status figure, not a measurement).
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
 }

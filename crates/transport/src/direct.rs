@@ -39,7 +39,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use offsite_protocol::{
     BulkFrame, Compression, Features, FrameDecoder, Message, PayloadHash, encode_frame,
 };
@@ -216,6 +216,31 @@ impl DirectStream {
         };
         let frame = frame.finish(seq, hash).map_err(TransportError::Encode)?;
         self.write_frame(&[&frame])
+    }
+
+    /// [`send_bulk`](Self::send_bulk) of a frame the caller keeps: its
+    /// buffer is written in place and left to be
+    /// [`reset`](BulkFrame::reset) and reused (a compressing session sends
+    /// a copy of the payload as an ordinary message).
+    pub fn send_bulk_reusing(
+        &self,
+        frame: &mut BulkFrame,
+        seq: u64,
+        self_checked: bool,
+    ) -> Result<(), TransportError> {
+        if self.compression != Compression::None {
+            let payload = Bytes::copy_from_slice(frame.payload());
+            return self.send(&Message::BulkData { seq, payload });
+        }
+        let hash = if self_checked && self.info.features.contains(Features::SELF_CHECKED_BULK) {
+            PayloadHash::Omitted
+        } else {
+            PayloadHash::Blake3
+        };
+        let frame = frame
+            .finish_in_place(seq, hash)
+            .map_err(TransportError::Encode)?;
+        self.write_frame(&[frame])
     }
 
     /// Encrypts `parts` (one frame) and writes them to the socket. They go

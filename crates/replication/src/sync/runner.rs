@@ -1,7 +1,8 @@
-//! The runner of a sync group while it replicates: attaches the mirror,
-//! resynchronizes with ordinary cycles, opens the stream, seals on the RPO
-//! timer, applies the link-loss policy, and detaches when the group leaves
-//! sync mode.
+//! The runner of a sync or continuous group while it replicates: attaches
+//! the mirror, resynchronizes with ordinary cycles, opens the stream, seals
+//! on the RPO timer, applies the link-loss policy, and detaches when the
+//! group leaves its mode. A continuous group's mirror never makes a write
+//! wait and resynchronizes at once after a spill (see `continuous`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use offsite_engine::{Volume, WriteMirror};
 use offsite_transport::DirectStream;
 use tokio::sync::mpsc;
 
-use super::{CATCH_UP_BYTES, Policy, SyncMirror};
+use super::{CATCH_UP_BYTES, Policy, SyncMirror, Wait};
 use crate::primary::{Command, MirrorSlot, answer};
 use crate::wire;
 use crate::{RemoteError, ReplError, Replication};
@@ -46,13 +47,22 @@ impl Replication {
             .unwrap_or_default();
         let ack_timeout =
             Duration::from_secs_f64(self.site.config().replication.sync_ack_timeout_secs);
-        let mirror = SyncMirror::new(
-            &row.name,
-            Policy::of(row),
-            ack_timeout,
-            stats,
-            self.clock.clone(),
-        );
+        let mirror = match row.mode {
+            Mode::Continuous => SyncMirror::continuous(
+                &row.name,
+                ack_timeout,
+                self.site.config().replication.continuous_queue_bytes,
+                stats,
+                self.clock.clone(),
+            ),
+            _ => SyncMirror::new(
+                &row.name,
+                Policy::of(row),
+                ack_timeout,
+                stats,
+                self.clock.clone(),
+            ),
+        };
         for (i, v) in volumes.iter().enumerate() {
             v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, i as u16)));
         }
@@ -90,14 +100,15 @@ impl Replication {
         }
     }
 
-    /// Whether the group still runs in sync mode here.
-    async fn still_sync(&self, group: &str) -> bool {
+    /// Whether the group still streams in `mode` here (a change between
+    /// sync and continuous restarts the runner's loop with a new mirror).
+    async fn still_sync(&self, group: &str, mode: Mode) -> bool {
         let site = self.site.clone();
         let g = group.to_string();
         matches!(
             tokio::task::spawn_blocking(move || site.groups().get(&g)).await,
             Ok(Ok(r)) if r.role == Role::Primary
-                && r.mode == Mode::Sync
+                && r.mode == mode
                 && matches!(r.state, GroupState::Replicating | GroupState::Resynchronizing)
         )
     }
@@ -135,7 +146,7 @@ impl Replication {
                         ))));
                     }
                     Some(Command::Wake) => {
-                        if !self.still_sync(&row.name).await {
+                        if !self.still_sync(&row.name, row.mode).await {
                             return Some(true);
                         }
                     }
@@ -181,6 +192,12 @@ impl Replication {
                 InSyncEnd::Lost(why) => why,
                 InSyncEnd::Leave(keep) => return keep,
             };
+            if mirror.spilled() {
+                // The partner is there, only slower than the writes: catch
+                // up at once (a lost link waits out its backoff).
+                self.note_spill(row, &lost).await;
+                continue;
+            }
             self.note_link_lost(row, mirror, volumes, &lost).await;
             if let Some(keep) = self.resync_pause(row, rx, backoff, &lost).await {
                 return keep;
@@ -234,7 +251,7 @@ impl Replication {
                     *backoff = (*backoff * 2).min(Duration::from_secs(15));
                 }
             }
-            if !self.still_sync(&name).await {
+            if !self.still_sync(&name, row.mode).await {
                 return Some(true);
             }
         }
@@ -248,6 +265,7 @@ impl Replication {
         mirror: &Arc<SyncMirror>,
     ) -> Result<DirectStream, ReplError> {
         let at = AtomicU64::new(0);
+        mirror.set_queue_bytes(self.site.config().replication.continuous_queue_bytes);
         self.cycle_then(row, None, false, || {
             at.store(mirror.issued(), Ordering::Relaxed);
             mirror.set_up();
@@ -275,14 +293,18 @@ impl Replication {
             .await;
         let site = self.site.clone();
         let g = row.name.clone();
+        let what = match mirror.waits() {
+            Wait::Acks => {
+                "in sync: every write reaches the replica's log before it is acknowledged"
+            }
+            Wait::Never { .. } => {
+                "streaming: every write is queued to the replica's log as it happens"
+            }
+        };
         crate::warn_if_failed(
             "recording the group as in sync",
             crate::run_blocking(move || {
-                site.note(
-                    "group.sync",
-                    &g,
-                    "in sync: every write reaches the replica's log before it is acknowledged",
-                );
+                site.note("group.sync", &g, what);
                 Ok(())
             })
             .await,
@@ -290,6 +312,26 @@ impl Replication {
         let m = mirror.clone();
         // `attach` cannot fail; a panic in it is the task's to report.
         drop(tokio::task::spawn_blocking(move || m.attach(stream)).await);
+        if mirror.waits() != Wait::Acks {
+            mirror.start_continuous();
+        }
+    }
+
+    /// A continuous group's queue spilled: recorded (error and event); the
+    /// runner resynchronizes at once.
+    async fn note_spill(&self, row: &GroupRow, why: &str) {
+        self.record_error(&row.name, &format!("continuous replication spilled: {why}"))
+            .await;
+        let site = self.site.clone();
+        let (g, w) = (row.name.clone(), why.to_string());
+        crate::warn_if_failed(
+            "recording the spill",
+            crate::run_blocking(move || {
+                site.note("group.sync", &g, &format!("spilled: {w}"));
+                Ok(())
+            })
+            .await,
+        );
     }
 
     /// Mirrors the writes while in sync: seals on the RPO timer, keeps the
@@ -358,7 +400,7 @@ impl Replication {
                         answer(reply, r);
                     }
                     Some(Command::Wake) => {
-                        if !self.still_sync(&name).await {
+                        if !self.still_sync(&name, row.mode).await {
                             self.stop_stream(mirror, volumes).await;
                             return InSyncEnd::Leave(true);
                         }

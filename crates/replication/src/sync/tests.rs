@@ -15,7 +15,7 @@ use offsite_nbd::BlockDevice;
 
 use super::{Batcher, Item, MAX_BATCH, Policy, StreamError, SyncMirror};
 use crate::RemoteError;
-use crate::clock::FakeClock;
+use crate::clock::{Clock, FakeClock};
 use crate::testing::{BS, Pair};
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -273,4 +273,130 @@ fn a_failed_write_takes_back_its_records() {
     b.undo();
     assert_eq!(seq, 1);
     assert_eq!(batches(&queue), before);
+}
+
+/// A continuous group's mirror (bound `queue_bytes`) on a volume of
+/// `blocks`, its link up as after the last cut of a resynchronization: the
+/// stream is opening, the replica acknowledges nothing.
+fn streaming(p: &Pair, blocks: u64, queue_bytes: u64) -> (Arc<Volume>, Arc<SyncMirror>) {
+    let v = p.volume("v", blocks);
+    let clock: Arc<FakeClock> = p.clock.clone();
+    let mirror = SyncMirror::continuous("g", ACK_TIMEOUT, queue_bytes, Default::default(), clock);
+    v.set_mirror(Some((mirror.clone() as Arc<dyn WriteMirror>, 0)));
+    mirror.set_up();
+    (v, mirror)
+}
+
+/// The records queued for the replica, as (first block, blocks) each.
+fn queued_blocks(mirror: &SyncMirror) -> Vec<(u64, u32)> {
+    batches(&mirror.lock().queue)
+        .into_iter()
+        .flat_map(|(_, records)| records.into_iter().map(|r| (r.2, r.3)))
+        .collect()
+}
+
+/// Continuous: a write is queued for the replica and completes at once,
+/// though the replica has acknowledged nothing and the clock never moves
+/// (a sync mirror would hold it until the acknowledgement deadline).
+#[test]
+fn continuous_writes_complete_without_the_replica() {
+    let p = Pair::new();
+    let (v, mirror) = streaming(&p, 64, 64 << 20);
+    for block in 0..40u64 {
+        v.write_at(&[block as u8; BS], block * BS as u64, false)
+            .unwrap();
+    }
+    assert_eq!(mirror.issued(), 40);
+    assert!(mirror.ready(40));
+    assert_eq!(
+        queued_blocks(&mirror),
+        (0..40u64).map(|b| (b, 1)).collect::<Vec<_>>(),
+        "every write is queued, in order, as one record"
+    );
+    assert_eq!(
+        mirror.backlog_bytes(),
+        40 * (BS + super::RECORD_OVERHEAD) as u64
+    );
+    // No stream yet: resynchronizing, not streaming.
+    assert_eq!(mirror.state_name(false), SyncState::Resynchronizing);
+    // Tracked as well: a lost queue is shipped from the tracker.
+    assert_eq!(v.tracker().snapshot().len(), 40);
+}
+
+/// Continuous: the write that takes the queue over its bound spills it;
+/// every write still completes and stays tracked; the next last cut
+/// (the runner resynchronizes at once) starts queueing again.
+#[test]
+fn a_continuous_queue_over_its_bound_spills_and_queues_again_after_the_resync() {
+    let p = Pair::new();
+    let bound = 1 << 20;
+    let (v, mirror) = streaming(&p, 512, bound);
+    let per = (BS + super::RECORD_OVERHEAD) as u64;
+    let fits = bound / per;
+    for block in 0..300u64 {
+        v.write_at(&[9u8; BS], block * BS as u64, false).unwrap();
+        if block + 1 == fits {
+            assert!(!mirror.spilled(), "{} bytes fit", (block + 1) * per);
+        }
+    }
+    assert!(mirror.spilled());
+    assert_eq!(mirror.state_name(false), SyncState::Spilled);
+    let why = mirror.why_lost().unwrap();
+    assert!(
+        why.contains("the replica fell behind: 1 MiB queued"),
+        "{why}"
+    );
+    assert_eq!(
+        mirror
+            .stats
+            .spills
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(mirror.backlog_bytes(), 0, "the queue was dropped");
+    assert!(queued_blocks(&mirror).is_empty());
+    assert_eq!(mirror.issued(), 300);
+    assert!(mirror.ready(300));
+    assert_eq!(
+        v.tracker().snapshot().len(),
+        300,
+        "every write is tracked for the resynchronization"
+    );
+    // While resynchronizing the lag is the newest PIT's age (not the
+    // mirror's): it has none.
+    assert_eq!(mirror.lag(), None);
+    // The catch-up cycle's cut covers everything so far; its last cut
+    // starts queueing again.
+    mirror.cover(mirror.issued());
+    mirror.set_up();
+    assert!(!mirror.spilled());
+    v.write_at(&[1u8; BS], 5 * BS as u64, false).unwrap();
+    assert_eq!(queued_blocks(&mirror), [(5, 1)]);
+    assert_eq!(mirror.state_name(false), SyncState::Resynchronizing);
+}
+
+/// Continuous lag: the age of the oldest write the replica has not
+/// acknowledged, 0 once it has them all.
+#[test]
+fn continuous_lag_is_the_age_of_the_oldest_unacknowledged_write() {
+    let p = Pair::new();
+    let (v, mirror) = streaming(&p, 16, 64 << 20);
+    let age = || super::continuous::pending_age(&mirror.lock(), p.clock.now());
+    assert_eq!(age(), Some(Duration::ZERO), "nothing written");
+    v.write_at(&[1u8; BS], 0, false).unwrap();
+    p.clock.advance(Duration::from_millis(300));
+    v.write_at(&[2u8; BS], BS as u64, false).unwrap();
+    v.write_at(&[3u8; BS], 2 * BS as u64, false).unwrap();
+    p.clock.advance(Duration::from_millis(200));
+    assert_eq!(age(), Some(Duration::from_millis(500)));
+    // The replica acknowledged the first write: the oldest left is 200 ms old.
+    mirror.cover(1);
+    assert_eq!(age(), Some(Duration::from_millis(200)));
+    mirror.cover(2);
+    assert_eq!(age(), Some(Duration::from_millis(200)));
+    mirror.cover(3);
+    assert_eq!(age(), Some(Duration::ZERO));
+    // A lost link: the lag is no longer the stream's.
+    mirror.lose("test".into());
+    assert_eq!(mirror.lag(), None);
 }
