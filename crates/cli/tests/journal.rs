@@ -163,4 +163,11 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
     // Nothing acknowledged was lost: the replica still verifies.
     let v = a.json(&["verify", "j"]);
     assert_eq!(v["differing_blocks"], 0, "{v}");
+
+    // The primary lists the replica's journal: without the replica, that
+    // fails and names it.
+    let mut b = b;
+    b.stop();
+    let e = a.fails(&["pit", "list", "j", "--checkpoints"]);
+    assert!(e.contains("site-b"), "{e}");
 }
