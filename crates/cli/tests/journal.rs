@@ -142,6 +142,13 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
 
     // A size bound below what the journal holds: the next commit drops
     // history from the front.
+    // Out of range: refused, naming the option; nothing changes.
+    let e = a.fails(&["group", "set", "j", "--checkpoint-interval", "50ms"]);
+    assert!(e.contains("--checkpoint-interval"), "{e}");
+    assert_eq!(
+        group_status(&a, "j")["journal"]["checkpoint_interval_ms"],
+        1000
+    );
     a.json(&["group", "set", "j", "--journal-max-size", "1M"]);
     assert_eq!(group_status(&b, "j")["journal"]["max_bytes"], 1 << 20);
     let before = checkpoints(&b, "j");
