@@ -2,7 +2,8 @@
 //! serve` sites: writes from qemu-io across two volumes for a few seconds
 //! leave checkpoints about a second apart in `pit list --checkpoints`
 //! (asked at the replica, and at the primary through it), the history
-//! outlives a seal, and `group set --journal-max-size` prunes it.
+//! outlives a seal (a named one is a checkpoint of that name too), and
+//! `group set --journal-max-size` prunes it.
 
 mod common;
 
@@ -19,7 +20,7 @@ fn write_for(a: &TestSite, secs: u64, round: u8) -> u64 {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut n = 0u64;
     while Instant::now() < end {
-        let volume = if n % 2 == 0 { "d0" } else { "d1" };
+        let volume = if n.is_multiple_of(2) { "d0" } else { "d1" };
         let offset = (n % 16) * 256 * 1024;
         let pattern = (u64::from(round) * 37 + n) % 250 + 1;
         qemu_io(
@@ -74,7 +75,8 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
 
     // A few seconds of writes across both volumes, a seal, a few more.
     let writes = write_for(&a, 3, 1);
-    a.json(&["sync", "j"]);
+    // A named seal is also a checkpoint of that name.
+    a.json(&["sync", "j", "--pit-name", "mid"]);
     let writes = writes + write_for(&a, 3, 2);
     let at_b = checkpoints(&b, "j");
     let t = times(&at_b);
@@ -88,7 +90,14 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
     // The interval's timer never fires early: consecutive checkpoints are
     // about a second apart (a late tick only makes a gap longer; half a
     // second covers a tick that fired late followed by one on time).
-    for w in t.windows(2) {
+    let timed: Vec<u64> = at_b["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].is_null())
+        .map(|c| c["time_ns"].as_u64().unwrap())
+        .collect();
+    for w in timed.windows(2) {
         assert!(
             w[1] - w[0] >= 500_000_000,
             "checkpoints {} ns apart: {at_b}",
@@ -98,6 +107,13 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
     for c in at_b["checkpoints"].as_array().unwrap() {
         assert_eq!(c["consistency"], "crash");
     }
+    let named: Vec<&Value> = at_b["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "mid")
+        .collect();
+    assert_eq!(named.len(), 1, "{at_b}");
     // The seal kept the sealed journal file as history.
     assert!(at_b["files"].as_u64().unwrap() >= 2, "{at_b}");
 
@@ -126,6 +142,13 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
 
     // A size bound below what the journal holds: the next commit drops
     // history from the front.
+    // Out of range: refused, naming the option; nothing changes.
+    let e = a.fails(&["group", "set", "j", "--checkpoint-interval", "50ms"]);
+    assert!(e.contains("--checkpoint-interval"), "{e}");
+    assert_eq!(
+        group_status(&a, "j")["journal"]["checkpoint_interval_ms"],
+        1000
+    );
     a.json(&["group", "set", "j", "--journal-max-size", "1M"]);
     assert_eq!(group_status(&b, "j")["journal"]["max_bytes"], 1 << 20);
     let before = checkpoints(&b, "j");
@@ -147,5 +170,11 @@ fn a_sync_group_keeps_checkpoints_a_second_apart_and_prunes_them() {
     // Nothing acknowledged was lost: the replica still verifies.
     let v = a.json(&["verify", "j"]);
     assert_eq!(v["differing_blocks"], 0, "{v}");
-    let _ = writes;
+
+    // The primary lists the replica's journal: without the replica, that
+    // fails and names it.
+    let mut b = b;
+    b.stop();
+    let e = a.fails(&["pit", "list", "j", "--checkpoints"]);
+    assert!(e.contains("site-b"), "{e}");
 }

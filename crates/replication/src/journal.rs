@@ -198,12 +198,9 @@ impl Replication {
                 (JournalView::of(&view), self.site.config().name.clone())
             }
             offsite_catalog::Role::Primary => {
-                let mut ch = self.channel(&row.partner, None).await.map_err(|e| {
-                    invalid(format!(
-                        "group {group}'s journal is kept by its replica site {}, which cannot be reached: {e}",
-                        row.partner
-                    ))
-                })?;
+                // An unreachable replica keeps its error (and its class:
+                // the API answers 502), which names the partner.
+                let mut ch = self.channel(&row.partner, None).await?;
                 let asked = ch
                     .call(&wire::JournalQuery {
                         group: group.to_string(),

@@ -54,6 +54,8 @@ impl Runners {
     /// (the last handle dropped) or its group's role changes.
     pub(crate) fn remove(&self, group: &str) {
         lock(&self.by_group).remove(group);
+        // A group of the same name created later has a journal of its own.
+        lock(&self.journal_windows).remove(group);
     }
 
     /// Records the journal window `group`'s replica reported.

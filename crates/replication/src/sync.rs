@@ -1301,7 +1301,15 @@ impl Replication {
             CycleFreeze::Held { app_consistent } => *app_consistent,
         };
         let mut rx = None;
-        let queue = || rx = mirror.queue_seal(name.clone(), created_at.clone(), app_consistent);
+        let time_ns = u64::try_from(self.clock.wall().unix_timestamp_nanos()).unwrap_or(0);
+        let queue = || {
+            // A quiesced or named seal is also a checkpoint of the journal
+            // at the same point of the write order, marked and named so.
+            if app_consistent || name.is_some() {
+                mirror.queue_checkpoint(time_ns, app_consistent, name.clone());
+            }
+            rx = mirror.queue_seal(name.clone(), created_at.clone(), app_consistent);
+        };
         let cut = if full_cut {
             Site::cut_full_then(volumes, queue).map(drop)
         } else {

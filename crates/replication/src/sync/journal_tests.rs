@@ -12,7 +12,7 @@ use bytes::Bytes;
 use offsite_catalog::{FailoverRow, JournalSettings, Mode};
 use offsite_engine::{Volume, WriteMirror};
 use offsite_nbd::BlockDevice;
-use offsite_replica_store::{CheckpointId, Listing, ReplicaStore, WriteLog};
+use offsite_replica_store::{CheckpointId, Consistency, Listing, ReplicaStore, WriteLog};
 
 use super::{Item, Policy, SyncMirror, apply_payloads};
 use crate::testing::{BS, Pair, hash_volume};
@@ -199,6 +199,12 @@ async fn checkpoints_arrive_in_write_order_with_the_primarys_time() {
     let second = s.primary_image();
     s.p.clock.advance(Duration::from_secs(1));
     assert!(!s.tick().await, "no write since the last checkpoint");
+    // A quiesced or named seal's checkpoint is queued all the same.
+    let t3 = now_ns(&s.p);
+    assert!(
+        s.mirror
+            .queue_checkpoint(t3, true, Some("before-upgrade".into()))
+    );
     // Queued between the writes, in their order.
     let kinds: Vec<&str> = s
         .mirror
@@ -211,8 +217,11 @@ async fn checkpoints_arrive_in_write_order_with_the_primarys_time() {
             Item::Seal { .. } => "seal",
         })
         .collect();
-    assert_eq!(kinds, ["writes", "checkpoint", "writes", "checkpoint"]);
-    assert_eq!(s.deliver(), [t1, t2]);
+    assert_eq!(
+        kinds,
+        ["writes", "checkpoint", "writes", "checkpoint", "checkpoint"]
+    );
+    assert_eq!(s.deliver(), [t1, t2, t3]);
 
     let list = s.store.list_checkpoints(Listing::Every).unwrap();
     let got: Vec<(u64, u64)> = list
@@ -220,21 +229,26 @@ async fn checkpoints_arrive_in_write_order_with_the_primarys_time() {
         .iter()
         .map(|c| (c.id.get(), c.time_ns))
         .collect();
-    assert_eq!(got, [(1, t1), (2, t2)]);
+    assert_eq!(got, [(1, t1), (2, t2), (3, t3)]);
+    let third = &list.checkpoints[2];
+    assert_eq!(third.consistency, Consistency::Application);
+    assert_eq!(third.name.as_deref(), Some("before-upgrade"));
+    assert_eq!(list.summary.application_consistent, 1);
     // Each is exactly the primary's volumes when it was queued (across
     // both volumes: the first holds none of the later writes).
     assert_eq!(s.checkpoint_image(1), first);
     assert_eq!(s.checkpoint_image(2), second);
+    assert_eq!(s.checkpoint_image(3), second);
 
     // A seal keeps the sealed file as history and reports the window.
     let committed = s.seal();
     let window = committed.journal.expect("a window");
     assert_eq!(
         (window.oldest_ns, window.newest_ns, window.count),
-        (t1, t2, 2)
+        (t1, t3, 3)
     );
     let after = s.store.list_checkpoints(Listing::Summary).unwrap();
-    assert_eq!(after.summary.count, 2);
+    assert_eq!(after.summary.count, 3);
     assert_eq!(after.summary.files, 2, "the sealed file and the open one");
     assert_eq!(s.checkpoint_image(1), first);
 }
