@@ -351,8 +351,107 @@ pub(crate) fn refused_while(name: &str, state: GroupState, asked: Asked) -> Stri
     }
 }
 
+/// A consistent point a recovery to a time may use: a PIT or a journal
+/// checkpoint, with its time (nanoseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) kind: crate::model::PointKind,
+    pub(crate) id: u64,
+    pub(crate) time_ns: u64,
+}
+
+/// Why no point answers a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PointRefusal {
+    /// The group has no PIT and no reachable checkpoint.
+    Nothing,
+    /// The time lies before the oldest reachable point, which is this one.
+    TooEarly(Candidate),
+}
+
+/// The point `--at` a time chooses: the newest of `candidates` (PITs and
+/// reachable checkpoints, in any order) at or before `requested_ns`. A
+/// time after the newest takes the newest (the answer says how far it
+/// is); a time before the oldest is refused, naming the oldest. Between a
+/// PIT and a checkpoint of the same instant the PIT wins: it is read
+/// without replaying the journal. PIT times are their cut's (the
+/// primary's clock for a cycle, the replica's for a sync group's seal),
+/// checkpoints' the primary's: within a second of each other on sites
+/// kept in time, which is the resolution an operator asks for.
+pub(crate) fn recovery_point(
+    requested_ns: u64,
+    candidates: &[Candidate],
+) -> Result<Candidate, PointRefusal> {
+    use crate::model::PointKind;
+    // PITs first at equal times (the greatest key wins below).
+    let key = |c: &Candidate| (c.time_ns, c.kind == PointKind::Pit, c.id);
+    match candidates
+        .iter()
+        .filter(|c| c.time_ns <= requested_ns)
+        .max_by_key(|c| key(c))
+    {
+        Some(c) => Ok(*c),
+        None => candidates
+            .iter()
+            .min_by_key(|c| (c.time_ns, c.id))
+            .map_or(Err(PointRefusal::Nothing), |c| {
+                Err(PointRefusal::TooEarly(*c))
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    mod recovery_point {
+        use super::super::{Candidate, PointRefusal, recovery_point};
+        use crate::model::PointKind::{Checkpoint, Pit};
+
+        fn c(kind: crate::model::PointKind, id: u64, s: u64) -> Candidate {
+            Candidate {
+                kind,
+                id,
+                time_ns: s * 1_000_000_000,
+            }
+        }
+
+        #[test]
+        fn the_newest_point_at_or_before_the_time_wins() {
+            let all = [
+                c(Pit, 1, 100),
+                c(Checkpoint, 1, 101),
+                c(Checkpoint, 2, 102),
+                c(Pit, 2, 105),
+                c(Checkpoint, 3, 106),
+            ];
+            assert_eq!(recovery_point(102_000_000_000, &all), Ok(all[2]));
+            assert_eq!(recovery_point(104_999_999_999, &all), Ok(all[2]));
+            assert_eq!(recovery_point(105_000_000_000, &all), Ok(all[3]));
+            assert_eq!(recovery_point(100_500_000_000, &all), Ok(all[0]));
+        }
+
+        #[test]
+        fn a_time_after_the_newest_takes_the_newest() {
+            let all = [c(Pit, 1, 100), c(Checkpoint, 7, 110)];
+            assert_eq!(recovery_point(u64::MAX, &all), Ok(all[1]));
+        }
+
+        #[test]
+        fn a_time_before_the_oldest_is_refused_naming_the_oldest() {
+            let all = [c(Checkpoint, 4, 103), c(Pit, 2, 100), c(Pit, 3, 101)];
+            assert_eq!(
+                recovery_point(99_000_000_000, &all),
+                Err(PointRefusal::TooEarly(all[1]))
+            );
+            assert_eq!(recovery_point(5, &[]), Err(PointRefusal::Nothing));
+        }
+
+        #[test]
+        fn a_pit_wins_over_a_checkpoint_of_the_same_instant() {
+            let all = [c(Checkpoint, 9, 100), c(Pit, 3, 100)];
+            assert_eq!(recovery_point(100_000_000_000, &all), Ok(all[1]));
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

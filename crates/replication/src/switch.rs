@@ -115,6 +115,7 @@ impl Replication {
                 vms: Vec::new(),
                 duration_ms: started.elapsed().as_millis() as u64,
                 errors: Vec::new(),
+                point: None,
             });
         }
         if row.state != GroupState::Replicating {
@@ -227,6 +228,7 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors,
+            point: None,
         })
     }
 
@@ -341,11 +343,13 @@ impl Replication {
         Ok(Done)
     }
 
-    /// `failover run NAME [--pit P] [--force]` (not a test) at the replica.
+    /// `failover run NAME [--pit P | --at TIME] [--force]` (not a test)
+    /// at the replica.
     pub(crate) async fn promote(
         &self,
         group: &str,
         pit: Option<&str>,
+        at: Option<&str>,
         force: bool,
         start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
@@ -358,8 +362,8 @@ impl Replication {
         // PIT now (and the stream refused from here on), the newest PIT
         // holds every one of them.
         self.seal_log(group).await.map_err(ReplError::Refused)?;
-        let id = crate::test_failover::resolve(&store, group, pit)?;
-        self.promote_volumes(&row, id).await?;
+        let (source, point) = self.failover_source(&row, &store, pit, at).await?;
+        self.promote_volumes(&row, &source).await?;
         let served = self.served(&row);
         // The volumes are up: a failing VM hook is reported, not undone.
         let mut errors = Vec::new();
@@ -377,16 +381,17 @@ impl Replication {
                 }
             }
         };
-        tracing::info!(group, pit = %id, mode, "failed over");
+        tracing::info!(group, from = %source.describe(), mode, "failed over");
         drop(store);
         Ok(FailoverResult {
             group: group.to_string(),
             mode: mode.into(),
-            pit: id.get(),
+            pit: source.pit(),
             volumes: served,
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors,
+            point,
         })
     }
 
@@ -447,10 +452,19 @@ impl Replication {
         }
     }
 
-    /// Makes PIT `id` of every volume a writable volume of this site under
-    /// the volume's own name (pinning the PIT with a failover row), all or
-    /// none, and moves the group to `failed-over`.
-    async fn promote_volumes(&self, row: &GroupRow, id: PitId) -> Result<(), ReplError> {
+    /// Makes `source` (a PIT, or a checkpoint's image) of every volume a
+    /// writable volume of this site under the volume's own name (pinning
+    /// the PIT, or the PIT the image starts from, with a failover row), all
+    /// or none, and moves the group to `failed-over`.
+    async fn promote_volumes(
+        &self,
+        row: &GroupRow,
+        source: &crate::recovery::Source,
+    ) -> Result<(), ReplError> {
+        let (pit, checkpoint) = (source.pit(), source.checkpoint());
+        // Held until the volumes are made: they share this image through
+        // the site's cache instead of each building its own.
+        let _image = source.clone();
         let site = self.site.clone();
         let r = row.clone();
         let store_dir = row.store_dir.clone().unwrap_or_default();
@@ -468,8 +482,8 @@ impl Replication {
             site.catalog_insert_failover(&FailoverRow {
                 group: r.name.clone(),
                 kind: "promoted".into(),
-                pit_id: id.get(),
-                checkpoint: None,
+                pit_id: pit,
+                checkpoint,
                 started_at: String::new(),
                 committed: false,
             })?;
@@ -478,8 +492,8 @@ impl Replication {
                 let lower = LowerRef {
                     store_dir: store_dir.clone(),
                     volume: v.volume.clone(),
-                    pit: id.get(),
-                    checkpoint: None,
+                    pit,
+                    checkpoint,
                 };
                 if let Err(e) = site.promote_volume(&v.volume, v.size_bytes, v.block_size, &lower) {
                     for d in &done {
@@ -587,6 +601,7 @@ impl Replication {
             vms: Vec::new(),
             duration_ms: started.elapsed().as_millis() as u64,
             errors: Vec::new(),
+            point: None,
         })
     }
 
@@ -650,6 +665,7 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors: Vec::new(),
+            point: None,
         })
     }
 
