@@ -60,7 +60,10 @@ impl Stores {
         }
         let store = self.open(dir)?;
         let cid = CheckpointId::new(id).ok_or_else(|| {
-            EngineError::Invalid(format!("checkpoint 0 of the replica store {}", dir.display()))
+            EngineError::Invalid(format!(
+                "checkpoint 0 of the replica store {}",
+                dir.display()
+            ))
         })?;
         let image = Arc::new(store.checkpoint_image(cid).map_err(|e| {
             EngineError::Invalid(format!(
@@ -198,11 +201,7 @@ impl Site {
             import_source: None,
             lower: Some(lower),
         })?;
-        let volume = match Volume::create_layered(
-            &self.layout,
-            row.clone(),
-            lower_layer,
-        ) {
+        let volume = match Volume::create_layered(&self.layout, row.clone(), lower_layer) {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 if let Err(de) = self.catalog().delete_volume(&row.name) {

@@ -904,7 +904,10 @@ pub(crate) fn after_commit(
                 tracing::debug!(group, pit = %id, "retention skips a merge: {e}");
             }
             Err(e) => {
-                return Err(storage_error(format!("retention of group {group}: {e}"), &e));
+                return Err(storage_error(
+                    format!("retention of group {group}: {e}"),
+                    &e,
+                ));
             }
         }
     }

@@ -1030,6 +1030,13 @@ impl Replication {
     /// Those blocks are only suspect: each is compared by checksum with our
     /// copy (as DRBD's checksum-based resync does), and only the ones that
     /// really differ are sent, with our own writes.
+    ///
+    /// After a failover to a journal checkpoint, `pit` is the PIT the
+    /// checkpoint's image starts from: the blocks of the PITs after it
+    /// cover the journal's writes up to the checkpoint (already in our
+    /// image) and every write after it (the failover sealed the log into
+    /// a PIT first), so the set is a superset of what differs, and the
+    /// checksum comparison drops the rest.
     async fn suspect_blocks(
         &self,
         row: &GroupRow,
