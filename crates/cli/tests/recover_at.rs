@@ -63,6 +63,41 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
     qemu_io(&served_url(&r, "d0"), &["read -P 0x11 0 1M"]);
     b.json(&["failover", "stop-test", "g"]);
 
+    // A plan's drill at that time: every group's test failover at it.
+    a.json(&[
+        "plan",
+        "create",
+        "dr",
+        "--protected-site",
+        "site-a",
+        "--recovery-site",
+        "site-b",
+    ]);
+    a.json(&["plan", "add-group", "dr", "g"]);
+    let r = b.json(&["plan", "run", "dr", "--mode", "test", "--at", &t1]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["at"], t1.as_str(), "{r}");
+    assert_eq!(r["groups"][0]["pit"], first["id"], "{r}");
+    assert_eq!(r["groups"][0]["pit_created_at"], t1.as_str(), "{r}");
+    let step = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "test-failover")
+        .expect("the test failover step");
+    assert!(
+        step["name"].as_str().unwrap().contains(&t1)
+            && step["output"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("PIT {} of {t1}", u(&first, "id"))),
+        "{step}"
+    );
+    b.json(&["plan", "run", "dr", "--mode", "cleanup"]);
+    // A planned run ships a final PIT: no --at.
+    let err = b.fails(&["plan", "run", "dr", "--mode", "planned", "--at", &t1]);
+    assert!(err.contains("final PIT"), "{err}");
+
     // The REST API takes RFC 3339 only (the command line converts).
     let (status, body) = api_request(
         &b,
