@@ -371,30 +371,31 @@ impl Catalog {
     /// Every group's newest PIT, by group name: one query, whatever the
     /// number of groups (`group list`, the console's overview).
     pub fn newest_pits(&self) -> Result<HashMap<String, PitRow>, CatalogError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
-                 WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits GROUP BY group_name)",
-            )
-            .map_err(self.err("list PITs"))?;
-        let rows = stmt
-            .query_map([], pit_of_group)
-            .map_err(self.err("list PITs"))?;
-        rows.collect::<Result<HashMap<_, _>, _>>()
-            .map_err(self.err("list PITs"))
+        self.newest_pits_where(
+            "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
+             WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits GROUP BY group_name)",
+        )
     }
 
     /// Every group's newest app-consistent PIT, by group name: one query
     /// (`group list`, the console's overview).
     pub fn newest_app_consistent_pits(&self) -> Result<HashMap<String, PitRow>, CatalogError> {
+        self.newest_pits_where(
+            "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
+             WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits
+                                        WHERE app_consistent = 1 GROUP BY group_name)",
+        )
+    }
+
+    /// One PIT per group, as `sql` (a constant query of `pit_of_group`'s
+    /// columns) picks them.
+    fn newest_pits_where(
+        &self,
+        sql: &'static str,
+    ) -> Result<HashMap<String, PitRow>, CatalogError> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT group_name, id, name, created_at, bytes, app_consistent FROM pits
-                 WHERE (group_name, id) IN (SELECT group_name, MAX(id) FROM pits
-                                            WHERE app_consistent = 1 GROUP BY group_name)",
-            )
+            .prepare_cached(sql)
             .map_err(self.err("list PITs"))?;
         let rows = stmt
             .query_map([], pit_of_group)

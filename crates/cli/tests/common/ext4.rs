@@ -67,6 +67,15 @@ pub struct Ext4 {
 impl Ext4 {
     /// Makes and mounts ext4 on the export `url`, working in `scratch`.
     pub fn make(url: &str, scratch: &Path) -> Ext4 {
+        let mut fs = Ext4::attach(url, scratch);
+        sh("mkfs.ext4", &["-q", &fs.dev]);
+        fs.mount(&[]);
+        fs
+    }
+
+    /// The export `url` as a block device (not mounted: see
+    /// [`Ext4::mount`]), working in `scratch`.
+    pub fn attach(url: &str, scratch: &Path) -> Ext4 {
         let fuse_dir = scratch.join("fuse");
         let mnt = scratch.join("mnt");
         std::fs::create_dir_all(&fuse_dir).unwrap();
@@ -110,8 +119,6 @@ impl Ext4 {
             fs.dev
         );
         fs.loop_attached = true;
-        sh("mkfs.ext4", &["-q", &fs.dev]);
-        fs.mount(&[]);
         fs
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ext4;
+pub mod pg;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
