@@ -1056,10 +1056,24 @@ impl Replication {
             for (v, theirs) in r.volumes.iter().zip(&unreplicated) {
                 let mut set: RoaringBitmap = theirs.iter().copied().collect();
                 if let Some(store) = &store {
-                    let after = store.blocks_after(pit, &v.volume).map_err(|e| {
-                        invalid(format!("reading the promoted PIT's successors: {e}"))
-                    })?;
-                    set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()));
+                    match store.blocks_after(pit, &v.volume) {
+                        Ok(after) => {
+                            set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()))
+                        }
+                        // A checkpoint's image may start from the base
+                        // (its PIT merged into it before the failover):
+                        // no PIT bounds what changed since, so every block
+                        // is suspect and the checksums decide.
+                        Err(offsite_replica_store::ReplicaError::NoSuchPit { .. }) => {
+                            let blocks = v.size_bytes / u64::from(v.block_size);
+                            set.insert_range(0..u32::try_from(blocks).unwrap_or(u32::MAX));
+                        }
+                        Err(e) => {
+                            return Err(invalid(format!(
+                                "reading the promoted PIT's successors: {e}"
+                            )));
+                        }
+                    }
                 }
                 // Our own writes go anyway: no need to compare them.
                 set -= site.volume(&v.volume)?.tracker().snapshot();
