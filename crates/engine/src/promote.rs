@@ -135,10 +135,16 @@ pub(crate) fn open_volume(
     catalog.add_event(
         "volume.flattened",
         Some(&row.name),
-        &format!(
-            "volume {} no longer reads PIT {} of {}: it is a plain volume",
-            row.name, lower.pit, lower.store_dir
-        ),
+        &match lower.checkpoint {
+            Some(c) => format!(
+                "volume {} no longer reads checkpoint {c} (over PIT {}) of {}: it is a plain volume",
+                row.name, lower.pit, lower.store_dir
+            ),
+            None => format!(
+                "volume {} no longer reads PIT {} of {}: it is a plain volume",
+                row.name, lower.pit, lower.store_dir
+            ),
+        },
     )?;
     let mut row = row;
     row.lower = None;
@@ -283,5 +289,117 @@ impl Site {
             }
         }
         worked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{InitOptions, init_site};
+    use offsite_nbd::BlockDevice;
+    use offsite_replica_store::{
+        Consistency, History, LogRecord, VolumeSpec, decode_records, encode_record,
+    };
+
+    const BS: usize = 4096;
+
+    fn append(log: &mut offsite_replica_store::WriteLog, seq: u64, block: u64, byte: u8) {
+        let data = vec![byte; BS];
+        let mut raw = Vec::new();
+        encode_record(
+            &LogRecord {
+                seq,
+                volume: 0,
+                first: block,
+                count: 1,
+                data: Some(&data),
+            },
+            &mut raw,
+        );
+        log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
+    }
+
+    fn blocks(v: &Volume) -> Vec<u8> {
+        let mut buf = vec![0u8; BS];
+        (0..8)
+            .map(|b| {
+                v.read_at(&mut buf, b * BS as u64).unwrap();
+                assert!(buf.iter().all(|&x| x == buf[0]), "block {b} is torn");
+                buf[0]
+            })
+            .collect()
+    }
+
+    /// A volume promoted from a journal checkpoint reads the checkpoint's
+    /// image (not the writes after it), reads it again after a restart
+    /// (the catalog's lower layer names the checkpoint), flattens over it,
+    /// and becomes a plain volume at the next start.
+    #[test]
+    fn a_volume_promoted_from_a_checkpoint_survives_restarts_and_flattens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (site_dir, store_dir) = (tmp.path().join("site"), tmp.path().join("store"));
+        init_site(
+            &site_dir,
+            &InitOptions {
+                name: "b".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
+            },
+        )
+        .unwrap();
+        let spec = VolumeSpec {
+            name: "v".into(),
+            size_bytes: 8 * BS as u64,
+            block_size: BS as u32,
+        };
+        {
+            let store = ReplicaStore::create(&store_dir, std::slice::from_ref(&spec)).unwrap();
+            store.write_base("v", 0, &[1; BS]).unwrap();
+            store.sync_base().unwrap();
+            let mut log = store.open_log().unwrap();
+            log.set_history(History::Keep);
+            append(&mut log, 1, 1, 0x11);
+            append(&mut log, 2, 0, 0x12);
+            log.checkpoint(1_000, Consistency::Crash, None).unwrap();
+            append(&mut log, 3, 1, 0x13);
+            append(&mut log, 4, 5, 0x14);
+            log.finish("2026-12-07T08:00:00Z".into()).unwrap();
+        }
+        let at_checkpoint = vec![0x12, 0x11, 0, 0, 0, 0, 0, 0];
+        let lower = LowerRef {
+            store_dir: store_dir.display().to_string(),
+            volume: "v".into(),
+            pit: 0,
+            checkpoint: Some(1),
+        };
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site
+                .promote_volume("v", spec.size_bytes, BS as u32, &lower)
+                .unwrap();
+            assert_eq!(blocks(&v), at_checkpoint);
+            v.write_at(&[0x99; BS], 7 * BS as u64, false).unwrap();
+            v.file().sync().unwrap();
+        }
+        let mut want = at_checkpoint.clone();
+        want[7] = 0x99;
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site.volume("v").unwrap();
+            assert_eq!(v.row().lower.as_ref(), Some(&lower));
+            assert_eq!(blocks(&v), want, "the same image after a restart");
+            let layer = v.file().layered().unwrap();
+            while layer.flatten_step(FLATTEN_STEP_BLOCKS).unwrap() > 0 {}
+            assert!(layer.is_flat());
+            layer.flush().unwrap();
+            assert_eq!(blocks(&v), want);
+        }
+        let site = Site::open(&site_dir).unwrap();
+        let v = site.volume("v").unwrap();
+        assert!(v.file().layered().is_none(), "a plain volume once flat");
+        assert_eq!(v.row().lower, None);
+        assert_eq!(blocks(&v), want);
     }
 }
