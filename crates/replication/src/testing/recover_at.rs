@@ -207,7 +207,19 @@ async fn a_test_failover_at_a_time_clones_the_checkpoint_before_it() {
         use offsite_nbd::ExportRegistry;
         let clone = p.b.site.lookup(&r.volumes[0].export).unwrap().device;
         clone.write_at(&[0xEE; BS], 0, false).unwrap();
+        clone.flush().unwrap();
     }
+    // As after a restart: the clones go (and the image with them), and
+    // start-up exports them again over the image built anew from the
+    // journal, with the test's flushed write.
+    for e in &r.volumes {
+        p.b.site.remove_export(&e.export);
+    }
+    p.b.restore_failovers().await.unwrap();
+    let mut want = s.at_c1.clone();
+    want[0][0] = *blake3::hash(&[0xEE; BS]).as_bytes();
+    let clones: Vec<_> = r.volumes.iter().map(|e| served(&p, &e.export)).collect();
+    assert_eq!(clones, want.into_iter().map(Some).collect::<Vec<_>>());
     p.b.stop_test("g").await.unwrap();
     assert_eq!(served(&p, &r.volumes[0].export), None);
     assert!(p.b.site.groups().failovers().unwrap().is_empty());
