@@ -356,6 +356,15 @@ impl Replication {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
         let replacing = row.state == GroupState::FailedOver;
+        // A time no point answers is refused before anything changes: a
+        // promotion being replaced, a sync group's stream the seal ends
+        // (the seal only adds a newer point). The image resolved here is
+        // shared with the one resolved after the seal when it is the
+        // same checkpoint.
+        let before_seal = match at {
+            Some(at) => Some(self.resolve_at(&row, &store, at).await?),
+            None => None,
+        };
         self.ready_to_promote(&row).await?;
         let mode = self.failover_mode(&row, replacing, force).await?;
         // A sync group's acknowledged writes are in its log: sealed into a
@@ -363,6 +372,7 @@ impl Replication {
         // holds every one of them.
         self.seal_log(group).await.map_err(ReplError::Refused)?;
         let (source, point) = self.failover_source(&row, &store, pit, at).await?;
+        drop(before_seal);
         self.promote_volumes(&row, &source).await?;
         let served = self.served(&row);
         // The volumes are up: a failing VM hook is reported, not undone.

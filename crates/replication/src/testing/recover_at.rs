@@ -340,6 +340,14 @@ async fn a_failover_at_a_time_promotes_the_checkpoint_then_reverts_or_replaces()
         p.primary_image("g"),
         "the seal put every write of the journal in the newest PIT"
     );
+    // A time before every point is refused before anything changes.
+    let e =
+        p.b.failover_run("g", &at(None, SEC, false, true))
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("oldest point"), "{e}");
+    assert_eq!(p.row(&p.b, "g").state, GroupState::FailedOver);
+    assert!(p.b.site.volume("v").is_ok(), "the promotion stays");
     // Both --pit and --at: refused.
     let e =
         p.b.failover_run("g", &at(Some("1"), s.t1, false, true))
