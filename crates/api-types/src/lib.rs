@@ -843,6 +843,7 @@ pub struct FailoverResult {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct RecoveryPoint {
     /// `pit` or `checkpoint`.
+    #[schema(schema_with = crate::schema::point_kind)]
     pub kind: String,
     /// The PIT's or the checkpoint's id.
     pub id: u64,

@@ -556,4 +556,14 @@ mod tests {
             .collect();
         assert_eq!(modes, t::schema::API_TLS_MODES);
     }
+
+    #[test]
+    fn point_kinds_are_the_documented_ones() {
+        use replication::PointKind as K;
+        let kinds: Vec<String> = [K::Pit, K::Checkpoint]
+            .into_iter()
+            .map(ToDto::to_dto)
+            .collect();
+        assert_eq!(kinds, t::schema::POINT_KINDS);
+    }
 }
