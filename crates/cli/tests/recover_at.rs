@@ -29,21 +29,50 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
     let second = sync_pit(&a, "g", &[]);
     assert_ne!(second["created_at"], first["created_at"]);
     let t1 = first["created_at"].as_str().unwrap().to_string();
+    // A PIT's time is whole seconds: it is certainly at or before a time
+    // only from the end of its second (its cut may come up to a second
+    // after), so at its second's start the PIT before it answers.
+    let out = b.run(&["pit", "export", "g", "--at", &t1, "--json"]);
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        if out.status.success() {
+            !answer.contains(&format!("\"id\":{}", u(&first, "id")))
+        } else {
+            answer.contains("oldest point")
+        },
+        "{answer}"
+    );
+    let t1 = t1.replace('Z', ".999999999Z");
 
-    // Exactly at the first PIT's time: that PIT, 0 ms before.
+    // At the end of the first PIT's second: that PIT, 999 ms before.
     let e = b.json(&["pit", "export", "g", "--at", &t1]);
     assert_eq!(e["point"]["kind"], "pit", "{e}");
     assert_eq!(e["point"]["id"], first["id"], "{e}");
-    assert_eq!(e["point"]["before_requested_ms"], 0, "{e}");
+    assert_eq!(e["point"]["before_requested_ms"], 999, "{e}");
     assert_eq!(e["pit"], first["id"], "{e}");
     qemu_io_ro(&served_url(&e, "d0"), &["read -P 0x11 0 1M"]);
-    // Relative: now is after the newest point, which it takes.
-    let e = b.json(&["pit", "export", "g", "--at", "now"]);
+    // The end of the newest PIT's second: that PIT (a PIT's time counts
+    // from the end of its second).
+    let later = second["created_at"]
+        .as_str()
+        .unwrap()
+        .replace('Z', ".999999999Z");
+    let e = b.json(&["pit", "export", "g", "--at", &later]);
     assert_eq!(e["point"]["id"], second["id"], "{e}");
-    let text = b.ok(&["pit", "export", "g", "--at", "now"]);
+    let text = b.ok(&["pit", "export", "g", "--at", &later]);
     assert!(
-        text.starts_with(&format!("PIT {} of ", u(&second, "id"))) && text.contains(" s before "),
+        text.starts_with(&format!("PIT {} of ", u(&second, "id")))
+            && text.contains("0.999 s before "),
         "{text}"
+    );
+    // Relative times reach the replica as RFC 3339: `now` answers with
+    // a PIT no newer than the second one.
+    let e = b.json(&["pit", "export", "g", "--at", "now"]);
+    assert_eq!(e["point"]["kind"], "pit", "{e}");
+    assert!(u(&e["point"], "id") <= u(&second, "id"), "{e}");
+    assert!(
+        e["point"]["requested"].as_str().unwrap().ends_with('Z'),
+        "{e}"
     );
     // Before every PIT: refused, naming the oldest point and its time.
     let oldest = pit_list(&b, "g")[0].clone();
@@ -78,7 +107,7 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["at"], t1.as_str(), "{r}");
     assert_eq!(r["groups"][0]["pit"], first["id"], "{r}");
-    assert_eq!(r["groups"][0]["pit_created_at"], t1.as_str(), "{r}");
+    assert_eq!(r["groups"][0]["pit_created_at"], first["created_at"], "{r}");
     let step = r["steps"]
         .as_array()
         .unwrap()
@@ -87,10 +116,11 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
         .expect("the test failover step");
     assert!(
         step["name"].as_str().unwrap().contains(&t1)
-            && step["output"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("PIT {} of {t1}", u(&first, "id"))),
+            && step["output"].as_str().unwrap().starts_with(&format!(
+                "PIT {} of {}",
+                u(&first, "id"),
+                first["created_at"].as_str().unwrap()
+            )),
         "{step}"
     );
     b.json(&["plan", "run", "dr", "--mode", "cleanup"]);

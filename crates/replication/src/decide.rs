@@ -352,12 +352,35 @@ pub(crate) fn refused_while(name: &str, state: GroupState, asked: Asked) -> Stri
 }
 
 /// A consistent point a recovery to a time may use: a PIT or a journal
-/// checkpoint, with its time (nanoseconds since the epoch).
+/// checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Candidate {
     pub(crate) kind: crate::model::PointKind,
     pub(crate) id: u64,
+    /// Its time (nanoseconds since the epoch) as recorded.
     pub(crate) time_ns: u64,
+    /// From when it certainly lies at or before a time asked for: its
+    /// time, or for a time recorded in whole seconds (a PIT's
+    /// `created_at`), the end of that second, since the cut may have
+    /// come up to a second later.
+    pub(crate) certain_ns: u64,
+    /// The PIT it is (a PIT) or the PIT its journal file follows (a
+    /// checkpoint; 0 for the first base): where it lies in the write
+    /// order.
+    pub(crate) after_pit: u64,
+}
+
+impl Candidate {
+    /// Its place in the write order: a PIT comes before the checkpoints
+    /// of the journal file that follows it, and those before the next
+    /// PIT; checkpoint ids grow along the journal.
+    fn order(&self) -> (u64, bool, u64) {
+        (
+            self.after_pit,
+            self.kind == crate::model::PointKind::Checkpoint,
+            self.id,
+        )
+    }
 }
 
 /// Why no point answers a time.
@@ -369,31 +392,28 @@ pub(crate) enum PointRefusal {
     TooEarly(Candidate),
 }
 
-/// The point `--at` a time chooses: the newest of `candidates` (PITs and
-/// reachable checkpoints, in any order) at or before `requested_ns`. A
-/// time after the newest takes the newest (the answer says how far it
-/// is); a time before the oldest is refused, naming the oldest. Between a
-/// PIT and a checkpoint of the same instant the PIT wins: it is read
-/// without replaying the journal. PIT times are their cut's (the
-/// primary's clock for a cycle, the replica's for a sync group's seal),
-/// checkpoints' the primary's: within a second of each other on sites
-/// kept in time, which is the resolution an operator asks for.
+/// The point `--at` a time chooses: of `candidates` (PITs and reachable
+/// checkpoints, in any order) that certainly lie at or before
+/// `requested_ns`, the newest in the write order, so it holds no write
+/// made after the time and every write the others hold. A time after the
+/// newest takes the newest (the answer says how far it is); a time before
+/// every point is refused, naming the oldest. Checkpoint times are the
+/// primary's clock, PIT times the cut's (the primary's for a cycle, the
+/// replica's for a sync group's seal): sites are expected to keep time
+/// within a fraction of a second, the resolution an operator asks for.
 pub(crate) fn recovery_point(
     requested_ns: u64,
     candidates: &[Candidate],
 ) -> Result<Candidate, PointRefusal> {
-    use crate::model::PointKind;
-    // PITs first at equal times (the greatest key wins below).
-    let key = |c: &Candidate| (c.time_ns, c.kind == PointKind::Pit, c.id);
     match candidates
         .iter()
-        .filter(|c| c.time_ns <= requested_ns)
-        .max_by_key(|c| key(c))
+        .filter(|c| c.certain_ns <= requested_ns)
+        .max_by_key(|c| c.order())
     {
         Some(c) => Ok(*c),
         None => candidates
             .iter()
-            .min_by_key(|c| (c.time_ns, c.id))
+            .min_by_key(|c| (c.time_ns, c.order()))
             .map_or(Err(PointRefusal::Nothing), |c| {
                 Err(PointRefusal::TooEarly(*c))
             }),
@@ -406,49 +426,83 @@ mod tests {
         use super::super::{Candidate, PointRefusal, recovery_point};
         use crate::model::PointKind::{Checkpoint, Pit};
 
-        fn c(kind: crate::model::PointKind, id: u64, s: u64) -> Candidate {
+        const S: u64 = 1_000_000_000;
+
+        /// PIT `id` cut at `s` seconds, recorded in whole seconds.
+        fn pit(id: u64, s: u64) -> Candidate {
             Candidate {
-                kind,
+                kind: Pit,
                 id,
-                time_ns: s * 1_000_000_000,
+                time_ns: s * S,
+                certain_ns: s * S + S - 1,
+                after_pit: id,
+            }
+        }
+
+        /// Checkpoint `id` at `ms` milliseconds, in the file after `pit`.
+        fn cp(id: u64, ms: u64, pit: u64) -> Candidate {
+            Candidate {
+                kind: Checkpoint,
+                id,
+                time_ns: ms * 1_000_000,
+                certain_ns: ms * 1_000_000,
+                after_pit: pit,
             }
         }
 
         #[test]
         fn the_newest_point_at_or_before_the_time_wins() {
             let all = [
-                c(Pit, 1, 100),
-                c(Checkpoint, 1, 101),
-                c(Checkpoint, 2, 102),
-                c(Pit, 2, 105),
-                c(Checkpoint, 3, 106),
+                pit(1, 100),
+                cp(1, 101_000, 1),
+                cp(2, 102_000, 1),
+                pit(2, 105),
+                cp(3, 106_000, 2),
             ];
-            assert_eq!(recovery_point(102_000_000_000, &all), Ok(all[2]));
-            assert_eq!(recovery_point(104_999_999_999, &all), Ok(all[2]));
-            assert_eq!(recovery_point(105_000_000_000, &all), Ok(all[3]));
-            assert_eq!(recovery_point(100_500_000_000, &all), Ok(all[0]));
+            assert_eq!(recovery_point(102 * S, &all), Ok(all[2]));
+            assert_eq!(
+                recovery_point(105 * S, &all),
+                Ok(all[2]),
+                "PIT 2 may be cut later in its second"
+            );
+            assert_eq!(recovery_point(106 * S - 1, &all), Ok(all[3]));
+            assert_eq!(recovery_point(106 * S, &all), Ok(all[4]));
+            assert_eq!(recovery_point(101 * S - 1, &all), Ok(all[0]));
         }
 
         #[test]
-        fn a_time_after_the_newest_takes_the_newest() {
-            let all = [c(Pit, 1, 100), c(Checkpoint, 7, 110)];
-            assert_eq!(recovery_point(u64::MAX, &all), Ok(all[1]));
+        fn a_time_after_the_newest_takes_the_newest_in_write_order() {
+            // A seal's PIT recorded in whole seconds after a checkpoint of
+            // the same second holds every write of that checkpoint and more.
+            let all = [pit(1, 100), cp(7, 110_900, 1), pit(2, 110)];
+            assert_eq!(recovery_point(u64::MAX, &all), Ok(all[2]));
+            assert_eq!(recovery_point(110 * S + S / 2, &all), Ok(all[0]));
+            assert_eq!(recovery_point(110 * S + 950_000_000, &all), Ok(all[1]));
         }
 
         #[test]
         fn a_time_before_the_oldest_is_refused_naming_the_oldest() {
-            let all = [c(Checkpoint, 4, 103), c(Pit, 2, 100), c(Pit, 3, 101)];
+            let all = [cp(4, 103_000, 3), pit(2, 100), pit(3, 101)];
             assert_eq!(
-                recovery_point(99_000_000_000, &all),
+                recovery_point(99 * S, &all),
+                Err(PointRefusal::TooEarly(all[1]))
+            );
+            // Inside the oldest PIT's second: it may have been cut after.
+            assert_eq!(
+                recovery_point(100 * S + 5, &all),
                 Err(PointRefusal::TooEarly(all[1]))
             );
             assert_eq!(recovery_point(5, &[]), Err(PointRefusal::Nothing));
         }
 
         #[test]
-        fn a_pit_wins_over_a_checkpoint_of_the_same_instant() {
-            let all = [c(Checkpoint, 9, 100), c(Pit, 3, 100)];
-            assert_eq!(recovery_point(100_000_000_000, &all), Ok(all[1]));
+        fn a_pit_with_a_precise_time_counts_from_that_time() {
+            let exact = Candidate {
+                certain_ns: 100 * S,
+                ..pit(2, 100)
+            };
+            let all = [pit(1, 90), exact, cp(9, 100_000, 1)];
+            assert_eq!(recovery_point(100 * S, &all), Ok(all[1]));
         }
     }
 

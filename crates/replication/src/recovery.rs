@@ -64,6 +64,15 @@ fn rfc3339_ns(t: &str) -> Option<u64> {
     Some(u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0))
 }
 
+/// The unit of the last digit of an RFC 3339 time's seconds: a PIT's
+/// `created_at` in whole seconds may stand for any instant of its second.
+fn precision_ns(t: &str) -> u64 {
+    let digits = t
+        .split_once('.')
+        .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    10u64.pow(9u32.saturating_sub(digits as u32))
+}
+
 /// RFC 3339 of nanoseconds since the epoch.
 pub(crate) fn ns_rfc3339(ns: u64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
@@ -104,10 +113,13 @@ impl Replication {
             let mut candidates: Vec<Candidate> = pits
                 .iter()
                 .filter_map(|p| {
+                    let time_ns = rfc3339_ns(&p.created_at)?;
                     Some(Candidate {
                         kind: PointKind::Pit,
                         id: p.id.get(),
-                        time_ns: rfc3339_ns(&p.created_at)?,
+                        time_ns,
+                        certain_ns: time_ns + precision_ns(&p.created_at) - 1,
+                        after_pit: p.id.get(),
                     })
                 })
                 .collect();
@@ -128,6 +140,8 @@ impl Replication {
                     kind: PointKind::Checkpoint,
                     id: c.id.get(),
                     time_ns: c.time_ns,
+                    certain_ns: c.time_ns,
+                    after_pit: c.follows.map_or(0, PitId::get),
                 });
             }
             let chosen = match crate::decide::recovery_point(requested_ns, &candidates) {
@@ -139,10 +153,12 @@ impl Replication {
                 }
                 Err(PointRefusal::TooEarly(oldest)) => {
                     return Err(invalid(format!(
-                        "group {group} cannot go back to {at}: the oldest point it can recover to is {} {} at {}; give a time at or after it (`offsite pit list {group}` lists the PITs)",
+                        "group {group} cannot go back to {at}: the oldest point it can recover to is {} {} at {}; give {} or later (`offsite pit list {group}` lists the PITs)",
                         oldest.kind.as_str(),
                         oldest.id,
-                        ns_rfc3339(oldest.time_ns)
+                        ns_rfc3339(oldest.time_ns),
+                        // A time in whole seconds counts from its end.
+                        ns_rfc3339(oldest.certain_ns)
                     )));
                 }
             };
@@ -201,6 +217,9 @@ mod tests {
         let ns = rfc3339_ns("2026-12-07T08:15:30.25+01:00").unwrap();
         assert_eq!(ns_rfc3339(ns), "2026-12-07T07:15:30.25Z");
         assert!(parse_at("10m ago").is_err());
+        assert_eq!(precision_ns("2026-12-07T08:15:30Z"), 1_000_000_000);
+        assert_eq!(precision_ns("2026-12-07T08:15:30.25Z"), 10_000_000);
+        assert_eq!(precision_ns("2026-12-07T08:15:30.123456789+01:00"), 1);
         assert!(parse_at("2026-12-07 08:15").is_err());
     }
 }

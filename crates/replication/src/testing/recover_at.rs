@@ -71,10 +71,11 @@ impl Journal {
         log.checkpoint(time_ns, consistency, None).unwrap().id.get()
     }
 
-    /// Ends the log (sealing what it holds) so cycles may commit again.
-    fn close(&self) {
+    /// Ends the log, sealing what it holds into a PIT cut at `at` (RFC
+    /// 3339), as a stream's end does; cycles may commit again.
+    fn seal(&self, at: String) {
         if let Some(log) = self.slot.lock().unwrap().take() {
-            log.finish(offsite_catalog::now_rfc3339()).unwrap();
+            log.finish(at).unwrap();
         }
     }
 }
@@ -115,12 +116,13 @@ fn served(p: &Pair, export: &str) -> Option<Vec<[u8; 32]>> {
 
 /// A replicating group `g` of volumes `v` and `w` whose replica holds a
 /// journal: writes, checkpoint 1 at `t1`, more writes, checkpoint 2 at
-/// `t1 + 100 s`, one more write. Returns the primary's images at both
-/// checkpoints and the newest PIT before the journal.
+/// `t1 + 100 s`, one more write, and the log sealed into a PIT cut at
+/// `t1 + 1000 s` (times along the write order, as the primary's clock
+/// stamps them). Returns the primary's images at both checkpoints and the
+/// newest PIT before the journal.
 struct Scenario {
     v: Arc<Volume>,
     w: Arc<Volume>,
-    journal: Journal,
     t1: u64,
     at_c1: Vec<Vec<[u8; 32]>>,
     at_c2: Vec<Vec<[u8; 32]>>,
@@ -151,12 +153,12 @@ async fn scenario(p: &Pair, keep: u32) -> Scenario {
     journal.checkpoint(t1 + 100 * SEC, Consistency::Application);
     let at_c2 = p.primary_image("g");
     journal.write(&w, 1, 2, 0x23);
+    journal.seal(ns_rfc3339(t1 + 1000 * SEC));
     assert_ne!(at_c1, at_c2);
     assert_ne!(at_c2, p.primary_image("g"));
     Scenario {
         v,
         w,
-        journal,
         t1,
         at_c1,
         at_c2,
@@ -189,9 +191,7 @@ async fn a_test_failover_at_a_time_clones_the_checkpoint_before_it() {
     let row = p.b.site.groups().failovers().unwrap();
     let test = row.iter().find(|f| f.kind == "test").unwrap();
     assert_eq!((test.pit_id, test.checkpoint), (s.before, Some(1)));
-    // Cycles go on (the stream ends, as a failover's seal leaves it) and
-    // retention keeps the PIT the clones start from.
-    s.journal.close();
+    // Cycles go on and retention keeps the PIT the clones start from.
     for b in 5..9 {
         write(&s.v, b, b as u8);
         p.cycle("g").await.unwrap();
@@ -232,10 +232,10 @@ async fn a_test_failover_at_a_time_clones_the_checkpoint_before_it() {
 async fn a_time_resolves_to_the_newest_point_at_or_before_it() {
     let p = Pair::new();
     let s = scenario(&p, 10).await;
-    // Exactly at checkpoint 2, and long after the newest point.
+    // Exactly at checkpoint 2, and just before the seal.
     for (t, id, ms, image) in [
         (s.t1 + 100 * SEC, 2, 0, &s.at_c2),
-        (s.t1 + 5000 * SEC, 2, 4_900_000, &s.at_c2),
+        (s.t1 + 1000 * SEC - 1, 2, 899_999, &s.at_c2),
         (s.t1 + 99 * SEC, 1, 99_000, &s.at_c1),
     ] {
         let e = p.b.pit_export_at("g", &ns_rfc3339(t)).await.unwrap();
@@ -247,6 +247,22 @@ async fn a_time_resolves_to_the_newest_point_at_or_before_it() {
         let images: Vec<_> = e.volumes.iter().map(|x| served(&p, &x.export)).collect();
         assert_eq!(images, image.iter().cloned().map(Some).collect::<Vec<_>>());
     }
+    // Long after the newest point: the seal's PIT, with every write.
+    let e =
+        p.b.pit_export_at("g", &ns_rfc3339(s.t1 + 5000 * SEC))
+            .await
+            .unwrap();
+    let point = e.point.clone().unwrap();
+    assert_eq!(point.kind, PointKind::Pit);
+    assert_eq!(point.before_requested_ms, 4_000_000);
+    let images: Vec<_> = e.volumes.iter().map(|x| served(&p, &x.export)).collect();
+    assert_eq!(
+        images,
+        p.primary_image("g")
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>()
+    );
     // Before the first checkpoint: the newest PIT before it.
     let e =
         p.b.pit_export_at("g", &ns_rfc3339(s.t1 - SEC))
@@ -280,7 +296,6 @@ async fn retention_skips_a_merge_under_a_live_export_and_commits() {
     let p = Pair::new();
     let s = scenario(&p, 1).await;
     let e = p.b.pit_export_at("g", &ns_rfc3339(s.t1)).await.unwrap();
-    s.journal.close();
     // keep 1: every cycle would merge the older PITs, down to the one
     // the export's image reads, into the base.
     for b in 5..10 {
