@@ -404,6 +404,21 @@ pub struct CreateGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 2592000)]
     pub app_consistent_every_secs: Option<u64>,
+    /// Streaming groups: milliseconds between journal checkpoints
+    /// (100 ms to 1 h; default 1 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 3600000)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Seconds of journal history the replica keeps (1 min to 366 days;
+    /// default 24 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 31622400)]
+    pub journal_history_secs: Option<u64>,
+    /// Most bytes of journal the replica keeps (at least 1 MiB; default
+    /// 10 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1048576)]
+    pub journal_max_bytes: Option<u64>,
 }
 
 /// `group set`: changes of a group's settings.
@@ -433,6 +448,19 @@ pub struct SetGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 2592000)]
     pub app_consistent_every_secs: Option<u64>,
+    /// Streaming groups: milliseconds between journal checkpoints
+    /// (100 ms to 1 h); the replica keeps and prunes by these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 3600000)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Seconds of journal history the replica keeps (1 min to 366 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 31622400)]
+    pub journal_history_secs: Option<u64>,
+    /// Most bytes of journal the replica keeps (at least 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1048576)]
+    pub journal_max_bytes: Option<u64>,
 }
 
 /// `PATCH /api/v1/vms/{name}` (`vm set`): absent fields stay as they are.
@@ -610,6 +638,73 @@ pub struct GroupStatus {
     /// one succeeds; health is at least `warning` meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiesce_error: Option<String>,
+    /// Streaming (sync, continuous) groups: the journal's settings and
+    /// window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalStatus>,
+}
+
+/// The journal of a streaming group in `group status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct JournalStatus {
+    /// Milliseconds between checkpoints (`--checkpoint-interval`).
+    pub checkpoint_interval_ms: u64,
+    /// Seconds of history kept (`--journal-history`).
+    pub history_seconds: u64,
+    /// Most bytes of journal kept (`--journal-max-size`).
+    pub max_bytes: u64,
+    /// The oldest reachable checkpoint's time (RFC 3339, the primary's
+    /// clock): at the replica from its store, at the primary as the
+    /// replica last reported it (at its last seal); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_checkpoint_at: Option<String>,
+    /// The newest one's (an idle group takes no checkpoint: the newest
+    /// one is then the state up to now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_checkpoint_at: Option<String>,
+    /// Reachable checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<u64>,
+}
+
+/// `pit list GROUP --checkpoints` (`GET /api/v1/groups/{name}/checkpoints`):
+/// what the group's journal at its replica can recover to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct JournalListing {
+    /// Group name.
+    pub group: String,
+    /// The site whose journal this is (the group's replica).
+    pub site: String,
+    /// Reachable checkpoints.
+    pub count: u64,
+    /// Of them, application-consistent ones.
+    pub application_consistent: u64,
+    /// The oldest reachable checkpoint.
+    pub oldest: Option<CheckpointEntry>,
+    /// The newest one.
+    pub newest: Option<CheckpointEntry>,
+    /// Journal files at the replica.
+    pub files: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// Every reachable checkpoint, oldest first (asked with `all=true`).
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointEntry>,
+}
+
+/// One journal checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    /// Its id in the group's journal.
+    pub id: u64,
+    /// The primary's time (RFC 3339, UTC, with nanoseconds).
+    pub time: String,
+    /// The same, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// `crash` or `application`.
+    pub consistency: String,
+    /// Optional name.
+    pub name: Option<String>,
 }
 
 /// Progress of a running transfer, in bytes of data.

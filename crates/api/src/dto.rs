@@ -235,7 +235,10 @@ to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, li
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes, quiesce, thaw });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error, journal });
+to_dto!(replication::JournalStatus => JournalStatus { checkpoint_interval_ms, history_seconds, max_bytes, oldest_checkpoint_at, newest_checkpoint_at, checkpoints });
+to_dto!(replication::JournalListing => JournalListing { group, site, count, application_consistent, oldest, newest, files, bytes, checkpoints });
+to_dto!(replication::CheckpointEntry => CheckpointEntry { id, time, time_ns, consistency, name });
 to_dto!(replication::PitRef => PitRef { id, name, created_at, app_consistent });
 to_dto!(replication::TransferProgress => TransferProgress { kind, bytes_done, bytes_total, bytes_per_second, eta_seconds });
 to_dto!(replication::ResyncProgress => ResyncProgress { blocks_compared, blocks_total, differing_blocks, bytes_sent, elapsed_seconds });
@@ -258,8 +261,8 @@ to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
 to_dto!(replication::SeedExport => SeedExport { group, dir, bytes, files });
 to_dto!(replication::AuthzCheckResult => AuthzCheckResult { partner, storage_location, rule });
 to_dto!(replication::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
-to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs });
-to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, app_consistent_every_secs });
+to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
+to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
 to_domain!(FailoverRun => replication::FailoverRun { pit, at, test, force, skip_vm_hooks });
 to_domain!(ReverseRequest => replication::ReverseRequest { discard_changes_on, dry_run });
 to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compress });
@@ -384,6 +387,14 @@ mod tests {
             app_consistent_age_seconds: sync.then_some(60),
             app_consistent_every_seconds: sync.then_some(3600),
             quiesce_error: sync.then(|| "VM db: quiesce hook exited with 1".into()),
+            journal: sync.then(|| replication::JournalStatus {
+                checkpoint_interval_ms: 1000,
+                history_seconds: 86400,
+                max_bytes: 10 << 30,
+                oldest_checkpoint_at: Some("2024-01-01T00:00:00.5Z".into()),
+                newest_checkpoint_at: Some("2024-01-01T01:00:00.5Z".into()),
+                checkpoints: Some(3601),
+            }),
         }
     }
 

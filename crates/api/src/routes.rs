@@ -92,6 +92,7 @@ pub(crate) fn groups() -> Router<ApiState> {
         .route("/groups/{name}/measure", get(group_measure))
         .route("/groups/{name}/cycles", get(group_cycles))
         .route("/groups/{name}/pits", get(pit_list))
+        .route("/groups/{name}/checkpoints", get(checkpoint_list))
 }
 
 /// `/api/v1`: recovery plans and their runs, VMs, events, and the

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::units::{At, Every, Secs, Size};
+use crate::units::{At, Every, Millis, Secs, Size};
 
 /// Disaster-recovery replication for virtual-machine disks.
 #[derive(Debug, Parser)]
@@ -241,6 +241,17 @@ pub enum GroupCommand {
         /// newest is older than this, e.g. 1h (1m to 30d; 0 or off: never).
         #[arg(long, value_name = "DURATION")]
         app_consistent_every: Option<Every>,
+        /// Streaming groups: a crash-consistent journal checkpoint this
+        /// often, e.g. 1s or 500ms (100ms to 1h).
+        #[arg(long, value_name = "DURATION")]
+        checkpoint_interval: Option<Millis>,
+        /// Journal history the replica keeps, e.g. 24h (1m to 366d).
+        #[arg(long, value_name = "DURATION")]
+        journal_history: Option<Secs>,
+        /// Most journal the replica keeps, e.g. 10G (at least 1M); the
+        /// oldest history goes first.
+        #[arg(long, value_name = "SIZE")]
+        journal_max_size: Option<Size>,
     },
     /// Compare every block of the primary, at a fresh cut, with the replica
     /// by BLAKE3 and ship only the blocks that differ (at the primary).
@@ -324,6 +335,17 @@ pub struct GroupCreateArgs {
     /// the default). The group's VMs need quiesce hooks.
     #[arg(long, value_name = "DURATION")]
     pub app_consistent_every: Option<Every>,
+    /// Sync groups: a crash-consistent journal checkpoint this often at
+    /// the replica, e.g. 1s or 500ms (100ms to 1h; default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub checkpoint_interval: Option<Millis>,
+    /// Journal history the replica keeps, e.g. 24h (1m to 366d; default 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub journal_history: Option<Secs>,
+    /// Most journal the replica keeps, e.g. 10G (at least 1M; default
+    /// 10G); the oldest history goes first.
+    #[arg(long, value_name = "SIZE")]
+    pub journal_max_size: Option<Size>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,8 +385,19 @@ pub enum FailoverCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PitCommand {
-    /// PITs of a group, oldest first.
-    List { group: String },
+    /// PITs of a group, oldest first; with --checkpoints, what its journal
+    /// can recover to (asked of the replica from either site).
+    List {
+        group: String,
+        /// The journal's checkpoints instead of the PITs: how many, the
+        /// oldest and newest, app-consistent ones, journal bytes and files.
+        #[arg(long)]
+        checkpoints: bool,
+        /// With --checkpoints: list every checkpoint (id, time,
+        /// consistency, name).
+        #[arg(long, requires = "checkpoints")]
+        all: bool,
+    },
     /// Serve a PIT's volumes read-only over NBD (at the replica).
     Export {
         group: String,

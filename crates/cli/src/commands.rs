@@ -203,6 +203,9 @@ pub(crate) fn group(
             on_link_loss: a.on_link_loss.as_ref().map(args::spelling),
             suspend_timeout_secs: a.suspend_timeout.map(|d| d.0),
             app_consistent_every_secs: a.app_consistent_every.map(|e| e.0),
+            checkpoint_interval_ms: a.checkpoint_interval.map(|d| d.0),
+            journal_history_secs: a.journal_history.map(|d| d.0),
+            journal_max_bytes: a.journal_max_size.map(|s| s.0),
         })?),
         GroupCommand::Start {
             name,
@@ -234,6 +237,9 @@ pub(crate) fn group(
             bandwidth,
             compression,
             app_consistent_every,
+            checkpoint_interval,
+            journal_history,
+            journal_max_size,
         } => p.group(&c.set_group(
             &name,
             &offsite_api_types::SetGroup {
@@ -243,6 +249,9 @@ pub(crate) fn group(
                 bandwidth_bytes_per_sec: bandwidth.map(|b| b.0),
                 compress: compression.map(|c| c == args::Compress::Zstd),
                 app_consistent_every_secs: app_consistent_every.map(|e| e.0),
+                checkpoint_interval_ms: checkpoint_interval.map(|d| d.0),
+                journal_history_secs: journal_history.map(|d| d.0),
+                journal_max_bytes: journal_max_size.map(|s| s.0),
             },
         )?),
         GroupCommand::Unfence { name, force } => p.group(&c.unfence(&name, force)?),
@@ -371,7 +380,12 @@ pub(crate) fn sync(
 /// `offsite pit ...`.
 pub(crate) fn pit(c: &Client, cmd: PitCommand, p: &Printer) -> anyhow::Result<()> {
     match cmd {
-        PitCommand::List { group } => p.pits(&c.pits(&group)?),
+        PitCommand::List {
+            group,
+            checkpoints: true,
+            all,
+        } => p.checkpoints(&c.checkpoints(&group, all)?),
+        PitCommand::List { group, .. } => p.pits(&c.pits(&group)?),
         PitCommand::Export { group, pit, at } => match (pit, at) {
             (_, Some(at)) => p.pit_export(&c.pit_export_at(&group, &at.0)?),
             (Some(pit), None) => p.pit_export(&c.pit_export(&group, &pit)?),

@@ -411,6 +411,30 @@ impl Printer {
         if let Some(why) = &g.quiesce_error {
             f.push(("quiesce failed", why.clone()));
         }
+        if let Some(j) = &g.journal {
+            f.push((
+                "journal",
+                format!(
+                    "a checkpoint every {}, {} of history, at most {}",
+                    millis(j.checkpoint_interval_ms),
+                    seconds(j.history_seconds),
+                    human(j.max_bytes)
+                ),
+            ));
+            f.push((
+                "journal window",
+                match (&j.oldest_checkpoint_at, &j.newest_checkpoint_at) {
+                    (Some(o), Some(n)) => format!(
+                        "{o} .. {n} ({} checkpoints)",
+                        j.checkpoints.unwrap_or_default()
+                    ),
+                    _ if g.role == offsite_catalog::Role::Primary.as_str() => {
+                        "not reported yet (the replica reports it at each seal; `offsite pit list NAME --checkpoints` asks it)".into()
+                    }
+                    _ => "no checkpoint yet".into(),
+                },
+            ));
+        }
         if let Some(r) = &g.resync {
             f.push((
                 "resync",
@@ -559,6 +583,43 @@ impl Printer {
             &["ID", "NAME", "CREATED", "BYTES", "CONSISTENCY"],
             &rows,
         ))
+    }
+
+    pub fn checkpoints(&self, l: &offsite_api_types::JournalListing) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(l);
+        }
+        let at = |c: &Option<offsite_api_types::CheckpointEntry>| {
+            c.as_ref()
+                .map_or_else(|| "-".to_string(), |c| format!("{} (id {})", c.time, c.id))
+        };
+        let mut out = format!(
+            "journal of group {} at site {}:\n  checkpoints: {} ({} app-consistent)\n  oldest:      {}\n  newest:      {}\n  journal:     {} in {} files\n",
+            l.group,
+            l.site,
+            l.count,
+            l.application_consistent,
+            at(&l.oldest),
+            at(&l.newest),
+            human(l.bytes),
+            l.files
+        );
+        if !l.checkpoints.is_empty() {
+            let rows: Vec<Vec<String>> = l
+                .checkpoints
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.to_string(),
+                        c.time.clone(),
+                        c.consistency.clone(),
+                        c.name.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["ID", "TIME", "CONSISTENCY", "NAME"], &rows));
+        }
+        emit(&out)
     }
 
     pub fn pit_export(&self, e: &offsite_api_types::PitExport) -> anyhow::Result<()> {
@@ -1129,4 +1190,26 @@ fn point_text(p: &offsite_api_types::RecoveryPoint) -> String {
     };
     let kind = if p.kind == "pit" { "PIT" } else { "checkpoint" };
     format!("{kind} {} of {}{notes}, {distance}", p.id, p.time)
+}
+
+/// Milliseconds for people: `500ms`, `1s`, `1.5s`.
+fn millis(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms > 1000 {
+        format!("{}s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Seconds for people, in the largest whole unit: `24h`, `90m`, `45s`.
+fn seconds(s: u64) -> String {
+    match s {
+        0 => "0s".into(),
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -68,6 +68,37 @@ impl FromStr for Secs {
     }
 }
 
+/// A duration to the millisecond: `100ms`, `1s`, `1.5s`, `5m`, `1h`,
+/// `2` (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl FromStr for Millis {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Millis, String> {
+        let t = s.trim();
+        let bad = || format!("{s:?} is not a duration; use e.g. 500ms, 1s, 1.5s or 1m");
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let per = match unit {
+            "ms" => 1.0,
+            "" | "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3600e3,
+            _ => return Err(bad()),
+        };
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let ms = n * per;
+        if !ms.is_finite() || ms.fract() != 0.0 || ms < 0.0 || ms > u64::MAX as f64 {
+            return Err(format!("{s:?} is not a whole number of milliseconds"));
+        }
+        Ok(Millis(ms as u64))
+    }
+}
+
 /// An interval that may be turned off: a duration (`1h`, `30m`, `3600`)
 /// or `0` / `off` (0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +209,23 @@ mod tests {
                 e.contains("RFC 3339") && e.contains("10m ago"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn millis_take_units_down_to_the_millisecond() {
+        for (text, ms) in [
+            ("100ms", 100),
+            ("1s", 1000),
+            ("1.5s", 1500),
+            ("2", 2000),
+            ("1m", 60_000),
+            ("1h", 3_600_000),
+        ] {
+            assert_eq!(text.parse::<Millis>(), Ok(Millis(ms)), "{text}");
+        }
+        for bad in ["", "1x", "0.5ms", "ms", "-1s"] {
+            assert!(bad.parse::<Millis>().is_err(), "{bad}");
         }
     }
 

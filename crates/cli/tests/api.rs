@@ -57,6 +57,7 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ),
         ("GET", "/groups/NOSUCH/measure", None),
         ("GET", "/groups/NOSUCH/pits", None),
+        ("GET", "/groups/NOSUCH/checkpoints", None),
         ("GET", "/groups/NOSUCH/cycles", None),
         ("POST", "/groups/NOSUCH/pits/check", None),
         ("POST", "/groups/NOSUCH/pits/1/export", None),

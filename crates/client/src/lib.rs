@@ -608,6 +608,17 @@ impl Client {
         self.get(&format!("/groups/{}/pits", encode(name)))
     }
 
+    /// `GET /groups/{name}/checkpoints` (`all`: every checkpoint, not
+    /// only the summary).
+    pub fn checkpoints(
+        &self,
+        name: &str,
+        all: bool,
+    ) -> Result<offsite_api_types::JournalListing, ClientError> {
+        let q = if all { "?all=true" } else { "" };
+        self.get(&format!("/groups/{}/checkpoints{q}", encode(name)))
+    }
+
     /// `GET /plans`.
     pub fn plans(&self) -> Result<Vec<offsite_api_types::PlanInfo>, ClientError> {
         self.get("/plans")

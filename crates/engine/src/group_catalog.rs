@@ -174,6 +174,36 @@ impl GroupCatalog<'_> {
     pub fn failovers(&self) -> Result<Vec<FailoverRow>, EngineError> {
         Ok(self.site.catalog().failovers()?)
     }
+
+    /// The journal checkpoints of group `group` (its replica store in
+    /// `store_dir`) that something on this site reads: a test failover or
+    /// a promotion made from one (`failovers`), and promoted volumes whose
+    /// lower layer is one of this store's checkpoints until they are
+    /// flattened. Pruning the journal must keep them.
+    pub fn checkpoints_in_use(
+        &self,
+        group: &str,
+        store_dir: &str,
+    ) -> Result<Vec<u64>, EngineError> {
+        let catalog = self.site.catalog();
+        let mut ids: Vec<u64> = catalog
+            .failovers()?
+            .into_iter()
+            .filter(|f| f.group == group)
+            .filter_map(|f| f.checkpoint)
+            .collect();
+        ids.extend(
+            catalog
+                .volumes()?
+                .into_iter()
+                .filter_map(|v| v.lower)
+                .filter(|l| std::path::Path::new(&l.store_dir) == std::path::Path::new(store_dir))
+                .filter_map(|l| l.checkpoint),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
 }
 
 /// Every group's rows with what their status needs, read at one instant

@@ -124,6 +124,32 @@ impl Site {
         Ok(())
     }
 
+    /// Sets the group's journal (checkpoint interval, history, size); an
+    /// event records a change.
+    pub fn set_group_journal(
+        &self,
+        name: &str,
+        journal: &offsite_catalog::JournalSettings,
+    ) -> Result<(), EngineError> {
+        let before = self.catalog().group(name)?.journal;
+        if before == *journal {
+            return Ok(());
+        }
+        self.catalog().set_group_journal(name, journal)?;
+        let show = |j: &offsite_catalog::JournalSettings| {
+            format!(
+                "checkpoint every {} ms, {} s of history, at most {} bytes",
+                j.checkpoint_interval_ms, j.history_secs, j.max_bytes
+            )
+        };
+        self.event(
+            "group.settings",
+            Some(name),
+            &format!("journal {} -> {}", show(&before), show(journal)),
+        );
+        Ok(())
+    }
+
     /// Persists a state change (and records an event when it changes); the
     /// move must be legal from whatever state the group is in
     /// ([`offsite_catalog::transition`]).

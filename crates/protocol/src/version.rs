@@ -28,7 +28,12 @@ pub enum MessageVersion {
     /// `{"error": TEXT, "code": CODE}`. Frames, bodies and replies are
     /// otherwise those of v1, so a v1 peer (which ignores `code`) is served
     /// and asked unchanged, and a v1 refusal without `code` reads as the
-    /// generic code `refused`.
+    /// generic code `refused`. Added within v2 as optional kinds (an older
+    /// v2 peer refuses them as unsupported, or is never sent them):
+    /// `SITE_QUERY` (21); issue 19's journal, `SYNC_CHECKPOINT` (22, on a
+    /// sync stream, sent only to a replica whose answer to
+    /// `SYNC_STREAM_BEGIN` says it takes checkpoints) and `JOURNAL_QUERY`
+    /// (23).
     V2 = 2,
 }
 

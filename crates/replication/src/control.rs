@@ -50,11 +50,13 @@
 //! | 14 | `REVERSE_BEGIN` | new primary → old primary | [`ReverseBegin`] | [`ReverseReady`] | v1 |
 //! | 15 | `GROUP_FORGET` | replica → primary | [`GroupForget`] | [`Done`] | v1 |
 //! | 16 | `MARK_DIRTY` | replica → primary | [`MarkDirty`] | [`Done`] | v1 |
-//! | 17 | `SYNC_STREAM_BEGIN` | primary → replica | [`SyncStreamBegin`] | [`Done`]; the session becomes the stream | v1 |
+//! | 17 | `SYNC_STREAM_BEGIN` | primary → replica | [`SyncStreamBegin`] | [`SyncStreamBegun`] (an older replica's empty [`Done`] reads as no features); the session becomes the stream | v1 |
 //! | 18 | `SYNC_SEAL` | primary → replica, on a stream only | [`SyncSeal`] | [`PitCommitted`] | v1 |
 //! | 19 | `GROUP_SET_MODE` | primary → replica | [`GroupSetMode`] | [`Done`] | v1 |
 //! | 20 | `GROUP_CONFIRMED` | primary → replica | [`Confirmed`] | [`Done`] | v1 |
 //! | 21 | `SITE_QUERY` | either way | [`SiteQuery`] | [`SiteView`] | v2 (optional: an older peer refuses it as unsupported, and its console is then not linked) |
+//! | 22 | `SYNC_CHECKPOINT` | primary → replica, on a stream only; **no answer** | [`SyncCheckpoint`] | none (the stream's answers are the seals', counted in order) | v2 (sent only when the replica's [`SyncStreamBegun`] has `checkpoints`: an older replica is sent none) |
+//! | 23 | `JOURNAL_QUERY` | primary → replica | [`JournalQuery`] | [`JournalView`] | v2 (optional: an older replica refuses it as unsupported, and `pit list --checkpoints` at the primary says so) |
 //! | 40 | `PLAN_PUT` | either way | `offsite_plan::wire::PlanPut` | [`Done`] | v1 |
 //! | 41 | `PLAN_SITE_OP` | either way | `offsite_plan::wire::SiteOp` | `SiteOpDone` | v1 |
 //! | 42 | `PLAN_RUN_RECORD` | either way | `offsite_plan::wire::RunRecord` | [`Done`] | v1 |
@@ -85,6 +87,9 @@
 //! | [`PitDesc`](crate::wire::PitDesc) (in [`PitCommitted`], [`SyncDone`], [`ReverseReady`]) | `app_consistent` | the PIT's mark, so both catalogs agree | shows it crash-consistent |
 //! | [`SyncRequest`] | `quiesce` | `sync --quiesce` asked at the replica | a plain cycle, unmarked |
 //! | [`SyncDone`] | `errors` | what made that PIT crash-consistent | not reported |
+//! | [`GroupCreate`], [`GroupSetMode`] | `journal` | the group's journal settings ([`JournalDesc`](crate::wire::JournalDesc): checkpoint interval, history, size), kept and applied by the replica | drops them: keeps no history |
+//! | [`SyncStreamBegun`] (reply to `SYNC_STREAM_BEGIN`, empty before) | `checkpoints` | the replica takes `SYNC_CHECKPOINT` on the stream | sends an empty body: no checkpoints are sent to it |
+//! | [`PitCommitted`] | `journal` | the journal window after the commit ([`JournalWindow`](crate::wire::JournalWindow)), shown by the primary's status | not reported: the primary shows no window |
 //!
 //! [`Message::Request`]: offsite_protocol::Message::Request
 //! [`Message::Response`]: offsite_protocol::Message::Response
@@ -99,9 +104,10 @@ use crate::replica_side::Transfer;
 use crate::wire::kinds::{self, EXTENSION_FIRST};
 pub use crate::wire::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, GroupCreate, GroupCreated, GroupDelete,
-    GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, Hashes, MarkDirty, PitBegin,
-    PitCommit, PitCommitted, PitRelease, ReverseBegin, ReverseReady, SeedLoad, SiteQuery, SiteView,
-    SyncDone, SyncRequest, SyncSeal, SyncStreamBegin,
+    GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, Hashes, JournalQuery,
+    JournalView, MarkDirty, PitBegin, PitCommit, PitCommitted, PitRelease, ReverseBegin,
+    ReverseReady, SeedLoad, SiteQuery, SiteView, SyncCheckpoint, SyncDone, SyncRequest, SyncSeal,
+    SyncStreamBegin, SyncStreamBegun,
 };
 
 /// A refusal from the partner (or of the partner's request), with a
@@ -429,8 +435,26 @@ json_reply!(
     SyncDone,
     GroupView,
     ReverseReady,
-    SiteView
+    SiteView,
+    JournalView
 );
+
+/// JSON, but an older replica's empty [`Done`] body is "no features".
+impl Reply for SyncStreamBegun {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        if body.is_empty() {
+            return Ok(SyncStreamBegun::default());
+        }
+        serde_json::from_slice(body).map_err(|source| DecodeError::Malformed {
+            kind: 0,
+            name: "SyncStreamBegun",
+            source,
+        })
+    }
+}
 
 /// Every request of replication (the changelog table above), with the
 /// [`Rpc`] impl of each body and [`SiteRequest`]'s codec.
@@ -528,11 +552,13 @@ site_requests! {
     ReverseBegin(ReverseBegin) = REVERSE_BEGIN -> ReverseReady;
     GroupForget(GroupForget) = GROUP_FORGET -> Done;
     MarkDirty(MarkDirty) = MARK_DIRTY -> Done;
-    SyncStreamBegin(SyncStreamBegin) = SYNC_STREAM_BEGIN -> Done;
+    SyncStreamBegin(SyncStreamBegin) = SYNC_STREAM_BEGIN -> SyncStreamBegun;
     SyncSeal(SyncSeal) = SYNC_SEAL -> PitCommitted;
     GroupSetMode(GroupSetMode) = GROUP_SET_MODE -> Done;
     GroupConfirmed(Confirmed) = GROUP_CONFIRMED -> Done;
     SiteQuery(SiteQuery) = SITE_QUERY -> SiteView;
+    SyncCheckpoint(SyncCheckpoint) = SYNC_CHECKPOINT -> Done;
+    JournalQuery(JournalQuery) = JOURNAL_QUERY -> JournalView;
 }
 
 /// A handler's answer as a response: `(ok, body)`.
@@ -594,6 +620,11 @@ impl Replication {
             R::SyncSeal(_) => respond::<PitCommitted>(Err(RemoteError::BadRequest(
                 "SYNC_SEAL outside a sync stream".into(),
             ))),
+            // Likewise answered (never: it has no answer) on a stream only.
+            R::SyncCheckpoint(_) => respond::<Done>(Err(RemoteError::BadRequest(
+                "SYNC_CHECKPOINT outside a sync stream".into(),
+            ))),
+            R::JournalQuery(r) => respond(self.answer_journal_query(peer, r).await),
             R::GroupSetMode(r) => respond(self.answer_set_mode(peer, r).await),
             R::GroupConfirmed(r) => respond(self.answer_confirmed(peer, r).await),
             R::SiteQuery(_) => respond(Ok(self.site_view())),
@@ -721,6 +752,6 @@ mod tests {
             assert!(seen.insert(*k), "kind {k} ({name}) twice");
             assert!(*k > 0 && *k < EXTENSION_FIRST, "{name}");
         }
-        assert_eq!(SiteRequest::KINDS.len(), 21);
+        assert_eq!(SiteRequest::KINDS.len(), 23);
     }
 }

@@ -35,6 +35,7 @@ pub mod control;
 mod decide;
 mod dormant;
 mod initial;
+mod journal;
 pub mod model;
 mod monitor;
 mod pits;

@@ -166,6 +166,132 @@ pub struct GroupStatus {
     /// until one succeeds; health is at least `warning` meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiesce_error: Option<String>,
+    /// Streaming (sync, continuous) groups: the journal's settings and
+    /// window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalStatus>,
+}
+
+/// The journal of a streaming group in `group status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JournalStatus {
+    /// Milliseconds between checkpoints (`--checkpoint-interval`).
+    pub checkpoint_interval_ms: u64,
+    /// Seconds of history kept (`--journal-history`).
+    pub history_seconds: u64,
+    /// Most bytes of journal kept (`--journal-max-size`).
+    pub max_bytes: u64,
+    /// The oldest reachable checkpoint's time (RFC 3339, the primary's
+    /// clock): at the replica from its store, at the primary as the
+    /// replica last reported it (at its last seal); null when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_checkpoint_at: Option<String>,
+    /// The newest one's (an idle group takes no checkpoint: the newest
+    /// one is then the state up to now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_checkpoint_at: Option<String>,
+    /// Reachable checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<u64>,
+}
+
+impl JournalStatus {
+    /// The status of a row's settings and a window, if known.
+    pub(crate) fn of(
+        j: &offsite_catalog::JournalSettings,
+        window: Option<crate::wire::JournalWindow>,
+    ) -> JournalStatus {
+        JournalStatus {
+            checkpoint_interval_ms: j.checkpoint_interval_ms,
+            history_seconds: j.history_secs,
+            max_bytes: j.max_bytes,
+            oldest_checkpoint_at: window.map(|w| rfc3339_ns(w.oldest_ns)),
+            newest_checkpoint_at: window.map(|w| rfc3339_ns(w.newest_ns)),
+            checkpoints: window.map(|w| w.count),
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch as RFC 3339 (UTC, with the fraction).
+pub(crate) fn rfc3339_ns(ns: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// `pit list GROUP --checkpoints`: what the group's journal can recover to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JournalListing {
+    /// Group name.
+    pub group: String,
+    /// The site whose journal this is (the group's replica).
+    pub site: String,
+    /// Reachable checkpoints.
+    pub count: u64,
+    /// Of them, application-consistent ones.
+    pub application_consistent: u64,
+    /// The oldest reachable checkpoint.
+    pub oldest: Option<CheckpointEntry>,
+    /// The newest one.
+    pub newest: Option<CheckpointEntry>,
+    /// Journal files at the replica.
+    pub files: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// Every reachable checkpoint, oldest first (asked with `--all`).
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointEntry>,
+}
+
+impl JournalListing {
+    pub(crate) fn of(
+        row: &offsite_catalog::GroupRow,
+        site: &str,
+        v: crate::wire::JournalView,
+    ) -> JournalListing {
+        JournalListing {
+            group: row.name.clone(),
+            site: site.to_string(),
+            count: v.count,
+            application_consistent: v.application_consistent,
+            oldest: v.oldest.as_ref().map(CheckpointEntry::of),
+            newest: v.newest.as_ref().map(CheckpointEntry::of),
+            files: v.files,
+            bytes: v.bytes,
+            checkpoints: v.checkpoints.iter().map(CheckpointEntry::of).collect(),
+        }
+    }
+}
+
+/// One journal checkpoint as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    /// Its id in the group's journal.
+    pub id: u64,
+    /// The primary's time (RFC 3339, UTC, with nanoseconds).
+    pub time: String,
+    /// The same, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// `crash` or `application`.
+    pub consistency: String,
+    /// Optional name.
+    pub name: Option<String>,
+}
+
+impl CheckpointEntry {
+    fn of(c: &crate::wire::CheckpointDesc) -> CheckpointEntry {
+        CheckpointEntry {
+            id: c.id,
+            time: rfc3339_ns(c.time_ns),
+            time_ns: c.time_ns,
+            consistency: c.consistency.clone(),
+            name: c.name.clone(),
+        }
+    }
 }
 
 /// A PIT reference in `group status`.
@@ -591,6 +717,16 @@ pub struct CreateGroup {
     /// itself (0 or absent: none; 1 min to 30 days).
     #[serde(default)]
     pub app_consistent_every_secs: Option<u64>,
+    /// Streaming groups: milliseconds between journal checkpoints
+    /// (100 ms to 1 h; default 1 s).
+    #[serde(default)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Seconds of journal history the replica keeps (default 24 h).
+    #[serde(default)]
+    pub journal_history_secs: Option<u64>,
+    /// Most bytes of journal the replica keeps (default 10 GiB).
+    #[serde(default)]
+    pub journal_max_bytes: Option<u64>,
 }
 
 /// `group set`: changes of a group's settings.
@@ -616,6 +752,15 @@ pub struct SetGroup {
     /// itself (0: none; 1 min to 30 days); the replica keeps a copy.
     #[serde(default)]
     pub app_consistent_every_secs: Option<u64>,
+    /// New milliseconds between journal checkpoints.
+    #[serde(default)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// New seconds of journal history kept at the replica.
+    #[serde(default)]
+    pub journal_history_secs: Option<u64>,
+    /// New most bytes of journal kept at the replica.
+    #[serde(default)]
+    pub journal_max_bytes: Option<u64>,
 }
 
 /// `failover run` request.

@@ -304,6 +304,12 @@ impl Replication {
             return Err(invalid("a group holds at most 65535 volumes".into()));
         }
         let every = req.app_consistent_every_secs.unwrap_or(0);
+        let journal = crate::journal::checked(
+            offsite_catalog::JournalSettings::default(),
+            req.checkpoint_interval_ms,
+            req.journal_history_secs,
+            req.journal_max_bytes,
+        )?;
 
         let mut ch = self.channel(&req.partner, None).await?;
         let created: GroupCreated = ch
@@ -320,6 +326,7 @@ impl Replication {
                 bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
                 compress: req.compress.unwrap_or(true),
                 app_consistent_every_secs: every,
+                journal: Some(crate::wire::JournalDesc::of(&journal)),
             })
             .await?;
         ch.close().await;
@@ -345,7 +352,7 @@ impl Replication {
             last_drill_at: None,
             app_consistent_every_secs: every,
             quiesce_error: None,
-            journal: offsite_catalog::JournalSettings::default(),
+            journal,
             volumes: volumes
                 .iter()
                 .map(|v| GroupVolumeRow {

@@ -354,7 +354,7 @@ impl Replication {
         peer: &str,
         req: wire::SyncStreamBegin,
         transfer: &mut Transfer,
-    ) -> Result<Done, RemoteError> {
+    ) -> Result<wire::SyncStreamBegun, RemoteError> {
         if !matches!(transfer, Transfer::Idle) {
             return Err(RemoteError::Conflict(
                 "a transfer is already running on this session".into(),
@@ -362,7 +362,8 @@ impl Replication {
         }
         let (group, store, slot) = self.begin_stream(peer, req).await?;
         *transfer = Transfer::Log { group, store, slot };
-        Ok(Done)
+        // This replica appends the primary's checkpoints to its journal.
+        Ok(wire::SyncStreamBegun { checkpoints: true })
     }
 
     /// Answers [`wire::kinds::PIT_BEGIN`]: block batches that follow form
@@ -796,7 +797,12 @@ impl Replication {
                 last_drill_at: None,
                 app_consistent_every_secs: req.app_consistent_every_secs,
                 quiesce_error: None,
-                journal: offsite_catalog::JournalSettings::default(),
+                // An older primary sends none: the defaults.
+                journal: req
+                    .journal
+                    .map(wire::JournalDesc::to_settings)
+                    .filter(|j| crate::journal::check(j).is_ok())
+                    .unwrap_or_default(),
                 volumes: req
                     .volumes
                     .iter()
@@ -873,6 +879,24 @@ pub(crate) fn after_commit(
         .filter(|f| f.group == group)
         .map(|f| f.pit_id)
         .collect();
+    // The journal's history: pruned by the group's settings first, then
+    // the PITs its checkpoints replay from are kept. A failure leaves the
+    // history as it is and skips retention this once (merging a PIT the
+    // journal needs would lose checkpoints; keeping PITs loses nothing).
+    let journal_pins = crate::journal::prune_and_pin(site, store, &row);
+    let skip_retention = match journal_pins {
+        Ok(pins) => {
+            pinned.extend(pins);
+            false
+        }
+        Err(e) => {
+            tracing::warn!(
+                group,
+                "journal history: {e}; retention waits for the next commit"
+            );
+            true
+        }
+    };
     let held: Vec<(u64, bool)> = store
         .pits()
         .iter()
@@ -884,13 +908,17 @@ pub(crate) fn after_commit(
         .iter()
         .map(|p| (p.id.get(), p.name.is_some()))
         .collect();
-    let doomed = crate::decide::retention(
-        &history,
-        info.id.get(),
-        info.name.is_some(),
-        &pinned,
-        row.keep,
-    );
+    let doomed = if skip_retention {
+        Vec::new()
+    } else {
+        crate::decide::retention(
+            &history,
+            info.id.get(),
+            info.name.is_some(),
+            &pinned,
+            row.keep,
+        )
+    };
     for id in doomed {
         let Some(id) = offsite_replica_store::PitId::new(id) else {
             continue;
@@ -947,5 +975,6 @@ pub(crate) fn after_commit(
         },
         pits: descs,
         last_drill_at: row.last_drill_at,
+        journal: crate::journal::window(store),
     })
 }

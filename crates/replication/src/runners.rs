@@ -21,6 +21,9 @@ pub(crate) struct Runners {
     /// `(group, PIT name)` of the named syncs under way: a second sync
     /// with the same name is refused before the first has committed.
     pending_pit_names: Mutex<HashSet<(String, String)>>,
+    /// The journal window each streaming group's replica reported at its
+    /// last seal, for `group status` at the primary (no network call).
+    journal_windows: Mutex<HashMap<String, crate::wire::JournalWindow>>,
 }
 
 impl Runners {
@@ -51,6 +54,16 @@ impl Runners {
     /// (the last handle dropped) or its group's role changes.
     pub(crate) fn remove(&self, group: &str) {
         lock(&self.by_group).remove(group);
+    }
+
+    /// Records the journal window `group`'s replica reported.
+    pub(crate) fn set_journal_window(&self, group: &str, w: crate::wire::JournalWindow) {
+        lock(&self.journal_windows).insert(group.to_string(), w);
+    }
+
+    /// The journal window `group`'s replica last reported, if any.
+    pub(crate) fn journal_window(&self, group: &str) -> Option<crate::wire::JournalWindow> {
+        lock(&self.journal_windows).get(group).copied()
     }
 
     /// Marks (or unmarks) `group` as being moved by a reverse.

@@ -71,7 +71,18 @@ impl Replication {
             crate::primary::check_app_consistent_every(every)?;
             crate::primary::check_schedule_quiescable(name, &row.vms, every)?;
         }
-        if rpo != row.rpo_secs || keep != row.keep || every != row.app_consistent_every_secs {
+        let journal = crate::journal::checked(
+            row.journal,
+            req.checkpoint_interval_ms,
+            req.journal_history_secs,
+            req.journal_max_bytes,
+        )?;
+        let journal_changed = journal != row.journal;
+        if rpo != row.rpo_secs
+            || keep != row.keep
+            || every != row.app_consistent_every_secs
+            || journal_changed
+        {
             // The replica's copy: retention runs there, and the RPO is the
             // group's once a reverse makes it the primary (bandwidth and
             // compression ride along for its status; a reverse takes them
@@ -88,6 +99,8 @@ impl Replication {
                     vm: None,
                     app_consistent_every_secs: (every != row.app_consistent_every_secs)
                         .then_some(every),
+                    // The replica keeps and prunes the journal by them.
+                    journal: journal_changed.then(|| wire::JournalDesc::of(&journal)),
                 },
                 "the new settings",
             )
@@ -99,6 +112,13 @@ impl Replication {
             crate::run_blocking(move || Ok(site.set_group_app_consistent_every(&n, every)?))
                 .await?;
             // The runner reads the schedule at its next turn.
+            self.wake_runner(name).await;
+        }
+        if journal_changed {
+            let site = self.site.clone();
+            let n = name.to_string();
+            crate::run_blocking(move || Ok(site.set_group_journal(&n, &journal)?)).await?;
+            // A streaming runner takes the new checkpoint interval.
             self.wake_runner(name).await;
         }
         if (rpo, keep, bandwidth, compress) != (row.rpo_secs, row.keep, row.bandwidth, row.compress)
@@ -165,6 +185,7 @@ impl Replication {
                     compress: None,
                     vm: Some(VmDesc::of_row(&vm)),
                     app_consistent_every_secs: None,
+                    journal: None,
                 },
                 &format!("the new hooks of VM {name}"),
             )

@@ -24,6 +24,24 @@ struct StatusFacts {
     test_pit: Option<u64>,
     /// Bytes pending and written while isolated (primary).
     pending_and_isolated: (u64, u64),
+    /// A streaming group's journal window at this replica (from its store).
+    journal_window: Option<crate::wire::JournalWindow>,
+}
+
+/// The journal window of a streaming group at its replica, read from its
+/// store (cached by the site; the journal's listing is in memory once
+/// loaded). `None` at the primary, which shows what the replica reported.
+/// Blocking.
+fn replica_journal_window(
+    site: &offsite_engine::Site,
+    row: &GroupRow,
+) -> Option<crate::wire::JournalWindow> {
+    if row.role != Role::Replica || !row.mode.streams() {
+        return None;
+    }
+    let dir = row.store_dir.as_deref()?;
+    let store = site.replica_store(std::path::Path::new(dir)).ok()?;
+    crate::journal::window(&store)
 }
 
 /// The bytes a primary's volumes hold that the replica has not got yet
@@ -68,6 +86,7 @@ impl Replication {
             let test_pit = test_pit_of(&n, site.groups().failovers()?);
             Ok(StatusFacts {
                 pending_and_isolated: pending_and_isolated(&site, &row),
+                journal_window: replica_journal_window(&site, &row),
                 row,
                 last_pit,
                 last_app_consistent,
@@ -101,6 +120,7 @@ impl Replication {
                     partner: partners.iter().find(|p| p.name == row.partner).cloned(),
                     test_pit: test_pit_of(&row.name, failovers.iter().cloned()),
                     pending_and_isolated: pending_and_isolated(&site, &row),
+                    journal_window: replica_journal_window(&site, &row),
                     row,
                 })
                 .collect::<Vec<_>>())
@@ -118,6 +138,7 @@ impl Replication {
             partner,
             test_pit,
             pending_and_isolated: (mut pending, isolated),
+            journal_window,
         } = facts;
         let name = row.name.as_str();
         let last = last_pit.as_ref();
@@ -195,6 +216,10 @@ impl Replication {
             confirmed_at: self.confirmed_at(&row),
             transfer,
             seal_interval_seconds: (row.mode == Mode::Sync).then_some(row.rpo_secs.max(30)),
+            journal: row.mode.streams().then(|| {
+                let window = journal_window.or_else(|| self.runners.journal_window(name));
+                crate::model::JournalStatus::of(&row.journal, window)
+            }),
         }
     }
 

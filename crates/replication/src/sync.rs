@@ -157,6 +157,9 @@ enum Item {
         /// Sealed while the group's VMs were quiesced (or stopped).
         app_consistent: bool,
     },
+    /// A journal checkpoint after every write queued before it (see
+    /// [`SyncMirror::queue_checkpoint`]); sent without an answer.
+    Checkpoint(wire::SyncCheckpoint),
 }
 
 #[derive(Debug)]
@@ -200,6 +203,12 @@ struct MState {
     /// Last keepalive sent and last answered.
     ping: u64,
     pong: u64,
+    /// The replica of the current stream takes checkpoints
+    /// ([`wire::SyncStreamBegun`]).
+    checkpoints: bool,
+    /// `issued` when the last checkpoint was queued: none is queued again
+    /// until a write follows it.
+    checkpointed: u64,
 }
 
 /// Counters for metrics and status.
@@ -280,6 +289,8 @@ impl SyncMirror {
                 seal_waiting: HashMap::new(),
                 ping: DirectStream::FIRST_NONCE,
                 pong: 0,
+                checkpoints: false,
+                checkpointed: 0,
             }),
             cond: Condvar::new(),
             wake: Notify::new(),
@@ -441,6 +452,51 @@ impl SyncMirror {
         Some((ordinal, rx))
     }
 
+    /// Says whether the replica of the stream about to be attached takes
+    /// checkpoints (its answer to the stream's opening).
+    pub(crate) fn accept_checkpoints(&self, yes: bool) {
+        let mut st = self.lock();
+        st.checkpoints = yes;
+        // The stream starts after a PIT holding every write so far: a
+        // checkpoint before the next write would be that PIT's image.
+        st.checkpointed = st.issued;
+    }
+
+    /// Queues a crash-consistent checkpoint after every write so far, in
+    /// the group's write order. No cut is needed: writes are queued under
+    /// this lock, so the queue is the write order and whatever precedes
+    /// the marker is a prefix of it (each write whole: its records are
+    /// encoded within one `submit`). `false` (nothing queued) when the
+    /// link is not up or the replica takes no checkpoints, or when no
+    /// write was submitted since the last checkpoint: its image would be
+    /// the previous one's, and recovery to any later instant already picks
+    /// that one (the newest checkpoint at or before the time asked).
+    /// Someone must [`kick`](Self::kick) the queue afterwards.
+    pub(crate) fn queue_checkpoint(
+        &self,
+        time_ns: u64,
+        app_consistent: bool,
+        name: Option<String>,
+    ) -> bool {
+        let mut st = self.lock();
+        // Before the stream is attached (it is opening) the marker waits
+        // in the queue with the writes, like them.
+        if st.link != Link::Up || !st.checkpoints {
+            return false;
+        }
+        if st.issued == st.checkpointed && name.is_none() && !app_consistent {
+            return false;
+        }
+        st.checkpointed = st.issued;
+        st.queue.push_back(Item::Checkpoint(wire::SyncCheckpoint {
+            group: self.group.clone(),
+            time_ns,
+            app_consistent,
+            name,
+        }));
+        true
+    }
+
     /// Whether this thread should take the sending turn now: something is
     /// queued, no one sends, and the replica has read every batch sent.
     ///
@@ -512,6 +568,17 @@ impl SyncMirror {
                     let message = Message::Request {
                         id: ordinal,
                         kind: wire::SyncSeal::KIND,
+                        body: req.encode(),
+                    };
+                    stream.send(&message).map(|()| None)
+                }
+                Some(Item::Checkpoint(req)) => {
+                    drop(st);
+                    // Fire and forget: the replica answers only seals, and
+                    // their answers are counted in order.
+                    let message = Message::Request {
+                        id: 0,
+                        kind: wire::SyncCheckpoint::KIND,
                         body: req.encode(),
                     };
                     stream.send(&message).map(|()| None)
@@ -1178,6 +1245,9 @@ impl Replication {
         let g = row.name.clone();
         let answer = committed.clone();
         crate::run_blocking(move || Ok(answer.record(&site, &g)?)).await?;
+        if let Some(w) = committed.journal {
+            self.runners.set_journal_window(&row.name, w);
+        }
         // The stream's bytes reach the counters at each seal (not per
         // batch: a catalog write per batch would cost more than the batch).
         let streamed = mirror.stats.take_uncounted();
@@ -1231,6 +1301,7 @@ impl Replication {
                         bandwidth: None,
                         compress: None,
                         vm: None,
+                        journal: None,
                     })
                     .await;
                 if let Err(e) = told {
@@ -1297,6 +1368,12 @@ impl Replication {
             if let Some(every) = req.app_consistent_every_secs {
                 site.set_group_app_consistent_every(&req.group, every)?;
             }
+            if let Some(j) = req.journal {
+                let j = j.to_settings();
+                crate::journal::check(&j).map_err(RemoteError::BadRequest)?;
+                // Applied to the journal at the next commit.
+                site.set_group_journal(&req.group, &j)?;
+            }
             Ok(())
         })
         .await??;
@@ -1304,5 +1381,7 @@ impl Replication {
     }
 }
 
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

@@ -500,6 +500,9 @@ impl Pair {
                 on_link_loss: None,
                 suspend_timeout_secs: None,
                 app_consistent_every_secs: None,
+                checkpoint_interval_ms: None,
+                journal_history_secs: None,
+                journal_max_bytes: None,
             })
             .await
             .expect("creating the test group");

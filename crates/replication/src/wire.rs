@@ -73,6 +73,16 @@ pub mod kinds {
     /// your console ([`SiteQuery`] → [`SiteView`])? So that a console can
     /// link an action that runs at the other site to that site's console.
     pub const SITE_QUERY: u16 = 21;
+    /// Primary → replica, on a stream only, never answered: a
+    /// crash-consistent checkpoint at this point of the group's write
+    /// order ([`SyncCheckpoint`]), appended to the replica's journal in
+    /// stream order. Sent only to a replica whose answer to
+    /// [`SYNC_STREAM_BEGIN`] said it takes them ([`SyncStreamBegun`]).
+    pub const SYNC_CHECKPOINT: u16 = 22;
+    /// Either way (the replica answers): what the group's journal can
+    /// recover to ([`JournalQuery`] → [`JournalView`]), for
+    /// `pit list --checkpoints` asked at the primary.
+    pub const JOURNAL_QUERY: u16 = 23;
     /// The first kind answered by a service above replication
     /// ([`crate::RequestHandler`]); recovery plans use 40 and up
     /// (`offsite_plan::wire`).
@@ -122,6 +132,175 @@ pub struct GroupSetMode {
     /// absent: unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_consistent_every_secs: Option<u64>,
+    /// `group set --checkpoint-interval/--journal-history/--journal-max-size`:
+    /// the group's whole journal settings after the change (the replica
+    /// keeps and prunes the journal by them; absent: unchanged; an older
+    /// replica ignores them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalDesc>,
+}
+
+/// The journal settings of a streaming group, as sent to the replica
+/// ([`GroupCreate::journal`], [`GroupSetMode::journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalDesc {
+    /// Milliseconds between the checkpoints the primary sends.
+    pub checkpoint_interval_ms: u64,
+    /// Seconds of history the replica keeps before the newest checkpoint.
+    pub history_secs: u64,
+    /// Most bytes of journal the replica keeps, whatever the history.
+    pub max_bytes: u64,
+}
+
+impl JournalDesc {
+    /// The settings of a catalog row.
+    pub fn of(j: &offsite_catalog::JournalSettings) -> JournalDesc {
+        JournalDesc {
+            checkpoint_interval_ms: j.checkpoint_interval_ms,
+            history_secs: j.history_secs,
+            max_bytes: j.max_bytes,
+        }
+    }
+
+    /// As a catalog row's.
+    pub fn to_settings(self) -> offsite_catalog::JournalSettings {
+        offsite_catalog::JournalSettings {
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            history_secs: self.history_secs,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// [`kinds::SYNC_CHECKPOINT`]: a checkpoint after every write queued
+/// before it on the stream (the stream is the group's write order, so its
+/// image is a prefix of it: crash-consistent without a cut).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCheckpoint {
+    /// Group name.
+    pub group: String,
+    /// The primary's time when it was queued, nanoseconds since the Unix
+    /// epoch (the journal keeps times from going back).
+    pub time_ns: u64,
+    /// Taken with the group's VMs quiesced; left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub app_consistent: bool,
+    /// Optional name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Answer to [`kinds::SYNC_STREAM_BEGIN`]: what this replica takes on the
+/// stream. An older replica answers with an empty body, which decodes as
+/// all `false` (so it is sent no checkpoints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStreamBegun {
+    /// The replica appends [`SyncCheckpoint`]s to its journal.
+    #[serde(default)]
+    pub checkpoints: bool,
+}
+
+/// [`kinds::JOURNAL_QUERY`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalQuery {
+    /// Group name.
+    pub group: String,
+    /// List every reachable checkpoint, not only the summary.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub every: bool,
+}
+
+/// A journal checkpoint on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointDesc {
+    /// Its id in the group's journal.
+    pub id: u64,
+    /// The primary's time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// `crash` or `application`.
+    pub consistency: String,
+    /// Optional name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The PIT its image replays the journal from (absent: the base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<u64>,
+}
+
+impl CheckpointDesc {
+    /// The description of a checkpoint of the store.
+    pub fn of(c: &offsite_replica_store::CheckpointInfo) -> CheckpointDesc {
+        CheckpointDesc {
+            id: c.id.get(),
+            time_ns: c.time_ns,
+            consistency: match c.consistency {
+                offsite_replica_store::Consistency::Crash => "crash",
+                offsite_replica_store::Consistency::Application => "application",
+            }
+            .into(),
+            name: c.name.clone(),
+            follows: c.follows.map(|p| p.get()),
+        }
+    }
+}
+
+/// Answer to [`kinds::JOURNAL_QUERY`]: what the group's journal at the
+/// replica can recover to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalView {
+    /// Reachable checkpoints.
+    pub count: u64,
+    /// Of them, application-consistent ones.
+    pub application_consistent: u64,
+    /// The oldest reachable one.
+    pub oldest: Option<CheckpointDesc>,
+    /// The newest one.
+    pub newest: Option<CheckpointDesc>,
+    /// Journal files.
+    pub files: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// Every reachable checkpoint, oldest first (asked with `every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointDesc>,
+}
+
+impl JournalView {
+    /// The view of a store's listing.
+    pub fn of(list: &offsite_replica_store::CheckpointList) -> JournalView {
+        let s = &list.summary;
+        JournalView {
+            count: s.count,
+            application_consistent: s.application_consistent,
+            oldest: s.oldest.as_ref().map(CheckpointDesc::of),
+            newest: s.newest.as_ref().map(CheckpointDesc::of),
+            files: s.files,
+            bytes: s.bytes,
+            checkpoints: list.checkpoints.iter().map(CheckpointDesc::of).collect(),
+        }
+    }
+
+    /// The window a seal's answer carries ([`PitCommitted::journal`]).
+    pub fn window(&self) -> Option<JournalWindow> {
+        Some(JournalWindow {
+            oldest_ns: self.oldest.as_ref()?.time_ns,
+            newest_ns: self.newest.as_ref()?.time_ns,
+            count: self.count,
+        })
+    }
+}
+
+/// The journal window of a group: the oldest and newest reachable
+/// checkpoint times (the primary's clock, nanoseconds since the Unix
+/// epoch) and how many checkpoints lie between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalWindow {
+    /// The oldest reachable checkpoint's time.
+    pub oldest_ns: u64,
+    /// The newest one's.
+    pub newest_ns: u64,
+    /// Reachable checkpoints.
+    pub count: u64,
 }
 
 /// [`kinds::MARK_DIRTY`].
@@ -320,6 +499,10 @@ pub struct GroupCreate {
     /// older primaries omit it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub app_consistent_every_secs: u64,
+    /// The journal a streaming group keeps at the replica (absent: the
+    /// defaults; older primaries omit it, older replicas ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalDesc>,
 }
 
 fn default_compress() -> bool {
@@ -569,6 +752,11 @@ pub struct PitCommitted {
     /// older replicas' answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill_at: Option<String>,
+    /// The group's journal window after this commit (streaming groups
+    /// with history), so the primary's status shows it without asking.
+    /// Absent from older replicas' answers and where there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalWindow>,
 }
 
 impl PitCommitted {

@@ -16,10 +16,13 @@ use offsite_replication::control::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, DecodeError, Done, GroupCreate, GroupCreated,
     GroupDelete, GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, HashList, Hashes,
     MarkDirty, PitBegin, PitCommit, PitCommitted, PitRelease, RemoteError, Reply, ReverseBegin,
-    ReverseReady, Rpc, SeedLoad, SiteQuery, SiteRequest, SiteView, SyncDone, SyncRequest, SyncSeal,
-    SyncStreamBegin,
+    ReverseReady, Rpc, SeedLoad, SiteQuery, SiteRequest, SiteView, SyncCheckpoint, SyncDone,
+    SyncRequest, SyncSeal, SyncStreamBegin, SyncStreamBegun,
 };
-use offsite_replication::wire::{PitDesc, VmDesc, VolumeDesc};
+use offsite_replication::control::{JournalQuery, JournalView};
+use offsite_replication::wire::{
+    CheckpointDesc, JournalDesc, JournalWindow, PitDesc, VmDesc, VolumeDesc,
+};
 
 fn path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -138,6 +141,7 @@ fn every_request_body_matches_its_fixture() {
         bandwidth: Some(10 << 20),
         compress: true,
         app_consistent_every_secs: 0,
+        journal: None,
     });
     request(BaseBegin::new("g"));
     request(BaseSync::new("g"));
@@ -202,11 +206,22 @@ fn every_request_body_matches_its_fixture() {
         compress: Some(false),
         vm: Some(vm()),
         app_consistent_every_secs: None,
+        journal: None,
     });
     request(Confirmed {
         groups: vec![("g".into(), "2025-01-02T03:04:05Z".into())],
     });
     request(SiteQuery {});
+    request(SyncCheckpoint {
+        group: "g".into(),
+        time_ns: 1_735_787_045_123_456_789,
+        app_consistent: false,
+        name: None,
+    });
+    request(JournalQuery {
+        group: "g".into(),
+        every: true,
+    });
     // One fixture per kind of the changelog table.
     let files = std::fs::read_dir(path(""))
         .unwrap()
@@ -239,6 +254,7 @@ fn every_reply_matches_its_fixture() {
             pit: pit(8, Some("nightly")),
             pits: vec![pit(7, None), pit(8, Some("nightly"))],
             last_drill_at: None,
+            journal: None,
         },
     );
     // Since schema v14 a replica also says when the group was last
@@ -249,6 +265,7 @@ fn every_reply_matches_its_fixture() {
             pit: pit(8, None),
             pits: vec![pit(8, None)],
             last_drill_at: Some("2025-01-02T04:00:00Z".into()),
+            journal: None,
         },
     );
     reply(
@@ -397,6 +414,7 @@ fn app_consistent_checkpoint_fields_are_optional() {
             bandwidth: None,
             compress: true,
             app_consistent_every_secs: 3600,
+            journal: None,
         },
     );
     request_as(
@@ -434,6 +452,7 @@ fn app_consistent_checkpoint_fields_are_optional() {
             compress: None,
             vm: Some(quiesced),
             app_consistent_every_secs: Some(0),
+            journal: None,
         },
     );
     let marked = PitDesc {
@@ -446,6 +465,7 @@ fn app_consistent_checkpoint_fields_are_optional() {
             pit: marked.clone(),
             pits: vec![pit(7, None), marked.clone()],
             last_drill_at: None,
+            journal: None,
         },
     );
     reply(
@@ -485,4 +505,113 @@ fn app_consistent_checkpoint_fields_are_optional() {
     assert!(done.pits.iter().all(|p| !p.app_consistent));
     let done = SyncDone::decode(&std::fs::read(path("reply-sync-done.json")).unwrap()).unwrap();
     assert!(done.errors.is_empty());
+}
+
+/// The journal of streaming groups (issue 19) adds optional fields (the
+/// group's journal settings in `GROUP_CREATE` and `GROUP_SET_MODE`, the
+/// window in `PitCommitted`), the reply of `SYNC_STREAM_BEGIN` (empty
+/// before: an older replica's reads as "no checkpoints"), and kinds 22
+/// and 23 (pinned with the others above).
+#[test]
+fn journal_fields_are_optional() {
+    let journal = JournalDesc {
+        checkpoint_interval_ms: 1000,
+        history_secs: 86_400,
+        max_bytes: 10 << 30,
+    };
+    request_as(
+        "journal-02-group_create.json",
+        GroupCreate {
+            group: "g".into(),
+            mode: "sync".into(),
+            rpo_secs: 300,
+            keep: 24,
+            security_tag: None,
+            on_link_loss: "degrade".into(),
+            suspend_timeout_secs: 30,
+            volumes: vec![VolumeDesc {
+                name: "d0".into(),
+                size_bytes: 1 << 30,
+                block_size: 4096,
+                allocated_bytes: None,
+            }],
+            vms: Vec::new(),
+            bandwidth: None,
+            compress: true,
+            app_consistent_every_secs: 0,
+            journal: Some(journal),
+        },
+    );
+    request_as(
+        "journal-19-group_set_mode.json",
+        GroupSetMode {
+            group: "g".into(),
+            mode: "sync".into(),
+            rpo_secs: Some(300),
+            keep: Some(24),
+            bandwidth: Some(0),
+            compress: Some(true),
+            vm: None,
+            app_consistent_every_secs: None,
+            journal: Some(JournalDesc {
+                max_bytes: 1 << 30,
+                ..journal
+            }),
+        },
+    );
+    reply(
+        "reply-pit-committed-journal.json",
+        PitCommitted {
+            pit: pit(8, None),
+            pits: vec![pit(8, None)],
+            last_drill_at: None,
+            journal: Some(JournalWindow {
+                oldest_ns: 1_735_787_045_000_000_000,
+                newest_ns: 1_735_790_645_000_000_000,
+                count: 3601,
+            }),
+        },
+    );
+    reply(
+        "reply-sync-stream-begun.json",
+        SyncStreamBegun { checkpoints: true },
+    );
+    // An older replica's answer to SYNC_STREAM_BEGIN: empty (`Done`).
+    assert_eq!(
+        SyncStreamBegun::decode(b"").unwrap(),
+        SyncStreamBegun { checkpoints: false }
+    );
+    let ck = |id: u64, consistency: &str, name: Option<&str>| CheckpointDesc {
+        id,
+        time_ns: 1_735_787_045_000_000_000 + id * 1_000_000_000,
+        consistency: consistency.into(),
+        name: name.map(str::to_string),
+        follows: Some(7),
+    };
+    reply(
+        "reply-journal-view.json",
+        JournalView {
+            count: 2,
+            application_consistent: 1,
+            oldest: Some(ck(1, "crash", None)),
+            newest: Some(ck(2, "application", Some("before-upgrade"))),
+            files: 1,
+            bytes: 1 << 20,
+            checkpoints: vec![
+                ck(1, "crash", None),
+                ck(2, "application", Some("before-upgrade")),
+            ],
+        },
+    );
+    // Without the fields: none (the primary keeps the defaults; the
+    // replica keeps the defaults too and shows no window at the primary).
+    let SiteRequest::GroupCreate(g) =
+        SiteRequest::decode(2, &std::fs::read(path("02-group_create.json")).unwrap()).unwrap()
+    else {
+        panic!("GROUP_CREATE");
+    };
+    assert!(g.journal.is_none());
+    let committed =
+        PitCommitted::decode(&std::fs::read(path("reply-pit-committed.json")).unwrap()).unwrap();
+    assert!(committed.journal.is_none());
 }

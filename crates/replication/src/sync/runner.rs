@@ -254,7 +254,9 @@ impl Replication {
         })
         .await?;
         mirror.cover(at.load(Ordering::Relaxed));
-        self.open_stream(row).await
+        let (stream, begun) = self.open_stream(row).await?;
+        mirror.accept_checkpoints(begun.checkpoints);
+        Ok(stream)
     }
 
     /// The group is in sync: recorded (state and event) and the queued
@@ -306,8 +308,10 @@ impl Replication {
         let mut seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let every = Duration::from_secs_f64(self.site.config().replication.keepalive_secs);
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut checkpoints = checkpoint_timer(row.journal.checkpoint_interval_ms);
         loop {
             tokio::select! {
+                _ = checkpoints.tick() => self.queue_checkpoint(mirror).await,
                 _ = mirror.wake.notified() => {
                     if let Some(why) = mirror.lost() {
                         return InSyncEnd::Lost(why);
@@ -362,6 +366,9 @@ impl Replication {
                             period = p;
                             seal_timer = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
                         }
+                        if let Some(ms) = self.new_checkpoint_interval(&name, checkpoints.period()).await {
+                            checkpoints = checkpoint_timer(ms);
+                        }
                     }
                     None => {
                         self.stop_stream(mirror, volumes).await;
@@ -369,6 +376,29 @@ impl Replication {
                     }
                 },
             }
+        }
+    }
+
+    /// Queues a journal checkpoint stamped with this site's clock and sends
+    /// it (unless a writer is sending: then it goes with that turn).
+    pub(super) async fn queue_checkpoint(&self, mirror: &Arc<SyncMirror>) {
+        let time_ns = u64::try_from(self.clock.wall().unix_timestamp_nanos()).unwrap_or(0);
+        if mirror.queue_checkpoint(time_ns, false, None) {
+            let m = mirror.clone();
+            // A failed send loses the link, which the wake arm sees.
+            drop(tokio::task::spawn_blocking(move || m.kick()).await);
+        }
+    }
+
+    /// `group set --checkpoint-interval`: the new interval in
+    /// milliseconds, if it is not `period`.
+    async fn new_checkpoint_interval(&self, group: &str, period: Duration) -> Option<u64> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        match tokio::task::spawn_blocking(move || site.groups().get(&g)).await {
+            Ok(Ok(r)) => Some(r.journal.checkpoint_interval_ms)
+                .filter(|&ms| Duration::from_millis(ms.max(1)) != period),
+            _ => None,
         }
     }
 
@@ -436,10 +466,15 @@ impl Replication {
 
     /// Opens the stream of a sync group: a session whose connection the
     /// writers' threads then drive themselves ([`DirectStream`]).
-    async fn open_stream(&self, row: &GroupRow) -> Result<DirectStream, ReplError> {
+    /// Also returns what the replica takes on it (an older one: no
+    /// checkpoints).
+    async fn open_stream(
+        &self,
+        row: &GroupRow,
+    ) -> Result<(DirectStream, wire::SyncStreamBegun), ReplError> {
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
-        ch.into_direct().await
+        let begun = ch.call(&wire::SyncStreamBegin::new(&row.name)).await?;
+        Ok((ch.into_direct().await?, begun))
     }
 
     /// `verify` of a sync group: a full cut whose seal is queued at the
@@ -464,6 +499,16 @@ impl Replication {
             volumes: per,
         })
     }
+}
+
+/// The journal's checkpoint timer: every `ms` milliseconds, the first one
+/// interval from now; a late tick is not caught up (one checkpoint covers
+/// the writes of the whole gap).
+fn checkpoint_timer(ms: u64) -> tokio::time::Interval {
+    let every = Duration::from_millis(ms.max(1));
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
 }
 
 /// How a sync group's time in sync ended.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use offsite_catalog::{GroupState, Role};
 use offsite_protocol::{ErrorCode, Message};
-use offsite_replica_store::{LogApplier, ReplicaStore, WriteLog};
+use offsite_replica_store::{Consistency, LogApplier, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 
 use super::{APPLY_QUEUE, StreamError, apply_payloads, with_batches};
@@ -58,10 +58,13 @@ impl Replication {
         let st = store.clone();
         let s2 = slot.clone();
         let group = req.group.clone();
+        // A streaming group's journal is history (pruned after commits).
+        let history = crate::journal::history_of(&row);
         tokio::task::spawn_blocking(move || {
-            let log = st.open_log().map_err(|e| {
+            let mut log = st.open_log().map_err(|e| {
                 storage_error(format!("opening the write log of group {group}: {e}"), &e)
             })?;
+            log.set_history(history);
             *s2.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
             Ok::<_, RemoteError>(())
         })
@@ -229,6 +232,18 @@ impl Replication {
                         source,
                     })
             }
+            Some(Message::Request {
+                kind: wire::kinds::SYNC_CHECKPOINT,
+                body,
+                ..
+            }) => {
+                // Never answered (the primary counts answers as seals').
+                match wire::SyncCheckpoint::decode(&body) {
+                    Ok(req) => self.checkpoint_on_stream(group, slot, req),
+                    Err(e) => tracing::warn!(group, "a checkpoint on the stream: {e}"),
+                }
+                Ok(())
+            }
             Some(m) => {
                 let why = StreamError::Unexpected { tag: m.tag() };
                 // As above: the error ends the stream; the message is a courtesy.
@@ -246,7 +261,7 @@ impl Replication {
     /// log's applier (holding the log throughout, so no seal comes between
     /// the append and the hand-over; a seal waits for the applier).
     /// Blocking.
-    fn append_batches(
+    pub(super) fn append_batches(
         &self,
         group: &str,
         store: &Arc<ReplicaStore>,
@@ -287,9 +302,35 @@ impl Replication {
         Ok(())
     }
 
+    /// Replica: appends the primary's checkpoint to the journal after every
+    /// batch before it on the stream (those were appended first: the
+    /// stream is read in order). A checkpoint that cannot be appended is
+    /// lost, not the writes: the log's next append or seal meets the same
+    /// failure and ends the stream. Blocking.
+    pub(super) fn checkpoint_on_stream(
+        &self,
+        group: &str,
+        slot: &Arc<Mutex<Option<WriteLog>>>,
+        req: wire::SyncCheckpoint,
+    ) {
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        // Sealed by a failover: no more history is taken.
+        let Some(log) = guard.as_mut() else {
+            return;
+        };
+        let consistency = if req.app_consistent {
+            Consistency::Application
+        } else {
+            Consistency::Crash
+        };
+        if let Err(e) = log.checkpoint(req.time_ns, consistency, req.name) {
+            tracing::warn!(group, "appending a checkpoint to the journal: {e}");
+        }
+    }
+
     /// Replica: seals the stream's log as a PIT, keeping the log open.
     /// Blocking.
-    fn seal_stream(
+    pub(super) fn seal_stream(
         &self,
         group: &str,
         store: &Arc<ReplicaStore>,
@@ -335,7 +376,8 @@ impl Replication {
         if row.role != Role::Replica {
             return Ok(None);
         }
-        let (_, store) = self.store(group).await?;
+        let (row, store) = self.store(group).await?;
+        let history = crate::journal::history_of(&row);
         let slot = self
             .replica
             .logs
@@ -358,10 +400,10 @@ impl Replication {
                             }
                         }
                         Some(_) => guard.take().expect("log").finish(created_at),
-                        None => store.seal_leftover_log(created_at),
+                        None => store.seal_leftover_log_with(created_at, history),
                     }
                 }
-                None => store.seal_leftover_log(created_at),
+                None => store.seal_leftover_log_with(created_at, history),
             }
             .map_err(|e| storage_error(format!("sealing the write log of group {g}: {e}"), &e))?;
             match info {

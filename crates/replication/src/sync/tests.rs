@@ -189,7 +189,7 @@ fn batches(queue: &VecDeque<Item>) -> Vec<(u64, Vec<Record>)> {
                     .collect();
                 (*last, records)
             }
-            Item::Seal { .. } => panic!("no seal was queued"),
+            Item::Seal { .. } | Item::Checkpoint(_) => panic!("only writes were queued"),
         })
         .collect()
 }

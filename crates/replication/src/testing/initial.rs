@@ -150,6 +150,9 @@ async fn a_group_the_replica_refuses_is_not_recorded() {
             on_link_loss: None,
             suspend_timeout_secs: None,
             app_consistent_every_secs: None,
+            checkpoint_interval_ms: None,
+            journal_history_secs: None,
+            journal_max_bytes: None,
         })
         .await
         .unwrap_err();
