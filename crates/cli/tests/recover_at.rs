@@ -1,10 +1,10 @@
 //! Recovery to a point in time (`--at TIME`, issue 19) through real
 //! `offsite serve` sites: the command line's TIME reaches the replica as
 //! RFC 3339, which resolves it to the newest consistent point at or before
-//! it. An async group has no journal, so its PITs are the points; the
-//! journal's checkpoints are covered in-process
-//! (`crates/replication/src/testing/recover_at.rs`) until the stream sends
-//! them.
+//! it. An async group's points are its PITs; a sync group's journal adds a
+//! checkpoint every second, and an image at any of them is exactly a
+//! prefix of the acknowledged write order across both volumes (the stamp
+//! writer of `groups_consistency.rs`, exported at 20 random times).
 
 mod common;
 
@@ -137,4 +137,214 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("RFC 3339"), "{body}");
+}
+
+// ---- a sync group's journal: any checkpoint is a prefix ----
+
+/// Stamps written across both volumes.
+const STAMPS: u64 = 600;
+
+/// Writer: stamp i (stored as i+1, so that stamp 0 is not a zero block)
+/// goes to volume i%2 at block i//2, flushed (acknowledged by the
+/// replica: a sync group) before the next write; prints each stamp after
+/// its flush returned.
+const STAMP_WRITER: &str = r#"
+import struct, sys, time, nbd
+hs = []
+for url in sys.argv[1:3]:
+    h = nbd.NBD()
+    h.connect_uri(url)
+    hs.append(h)
+n = int(sys.argv[3])
+for i in range(n):
+    h = hs[i % 2]
+    h.pwrite(struct.pack('<Q', i + 1) * 512, (i // 2) * 4096)
+    h.flush()
+    print(i, flush=True)
+    time.sleep(0.01)
+for h in hs:
+    h.shutdown()
+"#;
+
+/// Reader: blocks 0..n/2 of both volumes; prints a JSON list of
+/// `[vol, block, value]` for every non-zero block (value -1: the block is
+/// not one 8-byte word repeated).
+const STAMP_READER: &str = r#"
+import json, struct, sys, nbd
+n = int(sys.argv[3])
+out = []
+for vol, url in enumerate(sys.argv[1:3]):
+    h = nbd.NBD()
+    h.connect_uri(url)
+    for b in range(n // 2):
+        d = h.pread(4096, b * 4096)
+        if d == bytes(4096):
+            continue
+        w = d[:8]
+        v = struct.unpack('<Q', w)[0] if d == w * 512 else -1
+        out.append([vol, b, v])
+    h.shutdown()
+print(json.dumps(out))
+"#;
+
+/// The number of stamps in the image served at `urls` (vol0, vol1),
+/// after checking it is exactly the first k stamps of the write order.
+fn prefix_of(urls: [&str; 2], what: &str) -> u64 {
+    let found = python_json(STAMP_READER, &[urls[0], urls[1], &STAMPS.to_string()]);
+    let mut stamps = Vec::new();
+    for e in found.as_array().expect("array") {
+        let (vol, blk, val) = (
+            e[0].as_u64().unwrap(),
+            e[1].as_u64().unwrap(),
+            e[2].as_i64().unwrap(),
+        );
+        assert!(val > 0, "{what}: vol{vol} block {blk} is torn: {found}");
+        let stamp = val as u64 - 1;
+        assert!(
+            stamp < STAMPS && stamp % 2 == vol && stamp / 2 == blk,
+            "{what}: vol{vol} block {blk} holds stamp {stamp}, written elsewhere"
+        );
+        stamps.push(stamp);
+    }
+    stamps.sort_unstable();
+    let k = stamps.len() as u64;
+    let missing: Vec<u64> = (0..k)
+        .filter(|s| stamps.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what} is not a prefix of the write order: {k} stamps, up to {:?}, missing {missing:?}",
+        stamps.last()
+    );
+    k
+}
+
+#[test]
+fn every_checkpoint_of_a_sync_group_is_a_prefix_of_the_write_order() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    if !have_tools(&["qemu-io"]) || !have_python_nbd() {
+        return;
+    }
+    let (a, b) = group_pair();
+    let u0 = a.create_volume("vol0", "8M");
+    let u1 = a.create_volume("vol1", "8M");
+    create_group(
+        &a,
+        "j",
+        "site-b",
+        &["--volume", "vol0", "--volume", "vol1"],
+        &[
+            "--mode",
+            "sync",
+            "--compress",
+            "none",
+            "--checkpoint-interval",
+            "1s",
+            "--keep",
+            "2",
+        ],
+    );
+    a.json(&["group", "start", "j"]);
+    wait_group(&a, "j", "in sync", GROUP_LIMIT, |s| {
+        s["sync_state"] == "in-sync"
+    });
+    let mut writer = KillOnDrop(Some(
+        Command::new(PYTHON)
+            .arg("-c")
+            .arg(STAMP_WRITER)
+            .args([&u0, &u1, &STAMPS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn writer"),
+    ));
+    let stdout = writer.child().stdout.take().unwrap();
+    let acked = BufReader::new(stdout).lines().count() as u64;
+    let out = writer.take().wait_with_output().expect("writer");
+    assert!(
+        out.status.success() && acked == STAMPS,
+        "writer: {acked} stamps; {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The end: a seal, whose PIT holds every acknowledged stamp.
+    let sealed = a.json(&["sync", "j"]);
+    let sealed_at = sealed["pit"]["created_at"]
+        .as_str()
+        .expect("the seal's PIT")
+        .replace('Z', ".999999999Z");
+
+    let list = b.json(&["pit", "list", "j", "--checkpoints", "--all"]);
+    let cps: Vec<(u64, u64)> = list["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .map(|c| (u(c, "id"), u(c, "time_ns")))
+        .collect();
+    let times: Vec<u64> = cps.iter().map(|c| c.1).collect();
+    assert!(times.len() >= 3, "a few seconds of writes: {list}");
+    let (oldest, newest) = (times[0], *times.last().unwrap());
+    let mut rng = seed();
+    let mut at: Vec<u64> = (0..20)
+        .map(|_| oldest + next_rand(&mut rng) % (newest - oldest + 1))
+        .collect();
+    at.sort_unstable();
+    let mut last = 0;
+    for t in at {
+        let when = rfc3339_ns(t);
+        let e = b.json(&["pit", "export", "j", "--at", &when]);
+        let point = &e["point"];
+        let id = u(point, "id");
+        // A PIT the RPO timer sealed meanwhile may be newer in write
+        // order; a checkpoint chosen is the newest one at or before t.
+        if point["kind"] == "checkpoint" {
+            let want = cps.iter().filter(|c| c.1 <= t).max_by_key(|c| c.1).unwrap();
+            assert_eq!(id, want.0, "the newest checkpoint at or before {when}: {e}");
+        }
+        let k = prefix_of(
+            [&served_url(&e, "vol0"), &served_url(&e, "vol1")],
+            &format!("{} {id} (at {when})", point["kind"]),
+        );
+        assert!(
+            k >= last,
+            "a later checkpoint holds fewer stamps: {k} < {last}"
+        );
+        eprintln!("{when}: {} {id} holds the first {k} stamps", point["kind"]);
+        last = k;
+    }
+    // The seal's point holds every acknowledged stamp.
+    let e = b.json(&["pit", "export", "j", "--at", &sealed_at]);
+    let k = prefix_of(
+        [&served_url(&e, "vol0"), &served_url(&e, "vol1")],
+        "the seal",
+    );
+    assert_eq!(k, STAMPS, "{e}");
+    // A test failover at the middle checkpoint clones exactly its image.
+    let mid = times[times.len() / 2];
+    let e = b.json(&["pit", "export", "j", "--at", &rfc3339_ns(mid)]);
+    let exported = prefix_of([&served_url(&e, "vol0"), &served_url(&e, "vol1")], "mid");
+    let r = b.json(&["failover", "run", "j", "--test", "--at", &rfc3339_ns(mid)]);
+    assert_eq!(r["point"]["id"], e["point"]["id"], "{r}");
+    let cloned = prefix_of(
+        [&served_url(&r, "vol0"), &served_url(&r, "vol1")],
+        "test clone",
+    );
+    assert_eq!(cloned, exported);
+    b.json(&["failover", "stop-test", "j"]);
+}
+
+/// RFC 3339 (UTC, nanoseconds) of nanoseconds since the epoch.
+fn rfc3339_ns(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .expect("date");
+    format!(
+        "{}.{:09}Z",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ns % 1_000_000_000
+    )
 }
