@@ -333,6 +333,27 @@ fn every_checkpoint_of_a_sync_group_is_a_prefix_of_the_write_order() {
     );
     assert_eq!(cloned, exported);
     b.json(&["failover", "stop-test", "j"]);
+
+    // The primary dies: promoted at the middle checkpoint, the volumes
+    // hold its image; promoted again at the seal (before commit), every
+    // acknowledged stamp.
+    let mut a = a;
+    a.kill9();
+    let r = b.json(&["failover", "run", "j", "--force", "--at", &rfc3339_ns(mid)]);
+    assert_eq!(r["mode"], "unplanned", "{r}");
+    assert_eq!(r["point"]["id"], e["point"]["id"], "{r}");
+    let promoted = prefix_of(
+        [&served_url(&r, "vol0"), &served_url(&r, "vol1")],
+        "promoted",
+    );
+    assert_eq!(promoted, exported);
+    let r = b.json(&["failover", "run", "j", "--force", "--at", &sealed_at]);
+    let k = prefix_of(
+        [&served_url(&r, "vol0"), &served_url(&r, "vol1")],
+        "promoted again",
+    );
+    assert_eq!(k, STAMPS, "{r}");
+    b.json(&["failover", "revert", "j"]);
 }
 
 /// RFC 3339 (UTC, nanoseconds) of nanoseconds since the epoch.
