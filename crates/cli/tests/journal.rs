@@ -19,7 +19,7 @@ fn write_for(a: &TestSite, secs: u64, round: u8) -> u64 {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut n = 0u64;
     while Instant::now() < end {
-        let volume = if n % 2 == 0 { "d0" } else { "d1" };
+        let volume = if n.is_multiple_of(2) { "d0" } else { "d1" };
         let offset = (n % 16) * 256 * 1024;
         let pattern = (u64::from(round) * 37 + n) % 250 + 1;
         qemu_io(
