@@ -889,6 +889,10 @@ pub struct FailoverRun {
     /// PIT id or name (default: the newest).
     #[serde(default)]
     pub pit: Option<String>,
+    /// Recover to the newest consistent point (journal checkpoint or PIT)
+    /// at or before this RFC 3339 time instead (not with `pit`).
+    #[serde(default)]
+    pub at: Option<String>,
     /// Test failover: writable clones, replication untouched.
     #[serde(default)]
     pub test: bool,
@@ -933,6 +937,42 @@ pub struct FailoverResult {
     /// volumes were promoted, say); the CLI exits non-zero when not empty.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// With `at`: the consistent point chosen (`pit` is then the PIT a
+    /// checkpoint's image starts from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<RecoveryPoint>,
+}
+
+/// The consistent point a recovery to a time (`at`) chose: the newest PIT
+/// or journal checkpoint at or before that time.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// `pit` or `checkpoint`.
+    #[schema(schema_with = crate::schema::point_kind)]
+    pub kind: String,
+    /// The PIT's or the checkpoint's id.
+    pub id: u64,
+    /// Its name, if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339 time of the point (a checkpoint's: the primary's clock).
+    pub time: String,
+    /// Taken while the group's VMs were quiesced.
+    pub app_consistent: bool,
+    /// The PIT its image starts from (a PIT: itself).
+    pub pit: u64,
+    /// The time asked for (RFC 3339).
+    pub requested: String,
+    /// How long before the time asked for the point lies, in milliseconds.
+    pub before_requested_ms: u64,
+}
+
+/// `pit export GROUP --at TIME`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PitExportAt {
+    /// RFC 3339 time: the newest consistent point at or before it is
+    /// exported.
+    pub at: String,
 }
 
 /// What each site of a group wrote since they diverged.
@@ -998,10 +1038,13 @@ pub struct ReverseResult {
 pub struct PitExport {
     /// Group name.
     pub group: String,
-    /// PIT id.
+    /// PIT id (exported at a checkpoint: the PIT its image starts from).
     pub pit: u64,
     /// The PIT's volumes, read-only.
     pub volumes: Vec<ExportedVolume>,
+    /// With `at`: the consistent point exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<RecoveryPoint>,
 }
 
 /// Result of `pit check`: every PIT's own blocks read back and compared

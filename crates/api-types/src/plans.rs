@@ -165,6 +165,12 @@ pub struct PlanRunRequest {
     /// Continue the plan's stopped run from its failed step instead.
     #[serde(default)]
     pub resume: bool,
+    /// Test and disaster runs: recover every group to the newest
+    /// consistent point (journal checkpoint or PIT) at or before this
+    /// RFC 3339 time. Planned and failback runs refuse it (they ship a
+    /// final PIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// A group's outcome in a run.
@@ -256,6 +262,10 @@ pub struct PlanRunReport {
     pub waiting_for: Option<String>,
     /// Where the site keeps the HTML report.
     pub html_path: Option<String>,
+    /// The time every group was recovered to (`plan run --at`): the
+    /// newest consistent point at or before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// A run in `plan history`.

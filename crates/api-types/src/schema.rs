@@ -48,6 +48,8 @@ pub const SYNC_STATES: &[&str] = &[
 /// What a sync group does when its partner is lost.
 pub const LINK_LOSS: &[&str] = &["degrade", "suspend-writes"];
 /// Roles of a volume.
+/// The kinds of point a recovery to a time (`at`) may use.
+pub const POINT_KINDS: &[&str] = &["pit", "checkpoint"];
 pub const VOLUME_ROLES: &[&str] = &["primary", "promoted"];
 /// States of a volume.
 pub const VOLUME_STATES: &[&str] = &["ready", "importing", "failed"];
@@ -135,6 +137,10 @@ pub fn sync_state_opt() -> RefOr<Schema> {
 /// A sync group's link-loss policy, absent for async groups.
 pub fn link_loss_opt() -> RefOr<Schema> {
     one_of(LINK_LOSS, true)
+}
+/// What a recovery to a time used.
+pub fn point_kind() -> RefOr<Schema> {
+    one_of(POINT_KINDS, false)
 }
 /// A volume's role.
 pub fn volume_role() -> RefOr<Schema> {

@@ -118,7 +118,8 @@ as_string!(
     Mode,
     SyncState,
     engine::TlsMode,
-    engine::config::ApiTlsMode
+    engine::config::ApiTlsMode,
+    replication::PointKind
 );
 
 /// A domain type to the body of the same fields.
@@ -249,11 +250,12 @@ to_dto!(replication::PitEntry => PitEntry { id, name, created_at, bytes, app_con
 to_dto!(replication::SyncResult => SyncResult { group, pit, hooks, errors });
 to_dto!(replication::ExportedVolume => ExportedVolume { name, export, url });
 to_dto!(replication::HookReport => HookReport { vm, action, exit_code, duration_ms });
-to_dto!(replication::FailoverResult => FailoverResult { group, mode, pit, volumes, vms, duration_ms, errors });
+to_dto!(replication::FailoverResult => FailoverResult { group, mode, pit, volumes, vms, duration_ms, errors, point });
+to_dto!(replication::RecoveryPoint => RecoveryPoint { kind, id, name, time, app_consistent, pit, requested, before_requested_ms });
 to_dto!(replication::SplitBrain => SplitBrain { sites, discarded_on, kept_as_pit });
 to_dto!(replication::SplitBrainSide => SplitBrainSide { site, generation, written_bytes });
 to_dto!(replication::ReverseResult => ReverseResult { group, pit, volumes, bytes_transferred, rolled_back_bytes, split_brain, duration_ms });
-to_dto!(replication::PitExport => PitExport { group, pit, volumes });
+to_dto!(replication::PitExport => PitExport { group, pit, volumes, point });
 to_dto!(replication::PitCheck => PitCheck { group, pits, damaged });
 to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
 to_dto!(replication::SeedExport => SeedExport { group, dir, bytes, files });
@@ -261,7 +263,7 @@ to_dto!(replication::AuthzCheckResult => AuthzCheckResult { partner, storage_loc
 to_dto!(replication::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
 to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
 to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
-to_domain!(FailoverRun => replication::FailoverRun { pit, test, force, skip_vm_hooks });
+to_domain!(FailoverRun => replication::FailoverRun { pit, at, test, force, skip_vm_hooks });
 to_domain!(ReverseRequest => replication::ReverseRequest { discard_changes_on, dry_run });
 to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compress });
 
@@ -271,17 +273,17 @@ to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_sec
 to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
 to_dto!(plan::PlanRunStep => PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
-to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
+to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path, at });
 to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
 to_domain!(CreatePlan => plan::CreatePlan { name, protected_site, recovery_site, description, test_network, parallel });
 to_domain!(PlanAddGroup => plan::PlanAddGroup { group });
 to_domain!(PlanSetNetworkMap => plan::PlanSetNetworkMap { mappings });
 to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
 to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
-to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume });
+to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume, at });
 to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
 to_domain!(PlanRunStep => plan::PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
-to_domain!(PlanRunReport => plan::PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path });
+to_domain!(PlanRunReport => plan::PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path, at });
 
 /// A run's report as the CLI reads it from the API, for the plan crate's
 /// text summary and HTML page.
@@ -428,6 +430,16 @@ mod tests {
             }],
             duration_ms: 5,
             errors: vec!["e".into()],
+            point: Some(replication::RecoveryPoint {
+                kind: replication::PointKind::Checkpoint,
+                id: 42,
+                name: Some("before-upgrade".into()),
+                time: "2026-12-07T08:15:30Z".into(),
+                app_consistent: true,
+                pit: 3,
+                requested: "2026-12-07T08:15:31Z".into(),
+                before_requested_ms: 1000,
+            }),
         });
         for split_brain in [
             None,
@@ -536,6 +548,7 @@ mod tests {
             errors: vec![],
             waiting_for: None,
             html_path: Some("/r.html".into()),
+            at: Some("2026-12-07T08:15:30Z".into()),
         };
         same_json(report.clone());
         assert_eq!(plan_run_report(report.clone().to_dto()), report);
@@ -554,5 +567,15 @@ mod tests {
             .map(ToDto::to_dto)
             .collect();
         assert_eq!(modes, t::schema::API_TLS_MODES);
+    }
+
+    #[test]
+    fn point_kinds_are_the_documented_ones() {
+        use replication::PointKind as K;
+        let kinds: Vec<String> = [K::Pit, K::Checkpoint]
+            .into_iter()
+            .map(ToDto::to_dto)
+            .collect();
+        assert_eq!(kinds, t::schema::POINT_KINDS);
     }
 }

@@ -49,6 +49,10 @@ pub(crate) fn groups() -> Router<ApiState> {
         )
         .route("/groups/{name}/pits/check", axum::routing::post(pit_check))
         .route(
+            "/groups/{name}/pits/export",
+            axum::routing::post(pit_export_at),
+        )
+        .route(
             "/groups/{name}/pits/{pit}/release",
             axum::routing::post(pit_release),
         )

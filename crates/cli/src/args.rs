@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::units::{Every, Millis, Secs, Size};
+use crate::units::{At, Every, Millis, Secs, Size};
 
 /// Disaster-recovery replication for virtual-machine disks.
 #[derive(Debug, Parser)]
@@ -363,6 +363,11 @@ pub enum FailoverCommand {
         /// PIT id or name (default: the newest).
         #[arg(long)]
         pit: Option<String>,
+        /// Recover to the newest consistent point (journal checkpoint or
+        /// PIT) at or before TIME: RFC 3339 (2026-12-07T08:15:30Z) or
+        /// relative (now, 90s ago, 10m ago, 2h ago, 1d ago).
+        #[arg(long, value_name = "TIME", conflicts_with = "pit")]
+        at: Option<At>,
         /// Test failover: writable clones under distinct names, VMs started
         /// with OFFSITE_MODE=test, replication keeps running.
         #[arg(long)]
@@ -401,7 +406,13 @@ pub enum PitCommand {
     Export {
         group: String,
         /// PIT id or name.
-        pit: String,
+        #[arg(required_unless_present = "at")]
+        pit: Option<String>,
+        /// Export the newest consistent point (journal checkpoint or PIT)
+        /// at or before TIME instead: RFC 3339 (2026-12-07T08:15:30Z) or
+        /// relative (now, 90s ago, 10m ago, 2h ago, 1d ago).
+        #[arg(long, value_name = "TIME", conflicts_with = "pit")]
+        at: Option<At>,
     },
     /// Read every PIT back and compare it with its recorded checksums (at the replica).
     Check { group: String },
@@ -765,6 +776,11 @@ pub enum PlanCommand {
         /// Continue the plan's stopped run from its failed step.
         #[arg(long)]
         resume: bool,
+        /// Test and disaster runs: recover every group to the newest
+        /// consistent point (journal checkpoint or PIT) at or before TIME:
+        /// RFC 3339 or relative (10m ago).
+        #[arg(long, value_name = "TIME")]
+        at: Option<At>,
     },
     /// Go on with the run waiting at a prompt.
     Continue { plan: String },

@@ -386,7 +386,12 @@ pub(crate) fn pit(c: &Client, cmd: PitCommand, p: &Printer) -> anyhow::Result<()
             all,
         } => p.checkpoints(&c.checkpoints(&group, all)?),
         PitCommand::List { group, .. } => p.pits(&c.pits(&group)?),
-        PitCommand::Export { group, pit } => p.pit_export(&c.pit_export(&group, &pit)?),
+        PitCommand::Export { group, pit, at } => match (pit, at) {
+            (_, Some(at)) => p.pit_export(&c.pit_export_at(&group, &at.0)?),
+            (Some(pit), None) => p.pit_export(&c.pit_export(&group, &pit)?),
+            // clap requires one of them.
+            (None, None) => anyhow::bail!("give a PIT (id or name) or --at TIME"),
+        },
         PitCommand::Check { group } => {
             let r = c.pit_check(&group)?;
             p.pit_check(&r)?;
@@ -423,6 +428,7 @@ pub(crate) fn failover(c: &Client, cmd: FailoverCommand, p: &Printer) -> anyhow:
         FailoverCommand::Run {
             group,
             pit,
+            at,
             test,
             force,
         } => {
@@ -431,6 +437,7 @@ pub(crate) fn failover(c: &Client, cmd: FailoverCommand, p: &Printer) -> anyhow:
                 "failover",
                 &offsite_api_types::FailoverRun {
                     pit,
+                    at: at.map(|a| a.0),
                     test,
                     force,
                     ..Default::default()
@@ -589,10 +596,22 @@ pub(crate) fn plan(global: &args::Global, cmd: PlanCommand, p: &Printer) -> anyh
                 serde_json::json!({ "name": plan, "deleted": true }),
             )
         }
-        PlanCommand::Run { plan, mode, resume } => {
+        PlanCommand::Run {
+            plan,
+            mode,
+            resume,
+            at,
+        } => {
             let mode = mode.as_ref().map(args::spelling);
-            let r: t::PlanRunReport =
-                c.plan_action(&plan, "run", &t::PlanRunRequest { mode, resume })?;
+            let r: t::PlanRunReport = c.plan_action(
+                &plan,
+                "run",
+                &t::PlanRunRequest {
+                    mode,
+                    resume,
+                    at: at.map(|a| a.0),
+                },
+            )?;
             p.plan_run(&r)?;
             run_outcome(&r)
         }

@@ -643,9 +643,12 @@ impl Printer {
             .iter()
             .map(|v| vec![v.name.clone(), v.url.clone()])
             .collect();
+        let what = match &e.point {
+            Some(point) => point_text(point),
+            None => format!("PIT {}", e.pit),
+        };
         emit(&format!(
-            "PIT {} of group {} exported read-only:\n{}",
-            e.pit,
+            "{what} of group {} exported read-only:\n{}",
             e.group,
             table(&["VOLUME", "URL"], &rows)
         ))
@@ -669,10 +672,18 @@ impl Printer {
                 "group {}: test failover of PIT {} stopped, clones discarded ({} ms)\n",
                 r.group, r.pit, r.duration_ms
             ),
-            m => format!(
-                "group {}: {m} failover from PIT {} ({} ms)\n",
-                r.group, r.pit, r.duration_ms
-            ),
+            m => match &r.point {
+                Some(point) => format!(
+                    "group {}: {m} failover from {} ({} ms)\n",
+                    r.group,
+                    point_text(point),
+                    r.duration_ms
+                ),
+                None => format!(
+                    "group {}: {m} failover from PIT {} ({} ms)\n",
+                    r.group, r.pit, r.duration_ms
+                ),
+            },
         };
         if !matches!(r.mode.as_str(), "stop-test" | "commit" | "revert") {
             let rows: Vec<Vec<String>> = r
@@ -1158,6 +1169,39 @@ impl Printer {
             .collect();
         emit(&table(&["TIME", "KIND", "SUBJECT", "MESSAGE"], &rows))
     }
+}
+
+/// The point a recovery to a time chose, for people: `checkpoint 42 of
+/// 2026-12-07T08:15:30Z (app-consistent, over PIT 7), 1.250 s before
+/// 2026-12-07T08:15:31.25Z`.
+fn point_text(p: &offsite_api_types::RecoveryPoint) -> String {
+    let mut notes = Vec::new();
+    if p.app_consistent {
+        notes.push("app-consistent".to_string());
+    }
+    if let Some(n) = &p.name {
+        notes.push(format!("named {n}"));
+    }
+    if p.kind == "checkpoint" {
+        notes.push(format!("over PIT {}", p.pit));
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join(", "))
+    };
+    let distance = if p.before_requested_ms == 0 {
+        format!("exactly at {}", p.requested)
+    } else {
+        format!(
+            "{}.{:03} s before {}",
+            p.before_requested_ms / 1000,
+            p.before_requested_ms % 1000,
+            p.requested
+        )
+    };
+    let kind = if p.kind == "pit" { "PIT" } else { "checkpoint" };
+    format!("{kind} {} of {}{notes}, {distance}", p.id, p.time)
 }
 
 /// Milliseconds for people: `500ms`, `1s`, `1.5s`.

@@ -117,6 +117,48 @@ impl FromStr for Every {
     }
 }
 
+/// A point in time for `--at`: RFC 3339 (`2026-12-07T08:15:30Z`, any
+/// offset) or relative to now (`now`, `90s ago`, `10m ago`, `2h ago`,
+/// `1d ago`). Held as the absolute RFC 3339 time (UTC) sent to the API, so
+/// a relative time means the moment the command line was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct At(pub String);
+
+impl FromStr for At {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<At, String> {
+        At::parse(s, time::OffsetDateTime::now_utc())
+    }
+}
+
+impl At {
+    /// `s` read at instant `now`.
+    pub fn parse(s: &str, now: time::OffsetDateTime) -> Result<At, String> {
+        use time::format_description::well_known::Rfc3339;
+        let bad = || {
+            format!(
+                "{s:?} is not a time; give an RFC 3339 time such as 2026-12-07T08:15:30Z (or with an offset, 2026-12-07T09:15:30+01:00) or a relative one such as now, 90s ago, 10m ago, 2h ago or 1d ago"
+            )
+        };
+        let t = s.trim();
+        let when = if t.eq_ignore_ascii_case("now") {
+            now
+        } else if let Some(ago) = t.strip_suffix("ago") {
+            let secs: Secs = ago.trim().parse().map_err(|_| bad())?;
+            let secs = i64::try_from(secs.0).map_err(|_| bad())?;
+            now.checked_sub(time::Duration::seconds(secs))
+                .ok_or_else(bad)?
+        } else {
+            time::OffsetDateTime::parse(t, &Rfc3339).map_err(|_| bad())?
+        };
+        when.to_offset(time::UtcOffset::UTC)
+            .format(&Rfc3339)
+            .map(At)
+            .map_err(|_| bad())
+    }
+}
+
 /// Bytes for people: `10 GiB`, `4 KiB`, `1.5 MiB`, `123 B`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -138,6 +180,37 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_takes_rfc3339_and_relative_times() {
+        let now = time::macros::datetime!(2026-12-07 08:30:00 UTC);
+        let at = |s: &str| At::parse(s, now).map(|a| a.0);
+        assert_eq!(at("now").unwrap(), "2026-12-07T08:30:00Z");
+        assert_eq!(at("90s ago").unwrap(), "2026-12-07T08:28:30Z");
+        assert_eq!(at("10m ago").unwrap(), "2026-12-07T08:20:00Z");
+        assert_eq!(at(" 2h ago ").unwrap(), "2026-12-07T06:30:00Z");
+        assert_eq!(at("1d ago").unwrap(), "2026-12-06T08:30:00Z");
+        assert_eq!(at("2026-12-07T08:15:30Z").unwrap(), "2026-12-07T08:15:30Z");
+        assert_eq!(
+            at("2026-12-07T09:15:30.5+01:00").unwrap(),
+            "2026-12-07T08:15:30.5Z"
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "10 minutes ago",
+            "ago",
+            "-5m ago",
+            "2026-12-07 08:15",
+            "12:00",
+        ] {
+            let e = at(bad).unwrap_err();
+            assert!(
+                e.contains("RFC 3339") && e.contains("10m ago"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn millis_take_units_down_to_the_millisecond() {

@@ -61,6 +61,11 @@ fn unknown_name_requests() -> Vec<(&'static str, &'static str, Option<&'static s
         ("GET", "/groups/NOSUCH/cycles", None),
         ("POST", "/groups/NOSUCH/pits/check", None),
         ("POST", "/groups/NOSUCH/pits/1/export", None),
+        (
+            "POST",
+            "/groups/NOSUCH/pits/export",
+            Some(r#"{"at":"2026-12-07T08:00:00Z"}"#),
+        ),
         ("POST", "/groups/NOSUCH/pits/nightly/export", None),
         ("POST", "/groups/NOSUCH/pits/1/release", None),
         ("POST", "/groups/NOSUCH/pits/nightly/release", None),

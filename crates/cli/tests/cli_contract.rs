@@ -302,3 +302,44 @@ fn plan_report_as_html_and_json_is_refused_as_contradictory() {
         assert_eq!(offsite(args).status.code(), Some(1), "{args:?}");
     }
 }
+
+#[test]
+fn a_bad_recovery_time_is_a_usage_error_showing_both_forms() {
+    let cases: &[&[&str]] = &[
+        &["failover", "run", "g", "--at", "yesterday"],
+        &["failover", "run", "g", "--test", "--at", "10 minutes ago"],
+        &["pit", "export", "g", "--at", "2026-12-07 08:15"],
+        &[
+            "plan",
+            "run",
+            "p",
+            "--mode",
+            "disaster",
+            "--at",
+            "5 fortnights ago",
+        ],
+    ];
+    for args in cases {
+        let out = offsite(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("2026-12-07T08:15:30Z") && stderr.contains("10m ago"),
+            "{args:?} shows an RFC 3339 and a relative time: {stderr}"
+        );
+    }
+    // A PIT and a time at once, or neither for an export: usage errors.
+    for args in [
+        &["failover", "run", "g", "--pit", "3", "--at", "now"][..],
+        &["pit", "export", "g", "3", "--at", "now"],
+        &["pit", "export", "g"],
+    ] {
+        let out = offsite(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -573,6 +573,19 @@ impl Client {
         )
     }
 
+    /// `POST /groups/{name}/pits/export`: the newest consistent point at
+    /// or before `at` (RFC 3339), served read-only.
+    pub fn pit_export_at(
+        &self,
+        name: &str,
+        at: &str,
+    ) -> Result<offsite_api_types::PitExport, ClientError> {
+        self.post(
+            &format!("/groups/{}/pits/export", encode(name)),
+            &offsite_api_types::PitExportAt { at: at.to_string() },
+        )
+    }
+
     /// `POST /groups/{name}/pits/check`.
     pub fn pit_check(&self, name: &str) -> Result<offsite_api_types::PitCheck, ClientError> {
         self.post(&format!("/groups/{}/pits/check", encode(name)), &())

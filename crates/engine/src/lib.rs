@@ -34,7 +34,9 @@ pub use partners::{MAX_BANDWIDTH, check_bandwidth, normalize_fingerprint};
 pub use plans::PlanCatalog;
 pub use site::{BoundAddresses, Site};
 pub use vms::domain_name;
-pub use volume::{PitLower, RecordSink, Volume, VolumeData, WriteMirror, layered_block_status};
+pub use volume::{
+    CheckpointLower, PitLower, RecordSink, Volume, VolumeData, WriteMirror, layered_block_status,
+};
 
 /// Default tracking block size: 4 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;

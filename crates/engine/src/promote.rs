@@ -12,40 +12,89 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use offsite_catalog::{Catalog, LowerRef, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
-use offsite_replica_store::{PitId, ReplicaStore};
+use offsite_replica_store::{CheckpointId, CheckpointImage, PitId, ReplicaStore};
 use offsite_volume_file::{Layered, Lower};
 
 use crate::layout::Layout;
-use crate::volume::PitLower;
+use crate::volume::{CheckpointLower, PitLower};
 use crate::{EngineError, Site, Volume, names};
 
 /// Blocks the flattener copies between pauses.
 const FLATTEN_STEP_BLOCKS: u64 = 256;
 
-fn open_store(
-    stores: &mut HashMap<PathBuf, Arc<ReplicaStore>>,
-    dir: &Path,
-) -> Result<Arc<ReplicaStore>, EngineError> {
-    if let Some(s) = stores.get(dir) {
-        return Ok(s.clone());
-    }
-    let store = Arc::new(ReplicaStore::open(dir).map_err(|e| {
-        EngineError::Invalid(format!("opening the replica store {}: {e}", dir.display()))
-    })?);
-    stores.insert(dir.to_path_buf(), store.clone());
-    Ok(store)
+/// The site's open replica stores (one instance per store directory, as
+/// a store holds its directory's lock) and the checkpoint images promoted
+/// volumes and test clones read, shared while any of them lives (building
+/// one reads the journal from its PIT to the checkpoint: once for all the
+/// group's volumes, not once per volume).
+#[derive(Default)]
+pub(crate) struct Stores {
+    by_dir: HashMap<PathBuf, Arc<ReplicaStore>>,
+    images: HashMap<(PathBuf, u64), Weak<CheckpointImage>>,
 }
 
-fn pit_lower(store: Arc<ReplicaStore>, lower: &LowerRef) -> Result<Arc<dyn Lower>, EngineError> {
+impl Stores {
+    fn open(&mut self, dir: &Path) -> Result<Arc<ReplicaStore>, EngineError> {
+        if let Some(s) = self.by_dir.get(dir) {
+            return Ok(s.clone());
+        }
+        let store = Arc::new(ReplicaStore::open(dir).map_err(|e| {
+            EngineError::Invalid(format!("opening the replica store {}: {e}", dir.display()))
+        })?);
+        self.by_dir.insert(dir.to_path_buf(), store.clone());
+        Ok(store)
+    }
+
+    /// The image of checkpoint `id` of the store in `dir`, built once and
+    /// shared while it is used.
+    fn image(&mut self, dir: &Path, id: u64) -> Result<Arc<CheckpointImage>, EngineError> {
+        self.images.retain(|_, w| w.strong_count() > 0);
+        let key = (dir.to_path_buf(), id);
+        if let Some(image) = self.images.get(&key).and_then(Weak::upgrade) {
+            return Ok(image);
+        }
+        let store = self.open(dir)?;
+        let cid = CheckpointId::new(id).ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "checkpoint 0 of the replica store {}",
+                dir.display()
+            ))
+        })?;
+        let image = Arc::new(store.checkpoint_image(cid).map_err(|e| {
+            EngineError::Invalid(format!(
+                "reading checkpoint {id} of the replica store {}: {e}",
+                dir.display()
+            ))
+        })?);
+        self.images.insert(key, Arc::downgrade(&image));
+        Ok(image)
+    }
+
+    fn forget(&mut self, dir: &Path) {
+        self.by_dir.remove(dir);
+        self.images.retain(|(d, _), _| d != dir);
+    }
+}
+
+/// The lower layer `lower` names: PIT `lower.pit`, or the image of
+/// checkpoint `lower.checkpoint` (which starts from that PIT).
+fn lower_of(stores: &mut Stores, lower: &LowerRef) -> Result<Arc<dyn Lower>, EngineError> {
+    let dir = Path::new(&lower.store_dir);
+    if let Some(id) = lower.checkpoint {
+        return Ok(Arc::new(CheckpointLower {
+            image: stores.image(dir, id)?,
+            volume: lower.volume.clone(),
+        }));
+    }
     let pit = PitId::new(lower.pit)
         .ok_or_else(|| EngineError::Invalid(format!("PIT 0 of {}", lower.store_dir)))?;
     Ok(Arc::new(PitLower {
-        store,
+        store: stores.open(dir)?,
         pit,
         volume: lower.volume.clone(),
     }))
@@ -56,14 +105,13 @@ fn pit_lower(store: Arc<ReplicaStore>, lower: &LowerRef) -> Result<Arc<dyn Lower
 pub(crate) fn open_volume(
     layout: &Layout,
     catalog: &Catalog,
-    stores: &mut HashMap<PathBuf, Arc<ReplicaStore>>,
+    stores: &mut Stores,
     row: VolumeRow,
 ) -> Result<(Volume, OpenReport), EngineError> {
     let Some(lower) = row.lower.clone() else {
         return Volume::open(layout, row, None);
     };
-    let store = open_store(stores, Path::new(&lower.store_dir))?;
-    let opened = Volume::open(layout, row.clone(), Some(pit_lower(store, &lower)?))?;
+    let opened = Volume::open(layout, row.clone(), Some(lower_of(stores, &lower)?))?;
     let flat = opened.0.file().layered().is_some_and(Layered::is_flat);
     if !flat {
         return Ok(opened);
@@ -87,10 +135,16 @@ pub(crate) fn open_volume(
     catalog.add_event(
         "volume.flattened",
         Some(&row.name),
-        &format!(
-            "volume {} no longer reads PIT {} of {}: it is a plain volume",
-            row.name, lower.pit, lower.store_dir
-        ),
+        &match lower.checkpoint {
+            Some(c) => format!(
+                "volume {} no longer reads checkpoint {c} (over PIT {}) of {}: it is a plain volume",
+                row.name, lower.pit, lower.store_dir
+            ),
+            None => format!(
+                "volume {} no longer reads PIT {} of {}: it is a plain volume",
+                row.name, lower.pit, lower.store_dir
+            ),
+        },
     )?;
     let mut row = row;
     row.lower = None;
@@ -101,10 +155,23 @@ pub(crate) fn open_volume(
 impl Site {
     /// The replica store in `dir`, opened once per site.
     pub fn replica_store(&self, dir: &Path) -> Result<Arc<ReplicaStore>, EngineError> {
-        open_store(
-            &mut self.stores.lock().unwrap_or_else(|e| e.into_inner()),
-            dir,
-        )
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open(dir)
+    }
+
+    /// The image of checkpoint `id` of the replica store in `dir`, shared
+    /// with the promoted volumes and test clones that read it.
+    pub fn checkpoint_image(
+        &self,
+        dir: &Path,
+        id: u64,
+    ) -> Result<Arc<CheckpointImage>, EngineError> {
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .image(dir, id)
     }
 
     /// Closes the store in `dir` (teardown deletes it); promoted volumes
@@ -113,7 +180,7 @@ impl Site {
         self.stores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(dir);
+            .forget(dir);
     }
 
     /// Makes volume `name` of this site from PIT `lower.pit` of volume
@@ -127,7 +194,10 @@ impl Site {
         lower: &LowerRef,
     ) -> Result<Arc<Volume>, EngineError> {
         names::validate("volume", name)?;
-        let store = self.replica_store(Path::new(&lower.store_dir))?;
+        let lower_layer = lower_of(
+            &mut self.stores.lock().unwrap_or_else(|e| e.into_inner()),
+            lower,
+        )?;
         let row = self.catalog().insert_volume(&NewVolume {
             name,
             size_bytes,
@@ -137,11 +207,7 @@ impl Site {
             import_source: None,
             lower: Some(lower),
         })?;
-        let volume = match Volume::create_layered(
-            &self.layout,
-            row.clone(),
-            pit_lower(store, lower)?,
-        ) {
+        let volume = match Volume::create_layered(&self.layout, row.clone(), lower_layer) {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 if let Err(de) = self.catalog().delete_volume(&row.name) {
@@ -154,10 +220,16 @@ impl Site {
         self.event(
             "volume.promoted",
             Some(name),
-            &format!(
-                "volume {name} promoted from PIT {} of the replica in {}",
-                lower.pit, lower.store_dir
-            ),
+            &match lower.checkpoint {
+                Some(c) => format!(
+                    "volume {name} promoted from checkpoint {c} (over PIT {}) of the replica in {}",
+                    lower.pit, lower.store_dir
+                ),
+                None => format!(
+                    "volume {name} promoted from PIT {} of the replica in {}",
+                    lower.pit, lower.store_dir
+                ),
+            },
         );
         Ok(volume)
     }
@@ -217,5 +289,117 @@ impl Site {
             }
         }
         worked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{InitOptions, init_site};
+    use offsite_nbd::BlockDevice;
+    use offsite_replica_store::{
+        Consistency, History, LogRecord, VolumeSpec, decode_records, encode_record,
+    };
+
+    const BS: usize = 4096;
+
+    fn append(log: &mut offsite_replica_store::WriteLog, seq: u64, block: u64, byte: u8) {
+        let data = vec![byte; BS];
+        let mut raw = Vec::new();
+        encode_record(
+            &LogRecord {
+                seq,
+                volume: 0,
+                first: block,
+                count: 1,
+                data: Some(&data),
+            },
+            &mut raw,
+        );
+        log.append(&raw, &decode_records(&raw).unwrap()).unwrap();
+    }
+
+    fn blocks(v: &Volume) -> Vec<u8> {
+        let mut buf = vec![0u8; BS];
+        (0..8)
+            .map(|b| {
+                v.read_at(&mut buf, b * BS as u64).unwrap();
+                assert!(buf.iter().all(|&x| x == buf[0]), "block {b} is torn");
+                buf[0]
+            })
+            .collect()
+    }
+
+    /// A volume promoted from a journal checkpoint reads the checkpoint's
+    /// image (not the writes after it), reads it again after a restart
+    /// (the catalog's lower layer names the checkpoint), flattens over it,
+    /// and becomes a plain volume at the next start.
+    #[test]
+    fn a_volume_promoted_from_a_checkpoint_survives_restarts_and_flattens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (site_dir, store_dir) = (tmp.path().join("site"), tmp.path().join("store"));
+        init_site(
+            &site_dir,
+            &InitOptions {
+                name: "b".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
+            },
+        )
+        .unwrap();
+        let spec = VolumeSpec {
+            name: "v".into(),
+            size_bytes: 8 * BS as u64,
+            block_size: BS as u32,
+        };
+        {
+            let store = ReplicaStore::create(&store_dir, std::slice::from_ref(&spec)).unwrap();
+            store.write_base("v", 0, &[1; BS]).unwrap();
+            store.sync_base().unwrap();
+            let mut log = store.open_log().unwrap();
+            log.set_history(History::Keep);
+            append(&mut log, 1, 1, 0x11);
+            append(&mut log, 2, 0, 0x12);
+            log.checkpoint(1_000, Consistency::Crash, None).unwrap();
+            append(&mut log, 3, 1, 0x13);
+            append(&mut log, 4, 5, 0x14);
+            log.finish("2026-12-07T08:00:00Z".into()).unwrap();
+        }
+        let at_checkpoint = vec![0x12, 0x11, 0, 0, 0, 0, 0, 0];
+        let lower = LowerRef {
+            store_dir: store_dir.display().to_string(),
+            volume: "v".into(),
+            pit: 0,
+            checkpoint: Some(1),
+        };
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site
+                .promote_volume("v", spec.size_bytes, BS as u32, &lower)
+                .unwrap();
+            assert_eq!(blocks(&v), at_checkpoint);
+            v.write_at(&[0x99; BS], 7 * BS as u64, false).unwrap();
+            v.file().sync().unwrap();
+        }
+        let mut want = at_checkpoint.clone();
+        want[7] = 0x99;
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site.volume("v").unwrap();
+            assert_eq!(v.row().lower.as_ref(), Some(&lower));
+            assert_eq!(blocks(&v), want, "the same image after a restart");
+            let layer = v.file().layered().unwrap();
+            while layer.flatten_step(FLATTEN_STEP_BLOCKS).unwrap() > 0 {}
+            assert!(layer.is_flat());
+            layer.flush().unwrap();
+            assert_eq!(blocks(&v), want);
+        }
+        let site = Site::open(&site_dir).unwrap();
+        let v = site.volume("v").unwrap();
+        assert!(v.file().layered().is_none(), "a plain volume once flat");
+        assert_eq!(v.row().lower, None);
+        assert_eq!(blocks(&v), want);
     }
 }

@@ -68,7 +68,7 @@ pub struct Site {
     /// Open replica stores by directory: one instance per store (it holds
     /// the store's lock), shared by replication and by promoted volumes
     /// reading their PIT.
-    pub(crate) stores: Mutex<HashMap<PathBuf, Arc<offsite_replica_store::ReplicaStore>>>,
+    pub(crate) stores: Mutex<crate::promote::Stores>,
 }
 
 impl std::fmt::Debug for Site {
@@ -91,7 +91,7 @@ impl Site {
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
         let mut volumes = BTreeMap::new();
-        let mut stores = HashMap::new();
+        let mut stores = crate::promote::Stores::default();
         for row in catalog.volumes()? {
             if row.state == "importing" {
                 // The copy thread died with the previous daemon; its volume

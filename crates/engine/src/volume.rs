@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use offsite_catalog::VolumeRow;
 use offsite_cbt::{ChangeTracker, Geometry, OpenReport, RoaringBitmap};
-use offsite_replica_store::{PitId, ReplicaStore};
+use offsite_replica_store::{CheckpointImage, PitId, ReplicaStore};
 use offsite_volume_file::{Layered, Lower, VolumeFile};
 
 use crate::EngineError;
@@ -266,6 +266,41 @@ impl Lower for PitLower {
                     self.pit, self.volume
                 ))
             })
+    }
+}
+
+/// Volume `volume` of a journal checkpoint's image (a PIT's state plus
+/// the journal's blocks up to the checkpoint), as the lower layer of a
+/// promoted volume or a test clone. The image keeps the PIT it starts
+/// from and the journal files it reads open (see
+/// `offsite_replica_store::CheckpointImage`).
+#[derive(Debug)]
+pub struct CheckpointLower {
+    /// The image, shared by every volume of the group.
+    pub image: Arc<CheckpointImage>,
+    /// The volume's name in the store.
+    pub volume: String,
+}
+
+impl Lower for CheckpointLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.image.read(&self.volume, offset, buf).map_err(|e| {
+            io::Error::other(format!(
+                "reading checkpoint {} of {}: {e}",
+                self.image.info().id,
+                self.volume
+            ))
+        })
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.image.next_data(&self.volume, offset).map_err(|e| {
+            io::Error::other(format!(
+                "looking for data in checkpoint {} of {}: {e}",
+                self.image.info().id,
+                self.volume
+            ))
+        })
     }
 }
 

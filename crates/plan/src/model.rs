@@ -158,6 +158,10 @@ pub struct PlanRunReport {
     pub waiting_for: Option<String>,
     /// Where the site keeps the HTML report.
     pub html_path: Option<String>,
+    /// The time every group was recovered to (`plan run --at`): the
+    /// newest consistent point at or before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// A run in `plan history`.
@@ -252,4 +256,7 @@ pub struct PlanRunRequest {
     pub mode: Option<String>,
     /// Continue the plan's stopped run from its failed step instead.
     pub resume: bool,
+    /// Test and disaster runs: every group recovers to the newest
+    /// consistent point at or before this RFC 3339 time.
+    pub at: Option<String>,
 }

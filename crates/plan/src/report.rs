@@ -62,6 +62,9 @@ pub fn summary(r: &PlanRunReport) -> String {
         secs(r.duration_ms),
         r.steps.len()
     );
+    if let Some(at) = &r.at {
+        let _ = writeln!(out, "  recovered to the newest points at or before {at}");
+    }
     for g in &r.groups {
         let _ = writeln!(
             out,
@@ -212,6 +215,12 @@ pre{{margin:0;white-space:pre-wrap;font-size:12px;max-width:600px}} .err{{color:
         ("Mode", r.mode.clone()),
         ("Run at site", r.site.clone()),
         ("Direction", format!("{} → {}", r.from_site, r.to_site)),
+        (
+            "Recovered to",
+            r.at.as_ref().map_or("the newest points".to_string(), |at| {
+                format!("the newest points at or before {at}")
+            }),
+        ),
         ("Started", r.started_at.clone()),
         (
             "Finished",
@@ -339,8 +348,17 @@ mod tests {
             errors: vec!["step 1 (smoke) at b: boom & bust".into()],
             waiting_for: None,
             html_path: None,
+            at: Some("2026-12-07T08:00:00Z".into()),
         };
         let page = html(&r);
+        assert!(
+            page.contains("2026-12-07T08:00:00Z"),
+            "the time recovered to"
+        );
+        assert!(
+            summary(&r)
+                .contains("recovered to the newest points at or before 2026-12-07T08:00:00Z")
+        );
         assert!(page.contains("check &lt;db&gt;") && page.contains("smoke"));
         assert!(page.contains("boom &amp; bust"));
         assert!(page.contains("<svg") && page.contains("10.0 s") && page.contains("2.5 s"));

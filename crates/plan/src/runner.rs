@@ -96,6 +96,7 @@ pub(crate) fn report_of(site: &Site, row: &RunRow) -> PlanRunReport {
         .map(|s| s.output.clone());
     let end = row.finished_at.clone().unwrap_or_else(now_ms);
     let html = html_path(site, &row.id);
+    let stored = StoredGroups::parse(&row.groups);
     PlanRunReport {
         id: row.id.clone(),
         plan: row.plan.clone(),
@@ -108,11 +109,43 @@ pub(crate) fn report_of(site: &Site, row: &RunRow) -> PlanRunReport {
         finished_at: row.finished_at.clone(),
         duration_ms: ms_between(&row.started_at, &end),
         rto_seconds: row.rto_ms.map(|m| m as f64 / 1000.0),
-        groups: serde_json::from_str(&row.groups).unwrap_or_default(),
+        groups: stored.groups,
         steps,
         errors: serde_json::from_str(&row.errors).unwrap_or_default(),
         waiting_for,
         html_path: html.exists().then(|| html.display().to_string()),
+        at: stored.at,
+    }
+}
+
+/// The `groups` column of a run: the groups' outcomes, and with `plan run
+/// --at` the time asked for (an object then; a plain array otherwise, as
+/// before `--at`, which older rows and older readers keep reading).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StoredGroups {
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    groups: Vec<PlanRunGroup>,
+}
+
+impl StoredGroups {
+    fn parse(column: &str) -> StoredGroups {
+        match serde_json::from_str::<Vec<PlanRunGroup>>(column) {
+            Ok(groups) => StoredGroups { at: None, groups },
+            Err(_) => serde_json::from_str(column).unwrap_or_default(),
+        }
+    }
+
+    fn render(r: &PlanRunReport) -> String {
+        let out = match &r.at {
+            None => serde_json::to_string(&r.groups),
+            Some(at) => serde_json::to_string(&StoredGroups {
+                at: Some(at.clone()),
+                groups: r.groups.clone(),
+            }),
+        };
+        out.unwrap_or_else(|_| "[]".into())
     }
 }
 
@@ -128,7 +161,7 @@ fn row_of(r: &PlanRunReport) -> RunRow {
         started_at: r.started_at.clone(),
         finished_at: r.finished_at.clone(),
         rto_ms: r.rto_seconds.map(|s| (s * 1000.0).round() as u64),
-        groups: serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into()),
+        groups: StoredGroups::render(r),
         errors: serde_json::to_string(&r.errors).unwrap_or_else(|_| "[]".into()),
         steps: r
             .steps
@@ -269,6 +302,34 @@ impl StepBuilder {
             }
         }
     }
+}
+
+/// Whether `plan run --at` fits `mode`: test and disaster runs recover
+/// to a point; planned and failback runs ship a final PIT (recovering to
+/// an earlier time would drop writes the primary made on purpose), and
+/// cleanup and reprotect recover nothing.
+fn check_at(plan: &str, mode: &str, at: &str) -> Result<(), PlanError> {
+    match mode {
+        "test" | "disaster" => {}
+        "planned" | "failback" => {
+            return Err(invalid(format!(
+                "a {mode} run of plan {plan} ships a final PIT with every write and recovers to it; --at is for test and disaster runs (leave out --at {at}, or run --mode disaster --at {at})"
+            )));
+        }
+        _ => {
+            return Err(invalid(format!(
+                "a {mode} run of plan {plan} recovers no group; --at is for test and disaster runs"
+            )));
+        }
+    }
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
+        |_| {
+            invalid(format!(
+                "--at {at:?} is not an RFC 3339 time: give e.g. 2026-12-07T08:15:30Z (or, on the command line, a relative time such as `10m ago`)"
+            ))
+        },
+    )?;
+    Ok(())
 }
 
 /// The steps of a `mode` run of `plan` at `here`, the other site `there`.
@@ -471,6 +532,18 @@ impl Plans {
                 )));
             }
             let mut report = report_of(&self.site, &row);
+            if let Some(at) = &req.at
+                && report.at.as_ref() != Some(at)
+            {
+                return Err(invalid(format!(
+                    "--resume continues the last run ({}) {}; leave out --at {at}",
+                    row.id,
+                    match &report.at {
+                        Some(was) => format!("at the time it was given, {was}"),
+                        None => "at the newest points, as it started".to_string(),
+                    }
+                )));
+            }
             for s in report.steps.iter_mut() {
                 if s.status == "failed" || s.status == "running" {
                     let before = s.error.take().unwrap_or_else(|| "interrupted".into());
@@ -495,6 +568,9 @@ impl Plans {
                 MODES.join(", ")
             )));
         }
+        if let Some(at) = &req.at {
+            check_at(name, &mode, at)?;
+        }
         if let Some(row) = &last
             && row.status == "waiting"
         {
@@ -516,6 +592,19 @@ impl Plans {
         } else {
             (there.clone(), here.clone())
         };
+        let mut steps = build_steps(&plan, &mode, &here, &there);
+        if let Some(at) = &req.at {
+            for s in steps
+                .iter_mut()
+                .filter(|s| matches!(s.kind.as_str(), "failover" | "test-failover"))
+            {
+                s.name = format!(
+                    "{} (the newest point at or before {at})",
+                    s.name
+                        .trim_end_matches(" (writable clones of its newest PIT)")
+                );
+            }
+        }
         let report = PlanRunReport {
             id,
             plan: name.to_string(),
@@ -529,10 +618,11 @@ impl Plans {
             duration_ms: 0,
             rto_seconds: None,
             groups: Vec::new(),
-            steps: build_steps(&plan, &mode, &here, &there),
+            steps,
             errors: Vec::new(),
             waiting_for: None,
             html_path: None,
+            at: req.at.clone(),
         };
         self.note(&report, &format!("run {} ({mode}) started", report.id));
         self.execute(&plan, report).await
@@ -737,13 +827,14 @@ impl Plans {
             let plan = plan.clone();
             let mode = report.mode.clone();
             let run_id = report.id.clone();
+            let at = report.at.clone();
             let limit = limit.clone();
             let lost = lost.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let t0 = now_ms();
                 let out = me
-                    .do_step(&plan, &mode, &run_id, &step, lost.as_deref())
+                    .do_step(&plan, &mode, &run_id, &step, lost.as_deref(), at.as_deref())
                     .await;
                 (k, t0, now_ms(), out)
             });
@@ -802,6 +893,7 @@ impl Plans {
         run_id: &str,
         step: &PlanRunStep,
         lost: Option<&str>,
+        at: Option<&str>,
     ) -> Outcome {
         let here = self.site.config().name.clone();
         let group = step.group.clone().unwrap_or_default();
@@ -850,7 +942,7 @@ impl Plans {
                 )
             }
             "failover" | "test-failover" => {
-                self.failover_step(mode, &group, step.kind == "test-failover")
+                self.failover_step(mode, &group, step.kind == "test-failover", at)
                     .await
             }
             "stop-test" => plain(
@@ -880,19 +972,62 @@ impl Plans {
 
     /// A failover or test-failover step at this site (the recovery site):
     /// the group's PIT promoted or cloned, and what the group lost.
-    async fn failover_step(&self, mode: &str, group: &str, test: bool) -> Outcome {
+    async fn failover_step(
+        &self,
+        mode: &str,
+        group: &str,
+        test: bool,
+        at: Option<&str>,
+    ) -> Outcome {
         let req = FailoverRun {
             pit: None,
+            at: at.map(str::to_string),
             test,
             force: mode == "disaster",
             skip_vm_hooks: true,
         };
         match self.repl.failover_run(group, &req).await {
             Ok(r) => {
-                let g = self.group_result(group, r.pit).await;
+                let mut g = self.group_result(group, r.pit).await;
+                if let Some(p) = &r.point {
+                    // Recovered to a chosen time: the point's own time,
+                    // mark and age, not those of the PIT it starts from.
+                    g.pit_name = match p.kind {
+                        offsite_replication::PointKind::Checkpoint => Some(match &p.name {
+                            Some(n) => format!("checkpoint {} {n}", p.id),
+                            None => format!("checkpoint {}", p.id),
+                        }),
+                        offsite_replication::PointKind::Pit => p.name.clone(),
+                    };
+                    g.pit_app_consistent = p.app_consistent;
+                    g.rpo_seconds = Some(ms_between(&p.time, &now_ms()) as f64 / 1000.0);
+                    g.pit_created_at = Some(p.time.clone());
+                }
+                let what = match &r.point {
+                    Some(p) if p.kind == offsite_replication::PointKind::Checkpoint => format!(
+                        "checkpoint {} of {}{} (over PIT {}, {} s before {})",
+                        p.id,
+                        p.time,
+                        if p.app_consistent {
+                            ", app-consistent"
+                        } else {
+                            ""
+                        },
+                        p.pit,
+                        p.before_requested_ms / 1000,
+                        p.requested
+                    ),
+                    Some(p) => format!(
+                        "PIT {} of {} ({} s before {})",
+                        p.id,
+                        p.time,
+                        p.before_requested_ms / 1000,
+                        p.requested
+                    ),
+                    None => format!("PIT {}", r.pit),
+                };
                 let mut out = format!(
-                    "PIT {} {} in {} ms ({} failover); volumes: {}",
-                    r.pit,
+                    "{what} {} in {} ms ({} failover); volumes: {}",
                     if test { "cloned" } else { "promoted" },
                     r.duration_ms,
                     r.mode,
@@ -1109,6 +1244,64 @@ fn report_of_report(site: &Site, r: PlanRunReport) -> PlanRunReport {
 mod tests {
     use super::*;
     use offsite_catalog::{PlanStepRow, PlanVmRow};
+
+    #[test]
+    fn at_is_for_test_and_disaster_runs() {
+        let t = "2026-12-07T08:15:30Z";
+        assert!(check_at("p", "test", t).is_ok());
+        assert!(check_at("p", "disaster", t).is_ok());
+        for mode in ["planned", "failback"] {
+            let e = check_at("p", mode, t).unwrap_err().to_string();
+            assert!(
+                e.contains("final PIT") && e.contains("--mode disaster"),
+                "{e}"
+            );
+        }
+        for mode in ["cleanup", "reprotect"] {
+            assert!(check_at("p", mode, t).is_err());
+        }
+        let e = check_at("p", "test", "10m ago").unwrap_err().to_string();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn the_time_of_a_run_is_kept_beside_its_groups() {
+        let group = PlanRunGroup {
+            group: "g".into(),
+            pit: Some(3),
+            pit_name: Some("checkpoint 9".into()),
+            pit_created_at: Some("2026-12-07T08:15:30Z".into()),
+            rpo_seconds: Some(2.0),
+            pit_app_consistent: false,
+        };
+        let mut r = PlanRunReport {
+            id: "a-1".into(),
+            plan: "p".into(),
+            mode: "disaster".into(),
+            site: "b".into(),
+            status: "running".into(),
+            from_site: "a".into(),
+            to_site: "b".into(),
+            started_at: "2026-12-07T08:16:00Z".into(),
+            finished_at: None,
+            duration_ms: 0,
+            rto_seconds: None,
+            groups: vec![group],
+            steps: Vec::new(),
+            errors: Vec::new(),
+            waiting_for: None,
+            html_path: None,
+            at: Some("2026-12-07T08:15:31Z".into()),
+        };
+        let stored = StoredGroups::parse(&StoredGroups::render(&r));
+        assert_eq!((stored.at, stored.groups), (r.at.clone(), r.groups.clone()));
+        // Without --at the column stays the plain array older rows hold.
+        r.at = None;
+        let column = StoredGroups::render(&r);
+        assert!(column.starts_with('['), "{column}");
+        let stored = StoredGroups::parse(&column);
+        assert_eq!((stored.at, stored.groups), (None, r.groups.clone()));
+    }
 
     fn plan() -> PlanRow {
         let vm = |n: &str, g: &str, p: u8| PlanVmRow {

@@ -347,8 +347,161 @@ pub(crate) fn refused_while(name: &str, state: GroupState, asked: Asked) -> Stri
     }
 }
 
+/// A consistent point a recovery to a time may use: a PIT or a journal
+/// checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) kind: crate::model::PointKind,
+    pub(crate) id: u64,
+    /// Its time (nanoseconds since the epoch) as recorded.
+    pub(crate) time_ns: u64,
+    /// From when it certainly lies at or before a time asked for: its
+    /// time, or for a time recorded in whole seconds (a PIT's
+    /// `created_at`), the end of that second, since the cut may have
+    /// come up to a second later.
+    pub(crate) certain_ns: u64,
+    /// The PIT it is (a PIT) or the PIT its journal file follows (a
+    /// checkpoint; 0 for the first base): where it lies in the write
+    /// order.
+    pub(crate) after_pit: u64,
+}
+
+impl Candidate {
+    /// Its place in the write order: a PIT comes before the checkpoints
+    /// of the journal file that follows it, and those before the next
+    /// PIT; checkpoint ids grow along the journal.
+    fn order(&self) -> (u64, bool, u64) {
+        (
+            self.after_pit,
+            self.kind == crate::model::PointKind::Checkpoint,
+            self.id,
+        )
+    }
+}
+
+/// Why no point answers a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PointRefusal {
+    /// The group has no PIT and no reachable checkpoint.
+    Nothing,
+    /// The time lies before the oldest reachable point, which is this one.
+    TooEarly(Candidate),
+}
+
+/// The point `--at` a time chooses: of `candidates` (PITs and reachable
+/// checkpoints, in any order) that certainly lie at or before
+/// `requested_ns`, the newest in the write order, so it holds no write
+/// made after the time and every write the others hold. A time after the
+/// newest takes the newest (the answer says how far it is); a time before
+/// every point is refused, naming the oldest. Checkpoint times are the
+/// primary's clock, PIT times the cut's (the primary's for a cycle, the
+/// replica's for a sync group's seal): sites are expected to keep time
+/// within a fraction of a second, the resolution an operator asks for.
+pub(crate) fn recovery_point(
+    requested_ns: u64,
+    candidates: &[Candidate],
+) -> Result<Candidate, PointRefusal> {
+    match candidates
+        .iter()
+        .filter(|c| c.certain_ns <= requested_ns)
+        .max_by_key(|c| c.order())
+    {
+        Some(c) => Ok(*c),
+        None => candidates
+            .iter()
+            .min_by_key(|c| (c.time_ns, c.order()))
+            .map_or(Err(PointRefusal::Nothing), |c| {
+                Err(PointRefusal::TooEarly(*c))
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    mod recovery_point {
+        use super::super::{Candidate, PointRefusal, recovery_point};
+        use crate::model::PointKind::{Checkpoint, Pit};
+
+        const S: u64 = 1_000_000_000;
+
+        /// PIT `id` cut at `s` seconds, recorded in whole seconds.
+        fn pit(id: u64, s: u64) -> Candidate {
+            Candidate {
+                kind: Pit,
+                id,
+                time_ns: s * S,
+                certain_ns: s * S + S - 1,
+                after_pit: id,
+            }
+        }
+
+        /// Checkpoint `id` at `ms` milliseconds, in the file after `pit`.
+        fn cp(id: u64, ms: u64, pit: u64) -> Candidate {
+            Candidate {
+                kind: Checkpoint,
+                id,
+                time_ns: ms * 1_000_000,
+                certain_ns: ms * 1_000_000,
+                after_pit: pit,
+            }
+        }
+
+        #[test]
+        fn the_newest_point_at_or_before_the_time_wins() {
+            let all = [
+                pit(1, 100),
+                cp(1, 101_000, 1),
+                cp(2, 102_000, 1),
+                pit(2, 105),
+                cp(3, 106_000, 2),
+            ];
+            assert_eq!(recovery_point(102 * S, &all), Ok(all[2]));
+            assert_eq!(
+                recovery_point(105 * S, &all),
+                Ok(all[2]),
+                "PIT 2 may be cut later in its second"
+            );
+            assert_eq!(recovery_point(106 * S - 1, &all), Ok(all[3]));
+            assert_eq!(recovery_point(106 * S, &all), Ok(all[4]));
+            assert_eq!(recovery_point(101 * S - 1, &all), Ok(all[0]));
+        }
+
+        #[test]
+        fn a_time_after_the_newest_takes_the_newest_in_write_order() {
+            // A seal's PIT recorded in whole seconds after a checkpoint of
+            // the same second holds every write of that checkpoint and more.
+            let all = [pit(1, 100), cp(7, 110_900, 1), pit(2, 110)];
+            assert_eq!(recovery_point(u64::MAX, &all), Ok(all[2]));
+            assert_eq!(recovery_point(110 * S + S / 2, &all), Ok(all[0]));
+            assert_eq!(recovery_point(110 * S + 950_000_000, &all), Ok(all[1]));
+        }
+
+        #[test]
+        fn a_time_before_the_oldest_is_refused_naming_the_oldest() {
+            let all = [cp(4, 103_000, 3), pit(2, 100), pit(3, 101)];
+            assert_eq!(
+                recovery_point(99 * S, &all),
+                Err(PointRefusal::TooEarly(all[1]))
+            );
+            // Inside the oldest PIT's second: it may have been cut after.
+            assert_eq!(
+                recovery_point(100 * S + 5, &all),
+                Err(PointRefusal::TooEarly(all[1]))
+            );
+            assert_eq!(recovery_point(5, &[]), Err(PointRefusal::Nothing));
+        }
+
+        #[test]
+        fn a_pit_with_a_precise_time_counts_from_that_time() {
+            let exact = Candidate {
+                certain_ns: 100 * S,
+                ..pit(2, 100)
+            };
+            let all = [pit(1, 90), exact, cp(9, 100_000, 1)];
+            assert_eq!(recovery_point(100 * S, &all), Ok(all[1]));
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

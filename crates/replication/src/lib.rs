@@ -41,6 +41,7 @@ mod monitor;
 mod pits;
 mod primary;
 mod quiesce;
+mod recovery;
 mod replica_side;
 mod replica_state;
 mod resync;

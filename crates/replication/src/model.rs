@@ -512,6 +512,53 @@ pub struct FailoverResult {
     /// volumes were promoted, say); the CLI exits non-zero when not empty.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// With `--at TIME`: the consistent point chosen (a journal checkpoint
+    /// or a PIT); `pit` is then the PIT its image starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<RecoveryPoint>,
+}
+
+/// What kind of consistent point a recovery to a time used.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointKind {
+    /// A PIT of the replica store.
+    Pit,
+    /// A checkpoint of the group's journal (a sync or continuous group).
+    Checkpoint,
+}
+
+impl PointKind {
+    /// `pit` or `checkpoint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointKind::Pit => "pit",
+            PointKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// The consistent point a recovery to `--at TIME` chose: the newest PIT
+/// or journal checkpoint at or before that time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// PIT or checkpoint.
+    pub kind: PointKind,
+    /// Its id (PIT id or checkpoint id).
+    pub id: u64,
+    /// Its name, if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339 time of the point (a checkpoint's: the primary's clock).
+    pub time: String,
+    /// Taken while the group's VMs were quiesced.
+    pub app_consistent: bool,
+    /// The PIT its image starts from (a PIT: itself).
+    pub pit: u64,
+    /// The time asked for (RFC 3339).
+    pub requested: String,
+    /// How long before the time asked for the point lies (0: exactly then).
+    pub before_requested_ms: u64,
 }
 
 /// What each site of a group wrote since they diverged.
@@ -566,10 +613,13 @@ pub struct ReverseResult {
 pub struct PitExport {
     /// Group name.
     pub group: String,
-    /// PIT id.
+    /// PIT id (exported at a checkpoint: the PIT its image starts from).
     pub pit: u64,
     /// The PIT's volumes, read-only.
     pub volumes: Vec<ExportedVolume>,
+    /// With `--at TIME`: the consistent point exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<RecoveryPoint>,
 }
 
 /// Result of `pit check`: every PIT's own blocks read back and compared
@@ -732,6 +782,10 @@ pub struct FailoverRun {
     /// PIT id or name (default: the newest).
     #[serde(default)]
     pub pit: Option<String>,
+    /// Recover to the newest consistent point (journal checkpoint or PIT)
+    /// at or before this RFC 3339 time instead (not with `pit`).
+    #[serde(default)]
+    pub at: Option<String>,
     /// Test failover: writable clones, replication untouched.
     #[serde(default)]
     pub test: bool,

@@ -7,7 +7,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::model::{ExportedVolume, PitCheck, PitCheckEntry, PitExport};
+use crate::model::{ExportedVolume, PitCheck, PitCheckEntry, PitExport, RecoveryPoint};
+use crate::recovery::Source;
 use offsite_replica_store::{PitId, ReplicaStore};
 
 use offsite_catalog::GroupRow;
@@ -16,12 +17,43 @@ use offsite_catalog::Role;
 use crate::wire;
 use crate::{RemoteError, ReplError, Replication, invalid};
 
-/// One volume of a PIT as a read-only block device.
+/// One volume of a PIT, or of a journal checkpoint's image, as a
+/// read-only block device.
 struct PitView {
     store: Arc<ReplicaStore>,
-    pit: PitId,
+    source: Source,
     volume: String,
     size: u64,
+}
+
+impl PitView {
+    fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.source {
+            Source::Pit(pit) => self.store.read(Some(*pit), &self.volume, offset, buf),
+            Source::Checkpoint(image) => image.read(&self.volume, offset, buf),
+        }
+        .map_err(|e| {
+            io::Error::other(format!(
+                "reading {} of {}: {e}",
+                self.source.describe(),
+                self.volume
+            ))
+        })
+    }
+
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match &self.source {
+            Source::Pit(pit) => self.store.next_data(Some(*pit), &self.volume, offset),
+            Source::Checkpoint(image) => image.next_data(&self.volume, offset),
+        }
+        .map_err(|e| {
+            io::Error::other(format!(
+                "looking for data in {} of {}: {e}",
+                self.source.describe(),
+                self.volume
+            ))
+        })
+    }
 }
 
 impl offsite_nbd::BlockDevice for PitView {
@@ -34,11 +66,7 @@ impl offsite_nbd::BlockDevice for PitView {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.store
-            .read(Some(self.pit), &self.volume, offset, buf)
-            .map_err(|e| {
-                io::Error::other(format!("reading PIT {} of {}: {e}", self.pit, self.volume))
-            })
+        self.read(buf, offset)
     }
 
     fn write_at(&self, _: &[u8], _: u64, _: bool) -> io::Result<()> {
@@ -77,16 +105,7 @@ impl offsite_nbd::BlockDevice for PitView {
             .iter()
             .find(|v| v.name == self.volume)
             .map_or(4096, |v| u64::from(v.block_size));
-        let next_data = |at: u64| {
-            self.store
-                .next_data(Some(self.pit), &self.volume, at)
-                .map_err(|e| {
-                    io::Error::other(format!(
-                        "looking for data in PIT {} of {}: {e}",
-                        self.pit, self.volume
-                    ))
-                })
-        };
+        let next_data = |at: u64| self.next_data(at);
         let end = offset.saturating_add(len);
         offsite_nbd::extents_by_seek(offset, len, next_data, |at| {
             offsite_nbd::probe_data_end(at, end, bs, MAX_PROBES, next_data)
@@ -120,19 +139,51 @@ impl Replication {
     pub async fn pit_export(&self, group: &str, pit: &str) -> Result<PitExport, ReplError> {
         let store = self.replica_store(group).await?;
         let id = resolve(&store, group, pit)?;
+        Ok(self.export_source(group, &store, Source::Pit(id), None))
+    }
+
+    /// `pit export GROUP --at TIME`: serves the newest consistent point
+    /// at or before `at` (RFC 3339), a journal checkpoint or a PIT,
+    /// read-only over NBD. A checkpoint's exports hold its image (and so
+    /// the PIT it starts from and its journal files) while the daemon
+    /// runs.
+    pub async fn pit_export_at(&self, group: &str, at: &str) -> Result<PitExport, ReplError> {
+        crate::recovery::parse_at(at)?;
+        let store = self.replica_store(group).await?;
+        let site = self.site.clone();
+        let g = group.to_string();
+        let row = crate::run_blocking(move || Ok(site.groups().get(&g)?)).await?;
+        let (source, point) = self.resolve_at(&row, &store, at).await?;
+        Ok(self.export_source(group, &store, source, Some(point)))
+    }
+
+    fn export_source(
+        &self,
+        group: &str,
+        store: &Arc<ReplicaStore>,
+        source: Source,
+        point: Option<RecoveryPoint>,
+    ) -> PitExport {
+        // A checkpoint's exports are named after it: they are not PIT
+        // `pit`'s, and two checkpoints over one PIT are exported side by side.
+        let suffix = match &source {
+            Source::Pit(id) => format!("pit{id}"),
+            Source::Checkpoint(image) => format!("cp{}", image.info().id),
+        };
         let mut volumes = Vec::new();
         for spec in store.volumes() {
-            let export = format!("{}@{group}.pit{id}", spec.name);
+            let export = format!("{}@{group}.{suffix}", spec.name);
             let device = Arc::new(PitView {
                 store: store.clone(),
-                pit: id,
+                source: source.clone(),
                 volume: spec.name.clone(),
                 size: spec.size_bytes,
             });
             let url = self.site.add_export(offsite_nbd::Export {
                 name: export.clone(),
                 description: format!(
-                    "PIT {id} of group {group}, volume {} (read-only)",
+                    "{} of group {group}, volume {} (read-only)",
+                    source.describe(),
                     spec.name
                 ),
                 device,
@@ -144,12 +195,13 @@ impl Replication {
                 url,
             });
         }
-        tracing::info!(group, pit = %id, "PIT exported read-only over NBD");
-        Ok(PitExport {
+        tracing::info!(group, from = %source.describe(), "exported read-only over NBD");
+        PitExport {
             group: group.to_string(),
-            pit: id.get(),
+            pit: source.pit(),
             volumes,
-        })
+            point,
+        }
     }
 
     /// `pit check`: reads every block of every PIT's own segments on this

@@ -115,6 +115,7 @@ impl Replication {
                 vms: Vec::new(),
                 duration_ms: started.elapsed().as_millis() as u64,
                 errors: Vec::new(),
+                point: None,
             });
         }
         if row.state != GroupState::Replicating {
@@ -227,6 +228,7 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors,
+            point: None,
         })
     }
 
@@ -341,25 +343,37 @@ impl Replication {
         Ok(Done)
     }
 
-    /// `failover run NAME [--pit P] [--force]` (not a test) at the replica.
+    /// `failover run NAME [--pit P | --at TIME] [--force]` (not a test)
+    /// at the replica.
     pub(crate) async fn promote(
         &self,
         group: &str,
         pit: Option<&str>,
+        at: Option<&str>,
         force: bool,
         start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
         let (row, store) = self.local_store(group).await?;
         let replacing = row.state == GroupState::FailedOver;
+        // A time no point answers is refused before anything changes: a
+        // promotion being replaced, a sync group's stream the seal ends
+        // (the seal only adds a newer point). The image resolved here is
+        // shared with the one resolved after the seal when it is the
+        // same checkpoint.
+        let before_seal = match at {
+            Some(at) => Some(self.resolve_at(&row, &store, at).await?),
+            None => None,
+        };
         self.ready_to_promote(&row).await?;
         let mode = self.failover_mode(&row, replacing, force).await?;
         // A sync group's acknowledged writes are in its log: sealed into a
         // PIT now (and the stream refused from here on), the newest PIT
         // holds every one of them.
         self.seal_log(group).await.map_err(ReplError::Refused)?;
-        let id = crate::test_failover::resolve(&store, group, pit)?;
-        self.promote_volumes(&row, id).await?;
+        let (source, point) = self.failover_source(&row, &store, pit, at).await?;
+        drop(before_seal);
+        self.promote_volumes(&row, &source).await?;
         let served = self.served(&row);
         // The volumes are up: a failing VM hook is reported, not undone.
         let mut errors = Vec::new();
@@ -377,16 +391,17 @@ impl Replication {
                 }
             }
         };
-        tracing::info!(group, pit = %id, mode, "failed over");
+        tracing::info!(group, from = %source.describe(), mode, "failed over");
         drop(store);
         Ok(FailoverResult {
             group: group.to_string(),
             mode: mode.into(),
-            pit: id.get(),
+            pit: source.pit(),
             volumes: served,
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors,
+            point,
         })
     }
 
@@ -447,10 +462,19 @@ impl Replication {
         }
     }
 
-    /// Makes PIT `id` of every volume a writable volume of this site under
-    /// the volume's own name (pinning the PIT with a failover row), all or
-    /// none, and moves the group to `failed-over`.
-    async fn promote_volumes(&self, row: &GroupRow, id: PitId) -> Result<(), ReplError> {
+    /// Makes `source` (a PIT, or a checkpoint's image) of every volume a
+    /// writable volume of this site under the volume's own name (pinning
+    /// the PIT, or the PIT the image starts from, with a failover row), all
+    /// or none, and moves the group to `failed-over`.
+    async fn promote_volumes(
+        &self,
+        row: &GroupRow,
+        source: &crate::recovery::Source,
+    ) -> Result<(), ReplError> {
+        let (pit, checkpoint) = (source.pit(), source.checkpoint());
+        // Held until the volumes are made: they share this image through
+        // the site's cache instead of each building its own.
+        let _image = source.clone();
         let site = self.site.clone();
         let r = row.clone();
         let store_dir = row.store_dir.clone().unwrap_or_default();
@@ -468,8 +492,8 @@ impl Replication {
             site.catalog_insert_failover(&FailoverRow {
                 group: r.name.clone(),
                 kind: "promoted".into(),
-                pit_id: id.get(),
-                checkpoint: None,
+                pit_id: pit,
+                checkpoint,
                 started_at: String::new(),
                 committed: false,
             })?;
@@ -478,8 +502,8 @@ impl Replication {
                 let lower = LowerRef {
                     store_dir: store_dir.clone(),
                     volume: v.volume.clone(),
-                    pit: id.get(),
-                    checkpoint: None,
+                    pit,
+                    checkpoint,
                 };
                 if let Err(e) = site.promote_volume(&v.volume, v.size_bytes, v.block_size, &lower) {
                     for d in &done {
@@ -587,6 +611,7 @@ impl Replication {
             vms: Vec::new(),
             duration_ms: started.elapsed().as_millis() as u64,
             errors: Vec::new(),
+            point: None,
         })
     }
 
@@ -650,6 +675,7 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors: Vec::new(),
+            point: None,
         })
     }
 
@@ -1014,6 +1040,13 @@ impl Replication {
     /// Those blocks are only suspect: each is compared by checksum with our
     /// copy (as DRBD's checksum-based resync does), and only the ones that
     /// really differ are sent, with our own writes.
+    ///
+    /// After a failover to a journal checkpoint, `pit` is the PIT the
+    /// checkpoint's image starts from: the blocks of the PITs after it
+    /// cover the journal's writes up to the checkpoint (already in our
+    /// image) and every write after it (the failover sealed the log into
+    /// a PIT first), so the set is a superset of what differs, and the
+    /// checksum comparison drops the rest.
     async fn suspect_blocks(
         &self,
         row: &GroupRow,
@@ -1033,10 +1066,24 @@ impl Replication {
             for (v, theirs) in r.volumes.iter().zip(&unreplicated) {
                 let mut set: RoaringBitmap = theirs.iter().copied().collect();
                 if let Some(store) = &store {
-                    let after = store.blocks_after(pit, &v.volume).map_err(|e| {
-                        invalid(format!("reading the promoted PIT's successors: {e}"))
-                    })?;
-                    set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()));
+                    match store.blocks_after(pit, &v.volume) {
+                        Ok(after) => {
+                            set.extend(after.into_iter().filter_map(|b| u32::try_from(b).ok()))
+                        }
+                        // A checkpoint's image may start from the base
+                        // (its PIT merged into it before the failover):
+                        // no PIT bounds what changed since, so every block
+                        // is suspect and the checksums decide.
+                        Err(offsite_replica_store::ReplicaError::NoSuchPit { .. }) => {
+                            let blocks = v.size_bytes / u64::from(v.block_size);
+                            set.insert_range(0..u32::try_from(blocks).unwrap_or(u32::MAX));
+                        }
+                        Err(e) => {
+                            return Err(invalid(format!(
+                                "reading the promoted PIT's successors: {e}"
+                            )));
+                        }
+                    }
                 }
                 // Our own writes go anyway: no need to compare them.
                 set -= site.volume(&v.volume)?.tracker().snapshot();

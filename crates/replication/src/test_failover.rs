@@ -21,10 +21,13 @@ use std::time::Instant;
 use crate::model::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
 use offsite_catalog::GroupState;
 use offsite_catalog::{FailoverRow, GroupRow};
-use offsite_engine::PitLower;
 use offsite_engine::hooks::{HookAction, HookRun};
+use offsite_engine::{CheckpointLower, PitLower};
 use offsite_replica_store::{PitId, ReplicaStore};
-use offsite_volume_file::layered::Layered;
+use offsite_volume_file::layered::{Layered, Lower};
+
+use crate::model::RecoveryPoint;
+use crate::recovery::Source;
 
 use crate::{ReplError, Replication, invalid, run_blocking as blocking};
 
@@ -109,18 +112,50 @@ pub(crate) fn resolve(
 }
 
 impl Replication {
-    /// `failover run NAME [--test] [--pit P]` at the replica.
+    /// `failover run NAME [--test] [--pit P | --at TIME]` at the replica.
     pub async fn failover_run(
         &self,
         group: &str,
         req: &FailoverRun,
     ) -> Result<FailoverResult, ReplError> {
+        let at = match (&req.pit, &req.at) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!(
+                    "give either --pit or --at for group {group}, not both"
+                )));
+            }
+            (None, Some(at)) => Some(at.as_str()),
+            _ => None,
+        };
+        if let Some(at) = at {
+            // Checked before anything changes (a sync group's log is
+            // sealed first).
+            crate::recovery::parse_at(at)?;
+        }
         if req.test {
-            self.test_failover(group, req.pit.as_deref(), !req.skip_vm_hooks)
+            self.test_failover(group, req.pit.as_deref(), at, !req.skip_vm_hooks)
                 .await
         } else {
-            self.promote(group, req.pit.as_deref(), req.force, !req.skip_vm_hooks)
+            self.promote(group, req.pit.as_deref(), at, req.force, !req.skip_vm_hooks)
                 .await
+        }
+    }
+
+    /// What a failover reads: PIT `pit` (default the newest), or the
+    /// newest consistent point at or before `at`.
+    pub(crate) async fn failover_source(
+        &self,
+        row: &GroupRow,
+        store: &Arc<ReplicaStore>,
+        pit: Option<&str>,
+        at: Option<&str>,
+    ) -> Result<(Source, Option<RecoveryPoint>), ReplError> {
+        match at {
+            Some(at) => {
+                let (source, point) = self.resolve_at(row, store, at).await?;
+                Ok((source, Some(point)))
+            }
+            None => Ok((Source::Pit(resolve(store, &row.name, pit)?), None)),
         }
     }
 
@@ -128,6 +163,7 @@ impl Replication {
         &self,
         group: &str,
         pit: Option<&str>,
+        at: Option<&str>,
         start_vms: bool,
     ) -> Result<FailoverResult, ReplError> {
         let started = Instant::now();
@@ -147,21 +183,21 @@ impl Replication {
         self.seal_log_keep(group)
             .await
             .map_err(ReplError::Refused)?;
-        let id = resolve(&store, group, pit)?;
+        let (source, point) = self.failover_source(&row, &store, pit, at).await?;
         let site = self.site.clone();
         let g = group.to_string();
-        blocking(move || {
-            Ok(site.catalog_insert_failover(&FailoverRow {
-                group: g,
-                kind: "test".into(),
-                pit_id: id.get(),
-                checkpoint: None,
-                started_at: String::new(),
-                committed: false,
-            })?)
-        })
-        .await?;
-        match self.expose_clones(&row, &store, id, true).await {
+        // The PIT is pinned against retention while the test runs (for a
+        // checkpoint, the PIT its image starts from).
+        let failover = FailoverRow {
+            group: g,
+            kind: "test".into(),
+            pit_id: source.pit(),
+            checkpoint: source.checkpoint(),
+            started_at: String::new(),
+            committed: false,
+        };
+        blocking(move || Ok(site.catalog_insert_failover(&failover)?)).await?;
+        match self.expose_clones(&row, &store, &source, true).await {
             Ok(volumes) => {
                 let site = self.site.clone();
                 let g = group.to_string();
@@ -196,15 +232,16 @@ impl Replication {
                         }
                     }
                 };
-                tracing::info!(group, pit = %id, "test failover running");
+                tracing::info!(group, from = %source.describe(), "test failover running");
                 Ok(FailoverResult {
                     group: group.to_string(),
                     mode: "test".into(),
-                    pit: id.get(),
+                    pit: source.pit(),
                     volumes,
                     vms: hooks,
                     duration_ms: started.elapsed().as_millis() as u64,
                     errors: Vec::new(),
+                    point,
                 })
             }
             Err(e) => {
@@ -223,14 +260,15 @@ impl Replication {
         }
     }
 
-    /// Creates (`fresh`) or reopens the clones of PIT `id` and exports them.
+    /// Creates (`fresh`) or reopens the clones of `source` and exports them.
     async fn expose_clones(
         &self,
         row: &GroupRow,
         store: &Arc<ReplicaStore>,
-        id: PitId,
+        source: &Source,
         fresh: bool,
     ) -> Result<Vec<ExportedVolume>, ReplError> {
+        let source = source.clone();
         let dir = tests_dir(row);
         let store = store.clone();
         let group = row.name.clone();
@@ -240,11 +278,17 @@ impl Replication {
                 .map_err(|e| invalid(format!("creating {}: {e}", dir.display())))?;
             let mut out = Vec::new();
             for spec in store.volumes() {
-                let lower = Arc::new(PitLower {
-                    store: store.clone(),
-                    pit: id,
-                    volume: spec.name.clone(),
-                });
+                let lower: Arc<dyn Lower> = match &source {
+                    Source::Pit(id) => Arc::new(PitLower {
+                        store: store.clone(),
+                        pit: *id,
+                        volume: spec.name.clone(),
+                    }),
+                    Source::Checkpoint(image) => Arc::new(CheckpointLower {
+                        image: image.clone(),
+                        volume: spec.name.clone(),
+                    }),
+                };
                 let layer = if fresh {
                     // A fresh clone replaces any leftover; create fails if
                     // one could not be removed.
@@ -260,8 +304,9 @@ impl Replication {
                 let url = site.add_export(offsite_nbd::Export {
                     name: export.clone(),
                     description: format!(
-                        "test failover clone of volume {} (group {group}, PIT {id})",
-                        spec.name
+                        "test failover clone of volume {} (group {group}, {})",
+                        spec.name,
+                        source.describe()
                     ),
                     device: Arc::new(LayeredDevice(layer)),
                     tls: None,
@@ -486,6 +531,7 @@ impl Replication {
             vms: hooks,
             duration_ms: started.elapsed().as_millis() as u64,
             errors: Vec::new(),
+            point: None,
         })
     }
 
@@ -497,10 +543,24 @@ impl Replication {
         let tests = blocking(move || Ok(site.groups().failovers()?)).await?;
         for t in tests.into_iter().filter(|t| t.kind == "test") {
             let (row, store) = self.store(&t.group).await.map_err(ReplError::Refused)?;
-            let id = PitId::new(t.pit_id)
-                .ok_or_else(|| invalid(format!("test failover of {} has PIT 0", t.group)))?;
-            self.expose_clones(&row, &store, id, false).await?;
-            tracing::info!(group = %t.group, pit = t.pit_id, "test failover clones exported again");
+            let source = match t.checkpoint {
+                // The image is built again from the journal (its files
+                // and start PIT are kept while the test runs).
+                Some(c) => {
+                    let site = self.site.clone();
+                    let dir = row.store_dir.clone().unwrap_or_default();
+                    Source::Checkpoint(
+                        blocking(move || Ok(site.checkpoint_image(Path::new(&dir), c)?)).await?,
+                    )
+                }
+                None => {
+                    Source::Pit(PitId::new(t.pit_id).ok_or_else(|| {
+                        invalid(format!("test failover of {} has PIT 0", t.group))
+                    })?)
+                }
+            };
+            self.expose_clones(&row, &store, &source, false).await?;
+            tracing::info!(group = %t.group, from = %source.describe(), "test failover clones exported again");
         }
         Ok(())
     }

@@ -623,6 +623,7 @@ mod failover;
 mod health;
 mod initial;
 mod quiesce;
+mod recover_at;
 mod runner;
 mod settings;
 mod verify;

@@ -11,6 +11,7 @@ use offsite_catalog::Role;
 fn run(test: bool, pit: Option<u64>, force: bool) -> FailoverRun {
     FailoverRun {
         pit: pit.map(|p| p.to_string()),
+        at: None,
         test,
         force,
         skip_vm_hooks: true,
