@@ -141,10 +141,7 @@ fn postgres_on_a_continuous_group_recovers_to_the_second_after_the_primary_is_ki
         "the copy at {} holds ids up to {n}; commits acknowledged by then (±1 s): {low}..={high}",
         rfc3339(back)
     );
-    eprintln!(
-        "the copy {} s back holds ids 1..={n}; acknowledged by then ±1 s: {low}..={high}",
-        30
-    );
+    eprintln!("the copy 30 s back holds ids 1..={n}; acknowledged by then ±1 s: {low}..={high}");
     b.json(&["failover", "stop-test", "pg"]);
 
     // Disaster recovery at the newest checkpoint.
