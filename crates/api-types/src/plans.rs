@@ -191,6 +191,16 @@ pub struct PlanRunGroup {
     /// and absent from runs recorded before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pit_app_consistent: bool,
+    /// A streaming group's journal window when it was recovered (or
+    /// tested), at the site that did it: oldest and newest reachable
+    /// checkpoints (RFC 3339); absent for async groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_oldest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_newest: Option<String>,
+    /// A continuous group's lag then, in seconds, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_lag_seconds: Option<f64>,
 }
 
 /// One step of a run.

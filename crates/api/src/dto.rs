@@ -271,7 +271,7 @@ to_domain!(PartnerTestRequest => replication::PartnerTestRequest { bytes, compre
 to_dto!(plan::PlanInfo => PlanInfo { name, protected_site, recovery_site, description, test_network, network_map, parallel, created_at, groups, vms, steps });
 to_dto!(plan::PlanVm => PlanVm { vm, group, priority, wait_for, wait_timeout_secs });
 to_dto!(plan::PlanStep => PlanStep { name, kind, command, prompt, after_tier, skip_in_test, timeout_secs });
-to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
+to_dto!(plan::PlanRunGroup => PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent, journal_oldest, journal_newest, continuous_lag_seconds });
 to_dto!(plan::PlanRunStep => PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
 to_dto!(plan::PlanRunReport => PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path, at });
 to_dto!(plan::PlanRunSummary => PlanRunSummary { id, mode, site, status, started_at, finished_at, rto_seconds, errors });
@@ -281,7 +281,7 @@ to_domain!(PlanSetNetworkMap => plan::PlanSetNetworkMap { mappings });
 to_domain!(PlanSetPriority => plan::PlanSetPriority { vm, priority, wait_for, no_wait, wait_timeout_secs });
 to_domain!(PlanAddStep => plan::PlanAddStep { name, command, prompt, after_tier, skip_in_test, timeout_secs });
 to_domain!(PlanRunRequest => plan::PlanRunRequest { mode, resume, at });
-to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent });
+to_domain!(PlanRunGroup => plan::PlanRunGroup { group, pit, pit_name, pit_created_at, rpo_seconds, pit_app_consistent, journal_oldest, journal_newest, continuous_lag_seconds });
 to_domain!(PlanRunStep => plan::PlanRunStep { index, name, kind, group, vm, tier, site, status, started_at, finished_at, duration_ms, output, error });
 to_domain!(PlanRunReport => plan::PlanRunReport { id, plan, mode, site, status, from_site, to_site, started_at, finished_at, duration_ms, rto_seconds, groups, steps, errors, waiting_for, html_path, at });
 
@@ -529,6 +529,9 @@ mod tests {
                 pit_created_at: Some("t".into()),
                 rpo_seconds: Some(2.0),
                 pit_app_consistent: true,
+                journal_oldest: None,
+                journal_newest: None,
+                continuous_lag_seconds: None,
             }],
             steps: vec![plan::PlanRunStep {
                 index: 0,

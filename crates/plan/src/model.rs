@@ -88,6 +88,18 @@ pub struct PlanRunGroup {
     /// and absent from runs recorded before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pit_app_consistent: bool,
+    /// A streaming group's journal window when the group was recovered
+    /// (or tested), at the site that did it: the oldest and newest
+    /// reachable checkpoints (RFC 3339, the primary's clock). Absent for
+    /// an async group, and from runs recorded before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_oldest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_newest: Option<String>,
+    /// A continuous group's lag then, in seconds (how much of the newest
+    /// writes the replica did not have), where that site knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuous_lag_seconds: Option<f64>,
 }
 
 /// One step of a run.

@@ -41,6 +41,22 @@ fn consistency(g: &PlanRunGroup) -> &'static str {
     }
 }
 
+/// A streaming group's journal window and continuous lag, as the run
+/// saw them: what it could have been recovered to instead.
+fn journal_window(g: &PlanRunGroup) -> Option<String> {
+    let window = match (&g.journal_oldest, &g.journal_newest) {
+        (Some(o), Some(n)) => Some(format!("reachable from {o} to {n}")),
+        _ => None,
+    };
+    let lag = g
+        .continuous_lag_seconds
+        .map(|l| format!("continuous lag {l:.1} s"));
+    match (window, lag) {
+        (Some(w), Some(l)) => Some(format!("{w}, {l}")),
+        (w, l) => w.or(l),
+    }
+}
+
 fn opt_secs(s: Option<f64>) -> String {
     s.map_or("-".to_string(), |s| format!("{s:.1} s"))
 }
@@ -78,6 +94,9 @@ pub fn summary(r: &PlanRunReport) -> String {
             consistency(g),
             opt_secs(g.rpo_seconds)
         );
+        if let Some(w) = journal_window(g) {
+            let _ = writeln!(out, "    journal: {w}");
+        }
     }
     if r.rto_seconds.is_some() {
         let _ = writeln!(
@@ -243,20 +262,21 @@ pre{{margin:0;white-space:pre-wrap;font-size:12px;max-width:600px}} .err{{color:
             esc(&r.plan)
         );
     }
-    h.push_str("<h2>Groups: recovery points and achieved RPO</h2><table><tr><th>Group</th><th>PIT</th><th>PIT name</th><th>PIT time</th><th>Consistency</th><th>RPO (PIT age when used)</th></tr>");
+    h.push_str("<h2>Groups: recovery points and achieved RPO</h2><table><tr><th>Group</th><th>PIT</th><th>PIT name</th><th>PIT time</th><th>Consistency</th><th>RPO (PIT age when used)</th><th>Journal</th></tr>");
     if r.groups.is_empty() {
-        h.push_str("<tr><td colspan=\"6\">no PIT used by this run</td></tr>");
+        h.push_str("<tr><td colspan=\"7\">no PIT used by this run</td></tr>");
     }
     for g in &r.groups {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&g.group),
             g.pit.map_or("-".into(), |p| p.to_string()),
             esc(g.pit_name.as_deref().unwrap_or("-")),
             esc(g.pit_created_at.as_deref().unwrap_or("-")),
             consistency(g),
-            opt_secs(g.rpo_seconds)
+            opt_secs(g.rpo_seconds),
+            esc(&journal_window(g).unwrap_or_else(|| "-".into()))
         );
     }
     h.push_str("</table><h2>Timeline</h2>");
@@ -340,6 +360,9 @@ mod tests {
                 pit_created_at: Some("2024-12-31T23:59:50Z".into()),
                 rpo_seconds: Some(10.0),
                 pit_app_consistent: true,
+                journal_oldest: None,
+                journal_newest: None,
+                continuous_lag_seconds: None,
             }],
             steps: vec![
                 step(0, "check <db>", "succeeded"),
@@ -373,10 +396,32 @@ mod tests {
         let crash = PlanRunReport {
             groups: vec![PlanRunGroup {
                 pit_app_consistent: false,
+                journal_oldest: None,
+                journal_newest: None,
+                continuous_lag_seconds: None,
                 ..r.groups[0].clone()
             }],
             ..r.clone()
         };
         assert!(summary(&crash).contains("crash-consistent, RPO"));
+        // A streaming group: its journal window and lag, in both.
+        let journaled = PlanRunReport {
+            groups: vec![PlanRunGroup {
+                journal_oldest: Some("2026-12-06T08:00:00Z".into()),
+                journal_newest: Some("2026-12-07T07:59:59Z".into()),
+                continuous_lag_seconds: Some(0.4),
+                ..r.groups[0].clone()
+            }],
+            ..r.clone()
+        };
+        let window =
+            "reachable from 2026-12-06T08:00:00Z to 2026-12-07T07:59:59Z, continuous lag 0.4 s";
+        assert!(
+            summary(&journaled).contains(&format!("journal: {window}")),
+            "{}",
+            summary(&journaled)
+        );
+        assert!(html(&journaled).contains(&format!("<td>{window}</td>")));
+        assert!(page.contains("<td>-</td></tr>"), "no journal: a dash");
     }
 }

@@ -1095,10 +1095,12 @@ impl Plans {
         let age = p
             .as_ref()
             .map(|p| ms_between(&p.created_at, &now_ms()) as f64 / 1000.0);
-        let lag = match self.repl.group_status(group).await {
-            Ok(st) if newest => Some(st.lag_seconds as f64),
+        let status = self.repl.group_status(group).await.ok();
+        let lag = match &status {
+            Some(st) if newest => Some(st.lag_seconds as f64),
             _ => None,
         };
+        let journal = status.as_ref().and_then(|st| st.journal.clone());
         let rpo = match (age, lag) {
             (Some(a), Some(l)) => Some(a.min(l)),
             (a, _) => a,
@@ -1110,6 +1112,11 @@ impl Plans {
             pit_app_consistent: p.as_ref().is_some_and(|p| p.app_consistent),
             pit_created_at: p.map(|p| p.created_at),
             rpo_seconds: rpo,
+            journal_oldest: journal
+                .as_ref()
+                .and_then(|j| j.oldest_checkpoint_at.clone()),
+            journal_newest: journal.and_then(|j| j.newest_checkpoint_at),
+            continuous_lag_seconds: status.and_then(|st| st.continuous_lag_seconds),
         }
     }
 
@@ -1273,6 +1280,9 @@ mod tests {
             pit_created_at: Some("2026-12-07T08:15:30Z".into()),
             rpo_seconds: Some(2.0),
             pit_app_consistent: false,
+            journal_oldest: None,
+            journal_newest: None,
+            continuous_lag_seconds: None,
         };
         let mut r = PlanRunReport {
             id: "a-1".into(),
