@@ -307,10 +307,16 @@ fn the_openapi_document_declares_errors_names_enums_and_ranges() {
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect()
     };
-    assert_eq!(values("GroupStatus", "mode"), ["async", "sync"]);
+    assert_eq!(
+        values("GroupStatus", "mode"),
+        ["async", "sync", "continuous"]
+    );
     assert_eq!(values("GroupStatus", "role"), ["primary", "replica"]);
     assert!(values("GroupStatus", "state").contains(&"replicating".to_string()));
-    assert_eq!(values("CreateGroup", "mode"), ["async", "sync"]);
+    assert_eq!(
+        values("CreateGroup", "mode"),
+        ["async", "sync", "continuous"]
+    );
     assert!(values("VolumeInfo", "state").contains(&"ready".to_string()));
     assert!(values("VolumeInfo", "role").contains(&"primary".to_string()));
     let priority = &schemas["PlanSetPriority"]["properties"]["priority"];
