@@ -367,6 +367,11 @@ impl Replication {
                         .unwrap_or_else(|e| Err(e.into()))
                         .map_err(|e| e.to_string());
                     if let Err(why) = alive {
+                        // A link already lost (a spill, an acknowledgement
+                        // deadline) keeps the reason it was lost for.
+                        if let Some(lost) = mirror.lost() {
+                            return InSyncEnd::Lost(lost);
+                        }
                         mirror.lose(why.clone());
                         return InSyncEnd::Lost(why);
                     }
