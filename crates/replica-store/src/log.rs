@@ -611,16 +611,18 @@ impl Drop for LogApplier {
 
 /// Copies one record's blocks into the open PIT.
 fn apply_record(store: &Inner, w: &mut PitWriter, rec: &LogRecord<'_>) -> Result<(), ReplicaError> {
-    let spec = &store.specs[usize::from(rec.volume)];
-    let bs = spec.block_size as usize;
+    // `check_record` placed the record in the store's volumes before the
+    // log took it; records name volumes by position.
+    let v = usize::from(rec.volume);
+    let bs = store.specs[v].block_size as usize;
     for i in 0..rec.count {
         let b = rec.first + u64::from(i);
         match rec.data {
             Some(d) => {
                 let at = i as usize * bs;
-                w.write_block(&spec.name, b, &d[at..at + bs])?;
+                w.write_block_at(v, b, &d[at..at + bs])?;
             }
-            None => w.write_zero_block(&spec.name, b)?,
+            None => w.write_zero_block_at(v, b)?,
         }
     }
     Ok(())

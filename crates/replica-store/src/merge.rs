@@ -247,7 +247,11 @@ fn copy_plan(
             let data = &mut buf[..run.len * bs];
             let hashes = seg.read_run(run, data)?;
             for (x, h) in hashes.iter().enumerate() {
-                b.put_data(seg.block(run.pos + x), &data[x * bs..(x + 1) * bs], *h)?;
+                b.put_data(
+                    seg.block(run.pos + x),
+                    &data[x * bs..(x + 1) * bs],
+                    Some(*h),
+                )?;
             }
         }
         i = j;

@@ -422,8 +422,20 @@ pub(crate) struct SegmentBuilder {
     direct: Option<File>,
     block_size: u32,
     volume: u32,
-    /// Block → (slot or `ZERO_SLOT`, hash).
-    map: BlockMap<(u32, [u8; 32])>,
+    /// Block → data slot or `ZERO_SLOT`. Hashes are kept by slot
+    /// (`hashes`), so an entry is 16 bytes instead of 48: the map of a
+    /// sync or continuous group's open PIT takes one insert per written
+    /// block, and its growth copies every entry.
+    map: BlockMap<u32>,
+    /// BLAKE3 of each data slot's final content, by slot. The entries of
+    /// slots still in the write buffer whose `unhashed` flag is set are
+    /// not computed yet (see [`SegmentBuilder::put_data`]).
+    hashes: Vec<[u8; 32]>,
+    /// For each slot of the write buffer (`buf_slot + i`): its hash is
+    /// computed when the buffer is flushed, from the buffered bytes.
+    unhashed: Vec<bool>,
+    /// The hash of an all-zero block (given by `put_zero`).
+    zero_hash: [u8; 32],
     next_slot: u32,
     /// Pending data is written out once this many bytes are buffered
     /// (`WRITE_BUFFER` unless [`SegmentBuilder::set_flush_bytes`]).
@@ -460,6 +472,9 @@ impl SegmentBuilder {
             block_size,
             volume,
             map: BlockMap::default(),
+            hashes: Vec::new(),
+            unhashed: Vec::new(),
+            zero_hash: [0; 32],
             next_slot: 0,
             buf: None,
             buf_lead: 0,
@@ -495,25 +510,40 @@ impl SegmentBuilder {
         u64::from(self.block_size) * (1 + u64::from(slot))
     }
 
-    /// Records `block` as `data` (exactly one block) with BLAKE3 `hash`.
+    /// Records `block` as `data` (exactly one block) with its BLAKE3
+    /// `hash`, or `None`: the builder computes it, once, from the final
+    /// content of the slot. While the slot is in the write buffer that is
+    /// deferred to the flush, so a block rewritten while buffered (a hot
+    /// block of a sync or continuous group's log) is hashed once, not once
+    /// per write; a rewrite of a flushed slot is hashed at once, from
+    /// `data`. Either way the hash is of the bytes this call was given
+    /// last (the buffer holds them unchanged until the flush).
     pub(crate) fn put_data(
         &mut self,
         block: u64,
         data: &[u8],
-        hash: [u8; 32],
+        hash: Option<[u8; 32]>,
     ) -> Result<(), ReplicaError> {
         debug_assert_eq!(data.len(), self.block_size as usize);
         let bs = self.block_size as usize;
-        if let Some(&(slot, _)) = self.map.get(&block)
+        if let Some(&slot) = self.map.get(&block)
             && slot != ZERO_SLOT
         {
             if slot >= self.buf_slot {
-                let at = self.buf_lead + (slot - self.buf_slot) as usize * bs;
+                let i = (slot - self.buf_slot) as usize;
+                let at = self.buf_lead + i * bs;
                 self.buf_mut()[at..at + bs].copy_from_slice(data);
+                match hash {
+                    Some(h) => {
+                        self.hashes[slot as usize] = h;
+                        self.unhashed[i] = false;
+                    }
+                    None => self.unhashed[i] = true,
+                }
             } else {
                 self.rewrite_flushed(slot, data)?;
+                self.hashes[slot as usize] = hash.unwrap_or_else(|| *blake3::hash(data).as_bytes());
             }
-            self.map.insert(block, (slot, hash));
             return Ok(());
         }
         if self.next_slot == ZERO_SLOT {
@@ -526,7 +556,9 @@ impl SegmentBuilder {
         let at = self.buf_lead + self.buf_len;
         self.buf_mut()[at..at + bs].copy_from_slice(data);
         self.buf_len += bs;
-        self.map.insert(block, (slot, hash));
+        self.hashes.push(hash.unwrap_or_default());
+        self.unhashed.push(hash.is_none());
+        self.map.insert(block, slot);
         if self.buf_len >= self.flush_at {
             self.flush()?;
         }
@@ -535,7 +567,23 @@ impl SegmentBuilder {
 
     /// Records `block` as all zeroes (no data slot).
     pub(crate) fn put_zero(&mut self, block: u64, zero_hash: [u8; 32]) {
-        self.map.insert(block, (ZERO_SLOT, zero_hash));
+        self.zero_hash = zero_hash;
+        self.map.insert(block, ZERO_SLOT);
+    }
+
+    /// Computes the hashes the write buffer's slots still lack, from the
+    /// buffered bytes (before they are written out).
+    fn hash_buffered(&mut self) {
+        let bs = self.block_size as usize;
+        if let Some(buf) = &self.buf {
+            let buf = buf.get();
+            for (i, _) in self.unhashed.iter().enumerate().filter(|(_, u)| **u) {
+                let at = self.buf_lead + i * bs;
+                self.hashes[self.buf_slot as usize + i] =
+                    *blake3::hash(&buf[at..at + bs]).as_bytes();
+            }
+        }
+        self.unhashed.clear();
     }
 
     /// Rewrites the data of `slot`, already written to the file, through
@@ -558,6 +606,7 @@ impl SegmentBuilder {
     /// through `direct` (aligned memory, see `buf`), the partial pages at
     /// either end (blocks smaller than 4 KiB only) through the page cache.
     fn flush(&mut self) -> Result<(), ReplicaError> {
+        self.hash_buffered();
         if self.buf_len > 0 {
             let (lead, end) = (self.buf_lead, self.buf_lead + self.buf_len);
             // File offset of byte 0 of the buffer (a page boundary).
@@ -617,7 +666,15 @@ impl SegmentBuilder {
         let mut entries: Vec<Entry> = self
             .map
             .drain()
-            .map(|(block, (slot, hash))| Entry { block, slot, hash })
+            .map(|(block, slot)| Entry {
+                block,
+                slot,
+                hash: if slot == ZERO_SLOT {
+                    self.zero_hash
+                } else {
+                    self.hashes[slot as usize]
+                },
+            })
             .collect();
         entries.sort_unstable_by_key(|e| e.block);
         let mut index = Vec::with_capacity(entries.len() * ENTRY_LEN + TRAILER_LEN);
@@ -715,8 +772,7 @@ mod tests {
         let mut put = |b: &mut SegmentBuilder, block: u64| {
             seed += 1;
             let data = content(bsz, seed);
-            b.put_data(block, &data, *blake3::hash(&data).as_bytes())
-                .unwrap();
+            b.put_data(block, &data, None).unwrap();
             want.insert(block, data);
         };
         for i in 0..n {

@@ -78,21 +78,28 @@ impl PitWriter {
     }
 
     fn check(&self, volume: &str, block: u64) -> Result<usize, ReplicaError> {
+        let v = self.inner.vol_index(volume)?;
+        self.check_at(v, block)?;
+        Ok(v)
+    }
+
+    /// [`PitWriter::check`] of a volume given by its position (`v` must be
+    /// one of the store's).
+    fn check_at(&self, v: usize, block: u64) -> Result<(), ReplicaError> {
         if let Some(cause) = &self.failed {
             return Err(ReplicaError::WriterFailed {
                 cause: cause.clone(),
             });
         }
-        let v = self.inner.vol_index(volume)?;
         let vol = &self.inner.vols[v];
         if block >= vol.nblocks {
             return Err(ReplicaError::OutOfRange {
-                volume: volume.to_string(),
+                volume: vol.spec.name.clone(),
                 what: format!("block {block}"),
                 size: vol.spec.size_bytes,
             });
         }
-        Ok(v)
+        Ok(())
     }
 
     fn fail(&mut self, e: ReplicaError) -> ReplicaError {
@@ -112,10 +119,36 @@ impl PitWriter {
         data: &[u8],
     ) -> Result<(), ReplicaError> {
         let v = self.check(volume, block)?;
+        self.put_block(v, block, data)
+    }
+
+    /// [`PitWriter::write_block`] of the volume at position `v` of the
+    /// store's (the write log's records name volumes by position: no
+    /// lookup by name per block).
+    pub(crate) fn write_block_at(
+        &mut self,
+        v: usize,
+        block: u64,
+        data: &[u8],
+    ) -> Result<(), ReplicaError> {
+        self.check_at(v, block)?;
+        self.put_block(v, block, data)
+    }
+
+    /// [`PitWriter::write_zero_block`] of the volume at position `v`.
+    pub(crate) fn write_zero_block_at(&mut self, v: usize, block: u64) -> Result<(), ReplicaError> {
+        self.check_at(v, block)?;
+        let zh = self.inner.vols[v].zero_hash;
+        self.builders[v].put_zero(block, zh);
+        Ok(())
+    }
+
+    fn put_block(&mut self, v: usize, block: u64, data: &[u8]) -> Result<(), ReplicaError> {
         let vol = &self.inner.vols[v];
         if data.len() != vol.bs() {
             return Err(ReplicaError::invalid(format!(
-                "a block of volume {volume:?} is {} bytes, got {}",
+                "a block of volume {:?} is {} bytes, got {}",
+                vol.spec.name,
                 vol.bs(),
                 data.len()
             )));
@@ -125,17 +158,16 @@ impl PitWriter {
             self.builders[v].put_zero(block, zh);
             return Ok(());
         }
-        let hash = *blake3::hash(data).as_bytes();
-        let r = self.builders[v].put_data(block, data, hash);
+        // The segment builder hashes the block's final content once (see
+        // `SegmentBuilder::put_data`).
+        let r = self.builders[v].put_data(block, data, None);
         r.map_err(|e| self.fail(e))
     }
 
     /// Records `block` of `volume` as all zeroes (stored without data).
     pub fn write_zero_block(&mut self, volume: &str, block: u64) -> Result<(), ReplicaError> {
-        let v = self.check(volume, block)?;
-        let zh = self.inner.vols[v].zero_hash;
-        self.builders[v].put_zero(block, zh);
-        Ok(())
+        let v = self.inner.vol_index(volume)?;
+        self.write_zero_block_at(v, block)
     }
 
     /// Makes the PIT durable and visible, with an optional `name` and its

@@ -1093,29 +1093,85 @@ pub(crate) enum StreamError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Calls `f` with the batches of `payloads` decoded (each with its raw
-/// bytes), as the write log takes them.
-fn with_batches<R>(
-    payloads: &[Bytes],
-    f: impl FnOnce(&[(&[u8], &[LogRecord<'_>])]) -> R,
-) -> Result<R, StreamError> {
-    let decoded: Vec<Vec<LogRecord<'_>>> = payloads
-        .iter()
-        .map(|p| offsite_replica_store::decode_records(p))
-        .collect::<Result<_, _>>()
-        .map_err(StreamError::Decode)?;
-    let batches: Vec<(&[u8], &[LogRecord<'_>])> = payloads
-        .iter()
-        .zip(&decoded)
-        .map(|(p, d)| (&p[..], &d[..]))
-        .collect();
-    Ok(f(&batches))
+/// Batches received on a stream, decoded once: each record's fields and
+/// where its data lies in its payload. The stream thread decodes them
+/// (checking every record's CRC32C) to append them; the apply thread
+/// rebuilds the same records from these positions instead of decoding,
+/// and checking, every byte a second time (a decoding borrows the
+/// payloads, which travel between the threads).
+pub(super) struct DecodedBatches {
+    payloads: Vec<Bytes>,
+    records: Vec<Vec<RecordAt>>,
 }
 
-/// Applies batches made durable by the stream (decoded again: the
-/// decoding borrows the payloads, which travel between threads).
-fn apply_payloads(applier: LogApplier, payloads: &[Bytes]) -> Result<(), StreamError> {
-    Ok(with_batches(payloads, |batches| applier.apply(batches))??)
+/// A [`LogRecord`] with its data as a range of its payload.
+#[derive(Debug, Clone, Copy)]
+struct RecordAt {
+    seq: u64,
+    volume: u16,
+    first: u64,
+    count: u32,
+    /// Offset and length of the data in the payload; `None`: zeroes.
+    data: Option<(usize, usize)>,
+}
+
+impl DecodedBatches {
+    /// Decodes `payloads` (untrusted: every record is checked, see
+    /// `offsite_replica_store::decode_records`).
+    pub(super) fn decode(payloads: Vec<Bytes>) -> Result<DecodedBatches, StreamError> {
+        let records = payloads
+            .iter()
+            .map(|p| {
+                let recs = offsite_replica_store::decode_records(p)?;
+                let base = p.as_ptr() as usize;
+                Ok(recs
+                    .iter()
+                    .map(|r| RecordAt {
+                        seq: r.seq,
+                        volume: r.volume,
+                        first: r.first,
+                        count: r.count,
+                        data: r.data.map(|d| (d.as_ptr() as usize - base, d.len())),
+                    })
+                    .collect())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(StreamError::Decode)?;
+        Ok(DecodedBatches { payloads, records })
+    }
+
+    /// Calls `f` with the batches (each with its raw bytes), as the write
+    /// log takes them.
+    pub(super) fn with<R>(&self, f: impl FnOnce(&[(&[u8], &[LogRecord<'_>])]) -> R) -> R {
+        let records: Vec<Vec<LogRecord<'_>>> = self
+            .payloads
+            .iter()
+            .zip(&self.records)
+            .map(|(p, recs)| {
+                recs.iter()
+                    .map(|r| LogRecord {
+                        seq: r.seq,
+                        volume: r.volume,
+                        first: r.first,
+                        count: r.count,
+                        data: r.data.map(|(at, len)| &p[at..at + len]),
+                    })
+                    .collect()
+            })
+            .collect();
+        let batches: Vec<(&[u8], &[LogRecord<'_>])> = self
+            .payloads
+            .iter()
+            .zip(&records)
+            .map(|(p, d)| (&p[..], &d[..]))
+            .collect();
+        f(&batches)
+    }
+}
+
+/// Applies batches made durable by the stream.
+fn apply_payloads(applier: LogApplier, batches: &DecodedBatches) -> Result<(), StreamError> {
+    Ok(batches.with(|b| applier.apply(b))?)
 }
 
 /// Bytes a log record adds to a batch besides its data.

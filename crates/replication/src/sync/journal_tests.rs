@@ -110,7 +110,7 @@ impl Streaming {
                             &self.slot,
                             vec![payload],
                             || Ok(()),
-                            |applier, payloads| apply_payloads(applier, &payloads).unwrap(),
+                            |applier, batches| apply_payloads(applier, &batches).unwrap(),
                         )
                         .unwrap();
                     self.mirror.cover(last);

@@ -13,7 +13,7 @@ use offsite_protocol::{ErrorCode, Message};
 use offsite_replica_store::{Consistency, LogApplier, ReplicaStore, WriteLog};
 use offsite_transport::{DirectStream, TransportError};
 
-use super::{APPLY_QUEUE, StreamError, apply_payloads, with_batches};
+use super::{APPLY_QUEUE, DecodedBatches, StreamError, apply_payloads};
 use crate::RemoteError;
 use crate::Replication;
 use crate::control::{Rpc, respond};
@@ -89,14 +89,15 @@ impl Replication {
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
     ) -> Result<(), StreamError> {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<(LogApplier, Vec<Bytes>)>(APPLY_QUEUE);
+        let (jobs, queue) =
+            std::sync::mpsc::sync_channel::<(LogApplier, DecodedBatches)>(APPLY_QUEUE);
         let apply_failed = Mutex::new(None::<StreamError>);
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("sync-apply".into())
                 .spawn_scoped(scope, || {
-                    for (applier, payloads) in queue {
-                        if let Err(e) = apply_payloads(applier, &payloads) {
+                    for (applier, batches) in queue {
+                        if let Err(e) = apply_payloads(applier, &batches) {
                             let why = StreamError::Apply(Box::new(e));
                             tracing::warn!(group, "{why}");
                             apply_failed
@@ -122,7 +123,7 @@ impl Replication {
         group: &str,
         store: &Arc<ReplicaStore>,
         slot: &Arc<Mutex<Option<WriteLog>>>,
-        jobs: &std::sync::mpsc::SyncSender<(LogApplier, Vec<Bytes>)>,
+        jobs: &std::sync::mpsc::SyncSender<(LogApplier, DecodedBatches)>,
         apply_failed: &Mutex<Option<StreamError>>,
     ) -> Result<(), StreamError> {
         let silent = Duration::from_secs_f64(self.site.config().replication.dead_after_secs);
@@ -268,16 +269,20 @@ impl Replication {
         slot: &Arc<Mutex<Option<WriteLog>>>,
         payloads: Vec<Bytes>,
         durable: impl FnOnce() -> Result<(), StreamError>,
-        apply: impl FnOnce(LogApplier, Vec<Bytes>),
+        apply: impl FnOnce(LogApplier, DecodedBatches),
     ) -> Result<(), StreamError> {
+        // Decoded (and checked) before the log is locked: a seal or a
+        // checkpoint waiting for it need not wait for the CRC32Cs too.
+        let batches = DecodedBatches::decode(payloads)?;
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         let log = guard.as_mut().ok_or(StreamError::LogSealed)?;
-        let applier = with_batches(&payloads, |batches| log.append_durable(batches))?
+        let applier = batches
+            .with(|b| log.append_durable(b))
             .map_err(StreamError::Append)?;
         // Durable batches belong in the open PIT even when the primary can
         // no longer hear about them (a failover seals them).
         let acked = durable();
-        apply(applier, payloads);
+        apply(applier, batches);
         acked?;
         // The log (and the open PIT's in-memory index) stays bounded
         // whatever the primary's seal schedule: any prefix of the write
