@@ -378,13 +378,14 @@ impl Rig {
         wait_until(what, GROUP_LIMIT, || self.acked() >= from + n);
     }
 
-    /// Brings the group into `phase` and waits for a random moment of it;
-    /// returns what was seen.
-    fn enter(&mut self, phase: Phase) -> String {
+    /// Brings the group into `phase`; returns what was seen, the
+    /// replica's checkpoints if listing them was how the phase was
+    /// noticed, and the bound of the random delay before the kill.
+    fn enter(&mut self, phase: Phase) -> (String, Option<Vec<Cp>>, u64) {
         match phase {
             Phase::Queue => {
                 self.writes_go_on(20, "writes while streaming");
-                format!("after {:?}", self.sleep_upto(1500))
+                ("streaming".into(), None, 1500)
             }
             Phase::Spill => {
                 self.proxy
@@ -395,8 +396,7 @@ impl Rig {
                 let st = wait_group(&self.a, "g", "spilled", GROUP_LIMIT, |s| {
                     s["sync_state"] != "streaming"
                 });
-                let d = self.sleep_upto(1500);
-                format!("{} + {d:?}", st["sync_state"])
+                (st["sync_state"].to_string(), None, 1500)
             }
             Phase::Resync => {
                 cut_link(&self.proxy);
@@ -413,15 +413,18 @@ impl Rig {
                 let st = wait_group(&self.a, "g", "resynchronizing", GROUP_LIMIT, |s| {
                     s["sync_state"] == "resynchronizing" || s["sync_state"] == "streaming"
                 });
-                let d = self.sleep_upto(1500);
-                format!("{} + {d:?}", st["sync_state"])
+                (st["sync_state"].to_string(), None, 1500)
             }
             Phase::Checkpoint => {
-                let before = newest_id(&self.b);
+                // The listing that first shows a new checkpoint is the
+                // acknowledged set; the kill follows within an interval.
+                let newest = newest_id(&self.b);
+                let mut listed = Vec::new();
                 wait_until("a new checkpoint", GROUP_LIMIT, || {
-                    newest_id(&self.b) != before
+                    listed = checkpoints(&self.b);
+                    listed.last().map(|c| c.0) > newest
                 });
-                format!("{:?} after a checkpoint", self.sleep_upto(100))
+                ("a new checkpoint".into(), Some(listed), 100)
             }
             Phase::Fold => {
                 let n = 1 + self.rand(3);
@@ -429,7 +432,7 @@ impl Rig {
                     self.a.json(&["sync", "g", "--no-wait"]);
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                format!("{n} seal(s) + {:?}", self.sleep_upto(700))
+                (format!("{n} seal(s)"), None, 700)
             }
         }
     }
@@ -440,8 +443,10 @@ impl Rig {
             self.a
                 .json(&["group", "set", "g", "--checkpoint-interval", "100ms"]);
         }
-        let before = checkpoints(&self.b);
-        let moment = self.enter(phase);
+        let (seen, listed, delay_ms) = self.enter(phase);
+        // What the replica lists right before the kill: acknowledged.
+        let before = listed.unwrap_or_else(|| checkpoints(&self.b));
+        let moment = format!("{seen} + {:?}", self.sleep_upto(delay_ms));
         match side {
             Side::Primary => {
                 self.a.kill9();
