@@ -207,11 +207,14 @@ struct Writer {
     child: KillOnDrop,
     /// Stamps acknowledged: 0..acked; stamp `acked` may be in flight.
     acked: Arc<AtomicU64>,
+    /// Where its stderr goes (why it stopped, if it did).
+    stderr: std::path::PathBuf,
     lines: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     fn spawn(a: &TestSite, start: u64) -> Writer {
+        let stderr = a.scratch().join(format!("writer-{start}.err"));
         let mut child = KillOnDrop(Some(
             Command::new(PYTHON)
                 .arg("-c")
@@ -224,7 +227,7 @@ impl Writer {
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).expect("the writer's stderr file"))
                 .spawn()
                 .expect("spawn the stamp writer"),
         ));
@@ -240,6 +243,7 @@ impl Writer {
         });
         Writer {
             child,
+            stderr,
             acked,
             lines: Some(lines),
         }
@@ -247,6 +251,16 @@ impl Writer {
 
     fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Whether the writer still runs (only the primary's death may stop
+    /// it: a continuous group's writes never fail for the replica).
+    fn running(&mut self) -> bool {
+        self.child
+            .child()
+            .try_wait()
+            .expect("wait for the writer")
+            .is_none()
     }
 
     /// Stops the writer (if the primary's death has not already); returns
@@ -486,6 +500,11 @@ impl Rig {
         if phase == Phase::Checkpoint {
             self.a
                 .json(&["group", "set", "g", "--checkpoint-interval", "1s"]);
+        }
+        let writer = self.writer.as_mut().expect("writer");
+        if !writer.running() {
+            let err = std::fs::read_to_string(&writer.stderr).unwrap_or_default();
+            panic!("{what}: the stamp writer stopped: {err}");
         }
         eprintln!(
             "{what}: {listed} checkpoints listed ({} before), {sampled} read back as prefixes \
