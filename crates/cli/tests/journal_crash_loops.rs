@@ -20,7 +20,7 @@
 //! At the end `verify` finds no differing block.
 //!
 //! Each (phase, side) pair gets `OFFSITE_JOURNAL_CRASH_ITERATIONS` kills
-//! (default 2), in an order and with delays drawn from the seed printed
+//! (default 1), in an order and with delays drawn from the seed printed
 //! at the start (`OFFSITE_TEST_SEED` replays a run);
 //! `OFFSITE_JOURNAL_CRASH_PHASES=queue,spill` restricts the run to some
 //! phases. The 20 kills per phase and side:
@@ -44,7 +44,7 @@ use offsite_testkit::proxy::{Direction, FaultProxy};
 use serde_json::Value;
 
 /// Kills per phase and side by default (the suite's run).
-const DEFAULT_ITERATIONS: u64 = 2;
+const DEFAULT_ITERATIONS: u64 = 1;
 
 /// Size of each volume; the stamps go round a ring of both volumes'
 /// 4 KiB blocks, so the writer can run for as long as the test does.
