@@ -7,51 +7,11 @@
 
 mod common;
 
+use common::links::{cut_link, heal_link, proxied_pair};
 use common::*;
-use offsite_testkit::proxy::{Direction, FaultProxy};
+use offsite_testkit::proxy::Direction;
 use offsite_testkit::{TestSite, qemu_io};
 use serde_json::Value;
-
-/// Sites whose replication link goes through a fault proxy: fast timers,
-/// a lost link declared after 5 s without an acknowledgement, and a
-/// continuous queue of 4 MiB, so that a slow link spills (the writes fill
-/// the queue well within the acknowledgement deadline, even on a loaded
-/// machine) rather than counting as lost.
-fn proxied_pair() -> (TestSite, TestSite, FaultProxy) {
-    let body = format!(
-        "{FAST_REPLICATION}sync_ack_timeout_secs = 5.0\ncontinuous_queue_bytes = {}\n",
-        4 << 20
-    );
-    let mut a = TestSite::init(bin(), "site-a");
-    set_replication_config(&a, &body);
-    a.start();
-    let mut b = TestSite::init(bin(), "site-b");
-    set_replication_config(&b, &body);
-    b.start();
-    keep_listen_port(&a);
-    keep_listen_port(&b);
-    let listen: std::net::SocketAddr = site_addr(&b, "listen").parse().expect("B's address");
-    let proxy = FaultProxy::start(listen);
-    pin_at(&a, &b, &proxy.addr().to_string());
-    pin(&b, &a);
-    authorize_primary(&b, "site-a", None);
-    (a, b, proxy)
-}
-
-fn cut_link(proxy: &FaultProxy) {
-    let f = proxy.faults();
-    f.refuse_new(true);
-    f.stall(Direction::ClientToServer);
-    f.stall(Direction::ServerToClient);
-}
-
-fn heal_link(proxy: &FaultProxy) {
-    let f = proxy.faults();
-    f.reset_all();
-    f.unstall(Direction::ClientToServer);
-    f.unstall(Direction::ServerToClient);
-    f.refuse_new(false);
-}
 
 /// Waits until the group streams again with every write acknowledged.
 fn streaming(site: &TestSite, group: &str) -> Value {
@@ -99,7 +59,13 @@ fn continuous_writes_never_wait_for_a_lost_or_slow_link_and_the_group_catches_up
     if !have_tools(&["qemu-io"]) {
         return;
     }
-    let (a, b, proxy) = proxied_pair();
+    // A lost link is declared after 5 s without an acknowledgement; a
+    // 4 MiB queue makes a slow link spill (the writes fill it well within
+    // that deadline, even on a loaded machine) rather than count as lost.
+    let (a, b, proxy) = proxied_pair(&format!(
+        "sync_ack_timeout_secs = 5.0\ncontinuous_queue_bytes = {}\n",
+        4 << 20
+    ));
     a.create_volume("d0", "16M");
     create_group(
         &a,

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::stamps::{STAMP_READER, STAMP_WRITER};
 use common::*;
 use offsite_testkit::{TestSite, qemu_io};
 use serde_json::Value;
@@ -96,48 +97,6 @@ print(json.dumps(out))
 
 const N: u64 = 400;
 
-/// Writer: stamp i (stored as i+1, so that stamp 0 is not a zero block)
-/// goes to volume i%2 at block i//2, flushed before the next write;
-/// prints each stamp after its flush returned.
-const WRITER: &str = r#"
-import struct, sys, time, nbd
-hs = []
-for url in sys.argv[1:3]:
-    h = nbd.NBD()
-    h.connect_uri(url)
-    hs.append(h)
-n = int(sys.argv[3])
-for i in range(n):
-    h = hs[i % 2]
-    h.pwrite(struct.pack('<Q', i + 1) * 512, (i // 2) * 4096)
-    h.flush()
-    print(i, flush=True)
-    time.sleep(0.01)
-for h in hs:
-    h.shutdown()
-"#;
-
-/// Reader: blocks 0..N/2 of both volumes; prints a JSON list of
-/// `[vol, block, value]` for every non-zero block (value -1: the block is
-/// not one 8-byte word repeated).
-const READER: &str = r#"
-import json, struct, sys, nbd
-n = int(sys.argv[3])
-out = []
-for vol, url in enumerate(sys.argv[1:3]):
-    h = nbd.NBD()
-    h.connect_uri(url)
-    for b in range(n // 2):
-        d = h.pread(4096, b * 4096)
-        if d == bytes(4096):
-            continue
-        w = d[:8]
-        v = struct.unpack('<Q', w)[0] if d == w * 512 else -1
-        out.append([vol, b, v])
-    h.shutdown()
-print(json.dumps(out))
-"#;
-
 #[test]
 fn write_order_consistency() {
     if !have_tools(&["qemu-io"]) || !have_python_nbd() {
@@ -159,7 +118,7 @@ fn write_order_consistency() {
     let mut writer = KillOnDrop(Some(
         Command::new(PYTHON)
             .arg("-c")
-            .arg(WRITER)
+            .arg(STAMP_WRITER)
             .args([&u0, &u1, &N.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -217,7 +176,7 @@ fn write_order_consistency() {
     for (id, _) in &pits {
         let vols = export_pit(&b, "g", *id);
         let (e0, e1) = (url_of(&vols, "vol0"), url_of(&vols, "vol1"));
-        let found = python_json(READER, &[e0, e1, &N.to_string()]);
+        let found = python_json(STAMP_READER, &[e0, e1, &N.to_string()]);
         let mut stamps = Vec::new();
         for e in found.as_array().expect("array") {
             let (vol, blk, val) = (

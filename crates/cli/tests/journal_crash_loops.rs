@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::links::{cut_link, heal_link, proxied_pair};
 use common::*;
 use offsite_testkit::TestSite;
 use offsite_testkit::proxy::{Direction, FaultProxy};
@@ -289,47 +290,6 @@ fn checkpoints(b: &TestSite) -> Vec<Cp> {
         .collect()
 }
 
-/// Two sites whose replication link goes through a fault proxy, with a
-/// continuous queue of 1 MiB (a slow link spills within seconds of the
-/// writer's ~400 KiB/s) and a lost link declared after 5 s without an
-/// acknowledgement; the replica keeps its listener's port across kills.
-fn proxied_pair() -> (TestSite, TestSite, FaultProxy) {
-    let body = format!(
-        "{FAST_REPLICATION}sync_ack_timeout_secs = 5.0\ncontinuous_queue_bytes = {}\n",
-        1 << 20
-    );
-    let mut a = TestSite::init(bin(), "site-a");
-    set_replication_config(&a, &body);
-    a.start();
-    let mut b = TestSite::init(bin(), "site-b");
-    set_replication_config(&b, &body);
-    b.start();
-    keep_listen_port(&a);
-    keep_listen_port(&b);
-    let listen: std::net::SocketAddr = site_addr(&b, "listen").parse().expect("B's address");
-    let proxy = FaultProxy::start(listen);
-    pin_at(&a, &b, &proxy.addr().to_string());
-    pin(&b, &a);
-    authorize_primary(&b, "site-a", None);
-    (a, b, proxy)
-}
-
-fn cut_link(proxy: &FaultProxy) {
-    let f = proxy.faults();
-    f.refuse_new(true);
-    f.stall(Direction::ClientToServer);
-    f.stall(Direction::ServerToClient);
-}
-
-fn heal_link(proxy: &FaultProxy) {
-    let f = proxy.faults();
-    f.reset_all();
-    f.unstall(Direction::ClientToServer);
-    f.unstall(Direction::ServerToClient);
-    f.refuse_new(false);
-    f.set_bandwidth(Direction::ClientToServer, None);
-}
-
 /// The running test: both sites, the proxy, the writer and the seed.
 struct Rig {
     a: TestSite,
@@ -343,7 +303,13 @@ struct Rig {
 
 impl Rig {
     fn new(group_flags: &[&str], pruning: bool) -> Rig {
-        let (a, b, proxy) = proxied_pair();
+        // A 1 MiB queue: a slow link spills within seconds of the writer's
+        // ~400 KiB/s; a lost link is declared after 5 s without an
+        // acknowledgement.
+        let (a, b, proxy) = proxied_pair(&format!(
+            "sync_ack_timeout_secs = 5.0\ncontinuous_queue_bytes = {}\n",
+            1 << 20
+        ));
         a.create_volume("vol0", &VOLUME_BYTES.to_string());
         a.create_volume("vol1", &VOLUME_BYTES.to_string());
         let mut flags = vec!["--mode", "continuous", "--compress", "none"];

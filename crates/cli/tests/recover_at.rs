@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::stamps::{STAMP_READER, STAMP_WRITER};
 use common::*;
 use offsite_testkit::{qemu_io, qemu_io_ro};
 
@@ -143,49 +144,6 @@ fn an_async_group_recovers_to_the_newest_pit_at_or_before_a_time() {
 
 /// Stamps written across both volumes.
 const STAMPS: u64 = 600;
-
-/// Writer: stamp i (stored as i+1, so that stamp 0 is not a zero block)
-/// goes to volume i%2 at block i//2, flushed (acknowledged by the
-/// replica: a sync group) before the next write; prints each stamp after
-/// its flush returned.
-const STAMP_WRITER: &str = r#"
-import struct, sys, time, nbd
-hs = []
-for url in sys.argv[1:3]:
-    h = nbd.NBD()
-    h.connect_uri(url)
-    hs.append(h)
-n = int(sys.argv[3])
-for i in range(n):
-    h = hs[i % 2]
-    h.pwrite(struct.pack('<Q', i + 1) * 512, (i // 2) * 4096)
-    h.flush()
-    print(i, flush=True)
-    time.sleep(0.01)
-for h in hs:
-    h.shutdown()
-"#;
-
-/// Reader: blocks 0..n/2 of both volumes; prints a JSON list of
-/// `[vol, block, value]` for every non-zero block (value -1: the block is
-/// not one 8-byte word repeated).
-const STAMP_READER: &str = r#"
-import json, struct, sys, nbd
-n = int(sys.argv[3])
-out = []
-for vol, url in enumerate(sys.argv[1:3]):
-    h = nbd.NBD()
-    h.connect_uri(url)
-    for b in range(n // 2):
-        d = h.pread(4096, b * 4096)
-        if d == bytes(4096):
-            continue
-        w = d[:8]
-        v = struct.unpack('<Q', w)[0] if d == w * 512 else -1
-        out.append([vol, b, v])
-    h.shutdown()
-print(json.dumps(out))
-"#;
 
 /// The number of stamps in the image served at `urls` (vol0, vol1),
 /// after checking it is exactly the first k stamps of the write order.

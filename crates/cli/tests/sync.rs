@@ -9,6 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::links::{cut_link, heal_link, proxied_pair};
 use common::*;
 use offsite_testkit::{TestSite, qemu_io};
 use serde_json::Value;
@@ -159,26 +160,6 @@ fn every_acknowledged_write_survives_a_killed_primary() {
     }
 }
 
-/// Sites whose replication link goes through a fault proxy: fast timers,
-/// and a lost link is declared after 1 s without an acknowledgement.
-fn proxied_pair() -> (TestSite, TestSite, offsite_testkit::proxy::FaultProxy) {
-    let body = format!("{FAST_REPLICATION}sync_ack_timeout_secs = 1.0\n");
-    let mut a = TestSite::init(bin(), "site-a");
-    set_replication_config(&a, &body);
-    a.start();
-    let mut b = TestSite::init(bin(), "site-b");
-    set_replication_config(&b, &body);
-    b.start();
-    keep_listen_port(&a);
-    keep_listen_port(&b);
-    let listen: std::net::SocketAddr = site_addr(&b, "listen").parse().expect("B's address");
-    let proxy = offsite_testkit::proxy::FaultProxy::start(listen);
-    pin_at(&a, &b, &proxy.addr().to_string());
-    pin(&b, &a);
-    authorize_primary(&b, "site-a", None);
-    (a, b, proxy)
-}
-
 /// A QD1 writer of random blocks until `stop` exists; prints the number of
 /// writes and the longest time one took (seconds) as JSON.
 const TIMED_WRITER: &str = r#"
@@ -199,23 +180,6 @@ fn start_timed_writer(url: &str, stop: &std::path::Path) -> Child {
     spawn_writer(TIMED_WRITER, url, stop, Stdio::piped(), Stdio::inherit())
 }
 
-fn cut_link(proxy: &offsite_testkit::proxy::FaultProxy) {
-    use offsite_testkit::proxy::Direction;
-    let f = proxy.faults();
-    f.refuse_new(true);
-    f.stall(Direction::ClientToServer);
-    f.stall(Direction::ServerToClient);
-}
-
-fn heal_link(proxy: &offsite_testkit::proxy::FaultProxy) {
-    use offsite_testkit::proxy::Direction;
-    let f = proxy.faults();
-    f.reset_all();
-    f.unstall(Direction::ClientToServer);
-    f.unstall(Direction::ServerToClient);
-    f.refuse_new(false);
-}
-
 fn verify_zero(a: &TestSite, group: &str) -> Value {
     let v = a.json(&["verify", group]);
     assert_eq!(v["differing_blocks"], 0, "{v}");
@@ -227,7 +191,7 @@ fn degrade_keeps_writing_through_a_lost_link_then_resynchronizes() {
     if !have_python_nbd() {
         return;
     }
-    let (a, _b, proxy) = proxied_pair();
+    let (a, _b, proxy) = proxied_pair("sync_ack_timeout_secs = 1.0\n");
     sync_group(&a, "g", "d0", &[]);
     let stop = a.scratch().join("stop");
     let writer = start_timed_writer(&a.url("d0"), &stop);
@@ -326,7 +290,7 @@ fn suspend_writes_fail_after_the_timeout_and_lose_nothing_acknowledged() {
     if !have_python_nbd() {
         return;
     }
-    let (mut a, b, proxy) = proxied_pair();
+    let (mut a, b, proxy) = proxied_pair("sync_ack_timeout_secs = 1.0\n");
     sync_group(
         &a,
         "g",
@@ -417,7 +381,7 @@ fn metro_latency_keeps_sync_correct() {
         return;
     }
     use offsite_testkit::proxy::Direction;
-    let (a, _b, proxy) = proxied_pair();
+    let (a, _b, proxy) = proxied_pair("sync_ack_timeout_secs = 1.0\n");
     sync_group(&a, "g", "d0", &[]);
     // The same writer through the same proxy without, then with, 2 ms each
     // way (a metro distance): a sync write should pay one round trip more,

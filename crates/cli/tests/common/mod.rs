@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod ext4;
+pub mod links;
 pub mod pg;
+pub mod stamps;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
