@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::stamps::{STAMP_READER, STAMP_WRITER};
+use common::stamps::{STAMP_WRITER, stamp_prefix};
 use common::*;
 use offsite_testkit::{qemu_io, qemu_io_ro};
 
@@ -148,33 +148,7 @@ const STAMPS: u64 = 600;
 /// The number of stamps in the image served at `urls` (vol0, vol1),
 /// after checking it is exactly the first k stamps of the write order.
 fn prefix_of(urls: [&str; 2], what: &str) -> u64 {
-    let found = python_json(STAMP_READER, &[urls[0], urls[1], &STAMPS.to_string()]);
-    let mut stamps = Vec::new();
-    for e in found.as_array().expect("array") {
-        let (vol, blk, val) = (
-            e[0].as_u64().unwrap(),
-            e[1].as_u64().unwrap(),
-            e[2].as_i64().unwrap(),
-        );
-        assert!(val > 0, "{what}: vol{vol} block {blk} is torn: {found}");
-        let stamp = val as u64 - 1;
-        assert!(
-            stamp < STAMPS && stamp % 2 == vol && stamp / 2 == blk,
-            "{what}: vol{vol} block {blk} holds stamp {stamp}, written elsewhere"
-        );
-        stamps.push(stamp);
-    }
-    stamps.sort_unstable();
-    let k = stamps.len() as u64;
-    let missing: Vec<u64> = (0..k)
-        .filter(|s| stamps.binary_search(s).is_err())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{what} is not a prefix of the write order: {k} stamps, up to {:?}, missing {missing:?}",
-        stamps.last()
-    );
-    k
+    stamp_prefix(urls, STAMPS, what)
 }
 
 #[test]
