@@ -11,6 +11,9 @@ const state = {
   events: [],
   eventFilter: '',
   es: null,
+  // False from the login form until a session starts: a page render still
+  // awaiting the API when the session ends must not draw over the form.
+  signedIn: false,
 };
 
 const main = document.getElementById('main');
@@ -27,6 +30,8 @@ function notify(text) {
 
 function showLogin(message) {
   if (state.es) { state.es.close(); state.es = null; }
+  state.signedIn = false;
+  rendering += 1; // drops any render in flight
   top.hidden = true;
   const token = h('input', { id: 'token', name: 'token', type: 'password', autocomplete: 'current-password', required: true });
   const err = h('p', { class: 'error', role: 'alert' }, message || '');
@@ -108,6 +113,7 @@ function patch(parent, a, b) {
 
 /** Renders the current route; `keepFocus`: a live update of the same page. */
 async function render(keepFocus) {
+  if (!state.signedIn) return;
   const ticket = ++rendering;
   const { view, arg } = currentRoute();
   markNav(view);
@@ -128,7 +134,8 @@ async function render(keepFocus) {
     if (e instanceof ApiError && e.status === 401) { showLogin(e.message); return; }
     nodes = [h('h1', {}, 'Error'), h('p', { class: 'error', role: 'alert' }, e instanceof ApiError ? `${e.code}: ${e.message}` : String(e))];
   }
-  if (ticket !== rendering) return; // a newer render started meanwhile
+  // A newer render started meanwhile, or the session ended.
+  if (ticket !== rendering || !state.signedIn) return;
   const fresh = nodes.flat().filter(Boolean);
   // A live update patches the page in place; a new route replaces it.
   if (keepFocus) morph(main, fresh);
@@ -137,6 +144,7 @@ async function render(keepFocus) {
 }
 
 async function start() {
+  state.signedIn = true;
   top.hidden = false;
   // The first screen needs the site and the overview only: fetch both at
   // once and render, then open the live stream and load the event log.
