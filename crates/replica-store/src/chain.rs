@@ -55,10 +55,18 @@ pub(crate) struct Vol {
     pub(crate) spec: VolumeSpec,
     pub(crate) nblocks: u64,
     pub(crate) zero_hash: [u8; 32],
+    /// The base image file (directory stores), or the volume's chunk
+    /// prefix (object stores), for messages.
     pub(crate) base_path: PathBuf,
-    /// The open base image; replaced once, when a seed is adopted
-    /// ([`ReplicaStore::adopt_base`]).
-    pub(crate) files: RwLock<Arc<BaseFiles>>,
+    pub(crate) base: BaseImg,
+}
+
+/// Where a volume's base image lives.
+#[derive(Debug)]
+pub(crate) enum BaseImg {
+    /// A raw sparse image file of a directory store; replaced once, when a
+    /// seed is adopted ([`ReplicaStore::adopt_base`]).
+    File(RwLock<Arc<BaseFiles>>),
 }
 
 /// The descriptors of a base image.
@@ -74,13 +82,37 @@ impl Vol {
         self.spec.block_size as usize
     }
 
-    /// The base image's descriptors now.
-    pub(crate) fn base(&self) -> Arc<BaseFiles> {
-        self.files
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Reads `buf.len()` bytes of the base image at `offset`.
+    pub(crate) fn read_base(&self, buf: &mut [u8], offset: u64) -> Result<(), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => current(files)
+                .file
+                .read_exact_at(buf, offset)
+                .map_err(|e| ReplicaError::io("read", &self.base_path, e)),
+        }
     }
+
+    /// The first stretch of the base image that may hold data and ends
+    /// after `at`, clipped to `at..end`: `(start, end)`, or `(end, end)`
+    /// when only zeroes follow (see [`data_extent`]).
+    pub(crate) fn base_extent(&self, at: u64, end: u64) -> Result<(u64, u64), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => data_extent(&current(files).file, at, end)
+                .map_err(|e| ReplicaError::io("seek", &self.base_path, e)),
+        }
+    }
+
+    /// Makes the base image's writes durable.
+    pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => Ok(fsx::sync_data(&current(files).file, &self.base_path)?),
+        }
+    }
+}
+
+/// The base image's descriptors now.
+pub(crate) fn current(files: &RwLock<Arc<BaseFiles>>) -> Arc<BaseFiles> {
+    files.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// A visible PIT in memory.
@@ -298,7 +330,7 @@ impl Inner {
     /// Fsyncs every base image.
     pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
         for v in &self.vols {
-            fsx::sync_data(&v.base().file, &v.base_path)?;
+            v.sync_base()?;
         }
         Ok(())
     }
@@ -600,7 +632,8 @@ impl ReplicaStore {
         // A checkpoint image reading the base would see it change.
         inner.check_unpinned_below(u64::MAX)?;
         ops.base_dirty = true;
-        let files = vol.base();
+        let BaseImg::File(files) = &vol.base;
+        let files = current(files);
         // The base stays as thin as the data: all-zero blocks are not
         // written but made holes (punched where the base held data, as a
         // seeded base may), so a full copy or a seed with zero blocks does
@@ -685,7 +718,8 @@ impl ReplicaStore {
             file,
             direct: crate::recover::open_direct(&vol.base_path),
         });
-        *vol.files.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
+        let BaseImg::File(slot) = &vol.base;
+        *slot.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
         Ok(())
     }
 
@@ -793,12 +827,7 @@ pub(crate) fn read_view(
         let n = j - i;
         let out = &mut scratch[..n * vol.bs()];
         match src[i] {
-            Src::Base => {
-                vol.base()
-                    .file
-                    .read_exact_at(out, (b0 + i as u64) * bs)
-                    .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
-            }
+            Src::Base => vol.read_base(out, (b0 + i as u64) * bs)?,
             Src::Seg(p, pos) => {
                 let seg = &view[p].segs[v];
                 for run in seg.runs(pos..pos + n, chunk) {
@@ -833,8 +862,7 @@ pub(crate) fn next_data_view(
     let vol = &inner.vols[v];
     let size = vol.spec.size_bytes;
     let bs = vol.bs() as u64;
-    let (base, _) = data_extent(&vol.base().file, offset, size)
-        .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+    let (base, _) = vol.base_extent(offset, size)?;
     // The nearest so far (`size`: none); a segment's scan stops there,
     // so runs of zero entries past it are not walked.
     let mut next = base;
@@ -910,10 +938,8 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
     let end = (first + n) * bs;
     let mut at = first * bs;
     let mut buf = Vec::new();
-    let files = vol.base();
     while at < end {
-        let (data, data_end) = data_extent(&files.file, at, end)
-            .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+        let (data, data_end) = vol.base_extent(at, end)?;
         // Blocks before the extent are a hole; a block the extent only
         // starts or ends in is read.
         let data = data / bs * bs;
@@ -926,10 +952,7 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
         while at < data_end {
             let len = (data_end - at).min(HASH_READ_BYTES.max(bs) / bs * bs);
             buf.resize(len as usize, 0);
-            files
-                .file
-                .read_exact_at(&mut buf, at)
-                .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
+            vol.read_base(&mut buf, at)?;
             hash_blocks(&buf, vol.bs(), &vol.zero_hash, out);
             at += len;
         }

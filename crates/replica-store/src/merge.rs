@@ -85,7 +85,8 @@ pub(crate) fn write_meta(inner: &Inner, base_through: u64) -> Result<(), Replica
 /// fsyncs them. Idempotent. Data is checked against its BLAKE3 first.
 pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), ReplicaError> {
     for (vol, seg) in vols.iter().zip(segs) {
-        let base = vol.base();
+        let crate::chain::BaseImg::File(files) = &vol.base;
+        let base = crate::chain::current(files);
         let bs = vol.bs();
         let chunk = (CHUNK_BYTES / bs).max(1);
         let mut buf = vec![0u8; chunk * bs];

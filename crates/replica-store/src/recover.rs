@@ -243,10 +243,10 @@ fn open_base(dir: &Path, spec: &VolumeSpec) -> Result<Vol, ReplicaError> {
         spec: spec.clone(),
         nblocks: spec.size_bytes / u64::from(spec.block_size),
         zero_hash: *blake3::hash(&vec![0u8; spec.block_size as usize]).as_bytes(),
-        files: std::sync::RwLock::new(std::sync::Arc::new(crate::chain::BaseFiles {
+        base: crate::chain::BaseImg::File(RwLock::new(Arc::new(crate::chain::BaseFiles {
             file: base,
             direct: open_direct(&path),
-        })),
+        }))),
         base_path: path,
     })
 }

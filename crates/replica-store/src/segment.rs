@@ -172,11 +172,35 @@ pub(crate) struct Expect<'a> {
     pub(crate) summary: &'a VolSummary,
 }
 
+/// Where a loaded segment's bytes are read from.
+#[derive(Debug)]
+pub(crate) enum SegSource {
+    /// A file of a directory store (or of the local staging area).
+    File(File),
+}
+
+impl SegSource {
+    /// Reads exactly `buf.len()` bytes at `offset` (`path`: for messages).
+    pub(crate) fn read_at(
+        &self,
+        path: &Path,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), ReplicaError> {
+        match self {
+            SegSource::File(f) => f
+                .read_exact_at(buf, offset)
+                .map_err(|e| ReplicaError::io("read", path, e)),
+        }
+    }
+}
+
 /// A committed, immutable segment, open for reading.
 #[derive(Debug)]
 pub(crate) struct Segment {
+    /// The file, or the object's key (in messages).
     path: PathBuf,
-    file: File,
+    src: SegSource,
     block_size: u32,
     /// Changed blocks, strictly ascending.
     blocks: Vec<u64>,
@@ -203,18 +227,28 @@ impl Segment {
     /// the index entries themselves (sorted, in range). Block data is
     /// checked on every read and by [`Segment::verify_data`].
     pub(crate) fn load(path: &Path, ex: &Expect<'_>) -> Result<Segment, ReplicaError> {
-        let corrupt = |why: String| ReplicaError::corrupt(path, why);
         let file = File::open(path).map_err(|e| ReplicaError::io("open", path, e))?;
         let len = file
             .metadata()
             .map_err(|e| ReplicaError::io("stat", path, e))?
             .len();
+        Segment::load_from(SegSource::File(file), path, len, ex)
+    }
+
+    /// [`Segment::load`] of a segment of `len` bytes read through `src`
+    /// (`path`: the file or the object's key, for messages).
+    pub(crate) fn load_from(
+        src: SegSource,
+        path: &Path,
+        len: u64,
+        ex: &Expect<'_>,
+    ) -> Result<Segment, ReplicaError> {
+        let corrupt = |why: String| ReplicaError::corrupt(path, why);
         if len < SEG_HEADER_LEN as u64 {
             return Err(corrupt(format!("segment is truncated ({len} bytes)")));
         }
         let mut hb = [0u8; SEG_HEADER_LEN];
-        file.read_exact_at(&mut hb, 0)
-            .map_err(|e| ReplicaError::io("read", path, e))?;
+        src.read_at(path, &mut hb, 0)?;
         let h = decode_seg_header(&hb).map_err(|e| corrupt(e.to_string()))?;
         if h.uuid != *ex.uuid {
             return Err(corrupt("segment belongs to another replica store".into()));
@@ -245,8 +279,7 @@ impl Segment {
             )));
         }
         let mut index = vec![0u8; index_len as usize + TRAILER_LEN];
-        file.read_exact_at(&mut index, index_off)
-            .map_err(|e| ReplicaError::io("read", path, e))?;
+        src.read_at(path, &mut index, index_off)?;
         let (index, trailer) = index.split_at(index_len as usize);
         let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
         let actual = crc32c::crc32c(index);
@@ -301,7 +334,7 @@ impl Segment {
         }
         Ok(Segment {
             path: path.to_path_buf(),
-            file,
+            src,
             block_size: h.block_size,
             blocks,
             slots,
@@ -364,9 +397,11 @@ impl Segment {
     /// The stored BLAKE3 hashes of entries `pos..pos + n`.
     pub(crate) fn hashes(&self, pos: usize, n: usize) -> Result<Vec<[u8; 32]>, ReplicaError> {
         let mut buf = vec![0u8; n * ENTRY_LEN];
-        self.file
-            .read_exact_at(&mut buf, self.index_off + (pos * ENTRY_LEN) as u64)
-            .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+        self.src.read_at(
+            &self.path,
+            &mut buf,
+            self.index_off + (pos * ENTRY_LEN) as u64,
+        )?;
         Ok(buf.chunks_exact(ENTRY_LEN).map(entry_hash).collect())
     }
 
@@ -377,9 +412,7 @@ impl Segment {
         let bs = self.block_size as usize;
         debug_assert_eq!(out.len(), run.len * bs);
         let off = u64::from(self.block_size) * (1 + u64::from(self.slots[run.pos]));
-        self.file
-            .read_exact_at(out, off)
-            .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+        self.src.read_at(&self.path, out, off)?;
         let hashes = self.hashes(run.pos, run.len)?;
         for (i, (data, want)) in out.chunks_exact(bs).zip(&hashes).enumerate() {
             if blake3::hash(data).as_bytes() != want {
@@ -719,7 +752,7 @@ impl SegmentBuilder {
         };
         let seg = Segment {
             path,
-            file: self.file,
+            src: SegSource::File(self.file),
             block_size: self.block_size,
             blocks: entries.iter().map(|e| e.block).collect(),
             slots: entries.iter().map(|e| e.slot).collect(),
