@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::backing::{Backing, pit_key};
 use crate::format::{Manifest, VolSummary, encode_manifest};
 use crate::segment::Segment;
 use crate::{
@@ -67,6 +68,8 @@ pub(crate) enum BaseImg {
     /// A raw sparse image file of a directory store; replaced once, when a
     /// seed is adopted ([`ReplicaStore::adopt_base`]).
     File(RwLock<Arc<BaseFiles>>),
+    /// Chunk objects of an object store.
+    Chunks(crate::backing::ChunkBase),
 }
 
 /// The descriptors of a base image.
@@ -89,6 +92,7 @@ impl Vol {
                 .file
                 .read_exact_at(buf, offset)
                 .map_err(|e| ReplicaError::io("read", &self.base_path, e)),
+            BaseImg::Chunks(c) => c.read(buf, offset),
         }
     }
 
@@ -99,6 +103,7 @@ impl Vol {
         match &self.base {
             BaseImg::File(files) => data_extent(&current(files).file, at, end)
                 .map_err(|e| ReplicaError::io("seek", &self.base_path, e)),
+            BaseImg::Chunks(c) => Ok(c.extent(at, end)),
         }
     }
 
@@ -106,6 +111,7 @@ impl Vol {
     pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
         match &self.base {
             BaseImg::File(files) => Ok(fsx::sync_data(&current(files).file, &self.base_path)?),
+            BaseImg::Chunks(c) => c.sync(),
         }
     }
 }
@@ -197,7 +203,11 @@ pub(crate) struct Ops {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The store directory (directory stores), or the local working
+    /// directory (object stores: lock, staging, journal).
     pub(crate) dir: PathBuf,
+    /// Where the committed state lives.
+    pub(crate) backing: crate::backing::Backing,
     pub(crate) uuid: [u8; 16],
     pub(crate) specs: Vec<VolumeSpec>,
     pub(crate) vols: Vec<Vol>,
@@ -402,6 +412,50 @@ impl ReplicaStore {
         crate::recover::open(dir.as_ref())
     }
 
+    /// Creates a store whose committed state — `store.meta`, base images
+    /// as chunk objects, PIT segments and manifests — lives in `objects`
+    /// (which must hold no object yet), with the local `work_dir` (created
+    /// if missing) for what is not committed: the lock, the PIT being
+    /// written, and the journal of sync and continuous groups. See the
+    /// crate docs, "Stores in an object store". `uuid`: the store's
+    /// identity (`None`: random); `after`: as [`ReplicaStore::create_after`]
+    /// (0: a new group).
+    pub fn create_in(
+        objects: Arc<dyn offsite_objects::ObjectStore>,
+        work_dir: impl AsRef<Path>,
+        volumes: &[VolumeSpec],
+        uuid: Option<[u8; 16]>,
+        after: u64,
+    ) -> Result<ReplicaStore, ReplicaError> {
+        crate::recover::create_objects(
+            objects,
+            work_dir.as_ref(),
+            volumes,
+            uuid.unwrap_or_else(rand::random),
+            after,
+        )
+    }
+
+    /// Opens a store created by [`ReplicaStore::create_in`], recovering
+    /// from any interrupted operation as [`ReplicaStore::open`] does.
+    /// `work_dir` is created if missing (a site attaching an existing
+    /// store); it must not be shared with another store.
+    pub fn open_in(
+        objects: Arc<dyn offsite_objects::ObjectStore>,
+        work_dir: impl AsRef<Path>,
+    ) -> Result<ReplicaStore, ReplicaError> {
+        crate::recover::open_objects(objects, work_dir.as_ref())
+    }
+
+    /// The object store holding the committed state (`None`: a directory
+    /// store).
+    pub fn object_store(&self) -> Option<&Arc<dyn offsite_objects::ObjectStore>> {
+        match &self.inner.backing {
+            Backing::Dir => None,
+            Backing::Objects(o) => Some(&o.store),
+        }
+    }
+
     /// Numbers the next commit after `after` at the earliest, when the
     /// group's history went on elsewhere (a reverse made another site's
     /// store the replica for a while): a group's PIT ids never restart.
@@ -413,7 +467,8 @@ impl ReplicaStore {
         ops.next_id = ops.next_id.max(after.saturating_add(1));
     }
 
-    /// The store directory.
+    /// The store directory (for a store in an object store: the local
+    /// working directory).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -446,7 +501,8 @@ impl ReplicaStore {
     }
 
     /// The base image of `volume` (it need not exist as a volume of the
-    /// group). A seed image may be put there (same size, raw) **while the
+    /// group) of a directory store (a store in an object store keeps its
+    /// base as chunk objects; use [`ReplicaStore::adopt_base`] there). A seed image may be put there (same size, raw) **while the
     /// store is closed** and before the first PIT; an open store keeps its
     /// base images open.
     pub fn base_path(&self, volume: &str) -> PathBuf {
@@ -581,7 +637,17 @@ impl ReplicaStore {
         let mut new = (*pit).clone();
         new.name = name;
         let bytes = encode_manifest(&new.manifest(inner.uuid));
-        fsx::replace_file(&pit.dir.join(MANIFEST_FILE), &bytes).map_err(|e| inner.poison(e))?;
+        let r = match &inner.backing {
+            Backing::Dir => {
+                fsx::replace_file(&pit.dir.join(MANIFEST_FILE), &bytes).map_err(Into::into)
+            }
+            // A put replaces an object atomically.
+            Backing::Objects(o) => o.put(
+                &pit_key(&pit_dir_name(pit.id, pit.first), MANIFEST_FILE),
+                &bytes,
+            ),
+        };
+        r.map_err(|e| inner.poison(e))?;
         let mut st = inner.write_state();
         let pos = st.position(id)?;
         st.chain[pos] = Arc::new(new);
@@ -632,8 +698,10 @@ impl ReplicaStore {
         // A checkpoint image reading the base would see it change.
         inner.check_unpinned_below(u64::MAX)?;
         ops.base_dirty = true;
-        let BaseImg::File(files) = &vol.base;
-        let files = current(files);
+        let files = match &vol.base {
+            BaseImg::File(files) => current(files),
+            BaseImg::Chunks(c) => return c.write(data, offset).map_err(|e| inner.poison(e)),
+        };
         // The base stays as thin as the data: all-zero blocks are not
         // written but made holes (punched where the base held data, as a
         // seeded base may), so a full copy or a seed with zero blocks does
@@ -696,6 +764,13 @@ impl ReplicaStore {
                 vol.spec.size_bytes
             )));
         }
+        let slot = match &vol.base {
+            BaseImg::File(files) => files,
+            BaseImg::Chunks(c) => {
+                let f = File::open(image).map_err(|e| ReplicaError::io("open", image, e))?;
+                return c.adopt(&f, image).map_err(|e| inner.poison(e));
+            }
+        };
         let base_dir = vol
             .base_path
             .parent()
@@ -718,7 +793,6 @@ impl ReplicaStore {
             file,
             direct: crate::recover::open_direct(&vol.base_path),
         });
-        let BaseImg::File(slot) = &vol.base;
         *slot.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
         Ok(())
     }
@@ -738,9 +812,22 @@ impl ReplicaStore {
         let result = (|| {
             for d in damaged.iter().rev() {
                 tracing::warn!(pit = %d.id, path = %d.path.display(), "discarding damaged PIT: {}", d.why);
-                fsx::remove_tree(&d.path)?;
+                match &inner.backing {
+                    Backing::Dir => fsx::remove_tree(&d.path)?,
+                    Backing::Objects(o) => {
+                        let name = d
+                            .path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or_default();
+                        o.delete_pit(name)?;
+                    }
+                }
             }
-            fsx::sync_dir(&inner.path(PITS_DIR))
+            match &inner.backing {
+                Backing::Dir => Ok(fsx::sync_dir(&inner.path(PITS_DIR))?),
+                Backing::Objects(_) => Ok::<(), ReplicaError>(()),
+            }
         })();
         result.map_err(|e| inner.poison(e))?;
         inner.write_state().damaged.clear();

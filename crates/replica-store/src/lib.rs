@@ -197,6 +197,7 @@
 //! ordering argument above covers that, and a separate test SIGKILLs a real
 //! child process mid-commit and mid-merge.
 
+mod backing;
 mod chain;
 mod error;
 mod format;

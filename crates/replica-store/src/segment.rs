@@ -177,6 +177,12 @@ pub(crate) struct Expect<'a> {
 pub(crate) enum SegSource {
     /// A file of a directory store (or of the local staging area).
     File(File),
+    /// An object of `size` bytes, read through the store's cache.
+    Object {
+        objects: crate::backing::Objects,
+        key: String,
+        size: u64,
+    },
 }
 
 impl SegSource {
@@ -191,6 +197,7 @@ impl SegSource {
             SegSource::File(f) => f
                 .read_exact_at(buf, offset)
                 .map_err(|e| ReplicaError::io("read", path, e)),
+            SegSource::Object { objects, key, size } => objects.read(key, *size, offset, buf),
         }
     }
 }
@@ -341,6 +348,27 @@ impl Segment {
             index_off,
             data_blocks,
         })
+    }
+
+    /// The segment's length in bytes (exact, checked at load).
+    pub(crate) fn byte_len(&self) -> u64 {
+        self.index_off + (self.blocks.len() * ENTRY_LEN + TRAILER_LEN) as u64
+    }
+
+    /// The same segment, read from `src` from now on (`path`: for
+    /// messages), once its bytes were copied there.
+    pub(crate) fn with_source(self, src: SegSource, path: PathBuf) -> Segment {
+        Segment { src, path, ..self }
+    }
+
+    /// The same segment, its file now in directory `dir` (renamed with
+    /// its directory; the descriptor stays valid).
+    pub(crate) fn moved_to(self, dir: &Path) -> Segment {
+        let path = match self.path.file_name() {
+            Some(name) => dir.join(name),
+            None => self.path.clone(),
+        };
+        Segment { path, ..self }
     }
 
     /// Number of entries (changed blocks).
