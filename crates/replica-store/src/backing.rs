@@ -546,6 +546,18 @@ impl ChunkBase {
     }
 }
 
+impl Drop for ChunkBase {
+    /// Puts the chunks `write_base` left pending: as with a directory
+    /// store, whose unsynced base writes outlive the handle in the page
+    /// cache, what was written stays written after a clean close (only
+    /// [`ChunkBase::sync`] promises durability).
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::warn!(volume = %self.volume, "base chunks written without sync_base are lost: {e}");
+        }
+    }
+}
+
 /// Length of chunk `c` of a volume of `size` bytes.
 pub(crate) fn chunk_len(size: u64, c: u64) -> u64 {
     (size - c * BASE_CHUNK).min(BASE_CHUNK)

@@ -738,6 +738,10 @@ impl ReplicaStore {
     /// exactly the volume's size on the store's file system (else
     /// [`ReplicaError::Io`] with `CrossesDevices`, and the caller copies).
     ///
+    /// In an object store, the image is uploaded chunk by chunk instead
+    /// (all-zero chunks are not stored) and left where it is: the caller
+    /// deletes it once this returns.
+    ///
     /// Ordering: 1. rename `image` over `base/NAME.img` (atomic: a crash
     /// leaves the old or the new base, both valid before the first PIT);
     /// 2. fsync `base/` and the image's old directory; 3. switch the open

@@ -200,6 +200,28 @@ impl SegSource {
             SegSource::Object { objects, key, size } => objects.read(key, *size, offset, buf),
         }
     }
+
+    /// [`SegSource::read_at`] of bytes read once (the header and index at
+    /// load): one ranged read of exactly them, bypassing the cache.
+    fn read_once(&self, path: &Path, buf: &mut [u8], offset: u64) -> Result<(), ReplicaError> {
+        match self {
+            SegSource::File(_) => self.read_at(path, buf, offset),
+            SegSource::Object { objects, key, .. } => {
+                let got = objects
+                    .store
+                    .get_range(key, offset, buf.len() as u64)
+                    .map_err(|e| crate::backing::obj_err("get", key, e))?;
+                if got.len() != buf.len() {
+                    return Err(ReplicaError::corrupt(
+                        path,
+                        format!("a read of {} bytes returned {}", buf.len(), got.len()),
+                    ));
+                }
+                buf.copy_from_slice(&got);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A committed, immutable segment, open for reading.
@@ -255,7 +277,7 @@ impl Segment {
             return Err(corrupt(format!("segment is truncated ({len} bytes)")));
         }
         let mut hb = [0u8; SEG_HEADER_LEN];
-        src.read_at(path, &mut hb, 0)?;
+        src.read_once(path, &mut hb, 0)?;
         let h = decode_seg_header(&hb).map_err(|e| corrupt(e.to_string()))?;
         if h.uuid != *ex.uuid {
             return Err(corrupt("segment belongs to another replica store".into()));
@@ -286,7 +308,7 @@ impl Segment {
             )));
         }
         let mut index = vec![0u8; index_len as usize + TRAILER_LEN];
-        src.read_at(path, &mut index, index_off)?;
+        src.read_once(path, &mut index, index_off)?;
         let (index, trailer) = index.split_at(index_len as usize);
         let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
         let actual = crc32c::crc32c(index);
