@@ -81,18 +81,36 @@ pub(crate) fn obj_err(op: &'static str, key: &str, source: ObjectError) -> Repli
 }
 
 impl Objects {
+    /// Puts `key`. The cache forgets it after the put (a read that raced
+    /// with it and fetched the old bytes is then not cached, see
+    /// [`Cache::insert`]), and before, so no reader is served the old
+    /// bytes once the put returned.
     pub(crate) fn put(&self, key: &str, data: &[u8]) -> Result<(), ReplicaError> {
         self.cache.invalidate(key);
-        self.store
-            .put(key, data)
-            .map_err(|e| obj_err("put", key, e))
+        let r = self.store.put(key, data);
+        self.cache.invalidate(key);
+        r.map_err(|e| obj_err("put", key, e))
     }
 
+    /// [`Objects::put`] from `len` bytes of `src`.
+    pub(crate) fn put_from(
+        &self,
+        key: &str,
+        src: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), ReplicaError> {
+        self.cache.invalidate(key);
+        let r = self.store.put_from(key, src, len);
+        self.cache.invalidate(key);
+        r.map_err(|e| obj_err("put", key, e))
+    }
+
+    /// Deletes `key` (cache as for [`Objects::put`]).
     pub(crate) fn delete(&self, key: &str) -> Result<(), ReplicaError> {
         self.cache.invalidate(key);
-        self.store
-            .delete(key)
-            .map_err(|e| obj_err("delete", key, e))
+        let r = self.store.delete(key);
+        self.cache.invalidate(key);
+        r.map_err(|e| obj_err("delete", key, e))
     }
 
     pub(crate) fn get(&self, key: &str) -> Result<Vec<u8>, ReplicaError> {
@@ -154,6 +172,9 @@ struct CacheInner {
     map: HashMap<(String, u64), Window>,
     tick: u64,
     bytes: usize,
+    /// Bumped by every invalidation: a window fetched before one (maybe
+    /// the object's old bytes) is not cached.
+    epoch: u64,
 }
 
 impl Cache {
@@ -171,6 +192,7 @@ impl Cache {
     /// Forgets every window of `key` (it is being rewritten or deleted).
     pub(crate) fn invalidate(&self, key: &str) {
         let mut c = self.lock();
+        c.epoch += 1;
         let mut freed = 0;
         c.map.retain(|(k, _), (data, _)| {
             let keep = k != key;
@@ -191,8 +213,19 @@ impl Cache {
         Some(e.0.clone())
     }
 
-    fn insert(&self, key: &str, w: u64, data: Arc<[u8]>) {
+    /// The invalidation epoch now (see [`Cache::insert`]).
+    fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Caches window `w` of `key`, fetched when the epoch was `epoch`;
+    /// dropped if an invalidation came since (the fetch may have raced
+    /// with a rewrite of the object).
+    fn insert(&self, key: &str, w: u64, data: Arc<[u8]>, epoch: u64) {
         let mut c = self.lock();
+        if c.epoch != epoch {
+            return;
+        }
         c.tick += 1;
         let tick = c.tick;
         c.bytes += data.len();
@@ -261,11 +294,12 @@ impl Cache {
             }
             let from = w * WINDOW;
             let to = (m * WINDOW).min(size);
+            let epoch = self.epoch();
             let bytes = store.get_range(key, from, to - from)?;
             for (i, part) in bytes.chunks(WINDOW as usize).enumerate() {
                 let data: Arc<[u8]> = part.into();
                 copy(buf, w + i as u64, &data);
-                self.insert(key, w + i as u64, data);
+                self.insert(key, w + i as u64, data, epoch);
             }
             w = m;
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::backing::{Backing, obj_err, pit_key};
+use crate::backing::{Backing, pit_key};
 use crate::chain::{Inner, MANIFEST_FILE, PITS_DIR, Pit, STAGING_DIR, error_chain, pit_dir_name};
 use crate::format::{Manifest, encode_manifest};
 use crate::segment::{SegSource, Segment, SegmentBuilder};
@@ -329,10 +329,7 @@ pub(crate) fn publish(
                     let path = staging.join(&file);
                     let mut f =
                         File::open(&path).map_err(|e| ReplicaError::io("open", &path, e))?;
-                    o.cache.invalidate(&key);
-                    o.store
-                        .put_from(&key, &mut f, seg.byte_len())
-                        .map_err(|e| obj_err("put", &key, e))?; // 2
+                    o.put_from(&key, &mut f, seg.byte_len())?; // 2
                 }
                 Ok::<(), ReplicaError>(())
             })();

@@ -264,3 +264,118 @@ fn a_second_handle_on_the_same_working_directory_is_refused() {
     let e = ReplicaStore::open_in(objs, d.path().join("work")).unwrap_err();
     assert!(matches!(e, ReplicaError::Locked { .. }), "{e}");
 }
+
+/// A store over several base chunks: base data in chunks 0 and 2, PIT 1
+/// changing chunks 0, 1 and 3, PIT 2 changing chunk 1. Returns the store
+/// and the images of the base, PIT 1 and PIT 2.
+fn multi_chunk_setup(dir: &Path) -> (ReplicaStore, [Vec<u8>; 3]) {
+    let store = ReplicaStore::create_in(objects(dir), dir.join("work"), &spec(), None, 0).unwrap();
+    let mut base = vec![0u8; spec()[0].size_bytes as usize];
+    for (at, seed) in [(4096u64, 1u64), (2 * CHUNK + 8192, 2)] {
+        let data = pattern(3 * 4096, seed);
+        store.write_base("v", at, &data).unwrap();
+        base[at as usize..at as usize + data.len()].copy_from_slice(&data);
+    }
+    store.sync_base().unwrap();
+    let mut pit1 = base.clone();
+    let mut w = store.begin_pit().unwrap();
+    for (i, block) in [2, CHUNK / 4096 + 1, 3 * CHUNK / 4096 + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(4096, 10 + i as u64);
+        w.write_block("v", block, &data).unwrap();
+        pit1[(block * 4096) as usize..(block * 4096 + 4096) as usize].copy_from_slice(&data);
+    }
+    w.write_zero_block("v", 1).unwrap();
+    pit1[4096..8192].fill(0);
+    w.commit(None, common::CREATED.into()).unwrap();
+    let mut pit2 = pit1.clone();
+    let mut w = store.begin_pit().unwrap();
+    let data = pattern(4096, 20);
+    let block = CHUNK / 4096 + 1;
+    w.write_block("v", block, &data).unwrap();
+    pit2[(block * 4096) as usize..(block * 4096 + 4096) as usize].copy_from_slice(&data);
+    w.commit(None, common::CREATED.into()).unwrap();
+    (store, [base, pit1, pit2])
+}
+
+/// Whether `store` shows the state before removing PIT 1 (true) or after
+/// (false); panics on anything else or on a wrong byte.
+fn before_or_after(store: &ReplicaStore, [base, pit1, pit2]: &[Vec<u8>; 3]) -> bool {
+    let ids: Vec<u64> = store.pits().iter().map(|p| p.id.get()).collect();
+    assert!(store.damaged().is_empty(), "{:?}", store.damaged());
+    assert_eq!(read_all(store, Some(2)), *pit2);
+    match ids[..] {
+        [1, 2] => {
+            assert_eq!(read_all(store, None), *base);
+            assert_eq!(read_all(store, Some(1)), *pit1);
+            true
+        }
+        [2] => {
+            assert_eq!(read_all(store, None), *pit1, "the base after the merge");
+            false
+        }
+        _ => panic!("PITs {ids:?}: neither before nor after removing PIT 1"),
+    }
+}
+
+/// Crash tests of a merge into a base of several chunks: fail each step
+/// of `remove_pit(1)` (the marker, every chunk rewrite, `store.meta`, the
+/// deletions), reopen — also crashing that open at each of its steps —
+/// and check the state is the old or the new one, byte for byte, and that
+/// the removal completes from the old one.
+#[test]
+fn crash_while_merging_into_a_base_of_several_chunks() {
+    use offsite_replica_store::failpoint;
+    let d = fast_tmpdir();
+    let (s, images) = multi_chunk_setup(d.path());
+    failpoint::disarm();
+    s.remove_pit(pit(1)).unwrap();
+    let total = failpoint::steps();
+    assert!(!before_or_after(&s, &images));
+    drop(s);
+    let (mut befores, mut afters) = (0, 0);
+    for i in 1..=total {
+        let d = fast_tmpdir();
+        let (s, _) = multi_chunk_setup(d.path());
+        failpoint::arm(i);
+        let r = s.remove_pit(pit(1));
+        let fired = failpoint::fired();
+        failpoint::disarm();
+        assert!(fired && r.is_err(), "step {i} of {total}");
+        drop(s);
+        let snapshot = fast_tmpdir();
+        common::copy_tree(d.path(), snapshot.path());
+        let open = || ReplicaStore::open_in(objects(d.path()), d.path().join("work")).unwrap();
+        let store = open();
+        let open_steps = failpoint::steps();
+        if before_or_after(&store, &images) {
+            befores += 1;
+            store.remove_pit(pit(1)).unwrap();
+            assert!(!before_or_after(&store, &images));
+        } else {
+            afters += 1;
+        }
+        drop(store);
+        for j in 1..=open_steps {
+            let c = fast_tmpdir();
+            common::copy_tree(snapshot.path(), c.path());
+            failpoint::arm(j);
+            // Opening the object store itself is one of the open's steps.
+            let r = common::Backend::Objects.open(c.path());
+            failpoint::disarm();
+            assert!(r.is_err(), "open step {j} of {open_steps} did not fail");
+            drop(r);
+            let store = ReplicaStore::open_in(objects(c.path()), c.path().join("work")).unwrap();
+            if before_or_after(&store, &images) {
+                store.remove_pit(pit(1)).unwrap();
+            }
+            assert!(!before_or_after(&store, &images));
+        }
+    }
+    assert!(
+        befores > 0 && afters > 0,
+        "{befores} before, {afters} after"
+    );
+}
