@@ -863,6 +863,7 @@ fn load_pits_objects(
     let mut valid: Vec<Pit> = Vec::new();
     let mut invalid: Vec<UnreadablePit> = Vec::new();
     let mut doomed: Vec<String> = Vec::new();
+    let mut candidates = Vec::new();
     for (name, files) in listing {
         let Some((id, first)) = parse_pit_dir_name(name) else {
             tracing::warn!(prefix = %name, "ignoring unexpected objects in the replica store");
@@ -880,12 +881,21 @@ fn load_pits_objects(
             doomed.push(name.clone());
             continue;
         }
-        match load_pit_objects(objects, name, files, (id, first), &meta.uuid, vols) {
+        candidates.push((name, files, id, first));
+    }
+    // A manifest and two ranged reads per segment, each a round trip to
+    // the store: several PITs at once, so opening many PITs takes seconds
+    // rather than minutes.
+    let loaded = parallel_map(&candidates, |(name, files, id, first)| {
+        load_pit_objects(objects, name, files, (*id, *first), &meta.uuid, vols)
+    });
+    for ((name, _, id, first), r) in candidates.iter().zip(loaded) {
+        match r {
             Ok(p) => valid.push(p),
             Err(e) if is_damage(&e) => {
                 invalid.push((
-                    id,
-                    first,
+                    *id,
+                    *first,
                     PathBuf::from(PITS_DIR).join(name),
                     damage_why(&e),
                 ));
@@ -904,4 +914,38 @@ fn load_pits_objects(
         objects.delete_pit(name)?;
     }
     Ok((valid, invalid, max_id))
+}
+
+/// Threads loading PITs from an object store at open.
+const OPEN_THREADS: usize = 8;
+
+/// `items.iter().map(f)` on up to [`OPEN_THREADS`] threads, in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..OPEN_THREADS.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *slots[i]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .expect("every item was mapped")
+        })
+        .collect()
 }
