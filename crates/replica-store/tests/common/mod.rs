@@ -58,6 +58,21 @@ impl Backend {
         }
     }
 
+    /// [`Backend::create`] with a given store identity.
+    pub fn create_with_uuid(
+        self,
+        dir: &Path,
+        specs: &[VolumeSpec],
+        uuid: [u8; 16],
+    ) -> Result<ReplicaStore, ReplicaError> {
+        match self {
+            Backend::Dir => ReplicaStore::create_with_uuid(dir, specs, uuid),
+            Backend::Objects => {
+                ReplicaStore::create_in(Self::objects(dir)?, dir.join("work"), specs, Some(uuid), 0)
+            }
+        }
+    }
+
     /// Opens the store in `dir`.
     pub fn open(self, dir: &Path) -> Result<ReplicaStore, ReplicaError> {
         match self {
