@@ -570,10 +570,19 @@ impl ChunkBase {
         self.lock_pending().clear();
         let mut buf = Vec::new();
         for c in 0..self.size.div_ceil(BASE_CHUNK) {
-            buf.resize(chunk_len(self.size, c) as usize, 0);
-            image
-                .read_exact_at(&mut buf, c * BASE_CHUNK)
-                .map_err(|e| ReplicaError::io("read", path, e))?;
+            let len = chunk_len(self.size, c);
+            buf.resize(len as usize, 0);
+            let at = c * BASE_CHUNK;
+            // A chunk that is a hole of a sparse seed is not read.
+            let (data, _) = crate::chain::data_extent(image, at, at + len)
+                .map_err(|e| ReplicaError::io("seek", path, e))?;
+            if data >= at + len {
+                buf.fill(0);
+            } else {
+                image
+                    .read_exact_at(&mut buf, at)
+                    .map_err(|e| ReplicaError::io("read", path, e))?;
+            }
             self.store(c, &buf)?;
         }
         Ok(())

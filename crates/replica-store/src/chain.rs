@@ -1054,7 +1054,7 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
 /// The first data extent of `file` that ends after `at`, clipped to
 /// `at..end`: `(start, end)`, or `(end, end)` when only holes follow.
 /// Filesystems without hole reporting say "data" everywhere.
-fn data_extent(file: &File, at: u64, end: u64) -> io::Result<(u64, u64)> {
+pub(crate) fn data_extent(file: &File, at: u64, end: u64) -> io::Result<(u64, u64)> {
     use rustix::fs::{SeekFrom, seek};
     use rustix::io::Errno;
     let data = match seek(file, SeekFrom::Data(at)) {

@@ -389,7 +389,8 @@ pub struct PitInfo {
 pub struct DamagedPit {
     /// Its id (from the directory name).
     pub id: PitId,
-    /// The directory.
+    /// The directory, or in an object store the key prefix
+    /// `pits/ID-FIRST` of its objects.
     pub path: std::path::PathBuf,
     /// What is wrong.
     pub why: String,

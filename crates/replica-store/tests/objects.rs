@@ -167,12 +167,22 @@ fn a_seed_image_is_uploaded_chunk_by_chunk() {
     let objs = objects(d.path());
     let store =
         ReplicaStore::create_in(objs.clone(), d.path().join("work"), &spec(), None, 0).unwrap();
+    // An earlier initial copy left chunk 2, which the seed has as zeroes.
+    store.write_base("v", 2 * CHUNK, &pattern(4096, 3)).unwrap();
+    store.sync_base().unwrap();
+    assert_eq!(keys(&objs, "base/"), vec![chunk(2)]);
     let size = spec()[0].size_bytes as usize;
     let mut seed = vec![0u8; size];
     seed[..MIB as usize].copy_from_slice(&pattern(MIB as usize, 5));
     seed[size - 4096..].copy_from_slice(&pattern(4096, 6));
+    // A sparse image: only what is not zero is written.
     let image = d.path().join("seed.img");
-    std::fs::write(&image, &seed).unwrap();
+    let f = std::fs::File::create(&image).unwrap();
+    f.set_len(size as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &seed[..MIB as usize], 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &seed[size - 4096..], (size - 4096) as u64)
+        .unwrap();
+    drop(f);
     store.adopt_base("v", &image).unwrap();
     assert_eq!(keys(&objs, "base/"), vec![chunk(0), chunk(3)]);
     assert_eq!(read_all(&store, None), seed);
