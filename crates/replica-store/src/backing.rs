@@ -471,13 +471,21 @@ impl ChunkBase {
     fn store(&self, c: u64, data: &[u8]) -> Result<(), ReplicaError> {
         let key = chunk_key(&self.volume, c);
         if crate::writer::is_zero(data) {
-            if self.is_present(c) {
-                self.objects.delete(&key)?;
-            }
-            self.present
+            // Forgotten before it is deleted, so a concurrent read never
+            // asks for a missing object (it reads zeroes: the new content).
+            let was = self
+                .present
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&c);
+            if was && let Err(e) = self.objects.delete(&key) {
+                // The chunk may still exist: keep reading it.
+                self.present
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(c);
+                return Err(e);
+            }
         } else {
             self.objects.put(&key, data)?;
             self.present
