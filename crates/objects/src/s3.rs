@@ -742,11 +742,20 @@ fn s3_error(body: &[u8]) -> (String, String) {
         text.find(&open)
             .and_then(|a| {
                 let rest = &text[a + open.len()..];
-                rest.find(&close).map(|b| rest[..b].trim().to_string())
+                rest.find(&close).map(|b| unescape_xml(rest[..b].trim()))
             })
             .unwrap_or_default()
     };
     (field("Code"), field("Message"))
+}
+
+/// The text of an XML element with its five predefined entities decoded.
+fn unescape_xml(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 /// The total size in a `Content-Range: bytes A-B/SIZE` (or `bytes */SIZE`).
@@ -1062,7 +1071,7 @@ mod tests {
 
     #[test]
     fn error_bodies_and_content_ranges_are_read() {
-        let body = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Forbidden: no write</Message></Error>";
+        let body = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Forbidden: &quot;no&quot; write</Message></Error>";
         assert_eq!(
             s3_error(body),
             (

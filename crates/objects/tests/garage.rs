@@ -217,7 +217,8 @@ fn the_bucket_sees_only_ciphertext_and_tampering_is_detected() {
     // Another key: a clear error, not garbage.
     let wrong = Sealed::new(Arc::clone(&raw), &GroupKey::generate());
     let e = wrong.get("manifest.pit").unwrap_err();
-    assert!(e.to_string().contains("another key"), "{e}");
+    assert!(matches!(e, ObjectError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("import the group's key"), "{e}");
 }
 
 #[test]

@@ -388,7 +388,23 @@ admin_token = "{admin_token}"
     /// until it answers its CLI (it rejoins the others by itself).
     pub fn restart(&mut self, node: usize) {
         self.spawn(node);
-        self.retry_cli(node, &["status"], "reach the restarted node");
+        self.reconnect(&[node]);
+    }
+
+    /// Connects each of `restarted` to every running node. A node finds
+    /// its peers again from its stored peer list by itself, but with a
+    /// backoff that can outlast a test's patience when every node was
+    /// down at once; an explicit connect makes the mesh whole now.
+    fn reconnect(&self, restarted: &[usize]) {
+        for &i in restarted {
+            self.retry_cli(i, &["status"], "reach the restarted node");
+            for j in 0..self.nodes.len() {
+                if j != i && self.is_running(j) {
+                    let peer = self.node_ids[j].clone();
+                    self.retry_cli(i, &["node", "connect", &peer], "reconnect the nodes");
+                }
+            }
+        }
     }
 
     /// Starts every killed node again.
@@ -399,9 +415,7 @@ admin_token = "{admin_token}"
         for &i in &stopped {
             self.spawn(i);
         }
-        for &i in &stopped {
-            self.retry_cli(i, &["status"], "reach the restarted node");
-        }
+        self.reconnect(&stopped);
     }
 
     /// The node's log (for failure messages).
