@@ -1076,7 +1076,7 @@ mod tests {
             s3_error(body),
             (
                 "AccessDenied".to_string(),
-                "Forbidden: no write".to_string()
+                "Forbidden: \"no\" write".to_string()
             )
         );
         assert_eq!(s3_error(b""), (String::new(), String::new()));
