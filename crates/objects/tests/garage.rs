@@ -256,8 +256,10 @@ fn one_node_down_is_survived_and_all_down_is_a_clear_error_then_recovered() {
         text.contains(&cluster.endpoint_of(0)) && text.contains("unavailable"),
         "{text}"
     );
+    // Not a speed check: the bound is generous (a refused connection
+    // fails at once); it proves the call gives up instead of hanging on.
     assert!(
-        took < bound + Duration::from_secs(10),
+        took < bound + Duration::from_secs(30),
         "gave up after {took:?}"
     );
 
