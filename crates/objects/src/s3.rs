@@ -15,8 +15,10 @@
 //! | `list`         | `ListObjectsV2`, following continuation tokens (1000 keys a page)                 |
 //! | `delete`       | `DELETE` (S3 answers 204 for a missing key too)                                   |
 //!
-//! Failures: a connection error, a timeout, HTTP 5xx, 429 or 408 is retried
-//! with exponential backoff (100 ms doubling to 2 s) for at most
+//! Failures: a connection error, a timeout, HTTP 5xx, 429 or 408 is retried,
+//! first on each of [`S3Config::alternate_endpoints`] in turn (the other
+//! nodes of a cluster), then with exponential backoff (100 ms doubling to
+//! 2 s) for at most
 //! [`S3Config::retry_for`] (30 s by default), then the call fails with
 //! [`ObjectError::Unavailable`] naming the endpoint and the last failure.
 //! 404 is [`ObjectError::NotFound`] (except a missing bucket); any other
@@ -27,6 +29,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -99,6 +102,11 @@ pub struct S3Settings {
     /// (else `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// `alternate_endpoints`: other addresses of the same service (the
+    /// other nodes of a Garage cluster), tried in turn when one does not
+    /// answer; the way to ride out a node's loss without a load balancer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alternate_endpoints: Vec<String>,
     /// `region` (else `AWS_REGION`, `AWS_DEFAULT_REGION`; Garage's default
     /// is `garage`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +192,9 @@ pub struct S3Config {
     /// The service's URL, `http(s)://HOST[:PORT]` (a path is kept as a
     /// prefix of every request's path).
     pub endpoint: String,
+    /// Other addresses of the same service, tried in turn when a request
+    /// to one fails transiently (may be empty).
+    pub alternate_endpoints: Vec<String>,
     /// The region requests are signed for (`garage` for Garage,
     /// `us-east-1`, ...).
     pub region: String,
@@ -210,6 +221,7 @@ impl fmt::Debug for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Config")
             .field("endpoint", &self.endpoint)
+            .field("alternate_endpoints", &self.alternate_endpoints)
             .field("region", &self.region)
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
@@ -235,6 +247,7 @@ impl S3Config {
     ) -> S3Config {
         S3Config {
             endpoint: endpoint.into(),
+            alternate_endpoints: Vec::new(),
             region: region.into(),
             bucket: bucket.into(),
             prefix: prefix.into(),
@@ -320,6 +333,7 @@ impl S3Config {
             access_key_id,
             secret_access_key,
         );
+        config.alternate_endpoints = settings.alternate_endpoints.clone();
         if let Some(style) = settings.url_style {
             config.url_style = style;
         }
@@ -355,10 +369,12 @@ fn read_secret_file(path: &Path) -> Result<String, S3ConfigError> {
 
 /// An object store in a bucket of an S3-compatible service.
 pub struct S3Store {
-    bucket: Bucket,
+    /// The endpoint and its alternates, in the configuration's order.
+    targets: Vec<Target>,
+    /// The target requests go to first (the last one that answered).
+    current: AtomicUsize,
     credentials: Credentials,
     agent: ureq::Agent,
-    endpoint: String,
     prefix: String,
     retry_for: Duration,
     part_size: u64,
@@ -371,6 +387,12 @@ impl fmt::Debug for S3Store {
             .field("access_key_id", &self.credentials.key())
             .finish_non_exhaustive()
     }
+}
+
+/// One endpoint of the service, with the bucket's URLs on it.
+struct Target {
+    bucket: Bucket,
+    endpoint: String,
 }
 
 /// What one attempt of a request got back.
@@ -392,20 +414,26 @@ impl S3Store {
     /// A store for `config` (no request is made: an unreachable service or
     /// wrong credentials show at the first operation).
     pub fn new(config: S3Config) -> Result<S3Store, S3ConfigError> {
-        let endpoint_err = |reason: String| S3ConfigError::Endpoint {
-            endpoint: config.endpoint.clone(),
-            reason,
-        };
-        let url: url::Url = config
-            .endpoint
-            .parse()
-            .map_err(|e: url::ParseError| endpoint_err(e.to_string()))?;
         let style = match config.url_style {
             S3UrlStyle::Path => UrlStyle::Path,
             S3UrlStyle::VirtualHost => UrlStyle::VirtualHost,
         };
-        let bucket = Bucket::new(url, style, config.bucket.clone(), config.region.clone())
-            .map_err(|e| endpoint_err(e.to_string()))?;
+        let mut targets = Vec::new();
+        for endpoint in std::iter::once(&config.endpoint).chain(&config.alternate_endpoints) {
+            let endpoint_err = |reason: String| S3ConfigError::Endpoint {
+                endpoint: endpoint.clone(),
+                reason,
+            };
+            let url: url::Url = endpoint
+                .parse()
+                .map_err(|e: url::ParseError| endpoint_err(e.to_string()))?;
+            let bucket = Bucket::new(url, style, config.bucket.clone(), config.region.clone())
+                .map_err(|e| endpoint_err(e.to_string()))?;
+            targets.push(Target {
+                bucket,
+                endpoint: endpoint.trim_end_matches('/').to_string(),
+            });
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             // Statuses are mapped to typed errors here, not by ureq.
             .http_status_as_error(false)
@@ -419,10 +447,10 @@ impl S3Store {
             .build()
             .into();
         Ok(S3Store {
-            bucket,
+            targets,
+            current: AtomicUsize::new(0),
             credentials: Credentials::new(config.access_key_id, config.secret_access_key),
             agent,
-            endpoint: config.endpoint.trim_end_matches('/').to_string(),
             prefix: config.prefix.trim_matches('/').to_string(),
             retry_for: config.retry_for,
             part_size: config.part_size.max(MIN_PART_SIZE),
@@ -440,27 +468,43 @@ impl S3Store {
     }
 
     /// Sends one request (signed anew for each attempt), retrying transient
-    /// failures for at most `retry_for`.
+    /// failures for at most `retry_for`. A transient failure moves on to
+    /// the next endpoint at once; the pause (100 ms doubling to 2 s) comes
+    /// after every endpoint failed in turn.
     fn call(
         &self,
         op: &'static str,
         key: &str,
-        mut attempt: impl FnMut() -> Result<Reply, Attempt>,
+        mut attempt: impl FnMut(&Target) -> Result<Reply, Attempt>,
     ) -> Result<Reply, ObjectError> {
         let start = Instant::now();
         let mut pause = FIRST_BACKOFF;
+        let n = self.targets.len();
+        let mut which = self.current.load(Ordering::Relaxed) % n;
+        let mut failed_in_round = 0;
         loop {
-            match attempt() {
-                Ok(reply) => return Ok(reply),
+            let target = &self.targets[which];
+            match attempt(target) {
+                Ok(reply) => {
+                    self.current.store(which, Ordering::Relaxed);
+                    return Ok(reply);
+                }
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Transient(reason)) => {
+                    which = (which + 1) % n;
+                    failed_in_round += 1;
+                    if failed_in_round < n {
+                        continue;
+                    }
+                    failed_in_round = 0;
                     if start.elapsed() + pause > self.retry_for {
                         return Err(ObjectError::Unavailable {
                             store: self.describe(),
                             op,
                             key: key.to_string(),
                             reason: format!(
-                                "{reason} (gave up after {:.0?} of retries)",
+                                "{}: {reason} (gave up after {:.0?} of retries)",
+                                target.endpoint,
                                 start.elapsed()
                             ),
                         });
@@ -511,7 +555,7 @@ impl S3Store {
             (false, false) => format!("{code}: {message}"),
         };
         if status >= 500 || status == 429 || status == 408 || code == "SlowDown" {
-            return Err(Attempt::Transient(format!("{text} from {}", self.endpoint)));
+            return Err(Attempt::Transient(text));
         }
         if status == 404 && code != "NoSuchBucket" && code != "NoSuchUpload" {
             return Err(Attempt::Failed(ObjectError::NotFound {
@@ -534,8 +578,8 @@ impl S3Store {
 
     fn put_bytes(&self, key: &str, full: &str, data: &[u8]) -> Result<(), ObjectError> {
         let md5 = content_md5(data);
-        self.call("put", key, || {
-            let url = self
+        self.call("put", key, |t| {
+            let url = t
                 .bucket
                 .put_object(Some(&self.credentials), full)
                 .sign(SIGN_FOR);
@@ -583,8 +627,8 @@ impl S3Store {
             }
             let number = u16::try_from(etags.len() + 1).expect("at most 10000 parts");
             let md5 = content_md5(&buf);
-            let reply = self.call("put", key, || {
-                let url = self
+            let reply = self.call("put", key, |t| {
+                let url = t
                     .bucket
                     .upload_part(Some(&self.credentials), full, number, upload_id)
                     .sign(SIGN_FOR);
@@ -604,7 +648,7 @@ impl S3Store {
             done += want;
         }
         ensure_source_ended(src).map_err(|e| self.io("put", key, e))?;
-        let body = self
+        let body = self.targets[0]
             .bucket
             .complete_multipart_upload(
                 Some(&self.credentials),
@@ -614,8 +658,8 @@ impl S3Store {
             )
             .body();
         let mut retried = false;
-        let reply = self.call("put", key, || {
-            let url = self
+        let reply = self.call("put", key, |t| {
+            let url = t
                 .bucket
                 .complete_multipart_upload(
                     Some(&self.credentials),
@@ -660,8 +704,8 @@ impl S3Store {
     fn abort_multipart(&self, key: &str, full: &str, upload_id: &str) {
         // Best effort: a failed abort leaves parts that are never visible
         // as an object (and that a bucket lifecycle rule can reclaim).
-        let _ = self.call("abort upload", key, || {
-            let url = self
+        let _ = self.call("abort upload", key, |t| {
+            let url = t
                 .bucket
                 .abort_multipart_upload(Some(&self.credentials), full, upload_id)
                 .sign(SIGN_FOR);
@@ -773,11 +817,19 @@ fn content_range_size(headers: &ureq::http::HeaderMap) -> Option<u64> {
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         let location = if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket.name())
+            format!("s3://{}", self.targets[0].bucket.name())
         } else {
-            format!("s3://{}/{}", self.bucket.name(), self.prefix)
+            format!("s3://{}/{}", self.targets[0].bucket.name(), self.prefix)
         };
-        format!("{location} at {}", self.endpoint)
+        match self.targets.len() {
+            1 => format!("{location} at {}", self.targets[0].endpoint),
+            n => format!(
+                "{location} at {} (and {} alternate endpoint{})",
+                self.targets[0].endpoint,
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            ),
+        }
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
@@ -805,8 +857,8 @@ impl ObjectStore for S3Store {
             ensure_source_ended(src).map_err(|e| self.io("put", key, e))?;
             return self.put_bytes(key, &full, &data);
         }
-        let reply = self.call("put", key, || {
-            let url = self
+        let reply = self.call("put", key, |t| {
+            let url = t
                 .bucket
                 .create_multipart_upload(Some(&self.credentials), &full)
                 .sign(SIGN_FOR);
@@ -827,8 +879,8 @@ impl ObjectStore for S3Store {
 
     fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
         let full = self.full_key(key)?;
-        let reply = self.call("get", key, || {
-            let url = self
+        let reply = self.call("get", key, |t| {
+            let url = t
                 .bucket
                 .get_object(Some(&self.credentials), &full)
                 .sign(SIGN_FOR);
@@ -859,8 +911,8 @@ impl ObjectStore for S3Store {
             };
         }
         let range = format!("bytes={offset}-{}", end - 1);
-        let reply = self.call("get", key, || {
-            let url = self
+        let reply = self.call("get", key, |t| {
+            let url = t
                 .bucket
                 .get_object(Some(&self.credentials), &full)
                 .sign(SIGN_FOR);
@@ -890,8 +942,8 @@ impl ObjectStore for S3Store {
 
     fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
         let full = self.full_key(key)?;
-        let reply = self.call("head", key, || {
-            let url = self
+        let reply = self.call("head", key, |t| {
+            let url = t
                 .bucket
                 .head_object(Some(&self.credentials), &full)
                 .sign(SIGN_FOR);
@@ -926,8 +978,8 @@ impl ObjectStore for S3Store {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let reply = self.call("list", prefix, || {
-                let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+            let reply = self.call("list", prefix, |t| {
+                let mut action = t.bucket.list_objects_v2(Some(&self.credentials));
                 action.with_prefix(full_prefix.as_str());
                 if let Some(t) = &token {
                     action.with_continuation_token(t.as_str());
@@ -963,8 +1015,8 @@ impl ObjectStore for S3Store {
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let full = self.full_key(key)?;
-        self.call("delete", key, || {
-            let url = self
+        self.call("delete", key, |t| {
+            let url = t
                 .bucket
                 .delete_object(Some(&self.credentials), &full)
                 .sign(SIGN_FOR);
@@ -1011,6 +1063,7 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let site = S3Settings {
             endpoint: Some("http://127.0.0.1:3900".into()),
+            alternate_endpoints: vec!["http://127.0.0.1:3910".into()],
             region: Some("garage".into()),
             access_key_id: Some("GKsite".into()),
             secret_access_key_file: Some("s3.secret".into()),
@@ -1027,6 +1080,7 @@ mod tests {
             ("http://127.0.0.1:3900", "garage", "GKsite")
         );
         assert_eq!(c.secret_access_key, "filesecret");
+        assert_eq!(c.alternate_endpoints, ["http://127.0.0.1:3910"]);
         assert_eq!(c.url_style, S3UrlStyle::VirtualHost);
         assert_eq!(c.retry_for, Duration::from_secs(5));
         assert!(

@@ -23,6 +23,22 @@ fn store_at(c: &GarageCluster, node: usize, prefix: &str, retry_for: Duration) -
     S3Store::new(config).unwrap()
 }
 
+/// A store that knows every node: the first one, then the others as
+/// alternates (what a site without a load balancer configures).
+fn store_on_all(c: &GarageCluster, prefix: &str, retry_for: Duration) -> S3Store {
+    let mut config = S3Config::new(
+        c.endpoint_of(0),
+        c.region.clone(),
+        c.bucket.clone(),
+        prefix,
+        c.access_key_id.clone(),
+        c.secret_access_key.clone(),
+    );
+    config.alternate_endpoints = (1..c.len()).map(|i| c.endpoint_of(i)).collect();
+    config.retry_for = retry_for;
+    S3Store::new(config).unwrap()
+}
+
 fn keys(s: &dyn ObjectStore, prefix: &str) -> Vec<String> {
     s.list(prefix).unwrap().into_iter().map(|o| o.key).collect()
 }
@@ -187,6 +203,20 @@ fn the_bucket_sees_only_ciphertext_and_tampering_is_detected() {
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].size, volume.len() as u64);
 
+    // A sealed object larger than a part goes up as a multipart upload of
+    // sealed chunks.
+    let large = pattern((17 << 20) + 333, 4);
+    sealed
+        .put_from("base/vol/1", &mut &large[..], large.len() as u64)
+        .unwrap();
+    assert!(sealed.get("base/vol/1").unwrap() == large);
+    let at = (16 << 20) - 100;
+    assert_eq!(
+        sealed.get_range("base/vol/1", at as u64, 300).unwrap(),
+        &large[at..at + 300]
+    );
+    sealed.delete("base/vol/1").unwrap();
+
     // What the bucket holds: none of the pattern, not even a 64-byte piece.
     for info in raw.list("").unwrap() {
         let bytes = raw.get(&info.key).unwrap();
@@ -207,6 +237,11 @@ fn the_bucket_sees_only_ciphertext_and_tampering_is_detected() {
     raw.put("base/vol/0", &bytes).unwrap();
     let e = sealed.get("base/vol/0").unwrap_err();
     assert!(matches!(e, ObjectError::Tampered { .. }), "{e}");
+    let chunk_of_flip = ((at - 64) / (64 * 1024 + 16)) as u64;
+    let e = sealed
+        .get_range("base/vol/0", chunk_of_flip * 64 * 1024 + 1, 10)
+        .unwrap_err();
+    assert!(matches!(e, ObjectError::Tampered { .. }), "{e}");
     assert!(e.to_string().contains("base/vol/0"), "{e}");
     // An object renamed in the bucket does not open under its new key.
     let manifest = raw.get("manifest.pit").unwrap();
@@ -226,27 +261,34 @@ fn one_node_down_is_survived_and_all_down_is_a_clear_error_then_recovered() {
     let Some(mut cluster) = GarageCluster::start_or_skip() else {
         return;
     };
-    let s = store_at(&cluster, 0, "faults", Duration::from_secs(30));
+    let s = store_on_all(&cluster, "faults", Duration::from_secs(30));
+    let direct = store_at(&cluster, 1, "faults", Duration::from_secs(30));
     s.put("before", b"written with three nodes").unwrap();
 
-    // One node killed: reads and writes through another node go on (two
-    // replicas of three are a quorum).
-    cluster.kill(2);
+    // One node killed (the one the store tries first): reads and writes go
+    // on through the others (two replicas of three are a quorum), through
+    // the store's alternate endpoints and through a node's own endpoint.
+    cluster.kill(0);
     let data = pattern(20 << 20, 5); // a multipart upload too
     s.put_from("during/seg", &mut &data[..], data.len() as u64)
         .unwrap();
     s.put("during/manifest", b"m").unwrap();
+    direct.put("during/direct", b"d").unwrap();
     assert_eq!(s.get("before").unwrap(), b"written with three nodes");
     assert!(s.get("during/seg").unwrap() == data);
-    assert_eq!(keys(&s, "during/"), ["during/manifest", "during/seg"]);
+    assert_eq!(
+        keys(&s, "during/"),
+        ["during/direct", "during/manifest", "during/seg"]
+    );
     s.delete("during/manifest").unwrap();
-    cluster.restart(2);
+    direct.delete("during/direct").unwrap();
+    cluster.restart(0);
 
     // Every node killed: the call fails within the retry bound with
     // Unavailable, naming the endpoint.
     cluster.kill_all();
     let bound = Duration::from_secs(3);
-    let quick = store_at(&cluster, 0, "faults", bound);
+    let quick = store_on_all(&cluster, "faults", bound);
     let start = Instant::now();
     let e = quick.put("after", b"x").unwrap_err();
     let took = start.elapsed();

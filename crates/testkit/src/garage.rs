@@ -241,9 +241,14 @@ admin_token = "{admin_token}"
             let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
             self.node_ids.push(id);
         }
-        for i in 1..3 {
-            let peer = self.node_ids[i].clone();
-            self.retry_cli(0, &["node", "connect", &peer], "connect the nodes");
+        // Every pair, not only a star around node 1: the others would learn
+        // of each other through peer exchange only later, and a node that
+        // knows a single peer loses its quorum when that peer is killed.
+        for i in 0..3 {
+            for j in i + 1..3 {
+                let peer = self.node_ids[j].clone();
+                self.retry_cli(i, &["node", "connect", &peer], "connect the nodes");
+            }
         }
         for (i, id) in self.node_ids.clone().iter().enumerate() {
             let hex = id.split('@').next().unwrap_or(id);
