@@ -19,14 +19,23 @@
 //! ([`check_key`]); the store adds its own prefix.
 //!
 //! Implementations: [`DirStore`] (a local directory; durable means written,
-//! fsynced, renamed, directory fsynced).
+//! fsynced, renamed, directory fsynced) and [`S3Store`] (a bucket of an
+//! S3-compatible service: Garage, AWS S3, MinIO, Ceph RGW); [`Sealed`]
+//! wraps either with client-side encryption ([`sealed`] documents the
+//! format and the key).
 
 use std::fmt;
 use std::io::{self, Read};
 
 mod dir;
+mod s3;
+pub mod sealed;
 
 pub use crate::dir::DirStore;
+pub use crate::s3::{
+    DEFAULT_PART_SIZE, DEFAULT_RETRY_FOR, S3Config, S3ConfigError, S3Settings, S3Store, S3UrlStyle,
+};
+pub use crate::sealed::{GroupKey, GroupKeyError, KeyId, Sealed};
 
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +188,21 @@ pub enum ObjectError {
         key: String,
         /// What did not match.
         reason: String,
+    },
+    /// An encrypted object was sealed with another group key than the
+    /// one this site holds (the object may be intact: the key is wrong).
+    #[error(
+        "object {key} in {store} was encrypted with group key {found}, and this site holds key {expected}: import the group's key (offsite key import) on this site"
+    )]
+    WrongKey {
+        /// The store.
+        store: String,
+        /// The object's key.
+        key: String,
+        /// The key id in the object's header.
+        found: String,
+        /// The key id of the key this site used.
+        expected: String,
     },
     /// A read asked for bytes beyond the object's end.
     #[error("object {key} in {store} has {size} bytes; {want} bytes at {offset} were asked for")]

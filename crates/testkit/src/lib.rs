@@ -5,6 +5,7 @@
 //! Sites are created with every port set to 0; the daemon publishes the
 //! ports it bound in `run/daemon.json`, so any number of sites run at once.
 
+pub mod garage;
 pub mod guest;
 pub mod libvirt;
 pub mod proxy;
