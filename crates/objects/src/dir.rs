@@ -253,6 +253,43 @@ impl ObjectStore for DirStore {
         Ok(out)
     }
 
+    fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let dir = match prefix.strip_suffix('/') {
+            Some(p) => self.path(p)?,
+            None if prefix.is_empty() => self.root.clone(),
+            None => {
+                return Err(crate::KeyError {
+                    key: prefix.to_string(),
+                    reason: "a prefix of names is empty or ends with '/'",
+                }
+                .into());
+            }
+        };
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.io("list", prefix, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("list", prefix, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            // A directory emptied by deletes may linger a moment: a name
+            // holds objects only if something is under it.
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !name.starts_with('.')
+                && is_dir
+                && !self.list(&format!("{prefix}{name}/"))?.is_empty()
+            {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let path = self.path(key)?;
         if !offsite_durable::remove_file(&path).map_err(|e| self.io("delete", key, e))? {

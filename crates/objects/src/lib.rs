@@ -329,6 +329,25 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Deletes `key`; deleting a missing object is not an error (retention
     /// and crash recovery redo deletions).
     fn delete(&self, key: &str) -> Result<(), ObjectError>;
+
+    /// The names one level below `prefix` (empty, or ending with `/`) that
+    /// hold objects, in order: `list_prefixes("")` over `g1/store.meta`,
+    /// `g1/pits/…` and `g2/store.meta` is `["g1", "g2"]`; objects directly
+    /// at that level are not names. Finding a location's groups this way
+    /// reads one short listing, not every key of every store. The default
+    /// derives it from [`ObjectStore::list`] (correct, but reads every key).
+    fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let mut out: Vec<String> = Vec::new();
+        for o in self.list(prefix)? {
+            let rest = &o.key[prefix.len()..];
+            if let Some((name, _)) = rest.split_once('/')
+                && out.last().map(String::as_str) != Some(name)
+            {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

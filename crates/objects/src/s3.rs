@@ -1013,6 +1013,52 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        // One listing with a delimiter: S3 answers the names below the
+        // prefix as common prefixes, without the keys under them.
+        let full_prefix = if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let reply = self.call("list", prefix, |t| {
+                let mut action = t.bucket.list_objects_v2(Some(&self.credentials));
+                action.with_prefix(full_prefix.as_str());
+                action.with_delimiter("/");
+                if let Some(t) = &token {
+                    action.with_continuation_token(t.as_str());
+                }
+                let url = action.sign(SIGN_FOR);
+                let r = self.agent.get(url.as_str()).call();
+                self.exchange("list", prefix, r, &[])
+            })?;
+            let page = ListObjectsV2::parse_response(&String::from_utf8_lossy(&reply.body))
+                .map_err(|e| self.protocol("list", prefix, &format!("a listing: {e}")))?;
+            for p in page.common_prefixes {
+                let Some(name) = p
+                    .prefix
+                    .strip_prefix(full_prefix.as_str())
+                    .and_then(|n| n.strip_suffix('/'))
+                else {
+                    continue;
+                };
+                if check_key(name).is_ok() && !name.contains('/') {
+                    out.push(name.to_string());
+                }
+            }
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
         let full = self.full_key(key)?;
         self.call("delete", key, |t| {

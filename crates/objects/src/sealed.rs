@@ -928,6 +928,11 @@ impl ObjectStore for Sealed {
             .collect()
     }
 
+    fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        // Keys are not encrypted: the inner store's listing is the answer.
+        self.inner.list_prefixes(prefix)
+    }
+
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
         self.inner.delete(key)
     }

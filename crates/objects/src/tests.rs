@@ -121,6 +121,14 @@ fn a_put_is_read_back_whole_by_range_and_listed() {
     assert_eq!(keys("pi"), ["pits/2-1/manifest.pit", "pits/2-1/v.seg"]);
     assert!(keys("missing/").is_empty());
 
+    // Names one level down hold objects; an object at that level is not one.
+    assert_eq!(s.list_prefixes("").unwrap(), ["base", "pits"]);
+    assert_eq!(s.list_prefixes("pits/").unwrap(), ["2-1"]);
+    assert!(s.list_prefixes("missing/").unwrap().is_empty());
+    s.put("top", b"object at the top").unwrap();
+    assert_eq!(s.list_prefixes("").unwrap(), ["base", "pits"]);
+    s.delete("top").unwrap();
+
     s.put("base/v/0", b"replaced").unwrap();
     assert_eq!(s.get("base/v/0").unwrap(), b"replaced");
     s.delete("base/v/0").unwrap();

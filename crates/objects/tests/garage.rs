@@ -105,6 +105,16 @@ fn the_object_store_contract_holds_on_garage() {
     let other = store_at(&cluster, 1, "contract/g2", Duration::from_secs(30));
     assert!(keys(&other, "").is_empty());
 
+    // Names one level down, from one delimited listing: the groups of a
+    // location, the directories of a store.
+    other.put("x/y", b"1").unwrap();
+    let root = store_at(&cluster, 2, "contract", Duration::from_secs(30));
+    assert_eq!(root.list_prefixes("").unwrap(), ["g1", "g2"]);
+    assert_eq!(s.list_prefixes("").unwrap(), ["base", "pits"]);
+    assert_eq!(s.list_prefixes("pits/").unwrap(), ["2-1"]);
+    assert!(s.list_prefixes("missing/").unwrap().is_empty());
+    other.delete("x/y").unwrap();
+
     s.put("base/v/0", b"replaced").unwrap();
     assert_eq!(s.get("base/v/0").unwrap(), b"replaced");
     s.delete("base/v/0").unwrap();
