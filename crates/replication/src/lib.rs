@@ -28,6 +28,7 @@
 //! (its changelog table lists the kinds), and [`control`]'s dispatch table
 //! answers them.
 
+pub mod bucket;
 mod channel;
 mod clock;
 mod confirm;

@@ -856,6 +856,15 @@ pub(crate) fn after_commit(
     app_consistent: bool,
 ) -> Result<PitCommitted, RemoteError> {
     let row = site.groups().get(group)?;
+    // A store in an object store carries the group's definition, for a
+    // site that must recover from the bucket alone. Never in the way of
+    // the commit: the next one writes it again.
+    if let Err(e) = crate::bucket::publish_group(store, &row, &site.config().name) {
+        tracing::warn!(
+            group,
+            "writing the group's definition beside its store: {e}"
+        );
+    }
     // The store does not keep the app-consistent mark: the catalog's list
     // does, and the new PIT takes it from the primary.
     let mut marked: Vec<u64> = site
