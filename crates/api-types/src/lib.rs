@@ -1029,6 +1029,12 @@ pub struct ReverseResult {
     /// after a split-brain resolution, what was chosen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_brain: Option<SplitBrain>,
+    /// The other site did not know the group (it was rebuilt, see
+    /// `partner replace`): the group was created there again and it
+    /// received a full copy (initial replication) instead of the
+    /// differences.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_copy: bool,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }
@@ -1097,6 +1103,69 @@ pub struct SeedExport {
 pub struct UpdatePartner {
     /// New HOST:PORT of the partner's replication listener.
     pub address: String,
+}
+
+/// `POST /api/v1/partners/{name}/replace`: the partner was rebuilt with a
+/// new identity under the same name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReplacePartner {
+    /// HOST:PORT of the rebuilt site's replication listener.
+    pub address: String,
+    /// Its new certificate fingerprint (`site show` there).
+    pub fingerprint: String,
+}
+
+/// What `partner replace` did with a group shared with the partner.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplacedAction {
+    /// Created again at the partner; initial replication sends a full copy.
+    FullCopy,
+    /// The partner still holds the group.
+    Unchanged,
+    /// Failed over here: `reverse` makes the partner its replica (full copy).
+    ReverseNext,
+    /// The partner was the primary: fail over here first, then reverse.
+    FailOverFirst,
+    /// Not done yet (the partner could not be asked or refused): run
+    /// `partner replace` again.
+    Pending,
+}
+
+/// One group in [`PartnerReplaced`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ReplacedGroup {
+    /// Group name.
+    pub group: String,
+    /// What was done or is next.
+    pub action: ReplacedAction,
+    /// The same in words, with the command to run next if any.
+    pub detail: String,
+}
+
+/// One plan in [`PartnerReplaced`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SharedPlan {
+    /// Plan name.
+    pub plan: String,
+    /// The partner stores the plan now.
+    pub sent: bool,
+    /// Run reports copied with it.
+    pub runs_sent: usize,
+    /// What was sent, or why not yet (a group the partner lacks until a
+    /// `reverse` creates it there).
+    pub detail: String,
+}
+
+/// Result of `partner replace`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PartnerReplaced {
+    /// The partner with its new pin.
+    pub partner: PartnerInfo,
+    /// Every group shared with it.
+    pub groups: Vec<ReplacedGroup>,
+    /// Every plan shared with it.
+    pub plans: Vec<SharedPlan>,
 }
 
 /// `GET /api/v1/overview` and the `overview` events of `/api/v1/stream`:

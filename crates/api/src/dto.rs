@@ -193,6 +193,21 @@ pub(crate) fn with_consoles(
     }
     partners
 }
+impl ToDto for replication::ReplacedAction {
+    type Dto = t::ReplacedAction;
+    fn to_dto(self) -> t::ReplacedAction {
+        use replication::ReplacedAction as R;
+        match self {
+            R::FullCopy => t::ReplacedAction::FullCopy,
+            R::Unchanged => t::ReplacedAction::Unchanged,
+            R::ReverseNext => t::ReplacedAction::ReverseNext,
+            R::FailOverFirst => t::ReplacedAction::FailOverFirst,
+            R::Pending => t::ReplacedAction::Pending,
+        }
+    }
+}
+to_dto!(replication::ReplacedGroup => ReplacedGroup { group, action, detail });
+to_dto!(plan::SharedPlan => SharedPlan { plan, sent, runs_sent, detail });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });
 to_dto!(engine::SiteSettings => SiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
 // The domain's XML stays inside the site (it goes to the partner with a
@@ -254,7 +269,7 @@ to_dto!(replication::FailoverResult => FailoverResult { group, mode, pit, volume
 to_dto!(replication::RecoveryPoint => RecoveryPoint { kind, id, name, time, app_consistent, pit, requested, before_requested_ms });
 to_dto!(replication::SplitBrain => SplitBrain { sites, discarded_on, kept_as_pit });
 to_dto!(replication::SplitBrainSide => SplitBrainSide { site, generation, written_bytes });
-to_dto!(replication::ReverseResult => ReverseResult { group, pit, volumes, bytes_transferred, rolled_back_bytes, split_brain, duration_ms });
+to_dto!(replication::ReverseResult => ReverseResult { group, pit, volumes, bytes_transferred, rolled_back_bytes, split_brain, full_copy, duration_ms });
 to_dto!(replication::PitExport => PitExport { group, pit, volumes, point });
 to_dto!(replication::PitCheck => PitCheck { group, pits, damaged });
 to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
@@ -460,6 +475,7 @@ mod tests {
                 bytes_transferred: 1,
                 rolled_back_bytes: 2,
                 split_brain,
+                full_copy: false,
                 duration_ms: 3,
             });
         }

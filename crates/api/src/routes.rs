@@ -20,6 +20,10 @@ pub(crate) fn site() -> Router<ApiState> {
         )
         .route("/partners/{name}/test", axum::routing::post(partner_test))
         .route(
+            "/partners/{name}/replace",
+            axum::routing::post(partner_replace),
+        )
+        .route(
             "/partners/{name}/authz-check",
             axum::routing::post(partner_authz_check),
         )

@@ -865,6 +865,40 @@ impl Catalog {
         )
     }
 
+    /// Pins a new identity for partner `name` (a site rebuilt with a new
+    /// certificate): its fingerprint and address change, and what was
+    /// learnt from the old identity (last handshake, round trip, error)
+    /// is forgotten. The name, and so every group and plan naming it, stays.
+    pub fn replace_partner(
+        &self,
+        name: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<PartnerRow, CatalogError> {
+        if let Some(other) = self
+            .partners()?
+            .into_iter()
+            .find(|p| p.name != name && p.fingerprint == fingerprint)
+        {
+            return Err(CatalogError::PartnerExists(format!(
+                "fingerprint {fingerprint} is already pinned for partner {:?}; one certificate identifies one site",
+                other.name
+            )));
+        }
+        self.change_row(
+            "replace partner",
+            || CatalogError::NoSuchPartner(name.to_string()),
+            |c| {
+                c.execute(
+                    "UPDATE partners SET address = ?2, fingerprint = ?3, last_handshake_at = NULL, \
+                     last_rtt_micros = NULL, last_error = NULL WHERE name = ?1",
+                    params![name, address, fingerprint],
+                )
+            },
+        )?;
+        self.partner(name)
+    }
+
     /// Unpins a partner.
     pub fn delete_partner(&self, name: &str) -> Result<(), CatalogError> {
         self.change_row(
@@ -1392,6 +1426,30 @@ mod tests {
             c.partner("b").unwrap().last_error.as_deref(),
             Some("refused")
         );
+        // A rebuilt site: a new pin under the same name, nothing learnt
+        // from the old identity kept; another partner's pin is refused.
+        c.insert_partner("d", "127.0.0.1:4", "SHA256:dd").unwrap();
+        let e = c
+            .replace_partner("b", "127.0.0.1:3", "SHA256:dd")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("already pinned for partner \"d\""),
+            "{e}"
+        );
+        let p = c.replace_partner("b", "127.0.0.1:3", "SHA256:cc").unwrap();
+        assert_eq!(
+            (p.address.as_str(), p.fingerprint.as_str()),
+            ("127.0.0.1:3", "SHA256:cc")
+        );
+        assert_eq!(
+            (p.last_handshake_at, p.last_rtt_micros, p.last_error),
+            (None, None, None)
+        );
+        assert!(matches!(
+            c.replace_partner("nope", "127.0.0.1:3", "SHA256:ee"),
+            Err(CatalogError::NoSuchPartner(_))
+        ));
+        c.delete_partner("d").unwrap();
         c.delete_partner("b").unwrap();
         assert!(matches!(
             c.partner("b"),

@@ -274,6 +274,12 @@ pub const EDGES: &[(GroupState, GroupState)] = &[
     (Paused, FailedOverElsewhere),
     // `group unfence`, or `reverse` from the partner (now the replica).
     (FailedOverElsewhere, Replicating),
+    // The partner was rebuilt and lost its copy (`partner replace`): the
+    // primary sends it everything again; `reverse` to a rebuilt site.
+    (Replicating, InitialReplication),
+    (Paused, InitialReplication),
+    (Resynchronizing, InitialReplication),
+    (FailedOver, InitialReplication),
 ];
 
 /// Whether a group in state `from` may move to `to`: `Ok(to)` when an edge

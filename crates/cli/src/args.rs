@@ -516,6 +516,20 @@ pub enum PartnerCommand {
         #[arg(long)]
         address: String,
     },
+    /// A partner site was rebuilt with a new identity (lost with its data,
+    /// set up again under the same name): pin its new certificate and bring
+    /// back every group and plan shared with it. Groups this site is the
+    /// primary of are created there again with a full copy; groups failed
+    /// over here go with the next `reverse`; plans follow their groups.
+    Replace {
+        name: String,
+        /// The rebuilt site's new certificate fingerprint (its `site show`).
+        #[arg(long)]
+        fingerprint: String,
+        /// HOST:PORT of its replication listener.
+        #[arg(long)]
+        address: String,
+    },
     /// Unpin a partner: its next connection is refused.
     Remove { name: String },
     /// Handshake with a partner and measure RTT and bulk throughput.

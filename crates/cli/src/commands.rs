@@ -130,6 +130,17 @@ pub(crate) fn partner(c: &Client, cmd: PartnerCommand, p: &Printer) -> anyhow::R
                 serde_json::to_value(&pi)?,
             )
         }
+        PartnerCommand::Replace {
+            name,
+            fingerprint,
+            address,
+        } => p.partner_replaced(&c.replace_partner(
+            &name,
+            &offsite_api_types::ReplacePartner {
+                address,
+                fingerprint,
+            },
+        )?),
         PartnerCommand::Test {
             name,
             bytes,

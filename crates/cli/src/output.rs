@@ -705,6 +705,47 @@ impl Printer {
         emit(&format!("{}\n", out.trim_end()))
     }
 
+    pub fn partner_replaced(&self, r: &offsite_api_types::PartnerReplaced) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = format!(
+            "partner {} pinned to {} at {}\n",
+            r.partner.name, r.partner.fingerprint, r.partner.address
+        );
+        if r.groups.is_empty() {
+            out.push_str("no group is shared with it\n");
+        } else {
+            let rows: Vec<Vec<String>> = r
+                .groups
+                .iter()
+                .map(|g| {
+                    let action = serde_json::to_value(g.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    vec![g.group.clone(), action, g.detail.clone()]
+                })
+                .collect();
+            out.push_str(&table(&["GROUP", "ACTION", "DETAIL"], &rows));
+        }
+        if !r.plans.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .plans
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.plan.clone(),
+                        if p.sent { "sent" } else { "waiting" }.to_string(),
+                        p.detail.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["PLAN", "STATE", "DETAIL"], &rows));
+        }
+        emit(&out)
+    }
+
     pub fn reverse(&self, r: &offsite_api_types::ReverseResult) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(r);
@@ -739,6 +780,22 @@ impl Printer {
             .iter()
             .map(|v| vec![v.name.clone(), v.url.clone()])
             .collect();
+        if r.full_copy && r.pit == 0 {
+            return emit(&format!(
+                "group {}: the other site does not have it (a rebuilt site); a reverse creates it there again and sends it a full copy\n",
+                r.group
+            ));
+        }
+        if r.full_copy {
+            return emit(&format!(
+                "group {} replicates from this site now: the other site did not have it (a rebuilt site), so it was created there again and sent a full copy: PIT {}, {} in {} ms\n{}",
+                r.group,
+                r.pit,
+                human(r.bytes_transferred),
+                r.duration_ms,
+                table(&["VOLUME", "URL"], &rows)
+            ));
+        }
         emit(&format!(
             "group {} replicates from this site now: PIT {} sent {} ({} of the other site's unreplicated changes rolled back) in {} ms\n{}",
             r.group,

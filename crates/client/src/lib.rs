@@ -406,6 +406,15 @@ impl Client {
         )
     }
 
+    /// `POST /partners/{name}/replace`.
+    pub fn replace_partner(
+        &self,
+        name: &str,
+        req: &offsite_api_types::ReplacePartner,
+    ) -> Result<offsite_api_types::PartnerReplaced, ClientError> {
+        self.send("POST", &format!("/partners/{}/replace", encode(name)), req)
+    }
+
     /// `DELETE /partners/{name}`.
     pub fn remove_partner(&self, name: &str) -> Result<PartnerInfo, ClientError> {
         self.delete(&format!("/partners/{}", encode(name)))

@@ -156,6 +156,38 @@ impl Site {
         self.partner(name)
     }
 
+    /// `partner replace`: the partner site was rebuilt with a new identity
+    /// (a new certificate, maybe a new address) under the same name. Only
+    /// the pin changes here; what the groups and plans that name the
+    /// partner need next is the replication service's part.
+    pub fn replace_partner(
+        &self,
+        name: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<PartnerInfo, EngineError> {
+        validate_address(address)?;
+        let fingerprint = normalize_fingerprint(fingerprint)?;
+        if fingerprint == self.fingerprint {
+            return Err(EngineError::Invalid(format!(
+                "fingerprint {fingerprint} is this site's own; use the fingerprint shown by `offsite site show` on the rebuilt partner"
+            )));
+        }
+        let old = self.catalog().partner(name)?;
+        let row = self
+            .catalog()
+            .replace_partner(name, address, &fingerprint)?;
+        self.event(
+            "partner.replaced",
+            Some(name),
+            &format!(
+                "partner {name} re-pinned from {} to {fingerprint} at {address} (a rebuilt site)",
+                old.fingerprint
+            ),
+        );
+        Ok(partner_info(row))
+    }
+
     /// `partner list`.
     pub fn partners(&self) -> Result<Vec<PartnerInfo>, EngineError> {
         // Read by every status page and monitor round: not behind writers.

@@ -660,6 +660,65 @@ impl Plans {
             .collect())
     }
 
+    /// Sends every plan shared with `partner` to it, with the reports of
+    /// its runs: after `partner replace`, and after a reverse that created
+    /// a group again at a rebuilt partner. A plan whose groups the partner
+    /// does not hold yet is refused there (it validates the definition
+    /// against its own catalog) and reported as waiting; the reverse of
+    /// its last group sends it.
+    pub async fn share_with(&self, partner: &str) -> Result<Vec<SharedPlan>, PlanError> {
+        let here = self.site.config().name.clone();
+        let site = self.site.clone();
+        let rows = blocking(move || Ok(site.plans().all()?)).await?;
+        let mut out = Vec::new();
+        for row in rows.iter().filter(|p| other_site(p, &here) == partner) {
+            let info = plan_info(row);
+            if let Err(e) = wire::push_plan(&self.repl, partner, &info, false).await {
+                out.push(SharedPlan {
+                    plan: row.name.clone(),
+                    sent: false,
+                    runs_sent: 0,
+                    detail: format!("not sent yet: {e}"),
+                });
+                continue;
+            }
+            let site = self.site.clone();
+            let n = row.name.clone();
+            let runs = blocking(move || {
+                let rows = site.plans().runs(&n)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| runner::report_of(&site, r))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            let mut runs_sent = 0;
+            for report in &runs {
+                match wire::push_record(&self.repl, partner, report).await {
+                    Ok(()) => runs_sent += 1,
+                    Err(e) => {
+                        tracing::warn!(plan = %row.name, run = %report.id, "copying a run's report to {partner}: {e}")
+                    }
+                }
+            }
+            self.site.note(
+                "plan.shared",
+                &row.name,
+                &format!(
+                    "plan {} sent to {partner} with {runs_sent} run reports",
+                    row.name
+                ),
+            );
+            out.push(SharedPlan {
+                plan: row.name.clone(),
+                sent: true,
+                runs_sent,
+                detail: format!("sent with {runs_sent} of {} run reports", runs.len()),
+            });
+        }
+        Ok(out)
+    }
+
     /// `plan report RUN-ID`.
     pub async fn report(&self, id: &str) -> Result<PlanRunReport, PlanError> {
         let site = self.site.clone();

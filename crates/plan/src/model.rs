@@ -176,6 +176,21 @@ pub struct PlanRunReport {
     pub at: Option<String>,
 }
 
+/// A plan sent to a partner that lacked it (a site rebuilt with a new
+/// identity, see `partner replace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPlan {
+    /// Plan name.
+    pub plan: String,
+    /// The partner stores the plan now.
+    pub sent: bool,
+    /// Reports of its runs copied with it (`plan history` there).
+    pub runs_sent: usize,
+    /// Why it was not sent (the partner lacks one of its groups until a
+    /// `reverse` creates it there), or what was sent.
+    pub detail: String,
+}
+
 /// A run in `plan history`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRunSummary {

@@ -952,18 +952,36 @@ impl Plans {
                     .map(|r| format!("clones of PIT {} discarded", r.pit))
                     .map_err(StepError::from),
             ),
-            "reverse" => plain(
-                self.repl
+            "reverse" => {
+                let reversed = self
+                    .repl
                     .reverse(&group, &ReverseRequest::default())
                     .await
-                    .map(|r| {
-                        format!(
-                            "replicating from {here} now; first PIT {} moved {} bytes",
-                            r.pit, r.bytes_transferred
-                        )
-                    })
-                    .map_err(StepError::from),
-            ),
+                    .map_err(StepError::from);
+                // A rebuilt partner got the group again with a full copy:
+                // the plans it lacks follow (this one once its last group
+                // is there).
+                if let Ok(r) = &reversed
+                    && r.full_copy
+                {
+                    let there = other_site(plan, &here);
+                    if let Err(e) = self.share_with(there).await {
+                        tracing::warn!(plan = %plan.name, "sending the plans to {there}: {e}");
+                    }
+                }
+                plain(reversed.map(|r| {
+                    format!(
+                        "replicating from {here} now; first PIT {} moved {} bytes{}",
+                        r.pit,
+                        r.bytes_transferred,
+                        if r.full_copy {
+                            " (a full copy: the other site was rebuilt)"
+                        } else {
+                            ""
+                        }
+                    )
+                }))
+            }
             "start-vm" | "stop-vm" => plain(self.vm_hook(plan, mode, step).await),
             "command" => plain(self.command_step(plan, mode, run_id, step).await),
             other => plain(Err(StepError::UnknownKind(other.to_string()))),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::backing::{Backing, pit_key};
 use crate::format::{Manifest, VolSummary, encode_manifest};
 use crate::segment::Segment;
 use crate::{
@@ -55,10 +56,20 @@ pub(crate) struct Vol {
     pub(crate) spec: VolumeSpec,
     pub(crate) nblocks: u64,
     pub(crate) zero_hash: [u8; 32],
+    /// The base image file (directory stores), or the volume's chunk
+    /// prefix (object stores), for messages.
     pub(crate) base_path: PathBuf,
-    /// The open base image; replaced once, when a seed is adopted
-    /// ([`ReplicaStore::adopt_base`]).
-    pub(crate) files: RwLock<Arc<BaseFiles>>,
+    pub(crate) base: BaseImg,
+}
+
+/// Where a volume's base image lives.
+#[derive(Debug)]
+pub(crate) enum BaseImg {
+    /// A raw sparse image file of a directory store; replaced once, when a
+    /// seed is adopted ([`ReplicaStore::adopt_base`]).
+    File(RwLock<Arc<BaseFiles>>),
+    /// Chunk objects of an object store.
+    Chunks(crate::backing::ChunkBase),
 }
 
 /// The descriptors of a base image.
@@ -74,13 +85,40 @@ impl Vol {
         self.spec.block_size as usize
     }
 
-    /// The base image's descriptors now.
-    pub(crate) fn base(&self) -> Arc<BaseFiles> {
-        self.files
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Reads `buf.len()` bytes of the base image at `offset`.
+    pub(crate) fn read_base(&self, buf: &mut [u8], offset: u64) -> Result<(), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => current(files)
+                .file
+                .read_exact_at(buf, offset)
+                .map_err(|e| ReplicaError::io("read", &self.base_path, e)),
+            BaseImg::Chunks(c) => c.read(buf, offset),
+        }
     }
+
+    /// The first stretch of the base image that may hold data and ends
+    /// after `at`, clipped to `at..end`: `(start, end)`, or `(end, end)`
+    /// when only zeroes follow (see [`data_extent`]).
+    pub(crate) fn base_extent(&self, at: u64, end: u64) -> Result<(u64, u64), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => data_extent(&current(files).file, at, end)
+                .map_err(|e| ReplicaError::io("seek", &self.base_path, e)),
+            BaseImg::Chunks(c) => Ok(c.extent(at, end)),
+        }
+    }
+
+    /// Makes the base image's writes durable.
+    pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
+        match &self.base {
+            BaseImg::File(files) => Ok(fsx::sync_data(&current(files).file, &self.base_path)?),
+            BaseImg::Chunks(c) => c.sync(),
+        }
+    }
+}
+
+/// The base image's descriptors now.
+pub(crate) fn current(files: &RwLock<Arc<BaseFiles>>) -> Arc<BaseFiles> {
+    files.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// A visible PIT in memory.
@@ -165,7 +203,11 @@ pub(crate) struct Ops {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The store directory (directory stores), or the local working
+    /// directory (object stores: lock, staging, journal).
     pub(crate) dir: PathBuf,
+    /// Where the committed state lives.
+    pub(crate) backing: crate::backing::Backing,
     pub(crate) uuid: [u8; 16],
     pub(crate) specs: Vec<VolumeSpec>,
     pub(crate) vols: Vec<Vol>,
@@ -298,7 +340,7 @@ impl Inner {
     /// Fsyncs every base image.
     pub(crate) fn sync_base(&self) -> Result<(), ReplicaError> {
         for v in &self.vols {
-            fsx::sync_data(&v.base().file, &v.base_path)?;
+            v.sync_base()?;
         }
         Ok(())
     }
@@ -370,6 +412,50 @@ impl ReplicaStore {
         crate::recover::open(dir.as_ref())
     }
 
+    /// Creates a store whose committed state — `store.meta`, base images
+    /// as chunk objects, PIT segments and manifests — lives in `objects`
+    /// (which must hold no object yet), with the local `work_dir` (created
+    /// if missing) for what is not committed: the lock, the PIT being
+    /// written, and the journal of sync and continuous groups. See the
+    /// crate docs, "Stores in an object store". `uuid`: the store's
+    /// identity (`None`: random); `after`: as [`ReplicaStore::create_after`]
+    /// (0: a new group).
+    pub fn create_in(
+        objects: Arc<dyn offsite_objects::ObjectStore>,
+        work_dir: impl AsRef<Path>,
+        volumes: &[VolumeSpec],
+        uuid: Option<[u8; 16]>,
+        after: u64,
+    ) -> Result<ReplicaStore, ReplicaError> {
+        crate::recover::create_objects(
+            objects,
+            work_dir.as_ref(),
+            volumes,
+            uuid.unwrap_or_else(rand::random),
+            after,
+        )
+    }
+
+    /// Opens a store created by [`ReplicaStore::create_in`], recovering
+    /// from any interrupted operation as [`ReplicaStore::open`] does.
+    /// `work_dir` is created if missing (a site attaching an existing
+    /// store); it must not be shared with another store.
+    pub fn open_in(
+        objects: Arc<dyn offsite_objects::ObjectStore>,
+        work_dir: impl AsRef<Path>,
+    ) -> Result<ReplicaStore, ReplicaError> {
+        crate::recover::open_objects(objects, work_dir.as_ref())
+    }
+
+    /// The object store holding the committed state (`None`: a directory
+    /// store).
+    pub fn object_store(&self) -> Option<&Arc<dyn offsite_objects::ObjectStore>> {
+        match &self.inner.backing {
+            Backing::Dir => None,
+            Backing::Objects(o) => Some(&o.store),
+        }
+    }
+
     /// Numbers the next commit after `after` at the earliest, when the
     /// group's history went on elsewhere (a reverse made another site's
     /// store the replica for a while): a group's PIT ids never restart.
@@ -381,7 +467,8 @@ impl ReplicaStore {
         ops.next_id = ops.next_id.max(after.saturating_add(1));
     }
 
-    /// The store directory.
+    /// The store directory (for a store in an object store: the local
+    /// working directory).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -414,7 +501,8 @@ impl ReplicaStore {
     }
 
     /// The base image of `volume` (it need not exist as a volume of the
-    /// group). A seed image may be put there (same size, raw) **while the
+    /// group) of a directory store (a store in an object store keeps its
+    /// base as chunk objects; use [`ReplicaStore::adopt_base`] there). A seed image may be put there (same size, raw) **while the
     /// store is closed** and before the first PIT; an open store keeps its
     /// base images open.
     pub fn base_path(&self, volume: &str) -> PathBuf {
@@ -549,7 +637,17 @@ impl ReplicaStore {
         let mut new = (*pit).clone();
         new.name = name;
         let bytes = encode_manifest(&new.manifest(inner.uuid));
-        fsx::replace_file(&pit.dir.join(MANIFEST_FILE), &bytes).map_err(|e| inner.poison(e))?;
+        let r = match &inner.backing {
+            Backing::Dir => {
+                fsx::replace_file(&pit.dir.join(MANIFEST_FILE), &bytes).map_err(Into::into)
+            }
+            // A put replaces an object atomically.
+            Backing::Objects(o) => o.put(
+                &pit_key(&pit_dir_name(pit.id, pit.first), MANIFEST_FILE),
+                &bytes,
+            ),
+        };
+        r.map_err(|e| inner.poison(e))?;
         let mut st = inner.write_state();
         let pos = st.position(id)?;
         st.chain[pos] = Arc::new(new);
@@ -600,7 +698,10 @@ impl ReplicaStore {
         // A checkpoint image reading the base would see it change.
         inner.check_unpinned_below(u64::MAX)?;
         ops.base_dirty = true;
-        let files = vol.base();
+        let files = match &vol.base {
+            BaseImg::File(files) => current(files),
+            BaseImg::Chunks(c) => return c.write(data, offset).map_err(|e| inner.poison(e)),
+        };
         // The base stays as thin as the data: all-zero blocks are not
         // written but made holes (punched where the base held data, as a
         // seeded base may), so a full copy or a seed with zero blocks does
@@ -637,6 +738,10 @@ impl ReplicaStore {
     /// exactly the volume's size on the store's file system (else
     /// [`ReplicaError::Io`] with `CrossesDevices`, and the caller copies).
     ///
+    /// In an object store, the image is uploaded chunk by chunk instead
+    /// (all-zero chunks are not stored) and left where it is: the caller
+    /// deletes it once this returns.
+    ///
     /// Ordering: 1. rename `image` over `base/NAME.img` (atomic: a crash
     /// leaves the old or the new base, both valid before the first PIT);
     /// 2. fsync `base/` and the image's old directory; 3. switch the open
@@ -663,6 +768,13 @@ impl ReplicaStore {
                 vol.spec.size_bytes
             )));
         }
+        let slot = match &vol.base {
+            BaseImg::File(files) => files,
+            BaseImg::Chunks(c) => {
+                let f = File::open(image).map_err(|e| ReplicaError::io("open", image, e))?;
+                return c.adopt(&f, image).map_err(|e| inner.poison(e));
+            }
+        };
         let base_dir = vol
             .base_path
             .parent()
@@ -685,7 +797,7 @@ impl ReplicaStore {
             file,
             direct: crate::recover::open_direct(&vol.base_path),
         });
-        *vol.files.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
+        *slot.write().unwrap_or_else(PoisonError::into_inner) = files; // 3
         Ok(())
     }
 
@@ -704,9 +816,22 @@ impl ReplicaStore {
         let result = (|| {
             for d in damaged.iter().rev() {
                 tracing::warn!(pit = %d.id, path = %d.path.display(), "discarding damaged PIT: {}", d.why);
-                fsx::remove_tree(&d.path)?;
+                match &inner.backing {
+                    Backing::Dir => fsx::remove_tree(&d.path)?,
+                    Backing::Objects(o) => {
+                        let name = d
+                            .path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or_default();
+                        o.delete_pit(name)?;
+                    }
+                }
             }
-            fsx::sync_dir(&inner.path(PITS_DIR))
+            match &inner.backing {
+                Backing::Dir => Ok(fsx::sync_dir(&inner.path(PITS_DIR))?),
+                Backing::Objects(_) => Ok::<(), ReplicaError>(()),
+            }
         })();
         result.map_err(|e| inner.poison(e))?;
         inner.write_state().damaged.clear();
@@ -793,12 +918,7 @@ pub(crate) fn read_view(
         let n = j - i;
         let out = &mut scratch[..n * vol.bs()];
         match src[i] {
-            Src::Base => {
-                vol.base()
-                    .file
-                    .read_exact_at(out, (b0 + i as u64) * bs)
-                    .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
-            }
+            Src::Base => vol.read_base(out, (b0 + i as u64) * bs)?,
             Src::Seg(p, pos) => {
                 let seg = &view[p].segs[v];
                 for run in seg.runs(pos..pos + n, chunk) {
@@ -833,8 +953,7 @@ pub(crate) fn next_data_view(
     let vol = &inner.vols[v];
     let size = vol.spec.size_bytes;
     let bs = vol.bs() as u64;
-    let (base, _) = data_extent(&vol.base().file, offset, size)
-        .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+    let (base, _) = vol.base_extent(offset, size)?;
     // The nearest so far (`size`: none); a segment's scan stops there,
     // so runs of zero entries past it are not walked.
     let mut next = base;
@@ -910,10 +1029,8 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
     let end = (first + n) * bs;
     let mut at = first * bs;
     let mut buf = Vec::new();
-    let files = vol.base();
     while at < end {
-        let (data, data_end) = data_extent(&files.file, at, end)
-            .map_err(|e| ReplicaError::io("seek", &vol.base_path, e))?;
+        let (data, data_end) = vol.base_extent(at, end)?;
         // Blocks before the extent are a hole; a block the extent only
         // starts or ends in is read.
         let data = data / bs * bs;
@@ -926,10 +1043,7 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
         while at < data_end {
             let len = (data_end - at).min(HASH_READ_BYTES.max(bs) / bs * bs);
             buf.resize(len as usize, 0);
-            files
-                .file
-                .read_exact_at(&mut buf, at)
-                .map_err(|e| ReplicaError::io("read", &vol.base_path, e))?;
+            vol.read_base(&mut buf, at)?;
             hash_blocks(&buf, vol.bs(), &vol.zero_hash, out);
             at += len;
         }
@@ -940,7 +1054,7 @@ fn base_hashes(vol: &Vol, first: u64, n: u64, out: &mut Vec<[u8; 32]>) -> Result
 /// The first data extent of `file` that ends after `at`, clipped to
 /// `at..end`: `(start, end)`, or `(end, end)` when only holes follow.
 /// Filesystems without hole reporting say "data" everywhere.
-fn data_extent(file: &File, at: u64, end: u64) -> io::Result<(u64, u64)> {
+pub(crate) fn data_extent(file: &File, at: u64, end: u64) -> io::Result<(u64, u64)> {
     use rustix::fs::{SeekFrom, seek};
     use rustix::io::Errno;
     let data = match seek(file, SeekFrom::Data(at)) {

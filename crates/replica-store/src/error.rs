@@ -83,6 +83,37 @@ pub enum ReplicaError {
     },
 
     /// No visible PIT has this id.
+    /// A request to the object store holding the replica store failed
+    /// (the source says whether it is worth retrying).
+    #[error("failed to {op} object {key} of the replica store")]
+    Object {
+        /// The operation (`put`, `get`, `list`, `delete`).
+        op: &'static str,
+        /// The object's key (or the prefix of a listing).
+        key: String,
+        /// What the object store said (boxed: it is large, and rare).
+        #[source]
+        source: Box<offsite_objects::ObjectError>,
+    },
+
+    /// `create_in` found objects already there.
+    #[error(
+        "{store} already holds objects; a new replica store needs an empty bucket prefix (use open_in if it already is a replica store)"
+    )]
+    ObjectsNotEmpty {
+        /// The object store, as it describes itself.
+        store: String,
+    },
+
+    /// `open_in` found no `store.meta` object.
+    #[error(
+        "{store} holds no replica store (it has no store.meta object); check the bucket and prefix, or create a store there"
+    )]
+    NotAStoreInObjects {
+        /// The object store, as it describes itself.
+        store: String,
+    },
+
     #[error("no PIT {id} in this replica store; list the PITs to see which exist")]
     NoSuchPit {
         /// The id asked for.

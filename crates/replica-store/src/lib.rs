@@ -167,6 +167,61 @@
 //! working on the last published state. Errors before a commit point (a full
 //! disk while staging) only fail that operation.
 //!
+//! # Stores in an object store
+//!
+//! [`ReplicaStore::create_in`] / [`ReplicaStore::open_in`] keep the
+//! committed state in an [`offsite_objects::ObjectStore`] (an S3 bucket
+//! prefix, an encrypting wrapper of one, or a `DirStore`) and what is not
+//! committed in a local **working directory** of the replica site. The
+//! chain logic (tiling, superseded ranges, damage, sticky failure) and the
+//! file formats are those above; only the commit points differ, because an
+//! object store has no rename: an object is visible once complete, and a
+//! PIT is visible iff its manifest object exists and checks out.
+//!
+//! ```text
+//! OBJECTS (bucket prefix)
+//! ├── store.meta                       same format; rewritten by a put (atomic replace)
+//! ├── base/NAME/CHUNKNO                base image in 4 MiB chunks (20-digit chunk number);
+//! │                                    a missing chunk reads as zeroes, an all-zero one is deleted
+//! ├── pits/ID-FIRST/NAME.seg           one segment per volume (same format)
+//! ├── pits/ID-FIRST/manifest.pit       written LAST: the commit point of the PIT
+//! └── merging/ID-FIRST                 empty marker: PIT ID-FIRST is being merged into the base
+//! WORK DIR (local disk)
+//! ├── store.lock                       flock: one ReplicaStore per working directory
+//! ├── staging/…                        PIT or merge being built (SegmentBuilder); deleted at open
+//! └── journal/…, write log             a sync or continuous group's journal (stays local for now)
+//! ```
+//!
+//! | operation | ordering (commit point in bold) | open after a crash |
+//! | --- | --- | --- |
+//! | create | lock the working directory; refuse a non-empty object store; **put `store.meta`** | no `store.meta`: not a store |
+//! | commit | 1 build and fsync the segments in `staging/ID`; 2 `put_from` each to `pits/ID-FIRST/NAME.seg`; 3 **put `manifest.pit`**; 4 delete `staging/ID`, publish | segments without a manifest are deleted (their id is not used) |
+//! | remove middle (→ next) | 1 build `staging/n-FIRST(k)` = k ∪ n, re-verified; 2 upload its segments; 3 **put its manifest** (supersedes k and n); 4 delete k's and n's objects, manifest first | the superset wins; superseded PITs' objects are deleted |
+//! | remove oldest (→ base) | 0 verify k; 1 **put `merging/k`**; 2 rewrite every base chunk k touches (read, apply k's blocks, put or delete); 3 put `store.meta` with `base_through = k`; 4 delete k's objects (manifest first), then the marker | a marker newer than `base_through` is redone from k's objects, still under `pits/` (idempotent: the same chunks again); then deleted |
+//! | set name | **put `manifest.pit`** over the old one | old or new name |
+//! | discard damaged | delete each PIT's objects, manifest first | a PIT without manifest is a leftover |
+//! | write base | buffer per chunk; put a chunk once all its blocks are written, at `sync_base`, at the first commit, when 16 chunks are pending, or on close; a partial chunk that exists is read first | before the first PIT the base is only an initial state (as for directories) |
+//! | adopt base | put (or delete, when all zero) every chunk of the seed image; the image file is left in place | as write base |
+//!
+//! Why this is enough: segments are complete objects before the manifest
+//! that names them is put, so a visible manifest never names a missing or
+//! partial segment; deleting a PIT deletes its manifest first, so a crash
+//! mid-deletion leaves manifest-less leftovers (deleted at open), never a
+//! visible PIT with a missing segment. A merge into the base never changes
+//! `k`'s objects until `store.meta` says `base_through ≥ k`, so open can
+//! redo it. Every read of segment data is still checked against its
+//! BLAKE3, so a changed or truncated object is reported as damage, as in a
+//! directory; an unreachable store fails the operation (or open) instead.
+//!
+//! Reads of segments and base chunks go through a read cache (64 MiB, LRU
+//! of 1 MiB windows of objects; a run of missing windows is one ranged
+//! read), so the engine's small reads do not each become a request.
+//! Segment headers and indexes are read at open, one ranged read each,
+//! using the sizes from the listing. One store per working directory is
+//! enforced by the flock; two sites opening the same bucket prefix at once
+//! are not detected (the lead's wiring must give a prefix to one site).
+//! [`ReplicaStore::base_path`] has no meaning there (no image file).
+//!
 //! # Concurrency and memory
 //!
 //! `ReplicaStore` is `Send + Sync`. Reads hold a read lock on the in-memory
@@ -188,7 +243,10 @@
 //!
 //! # Testing
 //!
-//! Every file-system mutation goes through one module with a
+//! The crash tests and the oracle property test run against both a
+//! directory store and a store in a `DirStore` object store (whose steps
+//! also go through `offsite-durable`). Every file-system mutation goes
+//! through one module with a
 //! thread-local failpoint ([`failpoint`], hidden): tests fail the N-th
 //! create/fsync/rename/remove of an operation, freeze all later mutations
 //! (the "crash"), reopen, and check the before/after sets against an
@@ -197,6 +255,7 @@
 //! ordering argument above covers that, and a separate test SIGKILLs a real
 //! child process mid-commit and mid-merge.
 
+mod backing;
 mod chain;
 mod error;
 mod format;
@@ -330,7 +389,8 @@ pub struct PitInfo {
 pub struct DamagedPit {
     /// Its id (from the directory name).
     pub id: PitId,
-    /// The directory.
+    /// The directory, or in an object store the key prefix
+    /// `pits/ID-FIRST` of its objects.
     pub path: std::path::PathBuf,
     /// What is wrong.
     pub why: String,

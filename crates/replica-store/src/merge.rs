@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use crate::backing::{BASE_CHUNK, Backing, ChunkBase, META_KEY, merging_key};
 use crate::chain::{
-    CHUNK_BYTES, Inner, MANIFEST_FILE, MERGING_DIR, PITS_DIR, Pit, STAGING_DIR, Vol, pit_dir_name,
+    BaseImg, CHUNK_BYTES, Inner, MERGING_DIR, PITS_DIR, Pit, STAGING_DIR, Vol, pit_dir_name,
 };
 use crate::format::{Manifest, encode_manifest};
 use crate::segment::{Segment, SegmentBuilder};
+use crate::writer::{pit_location, publish};
 use crate::{PitId, ReplicaError, fsx};
 
 pub(crate) fn remove_pit(inner: &Inner, id: PitId) -> Result<(), ReplicaError> {
@@ -50,6 +52,11 @@ pub(crate) fn remove_pit(inner: &Inner, id: PitId) -> Result<(), ReplicaError> {
 /// 4. rewrite `store.meta` with `base_through = k`;
 /// 5. publish; delete `merging/k`, fsync `merging/`.
 ///
+/// In an object store: 1. put the marker `merging/k` — the commit point
+/// (`k`'s objects stay under `pits/`); 3. rewrite the base chunks `k`
+/// touches; 4. put `store.meta`; 5. publish; delete `k`'s objects
+/// (manifest first), then the marker.
+///
 /// Open redoes 3–5 for anything in `merging/` (3 is skipped when
 /// `store.meta` already covers it).
 fn merge_into_base(inner: &Inner, k: &Arc<Pit>) -> Result<(), ReplicaError> {
@@ -57,35 +64,79 @@ fn merge_into_base(inner: &Inner, k: &Arc<Pit>) -> Result<(), ReplicaError> {
         seg.verify_data()?; // 0
     }
     let name = pit_dir_name(k.id, k.first);
-    let merging = inner.path(MERGING_DIR).join(&name);
-    let result = (|| {
-        fsx::rename(&k.dir, &merging)?; // 1
-        fsx::sync_dir(&inner.path(MERGING_DIR))?; // 2
-        fsx::sync_dir(&inner.path(PITS_DIR))?;
-        apply_to_base(&inner.vols, &k.segs)?; // 3
-        write_meta(inner, k.id) // 4
-    })();
-    result.map_err(|e| inner.poison(e))?;
+    match &inner.backing {
+        Backing::Dir => {
+            let merging = inner.path(MERGING_DIR).join(&name);
+            let result = (|| {
+                fsx::rename(&k.dir, &merging)?; // 1
+                fsx::sync_dir(&inner.path(MERGING_DIR))?; // 2
+                fsx::sync_dir(&inner.path(PITS_DIR))?;
+                apply_to_base(&inner.vols, &k.segs)?; // 3
+                write_meta(inner, k.id) // 4
+            })();
+            result.map_err(|e| inner.poison(e))?;
+            publish_merged(inner, k);
+            let r =
+                fsx::remove_tree(&merging).and_then(|()| fsx::sync_dir(&inner.path(MERGING_DIR)));
+            r.map_err(|e| inner.poison(e))
+        }
+        Backing::Objects(o) => {
+            // The PIT's objects stay under pits/ until the end: the marker
+            // names them, and open redoes the merge from them.
+            let result = (|| {
+                o.put(&merging_key(&name), &[])?; // 1
+                apply_to_base(&inner.vols, &k.segs)?; // 3
+                write_meta(inner, k.id) // 4
+            })();
+            result.map_err(|e| inner.poison(e))?;
+            publish_merged(inner, k);
+            let r = o
+                .delete_pit(&name)
+                .and_then(|()| o.delete(&merging_key(&name))); // 5
+            r.map_err(|e| inner.poison(e))
+        }
+    }
+}
+
+/// Step 5 of [`merge_into_base`], in memory.
+fn publish_merged(inner: &Inner, k: &Pit) {
     {
-        let mut st = inner.write_state(); // 5
+        let mut st = inner.write_state();
         st.chain.remove(0);
         st.base_through = k.id;
     }
     tracing::info!(pit = k.id, "merged PIT into the base");
-    let r = fsx::remove_tree(&merging).and_then(|()| fsx::sync_dir(&inner.path(MERGING_DIR)));
-    r.map_err(|e| inner.poison(e))
 }
 
 /// Durably rewrites `store.meta` with a new `base_through`.
 pub(crate) fn write_meta(inner: &Inner, base_through: u64) -> Result<(), ReplicaError> {
-    crate::recover::write_meta_at(&inner.dir, inner.uuid, &inner.specs, base_through)
+    match &inner.backing {
+        Backing::Dir => {
+            crate::recover::write_meta_at(&inner.dir, inner.uuid, &inner.specs, base_through)
+        }
+        Backing::Objects(o) => {
+            let meta = crate::format::Meta {
+                uuid: inner.uuid,
+                base_through,
+                volumes: inner.specs.clone(),
+            };
+            o.put(META_KEY, &crate::format::encode_meta(&meta))
+        }
+    }
 }
 
 /// Writes every block of `segs` (one per volume) into the base images and
 /// fsyncs them. Idempotent. Data is checked against its BLAKE3 first.
 pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), ReplicaError> {
     for (vol, seg) in vols.iter().zip(segs) {
-        let base = vol.base();
+        let files = match &vol.base {
+            BaseImg::File(files) => files,
+            BaseImg::Chunks(chunks) => {
+                apply_to_chunks(vol, chunks, seg)?;
+                continue;
+            }
+        };
+        let base = crate::chain::current(files);
         let bs = vol.bs();
         let chunk = (CHUNK_BYTES / bs).max(1);
         let mut buf = vec![0u8; chunk * bs];
@@ -117,6 +168,41 @@ pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), Replic
     Ok(())
 }
 
+/// [`apply_to_base`] of one volume whose base is chunk objects: each
+/// chunk `seg` touches is rewritten once, whole.
+fn apply_to_chunks(vol: &Vol, chunks: &ChunkBase, seg: &Segment) -> Result<(), ReplicaError> {
+    let bs = vol.bs();
+    let per = BASE_CHUNK / bs as u64;
+    let max = (CHUNK_BYTES / bs).max(1);
+    let mut buf = vec![0u8; max * bs];
+    let mut pos = 0;
+    while pos < seg.len() {
+        let c = seg.block(pos) / per;
+        let positions = seg.range(c * per, (c + 1) * per);
+        let at = |block: u64| ((block - c * per) as usize) * bs;
+        chunks.rewrite(c, |data| {
+            for run in seg.runs(positions.clone(), max) {
+                if run.zero {
+                    for p in run.pos..run.pos + run.len {
+                        let a = at(seg.block(p));
+                        data[a..a + bs].fill(0);
+                    }
+                    continue;
+                }
+                let got = &mut buf[..run.len * bs];
+                seg.read_run(run, got)?;
+                for x in 0..run.len {
+                    let a = at(seg.block(run.pos + x));
+                    data[a..a + bs].copy_from_slice(&got[x * bs..(x + 1) * bs]);
+                }
+            }
+            Ok(())
+        })?;
+        pos = positions.end;
+    }
+    Ok(())
+}
+
 /// Merges PIT `k` into its successor `n`: `n' = k ∪ n`, `n`'s blocks win;
 /// `n'` keeps `n`'s id, name and creation time, and `first(k)`.
 ///
@@ -127,11 +213,14 @@ pub(crate) fn apply_to_base(vols: &[Vol], segs: &[Segment]) -> Result<(), Replic
 ///    `pits/k-…` and `pits/n-…`;
 /// 3. fsync `pits/`; publish;
 /// 4. delete the two superseded directories, fsync `pits/`.
+///
+/// In an object store, 1 builds the segments locally, 2 uploads them to
+/// `pits/n-FIRST(k)/` and then puts its manifest — the commit point — and
+/// 4 deletes the superseded PITs' objects, manifest first.
 fn merge_into_next(inner: &Inner, k: &Arc<Pit>, n: &Arc<Pit>) -> Result<(), ReplicaError> {
     let name = pit_dir_name(n.id, k.first);
     let staging = inner.path(STAGING_DIR).join(&name);
-    let final_dir = inner.path(PITS_DIR).join(&name);
-    let built = build_merged(inner, k, n, &staging, &final_dir);
+    let built = build_merged(inner, k, n, &staging);
     let (segs, manifest) = match built {
         Ok(x) => x,
         Err(e) => {
@@ -140,17 +229,30 @@ fn merge_into_next(inner: &Inner, k: &Arc<Pit>, n: &Arc<Pit>) -> Result<(), Repl
             return Err(e);
         }
     };
-    let result = (|| {
-        fsx::rename(&staging, &final_dir)?; // 2
-        fsx::sync_dir(&inner.path(PITS_DIR)) // 3
-    })();
-    result.map_err(|e| inner.poison(e))?;
+    let mut consumed = false;
+    let published = publish(
+        inner,
+        &staging,
+        &name,
+        &encode_manifest(&manifest),
+        segs,
+        &mut consumed,
+    ); // 2, 3
+    let segs = match published {
+        Ok(segs) => segs,
+        Err(e) => {
+            if !consumed {
+                let _ = fsx::remove_tree(&staging);
+            }
+            return Err(e);
+        }
+    };
     let merged = Arc::new(Pit {
         id: n.id,
         first: k.first,
         name: manifest.name,
         created_at: manifest.created_at,
-        dir: final_dir,
+        dir: pit_location(inner, &name),
         summaries: manifest.volumes,
         segs: segs.into(),
     });
@@ -161,9 +263,15 @@ fn merge_into_next(inner: &Inner, k: &Arc<Pit>, n: &Arc<Pit>) -> Result<(), Repl
         st.chain[pos] = merged;
     }
     tracing::info!(pit = k.id, into = n.id, "merged PIT into its successor");
-    let r = fsx::remove_tree(&k.dir)
-        .and_then(|()| fsx::remove_tree(&n.dir))
-        .and_then(|()| fsx::sync_dir(&inner.path(PITS_DIR))); // 4
+    let r = match &inner.backing {
+        Backing::Dir => fsx::remove_tree(&k.dir)
+            .and_then(|()| fsx::remove_tree(&n.dir))
+            .and_then(|()| fsx::sync_dir(&inner.path(PITS_DIR)))
+            .map_err(ReplicaError::from),
+        Backing::Objects(o) => o
+            .delete_pit(&pit_dir_name(k.id, k.first))
+            .and_then(|()| o.delete_pit(&pit_dir_name(n.id, n.first))),
+    }; // 4
     r.map_err(|e| inner.poison(e))
 }
 
@@ -173,7 +281,6 @@ fn build_merged(
     k: &Pit,
     n: &Pit,
     staging: &std::path::Path,
-    final_dir: &std::path::Path,
 ) -> Result<(Vec<Segment>, Manifest), ReplicaError> {
     fsx::remove_tree(staging)?;
     fsx::create_dir(staging)?;
@@ -200,7 +307,7 @@ fn build_merged(
             }
         }
         copy_plan(&mut b, vol, ks, ns, &plan)?;
-        let (seg, summary) = b.finish(&inner.uuid, n.id, final_dir)?;
+        let (seg, summary) = b.finish(&inner.uuid, n.id, staging)?;
         segs.push(seg);
         summaries.push(summary);
     }
@@ -212,8 +319,6 @@ fn build_merged(
         created_at: n.created_at.clone(),
         volumes: summaries,
     };
-    fsx::write_new_file(&staging.join(MANIFEST_FILE), &encode_manifest(&manifest))?;
-    fsx::sync_dir(staging)?;
     Ok((segs, manifest))
 }
 

@@ -172,11 +172,64 @@ pub(crate) struct Expect<'a> {
     pub(crate) summary: &'a VolSummary,
 }
 
+/// Where a loaded segment's bytes are read from.
+#[derive(Debug)]
+pub(crate) enum SegSource {
+    /// A file of a directory store (or of the local staging area).
+    File(File),
+    /// An object of `size` bytes, read through the store's cache.
+    Object {
+        objects: crate::backing::Objects,
+        key: String,
+        size: u64,
+    },
+}
+
+impl SegSource {
+    /// Reads exactly `buf.len()` bytes at `offset` (`path`: for messages).
+    pub(crate) fn read_at(
+        &self,
+        path: &Path,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), ReplicaError> {
+        match self {
+            SegSource::File(f) => f
+                .read_exact_at(buf, offset)
+                .map_err(|e| ReplicaError::io("read", path, e)),
+            SegSource::Object { objects, key, size } => objects.read(key, *size, offset, buf),
+        }
+    }
+
+    /// [`SegSource::read_at`] of bytes read once (the header and index at
+    /// load): one ranged read of exactly them, bypassing the cache.
+    fn read_once(&self, path: &Path, buf: &mut [u8], offset: u64) -> Result<(), ReplicaError> {
+        match self {
+            SegSource::File(_) => self.read_at(path, buf, offset),
+            SegSource::Object { objects, key, .. } => {
+                let got = objects
+                    .store
+                    .get_range(key, offset, buf.len() as u64)
+                    .map_err(|e| crate::backing::obj_err("get", key, e))?;
+                if got.len() != buf.len() {
+                    return Err(ReplicaError::corrupt(
+                        path,
+                        format!("a read of {} bytes returned {}", buf.len(), got.len()),
+                    ));
+                }
+                buf.copy_from_slice(&got);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A committed, immutable segment, open for reading.
 #[derive(Debug)]
 pub(crate) struct Segment {
+    /// The file, or the object's key (in messages).
     path: PathBuf,
-    file: File,
+    src: SegSource,
     block_size: u32,
     /// Changed blocks, strictly ascending.
     blocks: Vec<u64>,
@@ -203,18 +256,28 @@ impl Segment {
     /// the index entries themselves (sorted, in range). Block data is
     /// checked on every read and by [`Segment::verify_data`].
     pub(crate) fn load(path: &Path, ex: &Expect<'_>) -> Result<Segment, ReplicaError> {
-        let corrupt = |why: String| ReplicaError::corrupt(path, why);
         let file = File::open(path).map_err(|e| ReplicaError::io("open", path, e))?;
         let len = file
             .metadata()
             .map_err(|e| ReplicaError::io("stat", path, e))?
             .len();
+        Segment::load_from(SegSource::File(file), path, len, ex)
+    }
+
+    /// [`Segment::load`] of a segment of `len` bytes read through `src`
+    /// (`path`: the file or the object's key, for messages).
+    pub(crate) fn load_from(
+        src: SegSource,
+        path: &Path,
+        len: u64,
+        ex: &Expect<'_>,
+    ) -> Result<Segment, ReplicaError> {
+        let corrupt = |why: String| ReplicaError::corrupt(path, why);
         if len < SEG_HEADER_LEN as u64 {
             return Err(corrupt(format!("segment is truncated ({len} bytes)")));
         }
         let mut hb = [0u8; SEG_HEADER_LEN];
-        file.read_exact_at(&mut hb, 0)
-            .map_err(|e| ReplicaError::io("read", path, e))?;
+        src.read_once(path, &mut hb, 0)?;
         let h = decode_seg_header(&hb).map_err(|e| corrupt(e.to_string()))?;
         if h.uuid != *ex.uuid {
             return Err(corrupt("segment belongs to another replica store".into()));
@@ -245,8 +308,7 @@ impl Segment {
             )));
         }
         let mut index = vec![0u8; index_len as usize + TRAILER_LEN];
-        file.read_exact_at(&mut index, index_off)
-            .map_err(|e| ReplicaError::io("read", path, e))?;
+        src.read_once(path, &mut index, index_off)?;
         let (index, trailer) = index.split_at(index_len as usize);
         let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
         let actual = crc32c::crc32c(index);
@@ -301,13 +363,34 @@ impl Segment {
         }
         Ok(Segment {
             path: path.to_path_buf(),
-            file,
+            src,
             block_size: h.block_size,
             blocks,
             slots,
             index_off,
             data_blocks,
         })
+    }
+
+    /// The segment's length in bytes (exact, checked at load).
+    pub(crate) fn byte_len(&self) -> u64 {
+        self.index_off + (self.blocks.len() * ENTRY_LEN + TRAILER_LEN) as u64
+    }
+
+    /// The same segment, read from `src` from now on (`path`: for
+    /// messages), once its bytes were copied there.
+    pub(crate) fn with_source(self, src: SegSource, path: PathBuf) -> Segment {
+        Segment { src, path, ..self }
+    }
+
+    /// The same segment, its file now in directory `dir` (renamed with
+    /// its directory; the descriptor stays valid).
+    pub(crate) fn moved_to(self, dir: &Path) -> Segment {
+        let path = match self.path.file_name() {
+            Some(name) => dir.join(name),
+            None => self.path.clone(),
+        };
+        Segment { path, ..self }
     }
 
     /// Number of entries (changed blocks).
@@ -364,9 +447,11 @@ impl Segment {
     /// The stored BLAKE3 hashes of entries `pos..pos + n`.
     pub(crate) fn hashes(&self, pos: usize, n: usize) -> Result<Vec<[u8; 32]>, ReplicaError> {
         let mut buf = vec![0u8; n * ENTRY_LEN];
-        self.file
-            .read_exact_at(&mut buf, self.index_off + (pos * ENTRY_LEN) as u64)
-            .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+        self.src.read_at(
+            &self.path,
+            &mut buf,
+            self.index_off + (pos * ENTRY_LEN) as u64,
+        )?;
         Ok(buf.chunks_exact(ENTRY_LEN).map(entry_hash).collect())
     }
 
@@ -377,9 +462,7 @@ impl Segment {
         let bs = self.block_size as usize;
         debug_assert_eq!(out.len(), run.len * bs);
         let off = u64::from(self.block_size) * (1 + u64::from(self.slots[run.pos]));
-        self.file
-            .read_exact_at(out, off)
-            .map_err(|e| ReplicaError::io("read", &self.path, e))?;
+        self.src.read_at(&self.path, out, off)?;
         let hashes = self.hashes(run.pos, run.len)?;
         for (i, (data, want)) in out.chunks_exact(bs).zip(&hashes).enumerate() {
             if blake3::hash(data).as_bytes() != want {
@@ -719,7 +802,7 @@ impl SegmentBuilder {
         };
         let seg = Segment {
             path,
-            file: self.file,
+            src: SegSource::File(self.file),
             block_size: self.block_size,
             blocks: entries.iter().map(|e| e.block).collect(),
             slots: entries.iter().map(|e| e.slot).collect(),

@@ -1,12 +1,14 @@
 //! [`PitWriter`]: builds one PIT in `staging/` and publishes it atomically.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::backing::{Backing, pit_key};
 use crate::chain::{Inner, MANIFEST_FILE, PITS_DIR, Pit, STAGING_DIR, error_chain, pit_dir_name};
 use crate::format::{Manifest, encode_manifest};
-use crate::segment::SegmentBuilder;
+use crate::segment::{SegSource, Segment, SegmentBuilder};
 use crate::{PitId, PitInfo, ReplicaError, fsx, validate_created_at, validate_pit_name};
 
 /// Writes the blocks of one new PIT; nothing is visible before
@@ -186,10 +188,10 @@ impl PitWriter {
     /// the rename reached the disk.
     pub fn commit(
         mut self,
-        name: Option<String>,
+        pit_name: Option<String>,
         created_at: String,
     ) -> Result<PitInfo, ReplicaError> {
-        if let Some(n) = &name {
+        if let Some(n) = &pit_name {
             validate_pit_name(n).map_err(ReplicaError::invalid)?;
         }
         validate_created_at(&created_at).map_err(ReplicaError::invalid)?;
@@ -214,11 +216,11 @@ impl PitWriter {
             .max(ops.base_through);
         debug_assert!(tip < self.id, "next id {} not above tip {tip}", self.id);
         let first = tip + 1;
-        let final_dir = inner.path(PITS_DIR).join(pit_dir_name(self.id, first));
+        let name = pit_dir_name(self.id, first);
         let mut segs = Vec::with_capacity(self.builders.len());
         let mut summaries = Vec::with_capacity(self.builders.len());
         for b in std::mem::take(&mut self.builders) {
-            let (seg, summary) = b.finish(&inner.uuid, self.id, &final_dir)?; // 1
+            let (seg, summary) = b.finish(&inner.uuid, self.id, &self.staging)?; // 1
             segs.push(seg);
             summaries.push(summary);
         }
@@ -226,18 +228,19 @@ impl PitWriter {
             uuid: inner.uuid,
             id: self.id,
             first,
-            name,
+            name: pit_name,
             created_at,
             volumes: summaries,
         };
-        fsx::write_new_file(
-            &self.staging.join(MANIFEST_FILE),
+        let segs = publish(
+            &inner,
+            &self.staging,
+            &name,
             &encode_manifest(&manifest),
-        )?; // 2
-        fsx::sync_dir(&self.staging)?;
-        self.finished = true;
-        fsx::rename(&self.staging, &final_dir).map_err(|e| inner.poison(e))?; // 3
-        fsx::sync_dir(&inner.path(PITS_DIR)).map_err(|e| inner.poison(e))?; // 4
+            segs,
+            &mut self.finished,
+        )?; // 2, 3, 4
+        let final_dir = pit_location(&inner, &name);
         let pit = Arc::new(Pit {
             id: self.id,
             first,
@@ -272,5 +275,86 @@ impl Drop for PitWriter {
             }
         }
         self.inner.writer.store(false, Ordering::Release);
+    }
+}
+
+/// Where PIT `name` (`ID-FIRST`) lives: its directory, or the key prefix
+/// `pits/ID-FIRST` in an object store.
+pub(crate) fn pit_location(inner: &Inner, name: &str) -> PathBuf {
+    match &inner.backing {
+        Backing::Dir => inner.path(PITS_DIR).join(name),
+        Backing::Objects(_) => PathBuf::from(PITS_DIR).join(name),
+    }
+}
+
+/// Commits the PIT `name` staged in the local directory `staging` (its
+/// segments `segs` finished and fsynced there) with `manifest`; returns
+/// the segments, read from where they now live. `consumed` is set once
+/// `staging` must no longer be deleted by the caller.
+///
+/// Directory: 2. write the manifest, fsync it and `staging`; 3. rename
+/// `staging` to `pits/NAME` — the commit point; 4. fsync `pits/`.
+///
+/// Object store: 2. upload every segment to `pits/NAME/VOLUME.seg`; 3. put
+/// `pits/NAME/manifest.pit` — the commit point (segments without a
+/// manifest are leftovers that open deletes); 4. delete `staging`.
+///
+/// A failure before 3 fails the operation only; from 3 on it poisons the
+/// store (whether the commit point was reached is then unknown until
+/// reopen).
+pub(crate) fn publish(
+    inner: &Inner,
+    staging: &Path,
+    name: &str,
+    manifest: &[u8],
+    segs: Vec<Segment>,
+    consumed: &mut bool,
+) -> Result<Vec<Segment>, ReplicaError> {
+    match &inner.backing {
+        Backing::Dir => {
+            let final_dir = inner.path(PITS_DIR).join(name);
+            fsx::write_new_file(&staging.join(MANIFEST_FILE), manifest)?; // 2
+            fsx::sync_dir(staging)?;
+            *consumed = true;
+            fsx::rename(staging, &final_dir).map_err(|e| inner.poison(e))?; // 3
+            fsx::sync_dir(&inner.path(PITS_DIR)).map_err(|e| inner.poison(e))?; // 4
+            // The open descriptors followed the rename.
+            Ok(segs.into_iter().map(|s| s.moved_to(&final_dir)).collect())
+        }
+        Backing::Objects(o) => {
+            let uploaded = (|| {
+                for (seg, vol) in segs.iter().zip(&inner.vols) {
+                    let file = format!("{}.seg", vol.spec.name);
+                    let key = pit_key(name, &file);
+                    let path = staging.join(&file);
+                    let mut f =
+                        File::open(&path).map_err(|e| ReplicaError::io("open", &path, e))?;
+                    o.put_from(&key, &mut f, seg.byte_len())?; // 2
+                }
+                Ok::<(), ReplicaError>(())
+            })();
+            if let Err(e) = uploaded {
+                // Best effort: open deletes manifest-less objects anyway.
+                let _ = o.delete_pit(name);
+                return Err(e);
+            }
+            o.put(&pit_key(name, MANIFEST_FILE), manifest)
+                .map_err(|e| inner.poison(e))?; // 3
+            *consumed = true;
+            fsx::remove_tree(staging).map_err(|e| inner.poison(e))?; // 4
+            Ok(segs
+                .into_iter()
+                .zip(&inner.vols)
+                .map(|(s, vol)| {
+                    let key = pit_key(name, &format!("{}.seg", vol.spec.name));
+                    let src = SegSource::Object {
+                        objects: o.clone(),
+                        key: key.clone(),
+                        size: s.byte_len(),
+                    };
+                    s.with_source(src, PathBuf::from(key))
+                })
+                .collect())
+        }
     }
 }

@@ -49,13 +49,19 @@ fn store_is_send_and_sync() {
 
 #[test]
 fn reads_during_commits_and_merges_return_committed_data() {
+    for backend in common::BACKENDS {
+        reads_during_commits_and_merges_on(backend);
+    }
+}
+
+fn reads_during_commits_and_merges_on(backend: common::Backend) {
     let d = fast_tmpdir();
     let spec = VolumeSpec {
         name: "v".into(),
         size_bytes: NBLOCKS * BS as u64,
         block_size: BS as u32,
     };
-    let store = Arc::new(ReplicaStore::create(d.path(), &[spec]).unwrap());
+    let store = Arc::new(backend.create(d.path(), &[spec]).unwrap());
     let views: Arc<Mutex<HashMap<u64, Arc<Vec<u8>>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     // Reads done so far (the readers get up to a minute for 100 of them).

@@ -8,13 +8,13 @@
 
 mod common;
 
-use common::{Oracle, Write, commit, copy_tree, fast_tmpdir, kind, pit, specs};
+use common::{Backend, Oracle, Write, commit, copy_tree, fast_tmpdir, kind, pit, specs};
 use offsite_replica_store::{ReplicaError, ReplicaStore, failpoint};
 
 /// A store with a seeded base and `n` overlapping PITs (PIT 2 named).
-fn setup(dir: &std::path::Path, n: u64) -> (ReplicaStore, Oracle) {
+fn setup(backend: Backend, dir: &std::path::Path, n: u64) -> (ReplicaStore, Oracle) {
     let specs = specs();
-    let store = ReplicaStore::create(dir, &specs).unwrap();
+    let store = backend.create(dir, &specs).unwrap();
     let mut oracle = Oracle::new(&specs);
     let seed = common::pattern(2048, 7);
     store.write_base("sys", 100, &seed).unwrap();
@@ -74,9 +74,17 @@ fn settle(store: &ReplicaStore, before: &Oracle, after: &Oracle, op: Op) -> &'st
 }
 
 fn crash_matrix(npits: u64, op: Op, to_after: fn(&mut Oracle)) {
+    for backend in common::BACKENDS {
+        crash_matrix_on(backend, npits, op, to_after);
+    }
+}
+
+fn crash_matrix_on(backend: Backend, npits: u64, op: Op, to_after: fn(&mut Oracle)) {
+    eprintln!("backend {backend:?}");
     // Count the steps of an undisturbed run.
     let d = fast_tmpdir();
-    let (s, before) = setup(d.path(), npits);
+    let (s, before) = setup(backend, d.path(), npits);
+    assert_eq!(s.object_store().is_some(), backend == Backend::Objects);
     let mut after = before.clone();
     to_after(&mut after);
     failpoint::disarm();
@@ -89,7 +97,7 @@ fn crash_matrix(npits: u64, op: Op, to_after: fn(&mut Oracle)) {
     let (mut outcomes_before, mut outcomes_after, mut poisoned) = (0, 0, 0);
     for i in 1..=total {
         let d = fast_tmpdir();
-        let (s, _) = setup(d.path(), npits);
+        let (s, _) = setup(backend, d.path(), npits);
         failpoint::arm(i);
         let r = op(&s);
         let fired = failpoint::fired();
@@ -111,7 +119,7 @@ fn crash_matrix(npits: u64, op: Op, to_after: fn(&mut Oracle)) {
 
         // Crash recovery of the crash: fail open at each of its steps.
         failpoint::disarm();
-        let store = ReplicaStore::open(d.path()).unwrap();
+        let store = backend.open(d.path()).unwrap();
         let open_steps = failpoint::steps();
         match settle(&store, &before, &after, op) {
             "before" => outcomes_before += 1,
@@ -122,14 +130,14 @@ fn crash_matrix(npits: u64, op: Op, to_after: fn(&mut Oracle)) {
             let c = fast_tmpdir();
             copy_tree(snapshot.path(), c.path());
             failpoint::arm(j);
-            let r = ReplicaStore::open(c.path());
+            let r = backend.open(c.path());
             failpoint::disarm();
             assert!(r.is_err(), "open step {j} of {open_steps} did not fail");
             drop(r);
-            let store = ReplicaStore::open(c.path()).unwrap();
+            let store = backend.open(c.path()).unwrap();
             settle(&store, &before, &after, op);
             drop(store);
-            let store = ReplicaStore::open(c.path()).unwrap();
+            let store = backend.open(c.path()).unwrap();
             after.check(&store);
         }
     }
@@ -178,8 +186,14 @@ fn crash_while_renaming() {
 /// usable without reopening.
 #[test]
 fn failure_before_the_commit_point_does_not_poison() {
+    for backend in common::BACKENDS {
+        failure_before_the_commit_point_does_not_poison_on(backend);
+    }
+}
+
+fn failure_before_the_commit_point_does_not_poison_on(backend: Backend) {
     let d = fast_tmpdir();
-    let (s, mut oracle) = setup(d.path(), 2);
+    let (s, mut oracle) = setup(backend, d.path(), 2);
     let mut w = s.begin_pit().unwrap();
     oracle.stage(&mut w, &commit_writes());
     failpoint::arm(1); // the first segment's fsync

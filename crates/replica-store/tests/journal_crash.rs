@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::journal::{CREATED, Model, jspecs, listed, open_keep};
-use common::{copy_tree, fast_tmpdir};
+use common::{BACKENDS, Backend, copy_tree, fast_tmpdir};
 use offsite_replica_store::{
     Consistency, History, JournalPolicy, PitId, ReplicaError, ReplicaStore, WriteLog, failpoint,
 };
@@ -25,9 +25,9 @@ use offsite_replica_store::{
 /// A store with history: PIT 1 and 2 sealed from the first two journal
 /// files, checkpoints 1..=5, and a third, open file with writes after
 /// checkpoint 5.
-fn setup(dir: &Path) -> (ReplicaStore, WriteLog, Model) {
+fn setup(backend: Backend, dir: &Path) -> (ReplicaStore, WriteLog, Model) {
     let mut m = Model::new(&jspecs());
-    let store = m.create_store(dir);
+    let store = m.create_store_on(backend, dir);
     let mut log = open_keep(&store);
     m.append(&mut log, &[(0, 1, 2, 5), (1, 0, 1, 6)]).unwrap();
     m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
@@ -137,12 +137,22 @@ fn check(store: &ReplicaStore, log: WriteLog, m: &Model, must: &[u64], writes: O
     }
 }
 
+/// [`crash_matrix_on`] against every backend (the journal stays in the
+/// local directory; sealed PITs go to the store's committed state).
+/// Returns each backend's outcomes.
+fn crash_matrix(op: Op) -> Vec<Vec<usize>> {
+    BACKENDS
+        .iter()
+        .map(|&backend| crash_matrix_on(backend, op))
+        .collect()
+}
+
 /// Runs `op` crashing at each of its steps. Returns the number of PITs
 /// each crash left (after recovery, before the check's own seal).
-fn crash_matrix(op: Op) -> Vec<usize> {
+fn crash_matrix_on(backend: Backend, op: Op) -> Vec<usize> {
     // A clean run: what the operation may drop, and its step count.
     let d = fast_tmpdir();
-    let (store, mut log, m) = setup(d.path());
+    let (store, mut log, m) = setup(backend, d.path());
     let before = listed(&store);
     failpoint::disarm();
     let clean = op(&store, &mut log, &m).unwrap();
@@ -165,7 +175,7 @@ fn crash_matrix(op: Op) -> Vec<usize> {
     let mut outcomes = Vec::new();
     for n in 1..=steps {
         let d = fast_tmpdir();
-        let (store, mut log, m) = setup(d.path());
+        let (store, mut log, m) = setup(backend, d.path());
         failpoint::arm(n);
         let r = op(&store, &mut log, &m);
         assert!(failpoint::fired(), "step {n} of {steps} did not fail");
@@ -182,7 +192,7 @@ fn crash_matrix(op: Op) -> Vec<usize> {
         };
         let snapshot = fast_tmpdir();
         copy_tree(d.path(), snapshot.path());
-        let store = ReplicaStore::open(d.path()).unwrap();
+        let store = backend.open(d.path()).unwrap();
         let log = open_keep(&store);
         outcomes.push(store.pits().len());
         check(&store, log, &model, &must, writes);
@@ -193,14 +203,16 @@ fn crash_matrix(op: Op) -> Vec<usize> {
             let c = fast_tmpdir();
             copy_tree(snapshot.path(), c.path());
             failpoint::arm(j);
-            let r = ReplicaStore::open(c.path()).and_then(|s| s.open_log().map(|l| (s, l)));
+            let r = backend
+                .open(c.path())
+                .and_then(|s| s.open_log().map(|l| (s, l)));
             let fired = failpoint::fired();
             drop(r);
             failpoint::disarm();
             if !fired {
                 break;
             }
-            let store = ReplicaStore::open(c.path()).unwrap();
+            let store = backend.open(c.path()).unwrap();
             let log = open_keep(&store);
             check(&store, log, &model, &must, writes);
         }
@@ -220,39 +232,43 @@ fn crash_while_checkpointing() {
 
 #[test]
 fn crash_while_sealing() {
-    let outcomes = crash_matrix(op_seal);
-    assert!(outcomes.contains(&2), "no crash left the PIT uncommitted");
-    assert!(
-        outcomes.contains(&3),
-        "no crash came after the commit point"
-    );
+    for outcomes in crash_matrix(op_seal) {
+        assert!(outcomes.contains(&2), "no crash left the PIT uncommitted");
+        assert!(
+            outcomes.contains(&3),
+            "no crash came after the commit point"
+        );
+    }
 }
 
 #[test]
 fn crash_while_sealing_without_history() {
-    let outcomes = crash_matrix(op_seal_discard);
-    assert!(
-        outcomes.contains(&2) && outcomes.contains(&3),
-        "{outcomes:?}"
-    );
+    for outcomes in crash_matrix(op_seal_discard) {
+        assert!(
+            outcomes.contains(&2) && outcomes.contains(&3),
+            "{outcomes:?}"
+        );
+    }
 }
 
 #[test]
 fn crash_while_retention_merges_a_pit_of_the_history() {
-    let outcomes = crash_matrix(op_retain);
-    assert!(
-        outcomes.contains(&2) && outcomes.contains(&3),
-        "{outcomes:?}"
-    );
+    for outcomes in crash_matrix(op_retain) {
+        assert!(
+            outcomes.contains(&2) && outcomes.contains(&3),
+            "{outcomes:?}"
+        );
+    }
 }
 
 #[test]
 fn crash_while_folding_history_into_the_base() {
-    let outcomes = crash_matrix(op_fold);
-    assert!(
-        outcomes.contains(&1) && outcomes.contains(&2),
-        "{outcomes:?}"
-    );
+    for outcomes in crash_matrix(op_fold) {
+        assert!(
+            outcomes.contains(&1) && outcomes.contains(&2),
+            "{outcomes:?}"
+        );
+    }
 }
 
 #[test]

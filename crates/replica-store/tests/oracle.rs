@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{Oracle, Write, commit, fast_tmpdir, kind, pit, specs};
-use offsite_replica_store::ReplicaStore;
+use common::{BACKENDS, Backend, Oracle, Write, commit, fast_tmpdir, kind, pit, specs};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -43,10 +42,23 @@ fn name(n: Option<u8>) -> Option<String> {
     n.map(|n| format!("keep-{n}"))
 }
 
+/// [`run_on`] against every backend.
 fn run(ops: Vec<Op>) {
+    for backend in BACKENDS {
+        run_on(backend, ops.clone());
+    }
+}
+
+fn run_on(backend: Backend, ops: Vec<Op>) {
     let dir = fast_tmpdir();
     let specs = specs();
-    let mut store = ReplicaStore::create(dir.path(), &specs).unwrap();
+    let mut store = backend.create(dir.path(), &specs).unwrap();
+    // The local staging area: the store directory's, or the working
+    // directory's.
+    let work = match backend {
+        Backend::Dir => dir.path().to_path_buf(),
+        Backend::Objects => dir.path().join("work"),
+    };
     let mut oracle = Oracle::new(&specs);
     for op in ops {
         match op {
@@ -99,21 +111,19 @@ fn run(ops: Vec<Op>) {
             }
             Op::Reopen => {
                 drop(store);
-                store = ReplicaStore::open(dir.path()).unwrap();
+                store = backend.open(dir.path()).unwrap();
             }
         }
         oracle.check(&store);
     }
     // Everything still holds after a final reopen, and every PIT verifies.
     drop(store);
-    let store = ReplicaStore::open(dir.path()).unwrap();
+    let store = backend.open(dir.path()).unwrap();
     oracle.check(&store);
     for p in store.pits() {
         store.verify_pit(p.id).unwrap();
     }
-    let staging = std::fs::read_dir(dir.path().join("staging"))
-        .unwrap()
-        .count();
+    let staging = std::fs::read_dir(work.join("staging")).unwrap().count();
     assert_eq!(staging, 0, "staging is empty after reopen");
 }
 

@@ -71,6 +71,7 @@ use offsite_transport::{
     SessionOptions, TokenBucket, TransportError,
 };
 use serde::{Deserialize, Serialize};
+pub use switch::{ReplacedAction, ReplacedGroup};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 

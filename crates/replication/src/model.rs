@@ -604,6 +604,12 @@ pub struct ReverseResult {
     /// after a split-brain resolution, what was chosen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_brain: Option<SplitBrain>,
+    /// The other site did not know the group (it was rebuilt, see
+    /// `partner replace`): the group was created there again and it
+    /// received a full copy (initial replication) instead of the
+    /// differences.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_copy: bool,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }

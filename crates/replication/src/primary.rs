@@ -338,6 +338,7 @@ impl Replication {
                 compress: req.compress.unwrap_or(true),
                 app_consistent_every_secs: every,
                 journal: Some(crate::wire::JournalDesc::of(&journal)),
+                pits_after: 0,
             })
             .await?;
         ch.close().await;
@@ -469,7 +470,7 @@ impl Replication {
     /// Undoes the replica's side of a group this site failed to record,
     /// or the name stays taken there (best effort: the error said already
     /// what failed).
-    async fn undo_replica_side(&self, partner: &str, group: &str) {
+    pub(crate) async fn undo_replica_side(&self, partner: &str, group: &str) {
         if let Ok(mut ch) = self.channel(partner, None).await {
             crate::warn_if_failed(
                 &format!(

@@ -774,7 +774,7 @@ impl Replication {
                     block_size: v.block_size,
                 })
                 .collect();
-            ReplicaStore::create(&dir, &specs)
+            ReplicaStore::create_after(&dir, &specs, req.pits_after)
                 .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
             site.insert_group_row(&GroupRow {
                 name: req.group.clone(),

@@ -39,6 +39,9 @@ use crate::wire::{self, GroupView, ReverseBegin, ReverseReady};
 use crate::{RemoteError, ReplError, Replication, invalid, run_blocking as blocking};
 
 mod old_primary;
+pub(crate) mod rebuilt;
+
+pub use rebuilt::{ReplacedAction, ReplacedGroup};
 
 /// Name of the final PIT of a planned failover.
 pub const PLANNED_PIT: &str = "planned-failover";
@@ -771,6 +774,7 @@ impl Replication {
             bytes_transferred: 0,
             rolled_back_bytes: split.sites.get(1).map_or(0, |s| s.written_bytes),
             split_brain: Some(split),
+            full_copy: false,
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -806,6 +810,16 @@ impl Replication {
     ) -> Result<ReverseResult, ReplError> {
         let started = Instant::now();
         let (row, pit) = self.reversible(group).await?;
+        // A partner rebuilt with a new identity (`partner replace`) knows
+        // nothing of the group: there are no volumes to turn into the
+        // replica, no writes to roll back, and it gets a full copy.
+        if self
+            .partner_lacks(&row)
+            .await
+            .map_err(|e| Self::old_primary_unreachable(&row, e))?
+        {
+            return self.reverse_to_rebuilt(&row, req, started).await;
+        }
         // Split brain: the old primary wrote while it could not replicate
         // (and so possibly after this site took over). Its writes would be
         // rolled back; that takes the operator's explicit choice.
@@ -834,6 +848,7 @@ impl Replication {
                     bytes_transferred: 0,
                     rolled_back_bytes: 0,
                     split_brain: Some(split),
+                    full_copy: false,
                     duration_ms: started.elapsed().as_millis() as u64,
                 });
             }
@@ -886,8 +901,89 @@ impl Replication {
             bytes_transferred: moved,
             rolled_back_bytes,
             split_brain: diverged.then_some(split),
+            full_copy: false,
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// `reverse` when the old primary lacks the group (a rebuilt site):
+    /// the group is created there again and sent in full, from the
+    /// volumes promoted here.
+    async fn reverse_to_rebuilt(
+        self: &Arc<Self>,
+        row: &GroupRow,
+        req: &ReverseRequest,
+        started: Instant,
+    ) -> Result<ReverseResult, ReplError> {
+        let group = row.name.as_str();
+        if req.dry_run {
+            return Ok(ReverseResult {
+                group: group.to_string(),
+                pit: 0,
+                volumes: self.served(row),
+                bytes_transferred: 0,
+                rolled_back_bytes: 0,
+                split_brain: None,
+                full_copy: true,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        let before = self.traffic_total(group).await;
+        self.recreate_at_partner(row).await?;
+        self.note_dormant_named_pits(row).await;
+        let pit = self.initial_replication_done(group).await?;
+        let moved = self.traffic_total(group).await.saturating_sub(before);
+        tracing::info!(group, replica = %row.partner, bytes = moved, "reversed to a rebuilt site: replicating from here after a full copy");
+        Ok(ReverseResult {
+            group: group.to_string(),
+            pit,
+            volumes: self.served(row),
+            bytes_transferred: moved,
+            rolled_back_bytes: 0,
+            split_brain: None,
+            full_copy: true,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Waits until group `group`'s initial replication is over and its
+    /// first PIT committed (the runner does both); returns that PIT. A
+    /// failing attempt does not end the wait (the runner retries, and
+    /// `group status` shows the error), but the group leaving initial
+    /// replication for anything but replicating does.
+    async fn initial_replication_done(&self, group: &str) -> Result<u64, ReplError> {
+        let mut warned: Option<String> = None;
+        loop {
+            let row = self.group_row_of(group).await?;
+            match row.state {
+                GroupState::Replicating => {
+                    let site = self.site.clone();
+                    let g = group.to_string();
+                    let newest = blocking(move || Ok(site.groups().pits(&g)?))
+                        .await?
+                        .iter()
+                        .map(|p| p.id)
+                        .max();
+                    if let Some(pit) = newest {
+                        return Ok(pit);
+                    }
+                }
+                GroupState::InitialReplication => {}
+                other => {
+                    return Err(invalid(format!(
+                        "group {group} became {other} during its initial replication to {}; see `offsite group status {group}`",
+                        row.partner
+                    )));
+                }
+            }
+            if row.last_error != warned {
+                if let Some(e) = &row.last_error {
+                    tracing::warn!(group, "the full copy to {} goes on after: {e}", row.partner);
+                }
+                warned = row.last_error.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// The group, if it can be reversed here — it failed over to this

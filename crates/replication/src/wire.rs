@@ -503,6 +503,11 @@ pub struct GroupCreate {
     /// defaults; older primaries omit it, older replicas ignore it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalDesc>,
+    /// The group's PITs so far end at this id (a group re-created at a
+    /// rebuilt partner): the new store numbers its PITs after it, so a
+    /// group's PIT ids never start again at 1. 0 (left out): a new group.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pits_after: u64,
 }
 
 fn default_compress() -> bool {

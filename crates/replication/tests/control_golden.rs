@@ -142,6 +142,7 @@ fn every_request_body_matches_its_fixture() {
         compress: true,
         app_consistent_every_secs: 0,
         journal: None,
+        pits_after: 0,
     });
     request(BaseBegin::new("g"));
     request(BaseSync::new("g"));
@@ -415,6 +416,7 @@ fn app_consistent_checkpoint_fields_are_optional() {
             compress: true,
             app_consistent_every_secs: 3600,
             journal: None,
+            pits_after: 0,
         },
     );
     request_as(
@@ -540,6 +542,7 @@ fn journal_fields_are_optional() {
             compress: true,
             app_consistent_every_secs: 0,
             journal: Some(journal),
+            pits_after: 0,
         },
     );
     request_as(
@@ -614,4 +617,35 @@ fn journal_fields_are_optional() {
     let committed =
         PitCommitted::decode(&std::fs::read(path("reply-pit-committed.json")).unwrap()).unwrap();
     assert!(committed.journal.is_none());
+}
+
+/// A group re-created at a rebuilt partner (`partner replace`, then
+/// `reverse`) carries the id its PITs end at; left out at 0, so the
+/// fixtures above are unchanged and an older replica numbers from 1.
+#[test]
+fn a_group_re_created_at_a_rebuilt_partner_carries_its_last_pit_id() {
+    request_as(
+        "rebuilt-02-group_create.json",
+        GroupCreate {
+            group: "g".into(),
+            mode: "async".into(),
+            rpo_secs: 300,
+            keep: 24,
+            security_tag: None,
+            on_link_loss: "degrade".into(),
+            suspend_timeout_secs: 30,
+            volumes: vec![VolumeDesc {
+                name: "d0".into(),
+                size_bytes: 1 << 30,
+                block_size: 4096,
+                allocated_bytes: Some(1 << 20),
+            }],
+            vms: vec![vm()],
+            bandwidth: None,
+            compress: true,
+            app_consistent_every_secs: 0,
+            journal: None,
+            pits_after: 41,
+        },
+    );
 }

@@ -73,7 +73,18 @@ impl Model {
 
     /// A store in `dir` with a patterned base (so zero writes show).
     pub fn create_store(&mut self, dir: &std::path::Path) -> ReplicaStore {
-        let store = ReplicaStore::create_with_uuid(dir, &self.specs, *b"journal-tests-01").unwrap();
+        self.create_store_on(super::Backend::Dir, dir)
+    }
+
+    /// [`Model::create_store`] with `backend`'s committed state.
+    pub fn create_store_on(
+        &mut self,
+        backend: super::Backend,
+        dir: &std::path::Path,
+    ) -> ReplicaStore {
+        let store = backend
+            .create_with_uuid(dir, &self.specs, *b"journal-tests-01")
+            .unwrap();
         for (v, s) in self.specs.iter().enumerate() {
             let bs = s.block_size as usize;
             let nb = s.size_bytes / u64::from(s.block_size);

@@ -6,6 +6,7 @@
 pub mod journal;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use offsite_replica_store::{PitId, ReplicaError, ReplicaStore, VolumeSpec};
 use tempfile::TempDir;
@@ -22,6 +23,63 @@ pub fn fast_tmpdir() -> TempDir {
         return d;
     }
     tempfile::tempdir().expect("create temp dir")
+}
+
+/// Where a test store keeps its committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A directory store (`ReplicaStore::create`/`open`).
+    Dir,
+    /// An object store: a `DirStore` in `DIR/objects`, the working
+    /// directory in `DIR/work` (`create_in`/`open_in`). Its steps go
+    /// through `offsite-durable`, so the failpoint reaches them.
+    Objects,
+}
+
+/// Every backend, for tests run against each.
+pub const BACKENDS: [Backend; 2] = [Backend::Dir, Backend::Objects];
+
+impl Backend {
+    fn objects(dir: &Path) -> Result<Arc<dyn offsite_objects::ObjectStore>, ReplicaError> {
+        offsite_objects::DirStore::open(dir.join("objects"))
+            .map(|s| Arc::new(s) as Arc<dyn offsite_objects::ObjectStore>)
+            .map_err(|e| ReplicaError::InvalidArgument {
+                reason: format!("opening the test object store: {e}"),
+            })
+    }
+
+    /// Creates a store with `specs` in `dir`.
+    pub fn create(self, dir: &Path, specs: &[VolumeSpec]) -> Result<ReplicaStore, ReplicaError> {
+        match self {
+            Backend::Dir => ReplicaStore::create(dir, specs),
+            Backend::Objects => {
+                ReplicaStore::create_in(Self::objects(dir)?, dir.join("work"), specs, None, 0)
+            }
+        }
+    }
+
+    /// [`Backend::create`] with a given store identity.
+    pub fn create_with_uuid(
+        self,
+        dir: &Path,
+        specs: &[VolumeSpec],
+        uuid: [u8; 16],
+    ) -> Result<ReplicaStore, ReplicaError> {
+        match self {
+            Backend::Dir => ReplicaStore::create_with_uuid(dir, specs, uuid),
+            Backend::Objects => {
+                ReplicaStore::create_in(Self::objects(dir)?, dir.join("work"), specs, Some(uuid), 0)
+            }
+        }
+    }
+
+    /// Opens the store in `dir`.
+    pub fn open(self, dir: &Path) -> Result<ReplicaStore, ReplicaError> {
+        match self {
+            Backend::Dir => ReplicaStore::open(dir),
+            Backend::Objects => ReplicaStore::open_in(Self::objects(dir)?, dir.join("work")),
+        }
+    }
 }
 
 /// Two volumes with different block sizes.
