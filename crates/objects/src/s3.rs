@@ -8,7 +8,7 @@
 //! | operation      | requests                                                                          |
 //! |----------------|-----------------------------------------------------------------------------------|
 //! | `put`          | one `PUT` with `Content-MD5` (the service checks the bytes it got)                  |
-//! | `put_from`     | a `PUT` up to [`S3Config::part_size`]; above, a multipart upload of parts of that size (each with `Content-MD5`), completed last; any error aborts it, so an incomplete object is never visible |
+//! | `put_from`     | a `PUT` up to [`S3Config::part_size`]; above, a multipart upload of parts of that size (each with `Content-MD5`, four at a time), completed last; any error aborts it, so an incomplete object is never visible |
 //! | `get`          | `GET`                                                                             |
 //! | `get_range`    | `GET` with `Range: bytes=A-B`; a 416 or a short answer is [`ObjectError::ShortObject`] |
 //! | `head`         | `HEAD`                                                                            |
@@ -29,7 +29,8 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -46,6 +47,8 @@ const SIGN_FOR: Duration = Duration::from_secs(3600);
 /// Default size of a multipart upload's parts, and the largest object
 /// written with a single `PUT`.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+/// Parts of one multipart upload sent at once.
+const PARALLEL_PARTS: usize = 4;
 /// S3's smallest part (all but the last).
 const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's largest number of parts in one upload.
@@ -605,48 +608,77 @@ impl S3Store {
     ) -> Result<(), ObjectError> {
         // More than MAX_PARTS parts of part_size: larger parts.
         let part_size = self.part_size.max(len.div_ceil(MAX_PARTS));
-        let mut etags = Vec::new();
-        let mut buf = Vec::new();
-        let mut done = 0u64;
-        while done < len {
-            let want = part_size.min(len - done);
-            buf.clear();
-            let got = src
-                .take(want)
-                .read_to_end(&mut buf)
-                .map_err(|e| self.io("put", key, e))?;
-            if (got as u64) < want {
-                return Err(self.io(
-                    "put",
-                    key,
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("source ended after {} of {len} bytes", done + got as u64),
-                    ),
-                ));
+        let parts = usize::try_from(len.div_ceil(part_size)).expect("at most 10000 parts");
+        // Parts are read here in order and uploaded by PARALLEL_PARTS
+        // threads (a single stream rarely fills the link to a distributed
+        // store); at most PARALLEL_PARTS + 1 parts are in memory.
+        let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; parts]);
+        let failure: Mutex<Option<ObjectError>> = Mutex::new(None);
+        let failed = AtomicBool::new(false);
+        let (queue, jobs) = mpsc::sync_channel::<(u16, Vec<u8>)>(1);
+        let jobs = Mutex::new(jobs);
+        let read_result = std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_PARTS.min(parts) {
+                scope.spawn(|| {
+                    loop {
+                        let job = jobs.lock().expect("part queue").recv();
+                        let Ok((number, buf)) = job else { return };
+                        if failed.load(Ordering::Relaxed) {
+                            continue; // drain: the upload is being abandoned
+                        }
+                        match self.upload_part(key, full, upload_id, number, &buf) {
+                            Ok(etag) => {
+                                etags.lock().expect("etags")[usize::from(number) - 1] = Some(etag)
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                failure.lock().expect("failure").get_or_insert(e);
+                            }
+                        }
+                    }
+                });
             }
-            let number = u16::try_from(etags.len() + 1).expect("at most 10000 parts");
-            let md5 = content_md5(&buf);
-            let reply = self.call("put", key, |t| {
-                let url = t
-                    .bucket
-                    .upload_part(Some(&self.credentials), full, number, upload_id)
-                    .sign(SIGN_FOR);
-                let r = self
-                    .agent
-                    .put(url.as_str())
-                    .header("content-md5", &md5)
-                    .send(&buf[..]);
-                self.exchange("put", key, r, &[])
-            })?;
-            let etag = reply
-                .headers
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| self.protocol("put", key, "a part upload's reply has no ETag"))?;
-            etags.push(etag.to_string());
-            done += want;
+            let mut done = 0u64;
+            for number in 1..=parts {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let want = part_size.min(len - done);
+                let mut buf = Vec::with_capacity(want as usize);
+                let got = (&mut *src)
+                    .take(want)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| self.io("put", key, e))?;
+                if (got as u64) < want {
+                    return Err(self.io(
+                        "put",
+                        key,
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("source ended after {} of {len} bytes", done + got as u64),
+                        ),
+                    ));
+                }
+                done += want;
+                let number = u16::try_from(number).expect("at most 10000 parts");
+                if queue.send((number, buf)).is_err() {
+                    break;
+                }
+            }
+            drop(queue);
+            Ok(())
+        });
+        // The workers are joined here (end of the scope).
+        read_result?;
+        if let Some(e) = failure.into_inner().expect("failure") {
+            return Err(e);
         }
+        let etags: Vec<String> = etags
+            .into_inner()
+            .expect("etags")
+            .into_iter()
+            .map(|e| e.expect("every part uploaded when none failed"))
+            .collect();
         ensure_source_ended(src).map_err(|e| self.io("put", key, e))?;
         let body = self.targets[0]
             .bucket
@@ -699,6 +731,36 @@ impl S3Store {
             });
         }
         Ok(())
+    }
+
+    /// Uploads part `number` of an upload; returns its ETag.
+    fn upload_part(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        number: u16,
+        buf: &[u8],
+    ) -> Result<String, ObjectError> {
+        let md5 = content_md5(buf);
+        let reply = self.call("put", key, |t| {
+            let url = t
+                .bucket
+                .upload_part(Some(&self.credentials), full, number, upload_id)
+                .sign(SIGN_FOR);
+            let r = self
+                .agent
+                .put(url.as_str())
+                .header("content-md5", &md5)
+                .send(buf);
+            self.exchange("put", key, r, &[])
+        })?;
+        reply
+            .headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol("put", key, "a part upload's reply has no ETag"))
     }
 
     fn abort_multipart(&self, key: &str, full: &str, upload_id: &str) {
