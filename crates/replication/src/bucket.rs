@@ -360,7 +360,7 @@ mod tests {
             block_size: 4096,
         }];
         let store =
-            ReplicaStore::create_in(objects.clone(), &dir.path().join("work"), &volumes, None, 0)
+            ReplicaStore::create_in(objects.clone(), dir.path().join("work"), &volumes, None, 0)
                 .unwrap();
         let mut row = GroupRow {
             name: "g1".into(),
@@ -416,7 +416,7 @@ mod tests {
         // The store itself still opens: it never lists these keys.
         drop(store);
         publish_plan(objects.as_ref(), "dr", Some(b"{\"name\":\"dr\"}")).unwrap();
-        ReplicaStore::open_in(objects.clone(), &dir.path().join("work")).unwrap();
+        ReplicaStore::open_in(objects.clone(), dir.path().join("work")).unwrap();
         assert_eq!(
             read_plans(objects.as_ref()).unwrap(),
             [("dr".to_string(), b"{\"name\":\"dr\"}".to_vec())]
