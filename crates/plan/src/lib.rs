@@ -372,6 +372,45 @@ pub(crate) fn validate(site: &Site, p: &PlanRow) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Writes (or, with `delete`, removes) the copy of plan `row` beside the
+/// replica store of each of its groups that this site holds in an object
+/// store (`offsite_replication::bucket`), so that a site recovering from
+/// the bucket alone finds the plan. Best effort: a store that cannot be
+/// written now gets the copy at the plan's next change or the daemon's
+/// next start.
+pub(crate) fn publish_copies(site: &Site, row: &PlanRow, delete: bool) {
+    let definition = serde_json::to_vec_pretty(&wire::PlanPut {
+        plan: plan_info(row),
+        delete: false,
+    })
+    .ok();
+    for g in &row.groups {
+        let Ok(group) = site.groups().get(g) else {
+            continue;
+        };
+        let (offsite_catalog::Role::Replica, Some(dir)) = (group.role, group.store_dir.as_deref())
+        else {
+            continue;
+        };
+        let store = match site.replica_store(std::path::Path::new(dir)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(plan = %row.name, group = %g, "opening the group's store to copy the plan beside it: {e}");
+                continue;
+            }
+        };
+        let Some(objects) = store.object_store() else {
+            continue;
+        };
+        let bytes = if delete { None } else { definition.as_deref() };
+        if let Err(e) =
+            offsite_replication::bucket::publish_plan(objects.as_ref(), &row.name, bytes)
+        {
+            tracing::warn!(plan = %row.name, group = %g, "copying the plan beside the group's store: {e}");
+        }
+    }
+}
+
 impl Plans {
     /// The service for `site`; installs the handler of plan requests from
     /// the partner in `offsite-replication`.
@@ -384,6 +423,21 @@ impl Plans {
         });
         repl.set_extension(Arc::new(wire::Handler(Arc::downgrade(&plans))));
         plans
+    }
+
+    /// Writes every plan's copies beside this site's replica stores in
+    /// object storage ([`publish_copies`]); blocking.
+    pub fn publish_all_copies(&self) {
+        match self.site.plans().all() {
+            Ok(rows) => {
+                for row in &rows {
+                    publish_copies(&self.site, row, false);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("listing the plans to copy them beside the replica stores: {e}")
+            }
+        }
     }
 
     fn busy(&self, name: &str) -> Result<Busy<'_>, PlanError> {
@@ -417,6 +471,7 @@ impl Plans {
         let name = new.name.clone();
         blocking(move || {
             site.plans().put(&new)?;
+            publish_copies(&site, &new, false);
             Ok(())
         })
         .await?;
@@ -628,7 +683,12 @@ impl Plans {
             })?;
         let site = self.site.clone();
         let n = plan.to_string();
-        blocking(move || Ok(site.plans().delete(&n)?)).await?;
+        blocking(move || {
+            site.plans().delete(&n)?;
+            publish_copies(&site, &row, true);
+            Ok(())
+        })
+        .await?;
         Ok(info)
     }
 

@@ -253,7 +253,7 @@ impl Plans {
         crate::blocking(move || {
             if req.delete {
                 match site.plans().delete(&row.name) {
-                    Ok(()) => {}
+                    Ok(()) => crate::publish_copies(&site, &row, true),
                     // Already gone here: the delete is done.
                     Err(e) if e.kind() == offsite_engine::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),
@@ -261,6 +261,7 @@ impl Plans {
             } else {
                 validate(&site, &row)?;
                 site.plans().put(&row)?;
+                crate::publish_copies(&site, &row, false);
             }
             Ok(())
         })
