@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# bench/s3.sh — a replica in a real S3 store (issue 21): offsite against a
+# standard S3 client (rclone) on the same 3-node Garage cluster.
+#
+# Run (from anywhere; needs garage 2.5.0 in PATH or ~/.cargo/bin, rclone
+# (`apt-get install rclone`), python3 with libnbd (/usr/bin/python3)):
+#
+#     bash bench/s3.sh
+#
+# What it does, in one run on this machine:
+#   1. starts the test kit's 3-node Garage cluster on loopback
+#      (`garage-cluster`, crates/testkit/src/bin/garage-cluster.rs);
+#   2. writes an image of SIZE random bytes;
+#   3. the peer: `rclone copyto` of the image into the bucket (S3 provider
+#      Other, path style, rclone's default multipart concurrency), timed,
+#      then `rclone cat` of it to /dev/null, timed;
+#   4. offsite: site-a and site-b on loopback, site-b's `[object_store]`
+#      pointing at all three Garage nodes and `authz add --storage-location
+#      s3://BUCKET/replicas`; the image imported as volume v on site-a,
+#      `group create g --volume v --encrypt` (ENCRYPT=1, the default), then
+#      `group start g` timed (it returns when the first PIT is committed):
+#      initial replication MB/s against rclone's upload MB/s (target ≥ 0.5);
+#   5. recovery from the bucket: `failover run g --test` at site-b timed
+#      (target < 5 s whatever the size), then READS random cold 4 KiB reads
+#      of the test clone over NBD, each timed (p50/p99; target p99 ≤ 50 ms);
+#   6. a delta cycle: DELTA of 64 KiB writes at random offsets of a volume
+#      of BIG_SIZE (sparse), `sync` timed and the daemons' CPU per cycle
+#      (target < 2 s and flat in the volume's size: run with BIG_SIZE=1T and
+#      a smaller one and compare).
+# Everything it started is stopped on exit; results and logs stay in $OUT.
+#
+# Options (environment):
+#   SIZE=8G  READS=200  DELTA=10M  BIG_SIZE=1T  ENCRYPT=1
+#   BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
+#   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
+
+set -euo pipefail
+
+SIZE=${SIZE:-8G}
+READS=${READS:-200}
+DELTA=${DELTA:-10M}
+BIG_SIZE=${BIG_SIZE:-1T}
+ENCRYPT=${ENCRYPT:-1}
+KEEP=${KEEP:-0}
+BUILD=${BUILD:-1}
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+PATH=$PATH:$HOME/.cargo/bin
+need garage rclone python3 -- "garage: cargo install --locked garage --version 2.5.0; rclone: apt-get install rclone"
+bench_init offsite-s3
+bench_binary
+log "offsite $(offsite_version); $(machine_info | tr '\n' ' ')"
+
+# 1. The cluster, kept running while its stdin stays open.
+(cd "$BENCH_REPO" && cargo build -q -p offsite-testkit --bin garage-cluster) 2>"$OUT/garage-build.log" ||
+    die "building garage-cluster failed: see $OUT/garage-build.log"
+coproc GARAGE { "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage.log"; }
+track "$GARAGE_PID"
+read -r CLUSTER <&"${GARAGE[0]}" || die "garage-cluster printed nothing: see $OUT/garage.log"
+echo "$CLUSTER" >"$OUT/cluster.json"
+g() { python3 -c 'import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(" ".join(v) if isinstance(v,list) else v)' "$CLUSTER" "$1"; }
+read -r -a ENDPOINTS <<<"$(g endpoints)"
+BUCKET=$(g bucket)
+KEY_ID=$(g access_key_id)
+SECRET=$(g secret_access_key)
+REGION=$(g region)
+log "garage: ${ENDPOINTS[*]} bucket $BUCKET"
+
+# 2. The image.
+IMG=$WORK/image.raw
+BYTES=$(bytes_of "$SIZE")
+log "writing $SIZE of random bytes"
+head -c "$BYTES" /dev/urandom >"$IMG"
+
+# 3. The peer.
+export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
+    RCLONE_CONFIG_G_ENDPOINT=${ENDPOINTS[0]} RCLONE_CONFIG_G_REGION=$REGION \
+    RCLONE_CONFIG_G_ACCESS_KEY_ID=$KEY_ID RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$SECRET \
+    RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
+t0=$(now)
+rclone copyto "$IMG" "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log"
+t1=$(now)
+UP_S=$(elapsed "$t0" "$t1")
+t0=$(now)
+rclone cat "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log" >/dev/null
+t1=$(now)
+DOWN_S=$(elapsed "$t0" "$t1")
+rclone purge "g:$BUCKET/peer" 2>>"$OUT/rclone.log" || true
+mbps() { python3 -c "print(round($1 / 1e6 / $2, 1))"; }
+log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download $(mbps "$BYTES" "$DOWN_S") MB/s"
+
+# 4. offsite: site-b keeps the replica in the bucket.
+make_pair s3
+stop_pid "$PID_B"
+printf '%s\n' "$SECRET" >"$B/s3.secret"
+chmod 600 "$B/s3.secret"
+{
+    echo
+    echo "[object_store]"
+    echo "endpoint = \"${ENDPOINTS[0]}\""
+    echo "alternate_endpoints = [\"${ENDPOINTS[1]}\", \"${ENDPOINTS[2]}\"]"
+    echo "region = \"$REGION\""
+    echo "access_key_id = \"$KEY_ID\""
+    echo "secret_access_key_file = \"s3.secret\""
+} >>"$B/config.toml"
+start_daemon "$B" "$OUT/s3-b.log"
+PID_B=$DAEMON_PID
+"$OFFSITE" authz add --allowed-primary site-a --storage-location "s3://$BUCKET/replicas" --dir "$B" >/dev/null
+"$OFFSITE" volume create v --import "$IMG" --dir "$A" --json >"$OUT/import.json"
+rm -f "$IMG"
+enc=()
+[[ $ENCRYPT == 1 ]] && enc=(--encrypt)
+"$OFFSITE" group create g --partner site-b --volume v --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >"$OUT/create.json"
+ca0=$(cpu_ticks "$PID_A"); cb0=$(cpu_ticks "$PID_B")
+t0=$(now)
+"$OFFSITE" group start g --dir "$A" --json >"$OUT/start.json"
+"$OFFSITE" sync g --dir "$A" --json >"$OUT/first-sync.json"
+t1=$(now)
+INIT_S=$(elapsed "$t0" "$t1")
+ca1=$(cpu_ticks "$PID_A"); cb1=$(cpu_ticks "$PID_B")
+RATIO=$(python3 -c "print(round(($BYTES/$INIT_S) / ($BYTES/$UP_S), 2))")
+log "offsite initial replication: $(mbps "$BYTES" "$INIT_S") MB/s (${INIT_S}s), ratio to rclone's upload $RATIO (target >= 0.5); CPU s a/b $(( (ca1-ca0)/CLK_TCK ))/$(( (cb1-cb0)/CLK_TCK ))"
+
+# 5. Recovery from the bucket: a test failover, then cold reads.
+t0=$(now)
+"$OFFSITE" failover run g --test --dir "$B" --json >"$OUT/test-failover.json"
+t1=$(now)
+FO_S=$(elapsed "$t0" "$t1")
+URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["volumes"][0]["url"])' "$OUT/test-failover.json")
+/usr/bin/python3 - "$URL" "$BYTES" "$READS" >"$OUT/reads.json" <<'PY'
+import json, random, sys, time
+import nbd
+url, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(url)
+lat = []
+rng = random.Random(21)
+for _ in range(n):
+    off = rng.randrange(0, size // 4096) * 4096
+    t = time.perf_counter()
+    h.pread(4096, off)
+    lat.append((time.perf_counter() - t) * 1000)
+lat.sort()
+print(json.dumps({"reads": n, "p50_ms": round(lat[n // 2], 2), "p99_ms": round(lat[min(n - 1, n * 99 // 100)], 2), "max_ms": round(lat[-1], 2)}))
+PY
+log "test failover from the bucket: ${FO_S}s (target < 5 s); cold 4 KiB reads $(cat "$OUT/reads.json") (target p99 <= 50 ms)"
+"$OFFSITE" failover stop-test g --dir "$B" --json >/dev/null
+
+# 6. A delta cycle on a big sparse volume.
+"$OFFSITE" volume create big --size "$BIG_SIZE" --dir "$A" --json >/dev/null
+"$OFFSITE" group create gb --partner site-b --volume big --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >/dev/null
+"$OFFSITE" group start gb --dir "$A" --json >/dev/null
+BIG_URL=$("$OFFSITE" volume url big --dir "$A")
+DELTA_BYTES=$(bytes_of "$DELTA")
+/usr/bin/python3 - "$BIG_URL" "$(bytes_of "$BIG_SIZE")" "$DELTA_BYTES" <<'PY'
+import os, random, sys
+import nbd
+url, size, delta = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = nbd.NBD()
+h.connect_uri(url)
+rng = random.Random(7)
+for _ in range(delta // 65536):
+    h.pwrite(os.urandom(65536), rng.randrange(0, size // 65536) * 65536)
+h.flush()
+PY
+ca0=$(cpu_ticks "$PID_A"); cb0=$(cpu_ticks "$PID_B")
+t0=$(now)
+"$OFFSITE" sync gb --dir "$A" --json >"$OUT/delta-sync.json"
+t1=$(now)
+ca1=$(cpu_ticks "$PID_A"); cb1=$(cpu_ticks "$PID_B")
+DELTA_S=$(elapsed "$t0" "$t1")
+log "delta cycle of $DELTA on a $BIG_SIZE volume: ${DELTA_S}s (target < 2 s); CPU ms a/b $(( (ca1-ca0)*1000/CLK_TCK ))/$(( (cb1-cb0)*1000/CLK_TCK ))"
+
+{
+    echo "# bench/s3.sh $(date -u +%FT%TZ)"
+    echo
+    machine_info
+    echo "offsite $(offsite_version); SIZE=$SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA; load $(load_avg)"
+    echo
+    echo "| measure | value | target |"
+    echo "| --- | ---: | --- |"
+    echo "| rclone upload / download MB/s | $(mbps "$BYTES" "$UP_S") / $(mbps "$BYTES" "$DOWN_S") | |"
+    echo "| offsite initial replication MB/s | $(mbps "$BYTES" "$INIT_S") | ratio $RATIO (≥ 0.5) |"
+    echo "| test failover from the bucket | ${FO_S} s | < 5 s |"
+    echo "| cold 4 KiB reads | $(cat "$OUT/reads.json") | p99 ≤ 50 ms |"
+    echo "| delta cycle ($DELTA on $BIG_SIZE) | ${DELTA_S} s | < 2 s |"
+} | tee "$OUT/summary.md"
+python3 -c "import sys; sys.exit(0 if $RATIO >= 0.5 else 1)"
