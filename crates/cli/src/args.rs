@@ -559,9 +559,11 @@ pub enum AuthzCommand {
         /// Exact site name, `*.suffix` (e.g. *.example.com) or `*`.
         #[arg(long)]
         allowed_primary: String,
-        /// Directory for their replicas.
+        /// Where their replicas go: an absolute directory of this site, or
+        /// `s3://BUCKET/PREFIX` (the service from the site's [object_store]
+        /// configuration).
         #[arg(long)]
-        storage_location: PathBuf,
+        storage_location: String,
         /// Tag the primary's replication group must present.
         #[arg(long)]
         security_tag: Option<String>,

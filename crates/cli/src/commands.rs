@@ -176,7 +176,7 @@ pub(crate) fn authz(c: &Client, cmd: AuthzCommand, p: &Printer) -> anyhow::Resul
         } => p.authz(
             &[c.add_authz(&offsite_api_types::AddAuthz {
                 allowed_primary,
-                storage_location: storage_location.display().to_string(),
+                storage_location,
                 security_tag,
             })?],
             true,

@@ -68,6 +68,15 @@ pub struct SiteConfig {
     /// file while it has its defaults, as `nbd_tls`.
     #[serde(default, skip_serializing_if = "ApiTlsConfig::is_default")]
     pub api_tls: ApiTlsConfig,
+    /// The S3 service of `s3://` storage locations (endpoint, region,
+    /// credentials; see docs/operations.md). Left out of the file while
+    /// empty. Reloadable: stores opened after a reload use the new values.
+    #[serde(default, skip_serializing_if = "is_default_object_store")]
+    pub object_store: offsite_objects::S3Settings,
+}
+
+fn is_default_object_store(s: &offsite_objects::S3Settings) -> bool {
+    *s == offsite_objects::S3Settings::default()
 }
 
 /// Whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or an
@@ -534,6 +543,13 @@ impl SiteConfig {
                 self.libvirt.uri, new.libvirt.uri
             ));
         }
+        if self.object_store != new.object_store {
+            // The secret stays out of the report (the file is named only).
+            report.changed.push(
+                "object_store: changed in the file (replica stores opened from now on use it)"
+                    .to_string(),
+            );
+        }
         if self.log.filter != new.log.filter {
             report.changed.push(format!(
                 "log.filter: {:?} -> {:?}",
@@ -698,6 +714,7 @@ mod tests {
             nbd_tls: Default::default(),
             libvirt: Default::default(),
             api_tls: Default::default(),
+            object_store: Default::default(),
         }
     }
 

@@ -103,6 +103,7 @@ pub fn init_site(dir: &Path, opts: &InitOptions) -> Result<InitReport, EngineErr
         nbd_tls: Default::default(),
         libvirt: Default::default(),
         api_tls: opts.api_tls.clone(),
+        object_store: Default::default(),
     };
     config.save(&layout.config())?;
     Ok(InitReport {

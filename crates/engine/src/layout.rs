@@ -13,6 +13,10 @@
 //! DIR/volumes/ID.al      changed-block activity log (offsite-cbt)
 //! DIR/run/daemon.json    addresses actually bound by the running daemon, its pid
 //! DIR/run/lock           flock held by the running daemon
+//! DIR/keys/GROUP.key     the key of a group whose replicas are encrypted (mode 0600)
+//! DIR/object-stores/PARTNER/GROUP/
+//!                        working directory of a replica store kept in a bucket
+//!                        (objects.toml says where; see `crate::objects`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -87,5 +91,19 @@ impl Layout {
     /// `run/lock`.
     pub fn lock(&self) -> PathBuf {
         self.run_dir().join("lock")
+    }
+    /// `keys/`: the keys of the groups whose replicas are encrypted.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// `keys/GROUP.key`: group `group`'s key (mode 0600).
+    pub fn group_key(&self, group: &str) -> PathBuf {
+        self.keys_dir().join(format!("{group}.key"))
+    }
+    /// `object-stores/PARTNER/GROUP/`: the local working directory of a
+    /// replica store whose committed state is in a bucket (see
+    /// `crate::objects`).
+    pub fn object_work_dir(&self, partner: &str, group: &str) -> PathBuf {
+        self.root.join("object-stores").join(partner).join(group)
     }
 }

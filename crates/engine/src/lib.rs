@@ -17,6 +17,7 @@ pub mod init;
 pub mod layout;
 pub mod model;
 pub mod names;
+pub mod objects;
 mod partners;
 mod plans;
 mod promote;

@@ -80,8 +80,20 @@ pub(crate) fn partner_info(row: PartnerRow) -> PartnerInfo {
     }
 }
 
-/// Makes sure a storage location exists and the site can write there.
-fn check_storage_location(path: &str) -> Result<(), EngineError> {
+/// Makes sure a storage location exists and the site can write there: a
+/// directory is created and a file written and removed in it; for
+/// `s3://BUCKET/PREFIX`, a test object is written, read back and deleted
+/// under the prefix with the site's `[object_store]` settings.
+fn check_storage_location(
+    path: &str,
+    settings: &offsite_objects::S3Settings,
+    site_dir: &Path,
+) -> Result<(), EngineError> {
+    if path.contains("://") {
+        let location = offsite_objects::StorageLocation::parse(path)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        return crate::objects::probe(&location, settings, site_dir);
+    }
     let p = Path::new(path);
     if !p.is_absolute() {
         return Err(EngineError::Invalid(format!(
@@ -258,7 +270,11 @@ impl Site {
                 "a security tag is 1-256 characters".into(),
             ));
         }
-        check_storage_location(&req.storage_location)?;
+        check_storage_location(
+            &req.storage_location,
+            &self.config().object_store,
+            self.layout.root(),
+        )?;
         let row = self.catalog().insert_authz(
             &req.allowed_primary,
             &req.storage_location,
@@ -328,7 +344,7 @@ impl Site {
     /// `site set`.
     pub fn update_settings(&self, u: &UpdateSiteSettings) -> Result<SiteSettings, EngineError> {
         if let Some(loc) = &u.default_storage_location {
-            check_storage_location(loc)?;
+            check_storage_location(loc, &self.config().object_store, self.layout.root())?;
         }
         if let Some(bw) = u.bandwidth_bytes_per_sec {
             check_bandwidth(bw)?;
@@ -389,8 +405,12 @@ impl Site {
         match &grant {
             Ok(g) => {
                 if g.rule == "allow-any-partner" {
-                    check_storage_location(&g.storage_location)
-                        .map_err(|e| authz::AuthzError::StorageLocation(Box::new(e)))?;
+                    check_storage_location(
+                        &g.storage_location,
+                        &self.config().object_store,
+                        self.layout.root(),
+                    )
+                    .map_err(|e| authz::AuthzError::StorageLocation(Box::new(e)))?;
                 }
                 self.event(
                     "authz.granted",

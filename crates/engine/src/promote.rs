@@ -32,20 +32,35 @@ const FLATTEN_STEP_BLOCKS: u64 = 256;
 /// volumes and test clones read, shared while any of them lives (building
 /// one reads the journal from its PIT to the checkpoint: once for all the
 /// group's volumes, not once per volume).
-#[derive(Default)]
 pub(crate) struct Stores {
     by_dir: HashMap<PathBuf, Arc<ReplicaStore>>,
     images: HashMap<(PathBuf, u64), Weak<CheckpointImage>>,
+    /// The site's layout (its group keys) and `[object_store]` settings,
+    /// for stores whose committed state is in an object store
+    /// (`crate::objects`); the settings follow config reloads.
+    layout: Layout,
+    pub(crate) object_store: offsite_objects::S3Settings,
 }
 
 impl Stores {
+    pub(crate) fn new(layout: Layout, object_store: offsite_objects::S3Settings) -> Stores {
+        Stores {
+            by_dir: HashMap::new(),
+            images: HashMap::new(),
+            layout,
+            object_store,
+        }
+    }
+
     fn open(&mut self, dir: &Path) -> Result<Arc<ReplicaStore>, EngineError> {
         if let Some(s) = self.by_dir.get(dir) {
             return Ok(s.clone());
         }
-        let store = Arc::new(ReplicaStore::open(dir).map_err(|e| {
-            EngineError::Invalid(format!("opening the replica store {}: {e}", dir.display()))
-        })?);
+        let store = Arc::new(crate::objects::open_store(
+            dir,
+            &self.object_store,
+            &self.layout,
+        )?);
         self.by_dir.insert(dir.to_path_buf(), store.clone());
         Ok(store)
     }

@@ -91,7 +91,7 @@ impl Site {
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
         let mut volumes = BTreeMap::new();
-        let mut stores = crate::promote::Stores::default();
+        let mut stores = crate::promote::Stores::new(layout.clone(), config.object_store.clone());
         for row in catalog.volumes()? {
             if row.state == "importing" {
                 // The copy thread died with the previous daemon; its volume
@@ -176,6 +176,10 @@ impl Site {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (merged, reload) = current.reload(&new);
+        self.stores
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .object_store = merged.object_store.clone();
         *current = Arc::new(merged);
         Ok(reload)
     }

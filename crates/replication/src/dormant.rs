@@ -160,7 +160,13 @@ pub(crate) fn dormant_store(
     row: &GroupRow,
 ) -> Option<Arc<ReplicaStore>> {
     let dir = row.store_dir.as_deref()?;
-    if !Path::new(dir).join("store.meta").exists() {
+    let dir_path = Path::new(dir);
+    // A directory store's metadata, or an objects store's descriptor.
+    if !dir_path.join("store.meta").exists()
+        && !dir_path
+            .join(offsite_engine::objects::DESCRIPTOR_FILE)
+            .exists()
+    {
         return None;
     }
     let store = match site.replica_store(Path::new(dir)) {

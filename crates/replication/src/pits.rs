@@ -444,6 +444,9 @@ impl Replication {
                 .unwrap_or(false);
             site.forget_replica_store(path);
             if empty || delete {
+                // An objects store's objects first: its working directory
+                // says where they are.
+                site.delete_store_objects(path)?;
                 std::fs::remove_dir_all(path).map_err(|e| {
                     RemoteError::Internal(format!("removing {dir}: {e}; remove it by hand"))
                 })?;

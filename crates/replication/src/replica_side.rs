@@ -736,35 +736,6 @@ impl Replication {
             }
             let grant = site
                 .authorize_primary(&peer, req.security_tag.as_deref())?;
-            let dir = Path::new(&grant.storage_location).join(&peer).join(&req.group);
-            if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                return Err(RemoteError::Conflict(format!(
-                    "storage location {} on site {site_name} already holds data; remove it or pick another group name",
-                    dir.display()
-                )));
-            }
-            offsite_volume_file::create_private_dir_all(&dir).map_err(|e| {
-                format!("site {site_name} cannot create {}: {e}; check the storage location of {}", dir.display(), grant.rule)
-            })?;
-            // Replicas are as thin as their primaries: the base receives the
-            // allocated blocks only, so that is what must fit now. Growth
-            // later is watched by the storage-full events of the cycles.
-            let needed: u64 = req
-                .volumes
-                .iter()
-                .map(|v| v.allocated_bytes.unwrap_or(v.size_bytes))
-                .sum();
-            if let Some(free) = free_bytes(&dir)
-                && free < needed
-            {
-                // Just created and empty: a leftover is harmless and
-                // taken again by the retry.
-                drop(std::fs::remove_dir(&dir));
-                return Err(RemoteError::StorageFull(format!(
-                    "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
-                    dir.display()
-                )));
-            }
             let specs: Vec<VolumeSpec> = req
                 .volumes
                 .iter()
@@ -774,8 +745,7 @@ impl Replication {
                     block_size: v.block_size,
                 })
                 .collect();
-            ReplicaStore::create_after(&dir, &specs, req.pits_after)
-                .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
+            let dir = create_replica_store(&site, &site_name, &peer, &req, &grant, &specs)?;
             site.insert_group_row(&GroupRow {
                 name: req.group.clone(),
                 role: Role::Replica,
@@ -842,6 +812,91 @@ impl Replication {
         self.clear_store_full(group);
         Ok(committed)
     }
+}
+
+/// Creates the replica store of the group `req` asks for, where `grant`
+/// says, and returns its directory (the catalog's `store_dir`): for an
+/// `s3://` location, a working directory under the site's data directory
+/// with the objects under `PREFIX/GROUP/` of the bucket
+/// (`offsite_engine::objects`); for a directory, `LOCATION/PEER/GROUP`.
+fn create_replica_store(
+    site: &offsite_engine::Site,
+    site_name: &str,
+    peer: &str,
+    req: &GroupCreate,
+    grant: &offsite_engine::authz::Grant,
+    specs: &[VolumeSpec],
+) -> Result<PathBuf, RemoteError> {
+    use offsite_engine::objects;
+    let location =
+        offsite_objects::StorageLocation::parse(&grant.storage_location).map_err(|e| {
+            format!(
+                "site {site_name}: {e}; fix the storage location of {}",
+                grant.rule
+            )
+        })?;
+    if let offsite_objects::StorageLocation::S3 { .. } = location {
+        let dir = objects::work_dir_for(site.layout(), peer, &req.group);
+        if dir.exists() {
+            return Err(RemoteError::Conflict(format!(
+                "site {site_name} already has a working directory {} for group {} of {peer}; remove it or pick another group name",
+                dir.display(),
+                req.group
+            )));
+        }
+        site.create_objects_store(objects::NewObjectsStore {
+            location: objects::sub_location(&location, &req.group),
+            work_dir: &dir,
+            group: &req.group,
+            volumes: specs,
+            after: req.pits_after,
+            key: None,
+        })
+        .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
+        return Ok(dir);
+    }
+    let dir = Path::new(&grant.storage_location)
+        .join(peer)
+        .join(&req.group);
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(RemoteError::Conflict(format!(
+            "storage location {} on site {site_name} already holds data; remove it or pick another group name",
+            dir.display()
+        )));
+    }
+    offsite_volume_file::create_private_dir_all(&dir).map_err(|e| {
+        format!(
+            "site {site_name} cannot create {}: {e}; check the storage location of {}",
+            dir.display(),
+            grant.rule
+        )
+    })?;
+    // Replicas are as thin as their primaries: the base receives the
+    // allocated blocks only, so that is what must fit now. Growth
+    // later is watched by the storage-full events of the cycles.
+    let needed: u64 = req
+        .volumes
+        .iter()
+        .map(|v| v.allocated_bytes.unwrap_or(v.size_bytes))
+        .sum();
+    if let Some(free) = free_bytes(&dir)
+        && free < needed
+    {
+        // Just created and empty: a leftover is harmless and
+        // taken again by the retry.
+        drop(std::fs::remove_dir(&dir));
+        return Err(RemoteError::StorageFull(format!(
+            "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
+            dir.display()
+        )));
+    }
+    ReplicaStore::create_after(&dir, specs, req.pits_after)
+        .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
+    Ok(dir)
 }
 
 /// What follows every commit of a PIT at the replica (a cycle's, or a seal

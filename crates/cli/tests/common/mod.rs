@@ -5,6 +5,7 @@
 pub mod ext4;
 pub mod links;
 pub mod pg;
+pub mod s3;
 pub mod stamps;
 
 use std::io::{Read, Write};

@@ -34,9 +34,7 @@ impl Replication {
         let grant = self.grant_for_reverse(peer, &row)?;
         let live = self.stop_and_fence(&row, &req.group).await?;
         let site = self.site.clone();
-        let dir = PathBuf::from(&grant.storage_location)
-            .join(peer)
-            .join(&req.group);
+        let target = StoreTarget::of(&self.site, &grant, peer, &req.group)?;
         let r = row.clone();
         let (last_pit, promoted_pit) = (req.last_pit, req.pit);
         let ready = tokio::task::spawn_blocking(move || -> Result<ReverseReady, RemoteError> {
@@ -53,7 +51,7 @@ impl Replication {
             if let Some(store) = dormant_store(&site, &r) {
                 return resume_dormant(&site, &r, &store, live, after, isolated > 0);
             }
-            become_replica(&site, &r, &dir, live, after, isolated > 0)
+            become_replica(&site, &r, &target, live, after, isolated > 0)
         })
         .await??;
         tracing::info!(group = %req.group, primary = %peer, "reversed: this site is the replica now");
@@ -112,24 +110,53 @@ impl Replication {
     }
 }
 
-/// Makes this site the group's replica with a new store at `dir` whose
+/// Where a reverse puts the new store: `LOCATION/PEER/GROUP` for a
+/// directory location; for `s3://BUCKET/PREFIX`, a working directory under
+/// the data directory and the objects under `PREFIX/GROUP/`.
+#[derive(Debug)]
+struct StoreTarget {
+    /// The store's directory (its working directory for an objects store).
+    dir: PathBuf,
+    /// The group's objects, when the location is a bucket.
+    objects: Option<offsite_objects::StorageLocation>,
+}
+
+impl StoreTarget {
+    fn of(site: &Site, grant: &Grant, peer: &str, group: &str) -> Result<StoreTarget, RemoteError> {
+        let location = offsite_objects::StorageLocation::parse(&grant.storage_location)
+            .map_err(|e| format!("{e}; fix the storage location of {}", grant.rule))?;
+        Ok(match location {
+            offsite_objects::StorageLocation::Directory(d) => StoreTarget {
+                dir: d.join(peer).join(group),
+                objects: None,
+            },
+            s3 => StoreTarget {
+                dir: offsite_engine::objects::work_dir_for(site.layout(), peer, group),
+                objects: Some(offsite_engine::objects::sub_location(&s3, group)),
+            },
+        })
+    }
+}
+
+/// Makes this site the group's replica with a new store at `target` whose
 /// base images are the volumes' data files, numbering its PITs after
 /// `after`; `isolated` keeps the discarded divergent writes as a named PIT.
 fn become_replica(
     site: &Site,
     r: &GroupRow,
-    dir: &Path,
+    target: &StoreTarget,
     live: Vec<Arc<Volume>>,
     after: u64,
     isolated: bool,
 ) -> Result<ReverseReady, RemoteError> {
+    let dir = target.dir.as_path();
     let (unreplicated, images) = complete_volumes(site, &live)?;
     // Link the images aside first: the old store (from the other
     // direction) may live at the very directory the new one takes.
     let staging = dir.with_extension("reverse-staging");
     stage_images(&live, &images, &staging)?;
     drop(live);
-    install_store(site, r, dir, &staging, after)?;
+    install_store(site, r, target, &staging, after)?;
     let store_dir = dir.display().to_string();
     let kept_as_pit = if isolated {
         Some(keep_divergent_as_pit(site, r, dir)?)
@@ -207,30 +234,43 @@ fn stage_images(
 }
 
 /// Retires the volumes and any old store of the group, creates the new
-/// store at `dir` and installs the staged images as its base.
+/// store at `target` and installs the staged images as its base: renamed
+/// into a directory store, uploaded into an objects store (then removed).
 fn install_store(
     site: &Site,
     r: &GroupRow,
-    dir: &Path,
+    target: &StoreTarget,
     staging: &Path,
     after: u64,
 ) -> Result<(), RemoteError> {
+    let dir = target.dir.as_path();
     for v in &r.volumes {
         site.retire_volume(&v.volume)?;
     }
-    if let Some(old) = &r.store_dir {
-        site.forget_replica_store(Path::new(old));
-        crate::warn_if_failed(
-            &format!("removing the old replica store {old}"),
-            std::fs::remove_dir_all(old),
-        );
+    for old in r.store_dir.iter().map(Path::new).chain([dir]) {
+        site.forget_replica_store(old);
+        if !old.exists() {
+            continue;
+        }
+        // An old objects store's objects go first (the new store needs an
+        // empty prefix, and they would be orphans): its working directory
+        // says where they are.
+        site.delete_store_objects(old).map_err(|e| {
+            RemoteError::Internal(format!(
+                "removing the old replica store {}: {e}",
+                old.display()
+            ))
+        })?;
+        if old == dir {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| RemoteError::Internal(format!("clearing {}: {e}", dir.display())))?;
+        } else {
+            crate::warn_if_failed(
+                &format!("removing the old replica store {}", old.display()),
+                std::fs::remove_dir_all(old),
+            );
+        }
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| RemoteError::Internal(format!("clearing {}: {e}", dir.display())))?;
-    }
-    offsite_volume_file::create_private_dir_all(dir)
-        .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", dir.display())))?;
     let specs: Vec<VolumeSpec> = r
         .volumes
         .iter()
@@ -240,6 +280,30 @@ fn install_store(
             block_size: v.block_size,
         })
         .collect();
+    if let Some(location) = &target.objects {
+        let store = site.create_objects_store(offsite_engine::objects::NewObjectsStore {
+            location: location.clone(),
+            work_dir: dir,
+            group: &r.name,
+            volumes: &specs,
+            after,
+            key: None,
+        })?;
+        for v in &r.volumes {
+            let image = staging.join(&v.volume);
+            store.adopt_base(&v.volume, &image).map_err(|e| {
+                storage_error(format!("uploading the base image of {}: {e}", v.volume), &e)
+            })?;
+            crate::warn_if_failed(
+                &format!("removing the uploaded image {}", image.display()),
+                std::fs::remove_file(&image),
+            );
+        }
+        drop(std::fs::remove_dir(staging));
+        return Ok(());
+    }
+    offsite_volume_file::create_private_dir_all(dir)
+        .map_err(|e| RemoteError::Internal(format!("creating {}: {e}", dir.display())))?;
     drop(
         ReplicaStore::create_after(dir, &specs, after)
             .map_err(|e| storage_error(format!("creating the replica store: {e}"), &e))?,
