@@ -1168,6 +1168,70 @@ pub struct PartnerReplaced {
     pub plans: Vec<SharedPlan>,
 }
 
+/// `POST /api/v1/site/attach-store`: take over the replica stores kept at
+/// an object-store location.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AttachStore {
+    /// `s3://BUCKET/PREFIX` (the site's `[object_store]` settings reach
+    /// it), or an absolute directory holding stores in object form.
+    pub location: String,
+    /// The keys of the encrypted groups: each the line `group key export`
+    /// printed.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// What `site attach-store` did with a group found at the location.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachAction {
+    /// Now a replica group of this site.
+    Attached,
+    /// A group of that name exists here already: left alone.
+    Exists,
+    /// Encrypted with a key that was not given.
+    NeedsKey,
+    /// Not usable (no definition, an unreadable store).
+    Failed,
+}
+
+/// One group in [`StoreAttached`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AttachedGroup {
+    /// Group name.
+    pub group: String,
+    /// What happened.
+    pub action: AttachAction,
+    /// Its primary site, when its definition could be read.
+    pub primary: Option<String>,
+    /// PITs found.
+    pub pits: usize,
+    /// Whether its objects are encrypted.
+    pub encrypted: bool,
+    /// In words, with what to do next.
+    pub detail: String,
+}
+
+/// One plan in [`StoreAttached`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AdoptedPlan {
+    /// Plan name.
+    pub plan: String,
+    /// Stored here now.
+    pub adopted: bool,
+    /// Why not, or what was done.
+    pub detail: String,
+}
+
+/// Result of `site attach-store`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct StoreAttached {
+    /// Every group found at the location.
+    pub groups: Vec<AttachedGroup>,
+    /// Every plan copy found beside the attached groups.
+    pub plans: Vec<AdoptedPlan>,
+}
+
 /// `GET /api/v1/overview` and the `overview` events of `/api/v1/stream`:
 /// everything the console's overview shows, in one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

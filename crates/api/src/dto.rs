@@ -206,6 +206,20 @@ impl ToDto for replication::ReplacedAction {
         }
     }
 }
+impl ToDto for replication::AttachAction {
+    type Dto = t::AttachAction;
+    fn to_dto(self) -> t::AttachAction {
+        use replication::AttachAction as A;
+        match self {
+            A::Attached => t::AttachAction::Attached,
+            A::Exists => t::AttachAction::Exists,
+            A::NeedsKey => t::AttachAction::NeedsKey,
+            A::Failed => t::AttachAction::Failed,
+        }
+    }
+}
+to_dto!(replication::AttachedGroup => AttachedGroup { group, action, primary, pits, encrypted, detail });
+to_dto!(plan::AdoptedPlan => AdoptedPlan { plan, adopted, detail });
 to_dto!(replication::ReplacedGroup => ReplacedGroup { group, action, detail });
 to_dto!(plan::SharedPlan => SharedPlan { plan, sent, runs_sent, detail });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });

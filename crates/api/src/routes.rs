@@ -11,6 +11,7 @@ pub(crate) fn site() -> Router<ApiState> {
     Router::new()
         .route("/site", get(site_show))
         .route("/site/settings", get(settings_show).patch(settings_update))
+        .route("/site/attach-store", axum::routing::post(site_attach_store))
         .route("/partners", get(partner_list).post(partner_add))
         .route(
             "/partners/{name}",

@@ -167,6 +167,17 @@ pub enum SiteCommand {
     Show,
     /// Change site-wide replication settings (no flag: show them).
     Set(SetArgs),
+    /// Take over the replica stores kept at an object-store location (a
+    /// bucket whose replica site was lost): every group found there becomes
+    /// a replica group of this site, with its PITs, VMs and plans.
+    AttachStore {
+        /// `s3://BUCKET/PREFIX` as the lost site's `authz add` gave it.
+        location: String,
+        /// A file holding an encrypted group's key (the line `offsite group
+        /// key export GROUP` printed); once per encrypted group.
+        #[arg(long = "key-file")]
+        key_files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -234,6 +234,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Site(SiteCommand::Show) => p.site(&client(&cli.global)?.site()?),
         Command::Site(SiteCommand::Set(a)) => commands::site_set(&client(global)?, a, &p),
+        Command::Site(SiteCommand::AttachStore {
+            location,
+            key_files,
+        }) => {
+            let mut keys = Vec::new();
+            for f in key_files {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the key file {}", f.display()))?;
+                keys.push(text.trim().to_string());
+            }
+            p.store_attached(
+                &client(global)?.attach_store(&offsite_api_types::AttachStore {
+                    location: location.clone(),
+                    keys,
+                })?,
+            )
+        }
         Command::Volume(cmd) => commands::volume(&client(global)?, cmd, &p),
         Command::Vm(cmd) => commands::vm(&client(global)?, cmd, &p),
         Command::Partner(cmd) => commands::partner(&client(global)?, cmd, &p),

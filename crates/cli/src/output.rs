@@ -705,6 +705,49 @@ impl Printer {
         emit(&format!("{}\n", out.trim_end()))
     }
 
+    pub fn store_attached(&self, r: &offsite_api_types::StoreAttached) -> anyhow::Result<()> {
+        if self.json {
+            return self.print_json(r);
+        }
+        let mut out = String::new();
+        if r.groups.is_empty() {
+            out.push_str("no group's store was found at that location\n");
+        } else {
+            let rows: Vec<Vec<String>> = r
+                .groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.group.clone(),
+                        kebab(&g.action),
+                        g.primary.clone().unwrap_or_default(),
+                        g.pits.to_string(),
+                        g.detail.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &["GROUP", "ACTION", "PRIMARY", "PITS", "DETAIL"],
+                &rows,
+            ));
+        }
+        if !r.plans.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .plans
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.plan.clone(),
+                        if p.adopted { "adopted" } else { "not adopted" }.to_string(),
+                        p.detail.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["PLAN", "STATE", "DETAIL"], &rows));
+        }
+        emit(&out)
+    }
+
     pub fn partner_replaced(&self, r: &offsite_api_types::PartnerReplaced) -> anyhow::Result<()> {
         if self.json {
             return self.print_json(r);
@@ -719,13 +762,7 @@ impl Printer {
             let rows: Vec<Vec<String>> = r
                 .groups
                 .iter()
-                .map(|g| {
-                    let action = serde_json::to_value(g.action)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    vec![g.group.clone(), action, g.detail.clone()]
-                })
+                .map(|g| vec![g.group.clone(), kebab(&g.action), g.detail.clone()])
                 .collect();
             out.push_str(&table(&["GROUP", "ACTION", "DETAIL"], &rows));
         }
@@ -1281,4 +1318,12 @@ fn seconds(s: u64) -> String {
         s if s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// A unit enum as its JSON string (`full-copy`, `needs-key`).
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

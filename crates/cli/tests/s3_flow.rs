@@ -77,6 +77,16 @@ fn replica_in_garage_replicates_fails_over_reverses_and_fails_back() {
         !keys.iter().any(|k| k.starts_with("merging/")),
         "no merge left half done: {keys:?}"
     );
+    // The group's definition beside its store, for a site recovering from
+    // the bucket alone.
+    let def: serde_json::Value =
+        serde_json::from_slice(&objects.get("group.json").unwrap()).unwrap();
+    assert_eq!(
+        (def["group"].as_str(), def["primary"].as_str()),
+        (Some("g"), Some("site-a")),
+        "{def}"
+    );
+    assert_eq!(def["volumes"].as_array().map(Vec::len), Some(2), "{def}");
     verify_clean(&a, "g");
     // (A timed cycle may have committed since the listing.)
     let checked = pit_check_clean(&b, "g");

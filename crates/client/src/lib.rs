@@ -406,6 +406,14 @@ impl Client {
         )
     }
 
+    /// `POST /site/attach-store`.
+    pub fn attach_store(
+        &self,
+        req: &offsite_api_types::AttachStore,
+    ) -> Result<offsite_api_types::StoreAttached, ClientError> {
+        self.send("POST", "/site/attach-store", req)
+    }
+
     /// `POST /partners/{name}/replace`.
     pub fn replace_partner(
         &self,

@@ -265,6 +265,14 @@ fn check_wait_for(spec: &str) -> Result<(), PlanError> {
 /// this site and a partner, and its groups (replicated with that partner),
 /// VMs and steps must make sense. Run on both sites for every change.
 pub(crate) fn validate(site: &Site, p: &PlanRow) -> Result<(), PlanError> {
+    validate_with(site, p, true)
+}
+
+/// [`validate`]; `need_partner: false` accepts a plan whose other site is
+/// not paired here (a plan adopted from a bucket after that site was lost:
+/// its disaster run needs no partner, and pairing a rebuilt site comes
+/// later).
+pub(crate) fn validate_with(site: &Site, p: &PlanRow, need_partner: bool) -> Result<(), PlanError> {
     offsite_engine::names::validate("plan", &p.name)?;
     let here = &site.config().name;
     if p.protected_site == p.recovery_site {
@@ -280,7 +288,7 @@ pub(crate) fn validate(site: &Site, p: &PlanRow) -> Result<(), PlanError> {
         )));
     }
     let other = other_site(p, here);
-    if site.partner(other).is_err() {
+    if need_partner && site.partner(other).is_err() {
         return Err(invalid(format!(
             "site {here} is not paired with {other}; pair them first (`offsite partner add {other} ...`)"
         )));
@@ -777,6 +785,60 @@ impl Plans {
             });
         }
         Ok(out)
+    }
+
+    /// Stores the plan copies found beside the stores a `site attach-store`
+    /// took over (`PLAN_PUT` JSON, as `offsite_replication::bucket` keeps
+    /// them): each plan whose groups are all here now, and that this site
+    /// does not have yet. The plan's other site need not be paired (it may
+    /// be the site that was lost).
+    pub async fn adopt(
+        &self,
+        copies: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<AdoptedPlan>, PlanError> {
+        let site = self.site.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for (name, bytes) in copies {
+                let adopted = match serde_json::from_slice::<wire::PlanPut>(&bytes) {
+                    Err(e) => Err(format!("its copy is not a plan definition: {e}")),
+                    Ok(put) if put.plan.name != name => Err(format!(
+                        "its copy defines plan {}, not {name}",
+                        put.plan.name
+                    )),
+                    Ok(_) if site.plans().get(&name).is_ok() => {
+                        Err("a plan of that name exists here: left alone".to_string())
+                    }
+                    Ok(put) => {
+                        let row = plan_row(&put.plan);
+                        validate_with(&site, &row, false)
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| site.plans().put(&row).map_err(|e| e.to_string()))
+                    }
+                };
+                out.push(match adopted {
+                    Ok(()) => {
+                        site.note(
+                            "plan.adopted",
+                            &name,
+                            &format!("plan {name} adopted from a bucket"),
+                        );
+                        AdoptedPlan {
+                            plan: name,
+                            adopted: true,
+                            detail: "stored here".into(),
+                        }
+                    }
+                    Err(detail) => AdoptedPlan {
+                        plan: name,
+                        adopted: false,
+                        detail,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// `plan report RUN-ID`.

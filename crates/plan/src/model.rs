@@ -191,6 +191,17 @@ pub struct SharedPlan {
     pub detail: String,
 }
 
+/// A plan copy found beside a store that `site attach-store` took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedPlan {
+    /// Plan name.
+    pub plan: String,
+    /// Stored here now.
+    pub adopted: bool,
+    /// Why not, or what was done.
+    pub detail: String,
+}
+
 /// A run in `plan history`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanRunSummary {

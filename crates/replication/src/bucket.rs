@@ -22,6 +22,7 @@
 //! | `mode`, `rpo_secs`, `keep`, `security_tag`, `on_link_loss`, `suspend_timeout_secs`, `bandwidth`, `compress`, `app_consistent_every_secs`, `journal` | the group's settings, as in `GROUP_CREATE` |
 //! | `volumes` | name, size and block size of each volume, in order |
 //! | `vms` | the group's VMs with their hooks, as in `GROUP_CREATE` |
+//! | `app_consistent_pits` | ids of the PITs cut with the VMs quiesced |
 //! | `written_at` | RFC 3339 |
 //!
 //! The group's encryption key is never written: a site attaching an
@@ -91,6 +92,10 @@ pub struct GroupManifest {
     pub volumes: Vec<ManifestVolume>,
     /// VMs in start order, with their hooks.
     pub vms: Vec<VmDesc>,
+    /// The PITs cut with the group's VMs quiesced (the store itself does
+    /// not record the mark).
+    #[serde(default)]
+    pub app_consistent_pits: Vec<u64>,
     /// RFC 3339 time it was written.
     pub written_at: String,
 }
@@ -120,8 +125,14 @@ pub enum ManifestError {
 }
 
 impl GroupManifest {
-    /// The manifest of group `row` as replicated from `primary` to `replica`.
-    pub fn of(row: &GroupRow, primary: &str, replica: &str) -> GroupManifest {
+    /// The manifest of group `row` as replicated from `primary` to
+    /// `replica`, with its application-consistent PITs.
+    pub fn of(
+        row: &GroupRow,
+        primary: &str,
+        replica: &str,
+        app_consistent_pits: &[u64],
+    ) -> GroupManifest {
         GroupManifest {
             format: FORMAT,
             group: row.name.clone(),
@@ -147,6 +158,7 @@ impl GroupManifest {
                 })
                 .collect(),
             vms: row.vms.iter().map(VmDesc::of_row).collect(),
+            app_consistent_pits: app_consistent_pits.to_vec(),
             written_at: offsite_catalog::now_rfc3339(),
         }
     }
@@ -206,11 +218,12 @@ pub(crate) fn publish_group(
     store: &ReplicaStore,
     row: &GroupRow,
     replica: &str,
+    app_consistent_pits: &[u64],
 ) -> Result<(), ObjectError> {
     let Some(objects) = store.object_store() else {
         return Ok(());
     };
-    let manifest = GroupManifest::of(row, &row.partner, replica);
+    let manifest = GroupManifest::of(row, &row.partner, replica, app_consistent_pits);
     let digest = manifest.digest();
     let id = objects.describe();
     if written().lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&digest) {
@@ -310,6 +323,7 @@ mod tests {
                 quiesce: None,
                 thaw: None,
             }],
+            app_consistent_pits: vec![3],
             written_at: "2026-12-07T11:20:00Z".into(),
         }
     }
@@ -392,7 +406,7 @@ mod tests {
             }],
             vms: Vec::new(),
         };
-        publish_group(&store, &row, "site-b").unwrap();
+        publish_group(&store, &row, "site-b", &[]).unwrap();
         let first = objects.get(GROUP_MANIFEST).unwrap();
         let read = read_group(objects.as_ref()).unwrap();
         assert_eq!(
@@ -406,11 +420,11 @@ mod tests {
         assert_eq!(read.volumes.len(), 1);
         // Unchanged: not written again (the object, with its time, stays).
         objects.delete(GROUP_MANIFEST).unwrap();
-        publish_group(&store, &row, "site-b").unwrap();
+        publish_group(&store, &row, "site-b", &[]).unwrap();
         assert!(objects.get(GROUP_MANIFEST).unwrap_err().is_not_found());
         // Changed: written.
         row.keep += 1;
-        publish_group(&store, &row, "site-b").unwrap();
+        publish_group(&store, &row, "site-b", &[]).unwrap();
         assert_eq!(read_group(objects.as_ref()).unwrap().keep, row.keep);
         assert_ne!(objects.get(GROUP_MANIFEST).unwrap(), first);
         // The store itself still opens: it never lists these keys.

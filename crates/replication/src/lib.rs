@@ -28,6 +28,7 @@
 //! (its changelog table lists the kinds), and [`control`]'s dispatch table
 //! answers them.
 
+mod attach;
 pub mod bucket;
 mod channel;
 mod clock;
@@ -63,6 +64,7 @@ pub use model::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use attach::{AttachAction, Attached, AttachedGroup};
 use bytes::Bytes;
 pub use control::RemoteError;
 use offsite_engine::Site;

@@ -911,15 +911,6 @@ pub(crate) fn after_commit(
     app_consistent: bool,
 ) -> Result<PitCommitted, RemoteError> {
     let row = site.groups().get(group)?;
-    // A store in an object store carries the group's definition, for a
-    // site that must recover from the bucket alone. Never in the way of
-    // the commit: the next one writes it again.
-    if let Err(e) = crate::bucket::publish_group(store, &row, &site.config().name) {
-        tracing::warn!(
-            group,
-            "writing the group's definition beside its store: {e}"
-        );
-    }
     // The store does not keep the app-consistent mark: the catalog's list
     // does, and the new PIT takes it from the primary.
     let mut marked: Vec<u64> = site
@@ -931,6 +922,15 @@ pub(crate) fn after_commit(
         .collect();
     if app_consistent {
         marked.push(info.id.get());
+    }
+    // A store in an object store carries the group's definition, for a
+    // site that must recover from the bucket alone. Never in the way of
+    // the commit: the next one writes it again.
+    if let Err(e) = crate::bucket::publish_group(store, &row, &site.config().name, &marked) {
+        tracing::warn!(
+            group,
+            "writing the group's definition beside its store: {e}"
+        );
     }
     // Retention: keep the newest `keep` unnamed PITs; named ones stay
     // until released; the newest PIT (the common base) always stays;
