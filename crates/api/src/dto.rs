@@ -151,7 +151,8 @@ macro_rules! to_domain {
 // The engine: the site, volumes, partners, authorization, settings, VMs.
 to_dto!(engine::SiteInfo => SiteInfo { name, fingerprint, listen, api, api_url, api_tls, api_fingerprint, nbd, version, data_dir });
 to_dto!(engine::ImportProgress => ImportProgress { copied_bytes, total_bytes, error });
-to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, nbd_tls, connections, import });
+to_dto!(engine::VolumeInfo => VolumeInfo { name, size_bytes, block_size, dirty_bytes, role, state, created_at, url, nbd_tls, connections, import, hydration });
+to_dto!(engine::Hydration => Hydration { local_bytes, total_bytes });
 to_dto!(engine::Event => Event { id, at, kind, subject, message });
 // The console's URL is the replication service's to know: see
 // `with_consoles`.

@@ -217,6 +217,17 @@ impl Printer {
                 f.push(("import error", e.clone()));
             }
         }
+        if let Some(h) = &v.hydration {
+            f.push((
+                "local",
+                format!(
+                    "{} of {} ({:.1} %; the rest is read from its PIT)",
+                    human(h.local_bytes),
+                    human(h.total_bytes),
+                    h.local_bytes as f64 * 100.0 / h.total_bytes.max(1) as f64
+                ),
+            ));
+        }
         emit(&fields(&f))
     }
 

@@ -144,6 +144,19 @@ fn a_new_site_rises_from_the_bucket_and_the_plan_fails_back_unchanged() {
     assert_eq!(group_status(&b, "g1")["state"], "failed-over");
     qemu_io(&b.url("v1"), &V1_IMAGE);
     assert_eq!(vm_definition(&b, "vm1"), vm_before, "vm1 at the new site-b");
+    // The promoted volume is completed from the bucket in the background
+    // (`hydration` shows how far) until it no longer depends on it.
+    wait_until("v1 no longer reads from the bucket", GROUP_LIMIT, || {
+        let v = b.json(&["volume", "show", "v1"]);
+        match v.get("hydration") {
+            None | Some(Value::Null) => true,
+            Some(h) => {
+                assert!(u(h, "local_bytes") <= u(h, "total_bytes"), "{v}");
+                false
+            }
+        }
+    });
+    qemu_io(&b.url("v1"), &V1_IMAGE);
 
     // site-a is rebuilt, paired and authorizes site-b, as any new site.
     let a = group_site("site-a");

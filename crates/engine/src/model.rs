@@ -68,6 +68,21 @@ pub struct VolumeInfo {
     pub connections: u64,
     /// Import progress while `state` is `importing`.
     pub import: Option<ImportProgress>,
+    /// A promoted volume or test clone that still reads blocks from the
+    /// PIT below it (in a bucket, each such read is a fetch): how much of
+    /// it is held locally. Promoted volumes are completed in the
+    /// background; absent once the volume no longer depends on the PIT.
+    pub hydration: Option<Hydration>,
+}
+
+/// How much of a layered volume is held locally ([`VolumeInfo::hydration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hydration {
+    /// Bytes held by the volume itself (copied from the PIT, written, or
+    /// known to be zero).
+    pub local_bytes: u64,
+    /// The volume's size.
+    pub total_bytes: u64,
 }
 
 /// `volume create`: either `size_bytes` or `import_path`.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::model::{CreateVolume, Event, ImportProgress, SiteInfo, VolumeInfo};
+use crate::model::{CreateVolume, Event, Hydration, ImportProgress, SiteInfo, VolumeInfo};
 use offsite_catalog::{Catalog, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
 
@@ -293,6 +293,13 @@ impl Site {
             nbd_tls,
             connections: self.connection_count(&row.name),
             import,
+            hydration: volume
+                .and_then(|v| v.file().layered())
+                .filter(|l| !l.is_flat())
+                .map(|l| Hydration {
+                    local_bytes: (l.present_blocks() * u64::from(l.block_size())).min(l.size()),
+                    total_bytes: l.size(),
+                }),
         }
     }
 
