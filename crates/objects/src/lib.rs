@@ -192,7 +192,7 @@ pub enum ObjectError {
     /// An encrypted object was sealed with another group key than the
     /// one this site holds (the object may be intact: the key is wrong).
     #[error(
-        "object {key} in {store} was encrypted with group key {found}, and this site holds key {expected}: import the group's key (offsite key import) on this site"
+        "object {key} in {store} was encrypted with group key {found}, and this site holds key {expected}: import the group's key on this site (`offsite group key import GROUP --key-file FILE`, the line `offsite group key export GROUP` printed where the key is)"
     )]
     WrongKey {
         /// The store.
