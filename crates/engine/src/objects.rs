@@ -329,6 +329,70 @@ pub fn delete_objects(
 }
 
 impl crate::Site {
+    /// `group key export`: group `group`'s key as its export line.
+    pub fn export_group_key(&self, group: &str) -> Result<crate::GroupKeyExport, EngineError> {
+        crate::names::validate("group", group)?;
+        if !self.layout.group_key(group).exists() {
+            return Err(EngineError::NotFound(format!(
+                "site {} holds no key for group {group}: its replicas are not encrypted, or the key was lost here (import it with `offsite group key import {group} --key-file FILE`)",
+                self.config().name
+            )));
+        }
+        let key = load_group_key(&self.layout, group)?;
+        self.event(
+            "group.key-exported",
+            Some(group),
+            &format!("the key {} of group {group} was exported", key.id()),
+        );
+        Ok(crate::GroupKeyExport {
+            group: group.to_string(),
+            key_id: key.id().to_string(),
+            key: key.export(),
+        })
+    }
+
+    /// `group key import`: keeps `line` (an export line) as group
+    /// `group`'s key. Refused when this site holds another key for the
+    /// group, or when the group's replica store here is sealed with
+    /// another key.
+    pub fn import_group_key(
+        &self,
+        group: &str,
+        line: &str,
+    ) -> Result<crate::GroupKeyInfo, EngineError> {
+        crate::names::validate("group", group)?;
+        let key = GroupKey::import(line.trim()).map_err(|e| {
+            EngineError::Invalid(format!(
+                "the key for group {group} is not usable: {e}; copy the whole line `offsite group key export {group}` printed"
+            ))
+        })?;
+        let id = key.id().to_string();
+        let store_dir = self
+            .catalog()
+            .group(group)
+            .ok()
+            .and_then(|row| row.store_dir);
+        if let Some(dir) = store_dir
+            && let Some(d) = StoreDescriptor::read(Path::new(&dir))?
+            && let Some(want) = d.key_id.filter(|_| d.encrypted)
+            && want != id
+        {
+            return Err(EngineError::Invalid(format!(
+                "the replica store {dir} of group {group} is encrypted with key {want}, and this key is {id}: import the group's own key"
+            )));
+        }
+        save_group_key(&self.layout, group, &key)?;
+        self.event(
+            "group.key-imported",
+            Some(group),
+            &format!("key {id} of group {group} imported"),
+        );
+        Ok(crate::GroupKeyInfo {
+            group: group.to_string(),
+            key_id: id,
+        })
+    }
+
     /// [`create_store`] with this site's settings.
     pub fn create_objects_store(
         &self,

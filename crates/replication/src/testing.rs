@@ -503,6 +503,7 @@ impl Pair {
                 checkpoint_interval_ms: None,
                 journal_history_secs: None,
                 journal_max_bytes: None,
+                encrypt: false,
             })
             .await
             .expect("creating the test group");
