@@ -387,3 +387,85 @@ fn an_encrypted_group_shows_the_bucket_ciphertext_only_and_detects_tampering() {
     );
     b.json(&["failover", "stop-test", "e"]);
 }
+
+/// An unplanned failover from the bucket leaves no named PIT in B's
+/// store, so the failback's reverse does not resume it: B's new replica
+/// store is built in the bucket from its volumes (the old objects deleted,
+/// the volumes uploaded as the base), and replication A -> B goes on.
+#[test]
+fn failback_after_an_unplanned_failover_rebuilds_the_store_in_the_bucket() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let Some(cluster) = GarageCluster::start_or_skip() else {
+        return;
+    };
+    let (mut a, b) = s3_pair(&cluster);
+    a.create_volume("d0", "16M");
+    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
+    a.json(&["group", "start", "g"]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 4M"]);
+    let replicated = u(&sync_pit(&a, "g", &[]), "id");
+
+    a.kill9();
+    let r = b.json(&["failover", "run", "g", "--force"]);
+    assert_eq!(r["mode"], "unplanned", "{r}");
+    assert_eq!(u(&r, "pit"), replicated, "{r}");
+    let b0 = served_url(&r, "d0");
+    qemu_io(&b0, &["read -P 0x11 0 4M", "write -P 0x21 8M 1M"]);
+    a.start();
+    wait_group(&a, "g", "A's cycles refused", GROUP_LIMIT, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed over"))
+    });
+    b.json(&["reverse", "g"]);
+    verify_clean(&b, "g");
+
+    // Failback: B becomes the replica again, with a store rebuilt in the
+    // bucket under the same prefix.
+    b.json(&["failover", "prepare", "g"]);
+    let r = a.json(&["failover", "run", "g"]);
+    let a0 = served_url(&r, "d0");
+    qemu_io(&a0, &["read -P 0x11 0 4M", "read -P 0x21 8M 1M"]);
+    qemu_io(&a0, &["write -P 0x31 12M 1M"]);
+    a.json(&["reverse", "g"]);
+    let sb = group_status(&b, "g");
+    assert_eq!(
+        (sb["role"].as_str(), sb["state"].as_str()),
+        (Some("replica"), Some("replicating")),
+        "{sb}"
+    );
+    assert!(
+        b.log().contains("is replaced: it holds no named PIT"),
+        "the dormant store was not resumed:\n{}",
+        tail(&b.log(), 30)
+    );
+    let objects = bucket_of(&cluster, "g");
+    let keys: Vec<String> = objects
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.starts_with("base/d0/")),
+        "the volume was uploaded as the base: {keys:?}"
+    );
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains(&format!("pits/{replicated:020}-"))),
+        "the old store's PITs are gone: {keys:?}"
+    );
+    assert!(
+        !b.dir()
+            .join("object-stores/site-a/g.reverse-staging")
+            .exists(),
+        "the staged images were removed"
+    );
+    qemu_io(&a.url("d0"), &["write -P 0x41 2M 64k"]);
+    sync_pit(&a, "g", &[]);
+    verify_clean(&a, "g");
+    pit_check_clean(&b, "g");
+}

@@ -43,6 +43,8 @@ pub const DESCRIPTOR_VERSION: u32 = 1;
 /// The sub-directory of an encrypted directory store's working directory
 /// that holds its (sealed) objects.
 pub const DIR_OBJECTS: &str = "objects";
+/// Rounds of listing and deleting [`delete_objects`] runs before it gives up.
+const DELETE_ROUNDS: u32 = 5;
 /// The object the storage-location probe writes, reads and deletes.
 const PROBE_KEY: &str = "offsite-write-test";
 
@@ -318,12 +320,32 @@ pub fn delete_objects(
             "deleting the objects of the replica store in {location}: {e}; run the command again once the store answers"
         ))
     };
-    let mut listed = objects.list("").map_err(failed)?;
-    // The store's metadata last: until it goes, what is left is still
-    // recognizably a store (and a leftover, not a fresh prefix).
-    listed.sort_by_key(|o| o.key == "store.meta");
-    for o in listed {
-        objects.delete(&o.key).map_err(failed)?;
+    // A few rounds: an object put by a handle of the old store that was
+    // still closing (its pending base chunks), or a listing that lags a
+    // deletion on another node, shows in the next round.
+    for round in 0..DELETE_ROUNDS {
+        let mut listed = objects.list("").map_err(failed)?;
+        if listed.is_empty() {
+            return Ok(true);
+        }
+        if round > 0 {
+            tracing::warn!(store = %location, left = listed.len(), round, "objects of a deleted replica store were still listed; deleting them again");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // The store's metadata last: until it goes, what is left is still
+        // recognizably a store (and a leftover, not a fresh prefix).
+        listed.sort_by_key(|o| o.key == "store.meta");
+        for o in listed {
+            objects.delete(&o.key).map_err(failed)?;
+        }
+    }
+    let left = objects.list("").map_err(failed)?;
+    if !left.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "deleting the objects of the replica store in {location}: {} object(s) are still listed after {DELETE_ROUNDS} rounds (for example {}); delete them with an S3 client, then run the command again",
+            left.len(),
+            left[0].key
+        )));
     }
     Ok(true)
 }
