@@ -108,6 +108,18 @@ pub(crate) fn pit_desc(p: &offsite_replica_store::PitInfo) -> PitDesc {
 /// system is full (the primary keeps the blocks and retries), else a
 /// refusal.
 pub(crate) fn storage_error(text: String, e: &offsite_replica_store::ReplicaError) -> RemoteError {
+    // The sources say why (an object store: unavailable, refused, changed
+    // or damaged, another key); `text` holds the error's own message only.
+    let mut text = text;
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let why = inner.to_string();
+        if !text.contains(&why) {
+            text.push_str(": ");
+            text.push_str(&why);
+        }
+        src = inner.source();
+    }
     if e.is_storage_full() {
         RemoteError::StorageFull(text)
     } else {
