@@ -468,4 +468,71 @@ fn failback_after_an_unplanned_failover_rebuilds_the_store_in_the_bucket() {
     sync_pit(&a, "g", &[]);
     verify_clean(&a, "g");
     pit_check_clean(&b, "g");
+
+    // Teardown with --delete-replica deletes the group's objects too.
+    a.json(&["group", "teardown", "g", "--delete-replica"]);
+    assert_eq!(objects.list("").unwrap(), Vec::new());
+    assert!(!b.dir().join("object-stores/site-a/g").exists());
+}
+
+/// `authz add` accepts an `s3://` location only once the site could put,
+/// get and delete an object there, and says what to fix otherwise.
+#[test]
+fn authz_add_probes_the_bucket_and_says_what_to_fix() {
+    let Some(cluster) = GarageCluster::start_or_skip() else {
+        return;
+    };
+    let unconfigured = group_site("site-c");
+    let err = unconfigured.fails(&[
+        "authz",
+        "add",
+        "--allowed-primary",
+        "site-a",
+        "--storage-location",
+        &format!("s3://{}/replicas", cluster.bucket),
+    ]);
+    assert!(
+        err.contains("[object_store]") && err.contains("AWS_ENDPOINT_URL"),
+        "{err}"
+    );
+    let b = s3_site("site-b", &cluster);
+    let err = b.fails(&[
+        "authz",
+        "add",
+        "--allowed-primary",
+        "site-a",
+        "--storage-location",
+        "s3://no-such-bucket-here/replicas",
+    ]);
+    assert!(
+        err.contains("cannot write a test object") && err.contains("check the bucket's name"),
+        "{err}"
+    );
+    let err = b.fails(&[
+        "authz",
+        "add",
+        "--allowed-primary",
+        "site-a",
+        "--storage-location",
+        "s3://Bad_Bucket/replicas",
+    ]);
+    assert!(err.contains("bucket name"), "{err}");
+    let ok = b.json(&[
+        "authz",
+        "add",
+        "--allowed-primary",
+        "site-a",
+        "--storage-location",
+        &format!("s3://{}/replicas", cluster.bucket),
+    ]);
+    assert_eq!(
+        ok[0]["storage_location"]
+            .as_str()
+            .or(ok["storage_location"].as_str()),
+        Some(format!("s3://{}/replicas", cluster.bucket).as_str()),
+        "{ok}"
+    );
+    // The probe leaves nothing behind.
+    let prefix = bucket_of(&cluster, "");
+    assert!(prefix.head("offsite-write-test").unwrap().is_none());
 }
