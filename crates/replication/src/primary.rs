@@ -356,7 +356,7 @@ impl Replication {
                     app_consistent_every_secs: every,
                     journal: Some(crate::wire::JournalDesc::of(&journal)),
                     pits_after: 0,
-                    key: key.as_ref().map(offsite_objects::GroupKey::export),
+                    key: key.as_ref().map(|k| crate::wire::KeyLine(k.export())),
                 })
                 .await?;
             ch.close().await;
@@ -447,16 +447,19 @@ impl Replication {
 
     /// Group `group`'s key as its export line when this site holds one
     /// (the group's replicas are encrypted), for a `GROUP_CREATE`.
-    pub(crate) async fn group_key_line(&self, group: &str) -> Result<Option<String>, ReplError> {
+    pub(crate) async fn group_key_line(
+        &self,
+        group: &str,
+    ) -> Result<Option<crate::wire::KeyLine>, ReplError> {
         let site = self.site.clone();
         let g = group.to_string();
         blocking(move || {
             if !site.layout().group_key(&g).exists() {
                 return Ok(None);
             }
-            Ok(Some(
+            Ok(Some(crate::wire::KeyLine(
                 offsite_engine::objects::load_group_key(site.layout(), &g)?.export(),
-            ))
+            )))
         })
         .await
     }

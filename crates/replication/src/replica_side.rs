@@ -760,7 +760,7 @@ impl Replication {
             // The group's key, kept here before the store is sealed with it.
             let key = match &req.key {
                 Some(line) => {
-                    let key = offsite_objects::GroupKey::import(line).map_err(|e| {
+                    let key = offsite_objects::GroupKey::import(&line.0).map_err(|e| {
                         RemoteError::BadRequest(format!("site {site_name}: the key of group {}: {e}", req.group))
                     })?;
                     offsite_engine::objects::save_group_key(site.layout(), &req.group, &key)?;

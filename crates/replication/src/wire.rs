@@ -513,7 +513,19 @@ pub struct GroupCreate {
     /// of the store with it. Left out for a plain group; an older replica
     /// ignores it, so the primary requires [`GroupCreated::encrypted`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<KeyLine>,
+}
+
+/// A group key's export line on the wire (a secret): serialized as the
+/// plain string, left out of `Debug` so that no log shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyLine(pub String);
+
+impl std::fmt::Debug for KeyLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLine(<redacted>)")
+    }
 }
 
 fn default_compress() -> bool {

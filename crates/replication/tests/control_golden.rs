@@ -21,7 +21,7 @@ use offsite_replication::control::{
 };
 use offsite_replication::control::{JournalQuery, JournalView};
 use offsite_replication::wire::{
-    CheckpointDesc, JournalDesc, JournalWindow, PitDesc, VmDesc, VolumeDesc,
+    CheckpointDesc, JournalDesc, JournalWindow, KeyLine, PitDesc, VmDesc, VolumeDesc,
 };
 
 fn path(name: &str) -> std::path::PathBuf {
@@ -685,7 +685,7 @@ fn an_encrypted_group_carries_its_key_and_the_replica_acknowledges_it() {
             app_consistent_every_secs: 0,
             journal: None,
             pits_after: 0,
-            key: Some(key),
+            key: Some(KeyLine(key)),
         },
     );
     reply(
@@ -695,6 +695,17 @@ fn an_encrypted_group_carries_its_key_and_the_replica_acknowledges_it() {
             rule: "site-a".into(),
             encrypted: true,
         },
+    );
+    let SiteRequest::GroupCreate(c) = SiteRequest::decode(
+        2,
+        &std::fs::read(path("encrypted-02-group_create.json")).unwrap(),
+    )
+    .unwrap() else {
+        panic!("GROUP_CREATE");
+    };
+    assert!(
+        !format!("{c:?}").contains("offsite-key-1"),
+        "Debug hides the key"
     );
     let old = GroupCreated::decode(br#"{"store_dir":"/x","rule":"r"}"#).unwrap();
     assert!(!old.encrypted);
