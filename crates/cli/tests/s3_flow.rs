@@ -536,3 +536,37 @@ fn authz_add_probes_the_bucket_and_says_what_to_fix() {
     let prefix = bucket_of(&cluster, "");
     assert!(prefix.head("offsite-write-test").unwrap().is_none());
 }
+
+/// A synchronous group's store in the bucket: its journal stays in the
+/// store's working directory, its seals become PITs in the bucket.
+#[test]
+fn a_sync_group_seals_its_pits_into_the_bucket() {
+    if !have_tools(&["qemu-io"]) {
+        return;
+    }
+    let Some(cluster) = GarageCluster::start_or_skip() else {
+        return;
+    };
+    let (a, b) = s3_pair(&cluster);
+    a.create_volume("s0", "16M");
+    create_group(&a, "s", "site-b", &["--volume", "s0"], &["--mode", "sync"]);
+    a.json(&["group", "start", "s"]);
+    wait_group(&a, "s", "in sync", GROUP_LIMIT, |s| {
+        s["sync_state"] == "in-sync"
+    });
+    qemu_io(&a.url("s0"), &["write -P 0x61 0 2M", "write -P 0x62 8M 1M"]);
+    let pit = u(&sync_pit(&a, "s", &[]), "id");
+    let keys: Vec<String> = bucket_of(&cluster, "s")
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("pits/{pit:020}-")) && k.ends_with("manifest.pit")),
+        "PIT {pit} committed in the bucket: {keys:?}"
+    );
+    verify_clean(&a, "s");
+    pit_check_clean(&b, "s");
+}
