@@ -435,6 +435,10 @@ pub struct CreateGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1048576)]
     pub journal_max_bytes: Option<u64>,
+    /// Encrypt the group's replicas at rest (XChaCha20-Poly1305) with a key
+    /// made for the group here, kept at both sites (`group key export`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
 }
 
 /// `group set`: changes of a group's settings.
@@ -668,6 +672,13 @@ pub struct GroupStatus {
     /// window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalStatus>,
+    /// The group's replicas are encrypted at rest (this site holds its key).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The id of the group's key (a hash of it, not the key), when
+    /// encrypted: both sites show the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The journal of a streaming group in `group status`.
@@ -981,6 +992,34 @@ pub struct RecoveryPoint {
     pub requested: String,
     /// How long before the time asked for the point lies, in milliseconds.
     pub before_requested_ms: u64,
+}
+
+/// `GET /groups/{name}/key` (`group key export`): the group's key. A
+/// secret: whoever holds `key` can read the group's replicas.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GroupKeyExport {
+    /// The group.
+    pub group: String,
+    /// The key's id (a hash of it, not the key).
+    pub key_id: String,
+    /// The export line (`offsite-key-1:…`).
+    pub key: String,
+}
+
+/// `POST /groups/{name}/key` (`group key import`): an export line.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ImportGroupKey {
+    /// The export line `group key export` printed.
+    pub key: String,
+}
+
+/// The key a site holds for a group.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GroupKeyInfo {
+    /// The group.
+    pub group: String,
+    /// The key's id.
+    pub key_id: String,
 }
 
 /// `pit export GROUP --at TIME`.

@@ -224,6 +224,8 @@ to_dto!(plan::AdoptedPlan => AdoptedPlan { plan, adopted, detail });
 to_dto!(replication::ReplacedGroup => ReplacedGroup { group, action, detail });
 to_dto!(plan::SharedPlan => SharedPlan { plan, sent, runs_sent, detail });
 to_dto!(engine::AuthzEntry => AuthzEntry { allowed_primary, storage_location, security_tag, created_at });
+to_dto!(engine::GroupKeyExport => GroupKeyExport { group, key_id, key });
+to_dto!(engine::GroupKeyInfo => GroupKeyInfo { group, key_id });
 to_dto!(engine::SiteSettings => SiteSettings { allow_any_partner, default_storage_location, bandwidth_bytes_per_sec });
 // The domain's XML stays inside the site (it goes to the partner with a
 // group, not to API clients, who read it with `virsh dumpxml`).
@@ -265,7 +267,7 @@ to_domain!(CreateVm => engine::CreateVm { name, volumes, start, stop, status, li
 to_domain!(SetVm => engine::SetVm { start, stop, status, volumes, quiesce, thaw });
 
 // The replication service: groups, PITs, failover, reverse, verify, resync.
-to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, continuous_lag_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error, journal });
+to_dto!(replication::GroupStatus => GroupStatus { name, mode, role, state, health, health_reason, partner, last_pit, lag_seconds, pending_bytes, rpo_seconds, keep, volumes, initial_progress_percent, initial_bytes_sent, initial_durable_bytes, isolated_bytes, test_failover_pit, sync_state, on_link_loss, eta_seconds, last_error, store_dir, needs_resync, last_drill_at, confirmed_at, seal_interval_seconds, continuous_lag_seconds, transfer, resync, bandwidth_bytes_per_sec, compress, last_app_consistent_pit, app_consistent_age_seconds, app_consistent_every_seconds, quiesce_error, journal, encrypted, key_id });
 to_dto!(replication::JournalStatus => JournalStatus { checkpoint_interval_ms, history_seconds, max_bytes, oldest_checkpoint_at, newest_checkpoint_at, checkpoints });
 to_dto!(replication::JournalListing => JournalListing { group, site, count, application_consistent, oldest, newest, files, bytes, checkpoints });
 to_dto!(replication::CheckpointEntry => CheckpointEntry { id, time, time_ns, consistency, name });
@@ -291,7 +293,7 @@ to_dto!(replication::PitCheckEntry => PitCheckEntry { id, name, ok, error });
 to_dto!(replication::SeedExport => SeedExport { group, dir, bytes, files });
 to_dto!(replication::AuthzCheckResult => AuthzCheckResult { partner, storage_location, rule });
 to_dto!(replication::PartnerTestResult => PartnerTestResult { partner, protocol_version, compression, handshake_ms, rtt_ms, bytes, seconds, mb_per_s });
-to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
+to_domain!(CreateGroup => replication::CreateGroup { name, partner, vms, volumes, mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, security_tag, on_link_loss, suspend_timeout_secs, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes, encrypt });
 to_domain!(SetGroup => replication::SetGroup { mode, rpo_secs, keep, bandwidth_bytes_per_sec, compress, app_consistent_every_secs, checkpoint_interval_ms, journal_history_secs, journal_max_bytes });
 to_domain!(FailoverRun => replication::FailoverRun { pit, at, test, force, skip_vm_hooks });
 to_domain!(ReverseRequest => replication::ReverseRequest { discard_changes_on, dry_run });
@@ -426,6 +428,8 @@ mod tests {
                 newest_checkpoint_at: Some("2024-01-01T01:00:00.5Z".into()),
                 checkpoints: Some(3601),
             }),
+            encrypted: sync,
+            key_id: sync.then(|| "00112233445566778899aabbccddeeff".into()),
         }
     }
 

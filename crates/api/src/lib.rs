@@ -110,8 +110,8 @@ impl ApiState {
     paths(site_show, site_attach_store, settings_show, settings_update, partner_list, partner_add, partner_show, partner_remove, partner_update, partner_replace, partner_test, partner_authz_check,
         authz_list, authz_add, authz_remove, vm_list, vm_create, vm_show, vm_delete, vm_set,
         group_list, group_create, group_status, group_start, group_pause, group_resume, group_set, group_sync,
-        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, checkpoint_list, pit_export, pit_export_at, pit_check, pit_release, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_set_network_map, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, volume_set_nbd_tls, event_list),
-    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanSetNetworkMap, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ReplacePartner, offsite_api_types::PartnerReplaced, offsite_api_types::AttachStore, offsite_api_types::Hydration, offsite_api_types::StoreAttached, offsite_api_types::AttachedGroup, offsite_api_types::AttachAction, offsite_api_types::AdoptedPlan, offsite_api_types::ReplacedGroup, offsite_api_types::ReplacedAction, offsite_api_types::SharedPlan, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitExportAt, offsite_api_types::RecoveryPoint, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, SetVolumeNbdTls, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef, offsite_api_types::JournalStatus, offsite_api_types::JournalListing, offsite_api_types::CheckpointEntry,
+        group_verify, group_resync, group_unfence, group_failover, group_stop_test, group_failover_prepare, group_reverse, group_failover_commit, group_failover_revert, group_measure, group_cycles, pit_list, checkpoint_list, pit_export, pit_export_at, pit_check, pit_release, group_key_export, group_key_import, group_teardown, group_export_seed, stream::overview, stream::stream, plan_list, plan_create, plan_show, plan_delete, plan_add_group, plan_remove_group, plan_set_priority, plan_set_network_map, plan_add_step, plan_remove_step, plan_run, plan_continue, plan_history, plan_report, plan_report_html, volume_list, volume_create, volume_show, volume_delete, volume_url, volume_clear_dirty, volume_set_nbd_tls, event_list),
+    components(schemas(offsite_api_types::CreatePlan, offsite_api_types::PlanAddGroup, offsite_api_types::PlanSetPriority, offsite_api_types::PlanSetNetworkMap, offsite_api_types::PlanAddStep, offsite_api_types::PlanInfo, offsite_api_types::PlanVm, offsite_api_types::PlanStep, offsite_api_types::PlanRunRequest, offsite_api_types::PlanRunReport, offsite_api_types::PlanRunGroup, offsite_api_types::PlanRunStep, offsite_api_types::PlanRunSummary, offsite_api_types::UpdatePartner, offsite_api_types::ReplacePartner, offsite_api_types::PartnerReplaced, offsite_api_types::AttachStore, offsite_api_types::Hydration, offsite_api_types::StoreAttached, offsite_api_types::AttachedGroup, offsite_api_types::AttachAction, offsite_api_types::AdoptedPlan, offsite_api_types::ReplacedGroup, offsite_api_types::ReplacedAction, offsite_api_types::SharedPlan, offsite_api_types::ExportSeed, offsite_api_types::SeedExport, offsite_api_types::PitExport, offsite_api_types::PitExportAt, offsite_api_types::GroupKeyExport, offsite_api_types::ImportGroupKey, offsite_api_types::GroupKeyInfo, offsite_api_types::RecoveryPoint, offsite_api_types::PitCheck, offsite_api_types::PitCheckEntry, offsite_api_types::FailoverRun, offsite_api_types::FailoverResult, offsite_api_types::HookReport, offsite_api_types::ReverseResult, offsite_api_types::ReverseRequest, offsite_api_types::SplitBrain, offsite_api_types::SplitBrainSide, offsite_api_types::ExportedVolume, offsite_api_types::Overview, offsite_api_types::CycleEntry, SetVolumeNbdTls, CreateGroup, GroupStatus, GroupMeasure, PitEntry, offsite_api_types::PitRef, offsite_api_types::JournalStatus, offsite_api_types::JournalListing, offsite_api_types::CheckpointEntry,
         StartGroup, offsite_api_types::SetGroup, SyncGroup, SyncResult, VerifyResult, offsite_api_types::VerifyVolume, offsite_api_types::ResyncResult, offsite_api_types::ResyncProgress, offsite_api_types::TransferProgress, VmInfo, CreateVm, offsite_api_types::SetVm, PartnerTestRequest, PartnerTestResult, AuthzCheckRequest, AuthzCheckResult, SiteSettings, UpdateSiteSettings, PartnerInfo, AddPartner, AuthzEntry, AddAuthz, SiteInfo, VolumeInfo, CreateVolume, VolumeUrl, Event, ApiError, offsite_api_types::ImportProgress)),
     modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
@@ -703,6 +703,27 @@ async fn pit_release(
         return Err(Failure::Repl(e));
     }
     repl(s.repl.pit_list(&name).await)
+}
+
+#[utoipa::path(get, path = "/api/v1/groups/{name}/key", params(("name" = String, Path)),
+    responses((status = 200, body = offsite_api_types::GroupKeyExport), (status = 404, body = ApiError)))]
+async fn group_key_export(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<offsite_api_types::GroupKeyExport> {
+    blocking(move || s.site.export_group_key(&name)).await
+}
+
+#[utoipa::path(post, path = "/api/v1/groups/{name}/key", params(("name" = String, Path)),
+    request_body = offsite_api_types::ImportGroupKey,
+    responses((status = 200, body = offsite_api_types::GroupKeyInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn group_key_import(
+    State(s): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    b: JsonBody<offsite_api_types::ImportGroupKey>,
+) -> ApiResult<offsite_api_types::GroupKeyInfo> {
+    let req = body(b)?;
+    blocking(move || s.site.import_group_key(&name, &req.key)).await
 }
 
 #[utoipa::path(post, path = "/api/v1/groups/{name}/export-seed", params(("name" = String, Path)),

@@ -54,6 +54,10 @@ pub(crate) fn groups() -> Router<ApiState> {
         )
         .route("/groups/{name}/pits/check", axum::routing::post(pit_check))
         .route(
+            "/groups/{name}/key",
+            axum::routing::get(group_key_export).post(group_key_import),
+        )
+        .route(
             "/groups/{name}/pits/export",
             axum::routing::post(pit_export_at),
         )

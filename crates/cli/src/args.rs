@@ -302,6 +302,26 @@ pub enum GroupCommand {
         #[arg(long)]
         delete_replica: bool,
     },
+    /// The key of an encrypted group: export it (keep a copy offline),
+    /// import it at a site that lost it.
+    #[command(subcommand)]
+    Key(GroupKeyCommand),
+}
+
+/// `group key`.
+#[derive(Debug, Subcommand)]
+pub enum GroupKeyCommand {
+    /// Print the group's key (one line; a secret: whoever holds it can
+    /// read the group's replicas).
+    Export { name: String },
+    /// Keep the key in FILE (a line `group key export` printed) as the
+    /// group's key at this site.
+    Import {
+        name: String,
+        /// The file holding the key's line.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +381,11 @@ pub struct GroupCreateArgs {
     /// 10G); the oldest history goes first.
     #[arg(long, value_name = "SIZE")]
     pub journal_max_size: Option<Size>,
+    /// Encrypt the group's replicas at rest with a key made for it here
+    /// and kept at both sites; export it with `group key export` and keep a
+    /// copy offline: without it the replicas cannot be read.
+    #[arg(long)]
+    pub encrypt: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -217,6 +217,7 @@ pub(crate) fn group(
             checkpoint_interval_ms: a.checkpoint_interval.map(|d| d.0),
             journal_history_secs: a.journal_history.map(|d| d.0),
             journal_max_bytes: a.journal_max_size.map(|s| s.0),
+            encrypt: a.encrypt,
         })?),
         GroupCommand::Start {
             name,
@@ -287,6 +288,23 @@ pub(crate) fn group(
                     r.group
                 ),
                 serde_json::to_value(&r)?,
+            )
+        }
+        GroupCommand::Key(args::GroupKeyCommand::Export { name }) => {
+            let k = c.group_key_export(&name)?;
+            eprintln!(
+                "warning: this is the secret key of group {}: whoever holds it can read the group's replicas; keep it offline, and never in the bucket",
+                k.group
+            );
+            p.done(&k.key, serde_json::to_value(&k)?)
+        }
+        GroupCommand::Key(args::GroupKeyCommand::Import { name, key_file }) => {
+            let line = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("reading the key file {}", key_file.display()))?;
+            let k = c.group_key_import(&name, &line)?;
+            p.done(
+                &format!("site now holds key {} of group {}", k.key_id, k.group),
+                serde_json::to_value(&k)?,
             )
         }
         GroupCommand::Teardown {

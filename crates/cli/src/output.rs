@@ -511,6 +511,13 @@ impl Printer {
         if let Some(d) = &g.store_dir {
             f.push(("replica store", d.clone()));
         }
+        f.push((
+            "encrypted",
+            match &g.key_id {
+                Some(id) if g.encrypted => format!("true (key {id})"),
+                _ => "false".to_string(),
+            },
+        ));
         emit(&fields(&f))
     }
 

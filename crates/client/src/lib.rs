@@ -608,6 +608,29 @@ impl Client {
         self.post(&format!("/groups/{}/pits/check", encode(name)), &())
     }
 
+    /// `GET /groups/{name}/key`: the group's key (a secret).
+    pub fn group_key_export(
+        &self,
+        name: &str,
+    ) -> Result<offsite_api_types::GroupKeyExport, ClientError> {
+        self.get(&format!("/groups/{}/key", encode(name)))
+    }
+
+    /// `POST /groups/{name}/key`: keep `key` (an export line) as the
+    /// group's key.
+    pub fn group_key_import(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<offsite_api_types::GroupKeyInfo, ClientError> {
+        self.post(
+            &format!("/groups/{}/key", encode(name)),
+            &offsite_api_types::ImportGroupKey {
+                key: key.to_string(),
+            },
+        )
+    }
+
     /// `POST /groups/{name}/pits/{pit}/release`.
     pub fn pit_release(
         &self,

@@ -860,6 +860,30 @@ mod tests {
     }
 
     #[test]
+    fn object_store_settings_round_trip_stay_out_while_empty_and_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        let running = config();
+        running.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("object_store"), "{text}");
+        let mut file = config();
+        file.object_store.endpoint = Some("http://127.0.0.1:3900".into());
+        file.object_store.alternate_endpoints = vec!["http://127.0.0.1:3910".into()];
+        file.object_store.secret_access_key_file = Some("s3.secret".into());
+        file.save(&path).unwrap();
+        assert_eq!(SiteConfig::load(&path).unwrap(), file);
+        let (merged, report) = running.reload(&file);
+        assert_eq!(merged.object_store, file.object_store);
+        assert_eq!(report.changed.len(), 1, "{report:?}");
+        assert!(
+            report.changed[0].starts_with("object_store: "),
+            "{report:?}"
+        );
+        assert!(!report.changed[0].contains("s3.secret"), "{report:?}");
+    }
+
+    #[test]
     fn reload_takes_timers_bandwidth_and_log_but_keeps_name_and_addresses() {
         let running = config();
         let mut file = config();

@@ -202,6 +202,22 @@ impl Site {
     pub fn delete_group_row(&self, name: &str) -> Result<(), EngineError> {
         self.catalog().delete_group(name)?;
         self.event("group.deleted", Some(name), "group torn down");
+        // The key of an encrypted group is never deleted (a store kept
+        // aside may need it): it moves aside, so the name is free.
+        let key = self.layout.group_key(name);
+        if key.exists() {
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let aside = key.with_extension(format!("key.torn-down-{stamp}"));
+            std::fs::rename(&key, &aside).map_err(|e| EngineError::io("rename", &key, e))?;
+            self.event(
+                "group.key-kept",
+                Some(name),
+                &format!(
+                    "the key of torn-down group {name} is kept as {} (the replicas it encrypted need it)",
+                    aside.display()
+                ),
+            );
+        }
         Ok(())
     }
 

@@ -286,3 +286,24 @@ impl LibvirtState {
         }
     }
 }
+
+/// `group key export`: a group's key, as one line of text (a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKeyExport {
+    /// The group.
+    pub group: String,
+    /// The key's id (a hash of it, not the key).
+    pub key_id: String,
+    /// The key's export line (`offsite-key-1:…`): whoever holds it can
+    /// read the group's replicas.
+    pub key: String,
+}
+
+/// `group key import`: the key this site now holds for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKeyInfo {
+    /// The group.
+    pub group: String,
+    /// The key's id.
+    pub key_id: String,
+}

@@ -43,6 +43,8 @@ pub const DESCRIPTOR_VERSION: u32 = 1;
 /// The sub-directory of an encrypted directory store's working directory
 /// that holds its (sealed) objects.
 pub const DIR_OBJECTS: &str = "objects";
+/// Rounds of listing and deleting [`delete_objects`] runs before it gives up.
+const DELETE_ROUNDS: u32 = 5;
 /// The object the storage-location probe writes, reads and deletes.
 const PROBE_KEY: &str = "offsite-write-test";
 
@@ -318,17 +320,101 @@ pub fn delete_objects(
             "deleting the objects of the replica store in {location}: {e}; run the command again once the store answers"
         ))
     };
-    let mut listed = objects.list("").map_err(failed)?;
-    // The store's metadata last: until it goes, what is left is still
-    // recognizably a store (and a leftover, not a fresh prefix).
-    listed.sort_by_key(|o| o.key == "store.meta");
-    for o in listed {
-        objects.delete(&o.key).map_err(failed)?;
+    // A few rounds: an object put by a handle of the old store that was
+    // still closing (its pending base chunks), or a listing that lags a
+    // deletion on another node, shows in the next round.
+    for round in 0..DELETE_ROUNDS {
+        let mut listed = objects.list("").map_err(failed)?;
+        if listed.is_empty() {
+            return Ok(true);
+        }
+        if round > 0 {
+            tracing::warn!(store = %location, left = listed.len(), round, "objects of a deleted replica store were still listed; deleting them again");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // The store's metadata last: until it goes, what is left is still
+        // recognizably a store (and a leftover, not a fresh prefix).
+        listed.sort_by_key(|o| o.key == "store.meta");
+        for o in listed {
+            objects.delete(&o.key).map_err(failed)?;
+        }
+    }
+    let left = objects.list("").map_err(failed)?;
+    if !left.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "deleting the objects of the replica store in {location}: {} object(s) are still listed after {DELETE_ROUNDS} rounds (for example {}); delete them with an S3 client, then run the command again",
+            left.len(),
+            left[0].key
+        )));
     }
     Ok(true)
 }
 
 impl crate::Site {
+    /// `group key export`: group `group`'s key as its export line.
+    pub fn export_group_key(&self, group: &str) -> Result<crate::GroupKeyExport, EngineError> {
+        crate::names::validate("group", group)?;
+        if !self.layout.group_key(group).exists() {
+            return Err(EngineError::NotFound(format!(
+                "site {} holds no key for group {group}: its replicas are not encrypted, or the key was lost here (import it with `offsite group key import {group} --key-file FILE`)",
+                self.config().name
+            )));
+        }
+        let key = load_group_key(&self.layout, group)?;
+        self.event(
+            "group.key-exported",
+            Some(group),
+            &format!("the key {} of group {group} was exported", key.id()),
+        );
+        Ok(crate::GroupKeyExport {
+            group: group.to_string(),
+            key_id: key.id().to_string(),
+            key: key.export(),
+        })
+    }
+
+    /// `group key import`: keeps `line` (an export line) as group
+    /// `group`'s key. Refused when this site holds another key for the
+    /// group, or when the group's replica store here is sealed with
+    /// another key.
+    pub fn import_group_key(
+        &self,
+        group: &str,
+        line: &str,
+    ) -> Result<crate::GroupKeyInfo, EngineError> {
+        crate::names::validate("group", group)?;
+        let key = GroupKey::import(line.trim()).map_err(|e| {
+            EngineError::Invalid(format!(
+                "the key for group {group} is not usable: {e}; copy the whole line `offsite group key export {group}` printed"
+            ))
+        })?;
+        let id = key.id().to_string();
+        let store_dir = self
+            .catalog()
+            .group(group)
+            .ok()
+            .and_then(|row| row.store_dir);
+        if let Some(dir) = store_dir
+            && let Some(d) = StoreDescriptor::read(Path::new(&dir))?
+            && let Some(want) = d.key_id.filter(|_| d.encrypted)
+            && want != id
+        {
+            return Err(EngineError::Invalid(format!(
+                "the replica store {dir} of group {group} is encrypted with key {want}, and this key is {id}: import the group's own key"
+            )));
+        }
+        save_group_key(&self.layout, group, &key)?;
+        self.event(
+            "group.key-imported",
+            Some(group),
+            &format!("key {id} of group {group} imported"),
+        );
+        Ok(crate::GroupKeyInfo {
+            group: group.to_string(),
+            key_id: id,
+        })
+    }
+
     /// [`create_store`] with this site's settings.
     pub fn create_objects_store(
         &self,

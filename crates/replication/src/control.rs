@@ -90,6 +90,8 @@
 //! | [`GroupCreate`], [`GroupSetMode`] | `journal` | the group's journal settings ([`JournalDesc`](crate::wire::JournalDesc): checkpoint interval, history, size), kept and applied by the replica | drops them: keeps no history |
 //! | [`SyncStreamBegun`] (reply to `SYNC_STREAM_BEGIN`, empty before) | `checkpoints` | the replica takes `SYNC_CHECKPOINT` on the stream | sends an empty body: no checkpoints are sent to it |
 //! | [`GroupCreate`] | `pits_after` | the group is re-created at a rebuilt partner: its store numbers PITs after this id | numbers them from 1 |
+//! | [`GroupCreate`] | `key` | the group's key (export line) when its replicas are encrypted: the replica keeps it and seals its store | ignores it, and answers without `encrypted` |
+//! | [`GroupCreated`] | `encrypted` | the replica keeps the key and its store is sealed with it | absent (false): the primary undoes the group and refuses (`encrypted-02-group_create.json`, `reply-group-created-encrypted.json`) |
 //! | [`PitCommitted`] | `journal` | the journal window after the commit ([`JournalWindow`](crate::wire::JournalWindow)), shown by the primary's status | not reported: the primary shows no window |
 //!
 //! [`Message::Request`]: offsite_protocol::Message::Request

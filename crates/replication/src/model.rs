@@ -183,6 +183,13 @@ pub struct GroupStatus {
     /// window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalStatus>,
+    /// The group's replicas are encrypted at rest (this site holds its key).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The id of the group's key (a hash of it, not the key), when
+    /// encrypted: both sites show the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The journal of a streaming group in `group status`.
@@ -746,6 +753,10 @@ pub struct CreateGroup {
     /// Most bytes of journal the replica keeps (default 10 GiB).
     #[serde(default)]
     pub journal_max_bytes: Option<u64>,
+    /// Encrypt the group's replicas at rest with a key made for it here
+    /// (kept at this site and the replica, see `offsite_engine::objects`).
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 /// `group set`: changes of a group's settings.

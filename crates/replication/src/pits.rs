@@ -220,7 +220,9 @@ impl Replication {
                         id: p.id.get(),
                         name: p.name,
                         ok: r.is_ok(),
-                        error: r.err().map(|e| e.to_string()),
+                        // With its sources: an object store's error says
+                        // why (unavailable, changed or damaged, wrong key).
+                        error: r.err().map(|e| error_chain(&e)),
                     }
                 })
                 .collect();
@@ -632,4 +634,16 @@ pub(crate) fn pit_rows(store: &ReplicaStore) -> Vec<offsite_catalog::PitRow> {
             app_consistent: false,
         })
         .collect()
+}
+
+/// `e` with its sources, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }

@@ -303,6 +303,16 @@ fn refuse_while(name: &str, state: GroupState, command: Option<Command>) -> bool
     true
 }
 
+/// The refusal when a replica answered an encrypted group's
+/// `GROUP_CREATE` without keeping its key (an offsite from before
+/// encryption): the group is undone there rather than replicated in the
+/// clear.
+pub(crate) fn old_replica_for_encryption(partner: &str, group: &str) -> ReplError {
+    invalid(format!(
+        "site {partner} runs an offsite that cannot encrypt replicas, so group {group} was not created; upgrade offsite at {partner}, or create the group without --encrypt"
+    ))
+}
+
 impl Replication {
     /// `group create` at the primary: validates locally, has the replica
     /// validate and create its side (authorization, storage, space, name),
@@ -322,26 +332,50 @@ impl Replication {
             req.journal_max_bytes,
         )?;
 
-        let mut ch = self.channel(&req.partner, None).await?;
-        let created: GroupCreated = ch
-            .call(&GroupCreate {
-                group: req.name.clone(),
-                mode: req.mode.clone(),
-                rpo_secs: req.rpo_secs,
-                keep: req.keep,
-                security_tag: req.security_tag.clone(),
-                on_link_loss: on_link_loss.clone(),
-                suspend_timeout_secs,
-                volumes: volumes.clone(),
-                vms: vms.clone(),
-                bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
-                compress: req.compress.unwrap_or(true),
-                app_consistent_every_secs: every,
-                journal: Some(crate::wire::JournalDesc::of(&journal)),
-                pits_after: 0,
-            })
-            .await?;
-        ch.close().await;
+        // Made and kept here (durably) before anything is sealed with it.
+        let key = if req.encrypt {
+            Some(self.new_group_key(&req.name).await?)
+        } else {
+            None
+        };
+        let created: Result<GroupCreated, ReplError> = async {
+            let mut ch = self.channel(&req.partner, None).await?;
+            let created: GroupCreated = ch
+                .call(&GroupCreate {
+                    group: req.name.clone(),
+                    mode: req.mode.clone(),
+                    rpo_secs: req.rpo_secs,
+                    keep: req.keep,
+                    security_tag: req.security_tag.clone(),
+                    on_link_loss: on_link_loss.clone(),
+                    suspend_timeout_secs,
+                    volumes: volumes.clone(),
+                    vms: vms.clone(),
+                    bandwidth: req.bandwidth_bytes_per_sec.filter(|b| *b > 0),
+                    compress: req.compress.unwrap_or(true),
+                    app_consistent_every_secs: every,
+                    journal: Some(crate::wire::JournalDesc::of(&journal)),
+                    pits_after: 0,
+                    key: key.as_ref().map(|k| crate::wire::KeyLine(k.export())),
+                })
+                .await?;
+            ch.close().await;
+            if key.is_some() && !created.encrypted {
+                self.undo_replica_side(&req.partner, &req.name).await;
+                return Err(old_replica_for_encryption(&req.partner, &req.name));
+            }
+            Ok(created)
+        }
+        .await;
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                if req.encrypt {
+                    self.forget_new_group_key(&req.name).await;
+                }
+                return Err(e);
+            }
+        };
         let site = self.site.clone();
         let row = GroupRow {
             name: req.name.clone(),
@@ -379,10 +413,55 @@ impl Replication {
         let name = req.name.clone();
         if let Err(e) = blocking(move || site.insert_group_row(&row)).await {
             self.undo_replica_side(&req.partner, &name).await;
+            if req.encrypt {
+                self.forget_new_group_key(&name).await;
+            }
             return Err(e);
         }
         tracing::info!(group = %name, replica = %req.partner, store = %created.store_dir, rule = %created.rule, "group created");
         self.group_status(&name).await
+    }
+
+    /// A new key for group `group`, saved at this site (DATA/keys/GROUP.key,
+    /// 0600, durably) before anything is sealed with it.
+    async fn new_group_key(&self, group: &str) -> Result<offsite_objects::GroupKey, ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        blocking(move || {
+            let key = offsite_objects::GroupKey::generate();
+            offsite_engine::objects::save_group_key(site.layout(), &g, &key)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    /// Removes the key [`Replication::new_group_key`] saved for a group
+    /// whose creation failed (nothing was replicated with it).
+    async fn forget_new_group_key(&self, group: &str) {
+        let path = self.site.layout().group_key(group);
+        crate::warn_if_failed(
+            &format!("removing the unused key {}", path.display()),
+            std::fs::remove_file(&path),
+        );
+    }
+
+    /// Group `group`'s key as its export line when this site holds one
+    /// (the group's replicas are encrypted), for a `GROUP_CREATE`.
+    pub(crate) async fn group_key_line(
+        &self,
+        group: &str,
+    ) -> Result<Option<crate::wire::KeyLine>, ReplError> {
+        let site = self.site.clone();
+        let g = group.to_string();
+        blocking(move || {
+            if !site.layout().group_key(&g).exists() {
+                return Ok(None);
+            }
+            Ok(Some(crate::wire::KeyLine(
+                offsite_engine::objects::load_group_key(site.layout(), &g)?.export(),
+            )))
+        })
+        .await
     }
 
     /// The volumes a new group replicates — its VMs' and the ones named,

@@ -108,6 +108,18 @@ pub(crate) fn pit_desc(p: &offsite_replica_store::PitInfo) -> PitDesc {
 /// system is full (the primary keeps the blocks and retries), else a
 /// refusal.
 pub(crate) fn storage_error(text: String, e: &offsite_replica_store::ReplicaError) -> RemoteError {
+    // The sources say why (an object store: unavailable, refused, changed
+    // or damaged, another key); `text` holds the error's own message only.
+    let mut text = text;
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let why = inner.to_string();
+        if !text.contains(&why) {
+            text.push_str(": ");
+            text.push_str(&why);
+        }
+        src = inner.source();
+    }
     if e.is_storage_full() {
         RemoteError::StorageFull(text)
     } else {
@@ -745,7 +757,23 @@ impl Replication {
                     block_size: v.block_size,
                 })
                 .collect();
-            let dir = create_replica_store(&site, &site_name, &peer, &req, &grant, &specs)?;
+            // The group's key, kept here before the store is sealed with it.
+            let key = match &req.key {
+                Some(line) => {
+                    let key = offsite_objects::GroupKey::import(&line.0).map_err(|e| {
+                        RemoteError::BadRequest(format!("site {site_name}: the key of group {}: {e}", req.group))
+                    })?;
+                    offsite_engine::objects::save_group_key(site.layout(), &req.group, &key)?;
+                    Some(key)
+                }
+                None => None,
+            };
+            let dir = create_replica_store(&site, &site_name, &peer, &req, &grant, &specs, key.as_ref())
+                .inspect_err(|_| {
+                    if key.is_some() {
+                        drop(std::fs::remove_file(site.layout().group_key(&req.group)));
+                    }
+                })?;
             site.insert_group_row(&GroupRow {
                 name: req.group.clone(),
                 role: Role::Replica,
@@ -788,6 +816,7 @@ impl Replication {
             Ok(GroupCreated {
                 store_dir: dir.display().to_string(),
                 rule: grant.rule,
+                encrypted: key.is_some(),
             })
         })
         .await?
@@ -819,6 +848,8 @@ impl Replication {
 /// `s3://` location, a working directory under the site's data directory
 /// with the objects under `PREFIX/GROUP/` of the bucket
 /// (`offsite_engine::objects`); for a directory, `LOCATION/PEER/GROUP`.
+/// With `key` every object is sealed with it: a directory location then
+/// keeps its objects in `objects/` of that directory.
 fn create_replica_store(
     site: &offsite_engine::Site,
     site_name: &str,
@@ -826,6 +857,7 @@ fn create_replica_store(
     req: &GroupCreate,
     grant: &offsite_engine::authz::Grant,
     specs: &[VolumeSpec],
+    key: Option<&offsite_objects::GroupKey>,
 ) -> Result<PathBuf, RemoteError> {
     use offsite_engine::objects;
     let location =
@@ -850,7 +882,7 @@ fn create_replica_store(
             group: &req.group,
             volumes: specs,
             after: req.pits_after,
-            key: None,
+            key,
         })
         .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
         return Ok(dir);
@@ -893,6 +925,20 @@ fn create_replica_store(
             "site {site_name} has {free} bytes free at {} but the group's volumes hold {needed} bytes of data; free space or use another storage location",
             dir.display()
         )));
+    }
+    if let Some(key) = key {
+        site.create_objects_store(offsite_engine::objects::NewObjectsStore {
+            location: offsite_objects::StorageLocation::Directory(
+                dir.join(offsite_engine::objects::DIR_OBJECTS),
+            ),
+            work_dir: &dir,
+            group: &req.group,
+            volumes: specs,
+            after: req.pits_after,
+            key: Some(key),
+        })
+        .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;
+        return Ok(dir);
     }
     ReplicaStore::create_after(&dir, specs, req.pits_after)
         .map_err(|e| format!("site {site_name} cannot create the replica store: {e}"))?;

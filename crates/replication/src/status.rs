@@ -26,6 +26,23 @@ struct StatusFacts {
     pending_and_isolated: (u64, u64),
     /// A streaming group's journal window at this replica (from its store).
     journal_window: Option<crate::wire::JournalWindow>,
+    /// The id of the group's key when this site holds one (its replicas
+    /// are encrypted).
+    key_id: Option<String>,
+}
+
+/// The id of group `group`'s key when this site holds it (an unreadable
+/// key file shows as its error: the group is encrypted all the same).
+/// Blocking.
+fn key_id_of(site: &offsite_engine::Site, group: &str) -> Option<String> {
+    let path = site.layout().group_key(group);
+    if !path.exists() {
+        return None;
+    }
+    Some(match offsite_objects::GroupKey::load(&path) {
+        Ok(k) => k.id().to_string(),
+        Err(e) => format!("(unreadable: {e})"),
+    })
 }
 
 /// The journal window of a streaming group at its replica, read from its
@@ -87,6 +104,7 @@ impl Replication {
             Ok(StatusFacts {
                 pending_and_isolated: pending_and_isolated(&site, &row),
                 journal_window: replica_journal_window(&site, &row),
+                key_id: key_id_of(&site, &n),
                 row,
                 last_pit,
                 last_app_consistent,
@@ -121,6 +139,7 @@ impl Replication {
                     test_pit: test_pit_of(&row.name, failovers.iter().cloned()),
                     pending_and_isolated: pending_and_isolated(&site, &row),
                     journal_window: replica_journal_window(&site, &row),
+                    key_id: key_id_of(&site, &row.name),
                     row,
                 })
                 .collect::<Vec<_>>())
@@ -139,6 +158,7 @@ impl Replication {
             test_pit,
             pending_and_isolated: (mut pending, isolated),
             journal_window,
+            key_id,
         } = facts;
         let name = row.name.as_str();
         let last = last_pit.as_ref();
@@ -233,6 +253,8 @@ impl Replication {
                 let window = journal_window.or_else(|| self.runners.journal_window(name));
                 crate::model::JournalStatus::of(&row.journal, window)
             }),
+            encrypted: key_id.is_some(),
+            key_id,
         }
     }
 

@@ -58,6 +58,10 @@ pub(crate) enum Fault {
     /// The next request of `kind` stops before it is delivered until the
     /// test opens the gate (after the gate says it was reached).
     Hold(u16, Arc<Gate>),
+    /// The next request of `kind` reaches the partner without this
+    /// top-level field, as to a partner built before the field existed
+    /// (which ignores it, and leaves out its own answer to it).
+    DropField(u16, &'static str),
     /// The next dial fails: the partner cannot be reached.
     Unreachable,
 }
@@ -254,10 +258,20 @@ impl FakeLink {
             | Fault::Refuse(k, _)
             | Fault::Duplicate(k)
             | Fault::Delay(k, _)
-            | Fault::Hold(k, _) => *k == kind,
+            | Fault::Hold(k, _)
+            | Fault::DropField(k, _) => *k == kind,
             Fault::DropAfterFrames(_) | Fault::Unreachable => false,
         });
         let mut times = 1;
+        let mut body = body;
+        if let Some(Fault::DropField(_, field)) = fault {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).expect("a JSON request body");
+            if let Some(o) = v.as_object_mut() {
+                o.remove(field);
+            }
+            body = Bytes::from(serde_json::to_vec(&v).expect("JSON"));
+        }
         match fault {
             Some(Fault::DropBefore(_)) => return Err(self.lose()),
             Some(Fault::Refuse(_, e)) => return Err(ReplError::Refused(e)),
@@ -503,6 +517,7 @@ impl Pair {
                 checkpoint_interval_ms: None,
                 journal_history_secs: None,
                 journal_max_bytes: None,
+                encrypt: false,
             })
             .await
             .expect("creating the test group");
@@ -619,6 +634,7 @@ pub(crate) fn write(v: &Volume, block: u64, byte: u8) {
 }
 
 mod cycle;
+mod encrypt;
 mod failover;
 mod health;
 mod initial;

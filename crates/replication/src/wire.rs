@@ -508,6 +508,24 @@ pub struct GroupCreate {
     /// group's PIT ids never start again at 1. 0 (left out): a new group.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pits_after: u64,
+    /// The group's key (its export line, `offsite-key-1:…`) when its
+    /// replicas are encrypted: the replica keeps it and seals every object
+    /// of the store with it. Left out for a plain group; an older replica
+    /// ignores it, so the primary requires [`GroupCreated::encrypted`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyLine>,
+}
+
+/// A group key's export line on the wire (a secret): serialized as the
+/// plain string, left out of `Debug` so that no log shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyLine(pub String);
+
+impl std::fmt::Debug for KeyLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLine(<redacted>)")
+    }
 }
 
 fn default_compress() -> bool {
@@ -597,6 +615,12 @@ pub struct GroupCreated {
     pub store_dir: String,
     /// The authorization rule that admitted it.
     pub rule: String,
+    /// The replica keeps the group's key and its store is encrypted
+    /// (answers [`GroupCreate::key`]; an older replica leaves it out, and
+    /// the primary then undoes the group rather than replicate in the
+    /// clear).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub encrypted: bool,
 }
 
 /// [`kinds::GROUP_DELETE`]: the group's name, and whether the replica

@@ -21,7 +21,7 @@ use offsite_replication::control::{
 };
 use offsite_replication::control::{JournalQuery, JournalView};
 use offsite_replication::wire::{
-    CheckpointDesc, JournalDesc, JournalWindow, PitDesc, VmDesc, VolumeDesc,
+    CheckpointDesc, JournalDesc, JournalWindow, KeyLine, PitDesc, VmDesc, VolumeDesc,
 };
 
 fn path(name: &str) -> std::path::PathBuf {
@@ -143,6 +143,7 @@ fn every_request_body_matches_its_fixture() {
         app_consistent_every_secs: 0,
         journal: None,
         pits_after: 0,
+        key: None,
     });
     request(BaseBegin::new("g"));
     request(BaseSync::new("g"));
@@ -247,6 +248,7 @@ fn every_reply_matches_its_fixture() {
         GroupCreated {
             store_dir: "/srv/replicas/site-a/g".into(),
             rule: "site-a".into(),
+            encrypted: false,
         },
     );
     reply(
@@ -417,6 +419,7 @@ fn app_consistent_checkpoint_fields_are_optional() {
             app_consistent_every_secs: 3600,
             journal: None,
             pits_after: 0,
+            key: None,
         },
     );
     request_as(
@@ -543,6 +546,7 @@ fn journal_fields_are_optional() {
             app_consistent_every_secs: 0,
             journal: Some(journal),
             pits_after: 0,
+            key: None,
         },
     );
     request_as(
@@ -646,6 +650,63 @@ fn a_group_re_created_at_a_rebuilt_partner_carries_its_last_pit_id() {
             app_consistent_every_secs: 0,
             journal: None,
             pits_after: 41,
+            key: None,
         },
     );
+}
+
+/// An encrypted group's `GROUP_CREATE` carries the group's key (its export
+/// line) and the replica's answer says it keeps it (`encrypted`); both are
+/// left out for a plain group, so the fixtures above are unchanged. An
+/// older replica's answer has no `encrypted`: it reads as false, and the
+/// primary undoes the group rather than replicate in the clear.
+#[test]
+fn an_encrypted_group_carries_its_key_and_the_replica_acknowledges_it() {
+    let key = offsite_objects::GroupKey::from_bytes([7; 32]).export();
+    request_as(
+        "encrypted-02-group_create.json",
+        GroupCreate {
+            group: "g".into(),
+            mode: "async".into(),
+            rpo_secs: 300,
+            keep: 24,
+            security_tag: None,
+            on_link_loss: "degrade".into(),
+            suspend_timeout_secs: 30,
+            volumes: vec![VolumeDesc {
+                name: "d0".into(),
+                size_bytes: 1 << 30,
+                block_size: 4096,
+                allocated_bytes: Some(1 << 20),
+            }],
+            vms: Vec::new(),
+            bandwidth: None,
+            compress: true,
+            app_consistent_every_secs: 0,
+            journal: None,
+            pits_after: 0,
+            key: Some(KeyLine(key)),
+        },
+    );
+    reply(
+        "reply-group-created-encrypted.json",
+        GroupCreated {
+            store_dir: "/srv/data/object-stores/site-a/g".into(),
+            rule: "site-a".into(),
+            encrypted: true,
+        },
+    );
+    let SiteRequest::GroupCreate(c) = SiteRequest::decode(
+        2,
+        &std::fs::read(path("encrypted-02-group_create.json")).unwrap(),
+    )
+    .unwrap() else {
+        panic!("GROUP_CREATE");
+    };
+    assert!(
+        !format!("{c:?}").contains("offsite-key-1"),
+        "Debug hides the key"
+    );
+    let old = GroupCreated::decode(br#"{"store_dir":"/x","rule":"r"}"#).unwrap();
+    assert!(!old.encrypted);
 }

@@ -65,13 +65,17 @@ pub fn s3_pair(cluster: &GarageCluster) -> (TestSite, TestSite) {
 }
 
 /// The raw objects of group `group` in the bucket (as the bucket's owner
-/// sees them), through every node.
+/// sees them), through every node; `""`: the whole test prefix.
 pub fn bucket_of(cluster: &GarageCluster, group: &str) -> Arc<dyn ObjectStore> {
     let mut config = S3Config::new(
         cluster.endpoint(),
         cluster.region.clone(),
         cluster.bucket.clone(),
-        format!("{PREFIX}/{group}"),
+        if group.is_empty() {
+            PREFIX.to_string()
+        } else {
+            format!("{PREFIX}/{group}")
+        },
         cluster.access_key_id.clone(),
         cluster.secret_access_key.clone(),
     );

@@ -280,14 +280,31 @@ fn install_store(
             block_size: v.block_size,
         })
         .collect();
-    if let Some(location) = &target.objects {
+    // An encrypted group (this site holds its key) gets a sealed store,
+    // in the bucket or in `objects/` of a directory location.
+    let key = if site.layout().group_key(&r.name).exists() {
+        Some(offsite_engine::objects::load_group_key(
+            site.layout(),
+            &r.name,
+        )?)
+    } else {
+        None
+    };
+    let objects = target.objects.clone().or_else(|| {
+        key.as_ref().map(|_| {
+            offsite_objects::StorageLocation::Directory(
+                dir.join(offsite_engine::objects::DIR_OBJECTS),
+            )
+        })
+    });
+    if let Some(location) = objects {
         let store = site.create_objects_store(offsite_engine::objects::NewObjectsStore {
-            location: location.clone(),
+            location,
             work_dir: dir,
             group: &r.name,
             volumes: &specs,
             after,
-            key: None,
+            key: key.as_ref(),
         })?;
         for v in &r.volumes {
             let image = staging.join(&v.volume);

@@ -121,6 +121,7 @@ impl Replication {
             app_consistent_every_secs: row.app_consistent_every_secs,
             journal: Some(wire::JournalDesc::of(&row.journal)),
             pits_after,
+            key: self.group_key_line(&row.name).await?,
         })
     }
 
@@ -147,6 +148,14 @@ impl Replication {
         let create = self.definition_of(row, last_pit).await?;
         let mut ch = self.channel(&row.partner, None).await?;
         let created: GroupCreated = ch.call(&create).await?;
+        if create.key.is_some() && !created.encrypted {
+            ch.close().await;
+            self.undo_replica_side(&row.partner, &row.name).await;
+            return Err(crate::primary::old_replica_for_encryption(
+                &row.partner,
+                &row.name,
+            ));
+        }
         ch.close().await;
         let site = self.site.clone();
         let r = row.clone();

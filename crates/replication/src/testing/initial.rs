@@ -153,6 +153,7 @@ async fn a_group_the_replica_refuses_is_not_recorded() {
             checkpoint_interval_ms: None,
             journal_history_secs: None,
             journal_max_bytes: None,
+            encrypt: false,
         })
         .await
         .unwrap_err();

@@ -71,6 +71,7 @@ async fn group_of(p: &Pair, vms: &[&str], keep: u32) -> GroupRow {
         checkpoint_interval_ms: None,
         journal_history_secs: None,
         journal_max_bytes: None,
+        encrypt: false,
     })
     .await
     .expect("creating the test group");
