@@ -2,8 +2,9 @@
 //! site-b's replica store in a real 3-node Garage cluster, with a plan.
 //! Then site-a and site-b are killed and their data directories deleted.
 //! A brand-new site-b (a new identity, an empty data directory) attaches
-//! the bucket (`site attach-store`): the group, its PITs, its VM and the
-//! plan come from the bucket alone; the plan's disaster run recovers the
+//! the bucket with the group's key (`site attach-store --key-file`; the
+//! group is encrypted): the group, its PITs, its VM and the plan come from
+//! the bucket alone; the plan's disaster run recovers the
 //! VM's data exactly. A rebuilt site-a (a new identity) is paired, the
 //! plan's reprotect sends it a full copy and the plan, and the same plan
 //! fails back home: the plan and the VM's definition at the new site-a
@@ -71,7 +72,7 @@ fn a_new_site_rises_from_the_bucket_and_the_plan_fails_back_unchanged() {
         "vm", "create", "vm1", "--volume", "v1", "--start", "true", "--stop", "true",
     ]);
     qemu_io(&a.url("v1"), &["write -P 0x11 0 1M", "write -P 0x12 2M 1M"]);
-    create_group(&a, "g1", "site-b", &["--vm", "vm1"], &[]);
+    create_group(&a, "g1", "site-b", &["--vm", "vm1"], &["--encrypt"]);
     a.json(&["group", "start", "g1"]);
     a.json(&[
         "plan",
@@ -90,6 +91,17 @@ fn a_new_site_rises_from_the_bucket_and_the_plan_fails_back_unchanged() {
     let objects = bucket_of(&cluster, "g1");
     assert!(objects.head("group.json").unwrap().is_some());
     assert!(objects.head("plans/dr.json").unwrap().is_some());
+
+    // The group's key, kept away from both sites (a password manager).
+    let out = a.run(&["group", "key", "export", "g1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let escrow = tempfile::tempdir().unwrap();
+    let key_file = escrow.path().join("g1.key");
+    std::fs::write(&key_file, &out.stdout).unwrap();
 
     // Both sites are lost with everything on their disks.
     for mut site in [a, b] {
@@ -110,8 +122,15 @@ fn a_new_site_rises_from_the_bucket_and_the_plan_fails_back_unchanged() {
         "--storage-location",
         &location,
     ]);
-    let attached = b.json(&["site", "attach-store", &location]);
+    // Without the key the group's objects (its definition included) do not
+    // open: nothing is attached, and the answer says what is missing.
+    let keyless = b.json(&["site", "attach-store", &location]);
+    assert_eq!(keyless["groups"][0]["action"], "needs-key", "{keyless}");
+    assert!(b.fails(&["group", "status", "g1"]).contains("g1"));
+    let key_arg = key_file.display().to_string();
+    let attached = b.json(&["site", "attach-store", &location, "--key-file", &key_arg]);
     let g = &attached["groups"][0];
+    assert_eq!(g["encrypted"], true, "{attached}");
     assert_eq!(
         (
             g["group"].as_str(),
@@ -129,7 +148,7 @@ fn a_new_site_rises_from_the_bucket_and_the_plan_fails_back_unchanged() {
         plan_before
     );
     // Attaching again changes nothing.
-    let again = b.json(&["site", "attach-store", &location]);
+    let again = b.json(&["site", "attach-store", &location, "--key-file", &key_arg]);
     assert_eq!(again["groups"][0]["action"], "exists", "{again}");
 
     // The plan's disaster run recovers the VM's data exactly.
