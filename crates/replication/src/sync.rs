@@ -98,6 +98,7 @@ use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
 mod continuous;
+mod rounds;
 mod runner;
 mod stream;
 
@@ -1575,5 +1576,7 @@ impl Replication {
 
 #[cfg(test)]
 mod journal_tests;
+#[cfg(test)]
+mod rounds_tests;
 #[cfg(test)]
 mod tests;
