@@ -1,5 +1,6 @@
 //! The runner of a sync or continuous group while it replicates: attaches
-//! the mirror, resynchronizes with ordinary cycles, opens the stream, seals
+//! the mirror, resynchronizes (a sync group with ordinary cycles, a
+//! continuous one in rounds, see `rounds`), opens the stream, seals
 //! on the RPO timer, applies the link-loss policy, and detaches when the
 //! group leaves its mode. A continuous group's mirror never makes a write
 //! wait and resynchronizes at once after a spill (see `continuous`).
