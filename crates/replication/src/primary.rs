@@ -1427,7 +1427,8 @@ pub(crate) async fn send_blocks(
     let mut blocks_sent = 0u64;
     let mut i = 0;
     while i < runs.len() {
-        // Runs of up to READ_CHUNK_BYTES in all, read in one task.
+        // Runs of up to READ_CHUNK_BYTES in all, read in one task, each
+        // straight into its batch after the header (no encode copy).
         let mut j = i;
         let mut blocks = 0u64;
         while j < runs.len() && (j == i || blocks + u64::from(runs[j].1) <= per_chunk) {
@@ -1437,25 +1438,29 @@ pub(crate) async fn send_blocks(
         let chunk: Vec<(u32, u32)> = runs[i..j].to_vec();
         i = j;
         let v = vol.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; (blocks * bs) as usize];
-            let mut at = 0usize;
-            for &(start, n) in &chunk {
+        let batches = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(chunk.len());
+            for (start, n) in chunk {
                 let len = (u64::from(n) * bs) as usize;
+                let mut payload = vec![0u8; wire::BATCH_HEADER + len];
+                let data = &mut payload[wire::BATCH_HEADER..];
                 match read {
                     Read::AtCut => {
-                        for k in 0..n {
-                            let o = at + (u64::from(k) * bs) as usize;
-                            v.read_cut_block(start + k, &mut buf[o..o + bs as usize])?;
+                        for (k, block) in data.chunks_exact_mut(bs as usize).enumerate() {
+                            v.read_cut_block(start + k as u32, block)?;
                         }
                     }
-                    Read::Now => v
-                        .file()
-                        .read_at(&mut buf[at..at + len], u64::from(start) * bs)?,
+                    Read::Now => v.file().read_at(data, u64::from(start) * bs)?,
                 }
-                at += len;
+                let zero = data.iter().all(|&x| x == 0);
+                if zero {
+                    // Zero runs travel as ranges.
+                    payload.truncate(wire::BATCH_HEADER);
+                }
+                wire::write_batch_header(&mut payload, idx as u16, u64::from(start), n, zero);
+                out.push((n, len, zero, payload));
             }
-            Ok::<_, std::io::Error>((chunk, buf))
+            Ok::<_, std::io::Error>(out)
         })
         .await
         .map_err(|e| invalid(e.to_string()))?
@@ -1469,18 +1474,10 @@ pub(crate) async fn send_blocks(
                 }
             ))
         })?;
-        let (chunk, buf) = data;
-        let mut at = 0usize;
-        for (start, n) in chunk {
-            let len = (u64::from(n) * bs) as usize;
-            let run = &buf[at..at + len];
-            at += len;
-            let payload = if run.iter().all(|&x| x == 0) {
-                wire::encode_batch(idx as u16, u64::from(start), n, None)
-            } else {
+        for (n, len, zero, payload) in batches {
+            if !zero {
                 *bytes += len as u64;
-                wire::encode_batch(idx as u16, u64::from(start), n, Some(run))
-            };
+            }
             ch.send_batch(payload).await?;
             blocks_sent += u64::from(n);
             track.sent(len as u64);
