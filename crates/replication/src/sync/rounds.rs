@@ -114,8 +114,9 @@ pub(crate) enum RoundsEnd {
     /// The PIT was committed; `caught_up` when its cut was the last cut
     /// (the mirror queues writes for the stream from it on).
     Committed { caught_up: bool },
-    /// The group left continuous mode (or the runner stops): the PIT was
-    /// abandoned, its blocks stay in flight for whatever comes next.
+    /// The group left continuous replication between rounds (paused,
+    /// converted, failed over): the PIT was abandoned, its blocks stay in
+    /// flight for whatever ships next.
     Left,
 }
 
