@@ -288,6 +288,12 @@ fn rounds_take_what_was_written_since_and_stay_dirty_until_finished() {
     );
     assert_eq!(t.dirty_blocks(), 4, "in flight still counts as dirty");
     assert!(t.take_into_flight().unwrap().is_empty());
+    // Writes to more extents than the activity log holds evict the
+    // extents of the blocks in flight: from then on only the bitmap
+    // written at the eviction holds them.
+    for e in 100..100 + 2 * tuning().al_capacity as u64 {
+        t.mark(4096 * 16 * e, 4096).unwrap();
+    }
     t.crash();
     let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
     let after = t.snapshot();

@@ -47,6 +47,14 @@
 //! next one's first round takes them again (`first`: the whole in-flight
 //! set, as a cut does).
 //!
+//! **Pacing.** A round that takes no less than the one before shows
+//! writes faster than the replica absorbs: the next round would mostly
+//! send again blocks the VM keeps rewriting, and on a host the replica or
+//! other work shares it would take the VM's CPU for little. The rounds
+//! then rest as long as that round took before the next one (a
+//! shrinking round resumes them at once), so re-sending takes at most
+//! about half of the time until the cut.
+//!
 //! **When the rounds end.** As soon as a round took at most
 //! [`CATCH_UP_BYTES`] (what a catch-up cycle must ship at most before the
 //! stream restarts): that cut is also the *last cut*, during which the
@@ -96,6 +104,10 @@ pub(crate) struct RoundsLimits {
     /// Rounds that have gone on this long end with a cut anyway (the
     /// group's cycle interval).
     pub(crate) cut_after: Duration,
+    /// After a round that took no less than the one before (not
+    /// shrinking: the writes outpace the replica), wait as long as it
+    /// took before the next one.
+    pub(crate) pace: bool,
 }
 
 impl RoundsLimits {
@@ -104,6 +116,7 @@ impl RoundsLimits {
         RoundsLimits {
             caught_up_bytes: CATCH_UP_BYTES,
             cut_after: decide::cycle_interval(row.rpo_secs, cycle_secs),
+            pace: true,
         }
     }
 }
@@ -149,7 +162,9 @@ impl Replication {
         Fut: std::future::Future<Output = bool>,
     {
         let mut r = self.begin_rounds(row).await?;
+        let mut last_taken = u64::MAX;
         let caught_up = loop {
+            let began = Instant::now();
             let taken = match self.round(row, &mut r).await {
                 Ok(taken) => taken,
                 Err(e) => return Err(self.rounds_failed(row, r, false, e).await),
@@ -157,7 +172,8 @@ impl Replication {
             if taken <= limits.caught_up_bytes {
                 break true;
             }
-            if self.clock.now().saturating_duration_since(r.started) >= limits.cut_after {
+            let elapsed = self.clock.now().saturating_duration_since(r.started);
+            if elapsed >= limits.cut_after {
                 tracing::info!(
                     group = %row.name,
                     rounds = r.done,
@@ -166,6 +182,17 @@ impl Replication {
                 );
                 break false;
             }
+            if limits.pace && taken >= last_taken {
+                // The writes outpace the replica: the next round would
+                // mostly send again blocks the VM keeps rewriting, taking
+                // the CPU and the link from it for nothing until the cut.
+                // Rest as long as the round took (at most until the cut).
+                let rest = began
+                    .elapsed()
+                    .min(limits.cut_after.saturating_sub(elapsed));
+                tokio::time::sleep(rest).await;
+            }
+            last_taken = taken;
             if !still_streams().await {
                 self.abandon_rounds(row, r).await;
                 return Ok(RoundsEnd::Left);
