@@ -317,8 +317,11 @@ impl Replication {
                 Err(e) => {
                     let why = e.to_string();
                     // A failure after the last cut leaves the mirror
-                    // queueing with no stream to send it on.
-                    mirror.lose(why.clone());
+                    // queueing with no stream to send it on; before it,
+                    // the link keeps the reason it was lost for.
+                    if mirror.lost().is_none() {
+                        mirror.lose(why.clone());
+                    }
                     set_resyncing(false);
                     if let Some(keep) = self.resync_pause(row, rx, *backoff, &why).await {
                         return Err(keep);
