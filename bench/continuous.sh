@@ -208,7 +208,7 @@ lag_p99 = pct(99)
 print()
 print(f"- continuous / no replication IOPS at QD32: **{iops_ratio:.2f}x** (target >= 0.9)")
 print(f"- continuous / no replication p99 latency at QD32: **{p99_ratio:.2f}x** (target <= 1.5)")
-print(f"- spills during the QD32 jobs: {qd32_spills} (each followed by a resynchronization: catch-up cycles while the job writes)")
+print(f"- spills during the QD32 jobs: {qd32_spills} (each followed by a resynchronization while the job writes: rounds from the tracker, then a cut)")
 print(f"- lag at {rate:,.1f} MB/s of 64 KiB writes ({len(samples)} samples, one a second; states {states}): "
       f"p50 {pct(50):.2f} s, **p99 {lag_p99:.2f} s** (target <= 2), max {samples[-1] if samples else float('nan'):.2f} s; spills: {spills}")
 print(f"- verify of the continuous group after the runs: {verify.get('differing_blocks')} differing blocks of {verify.get('blocks_compared')}")

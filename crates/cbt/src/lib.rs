@@ -865,6 +865,24 @@ impl ChangeTracker {
         Ok(st.inflight.clone())
     }
 
+    /// Moves the dirty set in flight, as [`begin_cut`](Self::begin_cut)
+    /// does, but returns only the blocks moved now, not those an earlier
+    /// call left in flight: a resynchronization that ships in rounds
+    /// straight from the volume (no cut, no copy-on-write) takes each round
+    /// what was written since its previous one. No I/O.
+    ///
+    /// Durability as for [`begin_cut`](Self::begin_cut): the in-flight set
+    /// is dirty again after a crash until
+    /// [`finish_cut`](Self::finish_cut), so a round's blocks are never
+    /// clean before the replica has committed them.
+    pub fn take_into_flight(&self) -> Result<RoaringBitmap, CbtError> {
+        let mut st = self.lock_state();
+        self.check(&st)?;
+        let dirty = std::mem::take(&mut st.dirty);
+        st.inflight |= &dirty;
+        Ok(dirty)
+    }
+
     /// The replica committed the cut: its blocks are clean (unless written
     /// again since the cut). No I/O: the next bitmap write drops them; a
     /// crash before that only reships them.

@@ -265,3 +265,58 @@ fn cut_blocks_stay_dirty_until_finished_across_crash_and_close() {
     let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
     assert_eq!(t.snapshot().iter().collect::<Vec<_>>(), [0]);
 }
+
+/// A resynchronization's rounds: each takes only what was written since
+/// the previous one; every round's blocks stay dirty across a crash (with
+/// and without a bitmap write meanwhile) until the cut that ends the
+/// rounds is finished.
+#[test]
+fn rounds_take_what_was_written_since_and_stay_dirty_until_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ChangeTracker::create_tuned(dir.path(), "v", G, tuning()).unwrap();
+    t.mark(0, 4096 * 3).unwrap();
+    // A cut that never finished leaves blocks in flight: the first round
+    // of a resynchronization takes them with `begin_cut`.
+    assert_eq!(t.begin_cut().unwrap().iter().collect::<Vec<_>>(), [0, 1, 2]);
+    t.mark(4096 * 50, 4096).unwrap();
+    t.mark(4096, 4096).unwrap();
+    let round = t.take_into_flight().unwrap();
+    assert_eq!(
+        round.iter().collect::<Vec<_>>(),
+        [1, 50],
+        "only the new writes"
+    );
+    assert_eq!(t.dirty_blocks(), 4, "in flight still counts as dirty");
+    assert!(t.take_into_flight().unwrap().is_empty());
+    // Writes to more extents than the activity log holds evict the
+    // extents of the blocks in flight: from then on only the bitmap
+    // written at the eviction holds them.
+    for e in 100..100 + 2 * tuning().al_capacity as u64 {
+        t.mark(4096 * 16 * e, 4096).unwrap();
+    }
+    t.crash();
+    let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
+    let after = t.snapshot();
+    for b in [0, 1, 2, 50] {
+        assert!(after.contains(b), "block {b} lost by the crash: {after:?}");
+    }
+    // After a bitmap write (AL overflow, checkpoint) too.
+    t.begin_cut().unwrap();
+    t.mark(4096 * 9000, 4096).unwrap();
+    assert_eq!(
+        t.take_into_flight().unwrap().iter().collect::<Vec<_>>(),
+        [9000]
+    );
+    t.checkpoint().unwrap();
+    t.crash();
+    let (t, _) = ChangeTracker::open_tuned(dir.path(), "v", G, tuning()).unwrap();
+    let after = t.snapshot();
+    for b in [0, 1, 2, 50, 9000] {
+        assert!(after.contains(b), "block {b} lost by the crash: {after:?}");
+    }
+    // Finished: clean, except what was written after the last round.
+    t.begin_cut().unwrap();
+    t.mark(4096 * 7, 4096).unwrap();
+    t.finish_cut();
+    assert_eq!(t.snapshot().iter().collect::<Vec<_>>(), [7]);
+}

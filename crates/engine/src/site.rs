@@ -19,6 +19,7 @@ use offsite_cbt::OpenReport;
 
 use crate::config::SiteConfig;
 use crate::layout::Layout;
+use crate::volume::CutKind;
 use crate::{DEFAULT_BLOCK_SIZE, EngineError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Volume, names};
 
 /// Addresses the daemon actually bound (ports may have been 0 in the config).
@@ -518,7 +519,7 @@ impl Site {
     /// only for the swap, not for the shipping. Returns each volume's
     /// blocks to ship, in `volumes` order.
     pub fn cut(volumes: &[Arc<Volume>]) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
-        Self::cut_inner(volumes, false)
+        Self::cut_inner(volumes, CutKind::Changed)
     }
 
     /// A cut whose whole image stays readable until it ends (every block
@@ -527,7 +528,7 @@ impl Site {
     pub fn cut_full(
         volumes: &[Arc<Volume>],
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
-        Self::cut_inner(volumes, true)
+        Self::cut_inner(volumes, CutKind::Full)
     }
 
     /// A cut (as [`Site::cut`]) during which `during` runs with every write
@@ -538,7 +539,7 @@ impl Site {
         during: impl FnOnce(),
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
-        let sets = Self::cut_locked(volumes, false)?;
+        let sets = Self::cut_locked(volumes, CutKind::Changed)?;
         during();
         drop(guards);
         Ok(sets)
@@ -552,7 +553,7 @@ impl Site {
         during: impl FnOnce(),
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
-        let sets = Self::cut_locked(volumes, true)?;
+        let sets = Self::cut_locked(volumes, CutKind::Full)?;
         during();
         drop(guards);
         Ok(sets)
@@ -573,23 +574,40 @@ impl Site {
         Ok(())
     }
 
-    fn cut_inner(
+    /// The cut that ends a resynchronization's rounds
+    /// ([`Volume::resync_round`]), during which `during` runs with every
+    /// write of the group held off: each volume's set is only what was
+    /// written since its last round (what the rounds shipped and was not
+    /// written again is already the cut's image), and only those blocks
+    /// are copied on write while the cut ships, into the rounds' PIT.
+    pub fn cut_after_rounds_then(
         volumes: &[Arc<Volume>],
-        all: bool,
+        during: impl FnOnce(),
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
-        let sets = Self::cut_locked(volumes, all)?;
+        let sets = Self::cut_locked(volumes, CutKind::SinceRounds)?;
+        during();
+        drop(guards);
+        Ok(sets)
+    }
+
+    fn cut_inner(
+        volumes: &[Arc<Volume>],
+        kind: CutKind,
+    ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
+        let guards: Vec<_> = volumes.iter().map(|v| v.barrier()).collect();
+        let sets = Self::cut_locked(volumes, kind)?;
         drop(guards);
         Ok(sets)
     }
 
     fn cut_locked(
         volumes: &[Arc<Volume>],
-        all: bool,
+        kind: CutKind,
     ) -> Result<Vec<offsite_cbt::RoaringBitmap>, EngineError> {
         let mut sets = Vec::with_capacity(volumes.len());
         for (i, v) in volumes.iter().enumerate() {
-            match v.begin_cut_locked(all) {
+            match v.begin_cut_locked(kind) {
                 Ok(s) => sets.push(s),
                 Err(e) => {
                     // Undo only the cuts this call began: another cut of a

@@ -335,6 +335,18 @@ pub struct Volume {
 /// `saved[b]` if present, else the data file's block as long as `b` is
 /// neither shipped nor overwritten since; a writer saves `b` (under the
 /// `cut` lock) before overwriting it unless it was already shipped.
+/// What a cut takes from the change tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutKind {
+    /// The changed blocks: dirty and in flight (an ordinary cycle).
+    Changed,
+    /// The changed blocks, with the whole image kept readable (verify).
+    Full,
+    /// Only the blocks written since the last [`Volume::resync_round`]:
+    /// the cut that ends a resynchronization's rounds, into the same PIT.
+    SinceRounds,
+}
+
 #[derive(Debug, Default)]
 struct Cut {
     /// Preserve every block, shipped or not, so the whole image at the cut
@@ -790,7 +802,22 @@ impl Volume {
 
     /// Takes a cut of this volume alone (see [`crate::Site::cut`] for a
     /// group): returns the blocks to ship.
-    pub(crate) fn begin_cut_locked(&self, all: bool) -> Result<RoaringBitmap, EngineError> {
+    pub(crate) fn begin_cut_locked(&self, kind: CutKind) -> Result<RoaringBitmap, EngineError> {
+        self.check_no_cut()?;
+        let blocks = match kind {
+            CutKind::Changed | CutKind::Full => self.tracker.begin_cut()?,
+            CutKind::SinceRounds => self.tracker.take_into_flight()?,
+        };
+        *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cut {
+            all: kind == CutKind::Full,
+            blocks: blocks.clone(),
+            ..Cut::default()
+        });
+        self.cut_active.store(true, Ordering::Release);
+        Ok(blocks)
+    }
+
+    fn check_no_cut(&self) -> Result<(), EngineError> {
         if self.cut_active.load(Ordering::Acquire) {
             return Err(EngineError::Busy {
                 name: self.row.name.clone(),
@@ -798,14 +825,30 @@ impl Volume {
                 what_to_do: "wait for the running cycle to end and retry",
             });
         }
-        let blocks = self.tracker.begin_cut()?;
-        *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cut {
-            all,
-            blocks: blocks.clone(),
-            ..Cut::default()
-        });
-        self.cut_active.store(true, Ordering::Release);
-        Ok(blocks)
+        Ok(())
+    }
+
+    /// One round of a resynchronization without a cut: with this volume's
+    /// writes held off for the instant it takes, moves its dirty set in
+    /// flight and returns it (with `first`, every block in flight, as a
+    /// cut would: those an interrupted cycle or seal left there too).
+    ///
+    /// The caller then reads the blocks straight from the file, with no
+    /// copy-on-write. That is sound because of the barrier: a write holds
+    /// it (shared) from its tracker mark to the end of its file write, so
+    /// a write is either wholly applied before the round (the read sees
+    /// it) or marks its blocks after it (they are dirty again and shipped
+    /// by a later round or by the cut that ends the rounds, which then
+    /// overwrites whatever the round read). The blocks stay in flight, so
+    /// dirty across a crash, until [`Volume::end_cut`] after the commit.
+    pub fn resync_round(&self, first: bool) -> Result<RoaringBitmap, EngineError> {
+        let _barrier = self.barrier();
+        self.check_no_cut()?;
+        Ok(if first {
+            self.tracker.begin_cut()?
+        } else {
+            self.tracker.take_into_flight()?
+        })
     }
 
     /// Holds off writes while a group cut is taken.

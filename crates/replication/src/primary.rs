@@ -110,17 +110,26 @@ pub(crate) struct Progress {
 
 /// A cycle's progress in its runner's [`Progress`] while it ships; gone
 /// when the cycle ends, whichever way.
-struct CycleTrack(Option<Arc<Progress>>);
+pub(crate) struct CycleTrack(Option<Arc<Progress>>);
 
 impl CycleTrack {
-    fn start(progress: Option<Arc<Progress>>, total: u64) -> CycleTrack {
+    pub(crate) fn start(progress: Option<Arc<Progress>>, total: u64) -> CycleTrack {
         if let Some(p) = &progress {
             *p.cycle.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), total, 0));
         }
         CycleTrack(progress)
     }
 
-    fn sent(&self, bytes: u64) {
+    /// `bytes` more to send (a resynchronization's next round).
+    pub(crate) fn grow(&self, bytes: u64) {
+        if let Some(p) = &self.0
+            && let Some((_, total, _)) = p.cycle.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        {
+            *total += bytes;
+        }
+    }
+
+    pub(crate) fn sent(&self, bytes: u64) {
         if let Some(p) = &self.0
             && let Some((_, _, sent)) = p.cycle.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
         {
@@ -1295,13 +1304,7 @@ impl Replication {
                 &mut bytes,
             )
             .await;
-        let kind = if self.runners.is_reversing(&row.name) {
-            TrafficKind::Reverse
-        } else {
-            TrafficKind::Cycle
-        };
-        self.count_traffic(&row.name, kind, bytes).await;
-        let site = self.site.clone();
+        self.count_cycle_traffic(&row.name, bytes).await;
         match result {
             Ok(mut committed) => {
                 if !keep_cut {
@@ -1314,28 +1317,9 @@ impl Replication {
                     // replica answered (an older one drops the mark).
                     committed.mark_app_consistent();
                 }
-                let pit = committed.pit.clone();
-                let g = row.name.clone();
-                let answer = committed.clone();
-                let id = pit.id;
-                let vols = volumes.clone();
-                blocking(move || {
-                    answer.record(&site, &g)?;
-                    site.groups().end_cycle(cycle_id, bytes, Some(id), None)?;
-                    // The replica has everything up to this cut again.
-                    for v in &vols {
-                        v.end_isolation(site.layout())?;
-                    }
-                    site.set_group_error(&g, None)
-                })
-                .await?;
-                tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
-                if let Some(r) = self.runners.get(&row.name) {
-                    *r.progress
-                        .confirmed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(pit.created_at.clone());
-                }
+                let pit = self
+                    .record_committed(row, &volumes, cycle_id, bytes, committed)
+                    .await?;
                 if let Some(o) = &outcome {
                     self.record_checkpoint(&row.name, pit.id, o).await;
                 }
@@ -1351,33 +1335,94 @@ impl Replication {
                 for v in &volumes {
                     v.end_cut(false);
                 }
-                let msg = e.to_string();
-                let g = row.name.clone();
-                let m = msg.clone();
-                let vols = volumes.clone();
-                crate::warn_if_failed(
-                    "recording the failed cycle",
-                    blocking(move || {
-                        // From now on writes may be ones the replica never sees
-                        // if it takes over: track them apart (split brain).
-                        for v in &vols {
-                            v.begin_isolation(site.layout())?;
-                        }
-                        site.groups().end_cycle(cycle_id, bytes, None, Some(&m))?;
-                        site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
-                    })
-                    .await,
-                );
-                tracing::warn!(group = %row.name, "cycle failed: {msg}");
-                // A partner that refuses may have taken the group over; one
-                // whose store is full still holds the group as its replica.
-                if e.refusal()
-                    .is_some_and(|r| !matches!(r, RemoteError::StorageFull(_)))
-                {
-                    self.check_superseded(row).await;
-                }
+                self.record_failed(row, &volumes, cycle_id, bytes, &e).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Counts a cycle's bytes as the group's cycle (or reverse) traffic.
+    pub(crate) async fn count_cycle_traffic(&self, group: &str, bytes: u64) {
+        let kind = if self.runners.is_reversing(group) {
+            TrafficKind::Reverse
+        } else {
+            TrafficKind::Cycle
+        };
+        self.count_traffic(group, kind, bytes).await;
+    }
+
+    /// A cycle's PIT was committed by the replica (the cut already ended):
+    /// recorded with the cycle, the volumes' isolation ends (the replica
+    /// has everything up to the cut again), the group's error is cleared.
+    pub(crate) async fn record_committed(
+        &self,
+        row: &GroupRow,
+        volumes: &[Arc<Volume>],
+        cycle_id: i64,
+        bytes: u64,
+        committed: PitCommitted,
+    ) -> Result<PitDesc, ReplError> {
+        let site = self.site.clone();
+        let pit = committed.pit.clone();
+        let g = row.name.clone();
+        let id = pit.id;
+        let vols = volumes.to_vec();
+        blocking(move || {
+            committed.record(&site, &g)?;
+            site.groups().end_cycle(cycle_id, bytes, Some(id), None)?;
+            // The replica has everything up to this cut again.
+            for v in &vols {
+                v.end_isolation(site.layout())?;
+            }
+            site.set_group_error(&g, None)
+        })
+        .await?;
+        tracing::info!(group = %row.name, pit = pit.id, bytes, "PIT committed");
+        if let Some(r) = self.runners.get(&row.name) {
+            *r.progress
+                .confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(pit.created_at.clone());
+        }
+        Ok(pit)
+    }
+
+    /// A cycle failed (its cut, if any, already ended uncommitted: the
+    /// blocks stay in flight for the next one): recorded, the volumes
+    /// isolated, and a refusing partner checked for having taken over.
+    pub(crate) async fn record_failed(
+        &self,
+        row: &GroupRow,
+        volumes: &[Arc<Volume>],
+        cycle_id: i64,
+        bytes: u64,
+        e: &ReplError,
+    ) {
+        let site = self.site.clone();
+        let msg = e.to_string();
+        let g = row.name.clone();
+        let m = msg.clone();
+        let vols = volumes.to_vec();
+        crate::warn_if_failed(
+            "recording the failed cycle",
+            blocking(move || {
+                // From now on writes may be ones the replica never sees
+                // if it takes over: track them apart (split brain).
+                for v in &vols {
+                    v.begin_isolation(site.layout())?;
+                }
+                site.groups().end_cycle(cycle_id, bytes, None, Some(&m))?;
+                site.set_group_error(&g, Some(&format!("cycle failed: {m}")))
+            })
+            .await,
+        );
+        tracing::warn!(group = %row.name, "cycle failed: {msg}");
+        // A partner that refuses may have taken the group over; one
+        // whose store is full still holds the group as its replica.
+        if e.refusal()
+            .is_some_and(|r| !matches!(r, RemoteError::StorageFull(_)))
+        {
+            self.check_superseded(row).await;
         }
     }
 
@@ -1405,38 +1450,7 @@ impl Replication {
         ch.call(&wire::PitBegin::new(&row.name)).await?;
         let mut blocks_sent = 0u64;
         for (idx, (vol, set)) in volumes.iter().zip(sets).enumerate() {
-            let bs = u64::from(vol.row().block_size);
-            let max_run = (MAX_BATCH_BYTES / bs).max(1) as u32;
-            let mut runs: Vec<(u32, u32)> = Vec::new();
-            for b in set.iter() {
-                match runs.last_mut() {
-                    Some((start, n)) if *start + *n == b && *n < max_run => *n += 1,
-                    _ => runs.push((b, 1)),
-                }
-            }
-            for (start, n) in runs {
-                let v = vol.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; (u64::from(n) * bs) as usize];
-                    for i in 0..n {
-                        let at = (u64::from(i) * bs) as usize;
-                        v.read_cut_block(start + i, &mut buf[at..at + bs as usize])?;
-                    }
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await
-                .map_err(|e| invalid(e.to_string()))?
-                .map_err(|e| invalid(format!("reading volume {} at the cut: {e}", vol.name())))?;
-                let payload = if data.iter().all(|&x| x == 0) {
-                    wire::encode_batch(idx as u16, u64::from(start), n, None)
-                } else {
-                    *bytes += data.len() as u64;
-                    wire::encode_batch(idx as u16, u64::from(start), n, Some(&data))
-                };
-                ch.send_batch(payload).await?;
-                blocks_sent += u64::from(n);
-                track.sent(u64::from(n) * bs);
-            }
+            blocks_sent += send_blocks(&mut ch, idx, vol, set, Read::AtCut, bytes, &track).await?;
         }
         let committed: PitCommitted = ch
             .call(&PitCommit {
@@ -1450,6 +1464,106 @@ impl Replication {
         ch.close().await;
         Ok(committed)
     }
+}
+
+/// Where [`send_blocks`] reads the blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// As they were at the volume's running cut
+    /// ([`Volume::read_cut_block`]: the copy-on-write image).
+    AtCut,
+    /// As the file holds them now (a resynchronization's round, see
+    /// `crate::sync::rounds`: no cut, what changes meanwhile is shipped
+    /// again).
+    Now,
+}
+
+/// Blocks read at once by one blocking task: a set of scattered blocks
+/// (one run each) is read in tasks of many runs, not one task per block.
+const READ_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Sends the blocks `set` of `vol` (position `idx` in the group) on `ch`
+/// as batches of runs (zero runs as ranges), read as `read` says; adds
+/// the data bytes to `bytes`; returns the blocks sent.
+pub(crate) async fn send_blocks(
+    ch: &mut PeerLink,
+    idx: usize,
+    vol: &Arc<Volume>,
+    set: &offsite_engine::RoaringBitmap,
+    read: Read,
+    bytes: &mut u64,
+    track: &CycleTrack,
+) -> Result<u64, ReplError> {
+    let bs = u64::from(vol.row().block_size);
+    let max_run = (MAX_BATCH_BYTES / bs).max(1) as u32;
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for b in set.iter() {
+        match runs.last_mut() {
+            Some((start, n)) if *start + *n == b && *n < max_run => *n += 1,
+            _ => runs.push((b, 1)),
+        }
+    }
+    let per_chunk = (READ_CHUNK_BYTES / bs).max(1);
+    let mut blocks_sent = 0u64;
+    let mut i = 0;
+    while i < runs.len() {
+        // Runs of up to READ_CHUNK_BYTES in all, read in one task, each
+        // straight into its batch after the header (no encode copy).
+        let mut j = i;
+        let mut blocks = 0u64;
+        while j < runs.len() && (j == i || blocks + u64::from(runs[j].1) <= per_chunk) {
+            blocks += u64::from(runs[j].1);
+            j += 1;
+        }
+        let chunk: Vec<(u32, u32)> = runs[i..j].to_vec();
+        i = j;
+        let v = vol.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(chunk.len());
+            for (start, n) in chunk {
+                let len = (u64::from(n) * bs) as usize;
+                let mut payload = vec![0u8; wire::BATCH_HEADER + len];
+                let data = &mut payload[wire::BATCH_HEADER..];
+                match read {
+                    Read::AtCut => {
+                        for (k, block) in data.chunks_exact_mut(bs as usize).enumerate() {
+                            v.read_cut_block(start + k as u32, block)?;
+                        }
+                    }
+                    Read::Now => v.file().read_at(data, u64::from(start) * bs)?,
+                }
+                let zero = data.iter().all(|&x| x == 0);
+                if zero {
+                    // Zero runs travel as ranges.
+                    payload.truncate(wire::BATCH_HEADER);
+                }
+                wire::write_batch_header(&mut payload, idx as u16, u64::from(start), n, zero);
+                out.push((n, len, zero, payload));
+            }
+            Ok::<_, std::io::Error>(out)
+        })
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .map_err(|e| {
+            invalid(format!(
+                "reading volume {} {}: {e}",
+                vol.name(),
+                match read {
+                    Read::AtCut => "at the cut",
+                    Read::Now => "for its resynchronization",
+                }
+            ))
+        })?;
+        for (n, len, zero, payload) in batches {
+            if !zero {
+                *bytes += len as u64;
+            }
+            ch.send_batch(payload).await?;
+            blocks_sent += u64::from(n);
+            track.sent(len as u64);
+        }
+    }
+    Ok(blocks_sent)
 }
 
 /// Refuses `what` (a command the group's runner carries out) unless the

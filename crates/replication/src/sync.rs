@@ -59,7 +59,9 @@
 //! (split-brain evidence), and the runner resynchronizes with ordinary
 //! cycles until one ships little, then takes a last cut during which the
 //! mirror starts queueing again; once that PIT is committed the stream
-//! restarts after it and the group is in sync again.
+//! restarts after it and the group is in sync again. (A continuous group
+//! resynchronizes in rounds instead, without a copy-on-write cut per
+//! cycle: see `rounds`.)
 //!
 //! ```mermaid
 //! stateDiagram-v2
@@ -98,6 +100,7 @@ use crate::wire::{self, PitCommitted, PitDesc};
 use crate::{ReplError, Replication, invalid};
 
 mod continuous;
+mod rounds;
 mod runner;
 mod stream;
 
@@ -1575,5 +1578,7 @@ impl Replication {
 
 #[cfg(test)]
 mod journal_tests;
+#[cfg(test)]
+mod rounds_tests;
 #[cfg(test)]
 mod tests;

@@ -872,20 +872,29 @@ pub struct Batch<'a> {
 }
 
 const BATCH_VERSION: u8 = 1;
-const HEADER: usize = 16;
+/// Bytes of a block batch's header, before its data.
+pub const BATCH_HEADER: usize = 16;
+const HEADER: usize = BATCH_HEADER;
 
 /// Encodes a batch header followed by `data` (empty for a zero batch).
 pub fn encode_batch(volume: u16, first: u64, count: u32, data: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + data.map_or(0, <[u8]>::len));
-    out.push(BATCH_VERSION);
-    out.push(u8::from(data.is_none()));
-    out.extend_from_slice(&volume.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&first.to_le_bytes());
+    let mut out = vec![0u8; HEADER];
+    write_batch_header(&mut out, volume, first, count, data.is_none());
     if let Some(d) = data {
         out.extend_from_slice(d);
     }
     out
+}
+
+/// Writes a batch header into the first [`BATCH_HEADER`] bytes of `out`
+/// (a data batch whose blocks were read straight into the bytes after it:
+/// no copy of the data to encode it).
+pub fn write_batch_header(out: &mut [u8], volume: u16, first: u64, count: u32, zero: bool) {
+    out[0] = BATCH_VERSION;
+    out[1] = u8::from(zero);
+    out[2..4].copy_from_slice(&volume.to_le_bytes());
+    out[4..8].copy_from_slice(&count.to_le_bytes());
+    out[8..16].copy_from_slice(&first.to_le_bytes());
 }
 
 /// Why a block batch does not decode.

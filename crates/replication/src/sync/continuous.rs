@@ -1,6 +1,6 @@
 //! Continuous replication: the sync stream without the wait.
 //!
-//! A continuous group runs the sync runner (catch-up cycles, the last cut,
+//! A continuous group runs the sync runner (resynchronization, the last cut,
 //! the stream, seals on the RPO timer, which also bound the replica's log)
 //! with a mirror whose writes never wait for the replica
 //! ([`Wait::Never`]): the NBD thread encodes the write's records into the
@@ -32,7 +32,10 @@
 //! and a seal clears from the tracker only the blocks it sealed, after the
 //! replica committed them. A queue dropped by a spill or a lost link, or
 //! batches the replica never acknowledged, are therefore still dirty in the
-//! tracker, and the catch-up cycles ship them before the stream restarts.
+//! tracker, and the resynchronization ships them before the stream
+//! restarts: in rounds read straight from the volumes and one short cut
+//! (`super::rounds`), not catch-up cycles, so that catching up does not
+//! make every write pay a copy-on-write.
 //!
 //! **Lag** ("how many seconds of writes the replica does not have yet"):
 //! 0 when every write submitted is acknowledged; otherwise the age of the

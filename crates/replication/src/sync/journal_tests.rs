@@ -341,3 +341,74 @@ async fn history_is_kept_across_retention_and_pruned_by_time_and_size() {
     );
     assert_eq!(s.checkpoint_image(newest), newest_image);
 }
+
+/// A resynchronization in rounds (after a spill or a lost link) offers no
+/// recovery point until the cut that ends it is committed: while its
+/// rounds send blocks read as the VM writes them (no consistent image),
+/// the replica's PITs and checkpoints stay those from before, each still
+/// exactly the primary's volumes when it was taken; then one PIT, the
+/// cut's image.
+#[tokio::test]
+async fn no_recovery_point_appears_while_rounds_resynchronize() {
+    let s = streaming(8).await;
+    let mut images = Vec::new();
+    for (k, byte) in [0x71u8, 0x72].into_iter().enumerate() {
+        s.write(k, 3, byte);
+        assert!(s.tick().await);
+        images.push(s.primary_image());
+        s.p.clock.advance(Duration::from_secs(1));
+    }
+    s.deliver();
+    // The stream is lost; the VM goes on writing (tracked only).
+    s.mirror.lose("the replica fell behind (test)".into());
+    for b in 0..16u64 {
+        s.volumes[0]
+            .write_at(&[0x73; BS], b * BS as u64, false)
+            .unwrap();
+    }
+    let row = s.p.row(&s.p.a, "g");
+    // Opening the rounds' PIT seals the stream's log first (a PIT of what
+    // the replica acknowledged).
+    let mut r = s.p.a.begin_rounds(&row).await.unwrap();
+    let checkpoints = |s: &Streaming| -> Vec<u64> {
+        let list = s.store.list_checkpoints(Listing::Every).unwrap();
+        list.checkpoints.iter().map(|c| c.id.get()).collect()
+    };
+    let (pits, ids) = (s.store.pits(), checkpoints(&s));
+    assert_eq!(ids, [1, 2]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, vols) = (stop.clone(), s.volumes.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 32 {
+                let v = &vols[(n % 2) as usize];
+                v.write_at(&[n as u8; BS], (n * 5 % 16) * BS as u64, false)
+                    .unwrap();
+                n += 1;
+            }
+        })
+    };
+    for round in 0..4 {
+        s.p.a.round(&row, &mut r).await.unwrap();
+        assert_eq!(
+            s.store.pits().len(),
+            pits.len(),
+            "round {round}: no PIT while the rounds send"
+        );
+        assert_eq!(checkpoints(&s), ids, "round {round}: no new checkpoint");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(s.checkpoint_image(*id), images[i], "round {round}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    s.p.a.end_rounds(&row, r, || {}).await.unwrap();
+    assert_eq!(s.store.pits().len(), pits.len() + 1);
+    let newest = s.store.pits().last().unwrap().id.get();
+    assert_eq!(s.p.replica_image("g", newest).await, s.primary_image());
+    assert_eq!(checkpoints(&s), ids, "the checkpoints from before stay");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(s.checkpoint_image(*id), images[i]);
+    }
+}

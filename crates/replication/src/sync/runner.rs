@@ -1,5 +1,6 @@
 //! The runner of a sync or continuous group while it replicates: attaches
-//! the mirror, resynchronizes with ordinary cycles, opens the stream, seals
+//! the mirror, resynchronizes (a sync group with ordinary cycles, a
+//! continuous one in rounds, see `rounds`), opens the stream, seals
 //! on the RPO timer, applies the link-loss policy, and detaches when the
 //! group leaves its mode. A continuous group's mirror never makes a write
 //! wait and resynchronizes at once after a spill (see `continuous`).
@@ -14,6 +15,7 @@ use offsite_engine::{Volume, WriteMirror};
 use offsite_transport::DirectStream;
 use tokio::sync::mpsc;
 
+use super::rounds::{RoundsEnd, RoundsLimits};
 use super::{CATCH_UP_BYTES, Policy, SyncMirror, Wait};
 use crate::primary::{Command, MirrorSlot, answer};
 use crate::wire;
@@ -170,10 +172,25 @@ impl Replication {
     ) -> bool {
         let mut backoff = Duration::from_millis(500);
         loop {
-            if let Some(keep) = self.catch_up(row, rx, slot, mirror, &mut backoff).await {
-                return keep;
-            }
-            let stream = match self.last_cut(row, mirror).await {
+            // A continuous group resynchronizes in rounds without a
+            // copy-on-write cut per cycle (see `rounds`); a sync group
+            // keeps its catch-up cycles, which release writes held by
+            // `suspend-writes` at every commit.
+            let stream = if mirror.waits() == Wait::Acks {
+                if let Some(keep) = self.catch_up(row, rx, slot, mirror, &mut backoff).await {
+                    return keep;
+                }
+                self.last_cut(row, mirror).await
+            } else {
+                match self
+                    .catch_up_in_rounds(row, rx, slot, mirror, &mut backoff)
+                    .await
+                {
+                    Ok(()) => self.open_after_last_cut(row, mirror).await,
+                    Err(keep) => return keep,
+                }
+            };
+            let stream = match stream {
                 Ok(stream) => stream,
                 Err(e) => {
                     let why = format!("starting the sync stream: {e}");
@@ -257,6 +274,78 @@ impl Replication {
         }
     }
 
+    /// A continuous group's resynchronization: PITs of rounds (see
+    /// `rounds`) until one ends with the last cut (the mirror queues
+    /// writes for the stream from there on). The group is
+    /// `resynchronizing` throughout; a failure waits out `backoff`.
+    /// `Err(keep)` when the runner must leave the sync loop.
+    async fn catch_up_in_rounds(
+        &self,
+        row: &GroupRow,
+        rx: &mut mpsc::Receiver<Command>,
+        slot: &MirrorSlot,
+        mirror: &Arc<SyncMirror>,
+        backoff: &mut Duration,
+    ) -> Result<(), bool> {
+        let name = row.name.clone();
+        let set_resyncing = |on: bool| {
+            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                s.1 = on;
+            }
+        };
+        set_resyncing(false);
+        self.set_sync_state(&name, GroupState::Resynchronizing, mirror.why_lost())
+            .await;
+        loop {
+            let ended = self
+                .resync_in_rounds(
+                    row,
+                    mirror,
+                    RoundsLimits::of(row, self.site.config().replication.cycle_secs),
+                    || self.still_sync(&name, row.mode),
+                )
+                .await;
+            match ended {
+                Ok(RoundsEnd::Committed { caught_up, .. }) => {
+                    set_resyncing(true);
+                    *backoff = Duration::from_millis(500);
+                    if caught_up {
+                        return Ok(());
+                    }
+                }
+                Ok(RoundsEnd::Left) => return Err(true),
+                Err(e) => {
+                    let why = e.to_string();
+                    // A failure after the last cut leaves the mirror
+                    // queueing with no stream to send it on; before it,
+                    // the link keeps the reason it was lost for.
+                    if mirror.lost().is_none() {
+                        mirror.lose(why.clone());
+                    }
+                    set_resyncing(false);
+                    if let Some(keep) = self.resync_pause(row, rx, *backoff, &why).await {
+                        return Err(keep);
+                    }
+                    *backoff = (*backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+            if !self.still_sync(&name, row.mode).await {
+                return Err(true);
+            }
+        }
+    }
+
+    /// The stream opened after the last cut's PIT was committed.
+    async fn open_after_last_cut(
+        &self,
+        row: &GroupRow,
+        mirror: &Arc<SyncMirror>,
+    ) -> Result<DirectStream, ReplError> {
+        let (stream, begun) = self.open_stream(row).await?;
+        mirror.accept_checkpoints(begun.checkpoints);
+        Ok(stream)
+    }
+
     /// The last cut: from here on writes queue for the stream, which is
     /// opened once the cycle has shipped everything before the cut.
     async fn last_cut(
@@ -272,9 +361,7 @@ impl Replication {
         })
         .await?;
         mirror.cover(at.load(Ordering::Relaxed));
-        let (stream, begun) = self.open_stream(row).await?;
-        mirror.accept_checkpoints(begun.checkpoints);
-        Ok(stream)
+        self.open_after_last_cut(row, mirror).await
     }
 
     /// The group is in sync: recorded (state and event) and the queued
