@@ -679,3 +679,41 @@ pub fn served_url(r: &serde_json::Value, volume: &str) -> String {
         .unwrap_or_else(|| panic!("no volume {volume} served: {r}"))
         .to_string()
 }
+
+/// `plan run PLAN --mode MODE --json` at `site`: its report, whatever the
+/// run's status (the caller checks it; a disaster run at a lost site
+/// ends with errors).
+pub fn plan_report(site: &TestSite, plan: &str, mode: &str) -> serde_json::Value {
+    let out = site.run(&["plan", "run", plan, "--mode", mode, "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "plan run {plan} --mode {mode} printed no report ({e}): {stdout}{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&site.log(), 40)
+        )
+    })
+}
+
+/// A VM's definition as `vm show --json` gives it, less what a site sets
+/// by itself when the VM is defined there: what must be equal at two
+/// sites.
+pub fn vm_definition(site: &TestSite, vm: &str) -> serde_json::Value {
+    let mut v = site.json(&["vm", "show", vm]);
+    if let Some(o) = v.as_object_mut() {
+        for local in ["created_at", "state", "running", "domain_state"] {
+            o.remove(local);
+        }
+    }
+    v
+}
+
+/// `plan show PLAN --json` at `site` less its last run (which differs
+/// between sites): what must be equal at two sites.
+pub fn plan_definition(site: &TestSite, plan: &str) -> serde_json::Value {
+    let mut p = site.json(&["plan", "show", plan]);
+    if let Some(o) = p.as_object_mut() {
+        o.remove("last_run");
+    }
+    p
+}
