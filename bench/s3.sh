@@ -77,6 +77,9 @@ export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
     RCLONE_CONFIG_G_ENDPOINT=${ENDPOINTS[0]} RCLONE_CONFIG_G_REGION=$REGION \
     RCLONE_CONFIG_G_ACCESS_KEY_ID=$KEY_ID RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$SECRET \
     RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
+# rclone's S3 client fails to start when AWS_CA_BUNDLE is set (its custom
+# transport cannot take a CA bundle); Garage here is plain HTTP.
+rclone() { env -u AWS_CA_BUNDLE rclone "$@"; }
 t0=$(now)
 rclone copyto "$IMG" "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log"
 t1=$(now)
@@ -91,6 +94,9 @@ log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download $(mbps "$BYTES" "$DO
 
 # 4. offsite: site-b keeps the replica in the bucket.
 make_pair s3
+# site-b restarts with the object store configured, on the port site-a
+# has paired with.
+sed -i "s|^listen = .*|listen = \"$LISTEN_B\"|" "$B/config.toml"
 stop_pid "$PID_B"
 printf '%s\n' "$SECRET" >"$B/s3.secret"
 chmod 600 "$B/s3.secret"
