@@ -8,35 +8,46 @@
 #     bash bench/s3.sh
 #
 # What it does, in one run on this machine:
-#   1. starts the test kit's 3-node Garage cluster on loopback
-#      (`garage-cluster`, crates/testkit/src/bin/garage-cluster.rs);
-#   2. writes an image of SIZE random bytes;
-#   3. the peer: `rclone copyto` of the image into the bucket (S3 provider
-#      Other, path style, rclone's default multipart concurrency), timed,
-#      then `rclone cat` of it to /dev/null, timed;
-#   4. offsite: site-a and site-b on loopback, site-b's `[object_store]`
-#      pointing at all three Garage nodes and `authz add --storage-location
-#      s3://BUCKET/replicas`; the image imported as volume v on site-a,
-#      `group create g --volume v --encrypt` (ENCRYPT=1, the default), then
-#      `group start g` timed (it returns when the first PIT is committed):
-#      initial replication MB/s against rclone's upload MB/s (target ≥ 0.5);
-#   5. recovery from the bucket: `failover run g --test` at site-b timed
+#   1. the peer, on a 3-node Garage cluster of its own (the test kit's
+#      `garage-cluster`, crates/testkit/src/bin/garage-cluster.rs, on
+#      loopback): `rclone copyto` of SIZE random bytes into the bucket (S3
+#      provider Other, path style, rclone's default multipart concurrency),
+#      timed, then `rclone cat` of them to /dev/null, timed; the cluster is
+#      then stopped and its directory deleted (Garage frees deleted blocks
+#      only after 10 minutes, and one disk holds every byte three times);
+#   2. offsite, on a fresh cluster: site-a and site-b on loopback, site-b's
+#      `[object_store]` pointing at all three Garage nodes and `authz add
+#      --storage-location s3://BUCKET/replicas`; VOLUMES volumes of VOL_SIZE
+#      on site-a, SIZE random bytes in all (each volume's share at its
+#      start, the rest never written), `group create g --encrypt`
+#      (ENCRYPT=1, the default), then `group start g` + the first `sync`
+#      timed: initial replication MB/s against rclone's upload (target ≥ 0.5);
+#   3. recovery from the bucket: `failover run g --test` at site-b timed
 #      (target < 5 s whatever the size), then READS random cold 4 KiB reads
-#      of the test clone over NBD, each timed (p50/p99; target p99 ≤ 50 ms);
-#   6. a delta cycle: DELTA of 64 KiB writes at random offsets of a volume
+#      of the test clones over NBD (spread over the volumes' data), each
+#      timed (p50/p99; target p99 ≤ 50 ms), then `failover stop-test`;
+#   4. the disaster: site-a stopped, `failover run g --force` at site-b
+#      timed (target < 5 s), then hydration timed until `volume show`
+#      reports every promoted volume local: MB/s of data against rclone's
+#      download (target ≥ 0.5);
+#   5. a delta cycle: DELTA of 64 KiB writes at random offsets of a volume
 #      of BIG_SIZE (sparse), `sync` timed and the daemons' CPU per cycle
 #      (target < 2 s and flat in the volume's size: run with BIG_SIZE=1T and
 #      a smaller one and compare).
 # Everything it started is stopped on exit; results and logs stay in $OUT.
 #
 # Options (environment):
-#   SIZE=8G  READS=200  DELTA=10M  BIG_SIZE=1T  ENCRYPT=1
-#   BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
+#   SIZE=8G  VOLUMES=4  VOL_SIZE=10G  READS=200  DELTA=10M  BIG_SIZE=1T
+#   ENCRYPT=1  BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
 #   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
+# Disk: about 4 × SIZE free (3 × SIZE in Garage, SIZE at site-a, SIZE
+# hydrated at site-b, not all at once).
 
 set -euo pipefail
 
 SIZE=${SIZE:-8G}
+VOLUMES=${VOLUMES:-4}
+VOL_SIZE=${VOL_SIZE:-10G}
 READS=${READS:-200}
 DELTA=${DELTA:-10M}
 BIG_SIZE=${BIG_SIZE:-1T}
@@ -51,28 +62,39 @@ bench_init offsite-s3
 bench_binary
 log "offsite $(offsite_version); $(machine_info | tr '\n' ' ')"
 
-# 1. The cluster, kept running while its stdin stays open.
+# A cluster, kept running while its stdin stays open.
 (cd "$BENCH_REPO" && cargo build -q -p offsite-testkit --bin garage-cluster) 2>"$OUT/garage-build.log" ||
     die "building garage-cluster failed: see $OUT/garage-build.log"
-coproc GARAGE { "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage.log"; }
-track "$GARAGE_PID"
-read -r CLUSTER <&"${GARAGE[0]}" || die "garage-cluster printed nothing: see $OUT/garage.log"
-echo "$CLUSTER" >"$OUT/cluster.json"
+start_cluster() {  # start_cluster NAME -> CLUSTER ENDPOINTS BUCKET KEY_ID SECRET REGION
+    coproc GARAGE { "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage-$1.log"; }
+    track "$GARAGE_PID"
+    read -r CLUSTER <&"${GARAGE[0]}" || die "garage-cluster printed nothing: see $OUT/garage-$1.log"
+    echo "$CLUSTER" >"$OUT/cluster-$1.json"
+    read -r -a ENDPOINTS <<<"$(g endpoints)"
+    BUCKET=$(g bucket)
+    KEY_ID=$(g access_key_id)
+    SECRET=$(g secret_access_key)
+    REGION=$(g region)
+    log "garage ($1): ${ENDPOINTS[*]} bucket $BUCKET"
+}
+stop_cluster() {  # closes its stdin: the cluster stops and deletes its directory
+    local pid=$GARAGE_PID
+    eval "exec ${GARAGE[1]}>&-"
+    wait "$pid" 2>/dev/null || true
+}
 g() { python3 -c 'import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(" ".join(v) if isinstance(v,list) else v)' "$CLUSTER" "$1"; }
-read -r -a ENDPOINTS <<<"$(g endpoints)"
-BUCKET=$(g bucket)
-KEY_ID=$(g access_key_id)
-SECRET=$(g secret_access_key)
-REGION=$(g region)
-log "garage: ${ENDPOINTS[*]} bucket $BUCKET"
-
-# 2. The image.
-IMG=$WORK/image.raw
 BYTES=$(bytes_of "$SIZE")
-log "writing $SIZE of random bytes"
-head -c "$BYTES" /dev/urandom >"$IMG"
+VOL_BYTES=$(bytes_of "$VOL_SIZE")
+SHARE=$(( BYTES / VOLUMES / 4096 * 4096 ))
+(( SHARE <= VOL_BYTES )) || die "SIZE=$SIZE does not fit $VOLUMES volumes of $VOL_SIZE"
+BYTES=$(( SHARE * VOLUMES ))
+mbps() { python3 -c "print(round($1 / 1e6 / $2, 1))"; }
 
-# 3. The peer.
+# 1. The peer.
+start_cluster peer
+IMG=$WORK/image.raw
+log "writing $BYTES random bytes"
+head -c "$BYTES" /dev/urandom >"$IMG"
 export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other \
     RCLONE_CONFIG_G_ENDPOINT=${ENDPOINTS[0]} RCLONE_CONFIG_G_REGION=$REGION \
     RCLONE_CONFIG_G_ACCESS_KEY_ID=$KEY_ID RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$SECRET \
@@ -88,11 +110,11 @@ t0=$(now)
 rclone cat "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log" >/dev/null
 t1=$(now)
 DOWN_S=$(elapsed "$t0" "$t1")
-rclone purge "g:$BUCKET/peer" 2>>"$OUT/rclone.log" || true
-mbps() { python3 -c "print(round($1 / 1e6 / $2, 1))"; }
 log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download $(mbps "$BYTES" "$DOWN_S") MB/s"
+stop_cluster
 
-# 4. offsite: site-b keeps the replica in the bucket.
+# 2. offsite: site-b keeps the replica in the bucket of a fresh cluster.
+start_cluster offsite
 make_pair s3
 # site-b restarts with the object store configured, on the port site-a
 # has paired with.
@@ -112,11 +134,20 @@ chmod 600 "$B/s3.secret"
 start_daemon "$B" "$OUT/s3-b.log"
 PID_B=$DAEMON_PID
 "$OFFSITE" authz add --allowed-primary site-a --storage-location "s3://$BUCKET/replicas" --dir "$B" >/dev/null
-"$OFFSITE" volume create v --import "$IMG" --dir "$A" --json >"$OUT/import.json"
+vols=()
+for i in $(seq 1 "$VOLUMES"); do
+    # Volume i: its share of the random bytes at its start, then a hole.
+    dd if="$IMG" of="$WORK/v$i.raw" bs=1M iflag=skip_bytes,count_bytes \
+        skip=$(( (i - 1) * SHARE )) count="$SHARE" status=none
+    truncate -s "$VOL_BYTES" "$WORK/v$i.raw"
+    "$OFFSITE" volume create "v$i" --import "$WORK/v$i.raw" --dir "$A" --json >"$OUT/import-v$i.json"
+    rm -f "$WORK/v$i.raw"
+    vols+=(--volume "v$i")
+done
 rm -f "$IMG"
 enc=()
 [[ $ENCRYPT == 1 ]] && enc=(--encrypt)
-"$OFFSITE" group create g --partner site-b --volume v --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >"$OUT/create.json"
+"$OFFSITE" group create g --partner site-b "${vols[@]}" --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >"$OUT/create.json"
 ca0=$(cpu_ticks "$PID_A"); cb0=$(cpu_ticks "$PID_B")
 t0=$(now)
 "$OFFSITE" group start g --dir "$A" --json >"$OUT/start.json"
@@ -127,22 +158,25 @@ ca1=$(cpu_ticks "$PID_A"); cb1=$(cpu_ticks "$PID_B")
 RATIO=$(python3 -c "print(round(($BYTES/$INIT_S) / ($BYTES/$UP_S), 2))")
 log "offsite initial replication: $(mbps "$BYTES" "$INIT_S") MB/s (${INIT_S}s), ratio to rclone's upload $RATIO (target >= 0.5); CPU s a/b $(( (ca1-ca0)/CLK_TCK ))/$(( (cb1-cb0)/CLK_TCK ))"
 
-# 5. Recovery from the bucket: a test failover, then cold reads.
+# 3. Recovery from the bucket: a test failover, then cold reads.
 t0=$(now)
 "$OFFSITE" failover run g --test --dir "$B" --json >"$OUT/test-failover.json"
 t1=$(now)
 FO_S=$(elapsed "$t0" "$t1")
-URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["volumes"][0]["url"])' "$OUT/test-failover.json")
-/usr/bin/python3 - "$URL" "$BYTES" "$READS" >"$OUT/reads.json" <<'PY'
+/usr/bin/python3 - "$OUT/test-failover.json" "$SHARE" "$READS" >"$OUT/reads.json" <<'PY'
 import json, random, sys, time
 import nbd
-url, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-h = nbd.NBD()
-h.connect_uri(url)
+answer, share, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+handles = []
+for v in json.load(open(answer))["volumes"]:
+    h = nbd.NBD()
+    h.connect_uri(v["url"])
+    handles.append(h)
 lat = []
 rng = random.Random(21)
 for _ in range(n):
-    off = rng.randrange(0, size // 4096) * 4096
+    h = rng.choice(handles)
+    off = rng.randrange(0, share // 4096) * 4096
     t = time.perf_counter()
     h.pread(4096, off)
     lat.append((time.perf_counter() - t) * 1000)
@@ -152,7 +186,34 @@ PY
 log "test failover from the bucket: ${FO_S}s (target < 5 s); cold 4 KiB reads $(cat "$OUT/reads.json") (target p99 <= 50 ms)"
 "$OFFSITE" failover stop-test g --dir "$B" --json >/dev/null
 
-# 6. A delta cycle on a big sparse volume.
+# 4. The disaster: site-a is gone; failover from the bucket, then hydration.
+sed -i "s|^listen = .*|listen = \"$LISTEN_A\"|" "$A/config.toml"
+stop_pid "$PID_A"
+t0=$(now)
+"$OFFSITE" failover run g --force --dir "$B" --json >"$OUT/failover.json"
+t1=$(now)
+FAILOVER_S=$(elapsed "$t0" "$t1")
+log "failover run (site-a down): ${FAILOVER_S}s (target < 5 s); hydrating"
+while :; do
+    left=0
+    for i in $(seq 1 "$VOLUMES"); do
+        "$OFFSITE" volume show "v$i" --dir "$B" --json >"$OUT/show-v$i.json"
+        if python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("hydration") else 1)' "$OUT/show-v$i.json"; then
+            left=$((left + 1))
+        fi
+    done
+    (( left == 0 )) && break
+    sleep 0.5
+done
+t2=$(now)
+HYD_S=$(elapsed "$t1" "$t2")
+HYD_RATIO=$(python3 -c "print(round(($BYTES/$HYD_S) / ($BYTES/$DOWN_S), 2))")
+log "hydration of $BYTES bytes of data in ${VOLUMES} x $VOL_SIZE: ${HYD_S}s, $(mbps "$BYTES" "$HYD_S") MB/s, ratio to rclone's download $HYD_RATIO (target >= 0.5)"
+start_daemon "$A" "$OUT/a-restarted.log"
+PID_A=$DAEMON_PID
+
+# 5. A delta cycle on a big sparse volume (site-a as the primary of a new
+# group; g stays failed over).
 "$OFFSITE" volume create big --size "$BIG_SIZE" --dir "$A" --json >/dev/null
 "$OFFSITE" group create gb --partner site-b --volume big --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >/dev/null
 "$OFFSITE" group start gb --dir "$A" --json >/dev/null
@@ -181,7 +242,7 @@ log "delta cycle of $DELTA on a $BIG_SIZE volume: ${DELTA_S}s (target < 2 s); CP
     echo "# bench/s3.sh $(date -u +%FT%TZ)"
     echo
     machine_info
-    echo "offsite $(offsite_version); SIZE=$SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA; load $(load_avg)"
+    echo "offsite $(offsite_version); SIZE=$SIZE VOLUMES=$VOLUMES VOL_SIZE=$VOL_SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA; load $(load_avg)"
     echo
     echo "| measure | value | target |"
     echo "| --- | ---: | --- |"
@@ -189,6 +250,8 @@ log "delta cycle of $DELTA on a $BIG_SIZE volume: ${DELTA_S}s (target < 2 s); CP
     echo "| offsite initial replication MB/s | $(mbps "$BYTES" "$INIT_S") | ratio $RATIO (≥ 0.5) |"
     echo "| test failover from the bucket | ${FO_S} s | < 5 s |"
     echo "| cold 4 KiB reads | $(cat "$OUT/reads.json") | p99 ≤ 50 ms |"
+    echo "| failover run, site-a down ($VOLUMES × $VOL_SIZE) | ${FAILOVER_S} s | < 5 s |"
+    echo "| hydration MB/s of data | $(mbps "$BYTES" "$HYD_S") (${HYD_S} s) | ratio $HYD_RATIO to rclone's download (≥ 0.5) |"
     echo "| delta cycle ($DELTA on $BIG_SIZE) | ${DELTA_S} s | < 2 s |"
 } | tee "$OUT/summary.md"
 python3 -c "import sys; sys.exit(0 if $RATIO >= 0.5 else 1)"

@@ -108,11 +108,11 @@ fn lower_of(stores: &mut Stores, lower: &LowerRef) -> Result<Arc<dyn Lower>, Eng
     }
     let pit = PitId::new(lower.pit)
         .ok_or_else(|| EngineError::Invalid(format!("PIT 0 of {}", lower.store_dir)))?;
-    Ok(Arc::new(PitLower {
-        store: stores.open(dir)?,
+    Ok(Arc::new(PitLower::new(
+        stores.open(dir)?,
         pit,
-        volume: lower.volume.clone(),
-    }))
+        lower.volume.clone(),
+    )))
 }
 
 /// Opens volume `row` at start-up: a layered one over its PIT, converted
@@ -257,12 +257,14 @@ impl Site {
             .name("flatten".into())
             .spawn(move || {
                 while let Some(site) = site.upgrade() {
-                    let worked = site.flatten_once();
+                    let (worked, readers) = site.flatten_once();
                     drop(site);
-                    std::thread::sleep(if worked {
-                        Duration::from_millis(1)
-                    } else {
-                        Duration::from_secs(1)
+                    std::thread::sleep(match (worked, readers) {
+                        // A reader waits on a lower: one step per 20 ms
+                        // leaves the bucket to its cold reads.
+                        (true, true) => Duration::from_millis(20),
+                        (true, false) => Duration::from_millis(1),
+                        (false, _) => Duration::from_secs(1),
                     });
                 }
             });
@@ -271,9 +273,11 @@ impl Site {
         }
     }
 
-    /// One step of flattening over every layered volume; whether it copied.
-    fn flatten_once(&self) -> bool {
+    /// One step of flattening over every layered volume; whether it
+    /// copied, and whether a reader went to a lower lately.
+    fn flatten_once(&self) -> (bool, bool) {
         let mut worked = false;
+        let mut readers = false;
         for volume in self.live_volumes() {
             let Some(layer) = volume.file().layered() else {
                 continue;
@@ -281,6 +285,7 @@ impl Site {
             if layer.is_flat() {
                 continue;
             }
+            readers |= layer.lower_read_within(offsite_volume_file::READER_QUIET);
             match layer.flatten_step(FLATTEN_STEP_BLOCKS) {
                 Ok(0) => {}
                 Ok(_) => {
@@ -303,7 +308,7 @@ impl Site {
                 }
             }
         }
-        worked
+        (worked, readers)
     }
 }
 

@@ -59,7 +59,7 @@ pub enum VolumeData {
     Plain(VolumeFile),
     /// A promoted replica: a PIT below, the writes (and flattened blocks)
     /// in a private top layer.
-    Layered(Layered),
+    Layered(Box<Layered>),
 }
 
 impl VolumeData {
@@ -246,6 +246,39 @@ pub struct PitLower {
     pub pit: PitId,
     /// The volume's name in the store.
     pub volume: String,
+    /// Read-ahead for a store in an object store.
+    pub(crate) read_ahead: Arc<ReadAhead>,
+}
+
+/// Bytes one read-ahead fetch asks for (one ranged GET when none of it is
+/// cached).
+const READ_AHEAD_PIECE: u64 = 1 << 20;
+/// Read-ahead fetches in flight per lower: enough GETs in parallel to fill
+/// a link to a distributed store, well within the store's 64 MiB cache.
+const READ_AHEAD_IN_FLIGHT: usize = 8;
+
+/// What a [`PitLower`] has asked to be fetched ahead (see
+/// [`Lower::prefetch`]): the flattener reads a volume front to back, one
+/// 1 MiB step at a time, and in a bucket each step would wait for its own
+/// GET; fetched ahead by a few threads, the steps find their bytes in the
+/// store's cache and the copy runs at the bucket's throughput.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    /// Pieces below this one have been fetched or are being fetched.
+    next: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl PitLower {
+    /// PIT `pit` of `volume` in `store`.
+    pub fn new(store: Arc<ReplicaStore>, pit: PitId, volume: String) -> PitLower {
+        PitLower {
+            store,
+            pit,
+            volume,
+            read_ahead: Arc::default(),
+        }
+    }
 }
 
 impl Lower for PitLower {
@@ -266,6 +299,57 @@ impl Lower for PitLower {
                     self.pit, self.volume
                 ))
             })
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        use std::sync::atomic::Ordering;
+        if self.store.object_store().is_none() {
+            return; // a directory store: the page cache reads ahead
+        }
+        let Some(size) = self
+            .store
+            .volumes()
+            .iter()
+            .find(|v| v.name == self.volume)
+            .map(|v| v.size_bytes)
+        else {
+            return;
+        };
+        let ra = &self.read_ahead;
+        let first = (offset / READ_AHEAD_PIECE).max(ra.next.load(Ordering::SeqCst));
+        let end = offset
+            .saturating_add(len)
+            .min(size)
+            .div_ceil(READ_AHEAD_PIECE);
+        for piece in first..end {
+            if ra.in_flight.load(Ordering::SeqCst) >= READ_AHEAD_IN_FLIGHT {
+                return; // the next step asks again
+            }
+            if ra.next.fetch_max(piece + 1, Ordering::SeqCst) > piece {
+                continue; // asked already
+            }
+            ra.in_flight.fetch_add(1, Ordering::SeqCst);
+            let (store, pit, volume, done) = (
+                self.store.clone(),
+                self.pit,
+                self.volume.clone(),
+                self.read_ahead.clone(),
+            );
+            let at = piece * READ_AHEAD_PIECE;
+            let spawned = std::thread::Builder::new()
+                .name("read-ahead".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; READ_AHEAD_PIECE.min(size - at) as usize];
+                    // Only the store's cache keeps the bytes; a failure
+                    // shows when the flattener reads them itself.
+                    let _ = store.read(Some(pit), &volume, at, &mut buf);
+                    done.in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                ra.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        }
     }
 }
 
@@ -387,7 +471,7 @@ impl Volume {
         let layer = Layered::create(&dir, &stem, row.size_bytes, row.block_size, lower)
             .map_err(|e| EngineError::Invalid(format!("creating volume {}: {e}", row.name)))?;
         let top = dir.join(format!("{stem}.top"));
-        Self::with_new_tracker(layout, row, VolumeData::Layered(layer), &top)
+        Self::with_new_tracker(layout, row, VolumeData::Layered(Box::new(layer)), &top)
     }
 
     fn with_new_tracker(
@@ -444,7 +528,7 @@ impl Volume {
                 &layout.volume_data(row.id),
                 row.size_bytes,
             )?),
-            Some(lower) => VolumeData::Layered(
+            Some(lower) => VolumeData::Layered(Box::new(
                 Layered::open(
                     &layout.volumes_dir(),
                     &Layout::volume_stem(row.id),
@@ -453,7 +537,7 @@ impl Volume {
                     lower,
                 )
                 .map_err(|e| EngineError::Invalid(format!("opening volume {}: {e}", row.name)))?,
-            ),
+            )),
         };
         let (tracker, report) = ChangeTracker::open(
             &layout.volumes_dir(),

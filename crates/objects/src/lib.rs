@@ -28,6 +28,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 mod dir;
+mod quick_ack;
 mod s3;
 pub mod sealed;
 

@@ -401,3 +401,65 @@ impl std::io::Read for Signalling<'_> {
         Ok(n)
     }
 }
+
+/// A node that accepts connections and reads requests but never answers
+/// (a hung process, a stalled disk): a ranged read must not wait for it.
+#[test]
+fn a_ranged_read_does_not_wait_for_a_stalled_node() {
+    let Some(cluster) = GarageCluster::start_or_skip() else {
+        return;
+    };
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_at = format!("http://{}", stalled.local_addr().unwrap());
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let requests = requests.clone();
+        std::thread::spawn(move || {
+            for conn in stalled.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let requests = requests.clone();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 4096];
+                    if matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                        requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    // Hold the connection without answering.
+                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+    }
+    let data = pattern(3 << 20, 9);
+    store_at(&cluster, 0, "hedge", Duration::from_secs(30))
+        .put("obj", &data)
+        .unwrap();
+
+    // The stalled node first, the cluster's nodes as alternates.
+    let mut config = S3Config::new(
+        stalled_at,
+        cluster.region.clone(),
+        cluster.bucket.clone(),
+        "hedge",
+        cluster.access_key_id.clone(),
+        cluster.secret_access_key.clone(),
+    );
+    config.alternate_endpoints = (0..cluster.len()).map(|i| cluster.endpoint_of(i)).collect();
+    let s = S3Store::new(config).unwrap();
+    let started = Instant::now();
+    for (offset, len) in [(0u64, 4096u64), (1 << 20, 65536), ((3 << 20) - 100, 100)] {
+        let got = s.get_range("obj", offset, len).unwrap();
+        assert_eq!(got, data[offset as usize..(offset + len) as usize]);
+    }
+    assert!(
+        requests.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the stalled node was asked first"
+    );
+    // Not a performance figure: without the hedge each read would wait
+    // for the 30 s I/O timeout before trying another node.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the reads waited for the stalled node: {:?}",
+        started.elapsed()
+    );
+}

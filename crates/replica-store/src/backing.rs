@@ -17,8 +17,12 @@ use crate::ReplicaError;
 /// the base rewrites little more than it changes.
 pub(crate) const BASE_CHUNK: u64 = 4 << 20;
 
-/// Bytes of an object fetched and cached at once (aligned windows).
-const WINDOW: u64 = 1 << 20;
+/// Bytes of an object fetched and cached at once (aligned windows). A
+/// cold 4 KiB read of a volume recovered from a bucket waits for one
+/// window: 256 KiB costs little more than 4 KiB to fetch (measured on
+/// Garage: 4 KiB p50 3.9 ms, 64 KiB 4.1 ms, 1 MiB 9.6 ms), and a longer
+/// read asks for all its missing windows in one request anyway.
+const WINDOW: u64 = 256 << 10;
 
 /// Default capacity of the read cache.
 pub(crate) const CACHE_BYTES: usize = 64 << 20;
@@ -233,7 +237,7 @@ impl Cache {
             c.bytes -= old.len();
         }
         // A scan per eviction: the map holds at most capacity / WINDOW
-        // (64) entries.
+        // (256) entries.
         while c.bytes > self.capacity {
             let Some(victim) = c
                 .map

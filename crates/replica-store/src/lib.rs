@@ -214,7 +214,7 @@
 //! directory; an unreachable store fails the operation (or open) instead.
 //!
 //! Reads of segments and base chunks go through a read cache (64 MiB, LRU
-//! of 1 MiB windows of objects; a run of missing windows is one ranged
+//! of 256 KiB windows of objects; a run of missing windows is one ranged
 //! read), so the engine's small reads do not each become a request.
 //! Segment headers and indexes are read at open, one ranged read each,
 //! using the sizes from the listing. One store per working directory is

@@ -279,11 +279,9 @@ impl Replication {
             let mut out = Vec::new();
             for spec in store.volumes() {
                 let lower: Arc<dyn Lower> = match &source {
-                    Source::Pit(id) => Arc::new(PitLower {
-                        store: store.clone(),
-                        pit: *id,
-                        volume: spec.name.clone(),
-                    }),
+                    Source::Pit(id) => {
+                        Arc::new(PitLower::new(store.clone(), *id, spec.name.clone()))
+                    }
                     Source::Checkpoint(image) => Arc::new(CheckpointLower {
                         image: image.clone(),
                         volume: spec.name.clone(),

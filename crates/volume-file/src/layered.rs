@@ -99,6 +99,14 @@ pub trait Lower: Send + Sync {
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
     }
+
+    /// A hint that the `len` bytes at `offset` will be read soon, in
+    /// order (flattening copies the volume front to back). A lower whose
+    /// reads are slow (objects in a bucket) fetches them ahead in the
+    /// background; the default does nothing.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// First 8 bytes of a map file.
@@ -118,6 +126,15 @@ const MAP_TRAILER_LEN: usize = 4;
 const LOCK_STRIPES: usize = 256;
 /// Most bytes one flatten copy moves at a time (and holds locks for).
 const FLATTEN_CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes past a flattening step announced to the lower as read soon
+/// ([`Lower::prefetch`]).
+/// 8 MiB: a lower reads ahead with a few fetches in flight, and each
+/// volume flattened at once keeps its read-ahead in the lower's cache (a
+/// store's 64 MiB) until its step copies it.
+const FLATTEN_READ_AHEAD_BYTES: u64 = 8 << 20;
+/// No read-ahead for flattening while a reader went to the lower this
+/// recently (see [`Layered::lower_read_within`]).
+pub const READER_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Errors of creating and opening a layer. Errors of reads, writes and
 /// flushes are plain `io::Error`s, whose kinds the NBD server maps.
@@ -256,6 +273,21 @@ pub struct Layered {
     /// never changes, so it stays true; flattening asks chunk after chunk
     /// across one long hole, and a lower may take time to answer.
     lower_zero: Mutex<(u64, u64)>,
+    /// When a read last went to the lower for blocks the top lacks
+    /// ([`micros_now`]; 0: never): a reader is waiting on the lower, so
+    /// flattening steps back (see [`Layered::lower_read_within`]).
+    last_lower_read: AtomicU64,
+}
+
+/// Microseconds since the first call in this process, plus one (so that 0
+/// can mean "never"): a monotonic time that fits an atomic.
+fn micros_now() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+        + 1
 }
 
 impl fmt::Debug for Layered {
@@ -416,6 +448,7 @@ impl Layered {
             failed: AtomicBool::new(false),
             flatten_from: AtomicU64::new(0),
             lower_zero: Mutex::new((0, 0)),
+            last_lower_read: AtomicU64::new(0),
         }
     }
 
@@ -460,10 +493,25 @@ impl Layered {
             if run.in_top {
                 self.top.read_at(part, lo)?;
             } else {
+                self.note_lower_read();
                 self.lower.read_lower(part, lo)?;
             }
         }
         Ok(())
+    }
+
+    fn note_lower_read(&self) {
+        self.last_lower_read
+            .fetch_max(micros_now(), Ordering::Relaxed);
+    }
+
+    /// Whether a read (not flattening) went to the lower within `window`:
+    /// the flattener then neither reads ahead nor copies at full speed, so
+    /// that a volume being recovered from a slow lower (a bucket) serves
+    /// its reader's cold reads first.
+    pub fn lower_read_within(&self, window: std::time::Duration) -> bool {
+        let last = self.last_lower_read.load(Ordering::Relaxed);
+        last != 0 && micros_now().saturating_sub(last) <= window.as_micros() as u64
     }
 
     /// Any offset/length (bounds checked: past the end →
@@ -619,6 +667,15 @@ impl Layered {
         self.check_usable()?;
         let chunk = (FLATTEN_CHUNK_BYTES >> self.shift).max(1);
         let (mut copied, mut holes) = (0, 0);
+        // This step's blocks and the next ones: a remote lower fetches them
+        // while this step copies (the lower clips the range to the volume).
+        if !self.lower_read_within(READER_QUIET) {
+            let from = self.flatten_from.load(Ordering::SeqCst) << self.shift;
+            self.lower.prefetch(
+                from,
+                (max_blocks << self.shift).saturating_add(FLATTEN_READ_AHEAD_BYTES),
+            );
+        }
         let mut buf = Vec::new();
         while copied < max_blocks {
             let from = self.flatten_from.load(Ordering::SeqCst);

@@ -29,7 +29,7 @@ use rustix::fs::FallocateFlags;
 
 pub mod layered;
 
-pub use layered::{LayerError, Layered, Lower};
+pub use layered::{LayerError, Layered, Lower, READER_QUIET};
 
 /// Largest `pwrite` of a volume write: larger writes go in pieces of this
 /// size. On 6.x kernels a buffered write fills the page cache with folios

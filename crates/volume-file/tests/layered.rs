@@ -798,3 +798,59 @@ fn next_data_of_a_layer_looks_at_both_layers() {
         Some(100 * 4096 + 4095)
     );
 }
+
+/// A lower that records the read-ahead it is asked for.
+struct HintedLower {
+    bytes: Vec<u8>,
+    hints: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl Lower for HintedLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = offset as usize;
+        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.hints.lock().unwrap().push((offset, len));
+    }
+}
+
+#[test]
+fn flattening_announces_its_next_bytes_unless_a_reader_waits_on_the_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let lower = Arc::new(HintedLower {
+        bytes: pattern(5, SIZE as usize),
+        hints: Default::default(),
+    });
+    let l = Layered::create(dir.path(), "v", SIZE, BS, lower.clone()).unwrap();
+    assert!(!l.lower_read_within(std::time::Duration::from_secs(3600)));
+
+    // Each step announces where it starts, covering itself and beyond.
+    l.flatten_step(4).unwrap();
+    l.flatten_step(4).unwrap();
+    let hints = std::mem::take(&mut *lower.hints.lock().unwrap());
+    assert_eq!(hints.len(), 2);
+    assert_eq!(hints[0].0, 0);
+    assert_eq!(hints[1].0, 4 * BS as u64);
+    assert!(hints.iter().all(|&(_, len)| len > 4 * BS as u64));
+    // Flattening's own reads are not a reader's.
+    assert!(!l.lower_read_within(std::time::Duration::from_secs(3600)));
+
+    // A read of blocks the top lacks goes to the lower: a reader waits on
+    // it, so the next step copies without announcing more.
+    let mut buf = vec![0u8; BS as usize];
+    l.read_at(&mut buf, 40 * BS as u64).unwrap();
+    assert_eq!(buf, lower.bytes[40 * BS as usize..41 * BS as usize]);
+    assert!(l.lower_read_within(std::time::Duration::from_secs(3600)));
+    assert_eq!(l.flatten_step(4).unwrap(), 4);
+    assert!(lower.hints.lock().unwrap().is_empty());
+
+    // A read of blocks the top holds does not count.
+    let dir2 = tempfile::tempdir().unwrap();
+    let l2 = Layered::create(dir2.path(), "v", SIZE, BS, lower.clone()).unwrap();
+    l2.flatten_step(2).unwrap();
+    l2.read_at(&mut buf, 0).unwrap();
+    assert!(!l2.lower_read_within(std::time::Duration::from_secs(3600)));
+}
