@@ -6,7 +6,8 @@
 //! site-b attaches the bucket with the escrowed key and recovers, with
 //! `pit export --at`, a checkpoint that only the journal holds (no PIT is
 //! at it): exactly the same prefix of the write order as the lost site-b
-//! exported there. Without Garage the test prints why and passes, except
+//! exported there, and `failover run --at` promotes the volumes at it.
+//! Without Garage the test prints why and passes, except
 //! under CI.
 
 mod common;
@@ -196,6 +197,16 @@ fn a_new_site_recovers_a_checkpoint_only_the_journal_in_the_bucket_holds() {
         "the checkpoint at the new site",
     );
     assert_eq!(after, before, "checkpoint {mid_id} after the site was lost");
+    // And the VM's disks are promoted at it: the same image.
+    let r = b.json(&["failover", "run", "j", "--force", "--at", &at]);
+    assert_eq!(r["point"]["kind"], "checkpoint", "{r}");
+    assert_eq!(u(&r["point"], "id"), mid_id, "{r}");
+    let promoted = stamp_prefix(
+        [&served_url(&r, "vol0"), &served_url(&r, "vol1")],
+        STAMPS,
+        "the volumes promoted at the new site",
+    );
+    assert_eq!(promoted, before, "promoted at checkpoint {mid_id}");
 }
 
 /// RFC 3339 (UTC, nanoseconds) of nanoseconds since the epoch.

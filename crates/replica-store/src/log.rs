@@ -102,6 +102,9 @@
 //!        4 write the sealed file's index (a cache; best effort)
 //!        5 History::Discard only: remove every file but the new one
 //!          (unlink, fsync directory; best effort, the next seal retries)
+//!        6 History::Keep in an object store: wake the upload thread,
+//!          which copies the sealed file into the objects (see
+//!          "Stores in an object store" in the crate docs)
 //! open:  newest file's after == tip -> replay its writes
 //!        after <  tip -> sealed already (a crash between 1 and 3, or PITs
 //!                        committed while no log was open): it is history;
