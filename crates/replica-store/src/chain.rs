@@ -230,6 +230,9 @@ pub(crate) struct Inner {
     /// What an object store holds of the journal (`journal_objects`);
     /// lock order: `uploads`, then `journal`.
     pub(crate) uploads: Mutex<crate::journal_objects::Uploads>,
+    /// The journal is not copied into the object store
+    /// ([`ReplicaStore::keep_journal_local`]).
+    pub(crate) journal_local: AtomicBool,
     /// Held for the flock.
     pub(crate) _lock: File,
 }

@@ -515,7 +515,11 @@ struct Flags {
 impl Uploader {
     /// The uploader of `inner`'s journal; `None` for a directory store.
     pub(crate) fn start(inner: &Arc<Inner>) -> Option<Uploader> {
-        if !matches!(inner.backing, Backing::Objects(_)) {
+        if !matches!(inner.backing, Backing::Objects(_))
+            || inner
+                .journal_local
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return None;
         }
         let shared = Arc::new(Signal::default());
@@ -616,6 +620,19 @@ fn run(inner: &Inner, sig: &Signal) {
 }
 
 impl ReplicaStore {
+    /// Keeps the journal's history out of the object store: write logs
+    /// opened after this start no upload thread. For an object store on
+    /// the replica site's own disk (an encrypted directory group's
+    /// `objects/`), where a copy would double the journal's space and
+    /// writes and survive nothing the working directory does not. Objects
+    /// of pruned files are still deleted, and an open without a local
+    /// journal still restores one.
+    pub fn keep_journal_local(&self) {
+        self.inner
+            .journal_local
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Copies the journal's history into the object store now (see
     /// "Stores in an object store" in the crate docs and the module
     /// `journal_objects`): sealed files whole, the open file's checkpoints

@@ -387,6 +387,7 @@ fn assemble(dir: &Path, backing: Backing, loaded: Loaded, lock: File) -> Replica
         journal: Mutex::new(None),
         pins: Mutex::new(std::collections::BTreeMap::new()),
         uploads: Mutex::default(),
+        journal_local: AtomicBool::new(false),
         _lock: lock,
     };
     ReplicaStore {

@@ -335,3 +335,25 @@ fn a_crash_while_restoring_leaves_no_partial_journal() {
         check_restored(&store, &m);
     }
 }
+
+#[test]
+fn a_journal_kept_local_is_not_copied() {
+    let d = fast_tmpdir();
+    let mut m = Model::new(&jspecs());
+    let store = ReplicaStore::create_in(
+        objects(d.path(), None),
+        d.path().join("work"),
+        &m.specs,
+        None,
+        0,
+    )
+    .unwrap();
+    store.keep_journal_local();
+    let mut log = open_keep(&store);
+    m.append(&mut log, &[(0, 1, 2, 5)]).unwrap();
+    m.checkpoint(&mut log, Consistency::Crash, None).unwrap();
+    log.seal(None, CREATED.into()).unwrap();
+    drop(log);
+    assert_eq!(journal_keys(d.path()), Vec::<String>::new());
+    assert_eq!(listed(&store), vec![1]);
+}
