@@ -198,6 +198,11 @@ fn the_journal_reaches_the_bucket_and_comes_back_from_it() {
             assert!(!raw.windows(8).any(|w| w == b"OFSRPLOG"));
         }
         drop(store);
+        // Reopened (the listing read again, sizes in plaintext for a
+        // sealed store): nothing is uploaded twice.
+        let store = open(d.path(), key);
+        assert_eq!(store.upload_journal().unwrap(), Default::default());
+        drop(store);
 
         // A new site attaching the bucket.
         let e = new_site(d.path());
