@@ -547,8 +547,9 @@ fn authz_add_probes_the_bucket_and_says_what_to_fix() {
     assert!(prefix.head("offsite-write-test").unwrap().is_none());
 }
 
-/// A synchronous group's store in the bucket: its journal stays in the
-/// store's working directory, its seals become PITs in the bucket.
+/// A synchronous group's store in the bucket: its journal is written in
+/// the store's working directory and copied into the bucket, its seals
+/// become PITs in the bucket.
 #[test]
 fn a_sync_group_seals_its_pits_into_the_bucket() {
     if !have_tools(&["qemu-io"]) {
@@ -576,6 +577,18 @@ fn a_sync_group_seals_its_pits_into_the_bucket() {
         keys.iter()
             .any(|k| k.starts_with(&format!("pits/{pit:020}-")) && k.ends_with("manifest.pit")),
         "PIT {pit} committed in the bucket: {keys:?}"
+    );
+    // The journal file the seal closed follows it into the bucket.
+    wait_until(
+        "the sealed journal file is in the bucket",
+        GROUP_LIMIT,
+        || {
+            bucket_of(&cluster, "s")
+                .list("journal/")
+                .unwrap()
+                .iter()
+                .any(|o| o.key.ends_with(".jnl"))
+        },
     );
     verify_clean(&a, "s");
     pit_check_clean(&b, "s");

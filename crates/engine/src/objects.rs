@@ -272,7 +272,14 @@ pub fn open_store(
     } else {
         objects
     };
-    ReplicaStore::open_in(objects, work_dir).map_err(|e| opening(&e))
+    let store = ReplicaStore::open_in(objects, work_dir).map_err(|e| opening(&e))?;
+    if matches!(location, StorageLocation::Directory(_)) {
+        // An encrypted directory group: its objects are on this site's own
+        // disk, beside the working directory, so a copy of the journal
+        // there would only double it.
+        store.keep_journal_local();
+    }
+    Ok(store)
 }
 
 /// Group `group`'s key from `DATA/keys/GROUP.key`.

@@ -227,6 +227,12 @@ pub(crate) struct Inner {
     /// `base_through` → number of images): no PIT newer than one of them
     /// may be merged into the base.
     pub(crate) pins: Mutex<std::collections::BTreeMap<u64, usize>>,
+    /// What an object store holds of the journal (`journal_objects`);
+    /// lock order: `uploads`, then `journal`.
+    pub(crate) uploads: Mutex<crate::journal_objects::Uploads>,
+    /// The journal is not copied into the object store
+    /// ([`ReplicaStore::keep_journal_local`]).
+    pub(crate) journal_local: AtomicBool,
     /// Held for the flock.
     pub(crate) _lock: File,
 }

@@ -874,6 +874,14 @@ impl ReplicaStore {
             fsx::sync_dir(&dir)?;
         }
         report.remaining_bytes = j.files.iter().map(|f| f.disk).sum();
+        let oldest = j.files.first().map(|f| f.number);
+        drop(g);
+        if let Some(oldest) = oldest {
+            // Local files first, their objects after: a crash between
+            // leaves orphan objects, which this sweep (or the next upload
+            // pass) deletes, never an object-less hole in local history.
+            crate::journal_objects::sweep_after_prune(inner, oldest);
+        }
         Ok(report)
     }
 }

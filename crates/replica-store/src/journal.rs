@@ -28,6 +28,13 @@
 //! └── 00000000000000000008.jnl   the open file, appended to by the write log
 //! ```
 //!
+//! In a store in an object store this directory is in the local working
+//! directory, and the journal's history is also copied into the objects
+//! (`journal/NUMBER.jnl` for a sealed file, `journal/NUMBER.jnl.OFFSET`
+//! for the open file's checkpoints so far), off the write path, and
+//! restored from them by an open that finds no journal file; see
+//! "Stores in an object store" in the crate docs.
+//!
 //! # Format (version 2)
 //!
 //! All integers little-endian. A journal file starts with a 128-byte

@@ -185,12 +185,27 @@
 //! │                                    a missing chunk reads as zeroes, an all-zero one is deleted
 //! ├── pits/ID-FIRST/NAME.seg           one segment per volume (same format)
 //! ├── pits/ID-FIRST/manifest.pit       written LAST: the commit point of the PIT
-//! └── merging/ID-FIRST                 empty marker: PIT ID-FIRST is being merged into the base
+//! ├── merging/ID-FIRST                 empty marker: PIT ID-FIRST is being merged into the base
+//! ├── journal/NUMBER.jnl               a sealed journal file, whole (a copy of the local one)
+//! └── journal/NUMBER.jnl.OFFSET        a tail part of the open file: its bytes from OFFSET
+//!                                      to the end of a checkpoint (replaced at its seal)
 //! WORK DIR (local disk)
 //! ├── store.lock                       flock: one ReplicaStore per working directory
 //! ├── staging/…                        PIT or merge being built (SegmentBuilder); deleted at open
-//! └── journal/…, write log             a sync or continuous group's journal (stays local for now)
+//! ├── journal/NUMBER.{jnl,idx}         a sync or continuous group's journal: the write log
+//! │                                    appends here, exactly as in a directory store
+//! └── journal.download/                the journal being restored from the objects; deleted at open
 //! ```
+//!
+//! The journal is written locally (a sync write's acknowledgement never
+//! waits for the bucket) and copied into the objects by a background
+//! thread of a write log that keeps history: each sealed file whole right
+//! after its seal, and the open file's new checkpoints as tail parts every
+//! [`UPLOAD_INTERVAL`] (5 s). A replica site that is lost loses at most
+//! the checkpoints of about the last checkpoint interval plus 5 s; a
+//! working directory without journal files gets the journal back at
+//! [`ReplicaStore::open_in`]. See the module `journal_objects` for the
+//! bound's trade-off and the details.
 //!
 //! | operation | ordering (commit point in bold) | open after a crash |
 //! | --- | --- | --- |
@@ -199,6 +214,9 @@
 //! | remove middle (→ next) | 1 build `staging/n-FIRST(k)` = k ∪ n, re-verified; 2 upload its segments; 3 **put its manifest** (supersedes k and n); 4 delete k's and n's objects, manifest first | the superset wins; superseded PITs' objects are deleted |
 //! | remove oldest (→ base) | 0 verify k; 1 **put `merging/k`**; 2 rewrite every base chunk k touches (read, apply k's blocks, put or delete); 3 put `store.meta` with `base_through = k`; 4 delete k's objects (manifest first), then the marker | a marker newer than `base_through` is redone from k's objects, still under `pits/` (idempotent: the same chunks again); then deleted |
 //! | set name | **put `manifest.pit`** over the old one | old or new name |
+//! | journal upload (after a seal; every 5 s) | 1 **put** each sealed file missing in the bucket whole (`put_from`); 2 delete its tail parts; 3 **put** the open file's bytes since its last part, up to its newest checkpoint, as `journal/NUMBER.jnl.OFFSET`; 4 delete the objects of files older than the oldest local one | a missing object is put by the next pass; parts beside a whole file are deleted; orphans are deleted by the next pass or prune |
+//! | journal prune | remove the local files (as for a directory); then delete their objects, parts first | orphan objects: deleted by the next prune or pass |
+//! | restore the journal (open, no local journal file) | 1 delete a leftover `journal.download/`; 2 write every file there from its whole object or its contiguous parts, header checked, entries scanned, a torn end cut; 3 fsync; 4 **rename to `journal/`** | no `journal/`: the download starts again |
 //! | discard damaged | delete each PIT's objects, manifest first | a PIT without manifest is a leftover |
 //! | write base | buffer per chunk; put a chunk once all its blocks are written, at `sync_base`, at the first commit, when 16 chunks are pending, or on close; a partial chunk that exists is read first | before the first PIT the base is only an initial state (as for directories) |
 //! | adopt base | put (or delete, when all zero) every chunk of the seed image; the image file is left in place | as write base |
@@ -262,6 +280,7 @@ mod format;
 mod history;
 mod image;
 pub mod journal;
+mod journal_objects;
 mod log;
 mod merge;
 mod recover;
@@ -288,6 +307,7 @@ pub use crate::journal::{
     JournalEntry, MAX_CHECKPOINT_NAME, decode_journal_entries, encode_checkpoint,
     encode_journal_entry,
 };
+pub use crate::journal_objects::{JournalUpload, UPLOAD_INTERVAL};
 pub use crate::log::{
     History, LOG_FILE, LogApplier, LogFormatError, LogRecord, MAX_RECORD_DATA, RECORD_HEADER_LEN,
     RECORD_TRAILER_LEN, WriteLog, decode_records, encode_record,

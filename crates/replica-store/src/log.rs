@@ -102,6 +102,9 @@
 //!        4 write the sealed file's index (a cache; best effort)
 //!        5 History::Discard only: remove every file but the new one
 //!          (unlink, fsync directory; best effort, the next seal retries)
+//!        6 History::Keep in an object store: wake the upload thread,
+//!          which copies the sealed file into the objects (see
+//!          "Stores in an object store" in the crate docs)
 //! open:  newest file's after == tip -> replay its writes
 //!        after <  tip -> sealed already (a crash between 1 and 3, or PITs
 //!                        committed while no log was open): it is history;
@@ -511,6 +514,9 @@ pub struct WriteLog {
     failed: Option<String>,
     /// What a seal does with the file it seals.
     history: History,
+    /// With history in an object store: the thread copying it there
+    /// (`journal_objects`), off the appends' path.
+    uploader: Option<crate::journal_objects::Uploader>,
 }
 
 /// What a seal does with the journal file it seals (the PIT holds its
@@ -944,6 +950,7 @@ impl WriteLog {
             store,
             failed: None,
             history: History::Discard,
+            uploader: None,
         })
     }
 
@@ -1276,11 +1283,13 @@ impl WriteLog {
             "a batch of the write log was not applied to the open PIT: replaying the log"
         );
         let history = self.history;
+        let uploader = self.uploader.take();
         *self = ReplicaStore {
             inner: self.store.clone(),
         }
         .open_log()?;
         self.history = history;
+        self.uploader = uploader;
         Ok(())
     }
 
@@ -1357,8 +1366,10 @@ impl WriteLog {
         match self.next_file(info.id.get()) {
             Ok(next) => {
                 let history = self.history;
+                let uploader = self.uploader.take();
                 *self = next;
                 self.history = history;
+                self.uploader = uploader;
             }
             Err(e) => {
                 self.failed = Some(error_chain(&e));
@@ -1370,14 +1381,40 @@ impl WriteLog {
             // sealed file as history, which the next seal removes.
             crate::history::drop_all_but_newest(&self.store);
         }
+        if let Some(u) = &self.uploader {
+            // The sealed file is history now: to the object store.
+            u.kick();
+        }
         self.ensure_writer()?;
         Ok(info)
     }
 
     /// Whether seals keep the sealed files as history (see [`History`];
-    /// [`History::Discard`] until set).
+    /// [`History::Discard`] until set). With [`History::Keep`] in an object
+    /// store, a background thread copies the history into it after every
+    /// seal and every [`crate::UPLOAD_INTERVAL`] (see "Stores in an object
+    /// store" in the crate docs); dropping the log stops it after one last
+    /// pass.
     pub fn set_history(&mut self, history: History) {
         self.history = history;
+        match history {
+            History::Keep if self.uploader.is_none() => {
+                self.uploader = crate::journal_objects::Uploader::start(&self.store);
+            }
+            History::Keep => {}
+            History::Discard => self.uploader = None,
+        }
+    }
+
+    /// Tests: stops the background uploads of [`WriteLog::set_history`]
+    /// (without their last pass), so that a test runs each pass itself
+    /// with [`ReplicaStore::upload_journal`], on its own thread (where the
+    /// [`crate::failpoint`] reaches it). Not part of the API.
+    #[doc(hidden)]
+    pub fn stop_background_uploads(&mut self) {
+        if let Some(u) = self.uploader.take() {
+            u.abandon();
+        }
     }
 
     /// What seals do with the sealed files.

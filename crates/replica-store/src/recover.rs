@@ -386,6 +386,8 @@ fn assemble(dir: &Path, backing: Backing, loaded: Loaded, lock: File) -> Replica
         poison: Mutex::new(None),
         journal: Mutex::new(None),
         pins: Mutex::new(std::collections::BTreeMap::new()),
+        uploads: Mutex::default(),
+        journal_local: AtomicBool::new(false),
         _lock: lock,
     };
     ReplicaStore {
@@ -712,6 +714,9 @@ fn open_objects_locked(
         });
     }
     clear_staging(work)?; // 2
+    // The journal's history, when this working directory has none (a new
+    // site, a replaced disk): before anything reads the journal.
+    crate::journal_objects::restore(&objects, work, &meta.uuid, &meta.volumes)?;
     let mut listing: PitListing = PitListing::new();
     for o in objects.list(PITS_PREFIX)? {
         match o.key[PITS_PREFIX.len()..].split_once('/') {
