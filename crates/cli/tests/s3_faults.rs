@@ -37,13 +37,15 @@ fn sync_in_background(site: &TestSite, group: &str) -> Child {
         .expect("start offsite sync")
 }
 
-/// A group `g` of one 32 MiB volume from A to B's bucket, replicating.
-fn replicating_group(a: &TestSite) {
-    a.create_volume("d0", "32M");
-    create_group(a, "g", "site-b", &["--volume", "d0"], &["--keep", "2"]);
-    a.json(&["group", "start", "g"]);
+/// The set-up of every kill loop: Garage, the pair with B's replicas in
+/// the bucket, and a group `g` of one 32 MiB volume from A, replicating
+/// with a first PIT; `None` when the test skips.
+fn replicating_group() -> Option<(GarageCluster, TestSite, TestSite)> {
+    let (cluster, a, b) = s3_pair_or_skip(&["qemu-io"])?;
+    start_s3_group(&a, "g", &[("d0", "32M")], &["--keep", "2"]);
     qemu_io(&a.url("d0"), &["write -P 0x01 0 8M"]);
-    sync_pit(a, "g", &[]);
+    sync_pit(&a, "g", &[]);
+    Some((cluster, a, b))
 }
 
 /// Writes 4 MiB of round `round`'s pattern somewhere in the volume.
@@ -57,14 +59,9 @@ fn write_round(a: &TestSite, round: u64, x: &mut u64) {
 
 #[test]
 fn a_garage_node_killed_during_cycles_does_not_stop_replication() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(mut cluster) = GarageCluster::start_or_skip() else {
+    let Some((mut cluster, a, b)) = replicating_group() else {
         return;
     };
-    let (a, b) = s3_pair(&cluster);
-    replicating_group(&a);
     let mut x = seed() | 1;
     for round in 0..iterations() {
         write_round(&a, round, &mut x);
@@ -96,14 +93,9 @@ fn a_garage_node_killed_during_cycles_does_not_stop_replication() {
 
 #[test]
 fn all_garage_nodes_down_pause_the_group_with_a_clear_error_until_they_return() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(mut cluster) = GarageCluster::start_or_skip() else {
+    let Some((mut cluster, a, b)) = replicating_group() else {
         return;
     };
-    let (a, b) = s3_pair(&cluster);
-    replicating_group(&a);
     let mut x = seed() | 1;
     for round in 0..iterations() {
         write_round(&a, round, &mut x);
@@ -136,14 +128,9 @@ fn all_garage_nodes_down_pause_the_group_with_a_clear_error_until_they_return() 
 
 #[test]
 fn the_replica_daemon_killed_mid_upload_leaves_no_broken_pit() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(cluster) = GarageCluster::start_or_skip() else {
+    let Some((_cluster, a, mut b)) = replicating_group() else {
         return;
     };
-    let (a, mut b) = s3_pair(&cluster);
-    replicating_group(&a);
     let mut x = seed() | 1;
     for round in 0..iterations() {
         write_round(&a, round, &mut x);

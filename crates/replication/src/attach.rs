@@ -19,7 +19,6 @@
 //! Nothing is written to the bucket by attaching, so a mistaken attach is
 //! undone by `group delete` here without touching the objects.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use offsite_catalog::{GroupRow, GroupState, GroupVolumeRow, Mode, PitRow, Role};
@@ -225,6 +224,19 @@ fn attach_one(
         );
         return out;
     }
+    // The plan copies beside the store, read through the handle the
+    // definition came from, before the store is opened (once, to check
+    // it): nothing else here needs the store open again.
+    let copies = match bucket::read_plans(objects.as_ref()) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                group = name,
+                "reading the plan copies beside the store: {e}"
+            );
+            Vec::new()
+        }
+    };
     match attach_group(site, &group_location, objects, key.as_ref(), &manifest) {
         Ok(pits) => {
             out.action = AttachAction::Attached;
@@ -233,26 +245,9 @@ fn attach_one(
                 "a replica of {}'s group with {pits} PITs: `offsite pit list {name}`, `offsite failover run {name} [--test]`",
                 manifest.primary
             );
-            if let Some(store) = site
-                .groups()
-                .get(name)
-                .ok()
-                .and_then(|g| g.store_dir)
-                .and_then(|d| site.replica_store(Path::new(&d)).ok())
-                && let Some(o) = store.object_store()
-            {
-                match bucket::read_plans(o.as_ref()) {
-                    Ok(found) => {
-                        for (plan, bytes) in found {
-                            if !plans.iter().any(|(p, _)| *p == plan) {
-                                plans.push((plan, bytes));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        group = name,
-                        "reading the plan copies beside the store: {e}"
-                    ),
+            for (plan, bytes) in copies {
+                if !plans.iter().any(|(p, _)| *p == plan) {
+                    plans.push((plan, bytes));
                 }
             }
         }
@@ -303,8 +298,8 @@ fn attach_group(
         undo();
         return Err(e.to_string());
     }
-    // Opened once here to check it (and to list its PITs); the site's
-    // cache opens it again by its working directory.
+    // Opened once here to check it and list its PITs (the plan copies
+    // were read before); the site's cache opens it when the group is used.
     let store = match offsite_replica_store::ReplicaStore::open_in(objects, &work_dir) {
         Ok(s) => s,
         Err(e) => {
