@@ -40,15 +40,23 @@ pub(crate) struct Stores {
     /// (`crate::objects`); the settings follow config reloads.
     layout: Layout,
     pub(crate) object_store: offsite_objects::S3Settings,
+    /// This site, as the owner records of its stores in buckets name it
+    /// (`crate::owner`).
+    identity: crate::owner::SiteIdentity,
 }
 
 impl Stores {
-    pub(crate) fn new(layout: Layout, object_store: offsite_objects::S3Settings) -> Stores {
+    pub(crate) fn new(
+        layout: Layout,
+        object_store: offsite_objects::S3Settings,
+        identity: crate::owner::SiteIdentity,
+    ) -> Stores {
         Stores {
             by_dir: HashMap::new(),
             images: HashMap::new(),
             layout,
             object_store,
+            identity,
         }
     }
 
@@ -60,6 +68,7 @@ impl Stores {
             dir,
             &self.object_store,
             &self.layout,
+            Some(&self.identity),
         )?);
         self.by_dir.insert(dir.to_path_buf(), store.clone());
         Ok(store)

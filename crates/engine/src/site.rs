@@ -92,7 +92,14 @@ impl Site {
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
         let mut volumes = BTreeMap::new();
-        let mut stores = crate::promote::Stores::new(layout.clone(), config.object_store.clone());
+        let mut stores = crate::promote::Stores::new(
+            layout.clone(),
+            config.object_store.clone(),
+            crate::owner::SiteIdentity {
+                name: config.name.clone(),
+                fingerprint: fingerprint.clone(),
+            },
+        );
         for row in catalog.volumes()? {
             if row.state == "importing" {
                 // The copy thread died with the previous daemon; its volume

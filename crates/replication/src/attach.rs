@@ -16,8 +16,13 @@
 //! sends it a full copy (`switch::rebuilt`). The copies of the plans found
 //! beside the stores are returned for the plan service to adopt.
 //!
-//! Nothing is written to the bucket by attaching, so a mistaken attach is
-//! undone by `group delete` here without touching the objects.
+//! The one object attaching writes is the group's owner record
+//! (`owner.json`, [`offsite_engine::owner`]): this site takes the prefix
+//! over at the next epoch, so the site that wrote the store until now
+//! stops at its next commit (with an error naming this site) instead of
+//! writing into the chain this site now reads. Nothing else is written:
+//! a mistaken attach is undone by `group delete` here and
+//! `site attach-store` at the old site.
 
 use std::sync::Arc;
 
@@ -307,6 +312,24 @@ fn attach_group(
             return Err(format!("the store does not open: {e}"));
         }
     };
+    // Taken over before the catalog row exists: from here on the site
+    // that wrote the store stops at its next commit.
+    let objects = store
+        .object_store()
+        .cloned()
+        .ok_or_else(|| "the attached store is not in an object store".to_string());
+    let taken = objects.and_then(|o| {
+        offsite_engine::owner::take_over(o.as_ref(), &work_dir, &m.group, &site.identity())
+            .map_err(|e| format!("taking the prefix over (its owner record): {e}"))
+    });
+    let taken = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            drop(store);
+            undo();
+            return Err(e);
+        }
+    };
     if !store.damaged().is_empty() {
         tracing::warn!(group = %m.group, damaged = store.damaged().len(), "an attached store has damaged PITs; the older ones are usable");
     }
@@ -368,8 +391,8 @@ fn attach_group(
         "group.attached",
         &m.group,
         &format!(
-            "group {} attached from {group_location}: a replica of {}'s group with {n} PITs",
-            m.group, m.primary
+            "group {} attached from {group_location}: a replica of {}'s group with {n} PITs; this site owns the prefix now (owner epoch {})",
+            m.group, m.primary, taken.epoch
         ),
     );
     Ok(n)
