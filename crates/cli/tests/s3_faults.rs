@@ -147,3 +147,50 @@ fn the_replica_daemon_killed_mid_upload_leaves_no_broken_pit() {
     }
     pit_check_clean(&b, "g");
 }
+
+/// Plan changes while every Garage node is down: the copies beside the
+/// group's store cannot be written, the group is marked
+/// (`plan-copies.pending` in its working directory), and the replica
+/// daemon's next start writes them — a new plan's copy put, a deleted
+/// plan's copy removed — and clears the mark.
+#[test]
+fn plan_changes_while_the_bucket_is_down_reach_it_at_the_next_start() {
+    let Some((mut cluster, a, mut b)) = s3_pair_or_skip(&[]) else {
+        return;
+    };
+    start_s3_group(&a, "g", &[("d0", "8M")], &[]);
+    let plan = |name: &str| {
+        a.json(&[
+            "plan",
+            "create",
+            name,
+            "--protected-site",
+            "site-a",
+            "--recovery-site",
+            "site-b",
+        ]);
+        a.json(&["plan", "add-group", name, "g"]);
+    };
+    plan("dr");
+    let objects = bucket_of(&cluster, "g");
+    assert!(objects.head("plans/dr.json").unwrap().is_some());
+    let marker = b.dir().join("object-stores/site-a/g/plan-copies.pending");
+    assert!(!marker.exists());
+
+    cluster.kill_all();
+    a.json(&["plan", "delete", "dr"]);
+    plan("dr2");
+    assert!(marker.exists(), "the failed copies are marked");
+    cluster.restart_all();
+    // Nothing retries them before the next start.
+    assert!(objects.head("plans/dr.json").unwrap().is_some());
+    assert!(objects.head("plans/dr2.json").unwrap().is_none());
+
+    b.stop();
+    b.start();
+    wait_until("the marked plan copies written again", GROUP_LIMIT, || {
+        !marker.exists()
+    });
+    assert!(objects.head("plans/dr.json").unwrap().is_none());
+    assert!(objects.head("plans/dr2.json").unwrap().is_some());
+}
