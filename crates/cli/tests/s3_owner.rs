@@ -82,7 +82,7 @@ fn the_old_replica_site_stops_writing_once_another_site_attached_the_prefix() {
     assert!(
         text.contains("site site-c")
             && text.contains("took it over")
-            && text.contains("group delete g"),
+            && text.contains("group teardown g --force"),
         "{text}"
     );
     let sb = group_status(&b, "g");
@@ -113,4 +113,11 @@ fn the_old_replica_site_stops_writing_once_another_site_attached_the_prefix() {
         &["read -P 0x11 0 1M", "read -P 0x12 1M 1M", "read -P 0 2M 1M"],
     );
     c.json(&["failover", "stop-test", "g"]);
+
+    // Retiring the old copy, even asking for its replica to be deleted,
+    // leaves site-c's objects alone.
+    b.json(&["group", "teardown", "g", "--force", "--delete-replica"]);
+    assert!(b.fails(&["group", "status", "g"]).contains('g'));
+    assert_eq!(chain_keys(objects.as_ref()), chain);
+    assert_eq!(pit_check_clean(&c, "g"), checked);
 }

@@ -471,9 +471,50 @@ impl crate::Site {
         }
     }
 
-    /// [`delete_objects`] with this site's settings.
+    /// [`delete_objects`] with this site's settings, unless another site
+    /// owns the store's bucket prefix ([`crate::owner`]): then its objects
+    /// are that site's store and stay (said in an event), and only this
+    /// site's working directory is for the caller to remove.
     pub fn delete_store_objects(&self, work_dir: &Path) -> Result<bool, EngineError> {
+        if let Some(owner) = self.other_owner(work_dir) {
+            let d = StoreDescriptor::read(work_dir)?;
+            let group = d.as_ref().map_or("?", |d| d.group.as_str());
+            self.event(
+                "group.store-kept",
+                Some(group),
+                &format!(
+                    "the objects of {} stay: site {} owns that bucket prefix since {} (owner epoch {}); this site removes only its working directory",
+                    d.as_ref().map_or(String::new(), |d| d.location.clone()),
+                    owner.site,
+                    owner.since,
+                    owner.epoch
+                ),
+            );
+            return Ok(true);
+        }
         delete_objects(work_dir, &self.config().object_store, &self.layout)
+    }
+
+    /// The owner record of the bucket prefix of the store in `work_dir`
+    /// when it names another site (`None`: this site's, no record, not in
+    /// a bucket, or the record cannot be read now — the deletion then
+    /// goes ahead as before records existed).
+    fn other_owner(&self, work_dir: &Path) -> Option<crate::owner::OwnerRecord> {
+        let d = StoreDescriptor::read(work_dir).ok()??;
+        let location = StorageLocation::parse(&d.location).ok()?;
+        if !matches!(location, StorageLocation::S3 { .. }) {
+            return None;
+        }
+        let objects =
+            object_store_at(&location, &self.config().object_store, self.layout.root()).ok()?;
+        let objects = if d.encrypted {
+            let key = load_group_key(&self.layout, &d.group).ok()?;
+            Arc::new(Sealed::new(objects, &key)) as Arc<dyn ObjectStore>
+        } else {
+            objects
+        };
+        let record = crate::owner::read_remote(objects.as_ref()).ok()??;
+        (record.fingerprint != self.fingerprint).then_some(record)
     }
 }
 

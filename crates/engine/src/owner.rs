@@ -298,14 +298,13 @@ pub fn take_over(
 /// The refusal of a writer whose prefix `owner` took over.
 pub fn taken_over_message(group: &str, me: &SiteIdentity, owner: &OwnerRecord) -> String {
     format!(
-        "the bucket prefix of group {group} is no longer written by this site ({}): site {} (fingerprint {}) took it over at {} {} (owner epoch {}); nothing was written. If {} is now the group's replica site, delete the group here with `offsite group delete {group}` (never `group teardown --delete-replica`, which would delete {}'s store) and pair the primary with {}; if it was a mistake, `offsite group delete {group}` at {} and `offsite site attach-store` here take it back",
+        "the bucket prefix of group {group} is no longer written by this site ({}): site {} (fingerprint {}) took it over at {} {} (owner epoch {}); nothing was written. If {} is the group's replica site now, retire this copy with `offsite group teardown {group} --force` here (the objects stay: they are {}'s store) and point the primary at {}; if it took the prefix by mistake, tear the group down there and here, then `offsite site attach-store` here takes the prefix back (docs/operations.md, \"One writer per prefix\")",
         me.name,
         owner.site,
         owner.fingerprint,
         owner.since,
         owner.how,
         owner.epoch,
-        owner.site,
         owner.site,
         owner.site,
         owner.site,
@@ -493,7 +492,9 @@ mod tests {
         assert_eq!(taken.epoch, 2);
         let e = fence.check().unwrap_err();
         assert!(
-            e.contains("site site-c") && e.contains(&taken.since) && e.contains("group delete g1"),
+            e.contains("site site-c")
+                && e.contains(&taken.since)
+                && e.contains("group teardown g1 --force"),
             "{e}"
         );
         // Sticky, and the record stays the new owner's.

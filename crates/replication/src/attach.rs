@@ -21,8 +21,9 @@
 //! over at the next epoch, so the site that wrote the store until now
 //! stops at its next commit (with an error naming this site) instead of
 //! writing into the chain this site now reads. Nothing else is written:
-//! a mistaken attach is undone by `group delete` here and
-//! `site attach-store` at the old site.
+//! a mistaken attach is undone by `group teardown --force` here (the
+//! objects stay: the old site is not their owner any more, see
+//! `Site::delete_store_objects`) and `site attach-store` at the old site.
 
 use std::sync::Arc;
 
