@@ -194,3 +194,76 @@ fn plan_changes_while_the_bucket_is_down_reach_it_at_the_next_start() {
     assert!(objects.head("plans/dr.json").unwrap().is_none());
     assert!(objects.head("plans/dr2.json").unwrap().is_some());
 }
+
+/// `qemu-io` at `url` with `cmds`: whether it succeeded, and what it said.
+fn try_qemu_io(url: &str, cmds: &[&str]) -> (bool, String) {
+    let mut args = vec!["-f", "raw"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    let out = Command::new("qemu-io")
+        .args(&args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
+    (ok, text)
+}
+
+/// A site with a test failover whose clone reads its PIT from the bucket
+/// starts while every Garage node is down: the group's `last_error` says
+/// the clones are not exported and why, and once the nodes are back a
+/// background task opens the store and exports them again (what the clone
+/// wrote is still there), without a restart.
+#[test]
+fn a_site_starts_without_its_bucket_and_exports_its_clones_once_it_returns() {
+    let Some((mut cluster, a, mut b)) = s3_pair_or_skip(&["qemu-io"]) else {
+        return;
+    };
+    start_s3_group(&a, "g", &[("d0", "8M")], &[]);
+    qemu_io(&a.url("d0"), &["write -P 0x11 0 1M"]);
+    sync_pit(&a, "g", &[]);
+    let r = b.json(&["failover", "run", "g", "--test"]);
+    let clone = served_url(&r, "d0");
+    qemu_io(&clone, &["read -P 0x11 0 1M", "write -P 0x22 4M 64k"]);
+
+    b.stop();
+    cluster.kill_all();
+    b.start();
+    let st = wait_group(
+        &b,
+        "g",
+        "the unexported clones in last_error",
+        GROUP_LIMIT,
+        |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not exported"))
+        },
+    );
+    let why = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("unavailable") && why.contains("retried"),
+        "{st}"
+    );
+    assert_eq!(st["state"], "test-failover", "{st}");
+    // The clone's export (by name; the restarted daemon's NBD port is a
+    // new one) is not there.
+    let export = clone.rsplit('/').next().unwrap_or_default().to_string();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.dir().join("run/daemon.json")).unwrap()).unwrap();
+    let url = format!("nbd://{}/{export}", info["nbd"].as_str().unwrap());
+    let (ok, text) = try_qemu_io(&url, &["read -P 0x11 0 1M"]);
+    assert!(!ok, "the clone with the bucket down: {text}");
+
+    cluster.restart_all();
+    wait_until("the clone exported again", GROUP_LIMIT, || {
+        try_qemu_io(&url, &["read -P 0x11 0 1M", "read -P 0x22 4M 64k"]).0
+    });
+    wait_group(&b, "g", "last_error cleared", GROUP_LIMIT, |s| {
+        s["last_error"].is_null()
+    });
+    b.json(&["failover", "stop-test", "g"]);
+}

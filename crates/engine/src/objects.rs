@@ -267,9 +267,21 @@ pub fn open_store(
     layout: &Layout,
     me: Option<&SiteIdentity>,
 ) -> Result<ReplicaStore, EngineError> {
-    let opening = |e: &dyn std::fmt::Display| {
+    let opening = |e: &dyn std::error::Error| {
+        // With its causes: "failed to get object …" says what, the object
+        // store's error why (unavailable, refused, another key).
+        let mut text = e.to_string();
+        let mut src = e.source();
+        while let Some(cause) = src {
+            let why = cause.to_string();
+            if !text.contains(&why) {
+                text.push_str(": ");
+                text.push_str(&why);
+            }
+            src = cause.source();
+        }
         EngineError::Invalid(format!(
-            "opening the replica store {}: {e}",
+            "opening the replica store {}: {text}",
             work_dir.display()
         ))
     };

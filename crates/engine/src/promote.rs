@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use offsite_catalog::{Catalog, LowerRef, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
@@ -124,18 +124,118 @@ fn lower_of(stores: &mut Stores, lower: &LowerRef) -> Result<Arc<dyn Lower>, Eng
     }))
 }
 
+/// How long a lower layer that did not open waits before the next try.
+const DEFERRED_RETRY: Duration = Duration::from_secs(5);
+
+/// The lower layer of a volume whose replica store is in an object store
+/// that did not answer when the daemon started: the site starts anyway
+/// and serves the volume; what its top layer holds reads and writes as
+/// usual, what comes from the lower fails with an error saying the store
+/// is unavailable. The store is opened again on a read, at most every
+/// [`DEFERRED_RETRY`] — the background flattener reads every second, so
+/// that is the background retry — and once it opens, the volume is whole
+/// again without a restart.
+struct DeferredLower {
+    stores: Arc<Mutex<Stores>>,
+    lower: LowerRef,
+    volume: String,
+    state: Mutex<Deferred>,
+}
+
+struct Deferred {
+    opened: Option<Arc<dyn Lower>>,
+    last_error: String,
+    next_try: Instant,
+}
+
+impl DeferredLower {
+    fn get(&self) -> std::io::Result<Arc<dyn Lower>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &st.opened {
+            return Ok(l.clone());
+        }
+        if Instant::now() >= st.next_try {
+            let opened = lower_of(
+                &mut self.stores.lock().unwrap_or_else(|e| e.into_inner()),
+                &self.lower,
+            );
+            match opened {
+                Ok(l) => {
+                    tracing::info!(volume = %self.volume, store = %self.lower.store_dir, "the replica store under the volume opened again; its lower layer reads");
+                    st.opened = Some(l.clone());
+                    return Ok(l);
+                }
+                Err(e) => {
+                    st.last_error = e.to_string();
+                    st.next_try = Instant::now() + DEFERRED_RETRY;
+                }
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "volume {}'s lower layer (PIT {} of the replica store {}) is unavailable: {}; retried in the background every {} s",
+            self.volume,
+            self.lower.pit,
+            self.lower.store_dir,
+            st.last_error,
+            DEFERRED_RETRY.as_secs()
+        )))
+    }
+}
+
+impl Lower for DeferredLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.get()?.read_lower(buf, offset)
+    }
+
+    fn next_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.get()?.next_data(offset)
+    }
+}
+
 /// Opens volume `row` at start-up: a layered one over its PIT, converted
-/// to a plain file first if it was flattened.
+/// to a plain file first if it was flattened. A lower layer in an object
+/// store that does not open now is deferred ([`DeferredLower`]), said in
+/// an event: the site starts without its bucket.
 pub(crate) fn open_volume(
     layout: &Layout,
     catalog: &Catalog,
-    stores: &mut Stores,
+    stores: &Arc<Mutex<Stores>>,
     row: VolumeRow,
 ) -> Result<(Volume, OpenReport), EngineError> {
     let Some(lower) = row.lower.clone() else {
         return Volume::open(layout, row, None);
     };
-    let opened = Volume::open(layout, row.clone(), Some(lower_of(stores, &lower)?))?;
+    let opened = lower_of(
+        &mut stores.lock().unwrap_or_else(|e| e.into_inner()),
+        &lower,
+    );
+    let lower_layer: Arc<dyn Lower> = match opened {
+        Ok(l) => l,
+        Err(e)
+            if Path::new(&lower.store_dir)
+                .join(crate::objects::DESCRIPTOR_FILE)
+                .exists() =>
+        {
+            let msg = format!(
+                "the replica store {} under volume {} did not open ({e}); the volume is served, and reads of blocks it has not copied yet fail until the store opens (retried in the background)",
+                lower.store_dir, row.name
+            );
+            tracing::warn!(volume = %row.name, "{msg}");
+            catalog.add_event("volume.lower-unavailable", Some(&row.name), &msg)?;
+            Arc::new(DeferredLower {
+                stores: stores.clone(),
+                lower: lower.clone(),
+                volume: row.name.clone(),
+                state: Mutex::new(Deferred {
+                    opened: None,
+                    last_error: e.to_string(),
+                    next_try: Instant::now() + DEFERRED_RETRY,
+                }),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let opened = Volume::open(layout, row.clone(), Some(lower_layer))?;
     let flat = opened.0.file().layered().is_some_and(Layered::is_flat);
     if !flat {
         return Ok(opened);
