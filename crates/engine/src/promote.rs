@@ -526,4 +526,88 @@ mod tests {
         assert_eq!(v.row().lower, None);
         assert_eq!(blocks(&v), want);
     }
+
+    /// A promoted volume whose store is in an object store that does not
+    /// open at start: the site opens anyway, the volume's own blocks read,
+    /// its lower's fail naming the store, and once the objects are back a
+    /// later read opens the store and returns the PIT's data.
+    #[test]
+    fn a_promoted_volume_over_an_unopenable_object_store_is_served_and_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (site_dir, work) = (tmp.path().join("site"), tmp.path().join("store"));
+        init_site(
+            &site_dir,
+            &InitOptions {
+                name: "b".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
+            },
+        )
+        .unwrap();
+        let spec = VolumeSpec {
+            name: "v".into(),
+            size_bytes: 8 * BS as u64,
+            block_size: BS as u32,
+        };
+        let key = offsite_objects::GroupKey::generate();
+        crate::objects::save_group_key(&Layout::new(&site_dir), "g1", &key).unwrap();
+        let objects = work.join(crate::objects::DIR_OBJECTS);
+        {
+            let store = crate::objects::create_store(
+                crate::objects::NewObjectsStore {
+                    location: offsite_objects::StorageLocation::Directory(objects.clone()),
+                    work_dir: &work,
+                    group: "g1",
+                    volumes: std::slice::from_ref(&spec),
+                    after: 0,
+                    key: Some(&key),
+                },
+                &Default::default(),
+                &site_dir,
+                None,
+            )
+            .unwrap();
+            let mut w = store.begin_pit().unwrap();
+            w.write_block("v", 0, &[0x21; BS]).unwrap();
+            w.commit(None, "2026-12-07T08:00:00Z".into()).unwrap();
+        }
+        let lower = LowerRef {
+            store_dir: work.display().to_string(),
+            volume: "v".into(),
+            pit: 1,
+            checkpoint: None,
+        };
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site
+                .promote_volume("v", spec.size_bytes, BS as u32, &lower)
+                .unwrap();
+            v.write_at(&[0x99; BS], 7 * BS as u64, false).unwrap();
+            v.file().sync().unwrap();
+        }
+        // The objects are gone (an unreachable bucket, for the store).
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&objects, &aside).unwrap();
+        let site = Site::open(&site_dir).unwrap();
+        let v = site.volume("v").unwrap();
+        let mut buf = vec![0u8; BS];
+        v.read_at(&mut buf, 7 * BS as u64).unwrap();
+        assert_eq!(buf, vec![0x99; BS], "the volume's own block");
+        let e = v.read_at(&mut buf, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("unavailable") && e.contains(&lower.store_dir),
+            "{e}"
+        );
+        // Back: a read after the retry interval opens the store.
+        drop(std::fs::remove_dir_all(&objects));
+        std::fs::rename(&aside, &objects).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while v.read_at(&mut buf, 0).is_err() {
+            assert!(Instant::now() < deadline, "the store never opened again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(blocks(&v), vec![0x21, 0, 0, 0, 0, 0, 0, 0x99]);
+    }
 }
