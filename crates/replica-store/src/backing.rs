@@ -87,11 +87,7 @@ impl Objects {
     /// Asks the fence, if any, whether this store may still write its
     /// prefix ([`crate::CommitFence`]); before each commit point.
     pub(crate) fn check_fence(&self) -> Result<(), ReplicaError> {
-        let fence = self
-            .fence
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let fence = self.fence.read().unwrap_or_else(|e| e.into_inner()).clone();
         match fence {
             Some(f) => f.check().map_err(|reason| ReplicaError::Fenced { reason }),
             None => Ok(()),
