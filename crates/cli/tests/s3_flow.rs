@@ -15,23 +15,10 @@ use offsite_testkit::qemu_io;
 
 #[test]
 fn replica_in_garage_replicates_fails_over_reverses_and_fails_back() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(cluster) = GarageCluster::start_or_skip() else {
+    let Some((cluster, a, b)) = s3_pair_or_skip(&["qemu-io"]) else {
         return;
     };
-    let (a, b) = s3_pair(&cluster);
-    a.create_volume("d0", "16M");
-    a.create_volume("d1", "8M");
-    create_group(
-        &a,
-        "g",
-        "site-b",
-        &["--volume", "d0", "--volume", "d1"],
-        &["--keep", "2"],
-    );
-    let st = a.json(&["group", "start", "g"]);
+    let st = start_s3_group(&a, "g", &[("d0", "16M"), ("d1", "8M")], &["--keep", "2"]);
     assert_eq!(st["state"], "replicating", "{st}");
 
     // The store's working directory is in B's data directory, its
@@ -235,13 +222,9 @@ fn pit_check_text(site: &offsite_testkit::TestSite, group: &str) -> (bool, Strin
 
 #[test]
 fn an_encrypted_group_shows_the_bucket_ciphertext_only_and_detects_tampering() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(cluster) = GarageCluster::start_or_skip() else {
+    let Some((cluster, a, mut b)) = s3_pair_or_skip(&["qemu-io"]) else {
         return;
     };
-    let (a, mut b) = s3_pair(&cluster);
     // The known 4 KiB pattern, written to a plain and to an encrypted group.
     let pattern = pseudo_random(4096, 21);
     let pattern_file = a.scratch().join("pattern");
@@ -404,16 +387,10 @@ fn an_encrypted_group_shows_the_bucket_ciphertext_only_and_detects_tampering() {
 /// the volumes uploaded as the base), and replication A -> B goes on.
 #[test]
 fn failback_after_an_unplanned_failover_rebuilds_the_store_in_the_bucket() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(cluster) = GarageCluster::start_or_skip() else {
+    let Some((cluster, mut a, b)) = s3_pair_or_skip(&["qemu-io"]) else {
         return;
     };
-    let (mut a, b) = s3_pair(&cluster);
-    a.create_volume("d0", "16M");
-    create_group(&a, "g", "site-b", &["--volume", "d0"], &[]);
-    a.json(&["group", "start", "g"]);
+    start_s3_group(&a, "g", &[("d0", "16M")], &[]);
     qemu_io(&a.url("d0"), &["write -P 0x11 0 4M"]);
     let replicated = u(&sync_pit(&a, "g", &[]), "id");
 
@@ -552,16 +529,10 @@ fn authz_add_probes_the_bucket_and_says_what_to_fix() {
 /// become PITs in the bucket.
 #[test]
 fn a_sync_group_seals_its_pits_into_the_bucket() {
-    if !have_tools(&["qemu-io"]) {
-        return;
-    }
-    let Some(cluster) = GarageCluster::start_or_skip() else {
+    let Some((cluster, a, b)) = s3_pair_or_skip(&["qemu-io"]) else {
         return;
     };
-    let (a, b) = s3_pair(&cluster);
-    a.create_volume("s0", "16M");
-    create_group(&a, "s", "site-b", &["--volume", "s0"], &["--mode", "sync"]);
-    a.json(&["group", "start", "s"]);
+    start_s3_group(&a, "s", &[("s0", "16M")], &["--mode", "sync"]);
     wait_group(&a, "s", "in sync", GROUP_LIMIT, |s| {
         s["sync_state"] == "in-sync"
     });

@@ -320,11 +320,12 @@ async fn start_replication(
         Replication::new(site.clone(), options).context("starting the replication service")?;
     // Before the listener runs: the partner's plan requests need it.
     let plans = offsite_plan::Plans::new(site.clone(), repl.clone());
-    // Plan copies beside stores in object storage, in case one was not
-    // written at the plan's last change (the store was unreachable).
+    // Plan copies beside stores in object storage that could not be
+    // written at the plan's last change (the store was unreachable): only
+    // the groups marked then are opened.
     tokio::task::spawn_blocking({
         let plans = plans.clone();
-        move || plans.publish_all_copies()
+        move || plans.retry_failed_copies()
     });
     let listen_addr = parse_addr(&config.listen).map_err(anyhow::Error::msg)?;
     let repl_listener = tokio::net::TcpListener::bind(listen_addr).await.with_context(|| {

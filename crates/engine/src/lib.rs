@@ -18,6 +18,7 @@ pub mod layout;
 pub mod model;
 pub mod names;
 pub mod objects;
+pub mod owner;
 mod partners;
 mod plans;
 mod promote;

@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::EngineError;
 use crate::layout::Layout;
+use crate::owner::{OwnerFence, SiteIdentity, Taken};
+use offsite_replica_store::CommitFence;
 
 /// The descriptor file in a working directory of an objects store.
 pub const DESCRIPTOR_FILE: &str = "objects.toml";
@@ -196,10 +198,14 @@ pub struct NewObjectsStore<'a> {
 /// descriptor first, then the store. On failure the working directory is
 /// removed again (a retry starts clean); objects already written stay (an
 /// object store refuses a second store over them, and says so).
+///
+/// With `me`, a store in a bucket records `me` as the prefix's owner
+/// ([`crate::owner`]) and is fenced by that record from then on.
 pub fn create_store(
     new: NewObjectsStore<'_>,
     settings: &S3Settings,
     site_dir: &Path,
+    me: Option<&SiteIdentity>,
 ) -> Result<ReplicaStore, EngineError> {
     let objects = object_store_at(&new.location, settings, site_dir)?;
     let objects = match new.key {
@@ -218,7 +224,7 @@ pub fn create_store(
     }
     .write(work_dir)
     .and_then(|()| {
-        ReplicaStore::create_in(objects, work_dir, new.volumes, None, new.after).map_err(|e| {
+        ReplicaStore::create_in(objects.clone(), work_dir, new.volumes, None, new.after).map_err(|e| {
             let hint = match &e {
                 ReplicaError::ObjectsNotEmpty { .. } => {
                     "; the group's prefix already holds objects: remove them or pick another group name"
@@ -234,19 +240,48 @@ pub fn create_store(
     if created.is_err() {
         drop(std::fs::remove_dir_all(work_dir));
     }
-    created
+    let store = created?;
+    if let (Some(me), StorageLocation::S3 { .. }) = (me, &new.location) {
+        let fence = OwnerFence::new(objects, work_dir, new.group, me.clone(), Taken::Created);
+        // Recorded now, so that a takeover later has a record to follow;
+        // if the bucket fails right now the first commit records it.
+        if let Err(e) = fence.check() {
+            tracing::warn!(
+                group = new.group,
+                "recording this site as the owner of the group's bucket prefix: {e}; the first commit records it"
+            );
+        }
+        store.set_commit_fence(Arc::new(fence));
+    }
+    Ok(store)
 }
 
 /// Opens the store whose working directory is `work_dir`: an objects store
 /// when it holds `objects.toml`, else a directory store.
+///
+/// With `me`, a store in a bucket is fenced by its owner record
+/// ([`crate::owner`]): it commits only while the record names `me`.
 pub fn open_store(
     work_dir: &Path,
     settings: &S3Settings,
     layout: &Layout,
+    me: Option<&SiteIdentity>,
 ) -> Result<ReplicaStore, EngineError> {
-    let opening = |e: &dyn std::fmt::Display| {
+    let opening = |e: &dyn std::error::Error| {
+        // With its causes: "failed to get object …" says what, the object
+        // store's error why (unavailable, refused, another key).
+        let mut text = e.to_string();
+        let mut src = e.source();
+        while let Some(cause) = src {
+            let why = cause.to_string();
+            if !text.contains(&why) {
+                text.push_str(": ");
+                text.push_str(&why);
+            }
+            src = cause.source();
+        }
         EngineError::Invalid(format!(
-            "opening the replica store {}: {e}",
+            "opening the replica store {}: {text}",
             work_dir.display()
         ))
     };
@@ -272,12 +307,23 @@ pub fn open_store(
     } else {
         objects
     };
-    let store = ReplicaStore::open_in(objects, work_dir).map_err(|e| opening(&e))?;
+    let store = ReplicaStore::open_in(objects.clone(), work_dir).map_err(|e| opening(&e))?;
     if matches!(location, StorageLocation::Directory(_)) {
         // An encrypted directory group: its objects are on this site's own
         // disk, beside the working directory, so a copy of the journal
         // there would only double it.
         store.keep_journal_local();
+    }
+    if let (Some(me), StorageLocation::S3 { .. }) = (me, &location) {
+        // A store without a record yet is one from before records: the
+        // first commit claims it.
+        store.set_commit_fence(Arc::new(OwnerFence::new(
+            objects,
+            work_dir,
+            &d.group,
+            me.clone(),
+            Taken::Claimed,
+        )));
     }
     Ok(store)
 }
@@ -427,12 +473,66 @@ impl crate::Site {
         &self,
         new: NewObjectsStore<'_>,
     ) -> Result<ReplicaStore, EngineError> {
-        create_store(new, &self.config().object_store, self.layout.root())
+        create_store(
+            new,
+            &self.config().object_store,
+            self.layout.root(),
+            Some(&self.identity()),
+        )
     }
 
-    /// [`delete_objects`] with this site's settings.
+    /// This site as owner records name it ([`crate::owner`]).
+    pub fn identity(&self) -> SiteIdentity {
+        SiteIdentity {
+            name: self.config().name.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
+    /// [`delete_objects`] with this site's settings, unless another site
+    /// owns the store's bucket prefix ([`crate::owner`]): then its objects
+    /// are that site's store and stay (said in an event), and only this
+    /// site's working directory is for the caller to remove.
     pub fn delete_store_objects(&self, work_dir: &Path) -> Result<bool, EngineError> {
+        if let Some(owner) = self.other_owner(work_dir) {
+            let d = StoreDescriptor::read(work_dir)?;
+            let group = d.as_ref().map_or("?", |d| d.group.as_str());
+            self.event(
+                "group.store-kept",
+                Some(group),
+                &format!(
+                    "the objects of {} stay: site {} owns that bucket prefix since {} (owner epoch {}); this site removes only its working directory",
+                    d.as_ref().map_or(String::new(), |d| d.location.clone()),
+                    owner.site,
+                    owner.since,
+                    owner.epoch
+                ),
+            );
+            return Ok(true);
+        }
         delete_objects(work_dir, &self.config().object_store, &self.layout)
+    }
+
+    /// The owner record of the bucket prefix of the store in `work_dir`
+    /// when it names another site (`None`: this site's, no record, not in
+    /// a bucket, or the record cannot be read now — the deletion then
+    /// goes ahead as before records existed).
+    fn other_owner(&self, work_dir: &Path) -> Option<crate::owner::OwnerRecord> {
+        let d = StoreDescriptor::read(work_dir).ok()??;
+        let location = StorageLocation::parse(&d.location).ok()?;
+        if !matches!(location, StorageLocation::S3 { .. }) {
+            return None;
+        }
+        let objects =
+            object_store_at(&location, &self.config().object_store, self.layout.root()).ok()?;
+        let objects = if d.encrypted {
+            let key = load_group_key(&self.layout, &d.group).ok()?;
+            Arc::new(Sealed::new(objects, &key)) as Arc<dyn ObjectStore>
+        } else {
+            objects
+        };
+        let record = crate::owner::read_remote(objects.as_ref()).ok()??;
+        (record.fingerprint != self.fingerprint).then_some(record)
     }
 }
 
@@ -506,15 +606,16 @@ mod tests {
             },
             &settings,
             site.path(),
+            None,
         )
         .unwrap();
-        let store = open_store(&work, &settings, &layout).unwrap();
+        let store = open_store(&work, &settings, &layout, None).unwrap();
         assert!(store.object_store().is_some());
         drop(store);
         // Another key under the group's name: refused, naming the import.
         std::fs::remove_file(layout.group_key("g1")).unwrap();
         save_group_key(&layout, "g1", &GroupKey::generate()).unwrap();
-        let err = open_store(&work, &settings, &layout)
+        let err = open_store(&work, &settings, &layout, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("group key import g1"), "{err}");

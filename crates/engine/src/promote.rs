@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use offsite_catalog::{Catalog, LowerRef, NewVolume, VolumeRow};
 use offsite_cbt::OpenReport;
@@ -40,15 +40,23 @@ pub(crate) struct Stores {
     /// (`crate::objects`); the settings follow config reloads.
     layout: Layout,
     pub(crate) object_store: offsite_objects::S3Settings,
+    /// This site, as the owner records of its stores in buckets name it
+    /// (`crate::owner`).
+    identity: crate::owner::SiteIdentity,
 }
 
 impl Stores {
-    pub(crate) fn new(layout: Layout, object_store: offsite_objects::S3Settings) -> Stores {
+    pub(crate) fn new(
+        layout: Layout,
+        object_store: offsite_objects::S3Settings,
+        identity: crate::owner::SiteIdentity,
+    ) -> Stores {
         Stores {
             by_dir: HashMap::new(),
             images: HashMap::new(),
             layout,
             object_store,
+            identity,
         }
     }
 
@@ -60,6 +68,7 @@ impl Stores {
             dir,
             &self.object_store,
             &self.layout,
+            Some(&self.identity),
         )?);
         self.by_dir.insert(dir.to_path_buf(), store.clone());
         Ok(store)
@@ -115,18 +124,118 @@ fn lower_of(stores: &mut Stores, lower: &LowerRef) -> Result<Arc<dyn Lower>, Eng
     )))
 }
 
+/// How long a lower layer that did not open waits before the next try.
+const DEFERRED_RETRY: Duration = Duration::from_secs(5);
+
+/// The lower layer of a volume whose replica store is in an object store
+/// that did not answer when the daemon started: the site starts anyway
+/// and serves the volume; what its top layer holds reads and writes as
+/// usual, what comes from the lower fails with an error saying the store
+/// is unavailable. The store is opened again on a read, at most every
+/// [`DEFERRED_RETRY`] — the background flattener reads every second, so
+/// that is the background retry — and once it opens, the volume is whole
+/// again without a restart.
+struct DeferredLower {
+    stores: Arc<Mutex<Stores>>,
+    lower: LowerRef,
+    volume: String,
+    state: Mutex<Deferred>,
+}
+
+struct Deferred {
+    opened: Option<Arc<dyn Lower>>,
+    last_error: String,
+    next_try: Instant,
+}
+
+impl DeferredLower {
+    fn get(&self) -> std::io::Result<Arc<dyn Lower>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &st.opened {
+            return Ok(l.clone());
+        }
+        if Instant::now() >= st.next_try {
+            let opened = lower_of(
+                &mut self.stores.lock().unwrap_or_else(|e| e.into_inner()),
+                &self.lower,
+            );
+            match opened {
+                Ok(l) => {
+                    tracing::info!(volume = %self.volume, store = %self.lower.store_dir, "the replica store under the volume opened again; its lower layer reads");
+                    st.opened = Some(l.clone());
+                    return Ok(l);
+                }
+                Err(e) => {
+                    st.last_error = e.to_string();
+                    st.next_try = Instant::now() + DEFERRED_RETRY;
+                }
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "volume {}'s lower layer (PIT {} of the replica store {}) is unavailable: {}; retried in the background every {} s",
+            self.volume,
+            self.lower.pit,
+            self.lower.store_dir,
+            st.last_error,
+            DEFERRED_RETRY.as_secs()
+        )))
+    }
+}
+
+impl Lower for DeferredLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.get()?.read_lower(buf, offset)
+    }
+
+    fn next_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.get()?.next_data(offset)
+    }
+}
+
 /// Opens volume `row` at start-up: a layered one over its PIT, converted
-/// to a plain file first if it was flattened.
+/// to a plain file first if it was flattened. A lower layer in an object
+/// store that does not open now is deferred ([`DeferredLower`]), said in
+/// an event: the site starts without its bucket.
 pub(crate) fn open_volume(
     layout: &Layout,
     catalog: &Catalog,
-    stores: &mut Stores,
+    stores: &Arc<Mutex<Stores>>,
     row: VolumeRow,
 ) -> Result<(Volume, OpenReport), EngineError> {
     let Some(lower) = row.lower.clone() else {
         return Volume::open(layout, row, None);
     };
-    let opened = Volume::open(layout, row.clone(), Some(lower_of(stores, &lower)?))?;
+    let opened = lower_of(
+        &mut stores.lock().unwrap_or_else(|e| e.into_inner()),
+        &lower,
+    );
+    let lower_layer: Arc<dyn Lower> = match opened {
+        Ok(l) => l,
+        Err(e)
+            if Path::new(&lower.store_dir)
+                .join(crate::objects::DESCRIPTOR_FILE)
+                .exists() =>
+        {
+            let msg = format!(
+                "the replica store {} under volume {} did not open ({e}); the volume is served, and reads of blocks it has not copied yet fail until the store opens (retried in the background)",
+                lower.store_dir, row.name
+            );
+            tracing::warn!(volume = %row.name, "{msg}");
+            catalog.add_event("volume.lower-unavailable", Some(&row.name), &msg)?;
+            Arc::new(DeferredLower {
+                stores: stores.clone(),
+                lower: lower.clone(),
+                volume: row.name.clone(),
+                state: Mutex::new(Deferred {
+                    opened: None,
+                    last_error: e.to_string(),
+                    next_try: Instant::now() + DEFERRED_RETRY,
+                }),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let opened = Volume::open(layout, row.clone(), Some(lower_layer))?;
     let flat = opened.0.file().layered().is_some_and(Layered::is_flat);
     if !flat {
         return Ok(opened);
@@ -421,5 +530,89 @@ mod tests {
         assert!(v.file().layered().is_none(), "a plain volume once flat");
         assert_eq!(v.row().lower, None);
         assert_eq!(blocks(&v), want);
+    }
+
+    /// A promoted volume whose store is in an object store that does not
+    /// open at start: the site opens anyway, the volume's own blocks read,
+    /// its lower's fail naming the store, and once the objects are back a
+    /// later read opens the store and returns the PIT's data.
+    #[test]
+    fn a_promoted_volume_over_an_unopenable_object_store_is_served_and_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (site_dir, work) = (tmp.path().join("site"), tmp.path().join("store"));
+        init_site(
+            &site_dir,
+            &InitOptions {
+                name: "b".into(),
+                listen: "127.0.0.1:0".into(),
+                api: "127.0.0.1:0".into(),
+                nbd: "127.0.0.1:0".into(),
+                api_tls: Default::default(),
+            },
+        )
+        .unwrap();
+        let spec = VolumeSpec {
+            name: "v".into(),
+            size_bytes: 8 * BS as u64,
+            block_size: BS as u32,
+        };
+        let key = offsite_objects::GroupKey::generate();
+        crate::objects::save_group_key(&Layout::new(&site_dir), "g1", &key).unwrap();
+        let objects = work.join(crate::objects::DIR_OBJECTS);
+        {
+            let store = crate::objects::create_store(
+                crate::objects::NewObjectsStore {
+                    location: offsite_objects::StorageLocation::Directory(objects.clone()),
+                    work_dir: &work,
+                    group: "g1",
+                    volumes: std::slice::from_ref(&spec),
+                    after: 0,
+                    key: Some(&key),
+                },
+                &Default::default(),
+                &site_dir,
+                None,
+            )
+            .unwrap();
+            let mut w = store.begin_pit().unwrap();
+            w.write_block("v", 0, &[0x21; BS]).unwrap();
+            w.commit(None, "2026-12-07T08:00:00Z".into()).unwrap();
+        }
+        let lower = LowerRef {
+            store_dir: work.display().to_string(),
+            volume: "v".into(),
+            pit: 1,
+            checkpoint: None,
+        };
+        {
+            let site = Site::open(&site_dir).unwrap();
+            let v = site
+                .promote_volume("v", spec.size_bytes, BS as u32, &lower)
+                .unwrap();
+            v.write_at(&[0x99; BS], 7 * BS as u64, false).unwrap();
+            v.file().sync().unwrap();
+        }
+        // The objects are gone (an unreachable bucket, for the store).
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&objects, &aside).unwrap();
+        let site = Site::open(&site_dir).unwrap();
+        let v = site.volume("v").unwrap();
+        let mut buf = vec![0u8; BS];
+        v.read_at(&mut buf, 7 * BS as u64).unwrap();
+        assert_eq!(buf, vec![0x99; BS], "the volume's own block");
+        let e = v.read_at(&mut buf, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("unavailable") && e.contains(&lower.store_dir),
+            "{e}"
+        );
+        // Back: a read after the retry interval opens the store.
+        drop(std::fs::remove_dir_all(&objects));
+        std::fs::rename(&aside, &objects).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while v.read_at(&mut buf, 0).is_err() {
+            assert!(Instant::now() < deadline, "the store never opened again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(blocks(&v), vec![0x21, 0, 0, 0, 0, 0, 0, 0x99]);
     }
 }

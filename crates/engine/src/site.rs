@@ -69,7 +69,7 @@ pub struct Site {
     /// Open replica stores by directory: one instance per store (it holds
     /// the store's lock), shared by replication and by promoted volumes
     /// reading their PIT.
-    pub(crate) stores: Mutex<crate::promote::Stores>,
+    pub(crate) stores: Arc<Mutex<crate::promote::Stores>>,
 }
 
 impl std::fmt::Debug for Site {
@@ -92,7 +92,14 @@ impl Site {
         let catalog = Catalog::open(&layout.catalog())?;
         let fingerprint = catalog.setting("fingerprint")?.unwrap_or_default();
         let mut volumes = BTreeMap::new();
-        let mut stores = crate::promote::Stores::new(layout.clone(), config.object_store.clone());
+        let stores = Arc::new(Mutex::new(crate::promote::Stores::new(
+            layout.clone(),
+            config.object_store.clone(),
+            crate::owner::SiteIdentity {
+                name: config.name.clone(),
+                fingerprint: fingerprint.clone(),
+            },
+        )));
         for row in catalog.volumes()? {
             if row.state == "importing" {
                 // The copy thread died with the previous daemon; its volume
@@ -106,8 +113,7 @@ impl Site {
                 tracing::warn!(volume = %row.name, "import was interrupted by a daemon stop; volume marked failed");
             }
             let name = row.name.clone();
-            let (volume, report) =
-                crate::promote::open_volume(&layout, &catalog, &mut stores, row)?;
+            let (volume, report) = crate::promote::open_volume(&layout, &catalog, &stores, row)?;
             match report {
                 OpenReport::Clean => {}
                 OpenReport::RecoveredAfterCrash { active_extents } => {
@@ -149,7 +155,7 @@ impl Site {
             bound: RwLock::new(BoundAddresses::default()),
             connections: RwLock::new(None),
             extra_exports: RwLock::new(BTreeMap::new()),
-            stores: Mutex::new(stores),
+            stores,
         }))
     }
 

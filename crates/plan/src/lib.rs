@@ -380,30 +380,64 @@ pub(crate) fn validate_with(site: &Site, p: &PlanRow, need_partner: bool) -> Res
     Ok(())
 }
 
-/// Writes (or, with `delete`, removes) the copy of plan `row` beside the
-/// replica store of each of its groups that this site holds in an object
-/// store (`offsite_replication::bucket`), so that a site recovering from
-/// the bucket alone finds the plan. Best effort: a store that cannot be
-/// written now gets the copy at the plan's next change or the daemon's
-/// next start.
-pub(crate) fn publish_copies(site: &Site, row: &PlanRow, delete: bool) {
-    let definition = serde_json::to_vec_pretty(&wire::PlanPut {
+/// The marker, in an object-store group's working directory, of a plan
+/// copy beside its store that could not be written or deleted: the
+/// daemon's next start writes that group's copies again
+/// ([`Plans::retry_failed_copies`]). Without it nothing is redone, so a
+/// start opens no store for the plans' sake.
+pub const COPIES_PENDING: &str = "plan-copies.pending";
+
+/// The plan's copy (the `PLAN_PUT` JSON) as written beside the stores.
+fn copy_of(row: &PlanRow) -> Option<Vec<u8>> {
+    serde_json::to_vec_pretty(&wire::PlanPut {
         plan: plan_info(row),
         delete: false,
     })
-    .ok();
+    .ok()
+}
+
+/// The working directory of group `g` when this site holds its replica
+/// store in object storage (`None`: a primary, or a directory store, which
+/// carries no plan copies).
+fn object_store_dir(site: &Site, g: &str) -> Option<std::path::PathBuf> {
+    let group = site.groups().get(g).ok()?;
+    let (offsite_catalog::Role::Replica, Some(dir)) = (group.role, group.store_dir.as_deref())
+    else {
+        return None;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    dir.join(offsite_engine::objects::DESCRIPTOR_FILE)
+        .exists()
+        .then_some(dir)
+}
+
+/// Marks group `g`'s plan copies as to be written again; says so when
+/// even that fails (then the copy waits for the plan's next change).
+fn mark_pending(plan: &str, g: &str, dir: &std::path::Path, why: &str) {
+    tracing::warn!(plan, group = %g, "copying the plan beside the group's store: {why}; retried at the daemon's next start");
+    if let Err(e) =
+        offsite_volume_file::write_durably(&dir.join(COPIES_PENDING), why.as_bytes(), 0o600)
+    {
+        tracing::warn!(plan, group = %g, "recording the failed plan copy in {}: {e}; the copy is written at the plan's next change", dir.display());
+    }
+}
+
+/// Writes (or, with `delete`, removes) the copy of plan `row` beside the
+/// replica store of each of its groups that this site holds in an object
+/// store (`offsite_replication::bucket`), so that a site recovering from
+/// the bucket alone finds the plan. Best effort: a group whose store
+/// cannot be written now is marked ([`COPIES_PENDING`]) and its copies are
+/// written at the daemon's next start, or at the plan's next change.
+pub(crate) fn publish_copies(site: &Site, row: &PlanRow, delete: bool) {
+    let definition = copy_of(row);
     for g in &row.groups {
-        let Ok(group) = site.groups().get(g) else {
+        let Some(dir) = object_store_dir(site, g) else {
             continue;
         };
-        let (offsite_catalog::Role::Replica, Some(dir)) = (group.role, group.store_dir.as_deref())
-        else {
-            continue;
-        };
-        let store = match site.replica_store(std::path::Path::new(dir)) {
+        let store = match site.replica_store(&dir) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(plan = %row.name, group = %g, "opening the group's store to copy the plan beside it: {e}");
+                mark_pending(&row.name, g, &dir, &format!("opening the store: {e}"));
                 continue;
             }
         };
@@ -414,9 +448,52 @@ pub(crate) fn publish_copies(site: &Site, row: &PlanRow, delete: bool) {
         if let Err(e) =
             offsite_replication::bucket::publish_plan(objects.as_ref(), &row.name, bytes)
         {
-            tracing::warn!(plan = %row.name, group = %g, "copying the plan beside the group's store: {e}");
+            mark_pending(&row.name, g, &dir, &e.to_string());
         }
     }
+}
+
+/// Makes the plan copies beside group `g`'s store in `dir` what the
+/// catalog says: every plan naming the group written, any other copy
+/// deleted (a plan deleted, or no longer naming the group, while the store
+/// was unreachable); then removes the marker.
+fn rewrite_copies(
+    site: &Site,
+    g: &str,
+    dir: &std::path::Path,
+    plans: &[PlanRow],
+) -> Result<(), String> {
+    let store = site
+        .replica_store(dir)
+        .map_err(|e| format!("opening the store: {e}"))?;
+    let Some(objects) = store.object_store() else {
+        return Ok(());
+    };
+    let mine: Vec<&PlanRow> = plans
+        .iter()
+        .filter(|p| p.groups.iter().any(|x| x == g))
+        .collect();
+    let present =
+        offsite_replication::bucket::read_plans(objects.as_ref()).map_err(|e| e.to_string())?;
+    for (name, _) in &present {
+        if !mine.iter().any(|p| p.name == *name) {
+            offsite_replication::bucket::publish_plan(objects.as_ref(), name, None)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for p in mine {
+        offsite_replication::bucket::publish_plan(objects.as_ref(), &p.name, copy_of(p).as_deref())
+            .map_err(|e| e.to_string())?;
+    }
+    std::fs::remove_file(dir.join(COPIES_PENDING))
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| format!("removing {}: {e}", dir.join(COPIES_PENDING).display()))
 }
 
 impl Plans {
@@ -433,17 +510,43 @@ impl Plans {
         plans
     }
 
-    /// Writes every plan's copies beside this site's replica stores in
-    /// object storage ([`publish_copies`]); blocking.
-    pub fn publish_all_copies(&self) {
-        match self.site.plans().all() {
-            Ok(rows) => {
-                for row in &rows {
-                    publish_copies(&self.site, row, false);
-                }
-            }
+    /// Writes again the plan copies of the groups whose copy failed at a
+    /// plan's change (marked with [`COPIES_PENDING`]); blocking. Opens
+    /// only those groups' stores: a start with nothing marked opens none.
+    /// A group still unreachable keeps its mark for the next start.
+    pub fn retry_failed_copies(&self) {
+        let groups = match self.site.groups().all() {
+            Ok(g) => g,
             Err(e) => {
-                tracing::warn!("listing the plans to copy them beside the replica stores: {e}")
+                tracing::warn!("listing the groups to retry their plan copies: {e}");
+                return;
+            }
+        };
+        let marked: Vec<(String, std::path::PathBuf)> = groups
+            .into_iter()
+            .filter_map(|g| {
+                let dir = object_store_dir(&self.site, &g.name)?;
+                dir.join(COPIES_PENDING).exists().then_some((g.name, dir))
+            })
+            .collect();
+        if marked.is_empty() {
+            return;
+        }
+        let plans = match self.site.plans().all() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("listing the plans to copy them beside the replica stores: {e}");
+                return;
+            }
+        };
+        for (g, dir) in marked {
+            match rewrite_copies(&self.site, &g, &dir, &plans) {
+                Ok(()) => {
+                    tracing::info!(group = %g, "plan copies beside the group's store written again")
+                }
+                Err(e) => {
+                    tracing::warn!(group = %g, "writing the plan copies beside the group's store again: {e}; retried at the daemon's next start")
+                }
             }
         }
     }

@@ -46,6 +46,9 @@ pub(crate) enum Backing {
 pub(crate) struct Objects {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) cache: Arc<Cache>,
+    /// Asked before each commit point ([`crate::CommitFence`]); set after
+    /// open by the site that writes the store.
+    pub(crate) fence: Arc<std::sync::RwLock<Option<Arc<dyn crate::CommitFence>>>>,
 }
 
 /// Key of `store.meta`.
@@ -85,6 +88,16 @@ pub(crate) fn obj_err(op: &'static str, key: &str, source: ObjectError) -> Repli
 }
 
 impl Objects {
+    /// Asks the fence, if any, whether this store may still write its
+    /// prefix ([`crate::CommitFence`]); before each commit point.
+    pub(crate) fn check_fence(&self) -> Result<(), ReplicaError> {
+        let fence = self.fence.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match fence {
+            Some(f) => f.check().map_err(|reason| ReplicaError::Fenced { reason }),
+            None => Ok(()),
+        }
+    }
+
     /// Puts `key`. The cache forgets it after the put (a read that raced
     /// with it and fetched the old bytes is then not cached, see
     /// [`Cache::insert`]), and before, so no reader is served the old

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::CommitFence;
 use crate::backing::{Backing, pit_key};
 use crate::format::{Manifest, VolSummary, encode_manifest};
 use crate::segment::Segment;
@@ -453,6 +454,16 @@ impl ReplicaStore {
         crate::recover::open_objects(objects, work_dir.as_ref())
     }
 
+    /// Installs the check asked before each commit point of a store in an
+    /// object store (a PIT's first upload and its manifest, a merge's
+    /// start, a name's change, a base's adoption): see [`CommitFence`].
+    /// Ignored for a directory store.
+    pub fn set_commit_fence(&self, fence: Arc<dyn CommitFence>) {
+        if let Backing::Objects(o) = &self.inner.backing {
+            *o.fence.write().unwrap_or_else(|e| e.into_inner()) = Some(fence);
+        }
+    }
+
     /// The object store holding the committed state (`None`: a directory
     /// store).
     pub fn object_store(&self) -> Option<&Arc<dyn offsite_objects::ObjectStore>> {
@@ -640,6 +651,9 @@ impl ReplicaStore {
             let st = inner.read_state();
             st.chain[st.position(id)?].clone()
         };
+        if let Backing::Objects(o) = &inner.backing {
+            o.check_fence()?;
+        }
         let mut new = (*pit).clone();
         new.name = name;
         let bytes = encode_manifest(&new.manifest(inner.uuid));
@@ -764,6 +778,9 @@ impl ReplicaStore {
             });
         }
         inner.check_unpinned_below(u64::MAX)?;
+        if let Backing::Objects(o) = &inner.backing {
+            o.check_fence()?;
+        }
         let len = std::fs::metadata(image)
             .map_err(|e| ReplicaError::io("stat", image, e))?
             .len();

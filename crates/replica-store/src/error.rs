@@ -216,6 +216,15 @@ pub enum ReplicaError {
         cause: String,
     },
 
+    /// The store's prefix is no longer this writer's: its
+    /// [`crate::CommitFence`] refused a commit point, and nothing was
+    /// written. `reason` says who owns it since when, and what to do.
+    #[error("{reason}")]
+    Fenced {
+        /// The fence's refusal, in words.
+        reason: String,
+    },
+
     /// An I/O error during commit, merge or a base write left the on-disk
     /// state unknown to this handle; it refuses changes until reopened
     /// (sticky failure). Reads keep working.

@@ -299,6 +299,19 @@ use serde::{Deserialize, Serialize};
 use offsite_durable as fsx;
 
 pub use crate::chain::ReplicaStore;
+
+/// Whether a store in an object store may still write its prefix: asked
+/// before each commit point (a PIT's first upload and its manifest put, a
+/// merge's marker, a name's rewrite, a base's adoption), so that a writer
+/// whose prefix another site took over stops before it changes anything
+/// there. The store knows nothing of sites: the implementation (the site's
+/// owner record, `offsite_engine::owner`) decides and words the refusal.
+pub trait CommitFence: Send + Sync + std::fmt::Debug {
+    /// `Err(why)`: another writer owns the prefix; `why` names it, since
+    /// when, and what to do. Also an error when the check could not be
+    /// made (the commit would not have reached the store either).
+    fn check(&self) -> Result<(), String>;
+}
 pub use crate::error::ReplicaError;
 pub use crate::history::{CheckpointList, CheckpointSummary, JournalPolicy, Listing, PruneReport};
 pub use crate::image::CheckpointImage;

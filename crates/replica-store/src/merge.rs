@@ -81,6 +81,9 @@ fn merge_into_base(inner: &Inner, k: &Arc<Pit>) -> Result<(), ReplicaError> {
             r.map_err(|e| inner.poison(e))
         }
         Backing::Objects(o) => {
+            // Not ours any more: nothing is started (before the poisoning
+            // below, which only failures after the marker need).
+            o.check_fence()?;
             // The PIT's objects stay under pits/ until the end: the marker
             // names them, and open redoes the merge from them.
             let result = (|| {

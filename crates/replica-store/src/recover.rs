@@ -643,6 +643,7 @@ pub(crate) fn create_objects(
     let objects = Objects {
         store,
         cache: Arc::new(Cache::new(CACHE_BYTES)),
+        fence: Arc::default(),
     };
     if !objects.list("")?.is_empty() {
         return Err(ReplicaError::ObjectsNotEmpty {
@@ -668,6 +669,7 @@ pub(crate) fn open_objects(
     let objects = Objects {
         store,
         cache: Arc::new(Cache::new(CACHE_BYTES)),
+        fence: Arc::default(),
     };
     open_objects_locked(work, objects, lock)
 }

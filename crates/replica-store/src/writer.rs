@@ -323,6 +323,10 @@ pub(crate) fn publish(
         }
         Backing::Objects(o) => {
             let uploaded = (|| {
+                // Before anything of the PIT is written: another site that
+                // took the prefix over numbers its own PITs (see
+                // `CommitFence`).
+                o.check_fence()?;
                 for (seg, vol) in segs.iter().zip(&inner.vols) {
                     let file = format!("{}.seg", vol.spec.name);
                     let key = pit_key(name, &file);
@@ -335,6 +339,12 @@ pub(crate) fn publish(
             })();
             if let Err(e) = uploaded {
                 // Best effort: open deletes manifest-less objects anyway.
+                let _ = o.delete_pit(name);
+                return Err(e);
+            }
+            // And again right before the commit point, for a takeover
+            // during the upload.
+            if let Err(e) = o.check_fence() {
                 let _ = o.delete_pit(name);
                 return Err(e);
             }

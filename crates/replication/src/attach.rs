@@ -16,10 +16,15 @@
 //! sends it a full copy (`switch::rebuilt`). The copies of the plans found
 //! beside the stores are returned for the plan service to adopt.
 //!
-//! Nothing is written to the bucket by attaching, so a mistaken attach is
-//! undone by `group delete` here without touching the objects.
+//! The one object attaching writes is the group's owner record
+//! (`owner.json`, [`offsite_engine::owner`]): this site takes the prefix
+//! over at the next epoch, so the site that wrote the store until now
+//! stops at its next commit (with an error naming this site) instead of
+//! writing into the chain this site now reads. Nothing else is written:
+//! a mistaken attach is undone by `group teardown --force` here (the
+//! objects stay: the old site is not their owner any more, see
+//! `Site::delete_store_objects`) and `site attach-store` at the old site.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use offsite_catalog::{GroupRow, GroupState, GroupVolumeRow, Mode, PitRow, Role};
@@ -225,6 +230,19 @@ fn attach_one(
         );
         return out;
     }
+    // The plan copies beside the store, read through the handle the
+    // definition came from, before the store is opened (once, to check
+    // it): nothing else here needs the store open again.
+    let copies = match bucket::read_plans(objects.as_ref()) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                group = name,
+                "reading the plan copies beside the store: {e}"
+            );
+            Vec::new()
+        }
+    };
     match attach_group(site, &group_location, objects, key.as_ref(), &manifest) {
         Ok(pits) => {
             out.action = AttachAction::Attached;
@@ -233,26 +251,9 @@ fn attach_one(
                 "a replica of {}'s group with {pits} PITs: `offsite pit list {name}`, `offsite failover run {name} [--test]`",
                 manifest.primary
             );
-            if let Some(store) = site
-                .groups()
-                .get(name)
-                .ok()
-                .and_then(|g| g.store_dir)
-                .and_then(|d| site.replica_store(Path::new(&d)).ok())
-                && let Some(o) = store.object_store()
-            {
-                match bucket::read_plans(o.as_ref()) {
-                    Ok(found) => {
-                        for (plan, bytes) in found {
-                            if !plans.iter().any(|(p, _)| *p == plan) {
-                                plans.push((plan, bytes));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(
-                        group = name,
-                        "reading the plan copies beside the store: {e}"
-                    ),
+            for (plan, bytes) in copies {
+                if !plans.iter().any(|(p, _)| *p == plan) {
+                    plans.push((plan, bytes));
                 }
             }
         }
@@ -303,13 +304,31 @@ fn attach_group(
         undo();
         return Err(e.to_string());
     }
-    // Opened once here to check it (and to list its PITs); the site's
-    // cache opens it again by its working directory.
+    // Opened once here to check it and list its PITs (the plan copies
+    // were read before); the site's cache opens it when the group is used.
     let store = match offsite_replica_store::ReplicaStore::open_in(objects, &work_dir) {
         Ok(s) => s,
         Err(e) => {
             undo();
             return Err(format!("the store does not open: {e}"));
+        }
+    };
+    // Taken over before the catalog row exists: from here on the site
+    // that wrote the store stops at its next commit.
+    let objects = store
+        .object_store()
+        .cloned()
+        .ok_or_else(|| "the attached store is not in an object store".to_string());
+    let taken = objects.and_then(|o| {
+        offsite_engine::owner::take_over(o.as_ref(), &work_dir, &m.group, &site.identity())
+            .map_err(|e| format!("taking the prefix over (its owner record): {e}"))
+    });
+    let taken = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            drop(store);
+            undo();
+            return Err(e);
         }
     };
     if !store.damaged().is_empty() {
@@ -373,8 +392,8 @@ fn attach_group(
         "group.attached",
         &m.group,
         &format!(
-            "group {} attached from {group_location}: a replica of {}'s group with {n} PITs",
-            m.group, m.primary
+            "group {} attached from {group_location}: a replica of {}'s group with {n} PITs; this site owns the prefix now (owner epoch {})",
+            m.group, m.primary, taken.epoch
         ),
     );
     Ok(n)

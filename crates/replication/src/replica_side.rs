@@ -127,6 +127,24 @@ pub(crate) fn storage_error(text: String, e: &offsite_replica_store::ReplicaErro
     }
 }
 
+/// When `e` says another site took the group's bucket prefix over
+/// (`offsite_engine::owner`), the group's `last_error` here says so: this
+/// site's copy stops being the replica, and the operator must act.
+pub(crate) fn note_fenced(
+    site: &offsite_engine::Site,
+    group: &str,
+    e: &offsite_replica_store::ReplicaError,
+) {
+    if let offsite_replica_store::ReplicaError::Fenced { reason } = e
+        && let Err(err) = site.set_group_error(group, Some(reason))
+    {
+        tracing::warn!(
+            group,
+            "recording the lost ownership of the bucket prefix: {err}"
+        );
+    }
+}
+
 /// Makes a seed's images the base images: moved into the store when they
 /// are on its file system, else copied (data only: holes are skipped and
 /// `write_base` leaves zero blocks as holes; the block comparison that
@@ -834,7 +852,10 @@ impl Replication {
         let committed = tokio::task::spawn_blocking(move || {
             let info = writer
                 .commit(req.name.clone(), req.created_at.clone())
-                .map_err(|e| storage_error(format!("committing the PIT of group {g}: {e}"), &e))?;
+                .map_err(|e| {
+                    note_fenced(&site, &g, &e);
+                    storage_error(format!("committing the PIT of group {g}: {e}"), &e)
+                })?;
             after_commit(&site, &store, &g, &info, req.app_consistent)
         })
         .await??;

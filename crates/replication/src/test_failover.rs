@@ -16,7 +16,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::model::{ExportedVolume, FailoverResult, FailoverRun, HookReport};
 use offsite_catalog::GroupState;
@@ -30,6 +30,10 @@ use crate::model::RecoveryPoint;
 use crate::recovery::Source;
 
 use crate::{ReplError, Replication, invalid, run_blocking as blocking};
+
+/// How long a test failover whose clones could not be exported again at
+/// start waits before the next try.
+const RESTORE_RETRY: Duration = Duration::from_secs(5);
 
 /// A layered volume served over NBD.
 struct LayeredDevice(Layered);
@@ -535,31 +539,81 @@ impl Replication {
 
     /// At start-up: exports the clones of every test failover that was
     /// running when the daemon stopped.
-    pub async fn restore_failovers(&self) -> Result<(), ReplError> {
+    pub async fn restore_failovers(self: &Arc<Self>) -> Result<(), ReplError> {
         self.restore_fences().await?;
         let site = self.site.clone();
         let tests = blocking(move || Ok(site.groups().failovers()?)).await?;
         for t in tests.into_iter().filter(|t| t.kind == "test") {
-            let (row, store) = self.store(&t.group).await.map_err(ReplError::Refused)?;
-            let source = match t.checkpoint {
-                // The image is built again from the journal (its files
-                // and start PIT are kept while the test runs).
-                Some(c) => {
-                    let site = self.site.clone();
-                    let dir = row.store_dir.clone().unwrap_or_default();
-                    Source::Checkpoint(
-                        blocking(move || Ok(site.checkpoint_image(Path::new(&dir), c)?)).await?,
-                    )
-                }
-                None => {
-                    Source::Pit(PitId::new(t.pit_id).ok_or_else(|| {
-                        invalid(format!("test failover of {} has PIT 0", t.group))
-                    })?)
-                }
+            let Err(e) = self.restore_test(&t).await else {
+                continue;
             };
-            self.expose_clones(&row, &store, &source, false).await?;
-            tracing::info!(group = %t.group, from = %source.describe(), "test failover clones exported again");
+            // The site starts without them (a store in a bucket that does
+            // not answer now): the group says why, and a task exports them
+            // once the store opens.
+            let why = format!(
+                "the clones of group {}'s test failover are not exported: {e}; retried every {} s",
+                t.group,
+                RESTORE_RETRY.as_secs()
+            );
+            tracing::warn!(group = %t.group, "{why}");
+            self.note_group_error(&t.group, Some(why)).await;
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RESTORE_RETRY).await;
+                    let site = me.site.clone();
+                    let running = blocking(move || Ok(site.groups().failovers()?))
+                        .await
+                        .map(|f| f.iter().any(|x| x.group == t.group && x.kind == "test"));
+                    if !matches!(running, Ok(true)) {
+                        tracing::info!(group = %t.group, "the test failover ended: its clones are not exported again");
+                        return;
+                    }
+                    match me.restore_test(&t).await {
+                        Ok(()) => {
+                            me.note_group_error(&t.group, None).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::info!(group = %t.group, "test failover clones still not exported: {e}")
+                        }
+                    }
+                }
+            });
         }
         Ok(())
+    }
+
+    /// Exports the clones of the running test failover `t` again.
+    async fn restore_test(&self, t: &FailoverRow) -> Result<(), ReplError> {
+        let (row, store) = self.store(&t.group).await.map_err(ReplError::Refused)?;
+        let source = match t.checkpoint {
+            // The image is built again from the journal (its files
+            // and start PIT are kept while the test runs).
+            Some(c) => {
+                let site = self.site.clone();
+                let dir = row.store_dir.clone().unwrap_or_default();
+                Source::Checkpoint(
+                    blocking(move || Ok(site.checkpoint_image(Path::new(&dir), c)?)).await?,
+                )
+            }
+            None => Source::Pit(
+                PitId::new(t.pit_id)
+                    .ok_or_else(|| invalid(format!("test failover of {} has PIT 0", t.group)))?,
+            ),
+        };
+        self.expose_clones(&row, &store, &source, false).await?;
+        tracing::info!(group = %t.group, from = %source.describe(), "test failover clones exported again");
+        Ok(())
+    }
+
+    /// Sets (or clears) group `group`'s `last_error`, logging a failure.
+    async fn note_group_error(&self, group: &str, why: Option<String>) {
+        let site = self.site.clone();
+        let g = group.to_string();
+        let r = blocking(move || Ok(site.set_group_error(&g, why.as_deref())?)).await;
+        if let Err(e) = r {
+            tracing::warn!(group, "recording the group's last error: {e}");
+        }
     }
 }

@@ -105,3 +105,34 @@ pub fn pit_check_clean(replica: &TestSite, group: &str) -> Vec<u64> {
         })
         .collect()
 }
+
+/// A Garage cluster and [`s3_pair`]'s sites, when `tools` and Garage are
+/// installed (`None`, having said why, when a test must skip; a failure
+/// under CI). Bind as `let Some((cluster, a, b)) = ...` so that the sites
+/// stop before the cluster.
+pub fn s3_pair_or_skip(tools: &[&str]) -> Option<(GarageCluster, TestSite, TestSite)> {
+    if !have_tools(tools) {
+        return None;
+    }
+    let cluster = GarageCluster::start_or_skip()?;
+    let (a, b) = s3_pair(&cluster);
+    Some((cluster, a, b))
+}
+
+/// Creates `volumes` (name, size) at `a` and group `group` of them to
+/// site-b with `options`, and starts it (initial replication done);
+/// returns `group start`'s answer.
+pub fn start_s3_group(
+    a: &TestSite,
+    group: &str,
+    volumes: &[(&str, &str)],
+    options: &[&str],
+) -> serde_json::Value {
+    let mut args = Vec::new();
+    for (name, size) in volumes {
+        a.create_volume(name, size);
+        args.extend(["--volume", *name]);
+    }
+    create_group(a, group, "site-b", &args, options);
+    a.json(&["group", "start", group])
+}

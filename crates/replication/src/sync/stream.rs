@@ -348,6 +348,7 @@ impl Replication {
                 RemoteError::Conflict("the group's write log was sealed (failover)".into())
             })?;
             log.seal(req.name, req.created_at).map_err(|e| {
+                crate::replica_side::note_fenced(&self.site, group, &e);
                 storage_error(format!("sealing the write log of group {group}: {e}"), &e)
             })?
         };
