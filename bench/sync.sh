@@ -41,7 +41,9 @@
 #   reported as not measured and the exit status is 1) PREFILL=1 (0: the
 #   jobs write into the volumes' never-written, sparse blocks, as before
 #   stop 15; 1: each volume is written once over NBD before its group is
-#   created, so the jobs overwrite, as on a used disk)
+#   created, so the jobs overwrite, as on a used disk) PERF=0 (1: `perf
+#   record -g` of both daemons during the first sync QD32 job, into
+#   $OUT/perf-{a,b}.data)
 #
 # Exit status: 0 if the run completed and both targets were met, 1 if not.
 
@@ -57,6 +59,7 @@ PIN=${PIN:-0}
 PREFILL=${PREFILL:-1}
 ASYNC_RPO=${ASYNC_RPO:-24h}
 FILL_BS=${FILL_BS:-4k}
+PERF=${PERF:-0}
 OFFSITE_SRC=${OFFSITE_SRC:-${OFFSITE:-}}
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -170,6 +173,15 @@ for rep in $(seq "$REPEAT"); do
                 sync
             fi
             log "rep $rep QD$qd volume $v: fio 4k randwrite ${RUNTIME}s"
+            perfs=()
+            if [[ $PERF == 1 && $v == s && $qd == 32 && $rep == 1 ]]; then
+                for s in a b; do
+                    pid=PID_${s^^}
+                    perf record -g -p "${!pid}" -o "$OUT/perf-$s.data" -- sleep "$RUNTIME" \
+                        >/dev/null 2>&1 &
+                    perfs+=($!)
+                done
+            fi
             c0a=$(cpu_ticks "$PID_A"); c0b=$(cpu_ticks "$PID_B")
             "${FIO[@]}" --name=randwrite --ioengine=nbd --uri="${URI[$v]}" --rw=randwrite --bs=4k \
                 --iodepth="$qd" --time_based --runtime="$RUNTIME" \
@@ -178,6 +190,7 @@ for rep in $(seq "$REPEAT"); do
                 "$(python3 -c "print(($(cpu_ticks "$PID_A") - $c0a) / $CLK_TCK)")" \
                 "$(python3 -c "print(($(cpu_ticks "$PID_B") - $c0b) / $CLK_TCK)")" \
                 >"$OUT/cpu-$v-qd$qd-$rep.json"
+            for p in "${perfs[@]}"; do wait "$p" || true; done
         done
     done
 done

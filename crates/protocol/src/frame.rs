@@ -263,6 +263,21 @@ impl BulkFrame {
         Ok(Bytes::from(self.buf).slice(start..))
     }
 
+    /// [`finish`](Self::finish) as an [`EncodedFrame`] (the head and the
+    /// payload in one buffer, no copy), for a sender that queues encoded
+    /// frames.
+    pub fn into_encoded(self, seq: u64, hash: PayloadHash) -> Result<EncodedFrame, ProtocolError> {
+        let whole = self.finish(seq, hash)?;
+        let body = whole.len() - TRAILER_LEN;
+        let mut trailer = [0u8; TRAILER_LEN];
+        trailer.copy_from_slice(&whole[body..]);
+        Ok(EncodedFrame {
+            head: whole.slice(..body),
+            payload: Bytes::new(),
+            trailer,
+        })
+    }
+
     /// [`finish`](Self::finish) in place: the frame's bytes, borrowed; the
     /// buffer stays this frame's, to be [`reset`](Self::reset) and filled
     /// again (a sender that reuses its buffers touches no fresh memory per

@@ -68,7 +68,8 @@
 //! offered it, a `BulkData` frame may carry flag bit 1 and a header of
 //! `seq u64` alone, without the hash. Senders set it only for payloads
 //! that carry checksums of their own which the receiver checks before it
-//! uses a byte (a sync stream's write-log records, each with a CRC32C), and
+//! uses a byte (write-log records, each with a CRC32C: a sync stream's
+//! batches, and a PIT's record batches where the replica offered them), and
 //! only inside TLS, whose AEAD authenticates every byte on the wire. A
 //! decoder refuses the flag unless told the session negotiated it
 //! ([`FrameDecoder::accept_unhashed_bulk`]), and on any other tag

@@ -675,6 +675,22 @@ fn a_bulk_frame_finished_in_place_and_reset_builds_the_next_one() {
     }
 }
 
+/// A frame handed over as an [`EncodedFrame`] writes the same bytes as
+/// the finished frame, with or without its hash.
+#[test]
+fn a_bulk_frame_as_an_encoded_frame_writes_the_same_bytes() {
+    for hash in [PayloadHash::Blake3, PayloadHash::Omitted] {
+        let mut frame = BulkFrame::with_capacity(16);
+        frame.payload_buf().extend_from_slice(&[5u8; 4140]);
+        let want = frame.clone().finish(9, hash).unwrap();
+        let encoded = frame.into_encoded(9, hash).unwrap();
+        assert_eq!(encoded.len(), want.len());
+        let mut out = BytesMut::new();
+        encoded.write_to(&mut out);
+        assert_eq!(&out[..], &want[..]);
+    }
+}
+
 /// Without its hash a `BulkData` frame decodes only where the session
 /// negotiated it, and the flag means nothing on any other message.
 #[test]

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use offsite_protocol::Message;
+use offsite_protocol::{BulkFrame, Message};
 use offsite_transport::{DirectStream, Session, TokenBucket};
 
 use crate::control::{HashList, Reply, Rpc};
@@ -46,6 +46,13 @@ pub(crate) trait Link: Send {
     /// Sends one bulk batch; waits for acknowledgements while too many are
     /// outstanding.
     fn send_batch(&mut self, payload: Vec<u8>) -> LinkFuture<'_, Result<(), ReplError>>;
+
+    /// Sends one batch of write-log records built in place (each record
+    /// checked by its CRC32C at the replica: the frame goes without its
+    /// BLAKE3 where the session negotiated `SELF_CHECKED_BULK`); waits like
+    /// [`send_batch`](Link::send_batch). Only to a replica whose
+    /// [`PitBegun`](crate::wire::PitBegun) says `record_batches`.
+    fn send_records(&mut self, frame: BulkFrame) -> LinkFuture<'_, Result<(), ReplError>>;
 
     /// Bulk payload bytes sent on this link.
     fn sent(&self) -> u64;
@@ -173,6 +180,22 @@ impl Channel {
         Ok(())
     }
 
+    async fn send_record_frame(&mut self, frame: BulkFrame) -> Result<(), ReplError> {
+        self.sent += frame.payload_len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.session
+            .sender()
+            .send_bulk_frame(frame, seq, true, self.bucket.as_deref())
+            .await
+            .map_err(self.transport())?;
+        self.unacked += 1;
+        while self.unacked > WINDOW {
+            self.take_ack().await?;
+        }
+        Ok(())
+    }
+
     /// Sends a request (after every outstanding batch is acknowledged) and
     /// returns the answer's body.
     async fn ask(&mut self, kind: u16, body: Bytes) -> Result<Bytes, ReplError> {
@@ -219,6 +242,10 @@ impl Link for Channel {
 
     fn send_batch(&mut self, payload: Vec<u8>) -> LinkFuture<'_, Result<(), ReplError>> {
         Box::pin(self.send_bulk(payload))
+    }
+
+    fn send_records(&mut self, frame: BulkFrame) -> LinkFuture<'_, Result<(), ReplError>> {
+        Box::pin(self.send_record_frame(frame))
     }
 
     fn sent(&self) -> u64 {

@@ -38,7 +38,7 @@
 //! | 2 | `GROUP_CREATE` | primary → replica | [`GroupCreate`] | [`GroupCreated`] | v1 |
 //! | 3 | `BASE_BEGIN` | primary → replica | [`BaseBegin`] | [`Done`] | v1 |
 //! | 4 | `BASE_SYNC` | primary → replica | [`BaseSync`] | [`Done`] | v1 |
-//! | 5 | `PIT_BEGIN` | primary → replica | [`PitBegin`] | [`Done`] | v1 |
+//! | 5 | `PIT_BEGIN` | primary → replica | [`PitBegin`] | [`PitBegun`] (an older replica's empty [`Done`] reads as no features) | v1 |
 //! | 6 | `PIT_COMMIT` | primary → replica | [`PitCommit`] | [`PitCommitted`] | v1 |
 //! | 7 | `HASHES` | primary → replica | [`Hashes`] | [`HashList`] (`count` × 32 raw bytes) | v1 |
 //! | 8 | `SYNC` | replica → primary | [`SyncRequest`] | [`SyncDone`] | v1 |
@@ -92,6 +92,7 @@
 //! | [`GroupCreate`] | `pits_after` | the group is re-created at a rebuilt partner: its store numbers PITs after this id | numbers them from 1 |
 //! | [`GroupCreate`] | `key` | the group's key (export line) when its replicas are encrypted: the replica keeps it and seals its store | ignores it, and answers without `encrypted` |
 //! | [`GroupCreated`] | `encrypted` | the replica keeps the key and its store is sealed with it | absent (false): the primary undoes the group and refuses (`encrypted-02-group_create.json`, `reply-group-created-encrypted.json`) |
+//! | [`PitBegun`] (reply to `PIT_BEGIN`, empty before) | `record_batches` | the replica takes the PIT's blocks as *record batches* (many runs per batch, each a write-log record with its CRC32C; sent without the frame's BLAKE3 where the session negotiated `SELF_CHECKED_BULK`) | sends an empty body: it is sent one run per batch, hashed (`reply-pit-begun.json`) |
 //! | [`PitCommitted`] | `journal` | the journal window after the commit ([`JournalWindow`](crate::wire::JournalWindow)), shown by the primary's status | not reported: the primary shows no window |
 //!
 //! [`Message::Request`]: offsite_protocol::Message::Request
@@ -108,7 +109,7 @@ use crate::wire::kinds::{self, EXTENSION_FIRST};
 pub use crate::wire::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, GroupCreate, GroupCreated, GroupDelete,
     GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, Hashes, JournalQuery,
-    JournalView, MarkDirty, PitBegin, PitCommit, PitCommitted, PitRelease, ReverseBegin,
+    JournalView, MarkDirty, PitBegin, PitBegun, PitCommit, PitCommitted, PitRelease, ReverseBegin,
     ReverseReady, SeedLoad, SiteQuery, SiteView, SyncCheckpoint, SyncDone, SyncRequest, SyncSeal,
     SyncStreamBegin, SyncStreamBegun,
 };
@@ -443,6 +444,22 @@ json_reply!(
 );
 
 /// JSON, but an older replica's empty [`Done`] body is "no features".
+impl Reply for PitBegun {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        if body.is_empty() {
+            return Ok(PitBegun::default());
+        }
+        serde_json::from_slice(body).map_err(|source| DecodeError::Malformed {
+            kind: 0,
+            name: "PitBegun",
+            source,
+        })
+    }
+}
+
 impl Reply for SyncStreamBegun {
     fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).unwrap_or_default())
@@ -543,7 +560,7 @@ site_requests! {
     GroupCreate(GroupCreate) = GROUP_CREATE -> GroupCreated;
     BaseBegin(BaseBegin) = BASE_BEGIN -> Done;
     BaseSync(BaseSync) = BASE_SYNC -> Done;
-    PitBegin(PitBegin) = PIT_BEGIN -> Done;
+    PitBegin(PitBegin) = PIT_BEGIN -> PitBegun;
     PitCommit(PitCommit) = PIT_COMMIT -> PitCommitted;
     Hashes(Hashes) = HASHES -> HashList;
     Sync(SyncRequest) = SYNC -> SyncDone;

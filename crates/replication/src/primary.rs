@@ -20,6 +20,7 @@ use crate::model::{CreateGroup, GroupStatus, PitEntry, SyncResult, VerifyResult}
 use offsite_catalog::{GroupRow, GroupVolumeRow, TrafficKind};
 use offsite_catalog::{GroupState, Mode, Role};
 use offsite_engine::{Site, Volume};
+use offsite_protocol::BulkFrame;
 use offsite_transport::TokenBucket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -1447,10 +1448,15 @@ impl Replication {
             .sum();
         let track = CycleTrack::start(progress, total);
         let mut ch = self.channel(&row.partner, Some(row)).await?;
-        ch.call(&wire::PitBegin::new(&row.name)).await?;
+        let format = BatchFormat::of(ch.call(&wire::PitBegin::new(&row.name)).await?);
         let mut blocks_sent = 0u64;
         for (idx, (vol, set)) in volumes.iter().zip(sets).enumerate() {
-            blocks_sent += send_blocks(&mut ch, idx, vol, set, Read::AtCut, bytes, &track).await?;
+            let ship = Ship {
+                idx,
+                read: Read::AtCut,
+                format,
+            };
+            blocks_sent += send_blocks(&mut ch, ship, vol, set, bytes, &track).await?;
         }
         let committed: PitCommitted = ch
             .call(&PitCommit {
@@ -1478,22 +1484,88 @@ pub(crate) enum Read {
     Now,
 }
 
+/// How a PIT's blocks travel, as the replica's answer to `PIT_BEGIN`
+/// ([`wire::PitBegun`]) allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchFormat {
+    /// One run per batch ([`wire::write_batch_header`]), its frame hashed
+    /// (BLAKE3): what every replica takes.
+    Runs,
+    /// Every run read by one blocking task in one batch, each run a
+    /// write-log record with its own CRC32C
+    /// ([`offsite_replica_store::encode_record`]), the frame without its
+    /// BLAKE3 where the session negotiated `SELF_CHECKED_BULK`. Scattered
+    /// blocks (a resynchronization after a spill under random writes) went
+    /// one 4 KiB block per frame, each frame with its own head, hash at
+    /// both ends, acknowledgement and TLS record.
+    Records,
+}
+
+impl BatchFormat {
+    /// The format the replica's answer to `PIT_BEGIN` allows.
+    pub(crate) fn of(begun: wire::PitBegun) -> BatchFormat {
+        if begun.record_batches {
+            BatchFormat::Records
+        } else {
+            BatchFormat::Runs
+        }
+    }
+}
+
+/// Which blocks [`send_blocks`] sends how: the volume's position in the
+/// group, where the blocks are read, and the batches' format.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ship {
+    /// The volume's position in the group.
+    pub(crate) idx: usize,
+    /// Where the blocks are read.
+    pub(crate) read: Read,
+    /// How they travel.
+    pub(crate) format: BatchFormat,
+}
+
 /// Blocks read at once by one blocking task: a set of scattered blocks
 /// (one run each) is read in tasks of many runs, not one task per block.
 const READ_CHUNK_BYTES: u64 = 4 << 20;
 
-/// Sends the blocks `set` of `vol` (position `idx` in the group) on `ch`
-/// as batches of runs (zero runs as ranges), read as `read` says; adds
-/// the data bytes to `bytes`; returns the blocks sent.
+/// Bytes a write-log record adds to its data.
+const RECORD_OVERHEAD: usize =
+    offsite_replica_store::RECORD_HEADER_LEN + offsite_replica_store::RECORD_TRAILER_LEN;
+
+/// Reads `n` blocks from `start` of `v` into `data`, as `read` says.
+fn read_run(v: &Volume, read: Read, start: u32, data: &mut [u8], bs: u64) -> std::io::Result<()> {
+    match read {
+        Read::AtCut => {
+            for (k, block) in data.chunks_exact_mut(bs as usize).enumerate() {
+                v.read_cut_block(start + k as u32, block)?;
+            }
+            Ok(())
+        }
+        Read::Now => v.file().read_at(data, u64::from(start) * bs),
+    }
+}
+
+/// What one blocking task read: batches to send, each with its runs'
+/// block counts and data bytes (zero runs: 0).
+type ReadChunk = Vec<(Batch, Vec<(u32, u64)>)>;
+
+/// One batch to send, in either format.
+enum Batch {
+    Run(Vec<u8>),
+    Records(BulkFrame),
+}
+
+/// Sends the blocks `set` of `vol` on `ch` as `ship` says (zero runs as
+/// ranges); adds the data bytes to `bytes`; returns the blocks sent.
 pub(crate) async fn send_blocks(
     ch: &mut PeerLink,
-    idx: usize,
+    ship: Ship,
     vol: &Arc<Volume>,
     set: &offsite_engine::RoaringBitmap,
-    read: Read,
     bytes: &mut u64,
     track: &CycleTrack,
 ) -> Result<u64, ReplError> {
+    let Ship { idx, read, format } = ship;
     let bs = u64::from(vol.row().block_size);
     let max_run = (MAX_BATCH_BYTES / bs).max(1) as u32;
     let mut runs: Vec<(u32, u32)> = Vec::new();
@@ -1507,8 +1579,9 @@ pub(crate) async fn send_blocks(
     let mut blocks_sent = 0u64;
     let mut i = 0;
     while i < runs.len() {
-        // Runs of up to READ_CHUNK_BYTES in all, read in one task, each
-        // straight into its batch after the header (no encode copy).
+        // Runs of up to READ_CHUNK_BYTES in all, read in one task: each
+        // straight into its batch after the header (one run per batch),
+        // or all into one batch of records.
         let mut j = i;
         let mut blocks = 0u64;
         while j < runs.len() && (j == i || blocks + u64::from(runs[j].1) <= per_chunk) {
@@ -1518,29 +1591,78 @@ pub(crate) async fn send_blocks(
         let chunk: Vec<(u32, u32)> = runs[i..j].to_vec();
         i = j;
         let v = vol.clone();
-        let batches = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(chunk.len());
-            for (start, n) in chunk {
-                let len = (u64::from(n) * bs) as usize;
-                let mut payload = vec![0u8; wire::BATCH_HEADER + len];
-                let data = &mut payload[wire::BATCH_HEADER..];
-                match read {
-                    Read::AtCut => {
-                        for (k, block) in data.chunks_exact_mut(bs as usize).enumerate() {
-                            v.read_cut_block(start + k as u32, block)?;
+        let batches = tokio::task::spawn_blocking(move || -> std::io::Result<ReadChunk> {
+            match format {
+                BatchFormat::Runs => {
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for (start, n) in chunk {
+                        let len = (u64::from(n) * bs) as usize;
+                        let mut payload = vec![0u8; wire::BATCH_HEADER + len];
+                        read_run(&v, read, start, &mut payload[wire::BATCH_HEADER..], bs)?;
+                        let zero = payload[wire::BATCH_HEADER..].iter().all(|&x| x == 0);
+                        if zero {
+                            // Zero runs travel as ranges.
+                            payload.truncate(wire::BATCH_HEADER);
                         }
+                        wire::write_batch_header(
+                            &mut payload,
+                            idx as u16,
+                            u64::from(start),
+                            n,
+                            zero,
+                        );
+                        let sent = if zero { 0 } else { len as u64 };
+                        out.push((Batch::Run(payload), vec![(n, sent)]));
                     }
-                    Read::Now => v.file().read_at(data, u64::from(start) * bs)?,
+                    Ok(out)
                 }
-                let zero = data.iter().all(|&x| x == 0);
-                if zero {
-                    // Zero runs travel as ranges.
-                    payload.truncate(wire::BATCH_HEADER);
+                BatchFormat::Records => {
+                    // Batches of at most MAX_BATCH_BYTES of data, as one
+                    // run per batch had (the link's window counts frames).
+                    let cap = MAX_BATCH_BYTES as usize;
+                    // A frame's capacity: its data, and a record's overhead
+                    // per block at most (every block a run of its own).
+                    let room = |left: u64| {
+                        let data = (left * bs).min(MAX_BATCH_BYTES) as usize;
+                        data + (data / bs as usize + 1) * RECORD_OVERHEAD
+                    };
+                    let mut out: ReadChunk = Vec::new();
+                    let mut left = blocks;
+                    let mut frame = BulkFrame::with_capacity(room(left));
+                    let mut data_len = 0usize;
+                    let mut counts = Vec::new();
+                    let mut scratch = Vec::new();
+                    let mut seq = 0u64;
+                    for (start, n) in chunk {
+                        let len = (u64::from(n) * bs) as usize;
+                        if data_len > 0 && data_len + len > cap {
+                            let full =
+                                std::mem::replace(&mut frame, BulkFrame::with_capacity(room(left)));
+                            out.push((Batch::Records(full), std::mem::take(&mut counts)));
+                            data_len = 0;
+                            seq = 0;
+                        }
+                        data_len += len;
+                        left -= u64::from(n);
+                        seq += 1;
+                        scratch.resize(len, 0);
+                        read_run(&v, read, start, &mut scratch[..len], bs)?;
+                        let zero = scratch[..len].iter().all(|&x| x == 0);
+                        let rec = offsite_replica_store::LogRecord {
+                            seq,
+                            volume: idx as u16,
+                            first: u64::from(start),
+                            count: n,
+                            // Zero runs travel as ranges.
+                            data: (!zero).then_some(&scratch[..len]),
+                        };
+                        offsite_replica_store::encode_record(&rec, frame.payload_buf());
+                        counts.push((n, if zero { 0 } else { len as u64 }));
+                    }
+                    out.push((Batch::Records(frame), counts));
+                    Ok(out)
                 }
-                wire::write_batch_header(&mut payload, idx as u16, u64::from(start), n, zero);
-                out.push((n, len, zero, payload));
             }
-            Ok::<_, std::io::Error>(out)
         })
         .await
         .map_err(|e| invalid(e.to_string()))?
@@ -1554,13 +1676,17 @@ pub(crate) async fn send_blocks(
                 }
             ))
         })?;
-        for (n, len, zero, payload) in batches {
-            if !zero {
-                *bytes += len as u64;
+        for (batch, counts) in batches {
+            match batch {
+                Batch::Run(payload) => ch.send_batch(payload).await?,
+                Batch::Records(frame) => ch.send_records(frame).await?,
             }
-            ch.send_batch(payload).await?;
-            blocks_sent += u64::from(n);
-            track.sent(len as u64);
+            for (n, sent) in counts {
+                *bytes += sent;
+                blocks_sent += u64::from(n);
+                // As before: a zero run counts its blocks' size as shipped.
+                track.sent(u64::from(n) * bs);
+            }
         }
     }
     Ok(blocks_sent)

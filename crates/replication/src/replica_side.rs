@@ -403,7 +403,7 @@ impl Replication {
         peer: &str,
         req: wire::PitBegin,
         transfer: &mut Transfer,
-    ) -> Result<Done, RemoteError> {
+    ) -> Result<wire::PitBegun, RemoteError> {
         // A sync group's log left by a stream that could not seal it
         // holds acknowledged writes: they become a PIT first.
         self.seal_log(&req.group).await?;
@@ -419,7 +419,10 @@ impl Replication {
             writer: Box::new(writer),
             blocks: 0,
         };
-        Ok(Done)
+        // This replica takes many runs per batch, as write-log records.
+        Ok(wire::PitBegun {
+            record_batches: true,
+        })
     }
 
     /// Answers [`wire::kinds::PIT_COMMIT`]: the PIT received is made
@@ -665,8 +668,24 @@ impl Replication {
         payload: &[u8],
         transfer: &mut Transfer,
     ) -> Result<(), BatchFailure> {
-        let batch = wire::decode_batch(payload)?;
-        let (store, writer, blocks) = match transfer {
+        // A record batch (many runs, each a write-log record whose CRC32C
+        // is checked here before a byte is used: its frame may come without
+        // a BLAKE3 hash) or one run ([`wire::decode_batch`]).
+        let runs: Vec<wire::Batch<'_>> = if wire::is_record_batch(payload) {
+            offsite_replica_store::decode_records(payload)
+                .map_err(|e| format!("a record batch does not decode: {e}"))?
+                .into_iter()
+                .map(|r| wire::Batch {
+                    volume: r.volume,
+                    first: r.first,
+                    count: r.count,
+                    data: r.data,
+                })
+                .collect()
+        } else {
+            vec![wire::decode_batch(payload)?]
+        };
+        let (store, mut writer, mut blocks) = match transfer {
             Transfer::Idle | Transfer::Log { .. } => {
                 return Err("block batch outside a transfer".to_string().into());
             }
@@ -684,61 +703,63 @@ impl Replication {
                 needed: payload.len() as u64,
             })
         };
-        let spec = store
-            .volumes()
-            .get(usize::from(batch.volume))
-            .cloned()
-            .ok_or_else(|| format!("block batch for unknown volume #{}", batch.volume))?;
-        let bs = u64::from(spec.block_size);
-        let end = batch.first + u64::from(batch.count);
-        if end * bs > spec.size_bytes {
-            return Err(format!(
-                "block batch {}..{end} is past the end of volume {}",
-                batch.first, spec.name
-            )
-            .into());
-        }
-        if let Some(d) = batch.data
-            && d.len() as u64 != u64::from(batch.count) * bs
-        {
-            return Err(format!(
-                "block batch carries {} bytes for {} blocks of {bs}",
-                d.len(),
-                batch.count
-            )
-            .into());
-        }
-        let zero = vec![0u8; bs as usize];
-        match writer {
-            None => {
-                let data = batch
-                    .data
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_else(|| vec![0u8; (u64::from(batch.count) * bs) as usize]);
-                store
-                    .write_base(&spec.name, batch.first * bs, &data)
-                    .map_err(|e| {
-                        full(&e).unwrap_or_else(|| {
-                            format!("writing the base of {}: {e}", spec.name).into()
-                        })
-                    })?;
+        let mut zero = Vec::new();
+        for batch in runs {
+            let spec = store
+                .volumes()
+                .get(usize::from(batch.volume))
+                .ok_or_else(|| format!("block batch for unknown volume #{}", batch.volume))?;
+            let bs = u64::from(spec.block_size);
+            let end = batch.first + u64::from(batch.count);
+            if end * bs > spec.size_bytes {
+                return Err(format!(
+                    "block batch {}..{end} is past the end of volume {}",
+                    batch.first, spec.name
+                )
+                .into());
             }
-            Some(writer) => {
-                for i in 0..u64::from(batch.count) {
-                    let block = match batch.data {
-                        Some(d) => &d[(i * bs) as usize..((i + 1) * bs) as usize],
-                        None => &zero[..],
-                    };
-                    writer
-                        .write_block(&spec.name, batch.first + i, block)
+            if let Some(d) = batch.data
+                && d.len() as u64 != u64::from(batch.count) * bs
+            {
+                return Err(format!(
+                    "block batch carries {} bytes for {} blocks of {bs}",
+                    d.len(),
+                    batch.count
+                )
+                .into());
+            }
+            zero.resize(bs as usize, 0);
+            match writer.as_mut() {
+                None => {
+                    let data = batch
+                        .data
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_else(|| vec![0u8; (u64::from(batch.count) * bs) as usize]);
+                    store
+                        .write_base(&spec.name, batch.first * bs, &data)
                         .map_err(|e| {
                             full(&e).unwrap_or_else(|| {
-                                format!("staging block of {}: {e}", spec.name).into()
+                                format!("writing the base of {}: {e}", spec.name).into()
                             })
                         })?;
                 }
-                if let Some(b) = blocks {
-                    *b += u64::from(batch.count);
+                Some(writer) => {
+                    for i in 0..u64::from(batch.count) {
+                        let block = match batch.data {
+                            Some(d) => &d[(i * bs) as usize..((i + 1) * bs) as usize],
+                            None => &zero[..bs as usize],
+                        };
+                        writer
+                            .write_block(&spec.name, batch.first + i, block)
+                            .map_err(|e| {
+                                full(&e).unwrap_or_else(|| {
+                                    format!("staging block of {}: {e}", spec.name).into()
+                                })
+                            })?;
+                    }
+                    if let Some(b) = blocks.as_mut() {
+                        **b += u64::from(batch.count);
+                    }
                 }
             }
         }

@@ -21,7 +21,7 @@ use offsite_catalog::{GroupRow, GroupState};
 use offsite_engine::init::{InitOptions, init_site};
 use offsite_engine::{AddAuthz, AddPartner, CreateVolume, Site, Volume};
 use offsite_nbd::BlockDevice;
-use offsite_protocol::ErrorCode;
+use offsite_protocol::{BulkFrame, ErrorCode};
 use offsite_transport::{DirectStream, SessionOptions, TransportError};
 
 use crate::channel::{Link, LinkFuture, PeerLink};
@@ -62,6 +62,9 @@ pub(crate) enum Fault {
     /// top-level field, as to a partner built before the field existed
     /// (which ignores it, and leaves out its own answer to it).
     DropField(u16, &'static str),
+    /// The next request of `kind` is answered with an empty body, as by a
+    /// partner built before that reply carried fields (its `Done`).
+    OldAnswer(u16),
     /// The next dial fails: the partner cannot be reached.
     Unreachable,
 }
@@ -259,7 +262,8 @@ impl FakeLink {
             | Fault::Duplicate(k)
             | Fault::Delay(k, _)
             | Fault::Hold(k, _)
-            | Fault::DropField(k, _) => *k == kind,
+            | Fault::DropField(k, _)
+            | Fault::OldAnswer(k) => *k == kind,
             Fault::DropAfterFrames(_) | Fault::Unreachable => false,
         });
         let mut times = 1;
@@ -292,6 +296,9 @@ impl FakeLink {
         }
         if matches!(fault, Some(Fault::LoseAnswer(_))) {
             return Err(self.lose());
+        }
+        if matches!(fault, Some(Fault::OldAnswer(_))) && answer.0 {
+            answer.1 = Bytes::new();
         }
         match answer {
             (true, body) => Ok(body),
@@ -367,6 +374,11 @@ impl Link for FakeLink {
 
     fn send_batch(&mut self, payload: Vec<u8>) -> LinkFuture<'_, Result<(), ReplError>> {
         let r = self.deliver_batch(payload);
+        Box::pin(async move { r })
+    }
+
+    fn send_records(&mut self, frame: BulkFrame) -> LinkFuture<'_, Result<(), ReplError>> {
+        let r = self.deliver_batch(frame.payload().to_vec());
         Box::pin(async move { r })
     }
 

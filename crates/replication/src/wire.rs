@@ -200,6 +200,23 @@ pub struct SyncStreamBegun {
     pub checkpoints: bool,
 }
 
+/// Answer to [`kinds::PIT_BEGIN`]: how this replica takes the PIT's
+/// block batches. An older replica answers with an empty body ([`Done`]
+/// then), which decodes as all `false` (so it is sent one run per batch,
+/// [`encode_batch`]).
+///
+/// [`Done`]: crate::control::Done
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitBegun {
+    /// The replica takes *record batches*: many runs in one batch, each a
+    /// write-log record with its own CRC32C
+    /// (`offsite_replica_store::encode_record`), which it checks before it
+    /// uses a byte, so the frame may go without its BLAKE3 hash where the
+    /// session negotiated `SELF_CHECKED_BULK`.
+    #[serde(default)]
+    pub record_batches: bool,
+}
+
 /// [`kinds::JOURNAL_QUERY`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalQuery {
@@ -915,6 +932,14 @@ pub enum BatchDecodeError {
     /// A zero batch followed by data.
     #[error("zero block batch carries data")]
     ZeroWithData,
+}
+
+/// Whether `payload` is a *record batch* ([`PitBegun::record_batches`]):
+/// write-log records (`offsite_replica_store::decode_records`), which
+/// start with their magic `OLRC`, where a batch of one run starts with its
+/// version byte, 1.
+pub fn is_record_batch(payload: &[u8]) -> bool {
+    payload.starts_with(b"OLRC")
 }
 
 /// Decodes a batch; `block_size` of the volume is checked by the caller

@@ -15,9 +15,9 @@ use offsite_replication::AuthzCheckBody;
 use offsite_replication::control::{
     AuthzGrant, BaseBegin, BaseSync, Confirmed, DecodeError, Done, GroupCreate, GroupCreated,
     GroupDelete, GroupForget, GroupPrepared, GroupQuery, GroupSetMode, GroupView, HashList, Hashes,
-    MarkDirty, PitBegin, PitCommit, PitCommitted, PitRelease, RemoteError, Reply, ReverseBegin,
-    ReverseReady, Rpc, SeedLoad, SiteQuery, SiteRequest, SiteView, SyncCheckpoint, SyncDone,
-    SyncRequest, SyncSeal, SyncStreamBegin, SyncStreamBegun,
+    MarkDirty, PitBegin, PitBegun, PitCommit, PitCommitted, PitRelease, RemoteError, Reply,
+    ReverseBegin, ReverseReady, Rpc, SeedLoad, SiteQuery, SiteRequest, SiteView, SyncCheckpoint,
+    SyncDone, SyncRequest, SyncSeal, SyncStreamBegin, SyncStreamBegun,
 };
 use offsite_replication::control::{JournalQuery, JournalView};
 use offsite_replication::wire::{
@@ -588,6 +588,21 @@ fn journal_fields_are_optional() {
         SyncStreamBegun::decode(b"").unwrap(),
         SyncStreamBegun { checkpoints: false }
     );
+    reply(
+        "reply-pit-begun.json",
+        PitBegun {
+            record_batches: true,
+        },
+    );
+    // An older replica's answer to PIT_BEGIN: empty (`Done`), so one run
+    // per batch; and an older primary reads this one as `Done`.
+    assert_eq!(
+        PitBegun::decode(b"").unwrap(),
+        PitBegun {
+            record_batches: false
+        }
+    );
+    assert_eq!(Done::decode(br#"{"record_batches":true}"#).unwrap(), Done);
     let ck = |id: u64, consistency: &str, name: Option<&str>| CheckpointDesc {
         id,
         time_ns: 1_735_787_045_000_000_000 + id * 1_000_000_000,

@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use offsite_protocol::{
-    Compression, EncodedFrame, ErrorCode, Features, FramedReader, Message, MessageVersion,
-    SUPPORTED_VERSIONS, StreamError, encode_frame, write_frame,
+    BulkFrame, Compression, EncodedFrame, ErrorCode, Features, FramedReader, Message,
+    MessageVersion, PayloadHash, SUPPORTED_VERSIONS, StreamError, encode_frame, write_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -247,6 +247,8 @@ pub struct SessionSender {
     bulk: mpsc::Sender<EncodedFrame>,
     compression: Compression,
     limit: Option<Arc<TokenBucket>>,
+    /// Both sides offered [`Features::SELF_CHECKED_BULK`].
+    self_checked: bool,
     shared: Arc<Shared>,
     dead_after: Duration,
 }
@@ -286,6 +288,44 @@ impl SessionSender {
             &self.control
         };
         queue.send(frame).await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Queues a `BulkData` frame built in place ([`BulkFrame`]) with
+    /// sequence number `seq`, after waiting for `limit` like
+    /// [`send_limited`](Self::send_limited). `self_checked`: the payload
+    /// carries checksums of its own that the peer checks before it uses a
+    /// byte (write-log records, each with its CRC32C); the frame then goes
+    /// without its BLAKE3 hash where the session negotiated
+    /// [`Features::SELF_CHECKED_BULK`]. A compressing session sends the
+    /// payload as an ordinary message (compressed, hashed).
+    pub async fn send_bulk_frame(
+        &self,
+        frame: BulkFrame,
+        seq: u64,
+        self_checked: bool,
+        limit: Option<&TokenBucket>,
+    ) -> Result<(), TransportError> {
+        if self.compression != Compression::None {
+            let payload = frame.into_payload();
+            return self
+                .send_limited(Message::BulkData { seq, payload }, limit)
+                .await;
+        }
+        let hash = if self_checked && self.self_checked {
+            PayloadHash::Omitted
+        } else {
+            PayloadHash::Blake3
+        };
+        let frame = frame
+            .into_encoded(seq, hash)
+            .map_err(TransportError::Encode)?;
+        if let Some(bucket) = limit {
+            bucket.acquire(frame.len() as u64).await;
+        }
+        self.bulk
+            .send(frame)
+            .await
+            .map_err(|_| TransportError::Closed)
     }
 
     /// Sends a `Ping` now and waits for its `Pong` (at most `dead_after`).
@@ -466,6 +506,7 @@ impl Session {
                 })
             })
         });
+        let self_checked = info.features.contains(Features::SELF_CHECKED_BULK);
         Self {
             info,
             sender: SessionSender {
@@ -473,6 +514,7 @@ impl Session {
                 bulk: bulk_tx,
                 compression,
                 limit: options.bandwidth.clone(),
+                self_checked,
                 shared: shared.clone(),
                 dead_after: options.dead_after,
             },

@@ -74,7 +74,7 @@ use offsite_catalog::GroupRow;
 use offsite_engine::{RoaringBitmap, Site, Volume};
 
 use super::{CATCH_UP_BYTES, SyncMirror};
-use crate::primary::{CycleTrack, PeerLink, Read, blocking, send_blocks};
+use crate::primary::{BatchFormat, CycleTrack, PeerLink, Read, Ship, blocking, send_blocks};
 use crate::wire::{self, PitCommit, PitDesc};
 use crate::{ReplError, Replication, decide};
 
@@ -82,6 +82,8 @@ use crate::{ReplError, Replication, decide};
 pub(crate) struct Rounds {
     volumes: Vec<Arc<Volume>>,
     ch: PeerLink,
+    /// How the blocks travel (the replica's answer to `PIT_BEGIN`).
+    format: BatchFormat,
     cycle_id: i64,
     /// Blocks sent into the PIT so far (a block shipped twice counts
     /// twice, as the replica counts what it receives).
@@ -222,14 +224,15 @@ impl Replication {
         let progress = self.runners.get(&row.name).map(|r| r.progress);
         let opened = async {
             let mut ch = self.channel(&row.partner, Some(row)).await?;
-            ch.call(&wire::PitBegin::new(&row.name)).await?;
-            Ok::<_, ReplError>(ch)
+            let begun = ch.call(&wire::PitBegin::new(&row.name)).await?;
+            Ok::<_, ReplError>((ch, BatchFormat::of(begun)))
         }
         .await;
         match opened {
-            Ok(ch) => Ok(Rounds {
+            Ok((ch, format)) => Ok(Rounds {
                 volumes,
                 ch,
+                format,
                 cycle_id,
                 blocks_sent: 0,
                 bytes: 0,
@@ -259,8 +262,12 @@ impl Replication {
         let taken = r.bytes_of(&sets);
         r.track.grow(taken);
         for (idx, (vol, set)) in r.volumes.iter().zip(&sets).enumerate() {
-            r.blocks_sent +=
-                send_blocks(&mut r.ch, idx, vol, set, Read::Now, &mut r.bytes, &r.track).await?;
+            let ship = Ship {
+                idx,
+                read: Read::Now,
+                format: r.format,
+            };
+            r.blocks_sent += send_blocks(&mut r.ch, ship, vol, set, &mut r.bytes, &r.track).await?;
         }
         r.done += 1;
         tracing::debug!(group = %row.name, round = r.done, taken, "resynchronization round sent");
@@ -283,17 +290,12 @@ impl Replication {
         r.track.grow(r.bytes_of(&sets));
         let mut sent = Ok(());
         for (idx, (vol, set)) in r.volumes.iter().zip(&sets).enumerate() {
-            match send_blocks(
-                &mut r.ch,
+            let ship = Ship {
                 idx,
-                vol,
-                set,
-                Read::AtCut,
-                &mut r.bytes,
-                &r.track,
-            )
-            .await
-            {
+                read: Read::AtCut,
+                format: r.format,
+            };
+            match send_blocks(&mut r.ch, ship, vol, set, &mut r.bytes, &r.track).await {
                 Ok(n) => r.blocks_sent += n,
                 Err(e) => {
                     sent = Err(e);

@@ -297,12 +297,13 @@ async fn a_resynchronization_cut_off_anywhere_loses_nothing() {
                 let mut r = s.p.a.begin_rounds(&s.row).await.unwrap();
                 s.p.a.round(&s.row, &mut r).await.unwrap();
                 // Three scattered blocks written after the round: the
-                // cut sends them as three batches; the second is lost.
+                // cut sends them as one batch of three records, lost
+                // with the link.
                 for b in [3, 100, 200] {
                     write(&s.volumes[0], b, 0x53);
                     written[0].push(b as u32);
                 }
-                s.p.to_b.inject(Fault::DropAfterFrames(1));
+                s.p.to_b.inject(Fault::DropAfterFrames(0));
                 s.p.a.end_rounds(&s.row, r, || {}).await.map(|_| ())
             }
         };

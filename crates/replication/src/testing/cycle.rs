@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::wire::kinds;
+use crate::wire::{self, kinds};
 
 /// Blocks of `v` written after its last shipped cut.
 fn dirty(v: &Volume) -> Vec<u32> {
@@ -27,13 +27,90 @@ async fn a_cycle_ships_exactly_the_changed_blocks_and_commits_one_pit() {
     let after = p.replica_pits("g").await;
     assert_eq!(after.len(), before.len() + 1);
     assert_eq!(after.last(), Some(&pit));
-    // Two runs (10-11 and 40): two batch frames.
-    assert_eq!(p.to_b.frames() - frames, 2);
+    // Two runs (10-11 and 40), read by one task: one batch of two records.
+    assert_eq!(p.to_b.frames() - frames, 1);
     let (_, store) = p.b.store("g").await.unwrap();
     let previous = offsite_replica_store::PitId::new(before[before.len() - 1]).unwrap();
     assert_eq!(store.blocks_after(previous, "v").unwrap(), [10, 11, 40]);
     assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
     assert!(dirty(&v).is_empty());
+}
+
+/// A replica built before record batches answers `PIT_BEGIN` with an
+/// empty body: it is sent one run per batch, as before, and ends up with
+/// the same PIT.
+#[tokio::test]
+async fn an_older_replica_is_sent_one_run_per_batch() {
+    let p = Pair::new();
+    let v = p.volume("v", 64);
+    write(&v, 3, 1);
+    p.replicating("g", &["v"], 10).await;
+    let before = p.replica_pits("g").await;
+    for (b, byte) in [(10, 2), (11, 3), (40, 4), (50, 0)] {
+        write(&v, b, byte);
+    }
+    p.to_b.inject(Fault::OldAnswer(kinds::PIT_BEGIN));
+    let frames = p.to_b.frames();
+    let pit = p.cycle("g").await.unwrap();
+    // Three runs (10-11, 40, and 50 of zeroes): three batch frames.
+    assert_eq!(p.to_b.frames() - frames, 3);
+    let (_, store) = p.b.store("g").await.unwrap();
+    let previous = offsite_replica_store::PitId::new(before[before.len() - 1]).unwrap();
+    assert_eq!(store.blocks_after(previous, "v").unwrap(), [10, 11, 40, 50]);
+    assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
+    // The next cycle asks again, and gets record batches.
+    write(&v, 20, 5);
+    write(&v, 30, 6);
+    let frames = p.to_b.frames();
+    let pit = p.cycle("g").await.unwrap();
+    assert_eq!(p.to_b.frames() - frames, 1);
+    assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
+}
+
+/// A record batch that fails its checksums is refused before any of its
+/// blocks lands in the PIT, and the transfer ends.
+#[tokio::test]
+async fn a_corrupt_record_batch_is_refused() {
+    let p = Pair::new();
+    let v = p.volume("v", 16);
+    p.replicating("g", &["v"], 10).await;
+    let row = p.row(&p.b, "g");
+    let mut transfer = crate::replica_side::Transfer::Idle;
+    let begun =
+        p.b.dispatch(
+            &row.partner,
+            kinds::PIT_BEGIN,
+            crate::control::Rpc::encode(&wire::PitBegin::new("g")),
+            &mut transfer,
+        )
+        .await;
+    assert!(begun.0);
+    assert_eq!(
+        <wire::PitBegun as crate::control::Reply>::decode(&begun.1).unwrap(),
+        wire::PitBegun {
+            record_batches: true
+        }
+    );
+    let data = vec![7u8; BS];
+    let mut payload = Vec::new();
+    for (seq, first) in [(1, 2u64), (2, 9)] {
+        let rec = offsite_replica_store::LogRecord {
+            seq,
+            volume: 0,
+            first,
+            count: 1,
+            data: Some(&data),
+        };
+        offsite_replica_store::encode_record(&rec, &mut payload);
+    }
+    assert!(wire::is_record_batch(&payload));
+    p.b.apply_batch(&payload, &mut transfer).unwrap();
+    // One bit flipped in the second record's data.
+    let at = payload.len() - 100;
+    payload[at] ^= 1;
+    let e = p.b.apply_batch(&payload, &mut transfer).unwrap_err();
+    assert!(e.message.contains("checksum"), "{}", e.message);
+    drop(v);
 }
 
 #[tokio::test]
@@ -100,10 +177,12 @@ async fn a_link_lost_mid_batch_commits_nothing_and_the_next_cycle_resends() {
     let v = p.volume("v", 64);
     p.replicating("g", &["v"], 10).await;
     let before = p.replica_pits("g").await;
-    // Four runs, so four frames: the link goes after the second.
+    // Four runs, so four frames to a replica that takes one run per
+    // batch: the link goes after the second.
     for b in [1, 5, 9, 13] {
         write(&v, b, b as u8);
     }
+    p.to_b.inject(Fault::OldAnswer(kinds::PIT_BEGIN));
     p.to_b.inject(Fault::DropAfterFrames(2));
     let e = p.cycle("g").await.unwrap_err();
     assert!(matches!(e, ReplError::Transport { .. }), "{e}");
