@@ -190,6 +190,13 @@ impl Lower for DeferredLower {
     fn next_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
         self.get()?.next_data(offset)
     }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // Unavailable: the step's own read reports it.
+        if let Ok(lower) = self.get() {
+            lower.prefetch(offset, len);
+        }
+    }
 }
 
 /// Opens volume `row` at start-up: a layered one over its PIT, converted
@@ -369,9 +376,10 @@ impl Site {
                     let (worked, readers) = site.flatten_once();
                     drop(site);
                     std::thread::sleep(match (worked, readers) {
-                        // A reader waits on a lower: one step per 20 ms
-                        // leaves the bucket to its cold reads.
-                        (true, true) => Duration::from_millis(20),
+                        // A reader waits on a lower: one step (of one
+                        // volume) per 100 ms, 10 MiB/s, leaves the bucket to
+                        // its cold reads and still gets the volume off it.
+                        (true, true) => Duration::from_millis(100),
                         (true, false) => Duration::from_millis(1),
                         (false, _) => Duration::from_secs(1),
                     });
@@ -382,19 +390,26 @@ impl Site {
         }
     }
 
-    /// One step of flattening over every layered volume; whether it
-    /// copied, and whether a reader went to a lower lately.
+    /// One step of flattening over every layered volume — or over the
+    /// first one only while a reader goes to a lower (see
+    /// [`Layered::lower_read_within`]); whether it copied, and whether a
+    /// reader went to a lower lately.
     fn flatten_once(&self) -> (bool, bool) {
+        let layers: Vec<Arc<Volume>> = self
+            .live_volumes()
+            .into_iter()
+            .filter(|v| v.file().layered().is_some_and(|l| !l.is_flat()))
+            .collect();
+        let readers = layers.iter().any(|v| {
+            v.file()
+                .layered()
+                .is_some_and(|l| l.lower_read_within(offsite_volume_file::READER_QUIET))
+        });
         let mut worked = false;
-        let mut readers = false;
-        for volume in self.live_volumes() {
+        for volume in layers.iter().take(if readers { 1 } else { usize::MAX }) {
             let Some(layer) = volume.file().layered() else {
                 continue;
             };
-            if layer.is_flat() {
-                continue;
-            }
-            readers |= layer.lower_read_within(offsite_volume_file::READER_QUIET);
             match layer.flatten_step(FLATTEN_STEP_BLOCKS) {
                 Ok(0) => {}
                 Ok(_) => {
