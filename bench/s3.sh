@@ -30,14 +30,15 @@
 #      timed (target < 5 s), then hydration timed until `volume show`
 #      reports every promoted volume local: MB/s of data against rclone's
 #      download (target ≥ 0.5);
-#   5. a delta cycle: DELTA of 64 KiB writes at random offsets of a volume
-#      of BIG_SIZE (sparse), `sync` timed and the daemons' CPU per cycle
-#      (target < 2 s and flat in the volume's size: run with BIG_SIZE=1T and
-#      a smaller one and compare).
+#   5. delta cycles: DELTA of 64 KiB writes at random offsets of a volume
+#      of SMALL_SIZE, then of one of BIG_SIZE (both sparse), `sync` timed
+#      with the daemons' CPU per cycle (target < 2 s, and flat in the
+#      volume's size: the two CPU figures compared).
 # Everything it started is stopped on exit; results and logs stay in $OUT.
 #
 # Options (environment):
 #   SIZE=8G  VOLUMES=4  VOL_SIZE=10G  READS=200  DELTA=10M  BIG_SIZE=1T
+#   SMALL_SIZE=10G
 #   ENCRYPT=1  BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
 #   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
 # Disk: about 4 × SIZE free (3 × SIZE in Garage, SIZE at site-a, SIZE
@@ -51,6 +52,7 @@ VOL_SIZE=${VOL_SIZE:-10G}
 READS=${READS:-200}
 DELTA=${DELTA:-10M}
 BIG_SIZE=${BIG_SIZE:-1T}
+SMALL_SIZE=${SMALL_SIZE:-10G}
 ENCRYPT=${ENCRYPT:-1}
 KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
@@ -212,14 +214,17 @@ log "hydration of $BYTES bytes of data in ${VOLUMES} x $VOL_SIZE: ${HYD_S}s, $(m
 start_daemon "$A" "$OUT/a-restarted.log"
 PID_A=$DAEMON_PID
 
-# 5. A delta cycle on a big sparse volume (site-a as the primary of a new
-# group; g stays failed over).
-"$OFFSITE" volume create big --size "$BIG_SIZE" --dir "$A" --json >/dev/null
-"$OFFSITE" group create gb --partner site-b --volume big --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >/dev/null
-"$OFFSITE" group start gb --dir "$A" --json >/dev/null
-BIG_URL=$("$OFFSITE" volume url big --dir "$A")
+# 5. Delta cycles on a big and a small sparse volume (site-a as the
+# primary of new groups; g stays failed over): the same writes, so the CPU
+# of the two cycles shows whether a cycle's cost grows with the volume.
 DELTA_BYTES=$(bytes_of "$DELTA")
-/usr/bin/python3 - "$BIG_URL" "$(bytes_of "$BIG_SIZE")" "$DELTA_BYTES" <<'PY'
+delta_cycle() {  # delta_cycle NAME SIZE -> DELTA_S DELTA_CPU ("a/b" ms)
+    local name=$1 size=$2 url ca0 cb0 ca1 cb1 t0 t1
+    "$OFFSITE" volume create "$name" --size "$size" --dir "$A" --json >/dev/null
+    "$OFFSITE" group create "g$name" --partner site-b --volume "$name" --mode async --rpo 24h "${enc[@]}" --dir "$A" --json >/dev/null
+    "$OFFSITE" group start "g$name" --dir "$A" --json >/dev/null
+    url=$("$OFFSITE" volume url "$name" --dir "$A")
+    /usr/bin/python3 - "$url" "$(bytes_of "$size")" "$DELTA_BYTES" <<'PY'
 import os, random, sys
 import nbd
 url, size, delta = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -230,13 +235,18 @@ for _ in range(delta // 65536):
     h.pwrite(os.urandom(65536), rng.randrange(0, size // 65536) * 65536)
 h.flush()
 PY
-ca0=$(cpu_ticks "$PID_A"); cb0=$(cpu_ticks "$PID_B")
-t0=$(now)
-"$OFFSITE" sync gb --dir "$A" --json >"$OUT/delta-sync.json"
-t1=$(now)
-ca1=$(cpu_ticks "$PID_A"); cb1=$(cpu_ticks "$PID_B")
-DELTA_S=$(elapsed "$t0" "$t1")
-log "delta cycle of $DELTA on a $BIG_SIZE volume: ${DELTA_S}s (target < 2 s); CPU ms a/b $(( (ca1-ca0)*1000/CLK_TCK ))/$(( (cb1-cb0)*1000/CLK_TCK ))"
+    ca0=$(cpu_ticks "$PID_A"); cb0=$(cpu_ticks "$PID_B")
+    t0=$(now)
+    "$OFFSITE" sync "g$name" --dir "$A" --json >"$OUT/delta-sync-$name.json"
+    t1=$(now)
+    ca1=$(cpu_ticks "$PID_A"); cb1=$(cpu_ticks "$PID_B")
+    DELTA_S=$(elapsed "$t0" "$t1")
+    DELTA_CPU="$(( (ca1-ca0)*1000/CLK_TCK ))/$(( (cb1-cb0)*1000/CLK_TCK ))"
+    log "delta cycle of $DELTA on a $size volume: ${DELTA_S}s (target < 2 s); CPU ms a/b $DELTA_CPU"
+}
+delta_cycle small "$SMALL_SIZE"
+SMALL_S=$DELTA_S SMALL_CPU=$DELTA_CPU
+delta_cycle big "$BIG_SIZE"
 
 {
     echo "# bench/s3.sh $(date -u +%FT%TZ)"
@@ -252,6 +262,7 @@ log "delta cycle of $DELTA on a $BIG_SIZE volume: ${DELTA_S}s (target < 2 s); CP
     echo "| cold 4 KiB reads | $(cat "$OUT/reads.json") | p99 ≤ 50 ms |"
     echo "| failover run, site-a down ($VOLUMES × $VOL_SIZE) | ${FAILOVER_S} s | < 5 s |"
     echo "| hydration MB/s of data | $(mbps "$BYTES" "$HYD_S") (${HYD_S} s) | ratio $HYD_RATIO to rclone's download (≥ 0.5) |"
-    echo "| delta cycle ($DELTA on $BIG_SIZE) | ${DELTA_S} s | < 2 s |"
+    echo "| delta cycle ($DELTA on $BIG_SIZE) | ${DELTA_S} s, CPU ms a/b $DELTA_CPU | < 2 s |"
+    echo "| delta cycle ($DELTA on $SMALL_SIZE) | ${SMALL_S} s, CPU ms a/b $SMALL_CPU | CPU flat in size |"
 } | tee "$OUT/summary.md"
 python3 -c "import sys; sys.exit(0 if $RATIO >= 0.5 else 1)"
