@@ -191,6 +191,10 @@ impl Lower for DeferredLower {
         self.get()?.next_data(offset)
     }
 
+    fn copy_on_read(&self) -> bool {
+        self.get().is_ok_and(|lower| lower.copy_on_read())
+    }
+
     fn prefetch(&self, offset: u64, len: u64) {
         // Unavailable: the step's own read reports it.
         if let Ok(lower) = self.get() {

@@ -301,6 +301,12 @@ impl Lower for PitLower {
             })
     }
 
+    fn copy_on_read(&self) -> bool {
+        // A bucket: what the VM reads is kept in the volume (its local
+        // cache) rather than fetched again after the store's cache let it go.
+        self.store.object_store().is_some()
+    }
+
     fn prefetch(&self, offset: u64, len: u64) {
         use std::sync::atomic::Ordering;
         if self.store.object_store().is_none() {

@@ -107,6 +107,14 @@ pub trait Lower: Send + Sync {
     fn prefetch(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+
+    /// Whether blocks read from this lower should be kept in the top as
+    /// they are read (copy-on-read): for a lower whose reads are slow (a
+    /// bucket), the volume itself becomes the local cache of what its
+    /// reader touched, before flattening gets there. Default: no.
+    fn copy_on_read(&self) -> bool {
+        false
+    }
 }
 
 /// First 8 bytes of a map file.
@@ -495,9 +503,40 @@ impl Layered {
             } else {
                 self.note_lower_read();
                 self.lower.read_lower(part, lo)?;
+                if self.lower.copy_on_read() && self.check_usable().is_ok() {
+                    self.keep_read(part, lo);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Copy-on-read ([`Lower::copy_on_read`]): writes the whole blocks of
+    /// `bytes` (read from the lower at `at`) that the top still lacks into
+    /// the top and marks them present, as flattening would. Under the
+    /// blocks' locks and checked again there, since a write may have landed
+    /// since the lower was read (its data wins). The reader already has its
+    /// bytes: a failure here only leaves the blocks to flattening.
+    fn keep_read(&self, bytes: &[u8], at: u64) {
+        let bs = u64::from(self.block_size);
+        let end = at + bytes.len() as u64;
+        let (first, stop) = (at.div_ceil(bs), end / bs);
+        if first >= stop {
+            return; // no whole block
+        }
+        let _held = self.lock_blocks(first, stop - 1);
+        for run in self.runs(first, stop - 1) {
+            if run.in_top {
+                continue;
+            }
+            let (lo, hi) = (run.start * bs, run.end * bs);
+            let part = &bytes[(lo - at) as usize..(hi - at) as usize];
+            if let Err(e) = self.top.write_thin(part, lo, bs) {
+                tracing::debug!(error = %e, "keeping blocks read from the lower; flattening copies them later");
+                return;
+            }
+            self.mark(run.start, run.end);
+        }
     }
 
     fn note_lower_read(&self) {

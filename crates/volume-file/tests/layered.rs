@@ -481,7 +481,21 @@ fn concurrent_partial_writes_to_one_block_all_survive() {
     const SLICE: usize = BS as usize / THREADS;
     for round in 0..20u64 {
         let dir = tempfile::tempdir().unwrap();
-        let (l, lower_bytes) = create(dir.path());
+        // Half the rounds with copy-on-read: the reader below then writes
+        // lower blocks into the top, racing the partial writers.
+        let (l, lower_bytes) = if round % 4 >= 2 {
+            let (_, bytes) = lower();
+            let cor = Arc::new(SlowLower {
+                bytes: bytes.clone(),
+                reads: Default::default(),
+            });
+            (
+                Layered::create(dir.path(), "v", SIZE, BS, cor).unwrap(),
+                bytes,
+            )
+        } else {
+            create(dir.path())
+        };
         let l = Arc::new(l);
         let stop = Arc::new(AtomicBool::new(false));
         let mut expect = lower_bytes.clone();
@@ -853,4 +867,80 @@ fn flattening_announces_its_next_bytes_unless_a_reader_waits_on_the_lower() {
     l2.flatten_step(2).unwrap();
     l2.read_at(&mut buf, 0).unwrap();
     assert!(!l2.lower_read_within(std::time::Duration::from_secs(3600)));
+}
+
+/// A lower that asks to be copied on read, counting its reads.
+struct SlowLower {
+    bytes: Vec<u8>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Lower for SlowLower {
+    fn read_lower(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let at = offset as usize;
+        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn copy_on_read(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_slow_lower_is_copied_on_read_and_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = pattern(8, SIZE as usize);
+    // Block 20 is zero in the lower: kept as a hole, still present.
+    bytes[20 * BS as usize..21 * BS as usize].fill(0);
+    let lower = Arc::new(SlowLower {
+        bytes: bytes.clone(),
+        reads: Default::default(),
+    });
+    let l = Layered::create(dir.path(), "v", SIZE, BS, lower.clone()).unwrap();
+    let bs = BS as u64;
+
+    // Blocks 10..13 read whole (and a partial block 13): 10, 11, 12 kept.
+    let mut buf = vec![0u8; 3 * BS as usize + 100];
+    l.read_at(&mut buf, 10 * bs).unwrap();
+    assert_eq!(buf, bytes[10 * BS as usize..13 * BS as usize + 100]);
+    assert_eq!(l.present(), [10u64, 11, 12].into_iter().collect());
+    let reads = lower.reads.load(Ordering::SeqCst);
+    l.read_at(&mut buf, 10 * bs).unwrap();
+    assert_eq!(buf, bytes[10 * BS as usize..13 * BS as usize + 100]);
+    // Only the partial block went to the lower again.
+    assert_eq!(lower.reads.load(Ordering::SeqCst), reads + 1);
+
+    // A write after the read wins over the kept copy; a zero block is kept
+    // as zero.
+    let w = pattern(99, BS as usize);
+    l.write_at(&w, 11 * bs, false).unwrap();
+    let mut one = vec![0u8; BS as usize];
+    l.read_at(&mut one, 20 * bs).unwrap();
+    assert!(one.iter().all(|&b| b == 0));
+    assert!(l.present().contains(20));
+
+    // What was kept survives a flush and a reopen without the lower's help
+    // for those blocks.
+    l.flush().unwrap();
+    drop(l);
+    let l = Layered::open(dir.path(), "v", SIZE, BS, lower.clone()).unwrap();
+    let before = lower.reads.load(Ordering::SeqCst);
+    for (block, want) in [
+        (10u64, &bytes[10 * BS as usize..11 * BS as usize]),
+        (11, &w[..]),
+        (12, &bytes[12 * BS as usize..13 * BS as usize]),
+        (20, &bytes[20 * BS as usize..21 * BS as usize]),
+    ] {
+        l.read_at(&mut one, block * bs).unwrap();
+        assert_eq!(one, want, "block {block}");
+    }
+    assert_eq!(lower.reads.load(Ordering::SeqCst), before);
+    // The rest still reads through, and flattening completes the volume.
+    while l.flatten_step(16).unwrap() > 0 {}
+    assert!(l.is_flat());
+    let mut expect = bytes.clone();
+    expect[11 * BS as usize..12 * BS as usize].copy_from_slice(&w);
+    assert_eq!(read_all(&l), expect);
 }
