@@ -684,7 +684,13 @@ impl<'a> Opener<'a> {
 pub struct Sealed {
     inner: Arc<dyn ObjectStore>,
     key: GroupKey,
+    /// Raw headers of objects read lately (see [`Sealed::get_range`]).
+    headers: std::sync::Mutex<std::collections::HashMap<String, Arc<[u8]>>>,
 }
+
+/// Headers [`Sealed`] remembers at most (about 100 bytes each); past it
+/// the memory is cleared and refilled by the next reads.
+const HEADER_CACHE: usize = 16_384;
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -701,7 +707,67 @@ impl Sealed {
         Sealed {
             inner,
             key: key.clone(),
+            headers: Default::default(),
         }
+    }
+
+    fn headers(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<[u8]>>> {
+        self.headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets the header of `key` (the object is being rewritten or
+    /// deleted through this store).
+    fn forget_header(&self, key: &str) {
+        self.headers().remove(key);
+    }
+
+    /// `len` plaintext bytes at `offset` of `key`, whose stored header is
+    /// `raw_header`.
+    fn read_range(
+        &self,
+        key: &str,
+        raw_header: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ObjectError> {
+        let header = check_header(&self.key, raw_header).map_err(|e| self.refused(key, e))?;
+        let size = header.plaintext_len;
+        let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
+            return Err(ObjectError::ShortObject {
+                store: self.describe(),
+                key: key.to_string(),
+                size,
+                offset,
+                want: len,
+            });
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let cs = u64::from(header.chunk_size);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let from = header.chunk_offset(first);
+        let to = header.chunk_offset(last) + header.chunk_plain_len(last) as u64 + TAG_LEN as u64;
+        let sealed = self
+            .inner
+            .get_range(key, from, to - from)
+            .map_err(|e| self.inner_err(key, e))?;
+        let opener = Opener::new(&self.key, key, &header, raw_header);
+        let mut plain = Vec::with_capacity(((last - first + 1) * cs) as usize);
+        let mut at = 0usize;
+        for i in first..=last {
+            let n = header.chunk_plain_len(i) + TAG_LEN;
+            opener
+                .open_chunk(i, &sealed[at..at + n], &mut plain)
+                .map_err(|e| self.refused(key, e))?;
+            at += n;
+        }
+        let skip = (offset - first * cs) as usize;
+        plain.drain(..skip);
+        plain.truncate(len as usize);
+        Ok(plain)
     }
 
     /// The store underneath (raw, sealed bytes).
@@ -832,6 +898,7 @@ impl ObjectStore for Sealed {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
         crate::check_key(key)?;
+        self.forget_header(key);
         let mut prefix = [0u8; 16];
         rand::rng().fill_bytes(&mut prefix);
         let sealed = seal_with_nonce(&self.key, key, data, prefix);
@@ -840,6 +907,7 @@ impl ObjectStore for Sealed {
 
     fn put_from(&self, key: &str, src: &mut dyn Read, len: u64) -> Result<(), ObjectError> {
         crate::check_key(key)?;
+        self.forget_header(key);
         let stored = sealed_len(len, CHUNK_SIZE).ok_or_else(|| ObjectError::Io {
             store: self.describe(),
             op: "put",
@@ -866,47 +934,40 @@ impl ObjectStore for Sealed {
         open(&self.key, key, &stored).map_err(|e| self.refused(key, e))
     }
 
+    /// A ranged read opens only the chunks it covers, with the object's
+    /// header. The header of an object read before is remembered, so a
+    /// read is one request instead of two (a cold read of a volume in a
+    /// bucket waits for each). A remembered header can be stale only when
+    /// the object was rewritten elsewhere (a merge rewrites base chunks,
+    /// through this store, which forgets it): the chunks then fail to open
+    /// or the range falls outside, and the read is tried once more with
+    /// the header read anew, so a stale header never fails a read and a
+    /// damaged object still fails.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
         crate::check_key(key)?;
-        let raw_header = self
+        let remembered = self.headers().get(key).cloned();
+        if let Some(raw_header) = remembered {
+            match self.read_range(key, &raw_header, offset, len) {
+                Ok(plain) => return Ok(plain),
+                Err(
+                    ObjectError::Tampered { .. }
+                    | ObjectError::ShortObject { .. }
+                    | ObjectError::WrongKey { .. },
+                ) => self.forget_header(key),
+                Err(e) => return Err(e),
+            }
+        }
+        let raw_header: Arc<[u8]> = self
             .inner
             .get_range(key, 0, HEADER_LEN as u64)
-            .map_err(|e| self.inner_err(key, e))?;
-        let header = check_header(&self.key, &raw_header).map_err(|e| self.refused(key, e))?;
-        let size = header.plaintext_len;
-        let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
-            return Err(ObjectError::ShortObject {
-                store: self.describe(),
-                key: key.to_string(),
-                size,
-                offset,
-                want: len,
-            });
-        };
-        if len == 0 {
-            return Ok(Vec::new());
+            .map_err(|e| self.inner_err(key, e))?
+            .into();
+        let plain = self.read_range(key, &raw_header, offset, len)?;
+        let mut headers = self.headers();
+        if headers.len() >= HEADER_CACHE {
+            headers.clear();
         }
-        let cs = u64::from(header.chunk_size);
-        let (first, last) = (offset / cs, (end - 1) / cs);
-        let from = header.chunk_offset(first);
-        let to = header.chunk_offset(last) + header.chunk_plain_len(last) as u64 + TAG_LEN as u64;
-        let sealed = self
-            .inner
-            .get_range(key, from, to - from)
-            .map_err(|e| self.inner_err(key, e))?;
-        let opener = Opener::new(&self.key, key, &header, &raw_header);
-        let mut plain = Vec::with_capacity(((last - first + 1) * cs) as usize);
-        let mut at = 0usize;
-        for i in first..=last {
-            let n = header.chunk_plain_len(i) + TAG_LEN;
-            opener
-                .open_chunk(i, &sealed[at..at + n], &mut plain)
-                .map_err(|e| self.refused(key, e))?;
-            at += n;
-        }
-        let skip = (offset - first * cs) as usize;
-        plain.drain(..skip);
-        plain.truncate(len as usize);
+        headers.insert(key.to_string(), raw_header);
         Ok(plain)
     }
 
@@ -934,6 +995,7 @@ impl ObjectStore for Sealed {
     }
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.forget_header(key);
         self.inner.delete(key)
     }
 }

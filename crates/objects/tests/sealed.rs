@@ -362,3 +362,97 @@ proptest! {
         prop_assert!(named, "{:?}", e);
     }
 }
+
+/// A store that counts the ranged reads reaching it.
+#[derive(Debug)]
+struct Counting {
+    inner: DirStore,
+    ranged: std::sync::atomic::AtomicUsize,
+}
+
+impl ObjectStore for Counting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
+        self.inner.put(key, data)
+    }
+    fn put_from(
+        &self,
+        key: &str,
+        src: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(), ObjectError> {
+        self.inner.put_from(key, src, len)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
+        self.ranged
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get_range(key, offset, len)
+    }
+    fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        self.inner.head(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<offsite_objects::ObjectInfo>, ObjectError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(Counting {
+        inner: DirStore::open(dir.path().join("objects")).unwrap(),
+        ranged: Default::default(),
+    });
+    let key = golden_key();
+    let reader = Sealed::new(counting.clone(), &key);
+    let first = pattern(5 * CHUNK_SIZE as usize);
+    reader.put("o", &first).unwrap();
+
+    // The first read fetches the header, then the chunks; the next ones
+    // only the chunks.
+    let n0 = counting.ranged.load(Ordering::SeqCst);
+    assert_eq!(reader.get_range("o", 100, 4096).unwrap(), first[100..4196]);
+    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 2);
+    assert_eq!(
+        reader.get_range("o", 3 * CHUNK_SIZE as u64, 10).unwrap(),
+        first[3 * CHUNK_SIZE as usize..3 * CHUNK_SIZE as usize + 10]
+    );
+    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 3);
+
+    // Rewritten by another writer (a new nonce, another size): the stale
+    // header fails to open the chunks, and the read is redone with the new
+    // one, returning the new bytes.
+    let second: Vec<u8> = pattern(2 * CHUNK_SIZE as usize + 7)
+        .iter()
+        .map(|b| b ^ 0x5a)
+        .collect();
+    Sealed::new(counting.clone(), &key)
+        .put("o", &second)
+        .unwrap();
+    assert_eq!(reader.get_range("o", 100, 4096).unwrap(), second[100..4196]);
+    // A range only the old object had: the new header says it is short.
+    assert!(matches!(
+        reader.get_range("o", 4 * CHUNK_SIZE as u64, 10),
+        Err(ObjectError::ShortObject { .. })
+    ));
+
+    // A flipped byte in a chunk still fails, remembered header or not.
+    let raw = dir.path().join("objects/o");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    let at = HEADER_LEN + 10;
+    bytes[at] ^= 1;
+    std::fs::write(&raw, &bytes).unwrap();
+    assert!(matches!(
+        reader.get_range("o", 0, 100),
+        Err(ObjectError::Tampered { .. })
+    ));
+}

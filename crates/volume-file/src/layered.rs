@@ -735,6 +735,17 @@ impl Layered {
                 g1.min(g0.saturating_add(chunk))
                     .min(g0.saturating_add(max_blocks - copied))
             };
+            // The lower's bytes are read before the blocks are locked (the
+            // lower never changes): a slow lower (a bucket) would otherwise
+            // hold every write and copy-on-read of these blocks for the
+            // length of a request.
+            let data = if hole {
+                None
+            } else {
+                buf.resize(((end - g0) << self.shift) as usize, 0);
+                self.lower.read_lower(&mut buf, g0 << self.shift)?;
+                Some(std::mem::take(&mut buf))
+            };
             {
                 let _held = self.lock_blocks(g0, end - 1);
                 // Again under the locks: a write may have landed meanwhile.
@@ -742,7 +753,15 @@ impl Layered {
                     if run.in_top {
                         continue;
                     }
-                    self.copy_up_thin(run.start << self.shift, run.end << self.shift, &mut buf)?;
+                    let (lo, hi) = (run.start << self.shift, run.end << self.shift);
+                    match &data {
+                        Some(bytes) => {
+                            let at = g0 << self.shift;
+                            let part = &bytes[(lo - at) as usize..(hi - at) as usize];
+                            self.top.write_thin(part, lo, u64::from(self.block_size))?;
+                        }
+                        None => self.copy_up_thin(lo, hi, &mut buf)?,
+                    }
                     self.mark(run.start, run.end);
                     if hole {
                         holes += run.end - run.start;
@@ -750,6 +769,9 @@ impl Layered {
                         copied += run.end - run.start;
                     }
                 }
+            }
+            if let Some(bytes) = data {
+                buf = bytes; // the allocation, for the next chunk
             }
             self.flatten_from.fetch_max(end, Ordering::SeqCst);
         }
