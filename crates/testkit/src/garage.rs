@@ -170,8 +170,27 @@ impl GarageCluster {
         GarageCluster::start_with(&bin)
     }
 
-    /// Starts a cluster with `bin`.
+    /// Starts a cluster with `bin`. Each node's ports are picked free and
+    /// released before Garage binds them, so a test running beside it can
+    /// take one first and the node never listens: a cluster that does not
+    /// come up is stopped (its nodes killed, its directory deleted) and
+    /// started again on new ports, three times at most.
     pub fn start_with(bin: &Path) -> GarageCluster {
+        for attempt in 1.. {
+            let started =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::start_once(bin)));
+            match started {
+                Ok(cluster) => return cluster,
+                Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
+                Err(_) => eprintln!(
+                    "Garage test cluster: attempt {attempt} did not come up; again on new ports"
+                ),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn start_once(bin: &Path) -> GarageCluster {
         let root = tempfile::Builder::new()
             .prefix("offsite-garage-")
             .tempdir()
