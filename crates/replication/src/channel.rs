@@ -23,6 +23,9 @@ use crate::{RemoteError, ReplError};
 /// Bulk frames in flight before the sender waits for acknowledgements.
 const WINDOW: u64 = 32;
 
+/// How long a failed send waits for the reason the session ended.
+const SEND_FAILED_REASON: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A future a [`Link`] returns (boxed: the runners hold links as trait
 /// objects, so that a test can hand them a fake peer).
 pub(crate) type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -134,6 +137,31 @@ impl Channel {
         }
     }
 
+    /// Why a send failed: a session that closed under a sender was most
+    /// often ended by the peer's error (a full store, say), which the
+    /// session's reader queued behind the acknowledgements still unread.
+    /// That error is the truthful one; "session closed" only when the
+    /// session ended without a word.
+    async fn send_failed(&mut self, e: offsite_transport::TransportError) -> ReplError {
+        if matches!(e, offsite_transport::TransportError::Closed) {
+            // The reader queues its reason right after it stops the
+            // session; its channel then closes, so this ends quickly.
+            let drain = async {
+                loop {
+                    match self.session.recv().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return None,
+                        Err(why) => return Some(why),
+                    }
+                }
+            };
+            if let Ok(Some(why)) = tokio::time::timeout(SEND_FAILED_REASON, drain).await {
+                return self.transport()(why);
+            }
+        }
+        self.transport()(e)
+    }
+
     /// Waits for one bulk acknowledgement.
     async fn take_ack(&mut self) -> Result<(), ReplError> {
         match self.session.recv().await.map_err(self.transport())? {
@@ -162,7 +190,8 @@ impl Channel {
         self.sent += payload.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.session
+        let sent = self
+            .session
             .sender()
             .send_limited(
                 Message::BulkData {
@@ -171,8 +200,10 @@ impl Channel {
                 },
                 self.bucket.as_deref(),
             )
-            .await
-            .map_err(self.transport())?;
+            .await;
+        if let Err(e) = sent {
+            return Err(self.send_failed(e).await);
+        }
         self.unacked += 1;
         while self.unacked > WINDOW {
             self.take_ack().await?;
@@ -184,11 +215,14 @@ impl Channel {
         self.sent += frame.payload_len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.session
+        let sent = self
+            .session
             .sender()
             .send_bulk_frame(frame, seq, true, self.bucket.as_deref())
-            .await
-            .map_err(self.transport())?;
+            .await;
+        if let Err(e) = sent {
+            return Err(self.send_failed(e).await);
+        }
         self.unacked += 1;
         while self.unacked > WINDOW {
             self.take_ack().await?;
@@ -204,10 +238,10 @@ impl Channel {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.session
-            .send(Message::Request { id, kind, body })
-            .await
-            .map_err(self.transport())?;
+        let sent = self.session.send(Message::Request { id, kind, body }).await;
+        if let Err(e) = sent {
+            return Err(self.send_failed(e).await);
+        }
         match self.session.recv().await.map_err(self.transport())? {
             Some(Message::Response { id: rid, ok, body }) if rid == id => {
                 if ok {
@@ -265,5 +299,75 @@ impl Link for Channel {
                 .await
                 .map_err(|source| ReplError::Transport { partner, source })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use offsite_protocol::ErrorCode;
+    use offsite_transport::{
+        Identity, Listener, ListenerConfig, Partner, PeerName, PeerTable, SessionOptions,
+    };
+
+    use super::*;
+
+    fn identity(name: &str) -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Identity::from_pem(&key.serialize_pem(), &cert.pem()).unwrap()
+    }
+
+    /// A replica that refuses the first batch with a full store and keeps
+    /// its session open: the primary's next send finds its session ended
+    /// (its reader stops at a peer's error) and must say why, not
+    /// "session closed" (the flake of `store_full` under load).
+    #[tokio::test]
+    async fn a_send_after_the_peers_error_says_the_peers_error() {
+        let (a, b) = (identity("a"), identity("b"));
+        let peers = Arc::new(PeerTable::new());
+        peers.pin(PeerName::new("a").unwrap(), a.fingerprint().clone());
+        let listener = Listener::new(ListenerConfig::new("b", b.clone(), peers)).unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(listener.run(
+            tcp,
+            |mut session: Session| async move {
+                if let Ok(Some(Message::BulkData { .. })) = session.recv().await {
+                    let _ = session
+                        .send(Message::error(
+                            ErrorCode::StorageFull,
+                            "no space left at site b",
+                        ))
+                        .await;
+                }
+                // Kept open, as the replica keeps a full store's session.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            },
+            std::future::pending::<()>(),
+        ));
+        let partner = Partner {
+            name: PeerName::new("b").unwrap(),
+            address: addr.to_string(),
+            fingerprint: b.fingerprint().clone(),
+        };
+        let session = offsite_transport::connect(&partner, &a, "a", &SessionOptions::default())
+            .await
+            .unwrap();
+        let mut channel = Channel::new(session, "b", None);
+        let mut failed = None;
+        // Fewer batches than the window: every one is a send, never a
+        // wait for an acknowledgement.
+        for _ in 0..WINDOW {
+            if let Err(e) = channel.send_bulk(vec![7; 4096]).await {
+                failed = Some(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let e = failed.expect("a send fails once the peer refused");
+        assert!(e.to_string().contains("no space left at site b"), "{e}");
     }
 }
