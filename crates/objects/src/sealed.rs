@@ -688,6 +688,10 @@ pub struct Sealed {
     headers: std::sync::Mutex<std::collections::HashMap<String, Arc<[u8]>>>,
 }
 
+/// An object's raw header, and maybe the sealed chunks of a range
+/// ([`Sealed::header_and_chunks`]).
+type HeaderAndChunks = (Arc<[u8]>, Option<Vec<u8>>);
+
 /// Headers [`Sealed`] remembers at most (about 100 bytes each); past it
 /// the memory is cleared and refilled by the next reads.
 const HEADER_CACHE: usize = 16_384;
@@ -724,13 +728,16 @@ impl Sealed {
     }
 
     /// `len` plaintext bytes at `offset` of `key`, whose stored header is
-    /// `raw_header`.
+    /// `raw_header`. `fetched`: the sealed bytes of the chunks the range
+    /// covers, when they were read already (see [`Sealed::get_range`]);
+    /// used only if they are exactly what this header says the range needs.
     fn read_range(
         &self,
         key: &str,
         raw_header: &[u8],
         offset: u64,
         len: u64,
+        fetched: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, ObjectError> {
         let header = check_header(&self.key, raw_header).map_err(|e| self.refused(key, e))?;
         let size = header.plaintext_len;
@@ -750,10 +757,15 @@ impl Sealed {
         let (first, last) = (offset / cs, (end - 1) / cs);
         let from = header.chunk_offset(first);
         let to = header.chunk_offset(last) + header.chunk_plain_len(last) as u64 + TAG_LEN as u64;
-        let sealed = self
-            .inner
-            .get_range(key, from, to - from)
-            .map_err(|e| self.inner_err(key, e))?;
+        let sealed = match fetched {
+            Some(bytes) if header.chunk_size == CHUNK_SIZE && bytes.len() as u64 == to - from => {
+                bytes
+            }
+            _ => self
+                .inner
+                .get_range(key, from, to - from)
+                .map_err(|e| self.inner_err(key, e))?,
+        };
         let opener = Opener::new(&self.key, key, &header, raw_header);
         let mut plain = Vec::with_capacity(((last - first + 1) * cs) as usize);
         let mut at = 0usize;
@@ -770,6 +782,56 @@ impl Sealed {
         Ok(plain)
     }
 
+    /// The header of `key` and, read at the same time, the sealed chunks
+    /// covering `offset..offset + len` as they are laid out when the
+    /// object has this format's chunk size and the range ends before its
+    /// last chunk (`None` otherwise: [`Sealed::read_range`] then reads
+    /// them once it knows the header). Format 1 places chunk `i` at a
+    /// fixed offset, so neither request waits for the other: a cold read
+    /// of an object costs one round trip to the store, not two.
+    fn header_and_chunks(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<HeaderAndChunks, ObjectError> {
+        let header = || -> Result<Arc<[u8]>, ObjectError> {
+            Ok(self
+                .inner
+                .get_range(key, 0, HEADER_LEN as u64)
+                .map_err(|e| self.inner_err(key, e))?
+                .into())
+        };
+        let cs = u64::from(CHUNK_SIZE);
+        let sealed_chunk = cs + TAG_LEN as u64;
+        let span = offset
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .map(|end| (offset / cs, (end - 1) / cs));
+        let Some((first, last)) = span else {
+            return Ok((header()?, None));
+        };
+        let from = HEADER_LEN as u64 + first * sealed_chunk;
+        let want = (last - first + 1) * sealed_chunk;
+        std::thread::scope(|scope| {
+            // The header on a thread of its own; the chunks, the larger
+            // answer, on this one. A failed spawn reads them in turn.
+            let on_thread = std::thread::Builder::new()
+                .name("sealed-header".into())
+                .spawn_scoped(scope, header);
+            // Any failure here (the range runs past the object's end, the
+            // store is down) is decided by the read that follows with
+            // the header, which reports it with its real bounds.
+            let chunks = self.inner.get_range(key, from, want).ok();
+            let header = match on_thread {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => header(),
+            }?;
+            Ok((header, chunks))
+        })
+    }
     /// The store underneath (raw, sealed bytes).
     pub fn inner(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
@@ -947,7 +1009,7 @@ impl ObjectStore for Sealed {
         crate::check_key(key)?;
         let remembered = self.headers().get(key).cloned();
         if let Some(raw_header) = remembered {
-            match self.read_range(key, &raw_header, offset, len) {
+            match self.read_range(key, &raw_header, offset, len, None) {
                 Ok(plain) => return Ok(plain),
                 Err(
                     ObjectError::Tampered { .. }
@@ -957,12 +1019,8 @@ impl ObjectStore for Sealed {
                 Err(e) => return Err(e),
             }
         }
-        let raw_header: Arc<[u8]> = self
-            .inner
-            .get_range(key, 0, HEADER_LEN as u64)
-            .map_err(|e| self.inner_err(key, e))?
-            .into();
-        let plain = self.read_range(key, &raw_header, offset, len)?;
+        let (raw_header, chunks) = self.header_and_chunks(key, offset, len)?;
+        let plain = self.read_range(key, &raw_header, offset, len, chunks)?;
         let mut headers = self.headers();
         if headers.len() >= HEADER_CACHE {
             headers.clear();

@@ -368,6 +368,24 @@ proptest! {
 struct Counting {
     inner: DirStore,
     ranged: std::sync::atomic::AtomicUsize,
+    /// Ranged reads under way now, and the most seen at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    /// A ranged read waits (at most a second) for a second one to start,
+    /// so that reads issued together are seen together.
+    wait_for_company: std::sync::atomic::AtomicBool,
+}
+
+impl Counting {
+    fn new(inner: DirStore) -> Counting {
+        Counting {
+            inner,
+            ranged: Default::default(),
+            in_flight: Default::default(),
+            most: Default::default(),
+            wait_for_company: Default::default(),
+        }
+    }
 }
 
 impl ObjectStore for Counting {
@@ -389,9 +407,19 @@ impl ObjectStore for Counting {
         self.inner.get(key)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
-        self.ranged
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.get_range(key, offset, len)
+        use std::sync::atomic::Ordering::SeqCst;
+        self.ranged.fetch_add(1, SeqCst);
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        if self.wait_for_company.load(SeqCst) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while self.most.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let got = self.inner.get_range(key, offset, len);
+        self.in_flight.fetch_sub(1, SeqCst);
+        got
     }
     fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
         self.inner.head(key)
@@ -408,17 +436,16 @@ impl ObjectStore for Counting {
 fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let counting = Arc::new(Counting {
-        inner: DirStore::open(dir.path().join("objects")).unwrap(),
-        ranged: Default::default(),
-    });
+    let counting = Arc::new(Counting::new(
+        DirStore::open(dir.path().join("objects")).unwrap(),
+    ));
     let key = golden_key();
     let reader = Sealed::new(counting.clone(), &key);
     let first = pattern(5 * CHUNK_SIZE as usize);
     reader.put("o", &first).unwrap();
 
-    // The first read fetches the header, then the chunks; the next ones
-    // only the chunks.
+    // The first read fetches the header and the chunks (at once); the
+    // next ones only the chunks.
     let n0 = counting.ranged.load(Ordering::SeqCst);
     assert_eq!(reader.get_range("o", 100, 4096).unwrap(), first[100..4196]);
     assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 2);
@@ -454,5 +481,52 @@ fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
     assert!(matches!(
         reader.get_range("o", 0, 100),
         Err(ObjectError::Tampered { .. })
+    ));
+}
+
+/// A cold read asks for an object's header and its chunks at the same
+/// time (one round trip to a distant store, not two), and a range that
+/// runs into a short last chunk, which the guess of the chunks' layout
+/// cannot fetch before the header says where the object ends, still
+/// reads right.
+#[test]
+fn a_cold_read_fetches_the_header_and_the_chunks_together() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(Counting::new(
+        DirStore::open(dir.path().join("objects")).unwrap(),
+    ));
+    let key = golden_key();
+    let writer = Sealed::new(counting.clone(), &key);
+    let data = pattern(3 * CHUNK_SIZE as usize + 1000);
+    writer.put("o", &data).unwrap();
+
+    counting.wait_for_company.store(true, Ordering::SeqCst);
+    let cold = Sealed::new(counting.clone(), &key);
+    let n0 = counting.ranged.load(Ordering::SeqCst);
+    let at = CHUNK_SIZE as usize + 5;
+    assert_eq!(
+        cold.get_range("o", at as u64, 8192).unwrap(),
+        data[at..at + 8192]
+    );
+    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 2);
+    assert_eq!(
+        counting.most.load(Ordering::SeqCst),
+        2,
+        "header and chunks together"
+    );
+    counting.wait_for_company.store(false, Ordering::SeqCst);
+
+    // Into the short last chunk, cold: the guessed range runs past the
+    // end, and the chunks are read again once the header is known.
+    let tail = Sealed::new(counting.clone(), &key);
+    let n1 = counting.ranged.load(Ordering::SeqCst);
+    let at = 3 * CHUNK_SIZE as usize - 100;
+    assert_eq!(tail.get_range("o", at as u64, 1100).unwrap(), data[at..]);
+    assert_eq!(counting.ranged.load(Ordering::SeqCst), n1 + 3);
+    // Past the end: short, as before.
+    assert!(matches!(
+        tail.get_range("o", data.len() as u64 - 10, 11),
+        Err(ObjectError::ShortObject { .. })
     ));
 }
