@@ -4,9 +4,10 @@
 //! ordering) is the same for both; this module holds what differs: the
 //! object keys, a read cache, and base images kept as chunk objects.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use offsite_objects::{ObjectError, ObjectStore};
 
@@ -173,12 +174,22 @@ impl Objects {
 
 /// A bounded cache of object bytes in aligned windows of [`WINDOW`],
 /// least recently used evicted first: the engine's small reads of
-/// segments and base chunks do not each become a request.
+/// segments and base chunks do not each become a request. A window being
+/// fetched is fetched once: a second reader waits for it (read-ahead
+/// threads and the flattener behind them ask for the same windows, and
+/// without this each window of a hydration was fetched twice).
 #[derive(Debug)]
 pub(crate) struct Cache {
     capacity: usize,
     inner: Mutex<CacheInner>,
+    /// Notified whenever a fetch ends (see [`CacheInner::fetching`]).
+    fetched: Condvar,
 }
+
+/// The longest a reader waits for another reader's fetch of a window
+/// before it fetches the window itself (a fetch that hangs is the store's
+/// failure to report, once, by whoever asked first).
+const FETCH_WAIT: Duration = Duration::from_secs(60);
 
 /// A cached window: its bytes and when it was last used.
 type Window = (Arc<[u8]>, u64);
@@ -192,6 +203,27 @@ struct CacheInner {
     /// Bumped by every invalidation: a window fetched before one (maybe
     /// the object's old bytes) is not cached.
     epoch: u64,
+    /// Windows some reader is fetching now.
+    fetching: HashSet<(String, u64)>,
+}
+
+/// Windows a reader is fetching, marked in the cache until dropped (the
+/// fetch ended, in success or failure).
+struct Fetching<'a> {
+    cache: &'a Cache,
+    key: &'a str,
+    windows: std::ops::Range<u64>,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        let mut c = self.cache.lock();
+        for w in self.windows.clone() {
+            c.fetching.remove(&(self.key.to_string(), w));
+        }
+        drop(c);
+        self.cache.fetched.notify_all();
+    }
 }
 
 impl Cache {
@@ -199,6 +231,7 @@ impl Cache {
         Cache {
             capacity,
             inner: Mutex::new(CacheInner::default()),
+            fetched: Condvar::new(),
         }
     }
 
@@ -228,11 +261,6 @@ impl Cache {
         let e = c.map.get_mut(&(key.to_string(), w))?;
         e.1 = tick;
         Some(e.0.clone())
-    }
-
-    /// The invalidation epoch now (see [`Cache::insert`]).
-    fn epoch(&self) -> u64 {
-        self.lock().epoch
     }
 
     /// Caches window `w` of `key`, fetched when the epoch was `epoch`;
@@ -305,13 +333,50 @@ impl Cache {
                 w += 1;
                 continue;
             }
-            let mut m = w + 1;
-            while m < w1 && self.lookup(key, m).is_none() {
-                m += 1;
-            }
+            // Missing: wait while another reader fetches it, else fetch it
+            // and the missing windows after it that no one fetches.
+            let (m, epoch) = {
+                let mut c = self.lock();
+                let id = (key.to_string(), w);
+                if c.fetching.contains(&id) {
+                    let deadline = std::time::Instant::now() + FETCH_WAIT;
+                    while c.fetching.contains(&id) {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        c = self
+                            .fetched
+                            .wait_timeout(c, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    if c.map.contains_key(&id) {
+                        continue; // fetched: copied by the lookup above
+                    }
+                    // The fetch failed, was invalidated, or hangs: this
+                    // reader fetches the window itself.
+                }
+                let mut m = w + 1;
+                while m < w1 {
+                    let next = (key.to_string(), m);
+                    if c.map.contains_key(&next) || c.fetching.contains(&next) {
+                        break;
+                    }
+                    m += 1;
+                }
+                for i in w..m {
+                    c.fetching.insert((key.to_string(), i));
+                }
+                (m, c.epoch)
+            };
+            let _marked = Fetching {
+                cache: self,
+                key,
+                windows: w..m,
+            };
             let from = w * WINDOW;
             let to = (m * WINDOW).min(size);
-            let epoch = self.epoch();
             let bytes = store.get_range(key, from, to - from)?;
             for (i, part) in bytes.chunks(WINDOW as usize).enumerate() {
                 let data: Arc<[u8]> = part.into();
@@ -629,4 +694,87 @@ impl Drop for ChunkBase {
 /// Length of chunk `c` of a volume of `size` bytes.
 pub(crate) fn chunk_len(size: u64, c: u64) -> u64 {
     (size - c * BASE_CHUNK).min(BASE_CHUNK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An object store of one object whose ranged reads are slow and
+    /// counted.
+    #[derive(Debug)]
+    struct Slow {
+        inner: offsite_objects::DirStore,
+        ranged: AtomicUsize,
+    }
+
+    impl ObjectStore for Slow {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
+            self.inner.put(key, data)
+        }
+        fn put_from(
+            &self,
+            key: &str,
+            src: &mut dyn std::io::Read,
+            len: u64,
+        ) -> Result<(), ObjectError> {
+            self.inner.put_from(key, src, len)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
+            self.ranged.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            self.inner.get_range(key, offset, len)
+        }
+        fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<offsite_objects::ObjectInfo>, ObjectError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<(), ObjectError> {
+            self.inner.delete(key)
+        }
+    }
+
+    /// Readers of the same windows at the same time (read-ahead threads
+    /// and the flattener behind them) fetch each window once, and each gets
+    /// the right bytes; a reader of a longer range fetches only the
+    /// windows nobody is fetching.
+    #[test]
+    fn a_window_being_fetched_is_waited_for_not_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Slow {
+            inner: offsite_objects::DirStore::open(dir.path().join("o")).unwrap(),
+            ranged: AtomicUsize::new(0),
+        };
+        let data: Vec<u8> = (0..4 * WINDOW).map(|i| (i % 251) as u8).collect();
+        store.put("k", &data).unwrap();
+        let cache = Cache::new(CACHE_BYTES);
+        let size = data.len() as u64;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; WINDOW as usize];
+                    cache.read(&store, "k", size, 0, &mut buf).unwrap();
+                    assert_eq!(buf, data[..WINDOW as usize]);
+                });
+            }
+            s.spawn(|| {
+                // Started while the first window is being fetched: waits
+                // for it, fetches the other three in one request.
+                std::thread::sleep(Duration::from_millis(100));
+                let mut buf = vec![0u8; 4 * WINDOW as usize];
+                cache.read(&store, "k", size, 0, &mut buf).unwrap();
+                assert_eq!(buf, data);
+            });
+        });
+        assert_eq!(store.ranged.load(Ordering::SeqCst), 2);
+    }
 }
