@@ -104,6 +104,10 @@ pub(crate) fn pit_desc(p: &offsite_replica_store::PitInfo) -> PitDesc {
     }
 }
 
+/// How long `PIT_BEGIN` waits for a store's PIT writer held by someone
+/// else (see [`Replication::answer_pit_begin`]).
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A replica store's failure with `text`: `storage_full` when its file
 /// system is full (the primary keeps the blocks and retries), else a
 /// refusal.
@@ -122,6 +126,8 @@ pub(crate) fn storage_error(text: String, e: &offsite_replica_store::ReplicaErro
     }
     if e.is_storage_full() {
         RemoteError::StorageFull(text)
+    } else if matches!(e, offsite_replica_store::ReplicaError::Busy) {
+        RemoteError::Busy(text)
     } else {
         RemoteError::Refused(text)
     }
@@ -404,15 +410,25 @@ impl Replication {
         req: wire::PitBegin,
         transfer: &mut Transfer,
     ) -> Result<wire::PitBegun, RemoteError> {
-        // A sync group's log left by a stream that could not seal it
-        // holds acknowledged writes: they become a PIT first.
-        self.seal_log(&req.group).await?;
-        let (row, store) = self.store(&req.group).await?;
-        self.check_peer(&row, peer)?;
-        self.check_accepting(&row)?;
-        let writer = store.begin_pit().map_err(|e| {
-            storage_error(format!("starting a PIT of group {}: {e}", req.group), &e)
-        })?;
+        // The store's one PIT writer may still be held by a stream that
+        // just ended on another connection (its log being sealed): the
+        // primary begins its next PIT within milliseconds of ending a
+        // stream, so a busy store is waited for a little, not refused.
+        // (Not when this session holds it: a duplicated begin.)
+        let wait = if matches!(transfer, Transfer::Idle) {
+            BUSY_WAIT
+        } else {
+            std::time::Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let (store, writer) = loop {
+            match self.try_pit_begin(peer, &req).await {
+                Err(RemoteError::Busy(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
         *transfer = Transfer::Pit {
             group: req.group,
             store,
@@ -423,6 +439,25 @@ impl Replication {
         Ok(wire::PitBegun {
             record_batches: true,
         })
+    }
+
+    /// Seals a log left over and opens the group's PIT writer
+    /// ([`RemoteError::Busy`] while another one is open).
+    async fn try_pit_begin(
+        &self,
+        peer: &str,
+        req: &wire::PitBegin,
+    ) -> Result<(Arc<ReplicaStore>, PitWriter), RemoteError> {
+        // A sync group's log left by a stream that could not seal it
+        // holds acknowledged writes: they become a PIT first.
+        self.seal_log(&req.group).await?;
+        let (row, store) = self.store(&req.group).await?;
+        self.check_peer(&row, peer)?;
+        self.check_accepting(&row)?;
+        let writer = store.begin_pit().map_err(|e| {
+            storage_error(format!("starting a PIT of group {}: {e}", req.group), &e)
+        })?;
+        Ok((store, writer))
     }
 
     /// Answers [`wire::kinds::PIT_COMMIT`]: the PIT received is made

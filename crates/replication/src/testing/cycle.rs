@@ -329,6 +329,26 @@ async fn a_duplicated_begin_is_refused_and_the_next_cycle_commits() {
     assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
 }
 
+/// The store's PIT writer held for a moment elsewhere (a stream that just
+/// ended, sealing its log on its own connection) delays the next cycle's
+/// begin; it does not refuse it.
+#[tokio::test]
+async fn a_begin_waits_for_a_writer_held_for_a_moment() {
+    let p = Pair::new();
+    let v = p.volume("v", 16);
+    p.replicating("g", &["v"], 10).await;
+    write(&v, 3, 3);
+    let (_, store) = p.b.store("g").await.expect("the replica store");
+    let held = store.begin_pit().expect("the store's writer");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        held.abort();
+    });
+    let pit = p.cycle("g").await.expect("the cycle waits for the writer");
+    release.join().unwrap();
+    assert_eq!(p.replica_image("g", pit).await, p.primary_image("g"));
+}
+
 #[tokio::test]
 async fn a_slow_partner_only_delays_the_commit() {
     let p = Pair::new();
