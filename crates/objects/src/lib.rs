@@ -28,11 +28,13 @@ use std::fmt;
 use std::io::{self, Read};
 
 mod dir;
+mod intercept;
 mod quick_ack;
 mod s3;
 pub mod sealed;
 
 pub use crate::dir::DirStore;
+pub use crate::intercept::{Intercepted, RangedReadHook};
 pub use crate::s3::{
     DEFAULT_PART_SIZE, DEFAULT_RETRY_FOR, S3Config, S3ConfigError, S3Settings, S3Store, S3UrlStyle,
 };

@@ -9,12 +9,16 @@
 //! a fixture. `OFFSITE_BLESS=1` writes missing fixtures.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use offsite_objects::sealed::{
     self, CHUNK_SIZE, FormatError, HEADER_LEN, Header, OpenError, TAG_LEN, plaintext_len,
     sealed_len,
 };
-use offsite_objects::{DirStore, GroupKey, GroupKeyError, ObjectError, ObjectStore, Sealed};
+use offsite_objects::{
+    DirStore, GroupKey, GroupKeyError, Intercepted, ObjectError, ObjectStore, Sealed,
+};
 use proptest::prelude::*;
 
 fn fixture_path(name: &str) -> std::path::PathBuf {
@@ -365,95 +369,62 @@ proptest! {
 
 /// A store that counts the ranged reads reaching it.
 #[derive(Debug)]
+/// Counts of a store's ranged reads (see [`counting`]).
+#[derive(Default)]
 struct Counting {
-    inner: DirStore,
-    ranged: std::sync::atomic::AtomicUsize,
+    ranged: AtomicUsize,
     /// Ranged reads under way now, and the most seen at once.
-    in_flight: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
     /// A ranged read waits (at most a second) for a second one to start,
     /// so that reads issued together are seen together.
-    wait_for_company: std::sync::atomic::AtomicBool,
+    wait_for_company: AtomicBool,
 }
 
-impl Counting {
-    fn new(inner: DirStore) -> Counting {
-        Counting {
-            inner,
-            ranged: Default::default(),
-            in_flight: Default::default(),
-            most: Default::default(),
-            wait_for_company: Default::default(),
-        }
-    }
-}
-
-impl ObjectStore for Counting {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
-        self.inner.put(key, data)
-    }
-    fn put_from(
-        &self,
-        key: &str,
-        src: &mut dyn std::io::Read,
-        len: u64,
-    ) -> Result<(), ObjectError> {
-        self.inner.put_from(key, src, len)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.ranged.fetch_add(1, SeqCst);
-        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
-        self.most.fetch_max(now, SeqCst);
-        if self.wait_for_company.load(SeqCst) {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-            while self.most.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(1));
+/// A directory store whose ranged reads are counted in the [`Counting`].
+fn counting(dir: &std::path::Path) -> (Arc<Counting>, Arc<Intercepted<DirStore>>) {
+    let counts = Arc::new(Counting::default());
+    let c = counts.clone();
+    let store = Intercepted::new(
+        DirStore::open(dir.join("objects")).unwrap(),
+        Box::new(move |_, _, _, read| {
+            c.ranged.fetch_add(1, SeqCst);
+            let now = c.in_flight.fetch_add(1, SeqCst) + 1;
+            c.most.fetch_max(now, SeqCst);
+            if c.wait_for_company.load(SeqCst) {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while c.most.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
-        }
-        let got = self.inner.get_range(key, offset, len);
-        self.in_flight.fetch_sub(1, SeqCst);
-        got
-    }
-    fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
-        self.inner.head(key)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<offsite_objects::ObjectInfo>, ObjectError> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.inner.delete(key)
-    }
+            let got = read();
+            c.in_flight.fetch_sub(1, SeqCst);
+            got
+        }),
+    );
+    (counts, Arc::new(store))
 }
 
 #[test]
 fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let counting = Arc::new(Counting::new(
-        DirStore::open(dir.path().join("objects")).unwrap(),
-    ));
+    let (counts, store) = counting(dir.path());
     let key = golden_key();
-    let reader = Sealed::new(counting.clone(), &key);
+    let reader = Sealed::new(store.clone(), &key);
     let first = pattern(5 * CHUNK_SIZE as usize);
     reader.put("o", &first).unwrap();
 
     // The first read fetches the header and the chunks (at once); the
     // next ones only the chunks.
-    let n0 = counting.ranged.load(Ordering::SeqCst);
+    let n0 = counts.ranged.load(Ordering::SeqCst);
     assert_eq!(reader.get_range("o", 100, 4096).unwrap(), first[100..4196]);
-    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 2);
+    assert_eq!(counts.ranged.load(Ordering::SeqCst), n0 + 2);
     assert_eq!(
         reader.get_range("o", 3 * CHUNK_SIZE as u64, 10).unwrap(),
         first[3 * CHUNK_SIZE as usize..3 * CHUNK_SIZE as usize + 10]
     );
-    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 3);
+    assert_eq!(counts.ranged.load(Ordering::SeqCst), n0 + 3);
 
     // Rewritten by another writer (a new nonce, another size): the stale
     // header fails to open the chunks, and the read is redone with the new
@@ -462,9 +433,7 @@ fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
         .iter()
         .map(|b| b ^ 0x5a)
         .collect();
-    Sealed::new(counting.clone(), &key)
-        .put("o", &second)
-        .unwrap();
+    Sealed::new(store.clone(), &key).put("o", &second).unwrap();
     assert_eq!(reader.get_range("o", 100, 4096).unwrap(), second[100..4196]);
     // A range only the old object had: the new header says it is short.
     assert!(matches!(
@@ -493,37 +462,35 @@ fn a_ranged_read_of_a_known_object_is_one_request_and_a_stale_header_heals() {
 fn a_cold_read_fetches_the_header_and_the_chunks_together() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
-    let counting = Arc::new(Counting::new(
-        DirStore::open(dir.path().join("objects")).unwrap(),
-    ));
+    let (counts, store) = counting(dir.path());
     let key = golden_key();
-    let writer = Sealed::new(counting.clone(), &key);
+    let writer = Sealed::new(store.clone(), &key);
     let data = pattern(3 * CHUNK_SIZE as usize + 1000);
     writer.put("o", &data).unwrap();
 
-    counting.wait_for_company.store(true, Ordering::SeqCst);
-    let cold = Sealed::new(counting.clone(), &key);
-    let n0 = counting.ranged.load(Ordering::SeqCst);
+    counts.wait_for_company.store(true, Ordering::SeqCst);
+    let cold = Sealed::new(store.clone(), &key);
+    let n0 = counts.ranged.load(Ordering::SeqCst);
     let at = CHUNK_SIZE as usize + 5;
     assert_eq!(
         cold.get_range("o", at as u64, 8192).unwrap(),
         data[at..at + 8192]
     );
-    assert_eq!(counting.ranged.load(Ordering::SeqCst), n0 + 2);
+    assert_eq!(counts.ranged.load(Ordering::SeqCst), n0 + 2);
     assert_eq!(
-        counting.most.load(Ordering::SeqCst),
+        counts.most.load(Ordering::SeqCst),
         2,
         "header and chunks together"
     );
-    counting.wait_for_company.store(false, Ordering::SeqCst);
+    counts.wait_for_company.store(false, Ordering::SeqCst);
 
     // Into the short last chunk, cold: the guessed range runs past the
     // end, and the chunks are read again once the header is known.
-    let tail = Sealed::new(counting.clone(), &key);
-    let n1 = counting.ranged.load(Ordering::SeqCst);
+    let tail = Sealed::new(store.clone(), &key);
+    let n1 = counts.ranged.load(Ordering::SeqCst);
     let at = 3 * CHUNK_SIZE as usize - 100;
     assert_eq!(tail.get_range("o", at as u64, 1100).unwrap(), data[at..]);
-    assert_eq!(counting.ranged.load(Ordering::SeqCst), n1 + 3);
+    assert_eq!(counts.ranged.load(Ordering::SeqCst), n1 + 3);
     // Past the end: short, as before.
     assert!(matches!(
         tail.get_range("o", data.len() as u64 - 10, 11),

@@ -701,48 +701,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// An object store of one object whose ranged reads are slow and
-    /// counted.
-    #[derive(Debug)]
-    struct Slow {
-        inner: offsite_objects::DirStore,
-        ranged: AtomicUsize,
-    }
-
-    impl ObjectStore for Slow {
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        fn put(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
-            self.inner.put(key, data)
-        }
-        fn put_from(
-            &self,
-            key: &str,
-            src: &mut dyn std::io::Read,
-            len: u64,
-        ) -> Result<(), ObjectError> {
-            self.inner.put_from(key, src, len)
-        }
-        fn get(&self, key: &str) -> Result<Vec<u8>, ObjectError> {
-            self.inner.get(key)
-        }
-        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, ObjectError> {
-            self.ranged.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(300));
-            self.inner.get_range(key, offset, len)
-        }
-        fn head(&self, key: &str) -> Result<Option<u64>, ObjectError> {
-            self.inner.head(key)
-        }
-        fn list(&self, prefix: &str) -> Result<Vec<offsite_objects::ObjectInfo>, ObjectError> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, key: &str) -> Result<(), ObjectError> {
-            self.inner.delete(key)
-        }
-    }
-
     /// Readers of the same windows at the same time (read-ahead threads
     /// and the flattener behind them) fetch each window once, and each gets
     /// the right bytes; a reader of a longer range fetches only the
@@ -750,10 +708,17 @@ mod tests {
     #[test]
     fn a_window_being_fetched_is_waited_for_not_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Slow {
-            inner: offsite_objects::DirStore::open(dir.path().join("o")).unwrap(),
-            ranged: AtomicUsize::new(0),
-        };
+        // Slow ranged reads, counted.
+        let ranged = Arc::new(AtomicUsize::new(0));
+        let counted = ranged.clone();
+        let store = offsite_objects::Intercepted::new(
+            offsite_objects::DirStore::open(dir.path().join("o")).unwrap(),
+            Box::new(move |_, _, _, read| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                read()
+            }),
+        );
         let data: Vec<u8> = (0..4 * WINDOW).map(|i| (i % 251) as u8).collect();
         store.put("k", &data).unwrap();
         let cache = Cache::new(CACHE_BYTES);
@@ -775,6 +740,6 @@ mod tests {
                 assert_eq!(buf, data);
             });
         });
-        assert_eq!(store.ranged.load(Ordering::SeqCst), 2);
+        assert_eq!(ranged.load(Ordering::SeqCst), 2);
     }
 }
