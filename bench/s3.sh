@@ -41,6 +41,12 @@
 #   SMALL_SIZE=10G
 #   ENCRYPT=1  BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
 #   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
+#   QUICKACK_ROUTE=1: for the run, the loopback route acknowledges at once
+#     (`ip route change ... quickack 1`, root; restored on exit): what an
+#     operator does on Garage hosts (docs/operations.md) to take the
+#     delayed-ACK stalls out of Garage's own node-to-node RPC
+#   PERF=1: `perf record -g` of site-b during the cold reads and during
+#     hydration ($OUT/cold.perf, $OUT/hydration.perf, with a report of each)
 # Disk: about 4 × SIZE free (3 × SIZE in Garage, SIZE at site-a, SIZE
 # hydrated at site-b, not all at once).
 
@@ -57,11 +63,39 @@ ENCRYPT=${ENCRYPT:-1}
 KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 
+QUICKACK_ROUTE=${QUICKACK_ROUTE:-0}
+PERF=${PERF:-0}
+
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PATH=$PATH:$HOME/.cargo/bin
 need garage rclone python3 -- "garage: cargo install --locked garage --version 2.5.0; rclone: apt-get install rclone"
 bench_init offsite-s3
 bench_binary
+LO_ROUTE=$(ip route show table local 127.0.0.0/8 | head -n 1)
+if [[ $QUICKACK_ROUTE == 1 ]]; then
+    [[ -n $LO_ROUTE ]] || die "no local route for 127.0.0.0/8 to change"
+    # Back as it was when the run ends, however it ends.
+    restore_route() { ip route replace $LO_ROUTE table local; }
+    trap 'restore_route; bench_cleanup' EXIT
+    ip route change $LO_ROUTE table local quickack 1
+    log "loopback route: $(ip route show table local 127.0.0.0/8 | head -n 1)"
+fi
+# perf_start NAME: records site-b until perf_stop; PERF_PID.
+perf_start() {
+    [[ $PERF == 1 ]] || return 0
+    perf record -g -p "$PID_B" -o "$OUT/$1.perf" 2>"$OUT/$1.perf.log" &
+    PERF_PID=$!
+    PERF_NAME=$1
+    sleep 0.5
+}
+perf_stop() {
+    [[ $PERF == 1 ]] || return 0
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    perf report -i "$OUT/$PERF_NAME.perf" --no-children --sort sym --stdio 2>/dev/null |
+        grep -v '^#' | grep -E '^ +[0-9]' | head -40 >"$OUT/$PERF_NAME.report" || true
+    log "perf of site-b ($PERF_NAME): $OUT/$PERF_NAME.report"
+}
 log "offsite $(offsite_version); $(machine_info | tr '\n' ' ')"
 
 # A cluster, kept running while its stdin stays open.
@@ -165,6 +199,7 @@ t0=$(now)
 "$OFFSITE" failover run g --test --dir "$B" --json >"$OUT/test-failover.json"
 t1=$(now)
 FO_S=$(elapsed "$t0" "$t1")
+perf_start cold
 /usr/bin/python3 - "$OUT/test-failover.json" "$SHARE" "$READS" >"$OUT/reads.json" <<'PY'
 import json, random, sys, time
 import nbd
@@ -185,6 +220,7 @@ for _ in range(n):
 lat.sort()
 print(json.dumps({"reads": n, "p50_ms": round(lat[n // 2], 2), "p99_ms": round(lat[min(n - 1, n * 99 // 100)], 2), "max_ms": round(lat[-1], 2)}))
 PY
+perf_stop
 log "test failover from the bucket: ${FO_S}s (target < 5 s); cold 4 KiB reads $(cat "$OUT/reads.json") (target p99 <= 50 ms)"
 "$OFFSITE" failover stop-test g --dir "$B" --json >/dev/null
 
@@ -196,6 +232,7 @@ t0=$(now)
 t1=$(now)
 FAILOVER_S=$(elapsed "$t0" "$t1")
 log "failover run (site-a down): ${FAILOVER_S}s (target < 5 s); hydrating"
+perf_start hydration
 while :; do
     left=0
     for i in $(seq 1 "$VOLUMES"); do
@@ -208,6 +245,7 @@ while :; do
     sleep 0.5
 done
 t2=$(now)
+perf_stop
 HYD_S=$(elapsed "$t1" "$t2")
 HYD_RATIO=$(python3 -c "print(round(($BYTES/$HYD_S) / ($BYTES/$DOWN_S), 2))")
 log "hydration of $BYTES bytes of data in ${VOLUMES} x $VOL_SIZE: ${HYD_S}s, $(mbps "$BYTES" "$HYD_S") MB/s, ratio to rclone's download $HYD_RATIO (target >= 0.5)"
@@ -252,7 +290,7 @@ delta_cycle big "$BIG_SIZE"
     echo "# bench/s3.sh $(date -u +%FT%TZ)"
     echo
     machine_info
-    echo "offsite $(offsite_version); SIZE=$SIZE VOLUMES=$VOLUMES VOL_SIZE=$VOL_SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA; load $(load_avg)"
+    echo "offsite $(offsite_version); SIZE=$SIZE VOLUMES=$VOLUMES VOL_SIZE=$VOL_SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA QUICKACK_ROUTE=$QUICKACK_ROUTE PERF=$PERF; load $(load_avg)"
     echo
     echo "| measure | value | target |"
     echo "| --- | ---: | --- |"
