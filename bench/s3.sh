@@ -12,7 +12,10 @@
 #      `garage-cluster`, crates/testkit/src/bin/garage-cluster.rs, on
 #      loopback): `rclone copyto` of SIZE random bytes into the bucket (S3
 #      provider Other, path style, rclone's default multipart concurrency),
-#      timed, then `rclone cat` of them to /dev/null, timed; the cluster is
+#      timed, then `rclone cat` of them to /dev/null, timed, then READS
+#      ranged GETs of 4 KiB and 256 KiB as offsite's S3 client makes them
+#      (crates/objects/examples/get-latency.rs: the latency floor under a
+#      cold read, with no daemon running); the cluster is
 #      then stopped and its directory deleted (Garage frees deleted blocks
 #      only after 10 minutes, and one disk holds every byte three times);
 #   2. offsite, on a fresh cluster: site-a and site-b on loopback, site-b's
@@ -92,15 +95,16 @@ perf_stop() {
     [[ $PERF == 1 ]] || return 0
     kill -INT "$PERF_PID" 2>/dev/null || true
     wait "$PERF_PID" 2>/dev/null || true
-    perf report -i "$OUT/$PERF_NAME.perf" --no-children --sort sym --stdio 2>/dev/null |
-        grep -v '^#' | grep -E '^ +[0-9]' | head -40 >"$OUT/$PERF_NAME.report" || true
+    perf report -i "$OUT/$PERF_NAME.perf" --no-children --sort sym --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | head -40 >"$OUT/$PERF_NAME.report" || true
     log "perf of site-b ($PERF_NAME): $OUT/$PERF_NAME.report"
 }
 log "offsite $(offsite_version); $(machine_info | tr '\n' ' ')"
 
 # A cluster, kept running while its stdin stays open.
-(cd "$BENCH_REPO" && cargo build -q -p offsite-testkit --bin garage-cluster) 2>"$OUT/garage-build.log" ||
-    die "building garage-cluster failed: see $OUT/garage-build.log"
+(cd "$BENCH_REPO" && cargo build -q -p offsite-testkit --bin garage-cluster &&
+    cargo build -q --release -p offsite-objects --example get-latency) 2>"$OUT/garage-build.log" ||
+    die "building garage-cluster or the get-latency probe failed: see $OUT/garage-build.log"
 start_cluster() {  # start_cluster NAME -> CLUSTER ENDPOINTS BUCKET KEY_ID SECRET REGION
     coproc GARAGE { "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage-$1.log"; }
     track "$GARAGE_PID"
@@ -147,6 +151,15 @@ rclone cat "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log" >/dev/null
 t1=$(now)
 DOWN_S=$(elapsed "$t0" "$t1")
 log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download $(mbps "$BYTES" "$DOWN_S") MB/s"
+# The floor under a cold read: ranged GETs of this cluster as offsite's
+# client makes them (crates/objects/examples/get-latency.rs), no daemon
+# running.
+env -u AWS_CA_BUNDLE -u AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL="${ENDPOINTS[0]}" AWS_REGION="$REGION" \
+    AWS_ACCESS_KEY_ID="$KEY_ID" AWS_SECRET_ACCESS_KEY="$SECRET" \
+    PROBE_ALTERNATES="${ENDPOINTS[*]:1}" \
+    "$BENCH_REPO/target/release/examples/get-latency" "$BUCKET" "$READS" >"$OUT/get-latency.jsonl" 2>>"$OUT/rclone.log" ||
+    die "the get-latency probe failed: see $OUT/rclone.log"
+while read -r line; do log "GET latency: $line"; done <"$OUT/get-latency.jsonl"
 stop_cluster
 
 # 2. offsite: site-b keeps the replica in the bucket of a fresh cluster.
@@ -233,6 +246,9 @@ t1=$(now)
 FAILOVER_S=$(elapsed "$t0" "$t1")
 log "failover run (site-a down): ${FAILOVER_S}s (target < 5 s); hydrating"
 perf_start hydration
+# Which of site-b's threads are busy while it hydrates (the flattener, the
+# read-ahead threads, the S3 client's), sampled once a few seconds in.
+( sleep 3; top -H -b -n 2 -d 2 -p "$PID_B" | awk '/^top -/{n++} n==2' >"$OUT/hydration-threads.txt" ) &
 while :; do
     left=0
     for i in $(seq 1 "$VOLUMES"); do
@@ -298,6 +314,7 @@ delta_cycle big "$BIG_SIZE"
     echo "| offsite initial replication MB/s | $(mbps "$BYTES" "$INIT_S") | ratio $RATIO (≥ 0.5) |"
     echo "| test failover from the bucket | ${FO_S} s | < 5 s |"
     echo "| cold 4 KiB reads | $(cat "$OUT/reads.json") | p99 ≤ 50 ms |"
+    while read -r line; do echo "| GET latency, no daemon running | $line | |"; done <"$OUT/get-latency.jsonl"
     echo "| failover run, site-a down ($VOLUMES × $VOL_SIZE) | ${FAILOVER_S} s | < 5 s |"
     echo "| hydration MB/s of data | $(mbps "$BYTES" "$HYD_S") (${HYD_S} s) | ratio $HYD_RATIO to rclone's download (≥ 0.5) |"
     echo "| delta cycle ($DELTA on $BIG_SIZE) | ${DELTA_S} s, CPU ms a/b $DELTA_CPU | < 2 s |"
