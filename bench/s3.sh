@@ -48,7 +48,7 @@
 #     (`ip route change ... quickack 1`, root; restored on exit): what an
 #     operator does on Garage hosts (docs/operations.md) to take the
 #     delayed-ACK stalls out of Garage's own node-to-node RPC
-#   PERF=1: `perf record -g` of site-b during the cold reads and during
+#   PERF=1: `perf record --call-graph dwarf` of site-b during the cold reads and during
 #     hydration ($OUT/cold.perf, $OUT/hydration.perf, with a report of each)
 # Disk: about 4 × SIZE free (3 × SIZE in Garage, SIZE at site-a, SIZE
 # hydrated at site-b, not all at once).
@@ -86,7 +86,7 @@ fi
 # perf_start NAME: records site-b until perf_stop; PERF_PID.
 perf_start() {
     [[ $PERF == 1 ]] || return 0
-    perf record -g -p "$PID_B" -o "$OUT/$1.perf" 2>"$OUT/$1.perf.log" &
+    perf record -F 499 --call-graph dwarf,16384 -p "$PID_B" -o "$OUT/$1.perf" 2>"$OUT/$1.perf.log" &
     PERF_PID=$!
     PERF_NAME=$1
     sleep 0.5

@@ -938,17 +938,32 @@ fn content_md5(data: &[u8]) -> String {
 
 /// Reads one HTTP exchange's reply whole; an error (no connection, a
 /// connection broken mid-body) in words, worth another try.
+/// The largest body buffer sized ahead from a `Content-Length` (a larger
+/// body grows as it arrives): a bound on what a wrong header can make us
+/// allocate.
+const MAX_PRESIZE: usize = 64 << 20;
+
 fn read_reply(
     request: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<Reply, String> {
     let mut response = request.map_err(|e| describe_ureq_error(&e))?;
     let status = response.status().as_u16();
-    let body = response
+    // Sized once from the length the service announces: grown by doubling,
+    // a 1 MiB body was copied about as many times again as it is long.
+    let announced = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = Vec::with_capacity(announced.min(MAX_PRESIZE));
+    response
         .body_mut()
         .with_config()
         .limit(u64::MAX)
-        .read_to_vec()
-        .map_err(|e| describe_ureq_error(&e))?;
+        .reader()
+        .read_to_end(&mut body)
+        .map_err(|e| format!("{e} ({:?})", e.kind()))?;
     Ok(Reply {
         status,
         headers: response.headers().clone(),

@@ -191,8 +191,12 @@ pub(crate) struct Cache {
 /// failure to report, once, by whoever asked first).
 const FETCH_WAIT: Duration = Duration::from_secs(60);
 
-/// A cached window: its bytes and when it was last used.
-type Window = (Arc<[u8]>, u64);
+/// A cached window: its bytes and when it was last used. The windows of
+/// one fetch share its buffer (slices of it, not copies: hydration copied
+/// every byte once more here). A fetch's buffer lives until its last
+/// window is evicted; they are fetched, used and so evicted together, and
+/// a fetch is at most one read's span (the flattener's 1 MiB).
+type Window = (bytes::Bytes, u64);
 
 #[derive(Debug, Default)]
 struct CacheInner {
@@ -254,7 +258,7 @@ impl Cache {
         c.bytes -= freed;
     }
 
-    fn lookup(&self, key: &str, w: u64) -> Option<Arc<[u8]>> {
+    fn lookup(&self, key: &str, w: u64) -> Option<bytes::Bytes> {
         let mut c = self.lock();
         c.tick += 1;
         let tick = c.tick;
@@ -266,7 +270,7 @@ impl Cache {
     /// Caches window `w` of `key`, fetched when the epoch was `epoch`;
     /// dropped if an invalidation came since (the fetch may have raced
     /// with a rewrite of the object).
-    fn insert(&self, key: &str, w: u64, data: Arc<[u8]>, epoch: u64) {
+    fn insert(&self, key: &str, w: u64, data: bytes::Bytes, epoch: u64) {
         let mut c = self.lock();
         if c.epoch != epoch {
             return;
@@ -377,9 +381,9 @@ impl Cache {
             };
             let from = w * WINDOW;
             let to = (m * WINDOW).min(size);
-            let bytes = store.get_range(key, from, to - from)?;
-            for (i, part) in bytes.chunks(WINDOW as usize).enumerate() {
-                let data: Arc<[u8]> = part.into();
+            let fetched = bytes::Bytes::from(store.get_range(key, from, to - from)?);
+            for (i, at) in (0..fetched.len()).step_by(WINDOW as usize).enumerate() {
+                let data = fetched.slice(at..(at + WINDOW as usize).min(fetched.len()));
                 copy(buf, w + i as u64, &data);
                 self.insert(key, w + i as u64, data, epoch);
             }
