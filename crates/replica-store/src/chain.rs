@@ -934,12 +934,24 @@ pub(crate) fn read_view(
     let (b0, b1) = (offset / bs, (offset + len).div_ceil(bs));
     let src = resolve(view, v, b0, b1);
     let chunk = (CHUNK_BYTES / vol.bs()).max(1);
-    let mut scratch = vec![0u8; src.len().min(chunk) * vol.bs()];
+    // Whole blocks are read straight into `buf`; a partial block at
+    // either end goes through a scratch buffer (flattening, read-ahead and
+    // NBD reads of whole blocks copy nothing more than the read itself).
+    let aligned = offset.is_multiple_of(bs) && len.is_multiple_of(bs);
+    let mut scratch = if aligned {
+        Vec::new()
+    } else {
+        vec![0u8; src.len().min(chunk) * vol.bs()]
+    };
     let mut i = 0;
     while i < src.len() {
         let j = group_end(&src, i, chunk);
         let n = j - i;
-        let out = &mut scratch[..n * vol.bs()];
+        let out = if aligned {
+            &mut buf[i * vol.bs()..j * vol.bs()]
+        } else {
+            &mut scratch[..n * vol.bs()]
+        };
         match src[i] {
             Src::Base => vol.read_base(out, (b0 + i as u64) * bs)?,
             Src::Seg(p, pos) => {
@@ -955,12 +967,14 @@ pub(crate) fn read_view(
                 }
             }
         }
-        // Copy the overlap of blocks b0+i..b0+j with the request.
-        let start = (b0 + i as u64) * bs;
-        let lo = start.max(offset);
-        let hi = (start + n as u64 * bs).min(offset + len);
-        buf[(lo - offset) as usize..(hi - offset) as usize]
-            .copy_from_slice(&out[(lo - start) as usize..(hi - start) as usize]);
+        if !aligned {
+            // Copy the overlap of blocks b0+i..b0+j with the request.
+            let start = (b0 + i as u64) * bs;
+            let lo = start.max(offset);
+            let hi = (start + n as u64 * bs).min(offset + len);
+            buf[(lo - offset) as usize..(hi - offset) as usize]
+                .copy_from_slice(&scratch[(lo - start) as usize..(hi - start) as usize]);
+        }
         i = j;
     }
     Ok(())
