@@ -580,6 +580,15 @@ impl S3Store {
         if status >= 500 || status == 429 || status == 408 || code == "SlowDown" {
             return Err(Attempt::Transient(text));
         }
+        if status == 400 && body.is_empty() {
+            // Not the service's refusal (S3 explains a 400 in an XML body)
+            // but its HTTP layer's: the request arrived garbled (seen once
+            // from Garage under load, right after a hedged read); the
+            // server closes that connection, and the request is sent again.
+            return Err(Attempt::Transient(format!(
+                "HTTP {status} without a body (a garbled request)"
+            )));
+        }
         if status == 404 && code != "NoSuchBucket" && code != "NoSuchUpload" {
             return Err(Attempt::Failed(ObjectError::NotFound {
                 store: self.describe(),
@@ -1287,6 +1296,57 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers each connection's first request with the next
+    /// of `replies` (raw HTTP), then closes it.
+    fn scripted_server(replies: Vec<&'static str>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (reply, conn) in replies.into_iter().zip(listener.incoming()) {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                conn.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        at
+    }
+
+    /// A 400 with no body is the server's HTTP layer failing to parse the
+    /// request, not S3 refusing it (S3 explains a 400 in XML): the read is
+    /// sent again and succeeds. A 400 with an S3 error is final.
+    #[test]
+    fn a_garbled_request_is_sent_again_and_an_s3_refusal_is_not() {
+        let at = scripted_server(vec![
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 206 Partial Content\r\ncontent-length: 4\r\ncontent-range: bytes 0-3/10\r\nconnection: close\r\n\r\nabcd",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 86\r\nconnection: close\r\n\r\n<Error><Code>InvalidRequest</Code><Message>a refusal with its reason</Message></Error>",
+        ]);
+        let mut config = S3Config::new(at, "garage", "b", "p", "AKID", "secret");
+        config.retry_for = Duration::from_secs(20);
+        let s = S3Store::new(config).unwrap();
+        assert_eq!(s.get_range("k", 0, 4).unwrap(), b"abcd");
+        match s.get_range("k", 0, 4) {
+            Err(ObjectError::Refused {
+                status: 400,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("a refusal with its reason"), "{message}")
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars
