@@ -12,7 +12,9 @@
 #      `garage-cluster`, crates/testkit/src/bin/garage-cluster.rs, on
 #      loopback): `rclone copyto` of SIZE random bytes into the bucket (S3
 #      provider Other, path style, rclone's default multipart concurrency),
-#      timed, then `rclone cat` of them to /dev/null, timed, then READS
+#      timed, then `rclone cat` of them to /dev/null and `rclone copyto`
+#      into a local file (fsynced; the download hydration is held
+#      against: both end with the bytes in local files), timed, then READS
 #      ranged GETs of 4 KiB and 256 KiB as offsite's S3 client makes them
 #      (crates/objects/examples/get-latency.rs: the latency floor under a
 #      cold read, with no daemon running); the cluster is
@@ -149,8 +151,18 @@ UP_S=$(elapsed "$t0" "$t1")
 t0=$(now)
 rclone cat "g:$BUCKET/peer/image.raw" 2>>"$OUT/rclone.log" >/dev/null
 t1=$(now)
+CAT_S=$(elapsed "$t0" "$t1")
+# The download hydration is held against: the same bytes into a local
+# file on the volumes' file system, made durable (what hydration does:
+# the data ends in the volume files, fsynced). `rclone cat` to /dev/null
+# above is the network alone.
+t0=$(now)
+rclone copyto "g:$BUCKET/peer/image.raw" "$WORK/download.raw" 2>>"$OUT/rclone.log"
+sync "$WORK/download.raw"
+t1=$(now)
 DOWN_S=$(elapsed "$t0" "$t1")
-log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download $(mbps "$BYTES" "$DOWN_S") MB/s"
+rm -f "$WORK/download.raw"
+log "rclone: upload $(mbps "$BYTES" "$UP_S") MB/s, download into a file $(mbps "$BYTES" "$DOWN_S") MB/s (to /dev/null $(mbps "$BYTES" "$CAT_S") MB/s)"
 # The floor under a cold read: ranged GETs of this cluster as offsite's
 # client makes them (crates/objects/examples/get-latency.rs), no daemon
 # running.
@@ -310,7 +322,7 @@ delta_cycle big "$BIG_SIZE"
     echo
     echo "| measure | value | target |"
     echo "| --- | ---: | --- |"
-    echo "| rclone upload / download MB/s | $(mbps "$BYTES" "$UP_S") / $(mbps "$BYTES" "$DOWN_S") | |"
+    echo "| rclone upload / download into a file / download to /dev/null MB/s | $(mbps "$BYTES" "$UP_S") / $(mbps "$BYTES" "$DOWN_S") / $(mbps "$BYTES" "$CAT_S") | |"
     echo "| offsite initial replication MB/s | $(mbps "$BYTES" "$INIT_S") | ratio $RATIO (≥ 0.5) |"
     echo "| test failover from the bucket | ${FO_S} s | < 5 s |"
     echo "| cold 4 KiB reads | $(cat "$OUT/reads.json") | p99 ≤ 50 ms |"
