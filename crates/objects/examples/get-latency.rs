@@ -7,8 +7,12 @@
 //!     PROBE_ALTERNATES="http://127.0.0.1:3910 http://127.0.0.1:3920" \
 //!     cargo run --release -p offsite-objects --example get-latency -- BUCKET [READS]
 //!
-//! Writes one 64 MiB object of random bytes (raw) and one sealed, then
-//! times READS ranged reads at random offsets of each kind: 4 KiB and
+//! Writes OBJECTS objects of 4 MiB of random bytes, raw and sealed (the
+//! size of a replica's base chunks: one `PUT` each, as a multipart object
+//! reads slower from Garage), waits
+//! PROBE_SETTLE seconds (default 20: the service finishes its own work on
+//! the new objects, such as their third copy), then times READS ranged
+//! reads at random offsets of each kind: 4 KiB and
 //! 256 KiB of the raw object (one GET each, hedged as the store hedges),
 //! and 256 KiB of the sealed object through a fresh [`Sealed`] each time
 //! (a cold read: the header and the chunks, asked for at once). Prints one
@@ -21,7 +25,11 @@ use std::time::Instant;
 use offsite_objects::{GroupKey, ObjectStore, S3Config, S3Store, Sealed};
 use rand::{Rng, RngCore};
 
-const OBJECT: u64 = 64 << 20;
+/// One object's size: a base chunk's (`offsite_replica_store`'s
+/// `BASE_CHUNK`).
+const OBJECT: u64 = 4 << 20;
+/// Objects of each kind; each read picks one at random.
+const OBJECTS: usize = 16;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -33,21 +41,27 @@ fn main() {
         config.alternate_endpoints = alternates.split_whitespace().map(str::to_string).collect();
     }
     let raw: Arc<dyn ObjectStore> = Arc::new(S3Store::new(config).expect("an S3 store"));
-    let mut data = vec![0u8; OBJECT as usize];
-    rand::rng().fill_bytes(&mut data);
-    raw.put("raw", &data).expect("put raw");
     let key = GroupKey::generate();
-    Sealed::new(raw.clone(), &key)
-        .put("sealed", &data)
-        .expect("put sealed");
+    let mut data = vec![0u8; OBJECT as usize];
+    for i in 0..OBJECTS {
+        rand::rng().fill_bytes(&mut data);
+        raw.put(&format!("raw/{i}"), &data).expect("put raw");
+        Sealed::new(raw.clone(), &key)
+            .put(&format!("sealed/{i}"), &data)
+            .expect("put sealed");
+    }
+    let settle: u64 =
+        std::env::var("PROBE_SETTLE").map_or(20, |s| s.parse().expect("PROBE_SETTLE"));
+    std::thread::sleep(std::time::Duration::from_secs(settle));
 
     let mut rng = rand::rng();
-    let mut probe = |name: &str, len: u64, read: &dyn Fn(u64, u64)| {
+    let mut probe = |name: &str, len: u64, read: &dyn Fn(&str, u64, u64)| {
         let mut ms: Vec<f64> = (0..reads)
             .map(|_| {
                 let at = rng.random_range(0..(OBJECT - len) / 4096) * 4096;
+                let which = rng.random_range(0..OBJECTS).to_string();
                 let t = Instant::now();
-                read(at, len);
+                read(&which, at, len);
                 t.elapsed().as_secs_f64() * 1000.0
             })
             .collect();
@@ -61,17 +75,21 @@ fn main() {
             ms[reads - 1]
         );
     };
-    probe("raw 4 KiB", 4096, &|at, len| {
-        raw.get_range("raw", at, len).expect("ranged get");
+    probe("raw 4 KiB", 4096, &|i, at, len| {
+        raw.get_range(&format!("raw/{i}"), at, len)
+            .expect("ranged get");
     });
-    probe("raw 256 KiB", 256 << 10, &|at, len| {
-        raw.get_range("raw", at, len).expect("ranged get");
+    probe("raw 256 KiB", 256 << 10, &|i, at, len| {
+        raw.get_range(&format!("raw/{i}"), at, len)
+            .expect("ranged get");
     });
-    probe("sealed 256 KiB, cold", 256 << 10, &|at, len| {
+    probe("sealed 256 KiB, cold", 256 << 10, &|i, at, len| {
         Sealed::new(raw.clone(), &key)
-            .get_range("sealed", at, len)
+            .get_range(&format!("sealed/{i}"), at, len)
             .expect("sealed ranged get");
     });
-    raw.delete("raw").expect("delete");
-    raw.delete("sealed").expect("delete");
+    for i in 0..OBJECTS {
+        raw.delete(&format!("raw/{i}")).expect("delete");
+        raw.delete(&format!("sealed/{i}")).expect("delete");
+    }
 }
