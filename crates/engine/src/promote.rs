@@ -409,34 +409,60 @@ impl Site {
                 .layered()
                 .is_some_and(|l| l.lower_read_within(offsite_volume_file::READER_QUIET))
         });
-        let mut worked = false;
-        for volume in layers.iter().take(if readers { 1 } else { usize::MAX }) {
-            let Some(layer) = volume.file().layered() else {
-                continue;
-            };
-            match layer.flatten_step(FLATTEN_STEP_BLOCKS) {
-                Ok(0) => {}
-                Ok(_) => {
-                    worked = true;
-                    if layer.is_flat() {
-                        match layer.flush() {
-                            Ok(()) => self.event(
-                                "volume.flat",
-                                Some(volume.name()),
-                                "every block copied from the PIT; the volume becomes a plain file at the next start",
-                            ),
-                            Err(e) => {
-                                tracing::error!(volume = %volume.name(), error = %e, "flushing a flattened volume")
-                            }
+        let stepping: Vec<&Arc<Volume>> = layers
+            .iter()
+            .take(if readers { 1 } else { usize::MAX })
+            .collect();
+        // The volumes step at the same time, one thread each: a step
+        // mostly waits for its bytes from a bucket (the flattener used
+        // 39 % of a CPU while hydrating four volumes one after another),
+        // and the waits of different volumes overlap.
+        let worked = match stepping.as_slice() {
+            [] => false,
+            [one] => self.flatten_volume(one),
+            many => std::thread::scope(|scope| {
+                let steps: Vec<_> = many
+                    .iter()
+                    .map(|v| scope.spawn(|| self.flatten_volume(v)))
+                    .collect();
+                // A step that panicked copied nothing; the next round
+                // tries it again.
+                steps
+                    .into_iter()
+                    .map(|s| s.join().unwrap_or(false))
+                    .fold(false, |any, w| any | w)
+            }),
+        };
+        (worked, readers)
+    }
+
+    /// One flattening step of `volume`; whether it copied.
+    fn flatten_volume(&self, volume: &Volume) -> bool {
+        let Some(layer) = volume.file().layered() else {
+            return false;
+        };
+        match layer.flatten_step(FLATTEN_STEP_BLOCKS) {
+            Ok(0) => false,
+            Ok(_) => {
+                if layer.is_flat() {
+                    match layer.flush() {
+                        Ok(()) => self.event(
+                            "volume.flat",
+                            Some(volume.name()),
+                            "every block copied from the PIT; the volume becomes a plain file at the next start",
+                        ),
+                        Err(e) => {
+                            tracing::error!(volume = %volume.name(), error = %e, "flushing a flattened volume")
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(volume = %volume.name(), error = %e, "flattening step failed; retrying later");
-                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(volume = %volume.name(), error = %e, "flattening step failed; retrying later");
+                false
             }
         }
-        (worked, readers)
     }
 }
 
