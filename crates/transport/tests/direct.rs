@@ -226,7 +226,12 @@ async fn self_checked_bulk_frames_are_negotiated_and_arrive_either_way() {
         })
         .await
         .unwrap();
-        let (server_saw, got) = done_rx.recv().await.unwrap();
+        // Bounded: a server handler that panicked (its unwraps) never
+        // answers, and the test would otherwise wait for ever.
+        let (server_saw, got) = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+            .await
+            .expect("the server's handler finished (see its panic above if not)")
+            .unwrap();
         let both = server_offers && client_offers;
         assert_eq!(agreed, server_saw);
         assert_eq!(
