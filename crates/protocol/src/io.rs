@@ -35,6 +35,16 @@ pub struct FramedReader<R> {
     buf: BytesMut,
     decoder: FrameDecoder,
     pool: BufferPool,
+    /// A large frame being read: kept here, not in the reading future, so
+    /// that a read cancelled half-way (a session's handover) loses nothing.
+    large: Option<LargeFrame>,
+}
+
+/// The bytes of a large frame read so far, in its pooled buffer.
+#[derive(Debug)]
+struct LargeFrame {
+    buf: Vec<u8>,
+    total: usize,
 }
 
 /// Frame buffers waiting for reuse.
@@ -110,6 +120,7 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
             buf,
             decoder: FrameDecoder::new(),
             pool: BufferPool::default(),
+            large: None,
         }
     }
 
@@ -121,14 +132,41 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
     /// The next message; `Ok(None)` when the stream ends cleanly between
     /// frames. A stream that ends inside a frame is
     /// [`ProtocolError::Truncated`].
+    ///
+    /// Cancel-safe: a read dropped before it returns keeps the bytes it
+    /// read for the next one (or for [`into_parts`](Self::into_parts)).
     pub async fn read_message(&mut self) -> Result<Option<Message>, StreamError> {
         loop {
+            if let Some(LargeFrame { buf, .. }) = self.large.take_if(|l| l.buf.len() == l.total) {
+                let frame = Bytes::from_owner(Pooled {
+                    buf,
+                    pool: self.pool.clone(),
+                });
+                return Ok(Some(self.decoder.decode_frame(frame)?));
+            }
+            if let Some(LargeFrame { buf, total }) = &mut self.large {
+                // Straight into the frame's own buffer.
+                let want = *total - buf.len();
+                if self.inner.read_buf(&mut buf.limit(want)).await? == 0 {
+                    return Err(ProtocolError::Truncated {
+                        have: buf.len(),
+                        need: *total,
+                    }
+                    .into());
+                }
+                continue;
+            }
             if let Some(message) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(message));
             }
             let total = frame_len_hint(&self.buf);
             if let Some(total) = total.filter(|&t| t >= POOLED_FRAME_MIN) {
-                return self.read_large_frame(total).await;
+                let mut buf = self.pool.take(total);
+                let have = self.buf.len().min(total);
+                buf.extend_from_slice(&self.buf[..have]);
+                bytes::Buf::advance(&mut self.buf, have);
+                self.large = Some(LargeFrame { buf, total });
+                continue;
             }
             let want = total.map_or(READ_CHUNK, |total| {
                 total.saturating_sub(self.buf.len()).max(READ_CHUNK)
@@ -143,30 +181,6 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         }
     }
 
-    /// Reads the frame of `total` bytes that starts in `self.buf` into a
-    /// pooled buffer of its own, and decodes it.
-    async fn read_large_frame(&mut self, total: usize) -> Result<Option<Message>, StreamError> {
-        let mut frame = self.pool.take(total);
-        let have = self.buf.len().min(total);
-        frame.extend_from_slice(&self.buf[..have]);
-        bytes::Buf::advance(&mut self.buf, have);
-        while frame.len() < total {
-            let want = total - frame.len();
-            if self.inner.read_buf(&mut (&mut frame).limit(want)).await? == 0 {
-                return Err(ProtocolError::Truncated {
-                    have: frame.len(),
-                    need: total,
-                }
-                .into());
-            }
-        }
-        let frame = Bytes::from_owner(Pooled {
-            buf: frame,
-            pool: self.pool.clone(),
-        });
-        Ok(Some(self.decoder.decode_frame(frame)?))
-    }
-
     /// The stream.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
@@ -179,7 +193,13 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 
     /// The stream and the bytes read but not yet decoded.
     pub fn into_parts(self) -> (R, BytesMut) {
-        (self.inner, self.buf)
+        let Some(large) = self.large else {
+            return (self.inner, self.buf);
+        };
+        let mut ahead = BytesMut::with_capacity(large.buf.len() + self.buf.len());
+        ahead.extend_from_slice(&large.buf);
+        ahead.extend_from_slice(&self.buf);
+        (self.inner, ahead)
     }
 }
 

@@ -469,6 +469,37 @@ async fn framed_reader_reads_a_stream_and_reports_truncation() {
     );
 }
 
+/// A read cancelled half-way through a large frame (a session's reader is
+/// stopped for a handover while a frame arrives) keeps what it read: the
+/// next read finishes the frame, and `into_parts` hands over every byte.
+#[tokio::test]
+async fn a_cancelled_read_of_a_large_frame_loses_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let big = Message::BulkData {
+        seq: 4,
+        payload: Bytes::from(vec![4u8; 300_000]),
+    };
+    let bytes = frame_bytes(&big, Compression::None);
+    let after = frame_bytes(&Message::Bye, Compression::None);
+    for handover in [false, true] {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(&bytes[..200_000]).await.unwrap();
+        let mut reader = FramedReader::new(server);
+        let cancelled =
+            tokio::time::timeout(std::time::Duration::from_millis(50), reader.read_message()).await;
+        assert!(cancelled.is_err(), "the frame is not complete yet");
+        client.write_all(&bytes[200_000..]).await.unwrap();
+        client.write_all(&after).await.unwrap();
+        if handover {
+            let (server, ahead) = reader.into_parts();
+            assert_eq!(ahead.len(), 200_000);
+            reader = FramedReader::with_buffer(server, ahead);
+        }
+        assert_eq!(reader.read_message().await.unwrap(), Some(big.clone()));
+        assert_eq!(reader.read_message().await.unwrap(), Some(Message::Bye));
+    }
+}
+
 fn text(max: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(any::<char>(), 0..40).prop_map(move |chars| {
         let mut s = String::new();

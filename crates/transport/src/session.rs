@@ -38,7 +38,7 @@
 //!     Failed --> [*]: recv() returns the error
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -532,17 +532,43 @@ impl Session {
     /// protocol: after an answered request, before either side sends
     /// anything else (keepalives in flight are fine). Control messages
     /// already queued here are written first.
+    ///
+    /// The peer may already have ended the session (it sent what it had and
+    /// said `Bye` before this side got here): the stream then returns those
+    /// messages and then the end, and sends fail.
     pub async fn into_direct(mut self) -> Result<DirectStream, TransportError> {
         self.shared.stop(Stop::Handover);
+        let peer_ended = *self.shared.stop.borrow() == Stop::Close;
         let reunite = self
             .reunite
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .ok_or(TransportError::Closed)?;
-        let mut parts = reunite().await?;
+        // The reader may be waiting for room in the inbound queue (the peer
+        // sent more than it holds before this side got here): it gets the
+        // room, or it would never see the handover.
+        let mut received = Vec::new();
+        let mut reunite = reunite();
+        let reunited = loop {
+            tokio::select! {
+                reunited = &mut reunite => break reunited,
+                Some(m) = self.inbound.recv() => received.push(m),
+            }
+        };
         while let Ok(m) = self.inbound.try_recv() {
-            parts.pending.push_back(m?);
+            received.push(m);
+        }
+        // After a failure the reader's error, not just "closed".
+        let pending = received.into_iter().collect::<Result<VecDeque<_>, _>>()?;
+        let mut parts = reunited?;
+        parts.pending = pending;
+        if peer_ended {
+            // Nothing after the peer's end counts (its TLS close at most),
+            // and a socket the peer closed may fail to take rustls's answer.
+            parts.cipher_ahead.clear();
+            parts.plain_ahead.clear();
+            parts.pending.push_back(Message::Bye);
         }
         let compression = self.sender.compression;
         let parts = tokio::task::spawn_blocking({
@@ -695,6 +721,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Some(Message::Bye)) | Ok(None) => {
                 debug!("peer ended the session");
                 shared.stop(Stop::Close);
+                // The owner may be about to hand over (it has not seen the
+                // messages before this end yet): it still gets the reader
+                // (see `Session::into_direct`).
+                let _ = hand_back.send(reader);
                 return;
             }
             Ok(Some(Message::Error { code, message })) => (
@@ -795,10 +825,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         writer.shutdown().await
     }
     .await;
-    if result.is_ok() && *stop.borrow() == Stop::Handover {
-        // The taker may have given up; the writer is dropped then.
+    let how = *stop.borrow();
+    if (result.is_ok() && how == Stop::Handover) || how == Stop::Close {
+        // The taker may have given up; the writer is dropped then. After
+        // `Close` the peer may have ended the session just before its owner
+        // handed over (see `Session::into_direct`): the half goes back shut,
+        // whether or not the `Bye` got out.
         let _ = hand_back.send(writer);
-        return;
+        if result.is_ok() {
+            return;
+        }
     }
     if let Err(e) = result {
         if *stop.borrow() != Stop::Running {

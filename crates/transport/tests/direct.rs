@@ -351,3 +351,112 @@ async fn round_trip_of_the_stream_against_bare_tcp() {
     );
     server.stop().await;
 }
+
+/// The peer may send its first frames right after the answer, and even end
+/// the session, before this side hands over (a slow scheduler, a short
+/// stream): the handover still delivers every frame the peer sent, then
+/// the end. Before, the session's reader took the peer's `Bye` as the end
+/// of the session and the handover failed with "session closed" (CI hung
+/// once in the test above, with the handler's unwrap panicking); and a
+/// reader waiting for room in the inbound queue never saw the handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_after_the_peer_already_ended_delivers_what_it_sent() {
+    let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let ended_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(ended_rx)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let server = Server::start(&alpha, &[&beta], fast_options(), move |mut session| {
+        let done = done_tx.clone();
+        let ended_rx = ended_rx.clone();
+        async move {
+            let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+                panic!("expected the request");
+            };
+            session
+                .send(Message::Response {
+                    id,
+                    ok: true,
+                    body: Bytes::new(),
+                })
+                .await
+                .unwrap();
+            // The client sends its frames and `Bye` meanwhile, and the
+            // session's reader reads them all.
+            let ended = ended_rx.lock().await.take().expect("one session");
+            ended.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let got = match session.into_direct().await {
+                Ok(stream) => tokio::task::spawn_blocking(move || {
+                    let mut got = Vec::new();
+                    while let Some(m) = stream.recv(Some(Duration::from_secs(10))).unwrap() {
+                        got.push(m);
+                    }
+                    Ok(got)
+                })
+                .await
+                .unwrap(),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = done.send(got);
+        }
+    })
+    .await;
+    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
+        .await
+        .unwrap();
+    session
+        .send(Message::Request {
+            id: 1,
+            kind: 1,
+            body: Bytes::new(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        session.recv().await.unwrap(),
+        Some(Message::Response { id: 1, .. })
+    ));
+    let stream = session.into_direct().await.unwrap();
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut sent = Vec::new();
+        // More frames than the session's inbound queue holds, small ones
+        // and some past the reader's pooled-frame size.
+        for seq in 1..=40u64 {
+            let len = if seq % 8 == 2 {
+                300 << 10
+            } else {
+                4096 * (seq as usize % 3 + 1)
+            };
+            let payload = Bytes::from(vec![seq as u8; len]);
+            let m = Message::BulkData { seq, payload };
+            stream.send(&m).unwrap();
+            sent.push(m);
+        }
+        stream.close();
+        // Kept open until the server is done: a socket closed with unread
+        // bytes (the server's keepalives) resets the connection, and a
+        // reset may overtake the frames still unread at the server.
+        (stream, sent)
+    })
+    .await
+    .unwrap();
+    let (_stream, sent) = sent;
+    ended_tx.send(()).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+        .await
+        .expect("the server's handler finished (see its panic above if not)")
+        .unwrap();
+    // Compared by summary: a failure would print megabytes of payload.
+    let summary = |ms: Vec<Message>| -> Vec<(u64, usize, bool)> {
+        ms.into_iter()
+            .map(|m| match m {
+                Message::BulkData { seq, payload } => {
+                    (seq, payload.len(), payload.iter().all(|&b| b == seq as u8))
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(got.map(summary), Ok(summary(sent)));
+    server.stop().await;
+}
