@@ -46,10 +46,14 @@
 #   SMALL_SIZE=10G
 #   ENCRYPT=1  BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
 #   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
+#   GARAGE_NODELAY=1: Garage's nodes run with Nagle's algorithm off
+#     (bench/garage-nodelay.c, an LD_PRELOAD shim built here with cc):
+#     Garage 2.5 never sets TCP_NODELAY, and one ranged GET in ten then
+#     waits ~60 ms for its quorum's RPC (docs/operations.md). Both
+#     clusters, so rclone and offsite meet the same store
 #   QUICKACK_ROUTE=1: for the run, the loopback route acknowledges at once
-#     (`ip route change ... quickack 1`, root; restored on exit): what an
-#     operator does on Garage hosts (docs/operations.md) to take the
-#     delayed-ACK stalls out of Garage's own node-to-node RPC
+#     (`ip route change ... quickack 1`, root; restored on exit); measured:
+#     it does not take out Garage's stalls (GARAGE_NODELAY does)
 #   PERF=1: `perf record --call-graph dwarf` of site-b during the cold reads and during
 #     hydration ($OUT/cold.perf, $OUT/hydration.perf, with a report of each)
 # Disk: about 4 × SIZE free (3 × SIZE in Garage, SIZE at site-a, SIZE
@@ -69,6 +73,7 @@ KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 
 QUICKACK_ROUTE=${QUICKACK_ROUTE:-0}
+GARAGE_NODELAY=${GARAGE_NODELAY:-0}
 PERF=${PERF:-0}
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -107,8 +112,15 @@ log "offsite $(offsite_version); $(machine_info | tr '\n' ' ')"
 (cd "$BENCH_REPO" && cargo build -q -p offsite-testkit --bin garage-cluster &&
     cargo build -q --release -p offsite-objects --example get-latency) 2>"$OUT/garage-build.log" ||
     die "building garage-cluster or the get-latency probe failed: see $OUT/garage-build.log"
+GARAGE_PRELOAD=
+if [[ $GARAGE_NODELAY == 1 ]]; then
+    GARAGE_PRELOAD=$WORK/garage-nodelay.so
+    cc -shared -fPIC -O2 -o "$GARAGE_PRELOAD" "$BENCH_REPO/bench/garage-nodelay.c" -ldl ||
+        die "building bench/garage-nodelay.c failed (cc from build-essential)"
+fi
 start_cluster() {  # start_cluster NAME -> CLUSTER ENDPOINTS BUCKET KEY_ID SECRET REGION
-    coproc GARAGE { "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage-$1.log"; }
+    # The nodes inherit the preload (the cluster's starter gets it too, harmlessly).
+    coproc GARAGE { env ${GARAGE_PRELOAD:+LD_PRELOAD=$GARAGE_PRELOAD} "$BENCH_REPO/target/debug/garage-cluster" 2>"$OUT/garage-$1.log"; }
     track "$GARAGE_PID"
     read -r CLUSTER <&"${GARAGE[0]}" || die "garage-cluster printed nothing: see $OUT/garage-$1.log"
     echo "$CLUSTER" >"$OUT/cluster-$1.json"
@@ -318,7 +330,7 @@ delta_cycle big "$BIG_SIZE"
     echo "# bench/s3.sh $(date -u +%FT%TZ)"
     echo
     machine_info
-    echo "offsite $(offsite_version); SIZE=$SIZE VOLUMES=$VOLUMES VOL_SIZE=$VOL_SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA QUICKACK_ROUTE=$QUICKACK_ROUTE PERF=$PERF; load $(load_avg)"
+    echo "offsite $(offsite_version); SIZE=$SIZE VOLUMES=$VOLUMES VOL_SIZE=$VOL_SIZE ENCRYPT=$ENCRYPT BIG_SIZE=$BIG_SIZE DELTA=$DELTA QUICKACK_ROUTE=$QUICKACK_ROUTE GARAGE_NODELAY=$GARAGE_NODELAY PERF=$PERF; load $(load_avg)"
     echo
     echo "| measure | value | target |"
     echo "| --- | ---: | --- |"
