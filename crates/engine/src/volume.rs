@@ -251,11 +251,14 @@ pub struct PitLower {
 }
 
 /// Bytes one read-ahead fetch asks for (one ranged GET when none of it is
-/// cached).
-const READ_AHEAD_PIECE: u64 = 1 << 20;
-/// Read-ahead fetches in flight per lower: enough GETs in parallel to fill
-/// a link to a distributed store, well within the store's 64 MiB cache.
-const READ_AHEAD_IN_FLIGHT: usize = 8;
+/// cached): a base chunk's object whole. Each GET costs the store a lookup
+/// of the object's metadata (a quorum read between Garage's nodes), so
+/// hydration asks for few large pieces, as a downloading client does.
+const READ_AHEAD_PIECE: u64 = 4 << 20;
+/// Read-ahead fetches in flight per lower: 8 MiB ahead of the flattener,
+/// and four volumes hydrating at once stay well within the store's 64 MiB
+/// cache.
+const READ_AHEAD_IN_FLIGHT: usize = 2;
 
 /// What a [`PitLower`] has asked to be fetched ahead (see
 /// [`Lower::prefetch`]): the flattener reads a volume front to back, one
