@@ -46,11 +46,12 @@
 #   SMALL_SIZE=10G
 #   ENCRYPT=1  BUILD=1 (0: use $OFFSITE_SRC or target/release/offsite as it is)
 #   OFFSITE_SRC=... WORKDIR=... OUT=... KEEP=0
-#   GARAGE_NODELAY=1: Garage's nodes run with Nagle's algorithm off
-#     (bench/garage-nodelay.c, an LD_PRELOAD shim built here with cc):
-#     Garage 2.5 never sets TCP_NODELAY, and one ranged GET in ten then
-#     waits ~60 ms for its quorum's RPC (docs/operations.md). Both
-#     clusters, so rclone and offsite meet the same store
+#   GARAGE_NODELAY=1 (the default): Garage's nodes run with Nagle's
+#     algorithm off (bench/garage-nodelay.c, an LD_PRELOAD shim built here
+#     with cc), as docs/operations.md tells operators to run it: Garage 2.5
+#     never sets TCP_NODELAY, and one ranged GET in ten then waits ~60 ms
+#     for its quorum's RPC. Both clusters, so rclone and offsite meet the
+#     same store. 0: Garage as shipped
 #   QUICKACK_ROUTE=1: for the run, the loopback route acknowledges at once
 #     (`ip route change ... quickack 1`, root; restored on exit); measured:
 #     it does not take out Garage's stalls (GARAGE_NODELAY does)
@@ -73,7 +74,7 @@ KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 
 QUICKACK_ROUTE=${QUICKACK_ROUTE:-0}
-GARAGE_NODELAY=${GARAGE_NODELAY:-0}
+GARAGE_NODELAY=${GARAGE_NODELAY:-1}
 PERF=${PERF:-0}
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

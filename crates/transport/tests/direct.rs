@@ -12,6 +12,47 @@ use offsite_protocol::Message;
 use offsite_transport::{TransportError, connect};
 use tokio::sync::mpsc;
 
+/// The server's side of the request that precedes a handover: it answers.
+async fn answer_the_request(session: &mut offsite_transport::Session) {
+    let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
+        panic!("expected the request");
+    };
+    session
+        .send(Message::Response {
+            id,
+            ok: true,
+            body: Bytes::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The client's side: it connects, asks, has its answer and hands over.
+async fn handed_over(
+    server: &Server,
+    site: &Site,
+    options: &offsite_transport::SessionOptions,
+) -> offsite_transport::DirectStream {
+    let mut session = connect(&server.partner(), &site.identity, "beta", options)
+        .await
+        .unwrap();
+    session
+        .send(Message::Request {
+            id: 1,
+            kind: 1,
+            body: Bytes::new(),
+        })
+        .await
+        .unwrap();
+    let Some(Message::Response {
+        id: 1, ok: true, ..
+    }) = session.recv().await.unwrap()
+    else {
+        panic!("expected the answer");
+    };
+    session.into_direct().await.unwrap()
+}
+
 /// The server answers one request, hands over, then echoes every bulk
 /// frame as an ack carrying its sequence number and payload length, until
 /// the client says `Bye`; it reports how many frames it saw.
@@ -22,17 +63,7 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
     let server = Server::start(&alpha, &[&beta], fast_options(), move |mut session| {
         let done = done_tx.clone();
         async move {
-            let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
-                panic!("expected the request");
-            };
-            session
-                .send(Message::Response {
-                    id,
-                    ok: true,
-                    body: Bytes::new(),
-                })
-                .await
-                .unwrap();
+            answer_the_request(&mut session).await;
             let stream = session.into_direct().await.unwrap();
             let seen = tokio::task::spawn_blocking(move || {
                 let mut seen = 0u64;
@@ -61,24 +92,7 @@ async fn a_session_handed_to_threads_keeps_order_and_ends_with_bye() {
     })
     .await;
 
-    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
-        .await
-        .unwrap();
-    session
-        .send(Message::Request {
-            id: 1,
-            kind: 1,
-            body: Bytes::new(),
-        })
-        .await
-        .unwrap();
-    let Some(Message::Response {
-        id: 1, ok: true, ..
-    }) = session.recv().await.unwrap()
-    else {
-        panic!("expected the answer");
-    };
-    let stream = std::sync::Arc::new(session.into_direct().await.unwrap());
+    let stream = std::sync::Arc::new(handed_over(&server, &beta, &fast_options()).await);
     // What a late answer to one of the session's keepalives looks like to
     // the peer: its stream drops it (the server's loop fails on anything
     // but data).
@@ -160,17 +174,7 @@ async fn self_checked_bulk_frames_are_negotiated_and_arrive_either_way() {
         let server = Server::start(&alpha, &[&beta], server_options, move |mut session| {
             let done = done_tx.clone();
             async move {
-                let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
-                    panic!("expected the request");
-                };
-                session
-                    .send(Message::Response {
-                        id,
-                        ok: true,
-                        body: Bytes::new(),
-                    })
-                    .await
-                    .unwrap();
+                answer_the_request(&mut session).await;
                 let features = session.info().features;
                 let stream = session.into_direct().await.unwrap();
                 let got = tokio::task::spawn_blocking(move || {
@@ -188,27 +192,8 @@ async fn self_checked_bulk_frames_are_negotiated_and_arrive_either_way() {
         .await;
         let mut client_options = fast_options();
         client_options.self_checked_bulk = client_offers;
-        let mut session = connect(&server.partner(), &beta.identity, "beta", &client_options)
-            .await
-            .unwrap();
-        session
-            .send(Message::Request {
-                id: 1,
-                kind: 1,
-                body: Bytes::new(),
-            })
-            .await
-            .unwrap();
-        assert!(matches!(
-            session.recv().await.unwrap(),
-            Some(Message::Response {
-                id: 1,
-                ok: true,
-                ..
-            })
-        ));
-        let agreed = session.info().features;
-        let stream = session.into_direct().await.unwrap();
+        let stream = handed_over(&server, &beta, &client_options).await;
+        let agreed = stream.info().features;
         let sent = tokio::task::spawn_blocking(move || {
             let mut sent = Vec::new();
             for seq in 1..=3u64 {
@@ -259,17 +244,7 @@ async fn round_trip_of_the_stream_against_bare_tcp() {
     const N: usize = 2000;
     let (alpha, beta) = (Site::new("alpha"), Site::new("beta"));
     let server = Server::start(&alpha, &[&beta], fast_options(), |mut session| async move {
-        let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
-            return;
-        };
-        let answer = Message::Response {
-            id,
-            ok: true,
-            body: Bytes::new(),
-        };
-        if session.send(answer).await.is_err() {
-            return;
-        }
+        answer_the_request(&mut session).await;
         let stream = session.into_direct().await.unwrap();
         // Answers pings (inside `recv`) until the client says Bye.
         tokio::task::spawn_blocking(move || {
@@ -279,22 +254,7 @@ async fn round_trip_of_the_stream_against_bare_tcp() {
         .unwrap();
     })
     .await;
-    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
-        .await
-        .unwrap();
-    session
-        .send(Message::Request {
-            id: 1,
-            kind: 1,
-            body: Bytes::new(),
-        })
-        .await
-        .unwrap();
-    assert!(matches!(
-        session.recv().await,
-        Ok(Some(Message::Response { .. }))
-    ));
-    let stream = session.into_direct().await.unwrap();
+    let stream = handed_over(&server, &beta, &fast_options()).await;
     let (direct, tcp) = tokio::task::spawn_blocking(move || {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -369,17 +329,7 @@ async fn a_handover_after_the_peer_already_ended_delivers_what_it_sent() {
         let done = done_tx.clone();
         let ended_rx = ended_rx.clone();
         async move {
-            let Ok(Some(Message::Request { id, .. })) = session.recv().await else {
-                panic!("expected the request");
-            };
-            session
-                .send(Message::Response {
-                    id,
-                    ok: true,
-                    body: Bytes::new(),
-                })
-                .await
-                .unwrap();
+            answer_the_request(&mut session).await;
             // The client sends its frames and `Bye` meanwhile, and the
             // session's reader reads them all.
             let ended = ended_rx.lock().await.take().expect("one session");
@@ -401,22 +351,7 @@ async fn a_handover_after_the_peer_already_ended_delivers_what_it_sent() {
         }
     })
     .await;
-    let mut session = connect(&server.partner(), &beta.identity, "beta", &fast_options())
-        .await
-        .unwrap();
-    session
-        .send(Message::Request {
-            id: 1,
-            kind: 1,
-            body: Bytes::new(),
-        })
-        .await
-        .unwrap();
-    assert!(matches!(
-        session.recv().await.unwrap(),
-        Some(Message::Response { id: 1, .. })
-    ));
-    let stream = session.into_direct().await.unwrap();
+    let stream = handed_over(&server, &beta, &fast_options()).await;
     let sent = tokio::task::spawn_blocking(move || {
         let mut sent = Vec::new();
         // More frames than the session's inbound queue holds, small ones
