@@ -721,6 +721,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Some(Message::Bye)) | Ok(None) => {
                 debug!("peer ended the session");
                 shared.stop(Stop::Close);
+                if *stop.borrow() == Stop::Handover {
+                    // The owner is handing over (the stop above changed
+                    // nothing): the end goes to it after the messages
+                    // before it, which `into_direct` is taking.
+                    let _ = inbound.send(Ok(Message::Bye)).await;
+                }
                 // The owner may be about to hand over (it has not seen the
                 // messages before this end yet): it still gets the reader
                 // (see `Session::into_direct`).
