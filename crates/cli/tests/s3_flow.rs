@@ -195,16 +195,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Every object of `group` in the bucket, raw (as the bucket's owner
-/// reads them): key and bytes.
+/// reads them): key and bytes. One deleted between the listing and its
+/// read (retention, or a journal part replaced by its whole file) is left
+/// out.
 fn raw_objects(cluster: &GarageCluster, group: &str) -> Vec<(String, Vec<u8>)> {
     let objects = bucket_of(cluster, group);
     objects
         .list("")
         .unwrap()
         .into_iter()
-        .map(|o| {
-            let body = objects.get(&o.key).unwrap();
-            (o.key, body)
+        .filter_map(|o| match objects.get(&o.key) {
+            Err(e) if e.is_not_found() => None,
+            body => Some((o.key, body.unwrap())),
         })
         .collect()
 }

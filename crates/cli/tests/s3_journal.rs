@@ -148,11 +148,20 @@ fn a_new_site_recovers_a_checkpoint_only_the_journal_in_the_bucket_holds() {
                 .all(|f| keys.contains(&format!("journal/{f}")))
         },
     );
-    // Sealed with the group's key: no journal header in the clear.
+    // Sealed with the group's key: no journal header in the clear. An
+    // upload pass may replace a tail part by its file's whole object
+    // between the listing and the read (the part is deleted then); the
+    // sealed files' whole objects stay, so some are always read.
+    let mut read = 0;
     for o in objects.list("journal/").unwrap() {
-        let raw = objects.get(&o.key).unwrap();
+        let raw = match objects.get(&o.key) {
+            Err(e) if e.is_not_found() => continue,
+            other => other.unwrap(),
+        };
         assert!(!raw.windows(8).any(|w| w == b"OFSRPLOG"), "{}", o.key);
+        read += 1;
     }
+    assert!(read > 0, "no journal object read");
     let out = a.run(&["group", "key", "export", "j"]);
     assert!(
         out.status.success(),
